@@ -1,0 +1,175 @@
+"""The one exception tree of modelyard.
+
+Every error a user can cause or meet is a ``ModelyardError`` with a stable
+``code`` (used by the CLI exit path, the HTTP error body and the audit log), a
+message saying *what* went wrong and *why*, and a ``hint`` saying what to do.
+
+    ModelyardError
+    ├── ConfigError                     bad settings, flags or config values (also ValueError)
+    │   └── HomeNotWritable
+    ├── NotFound                        (also LookupError)
+    │   ├── BaseModelNotFound
+    │   ├── DatasetNotFound
+    │   ├── ModelVersionNotFound
+    │   ├── TenantNotFound
+    │   └── EndpointNotFound
+    ├── Conflict                        the thing exists already / a uniqueness rule
+    ├── AuthError
+    │   └── InvalidApiKey
+    ├── StoreError
+    │   ├── StoreUnavailable            cannot connect to / open the store
+    │   └── StoreMigrationError
+    ├── ArtifactError
+    │   ├── ArtifactNotFound
+    │   └── ArtifactIntegrityError      a file's hash differs from its manifest
+    ├── DataError                       a dataset that cannot be used (also ValueError)
+    └── TrainingError
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+
+class ModelyardError(Exception):
+    """Root of every modelyard error.
+
+    ``code`` is stable across releases; ``hint`` is the "what to do" part;
+    ``context`` carries structured fields that front ends may show or log.
+    """
+
+    code: str = "modelyard_error"
+    default_hint: str = ""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        **context: Any,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+        self.context: Mapping[str, Any] = context
+
+    def one_line(self) -> str:
+        """The message and the hint as one line, as the CLI prints it."""
+        if self.hint:
+            return f"{self.message.rstrip('.')}. {self.hint}"
+        return self.message
+
+
+class ConfigError(ModelyardError, ValueError):
+    code = "invalid_config"
+
+
+class HomeNotWritable(ConfigError):
+    code = "home_not_writable"
+    default_hint = "Set MODELYARD_HOME to a directory you can write to."
+
+
+class NotFound(ModelyardError, LookupError):
+    code = "not_found"
+
+
+class BaseModelNotFound(NotFound):
+    code = "base_model_not_found"
+    default_hint = (
+        "Pass a local directory in Hugging Face format or a model id; "
+        "build a small one with `modelyard base create-tiny`."
+    )
+
+
+class DatasetNotFound(NotFound):
+    code = "dataset_not_found"
+
+
+class ModelVersionNotFound(NotFound):
+    code = "model_version_not_found"
+    default_hint = "List versions with `modelyard registry list`."
+
+
+class TenantNotFound(NotFound):
+    code = "tenant_not_found"
+    default_hint = "List tenants with `modelyard tenants list`."
+
+
+class EndpointNotFound(NotFound):
+    code = "endpoint_not_found"
+    default_hint = "List endpoints with `modelyard endpoints list`."
+
+
+class Conflict(ModelyardError):
+    code = "conflict"
+
+
+class AuthError(ModelyardError):
+    code = "unauthorized"
+
+
+class InvalidApiKey(AuthError):
+    code = "invalid_api_key"
+    default_hint = "Create a key with `modelyard keys create --tenant T`."
+
+
+class StoreError(ModelyardError):
+    code = "store_error"
+
+
+class StoreUnavailable(StoreError):
+    code = "store_unavailable"
+    default_hint = "Check MODELYARD_STORE_URL and that the database server is running."
+
+
+class StoreMigrationError(StoreError):
+    code = "store_migration_failed"
+
+
+class ArtifactError(ModelyardError):
+    code = "artifact_error"
+
+
+class ArtifactNotFound(ArtifactError, NotFound):
+    code = "artifact_not_found"
+
+
+class ArtifactIntegrityError(ArtifactError):
+    code = "artifact_integrity"
+    default_hint = (
+        "The stored file changed after it was written; restore it from a backup "
+        "or register the artifact again."
+    )
+
+
+class DataError(ModelyardError, ValueError):
+    code = "invalid_data"
+
+
+class TrainingError(ModelyardError):
+    code = "training_failed"
+
+
+__all__ = [
+    "ArtifactError",
+    "ArtifactIntegrityError",
+    "ArtifactNotFound",
+    "AuthError",
+    "BaseModelNotFound",
+    "ConfigError",
+    "Conflict",
+    "DataError",
+    "DatasetNotFound",
+    "EndpointNotFound",
+    "HomeNotWritable",
+    "InvalidApiKey",
+    "ModelVersionNotFound",
+    "ModelyardError",
+    "NotFound",
+    "StoreError",
+    "StoreMigrationError",
+    "StoreUnavailable",
+    "TenantNotFound",
+    "TrainingError",
+]
