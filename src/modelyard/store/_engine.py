@@ -1,0 +1,158 @@
+"""Engine creation, error translation and migrations.
+
+This module is the border where SQLAlchemy and Alembic errors become
+``StoreError``s; nothing above it sees a driver exception.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
+from sqlalchemy.exc import OperationalError as SAOperationalError
+
+from modelyard.errors import (
+    ConfigError,
+    Conflict,
+    StoreError,
+    StoreMigrationError,
+    StoreUnavailable,
+)
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<unparseable URL>"
+
+
+def _normalize_url(url: str) -> str:
+    """Use psycopg 3 for plain ``postgresql://`` URLs (SQLAlchemy's default is psycopg2)."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    # WAL lets readers (servers, CLI) run beside one writer; foreign keys are off by default.
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """An engine for ``url`` (SQLite or PostgreSQL), or ConfigError naming the problem."""
+    try:
+        normalized = _normalize_url(url)
+        parsed = make_url(normalized)
+    except ArgumentError as exc:
+        raise ConfigError(
+            f"MODELYARD_STORE_URL is not a database URL: {url!r}",
+            hint="Use sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DB.",
+        ) from exc
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"unsupported store database {backend!r} in {redact_url(url)}",
+            hint="modelyard supports SQLite and PostgreSQL.",
+        )
+    kwargs: dict[str, Any] = {"future": True}
+    if backend == "sqlite":
+        db = parsed.database
+        if db and db != ":memory:":
+            parent = Path(db).parent
+            if not parent.is_dir():
+                raise StoreUnavailable(
+                    f"cannot open the SQLite store {db}: directory {parent} does not exist",
+                    hint="Create the directory or run `modelyard init`.",
+                )
+        kwargs["connect_args"] = {"timeout": 30}
+    else:
+        kwargs.update(pool_pre_ping=True, connect_args={"connect_timeout": 5})
+    try:
+        engine = create_engine(normalized, **kwargs)
+    except (NoSuchModuleError, ImportError) as exc:
+        raise ConfigError(f"no database driver for {redact_url(url)}: {exc}") from exc
+    if backend == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _first_line(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    text = str(orig).strip().splitlines()
+    return text[0] if text else type(orig).__name__
+
+
+@contextlib.contextmanager
+def translate_errors(engine: Engine, what: str) -> Iterator[None]:
+    """Turn SQLAlchemy errors raised while doing ``what`` into modelyard errors."""
+    try:
+        yield
+    except IntegrityError as exc:
+        raise Conflict(f"{what} conflicts with existing data: {_first_line(exc)}") from exc
+    except SAOperationalError as exc:
+        raise StoreUnavailable(
+            f"cannot use the store at {redact_url(str(engine.url))} while trying to {what}: "
+            f"{_first_line(exc)}"
+        ) from exc
+    except SQLAlchemyError as exc:
+        raise StoreError(f"store error while trying to {what}: {_first_line(exc)}") from exc
+
+
+def _alembic_config(engine: Engine) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    return cfg
+
+
+def head_revision() -> str:
+    head = ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+    if head is None:  # pragma: no cover - the package always ships migrations
+        raise StoreMigrationError("the package ships no store migrations")
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    with translate_errors(engine, "read the schema version"), engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+def upgrade(engine: Engine) -> tuple[str | None, str]:
+    """Apply pending migrations; return (revision before, revision after). Idempotent."""
+    before = current_revision(engine)
+    head = head_revision()
+    if before == head:
+        return before, head
+    cfg = _alembic_config(engine)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    with translate_errors(engine, "migrate the store"), engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        try:
+            command.upgrade(cfg, "head")
+        except StoreError:
+            raise
+        except Exception as exc:
+            if isinstance(exc, SQLAlchemyError):
+                raise
+            raise StoreMigrationError(f"store migration failed: {exc}") from exc
+    return before, head

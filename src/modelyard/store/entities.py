@@ -1,0 +1,165 @@
+"""Domain entities returned by the store: frozen, plain, free of SQLAlchemy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+StoragePolicy = Literal["full", "redacted", "hash", "none"]
+STORAGE_POLICIES: tuple[StoragePolicy, ...] = ("full", "redacted", "hash", "none")
+VersionKind = Literal["adapter", "full"]
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    id: int
+    name: str
+    source: str
+    weight_hashes: Mapping[str, str]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class DatasetVersion:
+    id: int
+    name: str
+    version: int
+    digest: str
+    artifact_digest: str
+    format: str
+    n_rows: int
+    report: Mapping[str, Any]
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Run:
+    id: str
+    base_model_id: int
+    dataset_id: int | None
+    status: str
+    config: Mapping[str, Any]
+    seed: int
+    metrics: Mapping[str, Any]
+    environment: Mapping[str, Any]
+    started_at: datetime
+    finished_at: datetime | None
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: int
+    name: str
+    storage_policy: StoragePolicy
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """A stored key: only the hash of its secret is ever kept."""
+
+    id: str
+    tenant_id: int
+    tenant: str
+    key_hash: str
+    scopes: tuple[str, ...]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    id: int
+    name: str
+    tenant: str | None
+    description: str
+    aliases: Mapping[str, int]
+    latest_version: int | None
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    id: int
+    model: str
+    version: int
+    kind: VersionKind
+    status: str
+    artifact_digest: str
+    base_model: str
+    base_model_source: str
+    run_id: str | None
+    lineage: Mapping[str, Any]
+    metrics: Mapping[str, Any]
+    aliases: tuple[str, ...]
+    created_at: datetime
+
+    @property
+    def ref(self) -> str:
+        return f"{self.model}:{self.version}"
+
+
+@dataclass(frozen=True)
+class TrafficRoute:
+    version_id: int
+    version: int
+    weight: int
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    id: int
+    name: str
+    tenant: str | None
+    model: str
+    model_ref: str
+    shared: bool
+    routes: tuple[TrafficRoute, ...]
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class NewInferenceRecord:
+    """What the data plane hands to the record writer."""
+
+    id: str
+    endpoint_name: str
+    route: str
+    latency_ms: float
+    status: str
+    http_status: int
+    tenant_id: int | None = None
+    api_key_id: str | None = None
+    version_id: int | None = None
+    prompt: str | None = None
+    response: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_ms: float | None = None
+    error: str | None = None
+    created_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class InferenceRecord:
+    id: str
+    created_at: datetime
+    tenant: str | None
+    api_key_id: str | None
+    endpoint_name: str
+    version: str | None
+    route: str
+    prompt: str | None
+    response: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: float
+    ttft_ms: float | None
+    status: str
+    http_status: int
+    error: str | None
+    extra: Mapping[str, Any] = field(default_factory=dict)

@@ -1,0 +1,265 @@
+"""The store suite: every test runs on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, inspect, text
+
+from modelyard.errors import (
+    ConfigError,
+    Conflict,
+    EndpointNotFound,
+    ModelVersionNotFound,
+    StoreUnavailable,
+    TenantNotFound,
+)
+from modelyard.store import NewInferenceRecord, Store, head_revision
+
+
+def _seed_model(store: Store, name: str = "support", tenant: str | None = "acme") -> None:
+    if tenant and tenant not in {t.name for t in store.list_tenants()}:
+        store.create_tenant(tenant)
+    store.register_base_model("tiny", "/models/tiny", {"model.safetensors": "ab" * 32})
+    store.create_registered_model(name, tenant=tenant, description="routes tickets")
+
+
+def _add_version(store: Store, name: str = "support", digest: str = "cd" * 32) -> int:
+    v = store.create_model_version(
+        name,
+        kind="adapter",
+        artifact_digest=digest,
+        base_model="tiny",
+        run_id=None,
+        lineage={"seed": 1},
+        metrics={"exact_match": 1.0},
+    )
+    return v.version
+
+
+def test_migrations_are_applied_and_idempotent(store: Store, store_url: str) -> None:
+    assert store.schema_revision() == head_revision()
+    assert store.migrate() == (head_revision(), head_revision())
+    engine = create_engine(store_url)
+    tables = set(inspect(engine).get_table_names())
+    engine.dispose()
+    assert {"tenants", "model_versions", "endpoints", "inference_records"} <= tables
+
+
+def test_sqlite_runs_in_wal_mode_with_foreign_keys(tmp_path: Path) -> None:
+    with Store.open(f"sqlite:///{tmp_path / 's.db'}") as store:
+        engine = store._engine
+        with engine.connect() as conn:
+            assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+            assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
+
+
+def test_versions_are_auto_numbered_and_immutable_entities(store: Store) -> None:
+    _seed_model(store)
+    assert [_add_version(store), _add_version(store), _add_version(store)] == [1, 2, 3]
+    v2 = store.get_model_version("support", 2)
+    assert v2.ref == "support:2"
+    assert v2.lineage == {"seed": 1}
+    assert v2.created_at.tzinfo is not None
+    with pytest.raises(AttributeError):
+        v2.version = 9  # type: ignore[misc]
+
+
+def test_refs_resolve_by_alias_number_and_latest(store: Store) -> None:
+    _seed_model(store)
+    _add_version(store)
+    _add_version(store)
+    store.set_alias("support", "champion", 1)
+    assert store.resolve_model_ref("support@champion").version == 1
+    assert store.resolve_model_ref("support:2").version == 2
+    assert store.resolve_model_ref("support").version == 2
+    store.set_alias("support", "champion", 2)  # moving an alias
+    assert store.resolve_model_ref("support@champion").version == 2
+    assert store.get_registered_model("support").aliases == {"champion": 2}
+
+
+@pytest.mark.parametrize(
+    ("ref", "error"),
+    [
+        ("support@nope", ModelVersionNotFound),
+        ("support:9", ModelVersionNotFound),
+        ("missing@champion", ModelVersionNotFound),
+        ("bad ref::", ConfigError),
+    ],
+)
+def test_bad_refs_raise_domain_errors(store: Store, ref: str, error: type[Exception]) -> None:
+    _seed_model(store)
+    _add_version(store)
+    with pytest.raises(error):
+        store.resolve_model_ref(ref)
+
+
+def test_duplicates_are_conflicts_not_driver_errors(store: Store) -> None:
+    _seed_model(store)
+    with pytest.raises(Conflict, match="exists already"):
+        store.create_tenant("acme")
+    with pytest.raises(Conflict):
+        store.create_registered_model("support")
+    with pytest.raises(Conflict, match="different weights"):
+        store.register_base_model("tiny", "/elsewhere", {"model.safetensors": "ff" * 32})
+
+
+def test_invalid_names_and_policies_are_rejected(store: Store) -> None:
+    with pytest.raises(ConfigError, match="invalid tenant name"):
+        store.create_tenant("Bad Name")
+    with pytest.raises(ConfigError, match="storage policy"):
+        store.create_tenant("ok", storage_policy="everything")  # type: ignore[arg-type]
+    with pytest.raises(TenantNotFound):
+        store.create_registered_model("m", tenant="ghost")
+
+
+def test_endpoint_traffic_plan(store: Store) -> None:
+    _seed_model(store)
+    _add_version(store)
+    _add_version(store)
+    store.set_alias("support", "champion", 1)
+    ep = store.create_endpoint("support-api", model_ref="support@champion", tenant="acme")
+    assert [(r.version, r.weight) for r in ep.routes] == [(1, 100)]
+    ep = store.set_traffic("support-api", {1: 90, 2: 10})
+    assert [(r.version, r.weight) for r in ep.routes] == [(1, 90), (2, 10)]
+    with pytest.raises(ConfigError, match="sum to 100"):
+        store.set_traffic("support-api", {1: 50})
+    assert [(r.version, r.weight) for r in store.get_endpoint("support-api").routes] == [
+        (1, 90),
+        (2, 10),
+    ]
+    with pytest.raises(EndpointNotFound):
+        store.get_endpoint("nope")
+    assert [e.name for e in store.list_endpoints(tenant="acme")] == ["support-api"]
+
+
+def test_datasets_are_versioned_by_content(store: Store) -> None:
+    kw = {"artifact_digest": "ee" * 32, "format": "alpaca", "n_rows": 10, "report": {"rows": 10}}
+    d1 = store.register_dataset("claims", digest="11" * 32, **kw)  # type: ignore[arg-type]
+    again = store.register_dataset("claims", digest="11" * 32, **kw)  # type: ignore[arg-type]
+    d2 = store.register_dataset("claims", digest="22" * 32, **kw)  # type: ignore[arg-type]
+    assert (d1.version, again.version, d2.version) == (1, 1, 2)
+    assert again.id == d1.id
+
+
+def test_runs_record_config_environment_and_metrics(store: Store) -> None:
+    _seed_model(store)
+    run = store.create_run(
+        "run-1",
+        base_model="tiny",
+        dataset_id=None,
+        config={"method": {"type": "lora"}},
+        seed=7,
+        environment={"torch": "2.13.0"},
+    )
+    assert run.status == "running"
+    done = store.finish_run("run-1", status="finished", metrics={"train_loss": 0.1})
+    assert done.status == "finished" and done.finished_at is not None
+    assert store.get_run("run-1").metrics == {"train_loss": 0.1}
+
+
+def test_api_keys_store_hashes_and_revoke(store: Store) -> None:
+    store.create_tenant("acme")
+    key = store.create_api_key("k1", tenant="acme", key_hash="h" * 64, scopes=["infer"])
+    assert key.scopes == ("infer",)
+    assert store.get_api_key("k1") is not None
+    assert store.get_api_key("nope") is None
+    revoked = store.revoke_api_key("k1")
+    assert revoked.revoked_at is not None
+    assert [k.id for k in store.list_api_keys("acme")] == ["k1"]
+
+
+def test_inference_records_batch_insert_and_query(store: Store) -> None:
+    _seed_model(store)
+    _add_version(store)
+    tenant = store.get_tenant("acme")
+    version = store.get_model_version("support", 1)
+    records = [
+        NewInferenceRecord(
+            id=f"rec-{i}",
+            endpoint_name="support-api",
+            route="chat.completions",
+            latency_ms=12.5,
+            status="ok",
+            http_status=200,
+            tenant_id=tenant.id,
+            version_id=version.id,
+            prompt="hi",
+            response="network",
+            prompt_tokens=3,
+            completion_tokens=1,
+            created_at=datetime(2026, 1, 1, 0, 0, i, tzinfo=UTC),
+        )
+        for i in range(5)
+    ]
+    assert store.add_inference_records(records) == 5
+    assert store.count_inference_records(endpoint="support-api") == 5
+    listed = store.list_inference_records(endpoint="support-api", tenant="acme", limit=2)
+    assert [r.id for r in listed] == ["rec-4", "rec-3"]
+    assert listed[0].version == "support:1" and listed[0].tenant == "acme"
+    with pytest.raises(Conflict):
+        store.add_inference_records(records[:1])  # same id twice
+
+
+def test_archived_version_cannot_take_alias_or_traffic(store: Store, store_url: str) -> None:
+    _seed_model(store)
+    _add_version(store)
+    _add_version(store)
+    store.create_endpoint("ep", model_ref="support:1", tenant="acme")
+    engine = create_engine(store_url)
+    with engine.begin() as conn:  # archiving arrives with the registry issue
+        conn.execute(text("UPDATE model_versions SET status='archived' WHERE version=2"))
+    engine.dispose()
+    with pytest.raises(Conflict, match="archived"):
+        store.set_alias("support", "champion", 2)
+    with pytest.raises(Conflict, match="archived"):
+        store.set_traffic("ep", {1: 50, 2: 50})
+
+
+def test_concurrent_version_registration_never_duplicates_numbers(store_url: str) -> None:
+    with Store.open(store_url) as s:
+        _seed_model(s)
+    numbers: list[int] = []
+    errors: list[Exception] = []
+
+    def register() -> None:
+        with Store.open(store_url) as s:
+            for _ in range(5):
+                try:
+                    numbers.append(_add_version(s))
+                except Conflict as exc:  # a lost race is a clean conflict, never a duplicate
+                    errors.append(exc)
+
+    threads = [threading.Thread(target=register) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(numbers) == len(set(numbers))
+    assert len(numbers) + len(errors) == 20
+
+
+def test_unreachable_postgres_is_one_clear_error() -> None:
+    with pytest.raises(StoreUnavailable, match=r"cannot use the store at .*127\.0\.0\.1:9"):
+        Store.open("postgresql://u:secret@127.0.0.1:9/db")
+
+
+def test_password_is_never_shown(tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailable) as info:
+        Store.open("postgresql://u:hunter2@127.0.0.1:9/db")
+    assert "hunter2" not in str(info.value)
+
+
+def test_missing_sqlite_directory_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(StoreUnavailable, match="does not exist"):
+        Store.open(f"sqlite:///{tmp_path / 'nope' / 's.db'}")
+
+
+def test_unsupported_url_is_config_error() -> None:
+    with pytest.raises(ConfigError, match="unsupported store database"):
+        Store.open("mysql://localhost/db")
+    with pytest.raises(ConfigError, match="not a database URL"):
+        Store.open("::::")
