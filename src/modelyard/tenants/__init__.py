@@ -1,1 +1,119 @@
-"""modelyard.tenants."""
+"""Tenants and their API keys.
+
+A key looks like ``myk_<id>_<secret><check>``: a recognizable prefix, a public
+id (the store's primary key), a random secret and a 6-character checksum, so a
+malformed or mistyped key is refused without a store lookup. Only the SHA-256
+of the secret is stored; comparison is constant-time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import string
+import zlib
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+
+from modelyard.errors import ConfigError, InvalidApiKey
+from modelyard.store import ApiKey, Store
+
+KEY_PREFIX = "myk"
+SCOPES = ("infer", "feedback")
+_ALPHABET = string.ascii_letters + string.digits
+_ID_LEN, _SECRET_LEN, _CHECK_LEN = 12, 32, 6
+
+
+def _checksum(body: str) -> str:
+    return f"{zlib.crc32(body.encode()):08x}"[:_CHECK_LEN]
+
+
+def _hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def parse_scopes(raw: str | Sequence[str]) -> tuple[str, ...]:
+    """``"infer,feedback"`` or a list → validated scopes."""
+    items = raw.split(",") if isinstance(raw, str) else list(raw)
+    scopes = tuple(dict.fromkeys(s.strip() for s in items if s.strip()))
+    unknown = [s for s in scopes if s not in SCOPES]
+    if not scopes or unknown:
+        raise ConfigError(
+            f"invalid scopes {', '.join(unknown) or '(none)'}: use a comma-separated subset of "
+            f"{', '.join(SCOPES)}"
+        )
+    return scopes
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90d``, ``12h``, ``30m`` → a timedelta (used by ``--expires``)."""
+    units = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+    value, unit = text[:-1], text[-1:]
+    if unit not in units or not value.isdigit() or int(value) <= 0:
+        raise ConfigError(
+            f"invalid duration {text!r}: use a positive number with d, h, m or s (e.g. 90d)"
+        )
+    return timedelta(**{units[unit]: int(value)})
+
+
+def create_api_key(
+    store: Store,
+    tenant: str,
+    *,
+    scopes: Sequence[str] = SCOPES,
+    expires_in: timedelta | None = None,
+) -> tuple[ApiKey, str]:
+    """Create a key for ``tenant``; returns the stored key and the secret (shown once)."""
+    scopes = parse_scopes(scopes)
+    key_id = "".join(secrets.choice(_ALPHABET) for _ in range(_ID_LEN))
+    secret = "".join(secrets.choice(_ALPHABET) for _ in range(_SECRET_LEN))
+    body = f"{KEY_PREFIX}_{key_id}_{secret}"
+    expires_at = datetime.now(UTC) + expires_in if expires_in else None
+    key = store.create_api_key(
+        key_id, tenant=tenant, key_hash=_hash_secret(secret), scopes=scopes, expires_at=expires_at
+    )
+    return key, body + _checksum(body)
+
+
+def split_key(raw: str) -> tuple[str, str]:
+    """Check a presented key's shape and checksum; return (key id, secret)."""
+    parts = raw.split("_")
+    if len(parts) != 3 or parts[0] != KEY_PREFIX:
+        raise InvalidApiKey("the API key is malformed (expected myk_<id>_<secret>)")
+    key_id, tail = parts[1], parts[2]
+    secret, check = tail[:-_CHECK_LEN], tail[-_CHECK_LEN:]
+    body = f"{KEY_PREFIX}_{key_id}_{secret}"
+    if len(key_id) != _ID_LEN or len(secret) != _SECRET_LEN or _checksum(body) != check:
+        raise InvalidApiKey("the API key is malformed or mistyped (checksum mismatch)")
+    return key_id, secret
+
+
+def verify_api_key(key: ApiKey | None, secret: str, *, now: datetime | None = None) -> ApiKey:
+    """Check a stored key against a presented secret: hash, revocation and expiry."""
+    if key is None or not hmac.compare_digest(key.key_hash, _hash_secret(secret)):
+        raise InvalidApiKey("the API key is not valid")
+    now = now or datetime.now(UTC)
+    if key.revoked_at is not None and key.revoked_at <= now:
+        raise InvalidApiKey("the API key was revoked")
+    if key.expires_at is not None and key.expires_at <= now:
+        raise InvalidApiKey("the API key has expired")
+    return key
+
+
+def authenticate(store: Store, raw: str) -> ApiKey:
+    """The stored key behind ``raw``, or InvalidApiKey."""
+    key_id, secret = split_key(raw)
+    return verify_api_key(store.get_api_key(key_id), secret)
+
+
+__all__ = [
+    "KEY_PREFIX",
+    "SCOPES",
+    "authenticate",
+    "create_api_key",
+    "parse_duration",
+    "parse_scopes",
+    "split_key",
+    "verify_api_key",
+]
