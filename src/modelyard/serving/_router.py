@@ -1,0 +1,94 @@
+"""Desired state, as a server sees it: endpoints, their traffic plans and their versions.
+
+Servers are stateless replicas: the ``Router`` keeps a snapshot of the store
+and reconciles it every ``refresh_seconds`` (and at once on an unknown
+endpoint), so a new endpoint or a traffic change takes effect without a
+restart. Picking a version is weighted, and sticky per ``user`` when given.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import threading
+import time
+from dataclasses import dataclass
+
+from modelyard.errors import EndpointNotFound
+from modelyard.store import ApiKey, Endpoint, ModelVersion, Store
+
+
+@dataclass(frozen=True)
+class Route:
+    endpoint: Endpoint
+    choices: tuple[tuple[ModelVersion, int], ...]  # (version, weight), weights sum to 100
+
+
+class Router:
+    def __init__(self, store: Store, *, refresh_seconds: float = 2.0) -> None:
+        self._store = store
+        self._refresh_seconds = refresh_seconds
+        self._lock = threading.Lock()
+        self._routes: dict[str, Route] = {}
+        self._loaded_at = 0.0
+        self._rng = random.Random()
+
+    def refresh(self) -> None:
+        """Reload every endpoint and its versions from the store."""
+        routes: dict[str, Route] = {}
+        versions: dict[int, ModelVersion] = {}
+        for ep in self._store.list_endpoints():
+            choices = []
+            for r in ep.routes:
+                if r.version_id not in versions:
+                    versions[r.version_id] = self._store.get_model_version_by_id(r.version_id)
+                if r.weight > 0:
+                    choices.append((versions[r.version_id], r.weight))
+            routes[ep.name] = Route(ep, tuple(choices))
+        with self._lock:
+            self._routes = routes
+            self._loaded_at = time.monotonic()
+
+    def maybe_refresh(self) -> None:
+        if time.monotonic() - self._loaded_at >= self._refresh_seconds:
+            self.refresh()
+
+    def visible_endpoints(self, key: ApiKey) -> list[Endpoint]:
+        """The endpoints a key may call: its tenant's and the shared ones."""
+        self.maybe_refresh()
+        with self._lock:
+            routes = list(self._routes.values())
+        return [r.endpoint for r in routes if _visible(r.endpoint, key)]
+
+    def route(self, name: str, key: ApiKey) -> Route:
+        """The endpoint's route; another tenant's endpoint is a 404 exactly like a missing one."""
+        self.maybe_refresh()
+        route = self._routes.get(name)
+        if route is None and time.monotonic() - self._loaded_at > 0.2:
+            self.refresh()  # a brand-new endpoint should not wait for the next reconcile
+            route = self._routes.get(name)
+        if route is None or not _visible(route.endpoint, key) or not route.choices:
+            raise EndpointNotFound(
+                f"the model {name!r} does not exist or you do not have access to it",
+                hint="List the models your key can use with GET /v1/models.",
+            )
+        return route
+
+    def pick(self, route: Route, user: str | None = None) -> ModelVersion:
+        """A version by weight; the same ``user`` keeps landing on the same version."""
+        if len(route.choices) == 1:
+            return route.choices[0][0]
+        if user:
+            digest = hashlib.sha256(f"{route.endpoint.name}/{user}".encode()).digest()
+            point = int.from_bytes(digest[:8], "big") % 100
+        else:
+            point = self._rng.randrange(100)
+        for version, weight in route.choices:
+            if point < weight:
+                return version
+            point -= weight
+        return route.choices[-1][0]
+
+
+def _visible(endpoint: Endpoint, key: ApiKey) -> bool:
+    return endpoint.shared or endpoint.tenant == key.tenant
