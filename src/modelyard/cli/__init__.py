@@ -1,1 +1,87 @@
-"""modelyard.cli."""
+"""The ``modelyard`` command line: one Typer app, one module per command group.
+
+Commands hold no business logic: they parse, call the stage's public API and
+print. Every ``ModelyardError`` becomes one line on stderr and a non-zero exit
+(2 for bad input, 1 otherwise); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import typer
+from typer.main import get_command
+
+from modelyard.cli import _admin, _base, _quickstart, _serve
+from modelyard.cli._common import err_console
+from modelyard.errors import ConfigError, ModelyardError
+
+app = typer.Typer(
+    name="modelyard",
+    help="Fine-tune, govern, serve and watch LLMs on your own machines.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_debug = {"on": False}
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    _debug["on"] = debug
+
+
+app.command("init", help="Create the home, the artifact store and the store schema (idempotent).")(
+    _admin.init
+)
+app.command("quickstart", help="Run the whole flow on tiny local models for two tenants.")(
+    _quickstart.quickstart
+)
+app.command("serve", help="Serve the OpenAI-compatible API for every endpoint in the store.")(
+    _serve.serve
+)
+app.add_typer(_base.app, name="base")
+app.add_typer(_admin.tenants_app, name="tenants")
+app.add_typer(_admin.keys_app, name="keys")
+app.add_typer(_admin.registry_app, name="registry")
+app.add_typer(_admin.endpoints_app, name="endpoints")
+
+
+def exit_code_for(exc: ModelyardError) -> int:
+    return 2 if isinstance(exc, ConfigError) else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning errors into one clear line and an exit code.
+
+    Typer (standalone mode) handles usage errors itself (exit 2); what reaches
+    us is a ModelyardError from a command.
+    """
+    # Library deprecation chatter is for developers, not for people running commands.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    command = get_command(app)
+    try:
+        command.main(args=argv, prog_name="modelyard", standalone_mode=True)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except ModelyardError as exc:
+        if _debug["on"]:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc.one_line()}", markup=True)
+        return exit_code_for(exc)
+    except KeyboardInterrupt:
+        err_console.print("aborted")
+        return 130
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+__all__ = ["app", "main", "run"]

@@ -1,0 +1,274 @@
+"""Operator commands on the store: init, tenants, keys, registry, endpoints."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from modelyard.cli._common import console, open_artifacts, open_store, print_json, settings
+from modelyard.errors import ConfigError
+from modelyard.store import STORAGE_POLICIES, StoragePolicy, redact_url
+from modelyard.tenants import create_api_key, parse_duration, parse_scopes
+
+JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+
+
+def init(json_out: bool = JSON) -> None:
+    """Create the home directory, the artifact store and the store schema.
+
+    Safe to run again: it only applies migrations that are missing.
+    """
+    s = settings()
+    home = s.ensure_home()
+    artifacts = open_artifacts(s)
+    try:
+        artifacts.root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the artifact store {artifacts.root}: {exc.strerror}",
+            hint="Set MODELYARD_ARTIFACTS to a writable directory.",
+        ) from exc
+    with open_store(s, migrate=False) as store:
+        before, after = store.migrate()
+        result = {
+            "home": str(home),
+            "store": redact_url(s.resolved_store_url),
+            "artifacts": str(artifacts.root),
+            "schema_before": before,
+            "schema": after,
+        }
+    if json_out:
+        print_json(result)
+        return
+    state = "up to date" if before == after else f"migrated {before or 'empty'} → {after}"
+    console.print(f"[green]modelyard is ready[/] (schema {state})")
+    for key in ("home", "store", "artifacts"):
+        console.print(f"  {key:<10} {result[key]}")
+
+
+# -- tenants -------------------------------------------------------------------------------
+
+tenants_app = typer.Typer(help="Tenants: isolated customers or business units.")
+
+
+@tenants_app.command("create")
+def tenants_create(
+    name: str = typer.Argument(..., help="Tenant name (lowercase, digits, '.', '_', '-')."),
+    storage_policy: str = typer.Option(
+        "full", help=f"What inference records keep of prompts: {', '.join(STORAGE_POLICIES)}."
+    ),
+    json_out: bool = JSON,
+) -> None:
+    """Create a tenant."""
+    if storage_policy not in STORAGE_POLICIES:
+        raise ConfigError(
+            f"invalid --storage-policy {storage_policy!r}: use one of {', '.join(STORAGE_POLICIES)}"
+        )
+    policy: StoragePolicy = storage_policy  # checked just above
+    with open_store() as store:
+        tenant = store.create_tenant(name, storage_policy=policy)
+    if json_out:
+        print_json(tenant)
+    else:
+        console.print(f"[green]created tenant[/] {tenant.name} (storage policy {policy})")
+
+
+@tenants_app.command("list")
+def tenants_list(json_out: bool = JSON) -> None:
+    """List tenants."""
+    with open_store() as store:
+        tenants = store.list_tenants()
+    if json_out:
+        print_json(tenants)
+        return
+    table = Table("tenant", "storage policy", "created")
+    for t in tenants:
+        table.add_row(t.name, t.storage_policy, f"{t.created_at:%Y-%m-%d %H:%M}")
+    console.print(table)
+
+
+# -- keys ----------------------------------------------------------------------------------
+
+keys_app = typer.Typer(help="API keys of tenants (shown once, stored as hashes).")
+
+
+@keys_app.command("create")
+def keys_create(
+    tenant: str = typer.Option(..., "--tenant", help="The tenant the key acts for."),
+    scopes: str = typer.Option("infer,feedback", help="Comma-separated: infer, feedback."),
+    expires: str | None = typer.Option(None, help="Lifetime such as 90d, 12h (default: none)."),
+    json_out: bool = typer.Option(
+        False, "--json", help='Print {"id", "key", "tenant", "scopes"} as JSON.'
+    ),
+) -> None:
+    """Create an API key. The key is printed once; only its hash is stored."""
+    wanted = parse_scopes(scopes)
+    lifetime = parse_duration(expires) if expires else None
+    with open_store() as store:
+        key, secret = create_api_key(store, tenant, scopes=wanted, expires_in=lifetime)
+    if json_out:
+        print_json({"id": key.id, "key": secret, "tenant": key.tenant, "scopes": key.scopes})
+        return
+    console.print(f"[green]created key[/] {key.id} for tenant {key.tenant}; store it now:")
+    print(secret)
+
+
+@keys_app.command("list")
+def keys_list(
+    tenant: str | None = typer.Option(None, "--tenant", help="Only this tenant's keys."),
+    json_out: bool = JSON,
+) -> None:
+    """List keys (never their secrets)."""
+    with open_store() as store:
+        keys = store.list_api_keys(tenant)
+    if json_out:
+        print_json([{k: v for k, v in vars(key).items() if k != "key_hash"} for key in keys])
+        return
+    table = Table("id", "tenant", "scopes", "created", "expires", "revoked")
+    for k in keys:
+        table.add_row(
+            k.id,
+            k.tenant,
+            ",".join(k.scopes),
+            f"{k.created_at:%Y-%m-%d %H:%M}",
+            f"{k.expires_at:%Y-%m-%d}" if k.expires_at else "-",
+            f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "-",
+        )
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: str = typer.Argument(..., help="The key id (see `keys list`).")) -> None:
+    """Revoke a key; servers refuse it within their key-cache time (seconds)."""
+    with open_store() as store:
+        key = store.revoke_api_key(key_id)
+    console.print(f"[green]revoked key[/] {key.id} of tenant {key.tenant}")
+
+
+# -- registry ------------------------------------------------------------------------------
+
+registry_app = typer.Typer(help="Registered models and their versions.")
+
+
+@registry_app.command("list")
+def registry_list(
+    tenant: str | None = typer.Option(None, "--tenant", help="Only this tenant's models."),
+    json_out: bool = JSON,
+) -> None:
+    """List registered models with their latest version and aliases."""
+    with open_store() as store:
+        models = store.list_registered_models(tenant)
+    if json_out:
+        print_json(models)
+        return
+    table = Table("model", "tenant", "latest", "aliases")
+    for m in models:
+        aliases = ", ".join(f"{a}→{v}" for a, v in sorted(m.aliases.items()))
+        table.add_row(m.name, m.tenant or "-", str(m.latest_version or "-"), aliases or "-")
+    console.print(table)
+
+
+@registry_app.command("show")
+def registry_show(
+    ref: str = typer.Argument(..., help="NAME@alias, NAME:VERSION or NAME (latest)."),
+    json_out: bool = JSON,
+) -> None:
+    """Show one model version with its lineage and metrics."""
+    with open_store() as store:
+        version = store.resolve_model_ref(ref)
+    if json_out:
+        print_json(version)
+        return
+    console.print(f"[bold]{version.ref}[/] ({version.kind}, {version.status})")
+    console.print(f"  aliases    {', '.join(version.aliases) or '-'}")
+    console.print(f"  base model {version.base_model} ({version.base_model_source})")
+    console.print(f"  artifact   sha256:{version.artifact_digest}")
+    console.print(f"  run        {version.run_id or '-'}")
+    for name, value in sorted(version.metrics.items()):
+        console.print(f"  metric     {name} = {value}")
+
+
+@registry_app.command("alias")
+def registry_alias(
+    name: str = typer.Argument(..., help="Registered model name."),
+    alias: str = typer.Argument(..., help="Alias such as champion or challenger."),
+    version: int = typer.Argument(..., help="Version number the alias should point to."),
+) -> None:
+    """Set or move an alias."""
+    with open_store() as store:
+        v = store.set_alias(name, alias, version)
+    console.print(f"[green]{name}@{alias}[/] → {v.ref}")
+
+
+# -- endpoints -----------------------------------------------------------------------------
+
+endpoints_app = typer.Typer(help="Endpoints: the names clients send as `model`.")
+
+
+@endpoints_app.command("create")
+def endpoints_create(
+    name: str = typer.Argument(..., help="Endpoint name, as clients will send it."),
+    model: str = typer.Option(..., "--model", help="NAME@alias or NAME:VERSION."),
+    tenant: str | None = typer.Option(None, "--tenant", help="Owning tenant."),
+    shared: bool = typer.Option(False, "--shared", help="Callable by every tenant."),
+    json_out: bool = JSON,
+) -> None:
+    """Create an endpoint sending all its traffic to the version MODEL resolves to."""
+    if tenant is None and not shared:
+        raise ConfigError("an endpoint needs --tenant, or --shared to serve every tenant")
+    with open_store() as store:
+        endpoint = store.create_endpoint(name, model_ref=model, tenant=tenant, shared=shared)
+    if json_out:
+        print_json(endpoint)
+    else:
+        console.print(f"[green]created endpoint[/] {name} → {model}")
+
+
+@endpoints_app.command("list")
+def endpoints_list(
+    tenant: str | None = typer.Option(None, "--tenant", help="Only this tenant's endpoints."),
+    json_out: bool = JSON,
+) -> None:
+    """List endpoints and their traffic plans."""
+    with open_store() as store:
+        endpoints = store.list_endpoints(tenant)
+    if json_out:
+        print_json(endpoints)
+        return
+    table = Table("endpoint", "tenant", "model", "traffic")
+    for e in endpoints:
+        plan = ", ".join(f"{e.model}:{r.version}={r.weight}" for r in e.routes)
+        table.add_row(e.name, e.tenant or "(shared)", e.model_ref, plan)
+    console.print(table)
+
+
+@endpoints_app.command("show")
+def endpoints_show(name: str = typer.Argument(...), json_out: bool = JSON) -> None:
+    """Show one endpoint."""
+    with open_store() as store:
+        endpoint = store.get_endpoint(name)
+        count = store.count_inference_records(endpoint=name)
+    if json_out:
+        print_json({**vars(endpoint), "requests": count})
+        return
+    console.print(f"[bold]{endpoint.name}[/] → {endpoint.model_ref} ({count} requests recorded)")
+    for r in endpoint.routes:
+        console.print(f"  {endpoint.model}:{r.version}  {r.weight}%")
+
+
+@endpoints_app.command("set-traffic")
+def endpoints_set_traffic(
+    name: str = typer.Argument(..., help="Endpoint name."),
+    weights: list[str] = typer.Argument(..., help="VERSION=WEIGHT pairs summing to 100."),
+) -> None:
+    """Replace the traffic plan, e.g. `set-traffic support 3=90 4=10`."""
+    plan: dict[int, int] = {}
+    for item in weights:
+        version, _, weight = item.partition("=")
+        if not (version.isdigit() and weight.isdigit()):
+            raise ConfigError(f"invalid traffic entry {item!r}: use VERSION=WEIGHT, e.g. 3=90")
+        plan[int(version)] = int(weight)
+    with open_store() as store:
+        endpoint = store.set_traffic(name, plan)
+    plan_text = ", ".join(f"{endpoint.model}:{r.version}={r.weight}" for r in endpoint.routes)
+    console.print(f"[green]{name}[/] traffic: {plan_text}")

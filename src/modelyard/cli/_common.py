@@ -1,0 +1,103 @@
+"""What every command shares: consoles, the store and artifacts from settings, JSON output."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import json
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.text import Text
+
+from modelyard.artifacts import ArtifactStore
+from modelyard.settings import Settings, load_settings
+from modelyard.store import Store
+
+# Tables stay readable when piped or captured (Rich would assume 80 columns).
+console = Console(width=None if sys.stdout.isatty() else 120)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def settings() -> Settings:
+    return load_settings()
+
+
+def open_store(s: Settings | None = None, *, migrate: bool = True) -> Store:
+    """The configured store, migrated; the default SQLite file needs a writable home."""
+    s = s or settings()
+    if s.store_url is None:
+        s.ensure_home()
+    return Store.open(s.resolved_store_url, migrate=migrate)
+
+
+def open_artifacts(s: Settings | None = None) -> ArtifactStore:
+    s = s or settings()
+    if s.artifacts is None:
+        s.ensure_home()
+    return ArtifactStore(s.artifacts_dir)
+
+
+def to_jsonable(value: Any) -> Any:
+    """Entities (frozen dataclasses) and their fields as JSON-ready values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    return value
+
+
+def print_json(value: Any) -> None:
+    """JSON on stdout, plain (no Rich markup), for scripts and pipelines."""
+    print(json.dumps(to_jsonable(value), indent=2, sort_keys=True))
+
+
+class RateColumn(ProgressColumn):
+    """Work per second, e.g. ``12.3 steps/s``."""
+
+    def __init__(self, unit: str) -> None:
+        super().__init__()
+        self.unit = unit
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("" if speed is None else f"{speed:.1f} {self.unit}/s", style="dim")
+
+
+@contextmanager
+def progress_bar(description: str, total: int, *, unit: str = "steps") -> Iterator[ProgressFn]:
+    """A Rich bar with rate; yields ``update(done, total, info)`` for long-running work."""
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(unit),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=err_console) as bar:
+        task = bar.add_task(description, total=total, info="")
+
+        def update(done: int, total: int, info: str = "") -> None:
+            bar.update(task, completed=done, total=total, info=info)
+
+        yield update
+
+
+ProgressFn = Callable[[int, int, str], None]

@@ -1,0 +1,93 @@
+"""``modelyard quickstart``: the whole flow on tiny local models, with a summary table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
+
+import typer
+from rich.table import Table
+
+from modelyard.cli._common import console, err_console, print_json, progress_bar, settings
+from modelyard.errors import TrainingError
+from modelyard.quickstart import QuickstartResult, UpdateFn, run_quickstart
+
+
+class _RichUI:
+    def info(self, message: str) -> None:
+        err_console.print(f"[cyan]•[/] {message}")
+
+    def bar(self, description: str, total: int, unit: str) -> AbstractContextManager[UpdateFn]:
+        return _bar(description, total, unit)
+
+
+@contextmanager
+def _bar(description: str, total: int, unit: str) -> Iterator[UpdateFn]:
+    with progress_bar(description, total, unit=unit) as update:
+        yield update
+
+
+def _summary(result: QuickstartResult) -> Table:
+    table = Table(title=f"modelyard quickstart — {result.seconds:.0f} s")
+    for column in (
+        "tenant",
+        "endpoint",
+        "version",
+        "base EM",
+        "adapter EM",
+        "held-out",
+        "API correct",
+        "records",
+    ):
+        table.add_column(column)
+    for t in result.tenants:
+        table.add_row(
+            t.tenant,
+            t.endpoint,
+            t.version,
+            f"{t.base_exact_match:.2f}",
+            f"[bold green]{t.adapter_exact_match:.2f}[/]",
+            str(t.eval_examples),
+            f"{t.api_correct}/{t.api_requests}",
+            str(t.records),
+        )
+    return table
+
+
+def quickstart(
+    requests: int = typer.Option(6, min=1, max=40, help="Chat requests sent per tenant."),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Build a tiny base, fine-tune one LoRA adapter per tenant, register, serve, query.
+
+    Everything runs locally on the embedded default (SQLite and a local artifact
+    directory under MODELYARD_HOME). Fails (exit 1) unless every adapter beats its
+    base on held-out rows and every request is recorded.
+    """
+    result = run_quickstart(settings(), _RichUI(), requests_per_tenant=requests)
+    if json_out:
+        print_json(result)
+    else:
+        for t in result.tenants:
+            console.print(f"[bold]{t.tenant}[/] via {t.endpoint}:")
+            for text, expected, got in t.answers:
+                mark = "[green]✓[/]" if got.strip().lower() == expected.lower() else "[red]✗[/]"
+                console.print(f"  {mark} {text[:70]!r} → {got!r}")
+        console.print(_summary(result))
+        console.print(
+            f"tenant isolation: {'enforced' if result.isolation_enforced else '[red]BROKEN[/]'}"
+        )
+    failures = [
+        f"{t.tenant}: adapter {t.adapter_exact_match:.2f} "
+        f"does not beat base {t.base_exact_match:.2f}"
+        for t in result.tenants
+        if t.adapter_exact_match <= t.base_exact_match
+    ] + [
+        f"{t.tenant}: {t.records} records stored for {t.api_requests} requests"
+        for t in result.tenants
+        if t.records < t.api_requests
+    ]
+    if not result.isolation_enforced:
+        failures.append("a tenant's key reached another tenant's endpoint")
+    if failures:
+        raise TrainingError("quickstart checks failed: " + "; ".join(failures))
