@@ -1,0 +1,48 @@
+"""The docs are tested: links resolve, every documented command exists, examples print what they say."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from clihelp import modelyard
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+
+
+def test_readme_links_to_existing_docs() -> None:
+    links = re.findall(r"\]\((docs/[^)]+)\)", (ROOT / "README.md").read_text())
+    assert links, "README links no docs"
+    for link in links:
+        assert (ROOT / link).is_file(), link
+
+
+def _documented_commands() -> list[list[str]]:
+    """`modelyard a b` from the first column of the CLI reference table."""
+    commands = []
+    for cell in re.findall(
+        r"^\| `modelyard ([a-z -]+?)(?: [A-Z\[`-].*)?` \|", (DOCS / "cli.md").read_text(), re.M
+    ):
+        words = [w for w in cell.split() if re.fullmatch(r"[a-z-]+", w)]
+        commands.append(words[:2] if len(words) > 1 and words[1] != "-" else words[:1])
+    return commands
+
+
+@pytest.mark.parametrize("command", _documented_commands(), ids=" ".join)
+def test_every_documented_command_has_help(command: list[str], tmp_path: Path) -> None:
+    r = modelyard(*command, "--help", home=tmp_path)
+    assert r.code == 0, r.err
+    assert "Usage" in r.out
+
+
+def test_cli_error_example_prints_what_the_docs_show(tmp_path: Path) -> None:
+    text = (DOCS / "cli.md").read_text()
+    example = re.search(r"\$ (modelyard registry show \S+)\n(error: .+)\n\$ echo \$\?\n(\d+)", text)
+    assert example is not None
+    command, expected_line, expected_code = example.groups()
+    r = modelyard(*command.split()[1:], home=tmp_path)
+    assert r.err.strip() == expected_line
+    assert r.code == int(expected_code)
