@@ -1,4 +1,4 @@
-"""The docs are tested: links resolve, every documented command exists, examples print what they say."""
+"""The docs are tested: links resolve, documented commands exist, examples print what they say."""
 
 from __future__ import annotations
 

@@ -196,7 +196,7 @@ def _train_and_register(
     from modelyard.evaluation import evaluate_exact_match, load_adapter
     from modelyard.training import LoraSettings, train_lora
 
-    train, held_out = _split(plan.domain, n_train=240, n_eval=40)
+    train, held_out = _split(plan.domain, n_train=120, n_eval=40)
     data_dir = work / "data" / plan.tenant
     digest = _write_jsonl(data_dir / "train.jsonl", train)
     _write_jsonl(data_dir / "eval.jsonl", held_out)
