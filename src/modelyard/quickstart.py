@@ -97,7 +97,7 @@ def _split(
     """Train and held-out rows; held-out inputs never appear in training."""
     from modelyard.data import synthetic_domain
 
-    rows = synthetic_domain(domain, n_train + n_eval, seed=17)
+    rows = synthetic_domain(domain, n_train + n_eval, seed=0)
     train, held_out = rows[:n_train], rows[n_train:]
     seen = {r["input"] for r in train}
     return train, [r for r in held_out if r["input"] not in seen]
@@ -148,7 +148,7 @@ def _ensure_base(store: Store, work: Path, ui: QuickstartUI) -> BaseModel:
             return known
     except NotFound:
         pass
-    corpus = domain_corpus(DOMAINS, n_docs=1200, seed=0)
+    corpus = domain_corpus(DOMAINS, n_docs=2000, seed=0)
     steps = 300
     with ui.bar("pretraining tiny base", steps, "steps") as update:
         info = create_tiny_base(
@@ -196,7 +196,7 @@ def _train_and_register(
     from modelyard.evaluation import evaluate_exact_match, load_adapter
     from modelyard.training import LoraSettings, train_lora
 
-    train, held_out = _split(plan.domain, n_train=120, n_eval=40)
+    train, held_out = _split(plan.domain, n_train=400, n_eval=90)
     data_dir = work / "data" / plan.tenant
     digest = _write_jsonl(data_dir / "train.jsonl", train)
     _write_jsonl(data_dir / "eval.jsonl", held_out)

@@ -32,7 +32,11 @@ ProgressFn = Callable[[int, int, float], None]
 
 @dataclass(frozen=True)
 class TinyBaseInfo:
-    """What ``create_tiny_base`` built, for the CLI and the registry's lineage."""
+    """What ``create_tiny_base`` built, for the CLI and the registry's lineage.
+
+    ``final_loss`` is the smoothed (moving-average) pretraining loss at the end;
+    ``corpus_tokens`` counts the tokens packed into training blocks.
+    """
 
     path: Path
     parameters: int
@@ -49,7 +53,6 @@ class TinyBaseInfo:
 
 @dataclass(frozen=True)
 class _Shape:
-    vocab_size: int
     hidden_size: int
     layers: int
     heads: int
@@ -179,14 +182,14 @@ def create_tiny_base(
     out_dir: Path,
     *,
     vocab_size: int = 1024,
-    hidden_size: int = 128,
+    hidden_size: int = 96,
     layers: int = 2,
     heads: int = 4,
     max_positions: int = 256,
     steps: int = 300,
     batch_size: int = 16,
     seq_len: int = 128,
-    learning_rate: float = 3e-3,
+    learning_rate: float = 6e-3,
     seed: int = 0,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
@@ -206,13 +209,13 @@ def create_tiny_base(
         )
     docs = read_corpus(corpus)
     check_out_dir(out_dir, overwrite)
-    torch.manual_seed(seed)
     tokenizer = train_tokenizer(docs, vocab_size, max_positions)
     blocks = _pack(tokenizer, docs, seq_len)
-    shape = _Shape(vocab_size, hidden_size, layers, heads, max_positions)
-    model = _new_model(shape, tokenizer)
     schedule = _Schedule(steps, batch_size, seq_len, learning_rate, max(1, steps // 10))
-    final_loss = _pretrain(model, blocks, schedule, seed, progress)
+    with torch.random.fork_rng(devices=[]):  # seed locally; leave the caller's RNG alone
+        torch.manual_seed(seed)
+        model = _new_model(_Shape(hidden_size, layers, heads, max_positions), tokenizer)
+        final_loss = _pretrain(model, blocks, schedule, seed, progress)
     _save(model, tokenizer, out_dir)
     return TinyBaseInfo(
         path=out_dir,

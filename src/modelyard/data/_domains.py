@@ -63,10 +63,7 @@ _NAMES: Final = (
 
 _INSURANCE = DomainSpec(
     name="insurance-claims",
-    instruction=(
-        "Route this insurance claim to the team that handles it. "
-        "Answer with one word: auto, property or health."
-    ),
+    instruction="Which team handles this claim: auto, property or health?",
     cues=MappingProxyType(
         {
             "auto": (
@@ -127,6 +124,9 @@ _INSURANCE = DomainSpec(
         Template("Case file {ref}. {Cue} {when}.", ("the", "their")),
         Template("In one case last year, {cue}.", ("the", "a customer's")),
         Template("The customer wrote that {cue} {when}.", ("their",)),
+        Template("{name} phoned the insurer because {cue} {when}.", ("their",)),
+        Template("Good morning, {cue} {when} and I would like to make a claim.", ("my", "our")),
+        Template("From the claims log: {cue}; the estimate was {amount}.", ("the", "their")),
     ),
     routing_sentences=(
         "The claims desk sent it to the {label} team.",
@@ -192,10 +192,7 @@ _INSURANCE = DomainSpec(
 
 _IT_SUPPORT = DomainSpec(
     name="it-support",
-    instruction=(
-        "Route this IT support ticket to the right queue. "
-        "Answer with one word: network, hardware or access."
-    ),
+    instruction="Which queue should take this ticket: network, hardware or access?",
     cues=MappingProxyType(
         {
             "network": (
@@ -259,6 +256,9 @@ _IT_SUPPORT = DomainSpec(
         Template("Incident {ref}. {Cue}.", ("the", "a user's")),
         Template("A colleague in {dept} mentioned that {cue}.", ("their",)),
         Template("Last month a user said that {cue}.", ("their", "the")),
+        Template("{name} wrote to the service desk: {cue} since {when}.", ("my", "the")),
+        Template("Hey, {cue} again. {closing}", ("my", "the")),
+        Template("Help desk note from {dept}: {cue}.", ("their", "the")),
     ),
     routing_sentences=(
         "The service desk moved it to the {label} queue.",

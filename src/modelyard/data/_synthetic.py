@@ -51,28 +51,39 @@ def _fill(template: Template, cue: str, spec: DomainSpec, rng: random.Random) ->
 def synthetic_domain(domain: str, n: int, seed: int) -> list[dict[str, str]]:
     """Generate ``n`` alpaca rows routing a message of ``domain`` to its label.
 
-    Rows have distinct inputs and labels balanced round-robin, so any split of one
-    call's result (e.g. first 120 for training, the rest held out) is disjoint and
-    roughly balanced. The same ``(domain, n, seed)`` always gives the same rows.
+    Rows come in shuffled rounds that use every (label, cue) pair once, so labels
+    are balanced and any prefix (e.g. the first 200 rows for training, the rest
+    held out) covers the whole domain. Inputs are distinct, so such a split is
+    disjoint. The same ``(domain, seed)`` always gives the same rows, and a
+    smaller ``n`` gives a prefix of a larger one.
     """
     spec = _spec(domain)
     _check_count("n", n)
-    rng = random.Random(f"{domain}:{seed}")
-    labels = [spec.labels[i % len(spec.labels)] for i in range(n)]
-    rng.shuffle(labels)
+    order_rng = random.Random(f"{domain}:{seed}:order")
+    text_rng = random.Random(f"{domain}:{seed}:text")
     rows: list[dict[str, str]] = []
     seen: set[str] = set()
-    for label in labels:
-        text = _unique_text(spec, label, rng, seen)
+    for label, cue in _cue_rounds(spec, n, order_rng):
+        text = _unique_text(spec, cue, text_rng, seen)
         rows.append({"instruction": spec.instruction, "input": text, "output": label})
     return rows
 
 
-def _unique_text(spec: DomainSpec, label: str, rng: random.Random, seen: set[str]) -> str:
-    """Draw task texts for ``label`` until one is new; fail clearly if the space is exhausted."""
+def _cue_rounds(spec: DomainSpec, n: int, rng: random.Random) -> list[tuple[str, str]]:
+    """``n`` (label, cue) pairs: rounds of every pair once, each round in a random order."""
+    pairs = [(label, cue) for label, cues in spec.cues.items() for cue in cues]
+    picked: list[tuple[str, str]] = []
+    while len(picked) < n:
+        round_ = pairs.copy()
+        rng.shuffle(round_)
+        picked.extend(round_)
+    return picked[:n]
+
+
+def _unique_text(spec: DomainSpec, cue: str, rng: random.Random, seen: set[str]) -> str:
+    """Frame ``cue`` in random task templates until the text is new; fail clearly if exhausted."""
     for _ in range(_MAX_ATTEMPTS_PER_ROW):
-        template = rng.choice(spec.task_templates)
-        text = _fill(template, rng.choice(spec.cues[label]), spec, rng)
+        text = _fill(rng.choice(spec.task_templates), cue, spec, rng)
         if text not in seen:
             seen.add(text)
             return text
@@ -85,10 +96,8 @@ def _unique_text(spec: DomainSpec, label: str, rng: random.Random, seen: set[str
 def _case_document(spec: DomainSpec, rng: random.Random) -> str:
     """A short case description followed by prose naming how it was routed."""
     label = rng.choice(spec.labels)
-    template = rng.choice(spec.corpus_templates)
-    case = _fill(template, rng.choice(spec.cues[label]), spec, rng)
-    routing = rng.choice(spec.routing_sentences).format(label=label)
-    return f"{case} {routing}"
+    case = _fill(rng.choice(spec.corpus_templates), rng.choice(spec.cues[label]), spec, rng)
+    return f"{case} {rng.choice(spec.routing_sentences).format(label=label)}"
 
 
 def _facts_document(spec: DomainSpec, rng: random.Random) -> str:

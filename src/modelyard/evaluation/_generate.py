@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,17 +14,6 @@ from modelyard.errors import ArtifactNotFound, ConfigError
 
 BASE_ADAPTER = "__base__"
 """Adapter name that selects the bare base model in a mixed batch (peft's convention)."""
-
-
-@contextmanager
-def _left_padding(tokenizer: Any) -> Iterator[None]:
-    """Pad on the left while generating (so every prompt ends where generation starts)."""
-    previous = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        yield
-    finally:
-        tokenizer.padding_side = previous
 
 
 def _cut_at_eos(ids: list[int], eos_ids: set[int]) -> list[int]:
@@ -55,8 +43,10 @@ def _generate_batch(
     max_new_tokens: int,
     adapter_names: Sequence[str] | None,
 ) -> list[str]:
-    with _left_padding(tokenizer):
-        batch = tokenizer(list(prompts), return_tensors="pt", padding=True).to(model.device)
+    # Left padding, so every prompt ends where generation starts. Passed per call
+    # rather than set on the tokenizer, which a server shares between requests.
+    batch = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
+    batch = batch.to(model.device)
     extra: dict[str, Any] = {"adapter_names": list(adapter_names)} if adapter_names else {}
     with torch.inference_mode():
         output = model.generate(
@@ -68,9 +58,10 @@ def _generate_batch(
         )
     new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
     eos_ids = _eos_ids(model, tokenizer)
-    return [
+    texts = (
         tokenizer.decode(_cut_at_eos(ids, eos_ids), skip_special_tokens=True) for ids in new_tokens
-    ]
+    )
+    return [text.strip() for text in texts]
 
 
 def generate(
@@ -82,8 +73,9 @@ def generate(
     batch_size: int = 32,
     adapter_names: Sequence[str] | None = None,
 ) -> list[str]:
-    """Greedy completions of ``prompts`` (only the new text, cut at the first eos).
+    """Greedy completions of ``prompts``: only the new text, cut at the first eos, stripped.
 
+    Stripping drops the leading space many tokenizers decode before an answer.
     Prompts are batched with left padding. With a peft model holding several
     adapters, ``adapter_names`` (one per prompt; ``BASE_ADAPTER`` for the bare
     base) serves different tenants in the same batch.

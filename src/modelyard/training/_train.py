@@ -8,6 +8,7 @@ progress reporting, atomic adapter saving, and clear errors.
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import time
@@ -40,7 +41,7 @@ ProgressFn = Callable[[int, int, float], None]
 class _ProgressCallback(TrainerCallback):  # type: ignore[misc]  # transformers is untyped here
     """Forward every logged training loss to a ``progress(step, total, loss)`` function."""
 
-    def __init__(self, progress: ProgressFn) -> None:
+    def __init__(self, progress: ProgressFn | None) -> None:
         self._progress = progress
         self.last_loss = math.nan
 
@@ -49,7 +50,8 @@ class _ProgressCallback(TrainerCallback):  # type: ignore[misc]  # transformers 
     ) -> None:
         if logs and "loss" in logs:
             self.last_loss = float(logs["loss"])
-            self._progress(int(state.global_step), int(state.max_steps), self.last_loss)
+            if self._progress is not None:
+                self._progress(int(state.global_step), int(state.max_steps), self.last_loss)
 
 
 def _lora_model(model: Any, settings: LoraSettings) -> Any:
@@ -125,6 +127,49 @@ def _run(trainer: Any) -> Any:
     return output
 
 
+def _make_trainer(
+    model: Any,
+    tokenizer: Any,
+    settings: LoraSettings,
+    work_dir: str,
+    datasets: tuple[SupervisedDataset, SupervisedDataset | None],
+    callback: _ProgressCallback,
+) -> Any:
+    """A ``Trainer`` that pads labels with ``IGNORE_INDEX`` and reports only via ``callback``."""
+    trainer = Trainer(
+        model=model,
+        args=_training_args(settings, work_dir),
+        train_dataset=datasets[0],
+        eval_dataset=datasets[1],
+        data_collator=DataCollatorForSeq2Seq(
+            tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True
+        ),
+        processing_class=tokenizer,
+        callbacks=[callback],
+    )
+    trainer.remove_callback(PrinterCallback)  # disable_tqdm would print raw log dicts
+    return trainer
+
+
+def _save_adapter(model: Any, out_dir: Path) -> None:
+    """Save only the adapter, with a reproducible config and without peft's model card stub.
+
+    peft writes ``target_modules`` in set order (it varies between processes) and
+    a boilerplate README; sorting the one and dropping the other makes two runs
+    with the same inputs produce identical files.
+    """
+    with publish_dir(out_dir) as staging, quiet_progress():
+        model.save_pretrained(str(staging), safe_serialization=True)
+        (staging / "README.md").unlink(missing_ok=True)
+        config_path = staging / "adapter_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        if isinstance(config.get("target_modules"), list):
+            config["target_modules"] = sorted(config["target_modules"])
+        config_path.write_text(
+            json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+        )
+
+
 def train_lora(
     base: str | Path,
     train_rows: Sequence[Mapping[str, str]],
@@ -140,7 +185,7 @@ def train_lora(
     The loss covers only the response tokens (and the closing eos), so the adapter
     learns to answer, not to echo prompts. ``out_dir`` receives
     ``adapter_config.json`` and ``adapter_model.safetensors``; the same base, rows
-    and settings give byte-identical adapter weights on the same hardware.
+    and settings give byte-identical files on the same hardware and software.
     With ``eval_rows`` the result also reports the held-out loss.
     """
     started = time.perf_counter()
@@ -150,29 +195,18 @@ def train_lora(
     train_set = SupervisedDataset(tokenizer, train_rows, settings.max_seq_len)
     eval_set = SupervisedDataset(tokenizer, eval_rows, settings.max_seq_len) if eval_rows else None
     peft_model = _lora_model(model, settings)
-    callback = _ProgressCallback(progress or (lambda step, total, loss: None))
+    callback = _ProgressCallback(progress)
     with tempfile.TemporaryDirectory(prefix="modelyard-trainer-") as work_dir:
-        trainer = Trainer(
-            model=peft_model,
-            args=_training_args(settings, work_dir),
-            train_dataset=train_set,
-            eval_dataset=eval_set,
-            data_collator=DataCollatorForSeq2Seq(
-                tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True
-            ),
-            processing_class=tokenizer,
-            callbacks=[callback],
+        trainer = _make_trainer(
+            peft_model, tokenizer, settings, work_dir, (train_set, eval_set), callback
         )
-        trainer.remove_callback(PrinterCallback)  # disable_tqdm would print raw log dicts
         output = _run(trainer)
         eval_loss = float(trainer.evaluate()["eval_loss"]) if eval_set is not None else None
         if trainer.is_world_process_zero():
-            with publish_dir(out_dir) as staging, quiet_progress():
-                trainer.model.save_pretrained(str(staging), safe_serialization=True)
-    seconds = time.perf_counter() - started
+            _save_adapter(trainer.model, out_dir)
     trainable, total = _count_parameters(peft_model)
     tokens = int(trainer.state.num_input_tokens_seen)
-    train_seconds = float(output.metrics.get("train_runtime", seconds))
+    train_seconds = float(output.metrics.get("train_runtime", 0.0))
     return TrainResult(
         adapter_dir=out_dir,
         train_loss=float(output.training_loss),
@@ -182,7 +216,7 @@ def train_lora(
         epochs=float(trainer.state.epoch or 0.0),
         examples=len(train_set),
         train_tokens=tokens,
-        seconds=seconds,
+        seconds=time.perf_counter() - started,
         tokens_per_second=tokens / train_seconds if train_seconds > 0 else 0.0,
         trainable_parameters=trainable,
         total_parameters=total,

@@ -1,0 +1,235 @@
+"""Tests of modelyard.training and modelyard.evaluation.
+
+The quick tests use a structurally complete but untrained base. The slow
+end-to-end test is the quickstart's promise: one tiny base shared by two
+tenants, each with a LoRA adapter that clearly beats the base on held-out rows.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+from modelyard.base import TinyBaseInfo, create_tiny_base, load_base, weight_hashes
+from modelyard.data import DOMAINS, domain_corpus, render_prompt, synthetic_domain
+from modelyard.errors import ArtifactNotFound, ConfigError, DataError
+from modelyard.evaluation import (
+    BASE_ADAPTER,
+    evaluate_exact_match,
+    exact_match,
+    generate,
+    load_adapter,
+    load_adapters,
+    normalize,
+)
+from modelyard.training import IGNORE_INDEX, LoraSettings, encode_row, train_lora
+
+QUICK_BASE = {"steps": 8, "batch_size": 4, "seq_len": 64, "hidden_size": 32, "vocab_size": 512}
+QUICK_LORA = LoraSettings(max_steps=3, batch_size=4, dropout=0.1)
+TRAIN_ROWS = 400
+HELD_OUT_ROWS = 90
+
+
+@pytest.fixture(scope="module")
+def quick_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    corpus = domain_corpus(DOMAINS, 300, seed=0)
+    return create_tiny_base(corpus, tmp_path_factory.mktemp("quick") / "base", **QUICK_BASE).path
+
+
+@pytest.fixture(scope="module")
+def rows() -> list[dict[str, str]]:
+    return synthetic_domain("it-support", 12, seed=0)
+
+
+# --- metrics ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Auto.", "auto"),
+        ("  AUTO\n", "auto"),
+        ('"health!"', "health"),
+        ("wi-fi   issue", "wi-fi issue"),
+        ("...", ""),
+    ],
+)
+def test_normalize(text: str, expected: str) -> None:
+    assert normalize(text) == expected
+
+
+def test_exact_match() -> None:
+    assert exact_match(["Auto.", "health", "x"], ["auto", "property", "x"]) == pytest.approx(2 / 3)
+    with pytest.raises(DataError):
+        exact_match(["a"], ["a", "b"])
+    with pytest.raises(DataError):
+        exact_match([], [])
+
+
+# --- settings and features --------------------------------------------------------
+
+
+def test_lora_settings_validate_into_config_error() -> None:
+    settings = LoraSettings.from_mapping({"r": 4, "target_modules": "all-linear"})
+    assert settings.r == 4
+    assert settings.target_modules == "all-linear"
+    with pytest.raises(ConfigError, match="r"):
+        LoraSettings.from_mapping({"r": 0})
+    with pytest.raises(ConfigError, match="bogus"):
+        LoraSettings.from_mapping({"bogus": 1})
+
+
+def test_encode_row_puts_the_loss_on_the_response_only(
+    quick_base: Path, rows: list[dict[str, str]]
+) -> None:
+    _, tokenizer = load_base(quick_base)
+    features = encode_row(tokenizer, rows[0], max_seq_len=256)
+    prompt_ids = tokenizer(render_prompt(rows[0]))["input_ids"]
+    n_prompt = len(prompt_ids)
+    assert features["input_ids"][:n_prompt] == prompt_ids
+    assert features["labels"][:n_prompt] == [IGNORE_INDEX] * n_prompt
+    answer = features["labels"][n_prompt:]
+    assert answer[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(answer[:-1]) == rows[0]["output"]
+    assert features["input_ids"][n_prompt:] == answer
+    with pytest.raises(DataError, match="max_seq_len"):
+        encode_row(tokenizer, rows[0], max_seq_len=10)
+
+
+# --- train_lora, quick ------------------------------------------------------------
+
+
+def test_train_lora_saves_only_the_adapter(
+    tmp_path: Path, quick_base: Path, rows: list[dict[str, str]]
+) -> None:
+    calls: list[tuple[int, int, float]] = []
+    result = train_lora(
+        quick_base,
+        rows,
+        tmp_path / "adapter",
+        QUICK_LORA,
+        eval_rows=rows[:4],
+        progress=lambda step, total, loss: calls.append((step, total, loss)),
+    )
+    assert sorted(p.name for p in result.adapter_dir.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    assert [c[0] for c in calls] == [1, 2, 3]
+    assert {c[1] for c in calls} == {3}
+    assert result.steps == 3
+    assert result.examples == len(rows)
+    assert 0 < result.trainable_parameters < result.total_parameters
+    assert result.train_tokens > 0 and result.tokens_per_second > 0
+    assert result.eval_loss is not None and result.eval_loss > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["adapter"]  # no checkpoints or staging
+
+
+def test_train_lora_is_deterministic(
+    tmp_path: Path, quick_base: Path, rows: list[dict[str, str]]
+) -> None:
+    first = train_lora(quick_base, rows, tmp_path / "a", QUICK_LORA)
+    second = train_lora(quick_base, rows, tmp_path / "b", QUICK_LORA)
+    weights = "adapter_model.safetensors"
+    assert (first.adapter_dir / weights).read_bytes() == (second.adapter_dir / weights).read_bytes()
+    config = "adapter_config.json"
+    assert (first.adapter_dir / config).read_text() == (second.adapter_dir / config).read_text()
+    other_seed = train_lora(
+        quick_base, rows, tmp_path / "c", QUICK_LORA.model_copy(update={"seed": 1})
+    )
+    assert weight_hashes(other_seed.adapter_dir) != weight_hashes(first.adapter_dir)
+
+
+def test_train_lora_rejects_bad_inputs(tmp_path: Path, quick_base: Path) -> None:
+    with pytest.raises(DataError):
+        train_lora(quick_base, [], tmp_path / "a", QUICK_LORA)
+    with pytest.raises(DataError, match="output"):
+        train_lora(quick_base, [{"instruction": "x", "input": "y"}], tmp_path / "a", QUICK_LORA)
+    occupied = tmp_path / "occupied"
+    occupied.mkdir()
+    (occupied / "f").write_text("x", encoding="utf-8")
+    with pytest.raises(ConfigError, match="not empty"):
+        train_lora(quick_base, [{"instruction": "x", "output": "y"}], occupied, QUICK_LORA)
+
+
+# --- generation and adapters, quick -----------------------------------------------
+
+
+def test_batched_generation_matches_one_by_one(
+    quick_base: Path, rows: list[dict[str, str]]
+) -> None:
+    model, tokenizer = load_base(quick_base)
+    prompts = [render_prompt(row) for row in rows[:5]]
+    batched = generate(model, tokenizer, prompts, max_new_tokens=6, batch_size=5)
+    single = [generate(model, tokenizer, [p], max_new_tokens=6)[0] for p in prompts]
+    assert batched == single
+    assert tokenizer.padding_side == "right"  # restored after generation
+
+
+def test_several_adapters_on_one_base(
+    tmp_path: Path, quick_base: Path, rows: list[dict[str, str]]
+) -> None:
+    settings = QUICK_LORA.model_copy(update={"learning_rate": 0.05, "max_steps": 4})
+    a = train_lora(quick_base, rows, tmp_path / "a", settings).adapter_dir
+    b = train_lora(quick_base, rows, tmp_path / "b", settings.model_copy(update={"seed": 7}))
+    prompts = [render_prompt(row) for row in rows[:3]]
+    expected = {}
+    for name, directory in (("a", a), ("b", b.adapter_dir)):
+        model, tokenizer = load_base(quick_base)
+        expected[name] = generate(
+            load_adapter(model, directory), tokenizer, prompts, max_new_tokens=5
+        )
+    model, tokenizer = load_base(quick_base)
+    expected[BASE_ADAPTER] = generate(model, tokenizer, prompts, max_new_tokens=5)
+    served = load_adapters(model, {"a": a, "b": b.adapter_dir})
+    names = ["a", "b", BASE_ADAPTER]
+    mixed = generate(served, tokenizer, prompts, max_new_tokens=5, adapter_names=names)
+    assert mixed == [expected[name][i] for i, name in enumerate(names)]
+    assert expected["a"] != expected[BASE_ADAPTER]  # the adapters really change the outputs
+    assert expected["a"] != expected["b"]
+
+
+def test_load_adapter_on_a_missing_dir(tmp_path: Path, quick_base: Path) -> None:
+    model, _ = load_base(quick_base)
+    with pytest.raises(ArtifactNotFound, match=r"adapter_config\.json"):
+        load_adapter(model, tmp_path)
+
+
+# --- the quickstart, end to end ---------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def quickstart_base(tmp_path_factory: pytest.TempPathFactory) -> TinyBaseInfo:
+    """The quickstart's base: default settings, a corpus of both domains."""
+    corpus = domain_corpus(DOMAINS, 2000, seed=0)
+    info = create_tiny_base(corpus, tmp_path_factory.mktemp("quickstart") / "base", seed=0)
+    print(f"\nbase: {info.seconds:.1f}s, {info.parameters} params, loss {info.final_loss:.3f}")
+    return info
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_adapter_beats_the_base_on_held_out_rows(
+    tmp_path: Path, quickstart_base: TinyBaseInfo, domain: str
+) -> None:
+    rows = synthetic_domain(domain, TRAIN_ROWS + HELD_OUT_ROWS, seed=0)
+    train, held_out = rows[:TRAIN_ROWS], rows[TRAIN_ROWS:]
+    assert not {r["input"] for r in train} & {r["input"] for r in held_out}
+
+    result = train_lora(quickstart_base.path, train, tmp_path / domain, LoraSettings())
+    started = time.perf_counter()
+    model, tokenizer = load_base(quickstart_base.path)
+    base_score = evaluate_exact_match(model, tokenizer, held_out)
+    adapter_score = evaluate_exact_match(
+        load_adapter(model, result.adapter_dir), tokenizer, held_out
+    )
+    print(
+        f"\n{domain}: train {result.seconds:.1f}s ({result.steps} steps, "
+        f"{result.tokens_per_second:.0f} tok/s), eval {time.perf_counter() - started:.1f}s, "
+        f"exact match base {base_score.exact_match:.2f} adapter {adapter_score.exact_match:.2f}"
+    )
+    assert adapter_score.n == HELD_OUT_ROWS
+    assert adapter_score.exact_match >= 0.9
+    assert base_score.exact_match + 0.3 <= adapter_score.exact_match
