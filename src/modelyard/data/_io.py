@@ -1,0 +1,248 @@
+"""Reading datasets from JSONL, JSON, CSV and Parquet files, and writing JSONL.
+
+``load_rows`` is the one loader: finetuning, validation and splitting all read
+files through it, so a file that validates is a file that trains. It checks the
+file as a whole (it parses, it has rows, every row is an object, the format's
+columns exist); row-level problems (an empty field, a malformed conversation)
+are left to ``validate_rows``, which reports all of them with row numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from modelyard.data._formats import FORMATS, DataFormat, get_format
+from modelyard.errors import ConfigError, DataError, DatasetNotFound
+
+FILE_TYPES: Mapping[str, str] = {
+    ".jsonl": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
+}
+"""File extension -> file type; the type of a dataset file is taken from its extension."""
+
+
+def file_type(path: Path) -> str:
+    """The file type of ``path`` from its extension, or a ConfigError naming the supported ones."""
+    kind = FILE_TYPES.get(path.suffix.lower())
+    if kind is None:
+        raise ConfigError(
+            f"cannot read {path}: unsupported file extension {path.suffix or '(none)'!r}",
+            hint=f"Use a file ending in one of: {', '.join(FILE_TYPES)}.",
+            path=str(path),
+        )
+    return kind
+
+
+def load_rows(path: Path | str, format: str) -> list[dict[str, Any]]:
+    """Read every row of a dataset file and check it fits ``format``.
+
+    The file type comes from the extension (``.jsonl``, ``.json`` holding a list
+    of objects, ``.csv`` with a header row, ``.parquet``). Row *n* in reports is
+    the *n*-th record (1-based): blank JSONL lines and the CSV header are not rows.
+    In CSV files a chat ``messages`` cell holds the conversation as JSON.
+
+    Raises ConfigError for an unknown format or extension, DatasetNotFound for a
+    missing file, and DataError (naming the line, or the missing column and the
+    columns the file has) for a file that cannot be used.
+    """
+    fmt = get_format(format)
+    path = Path(path)
+    kind = file_type(path)
+    if not path.is_file():
+        what = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise DatasetNotFound(
+            f"dataset file {path} {what}",
+            hint="Check the path.",
+            path=str(path),
+        )
+    readers = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}
+    rows = readers[kind](path)
+    if not rows:
+        raise DataError(
+            f"{path} has no rows",
+            hint=f"Add at least one {fmt.name} row ({', '.join(fmt.required)}).",
+            path=str(path),
+        )
+    if fmt.name == "chat" and kind == "csv":
+        _decode_messages(rows)
+    _check_columns(path, rows, fmt)
+    return rows
+
+
+def columns_of(rows: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Every key that occurs in any row, in first-seen order."""
+    seen: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            seen.setdefault(key, None)
+    return list(seen)
+
+
+def _check_columns(path: Path, rows: list[dict[str, Any]], fmt: DataFormat) -> None:
+    columns = columns_of(rows)
+    missing = [f for f in fmt.required if f not in columns]
+    if not missing:
+        return
+    fitting = [
+        other.name
+        for other in FORMATS.values()
+        if other.name != fmt.name and all(f in columns for f in other.required)
+    ]
+    rename = f"Rename the columns to {', '.join(fmt.required)}"
+    hint = (
+        f"{rename}, or pass --format {' or '.join(fitting)}, which the columns fit."
+        if (fitting)
+        else f"{rename}."
+    )
+    names = ", ".join(repr(m) for m in missing)
+    raise DataError(
+        f"{path} has no {names} column{'s' if len(missing) > 1 else ''}, which the {fmt.name} "
+        f"format requires; its columns are: {', '.join(columns) or '(none)'}",
+        hint=hint,
+        path=str(path),
+        missing=missing,
+        columns=columns,
+    )
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path} is not UTF-8 text (byte {exc.start} cannot be decoded)",
+            hint="Save the file as UTF-8.",
+            path=str(path),
+        ) from exc
+
+
+def _not_an_object(path: Path, where: str, value: Any) -> DataError:
+    return DataError(
+        f"{path} {where}: expected a JSON object, got {type(value).__name__}",
+        hint="Every row must be an object of field names to values, e.g. "
+        '{"instruction": "...", "output": "..."}.',
+        path=str(path),
+    )
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{path} line {number} is not valid JSON: {exc.msg} (column {exc.colno})",
+                hint="Each line of a .jsonl file must be one complete JSON object.",
+                path=str(path),
+                line=number,
+            ) from exc
+        if not isinstance(value, dict):
+            raise _not_an_object(path, f"line {number}", value)
+        rows.append(value)
+    return rows
+
+
+def _read_json(path: Path) -> list[dict[str, Any]]:
+    text = _read_text(path)
+    try:
+        value = json.loads(text) if text.strip() else []
+    except json.JSONDecodeError as exc:
+        raise DataError(
+            f"{path} is not valid JSON: {exc.msg} (line {exc.lineno}, column {exc.colno})",
+            hint="A .json dataset is one JSON list of objects; use .jsonl for one object a line.",
+            path=str(path),
+            line=exc.lineno,
+        ) from exc
+    if not isinstance(value, list):
+        raise DataError(
+            f"{path} holds a JSON {type(value).__name__}, not a list of rows",
+            hint="A .json dataset is one JSON list of objects: [{...}, {...}].",
+            path=str(path),
+        )
+    for number, item in enumerate(value, start=1):
+        if not isinstance(item, dict):
+            raise _not_an_object(path, f"item {number}", item)
+    return value
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    text = _read_text(path)
+    reader = csv.DictReader(text.splitlines(keepends=True), restval=None)
+    rows: list[dict[str, Any]] = []
+    try:
+        for row in reader:
+            if None in row:
+                raise DataError(
+                    f"{path} line {reader.line_num} has more fields than the header "
+                    f"({len(reader.fieldnames or [])} columns)",
+                    hint="Quote values that contain commas, or fix the header row.",
+                    path=str(path),
+                    line=reader.line_num,
+                )
+            rows.append(dict(row))
+    except csv.Error as exc:
+        raise DataError(
+            f"{path} line {reader.line_num} is not valid CSV: {exc}",
+            hint="Check the quoting on that line.",
+            path=str(path),
+            line=reader.line_num,
+        ) from exc
+    return rows
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _read_parquet(path: Path) -> list[dict[str, Any]]:
+    import pyarrow as pa  # type: ignore[import-untyped]
+    import pyarrow.parquet as pq  # type: ignore[import-untyped]
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise DataError(
+            f"{path} is not a readable Parquet file: {_first_line(exc)}",
+            hint="Write it with pyarrow or pandas (DataFrame.to_parquet), or use JSONL.",
+            path=str(path),
+        ) from exc
+    rows: list[dict[str, Any]] = table.to_pylist()
+    return rows
+
+
+def _decode_messages(rows: list[dict[str, Any]]) -> None:
+    """Chat rows from CSV carry ``messages`` as JSON text; decode it where it parses."""
+    for row in rows:
+        value = row.get("messages")
+        if isinstance(value, str) and value.strip():
+            # Text that is not JSON stays as it is: validation reports the row as malformed.
+            with contextlib.suppress(json.JSONDecodeError):
+                row["messages"] = json.loads(value)
+
+
+def write_jsonl(rows: Iterable[Mapping[str, Any]], path: Path | str) -> int:
+    """Write rows to ``path`` as UTF-8 JSONL, one object a line, keys in their order.
+
+    The bytes depend only on the rows, so the same rows always give the same
+    file. Values JSON cannot hold (dates from Parquet, say) are written as text.
+    Returns the number of rows written.
+    """
+    path = Path(path)
+    count = 0
+    with path.open("w", encoding="utf-8", newline="\n") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False, default=str))
+            fh.write("\n")
+            count += 1
+    return count
