@@ -7,6 +7,7 @@ tenants, each with a LoRA adapter that clearly beats the base on held-out rows.
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -14,7 +15,8 @@ import pytest
 
 from modelyard.base import TinyBaseInfo, create_tiny_base, load_base, weight_hashes
 from modelyard.data import DOMAINS, domain_corpus, render_prompt, synthetic_domain
-from modelyard.errors import ArtifactNotFound, ConfigError, DataError
+from modelyard.data._templates import template_for
+from modelyard.errors import ArtifactNotFound, ConfigError, DataError, TrainingError
 from modelyard.evaluation import (
     BASE_ADAPTER,
     evaluate_exact_match,
@@ -24,10 +26,10 @@ from modelyard.evaluation import (
     load_adapters,
     normalize,
 )
-from modelyard.training import IGNORE_INDEX, LoraSettings, encode_row, train_lora
+from modelyard.training import IGNORE_INDEX, TrainSettings, encode_row, train_model
 
 QUICK_BASE = {"steps": 8, "batch_size": 4, "seq_len": 64, "hidden_size": 32, "vocab_size": 512}
-QUICK_LORA = LoraSettings(max_steps=3, batch_size=4, dropout=0.1)
+QUICK_LORA = TrainSettings(max_steps=3, batch_size=4, dropout=0.1)
 TRAIN_ROWS = 400
 HELD_OUT_ROWS = 90
 
@@ -72,13 +74,13 @@ def test_exact_match() -> None:
 
 
 def test_lora_settings_validate_into_config_error() -> None:
-    settings = LoraSettings.from_mapping({"r": 4, "target_modules": "all-linear"})
+    settings = TrainSettings.from_mapping({"r": 4, "target_modules": "all-linear"})
     assert settings.r == 4
     assert settings.target_modules == "all-linear"
     with pytest.raises(ConfigError, match="r"):
-        LoraSettings.from_mapping({"r": 0})
+        TrainSettings.from_mapping({"r": 0})
     with pytest.raises(ConfigError, match="bogus"):
-        LoraSettings.from_mapping({"bogus": 1})
+        TrainSettings.from_mapping({"bogus": 1})
 
 
 def test_encode_row_puts_the_loss_on_the_response_only(
@@ -98,14 +100,14 @@ def test_encode_row_puts_the_loss_on_the_response_only(
         encode_row(tokenizer, rows[0], max_seq_len=10)
 
 
-# --- train_lora, quick ------------------------------------------------------------
+# --- train_model, quick ------------------------------------------------------------
 
 
 def test_train_lora_saves_only_the_adapter(
     tmp_path: Path, quick_base: Path, rows: list[dict[str, str]]
 ) -> None:
     calls: list[tuple[int, int, float]] = []
-    result = train_lora(
+    result = train_model(
         quick_base,
         rows,
         tmp_path / "adapter",
@@ -130,13 +132,13 @@ def test_train_lora_saves_only_the_adapter(
 def test_train_lora_is_deterministic(
     tmp_path: Path, quick_base: Path, rows: list[dict[str, str]]
 ) -> None:
-    first = train_lora(quick_base, rows, tmp_path / "a", QUICK_LORA)
-    second = train_lora(quick_base, rows, tmp_path / "b", QUICK_LORA)
+    first = train_model(quick_base, rows, tmp_path / "a", QUICK_LORA)
+    second = train_model(quick_base, rows, tmp_path / "b", QUICK_LORA)
     weights = "adapter_model.safetensors"
     assert (first.adapter_dir / weights).read_bytes() == (second.adapter_dir / weights).read_bytes()
     config = "adapter_config.json"
     assert (first.adapter_dir / config).read_text() == (second.adapter_dir / config).read_text()
-    other_seed = train_lora(
+    other_seed = train_model(
         quick_base, rows, tmp_path / "c", QUICK_LORA.model_copy(update={"seed": 1})
     )
     assert weight_hashes(other_seed.adapter_dir) != weight_hashes(first.adapter_dir)
@@ -144,14 +146,116 @@ def test_train_lora_is_deterministic(
 
 def test_train_lora_rejects_bad_inputs(tmp_path: Path, quick_base: Path) -> None:
     with pytest.raises(DataError):
-        train_lora(quick_base, [], tmp_path / "a", QUICK_LORA)
+        train_model(quick_base, [], tmp_path / "a", QUICK_LORA)
     with pytest.raises(DataError, match="output"):
-        train_lora(quick_base, [{"instruction": "x", "input": "y"}], tmp_path / "a", QUICK_LORA)
+        train_model(quick_base, [{"instruction": "x", "input": "y"}], tmp_path / "a", QUICK_LORA)
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "f").write_text("x", encoding="utf-8")
     with pytest.raises(ConfigError, match="not empty"):
-        train_lora(quick_base, [{"instruction": "x", "output": "y"}], occupied, QUICK_LORA)
+        train_model(quick_base, [{"instruction": "x", "output": "y"}], occupied, QUICK_LORA)
+
+
+# --- formats, packing, full fine-tuning, checkpoints --------------------------------
+
+
+def test_templates_mask_each_format_on_its_response(quick_base: Path) -> None:
+    _, tokenizer = load_base(quick_base)
+    chat = {
+        "messages": [
+            {"role": "system", "content": "Route the ticket."},
+            {"role": "user", "content": "vpn is down"},
+            {"role": "assistant", "content": "network"},
+        ]
+    }
+    cases = [
+        ("chat", chat, "network"),
+        ("classification", {"text": "vpn is down", "label": "network"}, "network"),
+        ("text", {"text": "hello there"}, "hello there"),
+    ]
+    for fmt, row, response in cases:
+        template = template_for(fmt, tokenizer)
+        features = encode_row(tokenizer, row, 128, template)
+        answer = [t for t in features["labels"] if t != IGNORE_INDEX]
+        assert tokenizer.decode(answer[:-1]) == response, fmt
+    assert template_for("chat", tokenizer).name == "chat-fallback"  # tiny tokenizer: no template
+    prompt = template_for("chat", tokenizer).prompt(chat)
+    assert prompt.endswith("<|user|>\nvpn is down\n<|assistant|>\n")
+    with pytest.raises(DataError, match="last message"):
+        template_for("chat").render({"messages": chat["messages"][:2]})
+
+
+def test_packing_trains_on_the_same_tokens_without_padding(
+    tmp_path: Path, quick_base: Path, rows: list[dict[str, str]]
+) -> None:
+    padded = train_model(quick_base, rows, tmp_path / "a", QUICK_LORA)
+    packed = train_model(
+        quick_base, rows, tmp_path / "b", QUICK_LORA.model_copy(update={"packing": True})
+    )
+    assert packed.steps == padded.steps == 3
+    assert math.isfinite(packed.train_loss)
+    # Same rows, same steps: the packed loss is close to the padded one (attention is
+    # kept within each row, so only numerics differ).
+    assert packed.train_loss == pytest.approx(padded.train_loss, rel=0.05)
+
+
+def test_full_fine_tuning_saves_a_standalone_model(
+    tmp_path: Path, quick_base: Path, rows: list[dict[str, str]]
+) -> None:
+    settings = TrainSettings(method="full", max_steps=2, batch_size=4, learning_rate=1e-3)
+    result = train_model(quick_base, rows, tmp_path / "full", settings)
+    names = {p.name for p in result.output_dir.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= names
+    assert result.trainable_parameters == result.total_parameters
+    model, tokenizer = load_base(result.output_dir)  # loads like any HF model
+    assert generate(model, tokenizer, [render_prompt(rows[0])], max_new_tokens=2)
+
+
+def test_early_stopping_needs_eval_rows(
+    tmp_path: Path, quick_base: Path, rows: list[dict[str, str]]
+) -> None:
+    settings = QUICK_LORA.model_copy(update={"early_stopping": 1, "eval_every": 1, "max_steps": 8})
+    with pytest.raises(ConfigError, match="early_stopping"):
+        train_model(quick_base, rows, tmp_path / "a", settings)
+    # A huge learning rate makes the eval loss rise at once: patience 1 stops early.
+    wild = settings.model_copy(update={"learning_rate": 5.0, "warmup_ratio": 0.0})
+    result = train_model(
+        quick_base, rows, tmp_path / "b", wild, eval_rows=rows[:4], checkpoint_dir=tmp_path / "ck"
+    )
+    assert result.stopped_early and result.steps < 8
+    assert any("eval_loss" in entry for entry in result.history)
+
+
+def test_resume_continues_from_the_last_checkpoint(
+    tmp_path: Path, quick_base: Path, rows: list[dict[str, str]]
+) -> None:
+    settings = QUICK_LORA.model_copy(update={"max_steps": 4, "save_every": 2})
+    checkpoints = tmp_path / "ck"
+
+    def crash(entry: dict[str, float]) -> None:
+        if entry["step"] >= 3:
+            raise KeyboardInterrupt  # the machine went away after the step-2 checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(
+            quick_base, rows, tmp_path / "a", settings, checkpoint_dir=checkpoints, on_log=crash
+        )
+    assert (checkpoints / "checkpoint-2").is_dir()
+    resumed = train_model(
+        quick_base, rows, tmp_path / "a", settings, checkpoint_dir=checkpoints, resume=True
+    )
+    assert resumed.resumed_from is not None and resumed.resumed_from.endswith("checkpoint-2")
+    assert resumed.steps == 4
+    assert [int(e["step"]) for e in resumed.history if "loss" in e] == [3, 4]
+    with pytest.raises(TrainingError, match="no checkpoint"):
+        train_model(
+            quick_base,
+            rows,
+            tmp_path / "b",
+            settings,
+            checkpoint_dir=tmp_path / "none",
+            resume=True,
+        )
 
 
 # --- generation and adapters, quick -----------------------------------------------
@@ -172,8 +276,8 @@ def test_several_adapters_on_one_base(
     tmp_path: Path, quick_base: Path, rows: list[dict[str, str]]
 ) -> None:
     settings = QUICK_LORA.model_copy(update={"learning_rate": 0.05, "max_steps": 4})
-    a = train_lora(quick_base, rows, tmp_path / "a", settings).adapter_dir
-    b = train_lora(quick_base, rows, tmp_path / "b", settings.model_copy(update={"seed": 7}))
+    a = train_model(quick_base, rows, tmp_path / "a", settings).adapter_dir
+    b = train_model(quick_base, rows, tmp_path / "b", settings.model_copy(update={"seed": 7}))
     prompts = [render_prompt(row) for row in rows[:3]]
     expected = {}
     for name, directory in (("a", a), ("b", b.adapter_dir)):
@@ -218,7 +322,7 @@ def test_adapter_beats_the_base_on_held_out_rows(
     train, held_out = rows[:TRAIN_ROWS], rows[TRAIN_ROWS:]
     assert not {r["input"] for r in train} & {r["input"] for r in held_out}
 
-    result = train_lora(quickstart_base.path, train, tmp_path / domain, LoraSettings())
+    result = train_model(quickstart_base.path, train, tmp_path / domain, TrainSettings())
     started = time.perf_counter()
     model, tokenizer = load_base(quickstart_base.path)
     base_score = evaluate_exact_match(model, tokenizer, held_out)

@@ -1,18 +1,67 @@
-"""Data for modelyard: the alpaca prompt template and the quickstart's synthetic domains.
+"""Data for modelyard: dataset files, their validation and splitting, the prompt template.
 
-``render_prompt`` is the single place where a row becomes a prompt, for both
-training and evaluation; ``synthetic_domain`` and ``domain_corpus`` produce the
-deterministic toy data the quickstart trains on.
+``load_rows`` reads a dataset file (JSONL, JSON, CSV, Parquet) of one of the
+``FORMATS``; ``validate_rows`` checks it and returns a ``ValidationReport``;
+``split_rows`` makes a reproducible train/eval split. ``render_prompt`` is the
+single place where a row becomes a prompt, for both training and evaluation;
+``synthetic_domain`` and ``domain_corpus`` produce the deterministic toy data
+the quickstart trains on.
 """
 
+from modelyard.data._formats import FORMATS, REQUIRED_FIELDS, DataFormat, get_format
+from modelyard.data._io import FILE_TYPES, load_rows, write_jsonl
+from modelyard.data._pii import PII_KINDS, PiiMatch, find_pii
 from modelyard.data._prompt import PROMPT_TEMPLATE_NAME, render_prompt, response_of
+from modelyard.data._split import split_rows
 from modelyard.data._synthetic import DOMAINS, domain_corpus, synthetic_domain
+from modelyard.data._templates import TEMPLATES, PromptTemplate, template_for, template_named
+from modelyard.data._validate import (
+    DEFAULT_IMBALANCE_RATIO,
+    DEFAULT_MAX_SEQ_LEN,
+    RULES,
+    FieldProblem,
+    Labels,
+    Leak,
+    Lengths,
+    PiiFinding,
+    Stats,
+    ValidationReport,
+    check_rules,
+    validate_rows,
+)
 
 __all__ = [
+    "DEFAULT_IMBALANCE_RATIO",
+    "DEFAULT_MAX_SEQ_LEN",
     "DOMAINS",
+    "FILE_TYPES",
+    "FORMATS",
+    "PII_KINDS",
     "PROMPT_TEMPLATE_NAME",
+    "REQUIRED_FIELDS",
+    "RULES",
+    "TEMPLATES",
+    "DataFormat",
+    "FieldProblem",
+    "Labels",
+    "Leak",
+    "Lengths",
+    "PiiFinding",
+    "PiiMatch",
+    "PromptTemplate",
+    "Stats",
+    "ValidationReport",
+    "check_rules",
     "domain_corpus",
+    "find_pii",
+    "get_format",
+    "load_rows",
     "render_prompt",
     "response_of",
+    "split_rows",
     "synthetic_domain",
+    "template_for",
+    "template_named",
+    "validate_rows",
+    "write_jsonl",
 ]

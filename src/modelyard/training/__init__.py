@@ -1,19 +1,23 @@
-"""LoRA fine-tuning of a base model on alpaca rows, with the Hugging Face Trainer.
+"""Fine-tuning of a base model with the Hugging Face Trainer: LoRA adapters or full weights.
 
-``train_lora`` saves only the adapter (``adapter_config.json`` +
-``adapter_model.safetensors``), so many tenants can share one base.
+``train_model`` renders rows with a prompt template (alpaca, chat, classification,
+text), masks the prompt out of the loss, and saves an adapter
+(``adapter_config.json`` + ``adapter_model.safetensors``, so many tenants can
+share one base) or a whole model.
 """
 
-from modelyard.training._dataset import IGNORE_INDEX, encode_row
-from modelyard.training._settings import LLAMA_PROJECTIONS, LoraSettings, TrainResult
-from modelyard.training._train import ProgressFn, train_lora
+from modelyard.training._dataset import IGNORE_INDEX, SupervisedDataset, encode_row
+from modelyard.training._settings import LLAMA_PROJECTIONS, TrainResult, TrainSettings
+from modelyard.training._train import LogFn, ProgressFn, train_model
 
 __all__ = [
     "IGNORE_INDEX",
     "LLAMA_PROJECTIONS",
-    "LoraSettings",
+    "LogFn",
     "ProgressFn",
+    "SupervisedDataset",
     "TrainResult",
+    "TrainSettings",
     "encode_row",
-    "train_lora",
+    "train_model",
 ]

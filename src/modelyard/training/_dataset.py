@@ -1,4 +1,4 @@
-"""Turn alpaca rows into causal-LM training features with the loss on the response only."""
+"""Turn rows into causal-LM training features with the loss on the response only."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from modelyard.data import render_prompt, response_of
+from modelyard.data._templates import PromptTemplate
 from modelyard.errors import DataError
 
 IGNORE_INDEX = -100
@@ -16,15 +16,24 @@ IGNORE_INDEX = -100
 Features = dict[str, list[int]]
 
 
-def encode_row(tokenizer: Any, row: Mapping[str, str], max_seq_len: int) -> Features:
-    """Tokenize ``prompt + output + eos`` and mask the prompt out of the labels.
+ALPACA = PromptTemplate("alpaca")
+
+
+def encode_row(
+    tokenizer: Any,
+    row: Mapping[str, Any],
+    max_seq_len: int,
+    template: PromptTemplate = ALPACA,
+) -> Features:
+    """Tokenize ``prompt + response + eos`` and mask the prompt out of the labels.
 
     Prompt and response are tokenized separately and concatenated, so the prompt
     tokens are exactly those that generation later conditions on (tokenizing the
     joined string could merge tokens across the boundary).
     """
-    prompt_ids: list[int] = list(tokenizer(render_prompt(row))["input_ids"])
-    answer_ids: list[int] = list(tokenizer(response_of(row), add_special_tokens=False)["input_ids"])
+    prompt, response = template.render(row)
+    prompt_ids: list[int] = list(tokenizer(prompt)["input_ids"])
+    answer_ids: list[int] = list(tokenizer(response, add_special_tokens=False)["input_ids"])
     answer_ids.append(int(tokenizer.eos_token_id))
     input_ids = prompt_ids + answer_ids
     if len(input_ids) > max_seq_len:
@@ -43,10 +52,16 @@ def encode_row(tokenizer: Any, row: Mapping[str, str], max_seq_len: int) -> Feat
 class SupervisedDataset(torch.utils.data.Dataset[Features]):
     """Pre-tokenized rows; a plain map-style dataset that ``Trainer`` can shard and shuffle."""
 
-    def __init__(self, tokenizer: Any, rows: Sequence[Mapping[str, str]], max_seq_len: int) -> None:
+    def __init__(
+        self,
+        tokenizer: Any,
+        rows: Sequence[Mapping[str, Any]],
+        max_seq_len: int,
+        template: PromptTemplate = ALPACA,
+    ) -> None:
         if not rows:
             raise DataError("no rows to train or evaluate on", hint="Give at least one example.")
-        self.features = [encode_row(tokenizer, row, max_seq_len) for row in rows]
+        self.features = [encode_row(tokenizer, row, max_seq_len, template) for row in rows]
 
     def __len__(self) -> int:
         return len(self.features)

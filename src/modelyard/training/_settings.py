@@ -1,4 +1,4 @@
-"""LoRA fine-tuning settings and result records."""
+"""Fine-tuning settings (LoRA or full) and result records."""
 
 from __future__ import annotations
 
@@ -23,18 +23,22 @@ LLAMA_PROJECTIONS: tuple[str, ...] = (
 """Every linear projection of a Llama-style block: the usual full-coverage LoRA target."""
 
 
-class LoraSettings(BaseModel):
-    """Hyper-parameters of one LoRA fine-tuning run (validated, immutable, JSON-able).
+class TrainSettings(BaseModel):
+    """Hyper-parameters of one fine-tuning run (validated, immutable, JSON-able).
 
-    The defaults are tuned for the quickstart: the tiny base and ~400 rows, about
-    125 steps on CPU (a few hundred distinct rows generalise far better than more
-    epochs over fewer). For real bases lower ``learning_rate`` (1e-4..3e-4) and
-    ``alpha`` (2 x r is usual). ``target_modules="all-linear"`` lets peft pick every linear
-    layer except the output head, for architectures with other layer names.
+    ``method="lora"`` trains a LoRA adapter (``r``, ``alpha``, ``dropout``,
+    ``target_modules``) and saves only the adapter; ``method="full"`` trains and
+    saves every weight. The defaults are tuned for the quickstart: the tiny base
+    and ~400 rows, about 125 steps on CPU (a few hundred distinct rows generalise
+    far better than more epochs over fewer). For real bases lower
+    ``learning_rate`` (1e-4..3e-4 for LoRA, 1e-5..5e-5 for full) and ``alpha``
+    (2 x r is usual). ``target_modules="all-linear"`` lets peft pick every
+    linear layer except the output head, for architectures with other names.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    method: Literal["lora", "full"] = Field(default="lora", description="what to train")
     r: int = Field(default=8, ge=1, description="LoRA rank")
     alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator (scale = alpha / r)")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout on the LoRA input")
@@ -51,11 +55,35 @@ class LoraSettings(BaseModel):
     warmup_ratio: float = Field(
         default=0.1, ge=0.0, lt=1.0, description="share of steps warming up"
     )
+    scheduler: Literal[
+        "linear",
+        "cosine",
+        "cosine_with_restarts",
+        "polynomial",
+        "constant",
+        "constant_with_warmup",
+        "inverse_sqrt",
+    ] = Field(default="linear", description="learning-rate schedule after warmup")
     seed: int = Field(default=0, description="seeds LoRA init, dropout and data order")
     max_seq_len: int = Field(default=256, ge=8, description="longest prompt+response in tokens")
+    packing: bool = Field(
+        default=False,
+        description="padding-free batches: rows concatenated, attention kept within each row",
+    )
+    save_every: int | None = Field(
+        default=None, ge=1, description="write a resumable checkpoint every N optimizer steps"
+    )
+    eval_every: int | None = Field(
+        default=None, ge=1, description="eval loss every N steps (early stopping; default 10)"
+    )
+    early_stopping: int | None = Field(
+        default=None,
+        ge=1,
+        description="stop after N evaluations without a lower eval loss (needs eval rows)",
+    )
 
     @classmethod
-    def from_mapping(cls, values: Mapping[str, Any]) -> LoraSettings:
+    def from_mapping(cls, values: Mapping[str, Any]) -> TrainSettings:
         """Validate settings from a config file or flags, raising one clear ``ConfigError``."""
         try:
             return cls.model_validate(dict(values))
@@ -63,17 +91,21 @@ class LoraSettings(BaseModel):
             first = exc.errors()[0]
             field = ".".join(str(part) for part in first["loc"]) or "settings"
             raise ConfigError(
-                f"invalid LoRA setting {field}: {first['msg']}",
-                hint="See `LoraSettings` for the valid fields and ranges.",
+                f"invalid training setting {field}: {first['msg']}",
+                hint="See docs/finetune.md for the valid fields and ranges.",
                 field=field,
             ) from exc
 
 
 @dataclass(frozen=True)
 class TrainResult:
-    """What one ``train_lora`` run produced and how it went (for lineage and the CLI)."""
+    """What one training run produced and how it went (for lineage and the CLI).
 
-    adapter_dir: Path
+    ``output_dir`` holds an adapter (``method="lora"``) or a whole model with its
+    tokenizer (``method="full"``). ``history`` has one entry per logged step.
+    """
+
+    output_dir: Path
     train_loss: float
     final_loss: float
     eval_loss: float | None
@@ -85,4 +117,12 @@ class TrainResult:
     tokens_per_second: float
     trainable_parameters: int
     total_parameters: int
-    settings: LoraSettings
+    settings: TrainSettings
+    history: tuple[dict[str, float], ...] = ()
+    stopped_early: bool = False
+    resumed_from: str | None = None
+
+    @property
+    def adapter_dir(self) -> Path:
+        """Where a LoRA run saved its adapter (same as ``output_dir``)."""
+        return self.output_dir

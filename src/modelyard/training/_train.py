@@ -1,9 +1,10 @@
-"""LoRA fine-tuning with the Hugging Face ``Trainer``.
+"""Fine-tuning (LoRA or full) with the Hugging Face ``Trainer``.
 
-The loop is ``transformers.Trainer`` on a ``peft`` model, not a hand-written
-one, so the same code runs on one CPU, one GPU, or under ``accelerate launch`` /
-``torchrun`` without changes. modelyard adds the response-only loss masking,
-progress reporting, atomic adapter saving, and clear errors.
+The loop is ``transformers.Trainer`` (on a ``peft`` model for LoRA), not a
+hand-written one, so the same code runs on one CPU, one GPU, or under
+``accelerate launch`` / ``torchrun`` without changes. modelyard adds the
+response-only loss masking, padding-free packing, checkpoints and resume, early
+stopping, progress reporting, atomic saving, and clear errors.
 """
 
 from __future__ import annotations
@@ -20,41 +21,59 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import (
     DataCollatorForSeq2Seq,
+    DataCollatorWithFlattening,
+    EarlyStoppingCallback,
     PrinterCallback,
     Trainer,
     TrainerCallback,
     TrainingArguments,
     set_seed,
 )
+from transformers.trainer_utils import get_last_checkpoint
 
 from modelyard.base import load_base
 from modelyard.base._fs import check_out_dir, publish_dir
 from modelyard.base._hf import quiet_progress
-from modelyard.errors import TrainingError
-from modelyard.training._dataset import IGNORE_INDEX, SupervisedDataset
-from modelyard.training._settings import LoraSettings, TrainResult
+from modelyard.data._templates import PromptTemplate
+from modelyard.errors import ConfigError, TrainingError
+from modelyard.training._dataset import ALPACA, IGNORE_INDEX, SupervisedDataset
+from modelyard.training._settings import TrainResult, TrainSettings
 
 ProgressFn = Callable[[int, int, float], None]
 """``progress(step, total_steps, loss)``, called after every optimizer step."""
 
+LogFn = Callable[[dict[str, float]], None]
+"""``on_log(entry)``: every logged step as ``{"step", "loss", "learning_rate", "tokens", ...}``."""
+
+DEFAULT_EVAL_EVERY = 10
+
 
 class _ProgressCallback(TrainerCallback):  # type: ignore[misc]  # transformers is untyped here
-    """Forward every logged training loss to a ``progress(step, total, loss)`` function."""
+    """Forward logged losses to ``progress`` and keep a per-step history (for tracking)."""
 
-    def __init__(self, progress: ProgressFn | None) -> None:
+    def __init__(self, progress: ProgressFn | None, on_log: LogFn | None) -> None:
         self._progress = progress
+        self._on_log = on_log
         self.last_loss = math.nan
+        self.history: list[dict[str, float]] = []
 
     def on_log(
         self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **_: Any
     ) -> None:
-        if logs and "loss" in logs:
+        if not logs or not ({"loss", "eval_loss"} & logs.keys()):
+            return
+        entry = {"step": float(state.global_step), "tokens": float(state.num_input_tokens_seen)}
+        entry.update({k: float(v) for k, v in logs.items() if isinstance(v, int | float)})
+        self.history.append(entry)
+        if self._on_log is not None:
+            self._on_log(entry)
+        if "loss" in logs:
             self.last_loss = float(logs["loss"])
             if self._progress is not None:
                 self._progress(int(state.global_step), int(state.max_steps), self.last_loss)
 
 
-def _lora_model(model: Any, settings: LoraSettings) -> Any:
+def _lora_model(model: Any, settings: TrainSettings) -> Any:
     """Wrap ``model`` with a freshly initialised LoRA adapter (seeded, so init is reproducible)."""
     target = (
         settings.target_modules
@@ -79,8 +98,38 @@ def _lora_model(model: Any, settings: LoraSettings) -> Any:
         ) from exc
 
 
-def _training_args(settings: LoraSettings, work_dir: str) -> Any:
-    """Trainer arguments: no checkpoints, no trackers, no tqdm; CPU when there is no CUDA."""
+def _schedule(settings: TrainSettings, has_eval: bool) -> dict[str, Any]:
+    """Checkpoint and evaluation cadence: none, ``save_every``, or what early stopping needs."""
+    if settings.early_stopping is not None:
+        if not has_eval:
+            raise ConfigError(
+                "early_stopping needs held-out rows to compute an eval loss",
+                hint="Give data.eval or data.eval_fraction, or drop training.early_stopping.",
+                field="training.early_stopping",
+            )
+        every = settings.eval_every or settings.save_every or DEFAULT_EVAL_EVERY
+        if settings.save_every is not None and settings.save_every % every:
+            raise ConfigError(
+                f"save_every={settings.save_every} is not a multiple of eval_every={every}",
+                hint="Early stopping keeps the best checkpoint, so saves must fall on evaluations.",
+                field="training.save_every",
+            )
+        return {
+            "eval_strategy": "steps",
+            "eval_steps": every,
+            "save_strategy": "steps",
+            "save_steps": settings.save_every or every,
+            "load_best_model_at_end": True,
+            "metric_for_best_model": "eval_loss",
+            "greater_is_better": False,
+        }
+    if settings.save_every is not None:
+        return {"eval_strategy": "no", "save_strategy": "steps", "save_steps": settings.save_every}
+    return {"eval_strategy": "no", "save_strategy": "no"}
+
+
+def _training_args(settings: TrainSettings, work_dir: str, has_eval: bool) -> Any:
+    """Trainer arguments: no trackers, no tqdm; CPU when there is no CUDA."""
     return TrainingArguments(
         output_dir=work_dir,
         per_device_train_batch_size=settings.batch_size,
@@ -89,13 +138,11 @@ def _training_args(settings: LoraSettings, work_dir: str) -> Any:
         num_train_epochs=settings.epochs,
         max_steps=settings.max_steps or -1,
         learning_rate=settings.learning_rate,
-        lr_scheduler_type="linear",
+        lr_scheduler_type=settings.scheduler,
         warmup_steps=settings.warmup_ratio,
         weight_decay=0.0,
         logging_strategy="steps",
         logging_steps=1,
-        save_strategy="no",
-        eval_strategy="no",
         report_to="none",
         disable_tqdm=True,
         use_cpu=not torch.cuda.is_available(),
@@ -103,6 +150,7 @@ def _training_args(settings: LoraSettings, work_dir: str) -> Any:
         data_seed=settings.seed,
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
+        **_schedule(settings, has_eval),
     )
 
 
@@ -113,10 +161,10 @@ def _count_parameters(model: Any) -> tuple[int, int]:
     return int(trainable), int(total)
 
 
-def _run(trainer: Any) -> Any:
+def _run(trainer: Any, resume_from: str | None) -> Any:
     """``trainer.train()`` with failures turned into one-line ``TrainingError``s."""
     try:
-        output = trainer.train()
+        output = trainer.train(resume_from_checkpoint=resume_from)
     except (RuntimeError, ValueError) as exc:
         raise TrainingError(f"training failed: {str(exc).strip().splitlines()[0]}") from exc
     if not math.isfinite(output.training_loss):
@@ -127,25 +175,37 @@ def _run(trainer: Any) -> Any:
     return output
 
 
+def _collator(tokenizer: Any, packing: bool) -> Any:
+    """Padded batches, or padding-free ones (``packing``).
+
+    Packed batches concatenate the micro-batch into one row with ``position_ids``
+    restarting at each example; transformers turns those into a block-diagonal
+    causal mask, so no example attends to another.
+    """
+    if packing:
+        return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
+    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True)
+
+
 def _make_trainer(
     model: Any,
     tokenizer: Any,
-    settings: LoraSettings,
+    settings: TrainSettings,
     work_dir: str,
     datasets: tuple[SupervisedDataset, SupervisedDataset | None],
-    callback: _ProgressCallback,
+    callbacks: list[Any],
 ) -> Any:
-    """A ``Trainer`` that pads labels with ``IGNORE_INDEX`` and reports only via ``callback``."""
+    """A ``Trainer`` that masks prompt labels and reports only via our callbacks."""
+    if settings.early_stopping is not None:
+        callbacks = [*callbacks, EarlyStoppingCallback(settings.early_stopping)]
     trainer = Trainer(
         model=model,
-        args=_training_args(settings, work_dir),
+        args=_training_args(settings, work_dir, datasets[1] is not None),
         train_dataset=datasets[0],
         eval_dataset=datasets[1],
-        data_collator=DataCollatorForSeq2Seq(
-            tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True
-        ),
+        data_collator=_collator(tokenizer, settings.packing),
         processing_class=tokenizer,
-        callbacks=[callback],
+        callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # disable_tqdm would print raw log dicts
     return trainer
@@ -170,45 +230,89 @@ def _save_adapter(model: Any, out_dir: Path) -> None:
         )
 
 
-def train_lora(
+def _save_full(model: Any, tokenizer: Any, out_dir: Path) -> None:
+    """Save every weight (safetensors) with the tokenizer: a standalone model directory."""
+    with publish_dir(out_dir) as staging, quiet_progress():
+        model.save_pretrained(str(staging), safe_serialization=True)
+        tokenizer.save_pretrained(str(staging))
+
+
+def _resume_point(checkpoint_dir: Path | None, resume: bool) -> str | None:
+    """The last checkpoint under ``checkpoint_dir`` when resuming (a clear error if none)."""
+    if not resume:
+        return None
+    last = (
+        get_last_checkpoint(str(checkpoint_dir))
+        if checkpoint_dir and checkpoint_dir.is_dir()
+        else None
+    )
+    if last is None:
+        raise TrainingError(
+            f"no checkpoint to resume from in {checkpoint_dir}",
+            hint="Resume needs a run started with training.save_every; or start afresh.",
+        )
+    return str(last)
+
+
+def train_model(
     base: str | Path,
-    train_rows: Sequence[Mapping[str, str]],
+    train_rows: Sequence[Mapping[str, Any]],
     out_dir: Path,
-    settings: LoraSettings,
+    settings: TrainSettings,
     *,
-    eval_rows: Sequence[Mapping[str, str]] | None = None,
+    template: PromptTemplate = ALPACA,
+    eval_rows: Sequence[Mapping[str, Any]] | None = None,
     overwrite: bool = False,
     progress: ProgressFn | None = None,
+    on_log: LogFn | None = None,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
 ) -> TrainResult:
-    """Fine-tune a LoRA adapter of ``base`` on alpaca rows and save only the adapter.
+    """Fine-tune ``base`` on rows rendered by ``template`` and save the result to ``out_dir``.
 
-    The loss covers only the response tokens (and the closing eos), so the adapter
-    learns to answer, not to echo prompts. ``out_dir`` receives
-    ``adapter_config.json`` and ``adapter_model.safetensors``; the same base, rows
-    and settings give byte-identical files on the same hardware and software.
-    With ``eval_rows`` the result also reports the held-out loss.
+    The loss covers only the response tokens (and the closing eos), so the model
+    learns to answer, not to echo prompts. A LoRA run saves
+    ``adapter_config.json`` and ``adapter_model.safetensors``; a full run saves
+    the whole model and its tokenizer. The same base, rows and settings give
+    byte-identical files on the same hardware and software. Checkpoints (with
+    ``save_every`` or early stopping) go to ``checkpoint_dir``, and ``resume``
+    continues from the last one there. With ``eval_rows`` the result also
+    reports the held-out loss.
     """
     started = time.perf_counter()
     check_out_dir(out_dir, overwrite)
+    resume_from = _resume_point(checkpoint_dir, resume)
     model, tokenizer = load_base(base)
     tokenizer.padding_side = "right"
-    train_set = SupervisedDataset(tokenizer, train_rows, settings.max_seq_len)
-    eval_set = SupervisedDataset(tokenizer, eval_rows, settings.max_seq_len) if eval_rows else None
-    peft_model = _lora_model(model, settings)
-    callback = _ProgressCallback(progress)
-    with tempfile.TemporaryDirectory(prefix="modelyard-trainer-") as work_dir:
+    train_set = SupervisedDataset(tokenizer, train_rows, settings.max_seq_len, template)
+    eval_set = (
+        SupervisedDataset(tokenizer, eval_rows, settings.max_seq_len, template)
+        if eval_rows
+        else None
+    )
+    if settings.method == "lora":
+        model = _lora_model(model, settings)
+    else:
+        set_seed(settings.seed)
+    callback = _ProgressCallback(progress, on_log)
+    with tempfile.TemporaryDirectory(prefix="modelyard-trainer-") as scratch:
+        work_dir = str(checkpoint_dir) if checkpoint_dir is not None else scratch
         trainer = _make_trainer(
-            peft_model, tokenizer, settings, work_dir, (train_set, eval_set), callback
+            model, tokenizer, settings, work_dir, (train_set, eval_set), [callback]
         )
-        output = _run(trainer)
+        output = _run(trainer, resume_from)
         eval_loss = float(trainer.evaluate()["eval_loss"]) if eval_set is not None else None
         if trainer.is_world_process_zero():
-            _save_adapter(trainer.model, out_dir)
-    trainable, total = _count_parameters(peft_model)
+            if settings.method == "lora":
+                _save_adapter(trainer.model, out_dir)
+            else:
+                _save_full(trainer.model, tokenizer, out_dir)
+    trainable, total = _count_parameters(model)
     tokens = int(trainer.state.num_input_tokens_seen)
     train_seconds = float(output.metrics.get("train_runtime", 0.0))
+    planned = int(trainer.state.max_steps)
     return TrainResult(
-        adapter_dir=out_dir,
+        output_dir=out_dir,
         train_loss=float(output.training_loss),
         final_loss=callback.last_loss,
         eval_loss=eval_loss,
@@ -221,4 +325,7 @@ def train_lora(
         trainable_parameters=trainable,
         total_parameters=total,
         settings=settings,
+        history=tuple(callback.history),
+        stopped_early=settings.early_stopping is not None and int(output.global_step) < planned,
+        resumed_from=resume_from,
     )
