@@ -99,7 +99,7 @@ def _adapter_dir(adapter_dir: Path) -> str:
     if not (adapter_dir / "adapter_config.json").is_file():
         raise ArtifactNotFound(
             f"{adapter_dir} is not a LoRA adapter directory (no adapter_config.json)",
-            hint="Point at the directory train_lora wrote.",
+            hint="Point at the directory train_model wrote.",
             path=str(adapter_dir),
         )
     return str(adapter_dir)

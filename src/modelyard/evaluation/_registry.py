@@ -1,0 +1,82 @@
+"""The metric names modelyard knows, with the direction and tolerance scale gates need.
+
+One table serves ``evaluate_model`` (which names it can compute) and the gates
+(which way is better, and whether a tolerance is in absolute points or a share
+of the champion's value).
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal
+
+from modelyard.errors import ConfigError
+
+MetricKind = Literal["quality", "latency", "memory"]
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """What a metric means for comparisons.
+
+    ``tolerance_scale`` says how a champion tolerance applies: ``"absolute"``
+    (0.02 means two points of a 0-1 score) or ``"relative"`` (0.02 means 2% of
+    the champion's value, for unbounded metrics such as milliseconds).
+    """
+
+    name: str
+    higher_is_better: bool
+    kind: MetricKind
+    tolerance_scale: Literal["absolute", "relative"]
+    unit: str
+    description: str
+
+
+def _quality(name: str, description: str) -> MetricSpec:
+    return MetricSpec(name, True, "quality", "absolute", "", description)
+
+
+_SPECS = (
+    _quality("exact_match", "share of answers equal to the reference after normalisation"),
+    _quality("token_f1", "mean SQuAD-style token F1 against the reference"),
+    _quality("rouge_l", "mean ROUGE-L F-measure against the reference"),
+    _quality("accuracy", "share of predicted labels equal to the reference label"),
+    _quality("macro_f1", "per-label F1 averaged over labels"),
+    MetricSpec(
+        "perplexity", False, "quality", "relative", "", "exp(mean NLL of the reference tokens)"
+    ),
+    MetricSpec("p50_latency_ms", False, "latency", "relative", "ms", "median request latency"),
+    MetricSpec("p95_latency_ms", False, "latency", "relative", "ms", "95th percentile latency"),
+    MetricSpec("peak_memory_mb", False, "memory", "relative", "MiB", "peak memory while running"),
+)
+
+METRICS: Mapping[str, MetricSpec] = MappingProxyType({spec.name: spec for spec in _SPECS})
+"""Every metric ``evaluate_model`` computes and a gate may name, by name."""
+
+
+def metric_spec(name: str, *, where: str) -> MetricSpec:
+    """The spec of ``name``; an unknown name is a ``ConfigError`` saying ``where`` it was used.
+
+    The hint suggests the nearest valid name (``difflib``) and lists them all.
+    """
+    spec = METRICS.get(name)
+    if spec is not None:
+        return spec
+    nearest = difflib.get_close_matches(name.lower(), list(METRICS), n=1)
+    suggestion = f"Did you mean {nearest[0]!r}? " if nearest else ""
+    raise ConfigError(
+        f"{where}: unknown metric {name!r}",
+        hint=f"{suggestion}Known metrics: {', '.join(METRICS)}.",
+        metric=name,
+    )
+
+
+def check_metric_names(names: Iterable[str], *, where: str = "metrics") -> list[str]:
+    """``names`` without duplicates (first occurrence kept), each checked to be known."""
+    unique = list(dict.fromkeys(names))
+    for name in unique:
+        metric_spec(name, where=where)
+    return unique
