@@ -28,6 +28,16 @@ def postgres_admin_url() -> str:
     return url
 
 
+@pytest.fixture(autouse=True)
+def _isolated_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In-process code sees a private home (and audit key), never the checkout's .modelyard."""
+    for name in [k for k in os.environ if k.startswith("MODELYARD_") and k != PG_ENV]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("MODELYARD_HOME", str(tmp_path_factory.mktemp("home")))
+
+
 @pytest.fixture
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test, dropped afterwards."""

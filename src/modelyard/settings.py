@@ -1,17 +1,25 @@
 """Settings from the environment (``MODELYARD_*``), read with pydantic-settings.
 
-``MODELYARD_HOME``       home directory (default ``./.modelyard``)
-``MODELYARD_STORE_URL``  SQLAlchemy URL of the store (default SQLite file in home)
-``MODELYARD_ARTIFACTS``  artifact store directory (default ``<home>/artifacts``)
+``MODELYARD_HOME``                    home directory (default ``./.modelyard``)
+``MODELYARD_STORE_URL``               SQLAlchemy URL of the store (default SQLite file in home)
+``MODELYARD_ARTIFACTS``               artifact store directory (default ``<home>/artifacts``)
+``MODELYARD_ACTOR``                   who is acting (default: the OS user)
+``MODELYARD_AUDIT_KEY``               the audit chain's HMAC key (hex or any string)
+``MODELYARD_AUDIT_KEY_FILE``          file holding the key (default ``<home>/audit.key``)
+``MODELYARD_PROTECTED_ALIASES``       aliases that need role approver (default ``champion``)
+``MODELYARD_SEGREGATION_OF_DUTIES``   the trainer of a version may not approve it (default off)
+``MODELYARD_DEFAULT_ROLE``            role of actors not in the actors table (default developer)
 """
 
 from __future__ import annotations
 
+import getpass
 import os
 import tempfile
 from pathlib import Path
+from typing import Literal
 
-from pydantic import Field, ValidationError
+from pydantic import Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from modelyard.errors import ConfigError, HomeNotWritable
@@ -23,6 +31,18 @@ class Settings(BaseSettings):
     home: Path = Field(default=Path(".modelyard"), description="modelyard home directory")
     store_url: str | None = Field(default=None, description="SQLAlchemy URL of the store")
     artifacts: Path | None = Field(default=None, description="artifact store directory")
+    actor: str | None = Field(default=None, description="who is acting (default: the OS user)")
+    audit_key: SecretStr | None = Field(default=None, description="audit HMAC key")
+    audit_key_file: Path | None = Field(default=None, description="file holding the audit key")
+    protected_aliases: str = Field(
+        default="champion", description="comma-separated aliases that need role approver"
+    )
+    segregation_of_duties: bool = Field(
+        default=False, description="the actor who trained a version may not approve it"
+    )
+    default_role: Literal["viewer", "developer", "approver", "admin"] = Field(
+        default="developer", description="role of actors absent from the actors table"
+    )
 
     @property
     def resolved_store_url(self) -> str:
@@ -33,6 +53,19 @@ class Settings(BaseSettings):
     @property
     def artifacts_dir(self) -> Path:
         return (self.artifacts or self.home / "artifacts").resolve()
+
+    @property
+    def audit_key_path(self) -> Path:
+        """Where the audit key file is read from (or created): outside the store."""
+        return (self.audit_key_file or self.home / "audit.key").resolve()
+
+    @property
+    def resolved_actor(self) -> str:
+        return self.actor or os_user()
+
+    @property
+    def protected_alias_set(self) -> frozenset[str]:
+        return frozenset(a.strip() for a in self.protected_aliases.split(",") if a.strip())
 
     def ensure_home(self) -> Path:
         """Create the home directory and prove it is writable, or raise one clear error."""
@@ -62,9 +95,17 @@ def load_settings() -> Settings:
         ) from exc
 
 
+def os_user() -> str:
+    """The operating-system user running this process (``getpass.getuser()``)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no LOGNAME/USER (some containers)
+        return "unknown"
+
+
 def default_actor() -> str:
     """The actor recorded on changes: MODELYARD_ACTOR, else the OS user."""
-    return os.environ.get("MODELYARD_ACTOR") or os.environ.get("USER") or "unknown"
+    return os.environ.get("MODELYARD_ACTOR") or os_user()
 
 
-__all__ = ["Settings", "default_actor", "load_settings"]
+__all__ = ["Settings", "default_actor", "load_settings", "os_user"]

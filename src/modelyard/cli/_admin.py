@@ -14,9 +14,11 @@ JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 
 
 def init(json_out: bool = JSON) -> None:
-    """Create the home directory, the artifact store and the store schema.
+    """Create the home directory, the artifact store, the store schema and the audit key.
 
-    Safe to run again: it only applies migrations that are missing.
+    Safe to run again: it only applies migrations that are missing. The audit key
+    file (0600) is created when no key is configured; the acting OS user is
+    recorded as the first admin when no admin exists yet.
     """
     s = settings()
     home = s.ensure_home()
@@ -30,20 +32,29 @@ def init(json_out: bool = JSON) -> None:
         ) from exc
     with open_store(s, migrate=False) as store:
         before, after = store.migrate()
+        key_created = store.ensure_audit_key()
+        first_admin = store.bootstrap_admin()
         result = {
             "home": str(home),
             "store": redact_url(s.resolved_store_url),
             "artifacts": str(artifacts.root),
             "schema_before": before,
             "schema": after,
+            "audit_key": store.audit_key_source.description,
+            "audit_key_created": key_created,
+            "admin_recorded": first_admin,
         }
     if json_out:
         print_json(result)
         return
     state = "up to date" if before == after else f"migrated {before or 'empty'} → {after}"
     console.print(f"[green]modelyard is ready[/] (schema {state})")
-    for key in ("home", "store", "artifacts"):
-        console.print(f"  {key:<10} {result[key]}")
+    for key in ("home", "store", "artifacts", "audit_key"):
+        console.print(f"  {key.replace('_', ' '):<10} {result[key]}")
+    if key_created:
+        console.print("  created the audit key (mode 0600): back it up, it verifies the chain")
+    if first_admin:
+        console.print(f"  recorded {first_admin!r} as the first admin")
 
 
 # -- tenants -------------------------------------------------------------------------------

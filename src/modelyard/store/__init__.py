@@ -1,21 +1,27 @@
 """The store: desired state on SQLite (default) or PostgreSQL, behind one ``Store`` class.
 
 Schema changes go through Alembic migrations in ``store/migrations``; they are
-applied by ``modelyard init`` and on first use.
+applied by ``modelyard init`` and on first use. Every change appends one event to
+the audit chain in the same transaction and is checked against the actor's role.
 """
 
 from modelyard.store._engine import head_revision, redact_url
 from modelyard.store._store import Store, check_name, parse_model_ref
 from modelyard.store.entities import (
     STORAGE_POLICIES,
+    Actor,
     ApiKey,
+    AuditEvent,
+    AuditHead,
     BaseModel,
+    ChainReport,
     DatasetVersion,
     Endpoint,
     InferenceRecord,
     ModelVersion,
     NewInferenceRecord,
     RegisteredModel,
+    Role,
     Run,
     StoragePolicy,
     Tenant,
@@ -25,14 +31,19 @@ from modelyard.store.entities import (
 
 __all__ = [
     "STORAGE_POLICIES",
+    "Actor",
     "ApiKey",
+    "AuditEvent",
+    "AuditHead",
     "BaseModel",
+    "ChainReport",
     "DatasetVersion",
     "Endpoint",
     "InferenceRecord",
     "ModelVersion",
     "NewInferenceRecord",
     "RegisteredModel",
+    "Role",
     "Run",
     "StoragePolicy",
     "Store",

@@ -101,6 +101,7 @@ class RunRow(Base):
     environment: Mapped[dict[str, Any]]
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+    created_by: Mapped[str | None] = mapped_column(String(200))
 
 
 class TenantRow(Base):
@@ -147,6 +148,8 @@ class ModelVersionRow(Base):
     lineage: Mapped[dict[str, Any]]
     metrics: Mapped[dict[str, Any]]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The actor who trained it (its run's actor), else who registered it.
+    created_by: Mapped[str | None] = mapped_column(String(200))
 
 
 class ModelAliasRow(Base):
@@ -204,3 +207,32 @@ class InferenceRecordRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     http_status: Mapped[int]
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class ActorRow(Base):
+    """A named actor with a role; actors absent from this table have the default role."""
+
+    __tablename__ = "actors"
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AuditEventRow(Base):
+    """One link of the audit chain; ``seq`` is the primary key (gap-free, never reused)."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (
+        Index("ix_audit_events_time", "time"),
+        Index("ix_audit_events_action", "action"),
+        Index("ix_audit_events_subject", "subject"),
+    )
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    time: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(100))
+    subject: Mapped[str] = mapped_column(String(300))
+    payload: Mapped[dict[str, Any]]
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))

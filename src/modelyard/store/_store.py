@@ -2,6 +2,10 @@
 
 Callers get frozen entities (``modelyard.store.entities``); no ``Session`` and
 no SQLAlchemy exception leaves this module.
+
+Every change is made by an actor and appends one audit event in the same
+transaction (``_write`` + ``_audit``); the actor's role is checked inside that
+transaction (``_require``), and a refusal is audited in a transaction of its own.
 """
 
 from __future__ import annotations
@@ -15,17 +19,36 @@ from typing import Any, TypeVar, cast
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from modelyard.audit import (
+    EMPTY_HEAD,
+    PROTECTED_ALIAS_ROLE,
+    AccessPolicy,
+    AuditEvent,
+    AuditHead,
+    AuditKeySource,
+    ChainReport,
+    Role,
+    at_least,
+    check_role,
+    normalize_payload,
+    required_role,
+    verify_chain,
+)
 from modelyard.errors import (
     ConfigError,
     Conflict,
     EndpointNotFound,
     ModelVersionNotFound,
     NotFound,
+    PermissionDenied,
     TenantNotFound,
 )
-from modelyard.store import _engine
+from modelyard.settings import Settings, load_settings
+from modelyard.store import _audit, _engine
 from modelyard.store._schema import (
+    ActorRow,
     ApiKeyRow,
+    AuditEventRow,
     BaseModelRow,
     DatasetRow,
     EndpointRow,
@@ -40,6 +63,7 @@ from modelyard.store._schema import (
 )
 from modelyard.store.entities import (
     STORAGE_POLICIES,
+    Actor,
     ApiKey,
     BaseModel,
     DatasetVersion,
@@ -86,19 +110,53 @@ def parse_model_ref(ref: str) -> tuple[str, str | None, int | None]:
 class Store:
     """Desired state of one modelyard installation, on SQLite or PostgreSQL."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        actor: str | None = None,
+        audit_key: str | bytes | AuditKeySource | None = None,
+        policy: AccessPolicy | None = None,
+    ) -> None:
+        explicit = actor is not None and audit_key is not None and policy is not None
+        settings = None if explicit else load_settings()
         self._engine = engine
+        _audit.install_sqlite_hooks(engine)
         self._sessions = sessionmaker(engine, expire_on_commit=False)
+        self._write_sessions = sessionmaker(_audit.write_engine(engine), expire_on_commit=False)
+        self.actor = _audit.check_actor(_need(settings).resolved_actor if actor is None else actor)
+        if isinstance(audit_key, AuditKeySource):
+            self.audit_key_source = audit_key
+        elif audit_key is not None:
+            self.audit_key_source = AuditKeySource(key=audit_key)
+        else:
+            self.audit_key_source = AuditKeySource.from_settings(_need(settings))
+        self.policy = policy or AccessPolicy.from_settings(_need(settings))
 
     # -- lifecycle -------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, url: str, *, migrate: bool = True) -> Store:
-        """Connect to the store at ``url``; apply pending migrations unless ``migrate=False``."""
+    def open(
+        cls,
+        url: str,
+        *,
+        migrate: bool = True,
+        actor: str | None = None,
+        audit_key: str | bytes | AuditKeySource | None = None,
+        policy: AccessPolicy | None = None,
+    ) -> Store:
+        """Connect to the store at ``url``; apply pending migrations unless ``migrate=False``.
+
+        ``actor`` (who makes the changes), ``audit_key`` (hex or any string) and
+        ``policy`` default to the settings: ``MODELYARD_ACTOR`` or the OS user,
+        ``MODELYARD_AUDIT_KEY`` or the key file (created on the first audited
+        change), ``MODELYARD_PROTECTED_ALIASES`` and friends.
+        """
         engine = _engine.make_engine(url)
+        _audit.install_sqlite_hooks(engine)
         if migrate:
             _engine.upgrade(engine)
-        return cls(engine)
+        return cls(engine, actor=actor, audit_key=audit_key, policy=policy)
 
     @property
     def url(self) -> str:
@@ -126,9 +184,70 @@ class Store:
 
     @contextlib.contextmanager
     def _session(self, what: str) -> Iterator[Session]:
-        """One transaction; SQLAlchemy errors leave as modelyard errors."""
+        """One read transaction; SQLAlchemy errors leave as modelyard errors."""
         with _engine.translate_errors(self._engine, what), self._sessions.begin() as session:
             yield session
+
+    @contextlib.contextmanager
+    def _write(self, what: str) -> Iterator[Session]:
+        """One write transaction (BEGIN IMMEDIATE on SQLite); a refusal is audited on its own."""
+        try:
+            with (
+                _engine.translate_errors(self._engine, what),
+                self._write_sessions.begin() as session,
+            ):
+                yield session
+        except PermissionDenied as denied:
+            # The change was rolled back; the refusal itself must stay on record.
+            ctx = denied.context
+            with (
+                _engine.translate_errors(self._engine, "record a refusal in the audit chain"),
+                self._write_sessions.begin() as session,
+            ):
+                self._audit(
+                    session,
+                    "permission.denied",
+                    str(ctx.get("subject", "-")),
+                    {
+                        "attempted": ctx.get("action"),
+                        "role": ctx.get("role"),
+                        "required_role": ctx.get("required_role"),
+                        "reason": denied.message,
+                    },
+                )
+            raise
+
+    def _audit(
+        self, s: Session, action: str, subject: str, payload: Mapping[str, Any] | None = None
+    ) -> AuditEvent:
+        """Append one event to the chain, in ``s``'s transaction."""
+        return _audit.append_event(
+            s,
+            self.audit_key_source,
+            actor=self.actor,
+            action=action,
+            subject=subject,
+            payload=payload,
+        )
+
+    def _require(
+        self, s: Session, action: str, subject: str, what: str, needed: Role | None = None
+    ) -> Role:
+        """The actor's role, or PermissionDenied when it is below what ``action`` needs."""
+        needed = needed or required_role(action)
+        role = _audit.effective_role(s, self.policy, self.actor)
+        if not at_least(role, needed):
+            raise PermissionDenied(
+                f"actor {self.actor!r} (role {role}) may not {what}: it needs role {needed}",
+                hint=f"Ask an admin to run `modelyard actors add {self.actor} --role {needed}`, "
+                "or act as an actor who has that role (--actor NAME or MODELYARD_ACTOR).",
+                actor=self.actor,
+                role=role,
+                required_role=needed,
+                action=action,
+                subject=subject,
+            )
+        return role
 
     # -- base models -----------------------------------------------------------------------
 
@@ -136,12 +255,19 @@ class Store:
         self, name: str, source: str, weight_hashes: Mapping[str, str]
     ) -> BaseModel:
         """Record a base model; registering the same name and weights again is a no-op."""
-        with self._session(f"register base model {name!r}") as s:
+        with self._write(f"register base model {name!r}") as s:
             row = s.scalar(select(BaseModelRow).where(BaseModelRow.name == name))
             if row is None:
+                self._require(s, "base_model.registered", name, f"register base model {name!r}")
                 row = BaseModelRow(name=name, source=source, weight_hashes=dict(weight_hashes))
                 s.add(row)
                 s.flush()
+                self._audit(
+                    s,
+                    "base_model.registered",
+                    name,
+                    {"source": source, "weight_hashes": dict(weight_hashes)},
+                )
             elif dict(row.weight_hashes) != dict(weight_hashes):
                 raise Conflict(
                     f"base model {name!r} is registered already with different weights",
@@ -169,12 +295,13 @@ class Store:
         report: Mapping[str, Any],
     ) -> DatasetVersion:
         """A new content-hashed dataset version; the same content returns the existing one."""
-        with self._session(f"register dataset {name!r}") as s:
+        with self._write(f"register dataset {name!r}") as s:
             existing = s.scalar(
                 select(DatasetRow).where(DatasetRow.name == name, DatasetRow.digest == digest)
             )
             if existing is not None:
                 return _dataset(existing)
+            self._require(s, "dataset.registered", name, f"register dataset {name!r}")
             latest = s.scalar(select(func.max(DatasetRow.version)).where(DatasetRow.name == name))
             row = DatasetRow(
                 name=name,
@@ -187,6 +314,13 @@ class Store:
             )
             s.add(row)
             s.flush()
+            self._audit(
+                s,
+                "dataset.registered",
+                f"{name}:{row.version}",
+                {"digest": digest, "artifact_digest": artifact_digest, "format": format,
+                 "n_rows": n_rows},
+            )  # fmt: skip
             return _dataset(row)
 
     def list_datasets(self, name: str | None = None) -> list[DatasetVersion]:
@@ -208,8 +342,9 @@ class Store:
         seed: int,
         environment: Mapping[str, Any],
     ) -> Run:
-        with self._session(f"create run {run_id}") as s:
+        with self._write(f"create run {run_id}") as s:
             base = _require(s, BaseModelRow, BaseModelRow.name == base_model, f"base {base_model}")
+            self._require(s, "run.started", run_id, f"start run {run_id}")
             row = RunRow(
                 id=run_id,
                 base_model_id=base.id,
@@ -219,19 +354,29 @@ class Store:
                 seed=seed,
                 metrics={},
                 environment=dict(environment),
+                created_by=self.actor,
             )
             s.add(row)
             s.flush()
+            self._audit(
+                s,
+                "run.started",
+                run_id,
+                {"base_model": base_model, "dataset_id": dataset_id, "seed": seed,
+                 "config": dict(config)},
+            )  # fmt: skip
             return _run(row)
 
     def finish_run(self, run_id: str, *, status: str, metrics: Mapping[str, Any]) -> Run:
-        with self._session(f"finish run {run_id}") as s:
+        with self._write(f"finish run {run_id}") as s:
             row = s.get(RunRow, run_id)
             if row is None:
                 raise NotFound(f"no run {run_id!r}")
+            self._require(s, "run.finished", run_id, f"finish run {run_id}")
             row.status = status
             row.metrics = dict(metrics)
             row.finished_at = utcnow()
+            self._audit(s, "run.finished", run_id, {"status": status, "metrics": dict(metrics)})
             return _run(row)
 
     def get_run(self, run_id: str) -> Run:
@@ -250,12 +395,14 @@ class Store:
                 f"invalid storage policy {storage_policy!r}: "
                 f"use one of {', '.join(STORAGE_POLICIES)}"
             )
-        with self._session(f"create tenant {name!r}") as s:
+        with self._write(f"create tenant {name!r}") as s:
             if s.scalar(select(TenantRow.id).where(TenantRow.name == name)) is not None:
                 raise Conflict(f"tenant {name!r} exists already")
+            self._require(s, "tenant.created", name, f"create tenant {name!r}")
             row = TenantRow(name=name, storage_policy=storage_policy)
             s.add(row)
             s.flush()
+            self._audit(s, "tenant.created", name, {"storage_policy": storage_policy})
             return _tenant(row)
 
     def get_tenant(self, name: str) -> Tenant:
@@ -275,8 +422,9 @@ class Store:
         scopes: Sequence[str],
         expires_at: datetime | None = None,
     ) -> ApiKey:
-        with self._session(f"create an API key for tenant {tenant!r}") as s:
+        with self._write(f"create an API key for tenant {tenant!r}") as s:
             trow = _tenant_row(s, tenant)
+            self._require(s, "api_key.created", key_id, f"create API keys for tenant {tenant!r}")
             row = ApiKeyRow(
                 id=key_id,
                 tenant_id=trow.id,
@@ -286,6 +434,12 @@ class Store:
             )
             s.add(row)
             s.flush()
+            self._audit(
+                s,
+                "api_key.created",
+                key_id,
+                {"tenant": trow.name, "scopes": list(scopes), "expires_at": expires_at},
+            )
             return _api_key(row, trow.name)
 
     def get_api_key(self, key_id: str) -> ApiKey | None:
@@ -309,14 +463,17 @@ class Store:
             return [_api_key(r, t) for r, t in s.execute(query).all()]
 
     def revoke_api_key(self, key_id: str) -> ApiKey:
-        with self._session(f"revoke API key {key_id}") as s:
+        with self._write(f"revoke API key {key_id}") as s:
             row = s.get(ApiKeyRow, key_id)
             if row is None:
                 raise NotFound(f"no API key with id {key_id!r}", hint="See `modelyard keys list`.")
-            if row.revoked_at is None:
-                row.revoked_at = utcnow()
             tenant = s.get(TenantRow, row.tenant_id)
-            return _api_key(row, tenant.name if tenant else "?")
+            tenant_name = tenant.name if tenant else "?"
+            if row.revoked_at is None:
+                self._require(s, "api_key.revoked", key_id, f"revoke API key {key_id}")
+                row.revoked_at = utcnow()
+                self._audit(s, "api_key.revoked", key_id, {"tenant": tenant_name})
+            return _api_key(row, tenant_name)
 
     # -- registered models and versions -----------------------------------------------------
 
@@ -324,13 +481,20 @@ class Store:
         self, name: str, *, tenant: str | None = None, description: str = ""
     ) -> RegisteredModel:
         check_name("model", name)
-        with self._session(f"create registered model {name!r}") as s:
+        with self._write(f"create registered model {name!r}") as s:
             if s.scalar(select(RegisteredModelRow.id).where(RegisteredModelRow.name == name)):
                 raise Conflict(f"registered model {name!r} exists already")
             tenant_id = _tenant_row(s, tenant).id if tenant else None
+            self._require(s, "registered_model.created", name, f"create model {name!r}")
             row = RegisteredModelRow(name=name, tenant_id=tenant_id, description=description)
             s.add(row)
             s.flush()
+            self._audit(
+                s,
+                "registered_model.created",
+                name,
+                {"tenant": tenant, "description": description},
+            )
             return _registered_model(s, row)
 
     def get_registered_model(self, name: str) -> RegisteredModel:
@@ -358,9 +522,16 @@ class Store:
         """Register an immutable, auto-numbered version of ``model``."""
         if kind not in ("adapter", "full"):
             raise ConfigError(f"invalid version kind {kind!r}: use 'adapter' or 'full'")
-        with self._session(f"register a version of {model!r}") as s:
+        with self._write(f"register a version of {model!r}") as s:
             mrow = _model_row(s, model)
             base = _require(s, BaseModelRow, BaseModelRow.name == base_model, f"base {base_model}")
+            self._require(s, "model_version.registered", model, f"register versions of {model!r}")
+            trainer = None
+            if run_id is not None:
+                run = s.get(RunRow, run_id)
+                if run is None:
+                    raise NotFound(f"no run {run_id!r}", hint="Register the version with its run.")
+                trainer = run.created_by
             latest = s.scalar(
                 select(func.max(ModelVersionRow.version)).where(
                     ModelVersionRow.registered_model_id == mrow.id
@@ -376,9 +547,18 @@ class Store:
                 run_id=run_id,
                 lineage=dict(lineage),
                 metrics=dict(metrics),
+                created_by=trainer or self.actor,
             )
             s.add(row)
             s.flush()
+            self._audit(
+                s,
+                "model_version.registered",
+                f"{model}:{row.version}",
+                {"kind": kind, "artifact_digest": artifact_digest, "base_model": base_model,
+                 "run_id": run_id, "created_by": row.created_by, "lineage": dict(lineage),
+                 "metrics": dict(metrics)},
+            )  # fmt: skip
             return _version(s, row)
 
     def get_model_version(self, model: str, version: int) -> ModelVersion:
@@ -428,20 +608,123 @@ class Store:
             return _version(s, _version_row(s, mrow, number))
 
     def set_alias(self, model: str, alias: str, version: int) -> ModelVersion:
-        """Point ``alias`` at ``version`` (creating or moving it)."""
+        """Point ``alias`` at ``version`` (creating or moving it).
+
+        A protected alias (``champion`` by default) needs role approver; with
+        segregation of duties on, not the actor who trained the version.
+        """
         check_name("alias", alias)
-        with self._session(f"set alias {model}@{alias}") as s:
+        subject = f"{model}@{alias}"
+        with self._write(f"set alias {subject}") as s:
             mrow = _model_row(s, model)
             vrow = _version_row(s, mrow, version)
+            self._check_alias_change(s, "alias.set", subject, alias, vrow)
             if vrow.status == "archived":
-                raise Conflict(f"{model}:{version} is archived and cannot take an alias")
+                raise Conflict(
+                    f"{model}:{version} is archived and cannot take an alias",
+                    hint="Point the alias at a version that is not archived.",
+                )
             arow = s.get(ModelAliasRow, (mrow.id, alias))
+            previous = None
             if arow is None:
                 s.add(ModelAliasRow(registered_model_id=mrow.id, alias=alias, version_id=vrow.id))
+            elif arow.version_id == vrow.id:
+                return _version(s, vrow)  # already there: no change, no event
             else:
+                old = s.get(ModelVersionRow, arow.version_id)
+                previous = old.version if old else None
                 arow.version_id = vrow.id
                 arow.updated_at = utcnow()
             s.flush()
+            self._audit(s, "alias.set", subject, {"version": version, "previous": previous})
+            return _version(s, vrow)
+
+    def delete_alias(self, model: str, alias: str) -> ModelVersion:
+        """Remove ``alias``; returns the version it pointed to (protected aliases need approver)."""
+        subject = f"{model}@{alias}"
+        with self._write(f"delete alias {subject}") as s:
+            mrow = _model_row(s, model)
+            arow = s.get(ModelAliasRow, (mrow.id, alias))
+            if arow is None:
+                raise ModelVersionNotFound(f"model {model!r} has no alias {alias!r}")
+            vrow = s.get(ModelVersionRow, arow.version_id)
+            assert vrow is not None  # guaranteed by the foreign key
+            self._check_alias_change(s, "alias.deleted", subject, alias, None)
+            s.delete(arow)
+            s.flush()
+            self._audit(s, "alias.deleted", subject, {"version": vrow.version})
+            return _version(s, vrow)
+
+    def _check_alias_change(
+        self, s: Session, action: str, subject: str, alias: str, target: ModelVersionRow | None
+    ) -> None:
+        if alias not in self.policy.protected_aliases:
+            self._require(s, action, subject, f"change alias {subject}")
+            return
+        verb = "move" if target is not None else "delete"
+        self._require(
+            s, action, subject, f"{verb} the protected alias {subject}", PROTECTED_ALIAS_ROLE
+        )
+        sod = target is not None and self.policy.segregation_of_duties
+        if sod and target is not None and target.created_by == self.actor:
+            model = subject.split("@", 1)[0]
+            raise PermissionDenied(
+                f"actor {self.actor!r} trained {model}:{target.version} and may not approve "
+                f"it (segregation of duties): moving {subject} needs another approver",
+                hint=f"Ask a different approver to run `modelyard registry alias "
+                f"{model} {alias} {target.version}`.",
+                actor=self.actor,
+                role=_audit.effective_role(s, self.policy, self.actor),
+                required_role=f"{PROTECTED_ALIAS_ROLE} other than {self.actor}",
+                action=action,
+                subject=subject,
+            )
+
+    def archive_model_version(self, model: str, version: int) -> ModelVersion:
+        """Mark a version archived: it can no longer take an alias or traffic."""
+        ref = f"{model}:{version}"
+        with self._write(f"archive {ref}") as s:
+            vrow = _version_row(s, _model_row(s, model), version)
+            self._require(s, "model_version.archived", ref, f"archive {ref}")
+            if vrow.status == "archived":
+                return _version(s, vrow)
+            aliases = sorted(
+                s.scalars(select(ModelAliasRow.alias).where(ModelAliasRow.version_id == vrow.id))
+            )
+            if aliases:
+                raise Conflict(
+                    f"{ref} still holds the alias(es) {', '.join(aliases)} and cannot be archived",
+                    hint="Move or delete those aliases first.",
+                )
+            serving = sorted(
+                s.scalars(
+                    select(EndpointRow.name)
+                    .join(TrafficRouteRow, TrafficRouteRow.endpoint_id == EndpointRow.id)
+                    .where(TrafficRouteRow.version_id == vrow.id, TrafficRouteRow.weight > 0)
+                )
+            )
+            if serving:
+                raise Conflict(
+                    f"{ref} still takes traffic on endpoint(s) {', '.join(serving)} and cannot "
+                    "be archived",
+                    hint="Move its traffic with `modelyard endpoints set-traffic` first.",
+                )
+            previous = vrow.status
+            vrow.status = "archived"
+            self._audit(s, "model_version.archived", ref, {"previous_status": previous})
+            return _version(s, vrow)
+
+    def record_gate_verdicts(
+        self, model: str, version: int, verdicts: Sequence[Mapping[str, Any]], passed: bool
+    ) -> ModelVersion:
+        """Store gate verdicts in the version's ``metrics["gates"]`` and audit them."""
+        ref = f"{model}:{version}"
+        gates = normalize_payload({"passed": bool(passed), "verdicts": list(verdicts)})
+        with self._write(f"record gate verdicts of {ref}") as s:
+            vrow = _version_row(s, _model_row(s, model), version)
+            self._require(s, "gate.verdict", ref, f"record gate verdicts of {ref}")
+            vrow.metrics = {**vrow.metrics, "gates": gates}
+            self._audit(s, "gate.verdict", ref, gates)
             return _version(s, vrow)
 
     # -- endpoints and traffic -------------------------------------------------------------
@@ -457,10 +740,14 @@ class Store:
         """An endpoint sending 100% of its traffic to the version ``model_ref`` resolves to."""
         check_name("endpoint", name)
         version = self.resolve_model_ref(model_ref)
-        with self._session(f"create endpoint {name!r}") as s:
+        with self._write(f"create endpoint {name!r}") as s:
             if s.scalar(select(EndpointRow.id).where(EndpointRow.name == name)) is not None:
                 raise Conflict(f"endpoint {name!r} exists already")
             tenant_id = _tenant_row(s, tenant).id if tenant else None
+            self._require(s, "endpoint.created", name, f"create endpoint {name!r}")
+            vrow = s.get(ModelVersionRow, version.id)
+            if vrow is None or vrow.status == "archived":
+                raise Conflict(f"{version.ref} is archived and cannot take traffic")
             mrow = _model_row(s, version.model)
             row = EndpointRow(
                 name=name,
@@ -473,6 +760,13 @@ class Store:
             s.flush()
             s.add(TrafficRouteRow(endpoint_id=row.id, version_id=version.id, weight=100))
             s.flush()
+            self._audit(
+                s,
+                "endpoint.created",
+                name,
+                {"model_ref": model_ref, "tenant": tenant, "shared": shared,
+                 "traffic": {str(version.version): 100}},
+            )  # fmt: skip
             return _endpoint(s, row)
 
     def get_endpoint(self, name: str) -> Endpoint:
@@ -492,10 +786,14 @@ class Store:
             raise ConfigError(
                 f"traffic weights must be non-negative and sum to 100, got {dict(weights)}"
             )
-        with self._session(f"set traffic of {endpoint!r}") as s:
+        with self._write(f"set traffic of {endpoint!r}") as s:
             erow = _endpoint_row(s, endpoint)
             mrow = s.get(RegisteredModelRow, erow.registered_model_id)
             assert mrow is not None  # guaranteed by the foreign key
+            self._require(
+                s, "endpoint.traffic_set", endpoint, f"change the traffic of {endpoint!r}"
+            )
+            previous = {str(r.version): r.weight for r in _endpoint(s, erow).routes}
             new_routes = []
             for number, weight in sorted(weights.items()):
                 vrow = _version_row(s, mrow, number)
@@ -512,6 +810,13 @@ class Store:
                 s.add(route)
             erow.updated_at = utcnow()
             s.flush()
+            self._audit(
+                s,
+                "endpoint.traffic_set",
+                endpoint,
+                {"traffic": {str(v): w for v, w in sorted(weights.items())},
+                 "previous": previous},
+            )  # fmt: skip
             return _endpoint(s, erow)
 
     # -- inference records -----------------------------------------------------------------
@@ -527,7 +832,7 @@ class Store:
         ]
         if not rows:
             return 0
-        with self._session(f"write {len(rows)} inference records") as s:
+        with self._write(f"write {len(rows)} inference records") as s:  # data plane: not audited
             s.add_all(rows)
         return len(rows)
 
@@ -556,6 +861,168 @@ class Store:
             if endpoint is not None:
                 query = query.where(InferenceRecordRow.endpoint_name == endpoint)
             return int(s.scalar(query) or 0)
+
+    # -- actors and roles ------------------------------------------------------------------
+
+    def add_actor(self, name: str, role: str) -> Actor:
+        """Record ``name`` with ``role`` (or change its role); needs role admin.
+
+        While no admin is recorded, the bootstrap admin (the OS user) is admin;
+        the last admin cannot be demoted.
+        """
+        _audit.check_actor(name)
+        wanted = check_role(role)
+        with self._write(f"set the role of actor {name!r}") as s:
+            row = s.get(ActorRow, name)
+            action = "actor.added" if row is None else "actor.role_changed"
+            what = f"add actor {name!r}" if row is None else f"change the role of actor {name!r}"
+            self._require(s, action, name, what)
+            if row is not None and row.role == wanted:
+                return _actor(row)
+            previous = None if row is None else row.role
+            if previous == "admin":
+                admins = s.scalar(
+                    select(func.count()).select_from(ActorRow).where(ActorRow.role == "admin")
+                )
+                if (admins or 0) <= 1:
+                    raise Conflict(
+                        f"actor {name!r} is the last admin and cannot become {wanted}",
+                        hint="Make another actor admin first.",
+                    )
+            if row is None:
+                row = ActorRow(name=name, role=wanted)
+                s.add(row)
+            else:
+                row.role = wanted
+                row.updated_at = utcnow()
+            s.flush()
+            self._audit(s, action, name, {"role": wanted, "previous_role": previous})
+            return _actor(row)
+
+    def bootstrap_admin(self) -> str | None:
+        """Record the acting actor as admin if it is admin only by bootstrap; returns its name."""
+        with self._write("record the first admin") as s:
+            if _audit.has_admin(s) or s.get(ActorRow, self.actor) is not None:
+                return None
+            if _audit.effective_role(s, self.policy, self.actor) != "admin":
+                return None
+            s.add(ActorRow(name=self.actor, role="admin"))
+            s.flush()
+            self._audit(
+                s, "actor.added", self.actor, {"role": "admin", "previous_role": None,
+                                               "bootstrap": True}
+            )  # fmt: skip
+            return self.actor
+
+    def list_actors(self) -> list[Actor]:
+        with self._session("list actors") as s:
+            return [_actor(r) for r in s.scalars(select(ActorRow).order_by(ActorRow.name))]
+
+    def role_of(self, name: str | None = None) -> Role:
+        """The role ``name`` (default: the acting actor) has now."""
+        with self._session("read a role") as s:
+            return _audit.effective_role(s, self.policy, name or self.actor)
+
+    def has_admin(self) -> bool:
+        with self._session("read the actors") as s:
+            return _audit.has_admin(s)
+
+    # -- audit chain -----------------------------------------------------------------------
+
+    def record_audit_event(
+        self, action: str, subject: str, payload: Mapping[str, Any] | None = None
+    ) -> AuditEvent:
+        """Append an event that comes with no row change (a refused import, a failed check)."""
+        _audit.check_action(action)
+        _audit.check_subject(subject)
+        with self._write(f"record audit event {action}") as s:
+            return self._audit(s, action, subject, payload)
+
+    def list_audit_events(
+        self,
+        *,
+        since: datetime | None = None,
+        action: str | None = None,
+        subject: str | None = None,
+        actor: str | None = None,
+        limit: int | None = 100,
+        newest_first: bool = True,
+    ) -> list[AuditEvent]:
+        """Events matching the filters; ``action``/``subject`` ending in ``*`` match a prefix."""
+        query = select(AuditEventRow)
+        if since is not None:
+            query = query.where(AuditEventRow.time >= since)
+        for column, wanted in ((AuditEventRow.action, action), (AuditEventRow.subject, subject)):
+            if wanted is not None:
+                if wanted.endswith("*"):
+                    query = query.where(column.startswith(wanted.rstrip("*"), autoescape=True))
+                else:
+                    query = query.where(column == wanted)
+        if actor is not None:
+            query = query.where(AuditEventRow.actor == actor)
+        order = AuditEventRow.seq.desc() if newest_first else AuditEventRow.seq
+        query = query.order_by(order)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._session("read the audit chain") as s:
+            return [_audit.to_event(r) for r in s.scalars(query)]
+
+    def iter_audit_events(
+        self, *, since: datetime | None = None, page: int = 1000
+    ) -> Iterator[AuditEvent]:
+        """Every event in ``seq`` order, read page by page (for verify and export)."""
+        after = 0
+        while True:
+            query = (
+                select(AuditEventRow)
+                .where(AuditEventRow.seq > after)
+                .order_by(AuditEventRow.seq)
+                .limit(page)
+            )
+            if since is not None:
+                query = query.where(AuditEventRow.time >= since)
+            with self._session("read the audit chain") as s:
+                events = [_audit.to_event(r) for r in s.scalars(query)]
+            yield from events
+            if len(events) < page:
+                return
+            after = events[-1].seq
+
+    def audit_head(self) -> AuditHead:
+        """The newest event's ``SEQ:HASH`` (``0:000…`` for an empty chain)."""
+        with self._session("read the audit head") as s:
+            last = _audit.last_event(s)
+        return EMPTY_HEAD if last is None else AuditHead(last.seq, last.hash)
+
+    def verify_audit_chain(self, head: AuditHead | str | None = None) -> ChainReport:
+        """Recompute the whole chain with the key; ``head`` (kept elsewhere) reveals a cut tail."""
+        expected = AuditHead.parse(head) if isinstance(head, str) else head
+        if self.audit_head() == EMPTY_HEAD and (expected is None or expected.seq == 0):
+            return ChainReport(True, 0, EMPTY_HEAD)
+        key = self.audit_key_source.load(create=False)
+        return verify_chain(self.iter_audit_events(), key, expected_head=expected)
+
+    def check_audit_key(self) -> None:
+        """Raise AuditKeyMismatch unless the key verifies the newest event (no-op when empty)."""
+        with self._session("read the audit head") as s:
+            last = _audit.last_event(s)
+        if last is not None:
+            key = self.audit_key_source.load(create=False)
+            _audit.check_key(key, last, self.audit_key_source)
+
+    def ensure_audit_key(self) -> bool:
+        """Make sure a usable key exists: create the key file for an empty chain.
+
+        Returns whether a key file was created. A store whose chain has events
+        needs the key that wrote them: AuditKeyMissing / AuditKeyMismatch otherwise.
+        """
+        source = self.audit_key_source
+        if source.available():
+            self.check_audit_key()
+            return False
+        empty = self.audit_head() == EMPTY_HEAD
+        source.load(create=empty)
+        return True
 
 
 # -- row lookups (inside a session) ----------------------------------------------------------
@@ -617,8 +1084,12 @@ def _dataset(r: DatasetRow) -> DatasetVersion:
 def _run(r: RunRow) -> Run:
     return Run(
         r.id, r.base_model_id, r.dataset_id, r.status, dict(r.config), r.seed,
-        dict(r.metrics), dict(r.environment), r.started_at, r.finished_at,
+        dict(r.metrics), dict(r.environment), r.started_at, r.finished_at, r.created_by,
     )  # fmt: skip
+
+
+def _actor(r: ActorRow) -> Actor:
+    return Actor(r.name, check_role(r.role), r.created_at, r.updated_at)
 
 
 def _tenant(r: TenantRow) -> Tenant:
@@ -659,6 +1130,7 @@ def _version(s: Session, r: ModelVersionRow) -> ModelVersion:
     return ModelVersion(
         r.id, mrow.name, r.version, cast(VersionKind, r.kind), r.status, r.artifact_digest,
         base.name, base.source, r.run_id, dict(r.lineage), dict(r.metrics), aliases, r.created_at,
+        r.created_by,
     )  # fmt: skip
 
 
@@ -693,3 +1165,8 @@ def _record(s: Session, r: InferenceRecordRow) -> InferenceRecord:
         version_ref, r.route, r.prompt, r.response, r.prompt_tokens, r.completion_tokens,
         r.latency_ms, r.ttft_ms, r.status, r.http_status, r.error,
     )  # fmt: skip
+
+
+def _need(settings: Settings | None) -> Settings:
+    assert settings is not None  # loaded by Store.__init__ whenever a default is needed
+    return settings

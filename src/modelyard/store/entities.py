@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from modelyard.audit import AuditEvent, AuditHead, ChainReport, Role
+
 StoragePolicy = Literal["full", "redacted", "hash", "none"]
 STORAGE_POLICIES: tuple[StoragePolicy, ...] = ("full", "redacted", "hash", "none")
 VersionKind = Literal["adapter", "full"]
@@ -46,6 +48,7 @@ class Run:
     environment: Mapping[str, Any]
     started_at: datetime
     finished_at: datetime | None
+    created_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -96,6 +99,7 @@ class ModelVersion:
     metrics: Mapping[str, Any]
     aliases: tuple[str, ...]
     created_at: datetime
+    created_by: str | None = None  # the actor who trained it (segregation of duties)
 
     @property
     def ref(self) -> str:
@@ -163,3 +167,36 @@ class InferenceRecord:
     http_status: int
     error: str | None
     extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Actor:
+    """A recorded actor and its role (actors not recorded have the default role)."""
+
+    name: str
+    role: Role
+    created_at: datetime
+    updated_at: datetime
+
+
+__all__ = [
+    "STORAGE_POLICIES",
+    "Actor",
+    "ApiKey",
+    "AuditEvent",
+    "AuditHead",
+    "BaseModel",
+    "ChainReport",
+    "DatasetVersion",
+    "Endpoint",
+    "InferenceRecord",
+    "ModelVersion",
+    "NewInferenceRecord",
+    "RegisteredModel",
+    "Role",
+    "Run",
+    "StoragePolicy",
+    "Tenant",
+    "TrafficRoute",
+    "VersionKind",
+]

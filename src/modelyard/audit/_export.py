@@ -1,0 +1,39 @@
+"""Export audit events for auditors: JSON lines or CSV, with hashes, verifiable offline."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from typing import Literal, TextIO
+
+from modelyard.audit._canonical import canonical_json
+from modelyard.audit._event import AuditEvent
+from modelyard.errors import ConfigError
+
+ExportFormat = Literal["jsonl", "csv"]
+EXPORT_FORMATS: tuple[ExportFormat, ...] = ("jsonl", "csv")
+CSV_COLUMNS = ("seq", "time", "actor", "action", "subject", "payload", "prev_hash", "hash")
+
+
+def check_format(fmt: str) -> ExportFormat:
+    if fmt not in EXPORT_FORMATS:
+        raise ConfigError(f"invalid export format {fmt!r}: use jsonl or csv")
+    return "jsonl" if fmt == "jsonl" else "csv"
+
+
+def write_events(events: Iterable[AuditEvent], fmt: ExportFormat, out: TextIO) -> int:
+    """Write ``events`` to ``out``; returns how many. Payloads are canonical JSON in CSV."""
+    count = 0
+    if fmt == "jsonl":
+        for event in events:
+            out.write(canonical_json(event.to_json()) + "\n")
+            count += 1
+        return count
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for event in events:
+        row = event.to_json()
+        row["payload"] = canonical_json(row["payload"])
+        writer.writerow([row[c] for c in CSV_COLUMNS])
+        count += 1
+    return count
