@@ -4,9 +4,48 @@ An artifact is a directory of files (a LoRA adapter, a dataset file) named by
 the sha256 of its manifest, which records the sha256 and size of every file.
 Loaders get a path only through ``ArtifactStore.open_verified``, which checks
 every byte first.
+
+Before an imported model is stored, ``stage_import`` copies or extracts it
+under the path rules and ``inspect_artifact`` runs the import safety checks
+(docs/artifact-safety.md); both are pure and never touch the store.
 """
 
+from modelyard.artifacts._adapter_check import AdapterSummary
 from modelyard.artifacts._local import ArtifactStore
 from modelyard.artifacts._manifest import ArtifactRef, FileEntry
+from modelyard.artifacts._pickle_scan import ALLOWED_PICKLE_GLOBALS, scan_pickle
+from modelyard.artifacts._safetensors_check import (
+    SafetensorsHeader,
+    TensorInfo,
+    read_safetensors_header,
+)
+from modelyard.artifacts._safety import (
+    ArtifactKind,
+    CheckedFile,
+    FileKind,
+    SafetyReport,
+    SafetyRule,
+    classify,
+    inspect_artifact,
+)
+from modelyard.artifacts._staging import stage_import
 
-__all__ = ["ArtifactRef", "ArtifactStore", "FileEntry"]
+__all__ = [
+    "ALLOWED_PICKLE_GLOBALS",
+    "AdapterSummary",
+    "ArtifactKind",
+    "ArtifactRef",
+    "ArtifactStore",
+    "CheckedFile",
+    "FileEntry",
+    "FileKind",
+    "SafetensorsHeader",
+    "SafetyReport",
+    "SafetyRule",
+    "TensorInfo",
+    "classify",
+    "inspect_artifact",
+    "read_safetensors_header",
+    "scan_pickle",
+    "stage_import",
+]

@@ -1,0 +1,293 @@
+"""Bring an import source into a staging directory, refusing unsafe paths.
+
+The source is a directory or an archive (``.zip``, ``.tar``, ``.tar.gz``/``.tgz``,
+``.tar.bz2``/``.tbz2``, ``.tar.xz``/``.txz``). Only regular files and
+directories are taken; a symlink, a hard link, a device, a FIFO or a socket is
+refused, as is an entry whose name is absolute, holds ``..``, a backslash, a
+drive letter or a control character. Archive entries are never extracted by the
+archive library: each file is copied by hand into a new file created with
+``O_EXCL | O_NOFOLLOW`` under the staging directory, so nothing can be written
+outside it and no entry can replace another.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import tarfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from modelyard.errors import ConfigError, UnsafeArtifact
+
+_CHUNK = 1 << 20
+_TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
+_ZIP_SUFFIXES = (".zip",)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_DRIVE = re.compile(r"^[A-Za-z]:")
+_PATH_HINT = (
+    "Import only regular files and directories with relative names: replace links "
+    "with copies of the files (cp -L) and rebuild the archive from inside its folder."
+)
+
+
+@dataclass(frozen=True)
+class TreeFile:
+    """A regular file found under an artifact root."""
+
+    rel: str  # POSIX path relative to the root
+    path: Path
+    size: int
+
+
+def _refuse_path(name: str, why: str) -> UnsafeArtifact:
+    return UnsafeArtifact(f"{name}: {why}", rule="path", path=name, hint=_PATH_HINT)
+
+
+def safe_parts(name: str) -> tuple[str, ...]:
+    """The components of a relative entry name, or a ``path`` refusal saying why not."""
+    if _CONTROL.search(name):
+        raise _refuse_path(repr(name), "the name holds a control character")
+    if "\\" in name:
+        raise _refuse_path(name, "the name holds a backslash")
+    if name.startswith("/") or _DRIVE.match(name):
+        raise _refuse_path(name, "the name is an absolute path")
+    parts = tuple(p for p in name.split("/") if p not in ("", "."))
+    if ".." in parts:
+        raise _refuse_path(name, "the name climbs out of the artifact with '..'")
+    return parts
+
+
+def walk_tree(root: Path) -> list[TreeFile]:
+    """Every regular file under ``root`` (sorted), refusing links and special files.
+
+    Symlinks are not followed; a hard-linked file (link count above one) is
+    refused, since its bytes are shared with a file outside the artifact.
+    """
+    found: list[TreeFile] = []
+
+    def visit(directory: Path, prefix: str) -> None:
+        with os.scandir(directory) as entries:
+            for entry in sorted(entries, key=lambda e: e.name):
+                rel = f"{prefix}{entry.name}"
+                safe_parts(rel)
+                info = entry.stat(follow_symlinks=False)
+                if stat.S_ISLNK(info.st_mode):
+                    raise _refuse_path(rel, "is a symbolic link")
+                if stat.S_ISDIR(info.st_mode):
+                    visit(Path(entry.path), f"{rel}/")
+                elif not stat.S_ISREG(info.st_mode):
+                    raise _refuse_path(rel, "is not a regular file (device, FIFO or socket)")
+                elif info.st_nlink > 1:
+                    raise _refuse_path(
+                        rel, "is a hard link (its bytes are shared with another file)"
+                    )
+                else:
+                    found.append(TreeFile(rel=rel, path=Path(entry.path), size=info.st_size))
+
+    visit(Path(root), "")
+    return found
+
+
+class _Writer:
+    """Creates files and directories under the staging root only, counting bytes."""
+
+    def __init__(self, root: Path, max_bytes: int | None) -> None:
+        self.root = root
+        self.max_bytes = max_bytes
+        self.written = 0
+
+    def mkdirs(self, parts: tuple[str, ...], name: str) -> Path:
+        here = self.root
+        for part in parts:
+            here = here / part
+            try:
+                here.mkdir(mode=0o755)
+            except FileExistsError:
+                if here.is_symlink() or not here.is_dir():
+                    raise _refuse_path(name, f"{part} is both a file and a directory") from None
+        return here
+
+    def write(self, parts: tuple[str, ...], name: str, source: IO[bytes]) -> None:
+        if not parts:
+            raise _refuse_path(name, "the entry has no file name")
+        parent = self.mkdirs(parts[:-1], name)
+        target = parent / parts[-1]
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+        try:
+            fd = os.open(target, flags, 0o644)
+        except FileExistsError:
+            raise _refuse_path(name, "the archive holds this entry twice") from None
+        except IsADirectoryError:
+            raise _refuse_path(name, "the archive holds this entry as a directory too") from None
+        with os.fdopen(fd, "wb") as out:
+            while chunk := source.read(_CHUNK):
+                self.written += len(chunk)
+                if self.max_bytes is not None and self.written > self.max_bytes:
+                    raise UnsafeArtifact(
+                        f"{name}: the import is larger than the limit of {self.max_bytes} bytes",
+                        rule="size",
+                        path=name,
+                        hint="Raise the size limit if the artifact really is this large.",
+                    )
+                out.write(chunk)
+
+
+def _copy_tree(source: Path, writer: _Writer) -> None:
+    for entry in walk_tree(source):
+        parts = safe_parts(entry.rel)
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+        try:
+            fd = os.open(entry.path, flags)
+        except OSError as exc:
+            raise _refuse_path(entry.rel, f"cannot be opened as a regular file ({exc})") from exc
+        with os.fdopen(fd, "rb") as stream:
+            info = os.fstat(stream.fileno())
+            if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+                raise _refuse_path(entry.rel, "changed into a link or special file while copying")
+            writer.write(parts, entry.rel, stream)
+
+
+def _archive_error(source: Path, exc: BaseException) -> UnsafeArtifact:
+    return UnsafeArtifact(
+        f"{source.name}: cannot read the archive ({exc})",
+        rule="archive",
+        path=source.name,
+        hint="Check the archive is complete and not encrypted, or import the directory instead.",
+    )
+
+
+def _tar_members(archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
+    for member in archive:
+        kind = None
+        if member.issym():
+            kind = "is a symbolic link"
+        elif member.islnk():
+            kind = "is a hard link"
+        elif member.isdev():
+            kind = "is a device or FIFO"
+        elif not (member.isreg() or member.isdir()):
+            kind = "is not a regular file or directory"
+        if kind is not None:
+            raise _refuse_path(member.name, kind)
+        yield member
+
+
+def _extract_tar(source: Path, writer: _Writer) -> None:
+    try:
+        with tarfile.open(source, mode="r:*") as archive:
+            for member in _tar_members(archive):
+                parts = safe_parts(member.name)
+                if member.isdir():
+                    writer.mkdirs(parts, member.name)
+                    continue
+                stream = archive.extractfile(member)
+                if stream is None:
+                    raise _refuse_path(member.name, "has no readable content")
+                with stream:
+                    writer.write(parts, member.name, stream)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise _archive_error(source, exc) from exc
+
+
+def _extract_zip(source: Path, writer: _Writer) -> None:
+    try:
+        with zipfile.ZipFile(source) as archive:
+            for info in archive.infolist():
+                parts = safe_parts(info.filename)
+                mode = info.external_attr >> 16
+                if stat.S_ISLNK(mode):
+                    raise _refuse_path(info.filename, "is a symbolic link")
+                if info.is_dir():
+                    writer.mkdirs(parts, info.filename)
+                    continue
+                if stat.S_IFMT(mode) and not stat.S_ISREG(mode):  # no type bits: a plain file
+                    raise _refuse_path(info.filename, "is not a regular file")
+                with archive.open(info) as stream:
+                    writer.write(parts, info.filename, stream)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, RuntimeError, EOFError, OSError) as exc:
+        raise _archive_error(source, exc) from exc
+
+
+def _archive_kind(source: Path) -> str | None:
+    name = source.name.lower()
+    if name.endswith(_ZIP_SUFFIXES):
+        return "zip"
+    if name.endswith(_TAR_SUFFIXES):
+        return "tar"
+    return None
+
+
+def _prepare_staging(source: Path, staging: Path) -> bool:
+    """Check ``staging`` is usable and create it; return whether it was created here."""
+    if staging.is_symlink() or (staging.exists() and not staging.is_dir()):
+        raise ConfigError(
+            f"staging path {staging} is not a directory",
+            hint="Pass a new or empty directory to stage the import in.",
+        )
+    if staging.exists() and any(staging.iterdir()):
+        raise ConfigError(
+            f"staging directory {staging} is not empty",
+            hint="Pass a new or empty directory to stage the import in.",
+        )
+    if source.is_dir() and staging.resolve().is_relative_to(source.resolve()):
+        raise ConfigError(
+            f"staging directory {staging} is inside the import source {source}",
+            hint="Stage the import outside the directory being imported.",
+        )
+    created = not staging.exists()
+    staging.mkdir(parents=True, exist_ok=True)
+    return created
+
+
+def _clear(staging: Path, *, remove: bool) -> None:
+    """Undo a failed staging: delete what was written (and the directory if made here)."""
+    if remove:
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    for entry in staging.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def stage_import(source: Path, staging: Path, *, max_bytes: int | None = None) -> Path:
+    """Copy a directory, or extract an archive, into ``staging`` under the path rules.
+
+    ``staging`` must be new or empty. Returns the artifact root: ``staging``
+    itself, or its only entry when that is a directory (an archive of one
+    folder). ``max_bytes`` bounds the bytes written (against archive bombs).
+    On a refusal (``UnsafeArtifact``, rules ``path``, ``archive``, ``size``)
+    everything staged so far is removed.
+    """
+    source, staging = Path(source), Path(staging)
+    kind = _archive_kind(source)
+    if kind is None and not source.is_dir():
+        raise ConfigError(
+            f"import source {source} is neither a directory nor a .zip/.tar archive",
+            hint="Pass a model directory, or a .zip, .tar, .tar.gz, .tar.bz2 or .tar.xz of one.",
+        )
+    if kind is not None and not source.is_file():
+        raise ConfigError(f"import source {source} does not exist or is not a file")
+    created = _prepare_staging(source, staging)
+    writer = _Writer(staging, max_bytes)
+    try:
+        if kind == "zip":
+            _extract_zip(source, writer)
+        elif kind == "tar":
+            _extract_tar(source, writer)
+        else:
+            _copy_tree(source, writer)
+    except BaseException:
+        _clear(staging, remove=created)
+        raise
+    entries = list(staging.iterdir())
+    if len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink():
+        return entries[0]
+    return staging
