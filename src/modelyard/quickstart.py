@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
-import subprocess
 import tempfile
 import time
 import uuid
@@ -24,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import modelyard
 from modelyard.artifacts import ArtifactStore
 from modelyard.errors import Conflict, NotFound
 from modelyard.settings import Settings
@@ -103,36 +100,6 @@ def _split(
     return train, [r for r in held_out if r["input"] not in seen]
 
 
-# -- environment for lineage ---------------------------------------------------------------
-
-
-def _git_commit(cwd: Path) -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None if out.returncode == 0 else None
-
-
-def environment() -> dict[str, Any]:
-    import peft
-    import torch
-    import transformers
-
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "modelyard": modelyard.__version__,
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "threads": torch.get_num_threads(),
-        "device": "cuda" if torch.cuda.is_available() else "cpu",
-    }
-
-
 # -- steps ---------------------------------------------------------------------------------
 
 
@@ -194,7 +161,8 @@ def _train_and_register(
     from modelyard.base import load_base
     from modelyard.data import PROMPT_TEMPLATE_NAME
     from modelyard.evaluation import evaluate_exact_match, load_adapter
-    from modelyard.training import LoraSettings, train_lora
+    from modelyard.finetune import environment, git_commit
+    from modelyard.training import TrainSettings, train_model
 
     train, held_out = _split(plan.domain, n_train=400, n_eval=90)
     data_dir = work / "data" / plan.tenant
@@ -209,7 +177,7 @@ def _train_and_register(
         n_rows=len(train),
         report={"rows": len(train), "eval_rows": len(held_out)},
     )
-    settings = LoraSettings(seed=0)
+    settings = TrainSettings(seed=0)
     run_id = str(uuid.uuid4())
     base_dir = Path(base.source)
     env = environment()
@@ -227,7 +195,7 @@ def _train_and_register(
         tempfile.TemporaryDirectory() as tmp,
         ui.bar(f"fine-tuning {plan.tenant}", 1, "steps") as update,
     ):
-        result = train_lora(
+        result = train_model(
             base_dir,
             train,
             Path(tmp) / "adapter",
@@ -259,7 +227,7 @@ def _train_and_register(
         "seed": settings.seed,
         "prompt_template": PROMPT_TEMPLATE_NAME,
         "environment": env,
-        "git_commit": _git_commit(Path.cwd()),
+        "git_commit": git_commit(Path.cwd()),
     }
     version = store.create_model_version(
         plan.model,

@@ -6,7 +6,7 @@ import dataclasses
 import json
 import sys
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from typing import Any
 
@@ -23,6 +23,7 @@ from rich.progress import (
 from rich.text import Text
 
 from modelyard.artifacts import ArtifactStore
+from modelyard.audit import AccessPolicy, AuditKeySource
 from modelyard.settings import Settings, load_settings
 from modelyard.store import Store
 
@@ -31,16 +32,33 @@ console = Console(width=None if sys.stdout.isatty() else 120)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+_actor: dict[str, str | None] = {"name": None}
+
+
 def settings() -> Settings:
     return load_settings()
 
 
+def set_actor(name: str | None) -> None:
+    """The actor named by the global ``--actor`` option (wins over MODELYARD_ACTOR)."""
+    _actor["name"] = name or None
+
+
 def open_store(s: Settings | None = None, *, migrate: bool = True) -> Store:
-    """The configured store, migrated; the default SQLite file needs a writable home."""
+    """The configured store, migrated, acting as ``--actor`` / MODELYARD_ACTOR / the OS user.
+
+    The default SQLite file needs a writable home.
+    """
     s = s or settings()
     if s.store_url is None:
         s.ensure_home()
-    return Store.open(s.resolved_store_url, migrate=migrate)
+    return Store.open(
+        s.resolved_store_url,
+        migrate=migrate,
+        actor=_actor["name"] or s.resolved_actor,
+        audit_key=AuditKeySource.from_settings(s),
+        policy=AccessPolicy.from_settings(s),
+    )
 
 
 def open_artifacts(s: Settings | None = None) -> ArtifactStore:
@@ -101,3 +119,13 @@ def progress_bar(description: str, total: int, *, unit: str = "steps") -> Iterat
 
 
 ProgressFn = Callable[[int, int, str], None]
+
+
+class RichReporter:
+    """Lines and progress bars for long library work (the ``Reporter`` protocol)."""
+
+    def info(self, message: str) -> None:
+        err_console.print(f"[cyan]•[/] {message}")
+
+    def bar(self, description: str, total: int, unit: str) -> AbstractContextManager[ProgressFn]:
+        return progress_bar(description, total, unit=unit)

@@ -2,29 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
-
 import typer
 from rich.table import Table
 
-from modelyard.cli._common import console, err_console, print_json, progress_bar, settings
+from modelyard.cli._common import RichReporter, console, print_json, settings
 from modelyard.errors import TrainingError
-from modelyard.quickstart import QuickstartResult, UpdateFn, run_quickstart
-
-
-class _RichUI:
-    def info(self, message: str) -> None:
-        err_console.print(f"[cyan]•[/] {message}")
-
-    def bar(self, description: str, total: int, unit: str) -> AbstractContextManager[UpdateFn]:
-        return _bar(description, total, unit)
-
-
-@contextmanager
-def _bar(description: str, total: int, unit: str) -> Iterator[UpdateFn]:
-    with progress_bar(description, total, unit=unit) as update:
-        yield update
+from modelyard.quickstart import QuickstartResult, run_quickstart
 
 
 def _summary(result: QuickstartResult) -> Table:
@@ -64,7 +47,7 @@ def quickstart(
     directory under MODELYARD_HOME). Fails (exit 1) unless every adapter beats its
     base on held-out rows and every request is recorded.
     """
-    result = run_quickstart(settings(), _RichUI(), requests_per_tenant=requests)
+    result = run_quickstart(settings(), RichReporter(), requests_per_tenant=requests)
     if json_out:
         print_json(result)
     else:

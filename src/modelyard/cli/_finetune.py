@@ -1,0 +1,215 @@
+"""``modelyard finetune`` and ``modelyard evaluate``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from modelyard.cli._common import (
+    RichReporter,
+    console,
+    err_console,
+    open_artifacts,
+    open_store,
+    print_json,
+    settings,
+)
+from modelyard.errors import ConfigError, GateFailed
+
+JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+
+
+def _metrics_table(
+    metrics: dict[str, float], base: dict[str, float], champion: dict[str, float] | None
+) -> Table:
+    table = Table(title="held-out evaluation")
+    table.add_column("metric")
+    table.add_column("this version", justify="right")
+    if base:
+        table.add_column("base", justify="right")
+    if champion is not None:
+        table.add_column("champion", justify="right")
+    for name, value in metrics.items():
+        row = [name, f"{value:.4g}"]
+        if base:
+            row.append(f"{base[name]:.4g}" if name in base else "")
+        if champion is not None:
+            row.append(f"{champion[name]:.4g}" if name in champion else "")
+        table.add_row(*row)
+    return table
+
+
+def finetune(
+    config: Path = typer.Option(..., "--config", "-c", help="The finetune YAML config."),
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue from the last checkpoint of this config and data."
+    ),
+    check: bool = typer.Option(
+        False, "--check", help="Validate the config, base and data, then stop (no training)."
+    ),
+    slurm: bool = typer.Option(
+        False,
+        "--slurm",
+        help="Write an sbatch script (torchrun on every node) instead of training.",
+    ),
+    nodes: int = typer.Option(1, min=1, help="--slurm: nodes to run on."),
+    gpus_per_node: int = typer.Option(1, min=1, help="--slurm: GPUs (processes) per node."),
+    partition: str | None = typer.Option(None, help="--slurm: the Slurm partition."),
+    time_limit: str = typer.Option("04:00:00", "--time", help="--slurm: the job's time limit."),
+    out: Path = typer.Option(
+        Path("finetune.sbatch"), "--out", help="--slurm: where to write the script."
+    ),
+    json_out: bool = JSON,
+) -> None:
+    """Train, evaluate, gate and register a model version from one YAML config.
+
+    Data, base model, metrics and gates are all checked before training starts.
+    The version is registered even when a gate fails (with its verdicts), but
+    then the alias does not move and the command exits 1, so a CI job stops.
+    Works unchanged under `torchrun` / `accelerate launch`.
+    """
+    from modelyard.finetune import (
+        SlurmOptions,
+        load_config,
+        prepare,
+        rank,
+        run_finetune,
+        sbatch_script,
+    )
+
+    loaded = load_config(config)
+    s = settings()
+    if slurm:
+        env = {
+            "MODELYARD_STORE_URL": s.resolved_store_url,
+            "MODELYARD_ARTIFACTS": str(s.artifacts_dir),
+        }
+        options = SlurmOptions(
+            nodes=nodes, gpus_per_node=gpus_per_node, partition=partition, time=time_limit
+        )
+        out.write_text(sbatch_script(config, options, env), encoding="utf-8")
+        err_console.print(f"wrote {out}; submit it with: sbatch {out}")
+        return
+    reporter = RichReporter()
+    prepared = prepare(loaded)
+    if check:
+        summary = {
+            "train_rows": len(prepared.train_rows),
+            "eval_rows": len(prepared.eval_rows),
+            "template": prepared.template.name,
+            "base_model": str(prepared.base_dir),
+            "report": prepared.report,
+        }
+        if json_out:
+            print_json(summary)
+        else:
+            console.print(
+                f"config OK: {summary['train_rows']} training rows, {summary['eval_rows']} held "
+                f"out, template {summary['template']}, base {summary['base_model']}"
+            )
+        return
+    if rank() != 0:
+        run_finetune(
+            prepared, store=None, artifacts=None, home=s.ensure_home(), ui=reporter, resume=resume
+        )
+        return
+    with open_store(s) as store:
+        outcome = run_finetune(
+            prepared,
+            store=store,
+            artifacts=open_artifacts(s),
+            home=s.ensure_home(),
+            ui=reporter,
+            resume=resume,
+        )
+    assert outcome is not None
+    if json_out:
+        print_json(outcome)
+    else:
+        from modelyard.evaluation import GateVerdict, verdicts_table
+
+        console.print(
+            _metrics_table(outcome.metrics, outcome.base_metrics, outcome.champion_metrics)
+        )
+        if outcome.verdicts:
+            console.print(verdicts_table([GateVerdict(**v) for v in outcome.verdicts]))
+        moved = f"; {outcome.model}@{outcome.alias} -> {outcome.ref}" if outcome.alias else ""
+        console.print(f"registered [bold]{outcome.ref}[/] (run {outcome.run_id}){moved}")
+    if not outcome.passed:
+        failed = [v for v in outcome.verdicts if not v["passed"]]
+        raise GateFailed(
+            f"{len(failed)} of {len(outcome.verdicts)} gates failed for {outcome.ref}: "
+            + "; ".join(str(v["gate"]) for v in failed),
+            hint="The version is registered with its verdicts; the alias was not moved.",
+        )
+
+
+def evaluate(
+    model: str = typer.Option(..., "--model", "-m", help="NAME@alias or NAME:VERSION."),
+    data: Path = typer.Option(..., "--data", "-d", help="Rows to evaluate on."),
+    data_format: str | None = typer.Option(
+        None, "--format", help="Data format (default: the format the version trained on)."
+    ),
+    metrics: str = typer.Option("exact_match", "--metrics", help="Comma-separated metric names."),
+    gate: list[str] = typer.Option([], "--gate", help='A gate such as "exact_match >= 0.9".'),
+    max_new_tokens: int = typer.Option(32, min=1, help="Longest generated answer."),
+    json_out: bool = JSON,
+) -> None:
+    """Evaluate any registered version on a data file, with the template it trained with.
+
+    Exits 1 when a --gate fails.
+    """
+    from modelyard.data import load_rows
+    from modelyard.evaluation import (
+        evaluate_gates,
+        gated_metrics,
+        gates_passed,
+        parse_gates,
+        verdicts_table,
+    )
+    from modelyard.finetune import (
+        evaluate_rows,
+        load_version_model,
+        version_format,
+        version_template,
+    )
+
+    names = [m.strip() for m in metrics.split(",") if m.strip()]
+    if not names:
+        raise ConfigError("--metrics names no metric", hint="e.g. --metrics exact_match,token_f1")
+    gates = parse_gates(gate)
+    names = list(dict.fromkeys([*names, *gated_metrics(gates)]))
+    s = settings()
+    with open_store(s) as store:
+        version = store.resolve_model_ref(model)
+        fmt = data_format or version_format(version)
+        rows = load_rows(data, fmt)
+        loaded, tokenizer = load_version_model(store, open_artifacts(s), version)
+        template = version_template(version, tokenizer)
+        values = evaluate_rows(
+            loaded,
+            tokenizer,
+            rows,
+            metrics=names,
+            template=template,
+            data_format=fmt,
+            max_new_tokens=max_new_tokens,
+        )
+    verdicts = evaluate_gates(gates, values, None, 0.0)
+    result = {
+        "model": version.ref,
+        "rows": len(rows),
+        "metrics": values,
+        "verdicts": [v.to_dict() for v in verdicts],
+        "passed": gates_passed(verdicts),
+    }
+    if json_out:
+        print_json(result)
+    else:
+        console.print(_metrics_table(values, {}, None))
+        if verdicts:
+            console.print(verdicts_table(verdicts))
+    if not result["passed"]:
+        raise GateFailed(f"a gate failed for {version.ref}", hint="See the table above.")

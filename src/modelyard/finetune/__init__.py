@@ -1,0 +1,43 @@
+"""``modelyard finetune``: one YAML config from raw rows to a gated, registered model version.
+
+``load_config`` validates the config (unknown keys are named with the nearest
+valid one); ``prepare`` loads, splits and checks the data and the base before
+any training; ``run_finetune`` trains, evaluates, registers, applies the gates
+and moves the alias on a pass.
+"""
+
+from modelyard.finetune._config import FinetuneConfig, load_config, parse_config
+from modelyard.finetune._lineage import ensure_base_model, environment, git_commit, model_dir
+from modelyard.finetune._load import load_version_model, version_format, version_template
+from modelyard.finetune._pipeline import (
+    FinetuneOutcome,
+    Prepared,
+    Reporter,
+    evaluate_rows,
+    prepare,
+    rank,
+    run_finetune,
+)
+from modelyard.finetune._slurm import SlurmOptions, sbatch_script
+
+__all__ = [
+    "FinetuneConfig",
+    "FinetuneOutcome",
+    "Prepared",
+    "Reporter",
+    "SlurmOptions",
+    "ensure_base_model",
+    "environment",
+    "evaluate_rows",
+    "git_commit",
+    "load_config",
+    "load_version_model",
+    "model_dir",
+    "parse_config",
+    "prepare",
+    "rank",
+    "run_finetune",
+    "sbatch_script",
+    "version_format",
+    "version_template",
+]

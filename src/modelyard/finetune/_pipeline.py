@@ -1,0 +1,558 @@
+"""``modelyard finetune``: raw rows -> dataset version -> run -> model version -> gates -> alias.
+
+Everything a config can get wrong is checked in ``prepare`` before any
+training starts (and before anything is written to the store). Under
+``torchrun``/``accelerate launch`` every process trains; only the main process
+(rank 0) writes to the store, evaluates and registers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from modelyard.artifacts import ArtifactStore
+from modelyard.data import load_rows, split_rows, validate_rows
+from modelyard.data._templates import PromptTemplate, template_for
+from modelyard.errors import (
+    ConfigError,
+    DataError,
+    ModelVersionNotFound,
+    NotFound,
+    PermissionDenied,
+)
+from modelyard.evaluation import (
+    check_metric_names,
+    evaluate_gates,
+    evaluate_model,
+    gated_metrics,
+    gates_passed,
+    parse_gates,
+)
+from modelyard.finetune._config import FinetuneConfig
+from modelyard.finetune._lineage import ensure_base_model, environment, git_commit, model_dir
+from modelyard.finetune._load import load_version_model
+from modelyard.finetune._tracking import MlflowTracker
+from modelyard.store import DatasetVersion, ModelVersion, Store, VersionKind
+from modelyard.training import TrainResult, train_model
+
+UpdateFn = Callable[[int, int, str], None]
+
+
+class Reporter(Protocol):
+    """How long work reports: lines of text and progress bars (Rich in the CLI)."""
+
+    def info(self, message: str) -> None: ...
+
+    def bar(self, description: str, total: int, unit: str) -> AbstractContextManager[UpdateFn]: ...
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A validated config with its data loaded, split, rendered and checked."""
+
+    config: FinetuneConfig
+    template: PromptTemplate
+    train_rows: list[dict[str, Any]]
+    eval_rows: list[dict[str, Any]]
+    report: dict[str, Any]
+    base_dir: Path
+
+
+@dataclass
+class FinetuneOutcome:
+    """What the command prints and returns as JSON."""
+
+    run_id: str
+    model: str
+    version: int | None = None
+    ref: str | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    base_metrics: dict[str, float] = field(default_factory=dict)
+    champion_metrics: dict[str, float] | None = None
+    verdicts: list[dict[str, Any]] = field(default_factory=list)
+    passed: bool = True
+    alias: str | None = None
+    alias_refused: str | None = None
+    dataset: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    mlflow_run_id: str | None = None
+
+
+def rank() -> int:
+    """This process's rank in a distributed run (0 when not distributed)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _max_positions(base_dir: Path) -> int | None:
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(str(base_dir), local_files_only=True)
+    value = getattr(config, "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) else None
+
+
+def _check_method(config: FinetuneConfig) -> None:
+    if config.method.type != "qlora":
+        return
+    import importlib.util
+
+    import torch
+
+    missing = [
+        what
+        for what, ok in (
+            ("a CUDA GPU", torch.cuda.is_available()),
+            ("the bitsandbytes package", importlib.util.find_spec("bitsandbytes") is not None),
+        )
+        if not ok
+    ]
+    if missing:
+        raise ConfigError(
+            f"method.type 'qlora' needs {' and '.join(missing)}, and this machine lacks it",
+            hint="Use method.type 'lora' here (same adapter format), or run on a GPU machine "
+            "with bitsandbytes installed.",
+            field="method.type",
+        )
+    raise ConfigError(
+        "method.type 'qlora' is not supported by this modelyard build yet",
+        hint="Use method.type 'lora'.",
+        field="method.type",
+    )
+
+
+def _checked_rows(
+    rows: Sequence[dict[str, Any]], template: PromptTemplate, what: str
+) -> list[dict[str, Any]]:
+    """Every row renders with the template, or a ``DataError`` naming the first bad row."""
+    for number, row in enumerate(rows, start=1):
+        try:
+            template.render(row)
+        except DataError as exc:
+            raise DataError(
+                f"{what} row {number}: {exc.message}", hint=exc.hint, row=number
+            ) from exc
+    return list(rows)
+
+
+def _token_count(tokenizer: Any, template: PromptTemplate, row: Mapping[str, Any]) -> int:
+    """Tokens of prompt + response + eos, exactly as training encodes the row."""
+    from modelyard.training import encode_row
+
+    return len(encode_row(tokenizer, row, 1 << 30, template)["input_ids"])
+
+
+def prepare(config: FinetuneConfig) -> Prepared:
+    """Validate everything a run needs before it starts; raises one clear error."""
+    from modelyard.base import load_tokenizer
+
+    _check_method(config)
+    gates = parse_gates(config.evaluation.gates)
+    check_metric_names(config.evaluation.metrics, where="evaluation.metrics")
+    metrics = list(dict.fromkeys([*config.evaluation.metrics, *gated_metrics(gates)]))
+    if config.data.format == "text":
+        unsupported = [m for m in metrics if m != "perplexity" and not m.endswith(("_ms", "_mb"))]
+        if unsupported:
+            raise ConfigError(
+                f"metric {unsupported[0]!r} needs references, which 'text' data has not",
+                hint="Use perplexity (and latency/memory) with data.format 'text'.",
+                field="evaluation.metrics",
+            )
+    base_dir = model_dir(config.base_model)
+    tokenizer = load_tokenizer(config.base_model)
+    limit = _max_positions(base_dir)
+    if limit is not None and config.data.max_seq_len > limit:
+        raise ConfigError(
+            f"data.max_seq_len {config.data.max_seq_len} is larger than the base model "
+            f"supports ({limit} positions)",
+            hint=f"Set data.max_seq_len to at most {limit}.",
+            field="data.max_seq_len",
+        )
+    template = template_for(config.data.format, tokenizer)
+    rows = load_rows(config.data.train, config.data.format)
+    if config.data.eval is not None:
+        train_rows, eval_rows = rows, load_rows(config.data.eval, config.data.format)
+    else:
+        train_rows, eval_rows = split_rows(
+            rows,
+            config.data.eval_fraction,
+            seed=config.training.seed,
+            stratify=config.data.stratify,
+        )
+    train_rows = _checked_rows(train_rows, template, "training")
+    eval_rows = _checked_rows(eval_rows, template, "evaluation")
+    if not eval_rows:
+        raise DataError(
+            "no evaluation rows: gates need held-out examples",
+            hint="Give data.eval or raise data.eval_fraction.",
+        )
+    report = validate_rows(
+        train_rows,
+        config.data.format,
+        tokenizer=tokenizer,
+        max_seq_len=config.data.max_seq_len,
+        eval_rows=eval_rows,
+    )
+    too_long = [
+        number
+        for number, row in enumerate(train_rows, start=1)
+        if _token_count(tokenizer, template, row) > config.data.max_seq_len
+    ]
+    if too_long:
+        raise DataError(
+            f"{len(too_long)} training rows are longer than data.max_seq_len "
+            f"{config.data.max_seq_len} tokens (rows {', '.join(map(str, too_long[:10]))})",
+            hint="Raise data.max_seq_len or shorten those rows.",
+            field="data.max_seq_len",
+        )
+    return Prepared(config, template, train_rows, eval_rows, report.to_dict(), base_dir)
+
+
+# -- stored inputs ---------------------------------------------------------------------------
+
+
+def _canonical_jsonl(rows: Sequence[Mapping[str, Any]]) -> bytes:
+    lines = (json.dumps(dict(r), sort_keys=True, ensure_ascii=False) for r in rows)
+    return "".join(line + "\n" for line in lines).encode("utf-8")
+
+
+def _store_dataset(
+    store: Store,
+    artifacts: ArtifactStore,
+    name: str,
+    rows: Sequence[Mapping[str, Any]],
+    data_format: str,
+    report: Mapping[str, Any],
+) -> DatasetVersion:
+    """A content-hashed dataset version: canonical JSONL in artifacts, its report in the store."""
+    data = _canonical_jsonl(rows)
+    with tempfile.TemporaryDirectory(prefix="modelyard-data-") as tmp:
+        path = Path(tmp) / f"{name}.jsonl"
+        path.write_bytes(data)
+        blob = artifacts.put_file(path, kind="dataset")
+    return store.register_dataset(
+        name,
+        digest=hashlib.sha256(data).hexdigest(),
+        artifact_digest=blob.digest,
+        format=data_format,
+        n_rows=len(rows),
+        report=dict(report),
+    )
+
+
+def config_digest(config: FinetuneConfig, data_digest: str) -> str:
+    """Identity of a run's inputs: where its checkpoints live, so ``--resume`` finds them."""
+    payload = json.dumps(
+        {"config": config.model_dump(mode="json"), "data": data_digest}, sort_keys=True
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+# -- evaluation ------------------------------------------------------------------------------
+
+
+def evaluate_rows(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    metrics: Sequence[str],
+    template: PromptTemplate,
+    data_format: str,
+    max_new_tokens: int,
+) -> dict[str, float]:
+    """The configured metrics of one model on ``rows``."""
+    report = evaluate_model(
+        model,
+        tokenizer,
+        [dict(r) for r in rows],
+        metrics=metrics,
+        format=data_format,
+        max_new_tokens=max_new_tokens,
+        render=template.render,
+    )
+    return {k: float(v) for k, v in report.metrics.items()}
+
+
+def _champion(store: Store, model: str) -> ModelVersion | None:
+    try:
+        return store.resolve_model_ref(f"{model}@champion")
+    except (ModelVersionNotFound, NotFound):
+        return None
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+def _train(
+    prepared: Prepared,
+    out_dir: Path,
+    checkpoints: Path,
+    *,
+    resume: bool,
+    ui: Reporter,
+    on_log: Callable[[dict[str, float]], None] | None,
+) -> TrainResult:
+    config = prepared.config
+    settings = config.train_settings()
+    tokens: dict[str, float] = {}
+
+    def log(entry: dict[str, float]) -> None:
+        tokens.update(entry)
+        if on_log is not None:
+            on_log(entry)
+
+    with ui.bar(f"fine-tuning ({settings.method})", 1, "steps") as update:
+
+        def progress(step: int, total: int, loss: float) -> None:
+            runtime = tokens.get("train_runtime") or 0.0
+            seen = tokens.get("tokens", 0.0)
+            rate = f", {seen / runtime:,.0f} tok/s" if runtime else ""
+            update(step, total, f"loss {loss:.3f}{rate}")
+
+        return train_model(
+            prepared.base_dir,
+            prepared.train_rows,
+            out_dir,
+            settings,
+            template=prepared.template,
+            eval_rows=prepared.eval_rows,
+            progress=progress,
+            on_log=log,
+            checkpoint_dir=checkpoints,
+            resume=resume,
+        )
+
+
+def run_finetune(
+    prepared: Prepared,
+    *,
+    store: Store | None,
+    artifacts: ArtifactStore | None,
+    home: Path,
+    ui: Reporter,
+    resume: bool = False,
+) -> FinetuneOutcome | None:
+    """Run a prepared config to a registered, gated version (``None`` on non-main ranks)."""
+    config = prepared.config
+    digest = hashlib.sha256(_canonical_jsonl(prepared.train_rows)).hexdigest()
+    checkpoints = home / "checkpoints" / config_digest(config, digest)[:16]
+    if rank() != 0:
+        with tempfile.TemporaryDirectory(prefix="modelyard-rank-") as tmp:
+            _train(prepared, Path(tmp) / "out", checkpoints, resume=resume, ui=ui, on_log=None)
+        return None
+    if store is None or artifacts is None:
+        raise ConfigError("the main process needs a store and an artifact store")
+    return _run_main(prepared, store, artifacts, home, checkpoints, ui=ui, resume=resume)
+
+
+def _run_main(
+    prepared: Prepared,
+    store: Store,
+    artifacts: ArtifactStore,
+    home: Path,
+    checkpoints: Path,
+    *,
+    ui: Reporter,
+    resume: bool,
+) -> FinetuneOutcome:
+    config = prepared.config
+    registry = config.registry
+    base = ensure_base_model(store, config.base_model)
+    name = config.data.name or config.data.train.stem
+    dataset = _store_dataset(
+        store, artifacts, name, prepared.train_rows, config.data.format, prepared.report
+    )
+    eval_set = _store_dataset(
+        store, artifacts, f"{name}-eval", prepared.eval_rows, config.data.format, {}
+    )
+    ui.info(
+        f"dataset {dataset.name} v{dataset.version}: {dataset.n_rows} training rows, "
+        f"{eval_set.n_rows} held out (sha256 {dataset.digest[:12]})"
+    )
+    try:
+        store.get_registered_model(registry.model)
+    except NotFound:
+        store.create_registered_model(
+            registry.model, tenant=registry.tenant, description=registry.description
+        )
+    run_id = str(uuid.uuid4())
+    outcome = FinetuneOutcome(run_id=run_id, model=registry.model)
+    outcome.dataset = {
+        "name": dataset.name,
+        "version": dataset.version,
+        "digest": dataset.digest,
+        "eval_digest": eval_set.digest,
+    }
+    env = environment()
+    config_json = config.model_dump(mode="json")
+    store.create_run(
+        run_id,
+        base_model=base.name,
+        dataset_id=dataset.id,
+        config=config_json,
+        seed=config.training.seed,
+        environment=env,
+    )
+    tracker = None
+    if config.tracking.mlflow_uri:
+        tracker = MlflowTracker(
+            config.tracking.mlflow_uri,
+            config.tracking.experiment,
+            run_name=f"{registry.model}-{run_id[:8]}",
+            tags={"modelyard.run_id": run_id, "modelyard.dataset_digest": dataset.digest},
+        )
+        tracker.log_params(config_json)
+        outcome.mlflow_run_id = tracker.run_id
+    history: list[dict[str, float]] = []
+
+    def on_log(entry: dict[str, float]) -> None:
+        history.append(entry)
+        if tracker is not None:
+            tracker.log_step(entry)
+
+    work = home / "runs" / run_id
+    try:
+        result = _train(prepared, work / "output", checkpoints, resume=resume, ui=ui, on_log=on_log)
+    except BaseException:
+        store.finish_run(run_id, status="failed", metrics={"history": history})
+        if tracker is not None:
+            tracker.finish("failed")
+        raise
+    outcome.training = {
+        "train_loss": result.train_loss,
+        "eval_loss": result.eval_loss,
+        "steps": result.steps,
+        "epochs": result.epochs,
+        "train_tokens": result.train_tokens,
+        "tokens_per_second": round(result.tokens_per_second, 1),
+        "seconds": round(result.seconds, 2),
+        "trainable_parameters": result.trainable_parameters,
+        "total_parameters": result.total_parameters,
+        "stopped_early": result.stopped_early,
+        "resumed_from": result.resumed_from,
+    }
+    ui.info(
+        f"trained {result.steps} steps in {result.seconds:.1f} s "
+        f"({result.tokens_per_second:,.0f} tokens/s), train loss {result.train_loss:.3f}"
+    )
+    kind: VersionKind = "full" if config.method.type == "full" else "adapter"
+    blob = artifacts.put_dir(result.output_dir, kind=kind)
+    _evaluate_all(prepared, store, artifacts, result.output_dir, kind, base.source, outcome, ui)
+    store.finish_run(
+        run_id,
+        status="finished",
+        metrics={**outcome.training, **outcome.metrics, "history": history},
+    )
+    if tracker is not None:
+        tracker.log_metrics({f"eval_{k}": v for k, v in outcome.metrics.items()})
+        tracker.finish("finished")
+    lineage = {
+        "run_id": run_id,
+        "dataset": {
+            "name": dataset.name,
+            "version": dataset.version,
+            "digest": dataset.digest,
+            "eval_digest": eval_set.digest,
+            "format": config.data.format,
+        },
+        "base_model": {
+            "name": base.name,
+            "source": base.source,
+            "weights": dict(base.weight_hashes),
+        },
+        "config": config_json,
+        "seed": config.training.seed,
+        "prompt_template": prepared.template.name,
+        "environment": env,
+        "git_commit": git_commit(Path.cwd()),
+        "parent": _parent_ref(store, registry.model),
+    }
+    version = store.create_model_version(
+        registry.model,
+        kind=kind,
+        artifact_digest=blob.digest,
+        base_model=base.name,
+        run_id=run_id,
+        lineage=lineage,
+        metrics={**outcome.metrics, **{f"base_{k}": v for k, v in outcome.base_metrics.items()}},
+    )
+    outcome.version, outcome.ref = version.version, version.ref
+    gates = parse_gates(config.evaluation.gates)
+    verdicts = evaluate_gates(
+        gates, outcome.metrics, outcome.champion_metrics, config.evaluation.tolerance
+    )
+    outcome.verdicts = [v.to_dict() for v in verdicts]
+    outcome.passed = gates_passed(verdicts)
+    store.record_gate_verdicts(
+        registry.model, version.version, outcome.verdicts, passed=outcome.passed
+    )
+    if outcome.passed and registry.alias_on_pass:
+        try:
+            store.set_alias(registry.model, registry.alias_on_pass, version.version)
+            outcome.alias = registry.alias_on_pass
+        except PermissionDenied as exc:  # e.g. champion needs an approver: a separate step
+            outcome.alias_refused = exc.message
+            ui.info(f"{version.ref} passed its gates but was not promoted: {exc.one_line()}")
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return outcome
+
+
+def _parent_ref(store: Store, model: str) -> str | None:
+    champion = _champion(store, model)
+    return champion.ref if champion else None
+
+
+def _evaluate_all(
+    prepared: Prepared,
+    store: Store,
+    artifacts: ArtifactStore,
+    output_dir: Path,
+    kind: VersionKind,
+    base_source: str,
+    outcome: FinetuneOutcome,
+    ui: Reporter,
+) -> None:
+    """Score the new version, the base (``compare_base``) and the champion (for its gates)."""
+    from modelyard.base import load_base
+    from modelyard.evaluation import load_adapter
+
+    config = prepared.config
+    gates = parse_gates(config.evaluation.gates)
+    options: dict[str, Any] = {
+        "metrics": list(dict.fromkeys([*config.evaluation.metrics, *gated_metrics(gates)])),
+        "template": prepared.template,
+        "data_format": config.data.format,
+        "max_new_tokens": config.evaluation.max_new_tokens,
+    }
+    rows = prepared.eval_rows
+    if kind == "adapter":
+        model, tokenizer = load_base(prepared.base_dir)
+        if config.evaluation.compare_base:
+            outcome.base_metrics = evaluate_rows(model, tokenizer, rows, **options)
+        tuned = load_adapter(model, output_dir)
+        outcome.metrics = evaluate_rows(tuned, tokenizer, rows, **options)
+    else:
+        if config.evaluation.compare_base:
+            model, tokenizer = load_base(prepared.base_dir)
+            outcome.base_metrics = evaluate_rows(model, tokenizer, rows, **options)
+        tuned, tokenizer = load_base(output_dir)
+        outcome.metrics = evaluate_rows(tuned, tokenizer, rows, **options)
+    if any(g.kind == "not_worse_than" for g in gates):
+        champion = _champion(store, config.registry.model)
+        if champion is not None:
+            ui.info(f"scoring the champion {champion.ref} on the same held-out rows")
+            model, tokenizer = load_version_model(store, artifacts, champion)
+            outcome.champion_metrics = evaluate_rows(model, tokenizer, rows, **options)
+    shown = ", ".join(f"{k} {v:.3f}" for k, v in outcome.metrics.items())
+    ui.info(f"held-out metrics on {len(rows)} rows: {shown}")
