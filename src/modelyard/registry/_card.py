@@ -1,0 +1,123 @@
+"""Model cards: a Markdown page per version, written from what the registry recorded."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from modelyard.store import ModelVersion, RegisteredModel, Run
+
+_KIND_LIMITS = {
+    "adapter": "An adapter: it only works on top of its exact base model (see lineage).",
+    "full": "A full model: it carries the base model's licence and limitations.",
+}
+
+
+def _table(rows: list[tuple[str, str]]) -> str:
+    if not rows:
+        return "_none recorded_\n"
+    lines = ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, Mapping | list):
+        return f"`{json.dumps(value, sort_keys=True)}`"
+    return str(value).replace("|", "\\|")
+
+
+def _gates(metrics: Mapping[str, Any]) -> str:
+    gates = metrics.get("gates")
+    if not isinstance(gates, Mapping) or not gates.get("verdicts"):
+        return "_no quality gates were applied_\n"
+    lines = ["| gate | observed | bound | margin | verdict |", "|---|---|---|---|---|"]
+    for verdict in gates["verdicts"]:
+        lines.append(
+            f"| `{verdict.get('gate')}` | {_fmt(verdict.get('observed'))} "
+            f"| {_fmt(verdict.get('threshold'))} | {_fmt(verdict.get('margin'))} "
+            f"| {'pass' if verdict.get('passed') else '**FAIL**'} |"
+        )
+    overall = "all gates passed" if gates.get("passed") else "**at least one gate failed**"
+    return "\n".join(lines) + f"\n\nOverall: {overall}.\n"
+
+
+def model_card(model: RegisteredModel, version: ModelVersion, run: Run | None) -> str:
+    """The Markdown card of ``version``: use, data, training, evaluation, limits, lineage."""
+    lineage = version.lineage
+    config = lineage.get("config") if isinstance(lineage.get("config"), Mapping) else {}
+    assert isinstance(config, Mapping)
+    dataset = lineage.get("dataset") if isinstance(lineage.get("dataset"), Mapping) else {}
+    assert isinstance(dataset, Mapping)
+    base = lineage.get("base_model") if isinstance(lineage.get("base_model"), Mapping) else {}
+    assert isinstance(base, Mapping)
+    registry = config.get("registry", {}) if isinstance(config.get("registry"), Mapping) else {}
+    description = model.description or registry.get("description") or ""
+    scores = {
+        k: v
+        for k, v in version.metrics.items()
+        if isinstance(v, int | float) and not isinstance(v, bool)
+    }
+    aliases = ", ".join(version.aliases) or "none"
+    training = config.get("training", {}) if isinstance(config.get("training"), Mapping) else {}
+    method = config.get("method", {}) if isinstance(config.get("method"), Mapping) else {}
+    parts = [
+        f"# {version.ref}\n",
+        f"Kind: {version.kind} · status: {version.status} · aliases: {aliases} · "
+        f"registered {version.created_at:%Y-%m-%d %H:%M} UTC"
+        + (f" · tenant: {model.tenant}" if model.tenant else "")
+        + "\n",
+        "## Intended use\n",
+        (description or "_No description was given (set registry.description)._") + "\n",
+        "## Data\n",
+        _table(
+            [
+                ("dataset", f"{dataset.get('name', '?')} v{dataset.get('version', '?')}"),
+                ("format", str(dataset.get("format", "?"))),
+                ("sha256", f"`{dataset.get('digest', '?')}`"),
+                ("evaluation set sha256", f"`{dataset.get('eval_digest', '?')}`"),
+                ("prompt template", str(lineage.get("prompt_template", "?"))),
+            ]
+            if dataset
+            else []
+        ),
+        "## Training\n",
+        _table(
+            [(f"method.{k}", _fmt(v)) for k, v in sorted(method.items())]
+            + [(f"training.{k}", _fmt(v)) for k, v in sorted(training.items()) if v is not None]
+            + ([("run", f"`{run.id}` ({run.status})")] if run else [])
+        ),
+        "## Evaluation\n",
+        _table([(k, _fmt(v)) for k, v in sorted(scores.items())]),
+        "\n### Gates\n",
+        _gates(version.metrics),
+        "## Limitations\n",
+        "- Scores are measured on the held-out rows recorded above, drawn from the same "
+        "source as the training data; they say little about other inputs.\n"
+        f"- {_KIND_LIMITS[version.kind]}\n"
+        "- Outputs are generated text: review them before acting on them.\n",
+        "## Lineage\n",
+        _table(
+            [
+                (
+                    "base model",
+                    f"{base.get('name', version.base_model)} ({base.get('source', '')})",
+                ),
+                *[
+                    (f"base weights `{name}`", f"`{digest}`")
+                    for name, digest in sorted(dict(base.get("weights", {})).items())
+                ],
+                ("artifact sha256", f"`{version.artifact_digest}`"),
+                ("parent", str(lineage.get("parent") or "none")),
+                ("seed", str(lineage.get("seed", "?"))),
+                ("git commit", str(lineage.get("git_commit") or "none")),
+                (
+                    "environment",
+                    _fmt(lineage.get("environment", {})),
+                ),
+            ]
+        ),
+    ]
+    return "\n".join(parts)

@@ -1,0 +1,149 @@
+"""Getting models out of and into the registry: plain-library export, and safe import.
+
+Export writes a directory that vanilla ``peft`` / ``transformers`` load with no
+modelyard code. Import runs every safety check of ``modelyard.artifacts`` on a
+staged copy before anything is stored; a refusal leaves no registry row and no
+blob, and is itself audited.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelyard.artifacts import ArtifactStore, SafetyReport, inspect_artifact, stage_import
+from modelyard.errors import ConfigError, NotFound, UnsafeArtifact
+from modelyard.finetune._lineage import ensure_base_model, model_dir
+from modelyard.finetune._load import verified_files
+from modelyard.registry._card import model_card
+from modelyard.store import ModelVersion, Store, VersionKind
+
+
+def export_version(store: Store, artifacts: ArtifactStore, ref: str, out_dir: Path) -> Path:
+    """Write ``ref`` as a plain model directory (plus ``README.md`` card and ``lineage.json``).
+
+    An adapter's ``adapter_config.json`` points ``base_model_name_or_path`` at
+    its base's source, so ``PeftModel.from_pretrained(base, out_dir)`` works as is.
+    The stored bytes are verified before they are copied.
+    """
+    version = store.resolve_model_ref(ref)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        raise ConfigError(
+            f"export directory {out_dir} is not empty",
+            hint="Choose a new directory; export never overwrites files.",
+        )
+    files = verified_files(store, artifacts, version)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in sorted(files.rglob("*")):
+        target = out_dir / path.relative_to(files)
+        if path.is_dir():
+            target.mkdir(exist_ok=True)
+        else:
+            shutil.copyfile(path, target)
+            target.chmod(0o644)
+    if version.kind == "adapter":
+        config_path = out_dir / "adapter_config.json"
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+        config["base_model_name_or_path"] = version.base_model_source
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", "utf-8")
+    model = store.get_registered_model(version.model)
+    run = store.get_run(version.run_id) if version.run_id else None
+    (out_dir / "README.md").write_text(model_card(model, version, run), encoding="utf-8")
+    lineage = {"ref": version.ref, "artifact_digest": version.artifact_digest, **version.lineage}
+    (out_dir / "lineage.json").write_text(
+        json.dumps(lineage, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
+    )
+    return out_dir
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    version: ModelVersion
+    report: SafetyReport
+
+
+def import_version(
+    store: Store,
+    artifacts: ArtifactStore,
+    source: Path,
+    *,
+    name: str,
+    base_model: str,
+    kind: VersionKind = "adapter",
+    tenant: str | None = None,
+    description: str = "",
+    allow_pickle: bool = False,
+    trust_remote_code: bool = False,
+    max_rank: int = 256,
+    staging_root: Path | None = None,
+) -> ImportResult:
+    """Check an outside model (directory or archive) and register it as a new version.
+
+    ``base_model`` is a base registered in the store (by name), or a model
+    directory / hub id that is registered on first use.
+    """
+    base = _base(store, base_model)
+    base_dir = model_dir(base.source)
+    subject = f"{name} <- {source}"
+    with tempfile.TemporaryDirectory(prefix="modelyard-import-", dir=staging_root) as tmp:
+        try:
+            root = stage_import(source, Path(tmp) / "staged")
+            report = inspect_artifact(
+                root,
+                kind=kind,
+                base_model_dir=base_dir,
+                allow_pickle=allow_pickle,
+                trust_remote_code=trust_remote_code,
+                max_rank=max_rank,
+            )
+        except UnsafeArtifact as exc:
+            store.record_audit_event(
+                "artifact.import_refused",
+                subject,
+                {
+                    "source": str(source),
+                    "model": name,
+                    "rule": exc.rule,
+                    "path": exc.path,
+                    "reason": exc.message,
+                },
+            )
+            raise
+        # Every refusal happens above, before a single byte reaches the artifact store.
+        blob = artifacts.put_dir(root, kind=kind)
+    try:
+        store.get_registered_model(name)
+    except NotFound:
+        store.create_registered_model(name, tenant=tenant, description=description)
+    version = store.create_model_version(
+        name,
+        kind=kind,
+        artifact_digest=blob.digest,
+        base_model=base.name,
+        run_id=None,
+        lineage=_import_lineage(source, base.name, base.source, base.weight_hashes, report),
+        metrics={},
+    )
+    return ImportResult(version, report)
+
+
+def _base(store: Store, ref: str) -> Any:
+    try:
+        return store.get_base_model(ref)
+    except NotFound:
+        return ensure_base_model(store, ref)
+
+
+def _import_lineage(
+    source: Path, base_name: str, base_source: str, weights: Any, report: SafetyReport
+) -> dict[str, Any]:
+    return {
+        "imported_from": str(source),
+        "base_model": {"name": base_name, "source": base_source, "weights": dict(weights)},
+        "prompt_template": "alpaca",
+        "safety": report.to_dict(),
+    }

@@ -1,0 +1,217 @@
+"""The governed registry from the outside: lineage, cards, plain export, safe import, archive."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from clihelp import modelyard
+from modelyard.base import create_tiny_base
+from modelyard.data import DOMAINS, domain_corpus, synthetic_domain
+from modelyard.store import Store
+
+QUICK_BASE = {"steps": 8, "batch_size": 4, "seq_len": 64, "hidden_size": 32, "vocab_size": 512}
+
+
+def _store(home: Path) -> Store:
+    return Store.open(f"sqlite:///{home / 'store.db'}")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A home holding helpdesk:1 (an adapter, from `modelyard finetune`), and its base."""
+    root = tmp_path_factory.mktemp("registry")
+    base = create_tiny_base(domain_corpus(DOMAINS, 300, seed=0), root / "base", **QUICK_BASE).path
+    rows = synthetic_domain("it-support", 24, seed=0)
+    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:20]))
+    (root / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[20:]))
+    config = {
+        "base_model": str(base),
+        "data": {"train": "train.jsonl", "eval": "eval.jsonl"},
+        "method": {"r": 4, "alpha": 8},
+        "training": {"max_steps": 2, "batch_size": 4},
+        "evaluation": {"metrics": ["exact_match"], "max_new_tokens": 3},
+        "registry": {"model": "helpdesk", "description": "Routes IT tickets."},
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    home = root / "home"
+    r = modelyard("finetune", "-c", str(root / "config.yaml"), home=home)
+    assert r.code == 0, r.err
+    return {"home": home, "base": base, "root": root}
+
+
+@pytest.fixture
+def home(trained: dict[str, Path], tmp_path: Path) -> Path:
+    """A private copy of the trained home, for tests that change it."""
+    copy = tmp_path / "home"
+    shutil.copytree(trained["home"], copy)
+    return copy
+
+
+def _clean_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
+
+
+def test_show_json_and_lineage_tree(trained: dict[str, Path]) -> None:
+    home = trained["home"]
+    r = modelyard("registry", "show", "helpdesk:1", "--json", home=home)
+    assert r.code == 0, r.err
+    shown = json.loads(r.out)
+    lineage = shown["lineage"]
+    assert lineage["dataset"]["name"] == "train" and len(lineage["dataset"]["digest"]) == 64
+    assert lineage["base_model"]["weights"]
+    assert lineage["config"]["training"]["max_steps"] == 2
+    assert lineage["environment"]["packages"]["transformers"]
+    r = modelyard("registry", "lineage", "helpdesk:1", home=home)
+    assert r.code == 0, r.err
+    assert "helpdesk:1" in r.out and lineage["dataset"]["digest"] in r.out
+    assert "base_model" in r.out and "run " in r.out
+
+
+def test_model_card(trained: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "card.md"
+    r = modelyard("registry", "card", "helpdesk:1", "--out", str(out), home=trained["home"])
+    assert r.code == 0, r.err
+    card = out.read_text(encoding="utf-8")
+    for section in ("# helpdesk:1", "## Intended use", "## Data", "## Training", "## Evaluation"):
+        assert section in card
+    assert "Routes IT tickets." in card and "## Limitations" in card and "## Lineage" in card
+    assert "exact_match" in card
+
+
+def test_export_loads_with_plain_peft(trained: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "export"
+    r = modelyard("registry", "export", "helpdesk:1", "--out", str(out), home=trained["home"])
+    assert r.code == 0, r.err
+    assert (out / "adapter_model.safetensors").is_file() and (out / "README.md").is_file()
+    # Only vanilla transformers + peft, in a fresh interpreter: no modelyard code at all.
+    script = (
+        "import sys, torch\n"
+        "from transformers import AutoModelForCausalLM\n"
+        "from peft import PeftConfig, PeftModel\n"
+        "cfg = PeftConfig.from_pretrained(sys.argv[1])\n"
+        "base = AutoModelForCausalLM.from_pretrained(cfg.base_model_name_or_path)\n"
+        "model = PeftModel.from_pretrained(base, sys.argv[1])\n"
+        "ids = torch.tensor([[1, 2, 3]])\n"
+        "print(float(model(ids).logits.abs().sum()))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(out)],
+        capture_output=True, text=True, timeout=300, env=_clean_env(), check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert float(proc.stdout) > 0
+    r = modelyard("registry", "export", "helpdesk:1", "--out", str(out), home=trained["home"])
+    assert r.code == 2 and "not empty" in r.err
+
+
+def test_archived_version_takes_no_alias(home: Path) -> None:
+    assert modelyard("registry", "archive", "helpdesk", "1", home=home).code == 0
+    r = modelyard("registry", "alias", "helpdesk", "challenger", "1", home=home)
+    assert r.code != 0 and "archived" in r.err
+    with _store(home) as store:
+        assert store.get_model_version("helpdesk", 1).status == "archived"
+
+
+def test_tampered_artifact_is_refused_and_audited(home: Path, tmp_path: Path) -> None:
+    with _store(home) as store:
+        digest = store.get_model_version("helpdesk", 1).artifact_digest
+    weights = next((home / "artifacts").rglob(f"{digest}/files/adapter_model.safetensors"))
+    weights.chmod(0o644)
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    r = modelyard("registry", "export", "helpdesk:1", "--out", str(tmp_path / "x"), home=home)
+    assert r.code != 0 and "Traceback" not in r.err
+    assert "adapter_model.safetensors" in r.err
+    with _store(home) as store:
+        events = store.list_audit_events(action="artifact.verification_failed")
+        assert [e.subject for e in events] == ["helpdesk:1"]
+
+
+# --- import -------------------------------------------------------------------------
+
+
+def _peft_adapter(base: Path, out: Path, **lora: Any) -> Path:
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], **lora)
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+class _Evil:
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.system, ("echo pwned",))
+
+
+def _artifact_blobs(home: Path) -> list[Path]:
+    return list((home / "artifacts" / "sha256").glob("??/*"))
+
+
+def test_import_a_clean_adapter(home: Path, trained: dict[str, Path], tmp_path: Path) -> None:
+    adapter = _peft_adapter(trained["base"], tmp_path / "outside")
+    r = modelyard(
+        "registry", "import", str(adapter), "--name", "outside", "--base-model",
+        str(trained["base"]), "--json", home=home,
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    result = json.loads(r.out)
+    assert result["version"]["model"] == "outside" and result["version"]["version"] == 1
+    assert {f["path"] for f in result["report"]["files"]} >= {"adapter_model.safetensors"}
+
+
+@pytest.mark.parametrize("case", ["pickle", "remote_code", "bad_target", "traversal"])
+def test_refused_import_leaves_nothing_but_an_audit_event(
+    home: Path, trained: dict[str, Path], tmp_path: Path, case: str
+) -> None:
+    source = tmp_path / "outside"
+    if case == "pickle":
+        _peft_adapter(trained["base"], source)
+        (source / "adapter_model.safetensors").unlink()
+        (source / "adapter_model.bin").write_bytes(pickle.dumps(_Evil()))
+        extra = ["--allow-pickle"]
+    elif case == "remote_code":
+        _peft_adapter(trained["base"], source)
+        config = json.loads((source / "adapter_config.json").read_text())
+        config["auto_map"] = {"AutoModel": "evil.Model"}
+        (source / "adapter_config.json").write_text(json.dumps(config))
+        extra = []
+    elif case == "bad_target":
+        _peft_adapter(trained["base"], source)
+        config = json.loads((source / "adapter_config.json").read_text())
+        config["target_modules"] = ["no_such_proj"]
+        (source / "adapter_config.json").write_text(json.dumps(config))
+        extra = []
+    else:
+        import tarfile
+
+        _peft_adapter(trained["base"], tmp_path / "ok")
+        source = tmp_path / "evil.tar.gz"
+        with tarfile.open(source, "w:gz") as tar:
+            tar.add(tmp_path / "ok" / "adapter_config.json", arcname="../adapter_config.json")
+        extra = []
+    blobs_before = _artifact_blobs(home)
+    r = modelyard(
+        "registry", "import", str(source), "--name", "outside", "--base-model",
+        str(trained["base"]), *extra, home=home,
+    )  # fmt: skip
+    assert r.code == 1, (r.code, r.err)
+    assert "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    with _store(home) as store:
+        assert "outside" not in {m.name for m in store.list_registered_models()}
+        refused = store.list_audit_events(action="artifact.import_refused")
+        assert len(refused) == 1
+    assert _artifact_blobs(home) == blobs_before
+    assert not list((home / "artifacts" / "tmp").glob("modelyard-import-*"))
