@@ -3,27 +3,31 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
 )
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import Receive, Scope, Send
 
 import modelyard
 from modelyard.errors import (
@@ -31,13 +35,15 @@ from modelyard.errors import (
     ConfigError,
     Conflict,
     DataError,
+    EngineOverloaded,
     ModelyardError,
     NotFound,
 )
 from modelyard.monitoring import RecordWriter, apply_storage_policy
 from modelyard.serving._engine import Engine, EngineError, Generation, SamplingParams
-from modelyard.serving._prompts import render_chat
 from modelyard.serving._router import Router
+from modelyard.serving._stream import TokenStream
+from modelyard.serving._types import AdapterEvent
 from modelyard.store import ApiKey, ModelVersion, NewInferenceRecord, Store, Tenant
 from modelyard.tenants import authenticate
 
@@ -50,6 +56,7 @@ _STATUS: tuple[tuple[type[ModelyardError], int, str], ...] = (
     (ConfigError, 400, "invalid_request_error"),
     (DataError, 400, "invalid_request_error"),
     (EngineError, 503, "server_error"),
+    (EngineOverloaded, 503, "server_error"),
 )
 
 
@@ -73,6 +80,11 @@ class ChatMessage(BaseModel):
     content: str
 
 
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
 class _Common(BaseModel):
     model_config = ConfigDict(extra="ignore")
     model: str = Field(min_length=1)
@@ -84,7 +96,8 @@ class _Common(BaseModel):
     stop: str | list[str] | None = None
     n: Literal[1] = 1
     user: str | None = None
-    stream: Literal[False] = False
+    stream: bool = False
+    stream_options: StreamOptions | None = None
 
     def sampling(self, cap: int) -> SamplingParams:
         wanted = self.max_completion_tokens or self.max_tokens or min(64, cap)
@@ -124,6 +137,38 @@ class _Metrics:
         self.dropped = Counter(
             "modelyard_records_dropped", "Inference records dropped", registry=self.registry
         )
+        self.ttft = Histogram(
+            "modelyard_time_to_first_token_seconds",
+            "Time from submission to the first generated token",
+            labels,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "modelyard_batch_size",
+            "Requests run together in one generate call",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "modelyard_queue_depth", "Requests waiting for the engine", registry=self.registry
+        )
+        self.adapter = {
+            event: Counter(f"modelyard_adapter_{name}", help_, ["version"], registry=self.registry)
+            for event, name, help_ in (
+                ("hit", "cache_hits", "Requests whose adapter was already loaded"),
+                ("miss", "cache_misses", "Requests whose adapter was not loaded"),
+                ("load", "loads", "Adapters loaded"),
+                ("eviction", "evictions", "Adapters evicted (least recently used)"),
+                ("load_failure", "load_failures", "Adapters that failed to load"),
+            )
+        }
+
+    # EngineObserver: the engine reports adapter cache events and batches here.
+    def adapter_event(self, event: AdapterEvent, version: str) -> None:
+        self.adapter[event].labels(version).inc()
+
+    def batch_ran(self, size: int) -> None:
+        self.batch_size.observe(size)
 
 
 class _KeyCache:
@@ -145,6 +190,20 @@ class _KeyCache:
         with self._lock:
             self._cache[digest] = (now + self._ttl, key)
         return key
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A request routed, rendered and handed to the engine; its events come on ``stream``."""
+
+    record_id: str
+    key: ApiKey
+    route: str
+    endpoint: str
+    version: ModelVersion
+    prompt: str
+    stream: TokenStream
+    started: float
 
 
 class DataPlane:
@@ -170,6 +229,56 @@ class DataPlane:
             self._tenants[name] = self.store.get_tenant(name)
         return self._tenants[name]
 
+    def submit(
+        self,
+        key: ApiKey,
+        route: str,
+        endpoint: str,
+        user: str | None,
+        params: SamplingParams,
+        render: Callable[[ModelVersion], str],
+    ) -> Submitted:
+        """Route, render and hand one request to the engine (blocking: run it off the loop).
+
+        A failure here is recorded and raised; after it, ``finish`` records the outcome.
+        """
+        record_id = f"cmpl-{uuid.uuid4().hex}"
+        started = time.perf_counter()
+        version: ModelVersion | None = None
+        prompt: str | None = None
+        try:
+            self.tenant(key.tenant)  # cached, so that finishing never waits on the store
+            chosen = self.router.route(endpoint, key)
+            version = self.router.pick(chosen, user)
+            prompt = render(version)
+            stream = self.engine.stream(version, prompt, params)
+        except ModelyardError as exc:
+            self._record(record_id, key, route, endpoint, version, prompt, None, started, exc=exc)
+            raise
+        return Submitted(record_id, key, route, endpoint, version, prompt, stream, started)
+
+    def finish(
+        self,
+        sub: Submitted,
+        gen: Generation | None,
+        *,
+        exc: ModelyardError | None = None,
+        cancelled: bool = False,
+    ) -> None:
+        """Record how a submitted request ended (``cancelled``: its client went away)."""
+        self._record(
+            sub.record_id,
+            sub.key,
+            sub.route,
+            sub.endpoint,
+            sub.version,
+            sub.prompt,
+            gen,
+            sub.started,
+            exc=exc,
+            cancelled=cancelled,
+        )
+
     def run(
         self,
         key: ApiKey,
@@ -180,20 +289,14 @@ class DataPlane:
         render: Callable[[ModelVersion], str],
     ) -> tuple[str, ModelVersion, Generation]:
         """Route, generate and record one request; returns (record id, version, generation)."""
-        record_id = f"cmpl-{uuid.uuid4().hex}"
-        started = time.perf_counter()
-        version: ModelVersion | None = None
-        prompt: str | None = None
+        sub = self.submit(key, route, endpoint, user, params, render)
         try:
-            chosen = self.router.route(endpoint, key)
-            version = self.router.pick(chosen, user)
-            prompt = render(version)
-            gen = self.engine.generate(version, prompt, params)
+            gen = sub.stream.result()
         except ModelyardError as exc:
-            self._record(record_id, key, route, endpoint, version, prompt, None, started, exc=exc)
+            self.finish(sub, None, exc=exc)
             raise
-        self._record(record_id, key, route, endpoint, version, prompt, gen, started)
-        return record_id, version, gen
+        self.finish(sub, gen)
+        return sub.record_id, sub.version, gen
 
     def _record(
         self,
@@ -206,24 +309,31 @@ class DataPlane:
         gen: Generation | None,
         started: float,
         exc: ModelyardError | None = None,
+        cancelled: bool = False,
     ) -> None:
         latency_ms = (time.perf_counter() - started) * 1000
         policy = self.tenant(key.tenant).storage_policy
         status = 200 if exc is None else _status_of(exc)[0]
+        if cancelled or (gen is not None and gen.finish_reason == "cancelled"):
+            outcome = "cancelled"
+        else:
+            outcome = "ok" if exc is None else "error"
         version_ref = version.ref if version else ""
         labels = (endpoint if version else "", version_ref, key.tenant)
-        self.metrics.requests.labels(*labels, "ok" if exc is None else "error").inc()
+        self.metrics.requests.labels(*labels, outcome).inc()
         self.metrics.latency.labels(*labels).observe(latency_ms / 1000)
         if gen is not None:
             self.metrics.tokens.labels(*labels, "prompt").inc(gen.prompt_tokens)
             self.metrics.tokens.labels(*labels, "completion").inc(gen.completion_tokens)
+            if gen.ttft_ms is not None:
+                self.metrics.ttft.labels(*labels).observe(gen.ttft_ms / 1000)
         self.writer.submit(
             NewInferenceRecord(
                 id=record_id,
                 endpoint_name=endpoint,
                 route=route,
                 latency_ms=latency_ms,
-                status="ok" if exc is None else "error",
+                status=outcome,
                 http_status=status,
                 tenant_id=key.tenant_id,
                 api_key_id=key.id,
@@ -261,6 +371,137 @@ def _usage(gen: Generation) -> dict[str, int]:
     }
 
 
+# -- waiting for the engine, whole or streamed (server-sent events) -------------------------
+
+
+async def _wait(plane: DataPlane, sub: Submitted) -> Generation:
+    """The whole generation of a submitted request, recorded; waits without holding a thread."""
+    try:
+        async for event in sub.stream:
+            if event.generation is not None:
+                plane.finish(sub, event.generation)
+                return event.generation
+    except ModelyardError as exc:
+        plane.finish(sub, None, exc=exc)
+        raise
+    raise EngineError("the engine ended a stream without a result")  # pragma: no cover
+
+
+def _include_usage(body: _Common) -> bool:
+    return body.stream_options is not None and body.stream_options.include_usage
+
+
+class _Chunks:
+    """OpenAI's streaming chunks for one request: chat or text completion."""
+
+    def __init__(self, chat: bool, sub: Submitted, model: str, include_usage: bool) -> None:
+        self.chat, self.include_usage = chat, include_usage
+        self.created = int(time.time())
+        self._head: dict[str, Any] = {
+            "id": sub.record_id,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": self.created,
+            "model": model,
+        }
+        if chat:
+            self._head["system_fingerprint"] = sub.version.ref
+
+    def _event(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+        data = {**self._head, "choices": choices}
+        if self.include_usage:
+            data["usage"] = usage
+        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+    def _choice(self, text: str | None, finish: str | None) -> dict[str, Any]:
+        if self.chat:
+            delta = {} if text is None else {"content": text}
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+
+    def opening(self) -> list[str]:
+        if not self.chat:
+            return []
+        role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None}
+        return [self._event([{**role, "finish_reason": None}])]
+
+    def text(self, text: str) -> str:
+        return self._event([self._choice(text, None)])
+
+    def closing(self, gen: Generation) -> list[str]:
+        events = [self._event([self._choice(None, gen.finish_reason)])]
+        if self.include_usage:
+            events.append(self._event([], _usage(gen)))
+        return [*events, "data: [DONE]\n\n"]
+
+    @staticmethod
+    def error(exc: ModelyardError) -> str:
+        _, kind = _status_of(exc)
+        body = error_body(exc.one_line(), kind, exc.code)
+        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+
+
+class _EventStreamResponse(StreamingResponse):
+    """Server-sent events whose generator is always closed, so its ``finally`` always runs
+    (Starlette abandons the body iterator when the client disconnects)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, body: AsyncGenerator[str, None], headers: dict[str, str]) -> None:
+        super().__init__(body, headers=headers)
+        self._body = body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._body.aclose()
+
+
+async def _event_stream(plane: DataPlane, sub: Submitted, chunks: _Chunks) -> StreamingResponse:
+    """Wait for the first event (an error before it is a normal error response), then stream.
+
+    The record is written when the stream ends: ``ok``; ``error`` when the engine
+    fails mid-stream (sent as an error event); ``cancelled`` when the client goes
+    away, which also stops its generation.
+    """
+    try:
+        first = await anext(sub.stream)
+    except ModelyardError as exc:
+        plane.finish(sub, None, exc=exc)
+        raise
+
+    async def events() -> AsyncGenerator[str, None]:
+        recorded = False
+        try:
+            for opening in chunks.opening():
+                yield opening
+            event = first
+            while True:
+                if event.text:
+                    yield chunks.text(event.text)
+                if event.generation is not None:
+                    break
+                event = await anext(sub.stream)
+            gen = event.generation
+            for closing in chunks.closing(gen):
+                yield closing
+            plane.finish(sub, gen)
+            recorded = True
+        except ModelyardError as exc:
+            plane.finish(sub, None, exc=exc)
+            recorded = True
+            yield chunks.error(exc)
+        finally:
+            if not recorded:  # the client went away: stop generating, record when it stops
+                sub.stream.cancel()
+                sub.stream.on_finish(
+                    lambda gen, exc: plane.finish(sub, gen, exc=exc, cancelled=True)
+                )
+
+    headers = {"x-modelyard-version": sub.version.ref, "cache-control": "no-cache"}
+    return _EventStreamResponse(events(), headers)
+
+
 def create_app(
     store: Store,
     engine: Engine,
@@ -276,15 +517,18 @@ def create_app(
     writer = writer or RecordWriter(store, on_drop=lambda n: metrics_holder[0].dropped.inc(n))
     plane = DataPlane(store, engine, router, writer, limits or ServerLimits())
     metrics_holder.append(plane.metrics)
+    plane.metrics.queue_depth.set_function(lambda: engine.stats().queue_depth)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         router.refresh()
+        engine.add_observer(plane.metrics)
         plane.ready.set()
         try:
             yield
         finally:
             plane.ready.clear()
+            engine.remove_observer(plane.metrics)
             if own_writer:
                 plane.writer.close()
 
@@ -292,22 +536,29 @@ def create_app(
     app.state.plane = plane
     _install_error_handlers(app)
 
-    @app.post("/v1/chat/completions")
-    def chat_completions(body: ChatCompletionRequest, key: KeyDep, response: Response) -> Any:
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat_completions(
+        body: ChatCompletionRequest, key: KeyDep, response: Response
+    ) -> dict[str, Any] | StreamingResponse:
         messages = [m.model_dump() for m in body.messages]
-        record_id, version, gen = plane.run(
+        sub = await run_in_threadpool(
+            plane.submit,
             key,
             "chat.completions",
             body.model,
             body.user,
             body.sampling(plane.limits.max_tokens),
-            lambda v: render_chat(v, messages),
+            lambda v: plane.engine.render_chat(v, messages),
         )
-        response.headers["x-modelyard-version"] = version.ref
+        chunks = _Chunks(True, sub, body.model, _include_usage(body))
+        if body.stream:
+            return await _event_stream(plane, sub, chunks)
+        gen = await _wait(plane, sub)
+        response.headers["x-modelyard-version"] = sub.version.ref
         return {
-            "id": record_id,
+            "id": sub.record_id,
             "object": "chat.completion",
-            "created": int(time.time()),
+            "created": chunks.created,
             "model": body.model,
             "choices": [
                 {
@@ -318,12 +569,15 @@ def create_app(
                 }
             ],
             "usage": _usage(gen),
-            "system_fingerprint": version.ref,
+            "system_fingerprint": sub.version.ref,
         }
 
-    @app.post("/v1/completions")
-    def completions(body: CompletionRequest, key: KeyDep, response: Response) -> Any:
-        record_id, version, gen = plane.run(
+    @app.post("/v1/completions", response_model=None)
+    async def completions(
+        body: CompletionRequest, key: KeyDep, response: Response
+    ) -> dict[str, Any] | StreamingResponse:
+        sub = await run_in_threadpool(
+            plane.submit,
             key,
             "completions",
             body.model,
@@ -331,11 +585,15 @@ def create_app(
             body.sampling(plane.limits.max_tokens),
             lambda _v: body.prompt,
         )
-        response.headers["x-modelyard-version"] = version.ref
+        chunks = _Chunks(False, sub, body.model, _include_usage(body))
+        if body.stream:
+            return await _event_stream(plane, sub, chunks)
+        gen = await _wait(plane, sub)
+        response.headers["x-modelyard-version"] = sub.version.ref
         return {
-            "id": record_id,
+            "id": sub.record_id,
             "object": "text_completion",
-            "created": int(time.time()),
+            "created": chunks.created,
             "model": body.model,
             "choices": [
                 {"index": 0, "text": gen.text, "finish_reason": gen.finish_reason, "logprobs": None}
@@ -384,6 +642,8 @@ def _install_error_handlers(app: FastAPI) -> None:
         if status >= 500:
             log.error("request failed: %s", exc.one_line())
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if isinstance(exc, EngineOverloaded):
+            headers = {"Retry-After": "1"}
         return JSONResponse(
             error_body(exc.one_line(), kind, exc.code), status_code=status, headers=headers
         )

@@ -1,53 +1,50 @@
-"""Engines turn a prompt and a model version into text.
+"""Engines turn a prompt and a model version into text, whole or token by token.
 
-``Engine`` is the small interface the server talks to; ``TransformersEngine``
-runs real Hugging Face models on CPU or GPU (a vLLM engine can implement the
-same interface); ``EchoEngine`` is a fake for tests where the model is not the
-point.
+``Engine`` is the interface the server talks to (a vLLM engine for GPUs can
+implement the same): ``stream`` submits a request and returns its
+``TokenStream``; ``generate`` waits for the whole answer; ``render_chat`` turns
+chat messages into the prompt format the version was trained with (it needs the
+base tokenizer for tokenizer chat templates). ``TransformersEngine`` serves
+LoRA adapters on shared Hugging Face bases with dynamic batching (see
+``_batching``) and an adapter LRU (see ``_adapters``). ``EchoEngine`` is a fake
+for tests where the model is not the point.
 """
 
 from __future__ import annotations
 
 import abc
+import logging
+import re
 import threading
-import time
-from collections import OrderedDict
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
-
-import torch
+from collections.abc import Mapping, Sequence
 
 from modelyard.artifacts import ArtifactStore
-from modelyard.errors import ModelyardError
-from modelyard.store import ModelVersion
+from modelyard.errors import ConfigError, ModelyardError
+from modelyard.serving._adapters import AdapterCache, adapter_name
+from modelyard.serving._batching import PendingRequest, RequestQueue, group, run_batch
+from modelyard.serving._prompts import render_chat
+from modelyard.serving._stream import TokenStream, finished_stream
+from modelyard.serving._types import (
+    AdapterEvent,
+    EngineError,
+    EngineObserver,
+    EngineStats,
+    Generation,
+    SamplingParams,
+    StreamEvent,
+)
+from modelyard.store import ModelVersion, Store
 
-
-class EngineError(ModelyardError):
-    code = "engine_error"
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int = 64
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # "stop" or "length"
-    ttft_ms: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+log = logging.getLogger(__name__)
 
 
 class Engine(abc.ABC):
-    """Generates text for one model version (an adapter on a base, or full weights)."""
+    """Generates text for model versions (an adapter on a base, or full weights).
+
+    ``stream`` raises what is known at submission (a prompt too long:
+    ``ConfigError``; a full queue: ``EngineOverloaded``); what happens later (an
+    adapter that fails to load: ``EngineError``) is raised by the stream.
+    """
 
     name: str = "engine"
 
@@ -55,142 +52,261 @@ class Engine(abc.ABC):
     def generate(self, version: ModelVersion, prompt: str, params: SamplingParams) -> Generation:
         """Run one request to completion."""
 
+    def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
+        """Submit one request; its text arrives on the stream (here: all at once at the end)."""
+        return finished_stream(self.generate(version, prompt, params))
+
+    def render_chat(self, version: ModelVersion, messages: Sequence[Mapping[str, str]]) -> str:
+        """The prompt for ``messages`` in the template ``version`` was trained with."""
+        return render_chat(version, messages)
+
     def loaded(self) -> list[str]:
         """Refs of the versions held in memory (for /ready and heartbeats)."""
         return []
+
+    def stats(self) -> EngineStats:
+        """Adapter cache, batch and queue counters."""
+        return EngineStats()
+
+    def add_observer(self, observer: EngineObserver) -> None:
+        """Tell ``observer`` about adapter cache events and batches as they happen."""
+        self._observer_list().append(observer)
+
+    def remove_observer(self, observer: EngineObserver) -> None:
+        observers = self._observer_list()
+        if observer in observers:
+            observers.remove(observer)
+
+    def _observer_list(self) -> list[EngineObserver]:
+        observers: list[EngineObserver] | None = self.__dict__.get("_observers")
+        if observers is None:
+            observers = self.__dict__["_observers"] = []
+        return observers
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free what the engine holds."""
 
 
-def _apply_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    cut = min((i for s in stop if s and (i := text.find(s)) >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
-
 class EchoEngine(Engine):
-    """Answers with the last line of the prompt. For tests of routing, auth and records."""
+    """Answers with the last line of the prompt, word by word. For tests of routing and records."""
 
     name = "echo"
 
     def generate(self, version: ModelVersion, prompt: str, params: SamplingParams) -> Generation:
+        return self.stream(version, prompt, params).result()
+
+    def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
         words = prompt.strip().splitlines()[-1].split() if prompt.strip() else []
         out = words[: params.max_tokens]
-        text, stopped = _apply_stop(" ".join(out), params.stop)
-        finish = "length" if len(words) > params.max_tokens and not stopped else "stop"
-        return Generation(text, len(prompt.split()), len(text.split()), finish, ttft_ms=0.0)
+        text = " ".join(out)
+        cut = min((i for s in params.stop if s and (i := text.find(s)) >= 0), default=-1)
+        if cut >= 0:
+            text = text[:cut]
+        finish = "length" if len(words) > params.max_tokens and cut < 0 else "stop"
+        stream = TokenStream()
+        for piece in re.findall(r"\s*\S+|\s+$", text):
+            stream.push(piece)
+        stream.finish(Generation(text, len(prompt.split()), len(text.split()), finish, ttft_ms=0.0))
+        return stream
 
 
 class TransformersEngine(Engine):
-    """Hugging Face models: each base loads once; adapters load on first use into an LRU.
+    """Hugging Face models: shared bases, LoRA adapters in an LRU, dynamic mixed-adapter batches.
 
-    One ``PeftModel`` per base holds the loaded adapters by name; a request
-    activates its adapter and generates. Generation is serialized per engine
-    (CPU inference gains nothing from running two at once).
+    Requests enter a bounded queue (``max_queue``; full: ``EngineOverloaded``).
+    One scheduler thread collects up to ``max_batch_size`` of them, or those
+    arriving within ``batch_window_ms`` of the first, and runs one ``generate``
+    per group of compatible requests on the same base, each row with its own
+    adapter. At most ``max_adapters`` adapters stay loaded, least recently used
+    evicted first. With a ``store``, a tampered artifact is audited
+    (``artifact.verification_failed``). A version that failed to load fails its
+    requests at once for ``failure_ttl_s`` seconds, then is tried again.
     """
 
     name = "transformers"
 
-    def __init__(self, artifacts: ArtifactStore, *, max_adapters: int = 8) -> None:
-        self._artifacts = artifacts
-        self._max_adapters = max_adapters
-        self._lock = threading.RLock()
-        self._bases: dict[str, tuple[Any, Any]] = {}  # source -> (model, tokenizer)
-        self._adapters: OrderedDict[str, tuple[str, str]] = OrderedDict()  # name -> (src, ref)
+    def __init__(
+        self,
+        artifacts: ArtifactStore,
+        *,
+        max_adapters: int = 8,
+        max_batch_size: int = 8,
+        batch_window_ms: float = 5.0,
+        max_queue: int = 256,
+        store: Store | None = None,
+        failure_ttl_s: float = 10.0,
+    ) -> None:
+        for field, value in (
+            ("max_adapters", max_adapters),
+            ("max_batch_size", max_batch_size),
+            ("max_queue", max_queue),
+        ):
+            if value < 1:
+                raise ConfigError(f"{field} is {value}; it must be at least 1", field=field)
+        if batch_window_ms < 0:
+            raise ConfigError(
+                f"batch_window_ms is {batch_window_ms}; it must be 0 or more",
+                field="batch_window_ms",
+            )
+        self._cache = AdapterCache(
+            artifacts,
+            max_adapters=max_adapters,
+            store=store,
+            failure_ttl_s=failure_ttl_s,
+            notify=self._adapter_event,
+        )
+        self._queue = RequestQueue(max_queue)
+        self._max_batch_size = max_batch_size
+        self._window_s = batch_window_ms / 1000
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()
+        self._tokenizer_lock = threading.Lock()
+        self._counts: dict[str, int] = dict.fromkeys(
+            ("hit", "miss", "load", "eviction", "load_failure", "batches", "rows", "largest"), 0
+        )
+        self._counts_lock = threading.Lock()
 
-    def loaded(self) -> list[str]:
-        with self._lock:
-            return [ref for _, ref in self._adapters.values()]
+    # -- the interface --------------------------------------------------------------------
 
-    def _base(self, source: str) -> tuple[Any, Any]:
-        if source not in self._bases:
-            from modelyard.base import load_base  # heavy import, only when serving real models
+    def render_chat(self, version: ModelVersion, messages: Sequence[Mapping[str, str]]) -> str:
+        tokenizer = self._cache.base(version.base_model_source).tokenizer
+        return render_chat(version, messages, tokenizer)
 
-            model, tokenizer = load_base(source)
-            model.eval()
-            if tokenizer.pad_token_id is None:
-                tokenizer.pad_token = tokenizer.eos_token
-            self._bases[source] = (model, tokenizer)
-        return self._bases[source]
-
-    def _activate(self, version: ModelVersion) -> tuple[Any, Any]:
-        """The model with ``version``'s adapter active, loading (and evicting) as needed."""
-        model, tokenizer = self._base(version.base_model_source)
-        if version.kind == "full":
-            raise EngineError(f"{version.ref} has full weights; this engine serves adapters")
-        name = f"v{version.id}"
-        if name in self._adapters:
-            self._adapters.move_to_end(name)
-        else:
-            model = self._load_adapter(model, version, name)
-        model.set_adapter(name)
-        return model, tokenizer
-
-    def _load_adapter(self, model: Any, version: ModelVersion, name: str) -> Any:
-        from peft import PeftModel
-
-        path = self._artifacts.open_verified(version.artifact_digest)  # refuses tampered files
-        try:
-            if isinstance(model, PeftModel):
-                model.load_adapter(str(path), adapter_name=name)
-            else:
-                model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
-                self._bases[version.base_model_source] = (
-                    model,
-                    self._bases[version.base_model_source][1],
-                )
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:
-            raise EngineError(f"cannot load the adapter of {version.ref}: {exc}") from exc
-        model.eval()
-        self._adapters[name] = (version.base_model_source, version.ref)
-        self._evict(model)
-        return model
-
-    def _evict(self, model: Any) -> None:
-        while len(self._adapters) > self._max_adapters:
-            old, _ = self._adapters.popitem(last=False)
-            model.delete_adapter(old)
+    def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
+        if self._stop.is_set():
+            raise EngineError("the engine is shutting down", hint="Retry on another replica.")
+        base = self._cache.base(version.base_model_source)
+        with self._tokenizer_lock:
+            ids = [int(i) for i in base.tokenizer(prompt)["input_ids"]]
+        if not ids:
+            raise ConfigError("the prompt is empty", hint="Send some text to complete.")
+        if base.context_length and len(ids) + params.max_tokens > base.context_length:
+            raise ConfigError(
+                f"the prompt has {len(ids)} tokens and max_tokens is {params.max_tokens}, "
+                f"more than the {base.context_length}-token context of {version.ref}",
+                hint="Shorten the prompt or ask for fewer max_tokens.",
+                param="max_tokens",
+            )
+        request = PendingRequest(version, ids, params)
+        self._start()
+        self._queue.put(request)
+        return request.stream
 
     def generate(self, version: ModelVersion, prompt: str, params: SamplingParams) -> Generation:
-        with self._lock:
-            model, tokenizer = self._activate(version)
-            return self._generate(model, tokenizer, prompt, params)
+        return self.stream(version, prompt, params).result()
 
-    def _generate(self, model: Any, tokenizer: Any, prompt: str, p: SamplingParams) -> Generation:
-        inputs = tokenizer(prompt, return_tensors="pt")
-        n_prompt = int(inputs["input_ids"].shape[1])
-        sampling = p.temperature > 0
-        if p.seed is not None:
-            torch.manual_seed(p.seed)
-        start = time.perf_counter()
-        with torch.inference_mode():
-            out = model.generate(
-                **inputs,
-                max_new_tokens=p.max_tokens,
-                do_sample=sampling,
-                temperature=p.temperature if sampling else None,
-                top_p=p.top_p if sampling else None,
-                top_k=None,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
+    def loaded(self) -> list[str]:
+        return self._cache.loaded()
+
+    def stats(self) -> EngineStats:
+        with self._counts_lock:
+            c = dict(self._counts)
+        return EngineStats(
+            adapter_hits=c["hit"],
+            adapter_misses=c["miss"],
+            adapter_loads=c["load"],
+            adapter_evictions=c["eviction"],
+            adapter_load_failures=c["load_failure"],
+            batches=c["batches"],
+            batched_requests=c["rows"],
+            largest_batch=c["largest"],
+            queue_depth=self._queue.depth(),
+        )
+
+    def close(self) -> None:
+        """Stop the scheduler after its current batch; requests still queued fail."""
+        self._stop.set()
+        with self._thread_lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout=60)
+        for request in self._queue.drain():
+            request.stream.fail(EngineError("the engine shut down before running this request"))
+
+    # -- the scheduler --------------------------------------------------------------------
+
+    def _start(self) -> None:
+        with self._thread_lock:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._loop, name="modelyard-engine", daemon=True
+                )
+                self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            batch = self._queue.collect(self._max_batch_size, self._window_s, self._stop)
+            for members in group(batch, self._cache.max_adapters):
+                self._run(members)
+
+    def _run(self, members: list[PendingRequest]) -> None:
+        """One group: load its adapters, fail the requests whose adapter failed, generate."""
+        try:
+            live = []
+            for request in members:
+                if request.stream.cancelled:  # the client left while it waited
+                    request.stream.finish(
+                        Generation("", len(request.prompt_ids), 0, "cancelled", ttft_ms=None)
+                    )
+                else:
+                    live.append(request)
+            failures = self._cache.ensure([r.version for r in live])
+            ready = []
+            for request in live:
+                error = failures.get(request.version.id)
+                if error is None:
+                    ready.append(request)
+                else:
+                    request.stream.fail(error)
+            if not ready:
+                return
+            base = self._cache.base(ready[0].version.base_model_source)
+            self._batch_ran(len(ready))
+            run_batch(
+                base.model,
+                base.tokenizer,
+                ready,
+                [adapter_name(r.version) for r in ready],
+                base.eos_ids,
+                base.pad_token_id,
+                self._tokenizer_lock,
             )
-        elapsed_ms = (time.perf_counter() - start) * 1000
-        new_tokens = out[0, n_prompt:].tolist()
-        hit_eos = tokenizer.eos_token_id in new_tokens
-        if hit_eos:
-            new_tokens = new_tokens[: new_tokens.index(tokenizer.eos_token_id)]
-        text = tokenizer.decode(new_tokens, skip_special_tokens=True).strip()
-        text, stopped = _apply_stop(text, p.stop)
-        finish = "stop" if hit_eos or stopped else "length"
-        # Non-streaming: the first token is known only when all of them are.
-        return Generation(text, n_prompt, len(new_tokens), finish, ttft_ms=elapsed_ms)
+        except Exception as exc:  # the scheduler must outlive any one batch
+            log.exception("a batch of %d requests failed", len(members))
+            error = (
+                exc
+                if isinstance(exc, ModelyardError)
+                else EngineError(f"generation failed: {type(exc).__name__}: {exc}")
+            )
+            for request in members:
+                request.stream.fail(error)
+
+    # -- statistics -----------------------------------------------------------------------
+
+    def _adapter_event(self, event: AdapterEvent, version: str) -> None:
+        with self._counts_lock:
+            self._counts[event] += 1
+        for observer in list(self._observer_list()):
+            observer.adapter_event(event, version)
+
+    def _batch_ran(self, size: int) -> None:
+        with self._counts_lock:
+            self._counts["batches"] += 1
+            self._counts["rows"] += size
+            self._counts["largest"] = max(self._counts["largest"], size)
+        for observer in list(self._observer_list()):
+            observer.batch_ran(size)
 
 
 __all__ = [
     "EchoEngine",
     "Engine",
     "EngineError",
+    "EngineStats",
     "Generation",
     "SamplingParams",
+    "StreamEvent",
+    "TokenStream",
     "TransformersEngine",
 ]

@@ -15,7 +15,7 @@ from modelyard.errors import ConfigError
 
 def bind_socket(host: str, port: int) -> socket.socket:
     """Bind early so a busy port is one clear error (port 0 picks a free one)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -1,0 +1,337 @@
+"""Dynamic batching: a bounded queue, batch collection and grouping, and one batched ``generate``.
+
+Requests wait in a bounded ``RequestQueue`` (full: ``EngineOverloaded``, a fast
+503). The scheduler thread ``collect``s up to ``max_batch_size`` requests, or
+what arrived within ``batch_window_ms`` of the first, and ``group``s them:
+requests batch together when they share a base model and their decoding is
+compatible (greedy with greedy; sampling with sampling at the same temperature
+and top_p; a request with a ``seed`` always runs alone, so its seed alone
+decides its tokens). ``run_batch`` runs ONE ``model.generate`` for a group,
+left-padded, with a per-row adapter (peft's ``adapter_names``):
+
+- ``BatchStreamer`` (a transformers streamer) receives each step's tokens for
+  the whole batch and routes each row's new token to that request's
+  ``TokenStream``, decoding incrementally: it decodes the row's whole generated
+  prefix and emits the new suffix, holding back what may still change (an
+  incomplete multi-byte character, trailing spaces, a possible start of a stop
+  string).
+- ``RowStopper`` (a stopping criterion) ends each row on its own: at its own
+  ``max_tokens``, at end of sequence, at a stop string, or when its consumer has
+  cancelled. Generation ends when every row has.
+"""
+
+from __future__ import annotations
+
+import itertools
+import queue
+import threading
+import time
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from modelyard.errors import EngineOverloaded
+from modelyard.serving._stream import TokenStream
+from modelyard.serving._types import FinishReason, Generation, SamplingParams
+from modelyard.store import ModelVersion
+
+_serial = itertools.count()
+
+
+@dataclass(eq=False)
+class PendingRequest:
+    """A submitted request waiting for (or in) a batch."""
+
+    version: ModelVersion
+    prompt_ids: list[int]
+    params: SamplingParams
+    stream: TokenStream = field(default_factory=TokenStream)
+    submitted: float = field(default_factory=time.perf_counter)
+    serial: int = field(default_factory=lambda: next(_serial))
+
+    def batch_key(self) -> tuple[Hashable, ...]:
+        """Requests with equal keys may share one ``generate`` call."""
+        p = self.params
+        if p.greedy:
+            decoding: tuple[Hashable, ...] = ("greedy",)
+        elif p.seed is not None:
+            decoding = ("seeded", self.serial)  # alone: its seed decides its tokens
+        else:
+            decoding = ("sample", p.temperature, p.top_p)
+        return (self.version.base_model_source, *decoding)
+
+
+class RequestQueue:
+    """A bounded FIFO of pending requests."""
+
+    def __init__(self, max_size: int) -> None:
+        self._queue: queue.Queue[PendingRequest] = queue.Queue(maxsize=max_size)
+        self.max_size = max_size
+
+    def put(self, request: PendingRequest) -> None:
+        try:
+            self._queue.put_nowait(request)
+        except queue.Full:
+            raise EngineOverloaded(
+                f"the server is at capacity: {self.max_size} requests are already waiting"
+            ) from None
+
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    def collect(
+        self, max_batch_size: int, window_s: float, stop: threading.Event
+    ) -> list[PendingRequest]:
+        """Up to ``max_batch_size`` requests: the first to arrive, and those that follow it
+        within ``window_s`` (or are already waiting). Empty when ``stop`` is set while idle."""
+        first: PendingRequest | None = None
+        while first is None:
+            if stop.is_set():
+                return []
+            try:
+                first = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        batch = [first]
+        deadline = time.monotonic() + window_s
+        while len(batch) < max_batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                if remaining > 0:
+                    batch.append(self._queue.get(timeout=remaining))
+                else:  # the window has passed: take only what is already waiting
+                    batch.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return batch
+
+    def drain(self) -> list[PendingRequest]:
+        """Everything still waiting (at shutdown)."""
+        left = []
+        while True:
+            try:
+                left.append(self._queue.get_nowait())
+            except queue.Empty:
+                return left
+
+
+def group(batch: Sequence[PendingRequest], max_adapters: int) -> list[list[PendingRequest]]:
+    """``batch`` split into groups that can share one ``generate``, in arrival order.
+
+    A group holds one ``batch_key`` and at most ``max_adapters`` distinct versions,
+    so every adapter it needs fits in the cache at once.
+    """
+    groups: list[list[PendingRequest]] = []
+    open_groups: dict[tuple[Hashable, ...], tuple[list[PendingRequest], set[int]]] = {}
+    for request in batch:
+        key = request.batch_key()
+        current = open_groups.get(key)
+        if current is not None:
+            members, versions = current
+            if request.version.id in versions or len(versions) < max_adapters:
+                members.append(request)
+                versions.add(request.version.id)
+                continue
+        members, versions = [request], {request.version.id}
+        open_groups[key] = (members, versions)
+        groups.append(members)
+    return groups
+
+
+# -- text --------------------------------------------------------------------------------
+
+
+def visible_text(decoded: str, stop: Sequence[str], *, final: bool) -> tuple[str, bool]:
+    """The text a client may see of ``decoded`` so far, and whether a stop string ended it.
+
+    The answer is stripped (as evaluation strips it) and cut before the first stop
+    string. Until ``final``, what may still change is held back: trailing
+    whitespace, an incomplete multi-byte character (decoded as U+FFFD), and a
+    tail that could be the start of a stop string.
+    """
+    text = decoded.lstrip()
+    cuts = [i for s in stop if s and (i := text.find(s)) >= 0]
+    if cuts:
+        return text[: min(cuts)].rstrip(), True
+    if final:
+        return text.rstrip(), False
+    text = text.rstrip("\ufffd")
+    held = max(
+        (k for s in stop for k in range(1, len(s)) if text.endswith(s[:k])),
+        default=0,
+    )
+    return text[: len(text) - held].rstrip(), False
+
+
+class Row:
+    """One request inside a running batch: its tokens, its text, how it ended."""
+
+    def __init__(
+        self, request: PendingRequest, decode: Callable[[list[int]], str], eos_ids: frozenset[int]
+    ) -> None:
+        self.request = request
+        self.stream = request.stream
+        self.params = request.params
+        self._decode_ids = decode
+        self._eos_ids = eos_ids
+        self.ids: list[int] = []
+        self.emitted = ""
+        self.finished: FinishReason | None = None
+        self.first_token_at: float | None = None
+
+    def wants_to_stop(self, last_token: int, generated: int) -> bool:
+        """Whether generation may end for this row after ``generated`` tokens (the stopper)."""
+        return (
+            self.finished is not None
+            or self.stream.cancelled
+            or generated >= self.params.max_tokens
+            or last_token in self._eos_ids
+        )
+
+    def add(self, token: int) -> None:
+        """Take one generated token (the streamer), emitting the new text."""
+        if self.finished is not None:
+            return  # padding after the row's end
+        if self.stream.cancelled:
+            self.close("cancelled")
+            return
+        if self.first_token_at is None:
+            self.first_token_at = time.perf_counter()
+        if token in self._eos_ids:
+            self.close("stop")
+            return
+        self.ids.append(token)
+        text, stopped = visible_text(self._decode(), self.params.stop, final=False)
+        if stopped:
+            self.close("stop")
+            return
+        if len(self.ids) >= self.params.max_tokens:
+            self.close("length")
+            return
+        if text.startswith(self.emitted) and len(text) > len(self.emitted):
+            self.stream.push(text[len(self.emitted) :])
+            self.emitted = text
+
+    def close(self, reason: FinishReason) -> None:
+        """Finish the row: the last text, and the ``Generation`` (idempotent)."""
+        if self.finished is not None:
+            return
+        self.finished = reason
+        text, stopped = visible_text(self._decode(), self.params.stop, final=True)
+        if stopped and reason == "length":
+            reason = self.finished = "stop"
+        ttft = (
+            (self.first_token_at - self.request.submitted) * 1000
+            if self.first_token_at is not None
+            else None
+        )
+        generation = Generation(
+            text=text,
+            prompt_tokens=len(self.request.prompt_ids),
+            completion_tokens=len(self.ids),
+            finish_reason=reason,
+            ttft_ms=ttft,
+        )
+        rest = text[len(self.emitted) :] if text.startswith(self.emitted) else ""
+        self.emitted = text
+        self.stream.finish(generation, rest)
+
+    def _decode(self) -> str:
+        return self._decode_ids(self.ids)
+
+
+class BatchStreamer(BaseStreamer):  # type: ignore[misc]
+    """Receives each decoding step's tokens for the whole batch; routes them to the rows."""
+
+    def __init__(self, rows: Sequence[Row]) -> None:
+        self._rows = rows
+        self._prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate hands the prompt over first
+            self._prompt_seen = True
+            return
+        tokens = value.reshape(len(self._rows), -1)[:, -1].tolist()
+        for row, token in zip(self._rows, tokens, strict=True):
+            row.add(int(token))
+
+    def end(self) -> None:
+        for row in self._rows:
+            row.close("cancelled" if row.stream.cancelled else "length")
+
+
+class RowStopper(StoppingCriteria):  # type: ignore[misc]
+    """Ends each row on its own (``max_tokens``, end of sequence, stop string, cancelled)."""
+
+    def __init__(self, rows: Sequence[Row], prompt_length: int) -> None:
+        self._rows = rows
+        self._prompt_length = prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: Any, **kwargs: Any) -> torch.Tensor:
+        generated = int(input_ids.shape[1]) - self._prompt_length
+        last = input_ids[:, -1].tolist()
+        done = [row.wants_to_stop(t, generated) for row, t in zip(self._rows, last, strict=True)]
+        return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+def run_batch(
+    model: Any,
+    tokenizer: Any,
+    requests: Sequence[PendingRequest],
+    adapter_names: Sequence[str],
+    eos_ids: frozenset[int],
+    pad_token_id: int,
+    tokenizer_lock: threading.Lock,
+) -> None:
+    """One ``generate`` for ``requests`` (same ``batch_key``); every stream gets finished.
+
+    ``tokenizer_lock`` guards the tokenizer, which request threads share.
+    """
+
+    def decode(ids: list[int]) -> str:
+        with tokenizer_lock:
+            return str(tokenizer.decode(ids, skip_special_tokens=True))
+
+    rows = [Row(r, decode, eos_ids) for r in requests]
+    width = max(len(r.prompt_ids) for r in requests)
+    input_ids = torch.tensor(
+        [[pad_token_id] * (width - len(r.prompt_ids)) + r.prompt_ids for r in requests]
+    )
+    attention_mask = torch.tensor(
+        [[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in requests]
+    )
+    params = requests[0].params
+    decoding: dict[str, Any] = {"do_sample": False}
+    if not params.greedy:
+        decoding = {
+            "do_sample": True,
+            "temperature": params.temperature,
+            "top_p": params.top_p,
+            "top_k": 0,  # OpenAI semantics: no top-k cut
+        }
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+    if len(set(adapter_names)) == 1:
+        # One adapter for every row: activate it and skip peft's per-row routing,
+        # which costs a quarter of the speed of a small model.
+        model.set_adapter(adapter_names[0], inference_mode=True)
+        routing: dict[str, Any] = {}
+    else:
+        routing = {"adapter_names": list(adapter_names)}
+    streamer = BatchStreamer(rows)
+    with torch.inference_mode():
+        model.generate(
+            input_ids=input_ids.to(model.device),
+            attention_mask=attention_mask.to(model.device),
+            max_new_tokens=max(r.params.max_tokens for r in requests),
+            pad_token_id=pad_token_id,
+            streamer=streamer,
+            stopping_criteria=StoppingCriteriaList([RowStopper(rows, width)]),
+            **routing,
+            **decoding,
+        )
+    streamer.end()  # idempotent; covers a generate that stopped before its last put

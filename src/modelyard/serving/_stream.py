@@ -1,0 +1,181 @@
+"""``TokenStream``: one request's events, from the engine's thread to a sync or asyncio consumer.
+
+The engine's scheduler thread produces (``push``, ``finish``, ``fail``); one
+consumer reads, either blocking (``for event in stream``, ``result()``) or from
+an event loop (``async for event in stream``) without holding a thread while it
+waits. ``cancel()`` tells the engine the consumer has gone away: the request's
+row stops at the next decoding step and finishes with ``finish_reason``
+``"cancelled"``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterator
+
+from modelyard.errors import ModelyardError
+from modelyard.serving._types import Generation, StreamEvent
+
+log = logging.getLogger(__name__)
+
+FinishCallback = Callable[[Generation | None, ModelyardError | None], None]
+
+
+class TokenStream:
+    """The events of one request, in order; the last one carries the ``Generation``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
+        self._items: deque[StreamEvent | ModelyardError] = deque()
+        self._producer_done = False
+        self._consumer_done = False
+        self._cancelled = threading.Event()
+        self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._final: tuple[Generation | None, ModelyardError | None] | None = None
+        self._callbacks: list[FinishCallback] = []
+
+    # -- producer side (the engine) ---------------------------------------------------------
+
+    def push(self, text: str) -> None:
+        """New text for the consumer (ignored once the stream is finished)."""
+        if text:
+            self._put(StreamEvent(text))
+
+    def finish(self, generation: Generation, text: str = "") -> None:
+        """The last event: any remaining ``text`` and the whole result."""
+        self._put(StreamEvent(text, generation))
+
+    def fail(self, error: ModelyardError) -> None:
+        """End the stream with ``error``, raised to the consumer when it gets there."""
+        self._put(error)
+
+    @property
+    def done(self) -> bool:
+        """True once the producer has finished or failed the stream."""
+        with self._lock:
+            return self._producer_done
+
+    def on_finish(self, callback: FinishCallback) -> None:
+        """Call ``callback(generation, error)`` once the stream ends (now, if it has).
+
+        It runs on the producer's thread and must not block (a record writer's
+        ``submit``, a metric).
+        """
+        with self._lock:
+            final = self._final
+            if final is None:
+                self._callbacks.append(callback)
+                return
+        _call(callback, final)
+
+    def _put(self, item: StreamEvent | ModelyardError) -> None:
+        callbacks: list[FinishCallback] = []
+        with self._lock:
+            if self._producer_done:
+                return
+            self._items.append(item)
+            if isinstance(item, ModelyardError):
+                self._final = (None, item)
+            elif item.generation is not None:
+                self._final = (item.generation, None)
+            if self._final is not None:
+                self._producer_done = True
+                callbacks, self._callbacks = self._callbacks, []
+            self._arrived.notify_all()
+            waiters, self._waiters = self._waiters, []
+        for loop, future in waiters:
+            with contextlib.suppress(RuntimeError):  # the consumer's loop has closed
+                loop.call_soon_threadsafe(_wake, future)
+        final = self._final
+        if final is not None:
+            for callback in callbacks:
+                _call(callback, final)
+
+    # -- consumer side ------------------------------------------------------------------------
+
+    def cancel(self) -> None:
+        """The consumer has gone away: stop generating for it (idempotent)."""
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+    def __iter__(self) -> Iterator[StreamEvent]:
+        return self
+
+    def __next__(self) -> StreamEvent:
+        with self._arrived:
+            while not self._items:
+                if self._consumer_done:
+                    raise StopIteration
+                self._arrived.wait()
+            return self._take()
+
+    def __aiter__(self) -> AsyncIterator[StreamEvent]:
+        return self
+
+    async def __anext__(self) -> StreamEvent:
+        while True:
+            with self._lock:
+                if self._items:
+                    return self._take()
+                if self._consumer_done:
+                    raise StopAsyncIteration
+                loop = asyncio.get_running_loop()
+                future: asyncio.Future[None] = loop.create_future()
+                self._waiters.append((loop, future))
+            try:
+                await future
+            finally:
+                with self._lock, contextlib.suppress(ValueError):
+                    self._waiters.remove((loop, future))
+
+    def _take(self) -> StreamEvent:
+        """The next item, under the lock; an error is raised, the final event ends the stream."""
+        item = self._items.popleft()
+        if isinstance(item, ModelyardError):
+            self._consumer_done = True
+            raise item
+        if item.generation is not None:
+            self._consumer_done = True
+        return item
+
+    def result(self) -> Generation:
+        """Wait for the end and return the whole ``Generation`` (raises the stream's error).
+
+        Reads the events not yet read; on a stream read to its end, the same answer again.
+        """
+        for event in self:
+            if event.generation is not None:
+                return event.generation
+        generation, error = self._final or (None, None)
+        if error is not None:
+            raise error
+        assert generation is not None  # the consumer saw the end, so the producer has finished
+        return generation
+
+
+def _call(callback: FinishCallback, final: tuple[Generation | None, ModelyardError | None]) -> None:
+    try:
+        callback(*final)
+    except Exception:  # a callback's failure must not break the engine's thread
+        log.exception("a stream's finish callback failed")
+
+
+def _wake(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def finished_stream(generation: Generation) -> TokenStream:
+    """A stream holding one finished generation (engines that cannot stream token by token)."""
+    stream = TokenStream()
+    stream.push(generation.text)
+    stream.finish(generation)
+    return stream

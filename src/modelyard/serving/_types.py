@@ -1,0 +1,83 @@
+"""The values engines and the app exchange: sampling parameters, results, events, statistics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+from modelyard.errors import ModelyardError
+
+
+class EngineError(ModelyardError):
+    """The engine could not load or run a version (the app answers 503)."""
+
+    code = "engine_error"
+
+
+FinishReason = Literal["stop", "length", "cancelled"]
+AdapterEvent = Literal["hit", "miss", "load", "eviction", "load_failure"]
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """One request's decoding settings; ``temperature`` 0 is greedy."""
+
+    max_tokens: int = 64
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A finished request: its text and real token counts.
+
+    ``finish_reason`` is ``"stop"`` (end of sequence or a stop string),
+    ``"length"`` (``max_tokens`` reached) or ``"cancelled"`` (the consumer went
+    away). ``ttft_ms`` is the time from submission to the first generated token.
+    """
+
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str
+    ttft_ms: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """New text of a streamed request; the last event carries the whole ``generation``."""
+
+    text: str
+    generation: Generation | None = None
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    """Counters since the engine started (the app exports them as Prometheus metrics)."""
+
+    adapter_hits: int = 0
+    adapter_misses: int = 0
+    adapter_loads: int = 0
+    adapter_evictions: int = 0
+    adapter_load_failures: int = 0
+    batches: int = 0
+    batched_requests: int = 0
+    largest_batch: int = 0
+    queue_depth: int = 0
+
+
+class EngineObserver(Protocol):
+    """Receives engine events as they happen (the app's metrics implement it)."""
+
+    def adapter_event(self, event: AdapterEvent, version: str) -> None:
+        """An adapter cache ``event`` for the version ``version`` (a ``model:N`` ref)."""
+
+    def batch_ran(self, size: int) -> None:
+        """One ``generate`` call ran ``size`` requests together."""
