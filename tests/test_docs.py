@@ -46,3 +46,32 @@ def test_cli_error_example_prints_what_the_docs_show(tmp_path: Path) -> None:
     r = modelyard(*command.split()[1:], home=tmp_path)
     assert r.err.strip() == expected_line
     assert r.code == int(expected_code)
+
+
+def test_finetune_config_reference_is_a_valid_config() -> None:
+    from modelyard.finetune import parse_config
+
+    text = (DOCS / "finetune.md").read_text()
+    block = re.search(r"## The config\n\n```yaml\n(.*?)```", text, re.S)
+    assert block is not None
+    import yaml
+
+    config = parse_config(yaml.safe_load(block.group(1)))
+    documented = set(re.findall(r"^  (\w+):", block.group(1), re.M))
+    assert set(type(config.training).model_fields) <= documented  # every training key is documented
+    assert config.evaluation.gates[-1] == "not_worse_than: champion"
+
+
+def test_finetune_typo_example_prints_what_the_docs_show(tmp_path: Path) -> None:
+    text = (DOCS / "finetune.md").read_text()
+    example = re.search(
+        r"\$ modelyard finetune -c typo.yaml\n(error: .+)\n\$ echo \$\?\n(\d+)", text
+    )
+    assert example is not None
+    (tmp_path / "typo.yaml").write_text(
+        "base_model: ./base\ndata: {train: t.jsonl}\ntraining: {learning_rat: 0.1}\n"
+        "registry: {model: m}\n"
+    )
+    r = modelyard("finetune", "-c", str(tmp_path / "typo.yaml"), home=tmp_path / "home")
+    assert r.err.strip() == example.group(1)
+    assert r.code == int(example.group(2))

@@ -173,3 +173,108 @@ __all__ = [
     "TenantNotFound",
     "TrainingError",
 ]
+
+
+# -- audit chain and access control (issue 4) ----------------------------------------------
+
+
+class PermissionDenied(ModelyardError):
+    """The actor's role does not allow the action (the refusal is audited)."""
+
+    code = "permission_denied"
+
+
+class AuditError(ModelyardError):
+    code = "audit_error"
+
+
+class AuditChainBroken(AuditError):
+    """``audit verify`` found an edited, missing, reordered or forged event."""
+
+    code = "audit_chain_broken"
+    default_hint = (
+        "Do not write to the store until you know why: compare with a backup or an "
+        "export, and look at the events around that seq with `modelyard audit log`."
+    )
+
+
+class AuditKeyMismatch(AuditError):
+    """The audit key in use does not verify the newest event of the chain."""
+
+    code = "audit_key_mismatch"
+
+
+class AuditKeyMissing(ConfigError):
+    """No audit key is configured and none may be created (the chain has events)."""
+
+    code = "audit_key_missing"
+
+
+__all__ += [
+    "AuditChainBroken",
+    "AuditError",
+    "AuditKeyMismatch",
+    "AuditKeyMissing",
+    "PermissionDenied",
+]
+
+
+# -- evaluation and gates (issue 3) --------------------------------------------------------
+
+
+class GateFailed(ModelyardError):
+    """A model missed one or more quality gates; ``context["failed"]`` holds the verdicts."""
+
+    code = "gate_failed"
+    default_hint = (
+        "Improve the model or its data and train again, or change the gate in the config "
+        "if its threshold is wrong."
+    )
+
+
+__all__ += ["GateFailed"]
+
+
+# -- artifact import safety (issue 4) -----------------------------------------------------
+
+
+class UnsafeArtifact(ArtifactError):
+    """An artifact refused by the import safety checks (docs/artifact-safety.md).
+
+    ``rule`` names the check that refused it (``file_kind``, ``pickle``,
+    ``pickle_global``, ``safetensors_header``, ``path``, ``remote_code``,
+    ``adapter_config``, ``archive``, ``size``); ``path`` is the offending file or
+    archive member, relative to the artifact root. Both are also in ``context``
+    so an audit record of the refusal carries them.
+    """
+
+    code = "unsafe_artifact"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        rule: str,
+        path: str,
+        hint: str | None = None,
+        **context: Any,
+    ) -> None:
+        super().__init__(message, hint=hint, rule=rule, path=path, **context)
+        self.rule = rule
+        self.path = path
+
+
+__all__ += ["UnsafeArtifact"]
+
+
+# -- serving (issue 5) ---------------------------------------------------------------------
+
+
+class EngineOverloaded(ModelyardError):
+    """The serving engine's request queue is full (HTTP 503 with ``Retry-After``)."""
+
+    code = "overloaded"
+    default_hint = "Retry after a short wait, or add serving replicas."
+
+
+__all__ += ["EngineOverloaded"]

@@ -13,8 +13,8 @@ import warnings
 import typer
 from typer.main import get_command
 
-from modelyard.cli import _admin, _base, _quickstart, _serve
-from modelyard.cli._common import err_console
+from modelyard.cli import _admin, _audit, _base, _data, _finetune, _quickstart, _registry, _serve
+from modelyard.cli._common import err_console, set_actor
 from modelyard.errors import ConfigError, ModelyardError
 
 app = typer.Typer(
@@ -31,8 +31,12 @@ _debug = {"on": False}
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    actor: str | None = typer.Option(
+        None, "--actor", help="Act as NAME (default: MODELYARD_ACTOR, else the OS user)."
+    ),
 ) -> None:
     _debug["on"] = debug
+    set_actor(actor)
 
 
 app.command("init", help="Create the home, the artifact store and the store schema (idempotent).")(
@@ -44,11 +48,29 @@ app.command("quickstart", help="Run the whole flow on tiny local models for two 
 app.command("serve", help="Serve the OpenAI-compatible API for every endpoint in the store.")(
     _serve.serve
 )
+app.command("finetune", help="Train, evaluate, gate and register a version from a YAML config.")(
+    _finetune.finetune
+)
+app.command("evaluate", help="Evaluate a registered version on a data file, with optional gates.")(
+    _finetune.evaluate
+)
 app.add_typer(_base.app, name="base")
+app.add_typer(_data.app, name="data")
 app.add_typer(_admin.tenants_app, name="tenants")
 app.add_typer(_admin.keys_app, name="keys")
+for _name, _command in (
+    ("lineage", _registry.lineage),
+    ("card", _registry.card),
+    ("export", _registry.export),
+    ("import", _registry.import_),
+    ("archive", _registry.archive),
+    ("unalias", _registry.unalias),
+):
+    _admin.registry_app.command(_name)(_command)
 app.add_typer(_admin.registry_app, name="registry")
 app.add_typer(_admin.endpoints_app, name="endpoints")
+app.add_typer(_audit.app, name="audit")
+app.add_typer(_audit.actors_app, name="actors")
 
 
 def exit_code_for(exc: ModelyardError) -> int:

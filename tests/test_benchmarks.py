@@ -1,0 +1,45 @@
+"""The benchmarks run: a smoke test of each script's --quick mode (numbers, not targets)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _positive(value: object) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value) and value > 0
+
+
+@pytest.mark.slow
+def test_train_throughput_quick_reports_every_ratio() -> None:
+    script = ROOT / "benchmarks" / "train_throughput.py"
+    r = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout)  # stdout is the JSON alone; the tables go to stderr
+    for section in ("platform_vs_plain", "packing", "memory"):
+        assert _positive(result[section]["ratio"]), (section, result[section])
+    assert 0 < result["packing"]["padding_fraction"] < 1
+    assert {r["variant"] for r in result["runs"]} == {"modelyard", "plain", "modelyard packed"}
+    # Every variant trained on the same token stream, so their losses agree.
+    first, *others = (r["train_loss"] for r in result["runs"])
+    assert all(math.isclose(first, loss, rel_tol=1e-3) for loss in others), result["runs"]
+    memory = result["memory"]
+    assert _positive(memory["lora"]["peak_rss_mib"])
+    assert memory["full"]["trainable_parameters"] == memory["full"]["total_parameters"]
+    assert 0 < memory["lora"]["trainable_parameters"] < memory["full"]["trainable_parameters"]
+    assert "Training throughput" in r.stderr
+    assert "modelyard vs plain Trainer + peft" in r.stderr
