@@ -46,6 +46,12 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     home = root / "home"
     r = modelyard("finetune", "-c", str(root / "config.yaml"), home=home)
     assert r.code == 0, r.err
+    config["method"] = {"type": "full"}
+    config["training"]["learning_rate"] = 1e-4
+    config["registry"] = {"model": "helpdesk-full"}
+    (root / "full.yaml").write_text(yaml.safe_dump(config))
+    r = modelyard("finetune", "-c", str(root / "full.yaml"), home=home)
+    assert r.code == 0, r.err
     return {"home": home, "base": base, "root": root}
 
 
@@ -112,6 +118,30 @@ def test_export_loads_with_plain_peft(trained: dict[str, Path], tmp_path: Path) 
     assert float(proc.stdout) > 0
     r = modelyard("registry", "export", "helpdesk:1", "--out", str(out), home=trained["home"])
     assert r.code == 2 and "not empty" in r.err
+
+
+def test_full_export_loads_with_plain_transformers(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "export"
+    r = modelyard("registry", "export", "helpdesk-full:1", "--out", str(out), home=trained["home"])
+    assert r.code == 0, r.err
+    script = (
+        "import sys, torch\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        "model = AutoModelForCausalLM.from_pretrained(sys.argv[1])\n"
+        "tok = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "ids = tok('### Instruction:', return_tensors='pt').input_ids\n"
+        "print(model.generate(ids, max_new_tokens=2, do_sample=False).shape[1] > ids.shape[1])\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script, str(out)],
+        capture_output=True, text=True, timeout=300, env=_clean_env(), check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "True"
+    with _store(trained["home"]) as store:
+        assert store.get_model_version("helpdesk-full", 1).kind == "full"
 
 
 def test_archived_version_takes_no_alias(home: Path) -> None:

@@ -73,3 +73,74 @@ class SupervisedDataset(torch.utils.data.Dataset[Features]):
     def tokens(self) -> int:
         """Total tokens (prompt and response) in one pass over the dataset."""
         return sum(len(feature["input_ids"]) for feature in self.features)
+
+
+def pack_features(features: Sequence[Features], max_seq_len: int) -> list[Features]:
+    """Bin examples into rows of at most ``max_seq_len`` tokens (first-fit, longest first).
+
+    Each packed row concatenates whole examples; ``position_ids`` restart at 0 for
+    every example, which transformers turns into a block-diagonal causal mask, so
+    no example attends to another. The order is deterministic.
+    """
+    order = sorted(range(len(features)), key=lambda i: (-len(features[i]["input_ids"]), i))
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for index in order:
+        size = len(features[index]["input_ids"])
+        slot = next((b for b, free in enumerate(room) if free >= size), None)
+        if slot is None:
+            bins.append([index])
+            room.append(max_seq_len - size)
+        else:
+            bins[slot].append(index)
+            room[slot] -= size
+    packed: list[Features] = []
+    for members in bins:
+        row: Features = {"input_ids": [], "labels": [], "position_ids": []}
+        for index in members:
+            feature = features[index]
+            row["input_ids"] += feature["input_ids"]
+            row["labels"] += feature["labels"]
+            row["position_ids"] += list(range(len(feature["input_ids"])))
+        packed.append(row)
+    return packed
+
+
+class PackedDataset(torch.utils.data.Dataset[Features]):
+    """``SupervisedDataset`` rows packed into sequences of up to ``max_seq_len`` tokens."""
+
+    def __init__(self, dataset: SupervisedDataset, max_seq_len: int) -> None:
+        self.features = pack_features(dataset.features, max_seq_len)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> Features:
+        return self.features[index]
+
+
+class PackedCollator:
+    """Batches of packed rows: padded at the end, no attention mask, position ids per example.
+
+    The padding is a segment of its own (positions restart at 0, labels ignored),
+    so it attends only to itself and never changes a real token's output.
+    """
+
+    def __init__(self, pad_token_id: int) -> None:
+        self.pad_token_id = pad_token_id
+
+    def __call__(self, features: Sequence[Mapping[str, list[int]]]) -> dict[str, torch.Tensor]:
+        longest = max(len(f["input_ids"]) for f in features)
+        ids, labels, positions = [], [], []
+        for feature in features:
+            n = len(feature["input_ids"])
+            pad = longest - n
+            ids.append(list(feature["input_ids"]) + [self.pad_token_id] * pad)
+            labels.append(list(feature["labels"]) + [IGNORE_INDEX] * pad)
+            own = feature.get("position_ids") or list(range(n))
+            positions.append(list(own) + list(range(pad)))
+        return {
+            "input_ids": torch.tensor(ids),
+            "labels": torch.tensor(labels),
+            "position_ids": torch.tensor(positions),
+        }

@@ -21,7 +21,6 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import (
     DataCollatorForSeq2Seq,
-    DataCollatorWithFlattening,
     EarlyStoppingCallback,
     PrinterCallback,
     Trainer,
@@ -36,7 +35,13 @@ from modelyard.base._fs import check_out_dir, publish_dir
 from modelyard.base._hf import quiet_progress
 from modelyard.data._templates import PromptTemplate
 from modelyard.errors import ConfigError, TrainingError
-from modelyard.training._dataset import ALPACA, IGNORE_INDEX, SupervisedDataset
+from modelyard.training._dataset import (
+    ALPACA,
+    IGNORE_INDEX,
+    PackedCollator,
+    PackedDataset,
+    SupervisedDataset,
+)
 from modelyard.training._settings import TrainResult, TrainSettings
 
 ProgressFn = Callable[[int, int, float], None]
@@ -176,14 +181,9 @@ def _run(trainer: Any, resume_from: str | None) -> Any:
 
 
 def _collator(tokenizer: Any, packing: bool) -> Any:
-    """Padded batches, or padding-free ones (``packing``).
-
-    Packed batches concatenate the micro-batch into one row with ``position_ids``
-    restarting at each example; transformers turns those into a block-diagonal
-    causal mask, so no example attends to another.
-    """
+    """Padded batches, or batches of packed rows (``packing``, see ``PackedCollator``)."""
     if packing:
-        return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX)
+        return PackedCollator(int(tokenizer.pad_token_id))
     return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True)
 
 
@@ -201,7 +201,9 @@ def _make_trainer(
     trainer = Trainer(
         model=model,
         args=_training_args(settings, work_dir, datasets[1] is not None),
-        train_dataset=datasets[0],
+        train_dataset=(
+            PackedDataset(datasets[0], settings.max_seq_len) if settings.packing else datasets[0]
+        ),
         eval_dataset=datasets[1],
         data_collator=_collator(tokenizer, settings.packing),
         processing_class=tokenizer,
@@ -290,6 +292,10 @@ def train_model(
         if eval_rows
         else None
     )
+    # Training never reuses a KV cache; without one, transformers also honours the
+    # per-example position ids of packed rows (a block-diagonal mask).
+    use_cache = model.config.use_cache
+    model.config.use_cache = False
     if settings.method == "lora":
         model = _lora_model(model, settings)
     else:
@@ -302,6 +308,7 @@ def train_model(
         )
         output = _run(trainer, resume_from)
         eval_loss = float(trainer.evaluate()["eval_loss"]) if eval_set is not None else None
+        trainer.model.config.use_cache = use_cache  # saved configs keep the base's setting
         if trainer.is_world_process_zero():
             if settings.method == "lora":
                 _save_adapter(trainer.model, out_dir)
