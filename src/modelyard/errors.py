@@ -278,3 +278,53 @@ class EngineOverloaded(ModelyardError):
 
 
 __all__ += ["EngineOverloaded"]
+
+
+# -- serving limits and lifecycle (issue 5) ---------------------------------------------------
+
+
+class RateLimited(ModelyardError):
+    """A key went over its requests/min or tokens/min (HTTP 429 with ``Retry-After``).
+
+    ``retry_after`` is whole seconds until the request would fit; ``limit`` is
+    ``"requests"`` or ``"tokens"`` (OpenAI's error ``type`` for rate limits).
+    """
+
+    code = "rate_limit_exceeded"
+
+    def __init__(
+        self, message: str, *, retry_after: int, limit: str, hint: str | None = None
+    ) -> None:
+        super().__init__(message, hint=hint, retry_after=retry_after, limit=limit)
+        self.retry_after = retry_after
+        self.limit = limit
+
+
+class RequestTooLarge(ConfigError):
+    """A request body over the server's ``--max-body-bytes`` (HTTP 413, before parsing)."""
+
+    code = "request_too_large"
+
+
+class RequestTimeout(ModelyardError):
+    """A request ran past the server's ``--request-timeout-s`` (HTTP 504); it was cancelled."""
+
+    code = "timeout"
+    default_hint = "Ask for fewer max_tokens, or retry when the server is less busy."
+
+
+class ShuttingDown(ModelyardError):
+    """The server is draining before it exits (HTTP 503); other replicas take new requests."""
+
+    code = "shutting_down"
+    default_hint = "Retry on another replica."
+
+
+class MissingScope(AuthError):
+    """A valid key without the scope a route needs (HTTP 403)."""
+
+    code = "missing_scope"
+    default_hint = "Create a key with that scope: `modelyard keys create --tenant T --scopes ...`."
+
+
+__all__ += ["MissingScope", "RateLimited", "RequestTimeout", "RequestTooLarge", "ShuttingDown"]

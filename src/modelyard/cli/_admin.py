@@ -6,9 +6,9 @@ import typer
 from rich.table import Table
 
 from modelyard.cli._common import console, open_artifacts, open_store, print_json, settings
-from modelyard.errors import ConfigError
+from modelyard.errors import ConfigError, NotFound
 from modelyard.store import STORAGE_POLICIES, StoragePolicy, redact_url
-from modelyard.tenants import create_api_key, parse_duration, parse_scopes
+from modelyard.tenants import create_api_key, parse_duration, parse_scopes, rotate_api_key
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 
@@ -108,6 +108,15 @@ def keys_create(
     tenant: str = typer.Option(..., "--tenant", help="The tenant the key acts for."),
     scopes: str = typer.Option("infer,feedback", help="Comma-separated: infer, feedback."),
     expires: str | None = typer.Option(None, help="Lifetime such as 90d, 12h (default: none)."),
+    rpm: int | None = typer.Option(
+        None, "--rpm", min=1, help="Requests per minute (default: the server's --default-rpm)."
+    ),
+    tpm: int | None = typer.Option(
+        None,
+        "--tpm",
+        min=1,
+        help="Tokens per minute, prompt + max_tokens (default: the server's --default-tpm).",
+    ),
     json_out: bool = typer.Option(
         False, "--json", help='Print {"id", "key", "tenant", "scopes"} as JSON.'
     ),
@@ -116,7 +125,9 @@ def keys_create(
     wanted = parse_scopes(scopes)
     lifetime = parse_duration(expires) if expires else None
     with open_store() as store:
-        key, secret = create_api_key(store, tenant, scopes=wanted, expires_in=lifetime)
+        key, secret = create_api_key(
+            store, tenant, scopes=wanted, expires_in=lifetime, rpm_limit=rpm, tpm_limit=tpm
+        )
     if json_out:
         print_json({"id": key.id, "key": secret, "tenant": key.tenant, "scopes": key.scopes})
         return
@@ -135,15 +146,19 @@ def keys_list(
     if json_out:
         print_json([{k: v for k, v in vars(key).items() if k != "key_hash"} for key in keys])
         return
-    table = Table("id", "tenant", "scopes", "created", "expires", "revoked")
+    table = Table(
+        "id", "tenant", "scopes", "rpm/tpm", "created", "expires", "revoked", "rotated to"
+    )
     for k in keys:
         table.add_row(
             k.id,
             k.tenant,
             ",".join(k.scopes),
+            f"{k.rpm_limit or 'default'}/{k.tpm_limit or 'default'}",
             f"{k.created_at:%Y-%m-%d %H:%M}",
-            f"{k.expires_at:%Y-%m-%d}" if k.expires_at else "-",
+            f"{k.expires_at:%Y-%m-%d %H:%M}" if k.expires_at else "-",
             f"{k.revoked_at:%Y-%m-%d %H:%M}" if k.revoked_at else "-",
+            k.rotated_to or "-",
         )
     console.print(table)
 
@@ -154,6 +169,91 @@ def keys_revoke(key_id: str = typer.Argument(..., help="The key id (see `keys li
     with open_store() as store:
         key = store.revoke_api_key(key_id)
     console.print(f"[green]revoked key[/] {key.id} of tenant {key.tenant}")
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    key_id: str = typer.Argument(..., help="The key id to replace (see `keys list`)."),
+    grace: str = typer.Option(
+        "24h", help="How long the old key keeps working, such as 24h, 7d, or 0 (at once)."
+    ),
+    expires: str | None = typer.Option(
+        None, help="Lifetime of the new key, such as 90d (default: the old key's lifetime)."
+    ),
+    json_out: bool = typer.Option(
+        False,
+        "--json",
+        help='Print {"id", "key", "tenant", "scopes", "rotated_from", "old_expires_at"} as JSON.',
+    ),
+) -> None:
+    """Replace a key by a new one (same tenant, scopes and limits), printed once.
+
+    The old key keeps working for the grace period, then expires.
+    """
+    grace_period = parse_duration(grace, allow_zero=True)
+    lifetime = parse_duration(expires) if expires else None
+    with open_store() as store:
+        key, secret = rotate_api_key(store, key_id, grace_period, expires_in=lifetime)
+        old = store.get_api_key(key_id)
+    old_expiry = old.expires_at if old else None
+    if json_out:
+        print_json(
+            {
+                "id": key.id,
+                "key": secret,
+                "tenant": key.tenant,
+                "scopes": key.scopes,
+                "rotated_from": key_id,
+                "old_expires_at": old_expiry,
+            }
+        )
+        return
+    until = f"{old_expiry:%Y-%m-%d %H:%M:%S} UTC" if old_expiry else "-"
+    console.print(
+        f"[green]rotated key[/] {key_id} → {key.id} for tenant {key.tenant}; "
+        f"the old key works until {until}. Store the new key now:"
+    )
+    print(secret)
+
+
+@keys_app.command("limits")
+def keys_limits(
+    key_id: str = typer.Argument(..., help="The key id (see `keys list`)."),
+    rpm: str | None = typer.Option(
+        None, "--rpm", help="Requests per minute, or 'default' for the server's --default-rpm."
+    ),
+    tpm: str | None = typer.Option(
+        None, "--tpm", help="Tokens per minute, or 'default' for the server's --default-tpm."
+    ),
+    json_out: bool = JSON,
+) -> None:
+    """Change a key's rate limits; servers apply them within their key-cache time."""
+    if rpm is None and tpm is None:
+        raise ConfigError("nothing to change: give --rpm and/or --tpm (a number or 'default')")
+    with open_store() as store:
+        key = store.get_api_key(key_id)
+        if key is None:
+            raise NotFound(f"no API key with id {key_id!r}", hint="See `modelyard keys list`.")
+        key = store.set_api_key_limits(
+            key_id,
+            rpm_limit=key.rpm_limit if rpm is None else _limit("--rpm", rpm),
+            tpm_limit=key.tpm_limit if tpm is None else _limit("--tpm", tpm),
+        )
+    if json_out:
+        print_json({k: v for k, v in vars(key).items() if k != "key_hash"})
+        return
+    console.print(
+        f"[green]key {key.id}[/]: {key.rpm_limit or 'default'} requests/min, "
+        f"{key.tpm_limit or 'default'} tokens/min"
+    )
+
+
+def _limit(option: str, text: str) -> int | None:
+    if text == "default":
+        return None
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError(f"invalid {option} {text!r}: use a positive whole number or 'default'")
+    return int(text)
 
 
 # -- registry ------------------------------------------------------------------------------

@@ -12,6 +12,9 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
     engine: str = typer.Option("transformers", help="transformers, or echo (a fake for tests)."),
+    echo_delay_ms: float = typer.Option(
+        0.0, min=0.0, help="With --engine echo: pause before each word (tests of streaming)."
+    ),
     max_adapters: int = typer.Option(8, min=1, help="Adapters kept loaded (LRU)."),
     max_batch_size: int = typer.Option(
         8, min=1, help="Most requests run together in one generate call."
@@ -22,23 +25,64 @@ def serve(
     max_queue: int = typer.Option(
         256, min=1, help="Requests that may wait for the engine; beyond it, a fast 503."
     ),
-    max_tokens: int = typer.Option(256, min=1, help="Upper bound on max_tokens per request."),
+    max_tokens_cap: int = typer.Option(
+        256, "--max-tokens-cap", "--max-tokens", min=1, help="Upper bound on max_tokens (400)."
+    ),
+    max_prompt_tokens: int | None = typer.Option(
+        None, min=1, help="Upper bound on prompt tokens (400); default: the model's context."
+    ),
+    max_body_bytes: int = typer.Option(
+        1_048_576, min=1, help="Upper bound on request bodies, checked before parsing (413)."
+    ),
+    request_timeout_s: float = typer.Option(
+        120.0, min=0.0, help="Cancel a request running longer than this (504); 0: no timeout."
+    ),
+    default_rpm: int | None = typer.Option(
+        None, min=1, help="Requests/min for keys without their own limit; default: unlimited."
+    ),
+    default_tpm: int | None = typer.Option(
+        None,
+        min=1,
+        help="Tokens/min (prompt + max_tokens) for keys without their own; default: unlimited.",
+    ),
+    key_cache_ttl_s: float = typer.Option(
+        10.0, min=0.0, help="How long a key is trusted before the store is asked again."
+    ),
+    shutdown_grace_s: float = typer.Option(
+        30.0, min=0.0, help="On SIGTERM, how long in-flight requests may take to finish."
+    ),
     refresh_seconds: float = typer.Option(
         2.0, min=0.1, help="How often to reconcile endpoints and traffic from the store."
     ),
 ) -> None:
     """Serve POST /v1/chat/completions, /v1/completions (stream: true for server-sent
-    events), GET /v1/models, /health, /ready, /metrics for every endpoint in the store.
-    New endpoints and traffic changes apply without a restart."""
+    events), /v1/feedback, GET /v1/models, /health, /ready, /metrics for every endpoint
+    in the store. New endpoints and traffic changes apply without a restart. Rate
+    limits are per key and per server replica. SIGTERM drains: /ready turns 503, new
+    requests get 503, in-flight ones finish, then the process exits 0."""
     from modelyard.serving import (
         EchoEngine,
         Engine,
+        PacedEchoEngine,
         ServerLimits,
         TransformersEngine,
         create_app,
         run_server,
     )
 
+    limits = ServerLimits(
+        max_tokens=max_tokens_cap,
+        key_cache_seconds=key_cache_ttl_s,
+        max_body_bytes=max_body_bytes,
+        max_prompt_tokens=max_prompt_tokens,
+        request_timeout_s=request_timeout_s or None,
+        default_rpm=default_rpm,
+        default_tpm=default_tpm,
+    )
+    if engine not in ("transformers", "echo"):
+        raise ConfigError(f"unknown --engine {engine!r}: use transformers or echo")
+    if echo_delay_ms and engine != "echo":
+        raise ConfigError("--echo-delay-ms works only with --engine echo")
     store = open_store()
     chosen: Engine
     if engine == "transformers":
@@ -50,16 +94,13 @@ def serve(
             max_queue=max_queue,
             store=store,
         )
-    elif engine == "echo":
-        chosen = EchoEngine()
     else:
-        raise ConfigError(f"unknown --engine {engine!r}: use transformers or echo")
-    app = create_app(
-        store, chosen, limits=ServerLimits(max_tokens=max_tokens), refresh_seconds=refresh_seconds
-    )
+        chosen = PacedEchoEngine(echo_delay_ms / 1000) if echo_delay_ms else EchoEngine()
+    app = create_app(store, chosen, limits=limits, refresh_seconds=refresh_seconds)
     err_console.print(f"serving {store.url} on http://{host}:{port} (engine {engine})")
     try:
-        run_server(app, host, port)
+        run_server(app, host, port, shutdown_grace_s=shutdown_grace_s)
     finally:
         chosen.close()
         store.close()
+    err_console.print("stopped")

@@ -3,14 +3,21 @@
 ``create_app(store, engine)`` builds the FastAPI app; ``TransformersEngine``
 serves LoRA adapters on shared base models with dynamic mixed-adapter batching
 and real token streaming (``Engine.stream`` → ``TokenStream``); ``EchoEngine``
-is the fake for tests where the model is not the point.
+is the fake for tests where the model is not the point (``PacedEchoEngine``: the
+same, one word at a time, for tests of time). ``ServerLimits`` holds the body,
+prompt and ``max_tokens`` caps, the request timeout and the default per-key
+rate limits (``RateLimiter``, in memory per server); ``run_server`` drains on
+SIGTERM (``Drain``) before it exits.
 """
 
 from modelyard.serving._app import ServerLimits, create_app
 from modelyard.serving._engine import EchoEngine, Engine, TransformersEngine
+from modelyard.serving._limits import RateLimiter, TokenCounter, count_prompt_tokens
+from modelyard.serving._paced import PacedEchoEngine
 from modelyard.serving._prompts import render_chat
 from modelyard.serving._router import Router
-from modelyard.serving._server import BackgroundServer, run_server
+from modelyard.serving._server import BackgroundServer, DrainingServer, run_server
+from modelyard.serving._shutdown import Drain
 from modelyard.serving._stream import TokenStream
 from modelyard.serving._types import (
     EngineError,
@@ -23,18 +30,24 @@ from modelyard.serving._types import (
 
 __all__ = [
     "BackgroundServer",
+    "Drain",
+    "DrainingServer",
     "EchoEngine",
     "Engine",
     "EngineError",
     "EngineObserver",
     "EngineStats",
     "Generation",
+    "PacedEchoEngine",
+    "RateLimiter",
     "Router",
     "SamplingParams",
     "ServerLimits",
     "StreamEvent",
+    "TokenCounter",
     "TokenStream",
     "TransformersEngine",
+    "count_prompt_tokens",
     "create_app",
     "render_chat",
     "run_server",

@@ -1,16 +1,26 @@
-"""The data plane: an OpenAI-compatible FastAPI app over the store, a router and an engine."""
+"""The data plane: an OpenAI-compatible FastAPI app over the store, a router and an engine.
+
+Around every request: the guard (``_guard``: draining, body cap), the key
+(cached for ``key_cache_seconds``) and its scope, then ``DataPlane.submit``:
+route, render, the prompt-token cap, the key's rate limits (``_limits``), the
+engine. ``finish`` records the outcome and gives back unused tokens. A request
+past ``request_timeout_s`` is cancelled and answered 504.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import threading
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Request
@@ -24,7 +34,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
@@ -36,35 +46,58 @@ from modelyard.errors import (
     Conflict,
     DataError,
     EngineOverloaded,
+    InvalidApiKey,
+    MissingScope,
     ModelyardError,
     NotFound,
+    PermissionDenied,
+    RateLimited,
+    RequestTimeout,
+    RequestTooLarge,
+    ShuttingDown,
 )
 from modelyard.monitoring import RecordWriter, apply_storage_policy
 from modelyard.serving._engine import Engine, EngineError, Generation, SamplingParams
+from modelyard.serving._guard import GuardMiddleware
+from modelyard.serving._limits import Admission, RateLimiter, count_prompt_tokens
 from modelyard.serving._router import Router
+from modelyard.serving._shutdown import Drain
 from modelyard.serving._stream import TokenStream
 from modelyard.serving._types import AdapterEvent
-from modelyard.store import ApiKey, ModelVersion, NewInferenceRecord, Store, Tenant
+from modelyard.store import ApiKey, Feedback, ModelVersion, NewInferenceRecord, Store, Tenant
 from modelyard.tenants import authenticate
 
 log = logging.getLogger(__name__)
 
 _STATUS: tuple[tuple[type[ModelyardError], int, str], ...] = (
+    (MissingScope, 403, "permission_error"),
     (AuthError, 401, "authentication_error"),
+    (PermissionDenied, 403, "permission_error"),
     (NotFound, 404, "invalid_request_error"),
     (Conflict, 409, "invalid_request_error"),
+    (RequestTooLarge, 413, "invalid_request_error"),
     (ConfigError, 400, "invalid_request_error"),
     (DataError, 400, "invalid_request_error"),
+    (RateLimited, 429, "requests"),
     (EngineError, 503, "server_error"),
     (EngineOverloaded, 503, "server_error"),
+    (ShuttingDown, 503, "server_error"),
+    (RequestTimeout, 504, "timeout"),
 )
 
 
 def _status_of(exc: ModelyardError) -> tuple[int, str]:
+    if isinstance(exc, RateLimited):  # OpenAI's type names the limit: requests or tokens
+        return 429, exc.limit
     for cls, status, kind in _STATUS:
         if isinstance(exc, cls):
             return status, kind
     return 500, "server_error"
+
+
+def _param_of(exc: ModelyardError) -> str | None:
+    param = exc.context.get("param")
+    return param if isinstance(param, str) else None
 
 
 def error_body(message: str, kind: str, code: str | None, param: str | None = None) -> Any:
@@ -102,7 +135,13 @@ class _Common(BaseModel):
     def sampling(self, cap: int) -> SamplingParams:
         wanted = self.max_completion_tokens or self.max_tokens or min(64, cap)
         if wanted > cap:
-            raise ConfigError(f"max_tokens is {wanted}, above this server's limit of {cap}")
+            field_name = "max_completion_tokens" if self.max_completion_tokens else "max_tokens"
+            raise ConfigError(
+                f"{field_name} is {wanted}, above this server's limit of {cap} "
+                "(max_tokens cap, --max-tokens-cap)",
+                hint=f"Ask for at most {cap} tokens.",
+                param=field_name,
+            )
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         return SamplingParams(wanted, self.temperature, self.top_p, self.seed, stop)
 
@@ -115,10 +154,59 @@ class CompletionRequest(_Common):
     prompt: str
 
 
+class FeedbackRequest(BaseModel):
+    """``POST /v1/feedback``: a verdict on one answered request (by its ``id``)."""
+
+    model_config = ConfigDict(extra="ignore")
+    request_id: str = Field(min_length=1, max_length=64)
+    score: float | None = Field(default=None, ge=-1.0, le=1.0, allow_inf_nan=False)
+    thumbs: Literal["up", "down"] | None = None
+    comment: str | None = Field(default=None, max_length=4000)
+
+    @model_validator(mode="after")
+    def _one_verdict(self) -> FeedbackRequest:
+        if (self.score is None) == (self.thumbs is None):
+            raise ValueError("send exactly one of score (-1 to 1) or thumbs (up or down)")
+        return self
+
+    @property
+    def value(self) -> float:
+        if self.thumbs is not None:
+            return 1.0 if self.thumbs == "up" else -1.0
+        assert self.score is not None  # one of the two, checked above
+        return self.score
+
+
 @dataclass(frozen=True)
 class ServerLimits:
+    """What a server allows; ``None`` turns a limit off.
+
+    ``max_tokens`` caps ``max_tokens`` per request; ``key_cache_seconds`` is how
+    long an authenticated key is trusted before the store is asked again (a
+    revocation or a limit change applies within it); ``max_body_bytes`` caps
+    request bodies (413); ``max_prompt_tokens`` caps prompts (400);
+    ``request_timeout_s`` bounds a request from admission to its last token
+    (504); ``default_rpm``/``default_tpm`` apply to keys without their own limits.
+    """
+
     max_tokens: int = 256
     key_cache_seconds: float = 10.0
+    max_body_bytes: int | None = 1_048_576
+    max_prompt_tokens: int | None = None
+    request_timeout_s: float | None = 120.0
+    default_rpm: int | None = None
+    default_tpm: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_tokens", "max_body_bytes", "max_prompt_tokens", "default_rpm",
+                     "default_tpm"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} is {value}; it must be at least 1", field=name)
+        for name in ("key_cache_seconds", "request_timeout_s"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ConfigError(f"{name} is {value}; it must be 0 or more", field=name)
 
 
 class _Metrics:
@@ -151,6 +239,15 @@ class _Metrics:
         )
         self.queue_depth = Gauge(
             "modelyard_queue_depth", "Requests waiting for the engine", registry=self.registry
+        )
+        self.rate_limited = Counter(
+            "modelyard_rate_limited",
+            "Requests refused by a key's rate limit",
+            ["tenant", "limit"],
+            registry=self.registry,
+        )
+        self.feedback = Counter(
+            "modelyard_feedback", "Feedback received", ["tenant"], registry=self.registry
         )
         self.adapter = {
             event: Counter(f"modelyard_adapter_{name}", help_, ["version"], registry=self.registry)
@@ -185,6 +282,9 @@ class _KeyCache:
         with self._lock:
             hit = self._cache.get(digest)
         if hit and hit[0] > now:
+            expires = hit[1].expires_at
+            if expires is not None and expires <= datetime.now(UTC):  # e.g. a rotation's grace
+                raise InvalidApiKey("the API key has expired")
             return hit[1]
         key = authenticate(self._store, raw)
         with self._lock:
@@ -204,6 +304,17 @@ class Submitted:
     prompt: str
     stream: TokenStream
     started: float
+    admission: Admission | None = None
+    deadline: float | None = None  # time.perf_counter() by which it must end
+    # taken by the first ``finish``, never released: a request is recorded once
+    _finished: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def remaining(self) -> float | None:
+        """Seconds left before the request timeout (None: no timeout)."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.perf_counter())
+
+
+_RECENT_RECORDS = 10_000
 
 
 class DataPlane:
@@ -221,8 +332,15 @@ class DataPlane:
         self.limits = limits
         self.metrics = _Metrics()
         self.keys = _KeyCache(store, limits.key_cache_seconds)
+        self.limiter = RateLimiter(default_rpm=limits.default_rpm, default_tpm=limits.default_tpm)
         self._tenants: dict[str, Tenant] = {}
         self.ready = threading.Event()
+        self.drain = Drain()
+        self.drain.on_begin(self.ready.clear)
+        # Records handed to the writer, not necessarily written yet (id -> tenant id), so
+        # feedback on a request just answered waits for its record instead of a 404.
+        self._recent: OrderedDict[str, int] = OrderedDict()
+        self._recent_lock = threading.Lock()
 
     def tenant(self, name: str) -> Tenant:
         if name not in self._tenants:
@@ -246,16 +364,37 @@ class DataPlane:
         started = time.perf_counter()
         version: ModelVersion | None = None
         prompt: str | None = None
+        admission: Admission | None = None
         try:
             self.tenant(key.tenant)  # cached, so that finishing never waits on the store
             chosen = self.router.route(endpoint, key)
             version = self.router.pick(chosen, user)
             prompt = render(version)
+            prompt_tokens = count_prompt_tokens(self.engine, version, prompt)
+            cap = self.limits.max_prompt_tokens
+            if cap is not None and prompt_tokens > cap:
+                raise ConfigError(
+                    f"the prompt has {prompt_tokens} tokens, above this server's limit of "
+                    f"{cap} prompt tokens (--max-prompt-tokens)",
+                    hint="Shorten the prompt.",
+                    param="messages" if route == "chat.completions" else "prompt",
+                )
+            try:
+                admission = self.limiter.admit(key, prompt_tokens + params.max_tokens)
+            except RateLimited as limited:
+                self.metrics.rate_limited.labels(key.tenant, limited.limit).inc()
+                raise
             stream = self.engine.stream(version, prompt, params)
         except ModelyardError as exc:
+            if admission is not None:
+                self.limiter.settle(admission, 0)
             self._record(record_id, key, route, endpoint, version, prompt, None, started, exc=exc)
             raise
-        return Submitted(record_id, key, route, endpoint, version, prompt, stream, started)
+        timeout = self.limits.request_timeout_s
+        deadline = None if timeout is None else started + timeout
+        return Submitted(
+            record_id, key, route, endpoint, version, prompt, stream, started, admission, deadline
+        )
 
     def finish(
         self,
@@ -264,8 +403,15 @@ class DataPlane:
         *,
         exc: ModelyardError | None = None,
         cancelled: bool = False,
+        timed_out: bool = False,
     ) -> None:
-        """Record how a submitted request ended (``cancelled``: its client went away)."""
+        """Record how a submitted request ended (``cancelled``: its client went away;
+        ``timed_out``: it ran past the request timeout) and give back unused tokens."""
+        if not sub._finished.acquire(blocking=False):
+            return  # finished already (a timeout raced with the end)
+        if sub.admission is not None:
+            used = gen.prompt_tokens + gen.completion_tokens if gen is not None else 0
+            self.limiter.settle(sub.admission, used)
         self._record(
             sub.record_id,
             sub.key,
@@ -277,6 +423,41 @@ class DataPlane:
             sub.started,
             exc=exc,
             cancelled=cancelled,
+            timed_out=timed_out,
+        )
+
+    def timed_out(self, sub: Submitted) -> RequestTimeout:
+        """Cancel a request that ran past the timeout; it is recorded (``timeout``) when its
+        generation stops. Returns the error to answer with."""
+        timeout = self.limits.request_timeout_s
+        error = RequestTimeout(
+            f"the request did not finish within this server's timeout of {timeout:g} s "
+            "(--request-timeout-s); its generation was stopped"
+        )
+        sub.stream.cancel()
+        sub.stream.on_finish(lambda gen, _exc: self.finish(sub, gen, exc=error, timed_out=True))
+        return error
+
+    def add_feedback(
+        self, key: ApiKey, request_id: str, score: float, comment: str | None
+    ) -> Feedback:
+        """Store a verdict on one of the key's tenant's requests (blocking: run it off the loop).
+
+        A request answered here moments ago may not be written yet: wait for the
+        record writer once, then ask again.
+        """
+        try:
+            return self.store.add_feedback(
+                request_id, tenant=key.tenant, score=score, comment=comment, api_key_id=key.id
+            )
+        except NotFound:
+            with self._recent_lock:
+                pending = self._recent.get(request_id) == key.tenant_id
+            if not pending:
+                raise
+        self.writer.flush(timeout=5.0)
+        return self.store.add_feedback(
+            request_id, tenant=key.tenant, score=score, comment=comment, api_key_id=key.id
         )
 
     def run(
@@ -310,11 +491,14 @@ class DataPlane:
         started: float,
         exc: ModelyardError | None = None,
         cancelled: bool = False,
+        timed_out: bool = False,
     ) -> None:
         latency_ms = (time.perf_counter() - started) * 1000
         policy = self.tenant(key.tenant).storage_policy
         status = 200 if exc is None else _status_of(exc)[0]
-        if cancelled or (gen is not None and gen.finish_reason == "cancelled"):
+        if timed_out:
+            outcome = "timeout"
+        elif cancelled or (gen is not None and gen.finish_reason == "cancelled"):
             outcome = "cancelled"
         else:
             outcome = "ok" if exc is None else "error"
@@ -346,20 +530,32 @@ class DataPlane:
                 error=exc.one_line() if exc else None,
             )
         )
+        if key.tenant_id is not None:
+            with self._recent_lock:
+                self._recent[record_id] = key.tenant_id
+                while len(self._recent) > _RECENT_RECORDS:
+                    self._recent.popitem(last=False)
 
 
-def _current_key(request: Request, authorization: Annotated[str | None, Header()] = None) -> ApiKey:
-    """The caller's API key, authenticated (cached briefly) and holding the 'infer' scope."""
-    if not authorization or not authorization.lower().startswith("bearer "):
-        raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
-    plane: DataPlane = request.app.state.plane
-    key = plane.keys.get(authorization[7:].strip())
-    if "infer" not in key.scopes:
-        raise AuthError("this API key lacks the 'infer' scope")
-    return key
+def _key_with(scope: str) -> Callable[..., ApiKey]:
+    """A dependency: the caller's API key, authenticated (cached briefly), holding ``scope``."""
+
+    def current_key(
+        request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> ApiKey:
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
+        plane: DataPlane = request.app.state.plane
+        key = plane.keys.get(authorization[7:].strip())
+        if scope not in key.scopes:
+            raise MissingScope(f"this API key lacks the {scope!r} scope")
+        return key
+
+    return current_key
 
 
-KeyDep = Annotated[ApiKey, Depends(_current_key)]
+KeyDep = Annotated[ApiKey, Depends(_key_with("infer"))]
+FeedbackKeyDep = Annotated[ApiKey, Depends(_key_with("feedback"))]
 
 
 def _usage(gen: Generation) -> dict[str, int]:
@@ -377,10 +573,13 @@ def _usage(gen: Generation) -> dict[str, int]:
 async def _wait(plane: DataPlane, sub: Submitted) -> Generation:
     """The whole generation of a submitted request, recorded; waits without holding a thread."""
     try:
-        async for event in sub.stream:
-            if event.generation is not None:
-                plane.finish(sub, event.generation)
-                return event.generation
+        async with asyncio.timeout(sub.remaining()):
+            async for event in sub.stream:
+                if event.generation is not None:
+                    plane.finish(sub, event.generation)
+                    return event.generation
+    except TimeoutError:
+        raise plane.timed_out(sub) from None
     except ModelyardError as exc:
         plane.finish(sub, None, exc=exc)
         raise
@@ -436,7 +635,7 @@ class _Chunks:
     @staticmethod
     def error(exc: ModelyardError) -> str:
         _, kind = _status_of(exc)
-        body = error_body(exc.one_line(), kind, exc.code)
+        body = error_body(exc.one_line(), kind, exc.code, _param_of(exc))
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 
@@ -462,10 +661,14 @@ async def _event_stream(plane: DataPlane, sub: Submitted, chunks: _Chunks) -> St
 
     The record is written when the stream ends: ``ok``; ``error`` when the engine
     fails mid-stream (sent as an error event); ``cancelled`` when the client goes
-    away, which also stops its generation.
+    away, which also stops its generation; ``timeout`` when the request timeout
+    passes (a 504 before the first token, an error event after it).
     """
     try:
-        first = await anext(sub.stream)
+        async with asyncio.timeout(sub.remaining()):
+            first = await anext(sub.stream)
+    except TimeoutError:
+        raise plane.timed_out(sub) from None
     except ModelyardError as exc:
         plane.finish(sub, None, exc=exc)
         raise
@@ -481,12 +684,16 @@ async def _event_stream(plane: DataPlane, sub: Submitted, chunks: _Chunks) -> St
                     yield chunks.text(event.text)
                 if event.generation is not None:
                     break
-                event = await anext(sub.stream)
+                async with asyncio.timeout(sub.remaining()):
+                    event = await anext(sub.stream)
             gen = event.generation
             for closing in chunks.closing(gen):
                 yield closing
             plane.finish(sub, gen)
             recorded = True
+        except TimeoutError:
+            recorded = True
+            yield chunks.error(plane.timed_out(sub))
         except ModelyardError as exc:
             plane.finish(sub, None, exc=exc)
             recorded = True
@@ -515,7 +722,8 @@ def create_app(
     metrics_holder: list[_Metrics] = []
     own_writer = writer is None
     writer = writer or RecordWriter(store, on_drop=lambda n: metrics_holder[0].dropped.inc(n))
-    plane = DataPlane(store, engine, router, writer, limits or ServerLimits())
+    limits = limits or ServerLimits()
+    plane = DataPlane(store, engine, router, writer, limits)
     metrics_holder.append(plane.metrics)
     plane.metrics.queue_depth.set_function(lambda: engine.stats().queue_depth)
 
@@ -534,6 +742,8 @@ def create_app(
 
     app = FastAPI(title="modelyard", version=modelyard.__version__, lifespan=lifespan)
     app.state.plane = plane
+    app.state.drain = plane.drain
+    app.add_middleware(GuardMiddleware, drain=plane.drain, max_body_bytes=limits.max_body_bytes)
     _install_error_handlers(app)
 
     @app.post("/v1/chat/completions", response_model=None)
@@ -601,6 +811,26 @@ def create_app(
             "usage": _usage(gen),
         }
 
+    @app.post("/v1/feedback")
+    async def feedback(body: FeedbackRequest, key: FeedbackKeyDep) -> dict[str, Any]:
+        """A verdict on one request: ``score`` from -1 to 1, or ``thumbs`` up (1) / down (-1).
+
+        Sent again for the same request, the latest verdict replaces the earlier one.
+        """
+        saved = await run_in_threadpool(
+            plane.add_feedback, key, body.request_id, body.value, body.comment
+        )
+        plane.metrics.feedback.labels(key.tenant).inc()
+        return {
+            "id": saved.id,
+            "object": "feedback",
+            "request_id": saved.record_id,
+            "score": saved.score,
+            "comment": saved.comment,
+            "created": int(saved.created_at.timestamp()),
+            "updated": int(saved.updated_at.timestamp()),
+        }
+
     @app.get("/v1/models")
     def list_models(key: KeyDep) -> Any:
         data = [
@@ -644,8 +874,12 @@ def _install_error_handlers(app: FastAPI) -> None:
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if isinstance(exc, EngineOverloaded):
             headers = {"Retry-After": "1"}
+        elif isinstance(exc, RateLimited):
+            headers = {"Retry-After": str(exc.retry_after)}
         return JSONResponse(
-            error_body(exc.one_line(), kind, exc.code), status_code=status, headers=headers
+            error_body(exc.one_line(), kind, exc.code, _param_of(exc)),
+            status_code=status,
+            headers=headers,
         )
 
     @app.exception_handler(RequestValidationError)

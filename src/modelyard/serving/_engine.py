@@ -60,6 +60,10 @@ class Engine(abc.ABC):
         """The prompt for ``messages`` in the template ``version`` was trained with."""
         return render_chat(version, messages)
 
+    def count_tokens(self, version: ModelVersion, prompt: str) -> int:
+        """Prompt length for limits (engines without a tokenizer count words)."""
+        return len(prompt.split())
+
     def loaded(self) -> list[str]:
         """Refs of the versions held in memory (for /ready and heartbeats)."""
         return []
@@ -172,6 +176,12 @@ class TransformersEngine(Engine):
     def render_chat(self, version: ModelVersion, messages: Sequence[Mapping[str, str]]) -> str:
         tokenizer = self._cache.base(version.base_model_source).tokenizer
         return render_chat(version, messages, tokenizer)
+
+    def count_tokens(self, version: ModelVersion, prompt: str) -> int:
+        """Prompt tokens in the version's base tokenizer (exact, for caps and tokens/min)."""
+        base = self._cache.base(version.base_model_source)
+        with self._tokenizer_lock:
+            return len(base.tokenizer(prompt)["input_ids"])
 
     def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
         if self._stop.is_set():

@@ -1,16 +1,23 @@
-"""Running the app: in the foreground (``modelyard serve``) or on a background thread."""
+"""Running the app: in the foreground (``modelyard serve``) or on a background thread.
+
+In the foreground, SIGTERM drains the server before it exits (``DrainingServer``).
+"""
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
-from types import TracebackType
+from types import FrameType, TracebackType
 
 import uvicorn
 from fastapi import FastAPI
 
 from modelyard.errors import ConfigError
+from modelyard.serving._shutdown import Drain
+
+log = logging.getLogger(__name__)
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -28,11 +35,48 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run_server(app: FastAPI, host: str, port: int, *, log_level: str = "info") -> None:
-    """Serve until SIGINT/SIGTERM; uvicorn drains in-flight requests before exiting."""
+class DrainingServer(uvicorn.Server):
+    """uvicorn, draining on SIGTERM/SIGINT before it stops (see ``_shutdown``).
+
+    The first signal begins the drain (``/ready`` 503, new requests 503, in-flight
+    ones go on); the server stops when none is left or ``grace_s`` has passed,
+    and the process then exits normally (status 0). A second signal stops at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, drain: Drain | None, grace_s: float) -> None:
+        super().__init__(config)
+        self.drain, self.grace_s = drain, grace_s
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.drain is None:
+            super().handle_exit(sig, frame)
+        elif self.drain.draining or self.should_exit:
+            log.warning("second signal: stopping now")
+            self.should_exit = self.force_exit = True
+        else:
+            log.warning("draining: no new requests; waiting for %d in flight", self.drain.inflight)
+            self.drain.begin(self.grace_s)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain is not None and self.drain.done() and not self.should_exit:
+            log.warning("drained (%d requests left); stopping", self.drain.inflight)
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+def run_server(
+    app: FastAPI,
+    host: str,
+    port: int,
+    *,
+    log_level: str = "info",
+    shutdown_grace_s: float = 30.0,
+) -> None:
+    """Serve until SIGTERM/SIGINT, then drain (up to ``shutdown_grace_s``) and return."""
     sock = bind_socket(host, port)
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=30)
-    uvicorn.Server(config).run(sockets=[sock])
+    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
+    drain: Drain | None = getattr(app.state, "drain", None)
+    DrainingServer(config, drain, shutdown_grace_s).run(sockets=[sock])
 
 
 class BackgroundServer:

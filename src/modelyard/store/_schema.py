@@ -121,6 +121,11 @@ class ApiKeyRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime | None]
     revoked_at: Mapped[datetime | None]
+    # Per-key limits (NULL: the server's --default-rpm / --default-tpm).
+    rpm_limit: Mapped[int | None]
+    tpm_limit: Mapped[int | None]
+    # The key that replaced this one (``keys rotate``); this one expires after a grace period.
+    rotated_to: Mapped[str | None] = mapped_column(String(32))
 
 
 class RegisteredModelRow(Base):
@@ -236,3 +241,20 @@ class AuditEventRow(Base):
     payload: Mapped[dict[str, Any]]
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class FeedbackRow(Base):
+    """A client's verdict on one inference record; one per record (the latest wins)."""
+
+    __tablename__ = "feedback"
+    __table_args__ = (Index("ix_feedback_tenant_updated", "tenant_id", "updated_at"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    record_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("inference_records.id", ondelete="CASCADE"), unique=True
+    )
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"))
+    api_key_id: Mapped[str | None] = mapped_column(String(32))
+    score: Mapped[float] = mapped_column(Float)
+    comment: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)

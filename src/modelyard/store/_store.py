@@ -11,9 +11,11 @@ transaction (``_require``), and a refusal is audited in a transaction of its own
 from __future__ import annotations
 
 import contextlib
+import math
 import re
+import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar, cast
 
 from sqlalchemy import Engine, func, select
@@ -52,6 +54,7 @@ from modelyard.store._schema import (
     BaseModelRow,
     DatasetRow,
     EndpointRow,
+    FeedbackRow,
     InferenceRecordRow,
     ModelAliasRow,
     ModelVersionRow,
@@ -68,6 +71,7 @@ from modelyard.store.entities import (
     BaseModel,
     DatasetVersion,
     Endpoint,
+    Feedback,
     InferenceRecord,
     ModelVersion,
     NewInferenceRecord,
@@ -421,7 +425,11 @@ class Store:
         key_hash: str,
         scopes: Sequence[str],
         expires_at: datetime | None = None,
+        rpm_limit: int | None = None,
+        tpm_limit: int | None = None,
     ) -> ApiKey:
+        """A key for ``tenant``; ``rpm_limit``/``tpm_limit`` None use the server's defaults."""
+        _check_limits(rpm_limit, tpm_limit)
         with self._write(f"create an API key for tenant {tenant!r}") as s:
             trow = _tenant_row(s, tenant)
             self._require(s, "api_key.created", key_id, f"create API keys for tenant {tenant!r}")
@@ -431,16 +439,125 @@ class Store:
                 key_hash=key_hash,
                 scopes=list(scopes),
                 expires_at=expires_at,
+                rpm_limit=rpm_limit,
+                tpm_limit=tpm_limit,
             )
             s.add(row)
+            s.flush()
+            payload: dict[str, Any] = {
+                "tenant": trow.name,
+                "scopes": list(scopes),
+                "expires_at": expires_at,
+            }
+            if rpm_limit is not None or tpm_limit is not None:
+                payload.update(rpm_limit=rpm_limit, tpm_limit=tpm_limit)
+            self._audit(s, "api_key.created", key_id, payload)
+            return _api_key(row, trow.name)
+
+    def rotate_api_key(
+        self,
+        key_id: str,
+        *,
+        new_key_id: str,
+        new_key_hash: str,
+        grace: timedelta,
+        new_expires_at: datetime | None = None,
+    ) -> tuple[ApiKey, ApiKey]:
+        """Replace ``key_id`` by a new key with the same tenant, scopes and limits.
+
+        The old key keeps working for ``grace``: its expiry becomes now + grace
+        (an earlier expiry stays), and ``rotated_to`` names its successor. Both
+        changes are audited (``api_key.created`` for the new key with
+        ``rotated_from``, ``api_key.rotated`` for the old). A revoked, expired or
+        already rotated key cannot be rotated. Returns (old key, new key).
+        """
+        if grace < timedelta(0):
+            raise ConfigError(f"the grace period {grace} is negative; use 0 or more")
+        with self._write(f"rotate API key {key_id}") as s:
+            row = s.get(ApiKeyRow, key_id)
+            if row is None:
+                raise NotFound(f"no API key with id {key_id!r}", hint="See `modelyard keys list`.")
+            tenant = s.get(TenantRow, row.tenant_id)
+            tenant_name = tenant.name if tenant else "?"
+            now = utcnow()
+            if row.revoked_at is not None:
+                raise Conflict(
+                    f"API key {key_id} is revoked and cannot be rotated",
+                    hint=f"Create a new key with `modelyard keys create --tenant {tenant_name}`.",
+                )
+            if row.rotated_to is not None:
+                raise Conflict(
+                    f"API key {key_id} was rotated already, to {row.rotated_to}",
+                    hint=f"Rotate the newer key: `modelyard keys rotate {row.rotated_to}`.",
+                )
+            if row.expires_at is not None and row.expires_at <= now:
+                raise Conflict(
+                    f"API key {key_id} has expired and cannot be rotated",
+                    hint=f"Create a new key with `modelyard keys create --tenant {tenant_name}`.",
+                )
+            self._require(s, "api_key.rotated", key_id, f"rotate API key {key_id}")
+            new = ApiKeyRow(
+                id=new_key_id,
+                tenant_id=row.tenant_id,
+                key_hash=new_key_hash,
+                scopes=list(row.scopes),
+                expires_at=new_expires_at,
+                rpm_limit=row.rpm_limit,
+                tpm_limit=row.tpm_limit,
+            )
+            s.add(new)
             s.flush()
             self._audit(
                 s,
                 "api_key.created",
+                new_key_id,
+                {"tenant": tenant_name, "scopes": list(row.scopes), "expires_at": new_expires_at,
+                 "rpm_limit": row.rpm_limit, "tpm_limit": row.tpm_limit,
+                 "rotated_from": key_id},
+            )  # fmt: skip
+            cutoff = now + grace
+            if row.expires_at is None or row.expires_at > cutoff:
+                row.expires_at = cutoff
+            row.rotated_to = new_key_id
+            s.flush()
+            self._audit(
+                s,
+                "api_key.rotated",
                 key_id,
-                {"tenant": trow.name, "scopes": list(scopes), "expires_at": expires_at},
-            )
-            return _api_key(row, trow.name)
+                {"tenant": tenant_name, "rotated_to": new_key_id, "expires_at": row.expires_at,
+                 "grace_seconds": grace.total_seconds()},
+            )  # fmt: skip
+            return _api_key(row, tenant_name), _api_key(new, tenant_name)
+
+    def set_api_key_limits(
+        self, key_id: str, *, rpm_limit: int | None, tpm_limit: int | None
+    ) -> ApiKey:
+        """Set a key's requests/min and tokens/min (None: the server's default); audited.
+
+        Servers apply the change within their key-cache time.
+        """
+        _check_limits(rpm_limit, tpm_limit)
+        with self._write(f"set the limits of API key {key_id}") as s:
+            row = s.get(ApiKeyRow, key_id)
+            if row is None:
+                raise NotFound(f"no API key with id {key_id!r}", hint="See `modelyard keys list`.")
+            tenant = s.get(TenantRow, row.tenant_id)
+            tenant_name = tenant.name if tenant else "?"
+            if (row.rpm_limit, row.tpm_limit) != (rpm_limit, tpm_limit):
+                self._require(
+                    s, "api_key.limits_set", key_id, f"set the limits of API key {key_id}"
+                )
+                previous = {"rpm_limit": row.rpm_limit, "tpm_limit": row.tpm_limit}
+                row.rpm_limit, row.tpm_limit = rpm_limit, tpm_limit
+                s.flush()
+                self._audit(
+                    s,
+                    "api_key.limits_set",
+                    key_id,
+                    {"tenant": tenant_name, "rpm_limit": rpm_limit, "tpm_limit": tpm_limit,
+                     "previous": previous},
+                )  # fmt: skip
+            return _api_key(row, tenant_name)
 
     def get_api_key(self, key_id: str) -> ApiKey | None:
         with self._session("read an API key") as s:
@@ -862,6 +979,82 @@ class Store:
                 query = query.where(InferenceRecordRow.endpoint_name == endpoint)
             return int(s.scalar(query) or 0)
 
+    # -- feedback (data plane: not audited, like inference records) -------------------------
+
+    def add_feedback(
+        self,
+        record_id: str,
+        *,
+        tenant: str,
+        score: float,
+        comment: str | None = None,
+        api_key_id: str | None = None,
+    ) -> Feedback:
+        """Record ``tenant``'s verdict on one of its inference records; the latest one wins.
+
+        ``score`` is in [-1, 1]. A record of another tenant is NotFound exactly
+        like a missing one.
+        """
+        if math.isnan(score) or not -1.0 <= score <= 1.0:
+            raise ConfigError(
+                f"feedback score {score} is out of range: use a number from -1 to 1", param="score"
+            )
+        with self._write(f"record feedback on {record_id!r}") as s:
+            trow = _tenant_row(s, tenant)
+            record = s.get(InferenceRecordRow, record_id)
+            if record is None or record.tenant_id != trow.id:
+                raise NotFound(
+                    f"no request with id {record_id!r}",
+                    hint="Send the `id` of a completion answered for a key of this tenant.",
+                    param="request_id",
+                )
+            row = s.scalar(select(FeedbackRow).where(FeedbackRow.record_id == record_id))
+            now = utcnow()
+            if row is None:
+                row = FeedbackRow(
+                    id=f"fb-{uuid.uuid4().hex}",
+                    record_id=record_id,
+                    tenant_id=trow.id,
+                    api_key_id=api_key_id,
+                    score=score,
+                    comment=comment,
+                    created_at=now,
+                    updated_at=now,
+                )
+                s.add(row)
+            else:
+                row.score, row.comment, row.api_key_id, row.updated_at = (
+                    score, comment, api_key_id, now,
+                )  # fmt: skip
+            s.flush()
+            return _feedback(s, row, record, trow.name)
+
+    def list_feedback(
+        self,
+        *,
+        endpoint: str | None = None,
+        tenant: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = 1000,
+    ) -> list[Feedback]:
+        """Feedback, newest first; ``since`` keeps what was given or changed at or after it."""
+        with self._session("list feedback") as s:
+            query = (
+                select(FeedbackRow, InferenceRecordRow, TenantRow.name)
+                .join(InferenceRecordRow, InferenceRecordRow.id == FeedbackRow.record_id)
+                .join(TenantRow, TenantRow.id == FeedbackRow.tenant_id)
+                .order_by(FeedbackRow.updated_at.desc(), FeedbackRow.id)
+            )
+            if endpoint is not None:
+                query = query.where(InferenceRecordRow.endpoint_name == endpoint)
+            if tenant is not None:
+                query = query.where(FeedbackRow.tenant_id == _tenant_row(s, tenant).id)
+            if since is not None:
+                query = query.where(FeedbackRow.updated_at >= since)
+            if limit is not None:
+                query = query.limit(limit)
+            return [_feedback(s, f, r, t) for f, r, t in s.execute(query).all()]
+
     # -- actors and roles ------------------------------------------------------------------
 
     def add_actor(self, name: str, role: str) -> Actor:
@@ -1099,7 +1292,31 @@ def _tenant(r: TenantRow) -> Tenant:
 def _api_key(r: ApiKeyRow, tenant: str) -> ApiKey:
     return ApiKey(
         r.id, r.tenant_id, tenant, r.key_hash, tuple(r.scopes), r.created_at,
-        r.expires_at, r.revoked_at,
+        r.expires_at, r.revoked_at, r.rpm_limit, r.tpm_limit, r.rotated_to,
+    )  # fmt: skip
+
+
+def _check_limits(rpm_limit: int | None, tpm_limit: int | None) -> None:
+    for name, value in (("rpm_limit", rpm_limit), ("tpm_limit", tpm_limit)):
+        if value is not None and value < 1:
+            raise ConfigError(
+                f"{name} is {value}; it must be at least 1 (or unset for the server's default)",
+                field=name,
+            )
+
+
+def _version_ref(s: Session, version_id: int | None) -> str | None:
+    version = s.get(ModelVersionRow, version_id) if version_id else None
+    if version is None:
+        return None
+    mrow = s.get(RegisteredModelRow, version.registered_model_id)
+    return f"{mrow.name if mrow else '?'}:{version.version}"
+
+
+def _feedback(s: Session, f: FeedbackRow, record: InferenceRecordRow, tenant: str) -> Feedback:
+    return Feedback(
+        f.id, f.record_id, tenant, record.endpoint_name, _version_ref(s, record.version_id),
+        f.score, f.comment, f.api_key_id, f.created_at, f.updated_at,
     )  # fmt: skip
 
 

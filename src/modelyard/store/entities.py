@@ -71,6 +71,9 @@ class ApiKey:
     created_at: datetime
     expires_at: datetime | None
     revoked_at: datetime | None
+    rpm_limit: int | None = None  # requests/min; None: the server's default
+    tpm_limit: int | None = None  # tokens/min (prompt + max_tokens); None: the server's default
+    rotated_to: str | None = None  # the id of the key that replaced this one
 
 
 @dataclass(frozen=True)
@@ -170,6 +173,26 @@ class InferenceRecord:
 
 
 @dataclass(frozen=True)
+class Feedback:
+    """A client's verdict on one inference record: ``score`` in [-1, 1] (thumbs: 1 / -1).
+
+    One per record: feedback sent again for the same record replaces it
+    (``updated_at`` moves, ``created_at`` stays).
+    """
+
+    id: str
+    record_id: str
+    tenant: str
+    endpoint_name: str
+    version: str | None
+    score: float
+    comment: str | None
+    api_key_id: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
 class Actor:
     """A recorded actor and its role (actors not recorded have the default role)."""
 
@@ -189,6 +212,7 @@ __all__ = [
     "ChainReport",
     "DatasetVersion",
     "Endpoint",
+    "Feedback",
     "InferenceRecord",
     "ModelVersion",
     "NewInferenceRecord",

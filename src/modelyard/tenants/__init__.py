@@ -4,6 +4,10 @@ A key looks like ``myk_<id>_<secret><check>``: a recognizable prefix, a public
 id (the store's primary key), a random secret and a 6-character checksum, so a
 malformed or mistyped key is refused without a store lookup. Only the SHA-256
 of the secret is stored; comparison is constant-time.
+
+``rotate_api_key`` replaces a key by a new one (same tenant, scopes and rate
+limits) and lets the old one work for a grace period; keys may carry their own
+requests/min and tokens/min (``rpm_limit``, ``tpm_limit``).
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import zlib
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from modelyard.errors import ConfigError, InvalidApiKey
+from modelyard.errors import ConfigError, InvalidApiKey, NotFound
 from modelyard.store import ApiKey, Store
 
 KEY_PREFIX = "myk"
@@ -46,15 +50,27 @@ def parse_scopes(raw: str | Sequence[str]) -> tuple[str, ...]:
     return scopes
 
 
-def parse_duration(text: str) -> timedelta:
-    """``90d``, ``12h``, ``30m`` → a timedelta (used by ``--expires``)."""
+def parse_duration(text: str, *, allow_zero: bool = False) -> timedelta:
+    """``90d``, ``12h``, ``30m``, ``45s`` → a timedelta (``--expires``, ``--grace``).
+
+    ``allow_zero`` accepts ``0`` (with or without a unit), e.g. an immediate cut-over.
+    """
     units = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
+    if allow_zero and text.rstrip("dhms") == "0" and len(text) <= 2:
+        return timedelta(0)
     value, unit = text[:-1], text[-1:]
     if unit not in units or not value.isdigit() or int(value) <= 0:
-        raise ConfigError(
-            f"invalid duration {text!r}: use a positive number with d, h, m or s (e.g. 90d)"
-        )
+        positive = "a number (0 or more)" if allow_zero else "a positive number"
+        raise ConfigError(f"invalid duration {text!r}: use {positive} with d, h, m or s (e.g. 90d)")
     return timedelta(**{units[unit]: int(value)})
+
+
+def _new_key() -> tuple[str, str, str]:
+    """A fresh (key id, secret, the whole key to show once)."""
+    key_id = "".join(secrets.choice(_ALPHABET) for _ in range(_ID_LEN))
+    secret = "".join(secrets.choice(_ALPHABET) for _ in range(_SECRET_LEN))
+    body = f"{KEY_PREFIX}_{key_id}_{secret}"
+    return key_id, secret, body + _checksum(body)
 
 
 def create_api_key(
@@ -63,17 +79,58 @@ def create_api_key(
     *,
     scopes: Sequence[str] = SCOPES,
     expires_in: timedelta | None = None,
+    rpm_limit: int | None = None,
+    tpm_limit: int | None = None,
 ) -> tuple[ApiKey, str]:
-    """Create a key for ``tenant``; returns the stored key and the secret (shown once)."""
+    """Create a key for ``tenant``; returns the stored key and the secret (shown once).
+
+    ``rpm_limit`` (requests/min) and ``tpm_limit`` (tokens/min) are per key; None
+    leaves the server's ``--default-rpm`` / ``--default-tpm``.
+    """
     scopes = parse_scopes(scopes)
-    key_id = "".join(secrets.choice(_ALPHABET) for _ in range(_ID_LEN))
-    secret = "".join(secrets.choice(_ALPHABET) for _ in range(_SECRET_LEN))
-    body = f"{KEY_PREFIX}_{key_id}_{secret}"
+    key_id, secret, full = _new_key()
     expires_at = datetime.now(UTC) + expires_in if expires_in else None
     key = store.create_api_key(
-        key_id, tenant=tenant, key_hash=_hash_secret(secret), scopes=scopes, expires_at=expires_at
+        key_id,
+        tenant=tenant,
+        key_hash=_hash_secret(secret),
+        scopes=scopes,
+        expires_at=expires_at,
+        rpm_limit=rpm_limit,
+        tpm_limit=tpm_limit,
     )
-    return key, body + _checksum(body)
+    return key, full
+
+
+def rotate_api_key(
+    store: Store,
+    key_id: str,
+    grace: timedelta = timedelta(hours=24),
+    *,
+    expires_in: timedelta | None = None,
+) -> tuple[ApiKey, str]:
+    """Replace key ``key_id`` by a new one for the same tenant, scopes and limits.
+
+    The old key keeps working for ``grace`` (then expires; an earlier expiry
+    stays) and records ``rotated_to``. The new key expires after ``expires_in``,
+    or, when None, after the lifetime the old key was created with (never, if
+    it had none). Returns the new stored key and its secret (shown once).
+    """
+    old = store.get_api_key(key_id)
+    if old is None:
+        raise NotFound(f"no API key with id {key_id!r}", hint="See `modelyard keys list`.")
+    lifetime = expires_in
+    if lifetime is None and old.expires_at is not None and old.rotated_to is None:
+        lifetime = old.expires_at - old.created_at
+    new_id, secret, full = _new_key()
+    _, new = store.rotate_api_key(
+        key_id,
+        new_key_id=new_id,
+        new_key_hash=_hash_secret(secret),
+        grace=grace,
+        new_expires_at=datetime.now(UTC) + lifetime if lifetime else None,
+    )
+    return new, full
 
 
 def split_key(raw: str) -> tuple[str, str]:
@@ -114,6 +171,7 @@ __all__ = [
     "create_api_key",
     "parse_duration",
     "parse_scopes",
+    "rotate_api_key",
     "split_key",
     "verify_api_key",
 ]

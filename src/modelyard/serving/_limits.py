@@ -1,0 +1,169 @@
+"""Per-key rate limits: requests/min and tokens/min, as token buckets in this server's memory.
+
+Each API key has two buckets per server replica (limits are not shared across
+replicas: N replicas behind a load balancer admit up to N times a key's
+limit). A bucket holds up to one minute's worth (the limit) and refills
+continuously at limit/60 per second, so a key may burst its whole minute at
+once and then runs at the steady rate.
+
+A request takes one from the requests bucket and, from the tokens bucket, its
+prompt tokens plus its ``max_tokens`` (the most it may cost) at admission;
+when it ends, ``settle`` gives back what it did not use (the difference to its
+real prompt + completion tokens), so a short answer costs only what it used.
+A request that does not fit is refused whole (nothing taken) with the seconds
+until it would fit. A request larger than a key's whole minute can never fit
+and is refused with ``Retry-After: 60``.
+
+A key's limits are ``ApiKey.rpm_limit`` / ``tpm_limit``; None falls back to the
+server's defaults (``--default-rpm`` / ``--default-tpm``); no limit at all
+means unlimited.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+from modelyard.errors import RateLimited
+from modelyard.store import ApiKey, ModelVersion
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """An engine that can count a prompt's tokens the way it will tokenize it."""
+
+    def count_tokens(self, version: ModelVersion, prompt: str) -> int:
+        """The number of tokens ``prompt`` has for ``version``'s tokenizer."""
+
+
+def count_prompt_tokens(engine: object, version: ModelVersion, prompt: str) -> int:
+    """``prompt``'s tokens as ``engine`` counts them; whitespace-separated words for an
+    engine that cannot count (the EchoEngine counts words too)."""
+    if isinstance(engine, TokenCounter):
+        return engine.count_tokens(version, prompt)
+    return len(prompt.split())
+
+
+class _Bucket:
+    """``capacity`` tokens, refilled at ``capacity / 60`` per second; may run into debt."""
+
+    def __init__(self, capacity: int, now: float) -> None:
+        self.capacity = capacity
+        self.level = float(capacity)
+        self.stamp = now
+
+    def refill(self, now: float, capacity: int) -> None:
+        if capacity != self.capacity:  # the key's limit changed: keep what is left, capped
+            self.capacity = capacity
+            self.level = min(self.level, float(capacity))
+        elapsed = max(0.0, now - self.stamp)
+        self.level = min(float(self.capacity), self.level + elapsed * self.capacity / 60.0)
+        self.stamp = now
+
+    def wait_for(self, amount: int) -> float:
+        """Seconds until ``amount`` fits (0 when it does now)."""
+        missing = amount - self.level
+        return 0.0 if missing <= 0 else missing * 60.0 / self.capacity
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What one admitted request holds: its key and the tokens reserved for it."""
+
+    key_id: str
+    reserved_tokens: int
+
+
+class RateLimiter:
+    """Requests/min and tokens/min per API key, in memory (one set of buckets per key)."""
+
+    def __init__(
+        self,
+        *,
+        default_rpm: int | None = None,
+        default_tpm: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.default_rpm, self.default_tpm = default_rpm, default_tpm
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._requests: dict[str, _Bucket] = {}
+        self._tokens: dict[str, _Bucket] = {}
+
+    def limits_of(self, key: ApiKey) -> tuple[int | None, int | None]:
+        """(requests/min, tokens/min) for ``key``; None is unlimited."""
+        rpm = key.rpm_limit if key.rpm_limit is not None else self.default_rpm
+        tpm = key.tpm_limit if key.tpm_limit is not None else self.default_tpm
+        return rpm or None, tpm or None
+
+    def admit(self, key: ApiKey, tokens: int) -> Admission:
+        """Take one request and ``tokens`` from ``key``'s buckets, or raise RateLimited."""
+        rpm, tpm = self.limits_of(key)
+        if tpm is not None and tokens > tpm:
+            raise RateLimited(
+                f"this request needs {tokens} tokens (prompt + max_tokens), more than the "
+                f"{tpm} tokens per minute of API key {key.id}",
+                hint="Ask for fewer max_tokens or shorten the prompt, or ask an operator "
+                "for a higher limit (`modelyard keys limits`).",
+                retry_after=60,
+                limit="tokens",
+            )
+        now = self._clock()
+        with self._lock:
+            requests = self._bucket(self._requests, key.id, rpm, now)
+            budget = self._bucket(self._tokens, key.id, tpm, now)
+            waits = []
+            if requests is not None and requests.wait_for(1) > 0:
+                waits.append(("requests", rpm, requests.wait_for(1)))
+            if budget is not None and budget.wait_for(tokens) > 0:
+                waits.append(("tokens", tpm, budget.wait_for(tokens)))
+            if not waits:
+                if requests is not None:
+                    requests.level -= 1
+                if budget is not None:
+                    budget.level -= tokens
+                return Admission(key.id, tokens if budget is not None else 0)
+        kind, limit, wait = max(waits, key=lambda w: w[2])
+        seconds = max(1, math.ceil(wait))
+        raise RateLimited(
+            f"API key {key.id} is over its limit of {limit} {kind} per minute",
+            hint=f"Retry after {seconds} s (Retry-After), or ask an operator for a higher limit.",
+            retry_after=seconds,
+            limit=kind,
+        )
+
+    def settle(self, admission: Admission, used_tokens: int) -> None:
+        """A request ended having used ``used_tokens``: give back the rest of its reservation
+        (or take the excess, when the real prompt was longer than counted)."""
+        if admission.reserved_tokens == 0:
+            return
+        now = self._clock()
+        with self._lock:
+            bucket = self._tokens.get(admission.key_id)
+            if bucket is not None:
+                bucket.refill(now, bucket.capacity)
+                bucket.level = min(
+                    float(bucket.capacity),
+                    bucket.level + admission.reserved_tokens - used_tokens,
+                )
+
+    @staticmethod
+    def _bucket(
+        buckets: dict[str, _Bucket], key_id: str, limit: int | None, now: float
+    ) -> _Bucket | None:
+        if limit is None:
+            buckets.pop(key_id, None)
+            return None
+        bucket = buckets.get(key_id)
+        if bucket is None:
+            bucket = buckets[key_id] = _Bucket(limit, now)
+        else:
+            bucket.refill(now, limit)
+        return bucket
+
+
+__all__ = ["Admission", "RateLimiter", "TokenCounter", "count_prompt_tokens"]
