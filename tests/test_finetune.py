@@ -246,7 +246,7 @@ def test_adapter_beats_base_and_gates_stop_a_worse_version(tmp_path: Path) -> No
         "method": {"type": "lora", "r": 8, "alpha": 32, "target_modules": "all-linear"},
         "training": {"epochs": 5, "learning_rate": 0.003, "seed": 0},
         "evaluation": {
-            "metrics": ["exact_match", "token_f1", "p95_latency_ms"],
+            "metrics": ["exact_match", "token_f1"],
             "gates": ["exact_match >= 0.9", "not_worse_than: champion"],
             "max_new_tokens": 8,
         },
