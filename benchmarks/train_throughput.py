@@ -27,7 +27,7 @@ median of its runs. Every variant's tokens/s is the same count, the
 non-padding tokens of the encoded rows times the epochs, divided by that run's
 ``train_runtime`` as the Trainer measures it; the variants differ only in time.
 
-    .venv/bin/python benchmarks/train_throughput.py           # a few minutes on 2 CPU cores
+    .venv/bin/python benchmarks/train_throughput.py           # under 2 minutes on 2 idle CPU cores
     .venv/bin/python benchmarks/train_throughput.py --quick   # smoke test, under a minute
     .venv/bin/python benchmarks/train_throughput.py --json    # JSON on stdout, the table on stderr
 """
