@@ -10,7 +10,7 @@ or not a target is met, and non-zero only when something fails.
    (both tokenize with ``encode_row``), LoRA config, batch size, epochs, seed and
    ``DataCollatorForSeq2Seq`` padding. Target >= 1.0: the platform adds no
    overhead to the training loop.
-2. tokens/s with ``packing=True`` (padding-free batches) divided by tokens/s
+2. tokens/s with ``packing=True`` (examples binned into rows of max_seq_len) divided by tokens/s
    with padded batches, on rows built so that >= 40% of the padded batches is
    padding (short alpaca rows mixed with rows whose ``input`` is long). The
    padding fraction is the Trainer's own count of the padded tokens it fed the

@@ -144,6 +144,20 @@ def test_full_export_loads_with_plain_transformers(
         assert store.get_model_version("helpdesk-full", 1).kind == "full"
 
 
+def test_tags_are_set_removed_and_audited(home: Path) -> None:
+    r = modelyard("registry", "tag", "helpdesk:1", "team=it", "ticket=OPS-7", home=home)
+    assert r.code == 0, r.err
+    r = modelyard("registry", "tag", "helpdesk", "--remove", "ticket", "--json", home=home)
+    assert r.code == 0, r.err
+    assert json.loads(r.out) == {"ref": "helpdesk:1", "tags": {"team": "it"}}
+    r = modelyard("registry", "tag", "helpdesk:1", "oops", home=home)
+    assert r.code == 2 and "KEY=VALUE" in r.err
+    with _store(home) as store:
+        assert store.get_model_version("helpdesk", 1).tags == {"team": "it"}
+        events = store.list_audit_events(action="model_version.tagged")
+        assert [e.subject for e in events] == ["helpdesk:1", "helpdesk:1"]
+
+
 def test_archived_version_takes_no_alias(home: Path) -> None:
     assert modelyard("registry", "archive", "helpdesk", "1", home=home).code == 0
     r = modelyard("registry", "alias", "helpdesk", "challenger", "1", home=home)

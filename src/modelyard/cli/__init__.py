@@ -65,6 +65,7 @@ for _name, _command in (
     ("import", _registry.import_),
     ("archive", _registry.archive),
     ("unalias", _registry.unalias),
+    ("tag", _registry.tag),
 ):
     _admin.registry_app.command(_name)(_command)
 app.add_typer(_admin.registry_app, name="registry")

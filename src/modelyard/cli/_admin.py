@@ -295,6 +295,10 @@ def registry_show(
     console.print(f"  base model {version.base_model} ({version.base_model_source})")
     console.print(f"  artifact   sha256:{version.artifact_digest}")
     console.print(f"  run        {version.run_id or '-'}")
+    if version.tags:
+        console.print(
+            f"  tags       {', '.join(f'{k}={v}' for k, v in sorted(version.tags.items()))}"
+        )
     for name, value in sorted(version.metrics.items()):
         console.print(f"  metric     {name} = {value}")
 

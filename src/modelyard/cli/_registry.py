@@ -175,3 +175,29 @@ def unalias(
     with open_store() as store:
         was = store.delete_alias(name, alias)
     console.print(f"removed {name}@{alias} (it pointed to {was.ref})")
+
+
+def tag(
+    ref: str = REF,
+    tags: list[str] = typer.Argument(None, help="KEY=VALUE pairs to set."),
+    remove: list[str] = typer.Option([], "--remove", help="A tag key to delete (repeatable)."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Set or remove tags on a version (the only mutable part of a version; audited)."""
+    from modelyard.errors import ConfigError
+
+    pairs: dict[str, str] = {}
+    for item in tags or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"tag {item!r} is not KEY=VALUE", hint="e.g. team=claims")
+        pairs[key] = value
+    if not pairs and not remove:
+        raise ConfigError("no tags given", hint="Pass KEY=VALUE pairs and/or --remove KEY.")
+    with open_store() as store:
+        version = store.set_version_tags(ref, pairs, remove=remove)
+    if json_out:
+        print_json({"ref": version.ref, "tags": version.tags})
+        return
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(version.tags.items())) or "no tags"
+    console.print(f"{version.ref}: {shown}")

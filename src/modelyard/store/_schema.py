@@ -21,6 +21,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -155,6 +156,8 @@ class ModelVersionRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     # The actor who trained it (its run's actor), else who registered it.
     created_by: Mapped[str | None] = mapped_column(String(200))
+    # Free-form labels (team, ticket, dataset notes); the one mutable part of a version.
+    tags: Mapped[dict[str, Any]] = mapped_column(default=dict, server_default=text("'{}'"))
 
 
 class ModelAliasRow(Base):

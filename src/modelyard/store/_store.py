@@ -831,6 +831,25 @@ class Store:
             self._audit(s, "model_version.archived", ref, {"previous_status": previous})
             return _version(s, vrow)
 
+    def set_version_tags(
+        self, ref: str, tags: Mapping[str, str], *, remove: Sequence[str] = ()
+    ) -> ModelVersion:
+        """Add or change ``tags`` and drop the keys in ``remove`` on the version ``ref``."""
+        for key in [*tags, *remove]:
+            check_name("tag", key)
+        target = self.resolve_model_ref(ref)
+        subject = target.ref
+        with self._write(f"tag {subject}") as s:
+            vrow = _version_row(s, _model_row(s, target.model), target.version)
+            self._require(s, "model_version.tagged", subject, f"tag {subject}")
+            updated = {k: v for k, v in dict(vrow.tags or {}).items() if k not in remove}
+            updated.update({k: str(v) for k, v in tags.items()})
+            vrow.tags = updated
+            self._audit(
+                s, "model_version.tagged", subject, {"set": dict(tags), "removed": list(remove)}
+            )
+            return _version(s, vrow)
+
     def record_gate_verdicts(
         self, model: str, version: int, verdicts: Sequence[Mapping[str, Any]], passed: bool
     ) -> ModelVersion:
@@ -1347,7 +1366,7 @@ def _version(s: Session, r: ModelVersionRow) -> ModelVersion:
     return ModelVersion(
         r.id, mrow.name, r.version, cast(VersionKind, r.kind), r.status, r.artifact_digest,
         base.name, base.source, r.run_id, dict(r.lineage), dict(r.metrics), aliases, r.created_at,
-        r.created_by,
+        r.created_by, dict(r.tags or {}),
     )  # fmt: skip
 
 

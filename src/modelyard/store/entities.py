@@ -103,6 +103,7 @@ class ModelVersion:
     aliases: tuple[str, ...]
     created_at: datetime
     created_by: str | None = None  # the actor who trained it (segregation of duties)
+    tags: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def ref(self) -> str:
