@@ -43,3 +43,28 @@ def test_train_throughput_quick_reports_every_ratio() -> None:
     assert 0 < memory["lora"]["trainable_parameters"] < memory["full"]["trainable_parameters"]
     assert "Training throughput" in r.stderr
     assert "modelyard vs plain Trainer + peft" in r.stderr
+
+
+@pytest.mark.slow
+def test_serving_quick_reports_every_ratio() -> None:
+    script = ROOT / "benchmarks" / "serving.py"
+    r = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout)  # stdout is the JSON alone; the tables go to stderr
+    for section in ("server_vs_generate", "batching", "adapters", "records"):
+        assert _positive(result[section]["ratio"]), (section, result[section])
+        assert isinstance(result[section]["met"], bool)
+    loads = result["loads"]
+    assert len({load["name"] for load in loads}) == 7
+    # every load generated real tokens, counted from the server's usage or generate's output
+    assert all(load["tokens"] > 0 and _positive(load["tokens_per_second"]) for load in loads)
+    assert result["machine"]["torch_threads"] == result["config"]["threads"]
+    assert "Serving throughput" in r.stderr
+    assert "torch threads: " in r.stderr

@@ -1,0 +1,553 @@
+"""Serving throughput: the server against in-process generate, batching, adapter churn, records.
+
+One run, one tiny base, LoRA adapters with distinct random weights, greedy
+decoding, one set of alpaca prompts and ``max_tokens`` fixed per run. The
+server is the real app (``create_app`` on a ``TransformersEngine``, served by
+``BackgroundServer`` on 127.0.0.1 in this process) called through the official
+``openai`` client (``/v1/completions``, so that both sides see the same prompt
+text). They are ratios measured side by side, not timed assertions: the script
+exits 0 whether or not a target is met, and non-zero only when something fails.
+
+1. tokens/s of the server at concurrency 1 divided by tokens/s of
+   ``model.generate`` in this process (the same base, adapter, prompts,
+   ``max_new_tokens`` and greedy decoding), one request at a time. Target >= 0.8.
+2. 8 clients at once, each on its own adapter (8 adapters), divided by the same
+   requests sent one at a time. Target >= 3 (dynamic mixed-adapter batching).
+3. The same 8-client load spread over 64 adapters with an adapter cache of 8
+   (``max_adapters=8``: loads and evictions all along) divided by the load on a
+   single adapter. Target >= 0.8 (S-LoRA's anchor is 0.95).
+4. The 8-client, 8-adapter load with inference records written (the app's own
+   ``RecordWriter`` into the SQLite store) divided by the same load on an app
+   whose writer discards every record (``DiscardingWriter``, passed as
+   ``create_app(writer=...)``; the app has no switch to turn records off, and
+   needs none). Target >= 0.95.
+
+Every tokens/s is the completion tokens really generated (``usage`` for the
+server, new tokens before any end-of-sequence token for ``model.generate``)
+divided by the wall time of the whole load. Generation stops at ``max_tokens``
+or at an end-of-sequence token, as a user's would; the table says how many
+requests ended early (none, with the adapters here). The loads run round-robin,
+``repeats`` times after a warm-up, and each reports its median.
+
+    .venv/bin/python benchmarks/serving.py           # under 5 minutes on 2 idle CPU cores
+    .venv/bin/python benchmarks/serving.py --quick   # smoke test, under a minute
+    .venv/bin/python benchmarks/serving.py --json    # JSON on stdout, the table on stderr
+    .venv/bin/python benchmarks/serving.py --threads 2  # torch threads (default 1)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import openai
+import peft
+import torch
+import transformers
+from peft import LoraConfig, PeftModel, get_peft_model
+from rich.console import Console
+from rich.table import Table
+
+from modelyard.artifacts import ArtifactStore
+from modelyard.base import create_tiny_base, load_base
+from modelyard.data import DOMAINS, domain_corpus, render_prompt, synthetic_domain
+from modelyard.errors import ModelyardError
+from modelyard.monitoring import RecordWriter
+from modelyard.serving import BackgroundServer, TransformersEngine, create_app
+from modelyard.store import NewInferenceRecord, Store
+from modelyard.tenants import create_api_key
+
+SERVER_TARGET = 0.8
+BATCHING_TARGET = 3.0
+ADAPTERS_TARGET = 0.8
+RECORDS_TARGET = 0.95
+CLIENTS = 8
+ADAPTERS = 64
+CACHE = 8
+TENANT = "bench"
+
+Say = Callable[[str], None]
+
+
+class BenchmarkError(ModelyardError):
+    code = "benchmark_error"
+
+
+@dataclass(frozen=True)
+class Config:
+    """Sizes of one benchmark run."""
+
+    hidden_size: int
+    layers: int
+    heads: int
+    vocab_size: int
+    base_steps: int
+    new_tokens: int  # max_tokens of every request
+    single_requests: int  # requests of the concurrency-1 loads (1)
+    rounds_per_client: int  # requests per client in the 8-client loads (2, 3, 4)
+    repeats: int
+    threads: int  # torch.set_num_threads
+    batch_window_ms: float = 5.0  # the engine's default
+    seed: int = 0
+
+
+FULL = Config(
+    hidden_size=128,
+    layers=4,
+    heads=4,
+    vocab_size=1024,
+    base_steps=4,
+    new_tokens=48,
+    single_requests=8,
+    rounds_per_client=8,
+    repeats=3,
+    threads=1,
+)
+QUICK = Config(
+    hidden_size=64,
+    layers=2,
+    heads=4,
+    vocab_size=512,
+    base_steps=2,
+    new_tokens=12,
+    single_requests=4,
+    rounds_per_client=8,  # 8 clients x 8: every one of the 64 adapters gets a request
+    repeats=1,
+    threads=1,
+)
+
+
+@dataclass(frozen=True)
+class Load:
+    """One timed load: what it generated and how long it took, end to end."""
+
+    name: str
+    repeat: int
+    requests: int
+    tokens: int
+    seconds: float
+    short: int  # requests that ended before max_tokens (end of sequence)
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds
+
+
+class DiscardingWriter(RecordWriter):
+    """A record writer that drops every record unwritten: the app with records off."""
+
+    def submit(self, record: NewInferenceRecord) -> None:
+        return None
+
+
+# -- the world: a base, adapters, a store, endpoints, a key -------------------------------
+
+
+@dataclass
+class World:
+    base: Path
+    adapters: list[Path]
+    store: Store
+    artifacts: ArtifactStore
+    key: str
+    prompts: list[str]
+
+
+def make_adapters(base: Path, out: Path, count: int, seed: int) -> list[Path]:
+    """``count`` LoRA adapters of one shape with distinct random weights (content is moot)."""
+    model = load_base(base)[0]
+    config = LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", init_lora_weights=False)
+    wrapped = get_peft_model(model, config)
+    lora = [p for name, p in wrapped.named_parameters() if "lora_" in name]
+    paths = []
+    for i in range(count):
+        generator = torch.Generator().manual_seed(seed + i)
+        with torch.no_grad():
+            for p in lora:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.05)
+        paths.append(out / f"adapter-{i:02d}")
+        wrapped.save_pretrained(paths[-1])
+    return paths
+
+
+def build_world(config: Config, work: Path, say: Say) -> World:
+    say(f"building a tiny base: hidden {config.hidden_size}, {config.layers} layers")
+    info = create_tiny_base(
+        domain_corpus(DOMAINS, 600, seed=config.seed),
+        work / "base",
+        vocab_size=config.vocab_size,
+        hidden_size=config.hidden_size,
+        layers=config.layers,
+        heads=config.heads,
+        max_positions=512,
+        steps=config.base_steps,
+        batch_size=8,
+        seed=config.seed,
+    )
+    say(f"{ADAPTERS} random LoRA adapters (r 8, all linear layers), registered")
+    adapters = make_adapters(info.path, work / "adapters", ADAPTERS, config.seed)
+    artifacts = ArtifactStore(work / "artifacts")
+    store = Store.open(f"sqlite:///{work / 'store.db'}")
+    store.register_base_model("tiny", str(info.path), {})
+    store.create_tenant(TENANT)
+    store.create_registered_model("bot", tenant=TENANT)
+    for i, directory in enumerate(adapters):
+        version = store.create_model_version(
+            "bot",
+            kind="adapter",
+            artifact_digest=artifacts.put_dir(directory, kind="adapter").digest,
+            base_model="tiny",
+            run_id=None,
+            lineage={"prompt_template": "alpaca"},
+            metrics={},
+        )
+        store.create_endpoint(endpoint(i), model_ref=version.ref, tenant=TENANT)
+    _, key = create_api_key(store, TENANT)
+    rows = [r for d in DOMAINS for r in synthetic_domain(d, 4, seed=config.seed)]
+    return World(info.path, adapters, store, artifacts, key, [render_prompt(r) for r in rows])
+
+
+def endpoint(i: int) -> str:
+    return f"adapter-{i:02d}"
+
+
+# -- the loads ------------------------------------------------------------------------------
+
+
+Job = tuple[int, str]  # (adapter index, prompt)
+
+
+def in_process(world: World, config: Config, jobs: Sequence[Job]) -> tuple[int, int, float]:
+    """``model.generate`` on the base with adapter 0, one request at a time: tokens, short, s."""
+    model, tokenizer = load_base(world.base)
+    model = PeftModel.from_pretrained(model, world.adapters[0]).eval()
+    eos = {model.generation_config.eos_token_id, tokenizer.eos_token_id} - {None}
+    encoded = [tokenizer(prompt, return_tensors="pt") for _, prompt in jobs]
+    tokens = short = 0
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for inputs in encoded:
+            out = model.generate(
+                **inputs,
+                max_new_tokens=config.new_tokens,
+                do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+            new = out[0, inputs["input_ids"].shape[1] :].tolist()
+            count = next((i for i, t in enumerate(new) if t in eos), len(new))
+            tokens += count
+            short += count < config.new_tokens
+    return tokens, short, time.perf_counter() - started
+
+
+def through_server(
+    url: str, key: str, config: Config, clients: Sequence[Sequence[Job]]
+) -> tuple[int, int, float]:
+    """Each client sends its jobs one after another; the clients run at once: tokens, short, s."""
+
+    def client(jobs: Sequence[Job]) -> tuple[int, int]:
+        api = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=120)
+        tokens = short = 0
+        for adapter, prompt in jobs:
+            out = api.completions.create(
+                model=endpoint(adapter),
+                prompt=prompt,
+                max_tokens=config.new_tokens,
+                temperature=0,
+            )
+            if out.usage is None:
+                raise BenchmarkError(f"the server answered {endpoint(adapter)} without usage")
+            tokens += out.usage.completion_tokens
+            short += out.usage.completion_tokens < config.new_tokens
+        return tokens, short
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        started = time.perf_counter()
+        results = list(pool.map(client, clients))
+        seconds = time.perf_counter() - started
+    return sum(t for t, _ in results), sum(s for _, s in results), seconds
+
+
+@contextmanager
+def servers(world: World, config: Config) -> Iterator[tuple[str, str]]:
+    """One engine (adapter cache of 8) behind two apps: records on (the default), records off."""
+    engine = TransformersEngine(
+        world.artifacts,
+        max_adapters=CACHE,
+        max_batch_size=CLIENTS,
+        batch_window_ms=config.batch_window_ms,
+        store=world.store,
+    )
+    with ExitStack() as stack:
+        stack.callback(engine.close)
+        off_writer = DiscardingWriter(world.store)
+        stack.callback(off_writer.close)
+        on = stack.enter_context(BackgroundServer(create_app(world.store, engine)))
+        off = stack.enter_context(
+            BackgroundServer(create_app(world.store, engine, writer=off_writer))
+        )
+        yield on.base_url, off.base_url
+
+
+SERVER_C1, INPROC_C1 = "server, 1 client, adapter 0", "model.generate, adapter 0"
+SEQ8, CONC8 = "server, 8 adapters, one at a time", "server, 8 clients on 8 adapters"
+SINGLE, MANY = "server, 8 clients on 1 adapter", "server, 8 clients on 64 adapters"
+OFF = "server, 8 clients on 8 adapters, records off"
+LOADS = (INPROC_C1, SERVER_C1, SEQ8, CONC8, OFF, SINGLE, MANY)
+
+
+def plan(world: World, config: Config) -> dict[str, list[list[Job]]]:
+    """Every load as a list of clients, each a list of (adapter, prompt) jobs."""
+    p = world.prompts
+
+    def prompt(i: int) -> str:
+        return p[i % len(p)]
+
+    single = [[(0, prompt(i)) for i in range(config.single_requests)]]
+    per = config.rounds_per_client
+    # client c, round r: the same prompt in every 8-client load
+    eight = [[(c, prompt(c * per + r)) for r in range(per)] for c in range(CLIENTS)]
+    spread = [
+        [((r * CLIENTS + c) % ADAPTERS, prompt(c * per + r)) for r in range(per)]
+        for c in range(CLIENTS)
+    ]
+    one = [[(0, prompt(c * per + r)) for r in range(per)] for c in range(CLIENTS)]
+    # the 8-client jobs sent one at a time, in the order they would interleave
+    sequential = [[job for r in range(per) for job in (eight[c][r] for c in range(CLIENTS))]]
+    return {
+        INPROC_C1: single,
+        SERVER_C1: single,
+        SEQ8: sequential,
+        CONC8: eight,
+        OFF: eight,
+        SINGLE: one,
+        MANY: spread,
+    }
+
+
+def run_loads(world: World, config: Config, say: Say) -> list[Load]:
+    loads = plan(world, config)
+    runs: list[Load] = []
+    with servers(world, config) as (on, off):
+        say("warm-up: every load once with one request per client (not counted)")
+        in_process(world, config, loads[INPROC_C1][0][:1])
+        for name in LOADS[1:]:
+            url = off if name == OFF else on
+            through_server(url, world.key, config, [c[:1] for c in loads[name]])
+        for repeat in range(1, config.repeats + 1):
+            for name in LOADS:
+                clients = loads[name]
+                if name == INPROC_C1:
+                    tokens, short, seconds = in_process(world, config, clients[0])
+                else:
+                    url = off if name == OFF else on
+                    tokens, short, seconds = through_server(url, world.key, config, clients)
+                load = Load(name, repeat, sum(map(len, clients)), tokens, seconds, short)
+                runs.append(load)
+                say(
+                    f"{name:<46} repeat {repeat}/{config.repeats}: "
+                    f"{load.tokens_per_second:8,.0f} tokens/s ({seconds:.1f} s)"
+                )
+    return runs
+
+
+# -- report ---------------------------------------------------------------------------------
+
+
+def _median(runs: Sequence[Load], name: str) -> float:
+    return statistics.median(r.tokens_per_second for r in runs if r.name == name)
+
+
+def summarize(runs: Sequence[Load]) -> dict[str, Any]:
+    def ratio(a: str, b: str, target: float) -> dict[str, Any]:
+        value = _median(runs, a) / _median(runs, b)
+        return {
+            "a": a,
+            "b": b,
+            "a_tokens_per_second": _median(runs, a),
+            "b_tokens_per_second": _median(runs, b),
+            "ratio": value,
+            "target": target,
+            "met": value >= target,
+        }
+
+    return {
+        "server_vs_generate": ratio(SERVER_C1, INPROC_C1, SERVER_TARGET),
+        "batching": ratio(CONC8, SEQ8, BATCHING_TARGET),
+        "adapters": ratio(MANY, SINGLE, ADAPTERS_TARGET),
+        "records": ratio(CONC8, OFF, RECORDS_TARGET),
+    }
+
+
+def _verdict(met: bool) -> str:
+    return "[green]PASS[/green]" if met else "[red]MISS[/red]"
+
+
+TITLES = {
+    "server_vs_generate": "tokens/s: server at concurrency 1 vs in-process model.generate",
+    "batching": "tokens/s: 8 clients on 8 adapters vs the same requests one at a time",
+    "adapters": "tokens/s: 8 clients on 64 adapters (cache of 8) vs on 1 adapter",
+    "records": "tokens/s: inference records on vs off (8 clients, 8 adapters)",
+}
+
+
+def results_table(summary: Mapping[str, Any], repeats: int) -> Table:
+    table = Table(title="Serving throughput", title_justify="left")
+    table.add_column("measurement (A vs B)", justify="left")
+    for name in ("A", "B", "A / B", "target", "result"):
+        table.add_column(name, justify="right")
+    for section, title in TITLES.items():
+        s = summary[section]
+        table.add_row(
+            f"{title} (median of {repeats})",
+            f"{s['a_tokens_per_second']:,.0f}",
+            f"{s['b_tokens_per_second']:,.0f}",
+            f"{s['ratio']:.2f}x",
+            f">= {s['target']:.2f}x",
+            _verdict(s["met"]),
+        )
+    return table
+
+
+def runs_table(runs: Sequence[Load]) -> Table:
+    table = Table(title="Loads (in the order they ran)", title_justify="left")
+    for name in ("load", "repeat", "requests", "tokens", "ended early", "s", "tokens/s"):
+        table.add_column(name, justify="left" if name == "load" else "right")
+    for r in runs:
+        table.add_row(
+            r.name,
+            str(r.repeat),
+            str(r.requests),
+            f"{r.tokens:,}",
+            str(r.short),
+            f"{r.seconds:.2f}",
+            f"{r.tokens_per_second:,.0f}",
+        )
+    return table
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "load_average_1m": os.getloadavg()[0],
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+        "openai": openai.__version__,
+    }
+
+
+def benchmark(config: Config, work: Path, say: Say) -> tuple[dict[str, Any], list[Load]]:
+    started = time.perf_counter()
+    torch.set_num_threads(config.threads)
+    say(f"torch threads: {torch.get_num_threads()}")
+    os.environ["MODELYARD_HOME"] = str(work / "home")  # nothing of the user's is touched
+    world = build_world(config, work, say)
+    try:
+        runs = run_loads(world, config, say)
+    finally:
+        world.store.close()
+    results = {
+        "benchmark": "serving",
+        "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "config": asdict(config),
+        "loads": [{**asdict(r), "tokens_per_second": r.tokens_per_second} for r in runs],
+        **summarize(runs),
+        "seconds": time.perf_counter() - started,
+    }
+    return results, runs
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test (< 1 min)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON on stdout")
+    parser.add_argument(
+        "--threads", type=int, help="torch.set_num_threads (default 1: the other core serves HTTP)"
+    )
+    args = parser.parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
+    return args
+
+
+def _quiet() -> None:
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    for category in (FutureWarning, UserWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"(torch|transformers|peft)\.")
+
+
+def _header(results: Mapping[str, Any], config: Config) -> str:
+    m = results["machine"]
+    return (
+        f"{results['date']}: {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, "
+        f"load average {m['load_average_1m']:.1f}; torch {m['torch']}, transformers "
+        f"{m['transformers']}, peft {m['peft']}\n"
+        f"base: hidden {config.hidden_size}, {config.layers} layers; greedy, max_tokens "
+        f"{config.new_tokens}; {CLIENTS} clients x {config.rounds_per_client} requests; "
+        f"adapter cache {CACHE}, batch window {config.batch_window_ms:g} ms"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse(argv)
+    _quiet()
+    err = Console(stderr=True)
+    if not err.is_terminal:
+        err.width = 120  # not the 80 columns Rich assumes for pipes and files
+    config = QUICK if args.quick else FULL
+    if args.threads is not None:
+        config = replace(config, threads=args.threads)
+    try:
+        with tempfile.TemporaryDirectory(prefix="modelyard-bench-serving-") as tmp:
+            results, runs = benchmark(config, Path(tmp), lambda m: err.print(f"[dim]{m}[/dim]"))
+    except ModelyardError as exc:
+        err.print(f"error: {exc.one_line()}", markup=False, highlight=False)
+        return 1
+    out = err if args.json else Console()
+    if not out.is_terminal:
+        out.width = 120
+    out.print(_header(results, config), highlight=False)
+    out.print(runs_table(runs))
+    out.print(results_table(results, config.repeats))
+    if args.json:
+        print(json.dumps(_finite(results), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""``/metrics`` passes ``promtool check metrics`` (Prometheus' own linter), after real traffic.
+
+promtool comes from the Debian package ``prometheus`` (``.ci/run`` installs it).
+Without it the test is skipped locally and fails under CI.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from conftest import IN_CI
+from modelyard.serving import BackgroundServer, EchoEngine, SamplingParams, TokenStream, create_app
+from modelyard.store import ModelVersion, Store
+from modelyard.tenants import create_api_key
+
+
+class ObservedEcho(EchoEngine):
+    """EchoEngine that also reports adapter cache events and a batch, as TransformersEngine does,
+    so that every metric family has samples."""
+
+    def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
+        for observer in self._observer_list():
+            for event in ("miss", "load", "hit", "eviction", "load_failure"):
+                observer.adapter_event(event, version.ref)
+            observer.batch_ran(1)
+        return super().stream(version, prompt, params)
+
+
+@pytest.fixture
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        reason = "promtool is not installed (apt-get install prometheus; .ci/run installs it)"
+        if IN_CI:
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
+    return path
+
+
+@pytest.fixture
+def metrics_text(tmp_path: Path) -> Iterator[str]:
+    """``/metrics`` after answered requests, a refused one, feedback and a stream."""
+    with Store.open(f"sqlite:///{tmp_path / 's.db'}") as store:
+        store.register_base_model("tiny", "/models/tiny", {})
+        store.create_tenant("acme")
+        store.create_registered_model("bot", tenant="acme")
+        store.create_model_version(
+            "bot",
+            kind="adapter",
+            artifact_digest="00" * 32,
+            base_model="tiny",
+            run_id=None,
+            lineage={"prompt_template": "alpaca"},
+            metrics={},
+        )
+        store.create_endpoint("support", model_ref="bot:1", tenant="acme")
+        _, key = create_api_key(store, "acme", scopes=("infer", "feedback"))
+        _, limited = create_api_key(store, "acme", rpm_limit=1)
+        app = create_app(store, ObservedEcho(), refresh_seconds=0.1)
+        with BackgroundServer(app) as server:
+            client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0)
+            answer = client.completions.create(model="support", prompt="the vpn is down")
+            client.chat.completions.create(
+                model="support", messages=[{"role": "user", "content": "reset my password"}]
+            )
+            for _ in client.chat.completions.create(
+                model="support", messages=[{"role": "user", "content": "a b c"}], stream=True
+            ):
+                pass
+            with pytest.raises(openai.NotFoundError):
+                client.completions.create(model="no-such-endpoint", prompt="x")
+            slow = openai.OpenAI(base_url=server.base_url + "/v1", api_key=limited, max_retries=0)
+            slow.completions.create(model="support", prompt="one")
+            with pytest.raises(openai.RateLimitError):
+                slow.completions.create(model="support", prompt="two")
+            feedback = httpx.post(
+                server.base_url + "/v1/feedback",
+                headers={"Authorization": f"Bearer {key}"},
+                json={"request_id": answer.id, "thumbs": "up"},
+            )
+            assert feedback.status_code == 200, feedback.text
+            yield httpx.get(server.base_url + "/metrics").text
+
+
+def test_metrics_pass_promtool_check(promtool: str, metrics_text: str) -> None:
+    # the scrape holds real series, so the check is not of an empty page
+    assert 'modelyard_requests_total{endpoint="support"' in metrics_text
+    assert "modelyard_request_latency_seconds_bucket" in metrics_text
+    families = {line.split()[2] for line in metrics_text.splitlines() if line.startswith("# TYPE ")}
+    for family in families:  # every family has samples, so every one is checked
+        assert f"\n{family}" in metrics_text, family
+    assert "modelyard_adapter_evictions_total" in metrics_text
+    assert "modelyard_rate_limited_total" in metrics_text
+    check = subprocess.run(
+        [promtool, "check", "metrics"],
+        input=metrics_text,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.stdout.strip() == "" and check.stderr.strip() == "", check.stdout + check.stderr
