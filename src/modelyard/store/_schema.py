@@ -17,6 +17,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -180,6 +181,13 @@ class EndpointRow(Base):
     shared: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # A version that receives a copy of a sample of the requests (answers recorded, never
+    # returned), and the share of requests mirrored to it.
+    shadow_version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    shadow_fraction: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    # How a move of the alias this endpoint follows reaches it: NULL moves it at once,
+    # else a rollout with these settings (steps, bake_s, min_requests, guards).
+    rollout_policy: Mapped[dict[str, Any] | None] = mapped_column(JSON)
 
 
 class TrafficRouteRow(Base):
@@ -215,6 +223,81 @@ class InferenceRecordRow(Base):
     status: Mapped[str] = mapped_column(String(16))
     http_status: Mapped[int]
     error: Mapped[str | None] = mapped_column(Text)
+    # A shadow answer (mirrored, never returned), and the version a request was routed to
+    # but could not be served by (it fell back to ``version_id``, a baseline version).
+    shadow: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    fallback_from_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+
+
+class RolloutRow(Base):
+    """A progressive change of an endpoint's traffic plan toward ``target_version_id``."""
+
+    __tablename__ = "rollouts"
+    __table_args__ = (Index("ix_rollouts_endpoint_status", "endpoint_id", "status"),)
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"))
+    target_version_id: Mapped[int] = mapped_column(ForeignKey("model_versions.id"))
+    # running | paused | succeeded | rolled_back | aborted
+    status: Mapped[str] = mapped_column(String(16))
+    # preparing (loading the target on every live server) | baking (a step is live)
+    phase: Mapped[str] = mapped_column(String(16))
+    strategy: Mapped[str] = mapped_column(String(16))  # canary | blue_green
+    baseline: Mapped[dict[str, Any]]  # the plan before: {version number: weight}
+    steps: Mapped[list[Any]]
+    step_index: Mapped[int] = mapped_column(default=0)
+    step_started_at: Mapped[datetime | None]
+    bake_s: Mapped[float] = mapped_column(Float)
+    min_requests: Mapped[int]
+    guards: Mapped[list[Any]]
+    promote_alias: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str | None] = mapped_column(Text)
+    outcome: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class RolloutEventRow(Base):
+    """One entry of a rollout's timeline (started, step, breach, promoted, ...)."""
+
+    __tablename__ = "rollout_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    rollout_id: Mapped[str] = mapped_column(
+        ForeignKey("rollouts.id", ondelete="CASCADE"), index=True
+    )
+    time: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))
+    step_index: Mapped[int | None]
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class ServerRow(Base):
+    """A serving replica's heartbeat: what it holds and what failed to load there."""
+
+    __tablename__ = "servers"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    address: Mapped[str] = mapped_column(String(300))
+    hostname: Mapped[str] = mapped_column(String(200))
+    pid: Mapped[int]
+    engine: Mapped[str] = mapped_column(String(32))
+    modelyard_version: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]
+    ready: Mapped[bool] = mapped_column(Boolean)
+    draining: Mapped[bool] = mapped_column(Boolean)
+    # {"loaded": [refs], "failures": {ref: message}, "prepared": {rollout id: {...}}}
+    state: Mapped[dict[str, Any]]
+
+
+class LeaseRow(Base):
+    """A named lease (``controller``): one holder at a time until ``expires_at``."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(200))
+    acquired_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
 
 
 class ActorRow(Base):
@@ -260,4 +343,145 @@ class FeedbackRow(Base):
     score: Mapped[float] = mapped_column(Float)
     comment: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# -- monitoring (migration 0005) --------------------------------------------------------------
+
+
+class RecordFeaturesRow(Base):
+    """Drift features of one inference record, computed before the storage policy applies."""
+
+    __tablename__ = "record_features"
+    record_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("inference_records.id", ondelete="CASCADE"), primary_key=True
+    )
+    prompt_chars: Mapped[int] = mapped_column(Integer)
+    response_chars: Mapped[int] = mapped_column(Integer)
+    prompt_non_ascii: Mapped[float] = mapped_column(Float)
+    prompt_digits: Mapped[float] = mapped_column(Float)
+    response_non_ascii: Mapped[float] = mapped_column(Float)
+    response_digits: Mapped[float] = mapped_column(Float)
+    unknown_token_rate: Mapped[float | None] = mapped_column(Float)
+    cache_hit: Mapped[bool | None] = mapped_column(Boolean)
+    embedding: Mapped[bytes | None] = mapped_column(LargeBinary)
+
+
+class ProfileRow(Base):
+    """Aggregates of one (window, start, endpoint, version, tenant) bucket of records."""
+
+    __tablename__ = "monitor_profiles"
+    __table_args__ = (
+        Index("ix_monitor_profiles_window_start", "window", "start"),
+        Index("ix_monitor_profiles_endpoint", "endpoint_name", "window", "start"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    window: Mapped[str] = mapped_column(String(8))
+    start: Mapped[datetime]
+    endpoint_name: Mapped[str] = mapped_column(String(100))
+    version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenants.id"))
+    requests: Mapped[int] = mapped_column(Integer)
+    errors: Mapped[int] = mapped_column(Integer)
+    latency_p50_ms: Mapped[float | None] = mapped_column(Float)
+    latency_p95_ms: Mapped[float | None] = mapped_column(Float)
+    latency_p99_ms: Mapped[float | None] = mapped_column(Float)
+    ttft_p50_ms: Mapped[float | None] = mapped_column(Float)
+    ttft_p95_ms: Mapped[float | None] = mapped_column(Float)
+    tokens_in: Mapped[int] = mapped_column(Integer)
+    tokens_out: Mapped[int] = mapped_column(Integer)
+    cost: Mapped[float | None] = mapped_column(Float)
+    cache_hits: Mapped[int] = mapped_column(Integer)
+    cache_known: Mapped[int] = mapped_column(Integer)
+    feedback_count: Mapped[int] = mapped_column(Integer)
+    feedback_sum: Mapped[float] = mapped_column(Float)
+    latency_hist: Mapped[list[Any]]
+    ttft_hist: Mapped[list[Any]]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class MonitorStateRow(Base):
+    """Small key/value state of the monitoring loop (watermarks)."""
+
+    __tablename__ = "monitor_state"
+    key: Mapped[str] = mapped_column(String(100), primary_key=True)
+    value: Mapped[dict[str, Any]]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class DriftResultRow(Base):
+    """One feature's drift test in one drift run."""
+
+    __tablename__ = "drift_results"
+    __table_args__ = (Index("ix_drift_results_endpoint_computed", "endpoint_name", "computed_at"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[str] = mapped_column(String(36))
+    computed_at: Mapped[datetime]
+    endpoint_name: Mapped[str] = mapped_column(String(100))
+    version_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    tenant_id: Mapped[int | None] = mapped_column(ForeignKey("tenants.id"))
+    reference: Mapped[str] = mapped_column(String(200))
+    window_start: Mapped[datetime]
+    window_end: Mapped[datetime]
+    feature: Mapped[str] = mapped_column(String(64))
+    method: Mapped[str] = mapped_column(String(32))
+    value: Mapped[float | None] = mapped_column(Float)
+    threshold: Mapped[float] = mapped_column(Float)
+    drifted: Mapped[bool | None] = mapped_column(Boolean)
+    status: Mapped[str] = mapped_column(String(16))
+    n_reference: Mapped[int] = mapped_column(Integer)
+    n_current: Mapped[int] = mapped_column(Integer)
+    details: Mapped[dict[str, Any]]
+
+
+class AlertStateRow(Base):
+    """The state of one alert (a rule and one set of labels): pending, firing or resolved."""
+
+    __tablename__ = "alert_states"
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    rule: Mapped[str] = mapped_column(String(100))
+    labels: Mapped[dict[str, Any]]
+    severity: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16))
+    value: Mapped[float | None] = mapped_column(Float)
+    summary: Mapped[str] = mapped_column(Text)
+    active_since: Mapped[datetime | None]
+    fired_at: Mapped[datetime | None]
+    resolved_at: Mapped[datetime | None]
+    last_evaluated: Mapped[datetime]
+
+
+class AlertNotificationRow(Base):
+    """One notification of an alert's change of state to one target."""
+
+    __tablename__ = "alert_notifications"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    alert_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("alert_states.id", ondelete="CASCADE")
+    )
+    rule: Mapped[str] = mapped_column(String(100))
+    state: Mapped[str] = mapped_column(String(16))
+    target: Mapped[str] = mapped_column(String(300))
+    sent_at: Mapped[datetime]
+    ok: Mapped[bool] = mapped_column(Boolean)
+    attempts: Mapped[int] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class RetentionPolicyRow(Base):
+    """How many days a tenant's raw inference records are kept (profiles stay)."""
+
+    __tablename__ = "retention_policies"
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), primary_key=True)
+    raw_days: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class TokenPriceRow(Base):
+    """Price per 1,000 tokens of one base model, for the cost in profiles."""
+
+    __tablename__ = "token_prices"
+    base_model: Mapped[str] = mapped_column(String(200), primary_key=True)
+    input_per_1k: Mapped[float] = mapped_column(Float)
+    output_per_1k: Mapped[float] = mapped_column(Float)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
