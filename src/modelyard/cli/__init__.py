@@ -13,7 +13,18 @@ import warnings
 import typer
 from typer.main import get_command
 
-from modelyard.cli import _admin, _audit, _base, _data, _finetune, _quickstart, _registry, _serve
+from modelyard.cli import (
+    _admin,
+    _audit,
+    _base,
+    _data,
+    _deploy,
+    _finetune,
+    _monitor,
+    _quickstart,
+    _registry,
+    _serve,
+)
 from modelyard.cli._common import err_console, set_actor
 from modelyard.errors import ConfigError, ModelyardError
 
@@ -70,8 +81,14 @@ for _name, _command in (
     _admin.registry_app.command(_name)(_command)
 app.add_typer(_admin.registry_app, name="registry")
 app.add_typer(_admin.endpoints_app, name="endpoints")
+app.add_typer(_deploy.rollout_app, name="rollout")
+app.add_typer(_deploy.servers_app, name="servers")
+app.command("controller", help="Run the rollout controller alone (one leader per store).")(
+    _deploy.controller
+)
 app.add_typer(_audit.app, name="audit")
 app.add_typer(_audit.actors_app, name="actors")
+app.add_typer(_monitor.app, name="monitor")
 
 
 def exit_code_for(exc: ModelyardError) -> int:

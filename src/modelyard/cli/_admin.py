@@ -358,32 +358,115 @@ def endpoints_list(
 
 
 @endpoints_app.command("show")
-def endpoints_show(name: str = typer.Argument(...), json_out: bool = JSON) -> None:
-    """Show one endpoint."""
+def endpoints_show(
+    name: str = typer.Argument(...),
+    window: str = typer.Option("1h", help="Count the requests of this last stretch of time."),
+    json_out: bool = JSON,
+) -> None:
+    """Show one endpoint: its plan, shadow, rollout policy and live per-version requests."""
+    from datetime import UTC, datetime
+
+    from modelyard.tenants import parse_duration
+
+    since = datetime.now(UTC) - parse_duration(window)
     with open_store() as store:
         endpoint = store.get_endpoint(name)
         count = store.count_inference_records(endpoint=name)
+        live = store.requests_by_version(name, since)
+        active = store.list_rollouts(endpoint=name, active=True, limit=1)
     if json_out:
-        print_json({**vars(endpoint), "requests": count})
+        print_json(
+            {**vars(endpoint), "requests": count, "window": window, "requests_by_version": live,
+             "rollout": active[0].id if active else None}
+        )  # fmt: skip
         return
     console.print(f"[bold]{endpoint.name}[/] → {endpoint.model_ref} ({count} requests recorded)")
+    table = Table("version", "weight %", f"live ({window})", "shadow", "fallback")
+    shown = set()
     for r in endpoint.routes:
-        console.print(f"  {endpoint.model}:{r.version}  {r.weight}%")
+        ref = f"{endpoint.model}:{r.version}"
+        shown.add(ref)
+        c = live.get(ref, {})
+        table.add_row(ref, str(r.weight), str(c.get("live", 0)), str(c.get("shadow", 0)),
+                      str(c.get("fallback", 0)))  # fmt: skip
+    for ref, c in sorted(live.items()):
+        if ref not in shown:
+            table.add_row(ref, "0", str(c["live"]), str(c["shadow"]), str(c["fallback"]))
+    console.print(table)
+    if endpoint.shadow_version is not None:
+        console.print(
+            f"  shadow: {endpoint.model}:{endpoint.shadow_version} gets a copy of "
+            f"{endpoint.shadow_fraction:.0%} of requests (recorded, never returned)"
+        )
+    if endpoint.rollout_policy:
+        console.print(f"  when {endpoint.model_ref} moves: rollout {dict(endpoint.rollout_policy)}")
+    elif endpoint.follows_alias:
+        console.print(f"  when {endpoint.model_ref} moves: all traffic moves at once")
+    if active:
+        console.print(f"  rollout in progress: {active[0].id} (`modelyard rollout status {name}`)")
 
 
 @endpoints_app.command("set-traffic")
 def endpoints_set_traffic(
     name: str = typer.Argument(..., help="Endpoint name."),
-    weights: list[str] = typer.Argument(..., help="VERSION=WEIGHT pairs summing to 100."),
+    weights: list[str] = typer.Argument(
+        None, help="VERSION=WEIGHT pairs summing to 100; leave out to change only the shadow."
+    ),
+    shadow: int | None = typer.Option(
+        None, "--shadow", help="Mirror requests to this version: answers recorded, never returned."
+    ),
+    shadow_fraction: float = typer.Option(
+        0.1, "--shadow-fraction", help="Share of requests mirrored to --shadow (above 0, up to 1)."
+    ),
+    no_shadow: bool = typer.Option(False, "--no-shadow", help="Stop mirroring."),
 ) -> None:
-    """Replace the traffic plan, e.g. `set-traffic support 3=90 4=10`."""
+    """Replace the traffic plan, e.g. `set-traffic support 3=90 4=10`, and/or its shadow,
+    e.g. `set-traffic support --shadow 5 --shadow-fraction 0.2`."""
     plan: dict[int, int] = {}
-    for item in weights:
+    for item in weights or []:
         version, _, weight = item.partition("=")
         if not (version.isdigit() and weight.isdigit()):
             raise ConfigError(f"invalid traffic entry {item!r}: use VERSION=WEIGHT, e.g. 3=90")
         plan[int(version)] = int(weight)
+    if not plan and shadow is None and not no_shadow:
+        raise ConfigError(
+            "nothing to change: give VERSION=WEIGHT pairs, --shadow VERSION or --no-shadow"
+        )
+    if shadow is not None and no_shadow:
+        raise ConfigError("--shadow and --no-shadow contradict each other; give one")
     with open_store() as store:
-        endpoint = store.set_traffic(name, plan)
+        endpoint = store.get_endpoint(name)
+        if plan:
+            endpoint = store.set_traffic(name, plan)
+        if shadow is not None or no_shadow:
+            endpoint = store.set_shadow(name, shadow, shadow_fraction)
     plan_text = ", ".join(f"{endpoint.model}:{r.version}={r.weight}" for r in endpoint.routes)
     console.print(f"[green]{name}[/] traffic: {plan_text}")
+    if endpoint.shadow_version is not None:
+        console.print(
+            f"  shadow: {endpoint.model}:{endpoint.shadow_version} "
+            f"({endpoint.shadow_fraction:.0%} of requests)"
+        )
+
+
+@endpoints_app.command("policy")
+def endpoints_policy(
+    name: str = typer.Argument(..., help="Endpoint name (one that follows an alias)."),
+    steps: str = typer.Option("10,50,100", help="Percent per step (100 alone: blue-green)."),
+    bake: str = typer.Option("5m", help="How long each step runs before it may advance."),
+    min_requests: int = typer.Option(100, min=0, help="Requests per step before advancing."),
+    guard: list[str] = typer.Option(["error_rate <= 0.02"], "--guard", help="Guards (repeat)."),
+    clear: bool = typer.Option(False, "--clear", help="Move at once when the alias moves."),
+) -> None:
+    """How a move of the alias this endpoint follows reaches it: through a rollout with
+    these settings, or (--clear) all at once."""
+    from modelyard.cli._deploy import _seconds
+    from modelyard.deploy import check_policy
+
+    policy = None if clear else check_policy(steps, _seconds(bake, "--bake"), min_requests, guard)
+    with open_store() as store:
+        endpoint = store.set_rollout_policy(name, policy)
+    if policy is None:
+        console.print(f"[green]{name}[/]: moves at once when {endpoint.model_ref} moves")
+    else:
+        console.print(f"[green]{name}[/]: a move of {endpoint.model_ref} starts a rollout {policy}")

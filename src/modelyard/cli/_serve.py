@@ -54,6 +54,17 @@ def serve(
     refresh_seconds: float = typer.Option(
         2.0, min=0.1, help="How often to reconcile endpoints and traffic from the store."
     ),
+    heartbeat_s: float = typer.Option(
+        2.0, min=0.1, help="How often to write this server's heartbeat (servers list, rollouts)."
+    ),
+    run_controller: bool = typer.Option(
+        True,
+        "--controller/--no-controller",
+        help="Also run the rollout controller (one leader per store acts, by a lease).",
+    ),
+    controller_interval_s: float = typer.Option(
+        1.0, min=0.05, help="Seconds between rollout controller ticks."
+    ),
 ) -> None:
     """Serve POST /v1/chat/completions, /v1/completions (stream: true for server-sent
     events), /v1/feedback, GET /v1/models, /health, /ready, /metrics for every endpoint
@@ -96,11 +107,23 @@ def serve(
         )
     else:
         chosen = PacedEchoEngine(echo_delay_ms / 1000) if echo_delay_ms else EchoEngine()
-    app = create_app(store, chosen, limits=limits, refresh_seconds=refresh_seconds)
+    controller = None
+    if run_controller:
+        from modelyard.deploy import Controller
+
+        # its own connection pool and actor: the data plane never waits on it
+        controller = Controller(open_store())
+    app = create_app(
+        store, chosen, limits=limits, refresh_seconds=refresh_seconds, heartbeat_s=heartbeat_s,
+        address=f"{host}:{port}", controller=controller,
+        controller_interval_s=controller_interval_s,
+    )  # fmt: skip
     err_console.print(f"serving {store.url} on http://{host}:{port} (engine {engine})")
     try:
         run_server(app, host, port, shutdown_grace_s=shutdown_grace_s)
     finally:
         chosen.close()
         store.close()
+        if controller is not None:
+            controller.store.close()
     err_console.print("stopped")

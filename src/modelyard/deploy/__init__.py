@@ -1,1 +1,65 @@
-"""modelyard.deploy."""
+"""Progressive delivery: rollouts (canary, blue-green), their guards and controller, A/B analysis.
+
+``start_rollout`` records a rollout in the store; the ``Controller`` (inside
+``modelyard serve`` or alone as ``modelyard controller``) prepares the target
+on every live server, then moves the traffic plan step by step, judging each
+step's guards on the live inference records, and rolls back at once on a
+breach. ``compare_versions`` is the A/B view of an endpoint's versions.
+"""
+
+from modelyard.deploy._compare import ABReport, Comparison, VersionStats, compare_versions
+from modelyard.deploy._controller import LEASE, Controller, StepView, promote_alias, step_view
+from modelyard.deploy._guards import (
+    METRICS,
+    Guard,
+    GuardResult,
+    Sample,
+    evaluate_guard,
+    evaluate_guards,
+    parse_guard,
+)
+from modelyard.deploy._rollouts import (
+    DEFAULT_GUARDS,
+    DEFAULT_STEPS,
+    abort_rollout,
+    active_rollout,
+    check_policy,
+    parse_steps,
+    pause_rollout,
+    plan_text,
+    promote_rollout,
+    resume_rollout,
+    start_rollout,
+    wait_rollout,
+)
+
+__all__ = [
+    "DEFAULT_GUARDS",
+    "DEFAULT_STEPS",
+    "LEASE",
+    "METRICS",
+    "ABReport",
+    "Comparison",
+    "Controller",
+    "Guard",
+    "GuardResult",
+    "Sample",
+    "StepView",
+    "VersionStats",
+    "abort_rollout",
+    "active_rollout",
+    "check_policy",
+    "compare_versions",
+    "evaluate_guard",
+    "evaluate_guards",
+    "parse_guard",
+    "parse_steps",
+    "pause_rollout",
+    "plan_text",
+    "promote_alias",
+    "promote_rollout",
+    "resume_rollout",
+    "start_rollout",
+    "step_view",
+    "wait_rollout",
+]

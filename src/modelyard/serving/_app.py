@@ -10,6 +10,7 @@ past ``request_timeout_s`` is cancelled and answered 504.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import logging
@@ -21,7 +22,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -56,16 +57,20 @@ from modelyard.errors import (
     RequestTooLarge,
     ShuttingDown,
 )
-from modelyard.monitoring import RecordWriter, apply_storage_policy
+from modelyard.monitoring import RecordWriter, apply_storage_policy, record_features
+from modelyard.serving._agent import ServerAgent
 from modelyard.serving._engine import Engine, EngineError, Generation, SamplingParams
 from modelyard.serving._guard import GuardMiddleware
 from modelyard.serving._limits import Admission, RateLimiter, count_prompt_tokens
-from modelyard.serving._router import Router
+from modelyard.serving._router import Route, Router
 from modelyard.serving._shutdown import Drain
 from modelyard.serving._stream import TokenStream
 from modelyard.serving._types import AdapterEvent
 from modelyard.store import ApiKey, Feedback, ModelVersion, NewInferenceRecord, Store, Tenant
 from modelyard.tenants import authenticate
+
+if TYPE_CHECKING:
+    from modelyard.deploy import Controller
 
 log = logging.getLogger(__name__)
 
@@ -249,6 +254,18 @@ class _Metrics:
         self.feedback = Counter(
             "modelyard_feedback", "Feedback received", ["tenant"], registry=self.registry
         )
+        self.shadow = Counter(
+            "modelyard_shadow_requests",
+            "Requests mirrored to a shadow version (answers recorded, never returned)",
+            [*labels, "status"],
+            registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "modelyard_fallbacks",
+            "Requests whose version could not be loaded, answered by another version of the plan",
+            ["endpoint", "version", "answered_by"],
+            registry=self.registry,
+        )
         self.adapter = {
             event: Counter(f"modelyard_adapter_{name}", help_, ["version"], registry=self.registry)
             for event, name, help_ in (
@@ -306,6 +323,11 @@ class Submitted:
     started: float
     admission: Admission | None = None
     deadline: float | None = None  # time.perf_counter() by which it must end
+    fallback_from: ModelVersion | None = None  # routed there, answered by ``version`` instead
+    route_obj: Route | None = field(default=None, repr=False, compare=False)
+    user: str | None = None
+    params: SamplingParams | None = field(default=None, repr=False, compare=False)
+    render: Callable[[ModelVersion], str] | None = field(default=None, repr=False, compare=False)
     # taken by the first ``finish``, never released: a request is recorded once
     _finished: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -315,6 +337,51 @@ class Submitted:
 
 
 _RECENT_RECORDS = 10_000
+
+
+class LoadHealth:
+    """Which versions failed to load on this server lately (an engine observer).
+
+    The router sends their requests to the other versions of the plan (a
+    fallback) until a load succeeds or ``ttl_s`` passes; heartbeats report them
+    so the rollout controller treats them as a breach.
+    """
+
+    def __init__(self, ttl_s: float = 30.0) -> None:
+        self._ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._failed: dict[str, tuple[float, str]] = {}  # ref -> (monotonic time, why)
+
+    def adapter_event(self, event: AdapterEvent, version: str) -> None:
+        with self._lock:
+            if event == "load_failure":
+                previous = self._failed.get(version)
+                why = previous[1] if previous else "failed to load"
+                self._failed[version] = (time.monotonic(), why)
+            elif event == "load":
+                self._failed.pop(version, None)
+
+    def batch_ran(self, size: int) -> None:
+        """Engine observer hook (batches are of no interest here)."""
+
+    def failed(self, ref: str, why: str) -> None:
+        with self._lock:
+            self._failed[ref] = (time.monotonic(), why)
+
+    def failures(self) -> dict[str, str]:
+        now = time.monotonic()
+        with self._lock:
+            for ref in [r for r, (t, _) in self._failed.items() if now - t > self._ttl_s]:
+                del self._failed[ref]
+            return {ref: why for ref, (_, why) in self._failed.items()}
+
+    def is_failed(self, ref: str) -> bool:
+        return ref in self.failures()
+
+
+def _load_failure_of(exc: ModelyardError, version: ModelVersion) -> bool:
+    """Whether ``exc`` says ``version`` could not be loaded (the engine names it)."""
+    return isinstance(exc, EngineError) and exc.context.get("version") == version.ref
 
 
 class DataPlane:
@@ -335,6 +402,7 @@ class DataPlane:
         self.limiter = RateLimiter(default_rpm=limits.default_rpm, default_tpm=limits.default_tpm)
         self._tenants: dict[str, Tenant] = {}
         self.ready = threading.Event()
+        self.health = LoadHealth()
         self.drain = Drain()
         self.drain.on_begin(self.ready.clear)
         # Records handed to the writer, not necessarily written yet (id -> tenant id), so
@@ -369,6 +437,13 @@ class DataPlane:
             self.tenant(key.tenant)  # cached, so that finishing never waits on the store
             chosen = self.router.route(endpoint, key)
             version = self.router.pick(chosen, user)
+            assert version is not None  # a route has at least one version with weight
+            fallback_from = None
+            if self.health.is_failed(version.ref):
+                failed = frozenset(v.id for v, _ in chosen.choices if self.health.is_failed(v.ref))
+                alternative = self.router.pick(chosen, user, exclude=failed)
+                if alternative is not None:
+                    fallback_from, version = version, alternative
             prompt = render(version)
             prompt_tokens = count_prompt_tokens(self.engine, version, prompt)
             cap = self.limits.max_prompt_tokens
@@ -392,8 +467,75 @@ class DataPlane:
             raise
         timeout = self.limits.request_timeout_s
         deadline = None if timeout is None else started + timeout
+        if self.router.mirror(chosen):
+            self._mirror(key, route, endpoint, chosen, params, render)
         return Submitted(
-            record_id, key, route, endpoint, version, prompt, stream, started, admission, deadline
+            record_id, key, route, endpoint, version, prompt, stream, started, admission, deadline,
+            fallback_from, chosen, user, params, render,
+        )  # fmt: skip
+
+    def fall_back(self, sub: Submitted, exc: ModelyardError) -> Submitted | None:
+        """When ``sub``'s version could not be loaded, the same request on another version of
+        the plan (recorded as a fallback), or None when there is none (blocking)."""
+        if sub.route_obj is None or sub.render is None or sub.params is None:
+            return None
+        if not _load_failure_of(exc, sub.version):
+            return None
+        self.health.failed(sub.version.ref, exc.message)
+        failed = frozenset(v.id for v, _ in sub.route_obj.choices if self.health.is_failed(v.ref))
+        alternative = self.router.pick(sub.route_obj, sub.user, exclude=failed)
+        if alternative is None:
+            return None
+        try:
+            prompt = sub.render(alternative)
+            stream = self.engine.stream(alternative, prompt, sub.params)
+        except ModelyardError:
+            return None
+        log.warning("%s failed to load; %s answers for it", sub.version.ref, alternative.ref)
+        return dataclasses.replace(
+            sub,
+            version=alternative,
+            prompt=prompt,
+            stream=stream,
+            fallback_from=sub.fallback_from or sub.version,
+        )
+
+    def _mirror(
+        self,
+        key: ApiKey,
+        route: str,
+        endpoint: str,
+        chosen: Route,
+        params: SamplingParams,
+        render: Callable[[ModelVersion], str],
+    ) -> None:
+        """Send a copy of a request to the shadow version; its answer is recorded, never
+        returned, and nothing it does (failing included) touches the live request."""
+        shadow = chosen.shadow
+        assert shadow is not None
+        record_id = f"cmpl-{uuid.uuid4().hex}"
+        started = time.perf_counter()
+        prompt: str | None = None
+        try:
+            prompt = render(shadow)
+            stream = self.engine.stream(shadow, prompt, params)
+        except ModelyardError as exc:
+            self._record(record_id, key, route, endpoint, shadow, prompt, None, started,
+                         exc=exc, shadow=True)  # fmt: skip
+            return
+        stream.on_finish(
+            lambda gen, exc: self._record(
+                record_id,
+                key,
+                route,
+                endpoint,
+                shadow,
+                prompt,
+                gen,
+                started,
+                exc=exc,
+                shadow=True,
+            )
         )
 
     def finish(
@@ -424,6 +566,7 @@ class DataPlane:
             exc=exc,
             cancelled=cancelled,
             timed_out=timed_out,
+            fallback_from=sub.fallback_from,
         )
 
     def timed_out(self, sub: Submitted) -> RequestTimeout:
@@ -492,6 +635,8 @@ class DataPlane:
         exc: ModelyardError | None = None,
         cancelled: bool = False,
         timed_out: bool = False,
+        shadow: bool = False,
+        fallback_from: ModelVersion | None = None,
     ) -> None:
         latency_ms = (time.perf_counter() - started) * 1000
         policy = self.tenant(key.tenant).storage_policy
@@ -504,7 +649,14 @@ class DataPlane:
             outcome = "ok" if exc is None else "error"
         version_ref = version.ref if version else ""
         labels = (endpoint if version else "", version_ref, key.tenant)
-        self.metrics.requests.labels(*labels, outcome).inc()
+        if exc is not None and version is not None and _load_failure_of(exc, version):
+            self.health.failed(version.ref, exc.message)
+        if shadow:
+            self.metrics.shadow.labels(*labels, outcome).inc()
+        else:
+            self.metrics.requests.labels(*labels, outcome).inc()
+        if fallback_from is not None:
+            self.metrics.fallbacks.labels(endpoint, fallback_from.ref, version_ref).inc()
         self.metrics.latency.labels(*labels).observe(latency_ms / 1000)
         if gen is not None:
             self.metrics.tokens.labels(*labels, "prompt").inc(gen.prompt_tokens)
@@ -528,13 +680,29 @@ class DataPlane:
                 completion_tokens=gen.completion_tokens if gen else 0,
                 ttft_ms=gen.ttft_ms if gen else None,
                 error=exc.one_line() if exc else None,
-            )
+                shadow=shadow,
+                fallback_from_id=fallback_from.id if fallback_from else None,
+            ),
+            # Drift features come from the raw text, before the storage policy above.
+            record_features(
+                prompt,
+                gen.text if gen else None,
+                engine=self.engine,
+                version=version,
+                cache_hit=_cache_hit(gen),
+            ),
         )
         if key.tenant_id is not None:
             with self._recent_lock:
                 self._recent[record_id] = key.tenant_id
                 while len(self._recent) > _RECENT_RECORDS:
                     self._recent.popitem(last=False)
+
+
+def _cache_hit(gen: Generation | None) -> bool | None:
+    """Whether the engine found the version's adapter loaded (when it says so in ``extra``)."""
+    hit = gen.extra.get("adapter_cache_hit") if gen is not None else None
+    return hit if isinstance(hit, bool) else None
 
 
 def _key_with(scope: str) -> Callable[..., ApiKey]:
@@ -570,20 +738,29 @@ def _usage(gen: Generation) -> dict[str, int]:
 # -- waiting for the engine, whole or streamed (server-sent events) -------------------------
 
 
-async def _wait(plane: DataPlane, sub: Submitted) -> Generation:
-    """The whole generation of a submitted request, recorded; waits without holding a thread."""
-    try:
-        async with asyncio.timeout(sub.remaining()):
-            async for event in sub.stream:
-                if event.generation is not None:
-                    plane.finish(sub, event.generation)
-                    return event.generation
-    except TimeoutError:
-        raise plane.timed_out(sub) from None
-    except ModelyardError as exc:
-        plane.finish(sub, None, exc=exc)
-        raise
-    raise EngineError("the engine ended a stream without a result")  # pragma: no cover
+async def _wait(plane: DataPlane, sub: Submitted) -> tuple[Submitted, Generation]:
+    """The whole generation of a submitted request, recorded; waits without holding a thread.
+
+    A version that could not be loaded hands the request to another version of the
+    plan (``DataPlane.fall_back``); the returned ``Submitted`` is the one that answered.
+    """
+    while True:
+        try:
+            async with asyncio.timeout(sub.remaining()):
+                async for event in sub.stream:
+                    if event.generation is not None:
+                        plane.finish(sub, event.generation)
+                        return sub, event.generation
+        except TimeoutError:
+            raise plane.timed_out(sub) from None
+        except ModelyardError as exc:
+            other = await run_in_threadpool(plane.fall_back, sub, exc)
+            if other is not None:
+                sub = other
+                continue
+            plane.finish(sub, None, exc=exc)
+            raise
+        raise EngineError("the engine ended a stream without a result")  # pragma: no cover
 
 
 def _include_usage(body: _Common) -> bool:
@@ -594,7 +771,7 @@ class _Chunks:
     """OpenAI's streaming chunks for one request: chat or text completion."""
 
     def __init__(self, chat: bool, sub: Submitted, model: str, include_usage: bool) -> None:
-        self.chat, self.include_usage = chat, include_usage
+        self.chat, self.include_usage, self.model = chat, include_usage, model
         self.created = int(time.time())
         self._head: dict[str, Any] = {
             "id": sub.record_id,
@@ -604,6 +781,10 @@ class _Chunks:
         }
         if chat:
             self._head["system_fingerprint"] = sub.version.ref
+
+    def rebound(self, sub: Submitted) -> _Chunks:
+        """The same stream's chunks, now answered by ``sub`` (a fallback version)."""
+        return _Chunks(self.chat, sub, self.model, self.include_usage)
 
     def _event(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
         data = {**self._head, "choices": choices}
@@ -664,14 +845,19 @@ async def _event_stream(plane: DataPlane, sub: Submitted, chunks: _Chunks) -> St
     away, which also stops its generation; ``timeout`` when the request timeout
     passes (a 504 before the first token, an error event after it).
     """
-    try:
-        async with asyncio.timeout(sub.remaining()):
-            first = await anext(sub.stream)
-    except TimeoutError:
-        raise plane.timed_out(sub) from None
-    except ModelyardError as exc:
-        plane.finish(sub, None, exc=exc)
-        raise
+    while True:
+        try:
+            async with asyncio.timeout(sub.remaining()):
+                first = await anext(sub.stream)
+            break
+        except TimeoutError:
+            raise plane.timed_out(sub) from None
+        except ModelyardError as exc:
+            other = await run_in_threadpool(plane.fall_back, sub, exc)
+            if other is None:
+                plane.finish(sub, None, exc=exc)
+                raise
+            sub, chunks = other, chunks.rebound(other)
 
     async def events() -> AsyncGenerator[str, None]:
         recorded = False
@@ -716,8 +902,18 @@ def create_app(
     limits: ServerLimits | None = None,
     refresh_seconds: float = 2.0,
     writer: RecordWriter | None = None,
+    heartbeat_s: float | None = 2.0,
+    address: str = "",
+    controller: Controller | None = None,
+    controller_interval_s: float = 1.0,
 ) -> FastAPI:
-    """The OpenAI-compatible app. The caller keeps ownership of ``store`` and ``engine``."""
+    """The OpenAI-compatible app. The caller keeps ownership of ``store`` and ``engine``.
+
+    While it runs, a ``ServerAgent`` writes this server's heartbeat every
+    ``heartbeat_s`` seconds (None: none; such a server is invisible to rollouts)
+    and prepares rollout targets; with ``controller``, it also runs the rollout
+    controller every ``controller_interval_s`` seconds.
+    """
     router = Router(store, refresh_seconds=refresh_seconds)
     metrics_holder: list[_Metrics] = []
     own_writer = writer is None
@@ -727,21 +923,35 @@ def create_app(
     metrics_holder.append(plane.metrics)
     plane.metrics.queue_depth.set_function(lambda: engine.stats().queue_depth)
 
+    agent = None
+    if heartbeat_s is not None or controller is not None:
+        agent = ServerAgent(
+            store, plane, address=address, interval_s=heartbeat_s or 2.0,
+            controller=controller, controller_interval_s=controller_interval_s,
+        )  # fmt: skip
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         router.refresh()
         engine.add_observer(plane.metrics)
+        engine.add_observer(plane.health)
         plane.ready.set()
+        if agent is not None:
+            agent.start()
         try:
             yield
         finally:
             plane.ready.clear()
+            if agent is not None:
+                await run_in_threadpool(agent.stop)
             engine.remove_observer(plane.metrics)
+            engine.remove_observer(plane.health)
             if own_writer:
                 plane.writer.close()
 
     app = FastAPI(title="modelyard", version=modelyard.__version__, lifespan=lifespan)
     app.state.plane = plane
+    app.state.agent = agent
     app.state.drain = plane.drain
     app.add_middleware(GuardMiddleware, drain=plane.drain, max_body_bytes=limits.max_body_bytes)
     _install_error_handlers(app)
@@ -763,7 +973,7 @@ def create_app(
         chunks = _Chunks(True, sub, body.model, _include_usage(body))
         if body.stream:
             return await _event_stream(plane, sub, chunks)
-        gen = await _wait(plane, sub)
+        sub, gen = await _wait(plane, sub)
         response.headers["x-modelyard-version"] = sub.version.ref
         return {
             "id": sub.record_id,
@@ -798,7 +1008,7 @@ def create_app(
         chunks = _Chunks(False, sub, body.model, _include_usage(body))
         if body.stream:
             return await _event_stream(plane, sub, chunks)
-        gen = await _wait(plane, sub)
+        sub, gen = await _wait(plane, sub)
         response.headers["x-modelyard-version"] = sub.version.ref
         return {
             "id": sub.record_id,

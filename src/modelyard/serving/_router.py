@@ -22,6 +22,8 @@ from modelyard.store import ApiKey, Endpoint, ModelVersion, Store
 class Route:
     endpoint: Endpoint
     choices: tuple[tuple[ModelVersion, int], ...]  # (version, weight), weights sum to 100
+    shadow: ModelVersion | None = None  # receives a copy of ``shadow_fraction`` of requests
+    shadow_fraction: float = 0.0
 
 
 class Router:
@@ -44,7 +46,14 @@ class Router:
                     versions[r.version_id] = self._store.get_model_version_by_id(r.version_id)
                 if r.weight > 0:
                     choices.append((versions[r.version_id], r.weight))
-            routes[ep.name] = Route(ep, tuple(choices))
+            shadow = None
+            if ep.shadow_version_id is not None:
+                if ep.shadow_version_id not in versions:
+                    versions[ep.shadow_version_id] = self._store.get_model_version_by_id(
+                        ep.shadow_version_id
+                    )
+                shadow = versions[ep.shadow_version_id]
+            routes[ep.name] = Route(ep, tuple(choices), shadow, ep.shadow_fraction)
         with self._lock:
             self._routes = routes
             self._loaded_at = time.monotonic()
@@ -74,20 +83,34 @@ class Router:
             )
         return route
 
-    def pick(self, route: Route, user: str | None = None) -> ModelVersion:
-        """A version by weight; the same ``user`` keeps landing on the same version."""
-        if len(route.choices) == 1:
-            return route.choices[0][0]
+    def pick(
+        self, route: Route, user: str | None = None, exclude: frozenset[int] = frozenset()
+    ) -> ModelVersion | None:
+        """A version by weight; the same ``user`` keeps landing on the same version.
+
+        Versions in ``exclude`` (ids) are left out and the others share their weight
+        (a fallback); None when nothing is left.
+        """
+        choices = [(v, w) for v, w in route.choices if v.id not in exclude]
+        if not choices:
+            return None
+        if len(choices) == 1:
+            return choices[0][0]
+        total = sum(w for _, w in choices)
         if user:
             digest = hashlib.sha256(f"{route.endpoint.name}/{user}".encode()).digest()
-            point = int.from_bytes(digest[:8], "big") % 100
+            point = int.from_bytes(digest[:8], "big") % total
         else:
-            point = self._rng.randrange(100)
-        for version, weight in route.choices:
+            point = self._rng.randrange(total)
+        for version, weight in choices:
             if point < weight:
                 return version
             point -= weight
-        return route.choices[-1][0]
+        return choices[-1][0]
+
+    def mirror(self, route: Route) -> bool:
+        """Whether this request should also go to the route's shadow version."""
+        return route.shadow is not None and self._rng.random() < route.shadow_fraction
 
 
 def _visible(endpoint: Endpoint, key: ApiKey) -> bool:

@@ -47,6 +47,8 @@ from modelyard.errors import (
 )
 from modelyard.settings import Settings, load_settings
 from modelyard.store import _audit, _engine
+from modelyard.store._deploy import DeployStore, _active_row, step_plan
+from modelyard.store._monitoring import MonitoringStore
 from modelyard.store._schema import (
     ActorRow,
     ApiKeyRow,
@@ -111,7 +113,7 @@ def parse_model_ref(ref: str) -> tuple[str, str | None, int | None]:
     return match.group("name"), match.group("alias"), int(version) if version else None
 
 
-class Store:
+class Store(MonitoringStore, DeployStore):
     """Desired state of one modelyard installation, on SQLite or PostgreSQL."""
 
     def __init__(
@@ -754,7 +756,42 @@ class Store:
                 arow.updated_at = utcnow()
             s.flush()
             self._audit(s, "alias.set", subject, {"version": version, "previous": previous})
+            self._follow_alias(s, mrow, alias, vrow)
             return _version(s, vrow)
+
+    def _follow_alias(
+        self, s: Session, mrow: RegisteredModelRow, alias: str, vrow: ModelVersionRow
+    ) -> None:
+        """Move the endpoints that follow ``NAME@alias`` to the alias's new version: at once,
+        or by starting a rollout where the endpoint has a rollout policy."""
+        ref = f"{mrow.name}@{alias}"
+        for erow in s.scalars(select(EndpointRow).where(EndpointRow.model_ref == ref)):
+            active = _active_row(s, erow.id)
+            if active is not None and active.target_version_id == vrow.id:
+                continue  # a rollout is taking it there already (and may be what moved the alias)
+            plan = {r.version: r.weight for r in _endpoint(s, erow).routes if r.weight > 0}
+            if plan == {vrow.version: 100} and active is None:
+                continue
+            if active is not None:
+                _end_for_alias(s, active, erow, f"{ref} moved to {vrow.version}")
+                why = {"rollout": active.id, "reason": f"{ref} moved to {vrow.version}"}
+                self._audit(s, "rollout.aborted", erow.name, why)
+                plan = {int(k): int(v) for k, v in active.baseline.items()}
+            policy = erow.rollout_policy
+            if policy:
+                self._create_rollout_in(
+                    s, erow, vrow.version, policy.get("steps", [100]),
+                    float(policy.get("bake_s", 300.0)), int(policy.get("min_requests", 100)),
+                    policy.get("guards", []), None, f"{ref} moved to {vrow.version}",
+                )  # fmt: skip
+                continue
+            _replace_routes(s, erow, step_plan(plan, vrow.version, 100))
+            self._audit(
+                s, "endpoint.traffic_set", erow.name,
+                {"traffic": {str(vrow.version): 100},
+                 "previous": {str(k): v for k, v in sorted(plan.items())},
+                 "reason": f"{ref} moved to {vrow.version}"},
+            )  # fmt: skip
 
     def delete_alias(self, model: str, alias: str) -> ModelVersion:
         """Remove ``alias``; returns the version it pointed to (protected aliases need approver)."""
@@ -929,23 +966,15 @@ class Store:
             self._require(
                 s, "endpoint.traffic_set", endpoint, f"change the traffic of {endpoint!r}"
             )
+            active = _active_row(s, erow.id)
+            if active is not None:
+                raise Conflict(
+                    f"endpoint {endpoint!r} has a rollout in progress ({active.id}); its "
+                    "controller owns the traffic plan until it ends",
+                    hint=f"Abort it first: `modelyard rollout abort {endpoint}`.",
+                )
             previous = {str(r.version): r.weight for r in _endpoint(s, erow).routes}
-            new_routes = []
-            for number, weight in sorted(weights.items()):
-                vrow = _version_row(s, mrow, number)
-                if vrow.status == "archived" and weight > 0:
-                    raise Conflict(f"{mrow.name}:{number} is archived and cannot take traffic")
-                new_routes.append(TrafficRouteRow(version_id=vrow.id, weight=weight))
-            for old in s.scalars(
-                select(TrafficRouteRow).where(TrafficRouteRow.endpoint_id == erow.id)
-            ):
-                s.delete(old)
-            s.flush()
-            for route in new_routes:
-                route.endpoint_id = erow.id
-                s.add(route)
-            erow.updated_at = utcnow()
-            s.flush()
+            _replace_routes(s, erow, weights)
             self._audit(
                 s,
                 "endpoint.traffic_set",
@@ -1240,6 +1269,18 @@ class Store:
 # -- row lookups (inside a session) ----------------------------------------------------------
 
 
+def _end_for_alias(s: Session, row: Any, erow: EndpointRow, reason: str) -> None:
+    """Abort an active rollout (restoring its baseline plan) because its alias moved on."""
+    from modelyard.store._schema import RolloutEventRow
+
+    now = utcnow()
+    _replace_routes(s, erow, {int(k): int(v) for k, v in row.baseline.items()})
+    row.status, row.finished_at, row.updated_at, row.reason = "aborted", now, now, reason
+    s.add(RolloutEventRow(rollout_id=row.id, time=now, kind="aborted",
+                          step_index=row.step_index, detail={"reason": reason}))  # fmt: skip
+    s.flush()
+
+
 def _require(s: Session, model: type[T], where: Any, what: str) -> T:
     row = s.scalar(select(model).where(where))
     if row is None:
@@ -1270,6 +1311,26 @@ def _version_row(s: Session, mrow: RegisteredModelRow, version: int) -> ModelVer
     if row is None:
         raise ModelVersionNotFound(f"model {mrow.name!r} has no version {version}")
     return row
+
+
+def _replace_routes(s: Session, erow: EndpointRow, weights: Mapping[int, int]) -> None:
+    """Make ``{version number: weight}`` the endpoint's plan (in the caller's transaction)."""
+    mrow = s.get(RegisteredModelRow, erow.registered_model_id)
+    assert mrow is not None  # guaranteed by the foreign key
+    new_routes = []
+    for number, weight in sorted(weights.items()):
+        vrow = _version_row(s, mrow, number)
+        if vrow.status == "archived" and weight > 0:
+            raise Conflict(f"{mrow.name}:{number} is archived and cannot take traffic")
+        new_routes.append(TrafficRouteRow(version_id=vrow.id, weight=weight))
+    for old in s.scalars(select(TrafficRouteRow).where(TrafficRouteRow.endpoint_id == erow.id)):
+        s.delete(old)
+    s.flush()
+    for route in new_routes:
+        route.endpoint_id = erow.id
+        s.add(route)
+    erow.updated_at = utcnow()
+    s.flush()
 
 
 def _endpoint_row(s: Session, name: str) -> EndpointRow:
@@ -1383,9 +1444,11 @@ def _endpoint(s: Session, r: EndpointRow) -> Endpoint:
             .order_by(ModelVersionRow.version)
         ).all()
     )
+    shadow = s.get(ModelVersionRow, r.shadow_version_id) if r.shadow_version_id else None
     return Endpoint(
         r.id, r.name, tenant.name if tenant else None, mrow.name, r.model_ref, r.shared, routes,
-        r.created_at, r.updated_at,
+        r.created_at, r.updated_at, shadow.version if shadow else None,
+        shadow.id if shadow else None, r.shadow_fraction if shadow else 0.0, r.rollout_policy,
     )  # fmt: skip
 
 
@@ -1400,6 +1463,7 @@ def _record(s: Session, r: InferenceRecordRow) -> InferenceRecord:
         r.id, r.created_at, tenant.name if tenant else None, r.api_key_id, r.endpoint_name,
         version_ref, r.route, r.prompt, r.response, r.prompt_tokens, r.completion_tokens,
         r.latency_ms, r.ttft_ms, r.status, r.http_status, r.error,
+        shadow=bool(r.shadow), fallback_from=_version_ref(s, r.fallback_from_id),
     )  # fmt: skip
 
 

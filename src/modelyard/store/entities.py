@@ -128,6 +128,90 @@ class Endpoint:
     routes: tuple[TrafficRoute, ...]
     created_at: datetime
     updated_at: datetime
+    shadow_version: int | None = None  # version number receiving mirrored requests
+    shadow_version_id: int | None = None
+    shadow_fraction: float = 0.0
+    rollout_policy: Mapping[str, Any] | None = None  # how an alias move reaches it
+
+    @property
+    def follows_alias(self) -> str | None:
+        """The alias this endpoint follows (``NAME@alias`` refs), else None."""
+        return self.model_ref.split("@", 1)[1] if "@" in self.model_ref else None
+
+
+RolloutStatus = Literal["running", "paused", "succeeded", "rolled_back", "aborted"]
+ROLLOUT_ACTIVE: tuple[str, ...] = ("running", "paused")
+
+
+@dataclass(frozen=True)
+class RolloutEvent:
+    """One entry of a rollout's timeline."""
+
+    time: datetime
+    kind: str  # started, prepared, step, waiting, breach, rolled_back, succeeded, ...
+    step_index: int | None
+    detail: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """A progressive change of ``endpoint``'s traffic plan toward ``target`` (a version number).
+
+    ``baseline`` is the plan before it started ({version: weight}); at step ``i`` the
+    target gets ``steps[i]`` percent and the baseline versions share the rest.
+    """
+
+    id: str
+    endpoint: str
+    model: str
+    target: int
+    target_version_id: int
+    status: RolloutStatus
+    phase: str  # preparing | baking
+    strategy: str  # canary | blue_green
+    baseline: Mapping[int, int]
+    steps: tuple[int, ...]
+    step_index: int
+    step_started_at: datetime | None
+    bake_s: float
+    min_requests: int
+    guards: tuple[str, ...]
+    promote_alias: str | None
+    reason: str | None
+    outcome: Mapping[str, Any]
+    created_by: str | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+    events: tuple[RolloutEvent, ...] = ()
+
+    @property
+    def active(self) -> bool:
+        return self.status in ROLLOUT_ACTIVE
+
+    @property
+    def target_ref(self) -> str:
+        return f"{self.model}:{self.target}"
+
+
+@dataclass(frozen=True)
+class Server:
+    """A serving replica as its last heartbeat described it."""
+
+    id: str
+    address: str
+    hostname: str
+    pid: int
+    engine: str
+    modelyard_version: str
+    started_at: datetime
+    heartbeat_at: datetime
+    ready: bool
+    draining: bool
+    loaded: tuple[str, ...]
+    failures: Mapping[str, str]  # version ref -> why it failed to load here
+    prepared: Mapping[str, Mapping[str, Any]]  # rollout id -> {"ok": bool, "error": ...}
+    alive: bool = True  # heartbeat recent enough (set by the store when listing)
 
 
 @dataclass(frozen=True)
@@ -150,6 +234,8 @@ class NewInferenceRecord:
     ttft_ms: float | None = None
     error: str | None = None
     created_at: datetime | None = None
+    shadow: bool = False
+    fallback_from_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -171,6 +257,8 @@ class InferenceRecord:
     http_status: int
     error: str | None
     extra: Mapping[str, Any] = field(default_factory=dict)
+    shadow: bool = False  # a mirrored answer, never returned to the client
+    fallback_from: str | None = None  # the version it was routed to but could not be served by
 
 
 @dataclass(frozen=True)
@@ -203,25 +291,172 @@ class Actor:
     updated_at: datetime
 
 
+# -- monitoring -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RecordFeatures:
+    """Drift features of one request, taken from the raw text before the storage policy.
+
+    Shares are in [0, 1]; ``unknown_token_rate`` and ``cache_hit`` are None when
+    the engine cannot tell; ``embedding`` is a float16 sentence embedding, if any.
+    """
+
+    prompt_chars: int = 0
+    response_chars: int = 0
+    prompt_non_ascii: float = 0.0
+    prompt_digits: float = 0.0
+    response_non_ascii: float = 0.0
+    response_digits: float = 0.0
+    unknown_token_rate: float | None = None
+    cache_hit: bool | None = None
+    embedding: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Aggregates of one window (``hour`` or ``day`` from ``start``) of an endpoint's
+    records for one version and tenant."""
+
+    window: str
+    start: datetime
+    endpoint_name: str
+    version: str | None
+    tenant: str | None
+    requests: int
+    errors: int
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    latency_p99_ms: float | None
+    ttft_p50_ms: float | None
+    ttft_p95_ms: float | None
+    tokens_in: int
+    tokens_out: int
+    cost: float | None
+    cache_hits: int
+    cache_known: int
+    feedback_count: int
+    feedback_sum: float
+    updated_at: datetime
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        return self.cache_hits / self.cache_known if self.cache_known else None
+
+    @property
+    def feedback_mean(self) -> float | None:
+        return self.feedback_sum / self.feedback_count if self.feedback_count else None
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    """One feature's drift test in one run.
+
+    ``status`` is ok, drift, not_enough_data or no_reference.
+    """
+
+    run_id: str
+    computed_at: datetime
+    endpoint_name: str
+    version: str | None
+    tenant: str | None
+    reference: str
+    window_start: datetime
+    window_end: datetime
+    feature: str
+    method: str
+    value: float | None
+    threshold: float
+    drifted: bool | None
+    status: str
+    n_reference: int
+    n_current: int
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AlertState:
+    """One alert: a rule for one set of labels (``state``: pending, firing, resolved)."""
+
+    id: str
+    rule: str
+    labels: Mapping[str, str]
+    severity: str
+    state: str
+    value: float | None
+    summary: str
+    active_since: datetime | None
+    fired_at: datetime | None
+    resolved_at: datetime | None
+    last_evaluated: datetime
+
+
+@dataclass(frozen=True)
+class AlertNotification:
+    """One delivery (or failed delivery) of an alert's change of state."""
+
+    alert_id: str
+    rule: str
+    state: str
+    target: str
+    sent_at: datetime
+    ok: bool
+    attempts: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    tenant: str
+    raw_days: int
+    updated_at: datetime
+
+
+@dataclass(frozen=True)
+class TokenPrice:
+    """Price per 1,000 tokens (prompt and completion) of one base model."""
+
+    base_model: str
+    input_per_1k: float
+    output_per_1k: float
+    updated_at: datetime
+
+
 __all__ = [
+    "ROLLOUT_ACTIVE",
     "STORAGE_POLICIES",
     "Actor",
+    "AlertNotification",
+    "AlertState",
     "ApiKey",
     "AuditEvent",
     "AuditHead",
     "BaseModel",
     "ChainReport",
     "DatasetVersion",
+    "DriftResult",
     "Endpoint",
     "Feedback",
     "InferenceRecord",
     "ModelVersion",
     "NewInferenceRecord",
+    "Profile",
+    "RecordFeatures",
     "RegisteredModel",
+    "RetentionPolicy",
     "Role",
+    "Rollout",
+    "RolloutEvent",
+    "RolloutStatus",
     "Run",
+    "Server",
     "StoragePolicy",
     "Tenant",
+    "TokenPrice",
     "TrafficRoute",
     "VersionKind",
 ]

@@ -1,0 +1,328 @@
+"""``modelyard rollout``, ``servers``, ``controller`` and the endpoint delivery options."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from modelyard.cli._common import console, err_console, open_store, print_json, to_jsonable
+from modelyard.errors import ConfigError
+from modelyard.store import Rollout, Store
+
+JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+
+rollout_app = typer.Typer(
+    help="Progressive delivery: canary, A/B and blue-green rollouts with automatic rollback."
+)
+servers_app = typer.Typer(help="Serving replicas, as their heartbeats describe them.")
+
+GUARD_HELP = (
+    "A guard such as 'error_rate <= 0.02', 'p95_latency_ms <= 1.2 * baseline' or "
+    "'feedback_score >= baseline - 0.05' (repeat for more)."
+)
+
+
+def _seconds(text: str, what: str) -> float:
+    from modelyard.tenants import parse_duration
+
+    try:
+        return parse_duration(text, allow_zero=True).total_seconds()
+    except ConfigError as exc:
+        raise ConfigError(f"{what}: {exc.message}", field=what) from exc
+
+
+def _since(text: str | None) -> datetime:
+    if text is None:
+        return datetime(1970, 1, 1, tzinfo=UTC)
+    try:
+        seconds = _seconds(text, "--since")
+    except ConfigError:
+        try:
+            parsed = datetime.fromisoformat(text)
+        except ValueError:
+            raise ConfigError(
+                f"invalid --since {text!r}: use a duration such as 1h or a date such as "
+                "2026-12-01T10:00",
+                field="since",
+            ) from None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return datetime.now(UTC) - timedelta(seconds=seconds)
+
+
+def _timeline(r: Rollout) -> Table:
+    table = Table("time", "event", "step", "detail", title=f"rollout {r.id}")
+    for e in r.events:
+        step = "" if e.step_index is None else f"{e.step_index + 1}/{len(r.steps)}"
+        table.add_row(e.time.strftime("%H:%M:%S"), e.kind, step, _describe(e.kind, e.detail))
+    return table
+
+
+def _describe(kind: str, d: Any) -> str:
+    if kind == "started":
+        return (f"to {d.get('target')} steps {d.get('steps')} bake {d.get('bake_s'):g}s "
+                f"min {d.get('min_requests')} guards {d.get('guards')}")  # fmt: skip
+    if kind == "step":
+        text = f"{d.get('percent')}% to the target; plan {d.get('plan')}"
+        previous = d.get("previous")
+        if previous:
+            text += "; last step: " + ", ".join(
+                f"{g['guard']} = {_num(g['value'])} ({g['status']})" for g in previous["guards"]
+            )
+        return text
+    if kind == "rolled_back":
+        return f"{d['breach'].get('message')}; plan {d.get('plan')}"
+    if kind == "succeeded" or kind == "promoted":
+        alias = d.get("alias")
+        return f"plan {d.get('plan')}" + (f"; alias {alias}" if alias else "")
+    return ", ".join(f"{k}={v}" for k, v in d.items())
+
+
+def _num(x: Any) -> str:
+    return "-" if x is None else f"{x:.4g}"
+
+
+def _summary(r: Rollout) -> str:
+    step = f"step {r.step_index + 1}/{len(r.steps)} ({r.steps[r.step_index]}%)"
+    return f"{r.endpoint} → {r.target_ref}: {r.status} ({r.phase}, {step})"
+
+
+@rollout_app.command("start")
+def start(
+    endpoint: str = typer.Argument(..., help="Endpoint to roll out on."),
+    to: str = typer.Option(..., "--to", help="The new version: NAME:VERSION or NAME@alias."),
+    steps: str = typer.Option(
+        "10,50,100",
+        help="Percent of traffic to the new version per step; 100 alone is "
+        "blue-green (loaded and smoke-tested everywhere, then switched at once).",
+    ),
+    bake: str = typer.Option("5m", help="How long each step runs before it may advance."),
+    min_requests: int = typer.Option(
+        100, min=0, help="Requests the new version must answer in a step before it advances."
+    ),
+    guard: list[str] = typer.Option(["error_rate <= 0.02"], "--guard", help=GUARD_HELP),
+    promote_alias: str | None = typer.Option(
+        None,
+        help="Move this alias (e.g. champion) to the new version when the rollout ends "
+        "well; your role must allow it.",
+    ),
+    json_out: bool = JSON,
+) -> None:
+    """Start a rollout; the controller (in `modelyard serve`, or `modelyard controller`)
+    moves it step by step and rolls it back on a breached guard."""
+    from modelyard.deploy import start_rollout
+
+    with open_store() as store:
+        r = start_rollout(
+            store, endpoint, to, steps=steps, bake_s=_seconds(bake, "--bake"),
+            min_requests=min_requests, guards=guard, promote_alias=promote_alias,
+        )  # fmt: skip
+    if json_out:
+        print_json(r)
+        return
+    console.print(f"[green]started[/] rollout {r.id}: {_summary(r)}")
+    console.print(f"  guards: {', '.join(r.guards)}")
+
+
+def _status_json(store: Store, r: Rollout) -> dict[str, Any]:
+    from modelyard.deploy import step_view
+
+    out: dict[str, Any] = to_jsonable(r)
+    if r.active and r.phase == "baking":
+        view = step_view(store, r)
+        out["current"] = {
+            "requests": view.canary.requests,
+            "baseline_requests": view.baseline.requests,
+            "elapsed_s": view.elapsed_s,
+            "guards": [to_jsonable(g) for g in view.guards],
+        }
+    return out
+
+
+@rollout_app.command("status")
+def status(endpoint: str = typer.Argument(...), json_out: bool = JSON) -> None:
+    """The endpoint's latest rollout: its timeline, and the live guard values of its step."""
+    from modelyard.deploy import step_view
+
+    with open_store() as store:
+        r = store.latest_rollout(endpoint)
+        if json_out:
+            print_json(_status_json(store, r))
+            return
+        console.print(_summary(r))
+        if r.reason:
+            console.print(f"  reason: {r.reason}")
+        console.print(_timeline(r))
+        if r.active and r.phase == "baking":
+            view = step_view(store, r)
+            table = Table("guard", "value", "baseline", "threshold", "n", "status",
+                          title=f"step {r.step_index + 1}: {view.canary.requests} requests, "
+                          f"{view.elapsed_s:.0f}s of {r.bake_s:g}s")  # fmt: skip
+            for g in view.guards:
+                table.add_row(g.guard, _num(g.value), _num(g.baseline), _num(g.threshold),
+                              str(g.n), g.status)  # fmt: skip
+            console.print(table)
+
+
+def _done(r: Rollout, verb: str) -> None:
+    console.print(f"[green]{verb}[/] {_summary(r)}")
+
+
+@rollout_app.command("promote")
+def promote(endpoint: str = typer.Argument(...)) -> None:
+    """Skip the remaining steps: all traffic to the new version now (and the alias, if asked)."""
+    from modelyard.deploy import promote_rollout
+
+    with open_store() as store:
+        _done(promote_rollout(store, endpoint), "promoted")
+
+
+@rollout_app.command("abort")
+def abort(
+    endpoint: str = typer.Argument(...),
+    reason: str | None = typer.Option(None, help="Why, for the timeline and the audit log."),
+) -> None:
+    """Restore the traffic plan from before the rollout and end it."""
+    from modelyard.deploy import abort_rollout
+
+    with open_store() as store:
+        _done(abort_rollout(store, endpoint, reason), "aborted")
+
+
+@rollout_app.command("pause")
+def pause(endpoint: str = typer.Argument(...)) -> None:
+    """Hold the rollout at its current step."""
+    from modelyard.deploy import pause_rollout
+
+    with open_store() as store:
+        _done(pause_rollout(store, endpoint), "paused")
+
+
+@rollout_app.command("resume")
+def resume(endpoint: str = typer.Argument(...)) -> None:
+    """Go on from the current step (its bake time starts again)."""
+    from modelyard.deploy import resume_rollout
+
+    with open_store() as store:
+        _done(resume_rollout(store, endpoint), "resumed")
+
+
+@rollout_app.command("wait")
+def wait(
+    endpoint: str = typer.Argument(...),
+    timeout: str = typer.Option("30m", help="Give up after this long (exit 3)."),
+    poll: float = typer.Option(2.0, min=0.05, help="Seconds between looks at the store."),
+    json_out: bool = JSON,
+) -> None:
+    """Wait for the endpoint's rollout to end: exit 0 when it succeeded, 1 when it was
+    rolled back or aborted, 3 on timeout; a CI pipeline can gate on it."""
+    from modelyard.deploy import wait_rollout
+
+    with open_store() as store:
+        r, timed_out = wait_rollout(
+            store, endpoint, timeout_s=_seconds(timeout, "--timeout"), poll_s=poll
+        )
+    if json_out:
+        print_json({**to_jsonable(r), "timed_out": timed_out})
+    elif timed_out:
+        err_console.print(f"timed out after {timeout}: {_summary(r)}")
+    else:
+        console.print(_summary(r))
+        if r.reason:
+            console.print(f"  reason: {r.reason}")
+    if timed_out:
+        raise typer.Exit(3)
+    if r.status != "succeeded":
+        raise typer.Exit(1)
+
+
+@rollout_app.command("compare")
+def compare(
+    endpoint: str = typer.Argument(...),
+    since: str | None = typer.Option(None, help="Only records newer than this (1h, or a date)."),
+    json_out: bool = JSON,
+) -> None:
+    """A/B analysis: per-version requests, error rate, latency and feedback with 95%
+    intervals, and whether each differs significantly from the control."""
+    from modelyard.deploy import compare_versions
+
+    with open_store() as store:
+        report = compare_versions(store, endpoint, _since(since))
+    if json_out:
+        print_json(report.as_json())
+        return
+
+    def ci(x: tuple[float, float] | None, scale: float = 1.0, digits: int = 1) -> str:
+        return "" if x is None else f" [{x[0] * scale:.{digits}f}, {x[1] * scale:.{digits}f}]"
+
+    table = Table("version", "requests", "error rate %", "p50 ms", "p95 ms", "feedback",
+                  title=f"{endpoint}: control {report.control}")  # fmt: skip
+    for v in report.versions:
+        table.add_row(
+            v.version, str(v.requests),
+            ("-" if v.error_rate is None else f"{v.error_rate * 100:.2f}")
+            + ci(v.error_rate_ci, 100, 2),
+            _num(v.p50_latency_ms) + ci(v.p50_latency_ci),
+            _num(v.p95_latency_ms) + ci(v.p95_latency_ci),
+            ("-" if v.feedback_score is None else f"{v.feedback_score:.3f} (n={v.feedback_count})")
+            + ci(v.feedback_ci, 1, 3),
+        )  # fmt: skip
+    console.print(table)
+    for c in report.comparisons:
+        console.print(f"{c.version} vs {c.control}: {c.verdict}")
+
+
+@servers_app.command("list")
+def servers_list(
+    all_: bool = typer.Option(False, "--all", help="Include servers whose heartbeat stopped."),
+    stale_after: float = typer.Option(15.0, min=0.1, help="Seconds without a heartbeat: gone."),
+    json_out: bool = JSON,
+) -> None:
+    """Servers, what they hold and what failed to load there."""
+    with open_store() as store:
+        servers = store.list_servers(stale_after_s=stale_after, alive=None if all_ else True)
+    if json_out:
+        print_json(servers)
+        return
+    table = Table("server", "address", "engine", "last heartbeat", "state", "loaded", "failures")
+    for s in servers:
+        state = "gone" if not s.alive else "draining" if s.draining else (
+            "ready" if s.ready else "starting")  # fmt: skip
+        table.add_row(
+            s.id, s.address or "-", s.engine, s.heartbeat_at.strftime("%H:%M:%S"), state,
+            ", ".join(s.loaded) or "-",
+            "; ".join(f"{k}: {v}" for k, v in s.failures.items()) or "-",
+        )  # fmt: skip
+    console.print(table)
+
+
+def controller(
+    interval: float = typer.Option(1.0, min=0.05, help="Seconds between ticks."),
+    lease_ttl: float = typer.Option(
+        10.0, min=0.5, help="Seconds the leadership lease lasts without renewal."
+    ),
+    once: bool = typer.Option(False, "--once", help="Run one tick and exit."),
+) -> None:
+    """Run the rollout controller alone (one leader per store, by a lease; `serve` runs one
+    too unless started with --no-controller). Stops on SIGTERM or Ctrl-C."""
+    from modelyard.deploy import Controller
+
+    with open_store() as store:
+        ctl = Controller(store, lease_ttl_s=lease_ttl)
+        if once:
+            changed = ctl.tick()
+            for r in changed:
+                console.print(_summary(r))
+            return
+        stop = threading.Event()
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        err_console.print(f"controller {ctl.holder} on {store.url}, every {interval:g}s")
+        try:
+            ctl.run(stop, interval)
+        except KeyboardInterrupt:
+            stop.set()
+    err_console.print("controller stopped")

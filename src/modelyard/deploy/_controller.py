@@ -1,0 +1,315 @@
+"""The rollout controller: advances or rolls back every active rollout from live records.
+
+One ``tick`` looks at each active rollout once and makes at most one
+transition per rollout, through ``Store.transition_rollout``, which applies it
+only if the rollout is still where the tick saw it and the controller still
+holds the ``controller`` lease. So a tick is idempotent, two controllers on one
+store never both act (the one without the lease does nothing, and a stale one
+is fenced out), and a controller killed at any point leaves the store in a
+declared state from which the next tick goes on.
+
+A rollout starts ``preparing``: every live server loads the target version and
+answers a smoke request (reported in its heartbeat); a server that cannot is
+a breach. Then each step bakes: the target gets ``steps[i]`` percent; after
+``bake_s`` seconds with at least ``min_requests`` requests on the target and no
+guard breached, the next step starts. A breach at any time (a guard, a load
+failure on a server, requests that had to fall back) restores the baseline
+plan at once and ends the rollout ``rolled_back``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from modelyard.deploy._guards import GuardResult, Sample, evaluate_guards
+from modelyard.errors import ModelyardError, PermissionDenied
+from modelyard.store import Rollout, Store
+from modelyard.store._deploy import Transition, VersionSample, step_plan
+from modelyard.store._schema import utcnow
+
+log = logging.getLogger(__name__)
+
+LEASE = "controller"
+
+
+@dataclass(frozen=True)
+class StepView:
+    """What the controller sees of a rollout's current step (for ``rollout status``)."""
+
+    canary: Sample
+    baseline: Sample
+    fallbacks: int
+    guards: list[GuardResult]
+    elapsed_s: float
+
+
+def default_holder() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _sample(s: VersionSample) -> Sample:
+    return Sample(s.statuses, s.latencies_ms, s.ttfts_ms, s.feedback)
+
+
+def _expect(r: Rollout) -> tuple[str, str, int]:
+    return (r.status, r.phase, r.step_index)
+
+
+BASELINE_LOOKBACK_S = 3600.0
+
+
+def step_view(store: Store, r: Rollout, *, alpha: float = 0.05) -> StepView:
+    """The current step's traffic and guard values: the target's requests since the step
+    started, against the baseline versions' requests since an hour (or one bake time, if
+    longer) before the rollout started, so a blue-green switch still has a baseline."""
+    start = r.step_started_at or r.created_at
+    target = store.rollout_samples(r.endpoint, start, [r.target_version_id])[r.target_version_id]
+    baseline_ids = _baseline_ids(store, r)
+    before = r.created_at - timedelta(seconds=max(r.bake_s, BASELINE_LOOKBACK_S))
+    base = store.rollout_samples(r.endpoint, before, baseline_ids)
+    canary = _sample(target)
+    baseline = Sample.merge([_sample(base[i]) for i in baseline_ids])
+    guards = evaluate_guards(r.guards, canary, baseline, min_requests=r.min_requests, alpha=alpha)
+    elapsed = (utcnow() - start).total_seconds()
+    return StepView(canary, baseline, target.fallbacks, guards, elapsed)
+
+
+def _baseline_ids(store: Store, r: Rollout) -> list[int]:
+    ids = []
+    for number in r.baseline:
+        if number != r.target:
+            ids.append(store.get_model_version(r.model, number).id)
+    return ids
+
+
+class Controller:
+    """Drives rollouts; run ``tick`` in a loop (``run``), inside ``serve`` or alone."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        holder: str | None = None,
+        lease_ttl_s: float = 10.0,
+        stale_after_s: float = 15.0,
+        prepare_timeout_s: float = 300.0,
+        alpha: float = 0.05,
+        on_breach: Callable[[Rollout, Mapping[str, Any]], None] | None = None,
+        extra_ticks: list[Callable[[Store], object]] | None = None,
+    ) -> None:
+        self.store = store
+        self.holder = holder or default_holder()
+        self.lease_ttl_s = lease_ttl_s
+        self.stale_after_s = stale_after_s
+        self.prepare_timeout_s = prepare_timeout_s
+        self.alpha = alpha
+        self.on_breach = on_breach
+        self.extra_ticks = extra_ticks or []
+
+    @property
+    def lease(self) -> tuple[str, str]:
+        return (LEASE, self.holder)
+
+    def tick(self) -> list[Rollout]:
+        """One pass over the active rollouts; returns the rollouts it changed."""
+        if not self.store.acquire_lease(LEASE, self.holder, self.lease_ttl_s):
+            return []
+        changed = []
+        for rollout in self.store.list_rollouts(active=True):
+            try:
+                after = self._advance(rollout)
+            except ModelyardError as exc:  # one bad rollout must not stop the others
+                log.warning("rollout %s on %s: %s", rollout.id, rollout.endpoint, exc.one_line())
+                continue
+            if after is not None:
+                changed.append(after)
+        for extra in self.extra_ticks:
+            try:
+                extra(self.store)
+            except ModelyardError as exc:
+                log.warning("controller task failed: %s", exc.one_line())
+        return changed
+
+    def run(self, stop: threading.Event, interval_s: float = 1.0) -> None:
+        """Tick every ``interval_s`` until ``stop`` is set; release the lease at the end."""
+        try:
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    self.tick()
+                except ModelyardError as exc:  # e.g. the store is down for a moment
+                    log.warning("controller tick failed: %s", exc.one_line())
+                stop.wait(max(0.0, interval_s - (time.monotonic() - started)))
+        finally:
+            with contextlib.suppress(ModelyardError):
+                self.store.release_lease(LEASE, self.holder)
+
+    # -- one rollout ------------------------------------------------------------------------
+
+    def _advance(self, r: Rollout) -> Rollout | None:
+        if r.status == "paused":
+            return None
+        if r.phase == "preparing":
+            return self._prepare(r)
+        return self._bake(r)
+
+    def _apply(self, r: Rollout, change: Transition) -> Rollout | None:
+        after = self.store.transition_rollout(r.id, _expect(r), change, lease=self.lease)
+        if after is not None:
+            log.info("rollout %s on %s: %s", r.id, r.endpoint, change.event)
+        return after
+
+    def _prepare(self, r: Rollout) -> Rollout | None:
+        servers = [s for s in self.store.list_servers(stale_after_s=self.stale_after_s)
+                   if s.alive and not s.draining]  # fmt: skip
+        failed = {}
+        waiting = []
+        for server in servers:
+            report = server.prepared.get(r.id)
+            if report is None:
+                if r.target_ref in server.failures:
+                    failed[server.id] = server.failures[r.target_ref]
+                else:
+                    waiting.append(server.id)
+            elif not report.get("ok"):
+                failed[server.id] = str(report.get("error", "failed"))
+        if failed:
+            return self._roll_back(
+                r, {"kind": "load_failure", "servers": failed,
+                    "message": f"{r.target_ref} failed to load on {len(failed)} server(s)"},
+            )  # fmt: skip
+        if waiting:
+            age = (utcnow() - r.created_at).total_seconds()
+            if age > self.prepare_timeout_s:
+                return self._roll_back(
+                    r, {"kind": "prepare_timeout", "servers": waiting,
+                        "message": f"{r.target_ref} was not ready on {len(waiting)} server(s) "
+                        f"within {self.prepare_timeout_s:g} s"},
+                )  # fmt: skip
+            return None
+        plan = step_plan(r.baseline, r.target, r.steps[0])
+        return self._apply(
+            r,
+            Transition(
+                "step",
+                {"percent": r.steps[0], "servers_ready": [s.id for s in servers]},
+                phase="baking",
+                step_index=0,
+                start_step=True,
+                plan=plan,
+                audit="rollout.step",
+            ),
+        )
+
+    def _bake(self, r: Rollout) -> Rollout | None:
+        servers = self.store.list_servers(stale_after_s=self.stale_after_s, alive=True)
+        failed = {s.id: s.failures[r.target_ref] for s in servers if r.target_ref in s.failures}
+        if failed:
+            return self._roll_back(
+                r, {"kind": "load_failure", "servers": failed,
+                    "message": f"{r.target_ref} failed to load on {len(failed)} server(s)"},
+            )  # fmt: skip
+        view = step_view(self.store, r, alpha=self.alpha)
+        if view.fallbacks:
+            return self._roll_back(
+                r, {"kind": "load_failure", "fallbacks": view.fallbacks,
+                    "message": f"{view.fallbacks} request(s) for {r.target_ref} fell back to "
+                    "the baseline"},
+            )  # fmt: skip
+        breaches = [g for g in view.guards if g.status == "breach"]
+        window = {"since": (r.step_started_at or r.created_at).isoformat(),
+                  "requests": view.canary.requests,
+                  "baseline_requests": view.baseline.requests}  # fmt: skip
+        if breaches:
+            return self._roll_back(
+                r, {"kind": "guard", "guards": [_guard_json(g) for g in view.guards],
+                    "window": window,
+                    "message": "; ".join(g.describe() for g in breaches)},
+            )  # fmt: skip
+        if view.elapsed_s < r.bake_s or view.canary.requests < r.min_requests:
+            return None
+        values = {"guards": [_guard_json(g) for g in view.guards], "window": window}
+        if r.step_index + 1 < len(r.steps):
+            nxt = r.step_index + 1
+            return self._apply(
+                r,
+                Transition(
+                    "step",
+                    {"percent": r.steps[nxt], "previous": values},
+                    step_index=nxt,
+                    start_step=True,
+                    plan=step_plan(r.baseline, r.target, r.steps[nxt]),
+                    audit="rollout.step",
+                ),
+            )
+        return self._finish(r, values)
+
+    def _finish(self, r: Rollout, values: Mapping[str, Any]) -> Rollout | None:
+        detail: dict[str, Any] = {"final": values}
+        if r.promote_alias:
+            detail["alias"] = promote_alias(self.store, r)
+        return self._apply(
+            r,
+            Transition(
+                "succeeded",
+                detail,
+                status="succeeded",
+                plan={r.target: 100},
+                audit="rollout.succeeded",
+                outcome=detail,
+            ),
+        )
+
+    def _roll_back(self, r: Rollout, breach: Mapping[str, Any]) -> Rollout | None:
+        after = self._apply(
+            r,
+            Transition(
+                "rolled_back",
+                {"breach": dict(breach)},
+                status="rolled_back",
+                plan=dict(r.baseline),
+                audit="rollout.rolled_back",
+                reason=str(breach.get("message", "guard breached")),
+                outcome={"breach": dict(breach)},
+            ),
+        )
+        if after is not None:
+            log.warning("rollout %s on %s rolled back: %s", r.id, r.endpoint, breach.get("message"))
+            if self.on_breach is not None:
+                try:
+                    self.on_breach(after, breach)
+                except Exception:  # a notifier must not stop the controller
+                    log.exception("the rollback notification failed")
+        return after
+
+
+def promote_alias(store: Store, r: Rollout) -> dict[str, Any]:
+    """Move ``r.promote_alias`` to the target as the actor who started the rollout.
+
+    Idempotent (an alias already there is left alone); a refusal by the role
+    checks is audited by the registry and reported, not raised.
+    """
+    assert r.promote_alias is not None
+    actor = r.created_by or store.actor
+    try:
+        store.as_actor(actor).set_alias(r.model, r.promote_alias, r.target)
+    except PermissionDenied as denied:
+        return {"name": r.promote_alias, "moved": False, "refused": denied.message}
+    return {"name": r.promote_alias, "moved": True, "to": r.target, "as": actor}
+
+
+def _guard_json(g: GuardResult) -> dict[str, Any]:
+    return {
+        "guard": g.guard, "status": g.status, "value": g.value, "baseline": g.baseline,
+        "threshold": g.threshold, "n": g.n, "p_value": g.p_value,
+    }  # fmt: skip

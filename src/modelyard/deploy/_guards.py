@@ -1,0 +1,229 @@
+"""Rollout guards: ``METRIC OP THRESHOLD`` checked on a step's traffic, canary vs baseline.
+
+Grammar: ``error_rate <= 0.02``, ``p95_latency_ms <= 1.2 * baseline``,
+``feedback_score >= baseline - 0.05``; the threshold is a number or
+``[FACTOR *] baseline [+|- OFFSET]``, where ``baseline`` is the same metric on
+the baseline versions' traffic.
+
+Rates (``error_rate``) are judged by a test, so a handful of errors does not
+roll a canary back on noise: against a number, an exact one-sided binomial
+test of the canary's rate against it; against the baseline, Fisher's exact
+test of the canary's errors against the baseline's, and the canary's rate must
+also be on the wrong side of the threshold. A breach needs p < ``alpha``.
+Other metrics are compared as they are, once the canary has ``min_requests``
+requests (and feedback scores, for ``feedback_score``).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from modelyard.errors import ConfigError
+
+GuardStatus = Literal["pass", "breach", "pending", "no_data"]
+
+_OPS: dict[str, Callable[[float, float], bool]] = {
+    "<=": operator.le,
+    "<": operator.lt,
+    ">=": operator.ge,
+    ">": operator.gt,
+}
+
+RATE_METRICS = ("error_rate",)
+METRICS = (
+    "error_rate",
+    "p50_latency_ms",
+    "p95_latency_ms",
+    "p99_latency_ms",
+    "mean_latency_ms",
+    "p95_ttft_ms",
+    "feedback_score",
+)
+
+_NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
+_GUARD_RE = re.compile(
+    rf"^\s*(?P<metric>[a-z0-9_]+)\s*(?P<op><=|>=|<|>)\s*(?:"
+    rf"(?P<number>{_NUM})"
+    rf"|(?:(?P<factor>{_NUM})\s*\*\s*)?baseline(?:\s*(?P<sign>[+-])\s*(?P<offset>{_NUM}))?"
+    rf")\s*$"
+)
+
+
+@dataclass(frozen=True)
+class Guard:
+    text: str
+    metric: str
+    op: str
+    number: float | None  # an absolute threshold, or None when relative to the baseline
+    factor: float = 1.0
+    offset: float = 0.0
+
+    @property
+    def relative(self) -> bool:
+        return self.number is None
+
+    def threshold(self, baseline: float | None) -> float | None:
+        if self.number is not None:
+            return self.number
+        return None if baseline is None else self.factor * baseline + self.offset
+
+
+@dataclass(frozen=True)
+class Sample:
+    """The traffic of one side (canary or baseline) in a window."""
+
+    statuses: tuple[str, ...] = ()
+    latencies_ms: tuple[float, ...] = ()
+    ttfts_ms: tuple[float, ...] = ()
+    feedback: tuple[float, ...] = ()
+
+    @property
+    def requests(self) -> int:
+        return sum(1 for s in self.statuses if s != "cancelled")
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for s in self.statuses if s in ("error", "timeout"))
+
+    def value(self, metric: str) -> float | None:
+        if metric == "error_rate":
+            return self.errors / self.requests if self.requests else None
+        if metric == "feedback_score":
+            return float(np.mean(self.feedback)) if self.feedback else None
+        if metric == "mean_latency_ms":
+            return float(np.mean(self.latencies_ms)) if self.latencies_ms else None
+        if metric == "p95_ttft_ms":
+            return float(np.percentile(self.ttfts_ms, 95)) if self.ttfts_ms else None
+        q = {"p50_latency_ms": 50, "p95_latency_ms": 95, "p99_latency_ms": 99}[metric]
+        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else None
+
+    def count(self, metric: str) -> int:
+        return len(self.feedback) if metric == "feedback_score" else self.requests
+
+    @staticmethod
+    def merge(samples: Sequence[Sample]) -> Sample:
+        return Sample(
+            tuple(s for x in samples for s in x.statuses),
+            tuple(v for x in samples for v in x.latencies_ms),
+            tuple(v for x in samples for v in x.ttfts_ms),
+            tuple(v for x in samples for v in x.feedback),
+        )
+
+
+@dataclass(frozen=True)
+class GuardResult:
+    guard: str
+    metric: str
+    status: GuardStatus
+    value: float | None
+    baseline: float | None
+    threshold: float | None
+    n: int
+    p_value: float | None = None
+
+    def describe(self) -> str:
+        def fmt(x: float | None) -> str:
+            return "-" if x is None else f"{x:.4g}"
+
+        text = f"{self.guard}: {self.metric}={fmt(self.value)} (threshold {fmt(self.threshold)}"
+        if self.baseline is not None:
+            text += f", baseline {fmt(self.baseline)}"
+        if self.p_value is not None:
+            text += f", p={self.p_value:.3g}"
+        return text + f", n={self.n}) → {self.status}"
+
+
+def parse_guard(text: str) -> Guard:
+    match = _GUARD_RE.match(text)
+    if match is None:
+        raise ConfigError(
+            f"invalid guard {text!r}: write METRIC OP THRESHOLD, e.g. 'error_rate <= 0.02', "
+            "'p95_latency_ms <= 1.2 * baseline' or 'feedback_score >= baseline - 0.05'",
+            field="guard",
+        )
+    metric = match["metric"]
+    if metric not in METRICS:
+        import difflib
+
+        near = difflib.get_close_matches(metric, METRICS, n=1)
+        hint = f" (did you mean {near[0]!r}?)" if near else ""
+        raise ConfigError(
+            f"guard {text!r} names the unknown metric {metric!r}{hint}; known: "
+            + ", ".join(METRICS),
+            field="guard",
+        )
+    if match["number"] is not None:
+        return Guard(text.strip(), metric, match["op"], float(match["number"]))
+    offset = float(match["offset"]) if match["offset"] else 0.0
+    if match["sign"] == "-":
+        offset = -offset
+    factor = float(match["factor"]) if match["factor"] else 1.0
+    return Guard(text.strip(), metric, match["op"], None, factor, offset)
+
+
+def evaluate_guard(
+    guard: Guard, canary: Sample, baseline: Sample, *, min_requests: int, alpha: float = 0.05
+) -> GuardResult:
+    """One guard on a step's traffic."""
+    value = canary.value(guard.metric)
+    base = baseline.value(guard.metric) if guard.relative else None
+    threshold = guard.threshold(base)
+    n = canary.count(guard.metric)
+
+    def result(status: GuardStatus, p: float | None = None) -> GuardResult:
+        return GuardResult(guard.text, guard.metric, status, value, base, threshold, n, p)
+
+    if value is None:
+        return result("no_data" if guard.metric == "feedback_score" else "pending")
+    if threshold is None:
+        return result("no_data")  # relative, and the baseline has no traffic to compare with
+    ok = _OPS[guard.op](value, threshold)
+    if guard.metric in RATE_METRICS:
+        p = _rate_p_value(guard, canary, baseline, threshold)
+        if not ok and p < alpha:
+            return result("breach", p)
+        return result("pass" if canary.requests >= min_requests else "pending", p)
+    if canary.requests < min_requests:
+        return result("pending")
+    return result("pass" if ok else "breach")
+
+
+def _rate_p_value(guard: Guard, canary: Sample, baseline: Sample, threshold: float) -> float:
+    """How surprising the canary's rate is if it were really on the right side of the guard."""
+    from scipy import stats
+
+    k, n = canary.errors, canary.requests
+    high_is_bad = guard.op in ("<=", "<")
+    if not guard.relative:
+        if (high_is_bad and threshold >= 1) or (not high_is_bad and threshold <= 0):
+            return 1.0
+        if (high_is_bad and threshold <= 0) or (not high_is_bad and threshold >= 1):
+            return 0.0 if (k > 0 if high_is_bad else k < n) else 1.0
+        alternative = "greater" if high_is_bad else "less"
+        return float(stats.binomtest(k, n, threshold, alternative=alternative).pvalue)
+    kb, nb = baseline.errors, baseline.requests
+    table = [[k, n - k], [kb, nb - kb]]
+    alternative = "greater" if high_is_bad else "less"
+    p = float(stats.fisher_exact(table, alternative=alternative).pvalue)
+    return 1.0 if math.isnan(p) else p
+
+
+def evaluate_guards(
+    guards: Sequence[str],
+    canary: Sample,
+    baseline: Sample,
+    *,
+    min_requests: int,
+    alpha: float = 0.05,
+) -> list[GuardResult]:
+    return [
+        evaluate_guard(parse_guard(g), canary, baseline, min_requests=min_requests, alpha=alpha)
+        for g in guards
+    ]

@@ -1,0 +1,185 @@
+"""Operator actions on rollouts: start, promote, abort, pause, resume, wait.
+
+The controller (``_controller``) moves rollouts by itself; these are the
+manual levers, each one audited transition of the store.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from modelyard.deploy._controller import promote_alias
+from modelyard.deploy._guards import parse_guard
+from modelyard.errors import ConfigError, Conflict, NotFound
+from modelyard.store import Rollout, Store, parse_model_ref
+from modelyard.store._deploy import Transition
+
+DEFAULT_STEPS = (10, 50, 100)
+DEFAULT_GUARDS = ("error_rate <= 0.02",)
+
+
+def parse_steps(text: str | Sequence[int]) -> tuple[int, ...]:
+    """``10,50,100`` → (10, 50, 100): increasing percentages that end at 100."""
+    if isinstance(text, str):
+        items = [x.strip() for x in text.split(",") if x.strip()]
+        if not items or not all(x.isdigit() for x in items):
+            raise ConfigError(
+                f"invalid steps {text!r}: use increasing percentages ending at 100, "
+                "e.g. 10,50,100 (or 100 for blue-green)",
+                field="steps",
+            )
+        steps = tuple(int(x) for x in items)
+    else:
+        steps = tuple(int(x) for x in text)
+    if not steps or steps[-1] != 100 or any(not 0 < s <= 100 for s in steps):
+        raise ConfigError(
+            f"invalid steps {list(steps)}: each from 1 to 100, the last one 100",
+            field="steps",
+        )
+    if any(b <= a for a, b in itertools.pairwise(steps)):
+        raise ConfigError(f"invalid steps {list(steps)}: they must increase", field="steps")
+    return steps
+
+
+def check_policy(
+    steps: str | Sequence[int],
+    bake_s: float,
+    min_requests: int,
+    guards: Sequence[str],
+) -> dict[str, Any]:
+    """A validated rollout policy (what ``start`` and an endpoint's policy take)."""
+    if not bake_s >= 0:
+        raise ConfigError(f"bake time {bake_s} s must be 0 or more", field="bake")
+    if min_requests < 0:
+        raise ConfigError(f"min requests {min_requests} must be 0 or more", field="min_requests")
+    for guard in guards:
+        parse_guard(guard)
+    return {
+        "steps": list(parse_steps(steps)),
+        "bake_s": float(bake_s),
+        "min_requests": int(min_requests),
+        "guards": list(guards),
+    }
+
+
+def start_rollout(
+    store: Store,
+    endpoint: str,
+    to: str,
+    *,
+    steps: str | Sequence[int] = DEFAULT_STEPS,
+    bake_s: float = 300.0,
+    min_requests: int = 100,
+    guards: Sequence[str] = DEFAULT_GUARDS,
+    promote_alias: str | None = None,
+) -> Rollout:
+    """Start moving ``endpoint`` to the version ``to`` (``NAME:N`` or ``NAME@alias``)."""
+    policy = check_policy(steps, bake_s, min_requests, guards)
+    ep = store.get_endpoint(endpoint)
+    name, _, _ = parse_model_ref(to)
+    if name != ep.model:
+        raise ConfigError(
+            f"{to} is not a version of {ep.model!r}, the model behind endpoint {endpoint!r}",
+            hint=f"Roll out a version of {ep.model}, e.g. --to {ep.model}:2.",
+            field="to",
+        )
+    target = store.resolve_model_ref(to)
+    return store.create_rollout(
+        endpoint,
+        target=target.version,
+        steps=policy["steps"],
+        bake_s=policy["bake_s"],
+        min_requests=policy["min_requests"],
+        guards=policy["guards"],
+        promote_alias=promote_alias,
+    )
+
+
+def active_rollout(store: Store, endpoint: str) -> Rollout:
+    found = store.list_rollouts(endpoint=endpoint, active=True, limit=1)
+    if not found:
+        raise NotFound(
+            f"endpoint {endpoint!r} has no rollout in progress",
+            hint=f"See its last one with `modelyard rollout status {endpoint}`.",
+        )
+    return found[0]
+
+
+def _manual(store: Store, r: Rollout, change: Transition) -> Rollout:
+    after = store.transition_rollout(r.id, (r.status, r.phase, r.step_index), change)
+    if after is None:
+        raise Conflict(
+            f"the rollout on {r.endpoint!r} changed while this ran (the controller moved it)",
+            hint="Look at it with `modelyard rollout status` and try again.",
+        )
+    return after
+
+
+def promote_rollout(store: Store, endpoint: str) -> Rollout:
+    """Skip the remaining steps: all traffic to the target now (and the alias, if asked)."""
+    r = active_rollout(store, endpoint)
+    detail: dict[str, Any] = {"manual": True, "skipped_steps": list(r.steps[r.step_index + 1 :])}
+    if r.promote_alias:
+        detail["alias"] = promote_alias(store, r)
+    return _manual(
+        store,
+        r,
+        Transition(
+            "promoted", detail, status="succeeded", plan={r.target: 100},
+            audit="rollout.promoted", outcome=detail,
+        ),
+    )  # fmt: skip
+
+
+def abort_rollout(store: Store, endpoint: str, reason: str | None = None) -> Rollout:
+    """Restore the plan from before the rollout and end it ``aborted``."""
+    r = active_rollout(store, endpoint)
+    why = reason or "aborted by an operator"
+    return _manual(
+        store,
+        r,
+        Transition(
+            "aborted", {"reason": why}, status="aborted", plan=dict(r.baseline),
+            audit="rollout.aborted", reason=why,
+        ),
+    )  # fmt: skip
+
+
+def pause_rollout(store: Store, endpoint: str) -> Rollout:
+    """Hold the current step's plan; the controller leaves a paused rollout alone."""
+    r = active_rollout(store, endpoint)
+    if r.status == "paused":
+        return r
+    return _manual(store, r, Transition("paused", {}, status="paused", audit="rollout.paused"))
+
+
+def resume_rollout(store: Store, endpoint: str) -> Rollout:
+    """Go on from the current step, whose bake time starts again."""
+    r = active_rollout(store, endpoint)
+    if r.status != "paused":
+        return r
+    change = Transition(
+        "resumed", {}, status="running", start_step=r.phase == "baking", audit="rollout.resumed"
+    )
+    return _manual(store, r, change)
+
+
+def wait_rollout(
+    store: Store, endpoint: str, *, timeout_s: float, poll_s: float = 1.0
+) -> tuple[Rollout, bool]:
+    """Wait for the endpoint's latest rollout to end; (rollout, timed out)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        r = store.latest_rollout(endpoint)
+        if not r.active:
+            return r, False
+        if time.monotonic() >= deadline:
+            return r, True
+        time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+
+
+def plan_text(model: str, plan: Mapping[int, int]) -> str:
+    return ", ".join(f"{model}:{v}={w}" for v, w in sorted(plan.items()) if w > 0)
