@@ -1,6 +1,62 @@
-"""Monitoring: the inference-record writer and storage policies (drift and alerts come later)."""
+"""Monitoring: inference records and their features, profiles, drift, alerts and reports.
 
+``tick(store)`` is the one idempotent step of the monitoring loop (profiles,
+retention, alert rules, notifications); the rollout controller calls it each
+loop and ``modelyard monitor tick`` runs it once.
+"""
+
+from modelyard.monitoring._alerts import METRICS, AlertRules, Rule, evaluate_rules, post_webhook
+from modelyard.monitoring._drift import (
+    DriftConfig,
+    DriftReport,
+    FeatureRule,
+    compare,
+    compute_drift,
+    parse_duration,
+)
+from modelyard.monitoring._features import (
+    FEATURE_NAMES,
+    FEATURES,
+    TEXT_FEATURES,
+    UnknownTokenCounter,
+    record_features,
+    text_features,
+)
 from modelyard.monitoring._policy import apply_storage_policy, redact
+from modelyard.monitoring._profiles import ProfileUpdate, update_profiles
+from modelyard.monitoring._stats import METHODS, Method, default_method, register_method
+from modelyard.monitoring._tick import MonitoringCollector, TickReport, apply_retention, tick
 from modelyard.monitoring._writer import RecordWriter
 
-__all__ = ["RecordWriter", "apply_storage_policy", "redact"]
+__all__ = [
+    "FEATURES",
+    "FEATURE_NAMES",
+    "METHODS",
+    "METRICS",
+    "TEXT_FEATURES",
+    "AlertRules",
+    "DriftConfig",
+    "DriftReport",
+    "FeatureRule",
+    "Method",
+    "MonitoringCollector",
+    "ProfileUpdate",
+    "RecordWriter",
+    "Rule",
+    "TickReport",
+    "UnknownTokenCounter",
+    "apply_retention",
+    "apply_storage_policy",
+    "compare",
+    "compute_drift",
+    "default_method",
+    "evaluate_rules",
+    "parse_duration",
+    "post_webhook",
+    "record_features",
+    "redact",
+    "register_method",
+    "text_features",
+    "tick",
+    "update_profiles",
+]

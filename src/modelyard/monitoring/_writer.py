@@ -4,6 +4,10 @@ The data plane never waits on the store: ``submit`` is a non-blocking put
 into a bounded buffer; a background thread writes batches. When the buffer is
 full or the store is down, rows are dropped and counted, never retried
 forever, so a database outage cannot take serving down with it.
+
+Each record may come with its drift features (``RecordFeatures``), computed
+from the raw text before the tenant's storage policy; both are written in
+one transaction.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import threading
 from collections.abc import Callable
 
 from modelyard.errors import ModelyardError
-from modelyard.store import NewInferenceRecord, Store
+from modelyard.store import NewInferenceRecord, RecordFeatures, Store
+
+_Item = tuple[NewInferenceRecord, RecordFeatures | None]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +40,7 @@ class RecordWriter:
         self._store = store
         self._batch_size = batch_size
         self._flush_interval = flush_interval
-        self._queue: queue.Queue[NewInferenceRecord] = queue.Queue(maxsize=max_buffer)
+        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=max_buffer)
         self._on_drop = on_drop or (lambda n: None)
         self._stop = threading.Event()
         self._idle = threading.Event()
@@ -43,10 +49,11 @@ class RecordWriter:
         self.dropped = 0
         self._thread.start()
 
-    def submit(self, record: NewInferenceRecord) -> None:
-        """Queue one record without blocking; a full buffer drops it (and counts it)."""
+    def submit(self, record: NewInferenceRecord, features: RecordFeatures | None = None) -> None:
+        """Queue one record (and its features) without blocking; a full buffer drops it
+        (and counts it)."""
         try:
-            self._queue.put_nowait(record)
+            self._queue.put_nowait((record, features))
             self._idle.clear()
         except queue.Full:
             self._dropped(1)
@@ -65,8 +72,8 @@ class RecordWriter:
         self.dropped += n
         self._on_drop(n)
 
-    def _take_batch(self) -> list[NewInferenceRecord]:
-        batch: list[NewInferenceRecord] = []
+    def _take_batch(self) -> list[_Item]:
+        batch: list[_Item] = []
         try:
             batch.append(self._queue.get(timeout=self._flush_interval))
             while len(batch) < self._batch_size:
@@ -75,9 +82,9 @@ class RecordWriter:
             pass
         return batch
 
-    def _write(self, batch: list[NewInferenceRecord]) -> None:
+    def _write(self, batch: list[_Item]) -> None:
         try:
-            self.written += self._store.add_inference_records(batch)
+            self.written += self._store.add_monitored_records(batch)
         except ModelyardError as exc:
             log.warning("dropping %d inference records: %s", len(batch), exc.one_line())
             self._dropped(len(batch))

@@ -1,0 +1,486 @@
+"""``modelyard monitor``: inference records, profiles, drift, alerts, retention, prices, report."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from modelyard.cli._audit import parse_since
+from modelyard.cli._common import console, open_artifacts, open_store, print_json, settings
+from modelyard.errors import ConfigError
+from modelyard.monitoring import (
+    AlertRules,
+    DriftConfig,
+    MonitoringCollector,
+    compute_drift,
+    evaluate_rules,
+    parse_duration,
+    tick,
+    update_profiles,
+)
+from modelyard.monitoring._alerts import default_rules_path
+from modelyard.monitoring._export import export_records
+from modelyard.monitoring._report import write_report
+
+JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+SINCE = typer.Option(
+    None,
+    "--since",
+    help="Only from DATE (2026-01-31, 2026-01-31T12:00Z) or a duration back "
+    "from now such as 1h or 7d.",
+)
+TENANT = typer.Option(None, "--tenant", help="Only this tenant's records.")
+RULES = typer.Option(
+    None, "--rules", help="Alert rules YAML (default: <home>/alerts.yml when it exists)."
+)
+
+app = typer.Typer(help="Watch served models: records, profiles, drift, alerts and reports.")
+retention_app = typer.Typer(help="How long each tenant's raw records are kept.")
+price_app = typer.Typer(help="Prices per 1,000 tokens of base models, for costs in profiles.")
+app.add_typer(retention_app, name="retention")
+app.add_typer(price_app, name="price")
+
+
+def _fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+@app.command("records")
+def records(
+    endpoint: str | None = typer.Option(None, "--endpoint", help="Only this endpoint."),
+    tenant: str | None = TENANT,
+    since: str | None = SINCE,
+    status: str | None = typer.Option(
+        None, "--status", help="Only records with this status: ok, error, cancelled, timeout."
+    ),
+    limit: int = typer.Option(50, "--limit", min=1, help="At most N records, newest first."),
+    json_out: bool = JSON,
+) -> None:
+    """List inference records with their features, newest first."""
+    with open_store() as store:
+        rows = store.query_records(
+            endpoint=endpoint,
+            tenant=tenant,
+            status=status,
+            limit=limit,
+            since=parse_since(since) if since else None,
+        )
+    if json_out:
+        print_json([_record_json(r) for r in rows])
+        return
+    table = Table(
+        "time (UTC)",
+        "id",
+        "endpoint",
+        "version",
+        "tenant",
+        "status",
+        "latency ms",
+        "tokens in/out",
+        "prompt chars",
+        "feedback",
+    )
+    for r in rows:
+        table.add_row(
+            f"{r['created_at']:%Y-%m-%d %H:%M:%S}",
+            r["id"],
+            r["endpoint_name"],
+            r["version"] or "-",
+            r["tenant"] or "-",
+            r["status"],
+            f"{r['latency_ms']:.1f}",
+            f"{r['prompt_tokens']}/{r['completion_tokens']}",
+            str(r["prompt_chars"]) if r["prompt_chars"] is not None else "-",
+            _fmt(r["feedback_score"], 2),
+        )
+    console.print(table)
+    console.print(f"{len(rows)} record(s)")
+
+
+def _record_json(r: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in r.items() if k not in ("tenant_id", "version_id", "embedding")}
+    out["created_at"] = r["created_at"].isoformat()
+    return out
+
+
+@app.command("export")
+def export(
+    out: Path = typer.Option(..., "--out", help="The file to write."),
+    format: str = typer.Option("jsonl", "--format", help="jsonl or parquet."),
+    endpoint: str | None = typer.Option(None, "--endpoint", help="Only this endpoint."),
+    tenant: str | None = TENANT,
+    since: str | None = SINCE,
+) -> None:
+    """Export inference records (with features and feedback) to JSONL or Parquet."""
+    with open_store() as store:
+        n = export_records(
+            store,
+            out,
+            format=format,
+            endpoint=endpoint,
+            tenant=tenant,
+            since=parse_since(since) if since else None,
+        )
+    console.print(f"wrote {n} record(s) to {out} ({format})")
+
+
+@app.command("profiles")
+def profiles(
+    endpoint: str | None = typer.Option(None, "--endpoint", help="Only this endpoint."),
+    window: str = typer.Option("hour", "--window", help="hour or day."),
+    tenant: str | None = TENANT,
+    since: str | None = SINCE,
+    update: bool = typer.Option(
+        True, "--update/--no-update", help="Bring profiles up to date first (incremental)."
+    ),
+    json_out: bool = JSON,
+) -> None:
+    """Show profiles: requests, errors, latency percentiles, tokens, cost, cache, feedback."""
+    with open_store() as store:
+        if update:
+            update_profiles(store)
+        rows = store.list_profiles(
+            window=window,
+            endpoint=endpoint,
+            tenant=tenant,
+            since=parse_since(since) if since else None,
+        )
+    if json_out:
+        print_json(
+            [
+                {
+                    **vars(p),
+                    "start": p.start.isoformat(),
+                    "updated_at": p.updated_at.isoformat(),
+                    "error_rate": p.error_rate,
+                    "cache_hit_rate": p.cache_hit_rate,
+                    "feedback_mean": p.feedback_mean,
+                }
+                for p in rows
+            ]
+        )
+        return
+    table = Table(
+        "start (UTC)",
+        "endpoint",
+        "version",
+        "tenant",
+        "requests",
+        "error rate",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "ttft p50",
+        "tokens in/out",
+        "cost",
+        "cache hit",
+        "feedback",
+    )
+    for p in rows:
+        table.add_row(
+            f"{p.start:%Y-%m-%d %H:%M}",
+            p.endpoint_name,
+            p.version or "-",
+            p.tenant or "-",
+            str(p.requests),
+            f"{p.error_rate:.1%}",
+            _fmt(p.latency_p50_ms),
+            _fmt(p.latency_p95_ms),
+            _fmt(p.latency_p99_ms),
+            _fmt(p.ttft_p50_ms),
+            f"{p.tokens_in}/{p.tokens_out}",
+            _fmt(p.cost, 4),
+            "-" if p.cache_hit_rate is None else f"{p.cache_hit_rate:.0%}",
+            "-" if p.feedback_mean is None else f"{p.feedback_mean:+.2f} (n={p.feedback_count})",
+        )
+    console.print(table)
+
+
+@app.command("drift")
+def drift(
+    endpoint: str = typer.Option(..., "--endpoint", help="The endpoint to check."),
+    version: str | None = typer.Option(
+        None, "--version", help="The version number (default: the plan's heaviest version)."
+    ),
+    reference: str = typer.Option(
+        "eval",
+        "--reference",
+        help="eval (the version's evaluation dataset), previous:24h "
+        "(the 24 h before the window) or baseline:START/END (ISO times).",
+    ),
+    window: str = typer.Option(
+        "1h", "--window", help="The current window, ending now: 30m, 1h, 1d."
+    ),
+    method: list[str] = typer.Option(
+        [],
+        "--method",
+        help="FEATURE=METHOD (psi, ks, chisquare, jensenshannon, wasserstein); "
+        "repeatable. Default: chosen by sample size.",
+    ),
+    threshold: list[str] = typer.Option(
+        [], "--threshold", help="FEATURE=NUMBER; repeatable. Default: the method's."
+    ),
+    min_samples: int = typer.Option(
+        30, "--min-samples", help="Fewer samples on a side give 'not enough data'."
+    ),
+    json_out: bool = JSON,
+) -> None:
+    """Test each feature of the current window against the reference; the result is stored."""
+    config = DriftConfig.parse(method, threshold, min_samples)
+    with open_store() as store:
+        report = compute_drift(
+            store,
+            endpoint,
+            version=version,
+            reference=reference,
+            window=parse_duration(window),
+            config=config,
+            artifacts=open_artifacts(),
+        )
+    if json_out:
+        print_json(
+            {
+                "endpoint": report.endpoint,
+                "version": report.version,
+                "reference": report.reference,
+                "window_start": report.window_start.isoformat(),
+                "window_end": report.window_end.isoformat(),
+                "drifted_features": report.drifted_features,
+                "features": [
+                    {
+                        k: getattr(r, k)
+                        for k in (
+                            "feature",
+                            "method",
+                            "value",
+                            "threshold",
+                            "drifted",
+                            "status",
+                            "n_reference",
+                            "n_current",
+                        )
+                    }
+                    for r in report.results
+                ],
+            }
+        )
+        return
+    table = Table(
+        "feature",
+        "method",
+        "value",
+        "threshold",
+        "drifted",
+        "reference n",
+        "current n",
+        title=f"drift of {report.endpoint} ({report.version}) vs "
+        f"{report.reference}, {report.window_start:%Y-%m-%d %H:%M} to "
+        f"{report.window_end:%H:%M} UTC",
+    )
+    for r in report.results:
+        verdict = {
+            "drift": "[bold red]yes[/]",
+            "ok": "no",
+            "not_enough_data": "not enough data",
+            "no_reference": "no reference",
+        }[r.status]
+        table.add_row(
+            r.feature,
+            r.method,
+            "-" if r.value is None else f"{r.value:.4g}",
+            "-" if r.status == "no_reference" else f"{r.threshold:g}",
+            verdict,
+            str(r.n_reference),
+            str(r.n_current),
+        )
+    console.print(table)
+    drifted = report.drifted_features
+    console.print(f"drifted: {', '.join(drifted)}" if drifted else "no drift detected")
+
+
+def _rules(path: Path | None) -> AlertRules | None:
+    if path is not None:
+        return AlertRules.load(path)
+    default = default_rules_path(settings().home)
+    return AlertRules.load(default) if default.exists() else None
+
+
+@app.command("alerts")
+def alerts(
+    rules: Path | None = RULES,
+    evaluate: bool = typer.Option(
+        False, "--evaluate", help="Evaluate the rules now (and notify) before listing."
+    ),
+    state: str | None = typer.Option(
+        None, "--state", help="Only alerts in this state: pending, firing, resolved, inactive."
+    ),
+    json_out: bool = JSON,
+) -> None:
+    """List alerts and their states (firing and resolved are notified once each)."""
+    with open_store() as store:
+        if evaluate:
+            loaded = _rules(rules)
+            if loaded is None:
+                raise ConfigError(
+                    f"no alert rules: write {default_rules_path(settings().home)} or pass --rules",
+                    field="rules",
+                )
+            evaluate_rules(store, loaded, datetime.now(UTC))
+        items = store.list_alert_states(state=state)
+    if json_out:
+        print_json(items)
+        return
+    table = Table("rule", "labels", "severity", "state", "value", "since", "summary")
+    for a in items:
+        since = a.fired_at if a.state == "firing" else a.resolved_at or a.active_since
+        colour = {"firing": "bold red", "pending": "yellow", "resolved": "green"}.get(a.state, "")
+        table.add_row(
+            a.rule,
+            ", ".join(f"{k}={v}" for k, v in sorted(a.labels.items())),
+            a.severity,
+            f"[{colour}]{a.state}[/]" if colour else a.state,
+            _fmt(a.value, 3),
+            f"{since:%Y-%m-%d %H:%M:%S}" if since else "-",
+            a.summary,
+        )
+    console.print(table)
+
+
+@app.command("tick")
+def tick_command(rules: Path | None = RULES, json_out: bool = JSON) -> None:
+    """Run one step of the monitoring loop: profiles, retention, drift for rules, alerts."""
+    with open_store() as store:
+        report = tick(store, rules=_rules(rules), artifacts=open_artifacts())
+    summary = {
+        "profiles": {
+            "hours": report.profiles.hours,
+            "days": report.profiles.days,
+            "rows": report.profiles.rows,
+        },
+        "purged": report.purged,
+        "drift_runs": [
+            {"endpoint": d.endpoint, "drifted": d.drifted_features} for d in report.drift
+        ],
+        "drift_errors": report.drift_errors,
+        "transitions": [
+            {
+                "rule": t.alert.rule,
+                "labels": dict(t.alert.labels),
+                "from": t.before,
+                "to": t.alert.state,
+            }
+            for t in report.transitions
+        ],
+    }
+    if json_out:
+        print_json(summary)
+        return
+    console.print(
+        f"profiles: {report.profiles.hours} hour(s), {report.profiles.days} day(s), "
+        f"{report.profiles.rows} row(s)"
+    )
+    for tenant, n in report.purged.items():
+        console.print(f"retention: deleted {n} raw record(s) of {tenant}")
+    for d in report.drift:
+        console.print(f"drift {d.endpoint}: {', '.join(d.drifted_features) or 'none'}")
+    for endpoint, error in report.drift_errors.items():
+        console.print(f"drift {endpoint} skipped: {error}")
+    for t in report.transitions:
+        console.print(
+            f"alert {t.alert.rule} [{t.alert.labels.get('endpoint')}]: {t.before} → {t.alert.state}"
+        )
+
+
+@app.command("metrics")
+def metrics() -> None:
+    """Print drift and alert gauges in the Prometheus text format."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    with open_store() as store:
+        registry = CollectorRegistry()
+        registry.register(MonitoringCollector(store))
+        print(generate_latest(registry).decode(), end="")
+
+
+@app.command("report")
+def report(
+    endpoint: str = typer.Option(..., "--endpoint", help="The endpoint to report on."),
+    out: Path = typer.Option(Path("report.html"), "--out", help="The HTML file to write."),
+    since: str = typer.Option("7d", "--since", help="How far back: a date or a duration."),
+) -> None:
+    """Write one self-contained HTML page with charts for an endpoint."""
+    with open_store() as store:
+        update_profiles(store)
+        path = write_report(store, endpoint, out, since=parse_since(since))
+    console.print(f"wrote {path}")
+
+
+@retention_app.command("set")
+def retention_set(
+    tenant: str = typer.Option(..., "--tenant", help="The tenant."),
+    days: int = typer.Option(..., "--days", help="Keep raw records this many days (>= 1)."),
+    json_out: bool = JSON,
+) -> None:
+    """Keep a tenant's raw records N days; older ones go once profiled (audit events stay)."""
+    with open_store() as store:
+        policy = store.set_retention(tenant, days)
+    if json_out:
+        print_json(policy)
+    else:
+        console.print(f"tenant {policy.tenant}: raw records kept {policy.raw_days} day(s)")
+
+
+@retention_app.command("list")
+def retention_list(json_out: bool = JSON) -> None:
+    """List retention policies (tenants without one keep records forever)."""
+    with open_store() as store:
+        items = store.list_retention()
+    if json_out:
+        print_json(items)
+        return
+    table = Table("tenant", "raw days", "updated (UTC)")
+    for p in items:
+        table.add_row(p.tenant, str(p.raw_days), f"{p.updated_at:%Y-%m-%d %H:%M}")
+    console.print(table)
+
+
+@price_app.command("set")
+def price_set(
+    base_model: str = typer.Option(..., "--base-model", help="The base model's name."),
+    input_per_1k: float = typer.Option(..., "--input", help="Price per 1,000 prompt tokens."),
+    output_per_1k: float = typer.Option(..., "--output", help="Price per 1,000 completion tokens."),
+    json_out: bool = JSON,
+) -> None:
+    """Set a base model's token prices (costs in profiles computed from now on)."""
+    with open_store() as store:
+        price = store.set_token_price(
+            base_model, input_per_1k=input_per_1k, output_per_1k=output_per_1k
+        )
+    if json_out:
+        print_json(price)
+    else:
+        console.print(
+            f"{price.base_model}: {price.input_per_1k:g} in, "
+            f"{price.output_per_1k:g} out per 1k tokens"
+        )
+
+
+@price_app.command("list")
+def price_list(json_out: bool = JSON) -> None:
+    """List token prices."""
+    with open_store() as store:
+        items = store.list_token_prices()
+    if json_out:
+        print_json(items)
+        return
+    table = Table("base model", "input / 1k", "output / 1k")
+    for p in items:
+        table.add_row(p.base_model, f"{p.input_per_1k:g}", f"{p.output_per_1k:g}")
+    console.print(table)
+
+
+__all__ = ["app"]

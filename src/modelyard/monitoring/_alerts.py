@@ -1,0 +1,463 @@
+"""Alert rules (YAML), their evaluation, and notifications (webhook and log).
+
+An alert is one rule for one endpoint. Its state moves
+``inactive → pending → firing → resolved``: the condition must hold for the
+rule's ``for`` before it fires; it resolves when the condition stops holding.
+Only the moves to ``firing`` and to ``resolved`` are notified, once each
+(deduplicated by the state kept in the store), to every target: the log
+always, and the webhook (a JSON POST, retried with backoff, with a timeout).
+A firing rule may start a retraining command; that start is audited.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import logging
+import operator
+import shlex
+import subprocess
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from modelyard.errors import ConfigError
+from modelyard.monitoring._drift import parse_duration, parse_reference
+from modelyard.monitoring._features import FEATURE_NAMES
+from modelyard.monitoring._profiles import ERROR_STATUSES
+from modelyard.store import AlertNotification, AlertState, Store
+
+log = logging.getLogger("modelyard.alerts")
+
+RECORD_METRICS: dict[str, str] = {
+    "requests": "requests in the window",
+    "errors": "errors and timeouts in the window",
+    "error_rate": "errors and timeouts / requests",
+    "latency_p50_ms": "median latency",
+    "latency_p95_ms": "95th percentile latency",
+    "latency_p99_ms": "99th percentile latency",
+    "ttft_p95_ms": "95th percentile time to first token",
+    "tokens_in": "prompt tokens",
+    "tokens_out": "completion tokens",
+    "feedback_mean": "mean feedback score",
+    "feedback_count": "feedback given",
+}
+DRIFT_METRICS: dict[str, str] = {
+    "drifted_features": "features drifted in the endpoint's latest drift run in the window",
+} | {f"drift.{f}": f"drift value of {f} in the latest run" for f in FEATURE_NAMES}
+METRICS = RECORD_METRICS | DRIFT_METRICS
+_COMPARISONS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class WebhookConfig(_Section):
+    url: str = Field(description="where alerts are POSTed as JSON")
+    timeout_s: float = Field(default=5.0, gt=0)
+    retries: int = Field(default=3, ge=0, le=10)
+    backoff_s: float = Field(default=0.5, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("use an http:// or https:// URL")
+        return value
+
+
+class NotifyConfig(_Section):
+    webhook: WebhookConfig | None = None
+
+
+class DriftSchedule(_Section):
+    """Drift runs the tick makes for the rules that read drift metrics."""
+
+    reference: str = "eval"
+    window: str = "1h"
+    every: str = "10m"
+
+
+class Rule(_Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+    metric: str
+    window: str = "5m"
+    comparison: Literal[">", ">=", "<", "<=", "==", "!="] = ">"
+    threshold: float
+    for_: str = Field(default="0s", alias="for")
+    severity: Literal["info", "warning", "critical"] = "warning"
+    labels: dict[str, str] = Field(default_factory=dict)
+    endpoint: str | None = None
+    summary: str | None = None
+    retrain: list[str] | None = None
+
+    @field_validator("metric")
+    @classmethod
+    def _metric(cls, value: str) -> str:
+        if value not in METRICS:
+            near = difflib.get_close_matches(value, list(METRICS), n=1, cutoff=0.5)
+            hint = f" (did you mean {near[0]!r}?)" if near else ""
+            raise ValueError(f"unknown metric {value!r}{hint}; use one of {', '.join(METRICS)}")
+        return value
+
+    @field_validator("window", "for_")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        if value != "0s":
+            parse_duration(value)
+        return value
+
+    @field_validator("retrain", mode="before")
+    @classmethod
+    def _argv(cls, value: Any) -> Any:
+        return shlex.split(value) if isinstance(value, str) else value
+
+    @property
+    def window_td(self) -> timedelta:
+        return parse_duration(self.window)
+
+    @property
+    def for_td(self) -> timedelta:
+        return timedelta(0) if self.for_ == "0s" else parse_duration(self.for_)
+
+
+class AlertRules(_Section):
+    notify: NotifyConfig = Field(default_factory=NotifyConfig)
+    drift: DriftSchedule = Field(default_factory=DriftSchedule)
+    rules: list[Rule] = Field(default_factory=list)
+
+    @field_validator("rules")
+    @classmethod
+    def _unique(cls, rules: list[Rule]) -> list[Rule]:
+        names = [r.name for r in rules]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"rule names must be unique; repeated: {', '.join(dupes)}")
+        return rules
+
+    @property
+    def uses_drift(self) -> bool:
+        return any(r.metric in DRIFT_METRICS for r in self.rules)
+
+    @classmethod
+    def parse(cls, data: Any, source: str = "alert rules") -> AlertRules:
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{source}: expected a mapping with a 'rules' list", field="rules")
+        try:
+            rules = cls.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            key = ".".join(str(p) for p in first["loc"]) or "rules"
+            msg = first["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"{source}: {key}: {msg}", field=key) from None
+        parse_reference(rules.drift.reference, datetime.now(UTC))
+        parse_duration(rules.drift.window, field="drift.window")
+        parse_duration(rules.drift.every, field="drift.every")
+        return rules
+
+    @classmethod
+    def load(cls, path: Path) -> AlertRules:
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(
+                f"no alert rules file at {path}",
+                hint="Write one (see docs/monitoring.md).",
+                field="rules",
+            ) from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path} is not valid YAML: {exc}", field="rules") from None
+        return cls.parse(data, str(path))
+
+
+def alert_id(rule: str, labels: Mapping[str, str]) -> str:
+    key = json.dumps([rule, sorted(labels.items())])
+    return hashlib.sha256(key.encode()).hexdigest()[:32]
+
+
+# -- metrics -----------------------------------------------------------------------------------
+
+
+def record_metrics(
+    store: Store, endpoint: str, start: datetime, end: datetime
+) -> dict[str, float | None]:
+    rows = store.query_records(endpoint=endpoint, since=start, until=end, limit=None, text=False)
+    n = len(rows)
+    latency = np.array([r["latency_ms"] for r in rows], dtype=float)
+    ttft = np.array([r["ttft_ms"] for r in rows if r["ttft_ms"] is not None], dtype=float)
+    scores = [float(r["feedback_score"]) for r in rows if r["feedback_score"] is not None]
+    errors = sum(1 for r in rows if r["status"] in ERROR_STATUSES)
+
+    def pct(a: np.ndarray, q: float) -> float | None:
+        return float(np.percentile(a, q)) if a.size else None
+
+    return {
+        "requests": float(n),
+        "errors": float(errors),
+        "error_rate": errors / n if n else None,
+        "latency_p50_ms": pct(latency, 50),
+        "latency_p95_ms": pct(latency, 95),
+        "latency_p99_ms": pct(latency, 99),
+        "ttft_p95_ms": pct(ttft, 95),
+        "tokens_in": float(sum(r["prompt_tokens"] for r in rows)),
+        "tokens_out": float(sum(r["completion_tokens"] for r in rows)),
+        "feedback_mean": sum(scores) / len(scores) if scores else None,
+        "feedback_count": float(len(scores)),
+    }
+
+
+def drift_metrics(store: Store, endpoint: str, start: datetime) -> dict[str, float | None]:
+    results = [
+        r
+        for r in store.list_drift_results(endpoint=endpoint, latest=True)
+        if r.computed_at >= start
+    ]
+    out: dict[str, float | None] = dict.fromkeys(DRIFT_METRICS)
+    if results:
+        out["drifted_features"] = float(sum(1 for r in results if r.drifted))
+        for r in results:
+            out[f"drift.{r.feature}"] = r.value
+    return out
+
+
+# -- notification ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Delivery:
+    ok: bool
+    attempts: int
+    error: str | None
+
+
+def post_webhook(config: WebhookConfig, payload: Mapping[str, Any]) -> Delivery:
+    """POST ``payload``; retry connection errors, timeouts and 5xx answers with backoff."""
+    error: str | None = None
+    attempts = 0
+    with httpx.Client(timeout=config.timeout_s) as client:
+        for attempt in range(config.retries + 1):
+            attempts = attempt + 1
+            try:
+                reply = client.post(config.url, json=dict(payload))
+            except httpx.HTTPError as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            else:
+                if reply.status_code < 300:
+                    return Delivery(True, attempts, None)
+                error = f"HTTP {reply.status_code}"
+                if reply.status_code < 500:
+                    break  # the receiver refused it; sending again changes nothing
+            if attempt < config.retries:
+                time.sleep(config.backoff_s * (2**attempt))
+    return Delivery(False, attempts, error)
+
+
+def _payload(alert: AlertState, rule: Rule, now: datetime) -> dict[str, Any]:
+    return {
+        "status": alert.state,
+        "alert": {
+            "id": alert.id,
+            "rule": alert.rule,
+            "labels": dict(alert.labels),
+            "severity": alert.severity,
+            "metric": rule.metric,
+            "value": alert.value,
+            "comparison": rule.comparison,
+            "threshold": rule.threshold,
+            "summary": alert.summary,
+            "fired_at": alert.fired_at.isoformat() if alert.fired_at else None,
+            "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
+        },
+        "sent_at": now.isoformat(),
+    }
+
+
+def notify(store: Store, rules: AlertRules, rule: Rule, alert: AlertState, now: datetime) -> int:
+    """Tell every target about ``alert``'s new state; each delivery is kept in the store."""
+    payload = _payload(alert, rule, now)
+    level = logging.WARNING if alert.state == "firing" else logging.INFO
+    log.log(level, "alert %s %s: %s", alert.rule, alert.state, alert.summary)
+    store.add_alert_notification(
+        AlertNotification(alert.id, alert.rule, alert.state, "log", now, True, 1, None)
+    )
+    sent = 1
+    hook = rules.notify.webhook
+    if hook is not None:
+        d = post_webhook(hook, payload)
+        if not d.ok:
+            log.error(
+                "alert %s: webhook %s failed after %d tries: %s",
+                alert.rule,
+                hook.url,
+                d.attempts,
+                d.error,
+            )
+        store.add_alert_notification(
+            AlertNotification(
+                alert.id, alert.rule, alert.state, hook.url, now, d.ok, d.attempts, d.error
+            )
+        )
+        sent += 1
+    return sent
+
+
+# Started retraining processes, kept so they are reaped (polled) rather than left as zombies.
+_RUNNING: list[subprocess.Popen[bytes]] = []
+
+
+def start_retraining(store: Store, rule: Rule, alert: AlertState) -> int | None:
+    """Start the rule's retraining command (not waited for); the start is audited."""
+    _RUNNING[:] = [p for p in _RUNNING if p.poll() is None]
+    assert rule.retrain is not None
+    payload: dict[str, Any] = {
+        "command": rule.retrain,
+        "alert_id": alert.id,
+        "labels": dict(alert.labels),
+        "value": alert.value,
+    }
+    try:
+        proc = subprocess.Popen(
+            rule.retrain,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        store.record_audit_event("alert.retrain_failed", rule.name, payload | {"error": str(exc)})
+        log.error("alert %s: cannot start %s: %s", rule.name, rule.retrain, exc)
+        return None
+    _RUNNING.append(proc)
+    store.record_audit_event("alert.retrain_started", rule.name, payload | {"pid": proc.pid})
+    return proc.pid
+
+
+# -- evaluation --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Transition:
+    alert: AlertState
+    before: str
+
+    @property
+    def notified(self) -> bool:
+        return self.alert.state in ("firing", "resolved")
+
+
+def _summary(rule: Rule, labels: Mapping[str, str], value: float | None) -> str:
+    if rule.summary:
+        try:
+            return rule.summary.format(value=value, threshold=rule.threshold, **labels)
+        except (KeyError, IndexError, ValueError):
+            return rule.summary
+    shown = "no data" if value is None else f"{value:.4g}"
+    where = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    condition = f"{rule.comparison} {rule.threshold:g}"
+    return f"{rule.metric} over {rule.window} is {shown} ({condition}) [{where}]"
+
+
+def evaluate_rules(store: Store, rules: AlertRules, now: datetime) -> list[Transition]:
+    """Evaluate every rule for every endpoint; save states, notify the changes that matter."""
+    states = {a.id: a for a in store.list_alert_states()}
+    endpoints = [e.name for e in store.list_endpoints()]
+    transitions: list[Transition] = []
+    cache: dict[tuple[str, timedelta], dict[str, float | None]] = {}
+    for rule in rules.rules:
+        for endpoint in [rule.endpoint] if rule.endpoint else endpoints:
+            key = (endpoint, rule.window_td)
+            if key not in cache:
+                start = now - rule.window_td
+                cache[key] = record_metrics(store, endpoint, start, now) | drift_metrics(
+                    store, endpoint, start
+                )
+            value = cache[key][rule.metric]
+            labels = {**rule.labels, "endpoint": endpoint, "severity": rule.severity}
+            aid = alert_id(rule.name, labels)
+            old = states.get(aid)
+            holds = value is not None and _COMPARISONS[rule.comparison](value, rule.threshold)
+            new = _step(old, rule, aid, labels, value, holds, now)
+            before = old.state if old else "inactive"
+            store.save_alert_state(new)
+            if new.state != before:
+                transitions.append(Transition(new, before))
+                if new.state in ("firing", "resolved"):
+                    notify(store, rules, rule, new, now)
+                if new.state == "firing" and rule.retrain:
+                    start_retraining(store, rule, new)
+    return transitions
+
+
+def _step(
+    old: AlertState | None,
+    rule: Rule,
+    aid: str,
+    labels: Mapping[str, str],
+    value: float | None,
+    holds: bool,
+    now: datetime,
+) -> AlertState:
+    base = old or AlertState(
+        aid, rule.name, dict(labels), rule.severity, "inactive", None, "", None, None, None, now
+    )
+    base = replace(
+        base,
+        value=value,
+        last_evaluated=now,
+        severity=rule.severity,
+        summary=_summary(rule, labels, value),
+    )
+    state = base.state
+    if holds:
+        if state in ("inactive", "resolved"):
+            base = replace(base, state="pending", active_since=now, resolved_at=None)
+            state = "pending"
+        if (
+            state == "pending"
+            and base.active_since is not None
+            and now - base.active_since >= rule.for_td
+        ):
+            base = replace(base, state="firing", fired_at=now)
+        return base
+    if state == "firing":
+        return replace(base, state="resolved", resolved_at=now, active_since=None)
+    if state == "pending":
+        return replace(base, state="inactive", active_since=None)
+    return base
+
+
+def default_rules_path(home: Path) -> Path:
+    return home / "alerts.yml"
+
+
+def rules_from(source: AlertRules | Path | str | None, home: Path) -> AlertRules | None:
+    if isinstance(source, AlertRules):
+        return source
+    if source is None:
+        path = default_rules_path(home)
+        return AlertRules.load(path) if path.exists() else None
+    return AlertRules.load(Path(source))
+
+
+def endpoints_for_drift(rules: AlertRules, store: Store) -> Sequence[str]:
+    named = {r.endpoint for r in rules.rules if r.metric in DRIFT_METRICS}
+    if None in named:
+        return [e.name for e in store.list_endpoints()]
+    return sorted(n for n in named if n)

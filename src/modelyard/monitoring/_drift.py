@@ -1,0 +1,353 @@
+"""Drift of an endpoint's traffic: features of a current window against a reference.
+
+The reference is the version's evaluation dataset by default (``eval``: only
+the text features exist there; token and latency features say
+``no_reference``), or a window of the endpoint's own traffic:
+``previous:24h`` (the 24 h before the current window) or
+``baseline:START/END`` (ISO times). The current sample is the sliding window
+ending now (default the last hour). Only answered (``ok``) records count. Too
+few samples on either side (``min_samples``, default 30) give
+``not_enough_data``, never a verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import numpy as np
+
+from modelyard.artifacts import ArtifactStore
+from modelyard.data._templates import TEMPLATES, template_named
+from modelyard.errors import ConfigError
+from modelyard.monitoring._features import FEATURE_NAMES, TEXT_FEATURES, text_features
+from modelyard.monitoring._stats import METHODS, Pair, Sample, default_method
+from modelyard.store import DriftResult, ModelVersion, Store
+
+MIN_SAMPLES = 30
+_HIST_BINS = 20
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str, *, field: str = "window") -> timedelta:
+    """``30s``, ``5m``, ``1h``, ``7d`` → a timedelta."""
+    match = _DURATION_RE.match(text.strip())
+    if not match or float(match.group(1)) <= 0:
+        raise ConfigError(
+            f"invalid duration {text!r} for {field}: use a number and a unit, e.g. 30s, 5m, 1h, 7d",
+            field=field,
+        )
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+@dataclass(frozen=True)
+class FeatureRule:
+    """A feature's method (None: chosen by sample size) and threshold (None: the method's)."""
+
+    method: str | None = None
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class DriftConfig:
+    features: Mapping[str, FeatureRule] = field(default_factory=dict)
+    min_samples: int = MIN_SAMPLES
+
+    @classmethod
+    def parse(
+        cls,
+        methods: Sequence[str] = (),
+        thresholds: Sequence[str] = (),
+        min_samples: int = MIN_SAMPLES,
+    ) -> DriftConfig:
+        """From ``FEATURE=METHOD`` and ``FEATURE=NUMBER`` strings (the CLI's options)."""
+        rules: dict[str, dict[str, Any]] = {}
+        for opt, items in (("method", methods), ("threshold", thresholds)):
+            for item in items:
+                name, sep, value = item.partition("=")
+                if not sep or name not in FEATURE_NAMES:
+                    raise ConfigError(
+                        f"invalid --{opt} {item!r}: use FEATURE={opt.upper()} with a feature "
+                        f"of {', '.join(FEATURE_NAMES)}",
+                        field=opt,
+                    )
+                if opt == "method":
+                    check_method(value)
+                    rules.setdefault(name, {})["method"] = value
+                else:
+                    try:
+                        rules.setdefault(name, {})["threshold"] = float(value)
+                    except ValueError:
+                        raise ConfigError(
+                            f"invalid --threshold {item!r}: {value!r} is not a number",
+                            field="threshold",
+                        ) from None
+        if min_samples < 2:
+            raise ConfigError("min_samples must be at least 2", field="min_samples")
+        return cls({k: FeatureRule(**v) for k, v in rules.items()}, min_samples)
+
+
+def check_method(name: str) -> str:
+    if name not in METHODS:
+        raise ConfigError(
+            f"unknown drift method {name!r}: use one of {', '.join(METHODS)}", field="method"
+        )
+    return name
+
+
+def compare(
+    feature: str,
+    ref: np.ndarray | Sequence[float] | None,
+    cur: np.ndarray | Sequence[float],
+    rule: FeatureRule | None = None,
+    *,
+    min_samples: int = MIN_SAMPLES,
+) -> dict[str, Any]:
+    """One feature's test: method, value, threshold, drifted, status, sizes and histograms."""
+    rule = rule or FeatureRule()
+    cur_s = Sample.of(np.asarray(cur, dtype=float))
+    if ref is None:
+        threshold = rule.threshold if rule.threshold is not None else 0.0
+        return _result(rule.method or "-", None, threshold, None, "no_reference", 0, cur_s.n, {})
+    ref_s = Sample.of(np.asarray(ref, dtype=float))
+    n_unique = len(np.union1d(np.unique(ref_s.values), np.unique(cur_s.values)))
+    name = rule.method or default_method(ref_s.n, n_unique)
+    method = METHODS[name]
+    threshold = rule.threshold if rule.threshold is not None else method.threshold
+    if ref_s.n < min_samples or cur_s.n < min_samples:
+        return _result(name, None, threshold, None, "not_enough_data", ref_s.n, cur_s.n, {})
+    pair = Pair(ref_s, cur_s)
+    value = method.compute(pair, n_unique <= 5)
+    drifted = method.drifted(value, threshold)
+    return _result(
+        name,
+        value,
+        threshold,
+        drifted,
+        "drift" if drifted else "ok",
+        ref_s.n,
+        cur_s.n,
+        _histograms(pair),
+    )
+
+
+def _result(
+    method: str,
+    value: float | None,
+    threshold: float,
+    drifted: bool | None,
+    status: str,
+    n_ref: int,
+    n_cur: int,
+    details: Mapping[str, Any],
+) -> dict[str, Any]:
+    return {
+        "method": method,
+        "value": value,
+        "threshold": threshold,
+        "drifted": drifted,
+        "status": status,
+        "n_reference": n_ref,
+        "n_current": n_cur,
+        "details": dict(details),
+    }
+
+
+def _histograms(pair: Pair) -> dict[str, Any]:
+    """Shares of both samples over common bins, for the report's charts."""
+    lo = float(min(pair.ref.values[0], pair.cur.values[0]))
+    hi = float(max(pair.ref.values[-1], pair.cur.values[-1]))
+    edges = np.linspace(lo, hi if hi > lo else lo + 1.0, _HIST_BINS + 1)
+    return {
+        "edges": [round(float(e), 6) for e in edges],
+        "reference": [round(float(x), 6) for x in pair.ref.counts(edges) / pair.ref.n],
+        "current": [round(float(x), 6) for x in pair.cur.counts(edges) / pair.cur.n],
+        "reference_mean": float(np.mean(pair.ref.values)),
+        "current_mean": float(np.mean(pair.cur.values)),
+    }
+
+
+def features_of(records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    """Feature columns of answered records (NaN where a record has no value)."""
+    ok = [r for r in records if r["status"] == "ok"]
+    out: dict[str, np.ndarray] = {}
+    for name in FEATURE_NAMES:
+        out[name] = np.array(
+            [np.nan if r.get(name) is None else float(r[name]) for r in ok], dtype=float
+        )
+    return out
+
+
+@dataclass(frozen=True)
+class DriftReport:
+    endpoint: str
+    version: str
+    reference: str
+    window_start: datetime
+    window_end: datetime
+    results: tuple[DriftResult, ...]
+
+    @property
+    def drifted_features(self) -> list[str]:
+        return [r.feature for r in self.results if r.drifted]
+
+
+def _pick_version(store: Store, endpoint: str, version: str | None) -> ModelVersion:
+    ep = store.get_endpoint(endpoint)
+    if version is not None:
+        number = version.split(":")[-1]
+        if not number.isdigit():
+            raise ConfigError(
+                f"invalid --version {version!r}: use the version number, e.g. 2", field="version"
+            )
+        for route in ep.routes:
+            if route.version == int(number):
+                return store.get_model_version_by_id(route.version_id)
+        return store.get_model_version(ep.model, int(number))
+    if not ep.routes:
+        raise ConfigError(f"endpoint {endpoint!r} has no traffic plan", field="endpoint")
+    top = max(ep.routes, key=lambda r: (r.weight, r.version))
+    return store.get_model_version_by_id(top.version_id)
+
+
+def eval_reference(
+    store: Store, artifacts: ArtifactStore | None, version: ModelVersion
+) -> dict[str, np.ndarray]:
+    """The text features of ``version``'s evaluation dataset, rendered with its template."""
+    dataset = version.lineage.get("dataset") if isinstance(version.lineage, Mapping) else None
+    digest = dataset.get("eval_digest") if isinstance(dataset, Mapping) else None
+    hint = "Use --reference previous:24h (or baseline:START/END) to compare with past traffic."
+    if not digest:
+        raise ConfigError(
+            f"version {version.ref} records no evaluation dataset in its lineage",
+            hint=hint,
+            field="reference",
+        )
+    if artifacts is None:
+        raise ConfigError("the eval reference needs the artifact store", field="reference")
+    found = [d for d in store.list_datasets() if d.digest == digest]
+    if not found:
+        raise ConfigError(
+            f"the evaluation dataset of {version.ref} ({digest[:12]}…) is not in the store",
+            hint=hint,
+            field="reference",
+        )
+    files = artifacts.open_verified(found[0].artifact_digest)
+    name = str(version.lineage.get("prompt_template") or "text")
+    template = (
+        template_named("chat-fallback" if name == "chat" else name)
+        if name in TEMPLATES
+        else template_named("text")
+    )
+    columns: dict[str, list[float]] = {f: [] for f in TEXT_FEATURES}
+    for path in sorted(files.rglob("*.jsonl")):
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            prompt, response = template.render(json.loads(line))
+            feats = text_features(prompt, response)
+            for f in TEXT_FEATURES:
+                columns[f].append(float(getattr(feats, f)))
+    return {f: np.array(v, dtype=float) for f, v in columns.items()}
+
+
+def parse_reference(text: str, window_start: datetime) -> tuple[datetime, datetime] | None:
+    """None for ``eval``; the (start, end) of a traffic reference otherwise."""
+    if text == "eval":
+        return None
+    kind, _, arg = text.partition(":")
+    if kind == "previous" and arg:
+        length = parse_duration(arg, field="reference")
+        return window_start - length, window_start
+    if kind == "baseline" and "/" in arg:
+        a, _, b = arg.partition("/")
+        try:
+            start, end = (datetime.fromisoformat(x) for x in (a, b))
+        except ValueError:
+            start = end = None  # type: ignore[assignment]
+        if start is not None and end is not None:
+            start = start if start.tzinfo else start.replace(tzinfo=UTC)
+            end = end if end.tzinfo else end.replace(tzinfo=UTC)
+            if start < end:
+                return start, end
+    raise ConfigError(
+        f"invalid --reference {text!r}: use eval, previous:DURATION (e.g. previous:24h) "
+        "or baseline:START/END with ISO times (e.g. baseline:2026-12-01T00:00/2026-12-01T06:00)",
+        field="reference",
+    )
+
+
+def compute_drift(
+    store: Store,
+    endpoint: str,
+    *,
+    version: str | None = None,
+    reference: str = "eval",
+    window: timedelta = timedelta(hours=1),
+    now: datetime | None = None,
+    config: DriftConfig | None = None,
+    artifacts: ArtifactStore | None = None,
+    save: bool = True,
+) -> DriftReport:
+    """Test every feature of ``endpoint``'s last ``window`` against the reference; store it."""
+    config = config or DriftConfig()
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    chosen = _pick_version(store, endpoint, version)
+    start = now - window
+    current = features_of(
+        store.query_records(
+            endpoint=endpoint,
+            version_id=chosen.id,
+            since=start,
+            until=now,
+            limit=None,
+            text=False,
+            status="ok",
+        )
+    )
+    span = parse_reference(reference, start)
+    if span is None:
+        ref_columns: dict[str, np.ndarray] = eval_reference(store, artifacts, chosen)
+    else:
+        ref_columns = features_of(
+            store.query_records(
+                endpoint=endpoint,
+                version_id=chosen.id,
+                since=span[0],
+                until=span[1],
+                limit=None,
+                text=False,
+                status="ok",
+            )
+        )
+    run_id = str(uuid.uuid4())
+    endpoint_row = store.get_endpoint(endpoint)
+    results = []
+    for name in FEATURE_NAMES:
+        ref = ref_columns.get(name)
+        out = compare(
+            name, ref, current[name], config.features.get(name), min_samples=config.min_samples
+        )
+        results.append(
+            DriftResult(
+                run_id=run_id,
+                computed_at=now,
+                endpoint_name=endpoint,
+                version=chosen.ref,
+                tenant=endpoint_row.tenant,
+                reference=reference,
+                window_start=start,
+                window_end=now,
+                feature=name,
+                **out,
+            )
+        )
+    if save:
+        store.add_drift_results(results, chosen.id)
+    return DriftReport(endpoint, chosen.ref, reference, start, now, tuple(results))

@@ -1,0 +1,341 @@
+"""``modelyard monitor report``: one self-contained HTML page (inline SVG, no scripts, no CDN).
+
+Traffic and error rate per version over time, latency percentiles, tokens and
+cost, drift per feature with reference and current histograms, feedback, and
+the version/rollout timeline from the audit chain.
+"""
+
+from __future__ import annotations
+
+import html
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+from modelyard.store import AuditEvent, DriftResult, Profile, Store
+
+_COLOURS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563")
+_W, _H, _PAD = 640, 220, 44
+Series = Mapping[str, Sequence[tuple[float, float]]]
+
+
+def _esc(text: object) -> str:
+    return html.escape(str(text))
+
+
+def _nice(v: float) -> str:
+    return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
+
+
+def line_chart(
+    title: str,
+    series: Series,
+    *,
+    y_label: str = "",
+    percent: bool = False,
+    x_labels: Callable[[float], str] | None = None,
+) -> str:
+    """An SVG line chart; x is a number (epoch seconds), one line per series."""
+    points = [p for s in series.values() for p in s]
+    if not points:
+        return (
+            f'<figure><figcaption>{_esc(title)}</figcaption><p class="empty">no data</p></figure>'
+        )
+    xs, ys = [p[0] for p in points], [p[1] for p in points]
+    x0, x1 = min(xs), max(xs)
+    y1 = max(ys) * 1.1 or 1.0
+    x1 = x1 if x1 > x0 else x0 + 1
+
+    def sx(x: float) -> float:
+        return _PAD + (x - x0) / (x1 - x0) * (_W - 2 * _PAD)
+
+    def sy(y: float) -> float:
+        return _H - _PAD + -(y / y1) * (_H - 2 * _PAD)
+
+    parts = [
+        f'<svg viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img" '
+        f'aria-label="{_esc(title)}">'
+    ]
+    for i in range(5):
+        y = y1 * i / 4
+        label = f"{y:.0%}" if percent else _nice(y)
+        parts.append(
+            f'<line x1="{_PAD}" x2="{_W - _PAD}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" '
+            f'class="grid"/><text x="{_PAD - 4}" y="{sy(y) + 4:.1f}" '
+            f'text-anchor="end">{label}</text>'
+        )
+    fmt = x_labels or (lambda x: datetime.fromtimestamp(x, UTC).strftime("%m-%d %H:%M"))
+    for x in (x0, (x0 + x1) / 2, x1):
+        parts.append(
+            f'<text x="{sx(x):.1f}" y="{_H - _PAD + 16}" text-anchor="middle">{_esc(fmt(x))}</text>'
+        )
+    for i, (name, pts) in enumerate(series.items()):
+        colour = _COLOURS[i % len(_COLOURS)]
+        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in sorted(pts))
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{path}"/>')
+        for x, y in pts:
+            parts.append(
+                f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{colour}">'
+                f"<title>{_esc(name)}: {_nice(y)}</title></circle>"
+            )
+        parts.append(
+            f'<rect x="{_PAD + 130 * i}" y="6" width="10" height="10" fill="{colour}"/>'
+            f'<text x="{_PAD + 14 + 130 * i}" y="15">{_esc(name)}</text>'
+        )
+    if y_label:
+        parts.append(
+            f'<text x="12" y="{_H / 2}" transform="rotate(-90 12 {_H / 2})" '
+            f'text-anchor="middle">{_esc(y_label)}</text>'
+        )
+    parts.append("</svg>")
+    return f"<figure><figcaption>{_esc(title)}</figcaption>{''.join(parts)}</figure>"
+
+
+def histogram_chart(result: DriftResult) -> str:
+    """Reference and current shares over the same bins, side by side."""
+    d = result.details
+    edges, ref, cur = d.get("edges"), d.get("reference"), d.get("current")
+    title = (
+        f"{result.feature}: {result.method} = "
+        + ("-" if result.value is None else f"{result.value:.4g}")
+        + (" — drifted" if result.drifted else "")
+    )
+    if not edges or not ref or not cur:
+        return f'<figure><figcaption>{_esc(title)}</figcaption><p class="empty">{_esc(result.status.replace("_", " "))}</p></figure>'  # noqa: E501
+    w, h, pad = 300, 150, 28
+    top = max(max(ref), max(cur)) or 1.0
+    n = len(ref)
+    bw = (w - 2 * pad) / n
+    parts = [
+        f'<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" '
+        f'aria-label="{_esc(title)}">'
+    ]
+    for i, (a, b) in enumerate(zip(ref, cur, strict=True)):
+        x = pad + i * bw
+        ha, hb = a / top * (h - 2 * pad), b / top * (h - 2 * pad)
+        parts.append(
+            f'<rect x="{x:.1f}" y="{h - pad - ha:.1f}" width="{bw / 2:.1f}" '
+            f'height="{ha:.1f}" fill="#94a3b8"><title>reference {a:.1%}</title></rect>'
+        )
+        parts.append(
+            f'<rect x="{x + bw / 2:.1f}" y="{h - pad - hb:.1f}" width="{bw / 2:.1f}" '
+            f'height="{hb:.1f}" fill="#2563eb"><title>current {b:.1%}</title></rect>'
+        )
+    parts.append(
+        f'<text x="{pad}" y="{h - 10}">{_nice(edges[0])}</text>'
+        f'<text x="{w - pad}" y="{h - 10}" text-anchor="end">{_nice(edges[-1])}</text>'
+        f'<rect x="{pad}" y="4" width="8" height="8" fill="#94a3b8"/>'
+        f'<text x="{pad + 11}" y="12">reference</text>'
+        f'<rect x="{pad + 80}" y="4" width="8" height="8" fill="#2563eb"/>'
+        f'<text x="{pad + 91}" y="12">current</text></svg>'
+    )
+    cls = ' class="drifted"' if result.drifted else ""
+    return f"<figure{cls}><figcaption>{_esc(title)}</figcaption>{''.join(parts)}</figure>"
+
+
+def _by_version(
+    profiles: Sequence[Profile], value: Callable[[list[Profile]], float | None]
+) -> dict[str, list[tuple[float, float]]]:
+    groups: dict[tuple[str, float], list[Profile]] = defaultdict(list)
+    for p in profiles:
+        groups[(p.version or "none", p.start.timestamp())].append(p)
+    out: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    for (version, t), items in sorted(groups.items()):
+        v = value(items)
+        if v is not None:
+            out[version].append((t, v))
+    return dict(out)
+
+
+def _overall(
+    profiles: Sequence[Profile], fields: Mapping[str, Callable[[list[Profile]], float | None]]
+) -> dict[str, list[tuple[float, float]]]:
+    groups: dict[float, list[Profile]] = defaultdict(list)
+    for p in profiles:
+        groups[p.start.timestamp()].append(p)
+    out: dict[str, list[tuple[float, float]]] = {name: [] for name in fields}
+    for t, items in sorted(groups.items()):
+        for name, fn in fields.items():
+            v = fn(items)
+            if v is not None:
+                out[name].append((t, v))
+    return out
+
+
+def _weighted(attr: str) -> Callable[[list[Profile]], float | None]:
+    def fn(items: list[Profile]) -> float | None:
+        vals = [(getattr(p, attr), p.requests) for p in items if getattr(p, attr) is not None]
+        total = sum(n for _, n in vals)
+        return sum(v * n for v, n in vals) / total if total else None
+
+    return fn
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    th = "".join(f"<th>{_esc(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _timeline(events: Sequence[AuditEvent]) -> str:
+    if not events:
+        return '<p class="empty">no version or traffic changes in this period</p>'
+    rows = [
+        (
+            f"{e.time:%Y-%m-%d %H:%M:%S}",
+            e.action,
+            e.subject,
+            e.actor,
+            ", ".join(f"{k}={v}" for k, v in sorted(e.payload.items()))[:120],
+        )
+        for e in events
+    ]
+    return _table(("time (UTC)", "action", "subject", "actor", "details"), rows)
+
+
+_CSS = """
+body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#111827;max-width:1400px}
+h1{font-size:22px}h2{font-size:17px;margin-top:28px;border-bottom:1px solid #e5e7eb}
+.grid{stroke:#e5e7eb}svg text{font-size:11px;fill:#374151}
+figure{display:inline-block;margin:8px 12px 8px 0;vertical-align:top}
+figcaption{font-weight:600;margin-bottom:4px}figure.drifted figcaption{color:#dc2626}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #e5e7eb;padding:3px 8px;
+text-align:left}th{background:#f9fafb}.empty{color:#6b7280}.yes{color:#dc2626;font-weight:600}
+"""
+
+
+def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
+    """The report's HTML for ``endpoint`` from ``since`` to now."""
+    ep = store.get_endpoint(endpoint)
+    profiles = store.list_profiles(window="hour", endpoint=endpoint, since=since)
+    drift = store.list_drift_results(endpoint=endpoint, latest=True)
+    events = [
+        e
+        for e in store.list_audit_events(since=since, limit=500, newest_first=False)
+        if e.subject == endpoint
+        or e.subject.startswith(f"{ep.model}")
+        or e.subject.startswith(f"{ep.model}:")
+    ]
+    requests = sum(p.requests for p in profiles)
+    errors = sum(p.errors for p in profiles)
+    costs = [p.cost for p in profiles if p.cost is not None]
+    fb_n = sum(p.feedback_count for p in profiles)
+    fb_sum = sum(p.feedback_sum for p in profiles)
+    plan = ", ".join(f"{ep.model}:{r.version} {r.weight}%" for r in ep.routes) or "none"
+    summary = _table(
+        ("requests", "error rate", "tokens in", "tokens out", "cost", "feedback", "traffic plan"),
+        [
+            (
+                requests,
+                f"{errors / requests:.1%}" if requests else "-",
+                sum(p.tokens_in for p in profiles),
+                sum(p.tokens_out for p in profiles),
+                f"{sum(costs):.4f}" if costs else "-",
+                f"{fb_sum / fb_n:+.2f} (n={fb_n})" if fb_n else "-",
+                plan,
+            )
+        ],
+    )
+    charts = [
+        line_chart(
+            "Requests per hour, per version",
+            _by_version(profiles, lambda ps: float(sum(p.requests for p in ps))),
+        ),
+        line_chart(
+            "Error rate per version",
+            _by_version(
+                profiles, lambda ps: sum(p.errors for p in ps) / max(1, sum(p.requests for p in ps))
+            ),
+            percent=True,
+        ),
+        line_chart(
+            "Latency percentiles (ms)",
+            _overall(
+                profiles,
+                {
+                    "p50": _weighted("latency_p50_ms"),
+                    "p95": _weighted("latency_p95_ms"),
+                    "p99": _weighted("latency_p99_ms"),
+                    "ttft p50": _weighted("ttft_p50_ms"),
+                },
+            ),
+            y_label="ms",
+        ),
+        line_chart(
+            "Tokens per hour",
+            _overall(
+                profiles,
+                {
+                    "in": lambda ps: float(sum(p.tokens_in for p in ps)),
+                    "out": lambda ps: float(sum(p.tokens_out for p in ps)),
+                },
+            ),
+        ),
+        line_chart(
+            "Cost per hour",
+            _overall(
+                profiles,
+                {
+                    "cost": lambda ps: (
+                        sum(p.cost for p in ps if p.cost is not None)
+                        if any(p.cost is not None for p in ps)
+                        else None
+                    )
+                },
+            ),
+        ),
+        line_chart(
+            "Feedback mean per version",
+            _by_version(
+                profiles,
+                lambda ps: (
+                    (sum(p.feedback_sum for p in ps) / n)
+                    if (n := sum(p.feedback_count for p in ps))
+                    else None
+                ),
+            ),
+        ),
+    ]
+    if drift:
+        head = drift[0]
+        drift_html = (
+            f"<p>run {_esc(head.run_id[:8])} at {head.computed_at:%Y-%m-%d %H:%M} UTC, version "
+            f"{_esc(head.version)}, reference {_esc(head.reference)}, window "
+            f"{head.window_start:%H:%M} to {head.window_end:%H:%M}</p>"
+            + _table(
+                ("feature", "method", "value", "threshold", "drifted", "reference n", "current n"),
+                [
+                    (
+                        r.feature,
+                        r.method,
+                        "-" if r.value is None else f"{r.value:.4g}",
+                        "-" if r.status == "no_reference" else f"{r.threshold:g}",
+                        {"drift": "yes", "ok": "no"}.get(r.status, r.status.replace("_", " ")),
+                        r.n_reference,
+                        r.n_current,
+                    )
+                    for r in drift
+                ],
+            )
+            + "".join(histogram_chart(r) for r in drift)
+        )
+    else:
+        drift_html = '<p class="empty">no drift run yet: run modelyard monitor drift</p>'
+    return (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>modelyard report: {_esc(endpoint)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>Endpoint {_esc(endpoint)}</h1>"
+        f"<p>{since:%Y-%m-%d %H:%M}  to  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · model "
+        f"{_esc(ep.model)} · tenant {_esc(ep.tenant or 'shared')}</p>"
+        f"<h2>Summary</h2>{summary}<h2>Traffic, errors, latency, tokens and cost</h2>"
+        f"{''.join(charts[:5])}<h2>Drift</h2>{drift_html}<h2>Feedback</h2>{charts[5]}"
+        f"<h2>Versions and rollouts</h2>{_timeline(events)}</body></html>"
+    )
+
+
+def write_report(store: Store, endpoint: str, out: Path, *, since: datetime) -> Path:
+    text = render_report(store, endpoint, since=since)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, encoding="utf-8")
+    return out

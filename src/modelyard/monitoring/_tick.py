@@ -1,0 +1,152 @@
+"""``tick``: one idempotent step of the monitoring loop, and the Prometheus gauges it feeds.
+
+The rollout controller calls ``tick(store)`` every loop; ``modelyard monitor
+tick`` runs it once. A step: update the profiles that can have changed,
+delete raw records past each tenant's retention (only where their hour's
+profile is final), run the drift checks that alert rules read (at most every
+``drift.every`` per endpoint), evaluate the rules and notify changes.
+Running it again at once changes nothing and notifies nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from modelyard.artifacts import ArtifactStore
+from modelyard.errors import ModelyardError
+from modelyard.monitoring._alerts import (
+    AlertRules,
+    Transition,
+    endpoints_for_drift,
+    evaluate_rules,
+    rules_from,
+)
+from modelyard.monitoring._drift import DriftReport, compute_drift, parse_duration
+from modelyard.monitoring._profiles import LATENESS, ProfileUpdate, floor_hour, update_profiles
+from modelyard.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TickReport:
+    profiles: ProfileUpdate
+    purged: dict[str, int] = field(default_factory=dict)
+    drift: tuple[DriftReport, ...] = ()
+    drift_errors: dict[str, str] = field(default_factory=dict)
+    transitions: tuple[Transition, ...] = ()
+
+
+def apply_retention(store: Store, now: datetime, lateness: timedelta = LATENESS) -> dict[str, int]:
+    """Delete raw records past each tenant's retention whose hour profiles are final."""
+    final_before = floor_hour(now - lateness)
+    purged: dict[str, int] = {}
+    for policy in store.list_retention():
+        cutoff = min(now - timedelta(days=policy.raw_days), final_before)
+        n = store.purge_records(policy.tenant, cutoff)
+        if n:
+            purged[policy.tenant] = n
+    return purged
+
+
+def _due_drift(
+    store: Store, rules: AlertRules, now: datetime, artifacts: ArtifactStore | None
+) -> tuple[list[DriftReport], dict[str, str]]:
+    every = parse_duration(rules.drift.every, field="drift.every")
+    window = parse_duration(rules.drift.window, field="drift.window")
+    reports, errors = [], {}
+    for endpoint in endpoints_for_drift(rules, store):
+        last = store.list_drift_results(endpoint=endpoint, latest=True, limit=50)
+        if last and now - last[0].computed_at < every:
+            continue
+        try:
+            reports.append(
+                compute_drift(
+                    store,
+                    endpoint,
+                    reference=rules.drift.reference,
+                    window=window,
+                    now=now,
+                    artifacts=artifacts,
+                )
+            )
+        except ModelyardError as exc:  # one endpoint's bad reference must not stop the loop
+            errors[endpoint] = exc.one_line()
+            log.warning("drift of %s skipped: %s", endpoint, exc.one_line())
+    return reports, errors
+
+
+def tick(
+    store: Store,
+    *,
+    now: datetime | None = None,
+    rules: AlertRules | Path | str | None = None,
+    home: Path | None = None,
+    artifacts: ArtifactStore | None = None,
+) -> TickReport:
+    """One step of the monitoring loop (see the module docstring); safe to call repeatedly.
+
+    ``rules`` defaults to ``<home>/alerts.yml`` when it exists (no rules otherwise).
+    """
+    now = (now or datetime.now(UTC)).astimezone(UTC)
+    if home is None:
+        from modelyard.settings import load_settings
+
+        home = load_settings().home
+    loaded = rules_from(rules, home)
+    profiles = update_profiles(store, now=now)
+    purged = apply_retention(store, now)
+    if loaded is None:
+        return TickReport(profiles, purged)
+    drift: list[DriftReport] = []
+    errors: dict[str, str] = {}
+    if loaded.uses_drift:
+        drift, errors = _due_drift(store, loaded, now, artifacts)
+    transitions = evaluate_rules(store, loaded, now)
+    return TickReport(profiles, purged, tuple(drift), errors, tuple(transitions))
+
+
+class MonitoringCollector(Collector):
+    """Drift results and alert states from the store, as Prometheus gauges.
+
+    ``modelyard_drift_value``/``modelyard_drift_detected`` per endpoint, version,
+    feature and method (the latest run of each endpoint), ``modelyard_alert_firing``
+    per rule, endpoint and severity. Register it on a server's registry, or print
+    it with ``modelyard monitor metrics``.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["endpoint", "version", "feature", "method"]
+        value = GaugeMetricFamily("modelyard_drift_value", "Latest drift statistic", labels=labels)
+        detected = GaugeMetricFamily(
+            "modelyard_drift_detected", "1 when the latest drift test says drifted", labels=labels
+        )
+        for r in self.store.list_drift_results(latest=True, limit=10_000):
+            if r.value is None:
+                continue
+            names = [r.endpoint_name, r.version or "", r.feature, r.method]
+            value.add_metric(names, r.value)
+            detected.add_metric(names, 1.0 if r.drifted else 0.0)
+        firing = GaugeMetricFamily(
+            "modelyard_alert_firing",
+            "1 while the alert fires",
+            labels=["rule", "endpoint", "severity"],
+        )
+        for a in self.store.list_alert_states():
+            firing.add_metric(
+                [a.rule, str(a.labels.get("endpoint", "")), a.severity],
+                1.0 if a.state == "firing" else 0.0,
+            )
+        yield value
+        yield detected
+        yield firing

@@ -1,0 +1,282 @@
+"""Monitoring in the store: profiles match their records, retention, drift methods, alerts."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from scipy import stats
+from scipy.spatial.distance import jensenshannon
+
+from modelyard.errors import ConfigError
+from modelyard.monitoring import (
+    AlertRules,
+    compare,
+    default_method,
+    text_features,
+    tick,
+    update_profiles,
+)
+from modelyard.monitoring._stats import METHODS, Pair, Sample
+from modelyard.store import NewInferenceRecord, Store
+
+T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+
+
+def _setup(store: Store) -> int:
+    store.register_base_model("tiny", "/models/tiny", {})
+    store.create_tenant("acme")
+    store.create_registered_model("acme-bot", tenant="acme")
+    for _ in range(2):
+        store.create_model_version(
+            "acme-bot", kind="adapter", artifact_digest="00" * 32, base_model="tiny",
+            run_id=None, lineage={"prompt_template": "alpaca"}, metrics={},
+        )  # fmt: skip
+    store.create_endpoint("acme-support", model_ref="acme-bot:1", tenant="acme")
+    return store.get_tenant("acme").id
+
+
+def _add(store: Store, tenant_id: int, rows: list[dict[str, Any]]) -> None:
+    v1 = store.get_model_version("acme-bot", 1).id
+    v2 = store.get_model_version("acme-bot", 2).id
+    items = []
+    for i, r in enumerate(rows):
+        prompt = r.get("prompt", "hello there")
+        rec = NewInferenceRecord(
+            id=r.get("id", f"r{i}-{r['at'].timestamp()}"), endpoint_name="acme-support",
+            route="chat.completions", latency_ms=r["latency"], status=r.get("status", "ok"),
+            http_status=200 if r.get("status", "ok") == "ok" else 503, tenant_id=tenant_id,
+            version_id=v2 if r.get("v") == 2 else v1, prompt=None,
+            prompt_tokens=r.get("tin", 10), completion_tokens=r.get("tout", 5),
+            ttft_ms=r.get("ttft"), created_at=r["at"],
+        )  # fmt: skip
+        items.append((rec, text_features(prompt, "ok")))
+    store.add_monitored_records(items)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> Iterator[Store]:
+    with Store.open(f"sqlite:///{tmp_path}/s.db") as store:
+        yield store
+
+
+def test_profiles_match_the_records_and_updates_are_incremental(db: Store) -> None:
+    tid = _setup(db)
+    db.set_token_price("tiny", input_per_1k=0.5, output_per_1k=2.0)
+    rng = np.random.default_rng(1)
+    rows: list[dict[str, Any]] = []
+    for i in range(200):
+        hour = i % 2
+        rows.append({
+            "id": f"rec{i}", "at": T0 + timedelta(hours=hour, seconds=i),
+            "latency": float(rng.lognormal(4, 0.5)), "ttft": float(rng.uniform(1, 9)),
+            "status": "error" if i % 10 == 0 else "ok", "v": 2 if i % 3 == 1 else 1,
+            "tin": int(rng.integers(5, 50)), "tout": int(rng.integers(1, 20)),
+        })  # fmt: skip
+    _add(db, tid, rows)
+    db.add_feedback("rec2", tenant="acme", score=1.0)
+    db.add_feedback("rec4", tenant="acme", score=-0.5)
+    now = T0 + timedelta(hours=3)
+    first = update_profiles(db, now=now)
+    assert first.hours == 4 and first.days == 1
+    hours = db.list_profiles(window="hour", endpoint="acme-support")
+    assert {(p.start, p.version) for p in hours} == {
+        (T0 + timedelta(hours=h), f"acme-bot:{v}") for h in (0, 1) for v in (1, 2)
+    }
+    for p in hours:
+        mine = [
+            r for r in rows
+            if p.start <= r["at"] < p.start + timedelta(hours=1)
+            and f"acme-bot:{r['v']}" == p.version
+        ]  # fmt: skip
+        lat = np.array([r["latency"] for r in mine])
+        assert p.requests == len(mine)
+        assert p.errors == sum(r["status"] == "error" for r in mine)
+        assert p.latency_p50_ms == pytest.approx(np.percentile(lat, 50))
+        assert p.latency_p95_ms == pytest.approx(np.percentile(lat, 95))
+        assert p.latency_p99_ms == pytest.approx(np.percentile(lat, 99))
+        assert p.ttft_p50_ms == pytest.approx(np.percentile([r["ttft"] for r in mine], 50))
+        assert p.tokens_in == sum(r["tin"] for r in mine)
+        assert p.tokens_out == sum(r["tout"] for r in mine)
+        assert p.cost == pytest.approx((p.tokens_in * 0.5 + p.tokens_out * 2.0) / 1000)
+    fb = {p.version: (p.feedback_count, p.feedback_sum) for p in hours if p.start == T0}
+    assert fb["acme-bot:1"] == (1, 1.0)  # rec2: hour 0, version 1
+    assert fb["acme-bot:2"] == (1, -0.5)  # rec4: hour 0, version 2
+    day = db.list_profiles(window="day", endpoint="acme-support")
+    assert sum(p.requests for p in day) == 200
+    assert sum(p.errors for p in day) == 20
+    all_lat = np.array([r["latency"] for r in rows if r["v"] == 1])
+    v1_day = next(p for p in day if p.version == "acme-bot:1")
+    assert v1_day.latency_p95_ms == pytest.approx(np.percentile(all_lat, 95), rel=0.05)
+
+    # Running again without changes rewrites only the hours near the watermark: same numbers.
+    again = update_profiles(db, now=now)
+    # 12:00 and 13:00 (near the watermark) and 10:00 (its feedback is newer than the watermark)
+    assert again.hours == 3
+
+    def numbers(ps: list[Any]) -> list[tuple[Any, ...]]:
+        return [(p.start, p.version, p.requests, p.errors, p.latency_p95_ms, p.cost) for p in ps]
+
+    assert numbers(db.list_profiles(window="hour")) == numbers(hours)
+    # Feedback on an old record is picked up by the next run.
+    db.add_feedback("rec1", tenant="acme", score=1.0)  # hour 1, version 2 (1 % 3 == 1)
+    update_profiles(db, now=now + timedelta(minutes=1))
+    h1 = next(
+        p for p in db.list_profiles(window="hour")
+        if p.start == T0 + timedelta(hours=1) and p.version == "acme-bot:2"
+    )  # fmt: skip
+    assert (h1.feedback_count, h1.feedback_sum) == (1, 1.0)
+
+
+def test_retention_deletes_old_raw_records_after_profiling_and_keeps_the_audit_chain(
+    db: Store,
+) -> None:
+    tid = _setup(db)
+    now = datetime.now(UTC)
+    old = [{"id": f"old{i}", "at": now - timedelta(days=3, minutes=i), "latency": 10.0}
+           for i in range(5)]  # fmt: skip
+    new = [{"id": f"new{i}", "at": now - timedelta(minutes=30 + i), "latency": 10.0}
+           for i in range(3)]  # fmt: skip
+    _add(db, tid, old + new)
+    db.add_feedback("old1", tenant="acme", score=1.0)
+    with pytest.raises(ConfigError, match="at least 1 day"):
+        db.set_retention("acme", 0)
+    db.set_retention("acme", 2)
+    events_before = len(db.list_audit_events(limit=None))
+    report = tick(db, now=now, rules=None, home=Path("/nonexistent"))
+    assert report.purged == {"acme": 5}
+    left = {r["id"] for r in db.query_records(limit=None)}
+    assert left == {f"new{i}" for i in range(3)}
+    # the profiles of the deleted records stay
+    assert sum(p.requests for p in db.list_profiles(window="day")) == 8
+    events = db.list_audit_events(limit=None)
+    assert len(events) == events_before + 1
+    assert events[0].action == "records.purged" and events[0].payload["records"] == 5
+    assert db.verify_audit_chain().ok
+    assert tick(db, now=now, home=Path("/nonexistent")).purged == {}
+
+
+def test_drift_methods_agree_with_scipy_and_evidently_defaults() -> None:
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(0, 1, 3000), rng.normal(0.3, 1, 2500)
+    pair = Pair(Sample.of(a), Sample.of(b))
+    edges = np.histogram_bin_edges(np.concatenate([a, b]), bins="sturges")
+    ra = np.histogram(a, edges)[0] / a.size
+    rb = np.histogram(b, edges)[0] / b.size
+    ra, rb = np.where(ra == 0, 1e-4, ra), np.where(rb == 0, 1e-4, rb)
+    assert METHODS["psi"].compute(pair, False) == pytest.approx(np.sum((ra - rb) * np.log(ra / rb)))
+    assert METHODS["jensenshannon"].compute(pair, False) == pytest.approx(jensenshannon(ra, rb))
+    assert METHODS["wasserstein"].compute(pair, False) == pytest.approx(
+        stats.wasserstein_distance(a, b) / np.std(a)
+    )
+    assert METHODS["ks"].compute(pair, False) == pytest.approx(
+        stats.ks_2samp(a, b).pvalue, rel=0.2, abs=1e-12
+    )
+    assert default_method(500, 100) == "ks" and default_method(500, 3) == "chisquare"
+    assert default_method(5000, 100) == "wasserstein"
+    assert default_method(5000, 2) == "jensenshannon"
+    # the verdicts: same distribution no, shifted yes, few samples no verdict
+    same = compare("latency_ms", rng.normal(0, 1, 2000), rng.normal(0, 1, 2000))
+    shifted = compare("latency_ms", rng.normal(0, 1, 2000), rng.normal(1, 1, 2000))
+    few = compare("latency_ms", rng.normal(0, 1, 2000), rng.normal(1, 1, 10))
+    assert (same["method"], same["drifted"], same["status"]) == ("wasserstein", False, "ok")
+    assert (shifted["drifted"], shifted["status"]) == (True, "drift")
+    assert (few["drifted"], few["status"], few["value"]) == (None, "not_enough_data", None)
+
+
+def _hook_server() -> tuple[ThreadingHTTPServer, list[dict[str, Any]], list[int]]:
+    received: list[dict[str, Any]] = []
+    answers: list[int] = []  # status codes to answer first (then 200)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            code = answers.pop(0) if answers else 200
+            if code == 200:
+                received.append(json.loads(body))
+            self.send_response(code)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, received, answers
+
+
+def test_an_alert_fires_and_resolves_once_each_with_webhook_retries_and_audited_retraining(
+    db: Store, tmp_path: Path
+) -> None:
+    tid = _setup(db)
+    server, received, answers = _hook_server()
+    marker = tmp_path / "retrained"
+    rules = AlertRules.parse({
+        "notify": {"webhook": {"url": f"http://127.0.0.1:{server.server_port}/hook",
+                               "timeout_s": 2, "retries": 2, "backoff_s": 0.01}},
+        "rules": [{
+            "name": "errors-high", "metric": "error_rate", "window": "5m", "comparison": ">",
+            "threshold": 0.2, "for": "1m", "severity": "critical", "labels": {"team": "support"},
+            "retrain": [sys.executable, "-c", f"open({str(marker)!r}, 'w').write('x')"],
+        }],
+    })  # fmt: skip
+    try:
+        t1 = T0 + timedelta(hours=1)
+        _add(db, tid, [{"at": t1 - timedelta(seconds=i), "latency": 5.0,
+                        "status": "error" if i % 2 else "ok"} for i in range(20)])  # fmt: skip
+        first = tick(db, now=t1, rules=rules, home=tmp_path)
+        assert [(t.before, t.alert.state) for t in first.transitions] == [("inactive", "pending")]
+        assert received == []
+        answers.append(503)  # the webhook fails once: retried
+        fired = tick(db, now=t1 + timedelta(minutes=1, seconds=30), rules=rules, home=tmp_path)
+        assert [t.alert.state for t in fired.transitions] == ["firing"]
+        assert [r["status"] for r in received] == ["firing"]
+        alert = received[0]["alert"]
+        assert alert["rule"] == "errors-high" and alert["value"] == pytest.approx(0.5)
+        assert alert["labels"] == {"endpoint": "acme-support", "severity": "critical",
+                                   "team": "support"}  # fmt: skip
+        hook_notes = [n for n in db.list_alert_notifications() if n.target != "log"]
+        assert [(n.state, n.ok, n.attempts) for n in hook_notes] == [("firing", True, 2)]
+        # deduplicated: still firing, nothing new sent
+        assert tick(db, now=t1 + timedelta(minutes=2), rules=rules, home=tmp_path).transitions == ()
+        assert len(received) == 1
+        assert db.list_alert_states(state="firing")[0].rule == "errors-high"
+        # healthy traffic later: resolved, notified once
+        t2 = t1 + timedelta(minutes=20)
+        _add(db, tid, [{"at": t2 - timedelta(seconds=i), "latency": 5.0} for i in range(10)])
+        resolved = tick(db, now=t2, rules=rules, home=tmp_path)
+        assert [t.alert.state for t in resolved.transitions] == ["resolved"]
+        assert [r["status"] for r in received] == ["firing", "resolved"]
+        tick(db, now=t2 + timedelta(minutes=1), rules=rules, home=tmp_path)
+        assert len(received) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+    started = db.list_audit_events(action="alert.retrain_started")
+    assert len(started) == 1 and started[0].subject == "errors-high"
+    deadline = time.monotonic() + 10
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.read_text() == "x"
+
+
+def test_bad_alert_rules_get_one_clear_error() -> None:
+    with pytest.raises(
+        ConfigError, match=r"rules\.0\.metric: unknown metric 'eror_rate'.*error_rate"
+    ):
+        AlertRules.parse({"rules": [{"name": "x", "metric": "eror_rate", "threshold": 1}]})
+    with pytest.raises(ConfigError, match=r"rules\.0\.window"):
+        AlertRules.parse(
+            {"rules": [{"name": "x", "metric": "error_rate", "threshold": 1, "window": "5 min"}]}
+        )
+    with pytest.raises(ConfigError, match=r"notify\.webhook\.url"):
+        AlertRules.parse({"notify": {"webhook": {"url": "ftp://x"}}, "rules": []})
