@@ -215,6 +215,11 @@ def drift(
     window: str = typer.Option(
         "1h", "--window", help="The current window, ending now: 30m, 1h, 1d."
     ),
+    end: str | None = typer.Option(
+        None,
+        "--end",
+        help="End the current window at this ISO time instead of now (to look back).",
+    ),
     method: list[str] = typer.Option(
         [],
         "--method",
@@ -240,6 +245,7 @@ def drift(
             window=parse_duration(window),
             config=config,
             artifacts=open_artifacts(),
+            now=parse_since(end) if end else None,
         )
     if json_out:
         print_json(

@@ -117,7 +117,11 @@ def compare(
         return _result(rule.method or "-", None, threshold, None, "no_reference", 0, cur_s.n, {})
     ref_s = Sample.of(np.asarray(ref, dtype=float))
     n_unique = len(np.union1d(np.unique(ref_s.values), np.unique(cur_s.values)))
-    name = rule.method or default_method(ref_s.n, n_unique)
+    name = rule.method or (default_method(ref_s.n, n_unique) if ref_s.n and cur_s.n else "-")
+    if name == "-":  # nothing to compare on a side: no method applies
+        return _result(
+            name, None, rule.threshold or 0.0, None, "not_enough_data", ref_s.n, cur_s.n, {}
+        )
     method = METHODS[name]
     threshold = rule.threshold if rule.threshold is not None else method.threshold
     if ref_s.n < min_samples or cur_s.n < min_samples:

@@ -44,21 +44,23 @@ def line_chart(
         )
     xs, ys = [p[0] for p in points], [p[1] for p in points]
     x0, x1 = min(xs), max(xs)
-    y1 = max(ys) * 1.1 or 1.0
+    y0 = min(0.0, min(ys) * 1.1)
+    y1 = max(ys) * 1.1 if max(ys) > 0 else 0.0
+    y1 = y1 if y1 > y0 else y0 + 1.0
     x1 = x1 if x1 > x0 else x0 + 1
 
     def sx(x: float) -> float:
         return _PAD + (x - x0) / (x1 - x0) * (_W - 2 * _PAD)
 
     def sy(y: float) -> float:
-        return _H - _PAD + -(y / y1) * (_H - 2 * _PAD)
+        return _H - _PAD - (y - y0) / (y1 - y0) * (_H - 2 * _PAD)
 
     parts = [
         f'<svg viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img" '
         f'aria-label="{_esc(title)}">'
     ]
     for i in range(5):
-        y = y1 * i / 4
+        y = y0 + (y1 - y0) * i / 4
         label = f"{y:.0%}" if percent else _nice(y)
         parts.append(
             f'<line x1="{_PAD}" x2="{_W - _PAD}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" '

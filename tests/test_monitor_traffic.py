@@ -1,0 +1,280 @@
+"""Done-when for monitoring: traffic through the server whose prompts shift, then the CLI.
+
+Short English prompts, then longer German ones, through the real server (the
+tenant keeps only hashes of its text). Drift is found on the prompt features
+and not on the unchanged ones; records, export, metrics, report and tick work
+on the same store.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import openai
+import pyarrow.parquet as pq
+import pytest
+
+from clihelp import modelyard
+from modelyard.monitoring import AlertRules, tick
+from modelyard.serving import BackgroundServer, EchoEngine, create_app
+from modelyard.store import Store
+from modelyard.tenants import create_api_key
+
+pytestmark = pytest.mark.slow  # a server and a dozen CLI runs: about a minute
+
+EN = [
+    "printer",
+    "invoice",
+    "account",
+    "password",
+    "order",
+    "refund",
+    "delivery",
+    "screen",
+    "laptop",
+    "login",
+]
+DE = [
+    "Drucker",
+    "Rechnung",
+    "Überweisung",
+    "Passwort",
+    "Bestellung",
+    "Rückerstattung",
+    "Lieferung",
+    "Bildschirm",
+    "Gerät",
+    "Anmeldung",
+    "größer",
+    "schön",
+]
+
+
+@dataclass
+class Traffic:
+    home: Path
+    start: datetime
+    mid: datetime
+    end: datetime
+
+
+def _ask(client: openai.OpenAI, words: list[str]) -> None:
+    client.chat.completions.create(
+        model="acme-support", messages=[{"role": "user", "content": " ".join(words)}]
+    )
+
+
+@pytest.fixture(scope="module")
+def traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
+    home = tmp_path_factory.mktemp("home")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("MODELYARD_HOME", str(home))
+    rng = random.Random(5)
+    try:
+        with Store.open(f"sqlite:///{home / 'store.db'}") as store:
+            store.register_base_model("tiny", "/models/tiny", {})
+            store.create_tenant("acme", storage_policy="hash")
+            store.create_registered_model("acme-bot", tenant="acme")
+            store.create_model_version(
+                "acme-bot",
+                kind="adapter",
+                artifact_digest="00" * 32,
+                base_model="tiny",
+                run_id=None,
+                lineage={"prompt_template": "chat-fallback"},
+                metrics={},
+            )
+            store.create_endpoint("acme-support", model_ref="acme-bot:1", tenant="acme")
+            key = create_api_key(store, "acme")[1]
+            app = create_app(store, EchoEngine(), refresh_seconds=0.1)
+            with BackgroundServer(app) as server:
+                client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0)
+                start = datetime.now(UTC)
+                for _ in range(60):
+                    _ask(client, rng.choices(EN, k=rng.randint(4, 10)))
+                time.sleep(0.05)
+                mid = datetime.now(UTC)
+                time.sleep(0.05)
+                for _ in range(60):
+                    _ask(client, rng.choices(DE, k=rng.randint(20, 35)))
+                deadline = time.monotonic() + 10
+                while len(store.query_records(limit=None)) < 120 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+            yield Traffic(home, start, mid, datetime.now(UTC))
+    finally:
+        mp.undo()
+
+
+def _window(t: Traffic) -> tuple[str, str, str]:
+    """(reference, window, end): the English phase against the German one."""
+    end = t.end + timedelta(seconds=1)
+    window = math.floor((end - t.mid).total_seconds() * 1000) / 1000
+    ref = f"baseline:{(t.start - timedelta(seconds=1)).isoformat()}/{t.mid.isoformat()}"
+    return ref, f"{window}s", end.isoformat()
+
+
+def _drift_args(t: Traffic, *extra: str) -> list[str]:
+    ref, window, end = _window(t)
+    return [
+        "monitor",
+        "drift",
+        "--endpoint",
+        "acme-support",
+        "--reference",
+        ref,
+        "--window",
+        window,
+        "--end",
+        end,
+        *extra,
+    ]
+
+
+def test_shifted_prompts_drift_on_the_right_features_only(traffic: Traffic) -> None:
+    r = modelyard(*_drift_args(traffic, "--json"), home=traffic.home)
+    assert r.code == 0, r.err
+    out = json.loads(r.out)
+    by = {f["feature"]: f for f in out["features"]}
+    assert by["prompt_chars"]["n_reference"] == 60 and by["prompt_chars"]["n_current"] == 60
+    for feature in ("prompt_chars", "prompt_tokens", "prompt_non_ascii"):
+        assert by[feature]["drifted"] is True, by[feature]
+        assert by[feature]["method"] == "ks"  # 60 reference rows: Evidently's small-sample test
+    # The echo engine answers with the last line of the prompt template: unchanged.
+    for feature in ("completion_tokens", "response_chars", "response_non_ascii", "prompt_digits"):
+        assert by[feature]["drifted"] is False, by[feature]
+    # no engine here counts unknown tokens: no verdict, not a false one
+    assert by["unknown_token_rate"]["status"] == "not_enough_data"
+    assert by["unknown_token_rate"]["drifted"] is None
+
+    table = modelyard(*_drift_args(traffic, "--threshold", "prompt_chars=0.0"), home=traffic.home)
+    assert table.code == 0, table.err
+    assert "prompt_non_ascii" in table.out and "drifted:" in table.out
+
+
+def test_records_are_hashed_but_features_and_exports_are_there(
+    traffic: Traffic, tmp_path: Path
+) -> None:
+    r = modelyard(
+        "monitor",
+        "records",
+        "--endpoint",
+        "acme-support",
+        "--tenant",
+        "acme",
+        "--status",
+        "ok",
+        "--limit",
+        "5",
+        "--json",
+        home=traffic.home,
+    )
+    assert r.code == 0, r.err
+    rows = json.loads(r.out)
+    assert len(rows) == 5
+    assert all(row["prompt"].startswith("sha256:") for row in rows)
+    assert all(row["prompt_chars"] > 100 and row["prompt_non_ascii"] > 0 for row in rows)
+    out = tmp_path / "records.parquet"
+    r = modelyard("monitor", "export", "--format", "parquet", "--out", str(out), home=traffic.home)
+    assert r.code == 0, r.err
+    table = pq.read_table(out)
+    assert table.num_rows == 120
+    assert {"prompt_chars", "latency_ms", "feedback_score", "version"} <= set(table.column_names)
+    bad = modelyard("monitor", "records", "--status", "weird", home=traffic.home)
+    assert bad.code == 2
+    assert bad.err.strip().startswith("error: unknown record status 'weird'")
+
+
+def test_bad_reference_is_one_clear_error(traffic: Traffic) -> None:
+    r = modelyard(
+        "monitor",
+        "drift",
+        "--endpoint",
+        "acme-support",
+        "--reference",
+        "lastweek",
+        home=traffic.home,
+    )
+    assert r.code == 2
+    assert r.err.strip().startswith("error: invalid --reference 'lastweek'")
+    assert "Traceback" not in r.err
+    r = modelyard("monitor", "drift", "--endpoint", "acme-support", home=traffic.home)
+    assert r.code == 2
+    assert "records no evaluation dataset" in r.err
+
+
+def test_tick_fires_a_drift_alert_and_metrics_and_report_show_it(
+    traffic: Traffic, tmp_path: Path
+) -> None:
+    ref, _, end = _window(traffic)
+    now = datetime.fromisoformat(end) + timedelta(seconds=0.5)  # not the CLI drift's moment
+    window = f"{(now - traffic.mid).total_seconds():.3f}s"
+    rules = AlertRules.parse(
+        {
+            "drift": {"reference": ref, "window": window, "every": "0.1s"},
+            "rules": [
+                {
+                    "name": "prompts-drifted",
+                    "metric": "drifted_features",
+                    "window": "1h",
+                    "comparison": ">=",
+                    "threshold": 2,
+                    "severity": "warning",
+                }
+            ],
+        }
+    )
+    with Store.open(f"sqlite:///{traffic.home / 'store.db'}") as store:
+        report = tick(store, rules=rules, now=now, home=traffic.home)
+    assert report.drift[0].endpoint == "acme-support"
+    assert "prompt_chars" in report.drift[0].drifted_features
+    assert [(t.alert.rule, t.alert.state) for t in report.transitions] == [
+        ("prompts-drifted", "firing")
+    ]
+    # the CLI's tick (no rules file in this home): profiles only, nothing fires or resolves
+    r = modelyard("monitor", "tick", "--json", home=traffic.home)
+    assert r.code == 0, r.err
+    summary = json.loads(r.out)
+    assert summary["profiles"]["rows"] >= 2 and summary["transitions"] == []
+    profiles = json.loads(modelyard("monitor", "profiles", "--json", home=traffic.home).out)
+    assert sum(p["requests"] for p in profiles) == 120
+    r = modelyard("monitor", "alerts", "--state", "firing", "--json", home=traffic.home)
+    assert [a["rule"] for a in json.loads(r.out)] == ["prompts-drifted"]
+
+    metrics = modelyard("monitor", "metrics", home=traffic.home)
+    assert metrics.code == 0, metrics.err
+    assert 'modelyard_drift_detected{endpoint="acme-support",feature="prompt_chars"' in metrics.out
+    assert 'modelyard_alert_firing{endpoint="acme-support",rule="prompts-drifted"' in metrics.out
+    promtool = shutil.which("promtool")
+    if promtool:
+        check = subprocess.run(
+            [promtool, "check", "metrics"],
+            input=metrics.out,
+            text=True,
+            capture_output=True,
+            check=False,
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+
+    out = tmp_path / "report.html"
+    r = modelyard(
+        "monitor", "report", "--endpoint", "acme-support", "--out", str(out), home=traffic.home
+    )
+    assert r.code == 0, r.err
+    page = out.read_text()
+    # four time charts with data (no prices, no feedback here: those say "no data") and a
+    # histogram per feature with a verdict (all but unknown_token_rate)
+    assert page.count("<svg") == 4 + 9
+    assert page.count('<p class="empty">no data</p>') == 2
+    assert "<script" not in page and "http://" not in page and "https://" not in page
+    assert "Requests per hour, per version" in page and "acme-bot:1" in page
+    assert '<figure class="drifted"><figcaption>prompt_chars: ks' in page
+    assert "endpoint.created" in page  # the version/rollout timeline from the audit chain
