@@ -153,7 +153,7 @@ class Load:
 class DiscardingWriter(RecordWriter):
     """A record writer that drops every record unwritten: the app with records off."""
 
-    def submit(self, record: NewInferenceRecord) -> None:
+    def submit(self, record: NewInferenceRecord, *more: Any, **named: Any) -> None:
         return None
 
 

@@ -1,13 +1,18 @@
-"""Base models loaded once and shared; adapters loaded on first use into an LRU cache.
+"""Base models loaded once and shared; adapters loaded on first use into an LRU of slots.
 
-One ``PeftModel`` per base holds the loaded adapters by name (``v<version id>``),
-so one batch can mix them (peft's ``adapter_names``). An adapter's files come
-only through ``ArtifactStore.open_verified`` (every byte checked against the
-manifest); a tampered artifact is refused, and audited when the cache has a
-store. A version that fails to load (tampered, unreadable, or made for another
-base) fails only its own requests, and is not retried for ``failure_ttl_s``
-seconds so that a stream of bad requests cannot stall the others. The base is
-left as it was: a half-loaded adapter is deleted, or the base is reloaded.
+Each base stays a plain model with a ``MultiLora`` (``_multilora``): the loaded
+adapters' matrices sit in ``max_adapters`` stacked slots, and one batch mixes
+them by giving each row its slot. An adapter's files come only through
+``ArtifactStore.open_verified`` (every byte checked against the manifest); a
+tampered artifact is refused, and audited when the cache has a store. The
+verified and checked tensors are then kept in host memory by artifact digest
+(up to ``host_cache_bytes``, least recently used out), so loading an adapter
+again after its eviction is a copy into a slot, without reading or hashing the
+files again. A version that fails to load (tampered, unreadable, made for
+another base, or using LoRA features this engine does not serve) fails only its
+own requests, and is not retried for ``failure_ttl_s`` seconds so that a stream
+of bad requests cannot stall the others. A failed load never touches the base:
+an adapter is read and checked whole before it is copied into a slot.
 """
 
 from __future__ import annotations
@@ -17,11 +22,12 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from modelyard.artifacts import ArtifactStore
 from modelyard.errors import ArtifactError, ArtifactIntegrityError, ModelyardError
+from modelyard.serving._multilora import LoraFormatError, LoraWeights, MultiLora, read_lora
 from modelyard.serving._types import AdapterEvent, EngineError
 from modelyard.store import ModelVersion, Store
 
@@ -32,7 +38,7 @@ Notify = Callable[[AdapterEvent, str], None]
 
 @dataclass
 class LoadedBase:
-    """A base model (a ``PeftModel`` once it holds an adapter) and what generation needs."""
+    """A plain base model, its adapter slots, and what generation needs."""
 
     source: str
     model: Any
@@ -40,6 +46,14 @@ class LoadedBase:
     eos_ids: frozenset[int]
     pad_token_id: int
     context_length: int | None
+    lora: MultiLora | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    source: str
+    ref: str
+    slot: int
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
@@ -62,8 +76,9 @@ def adapter_name(version: ModelVersion) -> str:
 class AdapterCache:
     """Bases (never evicted) and at most ``max_adapters`` adapters, least recently used out.
 
-    ``base`` is thread-safe (request threads need tokenizers); ``ensure`` and
-    everything that touches the models run on the engine's scheduler thread.
+    ``base`` and ``loaded`` are thread-safe (request threads need tokenizers);
+    ``ensure``, ``slots`` and everything that touches the models run on the
+    engine's scheduler thread.
     """
 
     def __init__(
@@ -73,18 +88,23 @@ class AdapterCache:
         max_adapters: int,
         store: Store | None = None,
         failure_ttl_s: float = 10.0,
+        host_cache_bytes: int = 1 << 30,
         notify: Notify | None = None,
     ) -> None:
         self._artifacts = artifacts
         self._store = store
         self.max_adapters = max_adapters
         self._failure_ttl_s = failure_ttl_s
+        self._host_limit = host_cache_bytes
         self._notify = notify or (lambda _event, _ref: None)
         self._lock = threading.RLock()
         self._bases: dict[str, LoadedBase] = {}
-        self._adapters: OrderedDict[str, tuple[str, str]] = OrderedDict()  # name -> (base, ref)
+        self._adapters: OrderedDict[str, _Loaded] = OrderedDict()  # name -> where it is
         self._failures: dict[int, tuple[float, ModelyardError]] = {}  # version id -> (until, error)
-        self._base_drops = 0
+        # (digest, base source) -> verified, checked tensors; least recently used first
+        self._host: OrderedDict[tuple[str, str], LoraWeights] = OrderedDict()
+        self._host_bytes = 0
+        self.verified_reads = 0  # adapters read from the artifact store (not host memory)
 
     # -- bases ----------------------------------------------------------------------------
 
@@ -94,6 +114,7 @@ class AdapterCache:
             loaded = self._bases.get(source)
             if loaded is None:
                 loaded = self._bases[source] = self._load_base(source)
+                loaded.lora = MultiLora(loaded.model, self.max_adapters)
             return loaded
 
     @staticmethod
@@ -121,48 +142,54 @@ class AdapterCache:
             context_length=int(context) if isinstance(context, int) else None,
         )
 
-    def _drop_base(self, source: str) -> None:
-        """Forget a base whose state is in doubt; it reloads from disk on next use."""
+    def close(self) -> None:
+        """Give the bases' layers their own forward back and drop the host copies."""
         with self._lock:
-            self._base_drops += 1
-            self._bases.pop(source, None)
-            for name in [n for n, (src, _) in self._adapters.items() if src == source]:
-                del self._adapters[name]
+            for base in self._bases.values():
+                if base.lora is not None:
+                    base.lora.close()
+            self._host.clear()
+            self._host_bytes = 0
 
     # -- adapters -------------------------------------------------------------------------
 
     def loaded(self) -> list[str]:
         """Refs of the versions whose adapters are loaded, least recently used first."""
         with self._lock:
-            return [ref for _, ref in self._adapters.values()]
+            return [entry.ref for entry in self._adapters.values()]
 
-    def ensure(self, versions: Collection[ModelVersion]) -> dict[int, ModelyardError]:
+    def host_cached(self) -> int:
+        """How many adapters' verified tensors are held in host memory."""
+        with self._lock:
+            return len(self._host)
+
+    def slots(self, versions: Collection[ModelVersion]) -> list[int]:
+        """The slot of each version's loaded adapter (after ``ensure``)."""
+        with self._lock:
+            return [self._adapters[adapter_name(v)].slot for v in versions]
+
+    def ensure(
+        self, versions: Collection[ModelVersion], *, keep: Collection[str] = ()
+    ) -> dict[int, ModelyardError]:
         """Load the adapters of ``versions`` (one per request, all on one base).
 
         Returns the failures by version id. Each request counts as a cache hit or
-        miss (a second request for the same version in a batch is a hit).
-
-        The adapters of ``versions`` are never evicted by this call, so after it the
-        base holds every one that did not fail (``len(versions) <= max_adapters``).
+        miss (a second request for the same version in a batch is a hit). Neither
+        the adapters of ``versions`` nor those named in ``keep`` are evicted by this
+        call, so after it the base holds every one that did not fail (as long as
+        they number at most ``max_adapters``).
         """
         failures: dict[int, ModelyardError] = {}
-        pending = list(versions)
-        for _ in range(len(pending) + 1):  # a reloaded base drops what it held: go again
-            drops = self._base_drops
-            for version in pending:
-                if version.id not in failures:
-                    try:
-                        self._ensure_one(version)
-                    except ModelyardError as exc:
-                        failures[version.id] = exc
-            if drops == self._base_drops:
-                break
-            pending = list({v.id: v for v in pending}.values())
-        names = {adapter_name(v) for v in pending if v.id not in failures}
-        self._evict(keep=names)
+        protected = {adapter_name(v) for v in versions} | set(keep)
+        for version in versions:
+            if version.id not in failures:
+                try:
+                    self._ensure_one(version, protected)
+                except ModelyardError as exc:
+                    failures[version.id] = exc
         return failures
 
-    def _ensure_one(self, version: ModelVersion) -> None:
+    def _ensure_one(self, version: ModelVersion, protected: Collection[str]) -> None:
         name = adapter_name(version)
         with self._lock:
             if name in self._adapters:
@@ -174,52 +201,84 @@ class AdapterCache:
         if failed is not None and failed[0] > time.monotonic():
             raise failed[1]
         try:
-            self._load(version, name)
+            base = self.base(version.base_model_source)
+            weights = self._weights(version, base)
         except ModelyardError as exc:
             with self._lock:
                 self._failures[version.id] = (time.monotonic() + self._failure_ttl_s, exc)
             self._notify("load_failure", version.ref)
             log.warning("adapter load failed: %s", exc.one_line())
             raise
+        slot = self._free_slot(base, protected)  # full of needed adapters: not a load failure
+        assert base.lora is not None
+        base.lora.put(slot, weights)
         with self._lock:
             self._failures.pop(version.id, None)
-            self._adapters[name] = (version.base_model_source, version.ref)
+            self._adapters[name] = _Loaded(version.base_model_source, version.ref, slot)
         self._notify("load", version.ref)
 
-    def _load(self, version: ModelVersion, name: str) -> None:
+    def _weights(self, version: ModelVersion, base: LoadedBase) -> LoraWeights:
+        """The adapter's checked tensors: from host memory, or verified from the store."""
         if version.kind != "adapter":
             raise EngineError(
                 f"{version.ref} has full weights; this engine serves LoRA adapters on shared bases",
                 hint="Serve adapter versions, or register the model as an adapter.",
             )
+        key = (version.artifact_digest, base.source)
+        with self._lock:
+            cached = self._host.get(key)
+            if cached is not None:
+                self._host.move_to_end(key)
+                return cached
         path = self._verified(version)
-        base = self.base(version.base_model_source)
-        from peft import PeftModel
-
-        from modelyard.base._hf import quiet_progress
-
-        bare = not isinstance(base.model, PeftModel)
         try:
-            with quiet_progress():
-                if bare:
-                    model = PeftModel.from_pretrained(
-                        base.model, str(path), adapter_name=name, is_trainable=False
-                    )
-                else:
-                    model = base.model
-                    model.load_adapter(str(path), adapter_name=name, is_trainable=False)
-        except Exception as exc:  # peft, torch and safetensors raise many kinds
-            self._undo_failed_load(base, name, bare)
+            weights = read_lora(path, base.model)
+        except Exception as exc:  # safetensors and torch raise many kinds
             raise EngineError(
                 f"cannot load the adapter of {version.ref}: {_reason(exc)}",
                 hint=(
                     f"Check that {version.ref} was trained on base "
-                    f"{version.base_model!r} and that its files are a LoRA adapter."
+                    f"{version.base_model!r} and that its files are a plain LoRA adapter."
+                    if not isinstance(exc, LoraFormatError) or "size mismatch" in str(exc)
+                    else "Serve it with an engine that supports this kind of adapter, or "
+                    "retrain it as plain LoRA on linear layers."
                 ),
                 version=version.ref,
             ) from exc
-        model.eval()
-        base.model = model
+        self.verified_reads += 1
+        self._keep_on_host(key, weights)
+        return weights
+
+    def _keep_on_host(self, key: tuple[str, str], weights: LoraWeights) -> None:
+        size = weights.nbytes
+        if size > self._host_limit:
+            return
+        with self._lock:
+            self._host[key] = weights
+            self._host_bytes += size
+            while self._host_bytes > self._host_limit:
+                _, dropped = self._host.popitem(last=False)
+                self._host_bytes -= dropped.nbytes
+
+    def _free_slot(self, base: LoadedBase, protected: Collection[str]) -> int:
+        """A slot of ``base`` to load into, evicting the least recently used adapters."""
+        assert base.lora is not None
+        while True:
+            with self._lock:
+                slot = base.lora.free_slot()
+                if slot is not None and len(self._adapters) < self.max_adapters:
+                    return slot
+                victim = next((n for n in self._adapters if n not in protected), None)
+                if victim is None:
+                    raise EngineError(
+                        f"all {self.max_adapters} adapter slots hold adapters this batch needs",
+                        hint="Raise --max-adapters.",
+                    )
+                entry = self._adapters.pop(victim)
+                owner = self._bases.get(entry.source)
+                if owner is not None and owner.lora is not None:
+                    owner.lora.release(entry.slot)
+            self._notify("eviction", entry.ref)
 
     def _verified(self, version: ModelVersion) -> Any:
         try:
@@ -250,38 +309,6 @@ class AdapterCache:
             )
         except ModelyardError as audit_error:  # the refusal stands even if the audit is down
             log.error("could not audit the refused artifact: %s", audit_error.one_line())
-
-    def _undo_failed_load(self, base: LoadedBase, name: str, bare: bool) -> None:
-        """Leave the base as it was before a failed load."""
-        if not bare:
-            try:
-                if name in base.model.peft_config:
-                    base.model.delete_adapter(name)
-                return
-            except Exception:  # a base in doubt is reloaded rather than trusted
-                log.exception("cannot remove the half-loaded adapter %s", name)
-        # A bare base got LoRA layers injected before the failure: reload it.
-        self._drop_base(base.source)
-
-    def _evict(self, keep: Collection[str]) -> None:
-        while True:
-            with self._lock:
-                if len(self._adapters) <= self.max_adapters:
-                    return
-                victim = next((n for n in self._adapters if n not in keep), None)
-                if victim is None:
-                    return
-                source, ref = self._adapters.pop(victim)
-                base = self._bases.get(source)
-                newest = next(
-                    (n for n, (src, _) in reversed(self._adapters.items()) if src == source), None
-                )
-            if base is not None:
-                if base.model.active_adapter == victim and newest is not None:
-                    # peft warns when the active adapter is deleted
-                    base.model.set_adapter(newest, inference_mode=True)
-                base.model.delete_adapter(victim)
-            self._notify("eviction", ref)
 
 
 def _reason(exc: BaseException, limit: int = 300) -> str:

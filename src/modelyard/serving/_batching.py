@@ -35,6 +35,7 @@ from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from modelyard.errors import EngineOverloaded
+from modelyard.serving._multilora import MultiLora
 from modelyard.serving._stream import TokenStream
 from modelyard.serving._types import FinishReason, Generation, SamplingParams
 from modelyard.store import ModelVersion
@@ -108,6 +109,13 @@ class RequestQueue:
             except queue.Empty:
                 break
         return batch
+
+    def take(self) -> PendingRequest | None:
+        """The next waiting request, or None (without waiting)."""
+        try:
+            return self._queue.get_nowait()
+        except queue.Empty:
+            return None
 
     def drain(self) -> list[PendingRequest]:
         """Everything still waiting (at shutdown)."""
@@ -278,24 +286,30 @@ class RowStopper(StoppingCriteria):  # type: ignore[misc]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
+def _decoder(tokenizer: Any, tokenizer_lock: threading.Lock) -> Callable[[list[int]], str]:
+    def decode(ids: list[int]) -> str:
+        with tokenizer_lock:
+            return str(tokenizer.decode(ids, skip_special_tokens=True))
+
+    return decode
+
+
 def run_batch(
     model: Any,
     tokenizer: Any,
     requests: Sequence[PendingRequest],
-    adapter_names: Sequence[str],
+    lora: MultiLora,
+    slots: Sequence[int],
     eos_ids: frozenset[int],
     pad_token_id: int,
     tokenizer_lock: threading.Lock,
 ) -> None:
     """One ``generate`` for ``requests`` (same ``batch_key``); every stream gets finished.
 
-    ``tokenizer_lock`` guards the tokenizer, which request threads share.
+    Row ``i`` runs with the adapter in ``slots[i]`` of ``lora``. ``tokenizer_lock``
+    guards the tokenizer, which request threads share.
     """
-
-    def decode(ids: list[int]) -> str:
-        with tokenizer_lock:
-            return str(tokenizer.decode(ids, skip_special_tokens=True))
-
+    decode = _decoder(tokenizer, tokenizer_lock)
     rows = [Row(r, decode, eos_ids) for r in requests]
     width = max(len(r.prompt_ids) for r in requests)
     input_ids = torch.tensor(
@@ -315,23 +329,19 @@ def run_batch(
         }
         if params.seed is not None:
             torch.manual_seed(params.seed)
-    if len(set(adapter_names)) == 1:
-        # One adapter for every row: activate it and skip peft's per-row routing,
-        # which costs a quarter of the speed of a small model.
-        model.set_adapter(adapter_names[0], inference_mode=True)
-        routing: dict[str, Any] = {}
-    else:
-        routing = {"adapter_names": list(adapter_names)}
     streamer = BatchStreamer(rows)
-    with torch.inference_mode():
-        model.generate(
-            input_ids=input_ids.to(model.device),
-            attention_mask=attention_mask.to(model.device),
-            max_new_tokens=max(r.params.max_tokens for r in requests),
-            pad_token_id=pad_token_id,
-            streamer=streamer,
-            stopping_criteria=StoppingCriteriaList([RowStopper(rows, width)]),
-            **routing,
-            **decoding,
-        )
+    lora.route(slots)
+    try:
+        with torch.inference_mode():
+            model.generate(
+                input_ids=input_ids.to(model.device),
+                attention_mask=attention_mask.to(model.device),
+                max_new_tokens=max(r.params.max_tokens for r in requests),
+                pad_token_id=pad_token_id,
+                streamer=streamer,
+                stopping_criteria=StoppingCriteriaList([RowStopper(rows, width)]),
+                **decoding,
+            )
+    finally:
+        lora.unroute()
     streamer.end()  # idempotent; covers a generate that stopped before its last put

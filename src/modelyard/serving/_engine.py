@@ -16,12 +16,16 @@ import abc
 import logging
 import re
 import threading
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Collection, Mapping, Sequence
+
+import torch
 
 from modelyard.artifacts import ArtifactStore
 from modelyard.errors import ConfigError, ModelyardError
-from modelyard.serving._adapters import AdapterCache, adapter_name
+from modelyard.serving._adapters import AdapterCache, LoadedBase, adapter_name
 from modelyard.serving._batching import PendingRequest, RequestQueue, group, run_batch
+from modelyard.serving._continuous import DecodeSession, continuous_supported
 from modelyard.serving._prompts import render_chat
 from modelyard.serving._stream import TokenStream, finished_stream
 from modelyard.serving._types import (
@@ -119,12 +123,17 @@ class TransformersEngine(Engine):
 
     Requests enter a bounded queue (``max_queue``; full: ``EngineOverloaded``).
     One scheduler thread collects up to ``max_batch_size`` of them, or those
-    arriving within ``batch_window_ms`` of the first, and runs one ``generate``
-    per group of compatible requests on the same base, each row with its own
-    adapter. At most ``max_adapters`` adapters stay loaded, least recently used
-    evicted first. With a ``store``, a tampered artifact is audited
-    (``artifact.verification_failed``). A version that failed to load fails its
-    requests at once for ``failure_ttl_s`` seconds, then is tried again.
+    arriving within ``batch_window_ms`` of the first, and runs each group of
+    compatible requests on the same base as one batch, each row with its own
+    adapter (stacked LoRA slots, ``_multilora``). A greedy batch is decoded
+    step by step (``_continuous``): greedy requests arriving meanwhile join it at
+    the next step, up to ``max_batch_size`` rows; sampled batches run one
+    ``generate``. At most ``max_adapters`` adapters stay loaded, least recently
+    used evicted first; their verified tensors stay in host memory (up to
+    ``host_cache_mb``), so a reload after eviction reads no file. With a
+    ``store``, a tampered artifact is audited (``artifact.verification_failed``).
+    A version that failed to load fails its requests at once for
+    ``failure_ttl_s`` seconds, then is tried again.
     """
 
     name = "transformers"
@@ -139,6 +148,7 @@ class TransformersEngine(Engine):
         max_queue: int = 256,
         store: Store | None = None,
         failure_ttl_s: float = 10.0,
+        host_cache_mb: float = 1024.0,
     ) -> None:
         for field, value in (
             ("max_adapters", max_adapters),
@@ -147,6 +157,10 @@ class TransformersEngine(Engine):
         ):
             if value < 1:
                 raise ConfigError(f"{field} is {value}; it must be at least 1", field=field)
+        if host_cache_mb < 0:
+            raise ConfigError(
+                f"host_cache_mb is {host_cache_mb}; it must be 0 or more", field="host_cache_mb"
+            )
         if batch_window_ms < 0:
             raise ConfigError(
                 f"batch_window_ms is {batch_window_ms}; it must be 0 or more",
@@ -157,6 +171,7 @@ class TransformersEngine(Engine):
             max_adapters=max_adapters,
             store=store,
             failure_ttl_s=failure_ttl_s,
+            host_cache_bytes=int(host_cache_mb * 2**20),
             notify=self._adapter_event,
         )
         self._queue = RequestQueue(max_queue)
@@ -170,6 +185,7 @@ class TransformersEngine(Engine):
             ("hit", "miss", "load", "eviction", "load_failure", "batches", "rows", "largest"), 0
         )
         self._counts_lock = threading.Lock()
+        self._continuous_ok: dict[str, bool] = {}
 
     # -- the interface --------------------------------------------------------------------
 
@@ -231,6 +247,8 @@ class TransformersEngine(Engine):
             thread = self._thread
         if thread is not None:
             thread.join(timeout=60)
+        if thread is None or not thread.is_alive():
+            self._cache.close()
         for request in self._queue.drain():
             request.stream.fail(EngineError("the engine shut down before running this request"))
 
@@ -245,43 +263,94 @@ class TransformersEngine(Engine):
                 self._thread.start()
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            batch = self._queue.collect(self._max_batch_size, self._window_s, self._stop)
-            for members in group(batch, self._cache.max_adapters):
-                self._run(members)
-
-    def _run(self, members: list[PendingRequest]) -> None:
-        """One group: load its adapters, fail the requests whose adapter failed, generate."""
+        waiting: deque[PendingRequest] = deque()  # taken from the queue, not run yet (in order)
         try:
-            live = []
-            for request in members:
-                if request.stream.cancelled:  # the client left while it waited
-                    request.stream.finish(
-                        Generation("", len(request.prompt_ids), 0, "cancelled", ttft_ms=None)
+            while not self._stop.is_set():
+                if not waiting:
+                    waiting.extend(
+                        self._queue.collect(self._max_batch_size, self._window_s, self._stop)
                     )
-                else:
-                    live.append(request)
-            failures = self._cache.ensure([r.version for r in live])
-            ready = []
-            for request in live:
-                error = failures.get(request.version.id)
-                if error is None:
-                    ready.append(request)
-                else:
-                    request.stream.fail(error)
+                    if not waiting:
+                        continue
+                count = min(len(waiting), self._max_batch_size)
+                batch = [waiting.popleft() for _ in range(count)]
+                first, *rest = group(batch, self._cache.max_adapters)
+                waiting.extendleft(reversed([r for members in rest for r in members]))
+                self._run(first, waiting)
+        finally:
+            for request in waiting:
+                request.stream.fail(EngineError("the engine shut down before running this request"))
+
+    def _live(self, requests: list[PendingRequest]) -> list[PendingRequest]:
+        """The requests whose client is still there (the others finish as cancelled)."""
+        live = []
+        for request in requests:
+            if request.stream.cancelled:  # the client left while it waited
+                request.stream.finish(
+                    Generation("", len(request.prompt_ids), 0, "cancelled", ttft_ms=None)
+                )
+            else:
+                live.append(request)
+        return live
+
+    def _ready(
+        self, requests: list[PendingRequest], keep: Collection[str] = ()
+    ) -> tuple[list[PendingRequest], list[int]]:
+        """Load the requests' adapters; fail those whose adapter failed. (ready, their slots)"""
+        failures = self._cache.ensure([r.version for r in requests], keep=keep)
+        ready = []
+        for request in requests:
+            error = failures.get(request.version.id)
+            if error is None:
+                ready.append(request)
+            else:
+                request.stream.fail(error)
+        return ready, self._cache.slots([r.version for r in ready])
+
+    def _run(self, members: list[PendingRequest], waiting: deque[PendingRequest]) -> None:
+        """One group: load its adapters, fail the requests whose adapter failed, generate.
+
+        Greedy groups on a model ``DecodeSession`` supports run as a continuous
+        batch that later greedy requests join (see ``_join``); the others run one
+        ``generate``.
+        """
+        session: DecodeSession | None = None
+        try:
+            ready, slots = self._ready(self._live(members))
             if not ready:
                 return
             base = self._cache.base(ready[0].version.base_model_source)
+            assert base.lora is not None
             self._batch_ran(len(ready))
-            run_batch(
+            if not (ready[0].params.greedy and self._continuous(base)):
+                run_batch(
+                    base.model,
+                    base.tokenizer,
+                    ready,
+                    base.lora,
+                    slots,
+                    base.eos_ids,
+                    base.pad_token_id,
+                    self._tokenizer_lock,
+                )
+                return
+            session = DecodeSession(
                 base.model,
                 base.tokenizer,
-                ready,
-                [adapter_name(r.version) for r in ready],
+                base.lora,
                 base.eos_ids,
                 base.pad_token_id,
                 self._tokenizer_lock,
             )
+            with torch.inference_mode():
+                session.admit(ready, slots)
+                accepting = True
+                while len(session):
+                    if accepting:
+                        accepting = self._join(session, base.source, waiting)
+                        if not len(session):
+                            break
+                    session.step()
         except Exception as exc:  # the scheduler must outlive any one batch
             log.exception("a batch of %d requests failed", len(members))
             error = (
@@ -289,8 +358,54 @@ class TransformersEngine(Engine):
                 if isinstance(exc, ModelyardError)
                 else EngineError(f"generation failed: {type(exc).__name__}: {exc}")
             )
-            for request in members:
+            rows = session.rows if session is not None else []
+            for request in [*members, *(row.request for row in rows)]:
                 request.stream.fail(error)
+        finally:
+            if session is not None:
+                session.close()
+
+    def _join(self, session: DecodeSession, source: str, waiting: deque[PendingRequest]) -> bool:
+        """Admit the greedy requests waiting for ``source`` into ``session``, up to the room.
+
+        Returns False once a request that cannot join comes next (another base, sampled,
+        or no adapter slot): the session then takes no more, so it waits its turn.
+        """
+        if self._stop.is_set():
+            return False
+        room = self._max_batch_size - len(session)
+        if room <= 0:
+            return True
+        versions = {row.request.version.id for row in session.rows}
+        joining: list[PendingRequest] = []
+        accepting = True
+        while len(joining) < room:
+            request = waiting.popleft() if waiting else self._queue.take()
+            if request is None:
+                break
+            if request.stream.cancelled:
+                self._live([request])
+                continue
+            fits = request.version.id in versions or len(versions) < self._cache.max_adapters
+            if not (request.params.greedy and request.version.base_model_source == source and fits):
+                waiting.appendleft(request)  # nothing newer is waiting before it
+                accepting = False
+                break
+            versions.add(request.version.id)
+            joining.append(request)
+        if joining:
+            keep = {adapter_name(row.request.version) for row in session.rows}
+            ready, slots = self._ready(joining, keep=keep)
+            if ready:
+                self._batch_ran(len(ready))
+                session.admit(ready, slots)
+        return accepting
+
+    def _continuous(self, base: LoadedBase) -> bool:
+        known = self._continuous_ok.get(base.source)
+        if known is None:
+            known = self._continuous_ok[base.source] = continuous_supported(base.model)
+        return known
 
     # -- statistics -----------------------------------------------------------------------
 
