@@ -116,7 +116,7 @@ def compare(
         threshold = rule.threshold if rule.threshold is not None else 0.0
         return _result(rule.method or "-", None, threshold, None, "no_reference", 0, cur_s.n, {})
     ref_s = Sample.of(np.asarray(ref, dtype=float))
-    n_unique = len(np.union1d(np.unique(ref_s.values), np.unique(cur_s.values)))
+    n_unique = ref_s.n_unique()  # Evidently decides on the reference's distinct values
     name = rule.method or (default_method(ref_s.n, n_unique) if ref_s.n and cur_s.n else "-")
     if name == "-":  # nothing to compare on a side: no method applies
         return _result(

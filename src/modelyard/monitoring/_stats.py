@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Literal
 
 import numpy as np
@@ -61,6 +62,18 @@ class Pair:
     ref: Sample
     cur: Sample
 
+    @cached_property
+    def cdfs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Both samples merged (sorted), and each sample's empirical CDF at every merged value.
+
+        Shared by KS and Wasserstein; the merge of two sorted runs is linear (timsort).
+        """
+        a, b = self.ref.values, self.cur.values
+        both = np.sort(np.concatenate((a, b)), kind="stable")
+        cdf_a = np.searchsorted(a, both, side="right") / a.size
+        cdf_b = np.searchsorted(b, both, side="right") / b.size
+        return both, cdf_a, cdf_b
+
     def edges(self) -> np.ndarray:
         """Sturges-rule bin edges over both samples (as ``np.histogram_bin_edges``)."""
         lo = min(self.ref.values[0], self.cur.values[0])
@@ -100,10 +113,7 @@ def jensen_shannon(pair: Pair, categorical: bool = False) -> float:
 
 
 def ks_statistic(pair: Pair) -> float:
-    a, b = pair.ref.values, pair.cur.values
-    both = np.concatenate((a, b))
-    cdf_a = np.searchsorted(a, both, side="right") / a.size
-    cdf_b = np.searchsorted(b, both, side="right") / b.size
+    _, cdf_a, cdf_b = pair.cdfs
     return float(np.max(np.abs(cdf_a - cdf_b)))
 
 
@@ -131,12 +141,9 @@ def chi_squared_pvalue(pair: Pair, categorical: bool = True) -> float:
 
 def wasserstein_normed(pair: Pair, categorical: bool = False) -> float:
     """Wasserstein-1 distance between the samples, divided by the reference's std."""
-    a, b = pair.ref.values, pair.cur.values
-    both = np.sort(np.concatenate((a, b)), kind="stable")  # two sorted runs: a linear merge
-    deltas = np.diff(both)
-    cdf_a = np.searchsorted(a, both[:-1], side="right") / a.size
-    cdf_b = np.searchsorted(b, both[:-1], side="right") / b.size
-    distance = float(np.sum(np.abs(cdf_a - cdf_b) * deltas))
+    both, cdf_a, cdf_b = pair.cdfs
+    distance = float(np.sum(np.abs(cdf_a[:-1] - cdf_b[:-1]) * np.diff(both)))
+    a = pair.ref.values
     std = float(np.std(a))
     if std == 0:
         return 0.0 if distance == 0 else float("inf")

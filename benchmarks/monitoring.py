@@ -1,0 +1,266 @@
+"""Monitoring benchmarks: drift over 1,000,000 records and 8 features, and record ingest.
+
+One run, two measurements:
+
+1. Drift. 8 features, 1,000,000 reference and 1,000,000 current values each
+   (lognormal lengths and latencies, shares in [0, 1], small integer counts;
+   half the features shifted). modelyard (``modelyard.monitoring._stats``: each
+   sample sorted once, KS and Wasserstein read off one merge, bin counts by
+   binary search) computes all five statistics (PSI, KS p-value, chi-squared
+   p-value, Jensen-Shannon distance, normed Wasserstein) for every feature,
+   and, separately, the default test per feature as ``monitor drift`` does
+   (``compare``). The baseline is the straightforward pandas + scipy
+   computation of the same five statistics: ``scipy.stats.ks_2samp``,
+   ``scipy.stats.wasserstein_distance``, ``np.histogram`` over Sturges bins
+   (as Evidently bins numerical features), ``scipy.stats.chisquare`` and
+   ``scipy.spatial.distance.jensenshannon``. Both sides' values must agree;
+   the ratio is baseline time / modelyard time. Targets: modelyard's time
+   <= 10 s on 2 cores, ratio >= 1.
+2. Ingest. ``RecordWriter`` (the data plane's asynchronous writer) into a
+   fresh SQLite store: N records with their features submitted as fast as
+   possible, then ``flush``; rows/s = N / (time to the last row written).
+   Target >= 5,000 rows/s.
+
+Each timing is the median of ``--repeats`` runs. The script exits 0 whether or
+not a target is met (it prints them), non-zero only when something fails or
+the two drift computations disagree.
+
+    .venv/bin/python benchmarks/monitoring.py           # about a minute on 2 cores
+    .venv/bin/python benchmarks/monitoring.py --quick   # 100,000 values, seconds
+    .venv/bin/python benchmarks/monitoring.py --json    # JSON on stdout, the table on stderr
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd  # type: ignore[import-untyped]
+from rich.console import Console
+from rich.table import Table
+from scipy import stats
+from scipy.spatial.distance import jensenshannon
+
+from modelyard.monitoring import RecordWriter, compare, text_features
+from modelyard.monitoring._stats import METHODS, Pair, Sample
+from modelyard.store import NewInferenceRecord, Store
+
+FIVE = ("psi", "ks", "chisquare", "jensenshannon", "wasserstein")
+
+
+def make_features(n: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """8 feature columns, reference and current; the last four shift."""
+    rng = np.random.default_rng(seed)
+
+    def side(shift: float) -> pd.DataFrame:
+        return pd.DataFrame(
+            {
+                "prompt_chars": rng.lognormal(5.0, 0.6, n).round(),
+                "response_chars": rng.lognormal(4.5, 0.5, n).round(),
+                "prompt_digits": rng.beta(1, 30, n),
+                "latency_ms": rng.lognormal(4.0, 0.4, n),
+                "prompt_tokens": rng.poisson(40 + 20 * shift, n).astype(float),
+                "completion_tokens": rng.poisson(12 + 4 * shift, n).astype(float),
+                "prompt_non_ascii": rng.beta(1 + 3 * shift, 40, n),
+                "unknown_token_rate": rng.beta(1, 200 - 150 * shift, n),
+            }
+        )
+
+    return side(0.0), side(1.0)
+
+
+def ours_all(ref: pd.DataFrame, cur: pd.DataFrame) -> dict[str, dict[str, float]]:
+    out = {}
+    for col in ref.columns:
+        pair = Pair(Sample.of(ref[col].to_numpy()), Sample.of(cur[col].to_numpy()))
+        out[col] = {name: METHODS[name].compute(pair, False) for name in FIVE}
+    return out
+
+
+def ours_default(ref: pd.DataFrame, cur: pd.DataFrame) -> dict[str, dict[str, Any]]:
+    return {
+        col: compare(col, ref[col].to_numpy(), cur[col].to_numpy(), min_samples=30)
+        for col in ref.columns
+    }
+
+
+def baseline_all(ref: pd.DataFrame, cur: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """The straightforward pandas + scipy computation of the same five statistics."""
+    out = {}
+    for col in ref.columns:
+        r, c = ref[col].dropna(), cur[col].dropna()
+        edges = np.histogram_bin_edges(pd.concat([r, c]).to_numpy(), bins="sturges")
+        rc = np.histogram(r, edges)[0]  # as Evidently bins numerical features
+        cc = np.histogram(c, edges)[0]
+        rp = np.where(rc == 0, 1e-4, rc / len(r))
+        cp = np.where(cc == 0, 1e-4, cc / len(c))
+        expected = rp / rp.sum() * cc.sum()
+        out[col] = {
+            "psi": float(np.sum((rp - cp) * np.log(rp / cp))),
+            "ks": float(stats.ks_2samp(r, c).pvalue),
+            "chisquare": float(stats.chisquare(cc, expected).pvalue),
+            "jensenshannon": float(jensenshannon(rp, cp)),
+            "wasserstein": float(stats.wasserstein_distance(r, c) / np.std(r)),
+        }
+    return out
+
+
+def agree(a: float, b: float) -> bool:
+    if a < 1e-12 and b < 1e-12:  # p-values underflow differently: both "zero"
+        return True
+    return math.isclose(a, b, rel_tol=0.02, abs_tol=1e-9)
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, Any]:
+    times, result = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t)
+    return statistics.median(times), result
+
+
+def bench_drift(n: int, repeats: int) -> dict[str, Any]:
+    ref, cur = make_features(n)
+    t_ours, ours = timed(lambda: ours_all(ref, cur), repeats)
+    t_default, default = timed(lambda: ours_default(ref, cur), repeats)
+    t_base, base = timed(lambda: baseline_all(ref, cur), repeats)
+    mismatches = [
+        (col, m, ours[col][m], base[col][m])
+        for col in ours
+        for m in FIVE
+        if not agree(ours[col][m], base[col][m])
+    ]
+    return {
+        "records": n,
+        "features": len(ref.columns),
+        "modelyard_all_s": t_ours,
+        "modelyard_default_s": t_default,
+        "baseline_s": t_base,
+        "ratio": t_base / t_ours,
+        "drifted": sorted(c for c, r in default.items() if r["drifted"]),
+        "methods": {c: r["method"] for c, r in default.items()},
+        "mismatches": mismatches,
+    }
+
+
+def bench_ingest(n: int, repeats: int) -> dict[str, Any]:
+    rates = []
+    for _ in range(repeats):
+        with tempfile.TemporaryDirectory() as tmp:
+            store = Store.open(
+                f"sqlite:///{Path(tmp) / 's.db'}", actor="bench", audit_key="00" * 32
+            )
+            store.register_base_model("tiny", "/m", {})
+            store.create_tenant("acme")
+            tid = store.get_tenant("acme").id
+            feats = text_features("how do I reset my password for order 1234?", "Like this.")
+            now = datetime.now(UTC)
+            records = [
+                NewInferenceRecord(
+                    id=f"cmpl-{i:08d}",
+                    endpoint_name="acme-support",
+                    route="chat.completions",
+                    latency_ms=12.5,
+                    status="ok",
+                    http_status=200,
+                    tenant_id=tid,
+                    prompt="sha256:" + "0" * 64,
+                    prompt_tokens=12,
+                    completion_tokens=3,
+                    ttft_ms=2.0,
+                    created_at=now,
+                )
+                for i in range(n)
+            ]
+            writer = RecordWriter(store, max_buffer=n + 1)
+            t = time.perf_counter()
+            for r in records:
+                writer.submit(r, feats)
+            writer.flush(timeout=600)
+            elapsed = time.perf_counter() - t
+            writer.close()
+            written = len(store.query_records(limit=None, text=False))
+            store.close()
+            if written != n or writer.dropped:
+                raise SystemExit(
+                    f"ingest wrote {written} of {n} records ({writer.dropped} dropped)"
+                )
+            rates.append(n / elapsed)
+    return {"records": n, "rows_per_s": statistics.median(rates)}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="100,000 values, 20,000 records")
+    parser.add_argument("--json", action="store_true", help="JSON on stdout")
+    parser.add_argument("--repeats", type=int, default=None, help="runs per timing (median)")
+    args = parser.parse_args()
+    n = 100_000 if args.quick else 1_000_000
+    n_ingest = 20_000 if args.quick else 100_000
+    repeats = args.repeats or (1 if args.quick else 3)
+    drift = bench_drift(n, repeats)
+    ingest = bench_ingest(n_ingest, repeats)
+    result = {
+        "platform": {
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "numpy": np.__version__,
+            "pandas": pd.__version__,
+            "scipy": __import__("scipy").__version__,
+        },
+        "drift": drift,
+        "ingest": ingest,
+        "targets": {
+            "drift_s_at_most_10": drift["modelyard_all_s"] <= 10,
+            "drift_ratio_at_least_1": drift["ratio"] >= 1,
+            "ingest_rows_per_s_at_least_5000": ingest["rows_per_s"] >= 5000,
+        },
+    }
+    console = Console(stderr=True)
+    table = Table("measurement", "modelyard", "baseline", "ratio", "target", title="Monitoring")
+    table.add_row(
+        f"drift, {n:,} x 2 values x 8 features, 5 statistics",
+        f"{drift['modelyard_all_s']:.2f} s",
+        f"{drift['baseline_s']:.2f} s (pandas + scipy)",
+        f"{drift['ratio']:.2f}x",
+        "<= 10 s, ratio >= 1",
+    )
+    table.add_row(
+        "drift, default test per feature (compare)",
+        f"{drift['modelyard_default_s']:.2f} s",
+        "",
+        "",
+        "",
+    )
+    table.add_row(
+        f"ingest through RecordWriter, {n_ingest:,} records",
+        f"{ingest['rows_per_s']:,.0f} rows/s",
+        "",
+        "",
+        ">= 5,000 rows/s",
+    )
+    console.print(table)
+    console.print(f"drifted (default tests): {', '.join(drift['drifted'])}")
+    if drift["mismatches"]:
+        console.print(f"[red]values disagree:[/] {drift['mismatches']}")
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    return 1 if drift["mismatches"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
