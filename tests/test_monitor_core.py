@@ -20,6 +20,8 @@ from scipy.spatial.distance import jensenshannon
 from modelyard.errors import ConfigError
 from modelyard.monitoring import (
     AlertRules,
+    DriftConfig,
+    FeatureRule,
     compare,
     default_method,
     text_features,
@@ -38,9 +40,14 @@ def _setup(store: Store) -> int:
     store.create_registered_model("acme-bot", tenant="acme")
     for _ in range(2):
         store.create_model_version(
-            "acme-bot", kind="adapter", artifact_digest="00" * 32, base_model="tiny",
-            run_id=None, lineage={"prompt_template": "alpaca"}, metrics={},
-        )  # fmt: skip
+            "acme-bot",
+            kind="adapter",
+            artifact_digest="00" * 32,
+            base_model="tiny",
+            run_id=None,
+            lineage={"prompt_template": "alpaca"},
+            metrics={},
+        )
     store.create_endpoint("acme-support", model_ref="acme-bot:1", tenant="acme")
     return store.get_tenant("acme").id
 
@@ -52,13 +59,20 @@ def _add(store: Store, tenant_id: int, rows: list[dict[str, Any]]) -> None:
     for i, r in enumerate(rows):
         prompt = r.get("prompt", "hello there")
         rec = NewInferenceRecord(
-            id=r.get("id", f"r{i}-{r['at'].timestamp()}"), endpoint_name="acme-support",
-            route="chat.completions", latency_ms=r["latency"], status=r.get("status", "ok"),
-            http_status=200 if r.get("status", "ok") == "ok" else 503, tenant_id=tenant_id,
-            version_id=v2 if r.get("v") == 2 else v1, prompt=None,
-            prompt_tokens=r.get("tin", 10), completion_tokens=r.get("tout", 5),
-            ttft_ms=r.get("ttft"), created_at=r["at"],
-        )  # fmt: skip
+            id=r.get("id", f"r{i}-{r['at'].timestamp()}"),
+            endpoint_name="acme-support",
+            route="chat.completions",
+            latency_ms=r["latency"],
+            status=r.get("status", "ok"),
+            http_status=200 if r.get("status", "ok") == "ok" else 503,
+            tenant_id=tenant_id,
+            version_id=v2 if r.get("v") == 2 else v1,
+            prompt=None,
+            prompt_tokens=r.get("tin", 10),
+            completion_tokens=r.get("tout", 5),
+            ttft_ms=r.get("ttft"),
+            created_at=r["at"],
+        )
         items.append((rec, text_features(prompt, "ok")))
     store.add_monitored_records(items)
 
@@ -76,12 +90,18 @@ def test_profiles_match_the_records_and_updates_are_incremental(db: Store) -> No
     rows: list[dict[str, Any]] = []
     for i in range(200):
         hour = i % 2
-        rows.append({
-            "id": f"rec{i}", "at": T0 + timedelta(hours=hour, seconds=i),
-            "latency": float(rng.lognormal(4, 0.5)), "ttft": float(rng.uniform(1, 9)),
-            "status": "error" if i % 10 == 0 else "ok", "v": 2 if i % 3 == 1 else 1,
-            "tin": int(rng.integers(5, 50)), "tout": int(rng.integers(1, 20)),
-        })  # fmt: skip
+        rows.append(
+            {
+                "id": f"rec{i}",
+                "at": T0 + timedelta(hours=hour, seconds=i),
+                "latency": float(rng.lognormal(4, 0.5)),
+                "ttft": float(rng.uniform(1, 9)),
+                "status": "error" if i % 10 == 0 else "ok",
+                "v": 2 if i % 3 == 1 else 1,
+                "tin": int(rng.integers(5, 50)),
+                "tout": int(rng.integers(1, 20)),
+            }
+        )
     _add(db, tid, rows)
     db.add_feedback("rec2", tenant="acme", score=1.0)
     db.add_feedback("rec4", tenant="acme", score=-0.5)
@@ -94,10 +114,11 @@ def test_profiles_match_the_records_and_updates_are_incremental(db: Store) -> No
     }
     for p in hours:
         mine = [
-            r for r in rows
+            r
+            for r in rows
             if p.start <= r["at"] < p.start + timedelta(hours=1)
             and f"acme-bot:{r['v']}" == p.version
-        ]  # fmt: skip
+        ]
         lat = np.array([r["latency"] for r in mine])
         assert p.requests == len(mine)
         assert p.errors == sum(r["status"] == "error" for r in mine)
@@ -131,9 +152,10 @@ def test_profiles_match_the_records_and_updates_are_incremental(db: Store) -> No
     db.add_feedback("rec1", tenant="acme", score=1.0)  # hour 1, version 2 (1 % 3 == 1)
     update_profiles(db, now=now + timedelta(minutes=1))
     h1 = next(
-        p for p in db.list_profiles(window="hour")
+        p
+        for p in db.list_profiles(window="hour")
         if p.start == T0 + timedelta(hours=1) and p.version == "acme-bot:2"
-    )  # fmt: skip
+    )
     assert (h1.feedback_count, h1.feedback_sum) == (1, 1.0)
 
 
@@ -142,10 +164,13 @@ def test_retention_deletes_old_raw_records_after_profiling_and_keeps_the_audit_c
 ) -> None:
     tid = _setup(db)
     now = datetime.now(UTC)
-    old = [{"id": f"old{i}", "at": now - timedelta(days=3, minutes=i), "latency": 10.0}
-           for i in range(5)]  # fmt: skip
-    new = [{"id": f"new{i}", "at": now - timedelta(minutes=30 + i), "latency": 10.0}
-           for i in range(3)]  # fmt: skip
+    old = [
+        {"id": f"old{i}", "at": now - timedelta(days=3, minutes=i), "latency": 10.0}
+        for i in range(5)
+    ]
+    new = [
+        {"id": f"new{i}", "at": now - timedelta(minutes=30 + i), "latency": 10.0} for i in range(3)
+    ]
     _add(db, tid, old + new)
     db.add_feedback("old1", tenant="acme", score=1.0)
     with pytest.raises(ConfigError, match="at least 1 day"):
@@ -220,19 +245,45 @@ def test_an_alert_fires_and_resolves_once_each_with_webhook_retries_and_audited_
     tid = _setup(db)
     server, received, answers = _hook_server()
     marker = tmp_path / "retrained"
-    rules = AlertRules.parse({
-        "notify": {"webhook": {"url": f"http://127.0.0.1:{server.server_port}/hook",
-                               "timeout_s": 2, "retries": 2, "backoff_s": 0.01}},
-        "rules": [{
-            "name": "errors-high", "metric": "error_rate", "window": "5m", "comparison": ">",
-            "threshold": 0.2, "for": "1m", "severity": "critical", "labels": {"team": "support"},
-            "retrain": [sys.executable, "-c", f"open({str(marker)!r}, 'w').write('x')"],
-        }],
-    })  # fmt: skip
+    rules = AlertRules.parse(
+        {
+            "notify": {
+                "webhook": {
+                    "url": f"http://127.0.0.1:{server.server_port}/hook",
+                    "timeout_s": 2,
+                    "retries": 2,
+                    "backoff_s": 0.01,
+                }
+            },
+            "rules": [
+                {
+                    "name": "errors-high",
+                    "metric": "error_rate",
+                    "window": "5m",
+                    "comparison": ">",
+                    "threshold": 0.2,
+                    "for": "1m",
+                    "severity": "critical",
+                    "labels": {"team": "support"},
+                    "retrain": [sys.executable, "-c", f"open({str(marker)!r}, 'w').write('x')"],
+                }
+            ],
+        }
+    )
     try:
         t1 = T0 + timedelta(hours=1)
-        _add(db, tid, [{"at": t1 - timedelta(seconds=i), "latency": 5.0,
-                        "status": "error" if i % 2 else "ok"} for i in range(20)])  # fmt: skip
+        _add(
+            db,
+            tid,
+            [
+                {
+                    "at": t1 - timedelta(seconds=i),
+                    "latency": 5.0,
+                    "status": "error" if i % 2 else "ok",
+                }
+                for i in range(20)
+            ],
+        )
         first = tick(db, now=t1, rules=rules, home=tmp_path)
         assert [(t.before, t.alert.state) for t in first.transitions] == [("inactive", "pending")]
         assert received == []
@@ -242,8 +293,11 @@ def test_an_alert_fires_and_resolves_once_each_with_webhook_retries_and_audited_
         assert [r["status"] for r in received] == ["firing"]
         alert = received[0]["alert"]
         assert alert["rule"] == "errors-high" and alert["value"] == pytest.approx(0.5)
-        assert alert["labels"] == {"endpoint": "acme-support", "severity": "critical",
-                                   "team": "support"}  # fmt: skip
+        assert alert["labels"] == {
+            "endpoint": "acme-support",
+            "severity": "critical",
+            "team": "support",
+        }
         hook_notes = [n for n in db.list_alert_notifications() if n.target != "log"]
         assert [(n.state, n.ok, n.attempts) for n in hook_notes] == [("firing", True, 2)]
         # deduplicated: still firing, nothing new sent
@@ -280,3 +334,127 @@ def test_bad_alert_rules_get_one_clear_error() -> None:
         )
     with pytest.raises(ConfigError, match=r"notify\.webhook\.url"):
         AlertRules.parse({"notify": {"webhook": {"url": "ftp://x"}}, "rules": []})
+
+
+def test_the_default_reference_is_the_versions_evaluation_dataset(
+    db: Store, tmp_path: Path
+) -> None:
+    import hashlib
+
+    from modelyard.artifacts import ArtifactStore
+    from modelyard.data._templates import template_named
+    from modelyard.monitoring import DriftConfig, compute_drift
+
+    tid = _setup(db)
+    rng = np.random.default_rng(3)
+    words = ["printer", "invoice", "account", "password", "order", "refund", "delivery", "screen"]
+    rows = [
+        {
+            "instruction": " ".join(rng.choice(words, int(rng.integers(3, 9)))),
+            "input": "",
+            "output": " ".join(rng.choice(words, int(rng.integers(2, 6)))),
+        }
+        for _ in range(80)
+    ]
+    data = "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows).encode()
+    (tmp_path / "eval.jsonl").write_bytes(data)
+    artifacts = ArtifactStore(tmp_path / "artifacts")
+    blob = artifacts.put_file(tmp_path / "eval.jsonl", kind="dataset")
+    digest = hashlib.sha256(data).hexdigest()
+    db.register_dataset(
+        "support-eval",
+        digest=digest,
+        artifact_digest=blob.digest,
+        format="alpaca",
+        n_rows=len(rows),
+        report={},
+    )
+    db.create_model_version(
+        "acme-bot",
+        kind="adapter",
+        artifact_digest="00" * 32,
+        base_model="tiny",
+        run_id=None,
+        lineage={"prompt_template": "alpaca", "dataset": {"eval_digest": digest}},
+        metrics={},
+    )
+    db.set_traffic("acme-support", {3: 100})
+    v3 = db.get_model_version("acme-bot", 3).id
+    template = template_named("alpaca")
+    now = datetime.now(UTC)
+
+    def traffic(prompts: list[str], prefix: str) -> None:
+        db.add_monitored_records(
+            [
+                (
+                    NewInferenceRecord(
+                        id=f"{prefix}{i}",
+                        endpoint_name="acme-support",
+                        route="completions",
+                        latency_ms=5.0,
+                        status="ok",
+                        http_status=200,
+                        tenant_id=tid,
+                        version_id=v3,
+                        created_at=now - timedelta(seconds=i + 1),
+                    ),
+                    text_features(p, "order refund"),
+                )
+                for i, p in enumerate(prompts)
+            ]
+        )
+
+    like_eval = [
+        template.prompt(
+            {"instruction": " ".join(rng.choice(words, int(rng.integers(3, 9)))), "output": "x"}
+        )
+        for _ in range(60)
+    ]
+    traffic(like_eval, "a")
+    config = DriftConfig.parse(methods=["prompt_chars=ks"])
+    same = compute_drift(
+        db, "acme-support", window=timedelta(minutes=5), now=now, artifacts=artifacts, config=config
+    )
+    by = {r.feature: r for r in same.results}
+    assert same.version == "acme-bot:3" and same.reference == "eval"
+    assert by["prompt_chars"].n_reference == 80 and by["prompt_chars"].n_current == 60
+    assert by["prompt_chars"].drifted is False
+    assert by["latency_ms"].status == "no_reference"  # not in a dataset: no verdict
+    longer = [
+        template.prompt({"instruction": " ".join(rng.choice(words, 40)), "output": "x"})
+        for _ in range(60)
+    ]
+    traffic(longer, "b")
+    later = compute_drift(
+        db, "acme-support", window=timedelta(minutes=5), now=now, artifacts=artifacts, config=config
+    )
+    assert {r.feature: r.drifted for r in later.results}["prompt_chars"] is True
+    assert [r.run_id for r in db.list_drift_results(latest=True)] == [later.results[0].run_id] * 10
+
+
+def test_drift_methods_register_by_name_and_bad_ones_are_refused() -> None:
+    from modelyard.monitoring import Method, register_method
+
+    def mean_shift(pair: Pair, categorical: bool) -> float:
+        return abs(float(pair.cur.values.mean() - pair.ref.values.mean()))
+
+    try:
+        register_method(Method("mean_shift", "absolute mean shift", 0.5, "above", mean_shift))
+        rng = np.random.default_rng(0)
+        out = compare(
+            "latency_ms",
+            rng.normal(0, 1, 500),
+            rng.normal(1, 1, 500),
+            FeatureRule(method="mean_shift"),
+        )
+        assert (out["method"], out["drifted"], out["threshold"]) == ("mean_shift", True, 0.5)
+        with pytest.raises(ConfigError, match="exists already"):
+            register_method(Method("mean_shift", "again", 0.5, "above", mean_shift))
+        with pytest.raises(ConfigError, match="invalid drift method name"):
+            register_method(Method("Mean Shift", "bad", 0.5, "above", mean_shift))
+    finally:
+        METHODS.pop("mean_shift", None)
+    with pytest.raises(ConfigError, match="unknown drift method 'psy'"):
+        DriftConfig.parse(methods=["prompt_chars=psy"])
+    with pytest.raises(ConfigError, match="invalid --threshold 'prompt_chars=high'"):
+        DriftConfig.parse(thresholds=["prompt_chars=high"])

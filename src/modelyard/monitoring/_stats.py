@@ -16,6 +16,8 @@ pass over the data.
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
@@ -23,6 +25,8 @@ from typing import Literal
 
 import numpy as np
 from scipy import stats
+
+from modelyard.errors import ConfigError
 
 Direction = Literal["above", "below"]  # drift when the value is above (or below) the threshold
 _EPS = 0.0001
@@ -174,9 +178,28 @@ METHODS: dict[str, Method] = {
 }
 
 
-def register_method(method: Method) -> None:
-    """Add (or replace) a drift method by name."""
+def register_method(method: Method, *, replace: bool = False) -> Method:
+    """Add a drift method by name (``replace=True`` to swap one that exists)."""
+    if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", method.name):
+        raise ConfigError(
+            f"invalid drift method name {method.name!r}: use 1-32 lowercase letters, digits "
+            "or '_', starting with a letter",
+            field="name",
+        )
+    if method.name in METHODS and not replace:
+        raise ConfigError(
+            f"a drift method named {method.name!r} exists already",
+            hint="Pick another name, or pass replace=True.",
+            field="name",
+        )
+    if method.direction not in ("above", "below") or not math.isfinite(method.threshold):
+        raise ConfigError(
+            f"drift method {method.name!r}: direction must be 'above' or 'below' and the "
+            "threshold a finite number",
+            field="threshold",
+        )
     METHODS[method.name] = method
+    return method
 
 
 def default_method(n_reference: int, n_unique: int) -> str:

@@ -68,6 +68,8 @@ _RECORD_COLUMNS = (
     "status",
     "http_status",
     "error",
+    "shadow",
+    "fallback_from_id",
 )
 FEATURE_COLUMNS = (
     "prompt_chars",
@@ -345,9 +347,10 @@ class MonitoringStore:
         latest: bool = False,
         limit: int = 1000,
     ) -> list[DriftResult]:
-        """Drift results, newest run first; ``latest`` keeps each endpoint's last run only."""
+        """Drift results, newest first; ``latest`` keeps each endpoint's last run only (by
+        endpoint, features in their order)."""
         d = DriftResultRow
-        query = select(d).order_by(d.computed_at.desc(), d.id).limit(limit)
+        query = select(d).order_by(d.computed_at.desc(), d.id.desc()).limit(limit)
         with self._session("list drift results") as s:
             if endpoint is not None:
                 query = query.where(d.endpoint_name == endpoint)
@@ -360,7 +363,10 @@ class MonitoringStore:
             last: dict[str, str] = {}
             for r in rows:
                 last.setdefault(r.endpoint_name, r.run_id)
-            rows = [r for r in rows if last[r.endpoint_name] == r.run_id]
+            rows = sorted(
+                (r for r in rows if last[r.endpoint_name] == r.run_id),
+                key=lambda r: (r.endpoint_name, r.id),  # each run's features in their order
+            )
         return [
             DriftResult(
                 r.run_id,
