@@ -50,10 +50,15 @@ def _traffic(
     ids = [f"cmpl-{uuid.uuid4().hex}" for _ in range(n)]
     store.add_inference_records(
         NewInferenceRecord(
-            id=rid, endpoint_name="support", route="chat.completions", latency_ms=latency_ms,
-            status="error" if i < errors else "ok", http_status=503 if i < errors else 200,
-            version_id=version_id, tenant_id=store.get_tenant("acme").id,
-        )  # fmt: skip
+            id=rid,
+            endpoint_name="support",
+            route="chat.completions",
+            latency_ms=latency_ms,
+            status="error" if i < errors else "ok",
+            http_status=503 if i < errors else 200,
+            version_id=version_id,
+            tenant_id=store.get_tenant("acme").id,
+        )
         for i, rid in enumerate(ids)
     )
     return ids

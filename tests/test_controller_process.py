@@ -1,0 +1,103 @@
+"""`modelyard controller` processes killed at any moment converge, and never both act."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from modelyard.deploy import start_rollout
+from modelyard.store import NewInferenceRecord, Store
+
+CLI = [sys.executable, "-m", "modelyard"]
+
+
+def _controller(env: dict[str, str], log: object) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*CLI, "controller", "--interval", "0.05", "--lease-ttl", "0.6"],
+        env=env, stdout=subprocess.DEVNULL, stderr=log,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_killed_controllers_converge_and_two_never_both_act(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    env = {**os.environ, "MODELYARD_STORE_URL": url}  # the same home: the same audit key
+    with Store.open(url) as store:
+        store.register_base_model("tiny", "/models/tiny", {})
+        store.create_tenant("acme")
+        store.create_registered_model("bot", tenant="acme")
+        ids = [
+            store.create_model_version(
+                "bot", kind="adapter", artifact_digest="00" * 32, base_model="tiny",
+                run_id=None, lineage={}, metrics={},
+            ).id
+            for _ in range(2)
+        ]  # fmt: skip
+        store.create_endpoint("support", model_ref="bot:1", tenant="acme")
+        start_rollout(store, "support", "bot:2", steps="10,50,100", bake_s=1.0,
+                      min_requests=5)  # fmt: skip
+
+        stop = threading.Event()
+
+        def traffic() -> None:  # what servers would write, bounded in time
+            deadline = time.monotonic() + 150
+            while not stop.is_set() and time.monotonic() < deadline:
+                store.add_inference_records(
+                    NewInferenceRecord(
+                        id=f"cmpl-{uuid.uuid4().hex}",
+                        endpoint_name="support",
+                        route="completions",
+                        latency_ms=10.0,
+                        status="ok",
+                        http_status=200,
+                        version_id=vid,
+                    )
+                    for vid in ids
+                )
+                time.sleep(0.05)
+
+        log = (tmp_path / "controllers.log").open("ab")
+        writer = threading.Thread(target=traffic)
+        writer.start()
+        rng = random.Random(7)
+        kills = 0
+        try:
+            deadline = time.monotonic() + 140
+            while store.latest_rollout("support").active and time.monotonic() < deadline:
+                # two controllers at once, both killed without warning at a random moment
+                pair = [_controller(env, log), _controller(env, log)]
+                time.sleep(rng.uniform(4.0, 7.0))
+                for p in pair:
+                    p.send_signal(signal.SIGKILL)
+                    p.wait(10)
+                kills += 2
+            last = _controller(env, log)  # one that is left to finish, if needed
+            try:
+                while store.latest_rollout("support").active and time.monotonic() < deadline:
+                    time.sleep(0.2)
+            finally:
+                last.terminate()
+                last.wait(20)
+        finally:
+            stop.set()
+            writer.join(30)
+        log.close()
+        r = store.latest_rollout("support")
+        assert r.status == "succeeded", (tmp_path / "controllers.log").read_text()[-3000:]
+        assert kills >= 2
+        # every transition happened exactly once, in order, whatever was killed when
+        assert [e.kind for e in r.events] == ["started", "step", "step", "step", "succeeded"]
+        assert [e.detail["percent"] for e in r.events if e.kind == "step"] == [10, 50, 100]
+        assert {x.version: x.weight for x in store.get_endpoint("support").routes} == {2: 100}
+        steps = store.list_audit_events(action="rollout.step", limit=None)
+        assert len(steps) == 3
+        assert store.verify_audit_chain().ok
