@@ -70,8 +70,8 @@ from modelyard.base import create_tiny_base, load_base
 from modelyard.data import DOMAINS, domain_corpus, render_prompt, synthetic_domain
 from modelyard.errors import ModelyardError
 from modelyard.monitoring import RecordWriter
-from modelyard.serving import BackgroundServer, TransformersEngine, create_app
-from modelyard.store import NewInferenceRecord, Store
+from modelyard.serving import BackgroundServer, SamplingParams, TransformersEngine, create_app
+from modelyard.store import ModelVersion, NewInferenceRecord, Store
 from modelyard.tenants import create_api_key
 
 SERVER_TARGET = 0.8
@@ -144,6 +144,8 @@ class Load:
     tokens: int
     seconds: float
     short: int  # requests that ended before max_tokens (end of sequence)
+    batches: int | None = None  # the engine's batches (admissions into a running batch too)
+    adapter_loads: int | None = None  # adapters the engine loaded into its slots
 
     @property
     def tokens_per_second(self) -> float:
@@ -168,6 +170,7 @@ class World:
     artifacts: ArtifactStore
     key: str
     prompts: list[str]
+    versions: list[ModelVersion]
 
 
 def make_adapters(base: Path, out: Path, count: int, seed: int) -> list[Path]:
@@ -208,6 +211,7 @@ def build_world(config: Config, work: Path, say: Say) -> World:
     store.register_base_model("tiny", str(info.path), {})
     store.create_tenant(TENANT)
     store.create_registered_model("bot", tenant=TENANT)
+    versions = []
     for i, directory in enumerate(adapters):
         version = store.create_model_version(
             "bot",
@@ -219,9 +223,11 @@ def build_world(config: Config, work: Path, say: Say) -> World:
             metrics={},
         )
         store.create_endpoint(endpoint(i), model_ref=version.ref, tenant=TENANT)
+        versions.append(version)
     _, key = create_api_key(store, TENANT)
     rows = [r for d in DOMAINS for r in synthetic_domain(d, 4, seed=config.seed)]
-    return World(info.path, adapters, store, artifacts, key, [render_prompt(r) for r in rows])
+    prompts = [render_prompt(r) for r in rows]
+    return World(info.path, adapters, store, artifacts, key, prompts, versions)
 
 
 def endpoint(i: int) -> str:
@@ -257,6 +263,20 @@ def in_process(world: World, config: Config, jobs: Sequence[Job]) -> tuple[int, 
     return tokens, short, time.perf_counter() - started
 
 
+def engine_direct(
+    engine: TransformersEngine, world: World, config: Config, jobs: Sequence[Job]
+) -> tuple[int, int, float]:
+    """The server's engine called in this process (no HTTP), one request at a time."""
+    params = SamplingParams(max_tokens=config.new_tokens, temperature=0)
+    tokens = short = 0
+    started = time.perf_counter()
+    for adapter, prompt in jobs:
+        generation = engine.generate(world.versions[adapter], prompt, params)
+        tokens += generation.completion_tokens
+        short += generation.completion_tokens < config.new_tokens
+    return tokens, short, time.perf_counter() - started
+
+
 def through_server(
     url: str, key: str, config: Config, clients: Sequence[Sequence[Job]]
 ) -> tuple[int, int, float]:
@@ -286,7 +306,7 @@ def through_server(
 
 
 @contextmanager
-def servers(world: World, config: Config) -> Iterator[tuple[str, str]]:
+def servers(world: World, config: Config) -> Iterator[tuple[str, str, TransformersEngine]]:
     """One engine (adapter cache of 8) behind two apps: records on (the default), records off."""
     engine = TransformersEngine(
         world.artifacts,
@@ -303,7 +323,7 @@ def servers(world: World, config: Config) -> Iterator[tuple[str, str]]:
         off = stack.enter_context(
             BackgroundServer(create_app(world.store, engine, writer=off_writer))
         )
-        yield on.base_url, off.base_url
+        yield on.base_url, off.base_url, engine
 
 
 SERVER_C1, INPROC_C1 = "server, 1 client, adapter 0", "model.generate, adapter 0"
@@ -311,6 +331,7 @@ SEQ8, CONC8 = "server, 8 adapters, one at a time", "server, 8 clients on 8 adapt
 SINGLE, MANY = "server, 8 clients on 1 adapter", "server, 8 clients on 64 adapters"
 OFF = "server, 8 clients on 8 adapters, records off"
 LOADS = (INPROC_C1, SERVER_C1, SEQ8, CONC8, OFF, SINGLE, MANY)
+ENGINE_C1 = "engine in process (no HTTP), adapter 0"  # a reference, not one of the loads
 
 
 def plan(world: World, config: Config) -> dict[str, list[list[Job]]]:
@@ -342,30 +363,43 @@ def plan(world: World, config: Config) -> dict[str, list[list[Job]]]:
     }
 
 
-def run_loads(world: World, config: Config, say: Say) -> list[Load]:
+def run_loads(world: World, config: Config, say: Say) -> tuple[list[Load], list[Load]]:
+    """The loads, round-robin; and the engine called in process (a reference for the table)."""
     loads = plan(world, config)
     runs: list[Load] = []
-    with servers(world, config) as (on, off):
+    direct: list[Load] = []
+    with servers(world, config) as (on, off, engine):
         say("warm-up: every load once with one request per client (not counted)")
         in_process(world, config, loads[INPROC_C1][0][:1])
+        engine_direct(engine, world, config, loads[SERVER_C1][0][:1])
         for name in LOADS[1:]:
             url = off if name == OFF else on
             through_server(url, world.key, config, [c[:1] for c in loads[name]])
         for repeat in range(1, config.repeats + 1):
-            for name in LOADS:
-                clients = loads[name]
+            for name in (*LOADS, ENGINE_C1):
+                clients = loads[SERVER_C1 if name == ENGINE_C1 else name]
+                before = engine.stats()
                 if name == INPROC_C1:
                     tokens, short, seconds = in_process(world, config, clients[0])
+                elif name == ENGINE_C1:
+                    tokens, short, seconds = engine_direct(engine, world, config, clients[0])
                 else:
                     url = off if name == OFF else on
                     tokens, short, seconds = through_server(url, world.key, config, clients)
+                after = engine.stats()
                 load = Load(name, repeat, sum(map(len, clients)), tokens, seconds, short)
-                runs.append(load)
+                if name != INPROC_C1:
+                    load = replace(
+                        load,
+                        batches=after.batches - before.batches,
+                        adapter_loads=after.adapter_loads - before.adapter_loads,
+                    )
+                (direct if name == ENGINE_C1 else runs).append(load)
                 say(
                     f"{name:<46} repeat {repeat}/{config.repeats}: "
                     f"{load.tokens_per_second:8,.0f} tokens/s ({seconds:.1f} s)"
                 )
-    return runs
+    return runs, direct
 
 
 # -- report ---------------------------------------------------------------------------------
@@ -375,28 +409,35 @@ def _median(runs: Sequence[Load], name: str) -> float:
     return statistics.median(r.tokens_per_second for r in runs if r.name == name)
 
 
-def summarize(runs: Sequence[Load]) -> dict[str, Any]:
-    def ratio(a: str, b: str, target: float) -> dict[str, Any]:
-        value = _median(runs, a) / _median(runs, b)
+def summarize(runs: Sequence[Load], direct: Sequence[Load] = ()) -> dict[str, Any]:
+    every = [*runs, *direct]
+
+    def ratio(a: str, b: str, target: float | None) -> dict[str, Any]:
+        value = _median(every, a) / _median(every, b)
         return {
             "a": a,
             "b": b,
-            "a_tokens_per_second": _median(runs, a),
-            "b_tokens_per_second": _median(runs, b),
+            "a_tokens_per_second": _median(every, a),
+            "b_tokens_per_second": _median(every, b),
             "ratio": value,
             "target": target,
-            "met": value >= target,
+            "met": None if target is None else value >= target,
         }
 
-    return {
+    summary = {
         "server_vs_generate": ratio(SERVER_C1, INPROC_C1, SERVER_TARGET),
         "batching": ratio(CONC8, SEQ8, BATCHING_TARGET),
         "adapters": ratio(MANY, SINGLE, ADAPTERS_TARGET),
         "records": ratio(CONC8, OFF, RECORDS_TARGET),
     }
+    if direct:  # no target: how much of the server's time is HTTP and the app
+        summary["server_vs_engine"] = ratio(SERVER_C1, ENGINE_C1, None)
+    return summary
 
 
-def _verdict(met: bool) -> str:
+def _verdict(met: bool | None) -> str:
+    if met is None:
+        return ""
     return "[green]PASS[/green]" if met else "[red]MISS[/red]"
 
 
@@ -405,6 +446,7 @@ TITLES = {
     "batching": "tokens/s: 8 clients on 8 adapters vs the same requests one at a time",
     "adapters": "tokens/s: 8 clients on 64 adapters (cache of 8) vs on 1 adapter",
     "records": "tokens/s: inference records on vs off (8 clients, 8 adapters)",
+    "server_vs_engine": "tokens/s: server at concurrency 1 vs its engine in process (no HTTP)",
 }
 
 
@@ -414,13 +456,15 @@ def results_table(summary: Mapping[str, Any], repeats: int) -> Table:
     for name in ("A", "B", "A / B", "target", "result"):
         table.add_column(name, justify="right")
     for section, title in TITLES.items():
-        s = summary[section]
+        s = summary.get(section)
+        if s is None:
+            continue
         table.add_row(
             f"{title} (median of {repeats})",
             f"{s['a_tokens_per_second']:,.0f}",
             f"{s['b_tokens_per_second']:,.0f}",
             f"{s['ratio']:.2f}x",
-            f">= {s['target']:.2f}x",
+            "" if s["target"] is None else f">= {s['target']:.2f}x",
             _verdict(s["met"]),
         )
     return table
@@ -428,7 +472,8 @@ def results_table(summary: Mapping[str, Any], repeats: int) -> Table:
 
 def runs_table(runs: Sequence[Load]) -> Table:
     table = Table(title="Loads (in the order they ran)", title_justify="left")
-    for name in ("load", "repeat", "requests", "tokens", "ended early", "s", "tokens/s"):
+    columns = ("load", "repeat", "requests", "tokens", "ended early", "batches", "loads")
+    for name in (*columns, "s", "tokens/s"):
         table.add_column(name, justify="left" if name == "load" else "right")
     for r in runs:
         table.add_row(
@@ -437,6 +482,8 @@ def runs_table(runs: Sequence[Load]) -> Table:
             str(r.requests),
             f"{r.tokens:,}",
             str(r.short),
+            "" if r.batches is None else str(r.batches),
+            "" if r.adapter_loads is None else str(r.adapter_loads),
             f"{r.seconds:.2f}",
             f"{r.tokens_per_second:,.0f}",
         )
@@ -460,13 +507,14 @@ def machine() -> dict[str, Any]:
 
 
 def benchmark(config: Config, work: Path, say: Say) -> tuple[dict[str, Any], list[Load]]:
+    """The results (JSON-ready) and every load, the engine-in-process reference last."""
     started = time.perf_counter()
     torch.set_num_threads(config.threads)
     say(f"torch threads: {torch.get_num_threads()}")
     os.environ["MODELYARD_HOME"] = str(work / "home")  # nothing of the user's is touched
     world = build_world(config, work, say)
     try:
-        runs = run_loads(world, config, say)
+        runs, direct = run_loads(world, config, say)
     finally:
         world.store.close()
     results = {
@@ -475,10 +523,13 @@ def benchmark(config: Config, work: Path, say: Say) -> tuple[dict[str, Any], lis
         "machine": machine(),
         "config": asdict(config),
         "loads": [{**asdict(r), "tokens_per_second": r.tokens_per_second} for r in runs],
-        **summarize(runs),
+        "engine_in_process": [
+            {**asdict(r), "tokens_per_second": r.tokens_per_second} for r in direct
+        ],
+        **summarize(runs, direct),
         "seconds": time.perf_counter() - started,
     }
-    return results, runs
+    return results, [*runs, *direct]
 
 
 def _finite(value: Any) -> Any:

@@ -398,7 +398,13 @@ class TransformersEngine(Engine):
             ready, slots = self._ready(joining, keep=keep)
             if ready:
                 self._batch_ran(len(ready))
-                session.admit(ready, slots)
+                try:
+                    session.admit(ready, slots)
+                except Exception as exc:  # the session fails with them (see _run)
+                    error = EngineError(f"generation failed: {type(exc).__name__}: {exc}")
+                    for request in ready:
+                        request.stream.fail(error)
+                    raise
         return accepting
 
     def _continuous(self, base: LoadedBase) -> bool:
