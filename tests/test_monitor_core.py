@@ -6,7 +6,6 @@ import json
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -78,9 +77,9 @@ def _add(store: Store, tenant_id: int, rows: list[dict[str, Any]]) -> None:
 
 
 @pytest.fixture
-def db(tmp_path: Path) -> Iterator[Store]:
-    with Store.open(f"sqlite:///{tmp_path}/s.db") as store:
-        yield store
+def db(store: Store) -> Store:
+    """The store on SQLite and on PostgreSQL (``MODELYARD_TEST_POSTGRES_URL``)."""
+    return store
 
 
 def test_profiles_match_the_records_and_updates_are_incremental(db: Store) -> None:
