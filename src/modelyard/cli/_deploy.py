@@ -308,11 +308,14 @@ def controller(
     once: bool = typer.Option(False, "--once", help="Run one tick and exit."),
 ) -> None:
     """Run the rollout controller alone (one leader per store, by a lease; `serve` runs one
-    too unless started with --no-controller). Stops on SIGTERM or Ctrl-C."""
+    too unless started with --no-controller). Every 15 s the leader also runs the
+    monitoring tick (profiles, retention, drift and alert rules). Stops on SIGTERM or Ctrl-C."""
     from modelyard.deploy import Controller
 
     with open_store() as store:
-        ctl = Controller(store, lease_ttl_s=lease_ttl)
+        from modelyard.monitoring import tick as monitoring_tick
+
+        ctl = Controller(store, lease_ttl_s=lease_ttl, extra_ticks=[monitoring_tick])
         if once:
             changed = ctl.tick()
             for r in changed:

@@ -112,7 +112,9 @@ def serve(
         from modelyard.deploy import Controller
 
         # its own connection pool and actor: the data plane never waits on it
-        controller = Controller(open_store())
+        from modelyard.monitoring import tick as monitoring_tick
+
+        controller = Controller(open_store(), extra_ticks=[monitoring_tick])
     app = create_app(
         store, chosen, limits=limits, refresh_seconds=refresh_seconds, heartbeat_s=heartbeat_s,
         address=f"{host}:{port}", controller=controller,

@@ -93,7 +93,12 @@ def _baseline_ids(store: Store, r: Rollout) -> list[int]:
 
 
 class Controller:
-    """Drives rollouts; run ``tick`` in a loop (``run``), inside ``serve`` or alone."""
+    """Drives rollouts; run ``tick`` in a loop (``run``), inside ``serve`` or alone.
+
+    ``extra_ticks`` run on the leader every ``extra_every_s`` seconds after the
+    rollouts (``serve`` and ``modelyard controller`` pass ``monitoring.tick``, so
+    alert rules are evaluated by the controller loop).
+    """
 
     def __init__(
         self,
@@ -106,6 +111,7 @@ class Controller:
         alpha: float = 0.05,
         on_breach: Callable[[Rollout, Mapping[str, Any]], None] | None = None,
         extra_ticks: list[Callable[[Store], object]] | None = None,
+        extra_every_s: float = 15.0,
     ) -> None:
         self.store = store
         self.holder = holder or default_holder()
@@ -115,6 +121,8 @@ class Controller:
         self.alpha = alpha
         self.on_breach = on_breach
         self.extra_ticks = extra_ticks or []
+        self.extra_every_s = extra_every_s
+        self._extra_at = 0.0
 
     @property
     def lease(self) -> tuple[str, str]:
@@ -133,11 +141,13 @@ class Controller:
                 continue
             if after is not None:
                 changed.append(after)
-        for extra in self.extra_ticks:
-            try:
-                extra(self.store)
-            except ModelyardError as exc:
-                log.warning("controller task failed: %s", exc.one_line())
+        if self.extra_ticks and time.monotonic() - self._extra_at >= self.extra_every_s:
+            self._extra_at = time.monotonic()
+            for extra in self.extra_ticks:  # e.g. monitoring.tick: profiles, drift, alerts
+                try:
+                    extra(self.store)
+                except ModelyardError as exc:
+                    log.warning("controller task failed: %s", exc.one_line())
         return changed
 
     def run(self, stop: threading.Event, interval_s: float = 1.0) -> None:

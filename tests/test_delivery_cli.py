@@ -1,0 +1,143 @@
+"""The delivery commands as users meet them: the documented session, exit codes, JSON, errors."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import uuid
+from pathlib import Path
+
+import pytest
+
+from modelyard.cli import main
+from modelyard.store import NewInferenceRecord, Store
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+@pytest.fixture
+def store(home: Path) -> Store:
+    home.mkdir(parents=True)
+    s = Store.open(f"sqlite:///{home / 'store.db'}")
+    s.register_base_model("tiny", "/models/tiny", {})
+    s.create_tenant("acme")
+    s.create_registered_model("bot", tenant="acme")
+    for _ in range(3):
+        s.create_model_version(
+            "bot", kind="adapter", artifact_digest="00" * 32, base_model="tiny", run_id=None,
+            lineage={}, metrics={},
+        )  # fmt: skip
+    s.create_endpoint("support", model_ref="bot:1", tenant="acme")
+    return s
+
+
+def run(capsys: pytest.CaptureFixture[str], line: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(shlex.split(line)[1:])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_documented_session_prints_and_exits_as_shown(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    block = re.search(r"## A session\n.*?```console\n(.*?)```", (DOCS / "delivery.md").read_text(),
+                      re.S)  # fmt: skip
+    assert block is not None
+    last = None
+    expected_err: list[str] = []
+    for line in block.group(1).splitlines():
+        if line.startswith("$ modelyard "):
+            last = run(capsys, line[2:])
+        elif line == "$ echo $?":
+            continue
+        elif line.startswith("error: "):
+            assert last is not None and last[2].strip() == line, last
+            expected_err.append(line)
+        elif line.strip().isdigit():
+            assert last is not None and last[0] == int(line), last
+    assert expected_err  # the session shows an error line and it was checked
+    r = store.latest_rollout("support")
+    assert (r.status, r.reason) == ("aborted", "wrong data")
+    assert {x.version: x.weight for x in store.get_endpoint("support").routes} == {1: 100}
+
+
+def test_status_shows_the_timeline_and_live_guards(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    start = (
+        "modelyard rollout start support --to bot:2 --steps 20,100 --bake 0s "
+        '--min-requests 50 --guard "error_rate <= 0.05" --json'
+    )
+    code, out, _ = run(capsys, start)
+    assert code == 0 and json.loads(out)["phase"] == "preparing"
+    assert run(capsys, "modelyard controller --once")[0] == 0
+    v2 = store.get_model_version("bot", 2).id
+    store.add_inference_records(
+        NewInferenceRecord(
+            id=f"cmpl-{uuid.uuid4().hex}", endpoint_name="support", route="completions",
+            latency_ms=12.0, status="ok", http_status=200, version_id=v2,
+        )
+        for _ in range(7)
+    )  # fmt: skip
+    code, out, _ = run(capsys, "modelyard rollout status support")
+    assert code == 0
+    assert "support → bot:2: running (baking, step 1/2 (20%))" in out
+    assert "error_rate <= 0.05" in out and "pending" in out  # 7 of 50 requests so far
+    code, out, _ = run(capsys, "modelyard rollout status support --json")
+    current = json.loads(out)["current"]
+    assert current["requests"] == 7 and current["guards"][0]["status"] == "pending"
+    code, out, _ = run(capsys, "modelyard endpoints show support --json")
+    shown = json.loads(out)
+    assert shown["requests_by_version"]["bot:2"]["live"] == 7 and shown["rollout"]
+    code, _, err = run(capsys, "modelyard endpoints set-traffic support 1=50 2=50")
+    assert code == 1 and "rollout in progress" in err
+    assert run(capsys, "modelyard rollout promote support")[0] == 0
+    code, out, _ = run(capsys, "modelyard rollout wait support --timeout 1s --json")
+    assert code == 0 and json.loads(out)["status"] == "succeeded"
+
+
+def test_wait_times_out_with_exit_3(store: Store, capsys: pytest.CaptureFixture[str]) -> None:
+    run(capsys, "modelyard rollout start support --to bot:2 --bake 1h")
+    code, _, err = run(capsys, "modelyard rollout wait support --timeout 1s --poll 0.2")
+    assert code == 3 and "timed out after 1s" in err
+
+
+def test_shadow_policy_and_servers_commands(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "modelyard endpoints set-traffic support --shadow 3 "
+                               "--shadow-fraction 0.25")  # fmt: skip
+    assert code == 0 and "shadow: bot:3 (25% of requests)" in out
+    assert store.get_endpoint("support").shadow_fraction == 0.25
+    code, _, err = run(capsys, "modelyard endpoints set-traffic support --shadow 3 "
+                               "--shadow-fraction 1.5")  # fmt: skip
+    assert code == 2 and "shadow fraction 1.5 is out of range" in err
+    assert run(capsys, "modelyard endpoints set-traffic support --no-shadow")[0] == 0
+    assert store.get_endpoint("support").shadow_version is None
+    code, _, err = run(capsys, "modelyard endpoints policy support --steps 10,100")
+    assert code == 2 and "follows bot:1, not an alias" in err
+    code, _, err = run(capsys, 'modelyard rollout start support --to bot:2 --guard "p95 < 3"')
+    assert code == 2 and "unknown metric 'p95'" in err and "Traceback" not in err
+    code, out, _ = run(capsys, "modelyard servers list --json")
+    assert code == 0 and json.loads(out) == []
+
+
+def test_compare_prints_versions_and_a_verdict(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = {n: store.get_model_version("bot", n).id for n in (1, 2)}
+    store.add_inference_records(
+        NewInferenceRecord(
+            id=f"cmpl-{uuid.uuid4().hex}", endpoint_name="support", route="completions",
+            latency_ms=10.0 + (i % 7), status="ok", http_status=200, version_id=ids[1 + i % 2],
+        )
+        for i in range(120)
+    )  # fmt: skip
+    code, out, _ = run(capsys, "modelyard rollout compare support")
+    assert code == 0 and "control bot:" in out
+    assert "no significant difference" in out
+    code, out, _ = run(capsys, "modelyard rollout compare support --json --since 1h")
+    report = json.loads(out)
+    assert [v["requests"] for v in report["versions"]] == [60, 60]
