@@ -332,3 +332,58 @@ def test_compare_reports_intervals_and_significance(
     [c] = report.comparisons
     assert c.version == "bot:2" and c.error_rate_p is not None and c.error_rate_p < 0.001
     assert c.verdict.startswith("significant: error rate higher")
+
+
+def test_a_rollback_fires_an_alert_to_the_webhook_and_a_success_resolves_it(
+    world: tuple[Store, dict[int, int]],
+) -> None:
+    import json
+    import os
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+    from pathlib import Path
+
+    received: list[dict[str, object]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        home = Path(os.environ["MODELYARD_HOME"])
+        home.mkdir(parents=True, exist_ok=True)
+        (home / "alerts.yml").write_text(
+            f"notify:\n  webhook:\n    url: http://127.0.0.1:{server.server_port}/hook\nrules: []\n"
+        )
+        store, ids = world
+        start_rollout(store, "support", "bot:2", steps="100", bake_s=0, min_requests=5)
+        ctl = Controller(store)
+        ctl.tick()
+        _traffic(store, ids[2], 10, errors=6)
+        [after] = ctl.tick()
+        assert after.status == "rolled_back"
+        [alert] = store.list_alert_states(state="firing")
+        assert alert.rule == "rollout_rolled_back"
+        assert dict(alert.labels) == {"endpoint": "support", "version": "bot:2"}
+        [payload] = received
+        assert payload["status"] == "firing"
+        assert "error_rate" in payload["alert"]["summary"]  # type: ignore[index]
+        start_rollout(store, "support", "bot:3", steps="100", bake_s=0, min_requests=2)
+        ctl.tick()
+        _traffic(store, ids[3], 3)
+        ctl.tick()
+        assert store.latest_rollout("support").status == "succeeded"
+        assert store.list_alert_states(state="firing") == []
+        assert [a.state for a in store.list_alert_states()] == ["resolved"]
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from modelyard.deploy._alerting import resolve_rollback_alert, rollback_alert
 from modelyard.deploy._guards import GuardResult, Sample, evaluate_guards
 from modelyard.errors import ModelyardError, PermissionDenied
 from modelyard.store import Rollout, Store
@@ -109,7 +110,7 @@ class Controller:
         stale_after_s: float = 15.0,
         prepare_timeout_s: float = 300.0,
         alpha: float = 0.05,
-        on_breach: Callable[[Rollout, Mapping[str, Any]], None] | None = None,
+        on_breach: Callable[[Store, Rollout, Mapping[str, Any]], object] | None = None,
         extra_ticks: list[Callable[[Store], object]] | None = None,
         extra_every_s: float = 15.0,
     ) -> None:
@@ -119,7 +120,7 @@ class Controller:
         self.stale_after_s = stale_after_s
         self.prepare_timeout_s = prepare_timeout_s
         self.alpha = alpha
-        self.on_breach = on_breach
+        self.on_breach = on_breach if on_breach is not None else rollback_alert
         self.extra_ticks = extra_ticks or []
         self.extra_every_s = extra_every_s
         self._extra_at = 0.0
@@ -268,7 +269,7 @@ class Controller:
         detail: dict[str, Any] = {"final": values}
         if r.promote_alias:
             detail["alias"] = promote_alias(self.store, r)
-        return self._apply(
+        after = self._apply(
             r,
             Transition(
                 "succeeded",
@@ -279,6 +280,12 @@ class Controller:
                 outcome=detail,
             ),
         )
+        if after is not None:
+            try:
+                resolve_rollback_alert(self.store, after)
+            except ModelyardError as exc:
+                log.warning("could not resolve the rollback alert: %s", exc.one_line())
+        return after
 
     def _roll_back(self, r: Rollout, breach: Mapping[str, Any]) -> Rollout | None:
         after = self._apply(
@@ -295,11 +302,10 @@ class Controller:
         )
         if after is not None:
             log.warning("rollout %s on %s rolled back: %s", r.id, r.endpoint, breach.get("message"))
-            if self.on_breach is not None:
-                try:
-                    self.on_breach(after, breach)
-                except Exception:  # a notifier must not stop the controller
-                    log.exception("the rollback notification failed")
+            try:
+                self.on_breach(self.store, after, breach)
+            except Exception:  # a notifier must not stop the controller
+                log.exception("the rollback alert failed")
         return after
 
 
