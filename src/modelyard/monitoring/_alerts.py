@@ -53,7 +53,10 @@ RECORD_METRICS: dict[str, str] = {
 }
 DRIFT_METRICS: dict[str, str] = {
     "drifted_features": "features drifted in the endpoint's latest drift run in the window",
-} | {f"drift.{f}": f"drift value of {f} in the latest run" for f in FEATURE_NAMES}
+} | {
+    f"drift.{f}": f"drift value of {f} in the latest run"
+    for f in (*FEATURE_NAMES, "prompt_embedding")
+}
 METRICS = RECORD_METRICS | DRIFT_METRICS
 _COMPARISONS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
@@ -93,6 +96,7 @@ class DriftSchedule(_Section):
     reference: str = "eval"
     window: str = "1h"
     every: str = "10m"
+    semantic: bool = False  # also the MiniLM prompt-embedding test (prompt_embedding)
 
 
 class Rule(_Section):

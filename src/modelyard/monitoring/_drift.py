@@ -26,6 +26,7 @@ from modelyard.artifacts import ArtifactStore
 from modelyard.data._templates import TEMPLATES, template_named
 from modelyard.errors import ConfigError
 from modelyard.monitoring._features import FEATURE_NAMES, TEXT_FEATURES, text_features
+from modelyard.monitoring._semantic import DIMENSIONS, Embedder, from_bytes, minilm_dir, mmd_test
 from modelyard.monitoring._stats import METHODS, Pair, Sample, default_method
 from modelyard.store import DriftResult, ModelVersion, Store
 
@@ -220,10 +221,10 @@ def _pick_version(store: Store, endpoint: str, version: str | None) -> ModelVers
     return store.get_model_version_by_id(top.version_id)
 
 
-def eval_reference(
+def eval_pairs(
     store: Store, artifacts: ArtifactStore | None, version: ModelVersion
-) -> dict[str, np.ndarray]:
-    """The text features of ``version``'s evaluation dataset, rendered with its template."""
+) -> list[tuple[str, str]]:
+    """(prompt, response) of every row of ``version``'s evaluation dataset, via its template."""
     dataset = version.lineage.get("dataset") if isinstance(version.lineage, Mapping) else None
     digest = dataset.get("eval_digest") if isinstance(dataset, Mapping) else None
     hint = "Use --reference previous:24h (or baseline:START/END) to compare with past traffic."
@@ -244,20 +245,26 @@ def eval_reference(
         )
     files = artifacts.open_verified(found[0].artifact_digest)
     name = str(version.lineage.get("prompt_template") or "text")
-    template = (
-        template_named("chat-fallback" if name == "chat" else name)
-        if name in TEMPLATES
-        else template_named("text")
-    )
-    columns: dict[str, list[float]] = {f: [] for f in TEXT_FEATURES}
+    if name == "chat":  # the tokenizer's chat template is not at hand here: same text, plainer
+        name = "chat-fallback"
+    template = template_named(name if name in TEMPLATES else "text")
+    pairs = []
     for path in sorted(files.rglob("*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            prompt, response = template.render(json.loads(line))
-            feats = text_features(prompt, response)
-            for f in TEXT_FEATURES:
-                columns[f].append(float(getattr(feats, f)))
+            if line.strip():
+                pairs.append(template.render(json.loads(line)))
+    return pairs
+
+
+def eval_reference(
+    store: Store, artifacts: ArtifactStore | None, version: ModelVersion
+) -> dict[str, np.ndarray]:
+    """The text features of ``version``'s evaluation dataset, rendered with its template."""
+    columns: dict[str, list[float]] = {f: [] for f in TEXT_FEATURES}
+    for prompt, response in eval_pairs(store, artifacts, version):
+        feats = text_features(prompt, response)
+        for f in TEXT_FEATURES:
+            columns[f].append(float(getattr(feats, f)))
     return {f: np.array(v, dtype=float) for f, v in columns.items()}
 
 
@@ -287,6 +294,54 @@ def parse_reference(text: str, window_start: datetime) -> tuple[datetime, dateti
     )
 
 
+def _records(
+    store: Store, endpoint: str, version_id: int, since: datetime, until: datetime, semantic: bool
+) -> list[dict[str, Any]]:
+    return store.query_records(
+        endpoint=endpoint,
+        version_id=version_id,
+        since=since,
+        until=until,
+        limit=None,
+        text=semantic,
+        status="ok",
+        embeddings=semantic,
+    )
+
+
+def _embeddings(records: Sequence[Mapping[str, Any]], embedder: Embedder) -> np.ndarray:
+    """Stored embeddings, else embeddings of the kept prompt text (policy full or redacted);
+    records with neither (hashed or dropped text, no embedding) are left out."""
+    stored = [r["embedding"] for r in records if r.get("embedding")]
+    texts = [
+        r["prompt"]
+        for r in records
+        if not r.get("embedding") and r.get("prompt") and not r["prompt"].startswith("sha256:")
+    ]
+    parts = [from_bytes(stored)] if stored else []
+    if texts:
+        parts.append(embedder.embed(texts))
+    return np.concatenate(parts) if parts else np.zeros((0, DIMENSIONS), dtype=np.float32)
+
+
+def semantic_result(ref: np.ndarray, cur: np.ndarray, min_samples: int) -> dict[str, Any]:
+    """The ``prompt_embedding`` row: an MMD permutation test, drifted when p < 0.05."""
+    if len(ref) < min_samples or len(cur) < min_samples:
+        return _result("mmd", None, 0.05, None, "not_enough_data", len(ref), len(cur), {})
+    mmd2, p = mmd_test(ref, cur)
+    drifted = p < 0.05
+    return _result(
+        "mmd",
+        p,
+        0.05,
+        drifted,
+        "drift" if drifted else "ok",
+        len(ref),
+        len(cur),
+        {"mmd2": mmd2, "dimensions": DIMENSIONS, "model": "all-MiniLM-L6-v2"},
+    )
+
+
 def compute_drift(
     store: Store,
     endpoint: str,
@@ -298,60 +353,70 @@ def compute_drift(
     config: DriftConfig | None = None,
     artifacts: ArtifactStore | None = None,
     save: bool = True,
+    semantic: bool = False,
+    embedder: Embedder | None = None,
 ) -> DriftReport:
-    """Test every feature of ``endpoint``'s last ``window`` against the reference; store it."""
+    """Test every feature of ``endpoint``'s last ``window`` against the reference; store it.
+
+    ``semantic`` adds ``prompt_embedding``: MiniLM embeddings of the prompts (stored
+    ones, else the kept text) compared with an MMD test.
+    """
     config = config or DriftConfig()
     now = (now or datetime.now(UTC)).astimezone(UTC)
     chosen = _pick_version(store, endpoint, version)
     start = now - window
-    current = features_of(
-        store.query_records(
-            endpoint=endpoint,
-            version_id=chosen.id,
-            since=start,
-            until=now,
-            limit=None,
-            text=False,
-            status="ok",
-        )
-    )
     span = parse_reference(reference, start)
+    if semantic and embedder is None:
+        minilm_dir()  # one clear error before any work when the model is missing
+        embedder = Embedder()
+    cur_records = _records(store, endpoint, chosen.id, start, now, semantic)
+    current = features_of(cur_records)
+    ref_vectors = cur_vectors = None
     if span is None:
         ref_columns: dict[str, np.ndarray] = eval_reference(store, artifacts, chosen)
+        if semantic and embedder is not None:
+            ref_vectors = embedder.embed([p for p, _ in eval_pairs(store, artifacts, chosen)])
     else:
-        ref_columns = features_of(
-            store.query_records(
-                endpoint=endpoint,
-                version_id=chosen.id,
-                since=span[0],
-                until=span[1],
-                limit=None,
-                text=False,
-                status="ok",
-            )
-        )
+        ref_records = _records(store, endpoint, chosen.id, span[0], span[1], semantic)
+        ref_columns = features_of(ref_records)
+        if semantic and embedder is not None:
+            ref_vectors = _embeddings(ref_records, embedder)
+    if semantic and embedder is not None:
+        cur_vectors = _embeddings(cur_records, embedder)
     run_id = str(uuid.uuid4())
     endpoint_row = store.get_endpoint(endpoint)
-    results = []
-    for name in FEATURE_NAMES:
-        ref = ref_columns.get(name)
-        out = compare(
-            name, ref, current[name], config.features.get(name), min_samples=config.min_samples
+    outcomes = [
+        (
+            name,
+            compare(
+                name,
+                ref_columns.get(name),
+                current[name],
+                config.features.get(name),
+                min_samples=config.min_samples,
+            ),
         )
-        results.append(
-            DriftResult(
-                run_id=run_id,
-                computed_at=now,
-                endpoint_name=endpoint,
-                version=chosen.ref,
-                tenant=endpoint_row.tenant,
-                reference=reference,
-                window_start=start,
-                window_end=now,
-                feature=name,
-                **out,
-            )
+        for name in FEATURE_NAMES
+    ]
+    if ref_vectors is not None and cur_vectors is not None:
+        outcomes.append(
+            ("prompt_embedding", semantic_result(ref_vectors, cur_vectors, config.min_samples))
         )
+    results = [
+        DriftResult(
+            run_id=run_id,
+            computed_at=now,
+            endpoint_name=endpoint,
+            version=chosen.ref,
+            tenant=endpoint_row.tenant,
+            reference=reference,
+            window_start=start,
+            window_end=now,
+            feature=name,
+            **out,
+        )
+        for name, out in outcomes
+    ]
     if save:
         store.add_drift_results(results, chosen.id)
     return DriftReport(endpoint, chosen.ref, reference, start, now, tuple(results))

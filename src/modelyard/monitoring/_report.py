@@ -103,6 +103,10 @@ def histogram_chart(result: DriftResult) -> str:
         + ("-" if result.value is None else f"{result.value:.4g}")
         + (" — drifted" if result.drifted else "")
     )
+    if "mmd2" in d:  # embeddings have no histogram: say what the test saw
+        text = f"MMD² {d['mmd2']:.4g} over {d.get('dimensions')} dimensions ({d.get('model')})"
+        cls = ' class="drifted"' if result.drifted else ""
+        return f"<figure{cls}><figcaption>{_esc(title)}</figcaption><p>{_esc(text)}</p></figure>"
     if not edges or not ref or not cur:
         return f'<figure><figcaption>{_esc(title)}</figcaption><p class="empty">{_esc(result.status.replace("_", " "))}</p></figure>'  # noqa: E501
     w, h, pad = 300, 150, 28

@@ -75,6 +75,7 @@ def _due_drift(
                     window=window,
                     now=now,
                     artifacts=artifacts,
+                    semantic=rules.drift.semantic,
                 )
             )
         except ModelyardError as exc:  # one endpoint's bad reference must not stop the loop

@@ -7,20 +7,32 @@ forever, so a database outage cannot take serving down with it.
 
 Each record may come with its drift features (``RecordFeatures``), computed
 from the raw text before the tenant's storage policy; both are written in
-one transaction.
+one transaction. With an ``embedder`` (``monitoring.Embedder``, MiniLM) the
+writer thread also embeds each record's raw prompt, handed to ``submit`` and
+held only in memory until then, into ``features.embedding`` for semantic drift
+of tenants whose policy keeps no text: the request path never waits on it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
 from collections.abc import Callable
+from typing import Protocol
+
+import numpy as np
 
 from modelyard.errors import ModelyardError
 from modelyard.store import NewInferenceRecord, RecordFeatures, Store
 
-_Item = tuple[NewInferenceRecord, RecordFeatures | None]
+_Item = tuple[NewInferenceRecord, RecordFeatures | None, str | None]
+
+
+class _Embedder(Protocol):
+    def embed(self, texts: list[str]) -> object: ...
+
 
 log = logging.getLogger(__name__)
 
@@ -36,12 +48,14 @@ class RecordWriter:
         flush_interval: float = 0.25,
         max_buffer: int = 10_000,
         on_drop: Callable[[int], None] | None = None,
+        embedder: _Embedder | None = None,
     ) -> None:
         self._store = store
         self._batch_size = batch_size
         self._flush_interval = flush_interval
         self._queue: queue.Queue[_Item] = queue.Queue(maxsize=max_buffer)
         self._on_drop = on_drop or (lambda n: None)
+        self._embedder = embedder
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._thread = threading.Thread(target=self._run, name="record-writer", daemon=True)
@@ -49,11 +63,18 @@ class RecordWriter:
         self.dropped = 0
         self._thread.start()
 
-    def submit(self, record: NewInferenceRecord, features: RecordFeatures | None = None) -> None:
-        """Queue one record (and its features) without blocking; a full buffer drops it
-        (and counts it)."""
+    def submit(
+        self,
+        record: NewInferenceRecord,
+        features: RecordFeatures | None = None,
+        text: str | None = None,
+    ) -> None:
+        """Queue one record (its features, and the raw prompt to embed when the writer has an
+        embedder) without blocking; a full buffer drops it (and counts it)."""
+        if self._embedder is None:
+            text = None  # nothing will embed it: do not hold the raw text at all
         try:
-            self._queue.put_nowait((record, features))
+            self._queue.put_nowait((record, features, text))
             self._idle.clear()
         except queue.Full:
             self._dropped(1)
@@ -82,9 +103,26 @@ class RecordWriter:
             pass
         return batch
 
+    def _embed(self, batch: list[_Item]) -> list[tuple[NewInferenceRecord, RecordFeatures | None]]:
+        todo = [i for i, (_, f, t) in enumerate(batch) if f is not None and t]
+        out = [(r, f) for r, f, _ in batch]
+        if self._embedder is None or not todo:
+            return out
+        try:
+            vectors = self._embedder.embed([str(batch[i][2]) for i in todo])
+            blobs = np.asarray(vectors, dtype=np.float16)
+        except Exception as exc:
+            log.warning("writing %d records without embeddings: %s", len(todo), exc)
+            return out
+        for i, blob in zip(todo, blobs, strict=True):
+            record, feats = out[i]
+            assert feats is not None
+            out[i] = (record, dataclasses.replace(feats, embedding=blob.tobytes()))
+        return out
+
     def _write(self, batch: list[_Item]) -> None:
         try:
-            self.written += self._store.add_monitored_records(batch)
+            self.written += self._store.add_monitored_records(self._embed(batch))
         except ModelyardError as exc:
             log.warning("dropping %d inference records: %s", len(batch), exc.one_line())
             self._dropped(len(batch))

@@ -691,6 +691,7 @@ class DataPlane:
                 version=version,
                 cache_hit=_cache_hit(gen),
             ),
+            prompt,  # embedded by a writer that has an embedder (semantic drift); not stored
         )
         if key.tenant_id is not None:
             with self._recent_lock:
