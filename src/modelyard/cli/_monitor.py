@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.console import Console
 from rich.table import Table
 
 from modelyard.cli._audit import parse_since
@@ -43,6 +44,16 @@ retention_app = typer.Typer(help="How long each tenant's raw records are kept.")
 price_app = typer.Typer(help="Prices per 1,000 tokens of base models, for costs in profiles.")
 app.add_typer(retention_app, name="retention")
 app.add_typer(price_app, name="price")
+
+
+def _print_wide(table: Table) -> None:
+    """Print a wide table at its natural width when output is not a terminal (no truncation)."""
+    if console.is_terminal:
+        console.print(table)
+        return
+    wide = Console(width=1000)
+    width = wide.measure(table).maximum
+    Console(width=max(width, console.width)).print(table)
 
 
 def _fmt(value: float | None, digits: int = 1) -> str:
@@ -97,7 +108,7 @@ def records(
             str(r["prompt_chars"]) if r["prompt_chars"] is not None else "-",
             _fmt(r["feedback_score"], 2),
         )
-    console.print(table)
+    _print_wide(table)
     console.print(f"{len(rows)} record(s)")
 
 
@@ -165,39 +176,26 @@ def profiles(
         )
         return
     table = Table(
-        "start (UTC)",
-        "endpoint",
-        "version",
-        "tenant",
-        "requests",
-        "error rate",
-        "p50 ms",
-        "p95 ms",
-        "p99 ms",
-        "ttft p50",
-        "tokens in/out",
-        "cost",
-        "cache hit",
-        "feedback",
-    )
+        "start UTC", "endpoint", "version", "tenant", "req", "err", "p50/p95/p99 ms", "ttft",
+        "tokens in/out", "cost", "cache", "feedback",
+        caption="err: errors and timeouts / requests; ttft: time to first token p50 (ms)",
+    )  # fmt: skip
     for p in rows:
         table.add_row(
-            f"{p.start:%Y-%m-%d %H:%M}",
+            f"{p.start:%m-%d %H:%M}",
             p.endpoint_name,
             p.version or "-",
             p.tenant or "-",
             str(p.requests),
             f"{p.error_rate:.1%}",
-            _fmt(p.latency_p50_ms),
-            _fmt(p.latency_p95_ms),
-            _fmt(p.latency_p99_ms),
+            "/".join(_fmt(v) for v in (p.latency_p50_ms, p.latency_p95_ms, p.latency_p99_ms)),
             _fmt(p.ttft_p50_ms),
             f"{p.tokens_in}/{p.tokens_out}",
             _fmt(p.cost, 4),
             "-" if p.cache_hit_rate is None else f"{p.cache_hit_rate:.0%}",
             "-" if p.feedback_mean is None else f"{p.feedback_mean:+.2f} (n={p.feedback_count})",
         )
-    console.print(table)
+    _print_wide(table)
 
 
 @app.command("drift")
@@ -305,7 +303,7 @@ def drift(
             r.feature,
             r.method,
             "-" if r.value is None else f"{r.value:.4g}",
-            "-" if r.status == "no_reference" else f"{r.threshold:g}",
+            "-" if r.status == "no_reference" or r.method == "-" else f"{r.threshold:g}",
             verdict,
             str(r.n_reference),
             str(r.n_current),

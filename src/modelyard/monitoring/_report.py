@@ -316,7 +316,9 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
                         r.feature,
                         r.method,
                         "-" if r.value is None else f"{r.value:.4g}",
-                        "-" if r.status == "no_reference" else f"{r.threshold:g}",
+                        "-"
+                        if r.status == "no_reference" or r.method == "-"
+                        else f"{r.threshold:g}",
                         {"drift": "yes", "ok": "no"}.get(r.status, r.status.replace("_", " ")),
                         r.n_reference,
                         r.n_current,
