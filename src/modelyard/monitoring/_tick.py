@@ -94,13 +94,17 @@ def tick(
 ) -> TickReport:
     """One step of the monitoring loop (see the module docstring); safe to call repeatedly.
 
-    ``rules`` defaults to ``<home>/alerts.yml`` when it exists (no rules otherwise).
+    ``rules`` defaults to ``<home>/alerts.yml`` when it exists (no rules otherwise);
+    ``home`` and ``artifacts`` to the settings' (the eval reference reads datasets there).
     """
     now = (now or datetime.now(UTC)).astimezone(UTC)
-    if home is None:
+    if home is None or artifacts is None:
         from modelyard.settings import load_settings
 
-        home = load_settings().home
+        settings = load_settings()
+        home = home or settings.home
+        if artifacts is None and settings.artifacts_dir.is_dir():  # the eval reference's data
+            artifacts = ArtifactStore(settings.artifacts_dir)
     loaded = rules_from(rules, home)
     profiles = update_profiles(store, now=now)
     purged = apply_retention(store, now)
