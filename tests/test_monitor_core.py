@@ -23,6 +23,7 @@ from modelyard.monitoring import (
     FeatureRule,
     compare,
     default_method,
+    post_webhook,
     text_features,
     tick,
     update_profiles,
@@ -457,3 +458,36 @@ def test_drift_methods_register_by_name_and_bad_ones_are_refused() -> None:
         DriftConfig.parse(methods=["prompt_chars=psy"])
     with pytest.raises(ConfigError, match="invalid --threshold 'prompt_chars=high'"):
         DriftConfig.parse(thresholds=["prompt_chars=high"])
+
+
+def test_a_hanging_webhook_times_out_and_the_failure_is_kept() -> None:
+    from modelyard.monitoring._alerts import WebhookConfig
+
+    gate = threading.Event()
+
+    class Slow(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            gate.wait(5)  # longer than the timeout
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Slow)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        hook = WebhookConfig(
+            url=f"http://127.0.0.1:{server.server_port}/", timeout_s=0.3, retries=1, backoff_s=0.0
+        )
+        started = time.monotonic()
+        delivery = post_webhook(hook, {"status": "firing"})
+        elapsed = time.monotonic() - started
+    finally:
+        gate.set()
+        server.shutdown()
+        server.server_close()
+    assert (delivery.ok, delivery.attempts) == (False, 2)
+    assert delivery.error is not None and "Timeout" in delivery.error
+    assert elapsed < 3
