@@ -34,9 +34,11 @@ def test_train_throughput_quick_reports_every_ratio() -> None:
         assert _positive(result[section]["ratio"]), (section, result[section])
     assert 0 < result["packing"]["padding_fraction"] < 1
     assert {r["variant"] for r in result["runs"]} == {"modelyard", "plain", "modelyard packed"}
-    # Every variant trained on the same token stream, so their losses agree.
-    first, *others = (r["train_loss"] for r in result["runs"])
-    assert all(math.isclose(first, loss, rel_tol=1e-3) for loss in others), result["runs"]
+    # modelyard and the plain script trained on the same padded batches in the same order, so
+    # their losses agree (packed runs take fewer, fuller steps: another loss, by design).
+    padded = [r["train_loss"] for r in result["runs"] if r["variant"] != "modelyard packed"]
+    assert len(padded) >= 2
+    assert all(math.isclose(padded[0], loss, rel_tol=1e-3) for loss in padded), result["runs"]
     memory = result["memory"]
     assert _positive(memory["lora"]["peak_rss_mib"])
     assert memory["full"]["trainable_parameters"] == memory["full"]["total_parameters"]
