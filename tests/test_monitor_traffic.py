@@ -22,14 +22,16 @@ from pathlib import Path
 import openai
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
+from typer.testing import CliRunner
 
-from clihelp import modelyard
+from clihelp import Result, modelyard
+from modelyard.cli import app
 from modelyard.monitoring import AlertRules, tick
 from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.store import Store
 from modelyard.tenants import create_api_key
 
-pytestmark = pytest.mark.slow  # a server and a dozen CLI runs: about a minute
+pytestmark = pytest.mark.slow  # a server and CLI runs: about half a minute
 
 EN = [
     "printer",
@@ -114,6 +116,15 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
         mp.undo()
 
 
+def _cli(*args: str, home: Path) -> Result:
+    """The same command in this process (Typer's runner): the subprocess runs above cover
+    the real entry point and its error handling; these save the interpreter start-ups."""
+    r = CliRunner().invoke(app, list(args), env={"MODELYARD_HOME": str(home), "COLUMNS": "200"})
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return Result(r.exit_code, r.stdout, "")
+
+
 def _window(t: Traffic) -> tuple[str, str, str]:
     """(reference, window, end): the English phase against the German one."""
     end = t.end + timedelta(seconds=1)
@@ -158,7 +169,7 @@ def test_shifted_prompts_drift_on_the_right_features_only(traffic: Traffic) -> N
     assert by["unknown_token_rate"]["status"] == "not_enough_data"
     assert by["unknown_token_rate"]["drifted"] is None
 
-    table = modelyard(*_drift_args(traffic, "--threshold", "prompt_chars=0.0"), home=traffic.home)
+    table = _cli(*_drift_args(traffic, "--threshold", "prompt_chars=0.0"), home=traffic.home)
     assert table.code == 0, table.err
     assert "prompt_non_ascii" in table.out and "drifted:" in table.out
 
@@ -166,7 +177,7 @@ def test_shifted_prompts_drift_on_the_right_features_only(traffic: Traffic) -> N
 def test_records_are_hashed_but_features_and_exports_are_there(
     traffic: Traffic, tmp_path: Path
 ) -> None:
-    r = modelyard(
+    r = _cli(
         "monitor",
         "records",
         "--endpoint",
@@ -186,7 +197,7 @@ def test_records_are_hashed_but_features_and_exports_are_there(
     assert all(row["prompt"].startswith("sha256:") for row in rows)
     assert all(row["prompt_chars"] > 100 and row["prompt_non_ascii"] > 0 for row in rows)
     out = tmp_path / "records.parquet"
-    r = modelyard("monitor", "export", "--format", "parquet", "--out", str(out), home=traffic.home)
+    r = _cli("monitor", "export", "--format", "parquet", "--out", str(out), home=traffic.home)
     assert r.code == 0, r.err
     table = pq.read_table(out)
     assert table.num_rows == 120
@@ -243,16 +254,16 @@ def test_tick_fires_a_drift_alert_and_metrics_and_report_show_it(
         ("prompts-drifted", "firing")
     ]
     # the CLI's tick (no rules file in this home): profiles only, nothing fires or resolves
-    r = modelyard("monitor", "tick", "--json", home=traffic.home)
+    r = _cli("monitor", "tick", "--json", home=traffic.home)
     assert r.code == 0, r.err
     summary = json.loads(r.out)
     assert summary["profiles"]["rows"] >= 2 and summary["transitions"] == []
-    profiles = json.loads(modelyard("monitor", "profiles", "--json", home=traffic.home).out)
+    profiles = json.loads(_cli("monitor", "profiles", "--json", home=traffic.home).out)
     assert sum(p["requests"] for p in profiles) == 120
-    r = modelyard("monitor", "alerts", "--state", "firing", "--json", home=traffic.home)
+    r = _cli("monitor", "alerts", "--state", "firing", "--json", home=traffic.home)
     assert [a["rule"] for a in json.loads(r.out)] == ["prompts-drifted"]
 
-    metrics = modelyard("monitor", "metrics", home=traffic.home)
+    metrics = _cli("monitor", "metrics", home=traffic.home)
     assert metrics.code == 0, metrics.err
     assert 'modelyard_drift_detected{endpoint="acme-support",feature="prompt_chars"' in metrics.out
     assert 'modelyard_alert_firing{endpoint="acme-support",rule="prompts-drifted"' in metrics.out
@@ -268,7 +279,7 @@ def test_tick_fires_a_drift_alert_and_metrics_and_report_show_it(
         assert check.returncode == 0, check.stdout + check.stderr
 
     out = tmp_path / "report.html"
-    r = modelyard(
+    r = _cli(
         "monitor", "report", "--endpoint", "acme-support", "--out", str(out), home=traffic.home
     )
     assert r.code == 0, r.err
