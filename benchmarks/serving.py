@@ -33,6 +33,11 @@ requests ended early (none, with the adapters here). The loads run round-robin,
     .venv/bin/python benchmarks/serving.py --quick   # smoke test, under a minute
     .venv/bin/python benchmarks/serving.py --json    # JSON on stdout, the table on stderr
     .venv/bin/python benchmarks/serving.py --threads 2  # torch threads (default 1)
+    .venv/bin/python benchmarks/serving.py --refresh-seconds 3600  # diagnostic: router refresh
+
+A reference without a target: the server at concurrency 1 against its own
+engine called in this process (no HTTP), which splits target 1 into the
+engine's decoding against ``model.generate`` and what HTTP and the app add.
 """
 
 from __future__ import annotations
@@ -105,6 +110,7 @@ class Config:
     repeats: int
     threads: int  # torch.set_num_threads
     batch_window_ms: float = 5.0  # the engine's default
+    refresh_seconds: float = 2.0  # the app's router refresh (create_app's default)
     seed: int = 0
 
 
@@ -319,9 +325,14 @@ def servers(world: World, config: Config) -> Iterator[tuple[str, str, Transforme
         stack.callback(engine.close)
         off_writer = DiscardingWriter(world.store)
         stack.callback(off_writer.close)
-        on = stack.enter_context(BackgroundServer(create_app(world.store, engine)))
+        refresh = config.refresh_seconds
+        on = stack.enter_context(
+            BackgroundServer(create_app(world.store, engine, refresh_seconds=refresh))
+        )
         off = stack.enter_context(
-            BackgroundServer(create_app(world.store, engine, writer=off_writer))
+            BackgroundServer(
+                create_app(world.store, engine, writer=off_writer, refresh_seconds=refresh)
+            )
         )
         yield on.base_url, off.base_url, engine
 
@@ -509,6 +520,7 @@ def machine() -> dict[str, Any]:
 def benchmark(config: Config, work: Path, say: Say) -> tuple[dict[str, Any], list[Load]]:
     """The results (JSON-ready) and every load, the engine-in-process reference last."""
     started = time.perf_counter()
+    load_at_start = os.getloadavg()[0]
     torch.set_num_threads(config.threads)
     say(f"torch threads: {torch.get_num_threads()}")
     os.environ["MODELYARD_HOME"] = str(work / "home")  # nothing of the user's is touched
@@ -520,7 +532,7 @@ def benchmark(config: Config, work: Path, say: Say) -> tuple[dict[str, Any], lis
     results = {
         "benchmark": "serving",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": machine(),
+        "machine": {**machine(), "load_average_1m_at_start": load_at_start},
         "config": asdict(config),
         "loads": [{**asdict(r), "tokens_per_second": r.tokens_per_second} for r in runs],
         "engine_in_process": [
@@ -549,9 +561,16 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, help="torch.set_num_threads (default 1: the other core serves HTTP)"
     )
+    parser.add_argument(
+        "--refresh-seconds",
+        type=float,
+        help="the app's router refresh interval (default 2, the server's; a diagnostic knob)",
+    )
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be at least 1")
+    if args.refresh_seconds is not None and not args.refresh_seconds > 0:
+        parser.error("--refresh-seconds must be more than 0")
     return args
 
 
@@ -566,11 +585,13 @@ def _header(results: Mapping[str, Any], config: Config) -> str:
     m = results["machine"]
     return (
         f"{results['date']}: {m['cpu_count']} CPUs, {m['torch_threads']} torch threads, "
-        f"load average {m['load_average_1m']:.1f}; torch {m['torch']}, transformers "
+        f"load average {m['load_average_1m_at_start']:.1f} at the start, "
+        f"{m['load_average_1m']:.1f} at the end; torch {m['torch']}, transformers "
         f"{m['transformers']}, peft {m['peft']}\n"
         f"base: hidden {config.hidden_size}, {config.layers} layers; greedy, max_tokens "
         f"{config.new_tokens}; {CLIENTS} clients x {config.rounds_per_client} requests; "
-        f"adapter cache {CACHE}, batch window {config.batch_window_ms:g} ms"
+        f"adapter cache {CACHE}, batch window {config.batch_window_ms:g} ms, "
+        f"router refresh {config.refresh_seconds:g} s"
     )
 
 
@@ -583,6 +604,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = QUICK if args.quick else FULL
     if args.threads is not None:
         config = replace(config, threads=args.threads)
+    if args.refresh_seconds is not None:
+        config = replace(config, refresh_seconds=args.refresh_seconds)
     try:
         with tempfile.TemporaryDirectory(prefix="modelyard-bench-serving-") as tmp:
             results, runs = benchmark(config, Path(tmp), lambda m: err.print(f"[dim]{m}[/dim]"))

@@ -276,9 +276,11 @@ class _StackedLinear:
         plan = self.plan
         if plan is None:
             return out
+        if x.dtype != self.a.dtype:
+            x = x.to(self.a.dtype)
         if plan[0] == "one":
             _, a, b, scaling = plan
-            delta: torch.Tensor = functional.linear(functional.linear(x.to(a.dtype), a), b)
+            delta: torch.Tensor = functional.linear(functional.linear(x, a), b)
             summed: torch.Tensor = out + delta * float(scaling)
             return summed
         _, a_t, b_t, rows = plan
@@ -286,7 +288,7 @@ class _StackedLinear:
             raise RuntimeError(
                 f"the LoRA routing was set for {rows} rows, the layer got input {list(x.shape)}"
             )
-        mixed: torch.Tensor = torch.baddbmm(out, torch.bmm(x.to(a_t.dtype), a_t), b_t)
+        mixed: torch.Tensor = torch.baddbmm(out, torch.bmm(x, a_t), b_t)
         return mixed
 
 
