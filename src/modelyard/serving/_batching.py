@@ -6,8 +6,10 @@ what arrived within ``batch_window_ms`` of the first, and ``group``s them:
 requests batch together when they share a base model and their decoding is
 compatible (greedy with greedy; sampling with sampling at the same temperature
 and top_p; a request with a ``seed`` always runs alone, so its seed alone
-decides its tokens). ``run_batch`` runs ONE ``model.generate`` for a group,
-left-padded, with a per-row adapter (peft's ``adapter_names``):
+decides its tokens). Greedy groups are decoded step by step by a
+``DecodeSession`` (``_continuous``, which reuses ``Row``); the others go through
+``run_batch``: ONE ``model.generate`` for a group, left-padded, each row on its
+own adapter slot (``MultiLora.route``):
 
 - ``BatchStreamer`` (a transformers streamer) receives each step's tokens for
   the whole batch and routes each row's new token to that request's
