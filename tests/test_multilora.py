@@ -217,15 +217,21 @@ def test_a_request_joins_a_running_batch(world: World) -> None:
         long = SamplingParams(max_tokens=150, temperature=0)
         expected_long = engine.generate(world.versions[0], "hello", long)
         expected_short = engine.generate(world.versions[1], world.prompts[2], GREEDY).text
+        expected_tiny = engine.generate(world.versions[3], "hello there", GREEDY).text
         assert expected_long.finish_reason == "length"
         batches = engine.stats().batches
         running = engine.stream(world.versions[0], "hello", long)
         next(running)  # it is being decoded
+        # a prompt longer than the running row's cache so far: the batch's cache is padded
         joined = engine.stream(world.versions[1], world.prompts[2], GREEDY)
         assert joined.result().text == expected_short
         assert not running.done  # it joined the running batch instead of waiting for its end
+        # then a prompt shorter than the batch's cache: the newcomer's cache is padded
+        tiny = engine.stream(world.versions[3], "hello there", GREEDY)
+        assert tiny.result().text == expected_tiny
+        assert not running.done
         assert running.result().text == expected_long.text
-        assert engine.stats().batches == batches + 2
+        assert engine.stats().batches == batches + 3
     finally:
         engine.close()
 
