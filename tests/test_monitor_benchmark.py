@@ -43,5 +43,8 @@ def test_monitoring_benchmark_quick_reports_every_number() -> None:
         "prompt_tokens",
         "unknown_token_rate",
     ]
+    store = result["store_drift"]  # compute_drift end to end on records in SQLite
+    assert (store["n_reference"], store["n_current"]) == (50_000, 50_000)
+    assert store["drifted"] == ["prompt_chars", "prompt_tokens"] and store["drift_s"] > 0
     assert result["ingest"]["records"] == 20_000 and result["ingest"]["rows_per_s"] > 0
     assert "Monitoring" in r.stderr

@@ -54,7 +54,9 @@ def test_mmd_separates_shifted_embeddings_and_not_same_ones() -> None:
 
 @pytest.fixture(scope="module")
 def embedder() -> Embedder:
-    return Embedder()
+    loaded = Embedder()
+    loaded.embed(["warm up"])  # load the model once, outside the timed flushes
+    return loaded
 
 
 @pytest.fixture
@@ -115,8 +117,9 @@ def test_another_domain_drifts_semantically_through_writer_embeddings(
 
     send(variants(SUPPORT, 40), "ref", 90)  # an hour and a half ago: the baseline
     send(variants(SUPPORT, 40), "same", 20)
-    writer.flush()
+    assert writer.flush(timeout=120)
     stored = db.query_records(embeddings=True, limit=None)
+    assert len(stored) == 80
     assert all(len(r["embedding"]) == 384 * 2 for r in stored)  # float16 MiniLM vectors
     assert all(r["prompt"].startswith("sha256:") for r in stored)  # the text itself is gone
     start, end = now - timedelta(hours=2), now - timedelta(hours=1)
@@ -134,7 +137,7 @@ def test_another_domain_drifts_semantically_through_writer_embeddings(
     assert (row.method, row.status, row.n_reference, row.n_current) == ("mmd", "ok", 40, 40)
 
     send(variants(RECIPES, 40), "food", 10)
-    writer.flush()
+    assert writer.flush(timeout=120)
     writer.close()
     shifted = compute_drift(
         db,

@@ -309,6 +309,14 @@ def _records(
     )
 
 
+def _columns(
+    store: Store, endpoint: str, version_id: int, since: datetime, until: datetime
+) -> dict[str, np.ndarray]:
+    """Feature arrays of the answered records in [since, until) (NaN where missing)."""
+    cols = store.feature_columns(endpoint=endpoint, version_id=version_id, since=since, until=until)
+    return {name: np.array(cols[name], dtype=float) for name in FEATURE_NAMES}
+
+
 def _embeddings(records: Sequence[Mapping[str, Any]], embedder: Embedder) -> np.ndarray:
     """Stored embeddings, else embeddings of the kept prompt text (policy full or redacted);
     records with neither (hashed or dropped text, no embedding) are left out."""
@@ -369,17 +377,17 @@ def compute_drift(
     if semantic and embedder is None:
         minilm_dir()  # one clear error before any work when the model is missing
         embedder = Embedder()
-    cur_records = _records(store, endpoint, chosen.id, start, now, semantic)
-    current = features_of(cur_records)
+    cur_records = _records(store, endpoint, chosen.id, start, now, True) if semantic else []
+    current = _columns(store, endpoint, chosen.id, start, now)
     ref_vectors = cur_vectors = None
     if span is None:
         ref_columns: dict[str, np.ndarray] = eval_reference(store, artifacts, chosen)
         if semantic and embedder is not None:
             ref_vectors = embedder.embed([p for p, _ in eval_pairs(store, artifacts, chosen)])
     else:
-        ref_records = _records(store, endpoint, chosen.id, span[0], span[1], semantic)
-        ref_columns = features_of(ref_records)
+        ref_columns = _columns(store, endpoint, chosen.id, span[0], span[1])
         if semantic and embedder is not None:
+            ref_records = _records(store, endpoint, chosen.id, span[0], span[1], True)
             ref_vectors = _embeddings(ref_records, embedder)
     if semantic and embedder is not None:
         cur_vectors = _embeddings(cur_records, embedder)

@@ -187,6 +187,42 @@ class MonitoringStore:
             row["tenant"] = tenants.get(row["tenant_id"])
         return rows
 
+    def feature_columns(
+        self,
+        *,
+        endpoint: str,
+        version_id: int | None,
+        since: datetime,
+        until: datetime,
+        status: str = "ok",
+    ) -> dict[str, tuple[Any, ...]]:
+        """Drift feature columns (None where a record has no value) of the matching records.
+
+        Columns, not rows: drift reads up to millions of records, and a row object per
+        record would cost more than the statistics.
+        """
+        r, f = InferenceRecordRow, RecordFeaturesRow
+        names = ("prompt_tokens", "completion_tokens", "latency_ms")
+        columns = [getattr(r, c) for c in names] + [
+            getattr(f, c) for c in FEATURE_COLUMNS if c != "cache_hit"
+        ]
+        keys = [*names, *(c for c in FEATURE_COLUMNS if c != "cache_hit")]
+        query = (
+            select(*columns)
+            .outerjoin(f, f.record_id == r.id)
+            .where(r.endpoint_name == endpoint, r.status == status)
+            .where(r.created_at >= since, r.created_at < until)
+        )
+        if version_id is not None:
+            query = query.where(r.version_id == version_id)
+        with self._session("read drift features") as s:
+            # plain numbers need no result processing: read the driver's rows directly
+            result = s.connection().execute(query)
+            rows = result.cursor.fetchall() if result.cursor is not None else []
+        if not rows:
+            return dict.fromkeys(keys, ())
+        return dict(zip(keys, zip(*rows, strict=True), strict=True))
+
     def feedback_record_times(self, since: datetime) -> list[datetime]:
         """Creation times of the records whose feedback was given or changed since ``since``."""
         with self._session("read feedback times") as s:
