@@ -16,6 +16,12 @@ def serve(
         0.0, min=0.0, help="With --engine echo: pause before each word (tests of streaming)."
     ),
     max_adapters: int = typer.Option(8, min=1, help="Adapters kept loaded (LRU)."),
+    host_cache_mb: float = typer.Option(
+        1024.0,
+        min=0.0,
+        help="Verified adapter weights kept in host memory, so a reload after "
+        "eviction reads no file (MiB; 0: off).",
+    ),
     max_batch_size: int = typer.Option(
         8, min=1, help="Most requests run together in one generate call."
     ),
@@ -100,6 +106,7 @@ def serve(
         chosen = TransformersEngine(
             open_artifacts(),
             max_adapters=max_adapters,
+            host_cache_mb=host_cache_mb,
             max_batch_size=max_batch_size,
             batch_window_ms=batch_window_ms,
             max_queue=max_queue,

@@ -934,6 +934,7 @@ def create_app(
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         router.refresh()
+        router.start()
         engine.add_observer(plane.metrics)
         engine.add_observer(plane.health)
         plane.ready.set()
@@ -943,6 +944,7 @@ def create_app(
             yield
         finally:
             plane.ready.clear()
+            await run_in_threadpool(router.stop)
             if agent is not None:
                 await run_in_threadpool(agent.stop)
             engine.remove_observer(plane.metrics)

@@ -1,21 +1,25 @@
 """Desired state, as a server sees it: endpoints, their traffic plans and their versions.
 
 Servers are stateless replicas: the ``Router`` keeps a snapshot of the store
-and reconciles it every ``refresh_seconds`` (and at once on an unknown
-endpoint), so a new endpoint or a traffic change takes effect without a
-restart. Picking a version is weighted, and sticky per ``user`` when given.
+and reconciles it every ``refresh_seconds`` in a background thread (requests
+never wait for a reload; one runs at a time), and at once on an unknown
+endpoint, so a new endpoint or a traffic change takes effect without a restart.
+Picking a version is weighted, and sticky per ``user`` when given.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import threading
 import time
 from dataclasses import dataclass
 
-from modelyard.errors import EndpointNotFound
+from modelyard.errors import EndpointNotFound, ModelyardError
 from modelyard.store import ApiKey, Endpoint, ModelVersion, Store
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -31,12 +35,23 @@ class Router:
         self._store = store
         self._refresh_seconds = refresh_seconds
         self._lock = threading.Lock()
+        self._refresh_lock = threading.Lock()  # one reload at a time
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
         self._routes: dict[str, Route] = {}
         self._loaded_at = 0.0
         self._rng = random.Random()
 
     def refresh(self) -> None:
-        """Reload every endpoint and its versions from the store."""
+        """Reload every endpoint and its versions from the store (one reload at a time: a
+        caller that finds one running waits for it instead of starting another)."""
+        asked = time.monotonic()
+        with self._refresh_lock:
+            if self._loaded_at >= asked:
+                return  # another caller reloaded while this one waited
+            self._reload()
+
+    def _reload(self) -> None:
         routes: dict[str, Route] = {}
         versions: dict[int, ModelVersion] = {}
         for ep in self._store.list_endpoints():
@@ -58,8 +73,32 @@ class Router:
             self._routes = routes
             self._loaded_at = time.monotonic()
 
+    def start(self) -> None:
+        """Reconcile in a background thread every ``refresh_seconds`` until ``stop``."""
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._loop, name="router", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self._refresh_seconds):
+            try:
+                self.refresh()
+            except ModelyardError as exc:  # the store is down: keep serving the last snapshot
+                log.warning("cannot reload endpoints from the store: %s", exc.one_line())
+
     def maybe_refresh(self) -> None:
-        if time.monotonic() - self._loaded_at >= self._refresh_seconds:
+        """Reload now if the snapshot is stale: older than ``refresh_seconds`` without the
+        background thread, or well past it with one (the thread is stuck on the store)."""
+        age = time.monotonic() - self._loaded_at
+        limit = self._refresh_seconds if self._thread is None else 5 * self._refresh_seconds + 1
+        if age >= limit:
             self.refresh()
 
     def visible_endpoints(self, key: ApiKey) -> list[Endpoint]:
