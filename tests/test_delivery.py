@@ -17,7 +17,6 @@ from pathlib import Path
 
 import openai
 import pytest
-import torch
 
 from modelyard.artifacts import ArtifactStore
 from modelyard.base import create_tiny_base
@@ -26,9 +25,7 @@ from modelyard.deploy import Controller, abort_rollout, start_rollout
 from modelyard.serving import BackgroundServer, EchoEngine, TransformersEngine, create_app
 from modelyard.store import Store
 from modelyard.tenants import create_api_key
-
-QUICK_BASE = {"steps": 8, "batch_size": 4, "seq_len": 64, "hidden_size": 32, "vocab_size": 512}
-WEIGHTS = "adapter_model.safetensors"
+from tinymodels import QUICK_BASE, random_adapter, tamper
 
 
 @dataclass
@@ -40,32 +37,19 @@ class Yard:
     tampered: str  # its stored weights changed after it was put
 
 
-def _adapter(base: Path, out: Path, seed: int) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    config = LoraConfig(r=4, lora_alpha=32, target_modules="all-linear", init_lora_weights=False)
-    get_peft_model(model, config).save_pretrained(out)
-    return out
-
-
 @pytest.fixture(scope="module")
 def yard(tmp_path_factory: pytest.TempPathFactory) -> Yard:
     tmp = tmp_path_factory.mktemp("delivery")
     base = create_tiny_base(domain_corpus(DOMAINS, 200, seed=0), tmp / "base", **QUICK_BASE).path
     artifacts = ArtifactStore(tmp / "artifacts")
     digests = [
-        artifacts.put_dir(_adapter(base, tmp / f"a{i}", seed=i), kind="adapter").digest
+        artifacts.put_dir(
+            random_adapter(base, tmp / f"a{i}", seed=i, lora_alpha=32), kind="adapter"
+        ).digest
         for i in range(3)
     ]
-    tampered = artifacts.put_dir(_adapter(base, tmp / "t", seed=7), kind="adapter").digest
-    stored = next(artifacts.root.rglob(f"{tampered}/files/{WEIGHTS}"))
-    stored.chmod(0o644)
-    data = bytearray(stored.read_bytes())
-    data[-1] ^= 0xFF
-    stored.write_bytes(bytes(data))
+    tampered = artifacts.put_dir(random_adapter(base, tmp / "t", seed=7), kind="adapter").digest
+    tamper(artifacts, tampered)
     return Yard(tmp, base, artifacts, digests, tampered)
 
 

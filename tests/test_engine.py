@@ -10,7 +10,6 @@ import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,10 +21,10 @@ from modelyard.data import DOMAINS, domain_corpus, render_prompt, synthetic_doma
 from modelyard.errors import ConfigError, EngineOverloaded
 from modelyard.serving import EngineError, SamplingParams, TransformersEngine, render_chat
 from modelyard.store import ModelVersion, Store
+from tinymodels import QUICK_BASE, WEIGHTS, register_adapter, tamper
+from tinymodels import random_adapter as _random_adapter
 
-QUICK_BASE = {"steps": 8, "batch_size": 4, "seq_len": 64, "hidden_size": 32, "vocab_size": 512}
 GREEDY = SamplingParams(max_tokens=8, temperature=0)
-WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass
@@ -37,30 +36,6 @@ class World:
     garbage: ModelVersion  # registered, but its weights file is not safetensors
     wrong_base: ModelVersion  # LoRA shapes of another base
     prompts: list[str]
-
-
-def _random_adapter(base: Path, out: Path, seed: int) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    config = LoraConfig(r=4, lora_alpha=64, target_modules="all-linear", init_lora_weights=False)
-    get_peft_model(model, config).save_pretrained(out)
-    return out
-
-
-def _register(store: Store, artifacts: ArtifactStore, directory: Path) -> ModelVersion:
-    digest = artifacts.put_dir(directory, kind="adapter").digest
-    return store.create_model_version(
-        "bot",
-        kind="adapter",
-        artifact_digest=digest,
-        base_model="tiny",
-        run_id=None,
-        lineage={"prompt_template": "alpaca"},
-        metrics={},
-    )
 
 
 @pytest.fixture(scope="module")
@@ -77,21 +52,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             store.register_base_model("tiny", str(base), {})
             store.create_registered_model("bot")
             good = [
-                _register(store, artifacts, _random_adapter(base, tmp / f"a{i}", seed=i))
+                register_adapter(store, artifacts, _random_adapter(base, tmp / f"a{i}", seed=i))
                 for i in range(4)
             ]
             source = tmp / "a0"
             # tampered: registered, then one stored byte flipped
-            tampered = _register(store, artifacts, _random_adapter(base, tmp / "t", seed=9))
-            stored = next(artifacts.root.rglob(f"{tampered.artifact_digest}/files/{WEIGHTS}"))
-            stored.chmod(0o644)
-            data = bytearray(stored.read_bytes())
-            data[-1] ^= 0xFF
-            stored.write_bytes(bytes(data))
+            tampered = register_adapter(store, artifacts, _random_adapter(base, tmp / "t", seed=9))
+            tamper(artifacts, tampered.artifact_digest)
             # garbage: a weights file that is not safetensors, registered as is
             shutil.copytree(source, tmp / "g")
             (tmp / "g" / WEIGHTS).write_bytes(b"not a safetensors file")
-            garbage = _register(store, artifacts, tmp / "g")
+            garbage = register_adapter(store, artifacts, tmp / "g")
             # wrong base: LoRA matrices shaped for a wider model
             shutil.copytree(source, tmp / "w")
             wide = {
@@ -101,7 +72,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 for k, v in load_file(source / WEIGHTS).items()
             }
             save_file(wide, tmp / "w" / WEIGHTS)
-            wrong_base = _register(store, artifacts, tmp / "w")
+            wrong_base = register_adapter(store, artifacts, tmp / "w")
             rows = synthetic_domain("it-support", 8, seed=0)
             yield World(
                 store,

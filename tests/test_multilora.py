@@ -7,7 +7,6 @@ reference for what each adapter computes.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +21,9 @@ from modelyard.data import DOMAINS, domain_corpus, render_prompt, synthetic_doma
 from modelyard.serving import EngineError, SamplingParams, TransformersEngine
 from modelyard.serving._multilora import LoraFormatError, MultiLora, read_lora
 from modelyard.store import ModelVersion, Store
+from tinymodels import QUICK_BASE, register_adapter
+from tinymodels import random_adapter as _adapter
 
-QUICK_BASE: dict[str, Any] = {
-    "steps": 8,
-    "batch_size": 4,
-    "seq_len": 64,
-    "hidden_size": 32,
-    "vocab_size": 512,
-}
 GREEDY = SamplingParams(max_tokens=10, temperature=0)
 
 # different ranks, alphas, per-module patterns, rsLoRA and target sets
@@ -58,30 +52,6 @@ class World:
     tmp: Path
 
 
-def _adapter(base: Path, out: Path, seed: int, **lora: Any) -> Path:
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    with warnings.catch_warnings():  # peft warns about adapting the tied embeddings
-        warnings.simplefilter("ignore", UserWarning)
-        get_peft_model(model, LoraConfig(init_lora_weights=False, **lora)).save_pretrained(out)
-    return out
-
-
-def _register(store: Store, artifacts: ArtifactStore, directory: Path) -> ModelVersion:
-    return store.create_model_version(
-        "bot",
-        kind="adapter",
-        artifact_digest=artifacts.put_dir(directory, kind="adapter").digest,
-        base_model="tiny",
-        run_id=None,
-        lineage={"prompt_template": "alpaca"},
-        metrics={},
-    )
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("multilora")
@@ -95,7 +65,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         with Store.open(f"sqlite:///{tmp / 'store.db'}") as store:
             store.register_base_model("tiny", str(base.path), {})
             store.create_registered_model("bot")
-            versions = [_register(store, artifacts, d) for d in dirs]
+            versions = [register_adapter(store, artifacts, d) for d in dirs]
             rows = synthetic_domain("it-support", 8, seed=1)
             prompts = [render_prompt(r) for r in rows]
             yield World(base.path, dirs, store, artifacts, versions, prompts, tmp)
@@ -282,7 +252,7 @@ def test_lora_features_this_engine_cannot_apply_are_refused(
     model = load_base(world.base)[0]
     with pytest.raises(LoraFormatError, match=named):
         read_lora(directory, model)
-    version = _register(world.store, world.artifacts, directory)
+    version = register_adapter(world.store, world.artifacts, directory)
     engine = TransformersEngine(world.artifacts)
     try:
         with pytest.raises(EngineError, match=f"cannot load the adapter of {version.ref}.*{named}"):

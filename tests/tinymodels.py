@@ -1,0 +1,64 @@
+"""Tiny models for tests: a base that builds in seconds, LoRA adapters with random weights."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from modelyard.artifacts import ArtifactStore
+from modelyard.store import ModelVersion, Store
+
+# hidden 32, 2 layers: pretrained for 8 steps, enough to be a valid model
+QUICK_BASE: dict[str, Any] = {
+    "steps": 8,
+    "batch_size": 4,
+    "seq_len": 64,
+    "hidden_size": 32,
+    "vocab_size": 512,
+}
+WEIGHTS = "adapter_model.safetensors"
+
+
+def random_adapter(base: Path, out: Path, seed: int, **lora: Any) -> Path:
+    """A peft LoRA adapter on ``base`` with random (not zero) B matrices, saved to ``out``.
+
+    ``lora`` are LoraConfig fields (default r 4, alpha 64, every linear layer), so
+    each seed changes the model's outputs differently.
+    """
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    config = {"r": 4, "lora_alpha": 64, "target_modules": "all-linear", **lora}
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    with warnings.catch_warnings():  # peft warns about adapting the tied embeddings
+        warnings.simplefilter("ignore", UserWarning)
+        get_peft_model(model, LoraConfig(init_lora_weights=False, **config)).save_pretrained(out)
+    return out
+
+
+def register_adapter(
+    store: Store, artifacts: ArtifactStore, directory: Path, model: str = "bot"
+) -> ModelVersion:
+    """Put ``directory`` in the artifact store and register it as a version of ``model``."""
+    return store.create_model_version(
+        model,
+        kind="adapter",
+        artifact_digest=artifacts.put_dir(directory, kind="adapter").digest,
+        base_model="tiny",
+        run_id=None,
+        lineage={"prompt_template": "alpaca"},
+        metrics={},
+    )
+
+
+def tamper(artifacts: ArtifactStore, digest: str) -> None:
+    """Flip the last byte of a stored adapter's weights (it no longer matches its manifest)."""
+    stored = next(artifacts.root.rglob(f"{digest}/files/{WEIGHTS}"))
+    stored.chmod(0o644)
+    data = bytearray(stored.read_bytes())
+    data[-1] ^= 0xFF
+    stored.write_bytes(bytes(data))
