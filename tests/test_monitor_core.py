@@ -491,3 +491,52 @@ def test_a_hanging_webhook_times_out_and_the_failure_is_kept() -> None:
     assert (delivery.ok, delivery.attempts) == (False, 2)
     assert delivery.error is not None and "Timeout" in delivery.error
     assert elapsed < 3
+
+
+def test_migration_0007_copies_record_columns_onto_existing_features(store_url: str) -> None:
+    """Features written before 0007 get their record's endpoint, version, time and numbers."""
+    from alembic import command
+    from sqlalchemy import create_engine, text
+
+    from modelyard.store._engine import _alembic_config
+
+    engine = create_engine(store_url)
+    try:
+        cfg = _alembic_config(engine)
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "0006")
+        with Store.open(store_url, migrate=False) as store:
+            _setup(store)
+            tid = store.get_tenant("acme").id
+        with engine.begin() as conn:  # a record and its features as 0005/0006 wrote them
+            conn.execute(
+                text(
+                    "INSERT INTO inference_records (id, created_at, tenant_id, endpoint_name, "
+                    "route, prompt_tokens, completion_tokens, latency_ms, status, http_status, "
+                    "shadow) VALUES ('old1', :t, :tid, 'acme-support', 'completions', 7, 3, 12.5, "
+                    "'ok', 200, :f)"
+                ),
+                {"t": T0, "tid": tid, "f": False},
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO record_features (record_id, prompt_chars, response_chars, "
+                    "prompt_non_ascii, prompt_digits, response_non_ascii, response_digits) "
+                    "VALUES ('old1', 40, 10, 0, 0, 0, 0)"
+                )
+            )
+        with engine.begin() as conn:
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    finally:
+        engine.dispose()
+    with Store.open(store_url) as store:
+        cols = store.feature_columns(
+            endpoint="acme-support",
+            version_id=None,
+            since=T0 - timedelta(minutes=1),
+            until=T0 + timedelta(minutes=1),
+        )
+    assert cols["prompt_chars"] == (40,) and cols["prompt_tokens"] == (7,)
+    assert cols["latency_ms"] == (12.5,)

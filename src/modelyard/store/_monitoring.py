@@ -81,6 +81,16 @@ FEATURE_COLUMNS = (
     "unknown_token_rate",
     "cache_hit",
 )
+# Record columns copied onto its features, so a drift window needs no join (migration 0007).
+_COPIED_COLUMNS = (
+    "endpoint_name",
+    "version_id",
+    "status",
+    "created_at",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+)
 RECORD_STATUSES = ("ok", "error", "cancelled", "timeout")
 PROFILE_WINDOWS = ("hour", "day")
 
@@ -119,6 +129,7 @@ class MonitoringStore:
                 features.append(
                     {"record_id": record.id, "embedding": feats.embedding}
                     | {name: getattr(feats, name) for name in FEATURE_COLUMNS}
+                    | {name: row[name] for name in _COPIED_COLUMNS}
                 )
         with self._write(f"write {len(records)} inference records") as s:
             s.execute(insert(InferenceRecordRow), records)
@@ -201,20 +212,17 @@ class MonitoringStore:
         Columns, not rows: drift reads up to millions of records, and a row object per
         record would cost more than the statistics.
         """
-        r, f = InferenceRecordRow, RecordFeaturesRow
-        names = ("prompt_tokens", "completion_tokens", "latency_ms")
-        columns = [getattr(r, c) for c in names] + [
-            getattr(f, c) for c in FEATURE_COLUMNS if c != "cache_hit"
-        ]
-        keys = [*names, *(c for c in FEATURE_COLUMNS if c != "cache_hit")]
-        query = (
-            select(*columns)
-            .outerjoin(f, f.record_id == r.id)
-            .where(r.endpoint_name == endpoint, r.status == status)
-            .where(r.created_at >= since, r.created_at < until)
+        f = RecordFeaturesRow
+        keys = ["prompt_tokens", "completion_tokens", "latency_ms"]
+        keys += [c for c in FEATURE_COLUMNS if c != "cache_hit"]
+        # One range scan of the covering index ix_record_features_window, no join.
+        query = select(*(getattr(f, k) for k in keys)).where(
+            f.endpoint_name == endpoint,
+            f.version_id == version_id if version_id is not None else f.version_id.is_(None),
+            f.status == status,
+            f.created_at >= since,
+            f.created_at < until,
         )
-        if version_id is not None:
-            query = query.where(r.version_id == version_id)
         with self._session("read drift features") as s:
             # plain numbers need no result processing: read the driver's rows directly
             result = s.connection().execute(query)

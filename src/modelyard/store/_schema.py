@@ -353,9 +353,26 @@ class RecordFeaturesRow(Base):
     """Drift features of one inference record, computed before the storage policy applies."""
 
     __tablename__ = "record_features"
+    # One covering index: a drift window is one index range scan (migration 0007).
+    __table_args__ = (
+        Index(
+            "ix_record_features_window", "endpoint_name", "version_id", "status", "created_at",
+            "prompt_tokens", "completion_tokens", "latency_ms", "prompt_chars", "response_chars",
+            "prompt_non_ascii", "prompt_digits", "response_non_ascii", "response_digits",
+            "unknown_token_rate",
+        ),
+    )  # fmt: skip
     record_id: Mapped[str] = mapped_column(
         String(64), ForeignKey("inference_records.id", ondelete="CASCADE"), primary_key=True
     )
+    # Copies of the record's own columns (migration 0007), so drift needs no join.
+    endpoint_name: Mapped[str | None] = mapped_column(String(100))
+    version_id: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime | None]
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    latency_ms: Mapped[float | None] = mapped_column(Float)
     prompt_chars: Mapped[int] = mapped_column(Integer)
     response_chars: Mapped[int] = mapped_column(Integer)
     prompt_non_ascii: Mapped[float] = mapped_column(Float)
