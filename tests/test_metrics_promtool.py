@@ -16,20 +16,31 @@ import openai
 import pytest
 
 from conftest import IN_CI
-from modelyard.serving import BackgroundServer, EchoEngine, SamplingParams, TokenStream, create_app
+from modelyard.serving import (
+    BackgroundServer,
+    EchoEngine,
+    EngineError,
+    SamplingParams,
+    TokenStream,
+    create_app,
+)
 from modelyard.store import ModelVersion, Store
 from modelyard.tenants import create_api_key
 
 
 class ObservedEcho(EchoEngine):
     """EchoEngine that also reports adapter cache events and a batch, as TransformersEngine does,
-    so that every metric family has samples."""
+    so that every metric family has samples; versions tagged ``broken`` fail to load."""
 
     def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
+        broken = bool(version.tags.get("broken"))
+        events = ("miss", "load_failure") if broken else ("miss", "load", "hit", "eviction")
         for observer in self._observer_list():
-            for event in ("miss", "load", "hit", "eviction", "load_failure"):
+            for event in events:
                 observer.adapter_event(event, version.ref)
             observer.batch_ran(1)
+        if broken:
+            raise EngineError(f"cannot load the adapter of {version.ref}", version=version.ref)
         return super().stream(version, prompt, params)
 
 
@@ -51,16 +62,20 @@ def metrics_text(tmp_path: Path) -> Iterator[str]:
         store.register_base_model("tiny", "/models/tiny", {})
         store.create_tenant("acme")
         store.create_registered_model("bot", tenant="acme")
-        store.create_model_version(
-            "bot",
-            kind="adapter",
-            artifact_digest="00" * 32,
-            base_model="tiny",
-            run_id=None,
-            lineage={"prompt_template": "alpaca"},
-            metrics={},
-        )
+        for _ in range(3):  # 2: a shadow; 3: cannot load, so its requests fall back to 1
+            store.create_model_version(
+                "bot",
+                kind="adapter",
+                artifact_digest="00" * 32,
+                base_model="tiny",
+                run_id=None,
+                lineage={"prompt_template": "alpaca"},
+                metrics={},
+            )
+        store.set_version_tags("bot:3", {"broken": "yes"})
         store.create_endpoint("support", model_ref="bot:1", tenant="acme")
+        store.set_traffic("support", {1: 1, 3: 99})
+        store.set_shadow("support", 2, 1.0)
         _, key = create_api_key(store, "acme", scopes=("infer", "feedback"))
         _, limited = create_api_key(store, "acme", rpm_limit=1)
         app = create_app(store, ObservedEcho(), refresh_seconds=0.1)

@@ -459,7 +459,15 @@ class DataPlane:
             except RateLimited as limited:
                 self.metrics.rate_limited.labels(key.tenant, limited.limit).inc()
                 raise
-            stream = self.engine.stream(version, prompt, params)
+            try:
+                stream = self.engine.stream(version, prompt, params)
+            except EngineError as refused:  # an engine that refuses a version at submission
+                alternative = self._alternative(chosen, user, version, refused)
+                if alternative is None:
+                    raise
+                fallback_from, version = fallback_from or version, alternative
+                prompt = render(version)
+                stream = self.engine.stream(version, prompt, params)
         except ModelyardError as exc:
             if admission is not None:
                 self.limiter.settle(admission, 0)
@@ -479,11 +487,7 @@ class DataPlane:
         the plan (recorded as a fallback), or None when there is none (blocking)."""
         if sub.route_obj is None or sub.render is None or sub.params is None:
             return None
-        if not _load_failure_of(exc, sub.version):
-            return None
-        self.health.failed(sub.version.ref, exc.message)
-        failed = frozenset(v.id for v, _ in sub.route_obj.choices if self.health.is_failed(v.ref))
-        alternative = self.router.pick(sub.route_obj, sub.user, exclude=failed)
+        alternative = self._alternative(sub.route_obj, sub.user, sub.version, exc)
         if alternative is None:
             return None
         try:
@@ -499,6 +503,16 @@ class DataPlane:
             stream=stream,
             fallback_from=sub.fallback_from or sub.version,
         )
+
+    def _alternative(
+        self, route: Route, user: str | None, version: ModelVersion, exc: ModelyardError
+    ) -> ModelVersion | None:
+        """Another version of the plan when ``exc`` says ``version`` could not be loaded."""
+        if not _load_failure_of(exc, version):
+            return None
+        self.health.failed(version.ref, exc.message)
+        failed = frozenset(v.id for v, _ in route.choices if self.health.is_failed(v.ref))
+        return self.router.pick(route, user, exclude=failed)
 
     def _mirror(
         self,
