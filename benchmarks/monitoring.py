@@ -30,8 +30,8 @@ Each timing is the median of ``--repeats`` runs. The script exits 0 whether or
 not a target is met (it prints them), non-zero only when something fails or
 the two drift computations disagree.
 
-    .venv/bin/python benchmarks/monitoring.py           # about a minute on 2 cores
-    .venv/bin/python benchmarks/monitoring.py --quick   # 100,000 values, seconds
+    .venv/bin/python benchmarks/monitoring.py           # about 4 minutes on 2 cores
+    .venv/bin/python benchmarks/monitoring.py --quick   # 100,000 values and records, ~15 s
     .venv/bin/python benchmarks/monitoring.py --json    # JSON on stdout, the table on stderr
 """
 
