@@ -9,6 +9,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -24,7 +25,7 @@ from modelyard.serving import (
     TokenStream,
     create_app,
 )
-from modelyard.store import ModelVersion, Store
+from modelyard.store import DriftResult, ModelVersion, Store
 from modelyard.tenants import create_api_key
 
 
@@ -76,6 +77,12 @@ def metrics_text(tmp_path: Path) -> Iterator[str]:
         store.create_endpoint("support", model_ref="bot:1", tenant="acme")
         store.set_traffic("support", {1: 1, 3: 99})
         store.set_shadow("support", 2, 1.0)
+        now = datetime.now(UTC)
+        store.add_drift_results(  # the latest drift run is exported with the server's metrics
+            [DriftResult("run-1", now, "support", "bot:1", "acme", "eval", now - timedelta(hours=1),
+                         now, "prompt_chars", "psi", 0.31, 0.1, True, "drift", 500, 400)],
+            store.get_model_version("bot", 1).id,
+        )  # fmt: skip
         _, key = create_api_key(store, "acme", scopes=("infer", "feedback"))
         _, limited = create_api_key(store, "acme", rpm_limit=1)
         app = create_app(store, ObservedEcho(), refresh_seconds=0.1)
@@ -108,6 +115,7 @@ def test_metrics_pass_promtool_check(promtool: str, metrics_text: str) -> None:
     # the scrape holds real series, so the check is not of an empty page
     assert 'modelyard_requests_total{endpoint="support"' in metrics_text
     assert "modelyard_request_latency_seconds_bucket" in metrics_text
+    assert 'modelyard_drift_detected{endpoint="support",feature="prompt_chars"' in metrics_text
     families = {line.split()[2] for line in metrics_text.splitlines() if line.startswith("# TYPE ")}
     for family in families:  # every family has samples, so every one is checked
         assert f"\n{family}" in metrics_text, family

@@ -71,6 +71,12 @@ def serve(
     controller_interval_s: float = typer.Option(
         1.0, min=0.05, help="Seconds between rollout controller ticks."
     ),
+    embed_prompts: bool = typer.Option(
+        False,
+        "--embed-prompts",
+        help="Embed each prompt with the packaged MiniLM model in the record writer (off the "
+        "request path), so semantic drift works for tenants whose policy keeps no text.",
+    ),
 ) -> None:
     """Serve POST /v1/chat/completions, /v1/completions (stream: true for server-sent
     events), /v1/feedback, GET /v1/models, /health, /ready, /metrics for every endpoint
@@ -122,10 +128,16 @@ def serve(
         from modelyard.monitoring import tick as monitoring_tick
 
         controller = Controller(open_store(), extra_ticks=[monitoring_tick])
+    embedder = None
+    if embed_prompts:
+        from modelyard.monitoring._semantic import Embedder
+
+        embedder = Embedder()
     app = create_app(
         store, chosen, limits=limits, refresh_seconds=refresh_seconds, heartbeat_s=heartbeat_s,
         address=f"{host}:{port}", controller=controller,
         controller_interval_s=controller_interval_s,
+        embedder=embedder,
     )  # fmt: skip
     err_console.print(f"serving {store.url} on http://{host}:{port} (engine {engine})")
     try:

@@ -131,6 +131,15 @@ class MonitoringCollector(Collector):
         self.store = store
 
     def collect(self) -> Iterator[Metric]:
+        """The families that have samples (a scrape while the store is down gets none)."""
+        try:
+            families = list(self._families())
+        except ModelyardError as exc:
+            log.warning("no drift or alert gauges in this scrape: %s", exc.one_line())
+            return
+        yield from (f for f in families if f.samples)
+
+    def _families(self) -> Iterator[Metric]:
         labels = ["endpoint", "version", "feature", "method"]
         value = GaugeMetricFamily("modelyard_drift_value", "Latest drift statistic", labels=labels)
         detected = GaugeMetricFamily(

@@ -57,7 +57,12 @@ from modelyard.errors import (
     RequestTooLarge,
     ShuttingDown,
 )
-from modelyard.monitoring import RecordWriter, apply_storage_policy, record_features
+from modelyard.monitoring import (
+    MonitoringCollector,
+    RecordWriter,
+    apply_storage_policy,
+    record_features,
+)
 from modelyard.serving._agent import ServerAgent
 from modelyard.serving._engine import Engine, EngineError, Generation, SamplingParams
 from modelyard.serving._guard import GuardMiddleware
@@ -921,21 +926,29 @@ def create_app(
     address: str = "",
     controller: Controller | None = None,
     controller_interval_s: float = 1.0,
+    export_monitoring: bool = True,
+    embedder: Any = None,
 ) -> FastAPI:
     """The OpenAI-compatible app. The caller keeps ownership of ``store`` and ``engine``.
 
     While it runs, a ``ServerAgent`` writes this server's heartbeat every
     ``heartbeat_s`` seconds (None: none; such a server is invisible to rollouts)
     and prepares rollout targets; with ``controller``, it also runs the rollout
-    controller every ``controller_interval_s`` seconds.
+    controller every ``controller_interval_s`` seconds. ``/metrics`` also carries the
+    store's latest drift results and alert states (``export_monitoring``). With an
+    ``embedder`` (``monitoring.Embedder``), the app's record writer embeds prompts.
     """
     router = Router(store, refresh_seconds=refresh_seconds)
     metrics_holder: list[_Metrics] = []
     own_writer = writer is None
-    writer = writer or RecordWriter(store, on_drop=lambda n: metrics_holder[0].dropped.inc(n))
+    writer = writer or RecordWriter(
+        store, on_drop=lambda n: metrics_holder[0].dropped.inc(n), embedder=embedder
+    )
     limits = limits or ServerLimits()
     plane = DataPlane(store, engine, router, writer, limits)
     metrics_holder.append(plane.metrics)
+    if export_monitoring:  # the latest drift results and alert states, read at scrape time
+        plane.metrics.registry.register(MonitoringCollector(store))
     plane.metrics.queue_depth.set_function(lambda: engine.stats().queue_depth)
 
     agent = None
