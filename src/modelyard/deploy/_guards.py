@@ -26,6 +26,7 @@ from typing import Literal
 import numpy as np
 
 from modelyard.errors import ConfigError
+from modelyard.store._deploy import ended, failed
 
 GuardStatus = Literal["pass", "breach", "pending", "no_data"]
 
@@ -86,11 +87,11 @@ class Sample:
 
     @property
     def requests(self) -> int:
-        return sum(1 for s in self.statuses if s != "cancelled")
+        return ended(self.statuses)
 
     @property
     def errors(self) -> int:
-        return sum(1 for s in self.statuses if s in ("error", "timeout"))
+        return failed(self.statuses)
 
     def value(self, metric: str) -> float | None:
         if metric == "error_rate":

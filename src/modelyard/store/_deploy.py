@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -42,6 +42,7 @@ from modelyard.store.entities import (
     Endpoint,
     Rollout,
     RolloutEvent,
+    RolloutStatus,
     Server,
 )
 
@@ -60,12 +61,21 @@ class VersionSample:
 
     @property
     def requests(self) -> int:
-        """Requests that ended (ok, error or timeout); cancelled ones say nothing."""
-        return sum(1 for st in self.statuses if st != "cancelled")
+        return ended(self.statuses)
 
     @property
     def errors(self) -> int:
-        return sum(1 for st in self.statuses if st in ("error", "timeout"))
+        return failed(self.statuses)
+
+
+def ended(statuses: Sequence[str]) -> int:
+    """Requests that ended (ok, error or timeout); cancelled ones say nothing of a version."""
+    return sum(1 for st in statuses if st != "cancelled")
+
+
+def failed(statuses: Sequence[str]) -> int:
+    """Requests that ended in an error or a timeout."""
+    return sum(1 for st in statuses if st in ("error", "timeout"))
 
 
 @dataclass(frozen=True)
@@ -384,9 +394,9 @@ class DeployStore:
                 )
             ).all()
             query = select(ModelVersionRow.id, ModelVersionRow.version)
-            numbers: dict[int, int] = {
-                vid: n for vid, n in s.execute(query.where(ModelVersionRow.id.in_(ids)))
-            }
+            numbers: dict[int, int] = dict(
+                s.execute(query.where(ModelVersionRow.id.in_(ids))).all()
+            )
         acc: dict[int, dict[str, Any]] = {
             vid: {"st": [], "lat": [], "ttft": [], "fb": [], "fallbacks": 0} for vid in ids
         }
@@ -544,7 +554,7 @@ def _plan(s: Session, endpoint_id: int) -> dict[int, int]:
         .join(ModelVersionRow, ModelVersionRow.id == TrafficRouteRow.version_id)
         .where(TrafficRouteRow.endpoint_id == endpoint_id, TrafficRouteRow.weight > 0)
     )
-    return {number: weight for number, weight in s.execute(query)}
+    return dict(s.execute(query).all())
 
 
 def _sample(number: int, vid: int, a: Mapping[str, Any]) -> VersionSample:
@@ -577,8 +587,9 @@ def _rollout(s: Session, r: RolloutRow) -> Rollout:
             .order_by(RolloutEventRow.id)
         )
     )
+    status = cast(RolloutStatus, r.status)  # written only through transitions
     return Rollout(
-        r.id, erow.name, mrow.name, vrow.version, vrow.id, r.status, r.phase,  # type: ignore[arg-type]
+        r.id, erow.name, mrow.name, vrow.version, vrow.id, status, r.phase,
         r.strategy, {int(k): int(v) for k, v in r.baseline.items()}, tuple(r.steps),
         r.step_index, r.step_started_at, r.bake_s, r.min_requests, tuple(r.guards),
         r.promote_alias, r.reason, dict(r.outcome), r.created_by, r.created_at, r.updated_at,

@@ -30,9 +30,7 @@ def upgrade() -> None:
             ["id"],
         )
     with op.batch_alter_table("inference_records", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("shadow", sa.Boolean(), nullable=False, server_default="0")
-        )
+        batch_op.add_column(sa.Column("shadow", sa.Boolean(), nullable=False, server_default="0"))
         batch_op.add_column(sa.Column("fallback_from_id", sa.Integer(), nullable=True))
         batch_op.create_foreign_key(
             op.f("fk_inference_records_fallback_from_id_model_versions"),
