@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -13,19 +13,9 @@ from rich.table import Table
 from modelyard.cli._audit import parse_since
 from modelyard.cli._common import console, open_artifacts, open_store, print_json, settings
 from modelyard.errors import ConfigError
-from modelyard.monitoring import (
-    AlertRules,
-    DriftConfig,
-    MonitoringCollector,
-    compute_drift,
-    evaluate_rules,
-    parse_duration,
-    tick,
-    update_profiles,
-)
-from modelyard.monitoring._alerts import default_rules_path
-from modelyard.monitoring._export import export_records
-from modelyard.monitoring._report import write_report
+
+if TYPE_CHECKING:  # the monitoring stack (scipy) loads when a monitor command runs
+    from modelyard.monitoring import AlertRules
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 SINCE = typer.Option(
@@ -127,6 +117,8 @@ def export(
     since: str | None = SINCE,
 ) -> None:
     """Export inference records (with features and feedback) to JSONL or Parquet."""
+    from modelyard.monitoring._export import export_records
+
     with open_store() as store:
         n = export_records(
             store,
@@ -151,6 +143,8 @@ def profiles(
     json_out: bool = JSON,
 ) -> None:
     """Show profiles: requests, errors, latency percentiles, tokens, cost, cache, feedback."""
+    from modelyard.monitoring import update_profiles
+
     with open_store() as store:
         if update:
             update_profiles(store)
@@ -239,6 +233,8 @@ def drift(
     json_out: bool = JSON,
 ) -> None:
     """Test each feature of the current window against the reference; the result is stored."""
+    from modelyard.monitoring import DriftConfig, compute_drift, parse_duration
+
     config = DriftConfig.parse(method, threshold, min_samples)
     with open_store() as store:
         report = compute_drift(
@@ -314,6 +310,9 @@ def drift(
 
 
 def _rules(path: Path | None) -> AlertRules | None:
+    from modelyard.monitoring import AlertRules
+    from modelyard.monitoring._alerts import default_rules_path
+
     if path is not None:
         return AlertRules.load(path)
     default = default_rules_path(settings().home)
@@ -332,6 +331,9 @@ def alerts(
     json_out: bool = JSON,
 ) -> None:
     """List alerts and their states (firing and resolved are notified once each)."""
+    from modelyard.monitoring import evaluate_rules
+    from modelyard.monitoring._alerts import default_rules_path
+
     with open_store() as store:
         if evaluate:
             loaded = _rules(rules)
@@ -364,6 +366,8 @@ def alerts(
 @app.command("tick")
 def tick_command(rules: Path | None = RULES, json_out: bool = JSON) -> None:
     """Run one step of the monitoring loop: profiles, retention, drift for rules, alerts."""
+    from modelyard.monitoring import tick
+
     with open_store() as store:
         report = tick(store, rules=_rules(rules), artifacts=open_artifacts())
     summary = {
@@ -411,6 +415,8 @@ def metrics() -> None:
     """Print drift and alert gauges in the Prometheus text format."""
     from prometheus_client import CollectorRegistry, generate_latest
 
+    from modelyard.monitoring import MonitoringCollector
+
     with open_store() as store:
         registry = CollectorRegistry()
         registry.register(MonitoringCollector(store))
@@ -424,6 +430,9 @@ def report(
     since: str = typer.Option("7d", "--since", help="How far back: a date or a duration."),
 ) -> None:
     """Write one self-contained HTML page with charts for an endpoint."""
+    from modelyard.monitoring import update_profiles
+    from modelyard.monitoring._report import write_report
+
     with open_store() as store:
         update_profiles(store)
         path = write_report(store, endpoint, out, since=parse_since(since))
