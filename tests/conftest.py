@@ -14,6 +14,11 @@ from sqlalchemy.engine import make_url
 from modelyard.store import Store
 
 PG_ENV = "MODELYARD_TEST_POSTGRES_URL"
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Two workers share two cores: one math thread each (and in the commands they start),
+    # rather than four threads fighting over two cores.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
