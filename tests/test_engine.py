@@ -325,3 +325,20 @@ def test_chat_messages_render_in_the_versions_template() -> None:
         render_chat(_version_with("alpaca"), [*CHAT, {"role": "tool", "content": "x"}])
     with pytest.raises(ConfigError, match="role 'user'"):
         render_chat(_version_with("alpaca"), CHAT[:1])
+
+
+def test_generations_say_whether_their_adapter_was_loaded_and_unknown_tokens_count(
+    world: World,
+) -> None:
+    engine = TransformersEngine(world.artifacts, max_adapters=2)
+    try:
+        v = world.good[3]
+        first = engine.generate(v, world.prompts[0], GREEDY)
+        again = engine.generate(v, world.prompts[1], GREEDY)
+        assert first.extra["adapter_cache_hit"] is False
+        assert again.extra["adapter_cache_hit"] is True
+        unknown, total = engine.count_unknown_tokens(v, world.prompts[0])
+        # the byte-level BPE tokenizer has no unknown token: every prompt is known
+        assert (unknown, total) == (0, engine.count_tokens(v, world.prompts[0]))
+    finally:
+        engine.close()

@@ -158,6 +158,10 @@ class AdapterCache:
         with self._lock:
             return [entry.ref for entry in self._adapters.values()]
 
+    def is_loaded(self, version: ModelVersion) -> bool:
+        with self._lock:
+            return adapter_name(version) in self._adapters
+
     def host_cached(self) -> int:
         """How many adapters' verified tensors are held in host memory."""
         with self._lock:

@@ -55,6 +55,7 @@ class PendingRequest:
     stream: TokenStream = field(default_factory=TokenStream)
     submitted: float = field(default_factory=time.perf_counter)
     serial: int = field(default_factory=lambda: next(_serial))
+    cache_hit: bool | None = None  # its adapter was loaded already when its batch began
 
     def batch_key(self) -> tuple[Hashable, ...]:
         """Requests with equal keys may share one ``generate`` call."""
@@ -245,6 +246,9 @@ class Row:
             completion_tokens=len(self.ids),
             finish_reason=reason,
             ttft_ms=ttft,
+            extra={}
+            if self.request.cache_hit is None
+            else {"adapter_cache_hit": self.request.cache_hit},
         )
         rest = text[len(self.emitted) :] if text.startswith(self.emitted) else ""
         self.emitted = text

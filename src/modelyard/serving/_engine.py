@@ -222,6 +222,15 @@ class TransformersEngine(Engine):
     def generate(self, version: ModelVersion, prompt: str, params: SamplingParams) -> Generation:
         return self.stream(version, prompt, params).result()
 
+    def count_unknown_tokens(self, version: ModelVersion, prompt: str) -> tuple[int, int]:
+        """(unknown, all) prompt tokens in the version's base tokenizer, for drift: tokens
+        that are the tokenizer's unknown token (a byte-level tokenizer has none)."""
+        base = self._cache.base(version.base_model_source)
+        unk = base.tokenizer.unk_token_id
+        with self._tokenizer_lock:
+            ids = base.tokenizer(prompt)["input_ids"]
+        return (0 if unk is None else sum(1 for i in ids if i == unk)), len(ids)
+
     def loaded(self) -> list[str]:
         return self._cache.loaded()
 
@@ -297,6 +306,8 @@ class TransformersEngine(Engine):
         self, requests: list[PendingRequest], keep: Collection[str] = ()
     ) -> tuple[list[PendingRequest], list[int]]:
         """Load the requests' adapters; fail those whose adapter failed. (ready, their slots)"""
+        for request in requests:  # for the inference record (cache hit rate in profiles)
+            request.cache_hit = self._cache.is_loaded(request.version)
         failures = self._cache.ensure([r.version for r in requests], keep=keep)
         ready = []
         for request in requests:
