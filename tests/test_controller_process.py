@@ -16,6 +16,7 @@ import pytest
 
 from modelyard.deploy import start_rollout
 from modelyard.store import NewInferenceRecord, Store
+from worlds import fake_world
 
 CLI = [sys.executable, "-m", "modelyard"]
 
@@ -27,22 +28,24 @@ def _controller(env: dict[str, str], log: object) -> subprocess.Popen[bytes]:
     )  # fmt: skip
 
 
+def _wait_until_one_leads(store: Store, pair: list[subprocess.Popen[bytes]]) -> None:
+    """Until one of ``pair`` holds the controller lease (its holder names its pid)."""
+    pids = {str(p.pid) for p in pair}
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        held = store.lease_holder("controller")
+        if held is not None and held[0].split(":")[1] in pids:
+            return
+        time.sleep(0.05)
+    raise AssertionError("no controller of the pair took the lease within 60 s")
+
+
 @pytest.mark.slow
 def test_killed_controllers_converge_and_two_never_both_act(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'store.db'}"
     env = {**os.environ, "MODELYARD_STORE_URL": url}  # the same home: the same audit key
     with Store.open(url) as store:
-        store.register_base_model("tiny", "/models/tiny", {})
-        store.create_tenant("acme")
-        store.create_registered_model("bot", tenant="acme")
-        ids = [
-            store.create_model_version(
-                "bot", kind="adapter", artifact_digest="00" * 32, base_model="tiny",
-                run_id=None, lineage={}, metrics={},
-            ).id
-            for _ in range(2)
-        ]  # fmt: skip
-        store.create_endpoint("support", model_ref="bot:1", tenant="acme")
+        ids = [v.id for v in fake_world(store, template=None)]
         start_rollout(store, "support", "bot:2", steps="10,50,100", bake_s=2.0,
                       min_requests=5)  # fmt: skip
 
@@ -75,7 +78,8 @@ def test_killed_controllers_converge_and_two_never_both_act(tmp_path: Path) -> N
             while store.latest_rollout("support").active and time.monotonic() < deadline:
                 # two controllers at once, both killed without warning at a random moment
                 pair = [_controller(env, log), _controller(env, log)]
-                time.sleep(rng.uniform(2.5, 4.5))
+                _wait_until_one_leads(store, pair)  # however long they take to start
+                time.sleep(rng.uniform(0.1, 2.5))
                 for p in pair:
                     p.send_signal(signal.SIGKILL)
                     p.wait(10)

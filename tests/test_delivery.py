@@ -26,6 +26,7 @@ from modelyard.serving import BackgroundServer, EchoEngine, TransformersEngine, 
 from modelyard.store import Store
 from modelyard.tenants import create_api_key
 from tinymodels import QUICK_BASE, random_adapter, tamper
+from worlds import fake_world
 
 
 @dataclass
@@ -206,15 +207,7 @@ def test_requests_for_a_version_that_cannot_load_fall_back_to_the_plans_others(
 
 def test_shadow_traffic_is_recorded_but_never_returned(tmp_path: Path) -> None:
     with Store.open(f"sqlite:///{tmp_path / 's.db'}") as store:
-        store.register_base_model("tiny", "/models/tiny", {})
-        store.create_tenant("acme")
-        store.create_registered_model("bot", tenant="acme")
-        for _ in range(2):
-            store.create_model_version(
-                "bot", kind="adapter", artifact_digest="00" * 32, base_model="tiny",
-                run_id=None, lineage={"prompt_template": "text"}, metrics={},
-            )  # fmt: skip
-        store.create_endpoint("support", model_ref="bot:1", tenant="acme")
+        fake_world(store, template="text")
         store.set_shadow("support", 2, 1.0)
         _, key = create_api_key(store, "acme")
         app = create_app(store, EchoEngine(), refresh_seconds=0.1, heartbeat_s=None)

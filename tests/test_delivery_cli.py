@@ -12,6 +12,7 @@ import pytest
 
 from modelyard.cli import main
 from modelyard.store import NewInferenceRecord, Store
+from worlds import fake_world
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
@@ -20,15 +21,7 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 def store(home: Path) -> Store:
     home.mkdir(parents=True)
     s = Store.open(f"sqlite:///{home / 'store.db'}")
-    s.register_base_model("tiny", "/models/tiny", {})
-    s.create_tenant("acme")
-    s.create_registered_model("bot", tenant="acme")
-    for _ in range(3):
-        s.create_model_version(
-            "bot", kind="adapter", artifact_digest="00" * 32, base_model="tiny", run_id=None,
-            lineage={}, metrics={},
-        )  # fmt: skip
-    s.create_endpoint("support", model_ref="bot:1", tenant="acme")
+    fake_world(s, versions=3, template=None)
     return s
 
 

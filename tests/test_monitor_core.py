@@ -30,25 +30,13 @@ from modelyard.monitoring import (
 )
 from modelyard.monitoring._stats import METHODS, Pair, Sample
 from modelyard.store import NewInferenceRecord, Store
+from worlds import fake_world
 
 T0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
 
 
 def _setup(store: Store) -> int:
-    store.register_base_model("tiny", "/models/tiny", {})
-    store.create_tenant("acme")
-    store.create_registered_model("acme-bot", tenant="acme")
-    for _ in range(2):
-        store.create_model_version(
-            "acme-bot",
-            kind="adapter",
-            artifact_digest="00" * 32,
-            base_model="tiny",
-            run_id=None,
-            lineage={"prompt_template": "alpaca"},
-            metrics={},
-        )
-    store.create_endpoint("acme-support", model_ref="acme-bot:1", tenant="acme")
+    fake_world(store, model="acme-bot", endpoint="acme-support")
     return store.get_tenant("acme").id
 
 

@@ -24,24 +24,16 @@ from modelyard.deploy import (
 )
 from modelyard.errors import ConfigError, Conflict, PermissionDenied
 from modelyard.store import NewInferenceRecord, Store
+from worlds import fake_world
 
 BAKE = 0.3
 
 
 def _world(store: Store, versions: int = 3) -> dict[int, int]:
-    store.register_base_model("tiny", "/models/tiny", {})
-    store.create_tenant("acme")
-    store.create_registered_model("bot", tenant="acme")
-    ids = {}
-    for _ in range(versions):
-        v = store.create_model_version(
-            "bot", kind="adapter", artifact_digest="00" * 32, base_model="tiny", run_id=None,
-            lineage={}, metrics={},
-        )  # fmt: skip
-        ids[v.version] = v.id
+    made = fake_world(store, versions=versions, endpoint=None, template=None)
     store.set_alias("bot", "champion", 1)
     store.create_endpoint("support", model_ref="bot@champion", tenant="acme")
-    return ids
+    return {v.version: v.id for v in made}
 
 
 def _traffic(

@@ -1,0 +1,43 @@
+"""Small worlds in a store for tests: a tenant, a registered model, versions, an endpoint.
+
+The versions have no real artifact (digest ``00…``): for tests where the engine is
+a fake or no server runs. ``tests/tinymodels.py`` has real tiny models.
+"""
+
+from __future__ import annotations
+
+from modelyard.store import ModelVersion, StoragePolicy, Store
+
+
+def fake_world(
+    store: Store,
+    *,
+    tenant: str = "acme",
+    model: str = "bot",
+    endpoint: str | None = "support",
+    versions: int = 2,
+    template: str | None = "alpaca",
+    storage_policy: StoragePolicy = "full",
+    base_model: str = "tiny",
+) -> list[ModelVersion]:
+    """``base_model``, ``tenant``, ``model`` with ``versions`` versions and, unless None,
+    ``endpoint`` serving version 1; returns the versions."""
+    store.register_base_model(base_model, f"/models/{base_model}", {})
+    store.create_tenant(tenant, storage_policy=storage_policy)
+    store.create_registered_model(model, tenant=tenant)
+    lineage = {} if template is None else {"prompt_template": template}
+    made = [
+        store.create_model_version(
+            model,
+            kind="adapter",
+            artifact_digest="00" * 32,
+            base_model=base_model,
+            run_id=None,
+            lineage=lineage,
+            metrics={},
+        )
+        for _ in range(versions)
+    ]
+    if endpoint is not None:
+        store.create_endpoint(endpoint, model_ref=f"{model}:1", tenant=tenant)
+    return made
