@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import signal
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import typer
 from rich.table import Table
 
+from modelyard.cli._audit import parse_since
 from modelyard.cli._common import console, err_console, open_store, print_json, to_jsonable
 from modelyard.errors import ConfigError
 from modelyard.store import Rollout, Store
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # compare with no --since: every record
 
 rollout_app = typer.Typer(
     help="Progressive delivery: canary, A/B and blue-green rollouts with automatic rollback."
@@ -34,24 +36,6 @@ def _seconds(text: str, what: str) -> float:
         return parse_duration(text, allow_zero=True).total_seconds()
     except ConfigError as exc:
         raise ConfigError(f"{what}: {exc.message}", field=what) from exc
-
-
-def _since(text: str | None) -> datetime:
-    if text is None:
-        return datetime(1970, 1, 1, tzinfo=UTC)
-    try:
-        seconds = _seconds(text, "--since")
-    except ConfigError:
-        try:
-            parsed = datetime.fromisoformat(text)
-        except ValueError:
-            raise ConfigError(
-                f"invalid --since {text!r}: use a duration such as 1h or a date such as "
-                "2026-12-01T10:00",
-                field="since",
-            ) from None
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    return datetime.now(UTC) - timedelta(seconds=seconds)
 
 
 def _timeline(r: Rollout) -> Table:
@@ -251,7 +235,8 @@ def compare(
     from modelyard.deploy import compare_versions
 
     with open_store() as store:
-        report = compare_versions(store, endpoint, _since(since))
+        start = EPOCH if since is None else parse_since(since)
+        report = compare_versions(store, endpoint, start)
     if json_out:
         print_json(report.as_json())
         return
