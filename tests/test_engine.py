@@ -337,8 +337,8 @@ def test_generations_say_whether_their_adapter_was_loaded_and_unknown_tokens_cou
         again = engine.generate(v, world.prompts[1], GREEDY)
         assert first.extra["adapter_cache_hit"] is False
         assert again.extra["adapter_cache_hit"] is True
-        unknown, total = engine.count_unknown_tokens(v, world.prompts[0])
-        # the byte-level BPE tokenizer has no unknown token: every prompt is known
-        assert (unknown, total) == (0, engine.count_tokens(v, world.prompts[0]))
+        # the byte-level BPE tokenizer has no unknown token: every prompt token is known
+        assert first.extra["unknown_tokens"] == 0
+        assert first.prompt_tokens == engine.count_tokens(v, world.prompts[0])
     finally:
         engine.close()

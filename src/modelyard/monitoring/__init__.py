@@ -18,7 +18,6 @@ from modelyard.monitoring._features import (
     FEATURE_NAMES,
     FEATURES,
     TEXT_FEATURES,
-    UnknownTokenCounter,
     record_features,
     text_features,
 )
@@ -46,7 +45,6 @@ __all__ = [
     "RecordWriter",
     "Rule",
     "TickReport",
-    "UnknownTokenCounter",
     "apply_retention",
     "apply_storage_policy",
     "compare",

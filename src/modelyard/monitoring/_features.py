@@ -8,9 +8,7 @@ taken from the raw text at record time and stored beside the record
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
-
-from modelyard.store import ModelVersion, RecordFeatures
+from modelyard.store import RecordFeatures
 
 # The numeric features drift is computed on, in table order: (name, what it is).
 FEATURES: tuple[tuple[str, str], ...] = (
@@ -35,14 +33,6 @@ TEXT_FEATURES: tuple[str, ...] = (
     "response_non_ascii",
     "response_digits",
 )
-
-
-@runtime_checkable
-class UnknownTokenCounter(Protocol):
-    """An engine that can tell how many of a prompt's tokens its tokenizer does not know."""
-
-    def count_unknown_tokens(self, version: ModelVersion, prompt: str) -> tuple[int, int]:
-        """(unknown tokens, all tokens) of ``prompt`` in ``version``'s tokenizer."""
 
 
 def _shares(text: str) -> tuple[float, float]:
@@ -75,19 +65,16 @@ def record_features(
     prompt: str | None,
     response: str | None,
     *,
-    engine: object = None,
-    version: ModelVersion | None = None,
+    unknown_tokens: int | None = None,
+    prompt_tokens: int = 0,
     cache_hit: bool | None = None,
 ) -> RecordFeatures:
-    """All features of one request; the unknown-token rate when ``engine`` can count it."""
+    """All features of one request. The engine counts ``unknown_tokens`` while it tokenizes
+    the prompt (None: it cannot say, and the rate is unknown); nothing here tokenizes."""
     base = text_features(prompt, response)
     unknown: float | None = None
-    if prompt and version is not None and isinstance(engine, UnknownTokenCounter):
-        try:
-            n_unknown, n_tokens = engine.count_unknown_tokens(version, prompt)
-            unknown = n_unknown / n_tokens if n_tokens else 0.0
-        except Exception:
-            unknown = None
+    if unknown_tokens is not None and prompt_tokens > 0:
+        unknown = unknown_tokens / prompt_tokens
     return RecordFeatures(
         prompt_chars=base.prompt_chars,
         response_chars=base.response_chars,

@@ -22,7 +22,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
@@ -78,6 +78,7 @@ if TYPE_CHECKING:
     from modelyard.deploy import Controller
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _STATUS: tuple[tuple[type[ModelyardError], int, str], ...] = (
     (MissingScope, 403, "permission_error"),
@@ -706,9 +707,9 @@ class DataPlane:
             record_features(
                 prompt,
                 gen.text if gen else None,
-                engine=self.engine,
-                version=version,
-                cache_hit=_cache_hit(gen),
+                unknown_tokens=_extra(gen, "unknown_tokens", int),
+                prompt_tokens=gen.prompt_tokens if gen else 0,
+                cache_hit=_extra(gen, "adapter_cache_hit", bool),
             ),
             prompt,  # embedded by a writer that has an embedder (semantic drift); not stored
         )
@@ -719,10 +720,11 @@ class DataPlane:
                     self._recent.popitem(last=False)
 
 
-def _cache_hit(gen: Generation | None) -> bool | None:
-    """Whether the engine found the version's adapter loaded (when it says so in ``extra``)."""
-    hit = gen.extra.get("adapter_cache_hit") if gen is not None else None
-    return hit if isinstance(hit, bool) else None
+def _extra(gen: Generation | None, name: str, kind: type[T]) -> T | None:
+    """What the engine said of a request in ``Generation.extra`` (adapter cache hit, unknown
+    prompt tokens), when it says so."""
+    value = gen.extra.get(name) if gen is not None else None
+    return value if isinstance(value, kind) else None
 
 
 def _key_with(scope: str) -> Callable[..., ApiKey]:

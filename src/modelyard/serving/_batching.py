@@ -56,6 +56,16 @@ class PendingRequest:
     submitted: float = field(default_factory=time.perf_counter)
     serial: int = field(default_factory=lambda: next(_serial))
     cache_hit: bool | None = None  # its adapter was loaded already when its batch began
+    unknown_tokens: int | None = None  # prompt tokens that are the tokenizer's unknown token
+
+    def extra(self) -> dict[str, Any]:
+        """What the engine knows of the request for its inference record (``Generation.extra``)."""
+        out: dict[str, Any] = {}
+        if self.cache_hit is not None:
+            out["adapter_cache_hit"] = self.cache_hit
+        if self.unknown_tokens is not None:
+            out["unknown_tokens"] = self.unknown_tokens
+        return out
 
     def batch_key(self) -> tuple[Hashable, ...]:
         """Requests with equal keys may share one ``generate`` call."""
@@ -246,9 +256,7 @@ class Row:
             completion_tokens=len(self.ids),
             finish_reason=reason,
             ttft_ms=ttft,
-            extra={}
-            if self.request.cache_hit is None
-            else {"adapter_cache_hit": self.request.cache_hit},
+            extra=self.request.extra(),
         )
         rest = text[len(self.emitted) :] if text.startswith(self.emitted) else ""
         self.emitted = text

@@ -214,22 +214,15 @@ class TransformersEngine(Engine):
                 hint="Shorten the prompt or ask for fewer max_tokens.",
                 param="max_tokens",
             )
-        request = PendingRequest(version, ids, params)
+        unk = base.tokenizer.unk_token_id  # counted here, where the prompt is tokenized anyway
+        unknown = 0 if unk is None else sum(1 for i in ids if i == unk)
+        request = PendingRequest(version, ids, params, unknown_tokens=unknown)
         self._start()
         self._queue.put(request)
         return request.stream
 
     def generate(self, version: ModelVersion, prompt: str, params: SamplingParams) -> Generation:
         return self.stream(version, prompt, params).result()
-
-    def count_unknown_tokens(self, version: ModelVersion, prompt: str) -> tuple[int, int]:
-        """(unknown, all) prompt tokens in the version's base tokenizer, for drift: tokens
-        that are the tokenizer's unknown token (a byte-level tokenizer has none)."""
-        base = self._cache.base(version.base_model_source)
-        unk = base.tokenizer.unk_token_id
-        with self._tokenizer_lock:
-            ids = base.tokenizer(prompt)["input_ids"]
-        return (0 if unk is None else sum(1 for i in ids if i == unk)), len(ids)
 
     def loaded(self) -> list[str]:
         return self._cache.loaded()
