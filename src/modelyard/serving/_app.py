@@ -382,7 +382,10 @@ class LoadHealth:
             return {ref: why for ref, (_, why) in self._failed.items()}
 
     def is_failed(self, ref: str) -> bool:
-        return ref in self.failures()
+        """Checked on every request: one lookup, no copy."""
+        with self._lock:
+            entry = self._failed.get(ref)
+        return entry is not None and time.monotonic() - entry[0] <= self._ttl_s
 
 
 def _load_failure_of(exc: ModelyardError, version: ModelVersion) -> bool:
