@@ -66,6 +66,7 @@ from modelyard.monitoring import (
 from modelyard.serving._agent import ServerAgent
 from modelyard.serving._engine import Engine, EngineError, Generation, SamplingParams
 from modelyard.serving._guard import GuardMiddleware
+from modelyard.serving._health import LoadHealth, load_failure_of
 from modelyard.serving._limits import Admission, RateLimiter, count_prompt_tokens
 from modelyard.serving._router import Route, Router
 from modelyard.serving._shutdown import Drain
@@ -345,54 +346,6 @@ class Submitted:
 _RECENT_RECORDS = 10_000
 
 
-class LoadHealth:
-    """Which versions failed to load on this server lately (an engine observer).
-
-    The router sends their requests to the other versions of the plan (a
-    fallback) until a load succeeds or ``ttl_s`` passes; heartbeats report them
-    so the rollout controller treats them as a breach.
-    """
-
-    def __init__(self, ttl_s: float = 30.0) -> None:
-        self._ttl_s = ttl_s
-        self._lock = threading.Lock()
-        self._failed: dict[str, tuple[float, str]] = {}  # ref -> (monotonic time, why)
-
-    def adapter_event(self, event: AdapterEvent, version: str) -> None:
-        with self._lock:
-            if event == "load_failure":
-                previous = self._failed.get(version)
-                why = previous[1] if previous else "failed to load"
-                self._failed[version] = (time.monotonic(), why)
-            elif event == "load":
-                self._failed.pop(version, None)
-
-    def batch_ran(self, size: int) -> None:
-        """Engine observer hook (batches are of no interest here)."""
-
-    def failed(self, ref: str, why: str) -> None:
-        with self._lock:
-            self._failed[ref] = (time.monotonic(), why)
-
-    def failures(self) -> dict[str, str]:
-        now = time.monotonic()
-        with self._lock:
-            for ref in [r for r, (t, _) in self._failed.items() if now - t > self._ttl_s]:
-                del self._failed[ref]
-            return {ref: why for ref, (_, why) in self._failed.items()}
-
-    def is_failed(self, ref: str) -> bool:
-        """Checked on every request: one lookup, no copy."""
-        with self._lock:
-            entry = self._failed.get(ref)
-        return entry is not None and time.monotonic() - entry[0] <= self._ttl_s
-
-
-def _load_failure_of(exc: ModelyardError, version: ModelVersion) -> bool:
-    """Whether ``exc`` says ``version`` could not be loaded (the engine names it)."""
-    return isinstance(exc, EngineError) and exc.context.get("version") == version.ref
-
-
 class DataPlane:
     """Everything a request needs, shared by the routes."""
 
@@ -517,7 +470,7 @@ class DataPlane:
         self, route: Route, user: str | None, version: ModelVersion, exc: ModelyardError
     ) -> ModelVersion | None:
         """Another version of the plan when ``exc`` says ``version`` could not be loaded."""
-        if not _load_failure_of(exc, version):
+        if not load_failure_of(exc, version):
             return None
         self.health.failed(version.ref, exc.message)
         failed = frozenset(v.id for v, _ in route.choices if self.health.is_failed(v.ref))
@@ -672,7 +625,7 @@ class DataPlane:
             outcome = "ok" if exc is None else "error"
         version_ref = version.ref if version else ""
         labels = (endpoint if version else "", version_ref, key.tenant)
-        if exc is not None and version is not None and _load_failure_of(exc, version):
+        if exc is not None and version is not None and load_failure_of(exc, version):
             self.health.failed(version.ref, exc.message)
         if shadow:
             self.metrics.shadow.labels(*labels, outcome).inc()
