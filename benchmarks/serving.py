@@ -70,6 +70,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from rich.console import Console
 from rich.table import Table
 
+from modelyard.access import create_api_key
 from modelyard.artifacts import ArtifactStore
 from modelyard.base import create_tiny_base, load_base
 from modelyard.data import DOMAINS, domain_corpus, render_prompt, synthetic_domain
@@ -77,7 +78,6 @@ from modelyard.errors import ModelyardError
 from modelyard.monitoring import RecordWriter
 from modelyard.serving import BackgroundServer, SamplingParams, TransformersEngine, create_app
 from modelyard.store import ModelVersion, NewInferenceRecord, Store
-from modelyard.tenants import create_api_key
 
 SERVER_TARGET = 0.8
 BATCHING_TARGET = 3.0

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.deploy import start_rollout
+from modelyard.delivery import start_rollout
 from modelyard.store import NewInferenceRecord, Store
 from worlds import fake_world
 

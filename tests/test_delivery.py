@@ -18,13 +18,13 @@ from pathlib import Path
 import openai
 import pytest
 
+from modelyard.access import create_api_key
 from modelyard.artifacts import ArtifactStore
 from modelyard.base import create_tiny_base
 from modelyard.data import DOMAINS, domain_corpus
-from modelyard.deploy import Controller, abort_rollout, start_rollout
+from modelyard.delivery import Controller, abort_rollout, start_rollout
 from modelyard.serving import BackgroundServer, EchoEngine, TransformersEngine, create_app
 from modelyard.store import Store
-from modelyard.tenants import create_api_key
 from tinymodels import QUICK_BASE, random_adapter, tamper
 from worlds import fake_world
 

@@ -12,7 +12,7 @@ import yaml
 from typer.main import get_command
 
 from modelyard.cli import app
-from modelyard.deploy import parse_guard, parse_steps
+from modelyard.delivery import parse_guard, parse_steps
 from modelyard.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

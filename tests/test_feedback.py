@@ -16,11 +16,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine
 
+from modelyard.access import create_api_key
 from modelyard.errors import ConfigError, NotFound
 from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.store import NewInferenceRecord, Store
 from modelyard.store._schema import Base
-from modelyard.tenants import create_api_key
 
 
 @dataclass

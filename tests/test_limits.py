@@ -25,6 +25,7 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
 from clihelp import modelyard
+from modelyard.access import authenticate, create_api_key, rotate_api_key
 from modelyard.errors import Conflict, InvalidApiKey
 from modelyard.serving import (
     BackgroundServer,
@@ -37,7 +38,6 @@ from modelyard.serving import (
     create_app,
 )
 from modelyard.store import ApiKey, InferenceRecord, ModelVersion, Store
-from modelyard.tenants import authenticate, create_api_key, rotate_api_key
 
 
 class CountingEcho(EchoEngine):

@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from conftest import IN_CI
+from modelyard.access import create_api_key
 from modelyard.serving import (
     BackgroundServer,
     EchoEngine,
@@ -26,7 +27,6 @@ from modelyard.serving import (
     create_app,
 )
 from modelyard.store import DriftResult, ModelVersion, Store
-from modelyard.tenants import create_api_key
 
 
 class ObservedEcho(EchoEngine):

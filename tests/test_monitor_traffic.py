@@ -25,11 +25,11 @@ import pytest
 from typer.testing import CliRunner
 
 from clihelp import Result, modelyard
+from modelyard.access import create_api_key
 from modelyard.cli import app
 from modelyard.monitoring import AlertRules, tick
 from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.store import Store
-from modelyard.tenants import create_api_key
 
 pytestmark = pytest.mark.slow  # a server and CLI runs: about half a minute
 

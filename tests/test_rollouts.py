@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from modelyard.deploy import (
+from modelyard.delivery import (
     Controller,
     abort_rollout,
     compare_versions,

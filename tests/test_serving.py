@@ -9,9 +9,9 @@ import httpx
 import openai
 import pytest
 
+from modelyard.access import create_api_key
 from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.store import Store
-from modelyard.tenants import create_api_key
 
 
 @dataclass

@@ -29,8 +29,8 @@ import openai
 import psutil
 import pytest
 
+from modelyard.access import create_api_key
 from modelyard.store import Store
-from modelyard.tenants import create_api_key
 
 PROMPT_WORDS = 30
 

@@ -20,13 +20,13 @@ import openai
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from modelyard.access import create_api_key
 from modelyard.artifacts import ArtifactStore
 from modelyard.base import create_tiny_base, load_base
 from modelyard.data import DOMAINS, domain_corpus, render_prompt, synthetic_domain, template_for
 from modelyard.evaluation import evaluate_model, load_adapter
 from modelyard.serving import BackgroundServer, TransformersEngine, create_app
 from modelyard.store import InferenceRecord, Store
-from modelyard.tenants import create_api_key
 from modelyard.training import TrainSettings, train_model
 
 QUICK_BASE = {"steps": 8, "batch_size": 4, "seq_len": 64, "hidden_size": 32, "vocab_size": 512}

@@ -292,9 +292,9 @@ def run_quickstart(
     settings: Settings, ui: QuickstartUI, *, requests_per_tenant: int = 6
 ) -> QuickstartResult:
     """Run the whole flow; returns what the summary table shows."""
+    from modelyard.access import create_api_key
     from modelyard.evaluation import normalize
     from modelyard.serving import BackgroundServer, TransformersEngine, create_app
-    from modelyard.tenants import create_api_key
 
     started = time.perf_counter()
     home = settings.ensure_home()

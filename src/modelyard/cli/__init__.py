@@ -18,7 +18,7 @@ from modelyard.cli import (
     _audit,
     _base,
     _data,
-    _deploy,
+    _delivery,
     _finetune,
     _monitor,
     _quickstart,
@@ -81,10 +81,10 @@ for _name, _command in (
     _admin.registry_app.command(_name)(_command)
 app.add_typer(_admin.registry_app, name="registry")
 app.add_typer(_admin.endpoints_app, name="endpoints")
-app.add_typer(_deploy.rollout_app, name="rollout")
-app.add_typer(_deploy.servers_app, name="servers")
+app.add_typer(_delivery.rollout_app, name="rollout")
+app.add_typer(_delivery.servers_app, name="servers")
 app.command("controller", help="Run the rollout controller alone (one leader per store).")(
-    _deploy.controller
+    _delivery.controller
 )
 app.add_typer(_audit.app, name="audit")
 app.add_typer(_audit.actors_app, name="actors")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
+from modelyard.access import create_api_key, parse_duration, parse_scopes, rotate_api_key
 from modelyard.cli._common import console, open_artifacts, open_store, print_json, settings
 from modelyard.errors import ConfigError, NotFound
 from modelyard.store import STORAGE_POLICIES, StoragePolicy, redact_url
-from modelyard.tenants import create_api_key, parse_duration, parse_scopes, rotate_api_key
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 
@@ -366,7 +366,7 @@ def endpoints_show(
     """Show one endpoint: its plan, shadow, rollout policy and live per-version requests."""
     from datetime import UTC, datetime
 
-    from modelyard.tenants import parse_duration
+    from modelyard.access import parse_duration
 
     since = datetime.now(UTC) - parse_duration(window)
     with open_store() as store:
@@ -460,8 +460,8 @@ def endpoints_policy(
 ) -> None:
     """How a move of the alias this endpoint follows reaches it: through a rollout with
     these settings, or (--clear) all at once."""
-    from modelyard.cli._deploy import _seconds
-    from modelyard.deploy import check_policy
+    from modelyard.cli._delivery import _seconds
+    from modelyard.delivery import check_policy
 
     policy = None if clear else check_policy(steps, _seconds(bake, "--bake"), min_requests, guard)
     with open_store() as store:

@@ -11,11 +11,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
+from modelyard.access import parse_duration
 from modelyard.audit import ROLES, AuditHead, canonical_json, check_format, write_events
 from modelyard.cli._common import console, open_store, print_json, settings
 from modelyard.errors import ConfigError
 from modelyard.settings import os_user
-from modelyard.tenants import parse_duration
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 SINCE = typer.Option(

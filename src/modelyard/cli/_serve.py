@@ -122,7 +122,7 @@ def serve(
         chosen = PacedEchoEngine(echo_delay_ms / 1000) if echo_delay_ms else EchoEngine()
     controller = None
     if run_controller:
-        from modelyard.deploy import Controller
+        from modelyard.delivery import Controller
 
         # its own connection pool and actor: the data plane never waits on it
         from modelyard.monitoring import tick as monitoring_tick

@@ -26,7 +26,7 @@ from modelyard.store import Store
 from modelyard.store._schema import utcnow
 
 if TYPE_CHECKING:
-    from modelyard.deploy import Controller
+    from modelyard.delivery import Controller
     from modelyard.serving._app import DataPlane
 
 log = logging.getLogger(__name__)

@@ -41,6 +41,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Receive, Scope, Send
 
 import modelyard
+from modelyard.access import authenticate
 from modelyard.errors import (
     AuthError,
     ConfigError,
@@ -73,10 +74,9 @@ from modelyard.serving._shutdown import Drain
 from modelyard.serving._stream import TokenStream
 from modelyard.serving._types import AdapterEvent
 from modelyard.store import ApiKey, Feedback, ModelVersion, NewInferenceRecord, Store, Tenant
-from modelyard.tenants import authenticate
 
 if TYPE_CHECKING:
-    from modelyard.deploy import Controller
+    from modelyard.delivery import Controller
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

@@ -5,7 +5,7 @@ transaction that checks the state it expects first (so a tick that lost a race,
 or runs twice, changes nothing), optionally checks that its caller still holds
 the controller lease (fencing), replaces the traffic plan, appends a timeline
 entry and an audit event. The decisions (when to step, what a breach is) live
-in ``modelyard.deploy``; this module only keeps them consistent.
+in ``modelyard.delivery``; this module only keeps them consistent.
 """
 
 from __future__ import annotations

@@ -7,9 +7,9 @@ step's guards on the live inference records, and rolls back at once on a
 breach. ``compare_versions`` is the A/B view of an endpoint's versions.
 """
 
-from modelyard.deploy._compare import ABReport, Comparison, VersionStats, compare_versions
-from modelyard.deploy._controller import LEASE, Controller, StepView, promote_alias, step_view
-from modelyard.deploy._guards import (
+from modelyard.delivery._compare import ABReport, Comparison, VersionStats, compare_versions
+from modelyard.delivery._controller import LEASE, Controller, StepView, promote_alias, step_view
+from modelyard.delivery._guards import (
     METRICS,
     Guard,
     GuardResult,
@@ -18,7 +18,7 @@ from modelyard.deploy._guards import (
     evaluate_guards,
     parse_guard,
 )
-from modelyard.deploy._rollouts import (
+from modelyard.delivery._rollouts import (
     DEFAULT_GUARDS,
     DEFAULT_STEPS,
     abort_rollout,

@@ -31,8 +31,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from modelyard.deploy._alerting import resolve_rollback_alert, rollback_alert
-from modelyard.deploy._guards import GuardResult, Sample, evaluate_guards
+from modelyard.delivery._alerting import resolve_rollback_alert, rollback_alert
+from modelyard.delivery._guards import GuardResult, Sample, evaluate_guards
 from modelyard.errors import ModelyardError, PermissionDenied
 from modelyard.store import Rollout, Store
 from modelyard.store._deploy import Transition, VersionSample, step_plan

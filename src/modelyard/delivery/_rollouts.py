@@ -11,8 +11,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from modelyard.deploy._controller import promote_alias
-from modelyard.deploy._guards import parse_guard
+from modelyard.delivery._controller import promote_alias
+from modelyard.delivery._guards import parse_guard
 from modelyard.errors import ConfigError, Conflict, NotFound
 from modelyard.store import Rollout, Store, parse_model_ref
 from modelyard.store._deploy import Transition

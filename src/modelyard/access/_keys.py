@@ -1,14 +1,4 @@
-"""Tenants and their API keys.
-
-A key looks like ``myk_<id>_<secret><check>``: a recognizable prefix, a public
-id (the store's primary key), a random secret and a 6-character checksum, so a
-malformed or mistyped key is refused without a store lookup. Only the SHA-256
-of the secret is stored; comparison is constant-time.
-
-``rotate_api_key`` replaces a key by a new one (same tenant, scopes and rate
-limits) and lets the old one work for a grace period; keys may carry their own
-requests/min and tokens/min (``rpm_limit``, ``tpm_limit``).
-"""
+"""API keys of tenants: format, checksum, hashing, verification, rotation."""
 
 from __future__ import annotations
 

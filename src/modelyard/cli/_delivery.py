@@ -30,7 +30,7 @@ GUARD_HELP = (
 
 
 def _seconds(text: str, what: str) -> float:
-    from modelyard.tenants import parse_duration
+    from modelyard.access import parse_duration
 
     try:
         return parse_duration(text, allow_zero=True).total_seconds()
@@ -98,7 +98,7 @@ def start(
 ) -> None:
     """Start a rollout; the controller (in `modelyard serve`, or `modelyard controller`)
     moves it step by step and rolls it back on a breached guard."""
-    from modelyard.deploy import start_rollout
+    from modelyard.delivery import start_rollout
 
     with open_store() as store:
         r = start_rollout(
@@ -113,7 +113,7 @@ def start(
 
 
 def _status_json(store: Store, r: Rollout) -> dict[str, Any]:
-    from modelyard.deploy import step_view
+    from modelyard.delivery import step_view
 
     out: dict[str, Any] = to_jsonable(r)
     if r.active and r.phase == "baking":
@@ -130,7 +130,7 @@ def _status_json(store: Store, r: Rollout) -> dict[str, Any]:
 @rollout_app.command("status")
 def status(endpoint: str = typer.Argument(...), json_out: bool = JSON) -> None:
     """The endpoint's latest rollout: its timeline, and the live guard values of its step."""
-    from modelyard.deploy import step_view
+    from modelyard.delivery import step_view
 
     with open_store() as store:
         r = store.latest_rollout(endpoint)
@@ -159,7 +159,7 @@ def _done(r: Rollout, verb: str) -> None:
 @rollout_app.command("promote")
 def promote(endpoint: str = typer.Argument(...)) -> None:
     """Skip the remaining steps: all traffic to the new version now (and the alias, if asked)."""
-    from modelyard.deploy import promote_rollout
+    from modelyard.delivery import promote_rollout
 
     with open_store() as store:
         _done(promote_rollout(store, endpoint), "promoted")
@@ -171,7 +171,7 @@ def abort(
     reason: str | None = typer.Option(None, help="Why, for the timeline and the audit log."),
 ) -> None:
     """Restore the traffic plan from before the rollout and end it."""
-    from modelyard.deploy import abort_rollout
+    from modelyard.delivery import abort_rollout
 
     with open_store() as store:
         _done(abort_rollout(store, endpoint, reason), "aborted")
@@ -180,7 +180,7 @@ def abort(
 @rollout_app.command("pause")
 def pause(endpoint: str = typer.Argument(...)) -> None:
     """Hold the rollout at its current step."""
-    from modelyard.deploy import pause_rollout
+    from modelyard.delivery import pause_rollout
 
     with open_store() as store:
         _done(pause_rollout(store, endpoint), "paused")
@@ -189,7 +189,7 @@ def pause(endpoint: str = typer.Argument(...)) -> None:
 @rollout_app.command("resume")
 def resume(endpoint: str = typer.Argument(...)) -> None:
     """Go on from the current step (its bake time starts again)."""
-    from modelyard.deploy import resume_rollout
+    from modelyard.delivery import resume_rollout
 
     with open_store() as store:
         _done(resume_rollout(store, endpoint), "resumed")
@@ -204,7 +204,7 @@ def wait(
 ) -> None:
     """Wait for the endpoint's rollout to end: exit 0 when it succeeded, 1 when it was
     rolled back or aborted, 3 on timeout; a CI pipeline can gate on it."""
-    from modelyard.deploy import wait_rollout
+    from modelyard.delivery import wait_rollout
 
     with open_store() as store:
         r, timed_out = wait_rollout(
@@ -232,7 +232,7 @@ def compare(
 ) -> None:
     """A/B analysis: per-version requests, error rate, latency and feedback with 95%
     intervals, and whether each differs significantly from the control."""
-    from modelyard.deploy import compare_versions
+    from modelyard.delivery import compare_versions
 
     with open_store() as store:
         start = EPOCH if since is None else parse_since(since)
@@ -295,7 +295,7 @@ def controller(
     """Run the rollout controller alone (one leader per store, by a lease; `serve` runs one
     too unless started with --no-controller). Every 15 s the leader also runs the
     monitoring tick (profiles, retention, drift and alert rules). Stops on SIGTERM or Ctrl-C."""
-    from modelyard.deploy import Controller
+    from modelyard.delivery import Controller
 
     with open_store() as store:
         from modelyard.monitoring import tick as monitoring_tick
