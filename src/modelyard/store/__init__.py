@@ -5,7 +5,9 @@ applied by ``modelyard init`` and on first use. Every change appends one event t
 the audit chain in the same transaction and is checked against the actor's role.
 """
 
+from modelyard.store._deploy import Transition, VersionSample, ended, failed, step_plan
 from modelyard.store._engine import head_revision, redact_url
+from modelyard.store._schema import utcnow
 from modelyard.store._store import Store, check_name, parse_model_ref
 from modelyard.store.entities import (
     ROLLOUT_ACTIVE,
@@ -73,9 +75,15 @@ __all__ = [
     "Tenant",
     "TokenPrice",
     "TrafficRoute",
+    "Transition",
     "VersionKind",
+    "VersionSample",
     "check_name",
+    "ended",
+    "failed",
     "head_revision",
     "parse_model_ref",
     "redact_url",
+    "step_plan",
+    "utcnow",
 ]
