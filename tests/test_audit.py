@@ -413,6 +413,9 @@ def test_cli_bad_inputs_are_usage_errors(tmp_path: Path) -> None:
     assert bad_head.code == 2 and "SEQ:HASH" in _one_error_line(bad_head.err)
     bad_since = modelyard("audit", "log", "--since", "last tuesday", home=tmp_path)
     assert bad_since.code == 2 and "--since" in _one_error_line(bad_since.err)
+    zero_since = modelyard("audit", "log", "--since", "0d", home=tmp_path)
+    assert zero_since.code == 2
+    assert "invalid duration '0d' for --since" in _one_error_line(zero_since.err)
     bad_format = modelyard("audit", "export", "--format", "xml", home=tmp_path)
     assert bad_format.code == 2 and "xml" in _one_error_line(bad_format.err)
     nowhere = tmp_path / "missing" / "audit.csv"

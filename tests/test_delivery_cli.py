@@ -134,3 +134,18 @@ def test_compare_prints_versions_and_a_verdict(
     code, out, _ = run(capsys, "modelyard rollout compare support --json --since 1h")
     report = json.loads(out)
     assert [v["requests"] for v in report["versions"]] == [60, 60]
+
+
+def test_bake_reads_the_shared_duration_grammar(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "modelyard rollout start support --to bot:2 --bake 5x")
+    assert code == 2 and "invalid duration '5x' for --bake" in err and "e.g. 30s" in err
+    assert "Traceback" not in err
+    code, out, _ = run(capsys, "modelyard rollout start support --to bot:2 --bake 1.5h --json")
+    assert code == 0, out
+    assert json.loads(out)["bake_s"] == 5400.0
+    code, _, err = run(capsys, "modelyard rollout compare support --since yesterday")
+    assert code == 2 and "invalid --since 'yesterday'" in err
+    code, out, _ = run(capsys, "modelyard rollout compare support --since 1.5h --json")
+    assert code == 0 and json.loads(out)["endpoint"] == "support"

@@ -15,12 +15,12 @@ from modelyard.access._keys import (
     SCOPES,
     authenticate,
     create_api_key,
-    parse_duration,
     parse_scopes,
     rotate_api_key,
     split_key,
     verify_api_key,
 )
+from modelyard.durations import parse_duration  # `keys --expires/--grace` read it here
 
 __all__ = [
     "KEY_PREFIX",

@@ -40,21 +40,6 @@ def parse_scopes(raw: str | Sequence[str]) -> tuple[str, ...]:
     return scopes
 
 
-def parse_duration(text: str, *, allow_zero: bool = False) -> timedelta:
-    """``90d``, ``12h``, ``30m``, ``45s`` → a timedelta (``--expires``, ``--grace``).
-
-    ``allow_zero`` accepts ``0`` (with or without a unit), e.g. an immediate cut-over.
-    """
-    units = {"d": "days", "h": "hours", "m": "minutes", "s": "seconds"}
-    if allow_zero and text.rstrip("dhms") == "0" and len(text) <= 2:
-        return timedelta(0)
-    value, unit = text[:-1], text[-1:]
-    if unit not in units or not value.isdigit() or int(value) <= 0:
-        positive = "a number (0 or more)" if allow_zero else "a positive number"
-        raise ConfigError(f"invalid duration {text!r}: use {positive} with d, h, m or s (e.g. 90d)")
-    return timedelta(**{units[unit]: int(value)})
-
-
 def _new_key() -> tuple[str, str, str]:
     """A fresh (key id, secret, the whole key to show once)."""
     key_id = "".join(secrets.choice(_ALPHABET) for _ in range(_ID_LEN))
@@ -159,7 +144,6 @@ __all__ = [
     "SCOPES",
     "authenticate",
     "create_api_key",
-    "parse_duration",
     "parse_scopes",
     "rotate_api_key",
     "split_key",

@@ -5,15 +5,14 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
-from datetime import UTC, datetime
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
-from modelyard.access import parse_duration
 from modelyard.audit import ROLES, AuditHead, canonical_json, check_format, write_events
 from modelyard.cli._common import console, open_store, print_json, settings
+from modelyard.durations import parse_since
 from modelyard.errors import ConfigError
 from modelyard.settings import os_user
 
@@ -27,21 +26,6 @@ SINCE = typer.Option(
 
 app = typer.Typer(help="The tamper-evident audit chain: who changed what, and when.")
 actors_app = typer.Typer(help="Actors and their roles: viewer < developer < approver < admin.")
-
-
-def parse_since(text: str) -> datetime:
-    """An ISO date or date-time (naive means UTC), or a duration back from now."""
-    value = text.strip()
-    if value[-1:] in ("d", "h", "m", "s") and value[:-1].isdigit():
-        return datetime.now(UTC) - parse_duration(value)
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ConfigError(
-            f"invalid --since {text!r}: use a date (2026-01-31), a date-time "
-            "(2026-01-31T12:00Z) or a duration such as 7d"
-        ) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
 
 
 def _short(payload: object, width: int = 70) -> str:

@@ -10,9 +10,8 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from modelyard.cli._audit import parse_since
 from modelyard.cli._common import console, err_console, open_store, print_json, to_jsonable
-from modelyard.errors import ConfigError
+from modelyard.durations import parse_duration, parse_since
 from modelyard.store import Rollout, Store
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
@@ -30,12 +29,8 @@ GUARD_HELP = (
 
 
 def _seconds(text: str, what: str) -> float:
-    from modelyard.access import parse_duration
-
-    try:
-        return parse_duration(text, allow_zero=True).total_seconds()
-    except ConfigError as exc:
-        raise ConfigError(f"{what}: {exc.message}", field=what) from exc
+    """A duration option (``--bake 1.5h``, ``--timeout 30m``; 0 allowed) in seconds."""
+    return parse_duration(text, field=what, allow_zero=True).total_seconds()
 
 
 def _timeline(r: Rollout) -> Table:

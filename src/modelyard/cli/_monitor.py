@@ -10,8 +10,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from modelyard.cli._audit import parse_since
 from modelyard.cli._common import console, open_artifacts, open_store, print_json, settings
+from modelyard.durations import parse_duration, parse_since
 from modelyard.errors import ConfigError
 
 if TYPE_CHECKING:  # the monitoring stack (scipy) loads when a monitor command runs
@@ -233,7 +233,7 @@ def drift(
     json_out: bool = JSON,
 ) -> None:
     """Test each feature of the current window against the reference; the result is stored."""
-    from modelyard.monitoring import DriftConfig, compute_drift, parse_duration
+    from modelyard.monitoring import DriftConfig, compute_drift
 
     config = DriftConfig.parse(method, threshold, min_samples)
     with open_store() as store:
@@ -242,10 +242,10 @@ def drift(
             endpoint,
             version=version,
             reference=reference,
-            window=parse_duration(window),
+            window=parse_duration(window, field="--window"),
             config=config,
             artifacts=open_artifacts(),
-            now=parse_since(end) if end else None,
+            now=parse_since(end, field="--end") if end else None,
             semantic=semantic,
         )
     if json_out:

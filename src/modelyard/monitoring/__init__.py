@@ -12,7 +12,6 @@ from modelyard.monitoring._drift import (
     FeatureRule,
     compare,
     compute_drift,
-    parse_duration,
 )
 from modelyard.monitoring._features import (
     FEATURE_NAMES,
@@ -52,7 +51,6 @@ __all__ = [
     "default_method",
     "evaluate_rules",
     "mmd_test",
-    "parse_duration",
     "post_webhook",
     "record_features",
     "redact",

@@ -30,8 +30,9 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from modelyard.durations import parse_duration
 from modelyard.errors import ConfigError
-from modelyard.monitoring._drift import parse_duration, parse_reference
+from modelyard.monitoring._drift import parse_reference
 from modelyard.monitoring._features import FEATURE_NAMES
 from modelyard.monitoring._profiles import ERROR_STATUSES
 from modelyard.store import AlertNotification, AlertState, Store
@@ -121,11 +122,16 @@ class Rule(_Section):
             raise ValueError(f"unknown metric {value!r}{hint}; use one of {', '.join(METRICS)}")
         return value
 
-    @field_validator("window", "for_")
+    @field_validator("window")
     @classmethod
-    def _duration(cls, value: str) -> str:
-        if value != "0s":
-            parse_duration(value)
+    def _window(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @field_validator("for_")
+    @classmethod
+    def _for(cls, value: str) -> str:
+        parse_duration(value, allow_zero=True)
         return value
 
     @field_validator("retrain", mode="before")
@@ -139,7 +145,7 @@ class Rule(_Section):
 
     @property
     def for_td(self) -> timedelta:
-        return timedelta(0) if self.for_ == "0s" else parse_duration(self.for_)
+        return parse_duration(self.for_, allow_zero=True)
 
 
 class AlertRules(_Section):

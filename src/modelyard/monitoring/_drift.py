@@ -13,7 +13,6 @@ few samples on either side (``min_samples``, default 30) give
 from __future__ import annotations
 
 import json
-import re
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from modelyard.artifacts import ArtifactStore
-from modelyard.data._templates import TEMPLATES, template_named
+from modelyard.data import TEMPLATES, template_named
+from modelyard.durations import parse_duration
 from modelyard.errors import ConfigError
 from modelyard.monitoring._features import FEATURE_NAMES, TEXT_FEATURES, text_features
 from modelyard.monitoring._semantic import DIMENSIONS, Embedder, from_bytes, minilm_dir, mmd_test
@@ -32,19 +32,6 @@ from modelyard.store import DriftResult, ModelVersion, Store
 
 MIN_SAMPLES = 30
 _HIST_BINS = 20
-_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)(s|m|h|d)$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(text: str, *, field: str = "window") -> timedelta:
-    """``30s``, ``5m``, ``1h``, ``7d`` → a timedelta."""
-    match = _DURATION_RE.match(text.strip())
-    if not match or float(match.group(1)) <= 0:
-        raise ConfigError(
-            f"invalid duration {text!r} for {field}: use a number and a unit, e.g. 30s, 5m, 1h, 7d",
-            field=field,
-        )
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from modelyard.artifacts import ArtifactStore
+from modelyard.durations import parse_duration
 from modelyard.errors import ModelyardError
 from modelyard.monitoring._alerts import (
     AlertRules,
@@ -28,7 +29,7 @@ from modelyard.monitoring._alerts import (
     evaluate_rules,
     rules_from,
 )
-from modelyard.monitoring._drift import DriftReport, compute_drift, parse_duration
+from modelyard.monitoring._drift import DriftReport, compute_drift
 from modelyard.monitoring._profiles import LATENESS, ProfileUpdate, floor_hour, update_profiles
 from modelyard.store import Store
 

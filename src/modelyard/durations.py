@@ -1,0 +1,74 @@
+"""Durations and points in time as users write them, in one grammar for every command.
+
+A duration is a number and a unit: ``30s``, ``5m``, ``1.5h``, ``7d`` (``s``
+seconds, ``m`` minutes, ``h`` hours, ``d`` days; the number may have a
+fraction). It must be positive, unless the option allows zero (``0``, with or
+without a unit, e.g. ``--bake 0s`` or ``--grace 0``). Key expiry and grace,
+rollout bake times and timeouts, drift and alert windows and every ``--since``
+read durations through ``parse_duration``; ``--since`` (``parse_since``) also
+takes an ISO date or date-time.
+
+A bad value is a ``ConfigError`` that names the option (``field``), quotes
+what was given and shows examples.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+from modelyard.errors import ConfigError
+
+UNITS: dict[str, float] = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+"""Seconds per unit."""
+EXAMPLES = "30s, 5m, 1.5h, 7d"
+_DURATION_RE = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
+_ZERO_RE = re.compile(r"^0+(?:\.0+)?[smhd]?$")
+
+
+def _invalid(text: str, field: str | None, allow_zero: bool) -> ConfigError:
+    where = f" for {field}" if field else ""
+    what = "0 or a number and a unit" if allow_zero else "a number and a unit"
+    return ConfigError(
+        f"invalid duration {text!r}{where}: use {what} (s, m, h or d), e.g. {EXAMPLES}",
+        field=field or "duration",
+    )
+
+
+def is_duration(text: str) -> bool:
+    """Whether ``text`` has the shape of a duration (``7d``, ``1.5h``), whatever its value."""
+    return _DURATION_RE.match(text.strip()) is not None
+
+
+def parse_duration(text: str, *, field: str | None = None, allow_zero: bool = False) -> timedelta:
+    """``30s``, ``5m``, ``1.5h``, ``7d`` → a timedelta; ``field`` names the option in errors.
+
+    ``allow_zero`` also accepts ``0`` (with or without a unit), e.g. an immediate cut-over.
+    """
+    value = text.strip()
+    if allow_zero and _ZERO_RE.match(value):
+        return timedelta(0)
+    match = _DURATION_RE.match(value)
+    if match is None or float(match.group(1)) <= 0:
+        raise _invalid(text, field, allow_zero)
+    return timedelta(seconds=float(match.group(1)) * UNITS[match.group(2)])
+
+
+def parse_since(text: str, *, field: str = "--since", now: datetime | None = None) -> datetime:
+    """A duration back from ``now`` (``12h``, ``7d``), or an ISO date or date-time (naive is
+    UTC): ``2026-01-31``, ``2026-01-31T12:00Z``. Always an aware UTC datetime."""
+    value = text.strip()
+    if is_duration(value):
+        return (now or datetime.now(UTC)) - parse_duration(value, field=field)
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ConfigError(
+            f"invalid {field} {text!r}: use a date (2026-01-31), a date-time "
+            "(2026-01-31T12:00Z) or a duration back from now such as 12h or 7d",
+            field=field,
+        ) from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+__all__ = ["EXAMPLES", "UNITS", "is_duration", "parse_duration", "parse_since"]

@@ -1,0 +1,76 @@
+"""One duration grammar for every option: keys, rollouts, drift, alert rules and --since."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from modelyard.durations import parse_duration, parse_since
+from modelyard.errors import ConfigError
+from modelyard.monitoring import AlertRules
+
+NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("30s", timedelta(seconds=30)),
+        ("5m", timedelta(minutes=5)),
+        ("1.5h", timedelta(minutes=90)),
+        ("7d", timedelta(days=7)),
+        ("90d", timedelta(days=90)),
+        (" 12h ", timedelta(hours=12)),
+        ("0.5s", timedelta(milliseconds=500)),
+    ],
+)
+def test_durations_are_a_number_and_a_unit(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["90", "soon", "5x", "1h30m", "-5m", "", "h", "1.h", "0s", "0"])
+def test_a_bad_duration_names_the_field_the_value_and_examples(text: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_duration(text, field="--bake")
+    message = caught.value.message
+    assert message.startswith(f"invalid duration {text!r} for --bake: ")
+    assert "e.g. 30s, 5m, 1.5h, 7d" in message
+    assert caught.value.context.get("field") == "--bake"
+
+
+def test_zero_only_where_allowed() -> None:
+    for zero in ("0", "0s", "0m", "0.0h"):
+        assert parse_duration(zero, allow_zero=True) == timedelta(0)
+    with pytest.raises(ConfigError, match="use 0 or a number and a unit"):
+        parse_duration("-1s", allow_zero=True)
+    with pytest.raises(ConfigError, match=r"invalid duration '0s': use a number and a unit"):
+        parse_duration("0s")
+
+
+def test_since_is_a_duration_back_or_an_iso_time() -> None:
+    assert parse_since("12h", now=NOW) == NOW - timedelta(hours=12)
+    assert parse_since("1.5h", now=NOW) == NOW - timedelta(minutes=90)
+    assert parse_since("2026-01-31") == datetime(2026, 1, 31, tzinfo=UTC)
+    assert parse_since("2026-01-31T12:00Z") == datetime(2026, 1, 31, 12, tzinfo=UTC)
+    assert parse_since("2026-01-31T14:00+02:00") == datetime(2026, 1, 31, 12, tzinfo=UTC)
+
+
+def test_a_bad_since_names_its_flag() -> None:
+    with pytest.raises(ConfigError, match=r"invalid --end 'last tuesday': use a date"):
+        parse_since("last tuesday", field="--end")
+    with pytest.raises(ConfigError, match=r"invalid duration '0h' for --since"):
+        parse_since("0h")
+
+
+def test_alert_rules_read_the_same_grammar() -> None:
+    rule = {"name": "slow", "metric": "error_rate", "threshold": 0.1, "window": "1.5h", "for": "0"}
+    rules = AlertRules.parse({"rules": [rule]})
+    assert rules.rules[0].window_td == timedelta(minutes=90)
+    assert rules.rules[0].for_td == timedelta(0)
+    with pytest.raises(ConfigError, match=r"rules\.0\.window: invalid duration '5 min'"):
+        AlertRules.parse(
+            {"rules": [{"name": "x", "metric": "error_rate", "threshold": 1, "window": "5 min"}]}
+        )
+    with pytest.raises(ConfigError, match=r"invalid duration '2x' for drift\.every"):
+        AlertRules.parse({"drift": {"every": "2x"}})
