@@ -1,12 +1,14 @@
-"""The one exception tree of modelyard.
+"""The one exception tree of modelyard, and what each error means at the edges.
 
 Every error a user can cause or meet is a ``ModelyardError`` with a stable
 ``code`` (used by the CLI exit path, the HTTP error body and the audit log), a
 message saying *what* went wrong and *why*, and a ``hint`` saying what to do.
 
-    ModelyardError
-    ├── ConfigError                     bad settings, flags or config values (also ValueError)
-    │   └── HomeNotWritable
+    ModelyardError                      exit 1, HTTP 500 unless a class below says otherwise
+    ├── ConfigError                     bad settings, flags or values (also ValueError)
+    │   ├── HomeNotWritable
+    │   ├── AuditKeyMissing             no audit key, and the chain has events
+    │   └── RequestTooLarge             a body over --max-body-bytes
     ├── NotFound                        (also LookupError)
     │   ├── BaseModelNotFound
     │   ├── DatasetNotFound
@@ -14,21 +16,44 @@ message saying *what* went wrong and *why*, and a ``hint`` saying what to do.
     │   ├── TenantNotFound
     │   └── EndpointNotFound
     ├── Conflict                        the thing exists already / a uniqueness rule
-    ├── AuthError
-    │   └── InvalidApiKey
+    ├── AuthError                       no key, or a key that is not valid
+    │   ├── InvalidApiKey
+    │   └── MissingScope                a valid key without the route's scope
+    ├── PermissionDenied                the actor's role does not allow the action
     ├── StoreError
     │   ├── StoreUnavailable            cannot connect to / open the store
     │   └── StoreMigrationError
     ├── ArtifactError
-    │   ├── ArtifactNotFound
-    │   └── ArtifactIntegrityError      a file's hash differs from its manifest
+    │   ├── ArtifactNotFound            (also NotFound)
+    │   ├── ArtifactIntegrityError      a file's hash differs from its manifest
+    │   └── UnsafeArtifact              refused by the import safety checks
     ├── DataError                       a dataset that cannot be used (also ValueError)
-    └── TrainingError
+    ├── TrainingError
+    ├── GateFailed                      a model missed a quality gate
+    ├── AuditError
+    │   ├── AuditChainBroken            an edited, missing, reordered or forged event
+    │   └── AuditKeyMismatch
+    ├── RolloutError                    a rollout that did not succeed (rollout wait)
+    │   ├── RolloutFailed               rolled back or aborted
+    │   └── RolloutTimedOut             still going when the wait gave up
+    ├── EngineError                     the engine could not load or run a version
+    ├── EngineOverloaded                the engine's queue is full
+    ├── RateLimited                     a key over its requests/min or tokens/min
+    ├── RequestTimeout                  a request past --request-timeout-s
+    └── ShuttingDown                    the server is draining
+
+What an error means to a caller lives in one table, ``STATUSES``: the CLI exit
+code, the HTTP status and the OpenAI error ``type`` of a class. ``status_of``
+looks a class up along its MRO, as Starlette resolves exception handlers, so a
+class without an entry answers like its nearest ancestor that has one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 
@@ -68,6 +93,18 @@ class ConfigError(ModelyardError, ValueError):
 class HomeNotWritable(ConfigError):
     code = "home_not_writable"
     default_hint = "Set MODELYARD_HOME to a directory you can write to."
+
+
+class AuditKeyMissing(ConfigError):
+    """No audit key is configured and none may be created (the chain has events)."""
+
+    code = "audit_key_missing"
+
+
+class RequestTooLarge(ConfigError):
+    """A request body over the server's ``--max-body-bytes`` (HTTP 413, before parsing)."""
+
+    code = "request_too_large"
 
 
 class NotFound(ModelyardError, LookupError):
@@ -114,6 +151,19 @@ class InvalidApiKey(AuthError):
     default_hint = "Create a key with `modelyard keys create --tenant T`."
 
 
+class MissingScope(AuthError):
+    """A valid key without the scope a route needs (HTTP 403)."""
+
+    code = "missing_scope"
+    default_hint = "Create a key with that scope: `modelyard keys create --tenant T --scopes ...`."
+
+
+class PermissionDenied(ModelyardError):
+    """The actor's role does not allow the action (the refusal is audited)."""
+
+    code = "permission_denied"
+
+
 class StoreError(ModelyardError):
     code = "store_error"
 
@@ -143,101 +193,6 @@ class ArtifactIntegrityError(ArtifactError):
     )
 
 
-class DataError(ModelyardError, ValueError):
-    code = "invalid_data"
-
-
-class TrainingError(ModelyardError):
-    code = "training_failed"
-
-
-__all__ = [
-    "ArtifactError",
-    "ArtifactIntegrityError",
-    "ArtifactNotFound",
-    "AuthError",
-    "BaseModelNotFound",
-    "ConfigError",
-    "Conflict",
-    "DataError",
-    "DatasetNotFound",
-    "EndpointNotFound",
-    "HomeNotWritable",
-    "InvalidApiKey",
-    "ModelVersionNotFound",
-    "ModelyardError",
-    "NotFound",
-    "StoreError",
-    "StoreMigrationError",
-    "StoreUnavailable",
-    "TenantNotFound",
-    "TrainingError",
-]
-
-
-# -- audit chain and access control (issue 4) ----------------------------------------------
-
-
-class PermissionDenied(ModelyardError):
-    """The actor's role does not allow the action (the refusal is audited)."""
-
-    code = "permission_denied"
-
-
-class AuditError(ModelyardError):
-    code = "audit_error"
-
-
-class AuditChainBroken(AuditError):
-    """``audit verify`` found an edited, missing, reordered or forged event."""
-
-    code = "audit_chain_broken"
-    default_hint = (
-        "Do not write to the store until you know why: compare with a backup or an "
-        "export, and look at the events around that seq with `modelyard audit log`."
-    )
-
-
-class AuditKeyMismatch(AuditError):
-    """The audit key in use does not verify the newest event of the chain."""
-
-    code = "audit_key_mismatch"
-
-
-class AuditKeyMissing(ConfigError):
-    """No audit key is configured and none may be created (the chain has events)."""
-
-    code = "audit_key_missing"
-
-
-__all__ += [
-    "AuditChainBroken",
-    "AuditError",
-    "AuditKeyMismatch",
-    "AuditKeyMissing",
-    "PermissionDenied",
-]
-
-
-# -- evaluation and gates (issue 3) --------------------------------------------------------
-
-
-class GateFailed(ModelyardError):
-    """A model missed one or more quality gates; ``context["failed"]`` holds the verdicts."""
-
-    code = "gate_failed"
-    default_hint = (
-        "Improve the model or its data and train again, or change the gate in the config "
-        "if its threshold is wrong."
-    )
-
-
-__all__ += ["GateFailed"]
-
-
-# -- artifact import safety (issue 4) -----------------------------------------------------
-
-
 class UnsafeArtifact(ArtifactError):
     """An artifact refused by the import safety checks (docs/artifact-safety.md).
 
@@ -264,10 +219,71 @@ class UnsafeArtifact(ArtifactError):
         self.path = path
 
 
-__all__ += ["UnsafeArtifact"]
+class DataError(ModelyardError, ValueError):
+    code = "invalid_data"
 
 
-# -- serving (issue 5) ---------------------------------------------------------------------
+class TrainingError(ModelyardError):
+    code = "training_failed"
+
+
+class GateFailed(ModelyardError):
+    """A model missed one or more quality gates; ``context["failed"]`` holds the verdicts."""
+
+    code = "gate_failed"
+    default_hint = (
+        "Improve the model or its data and train again, or change the gate in the config "
+        "if its threshold is wrong."
+    )
+
+
+class AuditError(ModelyardError):
+    code = "audit_error"
+
+
+class AuditChainBroken(AuditError):
+    """``audit verify`` found an edited, missing, reordered or forged event."""
+
+    code = "audit_chain_broken"
+    default_hint = (
+        "Do not write to the store until you know why: compare with a backup or an "
+        "export, and look at the events around that seq with `modelyard audit log`."
+    )
+
+
+class AuditKeyMismatch(AuditError):
+    """The audit key in use does not verify the newest event of the chain."""
+
+    code = "audit_key_mismatch"
+
+
+class RolloutError(ModelyardError):
+    """A rollout that did not end as ``succeeded`` (``modelyard rollout wait``)."""
+
+    code = "rollout_error"
+
+
+class RolloutFailed(RolloutError):
+    """The rollout was rolled back (a guard breached) or aborted by an operator (exit 1)."""
+
+    code = "rollout_failed"
+    default_hint = "See why with `modelyard rollout status ENDPOINT`."
+
+
+class RolloutTimedOut(RolloutError):
+    """``rollout wait`` gave up before the rollout ended (exit 3); the rollout goes on."""
+
+    code = "rollout_timed_out"
+    default_hint = (
+        "The rollout goes on: wait again with a longer --timeout, or follow it with "
+        "`modelyard rollout status ENDPOINT`."
+    )
+
+
+class EngineError(ModelyardError):
+    """The engine could not load or run a version (HTTP 503)."""
+
+    code = "engine_error"
 
 
 class EngineOverloaded(ModelyardError):
@@ -275,12 +291,6 @@ class EngineOverloaded(ModelyardError):
 
     code = "overloaded"
     default_hint = "Retry after a short wait, or add serving replicas."
-
-
-__all__ += ["EngineOverloaded"]
-
-
-# -- serving limits and lifecycle (issue 5) ---------------------------------------------------
 
 
 class RateLimited(ModelyardError):
@@ -300,12 +310,6 @@ class RateLimited(ModelyardError):
         self.limit = limit
 
 
-class RequestTooLarge(ConfigError):
-    """A request body over the server's ``--max-body-bytes`` (HTTP 413, before parsing)."""
-
-    code = "request_too_large"
-
-
 class RequestTimeout(ModelyardError):
     """A request ran past the server's ``--request-timeout-s`` (HTTP 504); it was cancelled."""
 
@@ -320,11 +324,97 @@ class ShuttingDown(ModelyardError):
     default_hint = "Retry on another replica."
 
 
-class MissingScope(AuthError):
-    """A valid key without the scope a route needs (HTTP 403)."""
-
-    code = "missing_scope"
-    default_hint = "Create a key with that scope: `modelyard keys create --tenant T --scopes ...`."
+# -- what each error means at the edges: exit codes, HTTP statuses ---------------------------
 
 
-__all__ += ["MissingScope", "RateLimited", "RequestTimeout", "RequestTooLarge", "ShuttingDown"]
+@dataclass(frozen=True)
+class ErrorStatus:
+    """What an error means to a caller: ``exit_code`` for the CLI, ``http_status`` and
+    ``type`` (OpenAI's error ``type``) for the HTTP API."""
+
+    exit_code: int
+    http_status: int
+    type: str
+
+
+_CLIENT = "invalid_request_error"
+_SERVER = "server_error"
+
+STATUSES: Mapping[type[ModelyardError], ErrorStatus] = MappingProxyType(
+    {
+        ModelyardError: ErrorStatus(1, 500, _SERVER),
+        ConfigError: ErrorStatus(2, 400, _CLIENT),
+        RequestTooLarge: ErrorStatus(2, 413, _CLIENT),
+        NotFound: ErrorStatus(1, 404, _CLIENT),
+        Conflict: ErrorStatus(1, 409, _CLIENT),
+        AuthError: ErrorStatus(1, 401, "authentication_error"),
+        MissingScope: ErrorStatus(1, 403, "permission_error"),
+        PermissionDenied: ErrorStatus(1, 403, "permission_error"),
+        StoreUnavailable: ErrorStatus(1, 503, _SERVER),
+        DataError: ErrorStatus(1, 400, _CLIENT),
+        RolloutTimedOut: ErrorStatus(3, 500, _SERVER),
+        EngineError: ErrorStatus(1, 503, _SERVER),
+        EngineOverloaded: ErrorStatus(1, 503, _SERVER),
+        RateLimited: ErrorStatus(1, 429, "requests"),
+        RequestTimeout: ErrorStatus(1, 504, "timeout"),
+        ShuttingDown: ErrorStatus(1, 503, _SERVER),
+    }
+)
+
+
+def status_of(error: ModelyardError | type[ModelyardError]) -> ErrorStatus:
+    """The exit code, HTTP status and OpenAI error type of an error (or an error class).
+
+    The entry of the nearest class along the MRO that has one; ``ModelyardError``'s
+    at the latest. A ``RateLimited`` error's type names its limit (``requests`` or
+    ``tokens``), as OpenAI's does.
+    """
+    cls = error if isinstance(error, type) else type(error)
+    found = next((STATUSES[c] for c in cls.__mro__ if c in STATUSES), STATUSES[ModelyardError])
+    if isinstance(error, RateLimited):
+        return dataclasses.replace(found, type=error.limit)
+    return found
+
+
+__all__ = [
+    "STATUSES",
+    "ArtifactError",
+    "ArtifactIntegrityError",
+    "ArtifactNotFound",
+    "AuditChainBroken",
+    "AuditError",
+    "AuditKeyMismatch",
+    "AuditKeyMissing",
+    "AuthError",
+    "BaseModelNotFound",
+    "ConfigError",
+    "Conflict",
+    "DataError",
+    "DatasetNotFound",
+    "EndpointNotFound",
+    "EngineError",
+    "EngineOverloaded",
+    "ErrorStatus",
+    "GateFailed",
+    "HomeNotWritable",
+    "InvalidApiKey",
+    "MissingScope",
+    "ModelVersionNotFound",
+    "ModelyardError",
+    "NotFound",
+    "PermissionDenied",
+    "RateLimited",
+    "RequestTimeout",
+    "RequestTooLarge",
+    "RolloutError",
+    "RolloutFailed",
+    "RolloutTimedOut",
+    "ShuttingDown",
+    "StoreError",
+    "StoreMigrationError",
+    "StoreUnavailable",
+    "TenantNotFound",
+    "TrainingError",
+    "UnsafeArtifact",
+    "status_of",
+]

@@ -1,8 +1,9 @@
 """The ``modelyard`` command line: one Typer app, one module per command group.
 
 Commands hold no business logic: they parse, call the stage's public API and
-print. Every ``ModelyardError`` becomes one line on stderr and a non-zero exit
-(2 for bad input, 1 otherwise); ``--debug`` shows the traceback instead.
+print. Every ``ModelyardError`` becomes one line on stderr and the exit code of
+its class in ``modelyard.errors.STATUSES`` (2 for bad input, 3 for a rollout
+wait that timed out, 1 otherwise); ``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from modelyard.cli import (
     _serve,
 )
 from modelyard.cli._common import err_console, set_actor
-from modelyard.errors import ConfigError, ModelyardError
+from modelyard.errors import ModelyardError, status_of
 
 app = typer.Typer(
     name="modelyard",
@@ -91,10 +92,6 @@ app.add_typer(_audit.actors_app, name="actors")
 app.add_typer(_monitor.app, name="monitor")
 
 
-def exit_code_for(exc: ModelyardError) -> int:
-    return 2 if isinstance(exc, ConfigError) else 1
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point: run the app, turning errors into one clear line and an exit code.
 
@@ -113,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         if _debug["on"]:
             raise
         err_console.print(f"[bold red]error:[/] {exc.one_line()}", markup=True)
-        return exit_code_for(exc)
+        return status_of(exc).exit_code
     except KeyboardInterrupt:
         err_console.print("aborted")
         return 130

@@ -45,18 +45,14 @@ from modelyard.access import authenticate
 from modelyard.errors import (
     AuthError,
     ConfigError,
-    Conflict,
-    DataError,
     EngineOverloaded,
     InvalidApiKey,
     MissingScope,
     ModelyardError,
     NotFound,
-    PermissionDenied,
     RateLimited,
     RequestTimeout,
-    RequestTooLarge,
-    ShuttingDown,
+    status_of,
 )
 from modelyard.monitoring import (
     MonitoringCollector,
@@ -80,31 +76,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-_STATUS: tuple[tuple[type[ModelyardError], int, str], ...] = (
-    (MissingScope, 403, "permission_error"),
-    (AuthError, 401, "authentication_error"),
-    (PermissionDenied, 403, "permission_error"),
-    (NotFound, 404, "invalid_request_error"),
-    (Conflict, 409, "invalid_request_error"),
-    (RequestTooLarge, 413, "invalid_request_error"),
-    (ConfigError, 400, "invalid_request_error"),
-    (DataError, 400, "invalid_request_error"),
-    (RateLimited, 429, "requests"),
-    (EngineError, 503, "server_error"),
-    (EngineOverloaded, 503, "server_error"),
-    (ShuttingDown, 503, "server_error"),
-    (RequestTimeout, 504, "timeout"),
-)
-
-
-def _status_of(exc: ModelyardError) -> tuple[int, str]:
-    if isinstance(exc, RateLimited):  # OpenAI's type names the limit: requests or tokens
-        return 429, exc.limit
-    for cls, status, kind in _STATUS:
-        if isinstance(exc, cls):
-            return status, kind
-    return 500, "server_error"
 
 
 def _param_of(exc: ModelyardError) -> str | None:
@@ -616,7 +587,7 @@ class DataPlane:
     ) -> None:
         latency_ms = (time.perf_counter() - started) * 1000
         policy = self.tenant(key.tenant).storage_policy
-        status = 200 if exc is None else _status_of(exc)[0]
+        status = 200 if exc is None else status_of(exc).http_status
         if timed_out:
             outcome = "timeout"
         elif cancelled or (gen is not None and gen.finish_reason == "cancelled"):
@@ -793,8 +764,7 @@ class _Chunks:
 
     @staticmethod
     def error(exc: ModelyardError) -> str:
-        _, kind = _status_of(exc)
-        body = error_body(exc.one_line(), kind, exc.code, _param_of(exc))
+        body = error_body(exc.one_line(), status_of(exc).type, exc.code, _param_of(exc))
         return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
 
 
@@ -1066,7 +1036,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ModelyardError)
     async def modelyard_error(_req: Request, exc: ModelyardError) -> JSONResponse:
-        status, kind = _status_of(exc)
+        found = status_of(exc)
+        status = found.http_status
         if status >= 500:
             log.error("request failed: %s", exc.one_line())
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
@@ -1075,7 +1046,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         elif isinstance(exc, RateLimited):
             headers = {"Retry-After": str(exc.retry_after)}
         return JSONResponse(
-            error_body(exc.one_line(), kind, exc.code, _param_of(exc)),
+            error_body(exc.one_line(), found.type, exc.code, _param_of(exc)),
             status_code=status,
             headers=headers,
         )

@@ -19,26 +19,29 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from modelyard.errors import ConfigError, ModelyardError, RequestTooLarge, ShuttingDown
+from modelyard.errors import (
+    ConfigError,
+    ModelyardError,
+    RequestTooLarge,
+    ShuttingDown,
+    status_of,
+)
 from modelyard.serving._shutdown import Drain
 
 ALWAYS_OPEN = frozenset({"/health", "/ready", "/metrics"})
 
 
 async def send_error(
-    send: Send,
-    status: int,
-    exc: ModelyardError,
-    kind: str,
-    headers: Iterable[tuple[str, str]] = (),
+    send: Send, exc: ModelyardError, headers: Iterable[tuple[str, str]] = ()
 ) -> None:
-    """An OpenAI error body sent straight over ASGI."""
+    """An OpenAI error body sent straight over ASGI, with the status of ``exc``'s class."""
+    status = status_of(exc)
     param = exc.context.get("param")
     body = json.dumps(
         {
             "error": {
                 "message": exc.one_line(),
-                "type": kind,
+                "type": status.type,
                 "code": exc.code,
                 "param": param if isinstance(param, str) else None,
             }
@@ -49,7 +52,9 @@ async def send_error(
         (b"content-length", str(len(body)).encode()),
         *((k.encode(), v.encode()) for k, v in headers),
     ]
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
+    await send(
+        {"type": "http.response.start", "status": status.http_status, "headers": raw_headers}
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -66,9 +71,7 @@ class GuardMiddleware:
         if self.drain.draining and scope["path"] not in ALWAYS_OPEN:
             await send_error(
                 send,
-                503,
                 ShuttingDown("this server is shutting down and takes no new requests"),
-                "server_error",
                 [("connection", "close"), ("retry-after", "1")],
             )
             return
@@ -89,12 +92,7 @@ class GuardMiddleware:
         declared = headers.get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
-                await send_error(
-                    send,
-                    400,
-                    ConfigError("the Content-Length header is not a number"),
-                    "invalid_request_error",
-                )
+                await send_error(send, ConfigError("the Content-Length header is not a number"))
                 return None
             if int(declared) > cap:
                 await self._too_large(send, int(declared), cap)
@@ -122,13 +120,11 @@ class GuardMiddleware:
         what = f"{size} bytes" if size is not None else f"more than {cap} bytes"
         await send_error(
             send,
-            413,
             RequestTooLarge(
                 f"the request body is {what}, over this server's limit of {cap} bytes "
                 "(--max-body-bytes)",
                 hint="Send a shorter prompt.",
             ),
-            "invalid_request_error",
             [("connection", "close")],
         )
 

@@ -5,14 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from modelyard.errors import ModelyardError
-
-
-class EngineError(ModelyardError):
-    """The engine could not load or run a version (the app answers 503)."""
-
-    code = "engine_error"
-
+from modelyard.errors import EngineError
 
 FinishReason = Literal["stop", "length", "cancelled"]
 AdapterEvent = Literal["hit", "miss", "load", "eviction", "load_failure"]
@@ -81,3 +74,15 @@ class EngineObserver(Protocol):
 
     def batch_ran(self, size: int) -> None:
         """One ``generate`` call ran ``size`` requests together."""
+
+
+__all__ = [
+    "AdapterEvent",
+    "EngineError",  # lives in modelyard.errors; named here for the engine modules
+    "EngineObserver",
+    "EngineStats",
+    "FinishReason",
+    "Generation",
+    "SamplingParams",
+    "StreamEvent",
+]
