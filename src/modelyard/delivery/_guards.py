@@ -26,7 +26,8 @@ from typing import Literal
 import numpy as np
 
 from modelyard.errors import ConfigError
-from modelyard.store._deploy import ended, failed
+from modelyard.metric_names import canonical, hint
+from modelyard.store import ended, failed
 
 GuardStatus = Literal["pass", "breach", "pending", "no_data"]
 
@@ -38,7 +39,7 @@ _OPS: dict[str, Callable[[float, float], bool]] = {
 }
 
 RATE_METRICS = ("error_rate",)
-METRICS = (
+METRICS = (  # the metrics of one side's traffic a guard may name (metric_names)
     "error_rate",
     "p50_latency_ms",
     "p95_latency_ms",
@@ -149,15 +150,11 @@ def parse_guard(text: str) -> Guard:
             "'p95_latency_ms <= 1.2 * baseline' or 'feedback_score >= baseline - 0.05'",
             field="guard",
         )
-    metric = match["metric"]
+    metric = canonical(match["metric"])  # latency_p95_ms is p95_latency_ms
     if metric not in METRICS:
-        import difflib
-
-        near = difflib.get_close_matches(metric, METRICS, n=1)
-        hint = f" (did you mean {near[0]!r}?)" if near else ""
         raise ConfigError(
-            f"guard {text!r} names the unknown metric {metric!r}{hint}; known: "
-            + ", ".join(METRICS),
+            f"guard {text!r} names the unknown metric {match['metric']!r}"
+            f"{hint(match['metric'], METRICS)}; known: " + ", ".join(METRICS),
             field="guard",
         )
     if match["number"] is not None:

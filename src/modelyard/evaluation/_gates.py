@@ -98,8 +98,8 @@ def _number(text: str, raw: str, what: str) -> float:
 
 
 def _check_metric(text: str, name: str) -> str:
-    metric_spec(name, where=f"gate {text!r}")
-    return name
+    """``name``'s canonical spelling (``latency_p95_ms`` → ``p95_latency_ms``), or a ConfigError."""
+    return metric_spec(name, where=f"gate {text!r}").name
 
 
 def _parse_threshold(text: str) -> ThresholdGate:
@@ -111,7 +111,7 @@ def _parse_threshold(text: str) -> ThresholdGate:
         raise _bad(text, f"{op!r} is not an operator; use one of {', '.join(_COMPARE)}")
     if not raw:
         raise _bad(text, f"nothing after {op!r}; give the number to compare with")
-    _check_metric(text, metric)
+    metric = _check_metric(text, metric)
     return ThresholdGate(text, metric, cast(Op, op), _number(text, raw, "the threshold"))
 
 
@@ -138,7 +138,7 @@ def _parse_champion(text: str, reference: str, rest: str) -> ChampionGate:
             names = [name.strip() for name in arg.split(",")]
             if not all(names):
                 raise _bad(text, f"'on {arg}' lists an empty metric name")
-            metrics = tuple(_check_metric(text, name) for name in dict.fromkeys(names))
+            metrics = tuple(dict.fromkeys(_check_metric(text, name) for name in names))
         else:
             tolerance = _number(text, arg, "the tolerance")
             if tolerance < 0:

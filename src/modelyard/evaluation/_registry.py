@@ -7,13 +7,13 @@ of the champion's value).
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
 
 from modelyard.errors import ConfigError
+from modelyard.metric_names import canonical, suggest
 
 MetricKind = Literal["quality", "latency", "memory"]
 
@@ -58,14 +58,15 @@ METRICS: Mapping[str, MetricSpec] = MappingProxyType({spec.name: spec for spec i
 
 
 def metric_spec(name: str, *, where: str) -> MetricSpec:
-    """The spec of ``name``; an unknown name is a ``ConfigError`` saying ``where`` it was used.
+    """The spec of ``name`` (or of its canonical spelling: ``latency_p95_ms`` is
+    ``p95_latency_ms``); an unknown name is a ``ConfigError`` saying ``where`` it was used.
 
-    The hint suggests the nearest valid name (``difflib``) and lists them all.
+    The hint suggests the nearest valid name (``metric_names.suggest``) and lists them all.
     """
-    spec = METRICS.get(name)
+    spec = METRICS.get(canonical(name))
     if spec is not None:
         return spec
-    nearest = difflib.get_close_matches(name.lower(), list(METRICS), n=1)
+    nearest = suggest(name, METRICS, n=1)
     suggestion = f"Did you mean {nearest[0]!r}? " if nearest else ""
     raise ConfigError(
         f"{where}: unknown metric {name!r}",
@@ -75,8 +76,6 @@ def metric_spec(name: str, *, where: str) -> MetricSpec:
 
 
 def check_metric_names(names: Iterable[str], *, where: str = "metrics") -> list[str]:
-    """``names`` without duplicates (first occurrence kept), each checked to be known."""
-    unique = list(dict.fromkeys(names))
-    for name in unique:
-        metric_spec(name, where=where)
-    return unique
+    """``names`` in their canonical spelling without duplicates (first occurrence kept),
+    each checked to be known."""
+    return list(dict.fromkeys(metric_spec(name, where=where).name for name in names))

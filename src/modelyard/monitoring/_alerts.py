@@ -11,7 +11,6 @@ A firing rule may start a retraining command; that start is audited.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import logging
@@ -32,26 +31,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from modelyard.durations import parse_duration
 from modelyard.errors import ConfigError
+from modelyard.metric_names import TRAFFIC_METRICS, canonical, hint
 from modelyard.monitoring._drift import parse_reference
 from modelyard.monitoring._features import FEATURE_NAMES
-from modelyard.monitoring._profiles import ERROR_STATUSES
-from modelyard.store import AlertNotification, AlertState, Store
+from modelyard.store import AlertNotification, AlertState, Store, ended, failed
 
 log = logging.getLogger("modelyard.alerts")
 
-RECORD_METRICS: dict[str, str] = {
-    "requests": "requests in the window",
-    "errors": "errors and timeouts in the window",
-    "error_rate": "errors and timeouts / requests",
-    "latency_p50_ms": "median latency",
-    "latency_p95_ms": "95th percentile latency",
-    "latency_p99_ms": "99th percentile latency",
-    "ttft_p95_ms": "95th percentile time to first token",
-    "tokens_in": "prompt tokens",
-    "tokens_out": "completion tokens",
-    "feedback_mean": "mean feedback score",
-    "feedback_count": "feedback given",
-}
+RECORD_METRICS: dict[str, str] = dict(TRAFFIC_METRICS)  # canonical names; aliases accepted
 DRIFT_METRICS: dict[str, str] = {
     "drifted_features": "features drifted in the endpoint's latest drift run in the window",
 } | {
@@ -116,11 +103,12 @@ class Rule(_Section):
     @field_validator("metric")
     @classmethod
     def _metric(cls, value: str) -> str:
-        if value not in METRICS:
-            near = difflib.get_close_matches(value, list(METRICS), n=1, cutoff=0.5)
-            hint = f" (did you mean {near[0]!r}?)" if near else ""
-            raise ValueError(f"unknown metric {value!r}{hint}; use one of {', '.join(METRICS)}")
-        return value
+        name = canonical(value)  # latency_p95_ms, as rule files say it, is p95_latency_ms
+        if name not in METRICS:
+            raise ValueError(
+                f"unknown metric {value!r}{hint(value, METRICS)}; use one of {', '.join(METRICS)}"
+            )
+        return name
 
     @field_validator("window")
     @classmethod
@@ -209,11 +197,11 @@ def record_metrics(
     store: Store, endpoint: str, start: datetime, end: datetime
 ) -> dict[str, float | None]:
     rows = store.query_records(endpoint=endpoint, since=start, until=end, limit=None, text=False)
-    n = len(rows)
+    statuses = [r["status"] for r in rows]
+    n, errors = ended(statuses), failed(statuses)
     latency = np.array([r["latency_ms"] for r in rows], dtype=float)
     ttft = np.array([r["ttft_ms"] for r in rows if r["ttft_ms"] is not None], dtype=float)
     scores = [float(r["feedback_score"]) for r in rows if r["feedback_score"] is not None]
-    errors = sum(1 for r in rows if r["status"] in ERROR_STATUSES)
 
     def pct(a: np.ndarray, q: float) -> float | None:
         return float(np.percentile(a, q)) if a.size else None
@@ -222,13 +210,14 @@ def record_metrics(
         "requests": float(n),
         "errors": float(errors),
         "error_rate": errors / n if n else None,
-        "latency_p50_ms": pct(latency, 50),
-        "latency_p95_ms": pct(latency, 95),
-        "latency_p99_ms": pct(latency, 99),
-        "ttft_p95_ms": pct(ttft, 95),
+        "p50_latency_ms": pct(latency, 50),
+        "p95_latency_ms": pct(latency, 95),
+        "p99_latency_ms": pct(latency, 99),
+        "mean_latency_ms": float(latency.mean()) if latency.size else None,
+        "p95_ttft_ms": pct(ttft, 95),
         "tokens_in": float(sum(r["prompt_tokens"] for r in rows)),
         "tokens_out": float(sum(r["completion_tokens"] for r in rows)),
-        "feedback_mean": sum(scores) / len(scores) if scores else None,
+        "feedback_score": sum(scores) / len(scores) if scores else None,
         "feedback_count": float(len(scores)),
     }
 

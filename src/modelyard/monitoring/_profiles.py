@@ -20,12 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from modelyard.store import Store
+from modelyard.store import Store, failed
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
 LATENESS = timedelta(minutes=5)
-ERROR_STATUSES = ("error", "timeout")
 # Log-spaced latency bins from 0.1 ms to 10 min, about 5 % wide.
 _EDGES = np.geomspace(0.1, 600_000.0, 321)
 _STATE_KEY = "profiles"
@@ -103,7 +102,7 @@ def profile_of(
     scores = [float(r["feedback_score"]) for r in records if r.get("feedback_score") is not None]
     return {
         "requests": len(records),
-        "errors": sum(1 for r in records if r["status"] in ERROR_STATUSES),
+        "errors": failed([r["status"] for r in records]),
         "latency_p50_ms": _pct(latency, 50),
         "latency_p95_ms": _pct(latency, 95),
         "latency_p99_ms": _pct(latency, 99),
