@@ -161,7 +161,7 @@ def _train_and_register(
     from modelyard.base import load_base
     from modelyard.data import PROMPT_TEMPLATE_NAME
     from modelyard.evaluation import evaluate_exact_match, load_adapter
-    from modelyard.finetune import environment, git_commit
+    from modelyard.registry import environment, git_commit
     from modelyard.training import TrainSettings, train_model
 
     train, held_out = _split(plan.domain, n_train=400, n_eval=90)

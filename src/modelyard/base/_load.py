@@ -19,7 +19,7 @@ from modelyard.errors import BaseModelNotFound, ConfigError
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
-def _is_local(ref: str | Path) -> bool:
+def is_local(ref: str | Path) -> bool:
     """A Path, an existing path, or anything that cannot be a hub id (``./x``, ``/x``, ``~/x``)."""
     if isinstance(ref, Path):
         return True
@@ -37,6 +37,37 @@ def _local_dir(ref: str | Path) -> Path:
             path=str(path),
         )
     return path
+
+
+def model_dir(ref: str | Path) -> Path:
+    """The local directory of a base: the path itself, or the hub cache snapshot of an id."""
+    if is_local(ref):
+        return _local_dir(ref)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return Path(snapshot_download(str(ref)))
+    except (LocalEntryNotFoundError, HFValidationError, OSError) as exc:
+        raise BaseModelNotFound(
+            f"cannot find base model {ref!r} locally or on the hub",
+            hint="Give a local model directory, or download it first (HF_HUB_OFFLINE=1 "
+            "uses only the local cache).",
+            ref=str(ref),
+        ) from exc
+
+
+def eos_token_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+    """Every id that ends a generation: the tokenizer's eos and the model's (may be a list)."""
+    ids: set[int] = set()
+    configured = model.generation_config.eos_token_id
+    if isinstance(configured, int):
+        ids.add(configured)
+    elif configured is not None:
+        ids.update(int(i) for i in configured)
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return frozenset(ids)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -65,7 +96,7 @@ def load_tokenizer(ref: str | Path) -> Any:
 
 def _source(ref: str | Path) -> tuple[str, bool]:
     """The string to hand to ``from_pretrained`` and whether it is local (no hub access)."""
-    if _is_local(ref):
+    if is_local(ref):
         return str(_local_dir(ref)), True
     return str(ref), False
 

@@ -169,12 +169,8 @@ def evaluate(
         parse_gates,
         verdicts_table,
     )
-    from modelyard.finetune import (
-        evaluate_rows,
-        load_version_model,
-        version_format,
-        version_template,
-    )
+    from modelyard.finetune import evaluate_rows
+    from modelyard.registry import load_version_model, version_format, version_template
 
     names = [m.strip() for m in metrics.split(",") if m.strip()]
     if not names:

@@ -1,4 +1,7 @@
-"""``modelyard registry lineage|card|export|import|archive|unalias``."""
+"""``modelyard registry lineage|card|export|import|archive|unalias|tag``: parse and print.
+
+What these commands do is ``modelyard.registry``'s; archive and unalias are store rows.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +13,17 @@ import typer
 from rich.tree import Tree
 
 from modelyard.cli._common import console, open_artifacts, open_store, print_json, settings
-from modelyard.errors import NotFound
-from modelyard.store import ModelVersion, Store
+from modelyard.registry import (
+    LineageNode,
+    export_loader,
+    export_version,
+    import_version,
+    lineage_chain,
+    parse_tags,
+    tag_version,
+    version_card,
+    version_kind,
+)
 
 REF = typer.Argument(..., help="NAME@alias, NAME:VERSION or NAME (latest).")
 
@@ -28,14 +40,13 @@ def _add_mapping(tree: Tree, values: Mapping[str, Any]) -> None:
             tree.add(f"{key}: {value}")
 
 
-def _lineage_tree(store: Store, version: ModelVersion, depth: int = 0) -> Tree:
-    lineage = dict(version.lineage)
+def _lineage_tree(node: LineageNode) -> Tree:
+    version, lineage = node.version, dict(node.version.lineage)
     aliases = f" [cyan]@{', @'.join(version.aliases)}[/]" if version.aliases else ""
     tree = Tree(f"[bold]{version.ref}[/] ({version.kind}, {version.status}){aliases}")
     tree.add(f"artifact sha256:{version.artifact_digest}")
-    if version.run_id:
-        run = store.get_run(version.run_id)
-        tree.add(f"run {run.id} ({run.status}, seed {run.seed})")
+    if node.run is not None:
+        tree.add(f"run {node.run.id} ({node.run.status}, seed {node.run.seed})")
     for key in ("dataset", "base_model", "environment"):
         if isinstance(lineage.get(key), Mapping):
             _add_mapping(tree.add(f"[bold]{key}[/]"), lineage[key])
@@ -44,14 +55,10 @@ def _lineage_tree(store: Store, version: ModelVersion, depth: int = 0) -> Tree:
             tree.add(f"{key}: {lineage[key]}")
     if isinstance(lineage.get("config"), Mapping):
         _add_mapping(tree.add("[bold]config[/]"), lineage["config"])
-    parent = lineage.get("parent")
-    if isinstance(parent, str) and depth < 10:
-        try:
-            tree.add("[bold]parent[/]").add(
-                _lineage_tree(store, store.resolve_model_ref(parent), depth + 1)
-            )
-        except NotFound:
-            tree.add(f"parent: {parent} (not found)")
+    if node.parent is not None:
+        tree.add("[bold]parent[/]").add(_lineage_tree(node.parent))
+    elif node.missing_parent is not None:
+        tree.add(f"parent: {node.missing_parent} (not found)")
     return tree
 
 
@@ -62,7 +69,7 @@ def lineage(ref: str = REF, json_out: bool = typer.Option(False, "--json")) -> N
         if json_out:
             print_json({"ref": version.ref, "lineage": version.lineage})
             return
-        console.print(_lineage_tree(store, version))
+        console.print(_lineage_tree(lineage_chain(store, version)))
 
 
 def card(
@@ -70,13 +77,8 @@ def card(
     out: Path | None = typer.Option(None, "--out", help="Write the card here (else stdout)."),
 ) -> None:
     """Write the version's model card (Markdown): use, data, training, evaluation, lineage."""
-    from modelyard.registry import model_card
-
     with open_store() as store:
-        version = store.resolve_model_ref(ref)
-        model = store.get_registered_model(version.model)
-        run = store.get_run(version.run_id) if version.run_id else None
-    text = model_card(model, version, run)
+        version, text = version_card(store, ref)
     if out is None:
         print(text)
     else:
@@ -89,18 +91,11 @@ def export(
     out: Path = typer.Option(..., "--out", help="A new (or empty) directory."),
 ) -> None:
     """Export a version as a plain directory that vanilla peft / transformers load."""
-    from modelyard.registry import export_version
-
     s = settings()
     with open_store(s) as store:
         version = store.resolve_model_ref(ref)
         export_version(store, open_artifacts(s), ref, out)
-    loader = (
-        "peft.PeftModel.from_pretrained(base, DIR)"
-        if version.kind == "adapter"
-        else "transformers.AutoModelForCausalLM.from_pretrained(DIR)"
-    )
-    console.print(f"exported {version.ref} to {out}; load it with {loader}")
+    console.print(f"exported {version.ref} to {out}; load it with {export_loader(version)}")
 
 
 def import_(
@@ -127,11 +122,7 @@ def import_(
     (unless --trust-remote-code), an adapter that does not fit its base. A
     refusal registers nothing, stores nothing, and is audited.
     """
-    from modelyard.errors import ConfigError
-    from modelyard.registry import import_version
-
-    if kind not in ("adapter", "full"):
-        raise ConfigError(f"--kind must be 'adapter' or 'full', not {kind!r}", field="kind")
+    wanted = version_kind(kind)
     s = settings()
     with open_store(s) as store:
         artifacts = open_artifacts(s)
@@ -141,7 +132,7 @@ def import_(
             path,
             name=name,
             base_model=base_model,
-            kind="adapter" if kind == "adapter" else "full",
+            kind=wanted,
             tenant=tenant,
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
@@ -184,18 +175,9 @@ def tag(
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Set or remove tags on a version (the only mutable part of a version; audited)."""
-    from modelyard.errors import ConfigError
-
-    pairs: dict[str, str] = {}
-    for item in tags or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"tag {item!r} is not KEY=VALUE", hint="e.g. team=claims")
-        pairs[key] = value
-    if not pairs and not remove:
-        raise ConfigError("no tags given", hint="Pass KEY=VALUE pairs and/or --remove KEY.")
+    parse_tags(tags or [], remove)  # a bad tag fails before the store is opened
     with open_store() as store:
-        version = store.set_version_tags(ref, pairs, remove=remove)
+        version = tag_version(store, ref, tags or [], remove)
     if json_out:
         print_json({"ref": version.ref, "tags": version.tags})
         return

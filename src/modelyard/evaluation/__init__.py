@@ -5,9 +5,10 @@
 ``"exact_match >= 0.85"`` or ``"not_worse_than: champion"`` into verdicts.
 ``generate`` and ``load_adapters`` are also what a server needs: one shared
 base with every tenant's adapter attached, selected per prompt with
-``adapter_names``.
+``adapter_names`` (``load_adapter`` is ``modelyard.base.load_adapter``, re-exported).
 """
 
+from modelyard.base import load_adapter
 from modelyard.evaluation._evaluate import EvalReport, Prediction, evaluate_model, peak_rss_mb
 from modelyard.evaluation._exact_match import EvalResult, evaluate_exact_match
 from modelyard.evaluation._gates import (
@@ -22,7 +23,7 @@ from modelyard.evaluation._gates import (
     parse_gates,
     require_gates,
 )
-from modelyard.evaluation._generate import BASE_ADAPTER, generate, load_adapter, load_adapters
+from modelyard.evaluation._generate import BASE_ADAPTER, generate, load_adapters
 from modelyard.evaluation._metrics import (
     accuracy,
     exact_match,

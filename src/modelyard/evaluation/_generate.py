@@ -1,4 +1,4 @@
-"""Greedy batched generation, and loading adapters onto a base for evaluation or serving."""
+"""Greedy batched generation, and several adapters on one base (``load_adapter`` is in base)."""
 
 from __future__ import annotations
 
@@ -7,32 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import PeftModel
 
-from modelyard.base._hf import quiet_progress
-from modelyard.errors import ArtifactNotFound, ConfigError
+from modelyard.base import check_adapter_dir, eos_token_ids, load_adapter, quiet_progress
+from modelyard.errors import ConfigError
 
 BASE_ADAPTER = "__base__"
 """Adapter name that selects the bare base model in a mixed batch (peft's convention)."""
 
 
-def _cut_at_eos(ids: list[int], eos_ids: set[int]) -> list[int]:
+def _cut_at_eos(ids: list[int], eos_ids: frozenset[int]) -> list[int]:
     for position, token in enumerate(ids):
         if token in eos_ids:
             return ids[:position]
-    return ids
-
-
-def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
-    """Every id that ends a generation: the tokenizer's eos and the model's (may be a list)."""
-    ids: set[int] = set()
-    configured = model.generation_config.eos_token_id
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured is not None:
-        ids.update(int(i) for i in configured)
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
     return ids
 
 
@@ -57,7 +43,7 @@ def _generate_batch(
             **extra,
         )
     new_tokens = output[:, batch["input_ids"].shape[1] :].tolist()
-    eos_ids = _eos_ids(model, tokenizer)
+    eos_ids = eos_token_ids(model, tokenizer)
     texts = (
         tokenizer.decode(_cut_at_eos(ids, eos_ids), skip_special_tokens=True) for ids in new_tokens
     )
@@ -95,30 +81,6 @@ def generate(
     return outputs
 
 
-def _adapter_dir(adapter_dir: Path) -> str:
-    if not (adapter_dir / "adapter_config.json").is_file():
-        raise ArtifactNotFound(
-            f"{adapter_dir} is not a LoRA adapter directory (no adapter_config.json)",
-            hint="Point at the directory train_model wrote.",
-            path=str(adapter_dir),
-        )
-    return str(adapter_dir)
-
-
-def load_adapter(base_model: Any, adapter_dir: Path, *, adapter_name: str = "default") -> Any:
-    """Attach a trained LoRA adapter to ``base_model`` for inference; returns the peft model.
-
-    ``base_model`` is modified in place (LoRA layers are injected), so evaluate the
-    bare base first, or use ``with peft_model.disable_adapter():`` for base outputs.
-    """
-    with quiet_progress():
-        model = PeftModel.from_pretrained(
-            base_model, _adapter_dir(adapter_dir), adapter_name=adapter_name, is_trainable=False
-        )
-    model.eval()
-    return model
-
-
 def load_adapters(base_model: Any, adapters: Mapping[str, Path]) -> Any:
     """Attach several named adapters to one base (multi-tenant serving).
 
@@ -134,6 +96,6 @@ def load_adapters(base_model: Any, adapters: Mapping[str, Path]) -> Any:
     model = load_adapter(base_model, first_dir, adapter_name=first_name)
     for name, directory in items[1:]:
         with quiet_progress():
-            model.load_adapter(_adapter_dir(directory), adapter_name=name, is_trainable=False)
+            model.load_adapter(check_adapter_dir(directory), adapter_name=name, is_trainable=False)
     model.eval()
     return model

@@ -12,8 +12,7 @@ import difflib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from modelyard.data._formats import FORMATS
-from modelyard.data._templates import template_for
+from modelyard.data import FORMATS, template_for
 from modelyard.errors import ConfigError, DataError
 
 Render = Callable[[Mapping[str, Any]], tuple[str, str]]

@@ -3,12 +3,11 @@
 ``load_config`` validates the config (unknown keys are named with the nearest
 valid one); ``prepare`` loads, splits and checks the data and the base before
 any training; ``run_finetune`` trains, evaluates, registers, applies the gates
-and moves the alias on a pass.
+and moves the alias on a pass. What a version records and how it is loaded
+afterwards (lineage, prompt template, verified files) is ``modelyard.registry``'s.
 """
 
 from modelyard.finetune._config import FinetuneConfig, load_config, parse_config
-from modelyard.finetune._lineage import ensure_base_model, environment, git_commit, model_dir
-from modelyard.finetune._load import load_version_model, version_format, version_template
 from modelyard.finetune._pipeline import (
     FinetuneOutcome,
     Prepared,
@@ -26,18 +25,11 @@ __all__ = [
     "Prepared",
     "Reporter",
     "SlurmOptions",
-    "ensure_base_model",
-    "environment",
     "evaluate_rows",
-    "git_commit",
     "load_config",
-    "load_version_model",
-    "model_dir",
     "parse_config",
     "prepare",
     "rank",
     "run_finetune",
     "sbatch_script",
-    "version_format",
-    "version_template",
 ]

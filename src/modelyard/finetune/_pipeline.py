@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from modelyard.artifacts import ArtifactStore
-from modelyard.data import load_rows, split_rows, validate_rows
-from modelyard.data._templates import PromptTemplate, template_for
+from modelyard.base import load_tokenizer, model_dir
+from modelyard.data import PromptTemplate, load_rows, split_rows, template_for, validate_rows
 from modelyard.errors import (
     ConfigError,
     DataError,
@@ -39,9 +39,13 @@ from modelyard.evaluation import (
     parse_gates,
 )
 from modelyard.finetune._config import FinetuneConfig
-from modelyard.finetune._lineage import ensure_base_model, environment, git_commit, model_dir
-from modelyard.finetune._load import load_version_model
 from modelyard.finetune._tracking import MlflowTracker
+from modelyard.registry import (
+    ensure_base_model,
+    environment,
+    lineage_record,
+    load_version_model,
+)
 from modelyard.store import DatasetVersion, ModelVersion, Store, VersionKind
 from modelyard.training import TrainResult, train_model
 
@@ -153,8 +157,6 @@ def _token_count(tokenizer: Any, template: PromptTemplate, row: Mapping[str, Any
 
 def prepare(config: FinetuneConfig) -> Prepared:
     """Validate everything a run needs before it starts; raises one clear error."""
-    from modelyard.base import load_tokenizer
-
     _check_method(config)
     gates = parse_gates(config.evaluation.gates)
     check_metric_names(config.evaluation.metrics, where="evaluation.metrics")
@@ -456,27 +458,16 @@ def _run_main(
     if tracker is not None:
         tracker.log_metrics({f"eval_{k}": v for k, v in outcome.metrics.items()})
         tracker.finish("finished")
-    lineage = {
-        "run_id": run_id,
-        "dataset": {
-            "name": dataset.name,
-            "version": dataset.version,
-            "digest": dataset.digest,
-            "eval_digest": eval_set.digest,
-            "format": config.data.format,
-        },
-        "base_model": {
-            "name": base.name,
-            "source": base.source,
-            "weights": dict(base.weight_hashes),
-        },
-        "config": config_json,
-        "seed": config.training.seed,
-        "prompt_template": prepared.template.name,
-        "environment": env,
-        "git_commit": git_commit(Path.cwd()),
-        "parent": _parent_ref(store, registry.model),
-    }
+    lineage = lineage_record(
+        base,
+        prepared.template.name,
+        run_id=run_id,
+        dataset={**outcome.dataset, "format": config.data.format},
+        config=config_json,
+        seed=config.training.seed,
+        env=env,
+        parent=_parent_ref(store, registry.model),
+    )
     version = store.create_model_version(
         registry.model,
         kind=kind,
@@ -524,8 +515,7 @@ def _evaluate_all(
     ui: Reporter,
 ) -> None:
     """Score the new version, the base (``compare_base``) and the champion (for its gates)."""
-    from modelyard.base import load_base
-    from modelyard.evaluation import load_adapter
+    from modelyard.base import load_adapter, load_base
 
     config = prepared.config
     gates = parse_gates(config.evaluation.gates)

@@ -1,13 +1,65 @@
-"""Registry operations beyond the store's rows: model cards, plain export, safe import.
+"""The registry: everything about a registered model version beyond the store's rows.
 
-Registered models, versions, aliases, archive and lineage live in the store
-(``modelyard.store.Store``) so every front end shares their rules; this package
-adds what works on files: ``model_card`` (Markdown), ``export_version`` (a
-directory vanilla ``peft``/``transformers`` load) and ``import_version`` (the
-safety checks of ``modelyard.artifacts`` before anything is stored).
+The rows (registered models, versions, aliases, archive, tags) live in the
+store (``modelyard.store.Store``) so every front end shares their rules; this
+package owns what works on a version as a whole:
+
+- its lineage: ``lineage_record`` (the one place a version's lineage is built,
+  for trained and imported versions), ``ensure_base_model`` (a base with its
+  weight hashes), ``lineage_chain`` (a version and its parents);
+- its prompt template: ``template_name`` / ``version_template`` (the one
+  decision of how a version renders prompts; ``DEFAULT_TEMPLATE`` for versions
+  that predate the record);
+- its files: ``verified_files`` (every byte checked, a refusal audited) and
+  ``load_version_model``, used by everyone who loads a version;
+- ``model_card`` / ``version_card`` (Markdown), ``export_version`` (a directory
+  vanilla ``peft``/``transformers`` load) and ``import_version`` (the safety
+  checks of ``modelyard.artifacts`` before anything is stored); tags.
 """
 
-from modelyard.registry._card import model_card
-from modelyard.registry._transfer import ImportResult, export_version, import_version
+from modelyard.registry._card import model_card, version_card
+from modelyard.registry._history import MAX_DEPTH, LineageNode, lineage_chain
+from modelyard.registry._lineage import ensure_base_model, environment, git_commit, lineage_record
+from modelyard.registry._tags import parse_tags, tag_version
+from modelyard.registry._transfer import (
+    ImportResult,
+    export_loader,
+    export_version,
+    import_version,
+    version_kind,
+)
+from modelyard.registry._versions import (
+    DEFAULT_TEMPLATE,
+    imported_template,
+    load_version_model,
+    template_name,
+    verified_files,
+    version_format,
+    version_template,
+)
 
-__all__ = ["ImportResult", "export_version", "import_version", "model_card"]
+__all__ = [
+    "DEFAULT_TEMPLATE",
+    "MAX_DEPTH",
+    "ImportResult",
+    "LineageNode",
+    "ensure_base_model",
+    "environment",
+    "export_loader",
+    "export_version",
+    "git_commit",
+    "import_version",
+    "imported_template",
+    "lineage_chain",
+    "lineage_record",
+    "load_version_model",
+    "model_card",
+    "parse_tags",
+    "tag_version",
+    "template_name",
+    "verified_files",
+    "version_card",
+    "version_format",
+    "version_kind",
+    "version_template",
+]

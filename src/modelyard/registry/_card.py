@@ -6,7 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from modelyard.store import ModelVersion, RegisteredModel, Run
+from modelyard.store import ModelVersion, RegisteredModel, Run, Store
 
 _KIND_LIMITS = {
     "adapter": "An adapter: it only works on top of its exact base model (see lineage).",
@@ -121,3 +121,11 @@ def model_card(model: RegisteredModel, version: ModelVersion, run: Run | None) -
         ),
     ]
     return "\n".join(parts)
+
+
+def version_card(store: Store, ref: str) -> tuple[ModelVersion, str]:
+    """The version ``ref`` resolves to, and its card (see ``model_card``)."""
+    version = store.resolve_model_ref(ref)
+    model = store.get_registered_model(version.model)
+    run = store.get_run(version.run_id) if version.run_id else None
+    return version, model_card(model, version, run)

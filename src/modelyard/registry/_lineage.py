@@ -1,4 +1,8 @@
-"""What a model version records about where it came from: environment, code, base weights."""
+"""What a model version records about where it came from: base weights, data, code, environment.
+
+``lineage_record`` is the one place a version's lineage is written, for trained
+(``modelyard finetune``, the quickstart) and imported versions alike.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +10,14 @@ import hashlib
 import json
 import platform
 import subprocess
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import modelyard
-from modelyard.base import weight_hashes
-from modelyard.base._load import _is_local, _local_dir
-from modelyard.errors import BaseModelNotFound, Conflict, NotFound
+from modelyard.base import is_local, model_dir, weight_hashes
+from modelyard.errors import Conflict, NotFound
 from modelyard.store import BaseModel, Store
 
 _PACKAGES = (
@@ -58,24 +62,6 @@ def environment() -> dict[str, Any]:
     }
 
 
-def model_dir(ref: str) -> Path:
-    """The local directory of a base: the path itself, or the hub cache snapshot of an id."""
-    if _is_local(ref):
-        return _local_dir(ref)
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
-
-    try:
-        return Path(snapshot_download(ref))
-    except (LocalEntryNotFoundError, HFValidationError, OSError) as exc:
-        raise BaseModelNotFound(
-            f"cannot find base model {ref!r} locally or on the hub",
-            hint="Give a local model directory, or download it first (HF_HUB_OFFLINE=1 "
-            "uses only the local cache).",
-            ref=ref,
-        ) from exc
-
-
 def ensure_base_model(store: Store, ref: str, *, name: str | None = None) -> BaseModel:
     """The store's record of a base (registered on first use) with its weight hashes.
 
@@ -85,8 +71,8 @@ def ensure_base_model(store: Store, ref: str, *, name: str | None = None) -> Bas
     """
     directory = model_dir(ref)
     hashes = weight_hashes(directory)
-    source = str(directory.resolve()) if _is_local(ref) else ref
-    wanted = name or (directory.name if _is_local(ref) else ref)
+    source = str(directory.resolve()) if is_local(ref) else ref
+    wanted = name or (directory.name if is_local(ref) else ref)
     try:
         known = store.get_base_model(wanted)
         if dict(known.weight_hashes) == hashes:
@@ -98,3 +84,43 @@ def ensure_base_model(store: Store, ref: str, *, name: str | None = None) -> Bas
     except Conflict:
         digest = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
         return store.register_base_model(f"{wanted}-{digest[:8]}", source, hashes)
+
+
+def lineage_record(
+    base: BaseModel,
+    prompt_template: str,
+    *,
+    run_id: str | None = None,
+    dataset: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    seed: int | None = None,
+    env: Mapping[str, Any] | None = None,
+    parent: str | None = None,
+    imported_from: str | None = None,
+    safety: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The lineage of a new version: its base weights and prompt template, and either how
+    it was trained (``run_id`` with its dataset, config, seed, environment, parent and the
+    git commit of the working directory) or where it was imported from (``imported_from``
+    with the safety report)."""
+    record: dict[str, Any] = {
+        "base_model": {
+            "name": base.name,
+            "source": base.source,
+            "weights": dict(base.weight_hashes),
+        },
+        "prompt_template": prompt_template,
+    }
+    if run_id is not None:
+        record.update(
+            run_id=run_id,
+            dataset=dict(dataset or {}),
+            config=dict(config or {}),
+            seed=seed,
+            environment=dict(env if env is not None else environment()),
+            git_commit=git_commit(Path.cwd()),
+            parent=parent,
+        )
+    if imported_from is not None:
+        record.update(imported_from=imported_from, safety=dict(safety or {}))
+    return record

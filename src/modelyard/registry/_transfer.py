@@ -13,14 +13,14 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from modelyard.artifacts import ArtifactStore, SafetyReport, inspect_artifact, stage_import
+from modelyard.base import model_dir
 from modelyard.errors import ConfigError, NotFound, UnsafeArtifact
-from modelyard.finetune._lineage import ensure_base_model, model_dir
-from modelyard.finetune._load import verified_files
 from modelyard.registry._card import model_card
-from modelyard.store import ModelVersion, Store, VersionKind
+from modelyard.registry._lineage import ensure_base_model, lineage_record
+from modelyard.registry._versions import imported_template, verified_files
+from modelyard.store import BaseModel, ModelVersion, Store, VersionKind
 
 
 def export_version(store: Store, artifacts: ArtifactStore, ref: str, out_dir: Path) -> Path:
@@ -58,6 +58,22 @@ def export_version(store: Store, artifacts: ArtifactStore, ref: str, out_dir: Pa
         json.dumps(lineage, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
     )
     return out_dir
+
+
+def export_loader(version: ModelVersion) -> str:
+    """How plain libraries load what ``export_version`` wrote (``DIR`` is the directory)."""
+    if version.kind == "adapter":
+        return "peft.PeftModel.from_pretrained(base, DIR)"
+    return "transformers.AutoModelForCausalLM.from_pretrained(DIR)"
+
+
+def version_kind(text: str) -> VersionKind:
+    """``adapter`` or ``full``, as ``import_version``'s ``kind`` (from the ``--kind`` flag)."""
+    if text == "adapter":
+        return "adapter"
+    if text == "full":
+        return "full"
+    raise ConfigError(f"--kind must be 'adapter' or 'full', not {text!r}", field="kind")
 
 
 @dataclass(frozen=True)
@@ -114,6 +130,7 @@ def import_version(
             )
             raise
         # Every refusal happens above, before a single byte reaches the artifact store.
+        template = imported_template(root)
         blob = artifacts.put_dir(root, kind=kind)
     try:
         store.get_registered_model(name)
@@ -125,25 +142,14 @@ def import_version(
         artifact_digest=blob.digest,
         base_model=base.name,
         run_id=None,
-        lineage=_import_lineage(source, base.name, base.source, base.weight_hashes, report),
+        lineage=lineage_record(base, template, imported_from=str(source), safety=report.to_dict()),
         metrics={},
     )
     return ImportResult(version, report)
 
 
-def _base(store: Store, ref: str) -> Any:
+def _base(store: Store, ref: str) -> BaseModel:
     try:
         return store.get_base_model(ref)
     except NotFound:
         return ensure_base_model(store, ref)
-
-
-def _import_lineage(
-    source: Path, base_name: str, base_source: str, weights: Any, report: SafetyReport
-) -> dict[str, Any]:
-    return {
-        "imported_from": str(source),
-        "base_model": {"name": base_name, "source": base_source, "weights": dict(weights)},
-        "prompt_template": "alpaca",
-        "safety": report.to_dict(),
-    }

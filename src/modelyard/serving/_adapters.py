@@ -56,19 +56,6 @@ class _Loaded:
     slot: int
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
-    """Every id that ends a generation: the tokenizer's eos and the model's (may be a list)."""
-    ids: set[int] = set()
-    configured = model.generation_config.eos_token_id
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured is not None:
-        ids.update(int(i) for i in configured)
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return frozenset(ids)
-
-
 def adapter_name(version: ModelVersion) -> str:
     return f"v{version.id}"
 
@@ -119,7 +106,8 @@ class AdapterCache:
 
     @staticmethod
     def _load_base(source: str) -> LoadedBase:
-        from modelyard.base import load_base  # heavy import, only when serving real models
+        # heavy import, only when serving real models
+        from modelyard.base import eos_token_ids, load_base
 
         try:
             model, tokenizer = load_base(source)
@@ -137,7 +125,7 @@ class AdapterCache:
             source=source,
             model=model,
             tokenizer=tokenizer,
-            eos_ids=_eos_ids(model, tokenizer),
+            eos_ids=eos_token_ids(model, tokenizer),
             pad_token_id=int(pad),
             context_length=int(context) if isinstance(context, int) else None,
         )

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from modelyard.data._templates import PromptTemplate
+from modelyard.data import PromptTemplate
 from modelyard.errors import DataError
 
 IGNORE_INDEX = -100

@@ -30,10 +30,8 @@ from transformers import (
 )
 from transformers.trainer_utils import get_last_checkpoint
 
-from modelyard.base import load_base
-from modelyard.base._fs import check_out_dir, publish_dir
-from modelyard.base._hf import quiet_progress
-from modelyard.data._templates import PromptTemplate
+from modelyard.base import check_out_dir, load_base, publish_dir, quiet_progress
+from modelyard.data import PromptTemplate
 from modelyard.errors import ConfigError, TrainingError
 from modelyard.training._dataset import (
     ALPACA,
