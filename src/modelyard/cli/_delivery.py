@@ -198,8 +198,10 @@ def wait(
     json_out: bool = JSON,
 ) -> None:
     """Wait for the endpoint's rollout to end: exit 0 when it succeeded, 1 when it was
-    rolled back or aborted, 3 on timeout; a CI pipeline can gate on it."""
+    rolled back or aborted (``RolloutFailed``), 3 on timeout (``RolloutTimedOut``); a CI
+    pipeline can gate on it."""
     from modelyard.delivery import wait_rollout
+    from modelyard.errors import RolloutFailed, RolloutTimedOut
 
     with open_store() as store:
         r, timed_out = wait_rollout(
@@ -207,16 +209,24 @@ def wait(
         )
     if json_out:
         print_json({**to_jsonable(r), "timed_out": timed_out})
-    elif timed_out:
-        err_console.print(f"timed out after {timeout}: {_summary(r)}")
-    else:
+    elif not timed_out:
         console.print(_summary(r))
         if r.reason:
             console.print(f"  reason: {r.reason}")
     if timed_out:
-        raise typer.Exit(3)
+        raise RolloutTimedOut(
+            f"timed out after {timeout}: {_summary(r)}",
+            hint=f"The rollout goes on: wait again with a longer --timeout, or follow it "
+            f"with `modelyard rollout status {endpoint}`.",
+            endpoint=endpoint,
+        )
     if r.status != "succeeded":
-        raise typer.Exit(1)
+        why = f" ({r.reason})" if r.reason else ""
+        raise RolloutFailed(
+            f"the rollout of {endpoint} to {r.target_ref} ended {r.status}{why}",
+            hint=f"See its timeline with `modelyard rollout status {endpoint}`.",
+            endpoint=endpoint,
+        )
 
 
 @rollout_app.command("compare")
