@@ -209,7 +209,7 @@ def test_a_controller_that_lost_its_lease_is_fenced_out(
     time.sleep(0.15)  # it stalls; its lease runs out and another takes over
     assert store.acquire_lease("controller", "new", 10)
     assert not store.acquire_lease("controller", "old", 10)
-    from modelyard.store._deploy import Transition
+    from modelyard.store import Transition
 
     stale = store.transition_rollout(
         r.id, ("running", "preparing", 0),

@@ -14,8 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from modelyard.errors import ModelyardError
-from modelyard.store import AlertNotification, AlertState, Rollout, Store
-from modelyard.store._schema import utcnow
+from modelyard.store import AlertNotification, AlertState, Rollout, Store, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from modelyard.store import Store
-from modelyard.store._deploy import VersionSample
+from modelyard.store import Store, VersionSample
 
 
 @dataclass(frozen=True)

@@ -34,9 +34,7 @@ from typing import Any
 from modelyard.delivery._alerting import resolve_rollback_alert, rollback_alert
 from modelyard.delivery._guards import GuardResult, Sample, evaluate_guards
 from modelyard.errors import ModelyardError, PermissionDenied
-from modelyard.store import Rollout, Store
-from modelyard.store._deploy import Transition, VersionSample, step_plan
-from modelyard.store._schema import utcnow
+from modelyard.store import Rollout, Store, Transition, VersionSample, step_plan, utcnow
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,7 @@ from typing import Any
 from modelyard.delivery._controller import promote_alias
 from modelyard.delivery._guards import parse_guard
 from modelyard.errors import ConfigError, Conflict, NotFound
-from modelyard.store import Rollout, Store, parse_model_ref
-from modelyard.store._deploy import Transition
+from modelyard.store import Rollout, Store, Transition, parse_model_ref
 
 DEFAULT_STEPS = (10, 50, 100)
 DEFAULT_GUARDS = ("error_rate <= 0.02",)

@@ -22,8 +22,7 @@ from typing import TYPE_CHECKING, Any
 import modelyard
 from modelyard.errors import ModelyardError
 from modelyard.serving._types import SamplingParams
-from modelyard.store import Store
-from modelyard.store._schema import utcnow
+from modelyard.store import Store, utcnow
 
 if TYPE_CHECKING:
     from modelyard.delivery import Controller

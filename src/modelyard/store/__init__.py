@@ -5,10 +5,11 @@ applied by ``modelyard init`` and on first use. Every change appends one event t
 the audit chain in the same transaction and is checked against the actor's role.
 """
 
-from modelyard.store._deploy import Transition, VersionSample, ended, failed, step_plan
+from modelyard.store._core import check_name, parse_model_ref
 from modelyard.store._engine import head_revision, redact_url
+from modelyard.store._rollouts import Transition, VersionSample, ended, failed, step_plan
 from modelyard.store._schema import utcnow
-from modelyard.store._store import Store, check_name, parse_model_ref
+from modelyard.store._store import Store
 from modelyard.store.entities import (
     ROLLOUT_ACTIVE,
     STORAGE_POLICIES,

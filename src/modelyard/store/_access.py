@@ -1,0 +1,403 @@
+"""Access: tenants, their API keys, actors and their roles, and reading the audit chain."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select
+
+from modelyard.audit import (
+    EMPTY_HEAD,
+    AuditEvent,
+    AuditHead,
+    ChainReport,
+    Role,
+    check_role,
+    verify_chain,
+)
+from modelyard.errors import ConfigError, Conflict, NotFound
+from modelyard.store import _audit
+from modelyard.store._convert import to_actor, to_api_key, to_tenant
+from modelyard.store._core import StoreCore, check_name
+from modelyard.store._rows import tenant_row
+from modelyard.store._schema import ActorRow, ApiKeyRow, AuditEventRow, TenantRow, utcnow
+from modelyard.store.entities import STORAGE_POLICIES, Actor, ApiKey, StoragePolicy, Tenant
+
+
+class AccessStore(StoreCore):
+    """Tenants, API keys, actors and the audit chain."""
+
+    # -- tenants and keys ------------------------------------------------------------------
+
+    def create_tenant(self, name: str, *, storage_policy: StoragePolicy = "full") -> Tenant:
+        check_name("tenant", name)
+        if storage_policy not in STORAGE_POLICIES:
+            raise ConfigError(
+                f"invalid storage policy {storage_policy!r}: "
+                f"use one of {', '.join(STORAGE_POLICIES)}"
+            )
+        with self._write(f"create tenant {name!r}") as s:
+            if s.scalar(select(TenantRow.id).where(TenantRow.name == name)) is not None:
+                raise Conflict(f"tenant {name!r} exists already")
+            self._require(s, "tenant.created", name, f"create tenant {name!r}")
+            row = TenantRow(name=name, storage_policy=storage_policy)
+            s.add(row)
+            s.flush()
+            self._audit(s, "tenant.created", name, {"storage_policy": storage_policy})
+            return to_tenant(row)
+
+    def get_tenant(self, name: str) -> Tenant:
+        with self._session(f"read tenant {name!r}") as s:
+            return to_tenant(tenant_row(s, name))
+
+    def list_tenants(self) -> list[Tenant]:
+        with self._session("list tenants") as s:
+            return [to_tenant(r) for r in s.scalars(select(TenantRow).order_by(TenantRow.name))]
+
+    def create_api_key(
+        self,
+        key_id: str,
+        *,
+        tenant: str,
+        key_hash: str,
+        scopes: Sequence[str],
+        expires_at: datetime | None = None,
+        rpm_limit: int | None = None,
+        tpm_limit: int | None = None,
+    ) -> ApiKey:
+        """A key for ``tenant``; ``rpm_limit``/``tpm_limit`` None use the server's defaults."""
+        check_limits(rpm_limit, tpm_limit)
+        with self._write(f"create an API key for tenant {tenant!r}") as s:
+            trow = tenant_row(s, tenant)
+            self._require(s, "api_key.created", key_id, f"create API keys for tenant {tenant!r}")
+            row = ApiKeyRow(
+                id=key_id,
+                tenant_id=trow.id,
+                key_hash=key_hash,
+                scopes=list(scopes),
+                expires_at=expires_at,
+                rpm_limit=rpm_limit,
+                tpm_limit=tpm_limit,
+            )
+            s.add(row)
+            s.flush()
+            payload: dict[str, Any] = {
+                "tenant": trow.name,
+                "scopes": list(scopes),
+                "expires_at": expires_at,
+            }
+            if rpm_limit is not None or tpm_limit is not None:
+                payload.update(rpm_limit=rpm_limit, tpm_limit=tpm_limit)
+            self._audit(s, "api_key.created", key_id, payload)
+            return to_api_key(row, trow.name)
+
+    def rotate_api_key(
+        self,
+        key_id: str,
+        *,
+        new_key_id: str,
+        new_key_hash: str,
+        grace: timedelta,
+        new_expires_at: datetime | None = None,
+    ) -> tuple[ApiKey, ApiKey]:
+        """Replace ``key_id`` by a new key with the same tenant, scopes and limits.
+
+        The old key keeps working for ``grace``: its expiry becomes now + grace
+        (an earlier expiry stays), and ``rotated_to`` names its successor. Both
+        changes are audited (``api_key.created`` for the new key with
+        ``rotated_from``, ``api_key.rotated`` for the old). A revoked, expired or
+        already rotated key cannot be rotated. Returns (old key, new key).
+        """
+        if grace < timedelta(0):
+            raise ConfigError(f"the grace period {grace} is negative; use 0 or more")
+        with self._write(f"rotate API key {key_id}") as s:
+            row = s.get(ApiKeyRow, key_id)
+            if row is None:
+                raise NotFound(f"no API key with id {key_id!r}", hint="See `modelyard keys list`.")
+            tenant = s.get(TenantRow, row.tenant_id)
+            tenant_name = tenant.name if tenant else "?"
+            now = utcnow()
+            if row.revoked_at is not None:
+                raise Conflict(
+                    f"API key {key_id} is revoked and cannot be rotated",
+                    hint=f"Create a new key with `modelyard keys create --tenant {tenant_name}`.",
+                )
+            if row.rotated_to is not None:
+                raise Conflict(
+                    f"API key {key_id} was rotated already, to {row.rotated_to}",
+                    hint=f"Rotate the newer key: `modelyard keys rotate {row.rotated_to}`.",
+                )
+            if row.expires_at is not None and row.expires_at <= now:
+                raise Conflict(
+                    f"API key {key_id} has expired and cannot be rotated",
+                    hint=f"Create a new key with `modelyard keys create --tenant {tenant_name}`.",
+                )
+            self._require(s, "api_key.rotated", key_id, f"rotate API key {key_id}")
+            new = ApiKeyRow(
+                id=new_key_id,
+                tenant_id=row.tenant_id,
+                key_hash=new_key_hash,
+                scopes=list(row.scopes),
+                expires_at=new_expires_at,
+                rpm_limit=row.rpm_limit,
+                tpm_limit=row.tpm_limit,
+            )
+            s.add(new)
+            s.flush()
+            self._audit(
+                s,
+                "api_key.created",
+                new_key_id,
+                {"tenant": tenant_name, "scopes": list(row.scopes), "expires_at": new_expires_at,
+                 "rpm_limit": row.rpm_limit, "tpm_limit": row.tpm_limit,
+                 "rotated_from": key_id},
+            )  # fmt: skip
+            cutoff = now + grace
+            if row.expires_at is None or row.expires_at > cutoff:
+                row.expires_at = cutoff
+            row.rotated_to = new_key_id
+            s.flush()
+            self._audit(
+                s,
+                "api_key.rotated",
+                key_id,
+                {"tenant": tenant_name, "rotated_to": new_key_id, "expires_at": row.expires_at,
+                 "grace_seconds": grace.total_seconds()},
+            )  # fmt: skip
+            return to_api_key(row, tenant_name), to_api_key(new, tenant_name)
+
+    def set_api_key_limits(
+        self, key_id: str, *, rpm_limit: int | None, tpm_limit: int | None
+    ) -> ApiKey:
+        """Set a key's requests/min and tokens/min (None: the server's default); audited.
+
+        Servers apply the change within their key-cache time.
+        """
+        check_limits(rpm_limit, tpm_limit)
+        with self._write(f"set the limits of API key {key_id}") as s:
+            row = s.get(ApiKeyRow, key_id)
+            if row is None:
+                raise NotFound(f"no API key with id {key_id!r}", hint="See `modelyard keys list`.")
+            tenant = s.get(TenantRow, row.tenant_id)
+            tenant_name = tenant.name if tenant else "?"
+            if (row.rpm_limit, row.tpm_limit) != (rpm_limit, tpm_limit):
+                self._require(
+                    s, "api_key.limits_set", key_id, f"set the limits of API key {key_id}"
+                )
+                previous = {"rpm_limit": row.rpm_limit, "tpm_limit": row.tpm_limit}
+                row.rpm_limit, row.tpm_limit = rpm_limit, tpm_limit
+                s.flush()
+                self._audit(
+                    s,
+                    "api_key.limits_set",
+                    key_id,
+                    {"tenant": tenant_name, "rpm_limit": rpm_limit, "tpm_limit": tpm_limit,
+                     "previous": previous},
+                )  # fmt: skip
+            return to_api_key(row, tenant_name)
+
+    def get_api_key(self, key_id: str) -> ApiKey | None:
+        with self._session("read an API key") as s:
+            found = s.execute(
+                select(ApiKeyRow, TenantRow.name)
+                .join(TenantRow, TenantRow.id == ApiKeyRow.tenant_id)
+                .where(ApiKeyRow.id == key_id)
+            ).first()
+            return None if found is None else to_api_key(found[0], found[1])
+
+    def list_api_keys(self, tenant: str | None = None) -> list[ApiKey]:
+        with self._session("list API keys") as s:
+            query = (
+                select(ApiKeyRow, TenantRow.name)
+                .join(TenantRow, TenantRow.id == ApiKeyRow.tenant_id)
+                .order_by(ApiKeyRow.created_at)
+            )
+            if tenant is not None:
+                query = query.where(TenantRow.name == tenant)
+            return [to_api_key(r, t) for r, t in s.execute(query).all()]
+
+    def revoke_api_key(self, key_id: str) -> ApiKey:
+        with self._write(f"revoke API key {key_id}") as s:
+            row = s.get(ApiKeyRow, key_id)
+            if row is None:
+                raise NotFound(f"no API key with id {key_id!r}", hint="See `modelyard keys list`.")
+            tenant = s.get(TenantRow, row.tenant_id)
+            tenant_name = tenant.name if tenant else "?"
+            if row.revoked_at is None:
+                self._require(s, "api_key.revoked", key_id, f"revoke API key {key_id}")
+                row.revoked_at = utcnow()
+                self._audit(s, "api_key.revoked", key_id, {"tenant": tenant_name})
+            return to_api_key(row, tenant_name)
+
+    # -- actors and roles ------------------------------------------------------------------
+
+    def add_actor(self, name: str, role: str) -> Actor:
+        """Record ``name`` with ``role`` (or change its role); needs role admin.
+
+        While no admin is recorded, the bootstrap admin (the OS user) is admin;
+        the last admin cannot be demoted.
+        """
+        _audit.check_actor(name)
+        wanted = check_role(role)
+        with self._write(f"set the role of actor {name!r}") as s:
+            row = s.get(ActorRow, name)
+            action = "actor.added" if row is None else "actor.role_changed"
+            what = f"add actor {name!r}" if row is None else f"change the role of actor {name!r}"
+            self._require(s, action, name, what)
+            if row is not None and row.role == wanted:
+                return to_actor(row)
+            previous = None if row is None else row.role
+            if previous == "admin":
+                admins = s.scalar(
+                    select(func.count()).select_from(ActorRow).where(ActorRow.role == "admin")
+                )
+                if (admins or 0) <= 1:
+                    raise Conflict(
+                        f"actor {name!r} is the last admin and cannot become {wanted}",
+                        hint="Make another actor admin first.",
+                    )
+            if row is None:
+                row = ActorRow(name=name, role=wanted)
+                s.add(row)
+            else:
+                row.role = wanted
+                row.updated_at = utcnow()
+            s.flush()
+            self._audit(s, action, name, {"role": wanted, "previous_role": previous})
+            return to_actor(row)
+
+    def bootstrap_admin(self) -> str | None:
+        """Record the acting actor as admin if it is admin only by bootstrap; returns its name."""
+        with self._write("record the first admin") as s:
+            if _audit.has_admin(s) or s.get(ActorRow, self.actor) is not None:
+                return None
+            if _audit.effective_role(s, self.policy, self.actor) != "admin":
+                return None
+            s.add(ActorRow(name=self.actor, role="admin"))
+            s.flush()
+            self._audit(
+                s, "actor.added", self.actor, {"role": "admin", "previous_role": None,
+                                               "bootstrap": True}
+            )  # fmt: skip
+            return self.actor
+
+    def list_actors(self) -> list[Actor]:
+        with self._session("list actors") as s:
+            return [to_actor(r) for r in s.scalars(select(ActorRow).order_by(ActorRow.name))]
+
+    def role_of(self, name: str | None = None) -> Role:
+        """The role ``name`` (default: the acting actor) has now."""
+        with self._session("read a role") as s:
+            return _audit.effective_role(s, self.policy, name or self.actor)
+
+    def has_admin(self) -> bool:
+        with self._session("read the actors") as s:
+            return _audit.has_admin(s)
+
+    # -- audit chain -----------------------------------------------------------------------
+
+    def record_audit_event(
+        self, action: str, subject: str, payload: Mapping[str, Any] | None = None
+    ) -> AuditEvent:
+        """Append an event that comes with no row change (a refused import, a failed check)."""
+        _audit.check_action(action)
+        _audit.check_subject(subject)
+        with self._write(f"record audit event {action}") as s:
+            return self._audit(s, action, subject, payload)
+
+    def list_audit_events(
+        self,
+        *,
+        since: datetime | None = None,
+        action: str | None = None,
+        subject: str | None = None,
+        actor: str | None = None,
+        limit: int | None = 100,
+        newest_first: bool = True,
+    ) -> list[AuditEvent]:
+        """Events matching the filters; ``action``/``subject`` ending in ``*`` match a prefix."""
+        query = select(AuditEventRow)
+        if since is not None:
+            query = query.where(AuditEventRow.time >= since)
+        for column, wanted in ((AuditEventRow.action, action), (AuditEventRow.subject, subject)):
+            if wanted is not None:
+                if wanted.endswith("*"):
+                    query = query.where(column.startswith(wanted.rstrip("*"), autoescape=True))
+                else:
+                    query = query.where(column == wanted)
+        if actor is not None:
+            query = query.where(AuditEventRow.actor == actor)
+        order = AuditEventRow.seq.desc() if newest_first else AuditEventRow.seq
+        query = query.order_by(order)
+        if limit is not None:
+            query = query.limit(limit)
+        with self._session("read the audit chain") as s:
+            return [_audit.to_event(r) for r in s.scalars(query)]
+
+    def iter_audit_events(
+        self, *, since: datetime | None = None, page: int = 1000
+    ) -> Iterator[AuditEvent]:
+        """Every event in ``seq`` order, read page by page (for verify and export)."""
+        after = 0
+        while True:
+            query = (
+                select(AuditEventRow)
+                .where(AuditEventRow.seq > after)
+                .order_by(AuditEventRow.seq)
+                .limit(page)
+            )
+            if since is not None:
+                query = query.where(AuditEventRow.time >= since)
+            with self._session("read the audit chain") as s:
+                events = [_audit.to_event(r) for r in s.scalars(query)]
+            yield from events
+            if len(events) < page:
+                return
+            after = events[-1].seq
+
+    def audit_head(self) -> AuditHead:
+        """The newest event's ``SEQ:HASH`` (``0:000…`` for an empty chain)."""
+        with self._session("read the audit head") as s:
+            last = _audit.last_event(s)
+        return EMPTY_HEAD if last is None else AuditHead(last.seq, last.hash)
+
+    def verify_audit_chain(self, head: AuditHead | str | None = None) -> ChainReport:
+        """Recompute the whole chain with the key; ``head`` (kept elsewhere) reveals a cut tail."""
+        expected = AuditHead.parse(head) if isinstance(head, str) else head
+        if self.audit_head() == EMPTY_HEAD and (expected is None or expected.seq == 0):
+            return ChainReport(True, 0, EMPTY_HEAD)
+        key = self.audit_key_source.load(create=False)
+        return verify_chain(self.iter_audit_events(), key, expected_head=expected)
+
+    def check_audit_key(self) -> None:
+        """Raise AuditKeyMismatch unless the key verifies the newest event (no-op when empty)."""
+        with self._session("read the audit head") as s:
+            last = _audit.last_event(s)
+        if last is not None:
+            key = self.audit_key_source.load(create=False)
+            _audit.check_key(key, last, self.audit_key_source)
+
+    def ensure_audit_key(self) -> bool:
+        """Make sure a usable key exists: create the key file for an empty chain.
+
+        Returns whether a key file was created. A store whose chain has events
+        needs the key that wrote them: AuditKeyMissing / AuditKeyMismatch otherwise.
+        """
+        source = self.audit_key_source
+        if source.available():
+            self.check_audit_key()
+            return False
+        empty = self.audit_head() == EMPTY_HEAD
+        source.load(create=empty)
+        return True
+
+
+def check_limits(rpm_limit: int | None, tpm_limit: int | None) -> None:
+    for name, value in (("rpm_limit", rpm_limit), ("tpm_limit", tpm_limit)):
+        if value is not None and value < 1:
+            raise ConfigError(
+                f"{name} is {value}; it must be at least 1 (or unset for the server's default)",
+                field=name,
+            )

@@ -1,0 +1,165 @@
+"""Endpoints: their traffic plan, shadow and rollout policy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import select
+
+from modelyard.errors import ConfigError, Conflict
+from modelyard.store._convert import to_endpoint
+from modelyard.store._core import check_name
+from modelyard.store._registry import RegistryStore
+from modelyard.store._rows import (
+    active_rollout_row,
+    endpoint_row,
+    model_row,
+    replace_routes,
+    tenant_row,
+    version_row,
+)
+from modelyard.store._schema import (
+    EndpointRow,
+    ModelVersionRow,
+    RegisteredModelRow,
+    TrafficRouteRow,
+    utcnow,
+)
+from modelyard.store.entities import Endpoint
+
+
+class EndpointStore(RegistryStore):
+    """Endpoints and their traffic (each change audited)."""
+
+    # -- endpoints and traffic -------------------------------------------------------------
+
+    def create_endpoint(
+        self,
+        name: str,
+        *,
+        model_ref: str,
+        tenant: str | None,
+        shared: bool = False,
+    ) -> Endpoint:
+        """An endpoint sending 100% of its traffic to the version ``model_ref`` resolves to."""
+        check_name("endpoint", name)
+        version = self.resolve_model_ref(model_ref)
+        with self._write(f"create endpoint {name!r}") as s:
+            if s.scalar(select(EndpointRow.id).where(EndpointRow.name == name)) is not None:
+                raise Conflict(f"endpoint {name!r} exists already")
+            tenant_id = tenant_row(s, tenant).id if tenant else None
+            self._require(s, "endpoint.created", name, f"create endpoint {name!r}")
+            vrow = s.get(ModelVersionRow, version.id)
+            if vrow is None or vrow.status == "archived":
+                raise Conflict(f"{version.ref} is archived and cannot take traffic")
+            mrow = model_row(s, version.model)
+            row = EndpointRow(
+                name=name,
+                tenant_id=tenant_id,
+                registered_model_id=mrow.id,
+                model_ref=model_ref,
+                shared=shared,
+            )
+            s.add(row)
+            s.flush()
+            s.add(TrafficRouteRow(endpoint_id=row.id, version_id=version.id, weight=100))
+            s.flush()
+            self._audit(
+                s,
+                "endpoint.created",
+                name,
+                {"model_ref": model_ref, "tenant": tenant, "shared": shared,
+                 "traffic": {str(version.version): 100}},
+            )  # fmt: skip
+            return to_endpoint(s, row)
+
+    def get_endpoint(self, name: str) -> Endpoint:
+        with self._session(f"read endpoint {name!r}") as s:
+            return to_endpoint(s, endpoint_row(s, name))
+
+    def list_endpoints(self, tenant: str | None = None) -> list[Endpoint]:
+        with self._session("list endpoints") as s:
+            query = select(EndpointRow).order_by(EndpointRow.name)
+            if tenant is not None:
+                query = query.where(EndpointRow.tenant_id == tenant_row(s, tenant).id)
+            return [to_endpoint(s, r) for r in s.scalars(query)]
+
+    def set_traffic(self, endpoint: str, weights: Mapping[int, int]) -> Endpoint:
+        """Replace the endpoint's traffic plan with ``{version number: weight}`` (sum 100)."""
+        if sum(weights.values()) != 100 or any(w < 0 for w in weights.values()):
+            raise ConfigError(
+                f"traffic weights must be non-negative and sum to 100, got {dict(weights)}"
+            )
+        with self._write(f"set traffic of {endpoint!r}") as s:
+            erow = endpoint_row(s, endpoint)
+            mrow = s.get(RegisteredModelRow, erow.registered_model_id)
+            assert mrow is not None  # guaranteed by the foreign key
+            self._require(
+                s, "endpoint.traffic_set", endpoint, f"change the traffic of {endpoint!r}"
+            )
+            active = active_rollout_row(s, erow.id)
+            if active is not None:
+                raise Conflict(
+                    f"endpoint {endpoint!r} has a rollout in progress ({active.id}); its "
+                    "controller owns the traffic plan until it ends",
+                    hint=f"Abort it first: `modelyard rollout abort {endpoint}`.",
+                )
+            previous = {str(r.version): r.weight for r in to_endpoint(s, erow).routes}
+            replace_routes(s, erow, weights)
+            self._audit(
+                s,
+                "endpoint.traffic_set",
+                endpoint,
+                {"traffic": {str(v): w for v, w in sorted(weights.items())},
+                 "previous": previous},
+            )  # fmt: skip
+            return to_endpoint(s, erow)
+
+    # -- endpoints: shadow and rollout policy ----------------------------------------------
+
+    def set_shadow(self, endpoint: str, version: int | None, fraction: float = 0.0) -> Endpoint:
+        """Mirror ``fraction`` of the endpoint's requests to ``version`` (None: stop)."""
+        if version is not None and not (0.0 < fraction <= 1.0):
+            raise ConfigError(
+                f"shadow fraction {fraction} is out of range: use a number above 0, up to 1",
+                field="shadow_fraction",
+            )
+        with self._write(f"set the shadow of {endpoint!r}") as s:
+            erow = endpoint_row(s, endpoint)
+            self._require(s, "endpoint.shadow_set", endpoint, f"change the shadow of {endpoint!r}")
+            if version is None:
+                erow.shadow_version_id, erow.shadow_fraction = None, 0.0
+            else:
+                mrow = s.get(RegisteredModelRow, erow.registered_model_id)
+                assert mrow is not None  # guaranteed by the foreign key
+                vrow = version_row(s, mrow, version)
+                if vrow.status == "archived":
+                    raise Conflict(f"{mrow.name}:{version} is archived and cannot take traffic")
+                erow.shadow_version_id, erow.shadow_fraction = vrow.id, fraction
+            erow.updated_at = utcnow()
+            s.flush()
+            self._audit(
+                s, "endpoint.shadow_set", endpoint,
+                {"version": version, "fraction": fraction if version is not None else 0.0},
+            )  # fmt: skip
+            return to_endpoint(s, erow)
+
+    def set_rollout_policy(self, endpoint: str, policy: Mapping[str, Any] | None) -> Endpoint:
+        """How a move of the followed alias reaches ``endpoint``: None at once, else a rollout
+        with ``policy`` (keys: steps, bake_s, min_requests, guards; validated by the caller)."""
+        with self._write(f"set the rollout policy of {endpoint!r}") as s:
+            erow = endpoint_row(s, endpoint)
+            self._require(s, "endpoint.policy_set", endpoint, f"change {endpoint!r}")
+            if policy is not None and "@" not in erow.model_ref:
+                raise ConfigError(
+                    f"endpoint {endpoint!r} follows {erow.model_ref}, not an alias: a rollout "
+                    "policy applies when the alias it follows moves",
+                    hint="Create the endpoint with --model NAME@alias, or use `modelyard "
+                    "rollout start` for a one-off rollout.",
+                )
+            erow.rollout_policy = dict(policy) if policy is not None else None
+            erow.updated_at = utcnow()
+            s.flush()
+            self._audit(s, "endpoint.policy_set", endpoint, {"policy": erow.rollout_policy})
+            return to_endpoint(s, erow)

@@ -1,0 +1,395 @@
+"""Inference records, their features, feedback and retention.
+
+Writing records, their features and feedback is data-plane traffic and is not
+audited; changing a retention policy and purging records are.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select
+
+from modelyard.errors import ConfigError, NotFound
+from modelyard.store._convert import to_feedback, to_record
+from modelyard.store._core import StoreCore
+from modelyard.store._rows import tenant_id_of, tenant_names, tenant_row, version_info
+from modelyard.store._schema import (
+    FeedbackRow,
+    InferenceRecordRow,
+    RecordFeaturesRow,
+    RetentionPolicyRow,
+    TenantRow,
+    utcnow,
+)
+from modelyard.store.entities import (
+    Feedback,
+    InferenceRecord,
+    NewInferenceRecord,
+    RecordFeatures,
+    RetentionPolicy,
+)
+
+_RECORD_COLUMNS = (
+    "id",
+    "created_at",
+    "tenant_id",
+    "api_key_id",
+    "endpoint_name",
+    "version_id",
+    "route",
+    "prompt",
+    "response",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "ttft_ms",
+    "status",
+    "http_status",
+    "error",
+    "shadow",
+    "fallback_from_id",
+)
+FEATURE_COLUMNS = (
+    "prompt_chars",
+    "response_chars",
+    "prompt_non_ascii",
+    "prompt_digits",
+    "response_non_ascii",
+    "response_digits",
+    "unknown_token_rate",
+    "cache_hit",
+)
+# Record columns copied onto its features, so a drift window needs no join (migration 0007).
+_COPIED_COLUMNS = (
+    "endpoint_name",
+    "version_id",
+    "status",
+    "created_at",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+)
+RECORD_STATUSES = ("ok", "error", "cancelled", "timeout")
+
+
+class RecordStore(StoreCore):
+    """Records, features, feedback and retention."""
+
+    # -- inference records -----------------------------------------------------------------
+
+    def add_inference_records(self, records: Iterable[NewInferenceRecord]) -> int:
+        """Insert a batch of records in one transaction; returns how many were written."""
+        rows = [
+            InferenceRecordRow(
+                **{k: v for k, v in vars(r).items() if k != "created_at"},
+                created_at=r.created_at or utcnow(),
+            )
+            for r in records
+        ]
+        if not rows:
+            return 0
+        with self._write(f"write {len(rows)} inference records") as s:  # data plane: not audited
+            s.add_all(rows)
+        return len(rows)
+
+    def list_inference_records(
+        self,
+        *,
+        endpoint: str | None = None,
+        tenant: str | None = None,
+        limit: int = 100,
+    ) -> list[InferenceRecord]:
+        with self._session("list inference records") as s:
+            query = (
+                select(InferenceRecordRow)
+                .order_by(InferenceRecordRow.created_at.desc(), InferenceRecordRow.id)
+                .limit(limit)
+            )
+            if endpoint is not None:
+                query = query.where(InferenceRecordRow.endpoint_name == endpoint)
+            if tenant is not None:
+                query = query.where(InferenceRecordRow.tenant_id == tenant_row(s, tenant).id)
+            return [to_record(s, r) for r in s.scalars(query)]
+
+    def count_inference_records(self, *, endpoint: str | None = None) -> int:
+        with self._session("count inference records") as s:
+            query = select(func.count()).select_from(InferenceRecordRow)
+            if endpoint is not None:
+                query = query.where(InferenceRecordRow.endpoint_name == endpoint)
+            return int(s.scalar(query) or 0)
+
+    # -- feedback (data plane: not audited, like inference records) -------------------------
+
+    def add_feedback(
+        self,
+        record_id: str,
+        *,
+        tenant: str,
+        score: float,
+        comment: str | None = None,
+        api_key_id: str | None = None,
+    ) -> Feedback:
+        """Record ``tenant``'s verdict on one of its inference records; the latest one wins.
+
+        ``score`` is in [-1, 1]. A record of another tenant is NotFound exactly
+        like a missing one.
+        """
+        if math.isnan(score) or not -1.0 <= score <= 1.0:
+            raise ConfigError(
+                f"feedback score {score} is out of range: use a number from -1 to 1", param="score"
+            )
+        with self._write(f"record feedback on {record_id!r}") as s:
+            trow = tenant_row(s, tenant)
+            record = s.get(InferenceRecordRow, record_id)
+            if record is None or record.tenant_id != trow.id:
+                raise NotFound(
+                    f"no request with id {record_id!r}",
+                    hint="Send the `id` of a completion answered for a key of this tenant.",
+                    param="request_id",
+                )
+            row = s.scalar(select(FeedbackRow).where(FeedbackRow.record_id == record_id))
+            now = utcnow()
+            if row is None:
+                row = FeedbackRow(
+                    id=f"fb-{uuid.uuid4().hex}",
+                    record_id=record_id,
+                    tenant_id=trow.id,
+                    api_key_id=api_key_id,
+                    score=score,
+                    comment=comment,
+                    created_at=now,
+                    updated_at=now,
+                )
+                s.add(row)
+            else:
+                row.score, row.comment, row.api_key_id, row.updated_at = (
+                    score, comment, api_key_id, now,
+                )  # fmt: skip
+            s.flush()
+            return to_feedback(s, row, record, trow.name)
+
+    def list_feedback(
+        self,
+        *,
+        endpoint: str | None = None,
+        tenant: str | None = None,
+        since: datetime | None = None,
+        limit: int | None = 1000,
+    ) -> list[Feedback]:
+        """Feedback, newest first; ``since`` keeps what was given or changed at or after it."""
+        with self._session("list feedback") as s:
+            query = (
+                select(FeedbackRow, InferenceRecordRow, TenantRow.name)
+                .join(InferenceRecordRow, InferenceRecordRow.id == FeedbackRow.record_id)
+                .join(TenantRow, TenantRow.id == FeedbackRow.tenant_id)
+                .order_by(FeedbackRow.updated_at.desc(), FeedbackRow.id)
+            )
+            if endpoint is not None:
+                query = query.where(InferenceRecordRow.endpoint_name == endpoint)
+            if tenant is not None:
+                query = query.where(FeedbackRow.tenant_id == tenant_row(s, tenant).id)
+            if since is not None:
+                query = query.where(FeedbackRow.updated_at >= since)
+            if limit is not None:
+                query = query.limit(limit)
+            return [to_feedback(s, f, r, t) for f, r, t in s.execute(query).all()]
+
+    # -- records and their features (data plane: not audited) -------------------------------
+
+    def add_monitored_records(
+        self, items: Sequence[tuple[NewInferenceRecord, RecordFeatures | None]]
+    ) -> int:
+        """Insert records and their features in one transaction (bulk); returns the count."""
+        if not items:
+            return 0
+        now = utcnow()
+        records = []
+        features = []
+        for record, feats in items:
+            row = {name: getattr(record, name) for name in _RECORD_COLUMNS}
+            row["created_at"] = record.created_at or now
+            records.append(row)
+            if feats is not None:
+                features.append(
+                    {"record_id": record.id, "embedding": feats.embedding}
+                    | {name: getattr(feats, name) for name in FEATURE_COLUMNS}
+                    | {name: row[name] for name in _COPIED_COLUMNS}
+                )
+        with self._write(f"write {len(records)} inference records") as s:
+            s.execute(insert(InferenceRecordRow), records)
+            if features:
+                s.execute(insert(RecordFeaturesRow), features)
+        return len(records)
+
+    def query_records(
+        self,
+        *,
+        endpoint: str | None = None,
+        tenant: str | None = None,
+        version_id: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        status: str | None = None,
+        limit: int | None = 100,
+        newest_first: bool = True,
+        embeddings: bool = False,
+        text: bool = True,
+    ) -> list[dict[str, Any]]:
+        """Records with their features, tenant name, version ref and feedback score, as dicts.
+
+        ``since`` is inclusive, ``until`` exclusive; ``status`` is one of
+        ``ok|error|cancelled|timeout``; ``text=False`` leaves out prompt, response and error.
+        """
+        if status is not None and status not in RECORD_STATUSES:
+            raise ConfigError(
+                f"unknown record status {status!r}: use one of {', '.join(RECORD_STATUSES)}",
+                field="status",
+            )
+        r, f, fb = InferenceRecordRow, RecordFeaturesRow, FeedbackRow
+        names = [c for c in _RECORD_COLUMNS if text or c not in ("prompt", "response", "error")]
+        columns: list[Any] = [getattr(r, c) for c in names]
+        columns += [getattr(f, c) for c in FEATURE_COLUMNS]
+        columns += [fb.score.label("feedback_score")]
+        if embeddings:
+            columns.append(f.embedding)
+        query = (
+            select(*columns).outerjoin(f, f.record_id == r.id).outerjoin(fb, fb.record_id == r.id)
+        )
+        with self._session("read inference records") as s:
+            if tenant is not None:
+                query = query.where(r.tenant_id == tenant_id_of(s, tenant))
+            if endpoint is not None:
+                query = query.where(r.endpoint_name == endpoint)
+            if version_id is not None:
+                query = query.where(r.version_id == version_id)
+            if since is not None:
+                query = query.where(r.created_at >= since)
+            if until is not None:
+                query = query.where(r.created_at < until)
+            if status is not None:
+                query = query.where(r.status == status)
+            order = (r.created_at.desc(), r.id) if newest_first else (r.created_at, r.id)
+            query = query.order_by(*order)
+            if limit is not None:
+                query = query.limit(limit)
+            rows = [dict(m) for m in s.execute(query).mappings()]
+            refs = version_info(s, {row["version_id"] for row in rows})
+            tenants = tenant_names(s)
+        for row in rows:
+            info = refs.get(row["version_id"])
+            row["version"] = info[0] if info else None
+            row["base_model"] = info[1] if info else None
+            row["tenant"] = tenants.get(row["tenant_id"])
+        return rows
+
+    def feature_columns(
+        self,
+        *,
+        endpoint: str,
+        version_id: int | None,
+        since: datetime,
+        until: datetime,
+        status: str = "ok",
+    ) -> dict[str, tuple[Any, ...]]:
+        """Drift feature columns (None where a record has no value) of the matching records.
+
+        Columns, not rows: drift reads up to millions of records, and a row object per
+        record would cost more than the statistics.
+        """
+        f = RecordFeaturesRow
+        keys = ["prompt_tokens", "completion_tokens", "latency_ms"]
+        keys += [c for c in FEATURE_COLUMNS if c != "cache_hit"]
+        # One range scan of the covering index ix_record_features_window, no join.
+        query = select(*(getattr(f, k) for k in keys)).where(
+            f.endpoint_name == endpoint,
+            f.version_id == version_id if version_id is not None else f.version_id.is_(None),
+            f.status == status,
+            f.created_at >= since,
+            f.created_at < until,
+        )
+        with self._session("read drift features") as s:
+            # plain numbers need no result processing: read the driver's rows directly
+            result = s.connection().execute(query)
+            rows = result.cursor.fetchall() if result.cursor is not None else []
+        if not rows:
+            return dict.fromkeys(keys, ())
+        return dict(zip(keys, zip(*rows, strict=True), strict=True))
+
+    def feedback_record_times(self, since: datetime) -> list[datetime]:
+        """Creation times of the records whose feedback was given or changed since ``since``."""
+        with self._session("read feedback times") as s:
+            return list(
+                s.scalars(
+                    select(InferenceRecordRow.created_at)
+                    .join(FeedbackRow, FeedbackRow.record_id == InferenceRecordRow.id)
+                    .where(FeedbackRow.updated_at >= since)
+                )
+            )
+
+    def oldest_record_time(self) -> datetime | None:
+        with self._session("read the oldest record") as s:
+            return s.scalar(
+                select(InferenceRecordRow.created_at)
+                .order_by(InferenceRecordRow.created_at)
+                .limit(1)
+            )
+
+    # -- retention --------------------------------------------------------------------------
+
+    def set_retention(self, tenant: str, raw_days: int) -> RetentionPolicy:
+        """Keep ``tenant``'s raw records ``raw_days`` days (their profiles stay); audited."""
+        if raw_days < 1:
+            raise ConfigError(
+                f"retention of {raw_days} days: keep raw records at least 1 day",
+                field="raw_days",
+            )
+        with self._write(f"set the retention of tenant {tenant!r}") as s:
+            self._require(s, "retention.set", tenant, f"set the retention of {tenant!r}")
+            tid = tenant_id_of(s, tenant)
+            row = s.get(RetentionPolicyRow, tid)
+            before = row.raw_days if row is not None else None
+            if row is None:
+                row = RetentionPolicyRow(tenant_id=tid, raw_days=raw_days, updated_at=utcnow())
+                s.add(row)
+            else:
+                row.raw_days, row.updated_at = raw_days, utcnow()
+            self._audit(s, "retention.set", tenant, {"raw_days": raw_days, "before": before})
+            return RetentionPolicy(tenant, row.raw_days, row.updated_at)
+
+    def list_retention(self) -> list[RetentionPolicy]:
+        with self._session("list retention policies") as s:
+            return [
+                RetentionPolicy(name, days, updated)
+                for name, days, updated in s.execute(
+                    select(
+                        TenantRow.name, RetentionPolicyRow.raw_days, RetentionPolicyRow.updated_at
+                    )
+                    .join(TenantRow, TenantRow.id == RetentionPolicyRow.tenant_id)
+                    .order_by(TenantRow.name)
+                ).all()
+            ]
+
+    def purge_records(self, tenant: str, before: datetime) -> int:
+        """Delete ``tenant``'s raw records (features, feedback) created before ``before``.
+
+        The caller makes sure their profiles are final first. One audit event
+        names how many went; audit events themselves are never deleted.
+        """
+        r = InferenceRecordRow
+        with self._write(f"purge records of tenant {tenant!r}") as s:
+            tid = tenant_id_of(s, tenant)
+            ids = select(r.id).where(r.tenant_id == tid, r.created_at < before)
+            n = len(s.scalars(ids).all())
+            if n == 0:
+                return 0
+            self._require(s, "records.purged", tenant, f"purge the records of {tenant!r}")
+            s.execute(delete(RecordFeaturesRow).where(RecordFeaturesRow.record_id.in_(ids)))
+            s.execute(delete(FeedbackRow).where(FeedbackRow.record_id.in_(ids)))
+            s.execute(delete(r).where(r.tenant_id == tid, r.created_at < before))
+            self._audit(s, "records.purged", tenant, {"records": n, "before": before.isoformat()})
+            return n

@@ -1,0 +1,282 @@
+"""The registry: registered models, versions, aliases, archive, tags and gate verdicts.
+
+Moving an alias also moves the endpoints that follow it (``_rollouts.follow_alias``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import func, select
+
+from modelyard.audit import normalize_payload
+from modelyard.errors import ConfigError, Conflict, ModelVersionNotFound, NotFound
+from modelyard.store._convert import to_registered_model, to_version
+from modelyard.store._core import StoreCore, check_name, parse_model_ref
+from modelyard.store._rollouts import follow_alias
+from modelyard.store._rows import model_row, require_row, tenant_row, version_row
+from modelyard.store._schema import (
+    BaseModelRow,
+    EndpointRow,
+    ModelAliasRow,
+    ModelVersionRow,
+    RegisteredModelRow,
+    RunRow,
+    TrafficRouteRow,
+    utcnow,
+)
+from modelyard.store.entities import ModelVersion, RegisteredModel, VersionKind
+
+
+class RegistryStore(StoreCore):
+    """Registered models and their versions (each change audited)."""
+
+    # -- registered models and versions -----------------------------------------------------
+
+    def create_registered_model(
+        self, name: str, *, tenant: str | None = None, description: str = ""
+    ) -> RegisteredModel:
+        check_name("model", name)
+        with self._write(f"create registered model {name!r}") as s:
+            if s.scalar(select(RegisteredModelRow.id).where(RegisteredModelRow.name == name)):
+                raise Conflict(f"registered model {name!r} exists already")
+            tenant_id = tenant_row(s, tenant).id if tenant else None
+            self._require(s, "registered_model.created", name, f"create model {name!r}")
+            row = RegisteredModelRow(name=name, tenant_id=tenant_id, description=description)
+            s.add(row)
+            s.flush()
+            self._audit(
+                s,
+                "registered_model.created",
+                name,
+                {"tenant": tenant, "description": description},
+            )
+            return to_registered_model(s, row)
+
+    def get_registered_model(self, name: str) -> RegisteredModel:
+        with self._session(f"read registered model {name!r}") as s:
+            return to_registered_model(s, model_row(s, name))
+
+    def list_registered_models(self, tenant: str | None = None) -> list[RegisteredModel]:
+        with self._session("list registered models") as s:
+            query = select(RegisteredModelRow).order_by(RegisteredModelRow.name)
+            if tenant is not None:
+                query = query.where(RegisteredModelRow.tenant_id == tenant_row(s, tenant).id)
+            return [to_registered_model(s, r) for r in s.scalars(query)]
+
+    def create_model_version(
+        self,
+        model: str,
+        *,
+        kind: VersionKind,
+        artifact_digest: str,
+        base_model: str,
+        run_id: str | None,
+        lineage: Mapping[str, Any],
+        metrics: Mapping[str, Any],
+    ) -> ModelVersion:
+        """Register an immutable, auto-numbered version of ``model``."""
+        if kind not in ("adapter", "full"):
+            raise ConfigError(f"invalid version kind {kind!r}: use 'adapter' or 'full'")
+        with self._write(f"register a version of {model!r}") as s:
+            mrow = model_row(s, model)
+            base = require_row(
+                s, BaseModelRow, BaseModelRow.name == base_model, f"base {base_model}"
+            )
+            self._require(s, "model_version.registered", model, f"register versions of {model!r}")
+            trainer = None
+            if run_id is not None:
+                run = s.get(RunRow, run_id)
+                if run is None:
+                    raise NotFound(f"no run {run_id!r}", hint="Register the version with its run.")
+                trainer = run.created_by
+            latest = s.scalar(
+                select(func.max(ModelVersionRow.version)).where(
+                    ModelVersionRow.registered_model_id == mrow.id
+                )
+            )
+            row = ModelVersionRow(
+                registered_model_id=mrow.id,
+                version=(latest or 0) + 1,
+                kind=kind,
+                status="ready",
+                artifact_digest=artifact_digest,
+                base_model_id=base.id,
+                run_id=run_id,
+                lineage=dict(lineage),
+                metrics=dict(metrics),
+                created_by=trainer or self.actor,
+            )
+            s.add(row)
+            s.flush()
+            self._audit(
+                s,
+                "model_version.registered",
+                f"{model}:{row.version}",
+                {"kind": kind, "artifact_digest": artifact_digest, "base_model": base_model,
+                 "run_id": run_id, "created_by": row.created_by, "lineage": dict(lineage),
+                 "metrics": dict(metrics)},
+            )  # fmt: skip
+            return to_version(s, row)
+
+    def get_model_version(self, model: str, version: int) -> ModelVersion:
+        with self._session(f"read {model}:{version}") as s:
+            return to_version(s, version_row(s, model_row(s, model), version))
+
+    def get_model_version_by_id(self, version_id: int) -> ModelVersion:
+        with self._session(f"read model version #{version_id}") as s:
+            row = s.get(ModelVersionRow, version_id)
+            if row is None:
+                raise ModelVersionNotFound(f"no model version with id {version_id}")
+            return to_version(s, row)
+
+    def list_model_versions(self, model: str) -> list[ModelVersion]:
+        with self._session(f"list versions of {model!r}") as s:
+            mrow = model_row(s, model)
+            rows = s.scalars(
+                select(ModelVersionRow)
+                .where(ModelVersionRow.registered_model_id == mrow.id)
+                .order_by(ModelVersionRow.version)
+            )
+            return [to_version(s, r) for r in rows]
+
+    def resolve_model_ref(self, ref: str) -> ModelVersion:
+        """``NAME@alias`` → the aliased version; ``NAME:N`` → version N; ``NAME`` → latest."""
+        name, alias, number = parse_model_ref(ref)
+        with self._session(f"resolve {ref!r}") as s:
+            mrow = model_row(s, name)
+            if alias is not None:
+                arow = s.get(ModelAliasRow, (mrow.id, alias))
+                if arow is None:
+                    raise ModelVersionNotFound(
+                        f"model {name!r} has no alias {alias!r}",
+                        hint=f"Set it with `modelyard registry alias {name} {alias} VERSION`.",
+                    )
+                row = s.get(ModelVersionRow, arow.version_id)
+                assert row is not None  # guaranteed by the foreign key
+                return to_version(s, row)
+            if number is None:
+                number = s.scalar(
+                    select(func.max(ModelVersionRow.version)).where(
+                        ModelVersionRow.registered_model_id == mrow.id
+                    )
+                )
+                if number is None:
+                    raise ModelVersionNotFound(f"model {name!r} has no versions yet")
+            return to_version(s, version_row(s, mrow, number))
+
+    def set_alias(self, model: str, alias: str, version: int) -> ModelVersion:
+        """Point ``alias`` at ``version`` (creating or moving it).
+
+        A protected alias (``champion`` by default) needs role approver; with
+        segregation of duties on, not the actor who trained the version.
+        """
+        check_name("alias", alias)
+        subject = f"{model}@{alias}"
+        with self._write(f"set alias {subject}") as s:
+            mrow = model_row(s, model)
+            vrow = version_row(s, mrow, version)
+            self._check_alias_change(s, "alias.set", subject, alias, vrow)
+            if vrow.status == "archived":
+                raise Conflict(
+                    f"{model}:{version} is archived and cannot take an alias",
+                    hint="Point the alias at a version that is not archived.",
+                )
+            arow = s.get(ModelAliasRow, (mrow.id, alias))
+            previous = None
+            if arow is None:
+                s.add(ModelAliasRow(registered_model_id=mrow.id, alias=alias, version_id=vrow.id))
+            elif arow.version_id == vrow.id:
+                return to_version(s, vrow)  # already there: no change, no event
+            else:
+                old = s.get(ModelVersionRow, arow.version_id)
+                previous = old.version if old else None
+                arow.version_id = vrow.id
+                arow.updated_at = utcnow()
+            s.flush()
+            self._audit(s, "alias.set", subject, {"version": version, "previous": previous})
+            follow_alias(self, s, mrow, alias, vrow)
+            return to_version(s, vrow)
+
+    def delete_alias(self, model: str, alias: str) -> ModelVersion:
+        """Remove ``alias``; returns the version it pointed to (protected aliases need approver)."""
+        subject = f"{model}@{alias}"
+        with self._write(f"delete alias {subject}") as s:
+            mrow = model_row(s, model)
+            arow = s.get(ModelAliasRow, (mrow.id, alias))
+            if arow is None:
+                raise ModelVersionNotFound(f"model {model!r} has no alias {alias!r}")
+            vrow = s.get(ModelVersionRow, arow.version_id)
+            assert vrow is not None  # guaranteed by the foreign key
+            self._check_alias_change(s, "alias.deleted", subject, alias, None)
+            s.delete(arow)
+            s.flush()
+            self._audit(s, "alias.deleted", subject, {"version": vrow.version})
+            return to_version(s, vrow)
+
+    def archive_model_version(self, model: str, version: int) -> ModelVersion:
+        """Mark a version archived: it can no longer take an alias or traffic."""
+        ref = f"{model}:{version}"
+        with self._write(f"archive {ref}") as s:
+            vrow = version_row(s, model_row(s, model), version)
+            self._require(s, "model_version.archived", ref, f"archive {ref}")
+            if vrow.status == "archived":
+                return to_version(s, vrow)
+            aliases = sorted(
+                s.scalars(select(ModelAliasRow.alias).where(ModelAliasRow.version_id == vrow.id))
+            )
+            if aliases:
+                raise Conflict(
+                    f"{ref} still holds the alias(es) {', '.join(aliases)} and cannot be archived",
+                    hint="Move or delete those aliases first.",
+                )
+            serving = sorted(
+                s.scalars(
+                    select(EndpointRow.name)
+                    .join(TrafficRouteRow, TrafficRouteRow.endpoint_id == EndpointRow.id)
+                    .where(TrafficRouteRow.version_id == vrow.id, TrafficRouteRow.weight > 0)
+                )
+            )
+            if serving:
+                raise Conflict(
+                    f"{ref} still takes traffic on endpoint(s) {', '.join(serving)} and cannot "
+                    "be archived",
+                    hint="Move its traffic with `modelyard endpoints set-traffic` first.",
+                )
+            previous = vrow.status
+            vrow.status = "archived"
+            self._audit(s, "model_version.archived", ref, {"previous_status": previous})
+            return to_version(s, vrow)
+
+    def set_version_tags(
+        self, ref: str, tags: Mapping[str, str], *, remove: Sequence[str] = ()
+    ) -> ModelVersion:
+        """Add or change ``tags`` and drop the keys in ``remove`` on the version ``ref``."""
+        for key in [*tags, *remove]:
+            check_name("tag", key)
+        target = self.resolve_model_ref(ref)
+        subject = target.ref
+        with self._write(f"tag {subject}") as s:
+            vrow = version_row(s, model_row(s, target.model), target.version)
+            self._require(s, "model_version.tagged", subject, f"tag {subject}")
+            updated = {k: v for k, v in dict(vrow.tags or {}).items() if k not in remove}
+            updated.update({k: str(v) for k, v in tags.items()})
+            vrow.tags = updated
+            self._audit(
+                s, "model_version.tagged", subject, {"set": dict(tags), "removed": list(remove)}
+            )
+            return to_version(s, vrow)
+
+    def record_gate_verdicts(
+        self, model: str, version: int, verdicts: Sequence[Mapping[str, Any]], passed: bool
+    ) -> ModelVersion:
+        """Store gate verdicts in the version's ``metrics["gates"]`` and audit them."""
+        ref = f"{model}:{version}"
+        gates = normalize_payload({"passed": bool(passed), "verdicts": list(verdicts)})
+        with self._write(f"record gate verdicts of {ref}") as s:
+            vrow = version_row(s, model_row(s, model), version)
+            self._require(s, "gate.verdict", ref, f"record gate verdicts of {ref}")
+            vrow.metrics = {**vrow.metrics, "gates": gates}
+            self._audit(s, "gate.verdict", ref, gates)
+            return to_version(s, vrow)

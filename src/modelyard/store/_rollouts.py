@@ -1,0 +1,443 @@
+"""Rollouts: their transitions, the live samples their guards judge, and alias moves.
+
+Every rollout transition is one transaction that checks the state it expects
+first (so a tick that lost a race, or runs twice, changes nothing), optionally
+checks that its caller still holds the controller lease (fencing), replaces the
+traffic plan, appends a timeline entry and an audit event. The decisions (when
+to step, what a breach is) live in ``modelyard.delivery``; this module only keeps
+them consistent.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from modelyard.errors import Conflict, NotFound
+from modelyard.store._convert import to_endpoint
+from modelyard.store._core import StoreCore
+from modelyard.store._fleet import holds_lease
+from modelyard.store._rows import (
+    active_rollout_row,
+    current_plan,
+    endpoint_row,
+    replace_routes,
+    version_ref_of,
+    version_row,
+)
+from modelyard.store._schema import (
+    EndpointRow,
+    FeedbackRow,
+    InferenceRecordRow,
+    ModelVersionRow,
+    RegisteredModelRow,
+    RolloutEventRow,
+    RolloutRow,
+    utcnow,
+)
+from modelyard.store.entities import ROLLOUT_ACTIVE, Rollout, RolloutEvent, RolloutStatus
+
+
+@dataclass(frozen=True)
+class VersionSample:
+    """The live requests one version answered on an endpoint in a window (no shadows)."""
+
+    version: int
+    version_id: int
+    statuses: tuple[str, ...]
+    latencies_ms: tuple[float, ...]  # of the requests that ended ok
+    ttfts_ms: tuple[float, ...]
+    feedback: tuple[float, ...]
+    fallbacks: int  # requests routed to this version that another version had to answer
+
+    @property
+    def requests(self) -> int:
+        return ended(self.statuses)
+
+    @property
+    def errors(self) -> int:
+        return failed(self.statuses)
+
+
+def ended(statuses: Sequence[str]) -> int:
+    """Requests that ended (ok, error or timeout); cancelled ones say nothing of a version."""
+    return sum(1 for st in statuses if st != "cancelled")
+
+
+def failed(statuses: Sequence[str]) -> int:
+    """Requests that ended in an error or a timeout."""
+    return sum(1 for st in statuses if st in ("error", "timeout"))
+
+
+@dataclass(frozen=True)
+class Transition:
+    """What a rollout transition changes (``None``: left as is)."""
+
+    event: str
+    detail: Mapping[str, Any]
+    status: str | None = None
+    phase: str | None = None
+    step_index: int | None = None
+    start_step: bool = False  # step_started_at := now
+    plan: Mapping[int, int] | None = None  # {version number: weight}
+    audit: str | None = None  # audit action, e.g. rollout.step
+    reason: str | None = None
+    outcome: Mapping[str, Any] | None = None
+
+
+class RolloutStore(StoreCore):
+    """Rollouts: start, read, transition, sample."""
+
+    # -- rollouts --------------------------------------------------------------------------
+
+    def create_rollout(
+        self,
+        endpoint: str,
+        *,
+        target: int,
+        steps: Sequence[int],
+        bake_s: float,
+        min_requests: int,
+        guards: Sequence[str],
+        promote_alias: str | None = None,
+        reason: str | None = None,
+    ) -> Rollout:
+        """Start moving ``endpoint`` toward version ``target`` of its model (validated steps)."""
+        with self._write(f"start a rollout on {endpoint!r}") as s:
+            erow = endpoint_row(s, endpoint)
+            row = start_rollout_in(
+                self, s, erow, target, steps, bake_s, min_requests, guards, promote_alias, reason
+            )
+            return to_rollout(s, row)
+
+    def get_rollout(self, rollout_id: str) -> Rollout:
+        with self._session(f"read rollout {rollout_id!r}") as s:
+            row = s.get(RolloutRow, rollout_id)
+            if row is None:
+                raise NotFound(f"no rollout with id {rollout_id!r}")
+            return to_rollout(s, row)
+
+    def list_rollouts(
+        self, *, endpoint: str | None = None, active: bool | None = None, limit: int = 100
+    ) -> list[Rollout]:
+        """Rollouts, newest first."""
+        with self._session("list rollouts") as s:
+            query = select(RolloutRow).order_by(RolloutRow.created_at.desc()).limit(limit)
+            if endpoint is not None:
+                query = query.where(RolloutRow.endpoint_id == endpoint_row(s, endpoint).id)
+            if active is True:
+                query = query.where(RolloutRow.status.in_(ROLLOUT_ACTIVE))
+            elif active is False:
+                query = query.where(RolloutRow.status.not_in(ROLLOUT_ACTIVE))
+            return [to_rollout(s, r) for r in s.scalars(query)]
+
+    def latest_rollout(self, endpoint: str) -> Rollout:
+        found = self.list_rollouts(endpoint=endpoint, limit=1)
+        if not found:
+            raise NotFound(
+                f"endpoint {endpoint!r} has had no rollout",
+                hint=f"Start one with `modelyard rollout start {endpoint} --to REF`.",
+            )
+        return found[0]
+
+    def transition_rollout(
+        self,
+        rollout_id: str,
+        expect: tuple[str, str, int],
+        change: Transition,
+        *,
+        lease: tuple[str, str] | None = None,
+    ) -> Rollout | None:
+        """Apply ``change`` if the rollout is still at ``expect`` (status, phase, step index)
+        and ``lease`` (name, holder) is still held; None (and nothing changed) otherwise."""
+        with self._write(f"update rollout {rollout_id!r}") as s:
+            if lease is not None and not holds_lease(s, *lease):
+                return None
+            row = s.get(RolloutRow, rollout_id)
+            if row is None:
+                raise NotFound(f"no rollout with id {rollout_id!r}")
+            if (row.status, row.phase, row.step_index) != expect:
+                return None
+            erow = s.get(EndpointRow, row.endpoint_id)
+            assert erow is not None  # guaranteed by the foreign key
+            now = utcnow()
+            if change.plan is not None:
+                replace_routes(s, erow, change.plan)
+            if change.status is not None:
+                row.status = change.status
+                if change.status not in ROLLOUT_ACTIVE:
+                    row.finished_at = now
+            if change.phase is not None:
+                row.phase = change.phase
+            if change.step_index is not None:
+                row.step_index = change.step_index
+            if change.start_step:
+                row.step_started_at = now
+            if change.reason is not None:
+                row.reason = change.reason
+            if change.outcome is not None:
+                row.outcome = dict(change.outcome)
+            row.updated_at = now
+            detail = dict(change.detail)
+            if change.plan is not None:
+                detail["plan"] = {str(k): v for k, v in sorted(change.plan.items())}
+            s.add(
+                RolloutEventRow(
+                    rollout_id=row.id,
+                    time=now,
+                    kind=change.event,
+                    step_index=row.step_index,
+                    detail=detail,
+                )
+            )
+            s.flush()
+            if change.audit is not None:
+                self._audit(s, change.audit, erow.name, {"rollout": row.id, **detail})
+            return to_rollout(s, row)
+
+    def rollout_samples(
+        self, endpoint: str, since: datetime, version_ids: Sequence[int]
+    ) -> dict[int, VersionSample]:
+        """Per version id: the live (not shadow) requests answered since ``since``."""
+        with self._session(f"read the traffic of {endpoint!r}") as s:
+            endpoint_row(s, endpoint)
+            ids = list(version_ids)
+            rows = s.execute(
+                select(
+                    InferenceRecordRow.version_id,
+                    InferenceRecordRow.status,
+                    InferenceRecordRow.latency_ms,
+                    InferenceRecordRow.ttft_ms,
+                    InferenceRecordRow.fallback_from_id,
+                    FeedbackRow.score,
+                )
+                .outerjoin(FeedbackRow, FeedbackRow.record_id == InferenceRecordRow.id)
+                .where(
+                    InferenceRecordRow.endpoint_name == endpoint,
+                    InferenceRecordRow.created_at >= since,
+                    InferenceRecordRow.shadow.is_(False),
+                )
+            ).all()
+            query = select(ModelVersionRow.id, ModelVersionRow.version)
+            numbers: dict[int, int] = dict(
+                s.execute(query.where(ModelVersionRow.id.in_(ids))).all()
+            )
+        acc: dict[int, dict[str, Any]] = {
+            vid: {"st": [], "lat": [], "ttft": [], "fb": [], "fallbacks": 0} for vid in ids
+        }
+        for version_id, status, latency, ttft, fallback_from, score in rows:
+            if fallback_from in acc:
+                acc[fallback_from]["fallbacks"] += 1
+                continue  # answered by a baseline version on the target's behalf
+            if version_id not in acc:
+                continue
+            a = acc[version_id]
+            a["st"].append(status)
+            if status == "ok":
+                a["lat"].append(float(latency))
+                if ttft is not None:
+                    a["ttft"].append(float(ttft))
+            if score is not None:
+                a["fb"].append(float(score))
+        return {vid: to_sample(numbers.get(vid, 0), vid, a) for vid, a in acc.items()}
+
+    def requests_by_version(self, endpoint: str, since: datetime) -> dict[str, dict[str, int]]:
+        """``{version ref: {"live": n, "shadow": n, "fallback": n}}`` since ``since``."""
+        with self._session(f"count the requests of {endpoint!r}") as s:
+            rows = s.execute(
+                select(
+                    InferenceRecordRow.version_id,
+                    InferenceRecordRow.shadow,
+                    InferenceRecordRow.fallback_from_id.is_not(None),
+                    func.count(),
+                )
+                .where(
+                    InferenceRecordRow.endpoint_name == endpoint,
+                    InferenceRecordRow.created_at >= since,
+                )
+                .group_by(
+                    InferenceRecordRow.version_id,
+                    InferenceRecordRow.shadow,
+                    InferenceRecordRow.fallback_from_id.is_not(None),
+                )
+            ).all()
+            out: dict[str, dict[str, int]] = {}
+            for version_id, shadow, fallback, n in rows:
+                ref = version_ref_of(s, version_id) or "(none)"
+                counts = out.setdefault(ref, {"live": 0, "shadow": 0, "fallback": 0})
+                kind = "shadow" if shadow else "fallback" if fallback else "live"
+                counts[kind] += int(n)
+            return out
+
+
+def start_rollout_in(
+    core: StoreCore,
+    s: Session,
+    erow: EndpointRow,
+    target: int,
+    steps: Sequence[int],
+    bake_s: float,
+    min_requests: int,
+    guards: Sequence[str],
+    promote_alias: str | None,
+    reason: str | None,
+) -> RolloutRow:
+    """Record a new rollout of ``erow`` in ``s``'s transaction (roles and state checked)."""
+    mrow = s.get(RegisteredModelRow, erow.registered_model_id)
+    assert mrow is not None  # guaranteed by the foreign key
+    core._require(s, "rollout.started", erow.name, f"start a rollout on {erow.name!r}")
+    active = active_rollout_row(s, erow.id)
+    if active is not None:
+        raise Conflict(
+            f"endpoint {erow.name!r} has a rollout in progress already ({active.id}, "
+            f"status {active.status})",
+            hint=f"Wait for it, or end it with `modelyard rollout abort {erow.name}`.",
+        )
+    vrow = version_row(s, mrow, target)
+    if vrow.status == "archived":
+        raise Conflict(f"{mrow.name}:{target} is archived and cannot take traffic")
+    baseline = current_plan(s, erow.id)
+    if baseline.get(target) == 100:
+        raise Conflict(
+            f"endpoint {erow.name!r} already sends all its traffic to {mrow.name}:{target}"
+        )
+    if promote_alias is not None:
+        # fail now, not at the end: the starter must be allowed to move the alias
+        core._check_alias_change(
+            s, "alias.set", f"{mrow.name}@{promote_alias}", promote_alias, vrow
+        )
+    now = utcnow()
+    row = RolloutRow(
+        id=str(uuid.uuid4()),
+        endpoint_id=erow.id,
+        target_version_id=vrow.id,
+        status="running",
+        phase="preparing",
+        strategy="blue_green" if list(steps) == [100] else "canary",
+        baseline={str(k): v for k, v in baseline.items()},
+        steps=list(steps),
+        step_index=0,
+        step_started_at=None,
+        bake_s=float(bake_s),
+        min_requests=int(min_requests),
+        guards=list(guards),
+        promote_alias=promote_alias,
+        reason=reason,
+        outcome={},
+        created_by=core.actor,
+        created_at=now,
+        updated_at=now,
+    )
+    s.add(row)
+    s.flush()
+    detail = {
+        "target": target, "baseline": {str(k): v for k, v in baseline.items()},
+        "steps": list(steps), "bake_s": bake_s, "min_requests": min_requests,
+        "guards": list(guards), "promote_alias": promote_alias, "reason": reason,
+    }  # fmt: skip
+    s.add(RolloutEventRow(rollout_id=row.id, time=now, kind="started", detail=detail))
+    core._audit(s, "rollout.started", erow.name, {"rollout": row.id, **detail})
+    return row
+
+
+def follow_alias(
+    core: StoreCore, s: Session, mrow: RegisteredModelRow, alias: str, vrow: ModelVersionRow
+) -> None:
+    """Move the endpoints that follow ``NAME@alias`` to the alias's new version: at once,
+    or by starting a rollout where the endpoint has a rollout policy."""
+    ref = f"{mrow.name}@{alias}"
+    for erow in s.scalars(select(EndpointRow).where(EndpointRow.model_ref == ref)):
+        active = active_rollout_row(s, erow.id)
+        if active is not None and active.target_version_id == vrow.id:
+            continue  # a rollout is taking it there already (and may be what moved the alias)
+        plan = {r.version: r.weight for r in to_endpoint(s, erow).routes if r.weight > 0}
+        if plan == {vrow.version: 100} and active is None:
+            continue
+        if active is not None:
+            end_for_alias(s, active, erow, f"{ref} moved to {vrow.version}")
+            why = {"rollout": active.id, "reason": f"{ref} moved to {vrow.version}"}
+            core._audit(s, "rollout.aborted", erow.name, why)
+            plan = {int(k): int(v) for k, v in active.baseline.items()}
+        policy = erow.rollout_policy
+        if policy:
+            start_rollout_in(
+                core, s, erow, vrow.version, policy.get("steps", [100]),
+                float(policy.get("bake_s", 300.0)), int(policy.get("min_requests", 100)),
+                policy.get("guards", []), None, f"{ref} moved to {vrow.version}",
+            )  # fmt: skip
+            continue
+        replace_routes(s, erow, step_plan(plan, vrow.version, 100))
+        core._audit(
+            s, "endpoint.traffic_set", erow.name,
+            {"traffic": {str(vrow.version): 100},
+             "previous": {str(k): v for k, v in sorted(plan.items())},
+             "reason": f"{ref} moved to {vrow.version}"},
+        )  # fmt: skip
+
+
+def end_for_alias(s: Session, row: Any, erow: EndpointRow, reason: str) -> None:
+    """Abort an active rollout (restoring its baseline plan) because its alias moved on."""
+    now = utcnow()
+    replace_routes(s, erow, {int(k): int(v) for k, v in row.baseline.items()})
+    row.status, row.finished_at, row.updated_at, row.reason = "aborted", now, now, reason
+    s.add(RolloutEventRow(rollout_id=row.id, time=now, kind="aborted",
+                          step_index=row.step_index, detail={"reason": reason}))  # fmt: skip
+    s.flush()
+
+
+def to_sample(number: int, vid: int, a: Mapping[str, Any]) -> VersionSample:
+    return VersionSample(
+        number, vid, tuple(a["st"]), tuple(a["lat"]), tuple(a["ttft"]), tuple(a["fb"]),
+        int(a["fallbacks"]),
+    )  # fmt: skip
+
+
+def to_rollout(s: Session, r: RolloutRow) -> Rollout:
+    erow = s.get(EndpointRow, r.endpoint_id)
+    vrow = s.get(ModelVersionRow, r.target_version_id)
+    assert erow is not None and vrow is not None  # guaranteed by the foreign keys
+    mrow = s.get(RegisteredModelRow, vrow.registered_model_id)
+    assert mrow is not None
+    events = tuple(
+        RolloutEvent(e.time, e.kind, e.step_index, dict(e.detail))
+        for e in s.scalars(
+            select(RolloutEventRow)
+            .where(RolloutEventRow.rollout_id == r.id)
+            .order_by(RolloutEventRow.id)
+        )
+    )
+    status = cast(RolloutStatus, r.status)  # written only through transitions
+    return Rollout(
+        r.id, erow.name, mrow.name, vrow.version, vrow.id, status, r.phase,
+        r.strategy, {int(k): int(v) for k, v in r.baseline.items()}, tuple(r.steps),
+        r.step_index, r.step_started_at, r.bake_s, r.min_requests, tuple(r.guards),
+        r.promote_alias, r.reason, dict(r.outcome), r.created_by, r.created_at, r.updated_at,
+        r.finished_at, events,
+    )  # fmt: skip
+
+
+def step_plan(baseline: Mapping[int, int], target: int, percent: int) -> dict[int, int]:
+    """The plan at a step: ``percent`` to ``target``, the rest shared by the baseline versions
+    in proportion to their weights (largest remainder, so the weights sum to 100)."""
+    others = {v: w for v, w in baseline.items() if v != target and w > 0}
+    rest = 100 - percent
+    plan = {target: percent} if percent > 0 else {}
+    total = sum(others.values())
+    if rest <= 0 or total == 0:
+        if rest > 0:  # no baseline to share with: the target takes everything
+            plan[target] = 100
+        return plan
+    shares = {v: rest * w / total for v, w in others.items()}
+    floors = {v: math.floor(x) for v, x in shares.items()}
+    left = rest - sum(floors.values())
+    for v in sorted(shares, key=lambda v: (floors[v] - shares[v], v))[:left]:
+        floors[v] += 1
+    plan.update({v: w for v, w in floors.items() if w > 0})
+    return plan

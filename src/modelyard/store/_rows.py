@@ -1,0 +1,142 @@
+"""Row lookups shared by the stages (inside a session): NotFound when a name has no row."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from modelyard.errors import (
+    Conflict,
+    EndpointNotFound,
+    ModelVersionNotFound,
+    NotFound,
+    TenantNotFound,
+)
+from modelyard.store._schema import (
+    BaseModelRow,
+    EndpointRow,
+    ModelVersionRow,
+    RegisteredModelRow,
+    RolloutRow,
+    TenantRow,
+    TrafficRouteRow,
+    utcnow,
+)
+from modelyard.store.entities import ROLLOUT_ACTIVE
+
+T = TypeVar("T")
+
+
+def require_row(s: Session, model: type[T], where: Any, what: str) -> T:
+    row = s.scalar(select(model).where(where))
+    if row is None:
+        raise NotFound(f"no {what} in the store")
+    return row
+
+
+def tenant_row(s: Session, name: str) -> TenantRow:
+    row = s.scalar(select(TenantRow).where(TenantRow.name == name))
+    if row is None:
+        raise TenantNotFound(f"no tenant named {name!r}")
+    return row
+
+
+def model_row(s: Session, name: str) -> RegisteredModelRow:
+    row = s.scalar(select(RegisteredModelRow).where(RegisteredModelRow.name == name))
+    if row is None:
+        raise ModelVersionNotFound(f"no registered model named {name!r}")
+    return row
+
+
+def version_row(s: Session, mrow: RegisteredModelRow, version: int) -> ModelVersionRow:
+    row = s.scalar(
+        select(ModelVersionRow).where(
+            ModelVersionRow.registered_model_id == mrow.id, ModelVersionRow.version == version
+        )
+    )
+    if row is None:
+        raise ModelVersionNotFound(f"model {mrow.name!r} has no version {version}")
+    return row
+
+
+def endpoint_row(s: Session, name: str) -> EndpointRow:
+    row = s.scalar(select(EndpointRow).where(EndpointRow.name == name))
+    if row is None:
+        raise EndpointNotFound(f"no endpoint named {name!r}")
+    return row
+
+
+def replace_routes(s: Session, erow: EndpointRow, weights: Mapping[int, int]) -> None:
+    """Make ``{version number: weight}`` the endpoint's plan (in the caller's transaction)."""
+    mrow = s.get(RegisteredModelRow, erow.registered_model_id)
+    assert mrow is not None  # guaranteed by the foreign key
+    new_routes = []
+    for number, weight in sorted(weights.items()):
+        vrow = version_row(s, mrow, number)
+        if vrow.status == "archived" and weight > 0:
+            raise Conflict(f"{mrow.name}:{number} is archived and cannot take traffic")
+        new_routes.append(TrafficRouteRow(version_id=vrow.id, weight=weight))
+    for old in s.scalars(select(TrafficRouteRow).where(TrafficRouteRow.endpoint_id == erow.id)):
+        s.delete(old)
+    s.flush()
+    for route in new_routes:
+        route.endpoint_id = erow.id
+        s.add(route)
+    erow.updated_at = utcnow()
+    s.flush()
+
+
+def active_rollout_row(s: Session, endpoint_id: int) -> RolloutRow | None:
+    return s.scalar(
+        select(RolloutRow).where(
+            RolloutRow.endpoint_id == endpoint_id, RolloutRow.status.in_(ROLLOUT_ACTIVE)
+        )
+    )
+
+
+def current_plan(s: Session, endpoint_id: int) -> dict[int, int]:
+    """The endpoint's current plan as {version number: weight} (weights above 0)."""
+    query = (
+        select(ModelVersionRow.version, TrafficRouteRow.weight)
+        .join(ModelVersionRow, ModelVersionRow.id == TrafficRouteRow.version_id)
+        .where(TrafficRouteRow.endpoint_id == endpoint_id, TrafficRouteRow.weight > 0)
+    )
+    return dict(s.execute(query).all())
+
+
+def tenant_id_of(s: Session, name: str) -> int:
+    tid = s.scalar(select(TenantRow.id).where(TenantRow.name == name))
+    if tid is None:
+        raise TenantNotFound(f"no tenant named {name!r}")
+    return tid
+
+
+def tenant_names(s: Session) -> dict[int | None, str]:
+    return dict(s.execute(select(TenantRow.id, TenantRow.name)).all())
+
+
+def version_info(s: Session, ids: Iterable[int | None]) -> dict[int | None, tuple[str, str]]:
+    """version id → (``model:N`` ref, base model name)."""
+    wanted = {i for i in ids if i is not None}
+    if not wanted:
+        return {}
+    rows = s.execute(
+        select(
+            ModelVersionRow.id, RegisteredModelRow.name, ModelVersionRow.version, BaseModelRow.name
+        )
+        .join(RegisteredModelRow, RegisteredModelRow.id == ModelVersionRow.registered_model_id)
+        .join(BaseModelRow, BaseModelRow.id == ModelVersionRow.base_model_id)
+        .where(ModelVersionRow.id.in_(wanted))
+    ).all()
+    return {vid: (f"{model}:{number}", base) for vid, model, number, base in rows}
+
+
+def version_ref_of(s: Session, version_id: int | None) -> str | None:
+    version = s.get(ModelVersionRow, version_id) if version_id else None
+    if version is None:
+        return None
+    mrow = s.get(RegisteredModelRow, version.registered_model_id)
+    return f"{mrow.name if mrow else '?'}:{version.version}"
