@@ -117,7 +117,7 @@ def export(
     since: str | None = SINCE,
 ) -> None:
     """Export inference records (with features and feedback) to JSONL or Parquet."""
-    from modelyard.monitoring._export import export_records
+    from modelyard.monitoring import export_records
 
     with open_store() as store:
         n = export_records(
@@ -310,8 +310,7 @@ def drift(
 
 
 def _rules(path: Path | None) -> AlertRules | None:
-    from modelyard.monitoring import AlertRules
-    from modelyard.monitoring._alerts import default_rules_path
+    from modelyard.monitoring import AlertRules, default_rules_path
 
     if path is not None:
         return AlertRules.load(path)
@@ -331,8 +330,7 @@ def alerts(
     json_out: bool = JSON,
 ) -> None:
     """List alerts and their states (firing and resolved are notified once each)."""
-    from modelyard.monitoring import evaluate_rules
-    from modelyard.monitoring._alerts import default_rules_path
+    from modelyard.monitoring import default_rules_path, evaluate_rules
 
     with open_store() as store:
         if evaluate:
@@ -430,8 +428,7 @@ def report(
     since: str = typer.Option("7d", "--since", help="How far back: a date or a duration."),
 ) -> None:
     """Write one self-contained HTML page with charts for an endpoint."""
-    from modelyard.monitoring import update_profiles
-    from modelyard.monitoring._report import write_report
+    from modelyard.monitoring import update_profiles, write_report
 
     with open_store() as store:
         update_profiles(store)

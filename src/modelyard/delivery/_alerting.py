@@ -23,7 +23,7 @@ RULE = "rollout_rolled_back"
 
 def rollback_alert(store: Store, rollout: Rollout, breach: Mapping[str, Any]) -> AlertState:
     """Record, log and send the alert for a rolled-back rollout."""
-    from modelyard.monitoring._alerts import alert_id, post_webhook, rules_from
+    from modelyard.monitoring import alert_id, post_webhook, rules_from
     from modelyard.settings import load_settings
 
     now = utcnow()

@@ -32,9 +32,9 @@ from datetime import timedelta
 from typing import Any
 
 from modelyard.delivery._alerting import resolve_rollback_alert, rollback_alert
-from modelyard.delivery._guards import GuardResult, Sample, evaluate_guards
+from modelyard.delivery._guards import GuardResult, TrafficSample, evaluate_guards
 from modelyard.errors import ModelyardError, PermissionDenied
-from modelyard.store import Rollout, Store, Transition, VersionSample, step_plan, utcnow
+from modelyard.store import Rollout, Store, Transition, step_plan, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,8 @@ LEASE = "controller"
 class StepView:
     """What the controller sees of a rollout's current step (for ``rollout status``)."""
 
-    canary: Sample
-    baseline: Sample
+    canary: TrafficSample
+    baseline: TrafficSample
     fallbacks: int
     guards: list[GuardResult]
     elapsed_s: float
@@ -54,10 +54,6 @@ class StepView:
 
 def default_holder() -> str:
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def _sample(s: VersionSample) -> Sample:
-    return Sample(s.statuses, s.latencies_ms, s.ttfts_ms, s.feedback)
 
 
 def _expect(r: Rollout) -> tuple[str, str, int]:
@@ -76,8 +72,8 @@ def step_view(store: Store, r: Rollout, *, alpha: float = 0.05) -> StepView:
     baseline_ids = _baseline_ids(store, r)
     before = r.created_at - timedelta(seconds=max(r.bake_s, BASELINE_LOOKBACK_S))
     base = store.rollout_samples(r.endpoint, before, baseline_ids)
-    canary = _sample(target)
-    baseline = Sample.merge([_sample(base[i]) for i in baseline_ids])
+    canary = TrafficSample.of([target])
+    baseline = TrafficSample.of(base[i] for i in baseline_ids)
     guards = evaluate_guards(r.guards, canary, baseline, min_requests=r.min_requests, alpha=alpha)
     elapsed = (utcnow() - start).total_seconds()
     return StepView(canary, baseline, target.fallbacks, guards, elapsed)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import operator
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -27,7 +27,7 @@ import numpy as np
 
 from modelyard.errors import ConfigError
 from modelyard.metric_names import canonical, hint
-from modelyard.store import ended, failed
+from modelyard.store import VersionSample, ended, failed
 
 GuardStatus = Literal["pass", "breach", "pending", "no_data"]
 
@@ -78,8 +78,9 @@ class Guard:
 
 
 @dataclass(frozen=True)
-class Sample:
-    """The traffic of one side (canary or baseline) in a window."""
+class TrafficSample:
+    """The traffic a guard judges: one side of a step (the canary, or the baseline versions
+    together) in a window. The store's ``VersionSample`` is one version's part of it."""
 
     statuses: tuple[str, ...] = ()
     latencies_ms: tuple[float, ...] = ()
@@ -109,13 +110,15 @@ class Sample:
     def count(self, metric: str) -> int:
         return len(self.feedback) if metric == "feedback_score" else self.requests
 
-    @staticmethod
-    def merge(samples: Sequence[Sample]) -> Sample:
-        return Sample(
-            tuple(s for x in samples for s in x.statuses),
-            tuple(v for x in samples for v in x.latencies_ms),
-            tuple(v for x in samples for v in x.ttfts_ms),
-            tuple(v for x in samples for v in x.feedback),
+    @classmethod
+    def of(cls, samples: Iterable[VersionSample]) -> TrafficSample:
+        """The traffic of these versions together."""
+        parts = list(samples)
+        return cls(
+            tuple(s for x in parts for s in x.statuses),
+            tuple(v for x in parts for v in x.latencies_ms),
+            tuple(v for x in parts for v in x.ttfts_ms),
+            tuple(v for x in parts for v in x.feedback),
         )
 
 
@@ -167,7 +170,12 @@ def parse_guard(text: str) -> Guard:
 
 
 def evaluate_guard(
-    guard: Guard, canary: Sample, baseline: Sample, *, min_requests: int, alpha: float = 0.05
+    guard: Guard,
+    canary: TrafficSample,
+    baseline: TrafficSample,
+    *,
+    min_requests: int,
+    alpha: float = 0.05,
 ) -> GuardResult:
     """One guard on a step's traffic."""
     value = canary.value(guard.metric)
@@ -193,7 +201,9 @@ def evaluate_guard(
     return result("pass" if ok else "breach")
 
 
-def _rate_p_value(guard: Guard, canary: Sample, baseline: Sample, threshold: float) -> float:
+def _rate_p_value(
+    guard: Guard, canary: TrafficSample, baseline: TrafficSample, threshold: float
+) -> float:
     """How surprising the canary's rate is if it were really on the right side of the guard."""
     from scipy import stats
 
@@ -215,8 +225,8 @@ def _rate_p_value(guard: Guard, canary: Sample, baseline: Sample, threshold: flo
 
 def evaluate_guards(
     guards: Sequence[str],
-    canary: Sample,
-    baseline: Sample,
+    canary: TrafficSample,
+    baseline: TrafficSample,
     *,
     min_requests: int,
     alpha: float = 0.05,

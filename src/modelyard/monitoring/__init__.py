@@ -5,7 +5,16 @@ retention, alert rules, notifications); the rollout controller calls it each
 loop and ``modelyard monitor tick`` runs it once.
 """
 
-from modelyard.monitoring._alerts import METRICS, AlertRules, Rule, evaluate_rules, post_webhook
+from modelyard.monitoring._alerts import (
+    METRICS,
+    AlertRules,
+    Rule,
+    alert_id,
+    default_rules_path,
+    evaluate_rules,
+    post_webhook,
+    rules_from,
+)
 from modelyard.monitoring._drift import (
     DriftConfig,
     DriftReport,
@@ -13,6 +22,7 @@ from modelyard.monitoring._drift import (
     compare,
     compute_drift,
 )
+from modelyard.monitoring._export import export_records
 from modelyard.monitoring._features import (
     FEATURE_NAMES,
     FEATURES,
@@ -22,6 +32,7 @@ from modelyard.monitoring._features import (
 )
 from modelyard.monitoring._policy import apply_storage_policy, redact
 from modelyard.monitoring._profiles import ProfileUpdate, update_profiles
+from modelyard.monitoring._report import write_report
 from modelyard.monitoring._semantic import Embedder, mmd_test
 from modelyard.monitoring._stats import METHODS, Method, default_method, register_method
 from modelyard.monitoring._tick import MonitoringCollector, TickReport, apply_retention, tick
@@ -44,18 +55,23 @@ __all__ = [
     "RecordWriter",
     "Rule",
     "TickReport",
+    "alert_id",
     "apply_retention",
     "apply_storage_policy",
     "compare",
     "compute_drift",
     "default_method",
+    "default_rules_path",
     "evaluate_rules",
+    "export_records",
     "mmd_test",
     "post_webhook",
     "record_features",
     "redact",
     "register_method",
+    "rules_from",
     "text_features",
     "tick",
     "update_profiles",
+    "write_report",
 ]
