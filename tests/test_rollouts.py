@@ -15,6 +15,7 @@ import pytest
 from modelyard.delivery import (
     Controller,
     abort_rollout,
+    check_policy,
     compare_versions,
     parse_guard,
     pause_rollout,
@@ -23,7 +24,7 @@ from modelyard.delivery import (
     start_rollout,
 )
 from modelyard.errors import ConfigError, Conflict, PermissionDenied
-from modelyard.store import NewInferenceRecord, Store
+from modelyard.store import NewInferenceRecord, RolloutPolicy, Store
 from worlds import fake_world
 
 BAKE = 0.3
@@ -243,6 +244,29 @@ def test_alias_moves_reach_endpoints_at_once_or_through_a_rollout(
     _traffic(store, ids[3], 2)  # the last step needs its own requests too
     ctl.tick()
     assert store.latest_rollout("support").status == "succeeded"
+
+
+def test_one_set_of_rollout_defaults_for_start_policies_and_alias_moves(
+    world: tuple[Store, dict[int, int]],
+) -> None:
+    store, _ = world
+    default = RolloutPolicy()
+    assert check_policy("10,50,100", 300.0, 100, ["error_rate <= 0.02"]) == default
+    # a stored policy that leaves keys out takes the same defaults as `rollout start`
+    ep = store.set_rollout_policy("support", {"bake_s": 0.0})
+    assert ep.rollout_policy == RolloutPolicy(bake_s=0.0)
+    store.set_alias("bot", "champion", 2)
+    moved = store.latest_rollout("support")
+    assert (moved.steps, moved.min_requests, moved.guards) == (
+        default.steps, default.min_requests, default.guards,
+    )  # fmt: skip
+    abort_rollout(store, "support")
+    started = start_rollout(store, "support", "bot:3")
+    assert (started.steps, started.bake_s, started.min_requests, started.guards) == (
+        default.steps, default.bake_s, default.min_requests, default.guards,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"unknown rollout policy key.*bake_seconds"):
+        store.set_rollout_policy("support", {"bake_seconds": 5})
 
 
 def test_operators_pause_resume_promote_and_abort(world: tuple[Store, dict[int, int]]) -> None:

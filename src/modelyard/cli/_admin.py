@@ -6,6 +6,7 @@ import typer
 from rich.table import Table
 
 from modelyard.access import create_api_key, parse_duration, parse_scopes, rotate_api_key
+from modelyard.cli import _delivery
 from modelyard.cli._common import console, open_artifacts, open_store, print_json, settings
 from modelyard.errors import ConfigError, NotFound
 from modelyard.store import STORAGE_POLICIES, StoragePolicy, redact_url
@@ -399,7 +400,10 @@ def endpoints_show(
             f"{endpoint.shadow_fraction:.0%} of requests (recorded, never returned)"
         )
     if endpoint.rollout_policy:
-        console.print(f"  when {endpoint.model_ref} moves: rollout {dict(endpoint.rollout_policy)}")
+        console.print(
+            f"  when {endpoint.model_ref} moves: rollout "
+            f"{_delivery.policy_text(endpoint.rollout_policy)}"
+        )
     elif endpoint.follows_alias:
         console.print(f"  when {endpoint.model_ref} moves: all traffic moves at once")
     if active:
@@ -452,21 +456,27 @@ def endpoints_set_traffic(
 @endpoints_app.command("policy")
 def endpoints_policy(
     name: str = typer.Argument(..., help="Endpoint name (one that follows an alias)."),
-    steps: str = typer.Option("10,50,100", help="Percent per step (100 alone: blue-green)."),
-    bake: str = typer.Option("5m", help="How long each step runs before it may advance."),
-    min_requests: int = typer.Option(100, min=0, help="Requests per step before advancing."),
-    guard: list[str] = typer.Option(["error_rate <= 0.02"], "--guard", help="Guards (repeat)."),
+    steps: str = _delivery.STEPS,
+    bake: str = _delivery.BAKE,
+    min_requests: int = _delivery.MIN_REQUESTS,
+    guard: list[str] = _delivery.GUARDS,
     clear: bool = typer.Option(False, "--clear", help="Move at once when the alias moves."),
 ) -> None:
     """How a move of the alias this endpoint follows reaches it: through a rollout with
     these settings, or (--clear) all at once."""
-    from modelyard.cli._delivery import _seconds
     from modelyard.delivery import check_policy
 
-    policy = None if clear else check_policy(steps, _seconds(bake, "--bake"), min_requests, guard)
+    policy = (
+        None
+        if clear
+        else check_policy(steps, _delivery.seconds(bake, "--bake"), min_requests, guard)
+    )
     with open_store() as store:
         endpoint = store.set_rollout_policy(name, policy)
     if policy is None:
         console.print(f"[green]{name}[/]: moves at once when {endpoint.model_ref} moves")
     else:
-        console.print(f"[green]{name}[/]: a move of {endpoint.model_ref} starts a rollout {policy}")
+        console.print(
+            f"[green]{name}[/]: a move of {endpoint.model_ref} starts a rollout "
+            f"{_delivery.policy_text(policy)}"
+        )

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from modelyard.cli._common import console, err_console, open_store, print_json, to_jsonable
 from modelyard.durations import parse_duration, parse_since
-from modelyard.store import Rollout, Store
+from modelyard.store import Rollout, RolloutPolicy, Store
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # compare with no --since: every record
@@ -28,7 +28,43 @@ GUARD_HELP = (
 )
 
 
-def _seconds(text: str, what: str) -> float:
+_POLICY = RolloutPolicy()
+
+
+def _duration_text(seconds: float) -> str:
+    """300 → ``5m``: a default shown in the same grammar the option reads."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{int(seconds // size)}{unit}"
+    return f"{seconds:g}s"
+
+
+def policy_text(policy: RolloutPolicy) -> str:
+    """``steps 10,50,100, bake 5m, min 100 requests, guards error_rate <= 0.02``."""
+    guards = "; ".join(policy.guards) or "none"
+    steps = ",".join(str(p) for p in policy.steps)
+    bake = _duration_text(policy.bake_s)
+    return f"steps {steps}, bake {bake}, min {policy.min_requests} requests, guards {guards}"
+
+
+# The rollout-policy options of `rollout start` and `endpoints policy`, defaults from the entity.
+STEPS = typer.Option(
+    ",".join(str(p) for p in _POLICY.steps),
+    help="Percent of traffic to the new version per step; 100 alone is "
+    "blue-green (loaded and smoke-tested everywhere, then switched at once).",
+)
+BAKE = typer.Option(
+    _duration_text(_POLICY.bake_s), help="How long each step runs before it may advance."
+)
+MIN_REQUESTS = typer.Option(
+    _POLICY.min_requests,
+    min=0,
+    help="Requests the new version must answer in a step before it advances.",
+)
+GUARDS = typer.Option(list(_POLICY.guards), "--guard", help=GUARD_HELP)
+
+
+def seconds(text: str, what: str) -> float:
     """A duration option (``--bake 1.5h``, ``--timeout 30m``; 0 allowed) in seconds."""
     return parse_duration(text, field=what, allow_zero=True).total_seconds()
 
@@ -74,16 +110,10 @@ def _summary(r: Rollout) -> str:
 def start(
     endpoint: str = typer.Argument(..., help="Endpoint to roll out on."),
     to: str = typer.Option(..., "--to", help="The new version: NAME:VERSION or NAME@alias."),
-    steps: str = typer.Option(
-        "10,50,100",
-        help="Percent of traffic to the new version per step; 100 alone is "
-        "blue-green (loaded and smoke-tested everywhere, then switched at once).",
-    ),
-    bake: str = typer.Option("5m", help="How long each step runs before it may advance."),
-    min_requests: int = typer.Option(
-        100, min=0, help="Requests the new version must answer in a step before it advances."
-    ),
-    guard: list[str] = typer.Option(["error_rate <= 0.02"], "--guard", help=GUARD_HELP),
+    steps: str = STEPS,
+    bake: str = BAKE,
+    min_requests: int = MIN_REQUESTS,
+    guard: list[str] = GUARDS,
     promote_alias: str | None = typer.Option(
         None,
         help="Move this alias (e.g. champion) to the new version when the rollout ends "
@@ -97,7 +127,7 @@ def start(
 
     with open_store() as store:
         r = start_rollout(
-            store, endpoint, to, steps=steps, bake_s=_seconds(bake, "--bake"),
+            store, endpoint, to, steps=steps, bake_s=seconds(bake, "--bake"),
             min_requests=min_requests, guards=guard, promote_alias=promote_alias,
         )  # fmt: skip
     if json_out:
@@ -205,7 +235,7 @@ def wait(
 
     with open_store() as store:
         r, timed_out = wait_rollout(
-            store, endpoint, timeout_s=_seconds(timeout, "--timeout"), poll_s=poll
+            store, endpoint, timeout_s=seconds(timeout, "--timeout"), poll_s=poll
         )
     if json_out:
         print_json({**to_jsonable(r), "timed_out": timed_out})

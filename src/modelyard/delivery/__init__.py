@@ -20,6 +20,7 @@ from modelyard.delivery._guards import (
 )
 from modelyard.delivery._rollouts import (
     DEFAULT_GUARDS,
+    DEFAULT_POLICY,
     DEFAULT_STEPS,
     abort_rollout,
     active_rollout,
@@ -35,6 +36,7 @@ from modelyard.delivery._rollouts import (
 
 __all__ = [
     "DEFAULT_GUARDS",
+    "DEFAULT_POLICY",
     "DEFAULT_STEPS",
     "LEASE",
     "METRICS",

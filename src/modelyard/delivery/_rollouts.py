@@ -14,10 +14,11 @@ from typing import Any
 from modelyard.delivery._controller import promote_alias
 from modelyard.delivery._guards import parse_guard
 from modelyard.errors import ConfigError, Conflict, NotFound
-from modelyard.store import Rollout, Store, Transition, parse_model_ref
+from modelyard.store import Rollout, RolloutPolicy, Store, Transition, parse_model_ref
 
-DEFAULT_STEPS = (10, 50, 100)
-DEFAULT_GUARDS = ("error_rate <= 0.02",)
+DEFAULT_POLICY = RolloutPolicy()  # the one set of rollout defaults (typed in the entities)
+DEFAULT_STEPS = DEFAULT_POLICY.steps
+DEFAULT_GUARDS = DEFAULT_POLICY.guards
 
 
 def parse_steps(text: str | Sequence[int]) -> tuple[int, ...]:
@@ -48,7 +49,7 @@ def check_policy(
     bake_s: float,
     min_requests: int,
     guards: Sequence[str],
-) -> dict[str, Any]:
+) -> RolloutPolicy:
     """A validated rollout policy (what ``start`` and an endpoint's policy take)."""
     if not bake_s >= 0:
         raise ConfigError(f"bake time {bake_s} s must be 0 or more", field="bake")
@@ -56,12 +57,7 @@ def check_policy(
         raise ConfigError(f"min requests {min_requests} must be 0 or more", field="min_requests")
     for guard in guards:
         parse_guard(guard)
-    return {
-        "steps": list(parse_steps(steps)),
-        "bake_s": float(bake_s),
-        "min_requests": int(min_requests),
-        "guards": list(guards),
-    }
+    return RolloutPolicy(parse_steps(steps), float(bake_s), int(min_requests), tuple(guards))
 
 
 def start_rollout(
@@ -69,10 +65,10 @@ def start_rollout(
     endpoint: str,
     to: str,
     *,
-    steps: str | Sequence[int] = DEFAULT_STEPS,
-    bake_s: float = 300.0,
-    min_requests: int = 100,
-    guards: Sequence[str] = DEFAULT_GUARDS,
+    steps: str | Sequence[int] = DEFAULT_POLICY.steps,
+    bake_s: float = DEFAULT_POLICY.bake_s,
+    min_requests: int = DEFAULT_POLICY.min_requests,
+    guards: Sequence[str] = DEFAULT_POLICY.guards,
     promote_alias: str | None = None,
 ) -> Rollout:
     """Start moving ``endpoint`` to the version ``to`` (``NAME:N`` or ``NAME@alias``)."""
@@ -89,10 +85,10 @@ def start_rollout(
     return store.create_rollout(
         endpoint,
         target=target.version,
-        steps=policy["steps"],
-        bake_s=policy["bake_s"],
-        min_requests=policy["min_requests"],
-        guards=policy["guards"],
+        steps=policy.steps,
+        bake_s=policy.bake_s,
+        min_requests=policy.min_requests,
+        guards=policy.guards,
         promote_alias=promote_alias,
     )
 

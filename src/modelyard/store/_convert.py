@@ -34,6 +34,7 @@ from modelyard.store.entities import (
     InferenceRecord,
     ModelVersion,
     RegisteredModel,
+    RolloutPolicy,
     Run,
     StoragePolicy,
     Tenant,
@@ -130,7 +131,8 @@ def to_endpoint(s: Session, r: EndpointRow) -> Endpoint:
     return Endpoint(
         r.id, r.name, tenant.name if tenant else None, mrow.name, r.model_ref, r.shared, routes,
         r.created_at, r.updated_at, shadow.version if shadow else None,
-        shadow.id if shadow else None, r.shadow_fraction if shadow else 0.0, r.rollout_policy,
+        shadow.id if shadow else None, r.shadow_fraction if shadow else 0.0,
+        None if r.rollout_policy is None else RolloutPolicy.from_json(r.rollout_policy),
     )  # fmt: skip
 
 

@@ -26,7 +26,7 @@ from modelyard.store._schema import (
     TrafficRouteRow,
     utcnow,
 )
-from modelyard.store.entities import Endpoint
+from modelyard.store.entities import Endpoint, RolloutPolicy
 
 
 class EndpointStore(RegistryStore):
@@ -145,9 +145,16 @@ class EndpointStore(RegistryStore):
             )  # fmt: skip
             return to_endpoint(s, erow)
 
-    def set_rollout_policy(self, endpoint: str, policy: Mapping[str, Any] | None) -> Endpoint:
+    def set_rollout_policy(
+        self, endpoint: str, policy: RolloutPolicy | Mapping[str, Any] | None
+    ) -> Endpoint:
         """How a move of the followed alias reaches ``endpoint``: None at once, else a rollout
-        with ``policy`` (keys: steps, bake_s, min_requests, guards; validated by the caller)."""
+        with ``policy`` (or its JSON form; values validated by ``delivery.check_policy``)."""
+        if policy is not None and not isinstance(policy, RolloutPolicy):
+            try:
+                policy = RolloutPolicy.from_json(policy)
+            except (TypeError, ValueError) as exc:
+                raise ConfigError(f"invalid rollout policy: {exc}", field="policy") from None
         with self._write(f"set the rollout policy of {endpoint!r}") as s:
             erow = endpoint_row(s, endpoint)
             self._require(s, "endpoint.policy_set", endpoint, f"change {endpoint!r}")
@@ -158,7 +165,7 @@ class EndpointStore(RegistryStore):
                     hint="Create the endpoint with --model NAME@alias, or use `modelyard "
                     "rollout start` for a one-off rollout.",
                 )
-            erow.rollout_policy = dict(policy) if policy is not None else None
+            erow.rollout_policy = policy.to_json() if policy is not None else None
             erow.updated_at = utcnow()
             s.flush()
             self._audit(s, "endpoint.policy_set", endpoint, {"policy": erow.rollout_policy})

@@ -42,7 +42,13 @@ from modelyard.store._schema import (
     RolloutRow,
     utcnow,
 )
-from modelyard.store.entities import ROLLOUT_ACTIVE, Rollout, RolloutEvent, RolloutStatus
+from modelyard.store.entities import (
+    ROLLOUT_ACTIVE,
+    Rollout,
+    RolloutEvent,
+    RolloutPolicy,
+    RolloutStatus,
+)
 
 
 @dataclass(frozen=True)
@@ -320,7 +326,7 @@ def start_rollout_in(
         target_version_id=vrow.id,
         status="running",
         phase="preparing",
-        strategy="blue_green" if list(steps) == [100] else "canary",
+        strategy=RolloutPolicy(steps=tuple(steps)).strategy,
         baseline={str(k): v for k, v in baseline.items()},
         steps=list(steps),
         step_index=0,
@@ -365,12 +371,11 @@ def follow_alias(
             why = {"rollout": active.id, "reason": f"{ref} moved to {vrow.version}"}
             core._audit(s, "rollout.aborted", erow.name, why)
             plan = {int(k): int(v) for k, v in active.baseline.items()}
-        policy = erow.rollout_policy
-        if policy:
+        if erow.rollout_policy is not None:
+            policy = RolloutPolicy.from_json(erow.rollout_policy)
             start_rollout_in(
-                core, s, erow, vrow.version, policy.get("steps", [100]),
-                float(policy.get("bake_s", 300.0)), int(policy.get("min_requests", 100)),
-                policy.get("guards", []), None, f"{ref} moved to {vrow.version}",
+                core, s, erow, vrow.version, policy.steps, policy.bake_s, policy.min_requests,
+                policy.guards, None, f"{ref} moved to {vrow.version}",
             )  # fmt: skip
             continue
         replace_routes(s, erow, step_plan(plan, vrow.version, 100))

@@ -131,7 +131,7 @@ class Endpoint:
     shadow_version: int | None = None  # version number receiving mirrored requests
     shadow_version_id: int | None = None
     shadow_fraction: float = 0.0
-    rollout_policy: Mapping[str, Any] | None = None  # how an alias move reaches it
+    rollout_policy: RolloutPolicy | None = None  # how an alias move reaches it (None: at once)
 
     @property
     def follows_alias(self) -> str | None:
@@ -141,6 +141,50 @@ class Endpoint:
 
 RolloutStatus = Literal["running", "paused", "succeeded", "rolled_back", "aborted"]
 ROLLOUT_ACTIVE: tuple[str, ...] = ("running", "paused")
+
+
+@dataclass(frozen=True)
+class RolloutPolicy:
+    """How a rollout moves traffic: percent per step, bake time and requests per step, guards.
+
+    Its defaults are modelyard's only rollout defaults: ``rollout start``, an
+    endpoint's policy (``endpoints policy``) and a move of the alias an endpoint
+    follows all start from them. Validation of the values (steps that increase
+    to 100, guards that parse) is ``modelyard.delivery.check_policy``'s.
+    """
+
+    steps: tuple[int, ...] = (10, 50, 100)
+    bake_s: float = 300.0
+    min_requests: int = 100
+    guards: tuple[str, ...] = ("error_rate <= 0.02",)
+
+    @property
+    def strategy(self) -> str:
+        """``blue_green`` (one step to 100 %) or ``canary``."""
+        return "blue_green" if self.steps == (100,) else "canary"
+
+    def to_json(self) -> dict[str, Any]:
+        """The form kept on the endpoint's row and in the audit chain."""
+        return {"steps": list(self.steps), "bake_s": self.bake_s,
+                "min_requests": self.min_requests, "guards": list(self.guards)}  # fmt: skip
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RolloutPolicy:
+        """A policy from its JSON form; a key left out takes its default, an unknown key is
+        refused (``ValueError``: it would be ignored otherwise)."""
+        unknown = sorted(set(data) - {"steps", "bake_s", "min_requests", "guards"})
+        if unknown:
+            raise ValueError(
+                f"unknown rollout policy key(s) {', '.join(unknown)}: "
+                "use steps, bake_s, min_requests, guards"
+            )
+        default = cls()
+        return cls(
+            steps=tuple(int(x) for x in data.get("steps", default.steps)),
+            bake_s=float(data.get("bake_s", default.bake_s)),
+            min_requests=int(data.get("min_requests", default.min_requests)),
+            guards=tuple(str(g) for g in data.get("guards", default.guards)),
+        )
 
 
 @dataclass(frozen=True)
@@ -451,6 +495,7 @@ __all__ = [
     "Role",
     "Rollout",
     "RolloutEvent",
+    "RolloutPolicy",
     "RolloutStatus",
     "Run",
     "Server",
