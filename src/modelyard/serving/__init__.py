@@ -10,9 +10,14 @@ rate limits (``RateLimiter``, in memory per server); ``run_server`` drains on
 SIGTERM (``Drain``) before it exits.
 """
 
-from modelyard.serving._app import ServerLimits, create_app
+from modelyard.serving._app import create_app
 from modelyard.serving._engine import EchoEngine, Engine, TransformersEngine
-from modelyard.serving._limits import RateLimiter, TokenCounter, count_prompt_tokens
+from modelyard.serving._limits import (
+    RateLimiter,
+    ServerLimits,
+    TokenCounter,
+    count_prompt_tokens,
+)
 from modelyard.serving._paced import PacedEchoEngine
 from modelyard.serving._prompts import render_chat
 from modelyard.serving._router import Router

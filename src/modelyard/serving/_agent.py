@@ -26,7 +26,7 @@ from modelyard.store import Store, utcnow
 
 if TYPE_CHECKING:
     from modelyard.delivery import Controller
-    from modelyard.serving._app import DataPlane
+    from modelyard.serving._plane import DataPlane
 
 log = logging.getLogger(__name__)
 

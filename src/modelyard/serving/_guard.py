@@ -26,6 +26,7 @@ from modelyard.errors import (
     ShuttingDown,
     status_of,
 )
+from modelyard.serving._http_errors import error_of
 from modelyard.serving._shutdown import Drain
 
 ALWAYS_OPEN = frozenset({"/health", "/ready", "/metrics"})
@@ -36,17 +37,7 @@ async def send_error(
 ) -> None:
     """An OpenAI error body sent straight over ASGI, with the status of ``exc``'s class."""
     status = status_of(exc)
-    param = exc.context.get("param")
-    body = json.dumps(
-        {
-            "error": {
-                "message": exc.one_line(),
-                "type": status.type,
-                "code": exc.code,
-                "param": param if isinstance(param, str) else None,
-            }
-        }
-    ).encode()
+    body = json.dumps(error_of(exc)).encode()
     raw_headers = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),

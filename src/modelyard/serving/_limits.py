@@ -16,7 +16,8 @@ and is refused with ``Retry-After: 60``.
 
 A key's limits are ``ApiKey.rpm_limit`` / ``tpm_limit``; None falls back to the
 server's defaults (``--default-rpm`` / ``--default-tpm``); no limit at all
-means unlimited.
+means unlimited. ``ServerLimits`` holds those defaults with the server's other
+caps: body size, prompt tokens, ``max_tokens``, the request timeout.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-from modelyard.errors import RateLimited
+from modelyard.errors import ConfigError, RateLimited
 from modelyard.store import ApiKey, ModelVersion
 
 
@@ -166,4 +167,36 @@ class RateLimiter:
         return bucket
 
 
-__all__ = ["Admission", "RateLimiter", "TokenCounter", "count_prompt_tokens"]
+@dataclass(frozen=True)
+class ServerLimits:
+    """What a server allows; ``None`` turns a limit off.
+
+    ``max_tokens`` caps ``max_tokens`` per request; ``key_cache_seconds`` is how
+    long an authenticated key is trusted before the store is asked again (a
+    revocation or a limit change applies within it); ``max_body_bytes`` caps
+    request bodies (413); ``max_prompt_tokens`` caps prompts (400);
+    ``request_timeout_s`` bounds a request from admission to its last token
+    (504); ``default_rpm``/``default_tpm`` apply to keys without their own limits.
+    """
+
+    max_tokens: int = 256
+    key_cache_seconds: float = 10.0
+    max_body_bytes: int | None = 1_048_576
+    max_prompt_tokens: int | None = None
+    request_timeout_s: float | None = 120.0
+    default_rpm: int | None = None
+    default_tpm: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_tokens", "max_body_bytes", "max_prompt_tokens", "default_rpm",
+                     "default_tpm"):  # fmt: skip
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} is {value}; it must be at least 1", field=name)
+        for name in ("key_cache_seconds", "request_timeout_s"):
+            value = getattr(self, name)
+            if value is not None and not value >= 0:
+                raise ConfigError(f"{name} is {value}; it must be 0 or more", field=name)
+
+
+__all__ = ["Admission", "RateLimiter", "ServerLimits", "TokenCounter", "count_prompt_tokens"]

@@ -1,0 +1,65 @@
+"""Who is calling: API keys from the ``Authorization`` header, authenticated through a
+short cache, and the scope each route needs (``infer``, ``feedback``)."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Annotated
+
+from fastapi import Depends, Header, Request
+
+from modelyard.access import authenticate
+from modelyard.errors import AuthError, InvalidApiKey, MissingScope
+from modelyard.store import ApiKey, Store
+
+
+class KeyCache:
+    """Authenticated keys cached briefly, so a revocation takes effect within the TTL."""
+
+    def __init__(self, store: Store, ttl: float) -> None:
+        self._store, self._ttl = store, ttl
+        self._cache: dict[str, tuple[float, ApiKey]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, raw: str) -> ApiKey:
+        digest = hashlib.sha256(raw.encode()).hexdigest()
+        now = time.monotonic()
+        with self._lock:
+            hit = self._cache.get(digest)
+        if hit and hit[0] > now:
+            expires = hit[1].expires_at
+            if expires is not None and expires <= datetime.now(UTC):  # e.g. a rotation's grace
+                raise InvalidApiKey("the API key has expired")
+            return hit[1]
+        key = authenticate(self._store, raw)
+        with self._lock:
+            self._cache[digest] = (now + self._ttl, key)
+        return key
+
+
+def _key_with(scope: str) -> Callable[..., ApiKey]:
+    """A dependency: the caller's API key, authenticated (cached briefly), holding ``scope``."""
+
+    def current_key(
+        request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> ApiKey:
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
+        keys: KeyCache = request.app.state.keys
+        key = keys.get(authorization[7:].strip())
+        if scope not in key.scopes:
+            raise MissingScope(f"this API key lacks the {scope!r} scope")
+        return key
+
+    return current_key
+
+
+KeyDep = Annotated[ApiKey, Depends(_key_with("infer"))]
+FeedbackKeyDep = Annotated[ApiKey, Depends(_key_with("feedback"))]
+
+
+__all__ = ["FeedbackKeyDep", "KeyCache", "KeyDep"]

@@ -1,0 +1,76 @@
+"""Errors as HTTP responses: every one in OpenAI's error body, its status from the table.
+
+The status and OpenAI ``type`` of a ``ModelyardError`` come from
+``modelyard.errors.status_of``; request validation errors are 400s and
+Starlette's own (404 for an unknown path, 405) keep their status.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from modelyard.errors import EngineOverloaded, ModelyardError, RateLimited, status_of
+
+log = logging.getLogger(__name__)
+
+
+def param_of(exc: ModelyardError) -> str | None:
+    """The request parameter an error is about (OpenAI's ``param``), when it names one."""
+    param = exc.context.get("param")
+    return param if isinstance(param, str) else None
+
+
+def error_body(message: str, kind: str, code: str | None, param: str | None = None) -> Any:
+    """OpenAI's error body: ``{"error": {"message", "type", "code", "param"}}``."""
+    return {"error": {"message": message, "type": kind, "code": code, "param": param}}
+
+
+def error_of(exc: ModelyardError) -> Any:
+    """The OpenAI error body of ``exc``."""
+    return error_body(exc.one_line(), status_of(exc).type, exc.code, param_of(exc))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves in the OpenAI error body; client mistakes are 4xx, never 500."""
+
+    @app.exception_handler(ModelyardError)
+    async def modelyard_error(_req: Request, exc: ModelyardError) -> JSONResponse:
+        found = status_of(exc)
+        status = found.http_status
+        if status >= 500:
+            log.error("request failed: %s", exc.one_line())
+        headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+        if isinstance(exc, EngineOverloaded):
+            headers = {"Retry-After": "1"}
+        elif isinstance(exc, RateLimited):
+            headers = {"Retry-After": str(exc.retry_after)}
+        return JSONResponse(
+            error_of(exc),
+            status_code=status,
+            headers=headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_req: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        message = f"invalid request: {param + ': ' if param else ''}{first.get('msg')}"
+        return JSONResponse(
+            error_body(message, "invalid_request_error", "invalid_request", param), status_code=400
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            error_body(str(exc.detail), "invalid_request_error", None), status_code=exc.status_code
+        )
+
+
+__all__ = ["error_body", "error_of", "install_error_handlers", "param_of"]

@@ -1,0 +1,83 @@
+"""The app's Prometheus metrics; also the engine's observer for adapter and batch events."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from modelyard.serving._types import AdapterEvent
+
+
+class Metrics:
+    """Every metric of one app, in its own registry (``/metrics`` exports it)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["endpoint", "version", "tenant"]
+        self.requests = Counter(
+            "modelyard_requests", "Inference requests", [*labels, "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "modelyard_request_latency_seconds", "Request latency", labels, registry=self.registry
+        )
+        self.tokens = Counter(
+            "modelyard_tokens", "Tokens processed", [*labels, "kind"], registry=self.registry
+        )
+        self.dropped = Counter(
+            "modelyard_records_dropped", "Inference records dropped", registry=self.registry
+        )
+        self.ttft = Histogram(
+            "modelyard_time_to_first_token_seconds",
+            "Time from submission to the first generated token",
+            labels,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "modelyard_batch_size",
+            "Requests run together in one generate call",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "modelyard_queue_depth", "Requests waiting for the engine", registry=self.registry
+        )
+        self.rate_limited = Counter(
+            "modelyard_rate_limited",
+            "Requests refused by a key's rate limit",
+            ["tenant", "limit"],
+            registry=self.registry,
+        )
+        self.feedback = Counter(
+            "modelyard_feedback", "Feedback received", ["tenant"], registry=self.registry
+        )
+        self.shadow = Counter(
+            "modelyard_shadow_requests",
+            "Requests mirrored to a shadow version (answers recorded, never returned)",
+            [*labels, "status"],
+            registry=self.registry,
+        )
+        self.fallbacks = Counter(
+            "modelyard_fallbacks",
+            "Requests whose version could not be loaded, answered by another version of the plan",
+            ["endpoint", "version", "answered_by"],
+            registry=self.registry,
+        )
+        self.adapter = {
+            event: Counter(f"modelyard_adapter_{name}", help_, ["version"], registry=self.registry)
+            for event, name, help_ in (
+                ("hit", "cache_hits", "Requests whose adapter was already loaded"),
+                ("miss", "cache_misses", "Requests whose adapter was not loaded"),
+                ("load", "loads", "Adapters loaded"),
+                ("eviction", "evictions", "Adapters evicted (least recently used)"),
+                ("load_failure", "load_failures", "Adapters that failed to load"),
+            )
+        }
+
+    # EngineObserver: the engine reports adapter cache events and batches here.
+    def adapter_event(self, event: AdapterEvent, version: str) -> None:
+        self.adapter[event].labels(version).inc()
+
+    def batch_ran(self, size: int) -> None:
+        self.batch_size.observe(size)
+
+
+__all__ = ["Metrics"]

@@ -1,0 +1,415 @@
+"""The data plane: what every request needs, shared by the routes.
+
+``DataPlane.submit``: the key's tenant, route, render, the prompt-token cap,
+the key's rate limits (``_limits``), the engine; a version that failed to load
+falls back to another version of the plan, and a shadow version gets a copy.
+``finish`` records the outcome (``RecordWriter``, off the response path) and
+gives back unused tokens. Keys are authenticated through a short cache
+(``_auth.KeyCache``), so a revocation applies within ``key_cache_seconds``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from modelyard.errors import (
+    ConfigError,
+    EngineError,
+    ModelyardError,
+    NotFound,
+    RateLimited,
+    RequestTimeout,
+    status_of,
+)
+from modelyard.monitoring import RecordWriter, apply_storage_policy, record_features
+from modelyard.serving._auth import KeyCache
+from modelyard.serving._engine import Engine
+from modelyard.serving._health import LoadHealth, load_failure_of
+from modelyard.serving._limits import Admission, RateLimiter, ServerLimits, count_prompt_tokens
+from modelyard.serving._metrics import Metrics
+from modelyard.serving._router import Route, Router
+from modelyard.serving._shutdown import Drain
+from modelyard.serving._stream import TokenStream
+from modelyard.serving._types import Generation, SamplingParams
+from modelyard.store import ApiKey, Feedback, ModelVersion, NewInferenceRecord, Store, Tenant
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Submitted:
+    """A request routed, rendered and handed to the engine; its events come on ``stream``."""
+
+    record_id: str
+    key: ApiKey
+    route: str
+    endpoint: str
+    version: ModelVersion
+    prompt: str
+    stream: TokenStream
+    started: float
+    admission: Admission | None = None
+    deadline: float | None = None  # time.perf_counter() by which it must end
+    fallback_from: ModelVersion | None = None  # routed there, answered by ``version`` instead
+    route_obj: Route | None = field(default=None, repr=False, compare=False)
+    user: str | None = None
+    params: SamplingParams | None = field(default=None, repr=False, compare=False)
+    render: Callable[[ModelVersion], str] | None = field(default=None, repr=False, compare=False)
+    # taken by the first ``finish``, never released: a request is recorded once
+    _finished: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def remaining(self) -> float | None:
+        """Seconds left before the request timeout (None: no timeout)."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.perf_counter())
+
+
+_RECENT_RECORDS = 10_000
+
+
+class DataPlane:
+    """Everything a request needs, shared by the routes."""
+
+    def __init__(
+        self,
+        store: Store,
+        engine: Engine,
+        router: Router,
+        writer: RecordWriter,
+        limits: ServerLimits,
+    ) -> None:
+        self.store, self.engine, self.router, self.writer = store, engine, router, writer
+        self.limits = limits
+        self.metrics = Metrics()
+        self.keys = KeyCache(store, limits.key_cache_seconds)
+        self.limiter = RateLimiter(default_rpm=limits.default_rpm, default_tpm=limits.default_tpm)
+        self._tenants: dict[str, Tenant] = {}
+        self.ready = threading.Event()
+        self.health = LoadHealth()
+        self.drain = Drain()
+        self.drain.on_begin(self.ready.clear)
+        # Records handed to the writer, not necessarily written yet (id -> tenant id), so
+        # feedback on a request just answered waits for its record instead of a 404.
+        self._recent: OrderedDict[str, int] = OrderedDict()
+        self._recent_lock = threading.Lock()
+
+    def tenant(self, name: str) -> Tenant:
+        if name not in self._tenants:
+            self._tenants[name] = self.store.get_tenant(name)
+        return self._tenants[name]
+
+    def submit(
+        self,
+        key: ApiKey,
+        route: str,
+        endpoint: str,
+        user: str | None,
+        params: SamplingParams,
+        render: Callable[[ModelVersion], str],
+    ) -> Submitted:
+        """Route, render and hand one request to the engine (blocking: run it off the loop).
+
+        A failure here is recorded and raised; after it, ``finish`` records the outcome.
+        """
+        record_id = f"cmpl-{uuid.uuid4().hex}"
+        started = time.perf_counter()
+        version: ModelVersion | None = None
+        prompt: str | None = None
+        admission: Admission | None = None
+        try:
+            self.tenant(key.tenant)  # cached, so that finishing never waits on the store
+            chosen = self.router.route(endpoint, key)
+            version = self.router.pick(chosen, user)
+            assert version is not None  # a route has at least one version with weight
+            fallback_from = None
+            if self.health.is_failed(version.ref):
+                failed = frozenset(v.id for v, _ in chosen.choices if self.health.is_failed(v.ref))
+                alternative = self.router.pick(chosen, user, exclude=failed)
+                if alternative is not None:
+                    fallback_from, version = version, alternative
+            prompt = render(version)
+            prompt_tokens = count_prompt_tokens(self.engine, version, prompt)
+            cap = self.limits.max_prompt_tokens
+            if cap is not None and prompt_tokens > cap:
+                raise ConfigError(
+                    f"the prompt has {prompt_tokens} tokens, above this server's limit of "
+                    f"{cap} prompt tokens (--max-prompt-tokens)",
+                    hint="Shorten the prompt.",
+                    param="messages" if route == "chat.completions" else "prompt",
+                )
+            try:
+                admission = self.limiter.admit(key, prompt_tokens + params.max_tokens)
+            except RateLimited as limited:
+                self.metrics.rate_limited.labels(key.tenant, limited.limit).inc()
+                raise
+            try:
+                stream = self.engine.stream(version, prompt, params)
+            except EngineError as refused:  # an engine that refuses a version at submission
+                alternative = self._alternative(chosen, user, version, refused)
+                if alternative is None:
+                    raise
+                fallback_from, version = fallback_from or version, alternative
+                prompt = render(version)
+                stream = self.engine.stream(version, prompt, params)
+        except ModelyardError as exc:
+            if admission is not None:
+                self.limiter.settle(admission, 0)
+            self._record(record_id, key, route, endpoint, version, prompt, None, started, exc=exc)
+            raise
+        timeout = self.limits.request_timeout_s
+        deadline = None if timeout is None else started + timeout
+        if self.router.mirror(chosen):
+            self._mirror(key, route, endpoint, chosen, params, render)
+        return Submitted(
+            record_id, key, route, endpoint, version, prompt, stream, started, admission, deadline,
+            fallback_from, chosen, user, params, render,
+        )  # fmt: skip
+
+    def fall_back(self, sub: Submitted, exc: ModelyardError) -> Submitted | None:
+        """When ``sub``'s version could not be loaded, the same request on another version of
+        the plan (recorded as a fallback), or None when there is none (blocking)."""
+        if sub.route_obj is None or sub.render is None or sub.params is None:
+            return None
+        alternative = self._alternative(sub.route_obj, sub.user, sub.version, exc)
+        if alternative is None:
+            return None
+        try:
+            prompt = sub.render(alternative)
+            stream = self.engine.stream(alternative, prompt, sub.params)
+        except ModelyardError:
+            return None
+        log.warning("%s failed to load; %s answers for it", sub.version.ref, alternative.ref)
+        return dataclasses.replace(
+            sub,
+            version=alternative,
+            prompt=prompt,
+            stream=stream,
+            fallback_from=sub.fallback_from or sub.version,
+        )
+
+    def _alternative(
+        self, route: Route, user: str | None, version: ModelVersion, exc: ModelyardError
+    ) -> ModelVersion | None:
+        """Another version of the plan when ``exc`` says ``version`` could not be loaded."""
+        if not load_failure_of(exc, version):
+            return None
+        self.health.failed(version.ref, exc.message)
+        failed = frozenset(v.id for v, _ in route.choices if self.health.is_failed(v.ref))
+        return self.router.pick(route, user, exclude=failed)
+
+    def _mirror(
+        self,
+        key: ApiKey,
+        route: str,
+        endpoint: str,
+        chosen: Route,
+        params: SamplingParams,
+        render: Callable[[ModelVersion], str],
+    ) -> None:
+        """Send a copy of a request to the shadow version; its answer is recorded, never
+        returned, and nothing it does (failing included) touches the live request."""
+        shadow = chosen.shadow
+        assert shadow is not None
+        record_id = f"cmpl-{uuid.uuid4().hex}"
+        started = time.perf_counter()
+        prompt: str | None = None
+        try:
+            prompt = render(shadow)
+            stream = self.engine.stream(shadow, prompt, params)
+        except ModelyardError as exc:
+            self._record(record_id, key, route, endpoint, shadow, prompt, None, started,
+                         exc=exc, shadow=True)  # fmt: skip
+            return
+        stream.on_finish(
+            lambda gen, exc: self._record(
+                record_id,
+                key,
+                route,
+                endpoint,
+                shadow,
+                prompt,
+                gen,
+                started,
+                exc=exc,
+                shadow=True,
+            )
+        )
+
+    def finish(
+        self,
+        sub: Submitted,
+        gen: Generation | None,
+        *,
+        exc: ModelyardError | None = None,
+        cancelled: bool = False,
+        timed_out: bool = False,
+    ) -> None:
+        """Record how a submitted request ended (``cancelled``: its client went away;
+        ``timed_out``: it ran past the request timeout) and give back unused tokens."""
+        if not sub._finished.acquire(blocking=False):
+            return  # finished already (a timeout raced with the end)
+        if sub.admission is not None:
+            used = gen.prompt_tokens + gen.completion_tokens if gen is not None else 0
+            self.limiter.settle(sub.admission, used)
+        self._record(
+            sub.record_id,
+            sub.key,
+            sub.route,
+            sub.endpoint,
+            sub.version,
+            sub.prompt,
+            gen,
+            sub.started,
+            exc=exc,
+            cancelled=cancelled,
+            timed_out=timed_out,
+            fallback_from=sub.fallback_from,
+        )
+
+    def timed_out(self, sub: Submitted) -> RequestTimeout:
+        """Cancel a request that ran past the timeout; it is recorded (``timeout``) when its
+        generation stops. Returns the error to answer with."""
+        timeout = self.limits.request_timeout_s
+        error = RequestTimeout(
+            f"the request did not finish within this server's timeout of {timeout:g} s "
+            "(--request-timeout-s); its generation was stopped"
+        )
+        sub.stream.cancel()
+        sub.stream.on_finish(lambda gen, _exc: self.finish(sub, gen, exc=error, timed_out=True))
+        return error
+
+    def add_feedback(
+        self, key: ApiKey, request_id: str, score: float, comment: str | None
+    ) -> Feedback:
+        """Store a verdict on one of the key's tenant's requests (blocking: run it off the loop).
+
+        A request answered here moments ago may not be written yet: wait for the
+        record writer once, then ask again.
+        """
+        try:
+            return self.store.add_feedback(
+                request_id, tenant=key.tenant, score=score, comment=comment, api_key_id=key.id
+            )
+        except NotFound:
+            with self._recent_lock:
+                pending = self._recent.get(request_id) == key.tenant_id
+            if not pending:
+                raise
+        self.writer.flush(timeout=5.0)
+        return self.store.add_feedback(
+            request_id, tenant=key.tenant, score=score, comment=comment, api_key_id=key.id
+        )
+
+    def run(
+        self,
+        key: ApiKey,
+        route: str,
+        endpoint: str,
+        user: str | None,
+        params: SamplingParams,
+        render: Callable[[ModelVersion], str],
+    ) -> tuple[str, ModelVersion, Generation]:
+        """Route, generate and record one request; returns (record id, version, generation)."""
+        sub = self.submit(key, route, endpoint, user, params, render)
+        try:
+            gen = sub.stream.result()
+        except ModelyardError as exc:
+            self.finish(sub, None, exc=exc)
+            raise
+        self.finish(sub, gen)
+        return sub.record_id, sub.version, gen
+
+    def _record(
+        self,
+        record_id: str,
+        key: ApiKey,
+        route: str,
+        endpoint: str,
+        version: ModelVersion | None,
+        prompt: str | None,
+        gen: Generation | None,
+        started: float,
+        exc: ModelyardError | None = None,
+        cancelled: bool = False,
+        timed_out: bool = False,
+        shadow: bool = False,
+        fallback_from: ModelVersion | None = None,
+    ) -> None:
+        latency_ms = (time.perf_counter() - started) * 1000
+        policy = self.tenant(key.tenant).storage_policy
+        status = 200 if exc is None else status_of(exc).http_status
+        if timed_out:
+            outcome = "timeout"
+        elif cancelled or (gen is not None and gen.finish_reason == "cancelled"):
+            outcome = "cancelled"
+        else:
+            outcome = "ok" if exc is None else "error"
+        version_ref = version.ref if version else ""
+        labels = (endpoint if version else "", version_ref, key.tenant)
+        if exc is not None and version is not None and load_failure_of(exc, version):
+            self.health.failed(version.ref, exc.message)
+        if shadow:
+            self.metrics.shadow.labels(*labels, outcome).inc()
+        else:
+            self.metrics.requests.labels(*labels, outcome).inc()
+        if fallback_from is not None:
+            self.metrics.fallbacks.labels(endpoint, fallback_from.ref, version_ref).inc()
+        self.metrics.latency.labels(*labels).observe(latency_ms / 1000)
+        if gen is not None:
+            self.metrics.tokens.labels(*labels, "prompt").inc(gen.prompt_tokens)
+            self.metrics.tokens.labels(*labels, "completion").inc(gen.completion_tokens)
+            if gen.ttft_ms is not None:
+                self.metrics.ttft.labels(*labels).observe(gen.ttft_ms / 1000)
+        self.writer.submit(
+            NewInferenceRecord(
+                id=record_id,
+                endpoint_name=endpoint,
+                route=route,
+                latency_ms=latency_ms,
+                status=outcome,
+                http_status=status,
+                tenant_id=key.tenant_id,
+                api_key_id=key.id,
+                version_id=version.id if version else None,
+                prompt=apply_storage_policy(prompt, policy),
+                response=apply_storage_policy(gen.text if gen else None, policy),
+                prompt_tokens=gen.prompt_tokens if gen else 0,
+                completion_tokens=gen.completion_tokens if gen else 0,
+                ttft_ms=gen.ttft_ms if gen else None,
+                error=exc.one_line() if exc else None,
+                shadow=shadow,
+                fallback_from_id=fallback_from.id if fallback_from else None,
+            ),
+            # Drift features come from the raw text, before the storage policy above.
+            record_features(
+                prompt,
+                gen.text if gen else None,
+                unknown_tokens=_extra(gen, "unknown_tokens", int),
+                prompt_tokens=gen.prompt_tokens if gen else 0,
+                cache_hit=_extra(gen, "adapter_cache_hit", bool),
+            ),
+            prompt,  # embedded by a writer that has an embedder (semantic drift); not stored
+        )
+        if key.tenant_id is not None:
+            with self._recent_lock:
+                self._recent[record_id] = key.tenant_id
+                while len(self._recent) > _RECENT_RECORDS:
+                    self._recent.popitem(last=False)
+
+
+def _extra(gen: Generation | None, name: str, kind: type[T]) -> T | None:
+    """What the engine said of a request in ``Generation.extra`` (adapter cache hit, unknown
+    prompt tokens), when it says so."""
+    value = gen.extra.get(name) if gen is not None else None
+    return value if isinstance(value, kind) else None
+
+
+__all__ = ["DataPlane", "Submitted"]

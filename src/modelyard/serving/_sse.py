@@ -1,0 +1,179 @@
+"""Waiting for the engine: a whole generation, or server-sent events as it goes.
+
+Both wait without holding a thread, end the request at the request timeout
+(504 before the first token, an error event after it), and hand a request
+whose version could not be loaded to another version of the plan
+(``DataPlane.fall_back``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from fastapi.responses import StreamingResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive, Scope, Send
+
+from modelyard.errors import EngineError, ModelyardError
+from modelyard.serving._http_errors import error_of
+from modelyard.serving._plane import DataPlane, Submitted
+from modelyard.serving._types import Generation
+from modelyard.serving._wire import usage
+
+
+async def wait_whole(plane: DataPlane, sub: Submitted) -> tuple[Submitted, Generation]:
+    """The whole generation of a submitted request, recorded; waits without holding a thread.
+
+    A version that could not be loaded hands the request to another version of the
+    plan (``DataPlane.fall_back``); the returned ``Submitted`` is the one that answered.
+    """
+    while True:
+        try:
+            async with asyncio.timeout(sub.remaining()):
+                async for event in sub.stream:
+                    if event.generation is not None:
+                        plane.finish(sub, event.generation)
+                        return sub, event.generation
+        except TimeoutError:
+            raise plane.timed_out(sub) from None
+        except ModelyardError as exc:
+            other = await run_in_threadpool(plane.fall_back, sub, exc)
+            if other is not None:
+                sub = other
+                continue
+            plane.finish(sub, None, exc=exc)
+            raise
+        raise EngineError("the engine ended a stream without a result")  # pragma: no cover
+
+
+class Chunks:
+    """OpenAI's streaming chunks for one request: chat or text completion."""
+
+    def __init__(self, chat: bool, sub: Submitted, model: str, include_usage: bool) -> None:
+        self.chat, self.include_usage, self.model = chat, include_usage, model
+        self.created = int(time.time())
+        self._head: dict[str, Any] = {
+            "id": sub.record_id,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": self.created,
+            "model": model,
+        }
+        if chat:
+            self._head["system_fingerprint"] = sub.version.ref
+
+    def rebound(self, sub: Submitted) -> Chunks:
+        """The same stream's chunks, now answered by ``sub`` (a fallback version)."""
+        return Chunks(self.chat, sub, self.model, self.include_usage)
+
+    def _event(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
+        data = {**self._head, "choices": choices}
+        if self.include_usage:
+            data["usage"] = usage
+        return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+    def _choice(self, text: str | None, finish: str | None) -> dict[str, Any]:
+        if self.chat:
+            delta = {} if text is None else {"content": text}
+            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+
+    def opening(self) -> list[str]:
+        if not self.chat:
+            return []
+        role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None}
+        return [self._event([{**role, "finish_reason": None}])]
+
+    def text(self, text: str) -> str:
+        return self._event([self._choice(text, None)])
+
+    def closing(self, gen: Generation) -> list[str]:
+        events = [self._event([self._choice(None, gen.finish_reason)])]
+        if self.include_usage:
+            events.append(self._event([], usage(gen)))
+        return [*events, "data: [DONE]\n\n"]
+
+    @staticmethod
+    def error(exc: ModelyardError) -> str:
+        return f"data: {json.dumps(error_of(exc), ensure_ascii=False)}\n\n"
+
+
+class _EventStreamResponse(StreamingResponse):
+    """Server-sent events whose generator is always closed, so its ``finally`` always runs
+    (Starlette abandons the body iterator when the client disconnects)."""
+
+    media_type = "text/event-stream"
+
+    def __init__(self, body: AsyncGenerator[str, None], headers: dict[str, str]) -> None:
+        super().__init__(body, headers=headers)
+        self._body = body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._body.aclose()
+
+
+async def event_stream(plane: DataPlane, sub: Submitted, chunks: Chunks) -> StreamingResponse:
+    """Wait for the first event (an error before it is a normal error response), then stream.
+
+    The record is written when the stream ends: ``ok``; ``error`` when the engine
+    fails mid-stream (sent as an error event); ``cancelled`` when the client goes
+    away, which also stops its generation; ``timeout`` when the request timeout
+    passes (a 504 before the first token, an error event after it).
+    """
+    while True:
+        try:
+            async with asyncio.timeout(sub.remaining()):
+                first = await anext(sub.stream)
+            break
+        except TimeoutError:
+            raise plane.timed_out(sub) from None
+        except ModelyardError as exc:
+            other = await run_in_threadpool(plane.fall_back, sub, exc)
+            if other is None:
+                plane.finish(sub, None, exc=exc)
+                raise
+            sub, chunks = other, chunks.rebound(other)
+
+    async def events() -> AsyncGenerator[str, None]:
+        recorded = False
+        try:
+            for opening in chunks.opening():
+                yield opening
+            event = first
+            while True:
+                if event.text:
+                    yield chunks.text(event.text)
+                if event.generation is not None:
+                    break
+                async with asyncio.timeout(sub.remaining()):
+                    event = await anext(sub.stream)
+            gen = event.generation
+            for closing in chunks.closing(gen):
+                yield closing
+            plane.finish(sub, gen)
+            recorded = True
+        except TimeoutError:
+            recorded = True
+            yield chunks.error(plane.timed_out(sub))
+        except ModelyardError as exc:
+            plane.finish(sub, None, exc=exc)
+            recorded = True
+            yield chunks.error(exc)
+        finally:
+            if not recorded:  # the client went away: stop generating, record when it stops
+                sub.stream.cancel()
+                sub.stream.on_finish(
+                    lambda gen, exc: plane.finish(sub, gen, exc=exc, cancelled=True)
+                )
+
+    headers = {"x-modelyard-version": sub.version.ref, "cache-control": "no-cache"}
+    return _EventStreamResponse(events(), headers)
+
+
+__all__ = ["Chunks", "event_stream", "wait_whole"]
