@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from modelyard.errors import ConfigError
-from modelyard.training._settings import LLAMA_PROJECTIONS, TrainSettings
+from modelyard.training import LLAMA_PROJECTIONS, TrainingOptions, TrainSettings
 
 
 class _Section(BaseModel):
@@ -42,27 +42,8 @@ class MethodConfig(_Section):
     )
 
 
-class TrainingConfig(_Section):
-    epochs: float = Field(default=5.0, gt=0)
-    max_steps: int | None = Field(default=None, ge=1)
-    learning_rate: float = Field(default=3e-3, gt=0)
-    batch_size: int = Field(default=16, ge=1)
-    grad_accum: int = Field(default=1, ge=1)
-    warmup_ratio: float = Field(default=0.1, ge=0.0, lt=1.0)
-    scheduler: Literal[
-        "linear",
-        "cosine",
-        "cosine_with_restarts",
-        "polynomial",
-        "constant",
-        "constant_with_warmup",
-        "inverse_sqrt",
-    ] = "linear"
-    seed: int = 0
-    packing: bool = False
-    early_stopping: int | None = Field(default=None, ge=1, description="patience in evaluations")
-    eval_every: int | None = Field(default=None, ge=1)
-    save_every: int | None = Field(default=None, ge=1)
+class TrainingConfig(TrainingOptions):
+    """The ``training:`` section: ``TrainingOptions`` as declared by the trainer."""
 
 
 class EvaluationConfig(_Section):

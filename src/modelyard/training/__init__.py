@@ -7,7 +7,12 @@ share one base) or a whole model.
 """
 
 from modelyard.training._dataset import IGNORE_INDEX, SupervisedDataset, encode_row
-from modelyard.training._settings import LLAMA_PROJECTIONS, TrainResult, TrainSettings
+from modelyard.training._settings import (
+    LLAMA_PROJECTIONS,
+    TrainingOptions,
+    TrainResult,
+    TrainSettings,
+)
 from modelyard.training._train import LogFn, ProgressFn, train_model
 
 __all__ = [
@@ -18,6 +23,7 @@ __all__ = [
     "SupervisedDataset",
     "TrainResult",
     "TrainSettings",
+    "TrainingOptions",
     "encode_row",
     "train_model",
 ]

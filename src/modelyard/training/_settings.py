@@ -23,28 +23,14 @@ LLAMA_PROJECTIONS: tuple[str, ...] = (
 """Every linear projection of a Llama-style block: the usual full-coverage LoRA target."""
 
 
-class TrainSettings(BaseModel):
-    """Hyper-parameters of one fine-tuning run (validated, immutable, JSON-able).
-
-    ``method="lora"`` trains a LoRA adapter (``r``, ``alpha``, ``dropout``,
-    ``target_modules``) and saves only the adapter; ``method="full"`` trains and
-    saves every weight. The defaults are tuned for the quickstart: the tiny base
-    and ~400 rows, about 125 steps on CPU (a few hundred distinct rows generalise
-    far better than more epochs over fewer). For real bases lower
-    ``learning_rate`` (1e-4..3e-4 for LoRA, 1e-5..5e-5 for full) and ``alpha``
-    (2 x r is usual). ``target_modules="all-linear"`` lets peft pick every
-    linear layer except the output head, for architectures with other names.
+class TrainingOptions(BaseModel):
+    """How a run trains, whatever it trains: length, optimizer, schedule, batches, seed,
+    checkpoints and early stopping. Declared once: ``TrainSettings`` extends it with
+    what to train, and the ``training:`` section of a finetune config is exactly it.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    method: Literal["lora", "full"] = Field(default="lora", description="what to train")
-    r: int = Field(default=8, ge=1, description="LoRA rank")
-    alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator (scale = alpha / r)")
-    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout on the LoRA input")
-    target_modules: tuple[str, ...] | Literal["all-linear"] = Field(
-        default=LLAMA_PROJECTIONS, description="module names to adapt, or 'all-linear'"
-    )
     epochs: float = Field(default=5.0, gt=0, description="passes over the training rows")
     max_steps: int | None = Field(
         default=None, ge=1, description="optimizer steps; overrides epochs"
@@ -65,7 +51,6 @@ class TrainSettings(BaseModel):
         "inverse_sqrt",
     ] = Field(default="linear", description="learning-rate schedule after warmup")
     seed: int = Field(default=0, description="seeds LoRA init, dropout and data order")
-    max_seq_len: int = Field(default=256, ge=8, description="longest prompt+response in tokens")
     packing: bool = Field(
         default=False,
         description="padding-free batches: rows concatenated, attention kept within each row",
@@ -81,6 +66,29 @@ class TrainSettings(BaseModel):
         ge=1,
         description="stop after N evaluations without a lower eval loss (needs eval rows)",
     )
+
+
+class TrainSettings(TrainingOptions):
+    """Hyper-parameters of one fine-tuning run (validated, immutable, JSON-able).
+
+    ``method="lora"`` trains a LoRA adapter (``r``, ``alpha``, ``dropout``,
+    ``target_modules``) and saves only the adapter; ``method="full"`` trains and
+    saves every weight. The defaults are tuned for the quickstart: the tiny base
+    and ~400 rows, about 125 steps on CPU (a few hundred distinct rows generalise
+    far better than more epochs over fewer). For real bases lower
+    ``learning_rate`` (1e-4..3e-4 for LoRA, 1e-5..5e-5 for full) and ``alpha``
+    (2 x r is usual). ``target_modules="all-linear"`` lets peft pick every
+    linear layer except the output head, for architectures with other names.
+    """
+
+    method: Literal["lora", "full"] = Field(default="lora", description="what to train")
+    r: int = Field(default=8, ge=1, description="LoRA rank")
+    alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator (scale = alpha / r)")
+    dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout on the LoRA input")
+    target_modules: tuple[str, ...] | Literal["all-linear"] = Field(
+        default=LLAMA_PROJECTIONS, description="module names to adapt, or 'all-linear'"
+    )
+    max_seq_len: int = Field(default=256, ge=8, description="longest prompt+response in tokens")
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any]) -> TrainSettings:
