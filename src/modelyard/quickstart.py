@@ -1,9 +1,11 @@
 """The quickstart: the whole flow, for real, on tiny local models and two tenants.
 
-data → tiny base → one LoRA adapter per tenant (HF Trainer + peft) → evaluation
-against the base on held-out rows → registry (with lineage) → endpoints and
-keys → the OpenAI-compatible server → real chat requests through the ``openai``
-client → inference records in the store.
+data → tiny base → for each tenant, the fine-tuning pipeline that ``modelyard
+finetune CONFIG.yaml`` runs (data validation and versioning, a LoRA adapter
+trained with HF Trainer + peft, evaluation against the base on held-out rows,
+quality gates, registration with lineage, the ``champion`` alias on a pass) →
+endpoints and keys → the OpenAI-compatible server → real chat requests through
+the ``openai`` client → inference records in the store.
 
 Running it again reuses the tenants, base and endpoints and registers new
 versions, moving each endpoint to its new version.
@@ -11,31 +13,20 @@ versions, moving each endpoint to its new version.
 
 from __future__ import annotations
 
-import hashlib
-import json
-import tempfile
 import time
-import uuid
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from modelyard.artifacts import ArtifactStore
-from modelyard.errors import Conflict, NotFound
+from modelyard.errors import GateFailed
+from modelyard.finetune import FinetuneOutcome, Reporter, parse_config, prepare, run_finetune
 from modelyard.settings import Settings
-from modelyard.store import BaseModel, ModelVersion, Store
+from modelyard.store import ModelVersion, Store
 
-UpdateFn = Callable[[int, int, str], None]
-
-
-class QuickstartUI(Protocol):
-    """How the quickstart reports: lines of text and progress bars (Rich in the CLI)."""
-
-    def info(self, message: str) -> None: ...
-
-    def bar(self, description: str, total: int, unit: str) -> AbstractContextManager[UpdateFn]: ...
+QuickstartUI = Reporter
+"""How the quickstart reports: lines of text and progress bars (Rich in the CLI)."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +43,8 @@ PLANS = (
     TenantPlan("globex-it", "it-support", "globex-helpdesk", "helpdesk-router", "redacted"),
 )
 BASE_NAME = "quickstart-tiny"
+GATES = ("exact_match >= 0.8", "not_worse_than: champion")
+"""The quality gates each tenant's new version must pass to become its ``champion``."""
 
 
 @dataclass(frozen=True)
@@ -78,14 +71,16 @@ class QuickstartResult:
     server_url: str
 
 
+@dataclass(frozen=True)
+class _Trained:
+    """One tenant's pipeline run: its registered version, outcome and held-out rows."""
+
+    version: ModelVersion
+    outcome: FinetuneOutcome
+    held_out: list[dict[str, Any]]
+
+
 # -- data ----------------------------------------------------------------------------------
-
-
-def _write_jsonl(path: Path, rows: Sequence[Mapping[str, str]]) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = "".join(json.dumps(dict(r), sort_keys=True) + "\n" for r in rows)
-    path.write_text(data, encoding="utf-8")
-    return hashlib.sha256(data.encode()).hexdigest()
 
 
 def _split(
@@ -103,18 +98,15 @@ def _split(
 # -- steps ---------------------------------------------------------------------------------
 
 
-def _ensure_base(store: Store, work: Path, ui: QuickstartUI) -> BaseModel:
-    from modelyard.base import create_tiny_base, weight_hashes
+def _ensure_base(work: Path, ui: QuickstartUI) -> Path:
+    """The tiny base's directory (named ``BASE_NAME``, the name it is registered under)."""
+    from modelyard.base import create_tiny_base
     from modelyard.data import DOMAINS, domain_corpus
 
-    base_dir = work / "base"
-    try:
-        known = store.get_base_model(BASE_NAME)
-        if Path(known.source).is_dir() and weight_hashes(Path(known.source)) == known.weight_hashes:
-            ui.info(f"reusing base model {BASE_NAME} at {known.source}")
-            return known
-    except NotFound:
-        pass
+    base_dir = work / BASE_NAME
+    if (base_dir / "config.json").is_file():
+        ui.info(f"reusing base model {BASE_NAME} at {base_dir}")
+        return base_dir
     corpus = domain_corpus(DOMAINS, n_docs=2000, seed=0)
     steps = 300
     with ui.bar("pretraining tiny base", steps, "steps") as update:
@@ -130,121 +122,69 @@ def _ensure_base(store: Store, work: Path, ui: QuickstartUI) -> BaseModel:
         f"built base {BASE_NAME}: {info.parameters:,} parameters, vocab {info.vocab_size}, "
         f"loss {info.final_loss:.2f} in {info.seconds:.1f} s"
     )
-    hashes = weight_hashes(base_dir)
-    source = str(base_dir.resolve())
-    try:
-        return store.register_base_model(BASE_NAME, source, hashes)
-    except Conflict:  # rebuilt with other weights (other library versions): a new name
-        digest = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
-        return store.register_base_model(f"{BASE_NAME}-{digest[:8]}", source, hashes)
+    return base_dir
 
 
 def _ensure_tenant(store: Store, plan: TenantPlan) -> None:
     if plan.tenant not in {t.name for t in store.list_tenants()}:
         store.create_tenant(plan.tenant, storage_policy=plan.storage_policy)  # type: ignore[arg-type]
-    if plan.model not in {m.name for m in store.list_registered_models()}:
-        store.create_registered_model(
-            plan.model,
-            tenant=plan.tenant,
-            description=f"Routes {plan.domain.replace('-', ' ')} to the right team.",
-        )
 
 
-def _train_and_register(
+def _config(plan: TenantPlan, base_dir: Path, data_dir: Path) -> dict[str, Any]:
+    """The finetune config of one tenant, as a ``modelyard finetune`` YAML file would hold it."""
+    return {
+        "base_model": str(base_dir.resolve()),
+        "data": {
+            "train": str(data_dir / "train.jsonl"),
+            "eval": str(data_dir / "eval.jsonl"),
+            "format": "alpaca",
+            "name": f"{plan.tenant}-train",
+        },
+        "method": {"type": "lora"},
+        "training": {"seed": 0},
+        "evaluation": {"metrics": ["exact_match"], "gates": list(GATES), "max_new_tokens": 8},
+        "registry": {
+            "model": plan.model,
+            "tenant": plan.tenant,
+            "alias_on_pass": "champion",
+            "description": f"Routes {plan.domain.replace('-', ' ')} to the right team.",
+        },
+    }
+
+
+def _finetune(
     store: Store,
     artifacts: ArtifactStore,
     plan: TenantPlan,
-    base: BaseModel,
-    work: Path,
+    base_dir: Path,
+    home: Path,
     ui: QuickstartUI,
-) -> tuple[ModelVersion, dict[str, Any], list[dict[str, str]]]:
-    from modelyard.base import load_base
-    from modelyard.data import PROMPT_TEMPLATE_NAME
-    from modelyard.evaluation import evaluate_exact_match, load_adapter
-    from modelyard.registry import environment, git_commit
-    from modelyard.training import TrainSettings, train_model
+) -> _Trained:
+    """Run the fine-tuning pipeline for one tenant; its version must pass its gates."""
+    from modelyard.data import write_jsonl
 
     train, held_out = _split(plan.domain, n_train=400, n_eval=90)
-    data_dir = work / "data" / plan.tenant
-    digest = _write_jsonl(data_dir / "train.jsonl", train)
-    _write_jsonl(data_dir / "eval.jsonl", held_out)
-    blob = artifacts.put_file(data_dir / "train.jsonl", kind="dataset")
-    dataset = store.register_dataset(
-        f"{plan.tenant}-train",
-        digest=digest,
-        artifact_digest=blob.digest,
-        format="alpaca",
-        n_rows=len(train),
-        report={"rows": len(train), "eval_rows": len(held_out)},
-    )
-    settings = TrainSettings(seed=0)
-    run_id = str(uuid.uuid4())
-    base_dir = Path(base.source)
-    env = environment()
-    store.create_run(
-        run_id,
-        base_model=base.name,
-        dataset_id=dataset.id,
-        config={"method": {"type": "lora"}, "training": settings.model_dump(mode="json")},
-        seed=settings.seed,
-        environment=env,
-    )
-    model, tokenizer = load_base(base_dir)
-    base_eval = evaluate_exact_match(model, tokenizer, held_out)
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        ui.bar(f"fine-tuning {plan.tenant}", 1, "steps") as update,
-    ):
-        result = train_model(
-            base_dir,
-            train,
-            Path(tmp) / "adapter",
-            settings,
-            progress=lambda s, t, loss: update(s, t, f"loss {loss:.3f}"),
+    data_dir = home / "quickstart" / "data" / plan.tenant
+    data_dir.mkdir(parents=True, exist_ok=True)
+    write_jsonl(train, data_dir / "train.jsonl")
+    write_jsonl(held_out, data_dir / "eval.jsonl")
+    prepared = prepare(parse_config(_config(plan, base_dir, data_dir)))
+    outcome = run_finetune(prepared, store=store, artifacts=artifacts, home=home, ui=ui)
+    assert outcome is not None and outcome.ref is not None  # rank 0 always registers
+    if not outcome.passed:
+        failed = [v["gate"] for v in outcome.verdicts if not v.get("passed")]
+        raise GateFailed(
+            f"{outcome.ref} failed its quality gates: {', '.join(map(str, failed))}",
+            hint=f"See `modelyard registry show {outcome.ref}`.",
         )
-        adapter_blob = artifacts.put_dir(result.adapter_dir, kind="adapter")
-        tuned = load_adapter(model, result.adapter_dir)
-        tuned_eval = evaluate_exact_match(tuned, tokenizer, held_out)
-    metrics = {
-        "exact_match": tuned_eval.exact_match,
-        "base_exact_match": base_eval.exact_match,
-        "eval_examples": tuned_eval.n,
-        "train_loss": result.train_loss,
-        "train_seconds": round(result.seconds, 2),
-        "train_tokens_per_second": round(result.tokens_per_second, 1),
-        "trainable_parameters": result.trainable_parameters,
-    }
-    store.finish_run(run_id, status="finished", metrics=metrics)
-    lineage = {
-        "run_id": run_id,
-        "dataset": {"name": dataset.name, "version": dataset.version, "digest": dataset.digest},
-        "base_model": {
-            "name": base.name,
-            "source": base.source,
-            "weights": dict(base.weight_hashes),
-        },
-        "config": settings.model_dump(mode="json"),
-        "seed": settings.seed,
-        "prompt_template": PROMPT_TEMPLATE_NAME,
-        "environment": env,
-        "git_commit": git_commit(Path.cwd()),
-    }
-    version = store.create_model_version(
-        plan.model,
-        kind="adapter",
-        artifact_digest=adapter_blob.digest,
-        base_model=base.name,
-        run_id=run_id,
-        lineage=lineage,
-        metrics=metrics,
-    )
-    store.set_alias(plan.model, "champion", version.version)
+    version = store.resolve_model_ref(outcome.ref)
     ui.info(
-        f"{plan.tenant}: registered {version.ref} — exact match {tuned_eval.exact_match:.2f} "
-        f"vs base {base_eval.exact_match:.2f} on {tuned_eval.n} held-out rows "
-        f"({result.seconds:.1f} s of training)"
+        f"{plan.tenant}: registered {version.ref} — exact match "
+        f"{outcome.metrics['exact_match']:.2f} vs base {outcome.base_metrics['exact_match']:.2f} "
+        f"on {len(prepared.eval_rows)} held-out rows "
+        f"({outcome.training['seconds']:.1f} s of training)"
     )
-    return version, metrics, held_out
+    return _Trained(version, outcome, list(prepared.eval_rows))
 
 
 def _ensure_endpoint(store: Store, plan: TenantPlan, version: ModelVersion) -> None:
@@ -302,20 +242,20 @@ def run_quickstart(
     artifacts = ArtifactStore(settings.artifacts_dir)
     with Store.open(settings.resolved_store_url) as store:
         ui.info(f"store {store.url}, artifacts {artifacts.root}")
-        base = _ensure_base(store, work, ui)
-        trained: dict[str, tuple[ModelVersion, dict[str, Any], list[dict[str, str]]]] = {}
+        base_dir = _ensure_base(work, ui)
+        trained: dict[str, _Trained] = {}
         keys: dict[str, str] = {}
         for plan in PLANS:
             _ensure_tenant(store, plan)
-            trained[plan.tenant] = _train_and_register(store, artifacts, plan, base, work, ui)
-            _ensure_endpoint(store, plan, trained[plan.tenant][0])
+            trained[plan.tenant] = _finetune(store, artifacts, plan, base_dir, home, ui)
+            _ensure_endpoint(store, plan, trained[plan.tenant].version)
             keys[plan.tenant] = create_api_key(store, plan.tenant, scopes=("infer", "feedback"))[1]
         engine = TransformersEngine(artifacts)
         answers: dict[str, list[tuple[str, str, str, str]]] = {}
         with BackgroundServer(create_app(store, engine, refresh_seconds=1.0)) as server:
             ui.info(f"server listening on {server.base_url}")
             for plan in PLANS:
-                rows = trained[plan.tenant][2][:requests_per_tenant]
+                rows = trained[plan.tenant].held_out[:requests_per_tenant]
                 answers[plan.tenant] = list(
                     _ask(server.base_url, keys[plan.tenant], plan.endpoint, rows)
                 )
@@ -326,21 +266,22 @@ def run_quickstart(
         engine.close()
         outcomes = []
         for plan in PLANS:
-            version, metrics, _ = trained[plan.tenant]
+            run = trained[plan.tenant]
             got = answers[plan.tenant]
             outcomes.append(
                 TenantOutcome(
                     tenant=plan.tenant,
                     endpoint=plan.endpoint,
-                    version=version.ref,
-                    base_exact_match=float(metrics["base_exact_match"]),
-                    adapter_exact_match=float(metrics["exact_match"]),
-                    eval_examples=int(metrics["eval_examples"]),
-                    train_seconds=float(metrics["train_seconds"]),
+                    version=run.version.ref,
+                    base_exact_match=run.outcome.base_metrics["exact_match"],
+                    adapter_exact_match=run.outcome.metrics["exact_match"],
+                    eval_examples=len(run.held_out),
+                    train_seconds=float(run.outcome.training["seconds"]),
                     api_requests=len(got),
                     api_correct=sum(normalize(a) == normalize(e) for _, e, a, _ in got),
                     records=store.count_inference_records(endpoint=plan.endpoint),
                     answers=[(i, e, a) for i, e, a, _ in got],
                 )
             )
-    return QuickstartResult(outcomes, isolated, time.perf_counter() - started, base.name, url)
+    base_name = trained[PLANS[0].tenant].version.base_model
+    return QuickstartResult(outcomes, isolated, time.perf_counter() - started, base_name, url)

@@ -73,17 +73,18 @@ def ensure_base_model(store: Store, ref: str, *, name: str | None = None) -> Bas
     hashes = weight_hashes(directory)
     source = str(directory.resolve()) if is_local(ref) else ref
     wanted = name or (directory.name if is_local(ref) else ref)
-    try:
-        known = store.get_base_model(wanted)
+    digest = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
+    for candidate in (wanted, f"{wanted}-{digest[:8]}"):
+        try:
+            known = store.get_base_model(candidate)
+        except NotFound:
+            try:
+                return store.register_base_model(candidate, source, hashes)
+            except Conflict:
+                continue
         if dict(known.weight_hashes) == hashes:
             return known
-    except NotFound:
-        pass
-    try:
-        return store.register_base_model(wanted, source, hashes)
-    except Conflict:
-        digest = hashlib.sha256(json.dumps(hashes, sort_keys=True).encode()).hexdigest()
-        return store.register_base_model(f"{wanted}-{digest[:8]}", source, hashes)
+    return store.register_base_model(f"{wanted}-{digest[:8]}", source, hashes)
 
 
 def lineage_record(
