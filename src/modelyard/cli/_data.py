@@ -21,13 +21,13 @@ from modelyard.data import (
     RULES,
     Stats,
     ValidationReport,
+    as_text,
     check_rules,
     load_rows,
     split_rows,
     validate_rows,
     write_jsonl,
 )
-from modelyard.data._formats import as_text
 from modelyard.errors import ConfigError, DataError, NotFound
 
 app = typer.Typer(help="Datasets: check a file before training on it, split it reproducibly.")

@@ -130,7 +130,7 @@ def serve(
         controller = Controller(open_store(), extra_ticks=[monitoring_tick])
     embedder = None
     if embed_prompts:
-        from modelyard.monitoring._semantic import Embedder
+        from modelyard.monitoring import Embedder
 
         embedder = Embedder()
     app = create_app(

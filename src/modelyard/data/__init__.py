@@ -8,7 +8,7 @@ single place where a row becomes a prompt, for both training and evaluation;
 the quickstart trains on.
 """
 
-from modelyard.data._formats import FORMATS, REQUIRED_FIELDS, DataFormat, get_format
+from modelyard.data._formats import FORMATS, REQUIRED_FIELDS, DataFormat, as_text, get_format
 from modelyard.data._io import FILE_TYPES, load_rows, write_jsonl
 from modelyard.data._pii import PII_KINDS, PiiMatch, find_pii
 from modelyard.data._prompt import PROMPT_TEMPLATE_NAME, render_prompt, response_of
@@ -51,6 +51,7 @@ __all__ = [
     "PromptTemplate",
     "Stats",
     "ValidationReport",
+    "as_text",
     "check_rules",
     "domain_corpus",
     "find_pii",

@@ -12,12 +12,9 @@ import difflib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from modelyard.errors import ConfigError
-
-if TYPE_CHECKING:  # _templates imports this module
-    from modelyard.data._templates import PromptTemplate
 
 
 @dataclass(frozen=True)
@@ -148,16 +145,3 @@ def example_text(row: Mapping[str, Any], fmt: DataFormat) -> str:
     if fmt.name == "chat":
         return _chat_text(_messages(row), sep="\0")
     return "\0".join(as_text(row.get(f)) for f in fmt.fields)
-
-
-def training_text(row: Mapping[str, Any], fmt: DataFormat, template: PromptTemplate) -> str:
-    """The sequence the model trains on: the row rendered by ``template``, prompt then response.
-
-    Rows the template cannot render (an empty field, a malformed chat, which the
-    validation report lists anyway) are measured as their plain example text.
-    """
-    try:
-        prompt, response = template.render(row)
-    except Exception:  # DataError, or a tokenizer chat template rejecting the conversation
-        return example_text(row, fmt)
-    return prompt + response

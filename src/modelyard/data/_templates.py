@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from modelyard.data._formats import CHAT_ROLES, FORMATS
+from modelyard.data._formats import CHAT_ROLES, FORMATS, DataFormat, example_text
 from modelyard.data._prompt import render_prompt, response_of
 from modelyard.errors import ConfigError, DataError
 
@@ -155,3 +155,16 @@ def template_named(name: str, tokenizer: Any = None) -> PromptTemplate:
             "the 'chat' template needs the tokenizer's chat template, and this one has none"
         )
     return PromptTemplate(name, tokenizer)
+
+
+def training_text(row: Mapping[str, Any], fmt: DataFormat, template: PromptTemplate) -> str:
+    """The sequence the model trains on: the row rendered by ``template``, prompt then response.
+
+    Rows the template cannot render (an empty field, a malformed chat, which the
+    validation report lists anyway) are measured as their plain example text.
+    """
+    try:
+        prompt, response = template.render(row)
+    except Exception:  # DataError, or a tokenizer chat template rejecting the conversation
+        return example_text(row, fmt)
+    return prompt + response

@@ -35,11 +35,10 @@ from modelyard.data._formats import (
     get_format,
     is_blank,
     prompt_text,
-    training_text,
 )
 from modelyard.data._io import columns_of
 from modelyard.data._pii import find_pii
-from modelyard.data._templates import template_for
+from modelyard.data._templates import template_for, training_text
 from modelyard.errors import ConfigError
 
 DEFAULT_MAX_SEQ_LEN = 2048

@@ -1,0 +1,115 @@
+"""The root Typer app: every command group attached, and the entry point's error exits."""
+
+from __future__ import annotations
+
+import sys
+import warnings
+
+import typer
+from typer.main import get_command
+
+from modelyard.cli import (
+    _admin,
+    _audit,
+    _base,
+    _data,
+    _delivery,
+    _finetune,
+    _monitor,
+    _quickstart,
+    _registry,
+    _serve,
+)
+from modelyard.cli._common import err_console, set_actor
+from modelyard.errors import ModelyardError, status_of
+
+app = typer.Typer(
+    name="modelyard",
+    help="Fine-tune, govern, serve and watch LLMs on your own machines.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+_debug = {"on": False}
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    actor: str | None = typer.Option(
+        None, "--actor", help="Act as NAME (default: MODELYARD_ACTOR, else the OS user)."
+    ),
+) -> None:
+    _debug["on"] = debug
+    set_actor(actor)
+
+
+app.command("init", help="Create the home, the artifact store and the store schema (idempotent).")(
+    _admin.init
+)
+app.command("quickstart", help="Run the whole flow on tiny local models for two tenants.")(
+    _quickstart.quickstart
+)
+app.command("serve", help="Serve the OpenAI-compatible API for every endpoint in the store.")(
+    _serve.serve
+)
+app.command("finetune", help="Train, evaluate, gate and register a version from a YAML config.")(
+    _finetune.finetune
+)
+app.command("evaluate", help="Evaluate a registered version on a data file, with optional gates.")(
+    _finetune.evaluate
+)
+app.add_typer(_base.app, name="base")
+app.add_typer(_data.app, name="data")
+app.add_typer(_admin.tenants_app, name="tenants")
+app.add_typer(_admin.keys_app, name="keys")
+for _name, _command in (
+    ("lineage", _registry.lineage),
+    ("card", _registry.card),
+    ("export", _registry.export),
+    ("import", _registry.import_),
+    ("archive", _registry.archive),
+    ("unalias", _registry.unalias),
+    ("tag", _registry.tag),
+):
+    _admin.registry_app.command(_name)(_command)
+app.add_typer(_admin.registry_app, name="registry")
+app.add_typer(_admin.endpoints_app, name="endpoints")
+app.add_typer(_delivery.rollout_app, name="rollout")
+app.add_typer(_delivery.servers_app, name="servers")
+app.command("controller", help="Run the rollout controller alone (one leader per store).")(
+    _delivery.controller
+)
+app.add_typer(_audit.app, name="audit")
+app.add_typer(_audit.actors_app, name="actors")
+app.add_typer(_monitor.app, name="monitor")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: run the app, turning errors into one clear line and an exit code.
+
+    Typer (standalone mode) handles usage errors itself (exit 2); what reaches
+    us is a ModelyardError from a command.
+    """
+    # Library deprecation chatter is for developers, not for people running commands.
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    command = get_command(app)
+    try:
+        command.main(args=argv, prog_name="modelyard", standalone_mode=True)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except ModelyardError as exc:
+        if _debug["on"]:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc.one_line()}", markup=True)
+        return status_of(exc).exit_code
+    except KeyboardInterrupt:
+        err_console.print("aborted")
+        return 130
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())
