@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.artifacts import ArtifactStore
-from modelyard.errors import GateFailed
 from modelyard.finetune import FinetuneOutcome, Reporter, parse_config, prepare, run_finetune
 from modelyard.settings import Settings
 from modelyard.store import ModelVersion, Store
@@ -171,12 +170,9 @@ def _finetune(
     prepared = prepare(parse_config(_config(plan, base_dir, data_dir)))
     outcome = run_finetune(prepared, store=store, artifacts=artifacts, home=home, ui=ui)
     assert outcome is not None and outcome.ref is not None  # rank 0 always registers
-    if not outcome.passed:
-        failed = [v["gate"] for v in outcome.verdicts if not v.get("passed")]
-        raise GateFailed(
-            f"{outcome.ref} failed its quality gates: {', '.join(map(str, failed))}",
-            hint=f"See `modelyard registry show {outcome.ref}`.",
-        )
+    failure = outcome.gate_failure()
+    if failure is not None:  # no champion: nothing for the endpoint to serve
+        raise failure
     version = store.resolve_model_ref(outcome.ref)
     ui.info(
         f"{plan.tenant}: registered {version.ref} — exact match "

@@ -16,7 +16,7 @@ from modelyard.cli._common import (
     print_json,
     settings,
 )
-from modelyard.errors import ConfigError, GateFailed
+from modelyard.errors import GateFailed
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 
@@ -137,13 +137,9 @@ def finetune(
             console.print(verdicts_table([GateVerdict(**v) for v in outcome.verdicts]))
         moved = f"; {outcome.model}@{outcome.alias} -> {outcome.ref}" if outcome.alias else ""
         console.print(f"registered [bold]{outcome.ref}[/] (run {outcome.run_id}){moved}")
-    if not outcome.passed:
-        failed = [v for v in outcome.verdicts if not v["passed"]]
-        raise GateFailed(
-            f"{len(failed)} of {len(outcome.verdicts)} gates failed for {outcome.ref}: "
-            + "; ".join(str(v["gate"]) for v in failed),
-            hint="The version is registered with its verdicts; the alias was not moved.",
-        )
+    failure = outcome.gate_failure()
+    if failure is not None:
+        raise failure
 
 
 def evaluate(
@@ -161,51 +157,27 @@ def evaluate(
 
     Exits 1 when a --gate fails.
     """
-    from modelyard.data import load_rows
-    from modelyard.evaluation import (
-        evaluate_gates,
-        gated_metrics,
-        gates_passed,
-        parse_gates,
-        verdicts_table,
-    )
-    from modelyard.finetune import evaluate_rows
-    from modelyard.registry import load_version_model, version_format, version_template
+    from modelyard.evaluation import GateVerdict, verdicts_table
+    from modelyard.finetune import evaluate_version
 
-    names = [m.strip() for m in metrics.split(",") if m.strip()]
-    if not names:
-        raise ConfigError("--metrics names no metric", hint="e.g. --metrics exact_match,token_f1")
-    gates = parse_gates(gate)
-    names = list(dict.fromkeys([*names, *gated_metrics(gates)]))
     s = settings()
     with open_store(s) as store:
-        version = store.resolve_model_ref(model)
-        fmt = data_format or version_format(version)
-        rows = load_rows(data, fmt)
-        loaded, tokenizer = load_version_model(store, open_artifacts(s), version)
-        template = version_template(version, tokenizer)
-        values = evaluate_rows(
-            loaded,
-            tokenizer,
-            rows,
-            metrics=names,
-            template=template,
-            data_format=fmt,
+        result = evaluate_version(
+            store,
+            open_artifacts(s),
+            model,
+            data,
+            metrics=metrics.split(","),
+            gates=gate,
+            data_format=data_format,
             max_new_tokens=max_new_tokens,
         )
-    verdicts = evaluate_gates(gates, values, None, 0.0)
-    result = {
-        "model": version.ref,
-        "rows": len(rows),
-        "metrics": values,
-        "verdicts": [v.to_dict() for v in verdicts],
-        "passed": gates_passed(verdicts),
-    }
+    verdicts = [GateVerdict(**v) for v in result["verdicts"]]
     if json_out:
         print_json(result)
     else:
-        console.print(_metrics_table(values, {}, None))
+        console.print(_metrics_table(result["metrics"], {}, None))
         if verdicts:
             console.print(verdicts_table(verdicts))
     if not result["passed"]:
-        raise GateFailed(f"a gate failed for {version.ref}", hint="See the table above.")
+        raise GateFailed(f"a gate failed for {result['model']}", hint="See the table above.")

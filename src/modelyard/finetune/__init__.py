@@ -8,11 +8,11 @@ afterwards (lineage, prompt template, verified files) is ``modelyard.registry``'
 """
 
 from modelyard.finetune._config import FinetuneConfig, load_config, parse_config
+from modelyard.finetune._evaluate import evaluate_rows, evaluate_version
 from modelyard.finetune._pipeline import (
     FinetuneOutcome,
     Prepared,
     Reporter,
-    evaluate_rows,
     prepare,
     rank,
     run_finetune,
@@ -26,6 +26,7 @@ __all__ = [
     "Reporter",
     "SlurmOptions",
     "evaluate_rows",
+    "evaluate_version",
     "load_config",
     "parse_config",
     "prepare",

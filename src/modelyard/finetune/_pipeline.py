@@ -26,6 +26,7 @@ from modelyard.data import PromptTemplate, load_rows, split_rows, template_for, 
 from modelyard.errors import (
     ConfigError,
     DataError,
+    GateFailed,
     ModelVersionNotFound,
     NotFound,
     PermissionDenied,
@@ -33,12 +34,12 @@ from modelyard.errors import (
 from modelyard.evaluation import (
     check_metric_names,
     evaluate_gates,
-    evaluate_model,
     gated_metrics,
     gates_passed,
     parse_gates,
 )
 from modelyard.finetune._config import FinetuneConfig
+from modelyard.finetune._evaluate import evaluate_rows
 from modelyard.finetune._tracking import MlflowTracker
 from modelyard.registry import (
     ensure_base_model,
@@ -90,6 +91,17 @@ class FinetuneOutcome:
     dataset: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     mlflow_run_id: str | None = None
+
+    def gate_failure(self) -> GateFailed | None:
+        """The error to raise when a gate failed (the version is registered regardless)."""
+        if self.passed:
+            return None
+        failed = [v for v in self.verdicts if not v["passed"]]
+        return GateFailed(
+            f"{len(failed)} of {len(self.verdicts)} gates failed for {self.ref}: "
+            + "; ".join(str(v["gate"]) for v in failed),
+            hint="The version is registered with its verdicts; the alias was not moved.",
+        )
 
 
 def rank() -> int:
@@ -260,29 +272,6 @@ def config_digest(config: FinetuneConfig, data_digest: str) -> str:
 
 
 # -- evaluation ------------------------------------------------------------------------------
-
-
-def evaluate_rows(
-    model: Any,
-    tokenizer: Any,
-    rows: Sequence[Mapping[str, Any]],
-    *,
-    metrics: Sequence[str],
-    template: PromptTemplate,
-    data_format: str,
-    max_new_tokens: int,
-) -> dict[str, float]:
-    """The configured metrics of one model on ``rows``."""
-    report = evaluate_model(
-        model,
-        tokenizer,
-        [dict(r) for r in rows],
-        metrics=metrics,
-        format=data_format,
-        max_new_tokens=max_new_tokens,
-        render=template.render,
-    )
-    return {k: float(v) for k, v in report.metrics.items()}
 
 
 def _champion(store: Store, model: str) -> ModelVersion | None:
