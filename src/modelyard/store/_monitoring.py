@@ -15,7 +15,7 @@ from sqlalchemy import delete, insert, select
 
 from modelyard.errors import ConfigError
 from modelyard.store._core import StoreCore
-from modelyard.store._rows import tenant_id_of, tenant_names, version_info
+from modelyard.store._rows import in_scope, tenant_names, version_info
 from modelyard.store._schema import (
     AlertNotificationRow,
     AlertStateRow,
@@ -79,16 +79,8 @@ class MonitoringStore(StoreCore):
         p = ProfileRow
         query = select(p).where(p.window == window).order_by(p.start, p.endpoint_name, p.id)
         with self._session("list profiles") as s:
-            if tenant is not None:
-                query = query.where(p.tenant_id == tenant_id_of(s, tenant))
-            if endpoint is not None:
-                query = query.where(p.endpoint_name == endpoint)
-            if version_id is not None:
-                query = query.where(p.version_id == version_id)
-            if since is not None:
-                query = query.where(p.start >= since)
-            if until is not None:
-                query = query.where(p.start < until)
+            query = in_scope(query, s, p, p.start, tenant=tenant, endpoint=endpoint,
+                             version_id=version_id, since=since, until=until)  # fmt: skip
             rows = list(s.scalars(query))
             refs = version_info(s, {r.version_id for r in rows})
             tenants = tenant_names(s)

@@ -17,7 +17,7 @@ from sqlalchemy import delete, func, insert, select
 from modelyard.errors import ConfigError, NotFound
 from modelyard.store._convert import to_feedback, to_record
 from modelyard.store._core import StoreCore
-from modelyard.store._rows import tenant_id_of, tenant_names, tenant_row, version_info
+from modelyard.store._rows import in_scope, tenant_id_of, tenant_names, tenant_row, version_info
 from modelyard.store._schema import (
     FeedbackRow,
     InferenceRecordRow,
@@ -261,16 +261,8 @@ class RecordStore(StoreCore):
             select(*columns).outerjoin(f, f.record_id == r.id).outerjoin(fb, fb.record_id == r.id)
         )
         with self._session("read inference records") as s:
-            if tenant is not None:
-                query = query.where(r.tenant_id == tenant_id_of(s, tenant))
-            if endpoint is not None:
-                query = query.where(r.endpoint_name == endpoint)
-            if version_id is not None:
-                query = query.where(r.version_id == version_id)
-            if since is not None:
-                query = query.where(r.created_at >= since)
-            if until is not None:
-                query = query.where(r.created_at < until)
+            query = in_scope(query, s, r, r.created_at, tenant=tenant, endpoint=endpoint,
+                             version_id=version_id, since=since, until=until)  # fmt: skip
             if status is not None:
                 query = query.where(r.status == status)
             order = (r.created_at.desc(), r.id) if newest_first else (r.created_at, r.id)

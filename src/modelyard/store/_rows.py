@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import Select, select
 from sqlalchemy.orm import Session
 
 from modelyard.errors import (
@@ -28,6 +29,7 @@ from modelyard.store._schema import (
 from modelyard.store.entities import ROLLOUT_ACTIVE
 
 T = TypeVar("T")
+Q = TypeVar("Q", bound=Select[Any])
 
 
 def require_row(s: Session, model: type[T], where: Any, what: str) -> T:
@@ -140,3 +142,30 @@ def version_ref_of(s: Session, version_id: int | None) -> str | None:
         return None
     mrow = s.get(RegisteredModelRow, version.registered_model_id)
     return f"{mrow.name if mrow else '?'}:{version.version}"
+
+
+def in_scope(
+    query: Q,
+    s: Session,
+    row: Any,
+    time: Any,
+    *,
+    tenant: str | None,
+    endpoint: str | None,
+    version_id: int | None,
+    since: datetime | None,
+    until: datetime | None,
+) -> Q:
+    """``query`` narrowed to a tenant, endpoint, version and ``[since, until)`` on ``time``
+    (the scope records, profiles and drift are read in; ``row`` has the three columns)."""
+    if tenant is not None:
+        query = query.where(row.tenant_id == tenant_id_of(s, tenant))
+    if endpoint is not None:
+        query = query.where(row.endpoint_name == endpoint)
+    if version_id is not None:
+        query = query.where(row.version_id == version_id)
+    if since is not None:
+        query = query.where(time >= since)
+    if until is not None:
+        query = query.where(time < until)
+    return query
