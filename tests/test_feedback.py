@@ -21,6 +21,7 @@ from modelyard.errors import ConfigError, NotFound
 from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.store import NewInferenceRecord, Store
 from modelyard.store._schema import Base
+from worlds import two_tenant_world
 
 
 @dataclass
@@ -32,27 +33,10 @@ class Served:
     globex: str
 
 
-def _setup(store: Store) -> None:
-    store.register_base_model("tiny", "/models/tiny", {})
-    for tenant in ("acme", "globex"):
-        store.create_tenant(tenant)
-        store.create_registered_model(f"{tenant}-bot", tenant=tenant)
-        store.create_model_version(
-            f"{tenant}-bot",
-            kind="adapter",
-            artifact_digest="00" * 32,
-            base_model="tiny",
-            run_id=None,
-            lineage={"prompt_template": "alpaca"},
-            metrics={},
-        )
-        store.create_endpoint(f"{tenant}-support", model_ref=f"{tenant}-bot:1", tenant=tenant)
-
-
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
     with Store.open(f"sqlite:///{tmp_path}/s.db") as store:
-        _setup(store)
+        two_tenant_world(store, versions=1)
         acme = create_api_key(store, "acme")[1]
         infer_only = create_api_key(store, "acme", scopes=["infer"])[1]
         globex = create_api_key(store, "globex")[1]
@@ -166,7 +150,7 @@ def _record(store: Store, record_id: str, tenant: str, endpoint: str) -> None:
 
 
 def test_store_feedback_is_tenant_scoped_and_filtered(store: Store) -> None:
-    _setup(store)
+    two_tenant_world(store, versions=1)
     _record(store, "r1", "acme", "acme-support")
     _record(store, "r2", "acme", "acme-support")
     _record(store, "r3", "globex", "globex-support")

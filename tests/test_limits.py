@@ -38,6 +38,7 @@ from modelyard.serving import (
     create_app,
 )
 from modelyard.store import ApiKey, InferenceRecord, ModelVersion, Store
+from worlds import two_tenant_world
 
 
 class CountingEcho(EchoEngine):
@@ -49,23 +50,6 @@ class CountingEcho(EchoEngine):
     def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
         self.calls += 1
         return super().stream(version, prompt, params)
-
-
-def _setup(store: Store) -> None:
-    store.register_base_model("tiny", "/models/tiny", {})
-    for tenant in ("acme", "globex"):
-        store.create_tenant(tenant)
-        store.create_registered_model(f"{tenant}-bot", tenant=tenant)
-        store.create_model_version(
-            f"{tenant}-bot",
-            kind="adapter",
-            artifact_digest="00" * 32,
-            base_model="tiny",
-            run_id=None,
-            lineage={"prompt_template": "text"},
-            metrics={},
-        )
-        store.create_endpoint(f"{tenant}-support", model_ref=f"{tenant}-bot:1", tenant=tenant)
 
 
 @dataclass
@@ -94,7 +78,7 @@ ServerFactory = Callable[..., Server]
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     with Store.open(f"sqlite:///{tmp_path}/s.db") as s:
-        _setup(s)
+        two_tenant_world(s, versions=1, template="text")
         yield s
 
 

@@ -12,6 +12,7 @@ import pytest
 from modelyard.access import create_api_key
 from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.store import Store
+from worlds import two_tenant_world
 
 
 @dataclass
@@ -23,21 +24,7 @@ class Served:
 
 
 def _setup(store: Store) -> tuple[str, str]:
-    store.register_base_model("tiny", "/models/tiny", {})
-    for tenant in ("acme", "globex"):
-        store.create_tenant(tenant, storage_policy="redacted" if tenant == "globex" else "full")
-        store.create_registered_model(f"{tenant}-bot", tenant=tenant)
-        for _ in range(2):
-            store.create_model_version(
-                f"{tenant}-bot",
-                kind="adapter",
-                artifact_digest="00" * 32,
-                base_model="tiny",
-                run_id=None,
-                lineage={"prompt_template": "alpaca"},
-                metrics={},
-            )
-        store.create_endpoint(f"{tenant}-support", model_ref=f"{tenant}-bot:1", tenant=tenant)
+    two_tenant_world(store, policies={"globex": "redacted"}, versions=2, template="alpaca")
     _, acme = create_api_key(store, "acme")
     _, globex = create_api_key(store, "globex")
     return acme, globex

@@ -31,6 +31,7 @@ import pytest
 
 from modelyard.access import create_api_key
 from modelyard.store import Store
+from worlds import two_tenant_world
 
 PROMPT_WORDS = 30
 
@@ -57,22 +58,8 @@ def _free_port() -> int:
 
 
 def _setup(store: Store) -> dict[str, str]:
-    store.register_base_model("tiny", "/models/tiny", {})
-    keys = {}
-    for tenant in ("acme", "globex"):
-        store.create_tenant(tenant)
-        store.create_registered_model(f"{tenant}-bot", tenant=tenant)
-        store.create_model_version(
-            f"{tenant}-bot",
-            kind="adapter",
-            artifact_digest="00" * 32,
-            base_model="tiny",
-            run_id=None,
-            lineage={"prompt_template": "text"},
-            metrics={},
-        )
-        store.create_endpoint(f"{tenant}-support", model_ref=f"{tenant}-bot:1", tenant=tenant)
-        keys[tenant] = create_api_key(store, tenant)[1]
+    world = two_tenant_world(store, versions=1, template="text")
+    keys = {tenant: create_api_key(store, tenant)[1] for tenant in world}
     keys["limited"] = create_api_key(store, "globex", rpm_limit=30)[1]
     return keys
 

@@ -1,10 +1,15 @@
 """Small worlds in a store for tests: a tenant, a registered model, versions, an endpoint.
 
+``two_tenant_world`` builds one such world per tenant (``acme`` and ``globex`` by
+default), each with a ``{tenant}-bot`` model and a ``{tenant}-support`` endpoint.
+
 The versions have no real artifact (digest ``00…``): for tests where the engine is
 a fake or no server runs. ``tests/tinymodels.py`` has real tiny models.
 """
 
 from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
 
 from modelyard.store import ModelVersion, StoragePolicy, Store
 
@@ -41,3 +46,31 @@ def fake_world(
     if endpoint is not None:
         store.create_endpoint(endpoint, model_ref=f"{model}:1", tenant=tenant)
     return made
+
+
+def two_tenant_world(
+    store: Store,
+    *,
+    tenants: Sequence[str] = ("acme", "globex"),
+    policies: Mapping[str, StoragePolicy] | None = None,
+    versions: int = 2,
+    template: str | None = "alpaca",
+    base_model: str = "tiny",
+) -> dict[str, list[ModelVersion]]:
+    """A ``fake_world`` per tenant, in order: model ``{tenant}-bot`` with ``versions``
+    versions and endpoint ``{tenant}-support`` serving version 1. A tenant's storage
+    policy is ``policies[tenant]``, else ``"full"``. Returns the versions per tenant."""
+    policies = policies or {}
+    return {
+        tenant: fake_world(
+            store,
+            tenant=tenant,
+            model=f"{tenant}-bot",
+            endpoint=f"{tenant}-support",
+            versions=versions,
+            template=template,
+            storage_policy=policies.get(tenant, "full"),
+            base_model=base_model,
+        )
+        for tenant in tenants
+    }
