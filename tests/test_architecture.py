@@ -169,7 +169,9 @@ def test_every_module_stays_under_the_size_limit(module: str) -> None:
 
 
 PACKAGES = sorted(
-    name for name, path in MODULES.items() if path.name == "__init__.py" and ".migrations" not in name
+    name
+    for name, path in MODULES.items()
+    if path.name == "__init__.py" and ".migrations" not in name
 )
 
 
