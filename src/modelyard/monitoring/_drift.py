@@ -22,12 +22,13 @@ from typing import Any
 import numpy as np
 
 from modelyard.artifacts import ArtifactStore
-from modelyard.data import TEMPLATES, template_named
+from modelyard.data import template_named
 from modelyard.durations import parse_duration
 from modelyard.errors import ConfigError
 from modelyard.monitoring._features import FEATURE_NAMES, TEXT_FEATURES, text_features
 from modelyard.monitoring._semantic import DIMENSIONS, Embedder, from_bytes, minilm_dir, mmd_test
 from modelyard.monitoring._stats import METHODS, Pair, Sample, default_method
+from modelyard.registry import template_name
 from modelyard.store import DriftResult, ModelVersion, Store
 
 MIN_SAMPLES = 30
@@ -231,10 +232,10 @@ def eval_pairs(
             field="reference",
         )
     files = artifacts.open_verified(found[0].artifact_digest)
-    name = str(version.lineage.get("prompt_template") or "text")
+    name = template_name(version.lineage)  # the registry's one decision
     if name == "chat":  # the tokenizer's chat template is not at hand here: same text, plainer
         name = "chat-fallback"
-    template = template_named(name if name in TEMPLATES else "text")
+    template = template_named(name)
     pairs = []
     for path in sorted(files.rglob("*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():

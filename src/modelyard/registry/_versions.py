@@ -9,14 +9,17 @@ or ``DEFAULT_TEMPLATE`` for versions that predate the record.
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from modelyard.artifacts import ArtifactStore
 from modelyard.data import PROMPT_TEMPLATE_NAME, TEMPLATES, PromptTemplate, template_named
-from modelyard.errors import ArtifactIntegrityError
+from modelyard.errors import ArtifactIntegrityError, ModelyardError
 from modelyard.store import ModelVersion, Store
+
+log = logging.getLogger(__name__)
 
 DEFAULT_TEMPLATE = PROMPT_TEMPLATE_NAME
 """The template of versions whose lineage records none (they were all trained with it)."""
@@ -40,11 +43,14 @@ def verified_files(
     except ArtifactIntegrityError as exc:
         if store is not None:
             details = {"digest": version.artifact_digest, "reason": exc.message}
-            store.record_audit_event(
-                "artifact.verification_failed",
-                version.ref,
-                {**details, "by": by} if by else details,
-            )
+            try:
+                store.record_audit_event(
+                    "artifact.verification_failed",
+                    version.ref,
+                    {**details, "by": by} if by else details,
+                )
+            except ModelyardError as audit_error:  # the refusal stands even if the audit is down
+                log.error("could not audit the refused artifact: %s", audit_error.one_line())
         raise
 
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from modelyard.artifacts import ArtifactStore
 from modelyard.errors import ArtifactError, ArtifactIntegrityError, ModelyardError
+from modelyard.registry import verified_files
 from modelyard.serving._multilora import LoraFormatError, LoraWeights, MultiLora, read_lora
 from modelyard.serving._types import AdapterEvent, EngineError
 from modelyard.store import ModelVersion, Store
@@ -274,9 +275,8 @@ class AdapterCache:
 
     def _verified(self, version: ModelVersion) -> Any:
         try:
-            return self._artifacts.open_verified(version.artifact_digest)
+            return verified_files(self._store, self._artifacts, version, by="serve")
         except ArtifactIntegrityError as exc:
-            self._audit_refusal(version, exc)
             raise EngineError(
                 f"refusing to serve {version.ref}: its stored files do not match their manifest "
                 f"({exc.message})",
@@ -289,18 +289,6 @@ class AdapterCache:
                 hint=exc.hint or "Check the artifact store this server uses.",
                 version=version.ref,
             ) from exc
-
-    def _audit_refusal(self, version: ModelVersion, exc: ArtifactIntegrityError) -> None:
-        if self._store is None:
-            return
-        try:
-            self._store.record_audit_event(
-                "artifact.verification_failed",
-                version.ref,
-                {"digest": version.artifact_digest, "reason": exc.message, "by": "serve"},
-            )
-        except ModelyardError as audit_error:  # the refusal stands even if the audit is down
-            log.error("could not audit the refused artifact: %s", audit_error.one_line())
 
 
 def _reason(exc: BaseException, limit: int = 300) -> str:

@@ -25,6 +25,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from modelyard import registry
 from modelyard.data import render_prompt, template_named
 from modelyard.errors import ConfigError
 from modelyard.serving._types import EngineError
@@ -34,8 +35,8 @@ _ROLES = {"system": "system", "developer": "system", "user": "user", "assistant"
 
 
 def template_name(version: ModelVersion) -> str:
-    name = version.lineage.get("prompt_template", "alpaca")
-    return name if isinstance(name, str) else "alpaca"
+    """The registry's decision of how ``version`` renders prompts."""
+    return registry.template_name(version.lineage)
 
 
 def _checked(messages: Sequence[Mapping[str, str]]) -> list[dict[str, str]]:
