@@ -16,15 +16,15 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from typing import TYPE_CHECKING, Any
 
 from modelyard.base._fs import check_out_dir, publish_dir
 from modelyard.base._hf import quiet_progress
 from modelyard.base._tokenizer import train_tokenizer
 from modelyard.errors import ConfigError, DataError, DatasetNotFound
+
+if TYPE_CHECKING:  # torch and transformers load when a base is built: importing them is slow
+    import torch
 
 ProgressFn = Callable[[int, int, float], None]
 """``progress(step, total_steps, loss)``, called after every optimizer step."""
@@ -95,6 +95,8 @@ def read_corpus(corpus: Sequence[str] | Path) -> list[str]:
 
 def _pack(tokenizer: Any, docs: Sequence[str], seq_len: int) -> torch.Tensor:
     """Tokenize ``<s> doc </s>`` per document, concatenate, cut into rows of ``seq_len``."""
+    import torch
+
     eos = int(tokenizer.eos_token_id)
     stream: list[int] = []
     for ids in tokenizer(list(docs))["input_ids"]:
@@ -111,6 +113,8 @@ def _pack(tokenizer: Any, docs: Sequence[str], seq_len: int) -> torch.Tensor:
 
 def _new_model(shape: _Shape, tokenizer: Any) -> Any:
     """A freshly initialised small Llama whose special token ids match ``tokenizer``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=shape.hidden_size,
@@ -146,6 +150,8 @@ def _pretrain(
     The reported loss is an exponential moving average, which is what a progress
     bar and lineage want (the last batch alone is noisy).
     """
+    import torch
+
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=schedule.learning_rate, weight_decay=0.01, betas=(0.9, 0.95)
@@ -207,6 +213,8 @@ def create_tiny_base(
             "invalid tiny base shape: hidden_size must divide by heads, seq_len must not exceed "
             "max_positions, and steps, batch_size and layers must be positive"
         )
+    import torch
+
     docs = read_corpus(corpus)
     check_out_dir(out_dir, overwrite)
     tokenizer = train_tokenizer(docs, vocab_size, max_positions)

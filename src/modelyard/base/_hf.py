@@ -5,8 +5,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from transformers.utils import logging as hf_logging
-
 
 @contextmanager
 def quiet_progress() -> Iterator[None]:
@@ -15,6 +13,8 @@ def quiet_progress() -> Iterator[None]:
     modelyard's front ends draw their own progress; stray bars on stderr would
     interleave with them. The previous setting is restored afterwards.
     """
+    from transformers.utils import logging as hf_logging  # at use: importing it is slow
+
     was_enabled = hf_logging.is_progress_bar_enabled()
     if was_enabled:
         hf_logging.disable_progress_bar()

@@ -11,8 +11,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
-
 from modelyard.base._hf import quiet_progress
 from modelyard.errors import BaseModelNotFound, ConfigError
 
@@ -78,6 +76,8 @@ def _first_line(exc: BaseException) -> str:
 def load_tokenizer(ref: str | Path) -> Any:
     """Load only the tokenizer of a base (cheap; used to tokenize data and by servers)."""
     source, local = _source(ref)
+    from transformers import AutoTokenizer  # at use: importing transformers takes seconds
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local)
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -109,6 +109,8 @@ def load_base(ref: str | Path) -> tuple[Any, Any]:
     in eval mode. Failures raise ``BaseModelNotFound`` with a one-line reason.
     """
     source, local = _source(ref)
+    from transformers import AutoModelForCausalLM
+
     tokenizer = load_tokenizer(ref)
     try:
         with quiet_progress():

@@ -10,9 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
-
 BOS_TOKEN = "<s>"
 EOS_TOKEN = "</s>"
 PAD_TOKEN = "<pad>"
@@ -27,6 +24,10 @@ def train_tokenizer(corpus: Sequence[str], vocab_size: int, model_max_length: in
     same tokens as inside running prose; it pads with ``<pad>`` and ends
     generations with ``</s>``.
     """
+    # at use: importing transformers takes seconds, and the CLI imports this package
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
     backend = Tokenizer(models.BPE())
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     # Undo the prefix space on decode, so decode(encode(text)) == text (like Llama's

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.table import Table
 
 from modelyard.cli._common import RichReporter, console, print_json, settings
 from modelyard.errors import TrainingError
-from modelyard.quickstart import QuickstartResult, run_quickstart
+
+if TYPE_CHECKING:  # the quickstart pulls in torch: loaded when the command runs, not at startup
+    from modelyard.quickstart import QuickstartResult
 
 
 def _summary(result: QuickstartResult) -> Table:
@@ -47,6 +51,8 @@ def quickstart(
     directory under MODELYARD_HOME). Fails (exit 1) unless every adapter beats its
     base on held-out rows and every request is recorded.
     """
+    from modelyard.quickstart import run_quickstart
+
     result = run_quickstart(settings(), RichReporter(), requests_per_tenant=requests)
     if json_out:
         print_json(result)
