@@ -27,7 +27,7 @@ import numpy as np
 
 from modelyard.errors import ConfigError
 from modelyard.metric_names import canonical, hint
-from modelyard.store import VersionSample, ended, failed
+from modelyard.store import RequestSample, VersionSample
 
 GuardStatus = Literal["pass", "breach", "pending", "no_data"]
 
@@ -78,22 +78,9 @@ class Guard:
 
 
 @dataclass(frozen=True)
-class TrafficSample:
+class TrafficSample(RequestSample):
     """The traffic a guard judges: one side of a step (the canary, or the baseline versions
     together) in a window. The store's ``VersionSample`` is one version's part of it."""
-
-    statuses: tuple[str, ...] = ()
-    latencies_ms: tuple[float, ...] = ()
-    ttfts_ms: tuple[float, ...] = ()
-    feedback: tuple[float, ...] = ()
-
-    @property
-    def requests(self) -> int:
-        return ended(self.statuses)
-
-    @property
-    def errors(self) -> int:
-        return failed(self.statuses)
 
     def value(self, metric: str) -> float | None:
         if metric == "error_rate":

@@ -7,7 +7,14 @@ the audit chain in the same transaction and is checked against the actor's role.
 
 from modelyard.store._core import check_name, parse_model_ref
 from modelyard.store._engine import head_revision, redact_url
-from modelyard.store._rollouts import Transition, VersionSample, ended, failed, step_plan
+from modelyard.store._rollouts import (
+    RequestSample,
+    Transition,
+    VersionSample,
+    ended,
+    failed,
+    step_plan,
+)
 from modelyard.store._schema import utcnow
 from modelyard.store._store import Store
 from modelyard.store.entities import (
@@ -66,6 +73,7 @@ __all__ = [
     "Profile",
     "RecordFeatures",
     "RegisteredModel",
+    "RequestSample",
     "RetentionPolicy",
     "Role",
     "Rollout",

@@ -52,16 +52,14 @@ from modelyard.store.entities import (
 
 
 @dataclass(frozen=True)
-class VersionSample:
-    """The live requests one version answered on an endpoint in a window (no shadows)."""
+class RequestSample:
+    """Requests in a window: how each ended, and the latencies, times to first token and
+    feedback of those that ended ok. Guards and A/B comparisons judge versions on these."""
 
-    version: int
-    version_id: int
-    statuses: tuple[str, ...]
-    latencies_ms: tuple[float, ...]  # of the requests that ended ok
-    ttfts_ms: tuple[float, ...]
-    feedback: tuple[float, ...]
-    fallbacks: int  # requests routed to this version that another version had to answer
+    statuses: tuple[str, ...] = ()
+    latencies_ms: tuple[float, ...] = ()
+    ttfts_ms: tuple[float, ...] = ()
+    feedback: tuple[float, ...] = ()
 
     @property
     def requests(self) -> int:
@@ -70,6 +68,15 @@ class VersionSample:
     @property
     def errors(self) -> int:
         return failed(self.statuses)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VersionSample(RequestSample):
+    """The live requests one version answered on an endpoint in a window (no shadows)."""
+
+    version: int
+    version_id: int
+    fallbacks: int  # requests routed to this version that another version had to answer
 
 
 def ended(statuses: Sequence[str]) -> int:
@@ -399,8 +406,8 @@ def end_for_alias(s: Session, row: Any, erow: EndpointRow, reason: str) -> None:
 
 def to_sample(number: int, vid: int, a: Mapping[str, Any]) -> VersionSample:
     return VersionSample(
-        number, vid, tuple(a["st"]), tuple(a["lat"]), tuple(a["ttft"]), tuple(a["fb"]),
-        int(a["fallbacks"]),
+        statuses=tuple(a["st"]), latencies_ms=tuple(a["lat"]), ttfts_ms=tuple(a["ttft"]),
+        feedback=tuple(a["fb"]), version=number, version_id=vid, fallbacks=int(a["fallbacks"]),
     )  # fmt: skip
 
 
