@@ -59,7 +59,7 @@ from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
 from modelyard.monitoring import RecordWriter, compare, text_features
-from modelyard.monitoring._stats import METHODS, Pair, Sample
+from modelyard.monitoring._stats import METHODS, Pair, SortedValues
 from modelyard.store import NewInferenceRecord, Store
 
 FIVE = ("psi", "ks", "chisquare", "jensenshannon", "wasserstein")
@@ -89,7 +89,7 @@ def make_features(n: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
 def ours_all(ref: pd.DataFrame, cur: pd.DataFrame) -> dict[str, dict[str, float]]:
     out = {}
     for col in ref.columns:
-        pair = Pair(Sample.of(ref[col].to_numpy()), Sample.of(cur[col].to_numpy()))
+        pair = Pair(SortedValues.of(ref[col].to_numpy()), SortedValues.of(cur[col].to_numpy()))
         out[col] = {name: METHODS[name].compute(pair, False) for name in FIVE}
     return out
 

@@ -28,7 +28,7 @@ from modelyard.monitoring import (
     tick,
     update_profiles,
 )
-from modelyard.monitoring._stats import METHODS, Pair, Sample
+from modelyard.monitoring._stats import METHODS, Pair, SortedValues
 from modelyard.store import NewInferenceRecord, Store
 from worlds import fake_world
 
@@ -181,7 +181,7 @@ def test_retention_deletes_old_raw_records_after_profiling_and_keeps_the_audit_c
 def test_drift_methods_agree_with_scipy_and_evidently_defaults() -> None:
     rng = np.random.default_rng(7)
     a, b = rng.normal(0, 1, 3000), rng.normal(0.3, 1, 2500)
-    pair = Pair(Sample.of(a), Sample.of(b))
+    pair = Pair(SortedValues.of(a), SortedValues.of(b))
     edges = np.histogram_bin_edges(np.concatenate([a, b]), bins="sturges")
     ra = np.histogram(a, edges)[0] / a.size
     rb = np.histogram(b, edges)[0] / b.size

@@ -27,7 +27,7 @@ from modelyard.durations import parse_duration
 from modelyard.errors import ConfigError
 from modelyard.monitoring._features import FEATURE_NAMES, TEXT_FEATURES, text_features
 from modelyard.monitoring._semantic import DIMENSIONS, Embedder, from_bytes, minilm_dir, mmd_test
-from modelyard.monitoring._stats import METHODS, Pair, Sample, default_method
+from modelyard.monitoring._stats import METHODS, Pair, SortedValues, default_method
 from modelyard.registry import template_name
 from modelyard.store import DriftResult, ModelVersion, Store
 
@@ -100,11 +100,11 @@ def compare(
 ) -> dict[str, Any]:
     """One feature's test: method, value, threshold, drifted, status, sizes and histograms."""
     rule = rule or FeatureRule()
-    cur_s = Sample.of(np.asarray(cur, dtype=float))
+    cur_s = SortedValues.of(np.asarray(cur, dtype=float))
     if ref is None:
         threshold = rule.threshold if rule.threshold is not None else 0.0
         return _result(rule.method or "-", None, threshold, None, "no_reference", 0, cur_s.n, {})
-    ref_s = Sample.of(np.asarray(ref, dtype=float))
+    ref_s = SortedValues.of(np.asarray(ref, dtype=float))
     n_unique = ref_s.n_unique()  # Evidently decides on the reference's distinct values
     name = rule.method or (default_method(ref_s.n, n_unique) if ref_s.n and cur_s.n else "-")
     if name == "-":  # nothing to compare on a side: no method applies

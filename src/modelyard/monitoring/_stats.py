@@ -8,7 +8,7 @@ deviation, KS and chi-squared as p-values: drift when p < threshold), so
 numbers are comparable with theirs. ``default_method`` picks a method by
 sample size as Evidently does.
 
-For speed each sample is sorted once (``Sample``) and reused: the KS
+For speed each sample is sorted once (``SortedValues``) and reused: the KS
 statistic and the Wasserstein distance are read off the two sorted arrays,
 and the bin counts come from binary searches of the bin edges instead of a
 pass over the data.
@@ -33,13 +33,13 @@ _EPS = 0.0001
 
 
 @dataclass(frozen=True)
-class Sample:
+class SortedValues:
     """One side of a comparison: finite values, sorted once."""
 
     values: np.ndarray  # sorted float64
 
     @classmethod
-    def of(cls, values: np.ndarray | list[float]) -> Sample:
+    def of(cls, values: np.ndarray | list[float]) -> SortedValues:
         arr = np.asarray(values, dtype=np.float64)
         arr = arr[np.isfinite(arr)]
         return cls(np.sort(arr, kind="quicksort"))
@@ -63,8 +63,8 @@ class Sample:
 class Pair:
     """A reference and a current sample, with what several methods share (lazily)."""
 
-    ref: Sample
-    cur: Sample
+    ref: SortedValues
+    cur: SortedValues
 
     @cached_property
     def cdfs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
