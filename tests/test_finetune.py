@@ -167,6 +167,29 @@ def test_slurm_writes_a_torchrun_sbatch_script(project: Path, tmp_path: Path) ->
     assert checked.returncode == 0, checked.stderr
 
 
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--gate", "exact_match >> 0.9"], "gate 'exact_match >> 0.9'"),
+        (["--gate", "exact_macth >= 0.9"], "exact_macth"),
+        (["--metrics", " , "], "--metrics names no metric"),
+        (["--metrics", "bleu"], "unknown metric 'bleu'"),
+        (["--format", "alpacca"], "unknown dataset format 'alpacca'"),
+    ],
+)
+def test_evaluate_checks_its_arguments_before_touching_the_store(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    data = _write_jsonl(tmp_path / "eval.jsonl", synthetic_domain("it-support", 2, seed=0))
+    home = tmp_path / "home"
+    r = modelyard("evaluate", "--model", "helpdesk:1", "--data", str(data), *args, home=home)
+    assert r.code == 2, r.err
+    assert "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    assert expected in r.err, r.err
+    # A typo leaves the fresh home as it was: no store file, nothing created.
+    assert not (home / "store.db").exists() and not home.exists()
+
+
 # --- runs ---------------------------------------------------------------------------
 
 

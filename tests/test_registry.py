@@ -3,21 +3,29 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
+import platform
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+import modelyard as modelyard_package
 from clihelp import modelyard
-from modelyard.base import create_tiny_base
+from modelyard import registry
+from modelyard.artifacts import ArtifactStore
+from modelyard.base import create_tiny_base, weight_hashes
 from modelyard.data import DOMAINS, domain_corpus, synthetic_domain
-from modelyard.store import Store
+from modelyard.errors import ArtifactIntegrityError
+from modelyard.store import ModelVersion, Store
+from tinymodels import WEIGHTS, random_adapter, register_adapter, tamper
 
 QUICK_BASE = {"steps": 8, "batch_size": 4, "seq_len": 64, "hidden_size": 32, "vocab_size": 512}
 
@@ -259,3 +267,232 @@ def test_refused_import_leaves_nothing_but_an_audit_event(
         assert len(refused) == 1
     assert _artifact_blobs(home) == blobs_before
     assert not list((home / "artifacts" / "tmp").glob("modelyard-import-*"))
+
+
+# --- lineage --------------------------------------------------------------------------
+
+
+def test_trained_lineage_holds_what_the_docs_promise(trained: dict[str, Path]) -> None:
+    with _store(trained["home"]) as store:
+        version = store.get_model_version("helpdesk", 1)
+        lineage = version.lineage
+        base = store.get_base_model(version.base_model)
+        datasets = {d.name: d for d in store.list_datasets()}
+        assert version.run_id and store.get_run(version.run_id).status == "finished"
+    # The base by name, source and the sha256 of each weight file, as they are on disk.
+    assert lineage["base_model"] == {
+        "name": base.name,
+        "source": str(trained["base"].resolve()),
+        "weights": weight_hashes(trained["base"]),
+    }
+    assert lineage["base_model"]["weights"] == dict(base.weight_hashes)
+    # The training and evaluation data by their registered digests, and their format.
+    assert lineage["dataset"]["digest"] == datasets["train"].digest
+    assert lineage["dataset"]["eval_digest"] == datasets["train-eval"].digest
+    assert lineage["dataset"]["format"] == "alpaca"
+    assert lineage["prompt_template"] == registry.template_name(lineage) == "alpaca"
+    assert lineage["run_id"] == version.run_id
+    assert lineage["config"]["method"]["r"] == 4 and lineage["config"]["registry"]["model"] == (
+        "helpdesk"
+    )
+    assert lineage["seed"] == lineage["config"]["training"]["seed"]
+    assert isinstance(lineage["seed"], int)
+    env = lineage["environment"]
+    assert env["python"] == platform.python_version()
+    assert env["modelyard"] == modelyard_package.__version__
+    assert env["packages"]["torch"] and env["packages"]["peft"]
+    assert env["threads"] >= 1 and env["device"] in ("cpu", "cuda")
+    assert "git_commit" in lineage and lineage["parent"] is None
+    assert "imported_from" not in lineage
+
+
+def test_lineage_record_of_a_trained_and_an_imported_version(
+    trained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with _store(trained["home"]) as store:
+        base = store.get_base_model(store.get_model_version("helpdesk", 1).base_model)
+    base_part = {"name": base.name, "source": base.source, "weights": dict(base.weight_hashes)}
+    monkeypatch.chdir(tmp_path)  # not a git checkout: no commit to record
+    trained_record = registry.lineage_record(
+        base,
+        "classification",
+        run_id="run-1",
+        dataset={"name": "tickets", "digest": "ab" * 32},
+        config={"training": {"seed": 7}},
+        seed=7,
+        env={"python": "3.x"},
+        parent="helpdesk:1",
+    )
+    assert trained_record == {
+        "base_model": base_part,
+        "prompt_template": "classification",
+        "run_id": "run-1",
+        "dataset": {"name": "tickets", "digest": "ab" * 32},
+        "config": {"training": {"seed": 7}},
+        "seed": 7,
+        "environment": {"python": "3.x"},
+        "git_commit": None,
+        "parent": "helpdesk:1",
+    }
+    # Without an environment given, this process's is recorded.
+    measured = registry.lineage_record(base, "alpaca", run_id="run-2")["environment"]
+    assert measured["python"] == platform.python_version() and measured["packages"]["torch"]
+    imported = registry.lineage_record(
+        base, "chat", imported_from="/outside/adapter", safety={"files": []}
+    )
+    assert imported == {
+        "base_model": base_part,
+        "prompt_template": "chat",
+        "imported_from": "/outside/adapter",
+        "safety": {"files": []},
+    }
+
+
+# --- export and import keep the prompt template ----------------------------------------
+
+
+@pytest.fixture
+def opened(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Store, ArtifactStore]]:
+    """The private home's store and artifacts, opened in this process (with its audit key)."""
+    monkeypatch.setenv("MODELYARD_HOME", str(home))
+    with _store(home) as store:
+        yield store, ArtifactStore(home / "artifacts")
+
+
+def _templated_version(
+    store: Store, artifacts: ArtifactStore, base_dir: Path, template: str, out: Path
+) -> ModelVersion:
+    """A new model ``classifier`` whose version 1 (a random adapter) records ``template``."""
+    base = store.get_base_model(store.get_model_version("helpdesk", 1).base_model)
+    adapter = random_adapter(base_dir, out, seed=1, target_modules=["q_proj", "v_proj"])
+    store.create_registered_model("classifier")
+    return store.create_model_version(
+        "classifier",
+        kind="adapter",
+        artifact_digest=artifacts.put_dir(adapter, kind="adapter").digest,
+        base_model=base.name,
+        run_id=None,
+        lineage=registry.lineage_record(base, template),
+        metrics={},
+    )
+
+
+@pytest.mark.parametrize("template", ["classification", "chat-fallback"])
+def test_export_then_import_keeps_the_prompt_template(
+    opened: tuple[Store, ArtifactStore], trained: dict[str, Path], tmp_path: Path, template: str
+) -> None:
+    store, artifacts = opened
+    version = _templated_version(store, artifacts, trained["base"], template, tmp_path / "a")
+    out = registry.export_version(store, artifacts, version.ref, tmp_path / "export")
+    written = json.loads((out / "lineage.json").read_text(encoding="utf-8"))
+    assert written["prompt_template"] == template and written["ref"] == "classifier:1"
+    result = registry.import_version(
+        store, artifacts, out, name="reimported", base_model=version.base_model
+    )
+    stored = store.get_model_version("reimported", 1)
+    assert stored.lineage["prompt_template"] == template
+    assert registry.template_name(stored.lineage) == template
+    # The imported version marks where it came from, with its safety report.
+    assert stored.lineage["imported_from"] == str(out)
+    assert stored.lineage["safety"] == json.loads(json.dumps(result.report.to_dict()))
+    assert stored.lineage["base_model"] == version.lineage["base_model"]
+    assert "run_id" not in stored.lineage and stored.run_id is None
+
+
+@pytest.mark.parametrize("lineage_json", [None, '["a list"]', '{"prompt_template": "klingon"}'])
+def test_import_without_a_usable_lineage_json_gets_the_default_template(
+    opened: tuple[Store, ArtifactStore],
+    trained: dict[str, Path],
+    tmp_path: Path,
+    lineage_json: str | None,
+) -> None:
+    store, artifacts = opened
+    version = _templated_version(
+        store, artifacts, trained["base"], "classification", tmp_path / "a"
+    )
+    out = registry.export_version(store, artifacts, version.ref, tmp_path / "export")
+    if lineage_json is None:
+        (out / "lineage.json").unlink()
+    else:
+        (out / "lineage.json").write_text(lineage_json, encoding="utf-8")
+    registry.import_version(store, artifacts, out, name="reimported", base_model=version.base_model)
+    stored = store.get_model_version("reimported", 1)
+    assert stored.lineage["prompt_template"] == registry.DEFAULT_TEMPLATE == "alpaca"
+
+
+def test_cli_export_then_import_keeps_the_prompt_template(
+    home: Path, trained: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELYARD_HOME", str(home))
+    with _store(home) as store:
+        version = _templated_version(
+            store,
+            ArtifactStore(home / "artifacts"),
+            trained["base"],
+            "classification",
+            tmp_path / "a",
+        )
+    out = tmp_path / "export"
+    r = modelyard("registry", "export", version.ref, "--out", str(out), home=home)
+    assert r.code == 0, r.err
+    r = modelyard(
+        "registry", "import", str(out), "--name", "reimported", "--base-model",
+        version.base_model, home=home,
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    r = modelyard("registry", "show", "reimported:1", "--json", home=home)
+    assert r.code == 0, r.err
+    lineage = json.loads(r.out)["lineage"]
+    assert lineage["prompt_template"] == "classification"
+    assert lineage["imported_from"] == str(out)
+
+
+# --- verified files ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def adapter_world(
+    trained: dict[str, Path], tmp_path: Path
+) -> Iterator[tuple[Store, ArtifactStore, ModelVersion, Path]]:
+    """A fresh store (its SQLite file in its own directory) with bot:1, a random adapter."""
+    (tmp_path / "db").mkdir()
+    artifacts = ArtifactStore(tmp_path / "artifacts")
+    adapter = random_adapter(trained["base"], tmp_path / "adapter", seed=3)
+    with Store.open(f"sqlite:///{tmp_path / 'db' / 'store.db'}") as store:
+        store.register_base_model("tiny", str(trained["base"]), {})
+        store.create_registered_model("bot")
+        yield store, artifacts, register_adapter(store, artifacts, adapter), adapter
+
+
+def test_verified_files_refuse_altered_bytes_and_audit_it(
+    adapter_world: tuple[Store, ArtifactStore, ModelVersion, Path],
+) -> None:
+    store, artifacts, version, adapter = adapter_world
+    files = registry.verified_files(store, artifacts, version, by="registry-test")
+    assert (files / WEIGHTS).read_bytes() == (adapter / WEIGHTS).read_bytes()
+    assert not store.list_audit_events(action="artifact.verification_failed")
+    tamper(artifacts, version.artifact_digest)
+    with pytest.raises(ArtifactIntegrityError, match=WEIGHTS):
+        registry.verified_files(store, artifacts, version, by="registry-test")
+    events = store.list_audit_events(action="artifact.verification_failed")
+    assert len(events) == 1
+    assert events[0].subject == "bot:1"
+    assert events[0].payload["by"] == "registry-test"
+    assert events[0].payload["digest"] == version.artifact_digest
+    assert WEIGHTS in events[0].payload["reason"]
+
+
+def test_refusal_stands_when_the_store_cannot_record_it(
+    adapter_world: tuple[Store, ArtifactStore, ModelVersion, Path],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store, artifacts, version, _ = adapter_world
+    tamper(artifacts, version.artifact_digest)
+    # The store's database is gone: no new connection can open it, so no event is written.
+    shutil.rmtree(tmp_path / "db")
+    store.close()
+    with caplog.at_level(logging.ERROR), pytest.raises(ArtifactIntegrityError, match=WEIGHTS):
+        registry.verified_files(store, artifacts, version, by="registry-test")
+    assert "could not audit the refused artifact" in caplog.text
+    assert "unable to open database file" in caplog.text

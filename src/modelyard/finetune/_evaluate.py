@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.artifacts import ArtifactStore
-from modelyard.data import PromptTemplate, load_rows
+from modelyard.data import PromptTemplate, get_format, load_rows
 from modelyard.errors import ConfigError
 from modelyard.evaluation import (
+    check_metric_names,
     evaluate_gates,
     evaluate_model,
     gated_metrics,
@@ -56,7 +57,8 @@ def evaluate_version(
 ) -> dict[str, Any]:
     """Score the version ``ref`` on the rows of ``data``, with the template it trained with.
 
-    ``data_format`` defaults to the format the version trained on. Returns what
+    ``data_format`` defaults to the format the version trained on. The metric names,
+    gates and format are checked before the store is read. Returns what
     ``modelyard evaluate`` prints: the version, row count, metrics, gate verdicts
     and whether every gate passed.
     """
@@ -64,7 +66,10 @@ def evaluate_version(
     if not names:
         raise ConfigError("--metrics names no metric", hint="e.g. --metrics exact_match,token_f1")
     parsed = parse_gates(list(gates))
-    names = list(dict.fromkeys([*names, *gated_metrics(parsed)]))
+    # Every name is checked before the store is read or a model loaded.
+    names = check_metric_names([*names, *gated_metrics(parsed)])
+    if data_format is not None:
+        get_format(data_format)
     version = store.resolve_model_ref(ref)
     fmt = data_format or version_format(version)
     rows = load_rows(data, fmt)
