@@ -16,7 +16,7 @@ from modelyard.cli._common import (
     print_json,
     settings,
 )
-from modelyard.errors import ConfigError, GateFailed
+from modelyard.errors import GateFailed
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 
@@ -157,18 +157,11 @@ def evaluate(
 
     Exits 1 when a --gate fails.
     """
-    from modelyard.data import get_format
-    from modelyard.evaluation import GateVerdict, check_metric_names, parse_gates, verdicts_table
-    from modelyard.finetune import evaluate_version
+    from modelyard.evaluation import GateVerdict, verdicts_table
+    from modelyard.finetune import check_evaluation, evaluate_version
 
-    # The arguments are checked before the store opens: a typo creates no store file.
-    names = [m.strip() for m in metrics.split(",") if m.strip()]
-    if not names:
-        raise ConfigError("--metrics names no metric", hint="e.g. --metrics exact_match,token_f1")
-    parse_gates(gate)
-    check_metric_names(names)
-    if data_format is not None:
-        get_format(data_format)
+    names = metrics.split(",")
+    check_evaluation(names, gate, data_format)  # before the store opens: a typo writes nothing
     s = settings()
     with open_store(s) as store:
         result = evaluate_version(

@@ -8,7 +8,7 @@ afterwards (lineage, prompt template, verified files) is ``modelyard.registry``'
 """
 
 from modelyard.finetune._config import FinetuneConfig, load_config, parse_config
-from modelyard.finetune._evaluate import evaluate_rows, evaluate_version
+from modelyard.finetune._evaluate import check_evaluation, evaluate_rows, evaluate_version
 from modelyard.finetune._pipeline import (
     FinetuneOutcome,
     Prepared,
@@ -25,6 +25,7 @@ __all__ = [
     "Prepared",
     "Reporter",
     "SlurmOptions",
+    "check_evaluation",
     "evaluate_rows",
     "evaluate_version",
     "load_config",

@@ -44,6 +44,22 @@ def evaluate_rows(
     return {k: float(v) for k, v in report.metrics.items()}
 
 
+def check_evaluation(
+    metrics: Sequence[str], gates: Sequence[str] = (), data_format: str | None = None
+) -> list[str]:
+    """Check what an evaluation asks for before anything is read: metric names, gates and
+    the data format. Returns every metric to compute (those asked for, then those the
+    gates need), each once; a ``ConfigError`` names the first bad one."""
+    names = [m.strip() for m in metrics if m.strip()]
+    if not names:
+        raise ConfigError("--metrics names no metric", hint="e.g. --metrics exact_match,token_f1")
+    parsed = parse_gates(list(gates))
+    names = check_metric_names([*names, *gated_metrics(parsed)])
+    if data_format is not None:
+        get_format(data_format)
+    return names
+
+
 def evaluate_version(
     store: Store,
     artifacts: ArtifactStore,
@@ -62,14 +78,7 @@ def evaluate_version(
     ``modelyard evaluate`` prints: the version, row count, metrics, gate verdicts
     and whether every gate passed.
     """
-    names = [m.strip() for m in metrics if m.strip()]
-    if not names:
-        raise ConfigError("--metrics names no metric", hint="e.g. --metrics exact_match,token_f1")
-    parsed = parse_gates(list(gates))
-    # Every name is checked before the store is read or a model loaded.
-    names = check_metric_names([*names, *gated_metrics(parsed)])
-    if data_format is not None:
-        get_format(data_format)
+    names = check_evaluation(metrics, gates, data_format)
     version = store.resolve_model_ref(ref)
     fmt = data_format or version_format(version)
     rows = load_rows(data, fmt)
@@ -83,7 +92,7 @@ def evaluate_version(
         data_format=fmt,
         max_new_tokens=max_new_tokens,
     )
-    verdicts = evaluate_gates(parsed, values, None, 0.0)
+    verdicts = evaluate_gates(parse_gates(list(gates)), values, None, 0.0)
     return {
         "model": version.ref,
         "rows": len(rows),
