@@ -287,6 +287,36 @@ def test_resume_continues_from_the_last_checkpoint(
         )
 
 
+def test_only_the_newest_checkpoints_are_kept_and_resume_still_works(
+    tmp_path: Path, quick_base: Path, rows: list[dict[str, str]]
+) -> None:
+    settings = QUICK_LORA.model_copy(update={"max_steps": 6, "save_every": 1})
+    checkpoints = tmp_path / "ck"
+
+    def crash(entry: dict[str, float]) -> None:
+        if entry["step"] >= 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_model(
+            quick_base, rows, tmp_path / "a", settings, checkpoint_dir=checkpoints, on_log=crash
+        )
+    kept = sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("checkpoint-"))
+    assert kept == ["checkpoint-3", "checkpoint-4"]  # keep_checkpoints defaults to 2
+    resumed = train_model(
+        quick_base, rows, tmp_path / "a", settings, checkpoint_dir=checkpoints, resume=True
+    )
+    assert resumed.resumed_from is not None and resumed.resumed_from.endswith("checkpoint-4")
+    assert resumed.steps == 6
+    kept = sorted(p.name for p in checkpoints.iterdir() if p.name.startswith("checkpoint-"))
+    assert kept == ["checkpoint-5", "checkpoint-6"]
+
+
+def test_keep_checkpoints_must_be_positive() -> None:
+    with pytest.raises(ConfigError, match="keep_checkpoints"):
+        TrainSettings.from_mapping({"keep_checkpoints": 0})
+
+
 # --- generation and adapters, quick -----------------------------------------------
 
 

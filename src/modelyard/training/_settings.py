@@ -58,6 +58,11 @@ class TrainingOptions(BaseModel):
     save_every: int | None = Field(
         default=None, ge=1, description="write a resumable checkpoint every N optimizer steps"
     )
+    keep_checkpoints: int = Field(
+        default=2,
+        ge=1,
+        description="checkpoints kept on disk (the newest; early stopping also keeps the best)",
+    )
     eval_every: int | None = Field(
         default=None, ge=1, description="eval loss every N steps (early stopping; default 10)"
     )

@@ -122,12 +122,18 @@ def _schedule(settings: TrainSettings, has_eval: bool) -> dict[str, Any]:
             "eval_steps": every,
             "save_strategy": "steps",
             "save_steps": settings.save_every or every,
+            "save_total_limit": settings.keep_checkpoints,
             "load_best_model_at_end": True,
             "metric_for_best_model": "eval_loss",
             "greater_is_better": False,
         }
     if settings.save_every is not None:
-        return {"eval_strategy": "no", "save_strategy": "steps", "save_steps": settings.save_every}
+        return {
+            "eval_strategy": "no",
+            "save_strategy": "steps",
+            "save_steps": settings.save_every,
+            "save_total_limit": settings.keep_checkpoints,
+        }
     return {"eval_strategy": "no", "save_strategy": "no"}
 
 
