@@ -145,7 +145,8 @@ def test_tokens_per_minute_count_prompt_and_max_tokens_and_refund_the_rest(
         _complete(client, "a b", max_tokens=40)
     assert info.value.response.headers["retry-after"] == "60"
     assert isinstance(info.value.body, dict) and info.value.body["type"] == "tokens"
-    assert "42 tokens" in info.value.body["message"]
+    # refused before the prompt is tokenized: max_tokens alone can never fit
+    assert "at least 40 tokens (its max_tokens)" in info.value.body["message"]
     long_prompt = " ".join(["word"] * 25)  # 25 + 5 fits a minute, not the 18 left
     with pytest.raises(openai.RateLimitError) as info:
         _complete(client, long_prompt, max_tokens=5)

@@ -14,6 +14,15 @@ A request that does not fit is refused whole (nothing taken) with the seconds
 until it would fit. A request larger than a key's whole minute can never fit
 and is refused with ``Retry-After: 60``.
 
+The request path checks the cheap things first (``DataPlane.submit``): the
+requests bucket (``admit_request``: one request taken, and a tokens bucket that
+cannot even hold ``max_tokens`` refused at once), the prompt's characters
+(``max_prompt_chars``), and only then the prompt is tokenized and its tokens
+taken (``admit_tokens``; a refusal there gives the request back). At most
+``tokenize_concurrency`` requests of one tenant are routed and tokenized at
+once (``TenantSlots``), so one tenant's huge prompts cannot hold every worker
+thread.
+
 A key's limits are ``ApiKey.rpm_limit`` / ``tpm_limit``; None falls back to the
 server's defaults (``--default-rpm`` / ``--default-tpm``); no limit at all
 means unlimited. ``ServerLimits`` holds those defaults with the server's other
@@ -22,10 +31,12 @@ caps: body size, prompt tokens, ``max_tokens``, the request timeout.
 
 from __future__ import annotations
 
+import asyncio
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -103,16 +114,15 @@ class RateLimiter:
 
     def admit(self, key: ApiKey, tokens: int) -> Admission:
         """Take one request and ``tokens`` from ``key``'s buckets, or raise RateLimited."""
+        self.admit_request(key)
+        return self.admit_tokens(key, tokens)
+
+    def admit_request(self, key: ApiKey, min_tokens: int = 0) -> None:
+        """Take one request from ``key``'s requests bucket, before anything costly is done
+        for it; a tokens bucket that cannot hold even ``min_tokens`` (a lower bound of the
+        request's tokens, e.g. its ``max_tokens``) refuses it too, nothing taken."""
         rpm, tpm = self.limits_of(key)
-        if tpm is not None and tokens > tpm:
-            raise RateLimited(
-                f"this request needs {tokens} tokens (prompt + max_tokens), more than the "
-                f"{tpm} tokens per minute of API key {key.id}",
-                hint="Ask for fewer max_tokens or shorten the prompt, or ask an operator "
-                "for a higher limit (`modelyard keys limits`).",
-                retry_after=60,
-                limit="tokens",
-            )
+        self._check_fits(key, min_tokens, tpm, "at least ", "its max_tokens")
         now = self._clock()
         with self._lock:
             requests = self._bucket(self._requests, key.id, rpm, now)
@@ -120,17 +130,66 @@ class RateLimiter:
             waits = []
             if requests is not None and requests.wait_for(1) > 0:
                 waits.append(("requests", rpm, requests.wait_for(1)))
-            if budget is not None and budget.wait_for(tokens) > 0:
-                waits.append(("tokens", tpm, budget.wait_for(tokens)))
+            if budget is not None and budget.wait_for(min_tokens) > 0:
+                waits.append(("tokens", tpm, budget.wait_for(min_tokens)))
             if not waits:
                 if requests is not None:
                     requests.level -= 1
-                if budget is not None:
-                    budget.level -= tokens
-                return Admission(key.id, tokens if budget is not None else 0)
+                return
+        raise self._limited(key, waits)
+
+    def admit_tokens(self, key: ApiKey, tokens: int) -> Admission:
+        """Take ``tokens`` from the tokens bucket of a key whose request was taken by
+        ``admit_request``; when they do not fit, the request is given back and RateLimited
+        raised."""
+        _, tpm = self.limits_of(key)
+        try:
+            self._check_fits(key, tokens, tpm)
+        except RateLimited:
+            self._give_back_request(key)
+            raise
+        now = self._clock()
+        with self._lock:
+            budget = self._bucket(self._tokens, key.id, tpm, now)
+            if budget is None:
+                return Admission(key.id, 0)
+            wait = budget.wait_for(tokens)
+            if wait <= 0:
+                budget.level -= tokens
+                return Admission(key.id, tokens)
+        self._give_back_request(key)
+        raise self._limited(key, [("tokens", tpm, wait)])
+
+    def _give_back_request(self, key: ApiKey) -> None:
+        with self._lock:
+            requests = self._requests.get(key.id)
+            if requests is not None:
+                requests.level = min(float(requests.capacity), requests.level + 1)
+
+    @staticmethod
+    def _check_fits(
+        key: ApiKey,
+        tokens: int,
+        tpm: int | None,
+        least: str = "",
+        what: str = "prompt + max_tokens",
+    ) -> None:
+        """``tokens`` can never fit in a minute of ``tpm``: RateLimited, Retry-After 60."""
+        if tpm is not None and tokens > tpm:
+            raise RateLimited(
+                f"this request needs {least}{tokens} tokens ({what}), more than the "
+                f"{tpm} tokens per minute of API key {key.id}",
+                hint="Ask for fewer max_tokens or shorten the prompt, or ask an operator "
+                "for a higher limit (`modelyard keys limits`).",
+                retry_after=60,
+                limit="tokens",
+            )
+
+    @staticmethod
+    def _limited(key: ApiKey, waits: list[tuple[str, int | None, float]]) -> RateLimited:
         kind, limit, wait = max(waits, key=lambda w: w[2])
         seconds = max(1, math.ceil(wait))
-        raise RateLimited(
+        return RateLimited(
             f"API key {key.id} is over its limit of {limit} {kind} per minute",
             hint=f"Retry after {seconds} s (Retry-After), or ask an operator for a higher limit.",
             retry_after=seconds,
@@ -177,6 +236,12 @@ class ServerLimits:
     request bodies (413); ``max_prompt_tokens`` caps prompts (400);
     ``request_timeout_s`` bounds a request from admission to its last token
     (504); ``default_rpm``/``default_tpm`` apply to keys without their own limits.
+    ``max_prompt_chars`` caps a rendered prompt's characters before it is tokenized
+    (400); ``tokenize_concurrency`` is how many requests of one tenant may be routed
+    and tokenized at once (the others wait their turn, off the worker threads);
+    ``refusals_stored_per_minute`` is how many refused requests (400, 404, 429 ...)
+    of one key per minute are stored as inference records, with a shortened prompt
+    (every refusal is counted in ``modelyard_refused_total``).
     """
 
     max_tokens: int = 256
@@ -186,10 +251,19 @@ class ServerLimits:
     request_timeout_s: float | None = 120.0
     default_rpm: int | None = None
     default_tpm: int | None = None
+    max_prompt_chars: int | None = 262_144
+    tokenize_concurrency: int = 4
+    refusals_stored_per_minute: int = 10
 
     def __post_init__(self) -> None:
+        if self.refusals_stored_per_minute < 0:
+            raise ConfigError(
+                f"refusals_stored_per_minute is {self.refusals_stored_per_minute}; "
+                "it must be 0 or more",
+                field="refusals_stored_per_minute",
+            )
         for name in ("max_tokens", "max_body_bytes", "max_prompt_tokens", "default_rpm",
-                     "default_tpm"):  # fmt: skip
+                     "default_tpm", "max_prompt_chars", "tokenize_concurrency"):  # fmt: skip
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} is {value}; it must be at least 1", field=name)
@@ -199,4 +273,37 @@ class ServerLimits:
                 raise ConfigError(f"{name} is {value}; it must be 0 or more", field=name)
 
 
-__all__ = ["Admission", "RateLimiter", "ServerLimits", "TokenCounter", "count_prompt_tokens"]
+class TenantSlots:
+    """At most ``per_tenant`` requests of one tenant at once in the costly part of the
+    request path (routing, rendering, tokenizing); the rest wait on the event loop, so
+    one tenant cannot hold every worker thread. Use within one event loop."""
+
+    def __init__(self, per_tenant: int) -> None:
+        self.per_tenant = per_tenant
+        self._slots: dict[str, asyncio.Semaphore] = {}
+        self._users: dict[str, int] = {}
+
+    @asynccontextmanager
+    async def hold(self, tenant: str) -> AsyncIterator[None]:
+        """One of ``tenant``'s slots while the block runs."""
+        slot = self._slots.get(tenant)
+        if slot is None:
+            slot = self._slots[tenant] = asyncio.Semaphore(self.per_tenant)
+        self._users[tenant] = self._users.get(tenant, 0) + 1
+        try:
+            async with slot:
+                yield
+        finally:
+            self._users[tenant] -= 1
+            if not self._users[tenant]:  # nobody holds or waits: forget it
+                del self._users[tenant], self._slots[tenant]
+
+
+__all__ = [
+    "Admission",
+    "RateLimiter",
+    "ServerLimits",
+    "TenantSlots",
+    "TokenCounter",
+    "count_prompt_tokens",
+]

@@ -46,6 +46,12 @@ class Metrics:
             ["tenant", "limit"],
             registry=self.registry,
         )
+        self.refused = Counter(
+            "modelyard_refused",
+            "Requests refused before the engine (400, 401, 403, 404, 413, 429), by error code",
+            ["tenant", "reason"],
+            registry=self.registry,
+        )
         self.feedback = Counter(
             "modelyard_feedback", "Feedback received", ["tenant"], registry=self.registry
         )

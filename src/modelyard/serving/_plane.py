@@ -20,6 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
+from starlette.concurrency import run_in_threadpool
+
 from modelyard.errors import (
     ConfigError,
     EngineError,
@@ -29,12 +31,24 @@ from modelyard.errors import (
     RequestTimeout,
     status_of,
 )
-from modelyard.monitoring import RecordWriter, apply_storage_policy, record_features
+from modelyard.monitoring import (
+    RecordWriter,
+    apply_storage_policy,
+    record_features,
+    started_record,
+)
 from modelyard.serving._auth import KeyCache
 from modelyard.serving._engine import Engine
 from modelyard.serving._health import LoadHealth, load_failure_of
-from modelyard.serving._limits import Admission, RateLimiter, ServerLimits, count_prompt_tokens
+from modelyard.serving._limits import (
+    Admission,
+    RateLimiter,
+    ServerLimits,
+    TenantSlots,
+    count_prompt_tokens,
+)
 from modelyard.serving._metrics import Metrics
+from modelyard.serving._refusals import RefusalSampler, shorten
 from modelyard.serving._router import Route, Router
 from modelyard.serving._shutdown import Drain
 from modelyard.serving._stream import TokenStream
@@ -91,6 +105,8 @@ class DataPlane:
         self.metrics = Metrics()
         self.keys = KeyCache(store, limits.key_cache_seconds)
         self.limiter = RateLimiter(default_rpm=limits.default_rpm, default_tpm=limits.default_tpm)
+        self.slots = TenantSlots(limits.tokenize_concurrency)
+        self.refusals = RefusalSampler(limits.refusals_stored_per_minute)
         self._tenants: dict[str, Tenant] = {}
         self.ready = threading.Event()
         self.health = LoadHealth()
@@ -106,7 +122,7 @@ class DataPlane:
             self._tenants[name] = self.store.get_tenant(name)
         return self._tenants[name]
 
-    def submit(
+    async def enter(
         self,
         key: ApiKey,
         route: str,
@@ -115,9 +131,47 @@ class DataPlane:
         params: SamplingParams,
         render: Callable[[ModelVersion], str],
     ) -> Submitted:
+        """``submit`` from the event loop, the cheap checks first: the key's requests/min
+        (and a tokens bucket that cannot even hold ``max_tokens``) on the loop, then the
+        costly part on a worker thread, at most ``tokenize_concurrency`` of a tenant's
+        requests at once (``TenantSlots``)."""
+        try:
+            self.limiter.admit_request(key, params.max_tokens)
+        except RateLimited as limited:
+            self.metrics.rate_limited.labels(key.tenant, limited.limit).inc()
+            if self.count_refusal(key.tenant, limited, key.id):
+                await run_in_threadpool(
+                    self._record, f"cmpl-{uuid.uuid4().hex}", key, route, endpoint, None, None,
+                    None, time.perf_counter(), limited,
+                )  # fmt: skip
+            raise
+        async with self.slots.hold(key.tenant):
+            return await run_in_threadpool(
+                self.submit, key, route, endpoint, user, params, render, request_taken=True
+            )
+
+    def count_refusal(self, tenant: str, exc: ModelyardError, key_id: str | None = None) -> bool:
+        """Count a request refused before the engine (``modelyard_refused_total``); whether
+        to store it too (a sample: ``refusals_stored_per_minute`` per key)."""
+        self.metrics.refused.labels(tenant, exc.code).inc()
+        return key_id is not None and self.refusals.take(key_id)
+
+    def submit(
+        self,
+        key: ApiKey,
+        route: str,
+        endpoint: str,
+        user: str | None,
+        params: SamplingParams,
+        render: Callable[[ModelVersion], str],
+        *,
+        request_taken: bool = False,
+    ) -> Submitted:
         """Route, render and hand one request to the engine (blocking: run it off the loop).
 
-        A failure here is recorded and raised; after it, ``finish`` records the outcome.
+        ``request_taken``: ``enter`` took the request from the key's requests/min already.
+        A failure here is recorded (a refusal, 4xx, as a sample: ``count_refusal``) and
+        raised; after it, ``finish`` records the outcome.
         """
         record_id = f"cmpl-{uuid.uuid4().hex}"
         started = time.perf_counter()
@@ -136,6 +190,15 @@ class DataPlane:
                 if alternative is not None:
                     fallback_from, version = version, alternative
             prompt = render(version)
+            param = "messages" if route == "chat.completions" else "prompt"
+            chars = self.limits.max_prompt_chars
+            if chars is not None and len(prompt) > chars:  # before it is tokenized
+                raise ConfigError(
+                    f"the prompt has {len(prompt)} characters, above this server's limit of "
+                    f"{chars} prompt characters (--max-prompt-chars)",
+                    hint="Shorten the prompt.",
+                    param=param,
+                )
             prompt_tokens = count_prompt_tokens(self.engine, version, prompt)
             cap = self.limits.max_prompt_tokens
             if cap is not None and prompt_tokens > cap:
@@ -143,10 +206,11 @@ class DataPlane:
                     f"the prompt has {prompt_tokens} tokens, above this server's limit of "
                     f"{cap} prompt tokens (--max-prompt-tokens)",
                     hint="Shorten the prompt.",
-                    param="messages" if route == "chat.completions" else "prompt",
+                    param=param,
                 )
+            admit = self.limiter.admit_tokens if request_taken else self.limiter.admit
             try:
-                admission = self.limiter.admit(key, prompt_tokens + params.max_tokens)
+                admission = admit(key, prompt_tokens + params.max_tokens)
             except RateLimited as limited:
                 self.metrics.rate_limited.labels(key.tenant, limited.limit).inc()
                 raise
@@ -162,8 +226,14 @@ class DataPlane:
         except ModelyardError as exc:
             if admission is not None:
                 self.limiter.settle(admission, 0)
-            self._record(record_id, key, route, endpoint, version, prompt, None, started, exc=exc)
+            if status_of(exc).http_status >= 500:
+                self._record(record_id, key, route, endpoint, version, prompt, None, started,
+                             exc=exc)  # fmt: skip
+            elif self.count_refusal(key.tenant, exc, key.id):
+                self._record(record_id, key, route, endpoint, version, shorten(prompt), None,
+                             started, exc=exc)  # fmt: skip
             raise
+        self._started(record_id, key, route, endpoint, version, prompt)  # the request journal
         timeout = self.limits.request_timeout_s
         deadline = None if timeout is None else started + timeout
         if self.router.mirror(chosen):
@@ -327,6 +397,29 @@ class DataPlane:
         self.finish(sub, gen)
         return sub.record_id, sub.version, gen
 
+    def _started(
+        self,
+        record_id: str,
+        key: ApiKey,
+        route: str,
+        endpoint: str,
+        version: ModelVersion,
+        prompt: str,
+    ) -> None:
+        """Hand the writer the ``running`` record of a request admitted (``_journal``)."""
+        policy = self.tenant(key.tenant).storage_policy
+        self.writer.started(
+            started_record(
+                record_id,
+                endpoint=endpoint,
+                route=route,
+                tenant_id=key.tenant_id,
+                api_key_id=key.id,
+                version_id=version.id,
+                prompt=apply_storage_policy(prompt, policy),
+            )
+        )
+
     def _record(
         self,
         record_id: str,
@@ -351,7 +444,8 @@ class DataPlane:
         elif cancelled or (gen is not None and gen.finish_reason == "cancelled"):
             outcome = "cancelled"
         else:
-            outcome = "ok" if exc is None else "error"
+            # a client's mistake (4xx) is ``refused``: it says nothing of the version
+            outcome = "ok" if exc is None else "error" if status >= 500 else "refused"
         version_ref = version.ref if version else ""
         labels = (endpoint if version else "", version_ref, key.tenant)
         if exc is not None and version is not None and load_failure_of(exc, version):

@@ -36,8 +36,7 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
         body: ChatCompletionRequest, key: KeyDep, response: Response
     ) -> dict[str, Any] | StreamingResponse:
         messages = [m.model_dump() for m in body.messages]
-        sub = await run_in_threadpool(
-            plane.submit,
+        sub = await plane.enter(
             key,
             "chat.completions",
             body.model,
@@ -71,8 +70,7 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
     async def completions(
         body: CompletionRequest, key: KeyDep, response: Response
     ) -> dict[str, Any] | StreamingResponse:
-        sub = await run_in_threadpool(
-            plane.submit,
+        sub = await plane.enter(
             key,
             "completions",
             body.model,
