@@ -256,3 +256,77 @@ def test_load_64_clients_has_no_failures_and_flat_memory(
         assert serving.proc.wait(60) == 0, serving.output()
     finally:
         _stop(serving)
+
+
+# -- kill -9: the request journal --------------------------------------------------------------
+
+
+def _restart(serving: Serving, *args: str) -> Serving:
+    """Start ``modelyard serve`` again on ``serving``'s home and store (same keys)."""
+    home = serving.log.parent
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
+    env["MODELYARD_HOME"] = str(home)
+    log = home / "serve-again.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "modelyard", "serve", "--engine", "echo", "--port", str(port),
+             "--refresh-seconds", "0.5", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    again = Serving(proc, f"http://127.0.0.1:{port}", log, serving.store, serving.keys)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"modelyard serve exited with {proc.returncode}:\n{again.output()}")
+        try:
+            if httpx.get(again.url + "/ready", timeout=2).status_code == 200:
+                return again
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait(10)
+    pytest.fail(f"modelyard serve was not ready within 120 s:\n{again.output()}")
+
+
+def test_kill_9_mid_stream_then_restart_closes_the_request_as_failed(server: Serving) -> None:
+    prompt = " ".join(f"w{i}" for i in range(PROMPT_WORDS))  # 30 words, 100 ms each: 3 s
+    chunks = server.client().completions.create(
+        model="acme-support", prompt=prompt, max_tokens=64, stream=True, timeout=30
+    )
+    first = next(iter(chunks))
+    request_id = first.id
+    assert request_id.startswith("cmpl-")
+
+    # before the kill: the request is in the store as running (written within start_delay)
+    deadline = time.monotonic() + 15
+    while True:
+        rows = {r["id"]: r for r in server.store.query_records(status="running", limit=None)}
+        if request_id in rows:
+            break
+        assert time.monotonic() < deadline, "the running request was never recorded"
+        time.sleep(0.05)
+    assert rows[request_id]["endpoint_name"] == "acme-support"
+
+    server.proc.kill()  # SIGKILL: nothing runs on the way out
+    assert server.proc.wait(10) == -signal.SIGKILL
+    chunks.close()
+
+    again = _restart(server, "--echo-delay-ms", "100")
+    try:
+        records = {r["id"]: r for r in server.store.query_records(limit=None)}
+        assert request_id in records, records
+        closed = records[request_id]
+        assert (closed["status"], closed["http_status"]) == ("error", 500)
+        assert closed["error"] == "server stopped before the request finished"
+        assert closed["tenant"] == "acme" and closed["prompt"] == prompt
+        # the restarted server answers, and records, as before
+        again.client().completions.create(model="acme-support", prompt="hi", max_tokens=4)
+    finally:
+        again.proc.send_signal(signal.SIGTERM)
+        assert again.proc.wait(30) == 0, again.output()
+    statuses = sorted(r.status for r in server.store.list_inference_records())
+    assert statuses == ["error", "ok"]

@@ -30,6 +30,12 @@ from modelyard.monitoring._features import (
     record_features,
     text_features,
 )
+from modelyard.monitoring._journal import (
+    ABANDONED,
+    close_abandoned,
+    new_server_id,
+    started_record,
+)
 from modelyard.monitoring._policy import apply_storage_policy, redact
 from modelyard.monitoring._profiles import ProfileUpdate, update_profiles
 from modelyard.monitoring._report import write_report
@@ -39,6 +45,7 @@ from modelyard.monitoring._tick import MonitoringCollector, TickReport, apply_re
 from modelyard.monitoring._writer import RecordWriter
 
 __all__ = [
+    "ABANDONED",
     "FEATURES",
     "FEATURE_NAMES",
     "METHODS",
@@ -58,6 +65,7 @@ __all__ = [
     "alert_id",
     "apply_retention",
     "apply_storage_policy",
+    "close_abandoned",
     "compare",
     "compute_drift",
     "default_method",
@@ -65,11 +73,13 @@ __all__ = [
     "evaluate_rules",
     "export_records",
     "mmd_test",
+    "new_server_id",
     "post_webhook",
     "record_features",
     "redact",
     "register_method",
     "rules_from",
+    "started_record",
     "text_features",
     "tick",
     "update_profiles",

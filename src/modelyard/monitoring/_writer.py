@@ -11,6 +11,14 @@ one transaction. With an ``embedder`` (``monitoring.Embedder``, MiniLM) the
 writer thread also embeds each record's raw prompt, handed to ``submit`` and
 held only in memory until then, into ``features.embedding`` for semantic drift
 of tenants whose policy keeps no text: the request path never waits on it.
+
+The request journal (``_journal``): ``started`` queues the ``running`` record of a
+request just admitted. The writer keeps it ``start_delay`` seconds; a request that
+ends within them is written once, as before; one still running then is written
+as ``running`` and updated when it ends, so a server killed mid-request leaves a
+row that the next server to start closes as failed. What a kill -9 loses is what
+is queued or in the transaction being written (records are written as soon as
+they arrive, not on a timer), and requests younger than ``start_delay``.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ import dataclasses
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -28,6 +37,12 @@ from modelyard.errors import ModelyardError
 from modelyard.store import NewInferenceRecord, RecordFeatures, Store
 
 _Item = tuple[NewInferenceRecord, RecordFeatures | None, str | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Started:
+    record: NewInferenceRecord
+    at: float  # time.monotonic() of its admission
 
 
 class _Embedder(Protocol):
@@ -49,11 +64,22 @@ class RecordWriter:
         max_buffer: int = 10_000,
         on_drop: Callable[[int], None] | None = None,
         embedder: _Embedder | None = None,
+        server_id: str | None = None,
+        start_delay: float = 0.1,
+        sweep: Callable[[], object] | None = None,
+        sweep_s: float = 30.0,
     ) -> None:
         self._store = store
         self._batch_size = batch_size
         self._flush_interval = flush_interval
-        self._queue: queue.Queue[_Item] = queue.Queue(maxsize=max_buffer)
+        self._queue: queue.Queue[_Item | _Started] = queue.Queue(maxsize=max_buffer)
+        self.server_id = server_id  # written on every row: the server running the request
+        self._start_delay = start_delay
+        self._pending: dict[str, _Started] = {}  # started, not written yet (insertion order)
+        self._running: set[str] = set()  # written as running, not ended yet
+        self._force_starts = False
+        self._sweep, self._sweep_s = sweep, sweep_s  # close_abandoned, every sweep_s
+        self._next_sweep = time.monotonic() + sweep_s
         self._on_drop = on_drop or (lambda n: None)
         self._embedder = embedder
         self._stop = threading.Event()
@@ -79,8 +105,19 @@ class RecordWriter:
         except queue.Full:
             self._dropped(1)
 
+    def started(self, record: NewInferenceRecord) -> None:
+        """Queue the ``running`` record of a request just admitted (written if the request
+        still runs ``start_delay`` later; its ``submit`` then updates it) without blocking."""
+        try:
+            self._queue.put_nowait(_Started(record, time.monotonic()))
+            self._idle.clear()
+        except queue.Full:
+            pass  # its end record (if there is room then) is inserted instead
+
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything submitted so far is written (or dropped)."""
+        """Wait until everything submitted so far is written (or dropped), the ``running``
+        records of requests still running included."""
+        self._force_starts = True
         self._idle.clear()
         return self._idle.wait(timeout) if self._thread.is_alive() else self._queue.empty()
 
@@ -93,10 +130,14 @@ class RecordWriter:
         self.dropped += n
         self._on_drop(n)
 
-    def _take_batch(self) -> list[_Item]:
-        batch: list[_Item] = []
+    def _take_batch(self) -> list[_Item | _Started]:
+        batch: list[_Item | _Started] = []
+        timeout = self._flush_interval
+        if self._pending:  # wake up when the oldest start is due
+            oldest = next(iter(self._pending.values()))
+            timeout = min(timeout, max(0.0, oldest.at + self._start_delay - time.monotonic()))
         try:
-            batch.append(self._queue.get(timeout=self._flush_interval))
+            batch.append(self._queue.get(timeout=timeout))
             while len(batch) < self._batch_size:
                 batch.append(self._queue.get_nowait())
         except queue.Empty:
@@ -120,20 +161,42 @@ class RecordWriter:
             out[i] = (record, dataclasses.replace(feats, embedding=blob.tobytes()))
         return out
 
-    def _write(self, batch: list[_Item]) -> None:
+    def _due(self, everything: bool) -> list[NewInferenceRecord]:
+        """The started records to write as ``running`` now (taken out of ``_pending``)."""
+        cutoff = time.monotonic() - self._start_delay
+        due = [p.record.id for p in self._pending.values() if everything or p.at <= cutoff]
+        return [self._pending.pop(rid).record for rid in due]
+
+    def _write(self, batch: list[_Item], started: list[NewInferenceRecord]) -> None:
+        ended = {r.id for r, _, _ in batch} & self._running
+        self._running -= ended
         try:
-            self.written += self._store.add_monitored_records(self._embed(batch))
+            self.written += self._store.add_monitored_records(
+                self._embed(batch), started=started, running=ended, server_id=self.server_id
+            )
+            self._running.update(r.id for r in started)
         except ModelyardError as exc:
             log.warning("dropping %d inference records: %s", len(batch), exc.one_line())
             self._dropped(len(batch))
 
     def _run(self) -> None:
         while True:
-            batch = self._take_batch()
-            if batch:
-                self._write(batch)
+            batch: list[_Item] = []
+            for item in self._take_batch():
+                if isinstance(item, _Started):
+                    self._pending[item.record.id] = item
+                else:  # ended: inserted (its start, if still pending, is never written)
+                    self._pending.pop(item[0].id, None)
+                    batch.append(item)
+            force, self._force_starts = self._force_starts, False
+            started = self._due(force or self._stop.is_set())
+            if batch or started:
+                self._write(batch, started)
             elif self._stop.is_set():
                 self._idle.set()
                 return
+            if self._sweep is not None and time.monotonic() >= self._next_sweep:
+                self._next_sweep = time.monotonic() + self._sweep_s
+                self._sweep()
             if self._queue.empty():
                 self._idle.set()

@@ -18,7 +18,12 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 import modelyard
-from modelyard.monitoring import MonitoringCollector, RecordWriter
+from modelyard.monitoring import (
+    MonitoringCollector,
+    RecordWriter,
+    close_abandoned,
+    new_server_id,
+)
 from modelyard.serving._agent import ServerAgent
 from modelyard.serving._engine import Engine
 from modelyard.serving._guard import GuardMiddleware
@@ -60,9 +65,11 @@ def create_app(
     router = Router(store, refresh_seconds=refresh_seconds)
     metrics_holder: list[Metrics] = []
     own_writer = writer is None
+    server_id = new_server_id()  # on its records and its heartbeat (the request journal)
     writer = writer or RecordWriter(
-        store, on_drop=lambda n: metrics_holder[0].dropped.inc(n), embedder=embedder
-    )
+        store, on_drop=lambda n: metrics_holder[0].dropped.inc(n), embedder=embedder,
+        server_id=server_id, sweep=lambda: close_abandoned(store, server_id),
+    )  # fmt: skip
     limits = limits or ServerLimits()
     plane = DataPlane(store, engine, router, writer, limits)
     metrics_holder.append(plane.metrics)
@@ -76,9 +83,12 @@ def create_app(
             store, plane, address=address, interval_s=heartbeat_s or 2.0,
             controller=controller, controller_interval_s=controller_interval_s,
         )  # fmt: skip
+        agent.id = server_id
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # requests a stopped server (this one before a kill -9) left running: failed
+        await run_in_threadpool(close_abandoned, store, server_id)
         router.refresh()
         router.start()
         engine.add_observer(plane.metrics)

@@ -8,16 +8,24 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, update
 
 from modelyard.errors import ConfigError, NotFound
 from modelyard.store._convert import to_feedback, to_record
 from modelyard.store._core import StoreCore
-from modelyard.store._rows import in_scope, tenant_id_of, tenant_names, tenant_row, version_info
+from modelyard.store._rows import (
+    get_locked,
+    in_scope,
+    lock_name,
+    tenant_id_of,
+    tenant_names,
+    tenant_row,
+    version_info,
+)
 from modelyard.store._schema import (
     FeedbackRow,
     InferenceRecordRow,
@@ -74,7 +82,7 @@ _COPIED_COLUMNS = (
     "completion_tokens",
     "latency_ms",
 )
-RECORD_STATUSES = ("ok", "error", "cancelled", "timeout")
+RECORD_STATUSES = ("ok", "error", "cancelled", "timeout", "running", "refused")
 
 
 class RecordStore(StoreCore):
@@ -145,7 +153,8 @@ class RecordStore(StoreCore):
             )
         with self._write(f"record feedback on {record_id!r}") as s:
             trow = tenant_row(s, tenant)
-            record = s.get(InferenceRecordRow, record_id)
+            # the record's lock: concurrent verdicts on one record update one feedback row
+            record = get_locked(s, InferenceRecordRow, record_id)
             if record is None or record.tenant_id != trow.id:
                 raise NotFound(
                     f"no request with id {record_id!r}",
@@ -202,29 +211,72 @@ class RecordStore(StoreCore):
     # -- records and their features (data plane: not audited) -------------------------------
 
     def add_monitored_records(
-        self, items: Sequence[tuple[NewInferenceRecord, RecordFeatures | None]]
+        self,
+        items: Sequence[tuple[NewInferenceRecord, RecordFeatures | None]],
+        *,
+        started: Sequence[NewInferenceRecord] = (),
+        running: Collection[str] = frozenset(),
+        server_id: str | None = None,
     ) -> int:
-        """Insert records and their features in one transaction (bulk); returns the count."""
-        if not items:
+        """Insert records and their features in one transaction (bulk); returns the count.
+
+        The request journal (``monitoring.RecordWriter``): ``started`` are requests still
+        running, inserted with status ``running``; the ids in ``running`` were inserted so
+        before, and their records in ``items`` update those rows instead of inserting.
+        Every row gets ``server_id``, the server that runs the request.
+        """
+        if not items and not started:
             return 0
         now = utcnow()
-        records = []
+        records: list[dict[str, Any]] = []
+        updates: list[dict[str, Any]] = []
         features = []
         for record, feats in items:
             row = {name: getattr(record, name) for name in _RECORD_COLUMNS}
             row["created_at"] = record.created_at or now
-            records.append(row)
+            row["server_id"] = server_id
+            (updates if record.id in running else records).append(row)
             if feats is not None:
                 features.append(
                     {"record_id": record.id, "embedding": feats.embedding}
                     | {name: getattr(feats, name) for name in FEATURE_COLUMNS}
                     | {name: row[name] for name in _COPIED_COLUMNS}
                 )
-        with self._write(f"write {len(records)} inference records") as s:
-            s.execute(insert(InferenceRecordRow), records)
+        for record in started:
+            row = {name: getattr(record, name) for name in _RECORD_COLUMNS}
+            row |= {"created_at": record.created_at or now, "server_id": server_id}
+            records.append(row | {"status": "running"})
+        with self._write(f"write {len(items) + len(started)} inference records") as s:
+            if records:
+                s.execute(insert(InferenceRecordRow), records)
+            if updates:  # bulk UPDATE by primary key
+                s.execute(update(InferenceRecordRow), updates)
             if features:
                 s.execute(insert(RecordFeaturesRow), features)
-        return len(records)
+        return len(items)
+
+    def running_record_servers(self) -> list[str]:
+        """The servers that have requests recorded as ``running`` (partial index)."""
+        r = InferenceRecordRow
+        with self._session("read the servers of running requests") as s:
+            query = select(r.server_id).where(r.status == "running", r.server_id.is_not(None))
+            return sorted({sid for sid in s.scalars(query.distinct()) if sid is not None})
+
+    def close_running_records(self, server_ids: Collection[str], error: str) -> int:
+        """Close the ``running`` records of servers that stopped before their requests
+        finished (a kill -9, a crash): status ``error``, HTTP 500 and ``error``. Returns
+        how many were closed. Data plane bookkeeping: not audited."""
+        if not server_ids:
+            return 0
+        r = InferenceRecordRow
+        with self._write(f"close the running requests of {len(server_ids)} stopped servers") as s:
+            result = s.execute(
+                update(r)
+                .where(r.status == "running", r.server_id.in_(list(server_ids)))
+                .values(status="error", http_status=500, error=error)
+                .execution_options(synchronize_session=False)
+            )
+            return int(getattr(result, "rowcount", 0) or 0)
 
     def query_records(
         self,
@@ -243,7 +295,8 @@ class RecordStore(StoreCore):
         """Records with their features, tenant name, version ref and feedback score, as dicts.
 
         ``since`` is inclusive, ``until`` exclusive; ``status`` is one of
-        ``ok|error|cancelled|timeout``; ``text=False`` leaves out prompt, response and error.
+        ``ok|error|cancelled|timeout|running``; ``text=False`` leaves out prompt, response
+        and error.
         """
         if status is not None and status not in RECORD_STATUSES:
             raise ConfigError(
@@ -343,7 +396,8 @@ class RecordStore(StoreCore):
         with self._write(f"set the retention of tenant {tenant!r}") as s:
             self._require(s, "retention.set", tenant, f"set the retention of {tenant!r}")
             tid = tenant_id_of(s, tenant)
-            row = s.get(RetentionPolicyRow, tid)
+            lock_name(s, "retention", tenant)
+            row = s.get(RetentionPolicyRow, tid, populate_existing=True)
             before = row.raw_days if row is not None else None
             if row is None:
                 row = RetentionPolicyRow(tenant_id=tid, raw_days=raw_days, updated_at=utcnow())

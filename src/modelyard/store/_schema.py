@@ -206,6 +206,13 @@ class InferenceRecordRow(Base):
     __table_args__ = (
         Index("ix_inference_records_endpoint_created", "endpoint_name", "created_at"),
         Index("ix_inference_records_tenant_created", "tenant_id", "created_at"),
+        # only the rows of requests still running (migration 0008): closed when a server dies
+        Index(
+            "ix_inference_records_running",
+            "server_id",
+            sqlite_where=text("status = 'running'"),
+            postgresql_where=text("status = 'running'"),
+        ),
     )
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -227,6 +234,9 @@ class InferenceRecordRow(Base):
     # but could not be served by (it fell back to ``version_id``, a baseline version).
     shadow: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     fallback_from_id: Mapped[int | None] = mapped_column(ForeignKey("model_versions.id"))
+    # The server that runs (ran) the request (migration 0008); ``status`` is ``running``
+    # from its admission to its end.
+    server_id: Mapped[str | None] = mapped_column(String(64))
 
 
 class RolloutRow(Base):
@@ -327,6 +337,21 @@ class AuditEventRow(Base):
     payload: Mapped[dict[str, Any]]
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditHeadRow(Base):
+    """The chain's newest ``seq`` and hash (one row, id 1; migration 0009).
+
+    Written in the same transaction as every append, so an emptied or shortened
+    ``audit_events`` table no longer matches it: verify reports the removed
+    events and appending is refused, instead of a new chain starting silently.
+    """
+
+    __tablename__ = "audit_head"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    seq: Mapped[int] = mapped_column(Integer)
+    hash: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class FeedbackRow(Base):

@@ -1,0 +1,101 @@
+"""The request journal: a request is recorded when it starts, so that none goes unrecorded.
+
+The data plane hands ``RecordWriter.started`` a ``running`` record of each request
+it admits (``started_record``); the writer holds it ``start_delay`` seconds and
+writes it only when the request is still running then, so a short request costs
+one row as before and a long one (a stream) one insert plus one update. Each row
+carries the id of the server running it (``new_server_id``). When a server dies
+(kill -9, a crash, the machine), ``close_abandoned`` (run by every server at start
+and then every ``sweep_s``) closes the ``running`` rows of servers that are gone as
+failed: status ``error``, HTTP 500, ``ABANDONED``.
+
+A server is gone when its heartbeat is stale, or when it ran on this machine and
+its process no longer exists (so a restart closes the rows of the server it
+replaces at once).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import uuid
+
+from modelyard.errors import ModelyardError
+from modelyard.store import NewInferenceRecord, Store
+
+log = logging.getLogger(__name__)
+
+ABANDONED = "server stopped before the request finished"
+RUNNING = "running"
+
+
+def new_server_id() -> str:
+    """A server's id: ``<hostname>-<pid>-<random>`` (also its heartbeat's id)."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+def started_record(
+    record_id: str,
+    *,
+    endpoint: str,
+    route: str,
+    tenant_id: int | None,
+    api_key_id: str | None,
+    version_id: int | None,
+    prompt: str | None,
+) -> NewInferenceRecord:
+    """The ``running`` record of a request just admitted (``prompt`` after the policy)."""
+    return NewInferenceRecord(
+        id=record_id,
+        endpoint_name=endpoint,
+        route=route,
+        latency_ms=0.0,
+        status=RUNNING,
+        http_status=0,
+        tenant_id=tenant_id,
+        api_key_id=api_key_id,
+        version_id=version_id,
+        prompt=prompt,
+    )
+
+
+def _on_this_host_and_gone(server_id: str) -> bool:
+    host = server_id.rpartition("-")[0]  # <hostname>-<pid>-<random>
+    host, _, pid = host.rpartition("-")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, someone else's
+        return False
+    return False
+
+
+def close_abandoned(store: Store, me: str | None = None, *, stale_after_s: float = 15.0) -> int:
+    """Close the ``running`` records of servers that are gone (not ``me``); returns how many.
+
+    A store error is logged, never raised: the next sweep tries again.
+    """
+    try:
+        candidates = [sid for sid in store.running_record_servers() if sid != me]
+        if not candidates:
+            return 0
+        known = {s.id: s for s in store.list_servers(stale_after_s=stale_after_s)}
+        gone = [
+            sid
+            for sid in candidates
+            if (sid in known and not known[sid].alive) or _on_this_host_and_gone(sid)
+        ]
+        closed = store.close_running_records(gone, ABANDONED) if gone else 0
+    except ModelyardError as exc:
+        log.warning("could not close the requests of stopped servers: %s", exc.one_line())
+        return 0
+    if closed:
+        log.warning("closed %d requests of %d stopped servers as failed", closed, len(gone))
+    return closed
+
+
+__all__ = ["ABANDONED", "close_abandoned", "new_server_id", "started_record"]
