@@ -27,6 +27,7 @@ from safetensors.torch import save_file
 
 from modelyard.artifacts import (
     ALLOWED_PICKLE_GLOBALS,
+    ImportLimits,
     inspect_artifact,
     read_safetensors_header,
     scan_pickle,
@@ -744,3 +745,110 @@ def test_an_invalid_regex_in_the_config_is_a_refusal_not_a_crash(
     err = refusal(lambda: inspect_artifact(adapter, kind="adapter", base_model_dir=tiny_base))
     assert err.rule == "adapter_config"
     assert "invalid regular expression" in err.message
+
+
+# -- limits: archive bombs, too many files, deep JSON ----------------------------------
+
+
+def zip_of_zeros(path: Path, name: str, size: int) -> Path:
+    """A zip holding ``size`` zero bytes; its listing may be forged to claim fewer."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf, zf.open(name, "w") as out:
+        chunk = bytes(1 << 20)
+        for _ in range(size // len(chunk)):
+            out.write(chunk)
+    return path
+
+
+def test_a_zip_bomb_is_refused_by_its_compression_ratio(tmp_path: Path) -> None:
+    archive = zip_of_zeros(tmp_path / "bomb.zip", "model.safetensors", 64 << 20)
+    assert archive.stat().st_size < 200_000  # ~64 MiB of zeros in well under 1 MiB
+    err = refusal(lambda: stage_import(archive, tmp_path / "staging"))
+    assert (err.rule, err.path) == ("compression_ratio", "model.safetensors")
+    assert "--max-ratio" in (err.hint or "")
+    assert not (tmp_path / "staging").exists()  # nothing half-written stays
+
+
+def test_a_zip_whose_listing_lies_about_sizes_is_stopped_while_writing(tmp_path: Path) -> None:
+    archive = zip_of_zeros(tmp_path / "bomb.zip", "model.safetensors", 8 << 20)
+    raw = bytearray(archive.read_bytes())
+    central = raw.rindex(b"PK\x01\x02")  # the central directory claims 10 bytes
+    struct.pack_into("<I", raw, central + 24, 10)
+    archive.write_bytes(bytes(raw))
+    limits = ImportLimits(max_bytes=4 << 20)
+    err = refusal(lambda: stage_import(archive, tmp_path / "staging", limits=limits))
+    assert err.rule in ("size", "archive")  # zipfile itself may notice the lie first
+    assert not (tmp_path / "staging").exists()
+
+
+def test_too_many_files_are_refused(tmp_path: Path) -> None:
+    archive = tmp_path / "many.tar"
+    with tarfile.open(archive, "w") as tf:
+        for i in range(12):
+            info = tarfile.TarInfo(f"m/notes-{i:02}.txt")
+            info.size = 1
+            tf.addfile(info, io.BytesIO(b"x"))
+    err = refusal(
+        lambda: stage_import(archive, tmp_path / "staging", limits=ImportLimits(max_files=10))
+    )
+    assert (err.rule, err.path) == ("file_count", "m/notes-10.txt")
+    zipped = tmp_path / "many.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        for i in range(12):
+            zf.writestr(f"notes-{i:02}.txt", "x")
+    err = refusal(
+        lambda: stage_import(zipped, tmp_path / "staging2", limits=ImportLimits(max_files=10))
+    )
+    assert (err.rule, err.path) == ("file_count", "notes-10.txt")
+
+
+@pytest.mark.parametrize("field", ["max_bytes", "max_files", "max_ratio", "max_json_depth"])
+def test_a_limit_must_be_positive(field: str) -> None:
+    with pytest.raises(ConfigError, match=field):
+        ImportLimits(**{field: 0})
+
+
+@pytest.mark.parametrize("depth", [65, 200_000], ids=["over-the-limit", "past-the-parser"])
+def test_deeply_nested_json_is_refused_not_a_crash(tmp_path: Path, depth: int) -> None:
+    root = full_model(tmp_path / "m")
+    write(root / "generation_config.json", "[" * depth + "]" * depth)
+    err = refusal(lambda: inspect_artifact(root, kind="full"))
+    assert (err.rule, err.path) == ("json_depth", "generation_config.json")
+
+
+def test_json_depth_is_configurable(tmp_path: Path) -> None:
+    root = full_model(tmp_path / "m")
+    write(root / "generation_config.json", "[" * 65 + "]" * 65)
+    inspect_artifact(root, kind="full", max_json_depth=65)
+
+
+# -- adapters the server cannot serve ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"use_dora": True}, "use_dora"),
+        ({"lora_alpha": float("nan")}, "lora_alpha"),
+        ({"lora_alpha": 1e30}, "lora_alpha"),
+        ({"lora_alpha": float("inf")}, "lora_alpha"),
+        ({"lora_alpha": -8}, "lora_alpha"),
+        ({"lora_alpha": "16"}, "lora_alpha"),
+        ({"alpha_pattern": {"q_proj": float("nan")}}, "alpha_pattern['q_proj']"),
+        ({"bias": "all"}, "bias"),
+        ({"fan_in_fan_out": True}, "fan_in_fan_out"),
+    ],
+    ids=["dora", "nan", "1e30", "inf", "negative", "string", "pattern-nan", "bias", "fan-in"],
+)
+def test_an_adapter_the_server_cannot_serve_is_refused_at_import(
+    adapter: Path, tiny_base: Path, changes: dict[str, Any], field: str
+) -> None:
+    edit_config(adapter, **changes)
+    err = refusal(lambda: inspect_artifact(adapter, kind="adapter", base_model_dir=tiny_base))
+    assert (err.rule, err.path) == ("adapter_config", "adapter_config.json")
+    assert err.context["field"] == field
+    assert field.split("[")[0] in err.message
+
+
+def test_rslora_is_served_so_it_passes(adapter: Path, tiny_base: Path) -> None:
+    edit_config(adapter, use_rslora=True, lora_alpha=16)
+    inspect_artifact(adapter, kind="adapter", base_model_dir=tiny_base)

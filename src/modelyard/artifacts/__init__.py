@@ -8,9 +8,15 @@ every byte first.
 Before an imported model is stored, ``stage_import`` copies or extracts it
 under the path rules and ``inspect_artifact`` runs the import safety checks
 (docs/artifact-safety.md); both are pure and never touch the store.
+``ImportLimits`` bounds what an import may expand to. ``ArtifactStore.staging``
+gives work dirs that ``sweep_tmp`` removes once their process is gone.
 """
 
-from modelyard.artifacts._adapter_check import AdapterSummary
+from modelyard.artifacts._adapter_check import (
+    MAX_LORA_ALPHA,
+    UNSERVABLE_LORA_FIELDS,
+    AdapterSummary,
+)
 from modelyard.artifacts._local import ArtifactStore
 from modelyard.artifacts._manifest import ArtifactRef, FileEntry
 from modelyard.artifacts._pickle_scan import ALLOWED_PICKLE_GLOBALS, scan_pickle
@@ -28,10 +34,13 @@ from modelyard.artifacts._safety import (
     classify,
     inspect_artifact,
 )
-from modelyard.artifacts._staging import stage_import
+from modelyard.artifacts._staging import ImportLimits, stage_import
+from modelyard.artifacts._tmp import TempEntry
 
 __all__ = [
     "ALLOWED_PICKLE_GLOBALS",
+    "MAX_LORA_ALPHA",
+    "UNSERVABLE_LORA_FIELDS",
     "AdapterSummary",
     "ArtifactKind",
     "ArtifactRef",
@@ -39,9 +48,11 @@ __all__ = [
     "CheckedFile",
     "FileEntry",
     "FileKind",
+    "ImportLimits",
     "SafetensorsHeader",
     "SafetyReport",
     "SafetyRule",
+    "TempEntry",
     "TensorInfo",
     "classify",
     "inspect_artifact",

@@ -16,6 +16,7 @@ checked.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import warnings
 from collections.abc import Mapping
@@ -63,6 +64,32 @@ class _Base:
 
 
 _RANK_HINT = "Train the adapter with a smaller rank, or raise the limit with --max-rank."
+MAX_LORA_ALPHA = 65536.0
+"""The largest ``lora_alpha`` accepted: scaling is ``alpha / r``; real adapters use 1..1024."""
+UNSERVABLE_LORA_FIELDS: tuple[str, ...] = (
+    "use_dora",
+    "lora_bias",
+    "fan_in_fan_out",
+    "modules_to_save",
+    "trainable_token_indices",
+    "target_parameters",
+    "layer_replication",
+    "megatron_config",
+    "alora_invocation_tokens",
+    "use_qalora",
+    "velora_config",
+    "monteclora_config",
+    "use_bdlora",
+    "arrow_config",
+    "kasa_config",
+)
+"""Config fields whose non-default value changes LoRA's forward pass: the serving
+engine (``serving/_multilora.py``) runs plain LoRA on linear layers only, so an
+adapter that sets one is refused at import instead of failing when served."""
+_SERVE_HINT = (
+    "modelyard serves plain LoRA (optionally rsLoRA) on linear layers: retrain the adapter "
+    "without this feature, or merge it into a full model and import that with --kind full."
+)
 
 
 def _refuse(message: str, *, hint: str = _HINT, **context: Any) -> UnsafeArtifact:
@@ -87,6 +114,39 @@ def _check_rank(config: Mapping[str, Any], max_rank: int) -> tuple[int, dict[str
                 hint=_RANK_HINT,
             )
     return r, {str(k): int(v) for k, v in pattern.items()}
+
+
+def _check_servable(config: Mapping[str, Any]) -> None:
+    """Refuse what the server cannot serve, and scalings that are not finite and sane."""
+    for field in UNSERVABLE_LORA_FIELDS:
+        if config.get(field):
+            raise _refuse(
+                f"{CONFIG_NAME}: {field}={config[field]!r} is not supported by the server",
+                hint=_SERVE_HINT,
+                field=field,
+            )
+    if config.get("bias", "none") != "none":
+        raise _refuse(
+            f"{CONFIG_NAME}: bias={config['bias']!r} is not supported by the server "
+            "(LoRA without biases only)",
+            hint=_SERVE_HINT,
+            field="bias",
+        )
+    alphas: list[tuple[str, object]] = [("lora_alpha", config.get("lora_alpha", 8))]
+    pattern = config.get("alpha_pattern") or {}
+    if not isinstance(pattern, dict):
+        raise _refuse(f"{CONFIG_NAME}: alpha_pattern is not a map of module patterns to numbers")
+    alphas += [(f"alpha_pattern[{k!r}]", v) for k, v in pattern.items()]
+    for where, value in alphas:
+        number = value if isinstance(value, int | float) and not isinstance(value, bool) else None
+        if number is None or not math.isfinite(number) or not 0 < number <= MAX_LORA_ALPHA:
+            raise _refuse(
+                f"{CONFIG_NAME}: {where} is {value!r}; it must be a finite number in "
+                f"(0, {MAX_LORA_ALPHA:g}]",
+                hint="lora_alpha scales the adapter's output (scale = alpha / r); export the "
+                "adapter again with the alpha it was trained with.",
+                field=where,
+            )
 
 
 def _string_list(config: Mapping[str, Any], key: str) -> list[str] | str | None:
@@ -391,6 +451,7 @@ def check_adapter(
         )
     r, rank_pattern = _check_rank(config, max_rank)
     _check_patterns(config)
+    _check_servable(config)
     lora = _lora_config(config)
     base = _load_base(Path(base_dir))
     matched = _resolve_targets(lora, config, base)

@@ -8,17 +8,20 @@ Layout::
 
 Every write is staged in a temp dir under ``<root>/tmp`` (the same filesystem)
 and renamed into place in one step, so a final path holds a whole artifact or
-nothing.  Deletes rename out of place first for the same reason.
+nothing.  Deletes rename out of place first for the same reason.  Temp dirs
+are created when needed and named after the process that owns them, so
+``sweep_tmp`` can remove what a killed writer left (``_tmp.py``).
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import hashlib
 import os
 import shutil
-import tempfile
-from collections.abc import Mapping
+import time
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 from modelyard.artifacts._manifest import (
@@ -31,6 +34,7 @@ from modelyard.artifacts._manifest import (
     parse_manifest,
     short,
 )
+from modelyard.artifacts._tmp import TempEntry, new_owned_dir, remove_entry, scan_tmp
 from modelyard.errors import ArtifactError, ArtifactIntegrityError, ArtifactNotFound
 
 _CHUNK = 1 << 20
@@ -114,6 +118,49 @@ class ArtifactStore:
                 f"cannot delete artifact {short(hex_digest)}…: {exc}", digest=hex_digest
             ) from exc
 
+    @contextlib.contextmanager
+    def staging(self, purpose: str = "import") -> Iterator[Path]:
+        """A new empty work dir under ``<root>/tmp`` (created when needed), removed after use.
+
+        Its name records this process, so a dir left by a killed process is
+        found and removed by ``sweep_tmp``.
+        """
+        try:
+            path = self._new_tmp(purpose)
+        except OSError as exc:
+            raise ArtifactError(
+                f"cannot create a work directory in {self.root / 'tmp'}: {exc.strerror or exc}",
+                hint="Check the artifact store (MODELYARD_ARTIFACTS) is a writable directory.",
+            ) from exc
+        try:
+            yield path
+        finally:
+            remove_entry(TempEntry(path, 0, 0.0, os.getpid(), None, True, "done"))
+
+    def tmp_entries(self, *, max_age_s: float) -> builtins.list[TempEntry]:
+        """What the work area holds, each entry judged stale (its writer is gone) or not."""
+        return scan_tmp(self.root / "tmp", max_age_s=max_age_s)
+
+    def sweep_tmp(self, *, max_age_s: float = 3600.0) -> builtins.list[TempEntry]:
+        """Remove what killed writers left in the work area; return what was removed."""
+        removed = []
+        for entry in self.tmp_entries(max_age_s=max_age_s):
+            if entry.stale:
+                try:
+                    remove_entry(entry)
+                except OSError:
+                    continue  # another sweeper got there first, or it is not ours to delete
+                removed.append(entry)
+        return removed
+
+    def age_s(self, digest: str) -> float:
+        """Seconds since the artifact was stored (its directory's last change)."""
+        hex_digest = normalize_digest(digest)
+        try:
+            return max(0.0, time.time() - self._dir(hex_digest).stat().st_mtime)
+        except FileNotFoundError:
+            raise self._not_found(hex_digest) from None
+
     def list(self) -> builtins.list[ArtifactRef]:
         """Every stored artifact, ordered by digest."""
         digests = sorted(
@@ -138,7 +185,7 @@ class ArtifactStore:
     def _put(self, files: Mapping[str, Path], *, kind: str, origin: Path) -> ArtifactRef:
         _check_kind(kind)
         try:
-            tmp = self._new_tmp("put-")
+            tmp = self._new_tmp("put")
         except OSError as exc:
             raise ArtifactError(f"cannot write to the artifact store {self.root}: {exc}") from exc
         try:
@@ -152,10 +199,8 @@ class ArtifactStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _new_tmp(self, prefix: str) -> Path:
-        tmp_root = self.root / "tmp"
-        tmp_root.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=prefix, dir=tmp_root))
+    def _new_tmp(self, purpose: str) -> Path:
+        return new_owned_dir(self.root / "tmp", purpose)
 
     def _install(self, staged: Path, hex_digest: str) -> None:
         """Rename the staged dir into place, keeping an intact copy already there."""
@@ -182,7 +227,7 @@ class ArtifactStore:
 
     def _discard(self, path: Path) -> None:
         """Move ``path`` out of the store's namespace in one step, then remove it."""
-        grave = self._new_tmp("del-")
+        grave = self._new_tmp("del")
         path.rename(grave / path.name)
         shutil.rmtree(grave)
 

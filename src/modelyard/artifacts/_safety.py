@@ -19,7 +19,8 @@ The rules, in the order they are checked (docs/artifact-safety.md):
 4. ``pickle``: pickle weights (``.bin .pt .pth .pkl .ckpt``) only with
    ``allow_pickle``, and then ``pickle_global``: the opcode scan finds nothing
    outside the tensor-rebuild allow-list.
-5. content: JSON parses, text is UTF-8, ``safetensors_header`` is valid, and a
+5. content: JSON parses and nests at most ``max_json_depth`` levels
+   (``json_depth``), text is UTF-8, ``safetensors_header`` is valid, and a
    sharded checkpoint's ``*.index.json`` names files inside the artifact.
 6. layout and ``adapter_config``: an adapter has ``adapter_config.json`` and its
    weights, and fits its base model; a full model has ``config.json`` and weights.
@@ -37,7 +38,7 @@ from typing import Any, Literal
 from modelyard.artifacts._adapter_check import AdapterSummary, check_adapter
 from modelyard.artifacts._pickle_scan import scan_pickle
 from modelyard.artifacts._safetensors_check import SafetensorsHeader, read_safetensors_header
-from modelyard.artifacts._staging import TreeFile, safe_parts, walk_tree
+from modelyard.artifacts._staging import ImportLimits, TreeFile, safe_parts, walk_tree
 from modelyard.errors import ConfigError, UnsafeArtifact
 
 ArtifactKind = Literal["adapter", "full"]
@@ -52,6 +53,9 @@ SafetyRule = Literal[
     "adapter_config",
     "archive",
     "size",
+    "file_count",
+    "compression_ratio",
+    "json_depth",
 ]
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -131,13 +135,44 @@ def _refuse_kind(rel: str, why: str) -> UnsafeArtifact:
     return UnsafeArtifact(f"{rel}: {why}", rule="file_kind", path=rel, hint=_KIND_HINT)
 
 
-def _read_json(entry: TreeFile) -> Any:
+def _refuse_depth(rel: str, limit: int) -> UnsafeArtifact:
+    return UnsafeArtifact(
+        f"{rel}: the JSON nests deeper than the limit of {limit} levels",
+        rule="json_depth",
+        path=rel,
+        hint="Model configs and tokenizer files nest a few levels; rebuild the file, or raise "
+        "the limit with --max-json-depth if it really is this deep.",
+    )
+
+
+def _depth(data: Any) -> int:
+    """How deeply ``data`` nests lists and objects (iteratively: no recursion to exhaust)."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(data, 0)]
+    while stack:
+        value, level = stack.pop()
+        if isinstance(value, dict):
+            stack.extend((v, level + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, level + 1) for v in value)
+        else:
+            continue
+        deepest = max(deepest, level + 1)
+    return deepest
+
+
+def _read_json(entry: TreeFile, max_depth: int) -> Any:
     if entry.size > _MAX_JSON_BYTES:
         raise _refuse_kind(entry.rel, f"a JSON file of {entry.size} bytes is too large")
     try:
-        return json.loads(entry.path.read_bytes().decode("utf-8"))
+        data = json.loads(entry.path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise _refuse_kind(entry.rel, f"is not valid UTF-8 JSON ({exc})") from exc
+    except RecursionError:  # nested deeper than the parser's own stack allows
+        raise _refuse_depth(entry.rel, max_depth) from None
+    if _depth(data) > max_depth:
+        raise _refuse_depth(entry.rel, max_depth)
+    return data
 
 
 def _check_utf8(entry: TreeFile) -> None:
@@ -233,6 +268,7 @@ def inspect_artifact(
     allow_pickle: bool = False,
     trust_remote_code: bool = False,
     max_rank: int = 256,
+    max_json_depth: int = ImportLimits.max_json_depth,
 ) -> SafetyReport:
     """Check a model directory before it is stored; return what was checked.
 
@@ -256,6 +292,8 @@ def inspect_artifact(
         )
     if max_rank < 1:
         raise ConfigError(f"max_rank must be at least 1, not {max_rank}")
+    if max_json_depth < 1:
+        raise ConfigError(f"max_json_depth must be at least 1, not {max_json_depth}")
 
     tree = walk_tree(root)
     if not tree:
@@ -294,7 +332,7 @@ def inspect_artifact(
         tensors: int | None = None
         globals_: tuple[str, ...] = ()
         if file_kind == "json" or name in _TOKENIZER_JSON:
-            data = _read_json(entry)
+            data = _read_json(entry, max_json_depth)
             if file_kind == "json":
                 configs[entry.rel] = data
                 remote_code |= _check_remote_code(entry, data, trust_remote_code)

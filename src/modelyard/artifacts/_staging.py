@@ -8,10 +8,17 @@ drive letter or a control character. Archive entries are never extracted by the
 archive library: each file is copied by hand into a new file created with
 ``O_EXCL | O_NOFOLLOW`` under the staging directory, so nothing can be written
 outside it and no entry can replace another.
+
+``ImportLimits`` bounds what an import may expand to: total bytes written,
+number of files, and (for an archive) bytes written per byte of archive, so a
+small archive cannot fill the disk (rules ``size``, ``file_count``,
+``compression_ratio``). The limits are enforced while writing, so a bomb stops
+after at most one chunk past the limit.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import shutil
@@ -30,10 +37,46 @@ _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".tx
 _ZIP_SUFFIXES = (".zip",)
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _DRIVE = re.compile(r"^[A-Za-z]:")
+_RATIO_FLOOR = 16 << 20  # archives that expand to less than this are never ratio-refused
 _PATH_HINT = (
     "Import only regular files and directories with relative names: replace links "
     "with copies of the files (cp -L) and rebuild the archive from inside its folder."
 )
+
+
+@dataclass(frozen=True)
+class ImportLimits:
+    """What one import may expand to (docs/artifact-safety.md, "Limits").
+
+    ``max_ratio`` applies to archives only: expanded bytes per byte of archive,
+    once more than 16 MiB have been written. ``max_json_depth`` bounds the
+    nesting of every JSON file (checked by ``inspect_artifact``).
+    """
+
+    max_bytes: int = 200 << 30  # 200 GiB: the largest open models fit, a full disk does not
+    max_files: int = 10_000
+    max_ratio: float = 100.0
+    max_json_depth: int = 64
+
+    def __post_init__(self) -> None:
+        for name in ("max_bytes", "max_files", "max_ratio", "max_json_depth"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 1:
+                raise ConfigError(
+                    f"import limit {name} must be a number of at least 1, not {value!r}",
+                    hint="Raise the limit for a larger import; limits cannot be switched off.",
+                    field=name,
+                )
+
+
+def _refuse_limit(name: str, rule: str, why: str, flag: str) -> UnsafeArtifact:
+    return UnsafeArtifact(
+        f"{name}: {why}",
+        rule=rule,
+        path=name,
+        hint=f"If the artifact really is this large, raise the limit with {flag} "
+        "(docs/artifact-safety.md, Limits).",
+    )
 
 
 @dataclass(frozen=True)
@@ -95,12 +138,14 @@ def walk_tree(root: Path) -> list[TreeFile]:
 
 
 class _Writer:
-    """Creates files and directories under the staging root only, counting bytes."""
+    """Creates files and directories under the staging root only, enforcing the limits."""
 
-    def __init__(self, root: Path, max_bytes: int | None) -> None:
+    def __init__(self, root: Path, limits: ImportLimits, packed: int | None = None) -> None:
         self.root = root
-        self.max_bytes = max_bytes
+        self.limits = limits
+        self.packed = packed  # the archive's size in bytes (None: a directory copy)
         self.written = 0
+        self.files = 0
 
     def mkdirs(self, parts: tuple[str, ...], name: str) -> Path:
         here = self.root
@@ -113,9 +158,58 @@ class _Writer:
                     raise _refuse_path(name, f"{part} is both a file and a directory") from None
         return here
 
+    def expect(self, entries: list[tuple[str, int]]) -> None:
+        """Refuse up front what an archive's own listing (name, size) shows is too large."""
+        if len(entries) > self.limits.max_files:
+            raise _refuse_limit(
+                entries[self.limits.max_files][0],
+                "file_count",
+                f"the archive lists {len(entries)} files, more than the limit of "
+                f"{self.limits.max_files}",
+                "--max-files",
+            )
+        total = 0
+        for name, size in entries:
+            total += size
+            if total > self.limits.max_bytes:
+                raise _refuse_limit(
+                    name,
+                    "size",
+                    f"the archive expands to more than the limit of {self.limits.max_bytes} bytes",
+                    "--max-bytes",
+                )
+
+    def _count(self, name: str, more: int) -> None:
+        self.written += more
+        if self.written > self.limits.max_bytes:
+            raise _refuse_limit(
+                name,
+                "size",
+                f"the import is larger than the limit of {self.limits.max_bytes} bytes",
+                "--max-bytes",
+            )
+        if self.packed is not None and self.written > _RATIO_FLOOR:
+            ratio = self.written / max(self.packed, 1)
+            if ratio > self.limits.max_ratio:
+                raise _refuse_limit(
+                    name,
+                    "compression_ratio",
+                    f"the archive expands more than {self.limits.max_ratio:g} times its size "
+                    f"({self.written} bytes written from {self.packed}): an archive bomb?",
+                    "--max-ratio",
+                )
+
     def write(self, parts: tuple[str, ...], name: str, source: IO[bytes]) -> None:
         if not parts:
             raise _refuse_path(name, "the entry has no file name")
+        self.files += 1
+        if self.files > self.limits.max_files:
+            raise _refuse_limit(
+                name,
+                "file_count",
+                f"the import holds more than the limit of {self.limits.max_files} files",
+                "--max-files",
+            )
         parent = self.mkdirs(parts[:-1], name)
         target = parent / parts[-1]
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
@@ -127,14 +221,7 @@ class _Writer:
             raise _refuse_path(name, "the archive holds this entry as a directory too") from None
         with os.fdopen(fd, "wb") as out:
             while chunk := source.read(_CHUNK):
-                self.written += len(chunk)
-                if self.max_bytes is not None and self.written > self.max_bytes:
-                    raise UnsafeArtifact(
-                        f"{name}: the import is larger than the limit of {self.max_bytes} bytes",
-                        rule="size",
-                        path=name,
-                        hint="Raise the size limit if the artifact really is this large.",
-                    )
+                self._count(name, len(chunk))
                 out.write(chunk)
 
 
@@ -198,6 +285,8 @@ def _extract_tar(source: Path, writer: _Writer) -> None:
 def _extract_zip(source: Path, writer: _Writer) -> None:
     try:
         with zipfile.ZipFile(source) as archive:
+            listed = [i for i in archive.infolist() if not i.is_dir()]
+            writer.expect([(i.filename, i.file_size) for i in listed])
             for info in archive.infolist():
                 parts = safe_parts(info.filename)
                 mode = info.external_attr >> 16
@@ -257,14 +346,21 @@ def _clear(staging: Path, *, remove: bool) -> None:
             entry.unlink(missing_ok=True)
 
 
-def stage_import(source: Path, staging: Path, *, max_bytes: int | None = None) -> Path:
+def stage_import(
+    source: Path,
+    staging: Path,
+    *,
+    max_bytes: int | None = None,
+    limits: ImportLimits | None = None,
+) -> Path:
     """Copy a directory, or extract an archive, into ``staging`` under the path rules.
 
     ``staging`` must be new or empty. Returns the artifact root: ``staging``
     itself, or its only entry when that is a directory (an archive of one
-    folder). ``max_bytes`` bounds the bytes written (against archive bombs).
-    On a refusal (``UnsafeArtifact``, rules ``path``, ``archive``, ``size``)
-    everything staged so far is removed.
+    folder). ``limits`` bound what is written (default ``ImportLimits()``);
+    ``max_bytes``, when given, replaces its ``max_bytes``. On a refusal
+    (``UnsafeArtifact``, rules ``path``, ``archive``, ``size``, ``file_count``,
+    ``compression_ratio``) everything staged so far is removed.
     """
     source, staging = Path(source), Path(staging)
     kind = _archive_kind(source)
@@ -275,8 +371,11 @@ def stage_import(source: Path, staging: Path, *, max_bytes: int | None = None) -
         )
     if kind is not None and not source.is_file():
         raise ConfigError(f"import source {source} does not exist or is not a file")
+    limits = limits or ImportLimits()
+    if max_bytes is not None:
+        limits = dataclasses.replace(limits, max_bytes=max_bytes)
     created = _prepare_staging(source, staging)
-    writer = _Writer(staging, max_bytes)
+    writer = _Writer(staging, limits, source.stat().st_size if kind is not None else None)
     try:
         if kind == "zip":
             _extract_zip(source, writer)
