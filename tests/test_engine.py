@@ -21,7 +21,7 @@ from modelyard.data import DOMAINS, domain_corpus, render_prompt, synthetic_doma
 from modelyard.errors import ConfigError, EngineOverloaded
 from modelyard.serving import EngineError, SamplingParams, TransformersEngine, render_chat
 from modelyard.store import ModelVersion, Store
-from tinymodels import QUICK_BASE, WEIGHTS, register_adapter, tamper
+from tinymodels import QUICK_BASE, WEIGHTS, chatty_adapter, register_adapter, tamper
 from tinymodels import random_adapter as _random_adapter
 
 GREEDY = SamplingParams(max_tokens=8, temperature=0)
@@ -36,6 +36,7 @@ class World:
     garbage: ModelVersion  # registered, but its weights file is not safetensors
     wrong_base: ModelVersion  # LoRA shapes of another base
     prompts: list[str]
+    chatty: ModelVersion  # never ends an answer (long rows, whatever a tiny model says)
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +75,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             save_file(wide, tmp / "w" / WEIGHTS)
             wrong_base = register_adapter(store, artifacts, tmp / "w")
             rows = synthetic_domain("it-support", 8, seed=0)
+            chatty = register_adapter(store, artifacts, chatty_adapter(base, tmp / "chatty"))
             yield World(
                 store,
                 artifacts,
@@ -82,6 +84,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
                 garbage,
                 wrong_base,
                 [render_prompt(r) for r in rows],
+                chatty,
             )
 
 
@@ -124,8 +127,9 @@ def test_mixed_adapter_batch_equals_one_at_a_time(world: World, engine: Transfor
 
 def test_stream_delivers_tokens_as_they_come(world: World, engine: TransformersEngine) -> None:
     params = SamplingParams(max_tokens=24, temperature=0)
-    whole = engine.generate(world.good[1], world.prompts[2], params)
-    events = list(engine.stream(world.good[1], world.prompts[2], params))
+    whole = engine.generate(world.chatty, world.prompts[2], params)
+    assert (whole.completion_tokens, whole.finish_reason) == (24, "length")
+    events = list(engine.stream(world.chatty, world.prompts[2], params))
     pieces = [e.text for e in events if e.text]
     final = events[-1].generation
     assert final is not None and all(e.generation is None for e in events[:-1])
@@ -153,9 +157,10 @@ def test_stop_strings_cut_each_row_on_its_own(world: World, engine: Transformers
 def test_cancelling_a_stream_stops_only_its_row(world: World, engine: TransformersEngine) -> None:
     params = SamplingParams(max_tokens=150, temperature=0)
     prompt = "hello"
-    expected = [engine.generate(v, prompt, params) for v in world.good[:2]]
-    assert [g.finish_reason for g in expected] == ["length", "length"]  # no early end
-    leaving, staying = (engine.stream(v, prompt, params) for v in world.good[:2])
+    rows = [world.chatty, world.good[0]]
+    expected = [engine.generate(v, prompt, params) for v in rows]
+    assert expected[0].finish_reason == "length"  # the leaving row would run all 150 tokens
+    leaving, staying = (engine.stream(v, prompt, params) for v in rows)
     next(leaving)
     leaving.cancel()
     gone = leaving.result()
@@ -193,6 +198,58 @@ def test_bad_adapters_fail_only_their_own_requests(world: World) -> None:
         assert engine.stats().adapter_load_failures == 3
         assert len(world.store.list_audit_events(action="artifact.verification_failed")) == 1
         assert engine.generate(good[0], world.prompts[3], GREEDY).text == expected[0]
+    finally:
+        engine.close()
+        reference.close()
+
+
+def test_running_out_of_memory_copying_one_adapter_fails_only_its_requests(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The copy of one adapter into its slot raises torch.OutOfMemoryError (part way: after
+    the copy, before the slot is marked held); the other tenants in the batch are answered."""
+    from modelyard.serving._adapters import AdapterCache
+    from modelyard.serving._multilora import MultiLora
+
+    victim = world.good[2]
+    loading: list[int] = []  # the version whose adapter is being copied (scheduler thread)
+    ensure_one, put = AdapterCache._ensure_one, MultiLora.put
+
+    def ensure_one_noting(cache: AdapterCache, version: ModelVersion, protected: object) -> None:
+        loading.append(version.id)
+        try:
+            ensure_one(cache, version, protected)  # type: ignore[arg-type]
+        finally:
+            loading.pop()
+
+    def put_out_of_memory(lora: MultiLora, slot: int, weights: object) -> None:
+        put(lora, slot, weights)  # type: ignore[arg-type]
+        if loading and loading[-1] == victim.id:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    reference = TransformersEngine(world.artifacts)
+    engine = TransformersEngine(world.artifacts, batch_window_ms=300)
+    try:
+        others = [world.good[0], world.good[1], world.good[3], world.good[0]]
+        expected = [reference.generate(v, world.prompts[4], GREEDY).text for v in others]
+        victim_text = reference.generate(victim, world.prompts[4], GREEDY).text
+        monkeypatch.setattr(AdapterCache, "_ensure_one", ensure_one_noting)
+        monkeypatch.setattr(MultiLora, "put", put_out_of_memory)
+        jobs = [others[0], victim, others[1], victim, others[2], others[3]]
+        streams = [engine.stream(v, world.prompts[4], GREEDY) for v in jobs]
+        for i in (1, 3):
+            with pytest.raises(EngineError) as info:
+                streams[i].result()
+            assert f"cannot load the adapter of {victim.ref} into its slot" in info.value.message
+            assert "OutOfMemoryError" in info.value.message
+        answered = [streams[i].result().text for i in (0, 2, 4, 5)]
+        assert answered == expected
+        assert engine.stats().batches == 1  # they really ran together
+        assert victim.ref not in engine.loaded()
+        # memory is back: the next request loads it (no cached failure) and answers right
+        monkeypatch.undo()
+        assert engine.generate(victim, world.prompts[4], GREEDY).text == victim_text
+        assert engine.generate(others[0], world.prompts[4], GREEDY).text == expected[0]
     finally:
         engine.close()
         reference.close()

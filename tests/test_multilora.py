@@ -21,7 +21,7 @@ from modelyard.data import DOMAINS, domain_corpus, render_prompt, synthetic_doma
 from modelyard.serving import EngineError, SamplingParams, TransformersEngine
 from modelyard.serving._multilora import LoraFormatError, MultiLora, read_lora
 from modelyard.store import ModelVersion, Store
-from tinymodels import QUICK_BASE, register_adapter
+from tinymodels import QUICK_BASE, chatty_adapter, register_adapter
 from tinymodels import random_adapter as _adapter
 
 GREEDY = SamplingParams(max_tokens=10, temperature=0)
@@ -50,6 +50,7 @@ class World:
     versions: list[ModelVersion]
     prompts: list[str]
     tmp: Path
+    chatty: ModelVersion  # never ends an answer (long rows, whatever a tiny model says)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +69,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
             versions = [register_adapter(store, artifacts, d) for d in dirs]
             rows = synthetic_domain("it-support", 8, seed=1)
             prompts = [render_prompt(r) for r in rows]
-            yield World(base.path, dirs, store, artifacts, versions, prompts, tmp)
+            chatty = register_adapter(store, artifacts, chatty_adapter(base.path, tmp / "chatty"))
+            yield World(base.path, dirs, store, artifacts, versions, prompts, tmp, chatty)
 
 
 def _peft_model(world: World) -> Any:
@@ -185,12 +187,12 @@ def test_a_request_joins_a_running_batch(world: World) -> None:
     engine = TransformersEngine(world.artifacts, batch_window_ms=0)
     try:
         long = SamplingParams(max_tokens=150, temperature=0)
-        expected_long = engine.generate(world.versions[0], "hello", long)
+        expected_long = engine.generate(world.chatty, "hello", long)
         expected_short = engine.generate(world.versions[1], world.prompts[2], GREEDY).text
         expected_tiny = engine.generate(world.versions[3], "hello there", GREEDY).text
         assert expected_long.finish_reason == "length"
         batches = engine.stats().batches
-        running = engine.stream(world.versions[0], "hello", long)
+        running = engine.stream(world.chatty, "hello", long)
         next(running)  # it is being decoded
         # a prompt longer than the running row's cache so far: the batch's cache is padded
         joined = engine.stream(world.versions[1], world.prompts[2], GREEDY)
@@ -211,7 +213,7 @@ def test_sampled_requests_wait_for_their_own_batch(world: World) -> None:
     try:
         sampled = SamplingParams(max_tokens=6, temperature=0.8, seed=3)
         expected = engine.generate(world.versions[2], world.prompts[1], sampled).text
-        running = engine.stream(world.versions[0], "hello", SamplingParams(120, 0.0))
+        running = engine.stream(world.chatty, "hello", SamplingParams(120, 0.0))
         next(running)
         waiting = engine.stream(world.versions[2], world.prompts[1], sampled)
         greedy_after = engine.stream(world.versions[3], world.prompts[3], GREEDY)

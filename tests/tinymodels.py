@@ -62,3 +62,40 @@ def tamper(artifacts: ArtifactStore, digest: str) -> None:
     data = bytearray(stored.read_bytes())
     data[-1] ^= 0xFF
     stored.write_bytes(bytes(data))
+
+
+def chatty_adapter(base: Path, out: Path, scale: float = 100.0) -> Path:
+    """A LoRA adapter on ``base`` that never ends an answer and always says visible words.
+
+    It adapts only ``lm_head``: ``A`` is the identity and ``B`` gives each hidden
+    dimension ``i`` one word for ``+h[i]`` and another for ``-h[i]``, so every step
+    some word gets a logit boost of at least ``scale * max|h|`` while the end of
+    sequence (and every special token) gets none. Its answers run to ``max_tokens``
+    under greedy decoding and sampling alike: tests of streams and lengths do not
+    depend on what a tiny model happens to say.
+    """
+    from peft import LoraConfig, get_peft_model
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(base)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    hidden, vocab = model.config.hidden_size, model.config.vocab_size
+    special = set(tokenizer.all_special_ids)
+    words = [
+        i for i in range(vocab) if i not in special and tokenizer.decode([i]).strip().isalpha()
+    ][: 2 * hidden]
+    assert len(words) == 2 * hidden, "the base's vocabulary is too small for a chatty adapter"
+    config = LoraConfig(r=hidden, lora_alpha=scale * hidden, target_modules=["lm_head"])
+    with warnings.catch_warnings():  # peft warns about adapting the tied embeddings
+        warnings.simplefilter("ignore", UserWarning)
+        get_peft_model(model, config).save_pretrained(out)
+    tensors = load_file(out / WEIGHTS)
+    a_key = next(k for k in tensors if k.endswith("lm_head.lora_A.weight"))
+    b_key = next(k for k in tensors if k.endswith("lm_head.lora_B.weight"))
+    a = torch.eye(hidden)
+    b = torch.zeros(vocab, hidden)
+    for i in range(hidden):
+        b[words[2 * i], i], b[words[2 * i + 1], i] = 1.0, -1.0
+    save_file({a_key: a.contiguous(), b_key: b.contiguous()}, out / WEIGHTS)
+    return out

@@ -12,7 +12,9 @@ files again. A version that fails to load (tampered, unreadable, made for
 another base, or using LoRA features this engine does not serve) fails only its
 own requests, and is not retried for ``failure_ttl_s`` seconds so that a stream
 of bad requests cannot stall the others. A failed load never touches the base:
-an adapter is read and checked whole before it is copied into a slot.
+an adapter is read and checked whole before it is copied into a slot; a copy
+that fails (out of memory) leaves its slot empty, fails only the requests of
+that adapter, and is tried again by the next request (memory may be free by then).
 """
 
 from __future__ import annotations
@@ -180,6 +182,13 @@ class AdapterCache:
                     self._ensure_one(version, protected)
                 except ModelyardError as exc:
                     failures[version.id] = exc
+                except Exception as exc:  # one adapter's failure is never its batch's
+                    log.exception("loading the adapter of %s failed", version.ref)
+                    failures[version.id] = EngineError(
+                        f"cannot load the adapter of {version.ref}: {type(exc).__name__}: "
+                        f"{_reason(exc)}",
+                        hint="Retry later; if it persists, check the server's memory.",
+                    )
         return failures
 
     def _ensure_one(self, version: ModelVersion, protected: Collection[str]) -> None:
@@ -204,7 +213,17 @@ class AdapterCache:
             raise
         slot = self._free_slot(base, protected)  # full of needed adapters: not a load failure
         assert base.lora is not None
-        base.lora.put(slot, weights)
+        try:
+            base.lora.put(slot, weights)
+        except Exception as exc:  # out of memory while copying: this adapter only, not cached
+            base.lora.clear(slot)
+            self._notify("load_failure", version.ref)
+            log.warning("copying the adapter of %s into its slot failed: %s", version.ref, exc)
+            raise EngineError(
+                f"cannot load the adapter of {version.ref} into its slot: "
+                f"{type(exc).__name__}: {_reason(exc)}",
+                hint="Retry later; if it persists, lower --max-adapters or free memory.",
+            ) from exc
         with self._lock:
             self._failures.pop(version.id, None)
             self._adapters[name] = _Loaded(version.base_model_source, version.ref, slot)

@@ -319,6 +319,12 @@ class MultiLora:
     def release(self, slot: int) -> None:
         self._held[slot] = False
 
+    def clear(self, slot: int) -> None:
+        """Empty ``slot`` after a ``put`` that failed part way (zeroing allocates nothing)."""
+        self._held[slot] = False
+        for layer in self._layers.values():
+            layer.put(slot, None)
+
     def route(self, rows: Sequence[int]) -> None:
         """Row ``i`` of the next forward passes gets the adapter in slot ``rows[i]``."""
         if not rows:
