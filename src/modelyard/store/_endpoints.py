@@ -14,6 +14,7 @@ from modelyard.store._registry import RegistryStore
 from modelyard.store._rows import (
     active_rollout_row,
     endpoint_row,
+    lock_name,
     model_row,
     replace_routes,
     tenant_row,
@@ -46,6 +47,7 @@ class EndpointStore(RegistryStore):
         check_name("endpoint", name)
         version = self.resolve_model_ref(model_ref)
         with self._write(f"create endpoint {name!r}") as s:
+            lock_name(s, "endpoint", name)
             if s.scalar(select(EndpointRow.id).where(EndpointRow.name == name)) is not None:
                 raise Conflict(f"endpoint {name!r} exists already")
             tenant_id = tenant_row(s, tenant).id if tenant else None
@@ -92,7 +94,7 @@ class EndpointStore(RegistryStore):
                 f"traffic weights must be non-negative and sum to 100, got {dict(weights)}"
             )
         with self._write(f"set traffic of {endpoint!r}") as s:
-            erow = endpoint_row(s, endpoint)
+            erow = endpoint_row(s, endpoint, lock=True)
             mrow = s.get(RegisteredModelRow, erow.registered_model_id)
             assert mrow is not None  # guaranteed by the foreign key
             self._require(
@@ -126,7 +128,7 @@ class EndpointStore(RegistryStore):
                 field="shadow_fraction",
             )
         with self._write(f"set the shadow of {endpoint!r}") as s:
-            erow = endpoint_row(s, endpoint)
+            erow = endpoint_row(s, endpoint, lock=True)
             self._require(s, "endpoint.shadow_set", endpoint, f"change the shadow of {endpoint!r}")
             if version is None:
                 erow.shadow_version_id, erow.shadow_fraction = None, 0.0
@@ -156,7 +158,7 @@ class EndpointStore(RegistryStore):
             except (TypeError, ValueError) as exc:
                 raise ConfigError(f"invalid rollout policy: {exc}", field="policy") from None
         with self._write(f"set the rollout policy of {endpoint!r}") as s:
-            erow = endpoint_row(s, endpoint)
+            erow = endpoint_row(s, endpoint, lock=True)
             self._require(s, "endpoint.policy_set", endpoint, f"change {endpoint!r}")
             if policy is not None and "@" not in erow.model_ref:
                 raise ConfigError(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -102,14 +103,72 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(orig).__name__
 
 
+# What a row of each table is, for "... exists already" (a uniqueness conflict).
+_THINGS = {
+    "base_models": "a base model with this name",
+    "datasets": "a dataset version with this name and number (or content)",
+    "runs": "a run with this id",
+    "tenants": "a tenant with this name",
+    "api_keys": "an API key with this id",
+    "registered_models": "a registered model with this name",
+    "model_versions": "a version with this number of this model",
+    "model_aliases": "this alias",
+    "endpoints": "an endpoint with this name",
+    "traffic_routes": "a route to this version",
+    "inference_records": "an inference record with this id",
+    "rollouts": "a rollout with this id",
+    "leases": "this lease",
+    "actors": "this actor",
+    "audit_events": "an audit event with this sequence number",
+    "feedback": "feedback on this request",
+    "record_features": "features of this record",
+}
+_TABLE_RE = re.compile(r'(?:UNIQUE constraint failed: |relation |table )"?(\w+)')
+
+
+def _sqlstate(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    return str(getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None) or "")
+
+
+def _conflict(exc: IntegrityError, what: str) -> Conflict:
+    """A clear Conflict for an integrity error: which thing exists (or is missing)."""
+    state = _sqlstate(exc)
+    orig = getattr(exc, "orig", None)
+    diag = getattr(orig, "diag", None)
+    table = getattr(diag, "table_name", None)
+    if table is None:
+        found = _TABLE_RE.search(_first_line(exc))
+        table = found.group(1) if found else None
+    text = _first_line(exc).lower()
+    if state == "23505" or "unique" in text or "duplicate key" in text:
+        thing = _THINGS.get(table or "", "a row with the same key")
+        return Conflict(
+            f"cannot {what}: {thing} exists already (another change made it first)",
+            hint="Look at what exists now and run the command again if it is still needed.",
+        )
+    if state == "23503" or "foreign key" in text:
+        return Conflict(
+            f"cannot {what}: it refers to something that was removed, or something still "
+            "refers to what it removes",
+            hint="Look at what exists now and run the command again if it is still needed.",
+        )
+    return Conflict(f"cannot {what}: the store refused the change ({_first_line(exc)})")
+
+
 @contextlib.contextmanager
 def translate_errors(engine: Engine, what: str) -> Iterator[None]:
     """Turn SQLAlchemy errors raised while doing ``what`` into modelyard errors."""
     try:
         yield
     except IntegrityError as exc:
-        raise Conflict(f"{what} conflicts with existing data: {_first_line(exc)}") from exc
+        raise _conflict(exc, what) from exc
     except SAOperationalError as exc:
+        if _sqlstate(exc).startswith("40"):  # serialization failure, deadlock: nothing changed
+            raise Conflict(
+                f"cannot {what}: a concurrent change collided with it and it was rolled back",
+                hint="Run the command again.",
+            ) from exc
         raise StoreUnavailable(
             f"cannot use the store at {redact_url(str(engine.url))} while trying to {what}: "
             f"{_first_line(exc)}"

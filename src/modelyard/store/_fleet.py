@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 
 from modelyard.errors import Conflict
 from modelyard.store._core import StoreCore
+from modelyard.store._rows import lock_name
 from modelyard.store._schema import LeaseRow, ServerRow, utcnow
 from modelyard.store.entities import Server
 
@@ -37,7 +38,8 @@ class FleetStore(StoreCore):
     ) -> None:
         """Record (or refresh) a replica's heartbeat; data plane, so not audited."""
         with self._write(f"record the heartbeat of server {server_id!r}") as s:
-            row = s.get(ServerRow, server_id)
+            lock_name(s, "server", server_id)
+            row = s.get(ServerRow, server_id, populate_existing=True)
             if row is None:
                 row = ServerRow(id=server_id, started_at=started_at)
                 s.add(row)
@@ -108,7 +110,9 @@ class FleetStore(StoreCore):
 
 
 def holds_lease(s: Session, name: str, holder: str) -> bool:
-    row = s.get(LeaseRow, name)
+    """Whether ``holder`` holds the lease; the row stays share-locked until commit, so the
+    lease cannot change hands while the caller's fenced change is being made."""
+    row = s.get(LeaseRow, name, with_for_update={"read": True}, populate_existing=True)
     return row is not None and row.holder == holder and row.expires_at >= utcnow()
 
 

@@ -15,7 +15,7 @@ from sqlalchemy import delete, insert, select
 
 from modelyard.errors import ConfigError
 from modelyard.store._core import StoreCore
-from modelyard.store._rows import in_scope, tenant_names, version_info
+from modelyard.store._rows import in_scope, lock_name, tenant_names, version_info
 from modelyard.store._schema import (
     AlertNotificationRow,
     AlertStateRow,
@@ -119,7 +119,8 @@ class MonitoringStore(StoreCore):
 
     def set_monitor_state(self, key: str, value: Mapping[str, Any]) -> None:
         with self._write(f"write monitor state {key!r}") as s:
-            row = s.get(MonitorStateRow, key)
+            lock_name(s, "monitor_state", key)  # insert-or-update: one writer at a time
+            row = s.get(MonitorStateRow, key, populate_existing=True)
             if row is None:
                 s.add(MonitorStateRow(key=key, value=dict(value), updated_at=utcnow()))
             else:
@@ -223,7 +224,8 @@ class MonitoringStore(StoreCore):
     def save_alert_state(self, alert: AlertState) -> None:
         """Insert or update one alert's state (the evaluator's bookkeeping; not audited)."""
         with self._write(f"save alert {alert.rule!r}") as s:
-            row = s.get(AlertStateRow, alert.id)
+            lock_name(s, "alert_state", alert.id)
+            row = s.get(AlertStateRow, alert.id, populate_existing=True)
             if row is None:
                 row = AlertStateRow(id=alert.id)
                 s.add(row)
@@ -281,7 +283,8 @@ class MonitoringStore(StoreCore):
                     hint="Use the base model name that `modelyard registry show` prints.",
                     field="base_model",
                 )
-            row = s.get(TokenPriceRow, base_model)
+            lock_name(s, "token_price", base_model)
+            row = s.get(TokenPriceRow, base_model, populate_existing=True)
             if row is None:
                 row = TokenPriceRow(base_model=base_model)
                 s.add(row)

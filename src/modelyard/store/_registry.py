@@ -9,13 +9,21 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from modelyard.audit import normalize_payload
 from modelyard.errors import ConfigError, Conflict, ModelVersionNotFound, NotFound
 from modelyard.store._convert import to_registered_model, to_version
 from modelyard.store._core import StoreCore, check_name, parse_model_ref
 from modelyard.store._rollouts import follow_alias
-from modelyard.store._rows import model_row, require_row, tenant_row, version_row
+from modelyard.store._rows import (
+    for_update,
+    lock_name,
+    model_row,
+    require_row,
+    tenant_row,
+    version_row,
+)
 from modelyard.store._schema import (
     BaseModelRow,
     EndpointRow,
@@ -39,6 +47,7 @@ class RegistryStore(StoreCore):
     ) -> RegisteredModel:
         check_name("model", name)
         with self._write(f"create registered model {name!r}") as s:
+            lock_name(s, "registered_model", name)
             if s.scalar(select(RegisteredModelRow.id).where(RegisteredModelRow.name == name)):
                 raise Conflict(f"registered model {name!r} exists already")
             tenant_id = tenant_row(s, tenant).id if tenant else None
@@ -53,6 +62,27 @@ class RegistryStore(StoreCore):
                 {"tenant": tenant, "description": description},
             )
             return to_registered_model(s, row)
+
+    def delete_registered_model(self, name: str, *, reason: str) -> None:
+        """Delete a registered model that has no version and no endpoint (crash leftovers)."""
+        with self._write(f"delete registered model {name!r}") as s:
+            mrow = model_row(s, name)
+            self._require(s, "registered_model.deleted", name, f"delete model {name!r}")
+            versions = s.scalar(
+                select(func.count()).where(ModelVersionRow.registered_model_id == mrow.id)
+            )
+            endpoints = s.scalar(
+                select(func.count()).where(EndpointRow.registered_model_id == mrow.id)
+            )
+            if versions or endpoints:
+                raise Conflict(
+                    f"registered model {name!r} has {versions} version(s) and {endpoints} "
+                    "endpoint(s) and cannot be deleted",
+                    hint="Only a model with no versions and no endpoints can be deleted.",
+                )
+            s.delete(mrow)
+            s.flush()
+            self._audit(s, "registered_model.deleted", name, {"reason": reason})
 
     def get_registered_model(self, name: str) -> RegisteredModel:
         with self._session(f"read registered model {name!r}") as s:
@@ -80,7 +110,9 @@ class RegistryStore(StoreCore):
         if kind not in ("adapter", "full"):
             raise ConfigError(f"invalid version kind {kind!r}: use 'adapter' or 'full'")
         with self._write(f"register a version of {model!r}") as s:
-            mrow = model_row(s, model)
+            # The model row's lock serializes version numbering: max(version)+1 is then
+            # read after the previous registration committed (no duplicate numbers).
+            mrow = model_row(s, model, lock=True)
             base = require_row(
                 s, BaseModelRow, BaseModelRow.name == base_model, f"base {base_model}"
             )
@@ -175,7 +207,7 @@ class RegistryStore(StoreCore):
         check_name("alias", alias)
         subject = f"{model}@{alias}"
         with self._write(f"set alias {subject}") as s:
-            mrow = model_row(s, model)
+            mrow = model_row(s, model, lock=True)  # the lock for the model's aliases
             vrow = version_row(s, mrow, version)
             self._check_alias_change(s, "alias.set", subject, alias, vrow)
             if vrow.status == "archived":
@@ -195,6 +227,7 @@ class RegistryStore(StoreCore):
                 arow.version_id = vrow.id
                 arow.updated_at = utcnow()
             s.flush()
+            lock_followers(s, f"{model}@{alias}")  # before the chain lock: see _rows.for_update
             self._audit(s, "alias.set", subject, {"version": version, "previous": previous})
             follow_alias(self, s, mrow, alias, vrow)
             return to_version(s, vrow)
@@ -203,7 +236,7 @@ class RegistryStore(StoreCore):
         """Remove ``alias``; returns the version it pointed to (protected aliases need approver)."""
         subject = f"{model}@{alias}"
         with self._write(f"delete alias {subject}") as s:
-            mrow = model_row(s, model)
+            mrow = model_row(s, model, lock=True)
             arow = s.get(ModelAliasRow, (mrow.id, alias))
             if arow is None:
                 raise ModelVersionNotFound(f"model {model!r} has no alias {alias!r}")
@@ -219,7 +252,8 @@ class RegistryStore(StoreCore):
         """Mark a version archived: it can no longer take an alias or traffic."""
         ref = f"{model}:{version}"
         with self._write(f"archive {ref}") as s:
-            vrow = version_row(s, model_row(s, model), version)
+            # the model's lock: no alias can move onto the version while it is archived
+            vrow = version_row(s, model_row(s, model, lock=True), version, lock=True)
             self._require(s, "model_version.archived", ref, f"archive {ref}")
             if vrow.status == "archived":
                 return to_version(s, vrow)
@@ -258,7 +292,8 @@ class RegistryStore(StoreCore):
         target = self.resolve_model_ref(ref)
         subject = target.ref
         with self._write(f"tag {subject}") as s:
-            vrow = version_row(s, model_row(s, target.model), target.version)
+            # locked: a concurrent tagger waits, then merges into what this one wrote
+            vrow = version_row(s, model_row(s, target.model), target.version, lock=True)
             self._require(s, "model_version.tagged", subject, f"tag {subject}")
             updated = {k: v for k, v in dict(vrow.tags or {}).items() if k not in remove}
             updated.update({k: str(v) for k, v in tags.items()})
@@ -275,8 +310,14 @@ class RegistryStore(StoreCore):
         ref = f"{model}:{version}"
         gates = normalize_payload({"passed": bool(passed), "verdicts": list(verdicts)})
         with self._write(f"record gate verdicts of {ref}") as s:
-            vrow = version_row(s, model_row(s, model), version)
+            vrow = version_row(s, model_row(s, model), version, lock=True)
             self._require(s, "gate.verdict", ref, f"record gate verdicts of {ref}")
             vrow.metrics = {**vrow.metrics, "gates": gates}
             self._audit(s, "gate.verdict", ref, gates)
             return to_version(s, vrow)
+
+
+def lock_followers(s: Session, ref: str) -> None:
+    """Lock the endpoints that follow ``ref`` (``NAME@alias``), before the audit chain's
+    lock: moving the alias then changes their plans (``follow_alias``)."""
+    s.scalars(for_update(select(EndpointRow.id).where(EndpointRow.model_ref == ref))).all()

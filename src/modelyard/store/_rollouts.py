@@ -28,6 +28,7 @@ from modelyard.store._rows import (
     active_rollout_row,
     current_plan,
     endpoint_row,
+    get_locked,
     replace_routes,
     version_ref_of,
     version_row,
@@ -80,12 +81,14 @@ class VersionSample(RequestSample):
 
 
 def ended(statuses: Sequence[str]) -> int:
-    """Requests that ended (ok, error or timeout); cancelled ones say nothing of a version."""
-    return sum(1 for st in statuses if st != "cancelled")
+    """Requests that ended (ok, error or timeout); cancelled ones, and those refused for a
+    client's mistake (``refused``, a 4xx), say nothing of a version."""
+    return sum(1 for st in statuses if st in ("ok", "error", "timeout"))
 
 
 def failed(statuses: Sequence[str]) -> int:
-    """Requests that ended in an error or a timeout."""
+    """Requests that ended in an error or a timeout: the server's failures (5xx, 504), never
+    a client's mistake (``refused``)."""
     return sum(1 for st in statuses if st in ("error", "timeout"))
 
 
@@ -124,7 +127,7 @@ class RolloutStore(StoreCore):
     ) -> Rollout:
         """Start moving ``endpoint`` toward version ``target`` of its model (validated steps)."""
         with self._write(f"start a rollout on {endpoint!r}") as s:
-            erow = endpoint_row(s, endpoint)
+            erow = endpoint_row(s, endpoint, lock=True)  # one active rollout per endpoint
             row = start_rollout_in(
                 self, s, erow, target, steps, bake_s, min_requests, guards, promote_alias, reason
             )
@@ -173,13 +176,16 @@ class RolloutStore(StoreCore):
         with self._write(f"update rollout {rollout_id!r}") as s:
             if lease is not None and not holds_lease(s, *lease):
                 return None
-            row = s.get(RolloutRow, rollout_id)
-            if row is None:
+            found = s.get(RolloutRow, rollout_id)
+            if found is None:
                 raise NotFound(f"no rollout with id {rollout_id!r}")
+            # the endpoint's lock, then the rollout's: a transition and an alias move
+            # (or a second controller's tick) on this endpoint run one after the other
+            erow = get_locked(s, EndpointRow, found.endpoint_id)
+            row = get_locked(s, RolloutRow, rollout_id)
+            assert erow is not None and row is not None  # rollouts are never deleted
             if (row.status, row.phase, row.step_index) != expect:
                 return None
-            erow = s.get(EndpointRow, row.endpoint_id)
-            assert erow is not None  # guaranteed by the foreign key
             now = utcnow()
             if change.plan is not None:
                 replace_routes(s, erow, change.plan)

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, select
+from sqlalchemy import Select, select, text
 from sqlalchemy.orm import Session
 
 from modelyard.errors import (
@@ -32,40 +32,78 @@ T = TypeVar("T")
 Q = TypeVar("Q", bound=Select[Any])
 
 
-def require_row(s: Session, model: type[T], where: Any, what: str) -> T:
-    row = s.scalar(select(model).where(where))
+def for_update(query: Q, lock: bool = True) -> Q:
+    """``query`` taking a row lock until commit (``FOR NO KEY UPDATE`` on PostgreSQL), re-read.
+
+    A read-modify-write (merging tags, checking a state then changing it) locks the
+    rows it reads, so a concurrent writer waits and then sees the committed change
+    instead of overwriting it. ``NO KEY`` lets inserts that reference the row (its
+    foreign keys) proceed. SQLite ignores the clause: its write transactions are
+    serialized by ``BEGIN IMMEDIATE`` already. Lock order, to avoid deadlocks:
+    registered model, then endpoint, then rollout, then other rows, then the audit
+    chain (taken by the first audited event).
+    """
+    if not lock:
+        return query
+    return query.with_for_update(key_share=True).execution_options(populate_existing=True)
+
+
+def get_locked(s: Session, model: type[T], key: Any) -> T | None:
+    """``s.get(model, key)`` under a row lock (see ``for_update``), re-read from the database."""
+    return s.get(model, key, with_for_update={"key_share": True}, populate_existing=True)
+
+
+def lock_name(s: Session, kind: str, name: str) -> None:
+    """Serialize transactions creating ``kind`` ``name`` (no row exists to lock yet).
+
+    A transaction-scoped advisory lock on PostgreSQL; a no-op on SQLite, whose
+    write transactions are serialized already.
+    """
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(
+            text("SELECT pg_advisory_xact_lock(hashtext(:kind), hashtext(:name))"),
+            {"kind": kind, "name": name},
+        )
+
+
+def require_row(s: Session, model: type[T], where: Any, what: str, *, lock: bool = False) -> T:
+    row = s.scalar(for_update(select(model).where(where), lock))
     if row is None:
         raise NotFound(f"no {what} in the store")
     return row
 
 
-def tenant_row(s: Session, name: str) -> TenantRow:
-    row = s.scalar(select(TenantRow).where(TenantRow.name == name))
+def tenant_row(s: Session, name: str, *, lock: bool = False) -> TenantRow:
+    row = s.scalar(for_update(select(TenantRow).where(TenantRow.name == name), lock))
     if row is None:
         raise TenantNotFound(f"no tenant named {name!r}")
     return row
 
 
-def model_row(s: Session, name: str) -> RegisteredModelRow:
-    row = s.scalar(select(RegisteredModelRow).where(RegisteredModelRow.name == name))
+def model_row(s: Session, name: str, *, lock: bool = False) -> RegisteredModelRow:
+    """The registered model ``name``; ``lock``: the lock for its versions and aliases."""
+    query = select(RegisteredModelRow).where(RegisteredModelRow.name == name)
+    row = s.scalar(for_update(query, lock))
     if row is None:
         raise ModelVersionNotFound(f"no registered model named {name!r}")
     return row
 
 
-def version_row(s: Session, mrow: RegisteredModelRow, version: int) -> ModelVersionRow:
-    row = s.scalar(
-        select(ModelVersionRow).where(
-            ModelVersionRow.registered_model_id == mrow.id, ModelVersionRow.version == version
-        )
+def version_row(
+    s: Session, mrow: RegisteredModelRow, version: int, *, lock: bool = False
+) -> ModelVersionRow:
+    query = select(ModelVersionRow).where(
+        ModelVersionRow.registered_model_id == mrow.id, ModelVersionRow.version == version
     )
+    row = s.scalar(for_update(query, lock))
     if row is None:
         raise ModelVersionNotFound(f"model {mrow.name!r} has no version {version}")
     return row
 
 
-def endpoint_row(s: Session, name: str) -> EndpointRow:
-    row = s.scalar(select(EndpointRow).where(EndpointRow.name == name))
+def endpoint_row(s: Session, name: str, *, lock: bool = False) -> EndpointRow:
+    """The endpoint ``name``; ``lock``: the lock for its plan, shadow, policy and rollouts."""
+    row = s.scalar(for_update(select(EndpointRow).where(EndpointRow.name == name), lock))
     if row is None:
         raise EndpointNotFound(f"no endpoint named {name!r}")
     return row
@@ -93,9 +131,9 @@ def replace_routes(s: Session, erow: EndpointRow, weights: Mapping[int, int]) ->
 
 def active_rollout_row(s: Session, endpoint_id: int) -> RolloutRow | None:
     return s.scalar(
-        select(RolloutRow).where(
-            RolloutRow.endpoint_id == endpoint_id, RolloutRow.status.in_(ROLLOUT_ACTIVE)
-        )
+        select(RolloutRow)
+        .where(RolloutRow.endpoint_id == endpoint_id, RolloutRow.status.in_(ROLLOUT_ACTIVE))
+        .execution_options(populate_existing=True)
     )
 
 

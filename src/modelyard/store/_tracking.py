@@ -10,7 +10,7 @@ from sqlalchemy import func, select
 from modelyard.errors import Conflict, NotFound
 from modelyard.store._convert import to_base_model, to_dataset, to_run
 from modelyard.store._core import StoreCore
-from modelyard.store._rows import require_row
+from modelyard.store._rows import get_locked, lock_name, require_row
 from modelyard.store._schema import BaseModelRow, DatasetRow, RunRow, utcnow
 from modelyard.store.entities import BaseModel, DatasetVersion, Run
 
@@ -25,6 +25,7 @@ class TrackingStore(StoreCore):
     ) -> BaseModel:
         """Record a base model; registering the same name and weights again is a no-op."""
         with self._write(f"register base model {name!r}") as s:
+            lock_name(s, "base_model", name)  # a concurrent twin then finds this row
             row = s.scalar(select(BaseModelRow).where(BaseModelRow.name == name))
             if row is None:
                 self._require(s, "base_model.registered", name, f"register base model {name!r}")
@@ -65,6 +66,7 @@ class TrackingStore(StoreCore):
     ) -> DatasetVersion:
         """A new content-hashed dataset version; the same content returns the existing one."""
         with self._write(f"register dataset {name!r}") as s:
+            lock_name(s, "dataset", name)  # serializes version numbering of the name
             existing = s.scalar(
                 select(DatasetRow).where(DatasetRow.name == name, DatasetRow.digest == digest)
             )
@@ -140,7 +142,7 @@ class TrackingStore(StoreCore):
 
     def finish_run(self, run_id: str, *, status: str, metrics: Mapping[str, Any]) -> Run:
         with self._write(f"finish run {run_id}") as s:
-            row = s.get(RunRow, run_id)
+            row = get_locked(s, RunRow, run_id)
             if row is None:
                 raise NotFound(f"no run {run_id!r}")
             self._require(s, "run.finished", run_id, f"finish run {run_id}")
@@ -149,6 +151,14 @@ class TrackingStore(StoreCore):
             row.finished_at = utcnow()
             self._audit(s, "run.finished", run_id, {"status": status, "metrics": dict(metrics)})
             return to_run(row)
+
+    def list_runs(self, status: str | None = None) -> list[Run]:
+        """Runs, oldest first; only those with ``status`` when given (e.g. ``running``)."""
+        with self._session("list runs") as s:
+            query = select(RunRow).order_by(RunRow.started_at, RunRow.id)
+            if status is not None:
+                query = query.where(RunRow.status == status)
+            return [to_run(r) for r in s.scalars(query)]
 
     def get_run(self, run_id: str) -> Run:
         with self._session(f"read run {run_id}") as s:
