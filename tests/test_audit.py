@@ -249,21 +249,68 @@ def test_verify_names_the_first_bad_event(case: str, tmp_path: Path) -> None:
         report.raise_if_broken()
 
 
-def test_a_cut_tail_needs_the_head_kept_elsewhere(tmp_path: Path) -> None:
+def test_a_cut_tail_is_caught_by_the_recorded_head(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'store.db'}"
     head = _five_events(url)
     _sql(url, "DELETE FROM audit_events WHERE seq >= 4")
     with _open(url) as s:
-        assert s.verify_audit_chain().ok  # a shorter chain is consistent on its own
+        report = s.verify_audit_chain()
+        assert not report.ok and report.first_bad_seq == 4
+        assert "events 4..5 were removed" in (report.reason or "")
+        with pytest.raises(AuditChainBroken, match="refusing to append"):
+            s.create_tenant("f")  # no new event 4 over the removed ones
+        assert [t.name for t in s.list_tenants()] == ["a", "b", "c", "d", "e"]
+    # An attacker who also rewrites the recorded head is caught by the head kept elsewhere.
+    _sql(url, "UPDATE audit_head SET seq = 3, hash = (SELECT hash FROM audit_events WHERE seq = 3)")
+    with _open(url) as s:
+        assert s.verify_audit_chain().ok  # a shorter chain, consistent with its record
         report = s.verify_audit_chain(str(head))
     assert not report.ok and report.first_bad_seq == 4
     assert "tail truncated" in (report.reason or "")
 
 
+@pytest.mark.parametrize("how", ["DELETE FROM audit_events", "DELETE FROM audit_head"])
+def test_an_emptied_chain_or_a_deleted_head_record_is_broken(store_url: str, how: str) -> None:
+    _five_events(store_url)
+    _sql(store_url, how)
+    with _open(store_url) as s:
+        report = s.verify_audit_chain()
+        assert not report.ok, report
+        with pytest.raises(AuditChainBroken, match="refusing to append to the audit chain"):
+            s.create_tenant("f")
+        with pytest.raises(AuditChainBroken):
+            s.record_audit_event("test.appended", "x")
+        assert "f" not in {t.name for t in s.list_tenants()}
+    if how == "DELETE FROM audit_events":
+        assert report.events == 0 and report.first_bad_seq == 1
+        assert "the chain is empty but the store recorded head 5:" in (report.reason or "")
+        assert "events 1..5 were removed" in (report.reason or "")
+    else:
+        assert "audit_head" in (report.reason or "") and "deleted" in (report.reason or "")
+
+
+def test_events_added_outside_modelyard_do_not_match_the_recorded_head(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    _five_events(url)
+    _sql(url, "DELETE FROM audit_head")  # then a valid-looking event 6 with no record of it
+    with _open(url) as s:
+        assert not s.verify_audit_chain().ok
+    _sql(url, "INSERT INTO audit_head (id, seq, hash, updated_at) "
+              "SELECT 1, 4, hash, time FROM audit_events WHERE seq = 4")  # fmt: skip
+    with _open(url) as s:
+        report = s.verify_audit_chain()
+    assert not report.ok and report.first_bad_seq == 5
+    assert "past the recorded head 4:" in (report.reason or "")
+
+
 def test_a_rewritten_head_is_caught_by_the_kept_head(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'store.db'}"
     head = _five_events(url)
-    _sql(url, "DELETE FROM audit_events WHERE seq = 5")
+    _sql(
+        url,
+        "DELETE FROM audit_events WHERE seq = 5",
+        "UPDATE audit_head SET seq = 4, hash = (SELECT hash FROM audit_events WHERE seq = 4)",
+    )
     with _open(url) as s:
         s.create_tenant("f")  # seq 5 again, validly chained, but not the head we kept
         report = s.verify_audit_chain(head)
@@ -406,6 +453,16 @@ def test_cli_init_creates_the_key_and_verify_log_head_export(tmp_path: Path) -> 
     assert json.loads(cut.out)["first_bad_seq"] == 4
     jsonl = modelyard("audit", "export", home=home)
     assert [json.loads(line)["seq"] for line in jsonl.out.splitlines()] == [1, 2, 3]
+    # Without the kept head too: the store recorded head 4, the chain ends at 3.
+    alone = modelyard("audit", "verify", home=home)
+    assert alone.code == 1 and "events 4..4 were removed" in _one_error_line(alone.err)
+    # An emptied table is no "OK: 0 events", and no new chain starts on it.
+    _sql(url, "DELETE FROM audit_events")
+    empty = modelyard("audit", "verify", home=home)
+    assert empty.code == 1
+    assert "audit chain broken at seq 1: the chain is empty" in _one_error_line(empty.err)
+    refused = modelyard("tenants", "create", "initech", home=home)
+    assert refused.code != 0 and "refusing to append" in _one_error_line(refused.err)
 
 
 def test_cli_bad_inputs_are_usage_errors(tmp_path: Path) -> None:

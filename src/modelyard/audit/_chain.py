@@ -99,6 +99,36 @@ class ChainReport:
         }
 
 
+def head_problem(actual: AuditHead, recorded: AuditHead | None) -> tuple[int, str] | None:
+    """(first bad seq, why) when the chain's newest event ``actual`` is not the head the
+    store recorded with its last append (``recorded``; None: that record is gone)."""
+    if recorded is None:
+        return (
+            actual.seq + 1,
+            "the store's record of the chain head (table audit_head) was deleted; "
+            "events after the last one stored may have been removed",
+        )
+    if recorded.seq > actual.seq:
+        stored = f"ends at event {actual.seq}" if actual.seq else "is empty"
+        return (
+            actual.seq + 1,
+            f"the chain {stored} but the store recorded head {recorded}: events "
+            f"{actual.seq + 1}..{recorded.seq} were removed (audit table emptied or truncated)",
+        )
+    if recorded.seq < actual.seq:
+        return (
+            recorded.seq + 1,
+            f"the chain goes on to event {actual.seq} past the recorded head {recorded}: "
+            f"events {recorded.seq + 1}..{actual.seq} were added outside modelyard",
+        )
+    if actual.hash != recorded.hash:
+        return (
+            actual.seq,
+            f"its hash differs from the recorded head {recorded}; the chain was rewritten",
+        )
+    return None
+
+
 def verify_chain(
     events: Iterable[AuditEvent], key: bytes, *, expected_head: AuditHead | None = None
 ) -> ChainReport:

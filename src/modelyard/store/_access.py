@@ -15,13 +15,14 @@ from modelyard.audit import (
     ChainReport,
     Role,
     check_role,
+    head_problem,
     verify_chain,
 )
 from modelyard.errors import ConfigError, Conflict, NotFound
 from modelyard.store import _audit
 from modelyard.store._convert import to_actor, to_api_key, to_tenant
 from modelyard.store._core import StoreCore, check_name
-from modelyard.store._rows import tenant_row
+from modelyard.store._rows import get_locked, lock_name, tenant_row
 from modelyard.store._schema import ActorRow, ApiKeyRow, AuditEventRow, TenantRow, utcnow
 from modelyard.store.entities import STORAGE_POLICIES, Actor, ApiKey, StoragePolicy, Tenant
 
@@ -39,6 +40,7 @@ class AccessStore(StoreCore):
                 f"use one of {', '.join(STORAGE_POLICIES)}"
             )
         with self._write(f"create tenant {name!r}") as s:
+            lock_name(s, "tenant", name)
             if s.scalar(select(TenantRow.id).where(TenantRow.name == name)) is not None:
                 raise Conflict(f"tenant {name!r} exists already")
             self._require(s, "tenant.created", name, f"create tenant {name!r}")
@@ -113,7 +115,7 @@ class AccessStore(StoreCore):
         if grace < timedelta(0):
             raise ConfigError(f"the grace period {grace} is negative; use 0 or more")
         with self._write(f"rotate API key {key_id}") as s:
-            row = s.get(ApiKeyRow, key_id)
+            row = get_locked(s, ApiKeyRow, key_id)  # two rotations: the second sees the first
             if row is None:
                 raise NotFound(f"no API key with id {key_id!r}", hint="See `modelyard keys list`.")
             tenant = s.get(TenantRow, row.tenant_id)
@@ -177,7 +179,7 @@ class AccessStore(StoreCore):
         """
         check_limits(rpm_limit, tpm_limit)
         with self._write(f"set the limits of API key {key_id}") as s:
-            row = s.get(ApiKeyRow, key_id)
+            row = get_locked(s, ApiKeyRow, key_id)
             if row is None:
                 raise NotFound(f"no API key with id {key_id!r}", hint="See `modelyard keys list`.")
             tenant = s.get(TenantRow, row.tenant_id)
@@ -220,7 +222,7 @@ class AccessStore(StoreCore):
 
     def revoke_api_key(self, key_id: str) -> ApiKey:
         with self._write(f"revoke API key {key_id}") as s:
-            row = s.get(ApiKeyRow, key_id)
+            row = get_locked(s, ApiKeyRow, key_id)
             if row is None:
                 raise NotFound(f"no API key with id {key_id!r}", hint="See `modelyard keys list`.")
             tenant = s.get(TenantRow, row.tenant_id)
@@ -242,7 +244,8 @@ class AccessStore(StoreCore):
         _audit.check_actor(name)
         wanted = check_role(role)
         with self._write(f"set the role of actor {name!r}") as s:
-            row = s.get(ActorRow, name)
+            lock_name(s, "actors", "roles")  # role changes one at a time: the last admin stays
+            row = s.get(ActorRow, name, populate_existing=True)
             action = "actor.added" if row is None else "actor.role_changed"
             what = f"add actor {name!r}" if row is None else f"change the role of actor {name!r}"
             self._require(s, action, name, what)
@@ -271,6 +274,7 @@ class AccessStore(StoreCore):
     def bootstrap_admin(self) -> str | None:
         """Record the acting actor as admin if it is admin only by bootstrap; returns its name."""
         with self._write("record the first admin") as s:
+            lock_name(s, "actors", "roles")
             if _audit.has_admin(s) or s.get(ActorRow, self.actor) is not None:
                 return None
             if _audit.effective_role(s, self.policy, self.actor) != "admin":
@@ -364,12 +368,26 @@ class AccessStore(StoreCore):
         return EMPTY_HEAD if last is None else AuditHead(last.seq, last.hash)
 
     def verify_audit_chain(self, head: AuditHead | str | None = None) -> ChainReport:
-        """Recompute the whole chain with the key; ``head`` (kept elsewhere) reveals a cut tail."""
+        """Recompute the whole chain with the key and compare its end with the head the
+        store recorded (an emptied or shortened chain is broken); ``head``, kept outside
+        the store, also reveals a removal when that record was rewritten too."""
         expected = AuditHead.parse(head) if isinstance(head, str) else head
-        if self.audit_head() == EMPTY_HEAD and (expected is None or expected.seq == 0):
-            return ChainReport(True, 0, EMPTY_HEAD)
+        with self._session("read the audit head") as s:
+            actual = _audit.head_of(_audit.last_event(s))
+            recorded = _audit.recorded_head(s)
+        problem = head_problem(actual, recorded)
+        if actual == EMPTY_HEAD:
+            if problem is None and (expected is None or expected.seq == 0):
+                return ChainReport(True, 0, EMPTY_HEAD)
+            if problem is not None:
+                return ChainReport(False, 0, EMPTY_HEAD, *problem)
         key = self.audit_key_source.load(create=False)
-        return verify_chain(self.iter_audit_events(), key, expected_head=expected)
+        report = verify_chain(self.iter_audit_events(), key, expected_head=expected or recorded)
+        if not report.ok:
+            return report
+        if problem is not None:  # from one snapshot: events appended since then are fine
+            return ChainReport(False, report.events, report.head, *problem)
+        return report
 
     def check_audit_key(self) -> None:
         """Raise AuditKeyMismatch unless the key verifies the newest event (no-op when empty)."""

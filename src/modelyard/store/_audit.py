@@ -18,18 +18,21 @@ from sqlalchemy import Connection, Engine, event, select, text
 from sqlalchemy.orm import Session
 
 from modelyard.audit import (
+    EMPTY_HEAD,
     GENESIS,
     AccessPolicy,
     AuditEvent,
+    AuditHead,
     AuditKeySource,
     Role,
     check_role,
     event_hash,
     hash_of,
+    head_problem,
     normalize_payload,
 )
-from modelyard.errors import AuditKeyMismatch, ConfigError
-from modelyard.store._schema import ActorRow, AuditEventRow, utcnow
+from modelyard.errors import AuditChainBroken, AuditKeyMismatch, ConfigError
+from modelyard.store._schema import ActorRow, AuditEventRow, AuditHeadRow, utcnow
 
 WRITE_OPTION = "modelyard_write"
 """Execution option marking the engine of write transactions (BEGIN IMMEDIATE on SQLite)."""
@@ -106,6 +109,19 @@ def last_event(s: Session) -> AuditEvent | None:
     return None if row is None else to_event(row)
 
 
+HEAD_ID = 1  # the one row of audit_head
+
+
+def recorded_head(s: Session) -> AuditHead | None:
+    """The head the store recorded with its last append (None: the row was deleted)."""
+    row = s.get(AuditHeadRow, HEAD_ID, populate_existing=True)
+    return None if row is None else AuditHead(row.seq, row.hash)
+
+
+def head_of(last: AuditEvent | None) -> AuditHead:
+    return EMPTY_HEAD if last is None else AuditHead(last.seq, last.hash)
+
+
 def to_event(r: AuditEventRow) -> AuditEvent:
     return AuditEvent(
         r.seq, r.time, r.actor, r.action, r.subject, dict(r.payload), r.prev_hash, r.hash
@@ -138,6 +154,15 @@ def append_event(
     s.flush()  # row locks of the change are taken before the chain lock, never after
     _lock_chain(s)
     last = last_event(s)
+    problem = head_problem(head_of(last), recorded_head(s))
+    if problem is not None:
+        # never start a new chain over removed events (nor extend one that was cut)
+        raise AuditChainBroken(
+            f"refusing to append to the audit chain, broken at seq {problem[0]}: {problem[1]}",
+            hint="Nothing was changed. Restore the audit_events table from a backup, then "
+            "run `modelyard audit verify`; until then the store accepts no audited change.",
+            first_bad_seq=problem[0],
+        )
     key = source.load(create=last is None)
     if last is not None:
         check_key(key, last, source)
@@ -158,6 +183,7 @@ def append_event(
         hash=digest,
     )
     s.add(row)
+    s.merge(AuditHeadRow(id=HEAD_ID, seq=seq, hash=digest, updated_at=now))
     s.flush()
     return to_event(row)
 
