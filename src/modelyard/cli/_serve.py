@@ -40,6 +40,41 @@ def serve(
     max_body_bytes: int = typer.Option(
         1_048_576, min=1, help="Upper bound on request bodies, checked before parsing (413)."
     ),
+    max_prompt_chars: int = typer.Option(
+        262_144,
+        min=1,
+        help="Upper bound on a prompt's characters, checked before it is tokenized (400).",
+    ),
+    tokenize_concurrency: int = typer.Option(
+        4,
+        min=1,
+        help="Requests of one tenant routed and tokenized at once; the others wait "
+        "without holding a worker thread.",
+    ),
+    refusals_stored_per_minute: int = typer.Option(
+        10,
+        min=0,
+        help="Refused requests (400, 404, 429 ...) of one key stored per minute as "
+        "records, prompt shortened; every refusal is counted in modelyard_refused_total.",
+    ),
+    metrics_token: str | None = typer.Option(
+        None,
+        envvar="MODELYARD_METRICS_TOKEN",
+        show_envvar=True,
+        help="Bearer token that /metrics (and --docs token) require; API keys never open them.",
+    ),
+    metrics_port: int | None = typer.Option(
+        None,
+        min=0,
+        max=65535,
+        help="Serve /metrics on this port of --host instead of the API "
+        "port (which then answers 404 for it).",
+    ),
+    docs: str = typer.Option(
+        "off",
+        help="The API docs (/docs, /redoc, /openapi.json): off (404), token (needs "
+        "--metrics-token) or public.",
+    ),
     request_timeout_s: float = typer.Option(
         120.0, min=0.0, help="Cancel a request running longer than this (504); 0: no timeout."
     ),
@@ -84,12 +119,15 @@ def serve(
     limits are per key and per server replica. SIGTERM drains: /ready turns 503, new
     requests get 503, in-flight ones finish, then the process exits 0."""
     from modelyard.serving import (
+        BackgroundServer,
         EchoEngine,
         Engine,
+        OperatorAccess,
         PacedEchoEngine,
         ServerLimits,
         TransformersEngine,
         create_app,
+        create_metrics_app,
         run_server,
     )
 
@@ -101,7 +139,19 @@ def serve(
         request_timeout_s=request_timeout_s or None,
         default_rpm=default_rpm,
         default_tpm=default_tpm,
+        max_prompt_chars=max_prompt_chars,
+        tokenize_concurrency=tokenize_concurrency,
+        refusals_stored_per_minute=refusals_stored_per_minute,
     )
+    if docs not in ("off", "token", "public"):
+        raise ConfigError(f"unknown --docs {docs!r}: use off, token or public")
+    if docs == "token" and not metrics_token:
+        raise ConfigError(
+            "--docs token needs an operator token",
+            hint="Set MODELYARD_METRICS_TOKEN or pass --metrics-token.",
+        )
+    if metrics_port is not None and metrics_port == port:
+        raise ConfigError(f"--metrics-port {metrics_port} is the API --port; pick another")
     if engine not in ("transformers", "echo"):
         raise ConfigError(f"unknown --engine {engine!r}: use transformers or echo")
     if echo_delay_ms and engine != "echo":
@@ -138,11 +188,30 @@ def serve(
         address=f"{host}:{port}", controller=controller,
         controller_interval_s=controller_interval_s,
         embedder=embedder,
+        access=OperatorAccess(
+            metrics="off" if metrics_port is not None else "token" if metrics_token else "public",
+            docs=docs,  # type: ignore[arg-type]  # checked above
+            token=metrics_token,
+        ),
     )  # fmt: skip
     err_console.print(f"serving {store.url} on http://{host}:{port} (engine {engine})")
+    metrics_server = None
+    if metrics_port is not None:
+        metrics_server = BackgroundServer(
+            create_metrics_app(app, metrics_token), host, metrics_port
+        )
+        metrics_server.start()
+        err_console.print(f"/metrics on http://{host}:{metrics_server.port}/metrics")
+    elif not metrics_token:
+        err_console.print(
+            "[yellow]/metrics is public on the API port (it names tenants and endpoints): "
+            "set MODELYARD_METRICS_TOKEN or --metrics-port for a deployment[/yellow]"
+        )
     try:
         run_server(app, host, port, shutdown_grace_s=shutdown_grace_s)
     finally:
+        if metrics_server is not None:
+            metrics_server.stop()
         chosen.close()
         store.close()
         if controller is not None:

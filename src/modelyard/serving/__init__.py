@@ -6,12 +6,14 @@ and real token streaming (``Engine.stream`` → ``TokenStream``); ``EchoEngine``
 is the fake for tests where the model is not the point (``PacedEchoEngine``: the
 same, one word at a time, for tests of time). ``ServerLimits`` holds the body,
 prompt and ``max_tokens`` caps, the request timeout and the default per-key
-rate limits (``RateLimiter``, in memory per server); ``run_server`` drains on
-SIGTERM (``Drain``) before it exits.
+rate limits (``RateLimiter``, in memory per server); ``OperatorAccess`` says who
+may read ``/metrics`` and the API docs (``create_metrics_app``: ``/metrics`` on a
+listener of its own); ``run_server`` drains on SIGTERM (``Drain``) before it exits.
 """
 
-from modelyard.serving._app import create_app
+from modelyard.serving._app import create_app, create_metrics_app
 from modelyard.serving._engine import EchoEngine, Engine, TransformersEngine
+from modelyard.serving._guard import OperatorAccess
 from modelyard.serving._limits import (
     RateLimiter,
     ServerLimits,
@@ -43,6 +45,7 @@ __all__ = [
     "EngineObserver",
     "EngineStats",
     "Generation",
+    "OperatorAccess",
     "PacedEchoEngine",
     "RateLimiter",
     "Router",
@@ -54,6 +57,7 @@ __all__ = [
     "TransformersEngine",
     "count_prompt_tokens",
     "create_app",
+    "create_metrics_app",
     "render_chat",
     "run_server",
 ]

@@ -15,6 +15,8 @@ from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
+from fastapi.responses import PlainTextResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 import modelyard
@@ -26,13 +28,14 @@ from modelyard.monitoring import (
 )
 from modelyard.serving._agent import ServerAgent
 from modelyard.serving._engine import Engine
-from modelyard.serving._guard import GuardMiddleware
+from modelyard.serving._guard import GuardMiddleware, OperatorAccess
 from modelyard.serving._http_errors import install_error_handlers
 from modelyard.serving._limits import ServerLimits
 from modelyard.serving._metrics import Metrics
 from modelyard.serving._plane import DataPlane
 from modelyard.serving._router import Router
 from modelyard.serving._routes import add_routes
+from modelyard.serving._shutdown import Drain
 from modelyard.store import Store
 
 if TYPE_CHECKING:
@@ -52,6 +55,7 @@ def create_app(
     controller_interval_s: float = 1.0,
     export_monitoring: bool = True,
     embedder: Any = None,
+    access: OperatorAccess | None = None,
 ) -> FastAPI:
     """The OpenAI-compatible app. The caller keeps ownership of ``store`` and ``engine``.
 
@@ -61,6 +65,7 @@ def create_app(
     controller every ``controller_interval_s`` seconds. ``/metrics`` also carries the
     store's latest drift results and alert states (``export_monitoring``). With an
     ``embedder`` (``monitoring.Embedder``), the app's record writer embeds prompts.
+    ``access`` says who may read ``/metrics`` and the API docs (default: anyone).
     """
     router = Router(store, refresh_seconds=refresh_seconds)
     metrics_holder: list[Metrics] = []
@@ -113,10 +118,33 @@ def create_app(
     app.state.keys = plane.keys
     app.state.agent = agent
     app.state.drain = plane.drain
-    app.add_middleware(GuardMiddleware, drain=plane.drain, max_body_bytes=limits.max_body_bytes)
+    app.add_middleware(
+        GuardMiddleware,
+        drain=plane.drain,
+        max_body_bytes=limits.max_body_bytes,
+        access=access,
+        on_refused=lambda exc: plane.count_refusal("", exc),
+    )
     install_error_handlers(app)
     add_routes(app, plane)
     return app
 
 
-__all__ = ["create_app"]
+def create_metrics_app(app: FastAPI, token: str | None = None) -> FastAPI:
+    """``/metrics`` of ``app`` alone, for a listener of its own (``serve --metrics-port``);
+    with ``token``, only for ``Authorization: Bearer <token>``."""
+    plane: DataPlane = app.state.plane
+    access = OperatorAccess(metrics="token" if token else "public", docs="off", token=token)
+    metrics_app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    metrics_app.add_middleware(GuardMiddleware, drain=Drain(), max_body_bytes=0, access=access)
+
+    @metrics_app.get("/metrics")
+    def metrics() -> Any:
+        return PlainTextResponse(
+            generate_latest(plane.metrics.registry), media_type=CONTENT_TYPE_LATEST
+        )
+
+    return metrics_app
+
+
+__all__ = ["create_app", "create_metrics_app"]

@@ -16,6 +16,11 @@ from modelyard.access import authenticate
 from modelyard.errors import AuthError, InvalidApiKey, MissingScope
 from modelyard.store import ApiKey, Store
 
+# Query parameters that carry credentials: refused, and redacted from access logs (_server).
+CREDENTIAL_PARAMS = frozenset(
+    {"api_key", "apikey", "api-key", "key", "token", "access_token", "secret", "password"}
+)
+
 
 class KeyCache:
     """Authenticated keys cached briefly, so a revocation takes effect within the TTL."""
@@ -47,19 +52,40 @@ def _key_with(scope: str) -> Callable[..., ApiKey]:
     def current_key(
         request: Request, authorization: Annotated[str | None, Header()] = None
     ) -> ApiKey:
-        if not authorization or not authorization.lower().startswith("bearer "):
-            raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
-        keys: KeyCache = request.app.state.keys
-        key = keys.get(authorization[7:].strip())
+        plane = getattr(request.app.state, "plane", None)
+        try:
+            key = _authenticate(request, authorization)
+        except AuthError as refused:  # counted, never stored (no tenant to store it under)
+            if plane is not None:
+                plane.count_refusal("", refused)
+            raise
         if scope not in key.scopes:
-            raise MissingScope(f"this API key lacks the {scope!r} scope")
+            missing = MissingScope(f"this API key lacks the {scope!r} scope")
+            if plane is not None:
+                plane.count_refusal(key.tenant, missing)
+            raise missing
         return key
 
     return current_key
+
+
+def _authenticate(request: Request, authorization: str | None) -> ApiKey:
+    if not authorization or not authorization.lower().startswith("bearer "):
+        in_url = sorted(CREDENTIAL_PARAMS & {p.lower() for p in request.query_params})
+        if in_url:
+            raise AuthError(
+                f"API keys are not accepted in the URL (query parameter {in_url[0]!r}): "
+                "send 'Authorization: Bearer <key>' instead",
+                hint="A key sent in a URL may be logged on the way; rotate it "
+                "(`modelyard keys rotate`).",
+            )
+        raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
+    keys: KeyCache = request.app.state.keys
+    return keys.get(authorization[7:].strip())
 
 
 KeyDep = Annotated[ApiKey, Depends(_key_with("infer"))]
 FeedbackKeyDep = Annotated[ApiKey, Depends(_key_with("feedback"))]
 
 
-__all__ = ["FeedbackKeyDep", "KeyCache", "KeyDep"]
+__all__ = ["CREDENTIAL_PARAMS", "FeedbackKeyDep", "KeyCache", "KeyDep"]

@@ -8,20 +8,31 @@ It runs before routing and before any JSON is parsed:
 - a body larger than ``max_body_bytes`` is refused with 413
   (``request_too_large``): at once from its ``Content-Length``, or, for a
   chunked body, as soon as it passes the cap (the body is never parsed);
+- ``/metrics`` and the API docs (``/docs``, ``/redoc``, ``/openapi.json``) answer
+  as ``OperatorAccess`` says: to anyone (``public``), only with
+  ``Authorization: Bearer <operator token>`` (``token``; a tenant's API key never
+  opens them), or not at all (``off``, 404);
 - every other request is counted in flight until its response (a whole
   stream) has been sent, which is what a drain waits for.
+
+Refusals (413, an operator path without its token) are reported to ``on_refused``.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Literal, get_args
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from modelyard.errors import (
+    AuthError,
     ConfigError,
     ModelyardError,
+    NotFound,
     RequestTooLarge,
     ShuttingDown,
     status_of,
@@ -30,6 +41,49 @@ from modelyard.serving._http_errors import error_of
 from modelyard.serving._shutdown import Drain
 
 ALWAYS_OPEN = frozenset({"/health", "/ready", "/metrics"})
+METRICS_PATHS = frozenset({"/metrics"})
+DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
+Access = Literal["public", "token", "off"]
+ACCESS_MODES: tuple[str, ...] = get_args(Access)
+
+
+@dataclass(frozen=True)
+class OperatorAccess:
+    """Who may read ``/metrics`` and the API docs: ``public``, ``token`` (the operator's
+    bearer token, never a tenant's API key) or ``off``."""
+
+    metrics: Access = "public"
+    docs: Access = "public"
+    token: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("metrics", "docs"):
+            mode = getattr(self, name)
+            if mode not in ACCESS_MODES:
+                raise ConfigError(
+                    f"{name} access is {mode!r}; use one of {', '.join(ACCESS_MODES)}",
+                    field=name,
+                )
+            if mode == "token" and not self.token:
+                raise ConfigError(
+                    f"{name} access is 'token' but no operator token is set",
+                    hint="Set MODELYARD_METRICS_TOKEN (or serve --metrics-token).",
+                    field=name,
+                )
+
+    def of(self, path: str) -> Access | None:
+        """The access rule of ``path``; None for a path it does not govern."""
+        if path in METRICS_PATHS:
+            return self.metrics
+        if path in DOCS_PATHS:
+            return self.docs
+        return None
+
+    def allows(self, authorization: bytes | None) -> bool:
+        """Whether an ``Authorization`` header carries the operator token."""
+        if not self.token or not authorization or not authorization.lower().startswith(b"bearer "):
+            return False
+        return hmac.compare_digest(authorization[7:].strip(), self.token.encode())
 
 
 async def send_error(
@@ -52,8 +106,25 @@ async def send_error(
 class GuardMiddleware:
     """Drain refusals, the body cap and the in-flight count, around the whole app."""
 
-    def __init__(self, app: ASGIApp, *, drain: Drain, max_body_bytes: int | None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        drain: Drain,
+        max_body_bytes: int | None,
+        access: OperatorAccess | None = None,
+        on_refused: Callable[[ModelyardError], object] | None = None,
+    ) -> None:
         self.app, self.drain, self.max_body_bytes = app, drain, max_body_bytes
+        self.access = access or OperatorAccess()
+        self.on_refused = on_refused
+
+    async def _refuse(
+        self, send: Send, exc: ModelyardError, headers: Iterable[tuple[str, str]] = ()
+    ) -> None:
+        if self.on_refused is not None:
+            self.on_refused(exc)
+        await send_error(send, exc, headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -64,6 +135,23 @@ class GuardMiddleware:
                 send,
                 ShuttingDown("this server is shutting down and takes no new requests"),
                 [("connection", "close"), ("retry-after", "1")],
+            )
+            return
+        rule = self.access.of(scope["path"])
+        if rule == "off":
+            await send_error(send, NotFound(f"{scope['path']} is not served here"))
+            return
+        if rule == "token" and not self.access.allows(
+            dict(scope.get("headers") or []).get(b"authorization")
+        ):
+            await self._refuse(
+                send,
+                AuthError(
+                    f"{scope['path']} needs the operator token: send "
+                    "'Authorization: Bearer <token>' (MODELYARD_METRICS_TOKEN); API keys do not "
+                    "open it"
+                ),
+                [("www-authenticate", "Bearer")],
             )
             return
         self.drain.inflight += 1
@@ -83,7 +171,7 @@ class GuardMiddleware:
         declared = headers.get(b"content-length")
         if declared is not None:
             if not declared.isdigit():
-                await send_error(send, ConfigError("the Content-Length header is not a number"))
+                await self._refuse(send, ConfigError("the Content-Length header is not a number"))
                 return None
             if int(declared) > cap:
                 await self._too_large(send, int(declared), cap)
@@ -106,10 +194,9 @@ class GuardMiddleware:
                 break
         return _replay(chunks, None, receive)
 
-    @staticmethod
-    async def _too_large(send: Send, size: int | None, cap: int) -> None:
+    async def _too_large(self, send: Send, size: int | None, cap: int) -> None:
         what = f"{size} bytes" if size is not None else f"more than {cap} bytes"
-        await send_error(
+        await self._refuse(
             send,
             RequestTooLarge(
                 f"the request body is {what}, over this server's limit of {cap} bytes "
@@ -138,4 +225,11 @@ def _replay(
     return replayed
 
 
-__all__ = ["ALWAYS_OPEN", "GuardMiddleware", "send_error"]
+__all__ = [
+    "ACCESS_MODES",
+    "ALWAYS_OPEN",
+    "Access",
+    "GuardMiddleware",
+    "OperatorAccess",
+    "send_error",
+]

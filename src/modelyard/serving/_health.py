@@ -1,9 +1,11 @@
-"""Which versions failed to load on this server, for fallbacks and heartbeats."""
+"""Which versions failed to load on this server (fallbacks, heartbeats), and whether its
+store can be reached (``/ready``)."""
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 
 from modelyard.errors import ModelyardError
 from modelyard.serving._types import AdapterEvent, EngineError
@@ -51,6 +53,34 @@ class LoadHealth:
         with self._lock:
             entry = self._failed.get(ref)
         return entry is not None and time.monotonic() - entry[0] <= self._ttl_s
+
+
+class StoreProbe:
+    """Whether the store answers, asked at most once per ``ttl_s`` (``/ready`` is polled
+    often; a probe already running is not waited for: its last answer stands)."""
+
+    def __init__(self, check: Callable[[], object], ttl_s: float = 1.5) -> None:
+        self._check, self._ttl_s = check, ttl_s
+        self._lock = threading.Lock()
+        self._checked_at = -float("inf")
+        self._problem: str | None = None
+
+    def problem(self) -> str | None:
+        """None while the store answers, else why it does not (one line)."""
+        if time.monotonic() - self._checked_at < self._ttl_s:
+            return self._problem
+        if not self._lock.acquire(blocking=False):
+            return self._problem
+        try:
+            try:
+                self._check()
+                self._problem = None
+            except ModelyardError as exc:
+                self._problem = exc.one_line()
+            self._checked_at = time.monotonic()
+        finally:
+            self._lock.release()
+        return self._problem
 
 
 def load_failure_of(exc: ModelyardError, version: ModelVersion) -> bool:

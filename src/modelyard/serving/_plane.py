@@ -39,7 +39,7 @@ from modelyard.monitoring import (
 )
 from modelyard.serving._auth import KeyCache
 from modelyard.serving._engine import Engine
-from modelyard.serving._health import LoadHealth, load_failure_of
+from modelyard.serving._health import LoadHealth, StoreProbe, load_failure_of
 from modelyard.serving._limits import (
     Admission,
     RateLimiter,
@@ -110,6 +110,7 @@ class DataPlane:
         self._tenants: dict[str, Tenant] = {}
         self.ready = threading.Event()
         self.health = LoadHealth()
+        self.store_probe = StoreProbe(store.schema_revision)  # /ready: 503 while it is down
         self.drain = Drain()
         self.drain.on_begin(self.ready.clear)
         # Records handed to the writer, not necessarily written yet (id -> tenant id), so

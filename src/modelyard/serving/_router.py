@@ -2,9 +2,13 @@
 
 Servers are stateless replicas: the ``Router`` keeps a snapshot of the store
 and reconciles it every ``refresh_seconds`` in a background thread (requests
-never wait for a reload; one runs at a time), and at once on an unknown
-endpoint, so a new endpoint or a traffic change takes effect without a restart.
-Picking a version is weighted, and sticky per ``user`` when given.
+never wait for a reload; one runs at a time), so a new endpoint or a traffic
+change takes effect without a restart. A name a key cannot use (missing, or
+another tenant's: the same path, so timing does not tell them apart) may also
+trigger one reload, so a brand-new endpoint answers at once; at most one such
+reload runs per ``refresh_seconds``, shared by every caller (a negative cache:
+random names cannot make the server hammer the store). Picking a version is
+weighted, and sticky per ``user`` when given.
 """
 
 from __future__ import annotations
@@ -40,6 +44,8 @@ class Router:
         self._stop = threading.Event()
         self._routes: dict[str, Route] = {}
         self._loaded_at = 0.0
+        self._unknown_reload_at = -float("inf")  # the last reload an unknown name asked for
+        self.reloads = 0  # reloads from the store so far (tests, benchmarks)
         self._rng = random.Random()
 
     def refresh(self) -> None:
@@ -72,6 +78,7 @@ class Router:
         with self._lock:
             self._routes = routes
             self._loaded_at = time.monotonic()
+            self.reloads += 1
 
     def start(self) -> None:
         """Reconcile in a background thread every ``refresh_seconds`` until ``stop``."""
@@ -112,15 +119,28 @@ class Router:
         """The endpoint's route; another tenant's endpoint is a 404 exactly like a missing one."""
         self.maybe_refresh()
         route = self._routes.get(name)
-        if route is None and time.monotonic() - self._loaded_at > 0.2:
+        if not _usable(route, key) and self._may_reload_for_unknown():
             self.refresh()  # a brand-new endpoint should not wait for the next reconcile
             route = self._routes.get(name)
-        if route is None or not _visible(route.endpoint, key) or not route.choices:
+        if route is None or not _usable(route, key):
             raise EndpointNotFound(
                 f"the model {name!r} does not exist or you do not have access to it",
                 hint="List the models your key can use with GET /v1/models.",
             )
         return route
+
+    def _may_reload_for_unknown(self) -> bool:
+        """Whether this unknown name may reload the snapshot: not when it is fresh (0.2 s),
+        nor when another unknown name did within ``refresh_seconds`` (claimed here, so
+        concurrent callers do not pile up behind it)."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._loaded_at <= 0.2:
+                return False
+            if now - self._unknown_reload_at < self._refresh_seconds:
+                return False
+            self._unknown_reload_at = now
+            return True
 
     def pick(
         self, route: Route, user: str | None = None, exclude: frozenset[int] = frozenset()
@@ -150,6 +170,10 @@ class Router:
     def mirror(self, route: Route) -> bool:
         """Whether this request should also go to the route's shadow version."""
         return route.shadow is not None and self._rng.random() < route.shadow_fraction
+
+
+def _usable(route: Route | None, key: ApiKey) -> bool:
+    return route is not None and _visible(route.endpoint, key) and bool(route.choices)
 
 
 def _visible(endpoint: Endpoint, key: ApiKey) -> bool:

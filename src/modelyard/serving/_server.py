@@ -1,11 +1,14 @@
 """Running the app: in the foreground (``modelyard serve``) or on a background thread.
 
 In the foreground, SIGTERM drains the server before it exits (``DrainingServer``).
+Either way, credentials sent in a query string (``?api_key=...``) never reach the
+access log: ``RedactQuery`` masks their values in uvicorn's access lines.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 import time
@@ -15,9 +18,40 @@ import uvicorn
 from fastapi import FastAPI
 
 from modelyard.errors import ConfigError
+from modelyard.serving._auth import CREDENTIAL_PARAMS
 from modelyard.serving._shutdown import Drain
 
 log = logging.getLogger(__name__)
+
+
+_CREDENTIAL_VALUE = re.compile(
+    r"([?&](?:" + "|".join(re.escape(p) for p in sorted(CREDENTIAL_PARAMS)) + r")=)[^&#\s]*",
+    re.IGNORECASE,
+)
+
+
+def redact_query(target: str) -> str:
+    """``target`` (a path with its query) with the values of credential parameters masked."""
+    return _CREDENTIAL_VALUE.sub(r"\1[redacted]", target) if "?" in target else target
+
+
+class RedactQuery(logging.Filter):
+    """Masks credentials in the query strings of uvicorn's access lines (whose third
+    argument is the path with its query)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) >= 3 and isinstance(args[2], str):
+            record.args = (*args[:2], redact_query(args[2]), *args[3:])
+        return True
+
+
+def quiet_credentials() -> None:
+    """Install ``RedactQuery`` on uvicorn's access logger (once; after uvicorn configured
+    its logging, which keeps a logger's filters)."""
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, RedactQuery) for f in access.filters):
+        access.addFilter(RedactQuery())
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -75,17 +109,24 @@ def run_server(
     """Serve until SIGTERM/SIGINT, then drain (up to ``shutdown_grace_s``) and return."""
     sock = bind_socket(host, port)
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
+    quiet_credentials()
     drain: Drain | None = getattr(app.state, "drain", None)
     DrainingServer(config, drain, shutdown_grace_s).run(sockets=[sock])
 
 
 class BackgroundServer:
-    """The app on 127.0.0.1 in a thread of this process (quickstart, tests)."""
+    """The app on 127.0.0.1 in a thread of this process (quickstart, tests, the metrics
+    listener of ``serve --metrics-port``); ``access_log`` logs each request (uvicorn.access)."""
 
-    def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, *, access_log: bool = False
+    ) -> None:
         self._sock = bind_socket(host, port)
         self.host, self.port = self._sock.getsockname()[:2]
-        config = uvicorn.Config(app, log_level="warning", lifespan="on")
+        config = uvicorn.Config(
+            app, log_level="info" if access_log else "warning", lifespan="on", access_log=access_log
+        )
+        quiet_credentials()
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
             target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True
