@@ -24,6 +24,7 @@ from modelyard.artifacts import ArtifactStore
 from modelyard.base import create_tiny_base, weight_hashes
 from modelyard.data import DOMAINS, domain_corpus, synthetic_domain
 from modelyard.errors import ArtifactIntegrityError
+from modelyard.errors import Conflict as ConflictError
 from modelyard.store import ModelVersion, Store
 from tinymodels import WEIGHTS, random_adapter, register_adapter, tamper
 
@@ -224,7 +225,10 @@ def test_import_a_clean_adapter(home: Path, trained: dict[str, Path], tmp_path: 
     assert {f["path"] for f in result["report"]["files"]} >= {"adapter_model.safetensors"}
 
 
-@pytest.mark.parametrize("case", ["pickle", "remote_code", "bad_target", "traversal"])
+@pytest.mark.parametrize(
+    "case",
+    ["pickle", "remote_code", "bad_target", "traversal", "zip_bomb", "deep_json", "dora", "nan"],
+)
 def test_refused_import_leaves_nothing_but_an_audit_event(
     home: Path, trained: dict[str, Path], tmp_path: Path, case: str
 ) -> None:
@@ -244,6 +248,27 @@ def test_refused_import_leaves_nothing_but_an_audit_event(
         _peft_adapter(trained["base"], source)
         config = json.loads((source / "adapter_config.json").read_text())
         config["target_modules"] = ["no_such_proj"]
+        (source / "adapter_config.json").write_text(json.dumps(config))
+        extra = []
+    elif case == "zip_bomb":  # 64 MiB of zeros in a ~64 KiB zip: refused past 16 MiB
+        import zipfile
+
+        source = tmp_path / "bomb.zip"
+        with (
+            zipfile.ZipFile(source, "w", zipfile.ZIP_DEFLATED) as zf,
+            zf.open("adapter_model.safetensors", "w") as out,
+        ):
+            for _ in range(64):
+                out.write(bytes(1 << 20))
+        extra = []
+    elif case == "deep_json":
+        _peft_adapter(trained["base"], source)
+        (source / "extra.json").write_text("[" * 100_000 + "]" * 100_000)
+        extra = []
+    elif case in ("dora", "nan"):
+        _peft_adapter(trained["base"], source)
+        config = json.loads((source / "adapter_config.json").read_text())
+        config.update({"use_dora": True} if case == "dora" else {"lora_alpha": float("nan")})
         (source / "adapter_config.json").write_text(json.dumps(config))
         extra = []
     else:
@@ -266,7 +291,55 @@ def test_refused_import_leaves_nothing_but_an_audit_event(
         refused = store.list_audit_events(action="artifact.import_refused")
         assert len(refused) == 1
     assert _artifact_blobs(home) == blobs_before
-    assert not list((home / "artifacts" / "tmp").glob("modelyard-import-*"))
+    assert not list((home / "artifacts" / "tmp").glob("*import*"))
+
+
+def test_import_on_a_fresh_home(trained: dict[str, Path], tmp_path: Path) -> None:
+    home = tmp_path / "fresh"
+    assert modelyard("init", home=home).code == 0
+    assert not (home / "artifacts" / "tmp").exists()  # created when an import needs it
+    adapter = _peft_adapter(trained["base"], tmp_path / "outside")
+    r = modelyard(
+        "registry", "import", str(adapter), "--name", "outside", "--base-model",
+        str(trained["base"]), home=home,
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    assert not list((home / "artifacts" / "tmp").iterdir())  # nothing left behind
+
+
+def test_import_limits_are_flags(home: Path, trained: dict[str, Path], tmp_path: Path) -> None:
+    adapter = _peft_adapter(trained["base"], tmp_path / "outside")
+    r = modelyard(
+        "registry", "import", str(adapter), "--name", "outside", "--base-model",
+        str(trained["base"]), "--max-files", "1", home=home,
+    )  # fmt: skip
+    assert r.code == 1 and "limit of 1 files" in r.err and "--max-files" in r.err, r.err
+    r = modelyard(
+        "registry", "import", str(adapter), "--name", "outside", "--base-model",
+        str(trained["base"]), "--max-bytes", "0", home=home,
+    )  # fmt: skip
+    assert r.code == 2, r.err  # a usage error: limits cannot be switched off
+
+
+def test_a_refused_version_row_leaves_no_blob_and_no_model(
+    opened: tuple[Store, ArtifactStore], trained: dict[str, Path], tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    store, artifacts = opened
+    adapter = _peft_adapter(trained["base"], tmp_path / "outside")
+    blobs = {ref.digest for ref in artifacts.list()}
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise ConflictError("version numbering clashed with a parallel import")
+
+    monkeypatch.setattr(store, "create_model_version", refuse)
+    with pytest.raises(ConflictError):
+        registry.import_version(
+            store, artifacts, adapter, name="clash", base_model=str(trained["base"])
+        )
+    assert {ref.digest for ref in artifacts.list()} == blobs  # the new blob was removed
+    assert "clash" not in {m.name for m in store.list_registered_models()}
+    assert not list((artifacts.root / "tmp").iterdir())
 
 
 # --- lineage --------------------------------------------------------------------------

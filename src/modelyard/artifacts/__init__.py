@@ -35,7 +35,7 @@ from modelyard.artifacts._safety import (
     inspect_artifact,
 )
 from modelyard.artifacts._staging import ImportLimits, stage_import
-from modelyard.artifacts._tmp import TempEntry
+from modelyard.artifacts._tmp import TempEntry, pid_alive, this_host
 
 __all__ = [
     "ALLOWED_PICKLE_GLOBALS",
@@ -56,7 +56,9 @@ __all__ = [
     "TensorInfo",
     "classify",
     "inspect_artifact",
+    "pid_alive",
     "read_safetensors_header",
     "scan_pickle",
     "stage_import",
+    "this_host",
 ]

@@ -12,6 +12,7 @@ from typing import Any
 import typer
 from rich.tree import Tree
 
+from modelyard.artifacts import ImportLimits
 from modelyard.cli._common import console, open_artifacts, open_store, print_json, settings
 from modelyard.registry import (
     LineageNode,
@@ -113,15 +114,33 @@ def import_(
         False, "--trust-remote-code", help="Admit configs with auto_map / custom code."
     ),
     max_rank: int = typer.Option(256, "--max-rank", min=1, help="Largest LoRA rank accepted."),
+    max_bytes: int = typer.Option(
+        ImportLimits.max_bytes, "--max-bytes", min=1, help="Most bytes the import may expand to."
+    ),
+    max_files: int = typer.Option(
+        ImportLimits.max_files, "--max-files", min=1, help="Most files the import may hold."
+    ),
+    max_ratio: float = typer.Option(
+        ImportLimits.max_ratio,
+        "--max-ratio",
+        min=1,
+        help="Most bytes an archive may expand to per byte of archive (archive bombs).",
+    ),
+    max_json_depth: int = typer.Option(
+        ImportLimits.max_json_depth, "--max-json-depth", min=1, help="Deepest JSON nesting."
+    ),
     json_out: bool = typer.Option(False, "--json"),
 ) -> None:
     """Check an outside model with the artifact safety rules, then register it.
 
     Refused: pickle weights (unless --allow-pickle and a clean opcode scan),
     unknown file kinds, bad safetensors headers, path tricks, remote code
-    (unless --trust-remote-code), an adapter that does not fit its base. A
-    refusal registers nothing, stores nothing, and is audited.
+    (unless --trust-remote-code), an adapter that does not fit its base or
+    that the server cannot serve, an import past its limits (--max-bytes,
+    --max-files, --max-ratio, --max-json-depth). A refusal registers nothing,
+    stores nothing, and is audited.
     """
+    limits = ImportLimits(max_bytes, max_files, max_ratio, max_json_depth)
     wanted = version_kind(kind)
     s = settings()
     with open_store(s) as store:
@@ -137,7 +156,7 @@ def import_(
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
             max_rank=max_rank,
-            staging_root=artifacts.root / "tmp" if artifacts.root.is_dir() else None,
+            limits=limits,
         )
     if json_out:
         print_json({"version": result.version, "report": result.report.to_dict()})

@@ -8,17 +8,26 @@ blob, and is itself audited.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from modelyard.artifacts import ArtifactStore, SafetyReport, inspect_artifact, stage_import
+from modelyard.artifacts import (
+    ArtifactStore,
+    ImportLimits,
+    SafetyReport,
+    inspect_artifact,
+    stage_import,
+)
 from modelyard.base import model_dir
 from modelyard.errors import ConfigError, NotFound, UnsafeArtifact
 from modelyard.registry._card import model_card
 from modelyard.registry._lineage import ensure_base_model, lineage_record
+from modelyard.registry._orphans import discard_unreferenced, drop_if_empty, ensure_model
 from modelyard.registry._versions import imported_template, verified_files
 from modelyard.store import BaseModel, ModelVersion, Store, VersionKind
 
@@ -96,18 +105,24 @@ def import_version(
     trust_remote_code: bool = False,
     max_rank: int = 256,
     staging_root: Path | None = None,
+    limits: ImportLimits | None = None,
 ) -> ImportResult:
     """Check an outside model (directory or archive) and register it as a new version.
 
     ``base_model`` is a base registered in the store (by name), or a model
-    directory / hub id that is registered on first use.
+    directory / hub id that is registered on first use. The source is staged
+    under ``staging_root`` (created when needed; default: the artifact store's
+    work area) within ``limits``. When the version row is refused, the blob and
+    a model created for it are removed again.
     """
+    limits = limits or ImportLimits()
     base = _base(store, base_model)
     base_dir = model_dir(base.source)
     subject = f"{name} <- {source}"
-    with tempfile.TemporaryDirectory(prefix="modelyard-import-", dir=staging_root) as tmp:
+    artifacts.sweep_tmp()  # what killed imports left behind
+    with _staging_dir(artifacts, staging_root) as tmp:
         try:
-            root = stage_import(source, Path(tmp) / "staged")
+            root = stage_import(source, Path(tmp) / "staged", limits=limits)
             report = inspect_artifact(
                 root,
                 kind=kind,
@@ -115,6 +130,7 @@ def import_version(
                 allow_pickle=allow_pickle,
                 trust_remote_code=trust_remote_code,
                 max_rank=max_rank,
+                max_json_depth=limits.max_json_depth,
             )
         except UnsafeArtifact as exc:
             store.record_audit_event(
@@ -132,20 +148,43 @@ def import_version(
         # Every refusal happens above, before a single byte reaches the artifact store.
         template = imported_template(root)
         blob = artifacts.put_dir(root, kind=kind)
+    created = False
     try:
-        store.get_registered_model(name)
-    except NotFound:
-        store.create_registered_model(name, tenant=tenant, description=description)
-    version = store.create_model_version(
-        name,
-        kind=kind,
-        artifact_digest=blob.digest,
-        base_model=base.name,
-        run_id=None,
-        lineage=lineage_record(base, template, imported_from=str(source), safety=report.to_dict()),
-        metrics={},
-    )
+        created = ensure_model(store, name, tenant=tenant, description=description)
+        version = store.create_model_version(
+            name,
+            kind=kind,
+            artifact_digest=blob.digest,
+            base_model=base.name,
+            run_id=None,
+            lineage=lineage_record(
+                base, template, imported_from=str(source), safety=report.to_dict()
+            ),
+            metrics={},
+        )
+    except BaseException:
+        discard_unreferenced(store, artifacts, blob.digest)
+        if created:
+            drop_if_empty(store, name, reason=f"the import of {source} was not registered")
+        raise
     return ImportResult(version, report)
+
+
+@contextlib.contextmanager
+def _staging_dir(artifacts: ArtifactStore, staging_root: Path | None) -> Iterator[Path]:
+    if staging_root is None:
+        with artifacts.staging("import") as tmp:
+            yield tmp
+        return
+    try:
+        staging_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the staging directory {staging_root}: {exc.strerror or exc}",
+            hint="Stage imports in a writable directory.",
+        ) from exc
+    with tempfile.TemporaryDirectory(prefix="modelyard-import-", dir=staging_root) as tmp:
+        yield Path(tmp)
 
 
 def _base(store: Store, ref: str) -> BaseModel:
