@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -200,8 +201,11 @@ def test_inference_records_batch_insert_and_query(store: Store) -> None:
     listed = store.list_inference_records(endpoint="support-api", tenant="acme", limit=2)
     assert [r.id for r in listed] == ["rec-4", "rec-3"]
     assert listed[0].version == "support:1" and listed[0].tenant == "acme"
-    with pytest.raises(Conflict):
+    with pytest.raises(Conflict) as same_id:
         store.add_inference_records(records[:1])  # same id twice
+    message = str(same_id.value)
+    assert "cannot write 1 inference records: an inference record with this id exists" in message
+    assert "INSERT" not in message and "duplicate key" not in message.lower()
 
 
 def test_archived_version_cannot_take_alias_or_traffic(store: Store, store_url: str) -> None:
@@ -219,27 +223,98 @@ def test_archived_version_cannot_take_alias_or_traffic(store: Store, store_url: 
         store.set_traffic("ep", {1: 50, 2: 50})
 
 
-def test_concurrent_version_registration_never_duplicates_numbers(store_url: str) -> None:
-    with Store.open(store_url) as s:
-        _seed_model(s)
-    numbers: list[int] = []
-    errors: list[Exception] = []
+def _in_parallel(n: int, work: Callable[[Store, int], object], url: str) -> list[object]:
+    """Run ``work(store, i)`` in ``n`` threads, each with its own store (connections),
+    started together; returns the results (or the exceptions) in order."""
+    results: list[object] = [None] * n
+    barrier = threading.Barrier(n)
 
-    def register() -> None:
-        with Store.open(store_url) as s:
-            for _ in range(5):
-                try:
-                    numbers.append(_add_version(s))
-                except Conflict as exc:  # a lost race is a clean conflict, never a duplicate
-                    errors.append(exc)
+    def run(i: int) -> None:
+        with Store.open(url, migrate=False) as s:
+            barrier.wait(timeout=60)
+            try:
+                results[i] = work(s, i)
+            except Exception as exc:  # reported by the assertions of the caller
+                results[i] = exc
 
-    threads = [threading.Thread(target=register) for _ in range(4)]
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
-    assert len(numbers) == len(set(numbers))
-    assert len(numbers) + len(errors) == 20
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads)
+    return results
+
+
+def test_parallel_version_registrations_get_consecutive_numbers(store_url: str) -> None:
+    with Store.open(store_url) as s:
+        _seed_model(s)
+    results = _in_parallel(6, lambda s, _i: _add_version(s), store_url)
+    assert not [r for r in results if isinstance(r, Exception)], results  # no lost race
+    assert sorted(int(str(r)) for r in results) == [1, 2, 3, 4, 5, 6]
+    with Store.open(store_url) as s:
+        assert [v.version for v in s.list_model_versions("support")] == [1, 2, 3, 4, 5, 6]
+        events = s.list_audit_events(action="model_version.registered", limit=None)
+        assert sorted(e.subject for e in events) == [f"support:{i}" for i in range(1, 7)]
+        assert s.verify_audit_chain().ok
+
+
+def test_parallel_tags_on_one_version_are_all_kept(store_url: str) -> None:
+    with Store.open(store_url) as s:
+        _seed_model(s)
+        _add_version(s)
+    results = _in_parallel(
+        8, lambda s, i: s.set_version_tags("support:1", {f"t-{i}": "x"}), store_url
+    )
+    assert not [r for r in results if isinstance(r, Exception)], results
+    with Store.open(store_url) as s:
+        tags = s.get_model_version("support", 1).tags
+        events = s.list_audit_events(action="model_version.tagged", limit=None)
+    assert tags == {f"t-{i}": "x" for i in range(8)}  # every audited change is in the store
+    assert len(events) == 8
+
+
+def test_parallel_gate_verdicts_tags_and_alias_moves_lose_nothing(store_url: str) -> None:
+    with Store.open(store_url) as s:
+        _seed_model(s)
+        for _ in range(3):
+            _add_version(s)
+        s.set_alias("support", "staging", 1)
+
+    def work(s: Store, i: int) -> object:
+        if i % 3 == 0:
+            verdict = {"gate": f"g{i}", "passed": True}
+            return s.record_gate_verdicts("support", 2, [verdict], passed=True)
+        if i % 3 == 1:
+            return s.set_version_tags("support:2", {f"t-{i}": str(i)})
+        return s.set_alias("support", "staging", 2 if i % 2 else 3)
+
+    results = _in_parallel(9, work, store_url)
+    assert not [r for r in results if isinstance(r, Exception)], results
+    with Store.open(store_url) as s:
+        v2 = s.get_model_version("support", 2)
+        moves = s.list_audit_events(action="alias.set", limit=None, newest_first=False)
+        final = s.get_registered_model("support").aliases["staging"]
+    assert v2.tags == {f"t-{i}": str(i) for i in (1, 4, 7)}
+    assert v2.metrics["exact_match"] == 1.0 and "gates" in v2.metrics  # merged, not replaced
+    # each move names the version the alias really left: the moves form one sequence
+    versions = [e.payload["version"] for e in moves]
+    previous = [e.payload["previous"] for e in moves]
+    assert previous == [None, *versions[:-1]] and versions[-1] == final
+
+
+def test_a_lost_race_for_a_name_is_a_clear_conflict(store: Store, store_url: str) -> None:
+    results = _in_parallel(4, lambda s, _i: s.create_tenant("acme"), store_url)
+    conflicts = [r for r in results if isinstance(r, Conflict)]
+    assert len(conflicts) == 3 and len([r for r in results if r is not None]) == 4
+    for c in conflicts:
+        assert "tenant 'acme' exists already" in str(c)
+    twins = _in_parallel(
+        4,
+        lambda s, _i: s.register_base_model("tiny", "/m/tiny", {"w": "ab" * 32}).id,
+        store_url,
+    )
+    assert len(set(twins)) == 1 and isinstance(twins[0], int), twins  # idempotent, no conflict
 
 
 def test_unreachable_postgres_is_one_clear_error() -> None:
