@@ -28,6 +28,7 @@ from modelyard.evaluation import evaluate_model, load_adapter
 from modelyard.serving import BackgroundServer, TransformersEngine, create_app
 from modelyard.store import InferenceRecord, Store
 from modelyard.training import TrainSettings, train_model
+from tinymodels import chatty_adapter
 
 QUICK_BASE = {"steps": 8, "batch_size": 4, "seq_len": 64, "hidden_size": 32, "vocab_size": 512}
 QUICK_TRAIN = TrainSettings(max_steps=12, batch_size=4, learning_rate=0.05)
@@ -53,19 +54,6 @@ def _chat_row(row: dict[str, str]) -> dict[str, Any]:
             {"role": "assistant", "content": row["output"]},
         ]
     }
-
-
-def _rambling_adapter(base: Path, out: Path) -> Path:
-    """Random LoRA weights: an adapter that rarely ends its answers (for long streams)."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(base)
-    config = LoraConfig(r=4, lora_alpha=64, target_modules="all-linear", init_lora_weights=False)
-    get_peft_model(model, config).save_pretrained(out)
-    return out
 
 
 def _version(store: Store, artifacts: ArtifactStore, directory: Path, template: str) -> int:
@@ -122,9 +110,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             stored = next(artifacts.root.rglob(f"{digest}/files/{WEIGHTS}"))
             stored.chmod(0o644)
             stored.write_bytes(stored.read_bytes()[:-1] + b"\0")
-            rambler = _version(
-                store, artifacts, _rambling_adapter(base.path, tmp / "rambler"), "text"
-            )
+            rambler = _version(store, artifacts, chatty_adapter(base.path, tmp / "rambler"), "text")
             endpoints = {"support": alpaca, "chat": chat, "broken": broken, "rambler": rambler}
             for endpoint, version in endpoints.items():
                 store.create_endpoint(endpoint, model_ref=f"helpdesk:{version}", tenant="acme")
@@ -187,18 +173,19 @@ def test_api_answers_evaluation_examples_as_evaluation_did(served: Served) -> No
 def test_streamed_chat_equals_the_whole_answer(served: Served) -> None:
     client = _client(served)
     request: dict[str, Any] = {
-        "model": "support",
+        "model": "rambler",  # it never ends an answer: 24 tokens, whatever the prompt
         "messages": _messages(served.held_out[0]),
         "temperature": 0,
         "max_tokens": 24,
     }
     whole = client.chat.completions.create(**request)
-    assert whole.usage is not None and whole.usage.completion_tokens > 3
+    assert whole.usage is not None and whole.usage.completion_tokens == 24
+    assert whole.choices[0].finish_reason == "length"
     raw = client.chat.completions.with_raw_response.create(
         **request, stream=True, stream_options={"include_usage": True}
     )
     assert raw.headers["content-type"].startswith("text/event-stream")
-    assert raw.headers["x-modelyard-version"] == "helpdesk:1"
+    assert raw.headers["x-modelyard-version"] == "helpdesk:4"
     chunks = list(raw.parse())
     assert chunks[0].choices[0].delta.role == "assistant"
     pieces = [
@@ -226,7 +213,7 @@ def test_streamed_completion_equals_the_whole_answer(served: Served) -> None:
         "max_tokens": 20,
     }
     whole = client.completions.create(**request)
-    assert whole.usage is not None and whole.usage.completion_tokens > 3
+    assert whole.usage is not None and whole.usage.completion_tokens == 20
     chunks = list(client.completions.create(**request, stream=True))
     pieces = [c.choices[0].text for c in chunks if c.choices[0].text]
     assert len(pieces) > 1

@@ -56,7 +56,10 @@ def records(
     tenant: str | None = TENANT,
     since: str | None = SINCE,
     status: str | None = typer.Option(
-        None, "--status", help="Only records with this status: ok, error, cancelled, timeout."
+        None,
+        "--status",
+        help="Only records with this status: ok, error, cancelled, timeout, refused "
+        "(a client's mistake, 4xx), running.",
     ),
     limit: int = typer.Option(50, "--limit", min=1, help="At most N records, newest first."),
     json_out: bool = JSON,

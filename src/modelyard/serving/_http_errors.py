@@ -8,6 +8,8 @@ Starlette's own (404 for an unknown path, 405) keep their status.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -36,6 +38,27 @@ def error_of(exc: ModelyardError) -> Any:
     return error_body(exc.one_line(), status_of(exc).type, exc.code, param_of(exc))
 
 
+def validation_message(errors: Sequence[Any]) -> tuple[str | None, str]:
+    """The parameter (a dotted path, e.g. ``messages.0.content``) and the message of a
+    request body that failed validation: our own checks' messages first (a field with
+    several accepted types fails once per type; the check that says why is the one)."""
+    if not errors:
+        return None, "invalid request"
+    first = next((e for e in errors if e.get("type") == "value_error"), errors[0])
+    # pydantic names the alternatives of a union in the path ("list[str]"): not a field
+    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not re.search(r"[\[(]", str(p))]
+    param = ".".join(loc) or None
+    if first.get("type") == "extra_forbidden":
+        return param, (
+            f"invalid request: {param} is not a parameter this server accepts; remove it "
+            "(docs/serving.md lists what is accepted)"
+        )
+    msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    if first.get("type") == "string_unicode":  # a lone surrogate, found by pydantic's core
+        msg = "the text holds a lone surrogate, which is not valid Unicode; send UTF-8 text"
+    return param, f"invalid request: {param + ': ' if param else ''}{msg}"
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves in the OpenAI error body; client mistakes are 4xx, never 500."""
 
@@ -58,10 +81,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_req: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
-        param = ".".join(loc) or None
-        message = f"invalid request: {param + ': ' if param else ''}{first.get('msg')}"
+        param, message = validation_message(exc.errors())
         return JSONResponse(
             error_body(message, "invalid_request_error", "invalid_request", param), status_code=400
         )
@@ -73,4 +93,10 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
 
-__all__ = ["error_body", "error_of", "install_error_handlers", "param_of"]
+__all__ = [
+    "error_body",
+    "error_of",
+    "install_error_handlers",
+    "param_of",
+    "validation_message",
+]

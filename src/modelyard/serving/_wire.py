@@ -2,38 +2,167 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from modelyard.errors import ConfigError
 from modelyard.serving._types import Generation, SamplingParams
+
+MIN_TEMPERATURE = 0.01  # below it (and above 0), logits / temperature overflows float32
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed takes
+MAX_STOP = 4  # stop strings, as OpenAI allows
+MAX_STOP_CHARS = 256  # per stop string: each is searched in the answer at every token
+
+
+def _utf8(text: str) -> str:
+    """``text`` if it can be encoded as UTF-8 (JSON may carry lone surrogates, ``\\ud800``)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"the text holds a lone surrogate (U+{ord(text[exc.start]):04X} at character "
+            f"{exc.start}), which is not valid Unicode; send UTF-8 text"
+        ) from None
+    return text
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
 
 
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str
+    content: Text
+    name: Text | None = None
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore")  # include_obfuscation etc.: harmless here
     include_usage: bool = False
 
 
+def _neutral(value: Any) -> bool:
+    """Whether an OpenAI parameter this server does not implement is sent at its no-op value."""
+    return value is None or value is False or value == 0 or value in ({}, [], "", "none", "auto")
+
+
+# OpenAI parameters that change the answer and are not implemented yet: refused unless
+# sent at their no-op value (what SDKs and frameworks send by default)
+_NOT_YET = (
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "response_format",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "presence_penalty",
+    "frequency_penalty",
+    "audio",
+    "modalities",
+    "prediction",
+    "reasoning_effort",
+    "web_search_options",
+    "best_of",
+    "echo",
+    "suffix",
+)
+
+
 class CommonRequest(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    model: str = Field(min_length=1)
+    """The body of a completion request: what is implemented, what is accepted as harmless
+    (``user``, ``metadata``, ``store``, ...), and what is refused (``_NOT_YET``, unknown names)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: Text = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=1.0, ge=0.0, le=2.0)
-    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    n: Literal[1] = 1
-    user: str | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0, allow_inf_nan=False)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
+    stop: Text | list[Text] | None = None
+    n: int | None = None
+    user: Text | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    # harmless: they do not change the answer
+    metadata: dict[str, Text] | None = None
+    store: bool | None = None
+    service_tier: Text | None = None
+    parallel_tool_calls: bool | None = None
+    prompt_cache_key: Text | None = None
+    safety_identifier: Text | None = None
+    # not implemented yet (see _NOT_YET)
+    tools: Any = None
+    tool_choice: Any = None
+    functions: Any = None
+    function_call: Any = None
+    response_format: Any = None
+    logprobs: Any = None
+    top_logprobs: Any = None
+    logit_bias: Any = None
+    presence_penalty: Any = None
+    frequency_penalty: Any = None
+    audio: Any = None
+    modalities: Any = None
+    prediction: Any = None
+    reasoning_effort: Any = None
+    web_search_options: Any = None
+    best_of: Any = None
+    echo: Any = None
+    suffix: Any = None
+
+    @field_validator(*_NOT_YET)
+    @classmethod
+    def _not_yet(cls, value: Any, info: Any) -> Any:
+        name = info.field_name
+        neutral = _neutral(value)
+        if name == "response_format":
+            neutral = value is None or value == {"type": "text"}
+        elif name == "modalities":
+            neutral = value is None or value == ["text"]
+        elif name == "best_of":
+            neutral = value is None or value == 1
+        if not neutral:
+            raise ValueError(
+                f"{name} is not supported by this server yet; remove it from the request"
+            )
+        return value
+
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value < MIN_TEMPERATURE:
+            raise ValueError(
+                f"temperature {value:g} is too small to sample with: send 0 (greedy) or a "
+                f"value from {MIN_TEMPERATURE:g} to 2"
+            )
+        return value
+
+    @field_validator("n")
+    @classmethod
+    def _n(cls, value: int | None) -> int | None:
+        if value not in (None, 1):
+            raise ValueError(
+                f"n={value} is not supported by this server yet: it answers one choice (n=1)"
+            )
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        stops = [value] if isinstance(value, str) else value or []
+        if len(stops) > MAX_STOP:
+            raise ValueError(f"{len(stops)} stop strings; send at most {MAX_STOP}")
+        for stop in stops:
+            if len(stop) > MAX_STOP_CHARS:
+                raise ValueError(
+                    f"a stop string of {len(stop)} characters; each may have at most "
+                    f"{MAX_STOP_CHARS}"
+                )
+        return value
 
     def sampling(self, cap: int) -> SamplingParams:
         wanted = self.max_completion_tokens or self.max_tokens or min(64, cap)
@@ -46,7 +175,9 @@ class CommonRequest(BaseModel):
                 param=field_name,
             )
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        return SamplingParams(wanted, self.temperature, self.top_p, self.seed, stop)
+        temperature = 1.0 if self.temperature is None else self.temperature
+        top_p = 1.0 if self.top_p is None else self.top_p
+        return SamplingParams(wanted, temperature, top_p, self.seed, stop)
 
 
 class ChatCompletionRequest(CommonRequest):
@@ -54,17 +185,17 @@ class ChatCompletionRequest(CommonRequest):
 
 
 class CompletionRequest(CommonRequest):
-    prompt: str
+    prompt: Text
 
 
 class FeedbackRequest(BaseModel):
     """``POST /v1/feedback``: a verdict on one answered request (by its ``id``)."""
 
     model_config = ConfigDict(extra="ignore")
-    request_id: str = Field(min_length=1, max_length=64)
+    request_id: Text = Field(min_length=1, max_length=64)
     score: float | None = Field(default=None, ge=-1.0, le=1.0, allow_inf_nan=False)
     thumbs: Literal["up", "down"] | None = None
-    comment: str | None = Field(default=None, max_length=4000)
+    comment: Text | None = Field(default=None, max_length=4000)
 
     @model_validator(mode="after")
     def _one_verdict(self) -> FeedbackRequest:
