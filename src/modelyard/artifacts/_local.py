@@ -153,6 +153,12 @@ class ArtifactStore:
                 removed.append(entry)
         return removed
 
+    def remove_tmp(self, entry: TempEntry) -> None:
+        """Delete one entry of the work area (as found by ``tmp_entries``)."""
+        if entry.path.parent != self.root / "tmp":
+            raise ArtifactError(f"{entry.path} is not in the work area {self.root / 'tmp'}")
+        remove_entry(entry)
+
     def age_s(self, digest: str) -> float:
         """Seconds since the artifact was stored (its directory's last change)."""
         hex_digest = normalize_digest(digest)

@@ -14,6 +14,7 @@ from modelyard.cli import (
     _base,
     _data,
     _delivery,
+    _doctor,
     _finetune,
     _monitor,
     _quickstart,
@@ -59,6 +60,9 @@ app.command("finetune", help="Train, evaluate, gate and register a version from 
 )
 app.command("evaluate", help="Evaluate a registered version on a data file, with optional gates.")(
     _finetune.evaluate
+)
+app.command("doctor", help="Find and repair what crashes left (stuck runs, orphans, temp files).")(
+    _doctor.doctor
 )
 app.add_typer(_base.app, name="base")
 app.add_typer(_data.app, name="data")

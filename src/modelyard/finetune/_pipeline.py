@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from modelyard.artifacts import ArtifactStore
+from modelyard.artifacts import ArtifactStore, this_host
 from modelyard.base import load_tokenizer, model_dir
 from modelyard.data import PromptTemplate, load_rows, split_rows, template_for, validate_rows
 from modelyard.errors import (
@@ -38,11 +38,13 @@ from modelyard.evaluation import (
     gates_passed,
     parse_gates,
 )
+from modelyard.finetune._cleanup import Written, clean_up
 from modelyard.finetune._config import FinetuneConfig
 from modelyard.finetune._evaluate import evaluate_rows
 from modelyard.finetune._tracking import MlflowTracker
 from modelyard.registry import (
     ensure_base_model,
+    ensure_model,
     environment,
     lineage_record,
     load_version_model,
@@ -370,12 +372,7 @@ def _run_main(
         f"dataset {dataset.name} v{dataset.version}: {dataset.n_rows} training rows, "
         f"{eval_set.n_rows} held out (sha256 {dataset.digest[:12]})"
     )
-    try:
-        store.get_registered_model(registry.model)
-    except NotFound:
-        store.create_registered_model(
-            registry.model, tenant=registry.tenant, description=registry.description
-        )
+    artifacts.sweep_tmp()  # what killed writers left in the work area
     run_id = str(uuid.uuid4())
     outcome = FinetuneOutcome(run_id=run_id, model=registry.model)
     outcome.dataset = {
@@ -392,7 +389,8 @@ def _run_main(
         dataset_id=dataset.id,
         config=config_json,
         seed=config.training.seed,
-        environment=env,
+        # who runs it: `modelyard doctor` marks the run interrupted once this process is gone
+        environment={**env, "process": {"pid": os.getpid(), "host": this_host()}},
     )
     tracker = None
     if config.tracking.mlflow_uri:
@@ -405,20 +403,52 @@ def _run_main(
         tracker.log_params(config_json)
         outcome.mlflow_run_id = tracker.run_id
     history: list[dict[str, float]] = []
+    work = home / "runs" / run_id
+    state = Written()
+    try:
+        _train_and_register(
+            prepared, store, artifacts, checkpoints, work, outcome, state,
+            ui=ui, resume=resume, base=base, env=env, history=history, tracker=tracker,
+        )  # fmt: skip
+    except BaseException as exc:
+        clean_up(store, artifacts, run_id, state, exc, history, registry.model)
+        if tracker is not None:
+            tracker.finish("failed")
+        raise
+    if tracker is not None:
+        tracker.log_metrics({f"eval_{k}": v for k, v in outcome.metrics.items()})
+        tracker.finish("finished")
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    return outcome
+
+
+def _train_and_register(
+    prepared: Prepared,
+    store: Store,
+    artifacts: ArtifactStore,
+    checkpoints: Path,
+    work: Path,
+    outcome: FinetuneOutcome,
+    state: Written,
+    *,
+    ui: Reporter,
+    resume: bool,
+    base: Any,
+    env: Mapping[str, Any],
+    history: list[dict[str, float]],
+    tracker: MlflowTracker | None,
+) -> None:
+    config = prepared.config
+    registry = config.registry
+    run_id = outcome.run_id
 
     def on_log(entry: dict[str, float]) -> None:
         history.append(entry)
         if tracker is not None:
             tracker.log_step(entry)
 
-    work = home / "runs" / run_id
-    try:
-        result = _train(prepared, work / "output", checkpoints, resume=resume, ui=ui, on_log=on_log)
-    except BaseException:
-        store.finish_run(run_id, status="failed", metrics={"history": history})
-        if tracker is not None:
-            tracker.finish("failed")
-        raise
+    result = _train(prepared, work / "output", checkpoints, resume=resume, ui=ui, on_log=on_log)
     outcome.training = {
         "train_loss": result.train_loss,
         "eval_loss": result.eval_loss,
@@ -432,30 +462,28 @@ def _run_main(
         "stopped_early": result.stopped_early,
         "resumed_from": result.resumed_from,
     }
+    state.metrics = dict(outcome.training)
     ui.info(
         f"trained {result.steps} steps in {result.seconds:.1f} s "
         f"({result.tokens_per_second:,.0f} tokens/s), train loss {result.train_loss:.3f}"
     )
     kind: VersionKind = "full" if config.method.type == "full" else "adapter"
     blob = artifacts.put_dir(result.output_dir, kind=kind)
+    state.blob = blob.digest
     _evaluate_all(prepared, store, artifacts, result.output_dir, kind, base.source, outcome, ui)
-    store.finish_run(
-        run_id,
-        status="finished",
-        metrics={**outcome.training, **outcome.metrics, "history": history},
-    )
-    if tracker is not None:
-        tracker.log_metrics({f"eval_{k}": v for k, v in outcome.metrics.items()})
-        tracker.finish("finished")
+    state.metrics = {**outcome.training, **outcome.metrics}
     lineage = lineage_record(
         base,
         prepared.template.name,
         run_id=run_id,
         dataset={**outcome.dataset, "format": config.data.format},
-        config=config_json,
+        config=config.model_dump(mode="json"),
         seed=config.training.seed,
         env=env,
         parent=_parent_ref(store, registry.model),
+    )
+    state.model_created = ensure_model(
+        store, registry.model, tenant=registry.tenant, description=registry.description
     )
     version = store.create_model_version(
         registry.model,
@@ -465,6 +493,12 @@ def _run_main(
         run_id=run_id,
         lineage=lineage,
         metrics={**outcome.metrics, **{f"base_{k}": v for k, v in outcome.base_metrics.items()}},
+    )
+    state.registered = True
+    store.finish_run(
+        run_id,
+        status="finished",
+        metrics={**outcome.training, **outcome.metrics, "history": history},
     )
     outcome.version, outcome.ref = version.version, version.ref
     gates = parse_gates(config.evaluation.gates)
@@ -483,9 +517,6 @@ def _run_main(
         except PermissionDenied as exc:  # e.g. champion needs an approver: a separate step
             outcome.alias_refused = exc.message
             ui.info(f"{version.ref} passed its gates but was not promoted: {exc.one_line()}")
-    shutil.rmtree(work, ignore_errors=True)
-    shutil.rmtree(checkpoints, ignore_errors=True)
-    return outcome
 
 
 def _parent_ref(store: Store, model: str) -> str | None:

@@ -14,12 +14,21 @@ package owns what works on a version as a whole:
   ``load_version_model``, used by everyone who loads a version;
 - ``model_card`` / ``version_card`` (Markdown), ``export_version`` (a directory
   vanilla ``peft``/``transformers`` load) and ``import_version`` (the safety
-  checks of ``modelyard.artifacts`` before anything is stored); tags.
+  checks of ``modelyard.artifacts`` before anything is stored); tags;
+- what crashes leave: ``discard_unreferenced`` / ``drop_if_empty`` for writers
+  whose row was refused, ``diagnose`` for ``modelyard doctor``.
 """
 
 from modelyard.registry._card import model_card, version_card
+from modelyard.registry._doctor import DoctorReport, Finding, diagnose
 from modelyard.registry._history import MAX_DEPTH, LineageNode, lineage_chain
 from modelyard.registry._lineage import ensure_base_model, environment, git_commit, lineage_record
+from modelyard.registry._orphans import (
+    discard_unreferenced,
+    drop_if_empty,
+    ensure_model,
+    referenced_digests,
+)
 from modelyard.registry._tags import parse_tags, tag_version
 from modelyard.registry._transfer import (
     ImportResult,
@@ -41,9 +50,15 @@ from modelyard.registry._versions import (
 __all__ = [
     "DEFAULT_TEMPLATE",
     "MAX_DEPTH",
+    "DoctorReport",
+    "Finding",
     "ImportResult",
     "LineageNode",
+    "diagnose",
+    "discard_unreferenced",
+    "drop_if_empty",
     "ensure_base_model",
+    "ensure_model",
     "environment",
     "export_loader",
     "export_version",
@@ -55,6 +70,7 @@ __all__ = [
     "load_version_model",
     "model_card",
     "parse_tags",
+    "referenced_digests",
     "tag_version",
     "template_name",
     "verified_files",

@@ -1,0 +1,214 @@
+"""``modelyard doctor``: find, and with ``fix`` repair, what crashed processes left.
+
+Four checks (docs/operations.md):
+
+- ``run``: a run still ``running`` whose process is gone (its pid and host are
+  recorded at start), or, without a process we can check, running for longer
+  than ``stale``; fixed by marking it ``interrupted`` with the reason.
+- ``model``: a registered model with no version, older than ``stale`` (a
+  fine-tune or import died between creating it and registering its version);
+  fixed by deleting it (only when it has no version and no endpoint).
+- ``blob``: a stored artifact no model version and no dataset references,
+  older than ``stale``; fixed by deleting it.
+- ``tmp``: an entry of the artifact store's work area whose writer is gone
+  (or, when that cannot be told, older than ``stale``); fixed by deleting it.
+
+Younger leftovers are not touched: they may belong to a writer still at work.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from modelyard.artifacts import ArtifactStore, pid_alive, this_host
+from modelyard.errors import ModelyardError
+from modelyard.registry._orphans import drop_if_empty, referenced_digests
+from modelyard.store import Run, Store
+
+FindingKind = Literal["run", "model", "blob", "tmp"]
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One leftover: what it is, what is wrong, what ``fix`` does (or did)."""
+
+    kind: FindingKind
+    subject: str
+    problem: str
+    action: str
+    fixed: bool = False
+    error: str | None = None  # why the fix failed, when it did
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "subject": self.subject,
+            "problem": self.problem,
+            "action": self.action,
+            "fixed": self.fixed,
+            "error": self.error,
+        }
+
+
+@dataclass(frozen=True)
+class DoctorReport:
+    findings: tuple[Finding, ...]
+    fix: bool
+
+    @property
+    def unresolved(self) -> int:
+        """Findings still in place (all of them without ``fix``)."""
+        return sum(not f.fixed for f in self.findings)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fix": self.fix,
+            "problems": len(self.findings),
+            "unresolved": self.unresolved,
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+
+def _age(moment: datetime, now: datetime) -> timedelta:
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return now - moment
+
+
+def _human(delta: timedelta) -> str:
+    seconds = max(0, int(delta.total_seconds()))
+    if seconds >= 86400:
+        return f"{seconds // 86400}d {seconds % 86400 // 3600}h"
+    if seconds >= 3600:
+        return f"{seconds // 3600}h {seconds % 3600 // 60}m"
+    return f"{seconds // 60}m {seconds % 60}s"
+
+
+def _run_problem(run: Run, stale: timedelta, now: datetime) -> str | None:
+    process = run.environment.get("process")
+    age = _age(run.started_at, now)
+    if isinstance(process, dict) and isinstance(process.get("pid"), int):
+        pid, host = process["pid"], process.get("host")
+        if host == this_host():
+            return None if pid_alive(pid) else f"its process {pid} on {host} is gone"
+        if age >= stale:
+            return f"running for {_human(age)} on {host}, longer than --stale {_human(stale)}"
+        return None
+    if age >= stale:
+        return f"running for {_human(age)} with no recorded process, longer than --stale"
+    return None
+
+
+def _attempt(finding: Finding, fix: bool, action: Any) -> Finding:
+    if not fix:
+        return finding
+    try:
+        done = action()
+    except (ModelyardError, OSError) as exc:
+        return Finding(**{**finding.to_dict(), "error": str(exc)})
+    if done is False:
+        return Finding(**{**finding.to_dict(), "error": "changed meanwhile; left in place"})
+    return Finding(**{**finding.to_dict(), "fixed": True})
+
+
+def _runs(store: Store, stale: timedelta, now: datetime, fix: bool) -> list[Finding]:
+    found = []
+    for run in store.list_runs(status="running"):
+        problem = _run_problem(run, stale, now)
+        if problem is None:
+            continue
+        finding = Finding("run", run.id, f"still 'running': {problem}", "mark it interrupted")
+
+        def mark(run: Run = run, problem: str = problem) -> None:
+            store.finish_run(
+                run.id,
+                status="interrupted",
+                metrics={**run.metrics, "error": f"marked by modelyard doctor: {problem}"},
+            )
+
+        found.append(_attempt(finding, fix, mark))
+    return found
+
+
+def _models(store: Store, stale: timedelta, now: datetime, fix: bool) -> list[Finding]:
+    found = []
+    for model in store.list_registered_models():
+        age = _age(model.created_at, now)
+        if model.latest_version is not None or age < stale:
+            continue
+        finding = Finding(
+            "model",
+            model.name,
+            f"has no version ({_human(age)} old): left by a crashed fine-tune or import",
+            "delete the empty model",
+        )
+
+        def drop(name: str = model.name) -> bool:
+            return drop_if_empty(store, name, reason="modelyard doctor: no version")
+
+        found.append(_attempt(finding, fix, drop))
+    return found
+
+
+def _blobs(store: Store, artifacts: ArtifactStore, stale: timedelta, fix: bool) -> list[Finding]:
+    referenced = referenced_digests(store)
+    found = []
+    for ref in artifacts.list():
+        if ref.digest in referenced:
+            continue
+        age = timedelta(seconds=artifacts.age_s(ref.digest))
+        if age < stale:
+            continue
+        size = sum(entry.size for entry in ref.files.values())
+        finding = Finding(
+            "blob",
+            f"sha256:{ref.digest}",
+            f"{ref.kind}, {size} bytes, {_human(age)} old: no version or dataset references it",
+            "delete the artifact",
+        )
+
+        def delete(digest: str = ref.digest) -> bool:
+            if digest in referenced_digests(store):  # registered meanwhile
+                return False
+            artifacts.delete(digest)
+            return True
+
+        found.append(_attempt(finding, fix, delete))
+    return found
+
+
+def _tmp(artifacts: ArtifactStore, stale: timedelta, fix: bool) -> list[Finding]:
+    found = []
+    for entry in artifacts.tmp_entries(max_age_s=stale.total_seconds()):
+        if not entry.stale:
+            continue
+        finding = Finding(
+            "tmp",
+            str(entry.path),
+            f"{entry.size} bytes left in the work area: {entry.reason}",
+            "delete it",
+        )
+        found.append(_attempt(finding, fix, lambda e=entry: artifacts.remove_tmp(e)))
+    return found
+
+
+def diagnose(
+    store: Store,
+    artifacts: ArtifactStore,
+    *,
+    stale: timedelta = timedelta(hours=1),
+    fix: bool = False,
+    now: datetime | None = None,
+) -> DoctorReport:
+    """Every leftover of a crash, repaired when ``fix`` (runs first: a run marked
+    interrupted no longer protects what it was writing)."""
+    now = now or datetime.now(UTC)
+    findings = [
+        *_runs(store, stale, now, fix),
+        *_models(store, stale, now, fix),
+        *_blobs(store, artifacts, stale, fix),
+        *_tmp(artifacts, stale, fix),
+    ]
+    return DoctorReport(tuple(findings), fix)

@@ -1,0 +1,127 @@
+"""``modelyard doctor``: what a kill -9 leaves is found, reported, and repaired with --fix."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from clihelp import modelyard
+from modelyard.artifacts import ArtifactStore, this_host
+from modelyard.registry import diagnose
+from modelyard.store import Store
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited (and was reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def leave_garbage(store: Store, artifacts: ArtifactStore, tmp_path: Path) -> dict[str, str]:
+    """What a fine-tune and an import killed with -9 leave behind, plus a live run."""
+    store.register_base_model("tiny", "/nowhere", {"model.safetensors": "0" * 64})
+    process = {"pid": dead_pid(), "host": this_host()}
+    store.create_run(
+        "run-killed", base_model="tiny", dataset_id=None, config={}, seed=0,
+        environment={"process": process},
+    )  # fmt: skip
+    store.create_run(
+        "run-alive", base_model="tiny", dataset_id=None, config={}, seed=0,
+        environment={"process": {"pid": os.getpid(), "host": this_host()}},
+    )  # fmt: skip
+    store.create_registered_model("empty")
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "adapter.bin").write_bytes(b"x" * 1000)
+    orphan = artifacts.put_dir(tmp_path / "weights", kind="adapter")
+    killed = artifacts.root / "tmp" / f"import-{this_host()}-{process['pid']}-abc"
+    (killed / "staged").mkdir(parents=True)
+    (killed / "staged" / "model.safetensors").write_bytes(b"\0" * 4096)
+    with artifacts.staging("import") as live:  # left in place: its process (us) is alive
+        pass
+    live.mkdir()
+    return {"orphan": orphan.digest, "killed_tmp": str(killed), "live_tmp": str(live)}
+
+
+def test_diagnose_reports_then_fixes_on_every_store(store: Store, tmp_path: Path) -> None:
+    artifacts = ArtifactStore(tmp_path / "artifacts")
+    left = leave_garbage(store, artifacts, tmp_path)
+    report = diagnose(store, artifacts, stale=timedelta(0))
+    found = {(f.kind, f.subject) for f in report.findings}
+    assert found == {
+        ("run", "run-killed"),
+        ("model", "empty"),
+        ("blob", f"sha256:{left['orphan']}"),
+        ("tmp", left["killed_tmp"]),
+    }
+    assert report.unresolved == 4
+    assert store.get_run("run-killed").status == "running"  # a report changes nothing
+    assert artifacts.exists(left["orphan"])
+
+    fixed = diagnose(store, artifacts, stale=timedelta(0), fix=True)
+    assert fixed.unresolved == 0 and all(f.fixed for f in fixed.findings)
+    run = store.get_run("run-killed")
+    assert run.status == "interrupted" and "is gone" in run.metrics["error"]
+    assert store.get_run("run-alive").status == "running"
+    assert "empty" not in {m.name for m in store.list_registered_models()}
+    assert not artifacts.exists(left["orphan"])
+    assert not Path(left["killed_tmp"]).exists() and Path(left["live_tmp"]).exists()
+    assert [e.action for e in store.list_audit_events(action="registered_model.deleted")]
+    assert diagnose(store, artifacts, stale=timedelta(0)).findings == ()
+
+
+def test_young_leftovers_without_an_owner_are_left_alone(store: Store, tmp_path: Path) -> None:
+    artifacts = ArtifactStore(tmp_path / "artifacts")
+    store.register_base_model("tiny", "/nowhere", {"model.safetensors": "0" * 64})
+    store.create_run("run-1", base_model="tiny", dataset_id=None, config={}, seed=0,
+                     environment={})  # fmt: skip
+    store.create_registered_model("fresh")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "f.json").write_text("{}")
+    artifacts.put_dir(tmp_path / "d", kind="adapter")
+    assert diagnose(store, artifacts, stale=timedelta(hours=1), fix=True).findings == ()
+    assert store.get_run("run-1").status == "running"
+
+
+def test_doctor_cli_reports_fixes_and_exits(home: Path, tmp_path: Path) -> None:
+    assert modelyard("init", home=home).code == 0
+    with Store.open(f"sqlite:///{home / 'store.db'}") as store:
+        left = leave_garbage(store, ArtifactStore(home / "artifacts"), tmp_path)
+    r = modelyard("doctor", "--stale", "0", "--json", home=home)
+    assert r.code == 1, r.err
+    report = json.loads(r.out)
+    assert report["unresolved"] == 4 and not report["fix"]
+    assert {f["kind"] for f in report["findings"]} == {"run", "model", "blob", "tmp"}
+    r = modelyard("doctor", "--stale", "0", home=home)
+    assert r.code == 1 and "run-killed" in r.out and "--fix" in r.out, r.out
+    r = modelyard("doctor", "--stale", "0", "--fix", home=home)
+    assert r.code == 0 and "repaired 4 problem(s)" in r.out, (r.out, r.err)
+    assert not Path(left["killed_tmp"]).exists()
+    r = modelyard("doctor", "--stale", "0", home=home)
+    assert r.code == 0 and "nothing to repair" in r.out
+
+
+def test_doctor_refuses_a_bad_stale(home: Path) -> None:
+    r = modelyard("doctor", "--stale", "soon", home=home)
+    assert r.code == 2 and "--stale" in r.err and "Traceback" not in r.err, r.err
+
+
+@pytest.mark.parametrize("purpose", ["put", "import"])
+def test_sweep_removes_what_a_dead_writer_left(tmp_path: Path, purpose: str) -> None:
+    artifacts = ArtifactStore(tmp_path / "a")
+    dead = artifacts.root / "tmp" / f"{purpose}-{this_host()}-{dead_pid()}-xyz"
+    dead.mkdir(parents=True)
+    (dead / "f").write_bytes(b"1")
+    (dead / "f").chmod(0o444)
+    legacy = artifacts.root / "tmp" / "modelyard-import-old"
+    legacy.mkdir()
+    removed = artifacts.sweep_tmp(max_age_s=3600)
+    assert [e.path for e in removed] == [dead]
+    assert legacy.exists()  # no owner in its name and recent: maybe still in use
+    assert [e.path for e in artifacts.sweep_tmp(max_age_s=0)] == [legacy]
