@@ -399,3 +399,23 @@ def test_generations_say_whether_their_adapter_was_loaded_and_unknown_tokens_cou
         assert first.prompt_tokens == engine.count_tokens(v, world.prompts[0])
     finally:
         engine.close()
+
+
+@pytest.mark.parametrize(
+    ("field", "values"),
+    [
+        ("temperature", {"temperature": 1e-40}),
+        ("temperature", {"temperature": float("nan")}),
+        ("top_p", {"top_p": 0.0}),
+        ("seed", {"seed": 2**70}),
+        ("max_tokens", {"max_tokens": 0}),
+    ],
+)
+def test_settings_an_engine_cannot_run_are_a_clients_mistake(
+    field: str, values: dict[str, float]
+) -> None:
+    """Whoever builds the settings (the API, a script), a tiny temperature or a seed torch
+    cannot take is a ConfigError (400) naming the field, never an engine failure (503)."""
+    with pytest.raises(ConfigError) as info:
+        SamplingParams(**values)  # type: ignore[arg-type]
+    assert info.value.context["param"] == field

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from modelyard.errors import EngineError
+from modelyard.errors import ConfigError, EngineError
 
 FinishReason = Literal["stop", "length", "cancelled"]
+MIN_TEMPERATURE = 0.01  # below it (and above 0), logits / temperature overflows float32
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed takes
 AdapterEvent = Literal["hit", "miss", "load", "eviction", "load_failure"]
 
 
@@ -20,6 +23,30 @@ class SamplingParams:
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        """Settings an engine cannot run are a client's mistake (400), never an engine error:
+        a tiny positive temperature overflows the logits, torch takes 64-bit seeds."""
+        checks = (
+            ("max_tokens", self.max_tokens >= 1, "at least 1"),
+            (
+                "temperature",
+                math.isfinite(self.temperature)
+                and (self.temperature == 0 or MIN_TEMPERATURE <= self.temperature <= 2),
+                f"0 (greedy) or from {MIN_TEMPERATURE:g} to 2",
+            ),
+            ("top_p", math.isfinite(self.top_p) and 0 < self.top_p <= 1, "above 0, at most 1"),
+            (
+                "seed",
+                self.seed is None or SEED_RANGE[0] <= self.seed <= SEED_RANGE[1],
+                f"from {SEED_RANGE[0]} to {SEED_RANGE[1]}",
+            ),
+        )
+        for name, ok, allowed in checks:
+            if not ok:
+                raise ConfigError(
+                    f"{name} is {getattr(self, name)!r}; it must be {allowed}", param=name
+                )
 
     @property
     def greedy(self) -> bool:
@@ -77,6 +104,8 @@ class EngineObserver(Protocol):
 
 
 __all__ = [
+    "MIN_TEMPERATURE",
+    "SEED_RANGE",
     "AdapterEvent",
     "EngineError",  # lives in modelyard.errors; named here for the engine modules
     "EngineObserver",

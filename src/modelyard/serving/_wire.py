@@ -7,10 +7,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from modelyard.errors import ConfigError
-from modelyard.serving._types import Generation, SamplingParams
+from modelyard.serving._types import MIN_TEMPERATURE, SEED_RANGE, Generation, SamplingParams
 
-MIN_TEMPERATURE = 0.01  # below it (and above 0), logits / temperature overflows float32
-SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed takes
 MAX_STOP = 4  # stop strings, as OpenAI allows
 MAX_STOP_CHARS = 256  # per stop string: each is searched in the answer at every token
 
