@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,3 +127,56 @@ def test_sweep_removes_what_a_dead_writer_left(tmp_path: Path, purpose: str) -> 
     assert [e.path for e in removed] == [dead]
     assert legacy.exists()  # no owner in its name and recent: maybe still in use
     assert [e.path for e in artifacts.sweep_tmp(max_age_s=0)] == [legacy]
+
+
+class _Quiet:
+    def info(self, message: str) -> None:
+        pass
+
+    def bar(self, description: str, total: int, unit: str) -> Any:
+        return contextlib.nullcontext(lambda done, total, info="": None)
+
+
+def test_a_fine_tune_that_fails_after_storing_its_adapter_leaves_nothing(
+    home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelyard import finetune
+    from modelyard.base import create_tiny_base
+    from modelyard.data import DOMAINS, domain_corpus, synthetic_domain
+    from modelyard.finetune import _pipeline
+
+    base = create_tiny_base(
+        domain_corpus(DOMAINS, 100, seed=0), tmp_path / "base",
+        steps=2, batch_size=4, seq_len=64, hidden_size=32, vocab_size=512,
+    ).path  # fmt: skip
+    rows = synthetic_domain("it-support", 12, seed=0)
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = finetune.parse_config(
+        {
+            "base_model": str(base),
+            "data": {"train": str(tmp_path / "train.jsonl"), "eval_fraction": 0.25},
+            "method": {"r": 4, "alpha": 8},
+            "training": {"max_steps": 1, "batch_size": 4},
+            "evaluation": {"metrics": ["exact_match"], "max_new_tokens": 2},
+            "registry": {"model": "helpdesk"},
+        }
+    )
+
+    def crash(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("evaluation ran out of memory")
+
+    monkeypatch.setattr(_pipeline, "_evaluate_all", crash)
+    artifacts = ArtifactStore(home / "artifacts")
+    with Store.open(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        with pytest.raises(RuntimeError, match="out of memory"):
+            _pipeline.run_finetune(
+                _pipeline.prepare(config), store=store, artifacts=artifacts, home=home,
+                ui=_Quiet(),
+            )  # fmt: skip
+        (run,) = store.list_runs()
+        assert run.status == "failed" and "out of memory" in run.metrics["error"]
+        assert run.environment["process"] == {"pid": os.getpid(), "host": this_host()}
+        assert store.list_registered_models() == []  # no empty model
+        kinds = sorted(ref.kind for ref in artifacts.list())
+        assert kinds == ["dataset", "dataset"]  # the adapter blob is gone; the data stays
+        assert diagnose(store, artifacts, stale=timedelta(0)).findings == ()
