@@ -141,11 +141,12 @@ def test_stream_delivers_tokens_as_they_come(world: World, engine: TransformersE
 
 def test_stop_strings_cut_each_row_on_its_own(world: World, engine: TransformersEngine) -> None:
     params = SamplingParams(max_tokens=16, temperature=0)
-    full = [engine.generate(v, world.prompts[0], params).text for v in world.good[:2]]
-    stops = [full[0].split()[2], full[1].split()[1]]  # a word in the middle of each answer
+    prompts = world.prompts[:2]  # the chatty adapter says 16 tokens of letters to each
+    full = [engine.generate(world.chatty, p, params).text for p in prompts]
+    stops = [full[0][8:11], full[1][4:6]]  # text in the middle of each answer
     streams = [
-        engine.stream(v, world.prompts[0], SamplingParams(16, 0.0, stop=(stop,)))
-        for v, stop in zip(world.good[:2], stops, strict=True)
+        engine.stream(world.chatty, p, SamplingParams(16, 0.0, stop=(stop,)))
+        for p, stop in zip(prompts, stops, strict=True)
     ]
     for stream, text, stop in zip(streams, full, stops, strict=True):
         gen = stream.result()
