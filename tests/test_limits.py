@@ -65,9 +65,15 @@ class Server:
         return self.clients[key]
 
     def records(self, want: int) -> list[InferenceRecord]:
-        """The inference records, once ``want`` of them are written (they are asynchronous)."""
+        """The inference records, once ``want`` of them are written and none is still
+        ``running`` (they are asynchronous; the request journal writes a long request as
+        running first, then updates it)."""
         deadline = time.monotonic() + 10
-        while self.store.count_inference_records() < want and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            if self.store.count_inference_records() >= want:
+                records = self.store.list_inference_records()
+                if all(r.status != "running" for r in records):
+                    return records
             time.sleep(0.05)
         return self.store.list_inference_records()
 

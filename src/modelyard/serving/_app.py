@@ -124,6 +124,7 @@ def create_app(
         max_body_bytes=limits.max_body_bytes,
         access=access,
         on_refused=lambda exc: plane.count_refusal("", exc),
+        early_refusal=plane.early_refusal,
     )
     install_error_handlers(app)
     add_routes(app, plane)

@@ -30,6 +30,16 @@ class KeyCache:
         self._cache: dict[str, tuple[float, ApiKey]] = {}
         self._lock = threading.Lock()
 
+    def peek(self, raw: str) -> ApiKey | None:
+        """The key behind ``raw`` when it is cached and valid, else None (never the store)."""
+        digest = hashlib.sha256(raw.encode()).hexdigest()
+        with self._lock:
+            hit = self._cache.get(digest)
+        if hit is None or hit[0] <= time.monotonic():
+            return None
+        expires = hit[1].expires_at
+        return None if expires is not None and expires <= datetime.now(UTC) else hit[1]
+
     def get(self, raw: str) -> ApiKey:
         digest = hashlib.sha256(raw.encode()).hexdigest()
         now = time.monotonic()

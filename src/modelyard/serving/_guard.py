@@ -12,6 +12,8 @@ It runs before routing and before any JSON is parsed:
   as ``OperatorAccess`` says: to anyone (``public``), only with
   ``Authorization: Bearer <operator token>`` (``token``; a tenant's API key never
   opens them), or not at all (``off``, 404);
+- a completion whose key (already in the key cache) is over its requests/min is
+  refused 429 before its body is read (``early_refusal``: the data plane's);
 - every other request is counted in flight until its response (a whole
   stream) has been sent, which is what a drain waits for.
 
@@ -33,6 +35,7 @@ from modelyard.errors import (
     ConfigError,
     ModelyardError,
     NotFound,
+    RateLimited,
     RequestTooLarge,
     ShuttingDown,
     status_of,
@@ -41,6 +44,7 @@ from modelyard.serving._http_errors import error_of
 from modelyard.serving._shutdown import Drain
 
 ALWAYS_OPEN = frozenset({"/health", "/ready", "/metrics"})
+RATE_LIMITED = {"/v1/completions": "completions", "/v1/chat/completions": "chat.completions"}
 METRICS_PATHS = frozenset({"/metrics"})
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 Access = Literal["public", "token", "off"]
@@ -114,10 +118,12 @@ class GuardMiddleware:
         max_body_bytes: int | None,
         access: OperatorAccess | None = None,
         on_refused: Callable[[ModelyardError], object] | None = None,
+        early_refusal: Callable[[bytes | None, str], RateLimited | None] | None = None,
     ) -> None:
         self.app, self.drain, self.max_body_bytes = app, drain, max_body_bytes
         self.access = access or OperatorAccess()
         self.on_refused = on_refused
+        self.early_refusal = early_refusal
 
     async def _refuse(
         self, send: Send, exc: ModelyardError, headers: Iterable[tuple[str, str]] = ()
@@ -154,6 +160,13 @@ class GuardMiddleware:
                 [("www-authenticate", "Bearer")],
             )
             return
+        route = RATE_LIMITED.get(scope["path"])
+        if self.early_refusal is not None and route is not None and scope["method"] == "POST":
+            headers = dict(scope.get("headers") or [])
+            limited = self.early_refusal(headers.get(b"authorization"), route)
+            if limited is not None:  # a key over its requests/min: its body is never read
+                await send_error(send, limited, [("retry-after", str(limited.retry_after))])
+                return
         self.drain.inflight += 1
         try:
             checked = await self._check_body(scope, receive, send)

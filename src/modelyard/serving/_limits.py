@@ -138,6 +138,19 @@ class RateLimiter:
                 return
         raise self._limited(key, waits)
 
+    def over_requests(self, key: ApiKey) -> RateLimited | None:
+        """Whether ``key`` is over its requests/min now (nothing taken): the error to answer
+        with, or None."""
+        rpm, _ = self.limits_of(key)
+        if rpm is None:
+            return None
+        now = self._clock()
+        with self._lock:
+            requests = self._bucket(self._requests, key.id, rpm, now)
+            assert requests is not None
+            wait = requests.wait_for(1)
+        return self._limited(key, [("requests", rpm, wait)]) if wait > 0 else None
+
     def admit_tokens(self, key: ApiKey, tokens: int) -> Admission:
         """Take ``tokens`` from the tokens bucket of a key whose request was taken by
         ``admit_request``; when they do not fit, the request is given back and RateLimited

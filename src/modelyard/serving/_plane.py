@@ -151,6 +151,24 @@ class DataPlane:
                 self.submit, key, route, endpoint, user, params, render, request_taken=True
             )
 
+    def early_refusal(self, authorization: bytes | None, route: str) -> RateLimited | None:
+        """Before a completion's body is read (``GuardMiddleware``): the 429 for a cached key
+        that is over its requests/min, counted (and sampled into the store), else None.
+        Runs on the event loop: it never asks the store."""
+        if not authorization or not authorization.lower().startswith(b"bearer "):
+            return None
+        key = self.keys.peek(authorization[7:].strip().decode("latin-1"))
+        if key is None:
+            return None
+        limited = self.limiter.over_requests(key)
+        if limited is None:
+            return None
+        self.metrics.rate_limited.labels(key.tenant, limited.limit).inc()
+        if self.count_refusal(key.tenant, limited, key.id) and key.tenant in self._tenants:
+            self._record(f"cmpl-{uuid.uuid4().hex}", key, route, "", None, None, None,
+                         time.perf_counter(), limited)  # fmt: skip
+        return limited
+
     def count_refusal(self, tenant: str, exc: ModelyardError, key_id: str | None = None) -> bool:
         """Count a request refused before the engine (``modelyard_refused_total``); whether
         to store it too (a sample: ``refusals_stored_per_minute`` per key)."""
