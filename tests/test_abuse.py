@@ -9,7 +9,11 @@ What is timed (the other tenant's p99 under a flood, memory) is in ``benchmarks/
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,6 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from clihelp import modelyard
 from modelyard.access import create_api_key
 from modelyard.serving import (
     BackgroundServer,
@@ -236,3 +241,48 @@ def test_metrics_and_docs_need_the_operator_token_and_never_an_api_key(store: St
         assert httpx.get(metrics.base_url + "/metrics").status_code == 401
         scraped = httpx.get(metrics.base_url + "/metrics", headers=operator)
         assert scraped.status_code == 200 and "modelyard_requests" in scraped.text
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_serve_puts_metrics_on_their_own_port_behind_the_token(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert modelyard("init", home=home).code == 0
+    refused = modelyard("serve", "--engine", "echo", "--docs", "token", home=home)
+    assert refused.code != 0 and "--docs token needs an operator token" in refused.err
+    assert "Traceback" not in refused.err
+    port, metrics_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
+    env.update(MODELYARD_HOME=str(home), MODELYARD_METRICS_TOKEN="operator-secret")
+    args = ["--engine", "echo", "--port", str(port), "--metrics-port", str(metrics_port)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelyard", "serve", *args, "--no-controller"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        api, metrics = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(api + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, "serve did not start"
+            time.sleep(0.2)
+        assert httpx.get(api + "/metrics").status_code == 404
+        assert httpx.get(api + "/docs").status_code == 404  # --docs off by default
+        assert httpx.get(metrics + "/metrics").status_code == 401
+        scraped = httpx.get(
+            metrics + "/metrics", headers={"Authorization": "Bearer operator-secret"}
+        )
+        assert scraped.status_code == 200 and "modelyard_refused_total" in scraped.text
+    finally:
+        proc.terminate()
+        proc.wait(30)

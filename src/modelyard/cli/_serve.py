@@ -150,7 +150,7 @@ def serve(
             "--docs token needs an operator token",
             hint="Set MODELYARD_METRICS_TOKEN or pass --metrics-token.",
         )
-    if metrics_port is not None and metrics_port == port:
+    if metrics_port and metrics_port == port:
         raise ConfigError(f"--metrics-port {metrics_port} is the API --port; pick another")
     if engine not in ("transformers", "echo"):
         raise ConfigError(f"unknown --engine {engine!r}: use transformers or echo")
