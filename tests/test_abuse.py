@@ -14,9 +14,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -33,7 +35,7 @@ from modelyard.serving import (
     create_app,
     create_metrics_app,
 )
-from modelyard.store import Store
+from modelyard.store import ModelVersion, Store
 from worlds import fake_world, two_tenant_world
 
 
@@ -286,3 +288,47 @@ def test_serve_puts_metrics_on_their_own_port_behind_the_token(tmp_path: Path) -
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_one_tenant_cannot_hold_every_worker_thread_with_slow_prompts(store: Store) -> None:
+    release = threading.Event()
+    lock = threading.Lock()
+    inside = {"now": 0, "most": 0}
+
+    class SlowForAcme(EchoEngine):
+        """Tokenizing an acme prompt blocks until released (a huge prompt, say)."""
+
+        def count_tokens(self, version: ModelVersion, prompt: str) -> int:
+            if version.model == "acme-bot":
+                with lock:
+                    inside["now"] += 1
+                    inside["most"] = max(inside["most"], inside["now"])
+                release.wait(30)
+                with lock:
+                    inside["now"] -= 1
+            return len(prompt.split())
+
+    limits = ServerLimits(tokenize_concurrency=2)
+    app = create_app(store, SlowForAcme(), limits=limits, refresh_seconds=60, heartbeat_s=None)
+    _, acme = create_api_key(store, "acme")
+    _, globex = create_api_key(store, "globex")
+
+    def complete(key: str, model: str) -> int:
+        body = {"model": model, "prompt": "a b", "max_tokens": 2}
+        headers = {"Authorization": f"Bearer {key}"}
+        return httpx.post(
+            base + "/v1/completions", json=body, headers=headers, timeout=60
+        ).status_code
+
+    with BackgroundServer(app) as server, ThreadPoolExecutor(8) as pool:
+        base = server.base_url
+        flood = [pool.submit(complete, acme, "acme-support") for _ in range(6)]
+        deadline = time.monotonic() + 10
+        while inside["now"] < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        # acme holds its 2 slots, 4 more wait; globex is answered meanwhile
+        assert complete(globex, "globex-support") == 200
+        assert inside["most"] == 2 and not any(f.done() for f in flood)
+        release.set()
+        assert [f.result() for f in flood] == [200] * 6
+    assert inside["most"] == 2
