@@ -1,8 +1,12 @@
 """The data plane: what every request needs, shared by the routes.
 
-``DataPlane.submit``: the key's tenant, route, render, the prompt-token cap,
-the key's rate limits (``_limits``), the engine; a version that failed to load
-falls back to another version of the plan, and a shadow version gets a copy.
+``DataPlane.enter`` (the routes call it): the key's requests/min on the event
+loop, then, within one of the tenant's slots (``TenantSlots``), ``submit`` on a
+worker thread: the key's tenant, route, render, the prompt-character and
+prompt-token caps, the key's tokens/min (``_limits``), the engine; a version that
+failed to load falls back to another version of the plan, and a shadow version
+gets a copy. A request refused before the engine (4xx) is counted and only
+sampled into the store (``count_refusal``, ``_refusals``).
 ``finish`` records the outcome (``RecordWriter``, off the response path) and
 gives back unused tokens. Keys are authenticated through a short cache
 (``_auth.KeyCache``), so a revocation applies within ``key_cache_seconds``.
