@@ -332,3 +332,53 @@ def test_one_tenant_cannot_hold_every_worker_thread_with_slow_prompts(store: Sto
         release.set()
         assert [f.result() for f in flood] == [200] * 6
     assert inside["most"] == 2
+
+
+def test_a_postgresql_outage_answers_503_and_ready_follows_it(postgres_url: str) -> None:
+    from sqlalchemy import create_engine, make_url, text
+
+    name = make_url(postgres_url).database
+    admin = create_engine(
+        make_url(postgres_url).set(database="postgres"), isolation_level="AUTOCOMMIT"
+    )
+
+    def allow(on: bool) -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS {str(on).lower()}'))
+            if not on:  # and cut the connections the server's pool holds
+                conn.execute(
+                    text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :n"
+                    ),
+                    {"n": name},
+                )
+
+    store = Store.open(postgres_url)
+    fake_world(store)
+    _, key = create_api_key(store, "acme")
+    limits = ServerLimits(key_cache_seconds=0)
+    app = create_app(store, EchoEngine(), limits=limits, refresh_seconds=60, heartbeat_s=None)
+    auth = {"Authorization": f"Bearer {key}"}
+    body = {"model": "support", "prompt": "a b", "max_tokens": 2}
+    try:
+        with BackgroundServer(app) as server, httpx.Client(base_url=server.base_url) as http:
+            assert http.get("/ready").status_code == 200
+            assert http.post("/v1/completions", json=body, headers=auth).status_code == 200
+            allow(False)
+            r = http.post("/v1/completions", json=body, headers=auth)
+            assert r.status_code == 503, r.text
+            assert r.json()["error"]["code"] == "store_unavailable"
+            deadline = time.monotonic() + 10
+            while http.get("/ready").status_code != 503:
+                assert time.monotonic() < deadline, "/ready never turned 503"
+                time.sleep(0.1)
+            allow(True)
+            deadline = time.monotonic() + 10
+            while http.get("/ready").status_code != 200:
+                assert time.monotonic() < deadline, "/ready never came back"
+                time.sleep(0.1)
+            assert http.post("/v1/completions", json=body, headers=auth).status_code == 200
+    finally:
+        allow(True)
+        store.close()
+        admin.dispose()
