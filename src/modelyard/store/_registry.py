@@ -84,27 +84,6 @@ class RegistryStore(StoreCore):
             s.flush()
             self._audit(s, "registered_model.deleted", name, {"reason": reason})
 
-    def delete_registered_model(self, name: str, *, reason: str) -> None:
-        """Delete a registered model that has no version and no endpoint (crash leftovers)."""
-        with self._write(f"delete registered model {name!r}") as s:
-            mrow = model_row(s, name)
-            self._require(s, "registered_model.deleted", name, f"delete model {name!r}")
-            versions = s.scalar(
-                select(func.count()).where(ModelVersionRow.registered_model_id == mrow.id)
-            )
-            endpoints = s.scalar(
-                select(func.count()).where(EndpointRow.registered_model_id == mrow.id)
-            )
-            if versions or endpoints:
-                raise Conflict(
-                    f"registered model {name!r} has {versions} version(s) and {endpoints} "
-                    "endpoint(s) and cannot be deleted",
-                    hint="Only a model with no versions and no endpoints can be deleted.",
-                )
-            s.delete(mrow)
-            s.flush()
-            self._audit(s, "registered_model.deleted", name, {"reason": reason})
-
     def get_registered_model(self, name: str) -> RegisteredModel:
         with self._session(f"read registered model {name!r}") as s:
             return to_registered_model(s, model_row(s, name))

@@ -160,14 +160,6 @@ class TrackingStore(StoreCore):
                 query = query.where(RunRow.status == status)
             return [to_run(r) for r in s.scalars(query)]
 
-    def list_runs(self, status: str | None = None) -> list[Run]:
-        """Runs, oldest first; only those with ``status`` when given (e.g. ``running``)."""
-        with self._session("list runs") as s:
-            query = select(RunRow).order_by(RunRow.started_at, RunRow.id)
-            if status is not None:
-                query = query.where(RunRow.status == status)
-            return [to_run(r) for r in s.scalars(query)]
-
     def get_run(self, run_id: str) -> Run:
         with self._session(f"read run {run_id}") as s:
             row = s.get(RunRow, run_id)
