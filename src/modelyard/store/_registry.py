@@ -66,7 +66,7 @@ class RegistryStore(StoreCore):
     def delete_registered_model(self, name: str, *, reason: str) -> None:
         """Delete a registered model that has no version and no endpoint (crash leftovers)."""
         with self._write(f"delete registered model {name!r}") as s:
-            mrow = model_row(s, name)
+            mrow = model_row(s, name, lock=True)  # no version can be registered meanwhile
             self._require(s, "registered_model.deleted", name, f"delete model {name!r}")
             versions = s.scalar(
                 select(func.count()).where(ModelVersionRow.registered_model_id == mrow.id)
