@@ -228,7 +228,11 @@ def test_a_server_whose_store_went_away_answers_503_in_openai_form(tmp_path: Pat
             assert r.status_code == 503, r.text
             error = r.json()["error"]
             assert error["type"] == "server_error" and error["code"] == "store_unavailable"
-            assert "cannot use the store" in error["message"]
-            assert "Check MODELYARD_STORE_URL" in error["message"]  # the hint
+            assert "cannot use its store" in error["message"]
+            # nothing of the store reaches the caller: not its path, not the operator's hint
+            assert str(tmp_path) not in r.text and "MODELYARD_STORE_URL" not in r.text
+            assert r.headers["retry-after"] == "1"
+            ready = httpx.get(server.base_url + "/ready")
+            assert ready.status_code == 503 and str(tmp_path) not in ready.text
     finally:
         store.close()

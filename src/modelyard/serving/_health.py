@@ -3,6 +3,7 @@ store can be reached (``/ready``)."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -10,6 +11,8 @@ from collections.abc import Callable
 from modelyard.errors import ModelyardError
 from modelyard.serving._types import AdapterEvent, EngineError
 from modelyard.store import ModelVersion
+
+log = logging.getLogger(__name__)
 
 
 class LoadHealth:
@@ -76,6 +79,8 @@ class StoreProbe:
                 self._check()
                 self._problem = None
             except ModelyardError as exc:
+                if self._problem is None:
+                    log.error("store probe failed: %s", exc.one_line())
                 self._problem = exc.one_line()
             self._checked_at = time.monotonic()
         finally:

@@ -17,7 +17,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from modelyard.errors import EngineOverloaded, ModelyardError, RateLimited, status_of
+from modelyard.errors import (
+    EngineOverloaded,
+    ModelyardError,
+    RateLimited,
+    StoreError,
+    StoreUnavailable,
+    status_of,
+)
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +40,17 @@ def error_body(message: str, kind: str, code: str | None, param: str | None = No
     return {"error": {"message": message, "type": kind, "code": code, "param": param}}
 
 
+STORE_TROUBLE = (
+    "the server cannot use its store right now. Try again shortly; the operator finds "
+    "the details in the server's log"
+)
+
+
 def error_of(exc: ModelyardError) -> Any:
-    """The OpenAI error body of ``exc``."""
-    return error_body(exc.one_line(), status_of(exc).type, exc.code, param_of(exc))
+    """The OpenAI error body of ``exc``. A store error says nothing of the store (its host,
+    database, settings) to the caller: that is for the server's log."""
+    message = STORE_TROUBLE if isinstance(exc, StoreError) else exc.one_line()
+    return error_body(message, status_of(exc).type, exc.code, param_of(exc))
 
 
 def validation_message(errors: Sequence[Any]) -> tuple[str | None, str]:
@@ -69,7 +84,7 @@ def install_error_handlers(app: FastAPI) -> None:
         if status >= 500:
             log.error("request failed: %s", exc.one_line())
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        if isinstance(exc, EngineOverloaded):
+        if isinstance(exc, EngineOverloaded | StoreUnavailable):
             headers = {"Retry-After": "1"}
         elif isinstance(exc, RateLimited):
             headers = {"Retry-After": str(exc.retry_after)}

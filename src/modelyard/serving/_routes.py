@@ -135,10 +135,10 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
     def ready() -> Any:
         if not plane.ready.is_set():
             return JSONResponse({"ready": False}, status_code=503)
-        problem = plane.store_probe.problem()  # asked at most every 1.5 s
-        if problem is not None:
-            return JSONResponse({"ready": False, "store": problem}, status_code=503)
-        return {"ready": True, "engine": plane.engine.name, "loaded": plane.engine.loaded()}
+        # Public: no names and no store details (those are in the server log and /metrics).
+        if plane.store_probe.problem() is not None:  # asked at most every 1.5 s
+            return JSONResponse({"ready": False, "store": "unreachable"}, status_code=503)
+        return {"ready": True}
 
     @app.get("/metrics")
     def metrics() -> Any:
