@@ -35,26 +35,12 @@ import torch
 from torch import nn
 from torch.nn import functional
 
+from modelyard.artifacts import (
+    UNSERVABLE_LORA_FIELDS,  # what import refuses is what this cannot run
+)
+
 CONFIG_NAME = "adapter_config.json"
 _PREFIX = "base_model.model."
-# config fields whose non-default value changes LoRA's forward: not served here
-_UNSUPPORTED = (
-    "use_dora",
-    "lora_bias",
-    "fan_in_fan_out",
-    "modules_to_save",
-    "trainable_token_indices",
-    "target_parameters",
-    "layer_replication",
-    "megatron_config",
-    "alora_invocation_tokens",
-    "use_qalora",
-    "velora_config",
-    "monteclora_config",
-    "use_bdlora",
-    "arrow_config",
-    "kasa_config",
-)
 
 
 class LoraFormatError(Exception):
@@ -109,7 +95,7 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise LoraFormatError(f"{CONFIG_NAME} is not a JSON object")
     if config.get("peft_type") != "LORA":
         raise LoraFormatError(f"peft_type is {config.get('peft_type')!r}; only LORA is served")
-    for field in _UNSUPPORTED:
+    for field in UNSERVABLE_LORA_FIELDS:
         if config.get(field):
             raise LoraFormatError(
                 f"{CONFIG_NAME} sets {field}={config[field]!r}; this engine serves plain LoRA "
