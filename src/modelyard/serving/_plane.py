@@ -143,12 +143,8 @@ class DataPlane:
         try:
             self.limiter.admit_request(key, params.max_tokens)
         except RateLimited as limited:
-            self.metrics.rate_limited.labels(key.tenant, limited.limit).inc()
-            if self.count_refusal(key.tenant, limited, key.id):
-                await run_in_threadpool(
-                    self._record, f"cmpl-{uuid.uuid4().hex}", key, route, endpoint, None, None,
-                    None, time.perf_counter(), limited,
-                )  # fmt: skip
+            if self._limited(key, limited):
+                await run_in_threadpool(self._record_refusal, key, route, endpoint, limited)
             raise
         async with self.slots.hold(key.tenant):
             return await run_in_threadpool(
@@ -167,11 +163,18 @@ class DataPlane:
         limited = self.limiter.over_requests(key)
         if limited is None:
             return None
-        self.metrics.rate_limited.labels(key.tenant, limited.limit).inc()
-        if self.count_refusal(key.tenant, limited, key.id) and key.tenant in self._tenants:
-            self._record(f"cmpl-{uuid.uuid4().hex}", key, route, "", None, None, None,
-                         time.perf_counter(), limited)  # fmt: skip
+        if self._limited(key, limited) and key.tenant in self._tenants:  # no store lookup here
+            self._record_refusal(key, route, "", limited)
         return limited
+
+    def _limited(self, key: ApiKey, limited: RateLimited) -> bool:
+        """Count a 429 decided before ``submit``; whether to store it (``count_refusal``)."""
+        self.metrics.rate_limited.labels(key.tenant, limited.limit).inc()
+        return self.count_refusal(key.tenant, limited, key.id)
+
+    def _record_refusal(self, key: ApiKey, route: str, endpoint: str, exc: RateLimited) -> None:
+        self._record(f"cmpl-{uuid.uuid4().hex}", key, route, endpoint, None, None, None,
+                     time.perf_counter(), exc)  # fmt: skip
 
     def count_refusal(self, tenant: str, exc: ModelyardError, key_id: str | None = None) -> bool:
         """Count a request refused before the engine (``modelyard_refused_total``); whether
