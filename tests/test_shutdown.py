@@ -67,11 +67,15 @@ def _setup(store: Store) -> dict[str, str]:
 def _start(home: Path, *args: str) -> Serving:
     home.mkdir(parents=True, exist_ok=True)
     store = Store.open(f"sqlite:///{home / 'store.db'}")
-    keys = _setup(store)
+    return _launch(home, "serve.log", store, _setup(store), *args)
+
+
+def _launch(home: Path, log_name: str, store: Store, keys: dict[str, str], *args: str) -> Serving:
+    """``modelyard serve`` on ``home``'s store, returned once ``/ready`` answers 200."""
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
     env["MODELYARD_HOME"] = str(home)
-    log = home / "serve.log"
+    log = home / log_name
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "modelyard", "serve", "--engine", "echo", "--port", str(port),
@@ -91,7 +95,8 @@ def _start(home: Path, *args: str) -> Serving:
         except httpx.TransportError:
             pass
         time.sleep(0.1)
-    _stop(serving)
+    proc.kill()
+    proc.wait(10)
     pytest.fail(f"modelyard serve was not ready within 120 s:\n{serving.output()}")
 
 
@@ -263,33 +268,7 @@ def test_load_64_clients_has_no_failures_and_flat_memory(
 
 def _restart(serving: Serving, *args: str) -> Serving:
     """Start ``modelyard serve`` again on ``serving``'s home and store (same keys)."""
-    home = serving.log.parent
-    port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
-    env["MODELYARD_HOME"] = str(home)
-    log = home / "serve-again.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "modelyard", "serve", "--engine", "echo", "--port", str(port),
-             "--refresh-seconds", "0.5", *args],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    again = Serving(proc, f"http://127.0.0.1:{port}", log, serving.store, serving.keys)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"modelyard serve exited with {proc.returncode}:\n{again.output()}")
-        try:
-            if httpx.get(again.url + "/ready", timeout=2).status_code == 200:
-                return again
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    proc.wait(10)
-    pytest.fail(f"modelyard serve was not ready within 120 s:\n{again.output()}")
+    return _launch(serving.log.parent, "serve-again.log", serving.store, serving.keys, *args)
 
 
 def test_kill_9_mid_stream_then_restart_closes_the_request_as_failed(server: Serving) -> None:
