@@ -15,7 +15,7 @@ import pytest
 
 from clihelp import modelyard
 from modelyard.artifacts import ArtifactStore, this_host
-from modelyard.registry import diagnose
+from modelyard.doctor import diagnose
 from modelyard.store import Store
 
 

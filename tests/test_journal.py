@@ -13,8 +13,12 @@ import socket
 import subprocess
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+from modelyard.artifacts import ArtifactStore
+from modelyard.doctor import diagnose
 from modelyard.monitoring import (
     ABANDONED,
     RecordWriter,
@@ -99,7 +103,7 @@ def test_running_rows_are_updated_when_they_end_and_closed_when_their_server_is_
     assert store.close_running_records(["gone-1-aaaaaa"], ABANDONED) == 0  # idempotent
 
 
-def test_close_abandoned_closes_only_servers_that_are_gone(store: Store) -> None:
+def test_close_abandoned_closes_only_servers_that_are_gone(store: Store, tmp_path: Path) -> None:
     me = f"{HOST}-{os.getpid()}-000000"
     dead_here = f"{HOST}-{_dead_pid()}-111111"  # its process exited: gone at once
     alive_here = f"{HOST}-{os.getpid()}-222222"  # this process: alive
@@ -126,6 +130,18 @@ def test_close_abandoned_closes_only_servers_that_are_gone(store: Store) -> None
         fresh: "error",
         unknown: "running",
     }
+    # `modelyard doctor` closes what no sweep can: a server on another machine that never
+    # sent a heartbeat, once its requests are older than --stale; a live process never
+    report = diagnose(store, ArtifactStore(tmp_path / "artifacts"), stale=timedelta(0))
+    assert {(f.kind, f.subject) for f in report.findings} == {("requests", unknown)}
+    assert (
+        diagnose(store, ArtifactStore(tmp_path / "artifacts"), stale=timedelta(hours=1)).findings
+        == ()
+    )
+    fixed = diagnose(store, ArtifactStore(tmp_path / "artifacts"), stale=timedelta(0), fix=True)
+    assert fixed.unresolved == 0
+    assert _status(store)["cmpl-5"] == ("error", 500, ABANDONED)
+    assert _status(store)["cmpl-0"][0] == _status(store)["cmpl-2"][0] == "running"
 
 
 class _Recording:

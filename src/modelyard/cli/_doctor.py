@@ -1,4 +1,4 @@
-"""``modelyard doctor``: parse and print; the checks are ``modelyard.registry.diagnose``."""
+"""``modelyard doctor``: parse and print; the checks are ``modelyard.doctor.diagnose``."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import typer
 from rich.table import Table
 
 from modelyard.cli._common import console, open_artifacts, open_store, print_json, settings
+from modelyard.doctor import diagnose
 from modelyard.durations import parse_duration
-from modelyard.registry import diagnose
 
 
 def doctor(
@@ -22,8 +22,9 @@ def doctor(
     """Find what crashed processes left, and repair it with --fix.
 
     Runs stuck in 'running' whose process is gone (marked interrupted), registered
-    models with no version, artifacts no row references, and temp files in the
-    artifact store's work area. Exit 0 when nothing is left to repair, 1 otherwise.
+    models with no version, artifacts no row references, temp files in the
+    artifact store's work area, and requests still 'running' on servers that are gone
+    (closed as failed). Exit 0 when nothing is left to repair, 1 otherwise.
     """
     age = parse_duration(stale, field="--stale", allow_zero=True)
     s = settings()
@@ -33,7 +34,8 @@ def doctor(
         print_json(report.to_dict())
     elif not report.findings:
         console.print(
-            "[green]nothing to repair[/]: no stuck runs, empty models, orphans or temp files"
+            "[green]nothing to repair[/]: no stuck runs or requests, empty models, orphans or "
+            "temp files"
         )
     else:
         table = Table("kind", "subject", "problem", "action", "result")

@@ -33,6 +33,7 @@ from modelyard.monitoring._features import (
 from modelyard.monitoring._journal import (
     ABANDONED,
     close_abandoned,
+    gone_servers,
     new_server_id,
     started_record,
 )
@@ -72,6 +73,7 @@ __all__ = [
     "default_rules_path",
     "evaluate_rules",
     "export_records",
+    "gone_servers",
     "mmd_test",
     "new_server_id",
     "post_webhook",

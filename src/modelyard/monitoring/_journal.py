@@ -20,6 +20,7 @@ import logging
 import os
 import socket
 import uuid
+from datetime import datetime
 
 from modelyard.errors import ModelyardError
 from modelyard.store import NewInferenceRecord, Store
@@ -60,18 +61,54 @@ def started_record(
     )
 
 
-def _on_this_host_and_gone(server_id: str) -> bool:
+def _process_here(server_id: str) -> bool | None:
+    """Whether the process of ``server_id`` runs, when it ran on this machine; None when
+    it ran elsewhere."""
     host = server_id.rpartition("-")[0]  # <hostname>-<pid>-<random>
     host, _, pid = host.rpartition("-")
-    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
-        return False
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    if int(pid) == os.getpid():
+        return True
     try:
         os.kill(int(pid), 0)
     except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, someone else's
         return False
-    return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def gone_servers(
+    store: Store,
+    me: str | None = None,
+    *,
+    stale_after_s: float = 15.0,
+    started_before: datetime | None = None,
+) -> list[str]:
+    """The servers holding ``running`` records (not ``me``) that are gone: their heartbeat
+    is stale, or they ran on this machine and their process has ended.
+
+    With ``started_before`` (an age bound: ``modelyard doctor --stale``), only records
+    started before it count, and a server with no heartbeat row at all (one started
+    without heartbeats, on another machine) is gone too unless its process runs here.
+    """
+    candidates = [
+        sid for sid in store.running_record_servers(started_before=started_before) if sid != me
+    ]
+    if not candidates:
+        return []
+    known = {s.id: s for s in store.list_servers(stale_after_s=stale_after_s)}
+    gone = []
+    for sid in candidates:
+        here = _process_here(sid)
+        if sid in known:
+            dead = not known[sid].alive or here is False
+        else:
+            dead = here is False or (started_before is not None and here is None)
+        if dead:
+            gone.append(sid)
+    return gone
 
 
 def close_abandoned(store: Store, me: str | None = None, *, stale_after_s: float = 15.0) -> int:
@@ -80,15 +117,7 @@ def close_abandoned(store: Store, me: str | None = None, *, stale_after_s: float
     A store error is logged, never raised: the next sweep tries again.
     """
     try:
-        candidates = [sid for sid in store.running_record_servers() if sid != me]
-        if not candidates:
-            return 0
-        known = {s.id: s for s in store.list_servers(stale_after_s=stale_after_s)}
-        gone = [
-            sid
-            for sid in candidates
-            if (sid in known and not known[sid].alive) or _on_this_host_and_gone(sid)
-        ]
+        gone = gone_servers(store, me, stale_after_s=stale_after_s)
         closed = store.close_running_records(gone, ABANDONED) if gone else 0
     except ModelyardError as exc:
         log.warning("could not close the requests of stopped servers: %s", exc.one_line())
@@ -98,4 +127,4 @@ def close_abandoned(store: Store, me: str | None = None, *, stale_after_s: float
     return closed
 
 
-__all__ = ["ABANDONED", "close_abandoned", "new_server_id", "started_record"]
+__all__ = ["ABANDONED", "close_abandoned", "gone_servers", "new_server_id", "started_record"]

@@ -16,11 +16,10 @@ package owns what works on a version as a whole:
   vanilla ``peft``/``transformers`` load) and ``import_version`` (the safety
   checks of ``modelyard.artifacts`` before anything is stored); tags;
 - what crashes leave: ``discard_unreferenced`` / ``drop_if_empty`` for writers
-  whose row was refused, ``diagnose`` for ``modelyard doctor``.
+  whose row was refused (``modelyard.doctor`` uses them).
 """
 
 from modelyard.registry._card import model_card, version_card
-from modelyard.registry._doctor import DoctorReport, Finding, diagnose
 from modelyard.registry._history import MAX_DEPTH, LineageNode, lineage_chain
 from modelyard.registry._lineage import ensure_base_model, environment, git_commit, lineage_record
 from modelyard.registry._orphans import (
@@ -50,11 +49,8 @@ from modelyard.registry._versions import (
 __all__ = [
     "DEFAULT_TEMPLATE",
     "MAX_DEPTH",
-    "DoctorReport",
-    "Finding",
     "ImportResult",
     "LineageNode",
-    "diagnose",
     "discard_unreferenced",
     "drop_if_empty",
     "ensure_base_model",

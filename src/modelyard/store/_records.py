@@ -255,11 +255,14 @@ class RecordStore(StoreCore):
                 s.execute(insert(RecordFeaturesRow), features)
         return len(items)
 
-    def running_record_servers(self) -> list[str]:
-        """The servers that have requests recorded as ``running`` (partial index)."""
+    def running_record_servers(self, *, started_before: datetime | None = None) -> list[str]:
+        """The servers that have requests recorded as ``running`` (partial index); with
+        ``started_before``, only requests started before it count."""
         r = InferenceRecordRow
         with self._session("read the servers of running requests") as s:
             query = select(r.server_id).where(r.status == "running", r.server_id.is_not(None))
+            if started_before is not None:
+                query = query.where(r.created_at < started_before)
             return sorted({sid for sid in s.scalars(query.distinct()) if sid is not None})
 
     def close_running_records(self, server_ids: Collection[str], error: str) -> int:

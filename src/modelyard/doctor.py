@@ -1,6 +1,6 @@
 """``modelyard doctor``: find, and with ``fix`` repair, what crashed processes left.
 
-Four checks (docs/operations.md):
+Five checks (docs/operations.md):
 
 - ``run``: a run still ``running`` whose process is gone (its pid and host are
   recorded at start), or, without a process we can check, running for longer
@@ -12,6 +12,11 @@ Four checks (docs/operations.md):
   older than ``stale``; fixed by deleting it.
 - ``tmp``: an entry of the artifact store's work area whose writer is gone
   (or, when that cannot be told, older than ``stale``); fixed by deleting it.
+- ``requests``: inference records still ``running``, started more than
+  ``stale`` ago, of a server that is gone (a stale heartbeat, a dead process
+  here, or no heartbeat ever and no process here: one on another machine that
+  no running server's sweep would close); fixed by closing them as failed,
+  as a server's own sweep does (``monitoring.gone_servers``).
 
 Younger leftovers are not touched: they may belong to a writer still at work.
 """
@@ -24,10 +29,11 @@ from typing import Any, Literal
 
 from modelyard.artifacts import ArtifactStore, pid_alive, this_host
 from modelyard.errors import ModelyardError
-from modelyard.registry._orphans import drop_if_empty, referenced_digests
+from modelyard.monitoring import ABANDONED, gone_servers
+from modelyard.registry import drop_if_empty, referenced_digests
 from modelyard.store import Run, Store
 
-FindingKind = Literal["run", "model", "blob", "tmp"]
+FindingKind = Literal["run", "model", "blob", "tmp", "requests"]
 
 
 @dataclass(frozen=True)
@@ -194,6 +200,24 @@ def _tmp(artifacts: ArtifactStore, stale: timedelta, fix: bool) -> list[Finding]
     return found
 
 
+def _requests(store: Store, stale: timedelta, now: datetime, fix: bool) -> list[Finding]:
+    found = []
+    for sid in gone_servers(store, started_before=now - stale):
+        finding = Finding(
+            "requests",
+            sid,
+            f"requests still 'running', started more than {_human(stale)} ago, of a server "
+            "that is gone",
+            "close them as failed",
+        )
+        found.append(
+            _attempt(
+                finding, fix, lambda sid=sid: store.close_running_records([sid], ABANDONED) > 0
+            )
+        )
+    return found
+
+
 def diagnose(
     store: Store,
     artifacts: ArtifactStore,
@@ -210,5 +234,9 @@ def diagnose(
         *_models(store, stale, now, fix),
         *_blobs(store, artifacts, stale, fix),
         *_tmp(artifacts, stale, fix),
+        *_requests(store, stale, now, fix),
     ]
     return DoctorReport(tuple(findings), fix)
+
+
+__all__ = ["DoctorReport", "Finding", "FindingKind", "diagnose"]
