@@ -342,6 +342,52 @@ def test_a_refused_version_row_leaves_no_blob_and_no_model(
     assert not list((artifacts.root / "tmp").iterdir())
 
 
+def test_six_parallel_cli_imports_into_one_model_keep_every_version(
+    store_url: str, trained: dict[str, Path], tmp_path: Path
+) -> None:
+    """Six `modelyard registry import` processes into one new model at once (issue 12): each
+    gets its own version, or a clear conflict error; no orphan blob, empty model or temp file."""
+    import torch
+
+    adapters = []
+    for i in range(6):
+        torch.manual_seed(i)  # distinct weights: six blobs, not one shared digest
+        adapters.append(_peft_adapter(trained["base"], tmp_path / f"adapter-{i}"))
+    home = tmp_path / "home"
+    env = {**_clean_env(), "MODELYARD_HOME": str(home), "MODELYARD_STORE_URL": store_url}
+    env["COLUMNS"] = "200"
+    assert modelyard("init", home=home, env={"MODELYARD_STORE_URL": store_url}).code == 0
+    command = [sys.executable, "-m", "modelyard", "registry", "import"]
+    flags = ["--name", "parallel", "--base-model", str(trained["base"])]
+    procs = [
+        subprocess.Popen(
+            [*command, str(adapter), *flags],
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for adapter in adapters
+    ]
+    results = []
+    for proc in procs:
+        out, err = proc.communicate(timeout=300)
+        results.append((proc.returncode, out, err))
+    for code, _out, err in results:
+        assert "Traceback" not in err, err
+        assert code == 0 or (code == 1 and "conflict" in err.lower()), err
+    imported = sum(code == 0 for code, _, _ in results)
+    assert imported >= 1
+    with Store.open(store_url, migrate=False) as store:
+        versions = store.list_model_versions("parallel")
+    assert sorted(v.version for v in versions) == list(range(1, imported + 1))
+    assert len({v.artifact_digest for v in versions}) == imported
+    r = modelyard("doctor", "--json", "--stale", "0", home=home,
+                  env={"MODELYARD_STORE_URL": store_url})  # fmt: skip
+    report = json.loads(r.out)
+    assert r.code == 0 and report["problems"] == 0, report
+
+
 # --- lineage --------------------------------------------------------------------------
 
 
