@@ -5,8 +5,12 @@ The server is the real app (``create_app`` on the ``EchoEngine``, default
 requests per tenant, 10 refusals stored per key per minute), served by
 ``BackgroundServer`` on 127.0.0.1 in a child process of its own, the flood in
 another (so neither client shares an interpreter with the server or with the
-other), over a SQLite store in a
-temporary directory. Tenant ``good`` sends one small completion at a time,
+other), over a SQLite store in a temporary directory. On a machine of 2 CPUs
+or more the server runs alone on CPU 0 and both clients on the others, the
+flood at the lowest priority (``nice 19``): in production the attacker's
+client does not run on the server's or the victim's CPU, and on two shared
+cores the flood's own client (not the server) was what delayed the good
+tenant. ``--no-pin`` lets them share. Tenant ``good`` sends one small completion at a time,
 all along; tenant ``bad`` (a key limited to 60 requests/min) floods with
 ``--flooders`` threads in two phases:
 
@@ -71,8 +75,15 @@ def _world(url: str) -> tuple[str, str]:
     return good, bad
 
 
-def _serve(url: str, port: Any, stop: Any) -> None:
+def _pin(cpus: set[int] | None) -> None:
+    """Keep this process on ``cpus`` (``--pin``); nothing when None."""
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+
+
+def _serve(url: str, port: Any, stop: Any, cpus: set[int] | None = None) -> None:
     """The child process: the app on 127.0.0.1 until ``stop`` is set."""
+    _pin(cpus)
     from modelyard.serving import BackgroundServer, EchoEngine, create_app
 
     with Store.open(url) as store:
@@ -107,9 +118,16 @@ def _p(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def _flood(base: str, bad: str, kind: str, flooders: int, cap: int, stop: Any, out: Any) -> None:
+def _flood(
+    base: str, bad: str, kind: str, flooders: int, cap: int, stop: Any, out: Any,
+    cpus: set[int] | None = None,
+) -> None:  # fmt: skip
     """A child process of its own: ``flooders`` threads send ``kind`` traffic until ``stop``;
-    their statuses go to ``out`` (a queue) as one dict."""
+    their statuses go to ``out`` (a queue) as one dict. Pinned (``cpus``), it also runs at
+    the lowest priority: the good tenant's client shares its CPU and must not wait for it."""
+    _pin(cpus)
+    if cpus:
+        os.nice(19)
     statuses: Counter[int] = Counter()
     lock = threading.Lock()
     sent = [0]
@@ -143,7 +161,14 @@ def _flood(base: str, bad: str, kind: str, flooders: int, cap: int, stop: Any, o
 
 
 def _run_phase(
-    base: str, good: str, bad: str, kind: str, seconds: float, flooders: int, cap: int
+    base: str,
+    good: str,
+    bad: str,
+    kind: str,
+    seconds: float,
+    flooders: int,
+    cap: int,
+    cpus: set[int] | None = None,
 ) -> tuple[list[float], Counter[int]]:
     """The good tenant's latencies (s) while a flooding process sends ``kind`` traffic (none
     when ``kind`` is empty). Three processes: the server, the flood, the good tenant (here)."""
@@ -151,7 +176,7 @@ def _run_phase(
     stop, out = ctx.Event(), ctx.Queue()
     child = None
     if kind:
-        child = ctx.Process(target=_flood, args=(base, bad, kind, flooders, cap, stop, out))
+        child = ctx.Process(target=_flood, args=(base, bad, kind, flooders, cap, stop, out, cpus))
         child.start()
         time.sleep(1.0)  # the flood is running before the good tenant's requests start
     latencies: list[float] = []
@@ -183,6 +208,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-seconds", type=float, default=8.0)
     parser.add_argument("--flooders", type=int, default=6)
     parser.add_argument("--max-requests", type=int, default=20_000, help="per phase, per side")
+    parser.add_argument(
+        "--no-pin",
+        dest="pin",
+        action="store_false",
+        help="let the three processes share every CPU (by default the server runs alone on "
+        "CPU 0, the clients on the others, the flood at the lowest priority)",
+    )
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
@@ -195,8 +227,12 @@ def main(argv: list[str] | None = None) -> int:
         good, bad = _world(url)
         ctx = multiprocessing.get_context("spawn")
         port, stop = ctx.Value("i", 0), ctx.Event()
-        child = ctx.Process(target=_serve, args=(url, port, stop))
+        cpus = os.sched_getaffinity(0)
+        server_cpus = {min(cpus)} if args.pin and len(cpus) > 1 else None
+        client_cpus = cpus - server_cpus if server_cpus else None
+        child = ctx.Process(target=_serve, args=(url, port, stop, server_cpus))
         child.start()
+        _pin(client_cpus)
         try:
             deadline = time.monotonic() + 60
             while port.value == 0:
@@ -217,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(1.0)  # the writer drains the previous phase
                 rows_before = _rows(url)
                 latencies, statuses = _run_phase(
-                    base, good, bad, kind, seconds, args.flooders, args.max_requests
+                    base, good, bad, kind, seconds, args.flooders, args.max_requests, client_cpus
                 )
                 time.sleep(1.5)
                 good_rows = len(latencies)
@@ -249,7 +285,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
-        f"; {args.flooders} flooders, {args.seconds:g} s per phase",
+        f"; {args.flooders} flooders, {args.seconds:g} s per phase"
+        + (
+            f"; server on CPU {sorted(server_cpus)}, clients on {sorted(client_cpus or ())}"
+            if server_cpus
+            else "; no pinning"
+        ),
         file=out,
     )
     print(
