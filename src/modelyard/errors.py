@@ -37,6 +37,9 @@ message saying *what* went wrong and *why*, and a ``hint`` saying what to do.
     │   ├── RolloutFailed               rolled back or aborted
     │   └── RolloutTimedOut             still going when the wait gave up
     ├── EngineError                     the engine could not load or run a version
+    │   └── UpstreamError               an upstream server failed or refused modelyard
+    │       ├── UpstreamBusy            it kept answering 429
+    │       └── UpstreamTimeout         it did not answer in time
     ├── EngineOverloaded                the engine's queue is full
     ├── RateLimited                     a key over its requests/min or tokens/min
     ├── RequestTimeout                  a request past --request-timeout-s
@@ -286,6 +289,26 @@ class EngineError(ModelyardError):
     code = "engine_error"
 
 
+class UpstreamError(EngineError):
+    """An upstream OpenAI-compatible server failed or refused modelyard (HTTP 502): it could
+    not be reached, answered 5xx after the retries, or refused the credential."""
+
+    code = "upstream_error"
+
+
+class UpstreamBusy(UpstreamError):
+    """The upstream kept answering 429 after the retries (HTTP 503 with ``Retry-After``)."""
+
+    code = "upstream_busy"
+    default_hint = "Retry after the time in Retry-After."
+
+
+class UpstreamTimeout(UpstreamError):
+    """The upstream did not answer within its timeout (HTTP 504)."""
+
+    code = "upstream_timeout"
+
+
 class EngineOverloaded(ModelyardError):
     """The serving engine's request queue is full (HTTP 503 with ``Retry-After``)."""
 
@@ -355,6 +378,9 @@ STATUSES: Mapping[type[ModelyardError], ErrorStatus] = MappingProxyType(
         RolloutTimedOut: ErrorStatus(3, 500, _SERVER),
         EngineError: ErrorStatus(1, 503, _SERVER),
         EngineOverloaded: ErrorStatus(1, 503, _SERVER),
+        UpstreamError: ErrorStatus(1, 502, _SERVER),
+        UpstreamBusy: ErrorStatus(1, 503, _SERVER),
+        UpstreamTimeout: ErrorStatus(1, 504, "timeout"),
         RateLimited: ErrorStatus(1, 429, "requests"),
         RequestTimeout: ErrorStatus(1, 504, "timeout"),
         ShuttingDown: ErrorStatus(1, 503, _SERVER),
@@ -416,5 +442,8 @@ __all__ = [
     "TenantNotFound",
     "TrainingError",
     "UnsafeArtifact",
+    "UpstreamBusy",
+    "UpstreamError",
+    "UpstreamTimeout",
     "status_of",
 ]

@@ -73,6 +73,7 @@ for _name, _command in (
     ("card", _registry.card),
     ("export", _registry.export),
     ("import", _registry.import_),
+    ("upstream", _registry.upstream),
     ("archive", _registry.archive),
     ("unalias", _registry.unalias),
     ("tag", _registry.tag),

@@ -1,4 +1,5 @@
-"""``modelyard registry lineage|card|export|import|archive|unalias|tag``: parse and print.
+"""``modelyard registry lineage|card|export|import|upstream|archive|unalias|tag``: parse and
+print.
 
 What these commands do is ``modelyard.registry``'s; archive and unalias are store rows.
 """
@@ -16,11 +17,13 @@ from modelyard.artifacts import ImportLimits
 from modelyard.cli._common import console, open_artifacts, open_store, print_json, settings
 from modelyard.registry import (
     LineageNode,
+    UpstreamSpec,
     export_loader,
     export_version,
     import_version,
     lineage_chain,
     parse_tags,
+    register_upstream,
     tag_version,
     version_card,
     version_kind,
@@ -164,6 +167,68 @@ def import_(
     console.print(
         f"[green]imported[/] {result.version.ref}: {len(result.report.files)} files passed "
         f"the safety checks (sha256:{result.version.artifact_digest[:12]}…)"
+    )
+
+
+def upstream(
+    name: str = typer.Argument(..., help="Registered model to add the version to."),
+    base_url: str = typer.Option(
+        ...,
+        "--base-url",
+        help="The upstream's OpenAI-compatible URL, e.g. https://api.openai.com/v1.",
+    ),
+    upstream_model: str = typer.Option(
+        ..., "--upstream-model", help="The model name the upstream knows, e.g. gpt-4o-mini."
+    ),
+    api_key_env: str | None = typer.Option(
+        None, "--api-key-env", help="Environment variable holding the key, read by `serve`."
+    ),
+    api_key_file: str | None = typer.Option(
+        None, "--api-key-file", help="File holding the key (a mounted secret), read by `serve`."
+    ),
+    timeout_s: float = typer.Option(60.0, "--timeout-s", help="Longest wait for each chunk."),
+    connect_timeout_s: float = typer.Option(5.0, "--connect-timeout-s"),
+    max_retries: int = typer.Option(
+        2, "--max-retries", help="Retries on connection errors, 429 and 5xx (with backoff)."
+    ),
+    max_concurrency: int = typer.Option(
+        16, "--max-concurrency", help="Requests sent to the upstream at once, per server."
+    ),
+    price_input: float | None = typer.Option(
+        None, "--price-input", help="Price per 1,000 prompt tokens (for costs)."
+    ),
+    price_output: float | None = typer.Option(
+        None, "--price-output", help="Price per 1,000 completion tokens (for costs)."
+    ),
+    base: str | None = typer.Option(
+        None, "--base", help="Base model name to record (default MODEL@HOST)."
+    ),
+    tenant: str | None = typer.Option(None, "--tenant", help="Owner, for a new model."),
+    json_out: bool = typer.Option(False, "--json"),
+) -> None:
+    """Register a version answered by another OpenAI-compatible server (the gateway).
+
+    The key is never stored: name where `modelyard serve` reads it (--api-key-env or
+    --api-key-file). Put the version behind an endpoint like any other; traffic plans
+    may mix it with local versions (A/B, canary, shadow, fallback).
+    """
+    spec = UpstreamSpec(
+        base_url=base_url, model=upstream_model, api_key_env=api_key_env,
+        api_key_file=api_key_file, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s,
+        max_retries=max_retries, max_concurrency=max_concurrency, input_per_1k=price_input,
+        output_per_1k=price_output,
+    )  # fmt: skip
+    s = settings()
+    with open_store(s) as store:
+        version = register_upstream(
+            store, open_artifacts(s), spec, name=name, base=base, tenant=tenant
+        )
+    if json_out:
+        print_json({"version": version, "upstream": spec.to_json()})
+        return
+    console.print(
+        f"[green]registered[/] {version.ref}: answers from {spec.model} at {spec.url} "
+        f"(key from {spec.credential})"
     )
 
 

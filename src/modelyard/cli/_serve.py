@@ -122,10 +122,12 @@ def serve(
         BackgroundServer,
         EchoEngine,
         Engine,
+        EngineSet,
         OperatorAccess,
         PacedEchoEngine,
         ServerLimits,
         TransformersEngine,
+        UpstreamEngine,
         create_app,
         create_metrics_app,
         run_server,
@@ -170,6 +172,8 @@ def serve(
         )
     else:
         chosen = PacedEchoEngine(echo_delay_ms / 1000) if echo_delay_ms else EchoEngine()
+    # versions of kind upstream (registry upstream) answer from their server, whatever --engine
+    chosen = EngineSet(chosen, UpstreamEngine(open_artifacts(), store=store))
     controller = None
     if run_controller:
         from modelyard.delivery import Controller

@@ -36,6 +36,13 @@ from modelyard.registry._transfer import (
     import_version,
     version_kind,
 )
+from modelyard.registry._upstream import (
+    SPEC_FILE,
+    UPSTREAM_TEMPLATE,
+    UpstreamSpec,
+    register_upstream,
+    upstream_base_name,
+)
 from modelyard.registry._versions import (
     DEFAULT_TEMPLATE,
     imported_template,
@@ -49,8 +56,11 @@ from modelyard.registry._versions import (
 __all__ = [
     "DEFAULT_TEMPLATE",
     "MAX_DEPTH",
+    "SPEC_FILE",
+    "UPSTREAM_TEMPLATE",
     "ImportResult",
     "LineageNode",
+    "UpstreamSpec",
     "discard_unreferenced",
     "drop_if_empty",
     "ensure_base_model",
@@ -67,8 +77,10 @@ __all__ = [
     "model_card",
     "parse_tags",
     "referenced_digests",
+    "register_upstream",
     "tag_version",
     "template_name",
+    "upstream_base_name",
     "verified_files",
     "version_card",
     "version_format",

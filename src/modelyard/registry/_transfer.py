@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from modelyard.artifacts import (
+    ArtifactKind,
     ArtifactStore,
     ImportLimits,
     SafetyReport,
@@ -29,7 +30,7 @@ from modelyard.registry._card import model_card
 from modelyard.registry._lineage import ensure_base_model, lineage_record
 from modelyard.registry._orphans import discard_unreferenced, drop_if_empty, ensure_model
 from modelyard.registry._versions import imported_template, verified_files
-from modelyard.store import BaseModel, ModelVersion, Store, VersionKind
+from modelyard.store import BaseModel, ModelVersion, Store
 
 
 def export_version(store: Store, artifacts: ArtifactStore, ref: str, out_dir: Path) -> Path:
@@ -40,6 +41,11 @@ def export_version(store: Store, artifacts: ArtifactStore, ref: str, out_dir: Pa
     The stored bytes are verified before they are copied.
     """
     version = store.resolve_model_ref(ref)
+    if version.kind == "upstream":
+        raise ConfigError(
+            f"{ref} is an upstream (another server answers for it): it has no weights to export",
+            hint="`modelyard registry show` prints its spec.",
+        )
     if out_dir.exists() and any(out_dir.iterdir()):
         raise ConfigError(
             f"export directory {out_dir} is not empty",
@@ -76,7 +82,7 @@ def export_loader(version: ModelVersion) -> str:
     return "transformers.AutoModelForCausalLM.from_pretrained(DIR)"
 
 
-def version_kind(text: str) -> VersionKind:
+def version_kind(text: str) -> ArtifactKind:
     """``adapter`` or ``full``, as ``import_version``'s ``kind`` (from the ``--kind`` flag)."""
     if text == "adapter":
         return "adapter"
@@ -98,7 +104,7 @@ def import_version(
     *,
     name: str,
     base_model: str,
-    kind: VersionKind = "adapter",
+    kind: ArtifactKind = "adapter",
     tenant: str | None = None,
     description: str = "",
     allow_pickle: bool = False,

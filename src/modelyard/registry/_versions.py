@@ -16,7 +16,7 @@ from typing import Any
 
 from modelyard.artifacts import ArtifactStore
 from modelyard.data import PROMPT_TEMPLATE_NAME, TEMPLATES, PromptTemplate, template_named
-from modelyard.errors import ArtifactIntegrityError, ModelyardError
+from modelyard.errors import ArtifactIntegrityError, ConfigError, ModelyardError
 from modelyard.store import ModelVersion, Store
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,12 @@ def load_version_model(
     """``(model, tokenizer)`` of a version, from verified files (see ``verified_files``)."""
     from modelyard.base import load_adapter, load_base
 
+    if version.kind == "upstream":
+        raise ConfigError(
+            f"{version.ref} is an upstream (another server answers for it): it has no "
+            "weights to load",
+            hint="Call it through an endpoint instead.",
+        )
     files = verified_files(store, artifacts, version)
     if version.kind == "full":
         return load_base(files)

@@ -4,11 +4,14 @@
 serves LoRA adapters on shared base models with dynamic mixed-adapter batching
 and real token streaming (``Engine.stream`` → ``TokenStream``); ``EchoEngine``
 is the fake for tests where the model is not the point (``PacedEchoEngine``: the
-same, one word at a time, for tests of time). ``ServerLimits`` holds the body,
-prompt and ``max_tokens`` caps, the request timeout and the default per-key
-rate limits (``RateLimiter``, in memory per server); ``OperatorAccess`` says who
-may read ``/metrics`` and the API docs (``create_metrics_app``: ``/metrics`` on a
-listener of its own); ``run_server`` drains on SIGTERM (``Drain``) before it exits.
+same, one word at a time, for tests of time). ``UpstreamEngine`` answers versions
+of kind ``upstream`` from another OpenAI-compatible server (``UpstreamClient``);
+``EngineSet`` puts it beside the local engine, so traffic plans may mix them.
+``ServerLimits`` holds the body, prompt and ``max_tokens`` caps, the request
+timeout and the default per-key rate limits (``RateLimiter``, in memory per
+server); ``OperatorAccess`` says who may read ``/metrics`` and the API docs
+(``create_metrics_app``: ``/metrics`` on a listener of its own); ``run_server``
+drains on SIGTERM (``Drain``) before it exits.
 """
 
 from modelyard.serving._app import create_app, create_metrics_app
@@ -34,15 +37,19 @@ from modelyard.serving._types import (
     SamplingParams,
     StreamEvent,
 )
+from modelyard.serving._upstream import ChatPrompt, UpstreamClient
+from modelyard.serving._upstream_engine import EngineSet, UpstreamEngine
 
 __all__ = [
     "BackgroundServer",
+    "ChatPrompt",
     "Drain",
     "DrainingServer",
     "EchoEngine",
     "Engine",
     "EngineError",
     "EngineObserver",
+    "EngineSet",
     "EngineStats",
     "Generation",
     "OperatorAccess",
@@ -55,6 +62,8 @@ __all__ = [
     "TokenCounter",
     "TokenStream",
     "TransformersEngine",
+    "UpstreamClient",
+    "UpstreamEngine",
     "count_prompt_tokens",
     "create_app",
     "create_metrics_app",

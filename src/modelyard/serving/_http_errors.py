@@ -23,6 +23,7 @@ from modelyard.errors import (
     RateLimited,
     StoreError,
     StoreUnavailable,
+    UpstreamBusy,
     status_of,
 )
 
@@ -84,10 +85,12 @@ def install_error_handlers(app: FastAPI) -> None:
         if status >= 500:
             log.error("request failed: %s", exc.one_line())
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-        if isinstance(exc, EngineOverloaded | StoreUnavailable):
-            headers = {"Retry-After": "1"}
-        elif isinstance(exc, RateLimited):
+        if isinstance(exc, RateLimited):
             headers = {"Retry-After": str(exc.retry_after)}
+        elif isinstance(exc.context.get("retry_after"), int):  # an upstream's, passed on
+            headers = {"Retry-After": str(exc.context["retry_after"])}
+        elif isinstance(exc, EngineOverloaded | StoreUnavailable | UpstreamBusy):
+            headers = {"Retry-After": "1"}
         return JSONResponse(
             error_of(exc),
             status_code=status,

@@ -107,8 +107,8 @@ class RegistryStore(StoreCore):
         metrics: Mapping[str, Any],
     ) -> ModelVersion:
         """Register an immutable, auto-numbered version of ``model``."""
-        if kind not in ("adapter", "full"):
-            raise ConfigError(f"invalid version kind {kind!r}: use 'adapter' or 'full'")
+        if kind not in ("adapter", "full", "upstream"):
+            raise ConfigError(f"invalid version kind {kind!r}: use 'adapter', 'full' or 'upstream'")
         with self._write(f"register a version of {model!r}") as s:
             # The model row's lock serializes version numbering: max(version)+1 is then
             # read after the previous registration committed (no duplicate numbers).

@@ -11,7 +11,7 @@ from modelyard.audit import AuditEvent, AuditHead, ChainReport, Role
 
 StoragePolicy = Literal["full", "redacted", "hash", "none"]
 STORAGE_POLICIES: tuple[StoragePolicy, ...] = ("full", "redacted", "hash", "none")
-VersionKind = Literal["adapter", "full"]
+VersionKind = Literal["adapter", "full", "upstream"]
 
 
 @dataclass(frozen=True)

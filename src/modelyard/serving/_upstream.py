@@ -1,0 +1,278 @@
+"""Talking to an OpenAI-compatible server: an external provider, a vLLM server, another modelyard.
+
+``UpstreamClient`` sends the requests of one ``registry.UpstreamSpec`` (where,
+which model, the key's reference, timeouts, retries). ``UpstreamClient.run``
+sends one request (chat when the prompt is a ``ChatPrompt``, else a
+completion), streams its text to a
+``TokenStream`` as it arrives, and retries with backoff what a retry can mend
+(connection errors, 429 and 5xx, honouring ``Retry-After``) as long as nothing
+has reached the consumer yet. Upstream answers become modelyard errors a client
+can read: its 4xx for the request (400), a refused credential or an unknown
+model (502), 429 after the retries (503 with ``Retry-After``), a timeout (504).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from email.utils import parsedate_to_datetime
+from typing import Any
+
+import httpx
+
+from modelyard.errors import (
+    ConfigError,
+    ModelyardError,
+    UpstreamBusy,
+    UpstreamError,
+    UpstreamTimeout,
+)
+from modelyard.registry import UpstreamSpec
+from modelyard.serving._stream import TokenStream
+from modelyard.serving._types import Generation, SamplingParams
+
+RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504})
+MAX_BACKOFF_S = 30.0
+
+
+class ChatPrompt(str):
+    """A chat request's prompt: readable text for records and limits, plus the messages
+    an upstream takes as they are (it applies its own chat template)."""
+
+    messages: tuple[Mapping[str, str], ...]
+
+    def __new__(cls, messages: Sequence[Mapping[str, str]]) -> ChatPrompt:
+        text = "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages)
+        made = super().__new__(cls, text)
+        made.messages = tuple(dict(m) for m in messages)
+        return made
+
+
+def retry_after_s(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (a number or an HTTP date), or None."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
+
+
+def request_body(
+    spec: UpstreamSpec, prompt: str, params: SamplingParams, stream: bool
+) -> dict[str, Any]:
+    """The OpenAI request for ``prompt``: chat for a ``ChatPrompt``, else a completion."""
+    body: dict[str, Any] = {"model": spec.model, "max_tokens": params.max_tokens,
+                            "temperature": params.temperature, "top_p": params.top_p}  # fmt: skip
+    if isinstance(prompt, ChatPrompt):
+        body["messages"] = [dict(m) for m in prompt.messages]
+    else:
+        body["prompt"] = str(prompt)
+    if params.seed is not None:
+        body["seed"] = params.seed
+    if params.stop:
+        body["stop"] = list(params.stop)
+    if stream:
+        body["stream"] = True
+        body["stream_options"] = {"include_usage": True}
+    return body
+
+
+def _text_of(choice: Mapping[str, Any], chat: bool, stream: bool) -> str:
+    if not chat:
+        return str(choice.get("text") or "")
+    part = choice.get("delta" if stream else "message") or {}
+    return str(part.get("content") or "")
+
+
+class UpstreamClient:
+    """One upstream's HTTP client (pooled connections), shared by its requests."""
+
+    def __init__(self, spec: UpstreamSpec, *, transport: httpx.BaseTransport | None = None):
+        self.spec = spec
+        timeout = httpx.Timeout(spec.timeout_s, connect=spec.connect_timeout_s)
+        self._http = httpx.Client(
+            timeout=timeout,
+            transport=transport,
+            limits=httpx.Limits(max_connections=spec.max_concurrency),
+            follow_redirects=False,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def run(self, prompt: str, params: SamplingParams, out: TokenStream, *, what: str) -> None:
+        """Send one request, stream its text into ``out`` and finish or fail it (blocking).
+        ``what`` names the version in errors."""
+        started = time.perf_counter()
+        chat = isinstance(prompt, ChatPrompt)
+        path = "/chat/completions" if chat else "/completions"
+        body = request_body(self.spec, prompt, params, stream=True)
+        attempt = 0
+        while True:
+            try:
+                generation = self._once(path, body, chat, out, started, what)
+            except _Retry as retry:
+                attempt += 1
+                if out.cancelled or retry.sent or attempt > self.spec.max_retries:
+                    out.fail(retry.error)
+                    return
+                wait = retry.wait_s if retry.wait_s is not None else _backoff(attempt)
+                if wait > MAX_BACKOFF_S:
+                    out.fail(retry.error)
+                    return
+                time.sleep(wait)
+                continue
+            except ModelyardError as exc:
+                out.fail(exc)
+                return
+            out.finish(generation)
+            return
+
+    def _once(self, path: str, body: dict[str, Any], chat: bool, out: TokenStream,
+              started: float, what: str) -> Generation:  # fmt: skip
+        headers = {**self.spec.headers, "Accept": "text/event-stream"}
+        key = self.spec.api_key()
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        sent = False
+        try:
+            with self._http.stream("POST", self.spec.url + path, json=body, headers=headers) as r:
+                if r.status_code != 200:
+                    r.read()
+                    raise self._refusal(r, what)
+                texts: list[str] = []
+                usage: Mapping[str, Any] | None = None
+                finish = "stop"
+                ttft = None
+                for data in _events(r.iter_lines()):
+                    if out.cancelled:
+                        finish = "cancelled"
+                        break
+                    usage = data.get("usage") or usage
+                    for choice in data.get("choices") or ():
+                        piece = _text_of(choice, chat, stream=True)
+                        if piece:
+                            ttft = (
+                                ttft if ttft is not None else (time.perf_counter() - started) * 1000
+                            )
+                            texts.append(piece)
+                            out.push(piece)
+                            sent = True
+                        finish = choice.get("finish_reason") or finish
+        except httpx.TimeoutException:
+            error: UpstreamError = UpstreamTimeout(
+                f"{what}: the upstream at {self.spec.host} did not answer within "
+                f"{self.spec.timeout_s:g} s",
+                version=what,
+            )
+            raise _Retry(error, None, sent) from None
+        except httpx.HTTPError as exc:
+            error = UpstreamError(f"{what}: the upstream at {self.spec.host} could not be reached "
+                                  f"or broke off: {type(exc).__name__}", version=what)  # fmt: skip
+            raise _Retry(error, None, sent) from None
+        text = "".join(texts)
+        prompt_tokens, completion_tokens, estimated = _usage(usage, body, text)
+        extra = {"upstream": self.spec.host, "upstream_model": self.spec.model}
+        if estimated:
+            extra["usage"] = "estimated"
+        return Generation(text, prompt_tokens, completion_tokens, finish, ttft_ms=ttft, extra=extra)
+
+    def _refusal(self, r: httpx.Response, what: str) -> Exception:
+        """The error for a non-200 answer: a ``_Retry`` for what a retry may mend."""
+        status = r.status_code
+        said = _upstream_message(r)
+        where = f"the upstream at {self.spec.host}"
+        if status == 429:
+            wait = retry_after_s(r.headers.get("retry-after"))
+            error: ModelyardError = UpstreamBusy(
+                f"{what}: {where} is rate limiting modelyard (429): {said}", version=what,
+                retry_after=max(1, math.ceil(wait or 1)),
+            )  # fmt: skip
+            return _Retry(error, wait, False)
+        if status in RETRYABLE:
+            error = UpstreamError(f"{what}: {where} failed with {status}: {said}", version=what)
+            return _Retry(error, retry_after_s(r.headers.get("retry-after")), False)
+        if status in (401, 403):
+            return UpstreamError(
+                f"{what}: {where} refused modelyard's credential ({status}): {said}",
+                hint=f"Check the key in {self.spec.credential}.", version=what,
+            )  # fmt: skip
+        if status == 404:
+            return UpstreamError(
+                f"{what}: {where} has no {'/'.join(r.url.path.split('/')[-2:])} for model "
+                f"{self.spec.model!r} (404): {said}", version=what,
+            )  # fmt: skip
+        if 400 <= status < 500:  # the request itself: the client's to change
+            return ConfigError(f"the upstream refused the request ({status}): {said}")
+        return UpstreamError(f"{what}: {where} answered {status}: {said}", version=what)
+
+
+class _Retry(Exception):
+    def __init__(self, error: ModelyardError, wait_s: float | None, sent: bool) -> None:
+        super().__init__(error.message)
+        self.error, self.wait_s, self.sent = error, wait_s, sent
+
+
+def _backoff(attempt: int) -> float:
+    """0.25 s, 0.5 s, 1 s, ... with jitter (full jitter on the upper half)."""
+    ceiling = min(MAX_BACKOFF_S, 0.25 * 2.0 ** (attempt - 1))
+    return ceiling / 2 + random.uniform(0, ceiling / 2)
+
+
+def _events(lines: Iterator[str]) -> Iterator[Mapping[str, Any]]:
+    """The JSON payloads of a server-sent event stream, up to ``[DONE]``."""
+    for line in lines:
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            return
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            raise UpstreamError(
+                f"the upstream sent an event that is not JSON: {payload[:80]!r}"
+            ) from None
+        if isinstance(data, Mapping) and "error" in data:
+            error = data["error"]
+            message = error.get("message") if isinstance(error, Mapping) else error
+            raise UpstreamError(f"the upstream failed mid-answer: {str(message)[:300]}")
+        if isinstance(data, Mapping):
+            yield data
+
+
+def _upstream_message(r: httpx.Response) -> str:
+    """The upstream's own words from an error body, short (never its headers)."""
+    try:
+        data = r.json()
+        error = data.get("error") if isinstance(data, Mapping) else None
+        message = error.get("message") if isinstance(error, Mapping) else error or data
+    except ValueError:
+        message = r.text
+    return " ".join(str(message).split())[:300] or r.reason_phrase
+
+
+def _usage(
+    usage: Mapping[str, Any] | None, body: Mapping[str, Any], text: str
+) -> tuple[int, int, bool]:
+    """Token counts from the upstream's usage; estimated from words when it sent none."""
+    if usage and isinstance(usage.get("prompt_tokens"), int):
+        return int(usage["prompt_tokens"]), int(usage.get("completion_tokens") or 0), False
+    prompt = body.get("prompt") or " ".join(m.get("content", "") for m in body.get("messages", []))
+    return len(str(prompt).split()), len(text.split()), True
+
+
+__all__ = [
+    "ChatPrompt",
+    "UpstreamClient",
+    "request_body",
+    "retry_after_s",
+]

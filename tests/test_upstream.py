@@ -1,0 +1,292 @@
+"""The upstream engine (the gateway): an endpoint version answered by another OpenAI-compatible
+server, here a second real modelyard server, mixed with a local version in one traffic plan;
+upstream faults (429, 500, timeouts, a refused key) from a small fault-injecting server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from clihelp import modelyard
+from modelyard.access import create_api_key
+from modelyard.artifacts import ArtifactStore
+from modelyard.registry import UpstreamSpec, register_upstream
+from modelyard.serving import BackgroundServer, EchoEngine, EngineSet, UpstreamEngine, create_app
+from modelyard.store import Store
+from worlds import fake_world
+
+UPSTREAM_KEY_ENV = "MODELYARD_TEST_VENDOR_KEY"
+
+
+@dataclass
+class Vendor:
+    """The upstream: a second modelyard server with its own store, tenant and key."""
+
+    url: str
+    key: str
+
+
+@pytest.fixture
+def vendor(tmp_path: Path) -> Iterator[Vendor]:
+    with Store.open(f"sqlite:///{tmp_path / 'vendor.db'}") as store:
+        fake_world(store, tenant="vendor", model="vendor-bot", endpoint="vendor-chat")
+        _, key = create_api_key(store, "vendor")
+        app = create_app(store, EchoEngine(), refresh_seconds=0.2, heartbeat_s=None)
+        with BackgroundServer(app) as server:
+            yield Vendor(server.base_url + "/v1", key)
+
+
+@dataclass
+class Gateway:
+    url: str
+    store: Store
+    artifacts: ArtifactStore
+    key: str
+    db: Path
+
+
+def _gateway(
+    tmp_path: Path, spec: UpstreamSpec, weights: dict[int, int] | None
+) -> Iterator[Gateway]:
+    """acme's endpoint ``acme-support``: bot:1 (local, echo) and bot:2 (the upstream ``spec``)
+    with ``weights`` (None: the upstream alone)."""
+    db = tmp_path / "gateway.db"
+    with Store.open(f"sqlite:///{db}") as store:
+        artifacts = ArtifactStore(tmp_path / "artifacts")
+        fake_world(store, tenant="acme", model="bot", endpoint=None, versions=1)
+        upstream = register_upstream(store, artifacts, spec, name="bot")
+        assert upstream.ref == "bot:2" and upstream.kind == "upstream"
+        store.create_endpoint("acme-support", model_ref="bot:2" if weights is None else "bot:1",
+                              tenant="acme")  # fmt: skip
+        if weights is not None:
+            store.set_traffic("acme-support", weights)
+        _, key = create_api_key(store, "acme")
+        engine = EngineSet(EchoEngine(), UpstreamEngine(artifacts, store=store))
+        app = create_app(store, engine, refresh_seconds=0.2, heartbeat_s=None)
+        try:
+            with BackgroundServer(app) as server:
+                yield Gateway(server.base_url, store, artifacts, key, db)
+        finally:
+            engine.close()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, vendor: Vendor, monkeypatch: pytest.MonkeyPatch) -> Iterator[Gateway]:
+    monkeypatch.setenv(UPSTREAM_KEY_ENV, vendor.key)
+    spec = UpstreamSpec(base_url=vendor.url, model="vendor-chat", api_key_env=UPSTREAM_KEY_ENV,
+                        input_per_1k=0.5, output_per_1k=1.5)  # fmt: skip
+    yield from _gateway(tmp_path, spec, {1: 90, 2: 10})
+
+
+def _client(gw: Gateway) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=gw.key, max_retries=0)
+
+
+def _users_by_version(gw: Gateway) -> dict[str, str]:
+    """A user that lands on each version of the 90/10 plan (routing by user is stable)."""
+    client, found = _client(gw), dict[str, str]()
+    for i in range(300):
+        raw = client.chat.completions.with_raw_response.create(
+            model="acme-support", messages=[{"role": "user", "content": "hello there"}],
+            user=f"user-{i}", max_tokens=8,
+        )  # fmt: skip
+        found.setdefault(raw.headers["x-modelyard-version"], f"user-{i}")
+        if len(found) == 2:
+            return found
+    raise AssertionError(f"300 users all landed on {found}")
+
+
+def test_a_plan_mixes_a_local_version_and_an_upstream(
+    gateway: Gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.DEBUG)  # every logger, the HTTP clients' included
+    users = _users_by_version(gateway)
+    client = _client(gateway)
+    up = users["bot:2"]
+    # chat, streamed chat and completions through the upstream, with the official client
+    chat = client.chat.completions.create(
+        model="acme-support", messages=[{"role": "user", "content": "where is my parcel"}],
+        user=up, max_tokens=16,
+    )  # fmt: skip
+    assert chat.choices[0].message.content and chat.usage and chat.usage.prompt_tokens > 0
+    streamed = client.chat.completions.create(
+        model="acme-support", messages=[{"role": "user", "content": "where is my parcel"}],
+        user=up, max_tokens=16, stream=True, stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(streamed)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == chat.choices[0].message.content
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+    done = client.completions.create(
+        model="acme-support", prompt="track order 42", user=up, max_tokens=8
+    )
+    assert done.choices[0].text == "track order 42"  # the vendor's echo of the prompt
+    local = client.completions.create(
+        model="acme-support", prompt="track order 42", user=users["bot:1"], max_tokens=8
+    )
+    assert local.choices[0].text == "track order 42"
+
+    # every request has its record, with the version that answered and its real usage
+    records = _records(gateway)
+    upstream = [r for r in records if r["version"] == "bot:2"]
+    assert len(upstream) >= 4 and all(r["status"] == "ok" for r in upstream)
+    assert {r["version"] for r in records} == {"bot:1", "bot:2"}
+    # the upstream's base carries its prices: costs are computed like any version's
+    prices = {p.base_model: p for p in gateway.store.list_token_prices()}
+    base = gateway.store.get_model_version("bot", 2).base_model
+    assert base.startswith("vendor-chat@127.0.0.1:") and prices[base].output_per_1k == 1.5
+
+    # the key is nowhere: not in the store, the artifacts, the logs or any answer
+    vendor_key = _env_key()
+    assert vendor_key.encode() not in gateway.db.read_bytes()
+    for path in gateway.artifacts.root.rglob("*"):
+        if path.is_file():
+            assert vendor_key.encode() not in path.read_bytes(), path
+    assert vendor_key not in caplog.text
+    assert vendor_key not in repr(gateway.store.list_audit_events())
+    assert vendor_key not in httpx.get(gateway.url + "/metrics").text
+    assert vendor_key not in chat.model_dump_json()
+
+
+def _env_key() -> str:
+    import os
+
+    return os.environ[UPSTREAM_KEY_ENV]
+
+
+def _records(gw: Gateway) -> list[dict[str, Any]]:
+    """The gateway's records with their version refs, once the writer has written them."""
+    versions = {v.id: v.ref for v in gw.store.list_model_versions("bot")}
+    for _ in range(100):
+        rows = gw.store.query_records(endpoint="acme-support", limit=None)
+        if rows and all(r["status"] != "running" for r in rows):
+            break
+        asyncio.run(asyncio.sleep(0.05))
+    return [{**r, "version": versions.get(r["version_id"])} for r in rows]
+
+
+# -- faults ---------------------------------------------------------------------------------
+
+
+class Faults:
+    """A fake upstream whose next answers are scripted: ``plan`` is a list of what to do per
+    call ("429", "500", "401", "slow", "ok"); the last entry repeats."""
+
+    def __init__(self, plan: list[str]) -> None:
+        self.plan = plan
+        self.calls = 0
+        self.lock = threading.Lock()
+        self.app = FastAPI()
+        self.app.post("/v1/chat/completions")(self.answer)
+        self.app.post("/v1/completions")(self.answer)
+
+    async def answer(self, request: Request) -> Any:
+        with self.lock:
+            what = self.plan[min(self.calls, len(self.plan) - 1)]
+            self.calls += 1
+        body = await request.json()
+        if what == "429":
+            return JSONResponse({"error": {"message": "slow down"}}, 429, {"Retry-After": "0"})
+        if what == "500":
+            return JSONResponse({"error": {"message": "boom"}}, 500)
+        if what == "401":
+            return JSONResponse({"error": {"message": "bad key"}}, 401)
+        if what == "slow":
+            await asyncio.sleep(3)
+
+        async def events() -> Any:
+            chat = "messages" in body
+            piece = {"delta": {"content": "fine"}} if chat else {"text": "fine"}
+            yield f"data: {json.dumps({'choices': [{'index': 0, **piece}]})}\n\n"
+            end: dict[str, Any] = {"index": 0, "finish_reason": "stop"}
+            end["delta" if chat else "text"] = {} if chat else ""
+            usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+            done = {"choices": [end], "usage": usage}
+            yield f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream")
+
+
+@pytest.fixture
+def faulty(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[Gateway, Faults]]:
+    faults = Faults(request.param)
+    with BackgroundServer(faults.app) as server:
+        spec = UpstreamSpec(base_url=server.base_url + "/v1", model="m", timeout_s=1.0,
+                            max_retries=2)  # fmt: skip
+        for gw in _gateway(tmp_path, spec, None):
+            yield gw, faults
+
+
+def _ask(gw: Gateway) -> httpx.Response:
+    return httpx.post(
+        gw.url + "/v1/chat/completions", timeout=30,
+        headers={"Authorization": f"Bearer {gw.key}"},
+        json={"model": "acme-support", "messages": [{"role": "user", "content": "hi"}]},
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("faulty", [["429", "500", "ok"]], indirect=True)
+def test_retries_mend_passing_faults(faulty: tuple[Gateway, Faults]) -> None:
+    gw, faults = faulty
+    r = _ask(gw)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "fine"
+    assert faults.calls == 3
+
+
+@pytest.mark.parametrize(
+    ("faulty", "status", "code", "said"),
+    [
+        (["429"], 503, "upstream_busy", "rate limiting"),
+        (["500"], 502, "upstream_error", "failed with 500"),
+        (["slow"], 504, "upstream_timeout", "did not answer within 1 s"),
+        (["401"], 502, "upstream_error", "refused modelyard's credential"),
+    ],
+    indirect=["faulty"],
+)
+def test_upstream_faults_are_clear_errors_after_bounded_retries(
+    faulty: tuple[Gateway, Faults], status: int, code: str, said: str
+) -> None:
+    gw, faults = faulty
+    r = _ask(gw)
+    assert r.status_code == status, r.text
+    error = r.json()["error"]
+    assert error["code"] == code and said in error["message"], error
+    assert faults.calls == (1 if code == "upstream_error" and status == 502 and "credential"
+                            in said else 3)  # 2 retries, never for a refused key  # fmt: skip
+    if status == 503:
+        assert r.headers["retry-after"] == "1"
+    records = _records(gw)
+    assert records and records[0]["status"] == "error" and records[0]["version"] == "bot:2"
+
+
+def test_registry_upstream_cli_never_takes_the_key(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert modelyard("init", home=home).code == 0
+    r = modelyard(
+        "registry", "upstream", "gpt", "--base-url", "https://api.example.com/v1",
+        "--upstream-model", "gpt-4o-mini", "--api-key-env", "OPENAI_API_KEY",
+        "--price-input", "0.15", "--price-output", "0.6", "--json", home=home,
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    shown = json.loads(r.out)
+    assert shown["upstream"]["api_key"] == {"env": "OPENAI_API_KEY"}
+    assert shown["version"]["kind"] == "upstream"
+    r = modelyard("registry", "upstream", "gpt", "--base-url", "ftp://x", "--upstream-model",
+                  "m", home=home)  # fmt: skip
+    assert r.code == 2 and "base_url" in r.err and "Traceback" not in r.err
+    r = modelyard("registry", "export", "gpt:1", "--out", str(tmp_path / "out"), home=home)
+    assert r.code == 2 and "upstream" in r.err and "no weights" in r.err
