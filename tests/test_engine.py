@@ -10,6 +10,7 @@ import shutil
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -420,3 +421,31 @@ def test_settings_an_engine_cannot_run_are_a_clients_mistake(
     with pytest.raises(ConfigError) as info:
         SamplingParams(**values)  # type: ignore[arg-type]
     assert info.value.context["param"] == field
+
+
+def test_full_weights_serve_as_a_version_beside_adapters(
+    world: World, engine: TransformersEngine
+) -> None:
+    """A version with full weights (here the base itself, registered as a version) is
+    served from its own verified files with no adapter, in the same batches as adapters."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source = world.store.get_base_model("tiny").source
+    digest = world.artifacts.put_dir(Path(source), kind="full").digest
+    full = world.store.create_model_version(
+        "bot", kind="full", artifact_digest=digest, base_model="tiny", run_id=None,
+        lineage={"prompt_template": "alpaca"}, metrics={},
+    )  # fmt: skip
+    model = AutoModelForCausalLM.from_pretrained(source).eval()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    ids = tokenizer(world.prompts[0], return_tensors="pt").input_ids
+    with torch.no_grad():
+        out = model.generate(ids, max_new_tokens=8, do_sample=False, pad_token_id=0)
+    expected = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
+    assert engine.generate(full, world.prompts[0], GREEDY).text == expected
+    # mixed with adapters in one batch: each row as it is alone
+    jobs = [(v, world.prompts[i], GREEDY) for i, v in enumerate([full, *world.good[:2], full])]
+    alone = _one_at_a_time(engine, jobs)
+    together = [s.result().text for s in [engine.stream(v, p, q) for v, p, q in jobs]]
+    assert together == alone
+    assert full.ref not in engine.loaded()  # it takes no adapter slot

@@ -131,11 +131,12 @@ def _client(served: Served) -> openai.OpenAI:
 
 
 def _record(served: Served, record_id: str, timeout: float = 10) -> InferenceRecord:
-    """Records are written asynchronously: wait for this one."""
+    """Records are written asynchronously: wait for this one, finished (a request that
+    outlives the journal's start delay is first written as ``running``)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for record in served.store.list_inference_records(limit=500):
-            if record.id == record_id:
+            if record.id == record_id and record.status != "running":
                 return record
         time.sleep(0.05)
     raise AssertionError(f"no inference record {record_id}")

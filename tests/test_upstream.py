@@ -188,6 +188,9 @@ class Faults:
     def __init__(self, plan: list[str]) -> None:
         self.plan = plan
         self.calls = 0
+        self.sent = 0  # chunks of "drip" answers sent
+        self.dripping = threading.Event()  # set while a "drip" answer streams
+        self.left = threading.Event()  # set when a "drip" answer was cut off by the caller
         self.lock = threading.Lock()
         self.app = FastAPI()
         self.app.post("/v1/chat/completions")(self.answer)
@@ -206,6 +209,8 @@ class Faults:
             return JSONResponse({"error": {"message": "bad key"}}, 401)
         if what == "slow":
             await asyncio.sleep(3)
+        if what == "drip":
+            return StreamingResponse(self.drip(), media_type="text/event-stream")
 
         async def events() -> Any:
             chat = "messages" in body
@@ -218,6 +223,18 @@ class Faults:
             yield f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def drip(self) -> Any:
+        """A word every 50 ms for 20 s, unless the caller goes away."""
+        self.dripping.set()
+        try:
+            for _ in range(400):
+                self.sent += 1
+                yield f"data: {json.dumps({'choices': [{'index': 0, 'text': 'word '}]})}\n\n"
+                await asyncio.sleep(0.05)
+        finally:
+            if self.sent < 400:
+                self.left.set()
 
 
 @pytest.fixture
@@ -290,3 +307,22 @@ def test_registry_upstream_cli_never_takes_the_key(tmp_path: Path) -> None:
     assert r.code == 2 and "base_url" in r.err and "Traceback" not in r.err
     r = modelyard("registry", "export", "gpt:1", "--out", str(tmp_path / "out"), home=home)
     assert r.code == 2 and "upstream" in r.err and "no weights" in r.err
+
+
+@pytest.mark.parametrize("faulty", [["drip"]], indirect=True)
+def test_a_client_that_leaves_cancels_the_upstream_request(
+    faulty: tuple[Gateway, Faults],
+) -> None:
+    gw, faults = faulty
+    body = {"model": "acme-support", "prompt": "go", "max_tokens": 200, "stream": True}
+    headers = {"Authorization": f"Bearer {gw.key}"}
+    with httpx.stream("POST", gw.url + "/v1/completions", json=body, headers=headers,
+                      timeout=30) as r:  # fmt: skip
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        assert next(line for line in lines if line.startswith("data:"))
+    # the gateway noticed at its next chunk and closed the upstream connection
+    assert faults.left.wait(10), f"the upstream sent {faults.sent} chunks and was not cut off"
+    assert faults.sent < 400
+    records = _records(gw)
+    assert [r["status"] for r in records] == ["cancelled"], records  # recorded as such

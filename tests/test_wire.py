@@ -288,8 +288,8 @@ def _records(served: Served, count: int) -> list[InferenceRecord]:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         records = served.store.list_inference_records(limit=500)
-        if len(records) >= count:
-            return records
+        if len(records) >= count and all(r.status != "running" for r in records):
+            return records  # finished: a long request is first written as running
         time.sleep(0.05)
     raise AssertionError(f"fewer than {count} records")
 

@@ -91,12 +91,27 @@ class AdapterCache:
         self._bases: dict[str, LoadedBase] = {}
         self._adapters: OrderedDict[str, _Loaded] = OrderedDict()  # name -> where it is
         self._failures: dict[int, tuple[float, ModelyardError]] = {}  # version id -> (until, error)
+        self._full: dict[int, str] = {}  # version id -> its verified full weights' directory
         # (digest, base source) -> verified, checked tensors; least recently used first
         self._host: OrderedDict[tuple[str, str], LoraWeights] = OrderedDict()
         self._host_bytes = 0
         self.verified_reads = 0  # adapters read from the artifact store (not host memory)
 
     # -- bases ----------------------------------------------------------------------------
+
+    def source(self, version: ModelVersion) -> str:
+        """Where ``version``'s model loads from: its base's source for an adapter; for full
+        weights (a full fine-tune, or a base registered as a version) its own files,
+        verified against the manifest on first use like an adapter's."""
+        if version.kind != "full":
+            return version.base_model_source
+        with self._lock:
+            known = self._full.get(version.id)
+        if known is None:
+            known = str(self._verified(version))
+            with self._lock:
+                self._full[version.id] = known
+        return known
 
     def base(self, source: str) -> LoadedBase:
         """The loaded base ``source`` (loading it on first use)."""
@@ -150,6 +165,8 @@ class AdapterCache:
             return [entry.ref for entry in self._adapters.values()]
 
     def is_loaded(self, version: ModelVersion) -> bool:
+        if version.kind == "full":
+            return True  # no adapter: its weights are the base
         with self._lock:
             return adapter_name(version) in self._adapters
 
@@ -159,9 +176,13 @@ class AdapterCache:
             return len(self._host)
 
     def slots(self, versions: Collection[ModelVersion]) -> list[int]:
-        """The slot of each version's loaded adapter (after ``ensure``)."""
+        """The slot of each version's loaded adapter (after ``ensure``); full weights take the
+        base's empty slot."""
         with self._lock:
-            return [self._adapters[adapter_name(v)].slot for v in versions]
+            return [
+                self.max_adapters if v.kind == "full" else self._adapters[adapter_name(v)].slot
+                for v in versions
+            ]
 
     def ensure(
         self, versions: Collection[ModelVersion], *, keep: Collection[str] = ()
@@ -192,6 +213,9 @@ class AdapterCache:
         return failures
 
     def _ensure_one(self, version: ModelVersion, protected: Collection[str]) -> None:
+        if version.kind == "full":
+            self.base(self.source(version))  # its weights are the base: nothing to slot
+            return
         name = adapter_name(version)
         with self._lock:
             if name in self._adapters:

@@ -52,6 +52,7 @@ class PendingRequest:
     version: ModelVersion
     prompt_ids: list[int]
     params: SamplingParams
+    source: str = ""  # the model it runs on: its base's source, or its own full weights
     stream: TokenStream = field(default_factory=TokenStream)
     submitted: float = field(default_factory=time.perf_counter)
     serial: int = field(default_factory=lambda: next(_serial))
@@ -76,7 +77,7 @@ class PendingRequest:
             decoding = ("seeded", self.serial)  # alone: its seed decides its tokens
         else:
             decoding = ("sample", p.temperature, p.top_p)
-        return (self.version.base_model_source, *decoding)
+        return (self.source or self.version.base_model_source, *decoding)
 
 
 class RequestQueue:

@@ -190,19 +190,20 @@ class TransformersEngine(Engine):
     # -- the interface --------------------------------------------------------------------
 
     def render_chat(self, version: ModelVersion, messages: Sequence[Mapping[str, str]]) -> str:
-        tokenizer = self._cache.base(version.base_model_source).tokenizer
+        tokenizer = self._cache.base(self._cache.source(version)).tokenizer
         return render_chat(version, messages, tokenizer)
 
     def count_tokens(self, version: ModelVersion, prompt: str) -> int:
         """Prompt tokens in the version's base tokenizer (exact, for caps and tokens/min)."""
-        base = self._cache.base(version.base_model_source)
+        base = self._cache.base(self._cache.source(version))
         with self._tokenizer_lock:
             return len(base.tokenizer(prompt)["input_ids"])
 
     def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
         if self._stop.is_set():
             raise EngineError("the engine is shutting down", hint="Retry on another replica.")
-        base = self._cache.base(version.base_model_source)
+        source = self._cache.source(version)
+        base = self._cache.base(source)
         with self._tokenizer_lock:
             ids = [int(i) for i in base.tokenizer(prompt)["input_ids"]]
         if not ids:
@@ -216,7 +217,7 @@ class TransformersEngine(Engine):
             )
         unk = base.tokenizer.unk_token_id  # counted here, where the prompt is tokenized anyway
         unknown = 0 if unk is None else sum(1 for i in ids if i == unk)
-        request = PendingRequest(version, ids, params, unknown_tokens=unknown)
+        request = PendingRequest(version, ids, params, source, unknown_tokens=unknown)
         self._start()
         self._queue.put(request)
         return request.stream
@@ -323,7 +324,7 @@ class TransformersEngine(Engine):
             ready, slots = self._ready(self._live(members))
             if not ready:
                 return
-            base = self._cache.base(ready[0].version.base_model_source)
+            base = self._cache.base(ready[0].source)
             assert base.lora is not None
             self._batch_ran(len(ready))
             if not (ready[0].params.greedy and self._continuous(base)):
@@ -391,7 +392,7 @@ class TransformersEngine(Engine):
                 self._live([request])
                 continue
             fits = request.version.id in versions or len(versions) < self._cache.max_adapters
-            if not (request.params.greedy and request.version.base_model_source == source and fits):
+            if not (request.params.greedy and request.source == source and fits):
                 waiting.appendleft(request)  # nothing newer is waiting before it
                 accepting = False
                 break

@@ -279,14 +279,17 @@ class _StackedLinear:
 
 
 class MultiLora:
-    """``slots`` LoRA adapters stacked on the linear layers of one plain base model."""
+    """``slots`` LoRA adapters stacked on the linear layers of one plain base model, plus
+    one slot that always stays empty (``empty``): the rows of requests with no adapter
+    (full weights, a base) route there and get the plain layer."""
 
     def __init__(self, model: nn.Module, slots: int) -> None:
         self.model = model
         self.slots = slots
+        self.empty = slots
         self._modules = dict(model.named_modules())
         self._layers: dict[str, _StackedLinear] = {}
-        self._held: list[bool] = [False] * slots
+        self._held: list[bool] = [False] * slots + [True]
 
     def free_slot(self) -> int | None:
         return next((i for i, held in enumerate(self._held) if not held), None)
@@ -297,7 +300,7 @@ class MultiLora:
             if name not in self._layers:
                 module = self._modules[name]
                 assert isinstance(module, nn.Linear)
-                self._layers[name] = _StackedLinear(module, self.slots)
+                self._layers[name] = _StackedLinear(module, self.slots + 1)
         for name, layer in self._layers.items():
             layer.put(slot, weights.layers.get(name))
         self._held[slot] = True
