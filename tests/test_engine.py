@@ -20,7 +20,13 @@ from modelyard.artifacts import ArtifactStore
 from modelyard.base import create_tiny_base
 from modelyard.data import DOMAINS, domain_corpus, render_prompt, synthetic_domain
 from modelyard.errors import ConfigError, EngineOverloaded
-from modelyard.serving import EngineError, SamplingParams, TransformersEngine, render_chat
+from modelyard.serving import (
+    EngineError,
+    SamplingParams,
+    TransformersEngine,
+    placement,
+    render_chat,
+)
 from modelyard.store import ModelVersion, Store
 from tinymodels import QUICK_BASE, WEIGHTS, chatty_adapter, register_adapter, tamper
 from tinymodels import random_adapter as _random_adapter
@@ -449,3 +455,27 @@ def test_full_weights_serve_as_a_version_beside_adapters(
     together = [s.result().text for s in [engine.stream(v, p, q) for v, p, q in jobs]]
     assert together == alone
     assert full.ref not in engine.loaded()  # it takes no adapter slot
+
+
+def test_the_engine_places_its_models_on_the_device_and_dtype_given(world: World) -> None:
+    assert str(placement()) == ("cuda bfloat16" if torch.cuda.is_available() else "cpu float32")
+    bf16 = TransformersEngine(world.artifacts, max_adapters=2, store=world.store,
+                              placement=placement("cpu", "bfloat16"))  # fmt: skip
+    try:
+        jobs = [(v, world.prompts[0], GREEDY) for v in (world.good[0], world.chatty)]
+        answers = [s.result() for s in [bf16.stream(v, p, q) for v, p, q in jobs]]
+        assert answers[1].completion_tokens == GREEDY.max_tokens  # chatty: never ends early
+        assert all(a.text for a in answers[1:])
+    finally:
+        bf16.close()
+    for device, dtype, said in (
+        ("tpu", "auto", "unknown --device"),
+        ("meta", "auto", "not served"),
+        ("cpu", "float16", "not supported on the CPU"),
+        ("cpu", "int8", "unknown --dtype"),
+    ):
+        with pytest.raises(ConfigError, match=said):
+            placement(device, dtype)
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="no CUDA GPU"):
+            placement("cuda", "auto")

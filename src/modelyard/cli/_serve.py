@@ -15,6 +15,14 @@ def serve(
     echo_delay_ms: float = typer.Option(
         0.0, min=0.0, help="With --engine echo: pause before each word (tests of streaming)."
     ),
+    device: str = typer.Option(
+        "auto", help="transformers engine: auto (a CUDA GPU when torch sees one), cpu, cuda:N."
+    ),
+    dtype: str = typer.Option(
+        "auto",
+        help="transformers engine: auto (bfloat16 on a GPU, float32 on the CPU), float32, "
+        "bfloat16, float16.",
+    ),
     max_adapters: int = typer.Option(8, min=1, help="Adapters kept loaded (LRU)."),
     host_cache_mb: float = typer.Option(
         1024.0,
@@ -130,6 +138,7 @@ def serve(
         UpstreamEngine,
         create_app,
         create_metrics_app,
+        placement,
         run_server,
     )
 
@@ -158,6 +167,7 @@ def serve(
         raise ConfigError(f"unknown --engine {engine!r}: use transformers or echo")
     if echo_delay_ms and engine != "echo":
         raise ConfigError("--echo-delay-ms works only with --engine echo")
+    placed = placement(device, dtype) if engine == "transformers" else None
     store = open_store()
     chosen: Engine
     if engine == "transformers":
@@ -169,6 +179,7 @@ def serve(
             batch_window_ms=batch_window_ms,
             max_queue=max_queue,
             store=store,
+            placement=placed,
         )
     else:
         chosen = PacedEchoEngine(echo_delay_ms / 1000) if echo_delay_ms else EchoEngine()
@@ -198,7 +209,8 @@ def serve(
             token=metrics_token,
         ),
     )  # fmt: skip
-    err_console.print(f"serving {store.url} on http://{host}:{port} (engine {engine})")
+    where = f", {placed}" if placed is not None else ""
+    err_console.print(f"serving {store.url} on http://{host}:{port} (engine {engine}{where})")
     metrics_server = None
     if metrics_port is not None:
         metrics_server = BackgroundServer(

@@ -15,6 +15,7 @@ drains on SIGTERM (``Drain``) before it exits.
 """
 
 from modelyard.serving._app import create_app, create_metrics_app
+from modelyard.serving._device import Placement, placement
 from modelyard.serving._engine import EchoEngine, Engine, TransformersEngine
 from modelyard.serving._guard import OperatorAccess
 from modelyard.serving._limits import (
@@ -54,6 +55,7 @@ __all__ = [
     "Generation",
     "OperatorAccess",
     "PacedEchoEngine",
+    "Placement",
     "RateLimiter",
     "Router",
     "SamplingParams",
@@ -67,6 +69,7 @@ __all__ = [
     "count_prompt_tokens",
     "create_app",
     "create_metrics_app",
+    "placement",
     "render_chat",
     "run_server",
 ]

@@ -30,6 +30,7 @@ from typing import Any
 from modelyard.artifacts import ArtifactStore
 from modelyard.errors import ArtifactError, ArtifactIntegrityError, ModelyardError
 from modelyard.registry import verified_files
+from modelyard.serving._device import Placement
 from modelyard.serving._multilora import LoraFormatError, LoraWeights, MultiLora, read_lora
 from modelyard.serving._types import AdapterEvent, EngineError
 from modelyard.store import ModelVersion, Store
@@ -80,8 +81,10 @@ class AdapterCache:
         failure_ttl_s: float = 10.0,
         host_cache_bytes: int = 1 << 30,
         notify: Notify | None = None,
+        placement: Placement | None = None,
     ) -> None:
         self._artifacts = artifacts
+        self._placement = placement
         self._store = store
         self.max_adapters = max_adapters
         self._failure_ttl_s = failure_ttl_s
@@ -118,12 +121,12 @@ class AdapterCache:
         with self._lock:
             loaded = self._bases.get(source)
             if loaded is None:
-                loaded = self._bases[source] = self._load_base(source)
+                loaded = self._bases[source] = self._load_base(source, self._placement)
                 loaded.lora = MultiLora(loaded.model, self.max_adapters)
             return loaded
 
     @staticmethod
-    def _load_base(source: str) -> LoadedBase:
+    def _load_base(source: str, placement: Placement | None) -> LoadedBase:
         # heavy import, only when serving real models
         from modelyard.base import eos_token_ids, load_base
 
@@ -134,6 +137,8 @@ class AdapterCache:
                 f"cannot load the base model {source}: {exc.message}",
                 hint="Check that the base model's files are on this server.",
             ) from exc
+        if placement is not None:
+            model = model.to(device=placement.device, dtype=placement.dtype)
         model.eval()
         pad = tokenizer.pad_token_id
         if pad is None:

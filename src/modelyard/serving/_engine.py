@@ -26,6 +26,7 @@ from modelyard.errors import ConfigError, ModelyardError
 from modelyard.serving._adapters import AdapterCache, LoadedBase, adapter_name
 from modelyard.serving._batching import PendingRequest, RequestQueue, group, run_batch
 from modelyard.serving._continuous import DecodeSession, continuous_supported
+from modelyard.serving._device import Placement
 from modelyard.serving._prompts import render_chat
 from modelyard.serving._stream import TokenStream, finished_stream
 from modelyard.serving._types import (
@@ -149,6 +150,7 @@ class TransformersEngine(Engine):
         store: Store | None = None,
         failure_ttl_s: float = 10.0,
         host_cache_mb: float = 1024.0,
+        placement: Placement | None = None,
     ) -> None:
         for field, value in (
             ("max_adapters", max_adapters),
@@ -173,6 +175,7 @@ class TransformersEngine(Engine):
             failure_ttl_s=failure_ttl_s,
             host_cache_bytes=int(host_cache_mb * 2**20),
             notify=self._adapter_event,
+            placement=placement,
         )
         self._queue = RequestQueue(max_queue)
         self._max_batch_size = max_batch_size
