@@ -138,9 +138,17 @@ def test_create_tiny_builds_a_loadable_model_and_registers_it(tmp_path: Path) ->
     )  # fmt: skip
     assert r.code == 0, r.err
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     AutoModelForCausalLM.from_pretrained(out)
     assert AutoTokenizer.from_pretrained(out)("printer jammed")["input_ids"]
+    config = AutoConfig.from_pretrained(out)  # heads of 32: the vllm engine can serve it too
+    assert config.hidden_size // config.num_attention_heads == 32
     with Store.open(f"sqlite:///{tmp_path / 'store.db'}") as store:
         assert "model.safetensors" in store.get_base_model("tiny").weight_hashes
+    again = modelyard(
+        "base", "create-tiny", "--corpus", str(corpus), "--out", str(out), "--steps", "2",
+        "--overwrite", "--json", home=tmp_path,
+    )  # fmt: skip
+    assert again.code == 0, again.err
+    assert json.loads(again.out)["path"] == str(out)

@@ -30,6 +30,9 @@ ProgressFn = Callable[[int, int, float], None]
 """``progress(step, total_steps, loss)``, called after every optimizer step."""
 
 
+HEAD_DIM = 32  # the head size of tiny bases, when their hidden size allows it
+
+
 @dataclass(frozen=True)
 class TinyBaseInfo:
     """What ``create_tiny_base`` built, for the CLI and the registry's lineage.
@@ -190,7 +193,7 @@ def create_tiny_base(
     vocab_size: int = 1024,
     hidden_size: int = 96,
     layers: int = 2,
-    heads: int = 4,
+    heads: int | None = None,
     max_positions: int = 256,
     steps: int = 300,
     batch_size: int = 16,
@@ -203,12 +206,18 @@ def create_tiny_base(
     """Train a tokenizer and a small Llama on ``corpus`` and save both to ``out_dir``.
 
     ``corpus`` is a list of documents or a text file with one document per line.
+    ``heads`` defaults to heads of 32 dimensions (``HEAD_DIM``) when ``hidden_size``
+    divides by 32 (the default 96: 3 heads), so that vLLM, whose CPU attention
+    refuses smaller heads, serves the base as the transformers engine does.
     The same corpus, arguments and ``seed`` give the same weights. The directory
     loads with ``AutoModelForCausalLM``/``AutoTokenizer.from_pretrained`` (and
     ``modelyard.base.load_base``).
     """
     started = time.perf_counter()
-    if hidden_size % heads or seq_len > max_positions or min(steps, batch_size, layers) < 1:
+    if heads is None:  # head_dim 32 where it can be: vLLM's CPU attention refuses smaller ones
+        heads = hidden_size // HEAD_DIM if hidden_size % HEAD_DIM == 0 else 4
+    shape_ok = heads >= 1 and hidden_size % heads == 0 and seq_len <= max_positions
+    if not shape_ok or min(steps, batch_size, layers) < 1:
         raise ConfigError(
             "invalid tiny base shape: hidden_size must divide by heads, seq_len must not exceed "
             "max_positions, and steps, batch_size and layers must be positive"

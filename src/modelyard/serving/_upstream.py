@@ -66,10 +66,11 @@ def retry_after_s(value: str | None) -> float | None:
 
 
 def request_body(
-    spec: UpstreamSpec, prompt: str, params: SamplingParams, stream: bool
+    spec: UpstreamSpec, prompt: str, params: SamplingParams, stream: bool, model: str | None = None
 ) -> dict[str, Any]:
-    """The OpenAI request for ``prompt``: chat for a ``ChatPrompt``, else a completion."""
-    body: dict[str, Any] = {"model": spec.model, "max_tokens": params.max_tokens,
+    """The OpenAI request for ``prompt``: chat for a ``ChatPrompt``, else a completion (to
+    ``model``, default the spec's)."""
+    body: dict[str, Any] = {"model": model or spec.model, "max_tokens": params.max_tokens,
                             "temperature": params.temperature, "top_p": params.top_p}  # fmt: skip
     if isinstance(prompt, ChatPrompt):
         body["messages"] = [dict(m) for m in prompt.messages]
@@ -108,13 +109,22 @@ class UpstreamClient:
     def close(self) -> None:
         self._http.close()
 
-    def run(self, prompt: str, params: SamplingParams, out: TokenStream, *, what: str) -> None:
+    def run(
+        self,
+        prompt: str,
+        params: SamplingParams,
+        out: TokenStream,
+        *,
+        what: str,
+        model: str | None = None,
+    ) -> None:
         """Send one request, stream its text into ``out`` and finish or fail it (blocking).
-        ``what`` names the version in errors."""
+        ``what`` names the version in errors; ``model`` overrides the spec's model name (a
+        LoRA adapter's name on a vLLM server)."""
         started = time.perf_counter()
         chat = isinstance(prompt, ChatPrompt)
         path = "/chat/completions" if chat else "/completions"
-        body = request_body(self.spec, prompt, params, stream=True)
+        body = request_body(self.spec, prompt, params, stream=True, model=model)
         attempt = 0
         while True:
             try:
