@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from modelyard.store import Store
 
 PG_ENV = "MODELYARD_TEST_POSTGRES_URL"
+VLLM_ENV = "MODELYARD_TEST_VLLM_PYTHON"  # the python of vLLM's environment (`make vllm`)
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Two workers share two cores: one math thread each (and in the commands they start),
@@ -33,12 +34,27 @@ def postgres_admin_url() -> str:
     return url
 
 
+TEST_ENVS = (PG_ENV, VLLM_ENV)
+
+
+@pytest.fixture(scope="session")
+def vllm_python() -> str:
+    """The interpreter of vLLM's environment; the vLLM tests skip without one (fail in CI)."""
+    python = os.environ.get(VLLM_ENV)
+    if not python:
+        reason = f"{VLLM_ENV} is not set: no vLLM environment (`make vllm` builds one)"
+        if IN_CI:
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
+    return python
+
+
 @pytest.fixture(autouse=True)
 def _isolated_home(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """In-process code sees a private home (and audit key), never the checkout's .modelyard."""
-    for name in [k for k in os.environ if k.startswith("MODELYARD_") and k != PG_ENV]:
+    for name in [k for k in os.environ if k.startswith("MODELYARD_") and k not in TEST_ENVS]:
         monkeypatch.delenv(name)
     monkeypatch.setenv("MODELYARD_HOME", str(tmp_path_factory.mktemp("home")))
 

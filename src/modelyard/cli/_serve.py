@@ -4,14 +4,42 @@ from __future__ import annotations
 
 import typer
 
-from modelyard.cli._common import err_console, open_artifacts, open_store
+from modelyard.cli._common import err_console, open_artifacts, open_store, settings
 from modelyard.errors import ConfigError
 
 
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
-    engine: str = typer.Option("transformers", help="transformers, or echo (a fake for tests)."),
+    engine: str = typer.Option(
+        "transformers",
+        help="transformers (embedded), vllm (vLLM servers it starts; see --vllm-python), or "
+        "echo (a fake for tests). Upstream versions answer from their server whatever it is.",
+    ),
+    vllm_python: str | None = typer.Option(
+        None,
+        envvar="MODELYARD_VLLM_PYTHON",
+        help="--engine vllm: the python of vLLM's own environment (`make vllm` builds .venv-vllm).",
+    ),
+    vllm_max_loras: int = typer.Option(4, min=1, help="--engine vllm: adapters in one batch."),
+    vllm_max_lora_rank: int = typer.Option(
+        64, help="--engine vllm: largest LoRA rank (1, 8, 16, 32, 64, 128, 256, 320 or 512)."
+    ),
+    vllm_max_cpu_loras: int | None = typer.Option(
+        None, min=1, help="--engine vllm: adapters vLLM keeps in host memory."
+    ),
+    vllm_max_model_len: int | None = typer.Option(
+        None, min=1, help="--engine vllm: context length (default: the model's)."
+    ),
+    vllm_gpu_memory_utilization: float | None = typer.Option(
+        None, min=0.05, max=1.0, help="--engine vllm: share of GPU memory vLLM may take."
+    ),
+    vllm_tensor_parallel_size: int | None = typer.Option(
+        None, min=1, help="--engine vllm: GPUs one model is split over."
+    ),
+    vllm_kv_cache_gb: float = typer.Option(
+        2.0, min=0.1, help="--engine vllm on a CPU: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE)."
+    ),
     echo_delay_ms: float = typer.Option(
         0.0, min=0.0, help="With --engine echo: pause before each word (tests of streaming)."
     ),
@@ -136,6 +164,8 @@ def serve(
         ServerLimits,
         TransformersEngine,
         UpstreamEngine,
+        VLLMEngine,
+        VLLMOptions,
         create_app,
         create_metrics_app,
         placement,
@@ -163,8 +193,14 @@ def serve(
         )
     if metrics_port and metrics_port == port:
         raise ConfigError(f"--metrics-port {metrics_port} is the API --port; pick another")
-    if engine not in ("transformers", "echo"):
-        raise ConfigError(f"unknown --engine {engine!r}: use transformers or echo")
+    if engine not in ("transformers", "vllm", "echo"):
+        raise ConfigError(f"unknown --engine {engine!r}: use transformers, vllm or echo")
+    if engine == "vllm" and not vllm_python:
+        raise ConfigError(
+            "--engine vllm needs the python of vLLM's environment",
+            hint="Build it with `make vllm` and pass --vllm-python .venv-vllm/bin/python "
+            "(or set MODELYARD_VLLM_PYTHON).",
+        )
     if echo_delay_ms and engine != "echo":
         raise ConfigError("--echo-delay-ms works only with --engine echo")
     placed = placement(device, dtype) if engine == "transformers" else None
@@ -181,6 +217,20 @@ def serve(
             store=store,
             placement=placed,
         )
+    elif engine == "vllm":
+        assert vllm_python is not None  # checked above
+        options = VLLMOptions(
+            python=vllm_python, dtype=dtype, max_loras=vllm_max_loras,
+            max_lora_rank=vllm_max_lora_rank, max_cpu_loras=vllm_max_cpu_loras,
+            max_model_len=vllm_max_model_len,
+            gpu_memory_utilization=vllm_gpu_memory_utilization,
+            tensor_parallel_size=vllm_tensor_parallel_size, kv_cache_gb=vllm_kv_cache_gb,
+        )  # fmt: skip
+        vllm = VLLMEngine(open_artifacts(), options, store=store, max_adapters=max_adapters,
+                          log_dir=settings().home / "logs",
+                          request_timeout_s=request_timeout_s or 600.0)  # fmt: skip
+        vllm.start_for(store)  # the servers of the endpoints' versions start now, not on use
+        chosen = vllm
     else:
         chosen = PacedEchoEngine(echo_delay_ms / 1000) if echo_delay_ms else EchoEngine()
     # versions of kind upstream (registry upstream) answer from their server, whatever --engine

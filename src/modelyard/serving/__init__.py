@@ -7,6 +7,8 @@ is the fake for tests where the model is not the point (``PacedEchoEngine``: the
 same, one word at a time, for tests of time). ``UpstreamEngine`` answers versions
 of kind ``upstream`` from another OpenAI-compatible server (``UpstreamClient``);
 ``EngineSet`` puts it beside the local engine, so traffic plans may mix them.
+``VLLMEngine`` serves versions on vLLM servers it starts and supervises
+(``VLLMProcess``, in vLLM's own environment: ``VLLMOptions.python``).
 ``ServerLimits`` holds the body, prompt and ``max_tokens`` caps, the request
 timeout and the default per-key rate limits (``RateLimiter``, in memory per
 server); ``OperatorAccess`` says who may read ``/metrics`` and the API docs
@@ -40,6 +42,8 @@ from modelyard.serving._types import (
 )
 from modelyard.serving._upstream import ChatPrompt, UpstreamClient
 from modelyard.serving._upstream_engine import EngineSet, UpstreamEngine
+from modelyard.serving._vllm import VLLMOptions, VLLMProcess
+from modelyard.serving._vllm_engine import VLLMEngine
 
 __all__ = [
     "BackgroundServer",
@@ -66,6 +70,9 @@ __all__ = [
     "TransformersEngine",
     "UpstreamClient",
     "UpstreamEngine",
+    "VLLMEngine",
+    "VLLMOptions",
+    "VLLMProcess",
     "count_prompt_tokens",
     "create_app",
     "create_metrics_app",

@@ -17,7 +17,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -96,8 +96,15 @@ def _text_of(choice: Mapping[str, Any], chat: bool, stream: bool) -> str:
 class UpstreamClient:
     """One upstream's HTTP client (pooled connections), shared by its requests."""
 
-    def __init__(self, spec: UpstreamSpec, *, transport: httpx.BaseTransport | None = None):
+    def __init__(
+        self,
+        spec: UpstreamSpec,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        translate: Callable[[ModelyardError], ModelyardError] | None = None,
+    ):
         self.spec = spec
+        self._translate = translate or (lambda error: error)
         timeout = httpx.Timeout(spec.timeout_s, connect=spec.connect_timeout_s)
         self._http = httpx.Client(
             timeout=timeout,
@@ -132,16 +139,16 @@ class UpstreamClient:
             except _Retry as retry:
                 attempt += 1
                 if out.cancelled or retry.sent or attempt > self.spec.max_retries:
-                    out.fail(retry.error)
+                    out.fail(self._translate(retry.error))
                     return
                 wait = retry.wait_s if retry.wait_s is not None else _backoff(attempt)
                 if wait > MAX_BACKOFF_S:
-                    out.fail(retry.error)
+                    out.fail(self._translate(retry.error))
                     return
                 time.sleep(wait)
                 continue
             except ModelyardError as exc:
-                out.fail(exc)
+                out.fail(self._translate(exc))
                 return
             out.finish(generation)
             return

@@ -1,0 +1,277 @@
+"""The ``vllm`` engine: modelyard's versions served by vLLM servers it starts and supervises.
+
+One ``VLLMProcess`` per model: a base (its adapters' versions share it) or a
+version's own full weights. Adapters come only from the artifact store: the
+version's files, verified against the manifest (a tampered one is refused and
+audited), are handed to vLLM with ``/v1/load_lora_adapter`` on first use, under
+the name ``v<version id>``; at most ``max_adapters`` stay registered per server,
+the least recently used unloaded first. Prompts are rendered here, in the
+version's template with the base's tokenizer, and sent as completions, so vLLM
+sees the same tokens the transformers engine would. Requests stream through an
+``UpstreamClient``; while a server is starting or restarting its requests get
+503 with ``Retry-After``, and a server that dies mid-request fails that request
+(the supervisor restarts it; the adapters are loaded again on next use).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from modelyard.artifacts import ArtifactStore
+from modelyard.errors import (
+    ArtifactError,
+    ArtifactIntegrityError,
+    EngineError,
+    ModelyardError,
+    UpstreamError,
+)
+from modelyard.registry import UpstreamSpec, verified_files
+from modelyard.serving._engine import Engine
+from modelyard.serving._prompts import render_chat
+from modelyard.serving._stream import TokenStream
+from modelyard.serving._types import Generation, SamplingParams
+from modelyard.serving._upstream import UpstreamClient
+from modelyard.serving._vllm import VLLMOptions, VLLMProcess
+from modelyard.store import ModelVersion, Store
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER_S = 5
+
+
+class _Server:
+    """A vLLM process, its client and the adapters registered on it (LRU order)."""
+
+    def __init__(self, process: VLLMProcess, timeout_s: float) -> None:
+        self.process = process
+        self.adapters: OrderedDict[str, str] = OrderedDict()  # lora name -> version ref
+        self.lock = threading.Lock()
+        self.timeout_s = timeout_s
+        self.client: UpstreamClient | None = None
+        self.port = 0
+        process.on_restart.append(self.forget)
+
+    def forget(self) -> None:
+        """After a restart vLLM holds no adapter: register them again on use."""
+        with self.lock:
+            self.adapters.clear()
+
+    def http(self, translate: Any) -> UpstreamClient:
+        """The client for the current process (a restart moves it to another port)."""
+        with self.lock:
+            if self.client is None or self.port != self.process.port:
+                if self.client is not None:
+                    self.client.close()
+                spec = UpstreamSpec(base_url=self.process.url + "/v1", model=self.process.name,
+                                    timeout_s=self.timeout_s, max_retries=0,
+                                    max_concurrency=256)  # fmt: skip
+                self.client = UpstreamClient(spec, translate=translate)
+                self.port = self.process.port
+            return self.client
+
+
+class VLLMEngine(Engine):
+    """Versions served by supervised vLLM servers (see the module doc)."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        artifacts: ArtifactStore,
+        options: VLLMOptions,
+        *,
+        store: Store | None = None,
+        max_adapters: int = 8,
+        log_dir: Path,
+        request_timeout_s: float = 600.0,
+    ) -> None:
+        self.artifacts, self.options, self.store = artifacts, options, store
+        self.max_adapters = max_adapters
+        self.log_dir = log_dir
+        self.request_timeout_s = request_timeout_s
+        self._lock = threading.Lock()
+        self._servers: dict[str, _Server] = {}  # by model directory
+        self._full: dict[int, str] = {}  # version id -> its verified full weights
+        self._tokenizers: dict[str, Any] = {}
+        self._pool = ThreadPoolExecutor(64, thread_name_prefix="vllm-request")
+
+    # -- where a version runs ---------------------------------------------------------------
+
+    def _source(self, version: ModelVersion) -> str:
+        if version.kind != "full":
+            return version.base_model_source
+        with self._lock:
+            known = self._full.get(version.id)
+        if known is None:
+            known = str(self._verified(version))
+            with self._lock:
+                self._full[version.id] = known
+        return known
+
+    def _verified(self, version: ModelVersion) -> Path:
+        try:
+            return verified_files(self.store, self.artifacts, version, by="serve")
+        except (ArtifactIntegrityError, ArtifactError) as exc:
+            raise EngineError(f"refusing to serve {version.ref}: {exc.message}", hint=exc.hint,
+                              version=version.ref) from exc  # fmt: skip
+
+    def _server(self, source: str) -> _Server:
+        with self._lock:
+            found = self._servers.get(source)
+            if found is None:
+                tag = hashlib.sha256(source.encode()).hexdigest()[:8]
+                process = VLLMProcess(self.options, source, "base",
+                                      self.log_dir / f"vllm-{tag}.log")  # fmt: skip
+                found = self._servers[source] = _Server(process, self.request_timeout_s)
+                process.start()
+            return found
+
+    def warm(self, version: ModelVersion, timeout: float) -> bool:
+        """Start the server ``version`` runs on (if needed) and wait until it is ready."""
+        return self._server(self._source(version)).process.wait_ready(timeout)
+
+    def start_for(self, store: Store) -> int:
+        """Start (without waiting) the servers of every version the store's endpoints route
+        to, so that first requests do not wait for them; returns how many servers. A version
+        that cannot be served is left to its requests to report."""
+        versions = {r.version_id for ep in store.list_endpoints() for r in ep.routes}
+        for version_id in sorted(versions):
+            version = store.get_model_version_by_id(version_id)
+            if version.kind in ("adapter", "full"):
+                try:
+                    self._server(self._source(version))
+                except ModelyardError as exc:
+                    log.warning("not starting vLLM for %s: %s", version.ref, exc.one_line())
+        with self._lock:
+            return len(self._servers)
+
+    def process(self, version: ModelVersion) -> VLLMProcess:
+        """The vLLM process ``version`` runs on (tests of crashes and restarts)."""
+        return self._server(self._source(version)).process
+
+    # -- adapters ---------------------------------------------------------------------------
+
+    def _model_name(self, server: _Server, version: ModelVersion) -> str:
+        """The model name vLLM knows ``version`` by, registering its adapter when needed."""
+        if version.kind == "full":
+            return server.process.name
+        name = f"v{version.id}"
+        with server.lock:
+            if name in server.adapters:
+                server.adapters.move_to_end(name)
+                return name
+        path = self._verified(version)
+        body = {"lora_name": name, "lora_path": str(path)}
+        r = self._admin(server, "/v1/load_lora_adapter", body, version)
+        if r.status_code != 200 and "already" not in r.text:
+            raise EngineError(
+                f"vLLM refused the adapter of {version.ref} ({r.status_code}): "
+                f"{' '.join(r.text.split())[:300]}",
+                hint="Check the adapter fits the base and --vllm-max-lora-rank.",
+                version=version.ref,
+            )
+        with server.lock:
+            server.adapters[name] = version.ref
+            evicted = []
+            while len(server.adapters) > self.max_adapters:
+                evicted.append(server.adapters.popitem(last=False)[0])
+        for old in evicted:
+            self._admin(server, "/v1/unload_lora_adapter", {"lora_name": old}, version)
+        return name
+
+    def _admin(
+        self, server: _Server, path: str, body: dict[str, str], version: ModelVersion
+    ) -> httpx.Response:
+        try:
+            return httpx.post(server.process.url + path, json=body, timeout=60)
+        except httpx.HTTPError as exc:
+            raise self._down(server, version.ref, type(exc).__name__) from None
+
+    def _down(self, server: _Server, what: str, why: str) -> EngineError:
+        return EngineError(
+            f"{what}: the vLLM server is not answering "
+            f"({why}; {server.process.problem or 'it stopped'})",
+            hint="Retry shortly: it is being restarted.",
+            retry_after=RETRY_AFTER_S,
+        )
+
+    # -- the interface ----------------------------------------------------------------------
+
+    def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
+        server = self._server(self._source(version))
+        if not server.process.ready():
+            raise EngineError(
+                f"{version.ref}: its vLLM server is not ready ({server.process.problem})",
+                hint="Retry shortly.",
+                retry_after=RETRY_AFTER_S,
+            )
+        out = TokenStream()
+
+        def translate(error: ModelyardError) -> ModelyardError:
+            if isinstance(error, UpstreamError) and not server.process.ready():
+                return self._down(server, version.ref, "it stopped mid-request")
+            return error
+
+        def run() -> None:
+            try:
+                model = self._model_name(server, version)
+                server.http(translate).run(prompt, params, out, what=version.ref, model=model)
+            except ModelyardError as exc:
+                out.fail(exc)
+            except Exception as exc:  # the stream must end, whatever happened
+                log.exception("vLLM request of %s failed", version.ref)
+                out.fail(EngineError(f"{version.ref}: the vLLM request failed: {exc}"))
+
+        self._pool.submit(run)
+        return out
+
+    def generate(self, version: ModelVersion, prompt: str, params: SamplingParams) -> Generation:
+        return self.stream(version, prompt, params).result()
+
+    def _tokenizer(self, version: ModelVersion) -> Any:
+        source = self._source(version)
+        with self._lock:
+            found = self._tokenizers.get(source)
+        if found is None:
+            from modelyard.base import load_tokenizer
+
+            found = load_tokenizer(source)
+            with self._lock:
+                self._tokenizers[source] = found
+        return found
+
+    def render_chat(self, version: ModelVersion, messages: Sequence[Mapping[str, str]]) -> str:
+        return render_chat(version, messages, self._tokenizer(version))
+
+    def count_tokens(self, version: ModelVersion, prompt: str) -> int:
+        return len(self._tokenizer(version)(prompt)["input_ids"])
+
+    def loaded(self) -> list[str]:
+        with self._lock:
+            servers = list(self._servers.values())
+        refs: list[str] = []
+        for server in servers:
+            with server.lock:
+                refs += list(server.adapters.values())
+        return refs
+
+    def close(self) -> None:
+        with self._lock:
+            servers, self._servers = list(self._servers.values()), {}
+        for server in servers:
+            server.process.stop()
+            if server.client is not None:
+                server.client.close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+__all__ = ["VLLMEngine"]
