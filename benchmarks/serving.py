@@ -284,22 +284,27 @@ def engine_direct(
 
 
 def through_server(
-    url: str, key: str, config: Config, clients: Sequence[Sequence[Job]]
+    url: str,
+    key: str,
+    config: Config,
+    clients: Sequence[Sequence[Job]],
+    model: Callable[[int], str] = endpoint,
 ) -> tuple[int, int, float]:
-    """Each client sends its jobs one after another; the clients run at once: tokens, short, s."""
+    """Each client sends its jobs one after another; the clients run at once: tokens, short, s.
+    ``model`` names adapter i's model (default its endpoint; serving_vllm.py: vLLM's name)."""
 
     def client(jobs: Sequence[Job]) -> tuple[int, int]:
         api = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0, timeout=120)
         tokens = short = 0
         for adapter, prompt in jobs:
             out = api.completions.create(
-                model=endpoint(adapter),
+                model=model(adapter),
                 prompt=prompt,
                 max_tokens=config.new_tokens,
                 temperature=0,
             )
             if out.usage is None:
-                raise BenchmarkError(f"the server answered {endpoint(adapter)} without usage")
+                raise BenchmarkError(f"the server answered {model(adapter)} without usage")
             tokens += out.usage.completion_tokens
             short += out.usage.completion_tokens < config.new_tokens
         return tokens, short

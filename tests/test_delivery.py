@@ -1,7 +1,7 @@
 """Progressive delivery through real servers: shadow traffic, fallback, blue-green, zero downtime.
 
-A tiny Llama base and LoRA adapters with random weights on the transformers
-engine (one of them tampered after registration, so it cannot load), served
+A tiny Llama base and LoRA adapters with random weights on the transformers and
+the vllm engines (one of them tampered after registration, so it cannot load), served
 on 127.0.0.1 and called through the official openai client while the
 controller moves the traffic plan.
 """
@@ -23,7 +23,15 @@ from modelyard.artifacts import ArtifactStore
 from modelyard.base import create_tiny_base
 from modelyard.data import DOMAINS, domain_corpus
 from modelyard.delivery import Controller, abort_rollout, start_rollout
-from modelyard.serving import BackgroundServer, EchoEngine, TransformersEngine, create_app
+from modelyard.serving import (
+    BackgroundServer,
+    EchoEngine,
+    Engine,
+    TransformersEngine,
+    VLLMEngine,
+    VLLMOptions,
+    create_app,
+)
 from modelyard.store import Store
 from tinymodels import QUICK_BASE, random_adapter, tamper
 from worlds import fake_world
@@ -114,13 +122,23 @@ def _wait_for(what: str, check: object, timeout: float = 60.0) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-@pytest.fixture
-def served(yard: Yard, tmp_path: Path) -> Iterator[tuple[Store, openai.OpenAI]]:
+@pytest.fixture(params=["transformers", "vllm"])
+def served(
+    yard: Yard, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[Store, openai.OpenAI]]:
+    """The scenario's server on each engine: the embedded one, and vLLM servers it starts."""
     url = f"sqlite:///{tmp_path / 'store.db'}"
     with Store.open(url) as store, Store.open(url) as controller_store:
         _register(store, yard)
         _, key = create_api_key(store, "acme")
-        engine = TransformersEngine(yard.artifacts, batch_window_ms=2, store=store)
+        engine: Engine
+        if request.param == "vllm":
+            options = VLLMOptions(python=request.getfixturevalue("vllm_python"), kv_cache_gb=1,
+                                  max_model_len=256, max_num_seqs=8)  # fmt: skip
+            engine = VLLMEngine(yard.artifacts, options, store=store, log_dir=tmp_path / "logs")
+            assert engine.warm(store.get_model_version("bot", 1), 240), "vLLM did not start"
+        else:
+            engine = TransformersEngine(yard.artifacts, batch_window_ms=2, store=store)
         app = create_app(
             store, engine, refresh_seconds=0.1, heartbeat_s=0.2,
             controller=Controller(controller_store, stale_after_s=5), controller_interval_s=0.1,

@@ -322,21 +322,27 @@ class AdapterCache:
             self._notify("eviction", entry.ref)
 
     def _verified(self, version: ModelVersion) -> Any:
-        try:
-            return verified_files(self._store, self._artifacts, version, by="serve")
-        except ArtifactIntegrityError as exc:
-            raise EngineError(
-                f"refusing to serve {version.ref}: its stored files do not match their manifest "
-                f"({exc.message})",
-                hint=exc.hint,
-                version=version.ref,
-            ) from exc
-        except ArtifactError as exc:
-            raise EngineError(
-                f"cannot read the adapter of {version.ref}: {exc.message}",
-                hint=exc.hint or "Check the artifact store this server uses.",
-                version=version.ref,
-            ) from exc
+        return served_files(self._store, self._artifacts, version)
+
+
+def served_files(store: Store | None, artifacts: ArtifactStore, version: ModelVersion) -> Any:
+    """The version's verified files for an engine to load, or an ``EngineError`` naming the
+    version (a load failure: the plan falls back, a rollout rolls back)."""
+    try:
+        return verified_files(store, artifacts, version, by="serve")
+    except ArtifactIntegrityError as exc:
+        raise EngineError(
+            f"refusing to serve {version.ref}: its stored files do not match their manifest "
+            f"({exc.message})",
+            hint=exc.hint,
+            version=version.ref,
+        ) from exc
+    except ArtifactError as exc:
+        raise EngineError(
+            f"cannot read the files of {version.ref}: {exc.message}",
+            hint=exc.hint or "Check the artifact store this server uses.",
+            version=version.ref,
+        ) from exc
 
 
 def _reason(exc: BaseException, limit: int = 300) -> str:

@@ -27,14 +27,9 @@ from typing import Any
 import httpx
 
 from modelyard.artifacts import ArtifactStore
-from modelyard.errors import (
-    ArtifactError,
-    ArtifactIntegrityError,
-    EngineError,
-    ModelyardError,
-    UpstreamError,
-)
-from modelyard.registry import UpstreamSpec, verified_files
+from modelyard.errors import EngineError, ModelyardError, UpstreamError
+from modelyard.registry import UpstreamSpec
+from modelyard.serving._adapters import served_files
 from modelyard.serving._engine import Engine
 from modelyard.serving._prompts import render_chat
 from modelyard.serving._stream import TokenStream
@@ -118,11 +113,7 @@ class VLLMEngine(Engine):
         return known
 
     def _verified(self, version: ModelVersion) -> Path:
-        try:
-            return verified_files(self.store, self.artifacts, version, by="serve")
-        except (ArtifactIntegrityError, ArtifactError) as exc:
-            raise EngineError(f"refusing to serve {version.ref}: {exc.message}", hint=exc.hint,
-                              version=version.ref) from exc  # fmt: skip
+        return Path(served_files(self.store, self.artifacts, version))
 
     def _server(self, source: str) -> _Server:
         with self._lock:
