@@ -4,6 +4,7 @@ transformers engine's on the same fp32 base, and a vLLM process killed mid-strea
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import httpx
 import openai
 import pytest
 
+from clihelp import modelyard
 from modelyard.access import create_api_key
 from modelyard.artifacts import ArtifactStore
 from modelyard.base import create_tiny_base
@@ -176,3 +178,15 @@ def test_a_vllm_process_killed_mid_stream_fails_the_request_and_is_restarted(
     assert answer.usage and answer.usage.completion_tokens == 4  # adapters load again
     killed = [r for r in _records(world, "acme-rambler", 1) if r["http_status"] != 200]
     assert killed and killed[0]["status"] == "error"
+
+
+def test_serve_engine_vllm_says_what_it_needs(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert modelyard("init", home=home).code == 0
+    r = modelyard("serve", "--engine", "vllm", "--port", "0", home=home)
+    assert r.code == 2 and "make vllm" in r.err and "Traceback" not in r.err, r.err
+    r = modelyard("serve", "--engine", "vllm", "--vllm-python", str(tmp_path / "nope"), home=home)
+    assert r.code == 2 and "does not exist" in r.err and "Traceback" not in r.err, r.err
+    r = modelyard("serve", "--engine", "vllm", "--vllm-python", sys.executable,
+                  "--vllm-max-lora-rank", "48", home=home)  # fmt: skip
+    assert r.code == 2 and "one of 1, 8, 16" in r.err, r.err

@@ -195,6 +195,9 @@ class UpstreamClient:
             error = UpstreamError(f"{what}: the upstream at {self.spec.host} could not be reached "
                                   f"or broke off: {type(exc).__name__}", version=what)  # fmt: skip
             raise _Retry(error, None, sent) from None
+        if finish == "abort":  # vLLM's word for a request it dropped (it was stopping)
+            raise UpstreamError(f"{what}: the upstream at {self.spec.host} aborted the request",
+                                version=what)  # fmt: skip
         text = "".join(texts)
         prompt_tokens, completion_tokens, estimated = _usage(usage, body, text)
         extra = {"upstream": self.spec.host, "upstream_model": self.spec.model}
