@@ -23,15 +23,21 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def postgres_admin_url() -> str:
-    """The PostgreSQL server for tests; under CI a missing server fails instead of skipping."""
-    url = os.environ.get(PG_ENV)
-    if not url:
-        reason = f"{PG_ENV} is not set: no PostgreSQL server (scripts/postgres-up.sh starts one)"
+def _needed(env: str, missing: str) -> str:
+    """The value of ``env``; without it the test is skipped, saying ``missing`` (under CI it
+    fails instead: CI provides every service)."""
+    value = os.environ.get(env)
+    if not value:
+        reason = f"{env} is not set: {missing}"
         if IN_CI:
             pytest.fail(f"CI=true but {reason}")
         pytest.skip(reason)
-    return url
+    return value
+
+
+def postgres_admin_url() -> str:
+    """The PostgreSQL server for tests."""
+    return _needed(PG_ENV, "no PostgreSQL server (scripts/postgres-up.sh starts one)")
 
 
 TEST_ENVS = (PG_ENV, VLLM_ENV)
@@ -39,14 +45,8 @@ TEST_ENVS = (PG_ENV, VLLM_ENV)
 
 @pytest.fixture(scope="session")
 def vllm_python() -> str:
-    """The interpreter of vLLM's environment; the vLLM tests skip without one (fail in CI)."""
-    python = os.environ.get(VLLM_ENV)
-    if not python:
-        reason = f"{VLLM_ENV} is not set: no vLLM environment (`make vllm` builds one)"
-        if IN_CI:
-            pytest.fail(f"CI=true but {reason}")
-        pytest.skip(reason)
-    return python
+    """The interpreter of vLLM's environment."""
+    return _needed(VLLM_ENV, "no vLLM environment (`make vllm` builds one)")
 
 
 @pytest.fixture(autouse=True)

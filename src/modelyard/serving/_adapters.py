@@ -94,7 +94,7 @@ class AdapterCache:
         self._bases: dict[str, LoadedBase] = {}
         self._adapters: OrderedDict[str, _Loaded] = OrderedDict()  # name -> where it is
         self._failures: dict[int, tuple[float, ModelyardError]] = {}  # version id -> (until, error)
-        self._full: dict[int, str] = {}  # version id -> its verified full weights' directory
+        self._sources = ModelSources(store, artifacts)
         # (digest, base source) -> verified, checked tensors; least recently used first
         self._host: OrderedDict[tuple[str, str], LoraWeights] = OrderedDict()
         self._host_bytes = 0
@@ -103,18 +103,8 @@ class AdapterCache:
     # -- bases ----------------------------------------------------------------------------
 
     def source(self, version: ModelVersion) -> str:
-        """Where ``version``'s model loads from: its base's source for an adapter; for full
-        weights (a full fine-tune, or a base registered as a version) its own files,
-        verified against the manifest on first use like an adapter's."""
-        if version.kind != "full":
-            return version.base_model_source
-        with self._lock:
-            known = self._full.get(version.id)
-        if known is None:
-            known = str(self._verified(version))
-            with self._lock:
-                self._full[version.id] = known
-        return known
+        """Where ``version``'s model loads from (``ModelSources``)."""
+        return self._sources(version)
 
     def base(self, source: str) -> LoadedBase:
         """The loaded base ``source`` (loading it on first use)."""
@@ -323,6 +313,28 @@ class AdapterCache:
 
     def _verified(self, version: ModelVersion) -> Any:
         return served_files(self._store, self._artifacts, version)
+
+
+class ModelSources:
+    """Where each version's model loads from: its base's source for an adapter; for full
+    weights (a full fine-tune, or a base registered as a version) its own files, verified
+    against the manifest on first use like an adapter's (then remembered)."""
+
+    def __init__(self, store: Store | None, artifacts: ArtifactStore) -> None:
+        self._store, self._artifacts = store, artifacts
+        self._lock = threading.Lock()
+        self._full: dict[int, str] = {}  # version id -> its verified full weights' directory
+
+    def __call__(self, version: ModelVersion) -> str:
+        if version.kind != "full":
+            return version.base_model_source
+        with self._lock:
+            known = self._full.get(version.id)
+        if known is None:
+            known = str(served_files(self._store, self._artifacts, version))
+            with self._lock:
+                self._full[version.id] = known
+        return known
 
 
 def served_files(store: Store | None, artifacts: ArtifactStore, version: ModelVersion) -> Any:

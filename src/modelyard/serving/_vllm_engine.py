@@ -29,7 +29,7 @@ import httpx
 from modelyard.artifacts import ArtifactStore
 from modelyard.errors import EngineError, ModelyardError, UpstreamError
 from modelyard.registry import UpstreamSpec
-from modelyard.serving._adapters import served_files
+from modelyard.serving._adapters import ModelSources, served_files
 from modelyard.serving._engine import Engine
 from modelyard.serving._prompts import render_chat
 from modelyard.serving._stream import TokenStream
@@ -95,22 +95,14 @@ class VLLMEngine(Engine):
         self.request_timeout_s = request_timeout_s
         self._lock = threading.Lock()
         self._servers: dict[str, _Server] = {}  # by model directory
-        self._full: dict[int, str] = {}  # version id -> its verified full weights
+        self._sources = ModelSources(store, artifacts)
         self._tokenizers: dict[str, Any] = {}
         self._pool = ThreadPoolExecutor(64, thread_name_prefix="vllm-request")
 
     # -- where a version runs ---------------------------------------------------------------
 
     def _source(self, version: ModelVersion) -> str:
-        if version.kind != "full":
-            return version.base_model_source
-        with self._lock:
-            known = self._full.get(version.id)
-        if known is None:
-            known = str(self._verified(version))
-            with self._lock:
-                self._full[version.id] = known
-        return known
+        return self._sources(version)
 
     def _verified(self, version: ModelVersion) -> Path:
         return Path(served_files(self.store, self.artifacts, version))
