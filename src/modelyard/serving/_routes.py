@@ -8,6 +8,8 @@ answers whole or as server-sent events (``stream``).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 from fastapi import FastAPI
@@ -16,9 +18,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 import modelyard
+from modelyard.errors import EndpointNotFound
 from modelyard.serving._auth import FeedbackKeyDep, KeyDep
-from modelyard.serving._plane import DataPlane
+from modelyard.serving._plane import DataPlane, Submitted
 from modelyard.serving._sse import Chunks, event_stream, wait_whole
+from modelyard.serving._types import Generation
 from modelyard.serving._wire import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -26,6 +30,7 @@ from modelyard.serving._wire import (
     include_usage,
     usage,
 )
+from modelyard.store import Endpoint
 
 
 def add_routes(app: FastAPI, plane: DataPlane) -> None:
@@ -70,28 +75,33 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
     async def completions(
         body: CompletionRequest, key: KeyDep, response: Response
     ) -> dict[str, Any] | StreamingResponse:
-        sub = await plane.enter(
-            key,
-            "completions",
-            body.model,
-            body.user,
-            body.sampling(plane.limits.max_tokens),
-            lambda _v: body.prompt,
-        )
-        chunks = Chunks(False, sub, body.model, include_usage(body))
-        if body.stream:
-            return await event_stream(plane, sub, chunks)
-        sub, gen = await wait_whole(plane, sub)
-        response.headers["x-modelyard-version"] = sub.version.ref
+        params = body.sampling(plane.limits.max_tokens)
+
+        async def one(prompt: str) -> tuple[Submitted, Generation]:
+            sub = await plane.enter(key, "completions", body.model, body.user, params,
+                                    lambda _v: prompt)  # fmt: skip
+            if body.stream:  # one prompt (checked): its events are the answer
+                raise _Streamed(sub)
+            return await wait_whole(plane, sub)
+
+        try:
+            # several prompts: one request each (limits, records), answered together
+            answers = await asyncio.gather(*(one(p) for p in body.prompts))
+        except _Streamed as streamed:
+            chunks = Chunks(False, streamed.sub, body.model, include_usage(body))
+            return await event_stream(plane, streamed.sub, chunks)
+        first = answers[0][0]
+        response.headers["x-modelyard-version"] = first.version.ref
         return {
-            "id": sub.record_id,
+            "id": first.record_id,
             "object": "text_completion",
-            "created": chunks.created,
+            "created": int(time.time()),
             "model": body.model,
             "choices": [
-                {"index": 0, "text": gen.text, "finish_reason": gen.finish_reason, "logprobs": None}
+                {"index": i, "text": gen.text, "finish_reason": gen.finish_reason, "logprobs": None}
+                for i, (_, gen) in enumerate(answers)
             ],
-            "usage": usage(gen),
+            "usage": summed_usage([gen for _, gen in answers]),
         }
 
     @app.post("/v1/feedback")
@@ -116,16 +126,22 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
 
     @app.get("/v1/models")
     def list_models(key: KeyDep) -> Any:
-        data = [
-            {
-                "id": ep.name,
-                "object": "model",
-                "created": int(ep.created_at.timestamp()),
-                "owned_by": ep.tenant or "shared",
-            }
-            for ep in plane.router.visible_endpoints(key)
-        ]
-        return {"object": "list", "data": data}
+        return {
+            "object": "list",
+            "data": [_model(ep) for ep in plane.router.visible_endpoints(key)],
+        }
+
+    @app.get("/v1/models/{model_id:path}")
+    def retrieve_model(model_id: str, key: KeyDep) -> Any:
+        """One endpoint the key may call; any other name (another tenant's included) is the
+        same 404."""
+        for ep in plane.router.visible_endpoints(key):
+            if ep.name == model_id:
+                return _model(ep)
+        raise EndpointNotFound(
+            f"the model {model_id!r} does not exist or you do not have access to it",
+            hint="List the models your key can use with GET /v1/models.",
+        )
 
     @app.get("/health")
     def health() -> Any:
@@ -145,6 +161,29 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
         return PlainTextResponse(
             generate_latest(plane.metrics.registry), media_type=CONTENT_TYPE_LATEST
         )
+
+
+class _Streamed(Exception):
+    """A single-prompt streamed completion: its submission, to answer as events."""
+
+    def __init__(self, sub: Submitted) -> None:
+        super().__init__("streamed")
+        self.sub = sub
+
+
+def _model(ep: Endpoint) -> dict[str, Any]:
+    return {
+        "id": ep.name,
+        "object": "model",
+        "created": int(ep.created_at.timestamp()),
+        "owned_by": ep.tenant or "shared",
+    }
+
+
+def summed_usage(generations: list[Generation]) -> dict[str, int]:
+    """The ``usage`` of several answers of one request."""
+    totals = [usage(g) for g in generations]
+    return {k: sum(t[k] for t in totals) for k in totals[0]}
 
 
 __all__ = ["add_routes"]

@@ -10,6 +10,7 @@ from modelyard.errors import ConfigError
 from modelyard.serving._types import MIN_TEMPERATURE, SEED_RANGE, Generation, SamplingParams
 
 MAX_STOP = 4  # stop strings, as OpenAI allows
+MAX_PROMPTS = 16  # prompts in one legacy completion request
 MAX_STOP_CHARS = 256  # per stop string: each is searched in the answer at every token
 
 
@@ -183,7 +184,37 @@ class ChatCompletionRequest(CommonRequest):
 
 
 class CompletionRequest(CommonRequest):
-    prompt: Text
+    """``prompt`` is a text, or a list of texts answered as one choice each (the legacy
+    completions API; ``choices[i].index`` is the prompt's place)."""
+
+    prompt: Text | list[Text] | list[int] | list[list[int]]
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("the prompt list is empty; send at least one prompt")
+            if not all(isinstance(p, str) for p in value):
+                raise ValueError("prompts as token ids are not supported by this server: send text")
+            if len(value) > MAX_PROMPTS:
+                raise ValueError(f"{len(value)} prompts; send at most {MAX_PROMPTS} at once")
+        return value
+
+    @model_validator(mode="after")
+    def _one_stream(self) -> CompletionRequest:
+        if self.stream and len(self.prompts) > 1:
+            raise ValueError(
+                "stream with several prompts is not supported by this server: send them as "
+                "separate requests, or without stream"
+            )
+        return self
+
+    @property
+    def prompts(self) -> list[str]:
+        if isinstance(self.prompt, str):
+            return [self.prompt]
+        return [p for p in self.prompt if isinstance(p, str)]  # texts only (checked)
 
 
 class FeedbackRequest(BaseModel):

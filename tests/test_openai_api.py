@@ -1,0 +1,89 @@
+"""The OpenAI API in depth, through the official openai SDK: model retrieval and the legacy
+completions API's prompt lists (issue 14)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from modelyard.access import create_api_key
+from modelyard.serving import BackgroundServer, EchoEngine, create_app
+from modelyard.store import Store
+from worlds import two_tenant_world
+
+
+@dataclass
+class Served:
+    url: str
+    store: Store
+    keys: dict[str, str]
+
+    def client(self, tenant: str = "acme") -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.keys[tenant], max_retries=0)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    with Store.open(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        two_tenant_world(store, template="text")
+        keys = {t: create_api_key(store, t)[1] for t in ("acme", "globex")}
+        app = create_app(store, EchoEngine(), refresh_seconds=0.2, heartbeat_s=None)
+        with BackgroundServer(app) as server:
+            yield Served(server.base_url, store, keys)
+
+
+def test_models_retrieve_answers_only_the_keys_own_endpoints(served: Served) -> None:
+    client = served.client()
+    model = client.models.retrieve("acme-support")
+    assert model.id == "acme-support" and model.object == "model" and model.owned_by == "acme"
+    for name in ("globex-support", "no-such-endpoint"):  # another tenant's reads as missing
+        with pytest.raises(openai.NotFoundError) as caught:
+            client.models.retrieve(name)
+        assert caught.value.code == "endpoint_not_found" and name in str(caught.value)
+    r = httpx.get(served.url + "/v1/models/acme-support")
+    assert r.status_code == 401  # a key is needed, as for the list
+
+
+def test_a_list_of_prompts_is_one_choice_each(served: Served) -> None:
+    done = served.client().completions.create(
+        model="acme-support", prompt=["reset my password", "printer on floor two"], max_tokens=8
+    )
+    assert [(c.index, c.text) for c in done.choices] == [
+        (0, "reset my password"),
+        (1, "printer on floor two"),
+    ]
+    assert done.usage is not None and done.usage.completion_tokens == 3 + 4
+    deadline = time.monotonic() + 10
+    while served.store.count_inference_records(endpoint="acme-support") < 2:
+        assert time.monotonic() < deadline, "each prompt is recorded"
+        time.sleep(0.05)
+    one = served.client().completions.create(model="acme-support", prompt=["just one"])
+    assert [c.text for c in one.choices] == ["just one"]
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ({"prompt": [1, 2, 3]}, "token ids are not supported"),
+        ({"prompt": [[1, 2], [3]]}, "token ids are not supported"),
+        ({"prompt": []}, "the prompt list is empty"),
+        ({"prompt": ["a", "b"], "stream": True}, "stream with several prompts"),
+        ({"prompt": ["x"] * 17}, "send at most 16"),
+    ],
+)
+def test_prompts_the_server_cannot_answer_are_400_naming_them(
+    served: Served, body: dict[str, object], said: str
+) -> None:
+    r = httpx.post(
+        served.url + "/v1/completions",
+        json={"model": "acme-support", "max_tokens": 4, **body},
+        headers={"Authorization": f"Bearer {served.keys['acme']}"},
+    )
+    assert r.status_code == 400, r.text
+    assert said in r.json()["error"]["message"]
