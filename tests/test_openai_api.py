@@ -1,5 +1,5 @@
-"""The OpenAI API in depth, through the official openai SDK: model retrieval and the legacy
-completions API's prompt lists (issue 14)."""
+"""The OpenAI API in depth, through the official openai SDK: model retrieval, the legacy
+completions API's prompt lists, and n choices (issue 14)."""
 
 from __future__ import annotations
 
@@ -73,7 +73,7 @@ def test_a_list_of_prompts_is_one_choice_each(served: Served) -> None:
         ({"prompt": [1, 2, 3]}, "token ids are not supported"),
         ({"prompt": [[1, 2], [3]]}, "token ids are not supported"),
         ({"prompt": []}, "the prompt list is empty"),
-        ({"prompt": ["a", "b"], "stream": True}, "stream with several prompts"),
+        ({"prompt": ["a", "b"], "stream": True}, "stream with 2 choices"),
         ({"prompt": ["x"] * 17}, "send at most 16"),
     ],
 )
@@ -83,6 +83,42 @@ def test_prompts_the_server_cannot_answer_are_400_naming_them(
     r = httpx.post(
         served.url + "/v1/completions",
         json={"model": "acme-support", "max_tokens": 4, **body},
+        headers={"Authorization": f"Bearer {served.keys['acme']}"},
+    )
+    assert r.status_code == 400, r.text
+    assert said in r.json()["error"]["message"]
+
+
+def test_n_choices_each_a_request_of_their_own(served: Served) -> None:
+    client = served.client()
+    chat = client.chat.completions.create(
+        model="acme-support", messages=[{"role": "user", "content": "where is my parcel"}], n=2
+    )
+    assert [c.index for c in chat.choices] == [0, 1]
+    assert chat.choices[0].message.content == chat.choices[1].message.content  # echo engine
+    assert chat.usage is not None and chat.usage.completion_tokens == 2 * 4
+    both = client.completions.create(model="acme-support", prompt=["a b", "c"], n=3, seed=7)
+    assert [c.text for c in both.choices] == ["a b"] * 3 + ["c"] * 3  # prompt by prompt
+    deadline = time.monotonic() + 10
+    while served.store.count_inference_records(endpoint="acme-support") < 2 + 6:
+        assert time.monotonic() < deadline, "each choice is recorded"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("body", "said"),
+    [
+        ({"n": 2, "stream": True}, "stream with 2 choices"),
+        ({"n": 9}, "ask for 1 to 8 choices"),
+        ({"n": 0}, "ask for 1 to 8 choices"),
+    ],
+)
+def test_choices_the_server_cannot_answer_are_400_naming_them(
+    served: Served, body: dict[str, object], said: str
+) -> None:
+    r = httpx.post(
+        served.url + "/v1/chat/completions",
+        json={"model": "acme-support", "messages": [{"role": "user", "content": "hi"}], **body},
         headers={"Authorization": f"Bearer {served.keys['acme']}"},
     )
     assert r.status_code == 400, r.text

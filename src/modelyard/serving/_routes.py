@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Any
 
 from fastapi import FastAPI
@@ -22,75 +23,83 @@ from modelyard.errors import EndpointNotFound
 from modelyard.serving._auth import FeedbackKeyDep, KeyDep
 from modelyard.serving._plane import DataPlane, Submitted
 from modelyard.serving._sse import Chunks, event_stream, wait_whole
-from modelyard.serving._types import Generation
+from modelyard.serving._types import Generation, SamplingParams
 from modelyard.serving._wire import (
     ChatCompletionRequest,
+    CommonRequest,
     CompletionRequest,
     FeedbackRequest,
     include_usage,
     usage,
 )
-from modelyard.store import Endpoint
+from modelyard.store import ApiKey, Endpoint, ModelVersion
+
+Render = Callable[[ModelVersion], str]  # a request's prompt for the version that answers
 
 
 def add_routes(app: FastAPI, plane: DataPlane) -> None:
     """The API and operator routes of ``app``, served by ``plane``."""
+
+    async def answer(
+        key: ApiKey, route: str, body: CommonRequest, jobs: list[tuple[Render, SamplingParams]]
+    ) -> Submitted | list[tuple[Submitted, Generation]]:
+        """The submission to stream (``stream``: one job, checked in the body), or every
+        job's answer: one request each (limits, records), run together."""
+        if body.stream:
+            render, params = jobs[0]
+            return await plane.enter(key, route, body.model, body.user, params, render)
+
+        async def one(render: Render, params: SamplingParams) -> tuple[Submitted, Generation]:
+            sub = await plane.enter(key, route, body.model, body.user, params, render)
+            return await wait_whole(plane, sub)
+
+        return list(await asyncio.gather(*(one(r, p) for r, p in jobs)))
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(
         body: ChatCompletionRequest, key: KeyDep, response: Response
     ) -> dict[str, Any] | StreamingResponse:
         messages = [m.model_dump() for m in body.messages]
-        sub = await plane.enter(
-            key,
-            "chat.completions",
-            body.model,
-            body.user,
-            body.sampling(plane.limits.max_tokens),
-            lambda v: plane.engine.render_chat(v, messages),
-        )
-        chunks = Chunks(True, sub, body.model, include_usage(body))
-        if body.stream:
-            return await event_stream(plane, sub, chunks)
-        sub, gen = await wait_whole(plane, sub)
-        response.headers["x-modelyard-version"] = sub.version.ref
+
+        def render(v: ModelVersion) -> str:
+            return plane.engine.render_chat(v, messages)
+
+        params = body.choice_params(plane.limits.max_tokens)
+        answered = await answer(key, "chat.completions", body, [(render, p) for p in params])
+        if isinstance(answered, Submitted):
+            chunks = Chunks(True, answered, body.model, include_usage(body))
+            return await event_stream(plane, answered, chunks)
+        first = answered[0][0]
+        response.headers["x-modelyard-version"] = first.version.ref
         return {
-            "id": sub.record_id,
+            "id": first.record_id,
             "object": "chat.completion",
-            "created": chunks.created,
+            "created": int(time.time()),
             "model": body.model,
             "choices": [
                 {
-                    "index": 0,
+                    "index": i,
                     "message": {"role": "assistant", "content": gen.text},
                     "finish_reason": gen.finish_reason,
                     "logprobs": None,
                 }
+                for i, (_, gen) in enumerate(answered)
             ],
-            "usage": usage(gen),
-            "system_fingerprint": sub.version.ref,
+            "usage": summed_usage([gen for _, gen in answered]),
+            "system_fingerprint": first.version.ref,
         }
 
     @app.post("/v1/completions", response_model=None)
     async def completions(
         body: CompletionRequest, key: KeyDep, response: Response
     ) -> dict[str, Any] | StreamingResponse:
-        params = body.sampling(plane.limits.max_tokens)
-
-        async def one(prompt: str) -> tuple[Submitted, Generation]:
-            sub = await plane.enter(key, "completions", body.model, body.user, params,
-                                    lambda _v: prompt)  # fmt: skip
-            if body.stream:  # one prompt (checked): its events are the answer
-                raise _Streamed(sub)
-            return await wait_whole(plane, sub)
-
-        try:
-            # several prompts: one request each (limits, records), answered together
-            answers = await asyncio.gather(*(one(p) for p in body.prompts))
-        except _Streamed as streamed:
-            chunks = Chunks(False, streamed.sub, body.model, include_usage(body))
-            return await event_stream(plane, streamed.sub, chunks)
-        first = answers[0][0]
+        params = body.choice_params(plane.limits.max_tokens)
+        jobs = [(_fixed(text), p) for text in body.prompts for p in params]
+        answered = await answer(key, "completions", body, jobs)
+        if isinstance(answered, Submitted):
+            chunks = Chunks(False, answered, body.model, include_usage(body))
+            return await event_stream(plane, answered, chunks)
+        first = answered[0][0]
         response.headers["x-modelyard-version"] = first.version.ref
         return {
             "id": first.record_id,
@@ -99,9 +108,9 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
             "model": body.model,
             "choices": [
                 {"index": i, "text": gen.text, "finish_reason": gen.finish_reason, "logprobs": None}
-                for i, (_, gen) in enumerate(answers)
+                for i, (_, gen) in enumerate(answered)
             ],
-            "usage": summed_usage([gen for _, gen in answers]),
+            "usage": summed_usage([gen for _, gen in answered]),
         }
 
     @app.post("/v1/feedback")
@@ -163,12 +172,9 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
         )
 
 
-class _Streamed(Exception):
-    """A single-prompt streamed completion: its submission, to answer as events."""
-
-    def __init__(self, sub: Submitted) -> None:
-        super().__init__("streamed")
-        self.sub = sub
+def _fixed(prompt: str) -> Render:
+    """A completion's render: its prompt, whatever the version."""
+    return lambda _version: prompt
 
 
 def _model(ep: Endpoint) -> dict[str, Any]:

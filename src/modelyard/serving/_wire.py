@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -11,6 +12,7 @@ from modelyard.serving._types import MIN_TEMPERATURE, SEED_RANGE, Generation, Sa
 
 MAX_STOP = 4  # stop strings, as OpenAI allows
 MAX_PROMPTS = 16  # prompts in one legacy completion request
+MAX_N = 8  # choices of one prompt
 MAX_STOP_CHARS = 256  # per stop string: each is searched in the answer at every token
 
 
@@ -143,11 +145,35 @@ class CommonRequest(BaseModel):
     @field_validator("n")
     @classmethod
     def _n(cls, value: int | None) -> int | None:
-        if value not in (None, 1):
-            raise ValueError(
-                f"n={value} is not supported by this server yet: it answers one choice (n=1)"
-            )
+        if value is not None and not 1 <= value <= MAX_N:
+            raise ValueError(f"n is {value}; ask for 1 to {MAX_N} choices")
         return value
+
+    @model_validator(mode="after")
+    def _one_stream(self) -> CommonRequest:
+        if self.stream and self.choices > 1:
+            raise ValueError(
+                f"stream with {self.choices} choices (n or several prompts) is not supported by "
+                "this server: stream one choice per request, or ask without stream"
+            )
+        return self
+
+    @property
+    def choices(self) -> int:
+        """How many choices the answer has (``n`` per prompt)."""
+        return self.n or 1
+
+    def choice_params(self, cap: int) -> list[SamplingParams]:
+        """The sampling of each of the ``n`` choices: with a ``seed``, choice ``i`` samples
+        with ``seed + i`` (the same seed gives the same choices, not n copies of one)."""
+        params, n = self.sampling(cap), self.n or 1
+        if params.seed is None:
+            return [params] * n
+        seed, top = params.seed, SEED_RANGE[1]
+        return [
+            dataclasses.replace(params, seed=seed + i if seed + i <= top else seed - i)
+            for i in range(n)
+        ]
 
     @field_validator("stop")
     @classmethod
@@ -201,14 +227,9 @@ class CompletionRequest(CommonRequest):
                 raise ValueError(f"{len(value)} prompts; send at most {MAX_PROMPTS} at once")
         return value
 
-    @model_validator(mode="after")
-    def _one_stream(self) -> CompletionRequest:
-        if self.stream and len(self.prompts) > 1:
-            raise ValueError(
-                "stream with several prompts is not supported by this server: send them as "
-                "separate requests, or without stream"
-            )
-        return self
+    @property
+    def choices(self) -> int:
+        return len(self.prompts) * (self.n or 1)
 
     @property
     def prompts(self) -> list[str]:
