@@ -22,6 +22,7 @@ from modelyard.data import DOMAINS, domain_corpus, render_prompt, synthetic_doma
 from modelyard.serving import (
     BackgroundServer,
     SamplingParams,
+    ServerLimits,
     TransformersEngine,
     VLLMEngine,
     VLLMOptions,
@@ -31,6 +32,7 @@ from modelyard.store import ModelVersion, Store
 from tinymodels import QUICK_BASE, chatty_adapter, random_adapter, register_adapter
 
 READY_S = 240  # vLLM starts in 30-50 s on two cores
+LONG = 1800  # tokens of the stream that is killed: seconds of decoding, even on a quiet machine
 
 
 @dataclass
@@ -47,7 +49,10 @@ class World:
 @pytest.fixture(scope="module")
 def world(vllm_python: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     tmp = tmp_path_factory.mktemp("vllm")
-    base = create_tiny_base(domain_corpus(DOMAINS, 300, seed=0), tmp / "base", **QUICK_BASE).path
+    # a long context: the stream killed mid-way runs for seconds (LONG tokens), not for less
+    # than the time between its first chunk and the kill
+    corpus = domain_corpus(DOMAINS, 300, seed=0)
+    base = create_tiny_base(corpus, tmp / "base", **QUICK_BASE, max_positions=2048).path
     artifacts = ArtifactStore(tmp / "artifacts")
     with Store.open(f"sqlite:///{tmp / 'store.db'}") as store:
         store.register_base_model("tiny", str(base), {})
@@ -63,13 +68,14 @@ def world(vllm_python: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         chatty = chatty_adapter(base, tmp / "chatty")  # never ends an answer
         versions["chatty"] = register_adapter(store, artifacts, chatty, "acme-bot")
         store.create_endpoint("acme-rambler", model_ref=versions["chatty"].ref, tenant="acme")
-        options = VLLMOptions(python=vllm_python, kv_cache_gb=1, max_model_len=256,
+        options = VLLMOptions(python=vllm_python, kv_cache_gb=1, max_model_len=2048,
                               max_num_seqs=8)  # fmt: skip
         engine = VLLMEngine(artifacts, options, store=store, log_dir=tmp / "logs")
         try:
             assert engine.start_for(store) == 1  # one base, one vLLM server for all three
             assert engine.warm(versions["acme"], READY_S), _log(tmp)
-            app = create_app(store, engine, refresh_seconds=0.2, heartbeat_s=None)
+            app = create_app(store, engine, refresh_seconds=0.2, heartbeat_s=None,
+                             limits=ServerLimits(max_tokens=LONG))  # fmt: skip
             with BackgroundServer(app) as server:
                 rows = synthetic_domain("it-support", 4, seed=0)
                 yield World(server.base_url, store, artifacts, engine, keys, versions,
@@ -151,7 +157,7 @@ def test_a_vllm_process_killed_mid_stream_fails_the_request_and_is_restarted(
 ) -> None:
     process = world.engine.process(world.versions["chatty"])
     restarts = process.restarts
-    body = {"model": "acme-rambler", "prompt": world.prompts[0], "max_tokens": 200,
+    body = {"model": "acme-rambler", "prompt": world.prompts[0], "max_tokens": LONG,
             "temperature": 0, "stream": True}  # fmt: skip
     headers = {"Authorization": f"Bearer {world.keys['acme']}"}
     with httpx.stream("POST", world.url + "/v1/completions", json=body, headers=headers,
