@@ -196,3 +196,27 @@ def test_serve_engine_vllm_says_what_it_needs(tmp_path: Path) -> None:
     r = modelyard("serve", "--engine", "vllm", "--vllm-python", sys.executable,
                   "--vllm-max-lora-rank", "48", home=home)  # fmt: skip
     assert r.code == 2 and "one of 1, 8, 16" in r.err, r.err
+
+
+def test_full_weights_get_a_vllm_server_of_their_own(world: World) -> None:
+    """A version with full weights (the base itself, registered as a version) is served by
+    its own vLLM server, from its verified files, and answers as the transformers engine."""
+    source = Path(world.store.get_base_model("tiny").source)
+    digest = world.artifacts.put_dir(source, kind="full").digest
+    full = world.store.create_model_version(
+        "acme-bot", kind="full", artifact_digest=digest, base_model="tiny", run_id=None,
+        lineage={"prompt_template": "alpaca"}, metrics={},
+    )  # fmt: skip
+    assert world.engine.warm(full, READY_S)
+    assert world.engine.process(full) is not world.engine.process(world.versions["acme"])
+    local = TransformersEngine(world.artifacts, store=world.store)
+    greedy = SamplingParams(max_tokens=12, temperature=0)
+    try:
+        for prompt in world.prompts[:2]:
+            ours, theirs = (
+                world.engine.generate(full, prompt, greedy),
+                local.generate(full, prompt, greedy),
+            )
+            assert ours.text.split() == theirs.text.rstrip("\ufffd").split(), prompt
+    finally:
+        local.close()
