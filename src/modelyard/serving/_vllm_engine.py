@@ -19,7 +19,7 @@ import hashlib
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -187,6 +187,18 @@ class VLLMEngine(Engine):
             retry_after=RETRY_AFTER_S,
         )
 
+    def _translator(self, server: _Server) -> Callable[[ModelyardError], ModelyardError]:
+        """A failed request of ``server``'s while it is down: a 503 to retry, naming the
+        version the error names (the client is shared by every request of the server)."""
+
+        def translate(error: ModelyardError) -> ModelyardError:
+            if isinstance(error, UpstreamError) and not server.process.ready():
+                what = str(error.context.get("version", "a request"))
+                return self._down(server, what, "it stopped mid-request")
+            return error
+
+        return translate
+
     # -- the interface ----------------------------------------------------------------------
 
     def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
@@ -199,15 +211,11 @@ class VLLMEngine(Engine):
             )
         out = TokenStream()
 
-        def translate(error: ModelyardError) -> ModelyardError:
-            if isinstance(error, UpstreamError) and not server.process.ready():
-                return self._down(server, version.ref, "it stopped mid-request")
-            return error
-
         def run() -> None:
             try:
                 model = self._model_name(server, version)
-                server.http(translate).run(prompt, params, out, what=version.ref, model=model)
+                client = server.http(self._translator(server))
+                client.run(prompt, params, out, what=version.ref, model=model)
             except ModelyardError as exc:
                 out.fail(exc)
             except Exception as exc:  # the stream must end, whatever happened
