@@ -173,7 +173,7 @@ def test_a_vllm_process_killed_mid_stream_fails_the_request_and_is_restarted(
     # while it restarts: 503 with Retry-After, never a hang
     client = _client(world, "acme")
     deadline = time.monotonic() + READY_S
-    while not process.ready() and time.monotonic() < deadline:
+    while not (process.ready() and process.restarts > restarts) and time.monotonic() < deadline:
         try:
             client.completions.create(model="acme-rambler", prompt="x", max_tokens=2)
         except openai.InternalServerError as exc:

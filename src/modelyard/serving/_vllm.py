@@ -142,7 +142,10 @@ class VLLMProcess:
         self._thread.start()
 
     def ready(self) -> bool:
-        return self._ready.is_set()
+        """Warmed up and still alive: a killed server is not ready even before its supervisor,
+        which polls twice a second, has seen it die."""
+        proc = self._proc
+        return self._ready.is_set() and proc is not None and proc.poll() is None
 
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)
