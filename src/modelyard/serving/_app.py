@@ -33,6 +33,7 @@ from modelyard.serving._http_errors import install_error_handlers
 from modelyard.serving._limits import ServerLimits
 from modelyard.serving._metrics import Metrics
 from modelyard.serving._plane import DataPlane
+from modelyard.serving._responses import add_response_routes
 from modelyard.serving._router import Router
 from modelyard.serving._routes import add_routes
 from modelyard.serving._shutdown import Drain
@@ -128,6 +129,7 @@ def create_app(
     )
     install_error_handlers(app)
     add_routes(app, plane)
+    add_response_routes(app, plane)
     return app
 
 

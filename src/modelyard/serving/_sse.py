@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncGenerator
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -48,6 +48,30 @@ async def wait_whole(plane: DataPlane, sub: Submitted) -> tuple[Submitted, Gener
             plane.finish(sub, None, exc=exc)
             raise
         raise EngineError("the engine ended a stream without a result")  # pragma: no cover
+
+
+class Formatter(Protocol):
+    """How one stream's events are written (``Chunks``; the Responses API's events)."""
+
+    def rebound(self, sub: Submitted) -> Formatter:
+        """The same stream's events, now answered by ``sub`` (a fallback version)."""
+        ...
+
+    def opening(self) -> list[str]:
+        """The events before the first text."""
+        ...
+
+    def text(self, text: str) -> str:
+        """The event of one new piece of text."""
+        ...
+
+    def closing(self, gen: Generation) -> list[str]:
+        """The events after the last text."""
+        ...
+
+    def error(self, exc: ModelyardError) -> str:
+        """The event(s) of a failure mid-stream, the last thing sent."""
+        ...
 
 
 class Chunks:
@@ -118,7 +142,7 @@ class _EventStreamResponse(StreamingResponse):
             await self._body.aclose()
 
 
-async def event_stream(plane: DataPlane, sub: Submitted, chunks: Chunks) -> StreamingResponse:
+async def event_stream(plane: DataPlane, sub: Submitted, chunks: Formatter) -> StreamingResponse:
     """Wait for the first event (an error before it is a normal error response), then stream.
 
     The record is written when the stream ends: ``ok``; ``error`` when the engine
@@ -176,4 +200,4 @@ async def event_stream(plane: DataPlane, sub: Submitted, chunks: Chunks) -> Stre
     return _EventStreamResponse(events(), headers)
 
 
-__all__ = ["Chunks", "event_stream", "wait_whole"]
+__all__ = ["Chunks", "Formatter", "event_stream", "wait_whole"]
