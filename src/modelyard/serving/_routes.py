@@ -29,6 +29,8 @@ from modelyard.serving._wire import (
     CommonRequest,
     CompletionRequest,
     FeedbackRequest,
+    chat_logprobs,
+    completion_logprobs,
     include_usage,
     usage,
 )
@@ -81,7 +83,7 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
                     "index": i,
                     "message": {"role": "assistant", "content": gen.text},
                     "finish_reason": gen.finish_reason,
-                    "logprobs": None,
+                    "logprobs": chat_logprobs(gen),
                 }
                 for i, (_, gen) in enumerate(answered)
             ],
@@ -107,7 +109,12 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
             "created": int(time.time()),
             "model": body.model,
             "choices": [
-                {"index": i, "text": gen.text, "finish_reason": gen.finish_reason, "logprobs": None}
+                {
+                    "index": i,
+                    "text": gen.text,
+                    "finish_reason": gen.finish_reason,
+                    "logprobs": completion_logprobs(gen),
+                }
                 for i, (_, gen) in enumerate(answered)
             ],
             "usage": summed_usage([gen for _, gen in answered]),

@@ -14,15 +14,40 @@ SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.manual_seed takes
 AdapterEvent = Literal["hit", "miss", "load", "eviction", "load_failure"]
 
 
+MAX_TOP_LOGPROBS = 20  # as OpenAI allows
+GuideKind = Literal["json_object", "json_schema", "tool_call"]
+
+
+@dataclass(frozen=True)
+class Guide:
+    """What a constrained answer must be (structured outputs, required tool calls).
+
+    ``json_object``: any JSON object. ``json_schema``: JSON valid under ``schema``
+    (its canonical JSON text). ``tool_call``: ``<tool_call>\\n{json}\\n</tool_call>``
+    where the JSON is valid under ``schema`` (one of the offered functions with its
+    arguments). ``param`` names the request parameter that asked for it, for errors.
+    """
+
+    kind: GuideKind
+    schema: str = ""
+    param: str = "response_format"
+
+
 @dataclass(frozen=True)
 class SamplingParams:
-    """One request's decoding settings; ``temperature`` 0 is greedy."""
+    """One request's decoding settings; ``temperature`` 0 is greedy.
+
+    ``guide`` constrains the answer (structured outputs); ``logprobs`` asks for each
+    token's log probability and that many of the most likely alternatives (0 to 20).
+    """
 
     max_tokens: int = 64
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    guide: Guide | None = None
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         """Settings an engine cannot run are a client's mistake (400), never an engine error:
@@ -41,16 +66,35 @@ class SamplingParams:
                 self.seed is None or SEED_RANGE[0] <= self.seed <= SEED_RANGE[1],
                 f"from {SEED_RANGE[0]} to {SEED_RANGE[1]}",
             ),
+            (
+                "top_logprobs",
+                self.logprobs is None or 0 <= self.logprobs <= MAX_TOP_LOGPROBS,
+                f"from 0 to {MAX_TOP_LOGPROBS}",
+            ),
         )
         for name, ok, allowed in checks:
             if not ok:
-                raise ConfigError(
-                    f"{name} is {getattr(self, name)!r}; it must be {allowed}", param=name
-                )
+                value = getattr(self, "logprobs" if name == "top_logprobs" else name)
+                raise ConfigError(f"{name} is {value!r}; it must be {allowed}", param=name)
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0
+
+    @property
+    def plain(self) -> bool:
+        """Neither constrained nor asking for log probabilities (continuous batching runs
+        only plain greedy requests)."""
+        return self.guide is None and self.logprobs is None
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One generated token's log probability, and the most likely alternatives at its step."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -68,6 +112,7 @@ class Generation:
     finish_reason: str
     ttft_ms: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    logprobs: tuple[TokenLogprob, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +149,7 @@ class EngineObserver(Protocol):
 
 
 __all__ = [
+    "MAX_TOP_LOGPROBS",
     "MIN_TEMPERATURE",
     "SEED_RANGE",
     "AdapterEvent",
@@ -112,6 +158,9 @@ __all__ = [
     "EngineStats",
     "FinishReason",
     "Generation",
+    "Guide",
+    "GuideKind",
     "SamplingParams",
     "StreamEvent",
+    "TokenLogprob",
 ]

@@ -3,12 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from modelyard.errors import ConfigError
-from modelyard.serving._types import MIN_TEMPERATURE, SEED_RANGE, Generation, SamplingParams
+from modelyard.serving._types import (
+    MAX_TOP_LOGPROBS,
+    MIN_TEMPERATURE,
+    SEED_RANGE,
+    Generation,
+    Guide,
+    SamplingParams,
+)
 
 MAX_STOP = 4  # stop strings, as OpenAI allows
 MAX_PROMPTS = 16  # prompts in one legacy completion request
@@ -43,6 +51,44 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+_SCHEMA_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class JsonSchemaFormat(BaseModel):
+    """``response_format.json_schema``: the schema the answer must be valid under."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: Text = Field(pattern=_SCHEMA_NAME)
+    description: Text | None = None
+    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    strict: bool | None = None  # always strict here: constrained decoding follows the schema
+
+
+class ResponseFormat(BaseModel):
+    """``response_format``: ``text`` (the default), ``json_object`` or ``json_schema``."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JsonSchemaFormat | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> ResponseFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError(
+                "send json_schema with type json_schema (and only then): "
+                '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}'
+            )
+        return self
+
+    def guide(self) -> Guide | None:
+        if self.type == "json_object":
+            return Guide("json_object", param="response_format")
+        if self.json_schema is not None:
+            schema = json.dumps(self.json_schema.schema_, sort_keys=True, separators=(",", ":"))
+            return Guide("json_schema", schema, param="response_format.json_schema.schema")
+        return None
+
+
 def _neutral(value: Any) -> bool:
     """Whether an OpenAI parameter this server does not implement is sent at its no-op value."""
     return value is None or value is False or value == 0 or value in ({}, [], "", "none", "auto")
@@ -55,9 +101,6 @@ _NOT_YET = (
     "tool_choice",
     "functions",
     "function_call",
-    "response_format",
-    "logprobs",
-    "top_logprobs",
     "logit_bias",
     "presence_penalty",
     "frequency_penalty",
@@ -92,6 +135,8 @@ class CommonRequest(BaseModel):
     metadata: dict[str, Text] | None = None
     store: bool | None = None
     service_tier: Text | None = None
+    # structured outputs (constrained decoding, ``_grammar``)
+    response_format: ResponseFormat | None = None
     parallel_tool_calls: bool | None = None
     prompt_cache_key: Text | None = None
     safety_identifier: Text | None = None
@@ -100,9 +145,6 @@ class CommonRequest(BaseModel):
     tool_choice: Any = None
     functions: Any = None
     function_call: Any = None
-    response_format: Any = None
-    logprobs: Any = None
-    top_logprobs: Any = None
     logit_bias: Any = None
     presence_penalty: Any = None
     frequency_penalty: Any = None
@@ -120,9 +162,7 @@ class CommonRequest(BaseModel):
     def _not_yet(cls, value: Any, info: Any) -> Any:
         name = info.field_name
         neutral = _neutral(value)
-        if name == "response_format":
-            neutral = value is None or value == {"type": "text"}
-        elif name == "modalities":
+        if name == "modalities":
             neutral = value is None or value == ["text"]
         elif name == "best_of":
             neutral = value is None or value == 1
@@ -155,6 +195,10 @@ class CommonRequest(BaseModel):
             raise ValueError(
                 f"stream with {self.choices} choices (n or several prompts) is not supported by "
                 "this server: stream one choice per request, or ask without stream"
+            )
+        if self.stream and self.wanted_logprobs() is not None:
+            raise ValueError(
+                "logprobs with stream is not supported by this server yet: ask without stream"
             )
         return self
 
@@ -202,11 +246,37 @@ class CommonRequest(BaseModel):
         stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
         temperature = 1.0 if self.temperature is None else self.temperature
         top_p = 1.0 if self.top_p is None else self.top_p
-        return SamplingParams(wanted, temperature, top_p, self.seed, stop)
+        guide = self.guide()
+        if guide is not None:
+            from modelyard.serving._grammar import grammar_of  # xgrammar: only when asked
+
+            grammar_of(guide)  # a schema the library cannot compile: 400 naming it
+        return SamplingParams(
+            wanted, temperature, top_p, self.seed, stop, guide, self.wanted_logprobs()
+        )
+
+    def guide(self) -> Guide | None:
+        """What the answer is constrained to (``response_format``)."""
+        return self.response_format.guide() if self.response_format is not None else None
+
+    def wanted_logprobs(self) -> int | None:
+        """How many alternatives per token the client asked for, None: no logprobs."""
+        return None
 
 
 class ChatCompletionRequest(CommonRequest):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    @model_validator(mode="after")
+    def _top_with_logprobs(self) -> ChatCompletionRequest:
+        if self.top_logprobs is not None and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
+        return self
+
+    def wanted_logprobs(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(CommonRequest):
@@ -214,6 +284,10 @@ class CompletionRequest(CommonRequest):
     completions API; ``choices[i].index`` is the prompt's place)."""
 
     prompt: Text | list[Text] | list[int] | list[list[int]]
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+
+    def wanted_logprobs(self) -> int | None:
+        return self.logprobs
 
     @field_validator("prompt")
     @classmethod
@@ -271,6 +345,48 @@ def usage(gen: Generation) -> dict[str, int]:
     }
 
 
+def _token_bytes(token: str) -> list[int]:
+    return list(token.encode("utf-8", errors="surrogatepass"))
+
+
+def chat_logprobs(gen: Generation) -> dict[str, Any] | None:
+    """A chat choice's ``logprobs``: each token, its log probability, and the alternatives."""
+    if gen.logprobs is None:
+        return None
+    return {
+        "content": [
+            {
+                "token": t.token,
+                "logprob": t.logprob,
+                "bytes": _token_bytes(t.token),
+                "top_logprobs": [
+                    {"token": token, "logprob": lp, "bytes": _token_bytes(token)}
+                    for token, lp in t.top
+                ],
+            }
+            for t in gen.logprobs
+        ],
+        "refusal": None,
+    }
+
+
+def completion_logprobs(gen: Generation) -> dict[str, Any] | None:
+    """A legacy completion choice's ``logprobs`` (``tokens``, ``token_logprobs``,
+    ``top_logprobs`` as token → logprob maps, ``text_offset`` into the generated text)."""
+    if gen.logprobs is None:
+        return None
+    offsets, at = [], 0
+    for t in gen.logprobs:
+        offsets.append(at)
+        at += len(t.token)
+    return {
+        "tokens": [t.token for t in gen.logprobs],
+        "token_logprobs": [t.logprob for t in gen.logprobs],
+        "top_logprobs": [dict(t.top) for t in gen.logprobs],
+        "text_offset": offsets,
+    }
+
+
 def include_usage(body: CommonRequest) -> bool:
     """Whether a streamed answer ends with a ``usage`` chunk (``stream_options``)."""
     return body.stream_options is not None and body.stream_options.include_usage
@@ -282,7 +398,11 @@ __all__ = [
     "CommonRequest",
     "CompletionRequest",
     "FeedbackRequest",
+    "JsonSchemaFormat",
+    "ResponseFormat",
     "StreamOptions",
+    "chat_logprobs",
+    "completion_logprobs",
     "include_usage",
     "usage",
 ]

@@ -1,0 +1,163 @@
+"""Structured outputs, tools and logprobs on the transformers engine, through real clients
+(the openai SDK, langchain-openai, litellm) against a server with a tiny model (issue 14).
+
+A tiny model's content is poor; what is asserted is the shape a framework relies on:
+an answer under a JSON schema always parses and validates, a required tool call is
+always a call of an offered function with valid arguments, logprobs are one per token.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Literal
+
+import httpx
+import openai
+import pytest
+from pydantic import BaseModel, Field
+
+from modelyard.access import create_api_key
+from modelyard.artifacts import ArtifactStore
+from modelyard.base import create_tiny_base
+from modelyard.serving import BackgroundServer, TransformersEngine, create_app
+from modelyard.store import Store
+from tinymodels import QUICK_BASE, random_adapter
+
+pytestmark = pytest.mark.slow
+CORPUS = [
+    "the printer on floor two is broken again",
+    "please reset my password for the billing portal",
+    'the ticket {"team": "it", "priority": 2} was closed',
+    "the weather in Paris is sunny and the weather in Oslo is cold",
+] * 30
+
+
+class Ticket(BaseModel):
+    team: Literal["it", "hr", "facilities"]
+    priority: int = Field(ge=1, le=5)
+    summary: str = Field(max_length=24)
+    urgent: bool
+
+
+@dataclass
+class Served:
+    url: str
+    store: Store
+    key: str
+
+    def client(self) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.key, max_retries=0)
+
+    def post(self, route: str, body: dict[str, object]) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.key}"}
+        return httpx.post(self.url + route, json=body, headers=headers, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    tmp = tmp_path_factory.mktemp("structured")
+    base = create_tiny_base(CORPUS, tmp / "base", **QUICK_BASE).path
+    artifacts = ArtifactStore(tmp / "artifacts")
+    digest = artifacts.put_dir(random_adapter(base, tmp / "a", seed=1), kind="adapter").digest
+    with Store.open(f"sqlite:///{tmp / 'store.db'}") as store:
+        store.register_base_model("tiny", str(base), {})
+        store.create_tenant("acme")
+        store.create_registered_model("bot", tenant="acme")
+        for template in ("chat-fallback", "alpaca"):
+            store.create_model_version(
+                "bot", kind="adapter", artifact_digest=digest, base_model="tiny", run_id=None,
+                lineage={"prompt_template": template}, metrics={},
+            )  # fmt: skip
+        store.create_endpoint("helpdesk", model_ref="bot:1", tenant="acme")
+        store.create_endpoint("helpdesk-alpaca", model_ref="bot:2", tenant="acme")
+        _, key = create_api_key(store, "acme")
+        engine = TransformersEngine(artifacts, batch_window_ms=2, store=store)
+        app = create_app(store, engine, refresh_seconds=0.2, heartbeat_s=None)
+        try:
+            with BackgroundServer(app) as server:
+                yield Served(server.base_url, store, key)
+        finally:
+            engine.close()
+
+
+MESSAGES: list[dict[str, str]] = [{"role": "user", "content": "file a ticket: printer broken"}]
+
+
+def test_a_json_schema_answer_always_parses_into_the_pydantic_model(served: Served) -> None:
+    client = served.client()
+    for seed in range(4):  # sampled: every draw must validate, not one lucky one
+        done = client.beta.chat.completions.parse(
+            model="helpdesk", messages=MESSAGES, response_format=Ticket, seed=seed,
+            max_tokens=120,
+        )  # fmt: skip
+        choice = done.choices[0]
+        assert choice.finish_reason == "stop", choice
+        ticket = choice.message.parsed
+        assert isinstance(ticket, Ticket) and 1 <= ticket.priority <= 5, choice.message.content
+
+
+def test_json_object_streams_one_json_object(served: Served) -> None:
+    stream = served.client().chat.completions.create(
+        model="helpdesk", messages=MESSAGES, response_format={"type": "json_object"},
+        max_tokens=200, temperature=0, stream=True,
+    )  # fmt: skip
+    text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    parsed = json.loads(text)  # a greedy tiny model may write {} or nest: an object either way
+    assert isinstance(parsed, dict), text
+
+
+def test_a_schema_the_library_cannot_compile_is_a_400_naming_it(served: Served) -> None:
+    bad = {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": 5}}}
+    r = served.post("/v1/chat/completions", {"model": "helpdesk", "messages": MESSAGES,
+                                             "response_format": bad})  # fmt: skip
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == "response_format.json_schema.schema"
+    assert "Type should be a string" in error["message"] and "[" not in error["message"][:2]
+    half = {"model": "helpdesk", "messages": MESSAGES, "response_format": {"type": "json_schema"}}
+    r = served.post("/v1/chat/completions", half)
+    assert r.status_code == 400 and "json_schema" in r.json()["error"]["message"], r.text
+
+
+def test_chat_logprobs_one_per_token_with_the_alternatives(served: Served) -> None:
+    done = served.client().chat.completions.create(
+        model="helpdesk", messages=MESSAGES, max_tokens=6, temperature=0, logprobs=True,
+        top_logprobs=3,
+    )  # fmt: skip
+    choice = done.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    tokens = choice.logprobs.content
+    assert done.usage is not None and len(tokens) == done.usage.completion_tokens
+    for token in tokens:
+        assert token.logprob <= 0 and len(token.top_logprobs) == 3
+        # greedy: the chosen token is the most likely one
+        assert math.isclose(token.logprob, token.top_logprobs[0].logprob, abs_tol=1e-5)
+        assert token.bytes == list(token.token.encode())
+    # the concatenated tokens are the answer (up to the whitespace answers are stripped of)
+    assert "".join(t.token for t in tokens).strip() == choice.message.content
+
+
+def test_completion_logprobs_in_the_legacy_shape(served: Served) -> None:
+    done = served.client().completions.create(
+        model="helpdesk", prompt="the printer", max_tokens=5, temperature=0, logprobs=2
+    )
+    logprobs = done.choices[0].logprobs
+    assert logprobs is not None and logprobs.tokens and logprobs.token_logprobs
+    assert len(logprobs.tokens) == len(logprobs.token_logprobs) == 5
+    assert logprobs.top_logprobs and all(len(top) <= 2 for top in logprobs.top_logprobs)
+    assert logprobs.text_offset is not None and logprobs.text_offset[0] == 0
+
+
+def test_logprobs_the_server_cannot_answer_are_400_naming_them(served: Served) -> None:
+    cases = [
+        ({"logprobs": True, "stream": True}, "logprobs with stream"),
+        ({"top_logprobs": 2}, "top_logprobs needs logprobs"),
+        ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ]
+    for extra, says in cases:
+        body = {"model": "helpdesk", "messages": MESSAGES, **extra}
+        r = served.post("/v1/chat/completions", body)
+        assert r.status_code == 400 and says in r.json()["error"]["message"], (extra, r.text)
