@@ -10,7 +10,7 @@ the quickstart trains on.
 
 from modelyard.data._formats import FORMATS, REQUIRED_FIELDS, DataFormat, as_text, get_format
 from modelyard.data._io import FILE_TYPES, load_rows, write_jsonl
-from modelyard.data._pii import PII_KINDS, PiiMatch, find_pii
+from modelyard.data._pii import PHONE_REGIONS, PII_KINDS, PII_LABELS, PiiMatch, find_pii, redact_pii
 from modelyard.data._prompt import PROMPT_TEMPLATE_NAME, render_prompt, response_of
 from modelyard.data._split import split_rows
 from modelyard.data._synthetic import DOMAINS, domain_corpus, synthetic_domain
@@ -36,7 +36,9 @@ __all__ = [
     "DOMAINS",
     "FILE_TYPES",
     "FORMATS",
+    "PHONE_REGIONS",
     "PII_KINDS",
+    "PII_LABELS",
     "PROMPT_TEMPLATE_NAME",
     "REQUIRED_FIELDS",
     "RULES",
@@ -57,6 +59,7 @@ __all__ = [
     "find_pii",
     "get_format",
     "load_rows",
+    "redact_pii",
     "render_prompt",
     "response_of",
     "split_rows",
