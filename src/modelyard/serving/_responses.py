@@ -27,7 +27,7 @@ from modelyard.serving._auth import KeyDep
 from modelyard.serving._http_errors import param_of
 from modelyard.serving._plane import DataPlane, Submitted
 from modelyard.serving._sse import event_stream, wait_whole
-from modelyard.serving._types import Generation, SamplingParams
+from modelyard.serving._types import MIN_TEMPERATURE, Generation, SamplingParams
 from modelyard.serving._wire import Text
 from modelyard.store import ModelVersion
 
@@ -233,6 +233,16 @@ class ResponsesRequest(BaseModel):
             )
         raise ValueError(f"{name} is not supported by this server yet; remove it from the request")
 
+    @field_validator("temperature")
+    @classmethod
+    def _temperature(cls, value: float | None) -> float | None:
+        if value is not None and 0 < value < MIN_TEMPERATURE:
+            raise ValueError(
+                f"temperature {value:g} is too small to sample with: send 0 (greedy) or a "
+                f"value from {MIN_TEMPERATURE:g} to 2"
+            )
+        return value
+
     @field_validator("input", mode="before")
     @classmethod
     def _input(cls, value: Any) -> Any:
@@ -267,7 +277,7 @@ class ResponsesRequest(BaseModel):
             )
         temperature = 1.0 if self.temperature is None else self.temperature
         top_p = 1.0 if self.top_p is None else self.top_p
-        return SamplingParams(wanted, temperature, top_p)
+        return SamplingParams(max_tokens=wanted, temperature=temperature, top_p=top_p)
 
 
 def response_usage(gen: Generation) -> dict[str, Any]:
