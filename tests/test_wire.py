@@ -207,9 +207,6 @@ def test_the_edges_of_each_range_are_accepted(served: Served) -> None:
         ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
         ("tool_choice", "required"),
         ("functions", [{"name": "f", "parameters": {}}]),
-        ("response_format", {"type": "json_object"}),
-        ("logprobs", True),
-        ("top_logprobs", 3),
         ("modalities", ["text", "audio"]),
         ("reasoning_effort", "high"),
     ],
@@ -223,9 +220,7 @@ def test_unsupported_chat_parameters_are_refused_not_ignored(
     assert "not supported by this server yet" in info.value.message
 
 
-@pytest.mark.parametrize(
-    ("param", "value"), [("echo", True), ("best_of", 2), ("suffix", "end"), ("logprobs", 2)]
-)
+@pytest.mark.parametrize(("param", "value"), [("echo", True), ("best_of", 2), ("suffix", "end")])
 def test_unsupported_completion_parameters_are_refused(
     served: Served, param: str, value: Any
 ) -> None:
@@ -233,6 +228,27 @@ def test_unsupported_completion_parameters_are_refused(
         served.client.completions.create(**COMPLETION, **{param: value})  # type: ignore[call-overload]
     assert info.value.param == param
     assert "not supported by this server yet" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("route", "extra", "param"),
+    [
+        ("chat", {"response_format": {"type": "json_object"}}, "response_format"),
+        ("chat", {"logprobs": True, "top_logprobs": 3}, "logprobs"),
+        ("completions", {"logprobs": 2}, "logprobs"),
+    ],
+)
+def test_what_the_engine_cannot_honour_is_refused_naming_the_engine(
+    served: Served, route: str, extra: dict[str, Any], param: str
+) -> None:
+    """The echo engine has no logits: structured outputs and logprobs are a 400 there."""
+    with pytest.raises(openai.BadRequestError) as info:
+        if route == "chat":
+            served.client.chat.completions.create(**CHAT, **extra)  # type: ignore[call-overload]
+        else:
+            served.client.completions.create(**COMPLETION, **extra)  # type: ignore[call-overload]
+    assert info.value.param == param
+    assert f"{param} is not supported on the echo engine" in info.value.message
 
 
 def test_an_unknown_parameter_is_refused_by_name(served: Served) -> None:
