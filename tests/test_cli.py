@@ -99,6 +99,7 @@ def test_tenants_keys_and_their_errors(tmp_path: Path) -> None:
 
 
 def test_registry_and_endpoint_errors_name_the_problem(tmp_path: Path) -> None:
+    assert modelyard("init", home=tmp_path).code == 0
     missing = modelyard("registry", "show", "support@champion", home=tmp_path)
     assert missing.code == 1 and "support" in _one_clean_error_line(missing.err)
     badref = modelyard("registry", "show", "a@b:c", home=tmp_path)

@@ -48,6 +48,7 @@ def test_cli_error_example_prints_what_the_docs_show(tmp_path: Path) -> None:
     example = re.search(r"\$ (modelyard registry show \S+)\n(error: .+)\n\$ echo \$\?\n(\d+)", text)
     assert example is not None
     command, expected_line, expected_code = example.groups()
+    assert modelyard("init", home=tmp_path).code == 0
     r = modelyard(*command.split()[1:], home=tmp_path)
     assert r.err.strip() == expected_line
     assert r.code == int(expected_code)

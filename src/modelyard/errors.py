@@ -7,6 +7,7 @@ message saying *what* went wrong and *why*, and a ``hint`` saying what to do.
     ModelyardError                      exit 1, HTTP 500 unless a class below says otherwise
     ├── ConfigError                     bad settings, flags or values (also ValueError)
     │   ├── HomeNotWritable
+    │   ├── HomeNotFound                no store where the home was looked for
     │   ├── AuditKeyMissing             no audit key, and the chain has events
     │   └── RequestTooLarge             a body over --max-body-bytes
     ├── NotFound                        (also LookupError)
@@ -96,6 +97,16 @@ class ConfigError(ModelyardError, ValueError):
 class HomeNotWritable(ConfigError):
     code = "home_not_writable"
     default_hint = "Set MODELYARD_HOME to a directory you can write to."
+
+
+class HomeNotFound(ConfigError):
+    """No store in the home (MODELYARD_HOME, or the nearest ``.modelyard`` walking up);
+    commands that read never create one."""
+
+    code = "home_not_found"
+    default_hint = (
+        "Create one here with `modelyard init`, or set MODELYARD_HOME to an existing home."
+    )
 
 
 class AuditKeyMissing(ConfigError):

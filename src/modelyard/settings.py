@@ -1,6 +1,8 @@
 """Settings from the environment (``MODELYARD_*``), read with pydantic-settings.
 
-``MODELYARD_HOME``                    home directory (default ``./.modelyard``)
+``MODELYARD_HOME``                    home directory (default: the nearest ``.modelyard``
+                                      directory, walking up from the current one, as git
+                                      finds ``.git``; else ``./.modelyard``)
 ``MODELYARD_STORE_URL``               SQLAlchemy URL of the store (default SQLite file in home)
 ``MODELYARD_ARTIFACTS``               artifact store directory (default ``<home>/artifacts``)
 ``MODELYARD_ACTOR``                   who is acting (default: the OS user)
@@ -16,6 +18,8 @@ from __future__ import annotations
 import getpass
 import os
 import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -82,10 +86,65 @@ class Settings(BaseSettings):
         return home
 
 
+HOME_DIR_NAME = ".modelyard"
+
+
+@dataclass(frozen=True)
+class HomeLocation:
+    """Where the home is and how it was found.
+
+    ``origin`` is ``env`` (MODELYARD_HOME names it), ``found`` (a ``.modelyard``
+    directory in the current directory or one of its parents) or ``default``
+    (none found: ``./.modelyard``, which only ``modelyard init`` creates).
+    ``searched`` lists the directories looked in for ``.modelyard``.
+    """
+
+    path: Path
+    origin: Literal["env", "found", "default"]
+    searched: tuple[Path, ...] = ()
+
+    def describe(self) -> str:
+        """How the home was found, as a sentence part: ``set by MODELYARD_HOME``, …"""
+        if self.origin == "env":
+            return "set by MODELYARD_HOME"
+        if self.origin == "found":
+            return f"found walking up from {self.searched[0]}"
+        return f"no {HOME_DIR_NAME} found in {self.searched_range()}"
+
+    def searched_range(self) -> str:
+        """The directories looked in, e.g. ``/a/b/c and its parents up to /``."""
+        if not self.searched:
+            return "nowhere"
+        if len(self.searched) == 1:
+            return str(self.searched[0])
+        return f"{self.searched[0]} and its parents up to {self.searched[-1]}"
+
+
+def locate_home(cwd: Path | None = None, env: Mapping[str, str] | None = None) -> HomeLocation:
+    """The home: MODELYARD_HOME, else the nearest ``.modelyard`` walking up from ``cwd``."""
+    env = os.environ if env is None else env
+    explicit = env.get("MODELYARD_HOME")
+    if explicit:
+        return HomeLocation(Path(explicit).expanduser().absolute(), "env")
+    start = (cwd or Path.cwd()).absolute()
+    searched: list[Path] = []
+    for directory in (start, *start.parents):
+        searched.append(directory)
+        candidate = directory / HOME_DIR_NAME
+        if candidate.is_dir():
+            return HomeLocation(candidate, "found", tuple(searched))
+    return HomeLocation(start / HOME_DIR_NAME, "default", tuple(searched))
+
+
 def load_settings() -> Settings:
-    """Read settings from the environment, turning validation errors into ConfigError."""
+    """Read settings from the environment, turning validation errors into ConfigError.
+
+    Without MODELYARD_HOME the home is the nearest ``.modelyard`` walking up from
+    the current directory (``locate_home``).
+    """
+    location = locate_home()
     try:
-        return Settings()
+        return Settings() if location.origin == "env" else Settings(home=location.path)
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first["loc"])
@@ -108,4 +167,12 @@ def default_actor() -> str:
     return os.environ.get("MODELYARD_ACTOR") or os_user()
 
 
-__all__ = ["Settings", "default_actor", "load_settings", "os_user"]
+__all__ = [
+    "HOME_DIR_NAME",
+    "HomeLocation",
+    "Settings",
+    "default_actor",
+    "load_settings",
+    "locate_home",
+    "os_user",
+]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import sys
 import warnings
+from typing import Any
 
 import typer
+from typer.core import TyperGroup
 from typer.main import get_command
 
 from modelyard.cli import (
@@ -16,16 +18,38 @@ from modelyard.cli import (
     _delivery,
     _doctor,
     _finetune,
+    _info,
     _monitor,
     _quickstart,
     _registry,
     _serve,
 )
 from modelyard.cli._common import err_console, set_actor
+from modelyard.cli._home import set_current_command
 from modelyard.errors import ModelyardError, status_of
+
+
+class _RootGroup(TyperGroup):
+    """The root group: records the full command path (``registry list``) as it resolves it."""
+
+    def resolve_command(self, ctx: Any, args: list[str]) -> Any:
+        name, command, rest = super().resolve_command(ctx, args)
+        path = [name] if name else []
+        node, remaining = command, list(rest)
+        while (subcommand := getattr(node, "get_command", None)) is not None:
+            words = [a for a in remaining if not a.startswith("-")]  # groups take no values
+            child = subcommand(ctx, words[0]) if words else None
+            if child is None:
+                break
+            path.append(words[0])
+            node, remaining = child, remaining[remaining.index(words[0]) + 1 :]
+        set_current_command(" ".join(path) or None)
+        return name, command, rest
+
 
 app = typer.Typer(
     name="modelyard",
+    cls=_RootGroup,
     help="Fine-tune, govern, serve and watch LLMs on your own machines.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -48,6 +72,9 @@ def _root(
 
 app.command("init", help="Create the home, the artifact store and the store schema (idempotent).")(
     _admin.init
+)
+app.command("info", help="Say which home and store are in use here, and how they were found.")(
+    _info.info
 )
 app.command("quickstart", help="Run the whole flow on tiny local models for two tenants.")(
     _quickstart.quickstart

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
@@ -25,11 +26,13 @@ from rich.text import Text
 
 from modelyard.artifacts import ArtifactStore
 from modelyard.audit import AccessPolicy, AuditKeySource
+from modelyard.cli._home import check_home
 from modelyard.settings import Settings, load_settings
 from modelyard.store import Store
 
-# Tables stay readable when piped or captured (Rich would assume 80 columns).
-console = Console(width=None if sys.stdout.isatty() else 120)
+# Tables stay readable when piped or captured (Rich would assume 80 columns), unless
+# COLUMNS says how wide the reader's screen is.
+console = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -45,18 +48,25 @@ def set_actor(name: str | None) -> None:
     _actor["name"] = name or None
 
 
+def acting_as(s: Settings) -> str:
+    """The actor of this command: ``--actor``, else MODELYARD_ACTOR, else the OS user."""
+    return _actor["name"] or s.resolved_actor
+
+
 def open_store(s: Settings | None = None, *, migrate: bool = True) -> Store:
     """The configured store, migrated, acting as ``--actor`` / MODELYARD_ACTOR / the OS user.
 
-    The default SQLite file needs a writable home.
+    The default SQLite file needs a writable home; a command that only reads
+    never creates it (``check_home``).
     """
     s = s or settings()
+    check_home(s)
     if s.store_url is None:
         s.ensure_home()
     return Store.open(
         s.resolved_store_url,
         migrate=migrate,
-        actor=_actor["name"] or s.resolved_actor,
+        actor=acting_as(s),
         audit_key=AuditKeySource.from_settings(s),
         policy=AccessPolicy.from_settings(s),
     )
@@ -65,6 +75,7 @@ def open_store(s: Settings | None = None, *, migrate: bool = True) -> Store:
 def open_artifacts(s: Settings | None = None) -> ArtifactStore:
     s = s or settings()
     if s.artifacts is None:
+        check_home(s)
         s.ensure_home()
     return ArtifactStore(s.artifacts_dir)
 
