@@ -9,6 +9,7 @@ import io
 import itertools
 import json
 import multiprocessing
+import re
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -463,6 +464,29 @@ def test_cli_init_creates_the_key_and_verify_log_head_export(tmp_path: Path) -> 
     assert "audit chain broken at seq 1: the chain is empty" in _one_error_line(empty.err)
     refused = modelyard("tenants", "create", "initech", home=home)
     assert refused.code != 0 and "refusing to append" in _one_error_line(refused.err)
+
+
+def test_cli_log_keeps_its_key_columns_whole_at_80_columns(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert modelyard("init", home=home).code == 0
+    with _open(
+        f"sqlite:///{home / 'store.db'}", key=AuditKeySource(key_file=home / "audit.key")
+    ) as s:
+        _seed(s)
+        _version(s)
+        s.set_version_tags("support:1", {"ticket": "CHG-" + "1234567890" * 6, "owner": "ml-team"})
+    for columns in ("80", "200"):
+        log = modelyard("audit", "log", home=home, env={"COLUMNS": columns})
+        assert log.code == 0, log.err
+        lines = log.out.splitlines()
+        assert all(len(line) <= int(columns) for line in lines), log.out
+        for whole in ("seq", "time (UTC)", "actor", "action", "subject", "details",
+                      "model_version.tagged", "support:1", "base_model.registered",
+                      "registered_model.created", "ops"):  # fmt: skip
+            assert whole in log.out, (columns, whole, log.out)
+        assert re.search(r"\b20\d\d-\d\d-\d\d \d\d:\d\d:\d\d\b", log.out)
+        flat = "".join(line.strip(" │") for line in lines)
+        assert "CHG-" + "1234567890" * 6 in flat.replace(" ", "")  # wrapped, not cut
 
 
 def test_cli_bad_inputs_are_usage_errors(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from modelyard.audit import ROLES, AuditHead, canonical_json, check_format, write_events
+from modelyard.audit import ROLES, AuditHead, check_format, write_events
+from modelyard.cli._audit_table import render_events
 from modelyard.cli._common import console, open_store, print_json, settings
 from modelyard.durations import parse_since
 from modelyard.errors import ConfigError
@@ -28,11 +29,6 @@ app = typer.Typer(help="The tamper-evident audit chain: who changed what, and wh
 actors_app = typer.Typer(help="Actors and their roles: viewer < developer < approver < admin.")
 
 
-def _short(payload: object, width: int = 70) -> str:
-    text = canonical_json(payload)
-    return text if len(text) <= width else text[: width - 1] + "…"
-
-
 @app.command("log")
 def audit_log(
     since: str | None = SINCE,
@@ -46,7 +42,11 @@ def audit_log(
     limit: int = typer.Option(50, "--limit", min=1, help="At most N events, newest first."),
     json_out: bool = JSON,
 ) -> None:
-    """Show audit events, newest first."""
+    """Show audit events, newest first.
+
+    seq, time, actor, action and subject stay whole at any width; the details
+    wrap (under each event on a narrow terminal). `--json` has every field.
+    """
     start = parse_since(since) if since else None
     with open_store() as store:
         events = store.list_audit_events(
@@ -55,14 +55,7 @@ def audit_log(
     if json_out:
         print_json([e.to_json() for e in events])
         return
-    table = Table("seq", "time (UTC)", "actor", "action", "subject")
-    table.add_column("details", no_wrap=True, overflow="ellipsis")
-    for e in events:
-        table.add_row(
-            str(e.seq), f"{e.time:%Y-%m-%d %H:%M:%S}", e.actor, e.action, e.subject,
-            _short(e.payload),
-        )  # fmt: skip
-    console.print(table)
+    console.print(render_events(events, console.width), highlight=False)
 
 
 @app.command("verify")

@@ -1,0 +1,82 @@
+"""``audit log`` as a reader sees it: the key columns whole at any width, the details wrapped.
+
+seq, time, actor, action and subject never wrap or shrink. Where they leave room
+for a details column (``DETAILS_MIN`` characters), the details wrap inside it;
+on a narrower terminal (80 columns) each event is its key line with the details
+wrapped on the lines under it, indented.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from modelyard.audit import AuditEvent
+
+KEYS = ("seq", "time (UTC)", "actor", "action", "subject")
+DETAILS_MIN = 30
+DETAILS_MAX_CHARS = 400  # the rest is in `audit log --json`
+# Table borders and padding: 7 rules and 2 spaces around each of 6 columns.
+_TABLE_OVERHEAD = 7 + 2 * 6
+_GAP = "  "
+
+
+def details_text(payload: Mapping[str, Any] | Any) -> str:
+    """``key: value, …`` with JSON values: readable, and it wraps at its spaces."""
+    if isinstance(payload, Mapping):
+        text = ", ".join(
+            f"{k}: {json.dumps(v, sort_keys=True, ensure_ascii=False)}" for k, v in payload.items()
+        )
+    else:
+        text = json.dumps(payload, sort_keys=True, ensure_ascii=False)
+    if len(text) > DETAILS_MAX_CHARS:
+        text = text[: DETAILS_MAX_CHARS - 1] + "…"
+    return text
+
+
+def _key_cells(e: AuditEvent) -> tuple[str, ...]:
+    return (str(e.seq), f"{e.time:%Y-%m-%d %H:%M:%S}", e.actor, e.action, e.subject)
+
+
+def render_events(events: Sequence[AuditEvent], width: int) -> RenderableType:
+    """A table whose details column wraps, or stacked lines when it would be too narrow."""
+    rows = [(_key_cells(e), details_text(e.payload)) for e in events]
+    widths = [max([len(h)] + [len(cells[i]) for cells, _ in rows]) for i, h in enumerate(KEYS)]
+    if sum(widths) + _TABLE_OVERHEAD + DETAILS_MIN <= width:
+        return _table(rows, widths)
+    return _stacked(rows, widths, width)
+
+
+def _table(rows: list[tuple[tuple[str, ...], str]], widths: list[int]) -> Table:
+    table = Table()
+    for header, w in zip(KEYS, widths, strict=True):
+        table.add_column(
+            header, no_wrap=True, min_width=w, justify="right" if header == "seq" else "left"
+        )
+    table.add_column("details", overflow="fold", min_width=DETAILS_MIN)
+    for cells, details in rows:
+        table.add_row(*cells, details)
+    return table
+
+
+def _stacked(rows: list[tuple[tuple[str, ...], str]], widths: list[int], width: int) -> Group:
+    indent = " " * (widths[0] + len(_GAP))
+    wrap_at = max(width - len(indent), 20)
+
+    def line(cells: Sequence[str]) -> str:
+        first = cells[0].rjust(widths[0])
+        rest = [c.ljust(w) for c, w in zip(cells[1:], widths[1:], strict=True)]
+        return _GAP.join([first, *rest]).rstrip()
+
+    parts: list[Text] = [Text(line(KEYS), style="bold"), Text(indent + "details", style="dim")]
+    for cells, details in rows:
+        parts.append(Text(line(cells)))
+        wrapped = textwrap.wrap(details, wrap_at, break_long_words=True, break_on_hyphens=False)
+        parts.extend(Text(indent + piece, style="dim") for piece in wrapped)
+    return Group(*parts)
