@@ -59,7 +59,8 @@ class Served:
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("structured")
-    base = create_tiny_base(CORPUS, tmp / "base", **QUICK_BASE).path
+    # tools' JSON schemas make long prompts in a 512-token vocabulary
+    base = create_tiny_base(CORPUS, tmp / "base", **QUICK_BASE, max_positions=2048).path
     artifacts = ArtifactStore(tmp / "artifacts")
     digest = artifacts.put_dir(random_adapter(base, tmp / "a", seed=1), kind="adapter").digest
     with Store.open(f"sqlite:///{tmp / 'store.db'}") as store:
@@ -161,3 +162,83 @@ def test_logprobs_the_server_cannot_answer_are_400_naming_them(served: Served) -
         body = {"model": "helpdesk", "messages": MESSAGES, **extra}
         r = served.post("/v1/chat/completions", body)
         assert r.status_code == 400 and says in r.json()["error"]["message"], (extra, r.text)
+
+
+# -- tools ------------------------------------------------------------------------------------
+
+
+class Weather(BaseModel):
+    city: Literal["Paris", "Oslo", "Lima"]
+    unit: Literal["celsius", "fahrenheit"]
+
+
+class Ticketing(BaseModel):
+    team: Literal["it", "hr"]
+    priority: int = Field(ge=1, le=3)
+
+
+TOOLS = [
+    {"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                      "parameters": Weather.model_json_schema()}},
+    {"type": "function", "function": {"name": "open_ticket",
+                                      "parameters": Ticketing.model_json_schema()}},
+]  # fmt: skip
+ARGUMENTS = {"get_weather": Weather, "open_ticket": Ticketing}
+
+
+def test_a_required_tool_call_is_a_call_of_an_offered_function_and_its_result_is_taken(
+    served: Served,
+) -> None:
+    client = served.client()
+    question = [{"role": "user", "content": "weather in Oslo?"}]
+    for seed in range(3):
+        done = client.chat.completions.create(
+            model="helpdesk", messages=question, tools=TOOLS, tool_choice="required", seed=seed,
+            max_tokens=200,
+        )  # fmt: skip
+        choice = done.choices[0]
+        assert choice.finish_reason == "tool_calls", choice
+        assert choice.message.tool_calls and len(choice.message.tool_calls) == 1
+        call = choice.message.tool_calls[0]
+        assert call.type == "function" and call.id.startswith("call_")
+        ARGUMENTS[call.function.name].model_validate_json(call.function.arguments)
+    # the call and its result go back; the model answers
+    turn = choice.message.model_dump(exclude_none=True)
+    result = {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": -3}'}
+    answer = client.chat.completions.create(
+        model="helpdesk", messages=[*question, turn, result], tools=TOOLS, max_tokens=8
+    )
+    assert answer.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+def test_a_named_tool_choice_calls_that_function_streamed_as_deltas(served: Served) -> None:
+    stream = served.client().chat.completions.create(
+        model="helpdesk", messages=[{"role": "user", "content": "printer broken"}], tools=TOOLS,
+        tool_choice={"type": "function", "function": {"name": "open_ticket"}}, max_tokens=200,
+        stream=True, stream_options={"include_usage": True},
+    )  # fmt: skip
+    chunks = list(stream)
+    calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+    assert len(calls) == 1 and calls[0].function and calls[0].function.name == "open_ticket"
+    Ticketing.model_validate_json(calls[0].function.arguments or "")
+    finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert finishes[-1] == "tool_calls" and chunks[-1].usage is not None
+
+
+def test_tools_the_server_cannot_honour_are_400_naming_them(served: Served) -> None:
+    named = {"type": "function", "function": {"name": "nope"}}
+    cases = [
+        ("helpdesk-alpaca", {"tools": TOOLS}, "tools", "prompt template 'alpaca'"),
+        ("helpdesk", {"tools": TOOLS, "tool_choice": named}, None, "not among the tools"),
+        ("helpdesk", {"tool_choice": "required"}, None, "no tools are offered"),
+        ("helpdesk", {"tools": [TOOLS[0], TOOLS[0]]}, None, "same name"),
+    ]
+    for model, extra, param, says in cases:
+        r = served.post("/v1/chat/completions", {"model": model, "messages": MESSAGES, **extra})
+        assert r.status_code == 400, (extra, r.text)
+        error = r.json()["error"]
+        assert says in error["message"], (extra, error)
+        if param:
+            assert error["param"] == param
+    r = served.post("/v1/completions", {"model": "helpdesk", "prompt": "x", "tools": TOOLS})
+    assert r.status_code == 400 and "chat/completions" in r.json()["error"]["message"]

@@ -18,6 +18,7 @@ import re
 import threading
 from collections import deque
 from collections.abc import Collection, Mapping, Sequence
+from typing import Any
 
 import torch
 
@@ -30,6 +31,7 @@ from modelyard.serving._device import Placement
 from modelyard.serving._grammar import Grammars
 from modelyard.serving._prompts import render_chat
 from modelyard.serving._stream import TokenStream, finished_stream
+from modelyard.serving._tools import Tools
 from modelyard.serving._types import (
     AdapterEvent,
     EngineError,
@@ -64,9 +66,12 @@ class Engine(abc.ABC):
         """Submit one request; its text arrives on the stream (here: all at once at the end)."""
         return finished_stream(self.generate(version, prompt, params))
 
-    def render_chat(self, version: ModelVersion, messages: Sequence[Mapping[str, str]]) -> str:
-        """The prompt for ``messages`` in the template ``version`` was trained with."""
-        return render_chat(version, messages)
+    def render_chat(
+        self, version: ModelVersion, messages: Sequence[Mapping[str, Any]], tools: Tools = None
+    ) -> str:
+        """The prompt for ``messages`` in the template ``version`` was trained with, offering
+        ``tools`` (``_tools``)."""
+        return render_chat(version, messages, tools=tools)
 
     def count_tokens(self, version: ModelVersion, prompt: str) -> int:
         """Prompt length for limits (engines without a tokenizer count words)."""
@@ -215,9 +220,11 @@ class TransformersEngine(Engine):
 
     # -- the interface --------------------------------------------------------------------
 
-    def render_chat(self, version: ModelVersion, messages: Sequence[Mapping[str, str]]) -> str:
+    def render_chat(
+        self, version: ModelVersion, messages: Sequence[Mapping[str, Any]], tools: Tools = None
+    ) -> str:
         tokenizer = self._cache.base(self._cache.source(version)).tokenizer
-        return render_chat(version, messages, tokenizer)
+        return render_chat(version, messages, tokenizer, tools)
 
     def count_tokens(self, version: ModelVersion, prompt: str) -> int:
         """Prompt tokens in the version's base tokenizer (exact, for caps and tokens/min)."""

@@ -22,7 +22,8 @@ import modelyard
 from modelyard.errors import EndpointNotFound
 from modelyard.serving._auth import FeedbackKeyDep, KeyDep
 from modelyard.serving._plane import DataPlane, Submitted
-from modelyard.serving._sse import Chunks, event_stream, wait_whole
+from modelyard.serving._sse import Chunks, ToolChunks, event_stream, wait_whole
+from modelyard.serving._tools import parse_calls
 from modelyard.serving._types import Generation, SamplingParams
 from modelyard.serving._wire import (
     ChatCompletionRequest,
@@ -61,15 +62,20 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
     async def chat_completions(
         body: ChatCompletionRequest, key: KeyDep, response: Response
     ) -> dict[str, Any] | StreamingResponse:
-        messages = [m.model_dump() for m in body.messages]
+        messages = body.rendered_messages()
+        tools = body.offered_tools()
 
         def render(v: ModelVersion) -> str:
-            return plane.engine.render_chat(v, messages)
+            return plane.engine.render_chat(v, messages, tools)
 
         params = body.choice_params(plane.limits.max_tokens)
         answered = await answer(key, "chat.completions", body, [(render, p) for p in params])
         if isinstance(answered, Submitted):
-            chunks = Chunks(True, answered, body.model, include_usage(body))
+            chunks: Chunks = (
+                ToolChunks(answered, body.model, include_usage(body), tools)
+                if tools
+                else Chunks(True, answered, body.model, include_usage(body))
+            )
             return await event_stream(plane, answered, chunks)
         first = answered[0][0]
         response.headers["x-modelyard-version"] = first.version.ref
@@ -78,15 +84,7 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.model,
-            "choices": [
-                {
-                    "index": i,
-                    "message": {"role": "assistant", "content": gen.text},
-                    "finish_reason": gen.finish_reason,
-                    "logprobs": chat_logprobs(gen),
-                }
-                for i, (_, gen) in enumerate(answered)
-            ],
+            "choices": [_chat_choice(i, gen, tools) for i, (_, gen) in enumerate(answered)],
             "usage": summed_usage([gen for _, gen in answered]),
             "system_fingerprint": first.version.ref,
         }
@@ -177,6 +175,20 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
         return PlainTextResponse(
             generate_latest(plane.metrics.registry), media_type=CONTENT_TYPE_LATEST
         )
+
+
+def _chat_choice(i: int, gen: Generation, tools: list[dict[str, Any]]) -> dict[str, Any]:
+    """One choice of a chat answer; with tools offered, the calls it makes are parsed out."""
+    content: str | None = gen.text
+    message: dict[str, Any] = {"role": "assistant", "content": content}
+    finish = gen.finish_reason
+    if tools:
+        content, calls = parse_calls(gen.text, tools)
+        message = {"role": "assistant", "content": content}
+        if calls:
+            message["tool_calls"] = calls
+            finish = "tool_calls"
+    return {"index": i, "message": message, "finish_reason": finish, "logprobs": chat_logprobs(gen)}
 
 
 def _fixed(prompt: str) -> Render:

@@ -21,6 +21,7 @@ from starlette.types import Receive, Scope, Send
 from modelyard.errors import EngineError, ModelyardError
 from modelyard.serving._http_errors import error_of
 from modelyard.serving._plane import DataPlane, Submitted
+from modelyard.serving._tools import CALL_START, parse_calls
 from modelyard.serving._types import Generation
 from modelyard.serving._wire import usage
 
@@ -123,6 +124,53 @@ class Chunks:
     @staticmethod
     def error(exc: ModelyardError) -> str:
         return f"data: {json.dumps(error_of(exc), ensure_ascii=False)}\n\n"
+
+
+class ToolChunks(Chunks):
+    """A chat stream with tools offered: text streams until a ``<tool_call>`` may begin
+    (held back from there), and the calls the answer makes come at the end, as
+    ``tool_calls`` deltas (each whole), with ``finish_reason`` ``tool_calls``."""
+
+    def __init__(
+        self, sub: Submitted, model: str, include_usage: bool, tools: list[dict[str, Any]]
+    ) -> None:
+        super().__init__(True, sub, model, include_usage)
+        self.tools = tools
+        self._text = ""
+        self._sent = 0  # characters of _text sent as content
+
+    def rebound(self, sub: Submitted) -> ToolChunks:
+        return ToolChunks(sub, self.model, self.include_usage, self.tools)
+
+    def text(self, text: str) -> str:
+        self._text += text
+        safe = self._text.find(CALL_START)
+        if safe < 0:  # hold back a tail that may be the start of a call
+            safe = len(self._text) - max(
+                (k for k in range(1, len(CALL_START)) if self._text.endswith(CALL_START[:k])),
+                default=0,
+            )
+        if safe <= self._sent:
+            return ""
+        piece, self._sent = self._text[self._sent : safe], safe
+        return self._event([self._choice(piece, None)])
+
+    def closing(self, gen: Generation) -> list[str]:
+        content, calls = parse_calls(gen.text, self.tools)
+        events = []
+        sent = self._text[: self._sent]
+        rest = (content or "")[len(sent) :] if (content or "").startswith(sent) else ""
+        if rest:
+            events.append(self._event([self._choice(rest, None)]))
+        for i, call in enumerate(calls):
+            delta = {"tool_calls": [{"index": i, **call}]}
+            events.append(self._event([{"index": 0, "delta": delta, "logprobs": None,
+                                        "finish_reason": None}]))  # fmt: skip
+        finish = "tool_calls" if calls else gen.finish_reason
+        events.append(self._event([self._choice(None, finish)]))
+        if self.include_usage:
+            events.append(self._event([], usage(gen)))
+        return [*events, "data: [DONE]\n\n"]
 
 
 class _EventStreamResponse(StreamingResponse):

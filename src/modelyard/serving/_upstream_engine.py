@@ -16,12 +16,14 @@ import logging
 import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from modelyard.artifacts import ArtifactStore
-from modelyard.errors import EngineError, EngineOverloaded, ModelyardError
+from modelyard.errors import ConfigError, EngineError, EngineOverloaded, ModelyardError
 from modelyard.registry import UpstreamSpec, verified_files
 from modelyard.serving._engine import Engine
 from modelyard.serving._stream import TokenStream
+from modelyard.serving._tools import Tools
 from modelyard.serving._types import EngineObserver, EngineStats, Generation, SamplingParams
 from modelyard.serving._upstream import ChatPrompt, UpstreamClient
 from modelyard.store import ModelVersion, Store
@@ -109,8 +111,16 @@ class UpstreamEngine(Engine):
     def generate(self, version: ModelVersion, prompt: str, params: SamplingParams) -> Generation:
         return self.stream(version, prompt, params).result()
 
-    def render_chat(self, version: ModelVersion, messages: Sequence[Mapping[str, str]]) -> str:
+    def render_chat(
+        self, version: ModelVersion, messages: Sequence[Mapping[str, Any]], tools: Tools = None
+    ) -> str:
         """The messages as they are: the upstream applies its own chat template."""
+        if tools or any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
+            raise ConfigError(
+                f"tools are not supported on the upstream engine yet ({version.ref})",
+                hint="Ask without tools, tool_choice and tool messages.",
+                param="tools",
+            )
         return ChatPrompt(messages)
 
     def loaded(self) -> list[str]:
@@ -141,8 +151,10 @@ class EngineSet(Engine):
     def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
         return self._for(version).stream(version, prompt, params)
 
-    def render_chat(self, version: ModelVersion, messages: Sequence[Mapping[str, str]]) -> str:
-        return self._for(version).render_chat(version, messages)
+    def render_chat(
+        self, version: ModelVersion, messages: Sequence[Mapping[str, Any]], tools: Tools = None
+    ) -> str:
+        return self._for(version).render_chat(version, messages, tools)
 
     def count_tokens(self, version: ModelVersion, prompt: str) -> int:
         return self._for(version).count_tokens(version, prompt)

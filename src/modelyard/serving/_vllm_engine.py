@@ -33,6 +33,7 @@ from modelyard.serving._adapters import ModelSources, served_files
 from modelyard.serving._engine import Engine
 from modelyard.serving._prompts import render_chat
 from modelyard.serving._stream import TokenStream
+from modelyard.serving._tools import Tools
 from modelyard.serving._types import Generation, SamplingParams
 from modelyard.serving._upstream import UpstreamClient
 from modelyard.serving._vllm import VLLMOptions, VLLMProcess
@@ -240,8 +241,10 @@ class VLLMEngine(Engine):
                 self._tokenizers[source] = found
         return found
 
-    def render_chat(self, version: ModelVersion, messages: Sequence[Mapping[str, str]]) -> str:
-        return render_chat(version, messages, self._tokenizer(version))
+    def render_chat(
+        self, version: ModelVersion, messages: Sequence[Mapping[str, Any]], tools: Tools = None
+    ) -> str:
+        return render_chat(version, messages, self._tokenizer(version), tools)
 
     def count_tokens(self, version: ModelVersion, prompt: str) -> int:
         return len(self._tokenizer(version)(prompt)["input_ids"])

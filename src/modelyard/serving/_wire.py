@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from modelyard.errors import ConfigError
+from modelyard.serving._tools import NamedToolChoice, ToolCall, ToolChoice, ToolDef, call_guide
 from modelyard.serving._types import (
     MAX_TOP_LOGPROBS,
     MIN_TEMPERATURE,
@@ -22,6 +23,7 @@ MAX_STOP = 4  # stop strings, as OpenAI allows
 MAX_PROMPTS = 16  # prompts in one legacy completion request
 MAX_N = 8  # choices of one prompt
 MAX_STOP_CHARS = 256  # per stop string: each is searched in the answer at every token
+MAX_TOOLS = 128  # functions offered in one request, as OpenAI allows
 
 
 def _utf8(text: str) -> str:
@@ -39,11 +41,47 @@ def _utf8(text: str) -> str:
 Text = Annotated[str, AfterValidator(_utf8)]
 
 
+class TextPart(BaseModel):
+    """A content part; only text is read by this server (images, audio: a 400)."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: Text
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: Text
+    content: Text | list[TextPart] | None = None
     name: Text | None = None
+    tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools
+    tool_call_id: Text | None = None  # a tool turn: the call it answers
+
+    @model_validator(mode="after")
+    def _content_or_calls(self) -> ChatMessage:
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        if self.content is None and not self.tool_calls:
+            raise ValueError("a message needs a content (or, from the assistant, tool_calls)")
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a tool message needs the tool_call_id of the call it answers")
+        return self
+
+    def text(self) -> str:
+        if isinstance(self.content, list):
+            return "".join(part.text for part in self.content)
+        return self.content or ""
+
+    def rendered(self, i: int) -> dict[str, Any]:
+        """The message as prompt templates take it."""
+        out: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.tool_calls:
+            out["tool_calls"] = [
+                c.rendered(f"messages.{i}.tool_calls.{j}") for j, c in enumerate(self.tool_calls)
+            ]
+        if self.tool_call_id:
+            out["tool_call_id"] = self.tool_call_id
+        return out
 
 
 class StreamOptions(BaseModel):
@@ -84,7 +122,7 @@ class ResponseFormat(BaseModel):
         if self.type == "json_object":
             return Guide("json_object", param="response_format")
         if self.json_schema is not None:
-            schema = json.dumps(self.json_schema.schema_, sort_keys=True, separators=(",", ":"))
+            schema = json.dumps(self.json_schema.schema_, separators=(",", ":"))
             return Guide("json_schema", schema, param="response_format.json_schema.schema")
         return None
 
@@ -97,8 +135,6 @@ def _neutral(value: Any) -> bool:
 # OpenAI parameters that change the answer and are not implemented yet: refused unless
 # sent at their no-op value (what SDKs and frameworks send by default)
 _NOT_YET = (
-    "tools",
-    "tool_choice",
     "functions",
     "function_call",
     "logit_bias",
@@ -141,8 +177,6 @@ class CommonRequest(BaseModel):
     prompt_cache_key: Text | None = None
     safety_identifier: Text | None = None
     # not implemented yet (see _NOT_YET)
-    tools: Any = None
-    tool_choice: Any = None
     functions: Any = None
     function_call: Any = None
     logit_bias: Any = None
@@ -268,12 +302,51 @@ class ChatCompletionRequest(CommonRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     logprobs: bool | None = None
     top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: list[ToolDef] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: ToolChoice | None = None
 
     @model_validator(mode="after")
     def _top_with_logprobs(self) -> ChatCompletionRequest:
         if self.top_logprobs is not None and not self.logprobs:
             raise ValueError("top_logprobs needs logprobs: true")
         return self
+
+    @model_validator(mode="after")
+    def _choice_among_tools(self) -> ChatCompletionRequest:
+        names = [t.function.name for t in self.tools or []]
+        if len(set(names)) != len(names):
+            raise ValueError("tools: two functions have the same name")
+        choice = self.tool_choice
+        if choice not in (None, "none", "auto") and not names:
+            raise ValueError("tool_choice asks for a tool call, and no tools are offered")
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError(
+                f"tool_choice names the function {choice.function.name!r}, which is not among "
+                f"the tools offered ({', '.join(names)})"
+            )
+        return self
+
+    def offered_tools(self) -> list[dict[str, Any]]:
+        """The functions offered to the model (none with ``tool_choice: none``)."""
+        if self.tool_choice == "none":
+            return []
+        return [t.function.offered() for t in self.tools or []]
+
+    def rendered_messages(self) -> list[dict[str, Any]]:
+        try:
+            return [m.rendered(i) for i, m in enumerate(self.messages)]
+        except ValueError as exc:
+            raise ConfigError(str(exc), param=str(exc).split(":")[0]) from None
+
+    def guide(self) -> Guide | None:
+        """A required call (``tool_choice`` ``required`` or a named function) constrains the
+        answer to it; else ``response_format`` does."""
+        choice = self.tool_choice
+        if choice == "required":
+            return call_guide(self.offered_tools())
+        if isinstance(choice, NamedToolChoice):
+            return call_guide(self.offered_tools(), only=choice.function.name)
+        return super().guide()
 
     def wanted_logprobs(self) -> int | None:
         return (self.top_logprobs or 0) if self.logprobs else None
@@ -285,6 +358,15 @@ class CompletionRequest(CommonRequest):
 
     prompt: Text | list[Text] | list[int] | list[list[int]]
     logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    tools: Any = None
+    tool_choice: Any = None
+
+    @field_validator("tools", "tool_choice")
+    @classmethod
+    def _chat_only(cls, value: Any, info: Any) -> Any:
+        if not _neutral(value):
+            raise ValueError(f"{info.field_name} is for /v1/chat/completions, not completions")
+        return value
 
     def wanted_logprobs(self) -> int | None:
         return self.logprobs

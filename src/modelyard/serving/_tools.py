@@ -1,0 +1,212 @@
+"""Tools (function calling): offered tools in the prompt, a required call as a guide, and
+calls read back out of the answer.
+
+The call format is Hermes' (used by Qwen 2.5/3 and Hermes chat templates, and by
+vLLM's ``hermes`` parser)::
+
+    <tool_call>
+    {"name": "get_weather", "arguments": {"city": "Oslo"}}
+    </tool_call>
+
+A version whose template is ``chat`` renders tools with its tokenizer's chat
+template, which must take ``tools`` (else: a 400 saying so). ``chat-fallback``
+(modelyard's format for tokenizers without a chat template) renders them in a
+``# Tools`` section of the system turn, in the same Hermes format; assistant turns
+that called tools show their calls, and tool results are ``<|tool|>`` turns. Other
+templates (``alpaca``, ``classification``, ``text``) have no place for tools.
+
+``tool_choice`` ``required`` (or a named function) constrains the answer to one
+call of an offered function with arguments valid under its ``parameters`` (a
+``tool_call`` guide, ``_grammar``); ``auto`` lets the model choose, and the calls it
+writes are parsed; ``none`` offers no tools.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelyard.serving._types import Guide
+
+CALL_START = "<tool_call>"
+_CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
+ANY_OBJECT: dict[str, Any] = {"type": "object"}
+
+
+# -- the wire format -----------------------------------------------------------------------
+
+_NAME = r"^[A-Za-z0-9_-]{1,64}$"
+
+
+class FunctionDef(BaseModel):
+    """``tools[].function``: a function the model may call."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=_NAME)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None  # a JSON schema of its arguments
+    strict: bool | None = None  # a required call always follows the schema here
+
+    def offered(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"name": self.name}
+        if self.description is not None:
+            out["description"] = self.description
+        out["parameters"] = self.parameters or ANY_OBJECT
+        return out
+
+
+class ToolDef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class ChosenFunction(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+
+
+class NamedToolChoice(BaseModel):
+    """``tool_choice: {"type": "function", "function": {"name": ...}}``."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["function"]
+    function: ChosenFunction
+
+
+ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+Tools = Sequence[Mapping[str, Any]] | None  # functions offered (``FunctionDef.offered``)
+
+
+class CalledFunction(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    arguments: str  # JSON text, as the API returns it
+
+
+class ToolCall(BaseModel):
+    """A call in an earlier assistant turn (``messages[].tool_calls``)."""
+
+    model_config = ConfigDict(extra="ignore")
+    id: str
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+    def rendered(self, where: str) -> dict[str, Any]:
+        """The call as templates take it: ``arguments`` as an object."""
+        try:
+            arguments = json.loads(self.function.arguments)
+        except ValueError:
+            arguments = None
+        if not isinstance(arguments, dict):
+            raise ValueError(f"{where}: arguments must be a JSON object as text")
+        return {"id": self.id, "name": self.function.name, "arguments": arguments}
+
+
+# -- prompts, guides, answers ----------------------------------------------------------------
+
+
+def call_guide(tools: Sequence[Mapping[str, Any]], only: str | None = None) -> Guide:
+    """The guide of a required call: one of ``tools`` (or the one named ``only``) with
+    arguments valid under its ``parameters``."""
+    choices = [
+        {
+            "type": "object",
+            "properties": {
+                "name": {"const": t["name"]},
+                "arguments": t.get("parameters") or ANY_OBJECT,
+            },
+            "required": ["name", "arguments"],
+            "additionalProperties": False,
+        }
+        for t in tools
+        if only is None or t["name"] == only
+    ]
+    schema = choices[0] if len(choices) == 1 else {"anyOf": choices}
+    return Guide("tool_call", json.dumps(schema), param="tool_choice")
+
+
+def tools_section(tools: Sequence[Mapping[str, Any]]) -> str:
+    """The ``# Tools`` section ``chat-fallback`` adds to the system turn."""
+    offered = "\n".join(
+        json.dumps({"type": "function", "function": dict(t)}, sort_keys=True) for t in tools
+    )
+    return (
+        "# Tools\n\nYou may call one or more functions to assist with the user query. "
+        f"The functions, one JSON object per line:\n{offered}\n\n"
+        "For each call, write a JSON object with the function's name and its arguments "
+        'inside <tool_call></tool_call> tags:\n<tool_call>\n{"name": <function-name>, '
+        '"arguments": <args-json-object>}\n</tool_call>'
+    )
+
+
+def render_call(call: Mapping[str, Any]) -> str:
+    """One call of an assistant turn, as the model writes it."""
+    body = {"name": call["name"], "arguments": call["arguments"]}
+    return f"<tool_call>\n{json.dumps(body)}\n</tool_call>"
+
+
+def parse_calls(
+    text: str, tools: Sequence[Mapping[str, Any]]
+) -> tuple[str | None, list[dict[str, Any]]]:
+    """The answer's content (None when only calls remain) and the calls it makes of
+    ``tools``, in OpenAI's shape. A block that is not a call of an offered function with
+    an object of arguments stays in the content, as written."""
+    names = {t["name"] for t in tools}
+    calls: list[dict[str, Any]] = []
+
+    def take(match: re.Match[str]) -> str:
+        try:
+            call = json.loads(match.group(1))
+        except ValueError:
+            return match.group(0)
+        if not (
+            isinstance(call, dict)
+            and call.get("name") in names
+            and isinstance(call.get("arguments", {}), dict)
+        ):
+            return match.group(0)
+        calls.append(
+            {
+                "id": "call_" + secrets.token_hex(12),
+                "type": "function",
+                "function": {
+                    "name": call["name"],
+                    "arguments": json.dumps(call.get("arguments", {})),
+                },
+            }
+        )
+        return ""
+
+    content = _CALL.sub(take, text).strip()
+    return (content or None) if calls else text, calls
+
+
+def template_takes_tools(tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template renders ``tools`` (it reads the variable)."""
+    template = getattr(tokenizer, "chat_template", None)
+    if isinstance(template, dict):  # named templates: the one tools use, or the default
+        template = template.get("tool_use") or template.get("default")
+    return isinstance(template, str) and re.search(r"\btools\b", template) is not None
+
+
+__all__ = [
+    "CALL_START",
+    "CalledFunction",
+    "FunctionDef",
+    "NamedToolChoice",
+    "ToolCall",
+    "ToolChoice",
+    "ToolDef",
+    "Tools",
+    "call_guide",
+    "parse_calls",
+    "render_call",
+    "template_takes_tools",
+    "tools_section",
+]
