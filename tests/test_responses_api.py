@@ -9,6 +9,7 @@ last test runs the real transformers engine on a tiny model.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import Iterator
@@ -143,7 +144,7 @@ def test_message_items_and_an_earlier_answer_sent_back(served: Served) -> None:
         input=[
             {"type": "message", "role": "developer", "content": "be brief"},
             {"role": "user", "content": "printer jammed"},
-            *earlier,  # type: ignore[list-item]
+            *earlier,
             {"type": "message", "role": "user", "content": "still jammed"},
         ],
     )
@@ -408,3 +409,41 @@ def test_the_transformers_engine_streams_what_it_answers_whole(tiny: Served) -> 
     record = tiny.record(last.response.id)
     assert (record.route, record.status, record.completion_tokens) == ("responses", "ok", 6)
     assert record.prompt is not None and record.prompt.startswith("<|system|>\nRoute the ticket.")
+
+
+def test_the_sdks_stream_helper_and_async_client(served: Served) -> None:
+    client = served.client()
+    with client.responses.stream(model="acme-support", input="the helper reads events") as stream:
+        deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
+        final = stream.get_final_response()
+    assert final.output_text == "".join(deltas) == "the helper reads events"
+
+    async def both() -> tuple[str, list[str]]:
+        async with openai.AsyncOpenAI(
+            base_url=served.url + "/v1", api_key=served.keys["acme"], max_retries=0
+        ) as aclient:
+            whole = await aclient.responses.create(model="acme-support", input="async whole")
+            events = await aclient.responses.create(
+                model="acme-support", input="async stream", stream=True
+            )
+            return whole.output_text, [e.type async for e in events]
+
+    text, kinds = asyncio.run(both())
+    assert text == "async whole" and kinds[-1] == "response.completed"
+
+
+def test_langchain_openai_on_the_responses_api(served: Served) -> None:
+    from langchain_openai import ChatOpenAI
+
+    llm = ChatOpenAI(
+        model="acme-support",
+        base_url=served.url + "/v1",
+        api_key=served.keys["acme"],
+        use_responses_api=True,
+        max_retries=0,
+    )
+    answer = llm.invoke("langchain asks politely")
+    assert answer.text == "langchain asks politely"
+    assert answer.usage_metadata is not None and answer.usage_metadata["output_tokens"] == 3
+    pieces = [chunk.text for chunk in llm.stream("streamed through langchain")]
+    assert "".join(pieces) == "streamed through langchain" and len(pieces) > 3
