@@ -242,3 +242,46 @@ def test_tools_the_server_cannot_honour_are_400_naming_them(served: Served) -> N
             assert error["param"] == param
     r = served.post("/v1/completions", {"model": "helpdesk", "prompt": "x", "tools": TOOLS})
     assert r.status_code == 400 and "chat/completions" in r.json()["error"]["message"]
+
+
+# -- frameworks, unchanged ----------------------------------------------------------------------
+
+
+def test_langchain_structured_output_tools_and_the_legacy_completions_class(
+    served: Served,
+) -> None:
+    from langchain_core.messages import AIMessage
+    from langchain_openai import ChatOpenAI, OpenAI
+
+    chat = ChatOpenAI(model="helpdesk", base_url=served.url + "/v1", api_key=served.key,
+                      max_retries=0, max_tokens=200, temperature=0.7)  # fmt: skip
+    ticket = chat.with_structured_output(Ticket).invoke("file a ticket: printer broken")
+    assert isinstance(ticket, Ticket)
+    called = chat.bind_tools([Weather, Ticketing], tool_choice="required").invoke("weather?")
+    assert isinstance(called, AIMessage) and len(called.tool_calls) == 1
+    call = called.tool_calls[0]
+    schema = {"Weather": Weather, "Ticketing": Ticketing}[call["name"]]
+    schema.model_validate(call["args"])
+    legacy = OpenAI(model="helpdesk", base_url=served.url + "/v1", api_key=served.key,
+                    max_retries=0, max_tokens=4, temperature=0)  # fmt: skip
+    assert isinstance(legacy.invoke("the printer"), str)
+    assert len(legacy.generate(["the printer", "reset my"]).generations) == 2  # a prompt list
+
+
+def test_litellm_completion_streaming_and_tools(
+    served: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch from the internet
+    import litellm
+
+    common = {"model": "openai/helpdesk", "api_base": served.url + "/v1", "api_key": served.key}
+    done = litellm.completion(messages=MESSAGES, max_tokens=4, **common)
+    assert done.choices[0].message.content is not None and done.usage.completion_tokens <= 4
+    streamed = litellm.completion(messages=MESSAGES, max_tokens=4, stream=True, **common)
+    assert "".join(c.choices[0].delta.content or "" for c in streamed)
+    called = litellm.completion(
+        messages=MESSAGES, tools=TOOLS, tool_choice="required", max_tokens=200, **common
+    )
+    calls = called.choices[0].message.tool_calls
+    assert calls and calls[0].function.name in ARGUMENTS
+    ARGUMENTS[calls[0].function.name].model_validate_json(calls[0].function.arguments)
