@@ -13,7 +13,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,8 +60,19 @@ class Served:
     store: Store
     keys: dict[str, str]
 
+    clients: dict[str, openai.OpenAI] = field(default_factory=dict)
+
     def client(self, tenant: str = "acme") -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.keys[tenant], max_retries=0)
+        """The SDK with ``tenant``'s key (one per key, closed with the server)."""
+        if tenant not in self.clients:
+            self.clients[tenant] = openai.OpenAI(
+                base_url=self.url + "/v1", api_key=self.keys[tenant], max_retries=0
+            )
+        return self.clients[tenant]
+
+    def close(self) -> None:
+        for client in self.clients.values():
+            client.close()
 
     def post(self, body: dict[str, Any], tenant: str = "acme") -> httpx.Response:
         return httpx.post(
@@ -96,7 +107,9 @@ def served(tmp_path: Path) -> Iterator[Served]:
         limits = ServerLimits(max_tokens=32, max_prompt_chars=2000)
         app = create_app(store, Engine(0.001), limits=limits, refresh_seconds=0.2, heartbeat_s=None)
         with BackgroundServer(app) as server:
-            yield Served(server.base_url, store, keys)
+            served = Served(server.base_url, store, keys)
+            yield served
+            served.close()
 
 
 def test_a_response_answers_whole_and_is_recorded(served: Served) -> None:
@@ -384,7 +397,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             try:
                 app = create_app(store, engine, refresh_seconds=0.2, heartbeat_s=None)
                 with BackgroundServer(app) as server:
-                    yield Served(server.base_url, store, keys)
+                    served = Served(server.base_url, store, keys)
+                    yield served
+                    served.close()
             finally:
                 engine.close()
 
@@ -447,3 +462,16 @@ def test_langchain_openai_on_the_responses_api(served: Served) -> None:
     assert answer.usage_metadata is not None and answer.usage_metadata["output_tokens"] == 3
     pieces = [chunk.text for chunk in llm.stream("streamed through langchain")]
     assert "".join(pieces) == "streamed through langchain" and len(pieces) > 3
+
+
+def test_the_keys_limits_and_scope_apply(served: Served) -> None:
+    _, limited = create_api_key(served.store, "acme", rpm_limit=1)
+    _, feedback_only = create_api_key(served.store, "acme", scopes=["feedback"])
+    served.keys.update(limited=limited, feedback_only=feedback_only)
+    assert served.client("limited").responses.create(model="acme-support", input="one").output_text
+    with pytest.raises(openai.RateLimitError) as caught:
+        served.client("limited").responses.create(model="acme-support", input="two")
+    assert caught.value.code == "rate_limit_exceeded"
+    assert caught.value.response.headers["retry-after"]
+    with pytest.raises(openai.PermissionDeniedError):
+        served.client("feedback_only").responses.create(model="acme-support", input="hi")
