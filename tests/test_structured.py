@@ -12,6 +12,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import httpx
@@ -74,6 +75,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             )  # fmt: skip
         store.create_endpoint("helpdesk", model_ref="bot:1", tenant="acme")
         store.create_endpoint("helpdesk-alpaca", model_ref="bot:2", tenant="acme")
+        store.create_endpoint("acme-support", model_ref="bot:1", tenant="acme")  # the docs'
         _, key = create_api_key(store, "acme")
         engine = TransformersEngine(artifacts, batch_window_ms=2, store=store)
         app = create_app(store, engine, refresh_seconds=0.2, heartbeat_s=None)
@@ -98,6 +100,19 @@ def test_a_json_schema_answer_always_parses_into_the_pydantic_model(served: Serv
         assert choice.finish_reason == "stop", choice
         ticket = choice.message.parsed
         assert isinstance(ticket, Ticket) and 1 <= ticket.priority <= 5, choice.message.content
+
+
+def test_the_structured_outputs_example_of_the_docs_runs(
+    served: Served, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "serving.md").read_text()
+    marker = "<!-- this example runs in tests/test_structured.py -->\n```python\n"
+    example = text[text.index(marker) + len(marker) :].split("```", 1)[0]
+    code = compile(example, "docs/serving.md", "exec", dont_inherit=True)  # no __future__
+    exec(code, {"client": served.client()})
+    team, priority, urgent = capsys.readouterr().out.split()
+    assert team in ("it", "hr", "facilities") and 1 <= int(priority) <= 5
+    assert urgent in ("True", "False")
 
 
 def test_json_object_streams_one_json_object(served: Served) -> None:

@@ -84,6 +84,7 @@ class UpstreamEngine(Engine):
         return found
 
     def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
+        self.refuse_unsupported(params)
         upstream = self._upstream(version)
         cap = upstream.spec.max_concurrency * QUEUE_FACTOR
         with upstream.lock:
@@ -149,7 +150,9 @@ class EngineSet(Engine):
         return self._for(version).generate(version, prompt, params)
 
     def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
-        return self._for(version).stream(version, prompt, params)
+        engine = self._for(version)
+        engine.refuse_unsupported(params)
+        return engine.stream(version, prompt, params)
 
     def render_chat(
         self, version: ModelVersion, messages: Sequence[Mapping[str, Any]], tools: Tools = None

@@ -203,6 +203,7 @@ class VLLMEngine(Engine):
     # -- the interface ----------------------------------------------------------------------
 
     def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
+        self.refuse_unsupported(params)
         server = self._server(self._source(version))
         if not server.process.ready():
             raise EngineError(
