@@ -14,7 +14,6 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -92,9 +91,11 @@ class Served:
         raise AssertionError(f"no inference record {record_id}")
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    with Store.open(f"sqlite:///{tmp_path / 'store.db'}") as store:
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """One echo server for the module: each test reads its own records, by id."""
+    tmp = tmp_path_factory.mktemp("responses-echo")
+    with Store.open(f"sqlite:///{tmp / 'store.db'}") as store:
         two_tenant_world(store, template="text")  # the answer echoes the last user message
         # a version rendering every message (to see instructions in the prompt)
         store.create_registered_model("acme-chat", tenant="acme")
