@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,10 +63,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     tmp = tmp_path_factory.mktemp("structured")
     # tools' JSON schemas make long prompts in a 512-token vocabulary
     base = create_tiny_base(CORPUS, tmp / "base", **QUICK_BASE, max_positions=2048).path
+    chat_base = _with_chat_template(base, tmp / "chat-base")
     artifacts = ArtifactStore(tmp / "artifacts")
     digest = artifacts.put_dir(random_adapter(base, tmp / "a", seed=1), kind="adapter").digest
     with Store.open(f"sqlite:///{tmp / 'store.db'}") as store:
         store.register_base_model("tiny", str(base), {})
+        store.register_base_model("tiny-chat", str(chat_base), {})
         store.create_tenant("acme")
         store.create_registered_model("bot", tenant="acme")
         for template in ("chat-fallback", "alpaca"):
@@ -73,7 +76,12 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                 "bot", kind="adapter", artifact_digest=digest, base_model="tiny", run_id=None,
                 lineage={"prompt_template": template}, metrics={},
             )  # fmt: skip
+        store.create_model_version(
+            "bot", kind="adapter", artifact_digest=digest, base_model="tiny-chat", run_id=None,
+            lineage={"prompt_template": "chat"}, metrics={},
+        )  # fmt: skip
         store.create_endpoint("helpdesk", model_ref="bot:1", tenant="acme")
+        store.create_endpoint("helpdesk-chat", model_ref="bot:3", tenant="acme")
         store.create_endpoint("helpdesk-alpaca", model_ref="bot:2", tenant="acme")
         store.create_endpoint("acme-support", model_ref="bot:1", tenant="acme")  # the docs'
         _, key = create_api_key(store, "acme")
@@ -84,6 +92,29 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
                 yield Served(server.base_url, store, key)
         finally:
             engine.close()
+
+
+# A chat template in the style of Qwen 2.5's: tools in the system turn, calls in <tool_call>
+CHAT_TEMPLATE = (
+    "{% if tools %}<|im_start|>system\n# Tools\n<tools>\n{% for tool in tools %}\n"
+    "{{ tool | tojson }}{% endfor %}\n</tools><|im_end|>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}"
+    "{% if m.tool_calls %}{% for c in m.tool_calls %}\n<tool_call>\n"
+    '{"name": "{{ c.function.name }}", "arguments": {{ c.function.arguments | tojson }}}'
+    "\n</tool_call>{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _with_chat_template(base: Path, out: Path) -> Path:
+    """A copy of ``base`` whose tokenizer has ``CHAT_TEMPLATE``."""
+    shutil.copytree(base, out)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    tokenizer.chat_template = CHAT_TEMPLATE
+    tokenizer.save_pretrained(out)
+    return out
 
 
 MESSAGES: list[dict[str, str]] = [{"role": "user", "content": "file a ticket: printer broken"}]
@@ -238,6 +269,27 @@ def test_a_named_tool_choice_calls_that_function_streamed_as_deltas(served: Serv
     Ticketing.model_validate_json(calls[0].function.arguments or "")
     finishes = [c.choices[0].finish_reason for c in chunks if c.choices]
     assert finishes[-1] == "tool_calls" and chunks[-1].usage is not None
+
+
+def test_a_chat_template_that_takes_tools_renders_them_and_the_calls(served: Served) -> None:
+    client = served.client()
+    question = [{"role": "user", "content": "weather in Oslo?"}]
+    done = client.chat.completions.create(
+        model="helpdesk-chat", messages=question, tools=TOOLS, tool_choice="required",
+        max_tokens=200,
+    )  # fmt: skip
+    call = done.choices[0].message.tool_calls[0]  # type: ignore[index]
+    turn = done.choices[0].message.model_dump(exclude_none=True)
+    result = {"role": "tool", "tool_call_id": call.id, "content": "-3 C"}
+    client.chat.completions.create(
+        model="helpdesk-chat", messages=[*question, turn, result], tools=TOOLS, max_tokens=2
+    )
+    first, second = reversed(served.store.query_records(endpoint="helpdesk-chat", limit=2))
+    assert "<tools>" in first["prompt"] and '"name": "get_weather"' in first["prompt"]
+    assert first["prompt"].endswith("<|im_start|>assistant\n")
+    # the second prompt holds the call, rendered by the template from its JSON arguments
+    assert f'"name": "{call.function.name}", "arguments": {{' in second["prompt"]
+    assert "<|im_start|>tool\n-3 C<|im_end|>" in second["prompt"]
 
 
 def test_tools_the_server_cannot_honour_are_400_naming_them(served: Served) -> None:
