@@ -22,7 +22,7 @@ from fastapi import FastAPI
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from modelyard.errors import ConfigError, ModelyardError, RateLimited
+from modelyard.errors import ConfigError, ModelyardError
 from modelyard.serving._auth import KeyDep
 from modelyard.serving._http_errors import param_of
 from modelyard.serving._plane import DataPlane, Submitted
@@ -410,10 +410,7 @@ class ResponseEvents:
         """An ``error`` event with this server's error code (``timeout``, ``engine_error``,
         ...), then ``response.failed`` holding what was generated until then."""
         message = exc.one_line()
-        failed = {
-            "code": "rate_limit_exceeded" if isinstance(exc, RateLimited) else "server_error",
-            "message": message,
-        }
+        failed = {"code": "server_error", "message": message}  # ResponseError's codes
         partial = "".join(self.sent)
         output = [self.response.message(partial, "incomplete")]
         return self._event(
