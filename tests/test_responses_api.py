@@ -476,3 +476,33 @@ def test_the_keys_limits_and_scope_apply(served: Served) -> None:
     assert caught.value.response.headers["retry-after"]
     with pytest.raises(openai.PermissionDeniedError):
         served.client("feedback_only").responses.create(model="acme-support", input="hi")
+
+
+def test_a_stream_past_the_request_timeout_ends_with_a_timeout_error(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    tmp = tmp_path_factory.mktemp("responses-timeout")
+    with Store.open(f"sqlite:///{tmp / 'store.db'}") as store:
+        two_tenant_world(store, template="text")
+        keys = {"acme": create_api_key(store, "acme")[1]}
+        app = create_app(
+            store,
+            PacedEchoEngine(0.2),  # a word every 0.2 s: 20 words outlast the 1.5 s timeout
+            limits=ServerLimits(request_timeout_s=1.5),
+            refresh_seconds=0.2,
+            heartbeat_s=None,
+        )
+        with BackgroundServer(app) as server:
+            served = Served(server.base_url, store, keys)
+            words = " ".join(f"w{i}" for i in range(20))
+            try:
+                stream = served.client().responses.create(
+                    model="acme-support", input=words, stream=True
+                )
+                error, failed = list(stream)[-2:]
+                assert error.type == "error" and error.code == "timeout"
+                assert failed.type == "response.failed"
+                assert 0 < len(failed.response.output_text.split()) < 20
+                assert served.record(failed.response.id).status == "timeout"
+            finally:
+                served.close()
