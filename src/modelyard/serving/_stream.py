@@ -3,9 +3,15 @@
 The engine's scheduler thread produces (``push``, ``finish``, ``fail``); one
 consumer reads, either blocking (``for event in stream``, ``result()``) or from
 an event loop (``async for event in stream``) without holding a thread while it
-waits. ``cancel()`` tells the engine the consumer has gone away: the request's
-row stops at the next decoding step and finishes with ``finish_reason``
-``"cancelled"``.
+waits. The event loop is woken once per wait, not once per token: an asyncio
+consumer gets, in one event, all the text that arrived since it last looked (so
+a consumer that falls behind sends fewer, larger chunks; one that keeps up gets
+each piece as it comes, with no delay). A stream made with ``whole=True`` is for
+a consumer that wants only the answer (a client that did not ask to stream): the
+loop is woken once, at the end. ``cancel()`` tells the engine the consumer has
+gone away: the request's row stops at the next decoding step and finishes with
+``finish_reason`` ``"cancelled"``; ``on_cancel`` lets an engine that waits in a
+blocking call (an HTTP request) cut it short.
 """
 
 from __future__ import annotations
@@ -23,12 +29,14 @@ from modelyard.serving._types import Generation, StreamEvent
 log = logging.getLogger(__name__)
 
 FinishCallback = Callable[[Generation | None, ModelyardError | None], None]
+CancelCallback = Callable[[], None]
 
 
 class TokenStream:
     """The events of one request, in order; the last one carries the ``Generation``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, whole: bool = False) -> None:
+        self.whole = whole  # the consumer wants only the final event: wake it for that alone
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self._items: deque[StreamEvent | ModelyardError] = deque()
@@ -38,6 +46,7 @@ class TokenStream:
         self._waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._final: tuple[Generation | None, ModelyardError | None] | None = None
         self._callbacks: list[FinishCallback] = []
+        self._on_cancel: list[CancelCallback] = []
 
     # -- producer side (the engine) ---------------------------------------------------------
 
@@ -87,7 +96,9 @@ class TokenStream:
                 self._producer_done = True
                 callbacks, self._callbacks = self._callbacks, []
             self._arrived.notify_all()
-            waiters, self._waiters = self._waiters, []
+            waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+            if self._final is not None or not self.whole:
+                waiters, self._waiters = self._waiters, []
         for loop, future in waiters:
             with contextlib.suppress(RuntimeError):  # the consumer's loop has closed
                 loop.call_soon_threadsafe(_wake, future)
@@ -100,7 +111,22 @@ class TokenStream:
 
     def cancel(self) -> None:
         """The consumer has gone away: stop generating for it (idempotent)."""
-        self._cancelled.set()
+        with self._lock:
+            if self._cancelled.is_set():
+                return
+            self._cancelled.set()
+            callbacks, self._on_cancel = self._on_cancel, []
+        for callback in callbacks:
+            _call_cancel(callback)
+
+    def on_cancel(self, callback: CancelCallback) -> None:
+        """Call ``callback()`` once when the consumer cancels (now, if it has), on the
+        cancelling thread: it must not block (it may shut a socket to end a blocked read)."""
+        with self._lock:
+            if not self._cancelled.is_set():
+                self._on_cancel.append(callback)
+                return
+        _call_cancel(callback)
 
     @property
     def cancelled(self) -> bool:
@@ -123,8 +149,8 @@ class TokenStream:
     async def __anext__(self) -> StreamEvent:
         while True:
             with self._lock:
-                if self._items:
-                    return self._take()
+                if self._items and (self._producer_done or not self.whole):
+                    return self._take_arrived()
                 if self._consumer_done:
                     raise StopAsyncIteration
                 loop = asyncio.get_running_loop()
@@ -146,6 +172,20 @@ class TokenStream:
             self._consumer_done = True
         return item
 
+    def _take_arrived(self) -> StreamEvent:
+        """Every text event that arrived, as one (with the final one's result, if it came);
+        an error after text waits for the next call, so the text goes out first."""
+        item = self._take()
+        if item.generation is not None:
+            return item
+        texts = [item.text]
+        while self._items and not isinstance(self._items[0], ModelyardError):
+            item = self._take()
+            texts.append(item.text)
+            if item.generation is not None:
+                return StreamEvent("".join(texts), item.generation)
+        return StreamEvent("".join(texts)) if len(texts) > 1 else item
+
     def result(self) -> Generation:
         """Wait for the end and return the whole ``Generation`` (raises the stream's error).
 
@@ -166,6 +206,13 @@ def _call(callback: FinishCallback, final: tuple[Generation | None, ModelyardErr
         callback(*final)
     except Exception:  # a callback's failure must not break the engine's thread
         log.exception("a stream's finish callback failed")
+
+
+def _call_cancel(callback: CancelCallback) -> None:
+    try:
+        callback()
+    except Exception:  # cancelling must not fail the consumer
+        log.exception("a stream's cancel callback failed")
 
 
 def _wake(future: asyncio.Future[None]) -> None:
