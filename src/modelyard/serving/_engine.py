@@ -66,6 +66,15 @@ class Engine(abc.ABC):
         """Submit one request; its text arrives on the stream (here: all at once at the end)."""
         return finished_stream(self.generate(version, prompt, params))
 
+    def answer(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
+        """Submit one request whose consumer wants only the whole answer (a client that did
+        not ask to stream): the final event carries it, and the consumer is woken for that
+        alone. Here: ``stream``'s; an engine that can answer whole more cheaply overrides it
+        (the vllm engine asks vLLM for one response instead of a stream of tokens)."""
+        stream = self.stream(version, prompt, params)
+        stream.whole = True
+        return stream
+
     def render_chat(
         self, version: ModelVersion, messages: Sequence[Mapping[str, Any]], tools: Tools = None
     ) -> str:

@@ -82,6 +82,7 @@ class Submitted:
     user: str | None = None
     params: SamplingParams | None = field(default=None, repr=False, compare=False)
     render: Callable[[ModelVersion], str] | None = field(default=None, repr=False, compare=False)
+    whole: bool = False  # the client wants only the whole answer (``Engine.answer``)
     # taken by the first ``finish``, never released: a request is recorded once
     _finished: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -135,6 +136,8 @@ class DataPlane:
         user: str | None,
         params: SamplingParams,
         render: Callable[[ModelVersion], str],
+        *,
+        whole: bool = False,
     ) -> Submitted:
         """``submit`` from the event loop, the cheap checks first: the key's requests/min
         (and a tokens bucket that cannot even hold ``max_tokens``) on the loop, then the
@@ -147,9 +150,8 @@ class DataPlane:
                 await run_in_threadpool(self._record_refusal, key, route, endpoint, limited)
             raise
         async with self.slots.hold(key.tenant):
-            return await run_in_threadpool(
-                self.submit, key, route, endpoint, user, params, render, request_taken=True
-            )
+            return await run_in_threadpool(self.submit, key, route, endpoint, user, params,
+                                           render, request_taken=True, whole=whole)  # fmt: skip
 
     def early_refusal(self, authorization: bytes | None, route: str) -> RateLimited | None:
         """Before a completion's body is read (``GuardMiddleware``): the 429 for a cached key
@@ -192,10 +194,12 @@ class DataPlane:
         render: Callable[[ModelVersion], str],
         *,
         request_taken: bool = False,
+        whole: bool = False,
     ) -> Submitted:
         """Route, render and hand one request to the engine (blocking: run it off the loop).
 
         ``request_taken``: ``enter`` took the request from the key's requests/min already.
+        ``whole``: the client wants only the whole answer (``Engine.answer``, not ``stream``).
         A failure here is recorded (a refusal, 4xx, as a sample: ``count_refusal``) and
         raised; after it, ``finish`` records the outcome.
         """
@@ -241,14 +245,14 @@ class DataPlane:
                 self.metrics.rate_limited.labels(key.tenant, limited.limit).inc()
                 raise
             try:
-                stream = self.engine.stream(version, prompt, params)
+                stream = self._send(version, prompt, params, whole)
             except EngineError as refused:  # an engine that refuses a version at submission
                 alternative = self._alternative(chosen, user, version, refused)
                 if alternative is None:
                     raise
                 fallback_from, version = fallback_from or version, alternative
                 prompt = render(version)
-                stream = self.engine.stream(version, prompt, params)
+                stream = self._send(version, prompt, params, whole)
         except ModelyardError as exc:
             if admission is not None:
                 self.limiter.settle(admission, 0)
@@ -266,8 +270,15 @@ class DataPlane:
             self._mirror(key, route, endpoint, chosen, params, render)
         return Submitted(
             record_id, key, route, endpoint, version, prompt, stream, started, admission, deadline,
-            fallback_from, chosen, user, params, render,
+            fallback_from, chosen, user, params, render, whole,
         )  # fmt: skip
+
+    def _send(
+        self, version: ModelVersion, prompt: str, params: SamplingParams, whole: bool
+    ) -> TokenStream:
+        """Hand one request to the engine: for its whole answer, or streamed."""
+        send = self.engine.answer if whole else self.engine.stream
+        return send(version, prompt, params)
 
     def fall_back(self, sub: Submitted, exc: ModelyardError) -> Submitted | None:
         """When ``sub``'s version could not be loaded, the same request on another version of
@@ -279,7 +290,7 @@ class DataPlane:
             return None
         try:
             prompt = sub.render(alternative)
-            stream = self.engine.stream(alternative, prompt, sub.params)
+            stream = self._send(alternative, prompt, sub.params, sub.whole)
         except ModelyardError:
             return None
         log.warning("%s failed to load; %s answers for it", sub.version.ref, alternative.ref)
@@ -319,7 +330,7 @@ class DataPlane:
         prompt: str | None = None
         try:
             prompt = render(shadow)
-            stream = self.engine.stream(shadow, prompt, params)
+            stream = self.engine.answer(shadow, prompt, params)  # only its record is kept
         except ModelyardError as exc:
             self._record(record_id, key, route, endpoint, shadow, prompt, None, started,
                          exc=exc, shadow=True)  # fmt: skip
@@ -414,7 +425,7 @@ class DataPlane:
         render: Callable[[ModelVersion], str],
     ) -> tuple[str, ModelVersion, Generation]:
         """Route, generate and record one request; returns (record id, version, generation)."""
-        sub = self.submit(key, route, endpoint, user, params, render)
+        sub = self.submit(key, route, endpoint, user, params, render, whole=True)
         try:
             gen = sub.stream.result()
         except ModelyardError as exc:

@@ -8,6 +8,10 @@ version, and runs each request on a worker of that version's own pool: at most
 waiting (beyond it: ``EngineOverloaded``, a 503 with ``Retry-After``). Chat
 requests go to the upstream as messages (``ChatPrompt``), completions as
 prompts. A consumer that leaves closes the upstream connection at the next chunk.
+A client that did not ask to stream is still answered from a streamed upstream
+request (``Engine.answer``: it is woken once, at the end): the spec's
+``timeout_s`` bounds the wait for each chunk, and a whole answer in one response
+would have to come within it.
 """
 
 from __future__ import annotations
@@ -153,6 +157,11 @@ class EngineSet(Engine):
         engine = self._for(version)
         engine.refuse_unsupported(params)
         return engine.stream(version, prompt, params)
+
+    def answer(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
+        engine = self._for(version)
+        engine.refuse_unsupported(params)
+        return engine.answer(version, prompt, params)
 
     def render_chat(
         self, version: ModelVersion, messages: Sequence[Mapping[str, Any]], tools: Tools = None
