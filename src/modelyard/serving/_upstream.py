@@ -3,12 +3,15 @@
 ``UpstreamClient`` sends the requests of one ``registry.UpstreamSpec`` (where,
 which model, the key's reference, timeouts, retries). ``UpstreamClient.run``
 sends one request (chat when the prompt is a ``ChatPrompt``, else a
-completion), streams its text to a
-``TokenStream`` as it arrives, and retries with backoff what a retry can mend
-(connection errors, 429 and 5xx, honouring ``Retry-After``) as long as nothing
-has reached the consumer yet. Upstream answers become modelyard errors a client
-can read: its 4xx for the request (400), a refused credential or an unknown
-model (502), 429 after the retries (503 with ``Retry-After``), a timeout (504).
+completion), streams its text to a ``TokenStream`` as it arrives, and retries
+with backoff what a retry can mend (connection errors, 429 and 5xx, honouring
+``Retry-After``) as long as nothing has reached the consumer yet. With
+``whole=True`` it asks for a non-streamed answer instead (one response, no
+per-token events: for a consumer that wants only the whole answer) and finishes
+the stream with it; on an ``InterruptibleTransport`` a consumer that cancels
+cuts either kind short. Upstream answers become modelyard errors a client can
+read: its 4xx for the request (400), a refused credential or an unknown model
+(502), 429 after the retries (503 with ``Retry-After``), a timeout (504).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from modelyard.errors import (
     UpstreamTimeout,
 )
 from modelyard.registry import UpstreamSpec
+from modelyard.serving._interruptible import Interrupt, interruptible
 from modelyard.serving._stream import TokenStream
 from modelyard.serving._types import Generation, SamplingParams
 
@@ -124,18 +128,20 @@ class UpstreamClient:
         *,
         what: str,
         model: str | None = None,
+        whole: bool = False,
     ) -> None:
         """Send one request, stream its text into ``out`` and finish or fail it (blocking).
         ``what`` names the version in errors; ``model`` overrides the spec's model name (a
-        LoRA adapter's name on a vLLM server)."""
+        LoRA adapter's name on a vLLM server); ``whole`` asks for one non-streamed answer."""
         started = time.perf_counter()
         chat = isinstance(prompt, ChatPrompt)
         path = "/chat/completions" if chat else "/completions"
-        body = request_body(self.spec, prompt, params, stream=True, model=model)
+        body = request_body(self.spec, prompt, params, stream=not whole, model=model)
+        once = self._whole if whole else self._once
         attempt = 0
         while True:
             try:
-                generation = self._once(path, body, chat, out, started, what)
+                generation = once(path, body, chat, out, started, what)
             except _Retry as retry:
                 attempt += 1
                 if out.cancelled or retry.sent or attempt > self.spec.max_retries:
@@ -153,22 +159,32 @@ class UpstreamClient:
             out.finish(generation)
             return
 
-    def _once(self, path: str, body: dict[str, Any], chat: bool, out: TokenStream,
-              started: float, what: str) -> Generation:  # fmt: skip
-        headers = {**self.spec.headers, "Accept": "text/event-stream"}
+    def _headers(self, accept: str) -> dict[str, str]:
+        headers = {**self.spec.headers, "Accept": accept}
         key = self.spec.api_key()
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        sent = False
+        return headers
+
+    def _once(self, path: str, body: dict[str, Any], chat: bool, out: TokenStream,
+              started: float, what: str) -> Generation:  # fmt: skip
+        """One streamed request; a cancel ends it at the next event (on an
+        ``InterruptibleTransport``, at once, even before the first)."""
+        headers = self._headers("text/event-stream")
+        interrupt = Interrupt()
+        out.on_cancel(interrupt.fire)
+        texts: list[str] = []
+        usage: Mapping[str, Any] | None = None
+        finish = "stop"
+        ttft = None
         try:
-            with self._http.stream("POST", self.spec.url + path, json=body, headers=headers) as r:
+            with (
+                interruptible(interrupt),
+                self._http.stream("POST", self.spec.url + path, json=body, headers=headers) as r,
+            ):
                 if r.status_code != 200:
                     r.read()
                     raise self._refusal(r, what)
-                texts: list[str] = []
-                usage: Mapping[str, Any] | None = None
-                finish = "stop"
-                ttft = None
                 for data in _events(r.iter_lines()):
                     if out.cancelled:
                         finish = "cancelled"
@@ -177,28 +193,79 @@ class UpstreamClient:
                     for choice in data.get("choices") or ():
                         piece = _text_of(choice, chat, stream=True)
                         if piece:
-                            ttft = (
-                                ttft if ttft is not None else (time.perf_counter() - started) * 1000
-                            )
+                            if ttft is None:
+                                ttft = (time.perf_counter() - started) * 1000
                             texts.append(piece)
                             out.push(piece)
-                            sent = True
                         finish = choice.get("finish_reason") or finish
-        except httpx.TimeoutException:
+        except httpx.HTTPError as exc:
+            if not interrupt.fired:
+                raise self._broke(exc, what, bool(texts)) from None
+            finish = "cancelled"
+        return self._generation("".join(texts), finish, usage, body, ttft, what)
+
+    def _whole(self, path: str, body: dict[str, Any], chat: bool, out: TokenStream,
+               started: float, what: str) -> Generation:  # fmt: skip
+        """One non-streamed request; a cancel (``out.on_cancel``) cuts it short."""
+        interrupt = Interrupt()
+        out.on_cancel(interrupt.fire)
+        if out.cancelled:
+            return self._generation("", "cancelled", None, body, None, what)
+        try:
+            with interruptible(interrupt):
+                r = self._http.post(self.spec.url + path, json=body,
+                                    headers=self._headers("application/json"))  # fmt: skip
+        except httpx.HTTPError as exc:
+            if interrupt.fired:
+                return self._generation("", "cancelled", None, body, None, what)
+            raise self._broke(exc, what, False) from None
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        if r.status_code != 200:
+            raise self._refusal(r, what)
+        try:
+            data = r.json()
+        except ValueError:
+            raise UpstreamError(f"{what}: the upstream at {self.spec.host} answered with "
+                                f"something that is not JSON: {r.text[:80]!r}",
+                                version=what) from None  # fmt: skip
+        if not isinstance(data, Mapping) or "error" in data:
+            error = data.get("error") if isinstance(data, Mapping) else data
+            message = error.get("message") if isinstance(error, Mapping) else error
+            raise UpstreamError(f"{what}: the upstream failed: {str(message)[:300]}",
+                                version=what)  # fmt: skip
+        choices = data.get("choices") or [{}]
+        choice = choices[0] if isinstance(choices[0], Mapping) else {}
+        text = _text_of(choice, chat, stream=False)
+        finish = str(choice.get("finish_reason") or "stop")
+        return self._generation(text, finish, data.get("usage"), body,
+                                _ttft_ms(data.get("metrics"), elapsed_ms), what)  # fmt: skip
+
+    def _broke(self, exc: httpx.HTTPError, what: str, sent: bool) -> _Retry:
+        """The retry (or the error, when it is too late to retry) of a broken request."""
+        if isinstance(exc, httpx.TimeoutException):
             error: UpstreamError = UpstreamTimeout(
                 f"{what}: the upstream at {self.spec.host} did not answer within "
                 f"{self.spec.timeout_s:g} s",
                 version=what,
             )
-            raise _Retry(error, None, sent) from None
-        except httpx.HTTPError as exc:
+        else:
             error = UpstreamError(f"{what}: the upstream at {self.spec.host} could not be reached "
                                   f"or broke off: {type(exc).__name__}", version=what)  # fmt: skip
-            raise _Retry(error, None, sent) from None
+        return _Retry(error, None, sent)
+
+    def _generation(
+        self,
+        text: str,
+        finish: str,
+        usage: Mapping[str, Any] | None,
+        body: Mapping[str, Any],
+        ttft: float | None,
+        what: str,
+    ) -> Generation:
+        """The answer from what the upstream sent (an aborted one is an error)."""
         if finish == "abort":  # vLLM's word for a request it dropped (it was stopping)
             raise UpstreamError(f"{what}: the upstream at {self.spec.host} aborted the request",
                                 version=what)  # fmt: skip
-        text = "".join(texts)
         prompt_tokens, completion_tokens, estimated = _usage(usage, body, text)
         extra = {"upstream": self.spec.host, "upstream_model": self.spec.model}
         if estimated:
@@ -267,6 +334,16 @@ def _events(lines: Iterator[str]) -> Iterator[Mapping[str, Any]]:
             raise UpstreamError(f"the upstream failed mid-answer: {str(message)[:300]}")
         if isinstance(data, Mapping):
             yield data
+
+
+def _ttft_ms(metrics: Any, elapsed_ms: float) -> float | None:
+    """Time to the first token of a non-streamed answer: the whole wait less the decoding
+    after the first token (vLLM's per-request ``metrics.generation_time_ms``), None when the
+    upstream does not say."""
+    spent = metrics.get("generation_time_ms") if isinstance(metrics, Mapping) else None
+    if not isinstance(spent, int | float) or not math.isfinite(spent):
+        return None
+    return max(0.0, elapsed_ms - float(spent))
 
 
 def _upstream_message(r: httpx.Response) -> str:

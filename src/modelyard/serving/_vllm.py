@@ -80,6 +80,8 @@ class VLLMOptions:
             "--host", "127.0.0.1", "--port", str(port), "--dtype", dtype,
             "--enable-lora", "--max-lora-rank", str(self.max_lora_rank),
             "--max-loras", str(self.max_loras),
+            # each non-streamed answer says when its first token came (``metrics``)
+            "--enable-per-request-metrics",
         ]  # fmt: skip
         for flag, value in (
             ("--max-cpu-loras", self.max_cpu_loras),
@@ -149,6 +151,18 @@ class VLLMProcess:
 
     def wait_ready(self, timeout: float) -> bool:
         return self._ready.wait(timeout)
+
+    def dying(self, within_s: float) -> bool:
+        """Not ready, or exiting within ``within_s``: a connection its death cut is closed a
+        moment before the process can be seen to have exited."""
+        proc = self._proc
+        if not self.ready() or proc is None:
+            return True
+        try:
+            proc.wait(within_s)
+        except subprocess.TimeoutExpired:
+            return False
+        return True
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         import torch  # the engine runs where torch is; whether vLLM is on a GPU follows it

@@ -7,8 +7,12 @@ audited), are handed to vLLM with ``/v1/load_lora_adapter`` on first use, under
 the name ``v<version id>``; at most ``max_adapters`` stay registered per server,
 the least recently used unloaded first. Prompts are rendered here, in the
 version's template with the base's tokenizer, and sent as completions, so vLLM
-sees the same tokens the transformers engine would. Requests stream through an
-``UpstreamClient``; while a server is starting or restarting its requests get
+sees the same tokens the transformers engine would. Requests go through an
+``UpstreamClient``: streamed (``stream``), or, for a client that did not ask to
+stream (``answer``), as one non-streamed vLLM request, so that neither vLLM's API
+server nor modelyard handles an event per token; either is cut short when its
+consumer cancels (``InterruptibleTransport``: vLLM sees the connection close and
+aborts the request). While a server is starting or restarting its requests get
 503 with ``Retry-After``, and a server that dies mid-request fails that request
 (the supervisor restarts it; the adapters are loaded again on next use).
 """
@@ -31,6 +35,7 @@ from modelyard.errors import EngineError, ModelyardError, UpstreamError
 from modelyard.registry import UpstreamSpec
 from modelyard.serving._adapters import ModelSources, served_files
 from modelyard.serving._engine import Engine
+from modelyard.serving._interruptible import InterruptibleTransport
 from modelyard.serving._prompts import render_chat
 from modelyard.serving._stream import TokenStream
 from modelyard.serving._tools import Tools
@@ -42,6 +47,7 @@ from modelyard.store import ModelVersion, Store
 log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5
+DEATH_S = 1.0  # how long a request cut off waits to see whether its server is dying
 
 
 class _Server:
@@ -70,7 +76,8 @@ class _Server:
                 spec = UpstreamSpec(base_url=self.process.url + "/v1", model=self.process.name,
                                     timeout_s=self.timeout_s, max_retries=0,
                                     max_concurrency=256)  # fmt: skip
-                self.client = UpstreamClient(spec, translate=translate)
+                transport = InterruptibleTransport(spec.max_concurrency)
+                self.client = UpstreamClient(spec, transport=transport, translate=translate)
                 self.port = self.process.port
             return self.client
 
@@ -193,7 +200,7 @@ class VLLMEngine(Engine):
         version the error names (the client is shared by every request of the server)."""
 
         def translate(error: ModelyardError) -> ModelyardError:
-            if isinstance(error, UpstreamError) and not server.process.ready():
+            if isinstance(error, UpstreamError) and server.process.dying(DEATH_S):
                 what = str(error.context.get("version", "a request"))
                 return self._down(server, what, "it stopped mid-request")
             return error
@@ -204,6 +211,16 @@ class VLLMEngine(Engine):
 
     def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
         self.refuse_unsupported(params)
+        return self._submit(version, prompt, params, whole=False)
+
+    def answer(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
+        """One non-streamed vLLM request: its whole answer in one response."""
+        self.refuse_unsupported(params)
+        return self._submit(version, prompt, params, whole=True)
+
+    def _submit(
+        self, version: ModelVersion, prompt: str, params: SamplingParams, *, whole: bool
+    ) -> TokenStream:
         server = self._server(self._source(version))
         if not server.process.ready():
             raise EngineError(
@@ -211,13 +228,13 @@ class VLLMEngine(Engine):
                 hint="Retry shortly.",
                 retry_after=RETRY_AFTER_S,
             )
-        out = TokenStream()
+        out = TokenStream(whole=whole)
 
         def run() -> None:
             try:
                 model = self._model_name(server, version)
                 client = server.http(self._translator(server))
-                client.run(prompt, params, out, what=version.ref, model=model)
+                client.run(prompt, params, out, what=version.ref, model=model, whole=whole)
             except ModelyardError as exc:
                 out.fail(exc)
             except Exception as exc:  # the stream must end, whatever happened
@@ -228,7 +245,7 @@ class VLLMEngine(Engine):
         return out
 
     def generate(self, version: ModelVersion, prompt: str, params: SamplingParams) -> Generation:
-        return self.stream(version, prompt, params).result()
+        return self.answer(version, prompt, params).result()
 
     def _tokenizer(self, version: ModelVersion) -> Any:
         source = self._source(version)
