@@ -73,7 +73,6 @@ def test_a_list_of_prompts_is_one_choice_each(served: Served) -> None:
         ({"prompt": [1, 2, 3]}, "token ids are not supported"),
         ({"prompt": [[1, 2], [3]]}, "token ids are not supported"),
         ({"prompt": []}, "the prompt list is empty"),
-        ({"prompt": ["a", "b"], "stream": True}, "stream with 2 choices"),
         ({"prompt": ["x"] * 17}, "send at most 16"),
     ],
 )
@@ -105,10 +104,44 @@ def test_n_choices_each_a_request_of_their_own(served: Served) -> None:
         time.sleep(0.05)
 
 
+def test_several_choices_stream_as_one_stream_by_index(served: Served) -> None:
+    client = served.client()
+    chunks = list(
+        client.chat.completions.create(
+            model="acme-support",
+            messages=[{"role": "user", "content": "where is my parcel"}],
+            n=3,
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    texts: dict[int, str] = {}
+    finishes: dict[int, str | None] = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason:
+                finishes[choice.index] = choice.finish_reason
+    assert texts == dict.fromkeys(range(3), "where is my parcel")
+    assert finishes == {0: "stop", 1: "stop", 2: "stop"}
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 3 * 4
+    legacy = client.completions.create(
+        model="acme-support", prompt=["a b", "c d e"], max_tokens=8, stream=True
+    )
+    by_prompt: dict[int, str] = {}
+    for chunk in legacy:
+        for c in chunk.choices:
+            by_prompt[c.index] = by_prompt.get(c.index, "") + c.text
+    assert by_prompt == {0: "a b", 1: "c d e"}
+    deadline = time.monotonic() + 10
+    while served.store.count_inference_records(endpoint="acme-support") < 3 + 2:
+        assert time.monotonic() < deadline, "each streamed choice is recorded"
+        time.sleep(0.05)
+
+
 @pytest.mark.parametrize(
     ("body", "said"),
     [
-        ({"n": 2, "stream": True}, "stream with 2 choices"),
         ({"n": 9}, "ask for 1 to 8 choices"),
         ({"n": 0}, "ask for 1 to 8 choices"),
     ],

@@ -201,7 +201,7 @@ def test_completion_logprobs_in_the_legacy_shape(served: Served) -> None:
 def test_logprobs_the_server_cannot_answer_are_400_naming_them(served: Served) -> None:
     cases = [
         ({"logprobs": True, "stream": True}, "logprobs with stream"),
-        ({"top_logprobs": 2}, "top_logprobs needs logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs: top_logprobs needs logprobs"),
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ]
     for extra, says in cases:
@@ -296,9 +296,9 @@ def test_tools_the_server_cannot_honour_are_400_naming_them(served: Served) -> N
     named = {"type": "function", "function": {"name": "nope"}}
     cases = [
         ("helpdesk-alpaca", {"tools": TOOLS}, "tools", "prompt template 'alpaca'"),
-        ("helpdesk", {"tools": TOOLS, "tool_choice": named}, None, "not among the tools"),
-        ("helpdesk", {"tool_choice": "required"}, None, "no tools are offered"),
-        ("helpdesk", {"tools": [TOOLS[0], TOOLS[0]]}, None, "same name"),
+        ("helpdesk", {"tools": TOOLS, "tool_choice": named}, "tool_choice", "not among the tools"),
+        ("helpdesk", {"tool_choice": "required"}, "tool_choice", "no tools are offered"),
+        ("helpdesk", {"tools": [TOOLS[0], TOOLS[0]]}, "tools", "same name"),
     ]
     for model, extra, param, says in cases:
         r = served.post("/v1/chat/completions", {"model": model, "messages": MESSAGES, **extra})

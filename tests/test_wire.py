@@ -204,8 +204,6 @@ def test_the_edges_of_each_range_are_accepted(served: Served) -> None:
 @pytest.mark.parametrize(
     ("param", "value"),
     [
-        ("tools", [{"type": "function", "function": {"name": "f", "parameters": {}}}]),
-        ("tool_choice", "required"),
         ("functions", [{"name": "f", "parameters": {}}]),
         ("modalities", ["text", "audio"]),
         ("reasoning_effort", "high"),
@@ -249,6 +247,18 @@ def test_what_the_engine_cannot_honour_is_refused_naming_the_engine(
             served.client.completions.create(**COMPLETION, **extra)  # type: ignore[call-overload]
     assert info.value.param == param
     assert f"{param} is not supported on the echo engine" in info.value.message
+
+
+def test_tools_on_a_version_without_a_chat_template_are_refused_naming_it(
+    served: Served,
+) -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {}}}]
+    with pytest.raises(openai.BadRequestError) as info:
+        served.client.chat.completions.create(**CHAT, tools=tools)  # type: ignore[call-overload]
+    assert info.value.param == "tools" and "has no place for tools" in info.value.message
+    with pytest.raises(openai.BadRequestError) as info:
+        served.client.chat.completions.create(**CHAT, tool_choice="required")  # type: ignore[call-overload]
+    assert info.value.param == "tool_choice" and "no tools are offered" in info.value.message
 
 
 def test_an_unknown_parameter_is_refused_by_name(served: Served) -> None:

@@ -22,7 +22,7 @@ import modelyard
 from modelyard.errors import EndpointNotFound
 from modelyard.serving._auth import FeedbackKeyDep, KeyDep
 from modelyard.serving._plane import DataPlane, Submitted
-from modelyard.serving._sse import Chunks, ToolChunks, event_stream, wait_whole
+from modelyard.serving._sse import Chunks, ToolChunks, abandon, event_streams, wait_whole
 from modelyard.serving._tools import parse_calls
 from modelyard.serving._types import Generation, SamplingParams
 from modelyard.serving._wire import (
@@ -45,15 +45,24 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
 
     async def answer(
         key: ApiKey, route: str, body: CommonRequest, jobs: list[tuple[Render, SamplingParams]]
-    ) -> Submitted | list[tuple[Submitted, Generation]]:
-        """The submission to stream (``stream``: one job, checked in the body), or every
-        job's answer: one request each (limits, records), run together."""
+    ) -> list[Submitted] | list[tuple[Submitted, Generation]]:
+        """Every job's submission to stream (``stream``), or every job's answer: one request
+        each (limits, records), run together."""
         if body.stream:
-            render, params = jobs[0]
-            return await plane.enter(key, route, body.model, body.user, params, render)
+            subs: list[Submitted] = []
+            try:
+                for render, params in jobs:
+                    subs.append(
+                        await plane.enter(key, route, body.model, body.user, params, render)
+                    )
+            except BaseException:
+                for sub in subs:  # a later choice refused (a limit, say): none is answered
+                    abandon(plane, sub)
+                raise
+            return subs
 
         async def one(render: Render, params: SamplingParams) -> tuple[Submitted, Generation]:
-            sub = await plane.enter(key, route, body.model, body.user, params, render, whole=True)
+            sub = await plane.enter(key, route, body.model, body.user, params, render)
             return await wait_whole(plane, sub)
 
         return list(await asyncio.gather(*(one(r, p) for r, p in jobs)))
@@ -70,13 +79,16 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
 
         params = body.choice_params(plane.limits.max_tokens)
         answered = await answer(key, "chat.completions", body, [(render, p) for p in params])
-        if isinstance(answered, Submitted):
-            chunks: Chunks = (
-                ToolChunks(answered, body.model, include_usage(body), tools)
+        if body.stream:
+            subs = [a for a in answered if isinstance(a, Submitted)]
+            chunks: list[Chunks] = [
+                ToolChunks(sub, body.model, include_usage(body), tools, i)
                 if tools
-                else Chunks(True, answered, body.model, include_usage(body))
-            )
-            return await event_stream(plane, answered, chunks)
+                else Chunks(True, sub, body.model, include_usage(body), i)
+                for i, sub in enumerate(subs)
+            ]
+            return await event_streams(plane, subs, chunks)
+        answered = [a for a in answered if not isinstance(a, Submitted)]
         first = answered[0][0]
         response.headers["x-modelyard-version"] = first.version.ref
         return {
@@ -96,9 +108,13 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
         params = body.choice_params(plane.limits.max_tokens)
         jobs = [(_fixed(text), p) for text in body.prompts for p in params]
         answered = await answer(key, "completions", body, jobs)
-        if isinstance(answered, Submitted):
-            chunks = Chunks(False, answered, body.model, include_usage(body))
-            return await event_stream(plane, answered, chunks)
+        if body.stream:
+            subs = [a for a in answered if isinstance(a, Submitted)]
+            chunks = [
+                Chunks(False, sub, body.model, include_usage(body), i) for i, sub in enumerate(subs)
+            ]
+            return await event_streams(plane, subs, chunks)
+        answered = [a for a in answered if not isinstance(a, Submitted)]
         first = answered[0][0]
         response.headers["x-modelyard-version"] = first.version.ref
         return {

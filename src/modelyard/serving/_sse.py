@@ -22,7 +22,7 @@ from modelyard.errors import EngineError, ModelyardError
 from modelyard.serving._http_errors import error_of
 from modelyard.serving._plane import DataPlane, Submitted
 from modelyard.serving._tools import CALL_START, parse_calls
-from modelyard.serving._types import Generation
+from modelyard.serving._types import Generation, StreamEvent
 from modelyard.serving._wire import usage
 
 
@@ -78,8 +78,10 @@ class Formatter(Protocol):
 class Chunks:
     """OpenAI's streaming chunks for one request: chat or text completion."""
 
-    def __init__(self, chat: bool, sub: Submitted, model: str, include_usage: bool) -> None:
-        self.chat, self.include_usage, self.model = chat, include_usage, model
+    def __init__(
+        self, chat: bool, sub: Submitted, model: str, include_usage: bool, index: int = 0
+    ) -> None:
+        self.chat, self.include_usage, self.model, self.index = chat, include_usage, model, index
         self.created = int(time.time())
         self._head: dict[str, Any] = {
             "id": sub.record_id,
@@ -92,7 +94,7 @@ class Chunks:
 
     def rebound(self, sub: Submitted) -> Chunks:
         """The same stream's chunks, now answered by ``sub`` (a fallback version)."""
-        return Chunks(self.chat, sub, self.model, self.include_usage)
+        return Chunks(self.chat, sub, self.model, self.include_usage, self.index)
 
     def _event(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
         data = {**self._head, "choices": choices}
@@ -101,25 +103,36 @@ class Chunks:
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
     def _choice(self, text: str | None, finish: str | None) -> dict[str, Any]:
+        i = self.index
         if self.chat:
             delta = {} if text is None else {"content": text}
-            return {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+            return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
+        return {"index": i, "text": text or "", "logprobs": None, "finish_reason": finish}
 
     def opening(self) -> list[str]:
         if not self.chat:
             return []
-        role = {"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": None}
-        return [self._event([{**role, "finish_reason": None}])]
+        role = {"index": self.index, "delta": {"role": "assistant", "content": ""}}
+        return [self._event([{**role, "logprobs": None, "finish_reason": None}])]
 
     def text(self, text: str) -> str:
         return self._event([self._choice(text, None)])
 
-    def closing(self, gen: Generation) -> list[str]:
-        events = [self._event([self._choice(None, gen.finish_reason)])]
+    def finished(self, gen: Generation) -> list[str]:
+        """The events that end this choice (its ``finish_reason``)."""
+        return [self._event([self._choice(None, gen.finish_reason)])]
+
+    def tail(self, generations: list[Generation]) -> list[str]:
+        """The events that end the stream: ``usage`` of every choice, when asked, then
+        ``[DONE]``."""
+        events = []
         if self.include_usage:
-            events.append(self._event([], usage(gen)))
+            totals = [usage(g) for g in generations]
+            events.append(self._event([], {k: sum(t[k] for t in totals) for k in totals[0]}))
         return [*events, "data: [DONE]\n\n"]
+
+    def closing(self, gen: Generation) -> list[str]:
+        return [*self.finished(gen), *self.tail([gen])]
 
     @staticmethod
     def error(exc: ModelyardError) -> str:
@@ -132,15 +145,20 @@ class ToolChunks(Chunks):
     ``tool_calls`` deltas (each whole), with ``finish_reason`` ``tool_calls``."""
 
     def __init__(
-        self, sub: Submitted, model: str, include_usage: bool, tools: list[dict[str, Any]]
+        self,
+        sub: Submitted,
+        model: str,
+        include_usage: bool,
+        tools: list[dict[str, Any]],
+        index: int = 0,
     ) -> None:
-        super().__init__(True, sub, model, include_usage)
+        super().__init__(True, sub, model, include_usage, index)
         self.tools = tools
         self._text = ""
         self._sent = 0  # characters of _text sent as content
 
     def rebound(self, sub: Submitted) -> ToolChunks:
-        return ToolChunks(sub, self.model, self.include_usage, self.tools)
+        return ToolChunks(sub, self.model, self.include_usage, self.tools, self.index)
 
     def text(self, text: str) -> str:
         self._text += text
@@ -164,13 +182,11 @@ class ToolChunks(Chunks):
             events.append(self._event([self._choice(rest, None)]))
         for i, call in enumerate(calls):
             delta = {"tool_calls": [{"index": i, **call}]}
-            events.append(self._event([{"index": 0, "delta": delta, "logprobs": None,
+            events.append(self._event([{"index": self.index, "delta": delta, "logprobs": None,
                                         "finish_reason": None}]))  # fmt: skip
         finish = "tool_calls" if calls else gen.finish_reason
         events.append(self._event([self._choice(None, finish)]))
-        if self.include_usage:
-            events.append(self._event([], usage(gen)))
-        return [*events, "data: [DONE]\n\n"]
+        return [*events, *self.tail([gen])]
 
 
 class _EventStreamResponse(StreamingResponse):
@@ -249,3 +265,105 @@ async def event_stream(plane: DataPlane, sub: Submitted, chunks: Formatter) -> S
 
 
 __all__ = ["Chunks", "Formatter", "event_stream", "wait_whole"]
+
+
+def abandon(plane: DataPlane, sub: Submitted) -> None:
+    """Stop a submitted request nobody will read (its client left, or a sibling choice
+    failed); it is recorded ``cancelled`` when its generation stops."""
+    sub.stream.cancel()
+    sub.stream.on_finish(lambda gen, exc: plane.finish(sub, gen, exc=exc, cancelled=True))
+
+
+async def _first_event(
+    plane: DataPlane, sub: Submitted, chunks: Chunks
+) -> tuple[Submitted, Chunks, StreamEvent]:
+    """``sub``'s first event, through fallbacks; an error before it is raised (recorded)."""
+    while True:
+        try:
+            async with asyncio.timeout(sub.remaining()):
+                return sub, chunks, await anext(sub.stream)
+        except TimeoutError:
+            raise plane.timed_out(sub) from None
+        except ModelyardError as exc:
+            other = await run_in_threadpool(plane.fall_back, sub, exc)
+            if other is None:
+                plane.finish(sub, None, exc=exc)
+                raise
+            sub, chunks = other, chunks.rebound(other)
+
+
+async def event_streams(
+    plane: DataPlane, subs: list[Submitted], chunks: list[Chunks]
+) -> StreamingResponse:
+    """Several choices (``n``, a list of prompts) streamed as one: each choice's chunks carry
+    its ``index``, interleaved as they come; ``usage`` (their sum) and ``[DONE]`` end it.
+
+    An error before every choice's first token is an ordinary error response (the other
+    choices are cancelled); a failure later ends the stream with an error event. Each
+    choice is recorded as a request of its own, as ``event_stream`` records one.
+    """
+    if len(subs) == 1:
+        return await event_stream(plane, subs[0], chunks[0])
+    started = await asyncio.gather(
+        *(_first_event(plane, s, c) for s, c in zip(subs, chunks, strict=True)),
+        return_exceptions=True,
+    )
+    failed = next((r for r in started if isinstance(r, BaseException)), None)
+    if failed is not None:
+        for r in started:
+            if not isinstance(r, BaseException):
+                abandon(plane, r[0])
+        raise failed
+    runs = [r for r in started if not isinstance(r, BaseException)]
+    queue: asyncio.Queue[tuple[int, StreamEvent | TimeoutError | ModelyardError]]
+    queue = asyncio.Queue()
+
+    async def pump(i: int, sub: Submitted, first: StreamEvent) -> None:
+        event = first
+        try:
+            while True:
+                await queue.put((i, event))
+                if event.generation is not None:
+                    return
+                async with asyncio.timeout(sub.remaining()):
+                    event = await anext(sub.stream)
+        except (TimeoutError, ModelyardError) as exc:
+            await queue.put((i, exc))
+
+    async def events() -> AsyncGenerator[str, None]:
+        done: dict[int, Generation] = {}
+        tasks = [asyncio.create_task(pump(i, s, e)) for i, (s, _, e) in enumerate(runs)]
+        try:
+            for _, c, _ in runs:
+                for opening in c.opening():
+                    yield opening
+            while len(done) < len(runs):
+                i, item = await queue.get()
+                sub, c, _ = runs[i]
+                if isinstance(item, TimeoutError):
+                    done[i] = Generation("", 0, 0, "timeout")  # timed_out records it
+                    yield c.error(plane.timed_out(sub))
+                    return
+                if isinstance(item, ModelyardError):
+                    plane.finish(sub, None, exc=item)
+                    done[i] = Generation("", 0, 0, "error")
+                    yield c.error(item)
+                    return
+                if item.text:
+                    yield c.text(item.text)
+                if item.generation is not None:
+                    plane.finish(sub, item.generation)
+                    done[i] = item.generation
+                    for event in c.finished(item.generation):
+                        yield event
+            for event in runs[0][1].tail([done[i] for i in range(len(runs))]):
+                yield event
+        finally:
+            for task in tasks:
+                task.cancel()
+            for i, (sub, _, _) in enumerate(runs):
+                if i not in done:  # the client went away, or another choice failed
+                    abandon(plane, sub)
+
+    headers = {"x-modelyard-version": runs[0][0].version.ref, "cache-control": "no-cache"}
+    return _EventStreamResponse(events(), headers)

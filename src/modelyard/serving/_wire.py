@@ -6,7 +6,15 @@ import dataclasses
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from modelyard.errors import ConfigError
 from modelyard.serving._tools import NamedToolChoice, ToolCall, ToolChoice, ToolDef, call_guide
@@ -225,11 +233,6 @@ class CommonRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_stream(self) -> CommonRequest:
-        if self.stream and self.choices > 1:
-            raise ValueError(
-                f"stream with {self.choices} choices (n or several prompts) is not supported by "
-                "this server: stream one choice per request, or ask without stream"
-            )
         if self.stream and self.wanted_logprobs() is not None:
             raise ValueError(
                 "logprobs with stream is not supported by this server yet: ask without stream"
@@ -305,26 +308,33 @@ class ChatCompletionRequest(CommonRequest):
     tools: list[ToolDef] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: ToolChoice | None = None
 
-    @model_validator(mode="after")
-    def _top_with_logprobs(self) -> ChatCompletionRequest:
-        if self.top_logprobs is not None and not self.logprobs:
+    @field_validator("top_logprobs")
+    @classmethod
+    def _top_with_logprobs(cls, value: int | None, info: ValidationInfo) -> int | None:
+        if value is not None and not info.data.get("logprobs"):
             raise ValueError("top_logprobs needs logprobs: true")
-        return self
+        return value
 
-    @model_validator(mode="after")
-    def _choice_among_tools(self) -> ChatCompletionRequest:
-        names = [t.function.name for t in self.tools or []]
+    @field_validator("tools")
+    @classmethod
+    def _distinct_names(cls, value: list[ToolDef] | None) -> list[ToolDef] | None:
+        names = [t.function.name for t in value or []]
         if len(set(names)) != len(names):
-            raise ValueError("tools: two functions have the same name")
-        choice = self.tool_choice
-        if choice not in (None, "none", "auto") and not names:
-            raise ValueError("tool_choice asks for a tool call, and no tools are offered")
-        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            raise ValueError("two functions have the same name")
+        return value
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_among_tools(cls, value: ToolChoice | None, info: ValidationInfo) -> Any:
+        names = [t.function.name for t in info.data.get("tools") or []]
+        if value not in (None, "none", "auto") and not names:
+            raise ValueError("it asks for a tool call, and no tools are offered")
+        if isinstance(value, NamedToolChoice) and value.function.name not in names:
             raise ValueError(
-                f"tool_choice names the function {choice.function.name!r}, which is not among "
-                f"the tools offered ({', '.join(names)})"
+                f"it names the function {value.function.name!r}, which is not among the tools "
+                f"offered ({', '.join(names)})"
             )
-        return self
+        return value
 
     def offered_tools(self) -> list[dict[str, Any]]:
         """The functions offered to the model (none with ``tool_choice: none``)."""
