@@ -62,7 +62,7 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
             return subs
 
         async def one(render: Render, params: SamplingParams) -> tuple[Submitted, Generation]:
-            sub = await plane.enter(key, route, body.model, body.user, params, render)
+            sub = await plane.enter(key, route, body.model, body.user, params, render, whole=True)
             return await wait_whole(plane, sub)
 
         return list(await asyncio.gather(*(one(r, p) for r, p in jobs)))
