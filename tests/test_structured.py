@@ -146,6 +146,15 @@ def test_the_structured_outputs_example_of_the_docs_runs(
     assert urgent in ("True", "False")
 
 
+def test_the_responses_api_parses_into_the_pydantic_model(served: Served) -> None:
+    done = served.client().responses.parse(
+        model="helpdesk", input="file a ticket: printer broken", text_format=Ticket,
+        max_output_tokens=120,
+    )  # fmt: skip
+    assert done.status == "completed" and isinstance(done.output_parsed, Ticket)
+    assert done.text.format.type == "json_schema"  # echoed
+
+
 def test_json_object_streams_one_json_object(served: Served) -> None:
     stream = served.client().chat.completions.create(
         model="helpdesk", messages=MESSAGES, response_format={"type": "json_object"},

@@ -113,10 +113,11 @@ class Engine(abc.ABC):
         """A 400 (``ConfigError``) for what ``params`` asks and this engine cannot honour:
         a parameter is never ignored silently."""
         if params.guide is not None and not self.guides:
+            name = params.guide.param.removesuffix(".schema").removesuffix(".json_schema")
             raise ConfigError(
-                f"{params.guide.param.split('.')[0]} is not supported on the {self.name} engine",
+                f"{name} is not supported on the {self.name} engine",
                 hint="Ask without it, or use an endpoint served by the transformers engine.",
-                param=params.guide.param.split(".")[0],
+                param=name,
             )
         if params.logprobs is not None and not self.logprobs:
             raise ConfigError(

@@ -44,7 +44,11 @@ from modelyard.serving._http_errors import error_of
 from modelyard.serving._shutdown import Drain
 
 ALWAYS_OPEN = frozenset({"/health", "/ready", "/metrics"})
-RATE_LIMITED = {"/v1/completions": "completions", "/v1/chat/completions": "chat.completions"}
+RATE_LIMITED = {
+    "/v1/completions": "completions",
+    "/v1/chat/completions": "chat.completions",
+    "/v1/responses": "responses",
+}
 METRICS_PATHS = frozenset({"/metrics"})
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 Access = Literal["public", "token", "off"]

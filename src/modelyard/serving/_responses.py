@@ -27,7 +27,7 @@ from modelyard.serving._auth import KeyDep
 from modelyard.serving._http_errors import param_of
 from modelyard.serving._plane import DataPlane, Submitted
 from modelyard.serving._sse import event_stream, wait_whole
-from modelyard.serving._types import MIN_TEMPERATURE, Generation, SamplingParams
+from modelyard.serving._types import MIN_TEMPERATURE, Generation, Guide, SamplingParams
 from modelyard.serving._wire import Text
 from modelyard.store import ModelVersion
 
@@ -127,23 +127,43 @@ class InputMessage(BaseModel):
         return "\n".join(part.text for part in self.content)
 
 
+class TextFormat(BaseModel):
+    """``text.format``: ``text``, ``json_object``, or ``json_schema`` (flat: ``name``,
+    ``schema``, ``strict``, ``description``), as structured outputs on the chat route."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    type: Literal["text", "json_object", "json_schema"]
+    name: Text | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    strict: bool | None = None
+    description: Text | None = None
+
+    @model_validator(mode="after")
+    def _schema_with_its_type(self) -> TextFormat:
+        if (self.type == "json_schema") != (self.schema_ is not None and self.name is not None):
+            raise ValueError(
+                "send name and schema with type json_schema (and only then): "
+                '{"type": "json_schema", "name": ..., "schema": {...}}'
+            )
+        return self
+
+    def guide(self) -> Guide | None:
+        if self.type == "json_object":
+            return Guide("json_object", param="text.format")
+        if self.schema_ is not None:
+            return Guide("json_schema", json.dumps(self.schema_), param="text.format.schema")
+        return None
+
+    def echoed(self) -> dict[str, Any]:
+        return self.model_dump(by_alias=True, exclude_none=True)
+
+
 class TextOptions(BaseModel):
-    """``text``: only plain text answers (``format: {"type": "text"}``)."""
+    """``text``: the answer's format (``format``)."""
 
     model_config = ConfigDict(extra="forbid")
-    format: Any = None
+    format: TextFormat | None = None
     verbosity: Any = None
-
-    @field_validator("format")
-    @classmethod
-    def _plain(cls, value: Any) -> Any:
-        if value is None or value == {"type": "text"}:
-            return value
-        kind = value.get("type") if isinstance(value, dict) else value
-        raise ValueError(
-            f"text.format {kind!r} is not supported by this server yet (only "
-            '{"type": "text"}); remove it'
-        )
 
     @field_validator("verbosity")
     @classmethod
@@ -277,7 +297,18 @@ class ResponsesRequest(BaseModel):
             )
         temperature = 1.0 if self.temperature is None else self.temperature
         top_p = 1.0 if self.top_p is None else self.top_p
-        return SamplingParams(max_tokens=wanted, temperature=temperature, top_p=top_p)
+        guide = self.guide()
+        if guide is not None:
+            from modelyard.serving._grammar import grammar_of  # xgrammar: only when asked
+
+            grammar_of(guide)  # a schema the library cannot compile: 400 naming it
+        return SamplingParams(max_tokens=wanted, temperature=temperature, top_p=top_p, guide=guide)
+
+    def guide(self) -> Guide | None:
+        """What the answer is constrained to (``text.format``)."""
+        if self.text is None or self.text.format is None:
+            return None
+        return self.text.format.guide()
 
 
 def response_usage(gen: Generation) -> dict[str, Any]:
@@ -299,6 +330,11 @@ class ResponseObject:
         self.item_id = "msg_" + sub.record_id.removeprefix("cmpl-")
         self.created_at = int(time.time())
         self.body, self.params = body, params
+
+    def format(self) -> dict[str, Any]:
+        """The request's ``text.format``, echoed as the API does."""
+        chosen = self.body.text.format if self.body.text is not None else None
+        return chosen.echoed() if chosen is not None else {"type": "text"}
 
     def message(self, text: str | None, status: str) -> dict[str, Any]:
         """The output message item (``text`` None: no content part yet)."""
@@ -345,7 +381,7 @@ class ResponseObject:
             "reasoning": None,
             "store": False,  # nothing is kept: it cannot be retrieved or continued
             "temperature": self.params.temperature,
-            "text": {"format": {"type": "text"}},
+            "text": {"format": self.format()},
             "tool_choice": "none",
             "tools": [],
             "top_p": self.params.top_p,
@@ -444,7 +480,8 @@ def add_response_routes(app: FastAPI, plane: DataPlane) -> None:
             return plane.engine.render_chat(v, messages)
 
         try:
-            sub = await plane.enter(key, ROUTE, body.model, body.user, params, render)
+            sub = await plane.enter(key, ROUTE, body.model, body.user, params, render,
+                                    whole=not body.stream)  # fmt: skip
             if body.stream:
                 return await event_stream(plane, sub, ResponseEvents(sub, body, params))
             sub, gen = await wait_whole(plane, sub)

@@ -1,0 +1,72 @@
+"""Ctrl-C during `modelyard finetune`: the run ends interrupted, and --resume says from where."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from clihelp import modelyard
+from modelyard.base import create_tiny_base
+from modelyard.data import DOMAINS, domain_corpus, synthetic_domain
+from modelyard.store import Store
+
+QUICK_BASE = {"steps": 8, "batch_size": 4, "seq_len": 64, "hidden_size": 32, "vocab_size": 512}
+
+
+def _project(tmp_path: Path) -> Path:
+    base = create_tiny_base(domain_corpus(DOMAINS, 300, seed=0), tmp_path / "base", **QUICK_BASE)
+    rows = synthetic_domain("it-support", 40, seed=0)
+    for name, part in (("train.jsonl", rows[:30]), ("eval.jsonl", rows[30:])):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in part), "utf-8")
+    config = {
+        "base_model": str(base.path),
+        "data": {"train": "train.jsonl", "eval": "eval.jsonl", "format": "alpaca"},
+        "method": {"type": "lora", "r": 4, "alpha": 8},
+        "training": {"max_steps": 80, "batch_size": 4, "seed": 0, "save_every": 4},
+        "evaluation": {"metrics": ["exact_match"], "max_new_tokens": 2},
+        "registry": {"model": "helpdesk"},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_ctrl_c_marks_the_run_interrupted_and_resume_says_from_which_step(
+    tmp_path: Path,
+) -> None:
+    config = _project(tmp_path)
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
+    env.update(MODELYARD_HOME=str(home), COLUMNS="200", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelyard", "finetune", "-c", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list(home.glob("checkpoints/*/checkpoint-*")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.1)
+    time.sleep(0.5)  # let the checkpoint's files land
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "fine-tuning interrupted at step" in err and "is marked interrupted" in err
+    assert f"modelyard finetune -c {config} --resume" in err
+    with Store.open(f"sqlite:///{home / 'store.db'}") as store:
+        (run,) = store.list_runs()
+        assert run.status == "interrupted"
+        assert not store.list_registered_models()
+
+    resumed = modelyard("finetune", "-c", str(config), "--resume", home=home)
+    assert resumed.code == 0, resumed.err
+    assert "resuming from step " in resumed.err
+    assert "resumed from step " in resumed.out and "registered helpdesk:1" in resumed.out
