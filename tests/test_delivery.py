@@ -34,7 +34,7 @@ from modelyard.serving import (
 )
 from modelyard.store import Store
 from tinymodels import QUICK_BASE, random_adapter, tamper
-from worlds import fake_world
+from worlds import fake_world, gate_metrics
 
 
 @dataclass
@@ -69,7 +69,7 @@ def _register(store: Store, yard: Yard) -> None:
     for digest in [*yard.digests, yard.tampered]:  # versions 1-3 good, 4 cannot load
         store.create_model_version(
             "bot", kind="adapter", artifact_digest=digest, base_model="tiny", run_id=None,
-            lineage={"prompt_template": "alpaca"}, metrics={},
+            lineage={"prompt_template": "alpaca"}, metrics=gate_metrics(True),
         )  # fmt: skip
     store.create_endpoint("support", model_ref="bot:1", tenant="acme")
 

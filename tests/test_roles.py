@@ -15,6 +15,7 @@ from modelyard.audit import AccessPolicy, AuditKeySource
 from modelyard.errors import Conflict, ModelVersionNotFound, PermissionDenied
 from modelyard.settings import Settings
 from modelyard.store import Store
+from worlds import gate_metrics
 
 KEY = "roles-test-key-roles-test-key"
 
@@ -39,11 +40,11 @@ def _seed(ops: Store, *, trainer: str = "dana", url: str) -> None:
                      environment={})  # fmt: skip
     ops.create_model_version(  # registered by ops, trained by the run's actor
         "support", kind="adapter", artifact_digest="cd" * 32, base_model="tiny",
-        run_id="run-1", lineage={}, metrics={},
+        run_id="run-1", lineage={}, metrics=gate_metrics(True),
     )  # fmt: skip
     ops.create_model_version(
         "support", kind="adapter", artifact_digest="ef" * 32, base_model="tiny",
-        run_id=None, lineage={}, metrics={},
+        run_id=None, lineage={}, metrics=gate_metrics(True),
     )  # fmt: skip
 
 
@@ -216,7 +217,7 @@ def test_cli_refusal_is_one_line_and_actors_commands(tmp_path: Path) -> None:
         dana.create_registered_model("support", tenant="acme")
         dana.create_model_version(
             "support", kind="adapter", artifact_digest="cd" * 32, base_model="tiny",
-            run_id=None, lineage={}, metrics={},
+            run_id=None, lineage={}, metrics=gate_metrics(True),
         )  # fmt: skip
 
     refused = modelyard(

@@ -220,28 +220,41 @@ def test_a_controller_that_lost_its_lease_is_fenced_out(
     assert old.tick() == []
 
 
-def test_alias_moves_reach_endpoints_at_once_or_through_a_rollout(
+def test_alias_moves_reach_endpoints_through_a_rollout_never_at_once(
     world: tuple[Store, dict[int, int]],
 ) -> None:
     store, ids = world
     store.set_alias("bot", "champion", 2)
-    assert _plan(store) == {2: 100}  # no policy: at once, audited
-    moved = store.list_audit_events(action="endpoint.traffic_set")
-    assert moved[-1].payload["reason"] == "bot@champion moved to 2"
+    assert _plan(store) == {1: 100}  # no policy: a rollout with the defaults owns the change
+    r = store.latest_rollout("support")
+    assert (r.target, r.status, r.steps, r.reason) == (
+        2, "running", RolloutPolicy().steps, "bot@champion moved to 2",
+    )  # fmt: skip
     store.set_rollout_policy(
         "support", {"steps": [20, 100], "bake_s": 0.0, "min_requests": 1, "guards": []}
     )
-    store.set_alias("bot", "champion", 3)
-    assert _plan(store) == {2: 100}  # the rollout owns the change now
+    store.set_alias("bot", "champion", 3)  # the rollout to 2 ends; one to 3 starts from 1
+    assert store.get_rollout(r.id).status == "aborted"
+    assert _plan(store) == {1: 100}
     r = store.latest_rollout("support")
     assert (r.target, r.status, r.reason) == (3, "running", "bot@champion moved to 3")
     ctl = Controller(store)
     ctl.tick()
-    assert _plan(store) == {2: 80, 3: 20}
+    assert _plan(store) == {1: 80, 3: 20}
     _traffic(store, ids[3], 2)
     ctl.tick()
     assert _plan(store) == {3: 100}
     _traffic(store, ids[3], 2)  # the last step needs its own requests too
+    ctl.tick()
+    assert store.latest_rollout("support").status == "succeeded"
+    # one step to 100 is how a policy says "at once" (after the servers loaded it)
+    store.set_rollout_policy(
+        "support", {"steps": [100], "bake_s": 0.0, "min_requests": 0, "guards": []}
+    )
+    store.set_alias("bot", "champion", 1)
+    assert _plan(store) == {3: 100}
+    ctl.tick()
+    assert _plan(store) == {1: 100}
     ctl.tick()
     assert store.latest_rollout("support").status == "succeeded"
 

@@ -19,6 +19,7 @@ from modelyard.errors import (
     TenantNotFound,
 )
 from modelyard.store import NewInferenceRecord, Store, head_revision
+from worlds import gate_metrics
 
 
 def _seed_model(store: Store, name: str = "support", tenant: str | None = "acme") -> None:
@@ -36,7 +37,7 @@ def _add_version(store: Store, name: str = "support", digest: str = "cd" * 32) -
         base_model="tiny",
         run_id=None,
         lineage={"seed": 1},
-        metrics={"exact_match": 1.0},
+        metrics={**gate_metrics(True), "exact_match": 1.0},  # gates passed: promotable
     )
     return v.version
 

@@ -10,6 +10,7 @@ a fake or no server runs. ``tests/tinymodels.py`` has real tiny models.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from modelyard.store import ModelVersion, StoragePolicy, Store
 
@@ -24,9 +25,11 @@ def fake_world(
     template: str | None = "alpaca",
     storage_policy: StoragePolicy = "full",
     base_model: str = "tiny",
+    gates: bool | None = True,
 ) -> list[ModelVersion]:
     """``base_model``, ``tenant``, ``model`` with ``versions`` versions and, unless None,
-    ``endpoint`` serving version 1; returns the versions."""
+    ``endpoint`` serving version 1; returns the versions. Each version's gates passed
+    (``gates`` True), failed (False) or were never evaluated (None)."""
     store.register_base_model(base_model, f"/models/{base_model}", {})
     store.create_tenant(tenant, storage_policy=storage_policy)
     store.create_registered_model(model, tenant=tenant)
@@ -39,13 +42,30 @@ def fake_world(
             base_model=base_model,
             run_id=None,
             lineage=lineage,
-            metrics={},
+            metrics=gate_metrics(gates),
         )
         for _ in range(versions)
     ]
     if endpoint is not None:
         store.create_endpoint(endpoint, model_ref=f"{model}:1", tenant=tenant)
     return made
+
+
+def gate_metrics(passed: bool | None) -> dict[str, Any]:
+    """A version's metrics with one recorded gate verdict (none when ``passed`` is None)."""
+    if passed is None:
+        return {}
+    observed = 0.9 if passed else 0.2
+    verb = ">=" if passed else "is not >="
+    verdict = {
+        "gate": "exact_match >= 0.8",
+        "metric": "exact_match",
+        "observed": observed,
+        "threshold": 0.8,
+        "passed": passed,
+        "reason": f"exact_match {observed} {verb} 0.8",
+    }
+    return {"exact_match": observed, "gates": {"passed": passed, "verdicts": [verdict]}}
 
 
 def two_tenant_world(

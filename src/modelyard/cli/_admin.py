@@ -7,9 +7,17 @@ from rich.table import Table
 
 from modelyard.access import create_api_key, parse_duration, parse_scopes, rotate_api_key
 from modelyard.cli import _delivery
-from modelyard.cli._common import console, open_artifacts, open_store, print_json, settings
+from modelyard.cli._common import (
+    console,
+    open_artifacts,
+    open_store,
+    print_json,
+    settings,
+    to_jsonable,
+)
+from modelyard.cli._registry import GATE_KEYS, gate_json, gate_lines
 from modelyard.errors import ConfigError, NotFound
-from modelyard.store import STORAGE_POLICIES, StoragePolicy, redact_url
+from modelyard.store import STORAGE_POLICIES, RolloutPolicy, StoragePolicy, Store, redact_url
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 
@@ -264,19 +272,50 @@ registry_app = typer.Typer(help="Registered models and their versions.")
 
 @registry_app.command("list")
 def registry_list(
+    name: str | None = typer.Argument(
+        None, help="A registered model: list its versions (kind, status, gates, aliases)."
+    ),
     tenant: str | None = typer.Option(None, "--tenant", help="Only this tenant's models."),
     json_out: bool = JSON,
 ) -> None:
-    """List registered models with their latest version and aliases."""
+    """List registered models with their latest version, its gates and the aliases; or,
+    given NAME, that model's versions with whether their gates passed."""
+    if name is not None:
+        _registry_versions(name, json_out)
+        return
     with open_store() as store:
         models = store.list_registered_models(tenant)
+        latest = {
+            m.name: store.get_model_version(m.name, m.latest_version).gates
+            for m in models
+            if m.latest_version is not None
+        }
     if json_out:
-        print_json(models)
+        print_json(
+            [{**to_jsonable(m), "latest_gates": latest[m.name].state if m.name in latest else None}
+             for m in models]
+        )  # fmt: skip
         return
-    table = Table("model", "tenant", "latest", "aliases")
+    table = Table("model", "tenant", "latest", "gates of latest", "aliases")
     for m in models:
         aliases = ", ".join(f"{a}→{v}" for a, v in sorted(m.aliases.items()))
-        table.add_row(m.name, m.tenant or "-", str(m.latest_version or "-"), aliases or "-")
+        gates = latest[m.name].cell if m.name in latest else "-"
+        table.add_row(m.name, m.tenant or "-", str(m.latest_version or "-"), gates, aliases or "-")
+    console.print(table)
+
+
+def _registry_versions(name: str, json_out: bool) -> None:
+    with open_store() as store:
+        versions = store.list_model_versions(name)
+    if json_out:
+        print_json([{**to_jsonable(v), "gate_status": gate_json(v)} for v in versions])
+        return
+    table = Table("version", "kind", "status", "gates", "aliases", "created")
+    for v in versions:
+        table.add_row(
+            str(v.version), v.kind, v.status, v.gates.cell, ", ".join(v.aliases) or "-",
+            f"{v.created_at:%Y-%m-%d}",
+        )  # fmt: skip
     console.print(table)
 
 
@@ -285,11 +324,12 @@ def registry_show(
     ref: str = typer.Argument(..., help="NAME@alias, NAME:VERSION or NAME (latest)."),
     json_out: bool = JSON,
 ) -> None:
-    """Show one model version with its lineage and metrics."""
+    """Show one model version: lineage, metrics, and whether its gates passed (and any
+    recorded override)."""
     with open_store() as store:
         version = store.resolve_model_ref(ref)
     if json_out:
-        print_json(version)
+        print_json({**to_jsonable(version), "gate_status": gate_json(version)})
         return
     console.print(f"[bold]{version.ref}[/] ({version.kind}, {version.status})")
     console.print(f"  aliases    {', '.join(version.aliases) or '-'}")
@@ -300,8 +340,11 @@ def registry_show(
         console.print(
             f"  tags       {', '.join(f'{k}={v}' for k, v in sorted(version.tags.items()))}"
         )
+    for line in gate_lines(version):
+        console.print(line)
     for name, value in sorted(version.metrics.items()):
-        console.print(f"  metric     {name} = {value}")
+        if name not in GATE_KEYS:
+            console.print(f"  metric     {name} = {value}")
 
 
 @registry_app.command("alias")
@@ -309,11 +352,31 @@ def registry_alias(
     name: str = typer.Argument(..., help="Registered model name."),
     alias: str = typer.Argument(..., help="Alias such as champion or challenger."),
     version: int = typer.Argument(..., help="Version number the alias should point to."),
+    override_gates: bool = _delivery.OVERRIDE_GATES,
+    reason: str | None = _delivery.OVERRIDE_REASON,
 ) -> None:
-    """Set or move an alias."""
+    """Set or move an alias. A protected alias (champion; MODELYARD_PROTECTED_ALIASES)
+    takes only a version whose gates passed, unless --override-gates --reason "why".
+    Endpoints that follow the alias move through a rollout (`endpoints policy`)."""
+    override = _delivery.gate_override(override_gates, reason)
     with open_store() as store:
-        v = store.set_alias(name, alias, version)
+        v = store.set_alias(name, alias, version, override_gates=override)
+        following = [e for e in store.list_endpoints() if e.model_ref == f"{name}@{alias}"]
+        moving = {
+            e.name: store.latest_rollout(e.name) for e in following if _rolling(store, e.name)
+        }
     console.print(f"[green]{name}@{alias}[/] → {v.ref}")
+    if override and v.gates.overrides and v.gates.overrides[-1].get("reason") == override:
+        console.print(f"  [yellow]gates overridden[/] ({v.gates.state}): {override}")
+    for endpoint, r in moving.items():
+        if r.target == v.version:
+            steps = ",".join(map(str, r.steps))
+            console.print(f"  endpoint {endpoint} follows through a rollout (steps {steps}%)")
+            console.print(f"    watch it: modelyard rollout status {endpoint}")
+
+
+def _rolling(store: Store, endpoint: str) -> bool:
+    return bool(store.list_rollouts(endpoint=endpoint, active=True, limit=1))
 
 
 # -- endpoints -----------------------------------------------------------------------------
@@ -405,7 +468,10 @@ def endpoints_show(
             f"{_delivery.policy_text(endpoint.rollout_policy)}"
         )
     elif endpoint.follows_alias:
-        console.print(f"  when {endpoint.model_ref} moves: all traffic moves at once")
+        console.print(
+            f"  when {endpoint.model_ref} moves: rollout "
+            f"{_delivery.policy_text(RolloutPolicy())} (the defaults)"
+        )
     if active:
         console.print(f"  rollout in progress: {active[0].id} (`modelyard rollout status {name}`)")
 
@@ -460,10 +526,12 @@ def endpoints_policy(
     bake: str = _delivery.BAKE,
     min_requests: int = _delivery.MIN_REQUESTS,
     guard: list[str] = _delivery.GUARDS,
-    clear: bool = typer.Option(False, "--clear", help="Move at once when the alias moves."),
+    clear: bool = typer.Option(
+        False, "--clear", help="Drop this endpoint's policy: alias moves use the defaults."
+    ),
 ) -> None:
     """How a move of the alias this endpoint follows reaches it: through a rollout with
-    these settings, or (--clear) all at once."""
+    these settings (--steps 100: one step, blue-green), or (--clear) the defaults."""
     from modelyard.delivery import check_policy
 
     policy = (
@@ -474,7 +542,10 @@ def endpoints_policy(
     with open_store() as store:
         endpoint = store.set_rollout_policy(name, policy)
     if policy is None:
-        console.print(f"[green]{name}[/]: moves at once when {endpoint.model_ref} moves")
+        console.print(
+            f"[green]{name}[/]: a move of {endpoint.model_ref} starts a rollout with the "
+            f"defaults, {_delivery.policy_text(RolloutPolicy())}"
+        )
     else:
         console.print(
             f"[green]{name}[/]: a move of {endpoint.model_ref} starts a rollout "

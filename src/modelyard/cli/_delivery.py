@@ -12,6 +12,7 @@ from rich.table import Table
 
 from modelyard.cli._common import console, err_console, open_store, print_json, to_jsonable
 from modelyard.durations import parse_duration, parse_since
+from modelyard.errors import ConfigError
 from modelyard.store import Rollout, RolloutPolicy, Store
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
@@ -45,6 +46,34 @@ def policy_text(policy: RolloutPolicy) -> str:
     steps = ",".join(str(p) for p in policy.steps)
     bake = _duration_text(policy.bake_s)
     return f"steps {steps}, bake {bake}, min {policy.min_requests} requests, guards {guards}"
+
+
+# The gate override of `rollout start` and `registry alias` (docs/registry.md).
+OVERRIDE_GATES = typer.Option(
+    False,
+    "--override-gates",
+    help="Go ahead although the version's gates failed or never ran: needs --reason and role "
+    "approver; audited and shown by `registry show`.",
+)
+OVERRIDE_REASON = typer.Option(
+    None, "--reason", help="Why the gates are overridden (with --override-gates)."
+)
+
+
+def gate_override(override: bool, reason: str | None) -> str | None:
+    """The override's reason, or None; an override without a reason is refused."""
+    if reason is not None and not override:
+        raise ConfigError(
+            "--reason is the reason of --override-gates: give both, or neither",
+            field="reason",
+        )
+    if override and not (reason and reason.strip()):
+        raise ConfigError(
+            "--override-gates needs a reason",
+            hint='Add --reason "why", e.g. --reason "approved by the risk board, ticket 123".',
+            field="reason",
+        )
+    return reason.strip() if override and reason else None
 
 
 # The rollout-policy options of `rollout start` and `endpoints policy`, defaults from the entity.
@@ -119,22 +148,34 @@ def start(
         help="Move this alias (e.g. champion) to the new version when the rollout ends "
         "well; your role must allow it.",
     ),
+    override_gates: bool = OVERRIDE_GATES,
+    reason: str | None = OVERRIDE_REASON,
     json_out: bool = JSON,
 ) -> None:
     """Start a rollout; the controller (in `modelyard serve`, or `modelyard controller`)
-    moves it step by step and rolls it back on a breached guard."""
+    moves it step by step and rolls it back on a breached guard.
+
+    The version's gates must have passed (`registry show` says); one whose gates failed
+    or never ran needs --override-gates --reason "why"."""
     from modelyard.delivery import start_rollout
 
+    override = gate_override(override_gates, reason)
     with open_store() as store:
         r = start_rollout(
             store, endpoint, to, steps=steps, bake_s=seconds(bake, "--bake"),
             min_requests=min_requests, guards=guard, promote_alias=promote_alias,
+            override_gates=override,
         )  # fmt: skip
     if json_out:
         print_json(r)
         return
     console.print(f"[green]started[/] rollout {r.id}: {_summary(r)}")
     console.print(f"  guards: {', '.join(r.guards)}")
+    started = next((e.detail for e in r.events if e.kind == "started"), {})
+    if started.get("gates_overridden"):
+        console.print(
+            f"  [yellow]gates overridden[/] for {r.target_ref}: {started['gates_overridden']}"
+        )
 
 
 def _status_json(store: Store, r: Rollout) -> dict[str, Any]:

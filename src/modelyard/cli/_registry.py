@@ -28,8 +28,41 @@ from modelyard.registry import (
     version_card,
     version_kind,
 )
+from modelyard.store import ModelVersion
 
 REF = typer.Argument(..., help="NAME@alias, NAME:VERSION or NAME (latest).")
+
+GATE_KEYS = ("gates", "gate_overrides")
+"""Keys of a version's metrics that are gate verdicts and overrides, not measurements."""
+
+
+def gate_lines(version: ModelVersion) -> list[str]:
+    """``registry show``'s gate lines: a sentence, each verdict, each override."""
+    status = version.gates
+    colour = {"passed": "green", "failed": "red"}.get(status.state, "yellow")
+    lines = [f"  gates      [{colour}]{status.summary}[/]"]
+    lines += [f"             [red]✗[/] {text}" for text in status.failed]
+    lines += [f"             [green]✓[/] {text}" for text in status.passed]
+    if status.state != "passed" and not status.overrides:
+        lines.append("             no protected alias or rollout without --override-gates --reason")
+    for o in status.overrides:
+        lines.append(
+            f"  override   [yellow]gates overridden[/] by {o.get('actor')} at {o.get('at')}"
+        )
+        lines.append(f"             to {o.get('for')}: {o.get('reason')}")
+    return lines
+
+
+def gate_json(version: ModelVersion) -> dict[str, Any]:
+    """The gate status as ``--json`` prints it beside the version."""
+    status = version.gates
+    return {
+        "state": status.state,
+        "summary": status.summary,
+        "passed": list(status.passed),
+        "failed": list(status.failed),
+        "overrides": [dict(o) for o in status.overrides],
+    }
 
 
 def _add_mapping(tree: Tree, values: Mapping[str, Any]) -> None:

@@ -307,12 +307,16 @@ def promote_alias(store: Store, r: Rollout) -> dict[str, Any]:
     """Move ``r.promote_alias`` to the target as the actor who started the rollout.
 
     Idempotent (an alias already there is left alone); a refusal by the role
-    checks is audited by the registry and reported, not raised.
+    checks is audited by the registry and reported, not raised. A rollout started
+    with the target's gates overridden promotes with that override (audited again).
     """
     assert r.promote_alias is not None
     actor = r.created_by or store.actor
+    started = next((e.detail for e in r.events if e.kind == "started"), {})
+    overridden = started.get("gates_overridden")
+    override = f"{overridden} (rollout {r.id})" if overridden else None
     try:
-        store.as_actor(actor).set_alias(r.model, r.promote_alias, r.target)
+        store.as_actor(actor).set_alias(r.model, r.promote_alias, r.target, override_gates=override)
     except PermissionDenied as denied:
         return {"name": r.promote_alias, "moved": False, "refused": denied.message}
     return {"name": r.promote_alias, "moved": True, "to": r.target, "as": actor}

@@ -70,8 +70,13 @@ def start_rollout(
     min_requests: int = DEFAULT_POLICY.min_requests,
     guards: Sequence[str] = DEFAULT_POLICY.guards,
     promote_alias: str | None = None,
+    override_gates: str | None = None,
 ) -> Rollout:
-    """Start moving ``endpoint`` to the version ``to`` (``NAME:N`` or ``NAME@alias``)."""
+    """Start moving ``endpoint`` to the version ``to`` (``NAME:N`` or ``NAME@alias``).
+
+    The version's gates must have passed; ``override_gates`` is the reason to roll out
+    one whose gates failed or never ran (role approver; audited, shown on the version).
+    """
     policy = check_policy(steps, bake_s, min_requests, guards)
     ep = store.get_endpoint(endpoint)
     name, _, _ = parse_model_ref(to)
@@ -90,6 +95,7 @@ def start_rollout(
         min_requests=policy.min_requests,
         guards=policy.guards,
         promote_alias=promote_alias,
+        override_gates=override_gates,
     )
 
 

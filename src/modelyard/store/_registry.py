@@ -15,6 +15,7 @@ from modelyard.audit import normalize_payload
 from modelyard.errors import ConfigError, Conflict, ModelVersionNotFound, NotFound
 from modelyard.store._convert import to_registered_model, to_version
 from modelyard.store._core import StoreCore, check_name, parse_model_ref
+from modelyard.store._gates import require_gates
 from modelyard.store._rollouts import follow_alias
 from modelyard.store._rows import (
     for_update,
@@ -198,11 +199,15 @@ class RegistryStore(StoreCore):
                     raise ModelVersionNotFound(f"model {name!r} has no versions yet")
             return to_version(s, version_row(s, mrow, number))
 
-    def set_alias(self, model: str, alias: str, version: int) -> ModelVersion:
+    def set_alias(
+        self, model: str, alias: str, version: int, *, override_gates: str | None = None
+    ) -> ModelVersion:
         """Point ``alias`` at ``version`` (creating or moving it).
 
         A protected alias (``champion`` by default) needs role approver; with
-        segregation of duties on, not the actor who trained the version.
+        segregation of duties on, not the actor who trained the version. It takes
+        only a version whose gates passed, unless ``override_gates`` gives the reason
+        to take it anyway (role approver; audited and kept on the version).
         """
         check_name("alias", alias)
         subject = f"{model}@{alias}"
@@ -216,19 +221,29 @@ class RegistryStore(StoreCore):
                     hint="Point the alias at a version that is not archived.",
                 )
             arow = s.get(ModelAliasRow, (mrow.id, alias))
+            if arow is not None and arow.version_id == vrow.id:
+                return to_version(s, vrow)  # already there: no change, no event
+            lock_followers(s, subject)  # before the chain lock: see _rows.for_update
+            override = None
+            if alias in self.policy.protected_aliases:
+                override = require_gates(
+                    self, s, model, vrow, doing=f"take the protected alias {subject}",
+                    action="alias.set", subject=subject, override=override_gates,
+                    how=f"`modelyard registry alias {model} {alias} {version}",
+                )  # fmt: skip
             previous = None
             if arow is None:
                 s.add(ModelAliasRow(registered_model_id=mrow.id, alias=alias, version_id=vrow.id))
-            elif arow.version_id == vrow.id:
-                return to_version(s, vrow)  # already there: no change, no event
             else:
                 old = s.get(ModelVersionRow, arow.version_id)
                 previous = old.version if old else None
                 arow.version_id = vrow.id
                 arow.updated_at = utcnow()
             s.flush()
-            lock_followers(s, f"{model}@{alias}")  # before the chain lock: see _rows.for_update
-            self._audit(s, "alias.set", subject, {"version": version, "previous": previous})
+            detail: dict[str, Any] = {"version": version, "previous": previous}
+            if override is not None:
+                detail["gates_overridden"] = override["reason"]
+            self._audit(s, "alias.set", subject, detail)
             follow_alias(self, s, mrow, alias, vrow)
             return to_version(s, vrow)
 

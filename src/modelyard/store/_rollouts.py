@@ -24,6 +24,7 @@ from modelyard.errors import Conflict, NotFound
 from modelyard.store._convert import to_endpoint
 from modelyard.store._core import StoreCore
 from modelyard.store._fleet import holds_lease
+from modelyard.store._gates import require_gates
 from modelyard.store._rows import (
     active_rollout_row,
     current_plan,
@@ -124,13 +125,19 @@ class RolloutStore(StoreCore):
         guards: Sequence[str],
         promote_alias: str | None = None,
         reason: str | None = None,
+        override_gates: str | None = None,
     ) -> Rollout:
-        """Start moving ``endpoint`` toward version ``target`` of its model (validated steps)."""
+        """Start moving ``endpoint`` toward version ``target`` of its model (validated steps).
+
+        The target's gates must have passed, unless ``override_gates`` gives the reason
+        to roll it out anyway (role approver; audited and kept on the version).
+        """
         with self._write(f"start a rollout on {endpoint!r}") as s:
             erow = endpoint_row(s, endpoint, lock=True)  # one active rollout per endpoint
             row = start_rollout_in(
-                self, s, erow, target, steps, bake_s, min_requests, guards, promote_alias, reason
-            )
+                self, s, erow, target, steps, bake_s, min_requests, guards, promote_alias, reason,
+                check_gates=True, override_gates=override_gates,
+            )  # fmt: skip
             return to_rollout(s, row)
 
     def get_rollout(self, rollout_id: str) -> Rollout:
@@ -307,8 +314,16 @@ def start_rollout_in(
     guards: Sequence[str],
     promote_alias: str | None,
     reason: str | None,
+    *,
+    check_gates: bool = False,
+    override_gates: str | None = None,
 ) -> RolloutRow:
-    """Record a new rollout of ``erow`` in ``s``'s transaction (roles and state checked)."""
+    """Record a new rollout of ``erow`` in ``s``'s transaction (roles and state checked).
+
+    With ``check_gates`` the target's gates must have passed, unless
+    ``override_gates`` gives a reason (``_gates.require_gates``). An alias move that
+    starts the rollout does not check them: the alias move itself was the decision.
+    """
     mrow = s.get(RegisteredModelRow, erow.registered_model_id)
     assert mrow is not None  # guaranteed by the foreign key
     core._require(s, "rollout.started", erow.name, f"start a rollout on {erow.name!r}")
@@ -332,6 +347,13 @@ def start_rollout_in(
         core._check_alias_change(
             s, "alias.set", f"{mrow.name}@{promote_alias}", promote_alias, vrow
         )
+    override = None
+    if check_gates:
+        override = require_gates(
+            core, s, mrow.name, vrow, doing=f"be rolled out on endpoint {erow.name!r}",
+            action="rollout.started", subject=erow.name, override=override_gates,
+            how=f"`modelyard rollout start {erow.name} --to {mrow.name}:{target}",
+        )  # fmt: skip
     now = utcnow()
     row = RolloutRow(
         id=str(uuid.uuid4()),
@@ -361,6 +383,8 @@ def start_rollout_in(
         "steps": list(steps), "bake_s": bake_s, "min_requests": min_requests,
         "guards": list(guards), "promote_alias": promote_alias, "reason": reason,
     }  # fmt: skip
+    if override is not None:
+        detail["gates_overridden"] = override["reason"]
     s.add(RolloutEventRow(rollout_id=row.id, time=now, kind="started", detail=detail))
     core._audit(s, "rollout.started", erow.name, {"rollout": row.id, **detail})
     return row
@@ -369,8 +393,10 @@ def start_rollout_in(
 def follow_alias(
     core: StoreCore, s: Session, mrow: RegisteredModelRow, alias: str, vrow: ModelVersionRow
 ) -> None:
-    """Move the endpoints that follow ``NAME@alias`` to the alias's new version: at once,
-    or by starting a rollout where the endpoint has a rollout policy."""
+    """Move the endpoints that follow ``NAME@alias`` to the alias's new version through a
+    rollout: the endpoint's rollout policy, else the defaults (``RolloutPolicy()``), so live
+    traffic never moves all at once unless a policy says so (one step, ``--steps 100``).
+    Only an endpoint with no live traffic to protect (its plan empty) moves at once."""
     ref = f"{mrow.name}@{alias}"
     for erow in s.scalars(select(EndpointRow).where(EndpointRow.model_ref == ref)):
         active = active_rollout_row(s, erow.id)
@@ -384,8 +410,8 @@ def follow_alias(
             why = {"rollout": active.id, "reason": f"{ref} moved to {vrow.version}"}
             core._audit(s, "rollout.aborted", erow.name, why)
             plan = {int(k): int(v) for k, v in active.baseline.items()}
-        if erow.rollout_policy is not None:
-            policy = RolloutPolicy.from_json(erow.rollout_policy)
+        if any(v != vrow.version for v in plan):
+            policy = RolloutPolicy.from_json(erow.rollout_policy or {})
             start_rollout_in(
                 core, s, erow, vrow.version, policy.steps, policy.bake_s, policy.min_requests,
                 policy.guards, None, f"{ref} moved to {vrow.version}",

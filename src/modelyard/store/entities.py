@@ -12,6 +12,7 @@ from modelyard.audit import AuditEvent, AuditHead, ChainReport, Role
 StoragePolicy = Literal["full", "redacted", "hash", "none"]
 STORAGE_POLICIES: tuple[StoragePolicy, ...] = ("full", "redacted", "hash", "none")
 VersionKind = Literal["adapter", "full", "upstream"]
+GateState = Literal["passed", "failed", "not_evaluated"]
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,57 @@ class ModelVersion:
     @property
     def ref(self) -> str:
         return f"{self.model}:{self.version}"
+
+    @property
+    def gates(self) -> GateStatus:
+        """What its quality gates said, and the recorded overrides of that verdict."""
+        return GateStatus.of(self.metrics)
+
+
+@dataclass(frozen=True)
+class GateStatus:
+    """A version's gate verdict as promotion reads it: ``passed`` (every gate recorded
+    passed), ``failed``, or ``not_evaluated`` (no verdict recorded, or no gate configured).
+
+    Only ``passed`` lets a version take a protected alias or a rollout without an
+    override; ``overrides`` are the recorded ones (actor, time, reason, what for).
+    """
+
+    state: GateState
+    passed: tuple[str, ...] = ()
+    failed: tuple[str, ...] = ()  # what each failed gate measured, as its verdict says
+    overrides: tuple[Mapping[str, Any], ...] = ()
+
+    @classmethod
+    def of(cls, metrics: Mapping[str, Any]) -> GateStatus:
+        gates = metrics.get("gates")
+        overrides = tuple(o for o in metrics.get("gate_overrides") or () if isinstance(o, Mapping))
+        if not isinstance(gates, Mapping) or not gates.get("verdicts"):
+            return cls("not_evaluated", overrides=overrides)
+        verdicts = [v for v in gates["verdicts"] if isinstance(v, Mapping)]
+        said = [(bool(v.get("passed")), str(v.get("reason") or v.get("gate"))) for v in verdicts]
+        failed = tuple(text for ok, text in said if not ok)
+        state: GateState = "passed" if gates.get("passed") and not failed else "failed"
+        return cls(state, tuple(t for ok, t in said if ok), failed, overrides)
+
+    @property
+    def summary(self) -> str:
+        """One sentence: ``passed (2 of 2 gates)``, ``failed 1 of 2 gates: ...``, ..."""
+        total = len(self.passed) + len(self.failed)
+        if self.state == "passed":
+            return f"passed ({total} of {total} gates)"
+        if self.state == "failed":
+            return f"failed {len(self.failed)} of {total} gates: {'; '.join(self.failed)}"
+        return "not evaluated (no gate verdicts recorded)"
+
+    @property
+    def cell(self) -> str:
+        """A short table cell: ``passed``, ``failed 1/2``, ``not evaluated``, + ``overridden``."""
+        total = len(self.passed) + len(self.failed)
+        text = {"passed": "passed", "failed": f"failed {len(self.failed)}/{total}"}.get(
+            self.state, "not evaluated"
+        )
+        return text + (", overridden" if self.overrides else "")
 
 
 @dataclass(frozen=True)
@@ -485,6 +537,8 @@ __all__ = [
     "DriftResult",
     "Endpoint",
     "Feedback",
+    "GateState",
+    "GateStatus",
     "InferenceRecord",
     "ModelVersion",
     "NewInferenceRecord",

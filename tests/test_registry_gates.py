@@ -1,0 +1,226 @@
+"""Gate verdicts govern promotion, as a user meets it on the command line (issue 15):
+`registry list`/`show` say whether a version's gates passed, failed or were never
+evaluated; a protected alias and a rollout refuse a version whose gates did not pass
+unless an approver overrides with a reason, which is audited and shown on the version;
+an endpoint following the alias moves through a rollout, never all at once."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from modelyard.cli import main
+from modelyard.delivery import Controller
+from modelyard.store import Store
+from worlds import fake_world, gate_metrics
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+
+
+@pytest.fixture
+def store(home: Path) -> Store:
+    """bot:1 passed its gates (champion, served by `support`), bot:2 failed them, bot:3 was
+    never evaluated (as an imported version)."""
+    home.mkdir(parents=True)
+    s = Store.open(f"sqlite:///{home / 'store.db'}")
+    fake_world(s, versions=1, endpoint=None, template=None)
+    for passed in (False, None):
+        s.create_model_version(
+            "bot", kind="adapter", artifact_digest="00" * 32, base_model="tiny", run_id=None,
+            lineage={}, metrics=gate_metrics(passed),
+        )  # fmt: skip
+    s.set_alias("bot", "champion", 1)
+    s.create_endpoint("support", model_ref="bot@champion", tenant="acme")
+    return s
+
+
+def run(capsys: pytest.CaptureFixture[str], line: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(shlex.split(line)[1:])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _plan(store: Store) -> dict[int, int]:
+    return {r.version: r.weight for r in store.get_endpoint("support").routes if r.weight}
+
+
+def test_list_and_show_say_passed_failed_or_not_evaluated(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(capsys, "modelyard registry list")
+    assert code == 0 and "gates of latest" in out and "not evaluated" in out
+    code, out, _ = run(capsys, "modelyard registry list bot")
+    rows = {line.split()[1]: line for line in out.splitlines() if re.match(r"^\W*\d \W", line)}
+    assert "passed" in rows["1"] and "failed 1/1" in rows["2"] and "not evaluated" in rows["3"]
+    assert "champion" in rows["1"]
+    code, out, _ = run(capsys, "modelyard registry show bot:2")
+    assert code == 0
+    assert "gates      failed 1 of 1 gates: exact_match 0.2 is not >= 0.8" in out
+    assert "{" not in out and "verdicts" not in out  # sentences, not the raw dict
+    assert "no protected alias or rollout without --override-gates --reason" in out
+    code, out, _ = run(capsys, "modelyard registry show bot:1")
+    assert "gates      passed (1 of 1 gates)" in out and "✓ exact_match 0.9 >= 0.8" in out
+    code, out, _ = run(capsys, "modelyard registry show bot:3 --json")
+    assert json.loads(out)["gate_status"]["state"] == "not_evaluated"
+
+
+@pytest.mark.parametrize(
+    ("version", "why"),
+    [
+        (2, "its gates failed (exact_match 0.2 is not >= 0.8)"),
+        (3, "its gates were never evaluated (no verdicts recorded)"),
+    ],
+)
+def test_a_protected_alias_refuses_a_version_whose_gates_did_not_pass(
+    store: Store, capsys: pytest.CaptureFixture[str], version: int, why: str
+) -> None:
+    code, _, err = run(capsys, f"modelyard registry alias bot champion {version}")
+    assert code == 1
+    assert err.strip().startswith(
+        f"error: bot:{version} may not take the protected alias bot@champion: {why}"
+    )
+    assert f"registry alias bot champion {version} --override-gates --reason" in err
+    assert store.resolve_model_ref("bot@champion").version == 1 and _plan(store) == {1: 100}
+    refused = store.list_audit_events(action="permission.denied", limit=1)[0]
+    assert refused.subject == "bot@champion" and why in refused.payload["reason"]
+    # an alias that is not protected moves to any version that is not archived
+    assert run(capsys, f"modelyard registry alias bot challenger {version}")[0] == 0
+
+
+def test_an_override_needs_a_reason_and_is_audited_and_shown(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "modelyard registry alias bot champion 2 --override-gates")
+    assert code == 2 and "--override-gates needs a reason" in err
+    code, _, err = run(capsys, "modelyard registry alias bot champion 2 --reason because")
+    assert code == 2 and "--reason is the reason of --override-gates" in err
+    code, out, err = run(
+        capsys,
+        'modelyard registry alias bot champion 2 --override-gates --reason "risk board OK, RB-7"',
+    )
+    assert code == 0, err
+    assert "gates overridden (failed): risk board OK, RB-7" in out
+    assert store.resolve_model_ref("bot@champion").version == 2
+    (event,) = store.list_audit_events(action="gate.overridden")
+    assert event.subject == "bot:2" and event.payload["reason"] == "risk board OK, RB-7"
+    assert event.payload["failed"] == ["exact_match 0.2 is not >= 0.8"]
+    moved = store.list_audit_events(action="alias.set", limit=1)[0]
+    assert moved.payload["gates_overridden"] == "risk board OK, RB-7"
+    code, out, _ = run(capsys, "modelyard registry show bot:2")
+    words = " ".join(out.split())  # as read, whatever the terminal's width wrapped
+    assert re.search(r"override gates overridden by \S+ at \S+ to take the protected alias "
+                     r"bot@champion: risk board OK, RB-7", words)  # fmt: skip
+    code, out, _ = run(capsys, "modelyard registry list bot")
+    assert "failed 1/1, overridden" in out
+
+
+def test_the_protected_set_is_a_setting(
+    store: Store, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELYARD_PROTECTED_ALIASES", "production, prod-eu")
+    assert run(capsys, "modelyard registry alias bot champion 3")[0] == 0  # not protected now
+    code, _, err = run(capsys, "modelyard registry alias bot prod-eu 3")
+    assert code == 1 and "may not take the protected alias bot@prod-eu" in err
+
+
+def test_a_rollout_to_a_version_whose_gates_did_not_pass_needs_an_override(
+    store: Store, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, _, err = run(capsys, "modelyard rollout start support --to bot:2")
+    assert code == 1
+    assert "bot:2 may not be rolled out on endpoint 'support': its gates failed" in err
+    assert "rollout start support --to bot:2 --override-gates --reason" in err
+    assert store.list_rollouts(endpoint="support") == []
+    monkeypatch.setenv("MODELYARD_ACTOR", "bob")  # role developer: may roll out, not override
+    code, _, err = run(
+        capsys, 'modelyard rollout start support --to bot:3 --override-gates --reason "hotfix"'
+    )
+    assert code == 1 and "may not override the gates of bot:3: it needs role approver" in err
+    monkeypatch.delenv("MODELYARD_ACTOR")
+    code, out, err = run(
+        capsys,
+        "modelyard rollout start support --to bot:3 --steps 100 --bake 0s --min-requests 0 "
+        '--promote-alias champion --override-gates --reason "vendor model, evaluated offline"',
+    )
+    assert code == 0, err
+    assert "gates overridden for bot:3: vendor model, evaluated offline" in out
+    started = store.list_audit_events(action="rollout.started", limit=1)[0]
+    assert started.payload["gates_overridden"] == "vendor model, evaluated offline"
+    ctl = Controller(store)
+    for _ in range(3):
+        ctl.tick()
+    r = store.latest_rollout("support")
+    assert r.status == "succeeded" and _plan(store) == {3: 100}
+    # the promotion at the end carries the override (audited again, as the starter)
+    assert store.resolve_model_ref("bot@champion").version == 3
+    overrides = store.resolve_model_ref("bot:3").gates.overrides
+    assert [o["for"] for o in overrides] == [
+        "be rolled out on endpoint 'support'",
+        "take the protected alias bot@champion",
+    ]
+    assert overrides[1]["reason"] == f"vendor model, evaluated offline (rollout {r.id})"
+
+
+def test_a_passed_version_needs_no_override(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store.create_model_version(
+        "bot", kind="adapter", artifact_digest="00" * 32, base_model="tiny", run_id=None,
+        lineage={}, metrics=gate_metrics(True),
+    )  # fmt: skip
+    code, out, err = run(capsys, "modelyard registry alias bot champion 4")
+    assert code == 0, err
+    assert "endpoint support follows through a rollout (steps 10,50,100%)" in out
+    assert store.list_audit_events(action="gate.overridden") == []
+
+
+def test_an_endpoint_following_the_alias_moves_through_the_default_rollout(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What KServe's canaryTrafficPercent does: the new version takes a step, not all."""
+    store.create_model_version(
+        "bot", kind="adapter", artifact_digest="00" * 32, base_model="tiny", run_id=None,
+        lineage={}, metrics=gate_metrics(True),
+    )  # fmt: skip
+    assert run(capsys, "modelyard registry alias bot champion 4")[0] == 0
+    assert _plan(store) == {1: 100}  # nothing moved yet: the rollout is preparing
+    r = store.latest_rollout("support")
+    assert (r.target, r.steps, r.reason) == (4, (10, 50, 100), "bot@champion moved to 4")
+    Controller(store).tick()
+    assert _plan(store) == {1: 90, 4: 10}
+    code, out, _ = run(capsys, "modelyard endpoints show support")
+    assert code == 0 and "rollout in progress" in out
+
+
+def test_the_docs_refusal_is_what_the_cli_prints(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    text = (DOCS / "registry.md").read_text(encoding="utf-8")
+    block = re.search(r"## Gates govern promotion\n.*?```console\n(.*?)```", text, re.S)
+    assert block is not None
+    lines = block.group(1).splitlines()
+    command = next(line for line in lines if line.startswith("$ modelyard registry alias"))
+    expected = next(line for line in lines if line.startswith("error: "))
+    store.create_registered_model("bank-intent", tenant="acme")
+    for passed in (True, True, True, False):
+        store.create_model_version(
+            "bank-intent", kind="adapter", artifact_digest="00" * 32, base_model="tiny",
+            run_id=None, lineage={}, metrics=_bank_metrics(passed),
+        )  # fmt: skip
+    code, _, err = run(capsys, command[2:])
+    assert code == 1 and err.strip() == expected
+
+
+def _bank_metrics(passed: bool) -> dict[str, object]:
+    observed = 0.95 if passed else 0.2
+    verdicts = [
+        {"gate": "exact_match >= 0.9", "passed": passed,
+         "reason": f"exact_match {observed} {'>=' if passed else 'is not >='} 0.9"},
+        {"gate": "p95_latency_ms <= 500", "passed": True, "reason": "p95_latency_ms 41 <= 500"},
+    ]  # fmt: skip
+    return {"exact_match": observed, "gates": {"passed": passed, "verdicts": verdicts}}
