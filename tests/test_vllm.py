@@ -11,10 +11,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import httpx
 import openai
 import pytest
+from pydantic import BaseModel, Field
 
 from clihelp import modelyard
 from modelyard.access import create_api_key
@@ -70,6 +72,13 @@ def world(vllm_python: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         chatty = chatty_adapter(base, tmp / "chatty")  # never ends an answer
         versions["chatty"] = register_adapter(store, artifacts, chatty, "acme-bot")
         store.create_endpoint("acme-rambler", model_ref=versions["chatty"].ref, tenant="acme")
+        # the acme adapter again, with modelyard's chat format (tools render in it)
+        versions["chat"] = store.create_model_version(
+            "acme-bot", kind="adapter", artifact_digest=versions["acme"].artifact_digest,
+            base_model="tiny", run_id=None, lineage={"prompt_template": "chat-fallback"},
+            metrics={},
+        )  # fmt: skip
+        store.create_endpoint("acme-chat", model_ref=versions["chat"].ref, tenant="acme")
         options = VLLMOptions(python=vllm_python, kv_cache_gb=1, max_model_len=2048,
                               max_num_seqs=8)  # fmt: skip
         engine = VLLMEngine(artifacts, options, store=store, log_dir=tmp / "logs")
@@ -253,6 +262,40 @@ def test_a_vllm_process_killed_mid_stream_fails_the_request_and_is_restarted(
     assert answer.usage and answer.usage.completion_tokens == 4  # adapters load again
     killed = [r for r in _records(world, "acme-rambler", 1) if r["http_status"] != 200]
     assert killed and killed[0]["status"] == "error"
+
+
+class Ticket(BaseModel):
+    team: Literal["it", "hr", "facilities"]
+    priority: int = Field(ge=1, le=5)
+    urgent: bool
+
+
+def test_structured_outputs_tools_and_logprobs_pass_through_to_vllm(world: World) -> None:
+    """The same grammar as the transformers engine's, sent as vLLM's structured_outputs."""
+    client = _client(world, "acme")
+    messages = [{"role": "user", "content": "file a ticket: printer broken"}]
+    for seed in range(2):
+        done = client.beta.chat.completions.parse(
+            model="acme-chat", messages=messages, response_format=Ticket, seed=seed,
+            max_tokens=150,
+        )  # fmt: skip
+        assert isinstance(done.choices[0].message.parsed, Ticket), done.choices[0]
+    ticket = {"name": "open_ticket", "parameters": Ticket.model_json_schema()}
+    tools = [{"type": "function", "function": ticket}]
+    called = client.chat.completions.create(
+        model="acme-chat", messages=messages, tools=tools, tool_choice="required", max_tokens=200
+    )
+    assert called.choices[0].finish_reason == "tool_calls", called.choices[0]
+    call = called.choices[0].message.tool_calls[0]  # type: ignore[index]
+    Ticket.model_validate_json(call.function.arguments)  # type: ignore[union-attr]
+    scored = client.completions.create(
+        model="acme-support", prompt=world.prompts[0], max_tokens=5, temperature=0, logprobs=2
+    )
+    logprobs = scored.choices[0].logprobs
+    assert logprobs is not None and logprobs.token_logprobs and logprobs.top_logprobs
+    assert scored.usage and len(logprobs.token_logprobs) == scored.usage.completion_tokens
+    assert all(len(top) <= 2 for top in logprobs.top_logprobs)
+    assert all(lp <= 0 for lp in logprobs.token_logprobs if lp is not None)
 
 
 def test_serve_engine_vllm_says_what_it_needs(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import replace
 from email.utils import parsedate_to_datetime
 from typing import Any
 
@@ -36,7 +37,7 @@ from modelyard.errors import (
 from modelyard.registry import UpstreamSpec
 from modelyard.serving._interruptible import Interrupt, interruptible
 from modelyard.serving._stream import TokenStream
-from modelyard.serving._types import Generation, SamplingParams
+from modelyard.serving._types import Generation, SamplingParams, TokenLogprob
 
 RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 30.0
@@ -70,10 +71,17 @@ def retry_after_s(value: str | None) -> float | None:
 
 
 def request_body(
-    spec: UpstreamSpec, prompt: str, params: SamplingParams, stream: bool, model: str | None = None
+    spec: UpstreamSpec,
+    prompt: str,
+    params: SamplingParams,
+    stream: bool,
+    model: str | None = None,
+    vllm: bool = False,
 ) -> dict[str, Any]:
     """The OpenAI request for ``prompt``: chat for a ``ChatPrompt``, else a completion (to
-    ``model``, default the spec's)."""
+    ``model``, default the spec's). To a vLLM server (``vllm``), a guide is sent as the
+    grammar the transformers engine decodes with (``structured_outputs.grammar``: the same
+    constraint on both engines) and ``logprobs`` as its legacy-completions count."""
     body: dict[str, Any] = {"model": model or spec.model, "max_tokens": params.max_tokens,
                             "temperature": params.temperature, "top_p": params.top_p}  # fmt: skip
     if isinstance(prompt, ChatPrompt):
@@ -87,7 +95,27 @@ def request_body(
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
+    if vllm and params.guide is not None:
+        from modelyard.serving._grammar import grammar_of  # xgrammar: only when asked
+
+        body["structured_outputs"] = {"grammar": str(grammar_of(params.guide))}
+    if vllm and params.logprobs is not None:
+        body["logprobs"] = params.logprobs
     return body
+
+
+def _logprobs(given: Any, top: int | None) -> tuple[TokenLogprob, ...] | None:
+    """A legacy completion's ``logprobs`` (vLLM's) as the engine's ``TokenLogprob``s, each
+    with the ``top`` most likely alternatives (vLLM adds the chosen token to them)."""
+    if top is None or not isinstance(given, Mapping):
+        return None
+    tokens, values = given.get("tokens") or [], given.get("token_logprobs") or []
+    alternatives = given.get("top_logprobs") or [None] * len(tokens)
+    out = []
+    for token, value, alts in zip(tokens, values, alternatives, strict=False):
+        ranked = sorted((alts or {}).items(), key=lambda kv: -float(kv[1]))[:top]
+        out.append(TokenLogprob(str(token), float(value), tuple((t, float(v)) for t, v in ranked)))
+    return tuple(out)
 
 
 def _text_of(choice: Mapping[str, Any], chat: bool, stream: bool) -> str:
@@ -106,8 +134,10 @@ class UpstreamClient:
         *,
         transport: httpx.BaseTransport | None = None,
         translate: Callable[[ModelyardError], ModelyardError] | None = None,
+        vllm: bool = False,
     ):
         self.spec = spec
+        self.vllm = vllm  # a vLLM server: guides and logprobs in its dialect (request_body)
         self._translate = translate or (lambda error: error)
         timeout = httpx.Timeout(spec.timeout_s, connect=spec.connect_timeout_s)
         self._http = httpx.Client(
@@ -136,7 +166,7 @@ class UpstreamClient:
         started = time.perf_counter()
         chat = isinstance(prompt, ChatPrompt)
         path = "/chat/completions" if chat else "/completions"
-        body = request_body(self.spec, prompt, params, stream=not whole, model=model)
+        body = request_body(self.spec, prompt, params, not whole, model, self.vllm)
         once = self._whole if whole else self._once
         attempt = 0
         while True:
@@ -237,8 +267,12 @@ class UpstreamClient:
         choice = choices[0] if isinstance(choices[0], Mapping) else {}
         text = _text_of(choice, chat, stream=False)
         finish = str(choice.get("finish_reason") or "stop")
-        return self._generation(text, finish, data.get("usage"), body,
-                                _ttft_ms(data.get("metrics"), elapsed_ms), what)  # fmt: skip
+        generation = self._generation(text, finish, data.get("usage"), body,
+                                      _ttft_ms(data.get("metrics"), elapsed_ms), what)  # fmt: skip
+        if "logprobs" in body and not chat:
+            wanted = int(body["logprobs"])
+            generation = replace(generation, logprobs=_logprobs(choice.get("logprobs"), wanted))
+        return generation
 
     def _broke(self, exc: httpx.HTTPError, what: str, sent: bool) -> _Retry:
         """The retry (or the error, when it is too late to retry) of a broken request."""

@@ -77,7 +77,8 @@ class _Server:
                                     timeout_s=self.timeout_s, max_retries=0,
                                     max_concurrency=256)  # fmt: skip
                 transport = InterruptibleTransport(spec.max_concurrency)
-                self.client = UpstreamClient(spec, transport=transport, translate=translate)
+                self.client = UpstreamClient(spec, transport=transport, translate=translate,
+                                             vllm=True)  # fmt: skip
                 self.port = self.process.port
             return self.client
 
@@ -86,6 +87,8 @@ class VLLMEngine(Engine):
     """Versions served by supervised vLLM servers (see the module doc)."""
 
     name = "vllm"
+    guides = True  # sent as vLLM's structured_outputs (the same grammar: ``_upstream``)
+    logprobs = True
 
     def __init__(
         self,
