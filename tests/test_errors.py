@@ -44,10 +44,11 @@ EXPECTED = {
     "ModelyardError": (1, 500),
     "ConfigError": (2, 400),
     "HomeNotWritable": (2, 400),
+    "HomeNotFound": (2, 400),
     "AuditKeyMissing": (2, 400),
     "RequestTooLarge": (2, 413),
     "NotFound": (1, 404),
-    "BaseModelNotFound": (1, 404),
+    "BaseModelNotFound": (2, 404),  # a base the user named: bad input (issue 15)
     "DatasetNotFound": (1, 404),
     "ModelVersionNotFound": (1, 404),
     "TenantNotFound": (1, 404),

@@ -126,10 +126,12 @@ class NotFound(ModelyardError, LookupError):
 
 
 class BaseModelNotFound(NotFound):
+    """A base the user named that is not there: bad input (exit 2), HTTP 404."""
+
     code = "base_model_not_found"
     default_hint = (
-        "Pass a local directory in Hugging Face format or a model id; "
-        "build a small one with `modelyard base create-tiny`."
+        "Pass a local directory in Hugging Face format, a base registered by name "
+        "(`modelyard base create-tiny --name`), or a hub model id."
     )
 
 
@@ -380,6 +382,7 @@ STATUSES: Mapping[type[ModelyardError], ErrorStatus] = MappingProxyType(
         ConfigError: ErrorStatus(2, 400, _CLIENT),
         RequestTooLarge: ErrorStatus(2, 413, _CLIENT),
         NotFound: ErrorStatus(1, 404, _CLIENT),
+        BaseModelNotFound: ErrorStatus(2, 404, _CLIENT),
         Conflict: ErrorStatus(1, 409, _CLIENT),
         AuthError: ErrorStatus(1, 401, "authentication_error"),
         MissingScope: ErrorStatus(1, 403, "permission_error"),
@@ -433,6 +436,7 @@ __all__ = [
     "EngineOverloaded",
     "ErrorStatus",
     "GateFailed",
+    "HomeNotFound",
     "HomeNotWritable",
     "InvalidApiKey",
     "MissingScope",

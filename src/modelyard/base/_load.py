@@ -18,10 +18,16 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 
 
 def is_local(ref: str | Path) -> bool:
-    """A Path, an existing path, or anything that cannot be a hub id (``./x``, ``/x``, ``~/x``)."""
+    """A Path, an existing path, anything that cannot be a hub id (``./x``, ``/x``, ``~/x``),
+    or ``dir/name`` whose ``dir`` is a local directory."""
     if isinstance(ref, Path):
         return True
-    return Path(ref).expanduser().exists() or not _HUB_ID.match(ref)
+    path = Path(ref).expanduser()
+    if path.exists() or not _HUB_ID.match(ref):
+        return True
+    # `models/tiny` where ./models exists is a missing local directory, not a hub id:
+    # it fails at once instead of after a round trip to the hub.
+    return "/" in ref and path.parent.is_dir()
 
 
 def _local_dir(ref: str | Path) -> Path:

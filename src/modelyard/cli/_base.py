@@ -6,9 +6,20 @@ from pathlib import Path
 
 import typer
 
-from modelyard.cli._common import console, open_store, print_json, progress_bar
+from modelyard.cli._common import (
+    bad_input,
+    console,
+    open_store,
+    print_json,
+    progress_bar,
+    settings,
+)
+from modelyard.cli._home import check_home
 
-app = typer.Typer(help="Base models: build a tiny one locally, register any HF model.")
+app = typer.Typer(
+    help="Base models: build a tiny one locally and register it by name. Any Hugging Face "
+    "model directory or hub id also works as a base (runs register it on first use)."
+)
 
 
 @app.command("create-tiny")
@@ -18,7 +29,10 @@ def create_tiny(
     steps: int = typer.Option(300, min=1, help="Pretraining steps."),
     seed: int = typer.Option(0, help="Random seed (same seed and corpus: same weights)."),
     name: str | None = typer.Option(
-        None, "--name", help="Register the base in the store under this name (default: none)."
+        None,
+        "--name",
+        help="Register the base in the store under this name (default: none); a finetune "
+        "config's base_model can then name it.",
     ),
     overwrite: bool = typer.Option(False, help="Replace an existing model in --out."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -27,10 +41,14 @@ def create_tiny(
 
     Seconds on a CPU. The result loads with the ordinary
     ``AutoModelForCausalLM.from_pretrained(OUT)`` like any Hugging Face model.
+    A missing or empty corpus is bad input (exit 2), as for `data validate`.
     """
     from modelyard.base import create_tiny_base, read_corpus, weight_hashes
 
-    documents = read_corpus(corpus)  # a bad corpus fails before anything is drawn or written
+    with bad_input():  # a bad corpus fails before anything is drawn or written
+        documents = read_corpus(corpus)
+    if name:
+        check_home(settings())  # no store to register in: say so before pretraining
     with progress_bar("pretraining", steps) as update:
         info = create_tiny_base(
             documents,

@@ -27,6 +27,7 @@ from rich.text import Text
 from modelyard.artifacts import ArtifactStore
 from modelyard.audit import AccessPolicy, AuditKeySource
 from modelyard.cli._home import check_home
+from modelyard.errors import ConfigError, DataError, NotFound
 from modelyard.settings import Settings, load_settings
 from modelyard.store import Store
 
@@ -46,6 +47,15 @@ def settings() -> Settings:
 def set_actor(name: str | None) -> None:
     """The actor named by the global ``--actor`` option (wins over MODELYARD_ACTOR)."""
     _actor["name"] = name or None
+
+
+@contextmanager
+def bad_input() -> Iterator[None]:
+    """A file or model the user named that cannot be used is bad input: exit 2, like a bad flag."""
+    try:
+        yield
+    except (DataError, NotFound) as exc:
+        raise ConfigError(exc.message, hint=exc.hint, **exc.context) from exc
 
 
 def acting_as(s: Settings) -> str:

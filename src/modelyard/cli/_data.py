@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from modelyard.cli._common import console, err_console, print_json
+from modelyard.cli._common import bad_input, console, err_console, print_json
 from modelyard.data import (
     DEFAULT_IMBALANCE_RATIO,
     DEFAULT_MAX_SEQ_LEN,
@@ -28,7 +27,7 @@ from modelyard.data import (
     validate_rows,
     write_jsonl,
 )
-from modelyard.errors import ConfigError, DataError, NotFound
+from modelyard.errors import ConfigError
 
 app = typer.Typer(help="Datasets: check a file before training on it, split it reproducibly.")
 
@@ -38,17 +37,8 @@ _SHOWN = 20
 _FORMAT_HELP = f"Dataset format: {', '.join(FORMATS)}."
 
 
-@contextmanager
-def _bad_input() -> Iterator[None]:
-    """A file or model the user named that cannot be used is bad input: exit 2, like a bad flag."""
-    try:
-        yield
-    except (DataError, NotFound) as exc:
-        raise ConfigError(exc.message, hint=exc.hint, **exc.context) from exc
-
-
 def _load(path: Path, fmt: str) -> list[dict[str, Any]]:
-    with _bad_input():
+    with bad_input():
         return load_rows(path, fmt)
 
 
@@ -89,7 +79,7 @@ def validate(
     if base_model is not None:
         from modelyard.base import load_tokenizer
 
-        with _bad_input():
+        with bad_input():
             tokenizer = load_tokenizer(base_model)
     report = validate_rows(
         rows,
@@ -242,7 +232,7 @@ def split(
             hint="Pass e.g. --eval-fraction 0.1 for 10% of the rows.",
         )
     rows = _load(file, format)
-    with _bad_input():
+    with bad_input():
         train, held_out = split_rows(rows, eval_fraction, seed, stratify=stratify)
     target = out_dir if out_dir is not None else file.parent
     if target.exists() and not target.is_dir():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -16,7 +17,11 @@ from modelyard.cli._common import (
     print_json,
     settings,
 )
+from modelyard.cli._home import store_exists
 from modelyard.errors import GateFailed
+
+if TYPE_CHECKING:
+    from modelyard.finetune import FinetuneInterrupted
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 
@@ -71,10 +76,12 @@ def finetune(
     Works unchanged under `torchrun` / `accelerate launch`.
     """
     from modelyard.finetune import (
+        FinetuneInterrupted,
         SlurmOptions,
         load_config,
         prepare,
         rank,
+        resolve_base,
         run_finetune,
         sbatch_script,
     )
@@ -93,6 +100,9 @@ def finetune(
         err_console.print(f"wrote {out}; submit it with: sbatch {out}")
         return
     reporter = RichReporter()
+    if store_exists(s):  # a base registered by name (`base create-tiny --name`) resolves
+        with open_store(s) as store:
+            loaded = resolve_base(loaded, store)
     prepared = prepare(loaded)
     if check:
         summary = {
@@ -116,14 +126,18 @@ def finetune(
         )
         return
     with open_store(s) as store:
-        outcome = run_finetune(
-            prepared,
-            store=store,
-            artifacts=open_artifacts(s),
-            home=s.ensure_home(),
-            ui=reporter,
-            resume=resume,
-        )
+        try:
+            outcome = run_finetune(
+                prepared,
+                store=store,
+                artifacts=open_artifacts(s),
+                home=s.ensure_home(),
+                ui=reporter,
+                resume=resume,
+            )
+        except FinetuneInterrupted as exc:
+            _say_interrupted(exc, config)
+            raise typer.Exit(130) from None
     assert outcome is not None
     if json_out:
         print_json(outcome)
@@ -136,10 +150,28 @@ def finetune(
         if outcome.verdicts:
             console.print(verdicts_table([GateVerdict(**v) for v in outcome.verdicts]))
         moved = f"; {outcome.model}@{outcome.alias} -> {outcome.ref}" if outcome.alias else ""
+        resumed = outcome.training.get("resumed_from")
+        if resumed:
+            moved += f"; resumed from step {str(resumed).rsplit('-', 1)[-1]}"
         console.print(f"registered [bold]{outcome.ref}[/] (run {outcome.run_id}){moved}")
     failure = outcome.gate_failure()
     if failure is not None:
         raise failure
+
+
+def _say_interrupted(exc: FinetuneInterrupted, config: Path) -> None:
+    """What Ctrl-C left, and the command that goes on from it."""
+    err_console.print(f"[yellow]{exc.message}[/]")
+    if exc.checkpoint_step is not None:
+        err_console.print(
+            f"The last checkpoint is at step {exc.checkpoint_step}; go on from it with:\n"
+            f"  modelyard finetune -c {config} --resume"
+        )
+    else:
+        err_console.print(
+            "No checkpoint was saved yet (training.save_every sets how often), so there is "
+            f"nothing to resume: run it again with\n  modelyard finetune -c {config}"
+        )
 
 
 def evaluate(

@@ -7,6 +7,8 @@ and moves the alias on a pass. What a version records and how it is loaded
 afterwards (lineage, prompt template, verified files) is ``modelyard.registry``'s.
 """
 
+from modelyard.finetune._bases import resolve_base
+from modelyard.finetune._cleanup import FinetuneInterrupted
 from modelyard.finetune._config import FinetuneConfig, load_config, parse_config
 from modelyard.finetune._evaluate import check_evaluation, evaluate_rows, evaluate_version
 from modelyard.finetune._pipeline import (
@@ -21,6 +23,7 @@ from modelyard.finetune._slurm import SlurmOptions, sbatch_script
 
 __all__ = [
     "FinetuneConfig",
+    "FinetuneInterrupted",
     "FinetuneOutcome",
     "Prepared",
     "Reporter",
@@ -32,6 +35,7 @@ __all__ = [
     "parse_config",
     "prepare",
     "rank",
+    "resolve_base",
     "run_finetune",
     "sbatch_script",
 ]

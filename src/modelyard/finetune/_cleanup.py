@@ -10,11 +10,48 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from modelyard.artifacts import ArtifactStore
+from modelyard.errors import ModelyardError
 from modelyard.registry import discard_unreferenced, drop_if_empty
 from modelyard.store import Store
+from modelyard.training import last_checkpoint
+
+
+class FinetuneInterrupted(ModelyardError):
+    """Ctrl-C (or SIGTERM) stopped a fine-tune: its run is marked ``interrupted``.
+
+    ``step`` is the last optimizer step logged, ``checkpoint_step`` the step of
+    the newest checkpoint a ``--resume`` continues from (None: none was saved).
+    The CLI exits 130 with the resume command.
+    """
+
+    code = "interrupted"
+
+    def __init__(
+        self, run_id: str, *, step: int | None, checkpoint_step: int | None, status: str
+    ) -> None:
+        at = f" at step {step}" if step else ""
+        super().__init__(f"fine-tuning interrupted{at}; run {run_id} is marked {status}")
+        self.run_id = run_id
+        self.step = step
+        self.checkpoint_step = checkpoint_step
+
+
+def interrupted(
+    run_id: str, checkpoints: Path, history: list[dict[str, float]], status: str
+) -> FinetuneInterrupted:
+    """The error to raise after an interruption, with where a resume would start."""
+    steps = [int(e["step"]) for e in history if "step" in e]
+    saved = last_checkpoint(checkpoints)
+    return FinetuneInterrupted(
+        run_id,
+        step=max(steps) if steps else None,
+        checkpoint_step=saved[1] if saved else None,
+        status=status,
+    )
 
 
 @dataclass
@@ -35,10 +72,13 @@ def clean_up(
     exc: BaseException,
     history: list[dict[str, float]],
     model: str,
-) -> None:
-    """After a failure: the run is marked, and a blob or model no row needs is removed."""
+) -> str | None:
+    """After a failure: the run is marked, and a blob or model no row needs is removed.
+
+    Returns the status the run was given (None when its version exists already).
+    """
     if state.registered:
-        return  # the version exists: what failed later (gates, alias) leaves it in place
+        return None  # the version exists: what failed later (gates, alias) leaves it in place
     status = "interrupted" if isinstance(exc, KeyboardInterrupt | SystemExit) else "failed"
     reason = str(exc).strip().splitlines()[0][:500] if str(exc).strip() else type(exc).__name__
     with contextlib.suppress(Exception):  # the store may be what failed: keep that error
@@ -51,3 +91,4 @@ def clean_up(
         discard_unreferenced(store, artifacts, state.blob)
     if state.model_created:
         drop_if_empty(store, model, reason=f"run {run_id} {status}: {reason}")
+    return status

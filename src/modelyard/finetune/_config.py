@@ -111,7 +111,8 @@ class FinetuneConfig(_Section):
             }
         )
         base = self.base_model
-        if base.startswith((".", "~")) or (root / base).exists():
+        local = (root / base).exists() or ("/" in base and (root / base).parent.is_dir())
+        if base.startswith((".", "~")) or local:
             base = str(_under(root, Path(base)))
         return self.model_copy(update={"data": data, "base_model": base})
 

@@ -38,7 +38,8 @@ from modelyard.evaluation import (
     gates_passed,
     parse_gates,
 )
-from modelyard.finetune._cleanup import Written, clean_up
+from modelyard.finetune._bases import registered_name
+from modelyard.finetune._cleanup import Written, clean_up, interrupted
 from modelyard.finetune._config import FinetuneConfig
 from modelyard.finetune._evaluate import evaluate_rows
 from modelyard.finetune._tracking import MlflowTracker
@@ -50,7 +51,7 @@ from modelyard.registry import (
     load_version_model,
 )
 from modelyard.store import DatasetVersion, ModelVersion, Store, VersionKind
-from modelyard.training import TrainResult, train_model
+from modelyard.training import TrainResult, last_checkpoint, train_model
 
 UpdateFn = Callable[[int, int, str], None]
 
@@ -298,6 +299,9 @@ def _train(
     config = prepared.config
     settings = config.train_settings()
     tokens: dict[str, float] = {}
+    saved = last_checkpoint(checkpoints) if resume else None
+    if saved is not None:
+        ui.info(f"resuming from step {saved[1]} (checkpoint {saved[0]})")
 
     def log(entry: dict[str, float]) -> None:
         tokens.update(entry)
@@ -360,7 +364,9 @@ def _run_main(
 ) -> FinetuneOutcome:
     config = prepared.config
     registry = config.registry
-    base = ensure_base_model(store, config.base_model)
+    base = ensure_base_model(
+        store, config.base_model, name=registered_name(store, config.base_model, prepared.base_dir)
+    )
     name = config.data.name or config.data.train.stem
     dataset = _store_dataset(
         store, artifacts, name, prepared.train_rows, config.data.format, prepared.report
@@ -411,9 +417,11 @@ def _run_main(
             ui=ui, resume=resume, base=base, env=env, history=history, tracker=tracker,
         )  # fmt: skip
     except BaseException as exc:
-        clean_up(store, artifacts, run_id, state, exc, history, registry.model)
+        status = clean_up(store, artifacts, run_id, state, exc, history, registry.model)
         if tracker is not None:
             tracker.finish("failed")
+        if isinstance(exc, KeyboardInterrupt) and status is not None:
+            raise interrupted(run_id, checkpoints, history, status) from exc
         raise
     if tracker is not None:
         tracker.log_metrics({f"eval_{k}": v for k, v in outcome.metrics.items()})

@@ -52,6 +52,12 @@ class TrackingStore(StoreCore):
                 raise NotFound(f"no base model named {name!r} in the store")
             return to_base_model(row)
 
+    def list_base_models(self) -> list[BaseModel]:
+        """Registered base models, by name."""
+        with self._session("list base models") as s:
+            rows = s.scalars(select(BaseModelRow).order_by(BaseModelRow.name))
+            return [to_base_model(r) for r in rows]
+
     # -- datasets --------------------------------------------------------------------------
 
     def register_dataset(

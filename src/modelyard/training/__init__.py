@@ -13,7 +13,7 @@ from modelyard.training._settings import (
     TrainResult,
     TrainSettings,
 )
-from modelyard.training._train import LogFn, ProgressFn, train_model
+from modelyard.training._train import LogFn, ProgressFn, last_checkpoint, train_model
 
 __all__ = [
     "IGNORE_INDEX",
@@ -25,5 +25,6 @@ __all__ = [
     "TrainSettings",
     "TrainingOptions",
     "encode_row",
+    "last_checkpoint",
     "train_model",
 ]

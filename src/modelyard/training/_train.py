@@ -243,21 +243,27 @@ def _save_full(model: Any, tokenizer: Any, out_dir: Path) -> None:
         tokenizer.save_pretrained(str(staging))
 
 
+def last_checkpoint(checkpoint_dir: Path | None) -> tuple[str, int] | None:
+    """The newest checkpoint under ``checkpoint_dir`` and its step, or None."""
+    if checkpoint_dir is None or not checkpoint_dir.is_dir():
+        return None
+    last = get_last_checkpoint(str(checkpoint_dir))
+    if last is None:
+        return None
+    return str(last), int(Path(last).name.rsplit("-", 1)[-1])
+
+
 def _resume_point(checkpoint_dir: Path | None, resume: bool) -> str | None:
     """The last checkpoint under ``checkpoint_dir`` when resuming (a clear error if none)."""
     if not resume:
         return None
-    last = (
-        get_last_checkpoint(str(checkpoint_dir))
-        if checkpoint_dir and checkpoint_dir.is_dir()
-        else None
-    )
+    last = last_checkpoint(checkpoint_dir)
     if last is None:
         raise TrainingError(
             f"no checkpoint to resume from in {checkpoint_dir}",
             hint="Resume needs a run started with training.save_every; or start afresh.",
         )
-    return str(last)
+    return last[0]
 
 
 def train_model(
