@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -153,3 +154,30 @@ def test_create_tiny_builds_a_loadable_model_and_registers_it(tmp_path: Path) ->
     )  # fmt: skip
     assert again.code == 0, again.err
     assert json.loads(again.out)["path"] == str(out)
+
+
+def test_version_help_at_80_columns_and_a_closed_pipe(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from modelyard import __version__
+
+    version = modelyard("--version", home=tmp_path)
+    assert version.code == 0 and version.out.strip() == f"modelyard {__version__}"
+    helped = modelyard("serve", "--help", home=tmp_path, env={"COLUMNS": "80"})
+    assert helped.code == 0
+    for option in ("--vllm-gpu-memory-utilization", "--vllm-tensor-parallel-size"):
+        assert option in helped.out  # whole, not cut to `--vllm-gpu-memor…`
+    assert all(len(line) <= 80 for line in helped.out.splitlines())
+    assert modelyard("init", home=tmp_path).code == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelyard", "audit", "log", "--json"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**env, "MODELYARD_HOME": str(tmp_path)},
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # `| head` that has read enough
+    with proc.stderr:
+        err = proc.stderr.read()
+    assert proc.wait(timeout=120) in (0, 141) and err == ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 import warnings
 from typing import Any
@@ -10,6 +11,7 @@ import typer
 from typer.core import TyperGroup
 from typer.main import get_command
 
+from modelyard import __version__
 from modelyard.cli import (
     _admin,
     _audit,
@@ -46,6 +48,16 @@ class _RootGroup(TyperGroup):
         set_current_command(" ".join(path) or None)
         return name, command, rest
 
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except BrokenPipeError:
+            # The reader went away (`modelyard audit log | head`): stop quietly, as a
+            # command killed by SIGPIPE does, with no traceback and no flush error at exit.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            raise SystemExit(EXIT_BROKEN_PIPE) from None
+
 
 app = typer.Typer(
     name="modelyard",
@@ -54,14 +66,31 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    # Plain help wraps to the terminal and never cuts an option name (Rich's panels do
+    # at 80 columns).
+    rich_markup_mode=None,
 )
 
 _debug = {"on": False}
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE: what a shell reports for `yes | head`
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        print(f"modelyard {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(
+        False,
+        "--version",
+        is_eager=True,
+        callback=_print_version,
+        help="Print the version and exit.",
+    ),
     actor: str | None = typer.Option(
         None, "--actor", help="Act as NAME (default: MODELYARD_ACTOR, else the OS user)."
     ),
@@ -129,7 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     command = get_command(app)
     try:
-        command.main(args=argv, prog_name="modelyard", standalone_mode=True)
+        try:
+            command.main(args=argv, prog_name="modelyard", standalone_mode=True)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, not as noise at interpreter exit
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     except ModelyardError as exc:
