@@ -24,7 +24,15 @@ from pydantic import BaseModel, Field
 from modelyard.access import create_api_key
 from modelyard.artifacts import ArtifactStore
 from modelyard.base import create_tiny_base
-from modelyard.serving import BackgroundServer, TransformersEngine, create_app
+from modelyard.registry import UpstreamSpec, register_upstream
+from modelyard.serving import (
+    BackgroundServer,
+    EchoEngine,
+    EngineSet,
+    TransformersEngine,
+    UpstreamEngine,
+    create_app,
+)
 from modelyard.store import Store
 from tinymodels import QUICK_BASE, random_adapter
 
@@ -361,3 +369,61 @@ def test_litellm_completion_streaming_and_tools(
     calls = called.choices[0].message.tool_calls
     assert calls and calls[0].function.name in ARGUMENTS
     ARGUMENTS[calls[0].function.name].model_validate_json(calls[0].function.arguments)
+
+
+# -- through a gateway: the upstream engine passes them on ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gateway(served: Served, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """A second modelyard whose ``acme-gw`` is an upstream version: the served world's
+    ``helpdesk``, reached over its OpenAI API with acme's key."""
+    tmp = tmp_path_factory.mktemp("gateway")
+    with pytest.MonkeyPatch.context() as env, Store.open(f"sqlite:///{tmp / 'gw.db'}") as store:
+        env.setenv("HELPDESK_KEY", served.key)
+        artifacts = ArtifactStore(tmp / "artifacts")
+        store.create_tenant("acme")
+        spec = UpstreamSpec(base_url=served.url + "/v1", model="helpdesk",
+                            api_key_env="HELPDESK_KEY")  # fmt: skip
+        version = register_upstream(store, artifacts, spec, name="gw-bot", tenant="acme")
+        store.create_endpoint("acme-gw", model_ref=version.ref, tenant="acme")
+        _, key = create_api_key(store, "acme")
+        engine = EngineSet(EchoEngine(), UpstreamEngine(artifacts, store=store))
+        app = create_app(store, engine, refresh_seconds=0.2, heartbeat_s=None)
+        try:
+            with BackgroundServer(app) as server:
+                yield Served(server.base_url, store, key)
+        finally:
+            engine.close()
+
+
+def test_structured_outputs_tools_and_logprobs_pass_through_a_gateway(gateway: Served) -> None:
+    client = gateway.client()
+    done = client.beta.chat.completions.parse(
+        model="acme-gw", messages=MESSAGES, response_format=Ticket, max_tokens=120
+    )
+    assert isinstance(done.choices[0].message.parsed, Ticket)
+    for stream in (False, True):
+        named = {"type": "function", "function": {"name": "get_weather"}}
+        asked = {"model": "acme-gw", "messages": MESSAGES, "tools": TOOLS, "max_tokens": 200,
+                 "tool_choice": named}  # fmt: skip
+        if stream:
+            chunks = list(client.chat.completions.create(**asked, stream=True))  # type: ignore[call-overload]
+            calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+            arguments = calls[0].function.arguments
+        else:
+            answer = client.chat.completions.create(**asked)  # type: ignore[call-overload]
+            assert answer.choices[0].finish_reason == "tool_calls"
+            calls = answer.choices[0].message.tool_calls
+            arguments = calls[0].function.arguments
+        assert len(calls) == 1 and calls[0].function.name == "get_weather", stream
+        Weather.model_validate_json(arguments)
+    scored = client.chat.completions.create(
+        model="acme-gw", messages=MESSAGES, max_tokens=4, temperature=0, logprobs=True,
+        top_logprobs=2,
+    )  # fmt: skip
+    tokens = scored.choices[0].logprobs.content  # type: ignore[union-attr]
+    assert tokens and all(len(t.top_logprobs) == 2 for t in tokens)
+    r = gateway.post("/v1/completions", {"model": "acme-gw", "prompt": "x",
+                                         "response_format": {"type": "json_object"}})  # fmt: skip
+    assert r.status_code == 400 and "no structured outputs" in r.json()["error"]["message"]

@@ -36,8 +36,16 @@ from modelyard.errors import (
 )
 from modelyard.registry import UpstreamSpec
 from modelyard.serving._interruptible import Interrupt, interruptible
+from modelyard.serving._passthrough import (
+    CallDeltas,
+    calls_as_text,
+    logprobs_of,
+    openai_extras,
+    openai_messages,
+    vllm_extras,
+)
 from modelyard.serving._stream import TokenStream
-from modelyard.serving._types import Generation, SamplingParams, TokenLogprob
+from modelyard.serving._types import Generation, SamplingParams
 
 RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 30.0
@@ -47,12 +55,16 @@ class ChatPrompt(str):
     """A chat request's prompt: readable text for records and limits, plus the messages
     an upstream takes as they are (it applies its own chat template)."""
 
-    messages: tuple[Mapping[str, str], ...]
+    messages: tuple[Mapping[str, Any], ...]
+    tools: tuple[Mapping[str, Any], ...]  # the functions offered (``FunctionDef.offered``)
 
-    def __new__(cls, messages: Sequence[Mapping[str, str]]) -> ChatPrompt:
+    def __new__(
+        cls, messages: Sequence[Mapping[str, Any]], tools: Sequence[Mapping[str, Any]] = ()
+    ) -> ChatPrompt:
         text = "\n".join(f"{m.get('role', 'user')}: {m.get('content', '')}" for m in messages)
         made = super().__new__(cls, text)
         made.messages = tuple(dict(m) for m in messages)
+        made.tools = tuple(dict(t) for t in tools)
         return made
 
 
@@ -84,8 +96,9 @@ def request_body(
     constraint on both engines) and ``logprobs`` as its legacy-completions count."""
     body: dict[str, Any] = {"model": model or spec.model, "max_tokens": params.max_tokens,
                             "temperature": params.temperature, "top_p": params.top_p}  # fmt: skip
+    chat = isinstance(prompt, ChatPrompt)
     if isinstance(prompt, ChatPrompt):
-        body["messages"] = [dict(m) for m in prompt.messages]
+        body["messages"] = openai_messages(prompt.messages)
     else:
         body["prompt"] = str(prompt)
     if params.seed is not None:
@@ -95,27 +108,9 @@ def request_body(
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
-    if vllm and params.guide is not None:
-        from modelyard.serving._grammar import grammar_of  # xgrammar: only when asked
-
-        body["structured_outputs"] = {"grammar": str(grammar_of(params.guide))}
-    if vllm and params.logprobs is not None:
-        body["logprobs"] = params.logprobs
+    tools = prompt.tools if isinstance(prompt, ChatPrompt) else ()
+    body.update(vllm_extras(params) if vllm else openai_extras(params, chat, tools))
     return body
-
-
-def _logprobs(given: Any, top: int | None) -> tuple[TokenLogprob, ...] | None:
-    """A legacy completion's ``logprobs`` (vLLM's) as the engine's ``TokenLogprob``s, each
-    with the ``top`` most likely alternatives (vLLM adds the chosen token to them)."""
-    if top is None or not isinstance(given, Mapping):
-        return None
-    tokens, values = given.get("tokens") or [], given.get("token_logprobs") or []
-    alternatives = given.get("top_logprobs") or [None] * len(tokens)
-    out = []
-    for token, value, alts in zip(tokens, values, alternatives, strict=False):
-        ranked = sorted((alts or {}).items(), key=lambda kv: -float(kv[1]))[:top]
-        out.append(TokenLogprob(str(token), float(value), tuple((t, float(v)) for t, v in ranked)))
-    return tuple(out)
 
 
 def _text_of(choice: Mapping[str, Any], chat: bool, stream: bool) -> str:
@@ -204,6 +199,7 @@ class UpstreamClient:
         interrupt = Interrupt()
         out.on_cancel(interrupt.fire)
         texts: list[str] = []
+        calls = CallDeltas()  # tool calls, put together from their deltas
         usage: Mapping[str, Any] | None = None
         finish = "stop"
         ttft = None
@@ -221,6 +217,7 @@ class UpstreamClient:
                         break
                     usage = data.get("usage") or usage
                     for choice in data.get("choices") or ():
+                        calls.add((choice.get("delta") or {}).get("tool_calls") if chat else None)
                         piece = _text_of(choice, chat, stream=True)
                         if piece:
                             if ttft is None:
@@ -232,6 +229,11 @@ class UpstreamClient:
             if not interrupt.fired:
                 raise self._broke(exc, what, bool(texts)) from None
             finish = "cancelled"
+        written = calls.text()
+        if written and finish != "cancelled":  # whole, as the routes read calls
+            written = "\n" + written if texts else written
+            texts.append(written)
+            out.push(written)
         return self._generation("".join(texts), finish, usage, body, ttft, what)
 
     def _whole(self, path: str, body: dict[str, Any], chat: bool, out: TokenStream,
@@ -266,12 +268,16 @@ class UpstreamClient:
         choices = data.get("choices") or [{}]
         choice = choices[0] if isinstance(choices[0], Mapping) else {}
         text = _text_of(choice, chat, stream=False)
+        calls = (choice.get("message") or {}).get("tool_calls") if chat else None
+        if calls:  # written as the routes read calls (``_passthrough``)
+            text = "\n".join(part for part in (text, calls_as_text(calls)) if part)
         finish = str(choice.get("finish_reason") or "stop")
         generation = self._generation(text, finish, data.get("usage"), body,
                                       _ttft_ms(data.get("metrics"), elapsed_ms), what)  # fmt: skip
-        if "logprobs" in body and not chat:
-            wanted = int(body["logprobs"])
-            generation = replace(generation, logprobs=_logprobs(choice.get("logprobs"), wanted))
+        if "logprobs" in body:
+            top = int(body.get("top_logprobs", body["logprobs"]))
+            found = logprobs_of(choice.get("logprobs"), top, chat)
+            generation = replace(generation, logprobs=found)
         return generation
 
     def _broke(self, exc: httpx.HTTPError, what: str, sent: bool) -> _Retry:

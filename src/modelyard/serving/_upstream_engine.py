@@ -23,9 +23,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from modelyard.artifacts import ArtifactStore
-from modelyard.errors import ConfigError, EngineError, EngineOverloaded, ModelyardError
+from modelyard.errors import EngineError, EngineOverloaded, ModelyardError
 from modelyard.registry import UpstreamSpec, verified_files
 from modelyard.serving._engine import Engine
+from modelyard.serving._passthrough import openai_extras
 from modelyard.serving._stream import TokenStream
 from modelyard.serving._tools import Tools
 from modelyard.serving._types import EngineObserver, EngineStats, Generation, SamplingParams
@@ -56,6 +57,8 @@ class UpstreamEngine(Engine):
     """Answers versions of kind ``upstream`` (see the module doc); any other kind is refused."""
 
     name = "upstream"
+    guides = True  # as OpenAI's response_format and tool_choice (``_passthrough``)
+    logprobs = True
 
     def __init__(self, artifacts: ArtifactStore, *, store: Store | None = None) -> None:
         self.artifacts = artifacts
@@ -89,6 +92,7 @@ class UpstreamEngine(Engine):
 
     def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
         self.refuse_unsupported(params)
+        openai_extras(params, isinstance(prompt, ChatPrompt), ())  # what it cannot pass: 400
         upstream = self._upstream(version)
         cap = upstream.spec.max_concurrency * QUEUE_FACTOR
         with upstream.lock:
@@ -102,7 +106,9 @@ class UpstreamEngine(Engine):
 
         def run() -> None:
             try:
-                upstream.client.run(prompt, params, out, what=version.ref)
+                # log probabilities come whole (a client cannot stream them)
+                whole = params.logprobs is not None
+                upstream.client.run(prompt, params, out, what=version.ref, whole=whole)
             except Exception as exc:  # the stream must end, whatever happened
                 log.exception("upstream request of %s failed", version.ref)
                 out.fail(EngineError(f"{version.ref}: the upstream request failed: {exc}"))
@@ -119,14 +125,9 @@ class UpstreamEngine(Engine):
     def render_chat(
         self, version: ModelVersion, messages: Sequence[Mapping[str, Any]], tools: Tools = None
     ) -> str:
-        """The messages as they are: the upstream applies its own chat template."""
-        if tools or any(m["role"] == "tool" or m.get("tool_calls") for m in messages):
-            raise ConfigError(
-                f"tools are not supported on the upstream engine yet ({version.ref})",
-                hint="Ask without tools, tool_choice and tool messages.",
-                param="tools",
-            )
-        return ChatPrompt(messages)
+        """The messages as they are (and the tools offered): the upstream applies its own
+        chat template."""
+        return ChatPrompt(messages, tools or ())
 
     def loaded(self) -> list[str]:
         return []
