@@ -386,8 +386,10 @@ def test_chat_messages_render_in_the_versions_template() -> None:
         render_chat(_version_with("chat"), CHAT)  # no tokenizer with a chat template
     with pytest.raises(EngineError, match="unknown prompt template"):
         render_chat(_version_with("jinja-special"), CHAT)
-    with pytest.raises(ConfigError, match="role 'tool'"):
+    with pytest.raises(ConfigError, match="'alpaca' has no place for tools"):
         render_chat(_version_with("alpaca"), [*CHAT, {"role": "tool", "content": "x"}])
+    with pytest.raises(ConfigError, match="role 'function'"):
+        render_chat(_version_with("alpaca"), [*CHAT, {"role": "function", "content": "x"}])
     with pytest.raises(ConfigError, match="role 'user'"):
         render_chat(_version_with("alpaca"), CHAT[:1])
 
