@@ -108,3 +108,14 @@ def test_a_redacted_tenant_stores_no_phone_ssn_or_ip(tmp_path: Path) -> None:
     for value in ("7946", "4567", "0132", "1120", "10.0.0.7"):
         assert value not in kept
     assert "I am at [PHONE], [PHONE] or [PHONE]; SSN [SSN]; IP [IP]" in (record.prompt or "")
+
+
+def test_new_tenants_keep_records_redacted_unless_they_choose(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    assert modelyard("init", home=home).code == 0
+    made = modelyard("tenants", "create", "acme", home=home)
+    assert made.code == 0 and "(storage policy redacted)" in made.out
+    chosen = modelyard("tenants", "create", "lab", "--storage-policy", "full", home=home)
+    assert chosen.code == 0 and "(storage policy full)" in chosen.out
+    listed = json.loads(modelyard("tenants", "list", "--json", home=home).out)
+    assert {t["name"]: t["storage_policy"] for t in listed} == {"acme": "redacted", "lab": "full"}

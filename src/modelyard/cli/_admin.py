@@ -17,7 +17,14 @@ from modelyard.cli._common import (
 )
 from modelyard.cli._registry import GATE_KEYS, gate_json, gate_lines
 from modelyard.errors import ConfigError, NotFound
-from modelyard.store import STORAGE_POLICIES, RolloutPolicy, StoragePolicy, Store, redact_url
+from modelyard.store import (
+    DEFAULT_STORAGE_POLICY,
+    STORAGE_POLICIES,
+    RolloutPolicy,
+    StoragePolicy,
+    Store,
+    redact_url,
+)
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 
@@ -75,7 +82,9 @@ tenants_app = typer.Typer(help="Tenants: isolated customers or business units.")
 def tenants_create(
     name: str = typer.Argument(..., help="Tenant name (lowercase, digits, '.', '_', '-')."),
     storage_policy: str = typer.Option(
-        "full", help=f"What inference records keep of prompts: {', '.join(STORAGE_POLICIES)}."
+        DEFAULT_STORAGE_POLICY,
+        help=f"What inference records keep of prompts and responses: "
+        f"{', '.join(STORAGE_POLICIES)} (redacted: personal data masked).",
     ),
     json_out: bool = JSON,
 ) -> None:

@@ -18,6 +18,7 @@ from modelyard.store._rollouts import (
 from modelyard.store._schema import utcnow
 from modelyard.store._store import Store
 from modelyard.store.entities import (
+    DEFAULT_STORAGE_POLICY,
     ROLLOUT_ACTIVE,
     STORAGE_POLICIES,
     Actor,
@@ -55,6 +56,7 @@ from modelyard.store.entities import (
 )
 
 __all__ = [
+    "DEFAULT_STORAGE_POLICY",
     "ROLLOUT_ACTIVE",
     "STORAGE_POLICIES",
     "Actor",

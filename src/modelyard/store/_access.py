@@ -24,7 +24,14 @@ from modelyard.store._convert import to_actor, to_api_key, to_tenant
 from modelyard.store._core import StoreCore, check_name
 from modelyard.store._rows import get_locked, lock_name, tenant_row
 from modelyard.store._schema import ActorRow, ApiKeyRow, AuditEventRow, TenantRow, utcnow
-from modelyard.store.entities import STORAGE_POLICIES, Actor, ApiKey, StoragePolicy, Tenant
+from modelyard.store.entities import (
+    DEFAULT_STORAGE_POLICY,
+    STORAGE_POLICIES,
+    Actor,
+    ApiKey,
+    StoragePolicy,
+    Tenant,
+)
 
 
 class AccessStore(StoreCore):
@@ -32,7 +39,9 @@ class AccessStore(StoreCore):
 
     # -- tenants and keys ------------------------------------------------------------------
 
-    def create_tenant(self, name: str, *, storage_policy: StoragePolicy = "full") -> Tenant:
+    def create_tenant(
+        self, name: str, *, storage_policy: StoragePolicy = DEFAULT_STORAGE_POLICY
+    ) -> Tenant:
         check_name("tenant", name)
         if storage_policy not in STORAGE_POLICIES:
             raise ConfigError(

@@ -11,6 +11,9 @@ from modelyard.audit import AuditEvent, AuditHead, ChainReport, Role
 
 StoragePolicy = Literal["full", "redacted", "hash", "none"]
 STORAGE_POLICIES: tuple[StoragePolicy, ...] = ("full", "redacted", "hash", "none")
+DEFAULT_STORAGE_POLICY: StoragePolicy = "redacted"
+"""A new tenant's storage policy unless it names one: private by default (personal data
+masked in stored prompts and responses); ``full`` is a choice made when creating it."""
 VersionKind = Literal["adapter", "full", "upstream"]
 GateState = Literal["passed", "failed", "not_evaluated"]
 
@@ -523,6 +526,7 @@ class TokenPrice:
 
 
 __all__ = [
+    "DEFAULT_STORAGE_POLICY",
     "ROLLOUT_ACTIVE",
     "STORAGE_POLICIES",
     "Actor",
