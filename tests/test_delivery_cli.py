@@ -149,3 +149,34 @@ def test_bake_reads_the_shared_duration_grammar(
     assert code == 2 and "invalid --since 'yesterday'" in err
     code, out, _ = run(capsys, "modelyard rollout compare support --since 1.5h --json")
     assert code == 0 and json.loads(out)["endpoint"] == "support"
+
+
+def test_wait_reports_each_step_and_ends_with_a_sentence(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import threading
+
+    from modelyard.delivery import Controller
+
+    start = "modelyard rollout start support --to bot:2 --steps 50,100 --bake 0s --min-requests 0"
+    assert run(capsys, start)[0] == 0
+    stop = threading.Event()
+
+    def drive() -> None:  # the controller of a server, one tick every 0.3 s
+        ctl = Controller(Store.open(store.url))
+        while not stop.wait(0.3):
+            ctl.tick()
+
+    driver = threading.Thread(target=drive, daemon=True)
+    driver.start()
+    try:
+        code, out, err = run(capsys, "modelyard rollout wait support --timeout 60s --poll 0.05")
+    finally:
+        stop.set()
+        driver.join()
+    assert code == 0, err
+    assert "step 1/2: 50% to bot:2" in err and "step 2/2: 100% to bot:2" in err
+    assert out.strip() == "The rollout of support to bot:2 succeeded: all traffic goes to it."
+    code, out, _ = run(capsys, "modelyard rollout status support")
+    assert code == 0 and "50% to bot:2" in out
+    assert "{" not in out and "None" not in out and "succeeded, all traffic on bot:2" in out

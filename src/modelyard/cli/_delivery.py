@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from modelyard.cli._common import console, err_console, open_store, print_json, to_jsonable
+from modelyard.cli._rollout_text import final, num, progress, summary, timeline
 from modelyard.durations import parse_duration, parse_since
 from modelyard.errors import ConfigError
 from modelyard.store import Rollout, RolloutPolicy, Store
@@ -98,43 +99,6 @@ def seconds(text: str, what: str) -> float:
     return parse_duration(text, field=what, allow_zero=True).total_seconds()
 
 
-def _timeline(r: Rollout) -> Table:
-    table = Table("time", "event", "step", "detail", title=f"rollout {r.id}")
-    for e in r.events:
-        step = "" if e.step_index is None else f"{e.step_index + 1}/{len(r.steps)}"
-        table.add_row(e.time.strftime("%H:%M:%S"), e.kind, step, _describe(e.kind, e.detail))
-    return table
-
-
-def _describe(kind: str, d: Any) -> str:
-    if kind == "started":
-        return (f"to {d.get('target')} steps {d.get('steps')} bake {d.get('bake_s'):g}s "
-                f"min {d.get('min_requests')} guards {d.get('guards')}")  # fmt: skip
-    if kind == "step":
-        text = f"{d.get('percent')}% to the target; plan {d.get('plan')}"
-        previous = d.get("previous")
-        if previous:
-            text += "; last step: " + ", ".join(
-                f"{g['guard']} = {_num(g['value'])} ({g['status']})" for g in previous["guards"]
-            )
-        return text
-    if kind == "rolled_back":
-        return f"{d['breach'].get('message')}; plan {d.get('plan')}"
-    if kind == "succeeded" or kind == "promoted":
-        alias = d.get("alias")
-        return f"plan {d.get('plan')}" + (f"; alias {alias}" if alias else "")
-    return ", ".join(f"{k}={v}" for k, v in d.items())
-
-
-def _num(x: Any) -> str:
-    return "-" if x is None else f"{x:.4g}"
-
-
-def _summary(r: Rollout) -> str:
-    step = f"step {r.step_index + 1}/{len(r.steps)} ({r.steps[r.step_index]}%)"
-    return f"{r.endpoint} → {r.target_ref}: {r.status} ({r.phase}, {step})"
-
-
 @rollout_app.command("start")
 def start(
     endpoint: str = typer.Argument(..., help="Endpoint to roll out on."),
@@ -169,7 +133,7 @@ def start(
     if json_out:
         print_json(r)
         return
-    console.print(f"[green]started[/] rollout {r.id}: {_summary(r)}")
+    console.print(f"[green]started[/] rollout {r.id}: {summary(r)}")
     console.print(f"  guards: {', '.join(r.guards)}")
     started = next((e.detail for e in r.events if e.kind == "started"), {})
     if started.get("gates_overridden"):
@@ -203,23 +167,23 @@ def status(endpoint: str = typer.Argument(...), json_out: bool = JSON) -> None:
         if json_out:
             print_json(_status_json(store, r))
             return
-        console.print(_summary(r))
+        console.print(summary(r))
         if r.reason:
             console.print(f"  reason: {r.reason}")
-        console.print(_timeline(r))
+        console.print(timeline(r))
         if r.active and r.phase == "baking":
             view = step_view(store, r)
             table = Table("guard", "value", "baseline", "threshold", "n", "status",
                           title=f"step {r.step_index + 1}: {view.canary.requests} requests, "
                           f"{view.elapsed_s:.0f}s of {r.bake_s:g}s")  # fmt: skip
             for g in view.guards:
-                table.add_row(g.guard, _num(g.value), _num(g.baseline), _num(g.threshold),
+                table.add_row(g.guard, num(g.value), num(g.baseline), num(g.threshold),
                               str(g.n), g.status)  # fmt: skip
             console.print(table)
 
 
 def _done(r: Rollout, verb: str) -> None:
-    console.print(f"[green]{verb}[/] {_summary(r)}")
+    console.print(f"[green]{verb}[/] {summary(r)}")
 
 
 @rollout_app.command("promote")
@@ -274,19 +238,22 @@ def wait(
     from modelyard.delivery import wait_rollout
     from modelyard.errors import RolloutFailed, RolloutTimedOut
 
+    def moved(r: Rollout) -> None:  # a line on stderr each time the rollout moves
+        if r.active:
+            err_console.print(f"{datetime.now():%H:%M:%S} {progress(r)}")
+
     with open_store() as store:
         r, timed_out = wait_rollout(
-            store, endpoint, timeout_s=seconds(timeout, "--timeout"), poll_s=poll
-        )
+            store, endpoint, timeout_s=seconds(timeout, "--timeout"), poll_s=poll,
+            on_change=None if json_out else moved,
+        )  # fmt: skip
     if json_out:
         print_json({**to_jsonable(r), "timed_out": timed_out})
     elif not timed_out:
-        console.print(_summary(r))
-        if r.reason:
-            console.print(f"  reason: {r.reason}")
+        console.print(final(r))
     if timed_out:
         raise RolloutTimedOut(
-            f"timed out after {timeout}: {_summary(r)}",
+            f"timed out after {timeout}: {summary(r)}",
             hint=f"The rollout goes on: wait again with a longer --timeout, or follow it "
             f"with `modelyard rollout status {endpoint}`.",
             endpoint=endpoint,
@@ -327,8 +294,8 @@ def compare(
             v.version, str(v.requests),
             ("-" if v.error_rate is None else f"{v.error_rate * 100:.2f}")
             + ci(v.error_rate_ci, 100, 2),
-            _num(v.p50_latency_ms) + ci(v.p50_latency_ci),
-            _num(v.p95_latency_ms) + ci(v.p95_latency_ci),
+            num(v.p50_latency_ms) + ci(v.p50_latency_ci),
+            num(v.p95_latency_ms) + ci(v.p95_latency_ci),
             ("-" if v.feedback_score is None else f"{v.feedback_score:.3f} (n={v.feedback_count})")
             + ci(v.feedback_ci, 1, 3),
         )  # fmt: skip
@@ -380,7 +347,7 @@ def controller(
         if once:
             changed = ctl.tick()
             for r in changed:
-                console.print(_summary(r))
+                console.print(summary(r))
             return
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

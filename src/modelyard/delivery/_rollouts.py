@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from modelyard.delivery._controller import promote_alias
@@ -169,12 +169,25 @@ def resume_rollout(store: Store, endpoint: str) -> Rollout:
 
 
 def wait_rollout(
-    store: Store, endpoint: str, *, timeout_s: float, poll_s: float = 1.0
+    store: Store,
+    endpoint: str,
+    *,
+    timeout_s: float,
+    poll_s: float = 1.0,
+    on_change: Callable[[Rollout], None] | None = None,
 ) -> tuple[Rollout, bool]:
-    """Wait for the endpoint's latest rollout to end; (rollout, timed out)."""
+    """Wait for the endpoint's latest rollout to end; (rollout, timed out).
+
+    ``on_change`` sees the rollout first and then each time its status, phase or
+    step changes (progress lines).
+    """
     deadline = time.monotonic() + timeout_s
+    seen: tuple[Any, ...] | None = None
     while True:
         r = store.latest_rollout(endpoint)
+        if on_change is not None and (r.status, r.phase, r.step_index) != seen:
+            seen = (r.status, r.phase, r.step_index)
+            on_change(r)
         if not r.active:
             return r, False
         if time.monotonic() >= deadline:
