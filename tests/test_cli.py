@@ -181,3 +181,17 @@ def test_version_help_at_80_columns_and_a_closed_pipe(tmp_path: Path) -> None:
     with proc.stderr:
         err = proc.stderr.read()
     assert proc.wait(timeout=120) in (0, 141) and err == ""
+
+
+def test_serve_prints_its_banner_only_once_the_port_is_bound(tmp_path: Path) -> None:
+    import socket
+
+    assert modelyard("init", home=tmp_path).code == 0
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        r = modelyard("serve", "--engine", "echo", "--no-controller", "--port", str(port),
+                      home=tmp_path, timeout=120)  # fmt: skip
+    assert r.code == 2 and f"cannot listen on 127.0.0.1:{port}" in r.err
+    assert "serving" not in r.err and "Traceback" not in r.err

@@ -260,21 +260,25 @@ def serve(
         ),
     )  # fmt: skip
     where = f", {placed}" if placed is not None else ""
-    err_console.print(f"serving {store.url} on http://{host}:{port} (engine {engine}{where})")
     metrics_server = None
     if metrics_port is not None:
         metrics_server = BackgroundServer(
             create_metrics_app(app, metrics_token), host, metrics_port
         )
         metrics_server.start()
-        err_console.print(f"/metrics on http://{host}:{metrics_server.port}/metrics")
-    elif not metrics_token:
-        err_console.print(
-            "[yellow]/metrics is public on the API port (it names tenants and endpoints): "
-            "set MODELYARD_METRICS_TOKEN or --metrics-port for a deployment[/yellow]"
-        )
+
+    def banner(bound: int) -> None:  # once the port is ours: a busy port never shows one
+        err_console.print(f"serving {store.url} on http://{host}:{bound} (engine {engine}{where})")
+        if metrics_server is not None:
+            err_console.print(f"/metrics on http://{host}:{metrics_server.port}/metrics")
+        elif not metrics_token:
+            err_console.print(
+                "[yellow]/metrics is public on the API port (it names tenants and endpoints): "
+                "set MODELYARD_METRICS_TOKEN or --metrics-port for a deployment[/yellow]"
+            )
+
     try:
-        run_server(app, host, port, shutdown_grace_s=shutdown_grace_s)
+        run_server(app, host, port, shutdown_grace_s=shutdown_grace_s, on_bound=banner)
     finally:
         if metrics_server is not None:
             metrics_server.stop()

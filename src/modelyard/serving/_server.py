@@ -12,6 +12,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Callable
 from types import FrameType, TracebackType
 
 import uvicorn
@@ -105,9 +106,15 @@ def run_server(
     *,
     log_level: str = "info",
     shutdown_grace_s: float = 30.0,
+    on_bound: Callable[[int], None] | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT, then drain (up to ``shutdown_grace_s``) and return."""
+    """Serve until SIGTERM/SIGINT, then drain (up to ``shutdown_grace_s``) and return.
+
+    ``on_bound`` gets the port once the socket is bound (the CLI's banner).
+    """
     sock = bind_socket(host, port)
+    if on_bound is not None:
+        on_bound(int(sock.getsockname()[1]))
     config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
     quiet_credentials()
     drain: Drain | None = getattr(app.state, "drain", None)
