@@ -11,8 +11,10 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
@@ -24,6 +26,7 @@ from pydantic import BaseModel, Field
 from modelyard.access import create_api_key
 from modelyard.artifacts import ArtifactStore
 from modelyard.base import create_tiny_base
+from modelyard.monitoring import update_profiles
 from modelyard.registry import UpstreamSpec, register_upstream
 from modelyard.serving import (
     BackgroundServer,
@@ -90,6 +93,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         )  # fmt: skip
         store.create_endpoint("helpdesk", model_ref="bot:1", tenant="acme")
         store.create_endpoint("helpdesk-chat", model_ref="bot:3", tenant="acme")
+        store.create_endpoint("helpdesk-records", model_ref="bot:1", tenant="acme")
         store.create_endpoint("helpdesk-alpaca", model_ref="bot:2", tenant="acme")
         store.create_endpoint("acme-support", model_ref="bot:1", tenant="acme")  # the docs'
         _, key = create_api_key(store, "acme")
@@ -427,3 +431,30 @@ def test_structured_outputs_tools_and_logprobs_pass_through_a_gateway(gateway: S
     r = gateway.post("/v1/completions", {"model": "acme-gw", "prompt": "x",
                                          "response_format": {"type": "json_object"}})  # fmt: skip
     assert r.status_code == 400 and "no structured outputs" in r.json()["error"]["message"]
+
+
+# -- records and profiles ------------------------------------------------------------------------
+
+
+def test_records_say_what_constrained_answers_did_and_profiles_count_it(
+    served: Served, tmp_path: Path
+) -> None:
+    client = served.client()
+    ask = {"model": "helpdesk-records", "messages": MESSAGES}
+    client.chat.completions.create(**ask, tools=TOOLS, tool_choice="required", max_tokens=200)  # type: ignore[call-overload]
+    client.chat.completions.create(**ask, response_format={"type": "json_object"}, max_tokens=3)  # type: ignore[call-overload]
+    client.chat.completions.create(**ask, max_tokens=3)  # type: ignore[call-overload]
+    deadline = time.monotonic() + 10
+    while served.store.count_inference_records(endpoint="helpdesk-records") < 3:
+        assert time.monotonic() < deadline, "the records are written"
+        time.sleep(0.05)
+    rows = served.store.query_records(endpoint="helpdesk-records", newest_first=False)
+    assert [(r["tool_calls"], r["format_ok"]) for r in rows] == [
+        (1, True),  # a required call, made
+        (None, False),  # JSON cut short at 3 tokens
+        (None, None),  # nothing asked
+    ]
+    assert "<tool_call>" in rows[0]["response"]  # stored as written (storage policy: full)
+    update_profiles(served.store, now=datetime.now(UTC) + timedelta(minutes=10))
+    [hour] = served.store.list_profiles(window="hour", endpoint="helpdesk-records")
+    assert (hour.tool_calls, hour.format_checked, hour.format_failures) == (1, 2, 1)

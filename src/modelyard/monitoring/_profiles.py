@@ -100,6 +100,7 @@ def profile_of(
     cost = (tokens_in * price[0] + tokens_out * price[1]) / 1000 if price else None
     known = [r["cache_hit"] for r in records if r.get("cache_hit") is not None]
     scores = [float(r["feedback_score"]) for r in records if r.get("feedback_score") is not None]
+    checked = [r["format_ok"] for r in records if r.get("format_ok") is not None]
     return {
         "requests": len(records),
         "errors": failed([r["status"] for r in records]),
@@ -115,6 +116,9 @@ def profile_of(
         "cache_known": len(known),
         "feedback_count": len(scores),
         "feedback_sum": float(sum(scores)),
+        "tool_calls": sum(int(r.get("tool_calls") or 0) for r in records),
+        "format_checked": len(checked),
+        "format_failures": sum(1 for ok in checked if not ok),
         "latency_hist": histogram(latency),
         "ttft_hist": histogram(ttft),
     }
@@ -160,6 +164,9 @@ def compute_day(store: Store, start: datetime) -> int:
             "cache_known",
             "feedback_count",
             "feedback_sum",
+            "tool_calls",
+            "format_checked",
+            "format_failures",
         ):
             row[name] = sum(h[name] for h in hours)
         row |= {

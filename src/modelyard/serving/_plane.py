@@ -56,6 +56,7 @@ from modelyard.serving._refusals import RefusalSampler, shorten
 from modelyard.serving._router import Route, Router
 from modelyard.serving._shutdown import Drain
 from modelyard.serving._stream import TokenStream
+from modelyard.serving._tools import answer_checks
 from modelyard.serving._types import Generation, SamplingParams
 from modelyard.store import ApiKey, Feedback, ModelVersion, NewInferenceRecord, Store, Tenant
 
@@ -347,6 +348,7 @@ class DataPlane:
                 started,
                 exc=exc,
                 shadow=True,
+                params=params,
             )
         )
 
@@ -378,6 +380,7 @@ class DataPlane:
             exc=exc,
             cancelled=cancelled,
             timed_out=timed_out,
+            params=sub.params,
             fallback_from=sub.fallback_from,
         )
 
@@ -472,8 +475,14 @@ class DataPlane:
         timed_out: bool = False,
         shadow: bool = False,
         fallback_from: ModelVersion | None = None,
+        params: SamplingParams | None = None,
     ) -> None:
         latency_ms = (time.perf_counter() - started) * 1000
+        tool_calls, format_ok = (
+            answer_checks(params, gen.text)
+            if params is not None and gen is not None
+            else (None, None)
+        )
         policy = self.tenant(key.tenant).storage_policy
         status = 200 if exc is None else status_of(exc).http_status
         if timed_out:
@@ -518,6 +527,8 @@ class DataPlane:
                 error=exc.one_line() if exc else None,
                 shadow=shadow,
                 fallback_from_id=fallback_from.id if fallback_from else None,
+                tool_calls=tool_calls,
+                format_ok=format_ok,
             ),
             # Drift features come from the raw text, before the storage policy above.
             record_features(

@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from modelyard.serving._types import Guide
+from modelyard.serving._types import Guide, SamplingParams
 
 CALL_START = "<tool_call>"
 _CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
@@ -187,6 +187,24 @@ def parse_calls(
     return (content or None) if calls else text, calls
 
 
+def answer_checks(params: SamplingParams, text: str) -> tuple[int | None, bool | None]:
+    """What a record says of an answer: the calls it made when tools were offered (None:
+    none were), and whether an answer that had to be JSON or a call came out as one (None:
+    nothing was asked; False: cut short by ``max_tokens``, say)."""
+    offered = [{"name": name} for name in params.tool_names]
+    calls = len(parse_calls(text, offered)[1]) if offered else None
+    guide = params.guide
+    if guide is None:
+        return calls, None
+    if guide.kind == "tool_call":
+        return calls, bool(calls)
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return calls, False
+    return calls, isinstance(parsed, dict) or guide.kind == "json_schema"
+
+
 def template_takes_tools(tokenizer: Any) -> bool:
     """Whether the tokenizer's chat template renders ``tools`` (it reads the variable)."""
     template = getattr(tokenizer, "chat_template", None)
@@ -204,6 +222,7 @@ __all__ = [
     "ToolChoice",
     "ToolDef",
     "Tools",
+    "answer_checks",
     "call_guide",
     "parse_calls",
     "render_call",

@@ -38,7 +38,8 @@ class SamplingParams:
     """One request's decoding settings; ``temperature`` 0 is greedy.
 
     ``guide`` constrains the answer (structured outputs); ``logprobs`` asks for each
-    token's log probability and that many of the most likely alternatives (0 to 20).
+    token's log probability and that many of the most likely alternatives (0 to 20);
+    ``tool_names`` are the functions the prompt offers (the answer's calls are counted).
     """
 
     max_tokens: int = 64
@@ -48,6 +49,7 @@ class SamplingParams:
     stop: tuple[str, ...] = ()
     guide: Guide | None = None
     logprobs: int | None = None
+    tool_names: tuple[str, ...] = ()  # the functions offered (records count the calls)
 
     def __post_init__(self) -> None:
         """Settings an engine cannot run are a client's mistake (400), never an engine error:

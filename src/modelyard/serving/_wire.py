@@ -289,8 +289,19 @@ class CommonRequest(BaseModel):
 
             grammar_of(guide)  # a schema the library cannot compile: 400 naming it
         return SamplingParams(
-            wanted, temperature, top_p, self.seed, stop, guide, self.wanted_logprobs()
+            wanted,
+            temperature,
+            top_p,
+            self.seed,
+            stop,
+            guide,
+            self.wanted_logprobs(),
+            tuple(t["name"] for t in self.offered_tools()),
         )
+
+    def offered_tools(self) -> list[dict[str, Any]]:
+        """The functions offered to the model (chat: ``tools``)."""
+        return []
 
     def guide(self) -> Guide | None:
         """What the answer is constrained to (``response_format``)."""

@@ -106,6 +106,9 @@ class MonitoringStore(StoreCore):
                     r.feedback_count,
                     r.feedback_sum,
                     r.updated_at,
+                    tool_calls=r.tool_calls,
+                    format_checked=r.format_checked,
+                    format_failures=r.format_failures,
                 )
                 for r in rows
             ]

@@ -61,6 +61,8 @@ _RECORD_COLUMNS = (
     "error",
     "shadow",
     "fallback_from_id",
+    "tool_calls",
+    "format_ok",
 )
 FEATURE_COLUMNS = (
     "prompt_chars",

@@ -237,6 +237,10 @@ class InferenceRecordRow(Base):
     # The server that runs (ran) the request (migration 0008); ``status`` is ``running``
     # from its admission to its end.
     server_id: Mapped[str | None] = mapped_column(String(64))
+    # What a constrained or tool-offering answer did (migration 0010): the calls it made
+    # when tools were offered, and whether it came out as the JSON or call it had to be.
+    tool_calls: Mapped[int | None] = mapped_column(Integer)
+    format_ok: Mapped[bool | None] = mapped_column(Boolean)
 
 
 class RolloutRow(Base):
@@ -437,6 +441,10 @@ class ProfileRow(Base):
     cache_known: Mapped[int] = mapped_column(Integer)
     feedback_count: Mapped[int] = mapped_column(Integer)
     feedback_sum: Mapped[float] = mapped_column(Float)
+    # answers' tool calls, constrained answers checked and those that failed (migration 0010)
+    tool_calls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    format_checked: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    format_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     latency_hist: Mapped[list[Any]]
     ttft_hist: Mapped[list[Any]]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)

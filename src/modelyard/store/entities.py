@@ -335,6 +335,8 @@ class NewInferenceRecord:
     created_at: datetime | None = None
     shadow: bool = False
     fallback_from_id: int | None = None
+    tool_calls: int | None = None  # calls the answer made, when tools were offered
+    format_ok: bool | None = None  # a constrained answer came out as JSON / a call
 
 
 @dataclass(frozen=True)
@@ -437,6 +439,9 @@ class Profile:
     feedback_count: int
     feedback_sum: float
     updated_at: datetime
+    tool_calls: int = 0  # calls the answers made
+    format_checked: int = 0  # answers that had to be JSON or a call
+    format_failures: int = 0  # of those, the ones that were not (cut short, say)
 
     @property
     def error_rate(self) -> float:
