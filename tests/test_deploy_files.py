@@ -133,3 +133,10 @@ def test_the_ci_examples_run_validate_finetune_rollout_start_and_wait(source: An
 def test_an_unknown_option_would_be_caught() -> None:
     with pytest.raises(Exception, match="No such option: --stepz"):
         _check_invocation(["modelyard", "rollout", "start", "e", "--to", "m:2", "--stepz", "5"])
+
+
+@pytest.mark.parametrize("source", [_github_commands, _shell_commands], ids=["github", "shell"])
+def test_the_ci_examples_validate_in_the_format_the_config_trains_with(source: Any) -> None:
+    validate = next(c for c in source() if c[1:3] == ["data", "validate"])
+    fmt = validate[validate.index("--format") + 1]
+    assert fmt in ("FORMAT", "$FORMAT")  # read from finetune.yaml's data.format, not alpaca

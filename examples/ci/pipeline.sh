@@ -13,9 +13,11 @@ DATA=${DATA:-data/claims-train.jsonl}
 CONFIG=${CONFIG:-finetune.yaml}
 MODEL=${MODEL:-acme-claims}
 ENDPOINT=${ENDPOINT:-acme-support}
+# the data format is the one the config trains with (its data.format), unless FORMAT is set
+FORMAT=${FORMAT:-$(python3 -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["data"]["format"])' "$CONFIG")}
 
 # 1. the data: no personal data, no duplicates, nothing empty (exit 1 when a rule trips)
-modelyard data validate "$DATA" --format alpaca \
+modelyard data validate "$DATA" --format "$FORMAT" \
     --fail-on pii --fail-on duplicates --fail-on empty-fields
 
 # 2. train, evaluate and gate (exit 1 when a gate fails: nothing moves)
