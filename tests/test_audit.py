@@ -444,7 +444,7 @@ def test_cli_init_creates_the_key_and_verify_log_head_export(tmp_path: Path) -> 
     assert [r["action"] for r in rows] == [
         "actor.added", "tenant.created", "tenant.created", "registered_model.created",
     ]  # fmt: skip
-    assert json.loads(rows[1]["payload"]) == {"storage_policy": "full"}
+    assert json.loads(rows[1]["payload"]) == {"storage_policy": "redacted"}  # the default
 
     # Tamper, then verify: exit 1, one line naming the first bad seq, the report as JSON.
     _sql(url, "DELETE FROM audit_events WHERE seq = 4")

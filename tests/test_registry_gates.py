@@ -73,7 +73,7 @@ def test_list_and_show_say_passed_failed_or_not_evaluated(
     ("version", "why"),
     [
         (2, "its gates failed (exact_match 0.2 is not >= 0.8)"),
-        (3, "its gates were never evaluated (no verdicts recorded)"),
+        (3, "its gates were never evaluated (no gate verdicts recorded)"),
     ],
 )
 def test_a_protected_alias_refuses_a_version_whose_gates_did_not_pass(
@@ -224,3 +224,17 @@ def _bank_metrics(passed: bool) -> dict[str, object]:
         {"gate": "p95_latency_ms <= 500", "passed": True, "reason": "p95_latency_ms 41 <= 500"},
     ]  # fmt: skip
     return {"exact_match": observed, "gates": {"passed": passed, "verdicts": verdicts}}
+
+
+def test_a_config_without_gates_is_not_a_pass(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`finetune` with no `evaluation.gates` records an empty verdict list: nothing vouched."""
+    store.create_model_version(
+        "bot", kind="adapter", artifact_digest="00" * 32, base_model="tiny", run_id=None,
+        lineage={}, metrics={"gates": {"passed": True, "verdicts": []}},
+    )  # fmt: skip
+    code, out, _ = run(capsys, "modelyard registry show bot:4")
+    assert code == 0 and "gates      not evaluated (no gates configured)" in out
+    code, _, err = run(capsys, "modelyard registry alias bot champion 4")
+    assert code == 1 and "its gates were never evaluated (no gates configured)" in err

@@ -49,7 +49,7 @@ def require_gates(
         why = (
             f"its gates failed ({'; '.join(status.failed)})"
             if status.state == "failed"
-            else "its gates were never evaluated (no verdicts recorded)"
+            else f"its gates were never evaluated ({status.unevaluated})"
         )
         raise PermissionDenied(
             f"{ref} may not {doing}: {why}",

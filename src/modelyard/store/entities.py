@@ -132,13 +132,16 @@ class GateStatus:
     passed: tuple[str, ...] = ()
     failed: tuple[str, ...] = ()  # what each failed gate measured, as its verdict says
     overrides: tuple[Mapping[str, Any], ...] = ()
+    unevaluated: str = "no gate verdicts recorded"  # why, when not evaluated
 
     @classmethod
     def of(cls, metrics: Mapping[str, Any]) -> GateStatus:
         gates = metrics.get("gates")
         overrides = tuple(o for o in metrics.get("gate_overrides") or () if isinstance(o, Mapping))
-        if not isinstance(gates, Mapping) or not gates.get("verdicts"):
+        if not isinstance(gates, Mapping):
             return cls("not_evaluated", overrides=overrides)
+        if not gates.get("verdicts"):
+            return cls("not_evaluated", overrides=overrides, unevaluated="no gates configured")
         verdicts = [v for v in gates["verdicts"] if isinstance(v, Mapping)]
         said = [(bool(v.get("passed")), str(v.get("reason") or v.get("gate"))) for v in verdicts]
         failed = tuple(text for ok, text in said if not ok)
@@ -153,7 +156,7 @@ class GateStatus:
             return f"passed ({total} of {total} gates)"
         if self.state == "failed":
             return f"failed {len(self.failed)} of {total} gates: {'; '.join(self.failed)}"
-        return "not evaluated (no gate verdicts recorded)"
+        return f"not evaluated ({self.unevaluated})"
 
     @property
     def cell(self) -> str:
