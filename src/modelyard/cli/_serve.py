@@ -149,8 +149,9 @@ def serve(
         "request path), so semantic drift works for tenants whose policy keeps no text.",
     ),
 ) -> None:
-    """Serve POST /v1/chat/completions, /v1/completions (stream: true for server-sent
-    events), /v1/feedback, GET /v1/models, /health, /ready, /metrics for every endpoint
+    """Serve POST /v1/chat/completions, /v1/completions, /v1/responses (stream: true for
+    server-sent events; structured outputs, tools, logprobs: docs/serving.md),
+    /v1/feedback, GET /v1/models, /health, /ready, /metrics for every endpoint
     in the store. New endpoints and traffic changes apply without a restart. Rate
     limits are per key and per server replica. SIGTERM drains: /ready turns 503, new
     requests get 503, in-flight ones finish, then the process exits 0."""
