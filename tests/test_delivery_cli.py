@@ -180,3 +180,29 @@ def test_wait_reports_each_step_and_ends_with_a_sentence(
     code, out, _ = run(capsys, "modelyard rollout status support")
     assert code == 0 and "50% to bot:2" in out
     assert "{" not in out and "None" not in out and "succeeded, all traffic on bot:2" in out
+
+
+def test_compare_keeps_feedback_intervals_inside_the_score_range(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ids = {n: store.get_model_version("bot", n).id for n in (1, 2)}
+    tenant = store.get_tenant("acme").id
+    records = [f"cmpl-{uuid.uuid4().hex}" for _ in range(10)]
+    store.add_inference_records(
+        NewInferenceRecord(
+            id=rid, endpoint_name="support", route="completions", latency_ms=10.0, status="ok",
+            http_status=200, version_id=ids[1 + i % 2], tenant_id=tenant,
+        )
+        for i, rid in enumerate(records)
+    )  # fmt: skip
+    # bot:1 all thumbs up (a t interval would be [1, 1]); bot:2 mostly up with one down
+    # (a t interval would reach above 1)
+    for i, rid in enumerate(records):
+        store.add_feedback(rid, tenant="acme", score=-1.0 if i == 1 else 1.0)
+    code, out, _ = run(capsys, "modelyard rollout compare support --json")
+    assert code == 0
+    by = {v["version"]: v for v in json.loads(out)["versions"]}
+    for v in by.values():
+        low, high = v["feedback_ci"]
+        assert -1.0 <= low <= v["feedback_score"] <= high <= 1.0, v
+    assert by["bot:1"]["feedback_ci"][0] < 1.0  # five thumbs up do not prove a perfect score

@@ -75,6 +75,29 @@ def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float] | None:
     return (max(0.0, centre - half), min(1.0, centre + half))
 
 
+SCORE_RANGE = (-1.0, 1.0)  # a feedback score (thumbs: 1 / -1)
+
+
+def feedback_interval(scores: np.ndarray) -> tuple[float, float]:
+    """95% interval of the mean feedback score, always inside the score's range [-1, 1].
+
+    Thumbs only (every score -1 or 1): the Wilson interval of the share of thumbs up,
+    mapped onto [-1, 1] (sound for small samples and all-alike ones). Other scores:
+    Student's t interval, clipped to the range.
+    """
+    low_end, high_end = SCORE_RANGE
+    if np.isin(scores, SCORE_RANGE).all():
+        interval = wilson(int((scores == high_end).sum()), len(scores))
+        assert interval is not None  # len(scores) >= 2
+        return (2 * interval[0] - 1, 2 * interval[1] - 1)
+    from scipy import stats
+
+    sem = float(np.std(scores, ddof=1) / math.sqrt(len(scores)))
+    t = float(stats.t.ppf(0.975, len(scores) - 1))
+    mean = float(scores.mean())
+    return (max(low_end, mean - t * sem), min(high_end, mean + t * sem))
+
+
 def _bootstrap(values: np.ndarray, q: float, rng: np.random.Generator) -> tuple[float, float]:
     idx = rng.integers(0, len(values), size=(500, len(values)))
     stats = np.percentile(values[idx], q, axis=1)
@@ -85,13 +108,7 @@ def _bootstrap(values: np.ndarray, q: float, rng: np.random.Generator) -> tuple[
 def _stats(ref: str, s: VersionSample, rng: np.random.Generator) -> VersionStats:
     lat = np.asarray(s.latencies_ms, dtype=float)
     fb = np.asarray(s.feedback, dtype=float)
-    fb_ci = None
-    if len(fb) >= 2:
-        from scipy import stats
-
-        sem = float(np.std(fb, ddof=1) / math.sqrt(len(fb)))
-        t = float(stats.t.ppf(0.975, len(fb) - 1))
-        fb_ci = (float(fb.mean()) - t * sem, float(fb.mean()) + t * sem)
+    fb_ci = feedback_interval(fb) if len(fb) >= 2 else None
     return VersionStats(
         version=ref,
         requests=s.requests,
