@@ -174,6 +174,21 @@ def test_shifted_prompts_drift_on_the_right_features_only(traffic: Traffic) -> N
     assert "prompt_non_ascii" in table.out and "drifted:" in table.out
 
 
+def test_fail_on_drift_gates_ci_and_cron(traffic: Traffic) -> None:
+    drifted = _cli(*_drift_args(traffic, "--fail-on-drift", "--json"), home=traffic.home)
+    assert drifted.code == 1  # the report still prints, then the exit fails the job
+    assert "prompt_chars" in json.loads(drifted.out)["drifted_features"]
+    # the English phase against itself: nothing drifts, exit 0
+    ref = f"baseline:{(traffic.start - timedelta(seconds=1)).isoformat()}/{traffic.mid.isoformat()}"
+    window = f"{math.ceil((traffic.mid - traffic.start).total_seconds()) + 1}s"
+    same = _cli(
+        "monitor", "drift", "--endpoint", "acme-support", "--reference", ref,
+        "--window", window, "--end", traffic.mid.isoformat(), "--fail-on-drift",
+        home=traffic.home,
+    )  # fmt: skip
+    assert same.code == 0 and "no drift detected" in same.out, same.out
+
+
 def test_records_are_hashed_but_features_and_exports_are_there(
     traffic: Traffic, tmp_path: Path
 ) -> None:

