@@ -17,7 +17,7 @@ from modelyard.cli._common import (
     print_json,
     settings,
 )
-from modelyard.cli._home import store_exists
+from modelyard.cli._home import check_home, store_exists
 from modelyard.errors import GateFailed
 
 if TYPE_CHECKING:
@@ -100,6 +100,8 @@ def finetune(
         err_console.print(f"wrote {out}; submit it with: sbatch {out}")
         return
     reporter = RichReporter()
+    if not check:
+        check_home(s)  # no store to register in: say so before any data or base is read
     if store_exists(s):  # a base registered by name (`base create-tiny --name`) resolves
         with open_store(s) as store:
             loaded = resolve_base(loaded, store)
