@@ -208,6 +208,44 @@ def test_chat_logprobs_one_per_token_with_the_alternatives(served: Served) -> No
     assert "".join(t.token for t in tokens).strip() == choice.message.content
 
 
+def test_streamed_logprobs_come_with_the_text_they_made(served: Served) -> None:
+    client = served.client()
+    whole = client.chat.completions.create(
+        model="helpdesk", messages=MESSAGES, max_tokens=8, temperature=0, logprobs=True,
+        top_logprobs=2,
+    )  # fmt: skip
+    chunks = list(
+        client.chat.completions.create(
+            model="helpdesk",
+            messages=MESSAGES,
+            max_tokens=8,
+            temperature=0,
+            logprobs=True,
+            top_logprobs=2,
+            stream=True,
+        )
+    )
+    tokens = [t for c in chunks if c.choices and c.choices[0].logprobs
+              for t in c.choices[0].logprobs.content or []]  # fmt: skip
+    assert whole.choices[0].logprobs and whole.choices[0].logprobs.content
+    assert [(t.token, round(t.logprob, 4)) for t in tokens] == [
+        (t.token, round(t.logprob, 4)) for t in whole.choices[0].logprobs.content
+    ]
+    legacy = list(
+        client.completions.create(
+            model="helpdesk",
+            prompt="the printer",
+            max_tokens=5,
+            temperature=0,
+            logprobs=1,
+            stream=True,
+        )
+    )
+    offsets = [o for c in legacy if c.choices[0].logprobs
+               for o in c.choices[0].logprobs.text_offset or []]  # fmt: skip
+    assert len(offsets) == 5 and offsets == sorted(offsets) and offsets[0] == 0
+
+
 def test_completion_logprobs_in_the_legacy_shape(served: Served) -> None:
     done = served.client().completions.create(
         model="helpdesk", prompt="the printer", max_tokens=5, temperature=0, logprobs=2
@@ -221,7 +259,6 @@ def test_completion_logprobs_in_the_legacy_shape(served: Served) -> None:
 
 def test_logprobs_the_server_cannot_answer_are_400_naming_them(served: Served) -> None:
     cases = [
-        ({"logprobs": True, "stream": True}, "logprobs with stream"),
         ({"top_logprobs": 2}, "top_logprobs: top_logprobs needs logprobs"),
         ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
     ]

@@ -296,6 +296,13 @@ def test_structured_outputs_tools_and_logprobs_pass_through_to_vllm(world: World
     assert scored.usage and len(logprobs.token_logprobs) == scored.usage.completion_tokens
     assert all(len(top) <= 2 for top in logprobs.top_logprobs)
     assert all(lp <= 0 for lp in logprobs.token_logprobs if lp is not None)
+    streamed = client.completions.create(
+        model="acme-support", prompt=world.prompts[0], max_tokens=5, temperature=0, logprobs=2,
+        stream=True,
+    )  # fmt: skip
+    tokens = [t for c in streamed if c.choices and c.choices[0].logprobs
+              for t in c.choices[0].logprobs.tokens or []]  # fmt: skip
+    assert tokens == logprobs.tokens
 
 
 def test_serve_engine_vllm_says_what_it_needs(tmp_path: Path) -> None:

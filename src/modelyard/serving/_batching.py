@@ -210,6 +210,7 @@ class Row:
         self.first_token_at: float | None = None
         self.step_logprobs: torch.Tensor | None = None  # this step's, when it wants logprobs
         self.logprobs: list[TokenLogprob] = []
+        self._logprobs_sent = 0  # of ``logprobs``, those pushed with text already
 
     def wants_to_stop(self, last_token: int, generated: int) -> bool:
         """Whether generation may end for this row after ``generated`` tokens (the stopper)."""
@@ -243,7 +244,7 @@ class Row:
             self.close("length")
             return
         if text.startswith(self.emitted) and len(text) > len(self.emitted):
-            self.stream.push(text[len(self.emitted) :])
+            self.stream.push(text[len(self.emitted) :], self._unsent_logprobs())
             self.emitted = text
 
     def close(self, reason: FinishReason) -> None:
@@ -270,10 +271,14 @@ class Row:
         )
         rest = text[len(self.emitted) :] if text.startswith(self.emitted) else ""
         self.emitted = text
-        self.stream.finish(generation, rest)
+        self.stream.finish(generation, rest, self._unsent_logprobs())
 
     def _decode(self) -> str:
         return self._decode_ids(self.ids)
+
+    def _unsent_logprobs(self) -> tuple[TokenLogprob, ...]:
+        sent, self._logprobs_sent = self._logprobs_sent, len(self.logprobs)
+        return tuple(self.logprobs[sent:])
 
     def _logprob(self, token: int, logprobs: torch.Tensor) -> TokenLogprob:
         """``token`` (just appended) and the alternatives at its step, as text in context:

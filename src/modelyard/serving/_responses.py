@@ -27,7 +27,13 @@ from modelyard.serving._auth import KeyDep
 from modelyard.serving._http_errors import param_of
 from modelyard.serving._plane import DataPlane, Submitted
 from modelyard.serving._sse import event_stream, wait_whole
-from modelyard.serving._types import MIN_TEMPERATURE, Generation, Guide, SamplingParams
+from modelyard.serving._types import (
+    MIN_TEMPERATURE,
+    Generation,
+    Guide,
+    SamplingParams,
+    TokenLogprob,
+)
 from modelyard.serving._wire import Text
 from modelyard.store import ModelVersion
 
@@ -426,7 +432,7 @@ class ResponseEvents:
             self._event("response.content_part.added", **self._at(), part=r.part("")),
         ]
 
-    def text(self, text: str) -> str:
+    def text(self, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> str:
         self.sent.append(text)
         return self._event("response.output_text.delta", **self._at(), delta=text, logprobs=[])
 

@@ -127,7 +127,7 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
                     "index": i,
                     "text": gen.text,
                     "finish_reason": gen.finish_reason,
-                    "logprobs": completion_logprobs(gen),
+                    "logprobs": completion_logprobs(gen.logprobs),
                 }
                 for i, (_, gen) in enumerate(answered)
             ],
@@ -204,7 +204,12 @@ def _chat_choice(i: int, gen: Generation, tools: list[dict[str, Any]]) -> dict[s
         if calls:
             message["tool_calls"] = calls
             finish = "tool_calls"
-    return {"index": i, "message": message, "finish_reason": finish, "logprobs": chat_logprobs(gen)}
+    return {
+        "index": i,
+        "message": message,
+        "finish_reason": finish,
+        "logprobs": chat_logprobs(gen.logprobs),
+    }
 
 
 def _fixed(prompt: str) -> Render:

@@ -22,8 +22,8 @@ from modelyard.errors import EngineError, ModelyardError
 from modelyard.serving._http_errors import error_of
 from modelyard.serving._plane import DataPlane, Submitted
 from modelyard.serving._tools import CALL_START, parse_calls
-from modelyard.serving._types import Generation, StreamEvent
-from modelyard.serving._wire import usage
+from modelyard.serving._types import Generation, StreamEvent, TokenLogprob
+from modelyard.serving._wire import chat_logprobs, completion_logprobs, usage
 
 
 async def wait_whole(plane: DataPlane, sub: Submitted) -> tuple[Submitted, Generation]:
@@ -62,8 +62,9 @@ class Formatter(Protocol):
         """The events before the first text."""
         ...
 
-    def text(self, text: str) -> str:
-        """The event of one new piece of text."""
+    def text(self, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> str:
+        """The event of one new piece of text (with its tokens' log probabilities, when the
+        request asked for them)."""
         ...
 
     def closing(self, gen: Generation) -> list[str]:
@@ -82,6 +83,7 @@ class Chunks:
         self, chat: bool, sub: Submitted, model: str, include_usage: bool, index: int = 0
     ) -> None:
         self.chat, self.include_usage, self.model, self.index = chat, include_usage, model, index
+        self._offset = 0  # characters of text sent (a completion's ``text_offset``)
         self.created = int(time.time())
         self._head: dict[str, Any] = {
             "id": sub.record_id,
@@ -102,12 +104,17 @@ class Chunks:
             data["usage"] = usage
         return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
 
-    def _choice(self, text: str | None, finish: str | None) -> dict[str, Any]:
+    def _choice(
+        self, text: str | None, finish: str | None, logprobs: tuple[TokenLogprob, ...] = ()
+    ) -> dict[str, Any]:
         i = self.index
         if self.chat:
             delta = {} if text is None else {"content": text}
-            return {"index": i, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return {"index": i, "text": text or "", "logprobs": None, "finish_reason": finish}
+            scored = chat_logprobs(logprobs) if logprobs else None
+            return {"index": i, "delta": delta, "logprobs": scored, "finish_reason": finish}
+        scored = completion_logprobs(logprobs, self._offset) if logprobs else None
+        self._offset += len(text or "")
+        return {"index": i, "text": text or "", "logprobs": scored, "finish_reason": finish}
 
     def opening(self) -> list[str]:
         if not self.chat:
@@ -115,8 +122,8 @@ class Chunks:
         role = {"index": self.index, "delta": {"role": "assistant", "content": ""}}
         return [self._event([{**role, "logprobs": None, "finish_reason": None}])]
 
-    def text(self, text: str) -> str:
-        return self._event([self._choice(text, None)])
+    def text(self, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> str:
+        return self._event([self._choice(text, None, logprobs)])
 
     def finished(self, gen: Generation) -> list[str]:
         """The events that end this choice (its ``finish_reason``)."""
@@ -160,7 +167,7 @@ class ToolChunks(Chunks):
     def rebound(self, sub: Submitted) -> ToolChunks:
         return ToolChunks(sub, self.model, self.include_usage, self.tools, self.index)
 
-    def text(self, text: str) -> str:
+    def text(self, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> str:
         self._text += text
         safe = self._text.find(CALL_START)
         if safe < 0:  # hold back a tail that may be the start of a call
@@ -235,8 +242,8 @@ async def event_stream(plane: DataPlane, sub: Submitted, chunks: Formatter) -> S
                 yield opening
             event = first
             while True:
-                if event.text:
-                    yield chunks.text(event.text)
+                if event.text or event.logprobs:
+                    yield chunks.text(event.text, event.logprobs)
                 if event.generation is not None:
                     break
                 async with asyncio.timeout(sub.remaining()):
@@ -349,8 +356,8 @@ async def event_streams(
                     done[i] = Generation("", 0, 0, "error")
                     yield c.error(item)
                     return
-                if item.text:
-                    yield c.text(item.text)
+                if item.text or item.logprobs:
+                    yield c.text(item.text, item.logprobs)
                 if item.generation is not None:
                     plane.finish(sub, item.generation)
                     done[i] = item.generation

@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 
 from modelyard.errors import ModelyardError
-from modelyard.serving._types import Generation, StreamEvent
+from modelyard.serving._types import Generation, StreamEvent, TokenLogprob
 
 log = logging.getLogger(__name__)
 
@@ -50,14 +50,18 @@ class TokenStream:
 
     # -- producer side (the engine) ---------------------------------------------------------
 
-    def push(self, text: str) -> None:
-        """New text for the consumer (ignored once the stream is finished)."""
-        if text:
-            self._put(StreamEvent(text))
+    def push(self, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> None:
+        """New text for the consumer, with the log probabilities of the tokens that made it
+        when they were asked for (ignored once the stream is finished)."""
+        if text or logprobs:
+            self._put(StreamEvent(text, None, logprobs))
 
-    def finish(self, generation: Generation, text: str = "") -> None:
-        """The last event: any remaining ``text`` and the whole result."""
-        self._put(StreamEvent(text, generation))
+    def finish(
+        self, generation: Generation, text: str = "", logprobs: tuple[TokenLogprob, ...] = ()
+    ) -> None:
+        """The last event: any remaining ``text`` (and its tokens' ``logprobs``) and the
+        whole result."""
+        self._put(StreamEvent(text, generation, logprobs))
 
     def fail(self, error: ModelyardError) -> None:
         """End the stream with ``error``, raised to the consumer when it gets there."""
@@ -178,13 +182,14 @@ class TokenStream:
         item = self._take()
         if item.generation is not None:
             return item
-        texts = [item.text]
+        texts, logprobs = [item.text], list(item.logprobs)
         while self._items and not isinstance(self._items[0], ModelyardError):
             item = self._take()
             texts.append(item.text)
+            logprobs.extend(item.logprobs)
             if item.generation is not None:
-                return StreamEvent("".join(texts), item.generation)
-        return StreamEvent("".join(texts)) if len(texts) > 1 else item
+                return StreamEvent("".join(texts), item.generation, tuple(logprobs))
+        return StreamEvent("".join(texts), None, tuple(logprobs)) if len(texts) > 1 else item
 
     def result(self) -> Generation:
         """Wait for the end and return the whole ``Generation`` (raises the stream's error).

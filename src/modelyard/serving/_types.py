@@ -119,10 +119,12 @@ class Generation:
 
 @dataclass(frozen=True)
 class StreamEvent:
-    """New text of a streamed request; the last event carries the whole ``generation``."""
+    """New text of a streamed request (and, when asked, the log probabilities of the tokens
+    generated since the last event); the last event carries the whole ``generation``."""
 
     text: str
     generation: Generation | None = None
+    logprobs: tuple[TokenLogprob, ...] = ()
 
 
 @dataclass(frozen=True)

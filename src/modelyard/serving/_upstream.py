@@ -45,7 +45,7 @@ from modelyard.serving._passthrough import (
     vllm_extras,
 )
 from modelyard.serving._stream import TokenStream
-from modelyard.serving._types import Generation, SamplingParams
+from modelyard.serving._types import Generation, SamplingParams, TokenLogprob
 
 RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 30.0
@@ -111,6 +111,13 @@ def request_body(
     tools = prompt.tools if isinstance(prompt, ChatPrompt) else ()
     body.update(vllm_extras(params) if vllm else openai_extras(params, chat, tools))
     return body
+
+
+def _top_logprobs(body: Mapping[str, Any]) -> int | None:
+    """The alternatives per token a request asked for (None: no logprobs)."""
+    if "logprobs" not in body or body["logprobs"] is False:
+        return None
+    return int(body.get("top_logprobs", body["logprobs"]))
 
 
 def _text_of(choice: Mapping[str, Any], chat: bool, stream: bool) -> str:
@@ -200,6 +207,8 @@ class UpstreamClient:
         out.on_cancel(interrupt.fire)
         texts: list[str] = []
         calls = CallDeltas()  # tool calls, put together from their deltas
+        top = _top_logprobs(body)
+        scored: list[TokenLogprob] = []
         usage: Mapping[str, Any] | None = None
         finish = "stop"
         ttft = None
@@ -219,11 +228,13 @@ class UpstreamClient:
                     for choice in data.get("choices") or ():
                         calls.add((choice.get("delta") or {}).get("tool_calls") if chat else None)
                         piece = _text_of(choice, chat, stream=True)
-                        if piece:
+                        tokens = logprobs_of(choice.get("logprobs"), top, chat) or ()
+                        scored.extend(tokens)
+                        if piece or tokens:
                             if ttft is None:
                                 ttft = (time.perf_counter() - started) * 1000
                             texts.append(piece)
-                            out.push(piece)
+                            out.push(piece, tokens)
                         finish = choice.get("finish_reason") or finish
         except httpx.HTTPError as exc:
             if not interrupt.fired:
@@ -234,7 +245,8 @@ class UpstreamClient:
             written = "\n" + written if texts else written
             texts.append(written)
             out.push(written)
-        return self._generation("".join(texts), finish, usage, body, ttft, what)
+        generation = self._generation("".join(texts), finish, usage, body, ttft, what)
+        return replace(generation, logprobs=tuple(scored)) if top is not None else generation
 
     def _whole(self, path: str, body: dict[str, Any], chat: bool, out: TokenStream,
                started: float, what: str) -> Generation:  # fmt: skip
@@ -274,10 +286,11 @@ class UpstreamClient:
         finish = str(choice.get("finish_reason") or "stop")
         generation = self._generation(text, finish, data.get("usage"), body,
                                       _ttft_ms(data.get("metrics"), elapsed_ms), what)  # fmt: skip
-        if "logprobs" in body:
-            top = int(body.get("top_logprobs", body["logprobs"]))
-            found = logprobs_of(choice.get("logprobs"), top, chat)
-            generation = replace(generation, logprobs=found)
+        top = _top_logprobs(body)
+        if top is not None:
+            generation = replace(
+                generation, logprobs=logprobs_of(choice.get("logprobs"), top, chat)
+            )
         return generation
 
     def _broke(self, exc: httpx.HTTPError, what: str, sent: bool) -> _Retry:

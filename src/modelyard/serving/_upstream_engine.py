@@ -106,9 +106,7 @@ class UpstreamEngine(Engine):
 
         def run() -> None:
             try:
-                # log probabilities come whole (a client cannot stream them)
-                whole = params.logprobs is not None
-                upstream.client.run(prompt, params, out, what=version.ref, whole=whole)
+                upstream.client.run(prompt, params, out, what=version.ref)
             except Exception as exc:  # the stream must end, whatever happened
                 log.exception("upstream request of %s failed", version.ref)
                 out.fail(EngineError(f"{version.ref}: the upstream request failed: {exc}"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -25,6 +26,7 @@ from modelyard.serving._types import (
     Generation,
     Guide,
     SamplingParams,
+    TokenLogprob,
 )
 
 MAX_STOP = 4  # stop strings, as OpenAI allows
@@ -233,10 +235,6 @@ class CommonRequest(BaseModel):
 
     @model_validator(mode="after")
     def _one_stream(self) -> CommonRequest:
-        if self.stream and self.wanted_logprobs() is not None:
-            raise ValueError(
-                "logprobs with stream is not supported by this server yet: ask without stream"
-            )
         return self
 
     @property
@@ -452,9 +450,10 @@ def _token_bytes(token: str) -> list[int]:
     return list(token.encode("utf-8", errors="surrogatepass"))
 
 
-def chat_logprobs(gen: Generation) -> dict[str, Any] | None:
-    """A chat choice's ``logprobs``: each token, its log probability, and the alternatives."""
-    if gen.logprobs is None:
+def chat_logprobs(tokens: Sequence[TokenLogprob] | None) -> dict[str, Any] | None:
+    """A chat choice's (or chunk's) ``logprobs``: each token, its log probability, and the
+    alternatives."""
+    if tokens is None:
         return None
     return {
         "content": [
@@ -467,25 +466,28 @@ def chat_logprobs(gen: Generation) -> dict[str, Any] | None:
                     for token, lp in t.top
                 ],
             }
-            for t in gen.logprobs
+            for t in tokens
         ],
         "refusal": None,
     }
 
 
-def completion_logprobs(gen: Generation) -> dict[str, Any] | None:
-    """A legacy completion choice's ``logprobs`` (``tokens``, ``token_logprobs``,
-    ``top_logprobs`` as token → logprob maps, ``text_offset`` into the generated text)."""
-    if gen.logprobs is None:
+def completion_logprobs(
+    tokens: Sequence[TokenLogprob] | None, start: int = 0
+) -> dict[str, Any] | None:
+    """A legacy completion choice's (or chunk's) ``logprobs``: ``tokens``,
+    ``token_logprobs``, ``top_logprobs`` as token → logprob maps, and ``text_offset`` into
+    the generated text (a chunk's from ``start``, the characters sent before it)."""
+    if tokens is None:
         return None
-    offsets, at = [], 0
-    for t in gen.logprobs:
+    offsets, at = [], start
+    for t in tokens:
         offsets.append(at)
         at += len(t.token)
     return {
-        "tokens": [t.token for t in gen.logprobs],
-        "token_logprobs": [t.logprob for t in gen.logprobs],
-        "top_logprobs": [dict(t.top) for t in gen.logprobs],
+        "tokens": [t.token for t in tokens],
+        "token_logprobs": [t.logprob for t in tokens],
+        "top_logprobs": [dict(t.top) for t in tokens],
         "text_offset": offsets,
     }
 
