@@ -14,7 +14,8 @@ Both sides get the same requests through the official ``openai`` client on
 concurrency.
 
 * **modelyard**: the app, endpoint ``adapter-NN`` with the tenant's key (auth,
-  routing, limits, the engine streaming the completion from vLLM, records).
+  routing, limits, the engine asking vLLM for the whole completion in one
+  non-streamed request, as the client asked modelyard, records).
 * **bare vLLM**: the engine's own vLLM server, model ``v<version id>``: the name
   the engine registered the adapter under on its first use (the warm-up sends
   every adapter through modelyard first).

@@ -1,6 +1,7 @@
 """The upstream engine (the gateway): an endpoint version answered by another OpenAI-compatible
 server, here a second real modelyard server, mixed with a local version in one traffic plan;
-upstream faults (429, 500, timeouts, a refused key) from a small fault-injecting server."""
+upstream faults (429, 500, timeouts, a refused key) from a small fault-injecting server; the
+client's non-streamed requests (the vllm engine's whole answers) and cutting them short."""
 
 from __future__ import annotations
 
@@ -22,8 +23,19 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from clihelp import modelyard
 from modelyard.access import create_api_key
 from modelyard.artifacts import ArtifactStore
+from modelyard.errors import UpstreamError
 from modelyard.registry import UpstreamSpec, register_upstream
-from modelyard.serving import BackgroundServer, EchoEngine, EngineSet, UpstreamEngine, create_app
+from modelyard.serving import (
+    BackgroundServer,
+    EchoEngine,
+    EngineSet,
+    SamplingParams,
+    TokenStream,
+    UpstreamClient,
+    UpstreamEngine,
+    create_app,
+)
+from modelyard.serving._interruptible import InterruptibleTransport
 from modelyard.store import Store
 from worlds import fake_world
 
@@ -189,7 +201,7 @@ class Faults:
         self.plan = plan
         self.calls = 0
         self.sent = 0  # chunks of "drip" answers sent
-        self.dripping = threading.Event()  # set while a "drip" answer streams
+        self.dripping = threading.Event()  # set while a "drip" or "hold" answer runs
         self.left = threading.Event()  # set when a "drip" answer was cut off by the caller
         self.lock = threading.Lock()
         self.app = FastAPI()
@@ -211,6 +223,12 @@ class Faults:
             await asyncio.sleep(3)
         if what == "drip":
             return StreamingResponse(self.drip(), media_type="text/event-stream")
+        if what == "hold":
+            return await self.hold(request)
+        if not body.get("stream"):
+            usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+            return {"choices": [{"index": 0, "text": "fine", "finish_reason": "stop"}],
+                    "usage": usage, "metrics": {"generation_time_ms": 0.0}}  # fmt: skip
 
         async def events() -> Any:
             chat = "messages" in body
@@ -223,6 +241,16 @@ class Faults:
             yield f"data: {json.dumps(done)}\n\ndata: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
+
+    async def hold(self, request: Request) -> Any:
+        """A non-streamed answer that takes 20 s, unless the caller goes away."""
+        self.dripping.set()
+        for _ in range(400):
+            if await request.is_disconnected():
+                self.left.set()
+                return JSONResponse({"error": {"message": "gone"}}, 499)
+            await asyncio.sleep(0.05)
+        return {"choices": [{"index": 0, "text": "late", "finish_reason": "stop"}]}
 
     async def drip(self) -> Any:
         """A word every 50 ms for 20 s, unless the caller goes away."""
@@ -326,3 +354,72 @@ def test_a_client_that_leaves_cancels_the_upstream_request(
     assert faults.sent < 400
     records = _records(gw)
     assert [r["status"] for r in records] == ["cancelled"], records  # recorded as such
+
+
+# -- the client's non-streamed requests (the vllm engine's whole answers) ---------------------
+
+
+@pytest.fixture
+def faults_at(request: pytest.FixtureRequest) -> Iterator[tuple[Faults, UpstreamClient]]:
+    """``Faults`` and a client of it on an ``InterruptibleTransport`` (as the vllm engine's)."""
+    faults = Faults(request.param)
+    with BackgroundServer(faults.app) as server:
+        spec = UpstreamSpec(base_url=server.base_url + "/v1", model="m", timeout_s=30.0,
+                            max_retries=0)  # fmt: skip
+        client = UpstreamClient(spec, transport=InterruptibleTransport(4))
+        try:
+            yield faults, client
+        finally:
+            client.close()
+
+
+def _whole(client: UpstreamClient) -> TokenStream:
+    out = TokenStream(whole=True)
+    threading.Thread(
+        target=client.run, args=("go", SamplingParams(max_tokens=8), out),
+        kwargs={"what": "bot:2", "whole": True}, daemon=True,
+    ).start()  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("faults_at", [["ok"]], indirect=True)
+def test_a_whole_answer_is_one_response_with_its_usage(
+    faults_at: tuple[Faults, UpstreamClient],
+) -> None:
+    faults, client = faults_at
+    gen = _whole(client).result()
+    assert (gen.text, gen.prompt_tokens, gen.completion_tokens) == ("fine", 3, 1)
+    assert gen.finish_reason == "stop" and "usage" not in gen.extra  # the upstream's counts
+    assert gen.ttft_ms is not None and gen.ttft_ms > 0  # the wait, less the decoding (0 ms)
+    assert faults.calls == 1
+
+
+@pytest.mark.parametrize(
+    ("faults_at", "error", "said"),
+    [(["500"], UpstreamError, "failed with 500"), (["401"], UpstreamError, "credential")],
+    indirect=["faults_at"],
+)
+def test_a_whole_answers_failure_is_the_same_error_as_a_streamed_ones(
+    faults_at: tuple[Faults, UpstreamClient], error: type[Exception], said: str
+) -> None:
+    _, client = faults_at
+    with pytest.raises(error, match=said):
+        _whole(client).result()
+
+
+@pytest.mark.parametrize("faults_at", [["hold"]], indirect=True)
+def test_a_cancelled_whole_answer_cuts_its_connection_at_once(
+    faults_at: tuple[Faults, UpstreamClient],
+) -> None:
+    """Blocked in a non-streamed request, the client's thread is freed by the consumer's
+    cancel, and the upstream sees its caller leave (vLLM aborts the request then)."""
+    faults, client = faults_at
+    out = _whole(client)
+    assert faults.dripping.wait(10)
+    out.cancel()
+    gen = out.result()
+    assert gen.finish_reason == "cancelled" and gen.text == ""
+    assert faults.left.wait(5), "the upstream never saw its caller leave"
+    # the pool serves the next request on a fresh connection
+    faults.plan = ["ok"]
+    assert _whole(client).result().text == "fine"
