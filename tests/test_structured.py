@@ -60,6 +60,7 @@ class Served:
     url: str
     store: Store
     key: str
+    base: Path | None = None  # the tiny base (its tokenizer)
 
     def client(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.url + "/v1", api_key=self.key, max_retries=0)
@@ -101,7 +102,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         app = create_app(store, engine, refresh_seconds=0.2, heartbeat_s=None)
         try:
             with BackgroundServer(app) as server:
-                yield Served(server.base_url, store, key)
+                yield Served(server.base_url, store, key, base)
         finally:
             engine.close()
 
@@ -244,6 +245,23 @@ def test_streamed_logprobs_come_with_the_text_they_made(served: Served) -> None:
     offsets = [o for c in legacy if c.choices[0].logprobs
                for o in c.choices[0].logprobs.text_offset or []]  # fmt: skip
     assert len(offsets) == 5 and offsets == sorted(offsets) and offsets[0] == 0
+
+
+def test_a_prompt_of_token_ids_runs_as_sent(served: Served) -> None:
+    from transformers import AutoTokenizer
+
+    ids = AutoTokenizer.from_pretrained(served.base)("the printer")["input_ids"]
+    client = served.client()
+    as_text = client.completions.create(model="helpdesk", prompt="the printer", max_tokens=4,
+                                        temperature=0)  # fmt: skip
+    as_ids = client.completions.create(model="helpdesk", prompt=ids, max_tokens=4, temperature=0)
+    assert as_ids.choices[0].text == as_text.choices[0].text
+    assert as_ids.usage and as_ids.usage.prompt_tokens == len(ids)
+    both = client.completions.create(model="helpdesk", prompt=[ids, ids[:2]], max_tokens=2)
+    assert [c.index for c in both.choices] == [0, 1]
+    for prompt, says in (([ids[0], 99999], "token id 99999"), ([[]], "at least one id")):
+        r = served.post("/v1/completions", {"model": "helpdesk", "prompt": prompt})
+        assert r.status_code == 400 and says in r.json()["error"]["message"], r.text
 
 
 def test_completion_logprobs_in_the_legacy_shape(served: Served) -> None:

@@ -303,6 +303,15 @@ def test_structured_outputs_tools_and_logprobs_pass_through_to_vllm(world: World
     tokens = [t for c in streamed if c.choices and c.choices[0].logprobs
               for t in c.choices[0].logprobs.tokens or []]  # fmt: skip
     assert tokens == logprobs.tokens
+    from transformers import AutoTokenizer  # a prompt of token ids goes to vLLM as they are
+
+    ids = AutoTokenizer.from_pretrained(world.store.get_base_model("tiny").source)(
+        world.prompts[0]
+    )["input_ids"]
+    as_ids = client.completions.create(model="acme-support", prompt=ids, max_tokens=5,
+                                       temperature=0)  # fmt: skip
+    assert as_ids.choices[0].text == scored.choices[0].text
+    assert as_ids.usage and as_ids.usage.prompt_tokens == len(ids)
 
 
 def test_serve_engine_vllm_says_what_it_needs(tmp_path: Path) -> None:

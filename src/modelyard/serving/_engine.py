@@ -40,6 +40,8 @@ from modelyard.serving._types import (
     Generation,
     SamplingParams,
     StreamEvent,
+    TokenPrompt,
+    check_token_ids,
 )
 from modelyard.store import ModelVersion, Store
 
@@ -85,6 +87,15 @@ class Engine(abc.ABC):
     def count_tokens(self, version: ModelVersion, prompt: str) -> int:
         """Prompt length for limits (engines without a tokenizer count words)."""
         return len(prompt.split())
+
+    def token_prompt(self, version: ModelVersion, ids: tuple[int, ...]) -> TokenPrompt:
+        """A prompt given as token ids of ``version``'s tokenizer, with its decoded text;
+        an engine without the tokenizer refuses it (400)."""
+        raise ConfigError(
+            f"prompts as token ids are not supported on the {self.name} engine",
+            hint="Send the prompt as text.",
+            param="prompt",
+        )
 
     def loaded(self) -> list[str]:
         """Refs of the versions held in memory (for /ready and heartbeats)."""
@@ -238,17 +249,28 @@ class TransformersEngine(Engine):
 
     def count_tokens(self, version: ModelVersion, prompt: str) -> int:
         """Prompt tokens in the version's base tokenizer (exact, for caps and tokens/min)."""
+        if isinstance(prompt, TokenPrompt):
+            return len(prompt.ids)
         base = self._cache.base(self._cache.source(version))
         with self._tokenizer_lock:
             return len(base.tokenizer(prompt)["input_ids"])
+
+    def token_prompt(self, version: ModelVersion, ids: tuple[int, ...]) -> TokenPrompt:
+        base = self._cache.base(self._cache.source(version))
+        check_token_ids(ids, int(base.model.config.vocab_size), version.ref)
+        with self._tokenizer_lock:
+            return TokenPrompt(ids, str(base.tokenizer.decode(list(ids))))
 
     def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
         if self._stop.is_set():
             raise EngineError("the engine is shutting down", hint="Retry on another replica.")
         source = self._cache.source(version)
         base = self._cache.base(source)
-        with self._tokenizer_lock:
-            ids = [int(i) for i in base.tokenizer(prompt)["input_ids"]]
+        if isinstance(prompt, TokenPrompt):
+            ids = list(prompt.ids)  # run as sent
+        else:
+            with self._tokenizer_lock:
+                ids = [int(i) for i in base.tokenizer(prompt)["input_ids"]]
         if not ids:
             raise ConfigError("the prompt is empty", hint="Send some text to complete.")
         if base.context_length and len(ids) + params.max_tokens > base.context_length:

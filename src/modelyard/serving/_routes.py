@@ -101,12 +101,19 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
             "system_fingerprint": first.version.ref,
         }
 
+    def fixed(prompt: str | tuple[int, ...]) -> Render:
+        """A completion's render: its prompt, whatever the version (token ids: of the
+        version's tokenizer, with their text)."""
+        if isinstance(prompt, str):
+            return lambda _version: prompt
+        return lambda version: plane.engine.token_prompt(version, prompt)
+
     @app.post("/v1/completions", response_model=None)
     async def completions(
         body: CompletionRequest, key: KeyDep, response: Response
     ) -> dict[str, Any] | StreamingResponse:
         params = body.choice_params(plane.limits.max_tokens)
-        jobs = [(_fixed(text), p) for text in body.prompts for p in params]
+        jobs = [(fixed(prompt), p) for prompt in body.prompts for p in params]
         answered = await answer(key, "completions", body, jobs)
         if body.stream:
             subs = [a for a in answered if isinstance(a, Submitted)]
@@ -210,11 +217,6 @@ def _chat_choice(i: int, gen: Generation, tools: list[dict[str, Any]]) -> dict[s
         "finish_reason": finish,
         "logprobs": chat_logprobs(gen.logprobs),
     }
-
-
-def _fixed(prompt: str) -> Render:
-    """A completion's render: its prompt, whatever the version."""
-    return lambda _version: prompt
 
 
 def _model(ep: Endpoint) -> dict[str, Any]:

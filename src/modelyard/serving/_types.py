@@ -127,6 +127,30 @@ class StreamEvent:
     logprobs: tuple[TokenLogprob, ...] = ()
 
 
+class TokenPrompt(str):
+    """A completion's prompt sent as token ids of the version's tokenizer: its text (decoded,
+    for records and limits) and the ids the engine runs as they are."""
+
+    ids: tuple[int, ...]
+
+    def __new__(cls, ids: tuple[int, ...], text: str) -> TokenPrompt:
+        made = super().__new__(cls, text)
+        made.ids = ids
+        return made
+
+
+def check_token_ids(ids: tuple[int, ...], vocab_size: int, what: str) -> None:
+    """A 400 for a token id ``what``'s tokenizer does not have."""
+    wrong = next((i for i in ids if not 0 <= i < vocab_size), None)
+    if wrong is not None:
+        raise ConfigError(
+            f"the prompt holds the token id {wrong}, which {what}'s tokenizer does not have "
+            f"(ids 0 to {vocab_size - 1})",
+            hint="Send ids of the model's own tokenizer, or send text.",
+            param="prompt",
+        )
+
+
 @dataclass(frozen=True)
 class EngineStats:
     """Counters since the engine started (the app exports them as Prometheus metrics)."""
@@ -167,4 +191,6 @@ __all__ = [
     "SamplingParams",
     "StreamEvent",
     "TokenLogprob",
+    "TokenPrompt",
+    "check_token_ids",
 ]

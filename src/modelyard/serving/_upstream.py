@@ -45,7 +45,7 @@ from modelyard.serving._passthrough import (
     vllm_extras,
 )
 from modelyard.serving._stream import TokenStream
-from modelyard.serving._types import Generation, SamplingParams, TokenLogprob
+from modelyard.serving._types import Generation, SamplingParams, TokenLogprob, TokenPrompt
 
 RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 30.0
@@ -99,8 +99,8 @@ def request_body(
     chat = isinstance(prompt, ChatPrompt)
     if isinstance(prompt, ChatPrompt):
         body["messages"] = openai_messages(prompt.messages)
-    else:
-        body["prompt"] = str(prompt)
+    else:  # token ids as sent (vLLM: the ids of the version's tokenizer)
+        body["prompt"] = list(prompt.ids) if isinstance(prompt, TokenPrompt) else str(prompt)
     if params.seed is not None:
         body["seed"] = params.seed
     if params.stop:

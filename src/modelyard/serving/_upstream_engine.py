@@ -29,7 +29,13 @@ from modelyard.serving._engine import Engine
 from modelyard.serving._passthrough import openai_extras
 from modelyard.serving._stream import TokenStream
 from modelyard.serving._tools import Tools
-from modelyard.serving._types import EngineObserver, EngineStats, Generation, SamplingParams
+from modelyard.serving._types import (
+    EngineObserver,
+    EngineStats,
+    Generation,
+    SamplingParams,
+    TokenPrompt,
+)
 from modelyard.serving._upstream import ChatPrompt, UpstreamClient
 from modelyard.store import ModelVersion, Store
 
@@ -169,6 +175,9 @@ class EngineSet(Engine):
 
     def count_tokens(self, version: ModelVersion, prompt: str) -> int:
         return self._for(version).count_tokens(version, prompt)
+
+    def token_prompt(self, version: ModelVersion, ids: tuple[int, ...]) -> TokenPrompt:
+        return self._for(version).token_prompt(version, ids)
 
     def loaded(self) -> list[str]:
         return self.local.loaded()

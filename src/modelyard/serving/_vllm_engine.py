@@ -39,7 +39,7 @@ from modelyard.serving._interruptible import InterruptibleTransport
 from modelyard.serving._prompts import render_chat
 from modelyard.serving._stream import TokenStream
 from modelyard.serving._tools import Tools
-from modelyard.serving._types import Generation, SamplingParams
+from modelyard.serving._types import Generation, SamplingParams, TokenPrompt, check_token_ids
 from modelyard.serving._upstream import UpstreamClient
 from modelyard.serving._vllm import VLLMOptions, VLLMProcess
 from modelyard.store import ModelVersion, Store
@@ -268,7 +268,14 @@ class VLLMEngine(Engine):
         return render_chat(version, messages, self._tokenizer(version), tools)
 
     def count_tokens(self, version: ModelVersion, prompt: str) -> int:
+        if isinstance(prompt, TokenPrompt):
+            return len(prompt.ids)
         return len(self._tokenizer(version)(prompt)["input_ids"])
+
+    def token_prompt(self, version: ModelVersion, ids: tuple[int, ...]) -> TokenPrompt:
+        tokenizer = self._tokenizer(version)
+        check_token_ids(ids, len(tokenizer), version.ref)
+        return TokenPrompt(ids, str(tokenizer.decode(list(ids))))
 
     def loaded(self) -> list[str]:
         with self._lock:

@@ -396,10 +396,14 @@ class CompletionRequest(CommonRequest):
         if isinstance(value, list):
             if not value:
                 raise ValueError("the prompt list is empty; send at least one prompt")
-            if not all(isinstance(p, str) for p in value):
-                raise ValueError("prompts as token ids are not supported by this server: send text")
-            if len(value) > MAX_PROMPTS:
-                raise ValueError(f"{len(value)} prompts; send at most {MAX_PROMPTS} at once")
+            several = [value] if isinstance(value[0], int) else value
+            if len(several) > MAX_PROMPTS:
+                raise ValueError(f"{len(several)} prompts; send at most {MAX_PROMPTS} at once")
+            for ids in several:
+                if isinstance(ids, list) and (not ids or min(ids) < 0):
+                    raise ValueError(
+                        "a prompt of token ids must hold at least one id, none negative"
+                    )
         return value
 
     @property
@@ -407,10 +411,19 @@ class CompletionRequest(CommonRequest):
         return len(self.prompts) * (self.n or 1)
 
     @property
-    def prompts(self) -> list[str]:
-        if isinstance(self.prompt, str):
-            return [self.prompt]
-        return [p for p in self.prompt if isinstance(p, str)]  # texts only (checked)
+    def prompts(self) -> list[str | tuple[int, ...]]:
+        """The prompts, each a text or the token ids of the version's tokenizer."""
+        value = self.prompt
+        if isinstance(value, str):
+            return [value]
+        out: list[str | tuple[int, ...]] = []
+        ids: list[int] = []
+        for p in value:
+            if isinstance(p, int):  # one prompt of token ids
+                ids.append(p)
+            else:
+                out.append(p if isinstance(p, str) else tuple(p))
+        return [tuple(ids)] if ids else out
 
 
 class FeedbackRequest(BaseModel):
