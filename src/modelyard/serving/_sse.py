@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncGenerator
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, cast
 
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
@@ -213,6 +213,27 @@ class _EventStreamResponse(StreamingResponse):
             await self._body.aclose()
 
 
+F = TypeVar("F", bound=Formatter)
+
+
+async def _first_event(
+    plane: DataPlane, sub: Submitted, chunks: F
+) -> tuple[Submitted, F, StreamEvent]:
+    """``sub``'s first event, through fallbacks; an error before it is raised (recorded)."""
+    while True:
+        try:
+            async with asyncio.timeout(sub.remaining()):
+                return sub, chunks, await anext(sub.stream)
+        except TimeoutError:
+            raise plane.timed_out(sub) from None
+        except ModelyardError as exc:
+            other = await run_in_threadpool(plane.fall_back, sub, exc)
+            if other is None:
+                plane.finish(sub, None, exc=exc)
+                raise
+            sub, chunks = other, cast(F, chunks.rebound(other))
+
+
 async def event_stream(plane: DataPlane, sub: Submitted, chunks: Formatter) -> StreamingResponse:
     """Wait for the first event (an error before it is a normal error response), then stream.
 
@@ -221,19 +242,7 @@ async def event_stream(plane: DataPlane, sub: Submitted, chunks: Formatter) -> S
     away, which also stops its generation; ``timeout`` when the request timeout
     passes (a 504 before the first token, an error event after it).
     """
-    while True:
-        try:
-            async with asyncio.timeout(sub.remaining()):
-                first = await anext(sub.stream)
-            break
-        except TimeoutError:
-            raise plane.timed_out(sub) from None
-        except ModelyardError as exc:
-            other = await run_in_threadpool(plane.fall_back, sub, exc)
-            if other is None:
-                plane.finish(sub, None, exc=exc)
-                raise
-            sub, chunks = other, chunks.rebound(other)
+    sub, chunks, first = await _first_event(plane, sub, chunks)
 
     async def events() -> AsyncGenerator[str, None]:
         recorded = False
@@ -279,24 +288,6 @@ def abandon(plane: DataPlane, sub: Submitted) -> None:
     failed); it is recorded ``cancelled`` when its generation stops."""
     sub.stream.cancel()
     sub.stream.on_finish(lambda gen, exc: plane.finish(sub, gen, exc=exc, cancelled=True))
-
-
-async def _first_event(
-    plane: DataPlane, sub: Submitted, chunks: Chunks
-) -> tuple[Submitted, Chunks, StreamEvent]:
-    """``sub``'s first event, through fallbacks; an error before it is raised (recorded)."""
-    while True:
-        try:
-            async with asyncio.timeout(sub.remaining()):
-                return sub, chunks, await anext(sub.stream)
-        except TimeoutError:
-            raise plane.timed_out(sub) from None
-        except ModelyardError as exc:
-            other = await run_in_threadpool(plane.fall_back, sub, exc)
-            if other is None:
-                plane.finish(sub, None, exc=exc)
-                raise
-            sub, chunks = other, chunks.rebound(other)
 
 
 async def event_streams(
