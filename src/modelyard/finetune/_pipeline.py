@@ -524,7 +524,8 @@ def _train_and_register(
             outcome.alias = registry.alias_on_pass
         except PermissionDenied as exc:  # e.g. champion needs an approver: a separate step
             outcome.alias_refused = exc.message
-            ui.info(f"{version.ref} passed its gates but was not promoted: {exc.one_line()}")
+            passed = "passed its gates" if verdicts else "has no gates configured, so it"
+            ui.info(f"{version.ref} {passed} was not promoted: {exc.one_line()}")
 
 
 def _parent_ref(store: Store, model: str) -> str | None:
