@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -411,23 +414,38 @@ def test_langchain_structured_output_tools_and_the_legacy_completions_class(
     assert len(legacy.generate(["the printer", "reset my"]).generations) == 2  # a prompt list
 
 
-def test_litellm_completion_streaming_and_tools(
-    served: Served, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no fetch from the internet
-    import litellm
+# litellm runs in a process of its own: importing it installs logging filters of its own
+# (secret redaction) in every logger of the process, which other tests' logs would then show
+_LITELLM = """
+import json, os, sys
+import litellm
 
-    common = {"model": "openai/helpdesk", "api_base": served.url + "/v1", "api_key": served.key}
-    done = litellm.completion(messages=MESSAGES, max_tokens=4, **common)
-    assert done.choices[0].message.content is not None and done.usage.completion_tokens <= 4
-    streamed = litellm.completion(messages=MESSAGES, max_tokens=4, stream=True, **common)
-    assert "".join(c.choices[0].delta.content or "" for c in streamed)
-    called = litellm.completion(
-        messages=MESSAGES, tools=TOOLS, tool_choice="required", max_tokens=200, **common
-    )
-    calls = called.choices[0].message.tool_calls
-    assert calls and calls[0].function.name in ARGUMENTS
-    ARGUMENTS[calls[0].function.name].model_validate_json(calls[0].function.arguments)
+common = {"model": "openai/helpdesk", "api_base": os.environ["URL"], "api_key": os.environ["KEY"]}
+messages = [{"role": "user", "content": "file a ticket: printer broken"}]
+done = litellm.completion(messages=messages, max_tokens=4, **common)
+assert done.choices[0].message.content is not None and done.usage.completion_tokens <= 4
+streamed = litellm.completion(messages=messages, max_tokens=4, stream=True, **common)
+assert "".join(c.choices[0].delta.content or "" for c in streamed)
+called = litellm.completion(messages=messages, tools=json.loads(os.environ["TOOLS"]),
+                            tool_choice="required", max_tokens=200, **common)
+call = called.choices[0].message.tool_calls[0]
+print(json.dumps({"name": call.function.name, "arguments": call.function.arguments}))
+"""
+
+
+def test_litellm_completion_streaming_and_tools(served: Served) -> None:
+    env = {
+        **os.environ,
+        "URL": served.url + "/v1",
+        "KEY": served.key,
+        "TOOLS": json.dumps(TOOLS),
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    }  # fmt: skip  (no fetch from the internet)
+    r = subprocess.run([sys.executable, "-c", _LITELLM], env=env, capture_output=True,
+                       text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    call = json.loads(r.stdout.strip().splitlines()[-1])
+    ARGUMENTS[call["name"]].model_validate_json(call["arguments"])
 
 
 # -- through a gateway: the upstream engine passes them on ---------------------------------------
