@@ -363,6 +363,10 @@ def test_a_chat_template_that_takes_tools_renders_them_and_the_calls(served: Ser
     client.chat.completions.create(
         model="helpdesk-chat", messages=[*question, turn, result], tools=TOOLS, max_tokens=2
     )
+    deadline = time.monotonic() + 10
+    while served.store.count_inference_records(endpoint="helpdesk-chat") < 2:
+        assert time.monotonic() < deadline, "both requests are recorded"
+        time.sleep(0.05)
     first, second = reversed(served.store.query_records(endpoint="helpdesk-chat", limit=2))
     assert "<tools>" in first["prompt"] and '"name": "get_weather"' in first["prompt"]
     assert first["prompt"].endswith("<|im_start|>assistant\n")

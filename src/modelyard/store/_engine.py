@@ -196,12 +196,35 @@ def current_revision(engine: Engine) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
+def _migration_lock(engine: Engine) -> contextlib.AbstractContextManager[object]:
+    """Processes that open one new SQLite store at once (torchrun's ranks, parallel CLI
+    commands) migrate it one at a time: the others wait, then find it migrated. Without
+    it, the second waits on SQLite's write lock only ``busy_timeout`` long, less than a
+    whole migration takes on a busy machine. PostgreSQL migrations run in one transaction
+    whose DDL locks serialize them."""
+    database = engine.url.database
+    if engine.dialect.name != "sqlite" or not database or database == ":memory:":
+        return contextlib.nullcontext()
+    from filelock import FileLock
+
+    return FileLock(database + ".migrate.lock", timeout=600)
+
+
 def upgrade(engine: Engine) -> tuple[str | None, str]:
     """Apply pending migrations; return (revision before, revision after). Idempotent."""
     before = current_revision(engine)
     head = head_revision()
     if before == head:
         return before, head
+    with _migration_lock(engine):
+        before = current_revision(engine)  # another process may have migrated it meanwhile
+        if before == head:
+            return before, head
+        _migrate(engine)
+    return before, head
+
+
+def _migrate(engine: Engine) -> None:
     cfg = _alembic_config(engine)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     with translate_errors(engine, "migrate the store"), engine.begin() as conn:
@@ -214,4 +237,3 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
             if isinstance(exc, SQLAlchemyError):
                 raise
             raise StoreMigrationError(f"store migration failed: {exc}") from exc
-    return before, head

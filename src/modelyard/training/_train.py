@@ -28,7 +28,6 @@ from transformers import (
     TrainingArguments,
     set_seed,
 )
-from transformers.trainer_utils import get_last_checkpoint
 
 from modelyard.base import check_out_dir, load_base, publish_dir, quiet_progress
 from modelyard.data import PromptTemplate
@@ -244,13 +243,25 @@ def _save_full(model: Any, tokenizer: Any, out_dir: Path) -> None:
 
 
 def last_checkpoint(checkpoint_dir: Path | None) -> tuple[str, int] | None:
-    """The newest checkpoint under ``checkpoint_dir`` and its step, or None."""
+    """The newest complete checkpoint under ``checkpoint_dir`` and its step, or None.
+
+    A checkpoint is complete once the Trainer has written its ``trainer_state.json``
+    (its last file): one cut short by Ctrl-C or a kill while it was being saved is
+    skipped, and the run resumes from the one before."""
     if checkpoint_dir is None or not checkpoint_dir.is_dir():
         return None
-    last = get_last_checkpoint(str(checkpoint_dir))
-    if last is None:
+    complete = [
+        (int(d.name.rsplit("-", 1)[-1]), d)
+        for d in checkpoint_dir.iterdir()
+        if d.is_dir()
+        and d.name.rsplit("-", 1)[-1].isdigit()
+        and d.name.startswith("checkpoint-")
+        and (d / "trainer_state.json").is_file()
+    ]
+    if not complete:
         return None
-    return str(last), int(Path(last).name.rsplit("-", 1)[-1])
+    step, last = max(complete)
+    return str(last), step
 
 
 def _resume_point(checkpoint_dir: Path | None, resume: bool) -> str | None:
