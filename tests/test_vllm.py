@@ -111,9 +111,11 @@ def _running(world: World, version: ModelVersion) -> float:
 
 
 def _wait_running(world: World, version: ModelVersion, count: int) -> None:
-    # generous: on two busy cores (a torchrun test on the other worker) loading the
-    # adapter and scheduling can take tens of seconds
-    deadline = time.monotonic() + 120
+    # generous: under the full suite on two cores, a request was seen to reach vLLM only
+    # ~110 s after its submission (vLLM's log: no POST until then, nothing waiting in vLLM);
+    # alone the same test takes seconds. The stall is open (issue 13's note), not hidden:
+    # these tests still fail if vLLM never runs the request.
+    deadline = time.monotonic() + 300
     while _running(world, version) < count:
         assert time.monotonic() < deadline, f"vLLM never ran {count} requests"
         time.sleep(0.05)
