@@ -8,7 +8,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,10 +23,12 @@ from modelyard.access import create_api_key
 from modelyard.artifacts import ArtifactStore
 from modelyard.base import create_tiny_base
 from modelyard.data import DOMAINS, domain_corpus, render_prompt, synthetic_domain
+from modelyard.errors import ModelyardError
 from modelyard.serving import (
     BackgroundServer,
     SamplingParams,
     ServerLimits,
+    TokenStream,
     TransformersEngine,
     VLLMEngine,
     VLLMOptions,
@@ -110,15 +112,26 @@ def _running(world: World, version: ModelVersion) -> float:
                if line.startswith("vllm:num_requests_running"))  # fmt: skip
 
 
-def _wait_running(world: World, version: ModelVersion, count: int) -> None:
-    # generous: under the full suite on two cores, a request was seen to reach vLLM only
-    # ~110 s after its submission (vLLM's log: no POST until then, nothing waiting in vLLM);
-    # alone the same test takes seconds. The stall is open (issue 13's note), not hidden:
-    # these tests still fail if vLLM never runs the request.
-    deadline = time.monotonic() + 300
+def _wait_running(
+    world: World, version: ModelVersion, count: int, ended: Callable[[], str | None]
+) -> None:
+    """Wait until vLLM decodes ``count`` requests; ``ended`` says (as text) how the request
+    waited for ended when it ended before vLLM ran it, so the failure names the cause."""
+    deadline = time.monotonic() + 120
     while _running(world, version) < count:
+        outcome = ended()
+        assert outcome is None, f"the request ended before vLLM ran it: {outcome}"
         assert time.monotonic() < deadline, f"vLLM never ran {count} requests"
         time.sleep(0.05)
+
+
+def _outcome(stream: TokenStream) -> str | None:
+    if not stream.done:
+        return None
+    try:
+        return repr(stream.result())
+    except ModelyardError as exc:
+        return exc.one_line()
 
 
 def _records(world: World, endpoint: str, count: int) -> list[dict[str, object]]:
@@ -214,7 +227,7 @@ def test_a_cancelled_whole_answer_stops_vllm_at_once(world: World) -> None:
     idle = _running(world, version)
     stream = world.engine.answer(version, world.prompts[0],
                                  SamplingParams(max_tokens=LONG, temperature=0))  # fmt: skip
-    _wait_running(world, version, idle + 1)
+    _wait_running(world, version, idle + 1, lambda: _outcome(stream))
     cancelled = time.monotonic()
     stream.cancel()
     gen = stream.result()
@@ -244,7 +257,8 @@ def test_a_vllm_process_killed_mid_stream_fails_the_request_and_is_restarted(
         first = next(line for line in lines if line.startswith("data:"))
         assert '"text"' in first
         waiting.start()
-        _wait_running(world, world.versions["chatty"], idle + 2)
+        _wait_running(world, world.versions["chatty"], idle + 2,
+                      lambda: whole[0].text if whole else None)  # fmt: skip
         process.kill()
         rest = list(lines)
     waiting.join(60)
