@@ -238,6 +238,7 @@ class TransformersEngine(Engine):
         self._counts_lock = threading.Lock()
         self._continuous_ok: dict[str, bool] = {}
         self._compiled: dict[str, Grammars] = {}
+        self._compiled_lock = threading.Lock()  # compiling takes a while: not _counts_lock
 
     # -- the interface --------------------------------------------------------------------
 
@@ -482,7 +483,7 @@ class TransformersEngine(Engine):
 
     def _grammars(self, base: LoadedBase) -> Grammars:
         """The guides compiled for ``base``'s tokenizer (``_grammar``)."""
-        with self._counts_lock:
+        with self._compiled_lock:
             grammars = self._compiled.get(base.source)
             if grammars is None:
                 vocab = int(base.model.config.vocab_size)

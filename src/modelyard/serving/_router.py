@@ -58,23 +58,16 @@ class Router:
             self._reload()
 
     def _reload(self) -> None:
+        endpoints = self._store.list_endpoints()
+        wanted = {r.version_id for ep in endpoints for r in ep.routes}
+        wanted |= {ep.shadow_version_id for ep in endpoints if ep.shadow_version_id is not None}
+        versions = self._store.get_model_versions_by_ids(wanted)  # one read, not one each
         routes: dict[str, Route] = {}
-        versions: dict[int, ModelVersion] = {}
-        for ep in self._store.list_endpoints():
-            choices = []
-            for r in ep.routes:
-                if r.version_id not in versions:
-                    versions[r.version_id] = self._store.get_model_version_by_id(r.version_id)
-                if r.weight > 0:
-                    choices.append((versions[r.version_id], r.weight))
-            shadow = None
-            if ep.shadow_version_id is not None:
-                if ep.shadow_version_id not in versions:
-                    versions[ep.shadow_version_id] = self._store.get_model_version_by_id(
-                        ep.shadow_version_id
-                    )
-                shadow = versions[ep.shadow_version_id]
-            routes[ep.name] = Route(ep, tuple(choices), shadow, ep.shadow_fraction)
+        for ep in endpoints:
+            choices = tuple((versions[r.version_id], r.weight) for r in ep.routes
+                            if r.weight > 0 and r.version_id in versions)  # fmt: skip
+            shadow = versions.get(ep.shadow_version_id) if ep.shadow_version_id else None
+            routes[ep.name] = Route(ep, choices, shadow, ep.shadow_fraction)
         with self._lock:
             self._routes = routes
             self._loaded_at = time.monotonic()

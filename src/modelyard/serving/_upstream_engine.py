@@ -159,14 +159,10 @@ class EngineSet(Engine):
         return self._for(version).generate(version, prompt, params)
 
     def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
-        engine = self._for(version)
-        engine.refuse_unsupported(params)
-        return engine.stream(version, prompt, params)
+        return self._for(version).stream(version, prompt, params)  # it refuses what it can't do
 
     def answer(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
-        engine = self._for(version)
-        engine.refuse_unsupported(params)
-        return engine.answer(version, prompt, params)
+        return self._for(version).answer(version, prompt, params)
 
     def render_chat(
         self, version: ModelVersion, messages: Sequence[Mapping[str, Any]], tools: Tools = None
