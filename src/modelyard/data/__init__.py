@@ -1,15 +1,16 @@
 """Data for modelyard: dataset files, their validation and splitting, the prompt template.
 
 ``load_rows`` reads a dataset file (JSONL, JSON, CSV, Parquet) of one of the
-``FORMATS``; ``validate_rows`` checks it and returns a ``ValidationReport``;
-``split_rows`` makes a reproducible train/eval split. ``render_prompt`` is the
-single place where a row becomes a prompt, for both training and evaluation;
+``FORMATS`` (``read_rows``: any rows, no format); ``validate_rows`` checks it
+and returns a ``ValidationReport``; ``split_rows`` makes a reproducible
+train/eval split. ``render_prompt`` is the single place where a row becomes a
+prompt, for both training and evaluation;
 ``synthetic_domain`` and ``domain_corpus`` produce the deterministic toy data
 the quickstart trains on.
 """
 
 from modelyard.data._formats import FORMATS, REQUIRED_FIELDS, DataFormat, as_text, get_format
-from modelyard.data._io import FILE_TYPES, load_rows, write_jsonl
+from modelyard.data._io import FILE_TYPES, load_rows, read_rows, write_jsonl
 from modelyard.data._pii import PHONE_REGIONS, PII_KINDS, PII_LABELS, PiiMatch, find_pii, redact_pii
 from modelyard.data._prompt import PROMPT_TEMPLATE_NAME, render_prompt, response_of
 from modelyard.data._split import split_rows
@@ -59,6 +60,7 @@ __all__ = [
     "find_pii",
     "get_format",
     "load_rows",
+    "read_rows",
     "redact_pii",
     "render_prompt",
     "response_of",

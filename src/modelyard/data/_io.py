@@ -54,6 +54,19 @@ def load_rows(path: Path | str, format: str) -> list[dict[str, Any]]:
     """
     fmt = get_format(format)
     path = Path(path)
+    rows = read_rows(path, f"Add at least one {fmt.name} row ({', '.join(fmt.required)}).")
+    if fmt.name == "chat" and file_type(path) == "csv":
+        _decode_messages(rows)
+    _check_columns(path, rows, fmt)
+    return rows
+
+
+def read_rows(path: Path | str, hint: str = "Add at least one row.") -> list[dict[str, Any]]:
+    """Every row of a JSONL, JSON, CSV or Parquet file (the type from its extension), with
+    no format check: DatasetNotFound for a missing file, DataError (naming the line) for a
+    file that does not parse as its extension says or has no rows (``hint`` says what to
+    add). CSV values are text, as written."""
+    path = Path(path)
     kind = file_type(path)
     if not path.is_file():
         what = "is a directory, not a file" if path.is_dir() else "does not exist"
@@ -65,14 +78,7 @@ def load_rows(path: Path | str, format: str) -> list[dict[str, Any]]:
     readers = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}
     rows = readers[kind](path)
     if not rows:
-        raise DataError(
-            f"{path} has no rows",
-            hint=f"Add at least one {fmt.name} row ({', '.join(fmt.required)}).",
-            path=str(path),
-        )
-    if fmt.name == "chat" and kind == "csv":
-        _decode_messages(rows)
-    _check_columns(path, rows, fmt)
+        raise DataError(f"{path} has no rows", hint=hint, path=str(path))
     return rows
 
 

@@ -45,8 +45,11 @@ def started_record(
     api_key_id: str | None,
     version_id: int | None,
     prompt: str | None,
+    source: str = "api",
+    job_id: str | None = None,
 ) -> NewInferenceRecord:
-    """The ``running`` record of a request just admitted (``prompt`` after the policy)."""
+    """The ``running`` record of a request just admitted (``prompt`` after the policy;
+    ``source`` and ``job_id``: where it comes from, as its end record says)."""
     return NewInferenceRecord(
         id=record_id,
         endpoint_name=endpoint,
@@ -58,6 +61,8 @@ def started_record(
         api_key_id=api_key_id,
         version_id=version_id,
         prompt=prompt,
+        source=source,
+        job_id=job_id,
     )
 
 

@@ -13,13 +13,16 @@ of kind ``upstream`` from another OpenAI-compatible server (``UpstreamClient``);
 timeout and the default per-key rate limits (``RateLimiter``, in memory per
 server); ``OperatorAccess`` says who may read ``/metrics`` and the API docs
 (``create_metrics_app``: ``/metrics`` on a listener of its own); ``run_server``
-drains on SIGTERM (``Drain``) before it exits.
+drains on SIGTERM (``Drain``) before it exits. ``InProcessPlane`` is the same data
+plane called in process, without HTTP (``modelyard batch run``): each request an
+``Answer``, its record marked with its ``Origin`` (a batch job).
 """
 
 from modelyard.serving._app import create_app, create_metrics_app
 from modelyard.serving._device import Placement, placement
 from modelyard.serving._engine import EchoEngine, Engine, TransformersEngine
 from modelyard.serving._guard import OperatorAccess
+from modelyard.serving._inprocess import Answer, InProcessPlane
 from modelyard.serving._limits import (
     RateLimiter,
     ServerLimits,
@@ -37,6 +40,7 @@ from modelyard.serving._types import (
     EngineObserver,
     EngineStats,
     Generation,
+    Origin,
     SamplingParams,
     StreamEvent,
 )
@@ -46,6 +50,7 @@ from modelyard.serving._vllm import VLLMOptions, VLLMProcess
 from modelyard.serving._vllm_engine import VLLMEngine
 
 __all__ = [
+    "Answer",
     "BackgroundServer",
     "ChatPrompt",
     "Drain",
@@ -57,7 +62,9 @@ __all__ = [
     "EngineSet",
     "EngineStats",
     "Generation",
+    "InProcessPlane",
     "OperatorAccess",
+    "Origin",
     "PacedEchoEngine",
     "Placement",
     "RateLimiter",

@@ -57,7 +57,7 @@ from modelyard.serving._router import Route, Router
 from modelyard.serving._shutdown import Drain
 from modelyard.serving._stream import TokenStream
 from modelyard.serving._tools import answer_checks
-from modelyard.serving._types import Generation, SamplingParams
+from modelyard.serving._types import Generation, Origin, SamplingParams
 from modelyard.store import ApiKey, Feedback, ModelVersion, NewInferenceRecord, Store, Tenant
 
 log = logging.getLogger(__name__)
@@ -84,6 +84,7 @@ class Submitted:
     params: SamplingParams | None = field(default=None, repr=False, compare=False)
     render: Callable[[ModelVersion], str] | None = field(default=None, repr=False, compare=False)
     whole: bool = False  # the client wants only the whole answer (``Engine.answer``)
+    origin: Origin | None = field(default=None, repr=False, compare=False)  # batch, job
     # taken by the first ``finish``, never released: a request is recorded once
     _finished: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
@@ -139,20 +140,23 @@ class DataPlane:
         render: Callable[[ModelVersion], str],
         *,
         whole: bool = False,
+        origin: Origin | None = None,
     ) -> Submitted:
         """``submit`` from the event loop, the cheap checks first: the key's requests/min
         (and a tokens bucket that cannot even hold ``max_tokens``) on the loop, then the
         costly part on a worker thread, at most ``tokenize_concurrency`` of a tenant's
-        requests at once (``TenantSlots``)."""
+        requests at once (``TenantSlots``). ``origin``: where it comes from (a batch job)."""
         try:
             self.limiter.admit_request(key, params.max_tokens)
         except RateLimited as limited:
             if self._limited(key, limited):
-                await run_in_threadpool(self._record_refusal, key, route, endpoint, limited)
+                await run_in_threadpool(self._record_refusal, key, route, endpoint, limited,
+                                        origin)  # fmt: skip
             raise
         async with self.slots.hold(key.tenant):
             return await run_in_threadpool(self.submit, key, route, endpoint, user, params,
-                                           render, request_taken=True, whole=whole)  # fmt: skip
+                                           render, request_taken=True, whole=whole,
+                                           origin=origin)  # fmt: skip
 
     def early_refusal(self, authorization: bytes | None, route: str) -> RateLimited | None:
         """Before a completion's body is read (``GuardMiddleware``): the 429 for a cached key
@@ -175,9 +179,11 @@ class DataPlane:
         self.metrics.rate_limited.labels(key.tenant, limited.limit).inc()
         return self.count_refusal(key.tenant, limited, key.id)
 
-    def _record_refusal(self, key: ApiKey, route: str, endpoint: str, exc: RateLimited) -> None:
+    def _record_refusal(
+        self, key: ApiKey, route: str, endpoint: str, exc: RateLimited, origin: Origin | None = None
+    ) -> None:
         self._record(f"cmpl-{uuid.uuid4().hex}", key, route, endpoint, None, None, None,
-                     time.perf_counter(), exc)  # fmt: skip
+                     time.perf_counter(), exc, origin=origin)  # fmt: skip
 
     def count_refusal(self, tenant: str, exc: ModelyardError, key_id: str | None = None) -> bool:
         """Count a request refused before the engine (``modelyard_refused_total``); whether
@@ -196,15 +202,17 @@ class DataPlane:
         *,
         request_taken: bool = False,
         whole: bool = False,
+        origin: Origin | None = None,
     ) -> Submitted:
         """Route, render and hand one request to the engine (blocking: run it off the loop).
 
         ``request_taken``: ``enter`` took the request from the key's requests/min already.
         ``whole``: the client wants only the whole answer (``Engine.answer``, not ``stream``).
         A failure here is recorded (a refusal, 4xx, as a sample: ``count_refusal``) and
-        raised; after it, ``finish`` records the outcome.
+        raised; after it, ``finish`` records the outcome. An ``origin`` with a record id
+        has every refusal recorded under it, except a 429, which its caller sends again.
         """
-        record_id = f"cmpl-{uuid.uuid4().hex}"
+        record_id = origin.record_id if origin and origin.record_id else f"cmpl-{uuid.uuid4().hex}"
         started = time.perf_counter()
         version: ModelVersion | None = None
         prompt: str | None = None
@@ -257,21 +265,26 @@ class DataPlane:
         except ModelyardError as exc:
             if admission is not None:
                 self.limiter.settle(admission, 0)
+            again = isinstance(exc, RateLimited)  # sent again later: under an id of its own
             if status_of(exc).http_status >= 500:
                 self._record(record_id, key, route, endpoint, version, prompt, None, started,
-                             exc=exc)  # fmt: skip
-            elif self.count_refusal(key.tenant, exc, key.id):
-                self._record(record_id, key, route, endpoint, version, shorten(prompt), None,
-                             started, exc=exc)  # fmt: skip
+                             exc=exc, origin=origin)  # fmt: skip
+            elif self.count_refusal(key.tenant, exc, key.id) or (
+                origin is not None and origin.record_id is not None and not again
+            ):
+                refusal_id = f"cmpl-{uuid.uuid4().hex}" if again else record_id
+                self._record(refusal_id, key, route, endpoint, version, shorten(prompt), None,
+                             started, exc=exc, origin=origin)  # fmt: skip
             raise
-        self._started(record_id, key, route, endpoint, version, prompt)  # the request journal
+        # the request journal
+        self._started(record_id, key, route, endpoint, version, prompt, origin)
         timeout = self.limits.request_timeout_s
         deadline = None if timeout is None else started + timeout
         if self.router.mirror(chosen):
-            self._mirror(key, route, endpoint, chosen, params, render)
+            self._mirror(key, route, endpoint, chosen, params, render, origin)
         return Submitted(
             record_id, key, route, endpoint, version, prompt, stream, started, admission, deadline,
-            fallback_from, chosen, user, params, render, whole,
+            fallback_from, chosen, user, params, render, whole, origin,
         )  # fmt: skip
 
     def _send(
@@ -321,12 +334,14 @@ class DataPlane:
         chosen: Route,
         params: SamplingParams,
         render: Callable[[ModelVersion], str],
+        origin: Origin | None = None,
     ) -> None:
         """Send a copy of a request to the shadow version; its answer is recorded, never
         returned, and nothing it does (failing included) touches the live request."""
         shadow = chosen.shadow
         assert shadow is not None
-        record_id = f"cmpl-{uuid.uuid4().hex}"
+        own = origin.record_id if origin is not None else None  # a batch row's: derived from it
+        record_id = f"{own}-shadow" if own else f"cmpl-{uuid.uuid4().hex}"
         started = time.perf_counter()
         prompt: str | None = None
         try:
@@ -334,7 +349,7 @@ class DataPlane:
             stream = self.engine.answer(shadow, prompt, params)  # only its record is kept
         except ModelyardError as exc:
             self._record(record_id, key, route, endpoint, shadow, prompt, None, started,
-                         exc=exc, shadow=True)  # fmt: skip
+                         exc=exc, shadow=True, origin=origin)  # fmt: skip
             return
         stream.on_finish(
             lambda gen, exc: self._record(
@@ -349,6 +364,7 @@ class DataPlane:
                 exc=exc,
                 shadow=True,
                 params=params,
+                origin=origin,
             )
         )
 
@@ -382,6 +398,7 @@ class DataPlane:
             timed_out=timed_out,
             params=sub.params,
             fallback_from=sub.fallback_from,
+            origin=sub.origin,
         )
 
     def timed_out(self, sub: Submitted) -> RequestTimeout:
@@ -445,9 +462,11 @@ class DataPlane:
         endpoint: str,
         version: ModelVersion,
         prompt: str,
+        origin: Origin | None = None,
     ) -> None:
         """Hand the writer the ``running`` record of a request admitted (``_journal``)."""
         policy = self.tenant(key.tenant).storage_policy
+        origin = origin or Origin()
         self.writer.started(
             started_record(
                 record_id,
@@ -457,6 +476,8 @@ class DataPlane:
                 api_key_id=key.id,
                 version_id=version.id,
                 prompt=apply_storage_policy(prompt, policy),
+                source=origin.source,
+                job_id=origin.job_id,
             )
         )
 
@@ -476,7 +497,9 @@ class DataPlane:
         shadow: bool = False,
         fallback_from: ModelVersion | None = None,
         params: SamplingParams | None = None,
+        origin: Origin | None = None,
     ) -> None:
+        origin = origin or Origin()
         latency_ms = (time.perf_counter() - started) * 1000
         tool_calls, format_ok = (
             answer_checks(params, gen.text)
@@ -529,6 +552,8 @@ class DataPlane:
                 fallback_from_id=fallback_from.id if fallback_from else None,
                 tool_calls=tool_calls,
                 format_ok=format_ok,
+                source=origin.source,
+                job_id=origin.job_id,
             ),
             # Drift features come from the raw text, before the storage policy above.
             record_features(

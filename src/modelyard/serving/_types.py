@@ -176,6 +176,20 @@ class EngineObserver(Protocol):
         """One ``generate`` call ran ``size`` requests together."""
 
 
+@dataclass(frozen=True)
+class Origin:
+    """Where a request comes from, for its record: ``source`` (``api``, ``batch``), the
+    batch ``job_id``, and the ``record_id`` its record must have (None: a new one).
+
+    A batch row's record id is derived from its job and row, so a row answered twice
+    (its job killed before the answer reached the output, then resumed) keeps one record.
+    """
+
+    source: str = "api"
+    job_id: str | None = None
+    record_id: str | None = None
+
+
 __all__ = [
     "MAX_TOP_LOGPROBS",
     "MIN_TEMPERATURE",
@@ -188,6 +202,7 @@ __all__ = [
     "Generation",
     "Guide",
     "GuideKind",
+    "Origin",
     "SamplingParams",
     "StreamEvent",
     "TokenLogprob",

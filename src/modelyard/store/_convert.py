@@ -148,4 +148,5 @@ def to_record(s: Session, r: InferenceRecordRow) -> InferenceRecord:
         version_ref, r.route, r.prompt, r.response, r.prompt_tokens, r.completion_tokens,
         r.latency_ms, r.ttft_ms, r.status, r.http_status, r.error,
         shadow=bool(r.shadow), fallback_from=version_ref_of(s, r.fallback_from_id),
+        source=r.source, job_id=r.job_id,
     )  # fmt: skip

@@ -63,6 +63,8 @@ _RECORD_COLUMNS = (
     "fallback_from_id",
     "tool_calls",
     "format_ok",
+    "source",
+    "job_id",
 )
 FEATURE_COLUMNS = (
     "prompt_chars",
@@ -126,12 +128,36 @@ class RecordStore(StoreCore):
                 query = query.where(InferenceRecordRow.tenant_id == tenant_row(s, tenant).id)
             return [to_record(s, r) for r in s.scalars(query)]
 
-    def count_inference_records(self, *, endpoint: str | None = None) -> int:
+    def count_inference_records(
+        self, *, endpoint: str | None = None, job_id: str | None = None
+    ) -> int:
         with self._session("count inference records") as s:
             query = select(func.count()).select_from(InferenceRecordRow)
             if endpoint is not None:
                 query = query.where(InferenceRecordRow.endpoint_name == endpoint)
+            if job_id is not None:
+                query = query.where(InferenceRecordRow.job_id == job_id)
             return int(s.scalar(query) or 0)
+
+    def discard_job_records(self, job_id: str, record_ids: Collection[str]) -> int:
+        """Delete the records (features, feedback) of batch job ``job_id`` among
+        ``record_ids``; returns how many went.
+
+        A batch job that resumes answers again the rows it had answered but not yet
+        written to its output when it stopped; their first records go, so that each row
+        keeps one. Data plane bookkeeping, like closing running records: not audited.
+        """
+        r = InferenceRecordRow
+        wanted = set(record_ids)
+        with self._write(f"discard unwritten records of batch job {job_id!r}") as s:
+            # the job's ids (partial index), then only those asked for: no huge IN list
+            ids = [i for i in s.scalars(select(r.id).where(r.job_id == job_id)) if i in wanted]
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                s.execute(delete(RecordFeaturesRow).where(RecordFeaturesRow.record_id.in_(chunk)))
+                s.execute(delete(FeedbackRow).where(FeedbackRow.record_id.in_(chunk)))
+                s.execute(delete(r).where(r.id.in_(chunk)))
+            return len(ids)
 
     # -- feedback (data plane: not audited, like inference records) -------------------------
 
@@ -296,12 +322,13 @@ class RecordStore(StoreCore):
         newest_first: bool = True,
         embeddings: bool = False,
         text: bool = True,
+        job_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """Records with their features, tenant name, version ref and feedback score, as dicts.
 
         ``since`` is inclusive, ``until`` exclusive; ``status`` is one of
         ``ok|error|cancelled|timeout|running``; ``text=False`` leaves out prompt, response
-        and error.
+        and error; ``job_id`` keeps one batch job's records.
         """
         if status is not None and status not in RECORD_STATUSES:
             raise ConfigError(
@@ -323,6 +350,8 @@ class RecordStore(StoreCore):
                              version_id=version_id, since=since, until=until)  # fmt: skip
             if status is not None:
                 query = query.where(r.status == status)
+            if job_id is not None:
+                query = query.where(r.job_id == job_id)
             order = (r.created_at.desc(), r.id) if newest_first else (r.created_at, r.id)
             query = query.order_by(*order)
             if limit is not None:

@@ -213,6 +213,13 @@ class InferenceRecordRow(Base):
             sqlite_where=text("status = 'running'"),
             postgresql_where=text("status = 'running'"),
         ),
+        # only the rows of batch jobs (migration 0012): a job's records, found when it resumes
+        Index(
+            "ix_inference_records_job",
+            "job_id",
+            sqlite_where=text("job_id IS NOT NULL"),
+            postgresql_where=text("job_id IS NOT NULL"),
+        ),
     )
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -241,6 +248,9 @@ class InferenceRecordRow(Base):
     # when tools were offered, and whether it came out as the JSON or call it had to be.
     tool_calls: Mapped[int | None] = mapped_column(Integer)
     format_ok: Mapped[bool | None] = mapped_column(Boolean)
+    # Where the request came from (migration 0012): ``api``, or ``batch`` with its job's id.
+    source: Mapped[str] = mapped_column(String(16), default="api", server_default="api")
+    job_id: Mapped[str | None] = mapped_column(String(64))
 
 
 class RolloutRow(Base):

@@ -340,6 +340,8 @@ class NewInferenceRecord:
     fallback_from_id: int | None = None
     tool_calls: int | None = None  # calls the answer made, when tools were offered
     format_ok: bool | None = None  # a constrained answer came out as JSON / a call
+    source: str = "api"  # where the request came from: api, batch
+    job_id: str | None = None  # the batch job of a ``batch`` record
 
 
 @dataclass(frozen=True)
@@ -363,6 +365,8 @@ class InferenceRecord:
     extra: Mapping[str, Any] = field(default_factory=dict)
     shadow: bool = False  # a mirrored answer, never returned to the client
     fallback_from: str | None = None  # the version it was routed to but could not be served by
+    source: str = "api"  # where the request came from: api, batch
+    job_id: str | None = None  # the batch job of a ``batch`` record
 
 
 @dataclass(frozen=True)
