@@ -16,6 +16,7 @@ from modelyard.cli import (
     _admin,
     _audit,
     _base,
+    _batch,
     _data,
     _delivery,
     _doctor,
@@ -145,6 +146,7 @@ app.command("controller", help="Run the rollout controller alone (one leader per
 app.add_typer(_audit.app, name="audit")
 app.add_typer(_audit.actors_app, name="actors")
 app.add_typer(_monitor.app, name="monitor")
+app.add_typer(_batch.app, name="batch")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,45 @@
+"""Batch inference over the data plane: ``modelyard batch run``.
+
+A job reads rows (``RowSource``: an input file here, ``ListSource`` of
+``Row``\\ s), asks each through the same data plane as the HTTP API
+(``serving.InProcessPlane``: traffic plans, tenants' limits, storage policy,
+records marked ``batch`` with the job's id, costs) several at once, and keeps
+each ``RowResult`` in a ``RowSink`` durably: ``JobRunner`` is that loop, and
+knows nothing of files. ``run_file_job`` runs a ``FileJobSpec`` (JSONL, CSV or
+Parquet in and out, a ``ColumnMapping`` from columns to the request) and
+resumes a job that stopped at any instant without answering a row twice in its
+output or its records (``FileJob``, ``PartsSink``). ``JobSummary`` is what a job
+did: rows, failures, tokens, cost.
+"""
+
+from modelyard.batch._files import FileJobSpec, read_input, run_file_job
+from modelyard.batch._mapping import ColumnMapping
+from modelyard.batch._parts import FileJob, PartsSink
+from modelyard.batch._rows import (
+    RESULT_COLUMNS,
+    JobSummary,
+    ListSource,
+    Row,
+    RowResult,
+    RowSink,
+    RowSource,
+)
+from modelyard.batch._runner import JobRunner, JobSettings
+
+__all__ = [
+    "RESULT_COLUMNS",
+    "ColumnMapping",
+    "FileJob",
+    "FileJobSpec",
+    "JobRunner",
+    "JobSettings",
+    "JobSummary",
+    "ListSource",
+    "PartsSink",
+    "Row",
+    "RowResult",
+    "RowSink",
+    "RowSource",
+    "read_input",
+    "run_file_job",
+]

@@ -1,0 +1,211 @@
+"""``modelyard batch run`` over files: an input table in, the same table of answers out.
+
+``run_file_job`` checks everything before anything is written (the input
+parses as its extension says, every row can be asked, the ids tell rows apart,
+the endpoint exists for the key and the key has the ``infer`` scope, or the
+pinned version exists), then runs the job (``JobRunner``) into its state
+(``FileJob``) and, when every row is answered, writes the output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelyard.batch._mapping import ColumnMapping, rows_of
+from modelyard.batch._parts import ROW_COLUMN, FileJob, finished_output, state_dir
+from modelyard.batch._rows import RESULT_COLUMNS, JobSummary, ListSource, Row
+from modelyard.batch._runner import JobRunner, JobSettings, Progress
+from modelyard.batch._tables import table_kind
+from modelyard.errors import AuthError, ConfigError, EndpointNotFound
+from modelyard.serving import Engine, InProcessPlane, SamplingParams, ServerLimits
+from modelyard.store import ApiKey, Store
+
+
+@dataclass(frozen=True)
+class FileJobSpec:
+    """One file job: ``input`` to ``output`` (JSONL, CSV or Parquet each), asked through
+    ``endpoint`` with ``api_key``, or, by an operator, of the version ``model`` alone
+    (records under ``tenant``, default the model's owner)."""
+
+    input: Path
+    output: Path
+    params: SamplingParams
+    mapping: ColumnMapping = dataclasses.field(default_factory=ColumnMapping)
+    id_columns: tuple[str, ...] = ()
+    endpoint: str | None = None
+    api_key: str | None = None
+    model: str | None = None
+    tenant: str | None = None
+    concurrency: int = 16
+    max_errors: int | None = None
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if (self.endpoint is None) == (self.model is None):
+            raise ConfigError(
+                "give either an endpoint (with an API key) or an operator's version (--model)"
+            )
+        if self.endpoint is not None and not self.api_key:
+            raise ConfigError(
+                f"calling endpoint {self.endpoint!r} needs a tenant's API key",
+                hint="Pass --api-key (or set MODELYARD_API_KEY), or, as an operator, name a "
+                "version with --model NAME:VERSION.",
+            )
+        if self.model is not None and self.api_key:
+            raise ConfigError(
+                "--model runs a version as an operator, with no API key",
+                hint="Drop the key, or call an endpoint with it (--endpoint).",
+            )
+        if self.tenant is not None and self.model is None:
+            raise ConfigError("--tenant goes with --model (an endpoint's key says the tenant)")
+        for column in self.id_columns:
+            if column in (ROW_COLUMN, *RESULT_COLUMNS):
+                raise ConfigError(
+                    f"the id column {column!r} has the name of an output column",
+                    hint=f"The output's own columns are {ROW_COLUMN}, {', '.join(RESULT_COLUMNS)}.",
+                )
+
+
+@dataclass(frozen=True)
+class _Input:
+    table: list[dict[str, Any]]
+    rows: list[Row]
+    mapping: ColumnMapping
+    digest: str
+
+
+def read_input(spec: FileJobSpec) -> _Input:
+    """The input read whole and every row checked (DataError naming a row or column)."""
+    from modelyard.data import read_rows
+
+    table_kind(spec.input, "the input")
+    table_kind(spec.output, "the output")
+    table = read_rows(spec.input)
+    columns = list(dict.fromkeys(c for row in table for c in row))
+    mapping = spec.mapping.resolved(columns, spec.input)
+    rows = rows_of(table, mapping, spec.id_columns, spec.input)
+    digest = hashlib.sha256(spec.input.read_bytes()).hexdigest()
+    return _Input(table, rows, mapping, digest)
+
+
+def run_file_job(
+    store: Store,
+    engine: Engine,
+    spec: FileJobSpec,
+    *,
+    limits: ServerLimits | None = None,
+    progress: Progress | None = None,
+    on_start: Callable[[JobSummary, bool], None] | None = None,
+) -> JobSummary:
+    """Run ``spec`` to its end (or ``--max-errors``); the summary of the whole job.
+
+    Bad input (the input, the mapping, the endpoint, the key, the version) raises a
+    ConfigError or DataError before anything is written. ``on_start(summary, resumed)``
+    is told the job's id and rows once they are known.
+    """
+    given = read_input(spec)
+    pinned = _pinned(store, spec) if spec.model is not None else None
+    with InProcessPlane(store, engine, limits=limits, pinned=pinned) as plane:
+        endpoint = spec.endpoint or str(plane.endpoint)
+        key = _checked_key(plane, spec, endpoint)
+        done = _finished(spec, len(given.rows))
+        if done is not None:
+            return done
+        settings = _settings(spec, given, endpoint)
+        job = FileJob.open(spec.output, settings, overwrite=spec.overwrite)
+        try:
+            prices = {p.base_model: (p.input_per_1k, p.output_per_1k)
+                      for p in store.list_token_prices()}  # fmt: skip
+            job_settings = JobSettings(endpoint, spec.params, spec.concurrency, spec.max_errors)
+            runner = JobRunner(plane, key, job.job_id, job_settings, prices)
+            if on_start is not None:
+                on_start(JobSummary(job.job_id, rows=len(given.rows)), job.resumed)
+            summary = runner.run(ListSource(given.rows), job.sink, progress)
+            if summary.stopped is None:
+                job.finish(given.table, spec.id_columns)
+            return summary
+        finally:
+            job.close()
+
+
+def _pinned(store: Store, spec: FileJobSpec) -> tuple[Any, Any]:
+    """The operator's version and the tenant its records go to."""
+    assert spec.model is not None
+    version = store.resolve_model_ref(spec.model)
+    tenant = spec.tenant or store.get_registered_model(version.model).tenant
+    if tenant is None:
+        raise ConfigError(
+            f"{version.model} belongs to no tenant: say whose records the job writes",
+            hint="Pass --tenant NAME (its storage policy applies to the records).",
+        )
+    return version, store.get_tenant(tenant)
+
+
+def _checked_key(plane: InProcessPlane, spec: FileJobSpec, endpoint: str) -> ApiKey:
+    """The key, holding ``infer``, that reaches ``endpoint``: a refusal is bad input here
+    (exit 2), before any row is sent."""
+    try:
+        key = plane.key(spec.api_key)
+        plane.check(key, endpoint)
+    except EndpointNotFound as exc:
+        raise ConfigError(
+            exc.message,
+            hint="A key reaches its tenant's endpoints and shared ones: "
+            "`modelyard endpoints list` shows them.",
+        ) from exc
+    except AuthError as exc:
+        raise ConfigError(exc.message, hint=exc.hint) from exc
+    return key
+
+
+def _finished(spec: FileJobSpec, rows: int) -> JobSummary | None:
+    """The summary of a job whose output is already whole (its state gone), else None;
+    an output that is not such a job's is refused rather than overwritten."""
+    if spec.overwrite or not spec.output.exists() or state_dir(spec.output).exists():
+        return None
+    results = finished_output(spec.output, rows)
+    if results is None:
+        raise ConfigError(
+            f"the output {spec.output} exists and is not this job's",
+            hint="Write to another file, or pass --overwrite to replace it.",
+        )
+    summary = JobSummary(_job_of(results), rows=rows, skipped=rows)
+    for result in results:
+        summary.add(result)
+    return summary
+
+
+def _job_of(results: Sequence[Any]) -> str:
+    """A finished job's id, from its records' ids (``<job>-<row>``)."""
+    for result in results:
+        if result.record_id:
+            return str(result.record_id).rpartition("-")[0]
+    return ""
+
+
+def _settings(spec: FileJobSpec, given: _Input, endpoint: str) -> Mapping[str, Any]:
+    """What the answers depend on: a job resumes only with the same."""
+    return {
+        "input_sha256": given.digest,
+        "endpoint": endpoint,
+        "tenant": spec.tenant,
+        "mapping": given.mapping.describe(),
+        "id_columns": list(spec.id_columns),
+        "params": _jsonable(dataclasses.asdict(spec.params)),
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, tuple | list):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+__all__ = ["FileJobSpec", "read_input", "run_file_job"]

@@ -1,0 +1,274 @@
+"""``modelyard batch run``: answer every row of a file through the data plane."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from modelyard.cli._common import (
+    RateColumn,
+    bad_input,
+    err_console,
+    open_artifacts,
+    open_store,
+    print_json,
+)
+from modelyard.errors import ConfigError, ModelyardError
+
+if TYPE_CHECKING:
+    from modelyard.batch import JobSummary
+    from modelyard.serving import Engine
+    from modelyard.store import Store
+
+app = typer.Typer(
+    help="Batch inference: every row of a file answered through an endpoint.",
+    no_args_is_help=True,
+)
+
+
+def _fields(pairs: list[str]) -> dict[str, str]:
+    fields = {}
+    for pair in pairs:
+        name, sep, column = pair.partition("=")
+        if not sep or not name or not column:
+            raise ConfigError(
+                f"--field {pair!r} is not NAME=COLUMN", hint="e.g. --field instruction=question"
+            )
+        fields[name.strip()] = column.strip()
+    return fields
+
+
+@app.command("run")
+def run(
+    input: Path = typer.Argument(..., help="The rows to answer: a .jsonl, .csv or .parquet file."),
+    output: Path = typer.Option(
+        ...,
+        "--output",
+        "-o",
+        help="Where the answers go (.jsonl, .csv or .parquet): one row per input row. "
+        "While the job runs its state is in OUTPUT.batch/; run the same command again to "
+        "resume a job that stopped.",
+    ),
+    endpoint: str | None = typer.Option(
+        None, "--endpoint", "-e", help="The endpoint to ask (its traffic plan chooses versions)."
+    ),
+    api_key: str | None = typer.Option(
+        None,
+        "--api-key",
+        envvar="MODELYARD_API_KEY",
+        show_envvar=True,
+        help="A tenant's API key with the infer scope (the variable keeps it out of `ps`).",
+    ),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        help="As an operator, without a key: ask this version alone (NAME:VERSION, "
+        "NAME@alias), past any endpoint.",
+    ),
+    tenant: str | None = typer.Option(
+        None, help="With --model: the tenant whose records and policy apply (default: owner)."
+    ),
+    prompt_column: str | None = typer.Option(
+        None, help="A text column, sent as the user's message."
+    ),
+    messages_column: str | None = typer.Option(
+        None, help='A column of [{"role", "content"}] messages (JSON text in a CSV).'
+    ),
+    field: list[str] = typer.Option(
+        [],
+        "--field",
+        help="A template field from a column, NAME=COLUMN: instruction (and input), or "
+        "text. Without a mapping, a messages, prompt, instruction or text column is used.",
+    ),
+    system: str | None = typer.Option(
+        None, help="A system message before each prompt (the instruction a version trained on)."
+    ),
+    id_column: list[str] = typer.Option(
+        [], "--id-column", help="An input column copied to the output to join on (repeatable)."
+    ),
+    max_tokens: int = typer.Option(64, min=1, help="Most tokens of each answer."),
+    temperature: float = typer.Option(0.0, min=0.0, max=2.0, help="0 is greedy."),
+    top_p: float = typer.Option(1.0, help="Nucleus sampling (above 0, at most 1)."),
+    stop: list[str] = typer.Option([], "--stop", help="A stop string (up to 4)."),
+    seed: int | None = typer.Option(None, help="A seed for sampled answers."),
+    concurrency: int = typer.Option(
+        16, min=1, help="Rows in flight at once (the engine batches them together)."
+    ),
+    max_errors: int | None = typer.Option(
+        None, min=0, help="Stop once more rows than this have failed (default: never)."
+    ),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Start over: remove the output and any stopped job's state."
+    ),
+    engine: str = typer.Option(
+        "transformers", help="transformers (embedded) or echo (a fake that answers the prompt)."
+    ),
+    device: str = typer.Option("auto", help="transformers engine: auto, cpu, cuda, cuda:N."),
+    dtype: str = typer.Option("auto", help="transformers engine: auto, float32, bfloat16..."),
+    max_batch_size: int = typer.Option(
+        16, min=1, help="Most rows decoded together in the engine's running batch."
+    ),
+    max_adapters: int = typer.Option(8, min=1, help="Adapters kept loaded (LRU)."),
+    request_timeout_s: float = typer.Option(
+        600.0, min=0.0, help="A row running longer fails with a timeout; 0: no timeout."
+    ),
+    echo_delay_ms: float = typer.Option(
+        0.0, min=0.0, help="With --engine echo: pause before each word (tests)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Answer every row of INPUT through an endpoint (or, as an operator, one version)
+    and write OUTPUT: the row number, the --id-column values, answer, finish_reason,
+    prompt_tokens, completion_tokens, version, record_id and error of each row.
+
+    The rows go through the same data plane as the HTTP API: the traffic plan, the
+    key's rate limits (as one more server replica), the tenant's storage policy, and
+    one inference record per row (source batch, with the job's id). A job stopped at
+    any moment (Ctrl+C, kill -9) resumes when the same command runs again: rows already
+    answered are skipped, and no row is answered twice in the output or the records.
+    Failed rows keep their error; bad input exits 2 before anything is written.
+    """
+    from modelyard.batch import ColumnMapping, FileJobSpec, run_file_job
+    from modelyard.serving import SamplingParams, ServerLimits
+
+    with bad_input():
+        spec = FileJobSpec(
+            input=input, output=output,
+            params=SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
+                                  stop=tuple(stop), seed=seed),
+            mapping=ColumnMapping(prompt=prompt_column, messages=messages_column,
+                                  fields=_fields(field), system=system),
+            id_columns=tuple(id_column), endpoint=endpoint, api_key=api_key, model=model,
+            tenant=tenant, concurrency=concurrency, max_errors=max_errors, overwrite=overwrite,
+        )  # fmt: skip
+    limits = ServerLimits(
+        max_tokens=max(max_tokens, 256), request_timeout_s=request_timeout_s or None
+    )
+    store = open_store()
+    chosen = _engine(engine, store, device, dtype, max_batch_size, max_adapters,
+                     max(256, concurrency), echo_delay_ms)  # fmt: skip
+    try:
+        with _bar(quiet=json_out) as bar, bad_input():
+            summary: JobSummary = run_file_job(
+                store, chosen, spec, limits=limits, progress=bar.update, on_start=bar.start
+            )
+    finally:
+        chosen.close()
+        store.close()
+    if json_out:
+        print_json(summary.to_json() | {"output": str(output)})
+    else:
+        _print_summary(summary, output)
+    if summary.stopped:
+        raise ModelyardError(
+            f"the job stopped: {summary.stopped} (the first: {summary.first_error})",
+            hint="Fix the cause, then run the same command again (with a higher "
+            "--max-errors) to go on from where it stopped.",
+        )
+
+
+def _engine(
+    kind: str,
+    store: Store,
+    device: str,
+    dtype: str,
+    max_batch_size: int,
+    max_adapters: int,
+    max_queue: int,
+    echo_delay_ms: float,
+) -> Engine:
+    """The engine the job's process runs, as `serve` builds it (upstream versions answer
+    from their server whatever it is)."""
+    from modelyard.serving import (
+        EchoEngine,
+        EngineSet,
+        PacedEchoEngine,
+        TransformersEngine,
+        UpstreamEngine,
+        placement,
+    )
+
+    if kind not in ("transformers", "echo"):
+        raise ConfigError(f"unknown --engine {kind!r}: use transformers or echo")
+    if echo_delay_ms and kind != "echo":
+        raise ConfigError("--echo-delay-ms works only with --engine echo")
+    local: Engine
+    if kind == "transformers":
+        local = TransformersEngine(
+            open_artifacts(), max_adapters=max_adapters, max_batch_size=max_batch_size,
+            max_queue=max_queue, store=store, placement=placement(device, dtype),
+        )  # fmt: skip
+    else:
+        local = PacedEchoEngine(echo_delay_ms / 1000) if echo_delay_ms else EchoEngine()
+    return EngineSet(local, UpstreamEngine(open_artifacts(), store=store))
+
+
+class _Bar:
+    """The job's progress: rows done of the job's rows, rows/s, time left."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self._progress = progress
+        self._task: TaskID | None = None
+
+    def start(self, summary: JobSummary, resumed: bool) -> None:
+        word = "resuming" if resumed else "job"
+        if self._progress is not None:
+            self._task = self._progress.add_task(
+                f"{word} {summary.job_id}", total=summary.rows, start=True
+            )
+
+    def update(self, done: int, total: int | None) -> None:
+        if self._progress is not None and self._task is not None:
+            self._progress.update(self._task, completed=done, total=total)
+
+
+@contextmanager
+def _bar(*, quiet: bool) -> Iterator[_Bar]:
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn("rows"),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TimeElapsedColumn(),
+    )
+    if quiet:
+        yield _Bar(None)
+        return
+    with Progress(*columns, console=err_console) as progress:
+        yield _Bar(progress)
+
+
+def _print_summary(s: JobSummary, output: Path) -> None:
+    earlier = f", {s.skipped} answered by an earlier run" if s.skipped else ""
+    again = f", {s.replaced} answered again (stopped before they were kept)" if s.replaced else ""
+    err_console.print(
+        f"job {s.job_id}: {s.rows} rows, {s.answered} answered now{earlier}{again}, "
+        f"{s.failed} failed"
+    )
+    if s.first_error:
+        err_console.print(f"  first failure: {s.first_error}", markup=False)
+    versions = ", ".join(f"{v} {n}" for v, n in sorted(s.versions.items())) or "none"
+    cost = f"{s.cost:.6g}" if s.cost is not None else "n/a (no token prices: monitor price set)"
+    err_console.print(
+        f"tokens: {s.prompt_tokens} prompt + {s.completion_tokens} completion; cost {cost}; "
+        f"versions: {versions}"
+    )
+    if s.answered:
+        err_console.print(f"{s.rows_per_s:.1f} rows/s over {s.elapsed_s:.1f} s")
+    if not s.stopped:
+        err_console.print(f"wrote {output}")
