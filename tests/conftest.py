@@ -1,8 +1,13 @@
-"""Shared fixtures: stores on SQLite and PostgreSQL, an isolated modelyard home."""
+"""Shared fixtures: stores on SQLite and PostgreSQL, an isolated modelyard home, moto's S3
+server."""
 
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,3 +102,70 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("MODELYARD_STORE_URL", raising=False)
     monkeypatch.delenv("MODELYARD_ARTIFACTS", raising=False)
     return home
+
+
+# -- S3: moto's server on 127.0.0.1 ---------------------------------------------------------
+
+S3_ENV = {  # what boto3 reads; anything in ~/.aws is kept out
+    "AWS_ACCESS_KEY_ID": "modelyard-test",
+    "AWS_SECRET_ACCESS_KEY": "modelyard-test-secret",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """moto's S3 server (``moto.server``, a separate process) on a free port of 127.0.0.1.
+
+    The code under test talks HTTP to it as to any S3-compatible service; it is
+    ended by its pid when the session ends.
+    """
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"moto's S3 server exited at start (status {proc.returncode})")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    pytest.fail("moto's S3 server did not start listening within 30 s")
+                time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def s3_url(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """``s3://<bucket>/artifacts``, a fresh bucket on moto's server, with boto3's settings
+    (endpoint, credentials) in the environment, as a user would set them."""
+    import boto3
+
+    for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in {**S3_ENV, "AWS_ENDPOINT_URL": s3_endpoint}.items():
+        monkeypatch.setenv(name, value)
+    bucket = f"modelyard-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3").create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/artifacts"

@@ -1,6 +1,6 @@
 """``modelyard doctor``: find, and with ``fix`` repair, what crashed processes left.
 
-Five checks (docs/operations.md):
+Six checks (docs/operations.md):
 
 - ``run``: a run still ``running`` whose process is gone (its pid and host are
   recorded at start), or, without a process we can check, running for longer
@@ -12,6 +12,10 @@ Five checks (docs/operations.md):
   older than ``stale``; fixed by deleting it.
 - ``tmp``: an entry of the artifact store's work area whose writer is gone
   (or, when that cannot be told, older than ``stale``); fixed by deleting it.
+- ``upload``: on an S3 artifact store, a write that never finished (a
+  multipart upload, or a writer's mark with what it uploaded) whose writer is
+  gone, or older than ``stale`` when that cannot be told; fixed by aborting the
+  upload and deleting what the write left, unless the artifact is whole.
 - ``requests``: inference records still ``running``, started more than
   ``stale`` ago, of a server that is gone (a stale heartbeat, a dead process
   here, or no heartbeat ever and no process here: one on another machine that
@@ -33,7 +37,7 @@ from modelyard.monitoring import ABANDONED, gone_servers
 from modelyard.registry import drop_if_empty, referenced_digests
 from modelyard.store import Run, Store
 
-FindingKind = Literal["run", "model", "blob", "tmp", "requests"]
+FindingKind = Literal["run", "model", "blob", "tmp", "upload", "requests"]
 
 
 @dataclass(frozen=True)
@@ -200,6 +204,21 @@ def _tmp(artifacts: ArtifactStore, stale: timedelta, fix: bool) -> list[Finding]
     return found
 
 
+def _uploads(artifacts: ArtifactStore, stale: timedelta, fix: bool) -> list[Finding]:
+    found = []
+    for entry in artifacts.upload_entries(max_age_s=stale.total_seconds()):
+        if not entry.stale:
+            continue
+        finding = Finding(
+            "upload",
+            entry.location,
+            f"{entry.what}, {_human(timedelta(seconds=entry.age_s))} old: {entry.reason}",
+            "abort it" if entry.upload_id else "delete what it wrote (unless whole), then it",
+        )
+        found.append(_attempt(finding, fix, lambda e=entry: artifacts.remove_upload(e)))
+    return found
+
+
 def _requests(store: Store, stale: timedelta, now: datetime, fix: bool) -> list[Finding]:
     found = []
     for sid in gone_servers(store, started_before=now - stale):
@@ -234,6 +253,7 @@ def diagnose(
         *_models(store, stale, now, fix),
         *_blobs(store, artifacts, stale, fix),
         *_tmp(artifacts, stale, fix),
+        *_uploads(artifacts, stale, fix),
         *_requests(store, stale, now, fix),
     ]
     return DoctorReport(tuple(findings), fix)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelyard.artifacts import ArtifactStore
+from modelyard.artifacts import ArtifactStore, artifacts_from_settings
 from modelyard.finetune import FinetuneOutcome, Reporter, parse_config, prepare, run_finetune
 from modelyard.settings import Settings
 from modelyard.store import ModelVersion, Store
@@ -235,9 +235,9 @@ def run_quickstart(
     started = time.perf_counter()
     home = settings.ensure_home()
     work = home / "quickstart"
-    artifacts = ArtifactStore(settings.artifacts_dir)
+    artifacts = artifacts_from_settings(settings)
     with Store.open(settings.resolved_store_url) as store:
-        ui.info(f"store {store.url}, artifacts {artifacts.root}")
+        ui.info(f"store {store.url}, artifacts {artifacts.location}")
         base_dir = _ensure_base(work, ui)
         trained: dict[str, _Trained] = {}
         keys: dict[str, str] = {}

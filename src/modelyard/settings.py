@@ -4,7 +4,11 @@
                                       directory, walking up from the current one, as git
                                       finds ``.git``; else ``./.modelyard``)
 ``MODELYARD_STORE_URL``               SQLAlchemy URL of the store (default SQLite file in home)
-``MODELYARD_ARTIFACTS``               artifact store directory (default ``<home>/artifacts``)
+``MODELYARD_ARTIFACTS``               artifact store: a directory (default ``<home>/artifacts``),
+                                      or ``s3://bucket/prefix`` (endpoint and credentials
+                                      from boto3's usual AWS_* settings)
+``MODELYARD_ARTIFACTS_CACHE``         an S3 store's local read-through cache and work area
+                                      (default ``<home>/cache/artifacts``)
 ``MODELYARD_ACTOR``                   who is acting (default: the OS user)
 ``MODELYARD_AUDIT_KEY``               the audit chain's HMAC key (hex or any string)
 ``MODELYARD_AUDIT_KEY_FILE``          file holding the key (default ``<home>/audit.key``)
@@ -34,7 +38,12 @@ class Settings(BaseSettings):
 
     home: Path = Field(default=Path(".modelyard"), description="modelyard home directory")
     store_url: str | None = Field(default=None, description="SQLAlchemy URL of the store")
-    artifacts: Path | None = Field(default=None, description="artifact store directory")
+    artifacts: str | None = Field(
+        default=None, description="artifact store: a directory, or s3://bucket/prefix"
+    )
+    artifacts_cache: Path | None = Field(
+        default=None, description="an S3 artifact store's cache (<home>/cache/artifacts)"
+    )
     actor: str | None = Field(default=None, description="who is acting (default: the OS user)")
     audit_key: SecretStr | None = Field(default=None, description="audit HMAC key")
     audit_key_file: Path | None = Field(default=None, description="file holding the audit key")
@@ -55,8 +64,32 @@ class Settings(BaseSettings):
         return f"sqlite:///{(self.home / 'store.db').resolve()}"
 
     @property
+    def artifacts_on_s3(self) -> bool:
+        return (self.artifacts or "").startswith("s3://")
+
+    @property
+    def artifacts_location(self) -> str:
+        """Where artifacts live: ``s3://bucket/prefix``, or the directory's absolute path."""
+        if self.artifacts_on_s3:
+            return str(self.artifacts)
+        return str(self.artifacts_dir)
+
+    @property
     def artifacts_dir(self) -> Path:
-        return (self.artifacts or self.home / "artifacts").resolve()
+        """The local directory of artifacts: the store, or an S3 store's cache and work area."""
+        if self.artifacts_on_s3:
+            return self.artifacts_cache_dir
+        return (Path(self.artifacts) if self.artifacts else self.home / "artifacts").resolve()
+
+    @property
+    def artifacts_cache_dir(self) -> Path:
+        """Where an S3 store keeps verified copies and its work area (``tmp/``)."""
+        return (self.artifacts_cache or self.home / "cache" / "artifacts").resolve()
+
+    @property
+    def artifacts_in_home(self) -> bool:
+        """Whether the artifacts' local directory is the home's default (the home must exist)."""
+        return self.artifacts_cache is None if self.artifacts_on_s3 else self.artifacts is None
 
     @property
     def audit_key_path(self) -> Path:

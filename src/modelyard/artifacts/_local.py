@@ -10,20 +10,23 @@ Every write is staged in a temp dir under ``<root>/tmp`` (the same filesystem)
 and renamed into place in one step, so a final path holds a whole artifact or
 nothing.  Deletes rename out of place first for the same reason.  Temp dirs
 are created when needed and named after the process that owns them, so
-``sweep_tmp`` can remove what a killed writer left (``_tmp.py``).
+``sweep_tmp`` can remove what a killed writer left (``_base.py``, ``_tmp.py``).
+
+The S3 store's read-through cache is one of these, so the helpers that stage,
+seal and check a tree are shared with it (``_s3.py``).
 """
 
 from __future__ import annotations
 
 import builtins
-import contextlib
 import hashlib
 import os
 import shutil
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
+from modelyard.artifacts._base import ArtifactStore
 from modelyard.artifacts._manifest import (
     ArtifactRef,
     FileEntry,
@@ -34,7 +37,6 @@ from modelyard.artifacts._manifest import (
     parse_manifest,
     short,
 )
-from modelyard.artifacts._tmp import TempEntry, new_owned_dir, remove_entry, scan_tmp
 from modelyard.errors import ArtifactError, ArtifactIntegrityError, ArtifactNotFound
 
 _CHUNK = 1 << 20
@@ -42,32 +44,20 @@ _FILE_MODE = 0o444  # stored bytes are never edited in place; this guards agains
 _DIR_MODE = 0o755
 
 
-class ArtifactStore:
-    """Content-addressed artifacts (directories of files) under ``root``."""
+class LocalArtifactStore(ArtifactStore, direct=True):
+    """Content-addressed artifacts (directories of files) under the directory ``root``."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+    @property
+    def location(self) -> str:
+        return str(self.root)
 
     def put_dir(self, src: Path, *, kind: str) -> ArtifactRef:
         """Store a copy of the directory ``src``; storing the same content again is a no-op."""
-        src = Path(src)
-        if not src.is_dir():
-            raise ArtifactError(f"cannot store {src}: not a directory", path=str(src))
-        files = _collect_source(src)
-        if not files:
-            raise ArtifactError(
-                f"cannot store {src}: it holds no files",
-                hint="An artifact needs at least one file.",
-                path=str(src),
-            )
-        return self._put(files, kind=kind, origin=src)
+        return self._put(dir_source(Path(src)), kind=kind, origin=Path(src))
 
     def put_file(self, path: Path, *, kind: str) -> ArtifactRef:
         """Store one file as a one-file artifact that keeps the file's name."""
-        path = Path(path)
-        if path.is_symlink() or not path.is_file():
-            raise ArtifactError(f"cannot store {path}: not a regular file", path=str(path))
-        return self._put({path.name: path}, kind=kind, origin=path)
+        return self._put(file_source(Path(path)), kind=kind, origin=Path(path))
 
     def get(self, digest: str) -> ArtifactRef:
         """The ref of a stored artifact, from its manifest (file bytes are not checked)."""
@@ -102,10 +92,6 @@ class ArtifactStore:
             ) from exc
         return files_dir
 
-    def verify(self, digest: str) -> None:
-        """Raise ``ArtifactIntegrityError`` unless every stored byte matches the manifest."""
-        self.open_verified(digest)
-
     def delete(self, digest: str) -> None:
         hex_digest = normalize_digest(digest)
         final = self._dir(hex_digest)
@@ -117,47 +103,6 @@ class ArtifactStore:
             raise ArtifactError(
                 f"cannot delete artifact {short(hex_digest)}…: {exc}", digest=hex_digest
             ) from exc
-
-    @contextlib.contextmanager
-    def staging(self, purpose: str = "import") -> Iterator[Path]:
-        """A new empty work dir under ``<root>/tmp`` (created when needed), removed after use.
-
-        Its name records this process, so a dir left by a killed process is
-        found and removed by ``sweep_tmp``.
-        """
-        try:
-            path = self._new_tmp(purpose)
-        except OSError as exc:
-            raise ArtifactError(
-                f"cannot create a work directory in {self.root / 'tmp'}: {exc.strerror or exc}",
-                hint="Check the artifact store (MODELYARD_ARTIFACTS) is a writable directory.",
-            ) from exc
-        try:
-            yield path
-        finally:
-            remove_entry(TempEntry(path, 0, 0.0, os.getpid(), None, True, "done"))
-
-    def tmp_entries(self, *, max_age_s: float) -> builtins.list[TempEntry]:
-        """What the work area holds, each entry judged stale (its writer is gone) or not."""
-        return scan_tmp(self.root / "tmp", max_age_s=max_age_s)
-
-    def sweep_tmp(self, *, max_age_s: float = 3600.0) -> builtins.list[TempEntry]:
-        """Remove what killed writers left in the work area; return what was removed."""
-        removed = []
-        for entry in self.tmp_entries(max_age_s=max_age_s):
-            if entry.stale:
-                try:
-                    remove_entry(entry)
-                except OSError:
-                    continue  # another sweeper got there first, or it is not ours to delete
-                removed.append(entry)
-        return removed
-
-    def remove_tmp(self, entry: TempEntry) -> None:
-        """Delete one entry of the work area (as found by ``tmp_entries``)."""
-        if entry.path.parent != self.root / "tmp":
-            raise ArtifactError(f"{entry.path} is not in the work area {self.root / 'tmp'}")
-        remove_entry(entry)
 
     def age_s(self, digest: str) -> float:
         """Seconds since the artifact was stored (its directory's last change)."""
@@ -205,9 +150,6 @@ class ArtifactStore:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    def _new_tmp(self, purpose: str) -> Path:
-        return new_owned_dir(self.root / "tmp", purpose)
-
     def _install(self, staged: Path, hex_digest: str) -> None:
         """Rename the staged dir into place, keeping an intact copy already there."""
         final = self._dir(hex_digest)
@@ -236,6 +178,27 @@ class ArtifactStore:
         grave = self._new_tmp("del")
         path.rename(grave / path.name)
         shutil.rmtree(grave)
+
+
+def dir_source(src: Path) -> dict[str, Path]:
+    """The files to store for the directory ``src``, by relative POSIX path (checked)."""
+    if not src.is_dir():
+        raise ArtifactError(f"cannot store {src}: not a directory", path=str(src))
+    files = _collect_source(src)
+    if not files:
+        raise ArtifactError(
+            f"cannot store {src}: it holds no files",
+            hint="An artifact needs at least one file.",
+            path=str(src),
+        )
+    return files
+
+
+def file_source(path: Path) -> dict[str, Path]:
+    """The one file to store for ``path``, under its own name (checked)."""
+    if path.is_symlink() or not path.is_file():
+        raise ArtifactError(f"cannot store {path}: not a regular file", path=str(path))
+    return {path.name: path}
 
 
 def _check_kind(kind: str) -> None:

@@ -5,6 +5,10 @@ later can tell whose it is without reading inside it: a dir whose process is
 gone on this host is stale at once; one from another host, or with a name that
 does not say (written by an older version), is stale once it is older than the
 given age. A dir whose process still runs is never stale.
+
+A remote store's unfinished writes (``UploadEntry``: a multipart upload, or the
+marker a writer leaves while it uploads, named the same way) are judged by the
+same rule (``judge_name``).
 """
 
 from __future__ import annotations
@@ -87,7 +91,47 @@ def _size_and_mtime(path: Path) -> tuple[int, float]:
     return size, newest
 
 
-def _judge(name: str, age_s: float, max_age_s: float) -> tuple[int | None, str | None, bool, str]:
+@dataclass(frozen=True)
+class UploadEntry:
+    """One unfinished write in a remote store: a multipart upload, or a writer's marker.
+
+    ``upload_id`` is set for a multipart upload (aborting it drops its parts);
+    a marker (``upload_id`` None) names the ``digest`` its writer was storing,
+    and removing it removes that write's objects unless the artifact is whole.
+    """
+
+    location: str  # s3://bucket/key
+    key: str
+    upload_id: str | None
+    digest: str | None
+    age_s: float
+    pid: int | None
+    host: str | None
+    stale: bool
+    reason: str
+
+    @property
+    def what(self) -> str:
+        return "multipart upload" if self.upload_id else "unfinished write"
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "location": self.location,
+            "what": self.what,
+            "upload_id": self.upload_id,
+            "digest": self.digest,
+            "age_s": round(self.age_s, 1),
+            "pid": self.pid,
+            "host": self.host,
+            "stale": self.stale,
+            "reason": self.reason,
+        }
+
+
+def judge_name(
+    name: str, age_s: float, max_age_s: float
+) -> tuple[int | None, str | None, bool, str]:
+    """``(pid, host, stale, reason)`` of a leftover named ``<purpose>-<host>-<pid>-…``."""
     match = _NAME.match(name)
     if match is None:
         stale = age_s >= max_age_s
@@ -115,7 +159,7 @@ def scan_tmp(tmp_root: Path, *, max_age_s: float, now: float | None = None) -> l
         except OSError:
             continue  # removed meanwhile
         age = max(0.0, now - mtime)
-        pid, host, stale, reason = _judge(path.name, age, max_age_s)
+        pid, host, stale, reason = judge_name(path.name, age, max_age_s)
         found.append(TempEntry(path, size, age, pid, host, stale, reason))
     return found
 

@@ -16,7 +16,7 @@ from modelyard.cli._common import (
     to_jsonable,
 )
 from modelyard.cli._registry import GATE_KEYS, gate_json, gate_lines
-from modelyard.errors import ConfigError, NotFound
+from modelyard.errors import ArtifactError, ConfigError, NotFound
 from modelyard.store import (
     DEFAULT_STORAGE_POLICY,
     STORAGE_POLICIES,
@@ -40,12 +40,9 @@ def init(json_out: bool = JSON) -> None:
     home = s.ensure_home()
     artifacts = open_artifacts(s)
     try:
-        artifacts.root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot create the artifact store {artifacts.root}: {exc.strerror}",
-            hint="Set MODELYARD_ARTIFACTS to a writable directory.",
-        ) from exc
+        artifacts.ensure()  # the directory; on S3 also the cache, and the bucket answers
+    except ArtifactError as exc:
+        raise ConfigError(exc.message, hint=exc.hint) from exc
     with open_store(s, migrate=False) as store:
         before, after = store.migrate()
         key_created = store.ensure_audit_key()
@@ -53,7 +50,7 @@ def init(json_out: bool = JSON) -> None:
         result = {
             "home": str(home),
             "store": redact_url(s.resolved_store_url),
-            "artifacts": str(artifacts.root),
+            "artifacts": artifacts.location,
             "schema_before": before,
             "schema": after,
             "audit_key": store.audit_key_source.description,

@@ -24,7 +24,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from modelyard.artifacts import ArtifactStore
+from modelyard.artifacts import ArtifactStore, artifacts_from_settings
 from modelyard.audit import AccessPolicy, AuditKeySource
 from modelyard.cli._home import check_home
 from modelyard.errors import ConfigError, DataError, NotFound
@@ -83,11 +83,12 @@ def open_store(s: Settings | None = None, *, migrate: bool = True) -> Store:
 
 
 def open_artifacts(s: Settings | None = None) -> ArtifactStore:
+    """The configured artifact store: a directory, or S3 read through a local cache."""
     s = s or settings()
-    if s.artifacts is None:
+    if s.artifacts_in_home:
         check_home(s)
         s.ensure_home()
-    return ArtifactStore(s.artifacts_dir)
+    return artifacts_from_settings(s)
 
 
 def to_jsonable(value: Any) -> Any:

@@ -91,7 +91,7 @@ def finetune(
     if slurm:
         env = {
             "MODELYARD_STORE_URL": s.resolved_store_url,
-            "MODELYARD_ARTIFACTS": str(s.artifacts_dir),
+            "MODELYARD_ARTIFACTS": s.artifacts_location,
         }
         options = SlurmOptions(
             nodes=nodes, gpus_per_node=gpus_per_node, partition=partition, time=time_limit

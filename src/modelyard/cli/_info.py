@@ -30,7 +30,9 @@ def info(json_out: bool = typer.Option(False, "--json", help="Print the result a
         "home_found_by": location.describe(),
         "store": redact_url(s.resolved_store_url),
         "store_exists": found,
-        "artifacts": str(s.artifacts_dir),
+        "artifacts": s.artifacts_location,
+        "artifacts_kind": "s3" if s.artifacts_on_s3 else "local",
+        "artifacts_cache": str(s.artifacts_cache_dir) if s.artifacts_on_s3 else None,
         "audit_key": AuditKeySource.from_settings(s).description,
         "actor": acting_as(s),
         "schema": None,
@@ -44,7 +46,9 @@ def info(json_out: bool = typer.Option(False, "--json", help="Print the result a
         console.print(f"modelyard {__version__}")
         console.print(f"  home       {result['home']} ({result['home_found_by']})")
         console.print(f"  store      {result['store']}", highlight=False)
-        console.print(f"  artifacts  {result['artifacts']}")
+        console.print(f"  artifacts  {result['artifacts']}", highlight=False)
+        if s.artifacts_on_s3:
+            console.print(f"  cache      {result['artifacts_cache']}")
         console.print(f"  audit key  {result['audit_key']}")
         console.print(f"  actor      {result['actor']}")
         if found:

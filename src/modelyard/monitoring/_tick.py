@@ -19,7 +19,7 @@ from pathlib import Path
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from modelyard.artifacts import ArtifactStore
+from modelyard.artifacts import ArtifactStore, artifacts_from_settings
 from modelyard.durations import parse_duration
 from modelyard.errors import ModelyardError
 from modelyard.monitoring._alerts import (
@@ -104,8 +104,8 @@ def tick(
 
         settings = load_settings()
         home = home or settings.home
-        if artifacts is None and settings.artifacts_dir.is_dir():  # the eval reference's data
-            artifacts = ArtifactStore(settings.artifacts_dir)
+        if artifacts is None and (settings.artifacts_on_s3 or settings.artifacts_dir.is_dir()):
+            artifacts = artifacts_from_settings(settings)  # the eval reference's data
     loaded = rules_from(rules, home)
     profiles = update_profiles(store, now=now)
     purged = apply_retention(store, now)
