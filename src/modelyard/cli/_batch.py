@@ -217,40 +217,47 @@ def _engine(
 
 
 class _Bar:
-    """The job's progress: rows done of the job's rows, rows/s, time left."""
+    """The job's progress: rows done of the job's rows, rows/s, time left. Shown from the
+    job's start (nothing for input refused before it), on stderr."""
 
-    def __init__(self, progress: Progress | None) -> None:
-        self._progress = progress
+    def __init__(self, quiet: bool) -> None:
+        self._quiet = quiet
+        self._progress: Progress | None = None
         self._task: TaskID | None = None
 
     def start(self, summary: JobSummary, resumed: bool) -> None:
+        if self._quiet:
+            return
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            RateColumn("rows"),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+        )
+        self._progress.start()
         word = "resuming" if resumed else "job"
-        if self._progress is not None:
-            self._task = self._progress.add_task(
-                f"{word} {summary.job_id}", total=summary.rows, start=True
-            )
+        self._task = self._progress.add_task(f"{word} {summary.job_id}", total=summary.rows)
 
     def update(self, done: int, total: int | None) -> None:
         if self._progress is not None and self._task is not None:
             self._progress.update(self._task, completed=done, total=total)
 
+    def stop(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
 
 @contextmanager
 def _bar(*, quiet: bool) -> Iterator[_Bar]:
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn("rows"),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        TimeElapsedColumn(),
-    )
-    if quiet:
-        yield _Bar(None)
-        return
-    with Progress(*columns, console=err_console) as progress:
-        yield _Bar(progress)
+    bar = _Bar(quiet)
+    try:
+        yield bar
+    finally:
+        bar.stop()
 
 
 def _print_summary(s: JobSummary, output: Path) -> None:
