@@ -234,8 +234,9 @@ class S3ArtifactStore(ArtifactStore):
             except OSError as exc:
                 raise ArtifactError(f"cannot store {origin}: {exc}", path=str(origin)) from exc
             self._upload(tmp, ref)
-            with contextlib.suppress(OSError):  # only a copy: else the first open fetches it
-                self._cache._install(tmp, ref.digest)  # this writer's cache holds it too
+            # this writer's cache keeps the copy it prepared (if it cannot, the first open fetches)
+            with contextlib.suppress(OSError, ArtifactError):
+                self._cache._install(tmp, ref.digest)
             return ref
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
