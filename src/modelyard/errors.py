@@ -43,6 +43,7 @@ message saying *what* went wrong and *why*, and a ``hint`` saying what to do.
     │       └── UpstreamTimeout         it did not answer in time
     ├── EngineOverloaded                the engine's queue is full
     ├── RateLimited                     a key over its requests/min or tokens/min
+    ├── LimitsUnavailable               shared limits cannot be checked (Redis down)
     ├── RequestTimeout                  a request past --request-timeout-s
     └── ShuttingDown                    the server is draining
 
@@ -346,6 +347,14 @@ class RateLimited(ModelyardError):
         self.limit = limit
 
 
+class LimitsUnavailable(ModelyardError):
+    """The limits shared by replicas cannot be checked (Redis cannot be reached) and the
+    server is told to fail closed (HTTP 503 with ``Retry-After``)."""
+
+    code = "limits_unavailable"
+    default_hint = "Retry shortly."
+
+
 class RequestTimeout(ModelyardError):
     """A request ran past the server's ``--request-timeout-s`` (HTTP 504); it was cancelled."""
 
@@ -396,6 +405,7 @@ STATUSES: Mapping[type[ModelyardError], ErrorStatus] = MappingProxyType(
         UpstreamBusy: ErrorStatus(1, 503, _SERVER),
         UpstreamTimeout: ErrorStatus(1, 504, "timeout"),
         RateLimited: ErrorStatus(1, 429, "requests"),
+        LimitsUnavailable: ErrorStatus(1, 503, _SERVER),
         RequestTimeout: ErrorStatus(1, 504, "timeout"),
         ShuttingDown: ErrorStatus(1, 503, _SERVER),
     }
@@ -439,6 +449,7 @@ __all__ = [
     "HomeNotFound",
     "HomeNotWritable",
     "InvalidApiKey",
+    "LimitsUnavailable",
     "MissingScope",
     "ModelVersionNotFound",
     "ModelyardError",

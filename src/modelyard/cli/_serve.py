@@ -122,6 +122,18 @@ def serve(
         min=1,
         help="Tokens/min (prompt + max_tokens) for keys without their own; default: unlimited.",
     ),
+    redis_url: str | None = typer.Option(
+        None,
+        envvar="MODELYARD_REDIS_URL",
+        show_envvar=True,
+        help="Redis that replicas share requests/min and tokens/min in (redis://host:6379/0); "
+        "default: each replica keeps its own.",
+    ),
+    on_redis_down: str = typer.Option(
+        "open",
+        help="When --redis-url cannot be reached: open (each replica limits on its own, "
+        "logged) or closed (503 with Retry-After for keys with limits).",
+    ),
     key_cache_ttl_s: float = typer.Option(
         10.0, min=0.0, help="How long a key is trusted before the store is asked again."
     ),
@@ -153,8 +165,9 @@ def serve(
     server-sent events; structured outputs, tools, logprobs: docs/serving.md),
     /v1/feedback, GET /v1/models, /health, /ready, /metrics for every endpoint
     in the store. New endpoints and traffic changes apply without a restart. Rate
-    limits are per key and per server replica. SIGTERM drains: /ready turns 503, new
-    requests get 503, in-flight ones finish, then the process exits 0."""
+    limits are per key: per replica, or shared by every replica with --redis-url.
+    SIGTERM drains: /ready turns 503, new requests get 503, in-flight ones finish, then
+    the process exits 0."""
     from modelyard.serving import (
         BackgroundServer,
         EchoEngine,
@@ -184,6 +197,8 @@ def serve(
         max_prompt_chars=max_prompt_chars,
         tokenize_concurrency=tokenize_concurrency,
         refusals_stored_per_minute=refusals_stored_per_minute,
+        redis_url=redis_url,
+        on_redis_down=on_redis_down,
     )
     if docs not in ("off", "token", "public"):
         raise ConfigError(f"unknown --docs {docs!r}: use off, token or public")

@@ -1,10 +1,10 @@
 """Per-key rate limits: requests/min and tokens/min, as token buckets in this server's memory.
 
-Each API key has two buckets per server replica (limits are not shared across
-replicas: N replicas behind a load balancer admit up to N times a key's
-limit). A bucket holds up to one minute's worth (the limit) and refills
-continuously at limit/60 per second, so a key may burst its whole minute at
-once and then runs at the steady rate.
+Each API key has two buckets per server replica (here, not shared: N replicas
+behind a load balancer admit up to N times a key's limit; ``_shared_limits``
+keeps the same buckets in Redis for every replica). A bucket holds up to one
+minute's worth (the limit) and refills continuously at limit/60 per second, so a
+key may burst its whole minute at once and then runs at the steady rate.
 
 A request takes one from the requests bucket and, from the tokens bucket, its
 prompt tokens plus its ``max_tokens`` (the most it may cost) at admission;
@@ -82,12 +82,45 @@ class _Bucket:
         return 0.0 if missing <= 0 else missing * 60.0 / self.capacity
 
 
+def check_fits(
+    key: ApiKey,
+    tokens: int,
+    tpm: int | None,
+    least: str = "",
+    what: str = "prompt + max_tokens",
+) -> None:
+    """``tokens`` can never fit in a minute of ``tpm``: RateLimited, Retry-After 60."""
+    if tpm is not None and tokens > tpm:
+        raise RateLimited(
+            f"this request needs {least}{tokens} tokens ({what}), more than the "
+            f"{tpm} tokens per minute of API key {key.id}",
+            hint="Ask for fewer max_tokens or shorten the prompt, or ask an operator "
+            "for a higher limit (`modelyard keys limits`).",
+            retry_after=60,
+            limit="tokens",
+        )
+
+
+def rate_limited(key: ApiKey, waits: list[tuple[str, int | None, float]]) -> RateLimited:
+    kind, limit, wait = max(waits, key=lambda w: w[2])
+    seconds = max(1, math.ceil(wait))
+    return RateLimited(
+        f"API key {key.id} is over its limit of {limit} {kind} per minute",
+        hint=f"Retry after {seconds} s (Retry-After), or ask an operator for a higher limit.",
+        retry_after=seconds,
+        limit=kind,
+    )
+
+
 @dataclass(frozen=True)
 class Admission:
-    """What one admitted request holds: its key and the tokens reserved for it."""
+    """What one admitted request holds: its key and the tokens reserved for it (``shared``:
+    in Redis, from a tokens/min of ``capacity``: ``SharedRateLimiter``)."""
 
     key_id: str
     reserved_tokens: int
+    shared: bool = False
+    capacity: int = 0
 
 
 class RateLimiter:
@@ -122,7 +155,7 @@ class RateLimiter:
         for it; a tokens bucket that cannot hold even ``min_tokens`` (a lower bound of the
         request's tokens, e.g. its ``max_tokens``) refuses it too, nothing taken."""
         rpm, tpm = self.limits_of(key)
-        self._check_fits(key, min_tokens, tpm, "at least ", "its max_tokens")
+        check_fits(key, min_tokens, tpm, "at least ", "its max_tokens")
         now = self._clock()
         with self._lock:
             requests = self._bucket(self._requests, key.id, rpm, now)
@@ -136,7 +169,7 @@ class RateLimiter:
                 if requests is not None:
                     requests.level -= 1
                 return
-        raise self._limited(key, waits)
+        raise rate_limited(key, waits)
 
     def over_requests(self, key: ApiKey) -> RateLimited | None:
         """Whether ``key`` is over its requests/min now (nothing taken): the error to answer
@@ -149,7 +182,7 @@ class RateLimiter:
             requests = self._bucket(self._requests, key.id, rpm, now)
             assert requests is not None
             wait = requests.wait_for(1)
-        return self._limited(key, [("requests", rpm, wait)]) if wait > 0 else None
+        return rate_limited(key, [("requests", rpm, wait)]) if wait > 0 else None
 
     def admit_tokens(self, key: ApiKey, tokens: int) -> Admission:
         """Take ``tokens`` from the tokens bucket of a key whose request was taken by
@@ -157,7 +190,7 @@ class RateLimiter:
         raised."""
         _, tpm = self.limits_of(key)
         try:
-            self._check_fits(key, tokens, tpm)
+            check_fits(key, tokens, tpm)
         except RateLimited:
             self._give_back_request(key)
             raise
@@ -171,43 +204,13 @@ class RateLimiter:
                 budget.level -= tokens
                 return Admission(key.id, tokens)
         self._give_back_request(key)
-        raise self._limited(key, [("tokens", tpm, wait)])
+        raise rate_limited(key, [("tokens", tpm, wait)])
 
     def _give_back_request(self, key: ApiKey) -> None:
         with self._lock:
             requests = self._requests.get(key.id)
             if requests is not None:
                 requests.level = min(float(requests.capacity), requests.level + 1)
-
-    @staticmethod
-    def _check_fits(
-        key: ApiKey,
-        tokens: int,
-        tpm: int | None,
-        least: str = "",
-        what: str = "prompt + max_tokens",
-    ) -> None:
-        """``tokens`` can never fit in a minute of ``tpm``: RateLimited, Retry-After 60."""
-        if tpm is not None and tokens > tpm:
-            raise RateLimited(
-                f"this request needs {least}{tokens} tokens ({what}), more than the "
-                f"{tpm} tokens per minute of API key {key.id}",
-                hint="Ask for fewer max_tokens or shorten the prompt, or ask an operator "
-                "for a higher limit (`modelyard keys limits`).",
-                retry_after=60,
-                limit="tokens",
-            )
-
-    @staticmethod
-    def _limited(key: ApiKey, waits: list[tuple[str, int | None, float]]) -> RateLimited:
-        kind, limit, wait = max(waits, key=lambda w: w[2])
-        seconds = max(1, math.ceil(wait))
-        return RateLimited(
-            f"API key {key.id} is over its limit of {limit} {kind} per minute",
-            hint=f"Retry after {seconds} s (Retry-After), or ask an operator for a higher limit.",
-            retry_after=seconds,
-            limit=kind,
-        )
 
     def settle(self, admission: Admission, used_tokens: int) -> None:
         """A request ended having used ``used_tokens``: give back the rest of its reservation
@@ -254,7 +257,9 @@ class ServerLimits:
     and tokenized at once (the others wait their turn, off the worker threads);
     ``refusals_stored_per_minute`` is how many refused requests (400, 404, 429 ...)
     of one key per minute are stored as inference records, with a shortened prompt
-    (every refusal is counted in ``modelyard_refused_total``).
+    (every refusal is counted in ``modelyard_refused_total``). ``redis_url`` shares the
+    requests/min and tokens/min buckets among replicas (``SharedRateLimiter``);
+    ``on_redis_down`` (``open`` or ``closed``) says what happens while it is down.
     """
 
     max_tokens: int = 256
@@ -267,8 +272,24 @@ class ServerLimits:
     max_prompt_chars: int | None = 262_144
     tokenize_concurrency: int = 4
     refusals_stored_per_minute: int = 10
+    redis_url: str | None = None
+    on_redis_down: str = "open"
 
     def __post_init__(self) -> None:
+        if self.on_redis_down not in ("open", "closed"):
+            raise ConfigError(
+                f"on_redis_down is {self.on_redis_down!r}; it must be open or closed",
+                hint="open: each replica limits on its own while Redis is down; closed: 503.",
+                field="on_redis_down",
+            )
+        if self.redis_url is not None and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise ConfigError(
+                f"redis_url {self.redis_url!r} is not a Redis URL",
+                hint="Give redis://host:6379/0 (rediss:// for TLS, unix:///path.sock).",
+                field="redis_url",
+            )
         if self.refusals_stored_per_minute < 0:
             raise ConfigError(
                 f"refusals_stored_per_minute is {self.refusals_stored_per_minute}; "
@@ -318,5 +339,7 @@ __all__ = [
     "ServerLimits",
     "TenantSlots",
     "TokenCounter",
+    "check_fits",
     "count_prompt_tokens",
+    "rate_limited",
 ]

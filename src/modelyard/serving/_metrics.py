@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from modelyard.serving._types import AdapterEvent
@@ -79,6 +81,17 @@ class Metrics:
         }
 
     # EngineObserver: the engine reports adapter cache events and batches here.
+    def watch_shared_limits(self, up: Callable[[], bool]) -> None:
+        """``modelyard_limits_shared_up``: whether the limits replicas share reach Redis
+        (only on a server with ``--redis-url``)."""
+        gauge = Gauge(
+            "modelyard_limits_shared_up",
+            "1 while the rate limits shared by replicas (--redis-url) reach Redis, 0 while "
+            "it is down",
+            registry=self.registry,
+        )
+        gauge.set_function(lambda: float(up()))
+
     def adapter_event(self, event: AdapterEvent, version: str) -> None:
         self.adapter[event].labels(version).inc()
 

@@ -46,7 +46,6 @@ from modelyard.serving._engine import Engine
 from modelyard.serving._health import LoadHealth, StoreProbe, load_failure_of
 from modelyard.serving._limits import (
     Admission,
-    RateLimiter,
     ServerLimits,
     TenantSlots,
     count_prompt_tokens,
@@ -54,6 +53,7 @@ from modelyard.serving._limits import (
 from modelyard.serving._metrics import Metrics
 from modelyard.serving._refusals import RefusalSampler, shorten
 from modelyard.serving._router import Route, Router
+from modelyard.serving._shared_limits import SharedRateLimiter, limiter_for
 from modelyard.serving._shutdown import Drain
 from modelyard.serving._stream import TokenStream
 from modelyard.serving._tools import answer_checks
@@ -111,7 +111,10 @@ class DataPlane:
         self.limits = limits
         self.metrics = Metrics()
         self.keys = KeyCache(store, limits.key_cache_seconds)
-        self.limiter = RateLimiter(default_rpm=limits.default_rpm, default_tpm=limits.default_tpm)
+        self.limiter = limiter_for(limits)  # shared by replicas through Redis, or this one's
+        if isinstance(self.limiter, SharedRateLimiter):
+            shared = self.limiter
+            self.metrics.watch_shared_limits(lambda: shared.shared_up)
         self.slots = TenantSlots(limits.tokenize_concurrency)
         self.refusals = RefusalSampler(limits.refusals_stored_per_minute)
         self._tenants: dict[str, Tenant] = {}
@@ -147,7 +150,10 @@ class DataPlane:
         costly part on a worker thread, at most ``tokenize_concurrency`` of a tenant's
         requests at once (``TenantSlots``). ``origin``: where it comes from (a batch job)."""
         try:
-            self.limiter.admit_request(key, params.max_tokens)
+            if isinstance(self.limiter, SharedRateLimiter):  # a round trip: off the loop
+                await run_in_threadpool(self.limiter.admit_request, key, params.max_tokens)
+            else:
+                self.limiter.admit_request(key, params.max_tokens)
         except RateLimited as limited:
             if self._limited(key, limited):
                 await run_in_threadpool(self._record_refusal, key, route, endpoint, limited,

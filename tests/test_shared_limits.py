@@ -1,0 +1,186 @@
+"""Limits shared by replicas: two servers on one store and one real Redis admit a key's
+requests/min once in total, not once each; tokens a request did not use come back to the
+shared bucket; while Redis is down the limits fail open (each replica on its own) or
+closed (503 with Retry-After), as the operator chose, and are shared again once it is back."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from clihelp import modelyard
+from modelyard.access import create_api_key
+from modelyard.errors import ConfigError, LimitsUnavailable, RateLimited
+from modelyard.serving import BackgroundServer, EchoEngine, ServerLimits, create_app
+from modelyard.serving._shared_limits import SharedRateLimiter
+from modelyard.store import Store
+from redisserver import RedisServer, redis_server
+from worlds import two_tenant_world
+
+
+@pytest.fixture
+def redis_srv(tmp_path: Path) -> Iterator[RedisServer]:
+    with redis_server(tmp_path) as server:
+        yield server
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    with Store.open(f"sqlite:///{tmp_path}/s.db") as s:
+        two_tenant_world(s, versions=1, template="text")
+        yield s
+
+
+def _statuses(urls: list[str], key: str, count: int) -> list[int]:
+    """``count`` completions, sent to the replicas in turn."""
+    out = []
+    for i in range(count):
+        r = httpx.post(
+            urls[i % len(urls)] + "/v1/completions",
+            json={"model": "acme-support", "prompt": "a b", "max_tokens": 4},
+            headers={"Authorization": f"Bearer {key}"},
+            timeout=30,
+        )
+        out.append(r.status_code)
+    return out
+
+
+def _replicas(store: Store, limits: ServerLimits) -> list[BackgroundServer]:
+    return [
+        BackgroundServer(
+            create_app(store, EchoEngine(), limits=limits, refresh_seconds=60, heartbeat_s=None)
+        )
+        for _ in range(2)
+    ]
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_two_replicas_admit_a_keys_requests_per_minute_once_in_total(
+    store: Store, redis_srv: RedisServer, shared: bool
+) -> None:
+    _, key = create_api_key(store, "acme", rpm_limit=6)
+    limits = ServerLimits(redis_url=redis_srv.url if shared else None)
+    servers = _replicas(store, limits)
+    with servers[0] as one, servers[1] as two:
+        statuses = _statuses([one.base_url, two.base_url], key, 16)
+    accepted = statuses.count(200)
+    if shared:
+        # 6 a minute in total (a seventh may refill while the test runs: 0.1 a second)
+        assert 6 <= accepted <= 7, statuses
+        assert statuses[:6] == [200] * 6 and set(statuses[6:]) <= {200, 429}
+    else:  # each replica its own 6: twice the key's limit
+        assert accepted >= 12, statuses
+
+
+def test_a_refusal_says_when_to_retry_and_the_other_replica_agrees(
+    store: Store, redis_srv: RedisServer
+) -> None:
+    _, key = create_api_key(store, "acme", rpm_limit=2)
+    servers = _replicas(store, ServerLimits(redis_url=redis_srv.url))
+    with servers[0] as one, servers[1] as two:
+        assert _statuses([one.base_url], key, 2) == [200, 200]
+        refused = httpx.post(
+            two.base_url + "/v1/completions",
+            json={"model": "acme-support", "prompt": "a b", "max_tokens": 4},
+            headers={"Authorization": f"Bearer {key}"},
+        )
+    assert refused.status_code == 429
+    assert 1 <= int(refused.headers["retry-after"]) <= 30  # 2 a minute: one every 30 s
+    error = refused.json()["error"]
+    assert (
+        error["type"] == "requests"
+        and "over its limit of 2 requests per minute" in (error["message"])
+    )
+
+
+def test_tokens_a_request_did_not_use_come_back_to_the_shared_bucket(
+    store: Store, redis_srv: RedisServer
+) -> None:
+    key, _ = create_api_key(store, "acme", tpm_limit=100)
+    one = SharedRateLimiter(redis_srv.url)
+    two = SharedRateLimiter(redis_srv.url)  # another replica
+    try:
+        first = one.admit(key, 80)
+        with pytest.raises(RateLimited) as refused:
+            two.admit(key, 80)  # 20 left of the minute, shared
+        assert refused.value.limit == "tokens" and refused.value.retry_after >= 30
+        one.settle(first, 10)  # it used 10 of its 80: 70 come back
+        second = two.admit(key, 80)
+        assert second.shared and second.reserved_tokens == 80
+        # a request that used more than it reserved leaves the bucket in debt
+        two.settle(second, 90)
+        with pytest.raises(RateLimited):
+            one.admit(key, 5)
+    finally:
+        one.close()
+        two.close()
+
+
+def test_while_redis_is_down_limits_fail_open_or_closed_as_told(
+    store: Store, redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    key, _ = create_api_key(store, "acme", rpm_limit=1000)
+    opened = SharedRateLimiter(redis_srv.url, on_down="open")
+    closed = SharedRateLimiter(redis_srv.url, on_down="closed")
+    try:
+        opened.admit_request(key)
+        closed.admit_request(key)
+        assert opened.shared_up and closed.shared_up
+        redis_srv.stop()
+        with caplog.at_level(logging.WARNING, logger="modelyard.serving._shared_limits"):
+            opened.admit_request(key)  # this replica's own buckets meanwhile
+            opened.admit_request(key)
+        assert not opened.shared_up
+        said = [r.getMessage() for r in caplog.records]
+        assert len(said) == 1 and "limits are this replica's own until it answers" in said[0]
+        assert "redis://127.0.0.1" in said[0]
+
+        with pytest.raises(LimitsUnavailable) as down:
+            closed.admit_request(key)
+        assert down.value.context["retry_after"] == 1
+        redis_srv.start()  # back, on the same port: asked again after at most a second
+
+        deadline = time.monotonic() + 10
+        while not opened.shared_up and time.monotonic() < deadline:
+            opened.admit_request(key)
+            time.sleep(0.1)
+        assert opened.shared_up
+    finally:
+        opened.close()
+        closed.close()
+
+
+def test_a_server_failing_closed_answers_503_with_retry_after(
+    store: Store, redis_srv: RedisServer
+) -> None:
+    _, limited = create_api_key(store, "acme", rpm_limit=100)
+    _, unlimited = create_api_key(store, "acme")
+    limits = ServerLimits(redis_url=redis_srv.url, on_redis_down="closed")
+    app = create_app(store, EchoEngine(), limits=limits, refresh_seconds=60, heartbeat_s=None)
+    with BackgroundServer(app) as server:
+        assert _statuses([server.base_url], limited, 1) == [200]
+        redis_srv.stop()
+        r = httpx.post(
+            server.base_url + "/v1/completions",
+            json={"model": "acme-support", "prompt": "a b", "max_tokens": 4},
+            headers={"Authorization": f"Bearer {limited}"},
+        )
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert r.json()["error"]["code"] == "limits_unavailable"
+        assert "Redis" in r.json()["error"]["message"]
+        # a key without limits never needs Redis
+        assert _statuses([server.base_url], unlimited, 1) == [200]
+        metrics = httpx.get(server.base_url + "/metrics").text
+    assert "modelyard_limits_shared_up 0.0" in metrics
+
+
+def test_serve_refuses_a_redis_setting_it_cannot_use(tmp_path: Path) -> None:
+    r = modelyard("serve", "--engine", "echo", "--on-redis-down", "maybe", home=tmp_path)
+    assert r.code == 2 and "on_redis_down is 'maybe'" in r.err and "Traceback" not in r.err
+    with pytest.raises(ConfigError, match="is not a Redis URL"):
+        ServerLimits(redis_url="http://x:6379")
