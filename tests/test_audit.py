@@ -261,8 +261,15 @@ def test_a_cut_tail_is_caught_by_the_recorded_head(tmp_path: Path) -> None:
         with pytest.raises(AuditChainBroken, match="refusing to append"):
             s.create_tenant("f")  # no new event 4 over the removed ones
         assert [t.name for t in s.list_tenants()] == ["a", "b", "c", "d", "e"]
-    # An attacker who also rewrites the recorded head is caught by the head kept elsewhere.
+    # An attacker who also rewrites the recorded head is caught by the break on record...
     _sql(url, "UPDATE audit_head SET seq = 3, hash = (SELECT hash FROM audit_events WHERE seq = 3)")
+    with _open(url) as s:
+        report = s.verify_audit_chain()
+    assert not report.ok and report.first_bad_seq == 4
+    assert "events 4..5 were removed" in (report.reason or "")
+    assert "found by `audit verify`" in (report.reason or "")
+    # ... and one who deletes that record too, by the head kept elsewhere.
+    _sql(url, "DELETE FROM audit_breaks")
     with _open(url) as s:
         assert s.verify_audit_chain().ok  # a shorter chain, consistent with its record
         report = s.verify_audit_chain(str(head))

@@ -259,12 +259,15 @@ class AuditError(ModelyardError):
 
 
 class AuditChainBroken(AuditError):
-    """``audit verify`` found an edited, missing, reordered or forged event."""
+    """``audit verify`` found an edited, missing, reordered or forged event; the store
+    refuses audited changes until an admin acknowledges the break."""
 
     code = "audit_chain_broken"
     default_hint = (
-        "Do not write to the store until you know why: compare with a backup or an "
-        "export, and look at the events around that seq with `modelyard audit log`."
+        "The store refuses audited changes until this is dealt with: find out why (compare "
+        "with a backup or an export; `modelyard audit log` shows the events around that seq), "
+        "then restore the audit tables from a backup, or have an admin acknowledge the break: "
+        '`modelyard audit acknowledge --reason "why"` (audited; the break stays on record).'
     )
 
 

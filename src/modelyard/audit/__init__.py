@@ -6,21 +6,17 @@ previous hash and the event's canonical JSON. Editing, deleting, reordering or
 inserting an event breaks the chain at that event; the store records the head with
 every append, so an emptied or shortened chain is detected too (``head_problem``),
 and keeping a copy of the head (``modelyard audit head``) outside the store
-reveals a removal even when that record was deleted or rewritten with it.
+reveals a removal even when that record was deleted or rewritten with it. A break,
+once found, stops every audited change until an admin acknowledges it with an
+event of its own (``ACK_ACTION``), which later verification sets against the
+break without hiding it (``judge_chain``).
 
 This package is pure (no database): the store appends and reads events, this
 package hashes, verifies, exports and holds the key and the role rules.
 """
 
 from modelyard.audit._canonical import canonical_json, format_time, normalize_payload
-from modelyard.audit._chain import (
-    ChainReport,
-    event_hash,
-    event_message,
-    hash_of,
-    head_problem,
-    verify_chain,
-)
+from modelyard.audit._chain import event_hash, event_message, hash_of, head_problem
 from modelyard.audit._event import EMPTY_HEAD, GENESIS, AuditEvent, AuditHead
 from modelyard.audit._export import EXPORT_FORMATS, ExportFormat, check_format, write_events
 from modelyard.audit._keys import AuditKeySource, create_key_file, parse_key
@@ -35,20 +31,43 @@ from modelyard.audit._roles import (
     required_role,
     role_rank,
 )
+from modelyard.audit._verify import (
+    ACK_ACTION,
+    HASH_REASON,
+    AcknowledgedBreak,
+    BreakFound,
+    ChainBreak,
+    ChainReport,
+    ChainScan,
+    RecordedBreak,
+    fingerprint,
+    judge_chain,
+    link_reason,
+    missing_reason,
+    scan_chain,
+    verify_chain,
+)
 
 __all__ = [
+    "ACK_ACTION",
     "EMPTY_HEAD",
     "EXPORT_FORMATS",
     "GENESIS",
+    "HASH_REASON",
     "PROTECTED_ALIAS_ROLE",
     "REQUIRED_ROLES",
     "ROLES",
     "AccessPolicy",
+    "AcknowledgedBreak",
     "AuditEvent",
     "AuditHead",
     "AuditKeySource",
+    "BreakFound",
+    "ChainBreak",
     "ChainReport",
+    "ChainScan",
     "ExportFormat",
+    "RecordedBreak",
     "Role",
     "at_least",
     "canonical_json",
@@ -57,13 +76,18 @@ __all__ = [
     "create_key_file",
     "event_hash",
     "event_message",
+    "fingerprint",
     "format_time",
     "hash_of",
     "head_problem",
+    "judge_chain",
+    "link_reason",
+    "missing_reason",
     "normalize_payload",
     "parse_key",
     "required_role",
     "role_rank",
+    "scan_chain",
     "verify_chain",
     "write_events",
 ]

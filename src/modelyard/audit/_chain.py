@@ -1,4 +1,4 @@
-"""The HMAC chain: computing an event's hash and verifying a whole chain.
+"""The HMAC chain: computing an event's hash, and the chain's end against the recorded head.
 
 ``hash = hex(HMAC-SHA256(key, prev_hash + canonical_json({"seq", "time", "actor",
 "action", "subject", "payload"})))``, where ``prev_hash`` is the previous
@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
 from modelyard.audit._canonical import canonical_json, format_time
-from modelyard.audit._event import EMPTY_HEAD, GENESIS, AuditEvent, AuditHead
-from modelyard.errors import AuditChainBroken
+from modelyard.audit._event import AuditEvent, AuditHead
 
 
 def event_message(
@@ -72,33 +70,6 @@ def hash_of(key: bytes, event: AuditEvent) -> str:
     )
 
 
-@dataclass(frozen=True)
-class ChainReport:
-    """What ``verify_chain`` found: ``ok``, or the first bad seq and why."""
-
-    ok: bool
-    events: int
-    head: AuditHead
-    first_bad_seq: int | None = None
-    reason: str | None = None
-
-    def raise_if_broken(self) -> None:
-        if not self.ok:
-            raise AuditChainBroken(
-                f"audit chain broken at seq {self.first_bad_seq}: {self.reason}",
-                first_bad_seq=self.first_bad_seq,
-            )
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "events": self.events,
-            "head": str(self.head),
-            "first_bad_seq": self.first_bad_seq,
-            "reason": self.reason,
-        }
-
-
 def head_problem(actual: AuditHead, recorded: AuditHead | None) -> tuple[int, str] | None:
     """(first bad seq, why) when the chain's newest event ``actual`` is not the head the
     store recorded with its last append (``recorded``; None: that record is gone)."""
@@ -127,64 +98,3 @@ def head_problem(actual: AuditHead, recorded: AuditHead | None) -> tuple[int, st
             f"its hash differs from the recorded head {recorded}; the chain was rewritten",
         )
     return None
-
-
-def verify_chain(
-    events: Iterable[AuditEvent], key: bytes, *, expected_head: AuditHead | None = None
-) -> ChainReport:
-    """Recompute the chain from the first event; name the first event that does not fit.
-
-    ``events`` must come in ascending ``seq`` order. Without ``expected_head`` a
-    removed *tail* cannot be seen (the shorter chain is consistent); with it, the
-    chain must reach that seq with that hash.
-    """
-    expected_seq = 1
-    prev = GENESIS
-    head = EMPTY_HEAD
-    count = 0
-
-    def broken(seq: int, reason: str) -> ChainReport:
-        return ChainReport(False, count, head, seq, reason)
-
-    for event in events:
-        if event.seq != expected_seq:
-            if event.seq > expected_seq:
-                return broken(
-                    expected_seq,
-                    f"event {expected_seq} is missing (the next stored event is {event.seq}); "
-                    "an event was deleted",
-                )
-            return broken(event.seq, f"event {event.seq} appears twice or out of order")
-        if event.prev_hash != prev:
-            return broken(
-                event.seq,
-                f"its prev_hash does not match the hash of event {event.seq - 1}; "
-                "events were reordered, inserted or deleted",
-            )
-        if not hmac.compare_digest(hash_of(key, event), event.hash):
-            return broken(
-                event.seq,
-                "its hash does not match its content; the event was edited or forged "
-                "(or the audit key is not the one that wrote the chain)",
-            )
-        if (
-            expected_head is not None
-            and event.seq == expected_head.seq
-            and event.hash != expected_head.hash
-        ):
-            return broken(
-                event.seq,
-                f"its hash differs from the recorded head {expected_head}; the chain "
-                "was rewritten from this event on",
-            )
-        prev = event.hash
-        head = AuditHead(event.seq, event.hash)
-        count += 1
-        expected_seq += 1
-    if expected_head is not None and expected_head.seq > head.seq:
-        return broken(
-            head.seq + 1,
-            f"the chain ends at event {head.seq} but the recorded head is {expected_head.seq}; "
-            f"events {head.seq + 1}..{expected_head.seq} were removed (tail truncated)",
-        )
-    return ChainReport(True, count, head)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from modelyard.audit._verify import ACK_ACTION
 from modelyard.errors import ConfigError
 from modelyard.settings import Settings, os_user
 
@@ -19,6 +20,7 @@ ROLES: tuple[Role, ...] = ("viewer", "developer", "approver", "admin")
 REQUIRED_ROLES: dict[str, Role] = {
     "actor.added": "admin",
     "actor.role_changed": "admin",
+    ACK_ACTION: "admin",  # acknowledging a break of the audit chain
 }
 """Actions needing more than ``developer`` (protected aliases are decided per alias)."""
 

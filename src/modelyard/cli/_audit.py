@@ -1,4 +1,4 @@
-"""``modelyard audit log|verify|head|export`` and ``modelyard actors add|list``."""
+"""``modelyard audit log|verify|acknowledge|head|export`` and ``modelyard actors add|list``."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ import tempfile
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from modelyard.audit import ROLES, AuditHead, check_format, write_events
 from modelyard.cli._audit_table import render_events
-from modelyard.cli._common import console, open_store, print_json, settings
+from modelyard.cli._common import console, err_console, open_store, print_json, settings
 from modelyard.durations import parse_since
 from modelyard.errors import ConfigError
 from modelyard.settings import os_user
@@ -52,6 +53,14 @@ def audit_log(
         events = store.list_audit_events(
             since=start, action=action, subject=subject, actor=by, limit=limit
         )
+        breaks = store.open_audit_breaks()
+    if breaks:  # on stderr: the JSON on stdout stays a plain list
+        first = breaks[0]
+        err_console.print(
+            f"[red]warning:[/] the audit chain is broken at seq {first.seq}: "
+            f"{escape(first.reason)} ({escape(first.describe())}). Audited changes are refused "
+            "until an admin acknowledges it (`modelyard audit acknowledge --reason ...`).",
+        )
     if json_out:
         print_json([e.to_json() for e in events])
         return
@@ -68,7 +77,12 @@ def audit_verify(
     ),
     json_out: bool = JSON,
 ) -> None:
-    """Recompute the whole chain; exit 1 naming the first bad event if it was tampered with."""
+    """Recompute the whole chain; exit 1 naming the first bad event if it was tampered with.
+
+    A break found is kept on record: audited changes are refused until an admin
+    acknowledges it (`modelyard audit acknowledge`). Acknowledged breaks are listed,
+    and do not fail the chain.
+    """
     expected = AuditHead.parse(head) if head else None
     with open_store() as store:
         report = store.verify_audit_chain(expected)
@@ -77,9 +91,53 @@ def audit_verify(
     report.raise_if_broken()
     if not json_out:
         anchored = f", matches head {expected}" if expected else ""
+        count = len(report.acknowledged)
+        acked = f", {count} acknowledged break{'s' if count > 1 else ''}" if count else ""
         console.print(
-            f"[green]audit chain OK[/]: {report.events} events, head {report.head}{anchored}"
+            f"[green]audit chain OK[/]: {report.events} events, head {report.head}"
+            f"{anchored}{acked}",
+            highlight=False,
+            soft_wrap=True,
         )
+        for done in report.acknowledged:
+            console.print(
+                f"  acknowledged break at {escape(done.sentence())}",
+                highlight=False,
+                soft_wrap=True,
+            )
+
+
+@app.command("acknowledge")
+def audit_acknowledge(
+    reason: str = typer.Option(
+        ...,
+        "--reason",
+        help="What happened and what was checked (kept in the chain, shown by verify).",
+    ),
+    json_out: bool = JSON,
+) -> None:
+    """Acknowledge the breaks of the audit chain, so that audited changes are accepted again
+    (needs role admin; audited).
+
+    Appends an audit.break_acknowledged event that lists every break with the chain's
+    state there. `audit verify` passes from then on and still lists those breaks; any
+    other change to the chain, before or after, is a new break.
+    """
+    with open_store() as store:
+        event = store.acknowledge_audit_breaks(reason)
+    if json_out:
+        print_json(event.to_json())
+        return
+    listed = event.payload.get("breaks") or []
+    console.print(
+        f"[green]acknowledged[/] {len(listed)} break{'s' if len(listed) != 1 else ''} of "
+        f"the audit chain as event {event.seq}; audited changes are accepted again",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for item in listed:
+        line = f"  seq {item['seq']}: {item['reason']}"
+        console.print(escape(line), highlight=False, soft_wrap=True)
 
 
 @app.command("head")

@@ -28,10 +28,13 @@ _GAP = "  "
 
 
 def details_text(payload: Mapping[str, Any] | Any) -> str:
-    """``key: value, …`` with JSON values: readable, and it wraps at its spaces."""
+    """``key: value, …`` with JSON values: readable, and it wraps at its spaces. A
+    ``reason`` (an override's, an acknowledgment's) comes first: it is what a reader
+    looks for, and long details are cut."""
     if isinstance(payload, Mapping):
+        keys = sorted(payload, key=lambda k: k != "reason")  # stable: the rest keep their order
         text = ", ".join(
-            f"{k}: {json.dumps(v, sort_keys=True, ensure_ascii=False)}" for k, v in payload.items()
+            f"{k}: {json.dumps(payload[k], sort_keys=True, ensure_ascii=False)}" for k in keys
         )
     else:
         text = json.dumps(payload, sort_keys=True, ensure_ascii=False)

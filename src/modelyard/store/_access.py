@@ -1,29 +1,23 @@
-"""Access: tenants, their API keys, actors and their roles, and reading the audit chain."""
+"""Access: tenants, their API keys, actors and their roles."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
 
 from modelyard.audit import (
-    EMPTY_HEAD,
-    AuditEvent,
-    AuditHead,
-    ChainReport,
     Role,
     check_role,
-    head_problem,
-    verify_chain,
 )
 from modelyard.errors import ConfigError, Conflict, NotFound
 from modelyard.store import _audit
 from modelyard.store._convert import to_actor, to_api_key, to_tenant
 from modelyard.store._core import StoreCore, check_name
 from modelyard.store._rows import get_locked, lock_name, tenant_row
-from modelyard.store._schema import ActorRow, ApiKeyRow, AuditEventRow, TenantRow, utcnow
+from modelyard.store._schema import ActorRow, ApiKeyRow, TenantRow, utcnow
 from modelyard.store.entities import (
     DEFAULT_STORAGE_POLICY,
     STORAGE_POLICIES,
@@ -35,7 +29,7 @@ from modelyard.store.entities import (
 
 
 class AccessStore(StoreCore):
-    """Tenants, API keys, actors and the audit chain."""
+    """Tenants, API keys, actors and their roles."""
 
     # -- tenants and keys ------------------------------------------------------------------
 
@@ -308,117 +302,6 @@ class AccessStore(StoreCore):
     def has_admin(self) -> bool:
         with self._session("read the actors") as s:
             return _audit.has_admin(s)
-
-    # -- audit chain -----------------------------------------------------------------------
-
-    def record_audit_event(
-        self, action: str, subject: str, payload: Mapping[str, Any] | None = None
-    ) -> AuditEvent:
-        """Append an event that comes with no row change (a refused import, a failed check)."""
-        _audit.check_action(action)
-        _audit.check_subject(subject)
-        with self._write(f"record audit event {action}") as s:
-            return self._audit(s, action, subject, payload)
-
-    def list_audit_events(
-        self,
-        *,
-        since: datetime | None = None,
-        action: str | None = None,
-        subject: str | None = None,
-        actor: str | None = None,
-        limit: int | None = 100,
-        newest_first: bool = True,
-    ) -> list[AuditEvent]:
-        """Events matching the filters; ``action``/``subject`` ending in ``*`` match a prefix."""
-        query = select(AuditEventRow)
-        if since is not None:
-            query = query.where(AuditEventRow.time >= since)
-        for column, wanted in ((AuditEventRow.action, action), (AuditEventRow.subject, subject)):
-            if wanted is not None:
-                if wanted.endswith("*"):
-                    query = query.where(column.startswith(wanted.rstrip("*"), autoescape=True))
-                else:
-                    query = query.where(column == wanted)
-        if actor is not None:
-            query = query.where(AuditEventRow.actor == actor)
-        order = AuditEventRow.seq.desc() if newest_first else AuditEventRow.seq
-        query = query.order_by(order)
-        if limit is not None:
-            query = query.limit(limit)
-        with self._session("read the audit chain") as s:
-            return [_audit.to_event(r) for r in s.scalars(query)]
-
-    def iter_audit_events(
-        self, *, since: datetime | None = None, page: int = 1000
-    ) -> Iterator[AuditEvent]:
-        """Every event in ``seq`` order, read page by page (for verify and export)."""
-        after = 0
-        while True:
-            query = (
-                select(AuditEventRow)
-                .where(AuditEventRow.seq > after)
-                .order_by(AuditEventRow.seq)
-                .limit(page)
-            )
-            if since is not None:
-                query = query.where(AuditEventRow.time >= since)
-            with self._session("read the audit chain") as s:
-                events = [_audit.to_event(r) for r in s.scalars(query)]
-            yield from events
-            if len(events) < page:
-                return
-            after = events[-1].seq
-
-    def audit_head(self) -> AuditHead:
-        """The newest event's ``SEQ:HASH`` (``0:000…`` for an empty chain)."""
-        with self._session("read the audit head") as s:
-            last = _audit.last_event(s)
-        return EMPTY_HEAD if last is None else AuditHead(last.seq, last.hash)
-
-    def verify_audit_chain(self, head: AuditHead | str | None = None) -> ChainReport:
-        """Recompute the whole chain with the key and compare its end with the head the
-        store recorded (an emptied or shortened chain is broken); ``head``, kept outside
-        the store, also reveals a removal when that record was rewritten too."""
-        expected = AuditHead.parse(head) if isinstance(head, str) else head
-        with self._session("read the audit head") as s:
-            actual = _audit.head_of(_audit.last_event(s))
-            recorded = _audit.recorded_head(s)
-        problem = head_problem(actual, recorded)
-        if actual == EMPTY_HEAD:
-            if problem is None and (expected is None or expected.seq == 0):
-                return ChainReport(True, 0, EMPTY_HEAD)
-            if problem is not None:
-                return ChainReport(False, 0, EMPTY_HEAD, *problem)
-        key = self.audit_key_source.load(create=False)
-        report = verify_chain(self.iter_audit_events(), key, expected_head=expected or recorded)
-        if not report.ok:
-            return report
-        if problem is not None:  # from one snapshot: events appended since then are fine
-            return ChainReport(False, report.events, report.head, *problem)
-        return report
-
-    def check_audit_key(self) -> None:
-        """Raise AuditKeyMismatch unless the key verifies the newest event (no-op when empty)."""
-        with self._session("read the audit head") as s:
-            last = _audit.last_event(s)
-        if last is not None:
-            key = self.audit_key_source.load(create=False)
-            _audit.check_key(key, last, self.audit_key_source)
-
-    def ensure_audit_key(self) -> bool:
-        """Make sure a usable key exists: create the key file for an empty chain.
-
-        Returns whether a key file was created. A store whose chain has events
-        needs the key that wrote them: AuditKeyMissing / AuditKeyMismatch otherwise.
-        """
-        source = self.audit_key_source
-        if source.available():
-            self.check_audit_key()
-            return False
-        empty = self.audit_head() == EMPTY_HEAD
-        source.load(create=empty)
-        return True
 
 
 def check_limits(rpm_limit: int | None, tpm_limit: int | None) -> None:

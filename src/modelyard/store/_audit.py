@@ -5,34 +5,46 @@ build one linear chain: on SQLite every write transaction starts with ``BEGIN
 IMMEDIATE`` (the database write lock, taken before anything is read); on
 PostgreSQL the append takes a transaction-scoped advisory lock, held until
 commit. The primary key on ``seq`` is the last line of defence.
+
+Before each append the chain's end is checked in O(1) rows: no break recorded and
+left unacknowledged (``audit_breaks``), the newest event is the recorded head, and
+the two newest events carry the hashes of their content and link to each other. A
+break found there is refused (``AuditChainBroken``) and recorded by the caller.
 """
 
 from __future__ import annotations
 
 import hmac
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
-from sqlalchemy import Connection, Engine, event, select, text
+from sqlalchemy import Connection, Engine, event, select, text, update
 from sqlalchemy.orm import Session
 
 from modelyard.audit import (
+    ACK_ACTION,
     EMPTY_HEAD,
     GENESIS,
+    HASH_REASON,
     AccessPolicy,
     AuditEvent,
     AuditHead,
     AuditKeySource,
+    BreakFound,
+    ChainBreak,
+    RecordedBreak,
     Role,
     check_role,
     event_hash,
     hash_of,
     head_problem,
+    link_reason,
+    missing_reason,
     normalize_payload,
 )
 from modelyard.errors import AuditChainBroken, AuditKeyMismatch, ConfigError
-from modelyard.store._schema import ActorRow, AuditEventRow, AuditHeadRow, utcnow
+from modelyard.store._schema import ActorRow, AuditBreakRow, AuditEventRow, AuditHeadRow, utcnow
 
 WRITE_OPTION = "modelyard_write"
 """Execution option marking the engine of write transactions (BEGIN IMMEDIATE on SQLite)."""
@@ -94,19 +106,39 @@ def write_engine(engine: Engine) -> Engine:
 # -- the chain -----------------------------------------------------------------------------
 
 
-def _lock_chain(s: Session) -> None:
+def lock_chain(s: Session) -> None:
     if s.get_bind().dialect.name == "postgresql":
         s.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": AUDIT_LOCK_ID})
 
 
-def last_event(s: Session) -> AuditEvent | None:
-    row = s.execute(
+def newest_events(s: Session, n: int = 1) -> list[AuditEvent]:
+    """The ``n`` newest events, newest first."""
+    rows = s.scalars(
         select(AuditEventRow)
         .order_by(AuditEventRow.seq.desc())
-        .limit(1)
+        .limit(n)
         .execution_options(populate_existing=True)
-    ).scalar_one_or_none()
-    return None if row is None else to_event(row)
+    )
+    return [to_event(r) for r in rows]
+
+
+def last_event(s: Session) -> AuditEvent | None:
+    newest = newest_events(s)
+    return newest[0] if newest else None
+
+
+def events_in_order(s: Session, page: int = 1000) -> Iterator[AuditEvent]:
+    """Every event in ``seq`` order, read page by page in ``s``'s transaction."""
+    after = 0
+    while True:
+        rows = s.scalars(
+            select(AuditEventRow).where(AuditEventRow.seq > after).order_by(AuditEventRow.seq)
+            .limit(page)
+        ).all()  # fmt: skip
+        yield from (to_event(r) for r in rows)
+        if len(rows) < page:
+            return
+        after = rows[-1].seq
 
 
 HEAD_ID = 1  # the one row of audit_head
@@ -140,6 +172,115 @@ def check_key(key: bytes, last: AuditEvent, source: AuditKeySource) -> None:
         )
 
 
+# -- breaks --------------------------------------------------------------------------------
+
+
+def to_break(r: AuditBreakRow) -> RecordedBreak:
+    found_in: BreakFound = "verify" if r.found_in == "verify" else "write"
+    return RecordedBreak(r.seq, r.reason, r.found_at, r.found_by, found_in, r.acknowledged_seq)
+
+
+def open_breaks(s: Session, limit: int | None = None) -> list[RecordedBreak]:
+    """Recorded breaks no acknowledgment closed yet, the first seq first."""
+    query = (
+        select(AuditBreakRow)
+        .where(AuditBreakRow.acknowledged_seq.is_(None))
+        .order_by(AuditBreakRow.seq, AuditBreakRow.id)
+    )
+    return [to_break(r) for r in s.scalars(query if limit is None else query.limit(limit))]
+
+
+def record_break(s: Session, brk: ChainBreak, *, actor: str, found_in: BreakFound) -> bool:
+    """Record ``brk`` unless an open record names its seq already; whether it was new."""
+    lock_chain(s)
+    known = s.scalar(
+        select(AuditBreakRow.id)
+        .where(AuditBreakRow.acknowledged_seq.is_(None), AuditBreakRow.seq == brk.seq)
+        .limit(1)
+    )
+    if known is not None:
+        return False
+    s.add(AuditBreakRow(seq=brk.seq, reason=brk.reason, found_by=actor, found_in=found_in))
+    return True
+
+
+def close_breaks(s: Session, ack_seq: int) -> None:
+    """Every open record is acknowledged by the event ``ack_seq``."""
+    s.execute(
+        update(AuditBreakRow)
+        .where(AuditBreakRow.acknowledged_seq.is_(None))
+        .values(acknowledged_seq=ack_seq)
+    )
+
+
+def refuse(brk: ChainBreak | RecordedBreak, *, recorded: bool) -> AuditChainBroken:
+    """The refusal of an append to a broken chain; ``recorded``: the break is on record."""
+    said = f"{brk.reason} ({brk.describe()})" if isinstance(brk, RecordedBreak) else brk.reason
+    return AuditChainBroken(
+        f"refusing to append to the audit chain, broken at seq {brk.seq}: {said}",
+        hint="Nothing was changed, and no audited change is accepted until the break is "
+        "dealt with: find out why (`modelyard audit verify`, `modelyard audit log`, a backup "
+        "or an export), then restore the audit tables from a backup, or have an admin "
+        'acknowledge the break: `modelyard audit acknowledge --reason "why"` (audited; the '
+        "break stays on record).",
+        first_bad_seq=brk.seq,
+        reason=brk.reason,
+        unrecorded=not recorded,
+    )
+
+
+def tail_break(
+    key: bytes, source: AuditKeySource, newest: AuditEvent, before: AuditEvent | None
+) -> ChainBreak | None:
+    """The O(1) check of the chain's end: the newest event and the one before it.
+
+    When the key verifies neither, it is the wrong key (AuditKeyMismatch), not a
+    break: one misconfigured machine must not stop every writer.
+    """
+    newest_ok = hmac.compare_digest(hash_of(key, newest), newest.hash)
+    before_ok = before is None or hmac.compare_digest(hash_of(key, before), before.hash)
+    if not newest_ok and (before is None or not before_ok):
+        check_key(key, newest, source)
+    prev_seq, prev_hash = (0, GENESIS) if before is None else (before.seq, before.hash)
+    if newest.seq != prev_seq + 1:
+        return ChainBreak(prev_seq + 1, missing_reason(prev_seq + 1, newest.seq))
+    if newest.prev_hash != prev_hash:
+        return ChainBreak(newest.seq, link_reason(newest.seq))
+    if not newest_ok:
+        return ChainBreak(newest.seq, HASH_REASON)
+    if before is not None and not before_ok and not _acknowledges(newest, before.seq):
+        return ChainBreak(before.seq, HASH_REASON)
+    return None
+
+
+def _acknowledges(event: AuditEvent, seq: int) -> bool:
+    """``event`` is an acknowledgment listing a break at ``seq``."""
+    listed = event.payload.get("breaks") if event.action == ACK_ACTION else None
+    return isinstance(listed, list) and any(
+        isinstance(b, Mapping) and b.get("seq") == seq for b in listed
+    )
+
+
+def check_chain_end(s: Session, source: AuditKeySource) -> tuple[AuditEvent | None, bytes]:
+    """Refuse (AuditChainBroken) unless the chain may be extended; its newest event and
+    the key. Costs a fixed number of rows, whatever the chain's length."""
+    first_open = open_breaks(s, limit=1)
+    if first_open:
+        raise refuse(first_open[0], recorded=True)
+    newest = newest_events(s, 2)
+    last = newest[0] if newest else None
+    problem = head_problem(head_of(last), recorded_head(s))
+    if problem is not None:
+        # never start a new chain over removed events (nor extend one that was cut)
+        raise refuse(ChainBreak(*problem), recorded=False)
+    key = source.load(create=last is None)
+    if last is not None:
+        brk = tail_break(key, source, last, newest[1] if len(newest) > 1 else None)
+        if brk is not None:
+            raise refuse(brk, recorded=False)
+    return last, key
+
+
 def append_event(
     s: Session,
     source: AuditKeySource,
@@ -148,24 +289,17 @@ def append_event(
     action: str,
     subject: str,
     payload: Mapping[str, Any] | None,
+    after: tuple[AuditEvent | None, bytes] | None = None,
 ) -> AuditEvent:
-    """Append one event in the session's transaction (flushes pending changes first)."""
+    """Append one event in the session's transaction (flushes pending changes first).
+
+    ``after`` (the newest event and the key) skips the check of the chain's end: only
+    for an acknowledgment, which verified the whole chain under the lock itself.
+    """
     body = normalize_payload(payload)
     s.flush()  # row locks of the change are taken before the chain lock, never after
-    _lock_chain(s)
-    last = last_event(s)
-    problem = head_problem(head_of(last), recorded_head(s))
-    if problem is not None:
-        # never start a new chain over removed events (nor extend one that was cut)
-        raise AuditChainBroken(
-            f"refusing to append to the audit chain, broken at seq {problem[0]}: {problem[1]}",
-            hint="Nothing was changed. Restore the audit_events table from a backup, then "
-            "run `modelyard audit verify`; until then the store accepts no audited change.",
-            first_bad_seq=problem[0],
-        )
-    key = source.load(create=last is None)
-    if last is not None:
-        check_key(key, last, source)
+    lock_chain(s)
+    last, key = check_chain_end(s, source) if after is None else after
     seq = 1 if last is None else last.seq + 1
     prev = GENESIS if last is None else last.hash
     now = utcnow()

@@ -4,13 +4,17 @@ Every stage's store (``_registry``, ``_access``, ``_endpoints``, ...) is a
 ``StoreCore``; ``Store`` (``_store``) combines them. Every change is made by an
 actor and appends one audit event in the same transaction (``_write`` +
 ``_audit``); the actor's role is checked inside that transaction (``_require``),
-and a refusal is audited in a transaction of its own.
+and a refusal is audited in a transaction of its own. ``_audit`` is the one path
+that appends: it refuses while the chain is broken (``_audit.check_chain_end``),
+and ``_write`` records a break found there, so that every later write is refused
+too until an admin acknowledges it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -23,14 +27,18 @@ from modelyard.audit import (
     AccessPolicy,
     AuditEvent,
     AuditKeySource,
+    BreakFound,
+    ChainBreak,
     Role,
     at_least,
     required_role,
 )
-from modelyard.errors import ConfigError, PermissionDenied
+from modelyard.errors import AuditChainBroken, ConfigError, ModelyardError, PermissionDenied
 from modelyard.settings import Settings, load_settings
 from modelyard.store import _audit, _engine
 from modelyard.store._schema import ModelVersionRow
+
+log = logging.getLogger(__name__)
 
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 _REF_RE = re.compile(r"^(?P<name>[^@:]+)(?:@(?P<alias>[^@:]+)|:(?P<version>\d+))?$")
@@ -92,7 +100,8 @@ class StoreCore:
 
     @contextlib.contextmanager
     def _write(self, what: str) -> Iterator[Session]:
-        """One write transaction (BEGIN IMMEDIATE on SQLite); a refusal is audited on its own."""
+        """One write transaction (BEGIN IMMEDIATE on SQLite); a refusal is audited on its own,
+        and a break of the audit chain found on the way is recorded on its own."""
         try:
             with (
                 _engine.translate_errors(self._engine, what),
@@ -101,23 +110,53 @@ class StoreCore:
                 yield session
         except PermissionDenied as denied:
             # The change was rolled back; the refusal itself must stay on record.
-            ctx = denied.context
+            try:
+                self._record_refusal(denied)
+            except AuditChainBroken as broken:  # the refusal stands, though unrecorded
+                self._record_break(broken)
+            raise
+        except AuditChainBroken as broken:
+            self._record_break(broken)
+            raise
+
+    def _record_refusal(self, denied: PermissionDenied) -> None:
+        ctx = denied.context
+        with (
+            _engine.translate_errors(self._engine, "record a refusal in the audit chain"),
+            self._write_sessions.begin() as session,
+        ):
+            self._audit(
+                session,
+                "permission.denied",
+                str(ctx.get("subject", "-")),
+                {
+                    "attempted": ctx.get("action"),
+                    "role": ctx.get("role"),
+                    "required_role": ctx.get("required_role"),
+                    "reason": denied.message,
+                },
+            )
+
+    def _record_break(self, broken: AuditChainBroken) -> None:
+        """Keep a break that an append found on record (``_audit.refuse`` says whether it
+        is new): from then on every audited change is refused until an admin
+        acknowledges it."""
+        ctx = broken.context
+        seq, reason = ctx.get("first_bad_seq"), ctx.get("reason")
+        if ctx.get("unrecorded") and isinstance(seq, int) and isinstance(reason, str):
+            self._keep_break(ChainBreak(seq, reason), "write")
+
+    def _keep_break(self, brk: ChainBreak, found_in: BreakFound) -> None:
+        """Record ``brk`` in a transaction of its own. Best effort: whatever refused the
+        change still stands when the record cannot be written."""
+        try:
             with (
-                _engine.translate_errors(self._engine, "record a refusal in the audit chain"),
+                _engine.translate_errors(self._engine, "record a break of the audit chain"),
                 self._write_sessions.begin() as session,
             ):
-                self._audit(
-                    session,
-                    "permission.denied",
-                    str(ctx.get("subject", "-")),
-                    {
-                        "attempted": ctx.get("action"),
-                        "role": ctx.get("role"),
-                        "required_role": ctx.get("required_role"),
-                        "reason": denied.message,
-                    },
-                )
-            raise
+                _audit.record_break(session, brk, actor=self.actor, found_in=found_in)
+        except ModelyardError as exc:
+            log.error("could not record the break of the audit chain: %s", exc.one_line())
 
     def _audit(
         self, s: Session, action: str, subject: str, payload: Mapping[str, Any] | None = None

@@ -368,6 +368,22 @@ class AuditHeadRow(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class AuditBreakRow(Base):
+    """A break of the audit chain the store found (``audit verify``, or the check before
+    an append; migration 0011). While one is not acknowledged (``acknowledged_seq``
+    NULL), every audited change is refused; the acknowledgment event's seq closes it."""
+
+    __tablename__ = "audit_breaks"
+    __table_args__ = (Index("ix_audit_breaks_acknowledged_seq", "acknowledged_seq"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    reason: Mapped[str] = mapped_column(Text)
+    found_at: Mapped[datetime] = mapped_column(default=utcnow)
+    found_by: Mapped[str] = mapped_column(String(200))
+    found_in: Mapped[str] = mapped_column(String(16))  # verify | write
+    acknowledged_seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
 class FeedbackRow(Base):
     """A client's verdict on one inference record; one per record (the latest wins)."""
 

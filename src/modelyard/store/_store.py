@@ -9,7 +9,8 @@ audited write, role checks) and the row lookups and converters (``_rows``,
 ==================  ===========================================================
 ``_tracking``       base models, datasets, training runs
 ``_registry``       registered models, versions, aliases, tags, gate verdicts
-``_access``         tenants, API keys, actors, reading the audit chain
+``_access``         tenants, API keys, actors
+``_chain``          reading and verifying the audit chain, acknowledging its breaks
 ``_endpoints``      endpoints, traffic plans, shadows, rollout policies
 ``_rollouts``       rollouts, their transitions and samples, alias moves
 ``_fleet``          server heartbeats, leases
@@ -23,6 +24,7 @@ from __future__ import annotations
 from modelyard.audit import AccessPolicy, AuditKeySource
 from modelyard.store import _audit, _engine
 from modelyard.store._access import AccessStore
+from modelyard.store._chain import AuditStore
 from modelyard.store._endpoints import EndpointStore
 from modelyard.store._fleet import FleetStore
 from modelyard.store._monitoring import MonitoringStore
@@ -34,6 +36,7 @@ from modelyard.store._tracking import TrackingStore
 class Store(
     TrackingStore,
     AccessStore,
+    AuditStore,
     EndpointStore,  # and, through it, RegistryStore
     RolloutStore,
     FleetStore,
