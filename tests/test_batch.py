@@ -9,6 +9,7 @@ subprocess on the echo engine (paced, so the job is half way when it is killed).
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import os
@@ -27,12 +28,13 @@ import pytest
 
 from clihelp import modelyard
 from modelyard.access import create_api_key
-from modelyard.artifacts import ArtifactStore
+from modelyard.artifacts import LocalArtifactStore
 from modelyard.base import create_tiny_base
 from modelyard.cli import main
 from modelyard.data import DOMAINS, domain_corpus
 from modelyard.store import Store
 from tinymodels import QUICK_BASE, random_adapter, register_adapter
+from worlds import gate_metrics
 
 COLUMNS = ["answer", "finish_reason", "prompt_tokens", "completion_tokens", "version"]
 COLUMNS += ["record_id", "error"]
@@ -41,8 +43,8 @@ COLUMNS += ["record_id", "error"]
 @dataclass
 class World:
     home: Path
-    key: str  # acme, scope infer
-    feedback_key: str  # acme, scope feedback only
+    key: str  # acme-insurance, scope infer
+    feedback_key: str  # acme-insurance, scope feedback only
     globex_key: str
 
     def store(self) -> Store:
@@ -59,27 +61,34 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     home = tmp / "home"
     home.mkdir()
     base = create_tiny_base(domain_corpus(DOMAINS, 300, seed=0), tmp / "base", **QUICK_BASE).path
-    artifacts = ArtifactStore(home / "artifacts")
+    artifacts = LocalArtifactStore(home / "artifacts")
     with Store.open(f"sqlite:///{home / 'store.db'}") as store:
         store.register_base_model("tiny", str(base), {})
-        store.create_tenant("acme", storage_policy="redacted")
-        store.create_registered_model("acme-claims", tenant="acme")
+        store.create_tenant("acme-insurance", storage_policy="redacted")
+        store.create_registered_model("acme-claims", tenant="acme-insurance")
         adapter = random_adapter(base, tmp / "adapter", seed=1)
-        register_adapter(store, artifacts, adapter, model="acme-claims")
-        store.create_endpoint("acme-support", model_ref="acme-claims:1", tenant="acme")
+        store.create_model_version(
+            "acme-claims", kind="adapter", artifact_digest=artifacts.put_dir(adapter,
+            kind="adapter").digest, base_model="tiny", run_id=None,
+            lineage={"prompt_template": "alpaca"}, metrics=gate_metrics(True),
+        )  # fmt: skip
+        store.set_alias("acme-claims", "champion", 1)
+        store.create_endpoint("claims-router", model_ref="acme-claims@champion",
+                              tenant="acme-insurance")  # fmt: skip
         store.create_tenant("globex")
         store.create_registered_model("globex-bot", tenant="globex")
         register_adapter(store, artifacts, adapter, model="globex-bot")
         store.create_endpoint("globex-support", model_ref="globex-bot:1", tenant="globex")
-        _, key = create_api_key(store, "acme", scopes=("infer",))
-        _, feedback_key = create_api_key(store, "acme", scopes=("feedback",))
+        _, key = create_api_key(store, "acme-insurance", scopes=("infer",))
+        _, feedback_key = create_api_key(store, "acme-insurance", scopes=("feedback",))
         _, globex_key = create_api_key(store, "globex", scopes=("infer",))
     return World(home, key, feedback_key, globex_key)
 
 
 @pytest.fixture
 def here(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A working directory, with the world's home and acme's key in the environment."""
+    """A working directory, with the world's home and acme-insurance's key in the
+    environment."""
     monkeypatch.setenv("MODELYARD_HOME", str(world.home))
     monkeypatch.setenv("MODELYARD_API_KEY", world.key)
     monkeypatch.chdir(tmp_path)
@@ -109,7 +118,7 @@ def test_a_csv_is_answered_through_the_endpoint_one_record_per_row(
     lines = ["ticket_id,text"] + [f"T-{i},my claim number {i} about the roof" for i in range(12)]
     lines.append('T-99,"write to me at jane@example.com, please"')
     (here / "tickets.csv").write_text("\n".join(lines) + "\n")
-    args = ["tickets.csv", "-o", "answers.csv", "-e", "acme-support", "--prompt-column",
+    args = ["tickets.csv", "-o", "answers.csv", "-e", "claims-router", "--prompt-column",
             "text", "--id-column", "ticket_id", "--max-tokens", "6", "--concurrency", "8",
             "--json"]  # fmt: skip
     code, out, err = batch(capsys, *args)
@@ -128,7 +137,7 @@ def test_a_csv_is_answered_through_the_endpoint_one_record_per_row(
     records = world.records(summary["job_id"])
     assert sorted(r["id"] for r in records) == sorted(r["record_id"] for r in rows)
     assert {(r["source"], r["status"], r["endpoint_name"], r["route"]) for r in records} == {
-        ("batch", "ok", "acme-support", "chat.completions")
+        ("batch", "ok", "claims-router", "chat.completions")
     }
     assert [r["response"] for r in records if r["id"] == rows[0]["record_id"]]
     # the tenant's storage policy applies (redacted), as it does to API requests
@@ -169,7 +178,7 @@ def test_a_parquet_file_through_an_operators_version_with_template_fields(
     records = world.records(job)
     assert len(records) == 3
     assert {(r["endpoint_name"], r["api_key_id"], r["tenant"]) for r in records} == {
-        ("acme-claims:1", "operator", "acme")
+        ("acme-claims:1", "operator", "acme-insurance")
     }
     # an instruction with an input: alpaca's "### Input:"; without one, the instruction alone
     prompts = {r["id"]: r["prompt"] for r in records}
@@ -184,7 +193,7 @@ def test_failed_rows_keep_their_error_and_max_errors_stops_the_job(
     long = " ".join(f"word{i}" for i in range(400))  # past the tiny base's 256 positions
     prompts = ["short one", long, "short three", "short four", long, "short six"]
     write_jsonl(here / "in.jsonl", [{"prompt": p} for p in prompts])
-    args = ["in.jsonl", "-o", "out.jsonl", "-e", "acme-support", "--max-tokens", "4",
+    args = ["in.jsonl", "-o", "out.jsonl", "-e", "claims-router", "--max-tokens", "4",
             "--concurrency", "1", "--json"]  # fmt: skip
     code, out, err = batch(capsys, *args, "--max-errors", "1")
     assert code == 1
@@ -266,7 +275,7 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
     (here / name).write_text(content)
     extra = [world.feedback_key if a == "FEEDBACK" else a for a in extra]
     if "-e" not in extra and "--model" not in extra:
-        extra = ["-e", "acme-support", *extra]
+        extra = ["-e", "claims-router", *extra]
     with world.store() as store:
         before = store.count_inference_records()
     code, _, err = batch(capsys, name, "-o", "out.jsonl", "--engine", "echo", *extra)
@@ -285,7 +294,7 @@ def test_a_job_killed_half_way_resumes_every_row_once_with_one_record_each(
     questions = [{"id": f"q{i}", "prompt": f"question {i}"} for i in range(rows)]
     write_jsonl(tmp_path / "in.jsonl", questions)
     out = tmp_path / "out.jsonl"
-    command = ["batch", "run", str(tmp_path / "in.jsonl"), "-o", str(out), "-e", "acme-support",
+    command = ["batch", "run", str(tmp_path / "in.jsonl"), "-o", str(out), "-e", "claims-router",
                "--engine", "echo", "--echo-delay-ms", "25", "--concurrency", "4",
                "--id-column", "id", "--json"]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
@@ -324,3 +333,59 @@ def test_a_job_killed_half_way_resumes_every_row_once_with_one_record_each(
     assert {r["id"] for r in records} == {a["record_id"] for a in answers}
     assert {r["status"] for r in records} == {"ok"}
     assert not out.with_name("out.jsonl.batch").exists()
+
+
+DOC = (Path(__file__).resolve().parents[1] / "docs" / "batch.md").read_text()
+
+
+def _command(block: str) -> list[str]:
+    """The ``modelyard batch run`` line of a bash block (continuations joined)."""
+    import shlex
+
+    line = block.replace("\\\n", " ")
+    (command,) = [c for c in line.splitlines() if c.startswith("modelyard batch run")]
+    return shlex.split(command)[1:]
+
+
+def test_the_docs_csv_example_runs_and_writes_the_columns_shown(
+    world: World, here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import re
+
+    found = re.search(r"`claims.csv`:\n\n```csv\n(.*?)```\n\n```bash\n(.*?)```", DOC, re.S)
+    assert found is not None
+    (here / "claims.csv").write_text(found.group(1))
+    command = _command(found.group(2))
+    shown = re.search(r"`routed.csv`:\n\n```csv\n(.*?)```", DOC, re.S)
+    assert shown is not None
+    capsys.readouterr()
+    assert main(command) == 0, capsys.readouterr().err
+    written = list(csv.reader((here / "routed.csv").read_text().splitlines()))
+    documented = list(csv.reader(shown.group(1).splitlines()))
+    assert written[0] == documented[0]
+    assert [r[:2] for r in written] == [r[:2] for r in documented]  # row, claim_id
+    assert {r[6] for r in written[1:]} == {"acme-claims:1"}
+
+
+def test_the_docs_parquet_example_runs(
+    world: World, here: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import re
+
+    monkeypatch.delenv("MODELYARD_API_KEY")  # the operator's example: no key
+    section = DOC.split("## Example: a Parquet file")[1].split("\n## ")[0]
+    write, run, read = re.findall(r"```(?:python|bash)\n(.*?)```", section, re.S)
+    snippets: dict[str, Any] = {}
+    exec(write, snippets)  # the documented snippet, in a temporary directory
+    capsys.readouterr()
+    assert main(_command(run)) == 0, capsys.readouterr().err
+    exec(read, snippets)
+    printed = ast.literal_eval(capsys.readouterr().out)
+    shown = ast.literal_eval("".join(re.findall(r"^#\s?(.*)$", read, re.M)))
+    # the answers are the quickstart's trained version's; here a random adapter answers
+    assert [(r["claim_id"], r["version"], r["error"]) for r in printed] == [
+        (r["claim_id"], r["version"], r["error"]) for r in shown
+    ]
+    table = pq.read_table(here / "routed.parquet")
+    assert table.schema.field("claim_id").type == pa.int64()
+    assert table.column("version").to_pylist() == ["acme-claims:1"] * 2

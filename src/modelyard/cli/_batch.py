@@ -224,6 +224,7 @@ class _Bar:
         self._quiet = quiet
         self._progress: Progress | None = None
         self._task: TaskID | None = None
+        self._first = True
 
     def start(self, summary: JobSummary, resumed: bool) -> None:
         if self._quiet:
@@ -244,6 +245,9 @@ class _Bar:
 
     def update(self, done: int, total: int | None) -> None:
         if self._progress is not None and self._task is not None:
+            if self._first:  # rows answered by an earlier run: no part of the rate
+                self._first = False
+                self._progress.reset(self._task, completed=done, total=total)
             self._progress.update(self._task, completed=done, total=total)
 
     def stop(self) -> None:
