@@ -44,6 +44,7 @@ message saying *what* went wrong and *why*, and a ``hint`` saying what to do.
     ├── EngineOverloaded                the engine's queue is full
     ├── RateLimited                     a key over its requests/min or tokens/min
     ├── LimitsUnavailable               shared limits cannot be checked (Redis down)
+    ├── BudgetExceeded                  a tenant or key spent its day's or month's budget
     ├── RequestTimeout                  a request past --request-timeout-s
     └── ShuttingDown                    the server is draining
 
@@ -358,6 +359,15 @@ class LimitsUnavailable(ModelyardError):
     default_hint = "Retry shortly."
 
 
+class BudgetExceeded(ModelyardError):
+    """A tenant or key spent its budget for the day or month (HTTP 429 with OpenAI's
+    ``insufficient_quota``, ``Retry-After`` until the budget is renewed, and
+    ``x-should-retry: false``: retrying sooner changes nothing)."""
+
+    code = "insufficient_quota"
+    default_hint = "Ask an operator to raise the budget."
+
+
 class RequestTimeout(ModelyardError):
     """A request ran past the server's ``--request-timeout-s`` (HTTP 504); it was cancelled."""
 
@@ -409,6 +419,7 @@ STATUSES: Mapping[type[ModelyardError], ErrorStatus] = MappingProxyType(
         UpstreamTimeout: ErrorStatus(1, 504, "timeout"),
         RateLimited: ErrorStatus(1, 429, "requests"),
         LimitsUnavailable: ErrorStatus(1, 503, _SERVER),
+        BudgetExceeded: ErrorStatus(1, 429, "insufficient_quota"),
         RequestTimeout: ErrorStatus(1, 504, "timeout"),
         ShuttingDown: ErrorStatus(1, 503, _SERVER),
     }
@@ -440,6 +451,7 @@ __all__ = [
     "AuditKeyMissing",
     "AuthError",
     "BaseModelNotFound",
+    "BudgetExceeded",
     "ConfigError",
     "Conflict",
     "DataError",

@@ -21,6 +21,8 @@ REQUIRED_ROLES: dict[str, Role] = {
     "actor.added": "admin",
     "actor.role_changed": "admin",
     ACK_ACTION: "admin",  # acknowledging a break of the audit chain
+    "budget.set": "approver",  # money: not the developer who spends it
+    "budget.removed": "approver",
 }
 """Actions needing more than ``developer`` (protected aliases are decided per alias)."""
 

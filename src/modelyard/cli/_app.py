@@ -17,6 +17,7 @@ from modelyard.cli import (
     _audit,
     _base,
     _batch,
+    _budgets,
     _data,
     _delivery,
     _doctor,
@@ -125,6 +126,7 @@ app.add_typer(_base.app, name="base")
 app.add_typer(_data.app, name="data")
 app.add_typer(_admin.tenants_app, name="tenants")
 app.add_typer(_admin.keys_app, name="keys")
+app.add_typer(_budgets.app, name="budgets")
 for _name, _command in (
     ("lineage", _registry.lineage),
     ("card", _registry.card),

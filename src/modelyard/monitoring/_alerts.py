@@ -18,7 +18,7 @@ import operator
 import shlex
 import subprocess
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,14 +27,28 @@ from typing import Any, Literal
 import httpx
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from modelyard.durations import parse_duration
 from modelyard.errors import ConfigError
 from modelyard.metric_names import TRAFFIC_METRICS, canonical, hint
 from modelyard.monitoring._drift import parse_reference
 from modelyard.monitoring._features import FEATURE_NAMES
-from modelyard.store import AlertNotification, AlertState, Store, ended, failed
+from modelyard.store import (
+    AlertNotification,
+    AlertState,
+    Store,
+    ended,
+    failed,
+    period_start,
+)
 
 log = logging.getLogger("modelyard.alerts")
 
@@ -45,7 +59,11 @@ DRIFT_METRICS: dict[str, str] = {
     f"drift.{f}": f"drift value of {f} in the latest run"
     for f in (*FEATURE_NAMES, "prompt_embedding")
 }
-METRICS = RECORD_METRICS | DRIFT_METRICS
+BUDGET_METRICS: dict[str, str] = {
+    "budget_used": "fraction of a tenant's or key's budget spent in its current day or month "
+    "(one alert per budget: labels tenant, key, period)",
+}
+METRICS = RECORD_METRICS | DRIFT_METRICS | BUDGET_METRICS
 _COMPARISONS: dict[str, Callable[[float, float], bool]] = {
     ">": operator.gt,
     ">=": operator.ge,
@@ -109,6 +127,14 @@ class Rule(_Section):
                 f"unknown metric {value!r}{hint(value, METRICS)}; use one of {', '.join(METRICS)}"
             )
         return name
+
+    @model_validator(mode="after")
+    def _budgets_have_no_endpoint(self) -> Rule:
+        if self.metric in BUDGET_METRICS and self.endpoint is not None:
+            raise ValueError(
+                f"{self.metric} is evaluated per budget, not per endpoint: remove endpoint"
+            )
+        return self
 
     @field_validator("window")
     @classmethod
@@ -380,15 +406,8 @@ def evaluate_rules(store: Store, rules: AlertRules, now: datetime) -> list[Trans
     transitions: list[Transition] = []
     cache: dict[tuple[str, timedelta], dict[str, float | None]] = {}
     for rule in rules.rules:
-        for endpoint in [rule.endpoint] if rule.endpoint else endpoints:
-            key = (endpoint, rule.window_td)
-            if key not in cache:
-                start = now - rule.window_td
-                cache[key] = record_metrics(store, endpoint, start, now) | drift_metrics(
-                    store, endpoint, start
-                )
-            value = cache[key][rule.metric]
-            labels = {**rule.labels, "endpoint": endpoint, "severity": rule.severity}
+        for value, where in _values(store, rule, endpoints, cache, now):
+            labels = {**rule.labels, **where, "severity": rule.severity}
             aid = alert_id(rule.name, labels)
             old = states.get(aid)
             holds = value is not None and _COMPARISONS[rule.comparison](value, rule.threshold)
@@ -402,6 +421,33 @@ def evaluate_rules(store: Store, rules: AlertRules, now: datetime) -> list[Trans
                 if new.state == "firing" and rule.retrain:
                     start_retraining(store, rule, new)
     return transitions
+
+
+def _values(
+    store: Store,
+    rule: Rule,
+    endpoints: Sequence[str],
+    cache: dict[tuple[str, timedelta], dict[str, float | None]],
+    now: datetime,
+) -> Iterator[tuple[float | None, dict[str, str]]]:
+    """The rule's metric where it applies, with the labels that say where: per endpoint,
+    or per budget (``budget_used``: what was spent of it in its current period)."""
+    if rule.metric in BUDGET_METRICS:
+        for budget in store.list_budgets():
+            spent = store.spent(budget.tenant, period_start(budget.period, now),
+                                key_id=budget.key_id)  # fmt: skip
+            where = {"tenant": budget.tenant, "key": budget.key_id or "*",
+                     "period": budget.period}  # fmt: skip
+            yield spent / budget.amount, where
+        return
+    for endpoint in [rule.endpoint] if rule.endpoint else endpoints:
+        key = (endpoint, rule.window_td)
+        if key not in cache:
+            start = now - rule.window_td
+            cache[key] = record_metrics(store, endpoint, start, now) | drift_metrics(
+                store, endpoint, start
+            )
+        yield cache[key][rule.metric], {"endpoint": endpoint}
 
 
 def _step(

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelyard.errors import (
+    BudgetExceeded,
     EngineOverloaded,
     ModelyardError,
     RateLimited,
@@ -89,6 +90,8 @@ def install_error_handlers(app: FastAPI) -> None:
             headers = {"Retry-After": str(exc.retry_after)}
         elif isinstance(exc.context.get("retry_after"), int):  # an upstream's, passed on
             headers = {"Retry-After": str(exc.context["retry_after"])}
+            if isinstance(exc, BudgetExceeded):  # the openai SDK honours it: no retry storm
+                headers["x-should-retry"] = "false"
         elif isinstance(exc, EngineOverloaded | StoreUnavailable | UpstreamBusy):
             headers = {"Retry-After": "1"}
         return JSONResponse(

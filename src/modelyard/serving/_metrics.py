@@ -7,6 +7,7 @@ from collections.abc import Callable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from modelyard.serving._types import AdapterEvent
+from modelyard.store import ApiKey, ModelVersion
 
 
 class Metrics:
@@ -41,6 +42,13 @@ class Metrics:
         )
         self.queue_depth = Gauge(
             "modelyard_queue_depth", "Requests waiting for the engine", registry=self.registry
+        )
+        self.spend = Counter(
+            "modelyard_spend",
+            "What requests cost (tokens at their base model's price), by tenant, key, "
+            "endpoint and version",
+            ["tenant", "key", "endpoint", "version"],
+            registry=self.registry,
         )
         self.rate_limited = Counter(
             "modelyard_rate_limited",
@@ -91,6 +99,10 @@ class Metrics:
             registry=self.registry,
         )
         gauge.set_function(lambda: float(up()))
+
+    def spent(self, key: ApiKey, endpoint: str, version: ModelVersion, cost: float) -> None:
+        """A request's cost (``BudgetGuard``'s observer)."""
+        self.spend.labels(key.tenant, key.id, endpoint, version.ref).inc(cost)
 
     def adapter_event(self, event: AdapterEvent, version: str) -> None:
         self.adapter[event].labels(version).inc()

@@ -42,6 +42,7 @@ from modelyard.monitoring import (
     started_record,
 )
 from modelyard.serving._auth import KeyCache
+from modelyard.serving._budgets import BudgetGuard
 from modelyard.serving._engine import Engine
 from modelyard.serving._health import LoadHealth, StoreProbe, load_failure_of
 from modelyard.serving._limits import (
@@ -112,9 +113,10 @@ class DataPlane:
         self.metrics = Metrics()
         self.keys = KeyCache(store, limits.key_cache_seconds)
         self.limiter = limiter_for(limits)  # shared by replicas through Redis, or this one's
-        if isinstance(self.limiter, SharedRateLimiter):
-            shared = self.limiter
+        shared = self.limiter if isinstance(self.limiter, SharedRateLimiter) else None
+        if shared is not None:
             self.metrics.watch_shared_limits(lambda: shared.shared_up)
+        self.budgets = BudgetGuard(store, shared=shared, observer=self.metrics.spent)
         self.slots = TenantSlots(limits.tokenize_concurrency)
         self.refusals = RefusalSampler(limits.refusals_stored_per_minute)
         self._tenants: dict[str, Tenant] = {}
@@ -225,6 +227,7 @@ class DataPlane:
         admission: Admission | None = None
         try:
             self.tenant(key.tenant)  # cached, so that finishing never waits on the store
+            self.budgets.check(key)
             chosen = self.router.route(endpoint, key)
             version = self.router.pick(chosen, user)
             assert version is not None  # a route has at least one version with weight
@@ -390,6 +393,8 @@ class DataPlane:
         if sub.admission is not None:
             used = gen.prompt_tokens + gen.completion_tokens if gen is not None else 0
             self.limiter.settle(sub.admission, used)
+        if gen is not None:
+            self.budgets.charge(sub.key, sub.endpoint, sub.version, gen)
         self._record(
             sub.record_id,
             sub.key,

@@ -29,7 +29,8 @@ import logging
 import math
 import threading
 import time
-from typing import Literal
+from collections.abc import Callable
+from typing import Literal, TypeVar
 
 import redis
 from redis.exceptions import RedisError
@@ -47,6 +48,7 @@ from modelyard.store import ApiKey
 log = logging.getLogger(__name__)
 
 OnDown = Literal["open", "closed"]
+T = TypeVar("T")
 TIMEOUT_S = 0.25
 RETRY_DOWN_S = 1.0
 
@@ -209,16 +211,22 @@ class SharedRateLimiter:
     def _run(self, key_id: str, buckets: list[tuple[str, int, int, int]]) -> list[int] | None:
         """The script's waits, or None when Redis is down and the limits fail open
         (``LimitsUnavailable`` when they fail closed)."""
-        now = time.monotonic()
-        if now < self._down_until:
-            self._down(None)
-            return None
         keys = [f"{self.prefix}{key_id}:{kind}" for kind, _, _, _ in buckets]
         args: list[int] = []
         for _, cap, need, taken in buckets:
             args += [cap, need, taken]
+        waits = self.call(lambda _: self._take(keys=keys, args=args))
+        return None if waits is None else [int(w) for w in waits]
+
+    def call(self, action: Callable[[redis.Redis], T]) -> T | None:
+        """``action`` on the shared Redis, under the outage rules of the module doc: None
+        while Redis is down and the limits fail open, ``LimitsUnavailable`` when they fail
+        closed (the budget guard keeps its spend here too)."""
+        if time.monotonic() < self._down_until:
+            self._down(None)
+            return None
         try:
-            waits = self._take(keys=keys, args=args)
+            result = action(self._redis)
         except RedisError as exc:
             self._down_until = time.monotonic() + RETRY_DOWN_S
             self._down(exc)
@@ -226,7 +234,7 @@ class SharedRateLimiter:
         if not self._up:
             log.warning("Redis at %s answers again: limits are shared again", _where(self.url))
             self._up = True
-        return [int(w) for w in waits]
+        return result
 
     def _down(self, exc: RedisError | None) -> None:
         """Say Redis is down (once per outage); raise when the limits fail closed."""

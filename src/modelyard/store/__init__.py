@@ -5,6 +5,7 @@ applied by ``modelyard init`` and on first use. Every change appends one event t
 the audit chain in the same transaction and is checked against the actor's role.
 """
 
+from modelyard.store._budgets import period_end, period_start
 from modelyard.store._core import check_name, parse_model_ref
 from modelyard.store._engine import head_revision, redact_url
 from modelyard.store._rollouts import (
@@ -18,6 +19,7 @@ from modelyard.store._rollouts import (
 from modelyard.store._schema import utcnow
 from modelyard.store._store import Store
 from modelyard.store.entities import (
+    BUDGET_PERIODS,
     DEFAULT_STORAGE_POLICY,
     ROLLOUT_ACTIVE,
     STORAGE_POLICIES,
@@ -28,6 +30,8 @@ from modelyard.store.entities import (
     AuditEvent,
     AuditHead,
     BaseModel,
+    Budget,
+    BudgetPeriod,
     ChainReport,
     DatasetVersion,
     DriftResult,
@@ -56,6 +60,7 @@ from modelyard.store.entities import (
 )
 
 __all__ = [
+    "BUDGET_PERIODS",
     "DEFAULT_STORAGE_POLICY",
     "ROLLOUT_ACTIVE",
     "STORAGE_POLICIES",
@@ -66,6 +71,8 @@ __all__ = [
     "AuditEvent",
     "AuditHead",
     "BaseModel",
+    "Budget",
+    "BudgetPeriod",
     "ChainReport",
     "DatasetVersion",
     "DriftResult",
@@ -100,6 +107,8 @@ __all__ = [
     "failed",
     "head_revision",
     "parse_model_ref",
+    "period_end",
+    "period_start",
     "redact_url",
     "step_plan",
     "utcnow",

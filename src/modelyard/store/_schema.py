@@ -553,6 +553,22 @@ class RetentionPolicyRow(Base):
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class BudgetRow(Base):
+    """A cap on what a tenant (``key_id`` empty) or one of its keys spends per day or month."""
+
+    __tablename__ = "budgets"
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "key_id", "period", name="uq_budgets_subject_period"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(ForeignKey("tenants.id"), index=True)
+    key_id: Mapped[str] = mapped_column(String(32), default="")
+    period: Mapped[str] = mapped_column(String(8))
+    amount: Mapped[float] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_by: Mapped[str] = mapped_column(String(200))
+
+
 class TokenPriceRow(Base):
     """Price per 1,000 tokens of one base model, for the cost in profiles."""
 

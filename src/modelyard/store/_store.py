@@ -24,6 +24,7 @@ from __future__ import annotations
 from modelyard.audit import AccessPolicy, AuditKeySource
 from modelyard.store import _audit, _engine
 from modelyard.store._access import AccessStore
+from modelyard.store._budgets import BudgetStore
 from modelyard.store._chain import AuditStore
 from modelyard.store._endpoints import EndpointStore
 from modelyard.store._fleet import FleetStore
@@ -42,6 +43,7 @@ class Store(
     FleetStore,
     RecordStore,
     MonitoringStore,
+    BudgetStore,
 ):
     """Desired state of one modelyard installation, on SQLite or PostgreSQL."""
 

@@ -16,6 +16,8 @@ DEFAULT_STORAGE_POLICY: StoragePolicy = "redacted"
 masked in stored prompts and responses); ``full`` is a choice made when creating it."""
 VersionKind = Literal["adapter", "full", "upstream"]
 GateState = Literal["passed", "failed", "not_evaluated"]
+BudgetPeriod = Literal["day", "month"]
+BUDGET_PERIODS: tuple[BudgetPeriod, ...] = ("day", "month")
 
 
 @dataclass(frozen=True)
@@ -528,6 +530,19 @@ class RetentionPolicy:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """A cap on what ``tenant`` (or its key ``key_id``) spends per ``period`` (a UTC day
+    or month), in the currency of the token prices."""
+
+    tenant: str
+    key_id: str | None
+    period: BudgetPeriod
+    amount: float
+    updated_at: datetime
+    updated_by: str
+
+
+@dataclass(frozen=True)
 class TokenPrice:
     """Price per 1,000 tokens (prompt and completion) of one base model."""
 
@@ -538,6 +553,7 @@ class TokenPrice:
 
 
 __all__ = [
+    "BUDGET_PERIODS",
     "DEFAULT_STORAGE_POLICY",
     "ROLLOUT_ACTIVE",
     "STORAGE_POLICIES",
@@ -548,6 +564,8 @@ __all__ = [
     "AuditEvent",
     "AuditHead",
     "BaseModel",
+    "Budget",
+    "BudgetPeriod",
     "ChainReport",
     "DatasetVersion",
     "DriftResult",

@@ -1,0 +1,102 @@
+"""``modelyard budgets``: money budgets per tenant and per API key, and what was spent."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import typer
+from rich.table import Table
+
+from modelyard.cli._admin import JSON
+from modelyard.cli._common import console, open_store, print_json
+from modelyard.store import Budget, Store, period_end, period_start
+
+app = typer.Typer(
+    help="Money budgets per tenant or API key, per UTC day or month, in the currency of the "
+    "token prices (`monitor price set`): a tenant or key that has spent its budget gets "
+    "429 insufficient_quota until the period ends."
+)
+
+PERIOD = typer.Option("day", "--period", help="day or month (UTC).")
+KEY = typer.Option(None, "--key", help="A key id of the tenant (`keys list`): its own budget.")
+
+
+@app.command("set")
+def budgets_set(
+    tenant: str = typer.Argument(..., help="The tenant."),
+    amount: float = typer.Option(..., "--amount", help="What may be spent in the period."),
+    period: str = PERIOD,
+    key: str | None = KEY,
+    json_out: bool = JSON,
+) -> None:
+    """Set (or replace) a budget; audited. Servers apply it within 10 s."""
+    with open_store() as store:
+        budget = store.set_budget(tenant, period, amount, key_id=key)
+        row = _row(store, budget, datetime.now(UTC))
+    if json_out:
+        print_json(row)
+        return
+    console.print(
+        f"[green]{_who(budget)}[/]: {budget.amount:g} per {budget.period} "
+        f"({row['spent']:.4g} spent so far, {row['used_percent']:.0f} %)"
+    )
+
+
+@app.command("remove")
+def budgets_remove(
+    tenant: str = typer.Argument(..., help="The tenant."),
+    period: str = PERIOD,
+    key: str | None = KEY,
+) -> None:
+    """Remove a budget; audited."""
+    with open_store() as store:
+        removed = store.remove_budget(tenant, period, key_id=key)
+    subject = f"{tenant} key {key}" if key else tenant
+    if removed:
+        console.print(f"removed the {period} budget of {subject}")
+    else:
+        console.print(f"{subject} has no {period} budget: nothing removed")
+
+
+@app.command("list")
+def budgets_list(
+    tenant: str | None = typer.Option(None, "--tenant", help="Only this tenant's."),
+    json_out: bool = JSON,
+) -> None:
+    """Budgets with what was spent in their current period (from the inference records)."""
+    now = datetime.now(UTC)
+    with open_store() as store:
+        rows = [_row(store, b, now) for b in store.list_budgets(tenant)]
+    if json_out:
+        print_json(rows)
+        return
+    if not rows:
+        console.print("no budgets" + (f" for {tenant}" if tenant else ""))
+        return
+    table = Table("tenant", "key", "period", "budget", "spent", "used", "renews (UTC)")
+    for row in rows:
+        table.add_row(
+            str(row["tenant"]), str(row["key_id"] or "(all keys)"), str(row["period"]),
+            f"{row['amount']:g}", f"{row['spent']:.4g}", f"{row['used_percent']:.0f} %",
+            str(row["renews_at"])[:16],
+        )  # fmt: skip
+    console.print(table)
+
+
+def _row(store: Store, budget: Budget, now: datetime) -> dict[str, object]:
+    spent = store.spent(budget.tenant, period_start(budget.period, now), key_id=budget.key_id)
+    return {
+        "tenant": budget.tenant,
+        "key_id": budget.key_id,
+        "period": budget.period,
+        "amount": budget.amount,
+        "spent": spent,
+        "used_percent": 100 * spent / budget.amount,
+        "renews_at": period_end(budget.period, now).isoformat(),
+        "updated_at": budget.updated_at.isoformat(),
+        "updated_by": budget.updated_by,
+    }
+
+
+def _who(budget: Budget) -> str:
+    return f"{budget.tenant} key {budget.key_id}" if budget.key_id else budget.tenant
