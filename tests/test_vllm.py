@@ -8,6 +8,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,8 +122,24 @@ def _wait_running(
     while _running(world, version) < count:
         outcome = ended()
         assert outcome is None, f"the request ended before vLLM ran it: {outcome}"
-        assert time.monotonic() < deadline, f"vLLM never ran {count} requests"
+        assert time.monotonic() < deadline, f"vLLM never ran {count} requests\n{_stuck(world)}"
         time.sleep(0.05)
+
+
+def _stuck(world: World) -> str:
+    """Where the engine's request threads are, and vLLM's metrics and log: what a request
+    that never reached vLLM was waiting for (seen once under the full suite in CI)."""
+    frames = sys._current_frames()
+    stacks = [
+        f"-- {t.name}\n" + "".join(traceback.format_stack(frames[t.ident])[-8:])
+        for t in threading.enumerate()
+        if t.ident in frames and t.name.startswith(("vllm-request", "upstream"))
+    ]
+    process = world.engine.process(world.versions["acme"])
+    metrics = httpx.get(process.url + "/metrics", timeout=10).text.splitlines()
+    waiting = [m for m in metrics if m.startswith(("vllm:num_requests", "vllm:kv_cache"))]
+    log = process.log_path.read_text()[-4000:] if process.log_path.exists() else ""
+    return "\n".join([*stacks, *waiting, "-- vLLM log:", log])
 
 
 def _outcome(stream: TokenStream) -> str | None:
