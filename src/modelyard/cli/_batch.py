@@ -12,14 +12,16 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
 
 from modelyard.cli._common import (
-    RateColumn,
     bad_input,
     err_console,
     open_artifacts,
@@ -216,6 +218,15 @@ def _engine(
     return EngineSet(local, UpstreamEngine(open_artifacts(), store=store))
 
 
+class _RowsPerSecond(ProgressColumn):
+    """Rows answered by this run per second of it (an earlier run's rows left out)."""
+
+    def render(self, task: Task) -> Text:
+        elapsed = task.elapsed or 0.0
+        done = task.completed - task.fields.get("base", 0)
+        return Text(f"{done / elapsed:.1f} rows/s" if elapsed > 0 else "", style="dim")
+
+
 class _Bar:
     """The job's progress: rows done of the job's rows, rows/s, time left. Shown from the
     job's start (nothing for input refused before it), on stderr."""
@@ -233,7 +244,7 @@ class _Bar:
             TextColumn("[bold]{task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
-            RateColumn("rows"),
+            _RowsPerSecond(),
             TextColumn("eta"),
             TimeRemainingColumn(),
             TimeElapsedColumn(),
@@ -241,13 +252,13 @@ class _Bar:
         )
         self._progress.start()
         word = "resuming" if resumed else "job"
-        self._task = self._progress.add_task(f"{word} {summary.job_id}", total=summary.rows)
+        self._task = self._progress.add_task(f"{word} {summary.job_id}", total=summary.rows, base=0)
 
     def update(self, done: int, total: int | None) -> None:
         if self._progress is not None and self._task is not None:
             if self._first:  # rows answered by an earlier run: no part of the rate
                 self._first = False
-                self._progress.reset(self._task, completed=done, total=total)
+                self._progress.reset(self._task, completed=done, total=total, base=done)
             self._progress.update(self._task, completed=done, total=total)
 
     def stop(self) -> None:
