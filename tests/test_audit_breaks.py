@@ -10,6 +10,7 @@ chain is a new break.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from modelyard.errors import (
 )
 from modelyard.store import Store
 
+DOCS = Path(__file__).resolve().parents[1] / "docs"
 KEY = "correct horse battery staple, but longer"
 POLICY = AccessPolicy(bootstrap_admin="ops")  # 'ops' is admin until an admin is recorded
 EDIT_3 = 'UPDATE audit_events SET payload = \'{"storage_policy": "none"}\' WHERE seq = 3'
@@ -138,18 +140,20 @@ def test_the_check_before_each_write_finds_a_break_at_the_end(
         assert [a.seq for a in report.acknowledged] == [seq]
 
 
-def test_a_removed_tail_can_be_acknowledged_and_stays_on_record(five: str) -> None:
-    _sql(five, "DELETE FROM audit_events WHERE seq >= 4")
+@pytest.mark.parametrize("first_gone", [4, 1], ids=["tail cut", "table emptied"])
+def test_removed_events_can_be_acknowledged_and_stay_on_record(five: str, first_gone: int) -> None:
+    _sql(five, f"DELETE FROM audit_events WHERE seq >= {first_gone}")
+    removed = f"events {first_gone}..5 were removed"
     with _open(five) as s:
-        with pytest.raises(AuditChainBroken, match=r"events 4\.\.5 were removed"):
+        with pytest.raises(AuditChainBroken, match=removed.replace(".", r"\.")):
             s.create_tenant("f")
-        ack = s.acknowledge_audit_breaks("the 02:00 backup missed the last two events")
-        assert ack.seq == 4 and ack.payload["recorded_head"].startswith("5:")
+        ack = s.acknowledge_audit_breaks("the 02:00 backup missed the last events")
+        assert ack.seq == first_gone and ack.payload["recorded_head"].startswith("5:")
         s.create_tenant("f")
         report = s.verify_audit_chain()
-    assert report.ok and report.head.seq == 5
-    assert [(a.seq, a.ack_seq) for a in report.acknowledged] == [(4, 4)]
-    assert "events 4..5 were removed" in report.acknowledged[0].reason
+    assert report.ok and report.head.seq == first_gone + 1
+    assert [(a.seq, a.ack_seq) for a in report.acknowledged] == [(first_gone, first_gone)]
+    assert removed in report.acknowledged[0].reason
 
 
 def test_an_acknowledgment_can_be_neither_forged_nor_removed(five: str) -> None:
@@ -247,6 +251,18 @@ def test_the_check_before_a_write_reads_the_same_rows_however_long_the_chain(
 # -- CLI -----------------------------------------------------------------------------------
 
 
+def _documented_refusal() -> str:
+    text = (DOCS / "audit.md").read_text(encoding="utf-8")
+    block = re.search(r"## When the chain is broken\n.*?```\n\$ modelyard tenants create initech"
+                      r"\n(error: [^\n]+)\n\$ echo \$\?\n1\n```", text, re.S)  # fmt: skip
+    assert block is not None
+    return block.group(1)
+
+
+def _without_who_and_when(line: str) -> str:
+    return re.sub(r"actor \S+, \d{4}-\d\d-\d\d \d\d:\d\d UTC", "actor A, T", line)
+
+
 def _one_error_line(err: str) -> str:
     lines = [line for line in err.strip().splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), err
@@ -280,6 +296,7 @@ def test_cli_a_broken_chain_refuses_writes_until_an_admin_acknowledges(
     line = _one_error_line(err)
     assert "refusing to append to the audit chain, broken at seq 3" in line
     assert "found by `audit verify`" in line and "modelyard audit acknowledge" in line
+    assert _without_who_and_when(line) == _without_who_and_when(_documented_refusal())
 
     code, out, err = run("audit", "log", "--json")
     assert code == 0 and [e["seq"] for e in json.loads(out)] == [3, 2, 1]
