@@ -2,7 +2,8 @@
 `registry list`/`show` say whether a version's gates passed, failed or were never
 evaluated; a protected alias and a rollout refuse a version whose gates did not pass
 unless an approver overrides with a reason, which is audited and shown on the version;
-an endpoint following the alias moves through a rollout, never all at once."""
+an endpoint following the alias moves through a rollout, never all at once; and
+`modelyard evaluate --gate` records its verdicts on the version as a fine-tune run does."""
 
 from __future__ import annotations
 
@@ -13,9 +14,13 @@ from pathlib import Path
 
 import pytest
 
+from modelyard.artifacts import ArtifactStore
+from modelyard.base import create_tiny_base
 from modelyard.cli import main
+from modelyard.data import DOMAINS, domain_corpus, synthetic_domain
 from modelyard.delivery import Controller
 from modelyard.store import Store
+from tinymodels import QUICK_BASE, random_adapter, register_adapter
 from worlds import fake_world, gate_metrics
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
@@ -238,3 +243,75 @@ def test_a_config_without_gates_is_not_a_pass(
     assert code == 0 and "gates      not evaluated (no gates configured)" in out
     code, _, err = run(capsys, "modelyard registry alias bot champion 4")
     assert code == 1 and "its gates were never evaluated (no gates configured)" in err
+
+
+# -- `modelyard evaluate --gate` records the verdicts it judged (issue 15) -------------------
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A tiny base, two LoRA adapters with random weights on it, and six held-out rows."""
+    root = tmp_path_factory.mktemp("evaluate")
+    corpus = domain_corpus(DOMAINS, 200, seed=0)
+    base = create_tiny_base(corpus, root / "base", **QUICK_BASE).path
+    rows = synthetic_domain("it-support", 6, seed=0)
+    (root / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return {
+        "base": base,
+        "a1": random_adapter(base, root / "a1", seed=1),
+        "a2": random_adapter(base, root / "a2", seed=2),
+        "data": root / "eval.jsonl",
+    }
+
+
+def test_evaluate_with_gates_records_the_verdicts_that_govern_promotion(
+    home: Path, tiny: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    home.mkdir(parents=True)
+    store = Store.open(f"sqlite:///{home / 'store.db'}")
+    store.register_base_model("tiny", str(tiny["base"]), {})
+    store.create_registered_model("bot")
+    artifacts = ArtifactStore(home / "artifacts")
+    for adapter in (tiny["a1"], tiny["a2"]):
+        register_adapter(store, artifacts, adapter)
+    evaluate = f"modelyard evaluate --data {tiny['data']} --max-new-tokens 4"
+
+    code, out, err = run(capsys, f'{evaluate} --model bot:1 --gate "exact_match >= 0.9"')
+    assert code == 1
+    assert err.strip().startswith("error: a gate failed for bot:1. See the table above.")
+    assert "FAIL" in out and "gates of bot:1 recorded: failed 1 of 1 gates: exact_match" in out
+    code, out, _ = run(capsys, "modelyard registry show bot:1")
+    assert "gates      failed 1 of 1 gates: exact_match" in out
+    assert f"by `modelyard evaluate` on {tiny['data']} (6 rows)" in " ".join(out.split())
+    code, _, err = run(capsys, "modelyard registry alias bot champion 1")
+    assert code == 1 and "may not take the protected alias bot@champion: its gates failed" in err
+
+    # Judged again: the latest verdict is the version's; both stay in the audit chain.
+    code, out, err = run(capsys, f'{evaluate} --model bot:1 --gate "exact_match >= 0"')
+    assert code == 0, err
+    assert "gates of bot:1 recorded: passed (1 of 1 gates)" in out
+    assert run(capsys, "modelyard registry alias bot champion 1")[0] == 0
+    code, out, _ = run(capsys, "modelyard registry list bot")
+    rows = {line.split()[1]: line for line in out.splitlines() if re.match(r"^\W*\d \W", line)}
+    assert "passed" in rows["1"] and "not evaluated" in rows["2"]
+
+    # A champion gate scores the champion on the same rows, as a fine-tune run does.
+    code, out, err = run(
+        capsys,
+        f'{evaluate} --model bot:2 --metrics token_f1 --gate "not_worse_than: champion" --json',
+    )
+    result = json.loads(out)
+    assert result["champion"] == "bot:1" and set(result["champion_metrics"]) == {"token_f1"}
+    (verdict,) = result["verdicts"]
+    assert verdict["champion"] == result["champion_metrics"]["token_f1"]
+    assert "vs champion" in verdict["reason"]
+    assert code == (0 if result["passed"] else 1), err
+    recorded = store.get_model_version("bot", 2).metrics["gates"]
+    assert recorded["passed"] is result["passed"] and recorded["verdicts"] == result["verdicts"]
+    assert recorded["source"]["champion"] == "bot:1" and recorded["source"]["rows"] == 6
+    assert result["gate_status"]["state"] == ("passed" if result["passed"] else "failed")
+    events = store.list_audit_events(action="gate.verdict", newest_first=False)
+    assert [e.subject for e in events] == ["bot:1", "bot:1", "bot:2"]
+    assert [e.payload["passed"] for e in events[:2]] == [False, True]
+    assert events[0].payload["source"]["by"] == "evaluate"
+    store.close()

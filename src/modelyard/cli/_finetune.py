@@ -189,7 +189,11 @@ def evaluate(
 ) -> None:
     """Evaluate any registered version on a data file, with the template it trained with.
 
-    Exits 1 when a --gate fails.
+    With --gate, the verdicts are recorded on the version as a fine-tune run records
+    them (audited as gate.verdict): `registry show` says passed or failed, and only a
+    version whose gates passed takes a protected alias or a rollout without an
+    override. A champion gate scores the champion on the same rows. Exits 1 when a
+    gate fails.
     """
     from modelyard.evaluation import GateVerdict, verdicts_table
     from modelyard.finetune import check_evaluation, evaluate_version
@@ -209,11 +213,18 @@ def evaluate(
             max_new_tokens=max_new_tokens,
         )
     verdicts = [GateVerdict(**v) for v in result["verdicts"]]
+    status = result["gate_status"]
     if json_out:
         print_json(result)
     else:
-        console.print(_metrics_table(result["metrics"], {}, None))
+        console.print(_metrics_table(result["metrics"], {}, result["champion_metrics"]))
         if verdicts:
             console.print(verdicts_table(verdicts))
+        if status is not None:
+            console.print(f"gates of {result['model']} recorded: {status['summary']}")
     if not result["passed"]:
-        raise GateFailed(f"a gate failed for {result['model']}", hint="See the table above.")
+        raise GateFailed(
+            f"a gate failed for {result['model']}",
+            hint="See the table above. The verdicts are recorded on the version: it takes no "
+            "protected alias or rollout without an approver's --override-gates --reason.",
+        )

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.tree import Tree
 
 from modelyard.artifacts import ImportLimits
@@ -41,6 +42,12 @@ def gate_lines(version: ModelVersion) -> list[str]:
     status = version.gates
     colour = {"passed": "green", "failed": "red"}.get(status.state, "yellow")
     lines = [f"  gates      [{colour}]{status.summary}[/]"]
+    source = _gate_source(version)
+    if source is not None and source.get("by") == "evaluate":
+        lines.append(
+            f"             by `modelyard evaluate` on {escape(str(source.get('data')))} "
+            f"({source.get('rows')} rows)"
+        )
     lines += [f"             [red]✗[/] {text}" for text in status.failed]
     lines += [f"             [green]✓[/] {text}" for text in status.passed]
     if status.state != "passed" and not status.overrides:
@@ -62,7 +69,15 @@ def gate_json(version: ModelVersion) -> dict[str, Any]:
         "passed": list(status.passed),
         "failed": list(status.failed),
         "overrides": [dict(o) for o in status.overrides],
+        "source": _gate_source(version),
     }
+
+
+def _gate_source(version: ModelVersion) -> dict[str, Any] | None:
+    """Where the recorded verdicts came from, when not from the run that trained it."""
+    gates = version.metrics.get("gates")
+    source = gates.get("source") if isinstance(gates, Mapping) else None
+    return dict(source) if isinstance(source, Mapping) else None
 
 
 def _add_mapping(tree: Tree, values: Mapping[str, Any]) -> None:

@@ -1,14 +1,20 @@
-"""Scoring a model on held-out rows, and re-evaluating any registered version on a file."""
+"""Scoring a model on held-out rows, and re-evaluating any registered version on a file.
+
+An evaluation with gates judges them as a fine-tune run does (a champion gate
+scores the model's champion on the same rows) and records the verdicts on the
+version with the same store method, so that they govern its promotion.
+"""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from modelyard.artifacts import ArtifactStore
 from modelyard.data import PromptTemplate, get_format, load_rows
-from modelyard.errors import ConfigError
+from modelyard.errors import ConfigError, NotFound
 from modelyard.evaluation import (
     check_metric_names,
     evaluate_gates,
@@ -18,7 +24,7 @@ from modelyard.evaluation import (
     parse_gates,
 )
 from modelyard.registry import load_version_model, version_format, version_template
-from modelyard.store import Store
+from modelyard.store import ModelVersion, Store
 
 
 def evaluate_rows(
@@ -60,6 +66,14 @@ def check_evaluation(
     return names
 
 
+def champion_of(store: Store, model: str) -> ModelVersion | None:
+    """The version ``model@champion`` names, if any: what champion gates compare with."""
+    try:
+        return store.resolve_model_ref(f"{model}@champion")
+    except NotFound:
+        return None
+
+
 def evaluate_version(
     store: Store,
     artifacts: ArtifactStore,
@@ -74,29 +88,59 @@ def evaluate_version(
     """Score the version ``ref`` on the rows of ``data``, with the template it trained with.
 
     ``data_format`` defaults to the format the version trained on. The metric names,
-    gates and format are checked before the store is read. Returns what
-    ``modelyard evaluate`` prints: the version, row count, metrics, gate verdicts
-    and whether every gate passed.
+    gates and format are checked before the store is read. With ``gates``, a champion
+    gate scores the model's champion on the same rows, and the verdicts are recorded
+    on the version (``Store.record_gate_verdicts``, audited as ``gate.verdict``), as a
+    fine-tune run records them: they decide whether it may take a protected alias or
+    a rollout. Returns what ``modelyard evaluate`` prints: the version, row count,
+    metrics (and the champion's), gate verdicts, whether every gate passed, and the
+    version's gate status as recorded.
     """
     names = check_evaluation(metrics, gates, data_format)
+    parsed = parse_gates(list(gates))
     version = store.resolve_model_ref(ref)
     fmt = data_format or version_format(version)
     rows = load_rows(data, fmt)
-    model, tokenizer = load_version_model(store, artifacts, version)
-    values = evaluate_rows(
-        model,
-        tokenizer,
-        rows,
-        metrics=names,
-        template=version_template(version, tokenizer),
-        data_format=fmt,
-        max_new_tokens=max_new_tokens,
-    )
-    verdicts = evaluate_gates(parse_gates(list(gates)), values, None, 0.0)
-    return {
+
+    def score(target: ModelVersion) -> dict[str, float]:
+        model, tokenizer = load_version_model(store, artifacts, target)
+        return evaluate_rows(
+            model,
+            tokenizer,
+            rows,
+            metrics=names,
+            template=version_template(target, tokenizer),
+            data_format=fmt,
+            max_new_tokens=max_new_tokens,
+        )
+
+    values = score(version)
+    compares = any(g.kind == "not_worse_than" for g in parsed)
+    champion = champion_of(store, version.model) if compares else None
+    champion_metrics = None
+    if champion is not None:
+        champion_metrics = values if champion.version == version.version else score(champion)
+    verdicts = evaluate_gates(parsed, values, champion_metrics, 0.0)
+    result: dict[str, Any] = {
         "model": version.ref,
         "rows": len(rows),
         "metrics": values,
+        "champion": None if champion is None else champion.ref,
+        "champion_metrics": champion_metrics,
         "verdicts": [v.to_dict() for v in verdicts],
         "passed": gates_passed(verdicts),
+        "gate_status": None,
     }
+    if parsed:
+        source = {
+            "by": "evaluate",
+            "data": str(data.resolve()),
+            "sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
+            "rows": len(rows),
+            "champion": result["champion"],
+        }
+        recorded = store.record_gate_verdicts(
+            version.model, version.version, result["verdicts"], result["passed"], source=source
+        )
+        result["gate_status"] = {"state": recorded.gates.state, "summary": recorded.gates.summary}
+    return result

@@ -27,8 +27,6 @@ from modelyard.errors import (
     ConfigError,
     DataError,
     GateFailed,
-    ModelVersionNotFound,
-    NotFound,
     PermissionDenied,
 )
 from modelyard.evaluation import (
@@ -41,7 +39,7 @@ from modelyard.evaluation import (
 from modelyard.finetune._bases import registered_name
 from modelyard.finetune._cleanup import Written, clean_up, interrupted
 from modelyard.finetune._config import FinetuneConfig
-from modelyard.finetune._evaluate import evaluate_rows
+from modelyard.finetune._evaluate import champion_of, evaluate_rows
 from modelyard.finetune._tracking import MlflowTracker
 from modelyard.registry import (
     ensure_base_model,
@@ -50,7 +48,7 @@ from modelyard.registry import (
     lineage_record,
     load_version_model,
 )
-from modelyard.store import DatasetVersion, ModelVersion, Store, VersionKind
+from modelyard.store import DatasetVersion, Store, VersionKind
 from modelyard.training import TrainResult, last_checkpoint, train_model
 
 UpdateFn = Callable[[int, int, str], None]
@@ -272,16 +270,6 @@ def config_digest(config: FinetuneConfig, data_digest: str) -> str:
         {"config": config.model_dump(mode="json"), "data": data_digest}, sort_keys=True
     )
     return hashlib.sha256(payload.encode()).hexdigest()
-
-
-# -- evaluation ------------------------------------------------------------------------------
-
-
-def _champion(store: Store, model: str) -> ModelVersion | None:
-    try:
-        return store.resolve_model_ref(f"{model}@champion")
-    except (ModelVersionNotFound, NotFound):
-        return None
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -529,7 +517,7 @@ def _train_and_register(
 
 
 def _parent_ref(store: Store, model: str) -> str | None:
-    champion = _champion(store, model)
+    champion = champion_of(store, model)
     return champion.ref if champion else None
 
 
@@ -568,7 +556,7 @@ def _evaluate_all(
         tuned, tokenizer = load_base(output_dir)
         outcome.metrics = evaluate_rows(tuned, tokenizer, rows, **options)
     if any(g.kind == "not_worse_than" for g in gates):
-        champion = _champion(store, config.registry.model)
+        champion = champion_of(store, config.registry.model)
         if champion is not None:
             ui.info(f"scoring the champion {champion.ref} on the same held-out rows")
             model, tokenizer = load_version_model(store, artifacts, champion)

@@ -329,11 +329,22 @@ class RegistryStore(StoreCore):
             return to_version(s, vrow)
 
     def record_gate_verdicts(
-        self, model: str, version: int, verdicts: Sequence[Mapping[str, Any]], passed: bool
+        self,
+        model: str,
+        version: int,
+        verdicts: Sequence[Mapping[str, Any]],
+        passed: bool,
+        *,
+        source: Mapping[str, Any] | None = None,
     ) -> ModelVersion:
-        """Store gate verdicts in the version's ``metrics["gates"]`` and audit them."""
+        """Store gate verdicts in the version's ``metrics["gates"]`` and audit them; they
+        replace any earlier ones. ``source`` says where they came from when it was not
+        the run that trained the version (e.g. ``modelyard evaluate`` and its data)."""
         ref = f"{model}:{version}"
-        gates = normalize_payload({"passed": bool(passed), "verdicts": list(verdicts)})
+        gates: dict[str, Any] = {"passed": bool(passed), "verdicts": list(verdicts)}
+        if source is not None:
+            gates["source"] = dict(source)
+        gates = normalize_payload(gates)
         with self._write(f"record gate verdicts of {ref}") as s:
             vrow = version_row(s, model_row(s, model), version, lock=True)
             self._require(s, "gate.verdict", ref, f"record gate verdicts of {ref}")
