@@ -80,6 +80,8 @@ EXPECTED = {
     "UpstreamBusy": (1, 503),
     "UpstreamTimeout": (1, 504),
     "RateLimited": (1, 429),
+    "LimitsUnavailable": (1, 503),
+    "BudgetExceeded": (1, 429),
     "RequestTimeout": (1, 504),
     "ShuttingDown": (1, 503),
 }

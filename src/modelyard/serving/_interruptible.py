@@ -30,7 +30,9 @@ _HTTPCORE_ERRORS = (
     httpcore.TimeoutException,
     httpcore.NetworkError,
 )
-KEEPALIVE_S = 4.0  # under uvicorn's 5 s, so a pooled connection is not closed as it is used
+# under uvicorn's default 5 s (and well under the 75 s the vllm engine gives its servers), so
+# a pooled connection is not closed by the server while a request is sent on it
+KEEPALIVE_S = 4.0
 _sending = threading.local()  # .interrupt: the Interrupt of the request this thread sends
 
 

@@ -37,6 +37,9 @@ START_TIMEOUT_S = 300.0
 BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
+SERVER_KEEPALIVE_S = 75  # vLLM's idle keep-alive (see ``VLLMOptions.env``)
+
+
 @dataclass(frozen=True)
 class VLLMOptions:
     """How to start vLLM: its interpreter and the options users tune (passed through)."""
@@ -104,6 +107,11 @@ class VLLMOptions:
             VLLM_DO_NOT_TRACK="1",
             HF_HUB_OFFLINE="1",
             VLLM_CPU_KVCACHE_SPACE=f"{self.kv_cache_gb:g}",
+            # vLLM closes an idle keep-alive connection after 5 s by default, a second after
+            # our pool stops reusing one (``_interruptible.KEEPALIVE_S``, 4 s): on a loaded
+            # machine a request sent on a connection the server was closing at that moment
+            # failed without reaching vLLM. The server now keeps them far longer than we do.
+            VLLM_HTTP_TIMEOUT_KEEP_ALIVE=str(SERVER_KEEPALIVE_S),
         )
         env.update(self.extra_env)
         return env
