@@ -26,6 +26,7 @@ from modelyard.cli import (
     _monitor,
     _quickstart,
     _registry,
+    _route,
     _serve,
 )
 from modelyard.cli._common import err_console, set_actor
@@ -142,6 +143,9 @@ app.add_typer(_admin.registry_app, name="registry")
 app.add_typer(_admin.endpoints_app, name="endpoints")
 app.add_typer(_delivery.rollout_app, name="rollout")
 app.add_typer(_delivery.servers_app, name="servers")
+app.command(
+    "route", help="Relay the OpenAI API to the replicas, each request where its adapter is."
+)(_route.route)
 app.command("controller", help="Run the rollout controller alone (one leader per store).")(
     _delivery.controller
 )

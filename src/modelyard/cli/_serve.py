@@ -11,6 +11,13 @@ from modelyard.errors import ConfigError
 def serve(
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
+    advertise_address: str | None = typer.Option(
+        None,
+        envvar="MODELYARD_ADVERTISE_ADDRESS",
+        show_envvar=True,
+        help="host:port where `modelyard route` reaches this server (its heartbeat's address); "
+        "default: --host:--port (a 0.0.0.0 host: this machine's hostname).",
+    ),
     engine: str = typer.Option(
         "transformers",
         help="transformers (embedded), vllm (vLLM servers it starts; see --vllm-python), or "
@@ -266,7 +273,7 @@ def serve(
         embedder = Embedder()
     app = create_app(
         store, chosen, limits=limits, refresh_seconds=refresh_seconds, heartbeat_s=heartbeat_s,
-        address=f"{host}:{port}", controller=controller,
+        address=advertise_address or f"{host}:{port}", controller=controller,
         controller_interval_s=controller_interval_s,
         embedder=embedder,
         access=OperatorAccess(

@@ -1,0 +1,288 @@
+"""Relaying one API request to a replica (pure ASGI, no parsing beyond ``model``).
+
+The body is read once, up to ``max_body_bytes`` (413 past it, as a server
+answers); ``model`` is read from it to find the endpoint's plan; the policy
+orders the replicas; the request goes to the first one with its headers as sent
+(the key included: the router authenticates nothing, the server does). The
+answer comes back as it arrives, status, headers (``Retry-After`` …) and body
+byte for byte, so a stream is relayed chunk by chunk, with
+``x-modelyard-replica`` naming the server that answered.
+
+A request is tried on another replica only while nothing came back: a refused
+connection, a connection reset before any answer (a replica killed while it ran
+the request: its record there is closed as failed by the request journal), or a
+503 ``shutting_down`` (a replica that began draining since its heartbeat); the
+replica is then left out until a heartbeat newer than the failure. Once an
+answer's status is relayed, a replica that breaks off ends the client's
+connection. A client that goes away cancels the request to the replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Sequence
+from typing import Any, Protocol
+
+import httpx
+from starlette.types import Message, Receive, Scope, Send
+
+from modelyard.routing._metrics import RouteMetrics
+from modelyard.routing._options import RouteOptions
+from modelyard.routing._policy import Plan, Policy, Reason
+from modelyard.routing._replicas import Replica, Replicas
+from modelyard.serving import Drain
+
+log = logging.getLogger(__name__)
+
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+     "trailers", "transfer-encoding", "upgrade"}
+)  # fmt: skip
+REQUEST_DROP = HOP_BY_HOP | {"host", "content-length"}  # httpx sets both
+RESPONSE_DROP = HOP_BY_HOP | {"date", "server"}  # uvicorn sets both
+PEEK_BYTES = 65_536  # of a 503, to tell a draining replica (retried) from other refusals
+# Nothing came back: the request may go to another replica.
+NO_ANSWER = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
+             httpx.ReadError, httpx.WriteError)  # fmt: skip
+
+
+class View(Protocol):
+    """What the proxy reads of the fleet: the replicas and the endpoints' plans."""
+
+    replicas: Replicas
+    plans: dict[str, Plan]
+
+
+class TooLarge(Exception):
+    """The body passed ``max_body_bytes``."""
+
+
+class ClientGone(Exception):
+    """The client went away before its body was read."""
+
+
+class Proxy:
+    """The ASGI app that relays ``/v1/...`` requests to replicas."""
+
+    def __init__(
+        self,
+        view: View,
+        policy: Policy,
+        metrics: RouteMetrics,
+        options: RouteOptions,
+        drain: Drain,
+    ) -> None:
+        self.view, self.policy = view, policy
+        self.metrics, self.options, self.drain = metrics, options, drain
+        self.client: httpx.AsyncClient | None = None
+
+    def open(self) -> None:
+        o = self.options
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(o.read_timeout_s, connect=o.connect_timeout_s,
+                                  pool=o.connect_timeout_s),
+            # idle connections end before uvicorn's keep-alive (5 s) closes them under us
+            limits=httpx.Limits(max_connections=o.max_connections,
+                                max_keepalive_connections=min(o.max_connections, 256),
+                                keepalive_expiry=4.0),
+            follow_redirects=False,
+            trust_env=False,
+        )  # fmt: skip
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        if self.drain.draining:
+            await error(send, 503, "the router is shutting down", "shutting_down",
+                        {"connection": "close", "retry-after": "1"})  # fmt: skip
+            return
+        self.drain.inflight += 1
+        try:
+            await self._relay(scope, receive, send)
+        finally:
+            self.drain.inflight -= 1
+
+    async def _relay(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            body = await read_body(scope, receive, self.options.max_body_bytes)
+        except TooLarge:
+            await error(send, 413, f"the request body is larger than "
+                        f"{self.options.max_body_bytes} bytes", "request_too_large")  # fmt: skip
+            return
+        except ClientGone:
+            return
+        model = model_of(body) if scope["method"] == "POST" else None
+        plan = self.view.plans.get(model) if model else None
+        order, reason = self.policy.order(plan, self.view.replicas.usable())
+        work = asyncio.ensure_future(self._forward(scope, body, order, reason, send))
+        gone = asyncio.ensure_future(disconnected(receive))
+        try:
+            await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (work, gone):
+                if not task.done():
+                    task.cancel()  # the client left: the replica's request is cancelled
+        if work.done() and not work.cancelled():
+            await work  # its answer is sent; an error in it is raised here
+            return
+        try:
+            await work
+        except (asyncio.CancelledError, Exception) as exc:  # nobody is left to tell
+            log.debug("a request whose client left ended with %r", exc)
+
+    async def _forward(
+        self, scope: Scope, body: bytes, order: Sequence[Replica], reason: Reason, send: Send
+    ) -> None:
+        for attempt, replica in enumerate(order[: self.options.max_attempts]):
+            self.metrics.picks.labels("retry" if attempt else reason).inc()
+            if await self._try(scope, body, replica, send, last=attempt + 1 >= len(order)):
+                return
+        self.metrics.failures.labels("no_replica").inc()
+        await error(send, 503, "no serving replica could take the request", "no_replica",
+                    {"retry-after": "1"})  # fmt: skip
+
+    async def _try(
+        self, scope: Scope, body: bytes, replica: Replica, send: Send, *, last: bool
+    ) -> bool:
+        """Relay the request to ``replica``; False when another replica may take it."""
+        assert self.client is not None, "the proxy is not open"
+        replica.inflight += 1
+        try:
+            try:
+                request = upstream_request(self.client, scope, body, replica)
+                upstream = await self.client.send(request, stream=True)
+            except NO_ANSWER as exc:
+                self.view.replicas.failed(replica)
+                self.metrics.failures.labels("connect").inc()
+                log.warning("replica %s (%s): %s", replica.id, replica.url, type(exc).__name__)
+                return False
+            except httpx.TimeoutException:
+                self.metrics.failures.labels("timeout").inc()
+                await error(send, 504, "the serving replica did not answer in time", "timeout")
+                return True
+            try:
+                raw = upstream.aiter_raw()
+                head = b""
+                if upstream.status_code == 503:
+                    head = await peek(raw, PEEK_BYTES)
+                    if b'"shutting_down"' in head and not last:
+                        self.view.replicas.failed(replica)
+                        self.metrics.failures.labels("draining").inc()
+                        return False
+                await self._answer(upstream, raw, head, replica, send)
+            finally:
+                await upstream.aclose()
+            return True
+        finally:
+            replica.inflight -= 1
+
+    async def _answer(
+        self,
+        upstream: httpx.Response,
+        raw: AsyncIterator[bytes],
+        head: bytes,
+        replica: Replica,
+        send: Send,
+    ) -> None:
+        self.metrics.requests.labels(replica.id, str(upstream.status_code)).inc()
+        version = upstream.headers.get("x-modelyard-version")
+        if version and upstream.status_code < 300:
+            replica.answered(version)
+        headers = [(k.lower(), v) for k, v in upstream.headers.raw
+                   if k.decode("latin-1").lower() not in RESPONSE_DROP]  # fmt: skip
+        headers.append((b"x-modelyard-replica", replica.id.encode("latin-1")))
+        await send({"type": "http.response.start", "status": upstream.status_code,
+                    "headers": headers})  # fmt: skip
+        if head:
+            await send({"type": "http.response.body", "body": head, "more_body": True})
+        try:
+            async for chunk in raw:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            self.metrics.failures.labels("upstream").inc()
+            raise ConnectionAbortedError(
+                f"replica {replica.id} broke off its answer: {type(exc).__name__}"
+            ) from exc
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def upstream_request(
+    client: httpx.AsyncClient, scope: Scope, body: bytes, replica: Replica
+) -> httpx.Request:
+    path = scope.get("raw_path") or scope["path"].encode()
+    query = scope.get("query_string", b"")
+    url = replica.url + path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+    headers = [(k, v) for k, v in scope["headers"]
+               if k.decode("latin-1").lower() not in REQUEST_DROP]  # fmt: skip
+    return client.build_request(scope["method"], url, headers=headers, content=body)
+
+
+async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
+    """The whole body; ``TooLarge`` as soon as it passes ``limit`` (or says it will)."""
+    for name, value in scope["headers"]:
+        if name.lower() == b"content-length" and value.isdigit() and int(value) > limit:
+            raise TooLarge
+    parts, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientGone
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(parts)
+
+
+def model_of(body: bytes) -> str | None:
+    """The ``model`` of a JSON body, if it has one (anything else: the server's to refuse)."""
+    if not body.lstrip().startswith(b"{"):
+        return None
+    try:
+        parsed: Any = json.loads(body)
+    except ValueError:
+        return None
+    model = parsed.get("model") if isinstance(parsed, dict) else None
+    return model if isinstance(model, str) else None
+
+
+async def peek(raw: AsyncIterator[bytes], limit: int) -> bytes:
+    """Up to about ``limit`` first bytes of ``raw`` (the rest stays in it)."""
+    parts, size = [], 0
+    async for chunk in raw:
+        parts.append(chunk)
+        size += len(chunk)
+        if size >= limit:
+            break
+    return b"".join(parts)
+
+
+async def disconnected(receive: Receive) -> None:
+    """Returns when the client goes away (the body has been read already)."""
+    while True:
+        message: Message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+async def error(
+    send: Send, status: int, message: str, code: str, headers: dict[str, str] | None = None
+) -> None:
+    """An answer of the router's own, in OpenAI's error body (as a server's)."""
+    kind = "invalid_request_error" if status < 500 else "server_error"
+    body = json.dumps(
+        {"error": {"message": message, "type": kind, "code": code, "param": None}}
+    ).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -1,0 +1,279 @@
+"""`modelyard route`: two replicas behind the router, each request where its adapter is.
+
+The replicas are the real app (``create_app``) with an echo engine that says which
+versions it holds and remembers which it answered; they write heartbeats to the
+store like ``modelyard serve``. The router is the real router app, reading the same
+store. Everything runs on 127.0.0.1 in this process.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from modelyard.access import create_api_key
+from modelyard.routing import AdapterAffinity, Plan, Replica, RouteOptions, create_route_app
+from modelyard.serving import (
+    BackgroundServer,
+    PacedEchoEngine,
+    SamplingParams,
+    TokenStream,
+    create_app,
+)
+from modelyard.store import ModelVersion, Store, utcnow
+from worlds import fake_world
+
+STALE_S = 2.0
+
+
+class Holding(PacedEchoEngine):
+    """The echo engine (paced, for streams), saying it holds ``held``; remembers answers."""
+
+    def __init__(self, held: Sequence[str], delay_s: float = 0.0) -> None:
+        super().__init__(delay_s)
+        self.held = list(held)
+        self.answered: list[str] = []
+
+    def loaded(self) -> list[str]:
+        return list(self.held)
+
+    def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
+        self.answered.append(version.ref)
+        return super().stream(version, prompt, params)
+
+
+@dataclass
+class Server:
+    engine: Holding
+    app: FastAPI
+    server: BackgroundServer
+
+    @property
+    def id(self) -> str:
+        return str(self.app.state.agent.id)
+
+    def kill(self) -> None:
+        """Stop it as a kill would: no more answers, no more heartbeats, its row left behind."""
+        agent = self.app.state.agent
+        agent.stop = agent._stop.set  # the row stays, going stale
+        self.server.stop()
+
+
+def start_replica(store: Store, engine: Holding) -> Server:
+    app = create_app(store, engine, refresh_seconds=0.2, heartbeat_s=0.2)
+    server = BackgroundServer(app)
+    app.state.agent.address = f"127.0.0.1:{server.port}"
+    return Server(engine, app, server.start())
+
+
+@dataclass
+class Fleet:
+    store: Store
+    a: Server
+    b: Server
+    router: BackgroundServer
+    app: FastAPI
+    key: str
+    limited_key: str
+
+    def post(self, model: str, key: str | None = None, **body: Any) -> httpx.Response:
+        return httpx.post(
+            f"{self.router.base_url}/v1/chat/completions",
+            json={"model": model, "messages": [{"role": "user", "content": "hello there"}],
+                  "max_tokens": 8, **body},
+            headers={"Authorization": f"Bearer {key or self.key}"},
+            timeout=30,
+        )  # fmt: skip
+
+    def metric(self, name: str, **labels: str) -> float:
+        text = httpx.get(f"{self.router.base_url}/metrics", timeout=10).text
+        total = 0.0
+        for line in text.splitlines():
+            named = line.startswith(name + "{") or line.startswith(name + " ")
+            if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def live(router: BackgroundServer) -> int:
+    return int(httpx.get(f"{router.base_url}/ready", timeout=10).json()["replicas"])
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[Fleet]:
+    with Store.open(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        fake_world(store, endpoint=None, versions=4)
+        for i, name in enumerate(("one", "two", "three", "four"), start=1):
+            store.create_endpoint(name, model_ref=f"bot:{i}", tenant="acme")
+        _, key = create_api_key(store, "acme")
+        _, limited = create_api_key(store, "acme", rpm_limit=1)
+        a = start_replica(store, Holding(["bot:1"], delay_s=0.05))
+        b = start_replica(store, Holding(["bot:2"]))
+        options = RouteOptions(refresh_s=0.1, stale_after_s=STALE_S, connect_timeout_s=1.0)
+        app = create_route_app(store, options)
+        router = BackgroundServer(app).start()
+        try:
+            wait_for("both replicas in the router", lambda: live(router) == 2)
+            yield Fleet(store, a, b, router, app, key, limited)
+        finally:
+            router.stop()
+            for r in (a, b):
+                r.server.stop()
+
+
+def test_requests_go_to_the_replica_that_holds_the_endpoints_version(fleet: Fleet) -> None:
+    for _ in range(5):
+        one, two = fleet.post("one"), fleet.post("two")
+        assert one.status_code == two.status_code == 200, (one.text, two.text)
+        assert one.headers["x-modelyard-replica"] == fleet.a.id
+        assert two.headers["x-modelyard-replica"] == fleet.b.id
+        assert one.headers["x-modelyard-version"] == "bot:1"
+    assert fleet.a.engine.answered == ["bot:1"] * 5
+    assert fleet.b.engine.answered == ["bot:2"] * 5
+    assert fleet.metric("modelyard_route_picks_total", reason="resident") == 10
+    assert fleet.metric("modelyard_route_requests_total", replica=fleet.a.id, code="200") == 5
+
+
+def test_a_version_held_nowhere_goes_to_its_home_and_stays(fleet: Fleet) -> None:
+    answers = [fleet.post("three") for _ in range(6)]
+    assert {r.status_code for r in answers} == {200}
+    assert len({r.headers["x-modelyard-replica"] for r in answers}) == 1  # one home
+    assert fleet.metric("modelyard_route_picks_total", reason="home") >= 1
+    # once it answered, the router knows the home holds it, before any heartbeat says so
+    assert fleet.metric("modelyard_route_picks_total", reason="resident") >= 1
+
+
+def test_a_stream_is_relayed_chunk_by_chunk(fleet: Fleet) -> None:
+    words = "one two three four five six seven eight"
+    body = {"model": "one", "stream": True, "max_tokens": 8, "prompt": words}
+    arrivals, data = [], []
+    started = time.monotonic()
+    url, auth = f"{fleet.router.base_url}/v1/completions", f"Bearer {fleet.key}"
+    with httpx.stream("POST", url, json=body, headers={"Authorization": auth}, timeout=30) as r:
+        assert r.status_code == 200
+        assert r.headers["content-type"].startswith("text/event-stream")
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                arrivals.append(time.monotonic() - started)
+                data.append(line[6:])
+    assert data[-1] == "[DONE]"
+    assert len(data) >= 9  # a chunk per word, the last chunk, [DONE]
+    # the replica says a word every 0.05 s: the first came well before the last
+    assert arrivals[-1] - arrivals[0] >= 0.2, arrivals
+
+
+def test_refusals_of_the_servers_pass_through_unchanged(fleet: Fleet) -> None:
+    direct = fleet.a.server.base_url + "/v1/chat/completions"
+    body = {"model": "nope", "messages": [{"role": "user", "content": "hi"}]}
+    for key in ("myk_not-a-key", fleet.key):  # 401, then 404 (an unknown endpoint)
+        headers = {"Authorization": f"Bearer {key}"}
+        routed = httpx.post(f"{fleet.router.base_url}/v1/chat/completions", json=body,
+                            headers=headers, timeout=30)  # fmt: skip
+        straight = httpx.post(direct, json=body, headers=headers, timeout=30)
+        assert routed.status_code == straight.status_code
+        assert routed.json() == straight.json()
+    assert routed.status_code == 404
+
+    first, second = fleet.post("one", fleet.limited_key), fleet.post("one", fleet.limited_key)
+    assert first.status_code == 200
+    assert second.status_code == 429
+    assert int(second.headers["retry-after"]) > 0
+    assert second.json()["error"]["type"] == "requests"
+
+    models = httpx.get(f"{fleet.router.base_url}/v1/models", timeout=30,
+                       headers={"Authorization": f"Bearer {fleet.key}"})  # fmt: skip
+    assert models.status_code == 200
+    assert {m["id"] for m in models.json()["data"]} == {"one", "two", "three", "four"}
+
+
+def test_a_dead_replica_is_retried_elsewhere_then_left_out(fleet: Fleet) -> None:
+    assert fleet.post("one").headers["x-modelyard-replica"] == fleet.a.id
+    fleet.a.kill()
+    answers = [fleet.post("one") for _ in range(4)]
+    assert {r.status_code for r in answers} == {200}
+    assert {r.headers["x-modelyard-replica"] for r in answers} == {fleet.b.id}
+    # one refused connection, retried; then the replica is left out until a newer heartbeat
+    assert fleet.metric("modelyard_route_failures_total", kind="connect") == 1
+    assert fleet.metric("modelyard_route_picks_total", reason="retry") == 1
+
+    wait_for("the dead replica's heartbeat to go stale", lambda: live(fleet.router) == 1)
+    assert all(fleet.post(m).status_code == 200 for m in ("one", "two", "three"))
+    assert fleet.metric("modelyard_route_failures_total", kind="connect") == 1
+
+
+def test_a_connection_reset_before_any_answer_is_retried(fleet: Fleet) -> None:
+    """A replica that drops the connection (killed while running the request) is retried."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def drop() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.close()
+
+    threading.Thread(target=drop, daemon=True).start()
+    store = fleet.store
+    store.heartbeat_server(
+        "broken", address=f"127.0.0.1:{port}", hostname="localhost", pid=1, engine="echo",
+        modelyard_version="0", started_at=utcnow(), ready=True, draining=False,
+        state={"loaded": ["bot:4"]},
+    )  # fmt: skip
+    try:
+        wait_for("the broken replica in the router", lambda: live(fleet.router) == 3)
+        answers = [fleet.post("four") for _ in range(3)]
+        assert {r.status_code for r in answers} == {200}
+        # tried once, then left out until a newer heartbeat (none comes)
+        assert fleet.metric("modelyard_route_picks_total", reason="retry") == 1
+        assert fleet.metric("modelyard_route_requests_total", replica="broken") == 0
+    finally:
+        listener.close()
+        store.remove_server("broken")
+
+
+def test_the_policy_prefers_holders_then_the_home_then_the_least_loaded() -> None:
+    now = utcnow()
+    a, b, c = (Replica(n, f"http://{n}", now) for n in "abc")
+    policy = AdapterAffinity(max_imbalance=4)
+    canary = Plan("support", (("bot:1", 90), ("bot:2", 10)))
+    b.capacity = c.capacity = 2
+    b.answered("bot:2")
+    c.answered("bot:1")
+    order, why = policy.order(canary, [a, b, c])
+    assert (order[0], why) == (c, "resident")  # holds 90 of the plan's 100
+    b.answered("bot:1")
+    assert policy.order(canary, [a, b, c])[0][0] == b  # holds all 100
+    b.inflight = 4
+    order, why = policy.order(canary, [a, b, c])
+    assert (order[0], why) == (c, "resident")  # b is busy: the next holder
+    c.inflight = 4
+    order, why = policy.order(canary, [a, b, c])
+    assert (order[0], why) == (a, "least_loaded")
+    b.inflight = c.inflight = 0
+    home, why = policy.order(Plan("x", (("bot:9", 100),)), [a, b, c])
+    assert why == "home"  # the same home whatever the order the replicas come in
+    assert home[0] == policy.order(Plan("y", (("bot:9", 100),)), [c, a, b])[0][0]
+    a.inflight = 1
+    assert policy.order(None, [a, b, c])[1] == "least_loaded"
+    assert policy.order(None, [a, b, c])[0][-1] == a
