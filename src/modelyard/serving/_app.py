@@ -82,6 +82,7 @@ def create_app(
     if export_monitoring:  # the latest drift results and alert states, read at scrape time
         plane.metrics.registry.register(MonitoringCollector(store))
     plane.metrics.queue_depth.set_function(lambda: engine.stats().queue_depth)
+    plane.metrics.watch_residency(engine.loaded)  # what `modelyard route` routes by
 
     agent = None
     if heartbeat_s is not None or controller is not None:
@@ -111,6 +112,7 @@ def create_app(
                 await run_in_threadpool(agent.stop)
             engine.remove_observer(plane.metrics)
             engine.remove_observer(plane.health)
+            await run_in_threadpool(plane.budgets.close)  # the charges handed over counted
             if own_writer:
                 plane.writer.close()
 

@@ -85,7 +85,11 @@ class BudgetGuard:
     def charge(self, key: ApiKey, endpoint: str, version: ModelVersion, gen: Generation) -> None:
         """Add a finished request's cost to its tenant's and key's totals, on the guard's
         own thread (the totals may need Redis or the store: never on the event loop)."""
-        self._worker.submit(self.charge_now, key, endpoint, version, gen)
+        try:
+            self._worker.submit(self.charge_now, key, endpoint, version, gen)
+        except RuntimeError:  # closed: a request that ended after its server stopped
+            log.warning("a request of %s ended after the server stopped: its cost is not "
+                        "counted here (the store's records still hold it)", key.tenant)  # fmt: skip
 
     def charge_now(
         self, key: ApiKey, endpoint: str, version: ModelVersion, gen: Generation

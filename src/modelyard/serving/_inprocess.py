@@ -141,6 +141,7 @@ class InProcessPlane:
         self.router.stop()
         self.engine.remove_observer(self.plane.metrics)
         self.engine.remove_observer(self.plane.health)
+        self.plane.budgets.close()  # the charges handed over counted
         self.writer.close()
 
     def __enter__(self) -> InProcessPlane:
