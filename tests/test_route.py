@@ -150,6 +150,10 @@ def test_requests_go_to_the_replica_that_holds_the_endpoints_version(fleet: Flee
     assert fleet.b.engine.answered == ["bot:2"] * 5
     assert fleet.metric("modelyard_route_picks_total", reason="resident") == 10
     assert fleet.metric("modelyard_route_requests_total", replica=fleet.a.id, code="200") == 5
+    # each server says what it holds, one series per cache slot
+    scraped = httpx.get(f"{fleet.a.server.base_url}/metrics", timeout=10).text
+    assert 'modelyard_adapter_resident{version="bot:1"} 1.0' in scraped
+    assert 'modelyard_adapter_cache_hits_total{version="bot:1"}' not in scraped  # echo: no cache
 
 
 def test_a_version_held_nowhere_goes_to_its_home_and_stays(fleet: Fleet) -> None:

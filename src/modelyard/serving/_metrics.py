@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from modelyard.serving._types import AdapterEvent
 from modelyard.store import ApiKey, ModelVersion
@@ -100,6 +102,11 @@ class Metrics:
         )
         gauge.set_function(lambda: float(up()))
 
+    def watch_residency(self, loaded: Callable[[], list[str]]) -> None:
+        """``modelyard_adapter_resident{version}``: 1 for each version whose adapter the
+        engine holds now, read at scrape time (as many series as the cache has slots)."""
+        self.registry.register(_Residency(loaded))
+
     def spent(self, key: ApiKey, endpoint: str, version: ModelVersion, cost: float) -> None:
         """A request's cost (``BudgetGuard``'s observer)."""
         self.spend.labels(key.tenant, key.id, endpoint, version.ref).inc(cost)
@@ -109,6 +116,22 @@ class Metrics:
 
     def batch_ran(self, size: int) -> None:
         self.batch_size.observe(size)
+
+
+class _Residency(Collector):
+    def __init__(self, loaded: Callable[[], list[str]]) -> None:
+        self._loaded = loaded
+
+    def collect(self) -> Iterator[Metric]:
+        resident = GaugeMetricFamily(
+            "modelyard_adapter_resident",
+            "1 for each version whose adapter is loaded on this server now",
+            labels=["version"],
+        )
+        for ref in self._loaded():
+            resident.add_metric([ref], 1.0)
+        if resident.samples:  # no family without a sample (an engine with no adapter cache)
+            yield resident
 
 
 __all__ = ["Metrics"]
