@@ -112,6 +112,7 @@ def create_app(
                 await run_in_threadpool(agent.stop)
             engine.remove_observer(plane.metrics)
             engine.remove_observer(plane.health)
+            await run_in_threadpool(plane.budgets.close)  # the charges handed over counted
             if own_writer:
                 plane.writer.close()
 
