@@ -315,3 +315,57 @@ def test_evaluate_with_gates_records_the_verdicts_that_govern_promotion(
     assert [e.payload["passed"] for e in events[:2]] == [False, True]
     assert events[0].payload["source"]["by"] == "evaluate"
     store.close()
+
+
+def test_evaluate_writes_every_rows_answer_and_a_classifiers_confusion_matrix(
+    home: Path, tiny: dict[str, Path], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    home.mkdir(parents=True)
+    store = Store.open(f"sqlite:///{home / 'store.db'}")
+    store.register_base_model("tiny", str(tiny["base"]), {})
+    store.create_registered_model("bot")
+    version = register_adapter(store, ArtifactStore(home / "artifacts"), tiny["a1"])
+    store.create_model_version(  # the same weights, as a classifier trained on labels
+        "bot", kind="adapter", artifact_digest=version.artifact_digest, base_model="tiny",
+        run_id=None, lineage={"prompt_template": "classification"}, metrics={},
+    )  # fmt: skip
+    store.close()
+    evaluate = f"modelyard evaluate --model bot:1 --max-new-tokens 3 --data {tiny['data']}"
+
+    out_file = tmp_path / "predictions.csv"
+    code, out, err = run(capsys, f"{evaluate} --predictions {out_file}")
+    assert code == 0, err
+    assert f"wrote 6 predictions to {out_file}" in out
+    lines = out_file.read_text().splitlines()
+    assert len(lines) == 7  # a header and one line per row
+    assert lines[0].split(",")[-3:] == ["reference", "predicted", "matched"]
+
+    labels = ["hardware", "network", "hardware", "access", "network", "hardware"]
+    rows = [{"text": f"ticket {i}: it broke", "label": label} for i, label in enumerate(labels)]
+    data = tmp_path / "intents.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    parquet = tmp_path / "intents-predictions.parquet"
+    code, out, err = run(
+        capsys,
+        f"modelyard evaluate --model bot:2 --data {data} --format classification "
+        f"--metrics accuracy --max-new-tokens 3 --predictions {parquet} --json",
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert "predictions" not in result  # in the file, not on the screen
+    matrix = result["confusion_matrix"]
+    assert matrix["labels"] == ["access", "hardware", "network"]
+    assert [sum(row) for row in matrix["counts"]] == [1, 3, 2]  # every row counted once
+    import pandas as pd
+
+    written = pd.read_parquet(parquet)
+    assert list(written["label"]) == labels and len(written) == 6
+    correct = sum(written["matched"])
+    assert correct == sum(matrix["counts"][i][i] for i in range(3))
+    assert result["metrics"]["accuracy"] == pytest.approx(correct / 6)
+
+    # nothing is generated for a perplexity alone: the answers cannot be written
+    code, _, err = run(capsys, f"{evaluate} --metrics perplexity --predictions {out_file}")
+    assert code == 2 and "--predictions needs the model's answers" in err
+    code, _, err = run(capsys, f"{evaluate} --predictions {tmp_path / 'p.txt'}")
+    assert code == 2 and "has the extension '.txt'" in err

@@ -25,6 +25,7 @@ from modelyard.batch._rows import (
     RowSource,
 )
 from modelyard.batch._runner import JobRunner, JobSettings
+from modelyard.batch._tables import table_kind, write_table
 
 __all__ = [
     "RESULT_COLUMNS",
@@ -42,4 +43,6 @@ __all__ = [
     "RowSource",
     "read_input",
     "run_file_job",
+    "table_kind",
+    "write_table",
 ]

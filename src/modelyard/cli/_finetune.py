@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
@@ -185,6 +185,13 @@ def evaluate(
     metrics: str = typer.Option("exact_match", "--metrics", help="Comma-separated metric names."),
     gate: list[str] = typer.Option([], "--gate", help='A gate such as "exact_match >= 0.9".'),
     max_new_tokens: int = typer.Option(32, min=1, help="Longest generated answer."),
+    predictions: Path | None = typer.Option(
+        None,
+        "--predictions",
+        help="Also write every row's answer to this file (.jsonl, .csv or .parquet): the "
+        "row, its reference, the answer and whether it matched; classification rows also "
+        "print a confusion matrix.",
+    ),
     json_out: bool = JSON,
 ) -> None:
     """Evaluate any registered version on a data file, with the template it trained with.
@@ -195,11 +202,14 @@ def evaluate(
     override. A champion gate scores the champion on the same rows. Exits 1 when a
     gate fails.
     """
+    from modelyard.batch import table_kind, write_table
     from modelyard.evaluation import GateVerdict, verdicts_table
     from modelyard.finetune import check_evaluation, evaluate_version
 
     names = metrics.split(",")
     check_evaluation(names, gate, data_format)  # before the store opens: a typo writes nothing
+    if predictions is not None:
+        table_kind(predictions, "--predictions")
     s = settings()
     with open_store(s) as store:
         result = evaluate_version(
@@ -211,13 +221,22 @@ def evaluate(
             gates=gate,
             data_format=data_format,
             max_new_tokens=max_new_tokens,
+            predictions=predictions is not None,
         )
+    if predictions is not None:
+        rows = result.pop("predictions")
+        columns = list(dict.fromkeys(c for row in rows for c in row))
+        write_table(predictions, rows, columns)
     verdicts = [GateVerdict(**v) for v in result["verdicts"]]
     status = result["gate_status"]
     if json_out:
         print_json(result)
     else:
         console.print(_metrics_table(result["metrics"], {}, result["champion_metrics"]))
+        if result.get("confusion_matrix"):
+            console.print(_confusion_table(result["confusion_matrix"]))
+        if predictions is not None:
+            console.print(f"wrote {result['rows']} predictions to {predictions}")
         if verdicts:
             console.print(verdicts_table(verdicts))
         if status is not None:
@@ -228,3 +247,11 @@ def evaluate(
             hint="See the table above. The verdicts are recorded on the version: it takes no "
             "protected alias or rollout without an approver's --override-gates --reason.",
         )
+
+
+def _confusion_table(matrix: dict[str, Any]) -> Table:
+    """Rows: the true labels; columns: what the model answered."""
+    table = Table("true / answered", *matrix["columns"], title="confusion matrix")
+    for label, counts in zip(matrix["labels"], matrix["counts"], strict=True):
+        table.add_row(label, *(str(c) if c else "·" for c in counts))
+    return table

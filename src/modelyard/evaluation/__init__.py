@@ -9,7 +9,14 @@ base with every tenant's adapter attached, selected per prompt with
 """
 
 from modelyard.base import load_adapter
-from modelyard.evaluation._evaluate import EvalReport, Prediction, evaluate_model, peak_rss_mb
+from modelyard.evaluation._confusion import ConfusionMatrix, confusion_matrix
+from modelyard.evaluation._evaluate import (
+    ANSWER_METRICS,
+    EvalReport,
+    Prediction,
+    evaluate_model,
+    peak_rss_mb,
+)
 from modelyard.evaluation._exact_match import EvalResult, evaluate_exact_match
 from modelyard.evaluation._gates import (
     ChampionGate,
@@ -38,9 +45,11 @@ from modelyard.evaluation._render import Render, renderer_for
 from modelyard.evaluation._table import verdicts_table
 
 __all__ = [
+    "ANSWER_METRICS",
     "BASE_ADAPTER",
     "METRICS",
     "ChampionGate",
+    "ConfusionMatrix",
     "EvalReport",
     "EvalResult",
     "Gate",
@@ -51,6 +60,7 @@ __all__ = [
     "ThresholdGate",
     "accuracy",
     "check_metric_names",
+    "confusion_matrix",
     "encode_pair",
     "evaluate_exact_match",
     "evaluate_gates",

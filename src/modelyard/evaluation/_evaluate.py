@@ -46,6 +46,8 @@ _TEXT_METRICS: Mapping[str, TextMetric] = {
     "macro_f1": macro_f1,
 }
 _LATENCY_PERCENTILES = {"p50_latency_ms": 50.0, "p95_latency_ms": 95.0}
+ANSWER_METRICS = frozenset({*_TEXT_METRICS, *_LATENCY_PERCENTILES})
+"""The metrics for which the model generates an answer per row (``predictions``)."""
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,10 @@ from modelyard.artifacts import ArtifactStore
 from modelyard.data import PromptTemplate, get_format, load_rows
 from modelyard.errors import ConfigError, NotFound
 from modelyard.evaluation import (
+    ANSWER_METRICS,
+    EvalReport,
     check_metric_names,
+    confusion_matrix,
     evaluate_gates,
     evaluate_model,
     gated_metrics,
@@ -84,6 +87,7 @@ def evaluate_version(
     gates: Sequence[str] = (),
     data_format: str | None = None,
     max_new_tokens: int = 32,
+    predictions: bool = False,
 ) -> dict[str, Any]:
     """Score the version ``ref`` on the rows of ``data``, with the template it trained with.
 
@@ -94,32 +98,43 @@ def evaluate_version(
     fine-tune run records them: they decide whether it may take a protected alias or
     a rollout. Returns what ``modelyard evaluate`` prints: the version, row count,
     metrics (and the champion's), gate verdicts, whether every gate passed, and the
-    version's gate status as recorded.
+    version's gate status as recorded. With ``predictions``, also every row's answer
+    (``"predictions"``: the row's fields, ``reference``, ``predicted``, ``matched``) and,
+    for classification rows, the ``"confusion_matrix"``.
     """
     names = check_evaluation(metrics, gates, data_format)
+    if predictions and not ANSWER_METRICS.intersection(names):
+        raise ConfigError(
+            f"--predictions needs the model's answers, which none of {', '.join(names)} asks for",
+            hint=f"Add a metric that generates them: {', '.join(sorted(ANSWER_METRICS))}.",
+            field="metrics",
+        )
     parsed = parse_gates(list(gates))
     version = store.resolve_model_ref(ref)
     fmt = data_format or version_format(version)
     rows = load_rows(data, fmt)
 
-    def score(target: ModelVersion) -> dict[str, float]:
+    def score(target: ModelVersion) -> EvalReport:
         model, tokenizer = load_version_model(store, artifacts, target)
-        return evaluate_rows(
+        return evaluate_model(
             model,
             tokenizer,
-            rows,
+            [dict(r) for r in rows],
             metrics=names,
-            template=version_template(target, tokenizer),
-            data_format=fmt,
+            format=fmt,
             max_new_tokens=max_new_tokens,
+            render=version_template(target, tokenizer).render,
         )
 
-    values = score(version)
+    report = score(version)
+    values = {k: float(v) for k, v in report.metrics.items()}
     compares = any(g.kind == "not_worse_than" for g in parsed)
     champion = champion_of(store, version.model) if compares else None
     champion_metrics = None
     if champion is not None:
-        champion_metrics = values if champion.version == version.version else score(champion)
+        champion_metrics = (
+            values if champion.version == version.version else dict(score(champion).metrics)
+        )
     verdicts = evaluate_gates(parsed, values, champion_metrics, 0.0)
     result: dict[str, Any] = {
         "model": version.ref,
@@ -131,6 +146,17 @@ def evaluate_version(
         "passed": gates_passed(verdicts),
         "gate_status": None,
     }
+    if predictions:
+        result["predictions"] = [
+            {**rows[p.index], "reference": p.reference, "predicted": p.predicted,
+             "matched": p.matched}
+            for p in report.predictions
+        ]  # fmt: skip
+        if fmt == "classification":
+            result["confusion_matrix"] = confusion_matrix(
+                [p.reference for p in report.predictions],
+                [p.predicted for p in report.predictions],
+            ).to_dict()
     if parsed:
         source = {
             "by": "evaluate",
