@@ -70,3 +70,25 @@ def test_serving_quick_reports_every_ratio() -> None:
     assert result["machine"]["torch_threads"] == result["config"]["threads"]
     assert "Serving throughput" in r.stderr
     assert "torch threads: " in r.stderr
+
+
+@pytest.mark.slow
+def test_routing_quick_reports_both_hit_rates() -> None:
+    script = ROOT / "benchmarks" / "routing.py"
+    r = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]  # non-zero: a request failed
+    result = json.loads(r.stdout)
+    for workload in ("uniform", "zipf"):
+        summary = result["summary"][workload]
+        assert 0 < summary["round_robin"] < 1 and 0 < summary["routing"] <= 1, summary
+    # every counted request met the cache once, hit or miss, on one of the two replicas
+    assert all(run["hits"] + run["misses"] == sum(run["per_replica"]) == run["requests"]
+               for run in result["runs"])  # fmt: skip
+    assert "Adapter cache hit rate" in r.stderr
