@@ -23,7 +23,12 @@ from modelyard.batch._runner import JobRunner, JobSettings, Progress
 from modelyard.batch._tables import table_kind
 from modelyard.errors import AuthError, ConfigError, EndpointNotFound
 from modelyard.serving import Engine, InProcessPlane, SamplingParams, ServerLimits
-from modelyard.store import ApiKey, Store
+from modelyard.store import ApiKey, ModelVersion, Store, Tenant
+
+RunnerFactory = Callable[
+    [InProcessPlane, ApiKey, str, JobSettings, Mapping[str, tuple[float, float]]], JobRunner
+]
+"""Makes a job's runner from (plane, key, job id, settings, token prices): ``JobRunner``."""
 
 
 @dataclass(frozen=True)
@@ -101,18 +106,20 @@ def run_file_job(
     limits: ServerLimits | None = None,
     progress: Progress | None = None,
     on_start: Callable[[JobSummary, bool], None] | None = None,
+    runner: RunnerFactory = JobRunner,
 ) -> JobSummary:
     """Run ``spec`` to its end (or ``--max-errors``); the summary of the whole job.
 
     Bad input (the input, the mapping, the endpoint, the key, the version) raises a
     ConfigError or DataError before anything is written. ``on_start(summary, resumed)``
-    is told the job's id and rows once they are known.
+    is told the job's id and rows once they are known. ``runner`` makes the job's runner
+    (a ``RayJobRunner`` answers the rows on a Ray cluster; ``engine`` then answers none).
     """
     given = read_input(spec)
-    pinned = _pinned(store, spec) if spec.model is not None else None
+    pinned = operator_version(store, spec.model, spec.tenant) if spec.model is not None else None
     with InProcessPlane(store, engine, limits=limits, pinned=pinned) as plane:
         endpoint = spec.endpoint or str(plane.endpoint)
-        key = _checked_key(plane, spec, endpoint)
+        key = checked_key(plane, spec.api_key, endpoint)
         done = _finished(spec, len(given.rows))
         if done is not None:
             return done
@@ -122,10 +129,10 @@ def run_file_job(
             prices = {p.base_model: (p.input_per_1k, p.output_per_1k)
                       for p in store.list_token_prices()}  # fmt: skip
             job_settings = JobSettings(endpoint, spec.params, spec.concurrency, spec.max_errors)
-            runner = JobRunner(plane, key, job.job_id, job_settings, prices)
+            job_runner = runner(plane, key, job.job_id, job_settings, prices)
             if on_start is not None:
                 on_start(JobSummary(job.job_id, rows=len(given.rows)), job.resumed)
-            summary = runner.run(ListSource(given.rows), job.sink, progress)
+            summary = job_runner.run(ListSource(given.rows), job.sink, progress)
             if summary.stopped is None:
                 job.finish(given.table, spec.id_columns)
             return summary
@@ -133,11 +140,11 @@ def run_file_job(
             job.close()
 
 
-def _pinned(store: Store, spec: FileJobSpec) -> tuple[Any, Any]:
-    """The operator's version and the tenant its records go to."""
-    assert spec.model is not None
-    version = store.resolve_model_ref(spec.model)
-    tenant = spec.tenant or store.get_registered_model(version.model).tenant
+def operator_version(store: Store, model: str, tenant: str | None) -> tuple[ModelVersion, Tenant]:
+    """An operator's job: the version ``model`` names and the tenant its records go to
+    (``tenant``, else the model's owner), for ``InProcessPlane(pinned=...)``."""
+    version = store.resolve_model_ref(model)
+    tenant = tenant or store.get_registered_model(version.model).tenant
     if tenant is None:
         raise ConfigError(
             f"{version.model} belongs to no tenant: say whose records the job writes",
@@ -146,11 +153,11 @@ def _pinned(store: Store, spec: FileJobSpec) -> tuple[Any, Any]:
     return version, store.get_tenant(tenant)
 
 
-def _checked_key(plane: InProcessPlane, spec: FileJobSpec, endpoint: str) -> ApiKey:
-    """The key, holding ``infer``, that reaches ``endpoint``: a refusal is bad input here
-    (exit 2), before any row is sent."""
+def checked_key(plane: InProcessPlane, api_key: str | None, endpoint: str) -> ApiKey:
+    """The key (None: the operator's, on a pinned plane), holding ``infer``, that reaches
+    ``endpoint``: a refusal is bad input here (exit 2), before any row is sent."""
     try:
-        key = plane.key(spec.api_key)
+        key = plane.key(api_key)
         plane.check(key, endpoint)
     except EndpointNotFound as exc:
         raise ConfigError(
@@ -208,4 +215,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-__all__ = ["FileJobSpec", "read_input", "run_file_job"]
+__all__ = [
+    "FileJobSpec",
+    "RunnerFactory",
+    "checked_key",
+    "operator_version",
+    "read_input",
+    "run_file_job",
+]

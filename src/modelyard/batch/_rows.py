@@ -10,19 +10,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from modelyard.errors import DataError
+
+if TYPE_CHECKING:
+    from modelyard.serving import SamplingParams
 
 
 @dataclass(frozen=True)
 class Row:
     """One row to answer: ``key`` (unique in its job: a file's row number, a message id),
-    the chat ``messages`` to send, and ``number`` (1-based place in its input) for errors."""
+    the chat ``messages`` to send, ``number`` (1-based place in its input) for errors, and
+    ``params`` when the row sets its own (a stream's message; None: the job's)."""
 
     key: str
     messages: tuple[Mapping[str, str], ...]
     number: int | None = None
+    params: SamplingParams | None = None
 
 
 @dataclass(frozen=True)
@@ -38,6 +43,7 @@ class RowResult:
     record_id: str | None = None
     error: str | None = None
     cost: float | None = None  # from the version's base model's token prices, when set
+    status: int | None = None  # the HTTP status the API answers its error with (429, 503...)
 
     @property
     def failed(self) -> bool:

@@ -32,7 +32,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from modelyard.batch._rows import JobSummary, Row, RowResult, RowSink, RowSource
-from modelyard.errors import ConfigError, ModelyardError, RateLimited, StoreUnavailable
+from modelyard.errors import (
+    ConfigError,
+    ModelyardError,
+    RateLimited,
+    StoreUnavailable,
+    status_of,
+)
 from modelyard.serving import Answer, InProcessPlane, Origin, SamplingParams
 from modelyard.store import ApiKey
 
@@ -97,18 +103,27 @@ class JobRunner:
         summary.rows = len(done) + len(todo)
         summary.skipped = len(done)
         summary.replaced = self.plane.store.discard_job_records(
-            self.job_id, [i for row in todo for i in self._ids(row.key)]
+            self.job_id, [i for row in todo for i in self.record_ids(row.key)]
         )
         if self._too_many_errors(summary):
             return summary
         if progress is not None:
             progress(summary.skipped, summary.rows)
         if todo:
-            asyncio.run(self._run(todo, sink, summary, progress))
+            self.answer_rows(todo, sink, summary, progress)
         summary.elapsed_s = time.perf_counter() - started
         return summary
 
-    def _ids(self, row_key: str) -> tuple[str, str]:
+    def answer_rows(
+        self, rows: Sequence[Row], sink: RowSink, summary: JobSummary, progress: Progress | None
+    ) -> None:
+        """Answer ``rows`` (none in ``sink`` yet, their old records discarded) into ``sink``,
+        counting them into ``summary``: here, ``concurrency`` at once through this
+        process's plane; a runner elsewhere (``RayJobRunner``) replaces only this."""
+        asyncio.run(self._run(list(rows), sink, summary, progress))
+
+    def record_ids(self, row_key: str) -> tuple[str, str]:
+        """The ids ``row_key``'s records may have: its own and its shadow's."""
         rid = self.record_id(row_key)
         return rid, f"{rid}-shadow"
 
@@ -129,7 +144,7 @@ class JobRunner:
 
         async def one(row: Row) -> None:
             try:
-                result = await self._answer(row)
+                result = await self.answer(row)
             finally:
                 slots.release()
             staged.append(result)
@@ -177,11 +192,13 @@ class JobRunner:
         if failure:
             raise failure[0]
 
-    async def _answer(self, row: Row) -> RowResult:
-        """One row through the data plane: its result, or its error; a 429 waits and tries
+    async def answer(self, row: Row) -> RowResult:
+        """One row through the data plane (with its own params, if it has them): its result,
+        or its error and the HTTP status the API answers it with; a 429 waits and tries
         again."""
         rid = self.record_id(row.key)
         origin = Origin(self.settings.source, self.job_id, rid)
+        params = row.params or self.settings.params
         limited: RateLimited | None = None
         for _ in range(self.settings.rate_limit_retries + 1):
             wait = self._pause_until - time.monotonic()
@@ -189,18 +206,18 @@ class JobRunner:
                 await asyncio.sleep(wait)
             try:
                 answer = await self.plane.chat(
-                    self.key, self.settings.endpoint, row.messages, self.settings.params,
-                    origin=origin,
+                    self.key, self.settings.endpoint, row.messages, params, origin=origin,
                 )  # fmt: skip
             except RateLimited as exc:  # refused before it ran: no record under its id
                 limited = exc
                 self._pause_until = max(self._pause_until, time.monotonic() + exc.retry_after)
                 continue
             except ModelyardError as exc:
-                return RowResult(row.key, record_id=rid, error=exc.one_line())
+                return RowResult(row.key, record_id=rid, error=exc.one_line(),
+                                 status=status_of(exc).http_status)  # fmt: skip
             return self._result(row.key, answer)
         assert limited is not None
-        return RowResult(row.key, error=limited.one_line())
+        return RowResult(row.key, error=limited.one_line(), status=status_of(limited).http_status)
 
     def _result(self, key: str, answer: Answer) -> RowResult:
         gen = answer.generation
@@ -215,6 +232,13 @@ class JobRunner:
 
     def _commit(self, sink: RowSink, results: Sequence[RowResult]) -> None:
         """Commit ``results`` once their records are written (on a worker thread)."""
+        self.ensure_recorded(results)
+        sink.commit(results)
+
+    def ensure_recorded(self, results: Sequence[RowResult]) -> None:
+        """Return once the records of ``results`` (and every earlier one) are written; raise
+        StoreUnavailable when they were not within 60 s or a record was dropped. Blocks:
+        call it on a worker thread."""
         if not self.plane.flush(timeout=60.0):
             raise StoreUnavailable(
                 f"the inference records of {len(results)} answered rows were not written "
@@ -229,7 +253,6 @@ class JobRunner:
                 hint="Check the store, then run the same command again: the rows not yet in "
                 "the output are answered again, each keeping one record.",
             )
-        sink.commit(results)
 
 
 __all__ = ["JobRunner", "JobSettings", "Progress"]
