@@ -8,7 +8,12 @@ store. Everything runs on 127.0.0.1 in this process.
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -281,3 +286,36 @@ def test_the_policy_prefers_holders_then_the_home_then_the_least_loaded() -> Non
     a.inflight = 1
     assert policy.order(None, [a, b, c])[1] == "least_loaded"
     assert policy.order(None, [a, b, c])[0][-1] == a
+
+
+def test_the_route_command_relays_and_exits_0_on_sigterm(fleet: Fleet, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
+    env |= {"MODELYARD_HOME": str(tmp_path / "home"), "MODELYARD_STORE_URL": fleet.store.url}
+    command = [sys.executable, "-m", "modelyard", "route", "--port", "0", "--refresh-s", "0.1"]
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as proc:
+        _relay_then_drain(proc, fleet)
+
+
+def _relay_then_drain(proc: subprocess.Popen[str], fleet: Fleet) -> None:
+    try:
+        assert proc.stderr is not None
+        banner = proc.stderr.readline()
+        match = re.search(r"routing on (http://127\.0\.0\.1:\d+)", banner)
+        assert match, banner
+        url = match.group(1)
+        wait_for("the router to start", lambda: _ready(url), timeout=30)
+        auth = {"Authorization": f"Bearer {fleet.key}"}
+        body = {"model": "two", "prompt": "hi"}
+        answer = httpx.post(f"{url}/v1/completions", json=body, headers=auth, timeout=30)
+        assert answer.status_code == 200
+        assert answer.headers["x-modelyard-replica"] == fleet.b.id
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+
+
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/ready", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False

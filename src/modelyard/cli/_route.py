@@ -60,8 +60,7 @@ def route(
     one). The router checks no key: the servers do, and their answers (401, 404, 429 with
     Retry-After, streams) come back unchanged. GET /health, /ready (503 while no replica
     is live) and /metrics are its own. SIGTERM drains, then the process exits 0."""
-    from modelyard.routing import RouteOptions, create_route_app
-    from modelyard.serving import run_server
+    from modelyard.routing import RouteOptions, create_route_app, run_router
 
     options = RouteOptions(
         policy=policy,  # type: ignore[arg-type]  # checked by RouteOptions
@@ -84,7 +83,7 @@ def route(
         )
 
     try:
-        run_server(app, host, port, shutdown_grace_s=shutdown_grace_s, on_bound=banner)
+        run_router(app, host, port, shutdown_grace_s=shutdown_grace_s, on_bound=banner)
     finally:
         store.close()
     err_console.print("stopped")

@@ -7,12 +7,14 @@ heartbeats, each request to the replica that holds the endpoint's adapter, else
 the adapter's home by rendezvous hashing, else the least loaded one
 (``AdapterAffinity``; ``RoundRobin`` is the baseline without routing). It
 authenticates nothing: keys, limits, 404s and records stay the servers'.
+``run_router`` serves it, draining on SIGTERM. It imports no engine (no torch).
 """
 
 from modelyard.routing._app import FleetView, create_route_app
 from modelyard.routing._options import POLICIES, RouteOptions
 from modelyard.routing._policy import REASONS, AdapterAffinity, Plan, RoundRobin, plans_of
 from modelyard.routing._replicas import Replica, Replicas
+from modelyard.routing._server import run_router
 
 __all__ = [
     "POLICIES",
@@ -26,4 +28,5 @@ __all__ = [
     "RouteOptions",
     "create_route_app",
     "plans_of",
+    "run_router",
 ]

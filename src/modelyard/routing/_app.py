@@ -3,7 +3,7 @@
 What it knows of the fleet comes from the store, re-read every ``refresh_s``
 off the event loop (``FleetView``): the servers whose heartbeat is fresh, and
 every endpoint's traffic plan. A store that cannot be reached leaves the last
-snapshot in use. SIGTERM drains it as it drains a server (``Drain``).
+snapshot in use. SIGTERM drains it (``_server``).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from modelyard.routing._options import RouteOptions
 from modelyard.routing._policy import AdapterAffinity, Plan, Policy, RoundRobin, plans_of
 from modelyard.routing._proxy import Proxy
 from modelyard.routing._replicas import Replicas
-from modelyard.serving import Drain
+from modelyard.routing._server import Drain
 from modelyard.store import Endpoint, Server, Store
 
 log = logging.getLogger(__name__)

@@ -32,7 +32,7 @@ from modelyard.routing._metrics import RouteMetrics
 from modelyard.routing._options import RouteOptions
 from modelyard.routing._policy import Plan, Policy, Reason
 from modelyard.routing._replicas import Replica, Replicas
-from modelyard.serving import Drain
+from modelyard.routing._server import Drain
 
 log = logging.getLogger(__name__)
 
