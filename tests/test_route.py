@@ -228,6 +228,17 @@ def test_a_dead_replica_is_retried_elsewhere_then_left_out(fleet: Fleet) -> None
     assert fleet.metric("modelyard_route_failures_total", kind="connect") == 1
 
 
+def test_a_draining_replica_gets_no_request_that_fails(fleet: Fleet) -> None:
+    """A replica that begins draining between heartbeats answers 503 shutting_down: nothing
+    ran there, so the router tries the other; then the heartbeat says it drains."""
+    fleet.a.app.state.drain.begin(30)
+    answers = [fleet.post("one") for _ in range(3)]
+    assert {r.status_code for r in answers} == {200}
+    assert {r.headers["x-modelyard-replica"] for r in answers} == {fleet.b.id}
+    assert fleet.metric("modelyard_route_failures_total", kind="draining") <= 1
+    wait_for("the drain in the heartbeat", lambda: live(fleet.router) == 1)
+
+
 def test_a_connection_reset_before_any_answer_is_retried(fleet: Fleet) -> None:
     """A replica that drops the connection (killed while running the request) is retried."""
     listener = socket.create_server(("127.0.0.1", 0))
