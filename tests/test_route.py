@@ -199,6 +199,7 @@ def test_refusals_of_the_servers_pass_through_unchanged(fleet: Fleet) -> None:
         straight = httpx.post(direct, json=body, headers=headers, timeout=30)
         assert routed.status_code == straight.status_code
         assert routed.json() == straight.json()
+        assert "x-modelyard-replica" not in routed.headers  # a refusal says nothing of routing
     assert routed.status_code == 404
 
     first, second = fleet.post("one", fleet.limited_key), fleet.post("one", fleet.limited_key)

@@ -5,8 +5,8 @@ answers); ``model`` is read from it to find the endpoint's plan; the policy
 orders the replicas; the request goes to the first one with its headers as sent
 (the key included: the router authenticates nothing, the server does). The
 answer comes back as it arrives, status, headers (``Retry-After`` …) and body
-byte for byte, so a stream is relayed chunk by chunk, with
-``x-modelyard-replica`` naming the server that answered.
+byte for byte, so a stream is relayed chunk by chunk; a successful answer also
+carries ``x-modelyard-replica``, the server that answered.
 
 A request is tried on another replica only while nothing came back: a refused
 connection, a connection reset before any answer (a replica killed while it ran
@@ -197,7 +197,9 @@ class Proxy:
             replica.answered(version)
         headers = [(k.lower(), v) for k, v in upstream.headers.raw
                    if k.decode("latin-1").lower() not in RESPONSE_DROP]  # fmt: skip
-        headers.append((b"x-modelyard-replica", replica.id.encode("latin-1")))
+        if upstream.status_code < 400:  # a refusal must not say where a name is routed (see
+            # docs/security.md: another tenant's endpoint and a missing one answer alike)
+            headers.append((b"x-modelyard-replica", replica.id.encode("latin-1")))
         await send({"type": "http.response.start", "status": upstream.status_code,
                     "headers": headers})  # fmt: skip
         if head:
