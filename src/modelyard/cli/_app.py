@@ -8,6 +8,7 @@ import warnings
 from typing import Any
 
 import typer
+from rich.markup import escape
 from typer.core import TyperGroup
 from typer.main import get_command
 
@@ -178,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModelyardError as exc:
         if _debug["on"]:
             raise
-        err_console.print(f"[bold red]error:[/] {exc.one_line()}", markup=True)
+        err_console.print(f"[bold red]error:[/] {escape(exc.one_line())}", markup=True)
         return status_of(exc).exit_code
     except KeyboardInterrupt:
         err_console.print("aborted")
