@@ -29,6 +29,7 @@ from modelyard.cli import (
     _registry,
     _route,
     _serve,
+    _stream,
 )
 from modelyard.cli._common import err_console, set_actor
 from modelyard.cli._home import set_current_command
@@ -154,6 +155,7 @@ app.add_typer(_audit.app, name="audit")
 app.add_typer(_audit.actors_app, name="actors")
 app.add_typer(_monitor.app, name="monitor")
 app.add_typer(_batch.app, name="batch")
+app.add_typer(_stream.app, name="stream")
 
 
 def main(argv: list[str] | None = None) -> int:
