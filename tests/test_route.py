@@ -37,7 +37,7 @@ from modelyard.serving import (
 from modelyard.store import ModelVersion, Store, utcnow
 from worlds import fake_world
 
-STALE_S = 2.0
+STALE_S = 3.0  # beats every 0.2 s: seconds of slack on a busy machine
 
 
 class Holding(PacedEchoEngine):
@@ -69,7 +69,13 @@ class Server:
     def kill(self) -> None:
         """Stop it as a kill would: no more answers, no more heartbeats, its row left behind."""
         agent = self.app.state.agent
-        agent.stop = agent._stop.set  # the row stays, going stale
+
+        def stop() -> None:  # the row stays, going stale; no beat lands after the kill
+            agent._stop.set()
+            for thread in agent._threads:
+                thread.join(10)
+
+        agent.stop = stop
         self.server.stop()
 
 

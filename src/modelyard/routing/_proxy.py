@@ -140,9 +140,10 @@ class Proxy:
     async def _forward(
         self, scope: Scope, body: bytes, order: Sequence[Replica], reason: Reason, send: Send
     ) -> None:
-        for attempt, replica in enumerate(order[: self.options.max_attempts]):
+        tries = order[: self.options.max_attempts]
+        for attempt, replica in enumerate(tries):
             self.metrics.picks.labels("retry" if attempt else reason).inc()
-            if await self._try(scope, body, replica, send, last=attempt + 1 >= len(order)):
+            if await self._try(scope, body, replica, send, last=attempt + 1 == len(tries)):
                 return
         self.metrics.failures.labels("no_replica").inc()
         await error(send, 503, "no serving replica could take the request", "no_replica",
