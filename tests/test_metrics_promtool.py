@@ -74,6 +74,7 @@ def metrics_text(tmp_path: Path) -> Iterator[str]:
                 metrics={},
             )
         store.set_version_tags("bot:3", {"broken": "yes"})
+        store.set_token_price("tiny", input_per_1k=1.0, output_per_1k=2.0)  # spend is counted
         store.create_endpoint("support", model_ref="bot:1", tenant="acme")
         store.set_traffic("support", {1: 1, 3: 99})
         store.set_shadow("support", 2, 1.0)
@@ -108,6 +109,7 @@ def metrics_text(tmp_path: Path) -> Iterator[str]:
                 json={"request_id": answer.id, "thumbs": "up"},
             )
             assert feedback.status_code == 200, feedback.text
+            app.state.plane.budgets.flush()  # the charges, counted on the guard's own thread
             yield httpx.get(server.base_url + "/metrics").text
 
 
@@ -121,6 +123,7 @@ def test_metrics_pass_promtool_check(promtool: str, metrics_text: str) -> None:
         assert f"\n{family}" in metrics_text, family
     assert "modelyard_adapter_evictions_total" in metrics_text
     assert "modelyard_rate_limited_total" in metrics_text
+    assert 'modelyard_spend_total{endpoint="support",key=' in metrics_text
     check = subprocess.run(
         [promtool, "check", "metrics"],
         input=metrics_text,
