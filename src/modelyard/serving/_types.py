@@ -178,8 +178,9 @@ class EngineObserver(Protocol):
 
 @dataclass(frozen=True)
 class Origin:
-    """Where a request comes from, for its record: ``source`` (``api``, ``batch``), the
-    batch ``job_id``, and the ``record_id`` its record must have (None: a new one).
+    """Where a request comes from, for its record: ``source`` (``api``, ``batch``,
+    ``stream``), the ``job_id`` (a batch job, a stream's ``STREAM/GROUP``), and the
+    ``record_id`` its record must have (None: a new one).
 
     A batch row's record id is derived from its job and row, so a row answered twice
     (its job killed before the answer reached the output, then resumed) keeps one record.

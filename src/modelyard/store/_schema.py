@@ -248,7 +248,8 @@ class InferenceRecordRow(Base):
     # when tools were offered, and whether it came out as the JSON or call it had to be.
     tool_calls: Mapped[int | None] = mapped_column(Integer)
     format_ok: Mapped[bool | None] = mapped_column(Boolean)
-    # Where the request came from (migration 0012): ``api``, or ``batch`` with its job's id.
+    # Where the request came from (migration 0012): ``api``, or ``batch`` or ``stream`` with
+    # its job's id (a stream's ``STREAM/GROUP``).
     source: Mapped[str] = mapped_column(String(16), default="api", server_default="api")
     job_id: Mapped[str | None] = mapped_column(String(64))
 

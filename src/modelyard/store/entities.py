@@ -342,8 +342,8 @@ class NewInferenceRecord:
     fallback_from_id: int | None = None
     tool_calls: int | None = None  # calls the answer made, when tools were offered
     format_ok: bool | None = None  # a constrained answer came out as JSON / a call
-    source: str = "api"  # where the request came from: api, batch
-    job_id: str | None = None  # the batch job of a ``batch`` record
+    source: str = "api"  # where the request came from: api, batch, stream
+    job_id: str | None = None  # a batch job, or a stream's STREAM/GROUP
 
 
 @dataclass(frozen=True)
@@ -367,8 +367,8 @@ class InferenceRecord:
     extra: Mapping[str, Any] = field(default_factory=dict)
     shadow: bool = False  # a mirrored answer, never returned to the client
     fallback_from: str | None = None  # the version it was routed to but could not be served by
-    source: str = "api"  # where the request came from: api, batch
-    job_id: str | None = None  # the batch job of a ``batch`` record
+    source: str = "api"  # where the request came from: api, batch, stream
+    job_id: str | None = None  # a batch job, or a stream's STREAM/GROUP
 
 
 @dataclass(frozen=True)
