@@ -9,11 +9,15 @@ knows nothing of files. ``run_file_job`` runs a ``FileJobSpec`` (JSONL, CSV or
 Parquet in and out, a ``ColumnMapping`` from columns to the request) and
 resumes a job that stopped at any instant without answering a row twice in its
 output or its records (``FileJob``, ``PartsSink``). ``JobSummary`` is what a job
-did: rows, failures, tokens, cost.
+did: rows, failures, tokens, cost. ``RayJobRunner`` answers a job's rows on a Ray
+cluster (``RayOptions``, ``ray_cluster``: Ray is an optional extra, imported only
+then), each actor building its engine and store from an ``EngineSpec`` and a
+``WorkerSpec``.
 """
 
 from modelyard.batch._files import (
     FileJobSpec,
+    RunnerFactory,
     checked_key,
     operator_version,
     read_input,
@@ -21,6 +25,7 @@ from modelyard.batch._files import (
 )
 from modelyard.batch._mapping import ROLES, ColumnMapping
 from modelyard.batch._parts import FileJob, PartsSink
+from modelyard.batch._ray import RayJobRunner, RayOptions, import_ray, ray_cluster
 from modelyard.batch._rows import (
     RESULT_COLUMNS,
     JobSummary,
@@ -32,11 +37,13 @@ from modelyard.batch._rows import (
 )
 from modelyard.batch._runner import JobRunner, JobSettings
 from modelyard.batch._tables import table_kind, write_table
+from modelyard.batch._worker import EngineSpec, WorkerSpec
 
 __all__ = [
     "RESULT_COLUMNS",
     "ROLES",
     "ColumnMapping",
+    "EngineSpec",
     "FileJob",
     "FileJobSpec",
     "JobRunner",
@@ -44,12 +51,18 @@ __all__ = [
     "JobSummary",
     "ListSource",
     "PartsSink",
+    "RayJobRunner",
+    "RayOptions",
     "Row",
     "RowResult",
     "RowSink",
     "RowSource",
+    "RunnerFactory",
+    "WorkerSpec",
     "checked_key",
+    "import_ray",
     "operator_version",
+    "ray_cluster",
     "read_input",
     "run_file_job",
     "table_kind",

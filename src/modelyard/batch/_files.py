@@ -25,6 +25,11 @@ from modelyard.errors import AuthError, ConfigError, EndpointNotFound
 from modelyard.serving import Engine, InProcessPlane, SamplingParams, ServerLimits
 from modelyard.store import ApiKey, ModelVersion, Store, Tenant
 
+RunnerFactory = Callable[
+    [InProcessPlane, ApiKey, str, JobSettings, Mapping[str, tuple[float, float]]], JobRunner
+]
+"""Makes a job's runner from (plane, key, job id, settings, token prices): ``JobRunner``."""
+
 
 @dataclass(frozen=True)
 class FileJobSpec:
@@ -101,12 +106,14 @@ def run_file_job(
     limits: ServerLimits | None = None,
     progress: Progress | None = None,
     on_start: Callable[[JobSummary, bool], None] | None = None,
+    runner: RunnerFactory = JobRunner,
 ) -> JobSummary:
     """Run ``spec`` to its end (or ``--max-errors``); the summary of the whole job.
 
     Bad input (the input, the mapping, the endpoint, the key, the version) raises a
     ConfigError or DataError before anything is written. ``on_start(summary, resumed)``
-    is told the job's id and rows once they are known.
+    is told the job's id and rows once they are known. ``runner`` makes the job's runner
+    (a ``RayJobRunner`` answers the rows on a Ray cluster; ``engine`` then answers none).
     """
     given = read_input(spec)
     pinned = operator_version(store, spec.model, spec.tenant) if spec.model is not None else None
@@ -122,10 +129,10 @@ def run_file_job(
             prices = {p.base_model: (p.input_per_1k, p.output_per_1k)
                       for p in store.list_token_prices()}  # fmt: skip
             job_settings = JobSettings(endpoint, spec.params, spec.concurrency, spec.max_errors)
-            runner = JobRunner(plane, key, job.job_id, job_settings, prices)
+            job_runner = runner(plane, key, job.job_id, job_settings, prices)
             if on_start is not None:
                 on_start(JobSummary(job.job_id, rows=len(given.rows)), job.resumed)
-            summary = runner.run(ListSource(given.rows), job.sink, progress)
+            summary = job_runner.run(ListSource(given.rows), job.sink, progress)
             if summary.stopped is None:
                 job.finish(given.table, spec.id_columns)
             return summary
@@ -208,4 +215,11 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-__all__ = ["FileJobSpec", "checked_key", "operator_version", "read_input", "run_file_job"]
+__all__ = [
+    "FileJobSpec",
+    "RunnerFactory",
+    "checked_key",
+    "operator_version",
+    "read_input",
+    "run_file_job",
+]

@@ -110,9 +110,17 @@ class JobRunner:
         if progress is not None:
             progress(summary.skipped, summary.rows)
         if todo:
-            asyncio.run(self._run(todo, sink, summary, progress))
+            self.answer_rows(todo, sink, summary, progress)
         summary.elapsed_s = time.perf_counter() - started
         return summary
+
+    def answer_rows(
+        self, rows: Sequence[Row], sink: RowSink, summary: JobSummary, progress: Progress | None
+    ) -> None:
+        """Answer ``rows`` (none in ``sink`` yet, their old records discarded) into ``sink``,
+        counting them into ``summary``: here, ``concurrency`` at once through this
+        process's plane; a runner elsewhere (``RayJobRunner``) replaces only this."""
+        asyncio.run(self._run(list(rows), sink, summary, progress))
 
     def record_ids(self, row_key: str) -> tuple[str, str]:
         """The ids ``row_key``'s records may have: its own and its shadow's."""

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,17 +23,19 @@ from rich.progress import (
 from rich.text import Text
 
 from modelyard.cli._common import (
+    acting_as,
     bad_input,
     err_console,
     open_artifacts,
     open_store,
     print_json,
+    settings,
 )
 from modelyard.errors import ConfigError, ModelyardError
 
 if TYPE_CHECKING:
-    from modelyard.batch import JobSummary
-    from modelyard.serving import Engine
+    from modelyard.batch import EngineSpec, JobSummary, RayOptions, RunnerFactory
+    from modelyard.serving import Engine, ServerLimits
     from modelyard.store import Store
 
 app = typer.Typer(
@@ -131,6 +134,17 @@ def run(
         0.0, min=0.0, help="With --engine echo: pause before each word (tests)."
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    ray_address: str | None = typer.Option(
+        None,
+        "--ray",
+        metavar="ADDRESS",
+        help="Answer the rows on a Ray cluster (the ray extra): auto (the one this machine "
+        "belongs to), ray://HOST:10001, HOST:6379, or local (a Ray on this machine for this "
+        "job). Each actor runs its own engine.",
+    ),
+    ray_actors: int = typer.Option(1, min=1, help="--ray: actors, each with an engine."),
+    ray_cpus: float = typer.Option(1.0, min=0.01, help="--ray: CPUs each actor asks for."),
+    ray_gpus: float = typer.Option(0.0, min=0.0, help="--ray: GPUs each actor asks for."),
 ) -> None:
     """Answer every row of INPUT through an endpoint (or, as an operator, one version)
     and write OUTPUT: the row number, the --id-column values, answer, finish_reason,
@@ -142,9 +156,20 @@ def run(
     any moment (Ctrl+C, kill -9) resumes when the same command runs again: rows already
     answered are skipped, and no row is answered twice in the output or the records.
     Failed rows keep their error; bad input exits 2 before anything is written.
+
+    With --ray the rows are answered by actors on a Ray cluster, each with its own
+    engine and store connection; this process keeps the job's state and output.
     """
-    from modelyard.batch import ColumnMapping, FileJobSpec, run_file_job
-    from modelyard.serving import SamplingParams, ServerLimits
+    from modelyard.batch import (
+        ColumnMapping,
+        EngineSpec,
+        FileJobSpec,
+        JobRunner,
+        RayOptions,
+        ray_cluster,
+        run_file_job,
+    )
+    from modelyard.serving import EchoEngine, SamplingParams, ServerLimits
 
     with bad_input():
         spec = FileJobSpec(
@@ -159,14 +184,25 @@ def run(
     limits = ServerLimits(
         max_tokens=max(max_tokens, 256), request_timeout_s=request_timeout_s or None
     )
+    engines = EngineSpec(engine, device, dtype, max_batch_size, max_adapters,
+                         max(256, concurrency), echo_delay_ms)  # fmt: skip
+    if not ray_address and (ray_actors, ray_cpus, ray_gpus) != (1, 1.0, 0.0):
+        raise ConfigError("--ray-actors, --ray-cpus and --ray-gpus go with --ray ADDRESS")
+    cluster = RayOptions(ray_address, ray_actors, ray_cpus, ray_gpus) if ray_address else None
     store = open_store()
-    chosen = job_engine(engine, store, device, dtype, max_batch_size, max_adapters,
-                        max(256, concurrency), echo_delay_ms)  # fmt: skip
+    runner: RunnerFactory = JobRunner
+    where: AbstractContextManager[None] = nullcontext()
+    if cluster is None:
+        chosen = engines.build(store, open_artifacts)
+    else:  # the actors answer; this process's plane only checks the key and the endpoint
+        chosen, runner = EchoEngine(), _ray_runner(cluster, engines, limits)
+        where = ray_cluster(cluster, store_dialect=store.dialect)
     try:
-        with _bar(quiet=json_out) as bar, bad_input():
+        with where, _bar(quiet=json_out) as bar, bad_input():
             summary: JobSummary = run_file_job(
-                store, chosen, spec, limits=limits, progress=bar.update, on_start=bar.start
-            )
+                store, chosen, spec, limits=limits, progress=bar.update, on_start=bar.start,
+                runner=runner,
+            )  # fmt: skip
     finally:
         chosen.close()
         store.close()
@@ -194,28 +230,19 @@ def job_engine(
 ) -> Engine:
     """The engine the job's process runs, as `serve` builds it (upstream versions answer
     from their server whatever it is)."""
-    from modelyard.serving import (
-        EchoEngine,
-        EngineSet,
-        PacedEchoEngine,
-        TransformersEngine,
-        UpstreamEngine,
-        placement,
-    )
+    from modelyard.batch import EngineSpec
 
-    if kind not in ("transformers", "echo"):
-        raise ConfigError(f"unknown --engine {kind!r}: use transformers or echo")
-    if echo_delay_ms and kind != "echo":
-        raise ConfigError("--echo-delay-ms works only with --engine echo")
-    local: Engine
-    if kind == "transformers":
-        local = TransformersEngine(
-            open_artifacts(), max_adapters=max_adapters, max_batch_size=max_batch_size,
-            max_queue=max_queue, store=store, placement=placement(device, dtype),
-        )  # fmt: skip
-    else:
-        local = PacedEchoEngine(echo_delay_ms / 1000) if echo_delay_ms else EchoEngine()
-    return EngineSet(local, UpstreamEngine(open_artifacts(), store=store))
+    spec = EngineSpec(kind, device, dtype, max_batch_size, max_adapters, max_queue, echo_delay_ms)
+    return spec.build(store, open_artifacts)
+
+
+def _ray_runner(options: RayOptions, engine: EngineSpec, limits: ServerLimits) -> RunnerFactory:
+    """A runner whose rows Ray actors answer, each building ``engine`` and the store from
+    this command's settings."""
+    from modelyard.batch import RayJobRunner, WorkerSpec
+
+    worker = WorkerSpec.of(settings(), actor=acting_as(settings()), engine=engine, limits=limits)
+    return functools.partial(RayJobRunner, options=options, worker=worker)
 
 
 class _RowsPerSecond(ProgressColumn):

@@ -1,0 +1,278 @@
+"""``modelyard batch run --ray``: the same job answered by Ray actors.
+
+One Ray for the module, started here as a user's cluster would be
+(``ray.init(num_cpus=1)``: one actor of one CPU fits; an actor asking for more
+than the cluster has is refused rather than left waiting), shut down at the
+end with no process of it left. In-process runs reuse it (``--ray auto`` in a
+process that has Ray already); the kill -9 test's drivers are other processes
+that connect to it by address, as drivers connect to a shared cluster.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from clihelp import modelyard
+from conftest import IN_CI
+from modelyard.access import create_api_key
+from modelyard.artifacts import LocalArtifactStore
+from modelyard.base import create_tiny_base
+from modelyard.cli import main
+from modelyard.data import DOMAINS, domain_corpus
+from modelyard.store import Store
+from tinymodels import QUICK_BASE, random_adapter, register_adapter
+
+SAME = ["row", "ticket", "answer", "finish_reason", "prompt_tokens", "completion_tokens"]
+SAME += ["version", "error"]  # every output column but record_id (each job has its own)
+RAY_PROCESS = re.compile(r"ray::|/ray/|raylet|gcs_server")
+
+
+@dataclass
+class World:
+    home: Path
+    key: str  # tenant acme, scope infer
+
+    def records(self, job_id: str) -> list[dict[str, Any]]:
+        with Store.open(f"sqlite:///{self.home / 'store.db'}") as store:
+            return store.query_records(job_id=job_id, limit=None)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    tmp = tmp_path_factory.mktemp("batch-ray")
+    home = tmp / "home"
+    home.mkdir()
+    base = create_tiny_base(domain_corpus(DOMAINS, 300, seed=0), tmp / "base", **QUICK_BASE).path
+    artifacts = LocalArtifactStore(home / "artifacts")
+    with Store.open(f"sqlite:///{home / 'store.db'}") as store:
+        store.register_base_model("tiny", str(base), {})
+        store.create_tenant("acme", storage_policy="redacted")
+        store.create_registered_model("bot", tenant="acme")
+        register_adapter(store, artifacts, random_adapter(base, tmp / "adapter", seed=3))
+        store.create_endpoint("support", model_ref="bot:1", tenant="acme")
+        _, key = create_api_key(store, "acme", scopes=("infer",))
+    return World(home, key)
+
+
+def _session_processes(sid: int) -> set[int]:
+    """Ray's processes (live, not zombies) in session ``sid``."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rpartition(")")[2].split()
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if stat[0] != "Z" and int(stat[3]) == sid and RAY_PROCESS.search(command):
+            found.add(int(entry.name))
+    return found
+
+
+def _gone(pids: set[int], sid: int, within_s: float = 20.0) -> set[int]:
+    """Which of ``pids`` are still running after ``within_s`` seconds."""
+    deadline = time.monotonic() + within_s
+    left = pids & _session_processes(sid)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = pids & _session_processes(sid)
+    return left
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A Ray of one CPU for the module; its GCS address. Shut down at the end, every
+    process it started with it."""
+    try:
+        import ray
+    except ImportError:
+        if IN_CI:
+            pytest.fail("CI=true but Ray is not installed (it is in requirements.lock)")
+        pytest.skip('Ray is not installed: pip install "modelyard[ray]"')
+    sid = os.getsid(0)
+    before = _session_processes(sid)
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        started = _session_processes(sid) - before
+        ray.shutdown()
+    assert started, "no Ray process found to check"
+    assert not _gone(started, sid), "Ray processes left after ray.shutdown()"
+
+
+@pytest.fixture
+def here(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MODELYARD_HOME", str(world.home))
+    monkeypatch.setenv("MODELYARD_API_KEY", world.key)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def batch(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(["batch", "run", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_the_ray_path_gives_the_same_answers_as_the_local_path(
+    cluster: str, world: World, here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    lines = ["ticket,text"] + [
+        f"T-{i},my claim {i}: the roof leaks after the storm" for i in range(9)
+    ]
+    lines.append('T-99,"write to me at jane@example.com, please"')
+    (here / "tickets.csv").write_text("\n".join(lines) + "\n")
+    args = ["tickets.csv", "-e", "support", "--prompt-column", "text", "--id-column", "ticket",
+            "--max-tokens", "6", "--temperature", "0", "--concurrency", "4", "--json"]  # fmt: skip
+    code, out, err = batch(capsys, *args, "-o", "local.csv")
+    assert code == 0, err
+    local = json.loads(out)
+    code, out, err = batch(capsys, *args, "-o", "ray.csv", "--ray", "auto")
+    assert code == 0, err
+    on_ray = json.loads(out)
+
+    assert (on_ray["rows"], on_ray["answered"], on_ray["failed"]) == (10, 10, 0)
+    assert on_ray["completion_tokens"] == local["completion_tokens"] > 0
+    written = {
+        name: list(csv.DictReader((here / name).read_text().splitlines()))
+        for name in ("local.csv", "ray.csv")
+    }
+    assert [[r[c] for c in SAME] for r in written["ray.csv"]] == [
+        [r[c] for c in SAME] for r in written["local.csv"]
+    ]
+    assert [r["ticket"] for r in written["ray.csv"]] == [f"T-{i}" for i in range(9)] + ["T-99"]
+    assert {r["version"] for r in written["ray.csv"]} == {"bot:1"}
+    # one record per row, written by the actors as the API writes them (storage policy too)
+    records = world.records(on_ray["job_id"])
+    assert sorted(r["id"] for r in records) == sorted(r["record_id"] for r in written["ray.csv"])
+    assert {(r["source"], r["status"], r["endpoint_name"]) for r in records} == {
+        ("batch", "ok", "support")
+    }
+    assert any("[EMAIL]" in r["prompt"] for r in records)
+    assert not any("jane@example.com" in r["prompt"] for r in records)
+    assert not (here / "ray.csv.batch").exists()
+
+
+def test_a_driver_killed_half_way_then_run_again_keeps_every_row_once(
+    cluster: str, world: World, tmp_path: Path
+) -> None:
+    import ray
+
+    rows = 120
+    (tmp_path / "in.jsonl").write_text(
+        "".join(json.dumps({"id": f"q{i}", "prompt": f"question {i}"}) + "\n" for i in range(rows))
+    )
+    out = tmp_path / "out.jsonl"
+    command = ["batch", "run", str(tmp_path / "in.jsonl"), "-o", str(out), "-e", "support",
+               "--engine", "echo", "--echo-delay-ms", "25", "--concurrency", "4",
+               "--id-column", "id", "--json", "--ray", cluster]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
+    env |= {"MODELYARD_HOME": str(world.home), "MODELYARD_API_KEY": world.key}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "modelyard", *command],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    first_part = tmp_path / "out.jsonl.batch" / "part-00000001.jsonl"
+    deadline = time.monotonic() + 180
+    while not first_part.exists():
+        assert driver.poll() is None, "the driver ended before it was killed"
+        assert time.monotonic() < deadline, "no part committed within 180 s"
+        time.sleep(0.02)
+    time.sleep(0.3)  # blocks answered (records written) since that commit, not yet kept
+    driver.send_signal(signal.SIGKILL)
+    assert driver.wait(10) == -signal.SIGKILL
+    committed = sum(len(p.read_text().splitlines()) for p in first_part.parent.glob("part-*"))
+    assert 0 < committed < rows
+
+    # Ray ends a dead driver's actors: the cluster's one CPU is free again
+    deadline = time.monotonic() + 60
+    while ray.available_resources().get("CPU", 0.0) < 1.0:
+        assert time.monotonic() < deadline, "the killed driver's actor still holds its CPU"
+        time.sleep(0.2)
+
+    again = modelyard(*command, home=world.home, env={"MODELYARD_API_KEY": world.key})
+    assert again.code == 0, again.err
+    summary = json.loads(again.out)
+    assert (summary["skipped"], summary["answered"]) == (committed, rows - committed)
+    assert summary["replaced"] >= 1  # answered by the killed run's actor, never kept
+    answers = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [a["row"] for a in answers] == list(range(1, rows + 1))
+    assert [a["id"] for a in answers] == [f"q{i}" for i in range(rows)]
+    assert all(a["error"] is None and a["version"] == "bot:1" for a in answers)
+    records = world.records(summary["job_id"])
+    assert len(records) == rows  # one record per row: none twice, none missing
+    assert {r["id"] for r in records} == {a["record_id"] for a in answers}
+    assert {r["status"] for r in records} == {"ok"}
+
+
+REFUSED = {
+    "not an address": (["--ray", "in.jsonl"], "--ray 'in.jsonl' is not a Ray address"),
+    "actors without --ray": (["--ray-actors", "2"], "go with --ray ADDRESS"),
+    "more CPUs than the cluster": (
+        ["--ray", "auto", "--ray-actors", "2"],
+        "2 actors of 1 CPU each need 2 CPUs; the Ray cluster has 1",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=list(REFUSED))
+def test_a_ray_job_it_cannot_run_exits_2_with_one_line_and_writes_nothing(
+    case: str, cluster: str, here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    extra, expected = REFUSED[case]
+    (here / "in.jsonl").write_text('{"prompt": "hi"}\n')
+    code, _, err = batch(capsys, "in.jsonl", "-o", "out.jsonl", "-e", "support",
+                         "--engine", "echo", *extra)  # fmt: skip
+    assert code == 2, err
+    assert err.startswith("error: ") and expected in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert sorted(p.name for p in here.iterdir()) == ["in.jsonl"]
+
+
+def test_without_ray_installed_ray_is_a_one_line_error_and_nothing_else_imports_it(
+    world: World, tmp_path: Path
+) -> None:
+    (tmp_path / "in.jsonl").write_text('{"prompt": "hi"}\n')
+    script = (
+        "import sys\n"
+        "sys.modules['ray'] = None  # `import ray` fails as it does where Ray is missing\n"
+        "from modelyard.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "assert 'ray.data' not in sys.modules\n"
+        "raise SystemExit(code)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
+    env |= {"MODELYARD_HOME": str(world.home), "MODELYARD_API_KEY": world.key}
+    done = subprocess.run(
+        [sys.executable, "-c", script, "batch", "run", "in.jsonl", "-o", "out.jsonl",
+         "-e", "support", "--engine", "echo", "--ray", "local"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("error: --ray needs Ray Data, which is not installed")
+    assert 'Install it with: pip install "modelyard[ray]"' in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+    plain = subprocess.run(
+        [sys.executable, "-c", "import sys, modelyard.cli, modelyard.batch; "
+         "assert 'ray' not in sys.modules, 'Ray imported without --ray'"],
+        env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert plain.returncode == 0, plain.stderr
