@@ -186,6 +186,10 @@ class RolloutStore(StoreCore):
             found = s.get(RolloutRow, rollout_id)
             if found is None:
                 raise NotFound(f"no rollout with id {rollout_id!r}")
+            if lease is None and change.audit is not None:  # a person's pause, abort, ...
+                self._require(
+                    s, change.audit, rollout_id, f"change rollout {rollout_id} ({change.event})"
+                )
             # the endpoint's lock, then the rollout's: a transition and an alias move
             # (or a second controller's tick) on this endpoint run one after the other
             erow = get_locked(s, EndpointRow, found.endpoint_id)
