@@ -19,7 +19,8 @@ message saying *what* went wrong and *why*, and a ``hint`` saying what to do.
     ├── Conflict                        the thing exists already / a uniqueness rule
     ├── AuthError                       no key, or a key that is not valid
     │   ├── InvalidApiKey
-    │   └── MissingScope                a valid key without the route's scope
+    │   ├── MissingScope                a valid key without the route's scope
+    │   └── IdentityProviderUnavailable the OIDC issuer's keys cannot be fetched (503)
     ├── PermissionDenied                the actor's role does not allow the action
     ├── StoreError
     │   ├── StoreUnavailable            cannot connect to / open the store
@@ -174,6 +175,13 @@ class MissingScope(AuthError):
 
     code = "missing_scope"
     default_hint = "Create a key with that scope: `modelyard keys create --tenant T --scopes ...`."
+
+
+class IdentityProviderUnavailable(AuthError):
+    """The OpenID Connect issuer's keys cannot be fetched, and none are cached (HTTP 503)."""
+
+    code = "identity_provider_unavailable"
+    default_hint = "Retry shortly; the operator finds the details in the server's log."
 
 
 class PermissionDenied(ModelyardError):
@@ -408,6 +416,7 @@ STATUSES: Mapping[type[ModelyardError], ErrorStatus] = MappingProxyType(
         Conflict: ErrorStatus(1, 409, _CLIENT),
         AuthError: ErrorStatus(1, 401, "authentication_error"),
         MissingScope: ErrorStatus(1, 403, "permission_error"),
+        IdentityProviderUnavailable: ErrorStatus(1, 503, _SERVER),
         PermissionDenied: ErrorStatus(1, 403, "permission_error"),
         StoreUnavailable: ErrorStatus(1, 503, _SERVER),
         DataError: ErrorStatus(1, 400, _CLIENT),
@@ -463,6 +472,7 @@ __all__ = [
     "GateFailed",
     "HomeNotFound",
     "HomeNotWritable",
+    "IdentityProviderUnavailable",
     "InvalidApiKey",
     "LimitsUnavailable",
     "MissingScope",

@@ -15,6 +15,15 @@
 ``MODELYARD_PROTECTED_ALIASES``       aliases that need role approver (default ``champion``)
 ``MODELYARD_SEGREGATION_OF_DUTIES``   the trainer of a version may not approve it (default off)
 ``MODELYARD_DEFAULT_ROLE``            role of actors not in the actors table (default developer)
+``MODELYARD_OIDC_ISSUER``             OpenID Connect issuer whose bearer tokens open the admin
+                                      API (``iss``); unset: only personal access tokens do
+``MODELYARD_OIDC_AUDIENCE``           the ``aud`` those tokens must carry (needed with an issuer)
+``MODELYARD_OIDC_JWKS_URL``           the issuer's keys (default: from its discovery document)
+``MODELYARD_OIDC_ACTOR_CLAIM``        the claim naming the actor (default ``sub``)
+``MODELYARD_OIDC_GROUPS_CLAIM``       the claim listing the person's groups (default ``groups``)
+``MODELYARD_OIDC_GROUP_ROLES``        groups mapped to roles: ``ml-admins=admin,ml-leads=approver``
+``MODELYARD_OIDC_JWKS_REFRESH_S``     fetch the keys again for an unknown ``kid`` at most this
+                                      often (default 30 s); they are kept an hour otherwise
 """
 
 from __future__ import annotations
@@ -55,6 +64,16 @@ class Settings(BaseSettings):
     )
     default_role: Literal["viewer", "developer", "approver", "admin"] = Field(
         default="developer", description="role of actors absent from the actors table"
+    )
+
+    oidc_issuer: str | None = Field(default=None, description="OpenID Connect issuer (iss)")
+    oidc_audience: str | None = Field(default=None, description="audience (aud) of its tokens")
+    oidc_jwks_url: str | None = Field(default=None, description="the issuer's JWKS URL")
+    oidc_actor_claim: str = Field(default="sub", description="claim naming the actor")
+    oidc_groups_claim: str = Field(default="groups", description="claim listing groups")
+    oidc_group_roles: str = Field(default="", description="GROUP=ROLE,... for the admin API")
+    oidc_jwks_refresh_s: float = Field(
+        default=30.0, ge=0.0, description="least seconds between key fetches for an unknown kid"
     )
 
     @property

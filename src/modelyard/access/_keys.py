@@ -40,12 +40,18 @@ def parse_scopes(raw: str | Sequence[str]) -> tuple[str, ...]:
     return scopes
 
 
-def _new_key() -> tuple[str, str, str]:
-    """A fresh (key id, secret, the whole key to show once)."""
+def _new_key(prefix: str = KEY_PREFIX) -> tuple[str, str, str]:
+    """A fresh (key id, secret, the whole key to show once); actors' tokens use their
+    own ``prefix``."""
     key_id = "".join(secrets.choice(_ALPHABET) for _ in range(_ID_LEN))
     secret = "".join(secrets.choice(_ALPHABET) for _ in range(_SECRET_LEN))
-    body = f"{KEY_PREFIX}_{key_id}_{secret}"
+    body = f"{prefix}_{key_id}_{secret}"
     return key_id, secret, body + _checksum(body)
+
+
+def _secret_matches(stored_hash: str, secret: str) -> bool:
+    """Whether ``secret`` hashes to ``stored_hash`` (constant-time comparison)."""
+    return hmac.compare_digest(stored_hash, _hash_secret(secret))
 
 
 def create_api_key(
@@ -108,22 +114,22 @@ def rotate_api_key(
     return new, full
 
 
-def split_key(raw: str) -> tuple[str, str]:
+def split_key(raw: str, prefix: str = KEY_PREFIX, what: str = "API key") -> tuple[str, str]:
     """Check a presented key's shape and checksum; return (key id, secret)."""
     parts = raw.split("_")
-    if len(parts) != 3 or parts[0] != KEY_PREFIX:
-        raise InvalidApiKey("the API key is malformed (expected myk_<id>_<secret>)")
+    if len(parts) != 3 or parts[0] != prefix:
+        raise InvalidApiKey(f"the {what} is malformed (expected {prefix}_<id>_<secret>)")
     key_id, tail = parts[1], parts[2]
     secret, check = tail[:-_CHECK_LEN], tail[-_CHECK_LEN:]
-    body = f"{KEY_PREFIX}_{key_id}_{secret}"
+    body = f"{prefix}_{key_id}_{secret}"
     if len(key_id) != _ID_LEN or len(secret) != _SECRET_LEN or _checksum(body) != check:
-        raise InvalidApiKey("the API key is malformed or mistyped (checksum mismatch)")
+        raise InvalidApiKey(f"the {what} is malformed or mistyped (checksum mismatch)")
     return key_id, secret
 
 
 def verify_api_key(key: ApiKey | None, secret: str, *, now: datetime | None = None) -> ApiKey:
     """Check a stored key against a presented secret: hash, revocation and expiry."""
-    if key is None or not hmac.compare_digest(key.key_hash, _hash_secret(secret)):
+    if key is None or not _secret_matches(key.key_hash, secret):
         raise InvalidApiKey("the API key is not valid")
     now = now or datetime.now(UTC)
     if key.revoked_at is not None and key.revoked_at <= now:

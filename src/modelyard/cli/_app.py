@@ -30,6 +30,7 @@ from modelyard.cli import (
     _route,
     _serve,
     _stream,
+    _tokens,
 )
 from modelyard.cli._common import err_console, set_actor
 from modelyard.cli._home import set_current_command
@@ -153,6 +154,7 @@ app.command("controller", help="Run the rollout controller alone (one leader per
 )
 app.add_typer(_audit.app, name="audit")
 app.add_typer(_audit.actors_app, name="actors")
+app.add_typer(_tokens.app, name="tokens")
 app.add_typer(_monitor.app, name="monitor")
 app.add_typer(_batch.app, name="batch")
 app.add_typer(_stream.app, name="stream")

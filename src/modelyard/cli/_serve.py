@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 
 from modelyard.cli._common import err_console, open_artifacts, open_store, settings
 from modelyard.errors import ConfigError
+from modelyard.store import Store
+
+
+def admin_app(store: Store) -> Any:
+    """The admin API over ``store``: access tokens, and OIDC tokens when an issuer is set."""
+    from modelyard.access import OIDCConfig, OIDCVerifier, PeopleAuthenticator
+    from modelyard.admin import create_admin_app
+
+    oidc = OIDCConfig.from_settings(settings())
+    verifier = OIDCVerifier(oidc) if oidc is not None else None
+    return create_admin_app(store, PeopleAuthenticator(store, verifier))
 
 
 def serve(
@@ -161,6 +174,19 @@ def serve(
     controller_interval_s: float = typer.Option(
         1.0, min=0.05, help="Seconds between rollout controller ticks."
     ),
+    admin: bool | None = typer.Option(
+        None,
+        "--admin/--no-admin",
+        help="Serve the admin API at /admin/v1 (access tokens, OIDC; docs/admin-api.md). "
+        "Default: on for 127.0.0.1, or with TLS (--tls-cert/--tls-key or --behind-tls-proxy).",
+    ),
+    tls_cert: str | None = typer.Option(None, help="Serve HTTPS with this certificate (PEM)."),
+    tls_key: str | None = typer.Option(None, help="The private key of --tls-cert (PEM)."),
+    behind_tls_proxy: bool = typer.Option(
+        False,
+        "--behind-tls-proxy",
+        help="A proxy in front terminates TLS: the admin API may listen beyond 127.0.0.1.",
+    ),
     embed_prompts: bool = typer.Option(
         False,
         "--embed-prompts",
@@ -175,6 +201,7 @@ def serve(
     limits are per key: per replica, or shared by every replica with --redis-url.
     SIGTERM drains: /ready turns 503, new requests get 503, in-flight ones finish, then
     the process exits 0."""
+    from modelyard.admin import ADMIN_PREFIX, admin_enabled
     from modelyard.serving import (
         BackgroundServer,
         EchoEngine,
@@ -226,6 +253,10 @@ def serve(
         )
     if echo_delay_ms and engine != "echo":
         raise ConfigError("--echo-delay-ms works only with --engine echo")
+    if (tls_cert is None) != (tls_key is None):
+        raise ConfigError("--tls-cert and --tls-key go together; give both or neither")
+    tls = (tls_cert, tls_key) if tls_cert and tls_key else None
+    admin_on = admin_enabled(host, admin, tls=tls is not None, behind_tls_proxy=behind_tls_proxy)
     placed = placement(device, dtype) if engine == "transformers" else None
     store = open_store()
     chosen: Engine
@@ -271,6 +302,7 @@ def serve(
         from modelyard.monitoring import Embedder
 
         embedder = Embedder()
+    mounts = {ADMIN_PREFIX: admin_app(store)} if admin_on else {}
     app = create_app(
         store, chosen, limits=limits, refresh_seconds=refresh_seconds, heartbeat_s=heartbeat_s,
         address=advertise_address or f"{host}:{port}", controller=controller,
@@ -281,6 +313,7 @@ def serve(
             docs=docs,  # type: ignore[arg-type]  # checked above
             token=metrics_token,
         ),
+        mounts=mounts,
     )  # fmt: skip
     where = f", {placed}" if placed is not None else ""
     metrics_server = None
@@ -291,7 +324,12 @@ def serve(
         metrics_server.start()
 
     def banner(bound: int) -> None:  # once the port is ours: a busy port never shows one
-        err_console.print(f"serving {store.url} on http://{host}:{bound} (engine {engine}{where})")
+        scheme = "https" if tls else "http"
+        err_console.print(
+            f"serving {store.url} on {scheme}://{host}:{bound} (engine {engine}{where})"
+        )
+        if admin_on:
+            err_console.print(f"admin API on {scheme}://{host}:{bound}{ADMIN_PREFIX}")
         if metrics_server is not None:
             err_console.print(f"/metrics on http://{host}:{metrics_server.port}/metrics")
         elif not metrics_token:
@@ -301,7 +339,7 @@ def serve(
             )
 
     try:
-        run_server(app, host, port, shutdown_grace_s=shutdown_grace_s, on_bound=banner)
+        run_server(app, host, port, shutdown_grace_s=shutdown_grace_s, on_bound=banner, tls=tls)
     finally:
         if metrics_server is not None:
             metrics_server.stop()

@@ -10,7 +10,7 @@ OpenAI's error body (``_http_errors``); ``/metrics`` exports ``_metrics``.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,7 @@ from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
+from starlette.types import ASGIApp
 
 import modelyard
 from modelyard.monitoring import (
@@ -57,6 +58,7 @@ def create_app(
     export_monitoring: bool = True,
     embedder: Any = None,
     access: OperatorAccess | None = None,
+    mounts: Mapping[str, ASGIApp] | None = None,
 ) -> FastAPI:
     """The OpenAI-compatible app. The caller keeps ownership of ``store`` and ``engine``.
 
@@ -67,6 +69,8 @@ def create_app(
     store's latest drift results and alert states (``export_monitoring``). With an
     ``embedder`` (``monitoring.Embedder``), the app's record writer embeds prompts.
     ``access`` says who may read ``/metrics`` and the API docs (default: anyone).
+    ``mounts`` are apps served under a path prefix, behind the same guard (the admin
+    API at ``/admin/v1``); each does its own authentication.
     """
     router = Router(store, refresh_seconds=refresh_seconds)
     metrics_holder: list[Metrics] = []
@@ -132,6 +136,8 @@ def create_app(
     install_error_handlers(app)
     add_routes(app, plane)
     add_response_routes(app, plane)
+    for prefix, mounted in (mounts or {}).items():
+        app.mount(prefix, mounted)
     return app
 
 

@@ -107,15 +107,20 @@ def run_server(
     log_level: str = "info",
     shutdown_grace_s: float = 30.0,
     on_bound: Callable[[int], None] | None = None,
+    tls: tuple[str, str] | None = None,
 ) -> None:
     """Serve until SIGTERM/SIGINT, then drain (up to ``shutdown_grace_s``) and return.
 
-    ``on_bound`` gets the port once the socket is bound (the CLI's banner).
+    ``on_bound`` gets the port once the socket is bound (the CLI's banner); ``tls``
+    (certificate file, key file) serves HTTPS.
     """
     sock = bind_socket(host, port)
     if on_bound is not None:
         on_bound(int(sock.getsockname()[1]))
-    config = uvicorn.Config(app, log_level=log_level, timeout_graceful_shutdown=5)
+    cert, key = tls or (None, None)
+    config = uvicorn.Config(
+        app, log_level=log_level, timeout_graceful_shutdown=5, ssl_certfile=cert, ssl_keyfile=key
+    )
     quiet_credentials()
     drain: Drain | None = getattr(app.state, "drain", None)
     DrainingServer(config, drain, shutdown_grace_s).run(sockets=[sock])

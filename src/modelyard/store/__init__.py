@@ -18,6 +18,7 @@ from modelyard.store._rollouts import (
 )
 from modelyard.store._schema import utcnow
 from modelyard.store._store import Store
+from modelyard.store._tokens import ActorToken
 from modelyard.store.entities import (
     BUDGET_PERIODS,
     DEFAULT_STORAGE_POLICY,
@@ -65,6 +66,7 @@ __all__ = [
     "ROLLOUT_ACTIVE",
     "STORAGE_POLICIES",
     "Actor",
+    "ActorToken",
     "AlertNotification",
     "AlertState",
     "ApiKey",

@@ -10,6 +10,7 @@ audited write, role checks) and the row lookups and converters (``_rows``,
 ``_tracking``       base models, datasets, training runs
 ``_registry``       registered models, versions, aliases, tags, gate verdicts
 ``_access``         tenants, API keys, actors
+``_tokens``         personal access tokens of actors
 ``_chain``          reading and verifying the audit chain, acknowledging its breaks
 ``_endpoints``      endpoints, traffic plans, shadows, rollout policies
 ``_rollouts``       rollouts, their transitions and samples, alias moves
@@ -31,12 +32,14 @@ from modelyard.store._fleet import FleetStore
 from modelyard.store._monitoring import MonitoringStore
 from modelyard.store._records import RecordStore
 from modelyard.store._rollouts import RolloutStore
+from modelyard.store._tokens import TokenStore
 from modelyard.store._tracking import TrackingStore
 
 
 class Store(
     TrackingStore,
     AccessStore,
+    TokenStore,
     AuditStore,
     EndpointStore,  # and, through it, RegistryStore
     RolloutStore,

@@ -1,0 +1,42 @@
+"""The admin API app: routes over the store's methods, for people with tokens."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, FastAPI
+
+import modelyard
+from modelyard.access import PeopleAuthenticator
+from modelyard.admin import _audit, _delivery, _registry
+from modelyard.admin._errors import ERROR_RESPONSES, install_error_handlers
+from modelyard.store import Store
+
+ADMIN_PREFIX = "/admin/v1"
+
+
+def create_admin_app(store: Store, authenticator: PeopleAuthenticator | None = None) -> FastAPI:
+    """The admin API, to mount at ``ADMIN_PREFIX``; its OpenAPI is at ``openapi.json`` there.
+
+    ``store`` is the server's; each request acts through a handle of its own as the
+    authenticated actor (``_auth``). ``authenticator`` defaults to access tokens only.
+    """
+    app = FastAPI(
+        title="modelyard admin API",
+        version=modelyard.__version__,
+        description="The control plane over HTTP: the CLI's registry, endpoints, rollouts "
+        "and audit, for people with an access token or an OpenID Connect token. Every "
+        "change is checked against the actor's role and audited (docs/admin-api.md).",
+        docs_url=None,
+        redoc_url=None,
+        servers=[{"url": ADMIN_PREFIX}],
+    )
+    app.state.store = store
+    app.state.authenticator = authenticator or PeopleAuthenticator(store)
+    install_error_handlers(app)
+    api = APIRouter(responses=ERROR_RESPONSES)
+    for module in (_registry, _delivery, _audit):
+        api.include_router(module.router)
+    app.include_router(api)
+    return app
+
+
+__all__ = ["ADMIN_PREFIX", "create_admin_app"]
