@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shlex
@@ -180,6 +181,40 @@ def test_wait_reports_each_step_and_ends_with_a_sentence(
     code, out, _ = run(capsys, "modelyard rollout status support")
     assert code == 0 and "50% to bot:2" in out
     assert "{" not in out and "None" not in out and "succeeded, all traffic on bot:2" in out
+
+
+def test_wait_after_a_rollback_says_it_in_words(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The sentence on stdout and the error line on stderr both read "rolled back"."""
+    from modelyard.store import Transition
+
+    start = "modelyard rollout start support --to bot:2 --steps 50,100 --bake 0s --min-requests 0"
+    assert run(capsys, start)[0] == 0
+    r = store.latest_rollout("support")
+    breach = "p95_latency_ms <= 1: p95_latency_ms=2985 (threshold 1, n=3) → breach"
+    detail = {"breach": {"guards": [{"guard": "p95_latency_ms <= 1", "baseline": None}],
+                         "message": breach}}  # fmt: skip
+    change = Transition("rolled_back", detail, status="rolled_back", plan={1: 100},
+                        audit="rollout.rolled_back", reason=breach)  # fmt: skip
+    assert store.transition_rollout(r.id, (r.status, r.phase, r.step_index), change) is not None
+    code, out, err = run(capsys, "modelyard rollout wait support --timeout 5s")
+    assert code == 1
+    out, err = " ".join(out.split()), " ".join(err.split())  # unwrapped
+    assert out.startswith(f"The rollout of support to bot:2 ended rolled back ({breach})")
+    assert f"error: the rollout of support to bot:2 ended rolled back ({breach})" in err
+    assert "rolled_back" not in out + err
+    # the report's "Versions and rollouts" table names the guard, in words, not as a repr
+    page_path = store_home(store) / "report.html"
+    code, _, err = run(capsys, f"modelyard monitor report --endpoint support --out {page_path}")
+    assert code == 0, err
+    page = page_path.read_text(encoding="utf-8")
+    assert html.escape(f"breach: {breach}") in page
+    assert "None" not in page and "{&#x27;" not in page
+
+
+def store_home(store: Store) -> Path:
+    return Path(store.url.removeprefix("sqlite:///")).parent
 
 
 def test_compare_keeps_feedback_intervals_inside_the_score_range(

@@ -261,7 +261,7 @@ def wait(
     if r.status != "succeeded":
         why = f" ({r.reason})" if r.reason else ""
         raise RolloutFailed(
-            f"the rollout of {endpoint} to {r.target_ref} ended {r.status}{why}",
+            f"the rollout of {endpoint} to {r.target_ref} ended {r.status.replace('_', ' ')}{why}",
             hint=f"See its timeline with `modelyard rollout status {endpoint}`.",
             endpoint=endpoint,
         )

@@ -8,10 +8,12 @@ the version/rollout timeline from the audit chain.
 from __future__ import annotations
 
 import html
+import json
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from modelyard.store import AuditEvent, DriftResult, Profile, Store
 
@@ -193,11 +195,30 @@ def _timeline(events: Sequence[AuditEvent]) -> str:
             e.action,
             e.subject,
             e.actor,
-            ", ".join(f"{k}={v}" for k, v in sorted(e.payload.items()))[:120],
+            _details(e.payload),
         )
         for e in events
     ]
     return _table(("time (UTC)", "action", "subject", "actor", "details"), rows)
+
+
+_DETAILS_MAX = 300
+
+
+def _details(payload: Mapping[str, Any]) -> str:
+    """An event's details as a reader wants them: the reason first, and a rollback's breach
+    as its sentence (the guard that caused it), then ``key: value`` with JSON values."""
+    rest = {k: v for k, v in payload.items() if v is not None}
+    lead = [f"reason: {rest.pop('reason')}"] if isinstance(rest.get("reason"), str) else []
+    breach = rest.get("breach")
+    if isinstance(breach, Mapping) and isinstance(breach.get("message"), str):
+        lead.append(f"breach: {breach['message']}")
+        del rest["breach"]
+    parts = lead + [
+        f"{k}: {json.dumps(v, sort_keys=True, ensure_ascii=False)}" for k, v in sorted(rest.items())
+    ]
+    text = ", ".join(parts)
+    return text if len(text) <= _DETAILS_MAX else text[: _DETAILS_MAX - 1] + "…"
 
 
 _CSS = """
