@@ -245,6 +245,28 @@ def test_a_config_without_gates_is_not_a_pass(
     assert code == 1 and "its gates were never evaluated (no gates configured)" in err
 
 
+def test_the_card_says_why_a_champion_gate_with_no_champion_passed(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The first version's `not_worse_than: champion` has no numbers: dashes and the reason
+    in the card, not `None`."""
+    verdicts = [
+        {"gate": "exact_match >= 0.9", "metric": "exact_match", "observed": 1.0,
+         "threshold": 0.9, "margin": 0.1, "passed": True, "reason": "exact_match 1 >= 0.9"},
+        {"gate": "not_worse_than: champion", "metric": None, "observed": None, "threshold": None,
+         "margin": None, "passed": True, "reason": "no champion to compare with"},
+    ]  # fmt: skip
+    store.create_model_version(
+        "bot", kind="adapter", artifact_digest="00" * 32, base_model="tiny", run_id=None,
+        lineage={}, metrics={"exact_match": 1.0, "gates": {"passed": True, "verdicts": verdicts}},
+    )  # fmt: skip
+    code, out, err = run(capsys, "modelyard registry card bot:4")
+    assert code == 0, err
+    assert "| `exact_match >= 0.9` | 1 | 0.9 | 0.1 | pass |" in out
+    row = "| `not_worse_than: champion` | — | — | — | pass: no champion to compare with |"
+    assert row in out and "None" not in out
+
+
 # -- `modelyard evaluate --gate` records the verdicts it judged (issue 15) -------------------
 
 

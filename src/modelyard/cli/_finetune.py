@@ -236,7 +236,7 @@ def evaluate(
         if result.get("confusion_matrix"):
             console.print(_confusion_table(result["confusion_matrix"]))
         if predictions is not None:
-            console.print(f"wrote {result['rows']} predictions to {predictions}")
+            console.print(f"wrote {result['rows']} predictions to {predictions}", soft_wrap=True)
         if verdicts:
             console.print(verdicts_table(verdicts))
         if status is not None:

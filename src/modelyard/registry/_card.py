@@ -29,17 +29,22 @@ def _fmt(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
+def _cell(value: Any) -> str:
+    """A gate table cell: a dash where the verdict has no number (no champion to compare with)."""
+    return "—" if value is None else _fmt(value)
+
+
 def _gates(metrics: Mapping[str, Any]) -> str:
     gates = metrics.get("gates")
     if not isinstance(gates, Mapping) or not gates.get("verdicts"):
         return "_no quality gates were applied_\n"
     lines = ["| gate | observed | bound | margin | verdict |", "|---|---|---|---|---|"]
     for verdict in gates["verdicts"]:
-        lines.append(
-            f"| `{verdict.get('gate')}` | {_fmt(verdict.get('observed'))} "
-            f"| {_fmt(verdict.get('threshold'))} | {_fmt(verdict.get('margin'))} "
-            f"| {'pass' if verdict.get('passed') else '**FAIL**'} |"
-        )
+        result = "pass" if verdict.get("passed") else "**FAIL**"
+        if verdict.get("observed") is None and verdict.get("reason"):
+            result += f": {_fmt(verdict['reason'])}"  # nothing measured: say why it passed
+        cells = [_cell(verdict.get(k)) for k in ("observed", "threshold", "margin")]
+        lines.append(f"| `{verdict.get('gate')}` | {' | '.join(cells)} | {result} |")
     overall = "all gates passed" if gates.get("passed") else "**at least one gate failed**"
     return "\n".join(lines) + f"\n\nOverall: {overall}.\n"
 
