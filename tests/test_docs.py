@@ -65,7 +65,8 @@ def test_finetune_config_reference_is_a_valid_config() -> None:
     config = parse_config(yaml.safe_load(block.group(1)))
     documented = set(re.findall(r"^  (\w+):", block.group(1), re.M))
     assert set(type(config.training).model_fields) <= documented  # every training key is documented
-    assert config.evaluation.gates[-1] == "not_worse_than: champion"
+    # quality only: latency has its own bound (compared with the champion's, it fails on noise)
+    assert config.evaluation.gates[-1] == "not_worse_than: champion on exact_match, token_f1"
 
 
 def test_finetune_typo_example_prints_what_the_docs_show(tmp_path: Path) -> None:
