@@ -87,6 +87,17 @@ def test_data_validate_reports_the_corpus_kinds(tmp_path: Path) -> None:
     assert "+44 20 7946 0958" not in r.out and "078-05-1120" not in r.out
 
 
+def test_the_pii_check_names_every_kind_it_finds(tmp_path: Path) -> None:
+    """The check table's "what trips it" lists the kinds of docs/data.md, IP addresses too."""
+    data = tmp_path / "rows.jsonl"
+    data.write_text(json.dumps({"text": "from 192.168.1.10", "label": "x"}) + "\n")
+    r = modelyard("data", "validate", str(data), "--format", "classification", home=tmp_path)
+    assert r.code == 0, r.err
+    line = next(line for line in r.out.splitlines() if line.startswith("│ pii "))
+    for kind in ("e-mail", "phone", "card", "IBAN", "US SSN", "IP address"):
+        assert kind in line, line
+
+
 def test_a_redacted_tenant_stores_no_phone_ssn_or_ip(tmp_path: Path) -> None:
     prompt = (
         "I am at +44 20 7946 0958, 555-123-4567 or +1 415 555 0132; SSN 078-05-1120; IP 10.0.0.7"

@@ -56,7 +56,7 @@ RULES: Mapping[str, str] = {
     "duplicates": "two or more rows are exactly the same example",
     "near-duplicates": f"rows are near-duplicates (shingle Jaccard >= {NEAR_DUPLICATE_THRESHOLD})",
     "over-max-len": "a row is longer than --max-seq-len",
-    "pii": "a row contains personal data (e-mail, phone, card, IBAN, US SSN)",
+    "pii": "a row contains personal data (e-mail, phone, card, IBAN, US SSN, IP address)",
     "leakage": "a training prompt also appears in the eval set",
     "imbalance": "the majority/minority label ratio is above the imbalance threshold",
 }
