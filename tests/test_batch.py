@@ -260,6 +260,11 @@ BAD_INPUTS = {
     "key without the scope": (
         "in.jsonl", '{"prompt": "hi"}\n', ["--api-key", "FEEDBACK"], "lacks the 'infer' scope",
     ),
+    "an operator's --model with the exported key": (
+        "in.jsonl", '{"prompt": "hi"}\n', ["--model", "acme-claims@champion"],
+        "--model runs a version as an operator, with no API key. Drop the key (--api-key, or "
+        "MODELYARD_API_KEY in the environment: `unset MODELYARD_API_KEY`)",
+    ),
     "unknown version": (
         "in.jsonl", '{"prompt": "hi"}\n', ["--model", "acme-claims:7", "--api-key", ""],
         "acme-claims",

@@ -64,7 +64,8 @@ class FileJobSpec:
         if self.model is not None and self.api_key:
             raise ConfigError(
                 "--model runs a version as an operator, with no API key",
-                hint="Drop the key, or call an endpoint with it (--endpoint).",
+                hint="Drop the key (--api-key, or MODELYARD_API_KEY in the environment: "
+                "`unset MODELYARD_API_KEY`), or call an endpoint with it (--endpoint).",
             )
         if self.tenant is not None and self.model is None:
             raise ConfigError("--tenant goes with --model (an endpoint's key says the tenant)")
