@@ -10,10 +10,12 @@ that connect to it by address, as drivers connect to a shared cluster.
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -25,7 +27,6 @@ from typing import Any
 
 import pytest
 
-from clihelp import modelyard
 from conftest import IN_CI
 from modelyard.access import create_api_key
 from modelyard.artifacts import LocalArtifactStore
@@ -35,7 +36,7 @@ from modelyard.data import DOMAINS, domain_corpus
 from modelyard.store import Store
 from tinymodels import QUICK_BASE, random_adapter, register_adapter
 
-SAME = ["row", "ticket", "answer", "finish_reason", "prompt_tokens", "completion_tokens"]
+SAME = ["row", "claim_id", "answer", "finish_reason", "prompt_tokens", "completion_tokens"]
 SAME += ["version", "error"]  # every output column but record_id (each job has its own)
 RAY_PROCESS = re.compile(r"ray::|/ray/|raylet|gcs_server")
 
@@ -43,7 +44,7 @@ RAY_PROCESS = re.compile(r"ray::|/ray/|raylet|gcs_server")
 @dataclass
 class World:
     home: Path
-    key: str  # tenant acme, scope infer
+    key: str  # tenant acme-insurance, scope infer
 
     def records(self, job_id: str) -> list[dict[str, Any]]:
         with Store.open(f"sqlite:///{self.home / 'store.db'}") as store:
@@ -59,11 +60,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     artifacts = LocalArtifactStore(home / "artifacts")
     with Store.open(f"sqlite:///{home / 'store.db'}") as store:
         store.register_base_model("tiny", str(base), {})
-        store.create_tenant("acme", storage_policy="redacted")
-        store.create_registered_model("bot", tenant="acme")
-        register_adapter(store, artifacts, random_adapter(base, tmp / "adapter", seed=3))
-        store.create_endpoint("support", model_ref="bot:1", tenant="acme")
-        _, key = create_api_key(store, "acme", scopes=("infer",))
+        store.create_tenant("acme-insurance", storage_policy="redacted")  # the docs' names
+        store.create_registered_model("acme-claims", tenant="acme-insurance")
+        adapter = random_adapter(base, tmp / "adapter", seed=3)
+        register_adapter(store, artifacts, adapter, model="acme-claims")
+        store.create_endpoint("claims-router", model_ref="acme-claims:1", tenant="acme-insurance")
+        _, key = create_api_key(store, "acme-insurance", scopes=("infer",))
     return World(home, key)
 
 
@@ -83,7 +85,7 @@ def _session_processes(sid: int) -> set[int]:
     return found
 
 
-def _gone(pids: set[int], sid: int, within_s: float = 20.0) -> set[int]:
+def _gone(pids: set[int], sid: int, within_s: float = 60.0) -> set[int]:
     """Which of ``pids`` are still running after ``within_s`` seconds."""
     deadline = time.monotonic() + within_s
     left = pids & _session_processes(sid)
@@ -91,6 +93,16 @@ def _gone(pids: set[int], sid: int, within_s: float = 20.0) -> set[int]:
         time.sleep(0.2)
         left = pids & _session_processes(sid)
     return left
+
+
+def _commands(pids: set[int]) -> list[str]:
+    found = []
+    for pid in sorted(pids):
+        try:
+            found.append(Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:
+            continue
+    return found
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +124,8 @@ def cluster() -> Iterator[str]:
         started = _session_processes(sid) - before
         ray.shutdown()
     assert started, "no Ray process found to check"
-    assert not _gone(started, sid), "Ray processes left after ray.shutdown()"
+    left = _gone(started, sid)
+    assert not left, f"Ray processes left after ray.shutdown(): {_commands(left)}"
 
 
 @pytest.fixture
@@ -130,56 +143,72 @@ def batch(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str
     return code, out, err
 
 
-def test_the_ray_path_gives_the_same_answers_as_the_local_path(
-    cluster: str, world: World, here: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    lines = ["ticket,text"] + [
-        f"T-{i},my claim {i}: the roof leaks after the storm" for i in range(9)
-    ]
-    lines.append('T-99,"write to me at jane@example.com, please"')
-    (here / "tickets.csv").write_text("\n".join(lines) + "\n")
-    args = ["tickets.csv", "-e", "support", "--prompt-column", "text", "--id-column", "ticket",
-            "--max-tokens", "6", "--temperature", "0", "--concurrency", "4", "--json"]  # fmt: skip
-    code, out, err = batch(capsys, *args, "-o", "local.csv")
-    assert code == 0, err
-    local = json.loads(out)
-    code, out, err = batch(capsys, *args, "-o", "ray.csv", "--ray", "auto")
-    assert code == 0, err
-    on_ray = json.loads(out)
+DOC = (Path(__file__).resolve().parents[1] / "docs" / "batch.md").read_text()
 
-    assert (on_ray["rows"], on_ray["answered"], on_ray["failed"]) == (10, 10, 0)
-    assert on_ray["completion_tokens"] == local["completion_tokens"] > 0
+
+def _command(block: str) -> list[str]:
+    """The ``modelyard batch run`` line of a bash block (continuations joined)."""
+    line = block.replace("\\\n", " ")
+    (command,) = [c for c in line.splitlines() if c.startswith("modelyard batch run")]
+    return shlex.split(command)[1:]
+
+
+def test_the_docs_ray_example_gives_the_same_answers_as_the_local_path(
+    cluster: str,
+    world: World,
+    here: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    example = re.search(r"`claims.csv`:\n\n```csv\n(.*?)```\n\n```bash\n(.*?)```", DOC, re.S)
+    assert example is not None
+    on_cluster = DOC.split("### Example: the claims on a cluster")[1].split("\n### ")[0]
+    block = re.search(r"```bash\n(.*?)```", on_cluster, re.S)
+    assert block is not None
+    local_command, ray_command = _command(example.group(2)), _command(block.group(1))
+    assert ray_command[: len(local_command)] == local_command  # the same job, then --ray ...
+    extra = ray_command[len(local_command) :]
+    assert extra == ["--ray", "auto", "--ray-actors", "2", "--ray-cpus", "2"]
+    claims = example.group(1) + "C-1004,write to me at jane@example.com: my car was towed\n"
+    for side, command in (("local", local_command), ("ray", [*local_command, "--ray", "auto"])):
+        (here / side).mkdir()  # the module's Ray has one CPU: one actor of one CPU
+        monkeypatch.chdir(here / side)
+        (here / side / "claims.csv").write_text(claims)
+        capsys.readouterr()
+        assert main(command) == 0, capsys.readouterr().err
     written = {
-        name: list(csv.DictReader((here / name).read_text().splitlines()))
-        for name in ("local.csv", "ray.csv")
+        side: list(csv.DictReader((here / side / "routed.csv").read_text().splitlines()))
+        for side in ("local", "ray")
     }
-    assert [[r[c] for c in SAME] for r in written["ray.csv"]] == [
-        [r[c] for c in SAME] for r in written["local.csv"]
+    assert [[r[c] for c in SAME] for r in written["ray"]] == [
+        [r[c] for c in SAME] for r in written["local"]
     ]
-    assert [r["ticket"] for r in written["ray.csv"]] == [f"T-{i}" for i in range(9)] + ["T-99"]
-    assert {r["version"] for r in written["ray.csv"]} == {"bot:1"}
-    # one record per row, written by the actors as the API writes them (storage policy too)
-    records = world.records(on_ray["job_id"])
-    assert sorted(r["id"] for r in records) == sorted(r["record_id"] for r in written["ray.csv"])
+    assert [r["claim_id"] for r in written["ray"]] == ["C-1001", "C-1002", "C-1003", "C-1004"]
+    assert {r["version"] for r in written["ray"]} == {"acme-claims:1"}
+    assert all(r["answer"] and not r["error"] for r in written["ray"])
+    # one record per row, written by the actor as the API writes them (storage policy too)
+    job = written["ray"][0]["record_id"].rpartition("-")[0]
+    records = world.records(job)
+    assert sorted(r["id"] for r in records) == sorted(r["record_id"] for r in written["ray"])
     assert {(r["source"], r["status"], r["endpoint_name"]) for r in records} == {
-        ("batch", "ok", "support")
+        ("batch", "ok", "claims-router")
     }
     assert any("[EMAIL]" in r["prompt"] for r in records)
     assert not any("jane@example.com" in r["prompt"] for r in records)
-    assert not (here / "ray.csv.batch").exists()
+    assert not (here / "ray" / "routed.csv.batch").exists()
 
 
 def test_a_driver_killed_half_way_then_run_again_keeps_every_row_once(
-    cluster: str, world: World, tmp_path: Path
+    cluster: str, world: World, here: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     import ray
 
     rows = 120
-    (tmp_path / "in.jsonl").write_text(
+    (here / "in.jsonl").write_text(
         "".join(json.dumps({"id": f"q{i}", "prompt": f"question {i}"}) + "\n" for i in range(rows))
     )
-    out = tmp_path / "out.jsonl"
-    command = ["batch", "run", str(tmp_path / "in.jsonl"), "-o", str(out), "-e", "support",
+    out = here / "out.jsonl"
+    command = ["batch", "run", str(here / "in.jsonl"), "-o", str(out), "-e", "claims-router",
                "--engine", "echo", "--echo-delay-ms", "25", "--concurrency", "4",
                "--id-column", "id", "--json", "--ray", cluster]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
@@ -188,7 +217,7 @@ def test_a_driver_killed_half_way_then_run_again_keeps_every_row_once(
         [sys.executable, "-m", "modelyard", *command],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    first_part = tmp_path / "out.jsonl.batch" / "part-00000001.jsonl"
+    first_part = here / "out.jsonl.batch" / "part-00000001.jsonl"
     deadline = time.monotonic() + 180
     while not first_part.exists():
         assert driver.poll() is None, "the driver ended before it was killed"
@@ -206,15 +235,16 @@ def test_a_driver_killed_half_way_then_run_again_keeps_every_row_once(
         assert time.monotonic() < deadline, "the killed driver's actor still holds its CPU"
         time.sleep(0.2)
 
-    again = modelyard(*command, home=world.home, env={"MODELYARD_API_KEY": world.key})
-    assert again.code == 0, again.err
-    summary = json.loads(again.out)
+    # the same command again, here in this process (on the same cluster: --ray auto here)
+    capsys.readouterr()
+    assert main([*command[:-1], "auto"]) == 0, capsys.readouterr().err
+    summary = json.loads(capsys.readouterr().out)
     assert (summary["skipped"], summary["answered"]) == (committed, rows - committed)
     assert summary["replaced"] >= 1  # answered by the killed run's actor, never kept
     answers = [json.loads(line) for line in out.read_text().splitlines()]
     assert [a["row"] for a in answers] == list(range(1, rows + 1))
     assert [a["id"] for a in answers] == [f"q{i}" for i in range(rows)]
-    assert all(a["error"] is None and a["version"] == "bot:1" for a in answers)
+    assert all(a["error"] is None and a["version"] == "acme-claims:1" for a in answers)
     records = world.records(summary["job_id"])
     assert len(records) == rows  # one record per row: none twice, none missing
     assert {r["id"] for r in records} == {a["record_id"] for a in answers}
@@ -237,7 +267,7 @@ def test_a_ray_job_it_cannot_run_exits_2_with_one_line_and_writes_nothing(
 ) -> None:
     extra, expected = REFUSED[case]
     (here / "in.jsonl").write_text('{"prompt": "hi"}\n')
-    code, _, err = batch(capsys, "in.jsonl", "-o", "out.jsonl", "-e", "support",
+    code, _, err = batch(capsys, "in.jsonl", "-o", "out.jsonl", "-e", "claims-router",
                          "--engine", "echo", *extra)  # fmt: skip
     assert code == 2, err
     assert err.startswith("error: ") and expected in err, err
@@ -261,7 +291,7 @@ def test_without_ray_installed_ray_is_a_one_line_error_and_nothing_else_imports_
     env |= {"MODELYARD_HOME": str(world.home), "MODELYARD_API_KEY": world.key}
     done = subprocess.run(
         [sys.executable, "-c", script, "batch", "run", "in.jsonl", "-o", "out.jsonl",
-         "-e", "support", "--engine", "echo", "--ray", "local"],
+         "-e", "claims-router", "--engine", "echo", "--ray", "local"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
@@ -270,9 +300,11 @@ def test_without_ray_installed_ray_is_a_one_line_error_and_nothing_else_imports_
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
 
-    plain = subprocess.run(
-        [sys.executable, "-c", "import sys, modelyard.cli, modelyard.batch; "
-         "assert 'ray' not in sys.modules, 'Ray imported without --ray'"],
-        env=env, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    assert plain.returncode == 0, plain.stderr
+    # nothing imports Ray at a module's top: only import_ray, when a job asks for it
+    source = Path(__file__).resolve().parents[1] / "src" / "modelyard"
+    for path in source.rglob("*.py"):
+        for node in ast.parse(path.read_text()).body:
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom):
+                names = [node.module or ""]
+            assert not [n for n in names if n.split(".")[0] == "ray"], path
