@@ -39,6 +39,9 @@ def test_a_registered_base_name_resolves_and_is_not_registered_twice(tmp_path: P
         "--name", "bank-tiny", home=home,
     )  # fmt: skip
     assert built.code == 0, built.err
+    assert "registered as base 'bank-tiny': a finetune config can say `base_model: bank-tiny`" in (
+        built.out
+    )
     config = _config(tmp_path, "bank-tiny")
     checked = modelyard("finetune", "-c", str(config), "--check", "--json", home=home)
     assert checked.code == 0, checked.err

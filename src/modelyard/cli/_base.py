@@ -40,7 +40,7 @@ def create_tiny(
     """Train a byte-level BPE tokenizer and briefly pretrain a small Llama on CORPUS.
 
     Seconds on a CPU. The result loads with the ordinary
-    ``AutoModelForCausalLM.from_pretrained(OUT)`` like any Hugging Face model.
+    `AutoModelForCausalLM.from_pretrained(OUT)` like any Hugging Face model.
     A missing or empty corpus is bad input (exit 2), as for `data validate`.
     """
     from modelyard.base import create_tiny_base, read_corpus, weight_hashes
@@ -69,3 +69,8 @@ def create_tiny(
         f"({info.parameters:,} parameters, vocab {info.vocab_size}, "
         f"final loss {info.final_loss:.3f}, {info.seconds:.1f} s)"
     )
+    if name:
+        console.print(
+            f"registered as base {name!r}: a finetune config can say `base_model: {name}`",
+            highlight=False,
+        )
