@@ -57,6 +57,7 @@ EXPECTED = {
     "AuthError": (1, 401),
     "InvalidApiKey": (1, 401),
     "MissingScope": (1, 403),
+    "IdentityProviderUnavailable": (1, 503),
     "PermissionDenied": (1, 403),
     "StoreError": (1, 500),
     "StoreUnavailable": (1, 503),

@@ -24,6 +24,7 @@ def test_the_documented_rules_file_is_valid() -> None:
         "error-rate-high",
         "latency-p95-high",
         "prompts-drifted",
+        "budget-80-percent",
     ]
     assert rules.rules[2].retrain == ["modelyard", "finetune", "-c", "retrain/acme-support.yaml"]
     assert rules.notify.webhook is not None and rules.notify.webhook.retries == 3
