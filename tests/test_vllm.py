@@ -8,8 +8,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
-import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -111,35 +110,6 @@ def _running(world: World, version: ModelVersion) -> float:
     text = httpx.get(world.engine.process(version).url + "/metrics", timeout=10).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("vllm:num_requests_running"))  # fmt: skip
-
-
-def _wait_running(
-    world: World, version: ModelVersion, count: int, ended: Callable[[], str | None]
-) -> None:
-    """Wait until vLLM decodes ``count`` requests; ``ended`` says (as text) how the request
-    waited for ended when it ended before vLLM ran it, so the failure names the cause."""
-    deadline = time.monotonic() + 120
-    while _running(world, version) < count:
-        outcome = ended()
-        assert outcome is None, f"the request ended before vLLM ran it: {outcome}"
-        assert time.monotonic() < deadline, f"vLLM never ran {count} requests\n{_stuck(world)}"
-        time.sleep(0.05)
-
-
-def _stuck(world: World) -> str:
-    """Where the engine's request threads are, and vLLM's metrics and log: what a request
-    that never reached vLLM was waiting for (seen once under the full suite in CI)."""
-    frames = sys._current_frames()
-    stacks = [
-        f"-- {t.name}\n" + "".join(traceback.format_stack(frames[t.ident])[-8:])
-        for t in threading.enumerate()
-        if t.ident in frames and t.name.startswith(("vllm-request", "upstream"))
-    ]
-    process = world.engine.process(world.versions["acme"])
-    metrics = httpx.get(process.url + "/metrics", timeout=10).text.splitlines()
-    waiting = [m for m in metrics if m.startswith(("vllm:num_requests", "vllm:kv_cache"))]
-    log = process.log_path.read_text()[-4000:] if process.log_path.exists() else ""
-    return "\n".join([*stacks, *waiting, "-- vLLM log:", log])
 
 
 def _outcome(stream: TokenStream) -> str | None:
@@ -244,7 +214,10 @@ def test_a_cancelled_whole_answer_stops_vllm_at_once(world: World) -> None:
     idle = _running(world, version)
     stream = world.engine.answer(version, world.prompts[0],
                                  SamplingParams(max_tokens=LONG, temperature=0))  # fmt: skip
-    _wait_running(world, version, idle + 1, lambda: _outcome(stream))
+    # cancelled soon after it is sent: on a quiet machine vLLM decodes the LONG tokens in
+    # about a second, which can pass between two reads of its gauges
+    time.sleep(0.3)
+    assert _outcome(stream) is None, "the request ended before it could be cancelled"
     cancelled = time.monotonic()
     stream.cancel()
     gen = stream.result()
@@ -266,7 +239,6 @@ def test_a_vllm_process_killed_mid_stream_fails_the_request_and_is_restarted(
     waiting = threading.Thread(target=lambda: whole.append(httpx.post(
         world.url + "/v1/completions", json={**body, "stream": False}, headers=headers,
         timeout=60)))  # fmt: skip
-    idle = _running(world, world.versions["chatty"])
     with httpx.stream("POST", world.url + "/v1/completions", json=body, headers=headers,
                       timeout=60) as r:  # fmt: skip
         assert r.status_code == 200
@@ -274,8 +246,10 @@ def test_a_vllm_process_killed_mid_stream_fails_the_request_and_is_restarted(
         first = next(line for line in lines if line.startswith("data:"))
         assert '"text"' in first
         waiting.start()
-        _wait_running(world, world.versions["chatty"], idle + 2,
-                      lambda: whole[0].text if whole else None)  # fmt: skip
+        # Killed at once, mid-stream: on a quiet machine vLLM decodes the LONG tokens in well
+        # under a second, so waiting until its gauges showed both requests let them finish
+        # first (CI saw the whole one's 200). Whether the whole request has reached vLLM yet
+        # or not, its client gets the same 503 to retry (cut mid-request, or not ready).
         process.kill()
         rest = list(lines)
     waiting.join(60)
