@@ -56,6 +56,28 @@ def _fields(pairs: list[str]) -> dict[str, str]:
     return fields
 
 
+ENDPOINT = typer.Option(
+    None, "--endpoint", "-e", help="The endpoint to ask (its traffic plan chooses versions)."
+)
+API_KEY = typer.Option(
+    None,
+    "--api-key",
+    envvar="MODELYARD_API_KEY",
+    show_envvar=True,
+    help="A tenant's API key with the infer scope (the variable keeps it out of `ps`).",
+)
+MODEL = typer.Option(
+    None,
+    "--model",
+    help="As an operator, without a key: ask this version alone (NAME:VERSION, "
+    "NAME@alias), past any endpoint.",
+)
+TENANT = typer.Option(
+    None, help="With --model: the tenant whose records and policy apply (default: owner)."
+)
+"""Who is asked and as whom: shared by ``batch run`` and ``stream run``."""
+
+
 @app.command("run")
 def run(
     input: Path = typer.Argument(..., help="The rows to answer: a .jsonl, .csv or .parquet file."),
@@ -67,25 +89,10 @@ def run(
         "While the job runs its state is in OUTPUT.batch/; run the same command again to "
         "resume a job that stopped.",
     ),
-    endpoint: str | None = typer.Option(
-        None, "--endpoint", "-e", help="The endpoint to ask (its traffic plan chooses versions)."
-    ),
-    api_key: str | None = typer.Option(
-        None,
-        "--api-key",
-        envvar="MODELYARD_API_KEY",
-        show_envvar=True,
-        help="A tenant's API key with the infer scope (the variable keeps it out of `ps`).",
-    ),
-    model: str | None = typer.Option(
-        None,
-        "--model",
-        help="As an operator, without a key: ask this version alone (NAME:VERSION, "
-        "NAME@alias), past any endpoint.",
-    ),
-    tenant: str | None = typer.Option(
-        None, help="With --model: the tenant whose records and policy apply (default: owner)."
-    ),
+    endpoint: str | None = ENDPOINT,
+    api_key: str | None = API_KEY,
+    model: str | None = MODEL,
+    tenant: str | None = TENANT,
     prompt_column: str | None = typer.Option(
         None, help="A text column, sent as the user's message."
     ),

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from modelyard.cli._batch import job_engine
+from modelyard.cli._batch import API_KEY, ENDPOINT, MODEL, TENANT, job_engine
 from modelyard.cli._common import bad_input, err_console, open_store, print_json
 from modelyard.durations import parse_duration
 from modelyard.errors import ConfigError, ModelyardError
@@ -44,25 +44,10 @@ def run(
         show_envvar=True,
         help="The Redis holding the streams (redis://host:6379/0).",
     ),
-    endpoint: str | None = typer.Option(
-        None, "--endpoint", "-e", help="The endpoint to ask (its traffic plan chooses versions)."
-    ),
-    api_key: str | None = typer.Option(
-        None,
-        "--api-key",
-        envvar="MODELYARD_API_KEY",
-        show_envvar=True,
-        help="A tenant's API key with the infer scope (the variable keeps it out of `ps`).",
-    ),
-    model: str | None = typer.Option(
-        None,
-        "--model",
-        help="As an operator, without a key: ask this version alone (NAME:VERSION, "
-        "NAME@alias), past any endpoint.",
-    ),
-    tenant: str | None = typer.Option(
-        None, help="With --model: the tenant whose records and policy apply (default: owner)."
-    ),
+    endpoint: str | None = ENDPOINT,
+    api_key: str | None = API_KEY,
+    model: str | None = MODEL,
+    tenant: str | None = TENANT,
     concurrency: int = typer.Option(
         16, min=1, help="Messages in flight at most: no more are read until some are answered."
     ),
