@@ -12,17 +12,11 @@ output or its records (``FileJob``, ``PartsSink``). ``JobSummary`` is what a job
 did: rows, failures, tokens, cost. ``RayJobRunner`` answers a job's rows on a Ray
 cluster (``RayOptions``, ``ray_cluster``: Ray is an optional extra, imported only
 then), each actor building its engine and store from an ``EngineSpec`` and a
-``WorkerSpec``.
+``WorkerSpec``. ``job_plane`` is what every job asks through, checked first.
 """
 
-from modelyard.batch._files import (
-    FileJobSpec,
-    RunnerFactory,
-    checked_key,
-    operator_version,
-    read_input,
-    run_file_job,
-)
+from modelyard.batch._asking import JobPlane, job_plane
+from modelyard.batch._files import FileJobSpec, RunnerFactory, read_input, run_file_job
 from modelyard.batch._mapping import ROLES, ColumnMapping
 from modelyard.batch._parts import FileJob, PartsSink
 from modelyard.batch._ray import RayJobRunner, RayOptions, import_ray, ray_cluster
@@ -46,6 +40,7 @@ __all__ = [
     "EngineSpec",
     "FileJob",
     "FileJobSpec",
+    "JobPlane",
     "JobRunner",
     "JobSettings",
     "JobSummary",
@@ -59,9 +54,8 @@ __all__ = [
     "RowSource",
     "RunnerFactory",
     "WorkerSpec",
-    "checked_key",
     "import_ray",
-    "operator_version",
+    "job_plane",
     "ray_cluster",
     "read_input",
     "run_file_job",

@@ -16,14 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from modelyard.batch._asking import job_plane
 from modelyard.batch._mapping import ColumnMapping, rows_of
 from modelyard.batch._parts import ROW_COLUMN, FileJob, finished_output, state_dir
 from modelyard.batch._rows import RESULT_COLUMNS, JobSummary, ListSource, Row
 from modelyard.batch._runner import JobRunner, JobSettings, Progress
 from modelyard.batch._tables import table_kind
-from modelyard.errors import AuthError, ConfigError, EndpointNotFound
+from modelyard.errors import ConfigError
 from modelyard.serving import Engine, InProcessPlane, SamplingParams, ServerLimits
-from modelyard.store import ApiKey, ModelVersion, Store, Tenant
+from modelyard.store import ApiKey, Store
 
 RunnerFactory = Callable[
     [InProcessPlane, ApiKey, str, JobSettings, Mapping[str, tuple[float, float]]], JobRunner
@@ -117,20 +118,19 @@ def run_file_job(
     (a ``RayJobRunner`` answers the rows on a Ray cluster; ``engine`` then answers none).
     """
     given = read_input(spec)
-    pinned = operator_version(store, spec.model, spec.tenant) if spec.model is not None else None
-    with InProcessPlane(store, engine, limits=limits, pinned=pinned) as plane:
-        endpoint = spec.endpoint or str(plane.endpoint)
-        key = checked_key(plane, spec.api_key, endpoint)
+    with job_plane(
+        store, engine, endpoint=spec.endpoint, api_key=spec.api_key, model=spec.model,
+        tenant=spec.tenant, limits=limits,
+    ) as asking:  # fmt: skip
         done = _finished(spec, len(given.rows))
         if done is not None:
             return done
-        settings = _settings(spec, given, endpoint)
+        settings = _settings(spec, given, asking.endpoint)
         job = FileJob.open(spec.output, settings, overwrite=spec.overwrite)
         try:
-            prices = {p.base_model: (p.input_per_1k, p.output_per_1k)
-                      for p in store.list_token_prices()}  # fmt: skip
-            job_settings = JobSettings(endpoint, spec.params, spec.concurrency, spec.max_errors)
-            job_runner = runner(plane, key, job.job_id, job_settings, prices)
+            job_settings = JobSettings(asking.endpoint, spec.params, spec.concurrency,
+                                       spec.max_errors)  # fmt: skip
+            job_runner = runner(asking.plane, asking.key, job.job_id, job_settings, asking.prices)
             if on_start is not None:
                 on_start(JobSummary(job.job_id, rows=len(given.rows)), job.resumed)
             summary = job_runner.run(ListSource(given.rows), job.sink, progress)
@@ -139,36 +139,6 @@ def run_file_job(
             return summary
         finally:
             job.close()
-
-
-def operator_version(store: Store, model: str, tenant: str | None) -> tuple[ModelVersion, Tenant]:
-    """An operator's job: the version ``model`` names and the tenant its records go to
-    (``tenant``, else the model's owner), for ``InProcessPlane(pinned=...)``."""
-    version = store.resolve_model_ref(model)
-    tenant = tenant or store.get_registered_model(version.model).tenant
-    if tenant is None:
-        raise ConfigError(
-            f"{version.model} belongs to no tenant: say whose records the job writes",
-            hint="Pass --tenant NAME (its storage policy applies to the records).",
-        )
-    return version, store.get_tenant(tenant)
-
-
-def checked_key(plane: InProcessPlane, api_key: str | None, endpoint: str) -> ApiKey:
-    """The key (None: the operator's, on a pinned plane), holding ``infer``, that reaches
-    ``endpoint``: a refusal is bad input here (exit 2), before any row is sent."""
-    try:
-        key = plane.key(api_key)
-        plane.check(key, endpoint)
-    except EndpointNotFound as exc:
-        raise ConfigError(
-            exc.message,
-            hint="A key reaches its tenant's endpoints and shared ones: "
-            "`modelyard endpoints list` shows them.",
-        ) from exc
-    except AuthError as exc:
-        raise ConfigError(exc.message, hint=exc.hint) from exc
-    return key
 
 
 def _finished(spec: FileJobSpec, rows: int) -> JobSummary | None:
@@ -219,8 +189,6 @@ def _jsonable(value: Any) -> Any:
 __all__ = [
     "FileJobSpec",
     "RunnerFactory",
-    "checked_key",
-    "operator_version",
     "read_input",
     "run_file_job",
 ]

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from modelyard.batch._files import operator_version
+from modelyard.batch._asking import operator_version
 from modelyard.batch._rows import JobSummary, Row, RowResult, RowSink
 from modelyard.batch._runner import JobRunner, JobSettings, Progress
 from modelyard.batch._worker import WorkerSpec

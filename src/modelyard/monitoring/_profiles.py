@@ -124,10 +124,6 @@ def profile_of(
     }
 
 
-def _prices(store: Store) -> dict[str, tuple[float, float]]:
-    return {p.base_model: (p.input_per_1k, p.output_per_1k) for p in store.list_token_prices()}
-
-
 def compute_hour(store: Store, start: datetime, prices: Mapping[str, tuple[float, float]]) -> int:
     """Recompute the hour profiles of [start, start + 1 h) from the raw records."""
     records = store.query_records(
@@ -207,7 +203,7 @@ def update_profiles(
     while h <= now:
         hours.add(h)
         h += HOUR
-    prices = _prices(store)
+    prices = store.token_price_table()
     rows = sum(compute_hour(store, hour, prices) for hour in sorted(hours))
     days = sorted({floor_day(hour) for hour in hours})
     rows += sum(compute_day(store, day) for day in days)

@@ -311,6 +311,10 @@ class MonitoringStore(StoreCore):
                 for r in s.scalars(select(TokenPriceRow).order_by(TokenPriceRow.base_model))
             ]
 
+    def token_price_table(self) -> dict[str, tuple[float, float]]:
+        """Each base model's (input, output) price per 1,000 tokens: what a cost is made of."""
+        return {p.base_model: (p.input_per_1k, p.output_per_1k) for p in self.list_token_prices()}
+
 
 def check_window(window: str) -> None:
     if window not in PROFILE_WINDOWS:

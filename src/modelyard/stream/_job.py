@@ -14,9 +14,9 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from modelyard.batch import JobRunner, JobSettings, checked_key, operator_version
+from modelyard.batch import JobRunner, JobSettings, job_plane
 from modelyard.errors import ConfigError
-from modelyard.serving import Engine, InProcessPlane, SamplingParams, ServerLimits
+from modelyard.serving import Engine, SamplingParams, ServerLimits
 from modelyard.store import Store
 from modelyard.stream._consumer import Progress, StreamConsumer, StreamSettings, StreamSummary
 from modelyard.stream._redis import RedisStreamSource
@@ -92,10 +92,10 @@ def run_stream(
     """Consume ``spec``'s stream until stopped (SIGTERM, SIGINT, ``StreamConsumer.stop``,
     or nothing left with ``until_empty``); the summary. Bad settings (the endpoint, the
     key, the version, the streams) raise a ConfigError before any message is read."""
-    pinned = operator_version(store, spec.model, spec.tenant) if spec.model is not None else None
-    with InProcessPlane(store, engine, limits=limits, pinned=pinned) as plane:
-        endpoint = spec.endpoint or str(plane.endpoint)
-        key = checked_key(plane, spec.api_key, endpoint)
+    with job_plane(
+        store, engine, endpoint=spec.endpoint, api_key=spec.api_key, model=spec.model,
+        tenant=spec.tenant, limits=limits,
+    ) as asking:  # fmt: skip
         source = RedisStreamSource.connect(
             spec.redis_url, stream=spec.stream, group=spec.group,
             consumer=spec.consumer or default_consumer(), output=spec.output,
@@ -103,15 +103,13 @@ def run_stream(
             dedup_ttl_s=spec.dedup_ttl_s, start_id=spec.start_id,
         )  # fmt: skip
         try:
-            prices = {p.base_model: (p.input_per_1k, p.output_per_1k)
-                      for p in store.list_token_prices()}  # fmt: skip
-            job = JobSettings(endpoint, spec.params, spec.settings.concurrency,
+            job = JobSettings(asking.endpoint, spec.params, spec.settings.concurrency,
                               source=RECORD_SOURCE)  # fmt: skip
             settings = spec.settings
             if settings.keep_s > spec.claim_idle_s / 4:  # renewed well before it can be claimed
                 settings = dataclasses.replace(settings, keep_s=spec.claim_idle_s / 4)
-            consumer = StreamConsumer(JobRunner(plane, key, source.job_id, job, prices),
-                                      source, settings)  # fmt: skip
+            runner = JobRunner(asking.plane, asking.key, source.job_id, job, asking.prices)
+            consumer = StreamConsumer(runner, source, settings)
             if on_start is not None:
                 on_start(consumer)
             summary = consumer.run(progress, progress_s)
