@@ -7,17 +7,23 @@ from fastapi import APIRouter, FastAPI
 import modelyard
 from modelyard.access import PeopleAuthenticator
 from modelyard.admin import _audit, _delivery, _registry
+from modelyard.admin._auth import BrowserSessions
 from modelyard.admin._errors import ERROR_RESPONSES, install_error_handlers
 from modelyard.store import Store
 
 ADMIN_PREFIX = "/admin/v1"
 
 
-def create_admin_app(store: Store, authenticator: PeopleAuthenticator | None = None) -> FastAPI:
+def create_admin_app(
+    store: Store,
+    authenticator: PeopleAuthenticator | None = None,
+    sessions: BrowserSessions | None = None,
+) -> FastAPI:
     """The admin API, to mount at ``ADMIN_PREFIX``; its OpenAPI is at ``openapi.json`` there.
 
     ``store`` is the server's; each request acts through a handle of its own as the
-    authenticated actor (``_auth``). ``authenticator`` defaults to access tokens only.
+    authenticated actor (``_auth``). ``authenticator`` defaults to access tokens only;
+    with ``sessions``, the web console's session cookie is accepted too.
     """
     app = FastAPI(
         title="modelyard admin API",
@@ -31,6 +37,7 @@ def create_admin_app(store: Store, authenticator: PeopleAuthenticator | None = N
     )
     app.state.store = store
     app.state.authenticator = authenticator or PeopleAuthenticator(store)
+    app.state.sessions = sessions
     install_error_handlers(app)
     api = APIRouter(responses=ERROR_RESPONSES)
     for module in (_registry, _delivery, _audit):

@@ -2,7 +2,9 @@
 
 ``acting`` is the FastAPI dependency of every admin route: it authenticates the
 ``Authorization`` header (``access.PeopleAuthenticator``: 401 without a valid
-person's token), checks the token's scope (``read`` for GET, ``write`` for any
+person's token) or, without that header, the web console's session cookie
+(``BrowserSessions``: the session's CSRF token must come in a header on every
+change, else 403), checks the token's scope (``read`` for GET, ``write`` for any
 change: 403, audited), and hands the route a ``Caller`` whose ``store`` is a
 handle on the server's store acting as the authenticated actor. The handle is
 a copy made for this request (``Store.as_actor``, same connections), never the
@@ -18,13 +20,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 from dataclasses import dataclass
-from typing import Annotated, Any, cast
+from typing import Annotated, Any, Protocol, cast
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyCookie, HTTPAuthorizationCredentials, HTTPBearer
 
 from modelyard.access import PeopleAuthenticator, Principal
-from modelyard.errors import AuthError, MissingScope, ModelyardError
+from modelyard.errors import AuthError, MissingScope, ModelyardError, PermissionDenied
 from modelyard.store import Store
 
 log = logging.getLogger(__name__)
@@ -36,6 +38,27 @@ bearer = HTTPBearer(
     description="A personal access token (`modelyard tokens create`, myp_…) or an OpenID "
     "Connect token of the configured issuer. Tenants' API keys are refused.",
 )
+SESSION_COOKIE = "modelyard_session"
+console_session = APIKeyCookie(
+    name=SESSION_COOKIE,
+    auto_error=False,
+    scheme_name="console_session",
+    description="The web console's session (`/console`), instead of a bearer token: a change "
+    "also needs the session's CSRF token in the X-CSRF-Token header. Behind TLS the cookie "
+    "is named __Host-modelyard_session.",
+)
+
+
+class BrowserSessions(Protocol):
+    """The web console's sessions, as the admin API sees them (``console.ConsoleSessions``)."""
+
+    @property
+    def cookie_name(self) -> str: ...
+
+    def authenticate(self, session_id: str, csrf_token: str | None, *, changing: bool) -> Principal:
+        """The session's principal; AuthError (401) for an unknown or ended session, a
+        403 for a change without the session's CSRF token."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -61,20 +84,34 @@ def store_for(store: Store, principal: Principal) -> Store:
     return handle
 
 
+def _principal(request: Request, needed: str) -> Principal:
+    """From the Authorization header; without one, from the console's session cookie."""
+    authorization = request.headers.get("authorization")
+    sessions: BrowserSessions | None = getattr(request.app.state, "sessions", None)
+    if authorization is None and sessions is not None:
+        session_id = request.cookies.get(sessions.cookie_name)
+        if session_id:
+            return sessions.authenticate(
+                session_id, request.headers.get("x-csrf-token"), changing=needed == "write"
+            )
+    authenticator: PeopleAuthenticator = request.app.state.authenticator
+    return authenticator.authenticate(authorization)
+
+
 def acting(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    session: Annotated[str | None, Depends(console_session)],
 ) -> Caller:
     store: Store = request.app.state.store
-    authenticator: PeopleAuthenticator = request.app.state.authenticator
-    del credentials  # declared for the OpenAPI security scheme; the header is read whole
+    del credentials, session  # declared for the OpenAPI security schemes; read in _principal
+    needed = "read" if request.method in READ_METHODS else "write"
     try:
-        principal = authenticator.authenticate(request.headers.get("authorization"))
-    except AuthError as exc:
+        principal = _principal(request, needed)
+    except (AuthError, PermissionDenied) as exc:
         log.warning("admin API: %s %s refused: %s", request.method, request.url.path, exc.message)
         raise
     caller = Caller(principal, store_for(store, principal))
-    needed = "read" if request.method in READ_METHODS else "write"
     if not principal.may(needed):
         refusal = MissingScope(
             f"this token has scopes {', '.join(principal.scopes)}; "
@@ -104,4 +141,13 @@ def _record_refusal(caller: Caller, request: Request, refusal: ModelyardError, n
 
 Acting = Annotated[Caller, Depends(acting)]
 
-__all__ = ["Acting", "Caller", "acting", "bearer", "store_for"]
+__all__ = [
+    "SESSION_COOKIE",
+    "Acting",
+    "BrowserSessions",
+    "Caller",
+    "acting",
+    "bearer",
+    "console_session",
+    "store_for",
+]
