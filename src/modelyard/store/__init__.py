@@ -17,6 +17,7 @@ from modelyard.store._rollouts import (
     step_plan,
 )
 from modelyard.store._schema import utcnow
+from modelyard.store._series import FeedbackSummary, TrafficPoint
 from modelyard.store._store import Store
 from modelyard.store._tokens import ActorToken
 from modelyard.store.entities import (
@@ -80,6 +81,7 @@ __all__ = [
     "DriftResult",
     "Endpoint",
     "Feedback",
+    "FeedbackSummary",
     "GateState",
     "GateStatus",
     "InferenceRecord",
@@ -100,6 +102,7 @@ __all__ = [
     "Store",
     "Tenant",
     "TokenPrice",
+    "TrafficPoint",
     "TrafficRoute",
     "Transition",
     "VersionKind",

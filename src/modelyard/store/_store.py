@@ -17,6 +17,7 @@ audited write, role checks) and the row lookups and converters (``_rows``,
 ``_fleet``          server heartbeats, leases
 ``_records``        inference records, features, feedback, retention
 ``_monitoring``     profiles, drift, alerts, token prices
+``_series``         grouped reads of the records for charts: traffic series, feedback
 ==================  ===========================================================
 """
 
@@ -32,6 +33,7 @@ from modelyard.store._fleet import FleetStore
 from modelyard.store._monitoring import MonitoringStore
 from modelyard.store._records import RecordStore
 from modelyard.store._rollouts import RolloutStore
+from modelyard.store._series import SeriesStore
 from modelyard.store._tokens import TokenStore
 from modelyard.store._tracking import TrackingStore
 
@@ -47,6 +49,7 @@ class Store(
     RecordStore,
     MonitoringStore,
     BudgetStore,
+    SeriesStore,
 ):
     """Desired state of one modelyard installation, on SQLite or PostgreSQL."""
 
