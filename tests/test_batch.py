@@ -17,8 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,81 +24,22 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
 
+from batchworld import DOC, World, batch, build_world, docs_command, enter
 from clihelp import modelyard
-from modelyard.access import create_api_key
-from modelyard.artifacts import LocalArtifactStore
-from modelyard.base import create_tiny_base
 from modelyard.cli import main
-from modelyard.data import DOMAINS, domain_corpus
-from modelyard.store import Store
-from tinymodels import QUICK_BASE, random_adapter, register_adapter
-from worlds import gate_metrics
 
 COLUMNS = ["answer", "finish_reason", "prompt_tokens", "completion_tokens", "version"]
 COLUMNS += ["record_id", "error"]
 
 
-@dataclass
-class World:
-    home: Path
-    key: str  # acme-insurance, scope infer
-    feedback_key: str  # acme-insurance, scope feedback only
-    globex_key: str
-
-    def store(self) -> Store:
-        return Store.open(f"sqlite:///{self.home / 'store.db'}")
-
-    def records(self, job_id: str) -> list[dict[str, Any]]:
-        with self.store() as store:
-            return store.query_records(job_id=job_id, limit=None)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    tmp = tmp_path_factory.mktemp("batch")
-    home = tmp / "home"
-    home.mkdir()
-    base = create_tiny_base(domain_corpus(DOMAINS, 300, seed=0), tmp / "base", **QUICK_BASE).path
-    artifacts = LocalArtifactStore(home / "artifacts")
-    with Store.open(f"sqlite:///{home / 'store.db'}") as store:
-        store.register_base_model("tiny", str(base), {})
-        store.create_tenant("acme-insurance", storage_policy="redacted")
-        store.create_registered_model("acme-claims", tenant="acme-insurance")
-        adapter = random_adapter(base, tmp / "adapter", seed=1)
-        store.create_model_version(
-            "acme-claims", kind="adapter", artifact_digest=artifacts.put_dir(adapter,
-            kind="adapter").digest, base_model="tiny", run_id=None,
-            lineage={"prompt_template": "alpaca"}, metrics=gate_metrics(True),
-        )  # fmt: skip
-        store.set_alias("acme-claims", "champion", 1)
-        store.create_endpoint("claims-router", model_ref="acme-claims@champion",
-                              tenant="acme-insurance")  # fmt: skip
-        store.create_tenant("globex")
-        store.create_registered_model("globex-bot", tenant="globex")
-        register_adapter(store, artifacts, adapter, model="globex-bot")
-        store.create_endpoint("globex-support", model_ref="globex-bot:1", tenant="globex")
-        _, key = create_api_key(store, "acme-insurance", scopes=("infer",))
-        _, feedback_key = create_api_key(store, "acme-insurance", scopes=("feedback",))
-        _, globex_key = create_api_key(store, "globex", scopes=("infer",))
-    return World(home, key, feedback_key, globex_key)
+    return build_world(tmp_path_factory.mktemp("batch"))
 
 
 @pytest.fixture
-def here(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """A working directory, with the world's home and acme-insurance's key in the
-    environment."""
-    monkeypatch.setenv("MODELYARD_HOME", str(world.home))
-    monkeypatch.setenv("MODELYARD_API_KEY", world.key)
-    monkeypatch.chdir(tmp_path)
-    yield tmp_path
-
-
-def batch(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """``modelyard batch run ARGS`` in this process: (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    code = main(["batch", "run", *args])
-    out, err = capsys.readouterr()
-    return code, out, err
+def here(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return enter(world, tmp_path, monkeypatch)
 
 
 def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
@@ -340,18 +279,6 @@ def test_a_job_killed_half_way_resumes_every_row_once_with_one_record_each(
     assert not out.with_name("out.jsonl.batch").exists()
 
 
-DOC = (Path(__file__).resolve().parents[1] / "docs" / "batch.md").read_text()
-
-
-def _command(block: str) -> list[str]:
-    """The ``modelyard batch run`` line of a bash block (continuations joined)."""
-    import shlex
-
-    line = block.replace("\\\n", " ")
-    (command,) = [c for c in line.splitlines() if c.startswith("modelyard batch run")]
-    return shlex.split(command)[1:]
-
-
 def test_the_docs_csv_example_runs_and_writes_the_columns_shown(
     world: World, here: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -360,7 +287,7 @@ def test_the_docs_csv_example_runs_and_writes_the_columns_shown(
     found = re.search(r"`claims.csv`:\n\n```csv\n(.*?)```\n\n```bash\n(.*?)```", DOC, re.S)
     assert found is not None
     (here / "claims.csv").write_text(found.group(1))
-    command = _command(found.group(2))
+    command = docs_command(found.group(2))
     shown = re.search(r"`routed.csv`:\n\n```csv\n(.*?)```", DOC, re.S)
     assert shown is not None
     capsys.readouterr()
@@ -383,7 +310,7 @@ def test_the_docs_parquet_example_runs(
     snippets: dict[str, Any] = {}
     exec(write, snippets)  # the documented snippet, in a temporary directory
     capsys.readouterr()
-    assert main(_command(run)) == 0, capsys.readouterr().err
+    assert main(docs_command(run)) == 0, capsys.readouterr().err
     exec(read, snippets)
     printed = ast.literal_eval(capsys.readouterr().out)
     shown = ast.literal_eval("".join(re.findall(r"^#\s?(.*)$", read, re.M)))

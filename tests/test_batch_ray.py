@@ -15,58 +15,27 @@ import csv
 import json
 import os
 import re
-import shlex
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from batchworld import DOC, World, batch, build_world, docs_command, enter
 from conftest import IN_CI
-from modelyard.access import create_api_key
-from modelyard.artifacts import LocalArtifactStore
-from modelyard.base import create_tiny_base
 from modelyard.cli import main
-from modelyard.data import DOMAINS, domain_corpus
-from modelyard.store import Store
-from tinymodels import QUICK_BASE, random_adapter, register_adapter
 
 SAME = ["row", "claim_id", "answer", "finish_reason", "prompt_tokens", "completion_tokens"]
 SAME += ["version", "error"]  # every output column but record_id (each job has its own)
 RAY_PROCESS = re.compile(r"ray::|/ray/|raylet|gcs_server")
 
 
-@dataclass
-class World:
-    home: Path
-    key: str  # tenant acme-insurance, scope infer
-
-    def records(self, job_id: str) -> list[dict[str, Any]]:
-        with Store.open(f"sqlite:///{self.home / 'store.db'}") as store:
-            return store.query_records(job_id=job_id, limit=None)
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    tmp = tmp_path_factory.mktemp("batch-ray")
-    home = tmp / "home"
-    home.mkdir()
-    base = create_tiny_base(domain_corpus(DOMAINS, 300, seed=0), tmp / "base", **QUICK_BASE).path
-    artifacts = LocalArtifactStore(home / "artifacts")
-    with Store.open(f"sqlite:///{home / 'store.db'}") as store:
-        store.register_base_model("tiny", str(base), {})
-        store.create_tenant("acme-insurance", storage_policy="redacted")  # the docs' names
-        store.create_registered_model("acme-claims", tenant="acme-insurance")
-        adapter = random_adapter(base, tmp / "adapter", seed=3)
-        register_adapter(store, artifacts, adapter, model="acme-claims")
-        store.create_endpoint("claims-router", model_ref="acme-claims:1", tenant="acme-insurance")
-        _, key = create_api_key(store, "acme-insurance", scopes=("infer",))
-    return World(home, key)
+    return build_world(tmp_path_factory.mktemp("batch-ray"))
 
 
 def _session_processes(sid: int) -> set[int]:
@@ -130,27 +99,7 @@ def cluster() -> Iterator[str]:
 
 @pytest.fixture
 def here(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("MODELYARD_HOME", str(world.home))
-    monkeypatch.setenv("MODELYARD_API_KEY", world.key)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
-
-
-def batch(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    capsys.readouterr()
-    code = main(["batch", "run", *args])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-DOC = (Path(__file__).resolve().parents[1] / "docs" / "batch.md").read_text()
-
-
-def _command(block: str) -> list[str]:
-    """The ``modelyard batch run`` line of a bash block (continuations joined)."""
-    line = block.replace("\\\n", " ")
-    (command,) = [c for c in line.splitlines() if c.startswith("modelyard batch run")]
-    return shlex.split(command)[1:]
+    return enter(world, tmp_path, monkeypatch)
 
 
 def test_the_docs_ray_example_gives_the_same_answers_as_the_local_path(
@@ -165,7 +114,7 @@ def test_the_docs_ray_example_gives_the_same_answers_as_the_local_path(
     on_cluster = DOC.split("### Example: the claims on a cluster")[1].split("\n### ")[0]
     block = re.search(r"```bash\n(.*?)```", on_cluster, re.S)
     assert block is not None
-    local_command, ray_command = _command(example.group(2)), _command(block.group(1))
+    local_command, ray_command = docs_command(example.group(2)), docs_command(block.group(1))
     assert ray_command[: len(local_command)] == local_command  # the same job, then --ray ...
     extra = ray_command[len(local_command) :]
     assert extra == ["--ray", "auto", "--ray-actors", "2", "--ray-cpus", "2"]
