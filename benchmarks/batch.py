@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import queue
 import statistics
 import sys
@@ -48,6 +47,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import openai
 import torch
 import transformers
+from _machine import machine as measured_on
 from rich.console import Console
 from rich.table import Table
 
@@ -250,18 +250,8 @@ def summarize(loads: Sequence[Load], config: Config) -> dict[str, Any]:
 
 
 def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-        "load_average_1m": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "openai": openai.__version__,
-    }
+    """Where and with what the numbers were measured."""
+    return measured_on(transformers, openai)
 
 
 def table(summary: Mapping[str, Any], config: Config) -> Table:

@@ -46,7 +46,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -66,6 +65,7 @@ import openai
 import peft
 import torch
 import transformers
+from _machine import machine as measured_on
 from peft import LoraConfig, PeftModel, get_peft_model
 from rich.console import Console
 from rich.table import Table
@@ -526,19 +526,8 @@ def runs_table(runs: Sequence[Load]) -> Table:
 
 
 def machine() -> dict[str, Any]:
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-        "load_average_1m": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-        "openai": openai.__version__,
-    }
+    """Where and with what the numbers were measured."""
+    return measured_on(transformers, peft, openai)
 
 
 def benchmark(config: Config, work: Path, say: Say) -> tuple[dict[str, Any], list[Load]]:

@@ -39,7 +39,6 @@ import itertools
 import json
 import math
 import os
-import platform
 import random
 import resource
 import statistics
@@ -57,8 +56,8 @@ from typing import Any
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings from the children
 
 import peft
-import torch
 import transformers
+from _machine import machine as measured_on
 from peft import LoraConfig, get_peft_model
 from rich.console import Console
 from rich.table import Table
@@ -544,18 +543,7 @@ def runs_table(runs: Sequence[Run]) -> Table:
 
 def machine() -> dict[str, Any]:
     """Where and with what the numbers were measured."""
-    return {
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-        "load_average_1m": os.getloadavg()[0],
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-    }
+    return measured_on(transformers, peft)
 
 
 # -- main ------------------------------------------------------------------------------------
