@@ -186,7 +186,15 @@ def test_fail_on_drift_gates_ci_and_cron(traffic: Traffic) -> None:
         "--window", window, "--end", traffic.mid.isoformat(), "--fail-on-drift",
         home=traffic.home,
     )  # fmt: skip
-    assert same.code == 0 and "no drift detected" in same.out, same.out
+    assert same.code == 0 and "no drift detected in" in same.out, same.out
+    # a window before any traffic: nothing was compared, and it does not say "no drift"
+    empty = _cli(
+        "monitor", "drift", "--endpoint", "acme-support", "--reference", ref,
+        "--window", "1m", "--end", (traffic.start - timedelta(hours=1)).isoformat(),
+        home=traffic.home,
+    )  # fmt: skip
+    assert empty.code == 0, empty.out
+    assert "nothing compared" in empty.out and "no drift" not in empty.out, empty.out
 
 
 def test_records_are_hashed_but_features_and_exports_are_there(

@@ -324,7 +324,16 @@ def drift(
         )
     console.print(table)
     drifted = report.drifted_features
-    console.print(f"drifted: {', '.join(drifted)}" if drifted else "no drift detected")
+    compared = [r.feature for r in report.results if r.status in ("drift", "ok")]
+    if drifted:
+        console.print(f"drifted: {', '.join(drifted)}")
+    elif compared:
+        console.print(f"no drift detected in {len(compared)} of {len(report.results)} features")
+    else:
+        console.print(
+            "nothing compared: no feature had enough data in both the reference and the "
+            "window (see the table); widen --window or build the reference profile"
+        )
     _fail_on(drifted, fail_on_drift)
 
 
