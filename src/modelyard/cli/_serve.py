@@ -11,14 +11,22 @@ from modelyard.errors import ConfigError
 from modelyard.store import Store
 
 
-def admin_app(store: Store) -> Any:
-    """The admin API over ``store``: access tokens, and OIDC tokens when an issuer is set."""
+def control_plane(store: Store, *, secure: bool) -> dict[str, Any]:
+    """The admin API and the web console over ``store``, by mount prefix: access tokens,
+    and OIDC tokens when an issuer is set; the console's sessions open both. ``secure``:
+    reached over TLS (the console's cookies are then Secure)."""
     from modelyard.access import OIDCConfig, OIDCVerifier, PeopleAuthenticator
-    from modelyard.admin import create_admin_app
+    from modelyard.admin import ADMIN_PREFIX, create_admin_app
+    from modelyard.console import CONSOLE_PREFIX, ConsoleSessions, create_console_app
 
     oidc = OIDCConfig.from_settings(settings())
     verifier = OIDCVerifier(oidc) if oidc is not None else None
-    return create_admin_app(store, PeopleAuthenticator(store, verifier))
+    people = PeopleAuthenticator(store, verifier)
+    sessions = ConsoleSessions(people, secure=secure)
+    return {
+        ADMIN_PREFIX: create_admin_app(store, people, sessions),
+        CONSOLE_PREFIX: create_console_app(store, sessions, oidc=verifier is not None),
+    }
 
 
 def serve(
@@ -177,7 +185,8 @@ def serve(
     admin: bool | None = typer.Option(
         None,
         "--admin/--no-admin",
-        help="Serve the admin API at /admin/v1 (access tokens, OIDC; docs/admin-api.md). "
+        help="Serve the admin API at /admin/v1 (access tokens, OIDC; docs/admin-api.md) and "
+        "the web console at /console (docs/console.md). "
         "Default: on for 127.0.0.1, or with TLS (--tls-cert/--tls-key or --behind-tls-proxy).",
     ),
     tls_cert: str | None = typer.Option(None, help="Serve HTTPS with this certificate (PEM)."),
@@ -302,7 +311,8 @@ def serve(
         from modelyard.monitoring import Embedder
 
         embedder = Embedder()
-    mounts = {ADMIN_PREFIX: admin_app(store)} if admin_on else {}
+    secure = tls is not None or behind_tls_proxy
+    mounts = control_plane(store, secure=secure) if admin_on else {}
     app = create_app(
         store, chosen, limits=limits, refresh_seconds=refresh_seconds, heartbeat_s=heartbeat_s,
         address=advertise_address or f"{host}:{port}", controller=controller,
@@ -330,6 +340,7 @@ def serve(
         )
         if admin_on:
             err_console.print(f"admin API on {scheme}://{host}:{bound}{ADMIN_PREFIX}")
+            err_console.print(f"web console on {scheme}://{host}:{bound}/console/")
         if metrics_server is not None:
             err_console.print(f"/metrics on http://{host}:{metrics_server.port}/metrics")
         elif not metrics_token:

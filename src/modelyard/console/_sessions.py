@@ -1,0 +1,189 @@
+"""The web console's sessions: a random id in a cookie, everything else on the server.
+
+A login hands ``ConsoleSessions.start`` the person's token (a personal access
+token or an OpenID Connect token); it is checked like a bearer token
+(``access.PeopleAuthenticator``), then kept **in this process's memory only**,
+next to the session: the browser holds nothing but a random session id (256
+bits) in an HttpOnly cookie, and this table keys sessions by the SHA-256 of that
+id. Every request through the session checks the token again, so revoking the
+token, or its expiry (an OIDC token's ``exp``), ends the session at once, as it
+would end a bearer token's access; the principal must stay the one that logged
+in.
+
+A session ends at logout, after ``idle_s`` without a request, after ``ttl_s``
+whatever happens, or when its token stops authenticating. Each one has a CSRF
+token (synchronizer pattern): a change through the session (any method but GET,
+HEAD, OPTIONS) must send it in ``X-CSRF-Token``, else 403. The table lives in
+the server's memory: a restart ends every session, and replicas behind a load
+balancer need sticky sessions (docs/console.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from modelyard.access import PeopleAuthenticator, Principal
+from modelyard.errors import AuthError, PermissionDenied
+
+SESSION_COOKIE = "modelyard_session"  # over plain HTTP (127.0.0.1)
+SECURE_SESSION_COOKIE = "__Host-modelyard_session"  # over TLS: Secure, Path=/, no Domain
+CSRF_HEADER = "X-CSRF-Token"
+
+
+class CSRFRejected(PermissionDenied):
+    """A change through a console session without the session's CSRF token (HTTP 403)."""
+
+    code = "csrf_failed"
+    default_hint = "Reload the console; a script that calls the admin API sends a bearer token."
+
+
+@dataclass
+class Session:
+    """One logged-in browser. ``token`` never leaves the server."""
+
+    key: str  # SHA-256 of the session id: the id itself is not kept
+    token: str
+    actor: str
+    csrf_token: str
+    started: float
+    expires: float  # absolute end (ttl_s after the start)
+    last_seen: float
+
+    @property
+    def short_id(self) -> str:
+        """A name for the session in logs and audit events that does not reveal it."""
+        return self.key[:12]
+
+
+def _key(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+class ConsoleSessions:
+    """Sessions of the console, shared by ``/console`` and ``/admin/v1`` in one server.
+
+    ``secure``: the server is reached over TLS (``--tls-cert`` or ``--behind-tls-proxy``);
+    the cookie is then ``Secure`` and named with the ``__Host-`` prefix.
+    """
+
+    def __init__(
+        self,
+        authenticator: PeopleAuthenticator,
+        *,
+        secure: bool = False,
+        ttl_s: float = 8 * 3600,
+        idle_s: float = 1800,
+        max_sessions: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.authenticator = authenticator
+        self.secure = secure
+        self.ttl_s, self.idle_s, self.max_sessions = ttl_s, idle_s, max_sessions
+        self._clock = clock
+        self._sessions: OrderedDict[str, Session] = OrderedDict()  # oldest start first
+        self._lock = threading.Lock()
+
+    @property
+    def cookie_name(self) -> str:
+        return SECURE_SESSION_COOKIE if self.secure else SESSION_COOKIE
+
+    def start(self, token: str) -> tuple[str, Session, Principal]:
+        """Check ``token`` and open a session for it: (the id for the cookie, the session,
+        who it is). AuthError (401) when the token does not authenticate."""
+        principal = self.authenticator.authenticate(f"Bearer {token}")
+        session_id = secrets.token_urlsafe(32)
+        now = self._clock()
+        session = Session(
+            key=_key(session_id),
+            token=token,
+            actor=principal.actor,
+            csrf_token=secrets.token_urlsafe(32),
+            started=now,
+            expires=now + self.ttl_s,
+            last_seen=now,
+        )
+        with self._lock:
+            self._sweep(now)
+            while len(self._sessions) >= self.max_sessions:
+                self._sessions.popitem(last=False)  # the oldest login gives way
+            self._sessions[session.key] = session
+        return session_id, session, principal
+
+    def find(self, session_id: str) -> tuple[Session, Principal]:
+        """The live session of ``session_id`` and its principal, its token checked again;
+        AuthError (401) when there is none (unknown, logged out, expired, token revoked)."""
+        key = _key(session_id)
+        now = self._clock()
+        with self._lock:
+            session = self._sessions.get(key)
+            if session is not None and not self._alive(session, now):
+                del self._sessions[key]
+                session = None
+        if session is None:
+            raise AuthError(
+                "no console session: it ended (logout, expiry, or the server restarted)",
+                hint="Log in again at /console/login.",
+            )
+        try:
+            principal = self.authenticator.authenticate(f"Bearer {session.token}")
+        except AuthError:  # revoked or expired since the login: the session ends with it
+            self.end(session_id)
+            raise AuthError(
+                "the token this console session logged in with no longer authenticates "
+                "(revoked or expired)",
+                hint="Log in again at /console/login with a valid token.",
+            ) from None
+        if principal.actor != session.actor:  # an IdP that renamed the person: not the same
+            self.end(session_id)
+            raise AuthError("the console session's actor changed", hint="Log in again.")
+        session.last_seen = now
+        return session, principal
+
+    def authenticate(self, session_id: str, csrf_token: str | None, *, changing: bool) -> Principal:
+        """For the admin API (``admin.BrowserSessions``): the session's principal; a change
+        needs the session's CSRF token (403 ``csrf_failed`` without it)."""
+        session, principal = self.find(session_id)
+        if changing and not csrf_matches(session, csrf_token):
+            raise CSRFRejected(
+                f"a change through the console session needs its CSRF token in {CSRF_HEADER}"
+            )
+        return principal
+
+    def end(self, session_id: str) -> Session | None:
+        """Log out: the session is gone for ``/console`` and ``/admin/v1`` alike."""
+        with self._lock:
+            return self._sessions.pop(_key(session_id), None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            self._sweep(self._clock())
+            return len(self._sessions)
+
+    def _alive(self, session: Session, now: float) -> bool:
+        return now < session.expires and now - session.last_seen < self.idle_s
+
+    def _sweep(self, now: float) -> None:
+        for key in [k for k, s in self._sessions.items() if not self._alive(s, now)]:
+            del self._sessions[key]
+
+
+def csrf_matches(session: Session, sent: str | None) -> bool:
+    return sent is not None and hmac.compare_digest(sent.encode(), session.csrf_token.encode())
+
+
+__all__ = [
+    "CSRF_HEADER",
+    "SECURE_SESSION_COOKIE",
+    "SESSION_COOKIE",
+    "CSRFRejected",
+    "ConsoleSessions",
+    "Session",
+    "csrf_matches",
+]

@@ -1,0 +1,76 @@
+// Models: the registry's models, a model's versions with their gate verdicts, and one
+// version's gates, lineage graph and model card.
+import { api, seg } from "../api.js";
+import { h, ago, card, fmtTime, link, num, pill, table } from "../dom.js";
+import { lineageGraph } from "../charts.js";
+import { markdown } from "../markdown.js";
+
+export async function modelsPage() {
+  const models = await api.get("/models");
+  return [
+    h("h1", {}, "Models"),
+    card(null, table(["model", "tenant", "latest version", "aliases", "registered"],
+      models.map((m) => [
+        link(`#/models/${seg(m.name)}`, m.name),
+        m.tenant || "shared",
+        m.latest_version ? link(`#/models/${seg(m.name)}/${m.latest_version}`, `v${m.latest_version}`) : "–",
+        Object.entries(m.aliases).map(([a, v]) => h("span", { class: "tag" }, `@${a} → v${v}`)),
+        ago(m.created_at),
+      ]), { "data-testid": "models" })),
+  ];
+}
+
+function versionsTable(model, versions, current) {
+  return table(["version", "gates", "aliases", "status", "trained by", "registered"],
+    versions.slice().reverse().map((v) => [
+      v.version === current ? h("strong", {}, `v${v.version}`)
+        : link(`#/models/${seg(model)}/${v.version}`, `v${v.version}`),
+      pill(v.gates.state),
+      v.aliases.map((a) => h("span", { class: "tag" }, `@${a}`)),
+      v.status,
+      v.created_by || "–",
+      ago(v.created_at),
+    ]), { "data-testid": "versions" });
+}
+
+function gatesCard(v) {
+  const verdicts = ((v.metrics || {}).gates || {}).verdicts || [];
+  const rows = verdicts.map((g) => [
+    h("code", {}, g.gate || g.metric), num(g.observed), num(g.threshold),
+    pill(g.passed ? "passed" : "failed"), g.reason || "",
+  ]);
+  const overrides = v.gates.overrides.map((o) =>
+    h("li", {}, `${o.actor || "?"} overrode the gates for ${o.for || o.action || "a promotion"}: ${o.reason || ""}`));
+  return card("Gate verdicts",
+    h("p", {}, "Overall: ", pill(v.gates.state, null),
+      v.gates.state === "not_evaluated" ? ` (${v.gates.unevaluated})` : ""),
+    table(["gate", "observed", "threshold", "verdict", "reason"], rows, { "data-testid": "gates" }),
+    overrides.length ? h("ul", { class: "overrides" }, overrides) : null);
+}
+
+export async function versionPage(model, number) {
+  const [versions, chain, cardText] = await Promise.all([
+    api.get(`/models/${seg(model)}/versions`),
+    api.get(`/models/${seg(model)}/versions/${number}/lineage`),
+    api.get(`/models/${seg(model)}/versions/${number}/card`),
+  ]);
+  const v = chain.version;
+  return [
+    h("p", { class: "crumbs" }, link("#/models", "Models"), " / ", link(`#/models/${seg(model)}`, model)),
+    h("h1", {}, `${v.ref} `, pill(v.gates.state)),
+    h("p", { class: "muted" }, `${v.kind} on ${v.base_model} · ${v.status} · registered `,
+      fmtTime(v.created_at), v.created_by ? ` by ${v.created_by}` : "",
+      v.aliases.length ? ` · ${v.aliases.map((a) => "@" + a).join(" ")}` : ""),
+    h("div", { class: "grid2" },
+      gatesCard(v),
+      card("Versions", versionsTable(model, versions, v.version))),
+    card("Lineage", h("div", { class: "scroll", "data-testid": "lineage" }, lineageGraph(chain))),
+    card("Model card", h("div", { "data-testid": "card" }, markdown(cardText.card))),
+  ];
+}
+
+export async function modelPage(model) {
+  const m = await api.get(`/models/${seg(model)}`);
+  if (m.latest_version) return versionPage(model, m.latest_version);
+  return [h("h1", {}, model), card(null, h("p", { class: "muted" }, "no versions yet"))];
+}
