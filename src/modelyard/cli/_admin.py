@@ -15,6 +15,8 @@ from modelyard.cli._common import (
     settings,
     to_jsonable,
 )
+from modelyard.cli._control import ControlPlane, needs_database
+from modelyard.cli._plane import open_plane
 from modelyard.cli._registry import GATE_KEYS, gate_json, gate_lines
 from modelyard.errors import ArtifactError, ConfigError, NotFound
 from modelyard.store import (
@@ -22,7 +24,6 @@ from modelyard.store import (
     STORAGE_POLICIES,
     RolloutPolicy,
     StoragePolicy,
-    Store,
     redact_url,
 )
 
@@ -289,10 +290,10 @@ def registry_list(
     if name is not None:
         _registry_versions(name, json_out)
         return
-    with open_store() as store:
-        models = store.list_registered_models(tenant)
+    with open_plane() as plane:
+        models = plane.list_registered_models(tenant)
         latest = {
-            m.name: store.get_model_version(m.name, m.latest_version).gates
+            m.name: plane.get_model_version(m.name, m.latest_version).gates
             for m in models
             if m.latest_version is not None
         }
@@ -311,8 +312,8 @@ def registry_list(
 
 
 def _registry_versions(name: str, json_out: bool) -> None:
-    with open_store() as store:
-        versions = store.list_model_versions(name)
+    with open_plane() as plane:
+        versions = plane.list_model_versions(name)
     if json_out:
         print_json([{**to_jsonable(v), "gate_status": gate_json(v)} for v in versions])
         return
@@ -332,8 +333,8 @@ def registry_show(
 ) -> None:
     """Show one model version: lineage, metrics, and whether its gates passed (and any
     recorded override)."""
-    with open_store() as store:
-        version = store.resolve_model_ref(ref)
+    with open_plane() as plane:
+        version = plane.resolve_model_ref(ref)
     if json_out:
         print_json({**to_jsonable(version), "gate_status": gate_json(version)})
         return
@@ -365,11 +366,11 @@ def registry_alias(
     takes only a version whose gates passed, unless --override-gates --reason "why".
     Endpoints that follow the alias move through a rollout (`endpoints policy`)."""
     override = _delivery.gate_override(override_gates, reason)
-    with open_store() as store:
-        v = store.set_alias(name, alias, version, override_gates=override)
-        following = [e for e in store.list_endpoints() if e.model_ref == f"{name}@{alias}"]
+    with open_plane() as plane:
+        v = plane.set_alias(name, alias, version, override_gates=override)
+        following = [e for e in plane.list_endpoints() if e.model_ref == f"{name}@{alias}"]
         moving = {
-            e.name: store.latest_rollout(e.name) for e in following if _rolling(store, e.name)
+            e.name: plane.latest_rollout(e.name) for e in following if _rolling(plane, e.name)
         }
     console.print(f"[green]{name}@{alias}[/] → {v.ref}")
     if override and v.gates.overrides and v.gates.overrides[-1].get("reason") == override:
@@ -381,8 +382,8 @@ def registry_alias(
             console.print(f"    watch it: modelyard rollout status {endpoint}")
 
 
-def _rolling(store: Store, endpoint: str) -> bool:
-    return bool(store.list_rollouts(endpoint=endpoint, active=True, limit=1))
+def _rolling(plane: ControlPlane, endpoint: str) -> bool:
+    return bool(plane.list_rollouts(endpoint=endpoint, active=True, limit=1))
 
 
 # -- endpoints -----------------------------------------------------------------------------
@@ -415,8 +416,8 @@ def endpoints_list(
     json_out: bool = JSON,
 ) -> None:
     """List endpoints and their traffic plans."""
-    with open_store() as store:
-        endpoints = store.list_endpoints(tenant)
+    with open_plane() as plane:
+        endpoints = plane.list_endpoints(tenant)
     if json_out:
         print_json(endpoints)
         return
@@ -510,12 +511,14 @@ def endpoints_set_traffic(
         )
     if shadow is not None and no_shadow:
         raise ConfigError("--shadow and --no-shadow contradict each other; give one")
-    with open_store() as store:
-        endpoint = store.get_endpoint(name)
+    if shadow is not None or no_shadow:
+        needs_database("a shadow (--shadow, --no-shadow)")
+    with open_plane() as plane:
+        endpoint = plane.get_endpoint(name)
         if plan:
-            endpoint = store.set_traffic(name, plan)
+            endpoint = plane.set_traffic(name, plan)
         if shadow is not None or no_shadow:
-            endpoint = store.set_shadow(name, shadow, shadow_fraction)
+            endpoint = plane.set_shadow(name, shadow, shadow_fraction)
     plan_text = ", ".join(f"{endpoint.model}:{r.version}={r.weight}" for r in endpoint.routes)
     console.print(f"[green]{name}[/] traffic: {plan_text}")
     if endpoint.shadow_version is not None:

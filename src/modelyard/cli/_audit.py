@@ -14,6 +14,7 @@ from rich.table import Table
 from modelyard.audit import ROLES, AuditHead, check_format, write_events
 from modelyard.cli._audit_table import render_events
 from modelyard.cli._common import console, err_console, open_store, print_json, settings
+from modelyard.cli._plane import open_plane
 from modelyard.durations import parse_since
 from modelyard.errors import ConfigError
 from modelyard.settings import os_user
@@ -49,11 +50,11 @@ def audit_log(
     wrap (under each event on a narrow terminal). `--json` has every field.
     """
     start = parse_since(since) if since else None
-    with open_store() as store:
-        events = store.list_audit_events(
+    with open_plane() as plane:
+        events = plane.list_audit_events(
             since=start, action=action, subject=subject, actor=by, limit=limit
         )
-        breaks = store.open_audit_breaks()
+        breaks = plane.open_audit_breaks()  # None through a server: it does not say
     if breaks:  # on stderr: the JSON on stdout stays a plain list
         first = breaks[0]
         err_console.print(
@@ -84,8 +85,8 @@ def audit_verify(
     and do not fail the chain.
     """
     expected = AuditHead.parse(head) if head else None
-    with open_store() as store:
-        report = store.verify_audit_chain(expected)
+    with open_plane() as plane:
+        report = plane.verify_audit_chain(expected)
     if json_out:
         print_json(report.to_json())
     report.raise_if_broken()

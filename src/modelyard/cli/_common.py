@@ -26,7 +26,8 @@ from rich.text import Text
 
 from modelyard.artifacts import ArtifactStore, artifacts_from_settings
 from modelyard.audit import AccessPolicy, AuditKeySource
-from modelyard.cli._home import check_home
+from modelyard.cli._home import check_home, current_command
+from modelyard.cli._remote import URL_ENV, remote_url
 from modelyard.errors import ConfigError, DataError, NotFound
 from modelyard.settings import Settings, load_settings
 from modelyard.store import Store
@@ -58,6 +59,11 @@ def bad_input() -> Iterator[None]:
         raise ConfigError(exc.message, hint=exc.hint, **exc.context) from exc
 
 
+def chosen_actor() -> str | None:
+    """The name ``--actor`` gave, if any."""
+    return _actor["name"]
+
+
 def acting_as(s: Settings) -> str:
     """The actor of this command: ``--actor``, else MODELYARD_ACTOR, else the OS user."""
     return _actor["name"] or s.resolved_actor
@@ -67,8 +73,10 @@ def open_store(s: Settings | None = None, *, migrate: bool = True) -> Store:
     """The configured store, migrated, acting as ``--actor`` / MODELYARD_ACTOR / the OS user.
 
     The default SQLite file needs a writable home; a command that only reads
-    never creates it (``check_home``).
+    never creates it (``check_home``). While MODELYARD_URL is set it refuses
+    (``refuse_remote``): the commands that work through a server use ``open_plane``.
     """
+    refuse_remote()
     s = s or settings()
     check_home(s)
     if s.store_url is None:
@@ -84,11 +92,30 @@ def open_store(s: Settings | None = None, *, migrate: bool = True) -> Store:
 
 def open_artifacts(s: Settings | None = None) -> ArtifactStore:
     """The configured artifact store: a directory, or S3 read through a local cache."""
+    refuse_remote()
     s = s or settings()
     if s.artifacts_in_home:
         check_home(s)
         s.ensure_home()
     return artifacts_from_settings(s)
+
+
+def refuse_remote() -> None:
+    """A command the admin API has no route for works on the database here; with
+    MODELYARD_URL set, the user works through a server: say so rather than open (or create)
+    a database here."""
+    if remote_url() is None:
+        return
+    command = current_command()
+    what = f"`modelyard {command}`" if command else "this command"
+    raise ConfigError(
+        f"{what} works on the database only (the admin API has no route for it), "
+        f"and {URL_ENV} is set",
+        hint=f"Unset {URL_ENV} to run it here with the database's settings (MODELYARD_HOME "
+        "or MODELYARD_STORE_URL). Through the server: registry list|show|lineage|card|alias|"
+        "unalias|archive|tag, endpoints list|set-traffic, rollout start|status|promote|abort|"
+        "pause|resume, audit log|verify.",
+    )
 
 
 def to_jsonable(value: Any) -> Any:

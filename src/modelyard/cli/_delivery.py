@@ -11,10 +11,12 @@ import typer
 from rich.table import Table
 
 from modelyard.cli._common import console, err_console, open_store, print_json, to_jsonable
+from modelyard.cli._control import CurrentStep
+from modelyard.cli._plane import open_plane
 from modelyard.cli._rollout_text import final, num, progress, summary, timeline
 from modelyard.durations import parse_duration, parse_since
 from modelyard.errors import ConfigError
-from modelyard.store import Rollout, RolloutPolicy, Store
+from modelyard.store import Rollout, RolloutPolicy
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # compare with no --since: every record
@@ -121,12 +123,10 @@ def start(
 
     The version's gates must have passed (`registry show` says); one whose gates failed
     or never ran needs --override-gates --reason "why"."""
-    from modelyard.delivery import start_rollout
-
     override = gate_override(override_gates, reason)
-    with open_store() as store:
-        r = start_rollout(
-            store, endpoint, to, steps=steps, bake_s=seconds(bake, "--bake"),
+    with open_plane() as plane:
+        r = plane.start_rollout(
+            endpoint, to, steps=steps, bake_s=seconds(bake, "--bake"),
             min_requests=min_requests, guards=guard, promote_alias=promote_alias,
             override_gates=override,
         )  # fmt: skip
@@ -142,15 +142,12 @@ def start(
         )
 
 
-def _status_json(store: Store, r: Rollout) -> dict[str, Any]:
-    from modelyard.delivery import step_view
-
+def _status_json(r: Rollout, view: CurrentStep | None) -> dict[str, Any]:
     out: dict[str, Any] = to_jsonable(r)
-    if r.active and r.phase == "baking":
-        view = step_view(store, r)
+    if view is not None:
         out["current"] = {
-            "requests": view.canary.requests,
-            "baseline_requests": view.baseline.requests,
+            "requests": view.requests,
+            "baseline_requests": view.baseline_requests,
             "elapsed_s": view.elapsed_s,
             "guards": [to_jsonable(g) for g in view.guards],
         }
@@ -160,26 +157,23 @@ def _status_json(store: Store, r: Rollout) -> dict[str, Any]:
 @rollout_app.command("status")
 def status(endpoint: str = typer.Argument(...), json_out: bool = JSON) -> None:
     """The endpoint's latest rollout: its timeline, and the live guard values of its step."""
-    from modelyard.delivery import step_view
-
-    with open_store() as store:
-        r = store.latest_rollout(endpoint)
-        if json_out:
-            print_json(_status_json(store, r))
-            return
-        console.print(summary(r))
-        if r.reason:
-            console.print(f"  reason: {r.reason}")
-        console.print(timeline(r))
-        if r.active and r.phase == "baking":
-            view = step_view(store, r)
-            table = Table("guard", "value", "baseline", "threshold", "n", "status",
-                          title=f"step {r.step_index + 1}: {view.canary.requests} requests, "
-                          f"{view.elapsed_s:.0f}s of {r.bake_s:g}s")  # fmt: skip
-            for g in view.guards:
-                table.add_row(g.guard, num(g.value), num(g.baseline), num(g.threshold),
-                              str(g.n), g.status)  # fmt: skip
-            console.print(table)
+    with open_plane() as plane:
+        r, view = plane.rollout_status(endpoint)
+    if json_out:
+        print_json(_status_json(r, view))
+        return
+    console.print(summary(r))
+    if r.reason:
+        console.print(f"  reason: {r.reason}")
+    console.print(timeline(r))
+    if view is not None:
+        table = Table("guard", "value", "baseline", "threshold", "n", "status",
+                      title=f"step {r.step_index + 1}: {view.requests} requests, "
+                      f"{view.elapsed_s:.0f}s of {r.bake_s:g}s")  # fmt: skip
+        for g in view.guards:
+            table.add_row(g.guard, num(g.value), num(g.baseline), num(g.threshold),
+                          str(g.n), g.status)  # fmt: skip
+        console.print(table)
 
 
 def _done(r: Rollout, verb: str) -> None:
@@ -189,10 +183,8 @@ def _done(r: Rollout, verb: str) -> None:
 @rollout_app.command("promote")
 def promote(endpoint: str = typer.Argument(...)) -> None:
     """Skip the remaining steps: all traffic to the new version now (and the alias, if asked)."""
-    from modelyard.delivery import promote_rollout
-
-    with open_store() as store:
-        _done(promote_rollout(store, endpoint), "promoted")
+    with open_plane() as plane:
+        _done(plane.promote_rollout(endpoint), "promoted")
 
 
 @rollout_app.command("abort")
@@ -201,28 +193,22 @@ def abort(
     reason: str | None = typer.Option(None, help="Why, for the timeline and the audit log."),
 ) -> None:
     """Restore the traffic plan from before the rollout and end it."""
-    from modelyard.delivery import abort_rollout
-
-    with open_store() as store:
-        _done(abort_rollout(store, endpoint, reason), "aborted")
+    with open_plane() as plane:
+        _done(plane.abort_rollout(endpoint, reason), "aborted")
 
 
 @rollout_app.command("pause")
 def pause(endpoint: str = typer.Argument(...)) -> None:
     """Hold the rollout at its current step."""
-    from modelyard.delivery import pause_rollout
-
-    with open_store() as store:
-        _done(pause_rollout(store, endpoint), "paused")
+    with open_plane() as plane:
+        _done(plane.pause_rollout(endpoint), "paused")
 
 
 @rollout_app.command("resume")
 def resume(endpoint: str = typer.Argument(...)) -> None:
     """Go on from the current step (its bake time starts again)."""
-    from modelyard.delivery import resume_rollout
-
-    with open_store() as store:
-        _done(resume_rollout(store, endpoint), "resumed")
+    with open_plane() as plane:
+        _done(plane.resume_rollout(endpoint), "resumed")
 
 
 @rollout_app.command("wait")

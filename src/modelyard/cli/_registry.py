@@ -2,6 +2,8 @@
 print.
 
 What these commands do is ``modelyard.registry``'s; archive and unalias are store rows.
+lineage, card, archive, unalias and tag go through ``open_plane`` (the store here, or a
+server's admin API with MODELYARD_URL); export, import and upstream need the database.
 """
 
 from __future__ import annotations
@@ -16,17 +18,15 @@ from rich.tree import Tree
 
 from modelyard.artifacts import ImportLimits
 from modelyard.cli._common import console, open_artifacts, open_store, print_json, settings
+from modelyard.cli._plane import open_plane
 from modelyard.registry import (
     LineageNode,
     UpstreamSpec,
     export_loader,
     export_version,
     import_version,
-    lineage_chain,
     parse_tags,
     register_upstream,
-    tag_version,
-    version_card,
     version_kind,
 )
 from modelyard.store import ModelVersion
@@ -116,12 +116,12 @@ def _lineage_tree(node: LineageNode) -> Tree:
 
 def lineage(ref: str = REF, json_out: bool = typer.Option(False, "--json")) -> None:
     """Show where a version came from as a tree: run, data, base weights, config, parents."""
-    with open_store() as store:
-        version = store.resolve_model_ref(ref)
+    with open_plane() as plane:
+        version = plane.resolve_model_ref(ref)
         if json_out:
             print_json({"ref": version.ref, "lineage": version.lineage})
             return
-        console.print(_lineage_tree(lineage_chain(store, version)))
+        console.print(_lineage_tree(plane.lineage_chain(version)))
 
 
 def card(
@@ -129,8 +129,8 @@ def card(
     out: Path | None = typer.Option(None, "--out", help="Write the card here (else stdout)."),
 ) -> None:
     """Write the version's model card (Markdown): use, data, training, evaluation, lineage."""
-    with open_store() as store:
-        version, text = version_card(store, ref)
+    with open_plane() as plane:
+        version, text = plane.version_card(ref)
     if out is None:
         print(text)
     else:
@@ -285,8 +285,8 @@ def archive(
     version: int = typer.Argument(..., help="Version number to archive."),
 ) -> None:
     """Archive a version: it stays on record (and in lineage) but takes no alias or traffic."""
-    with open_store() as store:
-        archived = store.archive_model_version(name, version)
+    with open_plane() as plane:
+        archived = plane.archive_model_version(name, version)
     console.print(f"archived {archived.ref}")
 
 
@@ -295,8 +295,8 @@ def unalias(
     alias: str = typer.Argument(..., help="The alias to remove."),
 ) -> None:
     """Remove an alias (endpoints that follow it stop resolving until it is set again)."""
-    with open_store() as store:
-        was = store.delete_alias(name, alias)
+    with open_plane() as plane:
+        was = plane.delete_alias(name, alias)
     console.print(f"removed {name}@{alias} (it pointed to {was.ref})")
 
 
@@ -308,8 +308,8 @@ def tag(
 ) -> None:
     """Set or remove tags on a version (the only mutable part of a version; audited)."""
     parse_tags(tags or [], remove)  # a bad tag fails before the store is opened
-    with open_store() as store:
-        version = tag_version(store, ref, tags or [], remove)
+    with open_plane() as plane:
+        version = plane.tag_version(ref, tags or [], remove)
     if json_out:
         print_json({"ref": version.ref, "tags": version.tags})
         return

@@ -1,0 +1,224 @@
+"""The control plane through a server's admin API (``MODELYARD_URL`` and a person's token).
+
+Each operation is one or two requests; the answers are decoded into the store's
+entities (``_decode``) and the errors raised as the store's error classes
+(``_remote.error_of``), so the commands print what they print on the store here. What
+the commands check before touching the store (a model reference, tags, a rollout
+policy) is checked here the same way before anything is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from types import TracebackType
+from typing import Any
+
+from modelyard.audit import AuditHead, ChainReport, RecordedBreak
+from modelyard.cli._common import chosen_actor
+from modelyard.cli._control import CurrentStep, needs_database
+from modelyard.cli._decode import decode
+from modelyard.cli._remote import URL_ENV, AdminClient, Remote, segment
+from modelyard.errors import ConfigError, ModelVersionNotFound
+from modelyard.registry import LineageNode
+from modelyard.store import (
+    AuditEvent,
+    Endpoint,
+    ModelVersion,
+    RegisteredModel,
+    Rollout,
+    parse_model_ref,
+)
+
+
+class RemotePlane:
+    """The admin API, acting as the token's person (``--actor`` does not apply)."""
+
+    def __init__(self, client: AdminClient) -> None:
+        self.client = client
+
+    @classmethod
+    def from_env(cls) -> RemotePlane:
+        if chosen_actor():
+            raise ConfigError(
+                f"--actor does not apply with {URL_ENV}: the server acts as the person the "
+                "token was made for",
+                hint=f"Drop --actor, or unset {URL_ENV} to work on the database here.",
+            )
+        return cls(AdminClient(Remote.from_env()))
+
+    def __enter__(self) -> RemotePlane:
+        return self
+
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.client.close()
+
+    # -- registry ----------------------------------------------------------------------
+
+    def list_registered_models(self, tenant: str | None = None) -> list[RegisteredModel]:
+        return [decode(RegisteredModel, m) for m in self.client.get("/models", tenant=tenant)]
+
+    def list_model_versions(self, model: str) -> list[ModelVersion]:
+        found = self.client.get(f"/models/{segment(model)}/versions")
+        return [decode(ModelVersion, v) for v in found]
+
+    def get_model_version(self, model: str, version: int) -> ModelVersion:
+        return decode(ModelVersion, self.client.get(_version_path(model, version)))
+
+    def resolve_model_ref(self, ref: str) -> ModelVersion:
+        """``NAME@alias``, ``NAME:N`` or ``NAME`` (latest), with the store's errors."""
+        name, alias, number = parse_model_ref(ref)
+        if number is None:
+            model = decode(RegisteredModel, self.client.get(f"/models/{segment(name)}"))
+            if alias is not None:
+                if alias not in model.aliases:
+                    raise ModelVersionNotFound(
+                        f"model {name!r} has no alias {alias!r}",
+                        hint=f"Set it with `modelyard registry alias {name} {alias} VERSION`.",
+                    )
+                number = model.aliases[alias]
+            elif model.latest_version is None:
+                raise ModelVersionNotFound(f"model {name!r} has no versions yet")
+            else:
+                number = model.latest_version
+        return self.get_model_version(name, number)
+
+    def lineage_chain(self, version: ModelVersion) -> LineageNode:
+        found = self.client.get(_version_path(version.model, version.version) + "/lineage")
+        return decode(LineageNode, found)
+
+    def version_card(self, ref: str) -> tuple[ModelVersion, str]:
+        version = self.resolve_model_ref(ref)
+        found = self.client.get(_version_path(version.model, version.version) + "/card")
+        return version, str(found["card"])
+
+    def set_alias(
+        self, model: str, alias: str, version: int, *, override_gates: str | None = None
+    ) -> ModelVersion:
+        body = {"version": version, "override_gates_reason": override_gates}
+        return self._version("PUT", _alias_path(model, alias), body)
+
+    def delete_alias(self, model: str, alias: str) -> ModelVersion:
+        return self._version("DELETE", _alias_path(model, alias))
+
+    def archive_model_version(self, model: str, version: int) -> ModelVersion:
+        return self._version("POST", _version_path(model, version) + "/archive")
+
+    def tag_version(self, ref: str, items: Sequence[str], remove: Sequence[str]) -> ModelVersion:
+        from modelyard.registry import parse_tags
+
+        pairs = parse_tags(items, remove)
+        version = self.resolve_model_ref(ref)
+        body = {"set": pairs, "remove": list(remove)}
+        return self._version("PATCH", _version_path(version.model, version.version) + "/tags", body)
+
+    def _version(self, method: str, path: str, body: Any = None) -> ModelVersion:
+        return decode(ModelVersion, self.client.send(method, path, body=body))
+
+    # -- endpoints and rollouts --------------------------------------------------------
+
+    def list_endpoints(self, tenant: str | None = None) -> list[Endpoint]:
+        return [decode(Endpoint, e) for e in self.client.get("/endpoints", tenant=tenant)]
+
+    def get_endpoint(self, name: str) -> Endpoint:
+        return decode(Endpoint, self.client.get(f"/endpoints/{segment(name)}"))
+
+    def set_traffic(self, endpoint: str, weights: Mapping[int, int]) -> Endpoint:
+        body = {"weights": {str(v): w for v, w in weights.items()}}
+        found = self.client.send("PUT", f"/endpoints/{segment(endpoint)}/traffic", body=body)
+        return decode(Endpoint, found)
+
+    def set_shadow(self, endpoint: str, version: int | None, fraction: float = 0.0) -> Endpoint:
+        needs_database("a shadow (--shadow, --no-shadow)")
+        raise AssertionError("needs_database refuses while MODELYARD_URL is set")
+
+    def list_rollouts(
+        self, *, endpoint: str | None = None, active: bool | None = None, limit: int = 100
+    ) -> list[Rollout]:
+        found = self.client.get("/rollouts", endpoint=endpoint, active=active, limit=limit)
+        return [decode(Rollout, r) for r in found]
+
+    def latest_rollout(self, endpoint: str) -> Rollout:
+        return self.rollout_status(endpoint)[0]
+
+    def rollout_status(self, endpoint: str) -> tuple[Rollout, CurrentStep | None]:
+        from modelyard.delivery import GuardResult
+
+        found = self.client.get(_rollout_path(endpoint))
+        current = found.get("current")
+        if not isinstance(current, Mapping):
+            return decode(Rollout, found), None
+        step = CurrentStep(
+            requests=int(current["requests"]),
+            baseline_requests=int(current["baseline_requests"]),
+            elapsed_s=float(current["elapsed_s"]),
+            guards=tuple(decode(GuardResult, g) for g in current["guards"]),
+        )
+        return decode(Rollout, found), step
+
+    def start_rollout(
+        self, endpoint: str, to: str, *, steps: str, bake_s: float, min_requests: int,
+        guards: Sequence[str], promote_alias: str | None, override_gates: str | None,
+    ) -> Rollout:  # fmt: skip
+        from modelyard.delivery import check_policy
+
+        policy = check_policy(steps, bake_s, min_requests, guards)  # the local run's errors
+        body = {
+            "to": to, "steps": list(policy.steps), "bake_s": policy.bake_s,
+            "min_requests": policy.min_requests, "guards": list(policy.guards),
+            "promote_alias": promote_alias, "override_gates_reason": override_gates,
+        }  # fmt: skip
+        return self._rollout(_rollout_path(endpoint), body)
+
+    def promote_rollout(self, endpoint: str) -> Rollout:
+        return self._rollout(_rollout_path(endpoint) + "/promote")
+
+    def abort_rollout(self, endpoint: str, reason: str | None = None) -> Rollout:
+        return self._rollout(_rollout_path(endpoint) + "/abort", {"reason": reason})
+
+    def pause_rollout(self, endpoint: str) -> Rollout:
+        return self._rollout(_rollout_path(endpoint) + "/pause")
+
+    def resume_rollout(self, endpoint: str) -> Rollout:
+        return self._rollout(_rollout_path(endpoint) + "/resume")
+
+    def _rollout(self, path: str, body: Any = None) -> Rollout:
+        return decode(Rollout, self.client.send("POST", path, body=body))
+
+    # -- audit -------------------------------------------------------------------------
+
+    def list_audit_events(
+        self, *, since: datetime | None = None, action: str | None = None,
+        subject: str | None = None, actor: str | None = None, limit: int | None = 100,
+    ) -> list[AuditEvent]:  # fmt: skip
+        found = self.client.get(
+            "/audit/events", since=since, action=action, subject=subject, actor=actor,
+            limit=limit,
+        )  # fmt: skip
+        return [decode(AuditEvent, e) for e in found]
+
+    def open_audit_breaks(self) -> list[RecordedBreak] | None:
+        """Unknown here: the admin API has no route for the recorded breaks (``audit
+        verify`` recomputes the chain and reports them)."""
+        return None
+
+    def verify_audit_chain(self, head: AuditHead | None = None) -> ChainReport:
+        found = self.client.get("/audit/verify", head=None if head is None else str(head))
+        return decode(ChainReport, found)
+
+
+def _version_path(model: str, version: int) -> str:
+    return f"/models/{segment(model)}/versions/{segment(version)}"
+
+
+def _alias_path(model: str, alias: str) -> str:
+    return f"/models/{segment(model)}/aliases/{segment(alias)}"
+
+
+def _rollout_path(endpoint: str) -> str:
+    return f"/endpoints/{segment(endpoint)}/rollout"
+
+
+__all__ = ["RemotePlane"]
