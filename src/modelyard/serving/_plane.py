@@ -425,7 +425,7 @@ class DataPlane:
         return error
 
     def add_feedback(
-        self, key: ApiKey, request_id: str, score: float, comment: str | None
+        self, key: ApiKey, request_id: str, score: float, comment: str | None, label: str | None
     ) -> Feedback:
         """Store a verdict on one of the key's tenant's requests (blocking: run it off the loop).
 
@@ -434,8 +434,9 @@ class DataPlane:
         """
         try:
             return self.store.add_feedback(
-                request_id, tenant=key.tenant, score=score, comment=comment, api_key_id=key.id
-            )
+                request_id, tenant=key.tenant, score=score, comment=comment, api_key_id=key.id,
+                label=label,
+            )  # fmt: skip
         except NotFound:
             with self._recent_lock:
                 pending = self._recent.get(request_id) == key.tenant_id
@@ -443,8 +444,9 @@ class DataPlane:
                 raise
         self.writer.flush(timeout=5.0)
         return self.store.add_feedback(
-            request_id, tenant=key.tenant, score=score, comment=comment, api_key_id=key.id
-        )
+            request_id, tenant=key.tenant, score=score, comment=comment, api_key_id=key.id,
+            label=label,
+        )  # fmt: skip
 
     def run(
         self,

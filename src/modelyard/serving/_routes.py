@@ -143,12 +143,13 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
 
     @app.post("/v1/feedback")
     async def feedback(body: FeedbackRequest, key: FeedbackKeyDep) -> dict[str, Any]:
-        """A verdict on one request: ``score`` from -1 to 1, or ``thumbs`` up (1) / down (-1).
+        """A verdict on one request: ``score`` from -1 to 1, or ``thumbs`` up (1) / down (-1),
+        and optionally the ``label``: the answer (or class) the request should have had.
 
         Sent again for the same request, the latest verdict replaces the earlier one.
         """
         saved = await run_in_threadpool(
-            plane.add_feedback, key, body.request_id, body.value, body.comment
+            plane.add_feedback, key, body.request_id, body.value, body.comment, body.label
         )
         plane.metrics.feedback.labels(key.tenant).inc()
         return {
@@ -157,6 +158,7 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
             "request_id": saved.record_id,
             "score": saved.score,
             "comment": saved.comment,
+            "label": saved.label,
             "created": int(saved.created_at.timestamp()),
             "updated": int(saved.updated_at.timestamp()),
         }

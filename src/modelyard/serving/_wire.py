@@ -434,6 +434,7 @@ class FeedbackRequest(BaseModel):
     score: float | None = Field(default=None, ge=-1.0, le=1.0, allow_inf_nan=False)
     thumbs: Literal["up", "down"] | None = None
     comment: Text | None = Field(default=None, max_length=4000)
+    label: Text | None = Field(default=None, min_length=1, max_length=500)  # the right answer
 
     @model_validator(mode="after")
     def _one_verdict(self) -> FeedbackRequest:

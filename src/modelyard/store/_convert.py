@@ -79,7 +79,7 @@ def to_api_key(r: ApiKeyRow, tenant: str) -> ApiKey:
 def to_feedback(s: Session, f: FeedbackRow, record: InferenceRecordRow, tenant: str) -> Feedback:
     return Feedback(
         f.id, f.record_id, tenant, record.endpoint_name, version_ref_of(s, record.version_id),
-        f.score, f.comment, f.api_key_id, f.created_at, f.updated_at,
+        f.score, f.comment, f.api_key_id, f.created_at, f.updated_at, f.label,
     )  # fmt: skip
 
 

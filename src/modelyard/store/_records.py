@@ -87,6 +87,8 @@ _COPIED_COLUMNS = (
     "latency_ms",
 )
 RECORD_STATUSES = ("ok", "error", "cancelled", "timeout", "running", "refused")
+FEEDBACK_LABEL_MAX = 500
+"""The longest feedback label (characters): a correct answer or class, not a document."""
 
 
 class RecordStore(StoreCore):
@@ -169,15 +171,22 @@ class RecordStore(StoreCore):
         score: float,
         comment: str | None = None,
         api_key_id: str | None = None,
+        label: str | None = None,
     ) -> Feedback:
         """Record ``tenant``'s verdict on one of its inference records; the latest one wins.
 
-        ``score`` is in [-1, 1]. A record of another tenant is NotFound exactly
+        ``score`` is in [-1, 1]; ``label`` is a person's correct answer or class for the
+        request (at most 500 characters). A record of another tenant is NotFound exactly
         like a missing one.
         """
         if math.isnan(score) or not -1.0 <= score <= 1.0:
             raise ConfigError(
                 f"feedback score {score} is out of range: use a number from -1 to 1", param="score"
+            )
+        if label is not None and len(label) > FEEDBACK_LABEL_MAX:
+            raise ConfigError(
+                f"feedback label of {len(label)} characters: at most {FEEDBACK_LABEL_MAX}",
+                param="label",
             )
         with self._write(f"record feedback on {record_id!r}") as s:
             trow = tenant_row(s, tenant)
@@ -199,13 +208,14 @@ class RecordStore(StoreCore):
                     api_key_id=api_key_id,
                     score=score,
                     comment=comment,
+                    label=label,
                     created_at=now,
                     updated_at=now,
                 )
                 s.add(row)
             else:
-                row.score, row.comment, row.api_key_id, row.updated_at = (
-                    score, comment, api_key_id, now,
+                row.score, row.comment, row.label, row.api_key_id, row.updated_at = (
+                    score, comment, label, api_key_id, now,
                 )  # fmt: skip
             s.flush()
             return to_feedback(s, row, record, trow.name)
@@ -324,7 +334,7 @@ class RecordStore(StoreCore):
         text: bool = True,
         job_id: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Records with their features, tenant name, version ref and feedback score, as dicts.
+        """Records with their features, tenant name, version ref, feedback score and label.
 
         ``since`` is inclusive, ``until`` exclusive; ``status`` is one of
         ``ok|error|cancelled|timeout|running``; ``text=False`` leaves out prompt, response
@@ -339,7 +349,7 @@ class RecordStore(StoreCore):
         names = [c for c in _RECORD_COLUMNS if text or c not in ("prompt", "response", "error")]
         columns: list[Any] = [getattr(r, c) for c in names]
         columns += [getattr(f, c) for c in FEATURE_COLUMNS]
-        columns += [fb.score.label("feedback_score")]
+        columns += [fb.score.label("feedback_score"), fb.label.label("feedback_label")]
         if embeddings:
             columns.append(f.embedding)
         query = (

@@ -398,6 +398,7 @@ class FeedbackRow(Base):
     api_key_id: Mapped[str | None] = mapped_column(String(32))
     score: Mapped[float] = mapped_column(Float)
     comment: Mapped[str | None] = mapped_column(Text)
+    label: Mapped[str | None] = mapped_column(String(500))  # a person's correct answer (0015)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 

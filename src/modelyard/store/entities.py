@@ -389,6 +389,7 @@ class Feedback:
     api_key_id: str | None
     created_at: datetime
     updated_at: datetime
+    label: str | None = None  # a person's correct answer or class for the request
 
 
 @dataclass(frozen=True)
