@@ -280,7 +280,7 @@ def test_no_input_makes_a_server_error(world: World) -> None:
     assert len(operations) >= 20
     headers = {"Authorization": f"Bearer {world.tokens['ops']}"}
     for operation in operations:
-        with_body = operation.method.upper() in ("PUT", "PATCH") or operation.path[-7:] == "rollout"
+        with_body = bool(operation.get_request_payload_content_types())
         modes = [GenerationMode.POSITIVE] + ([GenerationMode.NEGATIVE] if with_body else [])
         for mode in modes:
 

@@ -1,16 +1,26 @@
-"""Audit routes: the log with filters, the chain's verification, and who is calling."""
+"""Audit routes: the log with filters, the chain's verification, its export for auditors,
+and who is calling."""
 
 from __future__ import annotations
 
+import io
+from collections.abc import Iterator
 from datetime import datetime
-from typing import Any
+from itertools import islice
+from typing import Any, Literal
 
 from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
 
 from modelyard.admin._auth import Acting
 from modelyard.admin._encode import jsonable
+from modelyard.admin._params import utc
+from modelyard.audit import AuditEvent, write_events
 
 router = APIRouter(tags=["audit"])
+
+EXPORT_PAGE = 1000  # events per chunk of an export
+MEDIA_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
 
 
 @router.get("/whoami", summary="The authenticated actor, its role and the token's scopes")
@@ -35,7 +45,7 @@ def audit_events(
     limit: int = Query(50, ge=1, le=1000),
 ) -> list[dict[str, Any]]:
     events = caller.store.list_audit_events(
-        since=since, action=action, subject=subject, actor=actor, limit=limit
+        since=utc(since, "since"), action=action, subject=subject, actor=actor, limit=limit
     )
     return [jsonable(e) for e in events]
 
@@ -46,6 +56,41 @@ def audit_verify(
     head: str | None = Query(None, max_length=200, description="SEQ:HASH kept outside the store."),
 ) -> dict[str, Any]:
     return jsonable(caller.store.verify_audit_chain(head))  # type: ignore[no-any-return]
+
+
+def _chunks(
+    first: list[AuditEvent], rest: Iterator[AuditEvent], fmt: Literal["jsonl", "csv"]
+) -> Iterator[str]:
+    """``write_events``' output, a page of events at a time (a CSV's header once)."""
+    page, header = first, True
+    while header or page:
+        buffer = io.StringIO()
+        write_events(page, fmt, buffer)
+        text = buffer.getvalue()
+        yield text if header or fmt == "jsonl" else text.partition("\n")[2]
+        header = False
+        page = list(islice(rest, EXPORT_PAGE))
+
+
+@router.get(
+    "/audit/export",
+    summary="Export events with their hashes for auditors, as modelyard audit export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()},
+                     "description": "JSON Lines (one event a line) or CSV"}},
+)  # fmt: skip
+def audit_export(
+    caller: Acting,
+    format: Literal["jsonl", "csv"] = Query("jsonl", description="jsonl or csv."),
+    since: datetime | None = Query(None, description="Only events at or after this time."),
+) -> StreamingResponse:
+    events = caller.store.iter_audit_events(since=utc(since, "since"), page=EXPORT_PAGE)
+    first = list(islice(events, EXPORT_PAGE))  # a store that fails, fails before the 200
+    return StreamingResponse(
+        _chunks(first, events, format),
+        media_type=MEDIA_TYPES[format],
+        headers={"Content-Disposition": f'attachment; filename="audit.{format}"'},
+    )
 
 
 __all__ = ["router"]

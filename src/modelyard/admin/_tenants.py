@@ -1,0 +1,227 @@
+"""Tenant and API key routes: tenants with their storage policy, retention and budgets;
+keys created (the secret shown once), listed (never a secret or its hash), revoked,
+rotated, and their rate limits. Changes call the ``access`` and store functions the
+CLI's ``tenants``, ``keys`` and ``budgets`` commands call."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
+
+from fastapi import APIRouter, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
+
+from modelyard.access import create_api_key, rotate_api_key
+from modelyard.admin._auth import Acting
+from modelyard.admin._encode import jsonable
+from modelyard.admin._params import duration
+from modelyard.errors import NotFound
+from modelyard.store import (
+    DEFAULT_STORAGE_POLICY,
+    ApiKey,
+    Budget,
+    StoragePolicy,
+    Store,
+    Tenant,
+    period_end,
+    period_start,
+)
+
+router = APIRouter(tags=["tenants and keys"])
+
+TenantName = Path(description="The tenant's name.", max_length=100)
+KeyId = Path(description="The key's id (not its secret).", max_length=64)
+TENANT_NAME = r"^[a-z0-9][a-z0-9._-]{0,62}$"  # store.check_name's rule
+KEY_LIFETIME = timedelta(days=10 * 366)
+Scope = Literal["infer", "feedback"]
+SCOPES: tuple[Scope, ...] = ("infer", "feedback")  # access.SCOPES
+
+
+class TenantBody(BaseModel):
+    """A tenant to create (audited: ``tenant.created``; role admin)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(pattern=TENANT_NAME, description="Lowercase letters, digits, '.', '_', '-'.")
+    storage_policy: StoragePolicy = Field(
+        default=DEFAULT_STORAGE_POLICY,
+        description="What inference records keep of prompts and responses (redacted: "
+        "personal data masked).",
+    )
+
+
+class KeyBody(BaseModel):
+    """A key to create for the tenant (audited: ``api_key.created``); its secret is in the
+    answer only."""
+
+    model_config = ConfigDict(extra="forbid")
+    scopes: list[Scope] = Field(
+        default_factory=lambda: list(SCOPES), min_length=1, max_length=2,
+        description="What the key may do: infer, feedback.",
+    )  # fmt: skip
+    expires_in: str | None = Field(
+        default=None, max_length=40, description="Lifetime such as 90d or 12h; none: never."
+    )
+    rpm_limit: int | None = Field(
+        default=None, ge=1, le=10**9, description="Requests/min; none: the server's default."
+    )
+    tpm_limit: int | None = Field(
+        default=None, ge=1, le=10**9, description="Tokens/min; none: the server's default."
+    )
+
+
+class RotateBody(BaseModel):
+    """How to replace the key: the old one keeps working for ``grace``, then expires."""
+
+    model_config = ConfigDict(extra="forbid")
+    grace: str = Field(default="24h", max_length=40, description="Such as 24h, 7d, or 0.")
+    expires_in: str | None = Field(
+        default=None, max_length=40, description="The new key's lifetime; none: the old one's."
+    )
+
+
+class LimitsBody(BaseModel):
+    """New rate limits; a field left out stays, ``null`` is the server's default."""
+
+    model_config = ConfigDict(extra="forbid")
+    rpm_limit: int | None = Field(default=None, ge=1, le=10**9)
+    tpm_limit: int | None = Field(default=None, ge=1, le=10**9)
+
+
+def key_json(key: ApiKey, now: datetime | None = None) -> dict[str, Any]:
+    """A key as ``keys list --json`` shows it (never its hash), and its state now."""
+    now = now or datetime.now(UTC)
+    out: dict[str, Any] = {k: v for k, v in jsonable(key).items() if k != "key_hash"}
+    expired = key.expires_at is not None and key.expires_at <= now
+    out["state"] = "revoked" if key.revoked_at else "expired" if expired else "active"
+    return out
+
+
+def budget_json(store: Store, budget: Budget, now: datetime) -> dict[str, Any]:
+    """A budget and what was spent in its current period, as ``budgets list --json``."""
+    spent = store.spent(budget.tenant, period_start(budget.period, now), key_id=budget.key_id)
+    return {
+        "tenant": budget.tenant,
+        "key_id": budget.key_id,
+        "period": budget.period,
+        "amount": budget.amount,
+        "spent": spent,
+        "used_percent": 100 * spent / budget.amount,
+        "renews_at": period_end(budget.period, now).isoformat(),
+        "updated_at": budget.updated_at.isoformat(),
+        "updated_by": budget.updated_by,
+    }
+
+
+def _tenant_json(
+    store: Store, tenant: Tenant, keys: list[ApiKey], budgets: list[Budget], now: datetime
+) -> dict[str, Any]:
+    retention = {p.tenant: p.raw_days for p in store.list_retention()}
+    mine = [key_json(k, now) for k in keys if k.tenant == tenant.name]
+    return {
+        **jsonable(tenant),
+        "retention_days": retention.get(tenant.name),
+        "keys": {"active": sum(k["state"] == "active" for k in mine), "total": len(mine)},
+        "budgets": [budget_json(store, b, now) for b in budgets if b.tenant == tenant.name],
+    }
+
+
+@router.get("/tenants", summary="List tenants with storage policy, retention and budgets")
+def list_tenants(caller: Acting) -> list[dict[str, Any]]:
+    store, now = caller.store, datetime.now(UTC)
+    keys, budgets = store.list_api_keys(), store.list_budgets()
+    return [_tenant_json(store, t, keys, budgets, now) for t in store.list_tenants()]
+
+
+@router.get("/tenants/{tenant}", summary="Show a tenant, its keys (no secrets) and budgets")
+def show_tenant(caller: Acting, tenant: str = TenantName) -> dict[str, Any]:
+    store, now = caller.store, datetime.now(UTC)
+    found = store.get_tenant(tenant)
+    keys = store.list_api_keys(tenant)
+    out = _tenant_json(store, found, keys, store.list_budgets(tenant), now)
+    out["key_list"] = [key_json(k, now) for k in keys]
+    return out
+
+
+@router.post("/tenants", summary="Create a tenant (audited)", status_code=201)
+def create_tenant(body: TenantBody, caller: Acting) -> dict[str, Any]:
+    made = caller.store.create_tenant(body.name, storage_policy=body.storage_policy)
+    return jsonable(made)  # type: ignore[no-any-return]
+
+
+@router.get("/keys", summary="List API keys (never their secrets)")
+def list_keys(
+    caller: Acting,
+    tenant: str | None = Query(None, max_length=100, description="Only this tenant's keys."),
+) -> list[dict[str, Any]]:
+    now = datetime.now(UTC)
+    return [key_json(k, now) for k in caller.store.list_api_keys(tenant)]
+
+
+@router.post(
+    "/tenants/{tenant}/keys",
+    summary="Create an API key; the secret is in this answer only (audited)",
+    status_code=201,
+)
+def create_key(body: KeyBody, caller: Acting, tenant: str = TenantName) -> dict[str, Any]:
+    lifetime = (
+        duration(body.expires_in, "expires_in", most=KEY_LIFETIME) if body.expires_in else None
+    )
+    key, secret = create_api_key(
+        caller.store, tenant, scopes=body.scopes, expires_in=lifetime,
+        rpm_limit=body.rpm_limit, tpm_limit=body.tpm_limit,
+    )  # fmt: skip
+    return {**key_json(key), "key": secret}
+
+
+@router.post("/keys/{key_id}/revoke", summary="Revoke an API key (audited)")
+def revoke_key(caller: Acting, key_id: str = KeyId) -> dict[str, Any]:
+    return key_json(caller.store.revoke_api_key(key_id))
+
+
+@router.post(
+    "/keys/{key_id}/rotate",
+    summary="Replace an API key by a new one, shown once; the old one works for the grace "
+    "period (audited)",
+    status_code=201,
+)
+def rotate_key(
+    caller: Acting, key_id: str = KeyId, body: RotateBody | None = None
+) -> dict[str, Any]:
+    body = body or RotateBody()
+    grace = duration(body.grace, "grace", allow_zero=True)
+    lifetime = (
+        duration(body.expires_in, "expires_in", most=KEY_LIFETIME) if body.expires_in else None
+    )
+    key, secret = rotate_api_key(caller.store, key_id, grace, expires_in=lifetime)
+    old = caller.store.get_api_key(key_id)
+    return {
+        **key_json(key),
+        "key": secret,
+        "rotated_from": key_id,
+        "old_expires_at": jsonable(old.expires_at) if old else None,
+    }
+
+
+@router.patch("/keys/{key_id}/limits", summary="Change an API key's rate limits (audited)")
+def set_limits(body: LimitsBody, caller: Acting, key_id: str = KeyId) -> dict[str, Any]:
+    key = caller.store.get_api_key(key_id)
+    if key is None:
+        raise NotFound(f"no API key with id {key_id!r}", hint="See GET /keys.")
+    given = body.model_fields_set
+    changed = caller.store.set_api_key_limits(
+        key_id,
+        rpm_limit=body.rpm_limit if "rpm_limit" in given else key.rpm_limit,
+        tpm_limit=body.tpm_limit if "tpm_limit" in given else key.tpm_limit,
+    )
+    return key_json(changed)
+
+
+@router.get("/budgets", summary="Budgets with what was spent in their current period")
+def list_budgets(
+    caller: Acting, tenant: str | None = Query(None, max_length=100)
+) -> list[dict[str, Any]]:
+    now = datetime.now(UTC)
+    return [budget_json(caller.store, b, now) for b in caller.store.list_budgets(tenant)]
+
+
+__all__ = ["budget_json", "key_json", "router"]
