@@ -9,22 +9,39 @@ and MODELYARD_HOME at an empty directory where no store may appear).
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 import shlex
-import ssl
+import socket
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 
 from modelyard.access import create_actor_token
 from modelyard.admin import ADMIN_PREFIX, create_admin_app
 from modelyard.audit import AccessPolicy
 from modelyard.cli import main
-from modelyard.cli._remote import ADMIN_PATH, AdminClient, Remote
-from modelyard.errors import AuthError, ConfigError, PermissionDenied
+from modelyard.cli._remote import ADMIN_PATH, AdminClient, Remote, error_of
+from modelyard.errors import (
+    AuthError,
+    ConfigError,
+    Conflict,
+    EndpointNotFound,
+    MissingScope,
+    ModelVersionNotFound,
+    ModelyardError,
+    PermissionDenied,
+    status_of,
+)
 from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.store import NewInferenceRecord, Store
 from worlds import fake_world, gate_metrics
@@ -146,3 +163,303 @@ def test_reads_print_what_the_database_prints(
     there = remote(world, monkeypatch, capsys, line, who="viv")
     assert here.code == 0, here
     assert (there.code, there.out, there.err) == (here.code, here.out, here.err)
+
+
+def test_changes_go_through_the_server_as_the_token_s_person(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def both(line: str, who: str = "dev") -> tuple[Ran, Ran]:
+        there = remote(world, monkeypatch, capsys, line, who=who)
+        here = local(world, monkeypatch, capsys, f"--actor {who} {line}")
+        return there, here
+
+    # each change printed as on the database (run again there: the same answer)
+    for line in (
+        "registry tag bot:1 team=support --json",
+        "registry tag bot:1 --remove team",
+        "registry alias bot staging 3",
+        "endpoints set-traffic support 1=90 2=10",
+    ):
+        there, here = both(line)
+        assert there.code == 0 and (there.out, there.err) == (here.out, here.err), line
+    there = remote(world, monkeypatch, capsys, "registry unalias bot staging", who="dev")
+    assert (there.code, there.out.strip()) == (0, "removed bot@staging (it pointed to bot:3)")
+    # refusals: the same line and exit code as on the database
+    for line in ("registry unalias bot staging", "registry archive bot 1",
+                 "registry show bot@nope", "registry show nobody", "registry lineage bot:9",
+                 "registry tag bot:1 notatag", "endpoints set-traffic support 1=50 2=40",
+                 "registry alias bot champion 4"):  # fmt: skip
+        there, here = both(line)
+        assert here.code != 0 and "Traceback" not in here.err, (line, here)
+        assert (there.code, there.out, there.err) == (here.code, here.out, here.err), line
+    archived = remote(world, monkeypatch, capsys, "registry archive bot 3", who="dev")
+    assert (archived.code, archived.out.strip()) == (0, "archived bot:3")
+    # the audit chain names the person the token was made for
+    events = world.store.list_audit_events(actor="dev", limit=None)
+    actions = {e.action for e in events}
+    assert {"alias.set", "alias.deleted", "endpoint.traffic_set"} <= actions, actions
+    assert "model_version.archived" in actions
+    log = remote(world, monkeypatch, capsys, "audit log --by dev --action alias.* --json")
+    assert log.code == 0 and {e["actor"] for e in json.loads(log.out)} == {"dev"}
+
+
+def test_a_viewer_gets_the_usual_permission_error(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for line in ("registry alias bot staging 3", "registry tag bot:1 a=b",
+                 "endpoints set-traffic support 1=50 2=50",
+                 "rollout start support --to bot:2"):  # fmt: skip
+        there = remote(world, monkeypatch, capsys, line, who="viv")
+        here = local(world, monkeypatch, capsys, f"--actor viv {line}")
+        assert here.code == 1 and "viewer" in here.err, here
+        assert (there.code, there.out, there.err) == (here.code, here.out, here.err), line
+    denied = world.store.list_audit_events(action="permission.denied", actor="viv", limit=None)
+    assert len(denied) == 8  # each refused twice: through the server and on the database
+    refused = _error(world, "viv", "PUT", "/endpoints/support/traffic", {"weights": {"1": 100}})
+    assert isinstance(refused, PermissionDenied)
+
+
+def _error(world: World, who: str, method: str, path: str, body: object) -> Exception:
+    remote_ = Remote(world.url, world.url + ADMIN_PATH, world.tokens[who], "test", True)
+    client = AdminClient(remote_)
+    try:
+        client.send(method, path, body=body)
+    except Exception as exc:
+        return exc
+    finally:
+        client.close()
+    raise AssertionError("no error")
+
+
+def test_a_bad_or_missing_token_is_one_clear_line(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    bad = remote(world, monkeypatch, capsys, "registry list", who="myp_nope_nope")
+    assert bad.code == 1 and bad.out == ""
+    assert bad.err.count("\n") == 1 and bad.err.startswith("error: ")
+    assert "access token" in bad.err and "MODELYARD_TOKEN" in bad.err, bad.err
+    key = remote(world, monkeypatch, capsys, "registry list", who=world.tokens["viv"][:-1] + "x")
+    assert key.code == 1 and "refused the token from MODELYARD_TOKEN" in key.err
+    assert "mistyped" in key.err and key.err.count("\n") == 1
+    nothing = remote(world, monkeypatch, capsys, "registry list", who=" ",
+                     XDG_CONFIG_HOME=str(tmp_path / "no-config"))  # fmt: skip
+    assert nothing.code == 2 and "no token says who you are" in nothing.err
+    # the token from a file (a mounted secret), when MODELYARD_TOKEN is not set
+    secret = tmp_path / "token"
+    secret.write_text(world.tokens["viv"] + "\n")
+    filed = remote(world, monkeypatch, capsys, "registry list --json", who=" ",
+                   MODELYARD_TOKEN_FILE=str(secret))  # fmt: skip
+    assert filed.code == 0 and json.loads(filed.out)[0]["name"] == "bot"
+    read_only = create_actor_token(world.store, "dev", scopes=["read"])[1]
+    scoped = remote(world, monkeypatch, capsys, "registry tag bot:1 a=b", who=read_only)
+    assert scoped.code == 1 and "needs scope write" in scoped.err
+    assert isinstance(_error(world, "viv", "GET", "/models/bot/versions/9", None),
+                      ModelVersionNotFound)  # fmt: skip
+    no_route = _error(world, "viv", "GET", "/whoami/nothing", None)
+    assert isinstance(no_route, ConfigError) and "no admin API route" in str(no_route)
+
+
+@pytest.mark.parametrize(
+    "line",
+    ["endpoints show support", "endpoints create x --model bot:1 --shared", "tenants list",
+     "rollout compare support", "audit head", "tokens list", "servers list",
+     "endpoints set-traffic support 1=100 --shadow 2", "endpoints set-traffic support --no-shadow",
+     "registry export bot:1 --out x"],
+)  # fmt: skip
+def test_commands_without_a_route_say_they_need_the_database(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], line: str
+) -> None:
+    ran = remote(world, monkeypatch, capsys, line)
+    assert ran.code == 2 and ran.err.count("\n") == 1, ran
+    assert "database only" in ran.err and "MODELYARD_URL" in ran.err, ran.err
+    assert world.store.get_endpoint("support").shadow_version is None
+
+
+def test_actor_does_not_apply_through_a_server(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ran = remote(world, monkeypatch, capsys, "--actor dana registry alias bot champion 3")
+    assert ran.code == 2 and "--actor does not apply" in ran.err
+    assert world.store.get_registered_model("bot").aliases["champion"] == 2
+
+
+def _no_elapsed(text: str) -> str:
+    return re.sub(r"\d+s of ", "Ns of ", text)
+
+
+def test_a_rollout_through_the_server(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def status_both(*flags: str) -> tuple[Ran, Ran]:
+        line = " ".join(["rollout status support", *flags])
+        return (remote(world, monkeypatch, capsys, line, who="viv"),
+                local(world, monkeypatch, capsys, line))  # fmt: skip
+
+    line = "rollout start support --to bot:2 --steps 50,100 --bake 1h --min-requests 5 --json"
+    start = remote(world, monkeypatch, capsys, f'{line} --guard "error_rate <= 0.05"', who="dev")
+    assert start.code == 0, start
+    there, here = status_both("--json")
+    assert json.loads(start.out) == json.loads(here.out) == json.loads(there.out)
+    assert local(world, monkeypatch, capsys, "controller --once").code == 0  # preparing → baking
+    v2 = world.store.get_model_version("bot", 2).id
+    world.store.add_inference_records(
+        NewInferenceRecord(id=f"cmpl-{i}", endpoint_name="support", route="completions",
+                           latency_ms=9.0, status="ok", http_status=200, version_id=v2)
+        for i in range(3)
+    )  # fmt: skip
+    there, here = status_both()
+    assert there.code == 0 and "pending" in there.out and "3 requests" in there.out
+    assert _no_elapsed(there.out) == _no_elapsed(here.out)
+    there, here = status_both("--json")
+    theirs, ours = json.loads(there.out), json.loads(here.out)
+    assert theirs["current"].pop("elapsed_s") >= 0 and ours["current"].pop("elapsed_s") >= 0
+    assert theirs == ours and theirs["current"]["requests"] == 3
+    for verb in ("pause", "resume", "promote"):
+        ran = remote(world, monkeypatch, capsys, f"rollout {verb} support", who="dev")
+        assert ran.code == 0 and ran.out.startswith(f"{verb}d support → bot:2"), ran
+    assert "succeeded, all traffic on bot:2" in ran.out
+    again = remote(world, monkeypatch, capsys, "rollout promote support", who="dev")
+    ours_again = local(world, monkeypatch, capsys, "--actor dev rollout promote support")
+    assert again.code == ours_again.code == 1 and again.err == ours_again.err  # none active
+    # a second one, aborted with a reason; the gates of bot:4 never ran: refused alike
+    started = remote(world, monkeypatch, capsys, "rollout start support --to bot:3", who="dev")
+    assert started.code == 0 and started.out.startswith("started rollout ")
+    aborted = remote(world, monkeypatch, capsys, 'rollout abort support --reason "wrong data"',
+                     who="dev")  # fmt: skip
+    assert aborted.code == 0 and "aborted: wrong data" in aborted.out, aborted
+    there, here = status_both()
+    assert there.code == 0 and there.out == here.out and "wrong data" in there.out
+    line = "rollout start support --to bot:4"
+    gated = remote(world, monkeypatch, capsys, line, who="dev")
+    ours = local(world, monkeypatch, capsys, f"--actor dev {line}")
+    assert (gated.code, gated.err) == (ours.code, ours.err) and gated.code != 0
+    bad = remote(world, monkeypatch, capsys, 'rollout start support --to bot:3 --guard "p95 < 3"')
+    assert bad.code == 2 and "unknown metric 'p95'" in bad.err
+    assert {r.created_by for r in world.store.list_rollouts(endpoint="support")} == {"dev"}
+
+
+# -- where the server is, and how the token travels ------------------------------------------
+
+
+def test_the_token_never_crosses_a_network_in_clear_text(tmp_path: Path) -> None:
+    token = {"MODELYARD_TOKEN": "myp_x"}
+    for url in ("http://10.0.0.5:8000", "http://modelyard.example.com"):
+        with pytest.raises(ConfigError, match="plain http to another machine"):
+            Remote.from_env({"MODELYARD_URL": url, **token})
+    allowed = Remote.from_env(
+        {"MODELYARD_URL": "http://10.0.0.5:8000/", "MODELYARD_ALLOW_PLAIN_HTTP": "1", **token}
+    )
+    assert allowed.api == "http://10.0.0.5:8000" + ADMIN_PATH == "http://10.0.0.5:8000/admin/v1"
+    for url in ("http://127.0.0.1:8000", "http://localhost:8000", "http://[::1]:8000"):
+        assert Remote.from_env({"MODELYARD_URL": url, **token}).verify is True
+    for url in ("ftp://x", "modelyard.example.com", "https://"):
+        with pytest.raises(ConfigError, match="invalid MODELYARD_URL"):
+            Remote.from_env({"MODELYARD_URL": url, **token})
+    with pytest.raises(ConfigError, match="cannot load the CA bundle"):
+        Remote.from_env({"MODELYARD_URL": "https://x", "SSL_CERT_FILE": str(tmp_path), **token})
+    # MODELYARD_TOKEN first, then MODELYARD_TOKEN_FILE, then the default file
+    (tmp_path / "modelyard").mkdir()
+    (tmp_path / "modelyard" / "token").write_text("myp_default\n")
+    base = {"MODELYARD_URL": "https://x", "XDG_CONFIG_HOME": str(tmp_path)}
+    assert Remote.from_env(base).token == "myp_default"
+    (tmp_path / "named").write_text("myp_named")
+    named = Remote.from_env({**base, "MODELYARD_TOKEN_FILE": str(tmp_path / "named")})
+    assert (named.token, named.token_source) == ("myp_named", str(tmp_path / "named"))
+    assert Remote.from_env({**base, **token}).token_source == "MODELYARD_TOKEN"
+    with pytest.raises(ConfigError, match="cannot read the token file"):
+        Remote.from_env({**base, "MODELYARD_TOKEN_FILE": str(tmp_path / "missing")})
+
+
+def test_error_answers_map_to_the_store_s_errors() -> None:
+    remote_ = Remote("http://127.0.0.1:1", "http://127.0.0.1:1/admin/v1", "t", "test", True)
+
+    def of(status: int, code: str | None, message: str = "m") -> Exception:
+        body = {"error": {"message": message, "type": "x", "code": code, "param": None}}
+        return error_of(httpx.Response(status, json=body), remote_, "GET /x")
+
+    assert type(of(404, "endpoint_not_found")) is EndpointNotFound
+    assert type(of(403, "missing_scope")) is MissingScope
+    assert type(of(409, None)) is Conflict and type(of(422, None)) is ConfigError
+    assert type(of(400, "invalid_request")) is ConfigError
+    assert type(of(429, "rate_limit_exceeded")) is ModelyardError  # needs more than a line
+    assert type(of(401, "unauthorized", "no")) is AuthError
+    refused = "http://127.0.0.1:1 refused the token from test: no"
+    assert str(of(401, "unauthorized", "no")) == refused
+    assert status_of(of(404, "base_model_not_found")).exit_code == 2  # as on the database
+    proxy = error_of(httpx.Response(502, text="<html>bad gateway</html>"), remote_, "GET /x")
+    assert "answered 502 to GET /x, not an admin API answer" in str(proxy)
+
+
+def _certificates(tmp: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a certificate it signed for 127.0.0.1: (ca.pem, cert.pem, key.pem)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.now(UTC)
+
+    def cert(subject: str, key: Any, issuer: str, signer: Any, ca: bool) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - timedelta(minutes=5))
+            .not_valid_after(now + timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            san = x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))])
+            builder = builder.add_extension(san, critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    paths = tmp / "ca.pem", tmp / "cert.pem", tmp / "key.pem"
+    pem = serialization.Encoding.PEM
+    paths[0].write_bytes(cert("test CA", ca_key, "test CA", ca_key, True).public_bytes(pem))
+    paths[1].write_bytes(cert("127.0.0.1", key, "test CA", ca_key, False).public_bytes(pem))
+    paths[2].write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
+
+
+def test_https_with_a_private_ca(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    ca, cert, key = _certificates(tmp_path)
+    app = create_app(
+        world.store, EchoEngine(), heartbeat_s=None,
+        mounts={ADMIN_PREFIX: create_admin_app(world.store)},
+    )  # fmt: skip
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(app, log_level="warning", ssl_certfile=str(cert), ssl_keyfile=str(key))
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        while not server.started:
+            assert thread.is_alive()
+            time.sleep(0.02)
+        url = f"https://127.0.0.1:{sock.getsockname()[1]}"
+        monkeypatch.setattr(world, "url", url)
+        untrusted = remote(world, monkeypatch, capsys, "registry list", who="viv",
+                           MODELYARD_CA_BUNDLE="")  # fmt: skip
+        assert untrusted.code == 2 and "is not trusted" in untrusted.err, untrusted
+        assert "MODELYARD_CA_BUNDLE" in untrusted.err and untrusted.err.count("\n") == 1
+        trusted = remote(world, monkeypatch, capsys, "registry list", who="viv",
+                         MODELYARD_CA_BUNDLE=str(ca))  # fmt: skip
+        assert trusted.code == 0, trusted
+        assert trusted.out == local(world, monkeypatch, capsys, "registry list").out
+        via_ssl_env = remote(world, monkeypatch, capsys, "endpoints list", who="viv",
+                             SSL_CERT_FILE=str(ca), REQUESTS_CA_BUNDLE="")  # fmt: skip
+        assert via_ssl_env.code == 0 and "support" in via_ssl_env.out
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        sock.close()

@@ -272,7 +272,7 @@ def error_of(response: httpx.Response, remote: Remote, request: str) -> Modelyar
     if cls is None:
         cls = _BY_STATUS.get(status, ModelyardError)
     if status == 401:
-        message = f"{message.rstrip('.')} (the token from {remote.token_source}, for {remote.url})"
+        message = f"{remote.url} refused the token from {remote.token_source}: {message}"
     return _make(cls, message)
 
 
