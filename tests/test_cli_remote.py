@@ -315,10 +315,15 @@ def test_a_rollout_through_the_server(
     theirs, ours = json.loads(there.out), json.loads(here.out)
     assert theirs["current"].pop("elapsed_s") >= 0 and ours["current"].pop("elapsed_s") >= 0
     assert theirs == ours and theirs["current"]["requests"] == 3
+    line = "rollout wait support --timeout 1s --poll 0.2"
+    timed_out = remote(world, monkeypatch, capsys, line, who="viv")
+    assert timed_out.code == 3 and "timed out after 1s" in timed_out.err, timed_out
     for verb in ("pause", "resume", "promote"):
         ran = remote(world, monkeypatch, capsys, f"rollout {verb} support", who="dev")
         assert ran.code == 0 and ran.out.startswith(f"{verb}d support → bot:2"), ran
     assert "succeeded, all traffic on bot:2" in ran.out
+    waited = remote(world, monkeypatch, capsys, "rollout wait support --json", who="viv")
+    assert waited.code == 0 and json.loads(waited.out)["status"] == "succeeded"
     again = remote(world, monkeypatch, capsys, "rollout promote support", who="dev")
     ours_again = local(world, monkeypatch, capsys, "--actor dev rollout promote support")
     assert again.code == ours_again.code == 1 and again.err == ours_again.err  # none active
@@ -330,6 +335,10 @@ def test_a_rollout_through_the_server(
     assert aborted.code == 0 and "aborted: wrong data" in aborted.out, aborted
     there, here = status_both()
     assert there.code == 0 and there.out == here.out and "wrong data" in there.out
+    waited = remote(world, monkeypatch, capsys, "rollout wait support --timeout 5s", who="viv")
+    ours = local(world, monkeypatch, capsys, "rollout wait support --timeout 5s")
+    assert waited.code == ours.code == 1 and (waited.out, waited.err) == (ours.out, ours.err)
+    assert "ended aborted (wrong data)" in waited.err
     line = "rollout start support --to bot:4"
     gated = remote(world, monkeypatch, capsys, line, who="dev")
     ours = local(world, monkeypatch, capsys, f"--actor dev {line}")

@@ -114,7 +114,7 @@ def refuse_remote() -> None:
         hint=f"Unset {URL_ENV} to run it here with the database's settings (MODELYARD_HOME "
         "or MODELYARD_STORE_URL). Through the server: registry list|show|lineage|card|alias|"
         "unalias|archive|tag, endpoints list|set-traffic, rollout start|status|promote|abort|"
-        "pause|resume, audit log|verify.",
+        "pause|resume|wait, audit log|verify.",
     )
 
 

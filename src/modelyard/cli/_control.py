@@ -4,7 +4,7 @@ admin API (``_remote_plane.RemotePlane``), both with the store's entities."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -74,6 +74,10 @@ class ControlPlane(Protocol):
     def abort_rollout(self, endpoint: str, reason: str | None = None) -> Rollout: ...
     def pause_rollout(self, endpoint: str) -> Rollout: ...
     def resume_rollout(self, endpoint: str) -> Rollout: ...
+    def wait_rollout(
+        self, endpoint: str, *, timeout_s: float, poll_s: float,
+        on_change: Callable[[Rollout], None] | None,
+    ) -> tuple[Rollout, bool]: ...  # fmt: skip
 
     # audit
     def list_audit_events(

@@ -221,16 +221,15 @@ def wait(
     """Wait for the endpoint's rollout to end: exit 0 when it succeeded, 1 when it was
     rolled back or aborted (``RolloutFailed``), 3 on timeout (``RolloutTimedOut``); a CI
     pipeline can gate on it."""
-    from modelyard.delivery import wait_rollout
     from modelyard.errors import RolloutFailed, RolloutTimedOut
 
     def moved(r: Rollout) -> None:  # a line on stderr each time the rollout moves
         if r.active:
             err_console.print(f"{datetime.now():%H:%M:%S} {progress(r)}")
 
-    with open_store() as store:
-        r, timed_out = wait_rollout(
-            store, endpoint, timeout_s=seconds(timeout, "--timeout"), poll_s=poll,
+    with open_plane() as plane:
+        r, timed_out = plane.wait_rollout(
+            endpoint, timeout_s=seconds(timeout, "--timeout"), poll_s=poll,
             on_change=None if json_out else moved,
         )  # fmt: skip
     if json_out:

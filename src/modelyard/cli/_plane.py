@@ -11,7 +11,7 @@ has no route for keep ``open_store()``, which refuses to run while MODELYARD_URL
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 
@@ -138,6 +138,16 @@ class LocalPlane:
         from modelyard.delivery import resume_rollout
 
         return resume_rollout(self.store, endpoint)
+
+    def wait_rollout(
+        self, endpoint: str, *, timeout_s: float, poll_s: float,
+        on_change: Callable[[Rollout], None] | None,
+    ) -> tuple[Rollout, bool]:  # fmt: skip
+        from modelyard.delivery import wait_rollout
+
+        return wait_rollout(
+            self.store, endpoint, timeout_s=timeout_s, poll_s=poll_s, on_change=on_change
+        )
 
     def list_audit_events(
         self, *, since: datetime | None = None, action: str | None = None,

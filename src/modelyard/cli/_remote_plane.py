@@ -9,7 +9,8 @@ policy) is checked here the same way before anything is sent.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any
@@ -183,6 +184,25 @@ class RemotePlane:
 
     def resume_rollout(self, endpoint: str) -> Rollout:
         return self._rollout(_rollout_path(endpoint) + "/resume")
+
+    def wait_rollout(
+        self, endpoint: str, *, timeout_s: float, poll_s: float,
+        on_change: Callable[[Rollout], None] | None,
+    ) -> tuple[Rollout, bool]:  # fmt: skip
+        """``delivery.wait_rollout`` through the server: its latest rollout every ``poll_s``
+        until it ends (False) or ``timeout_s`` passes (True)."""
+        deadline = time.monotonic() + timeout_s
+        seen: tuple[str, str, int] | None = None
+        while True:
+            r = self.latest_rollout(endpoint)
+            if on_change is not None and (r.status, r.phase, r.step_index) != seen:
+                seen = (r.status, r.phase, r.step_index)
+                on_change(r)
+            if not r.active:
+                return r, False
+            if time.monotonic() >= deadline:
+                return r, True
+            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
 
     def _rollout(self, path: str, body: Any = None) -> Rollout:
         return decode(Rollout, self.client.send("POST", path, body=body))
