@@ -4,13 +4,15 @@
 ``FORMATS`` (``read_rows``: any rows, no format); ``validate_rows`` checks it
 and returns a ``ValidationReport``; ``split_rows`` makes a reproducible
 train/eval split. ``render_prompt`` is the single place where a row becomes a
-prompt, for both training and evaluation;
+prompt, for both training and evaluation, and ``row_from_prompt`` turns a rendered
+prompt and an answer back into a row (inference records into training data);
 ``synthetic_domain`` and ``domain_corpus`` produce the deterministic toy data
 the quickstart trains on.
 """
 
 from modelyard.data._formats import FORMATS, REQUIRED_FIELDS, DataFormat, as_text, get_format
 from modelyard.data._io import FILE_TYPES, load_rows, read_rows, write_jsonl
+from modelyard.data._parse import TEMPLATE_FORMATS, parse_prompt, row_from_prompt
 from modelyard.data._pii import PHONE_REGIONS, PII_KINDS, PII_LABELS, PiiMatch, find_pii, redact_pii
 from modelyard.data._prompt import PROMPT_TEMPLATE_NAME, render_prompt, response_of
 from modelyard.data._split import split_rows
@@ -44,6 +46,7 @@ __all__ = [
     "REQUIRED_FIELDS",
     "RULES",
     "TEMPLATES",
+    "TEMPLATE_FORMATS",
     "DataFormat",
     "FieldProblem",
     "Labels",
@@ -60,10 +63,12 @@ __all__ = [
     "find_pii",
     "get_format",
     "load_rows",
+    "parse_prompt",
     "read_rows",
     "redact_pii",
     "render_prompt",
     "response_of",
+    "row_from_prompt",
     "split_rows",
     "synthetic_domain",
     "template_for",

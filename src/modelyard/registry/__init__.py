@@ -7,6 +7,8 @@ package owns what works on a version as a whole:
 - its lineage: ``lineage_record`` (the one place a version's lineage is built,
   for trained and imported versions), ``ensure_base_model`` (a base with its
   weight hashes), ``lineage_chain`` (a version and its parents);
+- its data: ``store_dataset`` / ``dataset_rows`` (a dataset version as canonical JSONL
+  in the artifact store) and ``records_origin`` (the inference records rows came from);
 - its prompt template: ``template_name`` / ``version_template`` (the one
   decision of how a version renders prompts; ``DEFAULT_TEMPLATE`` for versions
   that predate the record);
@@ -20,6 +22,14 @@ package owns what works on a version as a whole:
 """
 
 from modelyard.registry._card import model_card, version_card
+from modelyard.registry._datasets import (
+    RECORDS_SOURCE,
+    canonical_jsonl,
+    dataset_rows,
+    records_origin,
+    rows_digest,
+    store_dataset,
+)
 from modelyard.registry._history import MAX_DEPTH, LineageNode, lineage_chain
 from modelyard.registry._lineage import ensure_base_model, environment, git_commit, lineage_record
 from modelyard.registry._orphans import (
@@ -56,11 +66,14 @@ from modelyard.registry._versions import (
 __all__ = [
     "DEFAULT_TEMPLATE",
     "MAX_DEPTH",
+    "RECORDS_SOURCE",
     "SPEC_FILE",
     "UPSTREAM_TEMPLATE",
     "ImportResult",
     "LineageNode",
     "UpstreamSpec",
+    "canonical_jsonl",
+    "dataset_rows",
     "discard_unreferenced",
     "drop_if_empty",
     "ensure_base_model",
@@ -76,8 +89,11 @@ __all__ = [
     "load_version_model",
     "model_card",
     "parse_tags",
+    "records_origin",
     "referenced_digests",
     "register_upstream",
+    "rows_digest",
+    "store_dataset",
     "tag_version",
     "template_name",
     "upstream_base_name",
