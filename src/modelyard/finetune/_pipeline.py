@@ -47,8 +47,11 @@ from modelyard.registry import (
     environment,
     lineage_record,
     load_version_model,
+    records_origin,
+    rows_digest,
+    store_dataset,
 )
-from modelyard.store import DatasetVersion, Store, VersionKind
+from modelyard.store import Store, VersionKind
 from modelyard.training import TrainResult, last_checkpoint, train_model
 
 UpdateFn = Callable[[int, int, str], None]
@@ -72,6 +75,7 @@ class Prepared:
     eval_rows: list[dict[str, Any]]
     report: dict[str, Any]
     base_dir: Path
+    source_digest: str  # of every row of data.train, before the split (its lineage)
 
 
 @dataclass
@@ -229,39 +233,11 @@ def prepare(config: FinetuneConfig) -> Prepared:
             hint="Raise data.max_seq_len or shorten those rows.",
             field="data.max_seq_len",
         )
-    return Prepared(config, template, train_rows, eval_rows, report.to_dict(), base_dir)
+    digest = rows_digest(rows)  # all of data.train: what `data from-records` registered
+    return Prepared(config, template, train_rows, eval_rows, report.to_dict(), base_dir, digest)
 
 
 # -- stored inputs ---------------------------------------------------------------------------
-
-
-def _canonical_jsonl(rows: Sequence[Mapping[str, Any]]) -> bytes:
-    lines = (json.dumps(dict(r), sort_keys=True, ensure_ascii=False) for r in rows)
-    return "".join(line + "\n" for line in lines).encode("utf-8")
-
-
-def _store_dataset(
-    store: Store,
-    artifacts: ArtifactStore,
-    name: str,
-    rows: Sequence[Mapping[str, Any]],
-    data_format: str,
-    report: Mapping[str, Any],
-) -> DatasetVersion:
-    """A content-hashed dataset version: canonical JSONL in artifacts, its report in the store."""
-    data = _canonical_jsonl(rows)
-    with tempfile.TemporaryDirectory(prefix="modelyard-data-") as tmp:
-        path = Path(tmp) / f"{name}.jsonl"
-        path.write_bytes(data)
-        blob = artifacts.put_file(path, kind="dataset")
-    return store.register_dataset(
-        name,
-        digest=hashlib.sha256(data).hexdigest(),
-        artifact_digest=blob.digest,
-        format=data_format,
-        n_rows=len(rows),
-        report=dict(report),
-    )
 
 
 def config_digest(config: FinetuneConfig, data_digest: str) -> str:
@@ -329,7 +305,7 @@ def run_finetune(
 ) -> FinetuneOutcome | None:
     """Run a prepared config to a registered, gated version (``None`` on non-main ranks)."""
     config = prepared.config
-    digest = hashlib.sha256(_canonical_jsonl(prepared.train_rows)).hexdigest()
+    digest = rows_digest(prepared.train_rows)
     checkpoints = home / "checkpoints" / config_digest(config, digest)[:16]
     if rank() != 0:
         with tempfile.TemporaryDirectory(prefix="modelyard-rank-") as tmp:
@@ -356,16 +332,21 @@ def _run_main(
         store, config.base_model, name=registered_name(store, config.base_model, prepared.base_dir)
     )
     name = config.data.name or config.data.train.stem
-    dataset = _store_dataset(
-        store, artifacts, name, prepared.train_rows, config.data.format, prepared.report
-    )
-    eval_set = _store_dataset(
-        store, artifacts, f"{name}-eval", prepared.eval_rows, config.data.format, {}
-    )
+    origin = records_origin(store, prepared.source_digest)  # rows of `data from-records`?
+    derived = None if origin is None else {k: origin[k] for k in ("dataset", "records", "endpoint")}
+    report = prepared.report if derived is None else {**prepared.report, "derived_from": derived}
+    fmt = config.data.format
+    dataset = store_dataset(store, artifacts, name, prepared.train_rows, fmt, report)
+    eval_set = store_dataset(store, artifacts, f"{name}-eval", prepared.eval_rows, fmt, {})
     ui.info(
         f"dataset {dataset.name} v{dataset.version}: {dataset.n_rows} training rows, "
         f"{eval_set.n_rows} held out (sha256 {dataset.digest[:12]})"
     )
+    if origin is not None:
+        ui.info(
+            f"the data came from {origin['records']} inference records of endpoint "
+            f"{origin['endpoint']} (dataset {origin['dataset']})"
+        )
     artifacts.sweep_tmp()  # what killed writers left in the work area
     run_id = str(uuid.uuid4())
     outcome = FinetuneOutcome(run_id=run_id, model=registry.model)
@@ -375,6 +356,8 @@ def _run_main(
         "digest": dataset.digest,
         "eval_digest": eval_set.digest,
     }
+    if origin is not None:
+        outcome.dataset["derived_from"] = origin
     env = environment()
     config_json = config.model_dump(mode="json")
     store.create_run(
