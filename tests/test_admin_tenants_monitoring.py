@@ -442,3 +442,33 @@ def test_the_audit_export_is_what_modelyard_audit_export_writes(
     # a naive time is UTC, as on the command line (not a 500)
     naive = since.replace(tzinfo=None).isoformat()
     assert world.call("viv", "GET", "/audit/events", params={"since": naive}).status_code == 200
+
+
+def test_the_series_and_feedback_queries_agree_on_sqlite_and_postgresql(store: Store) -> None:
+    """``Store.traffic_series`` and ``feedback_summary`` are one grouped query each, in
+    each database's SQL (epoch seconds differ): the same answers on both."""
+    from worlds import fake_world
+
+    fake_world(store, model="support", endpoint="acme-support")
+    tid = store.get_tenant("acme").id
+    versions = {1: store.get_model_version("support", 1).id}
+    at = T0 + timedelta(seconds=30, microseconds=500_000)  # mid-bucket, with a fraction
+    store.add_inference_records(
+        [_record(versions, tid, i, latency_ms=float(100 - i), created_at=at + timedelta(seconds=i),
+                 status="timeout" if i == 0 else "ok") for i in range(100)]
+    )  # fmt: skip
+    points = store.traffic_series(
+        "acme-support", since=T0, until=T0 + timedelta(hours=1), bucket_s=60
+    )
+    assert [(p.start, p.requests, p.errors) for p in points] == [
+        (T0, 30, 1), (T0 + timedelta(minutes=1), 60, 0), (T0 + timedelta(minutes=2), 10, 0),
+    ]  # fmt: skip
+    first = points[0]  # latencies 71..100
+    assert (first.latency_p50_ms, first.latency_p95_ms, first.latency_p99_ms) == (85, 99, 100)
+    assert first.version == "support:1" and not first.shadow
+    for i, score in enumerate((1.0, -0.5, 0.0)):
+        store.add_feedback(f"rec-{i}", tenant="acme", score=score)
+    (summary,) = store.feedback_summary(endpoint="acme-support")
+    assert (summary.count, summary.positive, summary.negative) == (3, 1, 1)
+    assert summary.mean_score == pytest.approx(1 / 6) and summary.last_at is not None
+    assert summary.last_at.tzinfo is not None
