@@ -13,6 +13,7 @@ was made that way) or the test's tmp_path.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -393,7 +395,6 @@ def test_in_the_browser_a_developer_watches_a_rollout_and_aborts_it(
         page.screenshot(path=shots / "console-rollout.png", full_page=True)
         _open(page, world, "endpoints/acme-support")
         expect(page.get_by_test_id("plan")).to_contain_text("25%")
-        page.screenshot(path=shots / "console-endpoint.png", full_page=True)
 
         # abort with the button
         _open(page, world, "rollouts/acme-support")
@@ -451,4 +452,64 @@ def test_in_the_browser_a_viewer_sees_no_buttons_and_a_forced_post_is_403(
     page.get_by_role("button", name="Log out").click()
     expect(page).to_have_url(re.compile(r"/console/login$"))
     page.screenshot(path=shots / "console-login.png")
+    assert errors == [], errors
+
+
+def _ask(client: httpx.Client, world: World, words: int, thumbs: str | None = None) -> None:
+    chat = {"model": "acme-support",
+            "messages": [{"role": "user", "content": " ".join(["claim"] * words)}]}  # fmt: skip
+    headers = {"Authorization": f"Bearer {world.tenant_key}"}
+    r = client.post("/v1/chat/completions", json=chat, headers=headers)
+    assert r.status_code == 200, r.text
+    if thumbs:
+        body = {"request_id": r.json()["id"], "thumbs": thumbs, "comment": f"{thumbs} by a test"}
+        assert client.post("/v1/feedback", json=body, headers=headers).status_code == 200
+
+
+def _iso(t: datetime) -> str:
+    return t.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_in_the_browser_monitoring_shows_drift_feedback_and_traffic_charts(
+    world: World, browser: Browser, shots: Path, tmp_path: Path
+) -> None:
+    client = _client(world)
+    t0 = datetime.now(UTC) - timedelta(seconds=1)
+    for i in range(40):  # the reference: short prompts
+        _ask(client, world, 3, thumbs="up" if i % 4 else "down")
+    time.sleep(1.5)
+    t1 = datetime.now(UTC)
+    time.sleep(1.5)
+    t2 = datetime.now(UTC)
+    for _ in range(40):  # now: long prompts
+        _ask(client, world, 60)
+    end = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
+    window = math.ceil((end - t2).total_seconds())  # from t2: none of the reference's
+    env = {"MODELYARD_STORE_URL": world.db_url, "MODELYARD_AUDIT_KEY": KEY,
+           "MODELYARD_ACTOR": "ops"}  # fmt: skip
+    drift = modelyard("monitor", "drift", "--endpoint", "acme-support", "--reference",
+                      f"baseline:{_iso(t0)}/{_iso(t1)}", "--window", f"{window}s",
+                      "--end", _iso(end), "--min-samples", "10", home=tmp_path / "cli-home",
+                      env=env, timeout=120)  # fmt: skip
+    assert drift.code == 0 and "prompt_chars" in drift.out, drift.err
+
+    page, errors = _page(browser, world, "viv")
+    _open(page, world, "monitoring")
+    found = page.get_by_test_id("drift")
+    expect(found.locator(".feature", has_text="prompt_chars")).to_contain_text("breach")
+    expect(found).to_contain_text("acme-support · support:1")
+    feedback = page.get_by_test_id("feedback")
+    expect(feedback.locator("tr", has_text="support:1")).to_contain_text("30 / 10")
+    expect(page.get_by_test_id("feedback-recent")).to_contain_text("down by a test")
+    page.screenshot(path=shots / "console-monitoring.png", full_page=True)
+
+    _open(page, world, "endpoints/acme-support")
+    series = page.get_by_test_id("series")
+    expect(series).to_contain_text("support:1: 80 requests, 0 errors")
+    assert series.locator("svg.chart path[stroke]").count() >= 4  # a line per chart
+    page.get_by_role("button", name="last 1h").click()
+    expect(series).to_contain_text("support:1: 80 requests")
+    page.get_by_role("button", name="last 15m").click()
+    page.mouse.move(0, 0)
+    page.screenshot(path=shots / "console-endpoint.png", full_page=True)
     assert errors == [], errors

@@ -61,7 +61,8 @@ export function lineChart(series, { title = "", unit = "", width = 640, height =
       class: "muted-svg" }, "no requests in this window"));
     return svg;
   }
-  const t0 = Math.min(...all.map((p) => p[0])), t1 = Math.max(...all.map((p) => p[0]));
+  const times = series.flatMap((x) => x.points.map((p) => p[0]));  // the whole window
+  const t0 = Math.min(...times), t1 = Math.max(...times);
   const span = Math.max(t1 - t0, 1);
   const top = yMax ?? niceMax(Math.max(...all.map((p) => p[1]), threshold ?? 0) * 1.1);
   const X = (t) => m.l + ((t - t0) / span) * iw;
@@ -74,7 +75,8 @@ export function lineChart(series, { title = "", unit = "", width = 640, height =
   }
   for (let i = 0; i <= 4; i++) {
     const t = t0 + (span * i) / 4;
-    svg.append(s("text", { x: X(t), y: height - 8, "text-anchor": "middle", class: "axis" },
+    const anchor = i === 0 ? "start" : i === 4 ? "end" : "middle";
+    svg.append(s("text", { x: X(t), y: height - 8, "text-anchor": anchor, class: "axis" },
       clock(t)));
   }
   if (threshold !== null) {
@@ -105,20 +107,25 @@ export function legend(items) {
 
 /** Paint the swatches of legends (their colour cannot be an inline style under the CSP). */
 export function paintSwatches(root) {
-  for (const el of root.querySelectorAll("i.swatch")) el.style.background = el.dataset.color;
+  for (const el of root.querySelectorAll("i.swatch")) {
+    if (el.dataset.color) el.style.background = el.dataset.color;
+  }
+  for (const el of root.querySelectorAll(".split i")) {
+    el.style.width = `${Math.round(Number(el.dataset.share) * 100)}%`;
+  }
 }
 
 /**
  * One guard: its value as a bar against its threshold (a line). Lower-is-better guards
  * (error_rate <= 0.02) breach to the right of the line, higher-is-better ones to the left.
  */
-export function guardBar(g, { width = 520, height = 54 } = {}) {
+export function guardBar(g, { width = 520, height = 54, max = null } = {}) {
   const label = `${g.guard}: value ${num(g.value)} against threshold ${num(g.threshold)} — ${g.status}`;
   const svg = svgBox(width, height, label);
   const m = { l: 8, r: 8 };
   const iw = width - m.l - m.r;
   const values = [g.value, g.threshold, g.baseline].filter((v) => typeof v === "number");
-  const top = niceMax(Math.max(...values, 0) * 1.25 || 1);
+  const top = max ?? niceMax(Math.max(...values, 0) * 1.25 || 1);
   const X = (v) => m.l + (Math.max(0, Math.min(v, top)) / top) * iw;
   svg.append(s("rect", { x: m.l, y: 8, width: iw, height: 18, rx: 4, class: "track" }));
   if (typeof g.value === "number") {
@@ -128,11 +135,14 @@ export function guardBar(g, { width = 520, height = 54 } = {}) {
   if (typeof g.threshold === "number") {
     const x = X(g.threshold);
     svg.append(s("line", { x1: x, x2: x, y1: 2, y2: 32, class: "threshold-mark" }));
-    svg.append(s("text", { x, y: 46, "text-anchor": "middle", class: "axis" },
+    const near = x < m.l + 70 ? "start" : x > width - m.r - 70 ? "end" : "middle";
+    svg.append(s("text", { x, y: 46, "text-anchor": near, class: "axis" },
       `threshold ${num(g.threshold)}`));
+    if (near !== "start") svg.append(s("text", { x: m.l, y: 46, class: "axis" }, "0"));
+    if (near !== "end") {
+      svg.append(s("text", { x: width - m.r, y: 46, "text-anchor": "end", class: "axis" }, num(top)));
+    }
   }
-  svg.append(s("text", { x: m.l, y: 46, class: "axis" }, "0"));
-  svg.append(s("text", { x: width - m.r, y: 46, "text-anchor": "end", class: "axis" }, num(top)));
   return svg;
 }
 

@@ -1,5 +1,5 @@
 // DOM helpers: every text goes in through textContent or an attribute, never as HTML
-// (the page's CSP also enforces Trusted Types, so an innerHTML would throw).
+// (the CSP also enforces Trusted Types: assigning a string as HTML would throw).
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 
@@ -68,7 +68,8 @@ export function pillKind(text) {
   if (["passed", "pass", "succeeded", "ok", "running", "resolved", "true"].includes(t)) return "ok";
   if (["failed", "breach", "rolled_back", "aborted", "firing", "broken", "false"].includes(t))
     return "bad";
-  if (["paused", "pending", "not_evaluated", "no_data", "preparing", "waiting"].includes(t))
+  if (["paused", "pending", "not_evaluated", "no_data", "preparing", "waiting", "not_enough_data",
+    "no_reference"].includes(t))
     return "warn";
   return "neutral";
 }

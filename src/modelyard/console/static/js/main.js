@@ -37,7 +37,7 @@ const ROUTES = [
   [/^rollouts$/, () => rolloutsPage()],
   [/^rollouts\/([^/]+)$/, (m, ctx) => rolloutPage(m[1], null, ctx)],
   [/^rollouts\/([^/]+)\/([^/]+)$/, (m, ctx) => rolloutPage(m[1], m[2], ctx)],
-  [/^monitoring$/, (m, ctx) => monitoringPage(ctx)],
+  [/^monitoring$/, () => monitoringPage()],
   [/^audit$/, (m, ctx, params) => auditPage(params, ctx)],
 ];
 

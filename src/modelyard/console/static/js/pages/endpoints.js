@@ -2,7 +2,7 @@
 // admin API serves the traffic series) live requests, errors and latency per version.
 import { api, seg } from "../api.js";
 import { h, ago, card, link, pill, table } from "../dom.js";
-import { legend, trafficBar } from "../charts.js";
+import { legend, trafficBar, versionColor } from "../charts.js";
 import { seriesCharts } from "./series.js";
 
 export async function endpointsPage() {
@@ -36,7 +36,7 @@ export async function endpointPage(name, ctx) {
   }
   const plan = card("Traffic plan",
     trafficBar(e.routes),
-    legend(e.routes.map((r) => [`${e.model}:${r.version} — ${r.weight}%`, null])),
+    legend(e.routes.map((r) => [`${e.model}:${r.version} — ${r.weight}%`, versionColor(r.version)])),
     table(["version", "weight"], e.routes.map((r) => [
       link(`#/models/${seg(e.model)}/${r.version}`, `${e.model}:${r.version}`), `${r.weight}%`,
     ]), { "data-testid": "plan" }),
