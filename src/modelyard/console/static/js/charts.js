@@ -51,7 +51,7 @@ function clock(ms) {
  */
 export function lineChart(series, { title = "", unit = "", width = 640, height = 220,
   threshold = null, yMax = null } = {}) {
-  const m = { l: 56, r: 12, t: 22, b: 26 };
+  const m = { l: 66, r: 12, t: 22, b: 26 };
   const svg = svgBox(width, height, title);
   const all = series.flatMap((x) => x.points.filter((p) => p[1] !== null && p[1] !== undefined));
   const iw = width - m.l - m.r, ih = height - m.t - m.b;
@@ -91,11 +91,13 @@ export function lineChart(series, { title = "", unit = "", width = 640, height =
       pen = true;
     }
     svg.append(s("path", { d, fill: "none", stroke: x.color, "stroke-width": 2 }));
-    for (const [t, v] of x.points) {
-      if (v !== null && v !== undefined && x.points.length < 40) {
+    const has = (i) => i >= 0 && i < x.points.length && x.points[i][1] !== null
+      && x.points[i][1] !== undefined;
+    x.points.forEach(([t, v], i) => {  // every point when few, else those a line cannot show
+      if (has(i) && (x.points.length < 40 || (!has(i - 1) && !has(i + 1)))) {
         svg.append(s("circle", { cx: X(t), cy: Y(v), r: 2.5, fill: x.color }));
       }
-    }
+    });
   }
   return svg;
 }
