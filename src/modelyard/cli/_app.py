@@ -23,6 +23,7 @@ from modelyard.cli import (
     _delivery,
     _doctor,
     _finetune,
+    _from_records,
     _info,
     _monitor,
     _quickstart,
@@ -128,6 +129,7 @@ app.command("doctor", help="Find and repair what crashes left (stuck runs, orpha
 )
 app.add_typer(_base.app, name="base")
 app.add_typer(_data.app, name="data")
+_data.app.command("from-records")(_from_records.from_records)
 app.add_typer(_admin.tenants_app, name="tenants")
 app.add_typer(_admin.keys_app, name="keys")
 app.add_typer(_budgets.app, name="budgets")

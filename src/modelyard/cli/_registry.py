@@ -101,7 +101,15 @@ def _lineage_tree(node: LineageNode) -> Tree:
         tree.add(f"run {node.run.id} ({node.run.status}, seed {node.run.seed})")
     for key in ("dataset", "base_model", "environment"):
         if isinstance(lineage.get(key), Mapping):
-            _add_mapping(tree.add(f"[bold]{key}[/]"), lineage[key])
+            values = dict(lineage[key])
+            origin = values.pop("derived_from", None)  # data from-records: ids in --json
+            branch = tree.add(f"[bold]{key}[/]")
+            _add_mapping(branch, values)
+            if isinstance(origin, Mapping):
+                branch.add(
+                    f"derived from {origin.get('records')} inference records of endpoint "
+                    f"{origin.get('endpoint')} (dataset {origin.get('dataset')})"
+                )
     for key in ("prompt_template", "seed", "git_commit", "imported_from"):
         if lineage.get(key) is not None:
             tree.add(f"{key}: {lineage[key]}")

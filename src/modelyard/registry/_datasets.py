@@ -76,8 +76,8 @@ def dataset_rows(artifacts: ArtifactStore, dataset: DatasetVersion) -> list[dict
 def records_origin(store: Store, digest: str) -> dict[str, Any] | None:
     """Where rows with ``digest`` came from when a dataset version of exactly those rows was
     collected from inference records (``data from-records``), else None: the dataset
-    (``name:version``), how many records, their endpoint and their ids."""
-    for dataset in store.list_datasets():
+    (``name:version``, the first registered), how many records, their endpoint and ids."""
+    for dataset in sorted(store.list_datasets(), key=lambda d: d.id):
         lineage = dataset.report.get("lineage")
         if dataset.digest != digest or not isinstance(lineage, Mapping):
             continue
