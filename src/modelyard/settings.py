@@ -75,6 +75,11 @@ class Settings(BaseSettings):
     oidc_jwks_refresh_s: float = Field(
         default=30.0, ge=0.0, description="least seconds between key fetches for an unknown kid"
     )
+    gpu_hour_price: float | None = Field(
+        default=None,
+        ge=0.0,
+        description="price of one GPU-hour: a version's card shows what its training cost",
+    )
 
     @property
     def resolved_store_url(self) -> str:

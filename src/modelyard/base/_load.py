@@ -8,6 +8,7 @@ tokenizers that lack one, since batched training and generation need it.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +108,14 @@ def _source(ref: str | Path) -> tuple[str, bool]:
     return str(ref), False
 
 
-def load_base(ref: str | Path) -> tuple[Any, Any]:
+def load_base(ref: str | Path, options: Mapping[str, Any] | None = None) -> tuple[Any, Any]:
     """Load ``(model, tokenizer)`` of a causal LM from a local directory or a hub id.
 
     Local paths are loaded with ``local_files_only=True`` (never a network call);
-    hub ids follow the usual cache/``HF_HUB_OFFLINE`` rules. The model is returned
-    in eval mode. Failures raise ``BaseModelNotFound`` with a one-line reason.
+    hub ids follow the usual cache/``HF_HUB_OFFLINE`` rules. ``options`` go to
+    ``from_pretrained`` (``dtype``, ``attn_implementation``, ``quantization_config``,
+    ``device_map``). The model is returned in eval mode. Failures raise
+    ``BaseModelNotFound`` with a one-line reason.
     """
     source, local = _source(ref)
     from transformers import AutoModelForCausalLM
@@ -120,7 +123,9 @@ def load_base(ref: str | Path) -> tuple[Any, Any]:
     tokenizer = load_tokenizer(ref)
     try:
         with quiet_progress():
-            model = AutoModelForCausalLM.from_pretrained(source, local_files_only=local)
+            model = AutoModelForCausalLM.from_pretrained(
+                source, local_files_only=local, **dict(options or {})
+            )
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
         raise BaseModelNotFound(
             f"cannot load base model {ref}: {_first_line(exc)}", ref=str(ref)

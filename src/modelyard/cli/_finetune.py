@@ -54,6 +54,13 @@ def finetune(
     check: bool = typer.Option(
         False, "--check", help="Validate the config, base and data, then stop (no training)."
     ),
+    gpus: int | None = typer.Option(
+        None,
+        "--gpus",
+        min=1,
+        help="Train on N GPUs of this machine (torchrun, one process per GPU: DDP, or FSDP "
+        "for full fine-tuning).",
+    ),
     slurm: bool = typer.Option(
         False,
         "--slurm",
@@ -73,17 +80,21 @@ def finetune(
     Data, base model, metrics and gates are all checked before training starts.
     The version is registered even when a gate fails (with its verdicts), but
     then the alias does not move and the command exits 1, so a CI job stops.
-    Works unchanged under `torchrun` / `accelerate launch`.
+    Works unchanged under `torchrun` / `accelerate launch`; --gpus N starts torchrun
+    itself on N GPUs of this machine.
     """
     from modelyard.finetune import (
         FinetuneInterrupted,
         SlurmOptions,
+        check_gpus,
+        launch,
         load_config,
         prepare,
         rank,
         resolve_base,
         run_finetune,
         sbatch_script,
+        visible_gpus,
     )
 
     loaded = load_config(config)
@@ -99,6 +110,14 @@ def finetune(
         out.write_text(sbatch_script(config, options, env), encoding="utf-8")
         err_console.print(f"wrote {out}; submit it with: sbatch {out}")
         return
+    if gpus is not None and not _launched():
+        check_gpus(gpus, visible_gpus())
+        if gpus > 1 and not check:
+            prepare(loaded)  # a config this machine cannot run fails here, not in N processes
+            code = launch(config, gpus, resume=resume, json_out=json_out)
+            if code:
+                raise typer.Exit(code)
+            return
     reporter = RichReporter()
     if not check:
         check_home(s)  # no store to register in: say so before any data or base is read
@@ -159,6 +178,13 @@ def finetune(
     failure = outcome.gate_failure()
     if failure is not None:
         raise failure
+
+
+def _launched() -> bool:
+    """Whether this process is already one of a launcher's (torchrun sets WORLD_SIZE)."""
+    import os
+
+    return "WORLD_SIZE" in os.environ
 
 
 def _say_interrupted(exc: FinetuneInterrupted, config: Path) -> None:

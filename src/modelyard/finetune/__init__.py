@@ -11,6 +11,7 @@ from modelyard.finetune._bases import resolve_base
 from modelyard.finetune._cleanup import FinetuneInterrupted
 from modelyard.finetune._config import FinetuneConfig, load_config, parse_config
 from modelyard.finetune._evaluate import check_evaluation, evaluate_rows, evaluate_version
+from modelyard.finetune._launch import check_gpus, launch, launch_command, visible_gpus
 from modelyard.finetune._pipeline import (
     FinetuneOutcome,
     Prepared,
@@ -29,8 +30,11 @@ __all__ = [
     "Reporter",
     "SlurmOptions",
     "check_evaluation",
+    "check_gpus",
     "evaluate_rows",
     "evaluate_version",
+    "launch",
+    "launch_command",
     "load_config",
     "parse_config",
     "prepare",
@@ -38,4 +42,5 @@ __all__ = [
     "resolve_base",
     "run_finetune",
     "sbatch_script",
+    "visible_gpus",
 ]

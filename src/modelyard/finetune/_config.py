@@ -93,7 +93,7 @@ class FinetuneConfig(_Section):
             else tuple(method.target_modules)
         )
         return TrainSettings(
-            method="full" if method.type == "full" else "lora",
+            method=method.type,
             r=method.r,
             alpha=method.alpha,
             dropout=method.dropout,

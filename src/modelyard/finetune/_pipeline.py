@@ -39,8 +39,10 @@ from modelyard.evaluation import (
 from modelyard.finetune._bases import registered_name
 from modelyard.finetune._cleanup import Written, clean_up, interrupted
 from modelyard.finetune._config import FinetuneConfig
+from modelyard.finetune._cost import gpu_hour_price, priced
 from modelyard.finetune._evaluate import champion_of, evaluate_rows
 from modelyard.finetune._tracking import MlflowTracker
+from modelyard.gpu import gpu_readings, summarize
 from modelyard.registry import (
     ensure_base_model,
     ensure_model,
@@ -52,7 +54,7 @@ from modelyard.registry import (
     store_dataset,
 )
 from modelyard.store import Store, VersionKind
-from modelyard.training import TrainResult, last_checkpoint, train_model
+from modelyard.training import TrainResult, last_checkpoint, plan_training, train_model
 
 UpdateFn = Callable[[int, int, str], None]
 
@@ -123,32 +125,9 @@ def _max_positions(base_dir: Path) -> int | None:
 
 
 def _check_method(config: FinetuneConfig) -> None:
-    if config.method.type != "qlora":
-        return
-    import importlib.util
-
-    import torch
-
-    missing = [
-        what
-        for what, ok in (
-            ("a CUDA GPU", torch.cuda.is_available()),
-            ("the bitsandbytes package", importlib.util.find_spec("bitsandbytes") is not None),
-        )
-        if not ok
-    ]
-    if missing:
-        raise ConfigError(
-            f"method.type 'qlora' needs {' and '.join(missing)}, and this machine lacks it",
-            hint="Use method.type 'lora' here (same adapter format), or run on a GPU machine "
-            "with bitsandbytes installed.",
-            field="method.type",
-        )
-    raise ConfigError(
-        "method.type 'qlora' is not supported by this modelyard build yet",
-        hint="Use method.type 'lora'.",
-        field="method.type",
-    )
+    """What this machine cannot run (QLoRA or fp16 without CUDA, flash-attention not
+    installed) is refused here, before the data is read."""
+    plan_training(config.train_settings())
 
 
 def _checked_rows(
@@ -278,7 +257,8 @@ def _train(
             runtime = tokens.get("train_runtime") or 0.0
             seen = tokens.get("tokens", 0.0)
             rate = f", {seen / runtime:,.0f} tok/s" if runtime else ""
-            update(step, total, f"loss {loss:.3f}{rate}")
+            gpus = summarize(gpu_readings())
+            update(step, total, f"loss {loss:.3f}{rate}" + (f", {gpus}" if gpus else ""))
 
         return train_model(
             prepared.base_dir,
@@ -440,6 +420,7 @@ def _train_and_register(
         "total_parameters": result.total_parameters,
         "stopped_early": result.stopped_early,
         "resumed_from": result.resumed_from,
+        "compute": priced(result.compute, gpu_hour_price()),
     }
     state.metrics = dict(outcome.training)
     ui.info(
@@ -460,6 +441,7 @@ def _train_and_register(
         seed=config.training.seed,
         env=env,
         parent=_parent_ref(store, registry.model),
+        compute=outcome.training["compute"],
     )
     state.model_created = ensure_model(
         store, registry.model, tenant=registry.tenant, description=registry.description

@@ -49,6 +49,43 @@ def _gates(metrics: Mapping[str, Any]) -> str:
     return "\n".join(lines) + f"\n\nOverall: {overall}.\n"
 
 
+def _compute(compute: Any) -> str:
+    """Where it trained and what that cost: GPU-hours (and their price) only where a GPU ran."""
+    if not isinstance(compute, Mapping):
+        return "_not recorded (trained before modelyard recorded compute)_\n"
+    hours = compute.get("gpu_hours")
+    seconds = float(compute.get("seconds") or 0.0)
+    processes = int(compute.get("processes") or 1)
+    where = f"{compute.get('device', '?')} ({compute.get('device_name', '?')})"
+    rows = [
+        ("device", where if processes == 1 else f"{processes} x {where}"),
+        ("precision", str(compute.get("precision", "?"))),
+        ("base weights", str(compute.get("base_dtype", "?"))),
+        ("attention", str(compute.get("attention", "?"))),
+        ("gradient checkpointing", "on" if compute.get("gradient_checkpointing") else "off"),
+        ("distributed", str(compute.get("distributed") or "no (one process)")),
+        ("wall time", f"{seconds / 3600:.4f} h ({seconds:.0f} s)"),
+    ]
+    if hours is None:
+        rows.append(("GPU-hours", "none: trained on CPU, no GPU was held"))
+        rows.append(("cost", "no GPU cost"))
+    else:
+        rows.append(("GPU-hours", f"{float(hours):.4f}"))
+        price, cost = compute.get("gpu_hour_price"), compute.get("cost")
+        rows.append(
+            (
+                "cost",
+                f"{float(cost):.4g} ({float(hours):.4f} GPU-hours at {float(price):.4g} per "
+                "GPU-hour)"
+                if cost is not None and price is not None
+                else "not priced: no MODELYARD_GPU_HOUR_PRICE was set when it trained",
+            )
+        )
+    if compute.get("peak_memory_bytes") is not None:
+        rows.append(("peak GPU memory", f"{int(compute['peak_memory_bytes']) / 1024**3:.2f} GiB"))
+    return _table(rows)
+
+
 def model_card(model: RegisteredModel, version: ModelVersion, run: Run | None) -> str:
     """The Markdown card of ``version``: use, data, training, evaluation, limits, lineage."""
     lineage = version.lineage
@@ -94,6 +131,10 @@ def model_card(model: RegisteredModel, version: ModelVersion, run: Run | None) -
             + [(f"training.{k}", _fmt(v)) for k, v in sorted(training.items()) if v is not None]
             + ([("run", f"`{run.id}` ({run.status})")] if run else [])
         ),
+        "### Compute and cost\n",
+        _compute(lineage.get("compute"))
+        if lineage.get("run_id")
+        else "_imported: not trained here_\n",
         "## Evaluation\n",
         _table([(k, _fmt(v)) for k, v in sorted(scores.items())]),
         "\n### Gates\n",

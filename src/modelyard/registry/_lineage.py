@@ -99,11 +99,13 @@ def lineage_record(
     parent: str | None = None,
     imported_from: str | None = None,
     safety: Mapping[str, Any] | None = None,
+    compute: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The lineage of a new version: its base weights and prompt template, and either how
     it was trained (``run_id`` with its dataset, config, seed, environment, parent and the
     git commit of the working directory) or where it was imported from (``imported_from``
-    with the safety report)."""
+    with the safety report). ``compute`` is where and how it trained (device, resolved
+    precision, GPU-hours and cost): the card shows it."""
     record: dict[str, Any] = {
         "base_model": {
             "name": base.name,
@@ -122,6 +124,8 @@ def lineage_record(
             git_commit=git_commit(Path.cwd()),
             parent=parent,
         )
+        if compute is not None:
+            record["compute"] = dict(compute)
     if imported_from is not None:
         record.update(imported_from=imported_from, safety=dict(safety or {}))
     return record

@@ -8,6 +8,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from modelyard.gpu import GpuReading, gpu_readings
 from modelyard.serving._types import AdapterEvent
 from modelyard.store import ApiKey, ModelVersion
 
@@ -15,8 +16,10 @@ from modelyard.store import ApiKey, ModelVersion
 class Metrics:
     """Every metric of one app, in its own registry (``/metrics`` exports it)."""
 
-    def __init__(self) -> None:
+    def __init__(self, gpus: Callable[[], list[GpuReading]] = gpu_readings) -> None:
         self.registry = CollectorRegistry()
+        if gpus():  # GPU series only on a server that has GPUs (read at each scrape)
+            self.registry.register(_Gpus(gpus))
         labels = ["endpoint", "version", "tenant"]
         self.requests = Counter(
             "modelyard_requests", "Inference requests", [*labels, "status"], registry=self.registry
@@ -132,6 +135,34 @@ class _Residency(Collector):
             resident.add_metric([ref], 1.0)
         if resident.samples:  # no family without a sample (an engine with no adapter cache)
             yield resident
+
+
+class _Gpus(Collector):
+    """Per GPU (its NVML index and name): memory used and total, and utilization."""
+
+    def __init__(self, gpus: Callable[[], list[GpuReading]]) -> None:
+        self._gpus = gpus
+
+    def collect(self) -> Iterator[Metric]:
+        labels = ["gpu", "name"]
+        used = GaugeMetricFamily(
+            "modelyard_gpu_memory_used_bytes", "GPU memory in use (NVML)", labels=labels
+        )
+        total = GaugeMetricFamily(
+            "modelyard_gpu_memory_total_bytes", "GPU memory on the device (NVML)", labels=labels
+        )
+        busy = GaugeMetricFamily(
+            "modelyard_gpu_utilization_ratio",
+            "Share of the last sample period a kernel ran on the GPU, 0 to 1 (NVML)",
+            labels=labels,
+        )
+        for gpu in self._gpus():
+            key = [str(gpu.index), gpu.name]
+            used.add_metric(key, float(gpu.memory_used_bytes))
+            total.add_metric(key, float(gpu.memory_total_bytes))
+            busy.add_metric(key, gpu.utilization)
+        if used.samples:
+            yield from (used, total, busy)
 
 
 __all__ = ["Metrics"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -71,22 +71,38 @@ class TrainingOptions(BaseModel):
         ge=1,
         description="stop after N evaluations without a lower eval loss (needs eval rows)",
     )
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        default="auto",
+        description="auto: bf16 autocast on GPUs that have it, fp16 with a loss scaler on "
+        "older GPUs, fp32 on CPU",
+    )
+    gradient_checkpointing: bool = Field(
+        default=False, description="recompute activations in the backward pass: less memory"
+    )
+    attention: Literal["sdpa", "eager", "flash_attention_2"] = Field(
+        default="sdpa", description="attention implementation (flash_attention_2 if installed)"
+    )
+    distributed: Literal["auto", "ddp", "fsdp"] = Field(
+        default="auto",
+        description="with several processes: auto is FSDP for full fine-tuning, DDP otherwise",
+    )
 
 
 class TrainSettings(TrainingOptions):
     """Hyper-parameters of one fine-tuning run (validated, immutable, JSON-able).
 
     ``method="lora"`` trains a LoRA adapter (``r``, ``alpha``, ``dropout``,
-    ``target_modules``) and saves only the adapter; ``method="full"`` trains and
-    saves every weight. The defaults are tuned for the quickstart: the tiny base
-    and ~400 rows, about 125 steps on CPU (a few hundred distinct rows generalise
-    far better than more epochs over fewer). For real bases lower
+    ``target_modules``) and saves only the adapter; ``method="qlora"`` trains the
+    same adapter on a base loaded in 4 bits (CUDA and bitsandbytes only);
+    ``method="full"`` trains and saves every weight. The defaults are tuned for the
+    quickstart: the tiny base and ~400 rows, about 125 steps on CPU (a few hundred
+    distinct rows generalise far better than more epochs over fewer). For real bases lower
     ``learning_rate`` (1e-4..3e-4 for LoRA, 1e-5..5e-5 for full) and ``alpha``
     (2 x r is usual). ``target_modules="all-linear"`` lets peft pick every
     linear layer except the output head, for architectures with other names.
     """
 
-    method: Literal["lora", "full"] = Field(default="lora", description="what to train")
+    method: Literal["lora", "qlora", "full"] = Field(default="lora", description="what to train")
     r: int = Field(default=8, ge=1, description="LoRA rank")
     alpha: int = Field(default=32, ge=1, description="LoRA scaling numerator (scale = alpha / r)")
     dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="dropout on the LoRA input")
@@ -114,7 +130,7 @@ class TrainSettings(TrainingOptions):
 class TrainResult:
     """What one training run produced and how it went (for lineage and the CLI).
 
-    ``output_dir`` holds an adapter (``method="lora"``) or a whole model with its
+    ``output_dir`` holds an adapter (``method="lora"``/``"qlora"``) or a whole model with its
     tokenizer (``method="full"``). ``history`` has one entry per logged step.
     """
 
@@ -134,6 +150,9 @@ class TrainResult:
     history: tuple[dict[str, float], ...] = ()
     stopped_early: bool = False
     resumed_from: str | None = None
+    compute: Mapping[str, Any] = field(default_factory=dict)
+    """Where and how it trained: device, precision, attention, seconds, GPU-hours, peak
+    memory (see ``modelyard.training.compute_record``)."""
 
     @property
     def adapter_dir(self) -> Path:

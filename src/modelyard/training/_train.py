@@ -17,7 +17,6 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from peft import LoraConfig, get_peft_model
 from transformers import (
     DataCollatorForSeq2Seq,
@@ -29,9 +28,10 @@ from transformers import (
     set_seed,
 )
 
-from modelyard.base import check_out_dir, load_base, publish_dir, quiet_progress
+from modelyard.base import check_out_dir, publish_dir, quiet_progress
 from modelyard.data import PromptTemplate
 from modelyard.errors import ConfigError, TrainingError
+from modelyard.gpu import gpu_readings
 from modelyard.training._dataset import (
     ALPACA,
     IGNORE_INDEX,
@@ -39,13 +39,16 @@ from modelyard.training._dataset import (
     PackedDataset,
     SupervisedDataset,
 )
+from modelyard.training._load import load_for_training
+from modelyard.training._plan import TrainPlan, plan_training
 from modelyard.training._settings import TrainResult, TrainSettings
 
 ProgressFn = Callable[[int, int, float], None]
 """``progress(step, total_steps, loss)``, called after every optimizer step."""
 
 LogFn = Callable[[dict[str, float]], None]
-"""``on_log(entry)``: every logged step as ``{"step", "loss", "learning_rate", "tokens", ...}``."""
+"""``on_log(entry)``: every logged step as ``{"step", "loss", "learning_rate", "tokens", ...}``,
+with ``gpuN_memory_used_bytes`` and ``gpuN_utilization`` (0..1) per GPU where there are GPUs."""
 
 DEFAULT_EVAL_EVERY = 10
 
@@ -66,6 +69,9 @@ class _ProgressCallback(TrainerCallback):  # type: ignore[misc]  # transformers 
             return
         entry = {"step": float(state.global_step), "tokens": float(state.num_input_tokens_seen)}
         entry.update({k: float(v) for k, v in logs.items() if isinstance(v, int | float)})
+        for gpu in gpu_readings():
+            entry[f"gpu{gpu.index}_memory_used_bytes"] = float(gpu.memory_used_bytes)
+            entry[f"gpu{gpu.index}_utilization"] = gpu.utilization
         self.history.append(entry)
         if self._on_log is not None:
             self._on_log(entry)
@@ -136,8 +142,8 @@ def _schedule(settings: TrainSettings, has_eval: bool) -> dict[str, Any]:
     return {"eval_strategy": "no", "save_strategy": "no"}
 
 
-def _training_args(settings: TrainSettings, work_dir: str, has_eval: bool) -> Any:
-    """Trainer arguments: no trackers, no tqdm; CPU when there is no CUDA."""
+def _training_args(settings: TrainSettings, plan: TrainPlan, work_dir: str, has_eval: bool) -> Any:
+    """Trainer arguments: no trackers, no tqdm; precision, device and sharding from ``plan``."""
     return TrainingArguments(
         output_dir=work_dir,
         per_device_train_batch_size=settings.batch_size,
@@ -153,12 +159,12 @@ def _training_args(settings: TrainSettings, work_dir: str, has_eval: bool) -> An
         logging_steps=1,
         report_to="none",
         disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
         seed=settings.seed,
         data_seed=settings.seed,
         dataloader_num_workers=0,
         include_num_input_tokens_seen="non_padding",
         **_schedule(settings, has_eval),
+        **plan.trainer_args(settings.gradient_checkpointing),
     )
 
 
@@ -194,6 +200,7 @@ def _make_trainer(
     model: Any,
     tokenizer: Any,
     settings: TrainSettings,
+    plan: TrainPlan,
     work_dir: str,
     datasets: tuple[SupervisedDataset, SupervisedDataset | None],
     callbacks: list[Any],
@@ -203,7 +210,7 @@ def _make_trainer(
         callbacks = [*callbacks, EarlyStoppingCallback(settings.early_stopping)]
     trainer = Trainer(
         model=model,
-        args=_training_args(settings, work_dir, datasets[1] is not None),
+        args=_training_args(settings, plan, work_dir, datasets[1] is not None),
         train_dataset=(
             PackedDataset(datasets[0], settings.max_seq_len) if settings.packing else datasets[0]
         ),
@@ -235,10 +242,18 @@ def _save_adapter(model: Any, out_dir: Path) -> None:
         )
 
 
-def _save_full(model: Any, tokenizer: Any, out_dir: Path) -> None:
-    """Save every weight (safetensors) with the tokenizer: a standalone model directory."""
+def _save_full(trainer: Any, tokenizer: Any, out_dir: Path, plan: TrainPlan) -> None:
+    """Save every weight (safetensors) with the tokenizer: a standalone model directory.
+
+    Under FSDP each process holds a shard: every process takes part in gathering the
+    whole state dict, and the main one writes it."""
+    fsdp = plan.distributed == "fsdp"
+    state = trainer.accelerator.get_state_dict(trainer.model) if fsdp else None
+    if not trainer.is_world_process_zero():
+        return
+    model = trainer.accelerator.unwrap_model(trainer.model)
     with publish_dir(out_dir) as staging, quiet_progress():
-        model.save_pretrained(str(staging), safe_serialization=True)
+        model.save_pretrained(str(staging), safe_serialization=True, state_dict=state)
         tokenizer.save_pretrained(str(staging))
 
 
@@ -294,18 +309,21 @@ def train_model(
     """Fine-tune ``base`` on rows rendered by ``template`` and save the result to ``out_dir``.
 
     The loss covers only the response tokens (and the closing eos), so the model
-    learns to answer, not to echo prompts. A LoRA run saves
+    learns to answer, not to echo prompts. A LoRA or QLoRA run saves
     ``adapter_config.json`` and ``adapter_model.safetensors``; a full run saves
-    the whole model and its tokenizer. The same base, rows and settings give
-    byte-identical files on the same hardware and software. Checkpoints (with
-    ``save_every`` or early stopping) go to ``checkpoint_dir``, and ``resume``
-    continues from the last one there. With ``eval_rows`` the result also
-    reports the held-out loss.
+    the whole model and its tokenizer. Precision, attention and the 4-bit base
+    are planned first (``plan_training``: a ``ConfigError`` when this machine
+    cannot, e.g. QLoRA without CUDA), and the result's ``compute`` says what ran.
+    The same base, rows and settings give byte-identical files on the same
+    hardware and software. Checkpoints (with ``save_every`` or early stopping) go
+    to ``checkpoint_dir``, and ``resume`` continues from the last one there. With
+    ``eval_rows`` the result also reports the held-out loss.
     """
     started = time.perf_counter()
+    plan = plan_training(settings)
     check_out_dir(out_dir, overwrite)
     resume_from = _resume_point(checkpoint_dir, resume)
-    model, tokenizer = load_base(base)
+    model, tokenizer = load_for_training(base, plan)
     tokenizer.padding_side = "right"
     train_set = SupervisedDataset(tokenizer, train_rows, settings.max_seq_len, template)
     eval_set = (
@@ -317,7 +335,7 @@ def train_model(
     # per-example position ids of packed rows (a block-diagonal mask).
     use_cache = model.config.use_cache
     model.config.use_cache = False
-    if settings.method == "lora":
+    if settings.method != "full":
         model = _lora_model(model, settings)
     else:
         set_seed(settings.seed)
@@ -325,20 +343,20 @@ def train_model(
     with tempfile.TemporaryDirectory(prefix="modelyard-trainer-") as scratch:
         work_dir = str(checkpoint_dir) if checkpoint_dir is not None else scratch
         trainer = _make_trainer(
-            model, tokenizer, settings, work_dir, (train_set, eval_set), [callback]
+            model, tokenizer, settings, plan, work_dir, (train_set, eval_set), [callback]
         )
         output = _run(trainer, resume_from)
         eval_loss = float(trainer.evaluate()["eval_loss"]) if eval_set is not None else None
         trainer.model.config.use_cache = use_cache  # saved configs keep the base's setting
-        if trainer.is_world_process_zero():
-            if settings.method == "lora":
-                _save_adapter(trainer.model, out_dir)
-            else:
-                _save_full(trainer.model, tokenizer, out_dir)
+        if settings.method == "full":
+            _save_full(trainer, tokenizer, out_dir, plan)
+        elif trainer.is_world_process_zero():
+            _save_adapter(trainer.model, out_dir)
     trainable, total = _count_parameters(model)
     tokens = int(trainer.state.num_input_tokens_seen)
     train_seconds = float(output.metrics.get("train_runtime", 0.0))
     planned = int(trainer.state.max_steps)
+    seconds = time.perf_counter() - started
     return TrainResult(
         output_dir=out_dir,
         train_loss=float(output.training_loss),
@@ -348,7 +366,7 @@ def train_model(
         epochs=float(trainer.state.epoch or 0.0),
         examples=len(train_set),
         train_tokens=tokens,
-        seconds=time.perf_counter() - started,
+        seconds=seconds,
         tokens_per_second=tokens / train_seconds if train_seconds > 0 else 0.0,
         trainable_parameters=trainable,
         total_parameters=total,
@@ -356,4 +374,5 @@ def train_model(
         history=tuple(callback.history),
         stopped_early=settings.early_stopping is not None and int(output.global_step) < planned,
         resumed_from=resume_from,
+        compute=plan.record(seconds, settings.gradient_checkpointing),
     )
