@@ -24,7 +24,7 @@ def control_plane(store: Store, *, secure: bool) -> dict[str, Any]:
     people = PeopleAuthenticator(store, verifier)
     sessions = ConsoleSessions(people, secure=secure)
     return {
-        ADMIN_PREFIX: create_admin_app(store, people, sessions),
+        ADMIN_PREFIX: create_admin_app(store, people, sessions, artifacts=open_artifacts()),
         CONSOLE_PREFIX: create_console_app(store, sessions, oidc=verifier is not None),
     }
 
