@@ -147,7 +147,8 @@ def from_records(
     console.print(
         f"[green]wrote {len(found.rows):,} {found.data_format} rows[/] -> {escape(str(out))}; "
         f"dataset [bold]{escape(dataset.name)}[/] v{dataset.version} "
-        f"(sha256 {dataset.digest[:12]}), its lineage the ids of those records"
+        f"(sha256 {dataset.digest[:12]}), its lineage the ids of the {len(found.rows):,} "
+        f"records of {escape(found.endpoint)}"
     )
 
 

@@ -179,7 +179,9 @@ def _nothing_left(endpoint: str, selection: Selection) -> str:
 def save(
     store: Store, artifacts: ArtifactStore, found: Harvest, out: Path, name: str
 ) -> DatasetVersion:
-    """Write the rows to ``out`` as canonical JSONL and register them as dataset ``name``."""
+    """Register the rows as dataset ``name`` and write them to ``out`` as canonical JSONL
+    (the same bytes), so a file on disk always has its dataset version."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    dataset = store_dataset(store, artifacts, name, found.rows, found.data_format, found.report())
     out.write_bytes(canonical_jsonl(found.rows))
-    return store_dataset(store, artifacts, name, found.rows, found.data_format, found.report())
+    return dataset
