@@ -157,6 +157,7 @@ class _Recording:
         started: Sequence[NewInferenceRecord] = (),
         running: Any = frozenset(),
         server_id: str | None = None,
+        seal: bool = False,
     ) -> int:
         self.calls.append(
             ([r.id for r, _ in items], [r.id for r in started], set(running), server_id)

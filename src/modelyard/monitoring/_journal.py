@@ -22,7 +22,7 @@ import socket
 import uuid
 from datetime import datetime
 
-from modelyard.errors import ModelyardError
+from modelyard.errors import AuditError, AuditKeyMissing, ModelyardError
 from modelyard.store import NewInferenceRecord, Store
 
 log = logging.getLogger(__name__)
@@ -119,11 +119,17 @@ def gone_servers(
 def close_abandoned(store: Store, me: str | None = None, *, stale_after_s: float = 15.0) -> int:
     """Close the ``running`` records of servers that are gone (not ``me``); returns how many.
 
+    The closed records are sealed (``store.close_running_records(seal=True)``); when the
+    audit chain refuses, they are closed unsealed, as the record writer writes then.
     A store error is logged, never raised: the next sweep tries again.
     """
     try:
         gone = gone_servers(store, me, stale_after_s=stale_after_s)
-        closed = store.close_running_records(gone, ABANDONED) if gone else 0
+        try:
+            closed = store.close_running_records(gone, ABANDONED, seal=True) if gone else 0
+        except (AuditError, AuditKeyMissing) as exc:
+            log.error("closing the requests of stopped servers unsealed: %s", exc.one_line())
+            closed = store.close_running_records(gone, ABANDONED)
     except ModelyardError as exc:
         log.warning("could not close the requests of stopped servers: %s", exc.one_line())
         return 0

@@ -19,6 +19,15 @@ as ``running`` and updated when it ends, so a server killed mid-request leaves a
 row that the next server to start closes as failed. What a kill -9 loses is what
 is queued or in the transaction being written (records are written as soon as
 they arrive, not on a timer), and requests younger than ``start_delay``.
+
+Seals (issue 19, ``modelyard.store._seals``): with ``seal`` (the default) each batch's
+records in a final state are sealed in the transaction that writes them: one
+``records.sealed`` audit event holds the Merkle root of their canonical bytes, so
+`modelyard audit verify --records` finds a record edited, deleted or inserted later.
+When the audit chain refuses (a recorded break, a wrong or missing audit key), the
+batch is written again unsealed rather than dropped (logged as an error, counted in
+``unsealed``): verification reports those records as not sealed. ``seal=False`` is
+for measuring what sealing costs (``benchmarks/monitoring.py``).
 """
 
 from __future__ import annotations
@@ -33,7 +42,7 @@ from typing import Protocol
 
 import numpy as np
 
-from modelyard.errors import ModelyardError
+from modelyard.errors import AuditError, AuditKeyMissing, ModelyardError
 from modelyard.store import NewInferenceRecord, RecordFeatures, Store
 
 _Item = tuple[NewInferenceRecord, RecordFeatures | None, str | None]
@@ -68,6 +77,7 @@ class RecordWriter:
         start_delay: float = 0.1,
         sweep: Callable[[], object] | None = None,
         sweep_s: float = 30.0,
+        seal: bool = True,
     ) -> None:
         self._store = store
         self._batch_size = batch_size
@@ -82,11 +92,13 @@ class RecordWriter:
         self._next_sweep = time.monotonic() + sweep_s
         self._on_drop = on_drop or (lambda n: None)
         self._embedder = embedder
+        self._seal = seal
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._thread = threading.Thread(target=self._run, name="record-writer", daemon=True)
         self.written = 0
         self.dropped = 0
+        self.unsealed = 0  # written without a seal: the audit chain refused
         self._thread.start()
 
     def submit(
@@ -170,10 +182,19 @@ class RecordWriter:
     def _write(self, batch: list[_Item], started: list[NewInferenceRecord]) -> None:
         ended = {r.id for r, _, _ in batch} & self._running
         self._running -= ended
+        items = self._embed(batch)
         try:
-            self.written += self._store.add_monitored_records(
-                self._embed(batch), started=started, running=ended, server_id=self.server_id
-            )
+            try:
+                self.written += self._store.add_monitored_records(
+                    items, started=started, running=ended, server_id=self.server_id,
+                    seal=self._seal,
+                )  # fmt: skip
+            except (AuditError, AuditKeyMissing) as exc:  # the chain refuses: keep the records
+                log.error("writing %d inference records unsealed: %s", len(batch), exc.one_line())
+                self.written += self._store.add_monitored_records(
+                    items, started=started, running=ended, server_id=self.server_id
+                )
+                self.unsealed += len(batch)
             self._running.update(r.id for r in started)
         except ModelyardError as exc:
             log.warning("dropping %d inference records: %s", len(batch), exc.one_line())

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
 
+from modelyard.audit import DISCARD_ACTION, PURGE_ACTION
 from modelyard.errors import ConfigError, NotFound
 from modelyard.store._convert import to_feedback, to_record
 from modelyard.store._core import StoreCore
@@ -34,6 +35,7 @@ from modelyard.store._schema import (
     TenantRow,
     utcnow,
 )
+from modelyard.store._seals import append_seal, prepare_seal
 from modelyard.store.entities import (
     Feedback,
     InferenceRecord,
@@ -147,18 +149,24 @@ class RecordStore(StoreCore):
 
         A batch job that resumes answers again the rows it had answered but not yet
         written to its output when it stopped; their first records go, so that each row
-        keeps one. Data plane bookkeeping, like closing running records: not audited.
+        keeps one. Data plane bookkeeping, like closing running records: not audited,
+        except that sealed records going is: one ``records.discarded`` event lists them,
+        so that verification knows why their seals miss them.
         """
         r = InferenceRecordRow
         wanted = set(record_ids)
         with self._write(f"discard unwritten records of batch job {job_id!r}") as s:
             # the job's ids (partial index), then only those asked for: no huge IN list
-            ids = [i for i in s.scalars(select(r.id).where(r.job_id == job_id)) if i in wanted]
+            job = s.execute(select(r.id, r.seal).where(r.job_id == job_id)).all()
+            ids = [i for i, _ in job if i in wanted]
+            sealed = sorted(i for i, seal in job if i in wanted and seal is not None)
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 s.execute(delete(RecordFeaturesRow).where(RecordFeaturesRow.record_id.in_(chunk)))
                 s.execute(delete(FeedbackRow).where(FeedbackRow.record_id.in_(chunk)))
                 s.execute(delete(r).where(r.id.in_(chunk)))
+            if sealed:
+                self._audit(s, DISCARD_ACTION, f"job:{job_id}", {"job": job_id, "ids": sealed})
             return len(ids)
 
     # -- feedback (data plane: not audited, like inference records) -------------------------
@@ -255,6 +263,7 @@ class RecordStore(StoreCore):
         started: Sequence[NewInferenceRecord] = (),
         running: Collection[str] = frozenset(),
         server_id: str | None = None,
+        seal: bool = False,
     ) -> int:
         """Insert records and their features in one transaction (bulk); returns the count.
 
@@ -262,6 +271,10 @@ class RecordStore(StoreCore):
         running, inserted with status ``running``; the ids in ``running`` were inserted so
         before, and their records in ``items`` update those rows instead of inserting.
         Every row gets ``server_id``, the server that runs the request.
+
+        With ``seal``, the records in a final state are sealed in the same transaction
+        (``_seals``: one ``records.sealed`` audit event holding their Merkle root); the
+        chain's refusals (AuditChainBroken, a wrong or missing key) then fail the write.
         """
         if not items and not started:
             return 0
@@ -284,6 +297,7 @@ class RecordStore(StoreCore):
             row = {name: getattr(record, name) for name in _RECORD_COLUMNS}
             row |= {"created_at": record.created_at or now, "server_id": server_id}
             records.append(row | {"status": "running"})
+        pending = prepare_seal(records + updates) if seal else None
         with self._write(f"write {len(items) + len(started)} inference records") as s:
             if records:
                 s.execute(insert(InferenceRecordRow), records)
@@ -291,6 +305,8 @@ class RecordStore(StoreCore):
                 s.execute(update(InferenceRecordRow), updates)
             if features:
                 s.execute(insert(RecordFeaturesRow), features)
+            if pending is not None:
+                append_seal(s, self.audit_key_source, self.actor, pending)
         return len(items)
 
     def running_record_servers(self, *, started_before: datetime | None = None) -> list[str]:
@@ -303,21 +319,37 @@ class RecordStore(StoreCore):
                 query = query.where(r.created_at < started_before)
             return sorted({sid for sid in s.scalars(query.distinct()) if sid is not None})
 
-    def close_running_records(self, server_ids: Collection[str], error: str) -> int:
+    def close_running_records(
+        self, server_ids: Collection[str], error: str, *, seal: bool = False
+    ) -> int:
         """Close the ``running`` records of servers that stopped before their requests
         finished (a kill -9, a crash): status ``error``, HTTP 500 and ``error``. Returns
-        how many were closed. Data plane bookkeeping: not audited."""
+        how many were closed. Data plane bookkeeping: not audited; with ``seal``, the
+        closed records are sealed (``_seals``) in the same transaction."""
         if not server_ids:
             return 0
         r = InferenceRecordRow
+        running = (r.status == "running", r.server_id.in_(list(server_ids)))
         with self._write(f"close the running requests of {len(server_ids)} stopped servers") as s:
-            result = s.execute(
-                update(r)
-                .where(r.status == "running", r.server_id.in_(list(server_ids)))
-                .values(status="error", http_status=500, error=error)
-                .execution_options(synchronize_session=False)
-            )
-            return int(getattr(result, "rowcount", 0) or 0)
+            if not seal:
+                result = s.execute(
+                    update(r).where(*running)
+                    .values(status="error", http_status=500, error=error)
+                    .execution_options(synchronize_session=False)
+                )  # fmt: skip
+                return int(getattr(result, "rowcount", 0) or 0)
+            columns = [getattr(r, name) for name in (*_RECORD_COLUMNS, "server_id")]
+            query = select(*columns).where(*running).order_by(r.created_at, r.id)
+            rows = [
+                dict(m) | {"status": "error", "http_status": 500, "error": error}
+                for m in s.execute(query.with_for_update()).mappings()
+            ]
+            pending = prepare_seal(rows)
+            if pending is None:
+                return 0
+            s.execute(update(r), rows)  # bulk UPDATE by primary key
+            append_seal(s, self.audit_key_source, self.actor, pending, closed=error)
+            return len(rows)
 
     def query_records(
         self,
@@ -481,5 +513,9 @@ class RecordStore(StoreCore):
             s.execute(delete(RecordFeaturesRow).where(RecordFeaturesRow.record_id.in_(ids)))
             s.execute(delete(FeedbackRow).where(FeedbackRow.record_id.in_(ids)))
             s.execute(delete(r).where(r.tenant_id == tid, r.created_at < before))
-            self._audit(s, "records.purged", tenant, {"records": n, "before": before.isoformat()})
+            # tenant_id: the seals' indexes name records by tenant id (``_seal_check``)
+            self._audit(
+                s, PURGE_ACTION, tenant,
+                {"records": n, "before": before.isoformat(), "tenant_id": tid},
+            )  # fmt: skip
             return n

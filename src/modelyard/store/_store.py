@@ -16,6 +16,8 @@ audited write, role checks) and the row lookups and converters (``_rows``,
 ``_rollouts``       rollouts, their transitions and samples, alias moves
 ``_fleet``          server heartbeats, leases
 ``_records``        inference records, features, feedback, retention
+``_seals``          sealing inference records: Merkle roots in the audit chain
+``_seal_check``     verifying records against their seals, inclusion proofs
 ``_monitoring``     profiles, drift, alerts, token prices
 ``_series``         grouped reads of the records for charts: traffic series, feedback
 ==================  ===========================================================
@@ -33,6 +35,7 @@ from modelyard.store._fleet import FleetStore
 from modelyard.store._monitoring import MonitoringStore
 from modelyard.store._records import RecordStore
 from modelyard.store._rollouts import RolloutStore
+from modelyard.store._seal_check import SealStore
 from modelyard.store._series import SeriesStore
 from modelyard.store._tokens import TokenStore
 from modelyard.store._tracking import TrackingStore
@@ -47,6 +50,7 @@ class Store(
     RolloutStore,
     FleetStore,
     RecordStore,
+    SealStore,
     MonitoringStore,
     BudgetStore,
     SeriesStore,

@@ -1,0 +1,330 @@
+"""Seals of inference records: what is hashed, what the chain holds, what verification finds.
+
+A seal is one batch of records in their final state (``ok``, ``error``, ``cancelled``,
+``timeout``, ``refused``; never ``running``), written by the record writer in one
+transaction with one audit event, ``records.sealed``, whose payload holds the batch's
+Merkle root (``_merkle``, RFC 9162) over the records' leaves, in the order of their
+``seal_pos``. A leaf is ``SHA-256(0x00 || record_bytes(record))``.
+
+``record_bytes`` is the canonical encoding, version ``RECORD_FORMAT``: the record's
+columns listed in ``RECORD_FIELDS`` (prompt and response as stored, that is after the
+tenant's storage policy; ``server_id`` included) as canonical JSON (sorted keys, no
+spaces, UTF-8, times ISO-8601 UTC with microseconds, latencies as floats) with
+``"v": 1``. Feedback and drift features are left out: feedback changes later by design
+(the latest verdict wins), features are derived from the text and can be recomputed.
+A new column in the record changes nothing sealed before; adding it to the encoding
+needs a new version.
+
+This module is pure: the store (``modelyard.store``) seals and verifies, and
+``check_proof`` lets an auditor check an exported inclusion proof with no database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from modelyard.audit._canonical import canonical_json, format_time
+from modelyard.audit._merkle import HASH_SIZE, inclusion_path, leaf_hash, root_from_path
+from modelyard.errors import AuditError, ConfigError
+
+RECORD_FORMAT = 1
+PROOF_FORMAT = "modelyard.record-proof/1"
+SEAL_ACTION = "records.sealed"
+PURGE_ACTION = "records.purged"
+DISCARD_ACTION = "records.discarded"
+FINAL_STATUSES = ("ok", "error", "cancelled", "timeout", "refused")
+
+RECORD_FIELDS = (
+    "id",
+    "created_at",
+    "tenant_id",
+    "api_key_id",
+    "endpoint_name",
+    "version_id",
+    "route",
+    "prompt",
+    "response",
+    "prompt_tokens",
+    "completion_tokens",
+    "latency_ms",
+    "ttft_ms",
+    "status",
+    "http_status",
+    "error",
+    "shadow",
+    "fallback_from_id",
+    "server_id",
+    "tool_calls",
+    "format_ok",
+    "source",
+    "job_id",
+)
+_FLOATS = ("latency_ms", "ttft_ms")
+_INTS = ("tenant_id", "version_id", "prompt_tokens", "completion_tokens", "http_status",
+         "fallback_from_id", "tool_calls")  # fmt: skip
+_BOOLS = ("shadow", "format_ok")
+
+
+def record_bytes(record: Mapping[str, Any]) -> bytes:
+    """The canonical bytes of a record (its ``RECORD_FIELDS``), the same whether read from
+    the values written or from the row read back on SQLite or PostgreSQL."""
+    out: dict[str, Any] = {"v": RECORD_FORMAT}
+    for name in RECORD_FIELDS:
+        value = record[name]
+        if value is None:
+            out[name] = None
+        elif name == "created_at":
+            out[name] = format_time(value)
+        elif name in _FLOATS:
+            out[name] = float(value)
+        elif name in _INTS:
+            out[name] = int(value)
+        elif name in _BOOLS:
+            out[name] = bool(value)
+        else:
+            out[name] = str(value)
+    return canonical_json(out).encode("utf-8")
+
+
+def record_leaf(record: Mapping[str, Any]) -> bytes:
+    return leaf_hash(record_bytes(record))
+
+
+def index_digest(ids: Sequence[str], tenants: Sequence[int | None], times: Sequence[str]) -> str:
+    """The hash of a seal's index (its records' ids, tenants and creation times, in leaf
+    order), held in the chain beside the root: it names what a seal covered after its
+    records are gone (a deletion, or retention)."""
+    text = canonical_json({"ids": list(ids), "tenants": list(tenants), "times": list(times)})
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def seal_payload(
+    seal: str, root: bytes, ids: Sequence[str], tenants: Sequence[int | None],
+    times: Sequence[str], *, closed: str | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The ``records.sealed`` event's payload."""
+    payload: dict[str, Any] = {
+        "v": RECORD_FORMAT,
+        "seal": seal,
+        "root": root.hex(),
+        "records": len(ids),
+        "index": index_digest(ids, tenants, times),
+        "first": min(times),
+        "last": max(times),
+    }
+    if closed is not None:
+        payload["closed"] = closed  # why these records ended here (a stopped server)
+    return payload
+
+
+# -- what verification finds ---------------------------------------------------------------
+
+ProblemKind = Literal["edited", "deleted", "inserted", "seal"]
+
+
+@dataclass(frozen=True)
+class RecordProblem:
+    """One record (or one seal) that does not match the chain."""
+
+    kind: ProblemKind
+    record_id: str | None
+    detail: str
+    seal: str | None = None
+    seq: int | None = None  # the records.sealed event
+    position: int | None = None
+    at: datetime | None = None  # the record's time: problems are reported in this order
+
+    def sentence(self) -> str:
+        where = []
+        if self.seq is not None:
+            where.append(f"seal at audit seq {self.seq}")
+        if self.position is not None:
+            where.append(f"position {self.position}")
+        place = f" ({', '.join(where)})" if where else ""
+        what = f"record {self.record_id}" if self.record_id else f"seal {self.seal}"
+        return f"{what} {self.kind}{place}: {self.detail}"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "record_id": self.record_id,
+            "detail": self.detail,
+            "seal": self.seal,
+            "seq": self.seq,
+            "position": self.position,
+            "at": None if self.at is None else format_time(self.at),
+        }
+
+
+@dataclass(frozen=True)
+class RecordsReport:
+    """``audit verify --records``: every seal of the chain against the records table."""
+
+    seals: int
+    records: int  # sealed records found and matching
+    purged: int  # leaves whose records retention removed (records.purged)
+    discarded: int  # leaves whose records a resumed batch job replaced (records.discarded)
+    running: int  # not sealed until they end
+    before_sealing: int  # final records older than the first seal: not covered
+    problems: list[RecordProblem] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "seals": self.seals,
+            "records": self.records,
+            "purged": self.purged,
+            "discarded": self.discarded,
+            "running": self.running,
+            "before_sealing": self.before_sealing,
+            "first_problem": self.problems[0].to_json() if self.problems else None,
+            "problems": [p.to_json() for p in self.problems],
+        }
+
+    def raise_if_broken(self) -> None:
+        if self.problems:
+            more = len(self.problems) - 1
+            after = f" ({more} more problem{'s' if more > 1 else ''})" if more else ""
+            raise AuditError(
+                f"inference records do not match their seals: {self.problems[0].sentence()}{after}",
+                hint="Compare with a backup of the records table; `modelyard audit verify "
+                "--records --json` lists every problem.",
+                record_id=self.problems[0].record_id,
+            )
+
+
+def in_order(problems: Iterable[RecordProblem]) -> list[RecordProblem]:
+    """Problems earliest first: by the record's time, then the seal's seq and position."""
+    far = datetime.max.replace(tzinfo=None)
+    return sorted(
+        problems,
+        key=lambda p: (
+            p.at.replace(tzinfo=None) if p.at is not None else far,
+            p.seq or 0,
+            p.position or 0,
+            p.record_id or "",
+        ),
+    )
+
+
+# -- inclusion proofs ----------------------------------------------------------------------
+
+
+def build_proof(
+    record: Mapping[str, Any], leaves: Sequence[bytes], position: int, event: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The inclusion proof of ``record``, leaf ``position`` of its seal's ``leaves``, under
+    the root held by ``event`` (an audit event as ``AuditEvent.to_json`` writes it)."""
+    data = record_bytes(record)
+    return {
+        "format": PROOF_FORMAT,
+        "record_id": record["id"],
+        "record": data.decode("utf-8"),
+        "leaf": leaf_hash(data).hex(),
+        "position": position,
+        "size": len(leaves),
+        "path": [h.hex() for h in inclusion_path(leaves, position)],
+        "root": str(event["payload"]["root"]),
+        "seal": str(event["payload"]["seal"]),
+        "event": dict(event),
+    }
+
+
+@dataclass(frozen=True)
+class ProofCheck:
+    record_id: str
+    position: int
+    size: int
+    root: str
+    seq: int
+    event_hash: str
+
+    def sentence(self) -> str:
+        return (
+            f"record {self.record_id} is leaf {self.position} of {self.size} under root "
+            f"{self.root[:16]}..., held by audit event seq {self.seq} (hash {self.event_hash})"
+        )
+
+
+def _hexes(value: Any, what: str) -> list[bytes]:
+    items = value if isinstance(value, list) else [value]
+    try:
+        out = [bytes.fromhex(str(v)) for v in items]
+    except ValueError:
+        raise ConfigError(f"the proof's {what} is not hexadecimal") from None
+    if any(len(b) != HASH_SIZE for b in out):
+        raise ConfigError(f"the proof's {what} is not a SHA-256 hash")
+    return out
+
+
+def check_proof(proof: Mapping[str, Any]) -> ProofCheck:
+    """Check an inclusion proof with no database: the record's bytes give its leaf, the
+    path leads from the leaf to the root, and the audit event holds that root for that
+    many records. ``AuditError`` when it does not verify, ``ConfigError`` when it is not
+    a proof. That the event is in the chain is checked against the chain (its seq and
+    hash in `audit export` or `audit verify --head SEQ:HASH` with the key)."""
+    if not isinstance(proof, Mapping) or proof.get("format") != PROOF_FORMAT:
+        raise ConfigError(f"not a record inclusion proof (format {PROOF_FORMAT!r} expected)")
+    try:
+        data = str(proof["record"]).encode("utf-8")
+        record = json.loads(data)
+        position, size = int(proof["position"]), int(proof["size"])
+        event = proof["event"]
+        payload = event["payload"]
+        seq, event_hash = int(event["seq"]), str(event["hash"])
+        path = _hexes(proof["path"], "path") if proof["path"] else []
+        root = _hexes(payload["root"], "root")[0]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ConfigError(f"malformed record inclusion proof: {exc}") from None
+    record_id = str(proof.get("record_id"))
+
+    def bad(why: str) -> AuditError:
+        return AuditError(f"the inclusion proof of record {record_id} does not verify: {why}")
+
+    if not isinstance(record, dict) or record.get("id") != record_id:
+        raise bad("the record's bytes are of another record")
+    if record.get("v") != RECORD_FORMAT or canonical_json(record).encode("utf-8") != data:
+        raise bad("the record's bytes are not in the canonical encoding")
+    leaf = leaf_hash(data)
+    if leaf.hex() != proof.get("leaf"):
+        raise bad("the record's bytes do not hash to the proof's leaf (the record was edited)")
+    if event.get("action") != SEAL_ACTION:
+        raise bad(f"event {seq} is a {event.get('action')!r} event, not {SEAL_ACTION!r}")
+    if payload.get("records") != size or payload.get("seal") != proof.get("seal"):
+        raise bad(f"event {seq} holds a seal of another size or id")
+    if root.hex() != proof.get("root"):
+        raise bad(f"the proof's root is not the root that event {seq} holds")
+    if root_from_path(leaf, position, size, path) != root:
+        raise bad(f"the path does not lead from the leaf to the root of event {seq}")
+    return ProofCheck(record_id, position, size, root.hex(), seq, event_hash)
+
+
+__all__ = [
+    "DISCARD_ACTION",
+    "FINAL_STATUSES",
+    "PROOF_FORMAT",
+    "PURGE_ACTION",
+    "RECORD_FIELDS",
+    "RECORD_FORMAT",
+    "SEAL_ACTION",
+    "ProblemKind",
+    "ProofCheck",
+    "RecordProblem",
+    "RecordsReport",
+    "build_proof",
+    "check_proof",
+    "in_order",
+    "index_digest",
+    "record_bytes",
+    "record_leaf",
+    "seal_payload",
+]
