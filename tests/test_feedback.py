@@ -115,6 +115,7 @@ def test_feedback_needs_the_feedback_scope(served: Served) -> None:
         ({"score": -2}, "score"),
         ({"thumbs": "sideways"}, "thumbs"),
         ({"thumbs": "up", "comment": "x" * 4001}, "comment"),
+        ({"thumbs": "up", "label": "x" * 501}, "label"),
     ],
 )
 def test_invalid_feedback_is_a_400_naming_the_field(

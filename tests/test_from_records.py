@@ -33,7 +33,7 @@ from modelyard.data import (
     row_from_prompt,
     synthetic_domain,
 )
-from modelyard.errors import DataError
+from modelyard.errors import ConfigError, DataError
 from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.store import NewInferenceRecord, StoragePolicy, Store
 from worlds import fake_world
@@ -427,3 +427,16 @@ def test_served_traffic_and_feedback_become_the_next_versions_data(
     )  # fmt: skip
     assert r.code == 2 and len(r.err.strip().splitlines()) == 1, r.err
     assert "already in the training data" in r.err
+
+
+def test_a_feedback_label_is_stored_replaced_and_bounded(records_home: Path) -> None:
+    with Store.open(f"sqlite:///{records_home / 'store.db'}") as store:
+        record = _add(store, "acme", _alpaca("Route it.", "VPN down"), "hardware")
+        first = store.add_feedback(record, tenant="acme", score=-1.0, label="network")
+        assert first.label == "network"
+        again = store.add_feedback(record, tenant="acme", score=1.0)
+        assert again.id == first.id and again.label is None  # the latest verdict wins whole
+        with pytest.raises(ConfigError, match="at most 500"):
+            store.add_feedback(record, tenant="acme", score=1.0, label="x" * 501)
+        (row,) = store.query_records(endpoint="support")
+        assert row["feedback_label"] is None and row["feedback_score"] == 1.0
