@@ -1,7 +1,9 @@
-"""``modelyard audit log|verify|acknowledge|head|export`` and ``modelyard actors add|list``."""
+"""``modelyard audit log|verify|acknowledge|head|export|prove|check-proof`` and ``modelyard
+actors add|list``."""
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
@@ -11,10 +13,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from modelyard.audit import ROLES, AuditHead, check_format, write_events
+from modelyard.audit import ROLES, AuditHead, RecordsReport, check_format, check_proof, write_events
 from modelyard.cli._audit_table import render_events
 from modelyard.cli._common import console, err_console, open_store, print_json, settings
 from modelyard.cli._plane import open_plane
+from modelyard.cli._remote import URL_ENV, remote_url
 from modelyard.durations import parse_since
 from modelyard.errors import ConfigError
 from modelyard.settings import os_user
@@ -76,19 +79,38 @@ def audit_verify(
         help="SEQ:HASH printed earlier by `audit head` and kept outside the store; "
         "also detects events removed from the end.",
     ),
+    records: bool = typer.Option(
+        False,
+        "--records",
+        help="Also check the inference records against their seals (Merkle roots in the "
+        "chain) and name the first record edited, deleted or inserted. Reads the records "
+        f"table: on the database only, not through a server ({URL_ENV}).",
+    ),
     json_out: bool = JSON,
 ) -> None:
     """Recompute the whole chain; exit 1 naming the first bad event if it was tampered with.
 
     A break found is kept on record: audited changes are refused until an admin
     acknowledges it (`modelyard audit acknowledge`). Acknowledged breaks are listed,
-    and do not fail the chain.
+    and do not fail the chain. With --records, the inference records are checked too
+    (exit 1 naming the first record that does not match its seal).
     """
+    if records and remote_url() is not None:
+        raise ConfigError(
+            f"`audit verify --records` reads the records table: it runs on the database, "
+            f"and {URL_ENV} is set (the admin API checks the chain only)",
+            hint=f"Unset {URL_ENV} and run it where the database is (MODELYARD_HOME or "
+            "MODELYARD_STORE_URL), with the audit key.",
+        )
     expected = AuditHead.parse(head) if head else None
     with open_plane() as plane:
         report = plane.verify_audit_chain(expected)
+    sealed = None
+    if records and report.ok:  # the seals are read from the chain: only from a sound one
+        with open_store() as store:
+            sealed = store.verify_record_seals()
     if json_out:
-        print_json(report.to_json())
+        print_json(report.to_json() | ({} if sealed is None else {"records": sealed.to_json()}))
     report.raise_if_broken()
     if not json_out:
         anchored = f", matches head {expected}" if expected else ""
@@ -106,6 +128,28 @@ def audit_verify(
                 highlight=False,
                 soft_wrap=True,
             )
+        if sealed is not None:
+            _print_records(sealed)
+    if sealed is not None:
+        sealed.raise_if_broken()
+
+
+def _print_records(report: RecordsReport) -> None:
+    removed = [f"{report.purged} removed by retention"] if report.purged else []
+    removed += [f"{report.discarded} replaced by batch jobs"] if report.discarded else []
+    notes = [*removed, f"{report.running} running (sealed when they end)"]
+    if report.before_sealing:
+        notes.append(f"{report.before_sealing} written before sealing began (not covered)")
+    status = "[green]records OK[/]" if report.ok else "[red]records FAILED[/]"
+    console.print(
+        f"{status}: {report.records} records match {report.seals} seals; {', '.join(notes)}",
+        highlight=False,
+        soft_wrap=True,
+    )
+    for problem in report.problems[:20]:
+        console.print(f"  {escape(problem.sentence())}", highlight=False, soft_wrap=True)
+    if len(report.problems) > 20:
+        console.print(f"  ... {len(report.problems) - 20} more (--json lists them all)")
 
 
 @app.command("acknowledge")
@@ -181,6 +225,64 @@ def audit_export(
             Path(tmp).unlink(missing_ok=True)
             raise
     console.print(f"[green]exported[/] {count} events to {target}")
+
+
+@app.command("prove")
+def audit_prove(
+    record_id: str = typer.Argument(..., help="The inference record's id (the completion's id)."),
+    out: Path | None = typer.Option(None, "--out", help="Write to FILE instead of stdout."),
+) -> None:
+    """Export the inclusion proof of one inference record for an auditor (JSON).
+
+    It holds the record's canonical bytes, their leaf hash, the Merkle path to its
+    seal's root and the audit event holding that root (seq and hash, as `audit export`
+    lists it). `modelyard audit check-proof FILE` checks it with no database. Reads the
+    records table: on the database only.
+    """
+    with open_store() as store:
+        proof = store.record_proof(record_id)
+    text = json.dumps(proof, indent=2, ensure_ascii=False) + "\n"
+    if out is None:
+        sys.stdout.write(text)
+        return
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write {out}: {exc.strerror}", hint="Choose another --out."
+        ) from None
+    console.print(
+        f"[green]wrote[/] the inclusion proof of record {escape(record_id)} (leaf "
+        f"{proof['position']} of {proof['size']}, audit event {proof['event']['seq']}) to {out}",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("check-proof")
+def audit_check_proof(
+    path: Path = typer.Argument(..., help="A proof written by `modelyard audit prove`."),
+    json_out: bool = JSON,
+) -> None:
+    """Check an inclusion proof with no database; exit 1 if it does not verify.
+
+    The record's bytes must hash to the leaf, the path must lead from the leaf to the
+    root, and the audit event must hold that root for that many records. That the event
+    is in the chain: compare its seq and hash with `audit export` (verifiable with the
+    key) or a head kept with `audit head`.
+    """
+    try:
+        proof = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    except ValueError as exc:
+        raise ConfigError(f"{path} is not a JSON record inclusion proof: {exc}") from None
+    check = check_proof(proof)
+    if json_out:
+        print_json({"ok": True, **vars(check)})
+        return
+    line = f"[green]proof OK[/]: {escape(check.sentence())}"
+    console.print(line, highlight=False, soft_wrap=True)
 
 
 # -- actors --------------------------------------------------------------------------------

@@ -1,0 +1,242 @@
+"""Tamper-evident inference records (issue 19): served requests are sealed, and editing,
+deleting or inserting a record in the database is named by `audit verify --records`."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import openai
+import pytest
+from sqlalchemy import create_engine, text
+
+from clihelp import Result, modelyard
+from modelyard.access import create_api_key
+from modelyard.audit import (
+    RECORD_FIELDS,
+    SEAL_ACTION,
+    check_proof,
+    inclusion_path,
+    leaf_hash,
+    merkle_root,
+    root_from_path,
+)
+from modelyard.errors import AuditError
+from modelyard.monitoring import RecordWriter
+from modelyard.serving import BackgroundServer, EchoEngine, create_app
+from modelyard.store import NewInferenceRecord, Store
+from modelyard.store._schema import InferenceRecordRow
+from worlds import two_tenant_world
+
+KEY = "5e" * 32
+OTHER_KEY = "a1" * 32
+
+
+@dataclass
+class World:
+    store: Store
+    url: str  # the store's
+    ids: dict[str, list[str]]  # record ids per tenant, oldest first
+    home: Path
+
+    def cli(self, *args: str) -> Result:
+        env = {"MODELYARD_STORE_URL": self.url, "MODELYARD_AUDIT_KEY": KEY}
+        r = modelyard(*args, home=self.home, env=env | {"MODELYARD_ACTOR": "auditor"})
+        assert "Traceback" not in r.err, r.err
+        return r
+
+    def sql(self, statement: str, **params: object) -> None:
+        engine = create_engine(self.url)
+        try:
+            with engine.begin() as conn:
+                assert conn.execute(text(statement), params).rowcount == 1
+        finally:
+            engine.dispose()
+
+
+def _serve(store: Store, per_tenant: int) -> dict[str, list[str]]:
+    """Requests through the real app (echo engine); the records they leave, per tenant."""
+    keys = {t: create_api_key(store, t)[1] for t in ("acme", "globex")}
+    writer = RecordWriter(store)
+    ids: dict[str, list[str]] = {"acme": [], "globex": []}
+    try:
+        app = create_app(store, EchoEngine(), refresh_seconds=0.1, writer=writer)
+        with BackgroundServer(app) as server:
+            for i in range(per_tenant):
+                for tenant, key in keys.items():
+                    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=key)
+                    reply = client.chat.completions.create(
+                        model=f"{tenant}-support",
+                        messages=[{"role": "user", "content": f"question {i} of {tenant}"}],
+                    )
+                    ids[tenant].append(reply.id)
+            assert writer.flush(30)
+    finally:
+        writer.close()
+    assert writer.unsealed == 0 and writer.dropped == 0
+    return ids
+
+
+@pytest.fixture
+def world(store_url: str, tmp_path: Path) -> Iterator[World]:
+    with Store.open(store_url, audit_key=KEY) as store:  # the OS user: the bootstrap admin
+        two_tenant_world(store, versions=1)
+        ids = _serve(store, per_tenant=3)
+        yield World(store, store_url, ids, tmp_path / "home")
+
+
+def test_served_records_are_sealed_in_the_chain(world: World) -> None:
+    events = world.store.list_audit_events(action=SEAL_ACTION, limit=None)
+    assert events and sum(e.payload["records"] for e in events) == 6
+    report = world.store.verify_record_seals()
+    assert report.ok and report.records == 6 and report.running == 0
+    assert report.seals == len(events)
+
+
+def test_verify_records_names_the_record_edited_then_deleted_and_inserted(world: World) -> None:
+    ok = world.cli("audit", "verify", "--records")
+    assert ok.code == 0, ok.err
+    assert "audit chain OK" in ok.out and "records OK: 6 records match" in ok.out
+
+    edited, deleted = world.ids["acme"][0], world.ids["globex"][1]
+    world.sql("UPDATE inference_records SET response = 'a better answer' WHERE id = :id", id=edited)
+    bad = world.cli("audit", "verify", "--records")
+    assert bad.code == 1 and "records FAILED" in bad.out
+    assert f"error: inference records do not match their seals: record {edited} edited" in bad.err
+    assert "its content is not what was sealed" in bad.err
+
+    world.sql("DELETE FROM inference_records WHERE id = :id", id=deleted)
+    world.sql(
+        "INSERT INTO inference_records (id, created_at, endpoint_name, route, latency_ms, "
+        "status, http_status, shadow, source, prompt_tokens, completion_tokens, response) "
+        "VALUES ('chatcmpl-forged', :at, 'acme-support', 'chat.completions', 9.0, 'ok', 200, "
+        "false, 'api', 1, 1, 'forged')",
+        at=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f"),
+    )
+    worse = world.cli("audit", "verify", "--records", "--json")
+    assert worse.code == 1
+    found = json.loads(worse.out)["records"]
+    assert found["ok"] is False
+    named = {(p["kind"], p["record_id"]) for p in found["problems"]}
+    assert named == {("edited", edited), ("deleted", deleted), ("inserted", "chatcmpl-forged")}
+    assert found["first_problem"]["record_id"] == edited  # the earliest record first
+    assert f"record {edited} edited" in worse.err and "(2 more problems)" in worse.err
+
+
+def test_retention_removes_records_and_what_remains_verifies(world: World) -> None:
+    world.store.set_retention("acme", 30)
+    removed = world.store.purge_records("acme", datetime.now(UTC) + timedelta(seconds=1))
+    assert removed == 3
+    purge = world.store.list_audit_events(action="records.purged")[0]
+    assert purge.payload["tenant_id"] == world.store.get_tenant("acme").id
+    ok = world.cli("audit", "verify", "--records")
+    assert ok.code == 0, ok.err
+    assert "records OK: 3 records match" in ok.out and "3 removed by retention" in ok.out
+    # retention does not cover another tenant's records, nor an edit of what remains
+    world.sql("DELETE FROM inference_records WHERE id = :id", id=world.ids["globex"][0])
+    bad = world.cli("audit", "verify", "--records")
+    assert bad.code == 1 and f"record {world.ids['globex'][0]} deleted" in bad.err
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_an_inclusion_proof_is_checked_offline_and_a_tampered_one_fails(
+    world: World, tmp_path: Path
+) -> None:
+    record_id = world.ids["globex"][2]
+    out = tmp_path / "proof.json"
+    made = world.cli("audit", "prove", record_id, "--out", str(out))
+    assert made.code == 0, made.err
+    assert f"wrote the inclusion proof of record {record_id}" in made.out
+    proof = json.loads(out.read_text())
+    assert proof["record_id"] == record_id and json.loads(proof["record"])["id"] == record_id
+    event = world.store.list_audit_events(action=SEAL_ACTION, subject=f"seal:{proof['seal']}")[0]
+    assert proof["event"] == event.to_json()
+
+    # no database: another home, no store URL, no key
+    offline = tmp_path / "auditor"
+    checked = modelyard("audit", "check-proof", str(out), home=offline)
+    assert checked.code == 0, checked.err
+    assert f"proof OK: record {record_id} is leaf {proof['position']} of" in checked.out
+    assert f"held by audit event seq {event.seq} (hash {event.hash})" in checked.out
+    assert not offline.exists()  # nothing was created: no store opened
+
+    record = json.loads(proof["record"])
+    record["response"] = "something else"
+    edited = proof | {"record": json.dumps(record, sort_keys=True, separators=(",", ":"))}
+    out.write_text(json.dumps(edited))
+    bad = modelyard("audit", "check-proof", str(out), home=offline)
+    assert bad.code == 1
+    assert "bytes do not hash to the proof's leaf (the record was edited)" in bad.err
+    with pytest.raises(AuditError, match="the path does not lead"):
+        leaf = leaf_hash(proof["record"].encode())
+        check_proof(proof | {"leaf": leaf.hex(), "position": (proof["position"] + 1) % 2})
+
+    # an edited record gets no proof at all
+    world.sql("UPDATE inference_records SET prompt = 'x' WHERE id = :id", id=record_id)
+    refused = world.cli("audit", "prove", record_id)
+    assert refused.code == 1 and f"record {record_id} does not match its seal" in refused.err
+
+
+def test_records_are_checked_on_the_database_only(tmp_path: Path) -> None:
+    r = modelyard(
+        "audit", "verify", "--records", home=tmp_path / "h",
+        env={"MODELYARD_URL": "https://modelyard.example", "MODELYARD_TOKEN": "t"},
+    )  # fmt: skip
+    assert r.code == 2 and "`audit verify --records` reads the records table" in r.err
+
+
+def _record(record_id: str, tid: int, status: str = "ok", **extra: object) -> NewInferenceRecord:
+    fields: dict[str, object] = {"latency_ms": 3, "http_status": 200, "response": "hi"}
+    return NewInferenceRecord(  # type: ignore[arg-type]
+        id=record_id, endpoint_name="acme-support", route="completions", status=status,
+        tenant_id=tid, prompt="hello", **(fields | extra),
+    )  # fmt: skip
+
+
+def test_closed_abandoned_and_replaced_records_stay_verifiable(store: Store) -> None:
+    two_tenant_world(store, versions=1)
+    tid = store.get_tenant("acme").id
+    running = _record("r-run", tid, "running", latency_ms=0.0, http_status=0, response=None)
+    store.add_monitored_records([], started=[running], server_id="gone-1-aaaaaa", seal=True)
+    batch = [(_record(f"r-{i}", tid, job_id="job-1", source="batch"), None) for i in range(4)]
+    store.add_monitored_records(batch, seal=True)
+    assert store.verify_record_seals().running == 1
+
+    assert store.close_running_records(["gone-1-aaaaaa"], "server stopped", seal=True) == 1
+    closed = store.list_audit_events(action=SEAL_ACTION)[0]
+    assert closed.payload["closed"] == "server stopped" and closed.payload["records"] == 1
+    assert store.discard_job_records("job-1", ["r-1", "r-2"]) == 2
+    report = store.verify_record_seals()
+    assert report.ok and report.records == 3 and report.discarded == 2 and report.running == 0
+    assert store.list_audit_events(action="records.discarded")[0].payload["ids"] == ["r-1", "r-2"]
+
+
+def test_a_refusing_chain_leaves_records_written_unsealed_and_reported(
+    store: Store, store_url: str
+) -> None:
+    two_tenant_world(store, versions=1)  # the chain, written with this home's key
+    tid = store.get_tenant("acme").id
+    store.add_monitored_records([(_record("r-sealed", tid), None)], seal=True)
+    with Store.open(store_url, actor="ops", audit_key=OTHER_KEY) as wrong:
+        writer = RecordWriter(wrong)
+        writer.submit(_record("r-unsealed", tid))
+        assert writer.flush(30)
+        writer.close()
+    assert writer.unsealed == 1 and writer.written == 1 and writer.dropped == 0
+    report = store.verify_record_seals()
+    assert [(p.kind, p.record_id) for p in report.problems] == [("inserted", "r-unsealed")]
+
+
+def test_the_encoding_covers_every_record_column_and_the_tree_is_rfc9162() -> None:
+    columns = {c.name for c in InferenceRecordRow.__table__.columns}
+    assert set(RECORD_FIELDS) == columns - {"seal", "seal_pos"}
+    for n in range(1, 20):
+        leaves = [leaf_hash(bytes([i])) for i in range(n)]
+        root = merkle_root(leaves)
+        for i in range(n):
+            path = inclusion_path(leaves, i)
+            assert root_from_path(leaves[i], i, n, path) == root
+            assert n == 1 or root_from_path(leaves[i], (i + 1) % n, n, path) != root
