@@ -92,3 +92,29 @@ def test_routing_quick_reports_both_hit_rates() -> None:
     assert all(run["hits"] + run["misses"] == sum(run["per_replica"]) == run["requests"]
                for run in result["runs"])  # fmt: skip
     assert "Adapter cache hit rate" in r.stderr
+
+
+@pytest.mark.slow
+def test_gpu_quick_runs_every_measure_on_whatever_is_here(tmp_path: Path) -> None:
+    """benchmarks/gpu.py's smoke test: on CPU a tiny model, QLoRA said to need CUDA."""
+    script = ROOT / "benchmarks" / "gpu.py"
+    out = tmp_path / "gpu.md"
+    r = subprocess.run(
+        [sys.executable, str(script), "--quick", "--json", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        check=False,
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout)
+    assert _positive(result["lora"]["ratio"]) and _positive(result["packing"]["ratio"])
+    assert result["lora"]["runs"]["modelyard"][0]["loss"] > 0
+    assert _positive(result["decode"]["single_tokens_per_second"])
+    assert _positive(result["decode"]["batch8_tokens_per_second"])
+    if not result["machine"]["cuda"]:
+        assert "needs a CUDA GPU" in result["qlora"]["skipped"]
+        assert result["lora"]["peak_gib"] == {"modelyard": None, "plain": None}
+    table = out.read_text(encoding="utf-8")
+    assert "| LoRA tokens/s, modelyard / plain Trainer+peft (bf16) |" in table

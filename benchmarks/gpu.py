@@ -1,0 +1,359 @@
+"""GPU benchmark (issue 20): modelyard's LoRA against a plain Trainer + peft script with bf16.
+
+On a machine with a CUDA GPU, with a Llama of about 1 B parameters built here with random
+weights (nothing is downloaded) and saved in bf16:
+
+- LoRA tokens/s, modelyard's ``train_model`` (precision auto) divided by a plain
+  ``transformers.Trainer`` + peft script with ``bf16=True``, on the same model, rows and
+  seed; a warm-up round first, then the order alternated; peak GPU memory of each;
+- packing vs padded batches (modelyard, real tokens/s);
+- QLoRA's peak GPU memory against LoRA's (needs bitsandbytes: pip install 'modelyard[gpu]');
+- the serving engine's decode rates (tokens/s, one request and 8 at once).
+
+It writes its table as markdown (``--out``, default gpu-results.md) and, with ``--json``,
+the numbers on stdout. ``--quick`` runs a tiny model on whatever is here (CPU included) as
+a smoke test: its numbers say nothing about GPUs.
+
+    .venv/bin/python benchmarks/gpu.py                 # on the GPU machine
+    .venv/bin/python benchmarks/gpu.py --quick --json  # smoke test, about a minute on CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import peft
+import torch
+import transformers
+from _machine import machine
+from peft import LoraConfig, get_peft_model
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    DataCollatorForSeq2Seq,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PrinterCallback,
+    Trainer,
+    TrainingArguments,
+    set_seed,
+)
+
+from modelyard.artifacts import LocalArtifactStore
+from modelyard.base import create_tiny_base
+from modelyard.data import DOMAINS, domain_corpus, synthetic_domain
+from modelyard.gpu import gpu_readings
+from modelyard.training import IGNORE_INDEX, TrainSettings, encode_row, train_model
+
+Row = dict[str, str]
+
+
+@dataclass(frozen=True)
+class Config:
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    rows: int
+    row_tokens: int
+    batch_size: int
+    steps: int
+    repeats: int
+    new_tokens: int
+    vocab: int
+
+
+# about 1.0 B parameters with a 32 k vocabulary: the issue's 0.85 B-class Llama on one GPU
+FULL = Config(2048, 16, 32, 5632, 512, 512, 8, 30, 2, 128, 32000)
+QUICK = Config(64, 2, 2, 128, 32, 96, 4, 3, 1, 8, 512)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def build_base(config: Config, out: Path) -> Path:
+    """A random-weight Llama of ``config``'s shape, saved in bf16 with a tokenizer trained
+    here (the tokenizer of a tiny base on the synthetic corpus)."""
+    tokenizer_dir = out.parent / "tokenizer-base"
+    corpus = domain_corpus(DOMAINS, 600, seed=0)
+    create_tiny_base(corpus, tokenizer_dir, vocab_size=config.vocab, hidden_size=32, steps=1)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    set_seed(0)
+    model = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=config.hidden,
+            intermediate_size=config.intermediate,
+            num_hidden_layers=config.layers,
+            num_attention_heads=config.heads,
+            num_key_value_heads=config.heads,
+            max_position_embeddings=max(1024, config.row_tokens * 2),
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    ).to(torch.bfloat16)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    return out
+
+
+def build_rows(tokenizer: Any, config: Config) -> list[Row]:
+    """Rows of varied length up to ``row_tokens`` (so padding and packing differ)."""
+    base = synthetic_domain("it-support", config.rows, seed=0)
+    rows = []
+    for number, row in enumerate(base):
+        target = config.row_tokens // 4 + (number * 37) % (config.row_tokens * 3 // 4)
+        words = row["input"].split()
+        text = row["input"]
+        while len(tokenizer(text)["input_ids"]) < target - 16:
+            text += " " + " ".join(words)
+        rows.append({**row, "input": text})
+    cap = config.row_tokens
+    return [r for r in rows if len(encode_row(tokenizer, r, 1 << 30)["input_ids"]) <= cap]
+
+
+def _settings(config: Config, **changes: Any) -> TrainSettings:
+    values: dict[str, Any] = {
+        "max_steps": config.steps,
+        "batch_size": config.batch_size,
+        "max_seq_len": config.row_tokens,
+        "learning_rate": 2e-4,
+        "alpha": 16,
+        "r": 16,
+        "seed": 0,
+    }
+    return TrainSettings(**{**values, **changes})
+
+
+def _cuda_reset() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+
+
+def _peak() -> float | None:
+    return torch.cuda.max_memory_allocated() / 1024**3 if torch.cuda.is_available() else None
+
+
+def modelyard_run(base: Path, rows: Sequence[Row], settings: TrainSettings, work: Path) -> dict:
+    _cuda_reset()
+    result = train_model(base, rows, work / "modelyard-out", settings, overwrite=True)
+    return {
+        "tokens_per_second": result.tokens_per_second,
+        "loss": result.train_loss,
+        "peak_gib": _peak(),
+        "precision": result.compute.get("precision"),
+    }
+
+
+def plain_run(base: Path, rows: Sequence[Row], settings: TrainSettings, work: Path) -> dict:
+    """What a user writes with transformers and peft alone: bf16=True where the GPU has it."""
+    _cuda_reset()
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tokenizer.padding_side = "right"
+    model = AutoModelForCausalLM.from_pretrained(
+        base, dtype=torch.bfloat16 if bf16 else torch.float32
+    )
+    model.config.use_cache = False
+    features = [encode_row(tokenizer, row, settings.max_seq_len) for row in rows]
+    set_seed(settings.seed)
+    target = (
+        list(settings.target_modules)
+        if not isinstance(settings.target_modules, str)
+        else "all-linear"
+    )
+    model = get_peft_model(
+        model,
+        LoraConfig(task_type="CAUSAL_LM", r=settings.r, lora_alpha=settings.alpha,
+                   target_modules=target, bias="none"),
+    )  # fmt: skip
+    args = TrainingArguments(
+        output_dir=str(work / "plain"),
+        per_device_train_batch_size=settings.batch_size,
+        max_steps=settings.max_steps or -1,
+        learning_rate=settings.learning_rate,
+        warmup_steps=settings.warmup_ratio,
+        seed=settings.seed,
+        bf16=bf16,
+        use_cpu=not torch.cuda.is_available(),
+        save_strategy="no",
+        report_to="none",
+        disable_tqdm=True,
+        logging_steps=1,
+        include_num_input_tokens_seen="non_padding",
+    )
+    collator = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True)
+    trainer = Trainer(model=model, args=args, train_dataset=features, data_collator=collator)
+    trainer.remove_callback(PrinterCallback)
+    output = trainer.train()
+    seconds = float(output.metrics["train_runtime"])
+    return {
+        "tokens_per_second": trainer.state.num_input_tokens_seen / seconds,
+        "loss": float(output.training_loss),
+        "peak_gib": _peak(),
+        "precision": "bf16" if bf16 else "fp32",
+    }
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
+def lora_vs_plain(base: Path, rows: Sequence[Row], config: Config, work: Path) -> dict:
+    """A warm-up of each, then ``repeats`` rounds with the order alternated."""
+    settings = _settings(config)
+    runs: dict[str, list[dict]] = {"modelyard": [], "plain": []}
+    sides: dict[str, Callable[..., dict]] = {"modelyard": modelyard_run, "plain": plain_run}
+    _say("warm-up (2 steps each, not counted)")
+    for side in sides.values():
+        side(base, rows, settings.model_copy(update={"max_steps": 2}), work)
+    for repeat in range(config.repeats):
+        order = ["modelyard", "plain"] if repeat % 2 == 0 else ["plain", "modelyard"]
+        for name in order:
+            runs[name].append(sides[name](base, rows, settings, work))
+            _say(f"{name:<10} {runs[name][-1]['tokens_per_second']:10,.0f} tokens/s")
+    mine = _median([r["tokens_per_second"] for r in runs["modelyard"]])
+    plain = _median([r["tokens_per_second"] for r in runs["plain"]])
+    peaks = {k: max((r["peak_gib"] or 0.0) for r in v) or None for k, v in runs.items()}
+    return {"ratio": mine / plain, "modelyard": mine, "plain": plain, "peak_gib": peaks,
+            "runs": runs}  # fmt: skip
+
+
+def packing(base: Path, rows: Sequence[Row], config: Config, work: Path) -> dict:
+    padded = modelyard_run(base, rows, _settings(config), work)
+    packed = modelyard_run(base, rows, _settings(config, packing=True), work)
+    rate = "tokens_per_second"
+    return {"ratio": packed[rate] / padded[rate], "padded": padded[rate], "packed": packed[rate]}
+
+
+def qlora_memory(base: Path, rows: Sequence[Row], config: Config, work: Path) -> dict:
+    if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
+        return {"skipped": "QLoRA needs a CUDA GPU and bitsandbytes (pip install 'modelyard[gpu]')"}
+    lora = modelyard_run(base, rows, _settings(config), work)
+    qlora = modelyard_run(base, rows, _settings(config, method="qlora"), work)
+    return {"ratio": qlora["peak_gib"] / lora["peak_gib"], "lora_peak_gib": lora["peak_gib"],
+            "qlora_peak_gib": qlora["peak_gib"], "qlora_loss": qlora["loss"]}  # fmt: skip
+
+
+def decode_rates(base: Path, rows: Sequence[Row], config: Config, work: Path) -> dict:
+    """The serving engine's decode rates with a trained adapter: one request, then 8 at once."""
+    from modelyard.serving import SamplingParams, TransformersEngine
+    from modelyard.store import Store
+
+    adapter = work / "modelyard-out"
+    train_model(base, rows[:8], adapter, _settings(config, max_steps=1), overwrite=True)
+    artifacts = LocalArtifactStore(work / "artifacts")
+    with Store.open(f"sqlite:///{work / 'store.db'}") as store:
+        store.register_base_model("bench", str(base), {})
+        store.create_registered_model("bench-bot")
+        version = store.create_model_version(
+            "bench-bot", kind="adapter", base_model="bench", run_id=None,
+            artifact_digest=artifacts.put_dir(adapter, kind="adapter").digest,
+            lineage={"prompt_template": "alpaca"}, metrics={},
+        )  # fmt: skip
+        engine = TransformersEngine(artifacts, max_batch_size=8, store=store)
+        try:
+            params = SamplingParams(max_tokens=config.new_tokens, temperature=0)
+            prompts = [r["input"][:200] for r in rows[:8]]
+            engine.generate(version, prompts[0], params)  # warm-up: the adapter loads
+            started = time.perf_counter()
+            one = engine.generate(version, prompts[0], params).completion_tokens
+            single = one / (time.perf_counter() - started)
+            started = time.perf_counter()
+            with ThreadPoolExecutor(8) as pool:
+                done = list(pool.map(lambda p: engine.generate(version, p, params), prompts))
+            batched = sum(g.completion_tokens for g in done) / (time.perf_counter() - started)
+        finally:
+            engine.close()
+    return {"single_tokens_per_second": single, "batch8_tokens_per_second": batched}
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "—"
+    return f"{value:,.2f}{unit}" if isinstance(value, float) else f"{value}{unit}"
+
+
+def markdown(result: dict) -> str:
+    lora, pack, qlora, decode = (result[k] for k in ("lora", "packing", "qlora", "decode"))
+    gpus = ", ".join(f"{g['name']}" for g in result["gpus"]) or "none (CPU)"
+    lines = [
+        f"# GPU benchmark ({'quick smoke test' if result['quick'] else 'full'})",
+        "",
+        f"Machine: {gpus}; torch {result['machine']['torch']}, transformers "
+        f"{result['machine']['transformers']}, peft {result['machine']['peft']}; "
+        f"{result['parameters'] / 1e9:.2f} B parameters.",
+        "",
+        "| measure | value | target |",
+        "|---|---|---|",
+        f"| LoRA tokens/s, modelyard / plain Trainer+peft (bf16) | {lora['ratio']:.2f}x "
+        f"({lora['modelyard']:,.0f} vs {lora['plain']:,.0f}) | >= 1.0 |",
+        f"| peak GPU memory GiB, modelyard / plain | {_fmt(lora['peak_gib']['modelyard'])} / "
+        f"{_fmt(lora['peak_gib']['plain'])} | not above plain |",
+        f"| packing vs padded tokens/s | {pack['ratio']:.2f}x | >= 1.3 |",
+        "| QLoRA peak memory / LoRA's | "
+        + (f"{qlora['ratio']:.2f}" if "ratio" in qlora else qlora["skipped"])
+        + " | < 0.5 |",
+        f"| engine decode tokens/s, 1 request | {decode['single_tokens_per_second']:,.1f} | |",
+        f"| engine decode tokens/s, 8 at once | {decode['batch8_tokens_per_second']:,.1f} | |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="tiny model: a smoke test")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--out", type=Path, default=Path("gpu-results.md"), help="markdown")
+    args = parser.parse_args(argv)
+    config = QUICK if args.quick else FULL
+    if not args.quick and not torch.cuda.is_available():
+        _say("no CUDA GPU here: run with --quick for a smoke test, or on the GPU machine")
+        return 2
+    transformers.logging.set_verbosity_error()
+    with tempfile.TemporaryDirectory(prefix="modelyard-gpu-bench-") as tmp:
+        work = Path(tmp)
+        base = build_base(config, work / "base")
+        rows = build_rows(AutoTokenizer.from_pretrained(base), config)
+        _say(f"{len(rows)} rows; base of {config.layers} layers x {config.hidden}")
+        parameters = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(base).parameters())
+        result = {
+            "quick": args.quick,
+            "machine": machine(transformers, peft),
+            "gpus": [{"name": g.name, "memory_total_bytes": g.memory_total_bytes}
+                     for g in gpu_readings()],
+            "parameters": parameters,
+            "config": config.__dict__,
+            "lora": lora_vs_plain(base, rows, config, work),
+            "packing": packing(base, rows, config, work),
+            "qlora": qlora_memory(base, rows, config, work),
+            "decode": decode_rates(base, rows, config, work),
+        }  # fmt: skip
+    table = markdown(result)
+    args.out.write_text(table, encoding="utf-8")
+    _say(table)
+    if args.json:
+        print(json.dumps(result, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
