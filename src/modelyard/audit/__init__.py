@@ -49,6 +49,7 @@ from modelyard.audit._seals import (
     record_bytes,
     record_leaf,
     seal_payload,
+    values_leaf,
 )
 from modelyard.audit._verify import (
     ACK_ACTION,
@@ -127,6 +128,7 @@ __all__ = [
     "root_from_path",
     "scan_chain",
     "seal_payload",
+    "values_leaf",
     "verify_chain",
     "write_events",
 ]

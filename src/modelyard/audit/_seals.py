@@ -6,12 +6,15 @@ transaction with one audit event, ``records.sealed``, whose payload holds the ba
 Merkle root (``_merkle``, RFC 9162) over the records' leaves, in the order of their
 ``seal_pos``. A leaf is ``SHA-256(0x00 || record_bytes(record))``.
 
-``record_bytes`` is the canonical encoding, version ``RECORD_FORMAT``: the record's
-columns listed in ``RECORD_FIELDS`` (prompt and response as stored, that is after the
-tenant's storage policy; ``server_id`` included) as canonical JSON (sorted keys, no
-spaces, UTF-8, times ISO-8601 UTC with microseconds, latencies as floats) with
-``"v": 1``. Feedback and drift features are left out: feedback changes later by design
-(the latest verdict wins), features are derived from the text and can be recomputed.
+``record_bytes`` is the canonical encoding, version ``RECORD_FORMAT``: a JSON array
+(no spaces, UTF-8) of the version, 1, then the record's columns in the order of
+``RECORD_FIELDS`` (prompt and response as stored, that is after the tenant's storage
+policy; ``server_id`` included): the time as ISO-8601 UTC with microseconds,
+latencies as floats, counts as integers, flags as booleans, absent values as null.
+An array in a fixed order rather than an object with sorted keys: it costs the
+writer less, and the field names are in the proof. Feedback and drift features are
+left out: feedback changes later by design (the latest verdict wins), features are
+derived from the text and can be recomputed.
 A new column in the record changes nothing sealed before; adding it to the encoding
 needs a new version.
 
@@ -25,7 +28,7 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from modelyard.audit._canonical import canonical_json, format_time
@@ -70,29 +73,39 @@ _INTS = ("tenant_id", "version_id", "prompt_tokens", "completion_tokens", "http_
 _BOOLS = ("shadow", "format_ok")
 
 
+_TIME = RECORD_FIELDS.index("created_at") + 1  # positions in the array (the version first)
+_CASTS = [
+    (i + 1, float if f in _FLOATS else int if f in _INTS else bool)
+    for i, f in enumerate(RECORD_FIELDS)
+    if f in _FLOATS or f in _INTS or f in _BOOLS
+]
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
 def record_bytes(record: Mapping[str, Any]) -> bytes:
     """The canonical bytes of a record (its ``RECORD_FIELDS``), the same whether read from
     the values written or from the row read back on SQLite or PostgreSQL."""
-    out: dict[str, Any] = {"v": RECORD_FORMAT}
-    for name in RECORD_FIELDS:
-        value = record[name]
-        if value is None:
-            out[name] = None
-        elif name == "created_at":
-            out[name] = format_time(value)
-        elif name in _FLOATS:
-            out[name] = float(value)
-        elif name in _INTS:
-            out[name] = int(value)
-        elif name in _BOOLS:
-            out[name] = bool(value)
-        else:
-            out[name] = str(value)
-    return canonical_json(out).encode("utf-8")
+    return values_bytes([record[name] for name in RECORD_FIELDS])
+
+
+def values_bytes(values: Sequence[Any]) -> bytes:
+    """``record_bytes`` of a record's values in the order of ``RECORD_FIELDS``."""
+    out: list[Any] = [RECORD_FORMAT, *values]
+    at = out[_TIME]
+    out[_TIME] = (at if at.tzinfo is UTC else at.astimezone(UTC)).isoformat(timespec="microseconds")
+    for i, cast in _CASTS:
+        v = out[i]
+        if v is not None and type(v) is not cast:
+            out[i] = cast(v)
+    return _encode(out).encode("utf-8")
 
 
 def record_leaf(record: Mapping[str, Any]) -> bytes:
     return leaf_hash(record_bytes(record))
+
+
+def values_leaf(values: Sequence[Any]) -> bytes:
+    return leaf_hash(values_bytes(values))
 
 
 def index_digest(ids: Sequence[str], tenants: Sequence[int | None], times: Sequence[str]) -> str:
@@ -228,6 +241,7 @@ def build_proof(
     return {
         "format": PROOF_FORMAT,
         "record_id": record["id"],
+        "fields": ["v", *RECORD_FIELDS],  # what each value of the record's array is
         "record": data.decode("utf-8"),
         "leaf": leaf_hash(data).hex(),
         "position": position,
@@ -276,7 +290,7 @@ def check_proof(proof: Mapping[str, Any]) -> ProofCheck:
         raise ConfigError(f"not a record inclusion proof (format {PROOF_FORMAT!r} expected)")
     try:
         data = str(proof["record"]).encode("utf-8")
-        record = json.loads(data)
+        values = json.loads(data)
         position, size = int(proof["position"]), int(proof["size"])
         event = proof["event"]
         payload = event["payload"]
@@ -290,9 +304,11 @@ def check_proof(proof: Mapping[str, Any]) -> ProofCheck:
     def bad(why: str) -> AuditError:
         return AuditError(f"the inclusion proof of record {record_id} does not verify: {why}")
 
-    if not isinstance(record, dict) or record.get("id") != record_id:
+    if not isinstance(values, list) or len(values) != len(RECORD_FIELDS) + 1:
+        raise bad(f"the record's bytes are not an array of {len(RECORD_FIELDS) + 1} values")
+    if values[1] != record_id:
         raise bad("the record's bytes are of another record")
-    if record.get("v") != RECORD_FORMAT or canonical_json(record).encode("utf-8") != data:
+    if values[0] != RECORD_FORMAT or _encode(values).encode("utf-8") != data:
         raise bad("the record's bytes are not in the canonical encoding")
     leaf = leaf_hash(data)
     if leaf.hex() != proof.get("leaf"):
@@ -327,4 +343,6 @@ __all__ = [
     "record_bytes",
     "record_leaf",
     "seal_payload",
+    "values_bytes",
+    "values_leaf",
 ]

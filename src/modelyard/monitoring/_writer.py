@@ -27,13 +27,17 @@ records in a final state are sealed in the transaction that writes them: one
 When the audit chain refuses (a recorded break, a wrong or missing audit key), the
 batch is written again unsealed rather than dropped (logged as an error, counted in
 ``unsealed``): verification reports those records as not sealed. ``seal=False`` is
-for measuring what sealing costs (``benchmarks/monitoring.py``).
+for measuring what sealing costs (``benchmarks/monitoring.py``). A record's leaf (the
+hash of its canonical bytes) is computed by ``submit``, on the caller's thread, from
+the values the store will write (its time fixed there, the writer's ``server_id``):
+the writer's thread only builds each batch's tree.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import operator
 import queue
 import threading
 import time
@@ -42,10 +46,11 @@ from typing import Protocol
 
 import numpy as np
 
+from modelyard.audit import RECORD_FIELDS, values_leaf
 from modelyard.errors import AuditError, AuditKeyMissing, ModelyardError
-from modelyard.store import NewInferenceRecord, RecordFeatures, Store
+from modelyard.store import NewInferenceRecord, RecordFeatures, Store, utcnow
 
-_Item = tuple[NewInferenceRecord, RecordFeatures | None, str | None]
+_Item = tuple[NewInferenceRecord, RecordFeatures | None, str | None, bytes | None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +64,15 @@ class _Embedder(Protocol):
 
 
 log = logging.getLogger(__name__)
+
+_SERVER = RECORD_FIELDS.index("server_id")
+_FIELDS = tuple(name if name != "server_id" else "id" for name in RECORD_FIELDS)
+_get_values = operator.attrgetter(*_FIELDS)
+
+
+def _values_of(record: NewInferenceRecord) -> list[object]:
+    """The record's values in the order of ``RECORD_FIELDS`` (``server_id`` to be set)."""
+    return list(_get_values(record))
 
 
 class RecordWriter:
@@ -111,8 +125,15 @@ class RecordWriter:
         embedder) without blocking; a full buffer drops it (and counts it)."""
         if self._embedder is None:
             text = None  # nothing will embed it: do not hold the raw text at all
+        leaf = None
+        if self._seal:
+            if record.created_at is None:  # the time it is written with, and sealed with
+                record = dataclasses.replace(record, created_at=utcnow())
+            values = _values_of(record)
+            values[_SERVER] = self.server_id  # not the record's: the writer's, on its row
+            leaf = values_leaf(values)
         try:
-            self._queue.put_nowait((record, features, text))
+            self._queue.put_nowait((record, features, text, leaf))
             self._idle.clear()
         except queue.Full:
             self._dropped(1)
@@ -157,8 +178,8 @@ class RecordWriter:
         return batch
 
     def _embed(self, batch: list[_Item]) -> list[tuple[NewInferenceRecord, RecordFeatures | None]]:
-        todo = [i for i, (_, f, t) in enumerate(batch) if f is not None and t]
-        out = [(r, f) for r, f, _ in batch]
+        todo = [i for i, (_, f, t, _) in enumerate(batch) if f is not None and t]
+        out = [(r, f) for r, f, _, _ in batch]
         if self._embedder is None or not todo:
             return out
         try:
@@ -180,14 +201,15 @@ class RecordWriter:
         return [self._pending.pop(rid).record for rid in due]
 
     def _write(self, batch: list[_Item], started: list[NewInferenceRecord]) -> None:
-        ended = {r.id for r, _, _ in batch} & self._running
+        ended = {r.id for r, _, _, _ in batch} & self._running
+        leaves = {r.id: leaf for r, _, _, leaf in batch if leaf is not None}
         self._running -= ended
         items = self._embed(batch)
         try:
             try:
                 self.written += self._store.add_monitored_records(
                     items, started=started, running=ended, server_id=self.server_id,
-                    seal=self._seal,
+                    seal=self._seal, leaves=leaves,
                 )  # fmt: skip
             except (AuditError, AuditKeyMissing) as exc:  # the chain refuses: keep the records
                 log.error("writing %d inference records unsealed: %s", len(batch), exc.one_line())

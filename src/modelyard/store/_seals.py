@@ -41,12 +41,12 @@ reports them, rather than losing inference records to an audit problem.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Integer, LargeBinary, String
+from sqlalchemy import Integer, LargeBinary, String, insert
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from modelyard.audit import (
@@ -91,9 +91,13 @@ class PendingSeal:
     leaves: list[bytes]
 
 
-def prepare_seal(rows: Sequence[dict[str, Any]]) -> PendingSeal | None:
+def prepare_seal(
+    rows: Sequence[dict[str, Any]], leaves: Mapping[str, bytes] | None = None
+) -> PendingSeal | None:
     """Give each row in a final state its ``seal`` and ``seal_pos`` (in place; the others
-    get none); the seal, or None when no row is final."""
+    get none); the seal, or None when no row is final. ``leaves``: leaf hashes by record
+    id already computed from the same values (the writer computes them off its thread)."""
+    known = leaves or {}
     final = [row for row in rows if row["status"] in FINAL_STATUSES]
     for row in rows:
         row["seal"] = row["seal_pos"] = None
@@ -107,7 +111,7 @@ def prepare_seal(rows: Sequence[dict[str, Any]]) -> PendingSeal | None:
         ids=[str(row["id"]) for row in final],
         tenants=[row["tenant_id"] for row in final],
         times=[format_time(row["created_at"]) for row in final],
-        leaves=[record_leaf(row) for row in final],
+        leaves=[known.get(row["id"]) or record_leaf(row) for row in final],
     )
 
 
@@ -126,17 +130,10 @@ def append_seal(
     event = _audit.append_event(
         s, source, actor=actor, action=SEAL_ACTION, subject=f"seal:{seal.id}", payload=payload
     )
-    s.add(
-        RecordSealRow(
-            id=seal.id,
-            audit_seq=event.seq,
-            created_at=event.time,
-            ids=seal.ids,
-            tenants=seal.tenants,
-            times=seal.times,
-            leaves=b"".join(seal.leaves),
-        )
-    )
+    leaves = b"".join(seal.leaves)
+    index = {"id": seal.id, "audit_seq": event.seq, "created_at": event.time}
+    index |= {"ids": seal.ids, "tenants": seal.tenants, "times": seal.times, "leaves": leaves}
+    s.execute(insert(RecordSealRow), [index])
     return event
 
 
