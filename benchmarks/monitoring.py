@@ -25,6 +25,12 @@ One run, three measurements:
    fresh SQLite store: N records with their features submitted as fast as
    possible, then ``flush``; rows/s = N / (time to the last row written).
    Target >= 5,000 rows/s.
+4. Seals (issue 19). The same ingest with record seals on (the default: each batch
+   sealed in its transaction, one ``records.sealed`` audit event and one index row)
+   and off (``RecordWriter(seal=False)``), alternating on/off and off/on round by
+   round so that a machine getting busier or quieter weighs on both alike; the ratio
+   is the median rate on / the median rate off, printed with each round's. Target
+   >= 0.95. ``--seals-only`` runs just this.
 
 Each timing is the median of ``--repeats`` runs. The script exits 0 whether or
 not a target is met (it prints them), non-zero only when something fails or
@@ -33,6 +39,7 @@ the two drift computations disagree.
     .venv/bin/python benchmarks/monitoring.py           # about 4 minutes on 2 cores
     .venv/bin/python benchmarks/monitoring.py --quick   # 100,000 values and records, ~15 s
     .venv/bin/python benchmarks/monitoring.py --json    # JSON on stdout, the table on stderr
+    .venv/bin/python benchmarks/monitoring.py --seals-only --rounds 5   # seals on vs off
 """
 
 from __future__ import annotations
@@ -245,7 +252,7 @@ def bench_store_drift(n: int, repeats: int) -> dict[str, Any]:
     }
 
 
-def bench_ingest(n: int, repeats: int) -> dict[str, Any]:
+def bench_ingest(n: int, repeats: int, *, seal: bool = True) -> dict[str, Any]:
     rates = []
     for _ in range(repeats):
         with tempfile.TemporaryDirectory() as tmp:
@@ -274,7 +281,7 @@ def bench_ingest(n: int, repeats: int) -> dict[str, Any]:
                 )
                 for i in range(n)
             ]
-            writer = RecordWriter(store, max_buffer=n + 1)
+            writer = RecordWriter(store, max_buffer=n + 1, seal=seal)
             t = time.perf_counter()
             for r in records:
                 writer.submit(r, feats)
@@ -282,7 +289,11 @@ def bench_ingest(n: int, repeats: int) -> dict[str, Any]:
             elapsed = time.perf_counter() - t
             writer.close()
             written = len(store.query_records(limit=None, text=False))
+            sealed = sum(e.payload["records"] for e in store.list_audit_events(
+                action="records.sealed", limit=None))  # fmt: skip
             store.close()
+            if sealed != (n if seal else 0):
+                raise SystemExit(f"ingest sealed {sealed} of {n} records (seal={seal})")
             if written != n or writer.dropped:
                 raise SystemExit(
                     f"ingest wrote {written} of {n} records ({writer.dropped} dropped)"
@@ -291,18 +302,60 @@ def bench_ingest(n: int, repeats: int) -> dict[str, Any]:
     return {"records": n, "rows_per_s": statistics.median(rates)}
 
 
+def bench_seals(n: int, rounds: int) -> dict[str, Any]:
+    """Ingest with seals on vs off, alternating the order round by round."""
+    on: list[float] = []
+    off: list[float] = []
+    for i in range(rounds):
+        for seal in (True, False) if i % 2 == 0 else (False, True):
+            (on if seal else off).append(bench_ingest(n, 1, seal=seal)["rows_per_s"])
+    return {
+        "records": n,
+        "rounds": rounds,
+        "on_rows_per_s": on,
+        "off_rows_per_s": off,
+        "round_ratios": [a / b for a, b in zip(on, off, strict=True)],
+        "ratio": statistics.median(on) / statistics.median(off),
+        "load_before": os.getloadavg(),
+    }
+
+
+def seals_only(args: argparse.Namespace) -> int:
+    n = 20_000 if args.quick else 100_000
+    load = os.getloadavg()
+    result = bench_seals(n, args.rounds)
+    result["load_before"], result["load_after"] = load, os.getloadavg()
+    console = Console(stderr=True)
+    console.print(
+        f"ingest through RecordWriter, {n:,} records, seals on vs off, {args.rounds} rounds: "
+        f"on {statistics.median(result['on_rows_per_s']):,.0f} rows/s, off "
+        f"{statistics.median(result['off_rows_per_s']):,.0f} rows/s, ratio "
+        f"{result['ratio']:.3f} (target >= 0.95); rounds "
+        + ", ".join(f"{r:.3f}" for r in result["round_ratios"])
+        + f"; load {load[0]:.1f} before, {result['load_after'][0]:.1f} after"
+    )
+    if args.json:
+        print(json.dumps(result, indent=2))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="100,000 values, 20,000 records")
     parser.add_argument("--json", action="store_true", help="JSON on stdout")
     parser.add_argument("--repeats", type=int, default=None, help="runs per timing (median)")
+    parser.add_argument("--seals-only", action="store_true", help="only seals on vs off")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of seals on vs off")
     args = parser.parse_args()
+    if args.seals_only:
+        return seals_only(args)
     n = 100_000 if args.quick else 1_000_000
     n_ingest = 20_000 if args.quick else 100_000
     repeats = args.repeats or (1 if args.quick else 3)
     drift = bench_drift(n, repeats)
     store_drift = bench_store_drift(n, repeats)
     ingest = bench_ingest(n_ingest, repeats)
+    seals = bench_seals(n_ingest, max(repeats, 3))
     result = {
         "platform": {
             "python": platform.python_version(),
@@ -315,11 +368,13 @@ def main() -> int:
         "drift": drift,
         "store_drift": store_drift,
         "ingest": ingest,
+        "seals": seals,
         "targets": {
             "drift_s_at_most_10": drift["modelyard_all_s"] <= 10,
             "drift_ratio_at_least_1": drift["ratio"] >= 1,
             "store_drift_s_at_most_10": store_drift["drift_s"] <= 10,
             "ingest_rows_per_s_at_least_5000": ingest["rows_per_s"] >= 5000,
+            "seals_on_vs_off_at_least_0_95": seals["ratio"] >= 0.95,
         },
     }
     console = Console(stderr=True)
@@ -351,6 +406,13 @@ def main() -> int:
         "",
         "",
         ">= 5,000 rows/s",
+    )
+    table.add_row(
+        f"ingest with record seals on vs off, {n_ingest:,} records, {seals['rounds']} rounds",
+        f"{statistics.median(seals['on_rows_per_s']):,.0f} rows/s",
+        f"{statistics.median(seals['off_rows_per_s']):,.0f} rows/s (seals off)",
+        f"{seals['ratio']:.3f}x",
+        ">= 0.95",
     )
     console.print(table)
     console.print(f"drifted (default tests): {', '.join(drift['drifted'])}")
