@@ -142,7 +142,7 @@ def _print_records(report: RecordsReport) -> None:
         notes.append(f"{report.before_sealing} written before sealing began (not covered)")
     status = "[green]records OK[/]" if report.ok else "[red]records FAILED[/]"
     console.print(
-        f"{status}: {report.records} records match {report.seals} seals; {', '.join(notes)}",
+        f"{status}: {report.records:,} records match {report.seals:,} seals; {', '.join(notes)}",
         highlight=False,
         soft_wrap=True,
     )
