@@ -1,11 +1,12 @@
-"""Operator commands on the store: init, tenants, keys, registry, endpoints."""
+"""Operator commands: init, tenants, keys, registry, endpoints (on the store here, or, for
+those the admin API has routes for, through a server: ``open_plane``)."""
 
 from __future__ import annotations
 
 import typer
 from rich.table import Table
 
-from modelyard.access import create_api_key, parse_duration, parse_scopes, rotate_api_key
+from modelyard.access import parse_duration, parse_scopes
 from modelyard.cli import _delivery
 from modelyard.cli._common import (
     console,
@@ -18,7 +19,7 @@ from modelyard.cli._common import (
 from modelyard.cli._control import ControlPlane, needs_database
 from modelyard.cli._plane import open_plane
 from modelyard.cli._registry import GATE_KEYS, gate_json, gate_lines
-from modelyard.errors import ArtifactError, ConfigError, NotFound
+from modelyard.errors import ArtifactError, ConfigError
 from modelyard.store import (
     DEFAULT_STORAGE_POLICY,
     STORAGE_POLICIES,
@@ -92,8 +93,8 @@ def tenants_create(
             f"invalid --storage-policy {storage_policy!r}: use one of {', '.join(STORAGE_POLICIES)}"
         )
     policy: StoragePolicy = storage_policy  # checked just above
-    with open_store() as store:
-        tenant = store.create_tenant(name, storage_policy=policy)
+    with open_plane() as plane:
+        tenant = plane.create_tenant(name, policy)
     if json_out:
         print_json(tenant)
     else:
@@ -103,8 +104,8 @@ def tenants_create(
 @tenants_app.command("list")
 def tenants_list(json_out: bool = JSON) -> None:
     """List tenants."""
-    with open_store() as store:
-        tenants = store.list_tenants()
+    with open_plane() as plane:
+        tenants = plane.list_tenants()
     if json_out:
         print_json(tenants)
         return
@@ -139,16 +140,18 @@ def keys_create(
 ) -> None:
     """Create an API key. The key is printed once; only its hash is stored."""
     wanted = parse_scopes(scopes)
-    lifetime = parse_duration(expires) if expires else None
-    with open_store() as store:
-        key, secret = create_api_key(
-            store, tenant, scopes=wanted, expires_in=lifetime, rpm_limit=rpm, tpm_limit=tpm
+    if expires:
+        parse_duration(expires)  # bad input fails before anything is opened or sent
+    with open_plane() as plane:
+        made = plane.create_api_key(
+            tenant, scopes=wanted, expires=expires, rpm_limit=rpm, tpm_limit=tpm
         )
+    key = made.key
     if json_out:
-        print_json({"id": key.id, "key": secret, "tenant": key.tenant, "scopes": key.scopes})
+        print_json({"id": key.id, "key": made.secret, "tenant": key.tenant, "scopes": key.scopes})
         return
     console.print(f"[green]created key[/] {key.id} for tenant {key.tenant}; store it now:")
-    print(secret)
+    print(made.secret)
 
 
 @keys_app.command("list")
@@ -157,10 +160,10 @@ def keys_list(
     json_out: bool = JSON,
 ) -> None:
     """List keys (never their secrets)."""
-    with open_store() as store:
-        keys = store.list_api_keys(tenant)
+    with open_plane() as plane:
+        keys = plane.list_api_keys(tenant)  # KeyInfo: no hash
     if json_out:
-        print_json([{k: v for k, v in vars(key).items() if k != "key_hash"} for key in keys])
+        print_json(keys)
         return
     table = Table(
         "id", "tenant", "scopes", "rpm/tpm", "created", "expires", "revoked", "rotated to"
@@ -182,8 +185,8 @@ def keys_list(
 @keys_app.command("revoke")
 def keys_revoke(key_id: str = typer.Argument(..., help="The key id (see `keys list`).")) -> None:
     """Revoke a key; servers refuse it within their key-cache time (seconds)."""
-    with open_store() as store:
-        key = store.revoke_api_key(key_id)
+    with open_plane() as plane:
+        key = plane.revoke_api_key(key_id)
     console.print(f"[green]revoked key[/] {key.id} of tenant {key.tenant}")
 
 
@@ -206,12 +209,12 @@ def keys_rotate(
 
     The old key keeps working for the grace period, then expires.
     """
-    grace_period = parse_duration(grace, allow_zero=True)
-    lifetime = parse_duration(expires) if expires else None
-    with open_store() as store:
-        key, secret = rotate_api_key(store, key_id, grace_period, expires_in=lifetime)
-        old = store.get_api_key(key_id)
-    old_expiry = old.expires_at if old else None
+    parse_duration(grace, allow_zero=True)  # bad input fails before anything is opened or sent
+    if expires:
+        parse_duration(expires)
+    with open_plane() as plane:
+        made = plane.rotate_api_key(key_id, grace=grace, expires=expires)
+    key, secret, old_expiry = made.key, made.secret, made.old_expires_at
     if json_out:
         print_json(
             {
@@ -246,17 +249,15 @@ def keys_limits(
     """Change a key's rate limits; servers apply them within their key-cache time."""
     if rpm is None and tpm is None:
         raise ConfigError("nothing to change: give --rpm and/or --tpm (a number or 'default')")
-    with open_store() as store:
-        key = store.get_api_key(key_id)
-        if key is None:
-            raise NotFound(f"no API key with id {key_id!r}", hint="See `modelyard keys list`.")
-        key = store.set_api_key_limits(
-            key_id,
-            rpm_limit=key.rpm_limit if rpm is None else _limit("--rpm", rpm),
-            tpm_limit=key.tpm_limit if tpm is None else _limit("--tpm", tpm),
-        )
+    limits = {
+        name: _limit(option, text)
+        for name, option, text in (("rpm_limit", "--rpm", rpm), ("tpm_limit", "--tpm", tpm))
+        if text is not None
+    }  # only what was given changes
+    with open_plane() as plane:
+        key = plane.set_api_key_limits(key_id, limits)
     if json_out:
-        print_json({k: v for k, v in vars(key).items() if k != "key_hash"})
+        print_json(key)
         return
     console.print(
         f"[green]key {key.id}[/]: {key.rpm_limit or 'default'} requests/min, "

@@ -1,4 +1,5 @@
-"""``modelyard budgets``: money budgets per tenant and per API key, and what was spent."""
+"""``modelyard budgets``: money budgets per tenant and per API key, and what was spent
+(``list`` also through a server: ``open_plane``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from rich.table import Table
 
 from modelyard.cli._admin import JSON
 from modelyard.cli._common import console, open_store, print_json
-from modelyard.store import Budget, Store, period_end, period_start
+from modelyard.cli._plane import budget_row, open_plane
+from modelyard.store import Budget
 
 app = typer.Typer(
     help="Money budgets per tenant or API key, per UTC day or month, in the currency of the "
@@ -32,7 +34,7 @@ def budgets_set(
     """Set (or replace) a budget; audited. Servers apply it within 10 s."""
     with open_store() as store:
         budget = store.set_budget(tenant, period, amount, key_id=key)
-        row = _row(store, budget, datetime.now(UTC))
+        row = budget_row(store, budget, datetime.now(UTC))
     if json_out:
         print_json(row)
         return
@@ -64,9 +66,8 @@ def budgets_list(
     json_out: bool = JSON,
 ) -> None:
     """Budgets with what was spent in their current period (from the inference records)."""
-    now = datetime.now(UTC)
-    with open_store() as store:
-        rows = [_row(store, b, now) for b in store.list_budgets(tenant)]
+    with open_plane() as plane:
+        rows = plane.list_budget_rows(tenant)
     if json_out:
         print_json(rows)
         return
@@ -81,21 +82,6 @@ def budgets_list(
             str(row["renews_at"])[:16],
         )  # fmt: skip
     console.print(table)
-
-
-def _row(store: Store, budget: Budget, now: datetime) -> dict[str, object]:
-    spent = store.spent(budget.tenant, period_start(budget.period, now), key_id=budget.key_id)
-    return {
-        "tenant": budget.tenant,
-        "key_id": budget.key_id,
-        "period": budget.period,
-        "amount": budget.amount,
-        "spent": spent,
-        "used_percent": 100 * spent / budget.amount,
-        "renews_at": period_end(budget.period, now).isoformat(),
-        "updated_at": budget.updated_at.isoformat(),
-        "updated_by": budget.updated_by,
-    }
 
 
 def _who(budget: Budget) -> str:

@@ -1,9 +1,12 @@
-"""What the registry, endpoint, rollout and audit commands ask of the control plane
-(``ControlPlane``), answered by the store here (``_plane.LocalPlane``) or by a server's
-admin API (``_remote_plane.RemotePlane``), both with the store's entities."""
+"""What the registry, endpoint, rollout, audit, tenant, key, budget and monitoring commands
+ask of the control plane (``ControlPlane``), answered by the store here
+(``_plane.LocalPlane``) or by a server's admin API (``_remote_plane.RemotePlane``), both
+with the store's entities, or with the views below where the API sends less than an
+entity holds (a key without its hash, a drift run not stored)."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,9 +15,20 @@ from typing import TYPE_CHECKING, Protocol
 
 from modelyard.audit import AuditHead, ChainReport, RecordedBreak
 from modelyard.cli._remote import URL_ENV, remote_url
-from modelyard.errors import ConfigError
+from modelyard.errors import ConfigError, NotFound
 from modelyard.registry import LineageNode
-from modelyard.store import AuditEvent, Endpoint, ModelVersion, RegisteredModel, Rollout
+from modelyard.store import (
+    AlertState,
+    ApiKey,
+    AuditEvent,
+    Endpoint,
+    ModelVersion,
+    Profile,
+    RegisteredModel,
+    Rollout,
+    StoragePolicy,
+    Tenant,
+)
 
 if TYPE_CHECKING:  # modelyard.delivery is loaded by the commands that need it
     from modelyard.delivery import GuardResult
@@ -29,6 +43,70 @@ class CurrentStep:
     baseline_requests: int
     elapsed_s: float
     guards: tuple[GuardResult, ...]
+
+
+@dataclass(frozen=True)
+class KeyInfo:
+    """An API key as the commands show it: every field of the stored ``ApiKey`` but the
+    hash of its secret (which the admin API never sends)."""
+
+    id: str
+    tenant_id: int
+    tenant: str
+    scopes: tuple[str, ...]
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    rpm_limit: int | None = None
+    tpm_limit: int | None = None
+    rotated_to: str | None = None
+
+    @classmethod
+    def of(cls, key: ApiKey) -> KeyInfo:
+        return cls(**{f.name: getattr(key, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
+class NewKey:
+    """A key just made (created or rotated in), its secret shown once, and, for a
+    rotation, the key it replaced and when that one stops working."""
+
+    key: KeyInfo
+    secret: str
+    rotated_from: str | None = None
+    old_expires_at: datetime | None = None
+
+
+@dataclass(frozen=True)
+class DriftFeature:
+    """One feature's drift test, as ``monitor drift`` prints it."""
+
+    feature: str
+    method: str
+    value: float | None
+    threshold: float
+    drifted: bool | None
+    status: str
+    n_reference: int
+    n_current: int
+
+
+@dataclass(frozen=True)
+class DriftRun:
+    """A drift computation: the features tested against the reference, and whether the
+    run was stored (on the database it is; the admin API computes and does not store)."""
+
+    endpoint: str
+    version: str
+    reference: str
+    window_start: datetime
+    window_end: datetime
+    features: tuple[DriftFeature, ...]
+    stored: bool
+
+    @property
+    def drifted_features(self) -> list[str]:
+        return [f.feature for f in self.features if f.drifted]
 
 
 class ControlPlane(Protocol):
@@ -87,6 +165,36 @@ class ControlPlane(Protocol):
     def open_audit_breaks(self) -> list[RecordedBreak] | None: ...
     def verify_audit_chain(self, head: AuditHead | None = None) -> ChainReport: ...
 
+    # tenants, keys and budgets
+    def list_tenants(self) -> list[Tenant]: ...
+    def create_tenant(self, name: str, storage_policy: StoragePolicy) -> Tenant: ...
+    def list_api_keys(self, tenant: str | None = None) -> list[KeyInfo]: ...
+    def create_api_key(
+        self, tenant: str, *, scopes: Sequence[str], expires: str | None,
+        rpm_limit: int | None, tpm_limit: int | None,
+    ) -> NewKey: ...  # fmt: skip
+    def revoke_api_key(self, key_id: str) -> KeyInfo: ...
+    def rotate_api_key(self, key_id: str, *, grace: str, expires: str | None) -> NewKey: ...
+    def set_api_key_limits(self, key_id: str, limits: Mapping[str, int | None]) -> KeyInfo: ...
+    def list_budget_rows(self, tenant: str | None = None) -> list[dict[str, object]]: ...
+
+    # monitoring
+    def update_profiles(self) -> bool: ...
+    def list_profiles(
+        self, *, window: str, endpoint: str | None, tenant: str | None, since: datetime | None
+    ) -> list[Profile]: ...
+    def compute_drift(
+        self, endpoint: str, *, version: str | None, reference: str, window: str,
+        end: datetime | None, method: Sequence[str], threshold: Sequence[str],
+        min_samples: int, semantic: bool,
+    ) -> DriftRun: ...  # fmt: skip
+    def list_alert_states(self, state: str | None = None) -> list[AlertState]: ...
+
+
+def no_such_key(key_id: str) -> NotFound:
+    """The error for a key id no key has (``keys limits``), on both planes."""
+    return NotFound(f"no API key with id {key_id!r}", hint="See `modelyard keys list`.")
+
 
 def needs_database(what: str) -> None:
     """Refuse ``what`` (an option the admin API has no route for) while MODELYARD_URL is set."""
@@ -97,4 +205,13 @@ def needs_database(what: str) -> None:
         )
 
 
-__all__ = ["ControlPlane", "CurrentStep", "needs_database"]
+__all__ = [
+    "ControlPlane",
+    "CurrentStep",
+    "DriftFeature",
+    "DriftRun",
+    "KeyInfo",
+    "NewKey",
+    "needs_database",
+    "no_such_key",
+]

@@ -1,4 +1,9 @@
-"""``modelyard monitor``: inference records, profiles, drift, alerts, retention, prices, report."""
+"""``modelyard monitor``: inference records, profiles, drift, alerts, retention, prices, report.
+
+``profiles``, ``drift`` and ``alerts`` also work through a server (``open_plane``): there
+profiles are what the server's monitoring loop last computed, a drift run is computed
+and not stored, and ``--evaluate`` / ``--semantic`` work on the database only.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +23,8 @@ from modelyard.cli._common import (
     print_json,
     settings,
 )
+from modelyard.cli._control import needs_database
+from modelyard.cli._plane import open_plane
 from modelyard.durations import parse_duration, parse_since
 from modelyard.errors import ConfigError
 
@@ -152,18 +159,17 @@ def profiles(
     ),
     json_out: bool = JSON,
 ) -> None:
-    """Show profiles: requests, errors, latency percentiles, tokens, cost, cache, feedback."""
-    from modelyard.monitoring import update_profiles
+    """Show profiles: requests, errors, latency percentiles, tokens, cost, cache, feedback.
 
-    with open_store() as store:
-        if update:
-            update_profiles(store)
-        rows = store.list_profiles(
-            window=window,
-            endpoint=endpoint,
-            tenant=tenant,
-            since=parse_since(since) if since else None,
-        )
+    Through a server (MODELYARD_URL), the profiles its monitoring loop last computed."""
+    start = parse_since(since) if since else None
+    with open_plane() as plane:
+        if update and not plane.update_profiles():
+            err_console.print(
+                "profiles as the server's monitoring loop last computed them (--update works "
+                "on the database only)"
+            )
+        rows = plane.list_profiles(window=window, endpoint=endpoint, tenant=tenant, since=start)
     if json_out:
         print_json(
             [
@@ -249,21 +255,25 @@ def drift(
 ) -> None:
     """Test each feature of the current window against the reference; the result is stored.
 
-    Exits 0 whatever it finds, unless --fail-on-drift: then 1 when a feature drifted."""
-    from modelyard.monitoring import DriftConfig, compute_drift
+    Through a server (MODELYARD_URL) the server computes it and does not store it (said on
+    stderr). Exits 0 whatever it finds, unless --fail-on-drift: then 1 when a feature
+    drifted."""
+    from modelyard.monitoring import DriftConfig
 
-    config = DriftConfig.parse(method, threshold, min_samples)
-    with open_store() as store:
-        report = compute_drift(
-            store,
-            endpoint,
-            version=version,
-            reference=reference,
-            window=parse_duration(window, field="--window"),
-            config=config,
-            artifacts=open_artifacts(),
-            now=parse_since(end, field="--end") if end else None,
-            semantic=semantic,
+    DriftConfig.parse(method, threshold, min_samples)  # bad input fails before the store
+    parse_duration(window, field="--window")
+    ends = parse_since(end, field="--end") if end else None
+    if semantic:
+        needs_database("--semantic (prompt embeddings)")
+    with open_plane() as plane:
+        report = plane.compute_drift(
+            endpoint, version=version, reference=reference, window=window, end=ends,
+            method=method, threshold=threshold, min_samples=min_samples, semantic=semantic,
+        )  # fmt: skip
+    if not report.stored:
+        err_console.print(
+            "computed by the server and not stored (the admin API does not store drift runs; "
+            "`monitor drift` on the database does)"
         )
     if json_out:
         print_json(
@@ -274,22 +284,7 @@ def drift(
                 "window_start": report.window_start.isoformat(),
                 "window_end": report.window_end.isoformat(),
                 "drifted_features": report.drifted_features,
-                "features": [
-                    {
-                        k: getattr(r, k)
-                        for k in (
-                            "feature",
-                            "method",
-                            "value",
-                            "threshold",
-                            "drifted",
-                            "status",
-                            "n_reference",
-                            "n_current",
-                        )
-                    }
-                    for r in report.results
-                ],
+                "features": report.features,
             }
         )
         _fail_on(report.drifted_features, fail_on_drift)
@@ -306,7 +301,7 @@ def drift(
         f"{report.reference}, {report.window_start:%Y-%m-%d %H:%M} to "
         f"{report.window_end:%H:%M} UTC",
     )
-    for r in report.results:
+    for r in report.features:
         verdict = {
             "drift": "[bold red]yes[/]",
             "ok": "no",
@@ -324,11 +319,11 @@ def drift(
         )
     console.print(table)
     drifted = report.drifted_features
-    compared = [r.feature for r in report.results if r.status in ("drift", "ok")]
+    compared = [r.feature for r in report.features if r.status in ("drift", "ok")]
     if drifted:
         console.print(f"drifted: {', '.join(drifted)}")
     elif compared:
-        console.print(f"no drift detected in {len(compared)} of {len(report.results)} features")
+        console.print(f"no drift detected in {len(compared)} of {len(report.features)} features")
     else:
         console.print(
             "nothing compared: no feature had enough data in both the reference and the "
@@ -367,8 +362,9 @@ def alerts(
     """List alerts and their states (firing and resolved are notified once each)."""
     from modelyard.monitoring import default_rules_path, evaluate_rules
 
-    with open_store() as store:
-        if evaluate:
+    if evaluate:
+        needs_database("--evaluate (evaluating alert rules)")
+        with open_store() as store:
             loaded = _rules(rules)
             if loaded is None:
                 raise ConfigError(
@@ -376,7 +372,8 @@ def alerts(
                     field="rules",
                 )
             evaluate_rules(store, loaded, datetime.now(UTC))
-        items = store.list_alert_states(state=state)
+    with open_plane() as plane:
+        items = plane.list_alert_states(state)
     if json_out:
         print_json(items)
         return

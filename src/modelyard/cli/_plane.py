@@ -12,15 +12,38 @@ has no route for keep ``open_store()``, which refuses to run while MODELYARD_URL
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 
 from modelyard.audit import AuditHead, ChainReport, RecordedBreak
-from modelyard.cli._common import open_store
-from modelyard.cli._control import ControlPlane, CurrentStep
+from modelyard.cli._common import open_artifacts, open_store
+from modelyard.cli._control import (
+    ControlPlane,
+    CurrentStep,
+    DriftFeature,
+    DriftRun,
+    KeyInfo,
+    NewKey,
+    no_such_key,
+)
 from modelyard.cli._remote import remote_url
+from modelyard.durations import parse_duration
 from modelyard.registry import LineageNode
-from modelyard.store import AuditEvent, Endpoint, ModelVersion, RegisteredModel, Rollout, Store
+from modelyard.store import (
+    AlertState,
+    AuditEvent,
+    Budget,
+    Endpoint,
+    ModelVersion,
+    Profile,
+    RegisteredModel,
+    Rollout,
+    StoragePolicy,
+    Store,
+    Tenant,
+    period_end,
+    period_start,
+)
 
 
 class LocalPlane:
@@ -163,6 +186,113 @@ class LocalPlane:
     def verify_audit_chain(self, head: AuditHead | None = None) -> ChainReport:
         return self.store.verify_audit_chain(head)
 
+    # -- tenants, keys and budgets -------------------------------------------------------
+
+    def list_tenants(self) -> list[Tenant]:
+        return self.store.list_tenants()
+
+    def create_tenant(self, name: str, storage_policy: StoragePolicy) -> Tenant:
+        return self.store.create_tenant(name, storage_policy=storage_policy)
+
+    def list_api_keys(self, tenant: str | None = None) -> list[KeyInfo]:
+        return [KeyInfo.of(k) for k in self.store.list_api_keys(tenant)]
+
+    def create_api_key(
+        self, tenant: str, *, scopes: Sequence[str], expires: str | None,
+        rpm_limit: int | None, tpm_limit: int | None,
+    ) -> NewKey:  # fmt: skip
+        from modelyard.access import create_api_key
+
+        key, secret = create_api_key(
+            self.store, tenant, scopes=scopes, expires_in=parse_duration(expires) if expires
+            else None, rpm_limit=rpm_limit, tpm_limit=tpm_limit,
+        )  # fmt: skip
+        return NewKey(KeyInfo.of(key), secret)
+
+    def revoke_api_key(self, key_id: str) -> KeyInfo:
+        return KeyInfo.of(self.store.revoke_api_key(key_id))
+
+    def rotate_api_key(self, key_id: str, *, grace: str, expires: str | None) -> NewKey:
+        from modelyard.access import rotate_api_key
+
+        lifetime = parse_duration(expires) if expires else None
+        grace_period = parse_duration(grace, allow_zero=True)
+        key, secret = rotate_api_key(self.store, key_id, grace_period, expires_in=lifetime)
+        old = self.store.get_api_key(key_id)
+        return NewKey(KeyInfo.of(key), secret, key_id, old.expires_at if old else None)
+
+    def set_api_key_limits(self, key_id: str, limits: Mapping[str, int | None]) -> KeyInfo:
+        """Change the limits ``limits`` names (``rpm_limit``, ``tpm_limit``; None: the
+        server's default); the others stay."""
+        key = self.store.get_api_key(key_id)
+        if key is None:
+            raise no_such_key(key_id)
+        changed = self.store.set_api_key_limits(
+            key_id,
+            rpm_limit=limits.get("rpm_limit", key.rpm_limit),
+            tpm_limit=limits.get("tpm_limit", key.tpm_limit),
+        )
+        return KeyInfo.of(changed)
+
+    def list_budget_rows(self, tenant: str | None = None) -> list[dict[str, object]]:
+        now = datetime.now(UTC)
+        return [budget_row(self.store, b, now) for b in self.store.list_budgets(tenant)]
+
+    # -- monitoring --------------------------------------------------------------------
+
+    def update_profiles(self) -> bool:
+        from modelyard.monitoring import update_profiles
+
+        update_profiles(self.store)
+        return True
+
+    def list_profiles(
+        self, *, window: str, endpoint: str | None, tenant: str | None, since: datetime | None
+    ) -> list[Profile]:
+        return self.store.list_profiles(window=window, endpoint=endpoint, tenant=tenant,
+                                        since=since)  # fmt: skip
+
+    def compute_drift(
+        self, endpoint: str, *, version: str | None, reference: str, window: str,
+        end: datetime | None, method: Sequence[str], threshold: Sequence[str],
+        min_samples: int, semantic: bool,
+    ) -> DriftRun:  # fmt: skip
+        """``monitoring.compute_drift``, which stores the run."""
+        from modelyard.monitoring import DriftConfig, compute_drift
+
+        report = compute_drift(
+            self.store, endpoint, version=version, reference=reference,
+            window=parse_duration(window, field="--window"),
+            config=DriftConfig.parse(method, threshold, min_samples),
+            artifacts=open_artifacts(), now=end, semantic=semantic,
+        )  # fmt: skip
+        features = tuple(
+            DriftFeature(r.feature, r.method, r.value, r.threshold, r.drifted, r.status,
+                         r.n_reference, r.n_current)
+            for r in report.results
+        )  # fmt: skip
+        return DriftRun(report.endpoint, report.version, report.reference, report.window_start,
+                        report.window_end, features, stored=True)  # fmt: skip
+
+    def list_alert_states(self, state: str | None = None) -> list[AlertState]:
+        return self.store.list_alert_states(state=state)
+
+
+def budget_row(store: Store, budget: Budget, now: datetime) -> dict[str, object]:
+    """A budget and what was spent in its current period (``budgets list --json``)."""
+    spent = store.spent(budget.tenant, period_start(budget.period, now), key_id=budget.key_id)
+    return {
+        "tenant": budget.tenant,
+        "key_id": budget.key_id,
+        "period": budget.period,
+        "amount": budget.amount,
+        "spent": spent,
+        "used_percent": 100 * spent / budget.amount,
+        "renews_at": period_end(budget.period, now).isoformat(),
+        "updated_at": budget.updated_at.isoformat(),
+        "updated_by": budget.updated_by,
+    }
+
 
 def open_plane() -> ControlPlane:
     """The server's admin API when MODELYARD_URL is set, else the store here."""
@@ -173,4 +303,4 @@ def open_plane() -> ControlPlane:
     return RemotePlane.from_env()
 
 
-__all__ = ["LocalPlane", "open_plane"]
+__all__ = ["LocalPlane", "budget_row", "open_plane"]

@@ -17,19 +17,33 @@ from typing import Any
 
 from modelyard.audit import AuditHead, ChainReport, RecordedBreak
 from modelyard.cli._common import chosen_actor
-from modelyard.cli._control import CurrentStep, needs_database
+from modelyard.cli._control import (
+    CurrentStep,
+    DriftRun,
+    KeyInfo,
+    NewKey,
+    needs_database,
+    no_such_key,
+)
 from modelyard.cli._decode import decode
 from modelyard.cli._remote import URL_ENV, AdminClient, Remote, segment
-from modelyard.errors import ConfigError, ModelVersionNotFound
+from modelyard.errors import ConfigError, ModelVersionNotFound, NotFound
 from modelyard.registry import LineageNode
 from modelyard.store import (
+    AlertState,
     AuditEvent,
     Endpoint,
     ModelVersion,
+    Profile,
     RegisteredModel,
     Rollout,
+    StoragePolicy,
+    Tenant,
+    check_name,
     parse_model_ref,
 )
+
+ALERT_STATES = ("pending", "firing", "resolved", "inactive")  # what GET /alerts filters by
 
 
 class RemotePlane:
@@ -227,6 +241,92 @@ class RemotePlane:
     def verify_audit_chain(self, head: AuditHead | None = None) -> ChainReport:
         found = self.client.get("/audit/verify", head=None if head is None else str(head))
         return decode(ChainReport, found)
+
+    # -- tenants, keys and budgets -------------------------------------------------------
+
+    def list_tenants(self) -> list[Tenant]:
+        return [decode(Tenant, t) for t in self.client.get("/tenants")]
+
+    def create_tenant(self, name: str, storage_policy: StoragePolicy) -> Tenant:
+        check_name("tenant", name)  # the store's error, before anything is sent
+        body = {"name": name, "storage_policy": storage_policy}
+        return decode(Tenant, self.client.send("POST", "/tenants", body=body))
+
+    def list_api_keys(self, tenant: str | None = None) -> list[KeyInfo]:
+        return [decode(KeyInfo, k) for k in self.client.get("/keys", tenant=tenant)]
+
+    def create_api_key(
+        self, tenant: str, *, scopes: Sequence[str], expires: str | None,
+        rpm_limit: int | None, tpm_limit: int | None,
+    ) -> NewKey:  # fmt: skip
+        body = {"scopes": list(scopes), "expires_in": expires, "rpm_limit": rpm_limit,
+                "tpm_limit": tpm_limit}  # fmt: skip
+        found = self.client.send("POST", f"/tenants/{segment(tenant)}/keys", body=body)
+        return NewKey(decode(KeyInfo, found), str(found["key"]))
+
+    def revoke_api_key(self, key_id: str) -> KeyInfo:
+        return decode(KeyInfo, self.client.send("POST", f"/keys/{segment(key_id)}/revoke"))
+
+    def rotate_api_key(self, key_id: str, *, grace: str, expires: str | None) -> NewKey:
+        body = {"grace": grace, "expires_in": expires}
+        found = self.client.send("POST", f"/keys/{segment(key_id)}/rotate", body=body)
+        old = found.get("old_expires_at")
+        old_expiry = datetime.fromisoformat(old) if isinstance(old, str) else None
+        return NewKey(decode(KeyInfo, found), str(found["key"]), key_id, old_expiry)
+
+    def set_api_key_limits(self, key_id: str, limits: Mapping[str, int | None]) -> KeyInfo:
+        try:
+            found = self.client.send("PATCH", f"/keys/{segment(key_id)}/limits", body=dict(limits))
+        except NotFound:  # the route's own line names GET /keys; say what the CLI says
+            raise no_such_key(key_id) from None
+        return decode(KeyInfo, found)
+
+    def list_budget_rows(self, tenant: str | None = None) -> list[dict[str, object]]:
+        return [dict(row) for row in self.client.get("/budgets", tenant=tenant)]
+
+    # -- monitoring --------------------------------------------------------------------
+
+    def update_profiles(self) -> bool:
+        """Not through the server: its monitoring loop keeps them up to date, and the API
+        only reads them."""
+        return False
+
+    def list_profiles(
+        self, *, window: str, endpoint: str | None, tenant: str | None, since: datetime | None
+    ) -> list[Profile]:
+        if window not in ("hour", "day"):  # the store's check_window
+            raise ConfigError(f"unknown profile window {window!r}: use hour or day",
+                              field="window")  # fmt: skip
+        found = self.client.get(
+            "/profiles", window=window, endpoint=endpoint, tenant=tenant, since=since
+        )
+        return [decode(Profile, p) for p in found]
+
+    def compute_drift(
+        self, endpoint: str, *, version: str | None, reference: str, window: str,
+        end: datetime | None, method: Sequence[str], threshold: Sequence[str],
+        min_samples: int, semantic: bool,
+    ) -> DriftRun:  # fmt: skip
+        """The server computes it as ``monitor drift`` does, and does not store the run."""
+        if semantic:
+            needs_database("--semantic (prompt embeddings)")
+        if version is not None and not version.split(":")[-1].isdigit():  # compute_drift's
+            raise ConfigError(
+                f"invalid --version {version!r}: use the version number, e.g. 2", field="version"
+            )
+        found = self.client.get(
+            f"/endpoints/{segment(endpoint)}/drift", version=version, reference=reference,
+            window=window, end=end, method=list(method) or None,
+            threshold=list(threshold) or None, min_samples=min_samples,
+        )  # fmt: skip
+        return decode(DriftRun, {**found, "stored": False})
+
+    def list_alert_states(self, state: str | None = None) -> list[AlertState]:
+        """Alerts in ``state``; one the API does not filter by is in no alert (as the
+        store's query finds none), filtered here rather than refused."""
+        query = state if state in ALERT_STATES else None
+        found = [decode(AlertState, a) for a in self.client.get("/alerts", state=query)]
+        return [a for a in found if state is None or a.state == state]
 
 
 def _version_path(model: str, version: int) -> str:
