@@ -26,8 +26,7 @@ from rich.text import Text
 
 from modelyard.artifacts import ArtifactStore, artifacts_from_settings
 from modelyard.audit import AccessPolicy, AuditKeySource
-from modelyard.cli._home import check_home, current_command
-from modelyard.cli._remote import URL_ENV, remote_url
+from modelyard.cli._home import check_home, refuse_remote
 from modelyard.errors import ConfigError, DataError, NotFound
 from modelyard.settings import Settings, load_settings
 from modelyard.store import Store
@@ -98,24 +97,6 @@ def open_artifacts(s: Settings | None = None) -> ArtifactStore:
         check_home(s)
         s.ensure_home()
     return artifacts_from_settings(s)
-
-
-def refuse_remote() -> None:
-    """A command the admin API has no route for works on the database here; with
-    MODELYARD_URL set, the user works through a server: say so rather than open (or create)
-    a database here."""
-    if remote_url() is None:
-        return
-    command = current_command()
-    what = f"`modelyard {command}`" if command else "this command"
-    raise ConfigError(
-        f"{what} works on the database only (the admin API has no route for it), "
-        f"and {URL_ENV} is set",
-        hint=f"Unset {URL_ENV} to run it here with the database's settings (MODELYARD_HOME "
-        "or MODELYARD_STORE_URL). Through the server: registry list|show|lineage|card|alias|"
-        "unalias|archive|tag, endpoints list|set-traffic, rollout start|status|promote|abort|"
-        "pause|resume|wait, audit log|verify.",
-    )
 
 
 def to_jsonable(value: Any) -> Any:

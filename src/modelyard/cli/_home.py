@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from modelyard.errors import HomeNotFound
+from modelyard.cli._remote import URL_ENV, remote_url
+from modelyard.errors import ConfigError, HomeNotFound
 from modelyard.settings import HOME_DIR_NAME, HomeLocation, Settings, locate_home
 
 STORE_FILE = "store.db"
@@ -77,8 +78,35 @@ def store_exists(s: Settings) -> bool:
     return s.store_url is not None or store_file(s).is_file()
 
 
+# What goes through a server (``open_plane``), for the refusal's hint.
+THROUGH_SERVER = (
+    "registry list|show|lineage|card|alias|unalias|archive|tag, endpoints list|set-traffic, "
+    "rollout start|status|promote|abort|pause|resume|wait, audit log|verify, "
+    "tenants list|create, keys list|create|revoke|rotate|limits, budgets list, "
+    "monitor profiles|drift|alerts"
+)
+
+
+def refuse_remote() -> None:
+    """A command the admin API has no route for works on the database here; with
+    MODELYARD_URL set, the user works through a server: say so rather than open (or create)
+    a database here, or say none was found here."""
+    if remote_url() is None:
+        return
+    command = current_command()
+    what = f"`modelyard {command}`" if command else "this command"
+    raise ConfigError(
+        f"{what} works on the database only (the admin API has no route for it), "
+        f"and {URL_ENV} is set",
+        hint=f"Unset {URL_ENV} to run it here with the database's settings (MODELYARD_HOME "
+        f"or MODELYARD_STORE_URL). Through the server: {THROUGH_SERVER}.",
+    )
+
+
 def check_home(s: Settings, command: str | None = None) -> None:
-    """Raise HomeNotFound unless the store exists or this command may create it."""
+    """Raise HomeNotFound unless the store exists or this command may create it (and
+    refuse while MODELYARD_URL is set: ``refuse_remote``)."""
+    refuse_remote()
     if store_exists(s):
         return
     command = current_command() if command is None else command
@@ -105,4 +133,11 @@ def not_found(location: HomeLocation, s: Settings) -> HomeNotFound:
     )
 
 
-__all__ = ["CREATES", "READ_ONLY", "check_home", "current_command", "store_exists"]
+__all__ = [
+    "CREATES",
+    "READ_ONLY",
+    "check_home",
+    "current_command",
+    "refuse_remote",
+    "store_exists",
+]
