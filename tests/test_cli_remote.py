@@ -1,5 +1,6 @@
 """The CLI against a server: with MODELYARD_URL and a person's token, the registry, endpoint,
-rollout and audit commands call the admin API and print what they print on the database.
+rollout, audit, tenant, key, budget and monitoring commands call the admin API and print
+what they print on the database.
 
 A real server (``create_app`` with the admin API mounted, as ``modelyard serve`` does) on
 127.0.0.1 over a SQLite store; each command runs twice through the CLI's entry point: on
@@ -26,7 +27,7 @@ import httpx
 import pytest
 import uvicorn
 
-from modelyard.access import create_actor_token
+from modelyard.access import authenticate, create_actor_token, create_api_key
 from modelyard.admin import ADMIN_PREFIX, create_admin_app
 from modelyard.audit import AccessPolicy
 from modelyard.cli import main
@@ -43,7 +44,7 @@ from modelyard.errors import (
     status_of,
 )
 from modelyard.serving import BackgroundServer, EchoEngine, create_app
-from modelyard.store import NewInferenceRecord, Store
+from modelyard.store import AlertState, NewInferenceRecord, Store
 from worlds import fake_world, gate_metrics
 
 KEY = "cli-remote-test-key-cli-remote-test"
@@ -208,13 +209,14 @@ def test_a_viewer_gets_the_usual_permission_error(
 ) -> None:
     for line in ("registry alias bot staging 3", "registry tag bot:1 a=b",
                  "endpoints set-traffic support 1=50 2=50",
-                 "rollout start support --to bot:2"):  # fmt: skip
+                 "rollout start support --to bot:2", "tenants create globex",
+                 "keys create --tenant acme"):  # fmt: skip
         there = remote(world, monkeypatch, capsys, line, who="viv")
         here = local(world, monkeypatch, capsys, f"--actor viv {line}")
         assert here.code == 1 and "viewer" in here.err, here
         assert (there.code, there.out, there.err) == (here.code, here.out, here.err), line
     denied = world.store.list_audit_events(action="permission.denied", actor="viv", limit=None)
-    assert len(denied) == 8  # each refused twice: through the server and on the database
+    assert len(denied) == 12  # each refused twice: through the server and on the database
     refused = _error(world, "viv", "PUT", "/endpoints/support/traffic", {"weights": {"1": 100}})
     assert isinstance(refused, PermissionDenied)
 
@@ -262,10 +264,11 @@ def test_a_bad_or_missing_token_is_one_clear_line(
 
 @pytest.mark.parametrize(
     "line",
-    ["endpoints show support", "endpoints create x --model bot:1 --shared", "tenants list",
-     "rollout compare support", "audit head", "tokens list", "servers list",
+    ["endpoints show support", "endpoints create x --model bot:1 --shared", "budgets set acme "
+     "--amount 5", "rollout compare support", "audit head", "tokens list", "servers list",
      "endpoints set-traffic support 1=100 --shadow 2", "endpoints set-traffic support --no-shadow",
-     "registry export bot:1 --out x"],
+     "registry export bot:1 --out x", "monitor records", "monitor tick", "monitor alerts "
+     "--evaluate", "monitor drift --endpoint support --semantic", "monitor retention list"],
 )  # fmt: skip
 def test_commands_without_a_route_say_they_need_the_database(
     world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], line: str
@@ -274,6 +277,23 @@ def test_commands_without_a_route_say_they_need_the_database(
     assert ran.code == 2 and ran.err.count("\n") == 1, ran
     assert "database only" in ran.err and "MODELYARD_URL" in ran.err, ran.err
     assert world.store.get_endpoint("support").shadow_version is None
+
+
+def test_finetune_says_it_needs_the_database_and_help_still_works(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:  # fmt: skip
+    config = tmp_path / "config.yaml"
+    (tmp_path / "train.jsonl").write_text('{"instruction": "hi", "output": "hello"}\n')
+    config.write_text("base_model: tiny\ndata:\n  train: train.jsonl\n  format: alpaca\n"
+                      "registry:\n  model: bot\n")  # fmt: skip
+    ran = remote(world, monkeypatch, capsys, f"finetune --config {config}")
+    assert ran.code == 2 and ran.err.count("\n") == 1, ran
+    assert "`modelyard finetune` works on the database only" in ran.err, ran.err
+    assert "no modelyard store" not in ran.err and "keys list" in ran.err
+    for line in ("finetune --help", "keys --help", "monitor drift --help"):
+        helped = remote(world, monkeypatch, capsys, line)
+        assert helped.code == 0 and "Usage" in helped.out, (line, helped)
 
 
 def test_actor_does_not_apply_through_a_server(
@@ -472,3 +492,174 @@ def test_https_with_a_private_ca(
         server.should_exit = True
         thread.join(30)
         sock.close()
+
+
+# -- tenants, keys, budgets and monitoring -------------------------------------------------
+
+END = "2026-01-01T12:00:00+00:00"  # a fixed drift window: both runs test the same records
+
+
+def _monitored(world: World) -> str:
+    """A key, a budget, records profiled into hours and two alerts; the key's id."""
+    ops = world.store
+    key, _ = create_api_key(ops, "acme", scopes=["infer"], rpm_limit=60)
+    ops.set_budget("acme", "day", 5.0)
+    ops.set_budget("acme", "month", 50.0, key_id=key.id)
+    v1 = ops.get_model_version("bot", 1).id
+    tid = ops.get_tenant("acme").id
+    start = datetime.fromisoformat(END) - timedelta(hours=3)
+    ops.add_inference_records(
+        NewInferenceRecord(id=f"cmpl-m{i}", endpoint_name="support", route="completions",
+                           latency_ms=10.0 + i, status="ok" if i % 5 else "error",
+                           http_status=200 if i % 5 else 500, version_id=v1, tenant_id=tid,
+                           prompt="hello " * (i % 7), response="hi", prompt_tokens=3 + i % 4,
+                           completion_tokens=2, created_at=start + timedelta(minutes=4 * i))
+        for i in range(40)
+    )  # fmt: skip
+    from modelyard.monitoring import update_profiles
+
+    update_profiles(ops, now=datetime.fromisoformat(END) + timedelta(hours=2))
+    at = datetime(2026, 1, 1, 11, 0, tzinfo=UTC)
+    for n, state in enumerate(("firing", "resolved")):
+        ops.save_alert_state(AlertState(
+            id=f"a{n}", rule=f"rule-{n}", labels={"endpoint": "support"}, severity="warning",
+            state=state, value=0.25 * (n + 1), summary=f"error rate {state}", active_since=at,
+            fired_at=at, resolved_at=at if state == "resolved" else None, last_evaluated=at,
+        ))  # fmt: skip
+    return key.id
+
+
+ACCESS_READS = [
+    "tenants list",
+    "tenants list --json",
+    "keys list",
+    "keys list --json",
+    "keys list --tenant acme",
+    "keys list --tenant nobody",
+    "budgets list",
+    "budgets list --json",
+    "budgets list --tenant nobody",
+    "monitor profiles --no-update",
+    "monitor profiles --no-update --json",
+    "monitor profiles --no-update --window day --endpoint support",
+    "monitor profiles --no-update --tenant acme --since 2025-12-31",
+    "monitor alerts",
+    "monitor alerts --json",
+    "monitor alerts --state firing",
+    "monitor alerts --state bogus",
+]
+
+
+@pytest.mark.parametrize("line", ACCESS_READS)
+def test_tenant_key_budget_and_monitoring_reads_print_what_the_database_prints(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], line: str
+) -> None:
+    _monitored(world)
+    here = local(world, monkeypatch, capsys, line)
+    there = remote(world, monkeypatch, capsys, line, who="viv")
+    assert here.code == 0, here
+    assert (there.code, there.out, there.err) == (here.code, here.out, here.err)
+    assert "support" in here.out or "profiles" not in line  # the profiles table is not empty
+
+
+def test_profiles_through_the_server_are_the_loop_s_and_say_so(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _monitored(world)
+    there = remote(world, monkeypatch, capsys, "monitor profiles --json", who="viv")
+    here = local(world, monkeypatch, capsys, "monitor profiles --json")
+    assert there.code == here.code == 0 and there.out == here.out and json.loads(there.out)
+    assert here.err == "" and there.err.count("\n") == 1
+    assert "the server's monitoring loop last computed" in there.err
+
+
+def test_drift_through_the_server_is_computed_there_and_not_stored(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _monitored(world)
+    for flags in ("", " --json", " --method prompt_chars=ks --threshold latency_ms=0.5"):
+        line = f"monitor drift --endpoint support --reference previous:1h --window 1h " \
+               f"--end {END} --min-samples 5{flags}"  # fmt: skip
+        runs = len(world.store.list_drift_results(endpoint="support", limit=5000))
+        there = remote(world, monkeypatch, capsys, line, who="viv")
+        assert len(world.store.list_drift_results(endpoint="support", limit=5000)) == runs
+        here = local(world, monkeypatch, capsys, line)
+        assert len(world.store.list_drift_results(endpoint="support", limit=5000)) > runs
+        assert there.code == here.code == 0 and there.out == here.out, (there, here)
+        assert here.err == "" and "computed by the server and not stored" in there.err
+    assert "prompt_chars" in here.out and "ks" in here.out
+    # bad input: the same line and exit code; --fail-on-drift: the same exit code
+    for line in ("monitor drift --endpoint nowhere", "monitor drift --endpoint support "
+                 "--version x", "monitor drift --endpoint support --window 1w",
+                 "monitor drift --endpoint support --method a=b",
+                 "monitor profiles --window week --no-update"):  # fmt: skip
+        there = remote(world, monkeypatch, capsys, line, who="viv")
+        here = local(world, monkeypatch, capsys, line)
+        assert here.code != 0 and "Traceback" not in here.err, (line, here)
+        assert (there.code, there.out, there.err) == (here.code, here.out, here.err), line
+
+
+def test_tenants_and_keys_change_through_the_server_as_the_token_s_person(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    def both(line: str, who: str = "dev") -> tuple[Ran, Ran]:
+        there = remote(world, monkeypatch, capsys, line, who=who)
+        here = local(world, monkeypatch, capsys, f"--actor {who} {line}")
+        return there, here
+
+    made = remote(world, monkeypatch, capsys, "tenants create globex --storage-policy hash")
+    ours = local(world, monkeypatch, capsys, "--actor dev tenants create initech "
+                 "--storage-policy hash")  # fmt: skip
+    assert made.code == ours.code == 0
+    assert made.out.replace("globex", "initech") == ours.out, (made, ours)
+    assert world.store.get_tenant("globex").storage_policy == "hash"
+    # a key made through the server: its secret printed once, and it works
+    line = "keys create --tenant globex --scopes infer --expires 90d --rpm 60"
+    created = remote(world, monkeypatch, capsys, line, who="dev")
+    assert created.code == 0, created
+    head, secret = created.out.strip().splitlines()
+    key_id = head.split()[2]
+    assert head == f"created key {key_id} for tenant globex; store it now:"
+    key = authenticate(world.store, secret)
+    assert (key.id, key.tenant, key.scopes, key.rpm_limit) == (key_id, "globex", ("infer",), 60)
+    as_json = remote(world, monkeypatch, capsys, "keys create --tenant globex --json", who="dev")
+    shown = json.loads(as_json.out)
+    assert set(shown) == {"id", "key", "tenant", "scopes"} and shown["tenant"] == "globex"
+    assert authenticate(world.store, shown["key"]).id == shown["id"]
+    # changes printed as on the database (run again there: the same answer)
+    for line in (f"keys limits {key_id} --tpm 1000", f"keys limits {key_id} --rpm default "
+                 "--json", f"keys revoke {shown['id']}"):  # fmt: skip
+        there, here = both(line)
+        assert there.code == 0 and (there.out, there.err) == (here.out, here.err), line
+    assert world.store.get_api_key(key_id).tpm_limit == 1000
+    rotated = remote(world, monkeypatch, capsys, f"keys rotate {key_id} --grace 1h --json",
+                     who="dev")  # fmt: skip
+    assert rotated.code == 0, rotated
+    answer = json.loads(rotated.out)
+    assert set(answer) == {"id", "key", "tenant", "scopes", "rotated_from", "old_expires_at"}
+    assert answer["rotated_from"] == key_id and answer["tenant"] == "globex"
+    assert authenticate(world.store, answer["key"]).id == answer["id"] != key_id
+    old_expiry = datetime.fromisoformat(answer["old_expires_at"])
+    assert timedelta(minutes=59) < old_expiry - datetime.now(UTC) <= timedelta(hours=1)
+    table = remote(world, monkeypatch, capsys, f"keys rotate {answer['id']} --grace 0", who="dev")
+    assert table.code == 0 and table.out.startswith(f"rotated key {answer['id']} → ")
+    assert "the old key works until" in table.out
+    newest = authenticate(world.store, table.out.strip().splitlines()[-1])  # the secret, once
+    assert newest.tenant == "globex" and table.out.count("myk_") == 1
+    # refusals: the same line and exit code as on the database
+    for line in ("tenants create globex", "tenants create Bad_Name", "tenants create x "
+                 "--storage-policy all", "keys create --tenant nobody", "keys create --tenant "
+                 "acme --scopes admin", "keys create --tenant acme --expires soon",
+                 "keys revoke nope", "keys rotate nope", f"keys rotate {key_id} --grace x",
+                 "keys limits nope --rpm 5", f"keys limits {key_id} --rpm 0",
+                 f"keys limits {key_id}"):  # fmt: skip
+        there, here = both(line)
+        assert here.code != 0 and "Traceback" not in here.err, (line, here)
+        assert (there.code, there.out, there.err) == (here.code, here.out, here.err), line
+    # the audit chain names the person the token was made for
+    actions = {e.action for e in world.store.list_audit_events(actor="dev", limit=None)}
+    assert {"tenant.created", "api_key.created", "api_key.rotated", "api_key.revoked",
+            "api_key.limits_set"} <= actions, actions  # fmt: skip
+    listed = remote(world, monkeypatch, capsys, "keys list --tenant globex --json", who="viv")
+    assert listed.code == 0 and all("key_hash" not in k for k in json.loads(listed.out))
+    assert len(json.loads(listed.out)) == 4
