@@ -23,8 +23,6 @@ from modelyard.store import (
     StoragePolicy,
     Store,
     Tenant,
-    period_end,
-    period_start,
 )
 
 router = APIRouter(tags=["tenants and keys"])
@@ -96,22 +94,6 @@ def key_json(key: ApiKey, now: datetime | None = None) -> dict[str, Any]:
     return out
 
 
-def budget_json(store: Store, budget: Budget, now: datetime) -> dict[str, Any]:
-    """A budget and what was spent in its current period, as ``budgets list --json``."""
-    spent = store.spent(budget.tenant, period_start(budget.period, now), key_id=budget.key_id)
-    return {
-        "tenant": budget.tenant,
-        "key_id": budget.key_id,
-        "period": budget.period,
-        "amount": budget.amount,
-        "spent": spent,
-        "used_percent": 100 * spent / budget.amount,
-        "renews_at": period_end(budget.period, now).isoformat(),
-        "updated_at": budget.updated_at.isoformat(),
-        "updated_by": budget.updated_by,
-    }
-
-
 def _tenant_json(
     store: Store, tenant: Tenant, keys: list[ApiKey], budgets: list[Budget], now: datetime
 ) -> dict[str, Any]:
@@ -121,7 +103,7 @@ def _tenant_json(
         **jsonable(tenant),
         "retention_days": retention.get(tenant.name),
         "keys": {"active": sum(k["state"] == "active" for k in mine), "total": len(mine)},
-        "budgets": [budget_json(store, b, now) for b in budgets if b.tenant == tenant.name],
+        "budgets": [store.budget_status(b, now) for b in budgets if b.tenant == tenant.name],
     }
 
 
@@ -221,7 +203,7 @@ def list_budgets(
     caller: Acting, tenant: str | None = Query(None, max_length=100)
 ) -> list[dict[str, Any]]:
     now = datetime.now(UTC)
-    return [budget_json(caller.store, b, now) for b in caller.store.list_budgets(tenant)]
+    return [caller.store.budget_status(b, now) for b in caller.store.list_budgets(tenant)]
 
 
-__all__ = ["budget_json", "key_json", "router"]
+__all__ = ["key_json", "router"]

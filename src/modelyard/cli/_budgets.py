@@ -10,7 +10,7 @@ from rich.table import Table
 
 from modelyard.cli._admin import JSON
 from modelyard.cli._common import console, open_store, print_json
-from modelyard.cli._plane import budget_row, open_plane
+from modelyard.cli._plane import open_plane
 from modelyard.store import Budget
 
 app = typer.Typer(
@@ -34,7 +34,7 @@ def budgets_set(
     """Set (or replace) a budget; audited. Servers apply it within 10 s."""
     with open_store() as store:
         budget = store.set_budget(tenant, period, amount, key_id=key)
-        row = budget_row(store, budget, datetime.now(UTC))
+        row = store.budget_status(budget, datetime.now(UTC))
     if json_out:
         print_json(row)
         return

@@ -32,7 +32,6 @@ from modelyard.registry import LineageNode
 from modelyard.store import (
     AlertState,
     AuditEvent,
-    Budget,
     Endpoint,
     ModelVersion,
     Profile,
@@ -41,8 +40,6 @@ from modelyard.store import (
     StoragePolicy,
     Store,
     Tenant,
-    period_end,
-    period_start,
 )
 
 
@@ -236,7 +233,7 @@ class LocalPlane:
 
     def list_budget_rows(self, tenant: str | None = None) -> list[dict[str, object]]:
         now = datetime.now(UTC)
-        return [budget_row(self.store, b, now) for b in self.store.list_budgets(tenant)]
+        return [self.store.budget_status(b, now) for b in self.store.list_budgets(tenant)]
 
     # -- monitoring --------------------------------------------------------------------
 
@@ -278,22 +275,6 @@ class LocalPlane:
         return self.store.list_alert_states(state=state)
 
 
-def budget_row(store: Store, budget: Budget, now: datetime) -> dict[str, object]:
-    """A budget and what was spent in its current period (``budgets list --json``)."""
-    spent = store.spent(budget.tenant, period_start(budget.period, now), key_id=budget.key_id)
-    return {
-        "tenant": budget.tenant,
-        "key_id": budget.key_id,
-        "period": budget.period,
-        "amount": budget.amount,
-        "spent": spent,
-        "used_percent": 100 * spent / budget.amount,
-        "renews_at": period_end(budget.period, now).isoformat(),
-        "updated_at": budget.updated_at.isoformat(),
-        "updated_by": budget.updated_by,
-    }
-
-
 def open_plane() -> ControlPlane:
     """The server's admin API when MODELYARD_URL is set, else the store here."""
     if remote_url() is None:
@@ -303,4 +284,4 @@ def open_plane() -> ControlPlane:
     return RemotePlane.from_env()
 
 
-__all__ = ["LocalPlane", "budget_row", "open_plane"]
+__all__ = ["LocalPlane", "open_plane"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -155,6 +156,22 @@ class BudgetStore(StoreCore):
             if until is not None:
                 query = query.where(InferenceRecordRow.created_at < until)
             return float(s.scalar(query) or 0.0)
+
+    def budget_status(self, budget: Budget, now: datetime) -> dict[str, Any]:
+        """A budget and what was spent in its current period, as ``budgets list --json``
+        and the admin API show it."""
+        spent = self.spent(budget.tenant, period_start(budget.period, now), key_id=budget.key_id)
+        return {
+            "tenant": budget.tenant,
+            "key_id": budget.key_id,
+            "period": budget.period,
+            "amount": budget.amount,
+            "spent": spent,
+            "used_percent": 100 * spent / budget.amount,
+            "renews_at": period_end(budget.period, now).isoformat(),
+            "updated_at": budget.updated_at.isoformat(),
+            "updated_by": budget.updated_by,
+        }
 
     @staticmethod
     def _check_key(s: Session, trow: TenantRow, key_id: str | None) -> None:
