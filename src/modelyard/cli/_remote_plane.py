@@ -9,7 +9,6 @@ policy) is checked here the same way before anything is sent.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from types import TracebackType
@@ -27,6 +26,7 @@ from modelyard.cli._control import (
 )
 from modelyard.cli._decode import decode
 from modelyard.cli._remote import URL_ENV, AdminClient, Remote, segment
+from modelyard.delivery import wait_rollout
 from modelyard.errors import ConfigError, ModelVersionNotFound, NotFound
 from modelyard.registry import LineageNode
 from modelyard.store import (
@@ -205,18 +205,8 @@ class RemotePlane:
     ) -> tuple[Rollout, bool]:  # fmt: skip
         """``delivery.wait_rollout`` through the server: its latest rollout every ``poll_s``
         until it ends (False) or ``timeout_s`` passes (True)."""
-        deadline = time.monotonic() + timeout_s
-        seen: tuple[str, str, int] | None = None
-        while True:
-            r = self.latest_rollout(endpoint)
-            if on_change is not None and (r.status, r.phase, r.step_index) != seen:
-                seen = (r.status, r.phase, r.step_index)
-                on_change(r)
-            if not r.active:
-                return r, False
-            if time.monotonic() >= deadline:
-                return r, True
-            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+        return wait_rollout(self, endpoint, timeout_s=timeout_s, poll_s=poll_s,
+                            on_change=on_change)  # fmt: skip
 
     def _rollout(self, path: str, body: Any = None) -> Rollout:
         return decode(Rollout, self.client.send("POST", path, body=body))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from modelyard.delivery._controller import promote_alias
 from modelyard.delivery._guards import parse_guard
@@ -168,8 +168,14 @@ def resume_rollout(store: Store, endpoint: str) -> Rollout:
     return _manual(store, r, change)
 
 
+class LatestRollout(Protocol):
+    """Whatever can say an endpoint's latest rollout: the store, or the admin API's client."""
+
+    def latest_rollout(self, endpoint: str) -> Rollout: ...
+
+
 def wait_rollout(
-    store: Store,
+    store: LatestRollout,
     endpoint: str,
     *,
     timeout_s: float,
