@@ -159,6 +159,7 @@ class _Recording:
         server_id: str | None = None,
         seal: bool = False,
         leaves: Any = None,
+        sealed: Any = None,
     ) -> int:
         self.calls.append(
             ([r.id for r, _ in items], [r.id for r in started], set(running), server_id)

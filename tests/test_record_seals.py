@@ -4,6 +4,7 @@ deleting or inserting a record in the database is named by `audit verify --recor
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,15 +17,15 @@ from sqlalchemy import create_engine, text
 from clihelp import Result, modelyard
 from modelyard.access import create_api_key
 from modelyard.audit import (
+    ANCHOR_ACTION,
     RECORD_FIELDS,
-    SEAL_ACTION,
     check_proof,
     inclusion_path,
     leaf_hash,
     merkle_root,
     root_from_path,
 )
-from modelyard.errors import AuditError
+from modelyard.errors import AuditError, Conflict
 from modelyard.monitoring import RecordWriter
 from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.store import NewInferenceRecord, Store
@@ -76,7 +77,8 @@ def _serve(store: Store, per_tenant: int) -> dict[str, list[str]]:
             assert writer.flush(30)
     finally:
         writer.close()
-    assert writer.unsealed == 0 and writer.dropped == 0
+    assert writer.unanchored == 0 and writer.dropped == 0
+    assert writer.anchored == writer.written == 2 * per_tenant
     return ids
 
 
@@ -88,12 +90,14 @@ def world(store_url: str, tmp_path: Path) -> Iterator[World]:
         yield World(store, store_url, ids, tmp_path / "home")
 
 
-def test_served_records_are_sealed_in_the_chain(world: World) -> None:
-    events = world.store.list_audit_events(action=SEAL_ACTION, limit=None)
-    assert events and sum(e.payload["records"] for e in events) == 6
+def test_served_records_are_sealed_and_anchored_in_the_chain(world: World) -> None:
+    events = world.store.list_audit_events(action=ANCHOR_ACTION, limit=None)
+    assert events and sum(sum(e.payload["records"]) for e in events) == 6
+    seals = sum(len(e.payload["seals"]) for e in events)
+    assert len(events) < seals  # one request a transaction, not one event a transaction
     report = world.store.verify_record_seals()
-    assert report.ok and report.records == 6 and report.running == 0
-    assert report.seals == len(events)
+    assert report.ok and report.records == 6 and report.running == 0 and report.pending == 0
+    assert report.seals == seals
 
 
 def test_verify_records_names_the_record_edited_then_deleted_and_inserted(world: World) -> None:
@@ -153,8 +157,9 @@ def test_an_inclusion_proof_is_checked_offline_and_a_tampered_one_fails(
     proof = json.loads(out.read_text())
     record = dict(zip(proof["fields"], json.loads(proof["record"]), strict=True))
     assert proof["record_id"] == record["id"] == record_id and record["status"] == "ok"
-    event = world.store.list_audit_events(action=SEAL_ACTION, subject=f"seal:{proof['seal']}")[0]
-    assert proof["event"] == event.to_json()
+    events = world.store.list_audit_events(action=ANCHOR_ACTION, limit=None)
+    event = next(e for e in events if proof["seal"] in e.payload["seals"])
+    assert proof["event"] == event.to_json() and proof["anchor"]["size"] > 1
 
     # no database: another home, no store URL, no key
     offline = tmp_path / "auditor"
@@ -174,6 +179,20 @@ def test_an_inclusion_proof_is_checked_offline_and_a_tampered_one_fails(
     with pytest.raises(AuditError, match="the path does not lead"):
         leaf = leaf_hash(proof["record"].encode())
         check_proof(proof | {"leaf": leaf.hex(), "position": (proof["position"] + 1) % 2})
+    # the second level: from the seal to the anchor's root
+    assert check_proof(proof).anchor_root == event.payload["root"]
+    at = proof["anchor"]["position"]
+    moved = proof["anchor"] | {"position": (at + 1) % proof["anchor"]["size"]}
+    with pytest.raises(AuditError, match="lists another seal, size or root"):
+        check_proof(proof | {"anchor": moved})
+    indexes = list(event.payload["indexes"])
+    indexes[at] = "00" * 32
+    forged = proof["event"] | {"payload": event.payload | {"indexes": indexes}}
+    with pytest.raises(AuditError, match="the anchor path does not lead from the seal"):
+        check_proof(proof | {"event": forged})
+    up = proof["anchor"] | {"path": ["11" * 32, *proof["anchor"]["path"][1:]]}
+    with pytest.raises(AuditError, match="the anchor path does not lead from the seal"):
+        check_proof(proof | {"anchor": up})
 
     # an edited record gets no proof at all
     world.sql("UPDATE inference_records SET prompt = 'x' WHERE id = :id", id=record_id)
@@ -207,15 +226,15 @@ def test_closed_abandoned_and_replaced_records_stay_verifiable(store: Store) -> 
     assert store.verify_record_seals().running == 1
 
     assert store.close_running_records(["gone-1-aaaaaa"], "server stopped", seal=True) == 1
-    closed = store.list_audit_events(action=SEAL_ACTION)[0]
-    assert closed.payload["closed"] == "server stopped" and closed.payload["records"] == 1
+    closed = store.list_audit_events(action=ANCHOR_ACTION)[0]  # anchored at once, one seal
+    assert closed.payload["closed"] == "server stopped" and closed.payload["records"] == [1]
     assert store.discard_job_records("job-1", ["r-1", "r-2"]) == 2
     report = store.verify_record_seals()
     assert report.ok and report.records == 3 and report.discarded == 2 and report.running == 0
     assert store.list_audit_events(action="records.discarded")[0].payload["ids"] == ["r-1", "r-2"]
 
 
-def test_a_refusing_chain_leaves_records_written_unsealed_and_reported(
+def test_a_refusing_chain_leaves_records_sealed_unanchored_and_reported(
     store: Store, store_url: str
 ) -> None:
     two_tenant_world(store, versions=1)  # the chain, written with this home's key
@@ -223,12 +242,45 @@ def test_a_refusing_chain_leaves_records_written_unsealed_and_reported(
     store.add_monitored_records([(_record("r-sealed", tid), None)], seal=True)
     with Store.open(store_url, actor="ops", audit_key=OTHER_KEY) as wrong:
         writer = RecordWriter(wrong)
-        writer.submit(_record("r-unsealed", tid))
+        writer.submit(_record("r-unanchored", tid))
         assert writer.flush(30)
         writer.close()
-    assert writer.unsealed == 1 and writer.written == 1 and writer.dropped == 0
-    report = store.verify_record_seals()
-    assert [(p.kind, p.record_id) for p in report.problems] == [("inserted", "r-unsealed")]
+    assert writer.unanchored == 1 and writer.anchored == 0
+    assert writer.written == 1 and writer.dropped == 0
+    report = store.verify_record_seals()  # just written: pending, not a problem yet
+    assert report.ok and report.records == 1 and report.pending == report.pending_seals == 1
+    later = store.verify_record_seals(grace=timedelta(0))  # as seen after the grace period
+    assert [(p.kind, p.record_id) for p in later.problems] == [("unanchored", "r-unanchored")]
+    assert "is listed by no records.anchored event: nothing vouches for it" in (
+        later.problems[0].sentence()
+    )
+    with pytest.raises(Conflict, match="not anchored in the audit chain yet"):
+        store.record_proof("r-unanchored")
+
+
+def test_a_writer_anchors_many_transactions_in_one_event(store: Store) -> None:
+    two_tenant_world(store, versions=1)
+    tid = store.get_tenant("acme").id
+    before = len(store.list_audit_events(action=ANCHOR_ACTION, limit=None))
+    writer = RecordWriter(store, anchor_s=3600)
+    try:
+        for i in range(3):  # one transaction each
+            writer.submit(_record(f"r-{i}", tid))
+            deadline = time.monotonic() + 30
+            while writer.written < i + 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
+        assert writer.written == 3
+        assert len(store.list_audit_events(action=ANCHOR_ACTION, limit=None)) == before
+        pending = store.verify_record_seals()
+        assert pending.ok and pending.pending == 3 and pending.pending_seals == 3
+        assert writer.flush(30)  # anchors what it sealed
+    finally:
+        writer.close()
+    events = store.list_audit_events(action=ANCHOR_ACTION, limit=None)
+    assert len(events) == before + 1 and events[0].payload["records"] == [1, 1, 1]
+    report = store.verify_record_seals(grace=timedelta(0))
+    assert report.ok and report.records == 3 and report.pending == 0
+    assert writer.anchored == 3 and writer.unanchored == 0
 
 
 def test_the_encoding_covers_every_record_column_and_the_tree_is_rfc9162() -> None:

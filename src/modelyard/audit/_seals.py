@@ -1,10 +1,18 @@
 """Seals of inference records: what is hashed, what the chain holds, what verification finds.
 
 A seal is one batch of records in their final state (``ok``, ``error``, ``cancelled``,
-``timeout``, ``refused``; never ``running``), written by the record writer in one
-transaction with one audit event, ``records.sealed``, whose payload holds the batch's
+``timeout``, ``refused``; never ``running``), written by the record writer in the
+transaction that writes them, with its index row (``record_seals``). Its root is the
 Merkle root (``_merkle``, RFC 9162) over the records' leaves, in the order of their
 ``seal_pos``. A leaf is ``SHA-256(0x00 || record_bytes(record))``.
+
+An *anchor* is one ``records.anchored`` audit event vouching for the seals a writer
+wrote since its previous anchor (at most every few seconds, not one event per
+transaction): its payload lists, in a fixed order, each seal's id, record count, root
+and index hash, and the anchor's root, the Merkle root over the seals' leaves
+``SHA-256(0x00 || seal_bytes(...))`` (``seal_bytes``: the JSON array
+``["seal", 1, id, count, root, index]``). An inclusion proof goes from the record's
+leaf to its seal's root, then from the seal's leaf to the anchor's root.
 
 ``record_bytes`` is the canonical encoding, version ``RECORD_FORMAT``: a JSON array
 (no spaces, UTF-8) of the version, 1, then the record's columns in the order of
@@ -32,12 +40,18 @@ from datetime import UTC, datetime
 from typing import Any, Literal
 
 from modelyard.audit._canonical import canonical_json, format_time
-from modelyard.audit._merkle import HASH_SIZE, inclusion_path, leaf_hash, root_from_path
+from modelyard.audit._merkle import (
+    HASH_SIZE,
+    inclusion_path,
+    leaf_hash,
+    merkle_root,
+    root_from_path,
+)
 from modelyard.errors import AuditError, ConfigError
 
 RECORD_FORMAT = 1
-PROOF_FORMAT = "modelyard.record-proof/1"
-SEAL_ACTION = "records.sealed"
+PROOF_FORMAT = "modelyard.record-proof/2"
+ANCHOR_ACTION = "records.anchored"
 PURGE_ACTION = "records.purged"
 DISCARD_ACTION = "records.discarded"
 FINAL_STATUSES = ("ok", "error", "cancelled", "timeout", "refused")
@@ -116,28 +130,76 @@ def index_digest(ids: Sequence[str], tenants: Sequence[int | None], times: Seque
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
-def seal_payload(
+@dataclass(frozen=True)
+class SealEntry:
+    """What an anchor says of one seal: its id, record count, root and index hash (hex),
+    and its records' first and last time."""
+
+    seal: str
+    records: int
+    root: str
+    index: str
+    first: str
+    last: str
+
+    def leaf(self) -> bytes:
+        """The seal's leaf in its anchor's tree."""
+        return seal_leaf(self.seal, self.records, self.root, self.index)
+
+
+def seal_leaf(seal: str, records: int, root: str, index: str) -> bytes:
+    return leaf_hash(_encode(["seal", RECORD_FORMAT, seal, records, root, index]).encode())
+
+
+def seal_entry(
     seal: str, root: bytes, ids: Sequence[str], tenants: Sequence[int | None],
-    times: Sequence[str], *, closed: str | None = None,
-) -> dict[str, Any]:  # fmt: skip
-    """The ``records.sealed`` event's payload."""
+    times: Sequence[str],
+) -> SealEntry:  # fmt: skip
+    """A seal as its anchor lists it (``times``: its records', formatted)."""
+    index = index_digest(ids, tenants, times)
+    return SealEntry(seal, len(ids), root.hex(), index, min(times), max(times))
+
+
+def anchor_payload(seals: Sequence[SealEntry], *, closed: str | None = None) -> dict[str, Any]:
+    """The ``records.anchored`` event's payload: the seals in a fixed order and the root
+    over their leaves."""
     payload: dict[str, Any] = {
         "v": RECORD_FORMAT,
-        "seal": seal,
-        "root": root.hex(),
-        "records": len(ids),
-        "index": index_digest(ids, tenants, times),
-        "first": min(times),
-        "last": max(times),
+        "root": merkle_root([e.leaf() for e in seals]).hex(),
+        "seals": [e.seal for e in seals],
+        "records": [e.records for e in seals],
+        "roots": [e.root for e in seals],
+        "indexes": [e.index for e in seals],
+        "first": min(e.first for e in seals),
+        "last": max(e.last for e in seals),
     }
     if closed is not None:
         payload["closed"] = closed  # why these records ended here (a stopped server)
     return payload
 
 
+def anchored_seals(payload: Mapping[str, Any]) -> list[SealEntry] | None:
+    """The seals an anchor's payload lists, or None when its lists do not give its root."""
+    try:
+        seals, counts = list(payload["seals"]), list(payload["records"])
+        roots, indexes = list(payload["roots"]), list(payload["indexes"])
+        if not len(seals) == len(counts) == len(roots) == len(indexes):
+            return None
+        first, last = str(payload.get("first")), str(payload.get("last"))
+        entries = [
+            SealEntry(str(a), int(n), str(r), str(i), first, last)
+            for a, n, r, i in zip(seals, counts, roots, indexes, strict=True)
+        ]
+    except (KeyError, TypeError, ValueError):
+        return None
+    if merkle_root([e.leaf() for e in entries]).hex() != payload.get("root"):
+        return None
+    return entries
+
+
 # -- what verification finds ---------------------------------------------------------------
 
-ProblemKind = Literal["edited", "deleted", "inserted", "seal"]
+ProblemKind = Literal["edited", "deleted", "inserted", "seal", "unanchored"]
 
 
 @dataclass(frozen=True)
@@ -148,14 +210,14 @@ class RecordProblem:
     record_id: str | None
     detail: str
     seal: str | None = None
-    seq: int | None = None  # the records.sealed event
+    seq: int | None = None  # the records.anchored event vouching for the seal
     position: int | None = None
     at: datetime | None = None  # the record's time: problems are reported in this order
 
     def sentence(self) -> str:
         where = []
         if self.seq is not None:
-            where.append(f"seal at audit seq {self.seq}")
+            where.append(f"seal anchored at audit seq {self.seq}")
         if self.position is not None:
             where.append(f"position {self.position}")
         place = f" ({', '.join(where)})" if where else ""
@@ -184,6 +246,8 @@ class RecordsReport:
     discarded: int  # leaves whose records a resumed batch job replaced (records.discarded)
     running: int  # not sealed until they end
     before_sealing: int  # final records older than the first seal: not covered
+    pending: int = 0  # sealed records whose seal is not anchored yet (written just now)
+    pending_seals: int = 0
     problems: list[RecordProblem] = field(default_factory=list)
 
     @property
@@ -199,6 +263,8 @@ class RecordsReport:
             "discarded": self.discarded,
             "running": self.running,
             "before_sealing": self.before_sealing,
+            "pending": self.pending,
+            "pending_seals": self.pending_seals,
             "first_problem": self.problems[0].to_json() if self.problems else None,
             "problems": [p.to_json() for p in self.problems],
         }
@@ -233,11 +299,19 @@ def in_order(problems: Iterable[RecordProblem]) -> list[RecordProblem]:
 
 
 def build_proof(
-    record: Mapping[str, Any], leaves: Sequence[bytes], position: int, event: Mapping[str, Any]
+    record: Mapping[str, Any],
+    leaves: Sequence[bytes],
+    position: int,
+    seal: str,
+    event: Mapping[str, Any],
 ) -> dict[str, Any]:
     """The inclusion proof of ``record``, leaf ``position`` of its seal's ``leaves``, under
-    the root held by ``event`` (an audit event as ``AuditEvent.to_json`` writes it)."""
+    the root of seal ``seal``, itself a leaf of the anchor that ``event`` holds (an audit
+    event as ``AuditEvent.to_json`` writes it)."""
     data = record_bytes(record)
+    payload = event["payload"]
+    entries = anchored_seals(payload) or []
+    at = [e.seal for e in entries].index(seal)
     return {
         "format": PROOF_FORMAT,
         "record_id": record["id"],
@@ -247,8 +321,14 @@ def build_proof(
         "position": position,
         "size": len(leaves),
         "path": [h.hex() for h in inclusion_path(leaves, position)],
-        "root": str(event["payload"]["root"]),
-        "seal": str(event["payload"]["seal"]),
+        "root": merkle_root(leaves).hex(),
+        "seal": seal,
+        "anchor": {
+            "position": at,
+            "size": len(entries),
+            "path": [h.hex() for h in inclusion_path([e.leaf() for e in entries], at)],
+            "root": str(payload["root"]),
+        },
         "event": dict(event),
     }
 
@@ -259,13 +339,15 @@ class ProofCheck:
     position: int
     size: int
     root: str
+    anchor_root: str
     seq: int
     event_hash: str
 
     def sentence(self) -> str:
         return (
-            f"record {self.record_id} is leaf {self.position} of {self.size} under root "
-            f"{self.root[:16]}..., held by audit event seq {self.seq} (hash {self.event_hash})"
+            f"record {self.record_id} is leaf {self.position} of {self.size} under seal root "
+            f"{self.root[:16]}..., under anchor root {self.anchor_root[:16]}... held by audit "
+            f"event seq {self.seq} (hash {self.event_hash})"
         )
 
 
@@ -282,21 +364,29 @@ def _hexes(value: Any, what: str) -> list[bytes]:
 
 def check_proof(proof: Mapping[str, Any]) -> ProofCheck:
     """Check an inclusion proof with no database: the record's bytes give its leaf, the
-    path leads from the leaf to the root, and the audit event holds that root for that
-    many records. ``AuditError`` when it does not verify, ``ConfigError`` when it is not
-    a proof. That the event is in the chain is checked against the chain (its seq and
-    hash in `audit export` or `audit verify --head SEQ:HASH` with the key)."""
+    path leads from the leaf to its seal's root, the seal (its id, size, root and the
+    index hash the event lists) gives its leaf in the anchor, and the anchor's path
+    leads from it to the root that the ``records.anchored`` event holds. ``AuditError``
+    when it does not verify, ``ConfigError`` when it is not a proof. That the event is
+    in the chain is checked against the chain (its seq and hash in `audit export` or
+    `audit verify --head SEQ:HASH` with the key)."""
     if not isinstance(proof, Mapping) or proof.get("format") != PROOF_FORMAT:
         raise ConfigError(f"not a record inclusion proof (format {PROOF_FORMAT!r} expected)")
     try:
         data = str(proof["record"]).encode("utf-8")
         values = json.loads(data)
         position, size = int(proof["position"]), int(proof["size"])
+        anchor = proof["anchor"]
+        at, width = int(anchor["position"]), int(anchor["size"])
         event = proof["event"]
         payload = event["payload"]
         seq, event_hash = int(event["seq"]), str(event["hash"])
         path = _hexes(proof["path"], "path") if proof["path"] else []
-        root = _hexes(payload["root"], "root")[0]
+        up = _hexes(anchor["path"], "anchor path") if anchor["path"] else []
+        root = _hexes(proof["root"], "root")[0]
+        top = _hexes(payload["root"], "anchor root")[0]
+        seals, counts = list(payload["seals"]), list(payload["records"])
+        roots, indexes = list(payload["roots"]), list(payload["indexes"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ConfigError(f"malformed record inclusion proof: {exc}") from None
     record_id = str(proof.get("record_id"))
@@ -313,36 +403,45 @@ def check_proof(proof: Mapping[str, Any]) -> ProofCheck:
     leaf = leaf_hash(data)
     if leaf.hex() != proof.get("leaf"):
         raise bad("the record's bytes do not hash to the proof's leaf (the record was edited)")
-    if event.get("action") != SEAL_ACTION:
-        raise bad(f"event {seq} is a {event.get('action')!r} event, not {SEAL_ACTION!r}")
-    if payload.get("records") != size or payload.get("seal") != proof.get("seal"):
-        raise bad(f"event {seq} holds a seal of another size or id")
-    if root.hex() != proof.get("root"):
-        raise bad(f"the proof's root is not the root that event {seq} holds")
+    if event.get("action") != ANCHOR_ACTION:
+        raise bad(f"event {seq} is a {event.get('action')!r} event, not {ANCHOR_ACTION!r}")
     if root_from_path(leaf, position, size, path) != root:
-        raise bad(f"the path does not lead from the leaf to the root of event {seq}")
-    return ProofCheck(record_id, position, size, root.hex(), seq, event_hash)
+        raise bad("the path does not lead from the leaf to its seal's root")
+    if not (0 <= at < len(seals) == width == len(counts) == len(roots) == len(indexes)):
+        raise bad(f"the seal's place in the anchor is not one of the {len(seals)} of event {seq}")
+    if seals[at] != proof.get("seal") or counts[at] != size or roots[at] != root.hex():
+        raise bad(f"event {seq} lists another seal, size or root at the seal's place")
+    if top.hex() != anchor.get("root"):
+        raise bad(f"the proof's anchor root is not the root that event {seq} holds")
+    seal = seal_leaf(str(seals[at]), size, root.hex(), str(indexes[at]))
+    if root_from_path(seal, at, width, up) != top:
+        raise bad(f"the anchor path does not lead from the seal to the root of event {seq}")
+    return ProofCheck(record_id, position, size, root.hex(), top.hex(), seq, event_hash)
 
 
 __all__ = [
+    "ANCHOR_ACTION",
     "DISCARD_ACTION",
     "FINAL_STATUSES",
     "PROOF_FORMAT",
     "PURGE_ACTION",
     "RECORD_FIELDS",
     "RECORD_FORMAT",
-    "SEAL_ACTION",
     "ProblemKind",
     "ProofCheck",
     "RecordProblem",
     "RecordsReport",
+    "SealEntry",
+    "anchor_payload",
+    "anchored_seals",
     "build_proof",
     "check_proof",
     "in_order",
     "index_digest",
     "record_bytes",
     "record_leaf",
-    "seal_payload",
+    "seal_entry",
+    "seal_leaf",
     "values_bytes",
     "values_leaf",
 ]

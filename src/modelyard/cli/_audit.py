@@ -82,8 +82,9 @@ def audit_verify(
     records: bool = typer.Option(
         False,
         "--records",
-        help="Also check the inference records against their seals (Merkle roots in the "
-        "chain) and name the first record edited, deleted or inserted. Reads the records "
+        help="Also check the inference records against their seals (Merkle roots anchored "
+        "in the chain) and name the first record edited, deleted or inserted, or whose seal "
+        "no anchor vouches for after a grace period. Reads the records "
         f"table: on the database only, not through a server ({URL_ENV}).",
     ),
     json_out: bool = JSON,
@@ -93,7 +94,9 @@ def audit_verify(
     A break found is kept on record: audited changes are refused until an admin
     acknowledges it (`modelyard audit acknowledge`). Acknowledged breaks are listed,
     and do not fail the chain. With --records, the inference records are checked too
-    (exit 1 naming the first record that does not match its seal).
+    (exit 1 naming the first record that does not match its seal, or whose seal no
+    records.anchored event lists after a grace period; seals written in the last
+    minutes and not anchored yet are counted as pending, not failed).
     """
     if records and remote_url() is not None:
         raise ConfigError(
@@ -140,6 +143,11 @@ def _print_records(report: RecordsReport) -> None:
     notes = [*removed, f"{report.running} running (sealed when they end)"]
     if report.before_sealing:
         notes.append(f"{report.before_sealing} written before sealing began (not covered)")
+    if report.pending:
+        notes.append(
+            f"{report.pending:,} sealed in the last minutes and not anchored yet "
+            f"({report.pending_seals:,} seals: vouched for at their writer's next anchor)"
+        )
     status = "[green]records OK[/]" if report.ok else "[red]records FAILED[/]"
     console.print(
         f"{status}: {report.records:,} records match {report.seals:,} seals; {', '.join(notes)}",
@@ -235,9 +243,10 @@ def audit_prove(
     """Export the inclusion proof of one inference record for an auditor (JSON).
 
     It holds the record's canonical bytes, their leaf hash, the Merkle path to its
-    seal's root and the audit event holding that root (seq and hash, as `audit export`
-    lists it). `modelyard audit check-proof FILE` checks it with no database. Reads the
-    records table: on the database only.
+    seal's root, the path from the seal to its anchor's root and the records.anchored
+    audit event holding that root (seq and hash, as `audit export` lists it).
+    `modelyard audit check-proof FILE` checks it with no database. Reads the records
+    table: on the database only.
     """
     with open_store() as store:
         proof = store.record_proof(record_id)
@@ -266,8 +275,9 @@ def audit_check_proof(
 ) -> None:
     """Check an inclusion proof with no database; exit 1 if it does not verify.
 
-    The record's bytes must hash to the leaf, the path must lead from the leaf to the
-    root, and the audit event must hold that root for that many records. That the event
+    The record's bytes must hash to the leaf, the path must lead from the leaf to its
+    seal's root, the audit event must list that seal with that root and size, and the
+    anchor path must lead from the seal to the root the event holds. That the event
     is in the chain: compare its seq and hash with `audit export` (verifiable with the
     key) or a head kept with `audit head`.
     """

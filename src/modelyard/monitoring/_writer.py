@@ -21,16 +21,24 @@ is queued or in the transaction being written (records are written as soon as
 they arrive, not on a timer), and requests younger than ``start_delay``.
 
 Seals (issue 19, ``modelyard.store._seals``): with ``seal`` (the default) each batch's
-records in a final state are sealed in the transaction that writes them: one
-``records.sealed`` audit event holds the Merkle root of their canonical bytes, so
-`modelyard audit verify --records` finds a record edited, deleted or inserted later.
-When the audit chain refuses (a recorded break, a wrong or missing audit key), the
-batch is written again unsealed rather than dropped (logged as an error, counted in
-``unsealed``): verification reports those records as not sealed. ``seal=False`` is
-for measuring what sealing costs (``benchmarks/monitoring.py``). A record's leaf (the
-hash of its canonical bytes) is computed by ``submit``, on the caller's thread, from
-the values the store will write (its time fixed there, the writer's ``server_id``):
-the writer's thread only builds each batch's tree.
+records in a final state are sealed in the transaction that writes them (each row's
+``seal`` and ``seal_pos``, and the seal's index row with its records' leaf hashes),
+with no audit event there. At most every ``anchor_s`` seconds (and on ``flush`` and
+``close``, or once ``anchor_seals`` seals wait) the writer appends ONE
+``records.anchored`` audit event listing the seals written since its previous anchor
+and the Merkle root over them, so `modelyard audit verify --records` finds a record
+edited, deleted or inserted later: a quiet server writes one event per interval, not
+one per request. A seal is not vouched for until its anchor (the window an attacker
+with write access to the database has: ``anchor_s``, seconds). When the audit chain
+refuses the anchor (a recorded break, a wrong or missing audit key) or the database
+is down, the records stay written and sealed, the writer logs an error, counts them in
+``unanchored`` and tries again at the next interval; a writer killed before its anchor
+leaves its last seals unanchored, which verification reports once they are older than
+its grace period. ``seal=False`` is for measuring what sealing costs
+(``benchmarks/monitoring.py``). A record's leaf (the hash of its canonical bytes) is
+computed by ``submit``, on the caller's thread, from the values the store will write
+(its time fixed there, the writer's ``server_id``): the writer's thread only builds
+each batch's tree.
 """
 
 from __future__ import annotations
@@ -46,7 +54,7 @@ from typing import Protocol
 
 import numpy as np
 
-from modelyard.audit import RECORD_FIELDS, values_leaf
+from modelyard.audit import RECORD_FIELDS, SealEntry, values_leaf
 from modelyard.errors import AuditError, AuditKeyMissing, ModelyardError
 from modelyard.store import NewInferenceRecord, RecordFeatures, Store, utcnow
 
@@ -92,6 +100,8 @@ class RecordWriter:
         sweep: Callable[[], object] | None = None,
         sweep_s: float = 30.0,
         seal: bool = True,
+        anchor_s: float = 5.0,
+        anchor_seals: int = 512,
     ) -> None:
         self._store = store
         self._batch_size = batch_size
@@ -107,12 +117,16 @@ class RecordWriter:
         self._on_drop = on_drop or (lambda n: None)
         self._embedder = embedder
         self._seal = seal
+        self._anchor_s, self._anchor_seals = anchor_s, anchor_seals
+        self._unanchored: list[SealEntry] = []  # sealed since the last anchor, in order
+        self._next_anchor = time.monotonic() + anchor_s
         self._stop = threading.Event()
         self._idle = threading.Event()
         self._thread = threading.Thread(target=self._run, name="record-writer", daemon=True)
         self.written = 0
         self.dropped = 0
-        self.unsealed = 0  # written without a seal: the audit chain refused
+        self.anchored = 0  # records whose seals an anchor event vouches for
+        self.unanchored = 0  # records sealed whose anchor failed (the chain refused): retried
         self._thread.start()
 
     def submit(
@@ -148,14 +162,15 @@ class RecordWriter:
             pass  # its end record (if there is room then) is inserted instead
 
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything submitted so far is written (or dropped), the ``running``
-        records of requests still running included."""
+        """Wait until everything submitted so far is written (or dropped) and its seals
+        anchored (or the anchor refused), the ``running`` records of requests still
+        running included."""
         self._force_starts = True
         self._idle.clear()
         return self._idle.wait(timeout) if self._thread.is_alive() else self._queue.empty()
 
     def close(self, timeout: float = 10.0) -> None:
-        """Write what is buffered, then stop the thread."""
+        """Write what is buffered and anchor its seals, then stop the thread."""
         self._stop.set()
         self._thread.join(timeout)
 
@@ -205,22 +220,37 @@ class RecordWriter:
         leaves = {r.id: leaf for r, _, _, leaf in batch if leaf is not None}
         self._running -= ended
         items = self._embed(batch)
+        sealed: list[SealEntry] = []
         try:
-            try:
-                self.written += self._store.add_monitored_records(
-                    items, started=started, running=ended, server_id=self.server_id,
-                    seal=self._seal, leaves=leaves,
-                )  # fmt: skip
-            except (AuditError, AuditKeyMissing) as exc:  # the chain refuses: keep the records
-                log.error("writing %d inference records unsealed: %s", len(batch), exc.one_line())
-                self.written += self._store.add_monitored_records(
-                    items, started=started, running=ended, server_id=self.server_id
-                )
-                self.unsealed += len(batch)
+            self.written += self._store.add_monitored_records(
+                items, started=started, running=ended, server_id=self.server_id,
+                seal=self._seal, leaves=leaves, sealed=sealed,
+            )  # fmt: skip
             self._running.update(r.id for r in started)
+            self._unanchored += sealed
         except ModelyardError as exc:
             log.warning("dropping %d inference records: %s", len(batch), exc.one_line())
             self._dropped(len(batch))
+
+    def _anchor(self) -> None:
+        """One ``records.anchored`` event for the seals written since the last one."""
+        self._next_anchor = time.monotonic() + self._anchor_s
+        seals, self._unanchored = self._unanchored, []
+        if not seals:
+            return
+        records = sum(e.records for e in seals)
+        try:
+            self._store.anchor_record_seals(seals)
+            self.anchored += records
+            self.unanchored = 0
+        except (AuditError, AuditKeyMissing, ModelyardError) as exc:
+            self._unanchored = seals + self._unanchored  # tried again at the next interval
+            self.unanchored = sum(e.records for e in self._unanchored)
+            log.error(
+                "%d sealed inference records (%d seals) not anchored in the audit chain, "
+                "tried again in %.0f s: %s",
+                records, len(seals), self._anchor_s, exc.one_line(),
+            )  # fmt: skip
 
     def _run(self) -> None:
         while True:
@@ -235,11 +265,18 @@ class RecordWriter:
             started = self._due(force or self._stop.is_set())
             if batch or started:
                 self._write(batch, started)
-            elif self._stop.is_set():
+            if self._unanchored and (
+                force
+                or self._stop.is_set()
+                or len(self._unanchored) >= self._anchor_seals
+                or time.monotonic() >= self._next_anchor
+            ):
+                self._anchor()
+            if not (batch or started) and self._stop.is_set():
                 self._idle.set()
                 return
             if self._sweep is not None and time.monotonic() >= self._next_sweep:
                 self._next_sweep = time.monotonic() + self._sweep_s
                 self._sweep()
-            if self._queue.empty():
+            if self._queue.empty() and not self._force_starts:  # a flush since: go round
                 self._idle.set()

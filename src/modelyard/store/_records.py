@@ -14,7 +14,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
 
-from modelyard.audit import DISCARD_ACTION, PURGE_ACTION
+from modelyard.audit import DISCARD_ACTION, PURGE_ACTION, SealEntry
 from modelyard.errors import ConfigError, NotFound
 from modelyard.store._convert import to_feedback, to_record
 from modelyard.store._core import StoreCore
@@ -35,7 +35,7 @@ from modelyard.store._schema import (
     TenantRow,
     utcnow,
 )
-from modelyard.store._seals import append_seal, prepare_seal
+from modelyard.store._seals import append_anchor, prepare_seal, write_seal
 from modelyard.store.entities import (
     Feedback,
     InferenceRecord,
@@ -265,6 +265,7 @@ class RecordStore(StoreCore):
         server_id: str | None = None,
         seal: bool = False,
         leaves: Mapping[str, bytes] | None = None,
+        sealed: list[SealEntry] | None = None,
     ) -> int:
         """Insert records and their features in one transaction (bulk); returns the count.
 
@@ -274,8 +275,11 @@ class RecordStore(StoreCore):
         Every row gets ``server_id``, the server that runs the request.
 
         With ``seal``, the records in a final state are sealed in the same transaction
-        (``_seals``: one ``records.sealed`` audit event holding their Merkle root); the
-        chain's refusals (AuditChainBroken, a wrong or missing key) then fail the write.
+        (``_seals``: their Merkle root's index row). With ``sealed`` (the record writer)
+        the seal is appended to that list for the caller to anchor later
+        (``anchor_record_seals``) and the chain is not touched; without it, the seal is
+        anchored here (one ``records.anchored`` event), and the chain's refusals
+        (AuditChainBroken, a wrong or missing key) then fail the write.
         ``leaves``: the records' leaf hashes by id, computed by the caller from the same
         values (``RecordWriter.submit``); the others are computed here.
         """
@@ -309,7 +313,11 @@ class RecordStore(StoreCore):
             if features:
                 s.execute(insert(RecordFeaturesRow), features)
             if pending is not None:
-                append_seal(s, self.audit_key_source, self.actor, pending)
+                entry = write_seal(s, pending)
+                if sealed is None:
+                    append_anchor(s, self.audit_key_source, self.actor, [entry])
+                else:
+                    sealed.append(entry)
         return len(items)
 
     def running_record_servers(self, *, started_before: datetime | None = None) -> list[str]:
@@ -328,7 +336,7 @@ class RecordStore(StoreCore):
         """Close the ``running`` records of servers that stopped before their requests
         finished (a kill -9, a crash): status ``error``, HTTP 500 and ``error``. Returns
         how many were closed. Data plane bookkeeping: not audited; with ``seal``, the
-        closed records are sealed (``_seals``) in the same transaction."""
+        closed records are sealed and anchored (``_seals``) in the same transaction."""
         if not server_ids:
             return 0
         r = InferenceRecordRow
@@ -351,7 +359,8 @@ class RecordStore(StoreCore):
             if pending is None:
                 return 0
             s.execute(update(r), rows)  # bulk UPDATE by primary key
-            append_seal(s, self.audit_key_source, self.actor, pending, closed=error)
+            entry = write_seal(s, pending)
+            append_anchor(s, self.audit_key_source, self.actor, [entry], closed=error)
             return len(rows)
 
     def query_records(

@@ -1,13 +1,20 @@
-"""Checking the records against their seals, and exporting one record's inclusion proof.
+"""Anchoring seals, checking the records against them, and exporting inclusion proofs.
 
 ``verify_record_seals`` reads the chain's ``records.*`` events (their authenticity is
 ``verify_audit_chain``'s business: `audit verify --records` runs both), then every
 sealed record once, seal by seal (ordered by ``seal, seal_pos``: no index needed, one
-sort), and compares each seal with its event (see ``_seals`` for the design):
+sort), and compares each seal with what its ``records.anchored`` event lists of it (see
+``_seals`` for the design):
 
-- the seal's index row must give the event's root and index hash; else the seal
-  itself was edited (its records are then checked against the root as a whole);
-- a row at a position of another id, or claiming a seal no event holds: inserted;
+- an anchor's lists must give its root, and the seal's index row the root and index
+  hash the anchor lists; else the seal itself was edited (its records are then checked
+  against the root as a whole);
+- a seal that no anchor lists, with an index row: pending while younger than
+  ``UNANCHORED_GRACE`` (its records are counted apart, checked against that row only);
+  older, each record is reported ``unanchored``: nothing vouches for it (its server
+  stopped before anchoring, or the seal row was forged);
+- a row at a position of another id, or claiming a seal with no anchor and no index
+  row: inserted;
 - a row whose leaf is not the sealed leaf: edited;
 - a position with no row: deleted, unless a later ``records.purged`` of its tenant
   covers its time, a later ``records.discarded`` lists it, or the record was sealed
@@ -23,20 +30,23 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
 
 from modelyard.audit import (
+    ANCHOR_ACTION,
     DISCARD_ACTION,
     PURGE_ACTION,
     RECORD_FIELDS,
-    SEAL_ACTION,
     AuditEvent,
     RecordProblem,
     RecordsReport,
+    SealEntry,
+    anchored_seals,
     build_proof,
+    format_time,
     in_order,
     index_digest,
     merkle_root,
@@ -46,9 +56,14 @@ from modelyard.errors import AuditError, Conflict, NotFound
 from modelyard.store import _audit
 from modelyard.store._core import StoreCore
 from modelyard.store._schema import AuditEventRow, InferenceRecordRow
-from modelyard.store._seals import RecordSealRow, split_leaves
+from modelyard.store._seals import UNANCHORED_GRACE, RecordSealRow, append_anchor, split_leaves
 
-_NO_EVENT = "it claims a seal that no records.sealed event of the chain holds"
+_NO_EVENT = "it claims a seal that no records.anchored event lists and no index row holds"
+_UNANCHORED = (
+    "its seal {seal} (index row written {at}) is listed by no records.anchored event: "
+    "nothing vouches for it. Its server stopped before anchoring it (a crash, a kill -9, "
+    "an audit chain that refused the anchor), or the seal row was forged"
+)
 _OTHER_PLACE = "it claims a place in its seal that holds another record"
 _EDITED = "its content is not what was sealed"
 _DELETED = (
@@ -68,25 +83,43 @@ def _time(text: Any) -> datetime | None:
         return None
 
 
+def _utc(at: datetime) -> datetime:
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
+
+
 @dataclass
 class _Tally:
     """What the chain says, and what the check found so far."""
 
-    seals: dict[str, AuditEvent]
+    seals: dict[str, tuple[AuditEvent, SealEntry]]
+    pending_after: datetime  # seals with no anchor written after this are pending
+    anchors: int = 0
     purges: dict[Any, list[tuple[int, datetime]]] = field(default_factory=dict)
     discards: dict[str, int] = field(default_factory=dict)
     problems: list[RecordProblem] = field(default_factory=list)
     missing: list[RecordProblem] = field(default_factory=list)  # resealed later, maybe
+    pending_seals: set[str] = field(default_factory=set)
     records: int = 0
+    pending: int = 0
     purged: int = 0
     discarded: int = 0
 
     @classmethod
-    def of(cls, events: Sequence[AuditEvent]) -> _Tally:
-        tally = cls(seals={})
+    def of(cls, events: Sequence[AuditEvent], pending_after: datetime) -> _Tally:
+        tally = cls(seals={}, pending_after=pending_after)
         for e in events:
-            if e.action == SEAL_ACTION and isinstance(e.payload.get("seal"), str):
-                tally.seals[e.payload["seal"]] = e
+            if e.action == ANCHOR_ACTION:
+                tally.anchors += 1
+                entries = anchored_seals(e.payload)
+                if entries is None:  # written so by the writer: its seals are unvouched
+                    detail = "this anchor's lists of seals do not give its root"
+                    first = _time(e.payload.get("first"))
+                    tally.problems.append(
+                        RecordProblem("seal", None, detail, None, e.seq, None, first)
+                    )
+                    continue
+                for entry in entries:
+                    tally.seals[entry.seal] = (e, entry)
             elif e.action == PURGE_ACTION and (before := _time(e.payload.get("before"))):
                 tenant = e.payload.get("tenant_id")
                 tally.purges.setdefault(tenant, []).append((e.seq, before))
@@ -107,45 +140,60 @@ class _Tally:
         return False
 
     def check(self, seal: str, rows: list[Mapping[str, Any]], index: RecordSealRow | None) -> None:
-        event = self.seals.get(seal)
-        if event is None:
+        anchored = self.seals.get(seal)
+        event: AuditEvent | None = None
+        if anchored is not None:
+            event, entry = anchored
+        elif index is None:
             self.problems += [_problem("inserted", m, _NO_EVENT) for m in rows]
             return
-        p = event.payload
-        n, root = int(p.get("records", -1)), str(p.get("root"))
+        elif _utc(index.created_at) <= self.pending_after:
+            why = _UNANCHORED.format(seal=seal, at=format_time(_utc(index.created_at)))
+            self.problems += [_problem("unanchored", m, why) for m in rows]
+            return
+        else:  # pending: checked against its own index row, which nothing vouches for yet
+            self.pending_seals.add(seal)
+            leaves = split_leaves(index.leaves)
+            digest = index_digest(index.ids, index.tenants, index.times)
+            entry = SealEntry(seal, len(index.ids), merkle_root(leaves).hex(), digest, "", "")
+        n, root = entry.records, entry.root
         leaves = split_leaves(index.leaves) if index is not None else []
         if (
             index is None
             or len(index.ids) != n
             or len(leaves) != n
             or merkle_root(leaves).hex() != root
-            or index_digest(index.ids, index.tenants, index.times) != p.get("index")
+            or index_digest(index.ids, index.tenants, index.times) != entry.index
         ):
-            self._check_whole(event, rows, n, root)
+            assert event is not None  # a pending seal's entry is its index row's
+            self._check_whole(event, seal, rows, n, root)
             return
+        seq = None if event is None else event.seq
         at_pos: dict[int, Mapping[str, Any]] = {}
         for m in rows:
             pos = m["seal_pos"]
             if pos is None or not 0 <= pos < n or index.ids[pos] != m["id"] or pos in at_pos:
-                self.problems.append(_problem("inserted", m, _OTHER_PLACE, event))
+                self.problems.append(_problem("inserted", m, _OTHER_PLACE, seq))
             elif record_leaf(m).hex() != leaves[pos].hex():
                 at_pos[pos] = m
-                self.problems.append(_problem("edited", m, _EDITED, event))
+                self.problems.append(_problem("edited", m, _EDITED, seq))
             else:
                 at_pos[pos] = m
-                self.records += 1
+                if event is None:
+                    self.pending += 1
+                else:
+                    self.records += 1
         for pos in range(n):
             record_id, at = index.ids[pos], _time(index.times[pos])
-            if pos in at_pos or self.explained(event.seq, record_id, index.tenants[pos], at):
+            if pos in at_pos or self.explained(seq or 0, record_id, index.tenants[pos], at):
                 continue
-            gone = RecordProblem("deleted", record_id, _DELETED, seal, event.seq, pos, at)
+            gone = RecordProblem("deleted", record_id, _DELETED, seal, seq, pos, at)
             self.missing.append(gone)
 
     def _check_whole(
-        self, event: AuditEvent, rows: list[Mapping[str, Any]], n: int, root: str
+        self, event: AuditEvent, seal: str, rows: list[Mapping[str, Any]], n: int, root: str
     ) -> None:
         """The seal's index row was edited or removed: its records against the root."""
-        seal = str(event.payload["seal"])
         ordered = sorted(rows, key=lambda m: m["seal_pos"] or 0)
         whole = [m["seal_pos"] for m in ordered] == list(range(n))
         if whole and merkle_root([record_leaf(m) for m in ordered]).hex() == root:
@@ -162,27 +210,36 @@ class _Tally:
         self.problems.append(RecordProblem("seal", None, detail, seal, event.seq, None, first))
 
 
-def _problem(
-    kind: Any, m: Mapping[str, Any], detail: str, event: AuditEvent | None = None
-) -> RecordProblem:
-    return RecordProblem(
-        kind, m["id"], detail, m["seal"], None if event is None else event.seq,
-        m["seal_pos"], m["created_at"],
-    )  # fmt: skip
+def _problem(kind: Any, m: Mapping[str, Any], detail: str, seq: int | None = None) -> RecordProblem:
+    return RecordProblem(kind, m["id"], detail, m["seal"], seq, m["seal_pos"], m["created_at"])
 
 
 class SealStore(StoreCore):
-    """Verifying the seals of inference records, and their inclusion proofs."""
+    """Anchoring and verifying the seals of inference records, and their inclusion proofs."""
 
-    def verify_record_seals(self) -> RecordsReport:
+    def anchor_record_seals(
+        self, seals: Sequence[SealEntry], *, closed: str | None = None
+    ) -> AuditEvent | None:
+        """Append one ``records.anchored`` event vouching for ``seals`` (written by
+        ``add_monitored_records(sealed=...)``) and mark their index rows, in one
+        transaction; None when there are none. The chain's refusals raise (AuditError,
+        AuditKeyMissing): the seals stay unanchored."""
+        if not seals:
+            return None
+        with self._write(f"anchor {len(seals)} seals of inference records") as s:
+            return append_anchor(s, self.audit_key_source, self.actor, seals, closed=closed)
+
+    def verify_record_seals(self, *, grace: timedelta = UNANCHORED_GRACE) -> RecordsReport:
         """Every seal against the records table (trusting the chain's events: verify the
-        chain with ``verify_audit_chain``)."""
-        actions = (SEAL_ACTION, PURGE_ACTION, DISCARD_ACTION)
+        chain with ``verify_audit_chain``). A seal no anchor lists is pending while its
+        index row is younger than ``grace``, a problem afterwards."""
+        actions = (ANCHOR_ACTION, PURGE_ACTION, DISCARD_ACTION)
         query = select(AuditEventRow).where(AuditEventRow.action.in_(actions))
         with self._session("read the seals in the audit chain") as s:
             events = [_audit.to_event(r) for r in s.scalars(query.order_by(AuditEventRow.seq))]
-        tally = _Tally.of(events)
-        first_seal = min((e.time for e in tally.seals.values()), default=None)
+        tally = _Tally.of(events, datetime.now(UTC) - grace)
+        firsts = (_time(e.payload.get("first")) for e in events if e.action == ANCHOR_ACTION)
+        first_seal = min((_utc(t) for t in firsts if t is not None), default=None)
         running = before_sealing = 0
         seen: set[str] = set()
         with self._session("verify the seals of inference records") as s:
@@ -202,7 +259,7 @@ class SealStore(StoreCore):
             for m in map(dict, s.execute(unsealed.where(_R.seal.is_(None))).mappings()):
                 if m["status"] == "running":
                     running += 1
-                elif first_seal is None or m["created_at"] < first_seal:
+                elif first_seal is None or _utc(m["created_at"]) < first_seal:
                     before_sealing += 1
                 else:
                     tally.problems.append(_problem("inserted", m, _UNSEALED))
@@ -215,14 +272,16 @@ class SealStore(StoreCore):
             discarded=tally.discarded,
             running=running,
             before_sealing=before_sealing,
+            pending=tally.pending,
+            pending_seals=len(tally.pending_seals),
             problems=in_order(problems),
         )
 
     def record_proof(self, record_id: str) -> dict[str, Any]:
         """The inclusion proof of one record (``audit.check_proof`` checks it offline):
-        its canonical bytes, its leaf, the Merkle path to its seal's root and the audit
-        event holding that root. Refused (AuditError) when the record or its seal no
-        longer match the chain."""
+        its canonical bytes, its leaf, the Merkle path to its seal's root, the path from
+        the seal to its anchor's root and the audit event holding that root. Refused
+        (AuditError) when the record or its seal no longer match the chain."""
         with self._session(f"export the inclusion proof of record {record_id!r}") as s:
             found = s.execute(select(*_COLUMNS).where(_R.id == record_id)).mappings().first()
             if found is None:
@@ -234,16 +293,25 @@ class SealStore(StoreCore):
                        "it was written before sealing began, or without a seal")  # fmt: skip
                 raise Conflict(f"record {record_id} is not sealed: {why}")
             index = s.get(RecordSealRow, m["seal"])
-            row = None if index is None else s.get(AuditEventRow, index.audit_seq)
+            if index is not None and index.anchor_seq is None:
+                raise Conflict(
+                    f"record {record_id} is sealed but its seal is not anchored in the audit "
+                    "chain yet: its writer anchors every few seconds; try again shortly",
+                    hint="`modelyard audit verify --records` reports seals left unanchored.",
+                )
+            row = None if index is None else s.get(AuditEventRow, index.anchor_seq)
             event = None if row is None else _audit.to_event(row)
+            entries = None if event is None else anchored_seals(event.payload)
+            listed = {e.seal: e for e in entries or ()}.get(m["seal"])
             leaves = [] if index is None else split_leaves(index.leaves)
             pos = int(m["seal_pos"])
             if (
                 index is None
                 or event is None
-                or event.action != SEAL_ACTION
-                or event.payload.get("seal") != m["seal"]
-                or merkle_root(leaves).hex() != event.payload.get("root")
+                or event.action != ANCHOR_ACTION
+                or listed is None
+                or merkle_root(leaves).hex() != listed.root
+                or index_digest(index.ids, index.tenants, index.times) != listed.index
                 or not 0 <= pos < len(leaves)
                 or index.ids[pos] != record_id
                 or record_leaf(m) != leaves[pos]
@@ -253,12 +321,13 @@ class SealStore(StoreCore):
                     hint="`modelyard audit verify --records` says what changed.",
                     record_id=record_id,
                 )
-            return build_proof(m, leaves, pos, event.to_json())
+            return build_proof(m, leaves, pos, str(m["seal"]), event.to_json())
 
 
 def _resealed(s: Any, tally: _Tally) -> set[str]:
     """The ids among the missing leaves whose record is there, sealed by a later seal
-    that holds it as it is (closed as abandoned, then ended by its server)."""
+    (anchored later, or pending) that holds it as it is (closed as abandoned, then
+    ended by its server)."""
     later: set[str] = set()
     missing = {p.record_id: p for p in tally.missing if p.record_id is not None}
     ids = sorted(missing)
@@ -266,9 +335,13 @@ def _resealed(s: Any, tally: _Tally) -> set[str]:
     for start in range(0, len(ids), 500):
         query = select(_R.id, _R.seal).where(_R.id.in_(ids[start : start + 500]))
         for record_id, seal in s.execute(query).all():
-            event = tally.seals.get(str(seal))
+            anchored = tally.seals.get(str(seal))
             gone = missing[record_id]
-            if event is not None and record_id not in bad and event.seq > (gone.seq or 0):
+            if record_id in bad or str(seal) == gone.seal:
+                continue
+            if str(seal) in tally.pending_seals or (
+                anchored is not None and anchored[0].seq > (gone.seq or 0)
+            ):
                 later.add(record_id)
     return later
 

@@ -9,33 +9,44 @@ Design (the encoding and the tree: ``modelyard.audit._seals`` and ``_merkle``):
   requests). Each final record is sealed once: nothing updates it afterwards
   (feedback and features live in tables of their own and are not sealed).
 - **How a root finds its leaves.** Every sealed row carries ``seal`` (the seal's
-  random id) and ``seal_pos`` (its leaf's position). The batch's ``records.sealed``
-  audit event (appended in the same transaction, after the rows, so row locks come
-  before the chain's lock as everywhere else) holds the root, the count, the first and
-  last record time and the hash of the seal's *index*. The index (``record_seals``:
-  per position the record's id, tenant and time, and the leaf hashes) is what names a
-  record once it is edited or gone: its leaves are authentic when they give the
-  chain's root, its ids, tenants and times when they give the chain's index hash.
+  random id) and ``seal_pos`` (its leaf's position). The seal's *index*
+  (``record_seals``: per position the record's id, tenant and time, and the leaf
+  hashes), written in the same transaction, is what names a record once it is edited
+  or gone: its leaves are authentic when they give the seal's root, its ids, tenants
+  and times when they give the seal's index hash, both as an anchor lists them.
+- **Anchors.** No audit event is written with the records: the writer appends one
+  ``records.anchored`` event at most every ``anchor_s`` seconds (and on flush and
+  close), listing the seals it wrote since its previous anchor (id, count, root, index
+  hash) and the Merkle root over them, and marks their index rows with the event's seq
+  (``anchor_seq``) in that transaction. One server at one request a second writes one
+  event per anchor interval, not one per request. Until its anchor, a seal vouches for
+  nothing: someone with write access to the database could rewrite a record and its
+  seal row together unnoticed in that window (seconds). A seal that no anchor lists is
+  reported by verification as pending while younger than ``UNANCHORED_GRACE``, as a
+  problem (``unanchored``) afterwards: its server stopped before anchoring it, or the
+  seal row was forged. ``close_running_records`` and callers of the store without a
+  writer seal and anchor in one transaction (one event).
 - **What verification finds** (``_seal_check``): an edited record (its leaf is not the
   sealed one), a deleted one (a position with no row, not explained by retention or by
   a batch job's replacement, which are audited: ``records.purged`` says which tenant's
   records before which time went, ``records.discarded`` lists ids), an inserted one (a
   final record with no seal, younger than the first seal; or a row claiming a position
-  that holds another id, or a seal no event holds). Because a record and its seal
-  commit together, no record is ever final and unsealed in between: there is no
-  flush horizon to wait for.
+  that holds another id, or a seal with no index row and no anchor). Because a record
+  and its seal commit together, no record is ever final and unsealed in between.
 - **Retention.** Records go, seals stay: the chain's events are never deleted and
   neither are ``record_seals`` rows, so what remains still verifies and the purge is
   on record.
 - **Cost.** Per batch: one canonical encoding and SHA-256 per record, the tree
-  (about one more hash per record), one audit event and one ``record_seals`` row. On
-  PostgreSQL the chain's advisory lock is taken only after the rows are written and
-  held to commit, as for every audited change; writers of several servers queue
-  there for one event each, never for their rows.
+  (about one more hash per record) and one ``record_seals`` row; the chain is not
+  touched. Per anchor: one audit event and one UPDATE of the anchored index rows
+  (the event first: the seq marks the rows; only the anchoring writer touches them).
+  On PostgreSQL the chain's advisory lock is held from the event to commit, as for
+  every audited change.
 
-When the chain refuses (a recorded break, a wrong or missing key), the writer keeps
-the records and writes them unsealed (``monitoring.RecordWriter``): verification then
-reports them, rather than losing inference records to an audit problem.
+When the chain refuses an anchor (a recorded break, a wrong or missing key), the
+records are written and sealed already; the writer logs it, counts them
+(``RecordWriter.unanchored``) and tries again at the next interval: verification
+reports their seals as unanchored once the grace period is over.
 """
 
 from __future__ import annotations
@@ -43,32 +54,39 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Integer, LargeBinary, String, insert
+from sqlalchemy import Integer, LargeBinary, String, insert, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from modelyard.audit import (
+    ANCHOR_ACTION,
     FINAL_STATUSES,
-    SEAL_ACTION,
     AuditEvent,
     AuditKeySource,
+    SealEntry,
+    anchor_payload,
     format_time,
     merkle_root,
     record_leaf,
-    seal_payload,
+    seal_entry,
 )
 from modelyard.store import _audit
 from modelyard.store._schema import Base, utcnow
 
+# A seal younger than this with no anchor is pending (its writer anchors every few
+# seconds); older, verification reports it: the writer's anchor interval plus slack.
+UNANCHORED_GRACE = timedelta(minutes=2)
+
 
 class RecordSealRow(Base):
-    """A seal's index: per leaf position the record's id, tenant, time and leaf hash."""
+    """A seal's index: per leaf position the record's id, tenant, time and leaf hash; the
+    seq of the ``records.anchored`` event vouching for it (none until anchored)."""
 
     __tablename__ = "record_seals"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    audit_seq: Mapped[int] = mapped_column(Integer, unique=True)
+    anchor_seq: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     ids: Mapped[list[Any]]
     tenants: Mapped[list[Any]]
@@ -115,26 +133,49 @@ def prepare_seal(
     )
 
 
-def append_seal(
+def write_seal(s: Session, seal: PendingSeal) -> SealEntry:
+    """Write the seal's index row in ``s``'s transaction (unanchored); what its anchor
+    will list of it."""
+    entry = seal_entry(seal.id, merkle_root(seal.leaves), seal.ids, seal.tenants, seal.times)
+    index: dict[str, Any] = {"id": seal.id, "anchor_seq": None, "created_at": utcnow()}
+    index |= {"ids": seal.ids, "tenants": seal.tenants, "times": seal.times}
+    s.execute(insert(RecordSealRow), [index | {"leaves": b"".join(seal.leaves)}])
+    return entry
+
+
+def append_anchor(
     s: Session,
     source: AuditKeySource,
     actor: str,
-    seal: PendingSeal,
+    seals: Sequence[SealEntry],
     *,
     closed: str | None = None,
 ) -> AuditEvent:
-    """Append the seal's ``records.sealed`` event and write its index, in ``s``'s
-    transaction (after its rows: the chain's lock is taken last)."""
-    root = merkle_root(seal.leaves)
-    payload = seal_payload(seal.id, root, seal.ids, seal.tenants, seal.times, closed=closed)
+    """Append the ``records.anchored`` event vouching for ``seals`` and mark their index
+    rows with its seq, in ``s``'s transaction."""
+    payload = anchor_payload(seals, closed=closed)
+    subject = f"seals:{seals[0].seal}" + (f"+{len(seals) - 1}" if len(seals) > 1 else "")
     event = _audit.append_event(
-        s, source, actor=actor, action=SEAL_ACTION, subject=f"seal:{seal.id}", payload=payload
+        s, source, actor=actor, action=ANCHOR_ACTION, subject=subject, payload=payload
     )
-    leaves = b"".join(seal.leaves)
-    index = {"id": seal.id, "audit_seq": event.seq, "created_at": event.time}
-    index |= {"ids": seal.ids, "tenants": seal.tenants, "times": seal.times, "leaves": leaves}
-    s.execute(insert(RecordSealRow), [index])
+    ids = [e.seal for e in seals]
+    for start in range(0, len(ids), 500):
+        marked = ids[start : start + 500]
+        s.execute(
+            update(RecordSealRow)
+            .where(RecordSealRow.id.in_(marked))
+            .values(anchor_seq=event.seq)
+            .execution_options(synchronize_session=False)
+        )
     return event
 
 
-__all__ = ["PendingSeal", "RecordSealRow", "append_seal", "prepare_seal", "split_leaves"]
+__all__ = [
+    "UNANCHORED_GRACE",
+    "PendingSeal",
+    "RecordSealRow",
+    "append_anchor",
+    "prepare_seal",
+    "split_leaves",
+    "write_seal",
+]

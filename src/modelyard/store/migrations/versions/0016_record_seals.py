@@ -1,11 +1,12 @@
-"""inference records are sealed: Merkle roots of their batches in the audit chain (issue 19)
+"""inference records are sealed: Merkle roots of batches, anchored in the audit chain (issue 19)
 
 ``inference_records.seal`` and ``seal_pos``: the seal holding a record in its final
 state and its leaf's position there (empty for records written before this migration
 and for ``running`` ones). ``record_seals``: one row per seal, its index (the ids,
-tenants and times of its records, in leaf order) and its leaf hashes; the root and
-the index's hash are in the seal's ``records.sealed`` audit event. Never deleted, as
-the chain's events are not: retention removes records, not seals.
+tenants and times of its records, in leaf order), its leaf hashes and ``anchor_seq``,
+the ``records.anchored`` audit event that lists the seal's root and index hash (empty
+until the writer anchors it, a few seconds later). Never deleted, as the chain's
+events are not: retention removes records, not seals.
 
 Revision ID: 0016
 Revises: 0015
@@ -30,14 +31,13 @@ def upgrade() -> None:
     op.create_table(
         "record_seals",
         sa.Column("id", sa.String(length=32), nullable=False),
-        sa.Column("audit_seq", sa.Integer(), nullable=False),
+        sa.Column("anchor_seq", sa.Integer(), nullable=True),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("ids", sa.JSON(), nullable=False),
         sa.Column("tenants", sa.JSON(), nullable=False),
         sa.Column("times", sa.JSON(), nullable=False),
         sa.Column("leaves", sa.LargeBinary(), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_record_seals")),
-        sa.UniqueConstraint("audit_seq", name=op.f("uq_record_seals_audit_seq")),
     )
 
 
