@@ -54,10 +54,10 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, cast
 
-from sqlalchemy import Integer, LargeBinary, String, insert, update
+from sqlalchemy import Integer, LargeBinary, String, Table, insert, update
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from modelyard.audit import (
@@ -94,6 +94,14 @@ class RecordSealRow(Base):
     leaves: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+_INSERT = insert(cast(Table, RecordSealRow.__table__))
+
+
+def _format(at: datetime) -> str:
+    """``format_time``, without its conversion when the time is in UTC already."""
+    return at.isoformat(timespec="microseconds") if at.tzinfo is UTC else format_time(at)
+
+
 def split_leaves(blob: bytes) -> list[bytes]:
     return [blob[i : i + 32] for i in range(0, len(blob), 32)]
 
@@ -128,7 +136,7 @@ def prepare_seal(
         id=seal,
         ids=[str(row["id"]) for row in final],
         tenants=[row["tenant_id"] for row in final],
-        times=[format_time(row["created_at"]) for row in final],
+        times=[_format(row["created_at"]) for row in final],
         leaves=[known.get(row["id"]) or record_leaf(row) for row in final],
     )
 
@@ -139,7 +147,7 @@ def write_seal(s: Session, seal: PendingSeal) -> SealEntry:
     entry = seal_entry(seal.id, merkle_root(seal.leaves), seal.ids, seal.tenants, seal.times)
     index: dict[str, Any] = {"id": seal.id, "anchor_seq": None, "created_at": utcnow()}
     index |= {"ids": seal.ids, "tenants": seal.tenants, "times": seal.times}
-    s.execute(insert(RecordSealRow), [index | {"leaves": b"".join(seal.leaves)}])
+    s.execute(_INSERT, [index | {"leaves": b"".join(seal.leaves)}])  # Core: no ORM bulk path
     return entry
 
 
