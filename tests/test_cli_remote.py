@@ -27,6 +27,7 @@ import httpx
 import pytest
 import uvicorn
 
+import modelyard.cli._common as cli_common
 from modelyard.access import authenticate, create_actor_token, create_api_key
 from modelyard.admin import ADMIN_PREFIX, create_admin_app
 from modelyard.audit import AccessPolicy
@@ -73,6 +74,10 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
     home.mkdir()
     empty.mkdir()
     monkeypatch.setenv("COLUMNS", "200")
+    # the CLI's consoles took their width when first imported (80 under xdist without a
+    # terminal): wide enough here that no table cell or message line is cut or wrapped
+    for shown in (cli_common.console, cli_common.err_console):
+        monkeypatch.setattr(shown, "width", 200)
     url = f"sqlite:///{home / 'store.db'}"
     policy = AccessPolicy(bootstrap_admin="ops")
     with Store.open(url, actor="ops", audit_key=KEY, policy=policy) as ops:
