@@ -11,6 +11,9 @@ storage policies, the filters and bad input.
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -440,3 +443,65 @@ def test_a_feedback_label_is_stored_replaced_and_bounded(records_home: Path) -> 
             store.add_feedback(record, tenant="acme", score=1.0, label="x" * 501)
         (row,) = store.query_records(endpoint="support")
         assert row["feedback_label"] is None and row["feedback_score"] == 1.0
+
+
+# -- the docs' example ---------------------------------------------------------------------
+
+DOC = (Path(__file__).resolve().parents[1] / "docs" / "data.md").read_text()
+
+
+def _shown(line: str) -> re.Pattern[str]:
+    """A line the docs show, as a pattern: its times and digests are the run's own."""
+    pattern = re.escape(line)
+    pattern = re.sub(r"\d{4}\\-\d{2}\\-\d{2}\\ \d{2}:\d{2}", r"\\d{4}-\\d{2}-\\d{2} \\d{2}:\\d{2}",
+                     pattern)  # fmt: skip
+    return re.compile(re.sub(r"sha256\\ [0-9a-f]{12}", r"sha256 [0-9a-f]{12}", pattern))
+
+
+def test_the_docs_example_prints_what_it_shows(
+    records_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """docs/data.md's week of feedback on ``support``: two good answers of acme (one asked
+    twice), two bad ones, one good answer of a tenant that keeps hashes; the first good
+    answer was corrected with the label ``accounts``."""
+    block = re.search(r"```console\n(\$ modelyard data from-records .*?)```", DOC, re.S)
+    assert block is not None, "docs/data.md lost its from-records example"
+    steps: list[tuple[str, list[str]]] = []
+    for line in block.group(1).splitlines():
+        if line.startswith("$ "):
+            steps.append((line[2:], []))
+        elif line.strip() and not line.startswith("..."):
+            steps[-1][1].append(line.strip())
+    answers = [  # (id, tenant, prompt, answer, score, label)
+        ("chatcmpl-0001", "acme", _alpaca("Reset my password."), "it", 1.0, "accounts"),
+        ("chatcmpl-0002", "acme", _alpaca("Route it.", "VPN down"), "network", 1.0, None),
+        ("chatcmpl-0003", "acme", _alpaca("Route it.", "VPN down"), "network", 1.0, None),
+        ("chatcmpl-0004", "acme", _alpaca("Printer jammed."), "billing", -1.0, None),
+        ("chatcmpl-0005", "acme", _alpaca("Invoice wrong."), "hardware", -1.0, None),
+        ("chatcmpl-0006", "vault", "sha256:" + "0" * 64, "sha256:" + "1" * 64, 1.0, None),
+    ]
+    with Store.open(f"sqlite:///{records_home / 'store.db'}") as store:
+        version = store.get_model_version("bot", 1)
+        now = datetime.now(UTC)
+        for i, (rid, tenant, prompt, answer, _, _) in enumerate(answers):
+            store.add_inference_records([NewInferenceRecord(
+                id=rid, endpoint_name="support", route="chat.completions", latency_ms=1.0,
+                status="ok", http_status=200, tenant_id=store.get_tenant(tenant).id,
+                version_id=version.id, prompt=prompt, response=answer,
+                created_at=now - timedelta(hours=len(answers) - i),
+            )])  # fmt: skip
+        for rid, tenant, _, _, score, label in answers:
+            store.add_feedback(rid, tenant=tenant, score=score, label=label)
+    monkeypatch.chdir(tmp_path)  # the files the commands write
+    for command, shown in steps:
+        args, jq = shlex.split(command)[1:], None
+        if "|" in args:
+            at = args.index("|")
+            args, jq = args[:at], args[at + 1 :]
+        r = modelyard(*args, home=records_home)
+        assert r.code == 0, r.err
+        out = r.out + r.err
+        if jq is not None:
+            out = subprocess.run(jq, input=r.out, capture_output=True, text=True, check=True).stdout
+        for line in shown:
+            assert _shown(line).search(out), f"{command!r} did not print {line!r}:\n{out}"
