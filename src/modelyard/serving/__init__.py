@@ -19,7 +19,6 @@ plane called in process, without HTTP (``modelyard batch run``): each request an
 """
 
 from modelyard.serving._app import create_app, create_metrics_app
-from modelyard.serving._budgets import BudgetGuard
 from modelyard.serving._device import Placement, placement
 from modelyard.serving._engine import EchoEngine, Engine, TransformersEngine
 from modelyard.serving._guard import OperatorAccess
@@ -53,7 +52,6 @@ from modelyard.serving._vllm_engine import VLLMEngine
 __all__ = [
     "Answer",
     "BackgroundServer",
-    "BudgetGuard",
     "ChatPrompt",
     "Drain",
     "DrainingServer",

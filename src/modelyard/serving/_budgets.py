@@ -16,10 +16,8 @@ every replica adds to and reads the same totals, under the same outage rules)
 and in this server otherwise. A total the server has not seen yet (a new day,
 a restart, a flushed Redis) starts from the store's records
 (``Store.spent``), so a restart never resets what a tenant spent. Budgets and
-prices are read from the store when the guard is first used, then again in the
-background on the guard's own thread once they are ``refresh_s`` seconds old
-(a new or changed budget applies within that time and one read): a request
-never waits on that read.
+prices are read from the store at most every ``refresh_s`` seconds (a new or
+changed budget applies within that time).
 """
 
 from __future__ import annotations
@@ -63,7 +61,6 @@ class BudgetGuard:
         self._budgets: dict[str, list[Budget]] = {}  # by tenant
         self._prices: dict[str, tuple[float, float]] = {}  # base model -> (in, out) per 1k
         self._loaded_at = -math.inf
-        self._reload_queued = False
         self._totals: dict[str, float] = {}  # this server's running totals, by counter name
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="budgets")
 
@@ -98,7 +95,7 @@ class BudgetGuard:
         self, key: ApiKey, endpoint: str, version: ModelVersion, gen: Generation
     ) -> float:
         """``charge``, in this thread; the request's cost."""
-        self._refresh(wait=True)
+        self._refresh()
         with self._lock:
             price = self._prices.get(version.base_model)
         if price is None:
@@ -123,46 +120,27 @@ class BudgetGuard:
     # -- budgets and prices -----------------------------------------------------------------
 
     def _applying(self, key: ApiKey) -> list[Budget]:
-        self._refresh(wait=False)
+        self._refresh()
         with self._lock:
             found = self._budgets.get(key.tenant, [])
         return [b for b in found if b.key_id in (None, key.id)]
 
-    def _refresh(self, *, wait: bool) -> None:
-        """Read budgets and prices again if they are ``refresh_s`` old: now if ``wait`` (or
-        nothing was read yet), else queued on the guard's thread, the last ones kept."""
-        with self._lock:
-            if time.monotonic() - self._loaded_at < self.refresh_s:
-                return
-            now = wait or self._loaded_at == -math.inf
-            if not now:
-                if self._reload_queued:
-                    return
-                self._reload_queued = True
-        if now:
-            self._reload()
+    def _refresh(self) -> None:
+        if time.monotonic() - self._loaded_at < self.refresh_s:
             return
         try:
-            self._worker.submit(self._reload)
-        except RuntimeError:  # closed: the server is stopping
-            with self._lock:
-                self._reload_queued = False
-
-    def _reload(self) -> None:
-        try:
-            budgets, prices = self.store.list_budgets(), self.store.token_price_table()
+            budgets, prices = self.store.list_budgets(), self.store.list_token_prices()
         except ModelyardError as exc:  # keep enforcing the last ones read
             log.warning("cannot reload budgets from the store: %s", exc.one_line())
-            budgets, prices = None, None
-        with self._lock:
-            self._reload_queued = False
             self._loaded_at = time.monotonic()
-            if budgets is None or prices is None:
-                return
-            by_tenant: dict[str, list[Budget]] = {}
-            for budget in budgets:
-                by_tenant.setdefault(budget.tenant, []).append(budget)
-            self._budgets, self._prices = by_tenant, prices
+            return
+        by_tenant: dict[str, list[Budget]] = {}
+        for budget in budgets:
+            by_tenant.setdefault(budget.tenant, []).append(budget)
+        with self._lock:
+            self._budgets = by_tenant
+            self._prices = {p.base_model: (p.input_per_1k, p.output_per_1k) for p in prices}
+            self._loaded_at = time.monotonic()
 
     # -- running totals ---------------------------------------------------------------------
 
