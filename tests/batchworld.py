@@ -22,7 +22,7 @@ from modelyard.cli import main
 from modelyard.data import DOMAINS, domain_corpus
 from modelyard.store import Store
 from tinymodels import QUICK_BASE, random_adapter, register_adapter
-from worlds import gate_metrics
+from worlds import gate_metrics, home_store
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "batch.md").read_text()
 
@@ -35,7 +35,7 @@ class World:
     globex_key: str
 
     def store(self) -> Store:
-        return Store.open(f"sqlite:///{self.home / 'store.db'}")
+        return home_store(self.home)
 
     def records(self, job_id: str) -> list[dict[str, Any]]:
         with self.store() as store:
@@ -47,7 +47,7 @@ def build_world(tmp: Path) -> World:
     home.mkdir()
     base = create_tiny_base(domain_corpus(DOMAINS, 300, seed=0), tmp / "base", **QUICK_BASE).path
     artifacts = LocalArtifactStore(home / "artifacts")
-    with Store.open(f"sqlite:///{home / 'store.db'}") as store:
+    with home_store(home) as store:
         store.register_base_model("tiny", str(base), {})
         store.create_tenant("acme-insurance", storage_policy="redacted")
         store.create_registered_model("acme-claims", tenant="acme-insurance")

@@ -38,7 +38,7 @@ from modelyard.stream import (
     run_stream,
 )
 from redisserver import RedisServer, redis_server
-from worlds import fake_world
+from worlds import fake_world, home_store
 
 JOB = "requests/answerers"
 
@@ -49,7 +49,7 @@ class World:
     key: str
 
     def store(self) -> Store:
-        return Store.open(f"sqlite:///{self.home / 'store.db'}")
+        return home_store(self.home)
 
     def records(self) -> dict[str, dict[str, Any]]:
         with self.store() as store:
@@ -60,7 +60,7 @@ class World:
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     home = tmp_path_factory.mktemp("stream") / "home"
     home.mkdir()
-    with Store.open(f"sqlite:///{home / 'store.db'}") as store:
+    with home_store(home) as store:
         fake_world(store, tenant="acme-insurance", model="acme-claims",
                    endpoint="claims-router", template="text")  # fmt: skip
         _, key = create_api_key(store, "acme-insurance", scopes=("infer",))

@@ -10,8 +10,10 @@ a fake or no server runs. ``tests/tinymodels.py`` has real tiny models.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from modelyard.audit import AuditKeySource
 from modelyard.store import ModelVersion, StoragePolicy, Store
 
 
@@ -94,3 +96,12 @@ def two_tenant_world(
         )
         for tenant in tenants
     }
+
+
+def home_store(home: Path) -> Store:
+    """The store of the home ``home`` with the home's own audit key file, as every command
+    run with ``MODELYARD_HOME=home`` opens it (a job that discards records appends to the
+    chain, and needs the key that wrote it)."""
+    return Store.open(
+        f"sqlite:///{home / 'store.db'}", audit_key=AuditKeySource(key_file=home / "audit.key")
+    )
