@@ -38,7 +38,10 @@ from modelyard.store import ModelVersion, Store
 from tinymodels import QUICK_BASE, chatty_adapter, random_adapter, register_adapter
 
 READY_S = 240  # vLLM starts in 30-50 s on two cores
-LONG = 1800  # tokens of the stream that is killed: seconds of decoding, even on a quiet machine
+CONTEXT = 8192  # the tiny base's positions and vLLM's max_model_len
+# tokens of the requests killed and cancelled mid-way: on a quiet machine vLLM decodes the
+# tiny model at thousands of tokens a second, and 1,800 tokens were over before a kill
+LONG = 7800
 
 
 @dataclass
@@ -58,7 +61,7 @@ def world(vllm_python: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     # a long context: the stream killed mid-way runs for seconds (LONG tokens), not for less
     # than the time between its first chunk and the kill
     corpus = domain_corpus(DOMAINS, 300, seed=0)
-    base = create_tiny_base(corpus, tmp / "base", **QUICK_BASE, max_positions=2048).path
+    base = create_tiny_base(corpus, tmp / "base", **QUICK_BASE, max_positions=CONTEXT).path
     artifacts = ArtifactStore(tmp / "artifacts")
     with Store.open(f"sqlite:///{tmp / 'store.db'}") as store:
         store.register_base_model("tiny", str(base), {})
@@ -81,7 +84,7 @@ def world(vllm_python: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             metrics={},
         )  # fmt: skip
         store.create_endpoint("acme-chat", model_ref=versions["chat"].ref, tenant="acme")
-        options = VLLMOptions(python=vllm_python, kv_cache_gb=1, max_model_len=2048,
+        options = VLLMOptions(python=vllm_python, kv_cache_gb=1, max_model_len=CONTEXT,
                               max_num_seqs=8)  # fmt: skip
         engine = VLLMEngine(artifacts, options, store=store, log_dir=tmp / "logs")
         try:
