@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
@@ -293,3 +294,62 @@ def test_the_encoding_covers_every_record_column_and_the_tree_is_rfc9162() -> No
             path = inclusion_path(leaves, i)
             assert root_from_path(leaves[i], i, n, path) == root
             assert n == 1 or root_from_path(leaves[i], (i + 1) % n, n, path) != root
+
+
+def test_the_fast_encodings_give_the_specified_bytes() -> None:
+    """orjson (the writer's fast paths) writes byte for byte what the specification's json
+    module writes: the record's array, the seal index's hash and the index's times."""
+    import hashlib
+    import random
+    from datetime import timezone
+
+    from modelyard.audit import index_digest
+    from modelyard.audit._canonical import canonical_json
+    from modelyard.audit._seals import _BOOLS, _FLOATS, _INTS, RECORD_FORMAT, _encode, values_bytes
+    from modelyard.store._seals import _format, format_times
+
+    casts: dict[str, Any] = dict.fromkeys(_FLOATS, float) | dict.fromkeys(_INTS, int)
+    casts |= dict.fromkeys(_BOOLS, bool)
+
+    def spec(values: list[object]) -> bytes:
+        out: list[object] = [RECORD_FORMAT]
+        for name, v in zip(RECORD_FIELDS, values, strict=True):
+            if isinstance(v, datetime):
+                v = v.astimezone(UTC).isoformat(timespec="microseconds")
+            elif v is not None and name in casts:
+                v = casts[name](v)
+            out.append(v)
+        return _encode(out).encode("utf-8")
+
+    rng = random.Random(19)
+    texts = ["x", "é漢字", 'a"b\\c\n\t\x01\x1f\x7f', "\u2028\u2029", "😀", "", "</script>"]
+    ints = [0, 1, -1, 2**63 - 1, 2**64, True]
+    floats = [0.0, -0.0, 1e-5, 1e-4, 0.5, 12.5, 1e16, 1e22, 3, True, 5e-324]
+    plus2 = timezone(timedelta(hours=2))
+    times = [datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 1, 1, 0, 0, 0, 5, tzinfo=UTC),
+             datetime(2026, 1, 1, 0, 0, 0, 5, tzinfo=plus2), datetime.now(UTC)]  # fmt: skip
+    for _ in range(5000):
+        values: list[object] = []
+        for name in RECORD_FIELDS:
+            if name == "created_at":
+                values.append(rng.choice(times))
+            elif rng.random() < 0.2:
+                values.append(None)
+            elif name in _FLOATS:
+                values.append(rng.choice(floats))
+            elif name in _INTS:
+                values.append(rng.choice(ints))
+            elif name in _BOOLS:
+                values.append(rng.choice([True, False, 0, 1]))
+            else:
+                values.append(rng.choice(texts))
+        assert values_bytes(values) == spec(values), values
+    for _ in range(500):
+        k = rng.randint(0, 4)
+        ids = [rng.choice(texts) for _ in range(k)]
+        tenants: list[int | None] = [rng.choice([None, 1, 2**64]) for _ in range(k)]
+        at = [rng.choice(texts) for _ in range(k)]
+        text = canonical_json({"ids": ids, "tenants": tenants, "times": at})
+        assert index_digest(ids, tenants, at) == hashlib.sha256(text.encode()).hexdigest()
+    for chosen in ([times[3]], times, [times[1]], [times[2], times[3]]):
+        assert format_times(chosen) == [_format(t) for t in chosen]

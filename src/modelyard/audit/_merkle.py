@@ -17,12 +17,15 @@ HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 
 
+_sha256 = hashlib.sha256
+
+
 def leaf_hash(data: bytes) -> bytes:
-    return hashlib.sha256(b"\x00" + data).digest()
+    return _sha256(b"\x00" + data).digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
-    return hashlib.sha256(b"\x01" + left + right).digest()
+    return _sha256(b"\x01" + left + right).digest()
 
 
 def merkle_root(leaves: Sequence[bytes]) -> bytes:
@@ -34,8 +37,10 @@ def merkle_root(leaves: Sequence[bytes]) -> bytes:
     if not leaves:
         return EMPTY_ROOT
     level = list(leaves)
+    sha = _sha256
     while len(level) > 1:
-        paired = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        pairs = zip(level[::2], level[1::2], strict=False)  # an odd last one: carried up
+        paired = [sha(b"\x01" + a + b).digest() for a, b in pairs]
         if len(level) % 2:
             paired.append(level[-1])
         level = paired

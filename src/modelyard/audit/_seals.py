@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import operator
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -99,12 +100,21 @@ _CASTS = [
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 _dumps = orjson.dumps
 _FLOAT_AT = [i + 1 for i, f in enumerate(RECORD_FIELDS) if f in _FLOATS]
+# the fast path's positions in the values (no version in front)
+_AT = RECORD_FIELDS.index("created_at")
+_LAT, _TTFT = (RECORD_FIELDS.index(f) for f in _FLOATS)
+_typed = operator.itemgetter(*(i - 1 for i, _ in _CASTS))
+_PLAIN: dict[tuple[type, ...], bool] = {}
+_NONE = type(None)
+_INF = math.inf
+_sha256 = hashlib.sha256
+_fields_of = operator.itemgetter(*RECORD_FIELDS)
 
 
 def record_bytes(record: Mapping[str, Any]) -> bytes:
     """The canonical bytes of a record (its ``RECORD_FIELDS``), the same whether read from
     the values written or from the row read back on SQLite or PostgreSQL."""
-    return values_bytes([record[name] for name in RECORD_FIELDS])
+    return values_bytes(_fields_of(record))
 
 
 def values_bytes(values: Sequence[Any]) -> bytes:
@@ -114,7 +124,39 @@ def values_bytes(values: Sequence[Any]) -> bytes:
     specification): everything here but floats below 1e-4 in magnitude (orjson writes
     ``0.00001`` where json writes ``1e-05``), non-finite floats (json refuses them) and
     integers beyond 64 bits (orjson refuses them), and a time without microseconds
-    (orjson leaves out ``.000000``): those go through json."""
+    (orjson leaves out ``.000000``): those go through json.
+
+    The fast path (every value already of its column's type, the time in UTC): one
+    lookup of the values' types, two float checks and one orjson call; anything else
+    is cast first (``_slow_bytes``), giving the same bytes."""
+    at = values[_AT]
+    if at.tzinfo is UTC and at.microsecond:
+        kinds = tuple(map(type, _typed(values)))
+        plain = _PLAIN.get(kinds)
+        if plain is None:
+            plain = _plain(kinds)
+        lat, ttft = values[_LAT], values[_TTFT]
+        if (
+            plain
+            and (lat is None or lat == 0.0 or 1e-4 <= abs(lat) < _INF)
+            and (ttft is None or ttft == 0.0 or 1e-4 <= abs(ttft) < _INF)
+        ):
+            try:
+                return _dumps((RECORD_FORMAT, *values))
+            except TypeError:  # orjson.JSONEncodeError: an int beyond 64 bits, a surrogate
+                pass
+    return _slow_bytes(values)
+
+
+def _plain(kinds: tuple[type, ...]) -> bool:
+    """Whether values of these types need no cast (remembered: few combinations occur)."""
+    plain = all(k is _NONE or k is cast for k, (_, cast) in zip(kinds, _CASTS, strict=True))
+    if len(_PLAIN) < 4096:
+        _PLAIN[kinds] = plain
+    return plain
+
+
+def _slow_bytes(values: Sequence[Any]) -> bytes:
     out: list[Any] = [RECORD_FORMAT, *values]
     at = out[_TIME]
     if at.tzinfo is not UTC:
@@ -137,19 +179,37 @@ def _orjson_float(v: Any) -> bool:
 
 
 def record_leaf(record: Mapping[str, Any]) -> bytes:
-    return leaf_hash(record_bytes(record))
+    return _sha256(b"\x00" + values_bytes(_fields_of(record))).digest()
 
 
 def values_leaf(values: Sequence[Any]) -> bytes:
-    return leaf_hash(values_bytes(values))
+    return _sha256(b"\x00" + values_bytes(values)).digest()  # leaf_hash, one call less
 
 
 def index_digest(ids: Sequence[str], tenants: Sequence[int | None], times: Sequence[str]) -> str:
     """The hash of a seal's index (its records' ids, tenants and creation times, in leaf
     order), held in the chain beside the root: it names what a seal covered after its
-    records are gone (a deletion, or retention)."""
+    records are gone (a deletion, or retention).
+
+    The hash of ``canonical_json({"ids": ..., "tenants": ..., "times": ...})``; orjson
+    writes the same bytes for these strings and integers (the keys in sorted order
+    already), faster; what it refuses (an integer beyond 64 bits, a lone surrogate, a
+    value of another type) goes through ``canonical_json``."""
+    if type(ids) is list and type(tenants) is list and type(times) is list:
+        try:
+            data = _dumps({"ids": ids, "tenants": tenants, "times": times})
+        except TypeError:
+            data = None
+        if data is not None and _plain_index(tenants):
+            return _sha256(data).hexdigest()
     text = canonical_json({"ids": list(ids), "tenants": list(tenants), "times": list(times)})
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return _sha256(text.encode("utf-8")).hexdigest()
+
+
+def _plain_index(tenants: Sequence[Any]) -> bool:
+    """Whether every tenant is an int or None (json writes a bool or a float otherwise
+    than orjson might: leave those to ``canonical_json``)."""
+    return all(t is None or type(t) is int for t in tenants)
 
 
 @dataclass(frozen=True)
