@@ -74,6 +74,7 @@ EXPECTED = {
     "AuditKeyMismatch": (1, 500),
     "RolloutError": (1, 500),
     "RolloutFailed": (1, 500),
+    "JudgeError": (1, 502),
     "RolloutTimedOut": (3, 500),
     "EngineError": (1, 503),
     "EngineOverloaded": (1, 503),

@@ -35,6 +35,7 @@ message saying *what* went wrong and *why*, and a ``hint`` saying what to do.
     ├── AuditError
     │   ├── AuditChainBroken            an edited, missing, reordered or forged event
     │   └── AuditKeyMismatch
+    ├── JudgeError                      a judge scored none of its answers
     ├── RolloutError                    a rollout that did not succeed (rollout wait)
     │   ├── RolloutFailed               rolled back or aborted
     │   └── RolloutTimedOut             still going when the wait gave up
@@ -286,6 +287,17 @@ class AuditKeyMismatch(AuditError):
     code = "audit_key_mismatch"
 
 
+class JudgeError(ModelyardError):
+    """A judge could not score what it was given: no call reached it, or none of its answers
+    held a score (``modelyard.judges``)."""
+
+    code = "judge_failed"
+    default_hint = (
+        "Check the judge with `modelyard judges score NAME`: its URL, model and key "
+        "(`modelyard judges show NAME`)."
+    )
+
+
 class RolloutError(ModelyardError):
     """A rollout that did not end as ``succeeded`` (``modelyard rollout wait``)."""
 
@@ -431,6 +443,7 @@ STATUSES: Mapping[type[ModelyardError], ErrorStatus] = MappingProxyType(
         BudgetExceeded: ErrorStatus(1, 429, "insufficient_quota"),
         RequestTimeout: ErrorStatus(1, 504, "timeout"),
         ShuttingDown: ErrorStatus(1, 503, _SERVER),
+        JudgeError: ErrorStatus(1, 502, _SERVER),
     }
 )
 
@@ -474,6 +487,7 @@ __all__ = [
     "HomeNotWritable",
     "IdentityProviderUnavailable",
     "InvalidApiKey",
+    "JudgeError",
     "LimitsUnavailable",
     "MissingScope",
     "ModelVersionNotFound",

@@ -91,17 +91,43 @@ def hint(name: str, known: Iterable[str]) -> str:
     return f" (did you mean {near[0]!r}?)" if near else ""
 
 
-def check(name: str, known: Iterable[str], *, where: str, field: str = "metric") -> str:
+JUDGE_PREFIX = "judge."
+_JUDGE = re.compile(r"judge\.([a-z0-9][a-z0-9._-]{0,62})")
+
+
+def judge_name(metric: str) -> str | None:
+    """``correctness`` for ``judge.correctness`` (a judge's mean score); None for other names."""
+    match = _JUDGE.fullmatch(metric.strip())
+    return match.group(1) if match else None
+
+
+def check(
+    name: str, known: Iterable[str], *, where: str, field: str = "metric", judges: bool = False
+) -> str:
     """``name``'s canonical spelling, or a ``ConfigError`` saying ``where`` it was named,
-    with a suggestion and the known names."""
+    with a suggestion and the known names. With ``judges``, ``judge.NAME`` (a judge's
+    mean score) is known too; whether judge NAME exists is the caller's to check."""
     names = list(known)
     name = name.strip()
     if canonical(name) in names:
         return canonical(name)
+    if judges and judge_name(name) is not None:
+        return name
+    if judges:
+        names.append("judge.NAME")
     raise ConfigError(
         f"{where}: unknown metric {name!r}{hint(name, names)}; known: {', '.join(names)}",
         field=field,
     )
 
 
-__all__ = ["ALIASES", "TRAFFIC_METRICS", "canonical", "check", "hint", "suggest"]
+__all__ = [
+    "ALIASES",
+    "JUDGE_PREFIX",
+    "TRAFFIC_METRICS",
+    "canonical",
+    "check",
+    "hint",
+    "judge_name",
+    "suggest",
+]

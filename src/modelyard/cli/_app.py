@@ -25,7 +25,9 @@ from modelyard.cli import (
     _finetune,
     _from_records,
     _info,
+    _judges,
     _monitor,
+    _pipeline,
     _quickstart,
     _registry,
     _route,
@@ -158,8 +160,10 @@ app.add_typer(_audit.app, name="audit")
 app.add_typer(_audit.actors_app, name="actors")
 app.add_typer(_tokens.app, name="tokens")
 app.add_typer(_monitor.app, name="monitor")
+app.add_typer(_judges.app, name="judges")
 app.add_typer(_batch.app, name="batch")
 app.add_typer(_stream.app, name="stream")
+app.add_typer(_pipeline.app, name="pipeline")
 
 
 def main(argv: list[str] | None = None) -> int:

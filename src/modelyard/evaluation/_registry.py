@@ -13,7 +13,7 @@ from types import MappingProxyType
 from typing import Literal
 
 from modelyard.errors import ConfigError
-from modelyard.metric_names import canonical, suggest
+from modelyard.metric_names import canonical, judge_name, suggest
 
 MetricKind = Literal["quality", "latency", "memory"]
 
@@ -57,6 +57,14 @@ METRICS: Mapping[str, MetricSpec] = MappingProxyType({spec.name: spec for spec i
 """Every metric ``evaluate_model`` computes and a gate may name, by name."""
 
 
+def judge_spec(judge: str) -> MetricSpec:
+    """The metric ``judge.JUDGE``: the judge's mean score, 1 to 5, higher is better."""
+    return MetricSpec(
+        f"judge.{judge}", True, "quality", "absolute", "points",
+        f"mean score (1-5) judge {judge!r} gave the answers",
+    )  # fmt: skip
+
+
 def metric_spec(name: str, *, where: str) -> MetricSpec:
     """The spec of ``name`` (or of its canonical spelling: ``latency_p95_ms`` is
     ``p95_latency_ms``); an unknown name is a ``ConfigError`` saying ``where`` it was used.
@@ -66,11 +74,15 @@ def metric_spec(name: str, *, where: str) -> MetricSpec:
     spec = METRICS.get(canonical(name))
     if spec is not None:
         return spec
+    judge = judge_name(name)
+    if judge is not None:
+        return judge_spec(judge)
     nearest = suggest(name, METRICS, n=1)
     suggestion = f"Did you mean {nearest[0]!r}? " if nearest else ""
     raise ConfigError(
         f"{where}: unknown metric {name!r}",
-        hint=f"{suggestion}Known metrics: {', '.join(METRICS)}.",
+        hint=f"{suggestion}Known metrics: {', '.join(METRICS)}, and judge.NAME for a judge's "
+        "mean score (`modelyard judges list`).",
         metric=name,
     )
 

@@ -26,8 +26,45 @@ from modelyard.evaluation import (
     gates_passed,
     parse_gates,
 )
+from modelyard.judges import JudgeRun, JudgeSource, judge_source, split_metrics
 from modelyard.registry import load_version_model, version_format, version_template
 from modelyard.store import ModelVersion, Store
+
+
+def score_model(
+    model: Any,
+    tokenizer: Any,
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    metrics: Sequence[str],
+    data_format: str,
+    max_new_tokens: int,
+    render: Any,
+    judges: JudgeSource | None = None,
+) -> tuple[dict[str, float], EvalReport, dict[str, JudgeRun]]:
+    """``metrics`` of one model on ``rows``: the evaluation's own, then each judge's mean
+    score of the answers (``judge.NAME``); also the report and each judge's run."""
+    own, judged = split_metrics(metrics)
+    asked = own
+    if judged and not ANSWER_METRICS.intersection(own):
+        asked = [*own, "exact_match"]  # a judge needs the answers; this makes them
+    report = evaluate_model(
+        model, tokenizer, [dict(r) for r in rows], metrics=asked, format=data_format,
+        max_new_tokens=max_new_tokens, render=render,
+    )  # fmt: skip
+    values = {name: float(report.metrics[name]) for name in own}
+    runs: dict[str, JudgeRun] = {}
+    if judged:
+        if judges is None:
+            raise ConfigError("judge metrics need the store that defines the judges")
+        runs = judges.score(
+            rows, [p.reference for p in report.predictions],
+            [p.predicted for p in report.predictions],
+        )  # fmt: skip
+        for metric, run in runs.items():
+            assert run.mean is not None  # run_judge refuses a run without a score
+            values[metric] = run.mean
+    return {name: values[name] for name in metrics}, report, runs
 
 
 def evaluate_rows(
@@ -39,18 +76,14 @@ def evaluate_rows(
     template: PromptTemplate,
     data_format: str,
     max_new_tokens: int,
+    judges: JudgeSource | None = None,
 ) -> dict[str, float]:
-    """The configured metrics of one model on ``rows``."""
-    report = evaluate_model(
-        model,
-        tokenizer,
-        [dict(r) for r in rows],
-        metrics=metrics,
-        format=data_format,
-        max_new_tokens=max_new_tokens,
-        render=template.render,
-    )
-    return {k: float(v) for k, v in report.metrics.items()}
+    """The configured metrics of one model on ``rows`` (judges' among them)."""
+    values, _, _ = score_model(
+        model, tokenizer, rows, metrics=metrics, data_format=data_format,
+        max_new_tokens=max_new_tokens, render=template.render, judges=judges,
+    )  # fmt: skip
+    return values
 
 
 def check_evaluation(
@@ -103,37 +136,35 @@ def evaluate_version(
     for classification rows, the ``"confusion_matrix"``.
     """
     names = check_evaluation(metrics, gates, data_format)
-    if predictions and not ANSWER_METRICS.intersection(names):
+    own, _ = split_metrics(names)
+    if predictions and not ANSWER_METRICS.intersection(names) and own == names:
         raise ConfigError(
             f"--predictions needs the model's answers, which none of {', '.join(names)} asks for",
-            hint=f"Add a metric that generates them: {', '.join(sorted(ANSWER_METRICS))}.",
+            hint=f"Add a metric that generates them: {', '.join(sorted(ANSWER_METRICS))}, or "
+            "a judge's judge.NAME.",
             field="metrics",
         )
+    judges = judge_source(store, names, where="--metrics")
     parsed = parse_gates(list(gates))
     version = store.resolve_model_ref(ref)
     fmt = data_format or version_format(version)
     rows = load_rows(data, fmt)
 
-    def score(target: ModelVersion) -> EvalReport:
+    def score(target: ModelVersion) -> tuple[dict[str, float], EvalReport, dict[str, JudgeRun]]:
         model, tokenizer = load_version_model(store, artifacts, target)
-        return evaluate_model(
-            model,
-            tokenizer,
-            [dict(r) for r in rows],
-            metrics=names,
-            format=fmt,
-            max_new_tokens=max_new_tokens,
-            render=version_template(target, tokenizer).render,
-        )
+        return score_model(
+            model, tokenizer, rows, metrics=names, data_format=fmt,
+            max_new_tokens=max_new_tokens, render=version_template(target, tokenizer).render,
+            judges=judges,
+        )  # fmt: skip
 
-    report = score(version)
-    values = {k: float(v) for k, v in report.metrics.items()}
+    values, report, runs = score(version)
     compares = any(g.kind == "not_worse_than" for g in parsed)
     champion = champion_of(store, version.model) if compares else None
     champion_metrics = None
     if champion is not None:
         champion_metrics = (
-            values if champion.version == version.version else dict(score(champion).metrics)
+            values if champion.version == version.version else score(champion)[0]
         )
     verdicts = evaluate_gates(parsed, values, champion_metrics, 0.0)
     result: dict[str, Any] = {
@@ -146,10 +177,13 @@ def evaluate_version(
         "passed": gates_passed(verdicts),
         "gate_status": None,
     }
+    if runs:
+        result["judges"] = {metric: run.summary() for metric, run in runs.items()}
     if predictions:
         result["predictions"] = [
             {**rows[p.index], "reference": p.reference, "predicted": p.predicted,
-             "matched": p.matched}
+             "matched": p.matched,
+             **{metric: run.scores[p.index] for metric, run in runs.items()}}
             for p in report.predictions
         ]  # fmt: skip
         if fmt == "classification":

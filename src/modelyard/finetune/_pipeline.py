@@ -41,6 +41,7 @@ from modelyard.finetune._cleanup import Written, clean_up, interrupted
 from modelyard.finetune._config import FinetuneConfig
 from modelyard.finetune._cost import gpu_hour_price, priced
 from modelyard.finetune._evaluate import champion_of, evaluate_rows
+from modelyard.judges import judge_source
 from modelyard.finetune._tracking import MlflowTracker
 from modelyard.gpu import gpu_readings, summarize
 from modelyard.registry import (
@@ -311,6 +312,9 @@ def _run_main(
     base = ensure_base_model(
         store, config.base_model, name=registered_name(store, config.base_model, prepared.base_dir)
     )
+    gates = parse_gates(config.evaluation.gates)
+    metrics = [*config.evaluation.metrics, *gated_metrics(gates)]
+    judge_source(store, metrics, where="evaluation.metrics")  # before training: judges exist
     name = config.data.name or config.data.train.stem
     origin = records_origin(store, prepared.source_digest)  # rows of `data from-records`?
     derived = None if origin is None else {k: origin[k] for k in ("dataset", "records", "endpoint")}
@@ -507,6 +511,7 @@ def _evaluate_all(
         "data_format": config.data.format,
         "max_new_tokens": config.evaluation.max_new_tokens,
     }
+    options["judges"] = judge_source(store, options["metrics"], where="evaluation.metrics")
     rows = prepared.eval_rows
     if kind == "adapter":
         model, tokenizer = load_base(prepared.base_dir)

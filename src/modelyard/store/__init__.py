@@ -17,6 +17,7 @@ from modelyard.store._rollouts import (
     step_plan,
 )
 from modelyard.store._schema import utcnow
+from modelyard.store._judges import RUBRIC_NAMES, JudgeDef, Judgement
 from modelyard.store._series import FeedbackSummary, TrafficPoint
 from modelyard.store._store import Store
 from modelyard.store._tokens import ActorToken
@@ -62,6 +63,9 @@ from modelyard.store.entities import (
 )
 
 __all__ = [
+    "RUBRIC_NAMES",
+    "JudgeDef",
+    "Judgement",
     "BUDGET_PERIODS",
     "DEFAULT_STORAGE_POLICY",
     "ROLLOUT_ACTIVE",

@@ -20,6 +20,7 @@ audited write, role checks) and the row lookups and converters (``_rows``,
 ``_seal_check``     verifying records against their seals, inclusion proofs
 ``_monitoring``     profiles, drift, alerts, token prices
 ``_series``         grouped reads of the records for charts: traffic series, feedback
+``_judges``         judges (models scoring answers) and their judgements
 ==================  ===========================================================
 """
 
@@ -32,6 +33,7 @@ from modelyard.store._budgets import BudgetStore
 from modelyard.store._chain import AuditStore
 from modelyard.store._endpoints import EndpointStore
 from modelyard.store._fleet import FleetStore
+from modelyard.store._judges import JudgeStore
 from modelyard.store._monitoring import MonitoringStore
 from modelyard.store._records import RecordStore
 from modelyard.store._rollouts import RolloutStore
@@ -54,6 +56,7 @@ class Store(
     MonitoringStore,
     BudgetStore,
     SeriesStore,
+    JudgeStore,
 ):
     """Desired state of one modelyard installation, on SQLite or PostgreSQL."""
 

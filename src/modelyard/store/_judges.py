@@ -1,0 +1,303 @@
+"""Judges (models that score other models' answers) and the scores they gave.
+
+A judge is a named definition: a rubric (or a custom prompt), an
+OpenAI-compatible target (``base_url`` and ``model``: an endpoint of a modelyard
+server or an upstream provider), the environment variable its key is read from
+(never the key itself), and optional prices. Adding, replacing and removing a
+judge is audited; each replacement raises its ``revision``.
+
+A judgement is one scored input: the judge and revision, the hash of what was
+asked (the cache key: the same input is never judged twice by the same
+definition), the record it belongs to when it judged an inference record, the
+parsed score (None when the answer held none, with the reason in ``error``), the
+judge's raw answer, its tokens, cost and latency. The rows live here rather than
+in ``_schema``: they are this stage's only tables.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text, delete, select
+from sqlalchemy.orm import Mapped, mapped_column
+
+from modelyard.errors import ConfigError, NotFound
+from modelyard.store._core import StoreCore, check_name
+from modelyard.store._rows import get_locked, lock_name
+from modelyard.store._schema import Base, utcnow
+
+
+class JudgeRow(Base):
+    __tablename__ = "judges"
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    revision: Mapped[int] = mapped_column(Integer, default=1)
+    rubric: Mapped[str] = mapped_column(String(32))
+    prompt: Mapped[str | None] = mapped_column(Text)
+    base_url: Mapped[str] = mapped_column(String(500))
+    model: Mapped[str] = mapped_column(String(200))
+    api_key_env: Mapped[str | None] = mapped_column(String(200))
+    max_tokens: Mapped[int] = mapped_column(Integer, default=16)
+    input_per_1k: Mapped[float] = mapped_column(Float, default=0.0)
+    output_per_1k: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_by: Mapped[str] = mapped_column(String(200))
+
+
+class JudgementRow(Base):
+    __tablename__ = "judgements"
+    __table_args__ = (
+        Index("ix_judgements_judge_hash", "judge", "input_hash"),
+        Index("ix_judgements_record", "record_id"),
+    )
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    judge: Mapped[str] = mapped_column(String(100), ForeignKey("judges.name", ondelete="CASCADE"))
+    revision: Mapped[int] = mapped_column(Integer)
+    input_hash: Mapped[str] = mapped_column(String(64))
+    record_id: Mapped[str | None] = mapped_column(String(64))
+    score: Mapped[float | None] = mapped_column(Float)
+    output: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    cost: Mapped[float] = mapped_column(Float, default=0.0)
+    latency_ms: Mapped[float] = mapped_column(Float, default=0.0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+RUBRIC_NAMES = ("correctness", "faithfulness", "relevance", "safety", "custom")
+
+
+@dataclass(frozen=True)
+class JudgeDef:
+    """A judge as stored: what it scores by, where it is called, what a call costs."""
+
+    name: str
+    revision: int
+    rubric: str
+    prompt: str | None
+    base_url: str
+    model: str
+    api_key_env: str | None
+    max_tokens: int
+    input_per_1k: float
+    output_per_1k: float
+    created_at: datetime
+    created_by: str
+
+    @property
+    def metric(self) -> str:
+        """The name gates, guards and alert rules use for its mean score."""
+        return f"judge.{self.name}"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One scored input (see the module's text)."""
+
+    judge: str
+    revision: int
+    input_hash: str
+    record_id: str | None
+    score: float | None
+    output: str | None
+    error: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    latency_ms: float
+    created_at: datetime | None = None
+
+
+def _to_judge(r: JudgeRow) -> JudgeDef:
+    return JudgeDef(
+        name=r.name, revision=r.revision, rubric=r.rubric, prompt=r.prompt,
+        base_url=r.base_url, model=r.model, api_key_env=r.api_key_env,
+        max_tokens=r.max_tokens, input_per_1k=r.input_per_1k,
+        output_per_1k=r.output_per_1k, created_at=r.created_at, created_by=r.created_by,
+    )  # fmt: skip
+
+
+def _to_judgement(r: JudgementRow) -> Judgement:
+    return Judgement(
+        judge=r.judge, revision=r.revision, input_hash=r.input_hash, record_id=r.record_id,
+        score=r.score, output=r.output, error=r.error, prompt_tokens=r.prompt_tokens,
+        completion_tokens=r.completion_tokens, cost=r.cost, latency_ms=r.latency_ms,
+        created_at=r.created_at,
+    )  # fmt: skip
+
+
+def _not_found(name: str) -> NotFound:
+    return NotFound(f"no judge named {name!r}", hint="See `modelyard judges list`.", judge=name)
+
+
+def _check_price(field: str, value: float) -> None:
+    if not math.isfinite(value) or value < 0:
+        raise ConfigError(f"{field} is {value}: a price is a number of at least 0", field=field)
+
+
+class JudgeStore(StoreCore):
+    """Judge definitions (audited) and their judgements (a cache and a record of calls)."""
+
+    def put_judge(
+        self,
+        name: str,
+        *,
+        rubric: str,
+        base_url: str,
+        model: str,
+        prompt: str | None = None,
+        api_key_env: str | None = None,
+        max_tokens: int = 16,
+        input_per_1k: float = 0.0,
+        output_per_1k: float = 0.0,
+        replace: bool = False,
+    ) -> JudgeDef:
+        """Add judge ``name``, or with ``replace`` change it (its revision goes up, so what it
+        judged before is not taken from the cache again); audited.
+
+        The fields are checked by ``modelyard.judges.check_definition`` before they get here;
+        the store checks only what its rows need.
+        """
+        check_name("judge", name)
+        if rubric not in RUBRIC_NAMES:
+            raise ConfigError(
+                f"unknown rubric {rubric!r}", hint=f"Use one of {', '.join(RUBRIC_NAMES)}.",
+                field="rubric",
+            )  # fmt: skip
+        _check_price("input_per_1k", input_per_1k)
+        _check_price("output_per_1k", output_per_1k)
+        fields = {
+            "rubric": rubric, "prompt": prompt, "base_url": base_url, "model": model,
+            "api_key_env": api_key_env, "max_tokens": max_tokens,
+            "input_per_1k": input_per_1k, "output_per_1k": output_per_1k,
+        }  # fmt: skip
+        with self._write(f"put judge {name!r}") as s:
+            self._require(s, "judge.put", name, f"define judge {name!r}")
+            lock_name(s, "judge", name)
+            row = get_locked(s, JudgeRow, name)
+            if row is not None and not replace:
+                raise ConfigError(
+                    f"judge {name!r} already exists (revision {row.revision})",
+                    hint="Pass --replace to change it, or choose another name.", judge=name,
+                )  # fmt: skip
+            if row is None:
+                row = JudgeRow(name=name, revision=1, created_by=self.actor, **fields)
+                s.add(row)
+            else:
+                for key, value in fields.items():
+                    setattr(row, key, value)
+                row.revision += 1
+                row.created_at = utcnow()
+                row.created_by = self.actor
+            s.flush()
+            payload = {k: v for k, v in fields.items() if k != "prompt"}
+            payload["revision"] = row.revision
+            payload["prompt_chars"] = len(prompt or "")
+            self._audit(s, "judge.put", name, payload)
+            return _to_judge(row)
+
+    def get_judge(self, name: str) -> JudgeDef:
+        with self._session(f"read judge {name!r}") as s:
+            row = s.get(JudgeRow, name)
+            if row is None:
+                raise _not_found(name)
+            return _to_judge(row)
+
+    def list_judges(self) -> list[JudgeDef]:
+        with self._session("list judges") as s:
+            return [_to_judge(r) for r in s.scalars(select(JudgeRow).order_by(JudgeRow.name))]
+
+    def remove_judge(self, name: str) -> None:
+        """Remove judge ``name`` and its judgements; audited."""
+        with self._write(f"remove judge {name!r}") as s:
+            self._require(s, "judge.removed", name, f"remove judge {name!r}")
+            row = get_locked(s, JudgeRow, name)
+            if row is None:
+                raise _not_found(name)
+            dropped = s.execute(delete(JudgementRow).where(JudgementRow.judge == name))
+            s.delete(row)
+            self._audit(
+                s, "judge.removed", name,
+                {"revision": row.revision, "judgements": int(dropped.rowcount or 0)},  # type: ignore[attr-defined]
+            )  # fmt: skip
+
+    def cached_judgements(
+        self, judge: JudgeDef, input_hashes: Iterable[str]
+    ) -> dict[str, Judgement]:
+        """What ``judge`` (this revision) already scored, by input hash; the newest wins."""
+        wanted = list(dict.fromkeys(input_hashes))
+        found: dict[str, Judgement] = {}
+        with self._session(f"read judgements of {judge.name!r}") as s:
+            for start in range(0, len(wanted), 500):
+                chunk = wanted[start : start + 500]
+                rows = s.scalars(
+                    select(JudgementRow)
+                    .where(
+                        JudgementRow.judge == judge.name,
+                        JudgementRow.revision == judge.revision,
+                        JudgementRow.input_hash.in_(chunk),
+                        JudgementRow.error.is_(None),
+                    )
+                    .order_by(JudgementRow.id)
+                )
+                for row in rows:
+                    found[row.input_hash] = _to_judgement(row)
+        return found
+
+    def save_judgements(self, judgements: Sequence[Judgement]) -> None:
+        """Keep ``judgements`` (one transaction); a judgement's judge must exist."""
+        if not judgements:
+            return
+        with self._write("save judgements") as s:
+            for j in judgements:
+                s.add(
+                    JudgementRow(
+                        judge=j.judge, revision=j.revision, input_hash=j.input_hash,
+                        record_id=j.record_id, score=j.score, output=j.output, error=j.error,
+                        prompt_tokens=j.prompt_tokens, completion_tokens=j.completion_tokens,
+                        cost=j.cost, latency_ms=j.latency_ms,
+                    )
+                )  # fmt: skip
+
+    def judgements_of_records(self, judge: str, record_ids: Iterable[str]) -> dict[str, Judgement]:
+        """The newest scored judgement of each of ``record_ids`` by ``judge`` (any revision)."""
+        wanted = list(dict.fromkeys(record_ids))
+        found: dict[str, Judgement] = {}
+        with self._session(f"read judgements of {judge!r}") as s:
+            for start in range(0, len(wanted), 500):
+                rows = s.scalars(
+                    select(JudgementRow)
+                    .where(
+                        JudgementRow.judge == judge,
+                        JudgementRow.record_id.in_(wanted[start : start + 500]),
+                        JudgementRow.score.is_not(None),
+                    )
+                    .order_by(JudgementRow.id)
+                )
+                for row in rows:
+                    assert row.record_id is not None
+                    found[row.record_id] = _to_judgement(row)
+        return found
+
+    def judge_usage(self, judge: str, since: datetime | None = None) -> dict[str, float]:
+        """Calls, failed calls, tokens and cost of ``judge`` (since ``since``)."""
+        from sqlalchemy import func
+
+        with self._session(f"read the usage of judge {judge!r}") as s:
+            query = select(
+                func.count(JudgementRow.id),
+                func.count(JudgementRow.error),
+                func.coalesce(func.sum(JudgementRow.prompt_tokens), 0),
+                func.coalesce(func.sum(JudgementRow.completion_tokens), 0),
+                func.coalesce(func.sum(JudgementRow.cost), 0.0),
+            ).where(JudgementRow.judge == judge)
+            if since is not None:
+                query = query.where(JudgementRow.created_at >= since)
+            calls, failed, prompt, completion, cost = s.execute(query).one()
+        return {
+            "calls": int(calls), "failed": int(failed), "prompt_tokens": int(prompt),
+            "completion_tokens": int(completion), "cost": float(cost),
+        }  # fmt: skip
