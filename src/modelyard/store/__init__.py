@@ -18,6 +18,7 @@ from modelyard.store._rollouts import (
 )
 from modelyard.store._schema import utcnow
 from modelyard.store._judges import RUBRIC_NAMES, JudgeDef, Judgement
+from modelyard.store._pairs import SHADOW_SUFFIX, PairedRecord, ShadowWindow
 from modelyard.store._series import FeedbackSummary, TrafficPoint
 from modelyard.store._store import Store
 from modelyard.store._tokens import ActorToken
@@ -64,6 +65,7 @@ from modelyard.store.entities import (
 
 __all__ = [
     "RUBRIC_NAMES",
+    "SHADOW_SUFFIX",
     "JudgeDef",
     "Judgement",
     "BUDGET_PERIODS",
@@ -91,6 +93,7 @@ __all__ = [
     "InferenceRecord",
     "ModelVersion",
     "NewInferenceRecord",
+    "PairedRecord",
     "Profile",
     "RecordFeatures",
     "RegisteredModel",
@@ -102,6 +105,7 @@ __all__ = [
     "RolloutPolicy",
     "Run",
     "Server",
+    "ShadowWindow",
     "StoragePolicy",
     "Store",
     "Tenant",

@@ -21,6 +21,7 @@ audited write, role checks) and the row lookups and converters (``_rows``,
 ``_monitoring``     profiles, drift, alerts, token prices
 ``_series``         grouped reads of the records for charts: traffic series, feedback
 ``_judges``         judges (models scoring answers) and their judgements
+``_pairs``          shadow records and the production records of the same requests
 ==================  ===========================================================
 """
 
@@ -35,6 +36,7 @@ from modelyard.store._endpoints import EndpointStore
 from modelyard.store._fleet import FleetStore
 from modelyard.store._judges import JudgeStore
 from modelyard.store._monitoring import MonitoringStore
+from modelyard.store._pairs import PairStore
 from modelyard.store._records import RecordStore
 from modelyard.store._rollouts import RolloutStore
 from modelyard.store._seal_check import SealStore
@@ -57,6 +59,7 @@ class Store(
     BudgetStore,
     SeriesStore,
     JudgeStore,
+    PairStore,
 ):
     """Desired state of one modelyard installation, on SQLite or PostgreSQL."""
 
