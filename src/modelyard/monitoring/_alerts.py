@@ -6,7 +6,8 @@ rule's ``for`` before it fires; it resolves when the condition stops holding.
 Only the moves to ``firing`` and to ``resolved`` are notified, once each
 (deduplicated by the state kept in the store), to every target: the log
 always, and the webhook (a JSON POST, retried with backoff, with a timeout).
-A firing rule may start a retraining command; that start is audited.
+A firing rule may start a retraining command, or ``modelyard pipeline run`` on a
+pipeline file (``pipeline:``, the alert's id passed on); that start is audited.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import operator
 import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -117,6 +119,7 @@ class Rule(_Section):
     endpoint: str | None = None
     summary: str | None = None
     retrain: list[str] | None = None
+    pipeline: Path | None = None  # `modelyard pipeline run` on it (docs/closing-the-loop.md)
 
     @field_validator("metric")
     @classmethod
@@ -127,6 +130,12 @@ class Rule(_Section):
                 f"unknown metric {value!r}{hint(value, METRICS)}; use one of {', '.join(METRICS)}"
             )
         return name
+
+    @model_validator(mode="after")
+    def _one_action(self) -> Rule:
+        if self.retrain and self.pipeline is not None:
+            raise ValueError("give retrain or pipeline, not both: each starts one process")
+        return self
 
     @model_validator(mode="after")
     def _budgets_have_no_endpoint(self) -> Rule:
@@ -348,18 +357,21 @@ _RUNNING: list[subprocess.Popen[bytes]] = []
 
 
 def start_retraining(store: Store, rule: Rule, alert: AlertState) -> int | None:
-    """Start the rule's retraining command (not waited for); the start is audited."""
+    """Start the rule's retraining command, or its pipeline (not waited for); the start is
+    audited."""
     _RUNNING[:] = [p for p in _RUNNING if p.poll() is None]
-    assert rule.retrain is not None
+    command = rule.retrain or pipeline_command(rule, alert)
     payload: dict[str, Any] = {
-        "command": rule.retrain,
+        "command": command,
         "alert_id": alert.id,
         "labels": dict(alert.labels),
         "value": alert.value,
     }
+    if rule.pipeline is not None:
+        payload["pipeline"] = str(rule.pipeline)
     try:
         proc = subprocess.Popen(
-            rule.retrain,
+            command,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -367,11 +379,18 @@ def start_retraining(store: Store, rule: Rule, alert: AlertState) -> int | None:
         )
     except OSError as exc:
         store.record_audit_event("alert.retrain_failed", rule.name, payload | {"error": str(exc)})
-        log.error("alert %s: cannot start %s: %s", rule.name, rule.retrain, exc)
+        log.error("alert %s: cannot start %s: %s", rule.name, command, exc)
         return None
     _RUNNING.append(proc)
     store.record_audit_event("alert.retrain_started", rule.name, payload | {"pid": proc.pid})
     return proc.pid
+
+
+def pipeline_command(rule: Rule, alert: AlertState) -> list[str]:
+    """``modelyard pipeline run FILE --alert ID`` with this interpreter (no PATH needed)."""
+    assert rule.pipeline is not None
+    run = ["pipeline", "run", str(rule.pipeline), "--alert", alert.id]
+    return [sys.executable, "-m", "modelyard", *run]
 
 
 # -- evaluation --------------------------------------------------------------------------------
@@ -418,7 +437,7 @@ def evaluate_rules(store: Store, rules: AlertRules, now: datetime) -> list[Trans
                 transitions.append(Transition(new, before))
                 if new.state in ("firing", "resolved"):
                     notify(store, rules, rule, new, now)
-                if new.state == "firing" and rule.retrain:
+                if new.state == "firing" and (rule.retrain or rule.pipeline is not None):
                     start_retraining(store, rule, new)
     return transitions
 
