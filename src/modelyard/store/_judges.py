@@ -21,13 +21,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text, delete, select
+from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text, delete, func, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from modelyard.errors import ConfigError, NotFound
 from modelyard.store._core import StoreCore, check_name
 from modelyard.store._rows import get_locked, lock_name
-from modelyard.store._schema import Base, utcnow
+from modelyard.store._schema import Base, InferenceRecordRow, utcnow
 
 
 class JudgeRow(Base):
@@ -67,6 +67,7 @@ class JudgementRow(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+_HASHED_CHARS = len("sha256:") + 64  # a record of a tenant that keeps only hashes
 RUBRIC_NAMES = ("correctness", "faithfulness", "relevance", "safety", "custom")
 
 
@@ -284,7 +285,6 @@ class JudgeStore(StoreCore):
 
     def judge_usage(self, judge: str, since: datetime | None = None) -> dict[str, float]:
         """Calls, failed calls, tokens and cost of ``judge`` (since ``since``)."""
-        from sqlalchemy import func
 
         with self._session(f"read the usage of judge {judge!r}") as s:
             query = select(
@@ -301,3 +301,78 @@ class JudgeStore(StoreCore):
             "calls": int(calls), "failed": int(failed), "prompt_tokens": int(prompt),
             "completion_tokens": int(completion), "cost": float(cost),
         }  # fmt: skip
+
+    # -- judging live traffic (rollout guards on judges) -------------------------------------
+
+    def judgeable_records(
+        self, endpoint: str, since: datetime, version_ids: Sequence[int]
+    ) -> dict[int, list[str]]:
+        """Per version id, the ids of its live records since ``since`` that a judge can read:
+        answered ok, not a shadow nor a fallback, with the prompt and the response kept as
+        text (a tenant that keeps hashes or nothing leaves none), oldest first."""
+        ids = list(version_ids)
+        found: dict[int, list[str]] = {vid: [] for vid in ids}
+        if not ids:
+            return found
+        rec = InferenceRecordRow
+        with self._session(f"read the judgeable records of {endpoint!r}") as s:
+            rows = s.execute(
+                select(rec.version_id, rec.id)
+                .where(
+                    rec.endpoint_name == endpoint,
+                    rec.created_at >= since,
+                    rec.version_id.in_(ids),
+                    rec.shadow.is_(False),
+                    rec.fallback_from_id.is_(None),
+                    rec.status == "ok",
+                    rec.prompt.is_not(None),
+                    rec.response.is_not(None),
+                    ~(rec.prompt.like("sha256:%") & (func.length(rec.prompt) == _HASHED_CHARS)),
+                )
+                .order_by(rec.created_at, rec.id)
+            ).all()
+        for version_id, record_id in rows:
+            found[int(version_id)].append(str(record_id))
+        return found
+
+    def record_texts(self, record_ids: Iterable[str]) -> dict[str, tuple[int | None, str, str]]:
+        """``{record id: (version id, prompt, response)}`` of the records that kept both."""
+        wanted = list(dict.fromkeys(record_ids))
+        found: dict[str, tuple[int | None, str, str]] = {}
+        rec = InferenceRecordRow
+        with self._session("read records' prompts and responses") as s:
+            for start in range(0, len(wanted), 500):
+                rows = s.execute(
+                    select(rec.id, rec.version_id, rec.prompt, rec.response).where(
+                        rec.id.in_(wanted[start : start + 500])
+                    )
+                ).all()
+                for record_id, version_id, prompt, response in rows:
+                    if prompt is not None and response is not None:
+                        found[record_id] = (version_id, prompt, response)
+        return found
+
+    def judgement_states(
+        self, judge: str, record_ids: Iterable[str]
+    ) -> tuple[dict[str, float], set[str]]:
+        """(the newest score ``judge`` gave each of ``record_ids`` it scored, the records it
+        was asked about and gave no score)."""
+        wanted = list(dict.fromkeys(record_ids))
+        scores: dict[str, float] = {}
+        failed: set[str] = set()
+        with self._session(f"read judgements of {judge!r}") as s:
+            for start in range(0, len(wanted), 500):
+                rows = s.execute(
+                    select(JudgementRow.record_id, JudgementRow.score)
+                    .where(
+                        JudgementRow.judge == judge,
+                        JudgementRow.record_id.in_(wanted[start : start + 500]),
+                    )
+                    .order_by(JudgementRow.id)
+                ).all()
+                for record_id, score in rows:
+                    if score is None:
+                        failed.add(record_id)
+                    else:
+                        scores[record_id] = float(score)
+        return scores, failed - scores.keys()
