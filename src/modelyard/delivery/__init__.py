@@ -4,7 +4,8 @@
 ``modelyard serve`` or alone as ``modelyard controller``) prepares the target
 on every live server, then moves the traffic plan step by step, judging each
 step's guards on the live inference records, and rolls back at once on a
-breach. ``compare_versions`` is the A/B view of an endpoint's versions.
+breach. ``compare_versions`` is the A/B view of an endpoint's versions;
+``compare_shadow`` compares its shadow version with production on the same requests.
 """
 
 from modelyard.delivery._compare import ABReport, Comparison, VersionStats, compare_versions
@@ -18,6 +19,7 @@ from modelyard.delivery._guards import (
     evaluate_guards,
     parse_guard,
 )
+from modelyard.delivery._pairing import SKIP_REASONS as SHADOW_SKIP_REASONS
 from modelyard.delivery._rollouts import (
     DEFAULT_GUARDS,
     DEFAULT_POLICY,
@@ -33,6 +35,8 @@ from modelyard.delivery._rollouts import (
     start_rollout,
     wait_rollout,
 )
+from modelyard.delivery._shadow import VERDICTS as SHADOW_VERDICTS
+from modelyard.delivery._shadow import ShadowReport, ShadowRow, ShadowScores, compare_shadow
 
 __all__ = [
     "DEFAULT_GUARDS",
@@ -40,17 +44,23 @@ __all__ = [
     "DEFAULT_STEPS",
     "LEASE",
     "METRICS",
+    "SHADOW_SKIP_REASONS",
+    "SHADOW_VERDICTS",
     "ABReport",
     "Comparison",
     "Controller",
     "Guard",
     "GuardResult",
+    "ShadowReport",
+    "ShadowRow",
+    "ShadowScores",
     "StepView",
     "TrafficSample",
     "VersionStats",
     "abort_rollout",
     "active_rollout",
     "check_policy",
+    "compare_shadow",
     "compare_versions",
     "evaluate_guard",
     "evaluate_guards",

@@ -144,4 +144,3 @@ class PairStore(StoreCore):
                         productions[row.id] = row
             ordered = sorted(productions.values(), key=lambda row: (row.created_at, row.id))
             return ShadowWindow(endpoint, since, until, shadows, _to_records(s, ordered))
-
