@@ -5,6 +5,7 @@ judges in rollout guards, are in ``test_judges_e2e.py``.)"""
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from collections.abc import Iterator
 from pathlib import Path
@@ -285,3 +286,49 @@ def test_a_gate_on_a_judge_is_judged_on_the_versions_answers_and_recorded(
 def tiny_question(data: Path) -> str:
     row = json.loads(data.read_text().splitlines()[0])
     return str(row["instruction"])
+
+
+# -- the docs' examples -----------------------------------------------------------------------
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "judges.md"
+
+
+def _shown(command: str) -> tuple[str, list[str]]:
+    """The command line and the lines it printed, of the docs' block starting ``$ command``."""
+    text = DOCS.read_text(encoding="utf-8")
+    block = text[text.index(f"$ {command}") :].split("```", 1)[0]
+    line, *printed = block.strip().splitlines()
+    return line[2:], printed
+
+
+def test_the_docs_examples_print_what_they_show(
+    served_judge: tuple[Store, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, url = served_judge
+    command, printed = _shown("modelyard judges add j1")
+    code, _, err = run(capsys, command)
+    assert code == 2 and err.strip().splitlines() == printed
+
+    text = DOCS.read_text(encoding="utf-8")
+    define = text[text.index("modelyard judges add quality") :].split("```", 1)[0]
+    define = define.replace("\\\n", " ").replace("http://127.0.0.1:8000/v1", url)
+    code, _, err = run(capsys, define.strip())
+    assert code == 0, err
+    monkeypatch.chdir(tmp_path)
+    rows = [
+        {"question": "Printer?", "answer": "It is a hardware issue.\nScore: 5"},
+        {"question": "Login?", "answer": "Score: 2"},
+        {"question": "Wi-Fi?", "answer": "I do not know."},
+    ]
+    Path("answers.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    command, printed = _shown("modelyard judges score quality")
+    code, out, err = run(capsys, command)
+    assert code == 0, err
+
+    def masked(lines: list[str]) -> list[str]:
+        return [re.sub(r"cost [0-9.e-]+", "cost C", line) for line in lines]
+
+    assert masked(out.strip().splitlines()) == masked(printed), out

@@ -110,7 +110,7 @@ def judges_list(json_out: bool = JSON) -> None:
         usage = row["usage"]
         table.add_row(
             row["name"], row["rubric"], row["model"], row["url"], str(row["revision"]),
-            str(usage["calls"]), str(usage["failed"]), f"{usage['cost']:.4g}",
+            str(usage["calls"]), str(usage["failed"]), f"{usage['cost']:.6f}",
         )  # fmt: skip
     console.print(table)
 
@@ -186,7 +186,7 @@ def judges_score(
     mean = "none" if run.mean is None else f"{run.mean:.3f}"
     console.print(
         f"{judge.metric}: {mean} over {run.scored} of {len(items)} answers "
-        f"({run.cached} from the cache, {run.failed} without a score, cost {run.cost:.4g})",
+        f"({run.cached} from the cache, {run.failed} without a score, cost {run.cost:.6f})",
         soft_wrap=True,
     )
     for error in summary["errors"]:
