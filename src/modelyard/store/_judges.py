@@ -305,23 +305,25 @@ class JudgeStore(StoreCore):
     # -- judging live traffic (rollout guards on judges) -------------------------------------
 
     def judgeable_records(
-        self, endpoint: str, since: datetime, version_ids: Sequence[int]
+        self, endpoint: str, since: datetime, version_ids: Sequence[int] | None
     ) -> dict[int, list[str]]:
         """Per version id, the ids of its live records since ``since`` that a judge can read:
         answered ok, not a shadow nor a fallback, with the prompt and the response kept as
-        text (a tenant that keeps hashes or nothing leaves none), oldest first."""
-        ids = list(version_ids)
-        found: dict[int, list[str]] = {vid: [] for vid in ids}
-        if not ids:
+        text (a tenant that keeps hashes or nothing leaves none), oldest first. Of the
+        versions ``version_ids``, or of every version when None."""
+        ids = None if version_ids is None else list(version_ids)
+        found: dict[int, list[str]] = {vid: [] for vid in ids or ()}
+        if ids is not None and not ids:
             return found
         rec = InferenceRecordRow
+        versions = [rec.version_id.is_not(None) if ids is None else rec.version_id.in_(ids)]
         with self._session(f"read the judgeable records of {endpoint!r}") as s:
             rows = s.execute(
                 select(rec.version_id, rec.id)
                 .where(
                     rec.endpoint_name == endpoint,
                     rec.created_at >= since,
-                    rec.version_id.in_(ids),
+                    *versions,
                     rec.shadow.is_(False),
                     rec.fallback_from_id.is_(None),
                     rec.status == "ok",
@@ -332,7 +334,7 @@ class JudgeStore(StoreCore):
                 .order_by(rec.created_at, rec.id)
             ).all()
         for version_id, record_id in rows:
-            found[int(version_id)].append(str(record_id))
+            found.setdefault(int(version_id), []).append(str(record_id))
         return found
 
     def record_texts(self, record_ids: Iterable[str]) -> dict[str, tuple[int | None, str, str]]:
@@ -376,3 +378,26 @@ class JudgeStore(StoreCore):
                     else:
                         scores[record_id] = float(score)
         return scores, failed - scores.keys()
+
+    # -- judging live traffic (online judging, alert rules) -----------------------------------
+
+    def judge_mean(
+        self, judge: str, endpoint: str, since: datetime, until: datetime
+    ) -> tuple[float | None, int]:
+        """(the mean score ``judge`` gave ``endpoint``'s live records made in [since, until),
+        how many scores that is)."""
+        rec = InferenceRecordRow
+        with self._session(f"read the mean score of judge {judge!r}") as s:
+            mean, n = s.execute(
+                select(func.avg(JudgementRow.score), func.count(JudgementRow.score))
+                .join(rec, rec.id == JudgementRow.record_id)
+                .where(
+                    JudgementRow.judge == judge,
+                    JudgementRow.score.is_not(None),
+                    rec.endpoint_name == endpoint,
+                    rec.created_at >= since,
+                    rec.created_at < until,
+                    rec.shadow.is_(False),
+                )
+            ).one()
+        return (None if mean is None else float(mean)), int(n)
