@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -13,7 +14,7 @@ from rich.table import Table
 from modelyard.cli._common import console, err_console, open_store, print_json, to_jsonable
 from modelyard.cli._control import CurrentStep
 from modelyard.cli._plane import open_plane
-from modelyard.cli._rollout_text import final, num, progress, summary, timeline
+from modelyard.cli._rollout_text import final, guard_rows, progress, summary, timeline
 from modelyard.durations import parse_duration, parse_since
 from modelyard.errors import ConfigError
 from modelyard.store import Rollout, RolloutPolicy
@@ -27,8 +28,9 @@ rollout_app = typer.Typer(
 servers_app = typer.Typer(help="Serving replicas, as their heartbeats describe them.")
 
 GUARD_HELP = (
-    "A guard such as 'error_rate <= 0.02', 'p95_latency_ms <= 1.2 * baseline' or "
-    "'feedback_score >= baseline - 0.05' (repeat for more)."
+    "A guard such as 'error_rate <= 0.02', 'p95_latency_ms <= 1.2 * baseline', "
+    "'feedback_score >= baseline - 0.05' or 'judge.NAME >= baseline - 0.2' (a judge's mean "
+    "score of the live answers; see `modelyard judges`) (repeat for more)."
 )
 
 
@@ -167,13 +169,14 @@ def status(endpoint: str = typer.Argument(...), json_out: bool = JSON) -> None:
         console.print(f"  reason: {r.reason}")
     console.print(timeline(r))
     if view is not None:
-        table = Table("guard", "value", "baseline", "threshold", "n", "status",
-                      title=f"step {r.step_index + 1}: {view.requests} requests, "
+        header, rows, notes = guard_rows(view.guards)
+        table = Table(*header, title=f"step {r.step_index + 1}: {view.requests} requests, "
                       f"{view.elapsed_s:.0f}s of {r.bake_s:g}s")  # fmt: skip
-        for g in view.guards:
-            table.add_row(g.guard, num(g.value), num(g.baseline), num(g.threshold),
-                          str(g.n), g.status)  # fmt: skip
+        for row in rows:
+            table.add_row(*row)
         console.print(table)
+        for note in notes:
+            console.print(f"  {note}")
 
 
 def _done(r: Rollout, verb: str) -> None:
@@ -256,14 +259,40 @@ def wait(
 def compare(
     endpoint: str = typer.Argument(...),
     since: str | None = typer.Option(None, help="Only records newer than this (1h, or a date)."),
+    shadow: bool = typer.Option(
+        False,
+        "--shadow",
+        help="Compare the shadow version with production on the same requests: a per-prompt "
+        "diff table, a judge's win rate and a verdict.",
+    ),
+    judge: str | None = typer.Option(
+        None, "--judge", help="With --shadow: the judge that scores both answers of each pair."
+    ),
+    min_pairs: int = typer.Option(
+        20, "--min-pairs", help="With --shadow: judged pairs needed for a verdict."
+    ),
+    limit: int = typer.Option(20, "--limit", min=0, help="With --shadow: pairs in the table."),
+    out: Path | None = typer.Option(
+        None, "--out", help="With --shadow: write every pair (.jsonl, .csv or .parquet)."
+    ),
     json_out: bool = JSON,
 ) -> None:
     """A/B analysis: per-version requests, error rate, latency and feedback with 95%
-    intervals, and whether each differs significantly from the control."""
+    intervals, and whether each differs significantly from the control. With --shadow:
+    each shadow answer beside the production answer to the same request."""
     from modelyard.delivery import compare_versions
 
+    start = EPOCH if since is None else parse_since(since)
+    if shadow:
+        from modelyard.cli._shadow import compare_shadow_command
+
+        compare_shadow_command(endpoint, start, judge=judge, min_pairs=min_pairs, limit=limit,
+                               out=out, json_out=json_out)  # fmt: skip
+        return
+    given = [o for o, v in (("--judge", judge), ("--out", out)) if v is not None]
+    if given:
+        raise ConfigError(f"{', '.join(given)}: only with --shadow", field=given[0])
     with open_store() as store:
-        start = EPOCH if since is None else parse_since(since)
         report = compare_versions(store, endpoint, start)
     if json_out:
         print_json(report.as_json())
