@@ -395,7 +395,8 @@ def alerts(
 
 @app.command("tick")
 def tick_command(rules: Path | None = RULES, json_out: bool = JSON) -> None:
-    """Run one step of the monitoring loop: profiles, retention, drift for rules, alerts."""
+    """Run one step of the monitoring loop: profiles, retention, drift for rules, online
+    judging (the rules file's judging:), alerts."""
     from modelyard.monitoring import tick
 
     with open_store() as store:
@@ -411,6 +412,8 @@ def tick_command(rules: Path | None = RULES, json_out: bool = JSON) -> None:
             {"endpoint": d.endpoint, "drifted": d.drifted_features} for d in report.drift
         ],
         "drift_errors": report.drift_errors,
+        "judged": [vars(j) for j in report.judged],
+        "judging_errors": report.judging_errors,
         "transitions": [
             {
                 "rule": t.alert.rule,
@@ -434,6 +437,13 @@ def tick_command(rules: Path | None = RULES, json_out: bool = JSON) -> None:
         console.print(f"drift {d.endpoint}: {', '.join(d.drifted_features) or 'none'}")
     for endpoint, error in report.drift_errors.items():
         console.print(f"drift {endpoint} skipped: {error}")
+    for j in report.judged:
+        console.print(
+            f"judge {j.judge} on {j.endpoint}: judged {j.judged} record(s), {j.scored} scored"
+            + (f", {j.backlog} left for the next ticks" if j.backlog else "")
+        )
+    for where, error in report.judging_errors.items():
+        console.print(f"judging {where} skipped: {error}", soft_wrap=True)
     for t in report.transitions:
         console.print(
             f"alert {t.alert.rule} [{t.alert.labels.get('endpoint')}]: {t.before} → {t.alert.state}"

@@ -30,6 +30,7 @@ from modelyard.monitoring._features import (
     record_features,
     text_features,
 )
+from modelyard.monitoring._judging import JudgingResult, OnlineJudging, judge_online, sampled
 from modelyard.monitoring._journal import (
     ABANDONED,
     close_abandoned,
@@ -57,8 +58,10 @@ __all__ = [
     "DriftReport",
     "Embedder",
     "FeatureRule",
+    "JudgingResult",
     "Method",
     "MonitoringCollector",
+    "OnlineJudging",
     "ProfileUpdate",
     "RecordWriter",
     "Rule",
@@ -74,6 +77,7 @@ __all__ = [
     "evaluate_rules",
     "export_records",
     "gone_servers",
+    "judge_online",
     "mmd_test",
     "new_server_id",
     "post_webhook",
@@ -81,6 +85,7 @@ __all__ = [
     "redact",
     "register_method",
     "rules_from",
+    "sampled",
     "started_record",
     "text_features",
     "tick",

@@ -40,9 +40,10 @@ from pydantic import (
 
 from modelyard.durations import parse_duration
 from modelyard.errors import ConfigError
-from modelyard.metric_names import TRAFFIC_METRICS, canonical, hint
+from modelyard.metric_names import TRAFFIC_METRICS, canonical, hint, judge_name
 from modelyard.monitoring._drift import parse_reference
 from modelyard.monitoring._features import FEATURE_NAMES
+from modelyard.monitoring._judging import OnlineJudging
 from modelyard.store import (
     AlertNotification,
     AlertState,
@@ -125,9 +126,12 @@ class Rule(_Section):
     @classmethod
     def _metric(cls, value: str) -> str:
         name = canonical(value)  # latency_p95_ms, as rule files say it, is p95_latency_ms
+        if judge_name(name) is not None:
+            return name  # a judge's mean score of the endpoint's records (judging:)
         if name not in METRICS:
             raise ValueError(
-                f"unknown metric {value!r}{hint(value, METRICS)}; use one of {', '.join(METRICS)}"
+                f"unknown metric {value!r}{hint(value, METRICS)}; use one of "
+                f"{', '.join(METRICS)}, or judge.NAME"
             )
         return name
 
@@ -174,6 +178,7 @@ class Rule(_Section):
 class AlertRules(_Section):
     notify: NotifyConfig = Field(default_factory=NotifyConfig)
     drift: DriftSchedule = Field(default_factory=DriftSchedule)
+    judging: list[OnlineJudging] = Field(default_factory=list)
     rules: list[Rule] = Field(default_factory=list)
 
     @field_validator("rules")
@@ -459,7 +464,13 @@ def _values(
                      "period": budget.period}  # fmt: skip
             yield spent / budget.amount, where
         return
+    judge = judge_name(rule.metric)
     for endpoint in [rule.endpoint] if rule.endpoint else endpoints:
+        if judge is not None:
+            yield store.judge_mean(judge, endpoint, now - rule.window_td, now)[0], {
+                "endpoint": endpoint
+            }
+            continue
         key = (endpoint, rule.window_td)
         if key not in cache:
             start = now - rule.window_td

@@ -4,7 +4,8 @@ The rollout controller calls ``tick(store)`` every loop; ``modelyard monitor
 tick`` runs it once. A step: update the profiles that can have changed,
 delete raw records past each tenant's retention (only where their hour's
 profile is final), run the drift checks that alert rules read (at most every
-``drift.every`` per endpoint), evaluate the rules and notify changes.
+``drift.every`` per endpoint), judge the sampled share of records the rules file's
+``judging:`` asks for, evaluate the rules and notify changes.
 Running it again at once changes nothing and notifies nothing.
 """
 
@@ -30,6 +31,7 @@ from modelyard.monitoring._alerts import (
     rules_from,
 )
 from modelyard.monitoring._drift import DriftReport, compute_drift
+from modelyard.monitoring._judging import JudgingResult, judge_online
 from modelyard.monitoring._profiles import LATENESS, ProfileUpdate, floor_hour, update_profiles
 from modelyard.store import Store
 
@@ -43,6 +45,8 @@ class TickReport:
     drift: tuple[DriftReport, ...] = ()
     drift_errors: dict[str, str] = field(default_factory=dict)
     transitions: tuple[Transition, ...] = ()
+    judged: tuple[JudgingResult, ...] = ()
+    judging_errors: dict[str, str] = field(default_factory=dict)
 
 
 def apply_retention(store: Store, now: datetime, lateness: timedelta = LATENESS) -> dict[str, int]:
@@ -115,8 +119,11 @@ def tick(
     errors: dict[str, str] = {}
     if loaded.uses_drift:
         drift, errors = _due_drift(store, loaded, now, artifacts)
+    judged, judging_errors = judge_online(store, loaded.judging, now)
     transitions = evaluate_rules(store, loaded, now)
-    return TickReport(profiles, purged, tuple(drift), errors, tuple(transitions))
+    return TickReport(
+        profiles, purged, tuple(drift), errors, tuple(transitions), tuple(judged), judging_errors
+    )
 
 
 class MonitoringCollector(Collector):
