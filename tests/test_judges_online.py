@@ -112,6 +112,11 @@ def test_a_sampled_share_is_judged_once_and_an_alert_fires_on_its_mean(
         1.0, len(expected),
     )  # fmt: skip
 
+    code, out, _ = run(capsys, "modelyard judges scores quality --endpoint support --json")
+    assert json.loads(out) == [
+        {"version": "bot:1", "scores": len(expected), "mean": 1.0, "min": 1.0, "max": 1.0}
+    ]
+
     # Better answers arrive and are judged; the alert resolves on the new mean.
     good = _records(store, "acme", 80, "Hold the power button for ten seconds.\nScore: 5", 40)
     picked = [i for i in good if sampled(i, 0.5)]

@@ -214,3 +214,40 @@ def _input(row: dict[str, Any], number: int, fields: tuple[str, ...]) -> Any:
     assert answer is not None
     record = row.get("record_id") if isinstance(row.get("record_id"), str) else None
     return JudgeInput(answer=answer, record_id=record, **values)
+
+
+@app.command("scores")
+def judges_scores(
+    name: str = typer.Argument(..., help="The judge."),
+    endpoint: str = typer.Option(..., "--endpoint", help="Whose live records."),
+    since: str = typer.Option("24h", "--since", help="A date, or a duration back from now."),
+    json_out: bool = JSON,
+) -> None:
+    """What a judge made of an endpoint's live records (online judging, rollout guards), per
+    version: how many it scored, their mean, lowest and highest."""
+    from modelyard.durations import parse_since
+
+    start = parse_since(since)
+    with open_store() as store:
+        store.get_judge(name)
+        store.get_endpoint(endpoint)
+        rows = store.judge_summary(name, endpoint, start)
+    data = [
+        {"version": ref, "scores": n, "mean": mean, "min": low, "max": high}
+        for ref, n, mean, low, high in rows
+    ]
+    if json_out:
+        print_json(data)
+        return
+    if not data:
+        console.print(
+            f"judge {name} scored no live record of {endpoint} since {start:%Y-%m-%d %H:%M} UTC"
+        )
+        return
+    table = Table("version", "scores", "mean", "min", "max", title=f"judge.{name} on {endpoint}")
+    for row in data:
+        table.add_row(
+            row["version"], str(row["scores"]), f"{row['mean']:.2f}", f"{row['min']:g}",
+            f"{row['max']:g}",
+        )  # fmt: skip
+    console.print(table)

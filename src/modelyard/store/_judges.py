@@ -26,7 +26,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from modelyard.errors import ConfigError, NotFound
 from modelyard.store._core import StoreCore, check_name
-from modelyard.store._rows import get_locked, lock_name
+from modelyard.store._rows import get_locked, lock_name, version_info
 from modelyard.store._schema import Base, InferenceRecordRow, utcnow
 
 
@@ -401,3 +401,30 @@ class JudgeStore(StoreCore):
                 )
             ).one()
         return (None if mean is None else float(mean)), int(n)
+
+    def judge_summary(
+        self, judge: str, endpoint: str, since: datetime
+    ) -> list[tuple[str, int, float, float, float]]:
+        """Per version of ``endpoint``'s live records since ``since`` that ``judge`` scored:
+        (version ref, scores, mean, lowest, highest), by version."""
+        rec = InferenceRecordRow
+        with self._session(f"summarize the scores of judge {judge!r}") as s:
+            rows = s.execute(
+                select(
+                    rec.version_id, func.count(JudgementRow.score), func.avg(JudgementRow.score),
+                    func.min(JudgementRow.score), func.max(JudgementRow.score),
+                )
+                .join(rec, rec.id == JudgementRow.record_id)
+                .where(
+                    JudgementRow.judge == judge, JudgementRow.score.is_not(None),
+                    rec.endpoint_name == endpoint, rec.created_at >= since,
+                    rec.shadow.is_(False),
+                )
+                .group_by(rec.version_id)
+            ).all()
+            refs = version_info(s, [r[0] for r in rows])
+        out = [
+            (refs[vid][0] if vid in refs else "?", int(n), float(mean), float(low), float(high))
+            for vid, n, mean, low, high in rows
+        ]
+        return sorted(out)
