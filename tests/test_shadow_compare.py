@@ -200,7 +200,7 @@ def test_a_judge_gives_the_shadows_win_rate_interval_and_verdict(
     assert "shadow won 12, tied 2, lost 1 of 15 judged pairs; 1 without a score" in out
     assert "win rate of the shadow: 0.867 [" in out
     assert "judge calls: 1 (29 from the cache)" in out  # a failure is asked again
-    assert "verdict: not enough pairs" in out and "15 judged pairs, 20 needed" in out
+    assert "verdict: not enough pairs" in out and "15 judged pairs; --min-pairs asks for 20" in out
 
 
 def test_the_verdict_rule() -> None:

@@ -38,7 +38,7 @@ def _table(report: Any, limit: int) -> Table:
     judged = report.judge is not None
     columns = ["#", "prompt", "production", "shadow", "same"]
     if judged:
-        columns += ["scores (prod/shadow)", "won"]
+        columns += ["scores", "won"]
     table = Table(*columns, title=f"{report.endpoint}: shadow {report.shadow_version}, "
                   f"{report.pairs} pairs", show_lines=False)  # fmt: skip
     for number, row in enumerate(report.rows[:limit], start=1):

@@ -140,7 +140,7 @@ def share_interval(successes: float, n: int, z: float = Z95) -> tuple[float, flo
 def decide(judged: int, interval: tuple[float, float] | None, min_pairs: int) -> tuple[str, str]:
     """The verdict on the shadow's win rate, and why."""
     if judged < min_pairs or interval is None:
-        return "not enough pairs", f"{judged} judged pairs, {min_pairs} needed (--min-pairs)"
+        return "not enough pairs", f"{judged} judged pairs; --min-pairs asks for {min_pairs}"
     low, high = interval
     shown = f"95% interval [{low:.3f}, {high:.3f}]"
     if low > 0.5:
