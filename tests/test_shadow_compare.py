@@ -12,6 +12,7 @@ import shlex
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,45 @@ def test_a_judge_gives_the_shadows_win_rate_interval_and_verdict(
     assert "win rate of the shadow: 0.867 [" in out
     assert "judge calls: 1 (29 from the cache)" in out  # a failure is asked again
     assert "verdict: not enough pairs" in out and "15 judged pairs; --min-pairs asks for 20" in out
+
+
+def test_pairs_by_request_when_the_ids_do_not_say(home: Path) -> None:
+    """API shadows have ids of their own: paired by key, route and the user's words (parsed
+    back from each version's template), nearest in time, whichever answer ended first."""
+    home.mkdir(parents=True)
+    store = Store.open(f"sqlite:///{home / 'store.db'}")
+    fake_world(store, template="alpaca")
+    store.set_shadow("support", 2, 1.0)
+    v1, v2 = (store.get_model_version("bot", n).id for n in (1, 2))
+    now = datetime.now(UTC)
+
+    def record(rid: str, version: int, question: str, answer: str, at: float, **kw: Any) -> Any:
+        return NewInferenceRecord(
+            id=rid, endpoint_name="support", route="completions", latency_ms=1.0, status="ok",
+            http_status=200, version_id=version, api_key_id=kw.pop("key", "k1"),
+            prompt=f"### Instruction:\n{question}\n\n### Response:\n", response=answer,
+            created_at=now - timedelta(seconds=at), **kw,
+        )  # fmt: skip
+
+    store.add_inference_records(
+        [
+            record("p-a", v1, "reset my password", "use the portal", 30),
+            record("p-b", v1, "printer jammed", "call the desk", 20),  # ended 8 s after its shadow
+            record("p-c", v1, "printer jammed", "call the desk", 10, key="k2"),  # another key's
+            record("s-a", v2, "reset my password", "Use the  portal", 31, shadow=True),
+            record("s-b", v2, "printer jammed", "open a ticket", 28, shadow=True),
+            record("s-x", v2, "vpn is down", "restart it", 15, shadow=True),  # no production
+        ]
+    )  # fmt: skip
+    report = compare_shadow(store, "support", now - timedelta(hours=1))
+    pairs = {row.shadow_id: row for row in report.rows}
+    assert {k: (r.production_id, r.identical) for k, r in pairs.items()} == {
+        "s-a": ("p-a", True),
+        "s-b": ("p-b", False),
+    }
+    assert pairs["s-b"].question == "printer jammed"  # the user's words, not the template's
+    assert {k: n for k, n in report.skipped.items() if n} == {"unpaired": 1}
+    store.close()
 
 
 def test_the_verdict_rule() -> None:

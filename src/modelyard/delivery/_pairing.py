@@ -4,8 +4,9 @@ A shadow record whose id is ``ID-shadow`` belongs to production record ``ID`` (t
 server derives it so for batch and stream rows). Any other shadow record is paired
 with a production record of the same endpoint, API key, route and request (the
 user's words, parsed back from each version's rendered prompt, or the prompt itself),
-the latest one recorded up to the shadow's own record (a request starts before its
-copy ends), each production record used once.
+the one whose record is nearest in time to the shadow's (both are written when their
+answers end), each production record used once. Two identical requests of one key
+close together may swap partners: each pair is still one request's two answers.
 
 A pair is compared only when both answers are there to read; every shadow record
 that gives no pair is counted under one reason (``SKIP_REASONS``, checked in that
@@ -18,7 +19,6 @@ import unicodedata
 from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import timedelta
 
 from modelyard.data import PII_LABELS, parse_prompt
 from modelyard.errors import DataError
@@ -37,7 +37,6 @@ SKIP_REASONS: dict[str, str] = {
 """Why a shadow record gives no pair to compare, in the order they are checked."""
 
 _PLACEHOLDERS = tuple(PII_LABELS.values())
-_CLOCK_SLACK = timedelta(seconds=1)
 
 
 @dataclass(frozen=True)
@@ -125,14 +124,11 @@ def pair_records(
             if prod.id not in taken:
                 candidates[_key(prod, templates)].append(prod)
         for shadow in by_request:
-            latest = shadow.created_at + _CLOCK_SLACK
-            match = next(
-                (
-                    p for p in reversed(candidates.get(_key(shadow, templates), []))
-                    if p.id not in taken and p.created_at <= latest
-                ),
-                None,
-            )  # fmt: skip
+            match = min(
+                (p for p in candidates.get(_key(shadow, templates), []) if p.id not in taken),
+                key=lambda p: abs((p.created_at - shadow.created_at).total_seconds()),
+                default=None,
+            )
             if match is None:
                 out.skipped["unpaired"] += 1
                 continue

@@ -4,9 +4,9 @@ and the production records that may have answered the same requests.
 A shadow record is the answer of a mirrored copy of a request (``shadow`` true). The
 production record of the same request is found by id when the shadow's id is the
 production record's followed by ``-shadow`` (batch and stream rows), otherwise among
-the production records of the same API key in the window (widened by ``margin_s``
-before it: a production request starts before its shadow copy is recorded). Which of
-them is the same request is ``modelyard.delivery``'s decision; the store only reads.
+the production records of the same API key in the window, widened by ``margin_s`` on
+both sides (a record's time is when it ended, and either answer may end first). Which
+of them is the same request is ``modelyard.delivery``'s decision; the store only reads.
 Reads only: nothing here is audited.
 """
 
@@ -118,7 +118,7 @@ class PairStore(StoreCore):
         """``endpoint``'s shadow records created in ``[since, until)``, and the production
         records that may be their requests': by id (``ID-shadow`` → ``ID``), and every
         production record of the shadows' API keys from ``margin_s`` before the first
-        shadow to the last one."""
+        shadow to ``margin_s`` after the last one."""
         r = InferenceRecordRow
         with self._session(f"read the shadow records of {endpoint!r}") as s:
             query = select(*_columns()).where(r.shadow.is_(True))
@@ -131,14 +131,14 @@ class PairStore(StoreCore):
                 ids = [x.id[: -len(SHADOW_SUFFIX)] for x in shadows if x.id.endswith(SHADOW_SUFFIX)]
                 keys = {x.api_key_id for x in shadows if x.api_key_id is not None}
                 first = min(x.created_at for x in shadows) - timedelta(seconds=margin_s)
-                last = max(x.created_at for x in shadows) + timedelta(seconds=1)
+                last = max(x.created_at for x in shadows) + timedelta(seconds=margin_s)
                 base = select(*_columns()).where(r.endpoint_name == endpoint, r.shadow.is_(False))
                 for chunk in _chunks(ids):
                     for row in s.execute(base.where(r.id.in_(chunk))).all():
                         productions[row.id] = row
                 for chunk in _chunks(keys):
                     query = base.where(
-                        r.api_key_id.in_(chunk), r.created_at >= first, r.created_at < last
+                        r.api_key_id.in_(chunk), r.created_at >= first, r.created_at <= last
                     )
                     for row in s.execute(query).all():
                         productions[row.id] = row
