@@ -148,7 +148,7 @@ def test_pairs_show_identical_and_different_answers(
     assert rows[differ[0]]["production_answer"] == "reboot it"
     assert rows[differ[0]]["shadow_answer"] == "call IT" and not rows[differ[0]]["identical"]
     assert rows[differ[1]]["identical"]  # "Reset" and "RESET": the same after normalisation
-    assert all(r["shadow_id"] != r["production_id"] for r in report["rows"])
+    assert {r["paired_by"] for r in report["rows"]} == {"request"}  # API shadows: ids of their own
 
     code, out, _ = run(capsys, f"modelyard rollout compare support --shadow --limit 2 "
                                f"--out {tmp_path / 'pairs.csv'}")  # fmt: skip
@@ -230,6 +230,8 @@ def test_pairs_by_request_when_the_ids_do_not_say(home: Path) -> None:
             record("s-a", v2, "reset my password", "Use the  portal", 31, shadow=True),
             record("s-b", v2, "printer jammed", "open a ticket", 28, shadow=True),
             record("s-x", v2, "vpn is down", "restart it", 15, shadow=True),  # no production
+            record("row-7", v1, "label this", "spam", 5, key=None),  # a batch row's, by its id
+            record("row-7-shadow", v2, "label this", "ham", 4, key=None, shadow=True),
         ]
     )  # fmt: skip
     report = compare_shadow(store, "support", now - timedelta(hours=1))
@@ -237,7 +239,9 @@ def test_pairs_by_request_when_the_ids_do_not_say(home: Path) -> None:
     assert {k: (r.production_id, r.identical) for k, r in pairs.items()} == {
         "s-a": ("p-a", True),
         "s-b": ("p-b", False),
+        "row-7-shadow": ("row-7", False),
     }
+    assert pairs["row-7-shadow"].paired_by == "id" and pairs["s-a"].paired_by == "request"
     assert pairs["s-b"].question == "printer jammed"  # the user's words, not the template's
     assert {k: n for k, n in report.skipped.items() if n} == {"unpaired": 1}
     store.close()

@@ -17,7 +17,7 @@ EXCERPT = 48
 OUT_COLUMNS = (
     "production_id", "shadow_id", "created_at", "production_version", "shadow_version",
     "question", "production_answer", "shadow_answer", "identical", "production_score",
-    "shadow_score", "winner", "judge_error",
+    "shadow_score", "winner", "judge_error", "paired_by",
 )  # fmt: skip
 
 

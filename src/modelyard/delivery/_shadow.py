@@ -57,6 +57,7 @@ class ShadowRow:
     shadow_score: float | None = None
     winner: str | None = None  # shadow, production, tie; None: not judged, or no score
     judge_error: str | None = None
+    paired_by: str = "request"  # or "id": the shadow's id names its production record
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,7 @@ def _row(pair: Pair) -> ShadowRow:
     return ShadowRow(
         pair.production.id, pair.shadow.id, pair.shadow.created_at, pair.production.version,
         pair.shadow.version, pair.question, prod, shadow, normalise(prod) == normalise(shadow),
+        paired_by="id" if pair.by_id else "request",
     )  # fmt: skip
 
 
