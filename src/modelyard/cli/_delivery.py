@@ -14,7 +14,7 @@ from rich.table import Table
 from modelyard.cli._common import console, err_console, open_store, print_json, to_jsonable
 from modelyard.cli._control import CurrentStep
 from modelyard.cli._plane import open_plane
-from modelyard.cli._rollout_text import final, guard_rows, progress, summary, timeline
+from modelyard.cli._rollout_text import final, guard_rows, num, progress, summary, timeline
 from modelyard.durations import parse_duration, parse_since
 from modelyard.errors import ConfigError
 from modelyard.store import Rollout, RolloutPolicy
