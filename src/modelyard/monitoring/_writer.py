@@ -50,6 +50,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable
+from datetime import datetime
 from typing import Protocol
 
 import numpy as np
@@ -76,6 +77,14 @@ log = logging.getLogger(__name__)
 _SERVER = RECORD_FIELDS.index("server_id")
 _FIELDS = tuple(name if name != "server_id" else "id" for name in RECORD_FIELDS)
 _get_values = operator.attrgetter(*_FIELDS)
+
+
+def _at(record: NewInferenceRecord, at: datetime) -> NewInferenceRecord:
+    """A copy of the (frozen) record created at ``at``: ``dataclasses.replace`` without its
+    ``__init__`` call, a fifth of its cost on the request path."""
+    copy = object.__new__(NewInferenceRecord)
+    copy.__dict__.update(record.__dict__, created_at=at)
+    return copy
 
 
 def _values_of(record: NewInferenceRecord) -> list[object]:
@@ -142,7 +151,7 @@ class RecordWriter:
         leaf = None
         if self._seal:
             if record.created_at is None:  # the time it is written with, and sealed with
-                record = dataclasses.replace(record, created_at=utcnow())
+                record = _at(record, utcnow())
             values = _values_of(record)
             values[_SERVER] = self.server_id  # not the record's: the writer's, on its row
             leaf = values_leaf(values)

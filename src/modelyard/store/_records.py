@@ -10,9 +10,9 @@ import math
 import uuid
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Table, delete, func, insert, select, update
 
 from modelyard.audit import DISCARD_ACTION, PURGE_ACTION, SealEntry
 from modelyard.errors import ConfigError, NotFound
@@ -88,6 +88,7 @@ _COPIED_COLUMNS = (
     "completion_tokens",
     "latency_ms",
 )
+_INSERT_RECORDS = insert(cast(Table, InferenceRecordRow.__table__))
 RECORD_STATUSES = ("ok", "error", "cancelled", "timeout", "running", "refused")
 FEEDBACK_LABEL_MAX = 500
 """The longest feedback label (characters): a correct answer or class, not a document."""
@@ -307,7 +308,7 @@ class RecordStore(StoreCore):
         pending = prepare_seal(records + updates, leaves) if seal else None
         with self._write(f"write {len(items) + len(started)} inference records") as s:
             if records:
-                s.execute(insert(InferenceRecordRow), records)
+                s.execute(_INSERT_RECORDS, records)  # Core: every column given, no ORM pass
             if updates:  # bulk UPDATE by primary key
                 s.execute(update(InferenceRecordRow), updates)
             if features:
