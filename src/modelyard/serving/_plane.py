@@ -290,7 +290,7 @@ class DataPlane:
         timeout = self.limits.request_timeout_s
         deadline = None if timeout is None else started + timeout
         if self.router.mirror(chosen):
-            self._mirror(key, route, endpoint, chosen, params, render, origin)
+            self._mirror(record_id, key, route, endpoint, chosen, params, render, origin)
         return Submitted(
             record_id, key, route, endpoint, version, prompt, stream, started, admission, deadline,
             fallback_from, chosen, user, params, render, whole, origin,
@@ -337,6 +337,7 @@ class DataPlane:
 
     def _mirror(
         self,
+        live_id: str,
         key: ApiKey,
         route: str,
         endpoint: str,
@@ -346,11 +347,11 @@ class DataPlane:
         origin: Origin | None = None,
     ) -> None:
         """Send a copy of a request to the shadow version; its answer is recorded, never
-        returned, and nothing it does (failing included) touches the live request."""
+        returned, and nothing it does (failing included) touches the live request. Its
+        record's id is the live request's with ``-shadow``: the two answers pair by id."""
         shadow = chosen.shadow
         assert shadow is not None
-        own = origin.record_id if origin is not None else None  # a batch row's: derived from it
-        record_id = f"{own}-shadow" if own else f"cmpl-{uuid.uuid4().hex}"
+        record_id = f"{live_id}-shadow"
         started = time.perf_counter()
         prompt: str | None = None
         try:
