@@ -334,7 +334,8 @@ class JudgeStore(StoreCore):
                 .order_by(rec.created_at, rec.id)
             ).all()
         for version_id, record_id in rows:
-            found.setdefault(int(version_id), []).append(str(record_id))
+            if version_id is not None:  # never None here: the query asks for a version
+                found.setdefault(version_id, []).append(record_id)
         return found
 
     def record_texts(self, record_ids: Iterable[str]) -> dict[str, tuple[int | None, str, str]]:
@@ -373,6 +374,8 @@ class JudgeStore(StoreCore):
                     .order_by(JudgementRow.id)
                 ).all()
                 for record_id, score in rows:
+                    if record_id is None:
+                        continue
                     if score is None:
                         failed.add(record_id)
                     else:
