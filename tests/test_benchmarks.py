@@ -51,7 +51,7 @@ def test_train_throughput_quick_reports_every_ratio() -> None:
 def test_serving_quick_reports_every_ratio() -> None:
     script = ROOT / "benchmarks" / "serving.py"
     r = subprocess.run(
-        [sys.executable, str(script), "--quick", "--json"],
+        [sys.executable, str(script), "--quick", "--json", "--preload", "2000"],
         capture_output=True,
         text=True,
         timeout=600,
@@ -63,6 +63,11 @@ def test_serving_quick_reports_every_ratio() -> None:
     for section in ("server_vs_generate", "batching", "adapters", "records"):
         assert _positive(result[section]["ratio"]), (section, result[section])
         assert isinstance(result[section]["met"], bool)
+    records = result["records"]  # on vs off round by round, the target in every round
+    assert len(records["rounds"]) == result["config"]["repeats"]
+    assert all(_positive(r) for r in records["rounds"])
+    assert records["met_every_round"] == (min(records["rounds"]) >= records["target"])
+    assert result["preload"]["records"] == result["config"]["preload"] == 2000
     loads = result["loads"]
     assert len({load["name"] for load in loads}) == 7
     # every load generated real tokens, counted from the server's usage or generate's output
