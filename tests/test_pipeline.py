@@ -164,7 +164,7 @@ def _console_steps(start: str) -> list[tuple[str, list[str]]]:
     for line in block.group(1).splitlines():
         if line.startswith("$ "):
             steps.append((line[2:], []))
-        elif line.strip() and line.strip() != "...":
+        elif line.strip() and not line.startswith("..."):
             steps[-1][1].append(line.strip())
     return steps
 

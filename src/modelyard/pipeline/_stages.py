@@ -79,6 +79,10 @@ def collect(
             "change from_records.fail_on.",
         )
     dataset = save(store, artifacts, found, plan.out, plan.dataset)
+    left_out = {
+        **{f"filter {k}": n for k, n in found.selection.filtered.items() if n},
+        **{k: n for k, n in found.selection.skipped.items() if n},
+    }
     ids = list(found.selection.record_ids)
     out = {
         "endpoint": found.endpoint,
@@ -86,6 +90,7 @@ def collect(
         "format": found.data_format,
         "records_read": found.selection.read,
         "rows": len(found.rows),
+        "left_out": left_out,
         "record_ids": ids[:MAX_IDS_IN_EVENT],
         "record_ids_complete": len(ids) <= MAX_IDS_IN_EVENT,
         "out": str(plan.out),
@@ -96,6 +101,9 @@ def collect(
             "digest": dataset.digest,
         },
     }
+    if left_out:
+        why = ", ".join(f"{reason} {n}" for reason, n in left_out.items())
+        ui.info(f"left out of {found.selection.read} records: {why}")
     summary = (
         f"{len(found.rows)} {found.data_format} rows from {found.selection.read} records of "
         f"{found.endpoint} -> dataset {dataset.name}:{dataset.version} ({plan.out.name})"
