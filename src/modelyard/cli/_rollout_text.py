@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.table import Table
 
+from modelyard.metric_names import judge_name
 from modelyard.store import Rollout
 
 
@@ -92,6 +93,39 @@ def describe(r: Rollout, kind: str, d: Mapping[str, Any]) -> str:
         return f"{d.get('reason') or 'aborted'}; back to {plan_text(model, d.get('plan'))}"
     parts = [f"{k.replace('_', ' ')}: {v}" for k, v in d.items() if v not in (None, "", [], {})]
     return "; ".join(parts)
+
+
+def guard_rows(guards: Sequence[Any]) -> tuple[list[str], list[list[str]], list[str]]:
+    """`rollout status`'s guard table (header, rows) and the notes under it.
+
+    A guard on a judge (``judge.NAME``) shows the mean score of the target's answers the
+    judge scored against its threshold like any guard, ``n`` being the answers scored, and
+    a column of the answers (target and baseline) it gave no score: those never roll back
+    on their own, and a note says so.
+    """
+    judged = any(judge_name(g.metric) is not None for g in guards)
+    header = ["guard", "value", "baseline", "threshold", "n", "status"]
+    if judged:
+        header.insert(5, "no score")
+    rows, notes = [], []
+    for g in guards:
+        row = [g.guard, num(g.value), num(g.baseline), num(g.threshold), str(g.n), g.status]
+        if judged:
+            is_judge = judge_name(g.metric) is not None
+            failed = int(getattr(g, "failed", 0) or 0)
+            row.insert(5, str(failed) if is_judge else "")
+            if is_judge and failed:
+                notes.append(
+                    f"{g.metric}: {failed} answer(s) got no score from the judge (errors or "
+                    "answers without a score; not a breach, not asked again); see "
+                    f"`modelyard judges show {judge_name(g.metric)}`"
+                )
+            if is_judge and g.status == "pending":
+                notes.append(
+                    f"{g.metric}: waiting for the judge to score the new version's answers"
+                )
+        rows.append(row)
+    return header, rows, notes
 
 
 def timeline(r: Rollout) -> Table:

@@ -12,7 +12,9 @@ A rollout starts ``preparing``: every live server loads the target version and
 answers a smoke request (reported in its heartbeat); a server that cannot is
 a breach. Then each step bakes: the target gets ``steps[i]`` percent; after
 ``bake_s`` seconds with at least ``min_requests`` requests on the target and no
-guard breached, the next step starts. A breach at any time (a guard, a load
+guard breached, the next step starts (a guard on a judge that has not yet scored
+``min_requests`` of the target's records holds the step while there are records left for
+it to judge: ``_judging``). A breach at any time (a guard, a load
 failure on a server, requests that had to fall back) restores the baseline
 plan at once and ends the rollout ``rolled_back``.
 """
@@ -27,13 +29,21 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
 from modelyard.delivery._alerting import resolve_rollback_alert, rollback_alert
 from modelyard.delivery._guards import GuardResult, TrafficSample, evaluate_guards
+from modelyard.delivery._judging import (
+    DEFAULT_SAMPLE,
+    StepWindow,
+    judge_guards,
+    judge_window,
+    judged_windows,
+)
 from modelyard.errors import ModelyardError, PermissionDenied
+from modelyard.metric_names import judge_name
 from modelyard.store import Rollout, Store, Transition, step_plan, utcnow
 
 log = logging.getLogger(__name__)
@@ -50,6 +60,7 @@ class StepView:
     fallbacks: int
     guards: list[GuardResult]
     elapsed_s: float
+    judge_backlog: int = 0  # target records left to judge for a judge guard still pending
 
 
 def default_holder() -> str:
@@ -67,16 +78,52 @@ def step_view(store: Store, r: Rollout, *, alpha: float = 0.05) -> StepView:
     """The current step's traffic and guard values: the target's requests since the step
     started, against the baseline versions' requests since an hour (or one bake time, if
     longer) before the rollout started, so a blue-green switch still has a baseline."""
-    start = r.step_started_at or r.created_at
+    window = step_window(store, r)
+    start, baseline_ids = window.canary_since, list(window.baseline_ids)
     target = store.rollout_samples(r.endpoint, start, [r.target_version_id])[r.target_version_id]
-    baseline_ids = _baseline_ids(store, r)
-    before = r.created_at - timedelta(seconds=max(r.bake_s, BASELINE_LOOKBACK_S))
-    base = store.rollout_samples(r.endpoint, before, baseline_ids)
+    base = store.rollout_samples(r.endpoint, window.baseline_since, baseline_ids)
     canary = TrafficSample.of([target])
     baseline = TrafficSample.of(base[i] for i in baseline_ids)
+    judged = judged_windows(store, r.guards, window)
+    if judged:  # what the judges named by guards scored of each side so far
+        canary = replace(
+            canary, judged={n: w.canary.scores for n, w in judged.items()},
+            judge_failed={n: w.canary.failed for n, w in judged.items()},
+        )  # fmt: skip
+        baseline = replace(
+            baseline, judged={n: w.baseline.scores for n, w in judged.items()},
+            judge_failed={n: w.baseline.failed for n, w in judged.items()},
+        )  # fmt: skip
     guards = evaluate_guards(r.guards, canary, baseline, min_requests=r.min_requests, alpha=alpha)
     elapsed = (utcnow() - start).total_seconds()
-    return StepView(canary, baseline, target.fallbacks, guards, elapsed)
+    pending = {judge_name(g.metric) for g in guards if g.status == "pending"}
+    backlog = sum(w.canary.unjudged for name, w in judged.items() if name in pending)
+    return StepView(canary, baseline, target.fallbacks, guards, elapsed, backlog)
+
+
+def step_window(store: Store, r: Rollout) -> StepWindow:
+    """The records a step's guards read: the target's since the step started, the baseline
+    versions' since an hour (or one bake time) before the rollout started."""
+    before = r.created_at - timedelta(seconds=max(r.bake_s, BASELINE_LOOKBACK_S))
+    return StepWindow(
+        r.endpoint, r.step_started_at or r.created_at, (r.target_version_id,),
+        before, tuple(_baseline_ids(store, r)),
+    )  # fmt: skip
+
+
+def judge_step(store: Store, r: Rollout, *, sample: int = DEFAULT_SAMPLE) -> int:
+    """Have the judges that ``r``'s guards name score up to ``sample`` new records per side
+    of the step's window (the controller's work, off the request path); returns how many
+    records were sent."""
+    if not judge_guards(r.guards):
+        return 0
+    from modelyard.registry import template_name
+
+    templates = {}
+    for number in {r.target, *r.baseline}:
+        version = store.get_model_version(r.model, number)
+        templates[version.id] = template_name(version.lineage)
+    return judge_window(store, r.guards, step_window(store, r), templates, sample=sample)
 
 
 def _baseline_ids(store: Store, r: Rollout) -> list[int]:
@@ -107,6 +154,7 @@ class Controller:
         on_breach: Callable[[Store, Rollout, Mapping[str, Any]], object] | None = None,
         extra_ticks: list[Callable[[Store], object]] | None = None,
         extra_every_s: float = 15.0,
+        judge_sample: int = DEFAULT_SAMPLE,
     ) -> None:
         self.store = store
         self.holder = holder or default_holder()
@@ -118,6 +166,7 @@ class Controller:
         self.extra_ticks = extra_ticks or []
         self.extra_every_s = extra_every_s
         self._extra_at = 0.0
+        self.judge_sample = judge_sample  # records per side a judge guard judges per tick
 
     @property
     def lease(self) -> tuple[str, str]:
@@ -224,6 +273,10 @@ class Controller:
                 r, {"kind": "load_failure", "servers": failed,
                     "message": f"{r.target_ref} failed to load on {len(failed)} server(s)"},
             )  # fmt: skip
+        try:
+            judge_step(self.store, r, sample=self.judge_sample)
+        except ModelyardError as exc:  # the judges' guards stay where they were
+            log.warning("rollout %s: judging failed: %s", r.id, exc.one_line())
         view = step_view(self.store, r, alpha=self.alpha)
         if view.fallbacks:
             return self._roll_back(
@@ -242,6 +295,8 @@ class Controller:
                     "message": "; ".join(g.describe() for g in breaches)},
             )  # fmt: skip
         if view.elapsed_s < r.bake_s or view.canary.requests < r.min_requests:
+            return None
+        if view.judge_backlog:  # a judge guard is still catching up with the target's records
             return None
         values = {"guards": [_guard_json(g) for g in view.guards], "window": window}
         if r.step_index + 1 < len(r.steps):
@@ -325,5 +380,5 @@ def promote_alias(store: Store, r: Rollout) -> dict[str, Any]:
 def _guard_json(g: GuardResult) -> dict[str, Any]:
     return {
         "guard": g.guard, "status": g.status, "value": g.value, "baseline": g.baseline,
-        "threshold": g.threshold, "n": g.n, "p_value": g.p_value,
+        "threshold": g.threshold, "n": g.n, "p_value": g.p_value, "failed": g.failed,
     }  # fmt: skip

@@ -1,7 +1,8 @@
 """Rollout guards: ``METRIC OP THRESHOLD`` checked on a step's traffic, canary vs baseline.
 
 Grammar: ``error_rate <= 0.02``, ``p95_latency_ms <= 1.2 * baseline``,
-``feedback_score >= baseline - 0.05``; the threshold is a number or
+``feedback_score >= baseline - 0.05``, ``judge.quality >= baseline - 0.2`` (a judge's mean
+score, ``_judging``); the threshold is a number or
 ``[FACTOR *] baseline [+|- OFFSET]``, where ``baseline`` is the same metric on
 the baseline versions' traffic.
 
@@ -11,7 +12,8 @@ test of the canary's rate against it; against the baseline, Fisher's exact
 test of the canary's errors against the baseline's, and the canary's rate must
 also be on the wrong side of the threshold. A breach needs p < ``alpha``.
 Other metrics are compared as they are, once the canary has ``min_requests``
-requests (and feedback scores, for ``feedback_score``).
+requests (and feedback scores, for ``feedback_score``; records the judge scored, for
+``judge.NAME``).
 """
 
 from __future__ import annotations
@@ -19,14 +21,14 @@ from __future__ import annotations
 import math
 import operator
 import re
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
 
 from modelyard.errors import ConfigError
-from modelyard.metric_names import canonical, hint
+from modelyard.metric_names import canonical, hint, judge_name
 from modelyard.store import RequestSample, VersionSample
 
 GuardStatus = Literal["pass", "breach", "pending", "no_data"]
@@ -51,7 +53,7 @@ METRICS = (  # the metrics of one side's traffic a guard may name (metric_names)
 
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)"
 _GUARD_RE = re.compile(
-    rf"^\s*(?P<metric>[a-z0-9_]+)\s*(?P<op><=|>=|<|>)\s*(?:"
+    rf"^\s*(?P<metric>judge\.[a-z0-9][a-z0-9._-]{{0,62}}|[a-z0-9_]+)\s*(?P<op><=|>=|<|>)\s*(?:"
     rf"(?P<number>{_NUM})"
     rf"|(?:(?P<factor>{_NUM})\s*\*\s*)?baseline(?:\s*(?P<sign>[+-])\s*(?P<offset>{_NUM}))?"
     rf")\s*$"
@@ -71,6 +73,11 @@ class Guard:
     def relative(self) -> bool:
         return self.number is None
 
+    @property
+    def judge(self) -> str | None:
+        """The judge a ``judge.NAME`` guard names; None for a traffic metric."""
+        return judge_name(self.metric)
+
     def threshold(self, baseline: float | None) -> float | None:
         if self.number is not None:
             return self.number
@@ -80,9 +87,18 @@ class Guard:
 @dataclass(frozen=True)
 class TrafficSample(RequestSample):
     """The traffic a guard judges: one side of a step (the canary, or the baseline versions
-    together) in a window. The store's ``VersionSample`` is one version's part of it."""
+    together) in a window. The store's ``VersionSample`` is one version's part of it.
+    ``judged`` holds, per judge, the scores it gave this side's records so far, and
+    ``judge_failed`` how many of them it gave none."""
+
+    judged: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
+    judge_failed: Mapping[str, int] = field(default_factory=dict)
 
     def value(self, metric: str) -> float | None:
+        judge = judge_name(metric)
+        if judge is not None:
+            scores = self.judged.get(judge, ())
+            return float(np.mean(scores)) if scores else None
         if metric == "error_rate":
             return self.errors / self.requests if self.requests else None
         if metric == "feedback_score":
@@ -95,6 +111,9 @@ class TrafficSample(RequestSample):
         return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else None
 
     def count(self, metric: str) -> int:
+        judge = judge_name(metric)
+        if judge is not None:
+            return len(self.judged.get(judge, ()))
         return len(self.feedback) if metric == "feedback_score" else self.requests
 
     @classmethod
@@ -119,6 +138,7 @@ class GuardResult:
     threshold: float | None
     n: int
     p_value: float | None = None
+    failed: int = 0  # a judge guard's records (canary and baseline) the judge gave no score
 
     def describe(self) -> str:
         def fmt(x: float | None) -> str:
@@ -129,6 +149,8 @@ class GuardResult:
             text += f", baseline {fmt(self.baseline)}"
         if self.p_value is not None:
             text += f", p={self.p_value:.3g}"
+        if self.failed:
+            text += f", {self.failed} without a score"
         return text + f", n={self.n}) → {self.status}"
 
 
@@ -141,10 +163,10 @@ def parse_guard(text: str) -> Guard:
             field="guard",
         )
     metric = canonical(match["metric"])  # latency_p95_ms is p95_latency_ms
-    if metric not in METRICS:
+    if metric not in METRICS and judge_name(metric) is None:
         raise ConfigError(
             f"guard {text!r} names the unknown metric {match['metric']!r}"
-            f"{hint(match['metric'], METRICS)}; known: " + ", ".join(METRICS),
+            f"{hint(match['metric'], METRICS)}; known: " + ", ".join(METRICS) + ", judge.NAME",
             field="guard",
         )
     if match["number"] is not None:
@@ -170,9 +192,20 @@ def evaluate_guard(
     threshold = guard.threshold(base)
     n = canary.count(guard.metric)
 
-    def result(status: GuardStatus, p: float | None = None) -> GuardResult:
-        return GuardResult(guard.text, guard.metric, status, value, base, threshold, n, p)
+    judge = guard.judge
+    failed = 0
+    if judge is not None:
+        failed = canary.judge_failed.get(judge, 0) + baseline.judge_failed.get(judge, 0)
 
+    def result(status: GuardStatus, p: float | None = None) -> GuardResult:
+        return GuardResult(guard.text, guard.metric, status, value, base, threshold, n, p, failed)
+
+    if judge is not None:  # judged once the canary has min_requests scored records
+        if value is None or n < min_requests:
+            return result("pending")
+        if threshold is None:
+            return result("no_data")
+        return result("pass" if _OPS[guard.op](value, threshold) else "breach")
     if value is None:
         return result("no_data" if guard.metric == "feedback_score" else "pending")
     if threshold is None:

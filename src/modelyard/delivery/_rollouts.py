@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 from modelyard.delivery._controller import promote_alias
 from modelyard.delivery._guards import parse_guard
+from modelyard.delivery._judging import check_judge_guards
 from modelyard.errors import ConfigError, Conflict, NotFound
 from modelyard.store import Rollout, RolloutPolicy, Store, Transition, parse_model_ref
 
@@ -76,8 +77,11 @@ def start_rollout(
 
     The version's gates must have passed; ``override_gates`` is the reason to roll out
     one whose gates failed or never ran (role approver; audited, shown on the version).
+    A guard on a judge (``judge.NAME``) needs that judge, with a rubric that needs no
+    reference or context (``_judging``).
     """
     policy = check_policy(steps, bake_s, min_requests, guards)
+    check_judge_guards(store, policy.guards)  # the judges exist and can judge live traffic
     ep = store.get_endpoint(endpoint)
     name, _, _ = parse_model_ref(to)
     if name != ep.model:
