@@ -139,7 +139,9 @@ def test_a_custom_prompts_placeholders_are_checked(
     prompt = tmp_path / "p.txt"
     prompt.write_text("Is {answr} polite?")
     url = "--url http://127.0.0.1:1/v1 --model m"
-    code, _, err = run(capsys, f"modelyard judges add j1 --rubric custom --prompt-file {prompt} {url}")
+    code, _, err = run(
+        capsys, f"modelyard judges add j1 --rubric custom --prompt-file {prompt} {url}"
+    )
     assert code == 2 and "unknown placeholder 'answr'" in err and "{answer}" in err
 
 
@@ -148,7 +150,9 @@ def test_a_file_of_answers_is_scored_once_and_every_call_kept_with_its_cost(
 ) -> None:
     store, url = served_judge
     add = f"modelyard judges add echo --rubric relevance --url {url} --model judge-ep"
-    code, out, err = run(capsys, f"{add} --api-key-env JUDGE_KEY --input-per-1k 1 --output-per-1k 2")
+    code, out, err = run(
+        capsys, f"{add} --api-key-env JUDGE_KEY --input-per-1k 1 --output-per-1k 2"
+    )
     assert code == 0, err
     assert "judge echo revision 1: relevance by judge-ep" in out and "judge.echo" in out
     code, _, err = run(capsys, f"{add} --api-key-env JUDGE_KEY")
@@ -234,7 +238,11 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     base = create_tiny_base(domain_corpus(DOMAINS, 200, seed=0), root / "base", **QUICK_BASE).path
     rows = synthetic_domain("it-support", 4, seed=0)
     (root / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return {"base": base, "adapter": random_adapter(base, root / "a1", seed=1), "data": root / "eval.jsonl"}
+    return {
+        "base": base,
+        "adapter": random_adapter(base, root / "a1", seed=1),
+        "data": root / "eval.jsonl",
+    }
 
 
 def test_a_gate_on_a_judge_is_judged_on_the_versions_answers_and_recorded(
@@ -247,10 +255,10 @@ def test_a_gate_on_a_judge_is_judged_on_the_versions_answers_and_recorded(
     store, url = served_judge
     store.register_base_model("tiny-real", str(tiny["base"]), {})
     store.create_registered_model("helpdesk")
+    stored = ArtifactStore(home / "artifacts").put_dir(tiny["adapter"], kind="adapter")
     version = store.create_model_version(
-        "helpdesk", kind="adapter",
-        artifact_digest=ArtifactStore(home / "artifacts").put_dir(tiny["adapter"], kind="adapter").digest,
-        base_model="tiny-real", run_id=None, lineage={"prompt_template": "alpaca"}, metrics={},
+        "helpdesk", kind="adapter", artifact_digest=stored.digest, base_model="tiny-real",
+        run_id=None, lineage={"prompt_template": "alpaca"}, metrics={},
     )  # fmt: skip
     prompt = tmp_path / "strict.txt"
     prompt.write_text("Grade the answer to: {question}\n{answer}\nScore: 3")  # always 3

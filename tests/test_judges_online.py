@@ -56,14 +56,20 @@ def _records(store: Store, tenant: str, n: int, answer: str, start: int = 0) -> 
     now = datetime.now(UTC)
     made = [
         NewInferenceRecord(
-            id=f"{tenant}-{i:03d}", endpoint_name="support", route="chat.completions",
-            latency_ms=1.0, status="ok", http_status=200, tenant_id=store.get_tenant(tenant).id,
+            id=f"{tenant}-{i:03d}",
+            endpoint_name="support",
+            route="chat.completions",
+            latency_ms=1.0,
+            status="ok",
+            http_status=200,
+            tenant_id=store.get_tenant(tenant).id,
             version_id=version.id,
             prompt=apply_storage_policy(
                 render_prompt({"instruction": f"Ticket {i}: my laptop will not start."}), policy
             ),
-            response=apply_storage_policy(answer, policy), created_at=now - timedelta(minutes=10),
-        )  # fmt: skip
+            response=apply_storage_policy(answer, policy),
+            created_at=now - timedelta(minutes=10),
+        )
         for i in range(start, start + n)
     ]
     store.add_inference_records(made)
@@ -143,8 +149,10 @@ def test_a_judge_live_traffic_cannot_feed_is_reported_not_raised(
     ]}))  # fmt: skip
     code, out, err = run(capsys, f"modelyard monitor tick --rules {rules}")
     assert code == 0, err
-    assert "judging grader@support skipped: judging grader@support: judge 'grader' " \
+    assert (
+        "judging grader@support skipped: judging grader@support: judge 'grader' "
         "(correctness rubric) needs a reference for every answer" in out
+    )
     assert "judging nobody@support skipped: no judge named 'nobody'" in out
     assert "judge quality on support: judged 4 record(s), 4 scored" in out
 

@@ -148,7 +148,9 @@ def test_pairs_show_identical_and_different_answers(
     assert rows[differ[0]]["production_answer"] == "reboot it"
     assert rows[differ[0]]["shadow_answer"] == "call IT" and not rows[differ[0]]["identical"]
     assert rows[differ[1]]["identical"]  # "Reset" and "RESET": the same after normalisation
-    assert {r["paired_by"] for r in report["rows"]} == {"id"}  # each shadow is its request's id + -shadow
+    assert {r["paired_by"] for r in report["rows"]} == {
+        "id"
+    }  # each shadow is its request's id + -shadow
 
     code, out, _ = run(capsys, f"modelyard rollout compare support --shadow --limit 2 "
                                f"--out {tmp_path / 'pairs.csv'}")  # fmt: skip

@@ -51,15 +51,21 @@ def judges_add(
         None, "--api-key-env", help="The environment variable holding its API key (never the key)."
     ),
     prompt_file: Path | None = typer.Option(
-        None, "--prompt-file", help="The custom rubric's template: {question}, {context}, "
+        None,
+        "--prompt-file",
+        help="The custom rubric's template: {question}, {context}, "
         "{reference} and {answer} are filled in; it must ask for 'Score: N' (1-5).",
-    ),  # fmt: skip
+    ),
     max_tokens: int = typer.Option(16, "--max-tokens", help="Longest answer asked of the judge."),
-    input_per_1k: float = typer.Option(0.0, "--input-per-1k", help="Price per 1,000 prompt tokens."),
+    input_per_1k: float = typer.Option(
+        0.0, "--input-per-1k", help="Price per 1,000 prompt tokens."
+    ),
     output_per_1k: float = typer.Option(
         0.0, "--output-per-1k", help="Price per 1,000 completion tokens."
     ),
-    replace: bool = typer.Option(False, "--replace", help="Change an existing judge (new revision)."),
+    replace: bool = typer.Option(
+        False, "--replace", help="Change an existing judge (new revision)."
+    ),
     json_out: bool = JSON,
 ) -> None:
     """Define a judge (audited). A changed judge gets a new revision and judges afresh."""
@@ -144,9 +150,12 @@ def judges_remove(name: str = typer.Argument(...)) -> None:
 def judges_score(
     name: str = typer.Argument(..., help="The judge."),
     data: Path = typer.Option(
-        ..., "--data", "-d", help="Answers to score (.jsonl, .csv or .parquet): an 'answer' "
+        ...,
+        "--data",
+        "-d",
+        help="Answers to score (.jsonl, .csv or .parquet): an 'answer' "
         "column, and what the rubric needs of 'question', 'reference' and 'context'.",
-    ),  # fmt: skip
+    ),
     out: Path | None = typer.Option(
         None, "--out", help="Write each row with its score, the judge's answer and any error."
     ),
@@ -170,7 +179,7 @@ def judges_score(
             def step(n: int) -> None:
                 nonlocal done
                 done += n
-                update(done, len(items))
+                update(done, len(items), "")
 
             run = run_judge(judge, items, cache=store, concurrency=concurrency, progress=step)
     if out is not None:
@@ -247,7 +256,7 @@ def judges_scores(
     table = Table("version", "scores", "mean", "min", "max", title=f"judge.{name} on {endpoint}")
     for row in data:
         table.add_row(
-            row["version"], str(row["scores"]), f"{row['mean']:.2f}", f"{row['min']:g}",
+            str(row["version"]), str(row["scores"]), f"{row['mean']:.2f}", f"{row['min']:g}",
             f"{row['max']:g}",
         )  # fmt: skip
     console.print(table)

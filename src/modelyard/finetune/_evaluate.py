@@ -163,9 +163,7 @@ def evaluate_version(
     champion = champion_of(store, version.model) if compares else None
     champion_metrics = None
     if champion is not None:
-        champion_metrics = (
-            values if champion.version == version.version else score(champion)[0]
-        )
+        champion_metrics = values if champion.version == version.version else score(champion)[0]
     verdicts = evaluate_gates(parsed, values, champion_metrics, 0.0)
     result: dict[str, Any] = {
         "model": version.ref,

@@ -41,9 +41,9 @@ from modelyard.finetune._cleanup import Written, clean_up, interrupted
 from modelyard.finetune._config import FinetuneConfig
 from modelyard.finetune._cost import gpu_hour_price, priced
 from modelyard.finetune._evaluate import champion_of, evaluate_rows
-from modelyard.judges import judge_source
 from modelyard.finetune._tracking import MlflowTracker
 from modelyard.gpu import gpu_readings, summarize
+from modelyard.judges import judge_source
 from modelyard.registry import (
     ensure_base_model,
     ensure_model,

@@ -11,7 +11,13 @@ call (score, answer, tokens, cost). Its mean score is the metric
 (``judge.correctness >= 4.0``), rollout guards and alert rules.
 """
 
-from modelyard.judges._answers import JudgeSource, answer_inputs, judge_source, question_of, split_metrics
+from modelyard.judges._answers import (
+    JudgeSource,
+    answer_inputs,
+    judge_source,
+    question_of,
+    split_metrics,
+)
 from modelyard.judges._define import check_definition
 from modelyard.judges._records import (
     LIVE_FIELDS,
@@ -26,7 +32,6 @@ from modelyard.judges._rubrics import FIELDS, RUBRICS, SCALE, JudgeInput, render
 from modelyard.judges._run import JudgeRun, api_key, make_client, parse_score, run_judge
 from modelyard.metric_names import JUDGE_PREFIX as METRIC_PREFIX
 from modelyard.metric_names import judge_name
-
 
 __all__ = [
     "FIELDS",

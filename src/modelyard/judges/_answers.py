@@ -21,12 +21,15 @@ def question_of(row: Mapping[str, Any]) -> str | None:
     """What the row asked, in the words of the row (not the prompt template's)."""
     if isinstance(row.get("instruction"), str):
         extra = row.get("input")
-        return row["instruction"] + (f"\n\n{extra}" if isinstance(extra, str) and extra else "")
+        asked = str(row["instruction"])
+        return asked + (f"\n\n{extra}" if isinstance(extra, str) and extra else "")
     if isinstance(row.get("text"), str) and "label" in row:
         return str(row["text"])
     messages = row.get("messages")
     if isinstance(messages, list):
-        users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        users = [
+            m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"
+        ]
         if users and isinstance(users[-1], str):
             return users[-1]
     return None
@@ -38,9 +41,11 @@ def answer_inputs(
     """One judge input per row: its answer, question, reference and context."""
     return [
         JudgeInput(
-            answer=answer, question=question_of(row), reference=reference,
+            answer=answer,
+            question=question_of(row),
+            reference=reference,
             context=row["context"] if isinstance(row.get("context"), str) else None,
-        )  # fmt: skip
+        )
         for row, reference, answer in zip(rows, references, answers, strict=True)
     ]
 

@@ -30,7 +30,6 @@ from modelyard.monitoring._features import (
     record_features,
     text_features,
 )
-from modelyard.monitoring._judging import JudgingResult, OnlineJudging, judge_online, sampled
 from modelyard.monitoring._journal import (
     ABANDONED,
     close_abandoned,
@@ -38,6 +37,7 @@ from modelyard.monitoring._journal import (
     new_server_id,
     started_record,
 )
+from modelyard.monitoring._judging import JudgingResult, OnlineJudging, judge_online, sampled
 from modelyard.monitoring._policy import apply_storage_policy, redact
 from modelyard.monitoring._profiles import ProfileUpdate, update_profiles
 from modelyard.monitoring._report import write_report

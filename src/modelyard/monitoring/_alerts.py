@@ -467,9 +467,10 @@ def _values(
     judge = judge_name(rule.metric)
     for endpoint in [rule.endpoint] if rule.endpoint else endpoints:
         if judge is not None:
-            yield store.judge_mean(judge, endpoint, now - rule.window_td, now)[0], {
-                "endpoint": endpoint
-            }
+            yield (
+                store.judge_mean(judge, endpoint, now - rule.window_td, now)[0],
+                {"endpoint": endpoint},
+            )
             continue
         key = (endpoint, rule.window_td)
         if key not in cache:

@@ -6,8 +6,8 @@ Configured in the alert rules file (``judging:``). Each monitoring tick looks ba
 ``lookback`` over the endpoint's live records a judge can read (answered ok, not a
 shadow nor a fallback, text kept), keeps the ``sample`` share of them chosen by the
 hash of their id (the same records on every replica and every tick), drops those the
-judge already saw, and judges at most ``max_per_tick`` (the rest on the next ticks). Running the tick
-again at once judges nothing. A judge that cannot be called leaves each record a
+judge already saw, and judges at most ``max_per_tick`` (the rest on the next ticks).
+Running the tick again at once judges nothing. A judge that cannot be called leaves each record a
 failure with the reason (``judges list`` counts them); it never stops the tick.
 """
 
@@ -85,7 +85,8 @@ def judge_online(
             log.warning("online judging %s skipped: %s", where, exc.one_line())
             continue
         results.append(
-            JudgingResult(judge.name, entry.endpoint, len(picked), run.scored,
-                          len(todo) - len(picked))  # fmt: skip
+            JudgingResult(
+                judge.name, entry.endpoint, len(picked), run.scored, len(todo) - len(picked)
+            )
         )
     return results, errors

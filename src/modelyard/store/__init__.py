@@ -8,6 +8,8 @@ the audit chain in the same transaction and is checked against the actor's role.
 from modelyard.store._budgets import period_end, period_start
 from modelyard.store._core import check_name, parse_model_ref
 from modelyard.store._engine import head_revision, redact_url
+from modelyard.store._judges import RUBRIC_NAMES, JudgeDef, Judgement
+from modelyard.store._pairs import SHADOW_SUFFIX, PairedRecord, ShadowWindow
 from modelyard.store._rollouts import (
     RequestSample,
     Transition,
@@ -17,8 +19,6 @@ from modelyard.store._rollouts import (
     step_plan,
 )
 from modelyard.store._schema import utcnow
-from modelyard.store._judges import RUBRIC_NAMES, JudgeDef, Judgement
-from modelyard.store._pairs import SHADOW_SUFFIX, PairedRecord, ShadowWindow
 from modelyard.store._series import FeedbackSummary, TrafficPoint
 from modelyard.store._store import Store
 from modelyard.store._tokens import ActorToken
@@ -64,13 +64,11 @@ from modelyard.store.entities import (
 )
 
 __all__ = [
-    "RUBRIC_NAMES",
-    "SHADOW_SUFFIX",
-    "JudgeDef",
-    "Judgement",
     "BUDGET_PERIODS",
     "DEFAULT_STORAGE_POLICY",
     "ROLLOUT_ACTIVE",
+    "RUBRIC_NAMES",
+    "SHADOW_SUFFIX",
     "STORAGE_POLICIES",
     "Actor",
     "ActorToken",
@@ -91,6 +89,8 @@ __all__ = [
     "GateState",
     "GateStatus",
     "InferenceRecord",
+    "JudgeDef",
+    "Judgement",
     "ModelVersion",
     "NewInferenceRecord",
     "PairedRecord",

@@ -414,13 +414,18 @@ class JudgeStore(StoreCore):
         with self._session(f"summarize the scores of judge {judge!r}") as s:
             rows = s.execute(
                 select(
-                    rec.version_id, func.count(JudgementRow.score), func.avg(JudgementRow.score),
-                    func.min(JudgementRow.score), func.max(JudgementRow.score),
+                    rec.version_id,
+                    func.count(JudgementRow.score),
+                    func.avg(JudgementRow.score),
+                    func.min(JudgementRow.score),
+                    func.max(JudgementRow.score),
                 )
                 .join(rec, rec.id == JudgementRow.record_id)
                 .where(
-                    JudgementRow.judge == judge, JudgementRow.score.is_not(None),
-                    rec.endpoint_name == endpoint, rec.created_at >= since,
+                    JudgementRow.judge == judge,
+                    JudgementRow.score.is_not(None),
+                    rec.endpoint_name == endpoint,
+                    rec.created_at >= since,
                     rec.shadow.is_(False),
                 )
                 .group_by(rec.version_id)

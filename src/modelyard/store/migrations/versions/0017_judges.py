@@ -55,7 +55,9 @@ def upgrade() -> None:
         sa.Column("latency_ms", sa.Float(), nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(
-            ["judge"], ["judges.name"], name=op.f("fk_judgements_judge_judges"),
+            ["judge"],
+            ["judges.name"],
+            name=op.f("fk_judgements_judge_judges"),
             ondelete="CASCADE",
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_judgements")),
