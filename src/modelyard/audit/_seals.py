@@ -100,13 +100,33 @@ _CASTS = [
 _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
 _dumps = orjson.dumps
 _FLOAT_AT = [i + 1 for i, f in enumerate(RECORD_FIELDS) if f in _FLOATS]
-# the fast path's positions in the values (no version in front)
-_AT = RECORD_FIELDS.index("created_at")
-_LAT, _TTFT = (RECORD_FIELDS.index(f) for f in _FLOATS)
-_typed = operator.itemgetter(*(i - 1 for i, _ in _CASTS))
-_PLAIN: dict[tuple[type, ...], bool] = {}
-_NONE = type(None)
-_INF = math.inf
+
+
+def _plain_checker() -> Any:
+    """``plain(out)``: whether the array ``out`` (the version first) holds every typed
+    value as its type (or None), every float one that orjson writes as json does, and
+    its time in UTC with microseconds: then orjson encodes it as it is. Generated from
+    ``_CASTS``: no allocation per record (a tuple of types made the collector run more)."""
+    lines = [
+        "def plain(o):",
+        f"    at = o[{_TIME}]",
+        "    if at.tzinfo is not UTC or not at.microsecond:",
+        "        return False",
+    ]
+    for i, cast in _CASTS:
+        lines.append(f"    v = o[{i}]")
+        if cast is float:
+            ok = "v is None or (type(v) is float and (v == 0.0 or 1e-4 <= abs(v) < INF))"
+        else:
+            ok = f"v is None or type(v) is {cast.__name__}"
+        lines += [f"    if not ({ok}):", "        return False"]
+    lines.append("    return True")
+    scope: dict[str, Any] = {"UTC": UTC, "INF": math.inf}
+    exec("\n".join(lines), scope)
+    return scope["plain"]
+
+
+_plain = _plain_checker()
 _sha256 = hashlib.sha256
 _fields_of = operator.itemgetter(*RECORD_FIELDS)
 
@@ -124,36 +144,24 @@ def values_bytes(values: Sequence[Any]) -> bytes:
     specification): everything here but floats below 1e-4 in magnitude (orjson writes
     ``0.00001`` where json writes ``1e-05``), non-finite floats (json refuses them) and
     integers beyond 64 bits (orjson refuses them), and a time without microseconds
-    (orjson leaves out ``.000000``): those go through json.
-
-    The fast path (every value already of its column's type, the time in UTC): one
-    lookup of the values' types, two float checks and one orjson call; anything else
-    is cast first (``_slow_bytes``), giving the same bytes."""
-    at = values[_AT]
-    if at.tzinfo is UTC and at.microsecond:
-        kinds = tuple(map(type, _typed(values)))
-        plain = _PLAIN.get(kinds)
-        if plain is None:
-            plain = _plain(kinds)
-        lat, ttft = values[_LAT], values[_TTFT]
-        if (
-            plain
-            and (lat is None or lat == 0.0 or 1e-4 <= abs(lat) < _INF)
-            and (ttft is None or ttft == 0.0 or 1e-4 <= abs(ttft) < _INF)
-        ):
-            try:
-                return _dumps((RECORD_FORMAT, *values))
-            except TypeError:  # orjson.JSONEncodeError: an int beyond 64 bits, a surrogate
-                pass
-    return _slow_bytes(values)
+    (orjson leaves out ``.000000``): those go through json, after the casts."""
+    return array_bytes([RECORD_FORMAT, *values])
 
 
-def _plain(kinds: tuple[type, ...]) -> bool:
-    """Whether values of these types need no cast (remembered: few combinations occur)."""
-    plain = all(k is _NONE or k is cast for k, (_, cast) in zip(kinds, _CASTS, strict=True))
-    if len(_PLAIN) < 4096:
-        _PLAIN[kinds] = plain
-    return plain
+def array_bytes(out: list[Any]) -> bytes:
+    """``values_bytes`` of the array ``[RECORD_FORMAT, *values]`` (the writer builds it):
+    one check of its types (``_plain``) and one orjson call when they need no cast."""
+    if _plain(out):
+        try:
+            return _dumps(out)
+        except TypeError:  # orjson.JSONEncodeError: an int beyond 64 bits, a surrogate
+            pass
+    return _slow_bytes(out[1:])
+
+
+def array_leaf(out: list[Any]) -> bytes:
+    """The leaf of the array ``[RECORD_FORMAT, *values]``."""
+    return _sha256(b"\x00" + array_bytes(out)).digest()
 
 
 def _slow_bytes(values: Sequence[Any]) -> bytes:
@@ -179,11 +187,11 @@ def _orjson_float(v: Any) -> bool:
 
 
 def record_leaf(record: Mapping[str, Any]) -> bytes:
-    return _sha256(b"\x00" + values_bytes(_fields_of(record))).digest()
+    return _sha256(b"\x00" + array_bytes([RECORD_FORMAT, *_fields_of(record)])).digest()
 
 
 def values_leaf(values: Sequence[Any]) -> bytes:
-    return _sha256(b"\x00" + values_bytes(values)).digest()  # leaf_hash, one call less
+    return _sha256(b"\x00" + array_bytes([RECORD_FORMAT, *values])).digest()
 
 
 def index_digest(ids: Sequence[str], tenants: Sequence[int | None], times: Sequence[str]) -> str:
@@ -516,6 +524,8 @@ __all__ = [
     "SealEntry",
     "anchor_payload",
     "anchored_seals",
+    "array_bytes",
+    "array_leaf",
     "build_proof",
     "check_proof",
     "in_order",

@@ -55,7 +55,8 @@ from typing import Protocol
 
 import numpy as np
 
-from modelyard.audit import RECORD_FIELDS, SealEntry, values_leaf
+from modelyard.audit import RECORD_FIELDS, SealEntry
+from modelyard.audit._seals import RECORD_FORMAT, array_leaf
 from modelyard.errors import AuditError, AuditKeyMissing, ModelyardError
 from modelyard.store import NewInferenceRecord, RecordFeatures, Store, utcnow
 
@@ -74,7 +75,7 @@ class _Embedder(Protocol):
 
 log = logging.getLogger(__name__)
 
-_SERVER = RECORD_FIELDS.index("server_id")
+_SERVER = RECORD_FIELDS.index("server_id") + 1  # in the array, after the version
 _FIELDS = tuple(name if name != "server_id" else "id" for name in RECORD_FIELDS)
 _get_values = operator.attrgetter(*_FIELDS)
 
@@ -85,11 +86,6 @@ def _at(record: NewInferenceRecord, at: datetime) -> NewInferenceRecord:
     copy = object.__new__(NewInferenceRecord)
     copy.__dict__.update(record.__dict__, created_at=at)
     return copy
-
-
-def _values_of(record: NewInferenceRecord) -> list[object]:
-    """The record's values in the order of ``RECORD_FIELDS`` (``server_id`` to be set)."""
-    return list(_get_values(record))
 
 
 class RecordWriter:
@@ -152,9 +148,9 @@ class RecordWriter:
         if self._seal:
             if record.created_at is None:  # the time it is written with, and sealed with
                 record = _at(record, utcnow())
-            values = _values_of(record)
-            values[_SERVER] = self.server_id  # not the record's: the writer's, on its row
-            leaf = values_leaf(values)
+            out = [RECORD_FORMAT, *_get_values(record)]  # the canonical array, version first
+            out[_SERVER] = self.server_id  # not the record's: the writer's, on its row
+            leaf = array_leaf(out)
         try:
             self._queue.put_nowait((record, features, text, leaf))
             self._idle.clear()
