@@ -273,9 +273,11 @@ class Controller:
                 r, {"kind": "load_failure", "servers": failed,
                     "message": f"{r.target_ref} failed to load on {len(failed)} server(s)"},
             )  # fmt: skip
+        judged = True
         try:
             judge_step(self.store, r, sample=self.judge_sample)
-        except ModelyardError as exc:  # the judges' guards stay where they were
+        except ModelyardError as exc:  # e.g. the judge was removed: its guard stays pending
+            judged = False
             log.warning("rollout %s: judging failed: %s", r.id, exc.one_line())
         view = step_view(self.store, r, alpha=self.alpha)
         if view.fallbacks:
@@ -296,7 +298,7 @@ class Controller:
             )  # fmt: skip
         if view.elapsed_s < r.bake_s or view.canary.requests < r.min_requests:
             return None
-        if view.judge_backlog:  # a judge guard is still catching up with the target's records
+        if view.judge_backlog and judged:  # a judge guard is catching up with the target
             return None
         values = {"guards": [_guard_json(g) for g in view.guards], "window": window}
         if r.step_index + 1 < len(r.steps):

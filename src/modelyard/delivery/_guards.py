@@ -159,7 +159,8 @@ def parse_guard(text: str) -> Guard:
     if match is None:
         raise ConfigError(
             f"invalid guard {text!r}: write METRIC OP THRESHOLD, e.g. 'error_rate <= 0.02', "
-            "'p95_latency_ms <= 1.2 * baseline' or 'feedback_score >= baseline - 0.05'",
+            "'p95_latency_ms <= 1.2 * baseline', 'feedback_score >= baseline - 0.05' or "
+            "'judge.quality >= 3.5'",
             field="guard",
         )
     metric = canonical(match["metric"])  # latency_p95_ms is p95_latency_ms
