@@ -318,5 +318,5 @@ def test_a_judge_guard_waits_for_min_requests_scores_and_counts_what_got_none() 
     absolute = parse_guard("judge.q >= 3.5")
     good = TrafficSample(ok, judged={"q": (4.0,) * 4})
     assert evaluate_guard(absolute, good, TrafficSample(), min_requests=4).status == "pass"
-    with pytest.raises(ConfigError, match="invalid guard 'judge. >= 3'.*judge.quality >= 3.5"):
+    with pytest.raises(ConfigError, match=r"invalid guard 'judge\. >= 3'.*'judge\.quality >= 3"):
         parse_guard("judge. >= 3")
