@@ -117,13 +117,7 @@ def judge_step(store: Store, r: Rollout, *, sample: int = DEFAULT_SAMPLE) -> int
     records were sent."""
     if not judge_guards(r.guards):
         return 0
-    from modelyard.registry import template_name
-
-    templates = {}
-    for number in {r.target, *r.baseline}:
-        version = store.get_model_version(r.model, number)
-        templates[version.id] = template_name(version.lineage)
-    return judge_window(store, r.guards, step_window(store, r), templates, sample=sample)
+    return judge_window(store, r.guards, step_window(store, r), sample=sample)
 
 
 def _baseline_ids(store: Store, r: Rollout) -> list[int]:

@@ -6,7 +6,7 @@ the controller takes the step window's live records of the canary (since the ste
 started) and of the baseline (the same window as the other guards), keeps those a judge
 can read (answered ok, not a shadow nor a fallback, prompt and response kept as text: a
 tenant that keeps only hashes is skipped), picks up to ``sample`` records per side that
-the judge has not seen yet, and judges them with ``run_judge`` (cached in the store by
+the judge has not seen yet, and judges them with ``judges.judge_records`` (kept in the store by
 record, so each record is judged once across ticks).
 
 The judge sees the record's question (its prompt parsed back into the row's fields with
@@ -24,15 +24,12 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from modelyard.delivery._guards import Guard, parse_guard
-from modelyard.errors import ConfigError, DataError, ModelyardError, NotFound
-from modelyard.judges import JudgeInput, make_client, question_of, required_fields, run_judge
+from modelyard.errors import ConfigError, NotFound
+from modelyard.judges import check_live, judge_records
 from modelyard.store import JudgeDef, Store
 
-LIVE_FIELDS = ("question", "answer")
-"""What a judge can be given of a live record."""
 DEFAULT_SAMPLE = 50
 
 
@@ -72,15 +69,7 @@ def check_judge_guards(store: Store, guards: Sequence[str]) -> None:
                 hint="Define it with `modelyard judges add`; `modelyard judges list` shows them.",
                 field="guard",
             ) from None
-        missing = [f for f in required_fields(judge.rubric, judge.prompt) if f not in LIVE_FIELDS]
-        if missing:
-            raise ConfigError(
-                f"guard {guard.text!r}: judge {judge.name!r} ({judge.rubric} rubric) needs a "
-                f"{' and a '.join(missing)} for every answer, and live traffic has none",
-                hint="Guard on a judge with the relevance or safety rubric, or a custom "
-                "prompt that uses only {question} and {answer}.",
-                field="guard",
-            )
+        check_live(judge, f"guard {guard.text!r}")
 
 
 @dataclass(frozen=True)
@@ -124,40 +113,10 @@ def judged_windows(
     return out
 
 
-class _Refused:
-    """A client whose every call fails with why the judge cannot be called (e.g. its key
-    variable is unset where the controller runs): each sampled record is then a failure
-    kept in the store, shown by ``rollout status``, and not asked again."""
-
-    def __init__(self, error: ModelyardError) -> None:
-        self.error = error
-        self.chat = self
-        self.completions = self
-
-    def create(self, **_: Any) -> Any:
-        raise self.error
-
-
-def _question(templates: Mapping[int, str], version_id: int | None, prompt: str) -> str:
-    """The question a record's prompt asked, in the words of the row the version's template
-    rendered; the prompt itself when it does not parse back (e.g. a /v1/completions prompt)."""
-    from modelyard.data import parse_prompt
-
-    template = templates.get(version_id) if version_id is not None else None
-    if template is None:
-        return prompt
-    try:
-        fields = parse_prompt(template, prompt)
-    except DataError:
-        return prompt
-    return question_of(fields) or prompt
-
-
 def judge_window(
     store: Store,
     guards: Sequence[str],
     window: StepWindow,
-    templates: Mapping[int, str],
     *,
     sample: int = DEFAULT_SAMPLE,
     rng: random.Random | None = None,
@@ -179,21 +138,5 @@ def judge_window(
             picked += rng.sample(todo, sample) if len(todo) > sample else todo
         if not picked:
             continue
-        texts = store.record_texts(picked)
-        items = [
-            JudgeInput(
-                answer=response.strip(),
-                question=_question(templates, version_id, prompt),
-                record_id=record_id,
-            )
-            for record_id in picked
-            if record_id in texts
-            for version_id, prompt, response in [texts[record_id]]
-        ]
-        try:
-            client = make_client(judge)
-        except ModelyardError as exc:
-            client = _Refused(exc)
-        run_judge(judge, items, cache=store, client=client, require_scores=False)
-        sent += len(items)
+        sent += len(judge_records(store, judge, picked).judgements)
     return sent

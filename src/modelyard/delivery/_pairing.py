@@ -20,9 +20,8 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from modelyard.data import PII_LABELS, parse_prompt
-from modelyard.errors import DataError
-from modelyard.judges import question_of
+from modelyard.data import PII_LABELS
+from modelyard.judges import question_from_prompt
 from modelyard.store import SHADOW_SUFFIX, PairedRecord, ShadowWindow
 
 SKIP_REASONS: dict[str, str] = {
@@ -66,15 +65,7 @@ def question(record: PairedRecord, templates: Mapping[str | None, str]) -> str |
     template (``modelyard.data.parse_prompt``), or the prompt as it is."""
     if record.prompt is None:
         return None
-    template = templates.get(record.version)
-    if template is not None:
-        try:
-            asked = question_of(parse_prompt(template, record.prompt))
-        except DataError:
-            asked = None
-        if asked is not None:
-            return asked
-    return record.prompt
+    return question_from_prompt(templates.get(record.version), record.prompt)
 
 
 def _key(record: PairedRecord, templates: Mapping[str | None, str]) -> tuple[object, ...]:

@@ -25,7 +25,7 @@ from typing import Any
 
 from modelyard.delivery._pairing import SKIP_REASONS, Pair, normalise, pair_records
 from modelyard.errors import ConfigError, NotFound
-from modelyard.judges import JudgeInput, api_key, required_fields, run_judge
+from modelyard.judges import JudgeInput, api_key, check_live, run_judge
 from modelyard.registry import template_name
 from modelyard.store import JudgeDef, ShadowWindow, Store
 
@@ -37,7 +37,6 @@ VERDICTS = (
     "not enough pairs",
     "no judge given",
 )
-_LIVE_FIELDS = ("question", "answer")  # what a live request gives a judge
 
 
 @dataclass(frozen=True)
@@ -159,15 +158,7 @@ def usable_judge(store: Store, name: str) -> JudgeDef:
         raise ConfigError(
             f"no judge named {name!r}", hint="See `modelyard judges list`.", field="judge"
         ) from None
-    needs = [f for f in required_fields(judge.rubric, judge.prompt) if f not in _LIVE_FIELDS]
-    if needs:
-        raise ConfigError(
-            f"judge {name!r} ({judge.rubric}) needs a {' and a '.join(needs)} for every answer, "
-            "which live requests do not have",
-            hint="Compare with a judge that needs only the question and the answer "
-            "(relevance, safety, or a custom prompt of {question} and {answer}).",
-            field="judge",
-        )
+    check_live(judge, "rollout compare --shadow")
     api_key(judge)  # an unset key variable fails now, before any work
     return judge
 
