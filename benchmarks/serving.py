@@ -27,7 +27,9 @@ server, new tokens before any end-of-sequence token for ``model.generate``)
 divided by the wall time of the whole load. Generation stops at ``max_tokens``
 or at an end-of-sequence token, as a user's would; the table says how many
 requests ended early (none, with the adapters here). The loads run round-robin,
-``repeats`` times after a warm-up, and each reports its median.
+``repeats`` times after a warm-up, and each reports its median. A full garbage
+collection runs before each timed load (one takes 0.3 to 0.5 s here: inside a load,
+it decided that load's round).
 
     .venv/bin/python benchmarks/serving.py           # under 5 minutes on 2 idle CPU cores
     .venv/bin/python benchmarks/serving.py --quick   # smoke test, under a minute
@@ -43,6 +45,7 @@ engine's decoding against ``model.generate`` and what HTTP and the app add.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import statistics
@@ -419,6 +422,7 @@ def run_loads(world: World, config: Config, say: Say) -> tuple[list[Load], list[
         for repeat in range(1, config.repeats + 1):
             for name in (*LOADS, ENGINE_C1):
                 clients = loads[SERVER_C1 if name == ENGINE_C1 else name]
+                gc.collect()  # a full collection (0.3 to 0.5 s here) not inside a timed load
                 before = engine.stats()
                 if name == INPROC_C1:
                     tokens, short, seconds = in_process(world, config, clients[0])
