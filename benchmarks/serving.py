@@ -163,9 +163,7 @@ class Load:
 
 
 class DiscardingWriter(RecordWriter):
-    """A record writer that drops every record unwritten: the app with records off. Its
-    requests' ``running`` journal rows too: a writer that kept them wrote one row per
-    request (never ended) on the side meant to write none."""
+    """Drops every record unwritten, and every ``running`` journal row: records off."""
 
     def submit(self, record: NewInferenceRecord, *more: Any, **named: Any) -> None:
         return None
