@@ -499,10 +499,9 @@ def benchmark(config: Config, work: Path, say: Say) -> tuple[dict[str, Any], lis
     preloaded = None
     try:
         if config.preload:
-            say(f"preloading {config.preload:,} sealed records with their features")
             endpoints = [endpoint(i) for i in range(len(world.versions))]
             preloaded = preload(world.store, TENANT, world.versions, endpoints, config.preload)
-            say(f"preloaded in {preloaded['seconds']:.1f} s")
+            say(f"preloaded {config.preload:,} sealed records in {preloaded['seconds']:.1f} s")
         runs, direct = run_loads(world, config, say)
     finally:
         world.store.close()
