@@ -55,8 +55,7 @@ from typing import Protocol
 
 import numpy as np
 
-from modelyard.audit import RECORD_FIELDS, SealEntry
-from modelyard.audit._seals import RECORD_FORMAT, array_leaf
+from modelyard.audit import RECORD_FIELDS, RECORD_FORMAT, SealEntry, array_leaf
 from modelyard.errors import AuditError, AuditKeyMissing, ModelyardError
 from modelyard.store import NewInferenceRecord, RecordFeatures, Store, utcnow
 
