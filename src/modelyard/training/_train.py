@@ -228,10 +228,14 @@ def _save_adapter(model: Any, out_dir: Path) -> None:
 
     peft writes ``target_modules`` in set order (it varies between processes) and
     a boilerplate README; sorting the one and dropping the other makes two runs
-    with the same inputs produce identical files.
+    with the same inputs produce identical files. When the output head or the
+    embedding is adapted, peft would also save a copy of that frozen layer
+    (``save_embedding_layers``, for a vocabulary that was resized; modelyard never
+    resizes it): the copy is the base's own weights, and it would make the adapter
+    one that serving refuses (plain LoRA only), so it is not saved.
     """
     with publish_dir(out_dir) as staging, quiet_progress():
-        model.save_pretrained(str(staging), safe_serialization=True)
+        model.save_pretrained(str(staging), safe_serialization=True, save_embedding_layers=False)
         (staging / "README.md").unlink(missing_ok=True)
         config_path = staging / "adapter_config.json"
         config = json.loads(config_path.read_text(encoding="utf-8"))
