@@ -7,6 +7,7 @@ access log: ``RedactQuery`` masks their values in uvicorn's access lines.
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 import socket
@@ -122,6 +123,11 @@ def run_server(
         app, log_level=log_level, timeout_graceful_shutdown=5, ssl_certfile=cert, ssl_keyfile=key
     )
     quiet_credentials()
+    # What is loaded by now (torch, transformers, the app) lives as long as the server: out
+    # of the collector's full passes, which walk that heap for 0.3-0.5 s each (measured in
+    # benchmarks/serving.py's process) and would stall every request in flight meanwhile.
+    gc.collect()
+    gc.freeze()
     drain: Drain | None = getattr(app.state, "drain", None)
     DrainingServer(config, drain, shutdown_grace_s).run(sockets=[sock])
 
