@@ -221,10 +221,20 @@ def test_a_guard_on_the_judge_passes_a_version_of_the_same_quality_and_shows_fai
     ctl = Controller(store, judge_sample=50)
     assert _baking(store, ctl).active
     _until("canary traffic", lambda: _ask(served, 4) or _canary_requests(store, same.version) >= 4)
+
+    def verdicts() -> dict[str, Any] | None:  # the judging runs beside the controller's ticks
+        ctl.tick()
+        code, out, err = jw.cli("rollout", "status", "helpdesk-ep", "--json")
+        assert code == 0, err
+        guards = {g["guard"]: g for g in json.loads(out)["current"]["guards"]}
+        judged = guards["judge.quality >= baseline - 0.5"]["status"] == "pass"
+        return guards if judged and guards["judge.unreachable >= 3"]["failed"] > 0 else None
+
+    guards = _until("the judges' verdicts", verdicts)
+    time.sleep(1.0)  # past the step's bake time: only the pending judge guard holds it
     ctl.tick()
-    code, out, err = jw.cli("rollout", "status", "helpdesk-ep", "--json")
-    assert code == 0, err
-    guards = {g["guard"]: g for g in json.loads(out)["current"]["guards"]}
+    held = store.latest_rollout("helpdesk-ep")
+    assert held.active and held.step_index == 0, "a pending judge guard must hold the step"
     quality = guards["judge.quality >= baseline - 0.5"]
     assert (quality["value"], quality["baseline"], quality["status"]) == (5.0, 5.0, "pass")
     unreachable = guards["judge.unreachable >= 3"]
@@ -233,6 +243,9 @@ def test_a_guard_on_the_judge_passes_a_version_of_the_same_quality_and_shows_fai
     assert code == 0, err
     assert "no score" in out and "judge.unreachable" in out and "not a breach" in out
 
+    # The judge that cannot score holds the rollout until an operator decides.
+    code, _, err = jw.cli("rollout", "promote", "helpdesk-ep")
+    assert code == 0, err
     r = _until_ended(store, ctl, timeout_s=90, traffic=lambda: _ask(served, 2))
     assert r.status == "succeeded", r.reason
 

@@ -12,9 +12,10 @@ A rollout starts ``preparing``: every live server loads the target version and
 answers a smoke request (reported in its heartbeat); a server that cannot is
 a breach. Then each step bakes: the target gets ``steps[i]`` percent; after
 ``bake_s`` seconds with at least ``min_requests`` requests on the target and no
-guard breached, the next step starts (a guard on a judge that has not yet scored
-``min_requests`` of the target's records holds the step while there are records left for
-it to judge: ``_judging``). A breach at any time (a guard, a load
+guard breached, the next step starts (a guard on a judge holds the step until the judge
+has scored ``min_requests`` of the target's records; the judging runs in a thread of its
+own, one job at a time, so a slow judge never delays a rollback: ``_judging``). A breach
+at any time (a guard, a load
 failure on a server, requests that had to fall back) restores the baseline
 plan at once and ends the rollout ``rolled_back``.
 """
@@ -29,6 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
@@ -160,7 +162,11 @@ class Controller:
         self.extra_ticks = extra_ticks or []
         self.extra_every_s = extra_every_s
         self._extra_at = 0.0
-        self.judge_sample = judge_sample  # records per side a judge guard judges per tick
+        self.judge_sample = judge_sample  # records per side a judge guard judges per job
+        # Judge calls run in a thread of their own: a slow or hung judge never delays a
+        # breach's rollback, nor the lease this loop must renew (one job at a time).
+        self._judging = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelyard-judge")
+        self._judge_jobs: dict[str, Future[int]] = {}
 
     @property
     def lease(self) -> tuple[str, str]:
@@ -171,7 +177,10 @@ class Controller:
         if not self.store.acquire_lease(LEASE, self.holder, self.lease_ttl_s):
             return []
         changed = []
-        for rollout in self.store.list_rollouts(active=True):
+        active = self.store.list_rollouts(active=True)
+        for gone in set(self._judge_jobs) - {r.id for r in active}:
+            self._judge_jobs.pop(gone)  # its rollout ended: what it judged stays in the store
+        for rollout in active:
             try:
                 after = self._advance(rollout)
             except ModelyardError as exc:  # one bad rollout must not stop the others
@@ -199,6 +208,7 @@ class Controller:
                     log.warning("controller tick failed: %s", exc.one_line())
                 stop.wait(max(0.0, interval_s - (time.monotonic() - started)))
         finally:
+            self._judging.shutdown(wait=False, cancel_futures=True)
             with contextlib.suppress(ModelyardError):
                 self.store.release_lease(LEASE, self.holder)
 
@@ -267,12 +277,6 @@ class Controller:
                 r, {"kind": "load_failure", "servers": failed,
                     "message": f"{r.target_ref} failed to load on {len(failed)} server(s)"},
             )  # fmt: skip
-        judged = True
-        try:
-            judge_step(self.store, r, sample=self.judge_sample)
-        except ModelyardError as exc:  # e.g. the judge was removed: its guard stays pending
-            judged = False
-            log.warning("rollout %s: judging failed: %s", r.id, exc.one_line())
         view = step_view(self.store, r, alpha=self.alpha)
         if view.fallbacks:
             return self._roll_back(
@@ -290,10 +294,11 @@ class Controller:
                     "window": window,
                     "message": "; ".join(g.describe() for g in breaches)},
             )  # fmt: skip
+        self._judge(r)  # in the background: what it scores, the next ticks read
         if view.elapsed_s < r.bake_s or view.canary.requests < r.min_requests:
             return None
-        if view.judge_backlog and judged:  # a judge guard is catching up with the target
-            return None
+        if any(g.status == "pending" and judge_name(g.metric) for g in view.guards):
+            return None  # a step never ends before its judges have had their say
         values = {"guards": [_guard_json(g) for g in view.guards], "window": window}
         if r.step_index + 1 < len(r.steps):
             nxt = r.step_index + 1
@@ -309,6 +314,20 @@ class Controller:
                 ),
             )
         return self._finish(r, values)
+
+    def _judge(self, r: Rollout) -> None:
+        """Start judging ``r``'s step window for its judge guards, unless a job is running."""
+        job = self._judge_jobs.get(r.id)
+        if job is not None and not job.done():
+            return
+        if job is not None and job.exception() is not None:
+            exc = job.exception()
+            why = exc.one_line() if isinstance(exc, ModelyardError) else repr(exc)
+            log.warning("rollout %s: judging failed: %s", r.id, why)
+        if judge_guards(r.guards):
+            self._judge_jobs[r.id] = self._judging.submit(
+                judge_step, self.store, r, sample=self.judge_sample
+            )
 
     def _finish(self, r: Rollout, values: Mapping[str, Any]) -> Rollout | None:
         detail: dict[str, Any] = {"final": values}

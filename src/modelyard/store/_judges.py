@@ -20,6 +20,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text, delete, func, select
 from sqlalchemy.orm import Mapped, mapped_column
@@ -137,6 +138,25 @@ def _not_found(name: str) -> NotFound:
 def _check_price(field: str, value: float) -> None:
     if not math.isfinite(value) or value < 0:
         raise ConfigError(f"{field} is {value}: a price is a number of at least 0", field=field)
+
+
+def _current(judge: str) -> Any:
+    """Judgements of ``judge``'s current revision (what an earlier one said is not its)."""
+    revision = select(JudgeRow.revision).where(JudgeRow.name == judge).scalar_subquery()
+    return (JudgementRow.judge == judge) & (JudgementRow.revision == revision)
+
+
+def _latest_scores(judge: str, since: datetime) -> Any:
+    """The ids of the newest scored judgement of each record by ``judge``'s current revision,
+    made since ``since``: a record judged twice (two ticks at once) counts once."""
+    return (
+        select(func.max(JudgementRow.id))
+        .where(
+            _current(judge), JudgementRow.score.is_not(None),
+            JudgementRow.record_id.is_not(None), JudgementRow.created_at >= since,
+        )
+        .group_by(JudgementRow.record_id)
+    )  # fmt: skip
 
 
 class JudgeStore(StoreCore):
@@ -264,7 +284,8 @@ class JudgeStore(StoreCore):
                 )  # fmt: skip
 
     def judgements_of_records(self, judge: str, record_ids: Iterable[str]) -> dict[str, Judgement]:
-        """The newest scored judgement of each of ``record_ids`` by ``judge`` (any revision)."""
+        """The newest scored judgement of each of ``record_ids`` by ``judge``'s current
+        revision."""
         wanted = list(dict.fromkeys(record_ids))
         found: dict[str, Judgement] = {}
         with self._session(f"read judgements of {judge!r}") as s:
@@ -272,7 +293,7 @@ class JudgeStore(StoreCore):
                 rows = s.scalars(
                     select(JudgementRow)
                     .where(
-                        JudgementRow.judge == judge,
+                        _current(judge),
                         JudgementRow.record_id.in_(wanted[start : start + 500]),
                         JudgementRow.score.is_not(None),
                     )
@@ -358,8 +379,8 @@ class JudgeStore(StoreCore):
     def judgement_states(
         self, judge: str, record_ids: Iterable[str]
     ) -> tuple[dict[str, float], set[str]]:
-        """(the newest score ``judge`` gave each of ``record_ids`` it scored, the records it
-        was asked about and gave no score)."""
+        """(the newest score ``judge``'s current revision gave each of ``record_ids`` it
+        scored, the records it was asked about and gave no score)."""
         wanted = list(dict.fromkeys(record_ids))
         scores: dict[str, float] = {}
         failed: set[str] = set()
@@ -368,7 +389,7 @@ class JudgeStore(StoreCore):
                 rows = s.execute(
                     select(JudgementRow.record_id, JudgementRow.score)
                     .where(
-                        JudgementRow.judge == judge,
+                        _current(judge),
                         JudgementRow.record_id.in_(wanted[start : start + 500]),
                     )
                     .order_by(JudgementRow.id)
@@ -387,16 +408,15 @@ class JudgeStore(StoreCore):
     def judge_mean(
         self, judge: str, endpoint: str, since: datetime, until: datetime
     ) -> tuple[float | None, int]:
-        """(the mean score ``judge`` gave ``endpoint``'s live records made in [since, until),
-        how many scores that is)."""
+        """(the mean score ``judge``'s current revision gave ``endpoint``'s live records made
+        in [since, until), how many records that is; each record counted once)."""
         rec = InferenceRecordRow
         with self._session(f"read the mean score of judge {judge!r}") as s:
             mean, n = s.execute(
                 select(func.avg(JudgementRow.score), func.count(JudgementRow.score))
                 .join(rec, rec.id == JudgementRow.record_id)
                 .where(
-                    JudgementRow.judge == judge,
-                    JudgementRow.score.is_not(None),
+                    JudgementRow.id.in_(_latest_scores(judge, since)),
                     rec.endpoint_name == endpoint,
                     rec.created_at >= since,
                     rec.created_at < until,
@@ -408,8 +428,8 @@ class JudgeStore(StoreCore):
     def judge_summary(
         self, judge: str, endpoint: str, since: datetime
     ) -> list[tuple[str, int, float, float, float]]:
-        """Per version of ``endpoint``'s live records since ``since`` that ``judge`` scored:
-        (version ref, scores, mean, lowest, highest), by version."""
+        """Per version of ``endpoint``'s live records since ``since`` that ``judge``'s current
+        revision scored: (version ref, records, mean, lowest, highest), by version."""
         rec = InferenceRecordRow
         with self._session(f"summarize the scores of judge {judge!r}") as s:
             rows = s.execute(
@@ -422,8 +442,7 @@ class JudgeStore(StoreCore):
                 )
                 .join(rec, rec.id == JudgementRow.record_id)
                 .where(
-                    JudgementRow.judge == judge,
-                    JudgementRow.score.is_not(None),
+                    JudgementRow.id.in_(_latest_scores(judge, since)),
                     rec.endpoint_name == endpoint,
                     rec.created_at >= since,
                     rec.shadow.is_(False),
