@@ -344,6 +344,10 @@ def test_bad_files_exit_2_with_one_line_and_the_store_is_checked(project: Path) 
         ({"from_records": {"status": "fine"}}, "from_records.status: unknown record status"),
         ({"from_records": {"version": 7}}, "from_records.version: endpoint 'support' serves "
          "model 'helpdesk', which has no version 7"),
+        ({"rollout": {"guards": ["judge.qualty >= 3"]}},
+         "rollout.guards: guard 'judge.qualty >= 3' names judge 'qualty', which does not exist"),
+        ({"finetune": {"overrides": {"evaluation": {"gates": ["judge.nope >= 4"]}}}},
+         "finetune.evaluation: no judge named 'nope'"),
         ({"finetune": {"overrides": {"registry": {"alias_on_pass": None, "model": "other"}}}},
          "rollout.endpoint: 'support' serves model 'helpdesk', but the fine-tune registers "
          "'other'"),

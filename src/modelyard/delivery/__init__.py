@@ -19,6 +19,7 @@ from modelyard.delivery._guards import (
     evaluate_guards,
     parse_guard,
 )
+from modelyard.delivery._judging import check_judge_guards
 from modelyard.delivery._pairing import SKIP_REASONS as SHADOW_SKIP_REASONS
 from modelyard.delivery._rollouts import (
     DEFAULT_GUARDS,
@@ -59,6 +60,7 @@ __all__ = [
     "VersionStats",
     "abort_rollout",
     "active_rollout",
+    "check_judge_guards",
     "check_policy",
     "compare_shadow",
     "compare_versions",

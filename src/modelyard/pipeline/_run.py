@@ -102,6 +102,7 @@ def check_against_store(store: Store, pipeline: Pipeline) -> None:
             f"pipeline {pipeline.path.name}: from_records.status: {exc.message}",
             field="from_records.status",
         ) from exc
+    _check_judges(store, pipeline)
     rollout = pipeline.rollout
     if rollout is None:
         return
@@ -122,6 +123,32 @@ def check_against_store(store: Store, pipeline: Pipeline) -> None:
             hint="Roll out on an endpoint of that model, or set finetune registry.model.",
             field="rollout.endpoint",
         )
+
+
+def _check_judges(store: Store, pipeline: Pipeline) -> None:
+    """The judges the fine-tune's metrics and gates and the rollout's guards name exist and
+    can do what is asked of them, before any stage runs (not after hours of training)."""
+    from modelyard.delivery import check_judge_guards
+    from modelyard.evaluation import gated_metrics, parse_gates
+    from modelyard.judges import judge_source
+
+    evaluation = pipeline.finetune.evaluation
+    metrics = [*evaluation.metrics, *gated_metrics(parse_gates(evaluation.gates))]
+    checks: list[tuple[str, Any]] = [
+        ("finetune.evaluation", lambda: judge_source(store, metrics, where="finetune")),
+    ]
+    if pipeline.rollout is not None:
+        guards = pipeline.rollout.policy.guards
+        checks.append(("rollout.guards", lambda: check_judge_guards(store, guards)))
+    for field_name, check in checks:
+        try:
+            check()
+        except (ConfigError, NotFound) as exc:
+            raise ConfigError(
+                f"pipeline {pipeline.path.name}: {field_name}: {exc.message}",
+                hint=exc.hint or "`modelyard judges list` shows the judges.",
+                field=field_name,
+            ) from exc
 
 
 def plan_of(pipeline: Pipeline) -> dict[str, Any]:
@@ -221,6 +248,10 @@ def run_pipeline(
         except ModelyardError as exc:
             _fail(chain, run, stage, StageOutput(), exc, pipeline.stages)
             return run
+        except BaseException as exc:  # Ctrl-C, a bug: the chain still records the end
+            stopped = ModelyardError(f"stopped by {type(exc).__name__}: {exc}".rstrip(": "))
+            _fail(chain, run, stage, StageOutput(), stopped, pipeline.stages)
+            raise
         if output.failure is not None:
             _fail(chain, run, stage, output, output.failure, pipeline.stages)
             return run
