@@ -63,6 +63,10 @@ def run(capsys: pytest.CaptureFixture[str], line: str) -> tuple[int, str, str]:
         ("I would give it a 2 out of 5.", 2.0),
         ("Score: 7", None),  # out of the scale: not a cue to look further
         ("It deserves 10, or 0", None),
+        ("On a scale of 1-5, I would give it 4", 4.0),  # the scale is not the score
+        ("Out of 5 points: 2", 2.0),
+        ("Rating 1 to 5: 3", 3.0),
+        ("4/5", 4.0),
         ("no number at all", None),
         ("", None),
     ],

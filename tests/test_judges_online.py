@@ -145,6 +145,7 @@ def test_a_judge_live_traffic_cannot_feed_is_reported_not_raised(
     rules.write_text(yaml.safe_dump({"judging": [
         {"judge": "grader", "endpoint": "support", "sample": 1.0},
         {"judge": "nobody", "endpoint": "support"},
+        {"judge": "quality", "endpoint": "suport"},
         {"judge": "quality", "endpoint": "support", "sample": 1.0},
     ]}))  # fmt: skip
     code, out, err = run(capsys, f"modelyard monitor tick --rules {rules}")
@@ -154,6 +155,7 @@ def test_a_judge_live_traffic_cannot_feed_is_reported_not_raised(
         "(correctness rubric) needs a reference for every answer" in out
     )
     assert "judging nobody@support skipped: no judge named 'nobody'" in out
+    assert "judging quality@suport skipped: " in out and "'suport'" in out
     assert "judge quality on support: judged 4 record(s), 4 scored" in out
 
     rules.write_text(yaml.safe_dump({"judging": [{"judge": "quality", "endpoint": "support",

@@ -280,6 +280,7 @@ def test_bad_input_is_one_line_and_exit_2(
         "--shadow --min-pairs 0": "--min-pairs is 0",
         "--shadow --out pairs.txt": "has the extension '.txt'",
         "--judge rel": "--judge: only with --shadow",
+        "--limit 5": "--limit: only with --shadow",  # never silently ignored
         "--shadow": "has no shadow version and no shadow records",
     }
     for args, message in cases.items():

@@ -268,10 +268,12 @@ def compare(
     judge: str | None = typer.Option(
         None, "--judge", help="With --shadow: the judge that scores both answers of each pair."
     ),
-    min_pairs: int = typer.Option(
-        20, "--min-pairs", help="With --shadow: judged pairs needed for a verdict."
+    min_pairs: int | None = typer.Option(
+        None, "--min-pairs", help="With --shadow: judged pairs needed for a verdict (20)."
     ),
-    limit: int = typer.Option(20, "--limit", min=0, help="With --shadow: pairs in the table."),
+    limit: int | None = typer.Option(
+        None, "--limit", min=0, help="With --shadow: pairs in the table (20)."
+    ),
     out: Path | None = typer.Option(
         None, "--out", help="With --shadow: write every pair (.jsonl, .csv or .parquet)."
     ),
@@ -286,10 +288,13 @@ def compare(
     if shadow:
         from modelyard.cli._shadow import compare_shadow_command
 
-        compare_shadow_command(endpoint, start, judge=judge, min_pairs=min_pairs, limit=limit,
-                               out=out, json_out=json_out)  # fmt: skip
+        compare_shadow_command(
+            endpoint, start, judge=judge, min_pairs=20 if min_pairs is None else min_pairs,
+            limit=20 if limit is None else limit, out=out, json_out=json_out,
+        )  # fmt: skip
         return
-    given = [o for o, v in (("--judge", judge), ("--out", out)) if v is not None]
+    options = (("--judge", judge), ("--out", out), ("--min-pairs", min_pairs), ("--limit", limit))
+    given = [o for o, v in options if v is not None]
     if given:
         raise ConfigError(f"{', '.join(given)}: only with --shadow", field=given[0])
     with open_store() as store:

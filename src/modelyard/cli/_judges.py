@@ -221,8 +221,7 @@ def _input(row: dict[str, Any], number: int, fields: tuple[str, ...]) -> Any:
         )  # fmt: skip
     answer = values.pop("answer")
     assert answer is not None
-    record = row.get("record_id") if isinstance(row.get("record_id"), str) else None
-    return JudgeInput(answer=answer, record_id=record, **values)
+    return JudgeInput(answer=answer, **values)  # a file's answers belong to no live record
 
 
 @app.command("scores")

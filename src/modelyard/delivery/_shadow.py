@@ -217,12 +217,16 @@ def _judged(
     concurrency: int,
     progress: Callable[[int], None] | None,
 ) -> tuple[list[ShadowRow], ShadowScores]:
-    items = [JudgeInput(r.production_answer, r.question, record_id=r.production_id) for r in rows]
+    items = [  # stripped as guards and online judging give them: the same input, one call
+        JudgeInput(r.production_answer.strip(), r.question, record_id=r.production_id) for r in rows
+    ]
     shadow_at = {}
     for i, row in enumerate(rows):
         if not row.identical:
             shadow_at[i] = len(items)
-            items.append(JudgeInput(row.shadow_answer, row.question, record_id=row.shadow_id))
+            items.append(
+                JudgeInput(row.shadow_answer.strip(), row.question, record_id=row.shadow_id)
+            )
     run = run_judge(judge, items, cache=store, concurrency=concurrency, progress=progress)
     scored: list[ShadowRow] = []
     counts: Counter[str] = Counter()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from modelyard.errors import ConfigError
+from modelyard.errors import ConfigError, JudgeError
 from modelyard.judges._rubrics import JudgeInput
 from modelyard.judges._run import JudgementCache, JudgeRun, api_key, run_judge
 from modelyard.metric_names import judge_name
@@ -56,6 +56,11 @@ def split_metrics(names: Sequence[str]) -> tuple[list[str], list[str]]:
     return [name for name in names if judge_name(name) is None], judges
 
 
+MIN_SCORED_SHARE = 0.9
+"""The share of answers a judge must score for its mean to be a metric: a mean of the few
+it could score (the rest timed out, say) is not the model's, and must not pass a gate."""
+
+
 class JudgeSource:
     """The judges an evaluation names, looked up (and checked) before any work starts."""
 
@@ -74,10 +79,19 @@ class JudgeSource:
     ) -> dict[str, JudgeRun]:
         items = answer_inputs(rows, references, answers)
         cache: JudgementCache = self.store
-        return {
+        runs = {
             judge.metric: run_judge(judge, items, cache=cache, progress=progress)
             for judge in self.judges
         }
+        for run in runs.values():
+            if run.scored < MIN_SCORED_SHARE * len(items):
+                first = next((j.error for j in run.judgements if j.error), "no answer")
+                raise JudgeError(
+                    f"judge {run.judge.name!r} scored only {run.scored} of {len(items)} answers "
+                    f"(an evaluation needs {MIN_SCORED_SHARE:.0%}): {first}",
+                    judge=run.judge.name,
+                )
+        return runs
 
 
 def judge_source(store: Any, names: Sequence[str], *, where: str) -> JudgeSource | None:

@@ -26,6 +26,10 @@ from modelyard.store import JudgeDef, Judgement
 
 _LABELLED = re.compile(r"score\s*[:=]?\s*\**\s*(\d+(?:\.\d+)?)", re.IGNORECASE)
 _NUMBER = re.compile(r"(?<![\d.])(\d+(?:\.\d+)?)(?![\d.])")
+_SCALE_TEXT = re.compile(
+    r"\d+(?:\.\d+)?\s*(?:-|\u2013|to)\s*\d+(?:\.\d+)?|(?:out\s+of|/)\s*\d+(?:\.\d+)?",
+    re.IGNORECASE,
+)
 _OUTPUT_CHARS = 2000
 
 
@@ -38,9 +42,14 @@ class JudgementCache(Protocol):
 
 
 def parse_score(text: str) -> float | None:
-    """The score in a judge's answer, or None when it holds no number from 1 to 5."""
+    """The score in a judge's answer, or None when it holds no number from 1 to 5.
+
+    The number after ``Score:``; failing that, the first number from 1 to 5 that is not
+    part of the scale itself (``1-5``, ``1 to 5``, ``out of 5``, ``/5``)."""
     low, high = SCALE
     for pattern in (_LABELLED, _NUMBER):
+        if pattern is _NUMBER:
+            text = _SCALE_TEXT.sub(" ", text)
         for match in pattern.finditer(text):
             value = float(match.group(1))
             if low <= value <= high:

@@ -73,6 +73,7 @@ def judge_online(
         try:
             judge = store.get_judge(entry.judge)
             check_live(judge, f"judging {where}")
+            store.get_endpoint(entry.endpoint)  # a misspelt endpoint is said, not judged empty
             since = now - parse_duration(entry.lookback)
             by_version = store.judgeable_records(entry.endpoint, since, None)
             ids = [i for kept in by_version.values() for i in kept if sampled(i, entry.sample)]
