@@ -256,7 +256,12 @@ def test_a_vllm_process_killed_mid_stream_fails_the_request_and_is_restarted(
         process.kill()
         rest = list(lines)
     waiting.join(60)
-    assert any('"error"' in line for line in rest), rest[-3:]  # the client is told
+    finished = [
+        line for line in rest if '"finish_reason": "' in line or '"finish_reason":"' in line
+    ]
+    assert any('"error"' in line for line in rest), (  # the client is told
+        f"{len(rest)} lines after the kill, no error; the last finish: {finished[-1:]}"
+    )
     assert whole[0].status_code == 503 and whole[0].headers.get("retry-after") == "5"
     assert whole[0].json()["error"]["message"].startswith(world.versions["chatty"].ref)
     assert not any(line == "data: [DONE]" for line in rest[:-1] if '"error"' in line)
