@@ -142,7 +142,10 @@ def test_a_judge_live_traffic_cannot_feed_is_reported_not_raised(
     store.put_judge("grader", rubric="correctness", base_url=url, model="judge-ep")
     _records(store, "acme", 4, "Score: 2")
     rules = tmp_path / "alerts.yml"
-    rules.write_text(yaml.safe_dump({"judging": [
+    rules.write_text(yaml.safe_dump({"rules": [
+        {"name": "typo", "metric": "judge.qualty", "endpoint": "support", "threshold": 3,
+         "comparison": "<"},
+    ], "judging": [
         {"judge": "grader", "endpoint": "support", "sample": 1.0},
         {"judge": "nobody", "endpoint": "support"},
         {"judge": "quality", "endpoint": "suport"},
@@ -157,6 +160,7 @@ def test_a_judge_live_traffic_cannot_feed_is_reported_not_raised(
     assert "judging nobody@support skipped: no judge named 'nobody'" in out
     assert "judging quality@suport skipped: " in out and "'suport'" in out
     assert "judge quality on support: judged 4 record(s), 4 scored" in out
+    assert "judging rule typo skipped: it names judge 'qualty', which does not exist" in out
 
     rules.write_text(yaml.safe_dump({"judging": [{"judge": "quality", "endpoint": "support",
                                                   "sample": 0}]}))  # fmt: skip

@@ -31,6 +31,8 @@ _SCALE_TEXT = re.compile(
     re.IGNORECASE,
 )
 _OUTPUT_CHARS = 2000
+SAVE_EVERY = 16
+"""Judgements are saved in batches of this many as the calls end."""
 
 
 class JudgementCache(Protocol):
@@ -175,9 +177,14 @@ def run_judge(
         system, user = rendered[i]
         return i, _ask(judge, client, items[i], system, user)
 
+    unsaved: list[Judgement] = []  # kept as the calls end: a run cut short keeps what it paid
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         for i, judgement in pool.map(one, todo):
             done[i] = judgement
+            unsaved.append(judgement)
+            if cache is not None and len(unsaved) >= SAVE_EVERY:
+                cache.save_judgements(unsaved)
+                unsaved = []
             if progress is not None:
                 progress(1)
     judgements = []
@@ -192,11 +199,12 @@ def run_judge(
                     hit.output, hit.error, 0, 0, 0.0, 0.0, hit.created_at,
                 )
             )  # fmt: skip
-    # New calls are kept, and so is a cached score given to another record: a record's
+    # The last calls are kept, and so is a cached score given to another record: a record's
     # score is then found by its id (guards, online judging), at no cost.
-    fresh = [
+    fresh = unsaved + [
         j for i, j in enumerate(judgements)
-        if i in done or (j.record_id is not None and j.record_id != known[hashes[i]].record_id)
+        if i not in done and j.record_id is not None
+        and j.record_id != known[hashes[i]].record_id
     ]  # fmt: skip
     if cache is not None and fresh:
         cache.save_judgements(fresh)

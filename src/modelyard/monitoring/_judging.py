@@ -91,3 +91,16 @@ def judge_online(
             )
         )
     return results, errors
+
+
+def missing_judges(store: Store, metrics: dict[str, str]) -> dict[str, str]:
+    """``{rule: why}`` for the alert rules (``{rule: metric}``) whose ``judge.NAME`` names no
+    judge: such a rule has no value, so it would never fire, silently."""
+    from modelyard.metric_names import judge_name
+
+    known = {j.name for j in store.list_judges()}
+    return {
+        f"rule {rule}": f"it names judge {name!r}, which does not exist (`modelyard judges list`)"
+        for rule, metric in metrics.items()
+        if (name := judge_name(metric)) is not None and name not in known
+    }

@@ -31,7 +31,7 @@ from modelyard.monitoring._alerts import (
     rules_from,
 )
 from modelyard.monitoring._drift import DriftReport, compute_drift
-from modelyard.monitoring._judging import JudgingResult, judge_online
+from modelyard.monitoring._judging import JudgingResult, judge_online, missing_judges
 from modelyard.monitoring._profiles import LATENESS, ProfileUpdate, floor_hour, update_profiles
 from modelyard.store import Store
 
@@ -120,6 +120,7 @@ def tick(
     if loaded.uses_drift:
         drift, errors = _due_drift(store, loaded, now, artifacts)
     judged, judging_errors = judge_online(store, loaded.judging, now)
+    judging_errors |= missing_judges(store, {r.name: r.metric for r in loaded.rules})
     transitions = evaluate_rules(store, loaded, now)
     return TickReport(
         profiles, purged, tuple(drift), errors, tuple(transitions), tuple(judged), judging_errors
