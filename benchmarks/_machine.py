@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 from types import ModuleType
@@ -26,3 +27,14 @@ def machine(*libraries: ModuleType) -> dict[str, Any]:
     for library in libraries:
         info[library.__name__] = library.__version__
     return info
+
+
+def finite(value: Any) -> Any:
+    """JSON has no NaN or infinity; write them as null (in nested dicts and lists too)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [finite(v) for v in value]
+    return value

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -62,16 +61,6 @@ def runs_table(runs: Sequence[Any]) -> Table:
             f"{r.tokens_per_second:,.0f}",
         )
     return table
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
 
 
 def _header(results: Mapping[str, Any], config: Any, clients: int, cache: int) -> str:

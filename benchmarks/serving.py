@@ -63,13 +63,13 @@ from typing import Any
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import _machine
 import openai
 import peft
 import torch
 import transformers
-from _machine import machine as measured_on
 from _preload import preload
-from _serving_report import _finite, _header, results_table, runs_table
+from _serving_report import _header, results_table, runs_table
 from peft import LoraConfig, PeftModel, get_peft_model
 from rich.console import Console
 
@@ -484,7 +484,7 @@ def summarize(runs: Sequence[Load], direct: Sequence[Load] = ()) -> dict[str, An
 
 def machine() -> dict[str, Any]:
     """Where and with what the numbers were measured."""
-    return measured_on(transformers, peft, openai)
+    return _machine.machine(transformers, peft, openai)
 
 
 def benchmark(config: Config, work: Path, say: Say) -> tuple[dict[str, Any], list[Load]]:
@@ -591,7 +591,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         highlight=False,
     )
     if args.json:
-        print(json.dumps(_finite(results), indent=2))
+        print(json.dumps(_machine.finite(results), indent=2))
     return 0
 
 

@@ -65,6 +65,7 @@ from typing import Any
 
 import httpx
 import openai
+from _machine import finite
 from rich.console import Console
 from rich.table import Table
 from serving import (
@@ -75,7 +76,6 @@ from serving import (
     Job,
     Load,
     World,
-    _finite,
     _median,
     _quiet,
     _verdict,
@@ -446,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.print(cpu_table(results["cpu_ms_per_token"], results["other_processes_cores"]))
     out.print(results_table(results, config.repeats))
     if args.json:
-        print(json.dumps(_finite(results), indent=2))
+        print(json.dumps(finite(results), indent=2))
     return 0
 
 

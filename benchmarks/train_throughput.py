@@ -57,6 +57,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings fro
 
 import peft
 import transformers
+from _machine import finite
 from _machine import machine as measured_on
 from peft import LoraConfig, get_peft_model
 from rich.console import Console
@@ -591,17 +592,6 @@ def benchmark(config: Config, work: Path, say: Say) -> tuple[dict[str, Any], lis
     return results, runs
 
 
-def _finite(value: Any) -> Any:
-    """JSON has no NaN or infinity; write them as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test (< 1 min)")
@@ -656,7 +646,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.print(runs_table(runs))
     out.print(results_table(results, config.repeats))
     if args.json:
-        print(json.dumps(_finite(results), indent=2))
+        print(json.dumps(finite(results), indent=2))
     return 0
 
 
