@@ -66,6 +66,7 @@ from typing import Any
 import httpx
 import openai
 from _machine import finite
+from _serving_report import _verdict, runs_table
 from rich.console import Console
 from rich.table import Table
 from serving import (
@@ -78,13 +79,11 @@ from serving import (
     World,
     _median,
     _quiet,
-    _verdict,
     build_world,
     endpoint,
     machine,
     make_clients,
     run_clients,
-    runs_table,
 )
 
 from modelyard.errors import ModelyardError

@@ -123,3 +123,18 @@ def test_gpu_quick_runs_every_measure_on_whatever_is_here(tmp_path: Path) -> Non
         assert result["lora"]["peak_gib"] == {"modelyard": None, "plain": None}
     table = out.read_text(encoding="utf-8")
     assert "| LoRA tokens/s, modelyard / plain Trainer+peft (bf16) |" in table
+
+
+SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("[a-z]*.py"))
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_imports_and_says_how_to_run_it(script: str) -> None:
+    """Scripts import each other's helpers (serving_vllm.py from serving.py): a helper moved
+    without its users broke serving_vllm.py once, unseen, as it has no --quick run in CI."""
+    r = subprocess.run(
+        [sys.executable, script, "--help"], cwd=ROOT / "benchmarks", capture_output=True,
+        text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "usage:" in r.stdout
