@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from modelyard.data import PII_LABELS, row_from_prompt, template_for
+from modelyard.data import has_redactions, row_from_prompt, template_for
 from modelyard.errors import DataError
 
 SKIP_REASONS: dict[str, str] = {
@@ -39,8 +39,6 @@ FILTERS: dict[str, str] = {
     "label": "no feedback label among --label",
 }
 """The records the filters leave out, by filter."""
-
-_PLACEHOLDERS = tuple(PII_LABELS.values())
 
 
 @dataclass(frozen=True)
@@ -124,9 +122,8 @@ def _row(
     answer, own = _answer(record)
     if not answer:
         return "no_answer"
-    if policy == "redacted" and any(
-        p in prompt or (own and p in answer) for p in _PLACEHOLDERS
-    ):  # what the redaction replaced is gone; text without a placeholder is as it was sent
+    if policy == "redacted" and has_redactions(prompt, answer if own else ""):
+        # what the redaction replaced is gone; text without a placeholder is as it was sent
         return "redacted"
     try:
         return row_from_prompt(template, prompt, answer, data_format)

@@ -13,7 +13,15 @@ the quickstart trains on.
 from modelyard.data._formats import FORMATS, REQUIRED_FIELDS, DataFormat, as_text, get_format
 from modelyard.data._io import FILE_TYPES, load_rows, read_rows, write_jsonl
 from modelyard.data._parse import TEMPLATE_FORMATS, parse_prompt, row_from_prompt
-from modelyard.data._pii import PHONE_REGIONS, PII_KINDS, PII_LABELS, PiiMatch, find_pii, redact_pii
+from modelyard.data._pii import (
+    PHONE_REGIONS,
+    PII_KINDS,
+    PII_LABELS,
+    PiiMatch,
+    find_pii,
+    has_redactions,
+    redact_pii,
+)
 from modelyard.data._prompt import PROMPT_TEMPLATE_NAME, render_prompt, response_of
 from modelyard.data._split import split_rows
 from modelyard.data._synthetic import DOMAINS, domain_corpus, synthetic_domain
@@ -62,6 +70,7 @@ __all__ = [
     "domain_corpus",
     "find_pii",
     "get_format",
+    "has_redactions",
     "load_rows",
     "parse_prompt",
     "read_rows",

@@ -40,6 +40,12 @@ PII_LABELS: dict[str, str] = {
 }
 """What ``redact_pii`` writes in place of each kind."""
 
+
+def has_redactions(*texts: str) -> bool:
+    """Whether any of ``texts`` holds a label ``redact_pii`` writes: what it replaced is gone."""
+    return any(label in text for label in PII_LABELS.values() for text in texts)
+
+
 PHONE_REGIONS: tuple[str, ...] = ("US", "GB", "DE", "FR")
 """Countries whose national phone numbers (no ``+``) are recognized when valid there.
 

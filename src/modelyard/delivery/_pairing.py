@@ -20,7 +20,7 @@ from collections import defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from modelyard.data import PII_LABELS
+from modelyard.data import has_redactions
 from modelyard.judges import question_from_prompt
 from modelyard.store import SHADOW_SUFFIX, PairedRecord, ShadowWindow
 
@@ -34,8 +34,6 @@ SKIP_REASONS: dict[str, str] = {
     "redacted": "the text has redaction placeholders",
 }
 """Why a shadow record gives no pair to compare, in the order they are checked."""
-
-_PLACEHOLDERS = tuple(PII_LABELS.values())
 
 
 @dataclass(frozen=True)
@@ -84,7 +82,7 @@ def _skip_reason(pair: Pair) -> str | None:
     if "none" in policies or None in (prod.prompt, prod.response, shadow.response):
         return "not_kept"
     texts = (prod.prompt or "", prod.response or "", shadow.response or "")
-    if "redacted" in policies and any(p in t for p in _PLACEHOLDERS for t in texts):
+    if "redacted" in policies and has_redactions(*texts):
         return "redacted"  # what the redaction replaced is gone: equal masks, unequal text
     return None
 
