@@ -227,6 +227,15 @@ def test_a_judge_without_its_key_or_its_server_says_which(
         "--model judge-ep",
     )  # fmt: skip
     assert code == 0, err
+    (tmp_path / "q.jsonl").write_text(json.dumps({"answer": "Score: 4"}) + "\n")
+    code, _, err = run(
+        capsys, f"modelyard judges add rel --rubric relevance --url {url} --model judge-ep"
+    )
+    assert code == 0, err
+    code, _, err = run(capsys, f"modelyard judges score rel --data {tmp_path / 'q.jsonl'}")
+    assert code == 2 and err.startswith(
+        "error: --data row 1: the relevance rubric needs a question"
+    )
     code, _, err = run(capsys, f"modelyard judges score gone --data {answers}")
     assert code == 1 and "judge 'gone' scored none of 1 answers: APIConnectionError" in err
     code, _, err = run(capsys, f"modelyard judges score nobody --data {answers}")

@@ -165,7 +165,8 @@ def judges_score(
     """Score a file of answers; print the mean, and how many were scored, cached or failed."""
     from modelyard.batch import table_kind, write_table
     from modelyard.data import read_rows
-    from modelyard.judges import FIELDS, run_judge
+    from modelyard.errors import ConfigError
+    from modelyard.judges import FIELDS, render, run_judge
 
     if out is not None:
         table_kind(out, "--out")
@@ -173,6 +174,11 @@ def judges_score(
     items = [_input(row, i, FIELDS) for i, row in enumerate(rows, start=1)]
     with open_store() as store:
         judge = store.get_judge(name)
+        for number, item in enumerate(items, start=1):  # said before the bar, with the row
+            try:
+                render(judge.rubric, judge.prompt, item)
+            except ConfigError as exc:
+                raise ConfigError(f"--data row {number}: {exc.message}", hint=exc.hint) from None
         with progress_bar(f"judge {name}", len(items), unit="answers") as update:
             done = 0
 
