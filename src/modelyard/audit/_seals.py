@@ -203,15 +203,37 @@ def index_digest(ids: Sequence[str], tenants: Sequence[int | None], times: Seque
     writes the same bytes for these strings and integers (the keys in sorted order
     already), faster; what it refuses (an integer beyond 64 bits, a lone surrogate, a
     value of another type) goes through ``canonical_json``."""
-    if type(ids) is list and type(tenants) is list and type(times) is list:
-        try:
-            data = _dumps({"ids": ids, "tenants": tenants, "times": times})
-        except TypeError:
-            data = None
-        if data is not None and _plain_index(tenants):
-            return _sha256(data).hexdigest()
+    encoded = index_bytes(ids, tenants, times)
+    if encoded is not None:
+        return encoded.digest
     text = canonical_json({"ids": list(ids), "tenants": list(tenants), "times": list(times)})
     return _sha256(text.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class IndexBytes:
+    """A seal's three index lists as orjson writes them, and the index hash of them."""
+
+    parts: tuple[bytes, bytes, bytes]  # ids, tenants, times
+    digest: str
+
+
+def index_bytes(
+    ids: Sequence[Any], tenants: Sequence[Any], times: Sequence[Any]
+) -> IndexBytes | None:
+    """The lists' orjson bytes and ``index_digest`` taken of the same bytes (the object
+    ``{"ids": ..., "tenants": ..., "times": ...}`` is their concatenation); None when
+    orjson's bytes might not be the canonical ones (see ``index_digest``)."""
+    if not (type(ids) is list and type(tenants) is list and type(times) is list):
+        return None
+    try:
+        parts = (_dumps(ids), _dumps(tenants), _dumps(times))
+    except TypeError:  # orjson.JSONEncodeError: an int beyond 64 bits, a lone surrogate
+        return None
+    if not _plain_index(tenants):
+        return None
+    data = b"".join((b'{"ids":', parts[0], b',"tenants":', parts[1], b',"times":', parts[2], b"}"))
+    return IndexBytes(parts, _sha256(data).hexdigest())
 
 
 def _plain_index(tenants: Sequence[Any]) -> bool:
@@ -243,10 +265,11 @@ def seal_leaf(seal: str, records: int, root: str, index: str) -> bytes:
 
 def seal_entry(
     seal: str, root: bytes, ids: Sequence[str], tenants: Sequence[int | None],
-    times: Sequence[str],
+    times: Sequence[str], *, digest: str | None = None,
 ) -> SealEntry:  # fmt: skip
-    """A seal as its anchor lists it (``times``: its records', formatted)."""
-    index = index_digest(ids, tenants, times)
+    """A seal as its anchor lists it (``times``: its records', formatted; ``digest``:
+    their ``index_digest`` when the caller has taken it)."""
+    index = digest or index_digest(ids, tenants, times)
     return SealEntry(seal, len(ids), root.hex(), index, min(times), max(times))
 
 
@@ -517,6 +540,7 @@ __all__ = [
     "PURGE_ACTION",
     "RECORD_FIELDS",
     "RECORD_FORMAT",
+    "IndexBytes",
     "ProblemKind",
     "ProofCheck",
     "RecordProblem",
@@ -529,6 +553,7 @@ __all__ = [
     "build_proof",
     "check_proof",
     "in_order",
+    "index_bytes",
     "index_digest",
     "record_bytes",
     "record_leaf",

@@ -293,16 +293,13 @@ class SealStore(StoreCore):
                        "it was written before sealing began, or without a seal")  # fmt: skip
                 raise Conflict(f"record {record_id} is not sealed: {why}")
             index = s.get(RecordSealRow, m["seal"])
-            if index is not None and index.anchor_seq is None:
+            event, listed = (None, None) if index is None else _anchor_of(s, index)
+            if index is not None and event is None:
                 raise Conflict(
                     f"record {record_id} is sealed but its seal is not anchored in the audit "
                     "chain yet: its writer anchors every few seconds; try again shortly",
                     hint="`modelyard audit verify --records` reports seals left unanchored.",
                 )
-            row = None if index is None else s.get(AuditEventRow, index.anchor_seq)
-            event = None if row is None else _audit.to_event(row)
-            entries = None if event is None else anchored_seals(event.payload)
-            listed = {e.seal: e for e in entries or ()}.get(m["seal"])
             leaves = [] if index is None else split_leaves(index.leaves)
             pos = int(m["seal_pos"])
             if (
@@ -322,6 +319,33 @@ class SealStore(StoreCore):
                     record_id=record_id,
                 )
             return build_proof(m, leaves, pos, str(m["seal"]), event.to_json())
+
+
+# How much earlier than its seal's index row an anchor may say it was written (the
+# clocks of the seal's writer and of the anchor's are one; this is slack, not skew).
+_ANCHOR_SLACK = timedelta(minutes=5)
+
+
+def _anchor_of(s: Any, index: RecordSealRow) -> tuple[AuditEvent | None, SealEntry | None]:
+    """The ``records.anchored`` event listing the seal, and what it lists of it: the first
+    anchor after the seal was written that names it (nothing marks the seal's row: the
+    writer's anchor is its next one, or a later one after a refused try)."""
+    query = (
+        select(AuditEventRow)
+        .where(
+            AuditEventRow.action == ANCHOR_ACTION,
+            AuditEventRow.time >= _utc(index.created_at) - _ANCHOR_SLACK,
+        )
+        .order_by(AuditEventRow.seq)
+        .execution_options(yield_per=100)
+    )
+    for row in s.scalars(query):
+        if index.id not in (row.payload.get("seals") or ()):
+            continue
+        event = _audit.to_event(row)
+        listed = {e.seal: e for e in anchored_seals(event.payload) or ()}.get(index.id)
+        return event, listed
+    return None, None
 
 
 def _resealed(s: Any, tally: _Tally) -> set[str]:

@@ -17,8 +17,10 @@ Design (the encoding and the tree: ``modelyard.audit._seals`` and ``_merkle``):
 - **Anchors.** No audit event is written with the records: the writer appends one
   ``records.anchored`` event at most every ``anchor_s`` seconds (and on flush and
   close), listing the seals it wrote since its previous anchor (id, count, root, index
-  hash) and the Merkle root over them, and marks their index rows with the event's seq
-  (``anchor_seq``) in that transaction. One server at one request a second writes one
+  hash) and the Merkle root over them. Nothing else is written: the index rows are not
+  marked (an UPDATE rewrites a whole row, its ids and leaves too, which cost the
+  writer as much as writing it); an inclusion proof finds its seal's anchor among the
+  anchors written after the seal. One server at one request a second writes one
   event per anchor interval, not one per request. Until its anchor, a seal vouches for
   nothing: someone with write access to the database could rewrite a record and its
   seal row together unnoticed in that window (seconds). A seal that no anchor lists is
@@ -37,11 +39,11 @@ Design (the encoding and the tree: ``modelyard.audit._seals`` and ``_merkle``):
   neither are ``record_seals`` rows, so what remains still verifies and the purge is
   on record.
 - **Cost.** Per batch: one canonical encoding and SHA-256 per record, the tree
-  (about one more hash per record) and one ``record_seals`` row; the chain is not
-  touched. Per anchor: one audit event and one UPDATE of the anchored index rows
-  (the event first: the seq marks the rows; only the anchoring writer touches them).
-  On PostgreSQL the chain's advisory lock is held from the event to commit, as for
-  every audited change.
+  (about one more hash per record) and one ``record_seals`` row, its lists encoded
+  once by orjson (the bytes the index hash is taken of); the chain is not touched.
+  Per anchor: one audit event. On PostgreSQL the chain's advisory lock is held from
+  the event to commit, as for every audited change. The cost on the writer's ingest
+  rate is measured by ``benchmarks/monitoring.py --seals-only``.
 
 When the chain refuses an anchor (a recorded break, a wrong or missing key), the
 records are written and sealed already; the writer logs it, counts them
@@ -51,16 +53,18 @@ reports their seals as unanchored once the grace period is over.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 import orjson
-from sqlalchemy import Integer, LargeBinary, String, Table, insert, update
+from sqlalchemy import JSON, Dialect, LargeBinary, String, column, insert, table
 from sqlalchemy.orm import Mapped, Session, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 from modelyard.audit import (
     ANCHOR_ACTION,
@@ -70,12 +74,13 @@ from modelyard.audit import (
     SealEntry,
     anchor_payload,
     format_time,
+    index_bytes,
     merkle_root,
     record_leaf,
     seal_entry,
 )
 from modelyard.store import _audit
-from modelyard.store._schema import Base, utcnow
+from modelyard.store._schema import Base, UTCDateTime, utcnow
 
 # A seal younger than this with no anchor is pending (its writer anchors every few
 # seconds); older, verification reports it: the writer's anchor interval plus slack.
@@ -83,12 +88,11 @@ UNANCHORED_GRACE = timedelta(minutes=2)
 
 
 class RecordSealRow(Base):
-    """A seal's index: per leaf position the record's id, tenant, time and leaf hash; the
-    seq of the ``records.anchored`` event vouching for it (none until anchored)."""
+    """A seal's index: per leaf position the record's id, tenant, time and leaf hash. The
+    ``records.anchored`` event vouching for it lists it; the row is never updated."""
 
     __tablename__ = "record_seals"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    anchor_seq: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     ids: Mapped[list[Any]]
     tenants: Mapped[list[Any]]
@@ -96,7 +100,28 @@ class RecordSealRow(Base):
     leaves: Mapped[bytes] = mapped_column(LargeBinary)
 
 
-_INSERT = insert(cast(Table, RecordSealRow.__table__))
+class _EncodedJSON(TypeDecorator[Any]):
+    """A JSON column bound from text already encoded (orjson, once, by ``write_seal``):
+    the column's type (PostgreSQL's cast to JSON included) without encoding it again."""
+
+    impl = JSON
+    cache_ok = True
+
+    def bind_processor(self, dialect: Dialect) -> None:
+        return None
+
+
+_INSERT = insert(
+    table(
+        RecordSealRow.__tablename__,
+        column("id", String(32)),
+        column("created_at", UTCDateTime()),
+        column("ids", _EncodedJSON()),
+        column("tenants", _EncodedJSON()),
+        column("times", _EncodedJSON()),
+        column("leaves", LargeBinary()),
+    )
+)
 
 
 def _format(at: datetime) -> str:
@@ -171,11 +196,19 @@ def prepare_seal(
 
 def write_seal(s: Session, seal: PendingSeal) -> SealEntry:
     """Write the seal's index row in ``s``'s transaction (unanchored); what its anchor
-    will list of it."""
-    entry = seal_entry(seal.id, merkle_root(seal.leaves), seal.ids, seal.tenants, seal.times)
-    index: dict[str, Any] = {"id": seal.id, "anchor_seq": None, "created_at": utcnow()}
-    index |= {"ids": seal.ids, "tenants": seal.tenants, "times": seal.times}
-    s.execute(_INSERT, [index | {"leaves": b"".join(seal.leaves)}])  # Core: no ORM bulk path
+    will list of it. Its three lists are encoded once, and the index hash is taken of
+    the same bytes when they are the canonical ones (``index_bytes``)."""
+    ids, tenants, times = seal.ids, seal.tenants, seal.times
+    encoded = index_bytes(ids, tenants, times)
+    root = merkle_root(seal.leaves)
+    if encoded is None:  # not orjson's to write: the column's encoder, the canonical hash
+        texts = [json.dumps(values) for values in (ids, tenants, times)]
+        entry = seal_entry(seal.id, root, ids, tenants, times)
+    else:
+        texts = [part.decode() for part in encoded.parts]
+        entry = seal_entry(seal.id, root, ids, tenants, times, digest=encoded.digest)
+    index = {"id": seal.id, "created_at": utcnow(), "leaves": b"".join(seal.leaves)}
+    s.execute(_INSERT, [index | dict(zip(("ids", "tenants", "times"), texts, strict=True))])
     return entry
 
 
@@ -187,23 +220,13 @@ def append_anchor(
     *,
     closed: str | None = None,
 ) -> AuditEvent:
-    """Append the ``records.anchored`` event vouching for ``seals`` and mark their index
-    rows with its seq, in ``s``'s transaction."""
+    """Append the ``records.anchored`` event vouching for ``seals`` in ``s``'s
+    transaction."""
     payload = anchor_payload(seals, closed=closed)
     subject = f"seals:{seals[0].seal}" + (f"+{len(seals) - 1}" if len(seals) > 1 else "")
-    event = _audit.append_event(
+    return _audit.append_event(
         s, source, actor=actor, action=ANCHOR_ACTION, subject=subject, payload=payload
     )
-    ids = [e.seal for e in seals]
-    for start in range(0, len(ids), 500):
-        marked = ids[start : start + 500]
-        s.execute(
-            update(RecordSealRow)
-            .where(RecordSealRow.id.in_(marked))
-            .values(anchor_seq=event.seq)
-            .execution_options(synchronize_session=False)
-        )
-    return event
 
 
 __all__ = [
