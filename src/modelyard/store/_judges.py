@@ -22,7 +22,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Float, ForeignKey, Index, Integer, String, Text, delete, func, select
+from sqlalchemy import (
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    case,
+    delete,
+    func,
+    select,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from modelyard.errors import ConfigError, NotFound
@@ -157,6 +168,33 @@ def _latest_scores(judge: str, since: datetime) -> Any:
         )
         .group_by(JudgementRow.record_id)
     )  # fmt: skip
+
+
+def _judgeable(endpoint: str, since: datetime, version_ids: list[int] | None) -> list[Any]:
+    """The conditions on a live record a judge can read (``JudgeStore.judgeable_records``)
+    of ``endpoint`` since ``since``, of ``version_ids`` (of any version when None)."""
+    rec = InferenceRecordRow
+    return [
+        rec.endpoint_name == endpoint,
+        rec.created_at >= since,
+        rec.version_id.is_not(None) if version_ids is None else rec.version_id.in_(version_ids),
+        rec.shadow.is_(False),
+        rec.fallback_from_id.is_(None),
+        rec.status == "ok",
+        rec.prompt.is_not(None),
+        rec.response.is_not(None),
+        ~(rec.prompt.like("sha256:%") & (func.length(rec.prompt) == _HASHED_CHARS)),
+    ]
+
+
+def _asked(judge: str) -> Any:
+    """Whether ``judge``'s current revision was asked about the record (a score or none):
+    an EXISTS on the judgements by record id (``ix_judgements_record``)."""
+    return (
+        select(JudgementRow.id)
+        .where(JudgementRow.record_id == InferenceRecordRow.id, _current(judge))
+        .exists()
+    )
 
 
 class JudgeStore(StoreCore):
@@ -337,27 +375,68 @@ class JudgeStore(StoreCore):
         if ids is not None and not ids:
             return found
         rec = InferenceRecordRow
-        versions = [rec.version_id.is_not(None) if ids is None else rec.version_id.in_(ids)]
         with self._session(f"read the judgeable records of {endpoint!r}") as s:
             rows = s.execute(
                 select(rec.version_id, rec.id)
-                .where(
-                    rec.endpoint_name == endpoint,
-                    rec.created_at >= since,
-                    *versions,
-                    rec.shadow.is_(False),
-                    rec.fallback_from_id.is_(None),
-                    rec.status == "ok",
-                    rec.prompt.is_not(None),
-                    rec.response.is_not(None),
-                    ~(rec.prompt.like("sha256:%") & (func.length(rec.prompt) == _HASHED_CHARS)),
-                )
+                .where(*_judgeable(endpoint, since, ids))
                 .order_by(rec.created_at, rec.id)
             ).all()
         for version_id, record_id in rows:
             if version_id is not None:  # never None here: the query asks for a version
                 found.setdefault(version_id, []).append(record_id)
         return found
+
+    def unjudged_records(
+        self, judge: str, endpoint: str, since: datetime, version_ids: Sequence[int], limit: int
+    ) -> list[str]:
+        """Up to ``limit`` ids of the records ``judgeable_records`` would list for
+        ``version_ids`` that ``judge``'s current revision was never asked about, drawn at
+        random from the whole window (not the oldest first). The database does the work: an
+        anti-join on the judgements by record (their index), a random order and a LIMIT, so a
+        busy endpoint's window is never read out."""
+        ids = list(version_ids)
+        if not ids or limit <= 0:
+            return []
+        rec = InferenceRecordRow
+        with self._session(f"read the records judge {judge!r} has not judged") as s:
+            return list(
+                s.scalars(
+                    select(rec.id)
+                    .where(*_judgeable(endpoint, since, ids), ~_asked(judge))
+                    .order_by(func.random())
+                    .limit(limit)
+                )
+            )
+
+    def judged_counts(
+        self, judge: str, endpoint: str, since: datetime, version_ids: Sequence[int]
+    ) -> tuple[tuple[float, ...], int, int]:
+        """What ``judge``'s current revision made of the records ``judgeable_records`` would
+        list for ``version_ids``: (the newest score of each record it scored, in the order
+        given; how many it was asked about and gave no score; how many it was never asked
+        about). The two numbers are counted by the database; only scores are read."""
+        ids = list(version_ids)
+        if not ids:
+            return (), 0, 0
+        rec = InferenceRecordRow
+        window = _judgeable(endpoint, since, ids)
+        with self._session(f"read the judgements of {judge!r} in a window") as s:
+            judgeable, asked = s.execute(
+                select(func.count(rec.id), func.count(case((_asked(judge), 1)))).where(*window)
+            ).one()
+            newest = (
+                select(func.max(JudgementRow.id))
+                .join(rec, rec.id == JudgementRow.record_id)
+                .where(_current(judge), JudgementRow.score.is_not(None), *window)
+                .group_by(JudgementRow.record_id)
+            )
+            scores = s.scalars(
+                select(JudgementRow.score)
+                .where(JudgementRow.id.in_(newest))
+                .order_by(JudgementRow.id)
+            ).all()
+        found = tuple(float(x) for x in scores if x is not None)
+        return found, int(asked) - len(found), int(judgeable) - int(asked)
 
     def record_texts(self, record_ids: Iterable[str]) -> dict[str, tuple[int | None, str, str]]:
         """``{record id: (version id, prompt, response)}`` of the records that kept both."""
