@@ -181,9 +181,10 @@ def test_a_guard_on_the_judge_rolls_back_a_version_whose_answers_it_scores_lower
     _ask(served, len(jw.TICKETS))  # the baseline's answers, before the rollout
     start_rollout(
         store, "helpdesk-ep", "helpdesk:2", steps="50,100", bake_s=0.5, min_requests=4,
-        guards=["judge.quality >= baseline - 0.5"], override_gates="testing a judge guard",
+        guards=["judge.quality >= baseline - 0.5 (sample 50)"],
+        override_gates="testing a judge guard",
     )  # fmt: skip
-    ctl = Controller(store, judge_sample=50)
+    ctl = Controller(store)
     assert _baking(store, ctl).active
     _until("canary traffic", lambda: _ask(served, 4) or _canary_requests(store, 2) >= 4)
     r = _until_ended(store, ctl)
@@ -218,7 +219,7 @@ def test_a_guard_on_the_judge_passes_a_version_of_the_same_quality_and_shows_fai
         store, "helpdesk-ep", same.ref, steps="50,100", bake_s=1.0, min_requests=4,
         guards=["judge.quality >= baseline - 0.5", "judge.unreachable >= 3"],
     )  # fmt: skip
-    ctl = Controller(store, judge_sample=50)
+    ctl = Controller(store)
     assert _baking(store, ctl).active
     _until("canary traffic", lambda: _ask(served, 4) or _canary_requests(store, same.version) >= 4)
 

@@ -37,13 +37,7 @@ from typing import Any
 
 from modelyard.delivery._alerting import resolve_rollback_alert, rollback_alert
 from modelyard.delivery._guards import GuardResult, TrafficSample, evaluate_guards
-from modelyard.delivery._judging import (
-    DEFAULT_SAMPLE,
-    StepWindow,
-    judge_guards,
-    judge_window,
-    judged_windows,
-)
+from modelyard.delivery._judging import StepWindow, judge_guards, judge_window, judged_windows
 from modelyard.errors import ModelyardError, PermissionDenied
 from modelyard.metric_names import judge_name
 from modelyard.store import Rollout, Store, Transition, step_plan, utcnow
@@ -113,13 +107,13 @@ def step_window(store: Store, r: Rollout) -> StepWindow:
     )  # fmt: skip
 
 
-def judge_step(store: Store, r: Rollout, *, sample: int = DEFAULT_SAMPLE) -> int:
-    """Have the judges that ``r``'s guards name score up to ``sample`` new records per side
-    of the step's window (the controller's work, off the request path); returns how many
-    records were sent."""
+def judge_step(store: Store, r: Rollout) -> int:
+    """Have the judges that ``r``'s guards name score up to their guard's sample of new
+    records per side of the step's window (the controller's work, off the request path);
+    returns how many records were sent."""
     if not judge_guards(r.guards):
         return 0
-    return judge_window(store, r.guards, step_window(store, r), sample=sample)
+    return judge_window(store, r.guards, step_window(store, r))
 
 
 def _baseline_ids(store: Store, r: Rollout) -> list[int]:
@@ -150,7 +144,6 @@ class Controller:
         on_breach: Callable[[Store, Rollout, Mapping[str, Any]], object] | None = None,
         extra_ticks: list[Callable[[Store], object]] | None = None,
         extra_every_s: float = 15.0,
-        judge_sample: int = DEFAULT_SAMPLE,
     ) -> None:
         self.store = store
         self.holder = holder or default_holder()
@@ -162,7 +155,6 @@ class Controller:
         self.extra_ticks = extra_ticks or []
         self.extra_every_s = extra_every_s
         self._extra_at = 0.0
-        self.judge_sample = judge_sample  # records per side a judge guard judges per job
         # Judge calls run in a thread of their own: a slow or hung judge never delays a
         # breach's rollback, nor the lease this loop must renew (one job at a time).
         self._judging = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelyard-judge")
@@ -325,9 +317,7 @@ class Controller:
             why = exc.one_line() if isinstance(exc, ModelyardError) else repr(exc)
             log.warning("rollout %s: judging failed: %s", r.id, why)
         if judge_guards(r.guards):
-            self._judge_jobs[r.id] = self._judging.submit(
-                judge_step, self.store, r, sample=self.judge_sample
-            )
+            self._judge_jobs[r.id] = self._judging.submit(judge_step, self.store, r)
 
     def _finish(self, r: Rollout, values: Mapping[str, Any]) -> Rollout | None:
         detail: dict[str, Any] = {"final": values}

@@ -4,7 +4,9 @@ Grammar: ``error_rate <= 0.02``, ``p95_latency_ms <= 1.2 * baseline``,
 ``feedback_score >= baseline - 0.05``, ``judge.quality >= baseline - 0.2`` (a judge's mean
 score, ``_judging``); the threshold is a number or
 ``[FACTOR *] baseline [+|- OFFSET]``, where ``baseline`` is the same metric on
-the baseline versions' traffic.
+the baseline versions' traffic. A guard on a judge may end with ``(sample N)``: how many
+records per side its judge judges per job (``judge.quality >= baseline - 0.2 (sample 100)``;
+1 to ``MAX_SAMPLE``, default ``_judging.DEFAULT_SAMPLE``).
 
 Rates (``error_rate``) are judged by a test, so a handful of errors does not
 roll a canary back on noise: against a number, an exact one-sided binomial
@@ -56,8 +58,10 @@ _GUARD_RE = re.compile(
     rf"^\s*(?P<metric>judge\.[a-z0-9][a-z0-9._-]{{0,62}}|[a-z0-9_]+)\s*(?P<op><=|>=|<|>)\s*(?:"
     rf"(?P<number>{_NUM})"
     rf"|(?:(?P<factor>{_NUM})\s*\*\s*)?baseline(?:\s*(?P<sign>[+-])\s*(?P<offset>{_NUM}))?"
-    rf")\s*$"
+    rf")\s*(?:\((?P<options>[^()]*)\)\s*)?$"
 )
+_SAMPLE_RE = re.compile(r"^\s*sample\s+(?P<n>\S+)\s*$")
+MAX_SAMPLE = 1000
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ class Guard:
     number: float | None  # an absolute threshold, or None when relative to the baseline
     factor: float = 1.0
     offset: float = 0.0
+    sample: int | None = None  # a judge guard's records per side per judging job (``_judging``)
 
     @property
     def relative(self) -> bool:
@@ -170,13 +175,40 @@ def parse_guard(text: str) -> Guard:
             f"{hint(match['metric'], METRICS)}; known: " + ", ".join(METRICS) + ", judge.NAME",
             field="guard",
         )
+    sample = None if match["options"] is None else _sample(text, metric, match["options"])
     if match["number"] is not None:
-        return Guard(text.strip(), metric, match["op"], float(match["number"]))
+        return Guard(text.strip(), metric, match["op"], float(match["number"]), sample=sample)
     offset = float(match["offset"]) if match["offset"] else 0.0
     if match["sign"] == "-":
         offset = -offset
     factor = float(match["factor"]) if match["factor"] else 1.0
-    return Guard(text.strip(), metric, match["op"], None, factor, offset)
+    return Guard(text.strip(), metric, match["op"], None, factor, offset, sample)
+
+
+def _sample(text: str, metric: str, options: str) -> int:
+    """The N of a judge guard's ``(sample N)``: records per side its judge judges per job."""
+    if judge_name(metric) is None:
+        raise ConfigError(
+            f"guard {text!r}: ({options.strip()}) is an option of a guard on a judge "
+            "(judge.NAME ... (sample N)); a guard on traffic takes none",
+            field="guard",
+        )
+    found = _SAMPLE_RE.match(options)
+    if found is None:
+        raise ConfigError(
+            f"guard {text!r}: unknown option ({options.strip()}); a guard on a judge takes "
+            f"(sample N), N the records per side it judges per job, e.g. "
+            f"'{metric} >= 3.5 (sample 100)'",
+            field="guard",
+        )
+    n = found["n"]
+    if not n.isdigit() or not 1 <= int(n) <= MAX_SAMPLE:
+        raise ConfigError(
+            f"guard {text!r}: sample {n} must be a whole number from 1 to {MAX_SAMPLE} "
+            "(records per side the judge judges per job)",
+            field="guard",
+        )
+    return int(n)
 
 
 def evaluate_guard(

@@ -5,9 +5,12 @@ judge defined in the store (``modelyard judges add``). Off the request path, eac
 the controller takes the step window's live records of the canary (since the step
 started) and of the baseline (the same window as the other guards), keeps those a judge
 can read (answered ok, not a shadow nor a fallback, prompt and response kept as text: a
-tenant that keeps only hashes is skipped), picks up to ``sample`` records per side that
-the judge has not seen yet, and judges them with ``judges.judge_records`` (kept in the store by
-record, so each record is judged once across ticks).
+tenant that keeps only hashes is skipped), picks up to the guard's sample of records per side
+(``judge.quality >= 3.5 (sample 100)``; ``DEFAULT_SAMPLE`` when it says none) that the judge
+has not seen yet, at random from across the window, and judges them with
+``judges.judge_records`` (kept in the store by record, so each record is judged once across
+ticks). The store does the picking and the counting (``Store.unjudged_records``,
+``Store.judged_counts``): a busy endpoint's window is never read out record by record.
 
 The judge sees the record's question (its prompt parsed back into the row's fields with
 the version's template, ``modelyard.data.parse_prompt``: an alpaca prompt's instruction and
@@ -20,8 +23,7 @@ score) is counted as failed, never asked again, and never a breach on its own.
 
 from __future__ import annotations
 
-import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -80,63 +82,49 @@ class StepWindow:
     baseline_since: datetime
     baseline_ids: tuple[int, ...]
 
+    def sides(self) -> tuple[tuple[datetime, tuple[int, ...]], ...]:
+        """(since, version ids) of the canary's side, then of the baseline's."""
+        return ((self.canary_since, self.canary_ids), (self.baseline_since, self.baseline_ids))
 
-def _records(store: Store, w: StepWindow) -> tuple[list[str], list[str]]:
-    canary = store.judgeable_records(w.endpoint, w.canary_since, w.canary_ids)
-    base = store.judgeable_records(w.endpoint, w.baseline_since, w.baseline_ids)
-    return [i for v in w.canary_ids for i in canary[v]], [
-        i for v in w.baseline_ids for i in base[v]
-    ]
+
+def judge_samples(guards: Sequence[str]) -> dict[str, int]:
+    """``{judge: records per side it judges per job}``, in the guards' order: the guard's
+    ``(sample N)``, else ``DEFAULT_SAMPLE``; the largest where guards on one judge differ."""
+    out: dict[str, int] = {}
+    for guard in judge_guards(guards):
+        assert guard.judge is not None
+        sample = DEFAULT_SAMPLE if guard.sample is None else guard.sample
+        out[guard.judge] = max(sample, out.get(guard.judge, 0))
+    return out
 
 
 def judged_windows(
     store: Store, guards: Sequence[str], window: StepWindow
 ) -> dict[str, JudgedWindow]:
-    """What each judge the guards name has made of the window so far (reads only)."""
-    names = list(dict.fromkeys(g.judge for g in judge_guards(guards) if g.judge is not None))
-    if not names:
-        return {}
-    canary, base = _records(store, window)
+    """What each judge the guards name has made of the window so far (reads only: the
+    store counts the records, and reads the scores, never the window's record ids)."""
     out = {}
-    for name in names:
-        scores, failed = store.judgement_states(name, [*canary, *base])
-
-        def side(ids: list[str], scores: Mapping[str, float] = scores,
-                 failed: set[str] = failed) -> JudgedSide:  # fmt: skip
-            return JudgedSide(
-                tuple(scores[i] for i in ids if i in scores),
-                sum(1 for i in ids if i in failed),
-                sum(1 for i in ids if i not in scores and i not in failed),
-            )
-
-        out[name] = JudgedWindow(name, side(canary), side(base))
+    for name in judge_samples(guards):
+        canary, base = (
+            JudgedSide(*store.judged_counts(name, window.endpoint, since, ids))
+            for since, ids in window.sides()
+        )
+        out[name] = JudgedWindow(name, canary, base)
     return out
 
 
-def judge_window(
-    store: Store,
-    guards: Sequence[str],
-    window: StepWindow,
-    *,
-    sample: int = DEFAULT_SAMPLE,
-    rng: random.Random | None = None,
-) -> int:
-    """Judge up to ``sample`` records per side that each named judge has not seen; returns
-    how many records were sent to judges."""
-    names = list(dict.fromkeys(g.judge for g in judge_guards(guards) if g.judge is not None))
-    if not names or sample <= 0:
-        return 0
-    rng = rng or random.Random()
-    canary, base = _records(store, window)
+def judge_window(store: Store, guards: Sequence[str], window: StepWindow) -> int:
+    """Judge up to each guard's sample of records per side that its judge has never been
+    asked about, drawn at random from across the window by the store; returns how many
+    records were sent to judges."""
     sent = 0
-    for name in names:
+    for name, sample in judge_samples(guards).items():
         judge: JudgeDef = store.get_judge(name)
-        scores, failed = store.judgement_states(name, [*canary, *base])
-        picked: list[str] = []
-        for ids in (canary, base):
-            todo = [i for i in ids if i not in scores and i not in failed]
-            picked += rng.sample(todo, sample) if len(todo) > sample else todo
-        if not picked:
-            continue
-        sent += len(judge_records(store, judge, picked).judgements)
+        picked = [
+            record_id
+            for since, ids in window.sides()
+            for record_id in store.unjudged_records(name, window.endpoint, since, ids, sample)
+        ]
+        if picked:
+            sent += len(judge_records(store, judge, picked).judgements)
     return sent
