@@ -59,10 +59,10 @@ def window(store: Store) -> Iterator[tuple[Store, StepWindow]]:
     _add(store, "x-err", v2.id, 5, now, status="error")
     _add(store, "x-shadow", v2.id, 5, now, shadow=True)
     _add(store, "x-hash", v2.id, 5, now, prompt="sha256:" + "0" * 64)
-    judge = {"rubric": "relevance", "base_url": "http://127.0.0.1:9/v1", "model": "m"}
-    store.put_judge("q", **judge)
+    url = "http://127.0.0.1:9/v1"
+    store.put_judge("q", rubric="relevance", base_url=url, model="m")
     store.save_judgements([_judged(store, "c-119", 1.0, 1)])  # an earlier revision's
-    store.put_judge("q", replace=True, **judge)
+    store.put_judge("q", rubric="relevance", base_url=url, model="m", replace=True)
     store.save_judgements(
         [_judged(store, f"c-{i:03d}", 4.0, 2) for i in range(10)]
         + [_judged(store, f"c-{i:03d}", None, 2) for i in range(10, 16)]
