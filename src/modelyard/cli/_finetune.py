@@ -87,6 +87,7 @@ def finetune(
         FinetuneInterrupted,
         SlurmOptions,
         check_gpus,
+        check_judges,
         launch,
         load_config,
         prepare,
@@ -125,6 +126,9 @@ def finetune(
         with open_store(s) as store:
             loaded = resolve_base(loaded, store)
     prepared = prepare(loaded)
+    if check and store_exists(s):  # the judges it names, and what the held-out rows give them
+        with open_store(s) as store:
+            check_judges(prepared, store)
     if check:
         summary = {
             "train_rows": len(prepared.train_rows),

@@ -45,6 +45,8 @@ def score_model(
     """``metrics`` of one model on ``rows``: the evaluation's own, then each judge's mean
     score of the answers (``judge.NAME``); also the report and each judge's run."""
     own, judged = split_metrics(metrics)
+    if judged and judges is not None:  # before any answer: a row the judge cannot read
+        judges.check_rows(rows, data_format)
     asked = own
     if judged and not ANSWER_METRICS.intersection(own):
         asked = [*own, "exact_match"]  # a judge needs the answers; this makes them
@@ -149,6 +151,8 @@ def evaluate_version(
     version = store.resolve_model_ref(ref)
     fmt = data_format or version_format(version)
     rows = load_rows(data, fmt)
+    if judges is not None:  # before any model is loaded
+        judges.check_rows(rows, fmt, where="--data row")
 
     def score(target: ModelVersion) -> tuple[dict[str, float], EvalReport, dict[str, JudgeRun]]:
         model, tokenizer = load_version_model(store, artifacts, target)

@@ -43,7 +43,7 @@ from modelyard.finetune._cost import gpu_hour_price, priced
 from modelyard.finetune._evaluate import champion_of, evaluate_rows
 from modelyard.finetune._tracking import MlflowTracker
 from modelyard.gpu import gpu_readings, summarize
-from modelyard.judges import judge_source
+from modelyard.judges import judge_name, judge_source
 from modelyard.registry import (
     ensure_base_model,
     ensure_model,
@@ -161,9 +161,14 @@ def prepare(config: FinetuneConfig) -> Prepared:
     if config.data.format == "text":
         unsupported = [m for m in metrics if m != "perplexity" and not m.endswith(("_ms", "_mb"))]
         if unsupported:
+            judged = judge_name(unsupported[0]) is not None
+            needs = "the model's answers to prompts" if judged else "references"
+            hint = "Use perplexity (and latency/memory) with data.format 'text'."
+            if judged:
+                hint += " A judge needs rows that ask something: alpaca, chat or classification."
             raise ConfigError(
-                f"metric {unsupported[0]!r} needs references, which 'text' data has not",
-                hint="Use perplexity (and latency/memory) with data.format 'text'.",
+                f"metric {unsupported[0]!r} needs {needs}, which 'text' data has not",
+                hint=hint,
                 field="evaluation.metrics",
             )
     base_dir = model_dir(config.base_model)
@@ -215,6 +220,17 @@ def prepare(config: FinetuneConfig) -> Prepared:
         )
     digest = rows_digest(rows)  # all of data.train: what `data from-records` registered
     return Prepared(config, template, train_rows, eval_rows, report.to_dict(), base_dir, digest)
+
+
+def check_judges(prepared: Prepared, store: Store) -> None:
+    """The judges the config's metrics and gates name exist, their key variables are set, and
+    every held-out row gives each what its rubric needs (a ConfigError naming the row)."""
+    config = prepared.config
+    metrics = [*config.evaluation.metrics, *gated_metrics(parse_gates(config.evaluation.gates))]
+    judges = judge_source(store, metrics, where="evaluation.metrics")
+    if judges is not None:
+        where = "data.eval row" if config.data.eval is not None else "evaluation row"
+        judges.check_rows(prepared.eval_rows, config.data.format, where=where)
 
 
 # -- stored inputs ---------------------------------------------------------------------------
@@ -309,12 +325,10 @@ def _run_main(
 ) -> FinetuneOutcome:
     config = prepared.config
     registry = config.registry
+    check_judges(prepared, store)  # before anything is stored or trained
     base = ensure_base_model(
         store, config.base_model, name=registered_name(store, config.base_model, prepared.base_dir)
     )
-    gates = parse_gates(config.evaluation.gates)
-    metrics = [*config.evaluation.metrics, *gated_metrics(gates)]
-    judge_source(store, metrics, where="evaluation.metrics")  # before training: judges exist
     name = config.data.name or config.data.train.stem
     origin = records_origin(store, prepared.source_digest)  # rows of `data from-records`?
     derived = None if origin is None else {k: origin[k] for k in ("dataset", "records", "endpoint")}

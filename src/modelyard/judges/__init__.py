@@ -14,6 +14,7 @@ call (score, answer, tokens, cost). Its mean score is the metric
 from modelyard.judges._answers import (
     JudgeSource,
     answer_inputs,
+    check_judged_rows,
     judge_source,
     question_of,
     split_metrics,
@@ -46,6 +47,7 @@ __all__ = [
     "answer_inputs",
     "api_key",
     "check_definition",
+    "check_judged_rows",
     "check_live",
     "judge_name",
     "judge_records",

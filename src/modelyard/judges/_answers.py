@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from modelyard.errors import ConfigError, JudgeError
-from modelyard.judges._rubrics import JudgeInput
+from modelyard.judges._rubrics import JudgeInput, required_fields
 from modelyard.judges._run import JudgementCache, JudgeRun, api_key, run_judge
 from modelyard.metric_names import judge_name
 from modelyard.store import JudgeDef
@@ -35,6 +35,10 @@ def question_of(row: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _context_of(row: Mapping[str, Any]) -> str | None:
+    return row["context"] if isinstance(row.get("context"), str) else None
+
+
 def answer_inputs(
     rows: Sequence[Mapping[str, Any]], references: Sequence[str], answers: Sequence[str]
 ) -> list[JudgeInput]:
@@ -44,7 +48,7 @@ def answer_inputs(
             answer=answer,
             question=question_of(row),
             reference=reference,
-            context=row["context"] if isinstance(row.get("context"), str) else None,
+            context=_context_of(row),
         )
         for row, reference, answer in zip(rows, references, answers, strict=True)
     ]
@@ -54,6 +58,62 @@ def split_metrics(names: Sequence[str]) -> tuple[list[str], list[str]]:
     """(the metrics the model's evaluation computes, the judges named as ``judge.NAME``)."""
     judges = [n for name in names if (n := judge_name(name)) is not None]
     return [name for name in names if judge_name(name) is None], judges
+
+
+PROMPTLESS_FORMATS = ("text",)
+"""Formats whose rows show the model no prompt: there is no answer to a question to judge."""
+
+_WHERE_FROM = {
+    "question": "A row's question is an alpaca row's instruction (and input), a "
+    "classification row's text, a chat row's last user message.",
+    "context": "A row's context is its 'context' field (text).",
+}
+
+
+def check_judged_rows(
+    judges: Sequence[JudgeDef],
+    rows: Sequence[Mapping[str, Any]],
+    data_format: str,
+    *,
+    where: str = "row",
+) -> None:
+    """A ConfigError, before any answer is generated, when a row of ``rows`` (``data_format``
+    rows, as evaluation renders them) lacks what a judge's rubric needs; it names the
+    judge's metric, the row (``where`` and its 1-based number) and the missing field."""
+    for judge in judges:
+        if rows and data_format in PROMPTLESS_FORMATS:
+            raise ConfigError(
+                f"{where} 1: {judge.metric} needs the model's answer to a prompt, and a "
+                f"{data_format!r} row shows the model none",
+                hint="Judge rows that ask something (alpaca, chat or classification rows; "
+                f"--format), or score a file of answers with `modelyard judges score "
+                f"{judge.name} --data FILE`.",
+                metric=judge.metric,
+                field="format",
+            )
+        needs = required_fields(judge.rubric, judge.prompt)
+        lacking: list[tuple[int, list[str]]] = []
+        for number, row in enumerate(rows, start=1):
+            # what answer_inputs gives the judge; the answer and the reference always exist
+            item = JudgeInput("", question_of(row), reference="", context=_context_of(row))
+            missing = [field for field in needs if item.get(field) is None]
+            if missing:
+                lacking.append((number, missing))
+        if not lacking:
+            continue
+        number, missing = lacking[0]
+        fields = " and a ".join(missing)
+        others = f" ({len(lacking)} of {len(rows)} rows have none)" if len(lacking) > 1 else ""
+        raise ConfigError(
+            f"{where} {number}: {judge.metric} ({judge.rubric} rubric) needs a {fields}, and "
+            f"the row has none{others}",
+            hint=" ".join(_WHERE_FROM[f] for f in missing if f in _WHERE_FROM)
+            + f" Give every row {' and '.join('its ' + f for f in missing)}, or use a judge "
+            "whose rubric does not need it.",
+            metric=judge.metric,
+            row=number,
+            field=missing[0],
+        )
 
 
 MIN_SCORED_SHARE = 0.9
@@ -69,6 +129,13 @@ class JudgeSource:
         self.judges: list[JudgeDef] = [store.get_judge(name) for name in names]
         for judge in self.judges:
             api_key(judge)  # an unset key variable fails now, not after the answers
+
+    def check_rows(
+        self, rows: Sequence[Mapping[str, Any]], data_format: str, *, where: str = "row"
+    ) -> None:
+        """Refuse, naming the row and the field, rows that lack what a judge needs
+        (``check_judged_rows``): called before any answer is generated."""
+        check_judged_rows(self.judges, rows, data_format, where=where)
 
     def score(
         self,
