@@ -88,7 +88,7 @@ def test_what_a_judge_made_of_the_window_is_counted_by_the_store(
 ) -> None:
     store, w = window
     _no_window_reads(monkeypatch)
-    (judged,) = _judging.judged_windows(store, ["judge.q >= 3 (sample 7)"], w).values()
+    (judged,) = _judging.judged_windows(store, ["judge.q >= 3"], w).values()
     assert sorted(judged.canary.scores) == [3.0] + [4.0] * 10
     assert (judged.canary.failed, judged.canary.unjudged) == (5, CANARY - 16)
     assert (judged.baseline.scores, judged.baseline.failed) == ((), 0)
