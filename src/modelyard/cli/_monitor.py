@@ -180,6 +180,10 @@ def profiles(
                     "error_rate": p.error_rate,
                     "cache_hit_rate": p.cache_hit_rate,
                     "feedback_mean": p.feedback_mean,
+                    "judges": {
+                        metric: {"scored": q.scored, "mean": q.mean}
+                        for metric, q in p.judges.items()
+                    },
                 }
                 for p in rows
             ]
@@ -187,8 +191,9 @@ def profiles(
         return
     table = Table(
         "start UTC", "endpoint", "version", "tenant", "req", "err", "p50/p95/p99 ms", "ttft",
-        "tokens in/out", "cost", "cache", "feedback",
-        caption="err: errors and timeouts / requests; ttft: time to first token p50 (ms)",
+        "tokens in/out", "cost", "cache", "feedback", "judged",
+        caption="err: errors and timeouts / requests; ttft: time to first token p50 (ms); "
+        "judged: each judge's mean score (1-5) of the records it scored (n)",
     )  # fmt: skip
     for p in rows:
         table.add_row(
@@ -204,6 +209,11 @@ def profiles(
             _fmt(p.cost, 4),
             "-" if p.cache_hit_rate is None else f"{p.cache_hit_rate:.0%}",
             "-" if p.feedback_mean is None else f"{p.feedback_mean:+.2f} (n={p.feedback_count})",
+            "\n".join(
+                f"{metric.removeprefix('judge.')} {q.mean:.2f} (n={q.scored})"
+                for metric, q in p.judges.items()
+            )
+            or "-",
         )
     _print_wide(table)
 

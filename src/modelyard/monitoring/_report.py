@@ -180,6 +180,42 @@ def _weighted(attr: str) -> Callable[[list[Profile]], float | None]:
     return fn
 
 
+def _judged_mean(metric: str) -> Callable[[list[Profile]], float | None]:
+    """The mean score ``metric``'s judge gave the records of these profiles (weighted by how
+    many it scored in each)."""
+
+    def fn(items: list[Profile]) -> float | None:
+        judged = [p.judges[metric] for p in items if metric in p.judges]
+        n = sum(q.scored for q in judged)
+        return sum(q.mean * q.scored for q in judged) / n if n else None
+
+    return fn
+
+
+def _judged_html(profiles: Sequence[Profile]) -> str:
+    """Per judge: a table of what it scored per version, and its mean score per hour."""
+    metrics = sorted({metric for p in profiles for metric in p.judges})
+    if not metrics:
+        return (
+            '<p class="empty">no judged records in this period: see online judging '
+            "(judging: in the alert rules)</p>"
+        )
+    rows = []
+    for metric in metrics:
+        versions: dict[str, list[Profile]] = defaultdict(list)
+        for p in profiles:
+            if metric in p.judges:
+                versions[p.version or "none"].append(p)
+        for version, items in sorted(versions.items()):
+            n = sum(p.judges[metric].scored for p in items)
+            rows.append((metric, version, n, f"{_judged_mean(metric)(items):.2f}"))
+    charts = "".join(
+        line_chart(f"{metric} mean score per version", _by_version(profiles, _judged_mean(metric)))
+        for metric in metrics
+    )
+    return _table(("judge", "version", "records scored", "mean score"), rows) + charts
+
+
 def _table(head: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     th = "".join(f"<th>{_esc(h)}</th>" for h in head)
     body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in r) + "</tr>" for r in rows)
@@ -359,6 +395,7 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
         f"{_esc(ep.model)} · tenant {_esc(ep.tenant or 'shared')}</p>"
         f"<h2>Summary</h2>{summary}<h2>Traffic, errors, latency, tokens and cost</h2>"
         f"{''.join(charts[:5])}<h2>Drift</h2>{drift_html}<h2>Feedback</h2>{charts[5]}"
+        f"<h2>Judged quality</h2>{_judged_html(profiles)}"
         f"<h2>Versions and rollouts</h2>{_timeline(events)}</body></html>"
     )
 

@@ -7,28 +7,84 @@ from the records and can be computed again).
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.orm import Session
 
 from modelyard.errors import ConfigError
 from modelyard.store._core import StoreCore
+from modelyard.store._judges import JudgementRow, JudgeRow
 from modelyard.store._rows import in_scope, lock_name, tenant_names, version_info
 from modelyard.store._schema import (
     AlertNotificationRow,
     AlertStateRow,
     BaseModelRow,
     DriftResultRow,
+    InferenceRecordRow,
     MonitorStateRow,
     ProfileRow,
     TokenPriceRow,
     utcnow,
 )
-from modelyard.store.entities import AlertNotification, AlertState, DriftResult, Profile, TokenPrice
+from modelyard.store.entities import (
+    AlertNotification,
+    AlertState,
+    DriftResult,
+    JudgedQuality,
+    Profile,
+    TokenPrice,
+)
 
 PROFILE_WINDOWS = ("hour", "day")
+_SPANS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
+_ProfileKey = tuple[datetime, str, int | None, int | None]  # start, endpoint, version, tenant
+
+
+def _window_start(window: str, t: datetime) -> datetime:
+    start = t.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    return start.replace(hour=0) if window == "day" else start
+
+
+def _judged_quality(
+    s: Session, window: str, rows: Sequence[ProfileRow], scope: Mapping[str, Any]
+) -> dict[_ProfileKey, dict[str, JudgedQuality]]:
+    """Per profile of ``rows``: what each judge's current revision made of its records.
+
+    Read from the judgements at read time, not stored with the profile: a judge's scores
+    arrive after the hour's profile was computed (online judging, rollout guards), and a
+    new revision of a judge makes what the old one said count nowhere. Each record counts
+    once per judge (its newest score), with the window its record was made in."""
+    if not rows:
+        return {}
+    j, rec = JudgementRow, InferenceRecordRow
+    since = min(r.start for r in rows)
+    until = max(r.start for r in rows) + _SPANS[window]
+    current = (JudgeRow.name == j.judge) & (JudgeRow.revision == j.revision)
+    newest = select(func.max(j.id)).join(JudgeRow, current).join(rec, rec.id == j.record_id)
+    newest = in_scope(newest, s, rec, rec.created_at, since=since, until=until, **scope)
+    newest = newest.where(j.score.is_not(None)).group_by(j.judge, j.record_id)
+    found = s.execute(
+        select(rec.created_at, rec.endpoint_name, rec.version_id, rec.tenant_id, j.judge, j.score)
+        .join(rec, rec.id == j.record_id)
+        .where(j.id.in_(newest))
+    ).all()
+    sums: dict[_ProfileKey, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for created, endpoint, version_id, tenant_id, judge, score in found:
+        if score is None:  # never: only scored judgements are read
+            continue
+        key = (_window_start(window, created), endpoint, version_id, tenant_id)
+        sums[key][f"judge.{judge}"].append(float(score))
+    return {
+        key: {
+            metric: JudgedQuality(len(scores), sum(scores) / len(scores))
+            for metric, scores in sorted(judges.items())
+        }
+        for key, judges in sums.items()
+    }
 
 
 class MonitoringStore(StoreCore):
@@ -74,7 +130,8 @@ class MonitoringStore(StoreCore):
         since: datetime | None = None,
         until: datetime | None = None,
     ) -> list[Profile]:
-        """Profiles, oldest window first."""
+        """Profiles, oldest window first, each with what the judges made of its records
+        (``Profile.judges``: each judge's current revision, read from its judgements)."""
         check_window(window)
         p = ProfileRow
         query = select(p).where(p.window == window).order_by(p.start, p.endpoint_name, p.id)
@@ -84,6 +141,8 @@ class MonitoringStore(StoreCore):
             rows = list(s.scalars(query))
             refs = version_info(s, {r.version_id for r in rows})
             tenants = tenant_names(s)
+            scope = {"tenant": tenant, "endpoint": endpoint, "version_id": version_id}
+            judged = _judged_quality(s, window, rows, scope)
             return [
                 Profile(
                     r.window,
@@ -109,6 +168,7 @@ class MonitoringStore(StoreCore):
                     tool_calls=r.tool_calls,
                     format_checked=r.format_checked,
                     format_failures=r.format_failures,
+                    judges=judged.get((r.start, r.endpoint_name, r.version_id, r.tenant_id), {}),
                 )
                 for r in rows
             ]

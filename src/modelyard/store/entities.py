@@ -425,9 +425,19 @@ class RecordFeatures:
 
 
 @dataclass(frozen=True)
+class JudgedQuality:
+    """What one judge's current revision made of a profile's records: how many of them it
+    scored (each record once, its newest score) and the mean of those scores (1 to 5)."""
+
+    scored: int
+    mean: float
+
+
+@dataclass(frozen=True)
 class Profile:
     """Aggregates of one window (``hour`` or ``day`` from ``start``) of an endpoint's
-    records for one version and tenant."""
+    records for one version and tenant. ``judges`` (``judge.NAME`` -> its quality) is read
+    from the judgements when the profiles are listed, not stored with them."""
 
     window: str
     start: datetime
@@ -452,6 +462,7 @@ class Profile:
     tool_calls: int = 0  # calls the answers made
     format_checked: int = 0  # answers that had to be JSON or a call
     format_failures: int = 0  # of those, the ones that were not (cut short, say)
+    judges: Mapping[str, JudgedQuality] = field(default_factory=dict)  # judge.NAME -> quality
 
     @property
     def error_rate(self) -> float:
