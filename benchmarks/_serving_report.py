@@ -46,7 +46,7 @@ def results_table(summary: Mapping[str, Any], repeats: int) -> Table:
 def runs_table(runs: Sequence[Any]) -> Table:
     table = Table(title="Loads (in the order they ran)", title_justify="left")
     columns = ("load", "repeat", "requests", "tokens", "ended early", "batches", "loads")
-    for name in (*columns, "s", "tokens/s"):
+    for name in (*columns, "s", "tokens/s", "gc", "gc s"):
         table.add_column(name, justify="left" if name == "load" else "right")
     for r in runs:
         table.add_row(
@@ -59,6 +59,8 @@ def runs_table(runs: Sequence[Any]) -> Table:
             "" if r.adapter_loads is None else str(r.adapter_loads),
             f"{r.seconds:.2f}",
             f"{r.tokens_per_second:,.0f}",
+            str(getattr(r, "gc_collections", "")),
+            f"{getattr(r, 'gc_seconds', 0.0):.2f}",
         )
     return table
 

@@ -156,10 +156,35 @@ class Load:
     short: int  # requests that ended before max_tokens (end of sequence)
     batches: int | None = None  # the engine's batches (admissions into a running batch too)
     adapter_loads: int | None = None  # adapters the engine loaded into its slots
+    gc_collections: int = 0  # garbage collections during the load (any generation)
+    gc_seconds: float = 0.0  # the time they took, every thread stopped meanwhile
 
     @property
     def tokens_per_second(self) -> float:
         return self.tokens / self.seconds
+
+
+class GcClock:
+    """Counts the garbage collections (``gc.callbacks``) and the time they take: a load's
+    share says whether the collector, not the code measured, decided a round."""
+
+    def __init__(self) -> None:
+        self.collections, self.seconds = 0, 0.0
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            self.collections += 1
+            self.seconds += time.perf_counter() - self._started
+
+    def __enter__(self) -> GcClock:
+        gc.callbacks.append(self)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        gc.callbacks.remove(self)
 
 
 class DiscardingWriter(RecordWriter):
@@ -422,15 +447,19 @@ def run_loads(world: World, config: Config, say: Say) -> tuple[list[Load], list[
                 clients = loads[SERVER_C1 if name == ENGINE_C1 else name]
                 gc.collect()  # a full collection (0.3 to 0.5 s here) not inside a timed load
                 before = engine.stats()
-                if name == INPROC_C1:
-                    tokens, short, seconds = in_process(world, config, clients[0])
-                elif name == ENGINE_C1:
-                    tokens, short, seconds = engine_direct(engine, world, config, clients[0])
-                else:
-                    url = off if name == OFF else on
-                    tokens, short, seconds = through_server(url, world.key, config, clients)
+                with GcClock() as collector:
+                    if name == INPROC_C1:
+                        tokens, short, seconds = in_process(world, config, clients[0])
+                    elif name == ENGINE_C1:
+                        tokens, short, seconds = engine_direct(engine, world, config, clients[0])
+                    else:
+                        url = off if name == OFF else on
+                        tokens, short, seconds = through_server(url, world.key, config, clients)
                 after = engine.stats()
                 load = Load(name, repeat, sum(map(len, clients)), tokens, seconds, short)
+                load = replace(
+                    load, gc_collections=collector.collections, gc_seconds=collector.seconds
+                )
                 if name != INPROC_C1:
                     load = replace(
                         load,

@@ -21,9 +21,9 @@ is queued or in the transaction being written (records are written as soon as
 they arrive, not on a timer), and requests younger than ``start_delay``.
 
 Seals (issue 19, ``modelyard.store._seals``): with ``seal`` (the default) each batch's
-records in a final state are sealed in the transaction that writes them (each row's
-``seal`` and ``seal_pos``, and the seal's index row with its records' leaf hashes),
-with no audit event there. At most every ``anchor_s`` seconds (and on ``flush`` and
+records in a final state are sealed in the transaction that writes them (the seal's
+index row: its records' ids, tenants, times and leaf hashes; the rows themselves carry
+nothing of it), with no audit event there. At most every ``anchor_s`` seconds (and on ``flush`` and
 ``close``, or once ``anchor_seals`` seals wait) the writer appends ONE
 ``records.anchored`` audit event listing the seals written since its previous anchor
 and the Merkle root over them, so `modelyard audit verify --records` finds a record

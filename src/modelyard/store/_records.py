@@ -14,7 +14,7 @@ from typing import Any, cast
 
 from sqlalchemy import Table, delete, func, insert, select, update
 
-from modelyard.audit import DISCARD_ACTION, PURGE_ACTION, SealEntry
+from modelyard.audit import DISCARD_ACTION, FINAL_STATUSES, PURGE_ACTION, SealEntry
 from modelyard.errors import ConfigError, NotFound
 from modelyard.store._convert import to_feedback, to_record
 from modelyard.store._core import StoreCore
@@ -158,9 +158,11 @@ class RecordStore(StoreCore):
         wanted = set(record_ids)
         with self._write(f"discard unwritten records of batch job {job_id!r}") as s:
             # the job's ids (partial index), then only those asked for: no huge IN list
-            job = s.execute(select(r.id, r.seal).where(r.job_id == job_id)).all()
+            job = s.execute(select(r.id, r.status).where(r.job_id == job_id)).all()
             ids = [i for i, _ in job if i in wanted]
-            sealed = sorted(i for i, seal in job if i in wanted and seal is not None)
+            # final records are sealed (those written before sealing began are listed too:
+            # the event only explains seals that miss them)
+            sealed = sorted(i for i, status in job if i in wanted and status in FINAL_STATUSES)
             for start in range(0, len(ids), 500):
                 chunk = ids[start : start + 500]
                 s.execute(delete(RecordFeaturesRow).where(RecordFeaturesRow.record_id.in_(chunk)))

@@ -252,9 +252,6 @@ class InferenceRecordRow(Base):
     # its job's id (a stream's ``STREAM/GROUP``).
     source: Mapped[str] = mapped_column(String(16), default="api", server_default="api")
     job_id: Mapped[str | None] = mapped_column(String(64))
-    # The seal holding the record in its final state, and its leaf there (migration 0016)
-    seal: Mapped[str | None] = mapped_column(String(32))
-    seal_pos: Mapped[int | None] = mapped_column(Integer)
 
 
 class RolloutRow(Base):

@@ -1,10 +1,12 @@
 """Anchoring seals, checking the records against them, and exporting inclusion proofs.
 
 ``verify_record_seals`` reads the chain's ``records.*`` events (their authenticity is
-``verify_audit_chain``'s business: `audit verify --records` runs both), then every
-sealed record once, seal by seal (ordered by ``seal, seal_pos``: no index needed, one
-sort), and compares each seal with what its ``records.anchored`` event lists of it (see
-``_seals`` for the design):
+``verify_audit_chain``'s business: `audit verify --records` runs both), then maps each
+record id to the seal holding it from the seals' index rows (a temporary table in the
+verifying connection: a record sealed twice, closed as abandoned and then ended by its
+server, belongs to the later seal), then reads every sealed record once, seal by seal
+(joined to that map, ordered by seal and position: one sort), and compares each seal
+with what its ``records.anchored`` event lists of it (see ``_seals`` for the design):
 
 - an anchor's lists must give its root, and the seal's index row the root and index
   hash the anchor lists; else the seal itself was edited (its records are then checked
@@ -13,8 +15,8 @@ sort), and compares each seal with what its ``records.anchored`` event lists of 
   ``UNANCHORED_GRACE`` (its records are counted apart, checked against that row only);
   older, each record is reported ``unanchored``: nothing vouches for it (its server
   stopped before anchoring, or the seal row was forged);
-- a row at a position of another id, or claiming a seal with no anchor and no index
-  row: inserted;
+- a seal that an anchor lists and whose index row is gone or edited: its records (those
+  the edited row still names) against the root as a whole;
 - a row whose leaf is not the sealed leaf: edited;
 - a position with no row: deleted, unless a later ``records.purged`` of its tenant
   covers its time, a later ``records.discarded`` lists it, or the record was sealed
@@ -28,12 +30,17 @@ Problems are reported earliest record first.
 from __future__ import annotations
 
 import itertools
+import json
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+import orjson
+from sqlalchemy import Column, Integer, MetaData, String, Table, Text, cast, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
 
 from modelyard.audit import (
     ANCHOR_ACTION,
@@ -73,7 +80,38 @@ _DELETED = (
 _UNSEALED = "it is in a final state and no seal holds it"
 
 _R = InferenceRecordRow
-_COLUMNS = [*(getattr(_R, name) for name in RECORD_FIELDS), _R.seal, _R.seal_pos]
+_FIELDS = [getattr(_R, name) for name in RECORD_FIELDS]
+
+
+def _seal_map(s: Any) -> Table:
+    """A temporary table in ``s``'s connection: each sealed record id, the seal holding it
+    and its position there, from the seals' index rows, the latest seal first (a record
+    closed as abandoned and then ended by its server was sealed twice: the later counts).
+    The caller drops it."""
+    table = Table(
+        f"sealed_{uuid.uuid4().hex[:12]}",
+        MetaData(),
+        Column("id", String(64), primary_key=True),
+        Column("seal", String(32), nullable=False),
+        Column("pos", Integer, nullable=False),
+        prefixes=["TEMPORARY"],
+    )
+    table.create(s.connection())
+    dialect = s.get_bind().dialect.name
+    insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
+    first_wins = insert.on_conflict_do_nothing(index_elements=["id"])
+    newest_first = select(RecordSealRow.id, RecordSealRow.ids).order_by(
+        RecordSealRow.created_at.desc(), RecordSealRow.id.desc()
+    )
+    rows: list[dict[str, Any]] = []
+    for seal, ids in s.execute(newest_first).yield_per(200):
+        rows += [{"id": str(i), "seal": seal, "pos": pos} for pos, i in enumerate(ids or ())]
+        if len(rows) >= 20_000:
+            s.execute(first_wins, rows)
+            rows = []
+    if rows:
+        s.execute(first_wins, rows)
+    return table
 
 
 def _time(text: Any) -> datetime | None:
@@ -243,27 +281,37 @@ class SealStore(StoreCore):
         running = before_sealing = 0
         seen: set[str] = set()
         with self._session("verify the seals of inference records") as s:
-            query = (
-                select(*_COLUMNS)
-                .where(_R.seal.is_not(None))
-                .order_by(_R.seal, _R.seal_pos, _R.id)
-                .execution_options(yield_per=1000)
-            )
-            rows = (dict(m) for m in s.execute(query).mappings())
-            for seal, group in itertools.groupby(rows, key=lambda m: str(m["seal"])):
-                seen.add(seal)
-                tally.check(seal, list(group), s.get(RecordSealRow, seal))
-            for seal in tally.seals.keys() - seen:  # no record left: all gone, or all deleted
-                tally.check(seal, [], s.get(RecordSealRow, seal))
-            unsealed = select(_R.id, _R.status, _R.created_at, _R.seal, _R.seal_pos)
-            for m in map(dict, s.execute(unsealed.where(_R.seal.is_(None))).mappings()):
-                if m["status"] == "running":
-                    running += 1
-                elif first_seal is None or _utc(m["created_at"]) < first_seal:
-                    before_sealing += 1
-                else:
-                    tally.problems.append(_problem("inserted", m, _UNSEALED))
-            resealed = _resealed(s, tally)
+            sealed = _seal_map(s)
+            try:
+                at = sealed.c
+                query = (
+                    select(*_FIELDS, at.seal.label("seal"), at.pos.label("seal_pos"))
+                    .join(sealed, at.id == _R.id)
+                    .order_by(at.seal, at.pos)
+                    .execution_options(yield_per=1000)
+                )
+                rows = (dict(m) for m in s.execute(query).mappings())
+                for seal, group in itertools.groupby(rows, key=lambda m: str(m["seal"])):
+                    seen.add(seal)
+                    tally.check(seal, list(group), s.get(RecordSealRow, seal))
+                for seal in tally.seals.keys() - seen:  # no record left, or no index row
+                    tally.check(seal, [], s.get(RecordSealRow, seal))
+                unsealed = (
+                    select(_R.id, _R.status, _R.created_at)
+                    .outerjoin(sealed, at.id == _R.id)
+                    .where(at.id.is_(None))
+                )
+                for m in map(dict, s.execute(unsealed).mappings()):
+                    if m["status"] == "running":
+                        running += 1
+                    elif first_seal is None or _utc(m["created_at"]) < first_seal:
+                        before_sealing += 1
+                    else:
+                        m |= {"seal": None, "seal_pos": None}
+                        tally.problems.append(_problem("inserted", m, _UNSEALED))
+                resealed = _resealed(s, tally, sealed)
+            finally:
+                sealed.drop(s.connection())
         problems = tally.problems + [m for m in tally.missing if m.record_id not in resealed]
         return RecordsReport(
             seals=len(tally.seals),
@@ -283,28 +331,29 @@ class SealStore(StoreCore):
         the seal to its anchor's root and the audit event holding that root. Refused
         (AuditError) when the record or its seal no longer match the chain."""
         with self._session(f"export the inclusion proof of record {record_id!r}") as s:
-            found = s.execute(select(*_COLUMNS).where(_R.id == record_id)).mappings().first()
+            found = s.execute(select(*_FIELDS).where(_R.id == record_id)).mappings().first()
             if found is None:
                 raise NotFound(f"no inference record with id {record_id!r}", param="record_id")
             m = dict(found)
-            if m["seal"] is None:
+            index = _holding_seal(s, record_id, _utc(m["created_at"]))
+            if index is None:
                 why = ("it is still running (a record is sealed when it ends)"
                        if m["status"] == "running" else
-                       "it was written before sealing began, or without a seal")  # fmt: skip
+                       "no seal's index holds it: it was written before sealing began or "
+                       "without a seal, or its seal's index row was removed "
+                       "(`modelyard audit verify --records` says which)")  # fmt: skip
                 raise Conflict(f"record {record_id} is not sealed: {why}")
-            index = s.get(RecordSealRow, m["seal"])
-            event, listed = (None, None) if index is None else _anchor_of(s, index)
-            if index is not None and event is None:
+            event, listed = _anchor_of(s, index)
+            if event is None:
                 raise Conflict(
                     f"record {record_id} is sealed but its seal is not anchored in the audit "
                     "chain yet: its writer anchors every few seconds; try again shortly",
                     hint="`modelyard audit verify --records` reports seals left unanchored.",
                 )
-            leaves = [] if index is None else split_leaves(index.leaves)
-            pos = int(m["seal_pos"])
+            leaves = split_leaves(index.leaves)
+            pos = index.ids.index(record_id)
             if (
-                index is None
-                or event is None
+                event is None
                 or event.action != ANCHOR_ACTION
                 or listed is None
                 or merkle_root(leaves).hex() != listed.root
@@ -318,12 +367,34 @@ class SealStore(StoreCore):
                     hint="`modelyard audit verify --records` says what changed.",
                     record_id=record_id,
                 )
-            return build_proof(m, leaves, pos, str(m["seal"]), event.to_json())
+            return build_proof(m, leaves, pos, index.id, event.to_json())
 
 
 # How much earlier than its seal's index row an anchor may say it was written (the
 # clocks of the seal's writer and of the anchor's are one; this is slack, not skew).
 _ANCHOR_SLACK = timedelta(minutes=5)
+
+
+def _like_escaped(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _holding_seal(s: Session, record_id: str, created_at: datetime) -> RecordSealRow | None:
+    """The latest seal whose index holds ``record_id`` (a record is sealed when it ends,
+    after it was created: the index rows written since, their ids matched as text first)."""
+    ids = cast(RecordSealRow.ids, Text)
+    # as the index's JSON list holds it: orjson's bytes, or the json module's (ASCII)
+    forms = {orjson.dumps(record_id).decode(), json.dumps(record_id)}
+    like = [ids.like(f"%{_like_escaped(form)}%", escape="\\") for form in sorted(forms)]
+    query = (
+        select(RecordSealRow)
+        .where(RecordSealRow.created_at >= created_at - _ANCHOR_SLACK, or_(*like))
+        .order_by(RecordSealRow.created_at.desc(), RecordSealRow.id.desc())
+    )
+    for index in s.scalars(query):
+        if record_id in (index.ids or ()):
+            return index
+    return None
 
 
 def _anchor_of(s: Any, index: RecordSealRow) -> tuple[AuditEvent | None, SealEntry | None]:
@@ -348,7 +419,7 @@ def _anchor_of(s: Any, index: RecordSealRow) -> tuple[AuditEvent | None, SealEnt
     return None, None
 
 
-def _resealed(s: Any, tally: _Tally) -> set[str]:
+def _resealed(s: Any, tally: _Tally, sealed: Table) -> set[str]:
     """The ids among the missing leaves whose record is there, sealed by a later seal
     (anchored later, or pending) that holds it as it is (closed as abandoned, then
     ended by its server)."""
@@ -357,7 +428,7 @@ def _resealed(s: Any, tally: _Tally) -> set[str]:
     ids = sorted(missing)
     bad = {p.record_id for p in tally.problems}
     for start in range(0, len(ids), 500):
-        query = select(_R.id, _R.seal).where(_R.id.in_(ids[start : start + 500]))
+        query = select(sealed.c.id, sealed.c.seal).where(sealed.c.id.in_(ids[start : start + 500]))
         for record_id, seal in s.execute(query).all():
             anchored = tally.seals.get(str(seal))
             gone = missing[record_id]

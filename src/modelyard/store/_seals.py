@@ -8,12 +8,14 @@ Design (the encoding and the tree: ``modelyard.audit._seals`` and ``_merkle``):
   end updates. ``close_running_records`` seals the rows it closes (a stopped server's
   requests). Each final record is sealed once: nothing updates it afterwards
   (feedback and features live in tables of their own and are not sealed).
-- **How a root finds its leaves.** Every sealed row carries ``seal`` (the seal's
-  random id) and ``seal_pos`` (its leaf's position). The seal's *index*
-  (``record_seals``: per position the record's id, tenant and time, and the leaf
-  hashes), written in the same transaction, is what names a record once it is edited
-  or gone: its leaves are authentic when they give the seal's root, its ids, tenants
-  and times when they give the seal's index hash, both as an anchor lists them.
+- **How a root finds its leaves.** The seal's *index* (``record_seals``: per position
+  the record's id, tenant and time, and the leaf hashes), written in the same
+  transaction, is what finds a seal's records and names one once it is edited or
+  gone: its leaves are authentic when they give the seal's root, its ids, tenants and
+  times when they give the seal's index hash, both as an anchor lists them. The
+  record rows carry nothing of their seal (migration 0018 dropped the ``seal`` and
+  ``seal_pos`` columns 0016 had added: two more values per row cost the writer more
+  than the rest of sealing); verification maps ids to seals from the index rows.
 - **Anchors.** No audit event is written with the records: the writer appends one
   ``records.anchored`` event at most every ``anchor_s`` seconds (and on flush and
   close), listing the seals it wrote since its previous anchor (id, count, root, index
@@ -171,19 +173,14 @@ class PendingSeal:
 def prepare_seal(
     rows: Sequence[dict[str, Any]], leaves: Mapping[str, bytes] | None = None
 ) -> PendingSeal | None:
-    """Give each row in a final state its ``seal`` and ``seal_pos`` (in place; the others
-    get none); the seal, or None when no row is final. ``leaves``: leaf hashes by record
-    id already computed from the same values (the writer computes them off its thread)."""
+    """The seal of the rows in a final state, in their order (the others are not sealed),
+    or None when no row is final. ``leaves``: leaf hashes by record id already computed
+    from the same values (the writer computes them off its thread)."""
     known = leaves or {}
     final = [row for row in rows if row["status"] in FINAL_STATUSES]
-    if len(final) < len(rows):
-        for row in rows:
-            row["seal"] = row["seal_pos"] = None
     if not final:
         return None
     seal = new_seal_id()
-    for pos, row in enumerate(final):
-        row["seal"], row["seal_pos"] = seal, pos
     ids = [row["id"] if type(row["id"]) is str else str(row["id"]) for row in final]
     return PendingSeal(
         id=seal,
