@@ -4,7 +4,8 @@ A seal is one batch of records in their final state (``ok``, ``error``, ``cancel
 ``timeout``, ``refused``; never ``running``), written by the record writer in the
 transaction that writes them, with its index row (``record_seals``). Its root is the
 Merkle root (``_merkle``, RFC 9162) over the records' leaves, in the order of the
-index row's ids (a record's position in its seal). A leaf is ``SHA-256(0x00 || record_bytes(record))``.
+index row's ids (a record's position in its seal). A leaf is
+``SHA-256(0x00 || record_bytes(record))``.
 
 An *anchor* is one ``records.anchored`` audit event vouching for the seals a writer
 wrote since its previous anchor (at most every few seconds, not one event per
