@@ -234,6 +234,18 @@ def test_closed_abandoned_and_replaced_records_stay_verifiable(store: Store) -> 
     assert report.ok and report.records == 3 and report.discarded == 2 and report.running == 0
     assert store.list_audit_events(action="records.discarded")[0].payload["ids"] == ["r-1", "r-2"]
 
+    # the server was alive after all: it ends the request, whose row is sealed again
+    ended = _record("r-run", tid)
+    store.add_monitored_records(
+        [(ended, None)], running={"r-run"}, server_id="gone-1-aaaaaa", seal=True
+    )
+    report = store.verify_record_seals()
+    assert report.ok and report.records == 3 and report.seals == 3, report.problems
+    proof = store.record_proof("r-run")  # from the later seal, the one that holds it as it is
+    check_proof(proof)  # raises unless it verifies
+    assert "ok" in json.loads(proof["record"])
+    assert proof["seal"] != closed.payload["seals"][0]
+
 
 def test_a_refusing_chain_leaves_records_sealed_unanchored_and_reported(
     store: Store, store_url: str

@@ -410,13 +410,17 @@ def _anchor_of(s: Any, index: RecordSealRow) -> tuple[AuditEvent | None, SealEnt
         .order_by(AuditEventRow.seq)
         .execution_options(yield_per=100)
     )
-    for row in s.scalars(query):
-        if index.id not in (row.payload.get("seals") or ()):
-            continue
-        event = _audit.to_event(row)
-        listed = {e.seal: e for e in anchored_seals(event.payload) or ()}.get(index.id)
-        return event, listed
-    return None, None
+    rows = s.scalars(query)
+    try:
+        for row in rows:
+            if index.id not in (row.payload.get("seals") or ()):
+                continue
+            event = _audit.to_event(row)
+            listed = {e.seal: e for e in anchored_seals(event.payload) or ()}.get(index.id)
+            return event, listed
+        return None, None
+    finally:
+        rows.close()  # a server-side cursor on PostgreSQL, left before its end
 
 
 def _resealed(s: Any, tally: _Tally, sealed: Table) -> set[str]:
