@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 
 from modelyard.access import create_api_key
-from modelyard.artifacts import ArtifactStore
 from modelyard.base import create_tiny_base
 from modelyard.cli import main
 from modelyard.data import DOMAINS, domain_corpus, synthetic_domain
@@ -24,7 +23,7 @@ from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.serving._engine import Generation, TokenStream
 from modelyard.store import ModelVersion, Store
 from tinymodels import QUICK_BASE, random_adapter
-from worlds import fake_world
+from worlds import fake_world, tiny_helpdesk_version
 
 
 class LastLineEngine(EchoEngine):
@@ -266,13 +265,7 @@ def test_a_gate_on_a_judge_is_judged_on_the_versions_answers_and_recorded(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     store, url = served_judge
-    store.register_base_model("tiny-real", str(tiny["base"]), {})
-    store.create_registered_model("helpdesk")
-    stored = ArtifactStore(home / "artifacts").put_dir(tiny["adapter"], kind="adapter")
-    version = store.create_model_version(
-        "helpdesk", kind="adapter", artifact_digest=stored.digest, base_model="tiny-real",
-        run_id=None, lineage={"prompt_template": "alpaca"}, metrics={},
-    )  # fmt: skip
+    version = tiny_helpdesk_version(store, home, tiny)
     prompt = tmp_path / "strict.txt"
     prompt.write_text("Grade the answer to: {question}\n{answer}\nScore: 3")  # always 3
     code, _, err = run(

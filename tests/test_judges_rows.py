@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.artifacts import ArtifactStore
 from modelyard.base import create_tiny_base
 from modelyard.cli import main
 from modelyard.data import DOMAINS, domain_corpus, synthetic_domain
@@ -18,6 +17,7 @@ from modelyard.errors import ConfigError
 from modelyard.judges import JudgeSource
 from modelyard.store import Store
 from tinymodels import QUICK_BASE, random_adapter
+from worlds import tiny_helpdesk_version
 
 UNREACHABLE = "--url http://127.0.0.1:9/v1 --model judge-ep"
 """No judge is called: each refusal here comes before the first call."""
@@ -41,13 +41,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 def version(home: Path, tiny: dict[str, Path]) -> str:
     home.mkdir(parents=True)
     store = Store.open(f"sqlite:///{home / 'store.db'}")
-    store.register_base_model("tiny-real", str(tiny["base"]), {})
-    store.create_registered_model("helpdesk")
-    stored = ArtifactStore(home / "artifacts").put_dir(tiny["adapter"], kind="adapter")
-    made = store.create_model_version(
-        "helpdesk", kind="adapter", artifact_digest=stored.digest, base_model="tiny-real",
-        run_id=None, lineage={"prompt_template": "alpaca"}, metrics={},
-    )  # fmt: skip
+    made = tiny_helpdesk_version(store, home, tiny)
     store.close()
     return made.ref
 

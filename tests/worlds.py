@@ -105,3 +105,17 @@ def home_store(home: Path) -> Store:
     return Store.open(
         f"sqlite:///{home / 'store.db'}", audit_key=AuditKeySource(key_file=home / "audit.key")
     )
+
+
+def tiny_helpdesk_version(store: Store, home: Path, tiny: Mapping[str, Path]) -> ModelVersion:
+    """The ``tiny`` fixture's adapter registered as a version of ``helpdesk`` (alpaca
+    prompts) on the base ``tiny-real``, its artifact in ``home``'s artifact store."""
+    from modelyard.artifacts import ArtifactStore
+
+    store.register_base_model("tiny-real", str(tiny["base"]), {})
+    store.create_registered_model("helpdesk")
+    stored = ArtifactStore(home / "artifacts").put_dir(tiny["adapter"], kind="adapter")
+    return store.create_model_version(
+        "helpdesk", kind="adapter", artifact_digest=stored.digest, base_model="tiny-real",
+        run_id=None, lineage={"prompt_template": "alpaca"}, metrics={},
+    )  # fmt: skip
