@@ -29,9 +29,11 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    and_,
     case,
     delete,
     func,
+    or_,
     select,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -195,6 +197,18 @@ def _asked(judge: str) -> Any:
         .where(JudgementRow.record_id == InferenceRecordRow.id, _current(judge))
         .exists()
     )
+
+
+def _past(after: tuple[datetime, str] | None) -> list[Any]:
+    """The conditions on a record that comes after the position ``after`` (time, id)."""
+    if after is None:
+        return []
+    at, record_id = after
+    rec = InferenceRecordRow
+    return [  # the first bound alone is a range on ix_inference_records_endpoint_created
+        rec.created_at >= at,
+        or_(rec.created_at > at, and_(rec.created_at == at, rec.id > record_id)),
+    ]
 
 
 class JudgeStore(StoreCore):
@@ -407,6 +421,38 @@ class JudgeStore(StoreCore):
                     .limit(limit)
                 )
             )
+
+    def unjudged_after(
+        self,
+        judge: str,
+        endpoint: str,
+        since: datetime,
+        after: tuple[datetime, str] | None,
+        limit: int | None,
+    ) -> list[tuple[str, datetime]]:
+        """Up to ``limit`` (id, time) of ``endpoint``'s records (of any version) since
+        ``since`` that ``judgeable_records`` would list and ``judge``'s current revision was
+        never asked about, after the position ``after`` (time, id) when given, in that order:
+        the database excludes what was judged (NOT EXISTS on the judgements by record id) and
+        bounds the read, so online judging reads on from where its last tick stopped."""
+        rec = InferenceRecordRow
+        with self._session(f"read the records judge {judge!r} has not judged") as s:
+            rows = s.execute(
+                select(rec.id, rec.created_at)
+                .where(*_judgeable(endpoint, since, None), ~_asked(judge), *_past(after))
+                .order_by(rec.created_at, rec.id)
+                .limit(limit)
+            ).all()
+        return [(record_id, created_at) for record_id, created_at in rows]
+
+    def count_unjudged_after(
+        self, judge: str, endpoint: str, since: datetime, after: tuple[datetime, str] | None
+    ) -> int:
+        """How many records ``unjudged_after`` would list with no limit (counted, not read)."""
+        rec = InferenceRecordRow
+        with self._session(f"count the records judge {judge!r} has not judged") as s:
+            where = [*_judgeable(endpoint, since, None), ~_asked(judge), *_past(after)]
+            return int(s.scalar(select(func.count(rec.id)).where(*where)) or 0)
 
     def judged_counts(
         self, judge: str, endpoint: str, since: datetime, version_ids: Sequence[int]
