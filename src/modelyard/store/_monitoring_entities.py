@@ -1,0 +1,157 @@
+"""Monitoring entities returned by the store (re-exported by ``entities``): a record's
+drift features, hour and day profiles with their judged quality, drift results, alert
+states and notifications, retention policies."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+
+@dataclass(frozen=True)
+class RecordFeatures:
+    """Drift features of one request, taken from the raw text before the storage policy.
+
+    Shares are in [0, 1]; ``unknown_token_rate`` and ``cache_hit`` are None when
+    the engine cannot tell; ``embedding`` is a float16 sentence embedding, if any.
+    """
+
+    prompt_chars: int = 0
+    response_chars: int = 0
+    prompt_non_ascii: float = 0.0
+    prompt_digits: float = 0.0
+    response_non_ascii: float = 0.0
+    response_digits: float = 0.0
+    unknown_token_rate: float | None = None
+    cache_hit: bool | None = None
+    embedding: bytes | None = None
+
+
+@dataclass(frozen=True)
+class JudgedQuality:
+    """What one judge's current revision made of a profile's records: how many of them it
+    scored (each record once, its newest score) and the mean of those scores (1 to 5)."""
+
+    scored: int
+    mean: float
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Aggregates of one window (``hour`` or ``day`` from ``start``) of an endpoint's
+    records for one version and tenant. ``judges`` (``judge.NAME`` -> its quality) is read
+    from the judgements when the profiles are listed, not stored with them."""
+
+    window: str
+    start: datetime
+    endpoint_name: str
+    version: str | None
+    tenant: str | None
+    requests: int
+    errors: int
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    latency_p99_ms: float | None
+    ttft_p50_ms: float | None
+    ttft_p95_ms: float | None
+    tokens_in: int
+    tokens_out: int
+    cost: float | None
+    cache_hits: int
+    cache_known: int
+    feedback_count: int
+    feedback_sum: float
+    updated_at: datetime
+    tool_calls: int = 0  # calls the answers made
+    format_checked: int = 0  # answers that had to be JSON or a call
+    format_failures: int = 0  # of those, the ones that were not (cut short, say)
+    judges: Mapping[str, JudgedQuality] = field(default_factory=dict)  # judge.NAME -> quality
+
+    @property
+    def error_rate(self) -> float:
+        return self.errors / self.requests if self.requests else 0.0
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        return self.cache_hits / self.cache_known if self.cache_known else None
+
+    @property
+    def feedback_mean(self) -> float | None:
+        return self.feedback_sum / self.feedback_count if self.feedback_count else None
+
+
+@dataclass(frozen=True)
+class DriftResult:
+    """One feature's drift test in one run.
+
+    ``status`` is ok, drift, not_enough_data or no_reference.
+    """
+
+    run_id: str
+    computed_at: datetime
+    endpoint_name: str
+    version: str | None
+    tenant: str | None
+    reference: str
+    window_start: datetime
+    window_end: datetime
+    feature: str
+    method: str
+    value: float | None
+    threshold: float
+    drifted: bool | None
+    status: str
+    n_reference: int
+    n_current: int
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AlertState:
+    """One alert: a rule for one set of labels (``state``: pending, firing, resolved)."""
+
+    id: str
+    rule: str
+    labels: Mapping[str, str]
+    severity: str
+    state: str
+    value: float | None
+    summary: str
+    active_since: datetime | None
+    fired_at: datetime | None
+    resolved_at: datetime | None
+    last_evaluated: datetime
+
+
+@dataclass(frozen=True)
+class AlertNotification:
+    """One delivery (or failed delivery) of an alert's change of state."""
+
+    alert_id: str
+    rule: str
+    state: str
+    target: str
+    sent_at: datetime
+    ok: bool
+    attempts: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class RetentionPolicy:
+    tenant: str
+    raw_days: int
+    updated_at: datetime
+
+
+__all__ = [
+    "AlertNotification",
+    "AlertState",
+    "DriftResult",
+    "JudgedQuality",
+    "Profile",
+    "RecordFeatures",
+    "RetentionPolicy",
+]
