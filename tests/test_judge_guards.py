@@ -79,7 +79,6 @@ def _no_window_reads(monkeypatch: pytest.MonkeyPatch) -> None:
     def refused(*args: Any, **kwargs: Any) -> Any:
         raise AssertionError("a judge guard read the window's record ids")
 
-    monkeypatch.setattr(Store, "judgeable_records", refused)
     monkeypatch.setattr(Store, "judgement_states", refused)
 
 

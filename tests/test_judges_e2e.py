@@ -302,8 +302,12 @@ def test_only_records_a_judge_can_read_are_judged(store: Store) -> None:
     add("failed", status="error")
     add("shadow", version=v2.id, shadow=True)
     add("fallback", fallback=v2.id)
-    found = store.judgeable_records("support", now - timedelta(hours=1), [v1.id, v2.id])
-    assert found == {v1.id: ["ok-1"], v2.id: ["ok-2"]}
+    # what a judge that was never asked could be given (the guards' pick), of both versions
+    hour_ago = now - timedelta(hours=1)
+    assert sorted(store.unjudged_records("nobody", "support", hour_ago, [v1.id, v2.id], 10)) == [
+        "ok-1", "ok-2",
+    ]  # fmt: skip
+    assert store.unjudged_records("nobody", "support", hour_ago, [v2.id], 10) == ["ok-2"]
     assert store.record_texts(["ok-1", "hashed"])["ok-1"][1:] == (
         "### Instruction:\nhi\n\n### Response:\n", "hello",
     )  # fmt: skip

@@ -44,7 +44,6 @@ class Reads:
             return SimpleNamespace(scored=len(ids))
 
         monkeypatch.setattr(Store, "unjudged_after", counted)
-        monkeypatch.setattr(Store, "judgeable_records", refused)
         monkeypatch.setattr(Store, "judgement_states", refused)
         monkeypatch.setattr(_judging, "judge_records", judged)
 

@@ -173,8 +173,9 @@ def _latest_scores(judge: str, since: datetime) -> Any:
 
 
 def _judgeable(endpoint: str, since: datetime, version_ids: list[int] | None) -> list[Any]:
-    """The conditions on a live record a judge can read (``JudgeStore.judgeable_records``)
-    of ``endpoint`` since ``since``, of ``version_ids`` (of any version when None)."""
+    """The conditions on a live record a judge can read (answered ok, not a shadow nor a
+    fallback, prompt and response kept as text: a tenant that keeps hashes or nothing leaves
+    none) of ``endpoint`` since ``since``, of ``version_ids`` (of any version when None)."""
     rec = InferenceRecordRow
     return [
         rec.endpoint_name == endpoint,
@@ -335,27 +336,6 @@ class JudgeStore(StoreCore):
                     )
                 )  # fmt: skip
 
-    def judgements_of_records(self, judge: str, record_ids: Iterable[str]) -> dict[str, Judgement]:
-        """The newest scored judgement of each of ``record_ids`` by ``judge``'s current
-        revision."""
-        wanted = list(dict.fromkeys(record_ids))
-        found: dict[str, Judgement] = {}
-        with self._session(f"read judgements of {judge!r}") as s:
-            for start in range(0, len(wanted), 500):
-                rows = s.scalars(
-                    select(JudgementRow)
-                    .where(
-                        _current(judge),
-                        JudgementRow.record_id.in_(wanted[start : start + 500]),
-                        JudgementRow.score.is_not(None),
-                    )
-                    .order_by(JudgementRow.id)
-                )
-                for row in rows:
-                    assert row.record_id is not None
-                    found[row.record_id] = _to_judgement(row)
-        return found
-
     def judge_usage(self, judge: str, since: datetime | None = None) -> dict[str, float]:
         """Calls, failed calls, tokens and cost of ``judge`` (since ``since``)."""
 
@@ -377,33 +357,10 @@ class JudgeStore(StoreCore):
 
     # -- judging live traffic (rollout guards on judges) -------------------------------------
 
-    def judgeable_records(
-        self, endpoint: str, since: datetime, version_ids: Sequence[int] | None
-    ) -> dict[int, list[str]]:
-        """Per version id, the ids of its live records since ``since`` that a judge can read:
-        answered ok, not a shadow nor a fallback, with the prompt and the response kept as
-        text (a tenant that keeps hashes or nothing leaves none), oldest first. Of the
-        versions ``version_ids``, or of every version when None."""
-        ids = None if version_ids is None else list(version_ids)
-        found: dict[int, list[str]] = {vid: [] for vid in ids or ()}
-        if ids is not None and not ids:
-            return found
-        rec = InferenceRecordRow
-        with self._session(f"read the judgeable records of {endpoint!r}") as s:
-            rows = s.execute(
-                select(rec.version_id, rec.id)
-                .where(*_judgeable(endpoint, since, ids))
-                .order_by(rec.created_at, rec.id)
-            ).all()
-        for version_id, record_id in rows:
-            if version_id is not None:  # never None here: the query asks for a version
-                found.setdefault(version_id, []).append(record_id)
-        return found
-
     def unjudged_records(
         self, judge: str, endpoint: str, since: datetime, version_ids: Sequence[int], limit: int
     ) -> list[str]:
-        """Up to ``limit`` ids of the records ``judgeable_records`` would list for
+        """Up to ``limit`` ids of the records a judge can read (``_judgeable``) of
         ``version_ids`` that ``judge``'s current revision was never asked about, drawn at
         random from the whole window (not the oldest first). The database does the work: an
         anti-join on the judgements by record (their index), a random order and a LIMIT, so a
@@ -431,7 +388,7 @@ class JudgeStore(StoreCore):
         limit: int | None,
     ) -> list[tuple[str, datetime]]:
         """Up to ``limit`` (id, time) of ``endpoint``'s records (of any version) since
-        ``since`` that ``judgeable_records`` would list and ``judge``'s current revision was
+        ``since`` that a judge can read (``_judgeable``) and ``judge``'s current revision was
         never asked about, after the position ``after`` (time, id) when given, in that order:
         the database excludes what was judged (NOT EXISTS on the judgements by record id) and
         bounds the read, so online judging reads on from where its last tick stopped."""
@@ -457,9 +414,9 @@ class JudgeStore(StoreCore):
     def judged_counts(
         self, judge: str, endpoint: str, since: datetime, version_ids: Sequence[int]
     ) -> tuple[tuple[float, ...], int, int]:
-        """What ``judge``'s current revision made of the records ``judgeable_records`` would
-        list for ``version_ids``: (the newest score of each record it scored, in the order
-        given; how many it was asked about and gave no score; how many it was never asked
+        """What ``judge``'s current revision made of the records a judge can read
+        (``_judgeable``) of ``version_ids``: (the newest score of each record it scored, in
+        the order given; how many it was asked about and gave no score; how many it was never asked
         about). The two numbers are counted by the database; only scores are read."""
         ids = list(version_ids)
         if not ids:

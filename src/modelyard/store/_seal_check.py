@@ -65,13 +65,11 @@ from modelyard.store._core import StoreCore
 from modelyard.store._schema import AuditEventRow, InferenceRecordRow
 from modelyard.store._seals import UNANCHORED_GRACE, RecordSealRow, append_anchor, split_leaves
 
-_NO_EVENT = "it claims a seal that no records.anchored event lists and no index row holds"
 _UNANCHORED = (
     "its seal {seal} (index row written {at}) is listed by no records.anchored event: "
     "nothing vouches for it. Its server stopped before anchoring it (a crash, a kill -9, "
     "an audit chain that refused the anchor), or the seal row was forged"
 )
-_OTHER_PLACE = "it claims a place in its seal that holds another record"
 _EDITED = "its content is not what was sealed"
 _DELETED = (
     "its seal holds it and no audited removal (retention, a batch job's replacement) "
@@ -182,14 +180,13 @@ class _Tally:
         event: AuditEvent | None = None
         if anchored is not None:
             event, entry = anchored
-        elif index is None:
-            self.problems += [_problem("inserted", m, _NO_EVENT) for m in rows]
-            return
-        elif _utc(index.created_at) <= self.pending_after:
-            why = _UNANCHORED.format(seal=seal, at=format_time(_utc(index.created_at)))
-            self.problems += [_problem("unanchored", m, why) for m in rows]
-            return
-        else:  # pending: checked against its own index row, which nothing vouches for yet
+        else:  # a seal of the id map (no anchor lists it): its index row is there
+            assert index is not None
+            if _utc(index.created_at) <= self.pending_after:
+                why = _UNANCHORED.format(seal=seal, at=format_time(_utc(index.created_at)))
+                self.problems += [_problem("unanchored", m, why) for m in rows]
+                return
+            # pending: checked against its own index row, which nothing vouches for yet
             self.pending_seals.add(seal)
             leaves = split_leaves(index.leaves)
             digest = index_digest(index.ids, index.tenants, index.times)
@@ -208,19 +205,15 @@ class _Tally:
             return
         seq = None if event is None else event.seq
         at_pos: dict[int, Mapping[str, Any]] = {}
-        for m in rows:
+        for m in rows:  # each at the place its seal's index gives it (the id map's)
             pos = m["seal_pos"]
-            if pos is None or not 0 <= pos < n or index.ids[pos] != m["id"] or pos in at_pos:
-                self.problems.append(_problem("inserted", m, _OTHER_PLACE, seq))
-            elif record_leaf(m).hex() != leaves[pos].hex():
-                at_pos[pos] = m
+            at_pos[pos] = m
+            if record_leaf(m) != leaves[pos]:
                 self.problems.append(_problem("edited", m, _EDITED, seq))
+            elif event is None:
+                self.pending += 1
             else:
-                at_pos[pos] = m
-                if event is None:
-                    self.pending += 1
-                else:
-                    self.records += 1
+                self.records += 1
         for pos in range(n):
             record_id, at = index.ids[pos], _time(index.times[pos])
             if pos in at_pos or self.explained(seq or 0, record_id, index.tenants[pos], at):
