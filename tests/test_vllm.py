@@ -217,10 +217,15 @@ def test_a_cancelled_whole_answer_stops_vllm_at_once(world: World) -> None:
     idle = _running(world, version)
     stream = world.engine.answer(version, world.prompts[0],
                                  SamplingParams(max_tokens=LONG, temperature=0))  # fmt: skip
-    # cancelled soon after it is sent: on a quiet machine vLLM decodes the LONG tokens in
-    # about a second, which can pass between two reads of its gauges
-    time.sleep(0.3)
-    assert _outcome(stream) is None, "the request ended before it could be cancelled"
+    # cancelled as soon as vLLM's gauge shows it decoding: a fixed wait was once longer than
+    # a quiet machine needed for the LONG tokens
+    seen = time.monotonic()
+    while _running(world, version) <= idle and _outcome(stream) is None:
+        assert time.monotonic() - seen < 30, "vLLM never showed the request running"
+        time.sleep(0.01)
+    assert _outcome(stream) is None, (
+        f"the request ended before it was cancelled: {_outcome(stream)}"
+    )
     cancelled = time.monotonic()
     stream.cancel()
     gen = stream.result()
