@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -109,8 +110,16 @@ def served_judge(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[
     store.close()
 
 
-def _judge_records(store: Store) -> int:
-    return sum(1 for r in store.list_inference_records(endpoint="judge-ep", limit=1000))
+def _judge_records(store: Store, expected: int) -> int:
+    """The judge endpoint's finished records, once there are ``expected`` (the server's
+    record writer writes them a moment after each answer) or after 15 s."""
+    deadline = time.monotonic() + 15
+    while True:
+        records = store.list_inference_records(endpoint="judge-ep", limit=1000)
+        done = sum(1 for r in records if r.status != "running")
+        if done >= expected or time.monotonic() > deadline:
+            return done
+        time.sleep(0.05)
 
 
 @pytest.mark.parametrize(
@@ -176,13 +185,14 @@ def test_a_file_of_answers_is_scored_once_and_every_call_kept_with_its_cost(
     written = [json.loads(line) for line in scored.read_text().splitlines()]
     assert [r["judge.echo"] for r in written] == [5.0, 2.0, None]
     assert written[2]["judge_error"].startswith("no score")
-    calls = _judge_records(store)
+    calls = _judge_records(store, 3)
     assert calls == 3  # each call is an inference record of the judge's endpoint too
 
     code, out, err = run(capsys, f"modelyard judges score echo --data {answers} --json")
     again = json.loads(out)
     assert (again["mean"], again["cached"], again["scored"]) == (3.5, 2, 2)
-    assert _judge_records(store) == calls + 1  # only the answer without a score is asked again
+    # only the answer without a score is asked again
+    assert _judge_records(store, calls + 1) == calls + 1
 
     code, out, _ = run(capsys, "modelyard judges list --json")
     (listed,) = json.loads(out)
