@@ -69,6 +69,7 @@ from rich.table import Table
 from scipy import stats
 from scipy.spatial.distance import jensenshannon
 
+from modelyard.audit import NATIVE_SEALS
 from modelyard.monitoring import RecordWriter, compare, text_features
 from modelyard.monitoring._stats import METHODS, Pair, SortedValues
 from modelyard.store import NewInferenceRecord, Store
@@ -339,6 +340,7 @@ def bench_seals(n: int, rounds: int) -> dict[str, Any]:
         # processes on a shared machine disturb less than the wall-clock rate (no target)
         "cpu_ratio": statistics.median(cpu[True]) / statistics.median(cpu[False]),
         "load_before": os.getloadavg(),
+        "native": NATIVE_SEALS,  # the leaves and tree in C (audit._leaves), or in Python
     }
 
 
@@ -349,7 +351,8 @@ def seals_only(args: argparse.Namespace) -> int:
     result["load_before"], result["load_after"] = load, os.getloadavg()
     console = Console(stderr=True)
     console.print(
-        f"ingest through RecordWriter, {n:,} records, seals on vs off, {args.rounds} rounds: "
+        f"ingest through RecordWriter, {n:,} records, seals on vs off, {args.rounds} rounds "
+        f"(leaves in {'C' if result['native'] else 'Python'}): "
         f"on {statistics.median(result['on_rows_per_s']):,.0f} rows/s, off "
         f"{statistics.median(result['off_rows_per_s']):,.0f} rows/s, ratio "
         f"{result['ratio']:.3f} (target >= 0.95); rounds "
@@ -431,7 +434,8 @@ def main() -> int:
         ">= 5,000 rows/s",
     )
     table.add_row(
-        f"ingest with record seals on vs off, {n_ingest:,} records, {seals['rounds']} rounds",
+        f"ingest with record seals on vs off, {n_ingest:,} records, {seals['rounds']} rounds"
+        f" (leaves in {'C' if seals['native'] else 'Python'})",
         f"{statistics.median(seals['on_rows_per_s']):,.0f} rows/s",
         f"{statistics.median(seals['off_rows_per_s']):,.0f} rows/s (seals off)",
         f"{seals['ratio']:.3f}x",

@@ -20,6 +20,8 @@ from modelyard.audit._chain import event_hash, event_message, hash_of, head_prob
 from modelyard.audit._event import EMPTY_HEAD, GENESIS, AuditEvent, AuditHead
 from modelyard.audit._export import EXPORT_FORMATS, ExportFormat, check_format, write_events
 from modelyard.audit._keys import AuditKeySource, create_key_file, parse_key
+from modelyard.audit._leaves import NATIVE as NATIVE_SEALS
+from modelyard.audit._leaves import blob_root, seal_rows
 from modelyard.audit._merkle import inclusion_path, leaf_hash, merkle_root, root_from_path
 from modelyard.audit._roles import (
     PROTECTED_ALIAS_ROLE,
@@ -46,7 +48,6 @@ from modelyard.audit._seals import (
     SealEntry,
     anchor_payload,
     anchored_seals,
-    array_leaf,
     build_proof,
     check_proof,
     in_order,
@@ -56,7 +57,6 @@ from modelyard.audit._seals import (
     record_leaf,
     seal_entry,
     seal_leaf,
-    values_leaf,
 )
 from modelyard.audit._verify import (
     ACK_ACTION,
@@ -84,6 +84,7 @@ __all__ = [
     "FINAL_STATUSES",
     "GENESIS",
     "HASH_REASON",
+    "NATIVE_SEALS",
     "PROOF_FORMAT",
     "PROTECTED_ALIAS_ROLE",
     "PURGE_ACTION",
@@ -109,8 +110,8 @@ __all__ = [
     "SealEntry",
     "anchor_payload",
     "anchored_seals",
-    "array_leaf",
     "at_least",
+    "blob_root",
     "build_proof",
     "canonical_json",
     "check_format",
@@ -142,7 +143,7 @@ __all__ = [
     "scan_chain",
     "seal_entry",
     "seal_leaf",
-    "values_leaf",
+    "seal_rows",
     "verify_chain",
     "write_events",
 ]

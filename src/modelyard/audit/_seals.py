@@ -150,7 +150,7 @@ def values_bytes(values: Sequence[Any]) -> bytes:
 
 
 def array_bytes(out: list[Any]) -> bytes:
-    """``values_bytes`` of the array ``[RECORD_FORMAT, *values]`` (the writer builds it):
+    """``values_bytes`` of the array ``[RECORD_FORMAT, *values]``:
     one check of its types (``_plain``) and one orjson call when they need no cast."""
     if _plain(out):
         try:
@@ -158,11 +158,6 @@ def array_bytes(out: list[Any]) -> bytes:
         except TypeError:  # orjson.JSONEncodeError: an int beyond 64 bits, a surrogate
             pass
     return _slow_bytes(out[1:])
-
-
-def array_leaf(out: list[Any]) -> bytes:
-    """The leaf of the array ``[RECORD_FORMAT, *values]``."""
-    return _sha256(b"\x00" + array_bytes(out)).digest()
 
 
 def _slow_bytes(values: Sequence[Any]) -> bytes:
@@ -189,10 +184,6 @@ def _orjson_float(v: Any) -> bool:
 
 def record_leaf(record: Mapping[str, Any]) -> bytes:
     return _sha256(b"\x00" + array_bytes([RECORD_FORMAT, *_fields_of(record)])).digest()
-
-
-def values_leaf(values: Sequence[Any]) -> bytes:
-    return _sha256(b"\x00" + array_bytes([RECORD_FORMAT, *values])).digest()
 
 
 def index_digest(ids: Sequence[str], tenants: Sequence[int | None], times: Sequence[str]) -> str:
@@ -550,7 +541,6 @@ __all__ = [
     "anchor_payload",
     "anchored_seals",
     "array_bytes",
-    "array_leaf",
     "build_proof",
     "check_proof",
     "in_order",
@@ -561,5 +551,4 @@ __all__ = [
     "seal_entry",
     "seal_leaf",
     "values_bytes",
-    "values_leaf",
 ]

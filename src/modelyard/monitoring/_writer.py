@@ -35,17 +35,16 @@ is down, the records stay written and sealed, the writer logs an error, counts t
 ``unanchored`` and tries again at the next interval; a writer killed before its anchor
 leaves its last seals unanchored, which verification reports once they are older than
 its grace period. ``seal=False`` is for measuring what sealing costs
-(``benchmarks/monitoring.py``). A record's leaf (the hash of its canonical bytes) is
-computed by ``submit``, on the caller's thread, from the values the store will write
-(its time fixed there, the writer's ``server_id``): the writer's thread only builds
-each batch's tree.
+(``benchmarks/monitoring.py``). The leaves (the hashes of the records' canonical
+bytes) and their tree are computed for each batch at once from the rows the store
+writes (``audit.seal_rows``: in C where it is built, hashing outside the GIL); a
+record's time is fixed by ``submit``.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import operator
 import queue
 import threading
 import time
@@ -55,11 +54,11 @@ from typing import Protocol
 
 import numpy as np
 
-from modelyard.audit import RECORD_FIELDS, RECORD_FORMAT, SealEntry, array_leaf
+from modelyard.audit import SealEntry
 from modelyard.errors import AuditError, AuditKeyMissing, ModelyardError
 from modelyard.store import NewInferenceRecord, RecordFeatures, Store, utcnow
 
-_Item = tuple[NewInferenceRecord, RecordFeatures | None, str | None, bytes | None]
+_Item = tuple[NewInferenceRecord, RecordFeatures | None, str | None]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,10 +72,6 @@ class _Embedder(Protocol):
 
 
 log = logging.getLogger(__name__)
-
-_SERVER = RECORD_FIELDS.index("server_id") + 1  # in the array, after the version
-_FIELDS = tuple(name if name != "server_id" else "id" for name in RECORD_FIELDS)
-_get_values = operator.attrgetter(*_FIELDS)
 
 
 def _at(record: NewInferenceRecord, at: datetime) -> NewInferenceRecord:
@@ -143,15 +138,10 @@ class RecordWriter:
         embedder) without blocking; a full buffer drops it (and counts it)."""
         if self._embedder is None:
             text = None  # nothing will embed it: do not hold the raw text at all
-        leaf = None
-        if self._seal:
-            if record.created_at is None:  # the time it is written with, and sealed with
-                record = _at(record, utcnow())
-            out = [RECORD_FORMAT, *_get_values(record)]  # the canonical array, version first
-            out[_SERVER] = self.server_id  # not the record's: the writer's, on its row
-            leaf = array_leaf(out)
+        if record.created_at is None:  # its time: when it ended, not when it is written
+            record = _at(record, utcnow())
         try:
-            self._queue.put_nowait((record, features, text, leaf))
+            self._queue.put_nowait((record, features, text))
             self._idle.clear()
         except queue.Full:
             self._dropped(1)
@@ -197,8 +187,8 @@ class RecordWriter:
         return batch
 
     def _embed(self, batch: list[_Item]) -> list[tuple[NewInferenceRecord, RecordFeatures | None]]:
-        todo = [i for i, (_, f, t, _) in enumerate(batch) if f is not None and t]
-        out = [(r, f) for r, f, _, _ in batch]
+        todo = [i for i, (_, f, t) in enumerate(batch) if f is not None and t]
+        out = [(r, f) for r, f, _ in batch]
         if self._embedder is None or not todo:
             return out
         try:
@@ -220,15 +210,14 @@ class RecordWriter:
         return [self._pending.pop(rid).record for rid in due]
 
     def _write(self, batch: list[_Item], started: list[NewInferenceRecord]) -> None:
-        ended = {r.id for r, _, _, _ in batch} & self._running
-        leaves = {r.id: leaf for r, _, _, leaf in batch if leaf is not None}
+        ended = {r.id for r, _, _ in batch} & self._running
         self._running -= ended
         items = self._embed(batch)
         sealed: list[SealEntry] = []
         try:
             self.written += self._store.add_monitored_records(
                 items, started=started, running=ended, server_id=self.server_id,
-                seal=self._seal, leaves=leaves, sealed=sealed,
+                seal=self._seal, sealed=sealed,
             )  # fmt: skip
             self._running.update(r.id for r in started)
             self._unanchored += sealed

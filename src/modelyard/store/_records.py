@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from datetime import datetime
 from typing import Any, cast
 
@@ -267,7 +267,6 @@ class RecordStore(StoreCore):
         running: Collection[str] = frozenset(),
         server_id: str | None = None,
         seal: bool = False,
-        leaves: Mapping[str, bytes] | None = None,
         sealed: list[SealEntry] | None = None,
     ) -> int:
         """Insert records and their features in one transaction (bulk); returns the count.
@@ -283,8 +282,6 @@ class RecordStore(StoreCore):
         (``anchor_record_seals``) and the chain is not touched; without it, the seal is
         anchored here (one ``records.anchored`` event), and the chain's refusals
         (AuditChainBroken, a wrong or missing key) then fail the write.
-        ``leaves``: the records' leaf hashes by id, computed by the caller from the same
-        values (``RecordWriter.submit``); the others are computed here.
         """
         if not items and not started:
             return 0
@@ -307,7 +304,7 @@ class RecordStore(StoreCore):
             row = {name: getattr(record, name) for name in _RECORD_COLUMNS}
             row |= {"created_at": record.created_at or now, "server_id": server_id}
             records.append(row | {"status": "running"})
-        pending = prepare_seal(records + updates, leaves) if seal else None
+        pending = prepare_seal(records + updates) if seal else None
         with self._write(f"write {len(items) + len(started)} inference records") as s:
             if records:
                 s.execute(_INSERT_RECORDS, records)  # Core: every column given, no ORM pass

@@ -58,12 +58,11 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
 from sqlalchemy import JSON, Dialect, LargeBinary, String, column, insert, table
 from sqlalchemy.orm import Mapped, Session, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -75,11 +74,10 @@ from modelyard.audit import (
     AuditKeySource,
     SealEntry,
     anchor_payload,
-    format_time,
+    blob_root,
     index_bytes,
-    merkle_root,
-    record_leaf,
     seal_entry,
+    seal_rows,
 )
 from modelyard.store import _audit
 from modelyard.store._schema import Base, UTCDateTime, utcnow
@@ -126,23 +124,6 @@ _INSERT = insert(
 )
 
 
-def _format(at: datetime) -> str:
-    """``format_time``, without its conversion when the time is in UTC already."""
-    return at.isoformat(timespec="microseconds") if at.tzinfo is UTC else format_time(at)
-
-
-def format_times(ats: list[datetime]) -> list[str]:
-    """``format_time`` of each time: in one orjson call when every one is in UTC with
-    microseconds (orjson writes those as ``format_time`` does), else one by one."""
-    try:
-        texts = orjson.dumps(ats).decode()[2:-2].split('","')
-    except TypeError:  # not a datetime
-        texts = []
-    if len(texts) == len(ats) and all(len(t) == 32 and t[26:] == "+00:00" for t in texts):
-        return texts
-    return [_format(at) for at in ats]
-
-
 # Seal ids: 128 random bits from a generator seeded by the OS (again in a forked child),
 # not uuid4: its os.urandom per call releases the GIL, and a writer thread sharing the
 # GIL with busy request threads waited milliseconds per seal to take it back. An id
@@ -161,33 +142,29 @@ def split_leaves(blob: bytes) -> list[bytes]:
 
 @dataclass(frozen=True)
 class PendingSeal:
-    """The seal of a batch, its rows marked and not written yet."""
+    """The seal of a batch, not written yet."""
 
     id: str
     ids: list[str]
     tenants: list[int | None]
     times: list[str]
-    leaves: list[bytes]
+    leaves: bytes  # 32 bytes a record, in the order of ids
 
 
-def prepare_seal(
-    rows: Sequence[dict[str, Any]], leaves: Mapping[str, bytes] | None = None
-) -> PendingSeal | None:
+def prepare_seal(rows: Sequence[dict[str, Any]]) -> PendingSeal | None:
     """The seal of the rows in a final state, in their order (the others are not sealed),
-    or None when no row is final. ``leaves``: leaf hashes by record id already computed
-    from the same values (the writer computes them off its thread)."""
-    known = leaves or {}
+    or None when no row is final. The leaves are computed for the batch at once
+    (``audit._leaves``: in C where it is built)."""
     final = [row for row in rows if row["status"] in FINAL_STATUSES]
     if not final:
         return None
-    seal = new_seal_id()
-    ids = [row["id"] if type(row["id"]) is str else str(row["id"]) for row in final]
+    leaves, times = seal_rows(final)
     return PendingSeal(
-        id=seal,
-        ids=ids,
+        id=new_seal_id(),
+        ids=[row["id"] if type(row["id"]) is str else str(row["id"]) for row in final],
         tenants=[row["tenant_id"] for row in final],
-        times=format_times([row["created_at"] for row in final]),
-        leaves=[known.get(i) or record_leaf(row) for i, row in zip(ids, final, strict=True)],
+        times=times,
+        leaves=leaves,
     )
 
 
@@ -197,15 +174,16 @@ def write_seal(s: Session, seal: PendingSeal) -> SealEntry:
     the same bytes when they are the canonical ones (``index_bytes``)."""
     ids, tenants, times = seal.ids, seal.tenants, seal.times
     encoded = index_bytes(ids, tenants, times)
-    root = merkle_root(seal.leaves)
+    root = blob_root(seal.leaves)
     if encoded is None:  # not orjson's to write: the column's encoder, the canonical hash
         texts = [json.dumps(values) for values in (ids, tenants, times)]
         entry = seal_entry(seal.id, root, ids, tenants, times)
     else:
         texts = [part.decode() for part in encoded.parts]
         entry = seal_entry(seal.id, root, ids, tenants, times, digest=encoded.digest)
-    index = {"id": seal.id, "created_at": utcnow(), "leaves": b"".join(seal.leaves)}
-    s.execute(_INSERT, [index | dict(zip(("ids", "tenants", "times"), texts, strict=True))])
+    index = {"id": seal.id, "created_at": utcnow(), "leaves": seal.leaves}
+    row = index | dict(zip(("ids", "tenants", "times"), texts, strict=True))
+    s.connection().execute(_INSERT, [row])  # Core, in the session's transaction: no ORM pass
     return entry
 
 
