@@ -18,7 +18,7 @@ from modelyard.audit._merkle import merkle_root
 from modelyard.audit._seals import _BOOLS, _FLOATS, _INTS, RECORD_FIELDS, RECORD_FORMAT, record_leaf
 
 try:
-    from modelyard.audit import _fastseal
+    import modelyard.audit._fastseal as _fastseal
 except ImportError:  # installed without a C compiler: the same leaves, in Python
     _fastseal = None  # type: ignore[assignment]
 
