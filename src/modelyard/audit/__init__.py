@@ -22,7 +22,13 @@ from modelyard.audit._export import EXPORT_FORMATS, ExportFormat, check_format, 
 from modelyard.audit._keys import AuditKeySource, create_key_file, parse_key
 from modelyard.audit._leaves import NATIVE as NATIVE_SEALS
 from modelyard.audit._leaves import blob_root, seal_rows
-from modelyard.audit._merkle import inclusion_path, leaf_hash, merkle_root, root_from_path
+from modelyard.audit._merkle import (
+    inclusion_path,
+    leaf_hash,
+    merkle_root,
+    root_from_path,
+    split_leaves,
+)
 from modelyard.audit._roles import (
     PROTECTED_ALIAS_ROLE,
     REQUIRED_ROLES,
@@ -144,6 +150,7 @@ __all__ = [
     "seal_entry",
     "seal_leaf",
     "seal_rows",
+    "split_leaves",
     "verify_chain",
     "write_events",
 ]

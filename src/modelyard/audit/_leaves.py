@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from modelyard.audit._canonical import format_time
-from modelyard.audit._merkle import merkle_root
+from modelyard.audit._merkle import merkle_root, split_leaves
 from modelyard.audit._seals import _BOOLS, _FLOATS, _INTS, RECORD_FIELDS, RECORD_FORMAT, record_leaf
 
 try:
@@ -53,7 +53,7 @@ def seal_rows(rows: Sequence[dict[str, Any]]) -> tuple[bytes, list[str]]:
 def blob_root(leaves: bytes) -> bytes:
     """``merkle_root`` of concatenated 32-byte leaves."""
     if _fastseal is None or not leaves:
-        return merkle_root([leaves[i : i + 32] for i in range(0, len(leaves), 32)])
+        return merkle_root(split_leaves(leaves))
     return _fastseal.root(leaves)
 
 

@@ -28,6 +28,12 @@ def node_hash(left: bytes, right: bytes) -> bytes:
     return _sha256(b"\x01" + left + right).digest()
 
 
+def split_leaves(blob: bytes) -> list[bytes]:
+    """Concatenated leaves (as a seal's index row and ``audit.seal_rows`` hold them), one
+    by one."""
+    return [blob[i : i + HASH_SIZE] for i in range(0, len(blob), HASH_SIZE)]
+
+
 def merkle_root(leaves: Sequence[bytes]) -> bytes:
     """The tree head of ``leaves`` (leaf hashes, in order).
 

@@ -58,12 +58,13 @@ from modelyard.audit import (
     index_digest,
     merkle_root,
     record_leaf,
+    split_leaves,
 )
 from modelyard.errors import AuditError, Conflict, NotFound
 from modelyard.store import _audit
 from modelyard.store._core import StoreCore
 from modelyard.store._schema import AuditEventRow, InferenceRecordRow
-from modelyard.store._seals import UNANCHORED_GRACE, RecordSealRow, append_anchor, split_leaves
+from modelyard.store._seals import UNANCHORED_GRACE, RecordSealRow, append_anchor
 
 _UNANCHORED = (
     "its seal {seal} (index row written {at}) is listed by no records.anchored event: "

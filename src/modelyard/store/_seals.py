@@ -136,10 +136,6 @@ def new_seal_id() -> str:
     return f"{_seal_ids.getrandbits(128):032x}"
 
 
-def split_leaves(blob: bytes) -> list[bytes]:
-    return [blob[i : i + 32] for i in range(0, len(blob), 32)]
-
-
 @dataclass(frozen=True)
 class PendingSeal:
     """The seal of a batch, not written yet."""
@@ -210,6 +206,5 @@ __all__ = [
     "RecordSealRow",
     "append_anchor",
     "prepare_seal",
-    "split_leaves",
     "write_seal",
 ]
