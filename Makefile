@@ -15,7 +15,7 @@ VLLM_STAMP  := $(VLLM_VENV)/.installed
 
 .PHONY: quickstart test lint typecheck pytest install clean vllm
 
-$(STAMP): requirements.lock pyproject.toml src/modelyard/audit/_fastseal.c
+$(STAMP): requirements.lock pyproject.toml setup.py src/modelyard/audit/_fastseal.c
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: the CPU build; anything that needs torch is then satisfied.
