@@ -18,7 +18,7 @@ TITLES = {
     "server_vs_generate": "tokens/s: server at concurrency 1 vs in-process model.generate",
     "batching": "tokens/s: 8 clients on 8 adapters vs the same requests one at a time",
     "adapters": "tokens/s: 8 clients on 64 adapters (cache of 8) vs on 1 adapter",
-    "records": "tokens/s: inference records on vs off (8 clients, 8 adapters)",
+    "records": "tokens/s: inference records on vs off (8 clients, 8 adapters; two processes)",
     "server_vs_engine": "tokens/s: server at concurrency 1 vs its engine in process (no HTTP)",
 }
 
@@ -78,3 +78,22 @@ def _header(results: Mapping[str, Any], config: Any, clients: int, cache: int) -
         f"router refresh {config.refresh_seconds:g} s; "
         f"{config.preload:,} records in the store before the loads"
     )
+
+
+def records_table(records: Mapping[str, Any]) -> Table:
+    """Each records round: its side-by-side pairs' ratios (on / off) and their geometric mean."""
+    title = "Records rounds: on / off, two serving processes at the same moment"
+    if records["control"]:
+        title += " (control: records off on both sides)"
+    table = Table(title=title, title_justify="left")
+    for name in ("round", "pairs (in the order they ran)", "lowest", "highest", "geometric mean"):
+        table.add_column(name, justify="left" if name.startswith("pairs") else "right")
+    for i, (pairs, ratio) in enumerate(zip(records["pairs"], records["rounds"], strict=True)):
+        table.add_row(
+            str(i + 1),
+            " ".join(f"{p:.3f}" for p in pairs),
+            f"{min(pairs):.3f}",
+            f"{max(pairs):.3f}",
+            f"{ratio:.3f}x",
+        )
+    return table

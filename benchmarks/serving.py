@@ -22,14 +22,15 @@ whether or not a target is met, and non-zero only when something fails.
    ``RecordWriter`` into the SQLite store) divided by the same load on an app
    whose writer discards every record (``DiscardingWriter``, passed as
    ``create_app(writer=...)``; the app has no switch to turn records off, and
-   needs none). Target >= 0.95, on the medians and in every round: each repeat
-   runs the two loads twice, on, off, off, on, and its round is the tokens/s of
-   both records-on loads against both records-off loads (a machine that gets
-   slower or faster within a repeat weighs on both sides alike; one on-then-off
-   pair per repeat put every drift on one side). These loads are three times
-   longer than the others (``records_rounds_per_client``): at 64 requests (about
-   2.5 s) one load whose clients fell out of step moved a round by 5 to 10 %,
-   more than the cost being measured.
+   needs none). Target >= 0.95, on the medians and in every round. These loads
+   run side by side (``_records_rounds``): two serving processes, each one engine
+   behind a records-on and a records-off app, take the same load at the same
+   moment, one with records on and the other off, then swapped; a round is
+   ``records_pairs`` such pairs and its ratio their geometric mean. Run one after
+   the other in this process, identical loads ran 15 % apart a few seconds later
+   on this 2-core machine, more than the cost being measured.
+   ``--records-control`` runs both sides with records off: what the rounds
+   read when there is nothing to find (the benchmark's own resolution).
 
 Every tokens/s is the completion tokens really generated (``usage`` for the
 server, new tokens before any end-of-sequence token for ``model.generate``)
@@ -40,11 +41,12 @@ requests ended early (none, with the adapters here). The loads run round-robin,
 collection runs before each timed load (one takes 0.3 to 0.5 s here: inside a load,
 it decided that load's round).
 
-    .venv/bin/python benchmarks/serving.py           # under 5 minutes on 2 idle CPU cores
+    .venv/bin/python benchmarks/serving.py           # about 8 minutes on 2 idle CPU cores
     .venv/bin/python benchmarks/serving.py --quick   # smoke test, under a minute
     .venv/bin/python benchmarks/serving.py --json    # JSON on stdout, the table on stderr
     .venv/bin/python benchmarks/serving.py --threads 2  # torch threads (default 1)
     .venv/bin/python benchmarks/serving.py --refresh-seconds 3600  # diagnostic: router refresh
+    .venv/bin/python benchmarks/serving.py --records-control  # A/A: records off on both sides
 
 A reference without a target: the server at concurrency 1 against its own
 engine called in this process (no HTTP), which splits target 1 into the
@@ -79,7 +81,10 @@ import torch
 import transformers
 from _client_process import ClientProcess
 from _preload import preload
-from _serving_report import _header, results_table, runs_table
+from _records_rounds import RecordsLoad, run_rounds
+from _records_rounds import summarize as summarize_records
+from _server_process import DiscardingWriter, ServerSettings
+from _serving_report import _header, records_table, results_table, runs_table
 from peft import LoraConfig, PeftModel, get_peft_model
 from rich.console import Console
 
@@ -88,9 +93,8 @@ from modelyard.artifacts import ArtifactStore
 from modelyard.base import create_tiny_base, load_base
 from modelyard.data import DOMAINS, domain_corpus, render_prompt, synthetic_domain
 from modelyard.errors import ModelyardError
-from modelyard.monitoring import RecordWriter
 from modelyard.serving import BackgroundServer, SamplingParams, TransformersEngine, create_app
-from modelyard.store import ModelVersion, NewInferenceRecord, Store
+from modelyard.store import ModelVersion, Store
 
 SERVER_TARGET = 0.8
 BATCHING_TARGET = 3.0
@@ -120,7 +124,8 @@ class Config:
     new_tokens: int  # max_tokens of every request
     single_requests: int  # requests of the concurrency-1 loads (1)
     rounds_per_client: int  # requests per client in the 8-client loads (2, 3, 4)
-    records_rounds_per_client: int  # in the records on and off loads (4)
+    records_rounds_per_client: int  # requests per client in the records loads (8, 24)
+    records_pairs: int  # side-by-side pairs of records loads a round (even)
     repeats: int
     threads: int  # torch.set_num_threads
     batch_window_ms: float = 5.0  # the engine's default
@@ -139,6 +144,7 @@ FULL = Config(
     single_requests=8,
     rounds_per_client=8,
     records_rounds_per_client=24,
+    records_pairs=8,
     repeats=3,
     threads=1,
 )
@@ -152,6 +158,7 @@ QUICK = Config(
     single_requests=4,
     rounds_per_client=8,  # 8 clients x 8: every one of the 64 adapters gets a request
     records_rounds_per_client=8,
+    records_pairs=2,
     repeats=1,
     threads=1,
 )
@@ -198,16 +205,6 @@ class GcClock:
 
     def __exit__(self, *exc: object) -> None:
         gc.callbacks.remove(self)
-
-
-class DiscardingWriter(RecordWriter):
-    """Drops every record unwritten, and every ``running`` journal row: records off."""
-
-    def submit(self, record: NewInferenceRecord, *more: Any, **named: Any) -> None:
-        return None
-
-    def started(self, record: NewInferenceRecord) -> None:
-        return None
 
 
 # -- the world: a base, adapters, a store, endpoints, a key -------------------------------
@@ -406,20 +403,16 @@ def servers(world: World, config: Config) -> Iterator[tuple[str, str, Transforme
 SERVER_C1, INPROC_C1 = "server, 1 client, adapter 0", "model.generate, adapter 0"
 SEQ8, CONC8 = "server, 8 adapters, one at a time", "server, 8 clients on 8 adapters"
 SINGLE, MANY = "server, 8 clients on 1 adapter", "server, 8 clients on 64 adapters"
-ON, OFF = "records on: 8 clients on 8 adapters, longer", "records off: the same load"
-LOADS = (INPROC_C1, SERVER_C1, SEQ8, CONC8, ON, OFF, SINGLE, MANY)
+LOADS = (INPROC_C1, SERVER_C1, SEQ8, CONC8, SINGLE, MANY)  # records on and off: below
 ENGINE_C1 = "engine in process (no HTTP), adapter 0"  # a reference, not one of the loads
 SETTLE = "settle: 8 clients on 8 adapters, records off, not counted"
-# One repeat, in order: records on and off twice, as on, off, off, on (a machine getting
-# slower or faster within the repeat weighs on both alike; a round is the two of each),
-# after the 8-client load of the batching ratio (on the records-on app).
-# Before them, the 8-client load once untimed, on the records-off app: the records-on
-# app's first 8-client load right after the one-at-a-time load (which runs on it too)
-# ran in about twice the engine's batches (24 to 30 against 13 to 15: the clients out
-# of step) and about 17 % slower than its second, in every repeat; with the records-off
-# load first, neither was slow (2026-12-05; the cause is not found: no backlog, the
-# writer keeps up with those 10 requests a second).
-ORDER = (INPROC_C1, SERVER_C1, SEQ8, SETTLE, CONC8, ON, OFF, OFF, ON, SINGLE, MANY, ENGINE_C1)
+# One repeat, in order. Before the 8-client load of the batching ratio, that load once
+# untimed, on the records-off app: the records-on app's first 8-client load right after
+# the one-at-a-time load (which runs on it too) ran in about twice the engine's batches
+# (24 to 30 against 13 to 15: the clients out of step) and about 17 % slower than its
+# second, in every repeat; with the records-off load first, neither was slow (2026-12-05;
+# the cause is not found: no backlog, the writer keeps up with those 10 requests a second).
+ORDER = (INPROC_C1, SERVER_C1, SEQ8, SETTLE, CONC8, SINGLE, MANY, ENGINE_C1)
 
 
 def plan(world: World, config: Config) -> dict[str, list[list[Job]]]:
@@ -440,18 +433,47 @@ def plan(world: World, config: Config) -> dict[str, list[list[Job]]]:
     one = [[(0, prompt(c * per + r)) for r in range(per)] for c in range(CLIENTS)]
     # the 8-client jobs sent one at a time, in the order they would interleave
     sequential = [[job for r in range(per) for job in (eight[c][r] for c in range(CLIENTS))]]
-    longer = config.records_rounds_per_client
-    records = [[(c, prompt(c * longer + r)) for r in range(longer)] for c in range(CLIENTS)]
     return {
         INPROC_C1: single,
         SERVER_C1: single,
         SEQ8: sequential,
         CONC8: eight,
-        ON: records,
-        OFF: records,
         SINGLE: one,
         MANY: spread,
     }
+
+
+def records_jobs(world: World, config: Config) -> list[list[tuple[str, str]]]:
+    """The records loads' clients: client c on adapter c, ``records_rounds_per_client``
+    prompts each, as (endpoint, prompt) jobs."""
+    p, longer = world.prompts, config.records_rounds_per_client
+    return [
+        [(endpoint(c), p[(c * longer + r) % len(p)]) for r in range(longer)] for c in range(CLIENTS)
+    ]
+
+
+def run_records(world: World, config: Config, say: Say, control: bool) -> list[RecordsLoad]:
+    """Records on vs off, ``repeats`` rounds of ``records_pairs`` side-by-side pairs on two
+    serving processes (``_records_rounds``) on this world's store and artifacts."""
+    settings = ServerSettings(
+        store_url=world.store.url,
+        artifacts=str(world.artifacts.root),
+        max_adapters=CACHE,
+        max_batch_size=CLIENTS,
+        batch_window_ms=config.batch_window_ms,
+        refresh_seconds=config.refresh_seconds,
+        threads=config.threads,
+    )
+    return run_rounds(
+        settings,
+        world.key,
+        config.new_tokens,
+        records_jobs(world, config),
+        rounds=config.repeats,
+        pairs=config.records_pairs,
+        say=say,
+        control=control,
+    )
 
 
 def run_loads(world: World, config: Config, say: Say) -> tuple[list[Load], list[Load]]:
@@ -464,8 +486,7 @@ def run_loads(world: World, config: Config, say: Say) -> tuple[list[Load], list[
         in_process(world, config, loads[INPROC_C1][0][:1])
         engine_direct(engine, world, config, loads[SERVER_C1][0][:1])
         for name in LOADS[1:]:
-            url = off if name == OFF else on
-            through_server(runner, url, world.key, config, [c[:1] for c in loads[name]])
+            through_server(runner, on, world.key, config, [c[:1] for c in loads[name]])
         for repeat in range(1, config.repeats + 1):
             for name in ORDER:
                 if name == SETTLE:
@@ -480,9 +501,8 @@ def run_loads(world: World, config: Config, say: Say) -> tuple[list[Load], list[
                     elif name == ENGINE_C1:
                         tokens, short, seconds = engine_direct(engine, world, config, clients[0])
                     else:
-                        url = off if name == OFF else on
                         tokens, short, seconds = through_server(
-                            runner, url, world.key, config, clients
+                            runner, on, world.key, config, clients
                         )
                 after = engine.stats()
                 load = Load(name, repeat, sum(map(len, clients)), tokens, seconds, short)
@@ -510,20 +530,16 @@ def _median(runs: Sequence[Load], name: str) -> float:
     return statistics.median(r.tokens_per_second for r in runs if r.name == name)
 
 
-def _repeats(runs: Sequence[Load]) -> list[int]:
-    return sorted({r.repeat for r in runs})
-
-
-def _rate(runs: Sequence[Load], name: str, repeat: int) -> float:
-    """tokens/s of the loads ``name`` of one repeat together (records on or off: two)."""
-    mine = [r for r in runs if r.name == name and r.repeat == repeat]
-    return sum(r.tokens for r in mine) / sum(r.seconds for r in mine)
-
-
-def summarize(runs: Sequence[Load], direct: Sequence[Load] = ()) -> dict[str, Any]:
+def summarize(
+    runs: Sequence[Load],
+    direct: Sequence[Load] = (),
+    records: Sequence[RecordsLoad] = (),
+    control: bool = False,
+) -> dict[str, Any]:
     every = [*runs, *direct]
 
     def ratio(a: str, b: str, target: float | None) -> dict[str, Any]:
+        """The medians of loads ``a`` and ``b`` and their ratio."""
         value = _median(every, a) / _median(every, b)
         return {
             "a": a,
@@ -539,10 +555,9 @@ def summarize(runs: Sequence[Load], direct: Sequence[Load] = ()) -> dict[str, An
         "server_vs_generate": ratio(SERVER_C1, INPROC_C1, SERVER_TARGET),
         "batching": ratio(CONC8, SEQ8, BATCHING_TARGET),
         "adapters": ratio(MANY, SINGLE, ADAPTERS_TARGET),
-        "records": ratio(ON, OFF, RECORDS_TARGET),
     }
-    rounds = [_rate(runs, ON, k) / _rate(runs, OFF, k) for k in _repeats(runs)]  # issue 19
-    summary["records"] |= {"rounds": rounds, "met_every_round": min(rounds) >= RECORDS_TARGET}
+    if records:  # issue 19: side by side, two serving processes
+        summary["records"] = summarize_records(records, RECORDS_TARGET, control)
     if direct:  # no target: how much of the server's time is HTTP and the app
         summary["server_vs_engine"] = ratio(SERVER_C1, ENGINE_C1, None)
     return summary
@@ -553,8 +568,11 @@ def machine() -> dict[str, Any]:
     return _machine.machine(transformers, peft, openai)
 
 
-def benchmark(config: Config, work: Path, say: Say) -> tuple[dict[str, Any], list[Load]]:
-    """The results (JSON-ready) and every load, the engine-in-process reference last."""
+def benchmark(
+    config: Config, work: Path, say: Say, control: bool = False
+) -> tuple[dict[str, Any], list[Load]]:
+    """The results (JSON-ready) and every load but the records rounds', the engine-in-process
+    reference last. ``control``: the records rounds with records off on both sides."""
     started = time.perf_counter()
     load_at_start = os.getloadavg()[0]
     torch.set_num_threads(config.threads)
@@ -568,6 +586,7 @@ def benchmark(config: Config, work: Path, say: Say) -> tuple[dict[str, Any], lis
             preloaded = preload(world.store, TENANT, world.versions, endpoints, config.preload)
             say(f"preloaded {config.preload:,} sealed records in {preloaded['seconds']:.1f} s")
         runs, direct = run_loads(world, config, say)
+        records = run_records(world, config, say, control)
     finally:
         world.store.close()
     results = {
@@ -580,7 +599,8 @@ def benchmark(config: Config, work: Path, say: Say) -> tuple[dict[str, Any], lis
         "engine_in_process": [
             {**asdict(r), "tokens_per_second": r.tokens_per_second} for r in direct
         ],
-        **summarize(runs, direct),
+        "records_loads": [{**asdict(r), "tokens_per_second": r.tokens_per_second} for r in records],
+        **summarize(runs, direct, records, control),
         "seconds": time.perf_counter() - started,
     }
     return results, [*runs, *direct]
@@ -604,6 +624,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--refresh-seconds",
         type=float,
         help="the app's router refresh interval (default 2, the server's; a diagnostic knob)",
+    )
+    parser.add_argument(
+        "--records-control",
+        action="store_true",
+        help="records off on both sides of the records rounds: the rounds' own resolution",
     )
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
@@ -637,7 +662,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = replace(config, preload=args.preload)
     try:
         with tempfile.TemporaryDirectory(prefix="modelyard-bench-serving-") as tmp:
-            results, runs = benchmark(config, Path(tmp), lambda m: err.print(f"[dim]{m}[/dim]"))
+            say = lambda m: err.print(f"[dim]{m}[/dim]")  # noqa: E731
+            results, runs = benchmark(config, Path(tmp), say, args.records_control)
     except ModelyardError as exc:
         err.print(f"error: {exc.one_line()}", markup=False, highlight=False)
         return 1
@@ -646,11 +672,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         out.width = 120
     out.print(_header(results, config, CLIENTS, CACHE), highlight=False)
     out.print(runs_table(runs))
+    out.print(records_table(results["records"]))
     out.print(results_table(results, config.repeats))
     rounds = results["records"]["rounds"]
     out.print(
-        "records on vs off, round by round: "
-        + ", ".join(f"{r:.2f}x" for r in rounds)
+        ("control, records off on both sides" if args.records_control else "records on vs off")
+        + ", round by round: "
+        + ", ".join(f"{r:.3f}x" for r in rounds)
         + f" (>= {RECORDS_TARGET:.2f}x in every round: "
         + ("yes" if results["records"]["met_every_round"] else "no")
         + ")",

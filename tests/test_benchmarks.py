@@ -64,12 +64,28 @@ def test_serving_quick_reports_every_ratio() -> None:
         assert _positive(result[section]["ratio"]), (section, result[section])
         assert isinstance(result[section]["met"], bool)
     records = result["records"]  # on vs off round by round, the target in every round
-    assert len(records["rounds"]) == result["config"]["repeats"]
+    config = result["config"]
+    assert len(records["rounds"]) == config["repeats"]
     assert all(_positive(r) for r in records["rounds"])
     assert records["met_every_round"] == (min(records["rounds"]) >= records["target"])
+    assert [len(pairs) for pairs in records["pairs"]] == [config["records_pairs"]] * len(
+        records["rounds"]
+    )
+    assert records["control"] is False
+    # records loads ran side by side: each pair one process on, the other off, then swapped
+    sides = {(x["round"], x["pair"], x["process"]): x["records"] for x in result["records_loads"]}
+    assert (
+        len(sides)
+        == len(result["records_loads"])
+        == 2 * config["repeats"] * config["records_pairs"]
+    )
+    for (round_, pair, process), side in sides.items():
+        assert {side, sides[(round_, pair, 1 - process)]} == {"on", "off"}
+        assert sides[(round_, pair + (1 if pair % 2 else -1), process)] != side
+    assert all(x["tokens"] > 0 for x in result["records_loads"])
     assert result["preload"]["records"] == result["config"]["preload"] == 2000
     loads = result["loads"]
-    assert len({load["name"] for load in loads}) == 8  # records on and off: loads of their own
+    assert len({load["name"] for load in loads}) == 6  # records on and off: records_loads
     # every load generated real tokens, counted from the server's usage or generate's output
     assert all(load["tokens"] > 0 and _positive(load["tokens_per_second"]) for load in loads)
     assert result["machine"]["torch_threads"] == result["config"]["threads"]
