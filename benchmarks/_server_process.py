@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import select
 import subprocess
 import sys
 import time
@@ -87,7 +88,11 @@ class ServerProcess:
 
     def _answer(self, timeout: float) -> dict[str, Any]:
         _, stdout = self._pipes()
-        line = stdout.readline()  # the process answers or exits; ``timeout`` is its own
+        # one line per command, read whole: nothing is left in the pipe's buffer between
+        ready, _, _ = select.select([stdout], [], [], timeout)
+        if not ready:
+            raise ServerProcessError(f"the serving process did not answer in {timeout:g} s")
+        line = stdout.readline()
         if not line:
             raise ServerProcessError(
                 f"the serving process stopped (exit {self._proc.poll()}); its errors are above"
