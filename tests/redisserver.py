@@ -33,6 +33,7 @@ class RedisServer:
         self.port = _free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
+        self._clients: list[redis.Redis] = []
 
     def start(self) -> None:
         self.process = subprocess.Popen(
@@ -78,7 +79,14 @@ class RedisServer:
         self.process = None
 
     def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url)
+        """A client of this server, closed (its connections with it) when the server ends."""
+        client = redis.Redis.from_url(self.url)
+        self._clients.append(client)
+        return client
+
+    def close_clients(self) -> None:
+        while self._clients:
+            self._clients.pop().close()
 
 
 @contextlib.contextmanager
@@ -96,4 +104,7 @@ def redis_server(workdir: Path) -> Iterator[RedisServer]:
     try:
         yield server
     finally:
-        server.stop()
+        try:
+            server.close_clients()
+        finally:
+            server.stop()

@@ -42,10 +42,12 @@ def _answer(store: Store, cache: Path, key: str, monkeypatch: pytest.MonkeyPatch
     engine = TransformersEngine(artifacts_from_settings(load_settings()), store=store)
     app = create_app(store, engine, refresh_seconds=0.1, heartbeat_s=None)
     try:
-        with BackgroundServer(app) as server:
-            client = openai.OpenAI(
+        with (
+            BackgroundServer(app) as server,
+            openai.OpenAI(
                 base_url=server.base_url + "/v1", api_key=key, max_retries=0, timeout=60
-            )
+            ) as client,
+        ):
             raw = client.completions.with_raw_response.create(
                 model="support", prompt="route this ticket", max_tokens=2, temperature=0
             )

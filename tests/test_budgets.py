@@ -82,8 +82,10 @@ def test_a_spent_daily_budget_refuses_the_tenant_until_the_day_ends(store: Store
     with _server(store) as server:
         assert [_complete(server.base_url, acme).status_code for _ in range(3)] == [200] * 3
         _wait_spent([server.base_url], "acme", 2.4)
-        client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=acme, max_retries=2)
-        with pytest.raises(openai.RateLimitError) as refused:
+        with (
+            openai.OpenAI(base_url=server.base_url + "/v1", api_key=acme, max_retries=2) as client,
+            pytest.raises(openai.RateLimitError) as refused,
+        ):
             client.completions.create(model="acme-support", prompt=PROMPT, max_tokens=4)
         error = refused.value.body
         assert isinstance(error, dict) and error["code"] == "insufficient_quota"

@@ -144,9 +144,12 @@ def served(
             controller=Controller(controller_store, stale_after_s=5), controller_interval_s=0.1,
         )  # fmt: skip
         try:
-            with BackgroundServer(app) as server:
-                client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=key,
-                                       max_retries=0, timeout=30)  # fmt: skip
+            with (
+                BackgroundServer(app) as server,
+                openai.OpenAI(
+                    base_url=server.base_url + "/v1", api_key=key, max_retries=0, timeout=30
+                ) as client,
+            ):
                 yield store, client
         finally:
             engine.close()
@@ -229,8 +232,10 @@ def test_shadow_traffic_is_recorded_but_never_returned(tmp_path: Path) -> None:
         store.set_shadow("support", 2, 1.0)
         _, key = create_api_key(store, "acme")
         app = create_app(store, EchoEngine(), refresh_seconds=0.1, heartbeat_s=None)
-        with BackgroundServer(app) as server:
-            client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0)
+        with (
+            BackgroundServer(app) as server,
+            openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0) as client,
+        ):
             ids = []
             for i in range(5):
                 raw = client.completions.with_raw_response.create(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +32,7 @@ class Served:
     acme: str  # infer + feedback
     acme_infer_only: str
     globex: str
+    clients: ExitStack  # the openai clients of a test, closed when it ends
 
 
 @pytest.fixture
@@ -41,12 +43,13 @@ def served(tmp_path: Path) -> Iterator[Served]:
         infer_only = create_api_key(store, "acme", scopes=["infer"])[1]
         globex = create_api_key(store, "globex")[1]
         app = create_app(store, EchoEngine(), refresh_seconds=0.1)
-        with BackgroundServer(app) as server:
-            yield Served(store, server.base_url, acme, infer_only, globex)
+        with BackgroundServer(app) as server, ExitStack() as clients:
+            yield Served(store, server.base_url, acme, infer_only, globex, clients)
 
 
 def _client(served: Served, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=served.url + "/v1", api_key=key, max_retries=0)
+    client = openai.OpenAI(base_url=served.url + "/v1", api_key=key, max_retries=0)
+    return served.clients.enter_context(client)
 
 
 def _feedback(client: openai.OpenAI, **body: Any) -> dict[str, Any]:

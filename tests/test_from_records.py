@@ -322,11 +322,14 @@ def _finetune(project: Path, base: Path, train: str, home: Path) -> dict[str, An
 
 
 def _ask(url: str, key: str, ticket: str) -> str:
-    client = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
-    reply = client.chat.completions.create(
-        model="helpdesk-ep",
-        messages=[{"role": "system", "content": INSTRUCTION}, {"role": "user", "content": ticket}],
-    )
+    with openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0) as client:
+        reply = client.chat.completions.create(
+            model="helpdesk-ep",
+            messages=[
+                {"role": "system", "content": INSTRUCTION},
+                {"role": "user", "content": ticket},
+            ],
+        )
     return reply.id
 
 

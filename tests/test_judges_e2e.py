@@ -120,14 +120,14 @@ def test_a_gate_on_the_judge_blocks_the_version_whose_answers_it_scores_low(
 
 
 def _ask(served: Served, n: int) -> None:
-    client = openai.OpenAI(base_url=served.url + "/v1", api_key=served.key, max_retries=0)
-    for i in range(n):
-        ticket = jw.TICKETS[i % len(jw.TICKETS)]
-        client.chat.completions.create(
-            model="helpdesk-ep", max_tokens=16, temperature=0,
-            messages=[{"role": "system", "content": ticket["instruction"]},
-                      {"role": "user", "content": ticket["input"]}],
-        )  # fmt: skip
+    with openai.OpenAI(base_url=served.url + "/v1", api_key=served.key, max_retries=0) as client:
+        for i in range(n):
+            ticket = jw.TICKETS[i % len(jw.TICKETS)]
+            client.chat.completions.create(
+                model="helpdesk-ep", max_tokens=16, temperature=0,
+                messages=[{"role": "system", "content": ticket["instruction"]},
+                          {"role": "user", "content": ticket["input"]}],
+            )  # fmt: skip
 
 
 def _until(what: str, check: Callable[[], Any], timeout_s: float = 60.0) -> Any:

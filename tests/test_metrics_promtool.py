@@ -87,8 +87,10 @@ def metrics_text(tmp_path: Path) -> Iterator[str]:
         _, key = create_api_key(store, "acme", scopes=("infer", "feedback"))
         _, limited = create_api_key(store, "acme", rpm_limit=1)
         app = create_app(store, ObservedEcho(), refresh_seconds=0.1)
-        with BackgroundServer(app) as server:
-            client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0)
+        with (
+            BackgroundServer(app) as server,
+            openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0) as client,
+        ):
             answer = client.completions.create(model="support", prompt="the vpn is down")
             client.chat.completions.create(
                 model="support", messages=[{"role": "user", "content": "reset my password"}]
@@ -99,10 +101,12 @@ def metrics_text(tmp_path: Path) -> Iterator[str]:
                 pass
             with pytest.raises(openai.NotFoundError):
                 client.completions.create(model="no-such-endpoint", prompt="x")
-            slow = openai.OpenAI(base_url=server.base_url + "/v1", api_key=limited, max_retries=0)
-            slow.completions.create(model="support", prompt="one")
-            with pytest.raises(openai.RateLimitError):
-                slow.completions.create(model="support", prompt="two")
+            with openai.OpenAI(
+                base_url=server.base_url + "/v1", api_key=limited, max_retries=0
+            ) as slow:
+                slow.completions.create(model="support", prompt="one")
+                with pytest.raises(openai.RateLimitError):
+                    slow.completions.create(model="support", prompt="two")
             feedback = httpx.post(
                 server.base_url + "/v1/feedback",
                 headers={"Authorization": f"Bearer {key}"},

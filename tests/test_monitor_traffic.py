@@ -98,8 +98,12 @@ def traffic(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Traffic]:
             store.create_endpoint("acme-support", model_ref="acme-bot:1", tenant="acme")
             key = create_api_key(store, "acme")[1]
             app = create_app(store, EchoEngine(), refresh_seconds=0.1)
-            with BackgroundServer(app) as server:
-                client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0)
+            with (
+                BackgroundServer(app) as server,
+                openai.OpenAI(
+                    base_url=server.base_url + "/v1", api_key=key, max_retries=0
+                ) as client,
+            ):
                 start = datetime.now(UTC)
                 for _ in range(60):
                     _ask(client, rng.choices(EN, k=rng.randint(4, 10)))

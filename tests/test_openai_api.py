@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +24,11 @@ class Served:
     url: str
     store: Store
     keys: dict[str, str]
+    clients: ExitStack  # the openai clients of a test, closed when it ends
 
     def client(self, tenant: str = "acme") -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.keys[tenant], max_retries=0)
+        client = openai.OpenAI(base_url=self.url + "/v1", api_key=self.keys[tenant], max_retries=0)
+        return self.clients.enter_context(client)
 
 
 @pytest.fixture
@@ -34,8 +37,8 @@ def served(tmp_path: Path) -> Iterator[Served]:
         two_tenant_world(store, template="text")
         keys = {t: create_api_key(store, t)[1] for t in ("acme", "globex")}
         app = create_app(store, EchoEngine(), refresh_seconds=0.2, heartbeat_s=None)
-        with BackgroundServer(app) as server:
-            yield Served(server.base_url, store, keys)
+        with BackgroundServer(app) as server, ExitStack() as clients:
+            yield Served(server.base_url, store, keys, clients)
 
 
 def test_models_retrieve_answers_only_the_keys_own_endpoints(served: Served) -> None:

@@ -106,8 +106,10 @@ def test_a_redacted_tenant_stores_no_phone_ssn_or_ip(tmp_path: Path) -> None:
         fake_world(store, storage_policy="redacted")
         _, key = create_api_key(store, "acme")
         app = create_app(store, EchoEngine(), refresh_seconds=0.1)
-        with BackgroundServer(app) as server:
-            client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0)
+        with (
+            BackgroundServer(app) as server,
+            openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0) as client,
+        ):
             client.chat.completions.create(
                 model="support", messages=[{"role": "user", "content": prompt}]
             )

@@ -90,9 +90,12 @@ def _serve_a_week(home: Path, trained: list[dict[str, Any]]) -> list[str]:
         store.create_tenant("vault", storage_policy="hash")
         store.create_endpoint("support", model_ref="helpdesk:1", tenant=None, shared=True)
         acme, vault = create_api_key(store, "acme")[1], create_api_key(store, "vault")[1]
-        with BackgroundServer(create_app(store, EchoEngine(), refresh_seconds=0.1)) as server:
+        with (
+            BackgroundServer(create_app(store, EchoEngine(), refresh_seconds=0.1)) as server,
+            openai.OpenAI(base_url=server.base_url + "/v1", api_key=acme, max_retries=0) as ask,
+            openai.OpenAI(base_url=server.base_url + "/v1", api_key=vault, max_retries=0) as hashed,
+        ):
             url = server.base_url
-            ask = openai.OpenAI(base_url=url + "/v1", api_key=acme, max_retries=0)
             good = []
             for ticket, label in [
                 ("The office printer jams on every page.", "hardware"),
@@ -106,7 +109,6 @@ def _serve_a_week(home: Path, trained: list[dict[str, Any]]) -> list[str]:
             _feedback(url, acme, again, score=0.8, label="hardware")
             known = _ask(ask, trained[0]["input"])
             _feedback(url, acme, known, thumbs="up", label=trained[0]["output"])
-            hashed = openai.OpenAI(base_url=url + "/v1", api_key=vault, max_retries=0)
             for ticket in ("Private: my badge is blocked.", "Private: VPN is slow."):
                 _feedback(url, vault, _ask(hashed, ticket), thumbs="up")
     return good

@@ -82,14 +82,14 @@ def _the_docs_examples_answer_as_shown(home: Path) -> None:
             except httpx.TransportError:
                 pass
             time.sleep(0.2)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key)
-        for system, user, answer in (block.groups(), chat.groups()):
-            reply = client.chat.completions.create(
-                model="claims-router", temperature=0, max_tokens=8,
-                messages=[{"role": "system", "content": system},
-                          {"role": "user", "content": user}],
-            )  # fmt: skip
-            assert reply.choices[0].message.content == answer, (user, reply)
+        with openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key=key) as client:
+            for system, user, answer in (block.groups(), chat.groups()):
+                reply = client.chat.completions.create(
+                    model="claims-router", temperature=0, max_tokens=8,
+                    messages=[{"role": "system", "content": system},
+                              {"role": "user", "content": user}],
+                )  # fmt: skip
+                assert reply.choices[0].message.content == answer, (user, reply)
     finally:
         proc.terminate()
         proc.wait(60)

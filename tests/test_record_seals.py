@@ -69,11 +69,11 @@ def _serve(store: Store, per_tenant: int) -> dict[str, list[str]]:
         with BackgroundServer(app) as server:
             for i in range(per_tenant):
                 for tenant, key in keys.items():
-                    client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=key)
-                    reply = client.chat.completions.create(
-                        model=f"{tenant}-support",
-                        messages=[{"role": "user", "content": f"question {i} of {tenant}"}],
-                    )
+                    with openai.OpenAI(base_url=server.base_url + "/v1", api_key=key) as client:
+                        reply = client.chat.completions.create(
+                            model=f"{tenant}-support",
+                            messages=[{"role": "user", "content": f"question {i} of {tenant}"}],
+                        )
                     ids[tenant].append(reply.id)
             assert writer.flush(30)
     finally:

@@ -453,18 +453,22 @@ def test_the_sdks_stream_helper_and_async_client(served: Served) -> None:
 def test_langchain_openai_on_the_responses_api(served: Served) -> None:
     from langchain_openai import ChatOpenAI
 
-    llm = ChatOpenAI(
-        model="acme-support",
-        base_url=served.url + "/v1",
-        api_key=served.keys["acme"],
-        use_responses_api=True,
-        max_retries=0,
-    )
-    answer = llm.invoke("langchain asks politely")
-    assert answer.text == "langchain asks politely"
-    assert answer.usage_metadata is not None and answer.usage_metadata["output_tokens"] == 3
-    pieces = [chunk.text for chunk in llm.stream("streamed through langchain")]
-    assert "".join(pieces) == "streamed through langchain" and len(pieces) > 3
+    # on an HTTP client of the test's, closed at its end (ChatOpenAI's own is cached, open,
+    # for the rest of the process)
+    with openai.DefaultHttpxClient() as http:
+        llm = ChatOpenAI(
+            model="acme-support",
+            base_url=served.url + "/v1",
+            api_key=served.keys["acme"],
+            use_responses_api=True,
+            max_retries=0,
+            http_client=http,
+        )
+        answer = llm.invoke("langchain asks politely")
+        assert answer.text == "langchain asks politely"
+        assert answer.usage_metadata is not None and answer.usage_metadata["output_tokens"] == 3
+        pieces = [chunk.text for chunk in llm.stream("streamed through langchain")]
+        assert "".join(pieces) == "streamed through langchain" and len(pieces) > 3
 
 
 def test_the_keys_limits_and_scope_apply(served: Served) -> None:

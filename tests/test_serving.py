@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import httpx
@@ -21,6 +22,7 @@ class Served:
     url: str
     acme_key: str
     globex_key: str
+    clients: ExitStack  # the openai clients of a test, closed when it ends
 
 
 def _setup(store: Store) -> tuple[str, str]:
@@ -35,12 +37,13 @@ def served(tmp_path: object) -> Iterator[Served]:
     with Store.open(f"sqlite:///{tmp_path}/s.db") as store:
         acme, globex = _setup(store)
         app = create_app(store, EchoEngine(), refresh_seconds=0.1)
-        with BackgroundServer(app) as server:
-            yield Served(store, server.base_url, acme, globex)
+        with BackgroundServer(app) as server, ExitStack() as clients:
+            yield Served(store, server.base_url, acme, globex, clients)
 
 
 def _client(served: Served, key: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=served.url + "/v1", api_key=key, max_retries=0)
+    client = openai.OpenAI(base_url=served.url + "/v1", api_key=key, max_retries=0)
+    return served.clients.enter_context(client)
 
 
 def test_chat_completion_answers_and_is_recorded(served: Served) -> None:

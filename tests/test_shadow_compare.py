@@ -97,8 +97,10 @@ def yard(home: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Yard]:
     _, key = create_api_key(store, "acme")
     monkeypatch.setenv("JUDGE_KEY", key)
     app = create_app(store, TwoVoices(), refresh_seconds=0.1, heartbeat_s=None)
-    with BackgroundServer(app) as server:
-        client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0)
+    with (
+        BackgroundServer(app) as server,
+        openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0) as client,
+    ):
         yield Yard(store, client, server.base_url + "/v1")
     store.close()
 

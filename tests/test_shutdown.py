@@ -20,7 +20,8 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,9 +44,11 @@ class Serving:
     log: Path
     store: Store
     keys: dict[str, str]
+    clients: ExitStack = field(default_factory=ExitStack)  # closed by _stop
 
     def client(self, key: str = "acme") -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.keys[key], max_retries=0)
+        client = openai.OpenAI(base_url=self.url + "/v1", api_key=self.keys[key], max_retries=0)
+        return self.clients.enter_context(client)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
@@ -101,6 +104,7 @@ def _launch(home: Path, log_name: str, store: Store, keys: dict[str, str], *args
 
 
 def _stop(serving: Serving) -> None:
+    serving.clients.close()
     if serving.proc.poll() is None:
         serving.proc.kill()
         serving.proc.wait(10)
@@ -305,7 +309,10 @@ def test_kill_9_mid_stream_then_restart_closes_the_request_as_failed(server: Ser
         # the restarted server answers, and records, as before
         again.client().completions.create(model="acme-support", prompt="hi", max_tokens=4)
     finally:
-        again.proc.send_signal(signal.SIGTERM)
-        assert again.proc.wait(30) == 0, again.output()
+        try:
+            again.proc.send_signal(signal.SIGTERM)
+            assert again.proc.wait(30) == 0, again.output()
+        finally:
+            again.clients.close()
     statuses = sorted(r.status for r in server.store.list_inference_records())
     assert statuses == ["error", "ok"]

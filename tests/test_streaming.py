@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,7 @@ class Served:
     base: Path
     adapters: dict[str, Path]  # data format (alpaca, chat) -> trained adapter directory
     held_out: list[dict[str, str]]  # alpaca rows never trained on
+    clients: ExitStack  # the openai clients, closed with the server
 
 
 def _chat_row(row: dict[str, str]) -> dict[str, Any]:
@@ -118,16 +120,21 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
             # one adapter loaded at a time: alternating endpoints evict
             engine = TransformersEngine(artifacts, max_adapters=1, store=store)
             try:
-                with BackgroundServer(create_app(store, engine, refresh_seconds=0.1)) as server:
+                with (
+                    BackgroundServer(create_app(store, engine, refresh_seconds=0.1)) as server,
+                    ExitStack() as clients,
+                ):
                     yield Served(
-                        store, artifacts, server.base_url, key, base.path, adapters, held_out
-                    )
+                        store, artifacts, server.base_url, key, base.path, adapters, held_out,
+                        clients,
+                    )  # fmt: skip
             finally:
                 engine.close()
 
 
 def _client(served: Served) -> openai.OpenAI:
-    return openai.OpenAI(base_url=served.url + "/v1", api_key=served.key, max_retries=0)
+    client = openai.OpenAI(base_url=served.url + "/v1", api_key=served.key, max_retries=0)
+    return served.clients.enter_context(client)
 
 
 def _record(served: Served, record_id: str, timeout: float = 10) -> InferenceRecord:
@@ -307,8 +314,10 @@ def test_metrics_count_batches_and_the_adapter_cache(served: Served) -> None:
 def test_a_full_queue_is_a_fast_503_with_retry_after(served: Served) -> None:
     engine = TransformersEngine(served.artifacts, max_queue=1, max_batch_size=1)
     try:
-        with BackgroundServer(create_app(served.store, engine)) as server:
-            client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=served.key)
+        with (
+            BackgroundServer(create_app(served.store, engine)) as server,
+            openai.OpenAI(base_url=server.base_url + "/v1", api_key=served.key) as client,
+        ):
             request: dict[str, Any] = {"model": "rambler", "prompt": "hello", "temperature": 0}
             busy = client.completions.create(**request, max_tokens=200, stream=True)
             next(iter(busy))  # generating: the queue is empty

@@ -16,7 +16,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -64,9 +65,11 @@ class Served:
     store: Store
     key: str
     base: Path | None = None  # the tiny base (its tokenizer)
+    clients: ExitStack = field(default_factory=ExitStack)  # closed with the server
 
     def client(self) -> openai.OpenAI:
-        return openai.OpenAI(base_url=self.url + "/v1", api_key=self.key, max_retries=0)
+        client = openai.OpenAI(base_url=self.url + "/v1", api_key=self.key, max_retries=0)
+        return self.clients.enter_context(client)
 
     def post(self, route: str, body: dict[str, object]) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.key}"}
@@ -104,8 +107,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         engine = TransformersEngine(artifacts, batch_window_ms=2, store=store)
         app = create_app(store, engine, refresh_seconds=0.2, heartbeat_s=None)
         try:
-            with BackgroundServer(app) as server:
-                yield Served(server.base_url, store, key, base)
+            with BackgroundServer(app) as server, ExitStack() as clients:
+                yield Served(server.base_url, store, key, base, clients)
         finally:
             engine.close()
 
@@ -403,19 +406,24 @@ def test_langchain_structured_output_tools_and_the_legacy_completions_class(
     from langchain_core.messages import AIMessage
     from langchain_openai import ChatOpenAI, OpenAI
 
-    chat = ChatOpenAI(model="helpdesk", base_url=served.url + "/v1", api_key=served.key,
-                      max_retries=0, max_tokens=200, temperature=0.7)  # fmt: skip
-    ticket = chat.with_structured_output(Ticket).invoke("file a ticket: printer broken")
-    assert isinstance(ticket, Ticket)
-    called = chat.bind_tools([Weather, Ticketing], tool_choice="required").invoke("weather?")
-    assert isinstance(called, AIMessage) and len(called.tool_calls) == 1
-    call = called.tool_calls[0]
-    schema = {"Weather": Weather, "Ticketing": Ticketing}[call["name"]]
-    schema.model_validate(call["args"])
-    legacy = OpenAI(model="helpdesk", base_url=served.url + "/v1", api_key=served.key,
-                    max_retries=0, max_tokens=4, temperature=0)  # fmt: skip
-    assert isinstance(legacy.invoke("the printer"), str)
-    assert len(legacy.generate(["the printer", "reset my"]).generations) == 2  # a prompt list
+    # each on an HTTP client of the test's, closed at its end (their own would be left open:
+    # ChatOpenAI's cached for the process, OpenAI's until the garbage collector finds it)
+    with openai.DefaultHttpxClient() as chat_http, openai.DefaultHttpxClient() as legacy_http:
+        chat = ChatOpenAI(model="helpdesk", base_url=served.url + "/v1", api_key=served.key,
+                          max_retries=0, max_tokens=200, temperature=0.7,
+                          http_client=chat_http)  # fmt: skip
+        ticket = chat.with_structured_output(Ticket).invoke("file a ticket: printer broken")
+        assert isinstance(ticket, Ticket)
+        called = chat.bind_tools([Weather, Ticketing], tool_choice="required").invoke("weather?")
+        assert isinstance(called, AIMessage) and len(called.tool_calls) == 1
+        call = called.tool_calls[0]
+        schema = {"Weather": Weather, "Ticketing": Ticketing}[call["name"]]
+        schema.model_validate(call["args"])
+        legacy = OpenAI(model="helpdesk", base_url=served.url + "/v1", api_key=served.key,
+                        max_retries=0, max_tokens=4, temperature=0,
+                        http_client=legacy_http)  # fmt: skip
+        assert isinstance(legacy.invoke("the printer"), str)
+        assert len(legacy.generate(["the printer", "reset my"]).generations) == 2  # a prompt list
 
 
 # litellm runs in a process of its own: importing it installs logging filters of its own
@@ -472,8 +480,8 @@ def gateway(served: Served, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         engine = EngineSet(EchoEngine(), UpstreamEngine(artifacts, store=store))
         app = create_app(store, engine, refresh_seconds=0.2, heartbeat_s=None)
         try:
-            with BackgroundServer(app) as server:
-                yield Served(server.base_url, store, key)
+            with BackgroundServer(app) as server, ExitStack() as clients:
+                yield Served(server.base_url, store, key, clients=clients)
         finally:
             engine.close()
 

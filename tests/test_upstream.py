@@ -10,6 +10,7 @@ import json
 import logging
 import threading
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ class Gateway:
     artifacts: ArtifactStore
     key: str
     db: Path
+    clients: ExitStack  # the openai clients of a test, closed with the server
 
 
 def _gateway(
@@ -88,8 +90,8 @@ def _gateway(
         engine = EngineSet(EchoEngine(), UpstreamEngine(artifacts, store=store))
         app = create_app(store, engine, refresh_seconds=0.2, heartbeat_s=None)
         try:
-            with BackgroundServer(app) as server:
-                yield Gateway(server.base_url, store, artifacts, key, db)
+            with BackgroundServer(app) as server, ExitStack() as clients:
+                yield Gateway(server.base_url, store, artifacts, key, db, clients)
         finally:
             engine.close()
 
@@ -103,7 +105,8 @@ def gateway(tmp_path: Path, vendor: Vendor, monkeypatch: pytest.MonkeyPatch) -> 
 
 
 def _client(gw: Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.url + "/v1", api_key=gw.key, max_retries=0)
+    client = openai.OpenAI(base_url=gw.url + "/v1", api_key=gw.key, max_retries=0)
+    return gw.clients.enter_context(client)
 
 
 def _users_by_version(gw: Gateway) -> dict[str, str]:

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -53,6 +54,7 @@ class World:
     keys: dict[str, str]
     versions: dict[str, ModelVersion]  # acme, globex, chatty
     prompts: list[str]
+    clients: ExitStack  # the openai clients, closed with the server
 
 
 @pytest.fixture(scope="module")
@@ -92,10 +94,10 @@ def world(vllm_python: str, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             assert engine.warm(versions["acme"], READY_S), _log(tmp)
             app = create_app(store, engine, refresh_seconds=0.2, heartbeat_s=None,
                              limits=ServerLimits(max_tokens=LONG))  # fmt: skip
-            with BackgroundServer(app) as server:
+            with BackgroundServer(app) as server, ExitStack() as clients:
                 rows = synthetic_domain("it-support", 4, seed=0)
                 yield World(server.base_url, store, artifacts, engine, keys, versions,
-                            [render_prompt(r) for r in rows])  # fmt: skip
+                            [render_prompt(r) for r in rows], clients)  # fmt: skip
         finally:
             engine.close()
 
@@ -105,7 +107,8 @@ def _log(tmp: Path) -> str:
 
 
 def _client(world: World, tenant: str) -> openai.OpenAI:
-    return openai.OpenAI(base_url=world.url + "/v1", api_key=world.keys[tenant], max_retries=0)
+    client = openai.OpenAI(base_url=world.url + "/v1", api_key=world.keys[tenant], max_retries=0)
+    return world.clients.enter_context(client)
 
 
 def _running(world: World, version: ModelVersion) -> float:

@@ -74,8 +74,10 @@ def _serve(tmp_path: Path) -> Iterator[Served]:
         versions = two_tenant_world(store, tenants=("acme",), versions=1)["acme"]
         _, key = create_api_key(store, "acme")
         app = create_app(store, PickyEngine(), refresh_seconds=0.1)
-        with BackgroundServer(app) as server:
-            client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0)
+        with (
+            BackgroundServer(app) as server,
+            openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0) as client,
+        ):
             yield Served(store, server.base_url, key, client, versions[0])
 
 
