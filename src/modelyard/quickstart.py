@@ -196,31 +196,31 @@ def _ask(
     """Send each row as an OpenAI chat request; yields (input, expected, answer, version)."""
     import openai
 
-    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=0)
-    for row in rows:
-        raw = client.chat.completions.with_raw_response.create(
-            model=endpoint,
-            messages=[
-                {"role": "system", "content": row["instruction"]},
-                {"role": "user", "content": row["input"]},
-            ],
-            temperature=0,
-            max_tokens=8,
-        )
-        answer = raw.parse().choices[0].message.content or ""
-        yield row["input"], row["output"], answer, raw.headers.get("x-modelyard-version", "")
+    with openai.OpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=0) as client:
+        for row in rows:
+            raw = client.chat.completions.with_raw_response.create(
+                model=endpoint,
+                messages=[
+                    {"role": "system", "content": row["instruction"]},
+                    {"role": "user", "content": row["input"]},
+                ],
+                temperature=0,
+                max_tokens=8,
+            )
+            answer = raw.parse().choices[0].message.content or ""
+            yield row["input"], row["output"], answer, raw.headers.get("x-modelyard-version", "")
 
 
 def _isolation_enforced(base_url: str, key: str, foreign_endpoint: str) -> bool:
     import openai
 
-    client = openai.OpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=0)
-    try:
-        client.chat.completions.create(
-            model=foreign_endpoint, messages=[{"role": "user", "content": "hello"}]
-        )
-    except openai.NotFoundError:
-        return True
+    with openai.OpenAI(base_url=f"{base_url}/v1", api_key=key, max_retries=0) as client:
+        try:
+            client.chat.completions.create(
+                model=foreign_endpoint, messages=[{"role": "user", "content": "hello"}]
+            )
+        except openai.NotFoundError:
+            return True
     return False
 
 

@@ -72,6 +72,9 @@ class RefusedClient:
     def create(self, **_: Any) -> Any:
         raise self.error
 
+    def close(self) -> None:
+        """Nothing to close: no connection was made."""
+
 
 def record_inputs(
     texts: Mapping[str, tuple[int | None, str, str]],
@@ -105,6 +108,11 @@ def judge_records(
         client: Any = make_client(judge) if items else None
     except ModelyardError as exc:
         client = RefusedClient(exc)
-    return run_judge(
-        judge, items, cache=store, client=client, concurrency=concurrency, require_scores=False
-    )
+    try:
+        return run_judge(
+            judge, items, cache=store, client=client, concurrency=concurrency,
+            require_scores=False,
+        )  # fmt: skip
+    finally:
+        if client is not None:
+            client.close()  # its connections now, not when the collector finds it

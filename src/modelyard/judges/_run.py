@@ -169,8 +169,9 @@ def run_judge(
     hashes = [input_hash(system, user) for system, user in rendered]
     known = cache.cached_judgements(judge, hashes) if cache is not None else {}
     todo = [i for i, h in enumerate(hashes) if h not in known]
+    owned = None  # a client made here is closed here, when the calls end
     if todo and client is None:
-        client = make_client(judge)
+        client = owned = make_client(judge)
     done: dict[int, Judgement] = {}
 
     def one(i: int) -> tuple[int, Judgement]:
@@ -178,15 +179,19 @@ def run_judge(
         return i, _ask(judge, client, items[i], system, user)
 
     unsaved: list[Judgement] = []  # kept as the calls end: a run cut short keeps what it paid
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        for i, judgement in pool.map(one, todo):
-            done[i] = judgement
-            unsaved.append(judgement)
-            if cache is not None and len(unsaved) >= SAVE_EVERY:
-                cache.save_judgements(unsaved)
-                unsaved = []
-            if progress is not None:
-                progress(1)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
+            for i, judgement in pool.map(one, todo):
+                done[i] = judgement
+                unsaved.append(judgement)
+                if cache is not None and len(unsaved) >= SAVE_EVERY:
+                    cache.save_judgements(unsaved)
+                    unsaved = []
+                if progress is not None:
+                    progress(1)
+    finally:
+        if owned is not None:
+            owned.close()
     judgements = []
     for i, digest in enumerate(hashes):
         if i in done:
