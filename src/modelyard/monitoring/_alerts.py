@@ -12,6 +12,7 @@ pipeline file (``pipeline:``, the alert's id passed on); that start is audited.
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import logging
@@ -359,6 +360,14 @@ def notify(store: Store, rules: AlertRules, rule: Rule, alert: AlertState, now: 
 
 # Started retraining processes, kept so they are reaped (polled) rather than left as zombies.
 _RUNNING: list[subprocess.Popen[bytes]] = []
+
+
+@atexit.register
+def _reap() -> None:
+    """At exit, reap the retraining processes that have ended (those still running go on:
+    each was started in a session of its own)."""
+    for proc in _RUNNING:
+        proc.poll()
 
 
 def start_retraining(store: Store, rule: Rule, alert: AlertState) -> int | None:
