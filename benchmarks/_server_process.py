@@ -130,7 +130,7 @@ def _serve(settings: ServerSettings) -> int:
     from modelyard.serving import BackgroundServer, TransformersEngine, create_app
     from modelyard.store import Store
 
-    _quiet()
+    quiet()
     torch.set_num_threads(settings.threads)
     store = Store.open(settings.store_url)
     engine = TransformersEngine(
@@ -164,8 +164,9 @@ def _serve(settings: ServerSettings) -> int:
     return 0
 
 
-def _quiet() -> None:
-    """As ``serving.py``'s own process: no library warnings on the benchmark's output."""
+def quiet() -> None:
+    """No library warnings or progress bars on the benchmark's output (this process's and
+    ``serving.py``'s)."""
     import warnings
 
     import transformers

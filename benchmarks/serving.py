@@ -63,7 +63,6 @@ import statistics
 import sys
 import tempfile
 import time
-import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
@@ -84,6 +83,7 @@ from _preload import preload
 from _records_rounds import RecordsLoad, run_rounds
 from _records_rounds import summarize as summarize_records
 from _server_process import DiscardingWriter, ServerSettings
+from _server_process import quiet as _quiet
 from _serving_report import _header, records_table, results_table, runs_table
 from peft import LoraConfig, PeftModel, get_peft_model
 from rich.console import Console
@@ -638,13 +638,6 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.refresh_seconds is not None and not args.refresh_seconds > 0:
         parser.error("--refresh-seconds must be more than 0")
     return args
-
-
-def _quiet() -> None:
-    transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    for category in (FutureWarning, UserWarning, DeprecationWarning):
-        warnings.filterwarnings("ignore", category=category, module=r"(torch|transformers|peft)\.")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
