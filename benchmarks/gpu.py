@@ -120,9 +120,20 @@ def build_rows(tokenizer: Any, config: Config) -> list[Row]:
         text = row["input"]
         while len(tokenizer(text)["input_ids"]) < target - 16:
             text += " " + " ".join(words)
-        rows.append({**row, "input": text})
-    cap = config.row_tokens
-    return [r for r in rows if len(encode_row(tokenizer, r, 1 << 30)["input_ids"]) <= cap]
+        rows.append(_fit({**row, "input": text}, tokenizer, config.row_tokens))
+    return [r for r in rows if r is not None]
+
+
+def _fit(row: Row, tokenizer: Any, cap: int) -> Row | None:
+    """``row`` with words cut from the end of its input until the whole row (prompt and
+    answer) fits ``cap`` tokens; None when even its answer alone does not."""
+    words = row["input"].split()
+    while len(encode_row(tokenizer, row, 1 << 30)["input_ids"]) > cap:
+        if len(words) <= 1:
+            return None
+        words = words[: max(1, len(words) - max(1, len(words) // 8))]
+        row = {**row, "input": " ".join(words)}
+    return row
 
 
 def _settings(config: Config, **changes: Any) -> TrainSettings:
@@ -342,6 +353,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                      for g in gpu_readings()],
             "parameters": parameters,
             "config": config.__dict__,
+            "rows": len(rows),
             "lora": lora_vs_plain(base, rows, config, work),
             "packing": packing(base, rows, config, work),
             "qlora": qlora_memory(base, rows, config, work),

@@ -130,6 +130,8 @@ def test_gpu_quick_runs_every_measure_on_whatever_is_here(tmp_path: Path) -> Non
     )
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout)
+    # every row fits the row length (a row too long is cut, not dropped): once only 1 of 32 did
+    assert result["rows"] == result["config"]["rows"]
     assert _positive(result["lora"]["ratio"]) and _positive(result["packing"]["ratio"])
     assert result["lora"]["runs"]["modelyard"][0]["loss"] > 0
     assert _positive(result["decode"]["single_tokens_per_second"])
