@@ -24,7 +24,14 @@ from modelyard.finetune._cost import priced
 from modelyard.gpu import GpuReading, gpu_readings, summarize
 from modelyard.registry._card import _compute
 from modelyard.serving._metrics import Metrics
-from modelyard.training import Device, TrainSettings, plan_training, train_model
+from modelyard.training import (
+    IGNORE_INDEX,
+    Device,
+    SupervisedDataset,
+    TrainSettings,
+    plan_training,
+    train_model,
+)
 
 QUICK_BASE = {"steps": 8, "batch_size": 4, "seq_len": 64, "hidden_size": 32, "vocab_size": 512}
 CPU = Device("cpu", "x86_64", 0, True)
@@ -125,6 +132,31 @@ def test_the_plan_is_recorded_with_gpu_hours_only_where_a_gpu_ran() -> None:
     assert cpu["gradient_checkpointing"] is True and cpu["base_dtype"] == "float32"
     gpu = plan_training(TrainSettings(), AMPERE).record(1800.0, gradient_checkpointing=False)
     assert gpu["gpu_hours"] == 0.5 and gpu["precision"] == "bf16"
+
+
+@pytest.mark.parametrize("packing", [False, True])
+def test_gpu_half_precision_batches_pad_to_a_multiple_of_8_and_cpu_batches_do_not(
+    quick_base: Path, rows: Any, packing: bool
+) -> None:
+    """Tensor cores take shapes in multiples of 8 whole; the padding is masked from the loss."""
+    from modelyard.training._train import _collator
+
+    _, tokenizer = load_base(quick_base)
+    features = SupervisedDataset(tokenizer, rows[:3], 512).features
+    longest = max(len(f["input_ids"]) for f in features)
+    assert longest % 8, "pick rows whose longest is not already a multiple of 8"
+    batches = {}
+    for name, device in (("cpu", CPU), ("ampere", AMPERE), ("turing", TURING)):
+        plan = plan_training(TrainSettings(), device)
+        batches[name] = _collator(tokenizer, packing, plan)(features)
+    assert batches["cpu"]["input_ids"].shape[1] == longest
+    for name in ("ampere", "turing"):
+        batch = batches[name]
+        assert batch["input_ids"].shape[1] == -(-longest // 8) * 8
+        assert torch.equal(batch["input_ids"][:, :longest], batches["cpu"]["input_ids"])
+        assert torch.equal(batch["labels"][:, :longest], batches["cpu"]["labels"])
+        assert bool((batch["labels"][:, longest:] == IGNORE_INDEX).all())
+    assert plan_training(TrainSettings(precision="fp32"), AMPERE).pad_multiple is None
 
 
 # --- training on CPU -------------------------------------------------------------------

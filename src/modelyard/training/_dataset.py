@@ -123,14 +123,18 @@ class PackedCollator:
     """Batches of packed rows: padded at the end, no attention mask, position ids per example.
 
     The padding is a segment of its own (positions restart at 0, labels ignored),
-    so it attends only to itself and never changes a real token's output.
+    so it attends only to itself and never changes a real token's output. With
+    ``pad_to_multiple_of`` the batch's length is rounded up to that multiple.
     """
 
-    def __init__(self, pad_token_id: int) -> None:
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
         self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
 
     def __call__(self, features: Sequence[Mapping[str, list[int]]]) -> dict[str, torch.Tensor]:
         longest = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
         ids, labels, positions = [], [], []
         for feature in features:
             n = len(feature["input_ids"])

@@ -72,6 +72,13 @@ class TrainPlan:
     def compute_dtype(self) -> torch.dtype:
         return DTYPES[self.precision]
 
+    @property
+    def pad_multiple(self) -> int | None:
+        """Batches pad to a multiple of 8 tokens on a GPU in half precision, the shapes its
+        tensor cores take whole (padding is masked, so a real token's loss is unchanged);
+        None elsewhere, where a batch pads to its longest row as before."""
+        return 8 if self.device.kind == "cuda" and self.precision != "fp32" else None
+
     def trainer_args(self, gradient_checkpointing: bool) -> dict[str, Any]:
         """The ``TrainingArguments`` for precision, placement, checkpointing and sharding.
 

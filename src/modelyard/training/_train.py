@@ -189,11 +189,15 @@ def _run(trainer: Any, resume_from: str | None) -> Any:
     return output
 
 
-def _collator(tokenizer: Any, packing: bool) -> Any:
-    """Padded batches, or batches of packed rows (``packing``, see ``PackedCollator``)."""
+def _collator(tokenizer: Any, packing: bool, plan: TrainPlan) -> Any:
+    """Padded batches, or batches of packed rows (``packing``, see ``PackedCollator``),
+    padded to a multiple of ``plan.pad_multiple`` (8 for half precision on a GPU)."""
+    multiple = plan.pad_multiple
     if packing:
-        return PackedCollator(int(tokenizer.pad_token_id))
-    return DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True)
+        return PackedCollator(int(tokenizer.pad_token_id), multiple)
+    return DataCollatorForSeq2Seq(
+        tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True, pad_to_multiple_of=multiple
+    )
 
 
 def _make_trainer(
@@ -215,7 +219,7 @@ def _make_trainer(
             PackedDataset(datasets[0], settings.max_seq_len) if settings.packing else datasets[0]
         ),
         eval_dataset=datasets[1],
-        data_collator=_collator(tokenizer, settings.packing),
+        data_collator=_collator(tokenizer, settings.packing, plan),
         processing_class=tokenizer,
         callbacks=callbacks,
     )
