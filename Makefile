@@ -93,6 +93,18 @@ $(DEPLOY_STAMP): $(STAMP)
 
 deploy-tools: $(DEPLOY_STAMP)
 
+# bitsandbytes, the gpu extra (QLoRA's 4-bit base), for the QLoRA loading test of
+# tests/test_gpu_training.py: it quantizes on CPU too. Its dependencies are installed already.
+GPU_EXTRA_STAMP := $(VENV)/.gpu-extra
+
+.PHONY: gpu-extra
+
+$(GPU_EXTRA_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet --no-deps bitsandbytes==0.50.2
+	touch $(GPU_EXTRA_STAMP)
+
+gpu-extra: $(GPU_EXTRA_STAMP)
+
 # deploy/k8s from the chart's default values (helm template modelyard deploy/helm/modelyard)
 chart: $(DEPLOY_STAMP)
 	$(BIN)/python deploy/helm/render.py
