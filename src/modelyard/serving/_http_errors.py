@@ -7,6 +7,7 @@ Starlette's own (404 for an unknown path, 405) keep their status.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Sequence
@@ -55,6 +56,59 @@ def error_of(exc: ModelyardError) -> Any:
     return error_body(message, status_of(exc).type, exc.code, param_of(exc))
 
 
+_JSON_HINT = "send one JSON object with 'Content-Type: application/json'"
+
+
+def body_problem(errors: Sequence[Any], content_type: str | None) -> str | None:
+    """What is wrong with a request body that is not a JSON object at all (not JSON, empty,
+    sent as another content type, an array): None when the body is one (its fields are
+    then what failed)."""
+    for error in errors:
+        loc, kind = tuple(error.get("loc", ())), error.get("type")
+        if kind == "json_invalid":
+            why = (error.get("ctx") or {}).get("error") or "JSON decode error"
+            at = f" at character {loc[1]}" if len(loc) > 1 else ""
+            return f"the request body is not valid JSON ({why}{at}); {_JSON_HINT}"
+        if loc != ("body",):
+            continue
+        if isinstance(error.get("input"), bytes | bytearray) or kind == "missing":
+            if content_type and "json" not in content_type.lower():
+                return (
+                    f"the request body was sent as {content_type.split(';')[0]!r}, not JSON; "
+                    f"{_JSON_HINT}"
+                )
+            if not content_type:
+                return f"the request has no Content-Type; {_JSON_HINT}"
+            if kind == "missing" or not error.get("input"):
+                return f"the request body is empty; {_JSON_HINT}"
+            return f"the request body is not a JSON object; {_JSON_HINT}"
+        if kind in ("model_attributes_type", "dict_type", "model_type"):
+            sent = type(error.get("input")).__name__
+            what = {"list": "an array", "str": "a string", "NoneType": "null"}.get(sent, sent)
+            return f"the request body is {what}, not a JSON object; {_JSON_HINT}"
+    return None
+
+
+_TYPE_ERRORS = frozenset(
+    {"int_type", "float_type", "bool_type", "string_type", "list_type", "dict_type"}
+)
+
+
+def _json_kind(value: Any) -> str:
+    """How a JSON value of the wrong type reads in a message: ``a string ("5")``."""
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    if value is None:
+        return "null"
+    kind = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}.get(
+        type(value), "a value"
+    )
+    shown = json.dumps(value) if isinstance(value, bool | int | float | str) else ""
+    return f"{kind} ({shown})" if shown and len(shown) <= 40 else kind
+
+
 def validation_message(errors: Sequence[Any]) -> tuple[str | None, str]:
     """The parameter (a dotted path, e.g. ``messages.0.content``) and the message of a
     request body that failed validation: our own checks' messages first (a field with
@@ -71,6 +125,8 @@ def validation_message(errors: Sequence[Any]) -> tuple[str | None, str]:
             "(docs/serving.md lists what is accepted)"
         )
     msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+    if first.get("type") in _TYPE_ERRORS and "input" in first:  # what was sent instead
+        msg = f"{msg}, not {_json_kind(first['input'])}"
     if first.get("type") == "string_unicode":  # a lone surrogate, found by pydantic's core
         msg = "the text holds a lone surrogate, which is not valid Unicode; send UTF-8 text"
     return param, f"invalid request: {param + ': ' if param else ''}{msg}"
@@ -101,22 +157,57 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(_req: Request, exc: RequestValidationError) -> JSONResponse:
-        param, message = validation_message(exc.errors())
+    async def invalid_request(req: Request, exc: RequestValidationError) -> JSONResponse:
+        problem = body_problem(exc.errors(), req.headers.get("content-type"))
+        param, message = (None, problem) if problem else validation_message(exc.errors())
         return JSONResponse(
             error_body(message, "invalid_request_error", "invalid_request", param), status_code=400
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(req: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(
-            error_body(str(exc.detail), "invalid_request_error", None), status_code=exc.status_code
+            error_body(http_message(req, exc), "invalid_request_error", None),
+            status_code=exc.status_code,
+            headers=exc.headers,
         )
 
 
+def http_message(req: Request, exc: StarletteHTTPException) -> str:
+    """The message of Starlette's own errors, saying what to do: an unknown route (OpenAI
+    words it ``Invalid URL (POST /v1/...)``), a method the route does not take, a body that
+    is not UTF-8."""
+    where = f"{req.method} {req.url.path}"
+    if exc.status_code == 404 and exc.detail == "Not Found":
+        return (
+            f"Invalid URL ({where}): this server has no such route. It serves "
+            f"{', '.join(ROUTES)}; embeddings, images, audio, files and other routes are not "
+            "served (docs/serving.md, compatibility with the OpenAI API)"
+        )
+    if exc.status_code == 405:
+        allowed = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow")
+        return f"{req.method} is not allowed on {req.url.path}" + (
+            f"; use {allowed}" if allowed else ""
+        )
+    if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+        return f"the request body could not be read (it must be UTF-8 JSON); {_JSON_HINT}"
+    return str(exc.detail)
+
+
+ROUTES = (
+    "POST /v1/chat/completions",
+    "POST /v1/completions",
+    "POST /v1/responses",
+    "GET /v1/models",
+    "POST /v1/feedback",
+)
+
+
 __all__ = [
+    "body_problem",
     "error_body",
     "error_of",
+    "http_message",
     "install_error_handlers",
     "param_of",
     "validation_message",

@@ -58,14 +58,48 @@ class TextPart(BaseModel):
     type: Literal["text"]
     text: Text
 
+    @model_validator(mode="before")
+    @classmethod
+    def _text_only(cls, value: Any) -> Any:
+        kind = value.get("type") if isinstance(value, dict) else None
+        if isinstance(kind, str) and kind != "text":
+            raise ValueError(
+                f"content parts of type {kind!r} are not supported by this server: it reads "
+                'text only ({"type": "text", "text": "..."})'
+            )
+        return value
+
+
+# What an SDK's own answer holds besides content (a message sent back as it came): no effect
+_ANSWER_FIELDS = frozenset({"refusal", "annotations", "reasoning_content", "reasoning"})
+_NULL_ONLY = ("audio", "function_call")  # accepted when null (the SDK's model_dump)
+
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore")  # only _ANSWER_FIELDS get past _known_fields
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: Text | list[TextPart] | None = None
     name: Text | None = None
     tool_calls: list[ToolCall] | None = None  # an assistant turn that called tools
     tool_call_id: Text | None = None  # a tool turn: the call it answers
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields(cls, value: Any) -> Any:
+        """A field this server would not read (a typo, an image URL beside the content) is a
+        400 naming it, never dropped."""
+        if not isinstance(value, dict):
+            return value
+        for name in value:
+            if name in cls.model_fields or name in _ANSWER_FIELDS:
+                continue
+            if name in _NULL_ONLY and value[name] is None:
+                continue
+            raise ValueError(
+                f"{name!r} is not a message field this server reads (a message has role, "
+                "content, name, tool_calls, tool_call_id); remove it"
+            )
+        return value
 
     @model_validator(mode="after")
     def _content_or_calls(self) -> ChatMessage:
@@ -95,8 +129,9 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # include_obfuscation etc.: harmless here
-    include_usage: bool = False
+    model_config = ConfigDict(extra="forbid")  # a misspelt include_usage is a 400
+    include_usage: bool = Field(default=False, strict=True)
+    include_obfuscation: bool | None = None  # obfuscation padding: none is sent, harmless
 
 
 _SCHEMA_NAME = r"^[A-Za-z0-9_-]{1,64}$"
@@ -167,15 +202,18 @@ class CommonRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     model: Text = Field(min_length=1, max_length=256)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0, allow_inf_nan=False)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
-    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
+    # strict: "5", 5.0 or true for a number (or "yes" for a bool) is a 400, as OpenAI answers
+    max_tokens: int | None = Field(default=None, ge=1, strict=True)
+    max_completion_tokens: int | None = Field(default=None, ge=1, strict=True)
+    temperature: float | None = Field(
+        default=None, ge=0.0, le=2.0, allow_inf_nan=False, strict=True
+    )
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False, strict=True)
+    seed: int | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1], strict=True)
     stop: Text | list[Text] | None = None
-    n: int | None = None
+    n: int | None = Field(default=None, strict=True)
     user: Text | None = None
-    stream: bool = False
+    stream: bool = Field(default=False, strict=True)
     stream_options: StreamOptions | None = None
     # harmless: they do not change the answer
     metadata: dict[str, Text] | None = None
@@ -312,8 +350,8 @@ class CommonRequest(BaseModel):
 
 class ChatCompletionRequest(CommonRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    logprobs: bool | None = None
-    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    logprobs: bool | None = Field(default=None, strict=True)
+    top_logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS, strict=True)
     tools: list[ToolDef] | None = Field(default=None, max_length=MAX_TOOLS)
     tool_choice: ToolChoice | None = None
 
@@ -376,7 +414,7 @@ class CompletionRequest(CommonRequest):
     completions API; ``choices[i].index`` is the prompt's place)."""
 
     prompt: Text | list[Text] | list[int] | list[list[int]]
-    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS, strict=True)
     tools: Any = None
     tool_choice: Any = None
 
@@ -429,9 +467,9 @@ class CompletionRequest(CommonRequest):
 class FeedbackRequest(BaseModel):
     """``POST /v1/feedback``: a verdict on one answered request (by its ``id``)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")  # a misspelt comment or label is a 400
     request_id: Text = Field(min_length=1, max_length=64)
-    score: float | None = Field(default=None, ge=-1.0, le=1.0, allow_inf_nan=False)
+    score: float | None = Field(default=None, ge=-1.0, le=1.0, allow_inf_nan=False, strict=True)
     thumbs: Literal["up", "down"] | None = None
     comment: Text | None = Field(default=None, max_length=4000)
     label: Text | None = Field(default=None, min_length=1, max_length=500)  # the right answer
