@@ -42,6 +42,7 @@ from modelyard.serving._types import (
     StreamEvent,
     TokenPrompt,
     check_token_ids,
+    context_exceeded,
 )
 from modelyard.store import ModelVersion, Store
 
@@ -275,12 +276,7 @@ class TransformersEngine(Engine):
         if not ids:
             raise ConfigError("the prompt is empty", hint="Send some text to complete.")
         if base.context_length and len(ids) + params.max_tokens > base.context_length:
-            raise ConfigError(
-                f"the prompt has {len(ids)} tokens and max_tokens is {params.max_tokens}, "
-                f"more than the {base.context_length}-token context of {version.ref}",
-                hint="Shorten the prompt or ask for fewer max_tokens.",
-                param="max_tokens",
-            )
+            raise context_exceeded(len(ids), params.max_tokens, base.context_length, version.ref)
         unk = base.tokenizer.unk_token_id  # counted here, where the prompt is tokenized anyway
         unknown = 0 if unk is None else sum(1 for i in ids if i == unk)
         request = PendingRequest(version, ids, params, source, unknown_tokens=unknown)

@@ -29,10 +29,12 @@ from modelyard.serving._plane import DataPlane, Submitted
 from modelyard.serving._sse import event_stream, wait_whole
 from modelyard.serving._types import (
     MIN_TEMPERATURE,
+    ContextLengthExceeded,
     Generation,
     Guide,
     SamplingParams,
     TokenLogprob,
+    naming_prompt,
 )
 from modelyard.serving._wire import Text
 from modelyard.store import ModelVersion
@@ -216,10 +218,13 @@ class ResponsesRequest(BaseModel):
     model: Text = Field(min_length=1, max_length=256)
     input: Text | list[InputMessage]
     instructions: Text | None = None
-    max_output_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0, allow_inf_nan=False)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False)
-    stream: bool | None = False
+    # strict: "5" or true for a number (or "yes" for a bool) is a 400, as OpenAI answers
+    max_output_tokens: int | None = Field(default=None, ge=1, strict=True)
+    temperature: float | None = Field(
+        default=None, ge=0.0, le=2.0, allow_inf_nan=False, strict=True
+    )
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0, allow_inf_nan=False, strict=True)
+    stream: bool | None = Field(default=False, strict=True)
     stream_options: ResponseStreamOptions | None = None
     user: Text | None = None
     text: TextOptions | None = None
@@ -463,10 +468,13 @@ class ResponseEvents:
 
 
 def _on_input(exc: ConfigError) -> ConfigError:
-    """A prompt refusal of the data plane, naming this route's parameter (``input``)."""
-    if type(exc) is not ConfigError or param_of(exc) not in ("prompt", "messages"):
-        return exc
-    return ConfigError(exc.message, hint=exc.hint, param="input")
+    """A prompt refusal of the data plane, naming this route's parameters (``input``,
+    ``max_output_tokens``)."""
+    if isinstance(exc, ContextLengthExceeded) and param_of(exc) == "max_tokens":
+        message = exc.message.replace("max_tokens", "max_output_tokens")
+        hint = exc.hint.replace("max_tokens", "max_output_tokens")
+        return ContextLengthExceeded(message, hint=hint, param="max_output_tokens")
+    return naming_prompt(exc, "input")
 
 
 def add_response_routes(app: FastAPI, plane: DataPlane) -> None:

@@ -19,12 +19,12 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 import modelyard
-from modelyard.errors import EndpointNotFound
+from modelyard.errors import ConfigError, EndpointNotFound
 from modelyard.serving._auth import FeedbackKeyDep, KeyDep
 from modelyard.serving._plane import DataPlane, Submitted
 from modelyard.serving._sse import Chunks, ToolChunks, abandon, event_streams, wait_whole
 from modelyard.serving._tools import parse_calls
-from modelyard.serving._types import Generation, SamplingParams
+from modelyard.serving._types import Generation, SamplingParams, naming_prompt
 from modelyard.serving._wire import (
     ChatCompletionRequest,
     CommonRequest,
@@ -47,7 +47,19 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
         key: ApiKey, route: str, body: CommonRequest, jobs: list[tuple[Render, SamplingParams]]
     ) -> list[Submitted] | list[tuple[Submitted, Generation]]:
         """Every job's submission to stream (``stream``), or every job's answer: one request
-        each (limits, records), run together."""
+        each (limits, records), run together. A prompt refusal names the route's prompt
+        (``messages`` on the chat route)."""
+        try:
+            return await run(key, route, body, jobs)
+        except ConfigError as exc:
+            renamed = naming_prompt(exc, "messages" if route == "chat.completions" else "prompt")
+            if renamed is exc:
+                raise
+            raise renamed from exc
+
+    async def run(
+        key: ApiKey, route: str, body: CommonRequest, jobs: list[tuple[Render, SamplingParams]]
+    ) -> list[Submitted] | list[tuple[Submitted, Generation]]:
         if body.stream:
             subs: list[Submitted] = []
             try:

@@ -18,6 +18,40 @@ MAX_TOP_LOGPROBS = 20  # as OpenAI allows
 GuideKind = Literal["json_object", "json_schema", "tool_call"]
 
 
+class ContextLengthExceeded(ConfigError):
+    """A prompt (with its ``max_tokens``) longer than the model's context: a 400 whose
+    ``code`` is OpenAI's ``context_length_exceeded``, which clients act on (LiteLLM's
+    ``ContextWindowExceededError``, LangChain's context fallbacks). ``param`` is the
+    prompt's when the prompt alone fills the context, else ``max_tokens``."""
+
+    code = "context_length_exceeded"
+
+
+def context_exceeded(prompt_tokens: int, max_tokens: int, context: int, ref: str) -> ConfigError:
+    """The 400 for a prompt of ``prompt_tokens`` and ``max_tokens`` over ``context``, worded as
+    OpenAI and vLLM word it ("This model's maximum context length is N tokens")."""
+    fits = context - prompt_tokens  # the most max_tokens could be
+    return ContextLengthExceeded(
+        f"This model's maximum context length is {context} tokens: the prompt has "
+        f"{prompt_tokens} tokens and max_tokens is {max_tokens}, {prompt_tokens + max_tokens} "
+        f"in all, more than the {context}-token context of {ref}",
+        hint=f"Ask for at most {fits} max_tokens, or shorten the prompt."
+        if fits > 0
+        else "Shorten the prompt.",
+        param="max_tokens" if fits > 0 else "prompt",
+    )
+
+
+def naming_prompt(exc: ConfigError, param: str) -> ConfigError:
+    """``exc`` naming the route's prompt parameter (``messages``, ``input``) where it names
+    the prompt (``prompt`` or ``messages``), as the same class; ``exc`` itself otherwise."""
+    if type(exc) not in (ConfigError, ContextLengthExceeded):
+        return exc
+    if exc.context.get("param") not in ("prompt", "messages") or exc.context["param"] == param:
+        return exc
+    return type(exc)(exc.message, hint=exc.hint, param=param)
+
+
 @dataclass(frozen=True)
 class Guide:
     """What a constrained answer must be (structured outputs, required tool calls).
@@ -196,6 +230,7 @@ __all__ = [
     "MIN_TEMPERATURE",
     "SEED_RANGE",
     "AdapterEvent",
+    "ContextLengthExceeded",
     "EngineError",  # lives in modelyard.errors; named here for the engine modules
     "EngineObserver",
     "EngineStats",
@@ -209,4 +244,6 @@ __all__ = [
     "TokenLogprob",
     "TokenPrompt",
     "check_token_ids",
+    "context_exceeded",
+    "naming_prompt",
 ]

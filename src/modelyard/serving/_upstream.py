@@ -45,7 +45,13 @@ from modelyard.serving._passthrough import (
     vllm_extras,
 )
 from modelyard.serving._stream import TokenStream
-from modelyard.serving._types import Generation, SamplingParams, TokenLogprob, TokenPrompt
+from modelyard.serving._types import (
+    ContextLengthExceeded,
+    Generation,
+    SamplingParams,
+    TokenLogprob,
+    TokenPrompt,
+)
 
 RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 30.0
@@ -351,7 +357,11 @@ class UpstreamClient:
                 f"{self.spec.model!r} (404): {said}", version=what,
             )  # fmt: skip
         if 400 <= status < 500:  # the request itself: the client's to change
-            return ConfigError(f"the upstream refused the request ({status}): {said}")
+            message = f"the upstream refused the request ({status}): {said}"
+            code, param = _upstream_code(r)
+            if code == "context_length_exceeded" or "maximum context length" in said:
+                return ContextLengthExceeded(message, param=param or "prompt")
+            return ConfigError(message, param=param)
         return UpstreamError(f"{what}: {where} answered {status}: {said}", version=what)
 
 
@@ -408,6 +418,22 @@ def _upstream_message(r: httpx.Response) -> str:
     except ValueError:
         message = r.text
     return " ".join(str(message).split())[:300] or r.reason_phrase
+
+
+def _upstream_code(r: httpx.Response) -> tuple[str | None, str | None]:
+    """The ``code`` and ``param`` of an upstream's OpenAI error body, when they are texts."""
+    try:
+        data = r.json()
+    except ValueError:
+        return None, None
+    error = data.get("error") if isinstance(data, Mapping) else None
+    if not isinstance(error, Mapping):
+        return None, None
+    code, param = error.get("code"), error.get("param")
+    return (
+        code if isinstance(code, str) else None,
+        param if isinstance(param, str) and len(param) <= 64 else None,
+    )
 
 
 def _usage(
