@@ -7,12 +7,15 @@ weights (nothing is downloaded) and saved in bf16:
   ``transformers.Trainer`` + peft script with ``bf16=True``, on the same model, rows and
   seed; a warm-up round first, then the order alternated; peak GPU memory of each;
 - packing vs padded batches (modelyard, real tokens/s);
-- QLoRA's peak GPU memory against LoRA's (needs bitsandbytes: pip install 'modelyard[gpu]');
+- QLoRA against LoRA (needs bitsandbytes: pip install 'modelyard[gpu]'), on that model and
+  on a 3.4 B one: the weights' bytes as loaded, and the peak GPU memory of 10 steps with
+  activation checkpointing on both sides (and QLoRA's without), see _qlora_memory.py;
 - the serving engine's decode rates (tokens/s, one request and 8 at once).
 
-It writes its table as markdown (``--out``, default gpu-results.md) and, with ``--json``,
-the numbers on stdout. ``--quick`` runs a tiny model on whatever is here (CPU included) as
-a smoke test: its numbers say nothing about GPUs.
+It writes its table as markdown (``--out``, default gpu-results.md) after every section,
+so a run cut short keeps what it measured, with the numbers beside it (gpu-results.json),
+and with ``--json`` prints them on stdout. ``--quick`` runs a tiny model on whatever is
+here (CPU included) as a smoke test: its numbers say nothing about GPUs.
 
     .venv/bin/python benchmarks/gpu.py                 # on the GPU machine
     .venv/bin/python benchmarks/gpu.py --quick --json  # smoke test, about a minute on CPU
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import json
 import sys
 import tempfile
@@ -33,12 +35,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import _qlora_memory
 import peft
 import torch
 import transformers
 from _machine import machine
 from peft import LoraConfig, get_peft_model
 from transformers import (
+    AutoConfig,
     AutoModelForCausalLM,
     AutoTokenizer,
     DataCollatorForSeq2Seq,
@@ -76,7 +80,11 @@ class Config:
 
 # about 1.0 B parameters with a 32 k vocabulary: the issue's 0.85 B-class Llama on one GPU
 FULL = Config(2048, 16, 32, 5632, 512, 512, 8, 30, 2, 128, 32000)
-QUICK = Config(64, 2, 2, 128, 32, 96, 4, 3, 1, 8, 512)
+QUICK = Config(64, 2, 2, 128, 32, 96, 4, 3, 1, 8, 2048)  # more ids than its tokenizer has
+# QLoRA's second model: about 3.4 B parameters (a Llama 3.2 3B's shape, without its grouped
+# key-value heads), 10 steps of 4 rows: its memory, not its speed, is measured
+BIG = Config(3072, 28, 24, 8192, 512, 512, 4, 10, 1, 0, 32000)
+QUICK_BIG = Config(96, 2, 2, 192, 32, 96, 4, 2, 1, 0, 2048)
 
 
 def _say(message: str) -> None:
@@ -86,14 +94,27 @@ def _say(message: str) -> None:
 def build_base(config: Config, out: Path) -> Path:
     """A random-weight Llama of ``config``'s shape, saved in bf16 with a tokenizer trained
     here (the tokenizer of a tiny base on the synthetic corpus)."""
-    tokenizer_dir = out.parent / "tokenizer-base"
+    tokenizer_dir = out.parent / f"tokenizer-{out.name}"
     corpus = domain_corpus(DOMAINS, 600, seed=0)
     create_tiny_base(corpus, tokenizer_dir, vocab_size=config.vocab, hidden_size=32, steps=1)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     set_seed(0)
-    model = LlamaForCausalLM(
+    # initialised on the GPU where there is one (seconds, not minutes, at 3 B parameters)
+    with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
+        model = _llama(config, tokenizer)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    del model
+    _cuda_reset()
+    return out
+
+
+def _llama(config: Config, tokenizer: Any) -> Any:
+    return LlamaForCausalLM(
         LlamaConfig(
-            vocab_size=len(tokenizer),
+            # the vocabulary's size, not the tokenizer's (a corpus this small trains fewer
+            # merges): the embedding, head and logits cost what a 32 k model's do
+            vocab_size=max(config.vocab, len(tokenizer)),
             hidden_size=config.hidden,
             intermediate_size=config.intermediate,
             num_hidden_layers=config.layers,
@@ -105,9 +126,6 @@ def build_base(config: Config, out: Path) -> Path:
             pad_token_id=tokenizer.pad_token_id,
         )
     ).to(torch.bfloat16)
-    model.save_pretrained(out, safe_serialization=True)
-    tokenizer.save_pretrained(out)
-    return out
 
 
 def build_rows(tokenizer: Any, config: Config) -> list[Row]:
@@ -255,12 +273,21 @@ def packing(base: Path, rows: Sequence[Row], config: Config, work: Path) -> dict
 
 
 def qlora_memory(base: Path, rows: Sequence[Row], config: Config, work: Path) -> dict:
-    if not torch.cuda.is_available() or importlib.util.find_spec("bitsandbytes") is None:
-        return {"skipped": "QLoRA needs a CUDA GPU and bitsandbytes (pip install 'modelyard[gpu]')"}
-    lora = modelyard_run(base, rows, _settings(config), work)
-    qlora = modelyard_run(base, rows, _settings(config, method="qlora"), work)
-    return {"ratio": qlora["peak_gib"] / lora["peak_gib"], "lora_peak_gib": lora["peak_gib"],
-            "qlora_peak_gib": qlora["peak_gib"], "qlora_loss": qlora["loss"]}  # fmt: skip
+    """QLoRA against LoRA on the benchmark's model and on a 3 B one (see _qlora_memory)."""
+    big = QUICK_BIG if config is QUICK else BIG
+    result = {"1b": _qlora_memory.compare(base, rows, _settings(config), work, modelyard_run)}
+    _say(f"QLoRA on {config.layers} layers x {config.hidden}: {result['1b']}")
+    big_base = build_base(big, work / "big")
+    result["3b"] = _qlora_memory.compare(big_base, rows, _settings(big), work, modelyard_run)
+    result["3b"]["parameters"] = _parameters(big_base)
+    _say(f"QLoRA on {big.layers} layers x {big.hidden}: {result['3b']}")
+    return result
+
+
+def _parameters(base: Path) -> int:
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(base))
+    return sum(p.numel() for p in model.parameters())
 
 
 def decode_rates(base: Path, rows: Sequence[Row], config: Config, work: Path) -> dict:
@@ -302,38 +329,84 @@ def _fmt(value: Any, unit: str = "") -> str:
     return f"{value:,.2f}{unit}" if isinstance(value, float) else f"{value}{unit}"
 
 
+def _ratio(section: dict, value: float | None = None) -> str:
+    return section.get("skipped", "—") if value is None else f"{value:.2f}"
+
+
+def _qlora_lines(qlora: dict) -> list[str]:
+    lines = []
+    for size, label in (("1b", "the benchmark's model"), ("3b", "a 3 B model")):
+        side = qlora.get(size)
+        if side is None:
+            continue
+        weights = side.get("weights_gib")
+        shown = (
+            f"{side['weights_ratio']:.2f} ({weights['qlora']:.2f} vs {weights['lora']:.2f} GiB)"
+            if weights
+            else "bitsandbytes is not installed"
+        )
+        lines.append(f"| QLoRA / LoRA weights, {label} | {shown} | |")
+        peaks = side.get("peak_gib")
+        shown = (
+            f"{side['ratio']:.2f} ({peaks['qlora']:.2f} vs {peaks['lora']:.2f} GiB; QLoRA "
+            f"without checkpointing {peaks['qlora_no_checkpointing']:.2f})"
+            if peaks
+            else side.get("skipped", "—")
+        )
+        lines.append(f"| QLoRA / LoRA peak GPU memory, {label}, checkpointing | {shown} | < 0.5 |")
+    return lines
+
+
 def markdown(result: dict) -> str:
-    lora, pack, qlora, decode = (result[k] for k in ("lora", "packing", "qlora", "decode"))
+    """The table of what has been measured so far (a section not run yet is left out)."""
     gpus = ", ".join(f"{g['name']}" for g in result["gpus"]) or "none (CPU)"
     lines = [
         f"# GPU benchmark ({'quick smoke test' if result['quick'] else 'full'})",
         "",
         f"Machine: {gpus}; torch {result['machine']['torch']}, transformers "
         f"{result['machine']['transformers']}, peft {result['machine']['peft']}; "
-        f"{result['parameters'] / 1e9:.2f} B parameters.",
+        f"{result['parameters'] / 1e9:.2f} B parameters, {result['rows']} rows.",
         "",
         "| measure | value | target |",
         "|---|---|---|",
-        f"| LoRA tokens/s, modelyard / plain Trainer+peft (bf16) | {lora['ratio']:.2f}x "
-        f"({lora['modelyard']:,.0f} vs {lora['plain']:,.0f}) | >= 1.0 |",
-        f"| peak GPU memory GiB, modelyard / plain | {_fmt(lora['peak_gib']['modelyard'])} / "
-        f"{_fmt(lora['peak_gib']['plain'])} | not above plain |",
-        f"| packing vs padded tokens/s | {pack['ratio']:.2f}x | >= 1.3 |",
-        "| QLoRA peak memory / LoRA's | "
-        + (f"{qlora['ratio']:.2f}" if "ratio" in qlora else qlora["skipped"])
-        + " | < 0.5 |",
-        f"| engine decode tokens/s, 1 request | {decode['single_tokens_per_second']:,.1f} | |",
-        f"| engine decode tokens/s, 8 at once | {decode['batch8_tokens_per_second']:,.1f} | |",
-        "",
     ]
-    return "\n".join(lines)
+    if "lora" in result:
+        lora = result["lora"]
+        lines += [
+            f"| LoRA tokens/s, modelyard / plain Trainer+peft (bf16) | {lora['ratio']:.2f}x "
+            f"({lora['modelyard']:,.0f} vs {lora['plain']:,.0f}) | >= 1.0 |",
+            f"| peak GPU memory GiB, modelyard / plain | {_fmt(lora['peak_gib']['modelyard'])} / "
+            f"{_fmt(lora['peak_gib']['plain'])} | not above plain |",
+        ]
+    if "packing" in result:
+        lines.append(f"| packing vs padded tokens/s | {result['packing']['ratio']:.2f}x | >= 1.3 |")
+    lines += _qlora_lines(result.get("qlora", {}))
+    if "decode" in result:
+        decode = result["decode"]
+        lines += [
+            f"| engine decode tokens/s, 1 request | {decode['single_tokens_per_second']:,.1f} | |",
+            f"| engine decode tokens/s, 8 at once | {decode['batch8_tokens_per_second']:,.1f} | |",
+        ]
+    return "\n".join([*lines, ""])
+
+
+SECTIONS: dict[str, Callable[[Path, Sequence[Row], Config, Path], dict]] = {
+    "lora": lora_vs_plain,
+    "packing": packing,
+    "qlora": qlora_memory,
+    "decode": decode_rates,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="tiny model: a smoke test")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
-    parser.add_argument("--out", type=Path, default=Path("gpu-results.md"), help="markdown")
+    parser.add_argument(
+        "--out", type=Path, default=Path("gpu-results.md"),
+        help="the markdown table, written again after every section (a run cut short keeps "
+        "what it measured); the JSON goes beside it as .json",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     config = QUICK if args.quick else FULL
     if not args.quick and not torch.cuda.is_available():
@@ -345,23 +418,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = build_base(config, work / "base")
         rows = build_rows(AutoTokenizer.from_pretrained(base), config)
         _say(f"{len(rows)} rows; base of {config.layers} layers x {config.hidden}")
-        parameters = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(base).parameters())
-        result = {
+        result: dict[str, Any] = {
             "quick": args.quick,
             "machine": machine(transformers, peft),
             "gpus": [{"name": g.name, "memory_total_bytes": g.memory_total_bytes}
                      for g in gpu_readings()],
-            "parameters": parameters,
+            "parameters": _parameters(base),
             "config": config.__dict__,
             "rows": len(rows),
-            "lora": lora_vs_plain(base, rows, config, work),
-            "packing": packing(base, rows, config, work),
-            "qlora": qlora_memory(base, rows, config, work),
-            "decode": decode_rates(base, rows, config, work),
         }  # fmt: skip
-    table = markdown(result)
-    args.out.write_text(table, encoding="utf-8")
-    _say(table)
+        for name, section in SECTIONS.items():
+            started = time.perf_counter()
+            result[name] = section(base, rows, config, work)
+            _say(f"{name}: {time.perf_counter() - started:.0f} s")
+            args.out.write_text(markdown(result), encoding="utf-8")
+            args.out.with_suffix(".json").write_text(json.dumps(result, default=str) + "\n")
+    _say(markdown(result))
     if args.json:
         print(json.dumps(result, default=str))
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -136,11 +137,19 @@ def test_gpu_quick_runs_every_measure_on_whatever_is_here(tmp_path: Path) -> Non
     assert result["lora"]["runs"]["modelyard"][0]["loss"] > 0
     assert _positive(result["decode"]["single_tokens_per_second"])
     assert _positive(result["decode"]["batch8_tokens_per_second"])
+    for size in ("1b", "3b"):
+        qlora = result["qlora"][size]
+        if importlib.util.find_spec("bitsandbytes") is not None:  # CI installs it
+            assert qlora["weights_gib"]["qlora"] < qlora["weights_gib"]["lora"]
+        if not result["machine"]["cuda"]:
+            assert "CUDA GPU" in qlora["skipped"] and "peak_gib" not in qlora
     if not result["machine"]["cuda"]:
-        assert "needs a CUDA GPU" in result["qlora"]["skipped"]
         assert result["lora"]["peak_gib"] == {"modelyard": None, "plain": None}
     table = out.read_text(encoding="utf-8")
     assert "| LoRA tokens/s, modelyard / plain Trainer+peft (bf16) |" in table
+    assert "| QLoRA / LoRA weights, a 3 B model |" in table
+    # written after every section, with the numbers beside it
+    assert json.loads(out.with_suffix(".json").read_text(encoding="utf-8")) == result
 
 
 SCRIPTS = sorted(p.name for p in (ROOT / "benchmarks").glob("[a-z]*.py"))
