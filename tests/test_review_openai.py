@@ -360,3 +360,21 @@ def test_an_upstreams_context_length_exceeded_reaches_the_client_as_such(
     error = caught.value
     assert (error.code, error.param) == ("context_length_exceeded", "messages")
     assert "maximum context length is 8192 tokens" in error.message
+
+
+def test_a_streamed_answer_of_several_choices_has_one_id(served: Served) -> None:
+    """OpenAI's chunks of one answer share one id (clients gather a stream by it); before,
+    each choice's chunks carried its own record id. The id is the first choice's, as in the
+    whole answer, and feedback is sent against it."""
+    client = served.client()
+    for stream in (
+        client.chat.completions.create(
+            model="acme-support", messages=HELLO, n=3, stream=True,
+            stream_options={"include_usage": True},
+        ),
+        client.completions.create(model="acme-support", prompt=["a b", "c d"], stream=True),
+    ):  # fmt: skip
+        chunks = list(stream)
+        assert {c.id for c in chunks} == {chunks[0].id}, [c.id for c in chunks]
+        r = served.post("/v1/feedback", {"request_id": chunks[0].id, "thumbs": "up"})
+        assert r.status_code == 200, r.text

@@ -98,6 +98,11 @@ class Chunks:
         """The same stream's chunks, now answered by ``sub`` (a fallback version)."""
         return Chunks(self.chat, sub, self.model, self.include_usage, self.index)
 
+    def share_id(self, first: Chunks) -> None:
+        """Carry ``first``'s id: every chunk of one answer has one id, as OpenAI's (clients
+        gather a stream by it), the first choice's record id, as in the whole answer."""
+        self._head["id"] = first._head["id"]
+
     def _event(self, choices: list[dict[str, Any]], usage: dict[str, int] | None = None) -> str:
         data = {**self._head, "choices": choices}
         if self.include_usage:
@@ -313,6 +318,8 @@ async def event_streams(
                 abandon(plane, r[0])
         raise failed
     runs = [r for r in started if not isinstance(r, BaseException)]
+    for _, c, _ in runs[1:]:
+        c.share_id(runs[0][1])
     queue: asyncio.Queue[tuple[int, StreamEvent | TimeoutError | ModelyardError]]
     queue = asyncio.Queue()
 
