@@ -256,6 +256,32 @@ def eval_reference(
     return {f: np.array(v, dtype=float) for f, v in columns.items()}
 
 
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+"""No record is older: a window reaching back further is a mistake (and may not fit a date)."""
+CLOCK_SKEW = timedelta(minutes=5)
+"""How far past this machine's clock a window's end may be (another machine's clock)."""
+
+
+def _days(length: timedelta) -> str:
+    return f"{length.total_seconds() / 86400:.6g} days"
+
+
+def back_from(at: datetime, length: timedelta, what: str, field: str) -> datetime:
+    """``at - length``; a ConfigError naming ``field`` when that is before 1970 (no record
+    is that old, and far enough back it is no date at all)."""
+    try:
+        start = at - length
+    except OverflowError:  # before year 1
+        start = None
+    if start is None or start < EARLIEST:
+        raise ConfigError(
+            f"{what} of {_days(length)} reaches back before 1970 from "
+            f"{at:%Y-%m-%d %H:%M} UTC: no records are that old; use a shorter one, e.g. 1h or 7d",
+            field=field,
+        )
+    return start
+
+
 def parse_reference(text: str, window_start: datetime) -> tuple[datetime, datetime] | None:
     """None for ``eval``; the (start, end) of a traffic reference otherwise."""
     if text == "eval":
@@ -263,7 +289,7 @@ def parse_reference(text: str, window_start: datetime) -> tuple[datetime, dateti
     kind, _, arg = text.partition(":")
     if kind == "previous" and arg:
         length = parse_duration(arg, field="reference")
-        return window_start - length, window_start
+        return back_from(window_start, length, f"reference {text}", "reference"), window_start
     if kind == "baseline" and "/" in arg:
         a, _, b = arg.partition("/")
         try:
@@ -275,6 +301,10 @@ def parse_reference(text: str, window_start: datetime) -> tuple[datetime, dateti
             end = end if end.tzinfo else end.replace(tzinfo=UTC)
             if start < end:
                 return start, end
+            raise ConfigError(
+                f"invalid --reference {text!r}: the baseline's start must be before its end",
+                field="reference",
+            )
     raise ConfigError(
         f"invalid --reference {text!r}: use eval, previous:DURATION (e.g. previous:24h) "
         "or baseline:START/END with ISO times (e.g. baseline:2026-12-01T00:00/2026-12-01T06:00)",
@@ -358,9 +388,17 @@ def compute_drift(
     ones, else the kept text) compared with an MMD test.
     """
     config = config or DriftConfig()
-    now = (now or datetime.now(UTC)).astimezone(UTC)
+    clock = datetime.now(UTC)
+    if now is not None and now.astimezone(UTC) > clock + CLOCK_SKEW:
+        raise ConfigError(
+            f"the window's end {now.astimezone(UTC):%Y-%m-%d %H:%M} UTC is in the future "
+            f"(it is {clock:%Y-%m-%d %H:%M} UTC): no records are there yet; give a past "
+            "time, or none for a window ending now",
+            field="end",
+        )
+    now = (now or clock).astimezone(UTC)
+    start = back_from(now, window, "the window", "window")
     chosen = _pick_version(store, endpoint, version)
-    start = now - window
     span = parse_reference(reference, start)
     if semantic and embedder is None:
         minilm_dir()  # one clear error before any work when the model is missing

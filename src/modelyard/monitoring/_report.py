@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from modelyard.errors import ConfigError
 from modelyard.store import AuditEvent, DriftResult, Profile, Store
 
 _COLOURS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563")
@@ -268,18 +269,36 @@ text-align:left}th{background:#f9fafb}.empty{color:#6b7280}.yes{color:#dc2626;fo
 """
 
 
+TIMELINE_MAX = 500
+"""Events in the report's timeline at most: the newest of the period."""
+
+
+def _timeline_events(store: Store, endpoint: str, model: str, since: datetime) -> list[AuditEvent]:
+    """The newest ``TIMELINE_MAX`` events of the period about the endpoint, its model
+    (``MODEL``) or the model's versions and aliases (``MODEL:N``, ``MODEL@ALIAS``), and no
+    other model's whose name merely starts the same, in chain order."""
+    found: dict[int, AuditEvent] = {}
+    for subject in (endpoint, model, f"{model}:*", f"{model}@*"):
+        for e in store.list_audit_events(since=since, subject=subject, limit=TIMELINE_MAX):
+            found[e.seq] = e
+    newest = sorted(found)[-TIMELINE_MAX:]
+    return [found[seq] for seq in newest]
+
+
 def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
     """The report's HTML for ``endpoint`` from ``since`` to now."""
+    clock = datetime.now(UTC)
+    if since > clock:
+        raise ConfigError(
+            f"the report's start {since:%Y-%m-%d %H:%M} UTC is in the future (it is "
+            f"{clock:%Y-%m-%d %H:%M} UTC): give a past date or a duration back from now, "
+            "e.g. 7d",
+            field="since",
+        )
     ep = store.get_endpoint(endpoint)
     profiles = store.list_profiles(window="hour", endpoint=endpoint, since=since)
     drift = store.list_drift_results(endpoint=endpoint, latest=True)
-    events = [
-        e
-        for e in store.list_audit_events(since=since, limit=500, newest_first=False)
-        if e.subject == endpoint
-        or e.subject.startswith(f"{ep.model}")
-        or e.subject.startswith(f"{ep.model}:")
-    ]
+    events = _timeline_events(store, endpoint, ep.model, since)
     requests = sum(p.requests for p in profiles)
     errors = sum(p.errors for p in profiles)
     costs = [p.cost for p in profiles if p.cost is not None]
@@ -401,7 +420,27 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
 
 
 def write_report(store: Store, endpoint: str, out: Path, *, since: datetime) -> Path:
+    """Write the report to ``out`` (its directory made if missing); a ConfigError naming
+    ``--out`` when it cannot be written there (a directory, a parent that is a file, no
+    permission), before anything is written."""
+    if out.is_dir():
+        raise ConfigError(
+            f"cannot write the report to {out}: it is a directory; give a file name, "
+            f"e.g. {out / 'report.html'}",
+            field="--out",
+        )
     text = render_report(store, endpoint, since=since)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, encoding="utf-8")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        why = (
+            f"{out.parent} is not a directory"
+            if isinstance(exc, (FileExistsError, NotADirectoryError))
+            else exc.strerror or str(exc)
+        )
+        raise ConfigError(
+            f"cannot write the report to {out}: {why}; choose another --out",
+            field="--out",
+        ) from None
     return out
