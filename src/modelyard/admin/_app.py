@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.dependencies.models import Dependant
 
 import modelyard
 from modelyard.access import PeopleAuthenticator
@@ -10,9 +11,37 @@ from modelyard.admin import _audit, _delivery, _monitoring, _registry, _tenants
 from modelyard.admin._auth import BrowserSessions
 from modelyard.admin._errors import ERROR_RESPONSES, install_error_handlers
 from modelyard.artifacts import ArtifactStore
+from modelyard.errors import ConfigError
 from modelyard.store import Store
 
 ADMIN_PREFIX = "/admin/v1"
+
+
+def _query_names(dependant: Dependant) -> set[str]:
+    """The query parameters a route (and its dependencies) reads."""
+    names = {p.alias for p in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return names
+
+
+def known_query(request: Request) -> None:
+    """Refuse a query parameter the route does not read (a misspelt ``endpont=`` filter
+    would otherwise be ignored, and the answer would silently cover everything): 400
+    naming it and the ones the route takes."""
+    route = request.scope.get("route")
+    dependant = getattr(route, "dependant", None)
+    if dependant is None:
+        return
+    allowed = _query_names(dependant)
+    unknown = sorted(set(request.query_params) - allowed)
+    if unknown:
+        takes = ", ".join(sorted(allowed)) if allowed else "no query parameters"
+        raise ConfigError(
+            f"unknown query parameter {unknown[0]!r} for {request.method} "
+            f"{getattr(route, 'path', request.url.path)}: it takes {takes}",
+            field=unknown[0],
+        )
 
 
 def create_admin_app(
@@ -44,7 +73,7 @@ def create_admin_app(
     app.state.artifacts = artifacts
     app.state.sessions = sessions
     install_error_handlers(app)
-    api = APIRouter(responses=ERROR_RESPONSES)
+    api = APIRouter(responses=ERROR_RESPONSES, dependencies=[Depends(known_query)])
     for module in (_registry, _delivery, _tenants, _monitoring, _audit):
         api.include_router(module.router)
     app.include_router(api)

@@ -16,6 +16,7 @@ from modelyard.admin._auth import Acting
 from modelyard.admin._encode import jsonable
 from modelyard.admin._params import utc
 from modelyard.audit import AuditEvent, write_events
+from modelyard.errors import ConfigError
 
 router = APIRouter(tags=["audit"])
 
@@ -55,7 +56,13 @@ def audit_verify(
     caller: Acting,
     head: str | None = Query(None, max_length=200, description="SEQ:HASH kept outside the store."),
 ) -> dict[str, Any]:
-    return jsonable(caller.store.verify_audit_chain(head))  # type: ignore[no-any-return]
+    try:
+        report = caller.store.verify_audit_chain(head)
+    except ConfigError as exc:  # a malformed head: name the parameter
+        if exc.context.get("field"):
+            raise
+        raise ConfigError(exc.message, hint=exc.hint, field="head") from None
+    return jsonable(report)  # type: ignore[no-any-return]
 
 
 def _chunks(

@@ -31,7 +31,7 @@ EndpointName = Path(description="The endpoint's name.", max_length=200)
 class TrafficBody(BaseModel):
     """The new traffic plan: version number → weight; the weights sum to 100."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     weights: dict[str, int] = Field(
         description='Version number (as a string key) → weight, e.g. {"1": 90, "2": 10}.'
     )
@@ -41,7 +41,7 @@ class RolloutBody(BaseModel):
     """A rollout to start; the controller moves it step by step and rolls it back on a
     breached guard."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     to: str = Field(min_length=1, max_length=300, description="NAME:VERSION or NAME@alias.")
     steps: list[int] = Field(
         default_factory=lambda: list(DEFAULT_POLICY.steps), max_length=20,
@@ -58,7 +58,7 @@ class RolloutBody(BaseModel):
 
 
 class AbortBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     reason: str | None = Field(default=None, max_length=2000)
 
 

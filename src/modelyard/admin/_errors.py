@@ -72,10 +72,24 @@ def install_error_handlers(app: FastAPI) -> None:
     async def invalid_request(_req: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         first = errors[0] if errors else {}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        where = tuple(first.get("loc", ()))
+        loc = [str(p) for p in where if p not in ("body", "query", "path")]
         param = ".".join(loc) or None
         msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
         message = f"invalid request: {param + ': ' if param else ''}{msg}"
+        if first.get("type") == "json_invalid":  # loc is ("body", offset): not a field
+            why = (first.get("ctx") or {}).get("error", "not JSON")
+            message = (
+                f"the body is not valid JSON ({why} at character {where[-1]}): send a JSON "
+                "object with Content-Type: application/json"
+            )
+            param = "body"
+        elif where == ("body",):  # JSON, but not an object, or not sent as JSON
+            message = (
+                "the body must be a JSON object sent with Content-Type: application/json "
+                f"({msg[:1].lower() + msg[1:]})"
+            )
+            param = "body"
         return JSONResponse(
             error_body(message, "invalid_request_error", "invalid_request", param),
             status_code=400,

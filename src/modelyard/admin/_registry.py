@@ -23,7 +23,7 @@ AliasName = Path(description="The alias, e.g. champion.", max_length=200)
 class AliasBody(BaseModel):
     """Where to put the alias; a protected alias (champion) needs role approver."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     version: int = Field(ge=1, le=2**31 - 1, description="The version the alias moves to.")
     override_gates_reason: str | None = Field(
         default=None,
@@ -35,7 +35,7 @@ class AliasBody(BaseModel):
 
 
 class TagsBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     set: dict[str, str] = Field(default_factory=dict, description="Tags to set, KEY: VALUE.")
     remove: list[str] = Field(default_factory=list, description="Tag keys to delete.")
 

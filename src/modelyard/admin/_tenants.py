@@ -38,7 +38,7 @@ SCOPES: tuple[Scope, ...] = ("infer", "feedback")  # access.SCOPES
 class TenantBody(BaseModel):
     """A tenant to create (audited: ``tenant.created``; role admin)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     name: str = Field(pattern=TENANT_NAME, description="Lowercase letters, digits, '.', '_', '-'.")
     storage_policy: StoragePolicy = Field(
         default=DEFAULT_STORAGE_POLICY,
@@ -51,7 +51,7 @@ class KeyBody(BaseModel):
     """A key to create for the tenant (audited: ``api_key.created``); its secret is in the
     answer only."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     scopes: list[Scope] = Field(
         default_factory=lambda: list(SCOPES), min_length=1, max_length=2,
         description="What the key may do: infer, feedback.",
@@ -70,7 +70,7 @@ class KeyBody(BaseModel):
 class RotateBody(BaseModel):
     """How to replace the key: the old one keeps working for ``grace``, then expires."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     grace: str = Field(default="24h", max_length=40, description="Such as 24h, 7d, or 0.")
     expires_in: str | None = Field(
         default=None, max_length=40, description="The new key's lifetime; none: the old one's."
@@ -80,7 +80,7 @@ class RotateBody(BaseModel):
 class LimitsBody(BaseModel):
     """New rate limits; a field left out stays, ``null`` is the server's default."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     rpm_limit: int | None = Field(default=None, ge=1, le=10**9)
     tpm_limit: int | None = Field(default=None, ge=1, le=10**9)
 
