@@ -26,11 +26,14 @@ from modelyard.serving import (
     BackgroundServer,
     EchoEngine,
     EngineSet,
+    Generation,
+    SamplingParams,
+    TokenStream,
     TransformersEngine,
     UpstreamEngine,
     create_app,
 )
-from modelyard.store import Store
+from modelyard.store import ModelVersion, Store
 from tinymodels import QUICK_BASE, chatty_adapter
 from worlds import fake_world, two_tenant_world
 
@@ -378,3 +381,48 @@ def test_a_streamed_answer_of_several_choices_has_one_id(served: Served) -> None
         assert {c.id for c in chunks} == {chunks[0].id}, [c.id for c in chunks]
         r = served.post("/v1/feedback", {"request_id": chunks[0].id, "thumbs": "up"})
         assert r.status_code == 200, r.text
+
+
+class TwoCalls(EchoEngine):
+    """Answers every prompt with two calls of ``lookup`` (as a model making parallel calls)."""
+
+    def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
+        text = "\n".join(
+            f'<tool_call>\n{{"name": "lookup", "arguments": {{"id": {i}}}}}\n</tool_call>'
+            for i in (1, 2)
+        )
+        stream = TokenStream()
+        stream.push(text)
+        stream.finish(Generation(text, len(prompt.split()), 24, "stop", ttft_ms=0.0))
+        return stream
+
+
+def test_parallel_tool_calls_false_is_honoured(tmp_path: Path) -> None:
+    """Before: accepted as having no effect, and an answer calling two functions returned
+    both; OpenAI makes at most one call with ``parallel_tool_calls: false``."""
+    schema = {"type": "object", "properties": {"id": {"type": "integer"}}}
+    tools: Any = [{"type": "function", "function": {"name": "lookup", "parameters": schema}}]
+    with Store.open(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        two_tenant_world(store, template="chat-fallback")
+        key = create_api_key(store, "acme")[1]
+        app = create_app(store, TwoCalls(), refresh_seconds=0.2, heartbeat_s=None)
+        with (
+            BackgroundServer(app) as server,
+            openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0) as client,
+        ):
+            ask: Any = {"model": "acme-support", "messages": HELLO, "tools": tools}
+            both = client.chat.completions.create(**ask).choices[0].message.tool_calls
+            assert both is not None and len(both) == 2  # parallel calls by default
+            whole = client.chat.completions.create(**ask, parallel_tool_calls=False)
+            calls = whole.choices[0].message.tool_calls
+            assert calls is not None and [c.function.arguments for c in calls] == ['{"id": 1}']
+            assert whole.choices[0].finish_reason == "tool_calls"
+            assert whole.choices[0].message.content is None
+            streamed = client.chat.completions.create(**ask, parallel_tool_calls=False, stream=True)
+            deltas = [
+                call
+                for chunk in streamed
+                for c in chunk.choices
+                for call in c.delta.tool_calls or []
+            ]
+            assert [d.function.arguments for d in deltas if d.function] == ['{"id": 1}']

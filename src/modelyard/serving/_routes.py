@@ -85,6 +85,7 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
     ) -> dict[str, Any] | StreamingResponse:
         messages = body.rendered_messages()
         tools = body.offered_tools()
+        single = body.parallel_tool_calls is False  # at most one call, as OpenAI makes
 
         def render(v: ModelVersion) -> str:
             return plane.engine.render_chat(v, messages, tools)
@@ -94,7 +95,7 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
         if body.stream:
             subs = [a for a in answered if isinstance(a, Submitted)]
             chunks: list[Chunks] = [
-                ToolChunks(sub, body.model, include_usage(body), tools, i)
+                ToolChunks(sub, body.model, include_usage(body), tools, i, single)
                 if tools
                 else Chunks(True, sub, body.model, include_usage(body), i)
                 for i, sub in enumerate(subs)
@@ -108,7 +109,7 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.model,
-            "choices": [_chat_choice(i, gen, tools) for i, (_, gen) in enumerate(answered)],
+            "choices": [_chat_choice(i, gen, tools, single) for i, (_, gen) in enumerate(answered)],
             "usage": summed_usage([gen for _, gen in answered]),
             "system_fingerprint": first.version.ref,
         }
@@ -214,13 +215,16 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
         )
 
 
-def _chat_choice(i: int, gen: Generation, tools: list[dict[str, Any]]) -> dict[str, Any]:
-    """One choice of a chat answer; with tools offered, the calls it makes are parsed out."""
+def _chat_choice(
+    i: int, gen: Generation, tools: list[dict[str, Any]], single: bool = False
+) -> dict[str, Any]:
+    """One choice of a chat answer; with tools offered, the calls it makes are parsed out
+    (``single``: only the first, ``parallel_tool_calls: false``)."""
     content: str | None = gen.text
     message: dict[str, Any] = {"role": "assistant", "content": content}
     finish = gen.finish_reason
     if tools:
-        content, calls = parse_calls(gen.text, tools)
+        content, calls = parse_calls(gen.text, tools, single=single)
         message = {"role": "assistant", "content": content}
         if calls:
             message["tool_calls"] = calls

@@ -163,14 +163,15 @@ class ToolChunks(Chunks):
         include_usage: bool,
         tools: list[dict[str, Any]],
         index: int = 0,
+        single: bool = False,
     ) -> None:
         super().__init__(True, sub, model, include_usage, index)
-        self.tools = tools
+        self.tools, self.single = tools, single  # single: parallel_tool_calls false
         self._text = ""
         self._sent = 0  # characters of _text sent as content
 
     def rebound(self, sub: Submitted) -> ToolChunks:
-        return ToolChunks(sub, self.model, self.include_usage, self.tools, self.index)
+        return ToolChunks(sub, self.model, self.include_usage, self.tools, self.index, self.single)
 
     def text(self, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> str:
         self._text += text
@@ -186,7 +187,7 @@ class ToolChunks(Chunks):
         return self._event([self._choice(piece, None)])
 
     def closing(self, gen: Generation) -> list[str]:
-        content, calls = parse_calls(gen.text, self.tools)
+        content, calls = parse_calls(gen.text, self.tools, single=self.single)
         events = []
         sent = self._text[: self._sent]
         rest = (content or "")[len(sent) :] if (content or "").startswith(sent) else ""

@@ -152,11 +152,12 @@ def render_call(call: Mapping[str, Any]) -> str:
 
 
 def parse_calls(
-    text: str, tools: Sequence[Mapping[str, Any]]
+    text: str, tools: Sequence[Mapping[str, Any]], *, single: bool = False
 ) -> tuple[str | None, list[dict[str, Any]]]:
     """The answer's content (None when only calls remain) and the calls it makes of
     ``tools``, in OpenAI's shape. A block that is not a call of an offered function with
-    an object of arguments stays in the content, as written."""
+    an object of arguments stays in the content, as written. ``single``
+    (``parallel_tool_calls: false``): only the first call is made, later ones dropped."""
     names = {t["name"] for t in tools}
     calls: list[dict[str, Any]] = []
 
@@ -171,6 +172,8 @@ def parse_calls(
             and isinstance(call.get("arguments", {}), dict)
         ):
             return match.group(0)
+        if single and calls:
+            return ""
         calls.append(
             {
                 "id": "call_" + secrets.token_hex(12),
