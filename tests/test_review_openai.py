@@ -426,3 +426,13 @@ def test_parallel_tool_calls_false_is_honoured(tmp_path: Path) -> None:
                 for call in c.delta.tool_calls or []
             ]
             assert [d.function.arguments for d in deltas if d.function] == ['{"id": 1}']
+
+
+def test_a_key_in_the_url_is_refused_even_beside_a_good_header(served: Served) -> None:
+    """Before: refused only when no Authorization header came with it, so a client that sent
+    its key in the URL too (where proxies and logs keep it) was answered and never told."""
+    r = served.post(CHAT + f"?api_key={served.key}", _chat())
+    assert r.status_code == 401, r.text
+    assert "'api_key'" in r.json()["error"]["message"]
+    assert r.json()["error"]["type"] == "authentication_error"
+    assert served.post(CHAT, _chat()).status_code == 200

@@ -80,15 +80,17 @@ def _key_with(scope: str) -> Callable[..., ApiKey]:
 
 
 def _authenticate(request: Request, authorization: str | None) -> ApiKey:
+    # A credential in the URL is refused even beside a good header: it has been sent where
+    # proxies and logs keep it, and only a refusal tells the client so.
+    in_url = sorted(CREDENTIAL_PARAMS & {p.lower() for p in request.query_params})
+    if in_url:
+        raise AuthError(
+            f"API keys are not accepted in the URL (query parameter {in_url[0]!r}): "
+            "send 'Authorization: Bearer <key>' instead",
+            hint="A key sent in a URL may be logged on the way; rotate it "
+            "(`modelyard keys rotate`).",
+        )
     if not authorization or not authorization.lower().startswith("bearer "):
-        in_url = sorted(CREDENTIAL_PARAMS & {p.lower() for p in request.query_params})
-        if in_url:
-            raise AuthError(
-                f"API keys are not accepted in the URL (query parameter {in_url[0]!r}): "
-                "send 'Authorization: Bearer <key>' instead",
-                hint="A key sent in a URL may be logged on the way; rotate it "
-                "(`modelyard keys rotate`).",
-            )
         raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
     keys: KeyCache = request.app.state.keys
     return keys.get(authorization[7:].strip())
