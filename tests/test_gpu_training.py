@@ -30,6 +30,7 @@ from modelyard.training import (
     Device,
     SupervisedDataset,
     TrainSettings,
+    _varlen,
     plan_training,
     train_model,
 )
@@ -158,6 +159,85 @@ def test_gpu_half_precision_batches_pad_to_a_multiple_of_8_and_cpu_batches_do_no
         assert torch.equal(batch["labels"][:, :longest], batches["cpu"]["labels"])
         assert bool((batch["labels"][:, longest:] == IGNORE_INDEX).all())
     assert plan_training(TrainSettings(precision="fp32"), AMPERE).pad_multiple is None
+
+
+@pytest.mark.parametrize(
+    ("device", "settings", "attention"),
+    [
+        (AMPERE, {"packing": True}, "varlen"),  # each example's own triangle
+        (TURING, {"packing": True}, "varlen"),  # fp16 runs the kernel too
+        (AMPERE, {}, "sdpa"),  # padded rows: sdpa with its padding mask
+        (CPU, {"packing": True}, "sdpa"),  # no such kernel on CPU: the block mask
+        (AMPERE, {"packing": True, "precision": "fp32"}, "sdpa"),  # the kernel is half only
+        (AMPERE, {"packing": True, "attention": "eager"}, "eager"),  # asked for, kept
+    ],
+)
+def test_packed_rows_on_a_gpu_in_half_precision_take_the_variable_length_path(
+    device: Device, settings: dict[str, Any], attention: str
+) -> None:
+    plan = plan_training(TrainSettings(**settings), device)
+    assert plan.attention == attention
+    assert plan.record(1.0, False)["attention"] == attention
+
+
+def test_examples_start_where_positions_restart_and_at_every_row() -> None:
+    positions = torch.tensor([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 0, 1]])
+    cu_seq, longest = _varlen.segments(positions)
+    assert cu_seq.tolist() == [0, 3, 5, 6, 10, 12] and cu_seq.dtype == torch.int32
+    assert longest == 4
+
+
+def _reference_varlen(
+    q: Any, k: Any, v: Any, cu_q: Any, cu_k: Any, max_q: int, max_k: int, **options: Any
+) -> torch.Tensor:
+    """What the CUDA kernel computes, one example at a time with sdpa (for CPU tests)."""
+    scale, enable_gqa = options.pop("scale"), options.pop("enable_gqa")
+    assert options == {"window_size": (-1, 0)}  # causal
+    assert torch.equal(cu_q, cu_k) and max_q == max_k
+    assert q.shape[0] == int(cu_q[-1]) and max_q == int((cu_q[1:] - cu_q[:-1]).max())
+    parts = []
+    for start, end in zip(cu_q[:-1].tolist(), cu_q[1:].tolist(), strict=True):
+        heads = [t[start:end].transpose(0, 1) for t in (q, k, v)]
+        out = torch.nn.functional.scaled_dot_product_attention(
+            *heads, is_causal=True, scale=scale, enable_gqa=enable_gqa
+        )
+        parts.append(out.transpose(0, 1))
+    return torch.cat(parts)
+
+
+def test_the_variable_length_path_trains_to_the_block_masks_loss(
+    quick_base: Path, rows: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Everything but the CUDA kernel itself, checked on CPU: the kernel is replaced by a
+    per-example sdpa, and packed training gives the loss of the block-mask path."""
+    from dataclasses import replace
+
+    from modelyard.training._dataset import ALPACA
+    from modelyard.training._load import load_for_training
+    from modelyard.training._train import _lora_model, _make_trainer
+
+    calls = []
+
+    def kernel(*args: Any, **kwargs: Any) -> torch.Tensor:
+        calls.append(args[3].tolist())
+        return _reference_varlen(*args, **kwargs)
+
+    monkeypatch.setattr(_varlen, "kernel", kernel)
+    settings = TrainSettings(max_steps=2, batch_size=2, packing=True, max_seq_len=256)
+    losses = {}
+    for attention in ("sdpa", "varlen"):
+        plan = replace(plan_training(settings, CPU), attention=attention)
+        model, tokenizer = load_for_training(quick_base, plan)
+        assert model.config._attn_implementation == attention
+        model.config.use_cache = False
+        model = _lora_model(model, settings)
+        data = SupervisedDataset(tokenizer, rows, settings.max_seq_len, ALPACA)
+        trainer = _make_trainer(
+            model, tokenizer, settings, plan, str(tmp_path / attention), (data, None), []
+        )
+        losses[attention] = trainer.train().training_loss
+    assert calls and all(len(cu) > 3 for cu in calls)  # several examples a packed batch
+    assert losses["varlen"] == pytest.approx(losses["sdpa"], rel=1e-4)
 
 
 # --- training on CPU -------------------------------------------------------------------

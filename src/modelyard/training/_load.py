@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.base import load_base
+from modelyard.training import _varlen
 from modelyard.training._plan import TrainPlan
 
 
@@ -27,6 +28,8 @@ def quantization_config(plan: TrainPlan) -> Any:
 
 def load_options(plan: TrainPlan) -> dict[str, Any]:
     """What ``from_pretrained`` gets for this plan."""
+    if plan.attention == _varlen.NAME:
+        _varlen.register()
     options: dict[str, Any] = {"dtype": plan.load_dtype, "attn_implementation": plan.attention}
     if plan.quantized:
         options["quantization_config"] = quantization_config(plan)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 import torch
 
 from modelyard.errors import ConfigError
+from modelyard.training import _varlen
 from modelyard.training._settings import TrainSettings
 
 Precision = Literal["bf16", "fp16", "fp32"]
@@ -62,6 +63,8 @@ class TrainPlan:
     """What the base weights load as: the half dtype for a frozen LoRA base, fp32 master
     weights for full fine-tuning (autocast computes in the half dtype)."""
     attention: str
+    """The implementation loaded: the config's, or ``varlen`` for packed rows on a GPU in
+    half precision where the config says ``sdpa`` (see ``_varlen``)."""
     quantized: bool
     """The base loads in 4-bit NF4 with double quantization (QLoRA)."""
     world_size: int
@@ -209,6 +212,10 @@ def plan_training(settings: TrainSettings, device: Device | None = None) -> Trai
         _check_qlora(device)
     _check_attention(settings.attention, device)
     half = precision != "fp32"
+    attention: str = settings.attention
+    if attention == "sdpa" and settings.packing and device.kind == "cuda" and half:
+        # packed rows on a GPU: each example's own triangle, not a masked whole row
+        attention = _varlen.NAME if _varlen.available() else attention
     # A frozen base can sit in the half dtype (half the memory; peft keeps the adapter in
     # fp32); trained weights stay fp32 masters under autocast.
     load_dtype = DTYPES[precision] if half and settings.method != "full" else torch.float32
@@ -217,7 +224,7 @@ def plan_training(settings: TrainSettings, device: Device | None = None) -> Trai
         device=device,
         precision=precision,
         load_dtype=load_dtype,
-        attention=settings.attention,
+        attention=attention,
         quantized=settings.method == "qlora",
         world_size=size,
         distributed=_distributed(settings, size),
