@@ -20,10 +20,12 @@ import httpx
 import pytest
 
 from clihelp import modelyard
-from modelyard.access import create_actor_token
+from modelyard.access import PeopleAuthenticator, create_actor_token
 from modelyard.admin import ADMIN_PREFIX, create_admin_app
 from modelyard.audit import AccessPolicy
-from modelyard.monitoring import text_features, write_report
+from modelyard.console import CONSOLE_PREFIX, ConsoleSessions, create_console_app
+from modelyard.errors import ConfigError
+from modelyard.monitoring import AlertRules, text_features, write_report
 from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.store import NewInferenceRecord, Store
 from worlds import fake_world, home_store
@@ -155,8 +157,9 @@ KEY = "review-ops-test-key-review-ops-test"
 @dataclass
 class Api:
     store: Store
-    url: str
+    url: str  # the admin API's
     tokens: dict[str, str]
+    base: str  # the server's
 
     def call(self, who: str, method: str, path: str, **kw: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.tokens[who]}", **kw.pop("headers", {})}
@@ -173,11 +176,13 @@ def api(tmp_path: Path) -> Iterator[Api]:
         ops.add_actor("viv", "viewer")
         fake_world(ops, endpoint="acme-support")
         tokens = {name: create_actor_token(ops, name)[1] for name in ("dev", "viv")}
-        app = create_app(
-            ops, EchoEngine(), heartbeat_s=None, mounts={ADMIN_PREFIX: create_admin_app(ops)}
-        )
+        people = PeopleAuthenticator(ops)
+        sessions = ConsoleSessions(people, secure=False)
+        mounts = {ADMIN_PREFIX: create_admin_app(ops, people, sessions),
+                  CONSOLE_PREFIX: create_console_app(ops, sessions)}  # fmt: skip
+        app = create_app(ops, EchoEngine(), heartbeat_s=None, mounts=mounts)
         with BackgroundServer(app) as server:
-            yield Api(ops, server.base_url + ADMIN_PREFIX, tokens)
+            yield Api(ops, server.base_url + ADMIN_PREFIX, tokens, server.base_url)
 
 
 def _error(r: httpx.Response, param: str, *needles: str) -> str:
@@ -239,3 +244,51 @@ def test_bad_verify_head_and_a_future_drift_end_name_their_parameter(api: Api) -
     r = api.call("viv", "GET", "/endpoints/acme-support/drift",
                  params={"reference": "previous:24h", "end": "2099-01-01T00:00:00Z"})  # fmt: skip
     _error(r, "end", "in the future")
+
+
+def test_a_console_login_that_names_an_actor_is_refused_not_ignored(api: Api) -> None:
+    """``{"token": <a developer's>, "actor": "ops"}`` logged in as the developer, the
+    ``actor`` silently dropped: whoever sent it was not told that nobody names the actor."""
+    with httpx.Client(base_url=api.base + CONSOLE_PREFIX, timeout=60) as client:
+        csrf = client.get("/api/login").json()["csrf_token"]
+        r = client.post("/api/login", json={"token": api.tokens["dev"], "actor": "ops"},
+                        headers={"X-CSRF-Token": csrf})  # fmt: skip
+        assert r.status_code == 400, r.text
+        assert r.json()["error"]["param"] == "actor", r.text
+        assert "only 'token'" in r.json()["error"]["message"]
+        assert "modelyard_session" not in r.cookies
+        r = client.post("/api/login", content=b"[]", headers={"X-CSRF-Token": csrf,
+                        "content-type": "application/json"})  # fmt: skip
+        assert r.status_code == 400 and r.json()["error"]["param"] == "body", r.text
+        assert api.store.list_audit_events(action="console.login", limit=None) == []
+        r = client.post("/api/login", json={"token": api.tokens["dev"]},
+                        headers={"X-CSRF-Token": csrf})  # fmt: skip
+        assert r.status_code == 200 and r.json()["actor"] == "dev", r.text
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "field"),
+    [
+        ("rules:\n  - {name: a, metric: error_rate, window: 999999d, threshold: 0.1}\n",
+         "rules.0.window"),
+        ("rules:\n  - {name: a, metric: error_rate, for: 99999d, threshold: 0.1}\n",
+         "rules.0.for"),
+        ("drift: {window: 999999d}\nrules: []\n", "drift.window"),
+        ("drift: {reference: 'previous:9999d'}\nrules: []\n", "drift.reference"),
+    ],
+)  # fmt: skip
+def test_alert_rules_with_windows_over_a_year_are_refused_when_loaded(
+    ops_home: Path, tmp_path: Path, yaml_text: str, field: str
+) -> None:
+    """A rule's ``window: 999999d`` loaded, then every evaluation died with a traceback
+    (OverflowError); a drift window that long was skipped on every tick."""
+    rules = tmp_path / "alerts.yml"
+    rules.write_text(yaml_text)
+    with pytest.raises(ConfigError) as caught:
+        AlertRules.load(rules)
+    assert caught.value.context["field"] == field
+    assert "at most 366 days" in caught.value.message
+    if field == "rules.0.window":
+        result = modelyard("monitor", "alerts", "--evaluate", "--rules", str(rules),
+                           home=ops_home)  # fmt: skip
+        _one_line_error(result, "rules.0.window", "too long")

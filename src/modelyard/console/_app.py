@@ -107,7 +107,9 @@ def _error(exc: ModelyardError) -> JSONResponse:
     found = status_of(exc)
     retry = exc.context.get("retry_after")
     headers = {"Retry-After": str(retry)} if isinstance(retry, int) else None
-    body = {"error": {"message": exc.one_line(), "type": found.type, "code": exc.code}}
+    param = exc.context.get("field")
+    body = {"error": {"message": exc.one_line(), "type": found.type, "code": exc.code,
+                      "param": param if isinstance(param, str) else None}}  # fmt: skip
     return JSONResponse(body, status_code=found.http_status, headers=headers)
 
 
@@ -190,11 +192,21 @@ def create_console_app(
         address = _client(request)
         limiter.check(address)
         try:
-            token = json.loads(await request.body()).get("token")
-        except (ValueError, AttributeError):
-            token = None
+            body = json.loads(await request.body())
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise ConfigError('a login is a JSON object {"token": ...}', field="body")
+        extra = sorted(set(body) - {"token"})
+        if extra:  # e.g. an "actor": the actor is the token's, nobody names it
+            raise ConfigError(
+                f"unknown field {extra[0]!r}: a login takes only 'token' (the actor and the "
+                "role are the token's)",
+                field=extra[0],
+            )
+        token = body.get("token")
         if not isinstance(token, str) or not 0 < len(token.strip()) <= MAX_TOKEN_CHARS:
-            raise ConfigError("send the token as a string in the field 'token'")
+            raise ConfigError("send the token as a string in the field 'token'", field="token")
         try:
             session_id, session, principal = sessions.start(token.strip())
         except AuthError as exc:

@@ -100,6 +100,16 @@ class NotifyConfig(_Section):
     webhook: WebhookConfig | None = None
 
 
+LONGEST = timedelta(days=366)
+"""The longest window, ``for`` or drift period a rules file may give."""
+
+
+def _at_most_a_year(length: timedelta, text: str, field: str | None = None) -> None:
+    if length > LONGEST:
+        where = f"{field}: " if field else ""
+        raise ValueError(f"{where}{text!r} is too long: at most {LONGEST.days} days, e.g. 1h or 7d")
+
+
 class DriftSchedule(_Section):
     """Drift runs the tick makes for the rules that read drift metrics."""
 
@@ -153,13 +163,13 @@ class Rule(_Section):
     @field_validator("window")
     @classmethod
     def _window(cls, value: str) -> str:
-        parse_duration(value)
+        _at_most_a_year(parse_duration(value), value)
         return value
 
     @field_validator("for_")
     @classmethod
     def _for(cls, value: str) -> str:
-        parse_duration(value, allow_zero=True)
+        _at_most_a_year(parse_duration(value, allow_zero=True), value)
         return value
 
     @field_validator("retrain", mode="before")
@@ -207,8 +217,13 @@ class AlertRules(_Section):
             msg = first["msg"].removeprefix("Value error, ")
             raise ConfigError(f"{source}: {key}: {msg}", field=key) from None
         parse_reference(rules.drift.reference, datetime.now(UTC))
-        parse_duration(rules.drift.window, field="drift.window")
-        parse_duration(rules.drift.every, field="drift.every")
+        kind, _, arg = rules.drift.reference.partition(":")
+        lengths = [("drift.window", rules.drift.window), ("drift.every", rules.drift.every)]
+        for key, text in lengths + ([("drift.reference", arg)] if kind == "previous" else []):
+            try:
+                _at_most_a_year(parse_duration(text, field=key), text, key)
+            except ValueError as exc:
+                raise ConfigError(f"{source}: {exc}", field=key) from None
         return rules
 
     @classmethod
