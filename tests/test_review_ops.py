@@ -244,6 +244,9 @@ def test_bad_verify_head_and_a_future_drift_end_name_their_parameter(api: Api) -
     r = api.call("viv", "GET", "/endpoints/acme-support/drift",
                  params={"reference": "previous:24h", "end": "2099-01-01T00:00:00Z"})  # fmt: skip
     _error(r, "end", "in the future")
+    r = api.call("viv", "GET", "/endpoints/acme-support/series",
+                 params={"end": "2099-01-01T00:00:00Z"})  # fmt: skip
+    _error(r, "end", "in the future")  # was a 200 with an empty series
 
 
 def test_a_console_login_that_names_an_actor_is_refused_not_ignored(api: Api) -> None:

@@ -26,6 +26,7 @@ router = APIRouter(tags=["monitoring"])
 
 EndpointName = Path(description="The endpoint's name.", max_length=200)
 MAX_POINTS = 1440  # buckets in one series: a day of minutes
+CLOCK_SKEW = timedelta(minutes=5)  # how far past this clock an end may be (another's clock)
 Since = Query(None, description="Only from this time (ISO 8601; without an offset: UTC).")
 DRIFT_FIELDS = ("feature", "method", "value", "threshold", "drifted", "status",
                 "n_reference", "n_current")  # fmt: skip
@@ -220,9 +221,16 @@ def series(
             field="bucket",
         )
     caller.store.get_endpoint(endpoint)  # 404 for an unknown endpoint
-    until = utc(end, "end") or datetime.now(UTC)
+    clock = datetime.now(UTC)
+    until = utc(end, "end") or clock
     if until.year < 1980:
         raise ConfigError("end is before 1980: no records are that old", field="end")
+    if until > clock + CLOCK_SKEW:  # as drift's end: no record is there yet
+        raise ConfigError(
+            f"end {until:%Y-%m-%d %H:%M} UTC is in the future (it is {clock:%Y-%m-%d %H:%M} "
+            "UTC): give a past time, or none for a series ending now",
+            field="end",
+        )
     first = int((until - length).timestamp()) // bucket * bucket  # whole buckets
     start = datetime.fromtimestamp(first, UTC)
     count = math.ceil((until - start).total_seconds() / bucket)  # the last may be partial
