@@ -9,6 +9,9 @@ wrong field in an error); each test failed before its fix.
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +25,7 @@ import pytest
 from clihelp import modelyard
 from modelyard.access import PeopleAuthenticator, create_actor_token
 from modelyard.admin import ADMIN_PREFIX, create_admin_app
-from modelyard.audit import AccessPolicy
+from modelyard.audit import AccessPolicy, csv_value, write_events
 from modelyard.console import CONSOLE_PREFIX, ConsoleSessions, create_console_app
 from modelyard.errors import ConfigError
 from modelyard.monitoring import AlertRules, text_features, write_report
@@ -295,3 +298,26 @@ def test_alert_rules_with_windows_over_a_year_are_refused_when_loaded(
         result = modelyard("monitor", "alerts", "--evaluate", "--rules", str(rules),
                            home=ops_home)  # fmt: skip
         _one_line_error(result, "rules.0.window", "too long")
+
+
+def test_the_csv_export_cannot_run_a_formula_in_the_auditors_spreadsheet(tmp_path: Path) -> None:
+    """An actor named ``=HYPERLINK(...)`` (the CLI takes any --actor; an IdP's claim can be
+    anything) was written as is: a spreadsheet opening the export ran it. Escaped cells
+    turn back into the exact values (the JSONL export's) with ``csv_value``."""
+    evil = '=HYPERLINK("http://evil.example","x")'
+    with Store.open(f"sqlite:///{tmp_path / 'store.db'}", actor=evil) as store:
+        store.create_tenant("acme")
+        store.record_audit_event("note.added", "-1+1", {"text": "@SUM(A1)"})
+        events = store.list_audit_events(limit=None, newest_first=False)
+    out = io.StringIO()
+    write_events(events, "csv", out)
+    rows = list(csv.reader(io.StringIO(out.getvalue())))[1:]
+    assert all(not cell.startswith(("=", "+", "-", "@")) for row in rows for cell in row)
+    assert rows[0][2] == "'" + evil
+    jsonl = io.StringIO()
+    write_events(events, "jsonl", jsonl)
+    for row, line in zip(rows, jsonl.getvalue().splitlines(), strict=True):
+        exact = json.loads(line)
+        back = [csv_value(cell) for cell in row]
+        assert back[2:5] == [exact["actor"], exact["action"], exact["subject"]]
+        assert json.loads(back[5]) == exact["payload"] and back[7] == exact["hash"]

@@ -18,7 +18,13 @@ package hashes, verifies, exports and holds the key and the role rules.
 from modelyard.audit._canonical import canonical_json, format_time, normalize_payload
 from modelyard.audit._chain import event_hash, event_message, hash_of, head_problem
 from modelyard.audit._event import EMPTY_HEAD, GENESIS, AuditEvent, AuditHead
-from modelyard.audit._export import EXPORT_FORMATS, ExportFormat, check_format, write_events
+from modelyard.audit._export import (
+    EXPORT_FORMATS,
+    ExportFormat,
+    check_format,
+    csv_value,
+    write_events,
+)
 from modelyard.audit._keys import AuditKeySource, create_key_file, parse_key
 from modelyard.audit._leaves import NATIVE as NATIVE_SEALS
 from modelyard.audit._leaves import blob_root, seal_rows
@@ -124,6 +130,7 @@ __all__ = [
     "check_proof",
     "check_role",
     "create_key_file",
+    "csv_value",
     "event_hash",
     "event_message",
     "fingerprint",

@@ -34,6 +34,26 @@ def write_events(events: Iterable[AuditEvent], fmt: ExportFormat, out: TextIO) -
     for event in events:
         row = event.to_json()
         row["payload"] = canonical_json(row["payload"])
-        writer.writerow([row[c] for c in CSV_COLUMNS])
+        writer.writerow([csv_cell(row[c]) for c in CSV_COLUMNS])
         count += 1
     return count
+
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r", "'")
+"""A spreadsheet takes a cell starting with one of the first six for a formula (CSV
+injection: an actor named ``=HYPERLINK(…)`` would run in the auditor's spreadsheet);
+the apostrophe is escaped too, so that the escape can be undone without doubt."""
+
+
+def csv_cell(value: object) -> object:
+    """A text cell that a spreadsheet would read as a formula gets one leading apostrophe
+    (which spreadsheets show as text); ``csv_value`` takes it off again to verify."""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def csv_value(cell: str) -> str:
+    """The value an exported CSV cell stands for: ``csv_cell`` undone (one leading
+    apostrophe dropped)."""
+    return cell[1:] if cell.startswith("'") else cell
