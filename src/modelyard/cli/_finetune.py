@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,10 +19,11 @@ from modelyard.cli._common import (
     settings,
 )
 from modelyard.cli._home import check_home, store_exists
-from modelyard.errors import GateFailed
+from modelyard.errors import ConfigError, GateFailed, NotFound
 
 if TYPE_CHECKING:
-    from modelyard.finetune import FinetuneInterrupted
+    from modelyard.finetune import FinetuneConfig, FinetuneInterrupted
+    from modelyard.store import Store
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 
@@ -46,7 +48,107 @@ def _metrics_table(
     return table
 
 
+SLURM_ONLY = ("nodes", "gpus_per_node", "partition", "time_limit", "out")
+NOT_WITH_SLURM = ("check", "resume", "gpus")
+# Slurm's --time: minutes, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS, or unlimited
+SLURM_TIME = re.compile(r"^(\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}|unlimited|infinite)$")
+
+
+def _option(ctx: typer.Context, name: str) -> str:
+    """How the user spells the option behind parameter ``name`` (``--gpus-per-node``)."""
+    param = next(p for p in ctx.command.params if p.name == name)
+    return max(param.opts, key=len)
+
+
+def _check_options(ctx: typer.Context, slurm: bool, partition: str | None, time: str) -> None:
+    """Refuse an option that this combination would silently ignore."""
+    sources = {name: ctx.get_parameter_source(name) for name in ctx.params}
+    given = [
+        name for name, source in sources.items() if getattr(source, "name", "") == "COMMANDLINE"
+    ]
+    if not slurm:
+        ignored = [_option(ctx, n) for n in given if n in SLURM_ONLY]
+        if ignored:
+            raise ConfigError(
+                f"{', '.join(ignored)} only apply with --slurm",
+                hint="Add --slurm to write an sbatch script, or drop them.",
+                field=ignored[0],
+            )
+        return
+    ignored = [_option(ctx, n) for n in given if n in NOT_WITH_SLURM]
+    if ignored:
+        raise ConfigError(
+            f"{', '.join(ignored)} cannot be combined with --slurm, which only writes a script",
+            hint="Use --nodes and --gpus-per-node for the job's size; run the check or the "
+            "resume without --slurm.",
+            field=ignored[0],
+        )
+    if not SLURM_TIME.match(time.strip().lower()):
+        raise ConfigError(
+            f"invalid --time {time!r}",
+            hint="Use Slurm's format: MINUTES, HH:MM:SS or DAYS-HH:MM:SS, e.g. 04:00:00.",
+            field="time",
+        )
+    if partition is not None and not re.fullmatch(r"[A-Za-z0-9_.,-]+", partition):
+        raise ConfigError(
+            f"invalid --partition {partition!r}",
+            hint="Give partition names: letters, digits, '_', '.', '-', separated by commas.",
+            field="partition",
+        )
+
+
+def _write_script(out: Path, text: str) -> None:
+    """Write the sbatch script, or say in one line why it cannot be written."""
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the sbatch script to {out}: {exc.strerror}",
+            hint="Pass --out with a file path in a directory that exists and is writable.",
+            field="out",
+        ) from exc
+
+
+def check_registry(config: FinetuneConfig, store: Store | None) -> None:
+    """The tenant and model that ``registry:`` names, checked before any training.
+
+    The store would refuse a tenant that does not exist only at registration, after the
+    training and the evaluation; and a model that exists already keeps its owner, so a
+    ``registry.tenant`` that differs from it would be silently ignored.
+    """
+    registry = config.registry
+    if registry.tenant is not None:
+        try:
+            if store is None:
+                raise NotFound(f"no tenant named {registry.tenant!r}")
+            store.get_tenant(registry.tenant)
+        except NotFound:
+            raise ConfigError(
+                f"registry.tenant names no tenant: there is no tenant {registry.tenant!r}",
+                hint=f"Create it first with `modelyard tenants create {registry.tenant}`, or "
+                "fix the name (`modelyard tenants list`).",
+                field="registry.tenant",
+            ) from None
+    if store is None:
+        return
+    try:
+        existing = store.get_registered_model(registry.model)
+    except NotFound:
+        return
+    if existing.tenant != registry.tenant:
+        owner = f"tenant {existing.tenant!r}" if existing.tenant else "no tenant (shared)"
+        want = f"tenant {registry.tenant!r}" if registry.tenant else "no tenant"
+        raise ConfigError(
+            f"registry.model {registry.model!r} exists already and belongs to {owner}, "
+            f"but registry.tenant asks for {want}",
+            hint="Set registry.tenant to the model's owner, or register under another "
+            "registry.model name.",
+            field="registry.tenant",
+        )
+
+
 def finetune(
+    ctx: typer.Context,
     config: Path = typer.Option(..., "--config", "-c", help="The finetune YAML config."),
     resume: bool = typer.Option(
         False, "--resume", help="Continue from the last checkpoint of this config and data."
@@ -98,6 +200,7 @@ def finetune(
         visible_gpus,
     )
 
+    _check_options(ctx, slurm, partition, time_limit)
     loaded = load_config(config)
     s = settings()
     if slurm:
@@ -108,7 +211,7 @@ def finetune(
         options = SlurmOptions(
             nodes=nodes, gpus_per_node=gpus_per_node, partition=partition, time=time_limit
         )
-        out.write_text(sbatch_script(config, options, env), encoding="utf-8")
+        _write_script(out, sbatch_script(config, options, env))
         err_console.print(f"wrote {out}; submit it with: sbatch {out}")
         return
     if gpus is not None and not _launched():
@@ -124,7 +227,10 @@ def finetune(
         check_home(s)  # no store to register in: say so before any data or base is read
     if store_exists(s):  # a base registered by name (`base create-tiny --name`) resolves
         with open_store(s) as store:
+            check_registry(loaded, store)
             loaded = resolve_base(loaded, store)
+    elif not check:  # the store is made at registration: it cannot hold the tenant yet
+        check_registry(loaded, None)
     prepared = prepare(loaded)
     if check and store_exists(s):  # the judges it names, and what the held-out rows give them
         with open_store(s) as store:

@@ -15,6 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from modelyard.errors import ConfigError
+from modelyard.store import check_name
 from modelyard.training import LLAMA_PROJECTIONS, TrainingOptions, TrainSettings
 
 
@@ -61,6 +62,30 @@ class RegistryConfig(_Section):
     tenant: str | None = None
     alias_on_pass: str | None = None
     description: str = ""
+
+    # Names the store would refuse only after training: refused here, before anything runs.
+    @field_validator("model")
+    @classmethod
+    def _model_name(cls, value: str) -> str:
+        return _name("model", value)
+
+    @field_validator("tenant")
+    @classmethod
+    def _tenant_name(cls, value: str | None) -> str | None:
+        return None if value is None else _name("tenant", value)
+
+    @field_validator("alias_on_pass")
+    @classmethod
+    def _alias_name(cls, value: str | None) -> str | None:
+        return None if value is None else _name("alias", value)
+
+
+def _name(kind: str, value: str) -> str:
+    """``value`` if the store takes it as a ``kind`` name (else the store's reason)."""
+    try:
+        return check_name(kind, value)
+    except ConfigError as exc:
+        raise ValueError(exc.message) from None
 
 
 class TrackingConfig(_Section):
@@ -152,8 +177,9 @@ def _explain(exc: ValidationError) -> ConfigError:
         return ConfigError(
             f"config key {key!r} is required", hint="See docs/finetune.md.", field=key
         )
+    message = str(first["msg"]).removeprefix("Value error, ")
     return ConfigError(
-        f"invalid config value for {key!r}: {first['msg']}",
+        f"invalid config value for {key!r}: {message}",
         hint="See docs/finetune.md for the valid values.",
         field=key,
     )
@@ -172,6 +198,28 @@ def parse_config(values: Any) -> FinetuneConfig:
         raise _explain(exc) from exc
 
 
+class _DuplicateKey(Exception):
+    def __init__(self, key: str, first: int, line: int) -> None:
+        super().__init__(key)
+        self.key, self.first, self.line = key, first, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (two ``training:``
+    sections, say), where PyYAML would keep the last and drop the first without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, str) and key in seen:
+                raise _DuplicateKey(key, seen[key], line)
+            if isinstance(key, str):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: Path) -> FinetuneConfig:
     """Read and validate a YAML config; relative paths are taken from the file's directory."""
     try:
@@ -180,8 +228,20 @@ def load_config(path: Path) -> FinetuneConfig:
         raise ConfigError(f"config file {path} does not exist", field="config") from exc
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.start + 1} cannot be decoded)",
+            hint="Save the file as UTF-8.",
+            field="config",
+        ) from exc
     try:
-        values = yaml.safe_load(text)
+        values = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader
+    except _DuplicateKey as exc:
+        raise ConfigError(
+            f"config file {path} sets {exc.key!r} twice (lines {exc.first} and {exc.line})",
+            hint="Keep one of them: YAML would silently use the last.",
+            field=exc.key,
+        ) from exc
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark is not None else ""

@@ -1,0 +1,179 @@
+"""An outside review of the CI and tenant-onboarding journeys: each test is a defect found by
+attacking them (a traceback, a silently ignored option, a failure after the work was done, a
+message that says what did not happen), fixed, and checked by exit code, output and store."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clihelp import modelyard
+from modelyard.cli import main
+from modelyard.store import Store
+from worlds import fake_world
+
+
+def one_error(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert "Traceback" not in err and lines[0].startswith("error: "), err
+    return lines[0]
+
+
+def run(capsys: pytest.CaptureFixture[str], line: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(shlex.split(line))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _store(home: Path) -> Store:
+    return Store.open(f"sqlite:///{home / 'store.db'}")
+
+
+@pytest.fixture
+def world(home: Path) -> Store:
+    """Tenant acme owning model bot (versions 1-3, gates passed), endpoint support on bot:1."""
+    home.mkdir(parents=True)
+    s = _store(home)
+    fake_world(s, versions=3, template=None)
+    s.create_tenant("globex", storage_policy="full")
+    return s
+
+
+def _config(tmp_path: Path, **registry: str) -> Path:
+    """A finetune config whose data and base are never reached by the checks under test."""
+    path = tmp_path / "config.yaml"
+    config = {
+        "base_model": str(tmp_path / "base"),
+        "data": {"train": "train.jsonl"},
+        "registry": {"model": "support-bot", **registry},
+    }
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+# --- finetune: the config file ------------------------------------------------------------
+
+
+def test_a_config_that_is_not_utf8_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_bytes("base_model: café\n".encode("latin-1"))
+    r = modelyard("finetune", "-c", str(config), "--check", home=tmp_path / "h")
+    assert r.code == 2
+    assert "is not UTF-8" in one_error(r.err) and "config.yaml" in r.err
+
+
+def test_a_key_given_twice_is_refused_not_silently_overridden(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "base_model: ./base\ndata:\n  train: train.jsonl\nregistry:\n  model: bot\n"
+        "training:\n  max_steps: 3\ntraining:\n  max_steps: 1000\n",
+        encoding="utf-8",
+    )
+    code, _, err = run(capsys, f"finetune -c {config} --check")
+    assert code == 2
+    line = one_error(err)
+    assert "'training' twice (lines 6 and 8)" in line
+
+
+@pytest.mark.parametrize(
+    ("registry", "expected"),
+    [
+        ({"model": "Support Bot"}, "registry.model': invalid model name 'Support Bot'"),
+        ({"model": "bot", "alias_on_pass": "Champion!"}, "registry.alias_on_pass"),
+        ({"model": "bot", "tenant": "ACME"}, "registry.tenant': invalid tenant name"),
+    ],
+)
+def test_names_the_store_would_refuse_after_training_are_refused_first(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], registry: dict[str, str], expected: str
+) -> None:
+    config = _config(tmp_path)
+    values = yaml.safe_load(config.read_text(encoding="utf-8"))
+    values["registry"] = registry
+    config.write_text(yaml.safe_dump(values), encoding="utf-8")
+    code, _, err = run(capsys, f"finetune -c {config} --check")
+    assert code == 2
+    line = one_error(err)
+    assert expected in line and "Value error" not in line
+
+
+def test_a_missing_tenant_fails_before_training_and_leaves_nothing(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "tenants create acme")[0] == 0
+    config = _config(tmp_path, tenant="ghost")  # neither data nor base exist: never reached
+    for extra in ("--check", ""):
+        code, _, err = run(capsys, f"finetune -c {config} {extra}")
+        assert code == 2
+        assert "registry.tenant" in one_error(err) and "ghost" in err
+    with _store(home) as store:
+        assert store.list_runs() == [] and store.list_datasets() == []
+        assert store.list_registered_models() == []
+
+
+def test_a_tenant_the_existing_model_does_not_belong_to_is_not_silently_ignored(
+    world: Store, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path, tenant="globex")
+    values = yaml.safe_load(config.read_text(encoding="utf-8"))
+    values["registry"]["model"] = "bot"  # exists, owned by acme
+    config.write_text(yaml.safe_dump(values), encoding="utf-8")
+    code, _, err = run(capsys, f"finetune -c {config}")
+    assert code == 2
+    line = one_error(err)
+    assert "belongs to tenant 'acme'" in line and "tenant 'globex'" in line
+    assert world.list_runs() == []
+    assert world.get_registered_model("bot").latest_version == 3
+
+
+# --- finetune: options that would be ignored -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [
+        ("--check --nodes 4", "--nodes only apply with --slurm"),
+        ("--partition gpu --out job.sbatch", "--partition, --out only apply with --slurm"),
+        ("--slurm --check", "--check cannot be combined with --slurm"),
+        ("--slurm --resume", "--resume cannot be combined with --slurm"),
+        ("--slurm --gpus 2", "--gpus cannot be combined with --slurm"),
+        ("--slurm --time forever", "invalid --time 'forever'"),
+        ("--slurm --partition 'gpu; rm -rf ~'", "invalid --partition"),
+    ],
+)
+def test_options_that_would_be_silently_ignored_are_refused(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    options: str,
+    expected: str,
+) -> None:
+    config = _config(tmp_path)
+    monkeypatch.chdir(tmp_path)  # where --out's default, finetune.sbatch, would go
+    code, _, err = run(capsys, f"finetune -c {config} {options}")
+    assert code == 2
+    assert expected in one_error(err)
+    assert not list(tmp_path.glob("*.sbatch"))
+
+
+def test_slurm_script_that_cannot_be_written_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path)
+    for out in (tmp_path / "no-such-dir" / "job.sbatch", tmp_path):
+        code, _, err = run(capsys, f"finetune -c {config} --slurm --out {out}")
+        assert code == 2
+        assert f"cannot write the sbatch script to {out}" in one_error(err)
+    code, _, err = run(
+        capsys,
+        f"finetune -c {config} --slurm --time 2-04:00:00 --partition gpu,a100 "
+        f"--out {tmp_path / 'ok.sbatch'}",
+    )
+    assert code == 0, err
+    assert "#SBATCH --time=2-04:00:00" in (tmp_path / "ok.sbatch").read_text(encoding="utf-8")
