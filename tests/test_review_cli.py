@@ -4,6 +4,7 @@ message that says what did not happen), fixed, and checked by exit code, output 
 
 from __future__ import annotations
 
+import json
 import shlex
 from pathlib import Path
 
@@ -177,3 +178,32 @@ def test_slurm_script_that_cannot_be_written_is_one_line(
     )
     assert code == 0, err
     assert "#SBATCH --time=2-04:00:00" in (tmp_path / "ok.sbatch").read_text(encoding="utf-8")
+
+
+# --- data validate ---------------------------------------------------------------------------
+
+
+def test_data_validate_takes_a_base_registered_by_name(
+    home: Path,
+    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from modelyard.base import create_tiny_base
+    from modelyard.data import DOMAINS, domain_corpus
+    from tinymodels import QUICK_BASE
+
+    base = create_tiny_base(domain_corpus(DOMAINS, 50, seed=0), tmp_path / "tiny", **QUICK_BASE)
+    home.mkdir(parents=True)
+    with _store(home) as store:
+        store.register_base_model("tiny-reviewed", str(base.path), {})
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n", encoding="utf-8")
+    monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))  # no ./tiny-reviewed here
+    r = modelyard(
+        "data", "validate", str(data), "--format", "alpaca", "--base-model", "tiny-reviewed",
+        "--json", home=home, env={"HF_HUB_OFFLINE": "1"},
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    lengths = json.loads(r.out)["lengths"]
+    assert lengths["unit"] == "tokens" and lengths["tokenizer"] == str(base.path)

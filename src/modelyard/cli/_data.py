@@ -37,6 +37,27 @@ _SHOWN = 20
 _FORMAT_HELP = f"Dataset format: {', '.join(FORMATS)}."
 
 
+def _registered_base(ref: str) -> str:
+    """A base registered by name (as ``finetune`` resolves ``base_model``): its source;
+    anything else (a path, a hub id, no store here or one that cannot be read) unchanged.
+    No store is made."""
+    from modelyard.base import is_local
+    from modelyard.cli._common import open_store, settings
+    from modelyard.cli._home import store_exists
+    from modelyard.errors import ModelyardError
+
+    if is_local(ref):
+        return ref
+    try:
+        s = settings()
+        if not store_exists(s):
+            return ref
+        with open_store(s) as store:
+            return store.get_base_model(ref).source
+    except ModelyardError:  # not registered (or no usable store): a hub id, as before
+        return ref
+
+
 def _load(path: Path, fmt: str) -> list[dict[str, Any]]:
     with bad_input():
         return load_rows(path, fmt)
@@ -47,7 +68,10 @@ def validate(
     file: Path = typer.Argument(..., help="The dataset: .jsonl, .json, .csv or .parquet."),
     format: str = typer.Option(..., "--format", "-f", help=_FORMAT_HELP),
     base_model: str | None = typer.Option(
-        None, "--base-model", help="Count lengths in this base model's tokens (local directory)."
+        None,
+        "--base-model",
+        help="Count lengths in this base model's tokens: a local directory, a base "
+        "registered by name (`base create-tiny --name`) or a hub id.",
     ),
     eval_file: Path | None = typer.Option(
         None, "--eval", help="The eval set, checked for prompts shared with FILE (leakage)."
@@ -80,7 +104,7 @@ def validate(
         from modelyard.base import load_tokenizer
 
         with bad_input():
-            tokenizer = load_tokenizer(base_model)
+            tokenizer = load_tokenizer(_registered_base(base_model))
     report = validate_rows(
         rows,
         format,
