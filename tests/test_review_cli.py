@@ -207,3 +207,27 @@ def test_data_validate_takes_a_base_registered_by_name(
     assert r.code == 0, r.err
     lengths = json.loads(r.out)["lengths"]
     assert lengths["unit"] == "tokens" and lengths["tokenizer"] == str(base.path)
+
+
+# --- endpoints create ------------------------------------------------------------------------
+
+
+def test_endpoint_for_a_tenant_and_shared_at_once_is_refused(
+    world: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "endpoints create both --tenant acme --shared --model bot:1")
+    assert code == 2
+    assert "--tenant and --shared exclude each other" in one_error(err)
+    assert [e.name for e in world.list_endpoints()] == ["support"]
+
+
+@pytest.mark.parametrize("where", ["--tenant globex", "--shared"], ids=["other-tenant", "shared"])
+def test_a_tenants_model_is_not_served_to_other_tenants(
+    world: Store, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    code, _, err = run(capsys, f"endpoints create leak {where} --model bot:2")
+    assert code == 2
+    assert "bot:2 belongs to tenant 'acme'" in one_error(err)
+    assert [e.name for e in world.list_endpoints()] == ["support"]
+    code, _, err = run(capsys, "endpoints create acme-two --tenant acme --model bot:2")
+    assert code == 0, err
