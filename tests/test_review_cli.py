@@ -231,3 +231,60 @@ def test_a_tenants_model_is_not_served_to_other_tenants(
     assert [e.name for e in world.list_endpoints()] == ["support"]
     code, _, err = run(capsys, "endpoints create acme-two --tenant acme --model bot:2")
     assert code == 0, err
+
+
+# --- rollouts ----------------------------------------------------------------------------------
+
+
+def test_an_invalid_promote_alias_is_refused_before_traffic_moves(
+    world: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(
+        capsys, "rollout start support --to bot:2 --steps 100 --promote-alias 'Bad Alias'"
+    )
+    assert code == 2
+    assert "invalid alias name 'Bad Alias'" in one_error(err)
+    assert world.list_rollouts(endpoint="support") == []
+
+
+def test_the_rollout_says_when_the_alias_was_not_moved(
+    world: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "actors add root --role admin")[0] == 0
+    assert run(capsys, "--actor root actors add ann --role approver")[0] == 0
+    code, _, err = run(
+        capsys,
+        "--actor ann rollout start support --to bot:2 --steps 100 --bake 0 --min-requests 0 "
+        "--promote-alias champion",
+    )
+    assert code == 0, err
+    # ann may no longer move it when the rollout ends (promoted here, as by the controller)
+    assert run(capsys, "--actor root actors add ann --role developer")[0] == 0
+    code, out, err = run(capsys, "--actor root rollout promote support")
+    assert code == 0, err
+    assert "NOT moved" in out
+    r = world.latest_rollout("support")
+    assert r.status == "succeeded" and r.outcome["alias"]["moved"] is False
+    assert "champion" not in world.get_registered_model("bot").aliases
+
+    code, out, _ = run(capsys, "--actor root rollout wait support --timeout 1s")
+    assert code == 0
+    assert "points at it" not in out and "bot@champion was NOT moved" in out
+    code, out, _ = run(capsys, "--actor root rollout status support")
+    assert "NOT moved" in out and "{'name'" not in out
+
+
+def test_the_timeline_says_the_alias_moved_in_words(
+    world: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(
+        capsys,
+        "rollout start support --to bot:2 --steps 100 --bake 0 --min-requests 0 "
+        "--promote-alias champion",
+    )
+    assert code == 0, err
+    assert run(capsys, "rollout promote support")[0] == 0
+    code, out, _ = run(capsys, "rollout status support")
+    assert code == 0 and "{'name'" not in out and "bot@champion → bot:2" in out
+    code, out, _ = run(capsys, "rollout wait support --timeout 1s")
+    assert code == 0 and "and bot@champion points at it" in out

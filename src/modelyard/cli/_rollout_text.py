@@ -48,13 +48,30 @@ def summary(r: Rollout) -> str:
     why = f": {r.reason}" if r.reason else ""
     if r.status == "succeeded":
         alias = r.outcome.get("alias") if isinstance(r.outcome, Mapping) else None
-        moved = f"; {r.model}@{r.promote_alias} → {r.target_ref}" if alias else ""
-        return f"{head}: succeeded, all traffic on {r.target_ref}{moved}"
+        return f"{head}: succeeded, all traffic on {r.target_ref}{_alias_clause(r, alias, *_SHORT)}"
     if r.status == "rolled_back":
         return f"{head}: rolled back{why}; traffic back to {plan_text(r.model, r.baseline)}"
     return f"{head}: {r.status.replace('_', ' ')}{why}; traffic back to " + plan_text(
         r.model, r.baseline
     )
+
+
+_SHORT = ("; {alias} → {to}", "; {alias} NOT moved: {why}")
+
+
+def _alias_clause(r: Rollout, alias: Any, moved: str, refused: str) -> str:
+    """What became of ``--promote-alias`` (the outcome's ``alias``), or ``""``: ``moved`` or
+    ``refused`` with ``{alias}`` (``MODEL@ALIAS``), ``{to}`` and ``{why}`` filled in.
+
+    ``alias`` is ``{"name", "moved", "to"|"refused"}``: a refusal by the role checks at the
+    end is said, never shown as a move.
+    """
+    if not isinstance(alias, Mapping):
+        return ""
+    subject = f"{r.model}@{alias.get('name') or r.promote_alias}"
+    if alias.get("moved", True):
+        return moved.format(alias=subject, to=r.target_ref)
+    return refused.format(alias=subject, why=alias.get("refused") or "refused")
 
 
 def describe(r: Rollout, kind: str, d: Mapping[str, Any]) -> str:
@@ -88,7 +105,7 @@ def describe(r: Rollout, kind: str, d: Mapping[str, Any]) -> str:
         text = plan_text(model, d.get("plan"))
         if d.get("skipped_steps"):
             text += f" (skipped {_steps(d['skipped_steps'])})"
-        return text + (f"; alias {d['alias']} moved" if d.get("alias") else "")
+        return text + _alias_clause(r, d.get("alias"), *_SHORT)
     if kind == "aborted":
         return f"{d.get('reason') or 'aborted'}; back to {plan_text(model, d.get('plan'))}"
     parts = [f"{k.replace('_', ' ')}: {v}" for k, v in d.items() if v not in (None, "", [], {})]
@@ -158,7 +175,10 @@ def progress(r: Rollout) -> str:
 def final(r: Rollout) -> str:
     """`rollout wait`'s last line, a sentence on how the rollout ended."""
     if r.status == "succeeded":
-        moved = f", and {r.model}@{r.promote_alias} points at it" if r.promote_alias else ""
+        alias = r.outcome.get("alias") if isinstance(r.outcome, Mapping) else None
+        moved = _alias_clause(
+            r, alias, ", and {alias} points at it", ", but {alias} was NOT moved: {why}"
+        )
         return (
             f"The rollout of {r.endpoint} to {r.target_ref} succeeded: "
             f"all traffic goes to it{moved}."

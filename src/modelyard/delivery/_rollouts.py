@@ -15,7 +15,14 @@ from modelyard.delivery._controller import promote_alias
 from modelyard.delivery._guards import parse_guard
 from modelyard.delivery._judging import check_judge_guards
 from modelyard.errors import ConfigError, Conflict, NotFound
-from modelyard.store import Rollout, RolloutPolicy, Store, Transition, parse_model_ref
+from modelyard.store import (
+    Rollout,
+    RolloutPolicy,
+    Store,
+    Transition,
+    check_name,
+    parse_model_ref,
+)
 
 DEFAULT_POLICY = RolloutPolicy()  # the one set of rollout defaults (typed in the entities)
 DEFAULT_STEPS = DEFAULT_POLICY.steps
@@ -81,6 +88,15 @@ def start_rollout(
     reference or context (``_judging``).
     """
     policy = check_policy(steps, bake_s, min_requests, guards)
+    if promote_alias is not None:  # else refused only at the end, once traffic has moved
+        try:
+            check_name("alias", promote_alias)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"the alias to promote: {exc.message}",
+                hint="Name an alias such as champion.",
+                field="promote_alias",
+            ) from None
     check_judge_guards(store, policy.guards)  # the judges exist and can judge live traffic
     ep = store.get_endpoint(endpoint)
     name, _, _ = parse_model_ref(to)
