@@ -55,7 +55,6 @@ from transformers import (
     set_seed,
 )
 
-from modelyard.artifacts import LocalArtifactStore
 from modelyard.base import create_tiny_base
 from modelyard.data import DOMAINS, domain_corpus, synthetic_domain
 from modelyard.gpu import gpu_readings
@@ -295,6 +294,8 @@ def _parameters(base: Path) -> int:
 
 def decode_rates(base: Path, rows: Sequence[Row], config: Config, work: Path) -> dict:
     """The serving engine's decode rates with a trained adapter: one request, then 8 at once."""
+    # imported here: the serving stack needs packages the GPU machine lacks unless carried
+    from modelyard.artifacts import LocalArtifactStore
     from modelyard.serving import SamplingParams, TransformersEngine
     from modelyard.store import Store
 

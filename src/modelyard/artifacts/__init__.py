@@ -16,6 +16,8 @@ gives work dirs that ``sweep_tmp`` removes once their process is gone, with
 what a remote store's killed writers left (``UploadEntry``).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from modelyard.artifacts._adapter_check import (
     MAX_LORA_ALPHA,
     UNSERVABLE_LORA_FIELDS,
@@ -26,8 +28,6 @@ from modelyard.artifacts._factory import artifacts_from_settings, open_artifact_
 from modelyard.artifacts._local import LocalArtifactStore
 from modelyard.artifacts._manifest import ArtifactRef, FileEntry
 from modelyard.artifacts._pickle_scan import ALLOWED_PICKLE_GLOBALS, scan_pickle
-from modelyard.artifacts._s3 import S3ArtifactStore
-from modelyard.artifacts._s3_api import TransferSettings
 from modelyard.artifacts._safetensors_check import (
     SafetensorsHeader,
     TensorInfo,
@@ -44,6 +44,25 @@ from modelyard.artifacts._safety import (
 )
 from modelyard.artifacts._staging import ImportLimits, stage_import
 from modelyard.artifacts._tmp import TempEntry, UploadEntry, pid_alive, this_host
+
+if TYPE_CHECKING:
+    from modelyard.artifacts._s3 import S3ArtifactStore
+    from modelyard.artifacts._s3_api import TransferSettings
+
+
+def __getattr__(name: str) -> Any:
+    """The S3 store and its settings import botocore, which only an ``s3://`` store needs:
+    they load on first use, so the rest imports where boto3 is not installed."""
+    if name == "S3ArtifactStore":
+        from modelyard.artifacts._s3 import S3ArtifactStore
+
+        return S3ArtifactStore
+    if name == "TransferSettings":
+        from modelyard.artifacts._s3_api import TransferSettings
+
+        return TransferSettings
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ALLOWED_PICKLE_GLOBALS",

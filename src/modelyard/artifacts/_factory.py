@@ -6,7 +6,6 @@ from pathlib import Path
 
 from modelyard.artifacts._base import ArtifactStore
 from modelyard.artifacts._local import LocalArtifactStore
-from modelyard.artifacts._s3 import S3ArtifactStore
 from modelyard.errors import ArtifactError
 from modelyard.settings import Settings
 
@@ -21,6 +20,8 @@ def open_artifact_store(location: str | Path, *, cache_dir: Path | None = None) 
                 f"the artifact store {text} needs a local cache directory",
                 hint="Set MODELYARD_ARTIFACTS_CACHE (default <home>/cache/artifacts).",
             )
+        from modelyard.artifacts._s3 import S3ArtifactStore  # botocore, for s3:// alone
+
         return S3ArtifactStore(text, cache_dir=cache_dir)
     if "://" in text:
         raise ArtifactError(
