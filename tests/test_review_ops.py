@@ -28,7 +28,7 @@ from modelyard.admin import ADMIN_PREFIX, create_admin_app
 from modelyard.audit import AccessPolicy, csv_value, write_events
 from modelyard.console import CONSOLE_PREFIX, ConsoleSessions, create_console_app
 from modelyard.errors import ConfigError
-from modelyard.monitoring import AlertRules, text_features, write_report
+from modelyard.monitoring import AlertRules, evaluate_rules, text_features, write_report
 from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.store import NewInferenceRecord, Store
 from worlds import fake_world, home_store
@@ -321,3 +321,21 @@ def test_the_csv_export_cannot_run_a_formula_in_the_auditors_spreadsheet(tmp_pat
         back = [csv_value(cell) for cell in row]
         assert back[2:5] == [exact["actor"], exact["action"], exact["subject"]]
         assert json.loads(back[5]) == exact["payload"] and back[7] == exact["hash"]
+
+
+def test_an_alert_rule_for_an_endpoint_that_does_not_exist_says_so_and_keeps_no_state(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A typo (``endpoint: acme-suport``) made an alert that stayed 'inactive, no data'
+    forever, exported to Prometheus like a healthy one, and never paged anyone."""
+    with Store.open(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        fake_world(store)
+        rules = AlertRules.parse({"rules": [
+            {"name": "typo", "metric": "error_rate", "endpoint": "suport", "threshold": 0.1},
+            {"name": "real", "metric": "error_rate", "endpoint": "support", "threshold": 0.1},
+        ]})  # fmt: skip
+        with caplog.at_level("WARNING", logger="modelyard.alerts"):
+            evaluate_rules(store, rules, datetime.now(UTC))
+        assert [a.rule for a in store.list_alert_states()] == ["real"]
+    assert "names endpoint 'suport', which does not exist" in caplog.text
+    assert "support" in caplog.text  # the endpoints there are

@@ -489,6 +489,12 @@ def _values(
             yield spent / budget.amount, where
         return
     judge = judge_name(rule.metric)
+    if rule.endpoint and rule.endpoint not in endpoints:  # a typo would never page anyone
+        log.warning(
+            "alert rule %s names endpoint %r, which does not exist: not evaluated "
+            "(endpoints: %s)", rule.name, rule.endpoint, ", ".join(endpoints) or "none",
+        )  # fmt: skip
+        return
     for endpoint in [rule.endpoint] if rule.endpoint else endpoints:
         if judge is not None:
             yield (
