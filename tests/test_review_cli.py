@@ -288,3 +288,24 @@ def test_the_timeline_says_the_alias_moved_in_words(
     assert code == 0 and "{'name'" not in out and "bot@champion → bot:2" in out
     code, out, _ = run(capsys, "rollout wait support --timeout 1s")
     assert code == 0 and "and bot@champion points at it" in out
+
+
+# --- keys and tokens -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "option"),
+    [
+        ("keys create --tenant acme --expires 5x", "--expires"),
+        ("keys rotate somekey --grace 5x", "--grace"),
+        ("tokens create --expires 5x", "--expires"),
+        ("endpoints show support --window 5x", "--window"),
+    ],
+)
+def test_a_bad_duration_names_its_option(
+    world: Store, capsys: pytest.CaptureFixture[str], line: str, option: str
+) -> None:
+    code, _, err = run(capsys, line)
+    assert code == 2
+    assert f"invalid duration '5x' for {option}" in one_error(err)
+    assert world.list_api_keys() == []

@@ -143,7 +143,7 @@ def keys_create(
     """Create an API key. The key is printed once; only its hash is stored."""
     wanted = parse_scopes(scopes)
     if expires:
-        parse_duration(expires)  # bad input fails before anything is opened or sent
+        parse_duration(expires, field="--expires")  # bad input fails before anything is opened
     with open_plane() as plane:
         made = plane.create_api_key(
             tenant, scopes=wanted, expires=expires, rpm_limit=rpm, tpm_limit=tpm
@@ -211,9 +211,9 @@ def keys_rotate(
 
     The old key keeps working for the grace period, then expires.
     """
-    parse_duration(grace, allow_zero=True)  # bad input fails before anything is opened or sent
+    parse_duration(grace, field="--grace", allow_zero=True)  # before anything is opened or sent
     if expires:
-        parse_duration(expires)
+        parse_duration(expires, field="--expires")
     with open_plane() as plane:
         made = plane.rotate_api_key(key_id, grace=grace, expires=expires)
     key, secret, old_expiry = made.key, made.secret, made.old_expires_at
@@ -461,7 +461,7 @@ def endpoints_show(
 
     from modelyard.access import parse_duration
 
-    since = datetime.now(UTC) - parse_duration(window)
+    since = datetime.now(UTC) - parse_duration(window, field="--window")
     with open_store() as store:
         endpoint = store.get_endpoint(name)
         count = store.count_inference_records(endpoint=name)

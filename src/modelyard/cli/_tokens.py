@@ -33,7 +33,7 @@ def tokens_create(
 ) -> None:
     """Create a token. It is printed once; only its hash is stored."""
     wanted = parse_token_scopes(scopes)
-    lifetime = None if no_expiry else parse_duration(expires)
+    lifetime = None if no_expiry else parse_duration(expires, field="--expires")
     with open_store() as store:
         token, secret = create_actor_token(
             store, for_actor or store.actor, scopes=wanted, expires_in=lifetime, name=name
