@@ -16,7 +16,7 @@ gives work dirs that ``sweep_tmp`` removes once their process is gone, with
 what a remote store's killed writers left (``UploadEntry``).
 """
 
-from typing import TYPE_CHECKING, Any
+import typing
 
 from modelyard.artifacts._adapter_check import (
     MAX_LORA_ALPHA,
@@ -45,23 +45,21 @@ from modelyard.artifacts._safety import (
 from modelyard.artifacts._staging import ImportLimits, stage_import
 from modelyard.artifacts._tmp import TempEntry, UploadEntry, pid_alive, this_host
 
-if TYPE_CHECKING:
+if typing.TYPE_CHECKING:
     from modelyard.artifacts._s3 import S3ArtifactStore
     from modelyard.artifacts._s3_api import TransferSettings
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> typing.Any:
     """The S3 store and its settings import botocore, which only an ``s3://`` store needs:
-    they load on first use, so the rest imports where boto3 is not installed."""
-    if name == "S3ArtifactStore":
-        from modelyard.artifacts._s3 import S3ArtifactStore
+    they load on first use (and are bound then), so the rest imports without boto3."""
+    if name not in ("S3ArtifactStore", "TransferSettings"):
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from modelyard.artifacts import _s3, _s3_api
 
-        return S3ArtifactStore
-    if name == "TransferSettings":
-        from modelyard.artifacts._s3_api import TransferSettings
-
-        return TransferSettings
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_s3 if name == "S3ArtifactStore" else _s3_api, name)
+    globals()[name] = value
+    return value
 
 
 __all__ = [
