@@ -27,8 +27,9 @@ from modelyard.access import PeopleAuthenticator, create_actor_token
 from modelyard.admin import ADMIN_PREFIX, create_admin_app
 from modelyard.audit import AccessPolicy, csv_value, write_events
 from modelyard.console import CONSOLE_PREFIX, ConsoleSessions, create_console_app
-from modelyard.errors import ConfigError
+from modelyard.errors import ConfigError, ModelVersionNotFound
 from modelyard.monitoring import AlertRules, evaluate_rules, text_features, write_report
+from modelyard.registry import version_card
 from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.store import NewInferenceRecord, Store
 from worlds import fake_world, home_store
@@ -339,3 +340,24 @@ def test_an_alert_rule_for_an_endpoint_that_does_not_exist_says_so_and_keeps_no_
         assert [a.rule for a in store.list_alert_states()] == ["real"]
     assert "names endpoint 'suport', which does not exist" in caplog.text
     assert "support" in caplog.text  # the endpoints there are
+
+
+def test_a_card_asked_for_by_an_endpoints_name_says_which_model_it_serves(
+    tmp_path: Path,
+) -> None:
+    """``registry card acme-support@champion`` (the endpoint's name, as the on-call knows
+    it) said only "no registered model named 'acme-support'"."""
+    with Store.open(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        fake_world(store, endpoint="acme-support")
+        store.set_alias("bot", "champion", 2)
+        with pytest.raises(ModelVersionNotFound) as caught:
+            version_card(store, "acme-support@champion")
+        assert "'acme-support' is an endpoint, serving bot:1" in caught.value.message
+        assert "modelyard registry card bot@champion" in caught.value.hint
+        with pytest.raises(ModelVersionNotFound) as caught:
+            version_card(store, "acme-support:2")
+        assert "registry card bot:2" in caught.value.hint
+        with pytest.raises(ModelVersionNotFound) as caught:  # a model's missing alias: as before
+            version_card(store, "bot@nope")
+        assert "endpoint" not in caught.value.one_line()
+        assert version_card(store, "bot@champion")[0].version == 2

@@ -6,6 +6,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from modelyard.errors import ModelVersionNotFound, NotFound
 from modelyard.store import ModelVersion, RegisteredModel, Run, Store
 
 _KIND_LIMITS = {
@@ -170,8 +171,33 @@ def model_card(model: RegisteredModel, version: ModelVersion, run: Run | None) -
 
 
 def version_card(store: Store, ref: str) -> tuple[ModelVersion, str]:
-    """The version ``ref`` resolves to, and its card (see ``model_card``)."""
-    version = store.resolve_model_ref(ref)
+    """The version ``ref`` resolves to, and its card (see ``model_card``). An endpoint's
+    name given for a model's is a ModelVersionNotFound that names the model it serves."""
+    try:
+        version = store.resolve_model_ref(ref)
+    except ModelVersionNotFound as exc:
+        raise _endpoint_instead(store, ref) or exc from None
     model = store.get_registered_model(version.model)
     run = store.get_run(version.run_id) if version.run_id else None
     return version, model_card(model, version, run)
+
+
+def _endpoint_instead(store: Store, ref: str) -> ModelVersionNotFound | None:
+    """When ``ref``'s name is no model but an endpoint's, the error that says which model
+    the endpoint serves (``acme-support@champion`` for ``acme-claims@champion``)."""
+    name, sep, rest = ref.partition("@") if "@" in ref else ref.partition(":")
+    try:
+        store.get_registered_model(name)
+        return None  # the model exists: the version or alias is what is missing
+    except NotFound:
+        pass
+    try:
+        endpoint = store.get_endpoint(name)
+    except NotFound:
+        return None
+    suggested = f"{endpoint.model}{sep}{rest}" if sep else endpoint.model_ref
+    return ModelVersionNotFound(
+        f"no registered model named {name!r}: {name!r} is an endpoint, serving "
+        f"{endpoint.model_ref}",
+        hint=f"Give the model's name: `modelyard registry card {suggested}`.",
+    )
