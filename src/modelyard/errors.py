@@ -9,7 +9,8 @@ message saying *what* went wrong and *why*, and a ``hint`` saying what to do.
     │   ├── HomeNotWritable
     │   ├── HomeNotFound                no store where the home was looked for
     │   ├── AuditKeyMissing             no audit key, and the chain has events
-    │   └── RequestTooLarge             a body over --max-body-bytes
+    │   ├── RequestTooLarge             a body over --max-body-bytes
+    │   └── ContextLengthExceeded       a prompt and max_tokens over the model's context
     ├── NotFound                        (also LookupError)
     │   ├── BaseModelNotFound
     │   ├── DatasetNotFound
@@ -123,6 +124,15 @@ class RequestTooLarge(ConfigError):
     """A request body over the server's ``--max-body-bytes`` (HTTP 413, before parsing)."""
 
     code = "request_too_large"
+
+
+class ContextLengthExceeded(ConfigError):
+    """A prompt (with its ``max_tokens``) longer than the model's context: a 400 whose
+    ``code`` is OpenAI's ``context_length_exceeded``, which clients act on (LiteLLM's
+    ``ContextWindowExceededError``, LangChain's context fallbacks). ``param`` is the
+    prompt's when the prompt alone fills the context, else ``max_tokens``."""
+
+    code = "context_length_exceeded"
 
 
 class NotFound(ModelyardError, LookupError):
@@ -476,6 +486,7 @@ __all__ = [
     "BudgetExceeded",
     "ConfigError",
     "Conflict",
+    "ContextLengthExceeded",
     "DataError",
     "DatasetNotFound",
     "EndpointNotFound",

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from modelyard.errors import ConfigError, EngineError
+from modelyard.errors import ConfigError, ContextLengthExceeded, EngineError
 
 FinishReason = Literal["stop", "length", "cancelled"]
 MIN_TEMPERATURE = 0.01  # below it (and above 0), logits / temperature overflows float32
@@ -16,15 +16,6 @@ AdapterEvent = Literal["hit", "miss", "load", "eviction", "load_failure"]
 
 MAX_TOP_LOGPROBS = 20  # as OpenAI allows
 GuideKind = Literal["json_object", "json_schema", "tool_call"]
-
-
-class ContextLengthExceeded(ConfigError):
-    """A prompt (with its ``max_tokens``) longer than the model's context: a 400 whose
-    ``code`` is OpenAI's ``context_length_exceeded``, which clients act on (LiteLLM's
-    ``ContextWindowExceededError``, LangChain's context fallbacks). ``param`` is the
-    prompt's when the prompt alone fills the context, else ``max_tokens``."""
-
-    code = "context_length_exceeded"
 
 
 def context_exceeded(prompt_tokens: int, max_tokens: int, context: int, ref: str) -> ConfigError:
@@ -230,7 +221,7 @@ __all__ = [
     "MIN_TEMPERATURE",
     "SEED_RANGE",
     "AdapterEvent",
-    "ContextLengthExceeded",
+    "ContextLengthExceeded",  # lives in modelyard.errors; named here for the engine modules
     "EngineError",  # lives in modelyard.errors; named here for the engine modules
     "EngineObserver",
     "EngineStats",
