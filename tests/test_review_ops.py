@@ -179,7 +179,7 @@ def api(tmp_path: Path) -> Iterator[Api]:
         ops.add_actor("dev", "developer")
         ops.add_actor("viv", "viewer")
         fake_world(ops, endpoint="acme-support")
-        tokens = {name: create_actor_token(ops, name)[1] for name in ("dev", "viv")}
+        tokens = {name: create_actor_token(ops, name)[1] for name in ("dev", "viv", "ops")}
         people = PeopleAuthenticator(ops)
         sessions = ConsoleSessions(people, secure=False)
         mounts = {ADMIN_PREFIX: create_admin_app(ops, people, sessions),
@@ -361,3 +361,24 @@ def test_a_card_asked_for_by_an_endpoints_name_says_which_model_it_serves(
             version_card(store, "bot@nope")
         assert "endpoint" not in caught.value.one_line()
         assert version_card(store, "bot@champion")[0].version == 2
+
+
+def test_a_viewer_cannot_stop_every_audited_change_with_a_made_up_verify_head(api: Api) -> None:
+    """``GET /audit/verify?head=1:000…`` by a viewer recorded a break, and from then on the
+    store refused every audited change (an alias move was a 500) until an admin
+    acknowledged it: one GET with a read token froze the platform."""
+    made_up = "1:" + "0" * 64
+    r = api.call("viv", "GET", "/audit/verify", params={"head": made_up})
+    assert r.status_code == 200, r.text
+    assert r.json()["ok"] is False and r.json()["first_bad_seq"] == 1
+    assert "differs from the recorded head" in r.json()["reason"]  # the viewer is told
+    assert api.store.open_audit_breaks() == []  # and nothing is recorded
+    r = api.call("dev", "PUT", "/models/bot/aliases/staging", json={"version": 2})
+    assert r.status_code == 200, r.text
+    head = api.store.audit_head()
+    r = api.call("viv", "GET", "/audit/verify", params={"head": str(head)})
+    assert r.status_code == 200 and r.json()["ok"] is True, r.text
+    # An admin's head is recorded, as `modelyard audit verify --head` records it.
+    r = api.call("ops", "GET", "/audit/verify", params={"head": made_up})
+    assert r.status_code == 200 and r.json()["ok"] is False, r.text
+    assert [b.seq for b in api.store.open_audit_breaks()] == [1]
