@@ -309,3 +309,26 @@ def test_a_bad_duration_names_its_option(
     assert code == 2
     assert f"invalid duration '5x' for {option}" in one_error(err)
     assert world.list_api_keys() == []
+
+
+# --- a rollout with no controller ------------------------------------------------------------
+
+
+def test_start_and_wait_say_when_no_controller_will_move_the_rollout(
+    world: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "rollout start support --to bot:2 --steps 100")
+    assert code == 0
+    assert err.startswith("warning: no rollout controller is running on this store")
+    code, _, err = run(capsys, "rollout wait support --timeout 1s --poll 0.1")
+    assert code == 3
+    line = next(x for x in err.splitlines() if x.startswith("error: "))
+    assert "No rollout controller is running" in line and "modelyard controller" in line
+    assert "goes on" not in line
+
+    assert world.acquire_lease("controller", "elsewhere", 60)  # a controller runs somewhere
+    assert run(capsys, "rollout abort support")[0] == 0
+    code, _, err = run(capsys, "rollout start support --to bot:2 --steps 100")
+    assert code == 0 and "warning" not in err
+    code, _, err = run(capsys, "rollout wait support --timeout 1s --poll 0.1")
+    assert code == 3 and "The rollout goes on" in err and "No rollout controller" not in err

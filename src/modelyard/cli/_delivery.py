@@ -98,6 +98,20 @@ MIN_REQUESTS = typer.Option(
 GUARDS = typer.Option(list(_POLICY.guards), "--guard", help=GUARD_HELP)
 
 
+NO_CONTROLLER = (
+    "no rollout controller is running on this store, so the rollout will not move: start "
+    "`modelyard controller` (or `modelyard serve`, which runs one)"
+)
+
+
+def _no_controller(plane: object) -> bool:
+    """Whether the store here has no live controller (through a server: its own business)."""
+    from modelyard.cli._plane import LocalPlane
+    from modelyard.delivery import LEASE
+
+    return isinstance(plane, LocalPlane) and plane.store.lease_holder(LEASE) is None
+
+
 def seconds(text: str, what: str) -> float:
     """A duration option (``--bake 1.5h``, ``--timeout 30m``; 0 allowed) in seconds."""
     return parse_duration(text, field=what, allow_zero=True).total_seconds()
@@ -132,6 +146,9 @@ def start(
             min_requests=min_requests, guards=guard, promote_alias=promote_alias,
             override_gates=override,
         )  # fmt: skip
+        idle = _no_controller(plane)
+    if idle:
+        err_console.print(f"[yellow]warning:[/] {NO_CONTROLLER}.")
     if json_out:
         print_json(r)
         return
@@ -235,15 +252,21 @@ def wait(
             endpoint, timeout_s=seconds(timeout, "--timeout"), poll_s=poll,
             on_change=None if json_out else moved,
         )  # fmt: skip
+        idle = timed_out and _no_controller(plane)
     if json_out:
         print_json({**to_jsonable(r), "timed_out": timed_out})
     elif not timed_out:
         console.print(final(r))
     if timed_out:
+        goes_on = (
+            f"{NO_CONTROLLER[0].upper()}{NO_CONTROLLER[1:]}, then wait again."
+            if idle
+            else "The rollout goes on: wait again with a longer --timeout, or follow it "
+            f"with `modelyard rollout status {endpoint}`."
+        )
         raise RolloutTimedOut(
             f"timed out after {timeout}: {summary(r)}",
-            hint=f"The rollout goes on: wait again with a longer --timeout, or follow it "
-            f"with `modelyard rollout status {endpoint}`.",
+            hint=goes_on,
             endpoint=endpoint,
         )
     if r.status != "succeeded":
