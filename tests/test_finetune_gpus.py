@@ -71,9 +71,9 @@ def test_gpus_starts_the_launcher_and_passes_its_exit_code(
 ) -> None:
     """With two GPUs visible (described here), the command checks the config, then runs
     torchrun with two processes and waits for it."""
-    import typer
+    from typer.testing import CliRunner
 
-    from modelyard.cli._finetune import finetune
+    from modelyard.cli import app
 
     ran: list[list[str]] = []
 
@@ -87,13 +87,8 @@ def test_gpus_starts_the_launcher_and_passes_its_exit_code(
     monkeypatch.setattr(launch_module, "visible_gpus", lambda: 2)
     monkeypatch.setattr(launch_module, "subprocess", SimpleNamespace(run=run))
     config = project / "config.yaml"
-    with pytest.raises(typer.Exit) as caught:
-        finetune(
-            config=config, resume=False, check=False, gpus=2, slurm=False, nodes=1,
-            gpus_per_node=1, partition=None, time_limit="01:00:00", out=tmp_path / "x",
-            json_out=True,
-        )  # fmt: skip
-    assert caught.value.exit_code == 3
+    r = CliRunner().invoke(app, ["finetune", "-c", str(config), "--gpus", "2", "--json"])
+    assert r.exit_code == 3, r.output
     assert ran == [launch_command(config, 2, json_out=True)]
 
 
