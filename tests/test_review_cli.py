@@ -332,3 +332,25 @@ def test_start_and_wait_say_when_no_controller_will_move_the_rollout(
     assert code == 0 and "warning" not in err
     code, _, err = run(capsys, "rollout wait support --timeout 1s --poll 0.1")
     assert code == 3 and "The rollout goes on" in err and "No rollout controller" not in err
+
+
+# --- help ------------------------------------------------------------------------------------
+
+
+def test_every_option_and_argument_of_every_command_is_explained() -> None:
+    import typer
+
+    from modelyard.cli._app import app
+
+    missing: list[str] = []
+
+    def walk(command: object, path: list[str]) -> None:
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*path, name])
+        if not hasattr(command, "commands"):
+            for param in getattr(command, "params", []):
+                if param.name != "help" and not getattr(param, "help", None):
+                    missing.append(f"{' '.join(path)}: {param.name}")
+
+    walk(typer.main.get_command(app), [])
+    assert missing == []

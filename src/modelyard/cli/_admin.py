@@ -452,7 +452,7 @@ def endpoints_list(
 
 @endpoints_app.command("show")
 def endpoints_show(
-    name: str = typer.Argument(...),
+    name: str = typer.Argument(..., help="The endpoint's name."),
     window: str = typer.Option("1h", help="Count the requests of this last stretch of time."),
     json_out: bool = JSON,
 ) -> None:

@@ -174,7 +174,9 @@ def _status_json(r: Rollout, view: CurrentStep | None) -> dict[str, Any]:
 
 
 @rollout_app.command("status")
-def status(endpoint: str = typer.Argument(...), json_out: bool = JSON) -> None:
+def status(
+    endpoint: str = typer.Argument(..., help="The endpoint's name."), json_out: bool = JSON
+) -> None:
     """The endpoint's latest rollout: its timeline, and the live guard values of its step."""
     with open_plane() as plane:
         r, view = plane.rollout_status(endpoint)
@@ -201,7 +203,7 @@ def _done(r: Rollout, verb: str) -> None:
 
 
 @rollout_app.command("promote")
-def promote(endpoint: str = typer.Argument(...)) -> None:
+def promote(endpoint: str = typer.Argument(..., help="The endpoint's name.")) -> None:
     """Skip the remaining steps: all traffic to the new version now (and the alias, if asked)."""
     with open_plane() as plane:
         _done(plane.promote_rollout(endpoint), "promoted")
@@ -209,7 +211,7 @@ def promote(endpoint: str = typer.Argument(...)) -> None:
 
 @rollout_app.command("abort")
 def abort(
-    endpoint: str = typer.Argument(...),
+    endpoint: str = typer.Argument(..., help="The endpoint's name."),
     reason: str | None = typer.Option(None, help="Why, for the timeline and the audit log."),
 ) -> None:
     """Restore the traffic plan from before the rollout and end it."""
@@ -218,14 +220,14 @@ def abort(
 
 
 @rollout_app.command("pause")
-def pause(endpoint: str = typer.Argument(...)) -> None:
+def pause(endpoint: str = typer.Argument(..., help="The endpoint's name.")) -> None:
     """Hold the rollout at its current step."""
     with open_plane() as plane:
         _done(plane.pause_rollout(endpoint), "paused")
 
 
 @rollout_app.command("resume")
-def resume(endpoint: str = typer.Argument(...)) -> None:
+def resume(endpoint: str = typer.Argument(..., help="The endpoint's name.")) -> None:
     """Go on from the current step (its bake time starts again)."""
     with open_plane() as plane:
         _done(plane.resume_rollout(endpoint), "resumed")
@@ -233,7 +235,7 @@ def resume(endpoint: str = typer.Argument(...)) -> None:
 
 @rollout_app.command("wait")
 def wait(
-    endpoint: str = typer.Argument(...),
+    endpoint: str = typer.Argument(..., help="The endpoint's name."),
     timeout: str = typer.Option("30m", help="Give up after this long (exit 3)."),
     poll: float = typer.Option(2.0, min=0.05, help="Seconds between looks at the store."),
     json_out: bool = JSON,
@@ -280,7 +282,7 @@ def wait(
 
 @rollout_app.command("compare")
 def compare(
-    endpoint: str = typer.Argument(...),
+    endpoint: str = typer.Argument(..., help="The endpoint's name."),
     since: str | None = typer.Option(None, help="Only records newer than this (1h, or a date)."),
     shadow: bool = typer.Option(
         False,

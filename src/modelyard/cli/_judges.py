@@ -122,7 +122,9 @@ def judges_list(json_out: bool = JSON) -> None:
 
 
 @app.command("show")
-def judges_show(name: str = typer.Argument(...), json_out: bool = JSON) -> None:
+def judges_show(
+    name: str = typer.Argument(..., help="The judge's name."), json_out: bool = JSON
+) -> None:
     """One judge: its definition, prompt and usage."""
     with open_store() as store:
         judge = store.get_judge(name)
@@ -139,7 +141,7 @@ def judges_show(name: str = typer.Argument(...), json_out: bool = JSON) -> None:
 
 
 @app.command("remove")
-def judges_remove(name: str = typer.Argument(...)) -> None:
+def judges_remove(name: str = typer.Argument(..., help="The judge's name.")) -> None:
     """Remove a judge and what it scored (audited)."""
     with open_store() as store:
         store.remove_judge(name)

@@ -122,7 +122,9 @@ def _lineage_tree(node: LineageNode) -> Tree:
     return tree
 
 
-def lineage(ref: str = REF, json_out: bool = typer.Option(False, "--json")) -> None:
+def lineage(
+    ref: str = REF, json_out: bool = typer.Option(False, "--json", help="Print the result as JSON.")
+) -> None:
     """Show where a version came from as a tree: run, data, base weights, config, parents."""
     with open_plane() as plane:
         version = plane.resolve_model_ref(ref)
@@ -188,7 +190,7 @@ def import_(
     max_json_depth: int = typer.Option(
         ImportLimits.max_json_depth, "--max-json-depth", min=1, help="Deepest JSON nesting."
     ),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Check an outside model with the artifact safety rules, then register it.
 
@@ -243,7 +245,9 @@ def upstream(
         None, "--api-key-file", help="File holding the key (a mounted secret), read by `serve`."
     ),
     timeout_s: float = typer.Option(60.0, "--timeout-s", help="Longest wait for each chunk."),
-    connect_timeout_s: float = typer.Option(5.0, "--connect-timeout-s"),
+    connect_timeout_s: float = typer.Option(
+        5.0, "--connect-timeout-s", help="Longest wait to connect to the upstream server."
+    ),
     max_retries: int = typer.Option(
         2, "--max-retries", help="Retries on connection errors, 429 and 5xx (with backoff)."
     ),
@@ -260,7 +264,7 @@ def upstream(
         None, "--base", help="Base model name to record (default MODEL@HOST)."
     ),
     tenant: str | None = typer.Option(None, "--tenant", help="Owner, for a new model."),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Register a version answered by another OpenAI-compatible server (the gateway).
 
@@ -312,7 +316,7 @@ def tag(
     ref: str = REF,
     tags: list[str] = typer.Argument(None, help="KEY=VALUE pairs to set."),
     remove: list[str] = typer.Option([], "--remove", help="A tag key to delete (repeatable)."),
-    json_out: bool = typer.Option(False, "--json"),
+    json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Set or remove tags on a version (the only mutable part of a version; audited)."""
     parse_tags(tags or [], remove)  # a bad tag fails before the store is opened
