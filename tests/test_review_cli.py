@@ -183,20 +183,26 @@ def test_slurm_script_that_cannot_be_written_is_one_line(
 # --- data validate ---------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from modelyard.base import create_tiny_base
+    from modelyard.data import DOMAINS, domain_corpus
+    from tinymodels import QUICK_BASE
+
+    corpus = domain_corpus(DOMAINS, 50, seed=0)
+    return create_tiny_base(corpus, tmp_path_factory.mktemp("base") / "tiny", **QUICK_BASE).path
+
+
 def test_data_validate_takes_a_base_registered_by_name(
     home: Path,
     tmp_path: Path,
     tmp_path_factory: pytest.TempPathFactory,
     monkeypatch: pytest.MonkeyPatch,
+    tiny_base: Path,
 ) -> None:
-    from modelyard.base import create_tiny_base
-    from modelyard.data import DOMAINS, domain_corpus
-    from tinymodels import QUICK_BASE
-
-    base = create_tiny_base(domain_corpus(DOMAINS, 50, seed=0), tmp_path / "tiny", **QUICK_BASE)
     home.mkdir(parents=True)
     with _store(home) as store:
-        store.register_base_model("tiny-reviewed", str(base.path), {})
+        store.register_base_model("tiny-reviewed", str(tiny_base), {})
     data = tmp_path / "train.jsonl"
     data.write_text(json.dumps({"instruction": "a", "output": "b"}) + "\n", encoding="utf-8")
     monkeypatch.chdir(tmp_path_factory.mktemp("elsewhere"))  # no ./tiny-reviewed here
@@ -206,7 +212,33 @@ def test_data_validate_takes_a_base_registered_by_name(
     )  # fmt: skip
     assert r.code == 0, r.err
     lengths = json.loads(r.out)["lengths"]
-    assert lengths["unit"] == "tokens" and lengths["tokenizer"] == str(base.path)
+    assert lengths["unit"] == "tokens" and lengths["tokenizer"] == str(tiny_base)
+
+
+def test_a_passing_run_with_no_alias_on_pass_says_no_alias_moved(
+    tmp_path: Path, tiny_base: Path
+) -> None:
+    from modelyard.data import synthetic_domain
+
+    rows = synthetic_domain("it-support", 12, seed=0)
+    (tmp_path / "train.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
+    )
+    config = {
+        "base_model": str(tiny_base),
+        "data": {"train": "train.jsonl", "eval_fraction": 0.25},
+        "method": {"type": "lora", "r": 2, "alpha": 4},
+        "training": {"max_steps": 1, "batch_size": 4},
+        "evaluation": {"max_new_tokens": 2, "gates": ["exact_match >= 0"], "compare_base": False},
+        "registry": {"model": "helpdesk"},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    r = modelyard("finetune", "-c", str(tmp_path / "config.yaml"), home=tmp_path / "h")
+    assert r.code == 0, r.err
+    assert "registered helpdesk:1" in r.out
+    assert "no alias moved" in r.err and "modelyard registry alias helpdesk champion 1" in r.err
+    with _store(tmp_path / "h") as store:
+        assert store.get_registered_model("helpdesk").aliases == {}
 
 
 # --- endpoints create ------------------------------------------------------------------------

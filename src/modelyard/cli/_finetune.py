@@ -285,6 +285,12 @@ def finetune(
         if resumed:
             moved += f"; resumed from step {str(resumed).rsplit('-', 1)[-1]}"
         console.print(f"registered [bold]{outcome.ref}[/] (run {outcome.run_id}){moved}")
+        if outcome.passed and outcome.alias is None and outcome.alias_refused is None:
+            err_console.print(
+                f"no alias moved: the config sets no registry.alias_on_pass (e.g. champion); "
+                f"point one at it with `modelyard registry alias {outcome.model} champion "
+                f"{outcome.version}`"
+            )
     failure = outcome.gate_failure()
     if failure is not None:
         raise failure
