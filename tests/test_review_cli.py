@@ -386,3 +386,28 @@ def test_every_option_and_argument_of_every_command_is_explained() -> None:
 
     walk(typer.main.get_command(app), [])
     assert missing == []
+
+
+def test_resume_with_no_checkpoint_fails_before_anything_is_written(
+    tmp_path: Path, tiny_base: Path
+) -> None:
+    from modelyard.data import synthetic_domain
+
+    rows = synthetic_domain("it-support", 12, seed=0)
+    (tmp_path / "train.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
+    )
+    config = {
+        "base_model": str(tiny_base),
+        "data": {"train": "train.jsonl", "eval_fraction": 0.25},
+        "training": {"max_steps": 1, "batch_size": 4},
+        "registry": {"model": "helpdesk"},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    home = tmp_path / "h"
+    assert modelyard("tenants", "create", "acme", home=home).code == 0  # the store exists
+    r = modelyard("finetune", "-c", str(tmp_path / "config.yaml"), "--resume", home=home)
+    assert r.code == 1
+    assert "no checkpoint to resume from in" in one_error(r.err)
+    with _store(home) as store:
+        assert store.list_runs() == [] and store.list_datasets() == []

@@ -251,6 +251,8 @@ def finetune(
                 f"out, template {summary['template']}, base {summary['base_model']}"
             )
         return
+    if resume and rank() == 0:
+        _check_resumable(prepared, s.ensure_home())
     if rank() != 0:
         run_finetune(
             prepared, store=None, artifacts=None, home=s.ensure_home(), ui=reporter, resume=resume
@@ -294,6 +296,24 @@ def finetune(
     failure = outcome.gate_failure()
     if failure is not None:
         raise failure
+
+
+def _check_resumable(prepared: Any, home: Path) -> None:
+    """``--resume`` with no checkpoint fails before a dataset version or a run is written
+    (the trainer would say so only once both were)."""
+    from modelyard.errors import TrainingError
+    from modelyard.finetune._pipeline import config_digest
+    from modelyard.registry._datasets import rows_digest
+    from modelyard.training import last_checkpoint
+
+    digest = config_digest(prepared.config, rows_digest(prepared.train_rows))
+    checkpoints = home / "checkpoints" / digest[:16]
+    if last_checkpoint(checkpoints) is None:
+        raise TrainingError(
+            f"no checkpoint to resume from in {checkpoints}",
+            hint="Resume needs a run of this same config and data started with "
+            "training.save_every; or start afresh without --resume.",
+        )
 
 
 def _launched() -> bool:
