@@ -398,8 +398,14 @@ endpoints_app = typer.Typer(help="Endpoints: the names clients send as `model`."
 def endpoints_create(
     name: str = typer.Argument(..., help="Endpoint name, as clients will send it."),
     model: str = typer.Option(..., "--model", help="NAME@alias or NAME:VERSION."),
-    tenant: str | None = typer.Option(None, "--tenant", help="Owning tenant."),
-    shared: bool = typer.Option(False, "--shared", help="Callable by every tenant."),
+    tenant: str | None = typer.Option(
+        None, "--tenant", help="Owning tenant: only its keys call it (or --shared)."
+    ),
+    shared: bool = typer.Option(
+        False,
+        "--shared",
+        help="Callable by every tenant (not with --tenant, nor a tenant's own model).",
+    ),
     json_out: bool = JSON,
 ) -> None:
     """Create an endpoint sending all its traffic to the version MODEL resolves to."""
