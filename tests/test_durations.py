@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
+from clihelp import modelyard
 from modelyard.durations import parse_duration, parse_since
 from modelyard.errors import ConfigError
 from modelyard.monitoring import AlertRules
@@ -74,3 +76,25 @@ def test_alert_rules_read_the_same_grammar() -> None:
         )
     with pytest.raises(ConfigError, match=r"invalid duration '2x' for drift\.every"):
         AlertRules.parse({"drift": {"every": "2x"}})
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("999999d", "'999999d' reaches back before the year 1"),  # a timedelta, too far back
+        ("99999999999999d", "'99999999999999d' for --since is longer than a date can reach"),
+    ],
+)
+def test_a_since_too_far_back_is_one_clear_error(text: str, expected: str) -> None:
+    with pytest.raises(ConfigError, match=expected) as caught:
+        parse_since(text, now=NOW)
+    assert caught.value.context["field"] == "--since"
+
+
+def test_every_since_flag_refuses_a_duration_too_long_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    assert modelyard("init", home=tmp_path).code == 0
+    r = modelyard("audit", "export", "--since", "999999d", home=tmp_path)
+    assert r.code == 2 and "Traceback" not in r.err, r.err
+    assert "--since '999999d' reaches back before the year 1" in r.err

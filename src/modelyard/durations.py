@@ -51,7 +51,14 @@ def parse_duration(text: str, *, field: str | None = None, allow_zero: bool = Fa
     match = _DURATION_RE.match(value)
     if match is None or float(match.group(1)) <= 0:
         raise _invalid(text, field, allow_zero)
-    return timedelta(seconds=float(match.group(1)) * UNITS[match.group(2)])
+    try:
+        return timedelta(seconds=float(match.group(1)) * UNITS[match.group(2)])
+    except OverflowError:
+        raise ConfigError(
+            f"duration {text!r}{f' for {field}' if field else ''} is longer than a date can "
+            "reach (2.7 million years)",
+            field=field or "duration",
+        ) from None
 
 
 def parse_since(text: str, *, field: str = "--since", now: datetime | None = None) -> datetime:
@@ -59,7 +66,14 @@ def parse_since(text: str, *, field: str = "--since", now: datetime | None = Non
     UTC): ``2026-01-31``, ``2026-01-31T12:00Z``. Always an aware UTC datetime."""
     value = text.strip()
     if is_duration(value):
-        return (now or datetime.now(UTC)) - parse_duration(value, field=field)
+        try:
+            return (now or datetime.now(UTC)) - parse_duration(value, field=field)
+        except OverflowError:
+            raise ConfigError(
+                f"{field} {text!r} reaches back before the year 1",
+                hint="Give a shorter duration, or a date such as 2026-01-31.",
+                field=field,
+            ) from None
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
