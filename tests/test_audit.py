@@ -207,6 +207,22 @@ TAMPERING = {
         "reordered",
     ),
     "edited actor": (["UPDATE audit_events SET actor = 'mallory' WHERE seq = 4"], 4, "edited"),
+    # SQLite keeps whatever text it is given: a row the store cannot even read is named too
+    "time that is no date": (
+        ["UPDATE audit_events SET time = 'garbage' WHERE seq = 3"],
+        3,
+        "edited",
+    ),
+    "payload that is no JSON": (
+        ["UPDATE audit_events SET payload = '{nope' WHERE seq = 2"],
+        2,
+        "edited",
+    ),
+    "newest time that is no date": (
+        ["UPDATE audit_events SET time = 'x' WHERE seq = 5"],
+        5,
+        "edited",
+    ),
     "forged row at the end": (
         [
             INSERT + "SELECT 6, time, 'mallory', 'alias.set', 'support@champion', '{}', hash, "
@@ -471,6 +487,28 @@ def test_cli_init_creates_the_key_and_verify_log_head_export(tmp_path: Path) -> 
     assert "audit chain broken at seq 1: the chain is empty" in _one_error_line(empty.err)
     refused = modelyard("tenants", "create", "initech", home=home)
     assert refused.code != 0 and "refusing to append" in _one_error_line(refused.err)
+
+
+def test_a_row_edited_past_reading_is_named_by_every_command_that_reads_the_chain(
+    tmp_path: Path,
+) -> None:
+    """SQLite keeps a time of 'garbage': verify, log, export and the next write name the
+    event (exit 1, one line) instead of failing with the date parser's traceback."""
+    home = tmp_path / "home"
+    assert modelyard("init", home=home).code == 0
+    assert modelyard("tenants", "create", "acme", home=home).code == 0
+    _sql(f"sqlite:///{home / 'store.db'}", "UPDATE audit_events SET time = 'garbage' WHERE seq = 2")
+    verify = modelyard("audit", "verify", home=home)
+    assert verify.code == 1 and "audit chain broken at seq 2" in _one_error_line(verify.err)
+    exported = modelyard("audit", "export", home=home)
+    assert exported.code == 0, exported.err
+    event = json.loads(exported.out.splitlines()[1])
+    assert event["seq"] == 2 and "cannot be read" in event["payload"]["unreadable"]
+    log = modelyard("audit", "log", "--json", home=home)
+    assert log.code == 0 and [e["seq"] for e in json.loads(log.out)] == [2, 1], log.err
+    refused = modelyard("tenants", "create", "globex", home=home)
+    assert refused.code != 0 and "Traceback" not in refused.err
+    assert "refusing to append to the audit chain, broken at seq 2" in _one_error_line(refused.err)
 
 
 def test_cli_log_keeps_its_key_columns_whole_at_80_columns(tmp_path: Path) -> None:

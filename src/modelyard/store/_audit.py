@@ -17,9 +17,10 @@ from __future__ import annotations
 import hmac
 import re
 from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, Engine, event, select, text, update
+from sqlalchemy import Connection, Engine, Select, event, select, text, update
 from sqlalchemy.orm import Session
 
 from modelyard.audit import (
@@ -111,15 +112,52 @@ def lock_chain(s: Session) -> None:
         s.execute(text("SELECT pg_advisory_xact_lock(:id)"), {"id": AUDIT_LOCK_ID})
 
 
+UNREADABLE_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+"""The time given to an event whose stored row cannot be read (see ``read_events``)."""
+
+
+def read_events(s: Session, query: Select[Any]) -> list[AuditEvent]:
+    """The events ``query`` selects, in its order.
+
+    SQLite keeps whatever text a column is given: a row whose time was edited to
+    something that is no date, or whose payload to something that is no JSON, cannot
+    be loaded. Such a row becomes an event carrying its stored hashes, an
+    ``unreadable`` payload saying why, and ``UNREADABLE_TIME``: it cannot verify, so
+    verification and the check before each write name its seq as an edited event,
+    instead of every read of the chain failing with the database's error.
+    """
+    query = query.execution_options(populate_existing=True)
+    try:
+        return [to_event(r) for r in s.scalars(query)]
+    except ValueError:  # a date or JSON parser's (JSONDecodeError is one); no SQL failed
+        pass
+    seqs = s.scalars(query.with_only_columns(AuditEventRow.seq)).all()
+    return [_read_one(s, seq) for seq in seqs]
+
+
+def _read_one(s: Session, seq: int) -> AuditEvent:
+    try:
+        row = s.scalars(
+            select(AuditEventRow)
+            .where(AuditEventRow.seq == seq)
+            .execution_options(populate_existing=True)
+        ).one()
+        return to_event(row)
+    except ValueError as exc:
+        why = f"the stored row cannot be read: {str(exc).splitlines()[0][:200]}"
+    cols = AuditEventRow
+    actor, action, subject, prev_hash, digest = s.execute(
+        select(cols.actor, cols.action, cols.subject, cols.prev_hash, cols.hash)
+        .where(cols.seq == seq)
+    ).one()  # fmt: skip
+    return AuditEvent(
+        seq, UNREADABLE_TIME, actor, action, subject, {"unreadable": why}, prev_hash, digest
+    )
+
+
 def newest_events(s: Session, n: int = 1) -> list[AuditEvent]:
     """The ``n`` newest events, newest first."""
-    rows = s.scalars(
-        select(AuditEventRow)
-        .order_by(AuditEventRow.seq.desc())
-        .limit(n)
-        .execution_options(populate_existing=True)
-    )
-    return [to_event(r) for r in rows]
+    return read_events(s, select(AuditEventRow).order_by(AuditEventRow.seq.desc()).limit(n))
 
 
 def last_event(s: Session) -> AuditEvent | None:
@@ -131,14 +169,15 @@ def events_in_order(s: Session, page: int = 1000) -> Iterator[AuditEvent]:
     """Every event in ``seq`` order, read page by page in ``s``'s transaction."""
     after = 0
     while True:
-        rows = s.scalars(
+        events = read_events(
+            s,
             select(AuditEventRow).where(AuditEventRow.seq > after).order_by(AuditEventRow.seq)
-            .limit(page)
-        ).all()  # fmt: skip
-        yield from (to_event(r) for r in rows)
-        if len(rows) < page:
+            .limit(page),
+        )  # fmt: skip
+        yield from events
+        if len(events) < page:
             return
-        after = rows[-1].seq
+        after = events[-1].seq
 
 
 HEAD_ID = 1  # the one row of audit_head

@@ -85,7 +85,7 @@ class AuditStore(StoreCore):
         if limit is not None:
             query = query.limit(limit)
         with self._session("read the audit chain") as s:
-            return [_audit.to_event(r) for r in s.scalars(query)]
+            return _audit.read_events(s, query)
 
     def iter_audit_events(
         self, *, since: datetime | None = None, page: int = 1000
@@ -102,7 +102,7 @@ class AuditStore(StoreCore):
             if since is not None:
                 query = query.where(AuditEventRow.time >= since)
             with self._session("read the audit chain") as s:
-                events = [_audit.to_event(r) for r in s.scalars(query)]
+                events = _audit.read_events(s, query)
             yield from events
             if len(events) < page:
                 return
