@@ -71,7 +71,7 @@ EXPECTED = {
     "TrainingError": (1, 500),
     "GateFailed": (1, 500),
     "AuditError": (1, 500),
-    "AuditChainBroken": (1, 500),
+    "AuditChainBroken": (1, 409),  # a change refused over HTTP while the chain is broken
     "AuditKeyMismatch": (1, 500),
     "RolloutError": (1, 500),
     "RolloutFailed": (1, 500),

@@ -34,7 +34,7 @@ message saying *what* went wrong and *why*, and a ``hint`` saying what to do.
     ├── TrainingError
     ├── GateFailed                      a model missed a quality gate
     ├── AuditError
-    │   ├── AuditChainBroken            an edited, missing, reordered or forged event
+    │   ├── AuditChainBroken            an edited, missing, reordered or forged event (409)
     │   └── AuditKeyMismatch
     ├── JudgeError                      a judge scored none of its answers
     ├── RolloutError                    a rollout that did not succeed (rollout wait)
@@ -436,6 +436,8 @@ STATUSES: Mapping[type[ModelyardError], ErrorStatus] = MappingProxyType(
         NotFound: ErrorStatus(1, 404, _CLIENT),
         BaseModelNotFound: ErrorStatus(2, 404, _CLIENT),
         Conflict: ErrorStatus(1, 409, _CLIENT),
+        # a change refused while the chain is broken: the state, not the server, refuses it
+        AuditChainBroken: ErrorStatus(1, 409, _CLIENT),
         AuthError: ErrorStatus(1, 401, "authentication_error"),
         MissingScope: ErrorStatus(1, 403, "permission_error"),
         IdentityProviderUnavailable: ErrorStatus(1, 503, _SERVER),
