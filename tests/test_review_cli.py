@@ -411,3 +411,14 @@ def test_resume_with_no_checkpoint_fails_before_anything_is_written(
     assert "no checkpoint to resume from in" in one_error(r.err)
     with _store(home) as store:
         assert store.list_runs() == [] and store.list_datasets() == []
+
+
+def test_controller_once_says_when_another_controller_holds_the_lease(
+    world: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert run(capsys, "rollout start support --to bot:2 --steps 100")[0] == 0
+    assert world.acquire_lease("controller", "elsewhere", 60)
+    code, out, err = run(capsys, "controller --once")
+    assert code == 0 and out == ""
+    assert "another controller (elsewhere) holds the lease" in err
+    assert world.latest_rollout("support").phase == "preparing"  # untouched

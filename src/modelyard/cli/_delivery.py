@@ -382,7 +382,7 @@ def controller(
     """Run the rollout controller alone (one leader per store, by a lease; `serve` runs one
     too unless started with --no-controller). Every 15 s the leader also runs the
     monitoring tick (profiles, retention, drift and alert rules). Stops on SIGTERM or Ctrl-C."""
-    from modelyard.delivery import Controller
+    from modelyard.delivery import LEASE, Controller
 
     with open_store() as store:
         from modelyard.monitoring import tick as monitoring_tick
@@ -392,6 +392,12 @@ def controller(
             changed = ctl.tick()
             for r in changed:
                 console.print(summary(r))
+            held = store.lease_holder(LEASE)
+            if held is not None and held[0] != ctl.holder:  # it did nothing: say why
+                err_console.print(
+                    f"another controller ({held[0]}) holds the lease until "
+                    f"{held[1]:%H:%M:%S} UTC and moves the rollouts; this tick did nothing"
+                )
             return
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
