@@ -296,3 +296,21 @@ def test_no_input_makes_a_server_error(world: World) -> None:
 
             run()
     assert world.store.verify_audit_chain().ok
+
+
+def test_the_audit_log_pages_back_to_its_first_event(world: World) -> None:
+    """Newest first, ``before`` the last seq of a page: every event once, down to seq 1."""
+    newest = world.store.audit_head().seq
+    seen: list[int] = []
+    path = "/audit/events?limit=4"
+    while True:
+        r = world.call("viv", "GET", path)
+        assert r.status_code == 200, r.text
+        page = [e["seq"] for e in r.json()]
+        if not page:
+            break
+        seen += page
+        path = f"/audit/events?limit=4&before={page[-1]}"
+    assert seen == list(range(newest, 0, -1)) and newest > 8
+    r = world.call("viv", "GET", "/audit/events?before=0")
+    assert r.status_code == 400 and _error(r)["param"] == "before"

@@ -53,10 +53,17 @@ def audit_events(
     subject: str | None = Query(None, max_length=300, description="A trailing * is a prefix."),
     actor: str | None = Query(None, max_length=200, description="Only this actor's events."),
     limit: int = Query(50, ge=1, le=1000),
+    before: int | None = Query(
+        None,
+        ge=1,
+        description="Only events older than this seq: the next page is the one "
+        "before the last seq of this one.",
+    ),
 ) -> list[dict[str, Any]]:
     events = caller.store.list_audit_events(
-        since=utc(since, "since"), action=action, subject=subject, actor=actor, limit=limit
-    )
+        since=utc(since, "since"), action=action, subject=subject, actor=actor, limit=limit,
+        before_seq=before,
+    )  # fmt: skip
     return [jsonable(e) for e in events]
 
 

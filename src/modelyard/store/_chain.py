@@ -67,9 +67,14 @@ class AuditStore(StoreCore):
         actor: str | None = None,
         limit: int | None = 100,
         newest_first: bool = True,
+        before_seq: int | None = None,
     ) -> list[AuditEvent]:
-        """Events matching the filters; ``action``/``subject`` ending in ``*`` match a prefix."""
+        """Events matching the filters; ``action``/``subject`` ending in ``*`` match a prefix.
+        ``before_seq`` keeps the events older than that seq: the next page, newest first,
+        is the one before the last seq of this one."""
         query = select(AuditEventRow)
+        if before_seq is not None:
+            query = query.where(AuditEventRow.seq < before_seq)
         if since is not None:
             query = query.where(AuditEventRow.time >= since)
         for column, wanted in ((AuditEventRow.action, action), (AuditEventRow.subject, subject)):
