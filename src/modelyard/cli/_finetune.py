@@ -302,11 +302,10 @@ def _check_resumable(prepared: Any, home: Path) -> None:
     """``--resume`` with no checkpoint fails before a dataset version or a run is written
     (the trainer would say so only once both were)."""
     from modelyard.errors import TrainingError
-    from modelyard.finetune._pipeline import config_digest
-    from modelyard.registry._datasets import rows_digest
+    from modelyard.registry import rows_digest
     from modelyard.training import last_checkpoint
 
-    digest = config_digest(prepared.config, rows_digest(prepared.train_rows))
+    digest = prepared.config.inputs_digest(rows_digest(prepared.train_rows))
     checkpoints = home / "checkpoints" / digest[:16]
     if last_checkpoint(checkpoints) is None:
         raise TrainingError(

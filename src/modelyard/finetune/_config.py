@@ -8,6 +8,8 @@ as ``learning_rat`` fails before any work starts instead of being ignored.
 from __future__ import annotations
 
 import difflib
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -108,6 +110,14 @@ class FinetuneConfig(_Section):
         if not value.strip():
             raise ValueError("must name a model directory or a Hugging Face id")
         return value.strip()
+
+    def inputs_digest(self, data_digest: str) -> str:
+        """The identity of a run of this config on rows of ``data_digest``: where its
+        checkpoints live, so ``--resume`` finds them (``_pipeline.config_digest``)."""
+        payload = json.dumps(
+            {"config": self.model_dump(mode="json"), "data": data_digest}, sort_keys=True
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()
 
     def train_settings(self) -> TrainSettings:
         """The trainer's settings (``qlora`` trains a LoRA adapter on a 4-bit base)."""
