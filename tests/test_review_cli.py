@@ -422,3 +422,42 @@ def test_controller_once_says_when_another_controller_holds_the_lease(
     assert code == 0 and out == ""
     assert "another controller (elsewhere) holds the lease" in err
     assert world.latest_rollout("support").phase == "preparing"  # untouched
+
+
+def test_outputs_that_cannot_be_files_are_one_line_before_anything_is_written(
+    world: Store, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """--out of audit export and registry card: a directory, or under a file or a missing
+    directory, were tracebacks (IsADirectoryError, NotADirectoryError)."""
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x", encoding="utf-8")
+    for command in ("audit export", "registry card bot:1"):
+        code, _, err = run(capsys, f"{command} --out {tmp_path}")
+        assert code == 2 and f"--out {tmp_path} is a directory" in one_error(err)
+        for under in (a_file / "x.md", tmp_path / "missing" / "x.md"):
+            code, _, err = run(capsys, f"{command} --out {under}")
+            assert code == 2 and "cannot write" in one_error(err)
+    assert a_file.read_text(encoding="utf-8") == "x"
+    assert not (tmp_path / "missing").exists()
+
+
+def test_an_unknown_alert_state_is_refused_not_an_empty_list(
+    world: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "monitor alerts --state bogus")
+    assert code == 2 and out == ""
+    assert "unknown --state 'bogus': alerts are pending, firing, resolved, inactive" in (
+        one_error(err)
+    )
+    assert run(capsys, "monitor alerts --state firing --json")[0] == 0
+
+
+def test_a_since_in_the_future_is_refused_and_an_empty_comparison_says_why(
+    world: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for command in ("audit export", "rollout compare support", "monitor report --endpoint support"):
+        code, _, err = run(capsys, f"{command} --since 2099-01-01")
+        assert code == 2 and "--since '2099-01-01' is in the future" in one_error(err), command
+    code, out, err = run(capsys, "rollout compare support")
+    assert code == 0 and "support: control" in out
+    assert "note: no inference records of support: nothing to compare yet" in err

@@ -61,9 +61,12 @@ def parse_duration(text: str, *, field: str | None = None, allow_zero: bool = Fa
         ) from None
 
 
-def parse_since(text: str, *, field: str = "--since", now: datetime | None = None) -> datetime:
+def parse_since(
+    text: str, *, field: str = "--since", now: datetime | None = None, allow_future: bool = False
+) -> datetime:
     """A duration back from ``now`` (``12h``, ``7d``), or an ISO date or date-time (naive is
-    UTC): ``2026-01-31``, ``2026-01-31T12:00Z``. Always an aware UTC datetime."""
+    UTC): ``2026-01-31``, ``2026-01-31T12:00Z``. Always an aware UTC datetime. A start more
+    than a day ahead of ``now`` is refused, unless ``allow_future`` (an end, an until)."""
     value = text.strip()
     if is_duration(value):
         try:
@@ -82,7 +85,14 @@ def parse_since(text: str, *, field: str = "--since", now: datetime | None = Non
             "(2026-01-31T12:00Z) or a duration back from now such as 12h or 7d",
             field=field,
         ) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    moment = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    if not allow_future and moment > (now or datetime.now(UTC)) + timedelta(days=1):
+        raise ConfigError(
+            f"{field} {text!r} is in the future: nothing has happened since then",
+            hint="Give a past date, or a duration back from now such as 12h or 7d.",
+            field=field,
+        )
+    return moment
 
 
 __all__ = ["EXAMPLES", "UNITS", "is_duration", "parse_duration", "parse_since"]

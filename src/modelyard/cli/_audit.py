@@ -15,7 +15,14 @@ from rich.table import Table
 
 from modelyard.audit import ROLES, AuditHead, RecordsReport, check_format, check_proof, write_events
 from modelyard.cli._audit_table import render_events
-from modelyard.cli._common import console, err_console, open_store, print_json, settings
+from modelyard.cli._common import (
+    console,
+    err_console,
+    open_store,
+    out_file,
+    print_json,
+    settings,
+)
 from modelyard.cli._plane import open_plane
 from modelyard.cli._remote import URL_ENV, remote_url
 from modelyard.durations import parse_since
@@ -213,17 +220,12 @@ def audit_export(
     """Export events with their hashes for auditors (verifiable offline with the key)."""
     chosen = check_format(fmt)
     start = parse_since(since) if since else None
+    target = None if out is None else out_file(out)
     with open_store() as store:
         events = store.iter_audit_events(since=start)
-        if out is None:
+        if target is None:
             write_events(events, chosen, sys.stdout)
             return
-        target = out.resolve()
-        if not target.parent.is_dir():
-            raise ConfigError(
-                f"cannot write {out}: directory {target.parent} does not exist",
-                hint="Create it or choose another --out.",
-            )
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
 
 from rich.console import Console
@@ -162,3 +162,21 @@ class RichReporter:
 
     def bar(self, description: str, total: int, unit: str) -> AbstractContextManager[ProgressFn]:
         return progress_bar(description, total, unit=unit)
+
+
+def out_file(out: Path, option: str = "--out") -> Path:
+    """``out`` resolved, once it is somewhere a file can be written: not a directory, in a
+    directory that exists. A ``ConfigError`` naming ``option`` otherwise (exit 2), before
+    anything is read or written."""
+    target = out.resolve()
+    if target.is_dir():
+        raise ConfigError(
+            f"{option} {out} is a directory", hint=f"Give a file name for {option}.", field=option
+        )
+    if not target.parent.is_dir():
+        raise ConfigError(
+            f"cannot write {out}: directory {target.parent} does not exist",
+            hint=f"Create it or choose another {option}.",
+            field=option,
+        )
+    return target

@@ -152,7 +152,7 @@ def start(
     if json_out:
         print_json(r)
         return
-    console.print(f"[green]started[/] rollout {r.id}: {summary(r)}")
+    console.print(f"[green]started[/] rollout {r.id}: {summary(r)}", soft_wrap=True)
     console.print(f"  guards: {', '.join(r.guards)}")
     started = next((e.detail for e in r.events if e.kind == "started"), {})
     if started.get("gates_overridden"):
@@ -183,10 +183,10 @@ def status(
     if json_out:
         print_json(_status_json(r, view))
         return
-    console.print(summary(r))
+    console.print(summary(r), soft_wrap=True)  # sentences: whole lines for logs and grep
     if r.reason:
-        console.print(f"  reason: {r.reason}")
-    console.print(timeline(r))
+        console.print(f"  reason: {r.reason}", soft_wrap=True)
+    console.print(timeline(r), soft_wrap=True)
     if view is not None:
         header, rows, notes = guard_rows(view.guards)
         table = Table(*header, title=f"step {r.step_index + 1}: {view.requests} requests, "
@@ -199,7 +199,7 @@ def status(
 
 
 def _done(r: Rollout, verb: str) -> None:
-    console.print(f"[green]{verb}[/] {summary(r)}")
+    console.print(f"[green]{verb}[/] {summary(r)}", soft_wrap=True)
 
 
 @rollout_app.command("promote")
@@ -258,7 +258,7 @@ def wait(
     if json_out:
         print_json({**to_jsonable(r), "timed_out": timed_out})
     elif not timed_out:
-        console.print(final(r))
+        console.print(final(r), soft_wrap=True)
     if timed_out:
         goes_on = (
             f"{NO_CONTROLLER[0].upper()}{NO_CONTROLLER[1:]}, then wait again."
@@ -344,6 +344,14 @@ def compare(
             + ci(v.feedback_ci, 1, 3),
         )  # fmt: skip
     console.print(table)
+    if not any(v.requests for v in report.versions):
+        err_console.print(
+            f"note: no inference records of {endpoint}"
+            + ("" if since is None else f" since {since}")
+            + ": nothing to compare yet (the servers write them as the endpoint answers)",
+            highlight=False,
+            soft_wrap=True,
+        )
     for c in report.comparisons:
         console.print(f"{c.version} vs {c.control}: {c.verdict}")
 

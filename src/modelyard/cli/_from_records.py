@@ -35,7 +35,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 def _window(since: str, until: str | None) -> tuple[datetime, datetime]:
     now = datetime.now(UTC)
     start = parse_since(since, field="--since", now=now)
-    end = now if until is None else parse_since(until, field="--until", now=now)
+    end = now if until is None else parse_since(until, field="--until", now=now, allow_future=True)
     return start, end
 
 

@@ -272,7 +272,7 @@ def drift(
 
     DriftConfig.parse(method, threshold, min_samples)  # bad input fails before the store
     parse_duration(window, field="--window")
-    ends = parse_since(end, field="--end") if end else None
+    ends = parse_since(end, field="--end", allow_future=True) if end else None
     if semantic:
         needs_database("--semantic (prompt embeddings)")
     with open_plane() as plane:
@@ -358,6 +358,9 @@ def _rules(path: Path | None) -> AlertRules | None:
     return AlertRules.load(default) if default.exists() else None
 
 
+ALERT_STATES = ("pending", "firing", "resolved", "inactive")
+
+
 @app.command("alerts")
 def alerts(
     rules: Path | None = RULES,
@@ -372,6 +375,12 @@ def alerts(
     """List alerts and their states (firing and resolved are notified once each)."""
     from modelyard.monitoring import default_rules_path, evaluate_rules
 
+    if state is not None and state not in ALERT_STATES:
+        raise ConfigError(
+            f"unknown --state {state!r}: alerts are {', '.join(ALERT_STATES)}",
+            hint="Leave --state out to list every alert.",
+            field="--state",
+        )
     if evaluate:
         needs_database("--evaluate (evaluating alert rules)")
         with open_store() as store:

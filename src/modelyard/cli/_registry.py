@@ -17,7 +17,14 @@ from rich.markup import escape
 from rich.tree import Tree
 
 from modelyard.artifacts import ImportLimits
-from modelyard.cli._common import console, open_artifacts, open_store, print_json, settings
+from modelyard.cli._common import (
+    console,
+    open_artifacts,
+    open_store,
+    out_file,
+    print_json,
+    settings,
+)
 from modelyard.cli._plane import open_plane
 from modelyard.registry import (
     LineageNode,
@@ -139,12 +146,13 @@ def card(
     out: Path | None = typer.Option(None, "--out", help="Write the card here (else stdout)."),
 ) -> None:
     """Write the version's model card (Markdown): use, data, training, evaluation, lineage."""
+    target = None if out is None else out_file(out)
     with open_plane() as plane:
         version, text = plane.version_card(ref)
-    if out is None:
+    if target is None:
         print(text)
     else:
-        out.write_text(text, encoding="utf-8")
+        target.write_text(text, encoding="utf-8")
         console.print(f"wrote the model card of {version.ref} to {out}")
 
 

@@ -108,7 +108,7 @@ class RecordsPlan:
         end = (
             now
             if self.until is None
-            else parse_since(self.until, field="from_records.until", now=now)
+            else parse_since(self.until, field="from_records.until", now=now, allow_future=True)
         )
         return RecordFilters(start, end, self.version, self.status, self.min_score, self.labels)
 
