@@ -25,8 +25,6 @@ from modelyard.store import (
     STORAGE_POLICIES,
     RolloutPolicy,
     StoragePolicy,
-    Store,
-    parse_model_ref,
     redact_url,
 )
 
@@ -418,24 +416,11 @@ def endpoints_create(
             field="shared",
         )
     with open_store() as store:
-        _check_owner(store, model, tenant)
         endpoint = store.create_endpoint(name, model_ref=model, tenant=tenant, shared=shared)
     if json_out:
         print_json(endpoint)
     else:
         console.print(f"[green]created endpoint[/] {name} → {model}")
-
-
-def _check_owner(store: Store, model: str, tenant: str | None) -> None:
-    """A tenant's model (``registry.tenant``) is served only on that tenant's endpoints."""
-    owner = store.get_registered_model(parse_model_ref(model)[0]).tenant
-    if owner is not None and owner != tenant:
-        where = f"an endpoint of tenant {tenant!r}" if tenant else "a --shared endpoint"
-        raise ConfigError(
-            f"{model} belongs to tenant {owner!r} and cannot be served on {where}",
-            hint=f"Use --tenant {owner}, or a model that is not tenant-scoped.",
-            field="tenant",
-        )
 
 
 @endpoints_app.command("list")

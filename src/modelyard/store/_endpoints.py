@@ -17,6 +17,7 @@ from modelyard.store._rows import (
     lock_name,
     model_row,
     replace_routes,
+    tenant_names,
     tenant_row,
     version_row,
 )
@@ -56,6 +57,22 @@ class EndpointStore(RegistryStore):
             if vrow is None or vrow.status == "archived":
                 raise Conflict(f"{version.ref} is archived and cannot take traffic")
             mrow = model_row(s, version.model)
+            if tenant_id is not None and shared:
+                raise ConfigError(
+                    f"endpoint {name!r} cannot be tenant {tenant!r}'s and shared with every "
+                    "tenant at once",
+                    hint="Give a tenant for one tenant's endpoint, or shared for every tenant's.",
+                    field="shared",
+                )
+            if mrow.tenant_id is not None and mrow.tenant_id != tenant_id:
+                owner = tenant_names(s)[mrow.tenant_id]
+                where = f"an endpoint of tenant {tenant!r}" if tenant else "a shared endpoint"
+                raise ConfigError(
+                    f"{model_ref} belongs to tenant {owner!r} and cannot be served on {where}",
+                    hint=f"Create the endpoint for tenant {owner}, or serve a model that is not "
+                    "tenant-scoped.",
+                    field="tenant",
+                )
             row = EndpointRow(
                 name=name,
                 tenant_id=tenant_id,
