@@ -551,7 +551,6 @@ ACCESS_READS = [
     "monitor alerts",
     "monitor alerts --json",
     "monitor alerts --state firing",
-    "monitor alerts --state bogus",
 ]
 
 
@@ -565,6 +564,16 @@ def test_tenant_key_budget_and_monitoring_reads_print_what_the_database_prints(
     assert here.code == 0, here
     assert (there.code, there.out, there.err) == (here.code, here.out, here.err)
     assert "support" in here.out or "profiles" not in line  # the profiles table is not empty
+
+
+def test_an_unknown_alert_state_is_refused_alike_here_and_through_the_server(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    line = "monitor alerts --state bogus"
+    here = local(world, monkeypatch, capsys, line)
+    there = remote(world, monkeypatch, capsys, line, who="viv")
+    assert here.code == 2 and "unknown --state 'bogus'" in here.err
+    assert (there.code, there.out, there.err) == (here.code, here.out, here.err)
 
 
 def test_profiles_through_the_server_are_the_loop_s_and_say_so(
