@@ -21,9 +21,6 @@ import openai
 import pytest
 
 from modelyard.access import create_api_key
-from modelyard.artifacts import ArtifactStore
-from modelyard.base import create_tiny_base
-from modelyard.data import DOMAINS, domain_corpus
 from modelyard.errors import EngineError
 from modelyard.serving import (
     BackgroundServer,
@@ -31,11 +28,10 @@ from modelyard.serving import (
     SamplingParams,
     ServerLimits,
     TokenStream,
-    TransformersEngine,
     create_app,
 )
 from modelyard.store import InferenceRecord, ModelVersion, Store
-from tinymodels import QUICK_BASE, chatty_adapter
+from tinymodels import rambler_server
 from worlds import two_tenant_world
 
 BREAK = "break mid-way"  # a prompt the engine fails in the middle of
@@ -378,33 +374,10 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """The transformers engine on a tiny base, endpoint ``rambler``: an adapter that never
     ends an answer (it runs to ``max_output_tokens``), rendering messages with
     ``chat-fallback``."""
-    tmp = tmp_path_factory.mktemp("responses")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MODELYARD_HOME", str(tmp / "home"))
-        env.delenv("MODELYARD_STORE_URL", raising=False)
-        env.delenv("MODELYARD_ARTIFACTS", raising=False)
-        base = create_tiny_base(domain_corpus(DOMAINS, 300, seed=0), tmp / "base", **QUICK_BASE)
-        artifacts = ArtifactStore(tmp / "artifacts")
-        with Store.open(f"sqlite:///{tmp / 'store.db'}") as store:
-            store.register_base_model("tiny", str(base.path), {})
-            store.create_tenant("acme")
-            store.create_registered_model("bot", tenant="acme")
-            adapter = artifacts.put_dir(chatty_adapter(base.path, tmp / "chatty"), kind="adapter")
-            store.create_model_version(
-                "bot", kind="adapter", artifact_digest=adapter.digest, base_model="tiny",
-                run_id=None, lineage={"prompt_template": "chat-fallback"}, metrics={},
-            )  # fmt: skip
-            store.create_endpoint("rambler", model_ref="bot:1", tenant="acme")
-            keys = {"acme": create_api_key(store, "acme")[1]}
-            engine = TransformersEngine(artifacts, store=store)
-            try:
-                app = create_app(store, engine, refresh_seconds=0.2, heartbeat_s=None)
-                with BackgroundServer(app) as server:
-                    served = Served(server.base_url, store, keys)
-                    yield served
-                    served.close()
-            finally:
-                engine.close()
+    with rambler_server(tmp_path_factory.mktemp("responses")) as (url, store, key):
+        served = Served(url, store, {"acme": key})
+        yield served
+        served.close()
 
 
 def test_the_transformers_engine_streams_what_it_answers_whole(tiny: Served) -> None:

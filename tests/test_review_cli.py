@@ -215,9 +215,9 @@ def test_data_validate_takes_a_base_registered_by_name(
     assert lengths["unit"] == "tokens" and lengths["tokenizer"] == str(tiny_base)
 
 
-def test_a_passing_run_with_no_alias_on_pass_says_no_alias_moved(
-    tmp_path: Path, tiny_base: Path
-) -> None:
+def _tiny_run(tmp_path: Path, tiny_base: Path, **sections: object) -> None:
+    """``tmp_path/config.yaml``: one step on 12 it-support rows (``train.jsonl``) of the tiny
+    base, registered as helpdesk; ``sections`` are added to the config."""
     from modelyard.data import synthetic_domain
 
     rows = synthetic_domain("it-support", 12, seed=0)
@@ -227,12 +227,21 @@ def test_a_passing_run_with_no_alias_on_pass_says_no_alias_moved(
     config = {
         "base_model": str(tiny_base),
         "data": {"train": "train.jsonl", "eval_fraction": 0.25},
-        "method": {"type": "lora", "r": 2, "alpha": 4},
         "training": {"max_steps": 1, "batch_size": 4},
-        "evaluation": {"max_new_tokens": 2, "gates": ["exact_match >= 0"], "compare_base": False},
         "registry": {"model": "helpdesk"},
+        **sections,
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+
+
+def test_a_passing_run_with_no_alias_on_pass_says_no_alias_moved(
+    tmp_path: Path, tiny_base: Path
+) -> None:
+    _tiny_run(
+        tmp_path, tiny_base,
+        method={"type": "lora", "r": 2, "alpha": 4},
+        evaluation={"max_new_tokens": 2, "gates": ["exact_match >= 0"], "compare_base": False},
+    )  # fmt: skip
     r = modelyard("finetune", "-c", str(tmp_path / "config.yaml"), home=tmp_path / "h")
     assert r.code == 0, r.err
     assert "registered helpdesk:1" in r.out
@@ -391,19 +400,7 @@ def test_every_option_and_argument_of_every_command_is_explained() -> None:
 def test_resume_with_no_checkpoint_fails_before_anything_is_written(
     tmp_path: Path, tiny_base: Path
 ) -> None:
-    from modelyard.data import synthetic_domain
-
-    rows = synthetic_domain("it-support", 12, seed=0)
-    (tmp_path / "train.jsonl").write_text(
-        "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
-    )
-    config = {
-        "base_model": str(tiny_base),
-        "data": {"train": "train.jsonl", "eval_fraction": 0.25},
-        "training": {"max_steps": 1, "batch_size": 4},
-        "registry": {"model": "helpdesk"},
-    }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    _tiny_run(tmp_path, tiny_base)
     home = tmp_path / "h"
     assert modelyard("tenants", "create", "acme", home=home).code == 0  # the store exists
     r = modelyard("finetune", "-c", str(tmp_path / "config.yaml"), "--resume", home=home)

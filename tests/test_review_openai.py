@@ -19,8 +19,6 @@ from fastapi.responses import JSONResponse
 
 from modelyard.access import create_api_key
 from modelyard.artifacts import ArtifactStore
-from modelyard.base import create_tiny_base
-from modelyard.data import DOMAINS, domain_corpus
 from modelyard.registry import UpstreamSpec, register_upstream
 from modelyard.serving import (
     BackgroundServer,
@@ -29,12 +27,11 @@ from modelyard.serving import (
     Generation,
     SamplingParams,
     TokenStream,
-    TransformersEngine,
     UpstreamEngine,
     create_app,
 )
 from modelyard.store import ModelVersion, Store
-from tinymodels import QUICK_BASE, chatty_adapter
+from tinymodels import rambler_server
 from worlds import fake_world, two_tenant_world
 
 CHAT, COMPLETIONS, RESPONSES = "/v1/chat/completions", "/v1/completions", "/v1/responses"
@@ -253,30 +250,8 @@ def test_an_unknown_route_or_method_says_what_is_served(served: Served) -> None:
 def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """The transformers engine on a tiny base (a 256-token context), endpoint ``rambler``."""
     tmp = tmp_path_factory.mktemp("review-tiny")
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("MODELYARD_HOME", str(tmp / "home"))
-        env.delenv("MODELYARD_STORE_URL", raising=False)
-        env.delenv("MODELYARD_ARTIFACTS", raising=False)
-        base = create_tiny_base(domain_corpus(DOMAINS, 300, seed=0), tmp / "base", **QUICK_BASE)
-        artifacts = ArtifactStore(tmp / "artifacts")
-        with Store.open(f"sqlite:///{tmp / 'store.db'}") as store:
-            store.register_base_model("tiny", str(base.path), {})
-            store.create_tenant("acme")
-            store.create_registered_model("bot", tenant="acme")
-            adapter = artifacts.put_dir(chatty_adapter(base.path, tmp / "chatty"), kind="adapter")
-            store.create_model_version(
-                "bot", kind="adapter", artifact_digest=adapter.digest, base_model="tiny",
-                run_id=None, lineage={"prompt_template": "chat-fallback"}, metrics={},
-            )  # fmt: skip
-            store.create_endpoint("rambler", model_ref="bot:1", tenant="acme")
-            key = create_api_key(store, "acme")[1]
-            engine = TransformersEngine(artifacts, store=store)
-            try:
-                app = create_app(store, engine, refresh_seconds=0.2, heartbeat_s=None)
-                with BackgroundServer(app) as server, ExitStack() as clients:
-                    yield Served(server.base_url, key, clients)
-            finally:
-                engine.close()
+    with rambler_server(tmp) as (url, _, key), ExitStack() as clients:
+        yield Served(url, key, clients)
 
 
 LONG = "word " * 400  # far over the tiny base's 256 tokens

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 
 from modelyard.artifacts import ArtifactStore
@@ -99,3 +102,40 @@ def chatty_adapter(base: Path, out: Path, scale: float = 100.0) -> Path:
         b[words[2 * i], i], b[words[2 * i + 1], i] = 1.0, -1.0
     save_file({a_key: a.contiguous(), b_key: b.contiguous()}, out / WEIGHTS)
     return out
+
+
+@contextmanager
+def rambler_server(tmp: Path) -> Iterator[tuple[str, Store, str]]:
+    """The transformers engine on a tiny base (a 256-token context) behind a real server:
+    tenant acme's endpoint ``rambler`` on an adapter that never ends an answer (it runs to
+    the token limit), rendering messages with ``chat-fallback``. Yields the server's URL,
+    the store and acme's key; the home and store live under ``tmp``."""
+    from modelyard.access import create_api_key
+    from modelyard.base import create_tiny_base
+    from modelyard.data import DOMAINS, domain_corpus
+    from modelyard.serving import BackgroundServer, TransformersEngine, create_app
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MODELYARD_HOME", str(tmp / "home"))
+        env.delenv("MODELYARD_STORE_URL", raising=False)
+        env.delenv("MODELYARD_ARTIFACTS", raising=False)
+        base = create_tiny_base(domain_corpus(DOMAINS, 300, seed=0), tmp / "base", **QUICK_BASE)
+        artifacts = ArtifactStore(tmp / "artifacts")
+        with Store.open(f"sqlite:///{tmp / 'store.db'}") as store:
+            store.register_base_model("tiny", str(base.path), {})
+            store.create_tenant("acme")
+            store.create_registered_model("bot", tenant="acme")
+            adapter = artifacts.put_dir(chatty_adapter(base.path, tmp / "chatty"), kind="adapter")
+            store.create_model_version(
+                "bot", kind="adapter", artifact_digest=adapter.digest, base_model="tiny",
+                run_id=None, lineage={"prompt_template": "chat-fallback"}, metrics={},
+            )  # fmt: skip
+            store.create_endpoint("rambler", model_ref="bot:1", tenant="acme")
+            key = create_api_key(store, "acme")[1]
+            engine = TransformersEngine(artifacts, store=store)
+            try:
+                app = create_app(store, engine, refresh_seconds=0.2, heartbeat_s=None)
+                with BackgroundServer(app) as server:
+                    yield server.base_url, store, key
+            finally:
+                engine.close()
