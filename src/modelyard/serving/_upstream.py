@@ -334,7 +334,7 @@ class UpstreamClient:
     def _refusal(self, r: httpx.Response, what: str) -> Exception:
         """The error for a non-200 answer: a ``_Retry`` for what a retry may mend."""
         status = r.status_code
-        said = _upstream_message(r)
+        said, code, param = _upstream_error(r)
         where = f"the upstream at {self.spec.host}"
         if status == 429:
             wait = retry_after_s(r.headers.get("retry-after"))
@@ -358,7 +358,6 @@ class UpstreamClient:
             )  # fmt: skip
         if 400 <= status < 500:  # the request itself: the client's to change
             message = f"the upstream refused the request ({status}): {said}"
-            code, param = _upstream_code(r)
             if code == "context_length_exceeded" or "maximum context length" in said:
                 return ContextLengthExceeded(message, param=param or "prompt")
             return ConfigError(message, param=param)
@@ -409,28 +408,21 @@ def _ttft_ms(metrics: Any, elapsed_ms: float) -> float | None:
     return max(0.0, elapsed_ms - float(spent))
 
 
-def _upstream_message(r: httpx.Response) -> str:
-    """The upstream's own words from an error body, short (never its headers)."""
-    try:
-        data = r.json()
-        error = data.get("error") if isinstance(data, Mapping) else None
-        message = error.get("message") if isinstance(error, Mapping) else error or data
-    except ValueError:
-        message = r.text
-    return " ".join(str(message).split())[:300] or r.reason_phrase
-
-
-def _upstream_code(r: httpx.Response) -> tuple[str | None, str | None]:
-    """The ``code`` and ``param`` of an upstream's OpenAI error body, when they are texts."""
+def _upstream_error(r: httpx.Response) -> tuple[str, str | None, str | None]:
+    """From an error body, read once: the upstream's own words, short (never its headers),
+    and the ``code`` and ``param`` of an OpenAI error when they are texts."""
     try:
         data = r.json()
     except ValueError:
-        return None, None
+        return " ".join(r.text.split())[:300] or r.reason_phrase, None, None
     error = data.get("error") if isinstance(data, Mapping) else None
+    message = error.get("message") if isinstance(error, Mapping) else error or data
+    said = " ".join(str(message).split())[:300] or r.reason_phrase
     if not isinstance(error, Mapping):
-        return None, None
+        return said, None, None
     code, param = error.get("code"), error.get("param")
     return (
+        said,
         code if isinstance(code, str) else None,
         param if isinstance(param, str) and len(param) <= 64 else None,
     )
