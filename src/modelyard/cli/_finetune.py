@@ -302,11 +302,10 @@ def _check_resumable(prepared: Any, home: Path) -> None:
     """``--resume`` with no checkpoint fails before a dataset version or a run is written
     (the trainer would say so only once both were)."""
     from modelyard.errors import TrainingError
-    from modelyard.registry import rows_digest
+    from modelyard.finetune import checkpoint_dir
     from modelyard.training import last_checkpoint
 
-    digest = prepared.config.inputs_digest(rows_digest(prepared.train_rows))
-    checkpoints = home / "checkpoints" / digest[:16]
+    checkpoints = checkpoint_dir(prepared, home)
     if last_checkpoint(checkpoints) is None:
         raise TrainingError(
             f"no checkpoint to resume from in {checkpoints}",

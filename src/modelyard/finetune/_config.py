@@ -113,7 +113,7 @@ class FinetuneConfig(_Section):
 
     def inputs_digest(self, data_digest: str) -> str:
         """The identity of a run of this config on rows of ``data_digest``: where its
-        checkpoints live, so ``--resume`` finds them (``_pipeline.config_digest``)."""
+        checkpoints live, so ``--resume`` finds them (``_pipeline.checkpoint_dir``)."""
         payload = json.dumps(
             {"config": self.model_dump(mode="json"), "data": data_digest}, sort_keys=True
         )

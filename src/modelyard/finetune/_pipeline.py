@@ -8,8 +8,6 @@ training starts (and before anything is written to the store). Under
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import shutil
 import tempfile
@@ -236,12 +234,11 @@ def check_judges(prepared: Prepared, store: Store) -> None:
 # -- stored inputs ---------------------------------------------------------------------------
 
 
-def config_digest(config: FinetuneConfig, data_digest: str) -> str:
-    """Identity of a run's inputs: where its checkpoints live, so ``--resume`` finds them."""
-    payload = json.dumps(
-        {"config": config.model_dump(mode="json"), "data": data_digest}, sort_keys=True
-    )
-    return hashlib.sha256(payload.encode()).hexdigest()
+def checkpoint_dir(prepared: Prepared, home: Path) -> Path:
+    """Where a run of these inputs (config and training rows) keeps its checkpoints, so
+    ``--resume`` finds them."""
+    digest = prepared.config.inputs_digest(rows_digest(prepared.train_rows))
+    return home / "checkpoints" / digest[:16]
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -301,9 +298,7 @@ def run_finetune(
     resume: bool = False,
 ) -> FinetuneOutcome | None:
     """Run a prepared config to a registered, gated version (``None`` on non-main ranks)."""
-    config = prepared.config
-    digest = rows_digest(prepared.train_rows)
-    checkpoints = home / "checkpoints" / config_digest(config, digest)[:16]
+    checkpoints = checkpoint_dir(prepared, home)
     if rank() != 0:
         with tempfile.TemporaryDirectory(prefix="modelyard-rank-") as tmp:
             _train(prepared, Path(tmp) / "out", checkpoints, resume=resume, ui=ui, on_log=None)
