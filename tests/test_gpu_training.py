@@ -223,6 +223,14 @@ def test_the_variable_length_path_trains_to_the_block_masks_loss(
         return _reference_varlen(*args, **kwargs)
 
     monkeypatch.setattr(_varlen, "kernel", kernel)
+    found: list[int] = []  # the segments are found once a batch, not once a layer
+    segments = _varlen.segments
+
+    def counted(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+        found.append(1)
+        return segments(position_ids)
+
+    monkeypatch.setattr(_varlen, "segments", counted)
     settings = TrainSettings(max_steps=2, batch_size=2, packing=True, max_seq_len=256)
     losses = {}
     for attention in ("sdpa", "varlen"):
@@ -237,6 +245,7 @@ def test_the_variable_length_path_trains_to_the_block_masks_loss(
         )
         losses[attention] = trainer.train().training_loss
     assert calls and all(len(cu) > 3 for cu in calls)  # several examples a packed batch
+    assert 0 < len(found) * 2 <= len(calls)  # two layers: at most one finding a forward
     assert losses["varlen"] == pytest.approx(losses["sdpa"], rel=1e-4)
 
 

@@ -49,6 +49,19 @@ def available() -> bool:
     return True
 
 
+_last: tuple[torch.Tensor, tuple[torch.Tensor, int]] | None = None
+"""The batch's position ids and their segments: every layer of one forward (and its
+recomputation under checkpointing) gets the same tensor, so they are found once, not
+once a layer (each finding waits for the GPU twice: ``nonzero`` and the longest)."""
+
+
+def _segments_of(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
+    global _last
+    if _last is None or _last[0] is not position_ids:
+        _last = (position_ids, segments(position_ids))
+    return _last[1]
+
+
 def segments(position_ids: torch.Tensor) -> tuple[torch.Tensor, int]:
     """Where each example starts in the flattened batch, as cumulative offsets (int32, the
     batch's total tokens last), and the longest example: a new one wherever positions
@@ -84,7 +97,8 @@ def attention(
         return out
     batch, heads, length, dim = query.shape
     kv_heads = key.shape[1]
-    cu_seq, longest = segments(position_ids.to(query.device))
+    cu_seq, longest = _segments_of(position_ids)
+    cu_seq = cu_seq.to(query.device)
     output = kernel(
         query.transpose(1, 2).reshape(batch * length, heads, dim),
         key.transpose(1, 2).reshape(batch * length, kv_heads, dim),
