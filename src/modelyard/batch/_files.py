@@ -18,7 +18,13 @@ from typing import Any
 
 from modelyard.batch._asking import job_plane
 from modelyard.batch._mapping import ColumnMapping, rows_of
-from modelyard.batch._parts import ROW_COLUMN, FileJob, finished_output, state_dir
+from modelyard.batch._parts import (
+    ROW_COLUMN,
+    FileJob,
+    finished_job,
+    finished_output,
+    state_dir,
+)
 from modelyard.batch._rows import RESULT_COLUMNS, JobSummary, ListSource, Row
 from modelyard.batch._runner import JobRunner, JobSettings, Progress
 from modelyard.batch._tables import table_kind
@@ -67,6 +73,12 @@ class FileJobSpec:
                 "--model runs a version as an operator, with no API key",
                 hint="Drop the key (--api-key, or MODELYARD_API_KEY in the environment: "
                 "`unset MODELYARD_API_KEY`), or call an endpoint with it (--endpoint).",
+            )
+        if self.input.resolve() == self.output.resolve():
+            raise ConfigError(
+                f"the output {self.output} is the input file itself",
+                hint="Write the answers to another file (-o): the input is read again when a "
+                "stopped job resumes.",
             )
         if self.tenant is not None and self.model is None:
             raise ConfigError("--tenant goes with --model (an endpoint's key says the tenant)")
@@ -122,10 +134,10 @@ def run_file_job(
         store, engine, endpoint=spec.endpoint, api_key=spec.api_key, model=spec.model,
         tenant=spec.tenant, limits=limits,
     ) as asking:  # fmt: skip
-        done = _finished(spec, len(given.rows))
+        settings = _settings(spec, given, asking.endpoint)
+        done = _finished(spec, len(given.rows), settings)
         if done is not None:
             return done
-        settings = _settings(spec, given, asking.endpoint)
         job = FileJob.open(spec.output, settings, overwrite=spec.overwrite)
         try:
             job_settings = JobSettings(asking.endpoint, spec.params, spec.concurrency,
@@ -141,18 +153,21 @@ def run_file_job(
             job.close()
 
 
-def _finished(spec: FileJobSpec, rows: int) -> JobSummary | None:
+def _finished(spec: FileJobSpec, rows: int, settings: Mapping[str, Any]) -> JobSummary | None:
     """The summary of a job whose output is already whole (its state gone), else None;
-    an output that is not such a job's is refused rather than overwritten."""
+    an output that is not such a job's, or is one of other ``settings`` (an edited input,
+    another mapping or sampling), is refused rather than overwritten or taken as this
+    job's answers."""
     if spec.overwrite or not spec.output.exists() or state_dir(spec.output).exists():
         return None
+    job_id = finished_job(spec.output, settings)
     results = finished_output(spec.output, rows)
     if results is None:
         raise ConfigError(
             f"the output {spec.output} exists and is not this job's",
             hint="Write to another file, or pass --overwrite to replace it.",
         )
-    summary = JobSummary(_job_of(results), rows=rows, skipped=rows)
+    summary = JobSummary(job_id or _job_of(results), rows=rows, skipped=rows)
     for result in results:
         summary.add(result)
     return summary

@@ -13,8 +13,12 @@ While a job writing ``OUTPUT`` runs, ``OUTPUT.batch/`` holds:
 A run that starts on an existing ``OUTPUT.batch/`` resumes it (with the same
 settings only); when every row is answered, ``OUTPUT`` is written from the
 parts in the input's order (one row per input row, whole, renamed into place)
-and the directory removed. Any instant a run dies at leaves either the parts as
-they were or the whole output; the next run finishes what is missing.
+and the directory removed, leaving ``.OUTPUT.batch.json`` (``job.json`` of the
+finished job) beside it: a later run of the same command finds the output whole
+and does nothing, and one with other settings or an edited input is refused
+rather than taking the old answers for new ones. Any instant a run dies at leaves
+either the parts as they were or the whole output; the next run finishes what is
+missing.
 """
 
 from __future__ import annotations
@@ -38,6 +42,31 @@ ROW_COLUMN = "row"  # the input's 1-based row number, first in every output row
 def state_dir(output: Path) -> Path:
     """Where the job writing ``output`` keeps its state while it runs."""
     return output.with_name(output.name + ".batch")
+
+
+def done_file(output: Path) -> Path:
+    """Where a finished job's ``job.json`` stays beside ``output``: what it was answered
+    with, so a run with other settings is not told the old answers are its own."""
+    return output.with_name(f".{output.name}.batch.json")
+
+
+def finished_job(output: Path, settings: Mapping[str, Any]) -> str | None:
+    """The id of the finished job that wrote ``output`` with ``settings``; None when no
+    finished job's record is beside it (an output written before records were kept). A
+    job of other settings is a ConfigError naming the first that differs."""
+    path = done_file(output)
+    if not path.exists():
+        return None
+    try:
+        job = json.loads(path.read_text(encoding="utf-8"))
+        before, job_id = job["settings"], str(job["id"])
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise DataError(
+            f"{path} is not the record of a finished batch job ({exc})",
+            hint="Pass --overwrite to answer the rows again.",
+        ) from exc
+    _same_settings(before, settings, f"the output {output} was written", fresh=True)
+    return job_id
 
 
 class PartsSink:
@@ -85,13 +114,14 @@ class FileJob:
         if overwrite:
             shutil.rmtree(state, ignore_errors=True)
             output.unlink(missing_ok=True)
+            done_file(output).unlink(missing_ok=True)
         resumed = state.is_dir()
         if not resumed:
             resumed = not _create(state, settings)  # False: another run created it first
         lock = _lock(state, output)
         try:
             job = _read_job(state)
-            _same_settings(job["settings"], settings, state)
+            _same_settings(job["settings"], settings, f"the job in {state} was started")
             return cls(output, str(job["id"]), resumed, lock)
         except BaseException:
             lock.close()
@@ -112,6 +142,7 @@ class FileJob:
             out |= {c: getattr(result, c) for c in RESULT_COLUMNS}
             rows.append(out)
         write_table(self.output, rows, [ROW_COLUMN, *id_columns, *RESULT_COLUMNS])
+        write_atomic(done_file(self.output), (self.state / "job.json").read_bytes())
         shutil.rmtree(self.state, ignore_errors=True)
         fsync_dir(self.output.parent)
 
@@ -166,16 +197,25 @@ def _read_job(state: Path) -> dict[str, Any]:
     return job
 
 
-def _same_settings(before: Mapping[str, Any], now: Mapping[str, Any], state: Path) -> None:
-    """A job resumes with the settings it started with, or its rows would be answered two
-    ways: the first that differs is a ConfigError naming it."""
+def _same_settings(
+    before: Mapping[str, Any], now: Mapping[str, Any], what: str, *, fresh: bool = False
+) -> None:
+    """A job resumes (or is found done) with the settings it started with, or its rows would
+    be answered two ways: the first that differs is a ConfigError naming it. ``what`` says
+    whose settings ``before`` are; ``fresh``: a finished job's, which only a new job with
+    --overwrite (or another output) replaces."""
     for name in sorted(set(before) | set(now)):
         if before.get(name) != now.get(name):
+            hint = (
+                "Pass --overwrite to answer every row again with these settings, or write "
+                "to another output."
+                if fresh
+                else "Run the job's own command again to resume it, or pass --overwrite to "
+                "start over."
+            )
             raise ConfigError(
-                f"the job in {state} was started with {name} {_shown(before.get(name))}, "
-                f"not {_shown(now.get(name))}",
-                hint="Run the job's own command again to resume it, or pass --overwrite "
-                "to start over.",
+                f"{what} with {name} {_shown(before.get(name))}, not {_shown(now.get(name))}",
+                hint=hint,
                 setting=name,
             )
 
@@ -208,4 +248,12 @@ def _result_of(key: str, row: Mapping[str, Any]) -> RowResult:
     )  # fmt: skip
 
 
-__all__ = ["ROW_COLUMN", "FileJob", "PartsSink", "finished_output", "state_dir"]
+__all__ = [
+    "ROW_COLUMN",
+    "FileJob",
+    "PartsSink",
+    "done_file",
+    "finished_job",
+    "finished_output",
+    "state_dir",
+]
