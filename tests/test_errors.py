@@ -50,7 +50,7 @@ EXPECTED = {
     "ContextLengthExceeded": (2, 400),
     "NotFound": (1, 404),
     "BaseModelNotFound": (2, 404),  # a base the user named: bad input (issue 15)
-    "DatasetNotFound": (1, 404),
+    "DatasetNotFound": (2, 404),
     "ModelVersionNotFound": (1, 404),
     "TenantNotFound": (1, 404),
     "EndpointNotFound": (1, 404),
@@ -67,7 +67,8 @@ EXPECTED = {
     "ArtifactNotFound": (1, 404),
     "ArtifactIntegrityError": (1, 500),
     "UnsafeArtifact": (1, 500),
-    "DataError": (1, 400),
+    "DataError": (2, 400),  # the data the user named cannot be used: bad input
+    "DataChecksFailed": (1, 400),  # a fail_on rule tripped, as `data validate` exits 1
     "TrainingError": (1, 500),
     "GateFailed": (1, 500),
     "AuditError": (1, 500),

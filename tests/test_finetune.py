@@ -123,16 +123,19 @@ def test_bad_config_fails_before_training_and_registers_nothing(
         ('{"text": "no label here"}\n', "classification", "label"),
         ('{"instruction": "x"}\n', "alpaca", "output"),
         ("not json\n", "alpaca", "line 1"),
+        (None, "alpaca", "bad.jsonl"),  # no such file
     ],
 )
 def test_bad_data_fails_before_training(
-    project: Path, tmp_path: Path, train: str, fmt: str, expected: str
+    project: Path, tmp_path: Path, train: str | None, fmt: str, expected: str
 ) -> None:
-    (project / "bad.jsonl").write_text(train, encoding="utf-8")
+    if train is not None:
+        (project / "bad.jsonl").write_text(train, encoding="utf-8")
     _edit(project, data={"train": "bad.jsonl", "eval": "bad.jsonl", "format": fmt})
     home = tmp_path / "home"
     r = modelyard("finetune", "-c", str(project / "config.yaml"), home=home)
-    assert r.code != 0 and "Traceback" not in r.err
+    # bad input, as docs/cli.md promises: exit 2, not the 1 of a failed gate
+    assert r.code == 2 and "Traceback" not in r.err, (r.code, r.err)
     assert expected in r.err.lower(), r.err
     assert _nothing_registered(home)
 

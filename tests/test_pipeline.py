@@ -308,6 +308,29 @@ BAD: list[tuple[dict[str, Any], str]] = [
 ]
 
 
+def test_a_tripped_data_rule_stops_before_training_with_exit_1(project: Path) -> None:
+    """A fail_on rule that trips is a failed check (exit 1, as `data validate` exits), not bad
+    input (exit 2): the records were read fine."""
+    with _store(project) as store:
+        key = create_api_key(store, "acme")[1]
+        with (
+            BackgroundServer(create_app(store, EchoEngine(), refresh_seconds=0.1)) as server,
+            openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0) as ask,
+        ):
+            # the week's first ticket, said again in nearly the same words
+            again = _ask(ask, "The office printer jams on every single page.")
+            _feedback(server.base_url, key, again, thumbs="up", label="hardware")
+    loop = yaml.safe_load((project / "loop.yaml").read_text())
+    loop["from_records"]["fail_on"] = ["near-duplicates"]
+    (project / "picky.yaml").write_text(yaml.safe_dump(loop), encoding="utf-8")
+    r = _run(project, "pipeline", "run", "picky.yaml")
+    assert r.code == 1, (r.out, r.err)
+    assert "the rows failed validation, nothing written: near-duplicates (1)" in r.err, r.err
+    assert "Traceback" not in r.err
+    with _store(project) as store:
+        assert [v.version for v in store.list_model_versions("helpdesk")] == [1]
+
+
 def _edited(project: Path, change: dict[str, Any]) -> dict[str, Any]:
     loop: dict[str, Any] = yaml.safe_load((project / "loop.yaml").read_text())
     for section, values in change.items():

@@ -12,8 +12,8 @@ message saying *what* went wrong and *why*, and a ``hint`` saying what to do.
     │   ├── RequestTooLarge             a body over --max-body-bytes
     │   └── ContextLengthExceeded       a prompt and max_tokens over the model's context
     ├── NotFound                        (also LookupError)
-    │   ├── BaseModelNotFound
-    │   ├── DatasetNotFound
+    │   ├── BaseModelNotFound           exit 2: a base model the user named is missing
+    │   ├── DatasetNotFound             exit 2: a file the user named is missing
     │   ├── ModelVersionNotFound
     │   ├── TenantNotFound
     │   └── EndpointNotFound
@@ -30,7 +30,8 @@ message saying *what* went wrong and *why*, and a ``hint`` saying what to do.
     │   ├── ArtifactNotFound            (also NotFound)
     │   ├── ArtifactIntegrityError      a file's hash differs from its manifest
     │   └── UnsafeArtifact              refused by the import safety checks
-    ├── DataError                       a dataset that cannot be used (also ValueError)
+    ├── DataError                       a dataset that cannot be used: exit 2 (also ValueError)
+    │   └── DataChecksFailed            a fail_on rule tripped on usable rows: exit 1
     ├── TrainingError
     ├── GateFailed                      a model missed a quality gate
     ├── AuditError
@@ -260,6 +261,12 @@ class DataError(ModelyardError, ValueError):
     code = "invalid_data"
 
 
+class DataChecksFailed(DataError):
+    """Rows that read fine, but a ``fail_on`` rule tripped on them (exit 1, like a gate)."""
+
+    code = "data_checks_failed"
+
+
 class TrainingError(ModelyardError):
     code = "training_failed"
 
@@ -443,7 +450,9 @@ STATUSES: Mapping[type[ModelyardError], ErrorStatus] = MappingProxyType(
         IdentityProviderUnavailable: ErrorStatus(1, 503, _SERVER),
         PermissionDenied: ErrorStatus(1, 403, "permission_error"),
         StoreUnavailable: ErrorStatus(1, 503, _SERVER),
-        DataError: ErrorStatus(1, 400, _CLIENT),
+        DatasetNotFound: ErrorStatus(2, 404, _CLIENT),
+        DataError: ErrorStatus(2, 400, _CLIENT),
+        DataChecksFailed: ErrorStatus(1, 400, _CLIENT),
         RolloutTimedOut: ErrorStatus(3, 500, _SERVER),
         EngineError: ErrorStatus(1, 503, _SERVER),
         EngineOverloaded: ErrorStatus(1, 503, _SERVER),
@@ -489,6 +498,7 @@ __all__ = [
     "ConfigError",
     "Conflict",
     "ContextLengthExceeded",
+    "DataChecksFailed",
     "DataError",
     "DatasetNotFound",
     "EndpointNotFound",

@@ -21,6 +21,7 @@ from modelyard.curate import harvest, save
 from modelyard.delivery import start_rollout, wait_rollout
 from modelyard.errors import (
     ConfigError,
+    DataChecksFailed,
     DataError,
     ModelyardError,
     NotFound,
@@ -73,7 +74,7 @@ def collect(
     if tripped:
         counts = found.validation.findings()
         listed = ", ".join(f"{rule} ({counts[rule]})" for rule in tripped)
-        raise DataError(
+        raise DataChecksFailed(
             f"the rows failed validation, nothing written: {listed}",
             hint="See them with `modelyard data from-records` and the same filters, or "
             "change from_records.fail_on.",
