@@ -74,3 +74,69 @@ def test_the_output_may_not_be_the_input_even_with_overwrite(
     assert "the output rows.jsonl is the input file itself" in err
     assert (here / "rows.jsonl").read_text() == before
     assert sorted(p.name for p in here.iterdir()) == ["rows.jsonl"]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_rows_a_dead_server_failed_are_asked_again_when_the_stopped_job_resumes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The endpoint's version is an upstream whose server is down: the job stops at
+    --max-errors 0 and says to fix the cause and run the same command again. Once the
+    server is up, that command answers the failed row too, each row keeping one record."""
+    from modelyard.access import create_api_key
+    from modelyard.artifacts import LocalArtifactStore
+    from modelyard.registry import UpstreamSpec, register_upstream
+    from modelyard.serving import BackgroundServer, EchoEngine, create_app
+    from modelyard.store import Store
+    from worlds import fake_world, home_store
+
+    port = _free_port()
+    home = tmp_path / "home"
+    home.mkdir()
+    with home_store(home) as store:
+        fake_world(store, tenant="acme", model="bot", endpoint=None, versions=1)
+        spec = UpstreamSpec(base_url=f"http://127.0.0.1:{port}/v1", model="vendor-chat",
+                            api_key_env="REVIEW_VENDOR_KEY", max_retries=0,
+                            connect_timeout_s=2.0)  # fmt: skip
+        register_upstream(store, LocalArtifactStore(home / "artifacts"), spec, name="bot")
+        store.create_endpoint("support", model_ref="bot:2", tenant="acme")
+        _, key = create_api_key(store, "acme", scopes=("infer",))
+    monkeypatch.setenv("MODELYARD_HOME", str(home))
+    monkeypatch.setenv("MODELYARD_API_KEY", key)
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"question {i}"} for i in range(3)])
+    args = ["in.jsonl", "-o", "out.jsonl", "-e", "support", "--engine", "echo",
+            "--concurrency", "1", "--max-errors", "0", "--json"]  # fmt: skip
+
+    with Store.open(f"sqlite:///{tmp_path / 'vendor.db'}") as vendor:
+        fake_world(vendor, tenant="vendor", model="vendor-bot", endpoint="vendor-chat")
+        _, vendor_key = create_api_key(vendor, "vendor")
+        monkeypatch.setenv("REVIEW_VENDOR_KEY", vendor_key)
+
+        code, out, err = batch(capsys, *args)  # nothing listens at the upstream's port
+        assert code == 1, err
+        assert "the job stopped: 1 rows failed" in err and "run the same command again" in err
+        assert "REVIEW_VENDOR_KEY" not in err  # the server is down, nothing else
+        assert not (tmp_path / "out.jsonl").exists()
+
+        app = create_app(vendor, EchoEngine(), refresh_seconds=0.2, heartbeat_s=None)
+        with BackgroundServer(app, port=port):
+            code, out, err = batch(capsys, *args)  # the same command, the server up again
+    assert code == 0, err
+    summary = json.loads(out)
+    assert (summary["answered"], summary["retried"], summary["failed"]) == (3, 1, 0)
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert [r["error"] for r in rows] == [None, None, None]
+    assert {r["version"] for r in rows} == {"bot:2"}
+    with home_store(home) as store:
+        records = store.query_records(job_id=summary["job_id"], limit=None)
+    assert sorted(r["id"] for r in records) == sorted(r["record_id"] for r in rows)
+    assert {r["status"] for r in records} == {"ok"}

@@ -121,6 +121,7 @@ class JobSummary:
     answered: int = 0  # answered by this run (failed ones included)
     skipped: int = 0  # answered by an earlier run of the same job
     replaced: int = 0  # records of rows a stopped run answered but never kept: answered again
+    retried: int = 0  # rows a stopped run kept as failed on the server's side: asked again
     failed: int = 0  # rows with an error, whichever run
     prompt_tokens: int = 0
     completion_tokens: int = 0

@@ -17,7 +17,11 @@ Exactly once, whatever instant the process dies at:
   one record each.
 
 A row that fails keeps its error and the job goes on, until more than
-``max_errors`` rows have failed. A 429 (the key's requests/min or tokens/min)
+``max_errors`` rows have failed. A run of a job that stopped asks again the rows
+that failed on the server's side (a 5xx: an engine or upstream error, a timeout;
+a 429 that outlasted its retries): the cause may have passed, as the stopped
+job's hint says. Rows the API refused as a client's mistake (4xx) keep their
+error. A 429 (the key's requests/min or tokens/min)
 is not a failure: every row waits the ``Retry-After`` and the row is sent
 again (at most ``rate_limit_retries`` times).
 """
@@ -68,6 +72,13 @@ class JobSettings:
             raise ConfigError(f"max_errors is {self.max_errors}; it must be 0 or more")
 
 
+def server_side(result: RowResult) -> bool:
+    """Whether ``result`` failed on the server's side (a 5xx, or a 429 that outlasted its
+    retries): worth asking again once the cause has passed."""
+    status = result.status
+    return result.failed and status is not None and (status >= 500 or status == 429)
+
+
 class JobRunner:
     """Runs one job's rows through ``plane`` as ``key``; see the module's docstring."""
 
@@ -96,14 +107,21 @@ class JobRunner:
         the whole job. Raises what stops it early (the store losing records, the sink)."""
         started = time.perf_counter()
         summary = JobSummary(self.job_id)
-        done = sink.answered()
+        kept = sink.answered()
+        again = {key for key, result in kept.items() if server_side(result)}
+        done = {key: result for key, result in kept.items() if key not in again}
         for result in done.values():
             summary.add(result)
         todo = [row for row in source.rows() if row.key not in done]
         summary.rows = len(done) + len(todo)
         summary.skipped = len(done)
+        summary.retried = len(again)
+        fresh = [row for row in todo if row.key not in again]
         summary.replaced = self.plane.store.discard_job_records(
-            self.job_id, [i for row in todo for i in self.record_ids(row.key)]
+            self.job_id, [i for row in fresh for i in self.record_ids(row.key)]
+        )
+        self.plane.store.discard_job_records(
+            self.job_id, [i for key in again for i in self.record_ids(key)]
         )
         if self._too_many_errors(summary):
             return summary
@@ -255,4 +273,4 @@ class JobRunner:
             )
 
 
-__all__ = ["JobRunner", "JobSettings", "Progress"]
+__all__ = ["JobRunner", "JobSettings", "Progress", "server_side"]

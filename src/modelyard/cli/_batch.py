@@ -312,8 +312,9 @@ def _bar(*, quiet: bool) -> Iterator[_Bar]:
 def _print_summary(s: JobSummary, output: Path) -> None:
     earlier = f", {s.skipped} answered by an earlier run" if s.skipped else ""
     again = f", {s.replaced} answered again (stopped before they were kept)" if s.replaced else ""
+    retried = f", {s.retried} asked again (failed on the server's side)" if s.retried else ""
     err_console.print(
-        f"job {s.job_id}: {s.rows} rows, {s.answered} answered now{earlier}{again}, "
+        f"job {s.job_id}: {s.rows} rows, {s.answered} answered now{earlier}{again}{retried}, "
         f"{s.failed} failed"
     )
     if s.first_error:
