@@ -241,9 +241,10 @@ def wait(
     json_out: bool = JSON,
 ) -> None:
     """Wait for the endpoint's rollout to end: exit 0 when it succeeded, 1 when it was
-    rolled back or aborted (``RolloutFailed``), 3 on timeout (``RolloutTimedOut``); a CI
-    pipeline can gate on it."""
-    from modelyard.errors import RolloutFailed, RolloutTimedOut
+    rolled back or aborted, or succeeded but its --promote-alias was refused, 3 on timeout
+    (``RolloutTimedOut``); a CI pipeline can gate on it."""
+    from modelyard.delivery import ended_badly
+    from modelyard.errors import RolloutTimedOut
 
     def moved(r: Rollout) -> None:  # a line on stderr each time the rollout moves
         if r.active:
@@ -271,13 +272,9 @@ def wait(
             hint=goes_on,
             endpoint=endpoint,
         )
-    if r.status != "succeeded":
-        why = f" ({r.reason})" if r.reason else ""
-        raise RolloutFailed(
-            f"the rollout of {endpoint} to {r.target_ref} ended {r.status.replace('_', ' ')}{why}",
-            hint=f"See its timeline with `modelyard rollout status {endpoint}`.",
-            endpoint=endpoint,
-        )
+    failure = ended_badly(r)
+    if failure is not None:
+        raise failure
 
 
 @rollout_app.command("compare")

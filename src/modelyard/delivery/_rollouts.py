@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from modelyard.delivery._controller import promote_alias
 from modelyard.delivery._guards import parse_guard
 from modelyard.delivery._judging import check_judge_guards
-from modelyard.errors import ConfigError, Conflict, NotFound
+from modelyard.errors import ConfigError, Conflict, NotFound, RolloutError, RolloutFailed
 from modelyard.store import (
     Rollout,
     RolloutPolicy,
@@ -219,6 +219,36 @@ def wait_rollout(
         if time.monotonic() >= deadline:
             return r, True
         time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+
+
+def ended_badly(r: Rollout) -> RolloutError | None:
+    """Why an ended rollout did not end as asked, or ``None`` when it did.
+
+    ``RolloutFailed`` when it was rolled back or aborted; a ``RolloutError`` when it
+    succeeded but its ``promote_alias`` was refused (traffic moved, the alias did not,
+    so whoever waits on it, a CI job or a pipeline, does not carry on as if it had).
+    """
+    hint = f"See its timeline with `modelyard rollout status {r.endpoint}`."
+    if r.status != "succeeded":
+        why = f" ({r.reason})" if r.reason else ""
+        return RolloutFailed(
+            f"the rollout of {r.endpoint} to {r.target_ref} ended "
+            f"{r.status.replace('_', ' ')}{why}",
+            hint=hint,
+            endpoint=r.endpoint,
+        )
+    alias = r.outcome.get("alias") if isinstance(r.outcome, Mapping) else None
+    if isinstance(alias, Mapping) and alias.get("moved") is False:
+        subject = f"{r.model}@{alias.get('name') or r.promote_alias}"
+        return RolloutError(
+            f"the rollout of {r.endpoint} to {r.target_ref} succeeded, but {subject} was "
+            f"NOT moved: {alias.get('refused') or 'refused'}",
+            hint=f"All traffic is on {r.target_ref}. Someone allowed to can move the alias: "
+            f"`modelyard registry alias {r.model} {alias.get('name') or r.promote_alias} "
+            f"{r.target}`.",
+            endpoint=r.endpoint,
+        )
+    return None
 
 
 def plan_text(model: str, plan: Mapping[int, int]) -> str:

@@ -18,14 +18,13 @@ from typing import Any
 
 from modelyard.artifacts import ArtifactStore
 from modelyard.curate import harvest, save
-from modelyard.delivery import start_rollout, wait_rollout
+from modelyard.delivery import ended_badly, start_rollout, wait_rollout
 from modelyard.errors import (
     ConfigError,
     DataChecksFailed,
     DataError,
     ModelyardError,
     NotFound,
-    RolloutFailed,
     RolloutTimedOut,
 )
 from modelyard.finetune import FinetuneConfig, FinetuneOutcome, Reporter, prepare, resolve_base
@@ -204,12 +203,7 @@ def roll_out(store: Store, plan: RolloutPlan, ref: str, *, ui: Reporter) -> Stag
             endpoint=plan.endpoint,
         )
         return StageOutput(out, summary, failure=failure)
-    if final.status != "succeeded":
-        why = f" ({final.reason})" if final.reason else ""
-        failure = RolloutFailed(
-            f"the rollout of {ref} on {plan.endpoint} ended {final.status.replace('_', ' ')}{why}",
-            hint=f"See its timeline with `modelyard rollout status {plan.endpoint}`.",
-            endpoint=plan.endpoint,
-        )
-        return StageOutput(out, summary, failure=failure)
+    ended = ended_badly(final)
+    if ended is not None:
+        return StageOutput(out, summary, failure=ended)
     return StageOutput(out, summary + " - succeeded")
