@@ -138,6 +138,17 @@ def _not_an_object(path: Path, where: str, value: Any) -> DataError:
     )
 
 
+def _too_deep(path: Path, where: str, **context: Any) -> DataError:
+    """Lists or objects nested past the parser's stack: no dataset row is shaped like that."""
+    return DataError(
+        f"{path}{where} nests lists or objects too deeply to be read",
+        hint="A row holds text fields (and a chat's list of messages); check how the file "
+        "was written.",
+        path=str(path),
+        **context,
+    )
+
+
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for number, line in enumerate(_read_text(path).splitlines(), start=1):
@@ -152,6 +163,8 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
                 path=str(path),
                 line=number,
             ) from exc
+        except RecursionError:
+            raise _too_deep(path, f" line {number}", line=number) from None
         if not isinstance(value, dict):
             raise _not_an_object(path, f"line {number}", value)
         rows.append(value)
@@ -169,6 +182,8 @@ def _read_json(path: Path) -> list[dict[str, Any]]:
             path=str(path),
             line=exc.lineno,
         ) from exc
+    except RecursionError:
+        raise _too_deep(path, "") from None
     if not isinstance(value, list):
         raise DataError(
             f"{path} holds a JSON {type(value).__name__}, not a list of rows",
@@ -181,28 +196,39 @@ def _read_json(path: Path) -> list[dict[str, Any]]:
     return value
 
 
+_CSV_FIELD_LIMIT = 2**31 - 1
+"""The longest CSV value read (the csv module's default, 128 KiB, refuses long documents)."""
+
+
 def _read_csv(path: Path) -> list[dict[str, Any]]:
     text = _read_text(path)
-    reader = csv.DictReader(text.splitlines(keepends=True), restval=None)
+    csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
+    # strict: a quote left open is an error, not the rest of the file swallowed into one value
+    reader = csv.DictReader(text.splitlines(keepends=True), restval=None, strict=True)
     rows: list[dict[str, Any]] = []
-    try:
-        for row in reader:
-            if None in row:
-                raise DataError(
-                    f"{path} line {reader.line_num} has more fields than the header "
-                    f"({len(reader.fieldnames or [])} columns)",
-                    hint="Quote values that contain commas, or fix the header row.",
-                    path=str(path),
-                    line=reader.line_num,
-                )
-            rows.append(dict(row))
-    except csv.Error as exc:
-        raise DataError(
-            f"{path} line {reader.line_num} is not valid CSV: {exc}",
-            hint="Check the quoting on that line.",
-            path=str(path),
-            line=reader.line_num,
-        ) from exc
+    while True:
+        start = reader.line_num + 1  # where the next record begins (a value may span lines)
+        try:
+            row = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            raise DataError(
+                f"{path} line {start} is not valid CSV: {exc}",
+                hint='Check the quoting from that line on: a value that starts with " must '
+                'end with " (write a quote inside it as "").',
+                path=str(path),
+                line=start,
+            ) from exc
+        if None in row:
+            raise DataError(
+                f"{path} line {start} has more fields than the header "
+                f"({len(reader.fieldnames or [])} columns)",
+                hint="Quote values that contain commas, or fix the header row.",
+                path=str(path),
+                line=start,
+            )
+        rows.append(dict(row))
     return rows
 
 
@@ -233,7 +259,7 @@ def _decode_messages(rows: list[dict[str, Any]]) -> None:
         value = row.get("messages")
         if isinstance(value, str) and value.strip():
             # Text that is not JSON stays as it is: validation reports the row as malformed.
-            with contextlib.suppress(json.JSONDecodeError):
+            with contextlib.suppress(json.JSONDecodeError, RecursionError):
                 row["messages"] = json.loads(value)
 
 
