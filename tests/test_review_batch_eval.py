@@ -140,3 +140,35 @@ def test_rows_a_dead_server_failed_are_asked_again_when_the_stopped_job_resumes(
         records = store.query_records(job_id=summary["job_id"], limit=None)
     assert sorted(r["id"] for r in records) == sorted(r["record_id"] for r in rows)
     assert {r["status"] for r in records} == {"ok"}
+
+
+@pytest.mark.parametrize(
+    ("gate", "expected"),
+    [
+        ("exact_match >= 85", "exact_match is between 0 and 1; 85 is outside it. Write a "
+         "share, not a percentage: 0.85 for 85%."),
+        ("judge.quality >= 7", "judge.quality is between 1 and 5; 7 is outside it"),
+        ("perplexity < 0.5", "perplexity is never below 1"),
+        ("p95_latency_ms <= -5", "p95_latency_ms is never below 0"),
+    ],
+)  # fmt: skip
+def test_a_gate_no_model_can_pass_is_refused_before_anything_runs(
+    gate: str, expected: str, here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from modelyard.cli import main
+
+    write_jsonl(here / "held-out.jsonl", [{"instruction": "Which team?", "output": "auto"}])
+    capsys.readouterr()
+    code = main(["evaluate", "--model", "acme-claims:1", "--data", "held-out.jsonl",
+                 "--gate", gate])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(f"error: gate {gate!r}: ") and expected in err, err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_gate_at_the_edge_of_its_metric_still_parses() -> None:
+    from modelyard.evaluation import parse_gates
+
+    gates = ["exact_match >= 1", "accuracy >= 0", "perplexity <= 1", "judge.quality >= 5"]
+    assert [g.text for g in parse_gates(gates)] == gates

@@ -111,8 +111,28 @@ def _parse_threshold(text: str) -> ThresholdGate:
         raise _bad(text, f"{op!r} is not an operator; use one of {', '.join(_COMPARE)}")
     if not raw:
         raise _bad(text, f"nothing after {op!r}; give the number to compare with")
-    metric = _check_metric(text, metric)
-    return ThresholdGate(text, metric, cast(Op, op), _number(text, raw, "the threshold"))
+    spec = metric_spec(metric, where=f"gate {text!r}")
+    value = _number(text, raw, "the threshold")
+    _check_bounds(text, spec, value)
+    return ThresholdGate(text, spec.name, cast(Op, op), value)
+
+
+def _check_bounds(text: str, spec: MetricSpec, value: float) -> None:
+    """A threshold the metric can never reach (or always meets) is a typo, such as a
+    percentage for a 0-1 share: refused before any training, not failed after it."""
+    low, high = spec.bounds
+    if low <= value <= high:
+        return
+    if math.isinf(high):
+        problem = f"{spec.name} is never below {low:g}, so {value:g} cannot be its threshold"
+    else:
+        problem = f"{spec.name} is between {low:g} and {high:g}; {value:g} is outside it"
+    hint = GRAMMAR_HINT
+    if high == 1.0 and 1.0 < value <= 100.0:
+        hint = f"Write a share, not a percentage: {value / 100:g} for {value:g}%."
+    elif spec.name.startswith("judge."):
+        hint = "A judge scores from 1 to 5: e.g. '" + spec.name + " >= 4.0'."
+    raise _bad(text, problem, hint=hint)
 
 
 def _parse_champion(text: str, reference: str, rest: str) -> ChampionGate:

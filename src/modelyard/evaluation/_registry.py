@@ -7,6 +7,7 @@ of the champion's value).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -33,10 +34,12 @@ class MetricSpec:
     tolerance_scale: Literal["absolute", "relative"]
     unit: str
     description: str
+    bounds: tuple[float, float] = (0.0, math.inf)
+    """The values the metric can take: a gate's threshold outside them is a typo."""
 
 
 def _quality(name: str, description: str) -> MetricSpec:
-    return MetricSpec(name, True, "quality", "absolute", "", description)
+    return MetricSpec(name, True, "quality", "absolute", "", description, (0.0, 1.0))
 
 
 _SPECS = (
@@ -46,7 +49,13 @@ _SPECS = (
     _quality("accuracy", "share of predicted labels equal to the reference label"),
     _quality("macro_f1", "per-label F1 averaged over labels"),
     MetricSpec(
-        "perplexity", False, "quality", "relative", "", "exp(mean NLL of the reference tokens)"
+        "perplexity",
+        False,
+        "quality",
+        "relative",
+        "",
+        "exp(mean NLL of the reference tokens)",
+        (1.0, math.inf),
     ),
     MetricSpec("p50_latency_ms", False, "latency", "relative", "ms", "median request latency"),
     MetricSpec("p95_latency_ms", False, "latency", "relative", "ms", "95th percentile latency"),
@@ -61,7 +70,7 @@ def judge_spec(judge: str) -> MetricSpec:
     """The metric ``judge.JUDGE``: the judge's mean score, 1 to 5, higher is better."""
     return MetricSpec(
         f"judge.{judge}", True, "quality", "absolute", "points",
-        f"mean score (1-5) judge {judge!r} gave the answers",
+        f"mean score (1-5) judge {judge!r} gave the answers", (1.0, 5.0),
     )  # fmt: skip
 
 
