@@ -172,3 +172,28 @@ def test_a_gate_at_the_edge_of_its_metric_still_parses() -> None:
 
     gates = ["exact_match >= 1", "accuracy >= 0", "perplexity <= 1", "judge.quality >= 5"]
     assert [g.text for g in parse_gates(gates)] == gates
+
+
+def test_judges_score_refuses_an_empty_reference_cell_before_calling_the_judge(
+    here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A CSV has no missing values, only empty cells: an empty reference is no reference,
+    refused with its row (exit 2), not shown to the judge as the answer to compare with.
+    The judge's URL has nothing behind it: a call would fail, exit 1."""
+    from modelyard.cli import main
+
+    capsys.readouterr()
+    assert main(["judges", "add", "review-correct", "--rubric", "correctness",
+                 "--url", "http://127.0.0.1:9/v1", "--model", "m"]) == 0  # fmt: skip
+    (here / "answers.csv").write_text("answer,reference\nauto,auto\nproperty,\n")
+    capsys.readouterr()
+    code = main(["judges", "score", "review-correct", "--data", "answers.csv"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: --data row 2: the correctness rubric needs a reference"), err
+
+    (here / "answers.jsonl").write_text('{"response": "auto", "reference": "auto"}\n')
+    code = main(["judges", "score", "review-correct", "--data", "answers.jsonl"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "--data row 1: no 'answer' (its columns: response, reference)" in err, err

@@ -221,11 +221,14 @@ def _input(row: dict[str, Any], number: int, fields: tuple[str, ...]) -> Any:
             raise DataError(
                 f"--data row {number}: {field} is {type(value).__name__}, not text", row=number
             )
+        if field != "answer" and value is not None and not value.strip():
+            value = None  # an empty CSV cell: no question, reference or context, not an empty one
         values[field] = value
     if values["answer"] is None:
+        columns = ", ".join(row) or "none"
         raise DataError(
-            f"--data row {number}: no 'answer'", hint="Each row needs the answer to score.",
-            row=number,
+            f"--data row {number}: no 'answer' (its columns: {columns})",
+            hint="Each row needs the answer to score, in a column named 'answer'.", row=number,
         )  # fmt: skip
     answer = values.pop("answer")
     assert answer is not None
