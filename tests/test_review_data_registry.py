@@ -63,3 +63,74 @@ def test_csv_with_an_unclosed_quote_names_its_line_and_loses_no_rows(tmp_path: P
     line = _error_line(r.err)
     assert "tickets.csv line 3 is not valid CSV" in line
     assert "quot" in line
+
+
+# -- data: values that are not text ----------------------------------------------------------
+
+
+def test_binary_and_nan_cells_are_reported_not_read_as_text(tmp_path: Path) -> None:
+    """A binary Parquet column used to validate clean (and train as "b'...'"); a NaN cell
+    (pandas' missing value) used to count as the text "NaN"."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = tmp_path / "reviews.parquet"
+    table = pa.table(
+        {
+            "text": pa.array([b"great product", b"broke in a day", "fine"], pa.binary()),
+            "label": pa.array([1.0, float("nan"), 2.0]),
+        }
+    )
+    pq.write_table(table, data)
+    r = modelyard(
+        "data", "validate", str(data), "--format", "classification", "--json", home=tmp_path / "h"
+    )
+    assert r.code == 0, r.err
+    report = json.loads(r.out)
+    assert [(p["row"], p["field"]) for p in report["invalid_rows"]] == [
+        (1, "text"),
+        (2, "text"),
+        (3, "text"),
+    ]
+    assert "not bytes" in report["invalid_rows"][0]["problem"]
+    assert {"row": 2, "field": "label", "problem": "empty"} in report["empty_fields"]
+    assert report["labels"]["counts"] == {"1.0": 1, "2.0": 1}
+    r = modelyard(
+        "data", "validate", str(data), "--format", "classification", "--fail-on", "invalid-rows",
+        home=tmp_path / "h",
+    )  # fmt: skip
+    assert r.code == 1, r.out
+
+
+def test_finetune_refuses_a_row_whose_output_is_a_list(tmp_path: Path) -> None:
+    """Training used to learn Python's repr "['network']" for an output that is a list."""
+    import yaml
+
+    from modelyard.base import create_tiny_base
+    from modelyard.data import DOMAINS, domain_corpus, synthetic_domain
+
+    base = create_tiny_base(
+        domain_corpus(DOMAINS, 100, seed=0),
+        tmp_path / "base",
+        steps=2,
+        batch_size=4,
+        seq_len=32,
+        hidden_size=32,
+        vocab_size=300,
+    ).path
+    rows = synthetic_domain("it-support", 12, seed=0)
+    rows[3] = {**rows[3], "output": ["network", "accounts"]}
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = {
+        "base_model": str(base),
+        "data": {"train": str(train), "eval_fraction": 0.25},
+        "training": {"max_steps": 1, "batch_size": 2},
+        "evaluation": {"metrics": ["exact_match"], "max_new_tokens": 2},
+        "registry": {"model": "helpdesk"},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    r = modelyard("finetune", "-c", str(tmp_path / "config.yaml"), home=tmp_path / "h")
+    assert r.code == 2, r.out + r.err
+    line = _error_line(r.err)
+    assert "'output' must be text, not a list" in line

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import difflib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from modelyard.errors import ConfigError
+from modelyard.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)
@@ -75,8 +76,36 @@ def get_format(name: str) -> DataFormat:
 
 
 def is_blank(value: Any) -> bool:
-    """True for a missing value: None, or a string of only whitespace."""
+    """True for a missing value: None, NaN (how pandas writes a missing cell), or a string
+    of only whitespace."""
+    if isinstance(value, float) and math.isnan(value):
+        return True
     return value is None or (isinstance(value, str) and not value.strip())
+
+
+def text_problem(value: Any) -> str | None:
+    """Why a field's value cannot stand where text belongs, or None when it can.
+
+    Text, numbers and booleans are text (``1`` reads as ``"1"``); a list, an object or
+    bytes (a binary Parquet column) are not: rendered as text they would be Python's
+    ``['a']`` or ``b'...'``, which no model should learn.
+    """
+    if isinstance(value, list | tuple):
+        return "must be text, not a list"
+    if isinstance(value, dict):
+        return "must be text, not an object"
+    if isinstance(value, bytes | bytearray):
+        return "must be text, not bytes (write the column as a string column)"
+    return None
+
+
+def field_text(value: Any) -> str:
+    """A text field's value as the prompt shows it: stripped, "" for a blank one (None, NaN,
+    whitespace). A value that is not text (``text_problem``) is a DataError."""
+    problem = text_problem(value)
+    if problem is not None:
+        raise DataError(problem, hint="Give each text field a string value.")
+    return "" if is_blank(value) else str(value).strip()
 
 
 def as_text(value: Any) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from modelyard.data._formats import field_text
 from modelyard.errors import DataError
 
 PROMPT_TEMPLATE_NAME = "alpaca"
@@ -34,13 +35,13 @@ def render_prompt(example: Mapping[str, str]) -> str:
     The ``### Input`` block is left out when ``input`` is missing or blank. The
     ``output`` field is never part of the prompt: it is what the model must write.
     """
-    instruction = str(example.get("instruction") or "").strip()
+    instruction = _field(example, "instruction")
     if not instruction:
         raise DataError(
             "an example has no 'instruction'",
             hint="Every row needs a non-empty 'instruction' field (alpaca format).",
         )
-    text = str(example.get("input") or "").strip()
+    text = _field(example, "input")
     if text:
         return _WITH_INPUT.format(instruction=instruction, input=text)
     return _WITHOUT_INPUT.format(instruction=instruction)
@@ -48,10 +49,17 @@ def render_prompt(example: Mapping[str, str]) -> str:
 
 def response_of(example: Mapping[str, str]) -> str:
     """The expected answer of an example, checked to be present and non-blank."""
-    output = str(example.get("output") or "").strip()
+    output = _field(example, "output")
     if not output:
         raise DataError(
             "an example has no 'output'",
             hint="Every training or evaluation row needs a non-empty 'output' field.",
         )
     return output
+
+
+def _field(example: Mapping[str, str], name: str) -> str:
+    try:
+        return field_text(example.get(name))
+    except DataError as exc:
+        raise DataError(f"an example's {name!r} {exc.message}", hint=exc.hint, field=name) from None

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from modelyard.data._formats import CHAT_ROLES, FORMATS, DataFormat, example_text
+from modelyard.data._formats import CHAT_ROLES, FORMATS, DataFormat, example_text, field_text
 from modelyard.data._prompt import render_prompt, response_of
 from modelyard.errors import ConfigError, DataError
 
@@ -36,8 +36,12 @@ _ROLES = CHAT_ROLES
 
 
 def _text_field(row: Mapping[str, Any], field: str, fmt: str) -> str:
-    value = row.get(field)
-    text = "" if value is None else str(value).strip()
+    try:
+        text = field_text(row.get(field))
+    except DataError as exc:
+        raise DataError(
+            f"a {fmt} row's {field!r} {exc.message}", hint=exc.hint, field=field
+        ) from None
     if not text:
         raise DataError(
             f"a {fmt} row has no {field!r}",

@@ -35,6 +35,7 @@ from modelyard.data._formats import (
     get_format,
     is_blank,
     prompt_text,
+    text_problem,
 )
 from modelyard.data._io import columns_of
 from modelyard.data._pii import find_pii
@@ -273,9 +274,8 @@ def _field_problems(
                 problem = chat_problem(value)
                 if problem is not None and value != []:
                     invalid.append(FieldProblem(number, name, problem))
-            elif isinstance(value, list | dict):
-                kind = "a list" if isinstance(value, list) else "an object"
-                invalid.append(FieldProblem(number, name, f"must be text, not {kind}"))
+            elif (problem := text_problem(value)) is not None:
+                invalid.append(FieldProblem(number, name, problem))
     return empty, invalid
 
 
@@ -316,7 +316,7 @@ def _labels(rows: Sequence[Mapping[str, Any]], fmt: DataFormat, threshold: float
     values = [
         collapse(as_text(row.get(name)))
         for row in rows
-        if not is_blank(row.get(name)) and not isinstance(row.get(name), list | dict)
+        if not is_blank(row.get(name)) and text_problem(row.get(name)) is None
     ]
     counts = Counter(values)
     if not counts:
