@@ -197,3 +197,27 @@ def test_judges_score_refuses_an_empty_reference_cell_before_calling_the_judge(
     err = capsys.readouterr().err
     assert code == 2, err
     assert "--data row 1: no 'answer' (its columns: response, reference)" in err, err
+
+
+def test_evaluate_refuses_an_empty_context_cell_for_a_faithfulness_judge(
+    here: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An empty context is no context: the row is refused before any model loads (exit 2),
+    not judged for faithfulness to nothing."""
+    from modelyard.cli import main
+
+    monkeypatch.delenv("MODELYARD_API_KEY")
+    capsys.readouterr()
+    assert main(["judges", "add", "review-grounded", "--rubric", "faithfulness",
+                 "--url", "http://127.0.0.1:9/v1", "--model", "m"]) == 0  # fmt: skip
+    (here / "held-out.csv").write_text(
+        "instruction,output,context\nWhich team?,auto,The car was hit.\nWhich team?,property,\n"
+    )
+    capsys.readouterr()
+    code = main(["evaluate", "--model", "acme-claims:1", "--data", "held-out.csv",
+                 "--metrics", "judge.review-grounded"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith(
+        "error: --data row 2: judge.review-grounded (faithfulness rubric) needs a context"
+    ), err

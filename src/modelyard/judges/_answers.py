@@ -36,7 +36,10 @@ def question_of(row: Mapping[str, Any]) -> str | None:
 
 
 def _context_of(row: Mapping[str, Any]) -> str | None:
-    return row["context"] if isinstance(row.get("context"), str) else None
+    """The row's ``context`` text; None when it has none, or an empty one (a CSV's empty
+    cell), which a rubric that needs a context must not be shown as the context."""
+    context = row.get("context")
+    return context if isinstance(context, str) and context.strip() else None
 
 
 def answer_inputs(
