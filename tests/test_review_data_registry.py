@@ -8,7 +8,10 @@ the rows and files left behind.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
+
+import pytest
 
 from clihelp import modelyard
 
@@ -134,3 +137,45 @@ def test_finetune_refuses_a_row_whose_output_is_a_list(tmp_path: Path) -> None:
     assert r.code == 2, r.out + r.err
     line = _error_line(r.err)
     assert "'output' must be text, not a list" in line
+
+
+# -- registry: export, import ----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A home holding sup:1, an adapter imported with `modelyard registry import`."""
+    from modelyard.base import create_tiny_base
+    from modelyard.data import DOMAINS, domain_corpus
+    from tinymodels import QUICK_BASE, random_adapter
+
+    root = tmp_path_factory.mktemp("imported")
+    base = create_tiny_base(domain_corpus(DOMAINS, 300, seed=0), root / "base", **QUICK_BASE).path
+    adapter = random_adapter(base, root / "adapter", 1, target_modules=["q_proj", "v_proj"])
+    home = root / "home"
+    r = modelyard(
+        "registry", "import", str(adapter), "--name", "sup", "--base-model", str(base), home=home
+    )
+    assert r.code == 0, r.err
+    return {"home": home, "base": base, "adapter": adapter}
+
+
+@pytest.fixture
+def home(imported: dict[str, Path], tmp_path: Path) -> Path:
+    """A private copy of the imported home, for tests that change it."""
+    return Path(shutil.copytree(imported["home"], tmp_path / "home"))
+
+
+def test_export_to_a_file_or_under_one_is_one_error(
+    imported: dict[str, Path], tmp_path: Path
+) -> None:
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    for out, said in [
+        (a_file, "notes.txt is a file"),
+        (a_file / "sub", "notes.txt is a file"),
+    ]:
+        r = modelyard("registry", "export", "sup:1", "--out", str(out), home=imported["home"])
+        assert r.code == 2, r.out + r.err
+        assert said in _error_line(r.err)
+    assert a_file.read_text() == "keep me"

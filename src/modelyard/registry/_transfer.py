@@ -46,13 +46,16 @@ def export_version(store: Store, artifacts: ArtifactStore, ref: str, out_dir: Pa
             f"{ref} is an upstream (another server answers for it): it has no weights to export",
             hint="`modelyard registry show` prints its spec.",
         )
-    if out_dir.exists() and any(out_dir.iterdir()):
-        raise ConfigError(
-            f"export directory {out_dir} is not empty",
-            hint="Choose a new directory; export never overwrites files.",
-        )
+    _check_out_dir(out_dir)
     files = verified_files(store, artifacts, version)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the export directory {out_dir}: {exc.strerror or exc}",
+            hint="Choose a directory you can write to.",
+            field="--out",
+        ) from exc
     for path in sorted(files.rglob("*")):
         target = out_dir / path.relative_to(files)
         if path.is_dir():
@@ -73,6 +76,29 @@ def export_version(store: Store, artifacts: ArtifactStore, ref: str, out_dir: Pa
         json.dumps(lineage, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
     )
     return out_dir
+
+
+def _check_out_dir(out_dir: Path) -> None:
+    """``--out`` is a new or empty directory, or a ConfigError (before anything is read)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(
+            f"export directory {out_dir} is a file",
+            hint="Give --out a new (or empty) directory.",
+            field="--out",
+        )
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        raise ConfigError(
+            f"export directory {out_dir} is not empty",
+            hint="Choose a new directory; export never overwrites files.",
+            field="--out",
+        )
+    parent = next((p for p in out_dir.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(
+            f"cannot create the export directory {out_dir}: {parent} is a file",
+            hint="Give --out a path under a directory.",
+            field="--out",
+        )
 
 
 def export_loader(version: ModelVersion) -> str:
