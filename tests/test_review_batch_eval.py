@@ -106,7 +106,8 @@ def test_rows_a_dead_server_failed_are_asked_again_when_the_stopped_job_resumes(
         spec = UpstreamSpec(base_url=f"http://127.0.0.1:{port}/v1", model="vendor-chat",
                             api_key_env="REVIEW_VENDOR_KEY", max_retries=0,
                             connect_timeout_s=2.0)  # fmt: skip
-        register_upstream(store, LocalArtifactStore(home / "artifacts"), spec, name="bot")
+        artifacts = LocalArtifactStore(home / "artifacts")
+        register_upstream(store, artifacts, spec, name="bot", tenant="acme")
         store.create_endpoint("support", model_ref="bot:2", tenant="acme")
         _, key = create_api_key(store, "acme", scopes=("infer",))
     monkeypatch.setenv("MODELYARD_HOME", str(home))
@@ -221,3 +222,25 @@ def test_evaluate_refuses_an_empty_context_cell_for_a_faithfulness_judge(
     assert err.startswith(
         "error: --data row 2: judge.review-grounded (faithfulness rubric) needs a context"
     ), err
+
+
+def test_from_records_refuses_an_out_that_is_not_jsonl_before_writing(
+    world: World, here: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The rows are JSONL: under a .csv name they would be read as CSV by `data validate`
+    and the fine-tune, and registered as a dataset that cannot be read."""
+    from modelyard.cli import main
+
+    monkeypatch.delenv("MODELYARD_API_KEY")
+    with world.store() as store:
+        datasets = len(store.list_datasets())
+    capsys.readouterr()
+    code = main(["data", "from-records", "-e", "claims-router", "--since", "1d",
+                 "--out", "rows.csv"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: --out rows.csv: the rows are written as JSONL"), err
+    assert "Name it rows.jsonl" in err
+    assert not (here / "rows.csv").exists()
+    with world.store() as store:
+        assert len(store.list_datasets()) == datasets

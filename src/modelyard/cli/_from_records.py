@@ -49,6 +49,19 @@ def _dataset_name(name: str | None, endpoint: str) -> str:
     return chosen
 
 
+def _check_out(out: Path) -> None:
+    """The rows are written as JSONL: an --out named otherwise would hold JSONL under a
+    .csv or .parquet name, which `data validate` and a fine-tune then read as that."""
+    if out.suffix.lower() != ".jsonl":
+        raise ConfigError(
+            f"--out {out}: the rows are written as JSONL, and a file named "
+            f"{out.suffix or 'without .jsonl'} would be read as another kind",
+            hint=f"Name it {out.with_suffix('.jsonl').name} (convert it afterwards if another "
+            "format is needed).",
+            field="--out",
+        )
+
+
 @contextmanager
 def _progress() -> Iterator[Any]:
     """A bar on a terminal (a long window has many records); nothing otherwise."""
@@ -111,6 +124,7 @@ def from_records(
     Exits 2 for bad input, 1 when a --fail-on rule trips.
     """
     rules = check_rules(fail_on)
+    _check_out(out)
     if min_score is not None and not -1.0 <= min_score <= 1.0:
         raise ConfigError(f"--min-score {min_score} is out of range: use -1 to 1")
     start, end = _window(since, until)
