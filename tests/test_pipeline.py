@@ -373,6 +373,11 @@ def test_bad_files_exit_2_with_one_line_and_the_store_is_checked(project: Path) 
          "rollout.guards: guard 'judge.qualty >= 3' names judge 'qualty', which does not exist"),
         ({"finetune": {"overrides": {"evaluation": {"gates": ["judge.nope >= 4"]}}}},
          "finetune.evaluation: no judge named 'nope'"),
+        ({"finetune": {"overrides": {"registry": {"alias_on_pass": None, "tenant": "acme"}}}},
+         "finetune registry.model 'helpdesk' exists already and belongs to no tenant (shared), but "
+         "registry.tenant asks for tenant 'acme'"),
+        ({"finetune": {"overrides": {"registry": {"alias_on_pass": None, "tenant": "globex"}}}},
+         "finetune registry.tenant names no tenant: there is no tenant 'globex'"),
         ({"finetune": {"overrides": {"registry": {"alias_on_pass": None, "model": "other"}}}},
          "rollout.endpoint: 'support' serves model 'helpdesk', but the fine-tune registers "
          "'other'"),

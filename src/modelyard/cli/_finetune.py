@@ -19,11 +19,10 @@ from modelyard.cli._common import (
     settings,
 )
 from modelyard.cli._home import check_home, store_exists
-from modelyard.errors import ConfigError, GateFailed, NotFound
+from modelyard.errors import ConfigError, GateFailed
 
 if TYPE_CHECKING:
-    from modelyard.finetune import FinetuneConfig, FinetuneInterrupted
-    from modelyard.store import Store
+    from modelyard.finetune import FinetuneInterrupted
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 
@@ -109,44 +108,6 @@ def _write_script(out: Path, text: str) -> None:
         ) from exc
 
 
-def check_registry(config: FinetuneConfig, store: Store | None) -> None:
-    """The tenant and model that ``registry:`` names, checked before any training.
-
-    The store would refuse a tenant that does not exist only at registration, after the
-    training and the evaluation; and a model that exists already keeps its owner, so a
-    ``registry.tenant`` that differs from it would be silently ignored.
-    """
-    registry = config.registry
-    if registry.tenant is not None:
-        try:
-            if store is None:
-                raise NotFound(f"no tenant named {registry.tenant!r}")
-            store.get_tenant(registry.tenant)
-        except NotFound:
-            raise ConfigError(
-                f"registry.tenant names no tenant: there is no tenant {registry.tenant!r}",
-                hint=f"Create it first with `modelyard tenants create {registry.tenant}`, or "
-                "fix the name (`modelyard tenants list`).",
-                field="registry.tenant",
-            ) from None
-    if store is None:
-        return
-    try:
-        existing = store.get_registered_model(registry.model)
-    except NotFound:
-        return
-    if existing.tenant != registry.tenant:
-        owner = f"tenant {existing.tenant!r}" if existing.tenant else "no tenant (shared)"
-        want = f"tenant {registry.tenant!r}" if registry.tenant else "no tenant"
-        raise ConfigError(
-            f"registry.model {registry.model!r} exists already and belongs to {owner}, "
-            f"but registry.tenant asks for {want}",
-            hint="Set registry.tenant to the model's owner, or register under another "
-            "registry.model name.",
-            field="registry.tenant",
-        )
-
-
 def finetune(
     ctx: typer.Context,
     config: Path = typer.Option(..., "--config", "-c", help="The finetune YAML config."),
@@ -190,6 +151,7 @@ def finetune(
         SlurmOptions,
         check_gpus,
         check_judges,
+        check_registry,
         launch,
         load_config,
         prepare,

@@ -12,6 +12,7 @@ from modelyard.finetune._cleanup import FinetuneInterrupted
 from modelyard.finetune._config import FinetuneConfig, load_config, parse_config
 from modelyard.finetune._evaluate import check_evaluation, evaluate_rows, evaluate_version
 from modelyard.finetune._launch import check_gpus, launch, launch_command, visible_gpus
+from modelyard.finetune._owner import check_registry
 from modelyard.finetune._pipeline import (
     FinetuneOutcome,
     Prepared,
@@ -34,6 +35,7 @@ __all__ = [
     "check_evaluation",
     "check_gpus",
     "check_judges",
+    "check_registry",
     "checkpoint_dir",
     "evaluate_rows",
     "evaluate_version",

@@ -22,7 +22,7 @@ from typing import Any
 from modelyard.artifacts import ArtifactStore
 from modelyard.audit import AuditEvent
 from modelyard.errors import ConfigError, ModelyardError, NotFound
-from modelyard.finetune import Reporter
+from modelyard.finetune import Reporter, check_registry
 from modelyard.pipeline._schema import Pipeline
 from modelyard.pipeline._stages import StageOutput, collect, roll_out, train
 from modelyard.store import Store
@@ -101,6 +101,14 @@ def check_against_store(store: Store, pipeline: Pipeline) -> None:
         raise ConfigError(
             f"pipeline {pipeline.path.name}: from_records.status: {exc.message}",
             field="from_records.status",
+        ) from exc
+    try:
+        check_registry(pipeline.finetune, store)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"pipeline {pipeline.path.name}: finetune {exc.message}",
+            hint=exc.hint,
+            field=f"finetune.{exc.context.get('field', 'registry')}",
         ) from exc
     _check_judges(store, pipeline)
     rollout = pipeline.rollout
