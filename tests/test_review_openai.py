@@ -76,6 +76,16 @@ def _chat(**fields: Any) -> dict[str, Any]:
     return {"model": "acme-support", "messages": HELLO, "max_tokens": 5, **fields}
 
 
+def test_stream_options_without_stream_is_a_400_as_openai_answers(served: Served) -> None:
+    """OpenAI and vLLM refuse ``stream_options`` on a request that does not stream; accepting
+    it would silently ignore it."""
+    error = _error(served.post(CHAT, _chat(stream_options={"include_usage": True})))
+    assert error["param"] == "stream_options", error
+    assert "only allowed with stream: true" in error["message"], error
+    streamed = served.post(CHAT, _chat(stream=True, stream_options={"include_usage": True}))
+    assert streamed.status_code == 200 and '"usage"' in streamed.text
+
+
 @pytest.mark.parametrize(
     ("path", "body", "param", "sent"),
     [

@@ -271,9 +271,13 @@ class CommonRequest(BaseModel):
             raise ValueError(f"n is {value}; ask for 1 to {MAX_N} choices")
         return value
 
-    @model_validator(mode="after")
-    def _one_stream(self) -> CommonRequest:
-        return self
+    @field_validator("stream_options")
+    @classmethod
+    def _stream_options_need_stream(cls, value: StreamOptions | None, info: Any) -> Any:
+        if value is not None and not info.data.get("stream"):
+            # as OpenAI and vLLM answer: usage is in every answer that is not streamed
+            raise ValueError("is only allowed with stream: true; remove it, or stream")
+        return value
 
     @property
     def choices(self) -> int:
