@@ -125,6 +125,7 @@ READS = [
 MUTATIONS: list[tuple[str, str, Any]] = [
     ("PUT", "/models/support/aliases/staging", {"version": 3}),
     ("DELETE", "/models/support/aliases/staging", None),
+    ("DELETE", "/models/support/aliases/no-such-alias", None),  # 403 first, not 404
     ("POST", "/models/support/versions/3/archive", None),
     ("PATCH", "/models/support/versions/1/tags", {"set": {"team": "claims"}}),
     ("PUT", "/endpoints/acme-canary/traffic", {"weights": {"2": 50, "3": 50}}),

@@ -261,13 +261,14 @@ class RegistryStore(StoreCore):
         """Remove ``alias``; returns the version it pointed to (protected aliases need approver)."""
         subject = f"{model}@{alias}"
         with self._write(f"delete alias {subject}") as s:
+            # the role first: a viewer learns it may not, not whether the alias exists
+            self._check_alias_change(s, "alias.deleted", subject, alias, None)
             mrow = model_row(s, model, lock=True)
             arow = s.get(ModelAliasRow, (mrow.id, alias))
             if arow is None:
                 raise ModelVersionNotFound(f"model {model!r} has no alias {alias!r}")
             vrow = s.get(ModelVersionRow, arow.version_id)
             assert vrow is not None  # guaranteed by the foreign key
-            self._check_alias_change(s, "alias.deleted", subject, alias, None)
             s.delete(arow)
             s.flush()
             self._audit(s, "alias.deleted", subject, {"version": vrow.version})
