@@ -244,3 +244,21 @@ def test_from_records_refuses_an_out_that_is_not_jsonl_before_writing(
     assert not (here / "rows.csv").exists()
     with world.store() as store:
         assert len(store.list_datasets()) == datasets
+
+
+@pytest.mark.parametrize(
+    ("stops", "expected"),
+    [
+        (["a", "b", "c", "d", "e"], "--stop is given 5 times; a request takes at most 4"),
+        ([""], "--stop '': a stop string has 1 to 256 characters"),
+    ],
+)
+def test_stop_strings_the_chat_route_would_refuse_are_refused_before_any_row(
+    stops: list[str], expected: str, here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write_jsonl(here / "in.jsonl", [{"prompt": "hello"}])
+    flags = [a for stop in stops for a in ("--stop", stop)]
+    code, _, err = batch(capsys, "in.jsonl", "-o", "out.jsonl", *ECHO, *flags)
+    assert code == 2, err
+    assert err.startswith(f"error: {expected}"), err
+    assert sorted(p.name for p in here.iterdir()) == ["in.jsonl"]

@@ -32,6 +32,10 @@ from modelyard.errors import ConfigError
 from modelyard.serving import Engine, InProcessPlane, SamplingParams, ServerLimits
 from modelyard.store import ApiKey, Store
 
+MAX_STOP, MAX_STOP_CHARS = 4, 256
+"""What the chat route takes of ``stop`` (``serving``'s request model): a row is asked as
+the route would be asked."""
+
 RunnerFactory = Callable[
     [InProcessPlane, ApiKey, str, JobSettings, Mapping[str, tuple[float, float]]], JobRunner
 ]
@@ -80,6 +84,7 @@ class FileJobSpec:
                 hint="Write the answers to another file (-o): the input is read again when a "
                 "stopped job resumes.",
             )
+        self._check_stops()
         if self.tenant is not None and self.model is None:
             raise ConfigError("--tenant goes with --model (an endpoint's key says the tenant)")
         for column in self.id_columns:
@@ -87,6 +92,22 @@ class FileJobSpec:
                 raise ConfigError(
                     f"the id column {column!r} has the name of an output column",
                     hint=f"The output's own columns are {ROW_COLUMN}, {', '.join(RESULT_COLUMNS)}.",
+                )
+
+    def _check_stops(self) -> None:
+        stops = self.params.stop
+        if len(stops) > MAX_STOP:
+            raise ConfigError(
+                f"--stop is given {len(stops)} times; a request takes at most {MAX_STOP} stop "
+                "strings",
+                hint="Keep the stop strings that matter (the chat route refuses more too).",
+                field="--stop",
+            )
+        for stop in stops:
+            if not stop or len(stop) > MAX_STOP_CHARS:
+                raise ConfigError(
+                    f"--stop {stop[:40]!r}: a stop string has 1 to {MAX_STOP_CHARS} characters",
+                    field="--stop",
                 )
 
 
