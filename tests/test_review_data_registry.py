@@ -179,3 +179,44 @@ def test_export_to_a_file_or_under_one_is_one_error(
         assert r.code == 2, r.out + r.err
         assert said in _error_line(r.err)
     assert a_file.read_text() == "keep me"
+
+
+def test_import_for_a_tenant_never_lands_in_another_tenants_model(
+    imported: dict[str, Path], home: Path
+) -> None:
+    """--tenant used to be ignored when the model existed: acme's adapter became a version
+    of globex's model (or of a shared one), and nothing said so."""
+    for tenant in ("acme", "globex"):
+        assert modelyard("tenants", "create", tenant, home=home).code == 0
+    args = ("--base-model", str(imported["base"]))
+    r = modelyard(
+        "registry", "import", str(imported["adapter"]), "--name", "globex-bot",
+        "--tenant", "globex", *args, home=home,
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    for name, owner in [("globex-bot", "tenant 'globex'"), ("sup", "no tenant")]:
+        r = modelyard(
+            "registry", "import", str(imported["adapter"]), "--name", name,
+            "--tenant", "acme", *args, home=home,
+        )  # fmt: skip
+        assert r.code == 1, r.out
+        assert f"'{name}' belongs to {owner}, not to tenant 'acme'" in _error_line(r.err)
+    r = modelyard(
+        "registry", "upstream", "globex-bot", "--base-url", "http://127.0.0.1:9/v1",
+        "--upstream-model", "gpt-x", "--tenant", "acme", home=home,
+    )  # fmt: skip
+    assert r.code == 1, r.out
+    assert "belongs to tenant 'globex'" in _error_line(r.err)
+    listed = json.loads(modelyard("registry", "list", "--json", home=home).out)
+    latest = {m["name"]: m["latest_version"] for m in listed}
+    assert latest == {"globex-bot": 1, "sup": 1}
+    # the owner's own imports, and an admin's import without --tenant, still join
+    r = modelyard(
+        "registry", "import", str(imported["adapter"]), "--name", "globex-bot",
+        "--tenant", "globex", *args, home=home,
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    r = modelyard(
+        "registry", "import", str(imported["adapter"]), "--name", "globex-bot", *args, home=home
+    )
+    assert r.code == 0, r.err

@@ -18,7 +18,8 @@ package owns what works on a version as a whole:
   vanilla ``peft``/``transformers`` load) and ``import_version`` (the safety
   checks of ``modelyard.artifacts`` before anything is stored); tags;
 - what crashes leave: ``discard_unreferenced`` / ``drop_if_empty`` for writers
-  whose row was refused (``modelyard.doctor`` uses them).
+  whose row was refused (``modelyard.doctor`` uses them); ``ensure_model`` and
+  ``check_model_owner``: a tenant's version joins only that tenant's model.
 """
 
 from modelyard.registry._card import model_card, version_card
@@ -33,6 +34,7 @@ from modelyard.registry._datasets import (
 from modelyard.registry._history import MAX_DEPTH, LineageNode, lineage_chain
 from modelyard.registry._lineage import ensure_base_model, environment, git_commit, lineage_record
 from modelyard.registry._orphans import (
+    check_model_owner,
     discard_unreferenced,
     drop_if_empty,
     ensure_model,
@@ -73,6 +75,7 @@ __all__ = [
     "LineageNode",
     "UpstreamSpec",
     "canonical_jsonl",
+    "check_model_owner",
     "dataset_rows",
     "discard_unreferenced",
     "drop_if_empty",

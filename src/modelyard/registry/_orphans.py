@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from modelyard.artifacts import ArtifactStore
 from modelyard.errors import Conflict, ModelyardError, NotFound
-from modelyard.store import Store
+from modelyard.store import RegisteredModel, Store
 
 
 def _hex(digest: str) -> str:
@@ -53,15 +53,47 @@ def drop_if_empty(store: Store, name: str, *, reason: str) -> bool:
 def ensure_model(store: Store, name: str, *, tenant: str | None, description: str) -> bool:
     """Create the registered model ``name`` unless it exists; whether it was created here.
 
-    A concurrent writer creating the same model first is not an error.
+    A concurrent writer creating the same model first is not an error. A model that
+    exists already must belong to ``tenant`` when one is given (``check_model_owner``).
     """
     try:
-        store.get_registered_model(name)
-        return False
+        model = store.get_registered_model(name)
     except NotFound:
-        pass
+        try:
+            store.create_registered_model(name, tenant=tenant, description=description)
+        except Conflict:
+            model = store.get_registered_model(name)  # created meanwhile by a parallel writer
+        else:
+            return True
+    _check_owner(model, tenant)
+    return False
+
+
+def check_model_owner(store: Store, name: str, tenant: str | None) -> None:
+    """Before any work: a version for ``tenant`` may only join a model of that tenant.
+
+    A Conflict when ``name`` exists and belongs to another tenant (or to none), so a
+    tenant's version never lands in someone else's model; nothing when it does not exist
+    yet or no tenant is given (a version then joins the model as it is).
+    """
+    if tenant is None:
+        return
     try:
-        store.create_registered_model(name, tenant=tenant, description=description)
-    except Conflict:
-        return False  # created meanwhile by a parallel import or fine-tune
-    return True
+        model = store.get_registered_model(name)
+    except NotFound:
+        return
+    _check_owner(model, tenant)
+
+
+def _check_owner(model: RegisteredModel, tenant: str | None) -> None:
+    if tenant is None or model.tenant == tenant:
+        return
+    owner = f"tenant {model.tenant!r}" if model.tenant else "no tenant"
+    raise Conflict(
+        f"registered model {model.name!r} belongs to {owner}, not to tenant {tenant!r}",
+        hint=f"Name another model for {tenant}'s versions, or leave the tenant out to add a "
+        f"version to {model.name!r} as it is.",
+        model=model.name,
+        tenant=tenant,
+        owner=model.tenant,
+    )

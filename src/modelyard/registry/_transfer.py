@@ -28,7 +28,12 @@ from modelyard.base import model_dir
 from modelyard.errors import ConfigError, NotFound, UnsafeArtifact
 from modelyard.registry._card import model_card
 from modelyard.registry._lineage import ensure_base_model, lineage_record
-from modelyard.registry._orphans import discard_unreferenced, drop_if_empty, ensure_model
+from modelyard.registry._orphans import (
+    check_model_owner,
+    discard_unreferenced,
+    drop_if_empty,
+    ensure_model,
+)
 from modelyard.registry._versions import imported_template, verified_files
 from modelyard.store import BaseModel, ModelVersion, Store
 
@@ -148,6 +153,7 @@ def import_version(
     a model created for it are removed again.
     """
     limits = limits or ImportLimits()
+    check_model_owner(store, name, tenant)
     base = _base(store, base_model)
     base_dir = model_dir(base.source)
     subject = f"{name} <- {source}"

@@ -26,7 +26,12 @@ from urllib.parse import urlsplit
 from modelyard.artifacts import ArtifactStore
 from modelyard.errors import ConfigError, UpstreamError
 from modelyard.registry._lineage import lineage_record
-from modelyard.registry._orphans import discard_unreferenced, drop_if_empty, ensure_model
+from modelyard.registry._orphans import (
+    check_model_owner,
+    discard_unreferenced,
+    drop_if_empty,
+    ensure_model,
+)
 from modelyard.store import ModelVersion, Store
 
 SPEC_FILE = "upstream.json"
@@ -184,6 +189,7 @@ def register_upstream(
 ) -> ModelVersion:
     """Register ``spec`` as a new version of ``name`` (created when missing), on the base
     ``base`` (default ``upstream_base_name``), with the spec's prices as that base's."""
+    check_model_owner(store, name, tenant)
     base_name = base or upstream_base_name(spec)
     base_model = store.register_base_model(base_name, spec.url, {})
     if spec.input_per_1k is not None or spec.output_per_1k is not None:
