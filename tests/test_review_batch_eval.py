@@ -262,3 +262,45 @@ def test_stop_strings_the_chat_route_would_refuse_are_refused_before_any_row(
     assert code == 2, err
     assert err.startswith(f"error: {expected}"), err
     assert sorted(p.name for p in here.iterdir()) == ["in.jsonl"]
+
+
+def test_ctrl_c_says_what_was_kept_and_the_same_command_goes_on(
+    world: World, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from clihelp import modelyard
+
+    rows = 200
+    write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"question {i}"} for i in range(rows)])
+    out = tmp_path / "out.jsonl"
+    command = ["batch", "run", str(tmp_path / "in.jsonl"), "-o", str(out), "-e",
+               "claims-router", "--engine", "echo", "--echo-delay-ms", "25", "--concurrency",
+               "4"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
+    env |= {"MODELYARD_HOME": str(world.home), "MODELYARD_API_KEY": world.key}
+    job = subprocess.Popen(
+        [sys.executable, "-m", "modelyard", *command],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    first_part = tmp_path / "out.jsonl.batch" / "part-00000001.jsonl"
+    deadline = time.monotonic() + 120
+    while not first_part.exists():
+        assert job.poll() is None, "the job ended before Ctrl+C"
+        assert time.monotonic() < deadline, "no part committed within 120 s"
+        time.sleep(0.02)
+    job.send_signal(signal.SIGINT)
+    _, err = job.communicate(timeout=30)
+    assert job.returncode == 130, err
+    kept = sum(len(p.read_text().splitlines()) for p in first_part.parent.glob("part-*"))
+    assert f"stopped (Ctrl+C): {kept} answered rows are kept in {first_part.parent}" in err
+    assert "run the same command again" in err and "Traceback" not in err
+
+    again = modelyard(*command, "--json", home=world.home, env={"MODELYARD_API_KEY": world.key})
+    assert again.code == 0, again.err
+    assert json.loads(again.out)["skipped"] == kept
+    assert len(out.read_text().splitlines()) == rows

@@ -18,7 +18,7 @@ then), each actor building its engine and store from an ``EngineSpec`` and a
 from modelyard.batch._asking import JobPlane, job_plane
 from modelyard.batch._files import FileJobSpec, RunnerFactory, read_input, run_file_job
 from modelyard.batch._mapping import ROLES, ColumnMapping
-from modelyard.batch._parts import FileJob, PartsSink
+from modelyard.batch._parts import FileJob, PartsSink, state_dir
 from modelyard.batch._ray import RayJobRunner, RayOptions, import_ray, ray_cluster
 from modelyard.batch._rows import (
     RESULT_COLUMNS,
@@ -59,6 +59,7 @@ __all__ = [
     "ray_cluster",
     "read_input",
     "run_file_job",
+    "state_dir",
     "table_kind",
     "write_table",
 ]

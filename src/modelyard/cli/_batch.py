@@ -210,6 +210,9 @@ def run(
                 store, chosen, spec, limits=limits, progress=bar.update, on_start=bar.start,
                 runner=runner,
             )  # fmt: skip
+    except KeyboardInterrupt:
+        _interrupted(output)
+        raise typer.Exit(130) from None
     finally:
         chosen.close()
         store.close()
@@ -223,6 +226,22 @@ def run(
             hint="Fix the cause, then run the same command again (with a higher "
             "--max-errors) to go on from where it stopped.",
         )
+
+
+def _interrupted(output: Path) -> None:
+    """Ctrl+C: say where the job stands (its kept answers stay for the next run)."""
+    from modelyard.batch import state_dir
+
+    state = state_dir(output)
+    if state.is_dir():
+        kept = sum(1 for part in state.glob("part-*.jsonl") for _ in part.open("rb"))
+        err_console.print(
+            f"stopped (Ctrl+C): {kept} answered rows are kept in {state}; run the same "
+            "command again to answer the rest",
+            markup=False,
+        )
+    else:
+        err_console.print("stopped (Ctrl+C) before the job started: nothing was written")
 
 
 def job_engine(
