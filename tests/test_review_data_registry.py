@@ -220,3 +220,27 @@ def test_import_for_a_tenant_never_lands_in_another_tenants_model(
         "registry", "import", str(imported["adapter"]), "--name", "globex-bot", *args, home=home
     )
     assert r.code == 0, r.err
+
+
+def test_import_refusals_say_what_fixes_them(imported: dict[str, Path], home: Path) -> None:
+    """Every file_kind refusal used to end "Remove the file from the artifact. Allowed: ...",
+    even for an adapter imported as --kind full or a config.json that is not JSON."""
+    args = ("--base-model", str(imported["base"]))
+    r = modelyard(
+        "registry", "import", str(imported["adapter"]), "--name", "x", "--kind", "full", *args,
+        home=home,
+    )  # fmt: skip
+    assert r.code == 1, r.out
+    line = _error_line(r.err)
+    assert "import it with --kind adapter" in line
+    assert "Remove the file" not in line
+
+    broken = Path(shutil.copytree(imported["adapter"], home.parent / "broken"))
+    (broken / "adapter_config.json").write_text("{not json")
+    r = modelyard("registry", "import", str(broken), "--name", "x", *args, home=home)
+    assert r.code == 1, r.out
+    line = _error_line(r.err)
+    assert "adapter_config.json: is not valid UTF-8 JSON" in line
+    assert "save_pretrained" in line and "Remove the file from the artifact" not in line
+    listed = json.loads(modelyard("registry", "list", "--json", home=home).out)
+    assert [m["name"] for m in listed] == ["sup"]  # nothing registered

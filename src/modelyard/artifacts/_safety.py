@@ -131,8 +131,15 @@ def classify(name: str) -> FileKind | None:
     return kind
 
 
-def _refuse_kind(rel: str, why: str) -> UnsafeArtifact:
-    return UnsafeArtifact(f"{rel}: {why}", rule="file_kind", path=rel, hint=_KIND_HINT)
+_CONTENT_HINT = (
+    "The file is damaged or is not what its name says: write it again with the library "
+    "that made it (transformers' or peft's save_pretrained), or remove it."
+)
+
+
+def _refuse_kind(rel: str, why: str, hint: str = _CONTENT_HINT) -> UnsafeArtifact:
+    """A ``file_kind`` refusal; the hint says what fixes this case (default: the content)."""
+    return UnsafeArtifact(f"{rel}: {why}", rule="file_kind", path=rel, hint=hint)
 
 
 def _refuse_depth(rel: str, limit: int) -> UnsafeArtifact:
@@ -163,7 +170,11 @@ def _depth(data: Any) -> int:
 
 def _read_json(entry: TreeFile, max_depth: int) -> Any:
     if entry.size > _MAX_JSON_BYTES:
-        raise _refuse_kind(entry.rel, f"a JSON file of {entry.size} bytes is too large")
+        raise _refuse_kind(
+            entry.rel,
+            f"a JSON file of {entry.size} bytes is too large (the limit is {_MAX_JSON_BYTES})",
+            "Model configs and tokenizer files are far smaller; remove the file.",
+        )
     try:
         data = json.loads(entry.path.read_bytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -251,9 +262,21 @@ def _check_layout(kind: ArtifactKind, files: Mapping[str, FileKind]) -> None:
             )
         return
     if "config.json" not in files:
-        raise _refuse_kind("config.json", "a full model needs config.json at its root")
+        adapter = "adapter_config.json" in files
+        raise _refuse_kind(
+            "config.json",
+            "a full model needs config.json at its root",
+            "This is a LoRA adapter (it has adapter_config.json): import it with --kind adapter."
+            if adapter
+            else "Import the directory transformers' save_pretrained wrote (config.json, "
+            "weights, tokenizer).",
+        )
     if not any(k in ("safetensors", "pickle") for k in files.values()):
-        raise _refuse_kind("config.json", "a full model needs weights (*.safetensors)")
+        raise _refuse_kind(
+            "config.json",
+            "a full model needs weights (*.safetensors)",
+            "Import the directory transformers' save_pretrained wrote, weights included.",
+        )
 
 
 def _first(files: Mapping[str, FileKind], kind: FileKind) -> str | None:
@@ -297,12 +320,18 @@ def inspect_artifact(
 
     tree = walk_tree(root)
     if not tree:
-        raise _refuse_kind(".", "the artifact holds no files")
+        raise _refuse_kind(
+            ".",
+            "the artifact holds no files",
+            "Import the model's directory (the one save_pretrained wrote), not an empty one.",
+        )
     kinds: dict[str, FileKind] = {}
     for entry in tree:
         file_kind = classify(entry.rel)
         if file_kind is None:
-            raise _refuse_kind(entry.rel, "this kind of file is not allowed in a model artifact")
+            raise _refuse_kind(
+                entry.rel, "this kind of file is not allowed in a model artifact", _KIND_HINT
+            )
         kinds[entry.rel] = file_kind
 
     python = _first(kinds, "python")
