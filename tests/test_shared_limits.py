@@ -6,6 +6,7 @@ closed (503 with Retry-After), as the operator chose, and are shared again once 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +17,13 @@ import pytest
 from clihelp import modelyard
 from modelyard.access import create_api_key
 from modelyard.errors import ConfigError, LimitsUnavailable, RateLimited
-from modelyard.serving import BackgroundServer, EchoEngine, ServerLimits, create_app
+from modelyard.serving import (
+    BackgroundServer,
+    EchoEngine,
+    PacedEchoEngine,
+    ServerLimits,
+    create_app,
+)
 from modelyard.serving._shared_limits import SharedRateLimiter
 from modelyard.store import Store
 from redisserver import RedisServer, redis_server
@@ -184,3 +191,51 @@ def test_serve_refuses_a_redis_setting_it_cannot_use(tmp_path: Path) -> None:
     assert r.code == 2 and "on_redis_down is 'maybe'" in r.err and "Traceback" not in r.err
     with pytest.raises(ConfigError, match="is not a Redis URL"):
         ServerLimits(redis_url="http://x:6379")
+
+
+def test_a_request_admitted_before_redis_goes_down_is_answered_recorded_and_charged(
+    store: Store, redis_srv: RedisServer
+) -> None:
+    """Failing closed refuses new requests, never one already admitted: giving back its
+    unused tokens at its end must not turn its answer into a 503, leave its record
+    ``running`` and its cost uncharged (it did all three)."""
+    store.set_token_price("tiny", input_per_1k=100.0, output_per_1k=100.0)
+    store.set_budget("acme", "day", 1000.0)
+    _, limited = create_api_key(store, "acme", rpm_limit=100, tpm_limit=100_000)
+    limits = ServerLimits(redis_url=redis_srv.url, on_redis_down="closed")
+    app = create_app(store, PacedEchoEngine(0.3), limits=limits, refresh_seconds=60,
+                     heartbeat_s=None)  # fmt: skip
+    answers: list[httpx.Response] = []
+    with BackgroundServer(app) as server:
+
+        def complete() -> None:
+            answers.append(
+                httpx.post(
+                    server.base_url + "/v1/completions",
+                    json={"model": "acme-support", "prompt": "a b c d e f", "max_tokens": 6},
+                    headers={"Authorization": f"Bearer {limited}"},
+                    timeout=30,
+                )
+            )
+
+        running = threading.Thread(target=complete)
+        running.start()
+        deadline = time.monotonic() + 10
+        while store.count_inference_records() == 0:  # admitted: journaled as running
+            assert time.monotonic() < deadline, "the request was never admitted"
+            time.sleep(0.02)
+        redis_srv.stop()
+        running.join(30)
+        assert answers[0].status_code == 200, answers[0].text
+        assert answers[0].json()["choices"][0]["text"] == "a b c d e f"
+        deadline = time.monotonic() + 10
+        while (records := store.list_inference_records())[0].status == "running":
+            assert time.monotonic() < deadline, "the record stayed running"
+            time.sleep(0.05)
+        assert [(r.status, r.prompt_tokens, r.completion_tokens) for r in records] == [("ok", 6, 6)]
+        spend = [
+            line
+            for line in httpx.get(server.base_url + "/metrics").text.splitlines()
+            if line.startswith("modelyard_spend_total{") and 'tenant="acme"' in line
+        ]
+        assert spend and spend[0].endswith(" 1.2")

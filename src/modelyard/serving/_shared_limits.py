@@ -25,6 +25,7 @@ refused until a moment is refused again until then).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
@@ -186,14 +187,23 @@ class SharedRateLimiter:
             self.local.settle(admission, used_tokens)
             return
         returned = admission.reserved_tokens - used_tokens
-        self._run(admission.key_id, [("tokens", admission.capacity, 0, -returned)])
+        self._give_back(admission.key_id, [("tokens", admission.capacity, 0, -returned)])
 
     # -- Redis ----------------------------------------------------------------------------
 
     def _give_back_request(self, key: ApiKey) -> None:
         rpm, _ = self.limits_of(key)
         if rpm is not None:
-            self._run(key.id, [("requests", rpm, 0, -1)])
+            self._give_back(key.id, [("requests", rpm, 0, -1)])
+
+    def _give_back(self, key_id: str, buckets: list[tuple[str, int, int, int]]) -> None:
+        """Give back (or take the excess of) what a request holds, as far as Redis can be
+        reached. Never raises: the request was admitted and has run (or been refused for
+        another reason), so an outage that began meanwhile must not turn its answer into a
+        503 nor stop its record and its cost from being kept; what is not given back is
+        lost (the bucket refills within the minute)."""
+        with contextlib.suppress(LimitsUnavailable):
+            self._run(key_id, buckets)
 
     def _refuse_if_waiting(
         self, key: ApiKey, buckets: list[tuple[str, int, int, int]], waits: list[int]
