@@ -304,3 +304,25 @@ def test_ctrl_c_says_what_was_kept_and_the_same_command_goes_on(
     assert again.code == 0, again.err
     assert json.loads(again.out)["skipped"] == kept
     assert len(out.read_text().splitlines()) == rows
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        ({"prompt": "x", "max_tokens": 5.0}, "'max_tokens' is 5.0, not a whole number"),
+        ({"prompt": "x", "max_tokens": "5"}, """'max_tokens' is "5", not a whole number"""),
+        ({"prompt": "x", "temperature": "hot"}, """'temperature' is "hot", not a number"""),
+    ],
+)  # fmt: skip
+def test_a_stream_message_with_a_bad_setting_is_dead_lettered_saying_what_it_holds(
+    body: dict[str, Any], reason: str
+) -> None:
+    """The dead letter's reason is what the producer reads to fix the message: 5.0 is a
+    number, and "not a number" sent them looking for the wrong mistake."""
+    from modelyard.serving import SamplingParams
+    from modelyard.stream import BadMessage, Delivery, parse_request
+
+    delivery = Delivery("1-0", {"body": json.dumps(body).encode()})
+    with pytest.raises(BadMessage) as refused:
+        parse_request(delivery, SamplingParams(max_tokens=16), None, 256)
+    assert refused.value.message == f"the body's {reason}"

@@ -128,11 +128,14 @@ def _messages(body: Mapping[str, Any], system: str | None) -> tuple[dict[str, st
 
 def _params(body: Mapping[str, Any], defaults: SamplingParams) -> SamplingParams:
     changes: dict[str, Any] = {}
-    for name, kinds in (("max_tokens", (int,)), ("temperature", (int, float))):
+    for name, kinds, what in (
+        ("max_tokens", (int,), "a whole number"),
+        ("temperature", (int, float), "a number"),
+    ):
         if name in body:
             value = body[name]
             if isinstance(value, bool) or not isinstance(value, kinds):
-                raise BadMessage(f"the body's {name!r} is not a number")
+                raise BadMessage(f"the body's {name!r} is {json.dumps(value)}, not {what}")
             changes[name] = value
     try:
         return dataclasses.replace(defaults, **changes) if changes else defaults
