@@ -216,3 +216,28 @@ def test_budgets_through_the_cli_are_governed_and_audited(tmp_path: Path) -> Non
     r = modelyard("audit", "log", "--json", home=home)
     actions = [e["action"] for e in json.loads(r.out)]
     assert actions.count("budget.set") == 1 and actions.count("budget.removed") == 1
+
+
+def test_a_budget_removed_and_set_again_counts_what_was_spent_meanwhile(store: Store) -> None:
+    """While a tenant has no budget, its spend is not added to the server's running total;
+    a budget set again the same day must not start from that stale total (it did: the
+    tenant spent 4.0 and still passed a budget of 3)."""
+    store.set_budget("acme", "day", 2.0)
+    _, acme = create_api_key(store, "acme")
+    app = create_app(store, EchoEngine(), refresh_seconds=60, heartbeat_s=None)
+    app.state.plane.budgets.refresh_s = 0  # budgets re-read at once, not within 10 s
+    with BackgroundServer(app) as server:
+        assert [_complete(server.base_url, acme).status_code for _ in range(3)] == [200] * 3
+        _wait_spent([server.base_url], "acme", 2.4)
+        assert _complete(server.base_url, acme).status_code == 429
+        store.remove_budget("acme", "day")
+        assert [_complete(server.base_url, acme).status_code for _ in range(2)] == [200] * 2
+        _wait_spent([server.base_url], "acme", 4.0)
+        deadline = time.monotonic() + 10
+        while store.spent("acme", datetime.now(UTC).replace(hour=0, minute=0)) < 4.0 - 1e-9:
+            assert time.monotonic() < deadline, "the records never showed 4.0 spent"
+            time.sleep(0.05)
+        store.set_budget("acme", "day", 3.0)
+        r = _complete(server.base_url, acme)
+    assert r.status_code == 429, r.text
+    assert "has spent 4 of its daily budget of 3" in r.json()["error"]["message"]

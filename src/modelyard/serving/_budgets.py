@@ -138,9 +138,36 @@ class BudgetGuard:
         for budget in budgets:
             by_tenant.setdefault(budget.tenant, []).append(budget)
         with self._lock:
-            self._budgets = by_tenant
+            before, self._budgets = self._budgets, by_tenant
             self._prices = {p.base_model: (p.input_per_1k, p.output_per_1k) for p in prices}
             self._loaded_at = time.monotonic()
+        self._forget_removed(before, by_tenant)
+
+    def _forget_removed(
+        self, before: dict[str, list[Budget]], after: dict[str, list[Budget]]
+    ) -> None:
+        """Forget the running totals of budgets that were removed: while a tenant has no
+        budget its requests are not added to them, so a budget set again later must start
+        from the store's records, not from a total that missed what was spent meanwhile."""
+        kept = {_ident(b) for found in after.values() for b in found}
+        gone = [b for found in before.values() for b in found if _ident(b) not in kept]
+        if not gone:
+            return
+        now = self._clock()
+        for budget in gone:
+            stem = self._name(budget, now).rsplit(":", 1)[0] + ":"
+            with self._lock:
+                for name in [n for n in self._totals if n.startswith(stem)]:
+                    del self._totals[name]
+            if self.shared is not None:
+                self._forget_shared(self.shared, self._name(budget, now))
+
+    @staticmethod
+    def _forget_shared(shared: SharedRateLimiter, name: str) -> None:
+        try:
+            shared.call(lambda r: r.delete(name))
+        except ModelyardError as exc:  # Redis down and closed: the total expires anyway
+            log.warning("cannot forget the spend total %s: %s", name, exc.one_line())
 
     # -- running totals ---------------------------------------------------------------------
 
@@ -201,6 +228,10 @@ class BudgetGuard:
 
 
 _PERIODS = {"day": "daily", "month": "monthly"}
+
+
+def _ident(budget: Budget) -> tuple[str, str | None, str]:
+    return budget.tenant, budget.key_id, budget.period
 
 
 __all__ = ["BudgetGuard", "SpendObserver"]
