@@ -1,6 +1,7 @@
 """``modelyard doctor``: find, and with ``fix`` repair, what crashed processes left.
 
-Six checks (docs/operations.md):
+Eight checks (docs/operations.md): six for what a crash leaves, two for what a
+restore or a lost disk leaves.
 
 - ``run``: a run still ``running`` whose process is gone (its pid and host are
   recorded at start), or, without a process we can check, running for longer
@@ -21,23 +22,31 @@ Six checks (docs/operations.md):
   here, or no heartbeat ever and no process here: one on another machine that
   no running server's sweep would close); fixed by closing them as failed,
   as a server's own sweep does (``monitoring.gone_servers``).
+- ``missing``: a model version or dataset whose artifact is not in the artifact
+  store (the artifacts restored from an older backup than the database, a
+  lost disk, a bucket emptied by hand). Nothing here can repair it: it stays
+  unresolved until the artifacts are restored.
+- ``corrupt`` (only with ``verify``, which reads every stored byte): an
+  artifact whose files no longer match its manifest. Unresolved, as above.
 
 Younger leftovers are not touched: they may belong to a writer still at work.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from modelyard.artifacts import ArtifactStore, pid_alive, this_host
-from modelyard.errors import ModelyardError
+from modelyard.errors import ArtifactError, ModelyardError
 from modelyard.monitoring import ABANDONED, gone_servers
 from modelyard.registry import drop_if_empty, referenced_digests
 from modelyard.store import Run, Store
 
-FindingKind = Literal["run", "model", "blob", "tmp", "upload", "requests"]
+FindingKind = Literal["run", "model", "blob", "tmp", "upload", "requests", "missing", "corrupt"]
+RESTORE = "restore the artifacts from a backup (nothing here can repair it)"
 
 
 @dataclass(frozen=True)
@@ -237,16 +246,72 @@ def _requests(store: Store, stale: timedelta, now: datetime, fix: bool) -> list[
     return found
 
 
+def _holders(store: Store) -> dict[str, list[str]]:
+    """Each artifact digest (bare hex) a row references, with the rows: ``support:2``,
+    ``dataset tickets:1``."""
+    held: dict[str, list[str]] = {}
+    for d in store.list_datasets():
+        held.setdefault(_bare(d.artifact_digest), []).append(f"dataset {d.name}:{d.version}")
+    for model in store.list_registered_models():
+        for v in store.list_model_versions(model.name):
+            held.setdefault(_bare(v.artifact_digest), []).append(f"{model.name}:{v.version}")
+    return held
+
+
+def _bare(digest: str) -> str:
+    return digest.removeprefix("sha256:").lower()
+
+
+def _unrepairable(kind: FindingKind, subject: str, problem: str, fix: bool) -> Finding:
+    return Finding(kind, subject, problem, RESTORE, error="cannot be repaired" if fix else None)
+
+
+def _missing_and_corrupt(
+    store: Store,
+    artifacts: ArtifactStore,
+    fix: bool,
+    verify: bool,
+    progress: Callable[[int, int], None] | None,
+) -> list[Finding]:
+    held = _holders(store)
+    stored = {ref.digest for ref in artifacts.list()}
+    found = [
+        _unrepairable(
+            "missing",
+            ", ".join(rows),
+            f"its artifact sha256:{digest} is not in {artifacts.location}",
+            fix,
+        )
+        for digest, rows in sorted(held.items())
+        if digest not in stored
+    ]
+    if not verify:
+        return found
+    present = sorted(d for d in held if d in stored)
+    for done, digest in enumerate(present, 1):
+        try:
+            artifacts.verify(digest)
+        except ArtifactError as exc:  # a file edited, truncated or removed since stored
+            found.append(_unrepairable("corrupt", ", ".join(held[digest]), exc.message, fix))
+        if progress is not None:
+            progress(done, len(present))
+    return found
+
+
 def diagnose(
     store: Store,
     artifacts: ArtifactStore,
     *,
     stale: timedelta = timedelta(hours=1),
     fix: bool = False,
+    verify: bool = False,
     now: datetime | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> DoctorReport:
     """Every leftover of a crash, repaired when ``fix`` (runs first: a run marked
-    interrupted no longer protects what it was writing)."""
+    interrupted no longer protects what it was writing), and every row whose artifact
+    is missing (or, with ``verify``, no longer matches its manifest: ``progress`` sees
+    each artifact checked)."""
     now = now or datetime.now(UTC)
     findings = [
         *_runs(store, stale, now, fix),
@@ -255,6 +320,7 @@ def diagnose(
         *_tmp(artifacts, stale, fix),
         *_uploads(artifacts, stale, fix),
         *_requests(store, stale, now, fix),
+        *_missing_and_corrupt(store, artifacts, fix, verify, progress),
     ]
     return DoctorReport(tuple(findings), fix)
 
