@@ -244,3 +244,28 @@ def test_import_refusals_say_what_fixes_them(imported: dict[str, Path], home: Pa
     assert "save_pretrained" in line and "Remove the file from the artifact" not in line
     listed = json.loads(modelyard("registry", "list", "--json", home=home).out)
     assert [m["name"] for m in listed] == ["sup"]  # nothing registered
+
+
+def test_finetune_on_parquet_with_a_date_column(imported: dict[str, Path], home: Path) -> None:
+    """Storing the dataset version used to crash (a traceback: datetime is not JSON
+    serializable) on any Parquet file with a date or timestamp column, kept as extra field."""
+    import pandas as pd
+    import yaml
+
+    from modelyard.data import synthetic_domain
+
+    frame = pd.DataFrame(synthetic_domain("it-support", 12, seed=0))
+    frame["created"] = pd.Timestamp("2026-01-01")
+    data = home.parent / "tickets.parquet"
+    frame.to_parquet(data)
+    config = {
+        "base_model": str(imported["base"]),
+        "data": {"train": str(data), "eval_fraction": 0.25},
+        "training": {"max_steps": 1, "batch_size": 2},
+        "evaluation": {"metrics": ["exact_match"], "max_new_tokens": 2},
+        "registry": {"model": "dated"},
+    }
+    (home.parent / "dated.yaml").write_text(yaml.safe_dump(config))
+    r = modelyard("finetune", "-c", str(home.parent / "dated.yaml"), home=home)
+    assert r.code == 0, r.err
+    assert "registered dated:1" in r.out

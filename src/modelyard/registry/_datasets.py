@@ -27,7 +27,8 @@ RECORDS_SOURCE = "inference_records"
 
 def canonical_jsonl(rows: Sequence[Mapping[str, Any]]) -> bytes:
     """The rows as canonical JSONL: keys sorted, UTF-8, one row a line."""
-    lines = (json.dumps(dict(r), sort_keys=True, ensure_ascii=False) for r in rows)
+    # Values JSON cannot hold (a Parquet date, say) are written as text, as write_jsonl does.
+    lines = (json.dumps(dict(r), sort_keys=True, ensure_ascii=False, default=str) for r in rows)
     return "".join(line + "\n" for line in lines).encode("utf-8")
 
 
