@@ -269,3 +269,17 @@ def test_finetune_on_parquet_with_a_date_column(imported: dict[str, Path], home:
     r = modelyard("finetune", "-c", str(home.parent / "dated.yaml"), home=home)
     assert r.code == 0, r.err
     assert "registered dated:1" in r.out
+
+
+def test_split_into_a_directory_that_cannot_be_made_is_one_error(tmp_path: Path) -> None:
+    data = tmp_path / "reviews.jsonl"
+    data.write_text("".join(json.dumps({"text": f"t{i}", "label": "a"}) + "\n" for i in range(4)))
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep me")
+    r = modelyard(
+        "data", "split", str(data), "--format", "classification", "--out-dir",
+        str(a_file / "splits"), home=tmp_path / "h",
+    )  # fmt: skip
+    assert r.code == 2, r.out
+    assert "cannot write the split to" in _error_line(r.err)
+    assert a_file.read_text() == "keep me"

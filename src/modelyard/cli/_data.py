@@ -260,12 +260,23 @@ def split(
         train, held_out = split_rows(rows, eval_fraction, seed, stratify=stratify)
     target = out_dir if out_dir is not None else file.parent
     if target.exists() and not target.is_dir():
-        raise ConfigError(f"--out-dir {target} is a file, not a directory")
-    target.mkdir(parents=True, exist_ok=True)
+        raise ConfigError(
+            f"--out-dir {target} is a file, not a directory",
+            hint="Give --out-dir a directory (it is created when missing).",
+            field="--out-dir",
+        )
     train_path = target / f"{file.stem}.train.jsonl"
     eval_path = target / f"{file.stem}.eval.jsonl"
-    write_jsonl(train, train_path)
-    write_jsonl(held_out, eval_path)
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+        write_jsonl(train, train_path)
+        write_jsonl(held_out, eval_path)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write the split to {target}: {exc.strerror or exc}",
+            hint="Choose an --out-dir you can write to.",
+            field="--out-dir",
+        ) from exc
     classes = None
     if stratify is not None:
         in_train = Counter(as_text(r.get(stratify)) for r in train)
