@@ -15,7 +15,9 @@ The running totals live in Redis when the server shares limits (``--redis-url``:
 every replica adds to and reads the same totals, under the same outage rules)
 and in this server otherwise. A total the server has not seen yet (a new day,
 a restart, a flushed Redis) starts from the store's records
-(``Store.spent``), so a restart never resets what a tenant spent. Budgets and
+(``Store.spent``), so a restart never resets what a tenant spent; what a server
+counted alone while Redis was down is added to the shared total when it answers
+again. Budgets and
 prices are read from the store at most every ``refresh_s`` seconds (a new or
 changed budget applies within that time).
 """
@@ -62,6 +64,7 @@ class BudgetGuard:
         self._prices: dict[str, tuple[float, float]] = {}  # base model -> (in, out) per 1k
         self._loaded_at = -math.inf
         self._totals: dict[str, float] = {}  # this server's running totals, by counter name
+        self._unsent: dict[str, float] = {}  # counted here while Redis was down, not there
         self._worker = ThreadPoolExecutor(1, thread_name_prefix="budgets")
 
     # -- what the data plane calls ----------------------------------------------------------
@@ -159,6 +162,8 @@ class BudgetGuard:
             with self._lock:
                 for name in [n for n in self._totals if n.startswith(stem)]:
                     del self._totals[name]
+                for name in [n for n in self._unsent if n.startswith(stem)]:
+                    del self._unsent[name]
             if self.shared is not None:
                 self._forget_shared(self.shared, self._name(budget, now))
 
@@ -212,12 +217,8 @@ class BudgetGuard:
         name = self._name(budget, now)
         try:
             if self.shared is not None:
-
-                def add(r: redis.Redis) -> float:
-                    self._shared_total(r, name, budget, now)  # seeded first: the whole period
-                    return float(r.incrbyfloat(name, cost))
-
-                if self.shared.call(add) is not None:
+                shared = self.shared
+                if shared.call(lambda r: self._shared_add(r, name, budget, now, cost)) is not None:
                     return
             self._total(budget, now)
         except ModelyardError as exc:  # Redis down and closed, or the store: count it here
@@ -225,6 +226,28 @@ class BudgetGuard:
                         budget.tenant, exc.one_line())  # fmt: skip
         with self._lock:
             self._totals[name] = self._totals.get(name, 0.0) + cost
+            if self.shared is not None:  # owed to the shared total once Redis answers again
+                self._unsent[name] = self._unsent.get(name, 0.0) + cost
+
+    def _shared_add(
+        self, r: redis.Redis, name: str, budget: Budget, now: datetime, cost: float
+    ) -> float:
+        """Add ``cost`` to the shared total, with what this server counted alone while Redis
+        was down (unless the total is seeded now: the store's records hold that already)."""
+        with self._lock:
+            owed = self._unsent.get(name, 0.0)
+        if not r.exists(name):
+            self._shared_total(r, name, budget, now)  # seeded first: the whole period
+            owed_sent = 0.0
+        else:
+            owed_sent = owed
+        total = float(r.incrbyfloat(name, cost + owed_sent))
+        with self._lock:
+            left = self._unsent.pop(name, 0.0) - owed
+            if left > 0:
+                self._unsent[name] = left
+            self._totals.pop(name, None)  # a later outage starts again from the store
+        return total
 
 
 _PERIODS = {"day": "daily", "month": "monthly"}
