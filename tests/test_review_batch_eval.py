@@ -326,3 +326,22 @@ def test_a_stream_message_with_a_bad_setting_is_dead_lettered_saying_what_it_hol
     with pytest.raises(BadMessage) as refused:
         parse_request(delivery, SamplingParams(max_tokens=16), None, 256)
     assert refused.value.message == f"the body's {reason}"
+
+
+def test_from_records_will_not_write_over_the_training_data_it_excludes(
+    here: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelyard.cli import main
+
+    write_jsonl(here / "asked.jsonl", [{"prompt": "a question from traffic"}])
+    assert batch(capsys, "asked.jsonl", "-o", "answered.jsonl", *ECHO)[0] == 0  # a record
+    monkeypatch.delenv("MODELYARD_API_KEY")
+    train = write_jsonl(here / "train.jsonl", [{"instruction": "Which team?", "output": "auto"}])
+    before = train.read_text()
+    capsys.readouterr()
+    code = main(["data", "from-records", "-e", "claims-router", "--since", "1d",
+                 "--exclude", "train.jsonl", "--out", "./train.jsonl"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("error: --out train.jsonl is also an --exclude file"), err
+    assert train.read_text() == before

@@ -49,9 +49,17 @@ def _dataset_name(name: str | None, endpoint: str) -> str:
     return chosen
 
 
-def _check_out(out: Path) -> None:
+def _check_out(out: Path, exclude: list[Path]) -> None:
     """The rows are written as JSONL: an --out named otherwise would hold JSONL under a
-    .csv or .parquet name, which `data validate` and a fine-tune then read as that."""
+    .csv or .parquet name, which `data validate` and a fine-tune then read as that. And
+    they replace the file: never one of the datasets --exclude names (training data)."""
+    for path in exclude:
+        if path.resolve() == out.resolve():
+            raise ConfigError(
+                f"--out {out} is also an --exclude file: writing the rows would replace it",
+                hint="Write the rows to a new file; merge them into the training data after.",
+                field="--out",
+            )
     if out.suffix.lower() != ".jsonl":
         raise ConfigError(
             f"--out {out}: the rows are written as JSONL, and a file named "
@@ -124,7 +132,7 @@ def from_records(
     Exits 2 for bad input, 1 when a --fail-on rule trips.
     """
     rules = check_rules(fail_on)
-    _check_out(out)
+    _check_out(out, exclude)
     if min_score is not None and not -1.0 <= min_score <= 1.0:
         raise ConfigError(f"--min-score {min_score} is out of range: use -1 to 1")
     start, end = _window(since, until)
