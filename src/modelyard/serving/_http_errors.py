@@ -166,8 +166,13 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        unparsable = exc.status_code == 400 and exc.detail == "There was an error parsing the body"
         return JSONResponse(
-            error_body(http_message(req, exc), "invalid_request_error", None),
+            error_body(
+                http_message(req, exc),
+                "invalid_request_error",
+                "invalid_request" if unparsable else None,
+            ),
             status_code=exc.status_code,
             headers=exc.headers,
         )
@@ -190,8 +195,19 @@ def http_message(req: Request, exc: StarletteHTTPException) -> str:
             f"; use {allowed}" if allowed else ""
         )
     if exc.status_code == 400 and exc.detail == "There was an error parsing the body":
-        return f"the request body could not be read (it must be UTF-8 JSON); {_JSON_HINT}"
+        return f"the request body could not be read: {_unparsable(exc.__cause__)}; {_JSON_HINT}"
     return str(exc.detail)
+
+
+def _unparsable(cause: BaseException | None) -> str:
+    """Why a body that is JSON text could not be parsed (FastAPI says only that it failed)."""
+    if isinstance(cause, UnicodeDecodeError):
+        return f"it is not UTF-8 (byte {cause.start})"
+    if isinstance(cause, RecursionError):
+        return "its JSON is nested too deeply"
+    if isinstance(cause, ValueError) and "digits" in str(cause):
+        return "it holds an integer too long to read (more than 4300 digits)"
+    return "it must be UTF-8 JSON"
 
 
 ROUTES = (

@@ -1,0 +1,52 @@
+"""A security review's findings, each pinned by what a caller sees: bodies that cannot be
+parsed get a 400 that says why (not "it must be UTF-8 JSON" for valid UTF-8 JSON)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modelyard.access import create_api_key
+from modelyard.serving import BackgroundServer, EchoEngine, create_app
+from modelyard.store import Store
+from worlds import two_tenant_world
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[str, str]]:
+    """(the server's URL, an acme key)."""
+    with Store.open(f"sqlite:///{tmp_path}/s.db") as store:
+        two_tenant_world(store, versions=1, template="text")
+        _, key = create_api_key(store, "acme")
+        app = create_app(store, EchoEngine(), refresh_seconds=60, heartbeat_s=None)
+        with BackgroundServer(app) as server:
+            yield server.base_url, key
+
+
+@pytest.mark.parametrize(
+    ("body", "why"),
+    [
+        (b'{"model": "acme-support", "prompt": ' + b"[" * 50_000 + b"]" * 50_000 + b"}",
+         "its JSON is nested too deeply"),
+        (b'{"model": "acme-support", "prompt": "a", "max_tokens": ' + b"9" * 5000 + b"}",
+         "it holds an integer too long to read (more than 4300 digits)"),
+    ],
+    ids=["nested", "long-integer"],
+)  # fmt: skip
+def test_a_body_that_cannot_be_parsed_is_a_400_saying_why(
+    world: tuple[str, str], body: bytes, why: str
+) -> None:
+    url, key = world
+    r = httpx.post(
+        url + "/v1/completions",
+        content=body,
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 400
+    error = r.json()["error"]
+    assert error["message"].startswith(f"the request body could not be read: {why};")
+    assert error["type"] == "invalid_request_error" and error["code"] == "invalid_request"
