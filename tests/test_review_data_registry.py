@@ -283,3 +283,29 @@ def test_split_into_a_directory_that_cannot_be_made_is_one_error(tmp_path: Path)
     assert r.code == 2, r.out
     assert "cannot write the split to" in _error_line(r.err)
     assert a_file.read_text() == "keep me"
+
+
+def test_import_description_reaches_the_card_and_is_never_dropped(
+    imported: dict[str, Path], home: Path
+) -> None:
+    """import_version took a description the CLI never offered, while the card of every
+    imported model told the user to "set registry.description" (a fine-tune setting)."""
+    args = (str(imported["adapter"]), "--base-model", str(imported["base"]))
+    r = modelyard(
+        "registry", "import", *args, "--name", "router", "--description", "Routes IT tickets.",
+        home=home,
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    card = modelyard("registry", "card", "router:1", home=home).out
+    assert "## Intended use\n\nRoutes IT tickets." in card
+    r = modelyard(
+        "registry", "import", *args, "--name", "router", "--description", "Something else.",
+        home=home,
+    )  # fmt: skip
+    assert r.code == 2, r.out
+    assert "exists already, described as 'Routes IT tickets.'" in _error_line(r.err)
+    card = modelyard("registry", "card", "sup:1", home=home).out
+    assert "registry import --description" in card
+    assert "No scores are recorded" in card  # not "the held-out rows recorded above"
+    listed = json.loads(modelyard("registry", "list", "router", "--json", home=home).out)
+    assert [v["version"] for v in listed] == [1]

@@ -176,6 +176,9 @@ def import_(
     ),
     kind: str = typer.Option("adapter", "--kind", help="adapter or full."),
     tenant: str | None = typer.Option(None, "--tenant", help="Owner, for a new model."),
+    description: str = typer.Option(
+        "", "--description", help="Intended use, for a new model (the model card shows it)."
+    ),
     allow_pickle: bool = typer.Option(
         False, "--allow-pickle", help="Admit pickle weights whose opcodes scan clean."
     ),
@@ -222,6 +225,7 @@ def import_(
             base_model=base_model,
             kind=wanted,
             tenant=tenant,
+            description=description,
             allow_pickle=allow_pickle,
             trust_remote_code=trust_remote_code,
             max_rank=max_rank,
@@ -272,6 +276,9 @@ def upstream(
         None, "--base", help="Base model name to record (default MODEL@HOST)."
     ),
     tenant: str | None = typer.Option(None, "--tenant", help="Owner, for a new model."),
+    description: str = typer.Option(
+        "", "--description", help="Intended use, for a new model (the model card shows it)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Register a version answered by another OpenAI-compatible server (the gateway).
@@ -289,8 +296,9 @@ def upstream(
     s = settings()
     with open_store(s) as store:
         version = register_upstream(
-            store, open_artifacts(s), spec, name=name, base=base, tenant=tenant
-        )
+            store, open_artifacts(s), spec, name=name, base=base, tenant=tenant,
+            description=description,
+        )  # fmt: skip
     if json_out:
         print_json({"version": version, "upstream": spec.to_json()})
         return

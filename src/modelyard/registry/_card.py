@@ -15,6 +15,12 @@ _KIND_LIMITS = {
 }
 
 
+_NO_DESCRIPTION = {
+    True: "_No description was given (set registry.description in the fine-tune config)._",
+    False: "_No description was given (`registry import --description` sets one for a new model)._",
+}
+
+
 def _table(rows: list[tuple[str, str]]) -> str:
     if not rows:
         return "_none recorded_\n"
@@ -113,7 +119,7 @@ def model_card(model: RegisteredModel, version: ModelVersion, run: Run | None) -
         + (f" · tenant: {model.tenant}" if model.tenant else "")
         + "\n",
         "## Intended use\n",
-        (description or "_No description was given (set registry.description)._") + "\n",
+        (description or _NO_DESCRIPTION[run is not None]) + "\n",
         "## Data\n",
         _table(
             [
@@ -141,9 +147,13 @@ def model_card(model: RegisteredModel, version: ModelVersion, run: Run | None) -
         "\n### Gates\n",
         _gates(version.metrics),
         "## Limitations\n",
-        "- Scores are measured on the held-out rows recorded above, drawn from the same "
-        "source as the training data; they say little about other inputs.\n"
-        f"- {_KIND_LIMITS[version.kind]}\n"
+        (
+            "- Scores are measured on the held-out rows recorded above, drawn from the same "
+            "source as the training data; they say little about other inputs.\n"
+            if scores
+            else "- No scores are recorded: judge it with `modelyard evaluate` before use.\n"
+        )
+        + f"- {_KIND_LIMITS[version.kind]}\n"
         "- Outputs are generated text: review them before acting on them.\n",
         "## Lineage\n",
         _table(

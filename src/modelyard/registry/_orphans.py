@@ -10,7 +10,7 @@ process could not clean up.
 from __future__ import annotations
 
 from modelyard.artifacts import ArtifactStore
-from modelyard.errors import Conflict, ModelyardError, NotFound
+from modelyard.errors import ConfigError, Conflict, ModelyardError, NotFound
 from modelyard.store import RegisteredModel, Store
 
 
@@ -69,20 +69,31 @@ def ensure_model(store: Store, name: str, *, tenant: str | None, description: st
     return False
 
 
-def check_model_owner(store: Store, name: str, tenant: str | None) -> None:
+def check_model_owner(
+    store: Store, name: str, tenant: str | None, *, description: str = ""
+) -> None:
     """Before any work: a version for ``tenant`` may only join a model of that tenant.
 
     A Conflict when ``name`` exists and belongs to another tenant (or to none), so a
     tenant's version never lands in someone else's model; nothing when it does not exist
-    yet or no tenant is given (a version then joins the model as it is).
+    yet or no tenant is given (a version then joins the model as it is). A
+    ``description`` is the new model's: for a model that exists with another one it is
+    a ConfigError, never silently dropped.
     """
-    if tenant is None:
+    if tenant is None and not description:
         return
     try:
         model = store.get_registered_model(name)
     except NotFound:
         return
     _check_owner(model, tenant)
+    if description and description != model.description:
+        raise ConfigError(
+            f"registered model {name!r} exists already, described as "
+            f"{model.description or '(nothing)'!r}: a description is given to a new model",
+            hint="Leave the description out to add a version to it, or name a new model.",
+            field="--description",
+        )
 
 
 def _check_owner(model: RegisteredModel, tenant: str | None) -> None:

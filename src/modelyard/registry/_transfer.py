@@ -153,7 +153,7 @@ def import_version(
     a model created for it are removed again.
     """
     limits = limits or ImportLimits()
-    check_model_owner(store, name, tenant)
+    check_model_owner(store, name, tenant, description=description)
     base = _base(store, base_model)
     base_dir = model_dir(base.source)
     subject = f"{name} <- {source}"

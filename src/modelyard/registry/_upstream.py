@@ -189,7 +189,7 @@ def register_upstream(
 ) -> ModelVersion:
     """Register ``spec`` as a new version of ``name`` (created when missing), on the base
     ``base`` (default ``upstream_base_name``), with the spec's prices as that base's."""
-    check_model_owner(store, name, tenant)
+    check_model_owner(store, name, tenant, description=description)
     base_name = base or upstream_base_name(spec)
     base_model = store.register_base_model(base_name, spec.url, {})
     if spec.input_per_1k is not None or spec.output_per_1k is not None:
