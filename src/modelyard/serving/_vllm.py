@@ -33,6 +33,7 @@ from modelyard.errors import ConfigError
 log = logging.getLogger(__name__)
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # what --max-lora-rank accepts
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # names of vLLM's --dtype that serve takes
 START_TIMEOUT_S = 300.0
 BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
@@ -74,6 +75,39 @@ class VLLMOptions:
             )
         if self.max_loras < 1:
             raise ConfigError("--vllm-max-loras must be at least 1", field="vllm_max_loras")
+        # vLLM refuses these when it starts, and its supervisor would restart it forever
+        if self.dtype not in DTYPES:
+            raise ConfigError(
+                f"--dtype {self.dtype!r} is not one vLLM takes here: use {', '.join(DTYPES)}",
+                field="dtype",
+            )
+        if self.max_cpu_loras is not None and self.max_cpu_loras < self.max_loras:
+            raise ConfigError(
+                f"--vllm-max-cpu-loras {self.max_cpu_loras} is below --vllm-max-loras "
+                f"{self.max_loras}: vLLM keeps at least the adapters of one batch in host memory",
+                hint=f"Give --vllm-max-cpu-loras {self.max_loras} or more, or leave it out.",
+                field="vllm_max_cpu_loras",
+            )
+        self._check_python()
+
+    def _check_python(self) -> None:
+        """The interpreter must have vLLM: without it every start fails and is retried
+        forever, and each request gets a 503. ``find_spec`` answers without importing it."""
+        probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
+        try:
+            done = subprocess.run([self.python, "-c", probe], capture_output=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ConfigError(
+                f"the vLLM interpreter {self.python} cannot be run: {exc}",
+                field="vllm_python",
+            ) from None
+        if done.returncode != 0:
+            raise ConfigError(
+                f"the interpreter {self.python} has no vllm package",
+                hint="Name the python of vLLM's own environment (`make vllm` builds "
+                ".venv-vllm/bin/python) with --vllm-python or MODELYARD_VLLM_PYTHON.",
+                field="vllm_python",
+            )
 
     def command(self, model: str, name: str, port: int, cpu: bool) -> list[str]:
         dtype = "float32" if cpu and self.dtype == "auto" else self.dtype
@@ -269,4 +303,4 @@ class VLLMProcess:
             proc.wait(10)
 
 
-__all__ = ["LORA_RANKS", "VLLMOptions", "VLLMProcess", "free_port"]
+__all__ = ["DTYPES", "LORA_RANKS", "VLLMOptions", "VLLMProcess", "free_port"]

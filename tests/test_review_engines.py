@@ -1,0 +1,114 @@
+"""What an infrastructure owner runs into on the engines' side: ``serve`` options that an
+engine would not read or that vLLM would refuse only when it starts (and then be restarted
+forever), and the vllm engine's bounds. A fake ``vllm`` package (its OpenAI server answers
+/health, the warm-up and completions, holding each completion a moment) stands in for vLLM
+where the point is modelyard's side, so these run without vLLM's environment."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from clihelp import modelyard
+
+# vllm.entrypoints.openai.api_server, faked: a completion whose prompt is "N S" (other than
+# the warm-up) waits until N requests were in flight at once or S seconds passed, then
+# answers with the most it saw in flight at once.
+FAKE_SERVER = """
+import argparse, json, threading, time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--port", type=int)
+parser.add_argument("--served-model-name")
+args, _ = parser.parse_known_args()
+lock, state = threading.Condition(), {"now": 0, "most": 0}
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *a):
+        pass
+
+    def _send(self, body):
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        self._send({})
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        if self.path == "/v1/completions" and body["prompt"] != "ok":
+            wanted, hold = body["prompt"].split()
+            wanted, deadline = int(wanted), time.monotonic() + float(hold)
+            with lock:
+                state["now"] += 1
+                state["most"] = max(state["most"], state["now"])
+                lock.notify_all()
+                while state["most"] < wanted and time.monotonic() < deadline:
+                    lock.wait(deadline - time.monotonic())
+                state["now"] -= 1
+                most = state["most"]
+            self._send({"choices": [{"text": str(most), "finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+            return
+        self._send({"choices": [{"text": "", "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+
+
+ThreadingHTTPServer.daemon_threads = True
+ThreadingHTTPServer.request_queue_size = 1024
+ThreadingHTTPServer(("127.0.0.1", args.port), Handler).serve_forever()
+"""
+
+
+@pytest.fixture(scope="module")
+def fake_vllm(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A python whose ``vllm`` is the fake above."""
+    root = tmp_path_factory.mktemp("fake-vllm")
+    package = root / "site" / "vllm" / "entrypoints" / "openai"
+    package.mkdir(parents=True)
+    for folder in (package, package.parent, package.parent.parent):
+        (folder / "__init__.py").write_text("")
+    (package / "api_server.py").write_text(FAKE_SERVER)
+    python = root / "python"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH="{root / "site"}" exec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    return str(python)
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    home = tmp_path_factory.mktemp("home")
+    assert modelyard("init", home=home).code == 0
+    return home
+
+
+def _refused(home: Path, *args: str) -> str:
+    r = modelyard("serve", "--no-controller", "--port", "0", *args, home=home, timeout=120)
+    assert r.code == 2 and "Traceback" not in r.err, (r.code, r.err)
+    assert "serving" not in r.err, r.err  # refused before it listened
+    return r.err
+
+
+def test_a_python_without_vllm_is_refused_at_start(home: Path) -> None:
+    """Before: serve started, and every request got 503 while vLLM failed to start, forever."""
+    err = _refused(home, "--engine", "vllm", "--vllm-python", sys.executable)
+    assert f"the interpreter {sys.executable} has no vllm package" in err, err
+    assert "make vllm" in err, err
+
+
+def test_vllm_options_vllm_would_refuse_are_refused_at_start(home: Path, fake_vllm: str) -> None:
+    vllm = ("--engine", "vllm", "--vllm-python", fake_vllm)
+    err = _refused(home, *vllm, "--dtype", "fp8")
+    assert "--dtype 'fp8' is not one vLLM takes here: use auto, float32, bfloat16" in err, err
+    err = _refused(home, *vllm, "--vllm-max-loras", "4", "--vllm-max-cpu-loras", "2")
+    assert "--vllm-max-cpu-loras 2 is below --vllm-max-loras 4" in err, err
