@@ -7,11 +7,18 @@ where the point is modelyard's side, so these run without vLLM's environment."""
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from clihelp import modelyard
+from modelyard.artifacts import ArtifactStore
+from modelyard.errors import EngineOverloaded, ModelyardError
+from modelyard.serving import SamplingParams, TokenStream, VLLMEngine, VLLMOptions
+from modelyard.store import ModelVersion, Store
 
 # vllm.entrypoints.openai.api_server, faked: a completion whose prompt is "N S" (other than
 # the warm-up) waits until N requests were in flight at once or S seconds passed, then
@@ -112,3 +119,74 @@ def test_vllm_options_vllm_would_refuse_are_refused_at_start(home: Path, fake_vl
     assert "--dtype 'fp8' is not one vLLM takes here: use auto, float32, bfloat16" in err, err
     err = _refused(home, *vllm, "--vllm-max-loras", "4", "--vllm-max-cpu-loras", "2")
     assert "--vllm-max-cpu-loras 2 is below --vllm-max-loras 4" in err, err
+
+
+@dataclass
+class Served:
+    engine: VLLMEngine
+    version: ModelVersion
+
+
+@pytest.fixture
+def served(fake_vllm: str, tmp_path: Path) -> Iterator[Served]:
+    """A version with full weights on the fake vLLM (the request count goes as the prompt)."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "config.json").write_text("{}")
+    artifacts = ArtifactStore(tmp_path / "artifacts")
+    with Store.open(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        store.register_base_model("fake", str(weights), {})
+        store.create_registered_model("bot")
+        version = store.create_model_version(
+            "bot", kind="full", artifact_digest=artifacts.put_dir(weights, kind="full").digest,
+            base_model="fake", run_id=None, lineage={"prompt_template": "text"}, metrics={},
+        )  # fmt: skip
+        engine = VLLMEngine(artifacts, VLLMOptions(python=fake_vllm), store=store,
+                            log_dir=tmp_path / "logs")  # fmt: skip
+        try:
+            yield Served(engine, version)
+        finally:
+            engine.close()
+
+
+def _text(stream: TokenStream) -> str:
+    try:
+        return stream.result().text
+    except ModelyardError as exc:
+        return exc.one_line()
+
+
+def test_vllm_gets_as_many_requests_at_once_as_it_batches(served: Served) -> None:
+    """Before: 64 worker threads sent at most 64 requests to vLLM at once, whatever
+    --vllm-max-num-seqs (vLLM's own default: 256), so its batches never filled past 64."""
+    engine, version = served.engine, served.version
+    try:
+        assert engine.warm(version, 120)
+        clients = 100
+        greedy = SamplingParams(max_tokens=1, temperature=0)
+        streams = [engine.answer(version, f"{clients} 30", greedy) for _ in range(clients)]
+        assert {_text(s) for s in streams} == {str(clients)}
+    finally:
+        engine.close()
+
+
+def test_requests_beyond_the_queue_are_refused_at_once(fake_vllm: str, served: Served) -> None:
+    """--max-queue bounds what waits for vLLM, as on the transformers engine: beyond it a
+    503 ``overloaded`` at once (before: an unbounded queue of threads' work)."""
+    engine, version = served.engine, served.version
+    engine.close()
+    options = VLLMOptions(python=fake_vllm, max_num_seqs=2)
+    engine = VLLMEngine(engine.artifacts, options, store=engine.store, max_queue=3,
+                        log_dir=engine.log_dir)  # fmt: skip
+    try:
+        assert engine.warm(version, 120)
+        greedy = SamplingParams(max_tokens=1, temperature=0)
+        held = [engine.answer(version, "99 1", greedy) for _ in range(5)]  # 2 sent, 3 wait
+        started = time.monotonic()
+        with pytest.raises(EngineOverloaded, match=r"3 requests are waiting for vLLM"):
+            engine.answer(version, "99 1", greedy)
+        assert time.monotonic() - started < 1
+        assert all(_text(s) == "2" for s in held)  # each answered once the first ones ended
+        assert _text(engine.answer(version, "1 1", greedy)) == "2"  # room again
+    finally:
+        engine.close()

@@ -31,7 +31,7 @@ from typing import Any
 import httpx
 
 from modelyard.artifacts import ArtifactStore
-from modelyard.errors import EngineError, ModelyardError, UpstreamError
+from modelyard.errors import EngineError, EngineOverloaded, ModelyardError, UpstreamError
 from modelyard.registry import UpstreamSpec
 from modelyard.serving._adapters import ModelSources, served_files
 from modelyard.serving._engine import Engine
@@ -48,16 +48,18 @@ log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5
 DEATH_S = 1.0  # how long a request cut off waits to see whether its server is dying
+SEQS = 256  # vLLM's own default --max-num-seqs: requests it decodes at once
 
 
 class _Server:
     """A vLLM process, its client and the adapters registered on it (LRU order)."""
 
-    def __init__(self, process: VLLMProcess, timeout_s: float) -> None:
+    def __init__(self, process: VLLMProcess, timeout_s: float, connections: int) -> None:
         self.process = process
         self.adapters: OrderedDict[str, str] = OrderedDict()  # lora name -> version ref
         self.lock = threading.Lock()
         self.timeout_s = timeout_s
+        self.connections = connections
         self.client: UpstreamClient | None = None
         self.port = 0
         process.on_restart.append(self.forget)
@@ -75,7 +77,7 @@ class _Server:
                     self.client.close()
                 spec = UpstreamSpec(base_url=self.process.url + "/v1", model=self.process.name,
                                     timeout_s=self.timeout_s, max_retries=0,
-                                    max_concurrency=256)  # fmt: skip
+                                    max_concurrency=self.connections)  # fmt: skip
                 transport = InterruptibleTransport(spec.max_concurrency)
                 self.client = UpstreamClient(spec, transport=transport, translate=translate,
                                              vllm=True)  # fmt: skip
@@ -97,18 +99,25 @@ class VLLMEngine(Engine):
         *,
         store: Store | None = None,
         max_adapters: int = 8,
+        max_queue: int = 256,
         log_dir: Path,
         request_timeout_s: float = 600.0,
     ) -> None:
         self.artifacts, self.options, self.store = artifacts, options, store
         self.max_adapters = max_adapters
+        self.max_queue = max_queue
         self.log_dir = log_dir
         self.request_timeout_s = request_timeout_s
         self._lock = threading.Lock()
         self._servers: dict[str, _Server] = {}  # by model directory
         self._sources = ModelSources(store, artifacts)
         self._tokenizers: dict[str, Any] = {}
-        self._pool = ThreadPoolExecutor(64, thread_name_prefix="vllm-request")
+        # one worker per request sent to vLLM: as many at once as it batches (fewer, and
+        # vLLM's batches could never fill), the others wait here, up to ``max_queue``
+        self.workers = options.max_num_seqs or SEQS
+        self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="vllm-request")
+        self._pending = 0
+        self._pending_lock = threading.Lock()
 
     # -- where a version runs ---------------------------------------------------------------
 
@@ -125,7 +134,8 @@ class VLLMEngine(Engine):
                 tag = hashlib.sha256(source.encode()).hexdigest()[:8]
                 process = VLLMProcess(self.options, source, "base",
                                       self.log_dir / f"vllm-{tag}.log")  # fmt: skip
-                found = self._servers[source] = _Server(process, self.request_timeout_s)
+                found = self._servers[source] = _Server(process, self.request_timeout_s,
+                                                        self.workers)  # fmt: skip
                 process.start()
             return found
 
@@ -231,6 +241,13 @@ class VLLMEngine(Engine):
                 hint="Retry shortly.",
                 retry_after=RETRY_AFTER_S,
             )
+        with self._pending_lock:
+            if self._pending >= self.workers + self.max_queue:
+                raise EngineOverloaded(
+                    f"{version.ref}: {self._pending - self.workers} requests are waiting for "
+                    f"vLLM ({self.workers} at once; --max-queue {self.max_queue})"
+                )
+            self._pending += 1
         out = TokenStream(whole=whole)
 
         def run() -> None:
@@ -243,8 +260,17 @@ class VLLMEngine(Engine):
             except Exception as exc:  # the stream must end, whatever happened
                 log.exception("vLLM request of %s failed", version.ref)
                 out.fail(EngineError(f"{version.ref}: the vLLM request failed: {exc}"))
+            finally:
+                with self._pending_lock:
+                    self._pending -= 1
 
-        self._pool.submit(run)
+        try:
+            self._pool.submit(run)
+        except RuntimeError:  # closed: the server is stopping
+            with self._pending_lock:
+                self._pending -= 1
+            raise EngineError("the engine is shutting down", hint="Retry on another replica.",
+                              retry_after=RETRY_AFTER_S) from None  # fmt: skip
         return out
 
     def generate(self, version: ModelVersion, prompt: str, params: SamplingParams) -> Generation:
