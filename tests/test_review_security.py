@@ -1,5 +1,6 @@
 """A security review's findings, each pinned by what a caller sees: bodies that cannot be
-parsed get a 400 that says why (not "it must be UTF-8 JSON" for valid UTF-8 JSON)."""
+parsed get a 400 that says why (not "it must be UTF-8 JSON" for valid UTF-8 JSON); a key
+or token asked to live less than a second is refused, never made to live forever."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from clihelp import modelyard
 from modelyard.access import create_api_key
 from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.store import Store
@@ -50,3 +52,22 @@ def test_a_body_that_cannot_be_parsed_is_a_400_saying_why(
     error = r.json()["error"]
     assert error["message"].startswith(f"the request body could not be read: {why};")
     assert error["type"] == "invalid_request_error" and error["code"] == "invalid_request"
+
+
+def test_a_key_or_token_with_a_lifetime_under_a_second_is_refused_not_eternal(
+    tmp_path: Path,
+) -> None:
+    """``--expires 0.0000001s`` parses to a zero timedelta, which was read as "no expiry":
+    the key or token was created and never expired."""
+    home = tmp_path / "home"
+    assert modelyard("tenants", "create", "acme", home=home).code == 0
+    key = modelyard("keys", "create", "--tenant", "acme", "--expires", "0.0000001s", home=home)
+    assert key.code == 2, key.out
+    assert "a lifetime of 0 s is too short" in key.err and "myk_" not in key.out
+    token = modelyard("tokens", "create", "--expires", "0.0000001s", home=home)
+    assert token.code == 2, token.out
+    assert "a lifetime of 0 s is too short" in token.err and "myp_" not in token.out
+    assert modelyard("keys", "list", "--json", home=home).out.strip() == "[]"
+    assert modelyard("tokens", "list", "--json", home=home).out.strip() == "[]"
+    made = modelyard("keys", "create", "--tenant", "acme", "--expires", "1s", home=home)
+    assert made.code == 0, made.err

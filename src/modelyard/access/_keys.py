@@ -54,6 +54,20 @@ def _secret_matches(stored_hash: str, secret: str) -> bool:
     return hmac.compare_digest(stored_hash, _hash_secret(secret))
 
 
+def expiry_after(lifetime: timedelta | None, field: str = "expires") -> datetime | None:
+    """When something created now with ``lifetime`` expires (None: never). A lifetime under
+    a second is refused: a zero timedelta would otherwise read as "never expires"."""
+    if lifetime is None:
+        return None
+    if lifetime < timedelta(seconds=1):
+        raise ConfigError(
+            f"a lifetime of {lifetime.total_seconds():g} s is too short: give 1s or more "
+            "(or no expiry at all, explicitly)",
+            field=field,
+        )
+    return datetime.now(UTC) + lifetime
+
+
 def create_api_key(
     store: Store,
     tenant: str,
@@ -69,8 +83,8 @@ def create_api_key(
     leaves the server's ``--default-rpm`` / ``--default-tpm``.
     """
     scopes = parse_scopes(scopes)
+    expires_at = expiry_after(expires_in)
     key_id, secret, full = _new_key()
-    expires_at = datetime.now(UTC) + expires_in if expires_in else None
     key = store.create_api_key(
         key_id,
         tenant=tenant,
@@ -100,16 +114,16 @@ def rotate_api_key(
     old = store.get_api_key(key_id)
     if old is None:
         raise NotFound(f"no API key with id {key_id!r}", hint="See `modelyard keys list`.")
-    lifetime = expires_in
-    if lifetime is None and old.expires_at is not None and old.rotated_to is None:
-        lifetime = old.expires_at - old.created_at
+    new_expires_at = expiry_after(expires_in)
+    if expires_in is None and old.expires_at is not None and old.rotated_to is None:
+        new_expires_at = datetime.now(UTC) + (old.expires_at - old.created_at)
     new_id, secret, full = _new_key()
     _, new = store.rotate_api_key(
         key_id,
         new_key_id=new_id,
         new_key_hash=_hash_secret(secret),
         grace=grace,
-        new_expires_at=datetime.now(UTC) + lifetime if lifetime else None,
+        new_expires_at=new_expires_at,
     )
     return new, full
 

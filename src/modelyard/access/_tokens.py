@@ -14,7 +14,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
-from modelyard.access._keys import _hash_secret, _new_key, _secret_matches, split_key
+from modelyard.access._keys import (
+    _hash_secret,
+    _new_key,
+    _secret_matches,
+    expiry_after,
+    split_key,
+)
 from modelyard.errors import AuthError, ConfigError, InvalidApiKey
 from modelyard.store import ActorToken, Store
 
@@ -47,8 +53,8 @@ def create_actor_token(
     """Create a token for ``actor`` (the store's actor, or another one by an admin);
     returns the stored token and the token itself, to show once."""
     scopes = parse_token_scopes(scopes)
+    expires_at = expiry_after(expires_in)
     token_id, secret, full = _new_key(TOKEN_PREFIX)
-    expires_at = datetime.now(UTC) + expires_in if expires_in else None
     token = store.create_actor_token(
         token_id,
         actor=actor,
