@@ -6,6 +6,7 @@ where the point is modelyard's side, so these run without vLLM's environment."""
 
 from __future__ import annotations
 
+import socket
 import sys
 import time
 from collections.abc import Iterator
@@ -119,6 +120,44 @@ def test_vllm_options_vllm_would_refuse_are_refused_at_start(home: Path, fake_vl
     assert "--dtype 'fp8' is not one vLLM takes here: use auto, float32, bfloat16" in err, err
     err = _refused(home, *vllm, "--vllm-max-loras", "4", "--vllm-max-cpu-loras", "2")
     assert "--vllm-max-cpu-loras 2 is below --vllm-max-loras 4" in err, err
+    err = _refused(home, *vllm, "--vllm-max-loras", "32", "--max-adapters", "8")
+    assert "--max-adapters 8 is below --vllm-max-loras 32" in err, err
+
+
+@pytest.mark.parametrize(
+    ("engine", "option", "readers"),
+    [
+        ("vllm", "--device=cuda:1", "transformers"),
+        ("vllm", "--host-cache-mb=64", "transformers"),
+        ("echo", "--dtype=bfloat16", "transformers or vllm"),
+        ("echo", "--max-adapters=4", "transformers or vllm"),
+        ("transformers", "--vllm-max-loras=8", "vllm"),
+        ("transformers", "--vllm-python=/opt/vllm/bin/python", "vllm"),
+        ("transformers", "--echo-delay-ms=5", "echo"),
+    ],
+)
+def test_an_option_the_engine_would_not_read_is_refused(
+    home: Path, fake_vllm: str, engine: str, option: str, readers: str
+) -> None:
+    """Before: accepted and ignored (``--device cuda:1`` with vLLM, ``--vllm-max-loras``
+    with the transformers engine)."""
+    python = ("--vllm-python", fake_vllm) if engine == "vllm" else ()
+    err = _refused(home, "--engine", engine, *python, option)
+    flag = option.split("=")[0]
+    assert f"{flag} is read only by --engine {readers}, not by --engine {engine}" in err, err
+
+
+def test_an_environment_variable_for_another_engine_is_not_refused(home: Path) -> None:
+    """MODELYARD_VLLM_PYTHON may be set for every run: the echo engine serves beside it
+    (up to the port, taken here, so that it stops there)."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        env = {"MODELYARD_VLLM_PYTHON": "/opt/vllm/bin/python"}
+        r = modelyard("serve", "--engine", "echo", "--no-controller", "--port", port, home=home,
+                      env=env, timeout=120)  # fmt: skip
+    assert "read only by" not in r.err and f"cannot listen on 127.0.0.1:{port}" in r.err, r.err
 
 
 @dataclass

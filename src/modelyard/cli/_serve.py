@@ -10,6 +10,43 @@ from modelyard.cli._common import err_console, open_artifacts, open_store, setti
 from modelyard.errors import ConfigError
 from modelyard.store import Store
 
+# Options only some engines read: given on the command line to another engine they would
+# change nothing, so they are refused rather than ignored. (--max-batch-size is the
+# transformers engine's alone too, but deployments pass it whatever the engine: vLLM
+# schedules its own batches, see --vllm-max-num-seqs; and --max-queue, which the echo fake
+# has none of, is given to it by load tests.)
+VLLM_ONLY = (
+    "vllm_python", "vllm_max_loras", "vllm_max_lora_rank", "vllm_max_cpu_loras",
+    "vllm_max_model_len", "vllm_max_num_seqs", "vllm_gpu_memory_utilization",
+    "vllm_tensor_parallel_size", "vllm_kv_cache_gb",
+)  # fmt: skip
+ENGINE_OPTIONS: dict[str, tuple[str, ...]] = {
+    "device": ("transformers",),
+    "host_cache_mb": ("transformers",),
+    "batch_window_ms": ("transformers",),
+    "dtype": ("transformers", "vllm"),
+    "max_adapters": ("transformers", "vllm"),
+    "echo_delay_ms": ("echo",),
+    **dict.fromkeys(VLLM_ONLY, ("vllm",)),
+}
+
+
+def refuse_unread(ctx: typer.Context, engine: str) -> None:
+    """A ``ConfigError`` for an option given on the command line that ``engine`` would not
+    read (an environment variable such as MODELYARD_VLLM_PYTHON may be set for every run)."""
+    for name, engines in ENGINE_OPTIONS.items():
+        source = ctx.get_parameter_source(name)  # typer's own click: compared by name
+        if engine in engines or source is None or source.name != "COMMANDLINE":
+            continue
+        flag = "--" + name.replace("_", "-")
+        hint = f"Leave {flag} out, or serve with --engine {engines[0]}."
+        if name == "device" and engine == "vllm":
+            hint = "vLLM runs on the GPUs CUDA_VISIBLE_DEVICES shows (--vllm-tensor-parallel-size)."
+        raise ConfigError(
+            f"{flag} is read only by --engine {' or '.join(engines)}, not by --engine {engine}",
+            hint=hint,
+        )
+
 
 def control_plane(store: Store, *, secure: bool) -> dict[str, Any]:
     """The admin API and the web console over ``store``, by mount prefix: access tokens,
@@ -30,6 +67,7 @@ def control_plane(store: Store, *, secure: bool) -> dict[str, Any]:
 
 
 def serve(
+    ctx: typer.Context,
     host: str = typer.Option("127.0.0.1", help="Address to listen on."),
     port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
     advertise_address: str | None = typer.Option(
@@ -59,6 +97,12 @@ def serve(
     vllm_max_model_len: int | None = typer.Option(
         None, min=1, help="--engine vllm: context length (default: the model's)."
     ),
+    vllm_max_num_seqs: int | None = typer.Option(
+        None,
+        min=1,
+        help="--engine vllm: requests vLLM decodes at once (default: vLLM's, 256); as many "
+        "are sent to it at once, and --max-queue more wait in serve.",
+    ),
     vllm_gpu_memory_utilization: float | None = typer.Option(
         None, min=0.05, max=1.0, help="--engine vllm: share of GPU memory vLLM may take."
     ),
@@ -79,7 +123,12 @@ def serve(
         help="transformers engine: auto (bfloat16 on a GPU, float32 on the CPU), float32, "
         "bfloat16, float16.",
     ),
-    max_adapters: int = typer.Option(8, min=1, help="Adapters kept loaded (LRU)."),
+    max_adapters: int | None = typer.Option(
+        None,
+        min=1,
+        help="Adapters kept loaded (LRU); default 8 (--engine vllm: 8, or --vllm-max-loras "
+        "when higher).",
+    ),
     host_cache_mb: float = typer.Option(
         1024.0,
         min=0.0,
@@ -254,14 +303,19 @@ def serve(
         raise ConfigError(f"--metrics-port {metrics_port} is the API --port; pick another")
     if engine not in ("transformers", "vllm", "echo"):
         raise ConfigError(f"unknown --engine {engine!r}: use transformers, vllm or echo")
+    refuse_unread(ctx, engine)
     if engine == "vllm" and not vllm_python:
         raise ConfigError(
             "--engine vllm needs the python of vLLM's environment",
             hint="Build it with `make vllm` and pass --vllm-python .venv-vllm/bin/python "
             "(or set MODELYARD_VLLM_PYTHON).",
         )
-    if echo_delay_ms and engine != "echo":
-        raise ConfigError("--echo-delay-ms works only with --engine echo")
+    if engine == "vllm" and max_adapters is not None and max_adapters < vllm_max_loras:
+        raise ConfigError(
+            f"--max-adapters {max_adapters} is below --vllm-max-loras {vllm_max_loras}: at most "
+            f"{max_adapters} adapters are registered with vLLM, so no batch could hold more",
+            hint=f"Give --max-adapters {vllm_max_loras} or more, or leave it out.",
+        )
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together; give both or neither")
     tls = (tls_cert, tls_key) if tls_cert and tls_key else None
@@ -272,7 +326,7 @@ def serve(
     if engine == "transformers":
         chosen = TransformersEngine(
             open_artifacts(),
-            max_adapters=max_adapters,
+            max_adapters=max_adapters or 8,
             host_cache_mb=host_cache_mb,
             max_batch_size=max_batch_size,
             batch_window_ms=batch_window_ms,
@@ -285,12 +339,13 @@ def serve(
         options = VLLMOptions(
             python=vllm_python, dtype=dtype, max_loras=vllm_max_loras,
             max_lora_rank=vllm_max_lora_rank, max_cpu_loras=vllm_max_cpu_loras,
-            max_model_len=vllm_max_model_len,
+            max_model_len=vllm_max_model_len, max_num_seqs=vllm_max_num_seqs,
             gpu_memory_utilization=vllm_gpu_memory_utilization,
             tensor_parallel_size=vllm_tensor_parallel_size, kv_cache_gb=vllm_kv_cache_gb,
         )  # fmt: skip
-        vllm = VLLMEngine(open_artifacts(), options, store=store, max_adapters=max_adapters,
-                          log_dir=settings().home / "logs",
+        vllm = VLLMEngine(open_artifacts(), options, store=store,
+                          max_adapters=max_adapters or max(8, vllm_max_loras),
+                          max_queue=max_queue, log_dir=settings().home / "logs",
                           request_timeout_s=request_timeout_s or 600.0)  # fmt: skip
         vllm.start_for(store)  # the servers of the endpoints' versions start now, not on use
         chosen = vllm
