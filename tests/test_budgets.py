@@ -281,3 +281,27 @@ def test_what_was_spent_while_redis_was_unreachable_reaches_the_shared_total(
         assert r.status_code == 429, r.text
         totals = _totals(redis_srv)
     assert list(totals.values()) == [pytest.approx(3.2 if first == 200 else 2.4)]
+
+
+def test_failing_closed_a_budget_that_cannot_be_checked_says_so(
+    store: Store, tmp_path: Path
+) -> None:
+    """A key without rate limits of a tenant with a budget, Redis down, failing closed: the
+    503 names the budget (it said "the rate limits cannot be checked" of a key that has
+    none)."""
+    store.set_budget("acme", "day", 2.0)
+    _, acme = create_api_key(store, "acme")
+    with (
+        redis_server(tmp_path) as redis_srv,
+        _server(store, ServerLimits(redis_url=redis_srv.url, on_redis_down="closed")) as server,
+    ):
+        assert _complete(server.base_url, acme).status_code == 200
+        redis_srv.stop()
+        r = _complete(server.base_url, acme)
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    error = r.json()["error"]
+    assert error["code"] == "limits_unavailable"
+    assert error["message"].startswith(
+        "the daily budget of tenant 'acme' cannot be checked: the spend shared by the "
+        "replicas (Redis) cannot be reached"
+    )

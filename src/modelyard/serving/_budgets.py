@@ -34,7 +34,7 @@ from datetime import UTC, datetime
 
 import redis
 
-from modelyard.errors import BudgetExceeded, ModelyardError
+from modelyard.errors import BudgetExceeded, LimitsUnavailable, ModelyardError
 from modelyard.serving._shared_limits import SharedRateLimiter
 from modelyard.serving._types import Generation
 from modelyard.store import ApiKey, Budget, ModelVersion, Store, period_end, period_start
@@ -73,7 +73,16 @@ class BudgetGuard:
         """Refuse (``BudgetExceeded``) a request of a tenant or key whose budget is spent."""
         now = self._clock()
         for budget in self._applying(key):
-            spent = self._total(budget, now)
+            try:
+                spent = self._total(budget, now)
+            except LimitsUnavailable as down:  # Redis down, failing closed: say it is the budget
+                who = f"API key {key.id}" if budget.key_id else f"tenant {key.tenant!r}"
+                raise LimitsUnavailable(
+                    f"the {_PERIODS[budget.period]} budget of {who} cannot be checked: the "
+                    "spend shared by the replicas (Redis) cannot be reached",
+                    hint="Retry shortly; an operator should check Redis (--redis-url).",
+                    retry_after=down.context.get("retry_after", 1),
+                ) from None
             if spent >= budget.amount:
                 who = f"API key {key.id}" if budget.key_id else f"tenant {key.tenant!r}"
                 until = period_end(budget.period, now)
