@@ -226,3 +226,13 @@ def test_oidc_tokens_on_the_admin_api(idp: IdP, tmp_path: Path) -> None:
         plain = TestClient(create_admin_app(ops))
         r = plain.get("/whoami", headers={"Authorization": f"Bearer {idp.token()}"})
         assert r.status_code == 401 and "no issuer is configured" in r.json()["error"]["message"]
+
+
+def test_a_token_with_groups_that_are_not_names_grants_no_role_and_is_no_500(idp: IdP) -> None:
+    """An IdP that sends groups as objects (``[{"name": "ml-leads"}]``) or numbers: no role
+    from them, and no crash (a dict in the list raised TypeError, a 500 on the admin API)."""
+    verifier = _verifier(idp, group_roles={"ml-leads": "approver"})
+    odd = verifier.verify(idp.token(groups=[{"name": "ml-leads"}, ["ml-leads"], 7, "ml-leads"]))
+    assert odd.actor == "alice" and odd.role == "approver"  # the one name in it counts
+    assert verifier.verify(idp.token(groups=[{"name": "ml-leads"}])).role is None
+    assert verifier.verify(idp.token(groups={"ml-leads": True})).role is None

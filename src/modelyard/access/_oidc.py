@@ -246,8 +246,10 @@ class OIDCVerifier:
             groups = [groups]
         if not isinstance(groups, list):
             return None
-        granted: list[Role] = [
-            self.config.group_roles[g] for g in groups if g in self.config.group_roles
+        granted: list[Role] = [  # names only: an IdP may send objects, which grant nothing
+            self.config.group_roles[g]
+            for g in groups
+            if isinstance(g, str) and g in self.config.group_roles
         ]
         if not granted:
             return None
