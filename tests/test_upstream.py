@@ -218,6 +218,10 @@ class Faults:
         body = await request.json()
         if what == "429":
             return JSONResponse({"error": {"message": "slow down"}}, 429, {"Retry-After": "0"})
+        if what == "quota":  # OpenAI's answer when the account's credit is spent
+            error = {"message": "You exceeded your current quota", "type": "insufficient_quota",
+                     "code": "insufficient_quota", "param": None}  # fmt: skip
+            return JSONResponse({"error": error}, 429)
         if what == "500":
             return JSONResponse({"error": {"message": "boom"}}, 500)
         if what == "401":
@@ -302,6 +306,8 @@ def test_retries_mend_passing_faults(faulty: tuple[Gateway, Faults]) -> None:
         (["500"], 502, "upstream_error", "failed with 500"),
         (["slow"], 504, "upstream_timeout", "did not answer within 1 s"),
         (["401"], 502, "upstream_error", "refused modelyard's credential"),
+        # before: retried, then 503 upstream_busy with Retry-After, which clients retry
+        (["quota"], 502, "upstream_error", "account has no quota left"),
     ],
     indirect=["faulty"],
 )
@@ -313,8 +319,8 @@ def test_upstream_faults_are_clear_errors_after_bounded_retries(
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert error["code"] == code and said in error["message"], error
-    assert faults.calls == (1 if code == "upstream_error" and status == 502 and "credential"
-                            in said else 3)  # 2 retries, never for a refused key  # fmt: skip
+    never = "credential" in said or "quota" in said  # no retry for a refused key or quota
+    assert faults.calls == (1 if never else 3)  # else 2 retries
     if status == 503:
         assert r.headers["retry-after"] == "1"
     records = _records(gw)

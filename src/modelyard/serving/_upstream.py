@@ -336,6 +336,13 @@ class UpstreamClient:
         status = r.status_code
         said, code, param = _upstream_error(r)
         where = f"the upstream at {self.spec.host}"
+        if status == 429 and code == "insufficient_quota":  # money, not a rate: never retried
+            return UpstreamError(
+                f"{what}: {where} says modelyard's account has no quota left (429 "
+                f"insufficient_quota): {said}",
+                hint=f"Check the plan and billing of the account whose key is in "
+                f"{self.spec.credential}.", version=what,
+            )  # fmt: skip
         if status == 429:
             wait = retry_after_s(r.headers.get("retry-after"))
             error: ModelyardError = UpstreamBusy(
