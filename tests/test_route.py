@@ -344,3 +344,30 @@ def _ready(url: str) -> bool:
         return httpx.get(f"{url}/ready", timeout=2).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_the_router_listens_on_an_ipv6_address(tmp_path: Path) -> None:
+    """Before: ``--host ::1`` was refused ("Address family for hostname not supported")."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
+    env |= {"MODELYARD_HOME": str(tmp_path / "home"),
+            "MODELYARD_STORE_URL": f"sqlite:///{tmp_path / 'store.db'}"}  # fmt: skip
+    command = [sys.executable, "-m", "modelyard", "route", "--host", "::1", "--port", "0"]
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stderr is not None
+            banner = proc.stderr.readline()
+            match = re.search(r"routing on (http://\[::1\]:\d+) ", banner)
+            assert match, banner
+            health = lambda: httpx.get(f"{match.group(1)}/health", timeout=2)  # noqa: E731
+            wait_for("the router to listen", lambda: _answers(health), timeout=30)
+            assert health().json()["status"] == "ok"
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+
+
+def _answers(call: Callable[[], httpx.Response]) -> bool:
+    try:
+        return call().status_code == 200
+    except httpx.TransportError:
+        return False

@@ -77,9 +77,11 @@ def route(
     store = open_store()
     app = create_route_app(store, options)
 
+    where = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
+
     def banner(bound: int) -> None:
         err_console.print(
-            f"routing on http://{host}:{bound} to the replicas of {store.url} (policy {policy})"
+            f"routing on http://{where}:{bound} to the replicas of {store.url} (policy {policy})"
         )
 
     try:

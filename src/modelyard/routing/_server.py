@@ -63,6 +63,31 @@ class _DrainingServer(uvicorn.Server):
         return await super().on_tick(counter)
 
 
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host`` (a name, an IPv4 or an IPv6 address) and ``port``."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ConfigError(
+            f"cannot listen on {host}: {getattr(exc, 'strerror', None) or exc}",
+            hint="Give --host an address of this machine (127.0.0.1, ::1, 0.0.0.0, ::) "
+            "or a name that resolves to one.",
+        ) from None
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {exc.strerror}",
+            hint="Pick another --port or stop the process using it.",
+        ) from exc
+    return sock
+
+
 def run_router(
     app: FastAPI,
     host: str,
@@ -72,16 +97,7 @@ def run_router(
     on_bound: Callable[[int], None] | None = None,
 ) -> None:
     """Serve ``app`` (``create_route_app``) until SIGTERM, then drain and return."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(
-            f"cannot listen on {host}:{port}: {exc.strerror}",
-            hint="Pick another --port or stop the process using it.",
-        ) from exc
+    sock = bind_socket(host, port)
     if on_bound is not None:
         on_bound(int(sock.getsockname()[1]))
     config = uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=5)
