@@ -239,3 +239,24 @@ def test_a_request_admitted_before_redis_goes_down_is_answered_recorded_and_char
             if line.startswith("modelyard_spend_total{") and 'tenant="acme"' in line
         ]
         assert spend and spend[0].endswith(" 1.2")
+
+
+def test_tokens_given_back_reach_a_shared_bucket_in_debt(
+    store: Store, redis_srv: RedisServer
+) -> None:
+    """A request that used more tokens than it reserved (a prompt counted short) leaves the
+    bucket in debt; another request's unused tokens must still come back, as they do in one
+    server's own buckets (in Redis they were dropped while the bucket was below 0, so the key
+    waited 27 s where 3 s was right)."""
+    key, _ = create_api_key(store, "acme", tpm_limit=100)
+    shared = SharedRateLimiter(redis_srv.url)
+    try:
+        first, second = shared.admit(key, 40), shared.admit(key, 40)
+        shared.settle(second, 100)  # 60 more than it reserved: the bucket is at -40
+        shared.settle(first, 0)  # its 40 come back: the bucket is at 0
+        with pytest.raises(RateLimited) as refused:
+            shared.admit(key, 5)
+        assert refused.value.limit == "tokens"
+        assert refused.value.retry_after <= 4  # 5 tokens at 100 a minute: 3 s
+    finally:
+        shared.close()

@@ -52,11 +52,14 @@ OnDown = Literal["open", "closed"]
 T = TypeVar("T")
 TIMEOUT_S = 0.25
 RETRY_DOWN_S = 1.0
+SETTLE = -1  # the "needed" of a settlement: it never waits (_TAKE)
 
 # KEYS: the buckets; ARGV: per bucket (capacity, needed, taken). Each bucket is refilled on
 # Redis's clock; when every bucket holds what it needs, each gives what it is taken (taken
-# may be negative: given back, capped at capacity). Returns per bucket the milliseconds
-# until what it needs would fit (0: it did, and the take happened).
+# may be negative: given back, capped at capacity). A needed of -1 is a settlement (give
+# back, or take a request's excess): it always happens, even on a bucket in debt, as in
+# RateLimiter.settle. Returns per bucket the milliseconds until what it needs would fit
+# (0: it did, and the take happened).
 _TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -69,7 +72,7 @@ for i, key in ipairs(KEYS) do
   level = math.min(cap, level + math.max(0, now - stamp) * cap / 60000)
   levels[i] = level
   waits[i] = 0
-  if level < need then
+  if need >= 0 and level < need then
     waits[i] = math.ceil((need - level) * 60000 / cap)
     fits = false
   end
@@ -187,14 +190,14 @@ class SharedRateLimiter:
             self.local.settle(admission, used_tokens)
             return
         returned = admission.reserved_tokens - used_tokens
-        self._give_back(admission.key_id, [("tokens", admission.capacity, 0, -returned)])
+        self._give_back(admission.key_id, [("tokens", admission.capacity, SETTLE, -returned)])
 
     # -- Redis ----------------------------------------------------------------------------
 
     def _give_back_request(self, key: ApiKey) -> None:
         rpm, _ = self.limits_of(key)
         if rpm is not None:
-            self._give_back(key.id, [("requests", rpm, 0, -1)])
+            self._give_back(key.id, [("requests", rpm, SETTLE, -1)])
 
     def _give_back(self, key_id: str, buckets: list[tuple[str, int, int, int]]) -> None:
         """Give back (or take the excess of) what a request holds, as far as Redis can be
