@@ -309,3 +309,18 @@ def test_import_description_reaches_the_card_and_is_never_dropped(
     assert "No scores are recorded" in card  # not "the held-out rows recorded above"
     listed = json.loads(modelyard("registry", "list", "router", "--json", home=home).out)
     assert [v["version"] for v in listed] == [1]
+
+
+def test_tag_remove_of_a_missing_key_and_multiline_values_are_refused(home: Path) -> None:
+    """`--remove tem` (for team) used to succeed silently, audited as a removal."""
+    assert modelyard("registry", "tag", "sup:1", "team=claims", home=home).code == 0
+    r = modelyard("registry", "tag", "sup:1", "--remove", "tem", home=home)
+    assert r.code == 2, r.out
+    line = _error_line(r.err)
+    assert "sup:1 has no tag 'tem' to remove" in line and "'team'" in line
+    r = modelyard("registry", "tag", "sup:1", "note=line one\nline two", home=home)
+    assert r.code == 2, r.out
+    assert "control character" in _error_line(r.err)
+    r = modelyard("registry", "tag", "sup:1", "--remove", "team", "--json", home=home)
+    assert r.code == 0, r.err
+    assert json.loads(r.out)["tags"] == {}

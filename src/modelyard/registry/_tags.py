@@ -2,19 +2,40 @@
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Sequence
 
 from modelyard.errors import ConfigError
 from modelyard.store import ModelVersion, Store
 
+MAX_TAG_VALUE = 5000
+"""The longest tag value, in characters (a label, not a document)."""
+
 
 def parse_tags(items: Sequence[str], remove: Sequence[str] = ()) -> dict[str, str]:
-    """``KEY=VALUE`` texts as a mapping; at least one pair or one key to ``remove``."""
+    """``KEY=VALUE`` texts as a mapping; at least one pair or one key to ``remove``.
+
+    A value is one line of at most ``MAX_TAG_VALUE`` characters: a newline or another
+    control character would break every table and export that shows it.
+    """
     pairs: dict[str, str] = {}
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"tag {item!r} is not KEY=VALUE", hint="e.g. team=claims")
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+            raise ConfigError(
+                f"the value of tag {key!r} holds a newline or another control character",
+                hint="A tag value is one line of text.",
+                field=key,
+            )
+        if len(value) > MAX_TAG_VALUE:
+            raise ConfigError(
+                f"the value of tag {key!r} is {len(value):,} characters long, over the limit "
+                f"of {MAX_TAG_VALUE:,}",
+                hint="A tag is a label; keep documents in the model's description or lineage.",
+                field=key,
+            )
         pairs[key] = value
     if not pairs and not remove:
         raise ConfigError("no tags given", hint="Pass KEY=VALUE pairs and/or --remove KEY.")
@@ -24,6 +45,26 @@ def parse_tags(items: Sequence[str], remove: Sequence[str] = ()) -> dict[str, st
 def tag_version(
     store: Store, ref: str, items: Sequence[str], remove: Sequence[str] = ()
 ) -> ModelVersion:
-    """Set the ``KEY=VALUE`` tags ``items`` and delete the keys ``remove`` on ``ref``."""
+    """Set the ``KEY=VALUE`` tags ``items`` and delete the keys ``remove`` on ``ref``.
+
+    A key to remove that the version does not have is a ConfigError naming the tags it
+    has (a typo must not pass for a removal).
+    """
     pairs = parse_tags(items, remove)
+    if remove:
+        _check_removable(store.resolve_model_ref(ref), remove, pairs)
     return store.set_version_tags(ref, pairs, remove=list(remove))
+
+
+def _check_removable(version: ModelVersion, remove: Sequence[str], pairs: dict[str, str]) -> None:
+    missing = [key for key in remove if key not in version.tags and key not in pairs]
+    if not missing:
+        return
+    close = difflib.get_close_matches(missing[0], list(version.tags), n=1)
+    maybe = f"Did you mean {close[0]!r}? " if close else ""
+    has = ", ".join(sorted(version.tags)) or "none"
+    raise ConfigError(
+        f"{version.ref} has no tag {missing[0]!r} to remove",
+        hint=f"{maybe}Its tags: {has}.",
+        field="--remove",
+    )
