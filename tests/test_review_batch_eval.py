@@ -345,3 +345,18 @@ def test_from_records_will_not_write_over_the_training_data_it_excludes(
     assert code == 2, err
     assert err.startswith("error: --out train.jsonl is also an --exclude file"), err
     assert train.read_text() == before
+
+
+def test_answers_of_the_echo_engine_are_not_taken_for_the_models(
+    here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--engine echo` is the docs' fake for trying the command: the real run after it, to
+    the same output, must not find the fake answers and call the job done."""
+    write_jsonl(here / "in.jsonl", [{"prompt": "Which team handles a cracked windshield?"}])
+    code, _, err = batch(capsys, "in.jsonl", "-o", "out.jsonl", *ECHO)
+    assert code == 0, err
+    fake = (here / "out.jsonl").read_text()
+    code, _, err = batch(capsys, "in.jsonl", "-o", "out.jsonl", "-e", "claims-router", "--json")
+    assert code == 2, err
+    assert 'the output out.jsonl was written with engine "echo", not "transformers"' in err
+    assert (here / "out.jsonl").read_text() == fake

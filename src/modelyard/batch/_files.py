@@ -60,6 +60,7 @@ class FileJobSpec:
     concurrency: int = 16
     max_errors: int | None = None
     overwrite: bool = False
+    engine: str | None = None  # the engine's kind (echo, transformers): the answers depend on it
 
     def __post_init__(self) -> None:
         if (self.endpoint is None) == (self.model is None):
@@ -211,7 +212,7 @@ def _settings(spec: FileJobSpec, given: _Input, endpoint: str) -> Mapping[str, A
         "mapping": given.mapping.describe(),
         "id_columns": list(spec.id_columns),
         "params": _jsonable(dataclasses.asdict(spec.params)),
-    }
+    } | ({"engine": spec.engine} if spec.engine is not None else {})
 
 
 def _jsonable(value: Any) -> Any:

@@ -197,6 +197,10 @@ def _read_job(state: Path) -> dict[str, Any]:
     return job
 
 
+_LATER = frozenset({"engine"})
+"""Settings a job's state did not always keep."""
+
+
 def _same_settings(
     before: Mapping[str, Any], now: Mapping[str, Any], what: str, *, fresh: bool = False
 ) -> None:
@@ -205,6 +209,8 @@ def _same_settings(
     whose settings ``before`` are; ``fresh``: a finished job's, which only a new job with
     --overwrite (or another output) replaces."""
     for name in sorted(set(before) | set(now)):
+        if name in _LATER and name not in before:
+            continue  # a job started before the setting was kept
         if before.get(name) != now.get(name):
             hint = (
                 "Pass --overwrite to answer every row again with these settings, or write "

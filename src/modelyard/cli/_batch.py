@@ -187,6 +187,7 @@ def run(
                                   fields=_fields(field), system=system),
             id_columns=tuple(id_column), endpoint=endpoint, api_key=api_key, model=model,
             tenant=tenant, concurrency=concurrency, max_errors=max_errors, overwrite=overwrite,
+            engine=engine,
         )  # fmt: skip
     limits = ServerLimits(
         max_tokens=max(max_tokens, 256), request_timeout_s=request_timeout_s or None
