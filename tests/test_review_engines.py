@@ -229,3 +229,49 @@ def test_requests_beyond_the_queue_are_refused_at_once(fake_vllm: str, served: S
         assert _text(engine.answer(version, "1 1", greedy)) == "2"  # room again
     finally:
         engine.close()
+
+
+def test_adapter_cache_events_are_counted_on_the_vllm_engine(
+    fake_vllm: str, served: Served, tmp_path: Path
+) -> None:
+    """``modelyard_adapter_cache_hits_total`` and the other adapter counters (the hit rate
+    docs/serving.md computes) count the adapters registered with vLLM; before, they stayed
+    absent on the vllm engine."""
+    store, artifacts = served.engine.store, served.engine.artifacts
+    assert store is not None
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    digest = artifacts.put_dir(adapter, kind="adapter").digest
+    a, b = (
+        store.create_model_version("bot", kind="adapter", artifact_digest=digest,
+                                   base_model="fake", run_id=None,
+                                   lineage={"prompt_template": "text"}, metrics={})
+        for _ in range(2)
+    )  # fmt: skip
+    engine = VLLMEngine(artifacts, VLLMOptions(python=fake_vllm), store=store, max_adapters=1,
+                        log_dir=tmp_path / "logs")  # fmt: skip
+    seen: list[tuple[str, str]] = []
+
+    class Observer:
+        def adapter_event(self, event: str, version: str) -> None:
+            seen.append((event, version))
+
+        def batch_ran(self, size: int) -> None:
+            pass
+
+    engine.add_observer(Observer())
+    try:
+        assert engine.warm(a, 120)
+        greedy = SamplingParams(max_tokens=1, temperature=0)
+        for version in (a, a, b, a):
+            assert _text(engine.answer(version, "1 1", greedy)) == "1"
+        assert seen == [("miss", a.ref), ("load", a.ref), ("hit", a.ref),
+                        ("miss", b.ref), ("load", b.ref), ("eviction", a.ref),
+                        ("miss", a.ref), ("load", a.ref), ("eviction", b.ref)]  # fmt: skip
+        stats = engine.stats()
+        assert (stats.adapter_hits, stats.adapter_misses, stats.adapter_loads,
+                stats.adapter_evictions) == (1, 3, 3, 2)  # fmt: skip
+        assert engine.loaded() == [a.ref]
+    finally:
+        engine.close()

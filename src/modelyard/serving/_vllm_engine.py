@@ -26,7 +26,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import httpx
 
@@ -39,7 +39,14 @@ from modelyard.serving._interruptible import InterruptibleTransport
 from modelyard.serving._prompts import render_chat
 from modelyard.serving._stream import TokenStream
 from modelyard.serving._tools import Tools
-from modelyard.serving._types import Generation, SamplingParams, TokenPrompt, check_token_ids
+from modelyard.serving._types import (
+    AdapterEvent,
+    EngineStats,
+    Generation,
+    SamplingParams,
+    TokenPrompt,
+    check_token_ids,
+)
 from modelyard.serving._upstream import UpstreamClient
 from modelyard.serving._vllm import VLLMOptions, VLLMProcess
 from modelyard.store import ModelVersion, Store
@@ -118,6 +125,7 @@ class VLLMEngine(Engine):
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="vllm-request")
         self._pending = 0
         self._pending_lock = threading.Lock()
+        self._counts: dict[AdapterEvent, int] = dict.fromkeys(get_args(AdapterEvent), 0)
 
     # -- where a version runs ---------------------------------------------------------------
 
@@ -172,25 +180,49 @@ class VLLMEngine(Engine):
         with server.lock:
             if name in server.adapters:
                 server.adapters.move_to_end(name)
+                self._event("hit", version.ref)
                 return name
-        path = self._verified(version)
-        body = {"lora_name": name, "lora_path": str(path)}
-        r = self._admin(server, "/v1/load_lora_adapter", body, version)
+        self._event("miss", version.ref)
+        try:
+            path = self._verified(version)
+            body = {"lora_name": name, "lora_path": str(path)}
+            r = self._admin(server, "/v1/load_lora_adapter", body, version)
+        except EngineError:
+            self._event("load_failure", version.ref)
+            raise
         if r.status_code != 200 and "already" not in r.text:
+            self._event("load_failure", version.ref)
             raise EngineError(
                 f"vLLM refused the adapter of {version.ref} ({r.status_code}): "
                 f"{' '.join(r.text.split())[:300]}",
                 hint="Check the adapter fits the base and --vllm-max-lora-rank.",
                 version=version.ref,
             )
+        self._event("load", version.ref)
         with server.lock:
             server.adapters[name] = version.ref
             evicted = []
             while len(server.adapters) > self.max_adapters:
-                evicted.append(server.adapters.popitem(last=False)[0])
-        for old in evicted:
+                evicted.append(server.adapters.popitem(last=False))
+        for old, ref in evicted:
+            self._event("eviction", ref)
             self._admin(server, "/v1/unload_lora_adapter", {"lora_name": old}, version)
         return name
+
+    def _event(self, event: AdapterEvent, ref: str) -> None:
+        """Count an adapter registration event and tell the observers (the app's metrics:
+        ``modelyard_adapter_cache_hits_total`` and the others, as on the transformers engine)."""
+        with self._lock:
+            self._counts[event] += 1
+        for observer in list(self._observer_list()):
+            observer.adapter_event(event, ref)
+
+    def stats(self) -> EngineStats:
+        with self._lock:
+            c = dict(self._counts)
+        return EngineStats(adapter_hits=c["hit"], adapter_misses=c["miss"],
+                           adapter_loads=c["load"], adapter_evictions=c["eviction"],
+                           adapter_load_failures=c["load_failure"])  # fmt: skip
 
     def _admin(
         self, server: _Server, path: str, body: dict[str, str], version: ModelVersion
