@@ -232,6 +232,11 @@ class Faults:
             return StreamingResponse(self.drip(), media_type="text/event-stream")
         if what == "hold":
             return await self.hold(request)
+        if what == "json":  # a server that does not stream: the whole answer, as JSON
+            usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+            message = {"role": "assistant", "content": "whole"}
+            return {"choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    "usage": usage}  # fmt: skip
         if not body.get("stream"):
             usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
             return {"choices": [{"index": 0, "text": "fine", "finish_reason": "stop"}],
@@ -297,6 +302,26 @@ def test_retries_mend_passing_faults(faulty: tuple[Gateway, Faults]) -> None:
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == "fine"
     assert faults.calls == 3
+
+
+@pytest.mark.parametrize("faulty", [["json"]], indirect=True)
+def test_an_upstream_that_does_not_stream_is_read_whole(faulty: tuple[Gateway, Faults]) -> None:
+    """An upstream (or a proxy before it) that answers a streamed request with one JSON
+    body: its answer reaches the client (before: an empty answer, 200)."""
+    gw, _ = faulty
+    r = _ask(gw)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == "whole"
+    assert r.json()["usage"]["completion_tokens"] == 1
+    streamed = httpx.post(
+        gw.url + "/v1/chat/completions", timeout=30,
+        headers={"Authorization": f"Bearer {gw.key}"},
+        json={"model": "acme-support", "messages": [{"role": "user", "content": "hi"}],
+              "stream": True},
+    )  # fmt: skip
+    assert streamed.status_code == 200 and '"content": "whole"' in streamed.text.replace(
+        '":"', '": "'
+    ), streamed.text
 
 
 @pytest.mark.parametrize(

@@ -226,6 +226,14 @@ class UpstreamClient:
                 if r.status_code != 200:
                     r.read()
                     raise self._refusal(r, what)
+                if r.headers.get("content-type", "").startswith("application/json"):
+                    # a server that does not stream (or a proxy that buffered it) answers
+                    # whole: read as a whole answer, never as an empty stream
+                    r.read()
+                    generation = self._answered(r, body, chat, started, what)
+                    if generation.text:
+                        out.push(generation.text, generation.logprobs or ())
+                    return generation
                 for data in _events(r.iter_lines()):
                     if out.cancelled:
                         finish = "cancelled"
@@ -269,9 +277,14 @@ class UpstreamClient:
             if interrupt.fired:
                 return self._generation("", "cancelled", None, body, None, what)
             raise self._broke(exc, what, False) from None
-        elapsed_ms = (time.perf_counter() - started) * 1000
         if r.status_code != 200:
             raise self._refusal(r, what)
+        return self._answered(r, body, chat, started, what)
+
+    def _answered(self, r: httpx.Response, body: dict[str, Any], chat: bool, started: float,
+                  what: str) -> Generation:  # fmt: skip
+        """The answer of a non-streamed response (read already)."""
+        elapsed_ms = (time.perf_counter() - started) * 1000
         try:
             data = r.json()
         except ValueError:
