@@ -4,6 +4,7 @@ or token asked to live less than a second is refused, never made to live forever
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -71,3 +72,17 @@ def test_a_key_or_token_with_a_lifetime_under_a_second_is_refused_not_eternal(
     assert modelyard("tokens", "list", "--json", home=home).out.strip() == "[]"
     made = modelyard("keys", "create", "--tenant", "acme", "--expires", "1s", home=home)
     assert made.code == 0, made.err
+
+
+def test_tokens_options_that_contradict_each_other_are_refused(tmp_path: Path) -> None:
+    """``--expires 1h --no-expiry`` made a token that never expires (the lifetime asked for
+    was silently dropped); ``--for X --all`` listed everyone's tokens."""
+    home = tmp_path / "home"
+    both = modelyard("tokens", "create", "--expires", "1h", "--no-expiry", home=home)
+    assert both.code == 2 and "--expires and --no-expiry contradict" in both.err
+    assert "myp_" not in both.out
+    listed = modelyard("tokens", "list", "--for", "bob", "--all", home=home)
+    assert listed.code == 2 and "--for and --all contradict" in listed.err
+    made = modelyard("tokens", "create", "--json", home=home)
+    assert made.code == 0, made.err
+    assert json.loads(made.out)["expires_at"] is not None  # 90 days by default

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from modelyard.access import create_actor_token, parse_duration, parse_token_scopes
 from modelyard.cli._common import console, open_store, print_json
+from modelyard.errors import ConfigError
 from modelyard.store import ActorToken
 
 app = typer.Typer(help="Personal access tokens for the admin API (shown once, stored as hashes).")
@@ -24,7 +25,7 @@ def tokens_create(
         None, "--for", help="The actor the token acts as (default: you; another needs admin)."
     ),
     scopes: str = typer.Option("read,write", help="Comma-separated: read, write."),
-    expires: str = typer.Option("90d", help="Lifetime such as 90d, 12h."),
+    expires: str | None = typer.Option(None, help="Lifetime such as 90d, 12h (default 90d)."),
     no_expiry: bool = typer.Option(False, "--no-expiry", help="A token that never expires."),
     name: str = typer.Option("", help="What the token is for (shown by `tokens list`)."),
     json_out: bool = typer.Option(
@@ -33,7 +34,12 @@ def tokens_create(
 ) -> None:
     """Create a token. It is printed once; only its hash is stored."""
     wanted = parse_token_scopes(scopes)
-    lifetime = None if no_expiry else parse_duration(expires, field="--expires")
+    if no_expiry and expires is not None:
+        raise ConfigError(
+            "--expires and --no-expiry contradict each other: give one of them",
+            field="--expires",
+        )
+    lifetime = None if no_expiry else parse_duration(expires or "90d", field="--expires")
     with open_store() as store:
         token, secret = create_actor_token(
             store, for_actor or store.actor, scopes=wanted, expires_in=lifetime, name=name
@@ -61,6 +67,8 @@ def tokens_list(
     json_out: bool = typer.Option(False, "--json", help="Print the tokens as JSON."),
 ) -> None:
     """List tokens (never their secrets)."""
+    if all_ and for_actor is not None:
+        raise ConfigError("--for and --all contradict each other: give one of them", field="--all")
     with open_store() as store:
         tokens = store.list_actor_tokens(None if all_ else for_actor or store.actor)
     if json_out:
