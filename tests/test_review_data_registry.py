@@ -324,3 +324,18 @@ def test_tag_remove_of_a_missing_key_and_multiline_values_are_refused(home: Path
     r = modelyard("registry", "tag", "sup:1", "--remove", "team", "--json", home=home)
     assert r.code == 0, r.err
     assert json.loads(r.out)["tags"] == {}
+
+
+def test_a_file_in_another_encoding_names_it_and_the_line(tmp_path: Path) -> None:
+    """The error said only "byte 0 cannot be decoded" for Excel's UTF-16 "Unicode text"
+    and a byte offset, not a line, for a Latin-1 row."""
+    utf16 = tmp_path / "reviews.csv"
+    utf16.write_text("text,label\ncafé,x\n", encoding="utf-16")
+    r = modelyard("data", "validate", str(utf16), "--format", "classification", home=tmp_path)
+    assert r.code == 2, r.out
+    assert "reviews.csv is UTF-16 text, not UTF-8" in _error_line(r.err)
+    latin = tmp_path / "tickets.jsonl"
+    latin.write_bytes(b'{"text": "ok", "label": "a"}\n{"text": "caf\xe9", "label": "b"}\n')
+    r = modelyard("data", "validate", str(latin), "--format", "classification", home=tmp_path)
+    assert r.code == 2, r.out
+    assert "is not UTF-8 text: line 2" in _error_line(r.err)

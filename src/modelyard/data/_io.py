@@ -9,6 +9,7 @@ are left to ``validate_rows``, which reports all of them with row numbers.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import json
@@ -119,13 +120,23 @@ def _check_columns(path: Path, rows: list[dict[str, Any]], fmt: DataFormat) -> N
 
 
 def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
+    data = path.read_bytes()
+    if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
         raise DataError(
-            f"{path} is not UTF-8 text (byte {exc.start} cannot be decoded)",
+            f"{path} is UTF-16 text, not UTF-8",
+            hint="Save the file as UTF-8 (in Excel: CSV UTF-8; in Python: encoding='utf-8').",
+            path=str(path),
+        )
+    try:
+        # universal newlines, as Path.read_text reads them
+        return data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise DataError(
+            f"{path} is not UTF-8 text: line {line} (byte {exc.start}) cannot be decoded",
             hint="Save the file as UTF-8.",
             path=str(path),
+            line=line,
         ) from exc
 
 
