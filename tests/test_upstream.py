@@ -232,6 +232,13 @@ class Faults:
             return StreamingResponse(self.drip(), media_type="text/event-stream")
         if what == "hold":
             return await self.hold(request)
+        if what == "cut":  # a stream closed cleanly mid-answer (an idle timeout, a proxy)
+
+            async def cut() -> Any:
+                half = {"choices": [{"index": 0, "delta": {"content": "hal"}}]}
+                yield f"data: {json.dumps(half)}\n\n"
+
+            return StreamingResponse(cut(), media_type="text/event-stream")
         if what == "json":  # a server that does not stream: the whole answer, as JSON
             usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
             message = {"role": "assistant", "content": "whole"}
@@ -333,6 +340,8 @@ def test_an_upstream_that_does_not_stream_is_read_whole(faulty: tuple[Gateway, F
         (["401"], 502, "upstream_error", "refused modelyard's credential"),
         # before: retried, then 503 upstream_busy with Retry-After, which clients retry
         (["quota"], 502, "upstream_error", "account has no quota left"),
+        # before: the half answer, 200, finish_reason stop
+        (["cut"], 502, "upstream_error", "broke off"),
     ],
     indirect=["faulty"],
 )
@@ -344,7 +353,8 @@ def test_upstream_faults_are_clear_errors_after_bounded_retries(
     assert r.status_code == status, r.text
     error = r.json()["error"]
     assert error["code"] == code and said in error["message"], error
-    never = "credential" in said or "quota" in said  # no retry for a refused key or quota
+    # no retry for a refused key or quota, nor once text came
+    never = "credential" in said or "quota" in said or "broke" in said
     assert faults.calls == (1 if never else 3)  # else 2 retries
     if status == 503:
         assert r.headers["retry-after"] == "1"

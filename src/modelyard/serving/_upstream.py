@@ -217,6 +217,7 @@ class UpstreamClient:
         scored: list[TokenLogprob] = []
         usage: Mapping[str, Any] | None = None
         finish = "stop"
+        ended = False  # a choice said why it ended: the stream was not cut short
         ttft = None
         try:
             with (
@@ -250,10 +251,14 @@ class UpstreamClient:
                             texts.append(piece)
                             out.push(piece, tokens)
                         finish = choice.get("finish_reason") or finish
+                        ended = ended or bool(choice.get("finish_reason"))
         except httpx.HTTPError as exc:
             if not interrupt.fired:
                 raise self._broke(exc, what, bool(texts)) from None
             finish = "cancelled"
+        if not ended and finish != "cancelled":  # closed cleanly, but mid-answer
+            raise self._broke(httpx.RemoteProtocolError("the stream ended before the answer"),
+                              what, bool(texts)) from None  # fmt: skip
         written = calls.text()
         if written and finish != "cancelled":  # whole, as the routes read calls
             written = "\n" + written if texts else written
