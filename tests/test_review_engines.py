@@ -25,8 +25,10 @@ from modelyard.store import ModelVersion, Store
 # the warm-up) waits until N requests were in flight at once or S seconds passed, then
 # answers with the most it saw in flight at once.
 FAKE_SERVER = """
-import argparse, json, threading, time
+import argparse, json, os, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+time.sleep(float(os.environ.get("FAKE_VLLM_DELAY_S", "0")))  # loading the weights
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--port", type=int)
@@ -275,3 +277,27 @@ def test_adapter_cache_events_are_counted_on_the_vllm_engine(
         assert engine.loaded() == [a.ref]
     finally:
         engine.close()
+
+
+def test_a_slow_start_is_waited_for_up_to_the_start_timeout(fake_vllm: str, served: Served) -> None:
+    """A large model takes minutes to load: vLLM is waited for up to --vllm-start-timeout-s
+    (before: a fixed 300 s, after which it was killed and started again, forever). A server
+    not ready in time says why it is being restarted (before: "it stopped (exit None)")."""
+    base = served.engine
+    slow = {"FAKE_VLLM_DELAY_S": "3"}
+    for timeout_s, ready in ((1.0, False), (20.0, True)):
+        options = VLLMOptions(python=fake_vllm, start_timeout_s=timeout_s, extra_env=slow)
+        engine = VLLMEngine(base.artifacts, options, store=base.store,
+                            log_dir=base.log_dir)  # fmt: skip
+        try:
+            assert engine.warm(served.version, 2.5 if not ready else 30) is ready
+            if not ready:
+                process = engine.process(served.version)
+                deadline = time.monotonic() + 10
+                while "restarting" not in str(process.problem) and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                assert process.problem == (
+                    "it was not ready within 1 s (--vllm-start-timeout-s); restarting"
+                )
+        finally:
+            engine.close()

@@ -18,7 +18,7 @@ from modelyard.store import Store
 VLLM_ONLY = (
     "vllm_python", "vllm_max_loras", "vllm_max_lora_rank", "vllm_max_cpu_loras",
     "vllm_max_model_len", "vllm_max_num_seqs", "vllm_gpu_memory_utilization",
-    "vllm_tensor_parallel_size", "vllm_kv_cache_gb",
+    "vllm_tensor_parallel_size", "vllm_kv_cache_gb", "vllm_start_timeout_s",
 )  # fmt: skip
 ENGINE_OPTIONS: dict[str, tuple[str, ...]] = {
     "device": ("transformers",),
@@ -108,6 +108,12 @@ def serve(
     ),
     vllm_tensor_parallel_size: int | None = typer.Option(
         None, min=1, help="--engine vllm: GPUs one model is split over."
+    ),
+    vllm_start_timeout_s: float = typer.Option(
+        1200.0,
+        min=1.0,
+        help="--engine vllm: how long a vLLM server may take to become ready (load the "
+        "weights, warm up) before it is started again.",
     ),
     vllm_kv_cache_gb: float = typer.Option(
         2.0, min=0.1, help="--engine vllm on a CPU: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE)."
@@ -342,6 +348,7 @@ def serve(
             max_model_len=vllm_max_model_len, max_num_seqs=vllm_max_num_seqs,
             gpu_memory_utilization=vllm_gpu_memory_utilization,
             tensor_parallel_size=vllm_tensor_parallel_size, kv_cache_gb=vllm_kv_cache_gb,
+            start_timeout_s=vllm_start_timeout_s,
         )  # fmt: skip
         vllm = VLLMEngine(open_artifacts(), options, store=store,
                           max_adapters=max_adapters or max(8, vllm_max_loras),

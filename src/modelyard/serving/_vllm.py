@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # what --max-lora-rank accepts
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # names of vLLM's --dtype that serve takes
-START_TIMEOUT_S = 300.0
+START_TIMEOUT_S = 1200.0  # a large model (weights over the network, CUDA graphs) takes minutes
 BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
@@ -56,6 +56,7 @@ class VLLMOptions:
     max_num_seqs: int | None = None
     kv_cache_gb: float = 2.0  # VLLM_CPU_KVCACHE_SPACE on CPU machines (unset: most of memory)
     enforce_eager: bool = False
+    start_timeout_s: float = START_TIMEOUT_S  # from start to ready, else it is started again
     extra_env: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -75,6 +76,9 @@ class VLLMOptions:
             )
         if self.max_loras < 1:
             raise ConfigError("--vllm-max-loras must be at least 1", field="vllm_max_loras")
+        if not self.start_timeout_s > 0:
+            raise ConfigError(f"--vllm-start-timeout-s is {self.start_timeout_s}; it must be "
+                              "above 0", field="vllm_start_timeout_s")  # fmt: skip
         # vLLM refuses these when it starts, and its supervisor would restart it forever
         if self.dtype not in DTYPES:
             raise ConfigError(
@@ -229,7 +233,8 @@ class VLLMProcess:
                 self._proc = proc = self._spawn()
             log.info("vLLM for %s starting (pid %d, port %d)", self.name, proc.pid, self.port)
             self.problem = "starting"
-            if self._await_ready(proc):
+            ready = self._await_ready(proc)
+            if ready:
                 failures = 0
                 self.problem = None
                 self._ready.set()
@@ -244,16 +249,19 @@ class VLLMProcess:
             failures += 1
             self.restarts += 1
             wait = BACKOFF_S[min(failures, len(BACKOFF_S)) - 1]
-            self.problem = f"it stopped (exit {code}); restarting"
-            log.error("vLLM for %s stopped (exit %s); restarting in %g s (log: %s)", self.name,
-                      code, wait, self.log_path)  # fmt: skip
+            # why it is started again: what kept it from getting ready, else its exit
+            why = self.problem if not ready and self.problem != "starting" else None
+            why = why or f"it stopped (exit {code})"
+            self.problem = f"{why}; restarting"
+            log.error("vLLM for %s: %s; restarting in %g s (log: %s)", self.model, why, wait,
+                      self.log_path)  # fmt: skip
             for hook in self.on_restart:
                 hook()  # type: ignore[operator]
             if self._stopping.wait(wait):
                 return
 
     def _await_ready(self, proc: subprocess.Popen[bytes]) -> bool:
-        deadline = time.monotonic() + START_TIMEOUT_S
+        deadline = time.monotonic() + self.options.start_timeout_s
         with httpx.Client(timeout=30) as http:
             while time.monotonic() < deadline and not self._stopping.is_set():
                 if proc.poll() is not None:
@@ -269,7 +277,8 @@ class VLLMProcess:
                 except httpx.HTTPError:
                     pass
                 time.sleep(0.5)
-        self.problem = f"it was not ready within {START_TIMEOUT_S:g} s"
+        self.problem = (f"it was not ready within {self.options.start_timeout_s:g} s "
+                        "(--vllm-start-timeout-s)")  # fmt: skip
         return False
 
     def kill(self) -> None:
