@@ -90,7 +90,9 @@ def fake_vllm(tmp_path_factory: pytest.TempPathFactory) -> str:
         (folder / "__init__.py").write_text("")
     (package / "api_server.py").write_text(FAKE_SERVER)
     python = root / "python"
-    python.write_text(f'#!/bin/sh\nPYTHONPATH="{root / "site"}" exec "{sys.executable}" "$@"\n')
+    site = root / "site"
+    path = f'"{site}${{PYTHONPATH:+:$PYTHONPATH}}"'  # before any PYTHONPATH given
+    python.write_text(f'#!/bin/sh\nPYTHONPATH={path} exec "{sys.executable}" "$@"\n')
     python.chmod(0o755)
     return str(python)
 
@@ -301,3 +303,23 @@ def test_a_slow_start_is_waited_for_up_to_the_start_timeout(fake_vllm: str, serv
                 )
         finally:
             engine.close()
+
+
+def test_whether_vllm_runs_on_a_gpu_is_asked_of_vllms_own_torch(
+    fake_vllm: str, tmp_path: Path
+) -> None:
+    """Before: modelyard's torch decided it, so a CPU build of torch here (``make``) started
+    a CUDA vLLM in float32 and eager mode (no CUDA graphs) on a GPU machine."""
+    cuda = tmp_path / "cuda-site" / "torch"
+    cuda.mkdir(parents=True)
+    (cuda / "__init__.py").write_text(
+        "class cuda:\n    @staticmethod\n    def is_available():\n        return True\n"
+    )
+    gpu_python = tmp_path / "python"
+    gpu_python.write_text(f'#!/bin/sh\nPYTHONPATH="{cuda.parent}" exec "{fake_vllm}" "$@"\n')
+    gpu_python.chmod(0o755)
+    on_gpu = VLLMOptions(python=str(gpu_python)).command("/models/base", "base", 8001)
+    assert "--enforce-eager" not in on_gpu
+    assert on_gpu[on_gpu.index("--dtype") + 1] == "auto"
+    on_cpu = VLLMOptions(python=fake_vllm).command("/models/base", "base", 8001)  # CPU torch
+    assert "--enforce-eager" in on_cpu and on_cpu[on_cpu.index("--dtype") + 1] == "float32"

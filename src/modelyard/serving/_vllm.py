@@ -58,6 +58,7 @@ class VLLMOptions:
     enforce_eager: bool = False
     start_timeout_s: float = START_TIMEOUT_S  # from start to ready, else it is started again
     extra_env: dict[str, str] = field(default_factory=dict)
+    cpu: bool = field(init=False, default=True)  # vLLM's torch sees no GPU (``_check_python``)
 
     def __post_init__(self) -> None:
         if not Path(self.python).is_file():
@@ -96,10 +97,16 @@ class VLLMOptions:
 
     def _check_python(self) -> None:
         """The interpreter must have vLLM: without it every start fails and is retried
-        forever, and each request gets a 503. ``find_spec`` answers without importing it."""
-        probe = "import importlib.util, sys; sys.exit(importlib.util.find_spec('vllm') is None)"
+        forever, and each request gets a 503. ``find_spec`` answers without importing it.
+        Whether vLLM runs on a GPU is asked of its own torch, not of modelyard's (a CPU
+        build here must not start a CUDA vLLM in float32 and eager mode)."""
+        probe = (
+            "import importlib.util, sys\n"
+            "if importlib.util.find_spec('vllm') is None: sys.exit(1)\n"
+            "import torch; print('cuda' if torch.cuda.is_available() else 'cpu')"
+        )
         try:
-            done = subprocess.run([self.python, "-c", probe], capture_output=True, timeout=60)
+            done = subprocess.run([self.python, "-c", probe], capture_output=True, timeout=120)
         except (OSError, subprocess.TimeoutExpired) as exc:
             raise ConfigError(
                 f"the vLLM interpreter {self.python} cannot be run: {exc}",
@@ -112,8 +119,10 @@ class VLLMOptions:
                 ".venv-vllm/bin/python) with --vllm-python or MODELYARD_VLLM_PYTHON.",
                 field="vllm_python",
             )
+        object.__setattr__(self, "cpu", done.stdout.decode().strip() != "cuda")
 
-    def command(self, model: str, name: str, port: int, cpu: bool) -> list[str]:
+    def command(self, model: str, name: str, port: int) -> list[str]:
+        cpu = self.cpu
         dtype = "float32" if cpu and self.dtype == "auto" else self.dtype
         args = [
             self.python, "-m", "vllm.entrypoints.openai.api_server",
@@ -211,11 +220,8 @@ class VLLMProcess:
         return True
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        import torch  # the engine runs where torch is; whether vLLM is on a GPU follows it
-
-        cpu = not torch.cuda.is_available()
         self.port = free_port()
-        command = self.options.command(self.model, self.name, self.port, cpu)
+        command = self.options.command(self.model, self.name, self.port)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as out:
             out.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} {' '.join(command)}\n".encode())
