@@ -221,6 +221,9 @@ def test_budgets_through_the_cli_are_governed_and_audited(tmp_path: Path) -> Non
     assert r.code != 0 and "needs role approver" in r.err, r.err
     assert modelyard("budgets", "remove", "acme", "--period", "month", home=home).code == 0
     assert "no budgets" in modelyard("budgets", "list", home=home).out
+    # the role before the row: "nothing removed" (exit 0) told dev only that there was none
+    r = modelyard("--actor", "dev", "budgets", "remove", "acme", "--period", "day", home=home)
+    assert r.code == 1 and "needs role approver" in r.err, (r.out, r.err)
     r = modelyard("audit", "log", "--json", home=home)
     actions = [e["action"] for e in json.loads(r.out)]
     assert actions.count("budget.set") == 1 and actions.count("budget.removed") == 1

@@ -95,6 +95,8 @@ class BudgetStore(StoreCore):
         checked = check_period(period)
         subject = f"{tenant}/{key_id}" if key_id else tenant
         with self._write(f"remove the {period} budget of {subject}") as s:
+            # the role first: an actor who may not remove one is told so, budget or none
+            self._require(s, "budget.removed", subject, f"remove the budget of {subject}")
             trow = tenant_row(s, tenant)
             row = s.scalar(
                 select(BudgetRow).where(
@@ -105,7 +107,6 @@ class BudgetStore(StoreCore):
             )
             if row is None:
                 return False
-            self._require(s, "budget.removed", subject, f"remove the budget of {subject}")
             s.delete(row)
             self._audit(s, "budget.removed", subject,
                         {"tenant": tenant, "key_id": key_id, "period": checked,
