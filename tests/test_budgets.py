@@ -251,6 +251,30 @@ def test_a_budget_removed_and_set_again_counts_what_was_spent_meanwhile(store: S
     assert "has spent 4 of its daily budget of 3" in r.json()["error"]["message"]
 
 
+def test_rotating_a_key_keeps_its_budget_and_what_it_spent(store: Store) -> None:
+    """A key's budget is the new key's too, and the new key's spend counts the old one's:
+    a routine rotation lifted the cap (the new key had no budget at all)."""
+    from modelyard.access import rotate_api_key
+
+    old, secret = create_api_key(store, "acme")
+    store.set_budget("acme", "day", 2.0, key_id=old.id)
+    app = create_app(store, EchoEngine(), refresh_seconds=60, heartbeat_s=None)
+    app.state.plane.budgets.refresh_s = 0  # budgets re-read at once, not within 10 s
+    with BackgroundServer(app) as server:
+        assert [_complete(server.base_url, secret).status_code for _ in range(3)] == [200] * 3
+        _wait_recorded_spend(store, 2.4)
+        new, new_secret = rotate_api_key(store, old.id)
+        r = _complete(server.base_url, new_secret)
+    assert r.status_code == 429, r.text
+    assert "has spent 2.4 of its daily budget of 2" in r.json()["error"]["message"]
+    (budget,) = [b for b in store.list_budgets("acme") if b.key_id == new.id]
+    assert (budget.period, budget.amount) == ("day", 2.0)
+    (created,) = [e for e in store.list_audit_events(action="api_key.created")
+                  if e.subject == new.id]  # fmt: skip
+    assert created.payload["budgets"] == {"day": 2.0}
+    assert created.payload["rotated_from"] == old.id
+
+
 def test_what_was_spent_while_redis_was_unreachable_reaches_the_shared_total(
     store: Store, tmp_path: Path
 ) -> None:

@@ -104,7 +104,7 @@ def rotate_api_key(
     *,
     expires_in: timedelta | None = None,
 ) -> tuple[ApiKey, str]:
-    """Replace key ``key_id`` by a new one for the same tenant, scopes and limits.
+    """Replace key ``key_id`` by a new one for the same tenant, scopes, limits and budgets.
 
     The old key keeps working for ``grace`` (then expires; an earlier expiry
     stays) and records ``rotated_to``. The new key expires after ``expires_in``,

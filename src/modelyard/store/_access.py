@@ -17,7 +17,7 @@ from modelyard.store import _audit
 from modelyard.store._convert import to_actor, to_api_key, to_tenant
 from modelyard.store._core import StoreCore, check_name
 from modelyard.store._rows import get_locked, lock_name, tenant_row
-from modelyard.store._schema import ActorRow, ApiKeyRow, TenantRow, utcnow
+from modelyard.store._schema import ActorRow, ApiKeyRow, BudgetRow, TenantRow, utcnow
 from modelyard.store.entities import (
     DEFAULT_STORAGE_POLICY,
     STORAGE_POLICIES,
@@ -107,12 +107,14 @@ class AccessStore(StoreCore):
         grace: timedelta,
         new_expires_at: datetime | None = None,
     ) -> tuple[ApiKey, ApiKey]:
-        """Replace ``key_id`` by a new key with the same tenant, scopes and limits.
+        """Replace ``key_id`` by a new key with the same tenant, scopes, limits and budgets.
 
         The old key keeps working for ``grace``: its expiry becomes now + grace
-        (an earlier expiry stays), and ``rotated_to`` names its successor. Both
-        changes are audited (``api_key.created`` for the new key with
-        ``rotated_from``, ``api_key.rotated`` for the old). A revoked, expired or
+        (an earlier expiry stays), and ``rotated_to`` names its successor. The
+        old key's budgets are the new key's too (a rotation must not lift a cap),
+        and the new key's spend counts the old one's (``spent``). Both changes
+        are audited (``api_key.created`` for the new key with ``rotated_from``
+        and its budgets, ``api_key.rotated`` for the old). A revoked, expired or
         already rotated key cannot be rotated. Returns (old key, new key).
         """
         if grace < timedelta(0):
@@ -150,6 +152,14 @@ class AccessStore(StoreCore):
                 tpm_limit=row.tpm_limit,
             )
             s.add(new)
+            budgets = s.scalars(
+                select(BudgetRow)
+                .where(BudgetRow.tenant_id == row.tenant_id, BudgetRow.key_id == key_id)
+                .order_by(BudgetRow.period)
+            ).all()
+            for budget in budgets:
+                s.add(BudgetRow(tenant_id=row.tenant_id, key_id=new_key_id, period=budget.period,
+                                amount=budget.amount, updated_by=self.actor))  # fmt: skip
             s.flush()
             self._audit(
                 s,
@@ -157,7 +167,8 @@ class AccessStore(StoreCore):
                 new_key_id,
                 {"tenant": tenant_name, "scopes": list(row.scopes), "expires_at": new_expires_at,
                  "rpm_limit": row.rpm_limit, "tpm_limit": row.tpm_limit,
-                 "rotated_from": key_id},
+                 "rotated_from": key_id,
+                 "budgets": {b.period: b.amount for b in budgets}},
             )  # fmt: skip
             cutoff = now + grace
             if row.expires_at is None or row.expires_at > cutoff:

@@ -133,7 +133,8 @@ class BudgetStore(StoreCore):
         until: datetime | None = None,
     ) -> float:
         """What ``tenant`` (or its key) spent from ``since``: its records' tokens at their
-        base model's prices (versions without a price cost nothing; shadows not counted)."""
+        base model's prices (versions without a price cost nothing; shadows not counted).
+        A key's spend counts the keys it was rotated from: rotating must not reset it."""
         price = (
             InferenceRecordRow.prompt_tokens * TokenPriceRow.input_per_1k
             + InferenceRecordRow.completion_tokens * TokenPriceRow.output_per_1k
@@ -153,7 +154,7 @@ class BudgetStore(StoreCore):
                 )
             )
             if key_id is not None:
-                query = query.where(InferenceRecordRow.api_key_id == key_id)
+                query = query.where(InferenceRecordRow.api_key_id.in_(_rotated_from(s, key_id)))
             if until is not None:
                 query = query.where(InferenceRecordRow.created_at < until)
             return float(s.scalar(query) or 0.0)
@@ -190,3 +191,14 @@ def _to_budget(row: BudgetRow, tenant: str) -> Budget:
 
 
 __all__ = ["BudgetStore", "check_period", "period_end", "period_start"]
+
+
+def _rotated_from(s: Session, key_id: str) -> list[str]:
+    """``key_id`` and the keys it replaced, newest first (``rotated_to`` links them)."""
+    chain = [key_id]
+    while len(chain) < 1000:  # a cycle cannot be made through rotation; bounded anyway
+        before = s.scalar(select(ApiKeyRow.id).where(ApiKeyRow.rotated_to == chain[-1]))
+        if before is None or before in chain:
+            break
+        chain.append(before)
+    return chain
