@@ -339,3 +339,28 @@ def test_a_file_in_another_encoding_names_it_and_the_line(tmp_path: Path) -> Non
     r = modelyard("data", "validate", str(latin), "--format", "classification", home=tmp_path)
     assert r.code == 2, r.out
     assert "is not UTF-8 text: line 2" in _error_line(r.err)
+
+
+def test_upstream_url_with_a_credential_is_refused_before_anything_is_stored(
+    tmp_path: Path,
+) -> None:
+    """`--base-url https://user:sk-...@host/v1` (or `?key=sk-...`) used to be registered:
+    the key went into the spec artifact, the lineage and the audit chain, for good."""
+    home = tmp_path / "home"
+    for url, where in [
+        ("https://svc:sk-live-123@llm.example/v1", "user:password@"),
+        ("https://llm.example/v1?key=sk-live-123", "the query parameter 'key'"),
+    ]:
+        r = modelyard(
+            "registry", "upstream", "gw", "--base-url", url, "--upstream-model", "m", home=home
+        )
+        assert r.code == 2, r.out
+        assert f"holds a credential ({where})" in _error_line(r.err)
+    audit = modelyard("audit", "export", "--format", "jsonl", home=home)
+    assert audit.code == 0, audit.err
+    assert "sk-live-123" not in audit.out
+    r = modelyard(
+        "registry", "upstream", "gw", "--upstream-model", "m", "--api-key-env", "GW_KEY",
+        "--base-url", "https://llm.example/openai?api-version=2024-02-01", home=home,
+    )  # fmt: skip
+    assert r.code == 0, r.err

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from modelyard.artifacts import ArtifactStore
 from modelyard.errors import ConfigError, UpstreamError
@@ -177,6 +177,31 @@ def upstream_base_name(spec: UpstreamSpec) -> str:
     return f"{spec.model}@{spec.host}"
 
 
+_SECRET_PARAMS = frozenset(
+    {"key", "api_key", "api-key", "apikey", "token", "access_token", "secret", "password",
+     "sig", "signature", "code"}
+)  # fmt: skip
+"""Query parameters that carry a credential (``api-version`` and the like are fine)."""
+
+
+def _refuse_credentials(spec: UpstreamSpec) -> None:
+    """A key in the URL would be stored for good (the spec artifact, the lineage and the
+    audit chain are immutable) and printed: refused before anything is written."""
+    parts = urlsplit(spec.base_url)
+    secret = [k for k, _ in parse_qsl(parts.query, keep_blank_values=True)
+              if k.lower() in _SECRET_PARAMS]  # fmt: skip
+    if parts.username is None and parts.password is None and not secret:
+        return
+    where = f"the query parameter {secret[0]!r}" if secret else "user:password@"
+    raise ConfigError(
+        f"the upstream --base-url holds a credential ({where}); it would be stored in the "
+        "registry and the audit log for good",
+        hint="Take it out of the URL and name where `serve` reads the key: --api-key-env VAR "
+        "or --api-key-file PATH.",
+        field="--base-url",
+    )
+
+
 def register_upstream(
     store: Store,
     artifacts: ArtifactStore,
@@ -189,6 +214,7 @@ def register_upstream(
 ) -> ModelVersion:
     """Register ``spec`` as a new version of ``name`` (created when missing), on the base
     ``base`` (default ``upstream_base_name``), with the spec's prices as that base's."""
+    _refuse_credentials(spec)
     check_model_owner(store, name, tenant, description=description)
     base_name = base or upstream_base_name(spec)
     base_model = store.register_base_model(base_name, spec.url, {})
