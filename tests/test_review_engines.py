@@ -6,13 +6,20 @@ where the point is modelyard's side, so these run without vLLM's environment."""
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import signal
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
+import psutil
 import pytest
 
 from clihelp import modelyard
@@ -323,3 +330,76 @@ def test_whether_vllm_runs_on_a_gpu_is_asked_of_vllms_own_torch(
     assert on_gpu[on_gpu.index("--dtype") + 1] == "auto"
     on_cpu = VLLMOptions(python=fake_vllm).command("/models/base", "base", 8001)  # CPU torch
     assert "--enforce-eager" in on_cpu and on_cpu[on_cpu.index("--dtype") + 1] == "float32"
+
+
+def _processes_under(path: Path) -> list[psutil.Process]:
+    """Live processes whose command line names ``path`` (the fake vLLM serves a model there)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if process.status() != psutil.STATUS_ZOMBIE and any(
+                str(path) in part for part in process.info["cmdline"] or ()
+            ):
+                found.append(process)
+    return found
+
+
+@pytest.mark.parametrize("stop_while_waiting", [False, True])
+def test_serve_listens_once_its_vllm_servers_are_ready(
+    fake_vllm: str, tmp_path: Path, stop_while_waiting: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: serve listened at once and /ready said 200 while vLLM was still loading, so
+    a load balancer sent it requests that got 503. Now it waits; a SIGTERM meanwhile stops
+    it and its vLLM servers (none is left running)."""
+    home = tmp_path / "home"
+    assert modelyard("init", home=home).code == 0
+    monkeypatch.setenv("MODELYARD_HOME", str(home))  # its audit key
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    (weights / "config.json").write_text("{}")
+    with Store.open(f"sqlite:///{home / 'store.db'}") as store:
+        store.register_base_model("fake", str(weights), {})
+        store.create_tenant("acme")
+        store.create_registered_model("bot", tenant="acme")
+        digest = ArtifactStore(home / "artifacts").put_dir(weights, kind="full").digest
+        version = store.create_model_version(
+            "bot", kind="full", artifact_digest=digest, base_model="fake", run_id=None,
+            lineage={"prompt_template": "text"}, metrics={},
+        )  # fmt: skip
+        store.create_endpoint("acme-support", model_ref=version.ref, tenant="acme")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
+    env |= {"MODELYARD_HOME": str(home), "FAKE_VLLM_DELAY_S": "4"}
+    command = [sys.executable, "-m", "modelyard", "serve", "--engine", "vllm", "--port", "0",
+               "--vllm-python", fake_vllm, "--no-controller"]  # fmt: skip
+    with subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True) as proc:
+        try:
+            assert proc.stderr is not None
+            line = proc.stderr.readline()
+            assert "waiting for 1 vLLM server(s) to start" in line, line
+            waited = time.monotonic()
+            if stop_while_waiting:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=60)
+                assert proc.returncode != 0
+            else:
+                line = proc.stderr.readline()
+                assert time.monotonic() - waited > 2, line  # vLLM took 4 s to load
+                match = re.search(r"serving \S+ on (http://127\.0\.0\.1:\d+)", line)
+                assert match, line
+                url = match.group(1)
+                deadline = time.monotonic() + 30
+                while time.monotonic() < deadline:
+                    with contextlib.suppress(httpx.TransportError):
+                        ready = httpx.get(f"{url}/ready", timeout=2)
+                        break
+                    time.sleep(0.1)
+                assert ready.status_code == 200, ready.text
+                proc.send_signal(signal.SIGTERM)
+                assert proc.wait(timeout=60) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    deadline = time.monotonic() + 15
+    while _processes_under(home / "artifacts") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _processes_under(home / "artifacts")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from typing import Any
 
 import typer
@@ -46,6 +47,28 @@ def refuse_unread(ctx: typer.Context, engine: str) -> None:
             f"{flag} is read only by --engine {' or '.join(engines)}, not by --engine {engine}",
             hint=hint,
         )
+
+
+def await_vllm(vllm: Any, store: Store, timeout_s: float) -> None:
+    """Start the vLLM servers of the endpoints' versions and wait until they are ready
+    (a SIGTERM meanwhile interrupts the wait like Ctrl+C)."""
+    started = vllm.start_for(store)
+    if not started:
+        return
+    err_console.print(f"waiting for {started} vLLM server(s) to start (logs in "
+                      f"{settings().home / 'logs'})")  # fmt: skip
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        late = vllm.wait_started(timeout_s)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    for process in late:
+        err_console.print(f"[yellow]vLLM for {process.model} is not ready ({process.problem}); "
+                          "serving anyway: its requests get 503 until it is[/yellow]")  # fmt: skip
 
 
 def control_plane(store: Store, *, secure: bool) -> dict[str, Any]:
@@ -354,7 +377,15 @@ def serve(
                           max_adapters=max_adapters or max(8, vllm_max_loras),
                           max_queue=max_queue, log_dir=settings().home / "logs",
                           request_timeout_s=request_timeout_s or 600.0)  # fmt: skip
-        vllm.start_for(store)  # the servers of the endpoints' versions start now, not on use
+        # the servers of the endpoints' versions start now, and serve listens (/health,
+        # /ready) once they are ready: a replica behind a load balancer takes no traffic it
+        # would answer with 503 while vLLM loads its weights
+        try:
+            await_vllm(vllm, store, vllm_start_timeout_s)
+        except BaseException:  # Ctrl+C or SIGTERM meanwhile: no vLLM is left running
+            vllm.close()
+            store.close()
+            raise
         chosen = vllm
     else:
         chosen = PacedEchoEngine(echo_delay_ms / 1000) if echo_delay_ms else EchoEngine()

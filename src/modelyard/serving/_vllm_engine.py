@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -165,6 +166,16 @@ class VLLMEngine(Engine):
                     log.warning("not starting vLLM for %s: %s", version.ref, exc.one_line())
         with self._lock:
             return len(self._servers)
+
+    def wait_started(self, timeout_s: float) -> list[VLLMProcess]:
+        """Wait up to ``timeout_s`` for every server started so far to be ready; returns
+        those that are not (they go on starting under their supervisor)."""
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            processes = [server.process for server in self._servers.values()]
+        for process in processes:
+            process.wait_ready(max(0.0, deadline - time.monotonic()))
+        return [p for p in processes if not p.ready()]
 
     def process(self, version: ModelVersion) -> VLLMProcess:
         """The vLLM process ``version`` runs on (tests of crashes and restarts)."""
