@@ -63,6 +63,15 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        if self.path == "/v1/load_lora_adapter" and os.environ.get("FAKE_VLLM_REFUSE_LORA"):
+            with lock:
+                state["loads"] = state.get("loads", 0) + 1
+                data = json.dumps({"error": {"message": f"rank too big (load {state['loads']})"}})
+            self.send_response(400)
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data.encode())
+            return
         if self.path == "/v1/completions" and body["prompt"] != "ok":
             wanted, hold = body["prompt"].split()
             wanted, deadline = int(wanted), time.monotonic() + float(hold)
@@ -403,3 +412,30 @@ def test_serve_listens_once_its_vllm_servers_are_ready(
     while _processes_under(home / "artifacts") and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not _processes_under(home / "artifacts")
+
+
+def test_an_adapter_vllm_refused_fails_its_requests_at_once_for_a_while(
+    fake_vllm: str, served: Served, tmp_path: Path
+) -> None:
+    """Before: every request of an adapter vLLM refuses hashed its files and asked vLLM
+    again; now, as on the transformers engine, it fails at once for 10 s."""
+    store, artifacts = served.engine.store, served.engine.artifacts
+    assert store is not None
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    digest = artifacts.put_dir(adapter, kind="adapter").digest
+    bad = store.create_model_version("bot", kind="adapter", artifact_digest=digest,
+                                     base_model="fake", run_id=None,
+                                     lineage={"prompt_template": "text"}, metrics={})  # fmt: skip
+    options = VLLMOptions(python=fake_vllm, extra_env={"FAKE_VLLM_REFUSE_LORA": "1"})
+    engine = VLLMEngine(artifacts, options, store=store, log_dir=tmp_path / "logs")
+    try:
+        assert engine.warm(bad, 120)
+        greedy = SamplingParams(max_tokens=1, temperature=0)
+        said = [_text(engine.answer(bad, "1 1", greedy)) for _ in range(3)]
+        assert all(f"vLLM refused the adapter of {bad.ref} (400)" in s for s in said), said
+        assert all("(load 1)" in s for s in said), said  # vLLM was asked once
+        assert engine.stats().adapter_load_failures == 1
+    finally:
+        engine.close()

@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 RETRY_AFTER_S = 5
 DEATH_S = 1.0  # how long a request cut off waits to see whether its server is dying
+FAILURE_TTL_S = 10.0  # an adapter that failed to load fails its requests at once this long
 SEQS = 256  # vLLM's own default --max-num-seqs: requests it decodes at once
 
 
@@ -127,6 +128,7 @@ class VLLMEngine(Engine):
         self._pending = 0
         self._pending_lock = threading.Lock()
         self._counts: dict[AdapterEvent, int] = dict.fromkeys(get_args(AdapterEvent), 0)
+        self._failures: dict[int, tuple[float, EngineError]] = {}  # version id -> (until, why)
 
     # -- where a version runs ---------------------------------------------------------------
 
@@ -194,21 +196,30 @@ class VLLMEngine(Engine):
                 self._event("hit", version.ref)
                 return name
         self._event("miss", version.ref)
+        with self._lock:
+            failed = self._failures.get(version.id)
+        if failed is not None and failed[0] > time.monotonic():
+            raise failed[1]  # a bad adapter costs its requests no hashing and no vLLM call
         try:
             path = self._verified(version)
-            body = {"lora_name": name, "lora_path": str(path)}
+        except EngineError as exc:
+            self._failed(version, exc)
+            raise
+        body = {"lora_name": name, "lora_path": str(path)}
+        try:
             r = self._admin(server, "/v1/load_lora_adapter", body, version)
-        except EngineError:
+        except EngineError:  # vLLM is down: not the adapter's fault, not remembered
             self._event("load_failure", version.ref)
             raise
         if r.status_code != 200 and "already" not in r.text:
-            self._event("load_failure", version.ref)
-            raise EngineError(
+            error = EngineError(
                 f"vLLM refused the adapter of {version.ref} ({r.status_code}): "
                 f"{' '.join(r.text.split())[:300]}",
                 hint="Check the adapter fits the base and --vllm-max-lora-rank.",
                 version=version.ref,
             )
+            self._failed(version, error)
+            raise error
         self._event("load", version.ref)
         with server.lock:
             server.adapters[name] = version.ref
@@ -219,6 +230,13 @@ class VLLMEngine(Engine):
             self._event("eviction", ref)
             self._admin(server, "/v1/unload_lora_adapter", {"lora_name": old}, version)
         return name
+
+    def _failed(self, version: ModelVersion, error: EngineError) -> None:
+        """Its adapter cannot be used: fail its requests at once for ``FAILURE_TTL_S``."""
+        with self._lock:
+            self._failures[version.id] = (time.monotonic() + FAILURE_TTL_S, error)
+        self._event("load_failure", version.ref)
+        log.warning("adapter load failed: %s", error.one_line())
 
     def _event(self, event: AdapterEvent, ref: str) -> None:
         """Count an adapter registration event and tell the observers (the app's metrics:
