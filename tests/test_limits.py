@@ -217,6 +217,24 @@ def test_body_prompt_and_max_tokens_caps_are_refused_before_scheduling(
 # -- timeouts ------------------------------------------------------------------------------
 
 
+def test_choices_of_a_refused_request_are_stopped_not_answered_and_charged(
+    serve: ServerFactory, store: Store
+) -> None:
+    """``n=4`` on a key with 3 requests a minute left: the fourth choice is refused, so the
+    client gets a 429 and none of the answers; the three admitted choices are stopped at
+    once (they ran to the end and were charged as answered)."""
+    server = serve(PacedEchoEngine(0.2))
+    _, key = create_api_key(store, "acme", rpm_limit=3)
+    prompt = " ".join(f"w{i}" for i in range(20))  # 4 s of words per choice
+    started = time.monotonic()
+    with pytest.raises(openai.RateLimitError):
+        _complete(server.client(key), prompt, max_tokens=20, n=4)
+    assert time.monotonic() - started < 2
+    records = server.records(4)
+    assert sorted(r.status for r in records) == ["cancelled"] * 3 + ["refused"], records
+    assert all(r.completion_tokens < 20 for r in records)
+
+
 def test_a_request_past_the_timeout_is_cancelled_and_answered_504(
     serve: ServerFactory, store: Store
 ) -> None:

@@ -60,24 +60,40 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
     async def run(
         key: ApiKey, route: str, body: CommonRequest, jobs: list[tuple[Render, SamplingParams]]
     ) -> list[Submitted] | list[tuple[Submitted, Generation]]:
-        if body.stream:
-            subs: list[Submitted] = []
-            try:
-                for render, params in jobs:
-                    subs.append(
-                        await plane.enter(key, route, body.model, body.user, params, render)
+        whole = not body.stream
+        subs: list[Submitted] = []
+        try:
+            for render, params in jobs:
+                subs.append(
+                    await plane.enter(
+                        key, route, body.model, body.user, params, render, whole=whole
                     )
-            except BaseException:
-                for sub in subs:  # a later choice refused (a limit, say): none is answered
-                    abandon(plane, sub)
-                raise
+                )
+        except BaseException:
+            for sub in subs:  # a later choice refused (a limit, say): none is answered
+                abandon(plane, sub)
+            raise
+        if body.stream:
             return subs
+        return await _wait_all(subs)
 
-        async def one(render: Render, params: SamplingParams) -> tuple[Submitted, Generation]:
-            sub = await plane.enter(key, route, body.model, body.user, params, render, whole=True)
-            return await wait_whole(plane, sub)
-
-        return list(await asyncio.gather(*(one(r, p) for r, p in jobs)))
+    async def _wait_all(subs: list[Submitted]) -> list[tuple[Submitted, Generation]]:
+        """Every choice's whole answer; when one fails (or the client leaves), the others
+        are stopped, not left to run and be charged for answers nobody gets."""
+        tasks = [asyncio.ensure_future(wait_whole(plane, sub)) for sub in subs]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task, sub in zip(tasks, subs, strict=True):
+                if not task.done():
+                    task.cancel()
+                    abandon(plane, sub)
+        # every failure read (asyncio logs one never read); the first one is the answer
+        done = [t for t in tasks if t.done() and not t.cancelled()]
+        errors = [e for t in done if (e := t.exception()) is not None]
+        if errors:
+            raise errors[0]
+        return [task.result() for task in tasks]
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(
