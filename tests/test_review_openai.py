@@ -155,7 +155,7 @@ def test_a_value_of_the_wrong_json_type_is_a_400_naming_it(
         (b'"hi"', {"Content-Type": "application/json"}, "is a string, not a JSON object"),
         (b'{"model": "x"}', {"Content-Type": "text/plain"}, "sent as 'text/plain', not JSON"),
         (b"model=x", {"Content-Type": "application/x-www-form-urlencoded"}, "not JSON"),
-        (b'{"model": "\xff"}', {"Content-Type": "application/json"}, "must be UTF-8 JSON"),
+        (b'{"model": "\xff"}', {"Content-Type": "application/json"}, "it is not UTF-8 (byte 11)"),
     ],
 )
 @pytest.mark.parametrize("path", [CHAT, COMPLETIONS, RESPONSES])
