@@ -360,3 +360,22 @@ def test_answers_of_the_echo_engine_are_not_taken_for_the_models(
     assert code == 2, err
     assert 'the output out.jsonl was written with engine "echo", not "transformers"' in err
     assert (here / "out.jsonl").read_text() == fake
+
+
+def test_evaluate_refuses_a_row_whose_prompt_leaves_no_room_in_the_context(
+    here: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tiny base has 256 positions: a 400-word instruction used to be answered past
+    them, and its noise scored as the version's answer (exit 0)."""
+    from modelyard.cli import main
+
+    monkeypatch.delenv("MODELYARD_API_KEY")
+    long = " ".join(f"word{i}" for i in range(400))
+    write_jsonl(here / "held-out.jsonl", [{"instruction": "short", "output": "auto"},
+                                          {"instruction": long, "output": "auto"}])  # fmt: skip
+    capsys.readouterr()
+    code = main(["evaluate", "--model", "acme-claims:1", "--data", "held-out.jsonl"])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "error: row 2: its prompt is" in err and "over the model's context of 256" in err
+    assert len(err.strip().splitlines()) == 1, err

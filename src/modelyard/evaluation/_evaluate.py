@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from modelyard.errors import ConfigError
+from modelyard.errors import ConfigError, DataError
 from modelyard.evaluation._exact_match import _answer_budget
 from modelyard.evaluation._generate import generate
 from modelyard.evaluation._metrics import (
@@ -32,7 +32,7 @@ from modelyard.evaluation._metrics import (
     rouge_l,
     token_f1,
 )
-from modelyard.evaluation._perplexity import perplexity_of_pairs
+from modelyard.evaluation._perplexity import max_seq_len_of, perplexity_of_pairs
 from modelyard.evaluation._registry import METRICS, check_metric_names
 from modelyard.evaluation._render import REFERENCELESS_FORMATS, Render, render_rows, renderer_for
 
@@ -188,6 +188,27 @@ def _run_generation(
     return None, None
 
 
+def _check_room(
+    model: Any, tokenizer: Any, prompts: Sequence[str], budget: int, max_seq_len: int | None
+) -> None:
+    """A DataError naming the first row whose prompt leaves the answer no room in the
+    model's context: generated past it, an answer is noise (or the model fails) and would
+    be scored as the version's."""
+    limit = max_seq_len_of(model, max_seq_len)
+    if limit is None:
+        return
+    for number, prompt in enumerate(prompts, start=1):
+        length = len(tokenizer(prompt, verbose=False)["input_ids"])
+        if length + budget > limit:
+            raise DataError(
+                f"row {number}: its prompt is {length} tokens and its answer may take "
+                f"{budget} more, over the model's context of {limit} tokens",
+                hint="Shorten the row or drop it from the evaluation set (or give fewer "
+                "new tokens: --max-new-tokens, evaluation.max_new_tokens).",
+                row=number,
+            )
+
+
 def evaluate_model(
     model: Any,
     tokenizer: Any,
@@ -230,6 +251,8 @@ def evaluate_model(
             model, tokenizer, pairs, batch_size=batch_size, max_seq_len=max_seq_len
         )
     budget = max_new_tokens or _answer_budget(tokenizer, references)
+    if any(name in _LATENCY_PERCENTILES or name in _TEXT_METRICS for name in names):
+        _check_room(model, tokenizer, prompts, budget, max_seq_len)
     outputs, latencies = _run_generation(names, model, tokenizer, prompts, budget, batch_size)
     if outputs is not None:
         values.update(_scores(names, outputs, references, latencies))

@@ -37,7 +37,9 @@ def encode_pair(tokenizer: Any, prompt: str, reference: str) -> tuple[list[int],
     return prompt_ids + answer_ids, [_IGNORE] * len(prompt_ids) + answer_ids
 
 
-def _max_len(model: Any, max_seq_len: int | None) -> int | None:
+def max_seq_len_of(model: Any, max_seq_len: int | None) -> int | None:
+    """The longest sequence ``model`` takes: ``max_seq_len`` when given, else its
+    ``max_position_embeddings`` (None when it has none)."""
     if max_seq_len is not None:
         return max_seq_len
     limit = getattr(model.config, "max_position_embeddings", None)
@@ -92,7 +94,7 @@ def perplexity_of_pairs(
         raise ConfigError("batch_size must be at least 1")
     if not pairs:
         raise DataError("perplexity of zero examples is undefined", hint="Give at least one row.")
-    encoded = _encode_all(tokenizer, pairs, _max_len(model, max_seq_len))
+    encoded = _encode_all(tokenizer, pairs, max_seq_len_of(model, max_seq_len))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     total_nll = 0.0
     with torch.no_grad():
