@@ -170,6 +170,15 @@ def test_slurm_writes_a_torchrun_sbatch_script(project: Path, tmp_path: Path) ->
     assert checked.returncode == 0, checked.stderr
 
 
+def test_evaluate_will_not_write_its_predictions_over_its_data(tmp_path: Path) -> None:
+    data = _write_jsonl(tmp_path / "eval.jsonl", synthetic_domain("it-support", 2, seed=0))
+    before = data.read_bytes()
+    r = modelyard("evaluate", "--model", "helpdesk:1", "--data", str(data),
+                  "--predictions", str(data), home=tmp_path / "home")  # fmt: skip
+    assert r.code == 2 and "is the --data file" in r.err and "Traceback" not in r.err, r.err
+    assert data.read_bytes() == before
+
+
 @pytest.mark.parametrize(
     ("args", "expected"),
     [

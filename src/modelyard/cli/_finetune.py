@@ -332,6 +332,13 @@ def evaluate(
     check_evaluation(names, gate, data_format)  # before the store opens: a typo writes nothing
     if predictions is not None:
         table_kind(predictions, "--predictions")
+        if predictions.resolve() == data.resolve():
+            raise ConfigError(
+                f"--predictions {predictions} is the --data file: writing the answers would "
+                "replace the held-out rows",
+                hint="Write the predictions to another file.",
+                field="--predictions",
+            )
     s = settings()
     with open_store(s) as store:
         result = evaluate_version(
