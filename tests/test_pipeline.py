@@ -270,6 +270,11 @@ BAD: list[tuple[dict[str, Any], str]] = [
         "from_records.min_scor: unknown key. Did you mean 'min_score'?",
     ),
     ({"rolout": {}}, "rolout: unknown key. Did you mean 'rollout'?"),
+    ({"from_records": {"out": "rows.csv"}}, "from_records.out: rows.csv is not named .jsonl"),
+    (
+        {"from_records": {"out": "train.jsonl", "exclude": ["train.jsonl"]}},
+        "from_records.out: train.jsonl is also an exclude file: writing the rows would replace",
+    ),
     (
         {"from_records": {"min_score": 3}},
         "from_records.min_score: Input should be less than or equal to 1",

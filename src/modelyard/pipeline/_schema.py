@@ -237,6 +237,17 @@ def _records(path: Path, section: FromRecordsSection, data_format: str) -> Recor
         exclude=tuple(_under(root, p) for p in section.exclude),
         fail_on=(),
     )
+    if plan.out.suffix.lower() != ".jsonl":  # the rows are JSONL, as `data from-records`
+        raise _fail(
+            path, "from_records.out", f"{section.out} is not named .jsonl: the rows are JSONL",
+            f"Name it {plan.out.with_suffix('.jsonl').name}.",
+        )  # fmt: skip
+    if any(plan.out.resolve() == p.resolve() for p in plan.exclude):
+        raise _fail(
+            path, "from_records.out",
+            f"{section.out} is also an exclude file: writing the rows would replace it",
+            "Write the rows to a new file.",
+        )  # fmt: skip
     try:
         filters = plan.filters()
     except ConfigError as exc:
