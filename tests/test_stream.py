@@ -379,7 +379,10 @@ def test_bad_settings_exit_2_before_any_message_is_read(
         "the model 'nope' does not exist": ["-e", "nope"],
         "is also where answers or dead letters go": ["--output-stream", "requests"],
         "invalid duration '5 minutes' for --claim-idle": ["--claim-idle", "5 minutes"],
-    }
+        "--dead-letter-stream 'answers' is also the --output-stream": [
+            "--dead-letter-stream", "answers",
+        ],
+    }  # fmt: skip
     for expected, extra in cases.items():
         capsys.readouterr()
         code = main([*command(server), *extra])

@@ -77,6 +77,12 @@ class StreamJobSpec:
             )
         if self.dedup_ttl_s < 0:
             raise ConfigError("--dedup-ttl must be 0 (no markers) or more")
+        if self.dead_letters == self.output:  # a reader of answers would take them as answers
+            raise ConfigError(
+                f"--dead-letter-stream {self.dead_letters!r} is also the --output-stream",
+                hint="Send dead letters to a stream of their own (default STREAM:dead-letters).",
+                field="--dead-letter-stream",
+            )
 
 
 def run_stream(
