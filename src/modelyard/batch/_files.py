@@ -29,10 +29,16 @@ from modelyard.batch._rows import RESULT_COLUMNS, JobSummary, ListSource, Row
 from modelyard.batch._runner import JobRunner, JobSettings, Progress
 from modelyard.batch._tables import table_kind
 from modelyard.errors import ConfigError
-from modelyard.serving import Engine, InProcessPlane, SamplingParams, ServerLimits
+from modelyard.serving import (
+    MAX_STOP,
+    MAX_STOP_CHARS,
+    Engine,
+    InProcessPlane,
+    SamplingParams,
+    ServerLimits,
+)
 from modelyard.store import ApiKey, Store
 
-MAX_STOP, MAX_STOP_CHARS = 4, 256
 """What the chat route takes of ``stop`` (``serving``'s request model): a row is asked as
 the route would be asked."""
 

@@ -48,8 +48,11 @@ from modelyard.serving._upstream import ChatPrompt, UpstreamClient
 from modelyard.serving._upstream_engine import EngineSet, UpstreamEngine
 from modelyard.serving._vllm import VLLMOptions, VLLMProcess
 from modelyard.serving._vllm_engine import VLLMEngine
+from modelyard.serving._wire import MAX_STOP, MAX_STOP_CHARS
 
 __all__ = [
+    "MAX_STOP",
+    "MAX_STOP_CHARS",
     "Answer",
     "BackgroundServer",
     "ChatPrompt",
