@@ -19,7 +19,7 @@ def check_out_dir(out_dir: Path, overwrite: bool) -> None:
     if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
         raise ConfigError(
             f"{out_dir} already exists and is not empty",
-            hint="Choose another directory or allow overwriting (--force).",
+            hint="Choose another directory or allow overwriting (--overwrite).",
             path=str(out_dir),
         )
 
