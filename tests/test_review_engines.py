@@ -439,3 +439,15 @@ def test_an_adapter_vllm_refused_fails_its_requests_at_once_for_a_while(
         assert engine.stats().adapter_load_failures == 1
     finally:
         engine.close()
+
+
+def test_serve_listens_on_an_ipv6_address(tmp_path: Path) -> None:
+    """Before: ``serve --host ::1`` was refused ("Address family not supported", with a hint
+    to pick another --port), as ``route`` was; both bind through ``modelyard.sockets``."""
+    from modelyard.serving import BackgroundServer, EchoEngine, create_app
+
+    with Store.open(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        app = create_app(store, EchoEngine(), refresh_seconds=60, heartbeat_s=None)
+        with BackgroundServer(app, host="::1") as server:
+            assert server.base_url.startswith("http://[::1]:")
+            assert httpx.get(server.base_url + "/health", timeout=10).status_code == 200

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from modelyard.cli._common import err_console, open_store
+from modelyard.sockets import url_host
 
 
 def route(
@@ -77,7 +78,7 @@ def route(
     store = open_store()
     app = create_route_app(store, options)
 
-    where = f"[{host}]" if ":" in host else host  # an IPv6 address in a URL
+    where = url_host(host)  # an IPv6 address in a URL
 
     def banner(bound: int) -> None:
         err_console.print(

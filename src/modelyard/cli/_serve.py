@@ -9,6 +9,7 @@ import typer
 
 from modelyard.cli._common import err_console, open_artifacts, open_store, settings
 from modelyard.errors import ConfigError
+from modelyard.sockets import url_host
 from modelyard.store import Store
 
 # Options only some engines read: given on the command line to another engine they would
@@ -427,15 +428,15 @@ def serve(
         metrics_server.start()
 
     def banner(bound: int) -> None:  # once the port is ours: a busy port never shows one
-        scheme = "https" if tls else "http"
+        scheme, at = "https" if tls else "http", url_host(host)  # [::1] in a URL
         err_console.print(
-            f"serving {store.url} on {scheme}://{host}:{bound} (engine {engine}{where})"
+            f"serving {store.url} on {scheme}://{at}:{bound} (engine {engine}{where})"
         )
         if admin_on:
-            err_console.print(f"admin API on {scheme}://{host}:{bound}{ADMIN_PREFIX}")
-            err_console.print(f"web console on {scheme}://{host}:{bound}/console/")
+            err_console.print(f"admin API on {scheme}://{at}:{bound}{ADMIN_PREFIX}")
+            err_console.print(f"web console on {scheme}://{at}:{bound}/console/")
         if metrics_server is not None:
-            err_console.print(f"/metrics on http://{host}:{metrics_server.port}/metrics")
+            err_console.print(f"/metrics on http://{at}:{metrics_server.port}/metrics")
         elif not metrics_token:
             err_console.print(
                 "[yellow]/metrics is public on the API port (it names tenants and endpoints): "

@@ -11,7 +11,6 @@ flight have ended or ``grace_s`` has passed. A second signal stops at once.
 from __future__ import annotations
 
 import logging
-import socket
 import time
 from collections.abc import Callable
 from types import FrameType
@@ -19,7 +18,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI
 
-from modelyard.errors import ConfigError
+from modelyard.sockets import bind_socket
 
 log = logging.getLogger(__name__)
 
@@ -61,31 +60,6 @@ class _DrainingServer(uvicorn.Server):
         if self.drain.done() and not self.should_exit:
             self.should_exit = True
         return await super().on_tick(counter)
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host`` (a name, an IPv4 or an IPv6 address) and ``port``."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(
-            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-    except (socket.gaierror, UnicodeError) as exc:
-        raise ConfigError(
-            f"cannot listen on {host}: {getattr(exc, 'strerror', None) or exc}",
-            hint="Give --host an address of this machine (127.0.0.1, ::1, 0.0.0.0, ::) "
-            "or a name that resolves to one.",
-        ) from None
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind(address)
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(
-            f"cannot listen on {host}:{port}: {exc.strerror}",
-            hint="Pick another --port or stop the process using it.",
-        ) from exc
-    return sock
 
 
 def run_router(

@@ -10,7 +10,6 @@ from __future__ import annotations
 import gc
 import logging
 import re
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -19,9 +18,9 @@ from types import FrameType, TracebackType
 import uvicorn
 from fastapi import FastAPI
 
-from modelyard.errors import ConfigError
 from modelyard.serving._auth import CREDENTIAL_PARAMS
 from modelyard.serving._shutdown import Drain
+from modelyard.sockets import bind_socket, url_host
 
 log = logging.getLogger(__name__)
 
@@ -54,21 +53,6 @@ def quiet_credentials() -> None:
     access = logging.getLogger("uvicorn.access")
     if not any(isinstance(f, RedactQuery) for f in access.filters):
         access.addFilter(RedactQuery())
-
-
-def bind_socket(host: str, port: int) -> socket.socket:
-    """Bind early so a busy port is one clear error (port 0 picks a free one)."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        sock.close()
-        raise ConfigError(
-            f"cannot listen on {host}:{port}: {exc.strerror}",
-            hint="Pick another --port or stop the process using it.",
-        ) from exc
-    return sock
 
 
 class DrainingServer(uvicorn.Server):
@@ -152,7 +136,7 @@ class BackgroundServer:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"http://{url_host(self.host)}:{self.port}"
 
     def start(self, timeout: float = 30.0) -> BackgroundServer:
         self._thread.start()
