@@ -306,6 +306,8 @@ def test_the_chart_renders_what_the_code_accepts(render: ModuleType, name: str) 
         if serve["engine"] == "vllm":
             assert serve["vllm_tensor_parallel_size"] == count
             assert serve["vllm_python"] == VLLM_PYTHON
+            # gives up (saying why) 30 s before the startup probe (5 s x 120) kills the pod
+            assert serve["vllm_start_timeout_s"] == 570
     else:
         assert "nvidia.com/gpu" not in str(pod)
     env = {e["name"] for e in container["env"]}
