@@ -14,9 +14,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
@@ -120,27 +121,53 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return home
 
 
-def _refused(home: Path, *args: str) -> str:
-    r = modelyard("serve", "--no-controller", "--port", "0", *args, home=home, timeout=120)
-    assert r.code == 2 and "Traceback" not in r.err, (r.code, r.err)
-    assert "serving" not in r.err, r.err  # refused before it listened
-    return r.err
+Refused = Callable[..., str]
 
 
-def test_a_python_without_vllm_is_refused_at_start(home: Path) -> None:
+@pytest.fixture
+def refused(
+    home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> Refused:
+    """``modelyard serve ARGS`` in this process (a subprocess costs seconds of imports
+    each): its stderr, asserted to be one refusal, exit 2. Past its checks it would build an
+    engine or an app, or listen: each of those fails the test instead."""
+    from modelyard import serving
+    from modelyard.cli import main
+
+    def past_the_checks(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("serve went past its checks")
+
+    for name in ("run_server", "create_app", "VLLMEngine", "TransformersEngine"):
+        monkeypatch.setattr(serving, name, past_the_checks)
+    monkeypatch.setenv("MODELYARD_HOME", str(home))
+
+    def run(*args: str) -> str:
+        capsys.readouterr()
+        code = main(["serve", "--no-controller", "--port", "0", *args])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err, (code, err)
+        assert "serving" not in err, err  # refused before it listened
+        return err
+
+    return run
+
+
+def test_a_python_without_vllm_is_refused_at_start(refused: Refused) -> None:
     """Before: serve started, and every request got 503 while vLLM failed to start, forever."""
-    err = _refused(home, "--engine", "vllm", "--vllm-python", sys.executable)
+    err = refused("--engine", "vllm", "--vllm-python", sys.executable)
     assert f"the interpreter {sys.executable} has no vllm package" in err, err
     assert "make vllm" in err, err
 
 
-def test_vllm_options_vllm_would_refuse_are_refused_at_start(home: Path, fake_vllm: str) -> None:
+def test_vllm_options_vllm_would_refuse_are_refused_at_start(
+    refused: Refused, fake_vllm: str
+) -> None:
     vllm = ("--engine", "vllm", "--vllm-python", fake_vllm)
-    err = _refused(home, *vllm, "--dtype", "fp8")
+    err = refused(*vllm, "--dtype", "fp8")
     assert "--dtype 'fp8' is not one vLLM takes here: use auto, float32, bfloat16" in err, err
-    err = _refused(home, *vllm, "--vllm-max-loras", "4", "--vllm-max-cpu-loras", "2")
+    err = refused(*vllm, "--vllm-max-loras", "4", "--vllm-max-cpu-loras", "2")
     assert "--vllm-max-cpu-loras 2 is below --vllm-max-loras 4" in err, err
-    err = _refused(home, *vllm, "--vllm-max-loras", "32", "--max-adapters", "8")
+    err = refused(*vllm, "--vllm-max-loras", "32", "--max-adapters", "8")
     assert "--max-adapters 8 is below --vllm-max-loras 32" in err, err
 
 
@@ -157,12 +184,12 @@ def test_vllm_options_vllm_would_refuse_are_refused_at_start(home: Path, fake_vl
     ],
 )
 def test_an_option_the_engine_would_not_read_is_refused(
-    home: Path, fake_vllm: str, engine: str, option: str, readers: str
+    refused: Refused, fake_vllm: str, engine: str, option: str, readers: str
 ) -> None:
     """Before: accepted and ignored (``--device cuda:1`` with vLLM, ``--vllm-max-loras``
     with the transformers engine)."""
     python = ("--vllm-python", fake_vllm) if engine == "vllm" else ()
-    err = _refused(home, "--engine", engine, *python, option)
+    err = refused("--engine", engine, *python, option)
     flag = option.split("=")[0]
     assert f"{flag} is read only by --engine {readers}, not by --engine {engine}" in err, err
 
