@@ -8,6 +8,7 @@ world lives in a home directory (``MODELYARD_HOME``) that the CLI opens.
 
 from __future__ import annotations
 
+import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,11 @@ def enter(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path
     monkeypatch.setenv("MODELYARD_API_KEY", world.key)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
 
 
 def batch(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

@@ -24,7 +24,7 @@ import pyarrow as pa  # type: ignore[import-untyped]
 import pyarrow.parquet as pq  # type: ignore[import-untyped]
 import pytest
 
-from batchworld import DOC, World, batch, build_world, docs_command, enter
+from batchworld import DOC, World, batch, build_world, docs_command, enter, write_jsonl
 from clihelp import modelyard
 from modelyard.cli import main
 
@@ -40,11 +40,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 @pytest.fixture
 def here(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return enter(world, tmp_path, monkeypatch)
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

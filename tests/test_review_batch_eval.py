@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from batchworld import World, batch, build_world, enter
+from batchworld import World, batch, build_world, enter, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -23,11 +23,6 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
 @pytest.fixture
 def here(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return enter(world, tmp_path, monkeypatch)
-
-
-def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 ECHO = ["-e", "claims-router", "--engine", "echo", "--json"]
