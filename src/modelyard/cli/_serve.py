@@ -52,18 +52,20 @@ def refuse_unread(ctx: typer.Context, engine: str) -> None:
 
 def await_vllm(vllm: Any, store: Store, timeout_s: float) -> None:
     """Start the vLLM servers of the endpoints' versions and wait until they are ready
-    (a SIGTERM meanwhile interrupts the wait like Ctrl+C)."""
-    started = vllm.start_for(store)
-    if not started:
-        return
-    err_console.print(f"waiting for {started} vLLM server(s) to start (logs in "
-                      f"{settings().home / 'logs'})")  # fmt: skip
+    (a SIGTERM meanwhile interrupts the wait like Ctrl+C). The handler is in place before
+    the first server starts: a SIGTERM right after it would otherwise end this process at
+    once and leave that server running, in its own process group."""
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, interrupt)
     try:
+        started = vllm.start_for(store)
+        if not started:
+            return
+        err_console.print(f"waiting for {started} vLLM server(s) to start (logs in "
+                          f"{settings().home / 'logs'})")  # fmt: skip
         late = vllm.wait_started(timeout_s)
     finally:
         signal.signal(signal.SIGTERM, previous)
