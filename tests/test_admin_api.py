@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -205,7 +206,9 @@ def test_a_revoked_or_expired_token_gets_401(world: World) -> None:
     world.store.revoke_actor_token(token.id)
     r = httpx.get(world.url + "/whoami", headers={"Authorization": f"Bearer {secret}"})
     assert r.status_code == 401 and "revoked" in _error(r)["message"]
-    _, old = create_actor_token(world.store, "dev", expires_in=timedelta(seconds=-1))
+    # a lifetime under a second is refused (it would never expire): one second, then past it
+    _, old = create_actor_token(world.store, "dev", expires_in=timedelta(seconds=1))
+    time.sleep(1.1)
     r = httpx.get(world.url + "/whoami", headers={"Authorization": f"Bearer {old}"})
     assert r.status_code == 401 and "expired" in _error(r)["message"]
 
