@@ -379,3 +379,14 @@ def test_upstream_url_with_a_credential_is_refused_before_anything_is_stored(
         "--base-url", "https://llm.example/openai?api-version=2024-02-01", home=home,
     )  # fmt: skip
     assert r.code == 0, r.err
+
+
+def test_a_csv_naming_a_column_twice_is_refused(tmp_path: Path) -> None:
+    """``text,label,text`` kept the second text's value in every row and said nothing."""
+    path = tmp_path / "rows.csv"
+    path.write_text("text,label,text\nfirst,hardware,second\n", encoding="utf-8")
+    r = modelyard("data", "validate", str(path), "--format", "classification",
+                  home=tmp_path / "h")  # fmt: skip
+    assert r.code == 2, (r.code, r.err)
+    line = _error_line(r.err)
+    assert "names column 'text' twice (columns 1 and 3)" in line, line

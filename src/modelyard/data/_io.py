@@ -216,6 +216,7 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
     csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
     # strict: a quote left open is an error, not the rest of the file swallowed into one value
     reader = csv.DictReader(text.splitlines(keepends=True), restval=None, strict=True)
+    _check_header(path, reader)
     rows: list[dict[str, Any]] = []
     while True:
         start = reader.line_num + 1  # where the next record begins (a value may span lines)
@@ -241,6 +242,25 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
             )
         rows.append(dict(row))
     return rows
+
+
+def _check_header(path: Path, reader: csv.DictReader[str]) -> None:
+    """A column named twice is refused: a row would keep only its last value, silently."""
+    try:
+        names = reader.fieldnames or []
+    except csv.Error:
+        return  # a header that does not parse: the first row's read says where
+    seen: dict[str, int] = {}
+    for number, name in enumerate(names, 1):
+        if name in seen:
+            raise DataError(
+                f"{path}: the header names column {name!r} twice (columns {seen[name]} and "
+                f"{number}); a row would keep only the last one's value",
+                hint="Rename one of the two columns.",
+                path=str(path),
+                line=1,
+            )
+        seen[name] = number
 
 
 def _first_line(exc: BaseException) -> str:
