@@ -228,6 +228,37 @@ def test_rows_whose_artifacts_are_gone_or_altered_are_named_and_never_fixed(
         assert [v.version for v in store.list_model_versions("support")] == [1, 2, 3]
 
 
+def test_an_artifact_directory_without_its_manifest_is_one_finding_among_the_rest(
+    store: Store, tmp_path: Path
+) -> None:
+    """A damaged directory in the local store used to stop the doctor with its one error."""
+    artifacts = ArtifactStore(tmp_path / "artifacts")
+    digests = []
+    for name in ("kept", "loose"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "adapter_model.safetensors").write_bytes(name.encode() * 100)
+        digests.append(artifacts.put_dir(tmp_path / name, kind="adapter").digest)
+    store.register_base_model("tiny", "/nowhere", {"model.safetensors": "0" * 64})
+    store.create_registered_model("support")
+    store.create_model_version(
+        "support", kind="adapter", artifact_digest=f"sha256:{digests[0]}",
+        base_model="tiny", run_id=None, lineage={}, metrics={},
+    )  # fmt: skip
+    for digest in digests:
+        manifest = next(artifacts.root.rglob(f"{digest}/manifest.json"))
+        manifest.parent.chmod(0o755)
+        manifest.unlink()
+
+    report = diagnose(store, artifacts, stale=timedelta(0), verify=True)
+    found = {(f.kind, f.subject): f.problem for f in report.findings}
+    assert set(found) == {("blob", f"sha256:{digests[1]}"), ("corrupt", "support:1")}
+    assert "unreadable" in found[("blob", f"sha256:{digests[1]}")]
+    assert "manifest.json is missing" in found[("corrupt", "support:1")]
+    fixed = diagnose(store, artifacts, stale=timedelta(0), fix=True)
+    assert [(f.kind, f.fixed) for f in fixed.findings] == [("blob", True)]
+    assert not artifacts.exists(digests[1]) and artifacts.exists(digests[0])
+
+
 def _block(text: str, first_line: str) -> str:
     found = re.search(rf"```bash\n{re.escape(first_line)}\n(.*?)```", text, re.S)
     assert found is not None, first_line

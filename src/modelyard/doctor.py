@@ -174,21 +174,25 @@ def _models(store: Store, stale: timedelta, now: datetime, fix: bool) -> list[Fi
 def _blobs(store: Store, artifacts: ArtifactStore, stale: timedelta, fix: bool) -> list[Finding]:
     referenced = referenced_digests(store)
     found = []
-    for ref in artifacts.list():
-        if ref.digest in referenced:
+    for digest in artifacts.digests():
+        if digest in referenced:
             continue
-        age = timedelta(seconds=artifacts.age_s(ref.digest))
+        age = timedelta(seconds=artifacts.age_s(digest))
         if age < stale:
             continue
-        size = sum(entry.size for entry in ref.files.values())
+        try:
+            ref = artifacts.get(digest)
+            what = f"{ref.kind}, {sum(entry.size for entry in ref.files.values())} bytes"
+        except ArtifactError as exc:  # damaged, and nothing needs it: deleting is still right
+            what = f"unreadable ({exc.message})"
         finding = Finding(
             "blob",
-            f"sha256:{ref.digest}",
-            f"{ref.kind}, {size} bytes, {_human(age)} old: no version or dataset references it",
+            f"sha256:{digest}",
+            f"{what}, {_human(age)} old: no version or dataset references it",
             "delete the artifact",
         )
 
-        def delete(digest: str = ref.digest) -> bool:
+        def delete(digest: str = digest) -> bool:
             if digest in referenced_digests(store):  # registered meanwhile
                 return False
             artifacts.delete(digest)
@@ -274,7 +278,7 @@ def _missing_and_corrupt(
     progress: Callable[[int, int], None] | None,
 ) -> list[Finding]:
     held = _holders(store)
-    stored = {ref.digest for ref in artifacts.list()}
+    stored = set(artifacts.digests())
     found = [
         _unrepairable(
             "missing",

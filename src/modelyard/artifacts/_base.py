@@ -96,8 +96,15 @@ class ArtifactStore(abc.ABC):
         """Seconds since the artifact was stored."""
 
     @abc.abstractmethod
+    def digests(self) -> builtins.list[str]:
+        """The digest (bare hex) of every stored artifact, sorted, without reading any.
+
+        A damaged artifact is listed too: ``get`` or ``verify`` then says what is wrong.
+        """
+
     def list(self) -> builtins.list[ArtifactRef]:
-        """Every stored artifact, ordered by digest."""
+        """Every stored artifact, ordered by digest (``ArtifactError`` if one is damaged)."""
+        return [self.get(d) for d in self.digests()]
 
     def verify(self, digest: str) -> None:
         """Raise ``ArtifactIntegrityError`` unless every stored byte matches the manifest."""

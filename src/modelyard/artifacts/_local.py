@@ -112,14 +112,12 @@ class LocalArtifactStore(ArtifactStore, direct=True):
         except FileNotFoundError:
             raise self._not_found(hex_digest) from None
 
-    def list(self) -> builtins.list[ArtifactRef]:
-        """Every stored artifact, ordered by digest."""
-        digests = sorted(
+    def digests(self) -> builtins.list[str]:
+        return sorted(
             p.name
             for p in (self.root / "sha256").glob("??/*")
             if p.is_dir() and p.name[:2] == p.parent.name and _is_digest(p.name)
         )
-        return [self.get(d) for d in digests]
 
     # -- internals -----------------------------------------------------------
 

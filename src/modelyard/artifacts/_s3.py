@@ -150,14 +150,14 @@ class S3ArtifactStore(ArtifactStore):
             raise self._not_found(hex_digest)
         return max(0.0, (datetime.now(UTC) - info.modified).total_seconds())
 
-    def list(self) -> builtins.list[ArtifactRef]:
-        digests = sorted(
+    def digests(self) -> builtins.list[str]:
+        # The manifest is written last: an artifact without one was never finished.
+        return sorted(
             match[2]
             for obj in self._api.objects("sha256/")
             if (match := _ARTIFACT_KEY.match(obj.key))
             and obj.key == _base_key(match[2]) + "manifest.json"
         )
-        return [self.get(d) for d in digests]
 
     # -- unfinished writes --------------------------------------------------------------
 
