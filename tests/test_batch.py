@@ -84,6 +84,10 @@ def test_a_csv_is_answered_through_the_endpoint_one_record_per_row(
     assert code == 0, err
     again = json.loads(out)
     assert (again["answered"], again["skipped"], again["job_id"]) == (0, 13, summary["job_id"])
+    assert again["already_whole"] and not summary["already_whole"]
+    code, out, err = batch(capsys, *args[:-1])  # without --json: what a person reads
+    assert code == 0 and "already whole: nothing asked, nothing written" in err, err
+    assert "wrote" not in err, err
     assert (here / "answers.csv").read_text() == text
     assert len(world.records(summary["job_id"])) == 13
 

@@ -195,7 +195,7 @@ def _finished(spec: FileJobSpec, rows: int, settings: Mapping[str, Any]) -> JobS
             f"the output {spec.output} exists and is not this job's",
             hint="Write to another file, or pass --overwrite to replace it.",
         )
-    summary = JobSummary(job_id or _job_of(results), rows=rows, skipped=rows)
+    summary = JobSummary(job_id or _job_of(results), rows=rows, skipped=rows, already_whole=True)
     for result in results:
         summary.add(result)
     return summary

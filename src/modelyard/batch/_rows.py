@@ -130,6 +130,7 @@ class JobSummary:
     versions: dict[str, int] = field(default_factory=dict)  # answered rows per version
     first_error: str | None = None
     stopped: str | None = None  # why the job stopped before its end (--max-errors)
+    already_whole: bool = False  # the output was whole before this run: nothing asked or written
 
     @property
     def rows_per_s(self) -> float:

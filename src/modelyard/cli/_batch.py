@@ -347,5 +347,10 @@ def _print_summary(s: JobSummary, output: Path) -> None:
     )
     if s.answered:
         err_console.print(f"{s.rows_per_s:.1f} rows/s over {s.elapsed_s:.1f} s")
-    if not s.stopped:
+    if s.already_whole:
+        err_console.print(
+            f"{output} was already whole: nothing asked, nothing written "
+            "(--overwrite answers every row again)"
+        )
+    elif not s.stopped:
         err_console.print(f"wrote {output}")
