@@ -165,6 +165,23 @@ def test_a_viewer_reads_everything_and_every_change_is_403_and_audited(world: Wo
     assert world.store.verify_audit_chain().ok
 
 
+def test_tags_through_the_api_follow_the_clis_rules(world: World) -> None:
+    """A missing key to remove, a control character or an overlong value: 400 naming it,
+    as the CLI refuses them, and nothing is changed or audited."""
+    path = "/models/support/versions/1/tags"
+    before = len(world.store.list_audit_events(action="model_version.tagged"))
+    for body, words in (
+        ({"remove": ["tema"]}, "has no tag 'tema' to remove"),
+        ({"set": {"team": "a\nb"}}, "newline or another control character"),
+        ({"set": {"team": "x" * 5001}}, "over the limit"),
+        ({"set": {"a=b": "c"}}, "holds '='"),
+    ):
+        r = world.call("dev", "PATCH", path, json=body)
+        assert r.status_code == 400 and words in _error(r)["message"], (body, r.text)
+    assert world.store.resolve_model_ref("support:1").tags == {}
+    assert len(world.store.list_audit_events(action="model_version.tagged")) == before
+
+
 def test_a_developer_changes_things_audited_as_itself(world: World) -> None:
     r = world.call("dev", "PUT", "/endpoints/acme-canary/traffic",
                    json={"weights": {"2": 50, "3": 50}})  # fmt: skip

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from modelyard.admin._auth import Acting
 from modelyard.admin._encode import jsonable, version_json
 from modelyard.errors import ConfigError
-from modelyard.registry import LineageNode, lineage_chain, version_card
+from modelyard.registry import LineageNode, lineage_chain, set_tags, version_card
 
 router = APIRouter(tags=["registry"])
 
@@ -111,8 +111,7 @@ def tags(
 ) -> dict[str, Any]:
     if not body.set and not body.remove:
         raise ConfigError("no tags given", hint='Send {"set": {"KEY": "VALUE"}} and/or "remove".')
-    ref = f"{model}:{version}"
-    return version_json(caller.store.set_version_tags(ref, body.set, remove=body.remove))
+    return version_json(set_tags(caller.store, f"{model}:{version}", body.set, body.remove))
 
 
 __all__ = ["router"]

@@ -40,7 +40,7 @@ from modelyard.registry._orphans import (
     ensure_model,
     referenced_digests,
 )
-from modelyard.registry._tags import parse_tags, tag_version
+from modelyard.registry._tags import check_tags, parse_tags, set_tags, tag_version
 from modelyard.registry._transfer import (
     ImportResult,
     export_loader,
@@ -76,6 +76,7 @@ __all__ = [
     "UpstreamSpec",
     "canonical_jsonl",
     "check_model_owner",
+    "check_tags",
     "dataset_rows",
     "discard_unreferenced",
     "drop_if_empty",
@@ -96,6 +97,7 @@ __all__ = [
     "referenced_digests",
     "register_upstream",
     "rows_digest",
+    "set_tags",
     "store_dataset",
     "tag_version",
     "template_name",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from modelyard.errors import ConfigError
 from modelyard.store import ModelVersion, Store
@@ -23,6 +23,20 @@ def parse_tags(items: Sequence[str], remove: Sequence[str] = ()) -> dict[str, st
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"tag {item!r} is not KEY=VALUE", hint="e.g. team=claims")
+        pairs[key] = value
+    return check_tags(pairs, remove)
+
+
+def check_tags(pairs: Mapping[str, str], remove: Sequence[str] = ()) -> dict[str, str]:
+    """``pairs`` as tags to set (the rules of ``parse_tags``), or a ConfigError naming the
+    tag and why."""
+    for key, value in pairs.items():
+        if not key or "=" in key:
+            raise ConfigError(
+                f"tag key {key!r} is empty or holds '='",
+                hint="A tag key is a name such as team or ticket.",
+                field=key,
+            )
         if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
             raise ConfigError(
                 f"the value of tag {key!r} holds a newline or another control character",
@@ -36,10 +50,9 @@ def parse_tags(items: Sequence[str], remove: Sequence[str] = ()) -> dict[str, st
                 hint="A tag is a label; keep documents in the model's description or lineage.",
                 field=key,
             )
-        pairs[key] = value
     if not pairs and not remove:
         raise ConfigError("no tags given", hint="Pass KEY=VALUE pairs and/or --remove KEY.")
-    return pairs
+    return dict(pairs)
 
 
 def tag_version(
@@ -50,10 +63,17 @@ def tag_version(
     A key to remove that the version does not have is a ConfigError naming the tags it
     has (a typo must not pass for a removal).
     """
-    pairs = parse_tags(items, remove)
+    return set_tags(store, ref, parse_tags(items, remove), remove)
+
+
+def set_tags(
+    store: Store, ref: str, pairs: Mapping[str, str], remove: Sequence[str] = ()
+) -> ModelVersion:
+    """``tag_version`` for tags already split into a mapping (the admin API's body)."""
+    tags = check_tags(pairs, remove)
     if remove:
-        _check_removable(store.resolve_model_ref(ref), remove, pairs)
-    return store.set_version_tags(ref, pairs, remove=list(remove))
+        _check_removable(store.resolve_model_ref(ref), remove, tags)
+    return store.set_version_tags(ref, tags, remove=list(remove))
 
 
 def _check_removable(version: ModelVersion, remove: Sequence[str], pairs: dict[str, str]) -> None:
