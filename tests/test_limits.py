@@ -153,6 +153,10 @@ def test_tokens_per_minute_count_prompt_and_max_tokens_and_refund_the_rest(
     assert isinstance(info.value.body, dict) and info.value.body["type"] == "tokens"
     # refused before the prompt is tokenized: max_tokens alone can never fit
     assert "at least 40 tokens (its max_tokens)" in info.value.body["message"]
+    with pytest.raises(openai.RateLimitError) as info:  # no max_tokens: the default, 64
+        _complete(client, "a b")
+    assert isinstance(info.value.body, dict)
+    assert "at least 64 tokens (its max_tokens, 64 when not set)" in info.value.body["message"]
     long_prompt = " ".join(["word"] * 25)  # 25 + 5 fits a minute, not the 18 left
     with pytest.raises(openai.RateLimitError) as info:
         _complete(client, long_prompt, max_tokens=5)

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from modelyard.errors import ConfigError, RateLimited
+from modelyard.serving._types import SamplingParams
 from modelyard.store import ApiKey, ModelVersion
 
 
@@ -101,6 +102,13 @@ def check_fits(
         )
 
 
+def max_tokens_words(tokens: int) -> str:
+    """What a request's lower bound of tokens is, in a 429: its ``max_tokens``, which is
+    the default when it is the default's value (a client that sent none wonders)."""
+    default = SamplingParams.max_tokens
+    return f"its max_tokens, {default} when not set" if tokens == default else "its max_tokens"
+
+
 def rate_limited(key: ApiKey, waits: list[tuple[str, int | None, float]]) -> RateLimited:
     kind, limit, wait = max(waits, key=lambda w: w[2])
     seconds = max(1, math.ceil(wait))
@@ -155,7 +163,7 @@ class RateLimiter:
         for it; a tokens bucket that cannot hold even ``min_tokens`` (a lower bound of the
         request's tokens, e.g. its ``max_tokens``) refuses it too, nothing taken."""
         rpm, tpm = self.limits_of(key)
-        check_fits(key, min_tokens, tpm, "at least ", "its max_tokens")
+        check_fits(key, min_tokens, tpm, "at least ", max_tokens_words(min_tokens))
         now = self._clock()
         with self._lock:
             requests = self._bucket(self._requests, key.id, rpm, now)

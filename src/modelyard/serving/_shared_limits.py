@@ -42,6 +42,7 @@ from modelyard.serving._limits import (
     RateLimiter,
     ServerLimits,
     check_fits,
+    max_tokens_words,
     rate_limited,
 )
 from modelyard.store import ApiKey
@@ -133,7 +134,7 @@ class SharedRateLimiter:
         rpm, tpm = self.limits_of(key)
         if rpm is None and tpm is None:
             return
-        check_fits(key, min_tokens, tpm, "at least ", "its max_tokens")
+        check_fits(key, min_tokens, tpm, "at least ", max_tokens_words(min_tokens))
         buckets = []
         if rpm is not None:
             buckets.append(("requests", rpm, 1, 1))
