@@ -234,9 +234,41 @@ def test_from_records_refuses_an_out_that_is_not_jsonl_before_writing(
                  "--out", "rows.csv"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2, err
-    assert err.startswith("error: --out rows.csv: the rows are written as JSONL"), err
+    assert err.startswith("error: --out rows.csv is not named .jsonl: the rows are written"), err
     assert "Name it rows.jsonl" in err
     assert not (here / "rows.csv").exists()
+    with world.store() as store:
+        assert len(store.list_datasets()) == datasets
+
+
+def test_from_records_that_cannot_write_its_rows_registers_no_dataset(
+    world: World, here: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk: one line naming the file (exit 2), no dataset version without its file."""
+    import errno
+
+    from modelyard.cli import main
+
+    write_jsonl(here / "asked.jsonl", [{"prompt": "a question from traffic"}])
+    assert batch(capsys, "asked.jsonl", "-o", "answered.jsonl", *ECHO)[0] == 0  # a record
+    monkeypatch.delenv("MODELYARD_API_KEY")
+    with world.store() as store:
+        datasets = len(store.list_datasets())
+    real_write = Path.write_bytes
+
+    def full_disk(self: Path, data: bytes) -> int:
+        if "rows.jsonl" in self.name:  # the file, or its staged copy beside it
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    capsys.readouterr()
+    code = main(["data", "from-records", "-e", "claims-router", "--since", "1d",
+                 "--out", "rows.jsonl"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "cannot write the rows to rows.jsonl: No space left on device" in err, err
+    assert not list(here.glob("*rows.jsonl*"))
     with world.store() as store:
         assert len(store.list_datasets()) == datasets
 
@@ -338,7 +370,7 @@ def test_from_records_will_not_write_over_the_training_data_it_excludes(
                  "--exclude", "train.jsonl", "--out", "./train.jsonl"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2, err
-    assert err.startswith("error: --out train.jsonl is also an --exclude file"), err
+    assert err.startswith("error: --out train.jsonl is also an exclude file"), err
     assert train.read_text() == before
 
 

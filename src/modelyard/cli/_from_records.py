@@ -24,7 +24,15 @@ from modelyard.cli._common import (
     settings,
 )
 from modelyard.cli._data import _print_report
-from modelyard.curate import FILTERS, SKIP_REASONS, Harvest, RecordFilters, harvest, save
+from modelyard.curate import (
+    FILTERS,
+    SKIP_REASONS,
+    Harvest,
+    RecordFilters,
+    check_out,
+    harvest,
+    save,
+)
 from modelyard.data import FORMATS, RULES, check_rules
 from modelyard.durations import parse_since
 from modelyard.errors import ConfigError
@@ -50,24 +58,10 @@ def _dataset_name(name: str | None, endpoint: str) -> str:
 
 
 def _check_out(out: Path, exclude: list[Path]) -> None:
-    """The rows are written as JSONL: an --out named otherwise would hold JSONL under a
-    .csv or .parquet name, which `data validate` and a fine-tune then read as that. And
-    they replace the file: never one of the datasets --exclude names (training data)."""
-    for path in exclude:
-        if path.resolve() == out.resolve():
-            raise ConfigError(
-                f"--out {out} is also an --exclude file: writing the rows would replace it",
-                hint="Write the rows to a new file; merge them into the training data after.",
-                field="--out",
-            )
-    if out.suffix.lower() != ".jsonl":
-        raise ConfigError(
-            f"--out {out}: the rows are written as JSONL, and a file named "
-            f"{out.suffix or 'without .jsonl'} would be read as another kind",
-            hint=f"Name it {out.with_suffix('.jsonl').name} (convert it afterwards if another "
-            "format is needed).",
-            field="--out",
-        )
+    try:
+        check_out(out, exclude)
+    except ConfigError as exc:
+        raise ConfigError(f"--out {exc.message}", hint=exc.hint, field="--out") from exc
 
 
 @contextmanager

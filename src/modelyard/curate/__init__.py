@@ -10,7 +10,7 @@ endpoint's versions were trained on, and validates the rest like ``data validate
 What was left out is counted by reason (``SKIP_REASONS``) and filter (``FILTERS``).
 """
 
-from modelyard.curate._build import Harvest, default_format, harvest, save
+from modelyard.curate._build import Harvest, check_out, default_format, harvest, save
 from modelyard.curate._known import KnownRows, known_rows
 from modelyard.curate._select import (
     FILTERS,
@@ -28,6 +28,7 @@ __all__ = [
     "KnownRows",
     "RecordFilters",
     "Selection",
+    "check_out",
     "default_format",
     "harvest",
     "known_rows",

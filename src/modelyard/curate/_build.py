@@ -10,6 +10,7 @@ endpoint, the window, the filters and the id of every record a row came from.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,12 +177,49 @@ def _nothing_left(endpoint: str, selection: Selection) -> str:
     return f"no training rows in {selection.read} records of {endpoint!r}: " + "; ".join(why)
 
 
+def check_out(out: Path, exclude: Sequence[Path]) -> None:
+    """The file the rows go to, or a ConfigError: it is written as JSONL, so a name that
+    says .csv or .parquet would be read as that (by `data validate` and a fine-tune), and
+    it is replaced, so it is never one of the ``exclude`` files (the training data)."""
+    if any(out.resolve() == path.resolve() for path in exclude):
+        raise ConfigError(
+            f"{out} is also an exclude file: writing the rows would replace it",
+            hint="Write the rows to a new file; merge them into the training data after.",
+        )
+    if out.is_dir():
+        raise ConfigError(f"{out} is a directory", hint="Name a file, e.g. rows.jsonl.")
+    if out.suffix.lower() != ".jsonl":
+        raise ConfigError(
+            f"{out} is not named .jsonl: the rows are written as JSONL, and a file named "
+            f"{out.suffix or 'without .jsonl'} would be read as another kind",
+            hint=f"Name it {out.with_suffix('.jsonl').name} (convert it afterwards if another "
+            "format is needed).",
+        )
+
+
 def save(
     store: Store, artifacts: ArtifactStore, found: Harvest, out: Path, name: str
 ) -> DatasetVersion:
     """Register the rows as dataset ``name`` and write them to ``out`` as canonical JSONL
-    (the same bytes), so a file on disk always has its dataset version."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    dataset = store_dataset(store, artifacts, name, found.rows, found.data_format, found.report())
-    out.write_bytes(canonical_jsonl(found.rows))
+    (the same bytes). The file is written beside ``out`` first and renamed into place once
+    the version is registered: a file that cannot be written registers nothing, and the
+    file at ``out`` always has its dataset version."""
+    staged = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staged.write_bytes(canonical_jsonl(found.rows))
+    except OSError as exc:
+        staged.unlink(missing_ok=True)
+        raise ConfigError(
+            f"cannot write the rows to {out}: {exc.strerror or exc}",
+            hint="Pick an --out in a writable directory with room for the rows.",
+            field="out",
+        ) from exc
+    try:
+        dataset = store_dataset(
+            store, artifacts, name, found.rows, found.data_format, found.report()
+        )
+        staged.replace(out)
+    finally:
+        staged.unlink(missing_ok=True)
     return dataset

@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from modelyard.curate import RecordFilters
+from modelyard.curate import RecordFilters, check_out
 from modelyard.data import check_rules, get_format
 from modelyard.delivery import DEFAULT_POLICY, check_policy, parse_steps
 from modelyard.durations import is_duration, parse_duration, parse_since
@@ -237,17 +237,11 @@ def _records(path: Path, section: FromRecordsSection, data_format: str) -> Recor
         exclude=tuple(_under(root, p) for p in section.exclude),
         fail_on=(),
     )
-    if plan.out.suffix.lower() != ".jsonl":  # the rows are JSONL, as `data from-records`
-        raise _fail(
-            path, "from_records.out", f"{section.out} is not named .jsonl: the rows are JSONL",
-            f"Name it {plan.out.with_suffix('.jsonl').name}.",
-        )  # fmt: skip
-    if any(plan.out.resolve() == p.resolve() for p in plan.exclude):
-        raise _fail(
-            path, "from_records.out",
-            f"{section.out} is also an exclude file: writing the rows would replace it",
-            "Write the rows to a new file.",
-        )  # fmt: skip
+    try:
+        check_out(plan.out, plan.exclude)  # as `data from-records --out`
+    except ConfigError as exc:
+        message = exc.message.replace(str(plan.out), str(section.out), 1)
+        raise _fail(path, "from_records.out", message, exc.hint) from exc
     try:
         filters = plan.filters()
     except ConfigError as exc:
