@@ -22,7 +22,7 @@ import yaml
 
 from clihelp import modelyard
 from modelyard.base import create_tiny_base
-from modelyard.data import DOMAINS, domain_corpus, synthetic_domain
+from modelyard.data import DOMAINS, domain_corpus, split_rows, synthetic_domain
 from modelyard.store import Store
 
 QUICK_BASE = {"steps": 8, "batch_size": 4, "seq_len": 64, "hidden_size": 32, "vocab_size": 512}
@@ -114,6 +114,28 @@ def test_bad_config_fails_before_training_and_registers_nothing(
     assert len(r.err.strip().splitlines()) == 1, r.err
     assert re.search(expected, r.err), r.err
     assert _nothing_registered(home)
+
+
+def test_bad_rows_are_named_by_their_number_in_data_train_split_or_not(
+    project: Path, tmp_path: Path
+) -> None:
+    """A row too long for max_seq_len, or one the template cannot render, is named by its
+    line in data.train, not by its place among the rows left after the held-out split."""
+    rows = [json.loads(line) for line in (project / "train.jsonl").read_text().splitlines()]
+    train, _ = split_rows(rows, 0.1, seed=0)
+    long_row = max(rows.index(row) for row in train) + 1  # a training row, late in the file
+    assert train.index(rows[long_row - 1]) + 1 != long_row  # the old numbering would differ
+    rows[long_row - 1] = {**rows[long_row - 1], "output": "word " * 400}
+    _write_jsonl(project / "train.jsonl", rows)
+    _edit(project, data={"train": "train.jsonl", "eval_fraction": 0.1, "format": "alpaca",
+                         "max_seq_len": 128})  # fmt: skip
+    r = modelyard("finetune", "-c", str(project / "config.yaml"), "--check", home=tmp_path / "h")
+    assert r.code == 2 and f"(data.train rows {long_row})" in r.err, r.err
+
+    rows[long_row - 1] = {"instruction": "no output"}
+    _write_jsonl(project / "train.jsonl", rows)
+    r = modelyard("finetune", "-c", str(project / "config.yaml"), "--check", home=tmp_path / "h")
+    assert r.code == 2 and f"data.train row {long_row}:" in r.err, r.err
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ import pytest
 
 from modelyard.base import create_tiny_base
 from modelyard.cli import main
-from modelyard.data import DOMAINS, domain_corpus, synthetic_domain
+from modelyard.data import DOMAINS, domain_corpus, split_rows, synthetic_domain
 from modelyard.errors import ConfigError
 from modelyard.judges import JudgeSource
 from modelyard.store import Store
@@ -173,5 +173,14 @@ def test_a_finetune_config_naming_the_judge_is_refused_before_training(
         assert code == 2 and err.startswith(
             "error: data.eval row 5: judge.grounded (faithfulness rubric) needs a context"
         ), err
+
+    # Held-out rows split from data.train are named by their number in data.train.
+    config["data"] = {"train": str(train), "format": "alpaca", "eval_fraction": 0.25}
+    path.write_text(yaml.safe_dump(config))
+    _, split_off = split_rows(rows[:8], 0.25, seed=0)
+    first = rows[:8].index(split_off[0]) + 1
+    assert first > 1  # the first held-out row's place among them would be 1
+    code, _, err = run(capsys, f"modelyard finetune -c {path} --check")
+    assert code == 2 and err.startswith(f"error: data.train row {first}: judge.grounded"), err
     with Store.open(f"sqlite:///{home / 'store.db'}") as store:
         assert not store.list_registered_models() and not store.list_datasets()

@@ -77,6 +77,7 @@ class Prepared:
     report: dict[str, Any]
     base_dir: Path
     source_digest: str  # of every row of data.train, before the split (its lineage)
+    eval_numbers: tuple[int, ...] = ()  # each eval row's number in its file (data.eval or .train)
 
 
 @dataclass
@@ -180,9 +181,14 @@ def prepare(config: FinetuneConfig) -> Prepared:
             field="data.max_seq_len",
         )
     template = template_for(config.data.format, tokenizer)
-    rows = load_rows(config.data.train, config.data.format)
+    # Rows are checked, and named, by their number in the file a person can open.
+    rows = _checked_rows(load_rows(config.data.train, config.data.format), template, "data.train")
     if config.data.eval is not None:
-        train_rows, eval_rows = rows, load_rows(config.data.eval, config.data.format)
+        train_rows = rows
+        eval_rows = _checked_rows(
+            load_rows(config.data.eval, config.data.format), template, "data.eval"
+        )
+        numbers = {id(row): number for number, row in enumerate(eval_rows, start=1)}
     else:
         train_rows, eval_rows = split_rows(
             rows,
@@ -190,8 +196,7 @@ def prepare(config: FinetuneConfig) -> Prepared:
             seed=config.training.seed,
             stratify=config.data.stratify,
         )
-    train_rows = _checked_rows(train_rows, template, "training")
-    eval_rows = _checked_rows(eval_rows, template, "evaluation")
+        numbers = {id(row): number for number, row in enumerate(rows, start=1)}
     if not eval_rows:
         raise DataError(
             "no evaluation rows: gates need held-out examples",
@@ -204,20 +209,26 @@ def prepare(config: FinetuneConfig) -> Prepared:
         max_seq_len=config.data.max_seq_len,
         eval_rows=eval_rows,
     )
+    held_out = {id(row) for row in eval_rows}
     too_long = [
         number
-        for number, row in enumerate(train_rows, start=1)
-        if _token_count(tokenizer, template, row) > config.data.max_seq_len
+        for number, row in enumerate(rows, start=1)  # data.train's numbers, split or not
+        if id(row) not in held_out
+        and _token_count(tokenizer, template, row) > config.data.max_seq_len
     ]
     if too_long:
         raise DataError(
             f"{len(too_long)} training rows are longer than data.max_seq_len "
-            f"{config.data.max_seq_len} tokens (rows {', '.join(map(str, too_long[:10]))})",
+            f"{config.data.max_seq_len} tokens (data.train rows "
+            f"{', '.join(map(str, too_long[:10]))})",
             hint="Raise data.max_seq_len or shorten those rows.",
             field="data.max_seq_len",
         )
     digest = rows_digest(rows)  # all of data.train: what `data from-records` registered
-    return Prepared(config, template, train_rows, eval_rows, report.to_dict(), base_dir, digest)
+    return Prepared(
+        config, template, train_rows, eval_rows, report.to_dict(), base_dir, digest,
+        eval_numbers=tuple(numbers[id(row)] for row in eval_rows),
+    )  # fmt: skip
 
 
 def check_judges(prepared: Prepared, store: Store) -> None:
@@ -227,8 +238,10 @@ def check_judges(prepared: Prepared, store: Store) -> None:
     metrics = [*config.evaluation.metrics, *gated_metrics(parse_gates(config.evaluation.gates))]
     judges = judge_source(store, metrics, where="evaluation.metrics")
     if judges is not None:
-        where = "data.eval row" if config.data.eval is not None else "evaluation row"
-        judges.check_rows(prepared.eval_rows, config.data.format, where=where)
+        where = "data.eval row" if config.data.eval is not None else "data.train row"
+        judges.check_rows(
+            prepared.eval_rows, config.data.format, where=where, numbers=prepared.eval_numbers
+        )
 
 
 # -- stored inputs ---------------------------------------------------------------------------

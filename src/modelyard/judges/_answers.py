@@ -79,14 +79,17 @@ def check_judged_rows(
     data_format: str,
     *,
     where: str = "row",
+    numbers: Sequence[int] | None = None,
 ) -> None:
     """A ConfigError, before any answer is generated, when a row of ``rows`` (``data_format``
     rows, as evaluation renders them) lacks what a judge's rubric needs; it names the
-    judge's metric, the row (``where`` and its 1-based number) and the missing field."""
+    judge's metric, the row (``where`` and its number: ``numbers[i]`` when given, the row's
+    in its file, else its 1-based place in ``rows``) and the missing field."""
+    named = list(numbers) if numbers is not None else list(range(1, len(rows) + 1))
     for judge in judges:
         if rows and data_format in PROMPTLESS_FORMATS:
             raise ConfigError(
-                f"{where} 1: {judge.metric} needs the model's answer to a prompt, and a "
+                f"{where} {named[0]}: {judge.metric} needs the model's answer to a prompt, and a "
                 f"{data_format!r} row shows the model none",
                 hint="Judge rows that ask something (alpaca, chat or classification rows; "
                 f"--format), or score a file of answers with `modelyard judges score "
@@ -96,7 +99,7 @@ def check_judged_rows(
             )
         needs = required_fields(judge.rubric, judge.prompt)
         lacking: list[tuple[int, list[str]]] = []
-        for number, row in enumerate(rows, start=1):
+        for number, row in zip(named, rows, strict=True):
             # what answer_inputs gives the judge; the answer and the reference always exist
             item = JudgeInput("", question_of(row), reference="", context=_context_of(row))
             missing = [field for field in needs if item.get(field) is None]
@@ -134,11 +137,16 @@ class JudgeSource:
             api_key(judge)  # an unset key variable fails now, not after the answers
 
     def check_rows(
-        self, rows: Sequence[Mapping[str, Any]], data_format: str, *, where: str = "row"
+        self,
+        rows: Sequence[Mapping[str, Any]],
+        data_format: str,
+        *,
+        where: str = "row",
+        numbers: Sequence[int] | None = None,
     ) -> None:
         """Refuse, naming the row and the field, rows that lack what a judge needs
         (``check_judged_rows``): called before any answer is generated."""
-        check_judged_rows(self.judges, rows, data_format, where=where)
+        check_judged_rows(self.judges, rows, data_format, where=where, numbers=numbers)
 
     def score(
         self,
