@@ -31,6 +31,7 @@ from typer.main import get_command
 import modelyard
 from conftest import IN_CI
 from modelyard.cli import app
+from modelyard.cli._serve import refuse_unread
 from modelyard.delivery import parse_guard, parse_steps
 from modelyard.monitoring import AlertRules
 from modelyard.serving._metrics import Metrics
@@ -99,6 +100,8 @@ def _check_invocation(words: list[str]) -> dict[str, Any]:
         parse_guard(guard)
     if "steps" in ctx.params and isinstance(ctx.params["steps"], str):
         parse_steps(ctx.params["steps"])
+    if command.name == "serve":  # an option its engine would not read is refused at start
+        refuse_unread(ctx, ctx.params["engine"])
     return dict(ctx.params)
 
 

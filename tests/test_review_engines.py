@@ -176,6 +176,7 @@ def test_vllm_options_vllm_would_refuse_are_refused_at_start(
     [
         ("vllm", "--device=cuda:1", "transformers"),
         ("vllm", "--host-cache-mb=64", "transformers"),
+        ("vllm", "--max-batch-size=8", "transformers"),
         ("echo", "--dtype=bfloat16", "transformers or vllm"),
         ("echo", "--max-adapters=4", "transformers or vllm"),
         ("transformers", "--vllm-max-loras=8", "vllm"),

@@ -13,9 +13,7 @@ from modelyard.sockets import url_host
 from modelyard.store import Store
 
 # Options only some engines read: given on the command line to another engine they would
-# change nothing, so they are refused rather than ignored. (--max-batch-size is the
-# transformers engine's alone too, but deployments pass it whatever the engine: vLLM
-# schedules its own batches, see --vllm-max-num-seqs; and --max-queue, which the echo fake
+# change nothing, so they are refused rather than ignored. (--max-queue, which the echo fake
 # has none of, is given to it by load tests.)
 VLLM_ONLY = (
     "vllm_python", "vllm_max_loras", "vllm_max_lora_rank", "vllm_max_cpu_loras",
@@ -26,6 +24,7 @@ ENGINE_OPTIONS: dict[str, tuple[str, ...]] = {
     "device": ("transformers",),
     "host_cache_mb": ("transformers",),
     "batch_window_ms": ("transformers",),
+    "max_batch_size": ("transformers",),  # vLLM schedules its own: --vllm-max-num-seqs
     "dtype": ("transformers", "vllm"),
     "max_adapters": ("transformers", "vllm"),
     "echo_delay_ms": ("echo",),
