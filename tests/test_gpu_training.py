@@ -385,6 +385,38 @@ def test_gpu_series_per_device_where_there_are_gpus() -> None:
     assert summarize(READINGS[:1]) == "GPU0 12.0/80.0 GiB 97%"
 
 
+def test_a_gpu_without_utilization_keeps_its_memory_series(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a MIG instance NVML reports memory but refuses utilization (NOT_SUPPORTED): the
+    memory series stay, the utilization series is left out (it was all or nothing)."""
+    from types import SimpleNamespace
+
+    import modelyard.gpu._nvml as nvml_module
+
+    class NVMLError(Exception):
+        pass
+
+    def no_utilization(_: object) -> None:
+        raise NVMLError("Not Supported")
+
+    fake = SimpleNamespace(
+        NVMLError=NVMLError,
+        nvmlDeviceGetCount=lambda: 1,
+        nvmlDeviceGetHandleByIndex=lambda i: i,
+        nvmlDeviceGetMemoryInfo=lambda _: SimpleNamespace(used=5 * 1024**3, total=10 * 1024**3),
+        nvmlDeviceGetUtilizationRates=no_utilization,
+        nvmlDeviceGetName=lambda _: b"NVIDIA A100 MIG 1g.10gb",
+    )
+    monkeypatch.setattr(nvml_module._NVML, "module", lambda: fake)
+    (reading,) = gpu_readings()
+    assert reading.memory_used_bytes == 5 * 1024**3 and reading.utilization is None
+    assert summarize([reading]) == "GPU0 5.0/10.0 GiB"
+    text = generate_latest(Metrics(gpus=gpu_readings).registry).decode()
+    assert 'modelyard_gpu_memory_used_bytes{gpu="0",name="NVIDIA A100 MIG 1g.10gb"}' in text
+    assert "modelyard_gpu_utilization_ratio{" not in text
+
+
 def test_gpu_series_pass_promtool(tmp_path: Path) -> None:
     import shutil
     import subprocess

@@ -11,13 +11,14 @@ _GIB = 1024**3
 
 @dataclass(frozen=True)
 class GpuReading:
-    """One GPU now: its NVML index and name, memory in bytes, utilization as 0..1."""
+    """One GPU now: its NVML index and name, memory in bytes, utilization as 0..1 (None
+    where NVML does not report it: a MIG instance, some virtual GPUs)."""
 
     index: int
     name: str
     memory_used_bytes: int
     memory_total_bytes: int
-    utilization: float
+    utilization: float | None
 
 
 class _Nvml:
@@ -55,15 +56,18 @@ def gpu_readings() -> list[GpuReading]:
         for index in range(nvml.nvmlDeviceGetCount()):
             handle = nvml.nvmlDeviceGetHandleByIndex(index)
             memory = nvml.nvmlDeviceGetMemoryInfo(handle)
-            busy = nvml.nvmlDeviceGetUtilizationRates(handle)
             name = nvml.nvmlDeviceGetName(handle)
+            try:
+                busy: float | None = float(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)
+            except nvml.NVMLError:  # not supported here (MIG): the memory is still worth it
+                busy = None
             readings.append(
                 GpuReading(
                     index=index,
                     name=name.decode() if isinstance(name, bytes) else str(name),
                     memory_used_bytes=int(memory.used),
                     memory_total_bytes=int(memory.total),
-                    utilization=float(busy.gpu) / 100.0,
+                    utilization=None if busy is None else busy / 100.0,
                 )
             )
     except nvml.NVMLError:  # a GPU fell off the bus or the driver went away: report none
@@ -72,9 +76,10 @@ def gpu_readings() -> list[GpuReading]:
 
 
 def summarize(readings: list[GpuReading]) -> str:
-    """``"GPU0 12.3/80.0 GiB 97%"`` per device, for a progress line (empty without GPUs)."""
+    """``"GPU0 12.3/80.0 GiB 97%"`` per device, for a progress line (empty without GPUs;
+    no share where NVML reports none)."""
     return ", ".join(
-        f"GPU{r.index} {r.memory_used_bytes / _GIB:.1f}/{r.memory_total_bytes / _GIB:.1f} GiB "
-        f"{r.utilization:.0%}"
+        f"GPU{r.index} {r.memory_used_bytes / _GIB:.1f}/{r.memory_total_bytes / _GIB:.1f} GiB"
+        + ("" if r.utilization is None else f" {r.utilization:.0%}")
         for r in readings
     )

@@ -160,9 +160,10 @@ class _Gpus(Collector):
             key = [str(gpu.index), gpu.name]
             used.add_metric(key, float(gpu.memory_used_bytes))
             total.add_metric(key, float(gpu.memory_total_bytes))
-            busy.add_metric(key, gpu.utilization)
+            if gpu.utilization is not None:  # NVML reports none on a MIG instance
+                busy.add_metric(key, gpu.utilization)
         if used.samples:
-            yield from (used, total, busy)
+            yield from (used, total, busy) if busy.samples else (used, total)
 
 
 __all__ = ["Metrics"]

@@ -71,7 +71,8 @@ class _ProgressCallback(TrainerCallback):  # type: ignore[misc]  # transformers 
         entry.update({k: float(v) for k, v in logs.items() if isinstance(v, int | float)})
         for gpu in gpu_readings():
             entry[f"gpu{gpu.index}_memory_used_bytes"] = float(gpu.memory_used_bytes)
-            entry[f"gpu{gpu.index}_utilization"] = gpu.utilization
+            if gpu.utilization is not None:
+                entry[f"gpu{gpu.index}_utilization"] = gpu.utilization
         self.history.append(entry)
         if self._on_log is not None:
             self._on_log(entry)
