@@ -24,7 +24,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from clihelp import modelyard
 from modelyard.access import create_api_key
 from modelyard.artifacts import ArtifactStore
-from modelyard.errors import UpstreamError
+from modelyard.errors import ConfigError, UpstreamError
 from modelyard.registry import UpstreamSpec, register_upstream
 from modelyard.serving import (
     BackgroundServer,
@@ -203,6 +203,7 @@ class Faults:
     def __init__(self, plan: list[str]) -> None:
         self.plan = plan
         self.calls = 0
+        self.bodies: list[dict[str, Any]] = []  # every request's body, as received
         self.sent = 0  # chunks of "drip" answers sent
         self.dripping = threading.Event()  # set while a "drip" or "hold" answer runs
         self.left = threading.Event()  # set when a "drip" answer was cut off by the caller
@@ -216,6 +217,7 @@ class Faults:
             what = self.plan[min(self.calls, len(self.plan) - 1)]
             self.calls += 1
         body = await request.json()
+        self.bodies.append(body)
         if what == "429":
             return JSONResponse({"error": {"message": "slow down"}}, 429, {"Retry-After": "0"})
         if what == "quota":  # OpenAI's answer when the account's credit is spent
@@ -300,6 +302,32 @@ def _ask(gw: Gateway) -> httpx.Response:
         headers={"Authorization": f"Bearer {gw.key}"},
         json={"model": "acme-support", "messages": [{"role": "user", "content": "hi"}]},
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("field", ["max_tokens", "max_completion_tokens"])
+def test_the_upstream_gets_the_token_cap_under_the_name_it_takes(
+    tmp_path: Path, field: str
+) -> None:
+    """OpenAI's o-series and gpt-5 refuse max_tokens in chat requests: an upstream registered
+    with --max-tokens-field max_completion_tokens is sent that name alone (legacy completions
+    keep max_tokens, the only name they have)."""
+    faults = Faults(["ok"])
+    with BackgroundServer(faults.app) as server:
+        spec = UpstreamSpec(base_url=server.base_url + "/v1", model="o4-mini",
+                            max_tokens_field=field)  # fmt: skip
+        for gw in _gateway(tmp_path, spec, None):
+            client = _client(gw)
+            chat = client.chat.completions.create(
+                model="acme-support", messages=[{"role": "user", "content": "hi"}], max_tokens=7
+            )
+            assert chat.choices[0].message.content == "fine"
+            client.completions.create(model="acme-support", prompt="hi", max_tokens=5)
+    chat_body, completion_body = faults.bodies
+    other = "max_tokens" if field == "max_completion_tokens" else "max_completion_tokens"
+    assert chat_body[field] == 7 and other not in chat_body
+    assert completion_body["max_tokens"] == 5 and "max_completion_tokens" not in completion_body
+    with pytest.raises(ConfigError, match="max_tokens_field is 'max_output_tokens'"):
+        UpstreamSpec(base_url="http://x/v1", model="m", max_tokens_field="max_output_tokens")
 
 
 @pytest.mark.parametrize("faulty", [["429", "500", "ok"]], indirect=True)

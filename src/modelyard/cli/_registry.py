@@ -272,6 +272,12 @@ def upstream(
     price_output: float | None = typer.Option(
         None, "--price-output", help="Price per 1,000 completion tokens (for costs)."
     ),
+    max_tokens_field: str = typer.Option(
+        "max_tokens",
+        "--max-tokens-field",
+        help="What chat requests call the answer's token cap: max_tokens, or "
+        "max_completion_tokens (OpenAI's o-series and gpt-5 refuse max_tokens).",
+    ),
     base: str | None = typer.Option(
         None, "--base", help="Base model name to record (default MODEL@HOST)."
     ),
@@ -291,7 +297,7 @@ def upstream(
         base_url=base_url, model=upstream_model, api_key_env=api_key_env,
         api_key_file=api_key_file, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s,
         max_retries=max_retries, max_concurrency=max_concurrency, input_per_1k=price_input,
-        output_per_1k=price_output,
+        output_per_1k=price_output, max_tokens_field=max_tokens_field,
     )  # fmt: skip
     s = settings()
     with open_store(s) as store:

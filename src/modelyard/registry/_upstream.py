@@ -37,6 +37,7 @@ from modelyard.store import ModelVersion, Store
 SPEC_FILE = "upstream.json"
 SPEC_FORMAT = "modelyard.upstream/1"
 UPSTREAM_TEMPLATE = "upstream"  # the prompt template of an upstream: its own chat template
+MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,9 @@ class UpstreamSpec:
     input_per_1k: float | None = None
     output_per_1k: float | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
+    # What a chat request calls the answer's token cap: OpenAI's o-series and gpt-5 models
+    # refuse max_tokens and take max_completion_tokens, which other servers may not know.
+    max_tokens_field: str = "max_tokens"
 
     def __post_init__(self) -> None:
         parts = urlsplit(self.base_url)
@@ -70,6 +74,8 @@ class UpstreamSpec:
             ("max_concurrency", 1 <= self.max_concurrency <= 1024, "from 1 to 1024"),
             ("input_per_1k", self.input_per_1k is None or self.input_per_1k >= 0, "0 or more"),
             ("output_per_1k", self.output_per_1k is None or self.output_per_1k >= 0, "0 or more"),
+            ("max_tokens_field", self.max_tokens_field in MAX_TOKENS_FIELDS,
+             " or ".join(MAX_TOKENS_FIELDS)),
         )  # fmt: skip
         for name, ok, allowed in checks:
             if not ok:
@@ -136,6 +142,7 @@ class UpstreamSpec:
             "max_concurrency": self.max_concurrency,
             "price": {"input_per_1k": self.input_per_1k, "output_per_1k": self.output_per_1k},
             "headers": dict(self.headers),
+            "max_tokens_field": self.max_tokens_field,
         }  # fmt: skip
 
     @classmethod
@@ -158,6 +165,7 @@ class UpstreamSpec:
             input_per_1k=price.get("input_per_1k"),
             output_per_1k=price.get("output_per_1k"),
             headers=dict(data.get("headers") or {}),
+            max_tokens_field=str(data.get("max_tokens_field", "max_tokens")),  # older specs
         )
 
     @classmethod

@@ -100,9 +100,10 @@ def request_body(
     ``model``, default the spec's). To a vLLM server (``vllm``), a guide is sent as the
     grammar the transformers engine decodes with (``structured_outputs.grammar``: the same
     constraint on both engines) and ``logprobs`` as its legacy-completions count."""
-    body: dict[str, Any] = {"model": model or spec.model, "max_tokens": params.max_tokens,
-                            "temperature": params.temperature, "top_p": params.top_p}  # fmt: skip
     chat = isinstance(prompt, ChatPrompt)
+    cap = spec.max_tokens_field if chat else "max_tokens"  # legacy completions: max_tokens
+    body: dict[str, Any] = {"model": model or spec.model, cap: params.max_tokens,
+                            "temperature": params.temperature, "top_p": params.top_p}  # fmt: skip
     if isinstance(prompt, ChatPrompt):
         body["messages"] = openai_messages(prompt.messages)
     else:  # token ids as sent (vLLM: the ids of the version's tokenizer)
