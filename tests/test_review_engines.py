@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -31,7 +32,8 @@ from modelyard.store import ModelVersion, Store
 
 # vllm.entrypoints.openai.api_server, faked: a completion whose prompt is "N S" (other than
 # the warm-up) waits until N requests were in flight at once or S seconds passed, then
-# answers with the most it saw in flight at once.
+# answers with the most it saw in flight at once; one for an adapter it does not hold (never
+# loaded, or unloaded) is a 404, as vLLM answers.
 FAKE_SERVER = """
 import argparse, json, os, threading, time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -72,6 +74,22 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("content-length", str(len(data)))
             self.end_headers()
             self.wfile.write(data.encode())
+            return
+        if self.path == "/v1/load_lora_adapter":
+            with lock:
+                state.setdefault("loras", set()).add(body["lora_name"])
+        if self.path == "/v1/unload_lora_adapter":
+            with lock:
+                state.setdefault("loras", set()).discard(body["lora_name"])
+        if self.path == "/v1/completions" and body["model"] not in (
+            args.served_model_name, *state.get("loras", ())
+        ):  # as vLLM answers a model it does not hold
+            data = json.dumps({"error": {"message": f"The model `{body['model']}` does not "
+                                                   "exist.", "code": 404}}).encode()
+            self.send_response(404)
+            self.send_header("content-length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
             return
         if self.path == "/v1/completions" and body["prompt"] != "ok":
             wanted, hold = body["prompt"].split()
@@ -322,6 +340,52 @@ def test_adapter_cache_events_are_counted_on_the_vllm_engine(
                 stats.adapter_evictions) == (1, 3, 3, 2)  # fmt: skip
         assert engine.loaded() == [a.ref]
     finally:
+        engine.close()
+
+
+def test_an_adapter_in_use_is_not_unloaded_under_its_request(
+    fake_vllm: str, served: Served, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: a request registered its adapter, and another request's load evicted and
+    unloaded it before the first reached vLLM, which then answered 404 (a 502 to the client).
+    An adapter in use now stays registered until its requests end, then is evicted."""
+    store, artifacts = served.engine.store, served.engine.artifacts
+    assert store is not None
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}")
+    digest = artifacts.put_dir(adapter, kind="adapter").digest
+    a, b = (
+        store.create_model_version("bot", kind="adapter", artifact_digest=digest,
+                                   base_model="fake", run_id=None,
+                                   lineage={"prompt_template": "text"}, metrics={})
+        for _ in range(2)
+    )  # fmt: skip
+    engine = VLLMEngine(artifacts, VLLMOptions(python=fake_vllm), store=store, max_adapters=1,
+                        log_dir=tmp_path / "logs")  # fmt: skip
+    registered, go_on = threading.Event(), threading.Event()
+    real_model_name = engine._model_name
+
+    def slow_for_a(server: Any, version: ModelVersion) -> str:
+        name = real_model_name(server, version)
+        if version.id == a.id:  # a's request is between its registration and vLLM
+            registered.set()
+            go_on.wait(30)
+        return name
+
+    monkeypatch.setattr(engine, "_model_name", slow_for_a)
+    try:
+        assert engine.warm(a, 120)
+        greedy = SamplingParams(max_tokens=1, temperature=0)
+        first = engine.answer(a, "1 1", greedy)
+        assert registered.wait(30)
+        assert _text(engine.answer(b, "1 1", greedy)) == "1"  # loads b: a must stay
+        go_on.set()
+        assert _text(first) == "1"
+        # b's request ended first, while a's held a: b, idle, went back out (to capacity)
+        assert engine.loaded() == [a.ref] and engine.stats().adapter_evictions == 1
+    finally:
+        go_on.set()
         engine.close()
 
 

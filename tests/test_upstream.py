@@ -228,6 +228,9 @@ class Faults:
             return JSONResponse({"error": {"message": "boom"}}, 500)
         if what == "401":
             return JSONResponse({"error": {"message": "bad key"}}, 401)
+        if what == "404":  # vLLM's answer for an adapter it does not hold
+            message = f"The model `{body.get('model')}` does not exist."
+            return JSONResponse({"error": {"message": message}}, 404)
         if what == "slow":
             await asyncio.sleep(3)
         if what == "drip":
@@ -452,6 +455,19 @@ def _whole(client: UpstreamClient) -> TokenStream:
         kwargs={"what": "bot:2", "whole": True}, daemon=True,
     ).start()  # fmt: skip
     return out
+
+
+@pytest.mark.parametrize("faults_at", [["404"]], indirect=True)
+def test_a_404_names_the_model_the_request_named(
+    faults_at: tuple[Faults, UpstreamClient],
+) -> None:
+    """On vLLM a version is asked for by its adapter's name: a 404 named the spec's base
+    model instead, which vLLM does hold."""
+    _, client = faults_at
+    out = TokenStream(whole=True)
+    client.run("go", SamplingParams(max_tokens=8), out, what="bot:2", model="v7", whole=True)
+    with pytest.raises(UpstreamError, match=r"for model 'v7' \(404\): The model `v7` does not"):
+        out.result()
 
 
 @pytest.mark.parametrize("faults_at", [["ok"]], indirect=True)

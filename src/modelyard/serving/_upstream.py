@@ -380,7 +380,7 @@ class UpstreamClient:
         if status == 404:
             return UpstreamError(
                 f"{what}: {where} has no {'/'.join(r.url.path.split('/')[-2:])} for model "
-                f"{self.spec.model!r} (404): {said}", version=what,
+                f"{_model_sent(r, self.spec.model)!r} (404): {said}", version=what,
             )  # fmt: skip
         if 400 <= status < 500:  # the request itself: the client's to change
             message = f"the upstream refused the request ({status}): {said}"
@@ -388,6 +388,14 @@ class UpstreamClient:
                 return ContextLengthExceeded(message, param=param or "prompt")
             return ConfigError(message, param=param)
         return UpstreamError(f"{what}: {where} answered {status}: {said}", version=what)
+
+
+def _model_sent(r: httpx.Response, default: str) -> str:
+    """The model a request named (an adapter's name on vLLM, not the spec's base name)."""
+    try:
+        return str(json.loads(r.request.content).get("model", default))
+    except (ValueError, AttributeError, RuntimeError):
+        return default
 
 
 class _Retry(Exception):

@@ -23,9 +23,10 @@ import hashlib
 import logging
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, get_args
 
@@ -66,7 +67,11 @@ class _Server:
     def __init__(self, process: VLLMProcess, timeout_s: float, connections: int) -> None:
         self.process = process
         self.adapters: OrderedDict[str, str] = OrderedDict()  # lora name -> version ref
+        self.in_flight: Counter[str] = Counter()  # lora name -> requests using it now
         self.lock = threading.Lock()
+        # Loads and unloads, one at a time: an unload of an evicted name never lands after
+        # a new load of that name (whose request would then find no adapter).
+        self.admin_lock = threading.Lock()
         self.timeout_s = timeout_s
         self.connections = connections
         self.client: UpstreamClient | None = None
@@ -77,6 +82,18 @@ class _Server:
         """After a restart vLLM holds no adapter: register them again on use."""
         with self.lock:
             self.adapters.clear()
+
+    def idle_beyond(self, capacity: int) -> list[tuple[str, str]]:
+        """Take out the least recently used adapters beyond ``capacity`` that no request is
+        using (call with ``lock`` held): an adapter in use stays registered until its
+        requests end, even if that holds more than ``capacity`` for a while."""
+        evicted = []
+        for name in list(self.adapters):
+            if len(self.adapters) <= capacity:
+                break
+            if self.in_flight[name] == 0:
+                evicted.append((name, self.adapters.pop(name)))
+        return evicted
 
     def http(self, translate: Any) -> UpstreamClient:
         """The client for the current process (a restart moves it to another port)."""
@@ -185,26 +202,74 @@ class VLLMEngine(Engine):
 
     # -- adapters ---------------------------------------------------------------------------
 
+    @contextmanager
+    def _using(self, server: _Server, version: ModelVersion) -> Iterator[str]:
+        """The model name vLLM knows ``version`` by, registered when needed and kept
+        registered (never evicted) until the request that uses it ends."""
+        name = self._model_name(server, version)
+        try:
+            yield name
+        finally:
+            if version.kind != "full":
+                with server.lock:
+                    server.in_flight[name] -= 1
+                    if server.in_flight[name] <= 0:
+                        del server.in_flight[name]
+                self._evict(server, version)
+
+    def _evict(self, server: _Server, version: ModelVersion) -> None:
+        """Unload the idle adapters beyond ``max_adapters`` (least recently used first)."""
+        with server.admin_lock:
+            with server.lock:
+                evicted = server.idle_beyond(self.max_adapters)
+            for old, ref in evicted:
+                self._event("eviction", ref)
+                try:
+                    self._admin(server, "/v1/unload_lora_adapter", {"lora_name": old}, version)
+                except ModelyardError as exc:  # vLLM down: a restart forgets every adapter
+                    log.warning("could not unload the adapter of %s: %s", ref, exc.one_line())
+
     def _model_name(self, server: _Server, version: ModelVersion) -> str:
-        """The model name vLLM knows ``version`` by, registering its adapter when needed."""
+        """The model name vLLM knows ``version`` by, registering its adapter when needed;
+        an adapter's name is counted in use (``_using`` releases it)."""
         if version.kind == "full":
             return server.process.name
         name = f"v{version.id}"
-        with server.lock:
-            if name in server.adapters:
-                server.adapters.move_to_end(name)
-                self._event("hit", version.ref)
+        if self._hit(server, name, version):
+            return name
+        path = self._missed(version)  # verified outside the lock: other loads go on
+        with server.admin_lock:
+            if self._hit(server, name, version):  # registered while this waited
                 return name
+            self._load(server, name, version, path)
+        self._evict(server, version)
+        return name
+
+    def _hit(self, server: _Server, name: str, version: ModelVersion) -> bool:
+        with server.lock:
+            if name not in server.adapters:
+                return False
+            server.adapters.move_to_end(name)
+            server.in_flight[name] += 1
+        self._event("hit", version.ref)
+        return True
+
+    def _missed(self, version: ModelVersion) -> Path:
+        """The verified files of an adapter vLLM does not hold, or its recent failure."""
         self._event("miss", version.ref)
         with self._lock:
             failed = self._failures.get(version.id)
         if failed is not None and failed[0] > time.monotonic():
             raise failed[1]  # a bad adapter costs its requests no hashing and no vLLM call
         try:
-            path = self._verified(version)
+            return self._verified(version)
         except EngineError as exc:
             self._failed(version, exc)
             raise
+
+    def _load(self, server: _Server, name: str, version: ModelVersion, path: Path) -> None:
+        """Register ``version``'s adapter (at ``path``) with vLLM as ``name`` (``admin_lock``
+        held)."""
         body = {"lora_name": name, "lora_path": str(path)}
         try:
             r = self._admin(server, "/v1/load_lora_adapter", body, version)
@@ -223,13 +288,7 @@ class VLLMEngine(Engine):
         self._event("load", version.ref)
         with server.lock:
             server.adapters[name] = version.ref
-            evicted = []
-            while len(server.adapters) > self.max_adapters:
-                evicted.append(server.adapters.popitem(last=False))
-        for old, ref in evicted:
-            self._event("eviction", ref)
-            self._admin(server, "/v1/unload_lora_adapter", {"lora_name": old}, version)
-        return name
+            server.in_flight[name] += 1
 
     def _failed(self, version: ModelVersion, error: EngineError) -> None:
         """Its adapter cannot be used: fail its requests at once for ``FAILURE_TTL_S``."""
@@ -313,9 +372,9 @@ class VLLMEngine(Engine):
 
         def run() -> None:
             try:
-                model = self._model_name(server, version)
-                client = server.http(self._translator(server))
-                client.run(prompt, params, out, what=version.ref, model=model, whole=whole)
+                with self._using(server, version) as model:
+                    client = server.http(self._translator(server))
+                    client.run(prompt, params, out, what=version.ref, model=model, whole=whole)
             except ModelyardError as exc:
                 out.fail(exc)
             except Exception as exc:  # the stream must end, whatever happened
