@@ -56,6 +56,7 @@ def audit_events(
     before: int | None = Query(
         None,
         ge=1,
+        le=2**63 - 1,  # a sequence number is a 64-bit integer in every store
         description="Only events older than this seq: the next page is the one "
         "before the last seq of this one.",
     ),
