@@ -24,7 +24,6 @@ from functools import cached_property
 from typing import Literal
 
 import numpy as np
-from scipy import stats
 
 from modelyard.errors import ConfigError
 
@@ -123,6 +122,8 @@ def ks_statistic(pair: Pair) -> float:
 
 def ks_pvalue(pair: Pair, categorical: bool = False) -> float:
     """Two-sample Kolmogorov-Smirnov p-value (exact below 10,000 pairs, else asymptotic)."""
+    from scipy import stats  # here: importing it costs every CLI command about a second
+
     n, m = pair.ref.n, pair.cur.n
     if n * m <= 10_000:
         return float(stats.ks_2samp(pair.ref.values, pair.cur.values).pvalue)
@@ -133,6 +134,8 @@ def ks_pvalue(pair: Pair, categorical: bool = False) -> float:
 
 def chi_squared_pvalue(pair: Pair, categorical: bool = True) -> float:
     """Chi-squared goodness of fit of the current counts to the reference shares."""
+    from scipy import stats
+
     edges = pair.categories() if categorical else pair.edges()
     ref = pair.ref.counts(edges) / pair.ref.n
     observed = pair.cur.counts(edges).astype(np.float64)
