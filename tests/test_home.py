@@ -3,24 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from clihelp import Result
+from clihelp import Result, modelyard
 
 
 def _run(*args: str, cwd: Path, home: Path | None = None) -> Result:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
-    env["COLUMNS"] = "200"
-    if home is not None:
-        env["MODELYARD_HOME"] = str(home)
-    proc = subprocess.run(
-        [sys.executable, "-m", "modelyard", *args],
-        capture_output=True, text=True, env=env, cwd=cwd, timeout=300, check=False,
-    )  # fmt: skip
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+    return modelyard(*args, home=home, cwd=cwd, timeout=300)
 
 
 def test_reading_outside_any_home_creates_nothing_and_says_where_it_looked(

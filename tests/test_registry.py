@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -354,25 +355,16 @@ def test_six_parallel_cli_imports_into_one_model_keep_every_version(
         torch.manual_seed(i)  # distinct weights: six blobs, not one shared digest
         adapters.append(_peft_adapter(trained["base"], tmp_path / f"adapter-{i}"))
     home = tmp_path / "home"
-    env = {**_clean_env(), "MODELYARD_HOME": str(home), "MODELYARD_STORE_URL": store_url}
-    env["COLUMNS"] = "200"
-    assert modelyard("init", home=home, env={"MODELYARD_STORE_URL": store_url}).code == 0
-    command = [sys.executable, "-m", "modelyard", "registry", "import"]
+    env = {"MODELYARD_STORE_URL": store_url}
+    assert modelyard("init", home=home, env=env).code == 0
     flags = ["--name", "parallel", "--base-model", str(trained["base"])]
-    procs = [
-        subprocess.Popen(
-            [*command, str(adapter), *flags],
-            env=env,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-        )
-        for adapter in adapters
-    ]
-    results = []
-    for proc in procs:
-        out, err = proc.communicate(timeout=300)
-        results.append((proc.returncode, out, err))
+
+    def import_(adapter: Path) -> tuple[int, str, str]:
+        r = modelyard("registry", "import", str(adapter), *flags, home=home, env=env, timeout=300)
+        return r.code, r.out, r.err
+
+    with ThreadPoolExecutor(len(adapters)) as pool:  # six processes at once
+        results = list(pool.map(import_, adapters))
     for code, _out, err in results:
         assert "Traceback" not in err, err
         assert code == 0 or (code == 1 and "conflict" in err.lower()), err
