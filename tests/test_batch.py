@@ -85,9 +85,15 @@ def test_a_csv_is_answered_through_the_endpoint_one_record_per_row(
     again = json.loads(out)
     assert (again["answered"], again["skipped"], again["job_id"]) == (0, 13, summary["job_id"])
     assert again["already_whole"] and not summary["already_whole"]
-    code, out, err = batch(capsys, *args[:-1])  # without --json: what a person reads
+    # journey 5 spells it --endpoint, --input and --output
+    code, out, err = batch(capsys, "--input", "tickets.csv", "--output", "answers.csv",
+                           "--endpoint", "claims-router", *args[5:-1])  # fmt: skip
     assert code == 0 and "already whole: nothing asked, nothing written" in err, err
     assert "wrote" not in err, err
+    code, _, err = batch(capsys, "tickets.csv", "--input", "tickets.csv", *args[1:])
+    assert code == 2 and "give the rows to answer once: as INPUT or as --input" in err, err
+    code, _, err = batch(capsys, *args[1:])
+    assert code == 2 and "no rows to answer: give INPUT" in err, err
     assert (here / "answers.csv").read_text() == text
     assert len(world.records(summary["job_id"])) == 13
 

@@ -187,6 +187,25 @@ def test_vllm_options_vllm_would_refuse_are_refused_at_start(
     assert "--vllm-max-cpu-loras 2 is below --vllm-max-loras 4" in err, err
     err = refused(*vllm, "--vllm-max-loras", "32", "--max-adapters", "8")
     assert "--max-adapters 8 is below --vllm-max-loras 32" in err, err
+    err = refused(*vllm, "--max-loras", "32", "--max-adapters", "8")  # journey 5's spelling
+    assert "--max-adapters 8 is below --vllm-max-loras 32" in err, err
+
+
+def test_without_vllm_python_the_environment_make_vllm_built_here_is_used(
+    refused: Refused, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Journey 5 runs `make vllm`, then `modelyard serve --engine vllm` with no --vllm-python:
+    ./.venv-vllm/bin/python is taken (here a python without vllm, so it stops at that check);
+    without one, the refusal says how to build it or name another."""
+    monkeypatch.delenv("MODELYARD_VLLM_PYTHON", raising=False)
+    monkeypatch.chdir(tmp_path)
+    err = refused("--engine", "vllm")
+    assert "there is no .venv-vllm/bin/python here" in err and "make vllm" in err, err
+    made = tmp_path / ".venv-vllm" / "bin"
+    made.mkdir(parents=True)
+    (made / "python").symlink_to(sys.executable)
+    err = refused("--engine", "vllm")
+    assert f"the interpreter {made / 'python'} has no vllm package" in err, err
 
 
 @pytest.mark.parametrize(

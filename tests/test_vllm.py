@@ -342,7 +342,7 @@ def test_structured_outputs_tools_and_logprobs_pass_through_to_vllm(world: World
 def test_serve_engine_vllm_says_what_it_needs(tmp_path: Path) -> None:
     home = tmp_path / "home"
     assert modelyard("init", home=home).code == 0
-    r = modelyard("serve", "--engine", "vllm", "--port", "0", home=home)
+    r = modelyard("serve", "--engine", "vllm", "--port", "0", home=home, cwd=tmp_path)
     assert r.code == 2 and "make vllm" in r.err and "Traceback" not in r.err, r.err
     r = modelyard("serve", "--engine", "vllm", "--vllm-python", str(tmp_path / "nope"), home=home)
     assert r.code == 2 and "does not exist" in r.err and "Traceback" not in r.err, r.err

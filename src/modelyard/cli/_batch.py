@@ -80,7 +80,12 @@ TENANT = typer.Option(
 
 @app.command("run")
 def run(
-    input: Path = typer.Argument(..., help="The rows to answer: a .jsonl, .csv or .parquet file."),
+    input: Path | None = typer.Argument(
+        None, help="The rows to answer: a .jsonl, .csv or .parquet file (or --input)."
+    ),
+    input_option: Path | None = typer.Option(
+        None, "--input", "-i", help="The rows to answer, as an option (instead of INPUT)."
+    ),
     output: Path = typer.Option(
         ...,
         "--output",
@@ -178,9 +183,18 @@ def run(
     )
     from modelyard.serving import EchoEngine, SamplingParams, ServerLimits
 
+    rows = input or input_option
+    if rows is None or (input is not None and input_option is not None):
+        raise ConfigError(
+            "give the rows to answer once: as INPUT or as --input"
+            if input is not None
+            else "no rows to answer: give INPUT (a .jsonl, .csv or .parquet file)",
+            hint="e.g. modelyard batch run tickets.parquet -o answered.parquet -e ENDPOINT",
+            field="--input",
+        )
     with bad_input():
         spec = FileJobSpec(
-            input=input, output=output,
+            input=rows, output=output,
             params=SamplingParams(max_tokens=max_tokens, temperature=temperature, top_p=top_p,
                                   stop=tuple(stop), seed=seed),
             mapping=ColumnMapping(prompt=prompt_column, messages=messages_column,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -30,6 +31,22 @@ ENGINE_OPTIONS: dict[str, tuple[str, ...]] = {
     "echo_delay_ms": ("echo",),
     **dict.fromkeys(VLLM_ONLY, ("vllm",)),
 }
+
+
+MADE_VLLM_PYTHON = Path(".venv-vllm") / "bin" / "python"
+"""Where `make vllm` puts vLLM's interpreter, relative to the checkout it ran in."""
+
+
+def _made_vllm_python() -> str:
+    """``--engine vllm`` without --vllm-python: the environment `make vllm` built here."""
+    if MADE_VLLM_PYTHON.is_file():
+        return str(MADE_VLLM_PYTHON.absolute())  # not resolved: a venv's python is a link
+    raise ConfigError(
+        f"--engine vllm needs the python of vLLM's environment, and there is no "
+        f"{MADE_VLLM_PYTHON} here",
+        hint="Build it with `make vllm` (in modelyard's checkout, and run serve there), or "
+        "pass --vllm-python PATH (or set MODELYARD_VLLM_PYTHON).",
+    )
 
 
 def refuse_unread(ctx: typer.Context, engine: str) -> None:
@@ -110,9 +127,12 @@ def serve(
     vllm_python: str | None = typer.Option(
         None,
         envvar="MODELYARD_VLLM_PYTHON",
-        help="--engine vllm: the python of vLLM's own environment (`make vllm` builds .venv-vllm).",
+        help="--engine vllm: the python of vLLM's own environment (default: "
+        "./.venv-vllm/bin/python, which `make vllm` builds, where there is one).",
     ),
-    vllm_max_loras: int = typer.Option(4, min=1, help="--engine vllm: adapters in one batch."),
+    vllm_max_loras: int = typer.Option(
+        4, "--vllm-max-loras", "--max-loras", min=1, help="--engine vllm: adapters in one batch."
+    ),
     vllm_max_lora_rank: int = typer.Option(
         64, help="--engine vllm: largest LoRA rank (1, 8, 16, 32, 64, 128, 256, 320 or 512)."
     ),
@@ -336,11 +356,7 @@ def serve(
         raise ConfigError(f"unknown --engine {engine!r}: use transformers, vllm or echo")
     refuse_unread(ctx, engine)
     if engine == "vllm" and not vllm_python:
-        raise ConfigError(
-            "--engine vllm needs the python of vLLM's environment",
-            hint="Build it with `make vllm` and pass --vllm-python .venv-vllm/bin/python "
-            "(or set MODELYARD_VLLM_PYTHON).",
-        )
+        vllm_python = _made_vllm_python()
     if engine == "vllm" and max_adapters is not None and max_adapters < vllm_max_loras:
         raise ConfigError(
             f"--max-adapters {max_adapters} is below --vllm-max-loras {vllm_max_loras}: at most "
