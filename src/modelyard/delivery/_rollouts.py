@@ -27,6 +27,8 @@ from modelyard.store import (
 DEFAULT_POLICY = RolloutPolicy()  # the one set of rollout defaults (typed in the entities)
 DEFAULT_STEPS = DEFAULT_POLICY.steps
 DEFAULT_GUARDS = DEFAULT_POLICY.guards
+MAX_BAKE_S = 7 * 86400.0  # a week per step, as the admin API takes (its RolloutBody.bake_s)
+MAX_MIN_REQUESTS = 10**9  # as the admin API takes; the store keeps a 64-bit integer
 
 
 def parse_steps(text: str | Sequence[int]) -> tuple[int, ...]:
@@ -59,10 +61,18 @@ def check_policy(
     guards: Sequence[str],
 ) -> RolloutPolicy:
     """A validated rollout policy (what ``start`` and an endpoint's policy take)."""
-    if not bake_s >= 0:
-        raise ConfigError(f"bake time {bake_s} s must be 0 or more", field="bake")
-    if min_requests < 0:
-        raise ConfigError(f"min requests {min_requests} must be 0 or more", field="min_requests")
+    if not 0 <= bake_s <= MAX_BAKE_S:
+        raise ConfigError(
+            f"bake time {bake_s:g} s must be from 0 to {MAX_BAKE_S:g} s (7d) per step",
+            hint="Give a shorter --bake, e.g. 10m or 1d.",
+            field="bake",
+        )
+    if not 0 <= min_requests <= MAX_MIN_REQUESTS:
+        raise ConfigError(
+            f"min requests {min_requests} must be from 0 to {MAX_MIN_REQUESTS}",
+            hint="Give the requests the new version must answer per step, e.g. 100.",
+            field="min_requests",
+        )
     for guard in guards:
         parse_guard(guard)
     return RolloutPolicy(parse_steps(steps), float(bake_s), int(min_requests), tuple(guards))

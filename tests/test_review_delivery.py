@@ -1,0 +1,42 @@
+"""Review of progressive delivery: bad input to rollouts, servers, the controller and the
+router is a one-line error naming the field (exit 2), never a traceback."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import pytest
+
+from modelyard.cli import main
+from modelyard.store import Store
+from worlds import fake_world
+
+
+@pytest.fixture
+def store(home: Path) -> Store:
+    home.mkdir(parents=True)
+    s = Store.open(f"sqlite:///{home / 'store.db'}")
+    fake_world(s, versions=3, template=None)
+    return s
+
+
+def run(capsys: pytest.CaptureFixture[str], line: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(shlex.split(line))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize(
+    ("option", "field"),
+    [("--min-requests 99999999999999999999999", "min requests"), ("--bake 800000d", "bake")],
+)
+def test_rollout_start_refuses_a_policy_out_of_range(
+    store: Store, capsys: pytest.CaptureFixture[str], option: str, field: str
+) -> None:
+    code, _, err = run(capsys, f"rollout start support --to bot:2 --steps 100 {option}")
+    assert code == 2, err
+    assert err.startswith("error: ") and field in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+    assert store.list_rollouts(endpoint="support") == []
