@@ -40,3 +40,34 @@ def test_rollout_start_refuses_a_policy_out_of_range(
     assert err.startswith("error: ") and field in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
     assert store.list_rollouts(endpoint="support") == []
+
+
+@pytest.mark.parametrize(
+    ("line", "option"),
+    [
+        ("servers list --stale-after inf", "--stale-after"),
+        ("servers list --all --stale-after 1e12", "--stale-after"),
+        ("controller --once --lease-ttl inf", "--lease-ttl"),
+        ("controller --once --lease-ttl 1e12", "--lease-ttl"),
+        ("controller --once --interval inf", "--interval"),
+    ],
+)
+def test_fleet_options_out_of_range_are_usage_errors(
+    store: Store, capsys: pytest.CaptureFixture[str], line: str, option: str
+) -> None:
+    code, _, err = run(capsys, line)
+    assert code == 2, err
+    assert option in err and "Traceback" not in err and "OverflowError" not in err
+
+
+@pytest.mark.parametrize("option", ["--stale-after-s inf", "--refresh-s inf"])
+def test_route_options_out_of_range_are_usage_errors(
+    store: Store, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, option: str
+) -> None:
+    import modelyard.routing
+
+    started: list[object] = []
+    monkeypatch.setattr(modelyard.routing, "run_router", lambda *a, **k: started.append(a))
+    code, _, err = run(capsys, f"route --port 0 {option}")
+    assert code == 2, err
+    assert option.split()[0] in err and not started

@@ -22,6 +22,8 @@ from modelyard.store import Rollout, RolloutPolicy
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)  # compare with no --since: every record
 
+MAX_STALE_S = 365 * 86400.0  # a heartbeat older than a year is gone whatever is asked
+
 rollout_app = typer.Typer(
     help="Progressive delivery: canary, A/B and blue-green rollouts with automatic rollback."
 )
@@ -356,7 +358,9 @@ def compare(
 @servers_app.command("list")
 def servers_list(
     all_: bool = typer.Option(False, "--all", help="Include servers whose heartbeat stopped."),
-    stale_after: float = typer.Option(15.0, min=0.1, help="Seconds without a heartbeat: gone."),
+    stale_after: float = typer.Option(
+        15.0, min=0.1, max=MAX_STALE_S, help="Seconds without a heartbeat: gone."
+    ),
     json_out: bool = JSON,
 ) -> None:
     """Servers, what they hold and what failed to load there."""
@@ -378,9 +382,9 @@ def servers_list(
 
 
 def controller(
-    interval: float = typer.Option(1.0, min=0.05, help="Seconds between ticks."),
+    interval: float = typer.Option(1.0, min=0.05, max=3600.0, help="Seconds between ticks."),
     lease_ttl: float = typer.Option(
-        10.0, min=0.5, help="Seconds the leadership lease lasts without renewal."
+        10.0, min=0.5, max=3600.0, help="Seconds the leadership lease lasts without renewal."
     ),
     once: bool = typer.Option(False, "--once", help="Run one tick and exit."),
 ) -> None:

@@ -17,10 +17,16 @@ def route(
         "rendezvous hashing, else the least loaded) or round-robin (no routing).",
     ),
     refresh_s: float = typer.Option(
-        1.0, min=0.05, help="How often to re-read heartbeats and traffic plans from the store."
+        1.0,
+        min=0.05,
+        max=3600.0,
+        help="How often to re-read heartbeats and traffic plans from the store.",
     ),
     stale_after_s: float = typer.Option(
-        10.0, min=0.1, help="A replica whose heartbeat is older than this gets no requests."
+        10.0,
+        min=0.1,
+        max=365 * 86400.0,
+        help="A replica whose heartbeat is older than this gets no requests.",
     ),
     max_imbalance: int = typer.Option(
         8,
