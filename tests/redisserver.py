@@ -35,10 +35,11 @@ class RedisServer:
         self.process: subprocess.Popen[bytes] | None = None
         self._clients: list[redis.Redis] = []
 
-    def start(self) -> None:
+    def start(self, *extra: str) -> None:
         self.process = subprocess.Popen(
             [
                 self.binary,
+                *extra,
                 "--port",
                 str(self.port),
                 "--bind",
@@ -108,3 +109,43 @@ def redis_server(workdir: Path) -> Iterator[RedisServer]:
             server.close_clients()
         finally:
             server.stop()
+
+
+@contextlib.contextmanager
+def redis_cluster(workdir: Path, nodes: int = 3) -> Iterator[str]:
+    """A Redis Cluster of ``nodes`` masters (the slots split among them, no replicas), on
+    free ports of 127.0.0.1; yields the URL of its first node, as a deployment names one."""
+    binary, cli = shutil.which("redis-server"), shutil.which("redis-cli")
+    if binary is None or cli is None:
+        reason = "redis-server or redis-cli is not installed (apt-get install redis-server)"
+        if IN_CI:
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
+    servers = []
+    try:
+        for i in range(nodes):
+            node_dir = workdir / f"cluster-{i}"
+            node_dir.mkdir()
+            server = RedisServer(binary, node_dir)
+            servers.append(server)
+            bus = str(_free_port())  # not port + 10000, which may be past 65535
+            server.start("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                         "--cluster-port", bus)  # fmt: skip
+        addresses = [f"127.0.0.1:{s.port}" for s in servers]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        for server in servers:  # every node agrees the cluster is whole
+            client = server.client()
+            while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+                assert time.monotonic() < deadline, "the Redis Cluster did not come up in 30 s"
+                time.sleep(0.1)
+        yield servers[0].url.removesuffix("/0")
+    finally:
+        for server in servers:
+            try:
+                server.close_clients()
+            finally:
+                server.stop()

@@ -26,7 +26,7 @@ from modelyard.serving import (
 )
 from modelyard.serving._shared_limits import SharedRateLimiter
 from modelyard.store import Store
-from redisserver import RedisServer, redis_server
+from redisserver import RedisServer, redis_cluster, redis_server
 from worlds import two_tenant_world
 
 
@@ -126,6 +126,34 @@ def test_tokens_a_request_did_not_use_come_back_to_the_shared_bucket(
     finally:
         one.close()
         two.close()
+
+
+def test_a_redis_cluster_shares_the_limits_as_one_server_does(store: Store, tmp_path: Path) -> None:
+    """Before: a plain client was told MOVED for most keys, and a key's two buckets were on
+    two nodes (a script that touches both is refused by Cluster): every such error read as
+    Redis being down, so the limits silently stopped being shared."""
+    from redis.cluster import key_slot
+
+    keys = [create_api_key(store, "acme", rpm_limit=3)[0] for _ in range(12)]
+    with redis_cluster(tmp_path) as url:
+        one, two = SharedRateLimiter(url, on_down="closed"), SharedRateLimiter(url)
+        try:
+            for key in keys:  # twelve keys: their buckets fall on all three nodes
+                admitted = 0
+                for replica in (one, two, one, two, one):
+                    try:
+                        replica.settle(replica.admit(key, 1), 1)
+                        admitted += 1
+                    except RateLimited:
+                        pass
+                assert admitted == 3, key.id
+            assert one.clustered and two.clustered and one.shared_up and two.shared_up
+        finally:
+            one.close()
+            two.close()
+    slots = {key_slot(f"modelyard:limits:{{{k.id}}}:{kind}".encode())
+             for k in keys[:1] for kind in ("requests", "tokens")}  # fmt: skip
+    assert len(slots) == 1  # one key's buckets: one slot, one node
 
 
 def test_while_redis_is_down_limits_fail_open_or_closed_as_told(

@@ -21,6 +21,11 @@ touch Redis.
 The early refusal (``over_requests``, on the event loop before a body is read)
 asks no one: it answers from what this replica last heard from Redis (a key
 refused until a moment is refused again until then).
+
+Redis Cluster works as a single server does: the client is chosen when Redis first
+answers (``INFO cluster``), and a key's two buckets share a hash tag
+(``modelyard:limits:{<key id>}:requests``), so the script that takes from both runs on
+the one node that holds them (Cluster refuses a script whose keys are on two nodes).
 """
 
 from __future__ import annotations
@@ -31,9 +36,10 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import redis
+from redis.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from modelyard.errors import LimitsUnavailable, RateLimited
@@ -105,10 +111,8 @@ class SharedRateLimiter:
         self.url, self.on_down, self.prefix = url, on_down, prefix
         self.local = RateLimiter(default_rpm=default_rpm, default_tpm=default_tpm)
         self.default_rpm, self.default_tpm = default_rpm, default_tpm
-        self._redis = redis.Redis.from_url(
-            url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S, retry=None
-        )
-        self._take = self._redis.register_script(_TAKE)
+        self._client: Any = None  # a redis.Redis, or a RedisCluster: found on first use
+        self._take: Any = None
         self._lock = threading.Lock()
         self._down_until = 0.0  # monotonic: Redis is not asked again before it
         self._up = True
@@ -225,7 +229,8 @@ class SharedRateLimiter:
     def _run(self, key_id: str, buckets: list[tuple[str, int, int, int]]) -> list[int] | None:
         """The script's waits, or None when Redis is down and the limits fail open
         (``LimitsUnavailable`` when they fail closed)."""
-        keys = [f"{self.prefix}{key_id}:{kind}" for kind, _, _, _ in buckets]
+        # {key_id}: a hash tag, so that Redis Cluster keeps a key's buckets on one node
+        keys = [f"{self.prefix}{{{key_id}}}:{kind}" for kind, _, _, _ in buckets]
         args: list[int] = []
         for _, cap, need, taken in buckets:
             args += [cap, need, taken]
@@ -240,7 +245,7 @@ class SharedRateLimiter:
             self._down(None)
             return None
         try:
-            result = action(self._redis)
+            result = action(self._connect())
         except RedisError as exc:
             self._down_until = time.monotonic() + RETRY_DOWN_S
             self._down(exc)
@@ -267,8 +272,41 @@ class SharedRateLimiter:
                 retry_after=max(1, math.ceil(RETRY_DOWN_S)),
             )
 
+    def _connect(self) -> Any:
+        """The client, made when Redis first answers: a cluster client when it runs Redis
+        Cluster (a plain client would be told MOVED for most keys), else a plain one."""
+        with self._lock:
+            if self._client is not None:
+                return self._client
+        plain = redis.Redis.from_url(
+            self.url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S, retry=None
+        )
+        try:
+            clustered = bool(plain.info("cluster").get("cluster_enabled"))
+        except RedisError:
+            plain.close()
+            raise
+        client: Any = plain
+        if clustered:
+            plain.close()
+            client = RedisCluster.from_url(
+                self.url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S
+            )
+        with self._lock:
+            if self._client is None:
+                self._client, self._take = client, client.register_script(_TAKE)
+                return client
+        client.close()  # another thread was first
+        return self._client
+
+    @property
+    def clustered(self) -> bool:
+        """Whether the shared store is a Redis Cluster (False until Redis first answered)."""
+        return isinstance(self._client, RedisCluster)
+
     def close(self) -> None:
-        self._redis.close()
+        if self._client is not None:
+            self._client.close()
 
 
 Limiter = RateLimiter | SharedRateLimiter
