@@ -13,6 +13,7 @@ few samples on either side (``min_samples``, default 30) give
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -71,12 +72,25 @@ class DriftConfig:
                     rules.setdefault(name, {})["method"] = value
                 else:
                     try:
-                        rules.setdefault(name, {})["threshold"] = float(value)
+                        number = float(value)
                     except ValueError:
+                        number = math.nan
+                    if not (math.isfinite(number) and number >= 0):
                         raise ConfigError(
-                            f"invalid --threshold {item!r}: {value!r} is not a number",
+                            f"invalid --threshold {item!r}: {value!r} is not a finite number "
+                            "of at least 0 (a p-value for ks and chisquare, e.g. 0.05; a "
+                            "distance for psi, jensenshannon and wasserstein, e.g. 0.1)",
                             field="threshold",
-                        ) from None
+                        )
+                    rules.setdefault(name, {})["threshold"] = number
+        for name, rule in rules.items():
+            method = METHODS.get(rule.get("method", ""))
+            if method is not None and method.direction == "below" and rule.get("threshold", 0) > 1:
+                raise ConfigError(
+                    f"invalid --threshold {name}={rule['threshold']:g}: {method.name} gives a "
+                    "p-value (0 to 1), so every run would say drift; use one below 1, e.g. 0.05",
+                    field="threshold",
+                )
         if min_samples < 2:
             raise ConfigError("min_samples must be at least 2", field="min_samples")
         return cls({k: FeatureRule(**v) for k, v in rules.items()}, min_samples)
