@@ -71,3 +71,49 @@ def test_route_options_out_of_range_are_usage_errors(
     code, _, err = run(capsys, f"route --port 0 {option}")
     assert code == 2, err
     assert option.split()[0] in err and not started
+
+
+def test_one_broken_rollout_does_not_stop_the_controller_nor_status(
+    store: Store, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelyard.delivery import Controller, step_view
+
+    store.create_endpoint("helpdesk", model_ref="bot:1", tenant="acme")
+    store.create_rollout("helpdesk", target=2, steps=(100,), bake_s=0.0, min_requests=0,
+                         guards=("error_rate <= 0.02",))  # fmt: skip
+    # a bake of millennia, as a store written before bakes were bounded may hold; the
+    # newest, so the tick meets it first
+    huge = store.create_rollout("support", target=2, steps=(100,), bake_s=800000 * 86400.0,
+                                min_requests=0, guards=("error_rate <= 0.02",))  # fmt: skip
+    ctl = Controller(store)
+    ctl.tick()  # both prepared (no servers to wait for)
+    ctl.tick()  # helpdesk ends; support bakes on
+    assert store.latest_rollout("helpdesk").status == "succeeded"
+    r = store.get_rollout(huge.id)
+    assert (r.status, r.phase) == ("running", "baking")
+    assert step_view(store, r).elapsed_s >= 0  # rollout status reads it
+    code, _, err = run(capsys, "rollout status support")
+    assert code == 0, err
+
+
+def test_a_bug_in_one_rollout_is_logged_and_the_others_move(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelyard.delivery import Controller
+
+    store.create_endpoint("helpdesk", model_ref="bot:1", tenant="acme")
+    for name in ("helpdesk", "support"):  # support newest: the tick meets it first
+        store.create_rollout(name, target=2, steps=(100,), bake_s=0.0, min_requests=0,
+                             guards=("error_rate <= 0.02",))  # fmt: skip
+    ctl = Controller(store)
+    real = ctl._advance
+
+    def advance(r):  # type: ignore[no-untyped-def]
+        if r.endpoint == "support":
+            raise KeyError("a bug")
+        return real(r)
+
+    monkeypatch.setattr(ctl, "_advance", advance)
+    ctl.tick()
+    ctl.tick()
+    assert store.latest_rollout("helpdesk").status == "succeeded"

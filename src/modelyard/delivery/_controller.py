@@ -32,7 +32,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from modelyard.delivery._alerting import resolve_rollback_alert, rollback_alert
@@ -45,6 +45,7 @@ from modelyard.store import Rollout, Store, Transition, step_plan, utcnow
 log = logging.getLogger(__name__)
 
 LEASE = "controller"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,10 @@ def step_view(store: Store, r: Rollout, *, alpha: float = 0.05) -> StepView:
 def step_window(store: Store, r: Rollout) -> StepWindow:
     """The records a step's guards read: the target's since the step started, the baseline
     versions' since an hour (or one bake time) before the rollout started."""
-    before = r.created_at - timedelta(seconds=max(r.bake_s, BASELINE_LOOKBACK_S))
+    try:
+        before = r.created_at - timedelta(seconds=max(r.bake_s, BASELINE_LOOKBACK_S))
+    except OverflowError:  # a bake of millennia (stored before bakes were bounded): all of it
+        before = EPOCH
     return StepWindow(
         r.endpoint, r.step_started_at or r.created_at, (r.target_version_id,),
         before, tuple(_baseline_ids(store, r)),
@@ -177,6 +181,9 @@ class Controller:
                 after = self._advance(rollout)
             except ModelyardError as exc:  # one bad rollout must not stop the others
                 log.warning("rollout %s on %s: %s", rollout.id, rollout.endpoint, exc.one_line())
+                continue
+            except Exception:  # nor a bug it meets: logged, and the others still move
+                log.exception("rollout %s on %s: the tick failed", rollout.id, rollout.endpoint)
                 continue
             if after is not None:
                 changed.append(after)
