@@ -45,3 +45,30 @@ def test_a_head_that_matches_still_passes_for_a_non_admin(home: Path) -> None:
     head = modelyard("audit", "head", home=home).out.strip()
     ok = modelyard("--actor", "dev", "audit", "verify", "--head", head, home=home)
     assert ok.code == 0 and f"matches head {head}" in ok.out, ok.err
+
+
+# -- names shown by tokens and actors -------------------------------------------------------
+
+
+def test_a_token_for_an_actor_named_like_markup_is_shown_once_and_listed(home: Path) -> None:
+    """Rich read '[/y]' in a name as a closing tag: the token was created, then the command
+    failed before printing it (its secret lost), and every later `tokens list` failed."""
+    created = modelyard("tokens", "create", "--for", "[/y]", "--name", "[/]", home=home)
+    assert created.code == 0, created.err
+    assert "for actor [/y]" in created.out and "myp_" in created.out
+    listed = modelyard("tokens", "list", "--all", home=home)
+    assert listed.code == 0, listed.err
+    assert "[/y]" in listed.out and "[/]" in listed.out
+    token_id = created.out.split("created token ")[1].split()[0]
+    revoked = modelyard("tokens", "revoke", token_id, home=home)
+    assert revoked.code == 0 and "of actor [/y]" in revoked.out, revoked.err
+
+
+def test_an_actor_named_like_markup_is_added_and_listed_as_typed(home: Path) -> None:
+    added = modelyard("actors", "add", "[/x]", "--role", "viewer", home=home)
+    assert added.code == 0 and "[/x] has role viewer" in added.out, added.err
+    shown = modelyard("actors", "add", "[red]eve", "--role", "viewer", home=home)
+    assert shown.code == 0 and "[red]eve has role viewer" in shown.out, shown.err
+    listed = modelyard("actors", "list", home=home)
+    assert listed.code == 0, listed.err
+    assert "[/x]" in listed.out and "[red]eve" in listed.out

@@ -351,7 +351,7 @@ def actors_add(
     if json_out:
         print_json(actor)
     else:
-        console.print(f"[green]{actor.name}[/] has role {actor.role}")
+        console.print(f"[green]{escape(actor.name)}[/] has role {actor.role}", highlight=False)
 
 
 @actors_app.command("list")
@@ -372,11 +372,11 @@ def actors_list(json_out: bool = JSON) -> None:
         return
     table = Table("actor", "role", "since")
     for a in actors:
-        table.add_row(a.name, a.role, f"{a.updated_at:%Y-%m-%d %H:%M}")
+        table.add_row(escape(a.name), a.role, f"{a.updated_at:%Y-%m-%d %H:%M}")
     console.print(table)
     console.print(f"Actors not listed have role {s.default_role}.")
     if bootstrap:
         console.print(
-            f"No admin is recorded: the OS user {os_user()!r} acts as admin until one is "
-            "(`modelyard actors add NAME --role admin`)."
+            f"No admin is recorded: the OS user {escape(repr(os_user()))} acts as admin until "
+            "one is (`modelyard actors add NAME --role admin`)."
         )

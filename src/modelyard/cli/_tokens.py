@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from modelyard.access import create_actor_token, parse_duration, parse_token_scopes
@@ -52,7 +53,7 @@ def tokens_create(
         return
     until = f"{token.expires_at:%Y-%m-%d %H:%M} UTC" if token.expires_at else "never"
     console.print(
-        f"[green]created token[/] {token.id} for actor {token.actor} "
+        f"[green]created token[/] {escape(token.id)} for actor {escape(token.actor)} "
         f"(scopes {','.join(token.scopes)}, expires {until}); store it now:"
     )
     print(secret)
@@ -75,14 +76,14 @@ def tokens_list(
         print_json([_public(t) for t in tokens])
         return
     table = Table("id", "actor", "name", "scopes", "created", "by", "expires", "revoked")
-    for t in tokens:
+    for t in tokens:  # names are anyone's text: shown as typed, never read as markup
         table.add_row(
-            t.id,
-            t.actor,
-            t.name or "-",
+            escape(t.id),
+            escape(t.actor),
+            escape(t.name) or "-",
             ",".join(t.scopes),
             f"{t.created_at:%Y-%m-%d %H:%M}",
-            t.created_by,
+            escape(t.created_by),
             f"{t.expires_at:%Y-%m-%d %H:%M}" if t.expires_at else "never",
             f"{t.revoked_at:%Y-%m-%d %H:%M}" if t.revoked_at else "-",
         )
@@ -96,4 +97,4 @@ def tokens_revoke(
     """Revoke a token: the next request with it is refused (401)."""
     with open_store() as store:
         token = store.revoke_actor_token(token_id)
-    console.print(f"[green]revoked token[/] {token.id} of actor {token.actor}")
+    console.print(f"[green]revoked token[/] {escape(token.id)} of actor {escape(token.actor)}")
