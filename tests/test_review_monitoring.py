@@ -63,3 +63,16 @@ def test_the_ks_p_value_is_scipy_s(n: int, m: int, shift: float) -> None:
     a, b = rng.normal(0, 1, n), rng.normal(shift, 1, m)
     got = ks_pvalue(Pair(SortedValues.of(a), SortedValues.of(b)))
     assert got == pytest.approx(stats.ks_2samp(a, b).pvalue, rel=1e-9, abs=1e-300)
+
+
+@pytest.mark.parametrize("where", ["dir", "under-a-file"])
+def test_export_to_a_directory_or_under_a_file_is_one_line_and_exit_2(
+    home: Path, tmp_path: Path, where: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "afile").write_text("keep")
+    out = tmp_path if where == "dir" else tmp_path / "afile" / "records.jsonl"
+    code = main(["monitor", "export", "--format", "jsonl", "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "--out" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert (tmp_path / "afile").read_text() == "keep"
