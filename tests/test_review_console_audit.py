@@ -72,3 +72,14 @@ def test_an_actor_named_like_markup_is_added_and_listed_as_typed(home: Path) -> 
     listed = modelyard("actors", "list", home=home)
     assert listed.code == 0, listed.err
     assert "[/x]" in listed.out and "[red]eve" in listed.out
+
+
+# -- audit export ---------------------------------------------------------------------------
+
+
+def test_export_to_a_place_that_cannot_be_written_is_a_usage_error(home: Path) -> None:
+    """/proc exists but takes no new file: the temporary file's OSError was a traceback."""
+    refused = modelyard("audit", "export", "--out", "/proc/audit.csv", home=home)
+    assert refused.code == 2
+    line = _one_error_line(refused.err)
+    assert "--out /proc/audit.csv" in line and "nothing was written" in line

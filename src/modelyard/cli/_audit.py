@@ -263,15 +263,29 @@ def audit_export(
         if target is None:
             write_events(events, chosen, sys.stdout)
             return
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        try:
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+        except OSError as exc:
+            raise _cannot_write(out, exc) from None
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
                 count = write_events(events, chosen, fh)
             Path(tmp).replace(target)
+        except OSError as exc:  # a full disk, a file system that refuses the rename
+            Path(tmp).unlink(missing_ok=True)
+            raise _cannot_write(out, exc) from None
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
     console.print(f"[green]exported[/] {count} events to {target}")
+
+
+def _cannot_write(out: Path, exc: OSError) -> ConfigError:
+    return ConfigError(
+        f"cannot write --out {out}: {exc.strerror or exc}; nothing was written",
+        hint="Choose another --out, in a directory you can write to.",
+        field="--out",
+    )
 
 
 @app.command("prove")
