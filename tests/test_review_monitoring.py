@@ -10,7 +10,7 @@ from scipy import stats
 
 from modelyard.cli import main
 from modelyard.errors import ConfigError
-from modelyard.monitoring import DriftConfig
+from modelyard.monitoring import AlertRules, DriftConfig
 from modelyard.monitoring._stats import Pair, SortedValues, ks_pvalue
 from worlds import fake_world, home_store
 
@@ -76,3 +76,10 @@ def test_export_to_a_directory_or_under_a_file_is_one_line_and_exit_2(
     assert code == 2, err
     assert "--out" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert (tmp_path / "afile").read_text() == "keep"
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_an_alert_rule_threshold_that_is_not_finite_is_refused_when_loaded(value: float) -> None:
+    """nan compares false with everything: the rule loaded and could never fire."""
+    with pytest.raises(ConfigError, match="threshold"):
+        AlertRules.parse({"rules": [{"name": "x", "metric": "error_rate", "threshold": value}]})

@@ -124,7 +124,7 @@ class Rule(_Section):
     metric: str
     window: str = "5m"
     comparison: Literal[">", ">=", "<", "<=", "==", "!="] = ">"
-    threshold: float
+    threshold: float = Field(allow_inf_nan=False)  # nan never compares: a rule never firing
     for_: str = Field(default="0s", alias="for")
     severity: Literal["info", "warning", "critical"] = "warning"
     labels: dict[str, str] = Field(default_factory=dict)
