@@ -117,3 +117,17 @@ def test_a_bug_in_one_rollout_is_logged_and_the_others_move(
     ctl.tick()
     ctl.tick()
     assert store.latest_rollout("helpdesk").status == "succeeded"
+
+
+def test_controller_once_gives_the_lease_back(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from modelyard.delivery import LEASE
+
+    run(capsys, "rollout start support --to bot:2 --steps 100 --bake 0s --min-requests 0")
+    code, out, err = run(capsys, "controller --once")
+    assert code == 0 and "baking" in out, err
+    assert store.lease_holder(LEASE) is None  # a serving controller may act at once
+    code, out, err = run(capsys, "controller --once")  # and so may the next --once
+    assert code == 0 and "succeeded" in out and "holds the lease" not in err, err
+    assert store.latest_rollout("support").status == "succeeded"

@@ -407,6 +407,8 @@ def controller(
                     f"another controller ({held[0]}) holds the lease until "
                     f"{held[1]:%H:%M:%S} UTC and moves the rollouts; this tick did nothing"
                 )
+            else:  # its one tick is done: the next controller (or --once) need not wait
+                store.release_lease(LEASE, ctl.holder)
             return
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
