@@ -266,14 +266,14 @@ def audit_export(
         try:
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
         except OSError as exc:
-            raise _cannot_write(out, exc) from None
+            raise _cannot_write(target, exc) from None
         try:
             with os.fdopen(fd, "w", encoding="utf-8", newline="") as fh:
                 count = write_events(events, chosen, fh)
             Path(tmp).replace(target)
         except OSError as exc:  # a full disk, a file system that refuses the rename
             Path(tmp).unlink(missing_ok=True)
-            raise _cannot_write(out, exc) from None
+            raise _cannot_write(target, exc) from None
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
