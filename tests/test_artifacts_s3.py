@@ -326,6 +326,43 @@ def test_an_unreadable_bucket_is_one_clear_error(s3_url: str, tmp_path: Path) ->
     assert "bucket" in caught.value.hint
 
 
+def test_an_endpoint_that_is_not_s3_is_not_taken_for_a_missing_artifact(
+    s3_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A wrong AWS_ENDPOINT_URL (a web server answering 404 to everything) read as "no
+    such artifact": a HEAD's 404 has no body, as S3's own answer for a missing key has
+    none. The bucket is asked once to tell them apart."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:
+            self.send_response(404)
+            self.end_headers()
+
+        do_GET = do_HEAD  # noqa: N815  (http.server's name)
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    moto = os.environ["AWS_ENDPOINT_URL"]
+    web = ThreadingHTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{web.server_address[1]}")
+        store = open_artifact_store(s3_url, cache_dir=tmp_path / "c")
+        with pytest.raises(ArtifactError, match="is not an S3 service") as caught:
+            store.get("c" * 64)
+        assert not isinstance(caught.value, ArtifactNotFound)
+        assert "AWS_ENDPOINT_URL" in caught.value.hint
+    finally:
+        web.shutdown()
+        web.server_close()
+        monkeypatch.setenv("AWS_ENDPOINT_URL", moto)
+    real = open_artifact_store(s3_url, cache_dir=tmp_path / "real")  # S3 itself: not found
+    with pytest.raises(ArtifactNotFound):
+        real.get("c" * 64)
+
+
 def test_doctor_reports_unreferenced_blobs_in_the_bucket(
     s3_url: str, adapter: Path, tmp_path: Path
 ) -> None:

@@ -28,6 +28,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from modelyard.errors import ArtifactError
 
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload"})
+_BARE_NOT_FOUND = frozenset({"404", "NotFound"})  # no S3 error body: maybe not S3 at all
 _EXISTS = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
 _CONDITIONAL_OPS = ("PutObject", "CompleteMultipartUpload")
 MIB = 1 << 20
@@ -106,6 +107,7 @@ class S3Api:
         self.url = url
         self.client = client
         self._transfer = transfer
+        self._bucket_seen = False  # a bare 404 is a missing key once the bucket answered
         for op in _CONDITIONAL_OPS:
             client.meta.events.register(
                 f"before-parameter-build.s3.{op}", _put_if_absent, unique_id=f"modelyard-{op}"
@@ -174,12 +176,15 @@ class S3Api:
 
     def check_bucket(self) -> None:
         try:
-            with self._errors(f"reach the bucket {self.url.bucket}", missing_ok=True):
+            with self._errors(
+                f"reach the bucket {self.url.bucket}", missing_ok=True, of_bucket=True
+            ):
                 self.client.head_bucket(Bucket=self.url.bucket)
         except _Missing:
             raise ArtifactError(
-                f"cannot reach the bucket {self.url.bucket}: NoSuchBucket",
-                hint=_hint("NoSuchBucket"),
+                f"cannot reach the bucket {self.url.bucket}: NoSuchBucket (or "
+                f"{self.client.meta.endpoint_url} is not an S3 service)",
+                hint=_hint("NoSuchBucket") + " Check AWS_ENDPOINT_URL too.",
             ) from None
 
     # -- writes -----------------------------------------------------------------------
@@ -236,7 +241,9 @@ class S3Api:
             yield manager
 
     @contextlib.contextmanager
-    def _errors(self, doing: str, *, missing_ok: bool = False) -> Iterator[None]:
+    def _errors(
+        self, doing: str, *, missing_ok: bool = False, of_bucket: bool = False
+    ) -> Iterator[None]:
         """Translate boto errors, once, at this border (``from exc``); a missing object is
         ``_Missing`` where the caller says what that means (``missing_ok``)."""
         try:
@@ -245,6 +252,11 @@ class S3Api:
             error = exc.response.get("Error", {})
             code = str(error.get("Code", ""))
             if missing_ok and code in _NOT_FOUND:
+                if code in _BARE_NOT_FOUND and not (of_bucket or self._bucket_seen):
+                    # A HEAD's 404 has no body: S3's word for a missing key, and any web
+                    # server's for a wrong AWS_ENDPOINT_URL. The bucket tells them apart.
+                    self.check_bucket()
+                    self._bucket_seen = True
                 raise _Missing from exc
             if code in _EXISTS:
                 raise KeyExists from exc
