@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +11,9 @@ from scipy import stats
 
 from modelyard.cli import main
 from modelyard.errors import ConfigError
-from modelyard.monitoring import AlertRules, DriftConfig
+from modelyard.monitoring import AlertRules, DriftConfig, evaluate_rules
 from modelyard.monitoring._stats import Pair, SortedValues, ks_pvalue
+from modelyard.store import Store
 from worlds import fake_world, home_store
 
 
@@ -83,3 +85,20 @@ def test_an_alert_rule_threshold_that_is_not_finite_is_refused_when_loaded(value
     """nan compares false with everything: the rule loaded and could never fire."""
     with pytest.raises(ConfigError, match="threshold"):
         AlertRules.parse({"rules": [{"name": "x", "metric": "error_rate", "threshold": value}]})
+
+
+def test_a_rule_summary_with_a_number_format_and_no_data_does_not_stop_the_evaluation(
+    store: Store,
+) -> None:
+    """``{value:.2f}`` with no data (value None) raised a TypeError out of evaluate_rules."""
+    fake_world(store, model="acme-bot", endpoint="acme-support")
+    rules = AlertRules.parse({"rules": [
+        {"name": "slow", "metric": "p95_latency_ms", "threshold": 1, "summary": "p95 {value:.2f}"},
+        {"name": "quiet", "metric": "requests", "comparison": "<", "threshold": 1,
+         "summary": "only {value:.0f} requests on {endpoint}"},
+    ]})  # fmt: skip
+    evaluate_rules(store, rules, datetime.now(UTC))
+    states = {a.rule: a for a in store.list_alert_states()}
+    assert states["slow"].summary == "p95 {value:.2f}" and states["slow"].state == "inactive"
+    assert states["quiet"].summary == "only 0 requests on acme-support"
+    assert states["quiet"].state == "firing"

@@ -439,8 +439,8 @@ def _summary(rule: Rule, labels: Mapping[str, str], value: float | None) -> str:
     if rule.summary:
         try:
             return rule.summary.format(value=value, threshold=rule.threshold, **labels)
-        except (KeyError, IndexError, ValueError):
-            return rule.summary
+        except (KeyError, IndexError, ValueError, TypeError, AttributeError):
+            return rule.summary  # e.g. {value:.2f} with no data: the template as written
     shown = "no data" if value is None else f"{value:.4g}"
     where = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
     condition = f"{rule.comparison} {rule.threshold:g}"
