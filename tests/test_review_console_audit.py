@@ -83,3 +83,14 @@ def test_export_to_a_place_that_cannot_be_written_is_a_usage_error(home: Path) -
     assert refused.code == 2
     line = _one_error_line(refused.err)
     assert "--out /proc/audit.csv" in line and "nothing was written" in line
+
+
+# -- audit log ------------------------------------------------------------------------------
+
+
+def test_a_limit_beyond_a_database_integer_is_a_usage_error(home: Path) -> None:
+    """SQLite's OverflowError came back as a traceback."""
+    huge = modelyard("audit", "log", "--limit", "9" * 23, home=home)
+    assert huge.code == 2 and "Traceback" not in huge.err, huge.err
+    assert "--limit" in huge.err
+    assert modelyard("audit", "log", "--limit", str(2**63 - 1), home=home).code == 0

@@ -52,6 +52,8 @@ SINCE = typer.Option(
     "offset is given) or a duration back from now such as 12h or 7d.",
 )
 
+MAX_SEQ = 2**63 - 1  # what a database integer holds
+
 app = typer.Typer(help="The tamper-evident audit chain: who changed what, and when.")
 actors_app = typer.Typer(help="Actors and their roles: viewer < developer < approver < admin.")
 
@@ -66,7 +68,9 @@ def audit_log(
         None, "--subject", help="Only this subject, e.g. support@champion; 'support*' for a prefix."
     ),
     by: str | None = typer.Option(None, "--by", help="Only events of this actor."),
-    limit: int = typer.Option(50, "--limit", min=1, help="At most N events, newest first."),
+    limit: int = typer.Option(
+        50, "--limit", min=1, max=MAX_SEQ, help="At most N events, newest first."
+    ),
     json_out: bool = JSON,
 ) -> None:
     """Show audit events, newest first.
