@@ -102,3 +102,21 @@ def test_a_rule_summary_with_a_number_format_and_no_data_does_not_stop_the_evalu
     assert states["slow"].summary == "p95 {value:.2f}" and states["slow"].state == "inactive"
     assert states["quiet"].summary == "only 0 requests on acme-support"
     assert states["quiet"].state == "firing"
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("timeout_s", 1e9),
+        ("timeout_s", float("inf")),
+        ("backoff_s", 1e9),
+        ("backoff_s", float("nan")),
+    ],
+)
+def test_a_webhook_timeout_or_backoff_that_would_hold_the_tick_for_days_is_refused(
+    key: str, value: float
+) -> None:
+    """The tick waits for every delivery: backoff_s 1e9 slept 31 years after a failure."""
+    hook = {"url": "http://127.0.0.1:9/hook", key: value}
+    with pytest.raises(ConfigError, match=key):
+        AlertRules.parse({"notify": {"webhook": hook}, "rules": []})

@@ -84,9 +84,10 @@ class _Section(BaseModel):
 
 class WebhookConfig(_Section):
     url: str = Field(description="where alerts are POSTed as JSON")
-    timeout_s: float = Field(default=5.0, gt=0)
+    # bounded: the tick waits for each delivery, its tries and their backoff (doubling)
+    timeout_s: float = Field(default=5.0, gt=0, le=60, allow_inf_nan=False)
     retries: int = Field(default=3, ge=0, le=10)
-    backoff_s: float = Field(default=0.5, ge=0)
+    backoff_s: float = Field(default=0.5, ge=0, le=10, allow_inf_nan=False)
 
     @field_validator("url")
     @classmethod
