@@ -131,3 +131,34 @@ def test_controller_once_gives_the_lease_back(
     code, out, err = run(capsys, "controller --once")  # and so may the next --once
     assert code == 0 and "succeeded" in out and "holds the lease" not in err, err
     assert store.latest_rollout("support").status == "succeeded"
+
+
+def _waiting_server(store: Store) -> None:
+    """A live server that has not prepared any rollout target yet."""
+    from modelyard.store import utcnow
+
+    store.heartbeat_server(
+        "srv-1", address="http://127.0.0.1:1", hostname="h", pid=1, engine="echo",
+        modelyard_version="0", started_at=utcnow(), ready=True, draining=False,
+        state={"prepared": {}},
+    )  # fmt: skip
+
+
+def test_a_resumed_rollout_gets_the_whole_prepare_time_again(store: Store) -> None:
+    import time
+
+    from modelyard.delivery import Controller, pause_rollout, resume_rollout, start_rollout
+
+    start_rollout(store, "support", "bot:2", steps="100", bake_s=0, min_requests=0)
+    pause_rollout(store, "support")
+    time.sleep(1.2)  # paused longer than the time to prepare
+    resume_rollout(store, "support")
+    _waiting_server(store)
+    ctl = Controller(store, prepare_timeout_s=1.0)
+    assert ctl.tick() == []  # still preparing: the server has its second to load it
+    r = store.latest_rollout("support")
+    assert (r.status, r.phase) == ("running", "preparing")
+    time.sleep(1.2)
+    _waiting_server(store)
+    (after,) = ctl.tick()  # and then the timeout applies
+    assert after.status == "rolled_back" and "within 1 s" in (after.reason or "")

@@ -245,8 +245,9 @@ class Controller:
                 r, {"kind": "load_failure", "servers": failed,
                     "message": f"{r.target_ref} failed to load on {len(failed)} server(s)"},
             )  # fmt: skip
-        if waiting:
-            age = (utcnow() - r.created_at).total_seconds()
+        if waiting:  # the time to prepare runs from the start, or from a resume after a pause
+            since = max([r.created_at, *(e.time for e in r.events if e.kind == "resumed")])
+            age = (utcnow() - since).total_seconds()
             if age > self.prepare_timeout_s:
                 return self._roll_back(
                     r, {"kind": "prepare_timeout", "servers": waiting,
