@@ -316,12 +316,11 @@ def test_requests_beyond_the_queue_are_refused_at_once(fake_vllm: str, served: S
         engine.close()
 
 
-def test_adapter_cache_events_are_counted_on_the_vllm_engine(
+def _two_adapters(
     fake_vllm: str, served: Served, tmp_path: Path
-) -> None:
-    """``modelyard_adapter_cache_hits_total`` and the other adapter counters (the hit rate
-    docs/serving.md computes) count the adapters registered with vLLM; before, they stayed
-    absent on the vllm engine."""
+) -> tuple[VLLMEngine, ModelVersion, ModelVersion]:
+    """Two adapter versions on ``served``'s base, and an engine that registers one at a
+    time with the fake vLLM (``max_adapters=1``)."""
     store, artifacts = served.engine.store, served.engine.artifacts
     assert store is not None
     adapter = tmp_path / "adapter"
@@ -336,6 +335,16 @@ def test_adapter_cache_events_are_counted_on_the_vllm_engine(
     )  # fmt: skip
     engine = VLLMEngine(artifacts, VLLMOptions(python=fake_vllm), store=store, max_adapters=1,
                         log_dir=tmp_path / "logs")  # fmt: skip
+    return engine, a, b
+
+
+def test_adapter_cache_events_are_counted_on_the_vllm_engine(
+    fake_vllm: str, served: Served, tmp_path: Path
+) -> None:
+    """``modelyard_adapter_cache_hits_total`` and the other adapter counters (the hit rate
+    docs/serving.md computes) count the adapters registered with vLLM; before, they stayed
+    absent on the vllm engine."""
+    engine, a, b = _two_adapters(fake_vllm, served, tmp_path)
     seen: list[tuple[str, str]] = []
 
     class Observer:
@@ -368,20 +377,7 @@ def test_an_adapter_in_use_is_not_unloaded_under_its_request(
     """Before: a request registered its adapter, and another request's load evicted and
     unloaded it before the first reached vLLM, which then answered 404 (a 502 to the client).
     An adapter in use now stays registered until its requests end, then is evicted."""
-    store, artifacts = served.engine.store, served.engine.artifacts
-    assert store is not None
-    adapter = tmp_path / "adapter"
-    adapter.mkdir()
-    (adapter / "adapter_config.json").write_text("{}")
-    digest = artifacts.put_dir(adapter, kind="adapter").digest
-    a, b = (
-        store.create_model_version("bot", kind="adapter", artifact_digest=digest,
-                                   base_model="fake", run_id=None,
-                                   lineage={"prompt_template": "text"}, metrics={})
-        for _ in range(2)
-    )  # fmt: skip
-    engine = VLLMEngine(artifacts, VLLMOptions(python=fake_vllm), store=store, max_adapters=1,
-                        log_dir=tmp_path / "logs")  # fmt: skip
+    engine, a, b = _two_adapters(fake_vllm, served, tmp_path)
     registered, go_on = threading.Event(), threading.Event()
     real_model_name = engine._model_name
 
