@@ -4,11 +4,22 @@ user's mistake never changes what the store accepts."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from starlette.testclient import TestClient
 
 from clihelp import modelyard
+from modelyard.access import PeopleAuthenticator, create_actor_token
+from modelyard.admin import ADMIN_PREFIX, create_admin_app
+from modelyard.audit import AccessPolicy
+from modelyard.console import CONSOLE_PREFIX, ConsoleSessions, create_console_app
+from modelyard.store import Store
 
 
 def _one_error_line(err: str) -> str:
@@ -94,3 +105,61 @@ def test_a_limit_beyond_a_database_integer_is_a_usage_error(home: Path) -> None:
     assert huge.code == 2 and "Traceback" not in huge.err, huge.err
     assert "--limit" in huge.err
     assert modelyard("audit", "log", "--limit", str(2**63 - 1), home=home).code == 0
+
+
+# -- the console over HTTP ------------------------------------------------------------------
+
+KEY = "review-console-key-review-console-key"
+
+
+@dataclass
+class Console:
+    client: TestClient
+    app: Any
+    store: Store
+    sessions: ConsoleSessions
+    tokens: dict[str, str]
+
+    def fresh(self) -> TestClient:
+        return TestClient(self.app, raise_server_exceptions=False)
+
+    def login(self, who: str, client: TestClient | None = None) -> TestClient:
+        client = client or self.client
+        csrf = client.get(f"{CONSOLE_PREFIX}/api/login").json()["csrf_token"]
+        r = client.post(f"{CONSOLE_PREFIX}/api/login", json={"token": self.tokens[who]},
+                        headers={"X-CSRF-Token": csrf})  # fmt: skip
+        assert r.status_code == 200, r.text
+        return client
+
+
+@pytest.fixture
+def console(tmp_path: Path) -> Iterator[Console]:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    policy = AccessPolicy(bootstrap_admin="ops")
+    with Store.open(url, actor="ops", audit_key=KEY, policy=policy) as ops:
+        ops.add_actor("ops", "admin")
+        ops.add_actor("viv", "viewer")
+        tokens = {name: create_actor_token(ops, name)[1] for name in ("ops", "viv")}
+        people = PeopleAuthenticator(ops)
+        sessions = ConsoleSessions(people)
+        app = Starlette(routes=[
+            Mount(ADMIN_PREFIX, app=create_admin_app(ops, people, sessions)),
+            Mount(CONSOLE_PREFIX, app=create_console_app(ops, sessions)),
+        ])  # fmt: skip
+        with TestClient(app, raise_server_exceptions=False) as client:
+            yield Console(client, app, ops, sessions, tokens)
+
+
+def _login_csrf(client: TestClient) -> str:
+    return str(client.get(f"{CONSOLE_PREFIX}/api/login").json()["csrf_token"])
+
+
+def test_a_login_body_nested_past_the_parser_is_a_400_not_a_500(console: Console) -> None:
+    csrf = _login_csrf(console.client)
+    r = console.client.post(
+        f"{CONSOLE_PREFIX}/api/login",
+        content=b"[" * 100_000,
+        headers={"content-type": "application/json", "X-CSRF-Token": csrf},
+    )
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "body"

@@ -193,7 +193,7 @@ def create_console_app(
         limiter.check(address)
         try:
             body = json.loads(await request.body())
-        except ValueError:
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             body = None
         if not isinstance(body, dict):
             raise ConfigError('a login is a JSON object {"token": ...}', field="body")
