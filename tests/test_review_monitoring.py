@@ -120,3 +120,21 @@ def test_a_webhook_timeout_or_backoff_that_would_hold_the_tick_for_days_is_refus
     hook = {"url": "http://127.0.0.1:9/hook", key: value}
     with pytest.raises(ConfigError, match=key):
         AlertRules.parse({"notify": {"webhook": hook}, "rules": []})
+
+
+@pytest.mark.parametrize(
+    ("reference", "why"),
+    [
+        ("baseline:2999-01-01/2999-01-02", "future"),
+        ("baseline:1900-01-01/1900-01-02", "before 1970"),
+        ("baseline:2026-12-01T06:00/2026-12-01T00:00", "before its end"),
+    ],
+)
+def test_a_baseline_no_record_can_be_in_is_one_line_and_exit_2(
+    home: Path, reference: str, why: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A baseline in 2999 or in 1900 said 'not enough data' for every feature, exit 0."""
+    code = main(["monitor", "drift", "--endpoint", "acme-support", "--reference", reference])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "--reference" in err and why in err and len(err.strip().splitlines()) == 1

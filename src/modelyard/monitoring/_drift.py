@@ -313,12 +313,20 @@ def parse_reference(text: str, window_start: datetime) -> tuple[datetime, dateti
         if start is not None and end is not None:
             start = start if start.tzinfo else start.replace(tzinfo=UTC)
             end = end if end.tzinfo else end.replace(tzinfo=UTC)
-            if start < end:
-                return start, end
-            raise ConfigError(
-                f"invalid --reference {text!r}: the baseline's start must be before its end",
-                field="reference",
+            clock = datetime.now(UTC)
+            why = (
+                "the baseline's start must be before its end"
+                if start >= end
+                else f"the baseline starts in the future (it is {clock:%Y-%m-%d %H:%M} UTC): "
+                "no records are there yet; give a past window"
+                if start > clock + CLOCK_SKEW
+                else "the baseline ends before 1970: no records are that old"
+                if end <= datetime(1970, 1, 1, tzinfo=UTC)
+                else None
             )
+            if why is None:
+                return start, end
+            raise ConfigError(f"invalid --reference {text!r}: {why}", field="reference")
     raise ConfigError(
         f"invalid --reference {text!r}: use eval, previous:DURATION (e.g. previous:24h) "
         "or baseline:START/END with ISO times (e.g. baseline:2026-12-01T00:00/2026-12-01T06:00)",
