@@ -162,3 +162,31 @@ def test_a_resumed_rollout_gets_the_whole_prepare_time_again(store: Store) -> No
     _waiting_server(store)
     (after,) = ctl.tick()  # and then the timeout applies
     assert after.status == "rolled_back" and "within 1 s" in (after.reason or "")
+
+
+def test_a_failing_extra_task_does_not_stop_the_controller(store: Store) -> None:
+    import threading
+
+    from modelyard.delivery import Controller, start_rollout
+
+    calls: list[int] = []
+
+    def broken(_: Store) -> None:  # e.g. a bug in the monitoring tick
+        calls.append(1)
+        raise RuntimeError("a bug")
+
+    start_rollout(store, "support", "bot:2", steps="100", bake_s=0, min_requests=0)
+    ctl = Controller(store, extra_ticks=[broken], extra_every_s=0.0)
+    stop = threading.Event()
+    runner = threading.Thread(target=ctl.run, args=(stop, 0.05))
+    runner.start()
+    try:
+        for _ in range(200):
+            if store.latest_rollout("support").status == "succeeded" and len(calls) >= 3:
+                break
+            threading.Event().wait(0.05)
+    finally:
+        stop.set()
+        runner.join(10)
+    assert store.latest_rollout("support").status == "succeeded"
+    assert len(calls) >= 3  # the loop went on after each failure

@@ -194,6 +194,8 @@ class Controller:
                     extra(self.store)
                 except ModelyardError as exc:
                     log.warning("controller task failed: %s", exc.one_line())
+                except Exception:  # a bug in a task must not stop the rollouts
+                    log.exception("controller task %s failed", getattr(extra, "__name__", extra))
         return changed
 
     def run(self, stop: threading.Event, interval_s: float = 1.0) -> None:
