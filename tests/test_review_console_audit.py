@@ -163,3 +163,18 @@ def test_a_login_body_nested_past_the_parser_is_a_400_not_a_500(console: Console
     )
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == "body"
+
+
+def test_a_login_ends_the_session_the_browser_had(console: Console) -> None:
+    """Logging in again (as someone else, or the same person) left the earlier session
+    alive on the server: its id, still valid, kept acting as the first person."""
+    client = console.login("viv")
+    before = client.cookies.get("modelyard_session")
+    console.login("ops", client)
+    assert client.get(f"{CONSOLE_PREFIX}/api/session").json()["actor"] == "ops"
+    assert len(console.sessions) == 1
+    stale = console.fresh()
+    stale.cookies.set("modelyard_session", str(before))
+    assert stale.get(f"{CONSOLE_PREFIX}/api/session").status_code == 401
+    login = console.store.list_audit_events(action="console.login", limit=1)[0]
+    assert login.actor == "ops" and "replaced_session" in login.payload

@@ -213,8 +213,14 @@ def create_console_app(
             limiter.failed(address)
             log.warning("console: failed login from %s: %s", address, exc.message)
             raise
-        audit(principal, "console.login", {"session": session.short_id, "client": address,
-                                           "token_id": principal.token_id})  # fmt: skip
+        # The session this browser had ends here: a login never leaves one alive behind it
+        # (a person who logs in as someone else, or again, is no longer the one before).
+        carried = request.cookies.get(sessions.cookie_name)
+        replaced = sessions.end(carried) if carried else None
+        details = {"session": session.short_id, "client": address, "token_id": principal.token_id}
+        if replaced is not None:
+            details["replaced_session"] = replaced.short_id
+        audit(principal, "console.login", details)
         response = JSONResponse({"actor": principal.actor, "via": principal.via})
         set_cookie(request, response, SESSION_COOKIE, session_id)
         clear_cookie(request, response, LOGIN_COOKIE)
