@@ -138,3 +138,15 @@ def test_a_baseline_no_record_can_be_in_is_one_line_and_exit_2(
     err = capsys.readouterr().err
     assert code == 2, err
     assert "--reference" in err and why in err and len(err.strip().splitlines()) == 1
+
+
+def test_drift_version_naming_another_model_is_refused_not_read_as_the_endpoint_s(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--version other:1 compared acme-bot:1, as if the model name had not been given."""
+    args = ["monitor", "drift", "--endpoint", "acme-support", "--reference", "previous:1h"]
+    assert main([*args, "--version", "other:1"]) == 2
+    err = capsys.readouterr().err
+    assert "--version" in err and "acme-bot" in err and len(err.strip().splitlines()) == 1
+    assert main([*args, "--version", "acme-bot:1", "--json"]) == 0
+    assert '"version": "acme-bot:1"' in capsys.readouterr().out

@@ -208,10 +208,16 @@ class DriftReport:
 def _pick_version(store: Store, endpoint: str, version: str | None) -> ModelVersion:
     ep = store.get_endpoint(endpoint)
     if version is not None:
-        number = version.split(":")[-1]
+        model, sep, number = version.rpartition(":")
         if not number.isdigit():
             raise ConfigError(
                 f"invalid --version {version!r}: use the version number, e.g. 2", field="version"
+            )
+        if sep and model != ep.model:  # NAME:N names the model too: never another's, silently
+            raise ConfigError(
+                f"invalid --version {version!r}: endpoint {endpoint!r} serves model "
+                f"{ep.model!r}; give the number alone, e.g. {number}, or {ep.model}:{number}",
+                field="version",
             )
         for route in ep.routes:
             if route.version == int(number):
