@@ -11,7 +11,7 @@ from scipy import stats
 
 from modelyard.cli import main
 from modelyard.errors import ConfigError
-from modelyard.monitoring import AlertRules, DriftConfig, evaluate_rules
+from modelyard.monitoring import AlertRules, DriftConfig, FeatureRule, compare, evaluate_rules
 from modelyard.monitoring._stats import Pair, SortedValues, ks_pvalue
 from modelyard.store import Store
 from worlds import fake_world, home_store
@@ -150,3 +150,15 @@ def test_drift_version_naming_another_model_is_refused_not_read_as_the_endpoint_
     assert "--version" in err and "acme-bot" in err and len(err.strip().splitlines()) == 1
     assert main([*args, "--version", "acme-bot:1", "--json"]) == 0
     assert '"version": "acme-bot:1"' in capsys.readouterr().out
+
+
+def test_wasserstein_against_a_constant_reference_is_finite_as_evidently_s() -> None:
+    """A constant reference gave inf (``monitor drift --json`` printed Infinity, which is not
+    JSON); Evidently divides by max(std, 0.001)."""
+    got = compare("prompt_tokens", [10.0] * 50, [12.0] * 50, FeatureRule("wasserstein"))
+    assert got["value"] == pytest.approx(
+        stats.wasserstein_distance([10.0] * 50, [12.0] * 50) / 0.001
+    )
+    assert got["drifted"] is True
+    same = compare("prompt_tokens", [10.0] * 50, [10.0] * 50, FeatureRule("wasserstein"))
+    assert same["value"] == 0 and same["drifted"] is False

@@ -29,6 +29,7 @@ from modelyard.errors import ConfigError
 
 Direction = Literal["above", "below"]  # drift when the value is above (or below) the threshold
 _EPS = 0.0001
+_MIN_STD = 0.001  # Evidently's floor for the Wasserstein norm
 
 
 @dataclass(frozen=True)
@@ -148,14 +149,11 @@ def chi_squared_pvalue(pair: Pair, categorical: bool = True) -> float:
 
 
 def wasserstein_normed(pair: Pair, categorical: bool = False) -> float:
-    """Wasserstein-1 distance between the samples, divided by the reference's std."""
+    """Wasserstein-1 distance between the samples, divided by the reference's std (at least
+    0.001, as Evidently: a constant reference gives a finite value, never inf)."""
     both, cdf_a, cdf_b = pair.cdfs
     distance = float(np.sum(np.abs(cdf_a[:-1] - cdf_b[:-1]) * np.diff(both)))
-    a = pair.ref.values
-    std = float(np.std(a))
-    if std == 0:
-        return 0.0 if distance == 0 else float("inf")
-    return distance / std
+    return distance / max(float(np.std(pair.ref.values)), _MIN_STD)
 
 
 @dataclass(frozen=True)
