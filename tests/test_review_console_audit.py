@@ -178,3 +178,14 @@ def test_a_login_ends_the_session_the_browser_had(console: Console) -> None:
     assert stale.get(f"{CONSOLE_PREFIX}/api/session").status_code == 401
     login = console.store.list_audit_events(action="console.login", limit=1)[0]
     assert login.actor == "ops" and "replaced_session" in login.payload
+
+
+def test_one_actor_logging_in_over_and_over_logs_nobody_else_out(console: Console) -> None:
+    """The table held 10,000 sessions and dropped the oldest of anyone's: a viewer's token
+    logging in 10,000 times ended every other person's session."""
+    sessions = ConsoleSessions(console.sessions.authenticator, max_sessions=20, max_per_actor=5)
+    ops_id, _, _ = sessions.start(console.tokens["ops"])
+    for _ in range(50):
+        sessions.start(console.tokens["viv"])
+    assert sessions.find(ops_id)[1].actor == "ops"
+    assert len(sessions) == 6  # ops, and viv's five newest

@@ -70,7 +70,9 @@ class ConsoleSessions:
     """Sessions of the console, shared by ``/console`` and ``/admin/v1`` in one server.
 
     ``secure``: the server is reached over TLS (``--tls-cert`` or ``--behind-tls-proxy``);
-    the cookie is then ``Secure`` and named with the ``__Host-`` prefix.
+    the cookie is then ``Secure`` and named with the ``__Host-`` prefix. An actor holds at
+    most ``max_per_actor`` sessions (its oldest ends at the next login), all actors
+    together ``max_sessions`` (the oldest of all ends).
     """
 
     def __init__(
@@ -81,11 +83,13 @@ class ConsoleSessions:
         ttl_s: float = 8 * 3600,
         idle_s: float = 1800,
         max_sessions: int = 10_000,
+        max_per_actor: int = 50,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.authenticator = authenticator
         self.secure = secure
         self.ttl_s, self.idle_s, self.max_sessions = ttl_s, idle_s, max_sessions
+        self.max_per_actor = max_per_actor
         self._clock = clock
         self._sessions: OrderedDict[str, Session] = OrderedDict()  # oldest start first
         self._lock = threading.Lock()
@@ -111,6 +115,11 @@ class ConsoleSessions:
         )
         with self._lock:
             self._sweep(now)
+            # One actor's logins make way for each other, never for someone else's: a
+            # person (or a script) logging in over and over cannot log everyone else out.
+            own = [k for k, v in self._sessions.items() if v.actor == session.actor]
+            for key in own[: max(0, len(own) - self.max_per_actor + 1)]:
+                del self._sessions[key]  # that actor's oldest logins give way
             while len(self._sessions) >= self.max_sessions:
                 self._sessions.popitem(last=False)  # the oldest login gives way
             self._sessions[session.key] = session
