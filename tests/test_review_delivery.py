@@ -190,3 +190,45 @@ def test_a_failing_extra_task_does_not_stop_the_controller(store: Store) -> None
         runner.join(10)
     assert store.latest_rollout("support").status == "succeeded"
     assert len(calls) >= 3  # the loop went on after each failure
+
+
+@pytest.mark.parametrize(
+    ("guard", "message"),
+    [
+        ("error_rate <= 2", "0.02 for 2%"),
+        ("error_rate <= -1", "error_rate is between 0 and 1"),
+        ("feedback_score >= 3", "feedback_score is between -1 and 1"),
+        ("judge.quality >= 7", "a judge scores from 1 to 5"),
+        ("p95_latency_ms <= -5", "p95_latency_ms is never below 0"),
+    ],
+)
+def test_a_guard_the_metric_can_never_reach_is_refused(
+    store: Store, capsys: pytest.CaptureFixture[str], guard: str, message: str
+) -> None:
+    code, _, err = run(capsys, f'rollout start support --to bot:2 --guard "{guard}"')
+    assert code == 2, err
+    line = err.strip()
+    assert len(line.splitlines()) == 1 and line.startswith(f"error: guard '{guard}'")
+    assert message in line
+    assert store.list_rollouts(endpoint="support") == []
+
+
+def test_guards_at_the_edges_of_their_range_are_taken() -> None:
+    from modelyard.delivery import check_guard
+
+    edges = ("error_rate <= 0", "error_rate < 1", "feedback_score >= -1", "judge.quality >= 5",
+             "p95_ttft_ms > 0", "p95_latency_ms <= baseline - 5")  # fmt: skip
+    for text in edges:
+        assert check_guard(text).text == text
+
+
+def test_a_stored_guard_out_of_range_still_moves(store: Store) -> None:
+    """A rollout stored before guards were bounded is judged as written, not stuck."""
+    from modelyard.delivery import Controller
+
+    store.create_rollout("support", target=2, steps=(100,), bake_s=0.0, min_requests=0,
+                         guards=("error_rate <= 2",))  # fmt: skip
+    ctl = Controller(store)
+    ctl.tick()
+    ctl.tick()
+    assert store.latest_rollout("support").status == "succeeded"

@@ -185,6 +185,41 @@ def parse_guard(text: str) -> Guard:
     return Guard(text.strip(), metric, match["op"], None, factor, offset, sample)
 
 
+def _bounds(metric: str) -> tuple[float, float]:
+    """The values ``metric`` can take (a judge scores from 1 to 5)."""
+    if judge_name(metric) is not None:
+        return (1.0, 5.0)
+    return {"error_rate": (0.0, 1.0), "feedback_score": (-1.0, 1.0)}.get(metric, (0.0, math.inf))
+
+
+def check_guard(text: str) -> Guard:
+    """A guard given for a new rollout or policy: it parses, and an absolute threshold is one
+    its metric can reach. ``error_rate <= 2`` (for 2%) would never breach: refused up front,
+    as a gate's is. Guards already stored are only parsed (``parse_guard``), so a rollout
+    started before this check still moves."""
+    guard = parse_guard(text)
+    if guard.number is not None:
+        _check_bounds(text, guard.metric, guard.number)
+    return guard
+
+
+def _check_bounds(text: str, metric: str, number: float) -> None:
+    low, high = _bounds(metric)
+    if low <= number <= high:
+        return
+    if math.isinf(high):
+        problem = f"{metric} is never below {low:g}, so {number:g} cannot be its threshold"
+    else:
+        problem = f"{metric} is between {low:g} and {high:g}; {number:g} is outside it"
+    if high == 1.0 and 1.0 < number <= 100.0:
+        fix = f"write a share, not a percentage: {number / 100:g} for {number:g}%"
+    elif judge_name(metric) is not None:
+        fix = f"a judge scores from 1 to 5, e.g. '{metric} >= 3.5'"
+    else:
+        fix = f"give a threshold from {low:g}" + ("" if math.isinf(high) else f" to {high:g}")
+    raise ConfigError(f"guard {text!r}: {problem}; {fix}", field="guard")
+
+
 def _sample(text: str, metric: str, options: str) -> int:
     """The N of a judge guard's ``(sample N)``: records per side its judge judges per job."""
     if judge_name(metric) is None:

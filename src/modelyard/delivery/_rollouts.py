@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from modelyard.delivery._controller import promote_alias
-from modelyard.delivery._guards import parse_guard
+from modelyard.delivery._guards import check_guard
 from modelyard.delivery._judging import check_judge_guards
 from modelyard.errors import ConfigError, Conflict, NotFound, RolloutError, RolloutFailed
 from modelyard.store import (
@@ -74,7 +74,7 @@ def check_policy(
             field="min_requests",
         )
     for guard in guards:
-        parse_guard(guard)
+        check_guard(guard)
     return RolloutPolicy(parse_steps(steps), float(bake_s), int(min_requests), tuple(guards))
 
 
