@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -11,7 +13,14 @@ from scipy import stats
 
 from modelyard.cli import main
 from modelyard.errors import ConfigError
-from modelyard.monitoring import AlertRules, DriftConfig, FeatureRule, compare, evaluate_rules
+from modelyard.monitoring import (
+    AlertRules,
+    DriftConfig,
+    FeatureRule,
+    compare,
+    evaluate_rules,
+    export_records,
+)
 from modelyard.monitoring._stats import Pair, SortedValues, ks_pvalue
 from modelyard.store import Store
 from worlds import fake_world, home_store
@@ -162,3 +171,51 @@ def test_wasserstein_against_a_constant_reference_is_finite_as_evidently_s() -> 
     assert got["drifted"] is True
     same = compare("prompt_tokens", [10.0] * 50, [10.0] * 50, FeatureRule("wasserstein"))
     assert same["value"] == 0 and same["drifted"] is False
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet"])
+def test_export_reads_records_a_page_at_a_time_and_writes_each_once(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str
+) -> None:
+    """The export read every record as a Python dict at once (limit=None): a year of
+    traffic had to fit in memory. Pages of 3 here, with 5 records made at one time."""
+    import pyarrow.parquet as pq
+
+    from modelyard.monitoring import _export
+    from modelyard.store import NewInferenceRecord
+
+    monkeypatch.setattr(_export, "PAGE", 3)
+    fake_world(store, model="acme-bot", endpoint="acme-support")
+    tid = store.get_tenant("acme").id
+    vid = store.get_model_version("acme-bot", 1).id
+    t0 = datetime(2026, 12, 1, 10, 0, tzinfo=UTC)
+    times = [t0, t0 + timedelta(seconds=1)] + [t0 + timedelta(seconds=2)] * 5
+    times += [t0 + timedelta(seconds=3 + i) for i in range(4)]
+    records = [
+        NewInferenceRecord(
+            id=f"rec-{i:02d}", endpoint_name="acme-support", route="chat.completions",
+            latency_ms=10.0, status="ok", http_status=200, tenant_id=tid, version_id=vid,
+            prompt_tokens=1, completion_tokens=1, created_at=at,
+        )
+        for i, at in enumerate(times)
+    ]  # fmt: skip
+    store.add_inference_records(records)
+    store.add_feedback("rec-10", tenant="acme", score=1.0, label="late label")
+    calls: list[dict[str, Any]] = []
+    query = store.query_records
+
+    def spy(**kw: Any) -> list[dict[str, Any]]:
+        calls.append(kw)
+        return query(**kw)
+
+    monkeypatch.setattr(store, "query_records", spy)
+    out = tmp_path / f"records.{fmt}"
+    assert export_records(store, out, format=fmt) == len(times)
+    assert all(c["limit"] == 3 or c.get("until") is not None for c in calls), calls
+    if fmt == "jsonl":
+        rows = [json.loads(line) for line in out.read_text().splitlines()]
+    else:
+        rows = pq.read_table(out).to_pylist()
+    assert sorted(r["id"] for r in rows) == [r.id for r in records]
+    assert [r["created_at"] for r in rows] == sorted(r["created_at"] for r in rows)
+    assert [r["feedback_label"] for r in rows if r["id"] == "rec-10"] == ["late label"]
