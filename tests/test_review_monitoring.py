@@ -219,3 +219,18 @@ def test_export_reads_records_a_page_at_a_time_and_writes_each_once(
     assert sorted(r["id"] for r in rows) == [r.id for r in records]
     assert [r["created_at"] for r in rows] == sorted(r["created_at"] for r in rows)
     assert [r["feedback_label"] for r in rows if r["id"] == "rec-10"] == ["late label"]
+
+
+@pytest.mark.parametrize("command", ["records", "export"])
+def test_records_and_export_of_an_endpoint_that_never_existed_say_so(
+    home: Path, tmp_path: Path, command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--endpoint acme-suport printed '0 record(s)' (or wrote an empty file), exit 0, where
+    --tenant of a missing tenant is an error."""
+    out = tmp_path / "records.jsonl"
+    extra = ["--out", str(out)] if command == "export" else []
+    code = main(["monitor", command, "--endpoint", "acme-suport", *extra])
+    err = capsys.readouterr().err
+    assert code != 0 and "acme-suport" in err and "Traceback" not in err
+    assert not out.exists()
+    assert main(["monitor", command, "--endpoint", "acme-support", *extra]) == 0

@@ -87,6 +87,8 @@ def records(
             limit=limit,
             since=parse_since(since) if since else None,
         )
+        if endpoint and not rows and not store.query_records(endpoint=endpoint, limit=1):
+            store.get_endpoint(endpoint)  # a misspelt name is NotFound, not "0 record(s)"
     if json_out:
         print_json([_record_json(r) for r in rows])
         return

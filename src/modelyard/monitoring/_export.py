@@ -42,6 +42,8 @@ def export_records(
             f"e.g. {out / ('records.' + format)}",
             field="--out",
         )
+    if endpoint and not store.query_records(endpoint=endpoint, limit=1, text=False):
+        store.get_endpoint(endpoint)  # a misspelt name is NotFound, not an empty file
     tmp = out.with_name(out.name + ".tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
