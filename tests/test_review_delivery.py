@@ -232,3 +232,30 @@ def test_a_stored_guard_out_of_range_still_moves(store: Store) -> None:
     ctl.tick()
     ctl.tick()
     assert store.latest_rollout("support").status == "succeeded"
+
+
+def _records(store: Store, version: int, n: int, *, shadow: bool = False) -> None:
+    import uuid
+
+    from modelyard.store import NewInferenceRecord
+
+    vid = store.get_model_version("bot", version).id
+    store.add_inference_records(
+        NewInferenceRecord(
+            id=f"cmpl-{uuid.uuid4().hex}", endpoint_name="support", route="completions",
+            latency_ms=10.0 + i, status="ok", http_status=200, version_id=vid, shadow=shadow,
+        )
+        for i in range(n)
+    )  # fmt: skip
+
+
+def test_compare_leaves_out_a_version_that_only_answered_as_a_shadow(store: Store) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from modelyard.delivery import compare_versions
+
+    _records(store, 1, 40)
+    _records(store, 2, 40, shadow=True)
+    report = compare_versions(store, "support", datetime.now(UTC) - timedelta(hours=1))
+    assert [v.version for v in report.versions] == ["bot:1"]
+    assert report.comparisons == []  # no "not enough data" row for a version with no traffic

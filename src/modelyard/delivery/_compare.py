@@ -164,8 +164,9 @@ def compare_versions(
     ep = store.get_endpoint(endpoint)
     counts = store.requests_by_version(endpoint, since)
     ids: dict[int, str] = {}
-    for ref in counts:
-        if ref.startswith(f"{ep.model}:"):
+    for ref, kinds in counts.items():
+        live = kinds.get("live", 0) + kinds.get("fallback", 0)  # a shadow's are not A/B traffic
+        if ref.startswith(f"{ep.model}:") and live:
             version = store.get_model_version(ep.model, int(ref.split(":", 1)[1]))
             ids[version.id] = ref
     samples = store.rollout_samples(endpoint, since, list(ids))
