@@ -259,3 +259,20 @@ def test_compare_leaves_out_a_version_that_only_answered_as_a_shadow(store: Stor
     report = compare_versions(store, "support", datetime.now(UTC) - timedelta(hours=1))
     assert [v.version for v in report.versions] == ["bot:1"]
     assert report.comparisons == []  # no "not enough data" row for a version with no traffic
+
+
+def test_compare_lists_versions_in_number_order(store: Store) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from modelyard.delivery import compare_versions
+    from worlds import gate_metrics
+
+    for _ in range(7):  # versions 4 to 10
+        store.create_model_version("bot", kind="adapter", artifact_digest="00" * 32,
+                                   base_model="tiny", run_id=None, lineage={},
+                                   metrics=gate_metrics(True))  # fmt: skip
+    for version in (10, 2, 9):
+        _records(store, version, 3)
+    report = compare_versions(store, "support", datetime.now(UTC) - timedelta(hours=1))
+    assert [v.version for v in report.versions] == ["bot:2", "bot:9", "bot:10"]
+    assert [c.version for c in report.comparisons] == ["bot:9", "bot:10"]  # control bot:2

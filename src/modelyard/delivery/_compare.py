@@ -164,20 +164,21 @@ def compare_versions(
     ep = store.get_endpoint(endpoint)
     counts = store.requests_by_version(endpoint, since)
     ids: dict[int, str] = {}
+    number: dict[int, int] = {}  # version id → version number, the order of the table
     for ref, kinds in counts.items():
         live = kinds.get("live", 0) + kinds.get("fallback", 0)  # a shadow's are not A/B traffic
         if ref.startswith(f"{ep.model}:") and live:
             version = store.get_model_version(ep.model, int(ref.split(":", 1)[1]))
-            ids[version.id] = ref
+            ids[version.id], number[version.id] = ref, version.version
     samples = store.rollout_samples(endpoint, since, list(ids))
     rng = np.random.default_rng(0)
-    versions = [_stats(ids[vid], samples[vid], rng) for vid in sorted(ids, key=ids.__getitem__)]
+    versions = [_stats(ids[vid], samples[vid], rng) for vid in sorted(ids, key=number.__getitem__)]
     if not versions:
         return ABReport(endpoint, since, None, [], [])
     control_id = max(ids, key=lambda vid: (samples[vid].requests, -vid))
     comparisons = [
         _compare(ids[vid], samples[vid], ids[control_id], samples[control_id], alpha, min_n)
-        for vid in sorted(ids, key=ids.__getitem__)
+        for vid in sorted(ids, key=number.__getitem__)
         if vid != control_id
     ]
     return ABReport(endpoint, since, ids[control_id], versions, comparisons)
