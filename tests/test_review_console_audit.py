@@ -4,6 +4,7 @@ user's mistake never changes what the store accepts."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +18,9 @@ from starlette.testclient import TestClient
 from clihelp import modelyard
 from modelyard.access import PeopleAuthenticator, create_actor_token
 from modelyard.admin import ADMIN_PREFIX, create_admin_app
-from modelyard.audit import AccessPolicy
+from modelyard.audit import PROOF_FORMAT, RECORD_FIELDS, RECORD_FORMAT, AccessPolicy, check_proof
 from modelyard.console import CONSOLE_PREFIX, ConsoleSessions, create_console_app
+from modelyard.errors import AuditError, ConfigError
 from modelyard.store import Store
 
 
@@ -189,3 +191,44 @@ def test_one_actor_logging_in_over_and_over_logs_nobody_else_out(console: Consol
         sessions.start(console.tokens["viv"])
     assert sessions.find(ops_id)[1].actor == "ops"
     assert len(sessions) == 6  # ops, and viv's five newest
+
+
+# -- audit check-proof ----------------------------------------------------------------------
+
+
+def _proof(**fields: Any) -> dict[str, Any]:
+    values: list[Any] = [RECORD_FORMAT, "cmpl-1", *([float("nan")] * (len(RECORD_FIELDS) - 1))]
+    return {
+        "format": PROOF_FORMAT, "record_id": "cmpl-1", "record": json.dumps(values),
+        "leaf": "00" * 32, "position": 0, "size": 1, "path": [], "root": "00" * 32, "seal": "s",
+        "anchor": {"position": 0, "size": 1, "path": [], "root": "00" * 32},
+        "event": {"seq": 1, "hash": "00" * 32, "action": "records.anchored", "payload": {
+            "root": "00" * 32, "seals": ["s"], "records": [1], "roots": ["00" * 32],
+            "indexes": ["00" * 32]}},
+    } | fields  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "proof",
+    [
+        _proof(position=float("inf")),  # JSON's Infinity: OverflowError
+        _proof(record="[" * 100_000),  # RecursionError
+        _proof(),  # NaN in the record's values: the canonical encoder's ValueError
+    ],
+    ids=["infinite position", "deep record", "nan value"],
+)
+def test_a_malformed_proof_is_refused_with_one_line(proof: dict[str, Any]) -> None:
+    with pytest.raises((ConfigError, AuditError)) as info:
+        check_proof(proof)
+    assert "proof" in info.value.one_line()
+
+
+def test_check_proof_of_a_file_nested_too_deeply_is_a_usage_error(tmp_path: Path) -> None:
+    deep = tmp_path / "proof.json"
+    deep.write_text("[" * 100_000, encoding="utf-8")
+    refused = modelyard("audit", "check-proof", str(deep), home=tmp_path)
+    assert refused.code == 2 and "nested too deeply" in _one_error_line(refused.err)
+    infinite = tmp_path / "infinite.json"
+    infinite.write_text(json.dumps(_proof(position=float("inf"))), encoding="utf-8")
+    refused = modelyard("audit", "check-proof", str(infinite), home=tmp_path)
+    assert refused.code == 2 and "malformed" in _one_error_line(refused.err)

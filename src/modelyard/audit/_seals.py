@@ -467,6 +467,14 @@ def _hexes(value: Any, what: str) -> list[bytes]:
     return out
 
 
+def _canonical(values: list[Any]) -> bytes | None:
+    """``values`` in the canonical encoding; None for what it cannot hold (NaN, Infinity)."""
+    try:
+        return _encode(values).encode("utf-8")
+    except (ValueError, RecursionError):
+        return None
+
+
 def check_proof(proof: Mapping[str, Any]) -> ProofCheck:
     """Check an inclusion proof with no database: the record's bytes give its leaf, the
     path leads from the leaf to its seal's root, the seal (its id, size, root and the
@@ -492,8 +500,12 @@ def check_proof(proof: Mapping[str, Any]) -> ProofCheck:
         top = _hexes(payload["root"], "anchor root")[0]
         seals, counts = list(payload["seals"]), list(payload["records"])
         roots, indexes = list(payload["roots"]), list(payload["indexes"])
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:  # Infinity for a number
         raise ConfigError(f"malformed record inclusion proof: {exc}") from None
+    except RecursionError:
+        raise ConfigError(
+            "malformed record inclusion proof: its record is nested too deeply"
+        ) from None
     record_id = str(proof.get("record_id"))
 
     def bad(why: str) -> AuditError:
@@ -503,7 +515,7 @@ def check_proof(proof: Mapping[str, Any]) -> ProofCheck:
         raise bad(f"the record's bytes are not an array of {len(RECORD_FIELDS) + 1} values")
     if values[1] != record_id:
         raise bad("the record's bytes are of another record")
-    if values[0] != RECORD_FORMAT or _encode(values).encode("utf-8") != data:
+    if values[0] != RECORD_FORMAT or _canonical(values) != data:
         raise bad("the record's bytes are not in the canonical encoding")
     leaf = leaf_hash(data)
     if leaf.hex() != proof.get("leaf"):

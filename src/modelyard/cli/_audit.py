@@ -344,6 +344,10 @@ def audit_check_proof(
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     except ValueError as exc:
         raise ConfigError(f"{path} is not a JSON record inclusion proof: {exc}") from None
+    except RecursionError:
+        raise ConfigError(
+            f"{path} is not a record inclusion proof: its JSON is nested too deeply"
+        ) from None
     check = check_proof(proof)
     if json_out:
         print_json({"ok": True, **vars(check)})
