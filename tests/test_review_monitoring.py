@@ -234,3 +234,23 @@ def test_records_and_export_of_an_endpoint_that_never_existed_say_so(
     assert code != 0 and "acme-suport" in err and "Traceback" not in err
     assert not out.exists()
     assert main(["monitor", command, "--endpoint", "acme-support", *extra]) == 0
+
+
+def test_the_report_s_requests_per_hour_are_0_in_an_hour_without_requests() -> None:
+    """Hours without records had no point: the line went straight from 100 at 10:00 to 100
+    at 20:00, as if traffic had never stopped."""
+    from types import SimpleNamespace
+
+    from modelyard.monitoring._report import _by_version, _overall
+
+    t0 = datetime(2026, 12, 1, 10, tzinfo=UTC)
+    profiles: Any = [
+        SimpleNamespace(version="bot:1", start=t0, requests=100, tokens_in=5),
+        SimpleNamespace(version="bot:1", start=t0 + timedelta(hours=10), requests=100, tokens_in=5),
+        SimpleNamespace(version="bot:2", start=t0 + timedelta(hours=9), requests=7, tokens_in=5),
+    ]
+    series = _by_version(profiles, lambda ps: float(sum(p.requests for p in ps)), zero=True)
+    assert [v for _, v in series["bot:1"]] == [100.0] + [0.0] * 9 + [100.0]
+    assert [v for _, v in series["bot:2"]] == [0.0] * 9 + [7.0, 0.0]
+    tokens = _overall(profiles, {"in": lambda ps: float(sum(p.tokens_in for p in ps))}, zero=True)
+    assert len(tokens["in"]) == 11 and tokens["in"][5][1] == 0.0

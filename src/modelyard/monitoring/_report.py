@@ -143,30 +143,52 @@ def histogram_chart(result: DriftResult) -> str:
     return f"<figure{cls}><figcaption>{_esc(title)}</figcaption>{''.join(parts)}</figure>"
 
 
+def _hours(profiles: Sequence[Profile]) -> list[float]:
+    """Every hour from the first profile's to the last's (epoch seconds)."""
+    starts = [p.start.timestamp() for p in profiles]
+    if not starts:
+        return []
+    return [float(t) for t in range(int(min(starts)), int(max(starts)) + 1, 3600)]
+
+
 def _by_version(
-    profiles: Sequence[Profile], value: Callable[[list[Profile]], float | None]
+    profiles: Sequence[Profile],
+    value: Callable[[list[Profile]], float | None],
+    *,
+    zero: bool = False,
 ) -> dict[str, list[tuple[float, float]]]:
+    """One series per version; with ``zero`` (counts), an hour without its records is 0
+    rather than left out (the line would join the hours either side over it)."""
     groups: dict[tuple[str, float], list[Profile]] = defaultdict(list)
     for p in profiles:
         groups[(p.version or "none", p.start.timestamp())].append(p)
+    if zero:
+        for version in {v for v, _ in groups}:
+            for t in _hours(profiles):
+                groups.setdefault((version, t), [])
     out: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for (version, t), items in sorted(groups.items()):
-        v = value(items)
+        v = value(items) if items else 0.0
         if v is not None:
             out[version].append((t, v))
     return dict(out)
 
 
 def _overall(
-    profiles: Sequence[Profile], fields: Mapping[str, Callable[[list[Profile]], float | None]]
+    profiles: Sequence[Profile],
+    fields: Mapping[str, Callable[[list[Profile]], float | None]],
+    *,
+    zero: bool = False,
 ) -> dict[str, list[tuple[float, float]]]:
     groups: dict[float, list[Profile]] = defaultdict(list)
     for p in profiles:
         groups[p.start.timestamp()].append(p)
+    for t in _hours(profiles) if zero else []:
+        groups.setdefault(t, [])
     out: dict[str, list[tuple[float, float]]] = {name: [] for name in fields}
     for t, items in sorted(groups.items()):
         for name, fn in fields.items():
-            v = fn(items)
+            v = fn(items) if items else 0.0
             if v is not None:
                 out[name].append((t, v))
     return out
@@ -322,7 +344,7 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
     charts = [
         line_chart(
             "Requests per hour, per version",
-            _by_version(profiles, lambda ps: float(sum(p.requests for p in ps))),
+            _by_version(profiles, lambda ps: float(sum(p.requests for p in ps)), zero=True),
         ),
         line_chart(
             "Error rate per version",
@@ -352,6 +374,7 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
                     "in": lambda ps: float(sum(p.tokens_in for p in ps)),
                     "out": lambda ps: float(sum(p.tokens_out for p in ps)),
                 },
+                zero=True,
             ),
         ),
         line_chart(
