@@ -254,3 +254,15 @@ def test_the_report_s_requests_per_hour_are_0_in_an_hour_without_requests() -> N
     assert [v for _, v in series["bot:2"]] == [0.0] * 9 + [7.0, 0.0]
     tokens = _overall(profiles, {"in": lambda ps: float(sum(p.tokens_in for p in ps))}, zero=True)
     assert len(tokens["in"]) == 11 and tokens["in"][5][1] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("methods", "thresholds"),
+    [(["prompt_chars=ks", "prompt_chars=psi"], []), ([], ["latency_ms=0.1", "latency_ms=0.2"])],
+)
+def test_a_feature_given_two_methods_or_thresholds_is_refused(
+    methods: list[str], thresholds: list[str]
+) -> None:
+    """The last one won and the first was dropped without a word."""
+    with pytest.raises(ConfigError, match="twice"):
+        DriftConfig.parse(methods, thresholds)

@@ -67,6 +67,11 @@ class DriftConfig:
                         f"of {', '.join(FEATURE_NAMES)}",
                         field=opt,
                     )
+                if opt in rules.get(name, {}):  # the first would be dropped without a word
+                    raise ConfigError(
+                        f"--{opt} is given twice for {name}: give each feature one {opt}",
+                        field=opt,
+                    )
                 if opt == "method":
                     check_method(value)
                     rules.setdefault(name, {})["method"] = value
