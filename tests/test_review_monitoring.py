@@ -266,3 +266,11 @@ def test_a_feature_given_two_methods_or_thresholds_is_refused(
     """The last one won and the first was dropped without a word."""
     with pytest.raises(ConfigError, match="twice"):
         DriftConfig.parse(methods, thresholds)
+
+
+@pytest.mark.parametrize("label", ["endpoint", "severity"])
+def test_a_rule_label_the_evaluation_sets_is_refused_not_overwritten(label: str) -> None:
+    """labels: {severity: page} was replaced by the rule's severity without a word."""
+    rule = {"name": "x", "metric": "error_rate", "threshold": 0.1, "labels": {label: "mine"}}
+    with pytest.raises(ConfigError, match=f"labels.*{label}"):
+        AlertRules.parse({"rules": [rule]})

@@ -120,6 +120,9 @@ class DriftSchedule(_Section):
     semantic: bool = False  # also the MiniLM prompt-embedding test (prompt_embedding)
 
 
+RESERVED_LABELS = frozenset({"endpoint", "severity", "tenant", "key", "period"})
+
+
 class Rule(_Section):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
     metric: str
@@ -160,6 +163,17 @@ class Rule(_Section):
                 f"{self.metric} is evaluated per budget, not per endpoint: remove endpoint"
             )
         return self
+
+    @field_validator("labels")
+    @classmethod
+    def _own_labels(cls, value: dict[str, str]) -> dict[str, str]:
+        taken = sorted(set(value) & RESERVED_LABELS)
+        if taken:  # the evaluation sets them: the rule's own would be overwritten silently
+            raise ValueError(
+                f"{', '.join(taken)} set by the evaluation ({', '.join(sorted(RESERVED_LABELS))}); "
+                "use the rule's endpoint and severity, or another label name"
+            )
+        return value
 
     @field_validator("window")
     @classmethod
