@@ -18,7 +18,14 @@ from starlette.testclient import TestClient
 from clihelp import modelyard
 from modelyard.access import PeopleAuthenticator, create_actor_token
 from modelyard.admin import ADMIN_PREFIX, create_admin_app
-from modelyard.audit import PROOF_FORMAT, RECORD_FIELDS, RECORD_FORMAT, AccessPolicy, check_proof
+from modelyard.audit import (
+    PROOF_FORMAT,
+    RECORD_FIELDS,
+    RECORD_FORMAT,
+    AccessPolicy,
+    AuditKeySource,
+    check_proof,
+)
 from modelyard.console import CONSOLE_PREFIX, ConsoleSessions, create_console_app
 from modelyard.errors import AuditError, ConfigError
 from modelyard.store import Store
@@ -232,3 +239,23 @@ def test_check_proof_of_a_file_nested_too_deeply_is_a_usage_error(tmp_path: Path
     infinite.write_text(json.dumps(_proof(position=float("inf"))), encoding="utf-8")
     refused = modelyard("audit", "check-proof", str(infinite), home=tmp_path)
     assert refused.code == 2 and "malformed" in _one_error_line(refused.err)
+
+
+def test_a_token_name_is_one_printable_line(home: Path) -> None:
+    """A name with a terminal escape sequence was stored and written raw to the terminal of
+    whoever ran `tokens list`; one of 5,000 characters was taken too."""
+    for bad in ("x\x1b[31mred", "two\nlines", "n" * 201):
+        refused = modelyard("tokens", "create", "--name", bad, home=home)
+        assert refused.code == 2 and "--name" in _one_error_line(refused.err)
+    listed = modelyard("tokens", "list", "--json", home=home)
+    assert listed.code == 0 and json.loads(listed.out) == [], listed.out
+
+
+def test_a_token_name_with_control_characters_is_listed_escaped(home: Path) -> None:
+    url = f"sqlite:///{home / 'store.db'}"
+    key = AuditKeySource(key_file=home / "audit.key")
+    with Store.open(url, audit_key=key) as store:
+        create_actor_token(store, store.actor, name="x\x1b[2Jy")
+    listed = modelyard("tokens", "list", home=home)
+    assert listed.code == 0, listed.err
+    assert "\x1b" not in listed.out and "x\\x1b[2Jy" in listed.out

@@ -16,6 +16,28 @@ from modelyard.store import ActorToken
 app = typer.Typer(help="Personal access tokens for the admin API (shown once, stored as hashes).")
 
 
+MAX_NAME_CHARS = 200
+
+
+def _check_name(name: str) -> str:
+    """A token's name is shown to admins in `tokens list`: printable text of a line."""
+    if len(name) > MAX_NAME_CHARS or not name.isprintable():
+        raise ConfigError(
+            f"invalid --name {_shown(name[:60])}{'…' if len(name) > 60 else ''}: use at most "
+            f"{MAX_NAME_CHARS} printable characters (no control characters, tabs or newlines)",
+            hint='Say what the token is for, e.g. --name "console on my laptop".',
+            field="--name",
+        )
+    return name
+
+
+def _shown(text: str) -> str:
+    """``text`` for the terminal: a control character (a terminal escape sequence, say) as
+    its escape code, and Rich markup as typed."""
+    safe = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return escape(safe)
+
+
 def _public(token: ActorToken) -> dict[str, Any]:
     return {k: v for k, v in vars(token).items() if k != "token_hash"}
 
@@ -35,6 +57,7 @@ def tokens_create(
 ) -> None:
     """Create a token. It is printed once; only its hash is stored."""
     wanted = parse_token_scopes(scopes)
+    _check_name(name)
     if no_expiry and expires is not None:
         raise ConfigError(
             "--expires and --no-expiry contradict each other: give one of them",
@@ -80,7 +103,7 @@ def tokens_list(
         table.add_row(
             escape(t.id),
             escape(t.actor),
-            escape(t.name) or "-",
+            _shown(t.name) or "-",
             ",".join(t.scopes),
             f"{t.created_at:%Y-%m-%d %H:%M}",
             escape(t.created_by),
