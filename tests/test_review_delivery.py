@@ -276,3 +276,18 @@ def test_compare_lists_versions_in_number_order(store: Store) -> None:
     report = compare_versions(store, "support", datetime.now(UTC) - timedelta(hours=1))
     assert [v.version for v in report.versions] == ["bot:2", "bot:9", "bot:10"]
     assert [c.version for c in report.comparisons] == ["bot:9", "bot:10"]  # control bot:2
+
+
+def test_archiving_the_target_while_it_prepares_rolls_the_rollout_back(store: Store) -> None:
+    """The registry lets a version with no traffic yet be archived: the rollout preparing
+    it was stuck, its controller failing on it each tick, `rollout wait` timing out."""
+    from modelyard.delivery import Controller, ended_badly, start_rollout
+
+    start_rollout(store, "support", "bot:2", steps="50,100", bake_s=3600, min_requests=0,
+                  promote_alias="champion")  # fmt: skip
+    ctl = Controller(store)
+    store.archive_model_version("bot", 2)
+    (r,) = ctl.tick()
+    assert r.status == "rolled_back" and "bot:2 was archived" in (r.reason or "")
+    assert {x.version: x.weight for x in store.get_endpoint("support").routes} == {1: 100}
+    assert ended_badly(r) is not None  # rollout wait exits 1, not 3 after its timeout

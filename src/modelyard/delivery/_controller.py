@@ -218,6 +218,11 @@ class Controller:
     def _advance(self, r: Rollout) -> Rollout | None:
         if r.status == "paused":
             return None
+        if self.store.get_model_version(r.model, r.target).status == "archived":
+            return self._roll_back(  # it can take no traffic: else stuck, failing each tick
+                r, {"kind": "target_archived",
+                    "message": f"{r.target_ref} was archived while the rollout ran"},
+            )  # fmt: skip
         if r.phase == "preparing":
             return self._prepare(r)
         return self._bake(r)
