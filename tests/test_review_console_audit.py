@@ -5,6 +5,7 @@ user's mistake never changes what the store accepts."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -259,3 +260,21 @@ def test_a_token_name_with_control_characters_is_listed_escaped(home: Path) -> N
     listed = modelyard("tokens", "list", home=home)
     assert listed.code == 0, listed.err
     assert "\x1b" not in listed.out and "x\\x1b[2Jy" in listed.out
+
+
+def test_an_acknowledgment_reason_cannot_write_escape_sequences_to_the_terminal(
+    home: Path,
+) -> None:
+    """The admin's reason stays in the chain and `audit verify` printed it raw: an escape
+    sequence in it could erase the lines around it on every later verify."""
+    db = sqlite3.connect(home / "store.db")
+    with db:
+        db.execute("UPDATE audit_events SET subject = 'evil' WHERE seq = 2")
+    db.close()
+    assert modelyard("audit", "verify", home=home).code == 1
+    reason = "fine\x1b[1A\x1b[2Khidden"
+    acked = modelyard("audit", "acknowledge", "--reason", reason, home=home)
+    assert acked.code == 0, acked.err
+    verify = modelyard("audit", "verify", home=home)
+    assert verify.code == 0, verify.err
+    assert "\x1b" not in verify.out and "fine\\x1b[1A\\x1b[2Khidden" in verify.out

@@ -157,7 +157,7 @@ def audit_verify(
         )
         for done in report.acknowledged:
             console.print(
-                f"  acknowledged break at {escape(done.sentence())}",
+                f"  acknowledged break at {_shown(done.sentence())}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -165,6 +165,14 @@ def audit_verify(
             _print_records(sealed)
     if sealed is not None:
         sealed.raise_if_broken()
+
+
+def _shown(text: str) -> str:
+    """Text from the chain (an admin's reason) for the terminal: control characters as their
+    escape codes, so that no escape sequence in an event can move the cursor or erase the
+    lines around it, and Rich markup as typed."""
+    safe = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+    return escape(safe)
 
 
 def _verify_against(store: Store, expected: AuditHead) -> ChainReport:
@@ -238,7 +246,7 @@ def audit_acknowledge(
     )
     for item in listed:
         line = f"  seq {item['seq']}: {item['reason']}"
-        console.print(escape(line), highlight=False, soft_wrap=True)
+        console.print(_shown(line), highlight=False, soft_wrap=True)
 
 
 @app.command("head")
