@@ -274,3 +274,33 @@ def test_a_rule_label_the_evaluation_sets_is_refused_not_overwritten(label: str)
     rule = {"name": "x", "metric": "error_rate", "threshold": 0.1, "labels": {label: "mine"}}
     with pytest.raises(ConfigError, match=f"labels.*{label}"):
         AlertRules.parse({"rules": [rule]})
+
+
+@pytest.fixture
+def admin(tmp_path: Path) -> Any:
+    """The admin API over a store with the acme and globex worlds, as the admin ``ops``."""
+    from fastapi.testclient import TestClient
+
+    from modelyard.access import create_actor_token
+    from modelyard.admin import create_admin_app
+    from modelyard.audit import AccessPolicy
+    from worlds import two_tenant_world
+
+    url = f"sqlite:///{tmp_path / 'admin.db'}"
+    policy = AccessPolicy(bootstrap_admin="ops")
+    with Store.open(url, actor="ops", audit_key="k" * 40, policy=policy) as ops:
+        ops.add_actor("ops", "admin")
+        two_tenant_world(ops)
+        token = create_actor_token(ops, "ops")[1]
+        client = TestClient(create_admin_app(ops), raise_server_exceptions=False)
+        client.headers["Authorization"] = f"Bearer {token}"
+        yield client
+
+
+@pytest.mark.parametrize("path", ["/profiles", "/feedback", "/feedback/summary"])
+def test_admin_since_in_the_future_is_a_400_naming_since(admin: Any, path: str) -> None:
+    """since=2999-01-01 answered [] (200), where the CLI's --since says it is in the future."""
+    r = admin.get(path, params={"since": "2999-01-01T00:00:00"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == "since" and "future" in r.json()["error"]["message"]
+    assert admin.get(path, params={"since": "2026-01-01T00:00:00"}).status_code == 200

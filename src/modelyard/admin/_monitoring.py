@@ -42,6 +42,20 @@ def _artifacts(request: Request) -> ArtifactStore:
     return found
 
 
+def _since(value: datetime | None) -> datetime | None:
+    """``since`` in UTC; more than a day ahead of this clock is a 400, as the CLI's
+    ``--since`` (nothing has happened since then: an empty list would hide the mistake)."""
+    since = utc(value, "since")
+    clock = datetime.now(UTC)
+    if since is not None and since > clock + timedelta(days=1):
+        raise ConfigError(
+            f"since {since:%Y-%m-%d %H:%M} UTC is in the future (it is {clock:%Y-%m-%d %H:%M} "
+            "UTC): nothing has happened since then; give a past time",
+            field="since",
+        )
+    return since
+
+
 def _reference(text: str) -> str:
     """``eval``, ``previous:DURATION`` (at most a year) or ``baseline:START/END``."""
     kind, _, arg = text.partition(":")
@@ -65,7 +79,7 @@ def list_profiles(
     since: datetime | None = Since,
 ) -> list[dict[str, Any]]:
     rows = caller.store.list_profiles(
-        window=window, endpoint=endpoint, tenant=tenant, since=utc(since, "since")
+        window=window, endpoint=endpoint, tenant=tenant, since=_since(since)
     )
     return [
         {**jsonable(p), "error_rate": p.error_rate, "cache_hit_rate": p.cache_hit_rate,
@@ -153,7 +167,7 @@ def feedback(
     limit: int = Query(100, ge=1, le=1000),
 ) -> list[dict[str, Any]]:
     found = caller.store.list_feedback(
-        endpoint=endpoint, tenant=tenant, since=utc(since, "since"), limit=limit
+        endpoint=endpoint, tenant=tenant, since=_since(since), limit=limit
     )
     return [jsonable(f) for f in found]
 
@@ -165,9 +179,7 @@ def feedback_summary(
     tenant: str | None = Query(None, max_length=100),
     since: datetime | None = Since,
 ) -> list[dict[str, Any]]:
-    found = caller.store.feedback_summary(
-        endpoint=endpoint, tenant=tenant, since=utc(since, "since")
-    )
+    found = caller.store.feedback_summary(endpoint=endpoint, tenant=tenant, since=_since(since))
     return [jsonable(f) for f in found]
 
 
