@@ -278,3 +278,15 @@ def test_an_acknowledgment_reason_cannot_write_escape_sequences_to_the_terminal(
     verify = modelyard("audit", "verify", home=home)
     assert verify.code == 0, verify.err
     assert "\x1b" not in verify.out and "fine\\x1b[1A\\x1b[2Khidden" in verify.out
+
+
+def test_an_empty_head_is_an_error_not_a_verify_without_it(home: Path) -> None:
+    """`verify --head "$(tail -1 heads.txt)"` with an empty file passed --head '': the check
+    against the kept head was skipped without a word, and verify said OK."""
+    for empty in ("", "  "):
+        refused = modelyard("audit", "verify", "--head", empty, home=home)
+        assert refused.code == 2, refused.out
+        line = _one_error_line(refused.err)
+        assert "invalid --head" in line and "SEQ:HASH" in line
+    bad = modelyard("audit", "verify", "--head", "12:nothex", home=home)
+    assert bad.code == 2 and "invalid --head '12:nothex'" in _one_error_line(bad.err)

@@ -131,7 +131,7 @@ def audit_verify(
             hint=f"Unset {URL_ENV} and run it where the database is (MODELYARD_HOME or "
             "MODELYARD_STORE_URL), with the audit key.",
         )
-    expected = AuditHead.parse(head) if head else None
+    expected = None if head is None else _parse_head(head)  # "" too: never skipped quietly
     if expected is not None and remote_url() is None:
         with open_store() as store:
             report = _verify_against(store, expected)
@@ -165,6 +165,18 @@ def audit_verify(
             _print_records(sealed)
     if sealed is not None:
         sealed.raise_if_broken()
+
+
+def _parse_head(text: str) -> AuditHead:
+    try:
+        return AuditHead.parse(text)
+    except ConfigError as exc:
+        empty = " (empty: was the file it came from empty?)" if not text.strip() else ""
+        raise ConfigError(
+            f"invalid --head {text!r}{empty}: the chain was not verified against it",
+            hint=exc.hint,
+            field="--head",
+        ) from None
 
 
 def _shown(text: str) -> str:
