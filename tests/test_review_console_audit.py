@@ -290,3 +290,22 @@ def test_an_empty_head_is_an_error_not_a_verify_without_it(home: Path) -> None:
         assert "invalid --head" in line and "SEQ:HASH" in line
     bad = modelyard("audit", "verify", "--head", "12:nothex", home=home)
     assert bad.code == 2 and "invalid --head '12:nothex'" in _one_error_line(bad.err)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("audit", "log", "--since", ""),
+        ("audit", "export", "--since", ""),
+        ("audit", "log", "--action", ""),
+        ("audit", "log", "--subject", " "),
+        ("audit", "log", "--by", ""),
+    ],
+    ids=["log since", "export since", "action", "subject", "by"],
+)
+def test_an_empty_filter_is_a_usage_error(home: Path, args: tuple[str, ...]) -> None:
+    """--since '' was skipped (every event, as if not given); an empty --action, --subject
+    or --by matched nothing and showed an empty log."""
+    refused = modelyard(*args, home=home)
+    assert refused.code == 2, (refused.out, refused.err)
+    assert args[2] in _one_error_line(refused.err)

@@ -78,7 +78,14 @@ def audit_log(
     seq, time, actor, action and subject stay whole at any width; the details
     wrap (under each event on a narrow terminal). `--json` has every field.
     """
-    start = parse_since(since) if since else None
+    start = None if since is None else parse_since(since)  # '' is an error, not all
+    for option, value in (("--action", action), ("--subject", subject), ("--by", by)):
+        if value is not None and not value.strip():
+            raise ConfigError(
+                f"empty {option}: it would match no event",
+                hint=f"Give a value, e.g. --action 'alias.*', or leave {option} out.",
+                field=option,
+            )
     with open_plane() as plane:
         events = plane.list_audit_events(
             since=start, action=action, subject=subject, actor=by, limit=limit
@@ -280,7 +287,7 @@ def audit_export(
 ) -> None:
     """Export events with their hashes for auditors (verifiable offline with the key)."""
     chosen = check_format(fmt)
-    start = parse_since(since) if since else None
+    start = None if since is None else parse_since(since)  # '' is an error, not all
     target = None if out is None else out_file(out)
     with open_store() as store:
         events = store.iter_audit_events(since=start)
