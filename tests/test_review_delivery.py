@@ -291,3 +291,36 @@ def test_archiving_the_target_while_it_prepares_rolls_the_rollout_back(store: St
     assert r.status == "rolled_back" and "bot:2 was archived" in (r.reason or "")
     assert {x.version: x.weight for x in store.get_endpoint("support").routes} == {1: 100}
     assert ended_badly(r) is not None  # rollout wait exits 1, not 3 after its timeout
+
+
+def test_a_slow_rollback_alert_does_not_delay_another_rollback(store: Store) -> None:
+    import time
+    import uuid
+
+    from modelyard.delivery import Controller, start_rollout
+    from modelyard.store import NewInferenceRecord
+
+    store.create_endpoint("helpdesk", model_ref="bot:1", tenant="acme")
+    for name in ("support", "helpdesk"):
+        start_rollout(store, name, "bot:2", steps="100", bake_s=3600, min_requests=5)
+    seen: list[dict[str, str]] = []
+
+    def slow_webhook(s: Store, r: object, breach: object) -> None:  # a receiver that hangs
+        seen.append({e: s.latest_rollout(e).status for e in ("support", "helpdesk")})
+        time.sleep(0.5)
+
+    ctl = Controller(store, on_breach=slow_webhook)
+    ctl.tick()  # both bake
+    vid = store.get_model_version("bot", 2).id
+    for name in ("support", "helpdesk"):
+        store.add_inference_records(
+            NewInferenceRecord(
+                id=f"cmpl-{uuid.uuid4().hex}", endpoint_name=name, route="completions",
+                latency_ms=5.0, status="error", http_status=503, version_id=vid,
+            )
+            for _ in range(10)
+        )  # fmt: skip
+    assert len(ctl.tick()) == 2
+    # when the first alert went out, both rollouts were rolled back already
+    assert seen[0] == {"support": "rolled_back", "helpdesk": "rolled_back"}
+    assert len(seen) == 2

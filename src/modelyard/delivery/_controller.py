@@ -163,6 +163,9 @@ class Controller:
         # breach's rollback, nor the lease this loop must renew (one job at a time).
         self._judging = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelyard-judge")
         self._judge_jobs: dict[str, Future[int]] = {}
+        # Rollbacks' alerts (a webhook with retries) are sent once every rollout of the tick
+        # was looked at: a slow receiver never delays another rollout's rollback.
+        self._alerts: list[tuple[Rollout, Mapping[str, Any]]] = []
 
     @property
     def lease(self) -> tuple[str, str]:
@@ -187,6 +190,7 @@ class Controller:
                 continue
             if after is not None:
                 changed.append(after)
+        self._send_alerts()
         if self.extra_ticks and time.monotonic() - self._extra_at >= self.extra_every_s:
             self._extra_at = time.monotonic()
             for extra in self.extra_ticks:  # e.g. monitoring.tick: profiles, drift, alerts
@@ -371,11 +375,16 @@ class Controller:
         )
         if after is not None:
             log.warning("rollout %s on %s rolled back: %s", r.id, r.endpoint, breach.get("message"))
+            self._alerts.append((after, breach))  # sent at the end of the tick
+        return after
+
+    def _send_alerts(self) -> None:
+        alerts, self._alerts = self._alerts, []
+        for after, breach in alerts:
             try:
                 self.on_breach(self.store, after, breach)
             except Exception:  # a notifier must not stop the controller
                 log.exception("the rollback alert failed")
-        return after
 
 
 def promote_alias(store: Store, r: Rollout) -> dict[str, Any]:
