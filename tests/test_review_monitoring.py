@@ -20,6 +20,7 @@ from modelyard.monitoring import (
     compare,
     evaluate_rules,
     export_records,
+    text_features,
 )
 from modelyard.monitoring._stats import Pair, SortedValues, ks_pvalue
 from modelyard.store import Store
@@ -304,3 +305,44 @@ def test_admin_since_in_the_future_is_a_400_naming_since(admin: Any, path: str) 
     assert r.status_code == 400, r.text
     assert r.json()["error"]["param"] == "since" and "future" in r.json()["error"]["message"]
     assert admin.get(path, params={"since": "2026-01-01T00:00:00"}).status_code == 200
+
+
+def test_semantic_drift_embeds_a_sample_of_the_prompts_not_every_one(store: Store) -> None:
+    """Every prompt of both windows went through MiniLM, to use 500 a side in the MMD test
+    (an hour of busy traffic took hours on a CPU); n counts every usable prompt."""
+    from modelyard.monitoring import compute_drift
+    from modelyard.monitoring._semantic import DIMENSIONS
+    from modelyard.store import NewInferenceRecord
+
+    class Counting:
+        def __init__(self) -> None:
+            self.sizes: list[int] = []
+
+        def embed(self, texts: list[str]) -> np.ndarray:
+            self.sizes.append(len(texts))
+            rng = np.random.default_rng(len(self.sizes))
+            v = rng.normal(size=(len(texts), DIMENSIONS)).astype(np.float32)
+            return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+    fake_world(store, model="acme-bot", endpoint="acme-support")
+    tid = store.get_tenant("acme").id
+    vid = store.get_model_version("acme-bot", 1).id
+    now = datetime.now(UTC)
+    items = []
+    for i in range(1400):
+        at = now - timedelta(minutes=90 if i % 2 else 30, seconds=i)
+        rec = NewInferenceRecord(
+            id=f"p{i}", endpoint_name="acme-support", route="chat.completions",
+            latency_ms=10.0, status="ok", http_status=200, tenant_id=tid, version_id=vid,
+            prompt=f"prompt {i}", prompt_tokens=2, completion_tokens=1, created_at=at,
+        )  # fmt: skip
+        items.append((rec, text_features(f"prompt {i}", "ok")))
+    store.add_monitored_records(items)
+    embedder = Counting()
+    report = compute_drift(
+        store, "acme-support", reference="previous:1h", window=timedelta(hours=1),
+        semantic=True, embedder=embedder, save=False,  # type: ignore[arg-type]
+    )  # fmt: skip
+    assert max(embedder.sizes) <= 500 and sum(embedder.sizes) <= 1000
+    row = next(r for r in report.results if r.feature == "prompt_embedding")
+    assert (row.n_reference, row.n_current) == (700, 700) and row.value is not None

@@ -368,25 +368,50 @@ def _columns(
     return {name: np.array(cols[name], dtype=float) for name in FEATURE_NAMES}
 
 
-def _embeddings(records: Sequence[Mapping[str, Any]], embedder: Embedder) -> np.ndarray:
-    """Stored embeddings, else embeddings of the kept prompt text (policy full or redacted);
-    records with neither (hashed or dropped text, no embedding) are left out."""
-    stored = [r["embedding"] for r in records if r.get("embedding")]
-    texts = [
-        r["prompt"]
+SEMANTIC_MAX = 500
+"""Prompts embedded a side at most (a seeded sample, as the MMD test uses at most as many):
+embedding is what costs, so a day of traffic is not run through MiniLM to use 500."""
+
+
+def _sample(items: Sequence[Any], seed: int = 0) -> list[Any]:
+    if len(items) <= SEMANTIC_MAX:
+        return list(items)
+    chosen = np.random.default_rng(seed).choice(len(items), SEMANTIC_MAX, replace=False)
+    return [items[i] for i in sorted(chosen)]
+
+
+def _embeddings(records: Sequence[Mapping[str, Any]], embedder: Embedder) -> tuple[np.ndarray, int]:
+    """Embeddings of a sample of the records (stored ones, else of the kept prompt text:
+    policy full or redacted), and how many records had one or the other; records with
+    neither (hashed or dropped text, no embedding) are left out."""
+    usable = [
+        r
         for r in records
-        if not r.get("embedding") and r.get("prompt") and not r["prompt"].startswith("sha256:")
+        if r.get("embedding") or (r.get("prompt") and not r["prompt"].startswith("sha256:"))
     ]
+    chosen = _sample(usable)
+    stored = [r["embedding"] for r in chosen if r.get("embedding")]
+    texts = [r["prompt"] for r in chosen if not r.get("embedding")]
     parts = [from_bytes(stored)] if stored else []
     if texts:
         parts.append(embedder.embed(texts))
-    return np.concatenate(parts) if parts else np.zeros((0, DIMENSIONS), dtype=np.float32)
+    vectors = np.concatenate(parts) if parts else np.zeros((0, DIMENSIONS), dtype=np.float32)
+    return vectors, len(usable)
 
 
-def semantic_result(ref: np.ndarray, cur: np.ndarray, min_samples: int) -> dict[str, Any]:
-    """The ``prompt_embedding`` row: an MMD permutation test, drifted when p < 0.05."""
-    if len(ref) < min_samples or len(cur) < min_samples:
-        return _result("mmd", None, 0.05, None, "not_enough_data", len(ref), len(cur), {})
+def semantic_result(
+    ref: np.ndarray,
+    cur: np.ndarray,
+    min_samples: int,
+    n_ref: int | None = None,
+    n_cur: int | None = None,
+) -> dict[str, Any]:
+    """The ``prompt_embedding`` row: an MMD permutation test, drifted when p < 0.05.
+    ``n_ref`` and ``n_cur``: the prompts each side had, where the vectors are a sample."""
+    n_ref = len(ref) if n_ref is None else n_ref
+    n_cur = len(cur) if n_cur is None else n_cur
+    if n_ref < min_samples or n_cur < min_samples:
+        return _result("mmd", None, 0.05, None, "not_enough_data", n_ref, n_cur, {})
     mmd2, p = mmd_test(ref, cur)
     drifted = p < 0.05
     return _result(
@@ -395,8 +420,8 @@ def semantic_result(ref: np.ndarray, cur: np.ndarray, min_samples: int) -> dict[
         0.05,
         drifted,
         "drift" if drifted else "ok",
-        len(ref),
-        len(cur),
+        n_ref,
+        n_cur,
         {"mmd2": mmd2, "dimensions": DIMENSIONS, "model": "all-MiniLM-L6-v2"},
     )
 
@@ -439,17 +464,19 @@ def compute_drift(
     cur_records = _records(store, endpoint, chosen.id, start, now, True) if semantic else []
     current = _columns(store, endpoint, chosen.id, start, now)
     ref_vectors = cur_vectors = None
+    n_ref = n_cur = 0
     if span is None:
         ref_columns: dict[str, np.ndarray] = eval_reference(store, artifacts, chosen)
         if semantic and embedder is not None:
-            ref_vectors = embedder.embed([p for p, _ in eval_pairs(store, artifacts, chosen)])
+            prompts = [p for p, _ in eval_pairs(store, artifacts, chosen)]
+            ref_vectors, n_ref = embedder.embed(_sample(prompts)), len(prompts)
     else:
         ref_columns = _columns(store, endpoint, chosen.id, span[0], span[1])
         if semantic and embedder is not None:
             ref_records = _records(store, endpoint, chosen.id, span[0], span[1], True)
-            ref_vectors = _embeddings(ref_records, embedder)
+            ref_vectors, n_ref = _embeddings(ref_records, embedder)
     if semantic and embedder is not None:
-        cur_vectors = _embeddings(cur_records, embedder)
+        cur_vectors, n_cur = _embeddings(cur_records, embedder)
     run_id = str(uuid.uuid4())
     endpoint_row = store.get_endpoint(endpoint)
     outcomes = [
@@ -467,7 +494,10 @@ def compute_drift(
     ]
     if ref_vectors is not None and cur_vectors is not None:
         outcomes.append(
-            ("prompt_embedding", semantic_result(ref_vectors, cur_vectors, config.min_samples))
+            (
+                "prompt_embedding",
+                semantic_result(ref_vectors, cur_vectors, config.min_samples, n_ref, n_cur),
+            )
         )
     results = [
         DriftResult(
