@@ -309,3 +309,22 @@ def test_an_empty_filter_is_a_usage_error(home: Path, args: tuple[str, ...]) -> 
     refused = modelyard(*args, home=home)
     assert refused.code == 2, (refused.out, refused.err)
     assert args[2] in _one_error_line(refused.err)
+
+
+def test_a_login_names_a_wrong_content_type_and_takes_any_case(console: Console) -> None:
+    csrf = _login_csrf(console.client)
+    body = json.dumps({"token": console.tokens["viv"]})
+    wrong = console.client.post(
+        f"{CONSOLE_PREFIX}/api/login",
+        content=body,
+        headers={"content-type": "text/plain", "X-CSRF-Token": csrf},
+    )
+    assert wrong.status_code == 400
+    error = wrong.json()["error"]
+    assert error["param"] == "content-type" and "text/plain" in error["message"]
+    upper = console.client.post(
+        f"{CONSOLE_PREFIX}/api/login",
+        content=body,
+        headers={"content-type": "Application/JSON; charset=UTF-8", "X-CSRF-Token": csrf},
+    )
+    assert upper.status_code == 200, upper.text

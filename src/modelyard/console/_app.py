@@ -184,8 +184,13 @@ def create_console_app(
 
     @app.post("/api/login")
     async def login(request: Request) -> Response:
-        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
-            raise ConfigError('a login is a JSON body {"token": ...}')
+        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media != "application/json":  # media types are case-insensitive (RFC 9110)
+            raise ConfigError(
+                f'a login is a JSON body {{"token": ...}} sent as application/json, not '
+                f"{media or 'a body without Content-Type'}",
+                field="content-type",
+            )
         expected, sent = login_cookie(request), request.headers.get(CSRF_HEADER)
         if not expected or not sent or not secrets.compare_digest(expected.encode(), sent.encode()):
             raise CSRFRejected(f"a login needs the login page's token in {CSRF_HEADER}")
