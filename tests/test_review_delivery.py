@@ -324,3 +324,12 @@ def test_a_slow_rollback_alert_does_not_delay_another_rollback(store: Store) -> 
     # when the first alert went out, both rollouts were rolled back already
     assert seen[0] == {"support": "rolled_back", "helpdesk": "rolled_back"}
     assert len(seen) == 2
+
+
+def test_compare_with_no_records_shows_no_python_none(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = run(capsys, "rollout compare support")
+    assert code == 0, err
+    assert "None" not in out and "support: control -" in out
+    assert "no inference records of support" in err

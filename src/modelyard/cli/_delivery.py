@@ -331,7 +331,7 @@ def compare(
         return "" if x is None else f" [{x[0] * scale:.{digits}f}, {x[1] * scale:.{digits}f}]"
 
     table = Table("version", "requests", "error rate %", "p50 ms", "p95 ms", "feedback",
-                  title=f"{endpoint}: control {report.control}")  # fmt: skip
+                  title=f"{endpoint}: control {report.control or '-'}")  # fmt: skip
     for v in report.versions:
         table.add_row(
             v.version, str(v.requests),
