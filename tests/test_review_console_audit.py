@@ -18,6 +18,7 @@ from starlette.testclient import TestClient
 
 from clihelp import modelyard
 from modelyard.access import PeopleAuthenticator, create_actor_token
+from modelyard.access._oidc import parse_group_roles
 from modelyard.admin import ADMIN_PREFIX, create_admin_app
 from modelyard.audit import (
     PROOF_FORMAT,
@@ -328,3 +329,14 @@ def test_a_login_names_a_wrong_content_type_and_takes_any_case(console: Console)
         headers={"content-type": "Application/JSON; charset=UTF-8", "X-CSRF-Token": csrf},
     )
     assert upper.status_code == 200, upper.text
+
+
+# -- OIDC groups to roles -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("raw", ["ml-admins=Admin", "ml-admins="])
+def test_a_bad_role_in_the_group_mapping_names_the_setting_and_the_item(raw: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_group_roles(f"ml-leads=approver,{raw}")
+    line = info.value.one_line()
+    assert "MODELYARD_OIDC_GROUP_ROLES" in line and repr(raw) in line

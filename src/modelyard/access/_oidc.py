@@ -58,7 +58,14 @@ def parse_group_roles(raw: str) -> dict[str, Role]:
                 f"invalid group mapping {item!r} in MODELYARD_OIDC_GROUP_ROLES: use GROUP=ROLE, "
                 "e.g. ml-admins=admin,ml-leads=approver"
             )
-        roles[group.strip()] = check_role(role.strip())
+        try:
+            roles[group.strip()] = check_role(role.strip())
+        except ConfigError as exc:
+            raise ConfigError(
+                f"invalid group mapping {item!r} in MODELYARD_OIDC_GROUP_ROLES: {exc.message}",
+                hint="Use GROUP=ROLE with a role in lower case, e.g. ml-admins=admin.",
+                field="MODELYARD_OIDC_GROUP_ROLES",
+            ) from None
     return roles
 
 
