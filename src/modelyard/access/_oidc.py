@@ -59,13 +59,21 @@ def parse_group_roles(raw: str) -> dict[str, Role]:
                 "e.g. ml-admins=admin,ml-leads=approver"
             )
         try:
-            roles[group.strip()] = check_role(role.strip())
+            granted = check_role(role.strip())
         except ConfigError as exc:
             raise ConfigError(
                 f"invalid group mapping {item!r} in MODELYARD_OIDC_GROUP_ROLES: {exc.message}",
                 hint="Use GROUP=ROLE with a role in lower case, e.g. ml-admins=admin.",
                 field="MODELYARD_OIDC_GROUP_ROLES",
             ) from None
+        earlier = roles.setdefault(group.strip(), granted)
+        if earlier != granted:  # which one was meant? neither is taken silently
+            raise ConfigError(
+                f"the group {group.strip()!r} is mapped twice in MODELYARD_OIDC_GROUP_ROLES, "
+                f"to {earlier} and to {granted}",
+                hint="Keep one GROUP=ROLE entry per group.",
+                field="MODELYARD_OIDC_GROUP_ROLES",
+            )
     return roles
 
 
