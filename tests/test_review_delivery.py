@@ -333,3 +333,14 @@ def test_compare_with_no_records_shows_no_python_none(
     assert code == 0, err
     assert "None" not in out and "support: control -" in out
     assert "no inference records of support" in err
+
+
+@pytest.mark.parametrize("ref", ["bot:abc", "", "bot@"])
+def test_a_malformed_to_names_the_field(store: Store, ref: str) -> None:
+    from modelyard.delivery import start_rollout
+    from modelyard.errors import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        start_rollout(store, "support", ref)
+    assert caught.value.context.get("field") == "to"  # the admin API's 400 names "to"
+    assert caught.value.message.startswith("--to: invalid model reference")

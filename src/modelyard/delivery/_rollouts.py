@@ -109,7 +109,10 @@ def start_rollout(
             ) from None
     check_judge_guards(store, policy.guards)  # the judges exist and can judge live traffic
     ep = store.get_endpoint(endpoint)
-    name, _, _ = parse_model_ref(to)
+    try:
+        name, _, _ = parse_model_ref(to)
+    except ConfigError as exc:
+        raise ConfigError(f"--to: {exc.message}", hint=exc.hint, field="to") from None
     if name != ep.model:
         raise ConfigError(
             f"{to} is not a version of {ep.model!r}, the model behind endpoint {endpoint!r}",
