@@ -344,6 +344,6 @@ def test_a_bad_role_in_the_group_mapping_names_the_setting_and_the_item(raw: str
 
 def test_a_group_mapped_to_two_roles_is_refused_not_the_last_taken() -> None:
     """'ml=admin,ml=viewer' gave the group the last role without a word."""
-    with pytest.raises(ConfigError, match="'ml' is mapped twice.*admin and to viewer"):
+    with pytest.raises(ConfigError, match=r"'ml' is mapped twice.*admin and to viewer"):
         parse_group_roles("ml=admin, ml=viewer")
     assert parse_group_roles("ml=admin,ml=admin") == {"ml": "admin"}
