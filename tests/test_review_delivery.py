@@ -344,3 +344,35 @@ def test_a_malformed_to_names_the_field(store: Store, ref: str) -> None:
         start_rollout(store, "support", ref)
     assert caught.value.context.get("field") == "to"  # the admin API's 400 names "to"
     assert caught.value.message.startswith("--to: invalid model reference")
+
+
+def test_the_controller_loop_outlives_a_failing_tick(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from modelyard.delivery import Controller, start_rollout
+
+    start_rollout(store, "support", "bot:2", steps="100", bake_s=0, min_requests=0)
+    ctl = Controller(store)
+    real = store.list_rollouts
+    failures = [RuntimeError("a row the code cannot read")]
+
+    def flaky(**kw):  # type: ignore[no-untyped-def]
+        if kw.get("active") and failures:
+            raise failures.pop()
+        return real(**kw)
+
+    monkeypatch.setattr(store, "list_rollouts", flaky)
+    stop = threading.Event()
+    runner = threading.Thread(target=ctl.run, args=(stop, 0.05))
+    runner.start()
+    try:
+        for _ in range(200):
+            if real(endpoint="support")[0].status == "succeeded":
+                break
+            threading.Event().wait(0.05)
+    finally:
+        stop.set()
+        runner.join(10)
+    assert not failures and real(endpoint="support")[0].status == "succeeded"

@@ -211,6 +211,8 @@ class Controller:
                     self.tick()
                 except ModelyardError as exc:  # e.g. the store is down for a moment
                     log.warning("controller tick failed: %s", exc.one_line())
+                except Exception:  # a bug must not end the loop: the next tick tries again
+                    log.exception("controller tick failed")
                 stop.wait(max(0.0, interval_s - (time.monotonic() - started)))
         finally:
             self._judging.shutdown(wait=False, cancel_futures=True)
