@@ -346,3 +346,28 @@ def test_semantic_drift_embeds_a_sample_of_the_prompts_not_every_one(store: Stor
     assert max(embedder.sizes) <= 500 and sum(embedder.sizes) <= 1000
     row = next(r for r in report.results if r.feature == "prompt_embedding")
     assert (row.n_reference, row.n_current) == (700, 700) and row.value is not None
+
+
+def test_budget_alerts_of_one_rule_are_distinct_series_in_the_metrics(store: Store) -> None:
+    """modelyard_alert_firing had only rule, endpoint and severity: every budget of a
+    budget_used rule was the series {rule, endpoint="", severity}, repeated in one scrape."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from modelyard.monitoring import MonitoringCollector
+
+    fake_world(store, model="acme-bot", endpoint="acme-support")
+    store.set_budget("acme", "day", 2.0)
+    store.set_budget("acme", "month", 10.0)
+    rules = AlertRules.parse(
+        {"rules": [{"name": "spend", "metric": "budget_used", "comparison": ">=", "threshold": 0}]}
+    )
+    evaluate_rules(store, rules, datetime.now(UTC))
+    registry = CollectorRegistry()
+    registry.register(MonitoringCollector(store))
+    lines = [
+        line.rsplit(" ", 1)[0]
+        for line in generate_latest(registry).decode().splitlines()
+        if line.startswith("modelyard_alert_firing{")
+    ]
+    assert len(lines) == 2 and len(set(lines)) == 2, lines
+    assert any('scope="acme/*/day"' in line for line in lines)

@@ -160,14 +160,22 @@ class MonitoringCollector(Collector):
             names = [r.endpoint_name, r.version or "", r.feature, r.method]
             value.add_metric(names, r.value)
             detected.add_metric(names, 1.0 if r.drifted else 0.0)
+        # scope (tenant/key/period) tells budget alerts apart (they have no endpoint): with
+        # rule, endpoint and severity alone, two budgets of one rule were one series, twice
         firing = GaugeMetricFamily(
             "modelyard_alert_firing",
             "1 while the alert fires",
-            labels=["rule", "endpoint", "severity"],
+            labels=["rule", "endpoint", "severity", "scope"],
         )
         for a in self.store.list_alert_states():
+            budget = [a.labels.get(k) for k in ("tenant", "key", "period")]
             firing.add_metric(
-                [a.rule, str(a.labels.get("endpoint", "")), a.severity],
+                [
+                    a.rule,
+                    str(a.labels.get("endpoint", "")),
+                    a.severity,
+                    "/".join(str(b) for b in budget) if all(budget) else "",
+                ],
                 1.0 if a.state == "firing" else 0.0,
             )
         yield value
