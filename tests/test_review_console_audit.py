@@ -347,3 +347,15 @@ def test_a_group_mapped_to_two_roles_is_refused_not_the_last_taken() -> None:
     with pytest.raises(ConfigError, match=r"'ml' is mapped twice.*admin and to viewer"):
         parse_group_roles("ml=admin, ml=viewer")
     assert parse_group_roles("ml=admin,ml=admin") == {"ml": "admin"}
+
+
+def test_audit_log_shows_names_and_details_like_markup_as_typed(home: Path) -> None:
+    """An actor named '[/x]' (a valid name) made `audit log` fail for everyone with Rich's
+    MarkupError, and '[red]' in a detail coloured the rest of the line."""
+    made = modelyard("--actor", "[/x]", "tenants", "create", "globex", home=home)
+    assert made.code == 0, made.err
+    assert modelyard("--actor", "[red]eve", "tenants", "create", "initech", home=home).code == 0
+    for columns in ("200", "80"):
+        log = modelyard("audit", "log", home=home, env={"COLUMNS": columns})
+        assert log.code == 0, log.err
+        assert "[/x]" in log.out and "[red]eve" in log.out

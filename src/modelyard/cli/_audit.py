@@ -101,7 +101,8 @@ def audit_log(
     if json_out:
         print_json([e.to_json() for e in events])
         return
-    console.print(render_events(events, console.width), highlight=False)
+    # markup=False: an actor, subject or payload such as "[/]" is text, not a Rich tag
+    console.print(render_events(events, console.width), highlight=False, markup=False)
 
 
 @app.command("verify")
