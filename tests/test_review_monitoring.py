@@ -371,3 +371,19 @@ def test_budget_alerts_of_one_rule_are_distinct_series_in_the_metrics(store: Sto
     ]
     assert len(lines) == 2 and len(set(lines)) == 2, lines
     assert any('scope="acme/*/day"' in line for line in lines)
+
+
+@pytest.mark.parametrize(
+    "reference", ["baseline:2026-12-01T06:00/2026-12-01T00:00", "baseline:nonsense", "bogus"]
+)
+def test_a_bad_drift_reference_in_a_rules_file_names_the_file_and_the_key(
+    tmp_path: Path, reference: str
+) -> None:
+    """It said "invalid --reference ...", an option the user never gave, and no file."""
+    path = tmp_path / "alerts.yml"
+    path.write_text(f"drift:\n  reference: {reference}\nrules: []\n")
+    with pytest.raises(ConfigError) as err:
+        AlertRules.load(path)
+    assert str(err.value).startswith(f"{path}: drift.reference: ")
+    assert "--reference" not in str(err.value)
+    assert err.value.context["field"] == "drift.reference"

@@ -231,7 +231,14 @@ class AlertRules(_Section):
             key = ".".join(str(p) for p in first["loc"]) or "rules"
             msg = first["msg"].removeprefix("Value error, ")
             raise ConfigError(f"{source}: {key}: {msg}", field=key) from None
-        parse_reference(rules.drift.reference, datetime.now(UTC))
+        try:
+            parse_reference(rules.drift.reference, datetime.now(UTC))
+        except ConfigError as exc:  # it speaks of the CLI's --reference: say where it is
+            why = exc.message.removeprefix(f"invalid --reference {rules.drift.reference!r}: ")
+            raise ConfigError(
+                f"{source}: drift.reference: invalid {rules.drift.reference!r}: {why}",
+                field="drift.reference",
+            ) from None
         kind, _, arg = rules.drift.reference.partition(":")
         lengths = [("drift.window", rules.drift.window), ("drift.every", rules.drift.every)]
         for key, text in lengths + ([("drift.reference", arg)] if kind == "previous" else []):
