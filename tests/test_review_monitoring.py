@@ -387,3 +387,11 @@ def test_a_bad_drift_reference_in_a_rules_file_names_the_file_and_the_key(
     assert str(err.value).startswith(f"{path}: drift.reference: ")
     assert "--reference" not in str(err.value)
     assert err.value.context["field"] == "drift.reference"
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://", "https:///path", "ftp://host/x"])
+def test_a_webhook_url_httpx_cannot_use_is_refused_when_the_rules_load(url: str) -> None:
+    """http://[::1 loaded, then httpx.InvalidURL raised out of evaluate_rules at the first
+    alert to notify (after its state was saved: the page was lost, later rules unevaluated)."""
+    with pytest.raises(ConfigError, match="url"):
+        AlertRules.parse({"notify": {"webhook": {"url": url}}, "rules": []})

@@ -92,8 +92,12 @@ class WebhookConfig(_Section):
     @field_validator("url")
     @classmethod
     def _http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("use an http:// or https:// URL")
+        try:  # a URL httpx cannot parse raised out of every tick that notified
+            host = httpx.URL(value).host if value.startswith(("http://", "https://")) else ""
+        except httpx.InvalidURL:
+            host = ""
+        if not host:
+            raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
         return value
 
 
@@ -333,7 +337,7 @@ def post_webhook(config: WebhookConfig, payload: Mapping[str, Any]) -> Delivery:
             attempts = attempt + 1
             try:
                 reply = client.post(config.url, json=dict(payload))
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
                 error = f"{type(exc).__name__}: {exc}"
             else:
                 if reply.status_code < 300:
