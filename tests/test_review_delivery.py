@@ -376,3 +376,20 @@ def test_the_controller_loop_outlives_a_failing_tick(
         stop.set()
         runner.join(10)
     assert not failures and real(endpoint="support")[0].status == "succeeded"
+
+
+def test_abort_says_why_when_the_old_plan_was_archived(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from modelyard.delivery import Controller, start_rollout
+
+    start_rollout(store, "support", "bot:2", steps="100", bake_s=3600, min_requests=0)
+    Controller(store).tick()  # 100% on bot:2: bot:1 has no traffic and may be archived
+    store.archive_model_version("bot", 1)
+    code, _, err = run(capsys, "rollout abort support")
+    assert code == 1
+    line = err.strip()
+    assert len(line.splitlines()) == 1
+    assert "cannot abort the rollout on 'support'" in line and "bot:1, archived" in line
+    assert "modelyard rollout promote support" in line
+    assert store.latest_rollout("support").active  # nothing changed

@@ -171,6 +171,16 @@ def promote_rollout(store: Store, endpoint: str) -> Rollout:
 def abort_rollout(store: Store, endpoint: str, reason: str | None = None) -> Rollout:
     """Restore the plan from before the rollout and end it ``aborted``."""
     r = active_rollout(store, endpoint)
+    archived = [f"{r.model}:{n}" for n in sorted(r.baseline) if n != r.target
+                and store.get_model_version(r.model, n).status == "archived"]  # fmt: skip
+    if archived:  # the store would refuse the plan, naming a version the user never asked for
+        raise Conflict(
+            f"cannot abort the rollout on {endpoint!r}: the plan from before it sends traffic "
+            f"to {', '.join(archived)}, archived since the rollout started",
+            hint=f"Promote it instead (`modelyard rollout promote {endpoint}`), then set the "
+            "traffic you want with `modelyard endpoints set-traffic`.",
+            endpoint=endpoint,
+        )
     why = reason or "aborted by an operator"
     return _manual(
         store,
