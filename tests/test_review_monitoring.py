@@ -17,6 +17,7 @@ from modelyard.monitoring import (
     AlertRules,
     DriftConfig,
     FeatureRule,
+    apply_retention,
     compare,
     evaluate_rules,
     export_records,
@@ -395,3 +396,20 @@ def test_a_webhook_url_httpx_cannot_use_is_refused_when_the_rules_load(url: str)
     alert to notify (after its state was saved: the page was lost, later rules unevaluated)."""
     with pytest.raises(ConfigError, match="url"):
         AlertRules.parse({"notify": {"webhook": {"url": url}}, "rules": []})
+
+
+def test_a_retention_longer_than_the_calendar_does_not_break_the_tick(store: Store) -> None:
+    """retention set --days 1000000 was accepted, then every tick (and the controller's
+    monitoring loop) raised OverflowError computing now - 1,000,000 days."""
+    fake_world(store, model="acme-bot", endpoint="acme-support")
+    store.set_retention("acme", 1_000_000)
+    assert apply_retention(store, datetime.now(UTC)) == {}
+
+
+def test_retention_set_beyond_100_years_is_exit_2(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["monitor", "retention", "set", "--tenant", "acme", "--days", "99999999999"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--days" in err and "Traceback" not in err
+    assert main(["monitor", "retention", "set", "--tenant", "acme", "--days", "36500"]) == 0

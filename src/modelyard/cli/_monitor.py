@@ -499,6 +499,9 @@ def report(
     console.print(f"wrote {path}")
 
 
+MAX_RETENTION_DAYS = 36_500
+
+
 @retention_app.command("set")
 def retention_set(
     tenant: str = typer.Option(..., "--tenant", help="The tenant."),
@@ -506,6 +509,12 @@ def retention_set(
     json_out: bool = JSON,
 ) -> None:
     """Keep a tenant's raw records N days; older ones go once profiled (audit events stay)."""
+    if days > MAX_RETENTION_DAYS:  # a longer one broke every tick (no date is that old)
+        raise ConfigError(
+            f"--days {days} is more than {MAX_RETENTION_DAYS} (100 years): keep raw records "
+            "at most that long, or remove the retention to keep them forever",
+            field="--days",
+        )
     with open_store() as store:
         policy = store.set_retention(tenant, days)
     if json_out:

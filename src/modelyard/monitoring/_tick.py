@@ -54,6 +54,8 @@ def apply_retention(store: Store, now: datetime, lateness: timedelta = LATENESS)
     final_before = floor_hour(now - lateness)
     purged: dict[str, int] = {}
     for policy in store.list_retention():
+        if now - datetime.min.replace(tzinfo=UTC) <= timedelta(days=policy.raw_days):
+            continue  # kept longer than the calendar goes back (no datetime is that old)
         cutoff = min(now - timedelta(days=policy.raw_days), final_before)
         n = store.purge_records(policy.tenant, cutoff)
         if n:
