@@ -413,3 +413,13 @@ def test_retention_set_beyond_100_years_is_exit_2(
     err = capsys.readouterr().err
     assert code == 2 and "--days" in err and "Traceback" not in err
     assert main(["monitor", "retention", "set", "--tenant", "acme", "--days", "36500"]) == 0
+
+
+def test_an_online_judging_lookback_beyond_a_year_is_refused_when_the_rules_load(
+    store: Store,
+) -> None:
+    """lookback: 1000000d loaded, then every tick raised OverflowError (now - lookback)."""
+    entry = {"judge": "quality", "endpoint": "acme-support", "lookback": "1000000d"}
+    with pytest.raises(ConfigError, match=r"judging\.0\.lookback.*at most 366 days"):
+        AlertRules.parse({"judging": [entry], "rules": []})
+    assert AlertRules.parse({"judging": [entry | {"lookback": "366d"}], "rules": []}).judging

@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -49,7 +49,8 @@ class OnlineJudging(BaseModel):
     @field_validator("lookback")
     @classmethod
     def _lookback(cls, value: str) -> str:
-        parse_duration(value)
+        if parse_duration(value) > timedelta(days=366):  # as a rule's window; 1000000d broke
+            raise ValueError(f"{value!r} is too long: at most 366 days, e.g. 1h or 7d")
         return value
 
 
