@@ -366,3 +366,12 @@ def test_a_token_lifetime_past_the_year_9999_is_a_usage_error(home: Path) -> Non
     assert refused.code == 2 and "--expires '9999999d'" in _one_error_line(refused.err)
     listed = modelyard("tokens", "list", "--json", home=home)
     assert json.loads(listed.out) == []
+
+
+def test_revoking_a_revoked_token_says_it_was_already_revoked(home: Path) -> None:
+    created = json.loads(modelyard("tokens", "create", "--name", "t", "--json", home=home).out)
+    first = modelyard("tokens", "revoke", created["id"], home=home)
+    assert first.code == 0 and "revoked token" in first.out
+    again = modelyard("tokens", "revoke", created["id"], home=home)
+    assert again.code == 0, again.err
+    assert "was already revoked on" in again.out and "nothing changed" in again.out
