@@ -393,3 +393,16 @@ def test_abort_says_why_when_the_old_plan_was_archived(
     assert "cannot abort the rollout on 'support'" in line and "bot:1, archived" in line
     assert "modelyard rollout promote support" in line
     assert store.latest_rollout("support").active  # nothing changed
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("nan"), 0.0, -1.0, 1e12])
+def test_the_servers_router_refuses_a_refresh_it_cannot_keep(store: Store, value: float) -> None:
+    """serve --refresh-seconds inf killed the router's thread (OverflowError in its wait)
+    and the server then never re-read the plans: a rollout's steps never reached it."""
+    from modelyard.errors import ConfigError
+    from modelyard.serving._router import Router
+
+    with pytest.raises(ConfigError) as caught:
+        Router(store, refresh_seconds=value)
+    assert caught.value.context.get("field") == "refresh_seconds"
+    assert "refresh_seconds is" in caught.value.message

@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from modelyard.errors import EndpointNotFound, ModelyardError
+from modelyard.errors import ConfigError, EndpointNotFound, ModelyardError
 from modelyard.store import ApiKey, Endpoint, ModelVersion, Store
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,16 @@ class Route:
 
 
 class Router:
+    MAX_REFRESH_S = 86400.0  # a day: a longer wait overflows the thread's timer
+
     def __init__(self, store: Store, *, refresh_seconds: float = 2.0) -> None:
+        if not 0 < refresh_seconds <= self.MAX_REFRESH_S:  # nan and inf too
+            raise ConfigError(
+                f"refresh_seconds is {refresh_seconds}: it must be above 0 and at most "
+                f"{self.MAX_REFRESH_S:g} (how often endpoints and traffic plans are re-read)",
+                hint="Give --refresh-seconds a number of seconds such as 2.",
+                field="refresh_seconds",
+            )
         self._store = store
         self._refresh_seconds = refresh_seconds
         self._lock = threading.Lock()
