@@ -423,3 +423,14 @@ def test_an_online_judging_lookback_beyond_a_year_is_refused_when_the_rules_load
     with pytest.raises(ConfigError, match=r"judging\.0\.lookback.*at most 366 days"):
         AlertRules.parse({"judging": [entry], "rules": []})
     assert AlertRules.parse({"judging": [entry | {"lookback": "366d"}], "rules": []}).judging
+
+
+def test_a_drift_end_before_1970_names_end_not_the_window(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--end 1960-01-01 said 'the window of 0.0416667 days reaches back before 1970 ...; use
+    a shorter one': no window is short enough, the --end is the mistake."""
+    code = main(["monitor", "drift", "--endpoint", "acme-support", "--reference",
+                 "previous:1h", "--end", "1960-01-01"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "--end" in err and "shorter" not in err, err

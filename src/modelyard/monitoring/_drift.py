@@ -294,6 +294,12 @@ def _days(length: timedelta) -> str:
 def back_from(at: datetime, length: timedelta, what: str, field: str) -> datetime:
     """``at - length``; a ConfigError naming ``field`` when that is before 1970 (no record
     is that old, and far enough back it is no date at all)."""
+    if at <= EARLIEST:  # no window helps: the end itself is before any record
+        raise ConfigError(
+            f"the window's end {at:%Y-%m-%d %H:%M} UTC is before 1970: no records are that "
+            "old; give a later --end, or none for a window ending now",
+            field="end",
+        )
     try:
         start = at - length
     except OverflowError:  # before year 1
