@@ -406,3 +406,11 @@ def test_the_servers_router_refuses_a_refresh_it_cannot_keep(store: Store, value
         Router(store, refresh_seconds=value)
     assert caught.value.context.get("field") == "refresh_seconds"
     assert "refresh_seconds is" in caught.value.message
+
+
+def test_a_version_number_beyond_the_database_is_not_found(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run(capsys, "rollout start support --to bot:99999999999999999999")
+    assert code == 1 and "Traceback" not in err and "OverflowError" not in err
+    assert err.startswith("error: model 'bot' has no version 99999999999999999999")

@@ -14,7 +14,14 @@ from typing import Any, Protocol
 from modelyard.delivery._controller import promote_alias
 from modelyard.delivery._guards import check_guard
 from modelyard.delivery._judging import check_judge_guards
-from modelyard.errors import ConfigError, Conflict, NotFound, RolloutError, RolloutFailed
+from modelyard.errors import (
+    ConfigError,
+    Conflict,
+    ModelVersionNotFound,
+    NotFound,
+    RolloutError,
+    RolloutFailed,
+)
 from modelyard.store import (
     Rollout,
     RolloutPolicy,
@@ -28,6 +35,7 @@ DEFAULT_POLICY = RolloutPolicy()  # the one set of rollout defaults (typed in th
 DEFAULT_STEPS = DEFAULT_POLICY.steps
 DEFAULT_GUARDS = DEFAULT_POLICY.guards
 MAX_BAKE_S = 7 * 86400.0  # a week per step, as the admin API takes (its RolloutBody.bake_s)
+MAX_VERSION = 2**63 - 1  # the largest version number a store can hold
 MAX_MIN_REQUESTS = 10**9  # as the admin API takes; the store keeps a 64-bit integer
 
 
@@ -110,9 +118,11 @@ def start_rollout(
     check_judge_guards(store, policy.guards)  # the judges exist and can judge live traffic
     ep = store.get_endpoint(endpoint)
     try:
-        name, _, _ = parse_model_ref(to)
+        name, _, number = parse_model_ref(to)
     except ConfigError as exc:
         raise ConfigError(f"--to: {exc.message}", hint=exc.hint, field="to") from None
+    if number is not None and number > MAX_VERSION:  # beyond the database's integers
+        raise ModelVersionNotFound(f"model {name!r} has no version {number}")
     if name != ep.model:
         raise ConfigError(
             f"{to} is not a version of {ep.model!r}, the model behind endpoint {endpoint!r}",
