@@ -5,6 +5,7 @@ user's mistake never changes what the store accepts."""
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import expect, sync_playwright
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from starlette.testclient import TestClient
@@ -30,6 +32,7 @@ from modelyard.audit import (
 )
 from modelyard.console import CONSOLE_PREFIX, ConsoleSessions, create_console_app
 from modelyard.errors import AuditError, ConfigError
+from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.store import Store
 
 
@@ -375,3 +378,33 @@ def test_revoking_a_revoked_token_says_it_was_already_revoked(home: Path) -> Non
     again = modelyard("tokens", "revoke", created["id"], home=home)
     assert again.code == 0, again.err
     assert "was already revoked on" in again.out and "nothing changed" in again.out
+
+
+# -- the console in a browser ---------------------------------------------------------------
+
+
+def test_in_the_browser_a_malformed_page_address_says_it_cannot_be_shown(
+    console: Console,
+) -> None:
+    """A hash such as #/models/%E0%A4%A threw decodeURIComponent's URIError before the page's
+    error handling: the view stayed on the previous page, busy, saying nothing."""
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("no chromium (apt-get install chromium)")
+    mounts = {ADMIN_PREFIX: console.app.routes[0].app, CONSOLE_PREFIX: console.app.routes[1].app}
+    app = create_app(console.store, EchoEngine(), mounts=mounts)
+    with BackgroundServer(app) as server, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, timeout=60_000)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(15_000)
+            page.goto(f"{server.base_url}{CONSOLE_PREFIX}/login")
+            page.fill("#token", console.tokens["ops"])
+            page.click("#submit")
+            expect(page.get_by_test_id("who")).to_contain_text("ops")
+            expect(page.locator("main[aria-busy=false]")).to_be_visible()
+            page.goto(f"{server.base_url}{CONSOLE_PREFIX}/#/models/%E0%A4%A")
+            expect(page.locator("main h1")).to_have_text("Cannot show this page")
+            expect(page.locator("main[aria-busy=false]")).to_be_visible()
+        finally:
+            browser.close()

@@ -41,15 +41,25 @@ const ROUTES = [
   [/^audit$/, (m, ctx, params) => auditPage(params, ctx)],
 ];
 
+/** A path segment of the address, decoded; null when it is not valid percent-encoding. */
+function decoded(part) {
+  try {
+    return decodeURIComponent(part);
+  } catch (_) {
+    return null;
+  }
+}
+
 async function route() {
   for (const t of timers) clearInterval(t);
   timers = [];
   const mine = ++generation;
   const raw = window.location.hash.replace(/^#\/?/, "") || "models";
   const [path, query] = raw.split("?");
-  const parts = path.split("/").map(decodeURIComponent);
+  const parts = path.split("/").map(decoded);
+  const malformed = parts.includes(null);  // said on the page below, like an unknown page
   const params = new URLSearchParams(query || "");
-  const page = parts[0];
+  const page = malformed ? "" : parts[0];
   for (const a of document.querySelectorAll("#nav a")) {
     a.classList.toggle("active", a.dataset.page === page);
   }
@@ -64,10 +74,11 @@ async function route() {
       timers.push(t);
     },
   };
-  const joined = parts.map((p) => p.replaceAll("/", "%2F")).join("/");
+  const joined = malformed ? "" : parts.map((p) => p.replaceAll("/", "%2F")).join("/");
   const found = ROUTES.find(([re]) => re.test(joined));
   view.setAttribute("aria-busy", "true");
   try {
+    if (malformed) throw new Error(`no page ${path}: its address is not valid percent-encoding`);
     if (!found) throw new Error(`no page ${path}`);
     const m = joined.match(found[0]).map((x) => (x === undefined ? x : decodeURIComponent(x)));
     const nodes = await found[1](m, ctx, params);
