@@ -414,3 +414,18 @@ def test_a_version_number_beyond_the_database_is_not_found(
     code, _, err = run(capsys, "rollout start support --to bot:99999999999999999999")
     assert code == 1 and "Traceback" not in err and "OverflowError" not in err
     assert err.startswith("error: model 'bot' has no version 99999999999999999999")
+
+
+def test_a_version_number_beyond_the_database_is_not_found_anywhere(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """set-traffic, its --shadow and a registry lookup with such a number were an
+    OverflowError traceback (a 500 through the admin API); the store answers as for any
+    version it does not have."""
+    huge = "99999999999999999999"
+    for line in (f"endpoints set-traffic support {huge}=100",
+                 f"endpoints set-traffic support 1=100 --shadow {huge}",
+                 f"registry show bot:{huge}"):  # fmt: skip
+        code, _, err = run(capsys, line)
+        assert code == 1 and "Traceback" not in err, (line, err)
+        assert f"model 'bot' has no version {huge}" in err, (line, err)

@@ -89,9 +89,15 @@ def model_row(s: Session, name: str, *, lock: bool = False) -> RegisteredModelRo
     return row
 
 
+MAX_VERSION = 2**63 - 1
+"""The largest version number a store can hold (a 64-bit integer in every database)."""
+
+
 def version_row(
     s: Session, mrow: RegisteredModelRow, version: int, *, lock: bool = False
 ) -> ModelVersionRow:
+    if not 0 < version <= MAX_VERSION:  # never stored, and past what the database can compare
+        raise ModelVersionNotFound(f"model {mrow.name!r} has no version {version}")
     query = select(ModelVersionRow).where(
         ModelVersionRow.registered_model_id == mrow.id, ModelVersionRow.version == version
     )
