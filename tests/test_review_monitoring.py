@@ -434,3 +434,44 @@ def test_a_drift_end_before_1970_names_end_not_the_window(
                  "previous:1h", "--end", "1960-01-01"])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2 and "--end" in err and "shorter" not in err, err
+
+
+def test_a_firing_alert_whose_webhook_delivery_failed_is_sent_again_until_it_gets_through(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A webhook down when the alert fired lost the page for good: the state was saved as
+    firing, and only changes of state were ever notified."""
+    from modelyard.monitoring import _notify
+    from modelyard.store import NewInferenceRecord
+
+    answers = [False, False, True]
+    posted: list[str] = []
+
+    def post(config: Any, payload: Any) -> _notify.Delivery:
+        posted.append(payload["status"])
+        ok = answers.pop(0)
+        return _notify.Delivery(ok, 1, None if ok else "ConnectError: down")
+
+    monkeypatch.setattr(_notify, "post_webhook", post)
+    fake_world(store, model="acme-bot", endpoint="acme-support")
+    tid = store.get_tenant("acme").id
+    vid = store.get_model_version("acme-bot", 1).id
+    now = datetime.now(UTC)
+    store.add_inference_records([
+        NewInferenceRecord(
+            id=f"e{i}", endpoint_name="acme-support", route="chat.completions",
+            latency_ms=10.0, status="error", http_status=503, tenant_id=tid, version_id=vid,
+            prompt_tokens=1, completion_tokens=0, created_at=now - timedelta(seconds=i + 1),
+        )
+        for i in range(3)
+    ])  # fmt: skip
+    rules = AlertRules.parse({
+        "notify": {"webhook": {"url": "http://127.0.0.1:9/hook"}},
+        "rules": [{"name": "errors", "metric": "error_rate", "threshold": 0.5, "window": "1h"}],
+    })  # fmt: skip
+    for _ in range(4):
+        evaluate_rules(store, rules, now)
+    assert posted == ["firing"] * 3
+    notes = store.list_alert_notifications(limit=20)
+    assert [n.ok for n in notes if n.target != "log"] == [True, False, False]
+    assert sum(1 for n in notes if n.target == "log") == 1

@@ -12,7 +12,6 @@ from modelyard.monitoring._alerts import (
     alert_id,
     default_rules_path,
     evaluate_rules,
-    post_webhook,
     rules_from,
 )
 from modelyard.monitoring._drift import (
@@ -38,6 +37,7 @@ from modelyard.monitoring._journal import (
     started_record,
 )
 from modelyard.monitoring._judging import JudgingResult, OnlineJudging, judge_online, sampled
+from modelyard.monitoring._notify import post_webhook
 from modelyard.monitoring._policy import apply_storage_policy, redact
 from modelyard.monitoring._profiles import ProfileUpdate, update_profiles
 from modelyard.monitoring._report import write_report

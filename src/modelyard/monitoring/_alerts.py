@@ -20,7 +20,6 @@ import operator
 import shlex
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
@@ -45,8 +44,8 @@ from modelyard.metric_names import TRAFFIC_METRICS, canonical, hint, judge_name
 from modelyard.monitoring._drift import parse_reference
 from modelyard.monitoring._features import FEATURE_NAMES
 from modelyard.monitoring._judging import OnlineJudging
+from modelyard.monitoring._notify import notify, undelivered
 from modelyard.store import (
-    AlertNotification,
     AlertState,
     Store,
     ended,
@@ -318,87 +317,6 @@ def drift_metrics(store: Store, endpoint: str, start: datetime) -> dict[str, flo
     return out
 
 
-# -- notification ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Delivery:
-    ok: bool
-    attempts: int
-    error: str | None
-
-
-def post_webhook(config: WebhookConfig, payload: Mapping[str, Any]) -> Delivery:
-    """POST ``payload``; retry connection errors, timeouts and 5xx answers with backoff."""
-    error: str | None = None
-    attempts = 0
-    with httpx.Client(timeout=config.timeout_s) as client:
-        for attempt in range(config.retries + 1):
-            attempts = attempt + 1
-            try:
-                reply = client.post(config.url, json=dict(payload))
-            except (httpx.HTTPError, httpx.InvalidURL) as exc:
-                error = f"{type(exc).__name__}: {exc}"
-            else:
-                if reply.status_code < 300:
-                    return Delivery(True, attempts, None)
-                error = f"HTTP {reply.status_code}"
-                if reply.status_code < 500:
-                    break  # the receiver refused it; sending again changes nothing
-            if attempt < config.retries:
-                time.sleep(config.backoff_s * (2**attempt))
-    return Delivery(False, attempts, error)
-
-
-def _payload(alert: AlertState, rule: Rule, now: datetime) -> dict[str, Any]:
-    return {
-        "status": alert.state,
-        "alert": {
-            "id": alert.id,
-            "rule": alert.rule,
-            "labels": dict(alert.labels),
-            "severity": alert.severity,
-            "metric": rule.metric,
-            "value": alert.value,
-            "comparison": rule.comparison,
-            "threshold": rule.threshold,
-            "summary": alert.summary,
-            "fired_at": alert.fired_at.isoformat() if alert.fired_at else None,
-            "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
-        },
-        "sent_at": now.isoformat(),
-    }
-
-
-def notify(store: Store, rules: AlertRules, rule: Rule, alert: AlertState, now: datetime) -> int:
-    """Tell every target about ``alert``'s new state; each delivery is kept in the store."""
-    payload = _payload(alert, rule, now)
-    level = logging.WARNING if alert.state == "firing" else logging.INFO
-    log.log(level, "alert %s %s: %s", alert.rule, alert.state, alert.summary)
-    store.add_alert_notification(
-        AlertNotification(alert.id, alert.rule, alert.state, "log", now, True, 1, None)
-    )
-    sent = 1
-    hook = rules.notify.webhook
-    if hook is not None:
-        d = post_webhook(hook, payload)
-        if not d.ok:
-            log.error(
-                "alert %s: webhook %s failed after %d tries: %s",
-                alert.rule,
-                hook.url,
-                d.attempts,
-                d.error,
-            )
-        store.add_alert_notification(
-            AlertNotification(
-                alert.id, alert.rule, alert.state, hook.url, now, d.ok, d.attempts, d.error
-            )
-        )
-        sent += 1
-    return sent
-
-
 # Started retraining processes, kept so they are reaped (polled) rather than left as zombies.
 _RUNNING: list[subprocess.Popen[bytes]] = []
 
@@ -488,6 +406,8 @@ def evaluate_rules(store: Store, rules: AlertRules, now: datetime) -> list[Trans
             new = _step(old, rule, aid, labels, value, holds, now)
             before = old.state if old else "inactive"
             store.save_alert_state(new)
+            if new.state == before and undelivered(store, rules, new, now):
+                notify(store, rules, rule, new, now, log_too=False)  # the webhook was down
             if new.state != before:
                 transitions.append(Transition(new, before))
                 if new.state in ("firing", "resolved"):

@@ -1,0 +1,125 @@
+"""Notifying alerts: the log always, and the webhook (a JSON POST with a timeout, retried
+with backoff on connection errors, timeouts and 5xx answers). Each delivery is kept in the
+store; a firing alert whose last webhook delivery failed is sent again at each evaluation
+(``undelivered``) until one gets through.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from modelyard.store import AlertNotification, AlertState, Store
+
+if TYPE_CHECKING:
+    from modelyard.monitoring._alerts import AlertRules, Rule, WebhookConfig
+
+log = logging.getLogger("modelyard.alerts")
+
+
+@dataclass(frozen=True)
+class Delivery:
+    ok: bool
+    attempts: int
+    error: str | None
+
+
+def post_webhook(config: WebhookConfig, payload: Mapping[str, Any]) -> Delivery:
+    """POST ``payload``; retry connection errors, timeouts and 5xx answers with backoff."""
+    error: str | None = None
+    attempts = 0
+    with httpx.Client(timeout=config.timeout_s) as client:
+        for attempt in range(config.retries + 1):
+            attempts = attempt + 1
+            try:
+                reply = client.post(config.url, json=dict(payload))
+            except (httpx.HTTPError, httpx.InvalidURL) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            else:
+                if reply.status_code < 300:
+                    return Delivery(True, attempts, None)
+                error = f"HTTP {reply.status_code}"
+                if reply.status_code < 500:
+                    break  # the receiver refused it; sending again changes nothing
+            if attempt < config.retries:
+                time.sleep(config.backoff_s * (2**attempt))
+    return Delivery(False, attempts, error)
+
+
+def _payload(alert: AlertState, rule: Rule, now: datetime) -> dict[str, Any]:
+    return {
+        "status": alert.state,
+        "alert": {
+            "id": alert.id,
+            "rule": alert.rule,
+            "labels": dict(alert.labels),
+            "severity": alert.severity,
+            "metric": rule.metric,
+            "value": alert.value,
+            "comparison": rule.comparison,
+            "threshold": rule.threshold,
+            "summary": alert.summary,
+            "fired_at": alert.fired_at.isoformat() if alert.fired_at else None,
+            "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
+        },
+        "sent_at": now.isoformat(),
+    }
+
+
+def undelivered(store: Store, rules: AlertRules, alert: AlertState, now: datetime) -> bool:
+    """Whether the webhook's last delivery of this firing (or, for a day, resolved) alert
+    failed: it is sent again at each evaluation until one gets through."""
+    hook = rules.notify.webhook
+    if hook is None or alert.state not in ("firing", "resolved"):
+        return False
+    if alert.state == "resolved" and (alert.resolved_at or now) < now - timedelta(days=1):
+        return False
+    sent = [n for n in store.list_alert_notifications(alert_id=alert.id, limit=5)
+            if n.target == hook.url[:300]]  # fmt: skip
+    return bool(sent) and sent[0].state == alert.state and not sent[0].ok
+
+
+def notify(
+    store: Store,
+    rules: AlertRules,
+    rule: Rule,
+    alert: AlertState,
+    now: datetime,
+    *,
+    log_too: bool = True,
+) -> int:
+    """Tell every target about ``alert``'s new state; each delivery is kept in the store.
+    ``log_too=False``: the webhook only (a failed delivery sent again)."""
+    payload = _payload(alert, rule, now)
+    sent = 0
+    if log_too:
+        level = logging.WARNING if alert.state == "firing" else logging.INFO
+        log.log(level, "alert %s %s: %s", alert.rule, alert.state, alert.summary)
+        store.add_alert_notification(
+            AlertNotification(alert.id, alert.rule, alert.state, "log", now, True, 1, None)
+        )
+        sent = 1
+    hook = rules.notify.webhook
+    if hook is not None:
+        d = post_webhook(hook, payload)
+        if not d.ok:
+            log.error(
+                "alert %s: webhook %s failed after %d tries: %s",
+                alert.rule,
+                hook.url,
+                d.attempts,
+                d.error,
+            )
+        store.add_alert_notification(
+            AlertNotification(
+                alert.id, alert.rule, alert.state, hook.url, now, d.ok, d.attempts, d.error
+            )
+        )
+        sent += 1
+    return sent
