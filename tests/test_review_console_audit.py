@@ -5,6 +5,7 @@ user's mistake never changes what the store accepts."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -406,5 +407,37 @@ def test_in_the_browser_a_malformed_page_address_says_it_cannot_be_shown(
             page.goto(f"{server.base_url}{CONSOLE_PREFIX}/#/models/%E0%A4%A")
             expect(page.locator("main h1")).to_have_text("Cannot show this page")
             expect(page.locator("main[aria-busy=false]")).to_be_visible()
+        finally:
+            browser.close()
+
+
+def test_in_the_browser_a_logout_the_server_refused_is_not_shown_as_done(
+    console: Console,
+) -> None:
+    """The page went to the login page whatever the logout's answer: after a refused or
+    failed logout the person believed they were logged out while the session lived on."""
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("no chromium (apt-get install chromium)")
+    mounts = {ADMIN_PREFIX: console.app.routes[0].app, CONSOLE_PREFIX: console.app.routes[1].app}
+    app = create_app(console.store, EchoEngine(), mounts=mounts)
+    with BackgroundServer(app) as server, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, timeout=60_000)
+        try:
+            page = browser.new_page()
+            page.set_default_timeout(15_000)
+            page.goto(f"{server.base_url}{CONSOLE_PREFIX}/login")
+            page.fill("#token", console.tokens["ops"])
+            page.click("#submit")
+            expect(page.get_by_test_id("who")).to_contain_text("ops")
+            failing = json.dumps({"error": {"message": "server busy"}})
+            page.route("**/api/logout", lambda r: r.fulfill(status=503, body=failing))
+            page.click("#logout")
+            expect(page.locator("#flash")).to_contain_text("Not logged out: server busy")
+            assert page.url.endswith("/console/")
+            page.unroute("**/api/logout")
+            page.click("#logout")
+            expect(page).to_have_url(re.compile(r"/console/login$"))
+            assert len(console.sessions) == 0
         finally:
             browser.close()

@@ -61,11 +61,14 @@ export const api = {
   put: (path, body) => call("PUT", path, body),
 };
 
+/** End the session on the server, then go to the login page; throws when the server did
+ * not end it (the person must not believe they logged out while the session lives on). */
 export async function logout() {
-  await fetch("api/logout", {
+  const response = await fetch("api/logout", {
     method: "POST", credentials: "same-origin",
     headers: { "X-CSRF-Token": session ? session.csrf_token : "" },
   });
+  if (!response.ok && response.status !== 401) throw await errorOf(response);  // 401: gone
   toLogin();
 }
 

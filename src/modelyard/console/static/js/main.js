@@ -102,7 +102,9 @@ async function start() {
   me = { ...who, mayChange: writes && rank >= 1, mayApprove: writes && rank >= 2 };
   document.getElementById("who").textContent =
     `${who.actor} · ${who.role}${writes ? "" : " (read-only token)"} · via ${session.via}`;
-  document.getElementById("logout").addEventListener("click", () => logout());
+  document.getElementById("logout").addEventListener("click", () => logout().catch((err) => {
+    flash(`Not logged out: ${err.message}. The session is still open; try again.`, "bad");
+  }));
   window.addEventListener("hashchange", route);
   await route();
 }
