@@ -191,6 +191,15 @@ def test_vllm_options_vllm_would_refuse_are_refused_at_start(
     assert "--max-adapters 8 is below --vllm-max-loras 32" in err, err
 
 
+@pytest.mark.parametrize(
+    "option", ["--refresh-seconds", "--heartbeat-s", "--controller-interval-s"]
+)
+def test_a_period_serve_could_never_keep_is_refused(refused: Refused, option: str) -> None:
+    """inf or 1e12 passed, and the thread that waits that long overflowed (or never woke)."""
+    err = refused("--engine", "echo", option, "inf")
+    assert f"Invalid value for '{option}'" in err and "3600" in err, err
+
+
 def test_without_vllm_python_the_environment_make_vllm_built_here_is_used(
     refused: Refused, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

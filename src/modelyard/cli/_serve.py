@@ -269,10 +269,16 @@ def serve(
         30.0, min=0.0, help="On SIGTERM, how long in-flight requests may take to finish."
     ),
     refresh_seconds: float = typer.Option(
-        2.0, min=0.1, help="How often to reconcile endpoints and traffic from the store."
+        2.0,
+        min=0.1,
+        max=3600.0,
+        help="How often to reconcile endpoints and traffic from the store.",
     ),
     heartbeat_s: float = typer.Option(
-        2.0, min=0.1, help="How often to write this server's heartbeat (servers list, rollouts)."
+        2.0,
+        min=0.1,
+        max=3600.0,
+        help="How often to write this server's heartbeat (servers list, rollouts).",
     ),
     run_controller: bool = typer.Option(
         True,
@@ -280,7 +286,7 @@ def serve(
         help="Also run the rollout controller (one leader per store acts, by a lease).",
     ),
     controller_interval_s: float = typer.Option(
-        1.0, min=0.05, help="Seconds between rollout controller ticks."
+        1.0, min=0.05, max=3600.0, help="Seconds between rollout controller ticks."
     ),
     admin: bool | None = typer.Option(
         None,
