@@ -441,3 +441,29 @@ def test_in_the_browser_a_logout_the_server_refused_is_not_shown_as_done(
             assert len(console.sessions) == 0
         finally:
             browser.close()
+
+
+def test_in_the_browser_a_login_after_the_login_token_expired_goes_through(
+    console: Console,
+) -> None:
+    """The login page's CSRF cookie lives 10 minutes: a person who typed the token after
+    that got "a login needs the login page's token" and had to submit again."""
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        pytest.skip("no chromium (apt-get install chromium)")
+    mounts = {ADMIN_PREFIX: console.app.routes[0].app, CONSOLE_PREFIX: console.app.routes[1].app}
+    app = create_app(console.store, EchoEngine(), mounts=mounts)
+    with BackgroundServer(app) as server, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, timeout=60_000)
+        try:
+            context = browser.new_context()
+            page = context.new_page()
+            page.set_default_timeout(15_000)
+            with page.expect_response(re.compile(r"/api/login$")):  # its login token
+                page.goto(f"{server.base_url}{CONSOLE_PREFIX}/login")
+            context.clear_cookies()  # as the browser does when the cookie's 10 minutes pass
+            page.fill("#token", console.tokens["ops"])
+            page.click("#submit")
+            expect(page.get_by_test_id("who")).to_contain_text("ops")
+        finally:
+            browser.close()

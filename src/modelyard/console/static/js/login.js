@@ -25,13 +25,18 @@ form.addEventListener("submit", async (event) => {
   const token = field.value.trim();
   const button = document.getElementById("submit");
   button.disabled = true;
+  const send = () => fetch("api/login", {
+    method: "POST", credentials: "same-origin",
+    headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
+    body: JSON.stringify({ token }),
+  });
   try {
     if (!csrf) await prepare();
-    const response = await fetch("api/login", {
-      method: "POST", credentials: "same-origin",
-      headers: { "Content-Type": "application/json", "X-CSRF-Token": csrf },
-      body: JSON.stringify({ token }),
-    });
+    let response = await send();
+    if (response.status === 403) {  // the login token expired (10 min): a fresh one, once
+      await prepare();
+      response = await send();
+    }
     if (response.ok) {
       field.value = "";
       window.location.assign("./");
@@ -40,7 +45,7 @@ form.addEventListener("submit", async (event) => {
     let message = `${response.status} ${response.statusText}`;
     try { message = (await response.json()).error.message; } catch (_) { /* keep */ }
     if (response.status === 429) message = `Too many failed logins. ${message}`;
-    if (response.status === 403) await prepare();  // the login token expired: a fresh one
+    if (response.status === 403) await prepare();  // still refused: fresh for the next try
     show(message);
   } catch (e) {
     show(String(e));
