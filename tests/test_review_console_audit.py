@@ -467,3 +467,9 @@ def test_in_the_browser_a_login_after_the_login_token_expired_goes_through(
             expect(page.get_by_test_id("who")).to_contain_text("ops")
         finally:
             browser.close()
+
+
+def test_a_bad_export_format_names_the_option(home: Path) -> None:
+    refused = modelyard("audit", "export", "--format", "CSV", home=home)
+    assert refused.code == 2
+    assert "invalid --format 'CSV': use jsonl or csv" in _one_error_line(refused.err)

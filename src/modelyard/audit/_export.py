@@ -17,7 +17,11 @@ CSV_COLUMNS = ("seq", "time", "actor", "action", "subject", "payload", "prev_has
 
 def check_format(fmt: str) -> ExportFormat:
     if fmt not in EXPORT_FORMATS:
-        raise ConfigError(f"invalid export format {fmt!r}: use jsonl or csv")
+        raise ConfigError(
+            f"invalid --format {fmt!r}: use jsonl or csv (in lower case)",
+            hint="e.g. --format csv for a spreadsheet, jsonl to verify with the key.",
+            field="--format",
+        )
     return "jsonl" if fmt == "jsonl" else "csv"
 
 
