@@ -278,15 +278,30 @@ def test_compare_lists_versions_in_number_order(store: Store) -> None:
     assert [c.version for c in report.comparisons] == ["bot:9", "bot:10"]  # control bot:2
 
 
+def _archived_behind_the_registrys_back(store: Store, version: int) -> None:
+    """What a store from before the registry refused it holds: a rollout's version archived
+    (archive_model_version refuses that now)."""
+    from sqlalchemy import text
+
+    vid = store.get_model_version("bot", version).id
+    with store._engine.begin() as conn:
+        conn.execute(text("UPDATE model_versions SET status = 'archived' WHERE id = :v"),
+                     {"v": vid})  # fmt: skip
+
+
 def test_archiving_the_target_while_it_prepares_rolls_the_rollout_back(store: Store) -> None:
-    """The registry lets a version with no traffic yet be archived: the rollout preparing
-    it was stuck, its controller failing on it each tick, `rollout wait` timing out."""
+    """The registry let a version with no traffic yet be archived: the rollout preparing
+    it was stuck, its controller failing on it each tick, `rollout wait` timing out. The
+    registry refuses it now; a store that holds one rolls the rollout back."""
     from modelyard.delivery import Controller, ended_badly, start_rollout
+    from modelyard.errors import Conflict
 
     start_rollout(store, "support", "bot:2", steps="50,100", bake_s=3600, min_requests=0,
                   promote_alias="champion")  # fmt: skip
     ctl = Controller(store)
-    store.archive_model_version("bot", 2)
+    with pytest.raises(Conflict, match=r"bot:2 is the target of the rollout .* cannot be archived"):
+        store.archive_model_version("bot", 2)
+    _archived_behind_the_registrys_back(store, 2)
     (r,) = ctl.tick()
     assert r.status == "rolled_back" and "bot:2 was archived" in (r.reason or "")
     assert {x.version: x.weight for x in store.get_endpoint("support").routes} == {1: 100}
@@ -382,10 +397,13 @@ def test_abort_says_why_when_the_old_plan_was_archived(
     store: Store, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from modelyard.delivery import Controller, start_rollout
+    from modelyard.errors import Conflict
 
     start_rollout(store, "support", "bot:2", steps="100", bake_s=3600, min_requests=0)
-    Controller(store).tick()  # 100% on bot:2: bot:1 has no traffic and may be archived
-    store.archive_model_version("bot", 1)
+    Controller(store).tick()  # 100% on bot:2: bot:1 has no traffic, but a rollback needs it
+    with pytest.raises(Conflict, match="in the plan a rollback restores"):
+        store.archive_model_version("bot", 1)
+    _archived_behind_the_registrys_back(store, 1)
     code, _, err = run(capsys, "rollout abort support")
     assert code == 1
     line = err.strip()

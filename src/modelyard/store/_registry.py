@@ -18,6 +18,7 @@ from modelyard.store._core import StoreCore, check_name, parse_model_ref
 from modelyard.store._gates import require_gates
 from modelyard.store._rollouts import follow_alias
 from modelyard.store._rows import (
+    active_rollout_row,
     for_update,
     lock_name,
     model_row,
@@ -304,6 +305,23 @@ class RegistryStore(StoreCore):
                     "be archived",
                     hint="Move its traffic with `modelyard endpoints set-traffic` first.",
                 )
+            for erow in s.scalars(select(EndpointRow).where(
+                EndpointRow.registered_model_id == vrow.registered_model_id
+            )):  # fmt: skip
+                rollout = active_rollout_row(s, erow.id)
+                if rollout is not None and (
+                    rollout.target_version_id == vrow.id or str(version) in rollout.baseline
+                ):
+                    role = (
+                        "the target"
+                        if rollout.target_version_id == vrow.id
+                        else ("in the plan a rollback restores")
+                    )
+                    raise Conflict(
+                        f"{ref} is {role} of the rollout {rollout.id} on {erow.name!r} and "
+                        "cannot be archived while it runs (a breach could not roll back)",
+                        hint=f"Let it finish, or abort it: `modelyard rollout abort {erow.name}`.",
+                    )
             previous = vrow.status
             vrow.status = "archived"
             self._audit(s, "model_version.archived", ref, {"previous_status": previous})
