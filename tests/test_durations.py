@@ -63,6 +63,9 @@ def test_a_bad_since_names_its_flag() -> None:
         parse_since("last tuesday", field="--end")
     with pytest.raises(ConfigError, match=r"invalid duration '0h' for --since"):
         parse_since("0h")
+    for edge in ("0001-01-01T00:00+01:00", "9999-12-31T23:59-01:00"):  # past the years in UTC
+        with pytest.raises(ConfigError, match=r"--since '.*' is out of the range of dates"):
+            parse_since(edge, allow_future=True)
 
 
 def test_alert_rules_read_the_same_grammar() -> None:

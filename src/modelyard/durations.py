@@ -85,7 +85,14 @@ def parse_since(
             "(2026-01-31T12:00Z) or a duration back from now such as 12h or 7d",
             field=field,
         ) from None
-    moment = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    try:
+        moment = parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:  # 0001-01-01T00:00+01:00 is before the year 1 in UTC
+        raise ConfigError(
+            f"{field} {text!r} is out of the range of dates (years 1 to 9999, in UTC)",
+            hint="Give a date such as 2026-01-31.",
+            field=field,
+        ) from None
     if not allow_future and moment > (now or datetime.now(UTC)) + timedelta(days=1):
         raise ConfigError(
             f"{field} {text!r} is in the future: nothing has happened since then",
