@@ -15,15 +15,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from modelyard.audit import (
-    EMPTY_HEAD,
     ROLES,
     AuditHead,
-    ChainReport,
     RecordsReport,
     check_format,
     check_proof,
-    judge_chain,
-    scan_chain,
     write_events,
 )
 from modelyard.cli._audit_table import render_events
@@ -42,7 +38,7 @@ from modelyard.errors import ConfigError
 from modelyard.settings import os_user
 
 if TYPE_CHECKING:
-    from modelyard.store import Store
+    pass
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
 SINCE = typer.Option(
@@ -142,7 +138,7 @@ def audit_verify(
     expected = None if head is None else _parse_head(head)  # "" too: never skipped quietly
     if expected is not None and remote_url() is None:
         with open_store() as store:
-            report = _verify_against(store, expected)
+            report = store.verify_audit_chain(expected)
     else:  # through a server, the admin API records a --head break for an admin only
         with open_plane() as plane:
             report = plane.verify_audit_chain(expected)
@@ -193,24 +189,6 @@ def _shown(text: str) -> str:
     lines around it, and Rich markup as typed."""
     safe = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
     return escape(safe)
-
-
-def _verify_against(store: Store, expected: AuditHead) -> ChainReport:
-    """The chain against a head kept outside the store, as ``GET /audit/verify`` does it: a
-    break the chain itself shows is recorded, whoever asks; one that only ``expected`` shows
-    is recorded for an admin only, so that a mistyped or made-up --head cannot stop every
-    audited change (a recorded break refuses them until an admin acknowledges it)."""
-    if store.role_of() == "admin":
-        return store.verify_audit_chain(expected)
-    report = store.verify_audit_chain(None)
-    if not report.ok:
-        return report
-    if store.audit_head() == EMPTY_HEAD:
-        scan = scan_chain((), b"", expected_head=expected)
-    else:
-        key = store.audit_key_source.load(create=False)
-        scan = scan_chain(store.iter_audit_events(), key, expected_head=expected)
-    return judge_chain(scan, recorded=store.open_audit_breaks())
 
 
 def _print_records(report: RecordsReport) -> None:

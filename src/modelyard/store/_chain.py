@@ -133,9 +133,20 @@ class AuditStore(StoreCore):
         Breaks that an acknowledgment covers are reported, and do not fail the chain.
         The first break that none covers is recorded, so that the store refuses
         audited changes until an admin acknowledges it; unless the key verifies no
-        event at all (it is the wrong key, not a broken chain).
+        event at all (it is the wrong key, not a broken chain). A break that only
+        ``head`` shows is recorded when an admin gives it; for anyone else it is
+        reported, not recorded, so that a mistyped or made-up head cannot stop every
+        audited change.
         """
         expected = AuditHead.parse(head) if isinstance(head, str) else head
+        with self._session("read the actor's role") as s:
+            admin = _audit.effective_role(s, self.policy, self.actor) == "admin"
+        if expected is None or admin:
+            return self._verify_chain(expected, record=True)
+        report = self._verify_chain(None, record=True)
+        return report if not report.ok else self._verify_chain(expected, record=False)
+
+    def _verify_chain(self, expected: AuditHead | None, *, record: bool) -> ChainReport:
         with self._session("read the audit head") as s:
             actual = _audit.head_of(_audit.last_event(s))
             recorded = _audit.recorded_head(s)
@@ -151,7 +162,7 @@ class AuditStore(StoreCore):
             scan = scan_chain(self.iter_audit_events(), key, expected_head=expected)
         report = judge_chain(scan, extra=extra, recorded=open_)
         first = report.breaks[0] if report.breaks else None
-        if first is not None and first.fingerprint is not None and not scan.wrong_key:
+        if record and first is not None and first.fingerprint is not None and not scan.wrong_key:
             self._keep_break(first, "verify")  # not recorded yet: writes stop here
         return report
 
