@@ -406,12 +406,13 @@ def evaluate_rules(store: Store, rules: AlertRules, now: datetime) -> list[Trans
             new = _step(old, rule, aid, labels, value, holds, now)
             before = old.state if old else "inactive"
             store.save_alert_state(new)
-            if new.state == before and undelivered(store, rules, new, now):
-                notify(store, rules, rule, new, now, log_too=False)  # the webhook was down
+            hook = rules.notify.webhook
+            if new.state == before and undelivered(store, hook, new, now):
+                notify(store, hook, rule, new, now, log_too=False)  # the webhook was down
             if new.state != before:
                 transitions.append(Transition(new, before))
                 if new.state in ("firing", "resolved"):
-                    notify(store, rules, rule, new, now)
+                    notify(store, hook, rule, new, now)
                 if new.state == "firing" and (rule.retrain or rule.pipeline is not None):
                     start_retraining(store, rule, new)
     return transitions

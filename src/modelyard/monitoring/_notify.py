@@ -11,16 +11,37 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import httpx
 
 from modelyard.store import AlertNotification, AlertState, Store
 
-if TYPE_CHECKING:
-    from modelyard.monitoring._alerts import AlertRules, Rule, WebhookConfig
-
 log = logging.getLogger("modelyard.alerts")
+
+
+class Webhook(Protocol):
+    """Where and how alerts are POSTed (``_alerts.WebhookConfig``)."""
+
+    @property
+    def url(self) -> str: ...
+    @property
+    def timeout_s(self) -> float: ...
+    @property
+    def retries(self) -> int: ...
+    @property
+    def backoff_s(self) -> float: ...
+
+
+class RuleShown(Protocol):
+    """What a notification says of the alert's rule (``_alerts.Rule``)."""
+
+    @property
+    def metric(self) -> str: ...
+    @property
+    def comparison(self) -> str: ...
+    @property
+    def threshold(self) -> float: ...
 
 
 @dataclass(frozen=True)
@@ -30,7 +51,7 @@ class Delivery:
     error: str | None
 
 
-def post_webhook(config: WebhookConfig, payload: Mapping[str, Any]) -> Delivery:
+def post_webhook(config: Webhook, payload: Mapping[str, Any]) -> Delivery:
     """POST ``payload``; retry connection errors, timeouts and 5xx answers with backoff."""
     error: str | None = None
     attempts = 0
@@ -52,7 +73,7 @@ def post_webhook(config: WebhookConfig, payload: Mapping[str, Any]) -> Delivery:
     return Delivery(False, attempts, error)
 
 
-def _payload(alert: AlertState, rule: Rule, now: datetime) -> dict[str, Any]:
+def _payload(alert: AlertState, rule: RuleShown, now: datetime) -> dict[str, Any]:
     return {
         "status": alert.state,
         "alert": {
@@ -72,10 +93,9 @@ def _payload(alert: AlertState, rule: Rule, now: datetime) -> dict[str, Any]:
     }
 
 
-def undelivered(store: Store, rules: AlertRules, alert: AlertState, now: datetime) -> bool:
+def undelivered(store: Store, hook: Webhook | None, alert: AlertState, now: datetime) -> bool:
     """Whether the webhook's last delivery of this firing (or, for a day, resolved) alert
     failed: it is sent again at each evaluation until one gets through."""
-    hook = rules.notify.webhook
     if hook is None or alert.state not in ("firing", "resolved"):
         return False
     if alert.state == "resolved" and (alert.resolved_at or now) < now - timedelta(days=1):
@@ -87,8 +107,8 @@ def undelivered(store: Store, rules: AlertRules, alert: AlertState, now: datetim
 
 def notify(
     store: Store,
-    rules: AlertRules,
-    rule: Rule,
+    hook: Webhook | None,
+    rule: RuleShown,
     alert: AlertState,
     now: datetime,
     *,
@@ -105,7 +125,6 @@ def notify(
             AlertNotification(alert.id, alert.rule, alert.state, "log", now, True, 1, None)
         )
         sent = 1
-    hook = rules.notify.webhook
     if hook is not None:
         d = post_webhook(hook, payload)
         if not d.ok:
