@@ -90,8 +90,16 @@ def token_f1(predictions: Sequence[str], references: Sequence[str]) -> float:
 
 @cache
 def _rouge_scorer() -> Any:
+    import sys
+
+    from absl import logging as absl_logging  # rouge-score logs through absl
     from rouge_score import rouge_scorer  # type: ignore[import-untyped]  # no annotations
 
+    # absl's log handler keeps the sys.stderr of its import (a redirect, a test's capture)
+    # and closes it when logging is configured again (uvicorn does, at every server start)
+    # unless it is sys.stderr then: point it at the process's own stderr, which it never
+    # closes.
+    absl_logging.get_absl_handler().python_handler.stream = sys.__stderr__
     return rouge_scorer.RougeScorer(["rougeL"])
 
 

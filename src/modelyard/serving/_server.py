@@ -125,8 +125,14 @@ class BackgroundServer:
     ) -> None:
         self._sock = bind_socket(host, port)
         self.host, self.port = self._sock.getsockname()[:2]
+        # Without an access log, uvicorn's logging config stays out: it would reconfigure
+        # the whole process's logging (closing every handler) at each start.
         config = uvicorn.Config(
-            app, log_level="info" if access_log else "warning", lifespan="on", access_log=access_log
+            app,
+            log_level="info" if access_log else "warning",
+            lifespan="on",
+            access_log=access_log,
+            log_config=uvicorn.config.LOGGING_CONFIG if access_log else None,
         )
         quiet_credentials()
         self._server = uvicorn.Server(config)
