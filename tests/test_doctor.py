@@ -241,7 +241,7 @@ def test_an_artifact_directory_without_its_manifest_is_one_finding_among_the_res
     store.register_base_model("tiny", "/nowhere", {"model.safetensors": "0" * 64})
     store.create_registered_model("support")
     store.create_model_version(
-        "support", kind="adapter", artifact_digest=f"sha256:{digests[0]}",
+        "support", kind="adapter", artifact_digest=digests[0],
         base_model="tiny", run_id=None, lineage={}, metrics={},
     )  # fmt: skip
     for digest in digests:
