@@ -275,9 +275,8 @@ class SharedRateLimiter:
     def _connect(self) -> Any:
         """The client, made when Redis first answers: a cluster client when it runs Redis
         Cluster (a plain client would be told MOVED for most keys), else a plain one."""
-        with self._lock:
-            if self._client is not None:
-                return self._client
+        if self._client is not None:  # every request after the first: no lock
+            return self._client
         plain = redis.Redis.from_url(
             self.url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S, retry=None
         )

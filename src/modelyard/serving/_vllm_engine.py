@@ -219,6 +219,9 @@ class VLLMEngine(Engine):
 
     def _evict(self, server: _Server, version: ModelVersion) -> None:
         """Unload the idle adapters beyond ``max_adapters`` (least recently used first)."""
+        with server.lock:  # the common case, at every request's end: nothing to do, and
+            if len(server.adapters) <= self.max_adapters:  # no wait on a load in progress
+                return
         with server.admin_lock:
             with server.lock:
                 evicted = server.idle_beyond(self.max_adapters)
