@@ -251,3 +251,33 @@ def test_shadow_traffic_is_recorded_but_never_returned(tmp_path: Path) -> None:
     assert {r.version for r in live} == {"bot:1"} and {r.version for r in shadow} == {"bot:2"}
     assert len(shadow) == 5 and not {r.id for r in shadow} & set(ids)
     assert sorted(r.prompt for r in shadow) == sorted(r.prompt for r in live)
+
+
+def test_a_shadow_in_the_plan_too_mirrors_only_what_the_others_answered(tmp_path: Path) -> None:
+    """A canary version can also be the shadow: it gets copies of the requests the others
+    answered (compared on the same prompts), never a second copy of its own answers."""
+    with Store.open(f"sqlite:///{tmp_path / 's.db'}") as store:
+        fake_world(store, template="text")
+        store.set_traffic("support", {1: 50, 2: 50})
+        store.set_shadow("support", 2, 1.0)
+        _, key = create_api_key(store, "acme")
+        app = create_app(store, EchoEngine(), refresh_seconds=0.1, heartbeat_s=None)
+        with (
+            BackgroundServer(app) as server,
+            openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0) as client,
+        ):
+            answered: dict[str, str] = {}
+            for i in range(16):
+                raw = client.completions.with_raw_response.create(
+                    model="support", prompt=f"ticket {i}", max_tokens=4
+                )
+                answered[raw.parse().id] = raw.headers["x-modelyard-version"]
+            by_one = [i for i, v in answered.items() if v == "bot:1"]
+            assert by_one and len(by_one) < 16  # both versions answered some
+            want = 16 + len(by_one)
+            _wait_for("records", lambda: store.count_inference_records(endpoint="support") >= want)
+            time.sleep(0.3)  # a wrong extra shadow record would land by now
+        records = store.list_inference_records(endpoint="support", limit=100)
+    shadow = [r for r in records if r.shadow]
+    assert sorted(r.id for r in shadow) == sorted(f"{i}-shadow" for i in by_one)
+    assert {r.version for r in shadow} == {"bot:2"}

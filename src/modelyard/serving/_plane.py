@@ -289,7 +289,7 @@ class DataPlane:
         self._started(record_id, key, route, endpoint, version, prompt, origin)
         timeout = self.limits.request_timeout_s
         deadline = None if timeout is None else started + timeout
-        if self.router.mirror(chosen):
+        if self.router.mirror(chosen, version):
             self._mirror(record_id, key, route, endpoint, chosen, params, render, origin)
         return Submitted(
             record_id, key, route, endpoint, version, prompt, stream, started, admission, deadline,

@@ -169,9 +169,13 @@ class Router:
             point -= weight
         return choices[-1][0]
 
-    def mirror(self, route: Route) -> bool:
-        """Whether this request should also go to the route's shadow version."""
-        return route.shadow is not None and self._rng.random() < route.shadow_fraction
+    def mirror(self, route: Route, answered_by: ModelVersion) -> bool:
+        """Whether this request, answered by ``answered_by``, should also go to the route's
+        shadow version: never when the shadow answered it (a shadow in the plan too)."""
+        shadow = route.shadow
+        if shadow is None or shadow.id == answered_by.id:
+            return False
+        return self._rng.random() < route.shadow_fraction
 
 
 def _usable(route: Route | None, key: ApiKey) -> bool:
