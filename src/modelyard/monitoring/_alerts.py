@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
-import numpy as np
 import yaml
 from pydantic import (
     BaseModel,
@@ -48,8 +47,6 @@ from modelyard.monitoring._notify import notify, undelivered
 from modelyard.store import (
     AlertState,
     Store,
-    ended,
-    failed,
     period_start,
 )
 
@@ -277,29 +274,22 @@ def alert_id(rule: str, labels: Mapping[str, str]) -> str:
 def record_metrics(
     store: Store, endpoint: str, start: datetime, end: datetime
 ) -> dict[str, float | None]:
-    rows = store.query_records(endpoint=endpoint, since=start, until=end, limit=None, text=False)
-    statuses = [r["status"] for r in rows]
-    n, errors = ended(statuses), failed(statuses)
-    latency = np.array([r["latency_ms"] for r in rows], dtype=float)
-    ttft = np.array([r["ttft_ms"] for r in rows if r["ttft_ms"] is not None], dtype=float)
-    scores = [float(r["feedback_score"]) for r in rows if r["feedback_score"] is not None]
-
-    def pct(a: np.ndarray, q: float) -> float | None:
-        return float(np.percentile(a, q)) if a.size else None
-
+    """The traffic metrics of ``endpoint``'s records created in [start, end), aggregated in
+    the database (one summary, never a row per record); the percentiles are numpy's."""
+    t = store.record_summary(endpoint, start, end, latency=(50, 95, 99), ttft=(95,))
     return {
-        "requests": float(n),
-        "errors": float(errors),
-        "error_rate": errors / n if n else None,
-        "p50_latency_ms": pct(latency, 50),
-        "p95_latency_ms": pct(latency, 95),
-        "p99_latency_ms": pct(latency, 99),
-        "mean_latency_ms": float(latency.mean()) if latency.size else None,
-        "p95_ttft_ms": pct(ttft, 95),
-        "tokens_in": float(sum(r["prompt_tokens"] for r in rows)),
-        "tokens_out": float(sum(r["completion_tokens"] for r in rows)),
-        "feedback_score": sum(scores) / len(scores) if scores else None,
-        "feedback_count": float(len(scores)),
+        "requests": float(t.ended),
+        "errors": float(t.failed),
+        "error_rate": t.failed / t.ended if t.ended else None,
+        "p50_latency_ms": t.latency_ms.get(50),
+        "p95_latency_ms": t.latency_ms.get(95),
+        "p99_latency_ms": t.latency_ms.get(99),
+        "mean_latency_ms": t.latency_mean_ms,
+        "p95_ttft_ms": t.ttft_ms.get(95),
+        "tokens_in": float(t.tokens_in),
+        "tokens_out": float(t.tokens_out),
+        "feedback_score": t.feedback_sum / t.feedback_count if t.feedback_count else None,
+        "feedback_count": float(t.feedback_count),
     }
 
 

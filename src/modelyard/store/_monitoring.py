@@ -12,18 +12,32 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import (
+    BigInteger,
+    Integer,
+    and_,
+    case,
+    cast,
+    delete,
+    func,
+    insert,
+    literal,
+    or_,
+    select,
+)
 from sqlalchemy.orm import Session
 
 from modelyard.errors import ConfigError
 from modelyard.store._core import StoreCore
 from modelyard.store._judges import JudgementRow, JudgeRow
+from modelyard.store._monitoring_entities import HourLatency, RecordSummary
 from modelyard.store._rows import in_scope, lock_name, tenant_names, version_info
 from modelyard.store._schema import (
     AlertNotificationRow,
     AlertStateRow,
     BaseModelRow,
     DriftResultRow,
+    FeedbackRow,
     InferenceRecordRow,
     MonitorStateRow,
     ProfileRow,
@@ -40,6 +54,8 @@ from modelyard.store.entities import (
 )
 
 PROFILE_WINDOWS = ("hour", "day")
+ENDED = ("ok", "error", "timeout")  # as ``ended`` counts them
+FAILED = ("error", "timeout")  # as ``failed`` counts them
 _SPANS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
 _ProfileKey = tuple[datetime, str, int | None, int | None]  # start, endpoint, version, tenant
 
@@ -84,6 +100,62 @@ def _judged_quality(
             for metric, scores in sorted(judges.items())
         }
         for key, judges in sums.items()
+    }
+
+
+def linear_percentile(n: int, q: int, at: Mapping[int, float]) -> float:
+    """``numpy.percentile(values, q)`` (linear interpolation) of ``n`` values, from the
+    sorted values at the indexes it reads (``at``: 0-based index -> value), with numpy's
+    own arithmetic, so the result is the same to the last bit."""
+    index = (n - 1) * (q / 100)  # numpy: (n - 1) * (q / 100), in float64
+    if index >= n - 1:
+        return at[n - 1]
+    lo = math.floor(index)
+    t = index - lo
+    a, b = at[lo], at[lo + 1]
+    d = b - a
+    return b - d * (1 - t) if t >= 0.5 else a + d * t  # numpy's _lerp
+
+
+def _hour_of(s: Session, column: Any) -> Any:
+    """The hour (hours since 1970) of a UTC timestamp column, in this database's SQL."""
+    if s.get_bind().dialect.name == "postgresql":
+        seconds = cast(func.floor(func.extract("epoch", column)), BigInteger)
+    else:
+        seconds = cast(func.strftime("%s", column), Integer)  # SQLite keeps UTC as text
+    return seconds // 3600
+
+
+def _percentiles(
+    s: Session, column: Any, where: Sequence[Any], percentiles: Sequence[int], bucket: Any = None
+) -> dict[int, tuple[int, dict[int, float]]]:
+    """Per bucket (0 without one): how many non-null values of ``column`` there are and
+    their ``percentiles``, exactly as numpy's ``percentile`` gives them.
+
+    The database ranks the values (a window function; SQLite 3.25+ and PostgreSQL) and
+    sends back only the few around each percentile's rank: those numpy reads are among
+    them (its float index is within one of the exact (n - 1) * q / 100), never every
+    value."""
+    part = [bucket] if bucket is not None else None
+    ranked = (
+        select(
+            (bucket if bucket is not None else literal(0)).label("bucket"),
+            column.label("value"),
+            func.row_number().over(partition_by=part, order_by=column).label("rn"),
+            func.count().over(partition_by=part).label("n"),
+        )
+        .where(*where, column.is_not(None))
+        .subquery()
+    )
+    c = ranked.c
+    near = or_(*(and_(c.rn >= (c.n - 1) * q // 100, c.rn <= (c.n - 1) * q // 100 + 3)
+                 for q in percentiles))  # fmt: skip
+    found: dict[int, tuple[int, dict[int, float]]] = {}
+    for b, n, rn, value in s.execute(select(c.bucket, c.n, c.rn, c.value).where(near)):
+        found.setdefault(int(b), (int(n), {}))[1][int(rn) - 1] = float(value)
+    return {
+        b: (n, {q: linear_percentile(n, q, at) for q in percentiles})
+        for b, (n, at) in found.items()
     }
 
 
@@ -172,6 +244,71 @@ class MonitoringStore(StoreCore):
                 )
                 for r in rows
             ]
+
+    # -- aggregates of the raw records --------------------------------------------------------
+
+    def record_summary(
+        self,
+        endpoint: str,
+        since: datetime,
+        until: datetime,
+        *,
+        latency: Sequence[int] = (50, 95, 99),
+        ttft: Sequence[int] = (95,),
+    ) -> RecordSummary:
+        """``endpoint``'s records created in [since, until), aggregated in the database
+        (counts, sums, mean, exact percentiles): no row object per record."""
+        r, fb = InferenceRecordRow, FeedbackRow
+        where = (r.endpoint_name == endpoint, r.created_at >= since, r.created_at < until)
+        totals = select(
+            func.count(r.id),
+            func.sum(case((r.status.in_(ENDED), 1), else_=0)),
+            func.sum(case((r.status.in_(FAILED), 1), else_=0)),
+            func.avg(r.latency_ms),
+            func.sum(r.prompt_tokens),
+            func.sum(r.completion_tokens),
+            func.count(fb.score),
+            func.sum(fb.score),
+        ).select_from(r).outerjoin(fb, fb.record_id == r.id).where(*where)  # fmt: skip
+        with self._session(f"summarize the records of {endpoint!r}") as s:
+            n, done, bad, mean, t_in, t_out, fb_n, fb_sum = s.execute(totals).one()
+            lat = _percentiles(s, r.latency_ms, where, latency).get(0, (0, {}))[1]
+            first = _percentiles(s, r.ttft_ms, where, ttft).get(0, (0, {}))[1]
+        return RecordSummary(
+            records=int(n),
+            ended=int(done or 0),
+            failed=int(bad or 0),
+            latency_mean_ms=None if mean is None else float(mean),
+            tokens_in=int(t_in or 0),
+            tokens_out=int(t_out or 0),
+            feedback_count=int(fb_n),
+            feedback_sum=float(fb_sum or 0.0),
+            latency_ms=lat,
+            ttft_ms=first,
+        )
+
+    def hourly_latency(
+        self,
+        endpoint: str,
+        since: datetime,
+        until: datetime,
+        *,
+        latency: Sequence[int] = (50, 95, 99),
+        ttft: Sequence[int] = (50,),
+    ) -> list[HourLatency]:
+        """Per hour with records in [since, until), every version and tenant of
+        ``endpoint`` together: the records and their exact latency and time-to-first-token
+        percentiles (as an hour profile computes them for one version and tenant)."""
+        r = InferenceRecordRow
+        where = (r.endpoint_name == endpoint, r.created_at >= since, r.created_at < until)
+        with self._session(f"read the hourly latency of {endpoint!r}") as s:
+            hour = _hour_of(s, r.created_at)
+            lat = _percentiles(s, r.latency_ms, where, latency, hour)
+            first = _percentiles(s, r.ttft_ms, where, ttft, hour)
+        return [
+            HourLatency(datetime.fromtimestamp(h * 3600, UTC), n, values, first.get(h, (0, {}))[1])
+            for h, (n, values) in sorted(lat.items())
+        ]
 
     # -- small state of the monitoring loop -------------------------------------------------
 

@@ -83,6 +83,37 @@ class Profile:
 
 
 @dataclass(frozen=True)
+class RecordSummary:
+    """An endpoint's records created in a window, aggregated in the database: what alert
+    rules read. ``latency_ms`` and ``ttft_ms`` map a percentile to its value (numpy's
+    ``percentile``, linear interpolation) over every record, and every record with a time
+    to first token; a percentile is missing when there is no such record."""
+
+    records: int  # every record, whatever its status
+    ended: int  # ok, error or timeout
+    failed: int  # error or timeout
+    latency_mean_ms: float | None
+    tokens_in: int
+    tokens_out: int
+    feedback_count: int
+    feedback_sum: float
+    latency_ms: Mapping[int, float] = field(default_factory=dict)
+    ttft_ms: Mapping[int, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class HourLatency:
+    """One hour of an endpoint's records (every version and tenant together): how many
+    there are and the exact percentiles (numpy's linear) of their latency and time to
+    first token."""
+
+    start: datetime
+    records: int
+    latency_ms: Mapping[int, float]
+    ttft_ms: Mapping[int, float]
+
+
+@dataclass(frozen=True)
 class DriftResult:
     """One feature's drift test in one run.
 
