@@ -37,7 +37,7 @@ from modelyard.stream import (
     StreamSettings,
     run_stream,
 )
-from redisserver import RedisServer, redis_server
+from redisserver import RedisServer, redis_cluster, redis_server
 from worlds import fake_world, home_store
 
 JOB = "requests/answerers"
@@ -395,6 +395,43 @@ def test_bad_settings_exit_2_before_any_message_is_read(
     unreachable = ["--redis-url", "redis://127.0.0.1:1/0"]
     code = main([*command(server), *unreachable, "--api-key", world.key])
     assert code == 1 and "cannot reach Redis at redis://127.0.0.1:1/0" in capsys.readouterr().err
+
+
+def test_a_redis_cluster_is_consumed_as_one_server_is_when_the_streams_share_a_hash_tag(
+    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("MODELYARD_HOME", str(world.home))
+    monkeypatch.setenv("MODELYARD_API_KEY", world.key)
+    with redis_cluster(tmp_path) as url:
+        client = redis.RedisCluster.from_url(url)
+        asked = {_id(client.xadd("{claims}:requests", {"body": json.dumps({"prompt": p})})): p
+                 for p in ("route the roof claim", "a flooded basement", "hail")}  # fmt: skip
+        _id(client.xadd("{claims}:requests", {"body": "not json"}))
+        base = ["stream", "run", "--group", "answerers", "--redis-url", url,
+                "-e", "claims-router", "--engine", "echo", "--until-empty", "--json"]  # fmt: skip
+        # names in other slots: refused before any message is read, saying what to do
+        capsys.readouterr()
+        code = main([*base, "--stream", "{claims}:requests", "--output-stream", "answers"])
+        err = capsys.readouterr().err
+        assert code == 2 and "--output-stream 'answers' would live in another slot" in err, err
+        assert "one hash tag" in err and client.xlen("{claims}:requests") == 4
+        code = main([*base, "--stream", "{claims}:requests", "--output-stream",
+                     "{claims}:answers", "--dead-letter-stream", "{claims}:dead"])  # fmt: skip
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        summary = json.loads(out)
+        assert (summary["answered"], summary["dead_lettered"]) == (3, 1)
+        answers = {a["message_id"]: a for a in entries(client, "{claims}:answers")}
+        assert {m: a["answer"] for m, a in answers.items()} == asked
+        assert client.xlen("{claims}:dead") == 1
+        (group,) = client.xinfo_groups("{claims}:requests")
+        assert group["pending"] == 0
+        client.close()
+    with world.store() as store:
+        records = store.query_records(job_id=summary["job_id"], limit=None)
+    assert sorted(r["id"] for r in records) == sorted(a["record_id"] for a in answers.values())
+    assert {r["status"] for r in records} == {"ok"}
 
 
 DOC = (Path(__file__).resolve().parents[1] / "docs" / "batch.md").read_text()

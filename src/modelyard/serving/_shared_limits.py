@@ -39,10 +39,10 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 import redis
-from redis.cluster import RedisCluster
 from redis.exceptions import RedisError
 
 from modelyard.errors import LimitsUnavailable, RateLimited
+from modelyard.redis_client import connect_redis, is_cluster
 from modelyard.serving._limits import (
     Admission,
     RateLimiter,
@@ -277,20 +277,9 @@ class SharedRateLimiter:
         Cluster (a plain client would be told MOVED for most keys), else a plain one."""
         if self._client is not None:  # every request after the first: no lock
             return self._client
-        plain = redis.Redis.from_url(
-            self.url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S, retry=None
+        client = connect_redis(
+            self.url, timeout_s=TIMEOUT_S, connect_timeout_s=TIMEOUT_S, retry=None
         )
-        try:
-            clustered = bool(plain.info("cluster").get("cluster_enabled"))
-        except RedisError:
-            plain.close()
-            raise
-        client: Any = plain
-        if clustered:
-            plain.close()
-            client = RedisCluster.from_url(
-                self.url, socket_timeout=TIMEOUT_S, socket_connect_timeout=TIMEOUT_S
-            )
         with self._lock:
             if self._client is None:
                 self._client, self._take = client, client.register_script(_TAKE)
@@ -301,7 +290,7 @@ class SharedRateLimiter:
     @property
     def clustered(self) -> bool:
         """Whether the shared store is a Redis Cluster (False until Redis first answered)."""
-        return isinstance(self._client, RedisCluster)
+        return is_cluster(self._client)
 
     def close(self) -> None:
         if self._client is not None:

@@ -20,9 +20,12 @@ acknowledged without a second answer; then ``XADD`` to the output (or the
 dead-letter stream) and ``XACK``. A consumer killed at any instant has either
 settled a message whole or left it pending for another delivery.
 
-The keys a script touches (the stream, the output or dead-letter stream, the
-marker) must live on one Redis: on a Redis Cluster give the names one hash tag,
-``{orders}:requests`` and ``{orders}:answers``.
+Redis Cluster works as a single server does (the client is chosen when Redis first
+answers). The keys a script touches (the stream, the output or dead-letter stream,
+the marker) must then live in one slot, so the names share one hash tag,
+``{orders}:requests``, ``{orders}:answers`` and ``{orders}:dead``; other names are
+refused before any message is read. Cluster runs no script in a pipeline, so there
+a batch's settlements take one round trip each.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ from collections.abc import Collection, Iterator, Sequence
 from typing import Any
 
 import redis
+from redis.crc import key_slot
 
 from modelyard.errors import ConfigError, ModelyardError
+from modelyard.redis_client import connect_redis, is_cluster
 from modelyard.stream._source import Delivery, Settlement
 
 _SETTLE = """
@@ -100,7 +105,7 @@ class RedisStreamSource:
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: Any,  # a redis.Redis, or a RedisCluster
         *,
         stream: str,
         group: str,
@@ -127,6 +132,9 @@ class RedisStreamSource:
         self._history: str | None = "0"  # reading own pending entries from here; None: done
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
+        self.clustered = is_cluster(client)
+        if self.clustered:
+            self._check_slots()
         self._settle = client.register_script(_SETTLE)
         self._keep = client.register_script(_KEEP)
         self._start_id = start_id
@@ -135,7 +143,8 @@ class RedisStreamSource:
     def connect(cls, url: str, **kwargs: Any) -> RedisStreamSource:
         """A source on the Redis at ``url``, its group created when missing (reading the
         stream from ``start_id``: ``0`` its first message, ``$`` only new ones)."""
-        client = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+        with _redis_errors(url):
+            client = connect_redis(url, timeout_s=30, connect_timeout_s=5)
         try:
             source = cls(client, url=url, **kwargs)
             source.open()
@@ -143,6 +152,22 @@ class RedisStreamSource:
             client.close()
             raise
         return source
+
+    def _check_slots(self) -> None:
+        """On a Redis Cluster: every key a settlement touches in the stream's slot."""
+        keys = {"--stream": self.stream, "--output-stream": self.output,
+                "--dead-letter-stream": self.dead_letters}  # fmt: skip
+        keys["the settled markers"] = self.marker("0-0")
+        slot = key_slot(self.stream.encode())
+        apart = [f"{flag} {key!r}" for flag, key in keys.items() if key_slot(key.encode()) != slot]
+        if apart:
+            raise ConfigError(
+                f"on a Redis Cluster, {', '.join(apart)} would live in another slot than "
+                f"the stream {self.stream!r}, and one script settles each message on all of "
+                "them",
+                hint="Give the streams one hash tag: --stream '{orders}:requests' "
+                "--output-stream '{orders}:answers' --dead-letter-stream '{orders}:dead'.",
+            )
 
     @property
     def job_id(self) -> str:
@@ -238,14 +263,18 @@ class RedisStreamSource:
             return []
         ttl_ms = int(self.dedup_ttl_s * 1000)
         with _redis_errors(self.url):
-            pipe = self.client.pipeline(transaction=False)
+            # Cluster runs no script in a pipeline: there, one round trip each
+            pipe = None if self.clustered else self.client.pipeline(transaction=False)
+            replies = []
             for s in settlements:
                 pairs = [x for kv in s.fields.items() for x in kv]
                 target = self.dead_letters if s.dead else self.output
                 keys = [self.stream, target, self.marker(s.delivery.id)]
-                self._settle(keys=keys, args=[self.group, s.delivery.id, ttl_ms, *pairs],
-                             client=pipe)  # fmt: skip
-            return [int(r) == 1 for r in pipe.execute()]
+                args = [self.group, s.delivery.id, ttl_ms, *pairs]
+                replies.append(self._settle(keys=keys, args=args, client=pipe))
+            if pipe is not None:
+                replies = pipe.execute()
+            return [int(r) == 1 for r in replies]
 
     def backlog(self) -> int:
         with _redis_errors(self.url):
