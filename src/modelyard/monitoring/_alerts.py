@@ -387,10 +387,12 @@ def evaluate_rules(store: Store, rules: AlertRules, now: datetime) -> list[Trans
     endpoints = [e.name for e in store.list_endpoints()]
     transitions: list[Transition] = []
     cache: dict[tuple[str, timedelta], dict[str, float | None]] = {}
+    seen: set[str] = set()
     for rule in rules.rules:
         for value, where in _values(store, rule, endpoints, cache, now):
             labels = {**rule.labels, **where, "severity": rule.severity}
             aid = alert_id(rule.name, labels)
+            seen.add(aid)
             old = states.get(aid)
             holds = value is not None and _COMPARISONS[rule.comparison](value, rule.threshold)
             new = _step(old, rule, aid, labels, value, holds, now)
@@ -405,7 +407,59 @@ def evaluate_rules(store: Store, rules: AlertRules, now: datetime) -> list[Trans
                     notify(store, hook, rule, new, now)
                 if new.state == "firing" and (rule.retrain or rule.pipeline is not None):
                     start_retraining(store, rule, new)
+    named = {r.name for r in rules.rules}
+    stale = [a for a in states.values() if a.id not in seen]
+    transitions += _orphans(store, rules.notify.webhook, stale, named, now)
     return transitions
+
+
+@dataclass(frozen=True)
+class _Gone:
+    """What a notification says of a rule no longer evaluated: nothing of its metric."""
+
+    metric: str | None = None
+    comparison: str | None = None
+    threshold: float | None = None
+
+
+GONE = _Gone()
+
+
+def _orphans(
+    store: Store,
+    hook: WebhookConfig | None,
+    alerts: Sequence[AlertState],
+    named: set[str],
+    now: datetime,
+) -> list[Transition]:
+    """Alerts this evaluation did not produce: their rule left the rules file, or no longer
+    gives their labels (its labels or severity changed, its endpoint or budget is gone).
+    Nothing would ever evaluate them again, so a firing one is resolved (and notified as
+    any resolve is), a pending one goes back to inactive, each with the reason in its
+    summary; a resolved one whose webhook delivery failed is sent again as any is."""
+    moved = []
+    for old in alerts:
+        if old.state not in ("firing", "pending"):
+            if undelivered(store, hook, old, now):
+                notify(store, hook, GONE, old, now, log_too=False)
+            continue
+        why = (
+            f"rule {old.rule} no longer gives these labels (its labels, severity, "
+            "endpoint or budget changed or are gone)"
+            if old.rule in named
+            else f"rule {old.rule} is no longer in the alert rules"
+        )
+        if old.state == "firing":
+            new = replace(old, state="resolved", resolved_at=now, active_since=None,
+                          last_evaluated=now, summary=f"{why}: resolved")  # fmt: skip
+        else:
+            new = replace(old, state="inactive", active_since=None, last_evaluated=now,
+                          summary=f"{why}: no longer pending")  # fmt: skip
+        store.save_alert_state(new)
+        moved.append(Transition(new, old.state))
+        if new.state == "resolved":
+            notify(store, hook, GONE, new, now)
+    return moved
 
 
 def _values(

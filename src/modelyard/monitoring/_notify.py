@@ -34,14 +34,15 @@ class Webhook(Protocol):
 
 
 class RuleShown(Protocol):
-    """What a notification says of the alert's rule (``_alerts.Rule``)."""
+    """What a notification says of the alert's rule (``_alerts.Rule``; None for a rule no
+    longer in the rules file, ``_alerts.GONE``)."""
 
     @property
-    def metric(self) -> str: ...
+    def metric(self) -> str | None: ...
     @property
-    def comparison(self) -> str: ...
+    def comparison(self) -> str | None: ...
     @property
-    def threshold(self) -> float: ...
+    def threshold(self) -> float | None: ...
 
 
 @dataclass(frozen=True)
