@@ -7,9 +7,10 @@ prompt-token caps, the key's tokens/min (``_limits``), the engine; a version tha
 failed to load falls back to another version of the plan, and a shadow version
 gets a copy. A request refused before the engine (4xx) is counted and only
 sampled into the store (``count_refusal``, ``_refusals``).
-``finish`` records the outcome (``RecordWriter``, off the response path) and
-gives back unused tokens. Keys are authenticated through a short cache
-(``_auth.KeyCache``), so a revocation applies within ``key_cache_seconds``.
+``finish`` records the outcome (``_recording.Recorder``: metrics, and the record
+written off the response path) and gives back unused tokens. Keys are
+authenticated through a short cache (``_auth.KeyCache``), so a revocation
+applies within ``key_cache_seconds``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import logging
 import threading
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -37,9 +37,6 @@ from modelyard.errors import (
 )
 from modelyard.monitoring import (
     RecordWriter,
-    apply_storage_policy,
-    record_features,
-    started_record,
 )
 from modelyard.serving._auth import KeyCache
 from modelyard.serving._budgets import BudgetGuard
@@ -52,14 +49,14 @@ from modelyard.serving._limits import (
     count_prompt_tokens,
 )
 from modelyard.serving._metrics import Metrics
+from modelyard.serving._recording import Recorder
 from modelyard.serving._refusals import RefusalSampler, shorten
 from modelyard.serving._router import Route, Router
 from modelyard.serving._shared_limits import SharedRateLimiter, limiter_for
 from modelyard.serving._shutdown import Drain
 from modelyard.serving._stream import TokenStream
-from modelyard.serving._tools import answer_checks
 from modelyard.serving._types import Generation, Origin, SamplingParams
-from modelyard.store import ApiKey, Feedback, ModelVersion, NewInferenceRecord, Store, Tenant
+from modelyard.store import ApiKey, Feedback, ModelVersion, Store, Tenant
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,9 +91,6 @@ class Submitted:
         return None if self.deadline is None else max(0.0, self.deadline - time.perf_counter())
 
 
-_RECENT_RECORDS = 10_000
-
-
 class DataPlane:
     """Everything a request needs, shared by the routes."""
 
@@ -125,10 +119,7 @@ class DataPlane:
         self.store_probe = StoreProbe(store.schema_revision)  # /ready: 503 while it is down
         self.drain = Drain()
         self.drain.on_begin(self.ready.clear)
-        # Records handed to the writer, not necessarily written yet (id -> tenant id), so
-        # feedback on a request just answered waits for its record instead of a 404.
-        self._recent: OrderedDict[str, int] = OrderedDict()
-        self._recent_lock = threading.Lock()
+        self.recorder = Recorder(writer, self.metrics, self.health, self.tenant)
 
     def tenant(self, name: str) -> Tenant:
         if name not in self._tenants:
@@ -190,8 +181,8 @@ class DataPlane:
     def _record_refusal(
         self, key: ApiKey, route: str, endpoint: str, exc: RateLimited, origin: Origin | None = None
     ) -> None:
-        self._record(f"cmpl-{uuid.uuid4().hex}", key, route, endpoint, None, None, None,
-                     time.perf_counter(), exc, origin=origin)  # fmt: skip
+        self.recorder.record(f"cmpl-{uuid.uuid4().hex}", key, route, endpoint, None, None,
+                             None, time.perf_counter(), exc=exc, origin=origin)  # fmt: skip
 
     def count_refusal(self, tenant: str, exc: ModelyardError, key_id: str | None = None) -> bool:
         """Count a request refused before the engine (``modelyard_refused_total``); whether
@@ -276,17 +267,18 @@ class DataPlane:
                 self.limiter.settle(admission, 0)
             again = isinstance(exc, RateLimited)  # sent again later: under an id of its own
             if status_of(exc).http_status >= 500:
-                self._record(record_id, key, route, endpoint, version, prompt, None, started,
-                             exc=exc, origin=origin)  # fmt: skip
+                self.recorder.record(record_id, key, route, endpoint, version, prompt, None,
+                                     started, exc=exc, origin=origin)  # fmt: skip
             elif self.count_refusal(key.tenant, exc, key.id) or (
                 origin is not None and origin.record_id is not None and not again
             ):
                 refusal_id = f"cmpl-{uuid.uuid4().hex}" if again else record_id
-                self._record(refusal_id, key, route, endpoint, version, shorten(prompt), None,
-                             started, exc=exc, origin=origin)  # fmt: skip
+                self.recorder.record(refusal_id, key, route, endpoint, version,
+                                     shorten(prompt), None, started, exc=exc,
+                                     origin=origin)  # fmt: skip
             raise
         # the request journal
-        self._started(record_id, key, route, endpoint, version, prompt, origin)
+        self.recorder.started(record_id, key, route, endpoint, version, prompt, origin)
         timeout = self.limits.request_timeout_s
         deadline = None if timeout is None else started + timeout
         if self.router.mirror(chosen, version):
@@ -358,11 +350,11 @@ class DataPlane:
             prompt = render(shadow)
             stream = self.engine.answer(shadow, prompt, params)  # only its record is kept
         except ModelyardError as exc:
-            self._record(record_id, key, route, endpoint, shadow, prompt, None, started,
+            self.recorder.record(record_id, key, route, endpoint, shadow, prompt, None, started,
                          exc=exc, shadow=True, origin=origin)  # fmt: skip
             return
         stream.on_finish(
-            lambda gen, exc: self._record(
+            lambda gen, exc: self.recorder.record(
                 record_id,
                 key,
                 route,
@@ -396,7 +388,7 @@ class DataPlane:
             self.limiter.settle(sub.admission, used)
         if gen is not None:
             self.budgets.charge(sub.key, sub.endpoint, sub.version, gen)
-        self._record(
+        self.recorder.record(
             sub.record_id,
             sub.key,
             sub.route,
@@ -439,9 +431,8 @@ class DataPlane:
                 label=label,
             )  # fmt: skip
         except NotFound:
-            with self._recent_lock:
-                pending = self._recent.get(request_id) == key.tenant_id
-            if not pending:
+            # handed to the writer moments ago: wait for its record instead of a 404
+            if key.tenant_id is None or not self.recorder.handed_over(request_id, key.tenant_id):
                 raise
         self.writer.flush(timeout=5.0)
         return self.store.add_feedback(
@@ -467,130 +458,6 @@ class DataPlane:
             raise
         self.finish(sub, gen)
         return sub.record_id, sub.version, gen
-
-    def _started(
-        self,
-        record_id: str,
-        key: ApiKey,
-        route: str,
-        endpoint: str,
-        version: ModelVersion,
-        prompt: str,
-        origin: Origin | None = None,
-    ) -> None:
-        """Hand the writer the ``running`` record of a request admitted (``_journal``)."""
-        policy = self.tenant(key.tenant).storage_policy
-        origin = origin or Origin()
-        self.writer.started(
-            started_record(
-                record_id,
-                endpoint=endpoint,
-                route=route,
-                tenant_id=key.tenant_id,
-                api_key_id=key.id,
-                version_id=version.id,
-                prompt=apply_storage_policy(prompt, policy),
-                source=origin.source,
-                job_id=origin.job_id,
-            )
-        )
-
-    def _record(
-        self,
-        record_id: str,
-        key: ApiKey,
-        route: str,
-        endpoint: str,
-        version: ModelVersion | None,
-        prompt: str | None,
-        gen: Generation | None,
-        started: float,
-        exc: ModelyardError | None = None,
-        cancelled: bool = False,
-        timed_out: bool = False,
-        shadow: bool = False,
-        fallback_from: ModelVersion | None = None,
-        params: SamplingParams | None = None,
-        origin: Origin | None = None,
-    ) -> None:
-        origin = origin or Origin()
-        latency_ms = (time.perf_counter() - started) * 1000
-        tool_calls, format_ok = (
-            answer_checks(params, gen.text)
-            if params is not None and gen is not None
-            else (None, None)
-        )
-        policy = self.tenant(key.tenant).storage_policy
-        status = 200 if exc is None else status_of(exc).http_status
-        if timed_out:
-            outcome = "timeout"
-        elif cancelled or (gen is not None and gen.finish_reason == "cancelled"):
-            outcome = "cancelled"
-        else:
-            # a client's mistake (4xx) is ``refused``: it says nothing of the version
-            outcome = "ok" if exc is None else "error" if status >= 500 else "refused"
-        version_ref = version.ref if version else ""
-        labels = (endpoint if version else "", version_ref, key.tenant)
-        if exc is not None and version is not None and load_failure_of(exc, version):
-            self.health.failed(version.ref, exc.message)
-        if shadow:
-            self.metrics.shadow.labels(*labels, outcome).inc()
-        else:
-            self.metrics.requests.labels(*labels, outcome).inc()
-        if fallback_from is not None:
-            self.metrics.fallbacks.labels(endpoint, fallback_from.ref, version_ref).inc()
-        self.metrics.latency.labels(*labels).observe(latency_ms / 1000)
-        if gen is not None:
-            self.metrics.tokens.labels(*labels, "prompt").inc(gen.prompt_tokens)
-            self.metrics.tokens.labels(*labels, "completion").inc(gen.completion_tokens)
-            if gen.ttft_ms is not None:
-                self.metrics.ttft.labels(*labels).observe(gen.ttft_ms / 1000)
-        self.writer.submit(
-            NewInferenceRecord(
-                id=record_id,
-                endpoint_name=endpoint,
-                route=route,
-                latency_ms=latency_ms,
-                status=outcome,
-                http_status=status,
-                tenant_id=key.tenant_id,
-                api_key_id=key.id,
-                version_id=version.id if version else None,
-                prompt=apply_storage_policy(prompt, policy),
-                response=apply_storage_policy(gen.text if gen else None, policy),
-                prompt_tokens=gen.prompt_tokens if gen else 0,
-                completion_tokens=gen.completion_tokens if gen else 0,
-                ttft_ms=gen.ttft_ms if gen else None,
-                error=exc.one_line() if exc else None,
-                shadow=shadow,
-                fallback_from_id=fallback_from.id if fallback_from else None,
-                tool_calls=tool_calls,
-                format_ok=format_ok,
-                source=origin.source,
-                job_id=origin.job_id,
-            ),
-            # Drift features come from the raw text, before the storage policy above.
-            record_features(
-                prompt,
-                gen.text if gen else None,
-                unknown_tokens=_extra(gen, "unknown_tokens", int),
-                prompt_tokens=gen.prompt_tokens if gen else 0,
-                cache_hit=_extra(gen, "adapter_cache_hit", bool),
-            ),
-            prompt,  # embedded by a writer that has an embedder (semantic drift); not stored
-        )
-        if key.tenant_id is not None:
-            with self._recent_lock:
-                self._recent[record_id] = key.tenant_id
-                while len(self._recent) > _RECENT_RECORDS:
-                    self._recent.popitem(last=False)
-
-
-def _extra(gen: Generation | None, name: str, kind: type[T]) -> T | None:
-    """What the engine said of a request in ``Generation.extra`` (adapter cache hit, unknown
-    prompt tokens), when it says so."""
-    value = gen.extra.get(name) if gen is not None else None
-    return value if isinstance(value, kind) else None
 
 
 __all__ = ["DataPlane", "Submitted"]
