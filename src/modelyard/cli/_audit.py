@@ -97,8 +97,7 @@ def audit_log(
     if json_out:
         print_json([e.to_json() for e in events])
         return
-    # markup=False: an actor, subject or payload such as "[/]" is text, not a Rich tag
-    console.print(render_events(events, console.width), highlight=False, markup=False)
+    console.print(render_events(events, console.width), highlight=False)  # cells are Text
 
 
 @app.command("verify")

@@ -4,6 +4,10 @@ seq, time, actor, action and subject never wrap or shrink. Where they leave room
 for a details column (``DETAILS_MIN`` characters), the details wrap inside it;
 on a narrower terminal (80 columns) each event is its key line with the details
 wrapped on the lines under it, indented.
+
+Every cell is a ``rich.text.Text``: an actor, a subject or a payload is anyone's text,
+shown as typed however the table is printed (``[red]`` is never read as Rich markup),
+and a control character in it (a terminal escape sequence, say) as its escape code.
 """
 
 from __future__ import annotations
@@ -27,6 +31,13 @@ _TABLE_OVERHEAD = 7 + 2 * 6
 _GAP = "  "
 
 
+def _printable(text: str) -> str:
+    """``text`` with each control character (ESC, a newline, a C1 code) as its escape code."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in text)
+
+
 def details_text(payload: Mapping[str, Any] | Any) -> str:
     """``key: value, …`` with JSON values: readable, and it wraps at its spaces. A
     ``reason`` (an override's, an acknowledgment's) comes first: it is what a reader
@@ -38,13 +49,15 @@ def details_text(payload: Mapping[str, Any] | Any) -> str:
         )
     else:
         text = json.dumps(payload, sort_keys=True, ensure_ascii=False)
+    text = _printable(text)  # JSON escapes C0 codes in values, not in keys nor C1 codes
     if len(text) > DETAILS_MAX_CHARS:
         text = text[: DETAILS_MAX_CHARS - 1] + "…"
     return text
 
 
 def _key_cells(e: AuditEvent) -> tuple[str, ...]:
-    return (str(e.seq), f"{e.time:%Y-%m-%d %H:%M:%S}", e.actor, e.action, e.subject)
+    cells = (str(e.seq), f"{e.time:%Y-%m-%d %H:%M:%S}", e.actor, e.action, e.subject)
+    return tuple(_printable(c) for c in cells)
 
 
 def render_events(events: Sequence[AuditEvent], width: int) -> RenderableType:
@@ -63,8 +76,8 @@ def _table(rows: list[tuple[tuple[str, ...], str]], widths: list[int]) -> Table:
             header, no_wrap=True, min_width=w, justify="right" if header == "seq" else "left"
         )
     table.add_column("details", overflow="fold", min_width=DETAILS_MIN)
-    for cells, details in rows:
-        table.add_row(*cells, details)
+    for cells, details in rows:  # Text, not str: a cell is never parsed as markup
+        table.add_row(*(Text(c) for c in cells), Text(details))
     return table
 
 

@@ -1,0 +1,81 @@
+"""The audit chain's and the tokens' review: payloads and names are shown as typed, never
+read as Rich markup; a token name the CLI refuses is refused by the store too; a key file
+other users can read is reported; a payload key must be a string (``1`` and ``"1"`` would
+hash alike)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from rich.console import Console
+
+from clihelp import modelyard
+from modelyard.audit import AuditEvent, AuditKeySource
+from modelyard.cli._audit_table import render_events
+from modelyard.store import Store
+
+MARKUP_PAYLOAD = {"[b]k": "[red]x[/red]", "note": "[bold]loud[/bold] [/]"}
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    home = tmp_path / "home"
+    assert modelyard("init", home=home).code == 0
+    return home
+
+
+@pytest.fixture
+def home_store(home: Path) -> Iterator[Store]:
+    url = f"sqlite:///{home / 'store.db'}"
+    with Store.open(url, audit_key=AuditKeySource(key_file=home / "audit.key")) as store:
+        yield store
+
+
+# -- audit log: user data is text, never markup --------------------------------------------
+
+
+def _event(actor: str = "[bold]eve", subject: str = "[i]model[/i]") -> AuditEvent:
+    return AuditEvent(
+        seq=7, time=datetime(2026, 1, 31, 12, tzinfo=UTC), actor=actor, action="test.markup",
+        subject=subject, payload=MARKUP_PAYLOAD, prev_hash="0" * 64, hash="a" * 64,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("width", [200, 80])
+def test_the_rendered_log_shows_markup_in_user_data_as_typed_on_any_console(width: int) -> None:
+    """The table is printed by a console with markup on (Rich's default): the cells are
+    text, so no caller has to remember to switch markup off."""
+    out = io.StringIO()
+    Console(file=out, width=width, color_system=None).print(render_events([_event()], width))
+    shown = out.getvalue()
+    assert "[bold]eve" in shown and "[i]model[/i]" in shown
+    assert '[b]k: "[red]x[/red]"' in shown
+    assert '"[bold]loud[/bold] [/]"' in shown
+
+
+def test_a_payload_key_with_a_control_character_is_shown_escaped() -> None:
+    event = AuditEvent(
+        seq=1, time=datetime(2026, 1, 31, tzinfo=UTC), actor="ops", action="test.key",
+        subject="s", payload={"a\x1b[2Jb": 1}, prev_hash="0" * 64, hash="a" * 64,
+    )  # fmt: skip
+    out = io.StringIO()
+    Console(file=out, width=200, color_system=None).print(render_events([event], 200))
+    assert "\x1b" not in out.getvalue() and "a\\x1b[2Jb: 1" in out.getvalue()
+
+
+@pytest.mark.parametrize("columns", ["200", "80"])
+def test_audit_log_prints_markup_in_payloads_and_actors_as_typed(home: Path, columns: str) -> None:
+    url = f"sqlite:///{home / 'store.db'}"
+    key = AuditKeySource(key_file=home / "audit.key")
+    with Store.open(url, audit_key=key) as store:
+        store.add_actor("[bold]eve", "admin")
+    with Store.open(url, actor="[bold]eve", audit_key=key) as eve:
+        eve.record_audit_event("test.markup", "[i]model[/i]", MARKUP_PAYLOAD)
+    log = modelyard("audit", "log", "--action", "test.*", home=home, env={"COLUMNS": columns})
+    assert log.code == 0, log.err
+    assert "[bold]eve" in log.out and "[i]model[/i]" in log.out
+    assert '[b]k: "[red]x[/red]"' in log.out and "[/]" in log.out
