@@ -16,6 +16,7 @@ from rich.console import Console
 from clihelp import modelyard
 from modelyard.audit import AuditEvent, AuditKeySource
 from modelyard.cli._audit_table import render_events
+from modelyard.errors import ConfigError
 from modelyard.store import Store
 
 MARKUP_PAYLOAD = {"[b]k": "[red]x[/red]", "note": "[bold]loud[/bold] [/]"}
@@ -79,3 +80,35 @@ def test_audit_log_prints_markup_in_payloads_and_actors_as_typed(home: Path, col
     assert log.code == 0, log.err
     assert "[bold]eve" in log.out and "[i]model[/i]" in log.out
     assert '[b]k: "[red]x[/red]"' in log.out and "[/]" in log.out
+
+
+# -- token names: one rule, in the store ----------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["x\x1b[31mred", "two\nlines", "tab\there", "n" * 201])
+def test_the_store_refuses_a_token_name_the_cli_refuses(home_store: Store, bad: str) -> None:
+    """The admin API and the CLI write tokens through the store: it, not only the CLI,
+    refuses a name that would write escape sequences to whoever lists the tokens."""
+    with pytest.raises(ConfigError) as info:
+        home_store.create_actor_token(
+            "t" * 16, actor=home_store.actor, token_hash="ab" * 32, scopes=["read"],
+            expires_at=None, name=bad,
+        )  # fmt: skip
+    assert info.value.context["field"] == "name"
+    assert "invalid token name" in info.value.message
+    assert "\x1b" not in info.value.message and "\n" not in info.value.message
+    assert home_store.list_actor_tokens(None) == []
+
+
+def test_the_store_takes_a_printable_token_name(home_store: Store) -> None:
+    token = home_store.create_actor_token(
+        "t" * 16, actor=home_store.actor, token_hash="ab" * 32, scopes=["read"],
+        expires_at=None, name="console on my laptop: [b]é",
+    )  # fmt: skip
+    assert token.name == "console on my laptop: [b]é"
+
+
+def test_the_cli_still_names_its_flag_for_a_bad_token_name(home: Path) -> None:
+    refused = modelyard("tokens", "create", "--name", "two\nlines", home=home)
+    assert refused.code == 2 and "Traceback" not in refused.err
+    assert refused.err.startswith("error: invalid --name two\\nlines: "), refused.err

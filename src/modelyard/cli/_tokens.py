@@ -12,24 +12,9 @@ from rich.table import Table
 from modelyard.access import create_actor_token, parse_duration, parse_token_scopes
 from modelyard.cli._common import console, open_store, print_json
 from modelyard.errors import ConfigError
-from modelyard.store import ActorToken
+from modelyard.store import ActorToken, check_token_name
 
 app = typer.Typer(help="Personal access tokens for the admin API (shown once, stored as hashes).")
-
-
-MAX_NAME_CHARS = 200
-
-
-def _check_name(name: str) -> str:
-    """A token's name is shown to admins in `tokens list`: printable text of a line."""
-    if len(name) > MAX_NAME_CHARS or not name.isprintable():
-        raise ConfigError(
-            f"invalid --name {_shown(name[:60])}{'…' if len(name) > 60 else ''}: use at most "
-            f"{MAX_NAME_CHARS} printable characters (no control characters, tabs or newlines)",
-            hint='Say what the token is for, e.g. --name "console on my laptop".',
-            field="--name",
-        )
-    return name
 
 
 def _shown(text: str) -> str:
@@ -58,7 +43,7 @@ def tokens_create(
 ) -> None:
     """Create a token. It is printed once; only its hash is stored."""
     wanted = parse_token_scopes(scopes)
-    _check_name(name)
+    check_token_name(name, field="--name")  # the store's rule, checked before it opens
     if no_expiry and expires is not None:
         raise ConfigError(
             "--expires and --no-expiry contradict each other: give one of them",

@@ -21,7 +21,7 @@ from modelyard.store._rollouts import (
 from modelyard.store._schema import utcnow
 from modelyard.store._series import FeedbackSummary, TrafficPoint
 from modelyard.store._store import Store
-from modelyard.store._tokens import ActorToken
+from modelyard.store._tokens import ActorToken, check_token_name
 from modelyard.store.entities import (
     BUDGET_PERIODS,
     DEFAULT_STORAGE_POLICY,
@@ -116,6 +116,7 @@ __all__ = [
     "VersionKind",
     "VersionSample",
     "check_name",
+    "check_token_name",
     "ended",
     "failed",
     "head_revision",

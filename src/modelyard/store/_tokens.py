@@ -17,7 +17,7 @@ from sqlalchemy import String, select
 from sqlalchemy.orm import Mapped, mapped_column
 
 from modelyard.audit import Role
-from modelyard.errors import NotFound
+from modelyard.errors import ConfigError, NotFound
 from modelyard.store import _audit
 from modelyard.store._core import StoreCore
 from modelyard.store._rows import get_locked
@@ -66,6 +66,27 @@ def _to_token(r: ActorTokenRow) -> ActorToken:
     )
 
 
+MAX_TOKEN_NAME_CHARS = 200
+
+
+def check_token_name(name: str, *, field: str = "name") -> str:
+    """A token's name is shown to admins by `tokens list`: at most 200 printable characters
+    (no control character: a terminal escape sequence, a tab, a newline). ``field`` names
+    it in the error: ``name`` for the admin API (its 400's ``param``), ``--name`` for the CLI.
+    """
+    if len(name) > MAX_TOKEN_NAME_CHARS or not name.isprintable():
+        what, example = ("token name", "") if field == "name" else (field, f"{field} ")
+        shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in name)
+        raise ConfigError(
+            f"invalid {what} {shown[:60]}{'…' if len(shown) > 60 else ''}: use at most "
+            f"{MAX_TOKEN_NAME_CHARS} printable characters (no control characters, tabs or "
+            "newlines)",
+            hint=f'Say what the token is for, e.g. {example}"console on my laptop".',
+            field=field,
+        )
+    return name
+
+
 def _not_found(token_id: str) -> NotFound:
     return NotFound(f"no access token with id {token_id!r}", hint="See `modelyard tokens list`.")
 
@@ -88,6 +109,7 @@ class TokenStore(StoreCore):
         name: str = "",
     ) -> ActorToken:
         _audit.check_actor(actor)
+        check_token_name(name)
         with self._write(f"create an access token for actor {actor!r}") as s:
             needed: Role = "viewer" if actor == self.actor else "admin"
             self._require(
