@@ -6,6 +6,8 @@ hash alike)."""
 from __future__ import annotations
 
 import io
+import os
+import stat
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +16,7 @@ import pytest
 from rich.console import Console
 
 from clihelp import modelyard
-from modelyard.audit import AuditEvent, AuditKeySource
+from modelyard.audit import AuditEvent, AuditKeySource, create_key_file
 from modelyard.cli._audit_table import render_events
 from modelyard.errors import ConfigError
 from modelyard.store import Store
@@ -112,3 +114,47 @@ def test_the_cli_still_names_its_flag_for_a_bad_token_name(home: Path) -> None:
     refused = modelyard("tokens", "create", "--name", "two\nlines", home=home)
     assert refused.code == 2 and "Traceback" not in refused.err
     assert refused.err.startswith("error: invalid --name two\\nlines: "), refused.err
+
+
+# -- the key file's mode --------------------------------------------------------------------
+
+posix_only = pytest.mark.skipif(os.name != "posix", reason="file modes are POSIX")
+
+
+@posix_only
+def test_a_key_file_others_can_read_is_reported_on_stderr(home: Path) -> None:
+    key_file = home / "audit.key"
+    key_file.chmod(0o644)
+    verified = modelyard("audit", "verify", home=home)
+    assert verified.code == 0, verified.err
+    assert f"audit key file {key_file} has mode 0644" in verified.err
+    assert f"chmod 600 {key_file}" in verified.err
+    key_file.chmod(0o600)
+    quiet = modelyard("audit", "verify", home=home)
+    assert quiet.code == 0 and "mode" not in quiet.err, quiet.err
+
+
+@posix_only
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o660])
+def test_a_key_file_open_to_group_or_others_is_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, mode: int
+) -> None:
+    key_file = tmp_path / "audit.key"
+    assert create_key_file(key_file)
+    key_file.chmod(mode)
+    source = AuditKeySource(key_file=key_file)
+    with caplog.at_level("WARNING", logger="modelyard.audit"):
+        source.load(create=False)
+        source.load(create=False)
+    warned = [r.getMessage() for r in caplog.records if "chmod 600" in r.getMessage()]
+    assert len(warned) == 1 and f"mode {mode:04o}" in warned[0] and str(key_file) in warned[0]
+
+
+@posix_only
+def test_a_created_key_file_is_0600_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        assert create_key_file(tmp_path / "keys" / "audit.key")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "keys" / "audit.key").stat().st_mode) == 0o600

@@ -3,12 +3,14 @@
 A key is hex (an even number of at least 32 hex digits, as in a key file) or any
 other non-empty string (its UTF-8 bytes). The key file holds 32 random bytes in
 hex and is created with mode 0600 by ``modelyard init``, or on the first audited
-change when nothing is configured.
+change when nothing is configured. A key file that the group or other users may read
+or write (on POSIX) is used, with a warning: whoever reads it can forge events.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import secrets
@@ -19,6 +21,26 @@ from modelyard.errors import AuditKeyMissing, ConfigError
 from modelyard.settings import Settings
 
 _HEX_RE = re.compile(r"^(?:[0-9a-fA-F]{2}){16,}$")
+
+log = logging.getLogger(__name__)
+
+
+def _warn_if_shared(path: Path) -> None:
+    """Log a warning when ``path``'s mode lets the group or other users at it (POSIX)."""
+    if os.name != "posix":
+        return
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        return  # reading it says what is wrong
+    if mode & 0o077:
+        log.warning(
+            "warning: the audit key file %s has mode %04o: other users may read it (and forge "
+            "audit events) or replace it; run `chmod 600 %s`",
+            path,
+            mode,
+            path,
+        )
 
 
 def parse_key(text: str | bytes) -> bytes:
@@ -117,6 +139,7 @@ class AuditKeySource:
                 f"cannot read the audit key file {self.key_file}: {exc}",
                 hint="Check its permissions, or set MODELYARD_AUDIT_KEY.",
             ) from exc
+        _warn_if_shared(self.key_file)
         try:
             self._key = parse_key(text)
         except ConfigError as exc:
