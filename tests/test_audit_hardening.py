@@ -6,6 +6,7 @@ hash alike)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import stat
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ import pytest
 from rich.console import Console
 
 from clihelp import modelyard
-from modelyard.audit import AuditEvent, AuditKeySource, create_key_file
+from modelyard.audit import AuditEvent, AuditKeySource, create_key_file, normalize_payload
 from modelyard.cli._audit_table import render_events
 from modelyard.errors import ConfigError
 from modelyard.store import Store
@@ -158,3 +159,36 @@ def test_a_created_key_file_is_0600_whatever_the_umask(tmp_path: Path) -> None:
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "keys" / "audit.key").stat().st_mode) == 0o600
+
+
+# -- payload keys ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "where"),
+    [
+        ({1: "a", "1": "b"}, "payload"),
+        ({"gates": {2: "x"}}, "payload.gates"),
+        ({"list": [{True: 1}]}, "payload.list[0]"),
+        ({None: 1}, "payload"),
+    ],
+)
+def test_a_payload_key_that_is_not_a_string_is_refused(payload: object, where: str) -> None:
+    """``{1: "a", "1": "b"}`` became ``{"1": "b"}``: two payloads hashed alike, one value
+    silently dropped."""
+    with pytest.raises(ConfigError) as info:
+        normalize_payload(payload)  # type: ignore[arg-type]
+    assert f"audit payload field {where} has a key of type" in info.value.message
+    assert "keys must be strings" in info.value.message
+
+
+def test_the_store_refuses_a_non_string_payload_key_and_the_chain_stays_whole(
+    home_store: Store,
+) -> None:
+    home_store.record_audit_event("test.ok", "s", {"1": "b", "n": {"k": [1, {"x": None}]}})
+    before = home_store.list_audit_events(limit=None)
+    with pytest.raises(ConfigError, match="keys must be strings"):
+        home_store.record_audit_event("test.bad", "s", {1: "a"})  # type: ignore[dict-item]
+    assert home_store.list_audit_events(limit=None) == before
+    assert home_store.verify_audit_chain().ok
+    assert json.loads(json.dumps(before[0].payload)) == {"1": "b", "n": {"k": [1, {"x": None}]}}

@@ -1,7 +1,8 @@
 """Canonical JSON and times: the exact bytes an audit hash covers.
 
 Canonical JSON is ``json.dumps(value, sort_keys=True, separators=(",", ":"),
-ensure_ascii=False)`` encoded as UTF-8; NaN and infinities are refused. Times are
+ensure_ascii=False)`` encoded as UTF-8; NaN and infinities are refused, and so is a
+payload key that is not a string (JSON would make ``1`` and ``"1"`` the same key). Times are
 ISO-8601 in UTC with microseconds, e.g. ``2026-01-31T12:00:00.000000+00:00``.
 """
 
@@ -47,6 +48,13 @@ def _plain(value: Any, where: str) -> Any:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         value = dataclasses.asdict(value)
     if isinstance(value, Mapping):
+        for k in value:
+            if not isinstance(k, str):  # str(k) made 1 and "1" one key: two payloads, one hash
+                raise ConfigError(
+                    f"audit payload field {where} has a key of type {type(k).__name__} "
+                    f"({k!r}): keys must be strings",
+                    hint="Convert the key to a string before auditing, e.g. str(version).",
+                )
         return {str(k): _plain(v, f"{where}.{k}") for k, v in value.items()}
     if isinstance(value, list | tuple | set | frozenset):
         items = sorted(value, key=repr) if isinstance(value, set | frozenset) else value
