@@ -81,6 +81,8 @@ def list_profiles(
     rows = caller.store.list_profiles(
         window=window, endpoint=endpoint, tenant=tenant, since=_since(since)
     )
+    if endpoint is not None and not rows:
+        caller.store.get_endpoint(endpoint)  # 404 for an unknown endpoint, not []
     return [
         {**jsonable(p), "error_rate": p.error_rate, "cache_hit_rate": p.cache_hit_rate,
          "feedback_mean": p.feedback_mean}
@@ -116,9 +118,9 @@ def drift(
     threshold: list[str] = Query([], max_length=20, description="FEATURE=NUMBER, repeatable."),
     min_samples: int = Query(30, ge=2, le=10**7, description="Fewer: 'not enough data'."),
 ) -> dict[str, Any]:
-    from modelyard.monitoring import DriftConfig, compute_drift  # scipy loads on first use
+    from modelyard.monitoring import API_PARAMS, DriftConfig, compute_drift  # scipy: first use
 
-    config = DriftConfig.parse(method, threshold, min_samples)
+    config = DriftConfig.parse(method, threshold, min_samples, flag=API_PARAMS)
     length = duration(window, "window")
     ends = utc(end, "end")
     if ends is not None and ends.year < 1980:
@@ -126,7 +128,7 @@ def drift(
     report = compute_drift(
         caller.store, endpoint, version=version, reference=_reference(reference),
         window=length, config=config, now=ends, save=False,
-        artifacts=_artifacts(request) if reference == "eval" else None,
+        artifacts=_artifacts(request) if reference == "eval" else None, flag=API_PARAMS,
     )  # fmt: skip
     return {
         "endpoint": report.endpoint,

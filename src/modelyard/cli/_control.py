@@ -84,7 +84,7 @@ class DriftFeature:
     feature: str
     method: str
     value: float | None
-    threshold: float
+    threshold: float | None  # None where no method applied (method "-")
     drifted: bool | None
     status: str
     n_reference: int

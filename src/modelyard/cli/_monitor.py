@@ -172,6 +172,8 @@ def profiles(
                 "on the database only)"
             )
         rows = plane.list_profiles(window=window, endpoint=endpoint, tenant=tenant, since=start)
+        if endpoint and not rows:
+            plane.get_endpoint(endpoint)  # a misspelt name is NotFound, not an empty table
     if json_out:
         print_json(
             [
@@ -324,7 +326,7 @@ def drift(
             r.feature,
             r.method,
             "-" if r.value is None else f"{r.value:.4g}",
-            "-" if r.status == "no_reference" or r.method == "-" else f"{r.threshold:g}",
+            "-" if r.threshold is None or r.status == "no_reference" else f"{r.threshold:g}",
             verdict,
             str(r.n_reference),
             str(r.n_current),

@@ -15,6 +15,8 @@ from modelyard.monitoring._alerts import (
     rules_from,
 )
 from modelyard.monitoring._drift import (
+    API_PARAMS,
+    CLI_FLAGS,
     DriftConfig,
     DriftReport,
     FeatureRule,
@@ -48,6 +50,8 @@ from modelyard.monitoring._writer import RecordWriter
 
 __all__ = [
     "ABANDONED",
+    "API_PARAMS",
+    "CLI_FLAGS",
     "FEATURES",
     "FEATURE_NAMES",
     "METHODS",

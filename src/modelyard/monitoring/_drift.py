@@ -33,6 +33,26 @@ from modelyard.registry import template_name
 from modelyard.store import DriftResult, ModelVersion, Store
 
 MIN_SAMPLES = 30
+
+
+@dataclass(frozen=True)
+class Naming:
+    """How an error names a parameter: as the CLI's flag (``--threshold``, ``CLI_FLAGS``) or as
+    the admin API's query parameter (``threshold``, ``API_PARAMS``)."""
+
+    prefix: str
+    joiner: str
+
+    def __call__(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def given(self, name: str, value: str) -> str:
+        """The parameter given a value: ``--reference previous:24h``, ``reference=...``."""
+        return f"{self.prefix}{name}{self.joiner}{value}"
+
+
+CLI_FLAGS = Naming("--", " ")
+API_PARAMS = Naming("", "=")
 _HIST_BINS = 20
 
 
@@ -55,21 +75,24 @@ class DriftConfig:
         methods: Sequence[str] = (),
         thresholds: Sequence[str] = (),
         min_samples: int = MIN_SAMPLES,
+        *,
+        flag: Naming = CLI_FLAGS,
     ) -> DriftConfig:
-        """From ``FEATURE=METHOD`` and ``FEATURE=NUMBER`` strings (the CLI's options)."""
+        """From ``FEATURE=METHOD`` and ``FEATURE=NUMBER`` strings (the CLI's options, the
+        admin API's parameters: ``flag`` names them in errors)."""
         rules: dict[str, dict[str, Any]] = {}
         for opt, items in (("method", methods), ("threshold", thresholds)):
             for item in items:
                 name, sep, value = item.partition("=")
                 if not sep or name not in FEATURE_NAMES:
                     raise ConfigError(
-                        f"invalid --{opt} {item!r}: use FEATURE={opt.upper()} with a feature "
+                        f"invalid {flag(opt)} {item!r}: use FEATURE={opt.upper()} with a feature "
                         f"of {', '.join(FEATURE_NAMES)}",
                         field=opt,
                     )
                 if opt in rules.get(name, {}):  # the first would be dropped without a word
                     raise ConfigError(
-                        f"--{opt} is given twice for {name}: give each feature one {opt}",
+                        f"{flag(opt)} is given twice for {name}: give each feature one {opt}",
                         field=opt,
                     )
                 if opt == "method":
@@ -82,8 +105,8 @@ class DriftConfig:
                         number = math.nan
                     if not (math.isfinite(number) and number >= 0):
                         raise ConfigError(
-                            f"invalid --threshold {item!r}: {value!r} is not a finite number "
-                            "of at least 0 (a p-value for ks and chisquare, e.g. 0.05; a "
+                            f"invalid {flag('threshold')} {item!r}: {value!r} is not a finite "
+                            "number of at least 0 (a p-value for ks and chisquare, e.g. 0.05; a "
                             "distance for psi, jensenshannon and wasserstein, e.g. 0.1)",
                             field="threshold",
                         )
@@ -92,8 +115,9 @@ class DriftConfig:
             method = METHODS.get(rule.get("method", ""))
             if method is not None and method.direction == "below" and rule.get("threshold", 0) > 1:
                 raise ConfigError(
-                    f"invalid --threshold {name}={rule['threshold']:g}: {method.name} gives a "
-                    "p-value (0 to 1), so every run would say drift; use one below 1, e.g. 0.05",
+                    f"invalid {flag('threshold')} {name}={rule['threshold']:g}: {method.name} "
+                    "gives a p-value (0 to 1), so every run would say drift; use one below 1, "
+                    "e.g. 0.05",
                     field="threshold",
                 )
         if min_samples < 2:
@@ -120,16 +144,18 @@ def compare(
     """One feature's test: method, value, threshold, drifted, status, sizes and histograms."""
     rule = rule or FeatureRule()
     cur_s = SortedValues.of(np.asarray(cur, dtype=float))
-    if ref is None:
-        threshold = rule.threshold if rule.threshold is not None else 0.0
+    if ref is None:  # a threshold only where a method was given: none applied otherwise
+        threshold = None
+        if rule.method is not None:
+            threshold = (
+                rule.threshold if rule.threshold is not None else METHODS[rule.method].threshold
+            )
         return _result(rule.method or "-", None, threshold, None, "no_reference", 0, cur_s.n, {})
     ref_s = SortedValues.of(np.asarray(ref, dtype=float))
     n_unique = ref_s.n_unique()  # Evidently decides on the reference's distinct values
     name = rule.method or (default_method(ref_s.n, n_unique) if ref_s.n and cur_s.n else "-")
     if name == "-":  # nothing to compare on a side: no method applies
-        return _result(
-            name, None, rule.threshold or 0.0, None, "not_enough_data", ref_s.n, cur_s.n, {}
-        )
+        return _result(name, None, None, None, "not_enough_data", ref_s.n, cur_s.n, {})
     method = METHODS[name]
     threshold = rule.threshold if rule.threshold is not None else method.threshold
     if ref_s.n < min_samples or cur_s.n < min_samples:
@@ -152,7 +178,7 @@ def compare(
 def _result(
     method: str,
     value: float | None,
-    threshold: float,
+    threshold: float | None,
     drifted: bool | None,
     status: str,
     n_ref: int,
@@ -210,17 +236,20 @@ class DriftReport:
         return [r.feature for r in self.results if r.drifted]
 
 
-def _pick_version(store: Store, endpoint: str, version: str | None) -> ModelVersion:
+def _pick_version(
+    store: Store, endpoint: str, version: str | None, flag: Naming = CLI_FLAGS
+) -> ModelVersion:
     ep = store.get_endpoint(endpoint)
     if version is not None:
         model, sep, number = version.rpartition(":")
         if not number.isdigit():
             raise ConfigError(
-                f"invalid --version {version!r}: use the version number, e.g. 2", field="version"
+                f"invalid {flag('version')} {version!r}: use the version number, e.g. 2",
+                field="version",
             )
         if sep and model != ep.model:  # NAME:N names the model too: never another's, silently
             raise ConfigError(
-                f"invalid --version {version!r}: endpoint {endpoint!r} serves model "
+                f"invalid {flag('version')} {version!r}: endpoint {endpoint!r} serves model "
                 f"{ep.model!r}; give the number alone, e.g. {number}, or {ep.model}:{number}",
                 field="version",
             )
@@ -235,12 +264,15 @@ def _pick_version(store: Store, endpoint: str, version: str | None) -> ModelVers
 
 
 def eval_pairs(
-    store: Store, artifacts: ArtifactStore | None, version: ModelVersion
+    store: Store, artifacts: ArtifactStore | None, version: ModelVersion, flag: Naming = CLI_FLAGS
 ) -> list[tuple[str, str]]:
     """(prompt, response) of every row of ``version``'s evaluation dataset, via its template."""
     dataset = version.lineage.get("dataset") if isinstance(version.lineage, Mapping) else None
     digest = dataset.get("eval_digest") if isinstance(dataset, Mapping) else None
-    hint = "Use --reference previous:24h (or baseline:START/END) to compare with past traffic."
+    hint = (
+        f"Use {flag.given('reference', 'previous:24h')} (or baseline:START/END) to compare "
+        "with past traffic."
+    )
     if not digest:
         raise ConfigError(
             f"version {version.ref} records no evaluation dataset in its lineage",
@@ -270,11 +302,11 @@ def eval_pairs(
 
 
 def eval_reference(
-    store: Store, artifacts: ArtifactStore | None, version: ModelVersion
+    store: Store, artifacts: ArtifactStore | None, version: ModelVersion, flag: Naming = CLI_FLAGS
 ) -> dict[str, np.ndarray]:
     """The text features of ``version``'s evaluation dataset, rendered with its template."""
     columns: dict[str, list[float]] = {f: [] for f in TEXT_FEATURES}
-    for prompt, response in eval_pairs(store, artifacts, version):
+    for prompt, response in eval_pairs(store, artifacts, version, flag):
         feats = text_features(prompt, response)
         for f in TEXT_FEATURES:
             columns[f].append(float(getattr(feats, f)))
@@ -291,13 +323,15 @@ def _days(length: timedelta) -> str:
     return f"{length.total_seconds() / 86400:.6g} days"
 
 
-def back_from(at: datetime, length: timedelta, what: str, field: str) -> datetime:
+def back_from(
+    at: datetime, length: timedelta, what: str, field: str, flag: Naming = CLI_FLAGS
+) -> datetime:
     """``at - length``; a ConfigError naming ``field`` when that is before 1970 (no record
     is that old, and far enough back it is no date at all)."""
     if at <= EARLIEST:  # no window helps: the end itself is before any record
         raise ConfigError(
             f"the window's end {at:%Y-%m-%d %H:%M} UTC is before 1970: no records are that "
-            "old; give a later --end, or none for a window ending now",
+            f"old; give a later {flag('end')}, or none for a window ending now",
             field="end",
         )
     try:
@@ -313,14 +347,17 @@ def back_from(at: datetime, length: timedelta, what: str, field: str) -> datetim
     return start
 
 
-def parse_reference(text: str, window_start: datetime) -> tuple[datetime, datetime] | None:
+def parse_reference(
+    text: str, window_start: datetime, flag: Naming = CLI_FLAGS
+) -> tuple[datetime, datetime] | None:
     """None for ``eval``; the (start, end) of a traffic reference otherwise."""
     if text == "eval":
         return None
     kind, _, arg = text.partition(":")
     if kind == "previous" and arg:
         length = parse_duration(arg, field="reference")
-        return back_from(window_start, length, f"reference {text}", "reference"), window_start
+        start = back_from(window_start, length, f"reference {text}", "reference", flag)
+        return start, window_start
     if kind == "baseline" and "/" in arg:
         a, _, b = arg.partition("/")
         try:
@@ -343,9 +380,9 @@ def parse_reference(text: str, window_start: datetime) -> tuple[datetime, dateti
             )
             if why is None:
                 return start, end
-            raise ConfigError(f"invalid --reference {text!r}: {why}", field="reference")
+            raise ConfigError(f"invalid {flag('reference')} {text!r}: {why}", field="reference")
     raise ConfigError(
-        f"invalid --reference {text!r}: use eval, previous:DURATION (e.g. previous:24h) "
+        f"invalid {flag('reference')} {text!r}: use eval, previous:DURATION (e.g. previous:24h) "
         "or baseline:START/END with ISO times (e.g. baseline:2026-12-01T00:00/2026-12-01T06:00)",
         field="reference",
     )
@@ -445,11 +482,13 @@ def compute_drift(
     save: bool = True,
     semantic: bool = False,
     embedder: Embedder | None = None,
+    flag: Naming = CLI_FLAGS,
 ) -> DriftReport:
     """Test every feature of ``endpoint``'s last ``window`` against the reference; store it.
 
     ``semantic`` adds ``prompt_embedding``: MiniLM embeddings of the prompts (stored
-    ones, else the kept text) compared with an MMD test.
+    ones, else the kept text) compared with an MMD test. ``flag`` names the parameters in
+    errors (the CLI's flags, or the admin API's, ``API_PARAMS``).
     """
     config = config or DriftConfig()
     clock = datetime.now(UTC)
@@ -461,9 +500,9 @@ def compute_drift(
             field="end",
         )
     now = (now or clock).astimezone(UTC)
-    start = back_from(now, window, "the window", "window")
-    chosen = _pick_version(store, endpoint, version)
-    span = parse_reference(reference, start)
+    start = back_from(now, window, "the window", "window", flag)
+    chosen = _pick_version(store, endpoint, version, flag)
+    span = parse_reference(reference, start, flag)
     if semantic and embedder is None:
         minilm_dir()  # one clear error before any work when the model is missing
         embedder = Embedder()
@@ -472,9 +511,9 @@ def compute_drift(
     ref_vectors = cur_vectors = None
     n_ref = n_cur = 0
     if span is None:
-        ref_columns: dict[str, np.ndarray] = eval_reference(store, artifacts, chosen)
+        ref_columns: dict[str, np.ndarray] = eval_reference(store, artifacts, chosen, flag)
         if semantic and embedder is not None:
-            prompts = [p for p, _ in eval_pairs(store, artifacts, chosen)]
+            prompts = [p for p, _ in eval_pairs(store, artifacts, chosen, flag)]
             ref_vectors, n_ref = embedder.embed(_sample(prompts)), len(prompts)
     else:
         ref_columns = _columns(store, endpoint, chosen.id, span[0], span[1])

@@ -452,7 +452,7 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
                         r.method,
                         "-" if r.value is None else f"{r.value:.4g}",
                         "-"
-                        if r.status == "no_reference" or r.method == "-"
+                        if r.threshold is None or r.status == "no_reference"
                         else f"{r.threshold:g}",
                         {"drift": "yes", "ok": "no"}.get(r.status, r.status.replace("_", " ")),
                         r.n_reference,

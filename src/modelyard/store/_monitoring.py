@@ -348,7 +348,7 @@ class MonitoringStore(StoreCore):
                         "feature": d.feature,
                         "method": d.method,
                         "value": None if d.value is None or not math.isfinite(d.value) else d.value,
-                        "threshold": d.threshold,
+                        "threshold": 0.0 if d.threshold is None else d.threshold,  # NOT NULL
                         "drifted": d.drifted,
                         "status": d.status,
                         "n_reference": d.n_reference,
@@ -401,7 +401,7 @@ class MonitoringStore(StoreCore):
                 r.feature,
                 r.method,
                 r.value,
-                r.threshold,
+                None if r.method == "-" else r.threshold,  # no method: stored as 0.0
                 r.drifted,
                 r.status,
                 r.n_reference,

@@ -117,7 +117,8 @@ class HourLatency:
 class DriftResult:
     """One feature's drift test in one run.
 
-    ``status`` is ok, drift, not_enough_data or no_reference.
+    ``status`` is ok, drift, not_enough_data or no_reference; ``threshold`` is None where
+    no method applied (``method`` is ``-``).
     """
 
     run_id: str
@@ -131,7 +132,7 @@ class DriftResult:
     feature: str
     method: str
     value: float | None
-    threshold: float
+    threshold: float | None
     drifted: bool | None
     status: str
     n_reference: int
