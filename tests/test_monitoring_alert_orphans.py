@@ -108,3 +108,30 @@ def test_an_alert_whose_labels_the_rule_no_longer_gives_is_resolved(
     assert states == [("critical", "firing"), ("warning", "resolved")]
     old = next(a for a in store.list_alert_states() if a.severity == "warning")
     assert "no longer gives these labels" in old.summary
+
+
+def test_a_firing_alert_whose_window_has_no_data_stays_firing_until_data_says_otherwise(
+    store: Store, posted: list[dict[str, Any]]
+) -> None:
+    """No records in the window (the traffic stopped) is not good news: an error-rate alert
+    neither fires nor resolves on it, as docs/monitoring.md says; it resolved."""
+    now = datetime.now(UTC)
+    _errors(store, now)
+    evaluate_rules(store, _rules(ERRORS), now)
+    later = now + timedelta(hours=2)  # the three errors left the 1h window
+    evaluate_rules(store, _rules(ERRORS), later)
+    (alert,) = store.list_alert_states()
+    assert (alert.state, alert.value) == ("firing", None) and "no data" in alert.summary
+    assert [p["status"] for p in posted] == ["firing"]
+    tid, vid = store.get_tenant("acme").id, store.get_model_version("acme-bot", 1).id
+    store.add_inference_records([
+        NewInferenceRecord(
+            id="ok1", endpoint_name="acme-support", route="chat.completions", latency_ms=5.0,
+            status="ok", http_status=200, tenant_id=tid, version_id=vid,
+            created_at=later + timedelta(seconds=30),
+        )
+    ])  # fmt: skip
+    evaluate_rules(store, _rules(ERRORS), later + timedelta(minutes=1))
+    (alert,) = store.list_alert_states()
+    assert (alert.state, alert.value) == ("resolved", 0.0)
+    assert [p["status"] for p in posted] == ["firing", "resolved"]

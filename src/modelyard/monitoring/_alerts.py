@@ -534,6 +534,8 @@ def _step(
             base = replace(base, state="firing", fired_at=now)
         return base
     if state == "firing":
+        if value is None:  # no data is not good news (traffic stopped): it stays firing
+            return base
         return replace(base, state="resolved", resolved_at=now, active_since=None)
     if state == "pending":
         return replace(base, state="inactive", active_since=None)
