@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from modelyard.monitoring import update_profiles
+from modelyard.monitoring._charts import nice
 from modelyard.monitoring._profiles import floor_hour
-from modelyard.monitoring._report import _nice, latency_series, render_report
+from modelyard.monitoring._report import latency_series, render_report
 from modelyard.store import NewInferenceRecord, Store
 from worlds import fake_world
 
@@ -58,7 +59,8 @@ def test_the_report_s_hourly_p95_is_the_hour_s_true_p95(
         assert series[name] == [(t, float(np.percentile(latencies, q)))], name
     assert series["ttft p50"] == [(t, float(np.percentile([x / 4 for x in latencies], 50)))]
     page = render_report(store, "acme-support", since=hour)
-    assert f"<title>p95: {_nice(float(np.percentile(latencies, 95)))}</title>" in page
+    p95 = nice(float(np.percentile(latencies, 95)))
+    assert f"<title>p95 at {hour:%Y-%m-%d %H:%M} UTC: {p95}</title>" in page
     assert "all versions" in page and "merged latency histograms" not in page
 
 

@@ -16,132 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.errors import ConfigError
+from modelyard.monitoring._charts import histogram_chart, line_chart
 from modelyard.monitoring._profiles import HOUR, floor_hour, hist_quantile, merge_hists
-from modelyard.store import AuditEvent, DriftResult, Profile, Store
-
-_COLOURS = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#4b5563")
-_W, _H, _PAD = 640, 220, 44
-Series = Mapping[str, Sequence[tuple[float, float]]]
+from modelyard.store import AuditEvent, Profile, Store
 
 
 def _esc(text: object) -> str:
     return html.escape(str(text))
-
-
-def _nice(v: float) -> str:
-    return f"{v:.3g}" if abs(v) < 1000 else f"{v:,.0f}"
-
-
-def line_chart(
-    title: str,
-    series: Series,
-    *,
-    y_label: str = "",
-    percent: bool = False,
-    x_labels: Callable[[float], str] | None = None,
-) -> str:
-    """An SVG line chart; x is a number (epoch seconds), one line per series."""
-    points = [p for s in series.values() for p in s]
-    if not points:
-        return (
-            f'<figure><figcaption>{_esc(title)}</figcaption><p class="empty">no data</p></figure>'
-        )
-    xs, ys = [p[0] for p in points], [p[1] for p in points]
-    x0, x1 = min(xs), max(xs)
-    y0 = min(0.0, min(ys) * 1.1)
-    y1 = max(ys) * 1.1 if max(ys) > 0 else 0.0
-    y1 = y1 if y1 > y0 else y0 + 1.0
-    x1 = x1 if x1 > x0 else x0 + 1
-
-    def sx(x: float) -> float:
-        return _PAD + (x - x0) / (x1 - x0) * (_W - 2 * _PAD)
-
-    def sy(y: float) -> float:
-        return _H - _PAD - (y - y0) / (y1 - y0) * (_H - 2 * _PAD)
-
-    parts = [
-        f'<svg viewBox="0 0 {_W} {_H}" width="{_W}" height="{_H}" role="img" '
-        f'aria-label="{_esc(title)}">'
-    ]
-    for i in range(5):
-        y = y0 + (y1 - y0) * i / 4
-        label = f"{y:.0%}" if percent else _nice(y)
-        parts.append(
-            f'<line x1="{_PAD}" x2="{_W - _PAD}" y1="{sy(y):.1f}" y2="{sy(y):.1f}" '
-            f'class="grid"/><text x="{_PAD - 4}" y="{sy(y) + 4:.1f}" '
-            f'text-anchor="end">{label}</text>'
-        )
-    fmt = x_labels or (lambda x: datetime.fromtimestamp(x, UTC).strftime("%m-%d %H:%M"))
-    for x in (x0, (x0 + x1) / 2, x1):
-        parts.append(
-            f'<text x="{sx(x):.1f}" y="{_H - _PAD + 16}" text-anchor="middle">{_esc(fmt(x))}</text>'
-        )
-    for i, (name, pts) in enumerate(series.items()):
-        colour = _COLOURS[i % len(_COLOURS)]
-        path = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in sorted(pts))
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="{path}"/>')
-        for x, y in pts:
-            parts.append(
-                f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.5" fill="{colour}">'
-                f"<title>{_esc(name)}: {_nice(y)}</title></circle>"
-            )
-        parts.append(
-            f'<rect x="{_PAD + 130 * i}" y="6" width="10" height="10" fill="{colour}"/>'
-            f'<text x="{_PAD + 14 + 130 * i}" y="15">{_esc(name)}</text>'
-        )
-    if y_label:
-        parts.append(
-            f'<text x="12" y="{_H / 2}" transform="rotate(-90 12 {_H / 2})" '
-            f'text-anchor="middle">{_esc(y_label)}</text>'
-        )
-    parts.append("</svg>")
-    return f"<figure><figcaption>{_esc(title)}</figcaption>{''.join(parts)}</figure>"
-
-
-def histogram_chart(result: DriftResult) -> str:
-    """Reference and current shares over the same bins, side by side."""
-    d = result.details
-    edges, ref, cur = d.get("edges"), d.get("reference"), d.get("current")
-    title = (
-        f"{result.feature}: {result.method} = "
-        + ("-" if result.value is None else f"{result.value:.4g}")
-        + (" — drifted" if result.drifted else "")
-    )
-    if "mmd2" in d:  # embeddings have no histogram: say what the test saw
-        text = f"MMD² {d['mmd2']:.4g} over {d.get('dimensions')} dimensions ({d.get('model')})"
-        cls = ' class="drifted"' if result.drifted else ""
-        return f"<figure{cls}><figcaption>{_esc(title)}</figcaption><p>{_esc(text)}</p></figure>"
-    if not edges or not ref or not cur:
-        return f'<figure><figcaption>{_esc(title)}</figcaption><p class="empty">{_esc(result.status.replace("_", " "))}</p></figure>'  # noqa: E501
-    w, h, pad = 300, 150, 28
-    top = max(max(ref), max(cur)) or 1.0
-    n = len(ref)
-    bw = (w - 2 * pad) / n
-    parts = [
-        f'<svg viewBox="0 0 {w} {h}" width="{w}" height="{h}" role="img" '
-        f'aria-label="{_esc(title)}">'
-    ]
-    for i, (a, b) in enumerate(zip(ref, cur, strict=True)):
-        x = pad + i * bw
-        ha, hb = a / top * (h - 2 * pad), b / top * (h - 2 * pad)
-        parts.append(
-            f'<rect x="{x:.1f}" y="{h - pad - ha:.1f}" width="{bw / 2:.1f}" '
-            f'height="{ha:.1f}" fill="#94a3b8"><title>reference {a:.1%}</title></rect>'
-        )
-        parts.append(
-            f'<rect x="{x + bw / 2:.1f}" y="{h - pad - hb:.1f}" width="{bw / 2:.1f}" '
-            f'height="{hb:.1f}" fill="#2563eb"><title>current {b:.1%}</title></rect>'
-        )
-    parts.append(
-        f'<text x="{pad}" y="{h - 10}">{_nice(edges[0])}</text>'
-        f'<text x="{w - pad}" y="{h - 10}" text-anchor="end">{_nice(edges[-1])}</text>'
-        f'<rect x="{pad}" y="4" width="8" height="8" fill="#94a3b8"/>'
-        f'<text x="{pad + 11}" y="12">reference</text>'
-        f'<rect x="{pad + 80}" y="4" width="8" height="8" fill="#2563eb"/>'
-        f'<text x="{pad + 91}" y="12">current</text></svg>'
-    )
-    cls = ' class="drifted"' if result.drifted else ""
-    return f"<figure{cls}><figcaption>{_esc(title)}</figcaption>{''.join(parts)}</figure>"
 
 
 def _hours(profiles: Sequence[Profile]) -> list[float]:
@@ -255,7 +136,7 @@ def _judged_mean(metric: str) -> Callable[[list[Profile]], float | None]:
     return fn
 
 
-def _judged_html(profiles: Sequence[Profile]) -> str:
+def _judged_html(profiles: Sequence[Profile], period: tuple[float, float]) -> str:
     """Per judge: a table of what it scored per version, and its mean score per hour."""
     metrics = sorted({metric for p in profiles for metric in p.judges})
     if not metrics:
@@ -273,7 +154,11 @@ def _judged_html(profiles: Sequence[Profile]) -> str:
             n = sum(p.judges[metric].scored for p in items)
             rows.append((metric, version, n, f"{_judged_mean(metric)(items):.2f}"))
     charts = "".join(
-        line_chart(f"{metric} mean score per version", _by_version(profiles, _judged_mean(metric)))
+        line_chart(
+            f"{metric} mean score per version",
+            _by_version(profiles, _judged_mean(metric)),
+            x_range=period,
+        )
         for metric in metrics
     )
     return _table(("judge", "version", "records scored", "mean score"), rows) + charts
@@ -362,6 +247,8 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
     drift = store.list_drift_results(endpoint=endpoint, latest=True)
     events = _timeline_events(store, endpoint, ep.model, since)
     latency, approximate = latency_series(store, endpoint, profiles, since, clock)
+    # the x axis of every chart: the hours of the period asked, not only those with data
+    period = (floor_hour(since).timestamp(), floor_hour(clock).timestamp())
     requests = sum(p.requests for p in profiles)
     errors = sum(p.errors for p in profiles)
     costs = [p.cost for p in profiles if p.cost is not None]
@@ -386,6 +273,8 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
         line_chart(
             "Requests per hour, per version",
             _by_version(profiles, lambda ps: float(sum(p.requests for p in ps)), zero=True),
+            x_range=period,
+            whole=True,
         ),
         line_chart(
             "Error rate per version",
@@ -393,8 +282,11 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
                 profiles, lambda ps: sum(p.errors for p in ps) / max(1, sum(p.requests for p in ps))
             ),
             percent=True,
+            x_range=period,
         ),
-        line_chart("Latency percentiles per hour, all versions (ms)", latency, y_label="ms")
+        line_chart(
+            "Latency percentiles per hour, all versions (ms)", latency, x_range=period, unit="ms"
+        )
         + (
             f'<p class="empty">{approximate} hour(s) whose raw records retention deleted: '
             "percentiles from the merged latency histograms of their profiles (within "
@@ -412,6 +304,8 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
                 },
                 zero=True,
             ),
+            x_range=period,
+            whole=True,
         ),
         line_chart(
             "Cost per hour",
@@ -425,6 +319,7 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
                     )
                 },
             ),
+            x_range=period,
         ),
         line_chart(
             "Feedback mean per version",
@@ -436,6 +331,7 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
                     else None
                 ),
             ),
+            x_range=period,
         ),
     ]
     if drift:
@@ -473,7 +369,7 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
         f"{_esc(ep.model)} · tenant {_esc(ep.tenant or 'shared')}</p>"
         f"<h2>Summary</h2>{summary}<h2>Traffic, errors, latency, tokens and cost</h2>"
         f"{''.join(charts[:5])}<h2>Drift</h2>{drift_html}<h2>Feedback</h2>{charts[5]}"
-        f"<h2>Judged quality</h2>{_judged_html(profiles)}"
+        f"<h2>Judged quality</h2>{_judged_html(profiles, period)}"
         f"<h2>Versions and rollouts</h2>{_timeline(events)}</body></html>"
     )
 
