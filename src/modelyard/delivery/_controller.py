@@ -36,7 +36,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from modelyard.delivery._alerting import resolve_rollback_alert, rollback_alert
-from modelyard.delivery._guards import GuardResult, TrafficSample, evaluate_guards
+from modelyard.delivery._guards import (
+    GuardResult,
+    TrafficSample,
+    evaluate_guards,
+    load_statistics,
+)
 from modelyard.delivery._judging import StepWindow, judge_guards, judge_window, judged_windows
 from modelyard.errors import ModelyardError, PermissionDenied
 from modelyard.metric_names import judge_name
@@ -203,7 +208,12 @@ class Controller:
         return changed
 
     def run(self, stop: threading.Event, interval_s: float = 1.0) -> None:
-        """Tick every ``interval_s`` until ``stop`` is set; release the lease at the end."""
+        """Tick every ``interval_s`` until ``stop`` is set; release the lease at the end.
+
+        What a tick imports lazily is loaded first, so the first tick, which takes the
+        lease, acts within it however short the lease (``--lease-ttl``) is.
+        """
+        load_statistics()
         try:
             while not stop.is_set():
                 started = time.monotonic()

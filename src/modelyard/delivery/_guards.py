@@ -289,6 +289,13 @@ def evaluate_guard(
     return result("pass" if ok else "breach")
 
 
+def load_statistics() -> None:
+    """Import scipy's statistics (the rate guards' tests) now: a second or more on a busy
+    machine, which the controller spends before it takes its lease, not in its first tick
+    (a tick that outlasts the lease has its transitions refused)."""
+    from scipy import stats  # noqa: F401
+
+
 def _rate_p_value(
     guard: Guard, canary: TrafficSample, baseline: TrafficSample, threshold: float
 ) -> float:
