@@ -37,7 +37,7 @@ from clihelp import Result, modelyard
 from modelyard.access import create_api_key
 from modelyard.base import create_tiny_base
 from modelyard.data import DOMAINS, domain_corpus, synthetic_domain
-from modelyard.delivery import abort_rollout, check_policy, promote_rollout
+from modelyard.delivery import Controller, abort_rollout, check_policy, promote_rollout
 from modelyard.errors import ConfigError, RolloutFailed, RolloutTimedOut, status_of
 from modelyard.monitoring import AlertRules
 from modelyard.pipeline import RolloutPlan, check_against_store, load_pipeline, parse_pipeline
@@ -516,7 +516,12 @@ def test_with_wait_the_rollouts_end_is_the_stages_outcome(home: Path) -> None:
     with Store.open(f"sqlite:///{home / 'store.db'}") as store:
         fake_world(store, versions=3)
         ui = _Quiet()
-        threading.Timer(0.3, promote_rollout, (store, "support")).start()
+
+        def promote() -> None:  # once the controller has it baking (promote waits for it)
+            Controller(store).tick()
+            promote_rollout(store, "support")
+
+        threading.Timer(0.3, promote).start()
         done = roll_out(store, plan(30), "bot:2", ui=ui)
         assert done.failure is None and done.artifacts["status"] == "succeeded"
         assert "rollout running, step 1 of 2" in ui.lines

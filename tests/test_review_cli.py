@@ -301,6 +301,7 @@ def test_the_rollout_says_when_the_alias_was_not_moved(
     assert code == 0, err
     # ann may no longer move it when the rollout ends (promoted here, as by the controller)
     assert run(capsys, "--actor root actors add ann --role developer")[0] == 0
+    assert run(capsys, "controller --once")[0] == 0  # prepared (no live server): baking
     code, out, err = run(capsys, "--actor root rollout promote support")
     assert code == 0, err
     assert "NOT moved" in out
@@ -327,6 +328,7 @@ def test_the_timeline_says_the_alias_moved_in_words(
         "--promote-alias champion",
     )
     assert code == 0, err
+    assert run(capsys, "controller --once")[0] == 0  # prepared (no live server): baking
     assert run(capsys, "rollout promote support")[0] == 0
     code, out, _ = run(capsys, "rollout status support")
     assert code == 0 and "{'name'" not in out and "bot@champion → bot:2" in out

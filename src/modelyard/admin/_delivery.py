@@ -16,6 +16,7 @@ from modelyard.delivery import (
     abort_rollout,
     pause_rollout,
     promote_rollout,
+    resolved_target,
     resume_rollout,
     start_rollout,
     step_view,
@@ -42,7 +43,11 @@ class RolloutBody(BaseModel):
     breached guard."""
 
     model_config = ConfigDict(extra="forbid", strict=True)
-    to: str = Field(min_length=1, max_length=300, description="NAME:VERSION or NAME@alias.")
+    to: str = Field(
+        min_length=1,
+        max_length=300,
+        description="NAME:VERSION, NAME@alias or NAME (its latest version).",
+    )
     steps: list[int] = Field(
         default_factory=lambda: list(DEFAULT_POLICY.steps), max_length=20,
         description="Percent of traffic at each step; the last is 100.",
@@ -126,7 +131,8 @@ def rollout_start(
         min_requests=body.min_requests, guards=body.guards, promote_alias=body.promote_alias,
         override_gates=body.override_gates_reason,
     )  # fmt: skip
-    return rollout_json(caller.store, r)
+    # which version `to` chose, said: a bare NAME takes the latest (as the registry reads it)
+    return {**rollout_json(caller.store, r), "resolved": resolved_target(body.to, r)}
 
 
 @router.post("/endpoints/{endpoint}/rollout/promote", summary="Skip to 100% now (audited)")

@@ -122,7 +122,9 @@ def seconds(text: str, what: str) -> float:
 @rollout_app.command("start")
 def start(
     endpoint: str = typer.Argument(..., help="Endpoint to roll out on."),
-    to: str = typer.Option(..., "--to", help="The new version: NAME:VERSION or NAME@alias."),
+    to: str = typer.Option(
+        ..., "--to", help="The new version: NAME:VERSION, NAME@alias or NAME (its latest version)."
+    ),
     steps: str = STEPS,
     bake: str = BAKE,
     min_requests: int = MIN_REQUESTS,
@@ -141,6 +143,8 @@ def start(
 
     The version's gates must have passed (`registry show` says); one whose gates failed
     or never ran needs --override-gates --reason "why"."""
+    from modelyard.delivery import resolved_target
+
     override = gate_override(override_gates, reason)
     with open_plane() as plane:
         r = plane.start_rollout(
@@ -155,6 +159,9 @@ def start(
         print_json(r)
         return
     console.print(f"[green]started[/] rollout {r.id}: {summary(r)}", soft_wrap=True)
+    chosen = resolved_target(to, r)
+    if chosen["by"] != "version":  # --to named no version: say which one it chose
+        console.print(f"  {chosen['note']}", soft_wrap=True, highlight=False)
     console.print(f"  guards: {', '.join(r.guards)}")
     started = next((e.detail for e in r.events if e.kind == "started"), {})
     if started.get("gates_overridden"):

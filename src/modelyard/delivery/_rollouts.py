@@ -18,7 +18,6 @@ from modelyard.errors import (
     ConfigError,
     Conflict,
     ModelVersionNotFound,
-    NotFound,
     RolloutError,
     RolloutFailed,
 )
@@ -142,14 +141,41 @@ def start_rollout(
     )
 
 
+def resolved_target(to: str, r: Rollout) -> dict[str, Any]:
+    """How ``--to`` chose the rollout's version: ``by`` is ``version`` (``NAME:N``),
+    ``alias`` (``NAME@alias``) or ``latest`` (a bare ``NAME``: its newest version, as
+    the registry reads a bare name), with a sentence saying so (``note``)."""
+    _, alias, number = parse_model_ref(to)
+    by = "version" if number is not None else "alias" if alias is not None else "latest"
+    notes = {
+        "version": f"rolling out {r.target_ref}",
+        "alias": f"rolling out {r.target_ref} ({to.strip()} points at it)",
+        "latest": f"rolling out {r.target_ref} (the latest version of {r.model}: "
+        f"--to {to.strip()} names no version; give {r.model}:N to choose one)",
+    }
+    return {"requested": to.strip(), "by": by, "ref": r.target_ref, "note": notes[by]}
+
+
 def active_rollout(store: Store, endpoint: str) -> Rollout:
+    """The endpoint's rollout in progress: ``EndpointNotFound`` (404) for an unknown
+    endpoint, ``Conflict`` (409) for one with no rollout in progress."""
     found = store.list_rollouts(endpoint=endpoint, active=True, limit=1)
     if not found:
-        raise NotFound(
-            f"endpoint {endpoint!r} has no rollout in progress",
-            hint=f"See its last one with `modelyard rollout status {endpoint}`.",
+        raise Conflict(
+            f"no rollout in progress on endpoint {endpoint!r}",
+            hint=f"See its last one with `modelyard rollout status {endpoint}`, or start one "
+            f"with `modelyard rollout start {endpoint} --to REF`.",
+            endpoint=endpoint,
         )
     return found[0]
+
+
+def _lever(store: Store, endpoint: str, verb: str, action: str) -> Rollout:
+    """The rollout an operator's ``verb`` (audited as ``action``) moves, once the actor's
+    role allows it: a refusal first, whatever the rollout's state (a viewer gets 403,
+    never 409 or 404)."""
+    store.require_rollout_change(endpoint, action, f"{verb} the rollout on {endpoint!r}")
+    return active_rollout(store, endpoint)
 
 
 def _manual(store: Store, r: Rollout, change: Transition) -> Rollout:
@@ -163,8 +189,25 @@ def _manual(store: Store, r: Rollout, change: Transition) -> Rollout:
 
 
 def promote_rollout(store: Store, endpoint: str) -> Rollout:
-    """Skip the remaining steps: all traffic to the target now (and the alias, if asked)."""
-    r = active_rollout(store, endpoint)
+    """Skip the remaining steps: all traffic to the target now (and the alias, if asked).
+
+    Refused (``Conflict``) while the rollout is preparing: no server has the target
+    loaded and smoke-tested yet, so all traffic to it would fail or fall back.
+    """
+    r = _lever(store, endpoint, "promote", "rollout.promoted")
+    if r.phase == "preparing":  # no server has loaded the target yet: it would fail them all
+        paused = r.status == "paused"
+        first = f"Resume it (`modelyard rollout resume {endpoint}`) and wait" if paused else "Wait"
+        raise Conflict(
+            f"cannot promote the rollout on {endpoint!r}: it is still preparing"
+            + (" (paused)" if paused else "")
+            + f", the servers have not all loaded and smoke-tested {r.target_ref}, so all "
+            "traffic to it now could fail",
+            hint=f"{first} until `modelyard rollout status {endpoint}` says baking (the "
+            "controller moves it there once every live server has loaded it), then promote; "
+            f"or end it with `modelyard rollout abort {endpoint}`.",
+            endpoint=endpoint,
+        )
     detail: dict[str, Any] = {"manual": True, "skipped_steps": list(r.steps[r.step_index + 1 :])}
     if r.promote_alias:
         detail["alias"] = promote_alias(store, r)
@@ -180,7 +223,7 @@ def promote_rollout(store: Store, endpoint: str) -> Rollout:
 
 def abort_rollout(store: Store, endpoint: str, reason: str | None = None) -> Rollout:
     """Restore the plan from before the rollout and end it ``aborted``."""
-    r = active_rollout(store, endpoint)
+    r = _lever(store, endpoint, "abort", "rollout.aborted")
     archived = [f"{r.model}:{n}" for n in sorted(r.baseline) if n != r.target
                 and store.get_model_version(r.model, n).status == "archived"]  # fmt: skip
     if archived:  # the store would refuse the plan, naming a version the user never asked for
@@ -204,7 +247,7 @@ def abort_rollout(store: Store, endpoint: str, reason: str | None = None) -> Rol
 
 def pause_rollout(store: Store, endpoint: str) -> Rollout:
     """Hold the current step's plan; the controller leaves a paused rollout alone."""
-    r = active_rollout(store, endpoint)
+    r = _lever(store, endpoint, "pause", "rollout.paused")
     if r.status == "paused":
         return r
     return _manual(store, r, Transition("paused", {}, status="paused", audit="rollout.paused"))
@@ -212,7 +255,7 @@ def pause_rollout(store: Store, endpoint: str) -> Rollout:
 
 def resume_rollout(store: Store, endpoint: str) -> Rollout:
     """Go on from the current step, whose bake time starts again."""
-    r = active_rollout(store, endpoint)
+    r = _lever(store, endpoint, "resume", "rollout.resumed")
     if r.status != "paused":
         return r
     change = Transition(

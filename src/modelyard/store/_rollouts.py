@@ -170,6 +170,13 @@ class RolloutStore(StoreCore):
             )
         return found[0]
 
+    def require_rollout_change(self, endpoint: str, action: str, what: str) -> None:
+        """``PermissionDenied`` (audited) unless the actor's role allows ``action`` (e.g.
+        ``rollout.promoted``) on ``endpoint``: an operator's lever checks the role before
+        the rollout's state, so a refusal never depends on that state, nor tells it."""
+        with self._write(f"check the role to {what}") as s:
+            self._require(s, action, endpoint, what)
+
     def transition_rollout(
         self,
         rollout_id: str,
