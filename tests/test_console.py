@@ -470,6 +470,29 @@ def _iso(t: datetime) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def test_in_the_browser_chart_axes_are_round_and_marked_at_whole_times(
+    world: World, browser: Browser
+) -> None:
+    """The series charts' y labels were a quarter of a rounded top (62.5 ms, 188 ms) and
+    their time marks five equal parts of the window (08:04, 08:08, 08:12, 08:15)."""
+    page, errors = _page(browser, world, "viv")
+    got = page.evaluate("""async () => {
+        const c = await import(new URL("static/js/charts.js", document.baseURI).href);
+        const t0 = Date.UTC(2026, 11, 6, 8, 4, 7), t1 = t0 + 15 * 60000;
+        return { ms: c.yTicks(230), tiny: c.yTicks(0.02), count: c.yTicks(19, { whole: true }),
+                 few: c.yTicks(3, { whole: true }), none: c.yTicks(0),
+                 times: c.timeTicks(t0, t1).map((t) => new Date(t).toISOString().slice(11, 16)),
+                 day: c.timeTicks(t1 - 86400000, t1).length };
+    }""")
+    assert got["ms"] == [0, 100, 200, 300]
+    assert got["tiny"] == pytest.approx([0, 0.005, 0.01, 0.015, 0.02])
+    assert got["count"] == [0, 5, 10, 15, 20] and got["few"] == [0, 1, 2, 3]
+    assert got["none"] == [0, 0.25]
+    assert got["times"] == ["08:05", "08:10", "08:15"]
+    assert got["day"] == 4  # a day: every six hours
+    assert errors == [], errors
+
+
 def test_in_the_browser_monitoring_shows_drift_feedback_and_traffic_charts(
     world: World, browser: Browser, shots: Path, tmp_path: Path
 ) -> None:
@@ -496,7 +519,10 @@ def test_in_the_browser_monitoring_shows_drift_feedback_and_traffic_charts(
     page, errors = _page(browser, world, "viv")
     _open(page, world, "monitoring")
     found = page.get_by_test_id("drift")
-    expect(found.locator(".feature", has_text="prompt_chars")).to_contain_text("breach")
+    feature = found.locator(".feature", has_text="prompt_chars")
+    expect(feature.locator(".pill")).to_have_text("drift")
+    expect(feature).to_contain_text("p-value")
+    expect(feature).to_contain_text("(drift below 0.05, n=40 now vs 40 in the reference)")
     expect(found).to_contain_text("acme-support · support:1")
     feedback = page.get_by_test_id("feedback")
     expect(feedback.locator("tr", has_text="support:1")).to_contain_text("30 / 10")

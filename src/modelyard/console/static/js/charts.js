@@ -41,6 +41,36 @@ function niceMax(v) {
   return 10 * p;
 }
 
+function niceStep(raw) {
+  const p = Math.pow(10, Math.floor(Math.log10(raw)));
+  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= raw * (1 - 1e-9)) return m * p;
+  return 10 * p;
+}
+
+/** Round y ticks from 0 over ``maxv``: about five, a step of 1, 2, 2.5 or 5 × 10^k
+ * (whole numbers when ``whole``: counts are never split). */
+export function yTicks(maxv, { whole = false } = {}) {
+  let step = niceStep(maxv > 0 ? maxv / 4 : 0.25);
+  if (whole) step = step < 1 ? 1 : step === 2.5 * Math.pow(10, Math.floor(Math.log10(step)))
+    ? 2 * step : step;  // 2.5 of a count is no count: 5
+  const top = Math.max(step, Math.ceil(maxv / step - 1e-9) * step);
+  const ticks = [];
+  for (let i = 0; i * step <= top + step / 1e6; i++) ticks.push(i * step);
+  return ticks;
+}
+
+const MINUTE = 60000;
+const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440].map((m) => m * MINUTE);
+
+/** Time marks at whole minutes, hours or days (UTC) within t0..t1 (ms): at most six. */
+export function timeTicks(t0, t1) {
+  const span = Math.max(t1 - t0, 1);
+  const step = TIME_STEPS.find((x) => span / x <= 6) ?? TIME_STEPS[TIME_STEPS.length - 1];
+  const ticks = [];
+  for (let t = Math.ceil(t0 / step) * step; t <= t1; t += step) ticks.push(t);
+  return ticks.length ? ticks : [t0];
+}
+
 function clock(ms) {
   return new Date(ms).toISOString().slice(11, 16);
 }
@@ -50,7 +80,7 @@ function clock(ms) {
  * ``unit`` follows the y values; ``threshold`` draws a dashed line.
  */
 export function lineChart(series, { title = "", unit = "", width = 640, height = 220,
-  threshold = null, yMax = null } = {}) {
+  threshold = null, whole = false } = {}) {
   const m = { l: 66, r: 12, t: 22, b: 26 };
   const svg = svgBox(width, height, title);
   const all = series.flatMap((x) => x.points.filter((p) => p[1] !== null && p[1] !== undefined));
@@ -64,19 +94,20 @@ export function lineChart(series, { title = "", unit = "", width = 640, height =
   const times = series.flatMap((x) => x.points.map((p) => p[0]));  // the whole window
   const t0 = Math.min(...times), t1 = Math.max(...times);
   const span = Math.max(t1 - t0, 1);
-  const top = yMax ?? niceMax(Math.max(...all.map((p) => p[1]), threshold ?? 0) * 1.1);
+  const ticks = yTicks(Math.max(...all.map((p) => p[1]), threshold ?? 0), { whole });
+  const top = ticks[ticks.length - 1];
   const X = (t) => m.l + ((t - t0) / span) * iw;
   const Y = (v) => m.t + ih - (Math.min(v, top) / top) * ih;
-  for (let i = 0; i <= 4; i++) {
-    const v = (top * i) / 4, y = Y(v);
+  for (const v of ticks) {
+    const y = Y(v);
     svg.append(s("line", { x1: m.l, x2: m.l + iw, y1: y, y2: y, class: "grid" }));
     svg.append(s("text", { x: m.l - 6, y: y + 4, "text-anchor": "end", class: "axis" },
       num(v, 3) + unit));
   }
-  for (let i = 0; i <= 4; i++) {
-    const t = t0 + (span * i) / 4;
-    const anchor = i === 0 ? "start" : i === 4 ? "end" : "middle";
-    svg.append(s("text", { x: X(t), y: height - 8, "text-anchor": anchor, class: "axis" },
+  for (const t of timeTicks(t0, t1)) {
+    const x = X(t);
+    const anchor = x < m.l + 20 ? "start" : x > m.l + iw - 20 ? "end" : "middle";
+    svg.append(s("text", { x, y: height - 8, "text-anchor": anchor, class: "axis" },
       clock(t)));
   }
   if (threshold !== null) {

@@ -35,13 +35,26 @@ function driftCard(results) {
         `${fmtTime(rows[0].window_end)} · computed ${ago(rows[0].computed_at)}`)),
       h("div", { class: "features" }, rows.map((r) => h("div", { class: "feature" },
         h("div", { class: "guard-head" }, h("strong", {}, r.feature), " ",
-          pill(r.status === "drift" ? "breach" : r.status === "ok" ? "pass" : r.status),
-          h("span", { class: "muted small" }, ` ${r.method}${P_VALUE.has(r.method) ? " p-value" : ""}`,
-            `: ${num(r.value)} (drift ${P_VALUE.has(r.method) ? "below" : "above"} `,
-            `${num(r.threshold)}, n=${r.n_current} vs ${r.n_reference})`)),
-        guardBar({ guard: r.feature, value: r.value, threshold: r.threshold,
-          status: r.drifted ? "breach" : r.status === "ok" ? "pass" : "pending" },
-        { width: 420, height: 50, max: P_VALUE.has(r.method) ? 1 : null }))))))));
+          pill(...(STATUS[r.status] || [r.status])),
+          h("span", { class: "muted small" }, " ", driftDetail(r))),
+        r.value === null || r.value === undefined ? null :
+          guardBar({ guard: r.feature, value: r.value, threshold: r.threshold,
+            status: r.drifted ? "breach" : r.status === "ok" ? "pass" : "pending" },
+          { width: 420, height: 50, max: P_VALUE.has(r.method) ? 1 : null }))))))));
+}
+
+// a drift status as a reader says it, and the colour of its pill
+const STATUS = { drift: ["drift", "bad"], ok: ["ok", "ok"],
+  not_enough_data: ["not enough data", "warn"], no_reference: ["no reference", "warn"] };
+
+/** What a feature's test found, in words: no "–: – (drift above –)" when none ran. */
+function driftDetail(r) {
+  const n = `n=${r.n_current} now vs ${r.n_reference} in the reference`;
+  if (r.method === "-") return `no test applies (${n})`;
+  const test = `${r.method}${P_VALUE.has(r.method) ? " p-value" : ""}`;
+  if (r.value === null || r.value === undefined) return `${test}: too few samples to test (${n})`;
+  return `${test}: ${num(r.value)} (drift ${P_VALUE.has(r.method) ? "below" : "above"} ` +
+    `${num(r.threshold)}, ${n})`;
 }
 
 function feedbackCard(summary, recent) {

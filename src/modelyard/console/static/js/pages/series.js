@@ -26,8 +26,8 @@ function charts(data) {
     legend(all.map((x) => [`${label(x)}: ${num(x.requests)} requests, ${num(x.errors)} errors`,
       colorOf(x)])),
     h("div", { class: "charts" },
-      lineChart(line((p) => p.requests), { title: `Requests ${per}` }),
-      lineChart(line((p) => p.errors), { title: `Errors ${per}` }),
+      lineChart(line((p) => p.requests), { title: `Requests ${per}`, whole: true }),
+      lineChart(line((p) => p.errors), { title: `Errors ${per}`, whole: true }),
       lineChart(line((p) => p.latency_p95_ms), { title: "Latency p95", unit: " ms" }),
       lineChart(line((p) => p.latency_p50_ms), { title: "Latency p50", unit: " ms" })),
   ];
