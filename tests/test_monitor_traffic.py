@@ -199,6 +199,8 @@ def test_fail_on_drift_gates_ci_and_cron(traffic: Traffic) -> None:
     )  # fmt: skip
     assert empty.code == 0, empty.out
     assert "nothing compared" in empty.out and "no drift" not in empty.out, empty.out
+    flat = " ".join(empty.out.split())  # the console wraps the line
+    assert "--min-samples 30 on each side" in flat and "Widen --window" in flat, flat
 
 
 def test_records_are_hashed_but_features_and_exports_are_there(

@@ -341,7 +341,9 @@ def drift(
     else:
         console.print(
             "nothing compared: no feature had enough data in both the reference and the "
-            "window (see the table); widen --window or build the reference profile"
+            f"window (--min-samples {min_samples} on each side; see the table). Widen "
+            "--window for more current requests, or take a reference with more of them "
+            "(--reference previous:7d, or baseline:START/END)"
         )
     _fail_on(drifted, fail_on_drift)
 
