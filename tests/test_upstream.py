@@ -333,6 +333,25 @@ def test_the_upstream_gets_the_token_cap_under_the_name_it_takes(
         UpstreamSpec(base_url="http://x/v1", model="m", max_tokens_field="max_output_tokens")
 
 
+def test_the_upstream_gets_the_penalties_and_the_logit_bias_as_sent(tmp_path: Path) -> None:
+    """A provider (or vLLM, which is sent the same body) applies them; nothing sent at its
+    no-op value is forwarded."""
+    faults = Faults(["ok", "ok"])
+    with BackgroundServer(faults.app) as server:
+        spec = UpstreamSpec(base_url=server.base_url + "/v1", model="gpt-4o-mini")
+        for gw in _gateway(tmp_path, spec, None):
+            client = _client(gw)
+            client.chat.completions.create(
+                model="acme-support", messages=[{"role": "user", "content": "hi"}],
+                presence_penalty=0.5, frequency_penalty=-1.5, logit_bias={"50256": -100},
+            )  # fmt: skip
+            client.completions.create(model="acme-support", prompt="hi", presence_penalty=0)
+    shaped, plain = faults.bodies
+    assert (shaped["presence_penalty"], shaped["frequency_penalty"]) == (0.5, -1.5)
+    assert shaped["logit_bias"] == {"50256": -100.0}
+    assert not {"presence_penalty", "frequency_penalty", "logit_bias"} & set(plain)
+
+
 @pytest.mark.parametrize("faulty", [["429", "500", "ok"]], indirect=True)
 def test_retries_mend_passing_faults(faulty: tuple[Gateway, Faults]) -> None:
     gw, faults = faulty

@@ -160,9 +160,14 @@ def test_bytes_that_are_not_utf8_are_a_400(served: Served) -> None:
         ("n", 9, "ask for 1 to 8 choices"),
         ("stop", ["a", "b", "c", "d", "e"], "at most 4"),
         ("stop", "x" * 300, "at most 256"),
-        ("presence_penalty", 0.5, "not supported by this server yet"),
-        ("frequency_penalty", -1.0, "not supported by this server yet"),
-        ("logit_bias", {"42": 10}, "not supported by this server yet"),
+        ("presence_penalty", 2.5, "less than or equal to 2"),
+        ("frequency_penalty", -3, "greater than or equal to -2"),
+        ("logit_bias", {"abc": 10}, "key 'abc' is not a token id"),
+        ("logit_bias", {"-5": 10}, "key '-5' is not a token id"),
+        ("logit_bias", {"5": 101}, "the bias of token 5 is 101; a bias is a number from -100"),
+        ("logit_bias", {"5": "high"}, "the bias of token 5 is 'high'"),
+        ("logit_bias", [5], "must be an object of token ids to biases"),
+        ("logit_bias", {str(i): 1 for i in range(1025)}, "send at most 1024"),
     ],
 )
 def test_sampling_parameters_out_of_range_are_400s_naming_them(
@@ -218,6 +223,21 @@ def test_unsupported_chat_parameters_are_refused_not_ignored(
         served.client.chat.completions.create(**CHAT, **{param: value})  # type: ignore[call-overload]
     assert info.value.param == param
     assert "not supported by this server yet" in info.value.message
+
+
+@pytest.mark.parametrize(
+    ("param", "value"),
+    [("presence_penalty", 0.5), ("frequency_penalty", -1.0), ("logit_bias", {"42": 10})],
+)
+def test_logit_shaping_an_engine_cannot_do_is_refused_naming_the_engine(
+    served: Served, param: str, value: Any
+) -> None:
+    """The echo engine does not sample: a penalty or bias is a 400, never ignored (the
+    transformers, vLLM and upstream engines apply them: tests/test_logit_shaping.py)."""
+    with pytest.raises(openai.BadRequestError) as info:
+        served.client.chat.completions.create(**CHAT, **{param: value})  # type: ignore[call-overload]
+    assert info.value.param == param
+    assert f"{param} is not supported on the echo engine" in info.value.message
 
 
 @pytest.mark.parametrize(("param", "value"), [("echo", True), ("best_of", 2), ("suffix", "end")])

@@ -349,6 +349,36 @@ class LogprobTaker:
         return scores
 
 
+class LogitShaper:
+    """A ``generate`` logits processor for rows with penalties or a logit bias, as OpenAI
+    defines them: a token's logit less ``presence_penalty`` once it is in the answer, less
+    ``frequency_penalty`` times its count in the answer (the prompt's tokens do not
+    count), plus its ``logit_bias``. Runs before temperature and top_p."""
+
+    def __init__(self, rows: Sequence[Row], prompt_length: int) -> None:
+        self._rows = [(i, row.params) for i, row in enumerate(rows) if row.params.shaped]
+        self._prompt_length = prompt_length
+        self._bias: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        answer = input_ids[:, self._prompt_length :]
+        for i, p in self._rows:
+            if (p.presence_penalty or p.frequency_penalty) and answer.shape[1]:
+                counts = torch.bincount(answer[i], minlength=scores.shape[-1])[: scores.shape[-1]]
+                counts = counts.to(scores.dtype)
+                scores[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
+            if p.logit_bias:
+                if i not in self._bias:
+                    ids, bias = zip(*p.logit_bias, strict=True)
+                    self._bias[i] = (
+                        torch.tensor(ids, device=scores.device),
+                        torch.tensor(bias, dtype=scores.dtype, device=scores.device),
+                    )
+                ids_t, bias_t = self._bias[i]
+                scores[i, ids_t] += bias_t
+        return scores
+
+
 def _decoder(tokenizer: Any, tokenizer_lock: threading.Lock) -> Callable[[list[int]], str]:
     def decode(ids: list[int]) -> str:
         with tokenizer_lock:
@@ -393,7 +423,9 @@ def run_batch(
         if params.seed is not None:
             torch.manual_seed(params.seed)
     streamer = BatchStreamer(rows)
-    processors: list[Any] = [LogprobTaker(rows)]
+    processors: list[Any] = [LogprobTaker(rows)]  # first: the model's own distribution
+    if any(r.params.shaped for r in requests):
+        processors.append(LogitShaper(rows, width))
     if any(r.matcher is not None for r in requests):
         processors.append(GuideMasks([r.matcher for r in requests], int(model.config.vocab_size)))
     lora.route(slots)

@@ -41,6 +41,7 @@ from modelyard.serving._types import (
     SamplingParams,
     StreamEvent,
     TokenPrompt,
+    check_bias_ids,
     check_token_ids,
     context_exceeded,
 )
@@ -60,6 +61,7 @@ class Engine(abc.ABC):
     name: str = "engine"
     guides = False  # constrained decoding (response_format, required tool calls)
     logprobs = False  # log probabilities of the answer's tokens
+    shapes = False  # presence and frequency penalties, logit bias
 
     @abc.abstractmethod
     def generate(self, version: ModelVersion, prompt: str, params: SamplingParams) -> Generation:
@@ -137,6 +139,21 @@ class Engine(abc.ABC):
                 hint="Ask without logprobs, or use an endpoint served by the transformers engine.",
                 param="logprobs",
             )
+        if params.shaped and not self.shapes:
+            name = next(
+                n
+                for n, v in (
+                    ("presence_penalty", params.presence_penalty),
+                    ("frequency_penalty", params.frequency_penalty),
+                    ("logit_bias", params.logit_bias),
+                )
+                if v
+            )
+            raise ConfigError(
+                f"{name} is not supported on the {self.name} engine",
+                hint=f"Ask without {name}, or use an endpoint served by the transformers engine.",
+                param=name,
+            )
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free what the engine holds."""
@@ -187,6 +204,7 @@ class TransformersEngine(Engine):
     name = "transformers"
     guides = True
     logprobs = True
+    shapes = True
 
     def __init__(
         self,
@@ -277,6 +295,8 @@ class TransformersEngine(Engine):
             raise ConfigError("the prompt is empty", hint="Send some text to complete.")
         if base.context_length and len(ids) + params.max_tokens > base.context_length:
             raise context_exceeded(len(ids), params.max_tokens, base.context_length, version.ref)
+        if params.logit_bias:
+            check_bias_ids(params.logit_bias, int(base.model.config.vocab_size), version.ref)
         unk = base.tokenizer.unk_token_id  # counted here, where the prompt is tokenized anyway
         unknown = 0 if unk is None else sum(1 for i in ids if i == unk)
         request = PendingRequest(version, ids, params, source, unknown_tokens=unknown)

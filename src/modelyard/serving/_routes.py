@@ -30,11 +30,9 @@ from modelyard.serving._wire import (
     CommonRequest,
     CompletionRequest,
     FeedbackRequest,
-    chat_logprobs,
-    completion_logprobs,
     include_usage,
-    usage,
 )
+from modelyard.serving._wire_answers import chat_logprobs, completion_logprobs, usage
 from modelyard.store import ApiKey, Endpoint, ModelVersion
 
 Render = Callable[[ModelVersion], str]  # a request's prompt for the version that answers

@@ -23,7 +23,7 @@ from modelyard.serving._http_errors import error_of
 from modelyard.serving._plane import DataPlane, Submitted
 from modelyard.serving._tools import CALL_START, parse_calls
 from modelyard.serving._types import Generation, StreamEvent, TokenLogprob
-from modelyard.serving._wire import chat_logprobs, completion_logprobs, usage
+from modelyard.serving._wire_answers import chat_logprobs, completion_logprobs, usage
 
 
 async def wait_whole(plane: DataPlane, sub: Submitted) -> tuple[Submitted, Generation]:

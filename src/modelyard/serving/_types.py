@@ -15,6 +15,9 @@ AdapterEvent = Literal["hit", "miss", "load", "eviction", "load_failure"]
 
 
 MAX_TOP_LOGPROBS = 20  # as OpenAI allows
+PENALTY_RANGE = (-2.0, 2.0)  # presence_penalty and frequency_penalty, as OpenAI allows
+BIAS_RANGE = (-100.0, 100.0)  # a logit_bias value, as OpenAI allows
+MAX_LOGIT_BIAS = 1024  # tokens one request may bias
 GuideKind = Literal["json_object", "json_schema", "tool_call"]
 
 
@@ -65,6 +68,10 @@ class SamplingParams:
     ``guide`` constrains the answer (structured outputs); ``logprobs`` asks for each
     token's log probability and that many of the most likely alternatives (0 to 20);
     ``tool_names`` are the functions the prompt offers (the answer's calls are counted).
+    ``presence_penalty`` and ``frequency_penalty`` lower (or raise, when negative) the
+    logit of each token the answer has used so far, as OpenAI does: by the presence
+    penalty once, plus the frequency penalty times its count. ``logit_bias`` adds a
+    bias to chosen token ids' logits, (id, bias) pairs sorted by id.
     """
 
     max_tokens: int = 64
@@ -75,6 +82,9 @@ class SamplingParams:
     guide: Guide | None = None
     logprobs: int | None = None
     tool_names: tuple[str, ...] = ()  # the functions offered (records count the calls)
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         """Settings an engine cannot run are a client's mistake (400), never an engine error:
@@ -98,21 +108,48 @@ class SamplingParams:
                 self.logprobs is None or 0 <= self.logprobs <= MAX_TOP_LOGPROBS,
                 f"from 0 to {MAX_TOP_LOGPROBS}",
             ),
+            *(
+                (
+                    name,
+                    math.isfinite(value) and PENALTY_RANGE[0] <= value <= PENALTY_RANGE[1],
+                    f"from {PENALTY_RANGE[0]:g} to {PENALTY_RANGE[1]:g}",
+                )
+                for name, value in (
+                    ("presence_penalty", self.presence_penalty),
+                    ("frequency_penalty", self.frequency_penalty),
+                )
+            ),
+            (
+                "logit_bias",
+                len(self.logit_bias) <= MAX_LOGIT_BIAS
+                and all(
+                    i >= 0 and math.isfinite(b) and BIAS_RANGE[0] <= b <= BIAS_RANGE[1]
+                    for i, b in self.logit_bias
+                ),
+                f"at most {MAX_LOGIT_BIAS} token ids (0 or above), each with a bias from "
+                f"{BIAS_RANGE[0]:g} to {BIAS_RANGE[1]:g}",
+            ),
         )
         for name, ok, allowed in checks:
             if not ok:
                 value = getattr(self, "logprobs" if name == "top_logprobs" else name)
-                raise ConfigError(f"{name} is {value!r}; it must be {allowed}", param=name)
+                shown = f"{len(value)} biases" if name == "logit_bias" else repr(value)
+                raise ConfigError(f"{name} is {shown}; it must be {allowed}", param=name)
 
     @property
     def greedy(self) -> bool:
         return self.temperature <= 0
 
     @property
+    def shaped(self) -> bool:
+        """Whether penalties or a logit bias change the model's logits."""
+        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
+
+    @property
     def plain(self) -> bool:
-        """Neither constrained nor asking for log probabilities (continuous batching runs
-        only plain greedy requests)."""
-        return self.guide is None and self.logprobs is None
+        """Neither constrained, nor asking for log probabilities, nor with penalties or a
+        logit bias (continuous batching runs only plain greedy requests)."""
+        return self.guide is None and self.logprobs is None and not self.shaped
 
 
 @dataclass(frozen=True)
@@ -173,6 +210,18 @@ def check_token_ids(ids: tuple[int, ...], vocab_size: int, what: str) -> None:
             f"(ids 0 to {vocab_size - 1})",
             hint="Send ids of the model's own tokenizer, or send text.",
             param="prompt",
+        )
+
+
+def check_bias_ids(bias: tuple[tuple[int, float], ...], vocab_size: int, what: str) -> None:
+    """A 400 for a ``logit_bias`` token id ``what``'s tokenizer does not have."""
+    wrong = next((i for i, _ in bias if not 0 <= i < vocab_size), None)
+    if wrong is not None:
+        raise ConfigError(
+            f"logit_bias names the token id {wrong}, which {what}'s tokenizer does not have "
+            f"(ids 0 to {vocab_size - 1})",
+            hint="Bias ids of the model's own tokenizer.",
+            param="logit_bias",
         )
 
 

@@ -112,6 +112,12 @@ def request_body(
         body["seed"] = params.seed
     if params.stop:
         body["stop"] = list(params.stop)
+    if params.presence_penalty:
+        body["presence_penalty"] = params.presence_penalty
+    if params.frequency_penalty:
+        body["frequency_penalty"] = params.frequency_penalty
+    if params.logit_bias:  # ids of the served model's tokenizer, as the client sent them
+        body["logit_bias"] = {str(i): b for i, b in params.logit_bias}
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}

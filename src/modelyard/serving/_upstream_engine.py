@@ -65,6 +65,7 @@ class UpstreamEngine(Engine):
     name = "upstream"
     guides = True  # as OpenAI's response_format and tool_choice (``_passthrough``)
     logprobs = True
+    shapes = True  # sent as the OpenAI request's presence/frequency_penalty and logit_bias
 
     def __init__(self, artifacts: ArtifactStore, *, store: Store | None = None) -> None:
         self.artifacts = artifacts

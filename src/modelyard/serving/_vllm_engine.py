@@ -117,6 +117,7 @@ class VLLMEngine(Engine):
     name = "vllm"
     guides = True  # sent as vLLM's structured_outputs (the same grammar: ``_upstream``)
     logprobs = True
+    shapes = True  # sent as the OpenAI request's presence/frequency_penalty and logit_bias
 
     def __init__(
         self,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -20,13 +20,14 @@ from pydantic import (
 from modelyard.errors import ConfigError
 from modelyard.serving._tools import NamedToolChoice, ToolCall, ToolChoice, ToolDef, call_guide
 from modelyard.serving._types import (
+    BIAS_RANGE,
+    MAX_LOGIT_BIAS,
     MAX_TOP_LOGPROBS,
     MIN_TEMPERATURE,
+    PENALTY_RANGE,
     SEED_RANGE,
-    Generation,
     Guide,
     SamplingParams,
-    TokenLogprob,
 )
 
 MAX_STOP = 4  # stop strings, as OpenAI allows
@@ -182,9 +183,6 @@ def _neutral(value: Any) -> bool:
 _NOT_YET = (
     "functions",
     "function_call",
-    "logit_bias",
-    "presence_penalty",
-    "frequency_penalty",
     "audio",
     "modalities",
     "prediction",
@@ -224,12 +222,17 @@ class CommonRequest(BaseModel):
     parallel_tool_calls: bool | None = None
     prompt_cache_key: Text | None = None
     safety_identifier: Text | None = None
+    # logit shaping: OpenAI's penalties on the answer's tokens, and a bias per token id
+    presence_penalty: float | None = Field(
+        default=None, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1], allow_inf_nan=False, strict=True
+    )
+    frequency_penalty: float | None = Field(
+        default=None, ge=PENALTY_RANGE[0], le=PENALTY_RANGE[1], allow_inf_nan=False, strict=True
+    )
+    logit_bias: dict[str, float] | None = None
     # not implemented yet (see _NOT_YET)
     functions: Any = None
     function_call: Any = None
-    logit_bias: Any = None
-    presence_penalty: Any = None
-    frequency_penalty: Any = None
     audio: Any = None
     modalities: Any = None
     prediction: Any = None
@@ -253,6 +256,39 @@ class CommonRequest(BaseModel):
                 f"{name} is not supported by this server yet; remove it from the request"
             )
         return value
+
+    @field_validator("logit_bias", mode="before")
+    @classmethod
+    def _logit_bias(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise ValueError('must be an object of token ids to biases, e.g. {"50256": -100}')
+        if len(value) > MAX_LOGIT_BIAS:
+            raise ValueError(f"biases {len(value)} tokens; send at most {MAX_LOGIT_BIAS}")
+        for key, bias in value.items():
+            if not (isinstance(key, str) and key.isascii() and key.isdigit()):
+                raise ValueError(
+                    f"key {key!r} is not a token id: keys are the ids of the model's "
+                    'tokenizer as strings, e.g. {"50256": -100}'
+                )
+            ok = isinstance(bias, int | float) and not isinstance(bias, bool)
+            if not ok or not math.isfinite(bias) or not BIAS_RANGE[0] <= bias <= BIAS_RANGE[1]:
+                raise ValueError(
+                    f"the bias of token {key} is {bias!r}; a bias is a number from "
+                    f"{BIAS_RANGE[0]:g} to {BIAS_RANGE[1]:g}"
+                )
+        return value
+
+    def shaping(self) -> dict[str, Any]:
+        """The penalties and the logit bias as ``SamplingParams`` takes them."""
+        return {
+            "presence_penalty": self.presence_penalty or 0.0,
+            "frequency_penalty": self.frequency_penalty or 0.0,
+            "logit_bias": tuple(
+                sorted((int(k), float(b)) for k, b in (self.logit_bias or {}).items())
+            ),
+        }
 
     @field_validator("temperature")
     @classmethod
@@ -337,6 +373,7 @@ class CommonRequest(BaseModel):
             guide,
             self.wanted_logprobs(),
             tuple(t["name"] for t in self.offered_tools()),
+            **self.shaping(),
         )
 
     def offered_tools(self) -> list[dict[str, Any]]:
@@ -492,62 +529,6 @@ class FeedbackRequest(BaseModel):
         return self.score
 
 
-def usage(gen: Generation) -> dict[str, int]:
-    """A response's ``usage``: real token counts from the engine."""
-    total = gen.prompt_tokens + gen.completion_tokens
-    return {
-        "prompt_tokens": gen.prompt_tokens,
-        "completion_tokens": gen.completion_tokens,
-        "total_tokens": total,
-    }
-
-
-def _token_bytes(token: str) -> list[int]:
-    return list(token.encode("utf-8", errors="surrogatepass"))
-
-
-def chat_logprobs(tokens: Sequence[TokenLogprob] | None) -> dict[str, Any] | None:
-    """A chat choice's (or chunk's) ``logprobs``: each token, its log probability, and the
-    alternatives."""
-    if tokens is None:
-        return None
-    return {
-        "content": [
-            {
-                "token": t.token,
-                "logprob": t.logprob,
-                "bytes": _token_bytes(t.token),
-                "top_logprobs": [
-                    {"token": token, "logprob": lp, "bytes": _token_bytes(token)}
-                    for token, lp in t.top
-                ],
-            }
-            for t in tokens
-        ],
-        "refusal": None,
-    }
-
-
-def completion_logprobs(
-    tokens: Sequence[TokenLogprob] | None, start: int = 0
-) -> dict[str, Any] | None:
-    """A legacy completion choice's (or chunk's) ``logprobs``: ``tokens``,
-    ``token_logprobs``, ``top_logprobs`` as token → logprob maps, and ``text_offset`` into
-    the generated text (a chunk's from ``start``, the characters sent before it)."""
-    if tokens is None:
-        return None
-    offsets, at = [], start
-    for t in tokens:
-        offsets.append(at)
-        at += len(t.token)
-    return {
-        "tokens": [t.token for t in tokens],
-        "token_logprobs": [t.logprob for t in tokens],
-        "top_logprobs": [dict(t.top) for t in tokens],
-        "text_offset": offsets,
-    }
-
-
 def include_usage(body: CommonRequest) -> bool:
     """Whether a streamed answer ends with a ``usage`` chunk (``stream_options``)."""
     return body.stream_options is not None and body.stream_options.include_usage
@@ -562,8 +543,5 @@ __all__ = [
     "JsonSchemaFormat",
     "ResponseFormat",
     "StreamOptions",
-    "chat_logprobs",
-    "completion_logprobs",
     "include_usage",
-    "usage",
 ]
