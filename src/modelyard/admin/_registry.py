@@ -18,6 +18,8 @@ router = APIRouter(tags=["registry"])
 ModelName = Path(description="The registered model's name.", max_length=200)
 VersionNumber = Path(description="The version number (1, 2, ...).", ge=1, le=2**31 - 1)
 AliasName = Path(description="The alias, e.g. champion.", max_length=200)
+MAX_VERSIONS_PAGE = 1000
+"""The most versions one ``GET /models/{model}/versions`` answers (``limit``)."""
 
 
 class AliasBody(BaseModel):
@@ -62,8 +64,23 @@ def show_model(caller: Acting, model: str = ModelName) -> dict[str, Any]:
 
 
 @router.get("/models/{model}/versions", summary="List a model's versions with gate status")
-def list_versions(caller: Acting, model: str = ModelName) -> list[dict[str, Any]]:
-    return [version_json(v) for v in caller.store.list_model_versions(model)]
+def list_versions(
+    caller: Acting,
+    model: str = ModelName,
+    limit: int = Query(
+        100, ge=1, le=MAX_VERSIONS_PAGE, description="At most this many: the newest ones."
+    ),
+    before: int | None = Query(
+        None,
+        ge=1,
+        le=2**31 - 1,
+        description="Only versions numbered below this: the next page back is before= the "
+        "first version of a page.",
+    ),
+) -> list[dict[str, Any]]:
+    """The newest ``limit`` versions (below ``before``), in ascending order."""
+    found = caller.store.list_model_versions(model, limit=limit, before=before)
+    return [version_json(v) for v in found]
 
 
 @router.get("/models/{model}/versions/{version}", summary="Show a version with gate status")

@@ -44,6 +44,7 @@ from modelyard.store import (
 )
 
 ALERT_STATES = ("pending", "firing", "resolved", "inactive")  # what GET /alerts filters by
+VERSIONS_PAGE = 1000  # the most versions GET /models/{model}/versions answers at once
 
 
 class RemotePlane:
@@ -76,8 +77,14 @@ class RemotePlane:
         return [decode(RegisteredModel, m) for m in self.client.get("/models", tenant=tenant)]
 
     def list_model_versions(self, model: str) -> list[ModelVersion]:
-        found = self.client.get(f"/models/{segment(model)}/versions")
-        return [decode(ModelVersion, v) for v in found]
+        path, before = f"/models/{segment(model)}/versions", None
+        found: list[Any] = []
+        while True:  # the API answers the newest page first: page back to version 1
+            page = self.client.get(path, limit=VERSIONS_PAGE, before=before)
+            found[:0] = page
+            if len(page) < VERSIONS_PAGE:
+                return [decode(ModelVersion, v) for v in found]
+            before = page[0]["version"]
 
     def get_model_version(self, model: str, version: int) -> ModelVersion:
         return decode(ModelVersion, self.client.get(_version_path(model, version)))

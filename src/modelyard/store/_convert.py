@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import cast
 
 from sqlalchemy import func, select
@@ -100,16 +101,19 @@ def to_registered_model(s: Session, r: RegisteredModelRow) -> RegisteredModel:
     )
 
 
-def to_version(s: Session, r: ModelVersionRow) -> ModelVersion:
+def to_version(
+    s: Session, r: ModelVersionRow, aliases: Iterable[str] | None = None
+) -> ModelVersion:
+    """``aliases``, when the caller read them for many versions at once: not read again."""
     mrow = s.get(RegisteredModelRow, r.registered_model_id)
     base = s.get(BaseModelRow, r.base_model_id)
     assert mrow is not None and base is not None  # guaranteed by foreign keys
-    aliases = tuple(
-        sorted(s.scalars(select(ModelAliasRow.alias).where(ModelAliasRow.version_id == r.id)))
-    )
+    if aliases is None:
+        aliases = s.scalars(select(ModelAliasRow.alias).where(ModelAliasRow.version_id == r.id))
     return ModelVersion(
         r.id, mrow.name, r.version, cast(VersionKind, r.kind), r.status, r.artifact_digest,
-        base.name, base.source, r.run_id, dict(r.lineage), dict(r.metrics), aliases, r.created_at,
+        base.name, base.source, r.run_id, dict(r.lineage), dict(r.metrics),
+        tuple(sorted(aliases)), r.created_at,
         r.created_by, dict(r.tags or {}),
     )  # fmt: skip
 

@@ -172,18 +172,28 @@ class RegistryStore(StoreCore):
         if not wanted:
             return {}
         with self._session(f"read {len(wanted)} model versions") as s:
-            rows = s.scalars(select(ModelVersionRow).where(ModelVersionRow.id.in_(wanted)))
-            return {r.id: to_version(s, r) for r in rows}
+            rows = list(s.scalars(select(ModelVersionRow).where(ModelVersionRow.id.in_(wanted))))
+            return {v.id: v for v in versions_of(s, rows)}
 
-    def list_model_versions(self, model: str) -> list[ModelVersion]:
+    def list_model_versions(
+        self, model: str, *, limit: int | None = None, before: int | None = None
+    ) -> list[ModelVersion]:
+        """``model``'s versions in ascending order; with ``limit``, only the newest ``limit``
+        of them, and with ``before``, only those numbered below it (the next page back is
+        ``before=`` the first version of a page)."""
+        if limit is not None and limit < 1:
+            raise ConfigError(f"limit is {limit}: list at least 1 version", field="limit")
         with self._session(f"list versions of {model!r}") as s:
             mrow = model_row(s, model)
-            rows = s.scalars(
-                select(ModelVersionRow)
-                .where(ModelVersionRow.registered_model_id == mrow.id)
-                .order_by(ModelVersionRow.version)
-            )
-            return [to_version(s, r) for r in rows]
+            query = select(ModelVersionRow).where(ModelVersionRow.registered_model_id == mrow.id)
+            if before is not None:
+                query = query.where(ModelVersionRow.version < before)
+            if limit is None:
+                rows = list(s.scalars(query.order_by(ModelVersionRow.version)))
+            else:
+                newest = query.order_by(ModelVersionRow.version.desc()).limit(limit)
+                rows = list(s.scalars(newest))[::-1]
+            return versions_of(s, rows)
 
     def resolve_model_ref(self, ref: str) -> ModelVersion:
         """``NAME@alias`` → the aliased version; ``NAME:N`` → version N; ``NAME`` → latest."""
@@ -370,6 +380,32 @@ class RegistryStore(StoreCore):
             vrow.metrics = {**vrow.metrics, "gates": gates}
             self._audit(s, "gate.verdict", ref, gates)
             return to_version(s, vrow)
+
+
+def versions_of(s: Session, rows: Sequence[ModelVersionRow]) -> list[ModelVersion]:
+    """``rows`` as entities, in their order, with a few queries for them all: their aliases
+    in one a 500 versions, their models and bases once each (held here, so the session's
+    identity map answers ``to_version`` rather than a query a version)."""
+    if not rows:
+        return []
+    ids = [r.id for r in rows]
+    aliases: dict[int, list[str]] = {i: [] for i in ids}
+    for start in range(0, len(ids), 500):  # IN lists of bounded length
+        chunk = ids[start : start + 500]
+        query = select(ModelAliasRow.version_id, ModelAliasRow.alias).where(
+            ModelAliasRow.version_id.in_(chunk)
+        )
+        for version_id, alias in s.execute(query):
+            aliases[version_id].append(alias)
+    model_ids = {r.registered_model_id for r in rows}
+    base_ids = {r.base_model_id for r in rows}
+    held = [
+        *s.scalars(select(RegisteredModelRow).where(RegisteredModelRow.id.in_(model_ids))),
+        *s.scalars(select(BaseModelRow).where(BaseModelRow.id.in_(base_ids))),
+    ]
+    versions = [to_version(s, r, aliases[r.id]) for r in rows]
+    del held
+    return versions
 
 
 def lock_followers(s: Session, ref: str) -> None:

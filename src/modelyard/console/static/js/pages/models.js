@@ -20,8 +20,17 @@ export async function modelsPage() {
   ];
 }
 
+// The versions table shows the versions around the one on the page (up to VERSIONS_SHOWN,
+// read with limit and before): a model with thousands of versions is never read whole.
+const VERSIONS_SHOWN = 50;
+
 function versionsTable(model, versions, current) {
-  return table(["version", "gates", "aliases", "status", "trained by", "registered"],
+  const first = versions.length ? versions[0].version : null;
+  const last = versions.length ? versions[versions.length - 1].version : null;
+  const note = first !== null && first > 1
+    ? h("p", { class: "muted", "data-testid": "versions-shown" }, `v${first} to v${last} shown`)
+    : null;
+  return [note, table(["version", "gates", "aliases", "status", "trained by", "registered"],
     versions.slice().reverse().map((v) => [
       v.version === current ? h("strong", {}, `v${v.version}`)
         : link(`#/models/${seg(model)}/${v.version}`, `v${v.version}`),
@@ -30,7 +39,7 @@ function versionsTable(model, versions, current) {
       v.status,
       v.created_by || "–",
       ago(v.created_at),
-    ]), { "data-testid": "versions" });
+    ]), { "data-testid": "versions" })];
 }
 
 function gatesCard(v) {
@@ -50,7 +59,7 @@ function gatesCard(v) {
 
 export async function versionPage(model, number) {
   const [versions, chain, cardText] = await Promise.all([
-    api.get(`/models/${seg(model)}/versions`),
+    api.get(`/models/${seg(model)}/versions?limit=${VERSIONS_SHOWN}&before=${Number(number) + VERSIONS_SHOWN / 2}`),
     api.get(`/models/${seg(model)}/versions/${number}/lineage`),
     api.get(`/models/${seg(model)}/versions/${number}/card`),
   ]);
