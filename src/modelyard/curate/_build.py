@@ -11,7 +11,7 @@ endpoint, the window, the filters and the id of every record a row came from.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -107,14 +107,13 @@ def default_format(endpoint: Endpoint, versions: dict[int, ModelVersion]) -> str
 
 
 def _versions(
-    store: Store, endpoint: Endpoint, records: Sequence[dict[str, Any]]
+    store: Store, endpoint: Endpoint, version_ids: Collection[int | None]
 ) -> dict[int, ModelVersion]:
     """Every version of the endpoint's model and every other version its records name."""
     versions = {v.id: v for v in store.list_model_versions(endpoint.model)}
-    for ref in {r["version"] for r in records if r["version_id"] not in versions}:
-        if ref is not None:
-            found = store.resolve_model_ref(ref)
-            versions[found.id] = found
+    for vid in version_ids:
+        if vid is not None and vid not in versions:
+            versions[vid] = store.get_model_version_by_id(vid)
     return versions
 
 
@@ -142,16 +141,16 @@ def harvest(
     if data_format is not None:
         get_format(data_format)
     ep = _endpoint(store, endpoint)
-    records = store.query_records(
-        endpoint=ep.name,
-        version_id=_version_id(store, ep, filters.version),
-        since=filters.since,
-        until=filters.until,
-        status=filters.status,
-        limit=None,
-        newest_first=False,
-    )
-    versions = _versions(store, ep, records)
+    window: dict[str, Any] = {
+        "endpoint": ep.name, "version_id": _version_id(store, ep, filters.version),
+        "since": filters.since, "until": filters.until, "status": filters.status,
+    }  # fmt: skip
+    # Counted first, then read a page at a time: only the rows stay in memory, not the
+    # window's records (a month of traffic can be millions).
+    counts = store.record_counts(**window)
+    total = sum(counts.values())
+    records = store.iter_records(**window)
+    versions = _versions(store, ep, counts)
     fmt = data_format or default_format(ep, versions)
     known = known_rows(store, artifacts, versions.values(), exclude, fmt)
     selection = select_rows(
@@ -161,7 +160,7 @@ def harvest(
         templates={vid: template_name(v.lineage) for vid, v in versions.items()},
         policies={t.name: t.storage_policy for t in store.list_tenants()},
         known=known.keys,
-        progress=None if progress is None else (lambda done: progress(done, len(records))),
+        progress=None if progress is None else (lambda done: progress(done, total)),
     )
     if not selection.rows:
         raise ConfigError(_nothing_left(ep.name, selection), field="--endpoint")

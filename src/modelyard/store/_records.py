@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Collection, Iterable, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy import Table, delete, func, insert, or_, select, update
 
 from modelyard.audit import DISCARD_ACTION, FINAL_STATUSES, PURGE_ACTION, SealEntry
 from modelyard.errors import ConfigError, NotFound
@@ -91,6 +91,8 @@ _COPIED_COLUMNS = (
 _INSERT_RECORDS = insert(cast(Table, InferenceRecordRow.__table__))
 RECORD_STATUSES = ("ok", "error", "cancelled", "timeout", "running", "refused")
 FEEDBACK_LABEL_MAX = 500
+RECORDS_PAGE = 5000
+"""Records ``iter_records`` reads at a time."""
 """The longest feedback label (characters): a correct answer or class, not a document."""
 
 
@@ -377,18 +379,17 @@ class RecordStore(StoreCore):
         embeddings: bool = False,
         text: bool = True,
         job_id: str | None = None,
+        after: tuple[datetime, str] | None = None,
     ) -> list[dict[str, Any]]:
         """Records with their features, tenant name, version ref, feedback score and label.
 
         ``since`` is inclusive, ``until`` exclusive; ``status`` is one of
         ``ok|error|cancelled|timeout|running``; ``text=False`` leaves out prompt, response
-        and error; ``job_id`` keeps one batch job's records.
+        and error; ``job_id`` keeps one batch job's records. ``after`` is the
+        ``(created_at, id)`` of the last record of a page: the next page starts after it
+        (``iter_records`` reads a window so, a page at a time).
         """
-        if status is not None and status not in RECORD_STATUSES:
-            raise ConfigError(
-                f"unknown record status {status!r}: use one of {', '.join(RECORD_STATUSES)}",
-                field="status",
-            )
+        self._check_status(status)
         r, f, fb = InferenceRecordRow, RecordFeaturesRow, FeedbackRow
         names = [c for c in _RECORD_COLUMNS if text or c not in ("prompt", "response", "error")]
         columns: list[Any] = [getattr(r, c) for c in names]
@@ -406,6 +407,12 @@ class RecordStore(StoreCore):
                 query = query.where(r.status == status)
             if job_id is not None:
                 query = query.where(r.job_id == job_id)
+            if after is not None:  # a bound on created_at alone: the index's range starts there
+                at, last = after
+                if newest_first:
+                    query = query.where(r.created_at <= at, or_(r.created_at < at, r.id > last))
+                else:
+                    query = query.where(r.created_at >= at, or_(r.created_at > at, r.id > last))
             order = (r.created_at.desc(), r.id) if newest_first else (r.created_at, r.id)
             query = query.order_by(*order)
             if limit is not None:
@@ -419,6 +426,63 @@ class RecordStore(StoreCore):
             row["base_model"] = info[1] if info else None
             row["tenant"] = tenants.get(row["tenant_id"])
         return rows
+
+    def iter_records(
+        self,
+        *,
+        endpoint: str | None = None,
+        tenant: str | None = None,
+        version_id: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        status: str | None = None,
+        page: int | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """``query_records``' records of a window, oldest first, read ``page`` (default
+        ``RECORDS_PAGE``) at a time, each page its own short read after the last record of
+        the one before: a window of a million records is never in memory at once."""
+        page = page or RECORDS_PAGE
+        after: tuple[datetime, str] | None = None
+        while True:
+            found = self.query_records(
+                endpoint=endpoint, tenant=tenant, version_id=version_id, since=since,
+                until=until, status=status, limit=page, newest_first=False, after=after,
+            )  # fmt: skip
+            yield from found
+            if len(found) < page:
+                return
+            after = (found[-1]["created_at"], found[-1]["id"])
+
+    def record_counts(
+        self,
+        *,
+        endpoint: str | None = None,
+        tenant: str | None = None,
+        version_id: int | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        status: str | None = None,
+    ) -> dict[int | None, int]:
+        """How many records ``iter_records`` gives with the same arguments, by version id
+        (None: records of no version), counted in the database."""
+        self._check_status(status)
+        r = InferenceRecordRow
+        columns: list[Any] = [r.version_id, func.count()]
+        query = select(*columns).group_by(r.version_id)
+        with self._session("count inference records by version") as s:
+            query = in_scope(query, s, r, r.created_at, tenant=tenant, endpoint=endpoint,
+                             version_id=version_id, since=since, until=until)  # fmt: skip
+            if status is not None:
+                query = query.where(r.status == status)
+            return {vid: int(n) for vid, n in s.execute(query).all()}
+
+    @staticmethod
+    def _check_status(status: str | None) -> None:
+        if status is not None and status not in RECORD_STATUSES:
+            raise ConfigError(
+                f"unknown record status {status!r}: use one of {', '.join(RECORD_STATUSES)}",
+                field="status",
+            )
 
     def feature_columns(
         self,
@@ -518,7 +582,8 @@ class RecordStore(StoreCore):
         with self._write(f"purge records of tenant {tenant!r}") as s:
             tid = tenant_id_of(s, tenant)
             ids = select(r.id).where(r.tenant_id == tid, r.created_at < before)
-            n = len(s.scalars(ids).all())
+            # counted in the database: a purge of a million records reads no million ids
+            n = int(s.scalar(select(func.count()).select_from(ids.subquery())) or 0)
             if n == 0:
                 return 0
             self._require(s, "records.purged", tenant, f"purge the records of {tenant!r}")
