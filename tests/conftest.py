@@ -104,6 +104,19 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+@pytest.fixture
+def acme_home(home: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """``home``, created, holding ``fake_world``'s tenant acme with model ``acme-bot`` and
+    endpoint ``acme-support``; commands reach it directly (no ``MODELYARD_URL``)."""
+    from worlds import fake_world, home_store
+
+    home.mkdir()
+    monkeypatch.delenv("MODELYARD_URL", raising=False)
+    with home_store(home) as store:
+        fake_world(store, model="acme-bot", endpoint="acme-support")
+    return home
+
+
 # -- S3: moto's server on 127.0.0.1 ---------------------------------------------------------
 
 S3_ENV = {  # what boto3 reads; anything in ~/.aws is kept out

@@ -14,19 +14,11 @@ import pytest
 from modelyard.cli import main
 from modelyard.monitoring import compute_drift
 from modelyard.store import Store
-from worlds import fake_world, home_store
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("MODELYARD_HOME", str(home))
-    monkeypatch.delenv("MODELYARD_URL", raising=False)
-    store = home_store(home)
-    fake_world(store, model="acme-bot", endpoint="acme-support")
-    store.close()
-    return home
+def home(acme_home: Path) -> Path:
+    return acme_home
 
 
 @pytest.fixture

@@ -25,19 +25,12 @@ from modelyard.monitoring import (
 )
 from modelyard.monitoring._stats import Pair, SortedValues, ks_pvalue
 from modelyard.store import Store
-from worlds import fake_world, home_store
+from worlds import fake_world
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    home = tmp_path / "home"
-    home.mkdir()
-    monkeypatch.setenv("MODELYARD_HOME", str(home))
-    monkeypatch.delenv("MODELYARD_URL", raising=False)
-    store = home_store(home)
-    fake_world(store, model="acme-bot", endpoint="acme-support")
-    store.close()
-    return home
+def home(acme_home: Path) -> Path:
+    return acme_home
 
 
 @pytest.mark.parametrize("value", ["nan", "inf", "-inf", "-1", "abc"])
