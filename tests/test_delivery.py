@@ -8,6 +8,7 @@ controller moves the traffic plan.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import Counter
@@ -226,9 +227,13 @@ def test_requests_for_a_version_that_cannot_load_fall_back_to_the_plans_others(
     assert "bot:4" in server.failures
 
 
-def test_shadow_traffic_is_recorded_but_never_returned(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _shadowed(tmp_path: Path, plan: dict[int, int]) -> Iterator[tuple[Store, openai.OpenAI]]:
+    """Endpoint ``support`` with ``plan`` and version 2 as its shadow for every request, an
+    echo server, and a client of acme's."""
     with Store.open(f"sqlite:///{tmp_path / 's.db'}") as store:
         fake_world(store, template="text")
+        store.set_traffic("support", plan)
         store.set_shadow("support", 2, 1.0)
         _, key = create_api_key(store, "acme")
         app = create_app(store, EchoEngine(), refresh_seconds=0.1, heartbeat_s=None)
@@ -236,14 +241,19 @@ def test_shadow_traffic_is_recorded_but_never_returned(tmp_path: Path) -> None:
             BackgroundServer(app) as server,
             openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0) as client,
         ):
-            ids = []
-            for i in range(5):
-                raw = client.completions.with_raw_response.create(
-                    model="support", prompt=f"ticket {i}", max_tokens=4
-                )
-                assert raw.headers["x-modelyard-version"] == "bot:1"
-                ids.append(raw.parse().id)
-            _wait_for("records", lambda: store.count_inference_records(endpoint="support") >= 10)
+            yield store, client
+
+
+def test_shadow_traffic_is_recorded_but_never_returned(tmp_path: Path) -> None:
+    with _shadowed(tmp_path, {1: 100}) as (store, client):
+        ids = []
+        for i in range(5):
+            raw = client.completions.with_raw_response.create(
+                model="support", prompt=f"ticket {i}", max_tokens=4
+            )
+            assert raw.headers["x-modelyard-version"] == "bot:1"
+            ids.append(raw.parse().id)
+        _wait_for("records", lambda: store.count_inference_records(endpoint="support") >= 10)
         records = store.list_inference_records(endpoint="support")
     live = [r for r in records if not r.shadow]
     shadow = [r for r in records if r.shadow]
@@ -256,27 +266,18 @@ def test_shadow_traffic_is_recorded_but_never_returned(tmp_path: Path) -> None:
 def test_a_shadow_in_the_plan_too_mirrors_only_what_the_others_answered(tmp_path: Path) -> None:
     """A canary version can also be the shadow: it gets copies of the requests the others
     answered (compared on the same prompts), never a second copy of its own answers."""
-    with Store.open(f"sqlite:///{tmp_path / 's.db'}") as store:
-        fake_world(store, template="text")
-        store.set_traffic("support", {1: 50, 2: 50})
-        store.set_shadow("support", 2, 1.0)
-        _, key = create_api_key(store, "acme")
-        app = create_app(store, EchoEngine(), refresh_seconds=0.1, heartbeat_s=None)
-        with (
-            BackgroundServer(app) as server,
-            openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0) as client,
-        ):
-            answered: dict[str, str] = {}
-            for i in range(16):
-                raw = client.completions.with_raw_response.create(
-                    model="support", prompt=f"ticket {i}", max_tokens=4
-                )
-                answered[raw.parse().id] = raw.headers["x-modelyard-version"]
-            by_one = [i for i, v in answered.items() if v == "bot:1"]
-            assert by_one and len(by_one) < 16  # both versions answered some
-            want = 16 + len(by_one)
-            _wait_for("records", lambda: store.count_inference_records(endpoint="support") >= want)
-            time.sleep(0.3)  # a wrong extra shadow record would land by now
+    with _shadowed(tmp_path, {1: 50, 2: 50}) as (store, client):
+        answered: dict[str, str] = {}
+        for i in range(16):
+            raw = client.completions.with_raw_response.create(
+                model="support", prompt=f"ticket {i}", max_tokens=4
+            )
+            answered[raw.parse().id] = raw.headers["x-modelyard-version"]
+        by_one = [i for i, v in answered.items() if v == "bot:1"]
+        assert by_one and len(by_one) < 16  # both versions answered some
+        want = 16 + len(by_one)
+        _wait_for("records", lambda: store.count_inference_records(endpoint="support") >= want)
+        time.sleep(0.3)  # a wrong extra shadow record would land by now
         records = store.list_inference_records(endpoint="support", limit=100)
     shadow = [r for r in records if r.shadow]
     assert sorted(r.id for r in shadow) == sorted(f"{i}-shadow" for i in by_one)
