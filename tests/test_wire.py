@@ -240,7 +240,15 @@ def test_logit_shaping_an_engine_cannot_do_is_refused_naming_the_engine(
     assert f"{param} is not supported on the echo engine" in info.value.message
 
 
-@pytest.mark.parametrize(("param", "value"), [("echo", True), ("best_of", 2), ("suffix", "end")])
+def test_echo_works_on_any_engine_without_logprobs(served: Served) -> None:
+    """The prompt before the answer is the route's work; the prompt's log probabilities
+    are the engine's (transformers only: tests/test_echo.py)."""
+    reply = served.client.completions.create(**COMPLETION, echo=True)  # type: ignore[arg-type]
+    plain = served.client.completions.create(**COMPLETION)  # type: ignore[arg-type]
+    assert reply.choices[0].text == COMPLETION["prompt"] + plain.choices[0].text
+
+
+@pytest.mark.parametrize(("param", "value"), [("best_of", 2), ("suffix", "end")])
 def test_unsupported_completion_parameters_are_refused(
     served: Served, param: str, value: Any
 ) -> None:

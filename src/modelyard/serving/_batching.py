@@ -210,6 +210,7 @@ class Row:
         self.first_token_at: float | None = None
         self.step_logprobs: torch.Tensor | None = None  # this step's, when it wants logprobs
         self.logprobs: list[TokenLogprob] = []
+        self.prompt_logprobs: tuple[TokenLogprob, ...] | None = None  # echo with logprobs
         self._logprobs_sent = 0  # of ``logprobs``, those pushed with text already
 
     def wants_to_stop(self, last_token: int, generated: int) -> bool:
@@ -268,6 +269,7 @@ class Row:
             ttft_ms=ttft,
             extra=self.request.extra(),
             logprobs=tuple(self.logprobs) if self.params.logprobs is not None else None,
+            prompt_logprobs=self.prompt_logprobs,
         )
         rest = text[len(self.emitted) :] if text.startswith(self.emitted) else ""
         self.emitted = text
@@ -281,10 +283,23 @@ class Row:
         return tuple(self.logprobs[sent:])
 
     def _logprob(self, token: int, logprobs: torch.Tensor) -> TokenLogprob:
-        """``token`` (just appended) and the alternatives at its step, as text in context:
-        each decoded after the token before it (decoding a token alone can drop its
-        leading space, as tokenizers do at the start of a text)."""
+        """``token`` (just appended) and the alternatives at its step."""
         anchor = self.ids[-2] if len(self.ids) > 1 else self.request.prompt_ids[-1]
+        return self._token_logprob(anchor, token, logprobs)
+
+    def score_prompt(self, logprobs: Callable[[int], torch.Tensor]) -> None:
+        """The prompt's tokens with their log probabilities, for echo (``logprobs(j)``: the
+        log-softmax after the prompt's first ``j + 1`` tokens). The first token has none."""
+        ids = self.request.prompt_ids
+        first = TokenLogprob(self._decode_ids(ids[:1]), None)
+        self.prompt_logprobs = (first, *(
+            self._token_logprob(ids[j - 1], ids[j], logprobs(j - 1)) for j in range(1, len(ids))
+        ))  # fmt: skip
+
+    def _token_logprob(self, anchor: int, token: int, logprobs: torch.Tensor) -> TokenLogprob:
+        """``token`` and the alternatives at its step, as text in context: each decoded
+        after ``anchor``, the token before it (decoding a token alone can drop its leading
+        space, as tokenizers do at the start of a text)."""
         before = self._decode_ids([anchor])
 
         def text(t: int) -> str:
@@ -379,6 +394,27 @@ class LogitShaper:
         return scores
 
 
+_SCORE_CHUNK = 256  # prompt positions turned into float32 log-probabilities at once
+
+
+def _score_prompt(model: Any, row: Row) -> None:
+    """One forward pass over ``row``'s prompt (alone: no padding to shift its positions),
+    and its tokens' log probabilities from it (echo with logprobs)."""
+    ids = torch.tensor([row.request.prompt_ids], device=model.device)
+    logits = model(input_ids=ids).logits[0]
+    chunks: dict[int, torch.Tensor] = {}
+
+    def at(j: int) -> torch.Tensor:
+        start = j - j % _SCORE_CHUNK
+        if start not in chunks:
+            chunks.clear()
+            part = logits[start : start + _SCORE_CHUNK].float()
+            chunks[start] = torch.log_softmax(part, dim=-1).cpu()
+        return chunks[start][j - start]
+
+    row.score_prompt(at)
+
+
 def _decoder(tokenizer: Any, tokenizer_lock: threading.Lock) -> Callable[[list[int]], str]:
     def decode(ids: list[int]) -> str:
         with tokenizer_lock:
@@ -428,9 +464,13 @@ def run_batch(
         processors.append(LogitShaper(rows, width))
     if any(r.matcher is not None for r in requests):
         processors.append(GuideMasks([r.matcher for r in requests], int(model.config.vocab_size)))
-    lora.route(slots)
     try:
         with torch.inference_mode():
+            for i, row in enumerate(rows):
+                if row.params.prompt_logprobs:
+                    lora.route([slots[i]])
+                    _score_prompt(model, row)
+            lora.route(slots)
             model.generate(
                 input_ids=input_ids.to(model.device),
                 attention_mask=attention_mask.to(model.device),

@@ -62,6 +62,7 @@ class Engine(abc.ABC):
     guides = False  # constrained decoding (response_format, required tool calls)
     logprobs = False  # log probabilities of the answer's tokens
     shapes = False  # presence and frequency penalties, logit bias
+    scores_prompts = False  # the prompt's log probabilities (echo with logprobs)
 
     @abc.abstractmethod
     def generate(self, version: ModelVersion, prompt: str, params: SamplingParams) -> Generation:
@@ -139,6 +140,14 @@ class Engine(abc.ABC):
                 hint="Ask without logprobs, or use an endpoint served by the transformers engine.",
                 param="logprobs",
             )
+        if params.prompt_logprobs and not self.scores_prompts:
+            raise ConfigError(
+                f"echo with logprobs (the prompt's log probabilities) is not supported on the "
+                f"{self.name} engine",
+                hint="Ask without one of them, or use an endpoint served by the transformers "
+                "engine.",
+                param="echo",
+            )
         if params.shaped and not self.shapes:
             name = next(
                 n
@@ -205,6 +214,7 @@ class TransformersEngine(Engine):
     guides = True
     logprobs = True
     shapes = True
+    scores_prompts = True
 
     def __init__(
         self,

@@ -159,11 +159,16 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
             "choices": [
                 {
                     "index": i,
-                    "text": gen.text,
+                    # echo: the prompt (the text of token ids) before the answer
+                    "text": sub.prompt + gen.text if body.echo else gen.text,
                     "finish_reason": gen.finish_reason,
-                    "logprobs": completion_logprobs(gen.logprobs),
+                    "logprobs": completion_logprobs(
+                        gen.logprobs
+                        if gen.logprobs is None or gen.prompt_logprobs is None
+                        else gen.prompt_logprobs + gen.logprobs
+                    ),
                 }
-                for i, (_, gen) in enumerate(answered)
+                for i, (sub, gen) in enumerate(answered)
             ],
             "usage": summed_usage([gen for _, gen in answered]),
         }

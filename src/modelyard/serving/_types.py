@@ -71,7 +71,9 @@ class SamplingParams:
     ``presence_penalty`` and ``frequency_penalty`` lower (or raise, when negative) the
     logit of each token the answer has used so far, as OpenAI does: by the presence
     penalty once, plus the frequency penalty times its count. ``logit_bias`` adds a
-    bias to chosen token ids' logits, (id, bias) pairs sorted by id.
+    bias to chosen token ids' logits, (id, bias) pairs sorted by id. ``echo``: the
+    answer repeats the prompt (legacy completions), with the prompt's tokens' log
+    probabilities when ``logprobs`` is asked too.
     """
 
     max_tokens: int = 64
@@ -85,6 +87,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
+    echo: bool = False  # the answer's text and logprobs begin with the prompt's
 
     def __post_init__(self) -> None:
         """Settings an engine cannot run are a client's mistake (400), never an engine error:
@@ -146,6 +149,11 @@ class SamplingParams:
         return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
 
     @property
+    def prompt_logprobs(self) -> bool:
+        """Whether the prompt's tokens need their log probabilities (echo with logprobs)."""
+        return self.echo and self.logprobs is not None
+
+    @property
     def plain(self) -> bool:
         """Neither constrained, nor asking for log probabilities, nor with penalties or a
         logit bias (continuous batching runs only plain greedy requests)."""
@@ -154,10 +162,11 @@ class SamplingParams:
 
 @dataclass(frozen=True)
 class TokenLogprob:
-    """One generated token's log probability, and the most likely alternatives at its step."""
+    """One token's log probability, and the most likely alternatives at its step (a
+    prompt's first token has none: ``logprob`` None)."""
 
     token: str
-    logprob: float
+    logprob: float | None
     top: tuple[tuple[str, float], ...] = ()
 
 
@@ -177,6 +186,7 @@ class Generation:
     ttft_ms: float | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     logprobs: tuple[TokenLogprob, ...] | None = None
+    prompt_logprobs: tuple[TokenLogprob, ...] | None = None  # echo with logprobs
 
 
 @dataclass(frozen=True)

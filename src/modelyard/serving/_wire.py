@@ -189,7 +189,6 @@ _NOT_YET = (
     "reasoning_effort",
     "web_search_options",
     "best_of",
-    "echo",
     "suffix",
 )
 
@@ -239,8 +238,9 @@ class CommonRequest(BaseModel):
     reasoning_effort: Any = None
     web_search_options: Any = None
     best_of: Any = None
-    echo: Any = None
     suffix: Any = None
+    # legacy completions only (``CompletionRequest``); elsewhere refused
+    echo: Any = None
 
     @field_validator(*_NOT_YET)
     @classmethod
@@ -278,6 +278,13 @@ class CommonRequest(BaseModel):
                     f"the bias of token {key} is {bias!r}; a bias is a number from "
                     f"{BIAS_RANGE[0]:g} to {BIAS_RANGE[1]:g}"
                 )
+        return value
+
+    @field_validator("echo")
+    @classmethod
+    def _echo_elsewhere(cls, value: Any, info: ValidationInfo) -> Any:
+        if not _neutral(value):
+            raise ValueError("echo is for /v1/completions; remove it from this request")
         return value
 
     def shaping(self) -> dict[str, Any]:
@@ -374,6 +381,7 @@ class CommonRequest(BaseModel):
             self.wanted_logprobs(),
             tuple(t["name"] for t in self.offered_tools()),
             **self.shaping(),
+            echo=self.echo is True,
         )
 
     def offered_tools(self) -> list[dict[str, Any]]:
@@ -456,6 +464,18 @@ class CompletionRequest(CommonRequest):
 
     prompt: Text | list[Text] | list[int] | list[list[int]]
     logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS, strict=True)
+    echo: bool | None = Field(default=None, strict=True)  # the answer repeats the prompt
+
+    @field_validator("echo")
+    @classmethod
+    def _echo_elsewhere(cls, value: Any, info: ValidationInfo) -> Any:
+        if value and info.data.get("stream"):  # its own route, but not streamed
+            raise ValueError(
+                "echo is not supported with stream: true; ask without stream (the whole "
+                "answer, the prompt first) or without echo"
+            )
+        return value
+
     tools: Any = None
     tool_choice: Any = None
 

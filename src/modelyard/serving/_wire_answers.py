@@ -59,7 +59,8 @@ def completion_logprobs(
     return {
         "tokens": [t.token for t in tokens],
         "token_logprobs": [t.logprob for t in tokens],
-        "top_logprobs": [dict(t.top) for t in tokens],
+        # a prompt's first token (echo) has nothing before it: null, as OpenAI sends
+        "top_logprobs": [None if t.logprob is None else dict(t.top) for t in tokens],
         "text_offset": offsets,
     }
 
