@@ -19,6 +19,11 @@ user takes, old and new side by side in the same run, printing their ratio:
    (``query_records(limit=None)``) first; new: ``Store.iter_records``, a page at a
    time. Peak Python memory (tracemalloc) old / new, and both times; the rows must be
    the same. (``validate_rows`` after it is the same on both sides and not timed.)
+4. ``read``: a JSONL file of ``--rows`` rows (an id and a 30-word prompt, what a
+   batch job or ``data validate`` reads). Old: the file read whole as bytes, decoded,
+   split into lines, then parsed; new: ``read_rows``, a line at a time. And the batch
+   input's digest: old ``read_bytes()`` hashed, new ``hashlib.file_digest``. Peak
+   Python memory (tracemalloc) old / new and the times; the rows must be the same.
 
 Timings are the median of ``--repeats`` runs. Exits 0 whatever the numbers.
 """
@@ -43,7 +48,7 @@ from sqlalchemy import create_engine, func, select, text
 
 from modelyard.store import Store
 
-SECTIONS = ("versions", "purge", "harvest")
+SECTIONS = ("versions", "purge", "harvest", "read")
 
 
 def _median_s(fn: Callable[[], Any], repeats: int) -> float:
@@ -273,17 +278,72 @@ def bench_harvest(root: Path, records: int) -> dict[str, Any]:
     }
 
 
+def _peak(fn: Callable[[], Any]) -> tuple[Any, float, float]:
+    """``fn()``, its time (s) and the peak of Python memory it allocated (MiB)."""
+    tracemalloc.start()
+    started = time.perf_counter()
+    value = fn()
+    elapsed = time.perf_counter() - started
+    top = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return value, elapsed, top / 2**20
+
+
+def bench_read(root: Path, rows: int) -> dict[str, Any]:
+    import hashlib
+
+    from modelyard.data import read_rows
+    from modelyard.data._io import _read_text
+
+    path = root / "input.jsonl"
+    rnd = random.Random(3)
+    with path.open("w", encoding="utf-8") as fh:
+        for i in range(rows):
+            fh.write(json.dumps({"id": f"t{i}", "prompt": _words(rnd, 30)}) + "\n")
+
+    def old() -> list[Any]:  # the reader before the review, less its error handling
+        return [json.loads(line) for line in _read_text(path).splitlines() if line.strip()]
+
+    def old_digest() -> str:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    def new_digest() -> str:
+        with path.open("rb") as fh:
+            return hashlib.file_digest(fh, "sha256").hexdigest()
+
+    got_old, old_s, old_mib = _peak(old)
+    del got_old
+    got_new, new_s, new_mib = _peak(lambda: read_rows(path))
+    assert len(got_new) == rows and got_new == old(), "the rows differ"
+    del got_new
+    digest_old, _, digest_old_mib = _peak(old_digest)
+    digest_new, _, digest_new_mib = _peak(new_digest)
+    assert digest_old == digest_new
+    return {
+        "rows": rows,
+        "file_mib": path.stat().st_size / 2**20,
+        "old_peak_mib": old_mib,
+        "new_peak_mib": new_mib,
+        "peak_ratio": old_mib / new_mib,
+        "old_s": old_s,
+        "new_s": new_s,
+        "digest_old_peak_mib": digest_old_mib,
+        "digest_new_peak_mib": digest_new_mib,
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=SECTIONS, action="append", help="Run these only.")
     parser.add_argument("--versions", type=int, default=5000)
     parser.add_argument("--records", type=int, default=200_000)
+    parser.add_argument("--rows", type=int, default=1_000_000, help="Rows of the JSONL file.")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="Small sizes: a smoke test.")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
     args = parser.parse_args()
     if args.quick:
-        args.versions, args.records, args.repeats = 200, 2000, 1
+        args.versions, args.records, args.rows, args.repeats = 200, 2000, 2000, 1
     os.environ.setdefault("MODELYARD_HOME", tempfile.mkdtemp(prefix="modelyard-bench-home-"))
     results: dict[str, Any] = {"cpu_count": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="modelyard-scale-") as tmp:
@@ -311,6 +371,15 @@ def main() -> None:
                     f"harvest: {h['records']} records to rows: peak old {h['old_peak_mib']:.0f}"
                     f" MiB, new {h['new_peak_mib']:.0f} MiB, ratio {h['peak_ratio']:.1f}x; time"
                     f" old {h['old_s']:.1f} s, new {h['new_s']:.1f} s"
+                )
+            elif section == "read":
+                d = results["read"] = bench_read(root, args.rows)
+                print(
+                    f"read: JSONL of {d['rows']} rows ({d['file_mib']:.0f} MiB): peak old "
+                    f"{d['old_peak_mib']:.0f} MiB, new {d['new_peak_mib']:.0f} MiB, ratio "
+                    f"{d['peak_ratio']:.2f}x; time old {d['old_s']:.1f} s, new {d['new_s']:.1f} s;"
+                    f" batch digest peak old {d['digest_old_peak_mib']:.0f} MiB, new "
+                    f"{d['digest_new_peak_mib']:.1f} MiB"
                 )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2), encoding="utf-8")

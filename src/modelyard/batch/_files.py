@@ -136,7 +136,8 @@ def read_input(spec: FileJobSpec) -> _Input:
     columns = list(dict.fromkeys(c for row in table for c in row))
     mapping = spec.mapping.resolved(columns, spec.input)
     rows = rows_of(table, mapping, spec.id_columns, spec.input)
-    digest = hashlib.sha256(spec.input.read_bytes()).hexdigest()
+    with spec.input.open("rb") as fh:  # in chunks: the input is in memory once, as rows
+        digest = hashlib.file_digest(fh, "sha256").hexdigest()
     return _Input(table, rows, mapping, digest)
 
 

@@ -13,7 +13,7 @@ import codecs
 import contextlib
 import csv
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -122,22 +122,53 @@ def _check_columns(path: Path, rows: list[dict[str, Any]], fmt: DataFormat) -> N
 def _read_text(path: Path) -> str:
     data = path.read_bytes()
     if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        raise DataError(
-            f"{path} is UTF-16 text, not UTF-8",
-            hint="Save the file as UTF-8 (in Excel: CSV UTF-8; in Python: encoding='utf-8').",
-            path=str(path),
-        )
+        raise _utf16(path)
     try:
         # universal newlines, as Path.read_text reads them
         return data.decode("utf-8-sig").replace("\r\n", "\n").replace("\r", "\n")
     except UnicodeDecodeError as exc:
         line = data[: exc.start].count(b"\n") + 1
-        raise DataError(
-            f"{path} is not UTF-8 text: line {line} (byte {exc.start}) cannot be decoded",
-            hint="Save the file as UTF-8.",
-            path=str(path),
-            line=line,
-        ) from exc
+        raise _not_utf8(path, line, exc.start) from exc
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """``path``'s lines (universal newlines, a UTF-8 BOM dropped) and their numbers, read a
+    line at a time: a file of a million rows is never in memory whole, as bytes and as
+    text, beside its rows. Only line ends end a line (``str.splitlines`` would also cut a
+    JSON string at a U+2028 it holds)."""
+    number = at = 0
+    with path.open("rb") as fh:
+        for raw in fh:
+            if at == 0 and raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                raise _utf16(path)
+            try:
+                text = raw.decode("utf-8-sig" if at == 0 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(path, number + 1, at + exc.start) from exc
+            at += len(raw)
+            pieces = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+            if pieces[-1] == "":
+                pieces.pop()  # the line end's, not a line
+            for piece in pieces:
+                number += 1
+                yield number, piece
+
+
+def _utf16(path: Path) -> DataError:
+    return DataError(
+        f"{path} is UTF-16 text, not UTF-8",
+        hint="Save the file as UTF-8 (in Excel: CSV UTF-8; in Python: encoding='utf-8').",
+        path=str(path),
+    )
+
+
+def _not_utf8(path: Path, line: int, byte: int) -> DataError:
+    return DataError(
+        f"{path} is not UTF-8 text: line {line} (byte {byte}) cannot be decoded",
+        hint="Save the file as UTF-8.",
+        path=str(path),
+        line=line,
+    )
 
 
 def _not_an_object(path: Path, where: str, value: Any) -> DataError:
@@ -162,7 +193,7 @@ def _too_deep(path: Path, where: str, **context: Any) -> DataError:
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+    for number, line in _text_lines(path):
         if not line.strip():
             continue
         try:
