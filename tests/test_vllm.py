@@ -5,6 +5,7 @@ when their consumer cancels), and a vLLM process killed mid-stream."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
 import time
@@ -169,23 +170,34 @@ def test_two_tenants_adapters_answer_through_the_openai_client(world: World) -> 
 
 def test_greedy_answers_equal_the_transformers_engines(world: World) -> None:
     local = TransformersEngine(world.artifacts, store=world.store)
-    greedy = SamplingParams(max_tokens=12, temperature=0)
+    plain = SamplingParams(max_tokens=12, temperature=0)
+    # OpenAI's penalties and a logit bias: vLLM's own against the transformers engine's
+    shaped = SamplingParams(
+        max_tokens=12, temperature=0, presence_penalty=0.5, frequency_penalty=1.5,
+        logit_bias=((300, 4.0), (301, -4.0)),
+    )  # fmt: skip
+    answers: dict[tuple[str, str, bool], str] = {}
     try:
-        for name in ("acme", "globex", "chatty"):  # chatty: 12 tokens, whatever the prompt
+        # chatty: 12 tokens, whatever the prompt
+        for name, prompt, greedy in itertools.product(
+            ("acme", "globex", "chatty"), world.prompts[:2], (plain, shaped)
+        ):
             version = world.versions[name]
-            for prompt in world.prompts[:2]:
-                ours = world.engine.generate(version, prompt, greedy)
-                theirs = local.generate(version, prompt, greedy)
-                # vLLM detokenizes the first word with its leading space, and holds back the
-                # bytes of a character cut by max_tokens that transformers shows as U+FFFD
-                words = theirs.text.rstrip("\ufffd").split()
-                assert ours.text.split() == words, (version.ref, prompt)
-                assert ours.finish_reason == theirs.finish_reason
-                # vLLM counts the end-of-sequence token among the completion tokens
-                eos = 1 if theirs.finish_reason == "stop" else 0
-                assert ours.completion_tokens == theirs.completion_tokens + eos
-                if name == "chatty":
-                    assert theirs.completion_tokens == 12
+            ours = world.engine.generate(version, prompt, greedy)
+            theirs = local.generate(version, prompt, greedy)
+            # vLLM detokenizes the first word with its leading space, and holds back the
+            # bytes of a character cut by max_tokens that transformers shows as U+FFFD
+            words = theirs.text.rstrip("\ufffd").split()
+            assert ours.text.split() == words, (version.ref, prompt, greedy.shaped)
+            assert ours.finish_reason == theirs.finish_reason
+            # vLLM counts the end-of-sequence token among the completion tokens
+            eos = 1 if theirs.finish_reason == "stop" else 0
+            assert ours.completion_tokens == theirs.completion_tokens + eos
+            if name == "chatty":
+                assert theirs.completion_tokens == 12
+            answers[name, prompt, greedy.shaped] = theirs.text
+        # the shaping changed answers: the equality above compared it, not only greedy
+        assert any(answers[n, p, True] != answers[n, p, False] for n, p, _ in answers)
     finally:
         local.close()
 
