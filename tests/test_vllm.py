@@ -202,6 +202,36 @@ def test_greedy_answers_equal_the_transformers_engines(world: World) -> None:
         local.close()
 
 
+def test_echo_with_logprobs_scores_the_prompt_as_the_transformers_engine_does(
+    world: World,
+) -> None:
+    """vLLM's prompt_logprobs, read by token id, are the transformers engine's numbers: an
+    evaluation harness's loglikelihood is the same on either engine."""
+    local = TransformersEngine(world.artifacts, store=world.store)
+    scoring = SamplingParams(max_tokens=1, temperature=0, logprobs=2, echo=True)
+    try:
+        for name in ("acme", "chatty"):
+            version = world.versions[name]
+            ours = world.engine.generate(version, world.prompts[0], scoring)
+            theirs = local.generate(version, world.prompts[0], scoring)
+            assert ours.prompt_logprobs is not None and theirs.prompt_logprobs is not None
+            assert len(ours.prompt_logprobs) == len(theirs.prompt_logprobs) == ours.prompt_tokens
+            assert ours.prompt_logprobs[0].logprob is None
+            mine = [t.logprob for t in ours.prompt_logprobs[1:]]
+            expected = [t.logprob for t in theirs.prompt_logprobs[1:]]
+            assert mine == pytest.approx(expected, rel=1e-3, abs=1e-3), name
+            assert all(len(t.top) <= 2 for t in ours.prompt_logprobs)
+    finally:
+        local.close()
+    reply = _client(world, "acme").completions.create(
+        model="acme-support", prompt=world.prompts[0], echo=True, logprobs=1, max_tokens=1,
+        temperature=0,
+    )  # fmt: skip
+    lp = reply.choices[0].logprobs
+    assert lp is not None and lp.token_logprobs is not None and lp.token_logprobs[0] is None
+    assert reply.choices[0].text.startswith(world.prompts[0])
+
+
 def test_a_whole_answer_is_one_vllm_response_with_what_the_stream_gives(world: World) -> None:
     """A consumer that wants only the whole answer gets no event per token: one final event,
     the same text, usage and finish_reason as the streamed request, stop strings applied."""

@@ -37,6 +37,8 @@ def vllm_extras(params: SamplingParams) -> dict[str, Any]:
         out["structured_outputs"] = {"grammar": str(grammar_of(params.guide))}
     if params.logprobs is not None:
         out["logprobs"] = params.logprobs
+    if params.prompt_logprobs:  # echo with logprobs: vLLM's own field, by token id
+        out["prompt_logprobs"] = params.logprobs
     return out
 
 
@@ -162,11 +164,36 @@ def logprobs_of(given: Any, top: int | None, chat: bool) -> tuple[TokenLogprob, 
     return tuple(out)
 
 
+def prompt_logprobs_of(given: Any, ids: Sequence[int], top: int) -> tuple[TokenLogprob, ...]:
+    """vLLM's ``prompt_logprobs`` (per prompt position: None for the first, else token id →
+    ``{logprob, rank, decoded_token}``, the prompt's token among them) as ``TokenLogprob``s
+    of the prompt ``ids`` with at most ``top`` alternatives each."""
+    if not isinstance(given, Sequence) or len(given) != len(ids):
+        raise ValueError(f"prompt_logprobs for {len(ids)} prompt tokens expected")
+    out = []
+    for j, (token, entry) in enumerate(zip(ids, given, strict=True)):
+        if j == 0 or not isinstance(entry, Mapping):
+            first = entry.get(str(token)) if isinstance(entry, Mapping) else None
+            text = str(first.get("decoded_token", "")) if isinstance(first, Mapping) else ""
+            out.append(TokenLogprob(text, None))
+            continue
+        mine = entry[str(token)]
+        ranked = sorted(
+            (v for v in entry.values() if isinstance(v, Mapping)), key=lambda v: int(v["rank"])
+        )
+        alternatives = tuple(
+            (str(v["decoded_token"]), float(v["logprob"])) for v in ranked if int(v["rank"]) <= top
+        )
+        out.append(TokenLogprob(str(mine["decoded_token"]), float(mine["logprob"]), alternatives))
+    return tuple(out)
+
+
 __all__ = [
     "CallDeltas",
     "calls_as_text",
     "logprobs_of",
     "openai_extras",
     "openai_messages",
+    "prompt_logprobs_of",
     "vllm_extras",
 ]

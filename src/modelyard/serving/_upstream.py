@@ -42,6 +42,7 @@ from modelyard.serving._passthrough import (
     logprobs_of,
     openai_extras,
     openai_messages,
+    prompt_logprobs_of,
     vllm_extras,
 )
 from modelyard.serving._stream import TokenStream
@@ -322,6 +323,14 @@ class UpstreamClient:
             generation = replace(
                 generation, logprobs=logprobs_of(choice.get("logprobs"), top, chat)
             )
+        if "prompt_logprobs" in body:  # vLLM's, asked for echo with logprobs
+            try:
+                scored = prompt_logprobs_of(choice.get("prompt_logprobs"), body["prompt"],
+                                            int(body["prompt_logprobs"]))  # fmt: skip
+            except (ValueError, KeyError, TypeError) as exc:
+                raise UpstreamError(f"{what}: the upstream at {self.spec.host} sent no usable "
+                                    f"prompt_logprobs ({exc})", version=what) from None  # fmt: skip
+            generation = replace(generation, prompt_logprobs=scored)
         return generation
 
     def _broke(self, exc: httpx.HTTPError, what: str, sent: bool) -> _Retry:

@@ -118,6 +118,7 @@ class VLLMEngine(Engine):
     guides = True  # sent as vLLM's structured_outputs (the same grammar: ``_upstream``)
     logprobs = True
     shapes = True  # sent as the OpenAI request's presence/frequency_penalty and logit_bias
+    scores_prompts = True  # echo with logprobs: vLLM's prompt_logprobs, by token id
 
     def __init__(
         self,
@@ -353,6 +354,10 @@ class VLLMEngine(Engine):
     def answer(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
         """One non-streamed vLLM request: its whole answer in one response."""
         self.refuse_unsupported(params)
+        if params.prompt_logprobs and not isinstance(prompt, TokenPrompt):
+            # sent as ids: vLLM's prompt log probabilities are keyed by token id
+            ids = self._tokenizer(version)(prompt)["input_ids"]
+            prompt = TokenPrompt(tuple(int(i) for i in ids), prompt)
         return self._submit(version, prompt, params, whole=True)
 
     def _submit(
