@@ -61,6 +61,21 @@ def test_promote_is_refused_while_the_rollout_is_preparing(store: Store, home: P
     assert store.latest_rollout("support").status == "succeeded" and _plan(store) == {2: 100}
 
 
+def test_a_pause_or_resume_that_changes_nothing_says_so(store: Store, home: Path) -> None:
+    """Pausing a paused rollout (or resuming a running one) changes nothing and exits 0,
+    as the admin API answers 200; it printed "paused" / "resumed" as if it had acted."""
+    assert modelyard("rollout", "start", "support", "--to", "bot:2", home=home).code == 0
+    ran = modelyard("rollout", "resume", "support", home=home)
+    assert ran.code == 0 and ran.out.startswith("not paused (running)"), ran.out
+    ran = modelyard("rollout", "pause", "support", home=home)
+    assert ran.code == 0 and ran.out.startswith("paused"), ran.out
+    ran = modelyard("rollout", "pause", "support", home=home)
+    assert ran.code == 0 and ran.out.startswith("already paused"), ran.out
+    assert [e.kind for e in store.latest_rollout("support").events].count("paused") == 1
+    ran = modelyard("rollout", "resume", "support", home=home)
+    assert ran.code == 0 and ran.out.startswith("resumed"), ran.out
+
+
 @pytest.mark.parametrize("verb", ["abort", "pause", "resume", "promote"])
 def test_a_lever_on_an_endpoint_without_a_rollout_is_a_conflict(
     store: Store, home: Path, verb: str

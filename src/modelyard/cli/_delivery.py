@@ -16,7 +16,7 @@ from modelyard.cli._control import CurrentStep
 from modelyard.cli._plane import open_plane
 from modelyard.cli._rollout_text import final, guard_rows, num, progress, summary, timeline
 from modelyard.durations import parse_duration, parse_since
-from modelyard.errors import ConfigError
+from modelyard.errors import ConfigError, ModelyardError
 from modelyard.store import Rollout, RolloutPolicy
 
 JSON = typer.Option(False, "--json", help="Print the result as JSON.")
@@ -211,6 +211,15 @@ def _done(r: Rollout, verb: str) -> None:
     console.print(f"[green]{verb}[/] {summary(r)}", soft_wrap=True)
 
 
+def _status(plane: Any, endpoint: str) -> str | None:
+    """The status of the endpoint's latest rollout before a lever moves it (None: none, or
+    the lever will say what is wrong), so that a lever that changed nothing says so."""
+    try:
+        return str(plane.latest_rollout(endpoint).status)
+    except ModelyardError:
+        return None
+
+
 @rollout_app.command("promote")
 def promote(endpoint: str = typer.Argument(..., help="The endpoint's name.")) -> None:
     """Skip the remaining steps: all traffic to the new version now (and the alias, if asked)."""
@@ -232,14 +241,17 @@ def abort(
 def pause(endpoint: str = typer.Argument(..., help="The endpoint's name.")) -> None:
     """Hold the rollout at its current step."""
     with open_plane() as plane:
-        _done(plane.pause_rollout(endpoint), "paused")
+        was = _status(plane, endpoint)
+        _done(plane.pause_rollout(endpoint), "already paused" if was == "paused" else "paused")
 
 
 @rollout_app.command("resume")
 def resume(endpoint: str = typer.Argument(..., help="The endpoint's name.")) -> None:
     """Go on from the current step (its bake time starts again)."""
     with open_plane() as plane:
-        _done(plane.resume_rollout(endpoint), "resumed")
+        was = _status(plane, endpoint)
+        r = plane.resume_rollout(endpoint)
+        _done(r, "resumed" if was == "paused" else f"not paused ({r.status})")
 
 
 @rollout_app.command("wait")
