@@ -209,7 +209,7 @@ def _words(rnd: random.Random, n: int) -> str:
     )
 
 
-def bench_harvest(root: Path, records: int) -> dict[str, Any]:
+def bench_harvest(root: Path, records: int, repeats: int) -> dict[str, Any]:
     from modelyard.curate import RecordFilters, select_rows
     from modelyard.data import render_prompt
 
@@ -263,11 +263,7 @@ def bench_harvest(root: Path, records: int) -> dict[str, Any]:
             measured[name] = (selection, elapsed, top / 2**20)
         assert measured["old"][0] == measured["new"][0], "the rows differ"
         assert len(measured["new"][0].rows) == records
-        plain = {}
-        for name, fn in (("old", old), ("new", new)):
-            started = time.perf_counter()
-            fn()
-            plain[name] = time.perf_counter() - started
+        plain = {"old": _median_s(old, repeats), "new": _median_s(new, repeats)}
     return {
         "records": records,
         "old_peak_mib": measured["old"][2],
@@ -289,7 +285,7 @@ def _peak(fn: Callable[[], Any]) -> tuple[Any, float, float]:
     return value, elapsed, top / 2**20
 
 
-def bench_read(root: Path, rows: int) -> dict[str, Any]:
+def bench_read(root: Path, rows: int, repeats: int) -> dict[str, Any]:
     import hashlib
 
     from modelyard.data import read_rows
@@ -316,6 +312,8 @@ def bench_read(root: Path, rows: int) -> dict[str, Any]:
     got_new, new_s, new_mib = _peak(lambda: read_rows(path))
     assert len(got_new) == rows and got_new == old(), "the rows differ"
     del got_new
+    plain_old = _median_s(old, repeats)  # times without tracemalloc, which slows each side
+    plain_new = _median_s(lambda: read_rows(path), repeats)
     digest_old, _, digest_old_mib = _peak(old_digest)
     digest_new, _, digest_new_mib = _peak(new_digest)
     assert digest_old == digest_new
@@ -325,8 +323,10 @@ def bench_read(root: Path, rows: int) -> dict[str, Any]:
         "old_peak_mib": old_mib,
         "new_peak_mib": new_mib,
         "peak_ratio": old_mib / new_mib,
-        "old_s": old_s,
-        "new_s": new_s,
+        "old_s": plain_old,
+        "new_s": plain_new,
+        "traced_old_s": old_s,
+        "traced_new_s": new_s,
         "digest_old_peak_mib": digest_old_mib,
         "digest_new_peak_mib": digest_new_mib,
     }
@@ -366,14 +366,14 @@ def main() -> None:
                     f"{p['count_new_s']:.2f} s); the whole purge {p['purge_s']:.1f} s"
                 )
             elif section == "harvest":
-                h = results["harvest"] = bench_harvest(root, args.records)
+                h = results["harvest"] = bench_harvest(root, args.records, args.repeats)
                 print(
                     f"harvest: {h['records']} records to rows: peak old {h['old_peak_mib']:.0f}"
                     f" MiB, new {h['new_peak_mib']:.0f} MiB, ratio {h['peak_ratio']:.1f}x; time"
                     f" old {h['old_s']:.1f} s, new {h['new_s']:.1f} s"
                 )
             elif section == "read":
-                d = results["read"] = bench_read(root, args.rows)
+                d = results["read"] = bench_read(root, args.rows, args.repeats)
                 print(
                     f"read: JSONL of {d['rows']} rows ({d['file_mib']:.0f} MiB): peak old "
                     f"{d['old_peak_mib']:.0f} MiB, new {d['new_peak_mib']:.0f} MiB, ratio "

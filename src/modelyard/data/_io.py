@@ -146,6 +146,10 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
             except UnicodeDecodeError as exc:
                 raise _not_utf8(path, number + 1, at + exc.start) from exc
             at += len(raw)
+            if "\r" not in text:  # one line, its "\n" last if it has one
+                number += 1
+                yield number, text.removesuffix("\n")
+                continue
             pieces = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
             if pieces[-1] == "":
                 pieces.pop()  # the line end's, not a line

@@ -91,9 +91,8 @@ _COPIED_COLUMNS = (
 _INSERT_RECORDS = insert(cast(Table, InferenceRecordRow.__table__))
 RECORD_STATUSES = ("ok", "error", "cancelled", "timeout", "running", "refused")
 FEEDBACK_LABEL_MAX = 500
-RECORDS_PAGE = 5000
-"""Records ``iter_records`` reads at a time."""
 """The longest feedback label (characters): a correct answer or class, not a document."""
+RECORDS_PAGE = 5000  # records iter_records reads at a time
 
 
 class RecordStore(StoreCore):
@@ -385,11 +384,15 @@ class RecordStore(StoreCore):
 
         ``since`` is inclusive, ``until`` exclusive; ``status`` is one of
         ``ok|error|cancelled|timeout|running``; ``text=False`` leaves out prompt, response
-        and error; ``job_id`` keeps one batch job's records. ``after`` is the
-        ``(created_at, id)`` of the last record of a page: the next page starts after it
-        (``iter_records`` reads a window so, a page at a time).
+        and error; ``job_id`` keeps one batch job's records. ``after`` (oldest first only)
+        is the ``(created_at, id)`` of the last record of a page: the next page starts
+        after it (``iter_records`` reads a window so, a page at a time).
         """
         self._check_status(status)
+        if after is not None:  # one lower bound on created_at: the index's range starts there
+            if newest_first:
+                raise ConfigError("after= pages oldest first: newest_first=False", field="after")
+            since = after[0] if since is None else max(since, after[0])
         r, f, fb = InferenceRecordRow, RecordFeaturesRow, FeedbackRow
         names = [c for c in _RECORD_COLUMNS if text or c not in ("prompt", "response", "error")]
         columns: list[Any] = [getattr(r, c) for c in names]
@@ -407,12 +410,8 @@ class RecordStore(StoreCore):
                 query = query.where(r.status == status)
             if job_id is not None:
                 query = query.where(r.job_id == job_id)
-            if after is not None:  # a bound on created_at alone: the index's range starts there
-                at, last = after
-                if newest_first:
-                    query = query.where(r.created_at <= at, or_(r.created_at < at, r.id > last))
-                else:
-                    query = query.where(r.created_at >= at, or_(r.created_at > at, r.id > last))
+            if after is not None:
+                query = query.where(or_(r.created_at > after[0], r.id > after[1]))
             order = (r.created_at.desc(), r.id) if newest_first else (r.created_at, r.id)
             query = query.order_by(*order)
             if limit is not None:
