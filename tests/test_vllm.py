@@ -171,10 +171,11 @@ def test_two_tenants_adapters_answer_through_the_openai_client(world: World) -> 
 def test_greedy_answers_equal_the_transformers_engines(world: World) -> None:
     local = TransformersEngine(world.artifacts, store=world.store)
     plain = SamplingParams(max_tokens=12, temperature=0)
-    # OpenAI's penalties and a logit bias: vLLM's own against the transformers engine's
+    # OpenAI's penalties and a logit bias, vLLM's repetition_penalty and min_tokens: vLLM's
+    # own against the transformers engine's
     shaped = SamplingParams(
         max_tokens=12, temperature=0, presence_penalty=0.5, frequency_penalty=1.5,
-        logit_bias=((300, 4.0), (301, -4.0)),
+        logit_bias=((300, 4.0), (301, -4.0)), repetition_penalty=1.3, min_tokens=4,
     )  # fmt: skip
     answers: dict[tuple[str, str, bool], str] = {}
     try:

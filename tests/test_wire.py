@@ -293,8 +293,8 @@ def test_tools_on_a_version_without_a_chat_template_are_refused_naming_it(
 
 def test_an_unknown_parameter_is_refused_by_name(served: Served) -> None:
     with pytest.raises(openai.BadRequestError) as info:
-        served.client.chat.completions.create(**CHAT, extra_body={"top_k": 5})  # type: ignore[call-overload]
-    assert info.value.param == "top_k"
+        served.client.chat.completions.create(**CHAT, extra_body={"length_penalty": 5})  # type: ignore[call-overload]
+    assert info.value.param == "length_penalty"
     assert "not a parameter this server accepts" in info.value.message
 
 

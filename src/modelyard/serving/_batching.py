@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import itertools
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Hashable, Sequence
@@ -171,16 +172,20 @@ def group(batch: Sequence[PendingRequest], max_adapters: int) -> list[list[Pendi
 # -- text --------------------------------------------------------------------------------
 
 
-def visible_text(decoded: str, stop: Sequence[str], *, final: bool) -> tuple[str, bool]:
+def visible_text(
+    decoded: str, stop: Sequence[str], *, final: bool, after: int = 0
+) -> tuple[str, bool]:
     """The text a client may see of ``decoded`` so far, and whether a stop string ended it.
 
     The answer is stripped (as evaluation strips it) and cut before the first stop
-    string. Until ``final``, what may still change is held back: trailing
-    whitespace, an incomplete multi-byte character (decoded as U+FFFD), and a
-    tail that could be the start of a stop string.
+    string that ends beyond ``decoded[:after]`` (``min_tokens``: as vLLM, a stop string
+    within the first ``min_tokens`` tokens' text does not count). Until ``final``, what
+    may still change is held back: trailing whitespace, an incomplete multi-byte
+    character (decoded as U+FFFD), and a tail that could be the start of a stop string.
     """
     text = decoded.lstrip()
-    cuts = [i for s in stop if s and (i := text.find(s)) >= 0]
+    after -= len(decoded) - len(text)  # in the stripped text
+    cuts = [i for s in stop if s and (i := text.find(s, max(0, after - len(s) + 1))) >= 0]
     if cuts:
         return text[: min(cuts)].rstrip(), True
     if final:
@@ -212,6 +217,7 @@ class Row:
         self.logprobs: list[TokenLogprob] = []
         self.prompt_logprobs: tuple[TokenLogprob, ...] | None = None  # echo with logprobs
         self._logprobs_sent = 0  # of ``logprobs``, those pushed with text already
+        self._stops_after: int | None = None  # the first min_tokens tokens' text length
 
     def wants_to_stop(self, last_token: int, generated: int) -> bool:
         """Whether generation may end for this row after ``generated`` tokens (the stopper)."""
@@ -237,7 +243,9 @@ class Row:
         self.ids.append(token)
         if self.step_logprobs is not None:
             self.logprobs.append(self._logprob(token, self.step_logprobs))
-        text, stopped = visible_text(self._decode(), self.params.stop, final=False)
+        text, stopped = visible_text(
+            self._decode(), self.params.stop, final=False, after=self._stop_offset()
+        )
         if stopped:
             self.close("stop")
             return
@@ -253,7 +261,9 @@ class Row:
         if self.finished is not None:
             return
         self.finished = reason
-        text, stopped = visible_text(self._decode(), self.params.stop, final=True)
+        text, stopped = visible_text(
+            self._decode(), self.params.stop, final=True, after=self._stop_offset()
+        )
         if stopped and reason == "length":
             reason = self.finished = "stop"
         ttft = (
@@ -277,6 +287,19 @@ class Row:
 
     def _decode(self) -> str:
         return self._decode_ids(self.ids)
+
+    def _stop_offset(self) -> int:
+        """Where in the decoded answer a stop string must end beyond to count: as vLLM does,
+        none counts until the answer has more than ``min_tokens`` tokens, and then only one
+        that ends past the first ``min_tokens`` tokens' text."""
+        wait = self.params.min_tokens
+        if not wait or not self.params.stop:
+            return 0
+        if len(self.ids) <= wait:
+            return sys.maxsize
+        if self._stops_after is None:
+            self._stops_after = len(self._decode_ids(self.ids[:wait]))
+        return self._stops_after
 
     def _unsent_logprobs(self) -> tuple[TokenLogprob, ...]:
         sent, self._logprobs_sent = self._logprobs_sent, len(self.logprobs)
@@ -365,23 +388,27 @@ class LogprobTaker:
 
 
 class LogitShaper:
-    """A ``generate`` logits processor for rows with penalties or a logit bias, as OpenAI
-    defines them: a token's logit less ``presence_penalty`` once it is in the answer, less
-    ``frequency_penalty`` times its count in the answer (the prompt's tokens do not
-    count), plus its ``logit_bias``. Runs before temperature and top_p."""
+    """A ``generate`` logits processor for shaped rows, in vLLM's order. First a token's
+    ``logit_bias`` is added, and until the answer has ``min_tokens`` tokens the end of
+    sequence (``eos_ids``) is ruled out. Then the penalties: ``repetition_penalty`` (vLLM's
+    and transformers' arithmetic) divides the logit of each token in the prompt or the
+    answer when positive, multiplies it when not; OpenAI's take ``presence_penalty`` off a
+    token's logit once it is in the answer and ``frequency_penalty`` times its count in
+    the answer (the prompt's tokens do not count). Runs before temperature, top_k, top_p
+    and min_p."""
 
-    def __init__(self, rows: Sequence[Row], prompt_length: int) -> None:
+    def __init__(
+        self, rows: Sequence[Row], prompt_length: int, eos_ids: frozenset[int] = frozenset()
+    ) -> None:
         self._rows = [(i, row.params) for i, row in enumerate(rows) if row.params.shaped]
+        self._starts = [prompt_length - len(row.request.prompt_ids) for row in rows]  # padding
         self._prompt_length = prompt_length
+        self._eos = sorted(eos_ids)
         self._bias: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         answer = input_ids[:, self._prompt_length :]
         for i, p in self._rows:
-            if (p.presence_penalty or p.frequency_penalty) and answer.shape[1]:
-                counts = torch.bincount(answer[i], minlength=scores.shape[-1])[: scores.shape[-1]]
-                counts = counts.to(scores.dtype)
-                scores[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
             if p.logit_bias:
                 if i not in self._bias:
                     ids, bias = zip(*p.logit_bias, strict=True)
@@ -391,6 +418,18 @@ class LogitShaper:
                     )
                 ids_t, bias_t = self._bias[i]
                 scores[i, ids_t] += bias_t
+            if answer.shape[1] < p.min_tokens and self._eos:
+                scores[i, [e for e in self._eos if e < scores.shape[-1]]] = -float("inf")
+            if p.repetition_penalty != 1:
+                seen = input_ids[i, self._starts[i] :]
+                logits = scores[i].gather(0, seen)
+                penalty = p.repetition_penalty
+                logits = torch.where(logits > 0, logits / penalty, logits * penalty)
+                scores[i].scatter_(0, seen, logits)
+            if (p.presence_penalty or p.frequency_penalty) and answer.shape[1]:
+                counts = torch.bincount(answer[i], minlength=scores.shape[-1])[: scores.shape[-1]]
+                counts = counts.to(scores.dtype)
+                scores[i] -= p.frequency_penalty * counts + p.presence_penalty * (counts > 0)
         return scores
 
 
@@ -454,14 +493,15 @@ def run_batch(
             "do_sample": True,
             "temperature": params.temperature,
             "top_p": params.top_p,
-            "top_k": 0,  # OpenAI semantics: no top-k cut
+            "top_k": max(params.top_k, 0),  # 0: no cut, as OpenAI samples
+            "min_p": params.min_p or None,
         }
         if params.seed is not None:
             torch.manual_seed(params.seed)
     streamer = BatchStreamer(rows)
     processors: list[Any] = [LogprobTaker(rows)]  # first: the model's own distribution
     if any(r.params.shaped for r in requests):
-        processors.append(LogitShaper(rows, width))
+        processors.append(LogitShaper(rows, width, eos_ids))
     if any(r.matcher is not None for r in requests):
         processors.append(GuideMasks([r.matcher for r in requests], int(model.config.vocab_size)))
     try:

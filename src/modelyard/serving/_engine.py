@@ -62,6 +62,7 @@ class Engine(abc.ABC):
     guides = False  # constrained decoding (response_format, required tool calls)
     logprobs = False  # log probabilities of the answer's tokens
     shapes = False  # presence and frequency penalties, logit bias
+    extends = False  # vLLM's top_k, min_p, repetition_penalty, min_tokens
     scores_prompts = False  # the prompt's log probabilities (echo with logprobs)
 
     @abc.abstractmethod
@@ -148,19 +149,19 @@ class Engine(abc.ABC):
                 "engine.",
                 param="echo",
             )
-        if params.shaped and not self.shapes:
-            name = next(
-                n
-                for n, v in (
-                    ("presence_penalty", params.presence_penalty),
-                    ("frequency_penalty", params.frequency_penalty),
-                    ("logit_bias", params.logit_bias),
-                )
-                if v
-            )
+        if params.penalized and not self.shapes:
+            name = params.penalized[0]
             raise ConfigError(
                 f"{name} is not supported on the {self.name} engine",
                 hint=f"Ask without {name}, or use an endpoint served by the transformers engine.",
+                param=name,
+            )
+        if params.extended and not self.extends:
+            name = params.extended[0]
+            raise ConfigError(
+                f"{name} is not supported on the {self.name} engine",
+                hint=f"Ask without {name} (or at its neutral value), or use an endpoint "
+                "served by the transformers or vllm engine.",
                 param=name,
             )
 
@@ -214,6 +215,7 @@ class TransformersEngine(Engine):
     guides = True
     logprobs = True
     shapes = True
+    extends = True
     scores_prompts = True
 
     def __init__(
@@ -307,6 +309,13 @@ class TransformersEngine(Engine):
             raise context_exceeded(len(ids), params.max_tokens, base.context_length, version.ref)
         if params.logit_bias:
             check_bias_ids(params.logit_bias, int(base.model.config.vocab_size), version.ref)
+        if params.min_tokens and params.guide is not None:  # the grammar may need to end it
+            raise ConfigError(
+                f"min_tokens cannot be combined with {params.guide.param.split('.')[0]} on the "
+                "transformers engine: the grammar decides where the answer ends",
+                hint="Ask without min_tokens, or without the constraint.",
+                param="min_tokens",
+            )
         unk = base.tokenizer.unk_token_id  # counted here, where the prompt is tokenized anyway
         unknown = 0 if unk is None else sum(1 for i in ids if i == unk)
         request = PendingRequest(version, ids, params, source, unknown_tokens=unknown)

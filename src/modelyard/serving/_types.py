@@ -18,6 +18,7 @@ MAX_TOP_LOGPROBS = 20  # as OpenAI allows
 PENALTY_RANGE = (-2.0, 2.0)  # presence_penalty and frequency_penalty, as OpenAI allows
 BIAS_RANGE = (-100.0, 100.0)  # a logit_bias value, as OpenAI allows
 MAX_LOGIT_BIAS = 1024  # tokens one request may bias
+MAX_REPETITION_PENALTY = 2.0  # above 0, at most this (1: none)
 GuideKind = Literal["json_object", "json_schema", "tool_call"]
 
 
@@ -74,6 +75,12 @@ class SamplingParams:
     bias to chosen token ids' logits, (id, bias) pairs sorted by id. ``echo``: the
     answer repeats the prompt (legacy completions), with the prompt's tokens' log
     probabilities when ``logprobs`` is asked too.
+
+    vLLM's sampling extensions: ``top_k`` keeps the k most likely tokens (0 or -1: no cut),
+    ``min_p`` those at least that fraction as likely as the most likely (0: no cut),
+    ``repetition_penalty`` divides the positive logits (multiplies the negative ones)
+    of every token in the prompt or the answer (1: none), and ``min_tokens`` keeps the
+    end of sequence (and stop strings) from ending the answer before that many tokens.
     """
 
     max_tokens: int = 64
@@ -88,6 +95,10 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     logit_bias: tuple[tuple[int, float], ...] = ()
     echo: bool = False  # the answer's text and logprobs begin with the prompt's
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
 
     def __post_init__(self) -> None:
         """Settings an engine cannot run are a client's mistake (400), never an engine error:
@@ -132,6 +143,19 @@ class SamplingParams:
                 f"at most {MAX_LOGIT_BIAS} token ids (0 or above), each with a bias from "
                 f"{BIAS_RANGE[0]:g} to {BIAS_RANGE[1]:g}",
             ),
+            ("top_k", self.top_k >= -1, "0 or -1 (no cut), or at least 1"),
+            ("min_p", math.isfinite(self.min_p) and 0 <= self.min_p <= 1, "from 0 to 1"),
+            (
+                "repetition_penalty",
+                math.isfinite(self.repetition_penalty)
+                and 0 < self.repetition_penalty <= MAX_REPETITION_PENALTY,
+                f"above 0, at most {MAX_REPETITION_PENALTY:g} (1: none)",
+            ),
+            (
+                "min_tokens",
+                0 <= self.min_tokens <= self.max_tokens,
+                f"from 0 to max_tokens ({self.max_tokens})",
+            ),
         )
         for name, ok, allowed in checks:
             if not ok:
@@ -144,9 +168,38 @@ class SamplingParams:
         return self.temperature <= 0
 
     @property
+    def penalized(self) -> tuple[str, ...]:
+        """The names of OpenAI's penalties and logit bias this request sets."""
+        return tuple(
+            name
+            for name, value in (
+                ("presence_penalty", self.presence_penalty),
+                ("frequency_penalty", self.frequency_penalty),
+                ("logit_bias", self.logit_bias),
+            )
+            if value
+        )
+
+    @property
+    def extended(self) -> tuple[str, ...]:
+        """The names of vLLM's sampling extensions this request sets (not at their neutral
+        value)."""
+        return tuple(
+            name
+            for name, used in (
+                ("top_k", self.top_k > 0),
+                ("min_p", self.min_p > 0),
+                ("repetition_penalty", self.repetition_penalty != 1),
+                ("min_tokens", self.min_tokens > 0),
+            )
+            if used
+        )
+
+    @property
     def shaped(self) -> bool:
-        """Whether penalties or a logit bias change the model's logits."""
-        return bool(self.presence_penalty or self.frequency_penalty or self.logit_bias)
+        """Whether penalties, a logit bias or vLLM's sampling extensions change the
+        model's logits (or where the answer may end)."""
+        return bool(self.penalized or self.extended)
 
     @property
     def prompt_logprobs(self) -> bool:
@@ -155,8 +208,8 @@ class SamplingParams:
 
     @property
     def plain(self) -> bool:
-        """Neither constrained, nor asking for log probabilities, nor with penalties or a
-        logit bias (continuous batching runs only plain greedy requests)."""
+        """Neither constrained, nor asking for log probabilities, nor ``shaped`` (continuous
+        batching runs only plain greedy requests)."""
         return self.guide is None and self.logprobs is None and not self.shaped
 
 

@@ -119,6 +119,8 @@ def request_body(
         body["frequency_penalty"] = params.frequency_penalty
     if params.logit_bias:  # ids of the served model's tokenizer, as the client sent them
         body["logit_bias"] = {str(i): b for i, b in params.logit_bias}
+    for name in params.extended:  # vLLM's own fields (an upstream engine refuses them)
+        body[name] = getattr(params, name)
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}

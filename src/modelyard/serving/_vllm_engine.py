@@ -118,6 +118,7 @@ class VLLMEngine(Engine):
     guides = True  # sent as vLLM's structured_outputs (the same grammar: ``_upstream``)
     logprobs = True
     shapes = True  # sent as the OpenAI request's presence/frequency_penalty and logit_bias
+    extends = True  # sent as vLLM's top_k, min_p, repetition_penalty and min_tokens
     scores_prompts = True  # echo with logprobs: vLLM's prompt_logprobs, by token id
 
     def __init__(

@@ -18,6 +18,7 @@ from pydantic import (
 )
 
 from modelyard.errors import ConfigError
+from modelyard.serving._sampling_wire import SamplingExtensions
 from modelyard.serving._tools import NamedToolChoice, ToolCall, ToolChoice, ToolDef, call_guide
 from modelyard.serving._types import (
     BIAS_RANGE,
@@ -193,9 +194,10 @@ _NOT_YET = (
 )
 
 
-class CommonRequest(BaseModel):
-    """The body of a completion request: what is implemented, what is accepted as harmless
-    (``user``, ``metadata``, ``store``, ...), and what is refused (``_NOT_YET``, unknown names)."""
+class CommonRequest(SamplingExtensions):
+    """The body of a completion request: what is implemented (vLLM's sampling extensions
+    too: ``SamplingExtensions``), what is accepted as harmless (``user``, ``metadata``,
+    ``store``, ...), and what is refused (``_NOT_YET``, unknown names)."""
 
     model_config = ConfigDict(extra="forbid")
     model: Text = Field(min_length=1, max_length=256)
@@ -354,7 +356,8 @@ class CommonRequest(BaseModel):
         return value
 
     def sampling(self, cap: int) -> SamplingParams:
-        wanted = self.max_completion_tokens or self.max_tokens or min(64, cap)
+        default = min(max(64, self.min_tokens or 0), cap)  # room for min_tokens when it fits
+        wanted = self.max_completion_tokens or self.max_tokens or default
         if wanted > cap:
             field_name = "max_completion_tokens" if self.max_completion_tokens else "max_tokens"
             raise ConfigError(
@@ -381,6 +384,7 @@ class CommonRequest(BaseModel):
             self.wanted_logprobs(),
             tuple(t["name"] for t in self.offered_tools()),
             **self.shaping(),
+            **self.extensions(),
             echo=self.echo is True,
         )
 
