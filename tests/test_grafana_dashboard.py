@@ -25,11 +25,14 @@ from prometheus_client import generate_latest
 
 from conftest import IN_CI
 from modelyard.access import create_api_key
+from modelyard.delivery import start_rollout
 from modelyard.gpu import GpuReading
+from modelyard.monitoring import update_profiles
 from modelyard.routing import RouteOptions, create_route_app
 from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.serving._metrics import Metrics
 from modelyard.store import AlertState, DriftResult, Store
+from modelyard.store._judges import Judgement
 from worlds import fake_world
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +95,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
             state="firing", value=0.2, summary="error rate 20%", active_since=now, fired_at=now,
             resolved_at=None, last_evaluated=now,
         ))  # fmt: skip
+        # the store's delivery, budgets and quality (read at scrape time)
+        store.set_traffic("support", {1: 90, 2: 10})
+        store.set_shadow("support", 2, 0.25)
+        store.set_budget("acme", "day", 20.0)
+        start_rollout(store, "support", "bot:2", steps="50,100")
         _, key = create_api_key(store, "acme")
         app = create_app(store, Holding(), refresh_seconds=0.1, heartbeat_s=None)
         with BackgroundServer(app) as server, httpx.Client(base_url=server.base_url) as http:
@@ -102,6 +110,16 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
                 )
                 assert answer.status_code == 200, answer.text
             assert http.post("/v1/completions", headers=auth, json={}).status_code == 400
+            rid = answer.json()["id"]
+            thumbs = http.post("/v1/feedback", headers=auth, json={"request_id": rid, "score": 1})
+            assert thumbs.status_code == 200, thumbs.text
+            store.put_judge("quality", rubric="relevance", base_url="http://127.0.0.1:9/v1",
+                            model="m")  # fmt: skip
+            revision = store.get_judge("quality").revision
+            store.save_judgements(
+                [Judgement("quality", revision, "h1", rid, 4.0, "", None, 10, 2, 0.0, 1.0)]
+            )
+            update_profiles(store)
             served = http.get("/metrics").text
         with BackgroundServer(create_route_app(store, RouteOptions())) as router:
             routed = httpx.get(router.base_url + "/metrics", timeout=10).text
@@ -121,6 +139,11 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "modelyard_route_replicas",
         "modelyard_gpu_utilization_ratio",
         "modelyard_limits_shared_up",
+        "modelyard_traffic_weight",
+        "modelyard_rollout_active",
+        "modelyard_budget_amount",
+        "modelyard_feedback_score",
+        "modelyard_judge_score",
     } <= set(families), sorted(families)
     return families
 

@@ -130,12 +130,16 @@ def tick(
 
 
 class MonitoringCollector(Collector):
-    """Drift results and alert states from the store, as Prometheus gauges.
+    """What the store knows and the CLI shows, as Prometheus gauges read at each scrape.
 
     ``modelyard_drift_value``/``modelyard_drift_detected`` per endpoint, version,
     feature and method (the latest run of each endpoint), ``modelyard_alert_firing``
-    per rule, endpoint and severity. Register it on a server's registry, or print
-    it with ``modelyard monitor metrics``.
+    per rule, endpoint and severity; the traffic plans (``modelyard_traffic_weight``,
+    ``modelyard_shadow_fraction``), the active rollouts (``modelyard_rollout_active``,
+    ``modelyard_rollout_step_percent``), the budgets (``modelyard_budget_amount``), and
+    today's (UTC) feedback and judge means per endpoint and version from the day
+    profiles (``modelyard_feedback_score``, ``modelyard_judge_score``). Register it on a
+    server's registry, or print it with ``modelyard monitor metrics``.
     """
 
     def __init__(self, store: Store) -> None:
@@ -183,3 +187,77 @@ class MonitoringCollector(Collector):
         yield value
         yield detected
         yield firing
+        yield from _delivery_families(self.store)
+        yield from _quality_families(self.store)
+
+
+def _delivery_families(store: Store) -> Iterator[Metric]:
+    """Traffic plans, active rollouts and budgets: what ``endpoints list``, ``rollout
+    status`` and ``budgets list`` show."""
+    weight = GaugeMetricFamily(
+        "modelyard_traffic_weight", "Percent of the endpoint's traffic a version gets",
+        labels=["endpoint", "model", "version"],
+    )  # fmt: skip
+    shadow = GaugeMetricFamily(
+        "modelyard_shadow_fraction", "Share of requests mirrored to the shadow version",
+        labels=["endpoint", "model", "version"],
+    )  # fmt: skip
+    for e in store.list_endpoints():
+        for r in e.routes:
+            weight.add_metric([e.name, e.model, f"{e.model}:{r.version}"], float(r.weight))
+        if e.shadow_version is not None:
+            shadow.add_metric([e.name, e.model, f"{e.model}:{e.shadow_version}"],
+                              e.shadow_fraction)  # fmt: skip
+    labels = ["endpoint", "target", "strategy", "status", "phase"]
+    active = GaugeMetricFamily(
+        "modelyard_rollout_active", "1 for each rollout in progress", labels=labels
+    )
+    step = GaugeMetricFamily(
+        "modelyard_rollout_step_percent", "Percent of traffic the rollout's step gives its target",
+        labels=["endpoint", "target"],
+    )  # fmt: skip
+    for ro in store.list_rollouts(active=True, limit=10_000):
+        target = f"{ro.model}:{ro.target}"
+        active.add_metric([ro.endpoint, target, ro.strategy, ro.status, ro.phase], 1.0)
+        if ro.steps:
+            percent = ro.steps[min(ro.step_index, len(ro.steps) - 1)]
+            step.add_metric([ro.endpoint, target], float(percent))
+    amount = GaugeMetricFamily(
+        "modelyard_budget_amount", "A tenant's or key's budget per period (the prices' currency)",
+        labels=["tenant", "key", "period"],
+    )  # fmt: skip
+    for b in store.list_budgets():
+        amount.add_metric([b.tenant, b.key_id or "", b.period], b.amount)
+    yield from (weight, shadow, active, step, amount)
+
+
+def _quality_families(store: Store) -> Iterator[Metric]:
+    """Today's (UTC) feedback and judge means per endpoint and version, from the day
+    profiles the monitoring loop keeps (``monitor profiles --window day``)."""
+    feedback = GaugeMetricFamily(
+        "modelyard_feedback_score", "Mean feedback score today (UTC), -1 to 1",
+        labels=["endpoint", "version"],
+    )  # fmt: skip
+    judged = GaugeMetricFamily(
+        "modelyard_judge_score", "Mean judge score today (UTC), on the judge's scale",
+        labels=["endpoint", "version", "judge"],
+    )  # fmt: skip
+    today = floor_hour(datetime.now(UTC)).replace(hour=0)
+    fb: dict[tuple[str, str], list[float]] = {}
+    scores: dict[tuple[str, str, str], list[float]] = {}
+    for p in store.list_profiles(window="day", since=today):
+        where = (p.endpoint_name, p.version or "")
+        total = fb.setdefault(where, [0.0, 0.0])
+        total[0] += p.feedback_sum
+        total[1] += p.feedback_count
+        for name, quality in p.judges.items():
+            if quality.scored:
+                acc = scores.setdefault((*where, name), [0.0, 0.0])
+                acc[0] += quality.mean * quality.scored
+                acc[1] += quality.scored
+    for where, (summed, count) in fb.items():
+        if count:
+            feedback.add_metric(list(where), summed / count)
+    for key, (summed, count) in scores.items():
+        judged.add_metric(list(key), summed / count)
+    yield from (feedback, judged)
