@@ -1,28 +1,23 @@
-"""Inference records, their features, feedback and retention.
+"""Inference records and their features (feedback: ``_feedback``; retention: ``_retention``).
 
-Writing records, their features and feedback is data-plane traffic and is not
-audited; changing a retention policy and purging records are.
+Writing records and their features is data-plane traffic and is not audited;
+discarding a job's records is.
 """
 
 from __future__ import annotations
 
-import math
-import uuid
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, delete, func, insert, or_, select, update
 
-from modelyard.audit import DISCARD_ACTION, FINAL_STATUSES, PURGE_ACTION, SealEntry
-from modelyard.errors import ConfigError, NotFound
-from modelyard.store._convert import to_feedback, to_record
+from modelyard.audit import DISCARD_ACTION, FINAL_STATUSES, SealEntry
+from modelyard.errors import ConfigError
+from modelyard.store._convert import to_record
 from modelyard.store._core import StoreCore
 from modelyard.store._rows import (
-    get_locked,
     in_scope,
-    lock_name,
-    tenant_id_of,
     tenant_names,
     tenant_row,
     version_info,
@@ -31,17 +26,13 @@ from modelyard.store._schema import (
     FeedbackRow,
     InferenceRecordRow,
     RecordFeaturesRow,
-    RetentionPolicyRow,
-    TenantRow,
     utcnow,
 )
 from modelyard.store._seals import append_anchor, prepare_seal, write_seal
 from modelyard.store.entities import (
-    Feedback,
     InferenceRecord,
     NewInferenceRecord,
     RecordFeatures,
-    RetentionPolicy,
 )
 
 _RECORD_COLUMNS = (
@@ -90,13 +81,11 @@ _COPIED_COLUMNS = (
 )
 _INSERT_RECORDS = insert(cast(Table, InferenceRecordRow.__table__))
 RECORD_STATUSES = ("ok", "error", "cancelled", "timeout", "running", "refused")
-FEEDBACK_LABEL_MAX = 500
-"""The longest feedback label (characters): a correct answer or class, not a document."""
 RECORDS_PAGE = 5000  # records iter_records reads at a time
 
 
 class RecordStore(StoreCore):
-    """Records, features, feedback and retention."""
+    """Records and their features."""
 
     # -- inference records -----------------------------------------------------------------
 
@@ -174,89 +163,6 @@ class RecordStore(StoreCore):
             return len(ids)
 
     # -- feedback (data plane: not audited, like inference records) -------------------------
-
-    def add_feedback(
-        self,
-        record_id: str,
-        *,
-        tenant: str,
-        score: float,
-        comment: str | None = None,
-        api_key_id: str | None = None,
-        label: str | None = None,
-    ) -> Feedback:
-        """Record ``tenant``'s verdict on one of its inference records; the latest one wins.
-
-        ``score`` is in [-1, 1]; ``label`` is a person's correct answer or class for the
-        request (at most 500 characters). A record of another tenant is NotFound exactly
-        like a missing one.
-        """
-        if math.isnan(score) or not -1.0 <= score <= 1.0:
-            raise ConfigError(
-                f"feedback score {score} is out of range: use a number from -1 to 1", param="score"
-            )
-        if label is not None and len(label) > FEEDBACK_LABEL_MAX:
-            raise ConfigError(
-                f"feedback label of {len(label)} characters: at most {FEEDBACK_LABEL_MAX}",
-                param="label",
-            )
-        with self._write(f"record feedback on {record_id!r}") as s:
-            trow = tenant_row(s, tenant)
-            # the record's lock: concurrent verdicts on one record update one feedback row
-            record = get_locked(s, InferenceRecordRow, record_id)
-            if record is None or record.tenant_id != trow.id:
-                raise NotFound(
-                    f"no request with id {record_id!r}",
-                    hint="Send the `id` of a completion answered for a key of this tenant.",
-                    param="request_id",
-                )
-            row = s.scalar(select(FeedbackRow).where(FeedbackRow.record_id == record_id))
-            now = utcnow()
-            if row is None:
-                row = FeedbackRow(
-                    id=f"fb-{uuid.uuid4().hex}",
-                    record_id=record_id,
-                    tenant_id=trow.id,
-                    api_key_id=api_key_id,
-                    score=score,
-                    comment=comment,
-                    label=label,
-                    created_at=now,
-                    updated_at=now,
-                )
-                s.add(row)
-            else:
-                row.score, row.comment, row.label, row.api_key_id, row.updated_at = (
-                    score, comment, label, api_key_id, now,
-                )  # fmt: skip
-            s.flush()
-            return to_feedback(s, row, record, trow.name)
-
-    def list_feedback(
-        self,
-        *,
-        endpoint: str | None = None,
-        tenant: str | None = None,
-        since: datetime | None = None,
-        limit: int | None = 1000,
-    ) -> list[Feedback]:
-        """Feedback, newest first; ``since`` keeps what was given or changed at or after it."""
-        with self._session("list feedback") as s:
-            query = (
-                select(FeedbackRow, InferenceRecordRow, TenantRow.name)
-                .join(InferenceRecordRow, InferenceRecordRow.id == FeedbackRow.record_id)
-                .join(TenantRow, TenantRow.id == FeedbackRow.tenant_id)
-                .order_by(FeedbackRow.updated_at.desc(), FeedbackRow.id)
-            )
-            if endpoint is not None:
-                query = query.where(InferenceRecordRow.endpoint_name == endpoint)
-            if tenant is not None:
-                query = query.where(FeedbackRow.tenant_id == tenant_row(s, tenant).id)
-            if since is not None:
-                query = query.where(FeedbackRow.updated_at >= since)
-            if limit is not None:
-                query = query.limit(limit)
-            return [to_feedback(s, f, r, t) for f, r, t in s.execute(query).all()]
 
     # -- records and their features (data plane: not audited) -------------------------------
 
@@ -516,17 +422,6 @@ class RecordStore(StoreCore):
             return dict.fromkeys(keys, ())
         return dict(zip(keys, zip(*rows, strict=True), strict=True))
 
-    def feedback_record_times(self, since: datetime) -> list[datetime]:
-        """Creation times of the records whose feedback was given or changed since ``since``."""
-        with self._session("read feedback times") as s:
-            return list(
-                s.scalars(
-                    select(InferenceRecordRow.created_at)
-                    .join(FeedbackRow, FeedbackRow.record_id == InferenceRecordRow.id)
-                    .where(FeedbackRow.updated_at >= since)
-                )
-            )
-
     def oldest_record_time(self) -> datetime | None:
         with self._session("read the oldest record") as s:
             return s.scalar(
@@ -534,64 +429,3 @@ class RecordStore(StoreCore):
                 .order_by(InferenceRecordRow.created_at)
                 .limit(1)
             )
-
-    # -- retention --------------------------------------------------------------------------
-
-    def set_retention(self, tenant: str, raw_days: int) -> RetentionPolicy:
-        """Keep ``tenant``'s raw records ``raw_days`` days (their profiles stay); audited."""
-        if raw_days < 1:
-            raise ConfigError(
-                f"retention of {raw_days} days: keep raw records at least 1 day",
-                field="raw_days",
-            )
-        with self._write(f"set the retention of tenant {tenant!r}") as s:
-            self._require(s, "retention.set", tenant, f"set the retention of {tenant!r}")
-            tid = tenant_id_of(s, tenant)
-            lock_name(s, "retention", tenant)
-            row = s.get(RetentionPolicyRow, tid, populate_existing=True)
-            before = row.raw_days if row is not None else None
-            if row is None:
-                row = RetentionPolicyRow(tenant_id=tid, raw_days=raw_days, updated_at=utcnow())
-                s.add(row)
-            else:
-                row.raw_days, row.updated_at = raw_days, utcnow()
-            self._audit(s, "retention.set", tenant, {"raw_days": raw_days, "before": before})
-            return RetentionPolicy(tenant, row.raw_days, row.updated_at)
-
-    def list_retention(self) -> list[RetentionPolicy]:
-        with self._session("list retention policies") as s:
-            return [
-                RetentionPolicy(name, days, updated)
-                for name, days, updated in s.execute(
-                    select(
-                        TenantRow.name, RetentionPolicyRow.raw_days, RetentionPolicyRow.updated_at
-                    )
-                    .join(TenantRow, TenantRow.id == RetentionPolicyRow.tenant_id)
-                    .order_by(TenantRow.name)
-                ).all()
-            ]
-
-    def purge_records(self, tenant: str, before: datetime) -> int:
-        """Delete ``tenant``'s raw records (features, feedback) created before ``before``.
-
-        The caller makes sure their profiles are final first. One audit event
-        names how many went; audit events themselves are never deleted.
-        """
-        r = InferenceRecordRow
-        with self._write(f"purge records of tenant {tenant!r}") as s:
-            tid = tenant_id_of(s, tenant)
-            ids = select(r.id).where(r.tenant_id == tid, r.created_at < before)
-            # counted in the database: a purge of a million records reads no million ids
-            n = int(s.scalar(select(func.count()).select_from(ids.subquery())) or 0)
-            if n == 0:
-                return 0
-            self._require(s, "records.purged", tenant, f"purge the records of {tenant!r}")
-            s.execute(delete(RecordFeaturesRow).where(RecordFeaturesRow.record_id.in_(ids)))
-            s.execute(delete(FeedbackRow).where(FeedbackRow.record_id.in_(ids)))
-            s.execute(delete(r).where(r.tenant_id == tid, r.created_at < before))
-            # tenant_id: the seals' indexes name records by tenant id (``_seal_check``)
-            self._audit(
-                s, PURGE_ACTION, tenant,
-                {"records": n, "before": before.isoformat(), "tenant_id": tid},
-            )  # fmt: skip
-            return n

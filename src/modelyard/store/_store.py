@@ -33,11 +33,13 @@ from modelyard.store._access import AccessStore
 from modelyard.store._budgets import BudgetStore
 from modelyard.store._chain import AuditStore
 from modelyard.store._endpoints import EndpointStore
+from modelyard.store._feedback import FeedbackStore
 from modelyard.store._fleet import FleetStore
 from modelyard.store._judges import JudgeStore
 from modelyard.store._monitoring import MonitoringStore
 from modelyard.store._pairs import PairStore
 from modelyard.store._records import RecordStore
+from modelyard.store._retention import RetentionStore
 from modelyard.store._rollouts import RolloutStore
 from modelyard.store._seal_check import SealStore
 from modelyard.store._series import SeriesStore
@@ -54,6 +56,8 @@ class Store(
     RolloutStore,
     FleetStore,
     RecordStore,
+    FeedbackStore,
+    RetentionStore,
     SealStore,
     MonitoringStore,
     BudgetStore,
