@@ -4,6 +4,7 @@ server."""
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -102,6 +103,18 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("MODELYARD_STORE_URL", raising=False)
     monkeypatch.delenv("MODELYARD_ARTIFACTS", raising=False)
     return home
+
+
+@pytest.fixture
+def promtool() -> str:
+    """The path of Prometheus's ``promtool`` (skipped without it; failed under ``CI=true``)."""
+    path = shutil.which("promtool")
+    if path is None:
+        reason = "promtool is not installed (apt-get install prometheus; .ci/run installs it)"
+        if IN_CI:
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
+    return path
 
 
 @pytest.fixture

@@ -7,24 +7,10 @@ import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
-
-from conftest import IN_CI
 
 ROOT = Path(__file__).resolve().parents[1]
 PROM = ROOT / "deploy" / "prometheus"
-
-
-@pytest.fixture
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        reason = "promtool is not installed (apt-get install prometheus; .ci/run installs it)"
-        if IN_CI:
-            pytest.fail(f"CI=true but {reason}")
-        pytest.skip(reason)
-    return path
 
 
 def _run(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -23,7 +22,6 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-from conftest import IN_CI
 from modelyard.access import create_api_key
 from modelyard.delivery import start_rollout
 from modelyard.gpu import GpuReading
@@ -239,17 +237,6 @@ def test_panels_sit_in_the_rows_and_use_the_datasource_and_variables(dash: dict[
         "Firing alerts",
         "Feedback per second",
     } <= titles
-
-
-@pytest.fixture
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        reason = "promtool is not installed (apt-get install prometheus; .ci/run installs it)"
-        if IN_CI:
-            pytest.fail(f"CI=true but {reason}")
-        pytest.skip(reason)
-    return path
 
 
 def _check_rules(promtool: str, exprs: list[str], where: Path) -> subprocess.CompletedProcess[str]:

@@ -6,7 +6,6 @@ Without it the test is skipped locally and fails under CI.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -16,7 +15,6 @@ import httpx
 import openai
 import pytest
 
-from conftest import IN_CI
 from modelyard.access import create_api_key
 from modelyard.serving import (
     BackgroundServer,
@@ -43,17 +41,6 @@ class ObservedEcho(EchoEngine):
         if broken:
             raise EngineError(f"cannot load the adapter of {version.ref}", version=version.ref)
         return super().stream(version, prompt, params)
-
-
-@pytest.fixture
-def promtool() -> str:
-    path = shutil.which("promtool")
-    if path is None:
-        reason = "promtool is not installed (apt-get install prometheus; .ci/run installs it)"
-        if IN_CI:
-            pytest.fail(f"CI=true but {reason}")
-        pytest.skip(reason)
-    return path
 
 
 @pytest.fixture
