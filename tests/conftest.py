@@ -12,6 +12,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -103,6 +104,24 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.delenv("MODELYARD_STORE_URL", raising=False)
     monkeypatch.delenv("MODELYARD_ARTIFACTS", raising=False)
     return home
+
+
+@pytest.fixture(scope="session")
+def rambler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The transformers engine on a tiny base behind a real server (``rambler_server``:
+    endpoint ``rambler``, an adapter that never ends an answer), one per test process,
+    as a ``tinymodels.Rambler``: for tests of the OpenAI parameters that shape decoding."""
+    import openai
+    from transformers import AutoTokenizer
+
+    from tinymodels import Rambler, rambler_server
+
+    tmp = tmp_path_factory.mktemp("rambler")
+    with (
+        rambler_server(tmp) as (url, _, key),
+        openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0) as client,
+    ):
+        yield Rambler(client, AutoTokenizer.from_pretrained(tmp / "base"), tmp)
 
 
 @pytest.fixture

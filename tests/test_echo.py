@@ -7,7 +7,6 @@ the continuation). Checked against the same model run by transformers and peft h
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +15,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tinymodels import rambler_server
-
-
-@pytest.fixture(scope="module")
-def rambler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[openai.OpenAI, Path]]:
-    tmp = tmp_path_factory.mktemp("echo")
-    with (
-        rambler_server(tmp) as (url, _, key),
-        openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0) as client,
-    ):
-        yield client, tmp
+from tinymodels import Rambler
 
 
 def _reference(tmp: Path, ids: list[int]) -> list[float]:
@@ -48,9 +37,9 @@ ASK: dict[str, Any] = {"model": "rambler", "temperature": 0, "max_tokens": 3}
 
 
 def test_echo_repeats_the_prompt_before_the_answer(
-    rambler: tuple[openai.OpenAI, Path],
+    rambler: Rambler,
 ) -> None:
-    client, _ = rambler
+    client, _, _ = rambler
     plain = client.completions.create(prompt="my vpn is down", **ASK)
     echoed = client.completions.create(prompt="my vpn is down", echo=True, **ASK)
     assert echoed.choices[0].text == "my vpn is down" + plain.choices[0].text
@@ -59,9 +48,9 @@ def test_echo_repeats_the_prompt_before_the_answer(
 
 
 def test_echo_with_logprobs_scores_the_prompt_as_the_model_does(
-    rambler: tuple[openai.OpenAI, Path],
+    rambler: Rambler,
 ) -> None:
-    client, tmp = rambler
+    client, _, tmp = rambler
     tokenizer = AutoTokenizer.from_pretrained(tmp / "base")
     context = tokenizer("the printer on floor two", add_special_tokens=False)["input_ids"]
     continuation = tokenizer(" is jammed again", add_special_tokens=False)["input_ids"]
@@ -88,8 +77,8 @@ def test_echo_with_logprobs_scores_the_prompt_as_the_model_does(
     assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
 
 
-def test_echo_is_refused_where_it_cannot_be_honoured(rambler: tuple[openai.OpenAI, Path]) -> None:
-    client, _ = rambler
+def test_echo_is_refused_where_it_cannot_be_honoured(rambler: Rambler) -> None:
+    client, _, _ = rambler
     with pytest.raises(openai.BadRequestError) as info:
         client.completions.create(prompt="hi", echo=True, stream=True, **ASK)
     assert info.value.param == "echo" and "not supported with stream: true" in info.value.message

@@ -5,20 +5,17 @@ and through a real server with the official SDK on a tiny model. They were refus
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import openai
 import pytest
 import torch
-from transformers import AutoTokenizer
 
 from modelyard.serving import SamplingParams
 from modelyard.serving._batching import LogitShaper, PendingRequest, Row
 from modelyard.serving._wire import ChatCompletionRequest
 from modelyard.store import ModelVersion
-from tinymodels import rambler_server
+from tinymodels import Rambler
 
 
 def _row(params: SamplingParams) -> Row:
@@ -57,16 +54,6 @@ def test_shaped_requests_never_run_in_continuous_batching() -> None:
         assert shaped.shaped and not shaped.plain
 
 
-@pytest.fixture(scope="module")
-def rambler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[openai.OpenAI, Any]]:
-    tmp = tmp_path_factory.mktemp("shaping")
-    with (
-        rambler_server(tmp) as (url, _, key),
-        openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0) as client,
-    ):
-        yield client, AutoTokenizer.from_pretrained(Path(tmp / "base"))
-
-
 def _letters(tokenizer: Any, count: int) -> list[int]:
     """Token ids that decode to two letters or more (no space), distinct texts."""
     found: dict[str, int] = {}
@@ -86,8 +73,8 @@ ASK: dict[str, Any] = {
 }
 
 
-def test_a_logit_bias_decides_the_answer(rambler: tuple[openai.OpenAI, Any]) -> None:
-    client, tokenizer = rambler
+def test_a_logit_bias_decides_the_answer(rambler: Rambler) -> None:
+    client, tokenizer, _ = rambler
     (x,) = _letters(tokenizer, 1)
     # +100 alone is not enough: an adapter trained to one answer puts tokens it never
     # saw 100 and more below it; every other token at -100 decides it
@@ -111,9 +98,9 @@ def test_the_wire_hands_penalties_and_bias_to_the_engine_as_sent() -> None:
 
 
 def test_a_logit_bias_id_the_tokenizer_lacks_is_a_400_naming_it(
-    rambler: tuple[openai.OpenAI, Any],
+    rambler: Rambler,
 ) -> None:
-    client, tokenizer = rambler
+    client, tokenizer, _ = rambler
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(**ASK, max_tokens=2, logit_bias={"999999": 5})
     assert info.value.param == "logit_bias"

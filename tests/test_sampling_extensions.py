@@ -15,7 +15,6 @@ import httpx
 import openai
 import pytest
 import torch
-from transformers import AutoTokenizer
 from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
 
 from modelyard.access import create_api_key
@@ -26,7 +25,7 @@ from modelyard.serving._upstream import UpstreamSpec, request_body
 from modelyard.serving._wire import ChatCompletionRequest
 from modelyard.store import ModelVersion, Store
 from test_upstream import Faults, _client, _gateway
-from tinymodels import rambler_server
+from tinymodels import Rambler
 from worlds import two_tenant_world
 
 EXTENSIONS = ("top_k", "min_p", "repetition_penalty", "min_tokens")
@@ -213,16 +212,6 @@ def test_a_stop_string_counts_only_past_the_first_min_tokens_tokens_text() -> No
 # -- the transformers engine through a real server ----------------------------------------
 
 
-@pytest.fixture(scope="module")
-def rambler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[openai.OpenAI, Any]]:
-    tmp = tmp_path_factory.mktemp("extensions-rambler")
-    with (
-        rambler_server(tmp) as (url, _, key),
-        openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0) as client,
-    ):
-        yield client, AutoTokenizer.from_pretrained(Path(tmp / "base"))
-
-
 ASK: dict[str, Any] = {
     "model": "rambler",
     "messages": [{"role": "user", "content": "my vpn is down"}],
@@ -246,11 +235,11 @@ def _only(tokenizer: Any, token: int) -> dict[str, int]:
 
 
 def test_min_tokens_keeps_an_answer_going_past_the_end_of_sequence(
-    rambler: tuple[openai.OpenAI, Any],
+    rambler: Rambler,
 ) -> None:
     """A bias makes the end of sequence win every step (the answer is empty); min_tokens 5
     rules it out for five tokens, so the answer has exactly five and then ends."""
-    client, tokenizer = rambler
+    client, tokenizer, _ = rambler
     bias = _only(tokenizer, tokenizer.eos_token_id)
     ended = client.chat.completions.create(**ASK, max_tokens=8, logit_bias=bias)
     assert ended.choices[0].finish_reason == "stop"
@@ -271,11 +260,11 @@ def test_min_tokens_keeps_an_answer_going_past_the_end_of_sequence(
 
 
 def test_min_tokens_lets_a_stop_string_end_the_answer_only_past_them(
-    rambler: tuple[openai.OpenAI, Any],
+    rambler: Rambler,
 ) -> None:
     """Every step writes the token x, and x's text is a stop string: it ends the answer at
     once, and with min_tokens 3 it ends it at the fourth x (cut before it), as vLLM does."""
-    client, tokenizer = rambler
+    client, tokenizer, _ = rambler
     x = _letter(tokenizer)
     text = tokenizer.decode([x])
     ask = {**ASK, "max_tokens": 8, "logit_bias": _only(tokenizer, x), "stop": [text]}
@@ -287,11 +276,11 @@ def test_min_tokens_lets_a_stop_string_end_the_answer_only_past_them(
     assert later.usage is not None and later.usage.completion_tokens == 4
 
 
-def test_top_k_1_and_min_p_1_sample_the_greedy_answer(rambler: tuple[openai.OpenAI, Any]) -> None:
+def test_top_k_1_and_min_p_1_sample_the_greedy_answer(rambler: Rambler) -> None:
     """Sampling hot with top_k 1 (or min_p 1: only tokens as likely as the most likely)
     keeps the most likely token alone: the greedy answer, whatever the seed. Without them,
     some seed samples another answer (so they are applied, not ignored)."""
-    client, _ = rambler
+    client, _, _ = rambler
     greedy = client.chat.completions.create(**ASK, max_tokens=12).choices[0].message.content
     assert greedy
     hot = {**ASK, "max_tokens": 12, "temperature": 2}
@@ -309,11 +298,11 @@ def test_top_k_1_and_min_p_1_sample_the_greedy_answer(rambler: tuple[openai.Open
 
 
 def test_a_repetition_penalty_changes_a_looping_answer(
-    rambler: tuple[openai.OpenAI, Any],
+    rambler: Rambler,
 ) -> None:
     """The rambler repeats its tokens; a strong penalty on them gives another answer (the
     same every time: greedy)."""
-    client, tokenizer = rambler
+    client, tokenizer, _ = rambler
     ask = {**ASK, "max_tokens": 24}
     plain = client.chat.completions.create(**ask).choices[0].message.content
     assert plain is not None
@@ -326,9 +315,9 @@ def test_a_repetition_penalty_changes_a_looping_answer(
 
 
 def test_min_tokens_with_a_constraint_is_a_400_on_the_transformers_engine(
-    rambler: tuple[openai.OpenAI, Any],
+    rambler: Rambler,
 ) -> None:
-    client, _ = rambler
+    client, _, _ = rambler
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(
             **ASK, max_tokens=8, response_format={"type": "json_object"},

@@ -6,7 +6,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import torch
@@ -139,3 +139,12 @@ def rambler_server(tmp: Path) -> Iterator[tuple[str, Store, str]]:
                     yield server.base_url, store, key
             finally:
                 engine.close()
+
+
+class Rambler(NamedTuple):
+    """``rambler_server`` through the official SDK: its client, the tiny base's tokenizer,
+    and the directory holding the base (``base``) and the adapter (``chatty``)."""
+
+    client: Any
+    tokenizer: Any
+    tmp: Path
