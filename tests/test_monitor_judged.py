@@ -16,9 +16,9 @@ import pytest
 from modelyard.cli import main
 from modelyard.monitoring import update_profiles
 from modelyard.monitoring._profiles import floor_hour
-from modelyard.store import Judgement, NewInferenceRecord, Store
+from modelyard.store import Judgement, Store
 from modelyard.store.entities import JudgedQuality
-from worlds import fake_world
+from worlds import answered, fake_world
 
 URL = "http://127.0.0.1:9/v1"  # never called: the judgements are written as a tick would
 
@@ -28,15 +28,6 @@ def run(capsys: pytest.CaptureFixture[str], line: str) -> tuple[int, str, str]:
     code = main(shlex.split(line)[1:])
     out, err = capsys.readouterr()
     return code, out, err
-
-
-def _record(store: Store, rid: str, version: int, at: datetime) -> NewInferenceRecord:
-    return NewInferenceRecord(
-        id=rid, endpoint_name="support", route="chat.completions", latency_ms=5.0,
-        status="ok", http_status=200, tenant_id=store.get_tenant("acme").id,
-        version_id=store.get_model_version("bot", version).id, prompt="Q?", response="A.",
-        created_at=at,
-    )  # fmt: skip
 
 
 def _judged(store: Store, judge: str, record: str, score: float | None) -> Judgement:
@@ -57,9 +48,9 @@ def world(home: Path) -> tuple[Store, datetime]:
     first = floor_hour(datetime.now(UTC)) - timedelta(hours=3)
     at = first + timedelta(minutes=10)
     store.add_inference_records(
-        [_record(store, f"r{i}", 1, at) for i in (1, 2, 3)]
-        + [_record(store, f"r{i}", 2, at) for i in (4, 5)]
-        + [_record(store, "r6", 1, at + timedelta(hours=1))]
+        [answered(store, f"r{i}", 1, at) for i in (1, 2, 3)]
+        + [answered(store, f"r{i}", 2, at) for i in (4, 5)]
+        + [answered(store, "r6", 1, at + timedelta(hours=1))]
     )
     for name in ("quality", "safe"):
         store.put_judge(name, rubric="relevance", base_url=URL, model="judge-ep")

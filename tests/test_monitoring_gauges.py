@@ -11,18 +11,9 @@ from prometheus_client import CollectorRegistry
 
 from modelyard.delivery import start_rollout
 from modelyard.monitoring import MonitoringCollector, update_profiles
-from modelyard.store import NewInferenceRecord, Store
+from modelyard.store import Store
 from modelyard.store._judges import Judgement
-from worlds import fake_world
-
-
-def _record(store: Store, rid: str, version: int, at: datetime) -> NewInferenceRecord:
-    return NewInferenceRecord(
-        id=rid, endpoint_name="support", route="chat.completions", latency_ms=5.0,
-        status="ok", http_status=200, tenant_id=store.get_tenant("acme").id,
-        version_id=store.get_model_version("bot", version).id, prompt="Q?", response="A.",
-        created_at=at,
-    )  # fmt: skip
+from worlds import answered, fake_world
 
 
 def test_the_store_s_delivery_budgets_and_quality_are_scraped_as_gauges(store: Store) -> None:
@@ -32,7 +23,7 @@ def test_the_store_s_delivery_budgets_and_quality_are_scraped_as_gauges(store: S
     store.set_budget("acme", "month", 50.0)
     now = datetime.now(UTC)
     at = max(now - timedelta(minutes=10), now.replace(hour=0, minute=0, second=1))
-    store.add_inference_records([_record(store, f"r{i}", 1, at) for i in range(3)])
+    store.add_inference_records([answered(store, f"r{i}", 1, at) for i in range(3)])
     store.add_feedback("r0", tenant="acme", score=1.0)
     store.add_feedback("r1", tenant="acme", score=-0.5)
     store.put_judge("quality", rubric="relevance", base_url="http://127.0.0.1:9/v1", model="m")

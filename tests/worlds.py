@@ -10,11 +10,12 @@ a fake or no server runs. ``tests/tinymodels.py`` has real tiny models.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from modelyard.audit import AuditKeySource
-from modelyard.store import ModelVersion, StoragePolicy, Store
+from modelyard.store import ModelVersion, NewInferenceRecord, StoragePolicy, Store
 
 
 def fake_world(
@@ -96,6 +97,17 @@ def two_tenant_world(
         )
         for tenant in tenants
     }
+
+
+def answered(store: Store, rid: str, version: int, at: datetime) -> NewInferenceRecord:
+    """A record of ``fake_world``'s endpoint ``support`` answered ``ok`` by ``bot:version``
+    for tenant ``acme`` at ``at`` (prompt ``Q?``, response ``A.``)."""
+    return NewInferenceRecord(
+        id=rid, endpoint_name="support", route="chat.completions", latency_ms=5.0,
+        status="ok", http_status=200, tenant_id=store.get_tenant("acme").id,
+        version_id=store.get_model_version("bot", version).id, prompt="Q?", response="A.",
+        created_at=at,
+    )  # fmt: skip
 
 
 def home_store(home: Path) -> Store:
