@@ -137,9 +137,10 @@ def _client(served: Served) -> openai.OpenAI:
     return served.clients.enter_context(client)
 
 
-def _record(served: Served, record_id: str, timeout: float = 10) -> InferenceRecord:
+def _record(served: Served, record_id: str, timeout: float = 30) -> InferenceRecord:
     """Records are written asynchronously: wait for this one, finished (a request that
-    outlives the journal's start delay is first written as ``running``)."""
+    outlives the journal's start delay is first written as ``running``). 30 s: one CI run
+    missed a record after 10 s under its two workers' load (not reproduced here)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for record in served.store.list_inference_records(limit=500):
