@@ -13,11 +13,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
-    Integer,
     and_,
     case,
-    cast,
     delete,
     func,
     insert,
@@ -31,7 +28,7 @@ from modelyard.errors import ConfigError
 from modelyard.store._core import StoreCore
 from modelyard.store._judges import JudgementRow, JudgeRow
 from modelyard.store._monitoring_entities import HourLatency, RecordSummary
-from modelyard.store._rows import in_scope, lock_name, tenant_names, version_info
+from modelyard.store._rows import epoch_seconds, in_scope, lock_name, tenant_names, version_info
 from modelyard.store._schema import (
     AlertNotificationRow,
     AlertStateRow,
@@ -115,15 +112,6 @@ def linear_percentile(n: int, q: int, at: Mapping[int, float]) -> float:
     a, b = at[lo], at[lo + 1]
     d = b - a
     return b - d * (1 - t) if t >= 0.5 else a + d * t  # numpy's _lerp
-
-
-def _hour_of(s: Session, column: Any) -> Any:
-    """The hour (hours since 1970) of a UTC timestamp column, in this database's SQL."""
-    if s.get_bind().dialect.name == "postgresql":
-        seconds = cast(func.floor(func.extract("epoch", column)), BigInteger)
-    else:
-        seconds = cast(func.strftime("%s", column), Integer)  # SQLite keeps UTC as text
-    return seconds // 3600
 
 
 def _percentiles(
@@ -302,7 +290,7 @@ class MonitoringStore(StoreCore):
         r = InferenceRecordRow
         where = (r.endpoint_name == endpoint, r.created_at >= since, r.created_at < until)
         with self._session(f"read the hourly latency of {endpoint!r}") as s:
-            hour = _hour_of(s, r.created_at)
+            hour = epoch_seconds(s, r.created_at) // 3600  # hours since 1970
             lat = _percentiles(s, r.latency_ms, where, latency, hour)
             first = _percentiles(s, r.ttft_ms, where, ttft, hour)
         return [

@@ -6,7 +6,7 @@ from collections.abc import Iterable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Select, select, text
+from sqlalchemy import BigInteger, Integer, Select, cast, func, select, text
 from sqlalchemy.orm import Session
 
 from modelyard.errors import (
@@ -213,3 +213,10 @@ def in_scope(
     if until is not None:
         query = query.where(time < until)
     return query
+
+
+def epoch_seconds(s: Session, column: Any) -> Any:
+    """Whole seconds since 1970 of a UTC timestamp column, in this database's SQL."""
+    if s.get_bind().dialect.name == "postgresql":
+        return cast(func.floor(func.extract("epoch", column)), BigInteger)
+    return cast(func.strftime("%s", column), Integer)  # SQLite keeps UTC as text

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, case, cast, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import case, func, select
 
 from modelyard.errors import ConfigError
 from modelyard.store._core import StoreCore
-from modelyard.store._rows import tenant_id_of, version_info
+from modelyard.store._rows import epoch_seconds, tenant_id_of, version_info
 from modelyard.store._schema import FeedbackRow, InferenceRecordRow
 
 PERCENTILES = (50, 95, 99)
@@ -53,13 +52,6 @@ class FeedbackSummary:
     last_at: datetime | None
 
 
-def _epoch_seconds(s: Session, column: Any) -> Any:
-    """Whole seconds since 1970 of a UTC timestamp column, in this database's SQL."""
-    if s.get_bind().dialect.name == "postgresql":
-        return cast(func.floor(func.extract("epoch", column)), BigInteger)
-    return cast(func.strftime("%s", column), Integer)  # SQLite keeps UTC as text
-
-
 class SeriesStore(StoreCore):
     """Traffic series and feedback summaries."""
 
@@ -74,7 +66,7 @@ class SeriesStore(StoreCore):
             raise ConfigError(f"bucket of {bucket_s} s: use 1 or more seconds", field="bucket")
         r = InferenceRecordRow
         with self._session(f"read the traffic of {endpoint!r}") as s:
-            bucket = _epoch_seconds(s, r.created_at) // bucket_s
+            bucket = epoch_seconds(s, r.created_at) // bucket_s
             group = (bucket, r.version_id, r.shadow)
             ranked = (
                 select(
