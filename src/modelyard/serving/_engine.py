@@ -146,24 +146,17 @@ class Engine(abc.ABC):
                 f"echo with logprobs (the prompt's log probabilities) is not supported on the "
                 f"{self.name} engine",
                 hint="Ask without one of them, or use an endpoint served by the transformers "
-                "engine.",
+                "or vllm engine.",
                 param="echo",
             )
-        if params.penalized and not self.shapes:
-            name = params.penalized[0]
-            raise ConfigError(
-                f"{name} is not supported on the {self.name} engine",
-                hint=f"Ask without {name}, or use an endpoint served by the transformers engine.",
-                param=name,
-            )
-        if params.extended and not self.extends:
-            name = params.extended[0]
-            raise ConfigError(
-                f"{name} is not supported on the {self.name} engine",
-                hint=f"Ask without {name} (or at its neutral value), or use an endpoint "
-                "served by the transformers or vllm engine.",
-                param=name,
-            )
+        for names, able in ((params.penalized, self.shapes), (params.extended, self.extends)):
+            if names and not able:
+                raise ConfigError(
+                    f"{names[0]} is not supported on the {self.name} engine",
+                    hint=f"Ask without {names[0]} (or at its neutral value), or use an endpoint "
+                    "served by the transformers or vllm engine.",
+                    param=names[0],
+                )
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Free what the engine holds."""

@@ -163,9 +163,7 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
                     "text": sub.prompt + gen.text if body.echo else gen.text,
                     "finish_reason": gen.finish_reason,
                     "logprobs": completion_logprobs(
-                        gen.logprobs
-                        if gen.logprobs is None or gen.prompt_logprobs is None
-                        else gen.prompt_logprobs + gen.logprobs
+                        None if gen.logprobs is None else (gen.prompt_logprobs or ()) + gen.logprobs
                     ),
                 }
                 for i, (sub, gen) in enumerate(answered)
