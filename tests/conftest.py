@@ -106,6 +106,29 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+@pytest.fixture
+def ops_admin(tmp_path: Path) -> Iterator[Any]:
+    """The admin API (a TestClient) over a store with the acme and globex worlds, as the
+    admin ``ops``; ``.store`` is that store."""
+    from fastapi.testclient import TestClient
+
+    from modelyard.access import create_actor_token
+    from modelyard.admin import create_admin_app
+    from modelyard.audit import AccessPolicy
+    from worlds import two_tenant_world
+
+    url = f"sqlite:///{tmp_path / 'admin.db'}"
+    policy = AccessPolicy(bootstrap_admin="ops")
+    with Store.open(url, actor="ops", audit_key="k" * 40, policy=policy) as ops:
+        ops.add_actor("ops", "admin")
+        two_tenant_world(ops)
+        token = create_actor_token(ops, "ops")[1]
+        client = TestClient(create_admin_app(ops), raise_server_exceptions=False)
+        client.headers["Authorization"] = f"Bearer {token}"
+        client.store = ops  # type: ignore[attr-defined]
+        yield client
+
+
 @pytest.fixture(scope="session")
 def rambler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The transformers engine on a tiny base behind a real server (``rambler_server``:

@@ -5,7 +5,6 @@ API's parameters rather than the CLI's flags."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ import pytest
 
 from modelyard.cli import main
 from modelyard.monitoring import compute_drift
-from modelyard.store import Store
 
 
 @pytest.fixture
@@ -22,25 +20,8 @@ def home(acme_home: Path) -> Path:
 
 
 @pytest.fixture
-def admin(tmp_path: Path) -> Iterator[Any]:
-    """The admin API over a store with the acme and globex worlds, as the admin ``ops``."""
-    from fastapi.testclient import TestClient
-
-    from modelyard.access import create_actor_token
-    from modelyard.admin import create_admin_app
-    from modelyard.audit import AccessPolicy
-    from worlds import two_tenant_world
-
-    url = f"sqlite:///{tmp_path / 'admin.db'}"
-    policy = AccessPolicy(bootstrap_admin="ops")
-    with Store.open(url, actor="ops", audit_key="k" * 40, policy=policy) as ops:
-        ops.add_actor("ops", "admin")
-        two_tenant_world(ops)
-        token = create_actor_token(ops, "ops")[1]
-        client = TestClient(create_admin_app(ops), raise_server_exceptions=False)
-        client.headers["Authorization"] = f"Bearer {token}"
-        client.store = ops
-        yield client
+def admin(ops_admin: Any) -> Any:
+    return ops_admin
 
 
 # -- 4: no method, no threshold -----------------------------------------------------------------

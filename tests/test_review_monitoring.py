@@ -272,24 +272,8 @@ def test_a_rule_label_the_evaluation_sets_is_refused_not_overwritten(label: str)
 
 
 @pytest.fixture
-def admin(tmp_path: Path) -> Any:
-    """The admin API over a store with the acme and globex worlds, as the admin ``ops``."""
-    from fastapi.testclient import TestClient
-
-    from modelyard.access import create_actor_token
-    from modelyard.admin import create_admin_app
-    from modelyard.audit import AccessPolicy
-    from worlds import two_tenant_world
-
-    url = f"sqlite:///{tmp_path / 'admin.db'}"
-    policy = AccessPolicy(bootstrap_admin="ops")
-    with Store.open(url, actor="ops", audit_key="k" * 40, policy=policy) as ops:
-        ops.add_actor("ops", "admin")
-        two_tenant_world(ops)
-        token = create_actor_token(ops, "ops")[1]
-        client = TestClient(create_admin_app(ops), raise_server_exceptions=False)
-        client.headers["Authorization"] = f"Bearer {token}"
-        yield client
+def admin(ops_admin: Any) -> Any:
+    return ops_admin
 
 
 @pytest.mark.parametrize("path", ["/profiles", "/feedback", "/feedback/summary"])
