@@ -32,7 +32,13 @@ from modelyard.monitoring._alerts import (
 )
 from modelyard.monitoring._drift import DriftReport, compute_drift
 from modelyard.monitoring._judging import JudgingResult, judge_online, missing_judges
-from modelyard.monitoring._profiles import LATENESS, ProfileUpdate, floor_hour, update_profiles
+from modelyard.monitoring._profiles import (
+    LATENESS,
+    ProfileUpdate,
+    floor_day,
+    floor_hour,
+    update_profiles,
+)
 from modelyard.store import Store
 
 log = logging.getLogger(__name__)
@@ -242,7 +248,7 @@ def _quality_families(store: Store) -> Iterator[Metric]:
         "modelyard_judge_score", "Mean judge score today (UTC), on the judge's scale",
         labels=["endpoint", "version", "judge"],
     )  # fmt: skip
-    today = floor_hour(datetime.now(UTC)).replace(hour=0)
+    today = floor_day(datetime.now(UTC))
     fb: dict[tuple[str, str], list[float]] = {}
     scores: dict[tuple[str, str, str], list[float]] = {}
     for p in store.list_profiles(window="day", since=today):
