@@ -166,12 +166,10 @@ class MonitoringCollector(Collector):
         detected = GaugeMetricFamily(
             "modelyard_drift_detected", "1 when the latest drift test says drifted", labels=labels
         )
-        for r in self.store.list_drift_results(latest=True, limit=10_000):
-            if r.value is None:
-                continue
-            names = [r.endpoint_name, r.version or "", r.feature, r.method]
-            value.add_metric(names, r.value)
-            detected.add_metric(names, 1.0 if r.drifted else 0.0)
+        for endpoint, version, feature, method, x, drifted in self.store.latest_drift_values():
+            names = [endpoint, version or "", feature, method]
+            value.add_metric(names, x)
+            detected.add_metric(names, 1.0 if drifted else 0.0)
         # scope (tenant/key/period) tells budget alerts apart (they have no endpoint): with
         # rule, endpoint and severity alone, two budgets of one rule were one series, twice
         firing = GaugeMetricFamily(

@@ -118,19 +118,23 @@ def to_version(
     )  # fmt: skip
 
 
-def to_endpoint(s: Session, r: EndpointRow) -> Endpoint:
+def to_endpoint(
+    s: Session, r: EndpointRow, routes: tuple[TrafficRoute, ...] | None = None
+) -> Endpoint:
+    """``routes``, when the caller read them for many endpoints at once: not read again."""
     tenant = s.get(TenantRow, r.tenant_id) if r.tenant_id else None
     mrow = s.get(RegisteredModelRow, r.registered_model_id)
     assert mrow is not None  # guaranteed by the foreign key
-    routes = tuple(
-        TrafficRoute(version_id=vid, version=number, weight=weight)
-        for vid, number, weight in s.execute(
-            select(TrafficRouteRow.version_id, ModelVersionRow.version, TrafficRouteRow.weight)
-            .join(ModelVersionRow, ModelVersionRow.id == TrafficRouteRow.version_id)
-            .where(TrafficRouteRow.endpoint_id == r.id)
-            .order_by(ModelVersionRow.version)
-        ).all()
-    )
+    if routes is None:
+        routes = tuple(
+            TrafficRoute(version_id=vid, version=number, weight=weight)
+            for vid, number, weight in s.execute(
+                select(TrafficRouteRow.version_id, ModelVersionRow.version, TrafficRouteRow.weight)
+                .join(ModelVersionRow, ModelVersionRow.id == TrafficRouteRow.version_id)
+                .where(TrafficRouteRow.endpoint_id == r.id)
+                .order_by(ModelVersionRow.version)
+            ).all()
+        )
     shadow = s.get(ModelVersionRow, r.shadow_version_id) if r.shadow_version_id else None
     return Endpoint(
         r.id, r.name, tenant.name if tenant else None, mrow.name, r.model_ref, r.shared, routes,

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    Row,
     and_,
     case,
     delete,
@@ -354,28 +355,24 @@ class MonitoringStore(StoreCore):
         endpoint: str | None = None,
         run_id: str | None = None,
         latest: bool = False,
-        limit: int = 1000,
+        limit: int | None = 1000,
     ) -> list[DriftResult]:
-        """Drift results, newest first; ``latest`` keeps each endpoint's last run only (by
-        endpoint, features in their order)."""
+        """Drift results, newest first (at most ``limit``; None: all); ``latest`` keeps each
+        endpoint's last run only (by endpoint, features in their order): the newest
+        ``limit`` rows of those runs, read from each endpoint's last time on the index,
+        however many rows other runs have."""
         d = DriftResultRow
-        query = select(d).order_by(d.computed_at.desc(), d.id.desc()).limit(limit)
+        query = select(*d.__table__.columns).order_by(d.computed_at.desc(), d.id.desc())
+        where = [] if endpoint is None else [d.endpoint_name == endpoint]
+        where += [] if run_id is None else [d.run_id == run_id]
+        if latest:
+            query = query.join(*_last_times(where))
         with self._session("list drift results") as s:
-            if endpoint is not None:
-                query = query.where(d.endpoint_name == endpoint)
-            if run_id is not None:
-                query = query.where(d.run_id == run_id)
-            rows = list(s.scalars(query))
+            rows = list(s.execute(query.where(*where).limit(limit)))
             refs = version_info(s, {r.version_id for r in rows})
             tenants = tenant_names(s)
         if latest:
-            last: dict[str, str] = {}
-            for r in rows:
-                last.setdefault(r.endpoint_name, r.run_id)
-            rows = sorted(
-                (r for r in rows if last[r.endpoint_name] == r.run_id),
-                key=lambda r: (r.endpoint_name, r.id),  # each run's features in their order
-            )
+            rows = _last_runs(rows)
         return [
             DriftResult(
                 r.run_id,
@@ -398,6 +395,24 @@ class MonitoringStore(StoreCore):
             )
             for r in rows
         ]
+
+    def latest_drift_values(self) -> list[tuple[str, str | None, str, str, float, bool | None]]:
+        """Each endpoint's last drift run, as its gauges show it: (endpoint, version ref,
+        feature, method, value, drifted) of the features that have a value, by endpoint,
+        features in their order. ``list_drift_results(latest=True, limit=None)`` without
+        what the gauges do not show (each replica's ``/metrics`` reads it at every scrape)."""
+        d = DriftResultRow
+        query = select(d.id, d.run_id, d.endpoint_name, d.version_id, d.feature, d.method,
+                       d.value, d.drifted).order_by(d.computed_at.desc(), d.id.desc())  # fmt: skip
+        with self._session("read the latest drift values") as s:
+            rows = _last_runs(list(s.execute(query.join(*_last_times([])))))
+            refs = version_info(s, {r.version_id for r in rows})
+        return [
+            (r.endpoint_name, refs[r.version_id][0] if r.version_id in refs else None,
+             r.feature, r.method, r.value, r.drifted)
+            for r in rows
+            if r.value is not None
+        ]  # fmt: skip
 
     # -- alerts -----------------------------------------------------------------------------
 
@@ -504,6 +519,31 @@ class MonitoringStore(StoreCore):
 def check_window(window: str) -> None:
     if window not in PROFILE_WINDOWS:
         raise ConfigError(f"unknown profile window {window!r}: use hour or day", field="window")
+
+
+def _last_times(where: Sequence[Any]) -> tuple[Any, Any]:
+    """What to join drift results to for the rows (``where``) at each endpoint's last
+    time, and on what: read on the index (endpoint, time), however many rows came before."""
+    d = DriftResultRow
+    last = (
+        select(d.endpoint_name, func.max(d.computed_at).label("at"))
+        .where(*where)
+        .group_by(d.endpoint_name)
+        .subquery()
+    )
+    return last, and_(d.endpoint_name == last.c.endpoint_name, d.computed_at == last.c.at)
+
+
+def _last_runs(rows: Sequence[Row[Any]]) -> list[Row[Any]]:
+    """The rows (newest first) of each endpoint's last run (of two runs at one time, the
+    later one's), by endpoint, each run's features in their order."""
+    last: dict[str, str] = {}
+    for r in rows:
+        last.setdefault(r.endpoint_name, r.run_id)
+    return sorted(
+        (r for r in rows if last[r.endpoint_name] == r.run_id),
+        key=lambda r: (r.endpoint_name, r.id),
+    )
 
 
 def to_alert(r: AlertStateRow) -> AlertState:

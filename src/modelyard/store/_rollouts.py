@@ -150,7 +150,8 @@ class RolloutStore(StoreCore):
     def list_rollouts(
         self, *, endpoint: str | None = None, active: bool | None = None, limit: int = 100
     ) -> list[Rollout]:
-        """Rollouts, newest first."""
+        """Rollouts, newest first, in a few queries however many there are (each replica's
+        ``/metrics`` reads the active ones at every scrape)."""
         with self._session("list rollouts") as s:
             query = select(RolloutRow).order_by(RolloutRow.created_at.desc()).limit(limit)
             if endpoint is not None:
@@ -159,7 +160,27 @@ class RolloutStore(StoreCore):
                 query = query.where(RolloutRow.status.in_(ROLLOUT_ACTIVE))
             elif active is False:
                 query = query.where(RolloutRow.status.not_in(ROLLOUT_ACTIVE))
-            return [to_rollout(s, r) for r in s.scalars(query)]
+            rows = list(s.scalars(query))
+            if not rows:
+                return []
+            ids = [r.id for r in rows]
+            events: dict[str, list[RolloutEvent]] = {i: [] for i in ids}
+            for e in s.scalars(select(RolloutEventRow).where(RolloutEventRow.rollout_id.in_(ids))
+                               .order_by(RolloutEventRow.id)):  # fmt: skip
+                events[e.rollout_id].append(RolloutEvent(e.time, e.kind, e.step_index,
+                                                         dict(e.detail)))  # fmt: skip
+            # what to_rollout gets by primary key, in the session's identity map at once
+            # (held here: the map keeps only the rows something refers to)
+            vrows = list(s.scalars(select(ModelVersionRow).where(
+                ModelVersionRow.id.in_({r.target_version_id for r in rows}))))  # fmt: skip
+            _held = [
+                *vrows,
+                *s.scalars(select(EndpointRow).where(
+                    EndpointRow.id.in_({r.endpoint_id for r in rows}))),
+                *s.scalars(select(RegisteredModelRow).where(
+                    RegisteredModelRow.id.in_({v.registered_model_id for v in vrows}))),
+            ]  # fmt: skip
+            return [to_rollout(s, r, tuple(events[r.id])) for r in rows]
 
     def latest_rollout(self, endpoint: str) -> Rollout:
         found = self.list_rollouts(endpoint=endpoint, limit=1)
@@ -454,20 +475,24 @@ def to_sample(number: int, vid: int, a: Mapping[str, Any]) -> VersionSample:
     )  # fmt: skip
 
 
-def to_rollout(s: Session, r: RolloutRow) -> Rollout:
+def to_rollout(
+    s: Session, r: RolloutRow, events: tuple[RolloutEvent, ...] | None = None
+) -> Rollout:
+    """``events``, when the caller read them for many rollouts at once: not read again."""
     erow = s.get(EndpointRow, r.endpoint_id)
     vrow = s.get(ModelVersionRow, r.target_version_id)
     assert erow is not None and vrow is not None  # guaranteed by the foreign keys
     mrow = s.get(RegisteredModelRow, vrow.registered_model_id)
     assert mrow is not None
-    events = tuple(
-        RolloutEvent(e.time, e.kind, e.step_index, dict(e.detail))
-        for e in s.scalars(
-            select(RolloutEventRow)
-            .where(RolloutEventRow.rollout_id == r.id)
-            .order_by(RolloutEventRow.id)
+    if events is None:
+        events = tuple(
+            RolloutEvent(e.time, e.kind, e.step_index, dict(e.detail))
+            for e in s.scalars(
+                select(RolloutEventRow)
+                .where(RolloutEventRow.rollout_id == r.id)
+                .order_by(RolloutEventRow.id)
+            )
         )
-    )
     status = cast(RolloutStatus, r.status)  # written only through transitions
     return Rollout(
         r.id, erow.name, mrow.name, vrow.version, vrow.id, status, r.phase,
