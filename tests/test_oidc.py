@@ -1,21 +1,16 @@
-"""OpenID Connect bearer tokens: a JWKS served on 127.0.0.1 by the test, keys made here,
-tokens signed by joserfc; the verifier alone and behind the admin API."""
+"""OpenID Connect bearer tokens: a JWKS served on 127.0.0.1 by the test (``oidc_idp``),
+keys made there, tokens signed by joserfc; the verifier alone and behind the admin API."""
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from joserfc import jwt
-from joserfc.jwk import ECKey, KeySet, RSAKey
 
 from modelyard.access import (
     JWKSCache,
@@ -29,75 +24,14 @@ from modelyard.audit import AccessPolicy
 from modelyard.errors import AuthError, ConfigError, IdentityProviderUnavailable
 from modelyard.settings import Settings
 from modelyard.store import Store
+from oidc_idp import AUDIENCE, IdP, running_idp
 from worlds import fake_world
-
-AUDIENCE = "modelyard"
-
-
-@dataclass
-class IdP:
-    """An issuer on 127.0.0.1: its discovery document and JWKS, and the keys that sign."""
-
-    url: str
-    signing: dict[str, Any] = field(default_factory=dict)  # kid → private key
-    published: list[str] = field(default_factory=list)  # kids in the JWKS
-    fetches: int = 0
-
-    def add_key(self, kid: str, *, publish: bool = True, kind: str = "RSA") -> None:
-        params = {"kid": kid}
-        key = RSAKey.generate_key(2048, parameters=params) if kind == "RSA" else (
-            ECKey.generate_key("P-256", parameters=params))  # fmt: skip
-        self.signing[kid] = key
-        if publish:
-            self.published.append(kid)
-
-    def jwks(self) -> dict[str, Any]:
-        return KeySet([self.signing[k] for k in self.published]).as_dict(private=False)
-
-    def token(self, kid: str = "k1", alg: str = "RS256", **claims: Any) -> str:
-        now = int(time.time())
-        body = {"iss": self.url, "aud": AUDIENCE, "sub": "alice", "iat": now, "exp": now + 300}
-        body.update(claims)
-        body = {k: v for k, v in body.items() if v is not None}
-        return jwt.encode({"alg": alg, "kid": kid}, body, self.signing[kid])
 
 
 @pytest.fixture
 def idp() -> Iterator[IdP]:
-    state: list[IdP] = []
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            provider = state[0]
-            if self.path == "/.well-known/openid-configuration":
-                doc: dict[str, Any] = {"issuer": provider.url, "jwks_uri": provider.url + "/jwks"}
-            elif self.path == "/jwks":
-                provider.fetches += 1
-                doc = provider.jwks()
-            else:
-                self.send_error(404)
-                return
-            body = json.dumps(doc).encode()
-            self.send_response(200)
-            self.send_header("content-type", "application/json")
-            self.send_header("content-length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    provider = IdP(f"http://127.0.0.1:{server.server_address[1]}")
-    provider.add_key("k1")
-    state.append(provider)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with running_idp() as provider:
         yield provider
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _verifier(idp: IdP, **kw: Any) -> OIDCVerifier:

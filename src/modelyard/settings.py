@@ -75,6 +75,18 @@ class Settings(BaseSettings):
     oidc_jwks_refresh_s: float = Field(
         default=30.0, ge=0.0, description="least seconds between key fetches for an unknown kid"
     )
+    oidc_client_id: str | None = Field(
+        default=None, description="the console's client id at the issuer (single sign-on)"
+    )
+    oidc_client_secret: SecretStr | None = Field(
+        default=None, description="its client secret (none: a public client, PKCE alone)"
+    )
+    oidc_scopes: str = Field(
+        default="openid profile email", description="scopes the console's sign-in asks for"
+    )
+    oidc_redirect_url: str | None = Field(
+        default=None, description="the callback URL registered at the issuer"
+    )
     gpu_hour_price: float | None = Field(
         default=None,
         ge=0.0,

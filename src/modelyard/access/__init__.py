@@ -13,7 +13,8 @@ People who operate the platform authenticate on the admin API with personal
 access tokens (``myp_…``, ``create_actor_token``; scopes ``read``, ``write``) or
 OpenID Connect bearer tokens (``OIDCVerifier`` over the issuer's JWKS, cached by
 ``JWKSCache``); ``PeopleAuthenticator`` turns either into a ``Principal`` and
-refuses tenants' keys.
+refuses tenants' keys. ``OIDCLogin`` is the console's single sign-on (the
+authorization code flow with PKCE, configured by ``SSOConfig``).
 """
 
 from modelyard.access._keys import (
@@ -33,6 +34,7 @@ from modelyard.access._oidc import (
     OIDCVerifier,
     parse_group_roles,
 )
+from modelyard.access._oidc_login import OIDCLogin, PendingLogin, SignedIn, SSOConfig
 from modelyard.access._people import PeopleAuthenticator, Principal
 from modelyard.access._tokens import (
     TOKEN_PREFIX,
@@ -51,9 +53,13 @@ __all__ = [
     "JWKSCache",
     "OIDCConfig",
     "OIDCIdentity",
+    "OIDCLogin",
     "OIDCVerifier",
+    "PendingLogin",
     "PeopleAuthenticator",
     "Principal",
+    "SSOConfig",
+    "SignedIn",
     "authenticate",
     "authenticate_actor_token",
     "create_actor_token",

@@ -100,14 +100,16 @@ class OIDCConfig:
         """The configuration of ``MODELYARD_OIDC_*``; None when no issuer is set."""
         if not settings.oidc_issuer:
             return None
-        if not settings.oidc_audience:
+        # The console's client id is the audience of its ID tokens: the default one.
+        audience = settings.oidc_audience or settings.oidc_client_id
+        if not audience:
             raise ConfigError(
                 "MODELYARD_OIDC_ISSUER is set but MODELYARD_OIDC_AUDIENCE is not",
                 hint="Set it to the client id (the aud claim) your IdP puts in the tokens.",
             )
         return cls(
             issuer=settings.oidc_issuer,
-            audience=settings.oidc_audience,
+            audience=audience,
             jwks_url=settings.oidc_jwks_url,
             actor_claim=settings.oidc_actor_claim,
             groups_claim=settings.oidc_groups_claim,

@@ -65,6 +65,10 @@ class PeopleAuthenticator:
             return Principal(identity.actor, "oidc", TOKEN_SCOPES, role=identity.role)
         raise AuthError("the bearer token is neither an access token nor a JWT", hint=_HOW)
 
+    def actor_of(self, token: str) -> str:
+        """The actor ``token`` authenticates as a bearer token (AuthError when refused)."""
+        return self.authenticate(f"Bearer {token}").actor
+
 
 def _bearer(authorization: str | None) -> str:
     if not authorization:

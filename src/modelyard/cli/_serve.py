@@ -94,17 +94,27 @@ def control_plane(store: Store, *, secure: bool) -> dict[str, Any]:
     """The admin API and the web console over ``store``, by mount prefix: access tokens,
     and OIDC tokens when an issuer is set; the console's sessions open both. ``secure``:
     reached over TLS (the console's cookies are then Secure)."""
-    from modelyard.access import OIDCConfig, OIDCVerifier, PeopleAuthenticator
+    from modelyard.access import (
+        OIDCConfig,
+        OIDCLogin,
+        OIDCVerifier,
+        PeopleAuthenticator,
+        SSOConfig,
+    )
     from modelyard.admin import ADMIN_PREFIX, create_admin_app
     from modelyard.console import CONSOLE_PREFIX, ConsoleSessions, create_console_app
 
     oidc = OIDCConfig.from_settings(settings())
+    sso_config = SSOConfig.from_settings(settings())
     verifier = OIDCVerifier(oidc) if oidc is not None else None
     people = PeopleAuthenticator(store, verifier)
-    sessions = ConsoleSessions(people, secure=secure)
+    sso = None
+    if oidc is not None and sso_config is not None:
+        sso = OIDCLogin(oidc, sso_config, people.actor_of, verifier=verifier)
+    sessions = ConsoleSessions(people, secure=secure, refresh=sso.renew if sso else None)
     return {
         ADMIN_PREFIX: create_admin_app(store, people, sessions, artifacts=open_artifacts()),
-        CONSOLE_PREFIX: create_console_app(store, sessions, oidc=verifier is not None),
+        CONSOLE_PREFIX: create_console_app(store, sessions, oidc=verifier is not None, sso=sso),
     }
 
 

@@ -13,7 +13,9 @@ and closes sessions:
   (HttpOnly, SameSite=Strict, Secure over TLS) and audits ``console.login``;
 - ``GET /api/session``: who is logged in and the session's CSRF token, for the
   page's script (same origin only: no CORS);
-- ``POST /api/logout`` (with the CSRF token): ends the session, audited.
+- ``POST /api/logout`` (with the CSRF token): ends the session, audited;
+- with single sign-on configured, ``GET /oidc/login`` and ``GET /oidc/callback``
+  (``_sso``): the identity provider's login page and the way back.
 
 Every answer carries a strict Content-Security-Policy and the other headers of
 ``SECURITY_HEADERS``.
@@ -25,7 +27,7 @@ import json
 import logging
 import secrets
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
@@ -33,7 +35,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import modelyard
-from modelyard.access import Principal
+from modelyard.access import OIDCLogin, Principal
 from modelyard.admin import ADMIN_PREFIX, store_for
 from modelyard.console._limits import LoginLimiter
 from modelyard.console._sessions import (
@@ -44,6 +46,7 @@ from modelyard.console._sessions import (
     Session,
     csrf_matches,
 )
+from modelyard.console._sso import add_sso_routes
 from modelyard.errors import AuthError, ConfigError, ModelyardError, status_of
 from modelyard.store import Store
 
@@ -124,9 +127,12 @@ def create_console_app(
     limiter: LoginLimiter | None = None,
     admin_prefix: str = ADMIN_PREFIX,
     oidc: bool = False,
+    sso: OIDCLogin | None = None,
 ) -> ASGIApp:
     """The console, to mount at ``CONSOLE_PREFIX`` beside the admin API at ``admin_prefix``,
-    which must share ``sessions`` (``create_admin_app(..., sessions=sessions)``)."""
+    which must share ``sessions`` (``create_admin_app(..., sessions=sessions)``).
+    ``oidc``: the login form takes OIDC tokens; ``sso``: the login page offers single
+    sign-on (``sessions`` then renews its tokens with ``refresh``)."""
     limiter = limiter or LoginLimiter()
     app = FastAPI(
         title="modelyard console", version=modelyard.__version__,
@@ -137,11 +143,14 @@ def create_console_app(
     async def modelyard_error(_req: Request, exc: ModelyardError) -> JSONResponse:
         return _error(exc)
 
-    def set_cookie(request: Request, response: Response, name: str, value: str, **kw: Any) -> None:
+    def set_cookie(
+        request: Request, response: Response, name: str, value: str, *,
+        samesite: Literal["strict", "lax"] = "strict", **kw: Any,
+    ) -> None:  # fmt: skip
         secure = sessions.secure or request.url.scheme == "https"
         cookie = f"__Host-{name}" if sessions.secure else name
         response.set_cookie(
-            cookie, value, path="/", secure=secure, httponly=True, samesite="strict", **kw
+            cookie, value, path="/", secure=secure, httponly=True, samesite=samesite, **kw
         )
 
     def clear_cookie(request: Request, response: Response, name: str) -> None:
@@ -178,7 +187,8 @@ def create_console_app(
     @app.get("/api/login")
     def login_token(request: Request) -> Response:
         token = secrets.token_urlsafe(32)
-        response = JSONResponse({"csrf_token": token, "oidc": oidc})
+        offered = {"issuer": sso.issuer_host} if sso is not None else None
+        response = JSONResponse({"csrf_token": token, "oidc": oidc, "sso": offered})
         set_cookie(request, response, LOGIN_COOKIE, token, max_age=600)
         return response
 
@@ -253,6 +263,11 @@ def create_console_app(
         clear_cookie(request, response, SESSION_COOKIE)
         return response
 
+    if sso is not None:
+        add_sso_routes(
+            app, sso, sessions, limiter=limiter, set_cookie=set_cookie, audit=audit,
+            login_path=f"{CONSOLE_PREFIX}/login", signed_in_page=STATIC / "signed-in.html",
+        )  # fmt: skip
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return SecurityHeaders(app, hsts=sessions.secure)
 

@@ -8,7 +8,10 @@ bits) in an HttpOnly cookie, and this table keys sessions by the SHA-256 of that
 id. Every request through the session checks the token again, so revoking the
 token, or its expiry (an OIDC token's ``exp``), ends the session at once, as it
 would end a bearer token's access; the principal must stay the one that logged
-in.
+in. A single sign-on session (``console._sso``) also keeps the identity
+provider's refresh token: when its token expires, ``refresh`` trades it for a
+fresh one (once, for all the session's requests at that moment), and the session
+ends only when the identity provider refuses.
 
 A session ends at logout, after ``idle_s`` without a request, after ``ttl_s``
 whatever happens, or when its token stops authenticating. Each one has a CSRF
@@ -27,10 +30,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from modelyard.access import PeopleAuthenticator, Principal
-from modelyard.errors import AuthError, PermissionDenied
+from modelyard.errors import AuthError, IdentityProviderUnavailable, PermissionDenied
 
 SESSION_COOKIE = "modelyard_session"  # over plain HTTP (127.0.0.1)
 SECURE_SESSION_COOKIE = "__Host-modelyard_session"  # over TLS: Secure, Path=/, no Domain
@@ -55,6 +58,8 @@ class Session:
     started: float
     expires: float  # absolute end (ttl_s after the start)
     last_seen: float
+    refresh_token: str | None = None  # single sign-on: renews ``token`` when it expires
+    renewing: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
     def short_id(self) -> str:
@@ -84,9 +89,13 @@ class ConsoleSessions:
         idle_s: float = 1800,
         max_sessions: int = 10_000,
         max_per_actor: int = 50,
+        refresh: Callable[[str], tuple[str, str | None]] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``refresh(refresh_token)`` → (a fresh token, the refresh token to keep), or
+        AuthError: how a single sign-on session renews its token (``OIDCLogin.refresh``)."""
         self.authenticator = authenticator
+        self.refresh = refresh
         self.secure = secure
         self.ttl_s, self.idle_s, self.max_sessions = ttl_s, idle_s, max_sessions
         self.max_per_actor = max_per_actor
@@ -98,7 +107,9 @@ class ConsoleSessions:
     def cookie_name(self) -> str:
         return SECURE_SESSION_COOKIE if self.secure else SESSION_COOKIE
 
-    def start(self, token: str) -> tuple[str, Session, Principal]:
+    def start(
+        self, token: str, *, refresh_token: str | None = None
+    ) -> tuple[str, Session, Principal]:
         """Check ``token`` and open a session for it: (the id for the cookie, the session,
         who it is). AuthError (401) when the token does not authenticate."""
         principal = self.authenticator.authenticate(f"Bearer {token}")
@@ -112,6 +123,7 @@ class ConsoleSessions:
             started=now,
             expires=now + self.ttl_s,
             last_seen=now,
+            refresh_token=refresh_token,
         )
         with self._lock:
             self._sweep(now)
@@ -141,9 +153,16 @@ class ConsoleSessions:
                 hint="Log in again at /console/login.",
             )
         try:
-            principal = self.authenticator.authenticate(f"Bearer {session.token}")
-        except AuthError:  # revoked or expired since the login: the session ends with it
+            principal = self._principal(session)
+        except IdentityProviderUnavailable:  # it may answer again soon: the session stays
+            raise
+        except AuthError as exc:  # revoked or expired since the login: the session ends
             self.end(session_id)
+            if session.refresh_token is not None:
+                raise AuthError(
+                    f"the console session's single sign-on ended: {exc.message}",
+                    hint="Sign in again at /console/login.",
+                ) from None
             raise AuthError(
                 "the token this console session logged in with no longer authenticates "
                 "(revoked or expired)",
@@ -154,6 +173,22 @@ class ConsoleSessions:
             raise AuthError("the console session's actor changed", hint="Log in again.")
         session.last_seen = now
         return session, principal
+
+    def _principal(self, session: Session) -> Principal:
+        """The session's token checked again; an expired single sign-on token is renewed
+        with the refresh token first (one renewal for concurrent requests)."""
+        presented = session.token
+        try:
+            return self.authenticator.authenticate(f"Bearer {presented}")
+        except AuthError:
+            if session.refresh_token is None or self.refresh is None:
+                raise
+        with session.renewing:
+            if session.token == presented:  # nobody renewed it while this request waited
+                assert session.refresh_token is not None
+                session.token, kept = self.refresh(session.refresh_token)
+                session.refresh_token = kept
+            return self.authenticator.authenticate(f"Bearer {session.token}")
 
     def authenticate(self, session_id: str, csrf_token: str | None, *, changing: bool) -> Principal:
         """For the admin API (``admin.BrowserSessions``): the session's principal; a change

@@ -4,6 +4,28 @@ const form = document.getElementById("login");
 const error = document.getElementById("error");
 let csrf = null;
 
+// What a failed single sign-on comes back with (?error=…): fixed sentences, so that
+// nobody can put words on this page through a link; the server's log has the details.
+const SSO_ERRORS = {
+  sso_state: "The sign-in could not be matched to this browser: it took longer than "
+    + "10 minutes, was started again in another tab, or was not started here. Try again.",
+  sso_denied: "The identity provider did not sign you in (access denied).",
+  sso_idp_error: "The identity provider answered with an error",
+  sso_refused: "The identity provider signed you in, but this server refused what it sent. "
+    + "An administrator finds the reason in the server's log.",
+  sso_unavailable: "The identity provider cannot be reached now. Try again shortly.",
+  sso_limited: "Too many failed logins from this address. Wait a few minutes.",
+};
+
+function showSsoError() {
+  const params = new URLSearchParams(window.location.search);
+  const code = params.get("error");
+  if (!code || !Object.hasOwn(SSO_ERRORS, code)) return;
+  const idp = params.get("idp");
+  show(code === "sso_idp_error" && idp && /^[a-z_]{1,40}$/.test(idp)
+    ? `${SSO_ERRORS[code]} (${idp}).` : SSO_ERRORS[code]);
+}
+
 async function prepare() {
   const response = await fetch("api/login", { credentials: "same-origin" });
   const body = await response.json();
@@ -11,6 +33,10 @@ async function prepare() {
   document.getElementById("oidc-help").hidden = !body.oidc;
   if (body.oidc) document.querySelector("label[for=token]").textContent =
     "Personal access token or OpenID Connect token";
+  if (body.sso) {
+    document.getElementById("sso-help").textContent = `at ${body.sso.issuer}`;
+    document.getElementById("sso-block").hidden = false;
+  }
 }
 
 function show(message) {
@@ -54,4 +80,5 @@ form.addEventListener("submit", async (event) => {
   }
 });
 
+showSsoError();
 prepare().catch((e) => show(`cannot reach the server: ${e}`));
