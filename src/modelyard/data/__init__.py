@@ -11,7 +11,7 @@ the quickstart trains on.
 """
 
 from modelyard.data._formats import FORMATS, REQUIRED_FIELDS, DataFormat, as_text, get_format
-from modelyard.data._io import FILE_TYPES, load_rows, read_rows, write_jsonl
+from modelyard.data._io import FILE_TYPES, iter_rows, load_rows, read_rows, write_jsonl
 from modelyard.data._parse import TEMPLATE_FORMATS, parse_prompt, row_from_prompt
 from modelyard.data._pii import (
     PHONE_REGIONS,
@@ -71,6 +71,7 @@ __all__ = [
     "find_pii",
     "get_format",
     "has_redactions",
+    "iter_rows",
     "load_rows",
     "parse_prompt",
     "read_rows",

@@ -67,6 +67,14 @@ def read_rows(path: Path | str, hint: str = "Add at least one row.") -> list[dic
     no format check: DatasetNotFound for a missing file, DataError (naming the line) for a
     file that does not parse as its extension says or has no rows (``hint`` says what to
     add). CSV values are text, as written."""
+    return list(iter_rows(path, hint))
+
+
+def iter_rows(path: Path | str, hint: str = "Add at least one row.") -> Iterator[dict[str, Any]]:
+    """``read_rows``' rows one at a time, the file read as they are taken (JSONL and CSV a
+    line at a time, Parquet a batch of rows at a time): a file of a million rows is never
+    in memory whole. The extension and the file are checked now; a DataError where the
+    file stops parsing (or has no rows) comes when that row would."""
     path = Path(path)
     kind = file_type(path)
     if not path.is_file():
@@ -77,10 +85,16 @@ def read_rows(path: Path | str, hint: str = "Add at least one row.") -> list[dic
             path=str(path),
         )
     readers = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}
-    rows = readers[kind](path)
-    if not rows:
+    return _some(path, readers[kind](path), hint)
+
+
+def _some(path: Path, rows: Iterable[dict[str, Any]], hint: str) -> Iterator[dict[str, Any]]:
+    empty = True
+    for row in rows:
+        empty = False
+        yield row
+    if empty:
         raise DataError(f"{path} has no rows", hint=hint, path=str(path))
-    return rows
 
 
 def columns_of(rows: Iterable[Mapping[str, Any]]) -> list[str]:
@@ -195,8 +209,7 @@ def _too_deep(path: Path, where: str, **context: Any) -> DataError:
     )
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
+def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     for number, line in _text_lines(path):
         if not line.strip():
             continue
@@ -213,8 +226,7 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
             raise _too_deep(path, f" line {number}", line=number) from None
         if not isinstance(value, dict):
             raise _not_an_object(path, f"line {number}", value)
-        rows.append(value)
-    return rows
+        yield value
 
 
 def _read_json(path: Path) -> list[dict[str, Any]]:
@@ -246,13 +258,28 @@ _CSV_FIELD_LIMIT = 2**31 - 1
 """The longest CSV value read (the csv module's default, 128 KiB, refuses long documents)."""
 
 
-def _read_csv(path: Path) -> list[dict[str, Any]]:
-    text = _read_text(path)
+def _csv_lines(path: Path) -> Iterator[str]:
+    """The lines ``_read_text(path).splitlines(keepends=True)`` gives, read a line at a time
+    (a raw line ends at its "\\n": every piece it splits into ends where the whole text's
+    would)."""
+    at = 0
+    with path.open("rb") as fh:
+        for number, raw in enumerate(fh, start=1):
+            if at == 0 and raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                raise _utf16(path)
+            try:
+                text = raw.decode("utf-8-sig" if at == 0 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise _not_utf8(path, number, at + exc.start) from exc
+            at += len(raw)
+            yield from text.replace("\r\n", "\n").replace("\r", "\n").splitlines(keepends=True)
+
+
+def _read_csv(path: Path) -> Iterator[dict[str, Any]]:
     csv.field_size_limit(max(csv.field_size_limit(), _CSV_FIELD_LIMIT))
     # strict: a quote left open is an error, not the rest of the file swallowed into one value
-    reader = csv.DictReader(text.splitlines(keepends=True), restval=None, strict=True)
+    reader = csv.DictReader(_csv_lines(path), restval=None, strict=True)
     _check_header(path, reader)
-    rows: list[dict[str, Any]] = []
     while True:
         start = reader.line_num + 1  # where the next record begins (a value may span lines)
         try:
@@ -275,8 +302,7 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
                 path=str(path),
                 line=start,
             )
-        rows.append(dict(row))
-    return rows
+        yield dict(row)
 
 
 def _check_header(path: Path, reader: csv.DictReader[str]) -> None:
@@ -303,20 +329,24 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _read_parquet(path: Path) -> list[dict[str, Any]]:
+PARQUET_BATCH = 4096
+"""Rows of a Parquet file read at a time."""
+
+
+def _read_parquet(path: Path) -> Iterator[dict[str, Any]]:
     import pyarrow as pa  # type: ignore[import-untyped]
     import pyarrow.parquet as pq  # type: ignore[import-untyped]
 
     try:
-        table = pq.read_table(path)
+        with pq.ParquetFile(path) as parquet:
+            for batch in parquet.iter_batches(batch_size=PARQUET_BATCH):
+                yield from batch.to_pylist()
     except (pa.ArrowException, OSError) as exc:
         raise DataError(
             f"{path} is not a readable Parquet file: {_first_line(exc)}",
             hint="Write it with pyarrow or pandas (DataFrame.to_parquet), or use JSONL.",
             path=str(path),
         ) from exc
-    rows: list[dict[str, Any]] = table.to_pylist()
-    return rows
 
 
 def _decode_messages(rows: list[dict[str, Any]]) -> None:
