@@ -6,6 +6,7 @@ discarding a job's records is.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, cast
@@ -82,6 +83,7 @@ _COPIED_COLUMNS = (
 _INSERT_RECORDS = insert(cast(Table, InferenceRecordRow.__table__))
 RECORD_STATUSES = ("ok", "error", "cancelled", "timeout", "running", "refused")
 RECORDS_PAGE = 5000  # records iter_records reads at a time
+DISCARD_PAGE = 500  # record ids discard_job_records looks up (and deletes) at a time
 
 
 class RecordStore(StoreCore):
@@ -134,7 +136,7 @@ class RecordStore(StoreCore):
                 query = query.where(InferenceRecordRow.job_id == job_id)
             return int(s.scalar(query) or 0)
 
-    def discard_job_records(self, job_id: str, record_ids: Collection[str]) -> int:
+    def discard_job_records(self, job_id: str, record_ids: Iterable[str]) -> int:
         """Delete the records (features, feedback) of batch job ``job_id`` among
         ``record_ids``; returns how many went.
 
@@ -143,24 +145,33 @@ class RecordStore(StoreCore):
         keeps one. Data plane bookkeeping, like closing running records: not audited,
         except that sealed records going is: one ``records.discarded`` event lists them,
         so that verification knows why their seals miss them.
+
+        ``record_ids`` is read ``DISCARD_PAGE`` at a time (a generator of a million ids
+        is fine): each page is looked up by primary key, among the job's records only,
+        and its records deleted in a transaction of its own, with its own event. The
+        job's other records are never read, and no statement names more than a page.
         """
         r = InferenceRecordRow
-        wanted = set(record_ids)
-        with self._write(f"discard unwritten records of batch job {job_id!r}") as s:
-            # the job's ids (partial index), then only those asked for: no huge IN list
-            job = s.execute(select(r.id, r.status).where(r.job_id == job_id)).all()
-            ids = [i for i, _ in job if i in wanted]
-            # final records are sealed (those written before sealing began are listed too:
-            # the event only explains seals that miss them)
-            sealed = sorted(i for i, status in job if i in wanted and status in FINAL_STATUSES)
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
+        gone = 0
+        ids = iter(record_ids)
+        while page := list(dict.fromkeys(itertools.islice(ids, DISCARD_PAGE))):
+            mine = (r.job_id == job_id, r.id.in_(page))
+            with self._session(f"find records of batch job {job_id!r}") as s:
+                if s.scalar(select(func.count()).select_from(r).where(*mine)) == 0:
+                    continue  # nothing of this page: no write transaction
+            with self._write(f"discard unwritten records of batch job {job_id!r}") as s:
+                found = s.execute(select(r.id, r.status).where(*mine)).all()
+                chunk = [i for i, _ in found]
+                # final records are sealed (those written before sealing began are listed
+                # too: the event only explains seals that miss them)
+                sealed = sorted(i for i, status in found if status in FINAL_STATUSES)
                 s.execute(delete(RecordFeaturesRow).where(RecordFeaturesRow.record_id.in_(chunk)))
                 s.execute(delete(FeedbackRow).where(FeedbackRow.record_id.in_(chunk)))
                 s.execute(delete(r).where(r.id.in_(chunk)))
-            if sealed:
-                self._audit(s, DISCARD_ACTION, f"job:{job_id}", {"job": job_id, "ids": sealed})
-            return len(ids)
+                if sealed:
+                    self._audit(s, DISCARD_ACTION, f"job:{job_id}", {"job": job_id, "ids": sealed})
+                gone += len(chunk)
+        return gone
 
     # -- feedback (data plane: not audited, like inference records) -------------------------
 
