@@ -77,11 +77,26 @@ def test_echo_with_logprobs_scores_the_prompt_as_the_model_does(
     assert lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset)
 
 
+def test_a_streamed_echo_sends_each_prompt_first(rambler: Rambler) -> None:
+    """As vLLM streams it: each choice's first chunk is its prompt, then the answer."""
+    client, _, _ = rambler
+    prompts = ["my vpn is down", "the printer on floor two"]
+    whole = client.completions.create(prompt=prompts, echo=True, **ASK)
+    texts: dict[int, list[str]] = {0: [], 1: []}
+    for chunk in client.completions.create(prompt=prompts, echo=True, stream=True, **ASK):
+        for choice in chunk.choices:
+            texts[choice.index].append(choice.text)
+    for i, prompt in enumerate(prompts):
+        assert texts[i][0] == prompt
+        assert "".join(texts[i]) == whole.choices[i].text
+
+
 def test_echo_is_refused_where_it_cannot_be_honoured(rambler: Rambler) -> None:
     client, _, _ = rambler
     with pytest.raises(openai.BadRequestError) as info:
-        client.completions.create(prompt="hi", echo=True, stream=True, **ASK)
-    assert info.value.param == "echo" and "not supported with stream: true" in info.value.message
+        client.completions.create(prompt="hi", echo=True, stream=True, logprobs=1, **ASK)
+    assert info.value.param == "logprobs"
+    assert "with echo is not supported with stream: true" in info.value.message
     with pytest.raises(openai.BadRequestError) as info:
         client.chat.completions.create(
             messages=[{"role": "user", "content": "hi"}], extra_body={"echo": True}, **ASK

@@ -145,7 +145,8 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
         if body.stream:
             subs = [a for a in answered if isinstance(a, Submitted)]
             chunks = [
-                Chunks(False, sub, body.model, include_usage(body), i) for i, sub in enumerate(subs)
+                Chunks(False, sub, body.model, include_usage(body), i, echo=body.echo is True)
+                for i, sub in enumerate(subs)
             ]
             return await event_streams(plane, subs, chunks)
         answered = [a for a in answered if not isinstance(a, Submitted)]

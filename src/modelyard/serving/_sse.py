@@ -80,9 +80,13 @@ class Chunks:
     """OpenAI's streaming chunks for one request: chat or text completion."""
 
     def __init__(
-        self, chat: bool, sub: Submitted, model: str, include_usage: bool, index: int = 0
-    ) -> None:
+        self, chat: bool, sub: Submitted, model: str, include_usage: bool, index: int = 0,
+        *, echo: bool = False,
+    ) -> None:  # fmt: skip
+        """``echo`` (completions): the choice's first chunk is the prompt, as vLLM streams it."""
         self.chat, self.include_usage, self.model, self.index = chat, include_usage, model, index
+        self.echo = echo and not chat
+        self._prompt = sub.prompt  # the text of the version that answers (after a fallback)
         self._offset = 0  # characters of text sent (a completion's ``text_offset``)
         self.created = int(time.time())
         self._head: dict[str, Any] = {
@@ -96,7 +100,7 @@ class Chunks:
 
     def rebound(self, sub: Submitted) -> Chunks:
         """The same stream's chunks, now answered by ``sub`` (a fallback version)."""
-        return Chunks(self.chat, sub, self.model, self.include_usage, self.index)
+        return Chunks(self.chat, sub, self.model, self.include_usage, self.index, echo=self.echo)
 
     def share_id(self, first: Chunks) -> None:
         """Carry ``first``'s id: every chunk of one answer has one id, as OpenAI's (clients
@@ -123,7 +127,7 @@ class Chunks:
 
     def opening(self) -> list[str]:
         if not self.chat:
-            return []
+            return [self.text(self._prompt)] if self.echo and self._prompt else []
         role = {"index": self.index, "delta": {"role": "assistant", "content": ""}}
         return [self._event([{**role, "logprobs": None, "finish_reason": None}])]
 

@@ -473,10 +473,16 @@ class CompletionRequest(CommonRequest):
     @field_validator("echo")
     @classmethod
     def _echo_elsewhere(cls, value: Any, info: ValidationInfo) -> Any:
-        if value and info.data.get("stream"):  # its own route, but not streamed
-            raise ValueError(
-                "echo is not supported with stream: true; ask without stream (the whole "
-                "answer, the prompt first) or without echo"
+        return value  # this is its route (the name replaces CommonRequest's refusal)
+
+    @field_validator("logprobs")
+    @classmethod
+    def _scored_echo_is_whole(cls, value: Any, info: ValidationInfo) -> Any:
+        # after echo and stream in the field order, so both are known here
+        if value is not None and info.data.get("echo") and info.data.get("stream"):
+            raise ValueError(  # the prompt's scores come with the whole answer only
+                "logprobs with echo is not supported with stream: true; ask without stream "
+                "(the prompt's tokens scored, then the answer's) or without logprobs"
             )
         return value
 
