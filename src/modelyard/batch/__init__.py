@@ -6,9 +6,10 @@ A job reads rows (``RowSource``: an input file here, ``ListSource`` of
 records marked ``batch`` with the job's id, costs) several at once, and keeps
 each ``RowResult`` in a ``RowSink`` durably: ``JobRunner`` is that loop, and
 knows nothing of files. ``run_file_job`` runs a ``FileJobSpec`` (JSONL, CSV or
-Parquet in and out, a ``ColumnMapping`` from columns to the request) and
-resumes a job that stopped at any instant without answering a row twice in its
-output or its records (``FileJob``, ``PartsSink``). ``JobSummary`` is what a job
+Parquet in and out, a ``ColumnMapping`` from columns to the request), a row at
+a time, never holding the input or the results whole, and resumes a job that
+stopped at any instant without answering a row twice in its output or its
+records (``FileJob``, ``PartsSink``). ``JobSummary`` is what a job
 did: rows, failures, tokens, cost. ``RayJobRunner`` answers a job's rows on a Ray
 cluster (``RayOptions``, ``ray_cluster``: Ray is an optional extra, imported only
 then), each actor building its engine and store from an ``EngineSpec`` and a

@@ -4,20 +4,22 @@
 parses as its extension says, every row can be asked, the ids tell rows apart,
 the endpoint exists for the key and the key has the ``infer`` scope, or the
 pinned version exists), then runs the job (``JobRunner``) into its state
-(``FileJob``) and, when every row is answered, writes the output.
+(``FileJob``) and, when every row is answered, writes the output. The input is
+read a row at a time each time (``InputFile``): a job's memory does not grow with it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from modelyard.batch._asking import job_plane
-from modelyard.batch._mapping import ColumnMapping, rows_of
+from modelyard.batch._input import InputFile
+from modelyard.batch._mapping import ColumnMapping
 from modelyard.batch._parts import (
     ROW_COLUMN,
     FileJob,
@@ -25,7 +27,7 @@ from modelyard.batch._parts import (
     finished_output,
     state_dir,
 )
-from modelyard.batch._rows import RESULT_COLUMNS, JobSummary, ListSource, Row
+from modelyard.batch._rows import RESULT_COLUMNS, JobSummary
 from modelyard.batch._runner import JobRunner, JobSettings, Progress
 from modelyard.batch._tables import table_kind
 from modelyard.errors import ConfigError
@@ -120,25 +122,20 @@ class FileJobSpec:
 
 @dataclass(frozen=True)
 class _Input:
-    table: list[dict[str, Any]]
-    rows: list[Row]
+    rows: InputFile  # the rows, read afresh from the file each time they are asked for
     mapping: ColumnMapping
     digest: str
 
 
 def read_input(spec: FileJobSpec) -> _Input:
-    """The input read whole and every row checked (DataError naming a row or column)."""
-    from modelyard.data import read_rows
-
+    """The input, every row checked (DataError naming a row or column), a row at a time:
+    its rows are read again from the file when they are answered, never held."""
     table_kind(spec.input, "the input")
     table_kind(spec.output, "the output")
-    table = read_rows(spec.input)
-    columns = list(dict.fromkeys(c for row in table for c in row))
-    mapping = spec.mapping.resolved(columns, spec.input)
-    rows = rows_of(table, mapping, spec.id_columns, spec.input)
-    with spec.input.open("rb") as fh:  # in chunks: the input is in memory once, as rows
+    rows = InputFile.check(spec.input, spec.mapping, spec.id_columns)
+    with spec.input.open("rb") as fh:  # in chunks, never the file whole
         digest = hashlib.file_digest(fh, "sha256").hexdigest()
-    return _Input(table, rows, mapping, digest)
+    return _Input(rows, rows.mapping, digest)
 
 
 def run_file_job(
@@ -164,7 +161,7 @@ def run_file_job(
         tenant=spec.tenant, limits=limits,
     ) as asking:  # fmt: skip
         settings = _settings(spec, given, asking.endpoint)
-        done = _finished(spec, len(given.rows), settings)
+        done = _finished(spec, given.rows.total, settings)
         if done is not None:
             return done
         job = FileJob.open(spec.output, settings, overwrite=spec.overwrite)
@@ -173,10 +170,10 @@ def run_file_job(
                                        spec.max_errors)  # fmt: skip
             job_runner = runner(asking.plane, asking.key, job.job_id, job_settings, asking.prices)
             if on_start is not None:
-                on_start(JobSummary(job.job_id, rows=len(given.rows)), job.resumed)
-            summary = job_runner.run(ListSource(given.rows), job.sink, progress)
+                on_start(JobSummary(job.job_id, rows=given.rows.total), job.resumed)
+            summary = job_runner.run(given.rows, job.sink, progress)
             if summary.stopped is None:
-                job.finish(given.table, spec.id_columns)
+                job.finish(given.rows)
             return summary
         finally:
             job.close()
@@ -190,24 +187,15 @@ def _finished(spec: FileJobSpec, rows: int, settings: Mapping[str, Any]) -> JobS
     if spec.overwrite or not spec.output.exists() or state_dir(spec.output).exists():
         return None
     job_id = finished_job(spec.output, settings)
-    results = finished_output(spec.output, rows)
-    if results is None:
+    found = finished_output(spec.output, rows)
+    if found is None:
         raise ConfigError(
             f"the output {spec.output} exists and is not this job's",
             hint="Write to another file, or pass --overwrite to replace it.",
         )
-    summary = JobSummary(job_id or _job_of(results), rows=rows, skipped=rows, already_whole=True)
-    for result in results:
-        summary.add(result)
-    return summary
-
-
-def _job_of(results: Sequence[Any]) -> str:
-    """A finished job's id, from its records' ids (``<job>-<row>``)."""
-    for result in results:
-        if result.record_id:
-            return str(result.record_id).rpartition("-")[0]
-    return ""
+    totals, record_id = found
+    job_id = job_id or (record_id or "").rpartition("-")[0]  # a record's id: <job>-<row>
+    return dataclasses.replace(totals, job_id=job_id, rows=rows, skipped=rows, already_whole=True)
 
 
 def _settings(spec: FileJobSpec, given: _Input, endpoint: str) -> Mapping[str, Any]:

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from modelyard.batch._rows import Row
 from modelyard.errors import ConfigError, DataError
 
 FIELDS: tuple[str, ...] = ("instruction", "input", "text")
@@ -171,39 +170,4 @@ def _conversation(value: Any, where: str, column: str) -> tuple[dict[str, str], 
     return tuple(messages)
 
 
-def rows_of(
-    table: Sequence[Mapping[str, Any]],
-    mapping: ColumnMapping,
-    id_columns: Sequence[str],
-    where: Path,
-) -> list[Row]:
-    """Every input row as a ``Row`` (key: its 1-based number), all checked first: a row that
-    cannot be asked, or an id that is missing or repeated, is a DataError naming it."""
-    columns = list(dict.fromkeys(c for row in table for c in row))
-    for column in id_columns:
-        if column not in columns:
-            raise DataError(
-                f"{where} has no id column {column!r}; its columns are: {', '.join(columns)}",
-                column=column,
-            )
-    seen: dict[tuple[str, ...], int] = {}
-    rows = []
-    for number, values in enumerate(table, start=1):
-        place = f"{where} row {number}"
-        ids = tuple(json.dumps(values.get(c), default=str) for c in id_columns)
-        if id_columns:
-            missing = [c for c in id_columns if values.get(c) in (None, "")]
-            if missing:
-                raise DataError(f"{place}: the id column {missing[0]!r} is empty")
-            if ids in seen:
-                raise DataError(
-                    f"{place} has the same id as row {seen[ids]} "
-                    f"({', '.join(f'{c}={values.get(c)!r}' for c in id_columns)})",
-                    hint="Id columns must tell the rows apart.",
-                )
-            seen[ids] = number
-        rows.append(Row(str(number), mapping.messages_of(values, place), number))
-    return rows
-
-
-__all__ = ["FIELDS", "ROLES", "ColumnMapping", "rows_of"]
+__all__ = ["FIELDS", "ROLES", "ColumnMapping"]

@@ -7,12 +7,16 @@ While a job writing ``OUTPUT`` runs, ``OUTPUT.batch/`` holds:
   written once, whole, before any row is sent;
 - ``lock``: held (``flock``) by the one run writing the job; the kernel lets it
   go when that process dies, ``kill -9`` included;
-- ``part-00000001.jsonl``, ...: the committed results, one file per commit,
-  each written whole under a temporary name and renamed into place (``_tables``).
+- ``part-00000001.jsonl``, ...: the committed results, one file per commit, in
+  row order, each written whole under a temporary name and renamed into place
+  (``_tables``).
 
 A run that starts on an existing ``OUTPUT.batch/`` resumes it (with the same
-settings only); when every row is answered, ``OUTPUT`` is written from the
-parts in the input's order (one row per input row, whole, renamed into place)
+settings only), reading the parts a line at a time (``PartsSink.kept``); when
+every row is answered, ``OUTPUT`` is written from the parts merged in the input's
+order (``PartsSink.in_order``: a heap over the parts, a line of each at a time,
+the id columns read from the input again; one row per input row, whole, renamed
+into place)
 and the directory removed, leaving ``.OUTPUT.batch.json`` (``job.json`` of the
 finished job) beside it: a later run of the same command finds the output whole
 and does nothing, and one with other settings or an edited input is refused
@@ -25,14 +29,17 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import heapq
 import json
 import shutil
 import uuid
-from collections.abc import Mapping, Sequence
+from collections import OrderedDict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
-from modelyard.batch._rows import RESULT_COLUMNS, RowResult
+from modelyard.batch._input import InputFile
+from modelyard.batch._rows import RESULT_COLUMNS, JobSummary, RowResult
 from modelyard.batch._tables import fsync_dir, json_lines, write_atomic, write_table
 from modelyard.errors import ConfigError, Conflict, DataError
 
@@ -69,31 +76,133 @@ def finished_job(output: Path, settings: Mapping[str, Any]) -> str | None:
     return job_id
 
 
+class _Unsorted(Exception):
+    """A part whose results are not in row order (written before parts were sorted)."""
+
+
+def _number(result: RowResult, where: str) -> int:
+    if not result.key.isdigit():
+        raise DataError(
+            f"{where} holds a result for {result.key!r}, not for a row of the input",
+            hint="Start the job over with --overwrite.",
+        )
+    return int(result.key)
+
+
+class _Parts:
+    """The part files of a job read at once in row order, through at most ``OPEN`` open
+    files (a part not read for a while is opened again at its place)."""
+
+    OPEN = 32
+
+    def __init__(self, paths: Sequence[Path]) -> None:
+        self.paths = paths
+        self._at = [0] * len(paths)  # where each part's next line starts
+        self._last = [0] * len(paths)  # the row of each part's last result read
+        self._open: OrderedDict[int, BinaryIO] = OrderedDict()
+
+    def close(self) -> None:
+        for handle in self._open.values():
+            handle.close()
+        self._open.clear()
+
+    def next(self, i: int) -> tuple[int, RowResult] | None:
+        """Part ``i``'s next result and its row; None at its end."""
+        handle = self._open.pop(i, None)
+        if handle is None:
+            handle = self.paths[i].open("rb")
+            handle.seek(self._at[i])
+        self._open[i] = handle
+        if len(self._open) > self.OPEN:
+            self._open.popitem(last=False)[1].close()
+        while line := handle.readline():
+            self._at[i] = handle.tell()
+            if not line.strip():
+                continue
+            result = RowResult.from_json(json.loads(line), str(self.paths[i]))
+            number = _number(result, str(self.paths[i]))
+            if number < self._last[i]:
+                raise _Unsorted(self.paths[i])
+            self._last[i] = number
+            return number, result
+        handle.close()
+        del self._open[i]
+        return None
+
+
 class PartsSink:
-    """A ``RowSink`` over a directory of part files: one new file per commit."""
+    """A ``RowSink`` over a directory of part files: one new file per commit, its results
+    in row order."""
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
-        self._answered: dict[str, RowResult] = {}
         self._next = 1
-        for path in sorted(directory.glob("part-*.jsonl")):
-            for line in path.read_text(encoding="utf-8").splitlines():
-                result = RowResult.from_json(json.loads(line), str(path))
-                self._answered[result.key] = result
+        for path in self._paths():
             self._next = max(self._next, int(path.stem.removeprefix("part-")) + 1)
         for tmp in directory.glob(".*.tmp"):  # a part a stopped run did not finish
             tmp.unlink(missing_ok=True)
 
-    def answered(self) -> Mapping[str, RowResult]:
-        return dict(self._answered)
+    def _paths(self) -> list[Path]:
+        return sorted(self.directory.glob("part-*.jsonl"))
+
+    def kept(self) -> Iterator[RowResult]:
+        for path in self._paths():
+            with path.open("rb") as handle:
+                for line in handle:
+                    if line.strip():
+                        yield RowResult.from_json(json.loads(line), str(path))
 
     def commit(self, results: Sequence[RowResult]) -> None:
         if not results:
             return
+        where = str(self.directory)
+        ordered = sorted(results, key=lambda r: _number(r, where))
         path = self.directory / f"part-{self._next:08d}.jsonl"
-        write_atomic(path, json_lines([r.to_json() for r in results]))
+        write_atomic(path, json_lines(r.to_json() for r in ordered))
         self._next += 1
-        self._answered.update((r.key, r) for r in results)
+
+    def in_order(self) -> Iterator[RowResult]:
+        """Every row's result, by row number, once: a row kept twice (failed on the
+        server's side, then answered again) gives the later. Raises ``_Unsorted`` at a part
+        written before parts were sorted (``sort_parts``)."""
+        parts = _Parts(self._paths())
+        try:
+            heap: list[tuple[int, int, int]] = []
+            current: list[RowResult | None] = [None] * len(parts.paths)
+
+            def advance(i: int) -> None:
+                found = parts.next(i)
+                if found is not None:
+                    current[i] = found[1]
+                    heapq.heappush(heap, (found[0], -i, i))
+
+            for i in range(len(parts.paths)):
+                advance(i)
+            last = 0
+            while heap:
+                number, _, i = heapq.heappop(heap)
+                result = current[i]
+                current[i] = None
+                advance(i)
+                if number != last:  # the first of a row is the latest part's
+                    assert result is not None
+                    yield result
+                    last = number
+        finally:
+            parts.close()
+
+    def sort_parts(self) -> None:
+        """Rewrite in row order each part that is not (a job started by an earlier
+        modelyard, whose parts kept the order the rows were answered in)."""
+        for path in self._paths():
+            results = [
+                RowResult.from_json(json.loads(line), str(path))
+                for line in path.read_bytes().splitlines()
+                if line.strip()
+            ]
+            ordered = sorted(results, key=lambda r: _number(r, str(path)))
+            if ordered != results:
+                write_atomic(path, json_lines(r.to_json() for r in ordered))
 
 
 class FileJob:
@@ -127,27 +236,45 @@ class FileJob:
             lock.close()
             raise
 
-    def finish(
-        self,
-        table: Sequence[Mapping[str, Any]],
-        id_columns: Sequence[str],
-    ) -> None:
-        """Write the output (one row per input row, in order) and remove the state."""
-        answered = self.sink.answered()
-        rows = []
-        for number, values in enumerate(table, start=1):
-            result = answered[str(number)]
-            out: dict[str, Any] = {ROW_COLUMN: number}
-            out |= {c: values.get(c) for c in id_columns}
-            out |= {c: getattr(result, c) for c in RESULT_COLUMNS}
-            rows.append(out)
-        write_table(self.output, rows, [ROW_COLUMN, *id_columns, *RESULT_COLUMNS])
+    def finish(self, given: InputFile) -> None:
+        """Write the output (one row per input row, in order, each row's id columns read
+        from the input again) and remove the state. The output is written as it is read:
+        a row at a time from the parts and the input."""
+        columns = [ROW_COLUMN, *given.id_columns, *RESULT_COLUMNS]
+        try:
+            write_table(self.output, lambda: self._rows(given), columns)
+        except _Unsorted:
+            self.sink.sort_parts()
+            write_table(self.output, lambda: self._rows(given), columns)
         write_atomic(done_file(self.output), (self.state / "job.json").read_bytes())
         shutil.rmtree(self.state, ignore_errors=True)
         fsync_dir(self.output.parent)
 
+    def _rows(self, given: InputFile) -> Iterator[dict[str, Any]]:
+        results = self.sink.in_order()
+        inputs: Iterable[Mapping[str, Any]] = given.values() if given.id_columns else _nothing()
+        result = next(results, None)
+        for number, values in zip(range(1, given.total + 1), inputs, strict=False):
+            while result is not None and int(result.key) < number:
+                result = next(results, None)  # a result of no row of the input
+            if result is None or int(result.key) != number:
+                raise DataError(
+                    f"the job in {self.state} holds no result for row {number} of the input",
+                    hint="Run the same command again to answer it, or pass --overwrite.",
+                )
+            out: dict[str, Any] = {ROW_COLUMN: number}
+            out |= {c: values.get(c) for c in given.id_columns}
+            out |= {c: getattr(result, c) for c in RESULT_COLUMNS}
+            yield out
+            result = next(results, None)
+
     def close(self) -> None:
         self._lock.close()
+
+
+def _nothing() -> Iterator[Mapping[str, Any]]:
+    while True:
+        yield {}
 
 
 def _create(state: Path, settings: Mapping[str, Any]) -> bool:
@@ -230,15 +357,23 @@ def _shown(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
-def finished_output(path: Path, rows: int) -> list[RowResult] | None:
-    """The results in ``path`` when it is the whole output of a finished job of ``rows``
-    rows (one per row, the result columns there), else None."""
-    from modelyard.data import read_rows
+def finished_output(path: Path, rows: int) -> tuple[JobSummary, str | None] | None:
+    """The totals of the results in ``path`` and its first record id, when it is the whole
+    output of a finished job of ``rows`` rows (one per row, the result columns there), else
+    None. Read a row at a time."""
+    from modelyard.data import iter_rows
 
-    with contextlib.suppress(DataError):
-        table = read_rows(path)
-        if len(table) == rows and all(c in table[0] for c in RESULT_COLUMNS):
-            return [_result_of(str(i), row) for i, row in enumerate(table, start=1)]
+    totals = JobSummary("")
+    first: str | None = None
+    count = 0
+    with contextlib.suppress(DataError, ValueError):
+        for count, row in enumerate(iter_rows(path), start=1):
+            if count > rows or (count == 1 and not all(c in row for c in RESULT_COLUMNS)):
+                return None
+            result = _result_of(str(count), row)
+            totals.add(result)
+            first = first or result.record_id
+        return (totals, first) if count == rows else None
     return None
 
 

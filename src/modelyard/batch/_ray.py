@@ -22,6 +22,7 @@ it is an optional extra (``pip install "modelyard[ray]"``).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ import re
 import socket
 import time
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -259,13 +260,18 @@ class RayJobRunner(JobRunner):
         self.options, self.worker = options, worker
 
     def answer_rows(
-        self, rows: Sequence[Row], sink: RowSink, summary: JobSummary, progress: Progress | None
+        self, rows: Iterable[Row], sink: RowSink, summary: JobSummary, progress: Progress | None
     ) -> None:
         ray = import_ray()
         job = _ActorJob(self.worker, self.key, self.job_id, self.settings, self.prices,
                         pinned=self.plane.endpoint is not None)  # fmt: skip
         size = self.settings.concurrency  # Ray Data runs several blocks of an actor at once
-        blocks = [_rows_block(rows[i : i + size]) for i in range(0, len(rows), size)]
+        # the rows as Arrow blocks (a key, a number and the messages' JSON each): the
+        # driver holds those of the rows to answer, not a Row object per row
+        rest = iter(rows)
+        blocks = []
+        while chunk := list(itertools.islice(rest, size)):
+            blocks.append(_rows_block(chunk))
         with warnings.catch_warnings():
             # max_restarts has no named parameter yet (Ray 2.60 warns about the others'
             # catch-all): an actor lost must stop the job, the same command resuming it,

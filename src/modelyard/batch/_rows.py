@@ -1,15 +1,17 @@
 """What a batch job moves: rows in, results out, and the two interfaces around the runner.
 
 A ``RowSource`` gives ``Row``\\ s (a key unique in its job, and the chat messages
-to send); a ``RowSink`` keeps ``RowResult``\\ s durably and says which keys it
-holds already. The runner (``_runner``) sits between them and never knows where
-rows come from or go: files here (``_parts``), a stream or a cluster later.
+to send), as many times as asked, each time read afresh; a ``RowSink`` keeps
+``RowResult``\\ s durably and gives back the ones it holds already. Neither needs a
+job's rows or results in memory at once: the runner streams both. The runner
+(``_runner``) sits between them and never knows where rows come from or go: files
+here (``_input``, ``_parts``), a stream or a cluster later.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import TYPE_CHECKING, Any, Protocol
 
 from modelyard.errors import DataError
@@ -50,7 +52,7 @@ class RowResult:
         return self.error is not None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {name: getattr(self, name) for name in _RESULT_FIELDS}  # asdict: 10x slower
 
     @classmethod
     def from_json(cls, value: Mapping[str, Any], where: str) -> RowResult:
@@ -63,6 +65,8 @@ class RowResult:
                 hint="Start the job over with --overwrite.",
             ) from exc
 
+
+_RESULT_FIELDS = tuple(f.name for f in fields(RowResult))
 
 # The output columns a result fills, in their order (after the input's id columns).
 RESULT_COLUMNS: tuple[str, ...] = (
@@ -84,7 +88,8 @@ class RowSource(Protocol):
         """How many rows there are, when known (for progress)."""
 
     def rows(self) -> Iterable[Row]:
-        """Every row, in order."""
+        """Every row, in order (read afresh on each call: a job reads its rows more than
+        once)."""
 
 
 @dataclass(frozen=True)
@@ -104,8 +109,10 @@ class ListSource:
 class RowSink(Protocol):
     """Where a job's results go: kept durably, each commit whole or not at all."""
 
-    def answered(self) -> Mapping[str, RowResult]:
-        """The results committed so far, by key (a resumed job skips them)."""
+    def kept(self) -> Iterable[RowResult]:
+        """The results committed so far, in the order they were committed (a key kept twice,
+        failed on the server's side then answered again, counts as its later result); a
+        resumed job skips them. Read afresh on each call."""
 
     def commit(self, results: Sequence[RowResult]) -> None:
         """Keep ``results`` durably and atomically: after a crash at any instant, all of

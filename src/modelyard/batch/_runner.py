@@ -32,9 +32,10 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from modelyard.batch._kept import DONE, TODO, KeptRows
 from modelyard.batch._rows import JobSummary, Row, RowResult, RowSink, RowSource
 from modelyard.errors import (
     ConfigError,
@@ -48,6 +49,7 @@ from modelyard.store import ApiKey
 
 Progress = Callable[[int, int | None], None]  # (rows done, rows in the job)
 _MAX_ID = 57  # a record id is at most 64 characters, and its shadow's is 7 more
+DISCARD_PAGE = 1000  # record ids handed to the store at a time
 
 
 @dataclass(frozen=True)
@@ -70,13 +72,6 @@ class JobSettings:
             raise ConfigError(f"concurrency is {self.concurrency}; it must be at least 1")
         if self.max_errors is not None and self.max_errors < 0:
             raise ConfigError(f"max_errors is {self.max_errors}; it must be 0 or more")
-
-
-def server_side(result: RowResult) -> bool:
-    """Whether ``result`` failed on the server's side (a 5xx, or a 429 that outlasted its
-    retries): worth asking again once the cause has passed."""
-    status = result.status
-    return result.failed and status is not None and (status >= 500 or status == 429)
 
 
 class JobRunner:
@@ -104,41 +99,64 @@ class JobRunner:
 
     def run(self, source: RowSource, sink: RowSink, progress: Progress | None = None) -> JobSummary:
         """Answer every row of ``source`` that ``sink`` does not hold; returns the summary of
-        the whole job. Raises what stops it early (the store losing records, the sink)."""
+        the whole job. Raises what stops it early (the store losing records, the sink).
+
+        Rows and results stream: the sink's results are read once into one byte a row
+        (``KeptRows``), and the source is read again to discard the records a stopped run
+        left and again to answer the rows, a row at a time."""
         started = time.perf_counter()
         summary = JobSummary(self.job_id)
-        kept = sink.answered()
-        again = {key for key, result in kept.items() if server_side(result)}
-        done = {key: result for key, result in kept.items() if key not in again}
-        for result in done.values():
-            summary.add(result)
-        todo = [row for row in source.rows() if row.key not in done]
-        summary.rows = len(done) + len(todo)
-        summary.skipped = len(done)
-        summary.retried = len(again)
-        fresh = [row for row in todo if row.key not in again]
-        summary.replaced = self.plane.store.discard_job_records(
-            self.job_id, [i for row in fresh for i in self.record_ids(row.key)]
-        )
-        self.plane.store.discard_job_records(
-            self.job_id, [i for key in again for i in self.record_ids(key)]
-        )
+        kept = KeptRows.of(sink.kept(), source.total, summary)
+        summary.skipped, summary.retried = kept.done, kept.again
+        todo = self._discard(source, kept, summary)
+        summary.rows = kept.done + todo
         if self._too_many_errors(summary):
             return summary
         if progress is not None:
             progress(summary.skipped, summary.rows)
         if todo:
-            self.answer_rows(todo, sink, summary, progress)
+            rows = (row for row in source.rows() if kept.state(row.key) != DONE)
+            self.answer_rows(rows, sink, summary, progress)
         summary.elapsed_s = time.perf_counter() - started
         return summary
 
+    def _discard(self, source: RowSource, kept: KeptRows, summary: JobSummary) -> int:
+        """Discard the records of the rows about to be answered (a stopped run answered
+        them, or failed them on the server's side, but they are not kept as answered), a
+        page of ids at a time, counting those of rows never kept into ``replaced``;
+        returns how many rows are to be answered."""
+        store = self.plane.store
+        fresh = not kept.done and not kept.again and source.total is not None
+        if fresh and not store.count_inference_records(job_id=self.job_id):
+            assert source.total is not None
+            return source.total  # a new job: nothing to discard, every row to answer
+        todo = 0
+        page: list[str] = []
+        for row in source.rows():
+            state = kept.state(row.key)
+            if state == DONE:
+                continue
+            todo += 1
+            if state == TODO:
+                page.extend(self.record_ids(row.key))
+            if len(page) >= DISCARD_PAGE:
+                summary.replaced += store.discard_job_records(self.job_id, page)
+                page = []
+        if page:
+            summary.replaced += store.discard_job_records(self.job_id, page)
+        if kept.again:
+            again = (i for key in kept.again_keys() for i in self.record_ids(key))
+            store.discard_job_records(self.job_id, again)
+        return todo
+
     def answer_rows(
-        self, rows: Sequence[Row], sink: RowSink, summary: JobSummary, progress: Progress | None
+        self, rows: Iterable[Row], sink: RowSink, summary: JobSummary, progress: Progress | None
     ) -> None:
         """Answer ``rows`` (none in ``sink`` yet, their old records discarded) into ``sink``,
         counting them into ``summary``: here, ``concurrency`` at once through this
-        process's plane; a runner elsewhere (``RayJobRunner``) replaces only this."""
-        asyncio.run(self._run(list(rows), sink, summary, progress))
+        process's plane, read from ``rows`` as slots free up; a runner elsewhere
+        (``RayJobRunner``) replaces only this."""
+        asyncio.run(self._run(rows, sink, summary, progress))
 
     def record_ids(self, row_key: str) -> tuple[str, str]:
         """The ids ``row_key``'s records may have: its own and its shadow's."""
@@ -153,7 +171,7 @@ class JobRunner:
         return True
 
     async def _run(
-        self, rows: list[Row], sink: RowSink, summary: JobSummary, progress: Progress | None
+        self, rows: Iterable[Row], sink: RowSink, summary: JobSummary, progress: Progress | None
     ) -> None:
         slots = asyncio.Semaphore(self.settings.concurrency)
         staged: list[RowResult] = []
@@ -193,20 +211,22 @@ class JobRunner:
 
         commits = asyncio.create_task(committer())
         tasks: set[asyncio.Task[None]] = set()
-        for row in rows:
-            await slots.acquire()
-            if summary.stopped or failure or commits.done():
-                slots.release()
-                break
-            task = asyncio.create_task(one(row))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
         try:
-            await asyncio.gather(*tasks)
+            for row in rows:  # read as slots free up: the rows are never all in memory
+                await slots.acquire()
+                if summary.stopped or failure or commits.done():
+                    slots.release()
+                    break
+                task = asyncio.create_task(one(row))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
         finally:
-            finished.set()
-            wake.set()
-            await commits
+            try:
+                await asyncio.gather(*tasks)  # what is answered is kept, whatever stops it
+            finally:
+                finished.set()
+                wake.set()
+                await commits
         if failure:
             raise failure[0]
 
@@ -273,4 +293,4 @@ class JobRunner:
             )
 
 
-__all__ = ["JobRunner", "JobSettings", "Progress", "server_side"]
+__all__ = ["JobRunner", "JobSettings", "Progress"]
