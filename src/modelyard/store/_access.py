@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy.orm import Session
 
 from modelyard.audit import (
     Role,
@@ -57,9 +58,14 @@ class AccessStore(StoreCore):
         with self._session(f"read tenant {name!r}") as s:
             return to_tenant(tenant_row(s, name))
 
-    def list_tenants(self) -> list[Tenant]:
+    def list_tenants(self, *, limit: int | None = None, after: str | None = None) -> list[Tenant]:
+        """By name; with ``limit`` the first ``limit`` named after ``after`` (a page)."""
+        check_page_limit(limit)
+        query = select(TenantRow).order_by(TenantRow.name).limit(limit)
+        if after is not None:
+            query = query.where(TenantRow.name > after)
         with self._session("list tenants") as s:
-            return [to_tenant(r) for r in s.scalars(select(TenantRow).order_by(TenantRow.name))]
+            return [to_tenant(r) for r in s.scalars(query)]
 
     def create_api_key(
         self,
@@ -223,15 +229,22 @@ class AccessStore(StoreCore):
             ).first()
             return None if found is None else to_api_key(found[0], found[1])
 
-    def list_api_keys(self, tenant: str | None = None) -> list[ApiKey]:
+    def list_api_keys(
+        self, tenant: str | None = None, *, limit: int | None = None, after: str | None = None
+    ) -> list[ApiKey]:
+        """Oldest first; with ``limit`` the first ``limit`` made after the key ``after``."""
+        check_page_limit(limit)
         with self._session("list API keys") as s:
             query = (
                 select(ApiKeyRow, TenantRow.name)
                 .join(TenantRow, TenantRow.id == ApiKeyRow.tenant_id)
-                .order_by(ApiKeyRow.created_at)
+                .order_by(ApiKeyRow.created_at, ApiKeyRow.id)
+                .limit(limit)
             )
             if tenant is not None:
                 query = query.where(TenantRow.name == tenant)
+            if after is not None:
+                query = query.where(after_key(s, after))
             return [to_api_key(r, t) for r, t in s.execute(query).all()]
 
     def revoke_api_key(self, key_id: str) -> ApiKey:
@@ -322,3 +335,17 @@ def check_limits(rpm_limit: int | None, tpm_limit: int | None) -> None:
                 f"{name} is {value}; it must be at least 1 (or unset for the server's default)",
                 field=name,
             )
+
+
+def check_page_limit(limit: int | None) -> None:
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit is {limit}: list at least 1", field="limit")
+
+
+def after_key(s: Session, key_id: str) -> ColumnElement[bool]:
+    """The keys listed after ``key_id`` (by creation, then id): a page's next."""
+    mark = s.execute(select(ApiKeyRow.created_at).where(ApiKeyRow.id == key_id)).first()
+    if mark is None:
+        raise ConfigError(f"no API key with id {key_id!r} to list the keys after", field="after")
+    made = ApiKeyRow.created_at
+    return or_(made > mark[0], and_(made == mark[0], ApiKeyRow.id > key_id))

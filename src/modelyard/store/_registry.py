@@ -33,6 +33,7 @@ from modelyard.store._schema import (
     ModelVersionRow,
     RegisteredModelRow,
     RunRow,
+    TenantRow,
     TrafficRouteRow,
     utcnow,
 )
@@ -90,12 +91,22 @@ class RegistryStore(StoreCore):
         with self._session(f"read registered model {name!r}") as s:
             return to_registered_model(s, model_row(s, name))
 
-    def list_registered_models(self, tenant: str | None = None) -> list[RegisteredModel]:
+    def list_registered_models(
+        self, tenant: str | None = None, *, limit: int | None = None, after: str | None = None
+    ) -> list[RegisteredModel]:
+        """The models by name (``tenant``'s only, when given); with ``limit``, only the first
+        ``limit`` named after ``after`` (the next page is ``after=`` a page's last name).
+        Three queries for them all, however many there are."""
         with self._session("list registered models") as s:
-            query = select(RegisteredModelRow).order_by(RegisteredModelRow.name)
-            if tenant is not None:
-                query = query.where(RegisteredModelRow.tenant_id == tenant_row(s, tenant).id)
-            return [to_registered_model(s, r) for r in s.scalars(query)]
+            return [m for m, _ in models_of(s, tenant, limit, after, latest=False)]
+
+    def list_models_with_latest(
+        self, tenant: str | None = None, *, limit: int | None = None, after: str | None = None
+    ) -> list[tuple[RegisteredModel, ModelVersion | None]]:
+        """``list_registered_models`` with each model's latest version (None: no version
+        yet), as ``registry list`` shows them: three queries for them all."""
+        with self._session("list registered models with their latest versions") as s:
+            return models_of(s, tenant, limit, after, latest=True)
 
     def create_model_version(
         self,
@@ -406,6 +417,68 @@ def versions_of(s: Session, rows: Sequence[ModelVersionRow]) -> list[ModelVersio
     versions = [to_version(s, r, aliases[r.id]) for r in rows]
     del held
     return versions
+
+
+def models_of(
+    s: Session, tenant: str | None, limit: int | None, after: str | None, *, latest: bool
+) -> list[tuple[RegisteredModel, ModelVersion | None]]:
+    """A page of models by name with their tenants (one query), their aliases (one) and
+    their latest version numbers, or with ``latest`` their latest versions and bases
+    (one): the later queries select the page's models again by the same conditions, with
+    its last name as upper bound, so no list of ids grows with the page."""
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit is {limit}: list at least 1 model", field="limit")
+    m = RegisteredModelRow
+    where = [] if tenant is None else [m.tenant_id == tenant_row(s, tenant).id]
+    if after is not None:
+        where.append(m.name > after)
+    query = select(m, TenantRow.name).outerjoin(TenantRow, TenantRow.id == m.tenant_id)
+    page = s.execute(query.where(*where).order_by(m.name).limit(limit)).all()
+    if not page:
+        return []
+    if limit is not None:
+        where.append(m.name <= page[-1][0].name)
+    ids = select(m.id).where(*where).scalar_subquery()
+    aliases: dict[int, dict[str, int]] = {row.id: {} for row, _ in page}
+    for model_id, alias, number in s.execute(
+        select(ModelAliasRow.registered_model_id, ModelAliasRow.alias, ModelVersionRow.version)
+        .join(ModelVersionRow, ModelVersionRow.id == ModelAliasRow.version_id)
+        .where(ModelAliasRow.registered_model_id.in_(ids))
+        .order_by(ModelAliasRow.alias)
+    ):
+        aliases.setdefault(model_id, {})[alias] = number
+    v = ModelVersionRow
+    newest = (
+        select(v.registered_model_id.label("model_id"), func.max(v.version).label("version"))
+        .where(v.registered_model_id.in_(ids))
+        .group_by(v.registered_model_id)
+        .subquery()
+    )
+    numbers: dict[int, int] = {}
+    rows: dict[int, ModelVersionRow] = {}
+    if latest:  # the rows and their bases, so to_version finds them in the session
+        joined = (
+            select(v, BaseModelRow)
+            .join(newest, (v.registered_model_id == newest.c.model_id)
+                  & (v.version == newest.c.version))
+            .join(BaseModelRow, BaseModelRow.id == v.base_model_id)
+        )  # fmt: skip
+        held = s.execute(joined).all()
+        rows = {vrow.registered_model_id: vrow for vrow, _ in held}
+        numbers = {i: vrow.version for i, vrow in rows.items()}
+    else:
+        numbers = dict(s.execute(select(newest.c.model_id, newest.c.version)).all())
+    out: list[tuple[RegisteredModel, ModelVersion | None]] = []
+    for row, tenant_name in page:
+        named = aliases.get(row.id, {})
+        model = RegisteredModel(row.id, row.name, tenant_name, row.description, named,
+                                numbers.get(row.id), row.created_at)  # fmt: skip
+        vrow = rows.get(row.id)
+        version = None
+        if vrow is not None:
+            version = to_version(s, vrow, [a for a, n in named.items() if n == vrow.version])
+        out.append((model, version))
+    return out
 
 
 def lock_followers(s: Session, ref: str) -> None:
