@@ -1,14 +1,38 @@
 """Values the admin API reads itself: durations in the CLI's grammar, with an upper bound,
-and times (a time without an offset is UTC, as on the command line)."""
+times (a time without an offset is UTC, as on the command line), and the paging of its
+listings (``limit`` and a cursor)."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from fastapi import Query
 
 from modelyard.durations import EXAMPLES, parse_duration
 from modelyard.errors import ConfigError
 
 YEAR = timedelta(days=366)
+MAX_PAGE = 1000
+"""The most items one page of a listing answers (``limit``)."""
+
+
+def page_limit(what: str, default: int = MAX_PAGE) -> Any:
+    """The ``limit`` query parameter of a listing of ``what`` (1 to ``MAX_PAGE``)."""
+    return Query(
+        default, ge=1, le=MAX_PAGE,
+        description=f"At most this many {what} (default {default}, at most {MAX_PAGE}); a "
+        "page shorter than limit is the last.",
+    )  # fmt: skip
+
+
+def page_after(what: str, by: str) -> Any:
+    """The ``after`` query parameter of a listing of ``what`` ordered ``by``."""
+    return Query(
+        None, min_length=1, max_length=200,
+        description=f"Only the {what} after this {by}: the next page is after= the {by} of "
+        "the last one of a page.",
+    )  # fmt: skip
 
 
 def duration(
@@ -41,4 +65,4 @@ def utc(value: datetime | None, field: str) -> datetime | None:
         raise ConfigError(f"{field} {value.isoformat()} is out of range", field=field) from None
 
 
-__all__ = ["duration", "utc"]
+__all__ = ["MAX_PAGE", "duration", "page_after", "page_limit", "utc"]

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from modelyard.admin._auth import Acting
 from modelyard.admin._encode import jsonable, version_json
+from modelyard.admin._params import MAX_PAGE, page_after, page_limit
 from modelyard.errors import ConfigError
 from modelyard.registry import LineageNode, lineage_chain, set_tags, version_card
 
@@ -18,7 +19,7 @@ router = APIRouter(tags=["registry"])
 ModelName = Path(description="The registered model's name.", max_length=200)
 VersionNumber = Path(description="The version number (1, 2, ...).", ge=1, le=2**31 - 1)
 AliasName = Path(description="The alias, e.g. champion.", max_length=200)
-MAX_VERSIONS_PAGE = 1000
+MAX_VERSIONS_PAGE = MAX_PAGE
 """The most versions one ``GET /models/{model}/versions`` answers (``limit``)."""
 
 
@@ -51,11 +52,19 @@ def _lineage(node: LineageNode) -> dict[str, Any]:
     }
 
 
-@router.get("/models", summary="List registered models")
+@router.get("/models", summary="List registered models with their latest version's gates")
 def list_models(
-    caller: Acting, tenant: str | None = Query(None, max_length=200)
+    caller: Acting,
+    tenant: str | None = Query(None, max_length=200),
+    limit: int = page_limit("models"),
+    after: str | None = page_after("models", "name"),
 ) -> list[dict[str, Any]]:
-    return [jsonable(m) for m in caller.store.list_registered_models(tenant)]
+    """The first ``limit`` models by name (named after ``after``), each with
+    ``latest_gates``: the gate status of its latest version (null: no version yet)."""
+    found = caller.store.list_models_with_latest(tenant, limit=limit, after=after)
+    return [
+        {**jsonable(m), "latest_gates": None if v is None else jsonable(v.gates)} for m, v in found
+    ]
 
 
 @router.get("/models/{model}", summary="Show a registered model")

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from modelyard.access import create_api_key, rotate_api_key
 from modelyard.admin._auth import Acting
 from modelyard.admin._encode import jsonable
-from modelyard.admin._params import duration
+from modelyard.admin._params import duration, page_after, page_limit
 from modelyard.errors import NotFound
 from modelyard.store import (
     DEFAULT_STORAGE_POLICY,
@@ -94,24 +94,41 @@ def key_json(key: ApiKey, now: datetime | None = None) -> dict[str, Any]:
     return out
 
 
-def _tenant_json(
-    store: Store, tenant: Tenant, keys: list[ApiKey], budgets: list[Budget], now: datetime
-) -> dict[str, Any]:
+def _tenants_json(
+    store: Store, tenants: list[Tenant], keys: list[ApiKey], budgets: list[Budget], now: datetime
+) -> list[dict[str, Any]]:
+    """``tenants`` with their retention, key counts and budgets (``keys`` and ``budgets``
+    may hold other tenants'): the retention policies read once, each key looked at once."""
     retention = {p.tenant: p.raw_days for p in store.list_retention()}
-    mine = [key_json(k, now) for k in keys if k.tenant == tenant.name]
-    return {
-        **jsonable(tenant),
-        "retention_days": retention.get(tenant.name),
-        "keys": {"active": sum(k["state"] == "active" for k in mine), "total": len(mine)},
-        "budgets": [store.budget_status(b, now) for b in budgets if b.tenant == tenant.name],
-    }
+    counts: dict[str, list[int]] = {t.name: [0, 0] for t in tenants}  # active, total
+    for k in keys:
+        if k.tenant in counts:
+            counts[k.tenant][0] += key_json(k, now)["state"] == "active"
+            counts[k.tenant][1] += 1
+    return [
+        {
+            **jsonable(t),
+            "retention_days": retention.get(t.name),
+            "keys": {"active": counts[t.name][0], "total": counts[t.name][1]},
+            "budgets": [store.budget_status(b, now) for b in budgets if b.tenant == t.name],
+        }
+        for t in tenants
+    ]
 
 
 @router.get("/tenants", summary="List tenants with storage policy, retention and budgets")
-def list_tenants(caller: Acting) -> list[dict[str, Any]]:
+def list_tenants(
+    caller: Acting,
+    limit: int = page_limit("tenants"),
+    after: str | None = page_after("tenants", "name"),
+) -> list[dict[str, Any]]:
+    """The first ``limit`` tenants by name (named after ``after``)."""
     store, now = caller.store, datetime.now(UTC)
+    tenants = store.list_tenants(limit=limit, after=after)
+    if not tenants:
+        return []
     keys, budgets = store.list_api_keys(), store.list_budgets()
-    return [_tenant_json(store, t, keys, budgets, now) for t in store.list_tenants()]
+    return _tenants_json(store, tenants, keys, budgets, now)
 
 
 @router.get("/tenants/{tenant}", summary="Show a tenant, its keys (no secrets) and budgets")
@@ -119,7 +136,7 @@ def show_tenant(caller: Acting, tenant: str = TenantName) -> dict[str, Any]:
     store, now = caller.store, datetime.now(UTC)
     found = store.get_tenant(tenant)
     keys = store.list_api_keys(tenant)
-    out = _tenant_json(store, found, keys, store.list_budgets(tenant), now)
+    out = _tenants_json(store, [found], keys, store.list_budgets(tenant), now)[0]
     out["key_list"] = [key_json(k, now) for k in keys]
     return out
 
@@ -134,9 +151,12 @@ def create_tenant(body: TenantBody, caller: Acting) -> dict[str, Any]:
 def list_keys(
     caller: Acting,
     tenant: str | None = Query(None, max_length=100, description="Only this tenant's keys."),
+    limit: int = page_limit("keys"),
+    after: str | None = page_after("keys (oldest first)", "key id"),
 ) -> list[dict[str, Any]]:
+    """The first ``limit`` keys, oldest first (made after the key ``after``)."""
     now = datetime.now(UTC)
-    return [key_json(k, now) for k in caller.store.list_api_keys(tenant)]
+    return [key_json(k, now) for k in caller.store.list_api_keys(tenant, limit=limit, after=after)]
 
 
 @router.post(

@@ -292,22 +292,17 @@ def registry_list(
         _registry_versions(name, json_out)
         return
     with open_plane() as plane:
-        models = plane.list_registered_models(tenant)
-        latest = {
-            m.name: plane.get_model_version(m.name, m.latest_version).gates
-            for m in models
-            if m.latest_version is not None
-        }
+        listed = plane.list_models(tenant)  # with the latest versions' gates, in one go
     if json_out:
         print_json(
-            [{**to_jsonable(m), "latest_gates": latest[m.name].state if m.name in latest else None}
-             for m in models]
+            [{**to_jsonable(e.model), "latest_gates": e.latest_gates and e.latest_gates.state}
+             for e in listed]
         )  # fmt: skip
         return
     table = Table("model", "tenant", "latest", "gates of latest", "aliases")
-    for m in models:
+    for e in listed:
+        m, gates = e.model, e.latest_gates.cell if e.latest_gates else "-"
         aliases = ", ".join(f"{a}→{v}" for a, v in sorted(m.aliases.items()))
-        gates = latest[m.name].cell if m.name in latest else "-"
         table.add_row(m.name, m.tenant or "-", str(m.latest_version or "-"), gates, aliases or "-")
     console.print(table)
 

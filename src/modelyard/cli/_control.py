@@ -22,6 +22,7 @@ from modelyard.store import (
     ApiKey,
     AuditEvent,
     Endpoint,
+    GateStatus,
     ModelVersion,
     Profile,
     RegisteredModel,
@@ -64,6 +65,15 @@ class KeyInfo:
     @classmethod
     def of(cls, key: ApiKey) -> KeyInfo:
         return cls(**{f.name: getattr(key, f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
+class ModelListing:
+    """A registered model as ``registry list`` shows it: with the gate status of its
+    latest version (None: no version yet)."""
+
+    model: RegisteredModel
+    latest_gates: GateStatus | None
 
 
 @dataclass(frozen=True)
@@ -119,7 +129,7 @@ class ControlPlane(Protocol):
     ) -> None: ...
 
     # registry
-    def list_registered_models(self, tenant: str | None = None) -> list[RegisteredModel]: ...
+    def list_models(self, tenant: str | None = None) -> list[ModelListing]: ...
     def list_model_versions(self, model: str) -> list[ModelVersion]: ...
     def get_model_version(self, model: str, version: int) -> ModelVersion: ...
     def resolve_model_ref(self, ref: str) -> ModelVersion: ...
@@ -211,6 +221,7 @@ __all__ = [
     "DriftFeature",
     "DriftRun",
     "KeyInfo",
+    "ModelListing",
     "NewKey",
     "needs_database",
     "no_such_key",

@@ -23,6 +23,7 @@ from modelyard.cli._control import (
     DriftFeature,
     DriftRun,
     KeyInfo,
+    ModelListing,
     NewKey,
     no_such_key,
 )
@@ -35,7 +36,6 @@ from modelyard.store import (
     Endpoint,
     ModelVersion,
     Profile,
-    RegisteredModel,
     Rollout,
     StoragePolicy,
     Store,
@@ -58,8 +58,9 @@ class LocalPlane:
     ) -> None:
         self.store.close()
 
-    def list_registered_models(self, tenant: str | None = None) -> list[RegisteredModel]:
-        return self.store.list_registered_models(tenant)
+    def list_models(self, tenant: str | None = None) -> list[ModelListing]:
+        found = self.store.list_models_with_latest(tenant)
+        return [ModelListing(m, None if v is None else v.gates) for m, v in found]
 
     def list_model_versions(self, model: str) -> list[ModelVersion]:
         return self.store.list_model_versions(model)

@@ -20,6 +20,7 @@ from modelyard.cli._control import (
     CurrentStep,
     DriftRun,
     KeyInfo,
+    ModelListing,
     NewKey,
     needs_database,
     no_such_key,
@@ -33,6 +34,7 @@ from modelyard.store import (
     AlertState,
     AuditEvent,
     Endpoint,
+    GateStatus,
     ModelVersion,
     Profile,
     RegisteredModel,
@@ -45,6 +47,7 @@ from modelyard.store import (
 
 ALERT_STATES = ("pending", "firing", "resolved", "inactive")  # what GET /alerts filters by
 VERSIONS_PAGE = 1000  # the most versions GET /models/{model}/versions answers at once
+PAGE = 1000  # the most models, tenants or keys GET /models, /tenants and /keys answer at once
 
 
 class RemotePlane:
@@ -73,8 +76,12 @@ class RemotePlane:
 
     # -- registry ----------------------------------------------------------------------
 
-    def list_registered_models(self, tenant: str | None = None) -> list[RegisteredModel]:
-        return [decode(RegisteredModel, m) for m in self.client.get("/models", tenant=tenant)]
+    def list_models(self, tenant: str | None = None) -> list[ModelListing]:
+        """Every model, a page of ``PAGE`` a request, each with its latest version's gates."""
+        found = self._pages("/models", "name", tenant=tenant)
+        return [
+            ModelListing(decode(RegisteredModel, m), _gates(m.get("latest_gates"))) for m in found
+        ]
 
     def list_model_versions(self, model: str) -> list[ModelVersion]:
         path, before = f"/models/{segment(model)}/versions", None
@@ -88,6 +95,18 @@ class RemotePlane:
 
     def get_model_version(self, model: str, version: int) -> ModelVersion:
         return decode(ModelVersion, self.client.get(_version_path(model, version)))
+
+    def _pages(self, path: str, cursor: str, **params: Any) -> list[Any]:
+        """Every item of the listing at ``path``, a page of ``PAGE`` a request: the next
+        page is ``after=`` the ``cursor`` field of the last item of a page."""
+        found: list[Any] = []
+        after = None
+        while True:
+            page = self.client.get(path, limit=PAGE, after=after, **params)
+            found.extend(page)
+            if len(page) < PAGE:
+                return found
+            after = page[-1][cursor]
 
     def resolve_model_ref(self, ref: str) -> ModelVersion:
         """``NAME@alias``, ``NAME:N`` or ``NAME`` (latest), with the store's errors."""
@@ -242,7 +261,7 @@ class RemotePlane:
     # -- tenants, keys and budgets -------------------------------------------------------
 
     def list_tenants(self) -> list[Tenant]:
-        return [decode(Tenant, t) for t in self.client.get("/tenants")]
+        return [decode(Tenant, t) for t in self._pages("/tenants", "name")]
 
     def create_tenant(self, name: str, storage_policy: StoragePolicy) -> Tenant:
         check_name("tenant", name)  # the store's error, before anything is sent
@@ -250,7 +269,7 @@ class RemotePlane:
         return decode(Tenant, self.client.send("POST", "/tenants", body=body))
 
     def list_api_keys(self, tenant: str | None = None) -> list[KeyInfo]:
-        return [decode(KeyInfo, k) for k in self.client.get("/keys", tenant=tenant)]
+        return [decode(KeyInfo, k) for k in self._pages("/keys", "id", tenant=tenant)]
 
     def create_api_key(
         self, tenant: str, *, scopes: Sequence[str], expires: str | None,
@@ -324,6 +343,11 @@ class RemotePlane:
         query = state if state in ALERT_STATES else None
         found = [decode(AlertState, a) for a in self.client.get("/alerts", state=query)]
         return [a for a in found if state is None or a.state == state]
+
+
+def _gates(found: Any) -> GateStatus | None:
+    """A model's ``latest_gates``: null for a model without a version."""
+    return None if found is None else decode(GateStatus, found)
 
 
 def _version_path(model: str, version: int) -> str:
