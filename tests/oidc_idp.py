@@ -48,6 +48,7 @@ class IdP:
     opaque_access_tokens: bool = False
     wrong_nonce: bool = False
     authorize_requests: list[dict[str, str]] = field(default_factory=list)
+    logout_requests: list[dict[str, str]] = field(default_factory=list)
     token_requests: list[dict[str, str]] = field(default_factory=list)
     codes: dict[str, dict[str, Any]] = field(default_factory=dict)
     refresh_tokens: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -76,6 +77,7 @@ class IdP:
             "jwks_uri": self.url + "/jwks",
             "authorization_endpoint": self.url + "/authorize",
             "token_endpoint": self.url + "/token",
+            "end_session_endpoint": self.url + "/logout",
             "response_types_supported": ["code"],
             "code_challenge_methods_supported": ["S256"],
         }
@@ -179,6 +181,10 @@ def running_idp(host: str = "127.0.0.1") -> Iterator[IdP]:
                 self._page(parts.query)
             elif parts.path == "/authorize":
                 self._back(provider.authorize(_form(parts.query)))
+            elif parts.path == "/logout":  # RP-Initiated Logout: back where it was asked
+                query = _form(parts.query)
+                provider.logout_requests.append(query)
+                self._back(query["post_logout_redirect_uri"])
             else:
                 self.send_error(404)
 

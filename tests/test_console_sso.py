@@ -126,6 +126,15 @@ def test_a_person_signs_in_with_pkce_and_the_session_opens_the_admin_api(world: 
         whoami = client.get(f"{world.url}{ADMIN_PREFIX}/whoami")
         assert whoami.status_code == 200, whoami.text
         assert whoami.json()["actor"] == "alice" and whoami.json()["via"] == "oidc"
+        csrf = client.get(f"{world.url}{CONSOLE_PREFIX}/api/session").json()["csrf_token"]
+        out = client.post(f"{world.url}{CONSOLE_PREFIX}/api/logout", headers={"X-CSRF-Token": csrf})
+        assert out.status_code == 200 and out.json()["ended"] is True
+        logout = urlsplit(out.json()["sso_logout"])  # the identity provider's session too
+        assert f"{logout.scheme}://{logout.netloc}{logout.path}" == f"{world.idp.url}/logout"
+        hint = parse_qs(logout.query)
+        assert hint["post_logout_redirect_uri"] == [f"{world.url}{CONSOLE_PREFIX}/login"]
+        assert hint["client_id"] == [CLIENT_ID] and hint["id_token_hint"][0].count(".") == 2
+        assert client.get(f"{world.url}{ADMIN_PREFIX}/whoami").status_code == 401
     exchange = world.idp.token_requests[-1]
     assert exchange["grant_type"] == "authorization_code" and len(exchange["code_verifier"]) == 64
     assert "client_secret" not in exchange  # a public client: PKCE alone
@@ -287,8 +296,9 @@ def test_single_sign_on_in_the_browser(world: World, browser: Browser) -> None:
     expect(page.get_by_test_id("who")).to_contain_text("alice")
     expect(page).to_have_url(re.compile(r"/console/(#.*)?$"))
     assert world.idp.authorize_requests  # it went through the issuer
-    page.click("text=Log out")
+    page.click("text=Log out")  # through the identity provider's logout, back to login
     expect(page).to_have_url(re.compile(r"/console/login"))
+    assert len(world.idp.logout_requests) == 1
     world.idp.deny = True
     page.click("#sso")
     page.click("#approve")

@@ -18,6 +18,9 @@ OpenID Connect Core §3.1):
    expires, so a session outlives a 5-minute access token without a new login,
    and ends when the identity provider refuses (the person was disabled, the
    refresh token was revoked).
+4. ``logout_url``: where to send the browser after the console's logout so that
+   the identity provider ends its own session too (OpenID Connect RP-Initiated
+   Logout, when the discovery document names an ``end_session_endpoint``).
 
 The endpoints come from the issuer's discovery document, whose ``issuer`` must be
 the configured one. The HTTP exchanges are authlib's OAuth 2.0 client (httpx).
@@ -32,6 +35,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
+from urllib.parse import urlencode
 
 from authlib.integrations.httpx_client import OAuth2Client, OAuthError
 
@@ -112,6 +116,7 @@ class SignedIn:
     actor: str
     which: str  # "access_token" or "id_token"
     refresh_token: str | None
+    id_token: str | None = None  # the latest: the logout's id_token_hint
 
 
 class OIDCLogin:
@@ -136,6 +141,7 @@ class OIDCLogin:
         self._fetch, self._clock = fetch, clock
         self._lock = threading.Lock()
         self._endpoints: tuple[str, str] | None = None
+        self._end_session: str | None = None
         self._fetched_at = 0.0
 
     @property
@@ -203,6 +209,22 @@ class OIDCLogin:
         signed = self.refresh(refresh_token)
         return signed.token, signed.refresh_token
 
+    def logout_url(self, id_token: str | None, after: str) -> str | None:
+        """The identity provider's logout for the person of ``id_token``, coming back to
+        ``after``; None when it publishes no ``end_session_endpoint`` (or is unreachable:
+        the console's own logout stands either way)."""
+        try:
+            self._discover()
+        except IdentityProviderUnavailable:
+            return None
+        if self._end_session is None:
+            return None
+        query = {"client_id": self.sso.client_id, "post_logout_redirect_uri": after}
+        if id_token:
+            query["id_token_hint"] = id_token
+        separator = "&" if "?" in self._end_session else "?"
+        return f"{self._end_session}{separator}{urlencode(query)}"
+
     def _signed_in(self, tokens: Mapping[str, Any], id_token: str | None) -> SignedIn:
         refresh = tokens.get("refresh_token")
         refresh = refresh if isinstance(refresh, str) and refresh else None
@@ -211,7 +233,7 @@ class OIDCLogin:
             if not isinstance(token, str) or not token:
                 continue
             try:
-                return SignedIn(token, self._accepts(token), which, refresh)
+                return SignedIn(token, self._accepts(token), which, refresh, id_token)
             except AuthError as exc:
                 reasons.append(f"its {which.replace('_', ' ')}: {exc.message}")
         raise AuthError(
@@ -284,6 +306,8 @@ class OIDCLogin:
                 )
             authorize, token = str(endpoints[0]), str(endpoints[1])
             self._endpoints = (_check_url(authorize), _check_url(token))
+            end_session = document.get("end_session_endpoint")
+            self._end_session = _check_url(end_session) if isinstance(end_session, str) else None
             self._fetched_at = self._clock()
             return self._endpoints
 

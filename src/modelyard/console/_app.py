@@ -13,7 +13,8 @@ and closes sessions:
   (HttpOnly, SameSite=Strict, Secure over TLS) and audits ``console.login``;
 - ``GET /api/session``: who is logged in and the session's CSRF token, for the
   page's script (same origin only: no CORS);
-- ``POST /api/logout`` (with the CSRF token): ends the session, audited;
+- ``POST /api/logout`` (with the CSRF token): ends the session, audited; after a
+  single sign-on, the answer names the identity provider's logout to go to;
 - with single sign-on configured, ``GET /oidc/login`` and ``GET /oidc/callback``
   (``_sso``): the identity provider's login page and the way back.
 
@@ -259,7 +260,11 @@ def create_console_app(
             raise CSRFRejected(f"a logout needs the session's CSRF token in {CSRF_HEADER}")
         sessions.end(session_id)
         audit(principal, "console.logout", {"session": session.short_id})
-        response = JSONResponse({"ended": True})
+        # A single sign-on session: the identity provider's own logout, back to the login
+        # page (RP-Initiated Logout; the page goes there once this answer says "ended").
+        after = str(request.url.replace(path=f"{CONSOLE_PREFIX}/login", query=""))
+        elsewhere = sso.logout_url(session.id_token, after) if sso and session.id_token else None
+        response = JSONResponse({"ended": True, "sso_logout": elsewhere})
         clear_cookie(request, response, SESSION_COOKIE)
         return response
 

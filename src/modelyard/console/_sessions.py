@@ -59,6 +59,7 @@ class Session:
     expires: float  # absolute end (ttl_s after the start)
     last_seen: float
     refresh_token: str | None = None  # single sign-on: renews ``token`` when it expires
+    id_token: str | None = None  # single sign-on: the identity provider's logout hint
     renewing: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @property
@@ -108,7 +109,7 @@ class ConsoleSessions:
         return SECURE_SESSION_COOKIE if self.secure else SESSION_COOKIE
 
     def start(
-        self, token: str, *, refresh_token: str | None = None
+        self, token: str, *, refresh_token: str | None = None, id_token: str | None = None
     ) -> tuple[str, Session, Principal]:
         """Check ``token`` and open a session for it: (the id for the cookie, the session,
         who it is). AuthError (401) when the token does not authenticate."""
@@ -124,6 +125,7 @@ class ConsoleSessions:
             expires=now + self.ttl_s,
             last_seen=now,
             refresh_token=refresh_token,
+            id_token=id_token,
         )
         with self._lock:
             self._sweep(now)

@@ -162,7 +162,7 @@ def add_sso_routes(
         try:
             signed = login.finish(pending, code)
             session_id, session, principal = sessions.start(
-                signed.token, refresh_token=signed.refresh_token
+                signed.token, refresh_token=signed.refresh_token, id_token=signed.id_token
             )
         except IdentityProviderUnavailable as exc:
             log.warning("console: single sign-on for %s failed: %s", address, exc.message)

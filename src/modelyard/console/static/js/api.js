@@ -69,7 +69,15 @@ export async function logout() {
     headers: { "X-CSRF-Token": session ? session.csrf_token : "" },
   });
   if (!response.ok && response.status !== 401) throw await errorOf(response);  // 401: gone
-  toLogin();
+  let elsewhere = null;  // after single sign-on: the identity provider's logout
+  if (response.ok) {
+    try { elsewhere = (await response.json()).sso_logout; } catch (_) { /* ended anyway */ }
+  }
+  if (typeof elsewhere === "string" && /^https?:\/\//.test(elsewhere)) {
+    window.location.assign(elsewhere);
+  } else {
+    toLogin();
+  }
 }
 
 /** A path segment, escaped. */

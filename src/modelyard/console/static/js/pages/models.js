@@ -5,19 +5,50 @@ import { h, ago, card, fmtTime, link, num, pill, table } from "../dom.js";
 import { lineageGraph } from "../charts.js";
 import { markdown } from "../markdown.js";
 
-export async function modelsPage() {
-  const models = await api.get("/models");
+// The models a page at a time (MODELS_SHOWN, read with limit and after= the last name
+// shown): "Show more" adds the next page, so a registry of thousands is never read whole.
+const MODELS_SHOWN = 100;
+
+function modelRow(m) {
   return [
-    h("h1", {}, "Models"),
-    card(null, table(["model", "tenant", "latest version", "aliases", "registered"],
-      models.map((m) => [
-        link(`#/models/${seg(m.name)}`, m.name),
-        m.tenant || "shared",
-        m.latest_version ? link(`#/models/${seg(m.name)}/${m.latest_version}`, `v${m.latest_version}`) : "–",
-        Object.entries(m.aliases).map(([a, v]) => h("span", { class: "tag" }, `@${a} → v${v}`)),
-        ago(m.created_at),
-      ]), { "data-testid": "models" })),
+    link(`#/models/${seg(m.name)}`, m.name),
+    m.tenant || "shared",
+    m.latest_version ? link(`#/models/${seg(m.name)}/${m.latest_version}`, `v${m.latest_version}`) : "–",
+    m.latest_gates ? pill(m.latest_gates.state) : "–",
+    Object.entries(m.aliases).map(([a, v]) => h("span", { class: "tag" }, `@${a} → v${v}`)),
+    ago(m.created_at),
   ];
+}
+
+export async function modelsPage() {
+  const first = await api.get(`/models?limit=${MODELS_SHOWN}`);
+  const list = table(["model", "tenant", "latest version", "gates of latest", "aliases", "registered"],
+    first.map(modelRow), { "data-testid": "models" });
+  let last = first.length ? first[first.length - 1].name : null;
+  const note = h("p", { class: "muted", "data-testid": "models-note" });
+  const more = h("button", { type: "button", "data-testid": "models-more" }, "Show more");
+  const shown = (n, done) => {
+    note.textContent = done ? `${n} models` : `the first ${n} models by name`;
+    more.hidden = done;
+  };
+  let count = first.length;
+  shown(count, first.length < MODELS_SHOWN);
+  more.addEventListener("click", async () => {
+    more.disabled = true;
+    try {
+      const page = await api.get(`/models?limit=${MODELS_SHOWN}&after=${encodeURIComponent(last)}`);
+      const body = list.querySelector("tbody");
+      for (const m of page) body.append(h("tr", {}, modelRow(m).map((c) => h("td", {}, c))));
+      if (page.length) last = page[page.length - 1].name;
+      count += page.length;
+      shown(count, page.length < MODELS_SHOWN);
+    } catch (err) {
+      note.textContent = `could not read more models: ${err.message}`;
+    } finally {
+      more.disabled = false;
+    }
+  });
+  return [h("h1", {}, "Models"), card(null, note, list, more)];
 }
 
 // The versions table shows the versions around the one on the page (up to VERSIONS_SHOWN,
