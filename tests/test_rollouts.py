@@ -402,6 +402,7 @@ def test_a_rollback_fires_an_alert_to_the_webhook_and_a_success_resolves_it(
         [alert] = store.list_alert_states(state="firing")
         assert alert.rule == "rollout_rolled_back"
         assert dict(alert.labels) == {"endpoint": "support", "version": "bot:2"}
+        assert ctl.alerts.flush(10)  # the webhook is called off the controller's thread
         [payload] = received
         assert payload["status"] == "firing"
         assert "error_rate" in payload["alert"]["summary"]  # type: ignore[index]

@@ -428,6 +428,7 @@ def controller(
                 )
             else:  # its one tick is done: the next controller (or --once) need not wait
                 store.release_lease(LEASE, ctl.holder)
+            ctl.close(60.0)  # the rollback alerts' webhooks, sent off the tick's thread
             return
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

@@ -4,15 +4,19 @@ The alert is ``rollout_rolled_back`` for the endpoint and the version, firing
 from the moment of the rollback (it shows in ``modelyard monitor alerts``);
 it is sent to the log and, when the alert rules (``<home>/alerts.yml``) name a
 webhook, POSTed there with the same retries as every other alert. It resolves
-when a later rollout on the endpoint succeeds.
+when a later rollout on the endpoint succeeds. The controller hands the POST to
+its ``AlertSender`` (``_sender``): the state and the log are written at once,
+the webhook is called off the controller's thread.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from typing import Any
 
+from modelyard.delivery._sender import AlertSender, Post, deliver
 from modelyard.errors import ModelyardError
 from modelyard.store import AlertNotification, AlertState, Rollout, Store, utcnow
 
@@ -21,8 +25,21 @@ log = logging.getLogger(__name__)
 RULE = "rollout_rolled_back"
 
 
-def rollback_alert(store: Store, rollout: Rollout, breach: Mapping[str, Any]) -> AlertState:
-    """Record, log and send the alert for a rolled-back rollout."""
+def load_alerting() -> None:
+    """Import what ``rollback_alert`` imports lazily (the monitoring package: most of a
+    second on a busy machine), so a controller's first rollback stays within its lease."""
+    import modelyard.monitoring  # noqa: F401  (loaded, not used here)
+
+
+def rollback_alert(
+    store: Store,
+    rollout: Rollout,
+    breach: Mapping[str, Any],
+    *,
+    sender: AlertSender | None = None,
+) -> AlertState:
+    """Record, log and send the alert for a rolled-back rollout; the webhook's POST is
+    queued on ``sender`` when one is given, else sent before this returns."""
     from modelyard.monitoring import alert_id, post_webhook, rules_from
     from modelyard.settings import load_settings
 
@@ -52,10 +69,12 @@ def rollback_alert(store: Store, rollout: Rollout, breach: Mapping[str, Any]) ->
                       "fired_at": now.isoformat()},
             "sent_at": now.isoformat(),
         }  # fmt: skip
-        d = post_webhook(hook, payload)
-        store.add_alert_notification(
-            AlertNotification(alert.id, RULE, "firing", hook.url, now, d.ok, d.attempts, d.error)
-        )
+        post = Post(alert.id, RULE, "firing", hook.url, now,
+                    functools.partial(post_webhook, hook, payload))  # fmt: skip
+        if sender is not None:
+            sender.submit(post)
+        else:
+            deliver(store, post)
     return alert
 
 

@@ -23,6 +23,7 @@ plan at once and ends the rollout ``rolled_back``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -35,7 +36,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from modelyard.delivery._alerting import resolve_rollback_alert, rollback_alert
+from modelyard.delivery._alerting import load_alerting, resolve_rollback_alert, rollback_alert
 from modelyard.delivery._guards import (
     GuardResult,
     TrafficSample,
@@ -43,6 +44,7 @@ from modelyard.delivery._guards import (
     load_statistics,
 )
 from modelyard.delivery._judging import StepWindow, judge_guards, judge_window, judged_windows
+from modelyard.delivery._sender import AlertSender
 from modelyard.errors import ModelyardError, PermissionDenied
 from modelyard.metric_names import judge_name
 from modelyard.store import Rollout, Store, Transition, step_plan, utcnow
@@ -139,6 +141,11 @@ class Controller:
     ``extra_ticks`` run on the leader every ``extra_every_s`` seconds after the
     rollouts (``serve`` and ``modelyard controller`` pass ``monitoring.tick``, so
     alert rules are evaluated by the controller loop).
+
+    A rollback's alert is recorded in the tick and its webhook POSTed by ``alerts``, a
+    sender on a thread of its own (``_sender``): a slow or hung receiver never delays a
+    tick, so never costs the lease. ``run`` ends with ``close``, which waits
+    ``close_timeout_s`` at most for the alerts still queued.
     """
 
     def __init__(
@@ -153,6 +160,7 @@ class Controller:
         on_breach: Callable[[Store, Rollout, Mapping[str, Any]], object] | None = None,
         extra_ticks: list[Callable[[Store], object]] | None = None,
         extra_every_s: float = 15.0,
+        close_timeout_s: float = 5.0,
     ) -> None:
         self.store = store
         self.holder = holder or default_holder()
@@ -160,7 +168,13 @@ class Controller:
         self.stale_after_s = stale_after_s
         self.prepare_timeout_s = prepare_timeout_s
         self.alpha = alpha
-        self.on_breach = on_breach if on_breach is not None else rollback_alert
+        self.close_timeout_s = close_timeout_s
+        self.alerts = AlertSender(store)
+        self.on_breach = (
+            on_breach
+            if on_breach is not None
+            else functools.partial(rollback_alert, sender=self.alerts)
+        )
         self.extra_ticks = extra_ticks or []
         self.extra_every_s = extra_every_s
         self._extra_at = 0.0
@@ -168,8 +182,8 @@ class Controller:
         # breach's rollback, nor the lease this loop must renew (one job at a time).
         self._judging = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelyard-judge")
         self._judge_jobs: dict[str, Future[int]] = {}
-        # Rollbacks' alerts (a webhook with retries) are sent once every rollout of the tick
-        # was looked at: a slow receiver never delays another rollout's rollback.
+        # Rollbacks' alerts are recorded once every rollout of the tick was looked at, and
+        # their webhooks (a timeout, retries) POSTed by ``self.alerts`` off this thread.
         self._alerts: list[tuple[Rollout, Mapping[str, Any]]] = []
 
     @property
@@ -210,10 +224,12 @@ class Controller:
     def run(self, stop: threading.Event, interval_s: float = 1.0) -> None:
         """Tick every ``interval_s`` until ``stop`` is set; release the lease at the end.
 
-        What a tick imports lazily is loaded first, so the first tick, which takes the
-        lease, acts within it however short the lease (``--lease-ttl``) is.
+        What a tick imports lazily (the statistics, the alerting) is loaded first, so the
+        first tick, which takes the lease, acts within it however short the lease
+        (``--lease-ttl``) is.
         """
         load_statistics()
+        load_alerting()  # the monitoring package, which a rollback's alert reads
         try:
             while not stop.is_set():
                 started = time.monotonic()
@@ -224,10 +240,18 @@ class Controller:
                 except Exception:  # a bug must not end the loop: the next tick tries again
                     log.exception("controller tick failed")
                 stop.wait(max(0.0, interval_s - (time.monotonic() - started)))
-        finally:
-            self._judging.shutdown(wait=False, cancel_futures=True)
+        finally:  # the lease first: another controller need not wait for the alerts
             with contextlib.suppress(ModelyardError):
                 self.store.release_lease(LEASE, self.holder)
+            self.close()
+
+    def close(self, timeout_s: float | None = None) -> bool:
+        """Stop judging and send the queued alerts, waiting ``timeout_s`` at most (default
+        ``close_timeout_s``); False if some were not sent in that time (each is in the log
+        and the store). ``run`` calls it; call it after ticks run without ``run``."""
+        self._judging.shutdown(wait=False, cancel_futures=True)
+        wait = self.close_timeout_s if timeout_s is None else timeout_s
+        return self.alerts.close(wait)
 
     # -- one rollout ------------------------------------------------------------------------
 
