@@ -30,6 +30,7 @@ from typer.main import get_command
 
 import modelyard
 from conftest import IN_CI
+from modelyard.access import OIDCConfig, SSOConfig
 from modelyard.cli import app
 from modelyard.cli._serve import refuse_unread
 from modelyard.delivery import parse_guard, parse_steps
@@ -138,6 +139,7 @@ KNOWN_ENV = (
     {f"MODELYARD_{name.upper()}" for name in Settings.model_fields}
     | _cli_envvars()
     | _boto3_names()
+    | {"FORWARDED_ALLOW_IPS"}  # uvicorn's: the proxies whose X-Forwarded-* it believes
 )
 EXPORTED = {m.name for m in Metrics().registry.collect()}
 
@@ -267,6 +269,19 @@ VALUES = {
         "autoscaling": {"cpuUtilization": 70},
         "serve": {"defaultRpm": 600, "defaultTpm": 100000, "extraArgs": ["--embed-prompts"]},
     },
+    "admin-console-single-sign-on": {
+        "admin": {
+            "enabled": True,
+            "forwardedAllowIps": "10.42.0.0/16",
+            "oidc": {
+                "issuer": "https://sso.example.com/realms/ml",
+                "clientId": "modelyard-console",
+                "clientSecret": True,
+                "groupRoles": "ml-platform=admin,ml-leads=approver",
+                "redirectUrl": "https://models.example.com/console/oidc/callback",
+            },
+        },
+    },
     "gpu-transformers-no-autoscaling": {
         "gpu": {"enabled": True, "count": 2},
         "autoscaling": {"enabled": False},
@@ -322,6 +337,20 @@ def test_the_chart_renders_what_the_code_accepts(render: ModuleType, name: str) 
     assert ("AWS_SECRET_ACCESS_KEY" in env) is (on_s3 and from_secret)
     claims = [v for v in pod["volumes"] if "persistentVolumeClaim" in v]
     assert bool(claims) is not on_s3  # a shared directory only without S3
+    admin = values.get("admin", {})
+    assert serve["behind_tls_proxy"] is admin.get("enabled", False)
+    oidc = admin.get("oidc", {})
+    assert ("MODELYARD_OIDC_CLIENT_SECRET" in env) is oidc.get("clientSecret", False)
+    config = _by(docs, "ConfigMap", "-config")["data"]
+    if admin.get("enabled"):  # what serve reads: the settings the code parses from them
+        settings = Settings(**{k[len("MODELYARD_"):].lower(): v for k, v in config.items()
+                               if k.startswith("MODELYARD_OIDC_")})  # fmt: skip
+        sso = SSOConfig.from_settings(settings)
+        assert sso is not None and sso.redirect_url == oidc["redirectUrl"]
+        assert OIDCConfig.from_settings(settings) is not None
+        assert config["FORWARDED_ALLOW_IPS"] == admin["forwardedAllowIps"]
+    else:
+        assert not [k for k in config if "OIDC" in k or k == "FORWARDED_ALLOW_IPS"]
 
 
 @pytest.mark.parametrize("name", VALUES)
@@ -361,6 +390,18 @@ def test_the_alert_rules_the_chart_mounts_are_rules_the_controller_loads(
         ),
         ({"artifacts": {"existingClaim": ""}}, "set artifacts.url"),
         ({"serve": {"terminationGracePeriodSeconds": 30}}, "terminationGracePeriodSeconds"),
+        (
+            {"admin": {"enabled": True, "oidc": {"issuer": "https://i", "clientId": "c"}}},
+            "admin.oidc.clientId needs admin.oidc.redirectUrl",
+        ),
+        (
+            {"admin": {"enabled": True, "oidc": {"clientId": "c", "redirectUrl": "https://r"}}},
+            "admin.oidc.clientId needs admin.oidc.issuer",
+        ),
+        (
+            {"admin": {"enabled": True, "oidc": {"issuer": "https://i"}}},
+            "admin.oidc.issuer needs admin.oidc.audience or admin.oidc.clientId",
+        ),
     ],
 )
 def test_the_chart_refuses_values_that_would_not_work(
