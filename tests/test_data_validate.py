@@ -445,33 +445,34 @@ def test_bad_limits_are_config_errors() -> None:
 def test_fifty_thousand_rows_validate_without_pairwise_comparisons(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Near-duplicates are found through MinHash LSH: the rows the index offers as
-    candidates, and the exact comparisons made, grow with the rows, not with their pairs
-    (1.25 billion here). Counted, not timed: a busy machine changes the time only."""
-    from datasketch import MinHashLSH  # type: ignore[import-untyped]
-
+    """Near-duplicates are found through an index of prefix shingles: the groups the index
+    offers as candidates, and the exact comparisons made, grow with the rows, not with
+    their pairs (1.25 billion here). Counted, not timed: a busy machine changes the time
+    only. (Templated rows: tests/test_dedup_scale.py.)"""
     from modelyard.data import _dedup
 
     counted = {"candidates": 0, "compared": 0}
-    query, jaccard = MinHashLSH.query, _dedup._jaccard
+    most_similar, overlaps = _dedup._Shingled._most_similar, _dedup._Shingled._overlaps
 
-    def counting_query(self: Any, minhash: Any) -> list[Any]:
-        found = query(self, minhash)
-        counted["candidates"] += len(found)
-        return found
+    def counting_most_similar(self: Any, start: int, size: int, heads: Any) -> Any:
+        counted["candidates"] += len(heads)
+        return most_similar(self, start, size, heads)
 
-    def counting_jaccard(a: set[bytes], b: set[bytes]) -> float:
-        counted["compared"] += 1
-        return jaccard(a, b)
+    def counting_overlaps(self: Any, heads: Any, sizes: Any) -> Any:
+        counted["compared"] += len(heads)
+        return overlaps(self, heads, sizes)
 
-    monkeypatch.setattr(MinHashLSH, "query", counting_query)
-    monkeypatch.setattr(_dedup, "_jaccard", counting_jaccard)
+    monkeypatch.setattr(_dedup._Shingled, "_most_similar", counting_most_similar)
+    monkeypatch.setattr(_dedup._Shingled, "_overlaps", counting_overlaps)
     rows = [
         {"text": f"row {i} says {i * 7919 % 10007} and {i % 97} things", "label": str(i % 3)}
         for i in range(50_000)
     ]
+    for i in range(999, 50_000, 1000):  # 50 near-duplicates of the row before (6 of 7 shingles)
+        rows[i] = {"text": "so " + rows[i - 1]["text"], "label": rows[i - 1]["label"]}
     report = validate_rows(rows, "classification")
     assert report.rows == 50_000 and report.duplicates == []
+    assert report.near_duplicates == [[i, i + 1] for i in range(999, 50_000, 1000)]
     assert 0 < counted["candidates"] < 2 * len(rows), counted
     assert counted["compared"] <= counted["candidates"]
 
