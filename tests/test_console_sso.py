@@ -32,7 +32,7 @@ from modelyard.access import (
 from modelyard.admin import ADMIN_PREFIX, create_admin_app
 from modelyard.audit import AccessPolicy
 from modelyard.console import CONSOLE_PREFIX, ConsoleSessions, LoginLimiter, create_console_app
-from modelyard.errors import ConfigError
+from modelyard.errors import ConfigError, IdentityProviderUnavailable
 from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.settings import Settings
 from modelyard.store import Store
@@ -305,3 +305,26 @@ def test_single_sign_on_in_the_browser(world: World, browser: Browser) -> None:
     expect(page.locator("#error")).to_contain_text("did not sign you in")
     assert errors == [], errors
     context.close()
+
+
+def test_a_discovery_document_with_clear_text_endpoints_is_the_providers_fault() -> None:
+    """http endpoints off this machine: sign-in is a 503-kind refusal (never a 400 for the
+    person), and an http logout endpoint is ignored while sign-in works."""
+    issuer = "https://sso.example.com"
+    document: dict[str, Any] = {
+        "issuer": issuer,
+        "authorization_endpoint": "http://sso.example.com/authorize",
+        "token_endpoint": f"{issuer}/token",
+    }
+    config = OIDCConfig(issuer=issuer, audience=CLIENT_ID)
+    login = OIDCLogin(config, SSOConfig(CLIENT_ID), lambda _t: "alice",
+                      fetch=lambda _url: document)  # fmt: skip
+    with pytest.raises(IdentityProviderUnavailable, match="https"):
+        login.begin("https://models.example.com/console/oidc/callback")
+    document["authorization_endpoint"] = f"{issuer}/authorize"
+    document["end_session_endpoint"] = "http://sso.example.com/logout"
+    fresh = OIDCLogin(config, SSOConfig(CLIENT_ID), lambda _t: "alice",
+                      fetch=lambda _url: document)  # fmt: skip
+    url, _ = fresh.begin("https://models.example.com/console/oidc/callback")
+    assert url.startswith(f"{issuer}/authorize?")
+    assert fresh.logout_url("a.b.c", "https://models.example.com/console/login") is None

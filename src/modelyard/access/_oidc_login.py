@@ -304,10 +304,18 @@ class OIDCLogin:
                 raise IdentityProviderUnavailable(
                     f"the discovery document at {url} names no authorization or token endpoint"
                 )
-            authorize, token = str(endpoints[0]), str(endpoints[1])
-            self._endpoints = (_check_url(authorize), _check_url(token))
+            try:
+                self._endpoints = (_check_url(str(endpoints[0])), _check_url(str(endpoints[1])))
+            except ConfigError as exc:  # the provider's mistake, not the person's: a 503
+                raise IdentityProviderUnavailable(f"{url}: {exc.message}") from None
             end_session = document.get("end_session_endpoint")
-            self._end_session = _check_url(end_session) if isinstance(end_session, str) else None
+            try:
+                self._end_session = (
+                    _check_url(end_session) if isinstance(end_session, str) else None
+                )
+            except ConfigError as exc:  # logging out of the console still works
+                log.warning("ignoring the OIDC end_session_endpoint: %s", exc.message)
+                self._end_session = None
             self._fetched_at = self._clock()
             return self._endpoints
 
