@@ -402,17 +402,20 @@ class MonitoringStore(StoreCore):
         features in their order. ``list_drift_results(latest=True, limit=None)`` without
         what the gauges do not show (each replica's ``/metrics`` reads it at every scrape)."""
         d = DriftResultRow
-        query = select(d.id, d.run_id, d.endpoint_name, d.version_id, d.feature, d.method,
-                       d.value, d.drifted).order_by(d.computed_at.desc(), d.id.desc())  # fmt: skip
+        query = (
+            select(d.run_id, d.endpoint_name, d.version_id, d.feature, d.method, d.value, d.drifted)
+            .join(*_last_times([]))
+            .order_by(d.endpoint_name, d.id)
+        )
         with self._session("read the latest drift values") as s:
-            rows = _last_runs(list(s.execute(query.join(*_last_times([])))))
+            rows = s.execute(query).all()
+            last = {r.endpoint_name: r.run_id for r in rows}  # two runs at one time: the later
             refs = version_info(s, {r.version_id for r in rows})
         return [
-            (r.endpoint_name, refs[r.version_id][0] if r.version_id in refs else None,
-             r.feature, r.method, r.value, r.drifted)
-            for r in rows
-            if r.value is not None
-        ]  # fmt: skip
+            (endpoint, refs[vid][0] if vid in refs else None, feature, method, value, drifted)
+            for run, endpoint, vid, feature, method, value, drifted in rows
+            if value is not None and last[endpoint] == run
+        ]
 
     # -- alerts -----------------------------------------------------------------------------
 
