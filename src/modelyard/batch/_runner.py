@@ -211,22 +211,20 @@ class JobRunner:
 
         commits = asyncio.create_task(committer())
         tasks: set[asyncio.Task[None]] = set()
+        for row in rows:  # read as slots free up: the rows are never all in memory
+            await slots.acquire()
+            if summary.stopped or failure or commits.done():
+                slots.release()
+                break
+            task = asyncio.create_task(one(row))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
         try:
-            for row in rows:  # read as slots free up: the rows are never all in memory
-                await slots.acquire()
-                if summary.stopped or failure or commits.done():
-                    slots.release()
-                    break
-                task = asyncio.create_task(one(row))
-                tasks.add(task)
-                task.add_done_callback(tasks.discard)
+            await asyncio.gather(*tasks)
         finally:
-            try:
-                await asyncio.gather(*tasks)  # what is answered is kept, whatever stops it
-            finally:
-                finished.set()
-                wake.set()
-                await commits
+            finished.set()
+            wake.set()
+            await commits
         if failure:
             raise failure[0]
 
