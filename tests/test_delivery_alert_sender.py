@@ -29,11 +29,13 @@ class Receiver:
         self.delay_s = 0.0
         self.slow_state: str | None = None
         self.received: list[dict[str, Any]] = []
+        self.arrived: list[dict[str, Any]] = []  # as each request comes in, before the wait
         receiver = self
 
         class Hook(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                receiver.arrived.append(body)
                 if receiver.slow_state in (None, body["status"]):
                     time.sleep(receiver.delay_s)
                 receiver.received.append(body)
@@ -49,13 +51,13 @@ class Receiver:
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
-    def rules(self, *, timeout_s: float = 5.0, retries: int = 0) -> None:
+    def rules(self, *, timeout_s: float = 5.0, retries: int = 0, rules: str = "[]") -> None:
         """Write ``<home>/alerts.yml`` naming this receiver as the webhook."""
         home = Path(os.environ["MODELYARD_HOME"])
         home.mkdir(parents=True, exist_ok=True)
         (home / "alerts.yml").write_text(
             f"notify:\n  webhook:\n    url: {self.url}\n    timeout_s: {timeout_s}\n"
-            f"    retries: {retries}\n    backoff_s: 0\nrules: []\n"
+            f"    retries: {retries}\n    backoff_s: 0\nrules: {rules}\n"
         )
 
 
@@ -262,3 +264,53 @@ def test_controller_once_sends_the_rollback_alert_before_it_exits(
         assert [(n.ok, n.attempts) for n in notes] == [(True, 1)]
     fired = [p for p in receiver.received if p["status"] == "firing"]
     assert [p["alert"]["labels"]["endpoint"] for p in fired] == ["support"]
+
+
+def test_a_monitoring_alert_to_a_slow_receiver_neither_costs_the_lease_nor_delays_a_rollout(
+    store: Store, receiver: Receiver
+) -> None:
+    """The leader runs the monitoring tick (alert rules, their webhook) every 15 s: a
+    receiver slower than the lease must not hold up the rollouts either."""
+    from modelyard.monitoring import tick as monitoring_tick
+
+    receiver.delay_s = 8.0  # two tries of 3.5 s each: the alert takes 7 s, twice the lease
+    rule = '[{name: errors, metric: error_rate, window: 1h, comparison: ">", threshold: 0.1}]'
+    receiver.rules(timeout_s=3.5, retries=1, rules=rule)
+    vid = _world(store)
+    start_rollout(store, "helpdesk", "bot:2", steps="100", bake_s=0, min_requests=5)
+    lease = 3.0
+    controllers = [Controller(store, holder=h, lease_ttl_s=lease, extra_ticks=[monitoring_tick],
+                              extra_every_s=0.5) for h in ("leader", "standby")]  # fmt: skip
+    stop = threading.Event()
+    threads = [threading.Thread(target=c.run, args=(stop, 0.05)) for c in controllers]
+    holders: set[str] = set()
+
+    def look() -> None:
+        held = store.lease_holder("controller")
+        if held is not None:
+            holders.add(held[0])
+
+    def webhook_answered() -> bool:
+        return any(n.target == receiver.url for n in store.list_alert_notifications())
+
+    threads[0].start()
+    try:
+        _wait(lambda: store.lease_holder("controller") is not None, 60)
+        threads[1].start()
+        _wait(lambda: store.latest_rollout("helpdesk").phase == "baking", 10)
+        _records(store, "support", store.get_model_version("bot", 1).id, 10, errors=5)
+        _wait(lambda: bool(receiver.arrived), 30, look)  # the alert fired; its POST hangs
+        for c in controllers:
+            c.extra_every_s = 3600.0  # no evaluation after this one (it would send it again)
+        _records(store, "helpdesk", vid, 10, errors=0)
+        took = _wait(lambda: store.latest_rollout("helpdesk").status == "succeeded", 10, look)
+        _wait(webhook_answered, 15, look)
+    finally:
+        stop.set()
+        for t in threads:
+            if t.ident is not None:
+                t.join(15)
+    assert holders == {"leader"}, f"the lease moved while the alert was sent: {holders}"
+    assert took < 3.5, f"the rollout waited {took:.1f} s for the 7 s alert"
+    [alert] = store.list_alert_states(state="firing")
+    assert alert.rule == "errors" and alert.labels["endpoint"] == "support"

@@ -418,9 +418,12 @@ def controller(
         ctl = Controller(store, lease_ttl_s=lease_ttl, extra_ticks=[monitoring_tick])
         if once:
             changed = ctl.tick()
+            held = store.lease_holder(LEASE)
+            # the monitoring run and the rollback alerts' webhooks, off the tick's thread,
+            # end before the lease is given back
+            ctl.close(60.0)
             for r in changed:
                 console.print(summary(r))
-            held = store.lease_holder(LEASE)
             if held is not None and held[0] != ctl.holder:  # it did nothing: say why
                 err_console.print(
                     f"another controller ({held[0]}) holds the lease until "
@@ -428,7 +431,6 @@ def controller(
                 )
             else:  # its one tick is done: the next controller (or --once) need not wait
                 store.release_lease(LEASE, ctl.holder)
-            ctl.close(60.0)  # the rollback alerts' webhooks, sent off the tick's thread
             return
         stop = threading.Event()
         signal.signal(signal.SIGTERM, lambda *_: stop.set())

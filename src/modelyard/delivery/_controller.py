@@ -32,6 +32,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -140,7 +141,8 @@ class Controller:
 
     ``extra_ticks`` run on the leader every ``extra_every_s`` seconds after the
     rollouts (``serve`` and ``modelyard controller`` pass ``monitoring.tick``, so
-    alert rules are evaluated by the controller loop).
+    alert rules are evaluated by the controller loop), in a thread of their own, one
+    run at a time: a slow drift check, judge or alert webhook never delays a tick.
 
     A rollback's alert is recorded in the tick and its webhook POSTed by ``alerts``, a
     sender on a thread of its own (``_sender``): a slow or hung receiver never delays a
@@ -182,6 +184,10 @@ class Controller:
         # breach's rollback, nor the lease this loop must renew (one job at a time).
         self._judging = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelyard-judge")
         self._judge_jobs: dict[str, Future[int]] = {}
+        # The extra ticks (the monitoring tick: drift, judges, alert webhooks) run in a thread
+        # of their own too, one run at a time: however slow, they never delay the rollouts.
+        self._extras = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelyard-extra")
+        self._extra_job: Future[None] | None = None
         # Rollbacks' alerts are recorded once every rollout of the tick was looked at, and
         # their webhooks (a timeout, retries) POSTed by ``self.alerts`` off this thread.
         self._alerts: list[tuple[Rollout, Mapping[str, Any]]] = []
@@ -210,16 +216,20 @@ class Controller:
             if after is not None:
                 changed.append(after)
         self._send_alerts()
-        if self.extra_ticks and time.monotonic() - self._extra_at >= self.extra_every_s:
-            self._extra_at = time.monotonic()
-            for extra in self.extra_ticks:  # e.g. monitoring.tick: profiles, drift, alerts
-                try:
-                    extra(self.store)
-                except ModelyardError as exc:
-                    log.warning("controller task failed: %s", exc.one_line())
-                except Exception:  # a bug in a task must not stop the rollouts
-                    log.exception("controller task %s failed", getattr(extra, "__name__", extra))
+        due = time.monotonic() - self._extra_at >= self.extra_every_s
+        if self.extra_ticks and due and (self._extra_job is None or self._extra_job.done()):
+            self._extra_at = time.monotonic()  # one at a time: a slow one is not started again
+            self._extra_job = self._extras.submit(self._run_extras)
         return changed
+
+    def _run_extras(self) -> None:
+        for extra in self.extra_ticks:  # e.g. monitoring.tick: profiles, drift, alerts
+            try:
+                extra(self.store)
+            except ModelyardError as exc:
+                log.warning("controller task failed: %s", exc.one_line())
+            except Exception:  # a bug in a task must not stop the rollouts
+                log.exception("controller task %s failed", getattr(extra, "__name__", extra))
 
     def run(self, stop: threading.Event, interval_s: float = 1.0) -> None:
         """Tick every ``interval_s`` until ``stop`` is set; release the lease at the end.
@@ -246,12 +256,23 @@ class Controller:
             self.close()
 
     def close(self, timeout_s: float | None = None) -> bool:
-        """Stop judging and send the queued alerts, waiting ``timeout_s`` at most (default
-        ``close_timeout_s``); False if some were not sent in that time (each is in the log
-        and the store). ``run`` calls it; call it after ticks run without ``run``."""
+        """Stop judging, let a running extra tick end and send the queued alerts, waiting
+        ``timeout_s`` at most in all (default ``close_timeout_s``); False if that was not
+        enough (an alert not sent is in the log and the store). ``run`` calls it; call it
+        after ticks run without ``run``."""
         self._judging.shutdown(wait=False, cancel_futures=True)
-        wait = self.close_timeout_s if timeout_s is None else timeout_s
-        return self.alerts.close(wait)
+        deadline = time.monotonic() + (self.close_timeout_s if timeout_s is None else timeout_s)
+        job, ended = self._extra_job, True
+        if job is not None:
+            with contextlib.suppress(FutureTimeout):
+                job.result(timeout=max(0.0, deadline - time.monotonic()))
+            ended = job.done()
+            if not ended:
+                names = ", ".join(getattr(x, "__name__", str(x)) for x in self.extra_ticks)
+                log.warning("the controller stopped with its task %s still running", names)
+        self._extras.shutdown(wait=False, cancel_futures=True)
+        sent = self.alerts.close(max(0.0, deadline - time.monotonic()))
+        return ended and sent
 
     # -- one rollout ------------------------------------------------------------------------
 
