@@ -87,11 +87,14 @@ class LimitsBody(BaseModel):
 
 def key_json(key: ApiKey, now: datetime | None = None) -> dict[str, Any]:
     """A key as ``keys list --json`` shows it (never its hash), and its state now."""
-    now = now or datetime.now(UTC)
     out: dict[str, Any] = {k: v for k, v in jsonable(key).items() if k != "key_hash"}
-    expired = key.expires_at is not None and key.expires_at <= now
-    out["state"] = "revoked" if key.revoked_at else "expired" if expired else "active"
+    out["state"] = _state(key, now or datetime.now(UTC))
     return out
+
+
+def _state(key: ApiKey, now: datetime) -> str:
+    expired = key.expires_at is not None and key.expires_at <= now
+    return "revoked" if key.revoked_at else "expired" if expired else "active"
 
 
 def _tenants_json(
@@ -103,7 +106,7 @@ def _tenants_json(
     counts: dict[str, list[int]] = {t.name: [0, 0] for t in tenants}  # active, total
     for k in keys:
         if k.tenant in counts:
-            counts[k.tenant][0] += key_json(k, now)["state"] == "active"
+            counts[k.tenant][0] += _state(k, now) == "active"
             counts[k.tenant][1] += 1
     return [
         {
