@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from modelyard.monitoring import AlertRules, evaluate_rules
-from modelyard.store import NewInferenceRecord, Store
+from modelyard.monitoring import AlertRules, alert_id, evaluate_rules
+from modelyard.store import AlertState, NewInferenceRecord, Store
 from worlds import fake_world
 
 HOOK = {"webhook": {"url": "http://127.0.0.1:9/hook"}}
@@ -135,3 +135,25 @@ def test_a_firing_alert_whose_window_has_no_data_stays_firing_until_data_says_ot
     (alert,) = store.list_alert_states()
     assert (alert.state, alert.value) == ("resolved", 0.0)
     assert [p["status"] for p in posted] == ["firing", "resolved"]
+
+
+def test_the_controllers_rollback_alert_is_not_an_orphan_of_the_rules_file(
+    store: Store, posted: list[dict[str, Any]]
+) -> None:
+    """It resolves when a later rollout succeeds (docs/delivery.md), not at the next
+    evaluation because no rule of alerts.yml raised it."""
+    from modelyard.delivery import _alerting
+    from modelyard.monitoring import _alerts
+
+    assert _alerting.RULE in _alerts.RAISED_ELSEWHERE
+    now = datetime.now(UTC)
+    fake_world(store, model="acme-bot", endpoint="acme-support")
+    labels = {"endpoint": "acme-support", "version": "acme-bot:2"}
+    store.save_alert_state(AlertState(
+        alert_id(_alerting.RULE, labels), _alerting.RULE, labels, "critical", "firing", None,
+        "rolled back", now, now, None, now,
+    ))  # fmt: skip
+    evaluate_rules(store, _rules(QUIET), now + timedelta(minutes=1))
+    (alert,) = [a for a in store.list_alert_states() if a.rule == _alerting.RULE]
+    assert alert.state == "firing" and alert.summary == "rolled back"
+    assert posted == []

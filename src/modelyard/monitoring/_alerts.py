@@ -408,9 +408,14 @@ def evaluate_rules(store: Store, rules: AlertRules, now: datetime) -> list[Trans
                 if new.state == "firing" and (rule.retrain or rule.pipeline is not None):
                     start_retraining(store, rule, new)
     named = {r.name for r in rules.rules}
-    stale = [a for a in states.values() if a.id not in seen]
+    stale = [a for a in states.values() if a.id not in seen and a.rule not in RAISED_ELSEWHERE]
     transitions += _orphans(store, rules.notify.webhook, stale, named, now)
     return transitions
+
+
+# Alerts no rule of the rules file raises, so no evaluation of it may resolve them: the
+# controller's rollback alert (delivery/_alerting.py) resolves when a later rollout succeeds.
+RAISED_ELSEWHERE = frozenset({"rollout_rolled_back"})
 
 
 @dataclass(frozen=True)
