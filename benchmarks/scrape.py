@@ -23,7 +23,8 @@ with the code under ``DIR`` (a checkout's ``src``) in a child process, e.g.
     git worktree remove /tmp/scrape_old
 
 Both sides run in child processes of their own, in turn, ``--repeats`` scrapes each
-(median). The series each side exports are compared: the same, except drift series
+(median), and a scrape answered from what a collector with ``max_age_s`` kept
+(code that has it). The series each side exports are compared: the same, except drift series
 the old side left out (it read only the newest 10,000 drift rows, fewer than the
 latest runs of ``--endpoints`` endpoints hold). ``--url`` measures a PostgreSQL
 database instead of a temporary SQLite file (a throwaway one: dropped and created again).
@@ -196,6 +197,20 @@ def measure(url: str, repeats: int) -> dict[str, Any]:
             collect_s.append(t1 - t0)
             latest_s.append(t2 - t1)
             cpu_s.append(c2 - c1)
+        kept_s = []
+        try:  # a scrape within max_age_s of the last read: no store read, the same text
+            kept = MonitoringCollector(store, max_age_s=3600)
+        except TypeError:  # code without it
+            kept = None
+        if kept is not None:
+            again = CollectorRegistry()
+            again.register(kept)
+            generate_latest(again)
+            for _ in range(repeats):
+                t0 = time.perf_counter()
+                same = generate_latest(again)
+                kept_s.append(time.perf_counter() - t0)
+            assert same == text
     series = sorted(
         line.rsplit(" ", 1)[0] for line in text.decode().splitlines() if not line.startswith("#")
     )
@@ -205,6 +220,7 @@ def measure(url: str, repeats: int) -> dict[str, Any]:
         "generate_latest_s": statistics.median(latest_s),
         "generate_latest_cpu_s": statistics.median(cpu_s),
         "queries": queries,
+        "kept_s": statistics.median(kept_s) if kept_s else None,
         "families": len(families),
         "series": series,
         "bytes": len(text),
@@ -297,6 +313,10 @@ def main() -> int:
               f" {side['generate_latest_cpu_s'] * 1e3:>14.1f} {side['queries']:>8}"
               f" {len(side['series']):>7} {side['bytes']:>9}  {load:.3f} s of scraping a second",
               file=out)  # fmt: skip
+    for name, side in sides.items():
+        if side["kept_s"] is not None:
+            print(f"{name}: a scrape within max_age_s of the last read (nothing read): "
+                  f"{side['kept_s'] * 1e3:.1f} ms", file=out)  # fmt: skip
     report: dict[str, Any] = {"filled": filled}
     if "old" in sides:
         old, new = sides["old"], sides["new"]

@@ -15,11 +15,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
+from unittest.mock import Mock
 
+import pytest
 from prometheus_client import CollectorRegistry
 from sqlalchemy import event
 
 from modelyard.delivery import start_rollout
+from modelyard.errors import ConfigError, StoreError
 from modelyard.monitoring import MonitoringCollector
 from modelyard.store import Store
 from modelyard.store.entities import DriftResult
@@ -110,3 +113,55 @@ def test_every_endpoint_s_latest_drift_run_is_exported_however_many_rows_others_
     assert [r.run_id for r in store.list_drift_results(endpoint="quiet", latest=True)] == [
         "new-quiet"
     ] * 3
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_with_a_max_age_scrapes_within_it_read_the_store_once(store: Store) -> None:
+    """Opt-in (``max_age_s``); without it every scrape reads the store (the test above,
+    and tests/test_monitoring_gauges.py, see each change at the next scrape)."""
+    fake_world(store, versions=2)
+    store.set_traffic("support", {1: 90, 2: 10})
+    clock = Clock()
+    registry = CollectorRegistry()
+    registry.register(MonitoringCollector(store, max_age_s=15, clock=clock))
+    labels = {"endpoint": "support", "model": "bot", "version": "bot:2"}
+
+    def weight() -> float | None:
+        return registry.get_sample_value("modelyard_traffic_weight", labels)
+
+    assert weight() == 10
+    store.set_traffic("support", {1: 50, 2: 50})
+    clock.now += 14.9
+    with counted(store) as sent:
+        assert weight() == 10
+    assert sent == []
+    clock.now += 0.1
+    assert weight() == 50
+
+
+def test_a_scrape_while_the_store_is_down_is_not_kept(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_world(store)
+    collector = MonitoringCollector(store, max_age_s=60, clock=Clock())
+    monkeypatch.setattr(store, "list_budgets", Mock(side_effect=StoreError("the store is down")))
+    assert list(collector.collect()) == []
+    monkeypatch.undo()
+    names = [f.name for f in collector.collect()]
+    assert "modelyard_traffic_weight" in names
+
+
+@pytest.mark.parametrize("age", [-1.0, float("nan"), float("inf")])
+def test_a_max_age_that_is_no_number_of_seconds_is_refused_naming_it(
+    store: Store, age: float
+) -> None:
+    with pytest.raises(ConfigError, match="max_age_s must be 0") as caught:
+        MonitoringCollector(store, max_age_s=age)
+    assert caught.value.context["field"] == "max_age_s"

@@ -12,7 +12,10 @@ Running it again at once changes nothing and notifies nothing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import math
+import threading
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +25,7 @@ from prometheus_client.registry import Collector
 
 from modelyard.artifacts import ArtifactStore, artifacts_from_settings
 from modelyard.durations import parse_duration
-from modelyard.errors import ModelyardError
+from modelyard.errors import ConfigError, ModelyardError
 from modelyard.monitoring._alerts import (
     AlertRules,
     Transition,
@@ -146,19 +149,51 @@ class MonitoringCollector(Collector):
     today's (UTC) feedback and judge means per endpoint and version from the day
     profiles (``modelyard_feedback_score``, ``modelyard_judge_score``). Register it on a
     server's registry, or print it with ``modelyard monitor metrics``.
+
+    Each scrape reads the store (a few queries, however many endpoints), unless
+    ``max_age_s``: then a scrape within that many seconds (``clock``) of the last read
+    gets what it read, and scrapes at once of one process read the store once.
     """
 
-    def __init__(self, store: Store) -> None:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        max_age_s: float = 0.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not (max_age_s >= 0 and math.isfinite(max_age_s)):
+            raise ConfigError(
+                f"max_age_s must be 0 (read the store at every scrape) or a number of "
+                f"seconds above it, got {max_age_s}",
+                field="max_age_s",
+            )
         self.store = store
+        self.max_age_s = max_age_s
+        self._clock = clock
+        self._read: tuple[float, list[Metric]] | None = None  # when, and what
+        self._lock = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
         """The families that have samples (a scrape while the store is down gets none)."""
+        if not self.max_age_s:
+            yield from self._fresh() or []
+            return
+        with self._lock:
+            now = self._clock()
+            if self._read is None or not (0 <= now - self._read[0] < self.max_age_s):
+                families = self._fresh()
+                self._read = None if families is None else (now, families)  # down: not kept
+            else:
+                families = self._read[1]
+        yield from families or []
+
+    def _fresh(self) -> list[Metric] | None:
         try:
-            families = list(self._families())
+            return [f for f in self._families() if f.samples]
         except ModelyardError as exc:
             log.warning("no drift or alert gauges in this scrape: %s", exc.one_line())
-            return
-        yield from (f for f in families if f.samples)
+            return None
 
     def _families(self) -> Iterator[Metric]:
         labels = ["endpoint", "version", "feature", "method"]
