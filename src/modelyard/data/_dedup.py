@@ -7,7 +7,7 @@ over the whole set, and two texts at similarity t or more must share one of
 their ``size - ceil(t * size) + 1`` rarest shingles. Only the first rows of
 groups are indexed, by those prefix shingles alone, so the shingles a template
 repeats in every row (the common ones) never make rows candidates. A bound on
-each candidate's overlap (from its first prefix shingles) rules most out, and
+each candidate's overlap (from its 8 rarest shingles) rules most out, and
 the rest are compared exactly, each text's candidates all at once with numpy.
 The old MinHash LSH (``datasketch``) offered about 14 % of all groups to every
 row of a templated set, so it grew with the square of the rows.
@@ -32,7 +32,7 @@ SHINGLE_WORDS = 3
 _SLACK = 1e-6
 """Rounding room in the bounds that rule texts out, so that none at the threshold is lost."""
 _SCREENED = 8
-"""Prefix shingles per text kept side by side for the screen before the exact overlap."""
+"""Shingles per text (the rarest) kept side by side for the screen before the exact overlap."""
 _BYTES = np.uint64(0x0101010101010101)
 _WORD = re.compile(r"\w+")
 
@@ -124,17 +124,17 @@ class _Shingled:
         self.slice_starts = np.cumsum(holding) - holding
         self.filled = np.zeros(len(holding), dtype=np.int64)
         self.heads = np.zeros(int(holding.sum()), dtype=np.int64)
-        # The first shingles of each prefix (up to _SCREENED), padded with a rank no text has.
-        screened = _SCREENED
-        self.firsts = np.full((len(texts), screened), width, dtype=np.int64)
-        for column in range(screened):
-            holds = self.prefix_sizes > column
+        # Each text's first (rarest) _SCREENED shingles, padded with a rank no text has: its
+        # prefix and the next few, where the shingles that tell templated rows apart are.
+        self.firsts = np.full((len(texts), _SCREENED), width, dtype=np.int64)
+        for column in range(_SCREENED):
+            holds = sizes > column
             self.firsts[holds, column] = self.ranks[self.starts[holds] + column]
         # A text's shingles after those can all be shared with another: the overlap with a head
         # is at most ``hits + unscreened`` (hits among its first ones), and Jaccard >= t means
         # overlap * (1 + t) >= t * (size + head's size). The screen keeps a head when
         # hits * (1 + t) + screen[head] >= t * size (less a rounding slack).
-        unscreened = sizes - np.minimum(self.prefix_sizes, screened)
+        unscreened = sizes - np.minimum(sizes, _SCREENED)
         self.screen = (1 + threshold) * unscreened - threshold * sizes
         self.inside = np.zeros(width + 1, dtype=bool)  # marks the shingles of the text compared
 
@@ -166,7 +166,7 @@ class _Shingled:
         mine = self.ranks[start : start + size]
         self.inside[mine] = True
         try:
-            # How many of each head's first shingles are marked: 8 bytes of 0 or 1 read as one
+            # How many of each head's first 8 shingles are marked: 8 bytes of 0 or 1 read as one
             # integer and multiplied by 0x0101...01 add up in its top byte (numpy's sum over
             # rows of 8 takes several times as long).
             marked = self.inside[np.take(self.firsts, heads, axis=0)]
