@@ -57,3 +57,30 @@ def test_the_store_s_delivery_budgets_and_quality_are_scraped_as_gauges(store: S
                    strategy=rollout.strategy, status="running", phase=rollout.phase)  # fmt: skip
     assert active == 1
     assert value("modelyard_rollout_step_percent", endpoint="support", target="bot:2") == 10
+
+
+def test_serve_can_let_scrapes_reuse_the_store_gauges_for_a_while(store: Store) -> None:
+    """``serve --store-gauges-max-age-s``: a scrape within the age answers what the last
+    read said (a replica reads the store once however often it is scraped); the default
+    reads at every scrape."""
+    from fastapi.testclient import TestClient
+
+    from modelyard.serving import EchoEngine, create_app
+
+    fake_world(store, versions=2)
+    store.set_traffic("support", {1: 90, 2: 10})
+    line = 'modelyard_traffic_weight{endpoint="support",model="bot",version="bot:2"}'
+
+    def scraped(app: object) -> str:
+        with TestClient(app) as client:  # type: ignore[arg-type]
+            first = client.get("/metrics").text
+            store.set_traffic("support", {1: 50, 2: 50})
+            second = client.get("/metrics").text
+            store.set_traffic("support", {1: 90, 2: 10})
+        assert f"{line} 10.0" in first
+        return second
+
+    cached = create_app(store, EchoEngine(), heartbeat_s=None, monitoring_max_age_s=3600)
+    assert f"{line} 10.0" in scraped(cached)
+    fresh = create_app(store, EchoEngine(), heartbeat_s=None)
+    assert f"{line} 50.0" in scraped(fresh)

@@ -312,6 +312,17 @@ def serve(
         "--behind-tls-proxy",
         help="A proxy in front terminates TLS: the admin API may listen beyond 127.0.0.1.",
     ),
+    store_gauges_max_age_s: float = typer.Option(
+        0.0,
+        "--store-gauges-max-age-s",
+        min=0.0,
+        envvar="MODELYARD_STORE_GAUGES_MAX_AGE_S",
+        show_envvar=True,
+        help="Let /metrics reuse the store's gauges (drift, alerts, traffic, rollouts, "
+        "budgets, quality) read by a scrape this many seconds before, instead of reading the "
+        "store at every scrape: with hundreds of endpoints, a read costs each replica about "
+        "a second of CPU (docs/monitoring.md). 0: every scrape reads.",
+    ),
     embed_prompts: bool = typer.Option(
         False,
         "--embed-prompts",
@@ -444,6 +455,7 @@ def serve(
         store, chosen, limits=limits, refresh_seconds=refresh_seconds, heartbeat_s=heartbeat_s,
         address=advertise_address or f"{host}:{port}", controller=controller,
         controller_interval_s=controller_interval_s,
+        monitoring_max_age_s=store_gauges_max_age_s,
         embedder=embedder,
         access=OperatorAccess(
             metrics="off" if metrics_port is not None else "token" if metrics_token else "public",

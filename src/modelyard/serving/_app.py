@@ -56,6 +56,7 @@ def create_app(
     controller: Controller | None = None,
     controller_interval_s: float = 1.0,
     export_monitoring: bool = True,
+    monitoring_max_age_s: float = 0.0,
     embedder: Any = None,
     access: OperatorAccess | None = None,
     mounts: Mapping[str, ASGIApp] | None = None,
@@ -66,7 +67,8 @@ def create_app(
     ``heartbeat_s`` seconds (None: none; such a server is invisible to rollouts)
     and prepares rollout targets; with ``controller``, it also runs the rollout
     controller every ``controller_interval_s`` seconds. ``/metrics`` also carries the
-    store's latest drift results and alert states (``export_monitoring``). With an
+    store's latest drift results and alert states (``export_monitoring``), read again at
+    a scrape once ``monitoring_max_age_s`` passed since the last read (0: every scrape). With an
     ``embedder`` (``monitoring.Embedder``), the app's record writer embeds prompts.
     ``access`` says who may read ``/metrics`` and the API docs (default: anyone).
     ``mounts`` are apps served under a path prefix, behind the same guard (the admin
@@ -84,7 +86,7 @@ def create_app(
     plane = DataPlane(store, engine, router, writer, limits)
     metrics_holder.append(plane.metrics)
     if export_monitoring:  # the latest drift results and alert states, read at scrape time
-        plane.metrics.registry.register(MonitoringCollector(store))
+        plane.metrics.registry.register(MonitoringCollector(store, max_age_s=monitoring_max_age_s))
     plane.metrics.queue_depth.set_function(lambda: engine.stats().queue_depth)
     plane.metrics.watch_residency(engine.loaded)  # what `modelyard route` routes by
 
