@@ -65,6 +65,7 @@ class JudgementRow(Base):
     __table_args__ = (
         Index("ix_judgements_judge_hash", "judge", "input_hash"),
         Index("ix_judgements_record", "record_id"),
+        Index("ix_judgements_created_at", "created_at"),  # a window's judgements (0019)
     )
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     judge: Mapped[str] = mapped_column(String(100), ForeignKey("judges.name", ondelete="CASCADE"))

@@ -63,6 +63,9 @@ def _window_start(window: str, t: datetime) -> datetime:
     return start.replace(hour=0) if window == "day" else start
 
 
+JUDGE_CLOCK_SKEW = timedelta(hours=1)
+
+
 def _judged_quality(
     s: Session, window: str, rows: Sequence[ProfileRow], scope: Mapping[str, Any]
 ) -> dict[_ProfileKey, dict[str, JudgedQuality]]:
@@ -80,7 +83,10 @@ def _judged_quality(
     current = (JudgeRow.name == j.judge) & (JudgeRow.revision == j.revision)
     newest = select(func.max(j.id)).join(JudgeRow, current).join(rec, rec.id == j.record_id)
     newest = in_scope(newest, s, rec, rec.created_at, since=since, until=until, **scope)
-    newest = newest.where(j.score.is_not(None)).group_by(j.judge, j.record_id)
+    # A judgement is made after its record: its own time bounds the read by an index
+    # (0019), not every judgement ever stored; the margin covers clocks of other machines.
+    newest = newest.where(j.score.is_not(None), j.created_at >= since - JUDGE_CLOCK_SKEW)
+    newest = newest.group_by(j.judge, j.record_id)
     found = s.execute(
         select(rec.created_at, rec.endpoint_name, rec.version_id, rec.tenant_id, j.judge, j.score)
         .join(rec, rec.id == j.record_id)
