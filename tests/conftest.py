@@ -237,3 +237,22 @@ def s3_url(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     bucket = f"modelyard-{uuid.uuid4().hex[:12]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     return f"s3://{bucket}/artifacts"
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's chromium driven by Playwright (``playwright install`` cannot download
+    here; .ci/run installs the ``chromium`` package). Skipped without it, except under
+    CI=true, where that fails."""
+    from playwright.sync_api import sync_playwright
+
+    chromium = shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(chromium).exists():
+        reason = "no chromium (apt-get install chromium; .ci/run installs it)"
+        if IN_CI:
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=chromium, timeout=60_000)
+        yield launched
+        launched.close()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -27,10 +26,9 @@ from typing import Any
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, expect, sync_playwright
+from playwright.sync_api import Browser, Page, expect
 
 from clihelp import modelyard
-from conftest import IN_CI
 from modelyard.access import PeopleAuthenticator, create_actor_token, create_api_key
 from modelyard.admin import ADMIN_PREFIX, create_admin_app
 from modelyard.audit import AccessPolicy
@@ -270,20 +268,6 @@ def test_revoking_the_token_ends_its_console_sessions(world: World) -> None:
 
 
 # -- in the browser --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(chromium).exists():
-        reason = "no chromium (apt-get install chromium; .ci/run installs it)"
-        if IN_CI:
-            pytest.fail(f"CI=true but {reason}")
-        pytest.skip(reason)
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=chromium, timeout=60_000)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -19,9 +18,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
-from conftest import IN_CI
 from modelyard.access import (
     OIDCConfig,
     OIDCLogin,
@@ -262,20 +260,6 @@ def test_without_a_client_id_there_is_no_single_sign_on(tmp_path: Path) -> None:
 
 
 # -- in the browser --------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(chromium).exists():
-        reason = "no chromium (apt-get install chromium; .ci/run installs it)"
-        if IN_CI:
-            pytest.fail(f"CI=true but {reason}")
-        pytest.skip(reason)
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=chromium, timeout=60_000)
-        yield launched
-        launched.close()
 
 
 def test_single_sign_on_in_the_browser(world: World, browser: Browser) -> None:

@@ -5,14 +5,10 @@ chromium, as tests/test_console.py; skipped without it, except under CI=true).""
 from __future__ import annotations
 
 import re
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-from playwright.sync_api import Browser, expect, sync_playwright
+from playwright.sync_api import Browser, expect
 
-from conftest import IN_CI
 from modelyard.access import PeopleAuthenticator, create_actor_token
 from modelyard.admin import ADMIN_PREFIX, create_admin_app
 from modelyard.audit import AccessPolicy
@@ -23,20 +19,6 @@ from worlds import gate_metrics
 
 KEY = "listing-console-test-key-listing-x"
 MODELS = 205  # three pages of 100
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    if not Path(chromium).exists():
-        reason = "no chromium (apt-get install chromium; .ci/run installs it)"
-        if IN_CI:
-            pytest.fail(f"CI=true but {reason}")
-        pytest.skip(reason)
-    with sync_playwright() as p:
-        launched = p.chromium.launch(executable_path=chromium, timeout=60_000)
-        yield launched
-        launched.close()
 
 
 def test_the_models_page_shows_a_page_and_more_on_request(tmp_path: Path, browser: Browser) -> None:
