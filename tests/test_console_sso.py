@@ -312,3 +312,20 @@ def test_a_discovery_document_with_clear_text_endpoints_is_the_providers_fault()
     url, _ = fresh.begin("https://models.example.com/console/oidc/callback")
     assert url.startswith(f"{issuer}/authorize?")
     assert fresh.logout_url("a.b.c", "https://models.example.com/console/login") is None
+
+
+def test_behind_a_proxy_the_logout_returns_to_the_public_url_not_the_servers() -> None:
+    issuer = "https://sso.example.com"
+    document = {
+        "issuer": issuer,
+        "authorization_endpoint": f"{issuer}/authorize",
+        "token_endpoint": f"{issuer}/token",
+        "end_session_endpoint": f"{issuer}/logout",
+    }
+    config = OIDCConfig(issuer=issuer, audience=CLIENT_ID)
+    public = SSOConfig(CLIENT_ID, redirect_url="https://models.example.com/console/oidc/callback")
+    login = OIDCLogin(config, public, lambda _t: "alice", fetch=lambda _url: document)
+    out = urlsplit(login.logout_url("a.b.c", "http://10.42.0.7:8000/console/login") or "")
+    assert parse_qs(out.query)["post_logout_redirect_uri"] == [
+        "https://models.example.com/console/login"
+    ]

@@ -46,6 +46,7 @@ from modelyard.settings import Settings
 log = logging.getLogger(__name__)
 
 TIMEOUT_S = 10.0
+CALLBACK_PATH = "/oidc/callback"  # under the console's prefix
 DISCOVERY_TTL_S = 3600.0
 
 
@@ -211,14 +212,19 @@ class OIDCLogin:
 
     def logout_url(self, id_token: str | None, after: str) -> str | None:
         """The identity provider's logout for the person of ``id_token``, coming back to
-        ``after``; None when it publishes no ``end_session_endpoint`` (or is unreachable:
-        the console's own logout stands either way)."""
+        ``after``, the console's login page (taken from the configured redirect URL when
+        there is one: behind a proxy, the request's own URL is not the public one). None
+        when it publishes no ``end_session_endpoint`` (or is unreachable: the console's
+        own logout stands either way)."""
         try:
             self._discover()
         except IdentityProviderUnavailable:
             return None
         if self._end_session is None:
             return None
+        configured = self.sso.redirect_url  # behind a proxy: the URL people use, not ours
+        if configured and configured.endswith(CALLBACK_PATH):
+            after = configured.removesuffix(CALLBACK_PATH) + "/login"
         query = {"client_id": self.sso.client_id, "post_logout_redirect_uri": after}
         if id_token:
             query["id_token_hint"] = id_token
