@@ -17,7 +17,7 @@ from modelyard.errors import ConfigError, Conflict, NotFound
 from modelyard.store import _audit
 from modelyard.store._convert import to_actor, to_api_key, to_tenant
 from modelyard.store._core import StoreCore, check_name
-from modelyard.store._rows import get_locked, lock_name, tenant_row
+from modelyard.store._rows import check_page_limit, get_locked, lock_name, tenant_row
 from modelyard.store._schema import ActorRow, ApiKeyRow, BudgetRow, TenantRow, utcnow
 from modelyard.store.entities import (
     DEFAULT_STORAGE_POLICY,
@@ -60,7 +60,7 @@ class AccessStore(StoreCore):
 
     def list_tenants(self, *, limit: int | None = None, after: str | None = None) -> list[Tenant]:
         """By name; with ``limit`` the first ``limit`` named after ``after`` (a page)."""
-        check_page_limit(limit)
+        check_page_limit(limit, "tenant")
         query = select(TenantRow).order_by(TenantRow.name).limit(limit)
         if after is not None:
             query = query.where(TenantRow.name > after)
@@ -233,7 +233,7 @@ class AccessStore(StoreCore):
         self, tenant: str | None = None, *, limit: int | None = None, after: str | None = None
     ) -> list[ApiKey]:
         """Oldest first; with ``limit`` the first ``limit`` made after the key ``after``."""
-        check_page_limit(limit)
+        check_page_limit(limit, "key")
         with self._session("list API keys") as s:
             query = (
                 select(ApiKeyRow, TenantRow.name)
@@ -335,11 +335,6 @@ def check_limits(rpm_limit: int | None, tpm_limit: int | None) -> None:
                 f"{name} is {value}; it must be at least 1 (or unset for the server's default)",
                 field=name,
             )
-
-
-def check_page_limit(limit: int | None) -> None:
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit is {limit}: list at least 1", field="limit")
 
 
 def after_key(s: Session, key_id: str) -> ColumnElement[bool]:

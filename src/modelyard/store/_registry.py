@@ -19,6 +19,7 @@ from modelyard.store._gates import require_gates
 from modelyard.store._rollouts import follow_alias
 from modelyard.store._rows import (
     active_rollout_row,
+    check_page_limit,
     for_update,
     lock_name,
     model_row,
@@ -192,8 +193,7 @@ class RegistryStore(StoreCore):
         """``model``'s versions in ascending order; with ``limit``, only the newest ``limit``
         of them, and with ``before``, only those numbered below it (the next page back is
         ``before=`` the first version of a page)."""
-        if limit is not None and limit < 1:
-            raise ConfigError(f"limit is {limit}: list at least 1 version", field="limit")
+        check_page_limit(limit, "version")
         with self._session(f"list versions of {model!r}") as s:
             mrow = model_row(s, model)
             query = select(ModelVersionRow).where(ModelVersionRow.registered_model_id == mrow.id)
@@ -426,8 +426,7 @@ def models_of(
     their latest version numbers, or with ``latest`` their latest versions and bases
     (one): the later queries select the page's models again by the same conditions, with
     its last name as upper bound, so no list of ids grows with the page."""
-    if limit is not None and limit < 1:
-        raise ConfigError(f"limit is {limit}: list at least 1 model", field="limit")
+    check_page_limit(limit, "model")
     m = RegisteredModelRow
     where = [] if tenant is None else [m.tenant_id == tenant_row(s, tenant).id]
     if after is not None:

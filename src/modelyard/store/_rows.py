@@ -10,6 +10,7 @@ from sqlalchemy import BigInteger, Integer, Select, cast, func, select, text
 from sqlalchemy.orm import Session
 
 from modelyard.errors import (
+    ConfigError,
     Conflict,
     EndpointNotFound,
     ModelVersionNotFound,
@@ -220,3 +221,9 @@ def epoch_seconds(s: Session, column: Any) -> Any:
     if s.get_bind().dialect.name == "postgresql":
         return cast(func.floor(func.extract("epoch", column)), BigInteger)
     return cast(func.strftime("%s", column), Integer)  # SQLite keeps UTC as text
+
+
+def check_page_limit(limit: int | None, what: str) -> None:
+    """A listing's ``limit``: None (everything) or at least 1 (ConfigError naming it)."""
+    if limit is not None and limit < 1:
+        raise ConfigError(f"limit is {limit}: list at least 1 {what}", field="limit")
