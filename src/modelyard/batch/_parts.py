@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import heapq
+import itertools
 import json
 import shutil
 import uuid
@@ -252,7 +253,9 @@ class FileJob:
 
     def _rows(self, given: InputFile) -> Iterator[dict[str, Any]]:
         results = self.sink.in_order()
-        inputs: Iterable[Mapping[str, Any]] = given.values() if given.id_columns else _nothing()
+        inputs: Iterable[Mapping[str, Any]] = (
+            given.values() if given.id_columns else itertools.repeat({})
+        )
         result = next(results, None)
         for number, values in zip(range(1, given.total + 1), inputs, strict=False):
             while result is not None and int(result.key) < number:
@@ -270,11 +273,6 @@ class FileJob:
 
     def close(self) -> None:
         self._lock.close()
-
-
-def _nothing() -> Iterator[Mapping[str, Any]]:
-    while True:
-        yield {}
 
 
 def _create(state: Path, settings: Mapping[str, Any]) -> bool:
