@@ -109,7 +109,8 @@ class EndpointStore(RegistryStore):
             # what to_endpoint gets by primary key, in the session's identity map at once
             # (held here: the map keeps only the rows something refers to)
             _held = [
-                *s.scalars(select(TenantRow)),
+                *s.scalars(select(TenantRow).where(
+                    TenantRow.id.in_(select(e.tenant_id).where(*where)))),
                 *s.scalars(select(RegisteredModelRow).where(
                     RegisteredModelRow.id.in_(select(e.registered_model_id).where(*where)))),
                 *s.scalars(select(ModelVersionRow).where(

@@ -167,8 +167,7 @@ class RolloutStore(StoreCore):
             events: dict[str, list[RolloutEvent]] = {i: [] for i in ids}
             for e in s.scalars(select(RolloutEventRow).where(RolloutEventRow.rollout_id.in_(ids))
                                .order_by(RolloutEventRow.id)):  # fmt: skip
-                events[e.rollout_id].append(RolloutEvent(e.time, e.kind, e.step_index,
-                                                         dict(e.detail)))  # fmt: skip
+                events[e.rollout_id].append(_event(e))
             # what to_rollout gets by primary key, in the session's identity map at once
             # (held here: the map keeps only the rows something refers to)
             vrows = list(s.scalars(select(ModelVersionRow).where(
@@ -475,6 +474,10 @@ def to_sample(number: int, vid: int, a: Mapping[str, Any]) -> VersionSample:
     )  # fmt: skip
 
 
+def _event(e: RolloutEventRow) -> RolloutEvent:
+    return RolloutEvent(e.time, e.kind, e.step_index, dict(e.detail))
+
+
 def to_rollout(
     s: Session, r: RolloutRow, events: tuple[RolloutEvent, ...] | None = None
 ) -> Rollout:
@@ -486,7 +489,7 @@ def to_rollout(
     assert mrow is not None
     if events is None:
         events = tuple(
-            RolloutEvent(e.time, e.kind, e.step_index, dict(e.detail))
+            _event(e)
             for e in s.scalars(
                 select(RolloutEventRow)
                 .where(RolloutEventRow.rollout_id == r.id)
