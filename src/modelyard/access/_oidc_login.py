@@ -34,14 +34,15 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
-
-from authlib.integrations.httpx_client import OAuth2Client, OAuthError
 
 from modelyard.access._oidc import Fetch, OIDCConfig, OIDCVerifier, _check_url, fetch_json
 from modelyard.errors import AuthError, ConfigError, IdentityProviderUnavailable
 from modelyard.settings import Settings
+
+if TYPE_CHECKING:  # authlib (and httpx2) load at the first sign-in, not with modelyard.access
+    from authlib.integrations.httpx_client import OAuth2Client
 
 log = logging.getLogger(__name__)
 
@@ -252,6 +253,8 @@ class OIDCLogin:
     def _token_request(
         self, redirect_url: str, call: Callable[[OAuth2Client], Mapping[str, Any]]
     ) -> Mapping[str, Any]:
+        from authlib.integrations.httpx_client import OAuthError
+
         try:
             with self._client(redirect_url) as client:
                 tokens = call(client)
@@ -274,6 +277,8 @@ class OIDCLogin:
         return tokens
 
     def _client(self, redirect_url: str) -> OAuth2Client:
+        from authlib.integrations.httpx_client import OAuth2Client
+
         return OAuth2Client(
             client_id=self.sso.client_id,
             client_secret=self.sso.client_secret,
