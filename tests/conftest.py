@@ -3,6 +3,7 @@ server."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -256,3 +257,26 @@ def browser() -> Iterator[Any]:
         launched = p.chromium.launch(executable_path=chromium, timeout=60_000)
         yield launched
         launched.close()
+
+
+@contextlib.contextmanager
+def statements(store: Any) -> Iterator[list[tuple[str, Any]]]:
+    """The SQL ``store`` sends inside the block, with its parameters, in order (a query
+    counter: what a listing or a scrape costs)."""
+    from sqlalchemy import event
+
+    sent: list[tuple[str, Any]] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        sent.append((statement, params))
+
+    event.listen(store._engine, "before_cursor_execute", seen)
+    try:
+        yield sent
+    finally:
+        event.remove(store._engine, "before_cursor_execute", seen)
+
+
+def selects(sent: list[tuple[str, Any]]) -> list[str]:
+    """The SELECT statements of ``statements``' list."""
+    return [s for s, _ in sent if s.lstrip().upper().startswith("SELECT")]

@@ -15,8 +15,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from sqlalchemy import event
 
+from conftest import statements
 from modelyard.cli import main
 from modelyard.delivery import _judging, parse_guard
 from modelyard.delivery._judging import DEFAULT_SAMPLE, StepWindow, judge_samples
@@ -126,19 +126,11 @@ def test_the_store_picks_and_counts_on_indexes_not_a_scan_of_the_records(home: P
     v1, v2 = fake_world(store, versions=2)
     store.put_judge("q", rubric="relevance", base_url="http://127.0.0.1:9/v1", model="m")
     since = datetime.now(UTC) - timedelta(hours=1)
-    statements: list[tuple[str, Any]] = []
-
-    def seen(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            statements.append((statement, params))
-
-    event.listen(store._engine, "before_cursor_execute", seen)
-    try:
+    with statements(store) as sent:
         store.judged_counts("q", "support", since, [v1.id, v2.id])
         store.unjudged_records("q", "support", since, [v1.id, v2.id], 10)
-    finally:
-        event.remove(store._engine, "before_cursor_execute", seen)
-    read = [(s, p) for s, p in statements if "inference_records" in s]
+    read = [(s, p) for s, p in sent if s.lstrip().upper().startswith("SELECT")]
+    read = [(s, p) for s, p in read if "inference_records" in s]
     assert len(read) == 3  # the two counts in one query, the scores, the pick
     with store._engine.connect() as conn:
         for statement, params in read:

@@ -3,14 +3,11 @@ with their latest versions, a page at a time by name; tenants and keys a page at
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import event
 
+from conftest import selects, statements
 from modelyard.access import create_api_key
 from modelyard.errors import ConfigError, NotFound
 from modelyard.store import Store
@@ -42,21 +39,6 @@ def _seed(store: Store, models: int) -> None:
             store.set_alias(name, "canary", 2)
 
 
-@contextmanager
-def _selects(store: Store) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def count(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        if statement.lstrip().upper().startswith("SELECT"):
-            seen.append(statement)
-
-    event.listen(store._engine, "before_cursor_execute", count)
-    try:
-        yield seen
-    finally:
-        event.remove(store._engine, "before_cursor_execute", count)
-
-
 def test_models_and_their_latest_versions_cost_the_same_few_queries_for_3_or_30(
     tmp_path: Path,
 ) -> None:
@@ -71,9 +53,9 @@ def test_models_and_their_latest_versions_cost_the_same_few_queries_for_3_or_30(
                 lambda: store.list_registered_models("acme"),
                 lambda: store.list_models_with_latest(limit=10, after="m00"),
             ):
-                with _selects(store) as seen:
+                with statements(store) as seen:
                     listing()
-                costs.append(len(seen))
+                costs.append(len(selects(seen)))
         assert costs[:4] == costs[4:], costs  # 3 models or 30: the same queries
         assert max(costs) <= 4, costs
 

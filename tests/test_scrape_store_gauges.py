@@ -11,36 +11,20 @@ more often than another, the other endpoints' gauges were left out.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from unittest.mock import Mock
 
 import pytest
 from prometheus_client import CollectorRegistry
-from sqlalchemy import event
 
+from conftest import statements
 from modelyard.delivery import start_rollout
 from modelyard.errors import ConfigError, StoreError
 from modelyard.monitoring import MonitoringCollector
 from modelyard.store import Store
 from modelyard.store.entities import DriftResult
 from worlds import fake_world
-
-
-@contextmanager
-def counted(store: Store) -> Iterator[list[str]]:
-    statements: list[str] = []
-
-    def seen(conn: Any, cursor: Any, statement: str, *_: Any) -> None:
-        statements.append(statement)
-
-    event.listen(store._engine, "before_cursor_execute", seen)
-    try:
-        yield statements
-    finally:
-        event.remove(store._engine, "before_cursor_execute", seen)
 
 
 def scrape(store: Store) -> CollectorRegistry:
@@ -59,12 +43,12 @@ def endpoint_with_rollout(store: Store, name: str) -> None:
 def test_a_scrape_sends_as_many_queries_for_five_endpoints_as_for_one(store: Store) -> None:
     endpoint_with_rollout(store, "e0")
     list(MonitoringCollector(store).collect())  # warm
-    with counted(store) as one:
+    with statements(store) as one:
         list(MonitoringCollector(store).collect())
     for i in range(1, 5):
         endpoint_with_rollout(store, f"e{i}")
     registry = scrape(store)
-    with counted(store) as five:
+    with statements(store) as five:
         weights = [
             registry.get_sample_value(
                 "modelyard_traffic_weight",
@@ -139,7 +123,7 @@ def test_with_a_max_age_scrapes_within_it_read_the_store_once(store: Store) -> N
     assert weight() == 10
     store.set_traffic("support", {1: 50, 2: 50})
     clock.now += 14.9
-    with counted(store) as sent:
+    with statements(store) as sent:
         assert weight() == 10
     assert sent == []
     clock.now += 0.1
