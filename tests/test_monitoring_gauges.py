@@ -6,6 +6,7 @@ status``), budget amounts (``budgets list``), today's feedback and judge means
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry
 
@@ -84,3 +85,13 @@ def test_serve_can_let_scrapes_reuse_the_store_gauges_for_a_while(store: Store) 
     assert f"{line} 10.0" in scraped(cached)
     fresh = create_app(store, EchoEngine(), heartbeat_s=None)
     assert f"{line} 50.0" in scraped(fresh)
+
+
+def test_a_max_age_past_a_day_or_not_a_number_is_refused_naming_the_option(tmp_path: Path) -> None:
+    from clihelp import modelyard
+
+    for value in ("inf", "nan", "-1", "86401"):
+        r = modelyard("serve", "--engine", "echo", "--store-gauges-max-age-s", value,
+                      home=tmp_path)  # fmt: skip
+        assert r.code == 2, (value, r.err)
+        assert "--store-gauges-max-age-s" in r.err and "Traceback" not in r.err

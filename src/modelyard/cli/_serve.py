@@ -316,12 +316,13 @@ def serve(
         0.0,
         "--store-gauges-max-age-s",
         min=0.0,
+        max=86_400.0,
         envvar="MODELYARD_STORE_GAUGES_MAX_AGE_S",
         show_envvar=True,
         help="Let /metrics reuse the store's gauges (drift, alerts, traffic, rollouts, "
         "budgets, quality) read by a scrape this many seconds before, instead of reading the "
         "store at every scrape: with hundreds of endpoints, a read costs each replica about "
-        "a second of CPU (docs/monitoring.md). 0: every scrape reads.",
+        "a second of CPU (docs/monitoring.md). 0: every scrape reads; at most a day.",
     ),
     embed_prompts: bool = typer.Option(
         False,
