@@ -101,19 +101,24 @@ def _tenants_json(
     store: Store, tenants: list[Tenant], keys: list[ApiKey], budgets: list[Budget], now: datetime
 ) -> list[dict[str, Any]]:
     """``tenants`` with their retention, key counts and budgets (``keys`` and ``budgets``
-    may hold other tenants'): the retention policies read once, each key looked at once."""
+    may hold other tenants'): the retention policies read once, each key looked at once,
+    the budgets' statuses read together (``budget_statuses``: a fixed few queries)."""
     retention = {p.tenant: p.raw_days for p in store.list_retention()}
     counts: dict[str, list[int]] = {t.name: [0, 0] for t in tenants}  # active, total
     for k in keys:
         if k.tenant in counts:
             counts[k.tenant][0] += _state(k, now) == "active"
             counts[k.tenant][1] += 1
+    statuses: dict[str, list[dict[str, Any]]] = {t.name: [] for t in tenants}
+    mine = [b for b in budgets if b.tenant in statuses]
+    for status in store.budget_statuses(mine, now):
+        statuses[status["tenant"]].append(status)
     return [
         {
             **jsonable(t),
             "retention_days": retention.get(t.name),
             "keys": {"active": counts[t.name][0], "total": counts[t.name][1]},
-            "budgets": [store.budget_status(b, now) for b in budgets if b.tenant == t.name],
+            "budgets": statuses[t.name],
         }
         for t in tenants
     ]
@@ -225,8 +230,7 @@ def set_limits(body: LimitsBody, caller: Acting, key_id: str = KeyId) -> dict[st
 def list_budgets(
     caller: Acting, tenant: str | None = Query(None, max_length=100)
 ) -> list[dict[str, Any]]:
-    now = datetime.now(UTC)
-    return [caller.store.budget_status(b, now) for b in caller.store.list_budgets(tenant)]
+    return caller.store.budget_statuses(caller.store.list_budgets(tenant), datetime.now(UTC))
 
 
 __all__ = ["key_json", "router"]

@@ -233,8 +233,7 @@ class LocalPlane:
         return KeyInfo.of(changed)
 
     def list_budget_rows(self, tenant: str | None = None) -> list[dict[str, object]]:
-        now = datetime.now(UTC)
-        return [self.store.budget_status(b, now) for b in self.store.list_budgets(tenant)]
+        return self.store.budget_statuses(self.store.list_budgets(tenant), datetime.now(UTC))
 
     # -- monitoring --------------------------------------------------------------------
 

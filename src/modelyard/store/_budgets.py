@@ -11,10 +11,12 @@ keep running totals of it (``serving``'s budget guard) and seed them from here.
 from __future__ import annotations
 
 import math
+from collections import defaultdict
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, case, func, select
 from sqlalchemy.orm import Session
 
 from modelyard.errors import ConfigError, NotFound
@@ -47,6 +49,17 @@ def period_end(period: BudgetPeriod, now: datetime) -> datetime:
         return start.fromordinal(start.toordinal() + 1).replace(tzinfo=UTC)
     year, month = (start.year + 1, 1) if start.month == 12 else (start.year, start.month + 1)
     return start.replace(year=year, month=month)
+
+
+NAMED_TENANTS = 1000
+"""``budget_statuses`` names at most this many tenants in its queries (a page of
+``GET /tenants`` at most); past that it reads the spend of every tenant in the window."""
+
+# What a record cost: its tokens at its base model's price per 1,000.
+_PRICE = (
+    InferenceRecordRow.prompt_tokens * TokenPriceRow.input_per_1k
+    + InferenceRecordRow.completion_tokens * TokenPriceRow.output_per_1k
+) / 1000.0
 
 
 def check_period(period: str) -> BudgetPeriod:
@@ -135,13 +148,9 @@ class BudgetStore(StoreCore):
         """What ``tenant`` (or its key) spent from ``since``: its records' tokens at their
         base model's prices (versions without a price cost nothing; shadows not counted).
         A key's spend counts the keys it was rotated from: rotating must not reset it."""
-        price = (
-            InferenceRecordRow.prompt_tokens * TokenPriceRow.input_per_1k
-            + InferenceRecordRow.completion_tokens * TokenPriceRow.output_per_1k
-        ) / 1000.0
         with self._session(f"read the spend of {tenant}") as s:
             query = (
-                select(func.coalesce(func.sum(price), 0.0))
+                select(func.coalesce(func.sum(_PRICE), 0.0))
                 .select_from(InferenceRecordRow)
                 .join(TenantRow, TenantRow.id == InferenceRecordRow.tenant_id)
                 .join(ModelVersionRow, ModelVersionRow.id == InferenceRecordRow.version_id)
@@ -161,19 +170,48 @@ class BudgetStore(StoreCore):
 
     def budget_status(self, budget: Budget, now: datetime) -> dict[str, Any]:
         """A budget and what was spent in its current period, as ``budgets list --json``
-        and the admin API show it."""
-        spent = self.spent(budget.tenant, period_start(budget.period, now), key_id=budget.key_id)
-        return {
-            "tenant": budget.tenant,
-            "key_id": budget.key_id,
-            "period": budget.period,
-            "amount": budget.amount,
-            "spent": spent,
-            "used_percent": 100 * spent / budget.amount,
-            "renews_at": period_end(budget.period, now).isoformat(),
-            "updated_at": budget.updated_at.isoformat(),
-            "updated_by": budget.updated_by,
-        }
+        and the admin API show it (``budget_statuses`` of one)."""
+        return self.budget_statuses([budget], now)[0]
+
+    def budget_statuses(self, budgets: Sequence[Budget], now: datetime) -> list[dict[str, Any]]:
+        """``budget_status`` of each of ``budgets``, in their order, in two queries however
+        many they are: the rotations among their tenants' keys (only for budgets of a key)
+        and their tenants' spend since the earliest of their periods' starts, summed per
+        tenant and key and per period (a budget of a key adds its rotation chain's; those
+        sums are added with ``math.fsum``, so they equal ``spent``'s to the last bit only
+        where the database adds in that order too, e.g. prices exact in binary)."""
+        if not budgets:
+            return []
+        starts = {p: period_start(p, now) for p in sorted({b.period for b in budgets})}
+        tenants = sorted({b.tenant for b in budgets})
+        named = tenants if len(tenants) <= NAMED_TENANTS else None
+        with self._session(f"read the spend of {len(budgets)} budgets") as s:
+            chains = _rotation_chains(s, named) if any(b.key_id for b in budgets) else {}
+            spend = _spend_per_key(s, named, starts)
+        per_tenant: dict[tuple[BudgetPeriod, str], list[float]] = defaultdict(list)
+        for period, sums in spend.items():
+            for (tenant, _), total in sums.items():
+                per_tenant[(period, tenant)].append(total)
+        out = []
+        for b in budgets:
+            if b.key_id is None:
+                parts = per_tenant.get((b.period, b.tenant), [])
+            else:
+                chain = _chain(chains.get(b.tenant, {}), b.key_id)
+                parts = [spend[b.period].get((b.tenant, k), 0.0) for k in chain]
+            spent = math.fsum(parts)
+            out.append({
+                "tenant": b.tenant,
+                "key_id": b.key_id,
+                "period": b.period,
+                "amount": b.amount,
+                "spent": spent,
+                "used_percent": 100 * spent / b.amount,
+                "renews_at": period_end(b.period, now).isoformat(),
+                "updated_at": b.updated_at.isoformat(),
+                "updated_by": b.updated_by,
+            })  # fmt: skip
+        return out
 
     @staticmethod
     def _check_key(s: Session, trow: TenantRow, key_id: str | None) -> None:
@@ -191,6 +229,62 @@ def _to_budget(row: BudgetRow, tenant: str) -> Budget:
 
 
 __all__ = ["BudgetStore", "check_period", "period_end", "period_start"]
+
+
+def _spend_per_key(
+    s: Session, tenants: list[str] | None, starts: dict[BudgetPeriod, datetime]
+) -> dict[BudgetPeriod, dict[tuple[str, str | None], float]]:
+    """What each key of ``tenants`` (None: of every tenant) spent from each period's start
+    (records without a key under None), as ``spent`` counts it; keys without spend left
+    out."""
+    columns: list[ColumnElement[Any]] = [
+        func.sum(case((InferenceRecordRow.created_at >= start, _PRICE), else_=0.0))
+        for start in starts.values()
+    ]
+    query = (
+        select(TenantRow.name, InferenceRecordRow.api_key_id, *columns)
+        .select_from(InferenceRecordRow)
+        .join(TenantRow, TenantRow.id == InferenceRecordRow.tenant_id)
+        .join(ModelVersionRow, ModelVersionRow.id == InferenceRecordRow.version_id)
+        .join(BaseModelRow, BaseModelRow.id == ModelVersionRow.base_model_id)
+        .join(TokenPriceRow, TokenPriceRow.base_model == BaseModelRow.name)
+        .where(
+            InferenceRecordRow.created_at >= min(starts.values()),
+            InferenceRecordRow.shadow.is_(False),
+        )
+        .group_by(TenantRow.name, InferenceRecordRow.api_key_id)
+    )
+    if tenants is not None:
+        query = query.where(TenantRow.name.in_(tenants))
+    out: dict[BudgetPeriod, dict[tuple[str, str | None], float]] = {p: {} for p in starts}
+    for tenant, key, *sums in s.execute(query):
+        for period, total in zip(starts, sums, strict=True):
+            out[period][(tenant, key)] = float(total or 0.0)
+    return out
+
+
+def _rotation_chains(s: Session, tenants: list[str] | None) -> dict[str, dict[str, str]]:
+    """Per tenant of ``tenants`` (None: every tenant), each rotated key's successor
+    mapped to it (``rotated_to`` reversed)."""
+    query = (
+        select(TenantRow.name, ApiKeyRow.id, ApiKeyRow.rotated_to)
+        .join(TenantRow, TenantRow.id == ApiKeyRow.tenant_id)
+        .where(ApiKeyRow.rotated_to.is_not(None))
+    )
+    if tenants is not None:
+        query = query.where(TenantRow.name.in_(tenants))
+    out: dict[str, dict[str, str]] = defaultdict(dict)
+    for tenant, key_id, successor in s.execute(query):
+        out[tenant][str(successor)] = key_id  # never None: filtered
+    return out
+
+
+def _chain(before: dict[str, str], key_id: str) -> list[str]:
+    """``key_id`` and the keys it replaced, newest first, from ``_rotation_chains``."""
+    chain = [key_id]
+    while len(chain) < 1000 and chain[-1] in before and before[chain[-1]] not in chain:
+        chain.append(before[chain[-1]])
+    return chain
 
 
 def _rotated_from(s: Session, key_id: str) -> list[str]:
