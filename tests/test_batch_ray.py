@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -198,6 +199,57 @@ def test_a_driver_killed_half_way_then_run_again_keeps_every_row_once(
     assert len(records) == rows  # one record per row: none twice, none missing
     assert {r["id"] for r in records} == {a["record_id"] for a in answers}
     assert {r["status"] for r in records} == {"ok"}
+
+
+def test_the_driver_reads_the_rows_a_window_at_a_time_as_the_actors_answer_them(
+    cluster: str,
+    world: World,
+    here: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from modelyard.batch import RayJobRunner
+
+    rows, concurrency = 90, 2
+    (here / "in.jsonl").write_text(
+        "".join(json.dumps({"id": f"q{i}", "prompt": f"question {i}"}) + "\n" for i in range(rows))
+    )
+    held: list[int] = []  # at each row the driver reads: rows read but not answered yet
+    windows: list[int] = []
+    answer_rows = RayJobRunner.answer_rows
+
+    def counted(self: RayJobRunner, source: Any, sink: Any, summary: Any, progress: Any) -> None:
+        windows.append(getattr(self, "in_flight", 4) * self.options.actors * concurrency)
+
+        def read() -> Iterator[Any]:
+            for number, row in enumerate(source, start=1):
+                held.append(number - summary.answered)
+                yield row
+
+        answer_rows(self, read(), sink, summary, progress)
+
+    monkeypatch.setattr(RayJobRunner, "answer_rows", counted)
+    command = ["in.jsonl", "-e", "claims-router", "--engine", "echo", "--id-column", "id",
+               "--concurrency", str(concurrency)]  # fmt: skip
+    for out, extra in (("local.jsonl", []), ("ray.jsonl", ["--ray", "auto"])):
+        code, _, err = batch(capsys, *command, "-o", out, *extra)
+        assert code == 0, err
+    assert len(held) == rows and len(windows) == 1
+    # the blocks sent and not back, and the block being read: never the job's rows
+    assert max(held) <= windows[0] + concurrency < rows, held
+    written = {
+        side: [json.loads(line) for line in (here / f"{side}.jsonl").read_text().splitlines()]
+        for side in ("local", "ray")
+    }
+    columns = [c if c != "claim_id" else "id" for c in SAME]
+    assert [[r[c] for c in columns] for r in written["ray"]] == [
+        [r[c] for c in columns] for r in written["local"]
+    ]
+    assert [r["row"] for r in written["ray"]] == list(range(1, rows + 1))
+    job = written["ray"][0]["record_id"].rpartition("-")[0]
+    assert sorted(r["id"] for r in world.records(job)) == sorted(
+        r["record_id"] for r in written["ray"]
+    )
 
 
 REFUSED = {

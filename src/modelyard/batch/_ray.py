@@ -3,17 +3,23 @@
 The driver (the command's process) does everything a local job does (reads and
 checks the input, holds the job's state and lock, discards the records of the
 rows it is about to answer, commits results, writes the output); only the
-answering moves. ``RayJobRunner`` hands the rows still to answer to Ray Data
-as blocks of ``(key, number, messages)`` and ``map_batches`` them through a
-pool of actors (``_RowActor``): each actor opens its own store connection,
-artifact store and engine from the driver's settings (``WorkerSpec``) and runs
-its own ``InProcessPlane``, so a row meets the same traffic plan, limits,
-storage policy and records as in a local job. An actor returns a block's
-results only after their records are written; the driver commits what it
-receives to the job's parts. So exactly once holds as locally: a row is in
-the output only once its record is written, and a run that stopped (the
-driver killed, an actor lost) is resumed by the same command, which answers
-again only the rows not committed, their earlier records discarded first.
+answering moves. ``RayJobRunner`` starts a pool of actors (``_RowActor``) once
+for the job: each actor opens its own store connection, artifact store and
+engine from the driver's settings (``WorkerSpec``) and runs its own
+``InProcessPlane``, so a row meets the same traffic plan, limits, storage
+policy and records as in a local job. The driver reads the rows still to answer
+as it goes, a block of ``concurrency`` rows at a time, and keeps at most
+``in_flight`` blocks sent to each actor (``_Window``): a block's results coming
+back make room for the next block, so the driver never holds more than
+``actors x in_flight`` blocks of rows, whatever the job's size (a job once
+built every block before the first answer). An actor returns a block's results
+only after their records are written; the driver commits what it receives to
+the job's parts. So exactly once holds as locally: a row is in the output only
+once its record is written, and a run that stopped (the driver killed, an actor
+lost) is resumed by the same command, which answers again only the rows not
+committed, their earlier records discarded first. Actors are started with no
+restarts and their calls with no retries: a lost actor stops the job rather than
+having its block answered again elsewhere.
 
 Ray is imported only here, and only when a job asks for it (``import_ray``):
 it is an optional extra (``pip install "modelyard[ray]"``).
@@ -23,13 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import logging
 import math
 import re
 import socket
 import time
-import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -176,7 +180,7 @@ class _ActorJob:
 
 class _RowActor:
     """One actor of a job: its own store connection, engine and data plane, answering the
-    blocks of rows Ray Data hands it, several blocks at once but at most
+    blocks of rows the driver sends it, several blocks at once but at most
     ``settings.concurrency`` rows."""
 
     def __init__(self, job: _ActorJob) -> None:
@@ -193,23 +197,13 @@ class _RowActor:
         self._runner = JobRunner(self._plane, job.key, job.job_id, job.settings, job.prices)
         self._slots: asyncio.Semaphore | None = None
 
-    async def __call__(self, block: Any) -> Any:
-        """A block of rows in, the block of their results out, once their records are
-        written."""
-        if self._slots is None:  # made on Ray Data's event loop, where it is used
+    async def answer(self, rows: Sequence[Row]) -> list[RowResult]:
+        """A block of rows in, their results out, once their records are written."""
+        if self._slots is None:  # made on the actor's event loop, where it is used
             self._slots = asyncio.Semaphore(self._runner.settings.concurrency)
-        rows = [
-            Row(key, tuple(json.loads(messages)), number)
-            for key, number, messages in zip(
-                block.column("key").to_pylist(),
-                block.column("number").to_pylist(),
-                block.column("messages").to_pylist(),
-                strict=True,
-            )
-        ]
         results = await asyncio.gather(*(self._one(row) for row in rows))
         await asyncio.to_thread(self._runner.ensure_recorded, results)
-        return _results_block(results)
+        return results
 
     async def _one(self, row: Row) -> RowResult:
         assert self._slots is not None
@@ -217,33 +211,57 @@ class _RowActor:
             return await self._runner.answer(row)
 
 
-def _rows_block(rows: Sequence[Row]) -> Any:
-    import pyarrow as pa  # type: ignore[import-untyped]
-
-    return pa.table(
-        {
-            "key": pa.array([r.key for r in rows], pa.string()),
-            "number": pa.array([r.number for r in rows], pa.int64()),
-            "messages": pa.array([json.dumps(list(r.messages)) for r in rows], pa.string()),
-        }
-    )
+IN_FLIGHT = 4
+"""Blocks of rows each actor holds at once by default: one being answered, the next ones
+filling its slots as the first's rows end, while its results travel back."""
 
 
-def _results_block(results: Sequence[RowResult]) -> Any:
-    import pyarrow as pa
+class _Window:
+    """The blocks sent to a job's actors and not back yet: at most ``in_flight`` per actor,
+    each sent to the actor with the fewest."""
 
-    return pa.table(
-        {
-            "key": pa.array([r.key for r in results], pa.string()),
-            "result": pa.array([json.dumps(r.to_json()) for r in results], pa.string()),
-        }
-    )
+    def __init__(self, ray: Any, actors: Sequence[Any], in_flight: int) -> None:
+        self._ray, self._actors, self.in_flight = ray, actors, in_flight
+        self._load = [0] * len(actors)
+        self._sent: dict[Any, int] = {}  # a block's results (an ObjectRef) -> its actor
+
+    def __len__(self) -> int:
+        return len(self._sent)
+
+    @property
+    def full(self) -> bool:
+        return len(self._sent) >= self.in_flight * len(self._actors)
+
+    def send(self, rows: Sequence[Row]) -> None:
+        actor = min(range(len(self._actors)), key=self._load.__getitem__)
+        self._sent[self._actors[actor].answer.remote(rows)] = actor
+        self._load[actor] += 1
+
+    def back(self, wait_s: float) -> Iterator[list[RowResult]]:
+        """The results of the blocks that came back within ``wait_s`` seconds (at least
+        one, if any does); a failure of Ray's (an actor that could not start or was lost)
+        as one ModelyardError."""
+        ready, _ = self._ray.wait(list(self._sent), num_returns=1, timeout=wait_s)
+        for ref in ready:
+            self._load[self._sent.pop(ref)] -= 1
+            yield _got(self._ray, ref)
+
+
+def _got(ray: Any, ref: Any) -> list[RowResult]:
+    try:
+        results: list[RowResult] = ray.get(ref)
+    except ModelyardError:
+        raise
+    except Exception as exc:  # the job stops; the rows not committed are answered again
+        raise _failed(exc) from exc
+    return results
 
 
 class RayJobRunner(JobRunner):
     """``JobRunner`` with the rows answered by Ray actors (see the module's docstring); the
     driver's ``plane`` only authenticates and discards. ``options`` say where and how
-    wide, ``worker`` what each actor builds."""
+    wide, ``worker`` what each actor builds, ``in_flight`` how many blocks of
+    ``concurrency`` rows each actor is sent at once."""
 
     def __init__(
         self,
@@ -255,9 +273,12 @@ class RayJobRunner(JobRunner):
         *,
         options: RayOptions,
         worker: WorkerSpec,
+        in_flight: int = IN_FLIGHT,
     ) -> None:
         super().__init__(plane, key, job_id, settings, prices)
-        self.options, self.worker = options, worker
+        if in_flight < 1:
+            raise ConfigError(f"in_flight is {in_flight}; it must be at least 1")
+        self.options, self.worker, self.in_flight = options, worker, in_flight
 
     def answer_rows(
         self, rows: Iterable[Row], sink: RowSink, summary: JobSummary, progress: Progress | None
@@ -265,60 +286,54 @@ class RayJobRunner(JobRunner):
         ray = import_ray()
         job = _ActorJob(self.worker, self.key, self.job_id, self.settings, self.prices,
                         pinned=self.plane.endpoint is not None)  # fmt: skip
-        size = self.settings.concurrency  # Ray Data runs several blocks of an actor at once
-        # the rows as Arrow blocks (a key, a number and the messages' JSON each): the
-        # driver holds those of the rows to answer, not a Row object per row
-        rest = iter(rows)
-        blocks = []
-        while chunk := list(itertools.islice(rest, size)):
-            blocks.append(_rows_block(chunk))
-        with warnings.catch_warnings():
-            # max_restarts has no named parameter yet (Ray 2.60 warns about the others'
-            # catch-all): an actor lost must stop the job, the same command resuming it,
-            # since a block retried elsewhere would answer rows whose records the lost
-            # actor may have written already
-            warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
-            answered = ray.data.from_arrow(blocks).map_batches(
-                _RowActor, fn_constructor_kwargs={"job": job}, batch_size=None,
-                batch_format="pyarrow",
-                compute=ray.data.ActorPoolStrategy(size=self.options.actors),
-                num_cpus=self.options.cpus, num_gpus=self.options.gpus or None,
-                max_restarts=0,
-            )  # fmt: skip
+        # no restarts, no retries: an actor lost must stop the job, the same command
+        # resuming it, since a block retried elsewhere would answer rows whose records the
+        # lost actor may have written already
+        kind = ray.remote(_RowActor).options(
+            num_cpus=self.options.cpus, num_gpus=self.options.gpus or None,
+            max_restarts=0, max_task_retries=0,
+        )  # fmt: skip
+        actors = [kind.remote(job) for _ in range(self.options.actors)]
+        window = _Window(ray, actors, self.in_flight)
+        blocks = _blocks(rows, self.settings.concurrency)
         staged: list[RowResult] = []
         last = time.monotonic()
         try:
-            for results in _answers(answered):
-                staged += results
-                summary.answered += len(results)
-                for result in results:
-                    summary.add(result)
+            while True:
+                # the next blocks read only as earlier ones come back: at most the window's
+                while not window.full and not summary.stopped:
+                    block = next(blocks, None)
+                    if block is None:
+                        break
+                    window.send(block)
+                if not window:
+                    break  # every block back (or the job stopped and the rest came back)
+                for results in window.back(self.settings.commit_s):
+                    staged += results
+                    summary.answered += len(results)
+                    for result in results:
+                        summary.add(result)
+                    if progress is not None:
+                        progress(summary.skipped + summary.answered, summary.rows)
+                    self._too_many_errors(summary)  # the blocks sent still come back
                 due = time.monotonic() - last >= self.settings.commit_s
-                if due or len(staged) >= self.settings.commit_rows:
+                if staged and (due or len(staged) >= self.settings.commit_rows):
                     group, staged, last = staged, [], time.monotonic()
                     sink.commit(group)
-                if progress is not None:
-                    progress(summary.skipped + summary.answered, summary.rows)
-                if self._too_many_errors(summary):
-                    break
         finally:
-            if staged:  # their records are written: keep what came back, whatever stops it
-                sink.commit(staged)
+            try:
+                if staged:  # their records are written: keep what came back, whatever stops it
+                    sink.commit(staged)
+            finally:
+                for actor in actors:  # a block still out is answered again by the next run
+                    ray.kill(actor)
 
 
-def _answers(answered: Any) -> Iterator[list[RowResult]]:
-    """The results of each block as the actors finish it; a failure of Ray's (an actor
-    that could not start or was lost) as one ModelyardError."""
-    try:
-        for block in answered.iter_batches(batch_size=None, batch_format="pyarrow"):
-            yield [
-                RowResult.from_json(json.loads(text), "a Ray actor's answer")
-                for text in block.column("result").to_pylist()
-            ]
-    except ModelyardError:
-        raise
-    except Exception as exc:  # the job stops; the rows not committed are answered again
-        raise _failed(exc) from exc
+def _blocks(rows: Iterable[Row], size: int) -> Iterator[list[Row]]:
+    """``rows`` in blocks of ``size``, each read when it is asked for."""
+    rest = iter(rows)
+    while block := list(itertools.islice(rest, size)):
+        yield block
 
 
 def _failed(exc: BaseException) -> ModelyardError:
