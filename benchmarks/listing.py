@@ -18,6 +18,10 @@ statements (or HTTP requests) each side sends:
 3. ``tenants``: ``GET /tenants``'s handler over ``--tenants`` tenants with two keys each.
    Old: the retention policies read again for each tenant, every key looked at for
    each tenant; new: a page of 1000 at a time, the policies once, each key once.
+4. ``budgets``: the first page of ``GET /tenants`` (1000 of ``--budget-tenants``
+   tenants, each with two keys, a day budget, a month budget of one key, and 10 records
+   this month). Old: a ``budget_status`` each (its code before ``budget_statuses``,
+   verbatim: ``spent``, a query or two a budget); new: ``budget_statuses`` for the page.
 
 Timings are the median of ``--repeats`` runs. Exits 0 whatever the numbers.
 """
@@ -40,7 +44,7 @@ from sqlalchemy import create_engine, event, select, text
 
 from modelyard.store import Store
 
-SECTIONS = ("store", "remote", "tenants")
+SECTIONS = ("store", "remote", "tenants", "budgets")
 
 
 def _median_s(fn: Callable[[], Any], repeats: int) -> float:
@@ -298,17 +302,128 @@ def bench_tenants(root: Path, tenants: int, repeats: int) -> dict[str, Any]:
     return out
 
 
+def _seed_budgets(url: str, tenants: int) -> None:
+    """``_seed_tenants`` plus a priced base model, each tenant's day budget and its second
+    key's month budget, and 10 records a tenant this month (5 of them today), on both
+    keys; prices and tokens exact in binary, so old and new sums agree to the bit."""
+    from datetime import timedelta
+
+    from modelyard.store._budgets import period_start
+
+    _seed_tenants(url, tenants)
+    with Store.open(url) as store:
+        store.register_base_model("tiny", "/models/tiny", {})
+        store.create_registered_model("bot", tenant="t00000")
+        version = store.create_model_version(
+            "bot", kind="adapter", artifact_digest="00" * 32, base_model="tiny", run_id=None,
+            lineage={}, metrics={},
+        ).id  # fmt: skip
+        store.set_token_price("tiny", input_per_1k=0.5, output_per_1k=2.0)
+    now = datetime.now(UTC)
+    today = period_start("day", now)
+    earlier = max(period_start("month", now), today - timedelta(days=1))
+    stamp = now.replace(tzinfo=None)
+    engine = create_engine(url)
+    with engine.begin() as c:
+        c.execute(
+            text("insert into budgets (tenant_id, key_id, period, amount, updated_at, "
+                 "updated_by) values (:t, :k, :p, :a, :c, 'ops')"),
+            [row for i in range(tenants) for row in (
+                {"t": i + 1, "k": "", "p": "day", "a": 10.0, "c": stamp},
+                {"t": i + 1, "k": f"k{i:06d}1", "p": "month", "a": 20.0, "c": stamp})],
+        )  # fmt: skip
+        c.execute(
+            text("insert into inference_records (id, created_at, tenant_id, api_key_id, "
+                 "endpoint_name, version_id, route, prompt_tokens, completion_tokens, "
+                 "latency_ms, status, http_status, shadow, source) values (:i, :c, :t, :k, "
+                 "'support', :v, 'completions', 1000, :o, 1.0, 'ok', 200, false, 'api')"),
+            [{"i": f"r{i:06d}-{r}", "c": (today if r < 5 else earlier).replace(tzinfo=None)
+              + timedelta(minutes=r), "t": i + 1, "k": f"k{i:06d}{r % 2}", "v": version,
+              "o": 500 * (r + 1)} for i in range(tenants) for r in range(10)],
+        )  # fmt: skip
+    engine.dispose()
+
+
+def bench_budgets(root: Path, tenants: int, repeats: int) -> dict[str, Any]:
+    from modelyard.admin._encode import jsonable
+    from modelyard.admin._params import MAX_PAGE
+    from modelyard.admin._tenants import _state, _tenants_json
+    from modelyard.store import Budget
+    from modelyard.store._budgets import period_end, period_start
+
+    url = f"sqlite:///{root / 'budgets.db'}"
+    _seed_budgets(url, tenants)
+    with Store.open(url) as store:
+
+        def old_status(budget: Budget, now: datetime) -> dict[str, Any]:  # verbatim, before
+            spent = store.spent(
+                budget.tenant, period_start(budget.period, now), key_id=budget.key_id
+            )
+            return {
+                "tenant": budget.tenant,
+                "key_id": budget.key_id,
+                "period": budget.period,
+                "amount": budget.amount,
+                "spent": spent,
+                "used_percent": 100 * spent / budget.amount,
+                "renews_at": period_end(budget.period, now).isoformat(),
+                "updated_at": budget.updated_at.isoformat(),
+                "updated_by": budget.updated_by,
+            }
+
+        def old(now: datetime) -> list[dict[str, Any]]:  # the first page, a status each
+            found = store.list_tenants(limit=MAX_PAGE)
+            keys, budgets = store.list_api_keys(), store.list_budgets()
+            retention = {p.tenant: p.raw_days for p in store.list_retention()}
+            counts: dict[str, list[int]] = {t.name: [0, 0] for t in found}
+            for k in keys:
+                if k.tenant in counts:
+                    counts[k.tenant][0] += _state(k, now) == "active"
+                    counts[k.tenant][1] += 1
+            return [
+                {
+                    **jsonable(t),
+                    "retention_days": retention.get(t.name),
+                    "keys": {"active": counts[t.name][0], "total": counts[t.name][1]},
+                    "budgets": [old_status(b, now) for b in budgets if b.tenant == t.name],
+                }
+                for t in found
+            ]
+
+        def new(now: datetime) -> list[dict[str, Any]]:  # GET /tenants's first page now
+            found = store.list_tenants(limit=MAX_PAGE)
+            keys, budgets = store.list_api_keys(), store.list_budgets()
+            return _tenants_json(store, found, keys, budgets, now)
+
+        now = datetime.now(UTC)
+        first = new(now)
+        assert old(now) == first, "the two pages differ"
+        assert sum(len(t["budgets"]) for t in first) == 2 * min(tenants, MAX_PAGE)
+        assert all(b["spent"] > 0 for t in first for b in t["budgets"]), "no spend seeded"
+        out = {
+            "tenants": tenants,
+            "page": len(first),
+            "old_s": _median_s(lambda: old(now), repeats),
+            "new_s": _median_s(lambda: new(now), repeats),
+            "old_queries": _count(store, lambda: old(now)),
+            "new_queries": _count(store, lambda: new(now)),
+        }
+    out["ratio"] = out["old_s"] / out["new_s"]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", choices=SECTIONS, action="append", help="Run these only.")
     parser.add_argument("--models", type=int, default=2000)
     parser.add_argument("--tenants", type=int, default=2000)
+    parser.add_argument("--budget-tenants", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="Small sizes: a smoke test.")
     parser.add_argument("--json", type=Path, help="Also write the results here.")
     args = parser.parse_args()
     if args.quick:
-        args.models, args.tenants, args.repeats = 50, 50, 1
+        args.models, args.tenants, args.budget_tenants, args.repeats = 50, 50, 50, 1
     os.environ.setdefault("MODELYARD_HOME", tempfile.mkdtemp(prefix="modelyard-bench-home-"))
     results: dict[str, Any] = {"cpu_count": os.cpu_count()}
     with tempfile.TemporaryDirectory(prefix="modelyard-listing-") as tmp:
@@ -338,6 +453,14 @@ def main() -> None:
                     f"{r['old_s']:.2f} s ({r['old_queries']} queries), new (every page) "
                     f"{r['new_s']:.2f} s ({r['new_queries']} queries), ratio {r['ratio']:.1f}x;"
                     f" first page of 1000: {r['first_page_s']:.2f} s"
+                )
+            elif section == "budgets":
+                r = results["budgets"] = bench_budgets(root, args.budget_tenants, args.repeats)
+                print(
+                    f"budgets: GET /tenants, first page ({r['page']} of {r['tenants']} tenants,"
+                    f" 2 budgets each): old (a budget_status each) {r['old_s']:.2f} s "
+                    f"({r['old_queries']} queries), new (budget_statuses) {r['new_s']:.2f} s "
+                    f"({r['new_queries']} queries), ratio {r['ratio']:.1f}x"
                 )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
