@@ -47,6 +47,7 @@ class IdP:
     access_audience: str = AUDIENCE
     opaque_access_tokens: bool = False
     wrong_nonce: bool = False
+    token_delay_s: float = 0.0  # a slow token endpoint (overlapping renewals)
     authorize_requests: list[dict[str, str]] = field(default_factory=list)
     logout_requests: list[dict[str, str]] = field(default_factory=list)
     token_requests: list[dict[str, str]] = field(default_factory=list)
@@ -106,6 +107,7 @@ class IdP:
         self, form: dict[str, str], authorization: str | None
     ) -> tuple[int, dict[str, Any]]:
         self.token_requests.append(form)
+        time.sleep(self.token_delay_s)
         client = self._client(form, authorization)
         if client is None:
             return 401, {"error": "invalid_client"}

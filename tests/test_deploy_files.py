@@ -270,6 +270,7 @@ VALUES = {
         "serve": {"defaultRpm": 600, "defaultTpm": 100000, "extraArgs": ["--embed-prompts"]},
     },
     "admin-console-single-sign-on": {
+        "redis": {"enabled": True},  # console sessions for every replica
         "admin": {
             "enabled": True,
             "forwardedAllowIps": "10.42.0.0/16",
@@ -401,6 +402,10 @@ def test_the_alert_rules_the_chart_mounts_are_rules_the_controller_loads(
         (
             {"admin": {"enabled": True, "oidc": {"issuer": "https://i"}}},
             "admin.oidc.issuer needs admin.oidc.audience or admin.oidc.clientId",
+        ),
+        (
+            {"admin": {"enabled": True}, "autoscaling": {"enabled": False}},
+            "admin.enabled on more than one serving replica needs redis.enabled",
         ),
     ],
 )

@@ -85,6 +85,7 @@ EXPECTED = {
     "UpstreamTimeout": (1, 504),
     "RateLimited": (1, 429),
     "LimitsUnavailable": (1, 503),
+    "SessionsUnavailable": (1, 503),
     "BudgetExceeded": (1, 429),
     "RequestTimeout": (1, 504),
     "ShuttingDown": (1, 503),

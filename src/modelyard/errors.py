@@ -48,6 +48,7 @@ message saying *what* went wrong and *why*, and a ``hint`` saying what to do.
     ├── EngineOverloaded                the engine's queue is full
     ├── RateLimited                     a key over its requests/min or tokens/min
     ├── LimitsUnavailable               shared limits cannot be checked (Redis down)
+    ├── SessionsUnavailable             shared console sessions cannot be read (Redis down)
     ├── BudgetExceeded                  a tenant or key spent its day's or month's budget
     ├── RequestTimeout                  a request past --request-timeout-s
     └── ShuttingDown                    the server is draining
@@ -396,6 +397,14 @@ class LimitsUnavailable(ModelyardError):
     default_hint = "Retry shortly."
 
 
+class SessionsUnavailable(ModelyardError):
+    """The console's sessions, shared by replicas, cannot be read or written (Redis cannot
+    be reached): HTTP 503 with ``Retry-After``; nobody is logged out by it."""
+
+    code = "sessions_unavailable"
+    default_hint = "Retry shortly; an operator should check Redis (--redis-url)."
+
+
 class BudgetExceeded(ModelyardError):
     """A tenant or key spent its budget for the day or month (HTTP 429 with OpenAI's
     ``insufficient_quota``, ``Retry-After`` until the budget is renewed, and
@@ -461,6 +470,7 @@ STATUSES: Mapping[type[ModelyardError], ErrorStatus] = MappingProxyType(
         UpstreamTimeout: ErrorStatus(1, 504, "timeout"),
         RateLimited: ErrorStatus(1, 429, "requests"),
         LimitsUnavailable: ErrorStatus(1, 503, _SERVER),
+        SessionsUnavailable: ErrorStatus(1, 503, _SERVER),
         BudgetExceeded: ErrorStatus(1, 429, "insufficient_quota"),
         RequestTimeout: ErrorStatus(1, 504, "timeout"),
         ShuttingDown: ErrorStatus(1, 503, _SERVER),
@@ -523,6 +533,7 @@ __all__ = [
     "RolloutError",
     "RolloutFailed",
     "RolloutTimedOut",
+    "SessionsUnavailable",
     "ShuttingDown",
     "StoreError",
     "StoreMigrationError",

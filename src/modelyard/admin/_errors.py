@@ -61,7 +61,10 @@ def install_error_handlers(app: FastAPI) -> None:
             log.error("admin request failed: %s", exc.one_line())
         message = STORE_TROUBLE if isinstance(exc, StoreError) else exc.one_line()
         param = exc.context.get("field") or exc.context.get("param")
-        headers = {"WWW-Authenticate": "Bearer"} if found.http_status == 401 else None
+        headers = {"WWW-Authenticate": "Bearer"} if found.http_status == 401 else {}
+        retry = exc.context.get("retry_after")
+        if isinstance(retry, int):  # a 503 that passes (shared sessions while Redis is down)
+            headers["Retry-After"] = str(retry)
         return JSONResponse(
             error_body(message, found.type, exc.code, param if isinstance(param, str) else None),
             status_code=found.http_status,

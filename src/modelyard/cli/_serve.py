@@ -90,10 +90,11 @@ def await_vllm(vllm: Any, store: Store, timeout_s: float) -> None:
                           "serving anyway: its requests get 503 until it is[/yellow]")  # fmt: skip
 
 
-def control_plane(store: Store, *, secure: bool) -> dict[str, Any]:
+def control_plane(store: Store, *, secure: bool, redis_url: str | None = None) -> dict[str, Any]:
     """The admin API and the web console over ``store``, by mount prefix: access tokens,
     and OIDC tokens when an issuer is set; the console's sessions open both. ``secure``:
-    reached over TLS (the console's cookies are then Secure)."""
+    reached over TLS (the console's cookies are then Secure). ``redis_url``: the sessions
+    and failed logins are kept there, for every replica (else in this process)."""
     from modelyard.access import (
         OIDCConfig,
         OIDCLogin,
@@ -102,7 +103,13 @@ def control_plane(store: Store, *, secure: bool) -> dict[str, Any]:
         SSOConfig,
     )
     from modelyard.admin import ADMIN_PREFIX, create_admin_app
-    from modelyard.console import CONSOLE_PREFIX, ConsoleSessions, create_console_app
+    from modelyard.console import (
+        CONSOLE_PREFIX,
+        ConsoleSessions,
+        LoginLimiter,
+        create_console_app,
+        shared_tables,
+    )
 
     oidc = OIDCConfig.from_settings(settings())
     sso_config = SSOConfig.from_settings(settings())
@@ -111,10 +118,16 @@ def control_plane(store: Store, *, secure: bool) -> dict[str, Any]:
     sso = None
     if oidc is not None and sso_config is not None:
         sso = OIDCLogin(oidc, sso_config, people.actor_of, verifier=verifier)
-    sessions = ConsoleSessions(people, secure=secure, refresh=sso.renew if sso else None)
+    table, shared = shared_tables(redis_url)
+    sessions = ConsoleSessions(
+        people, secure=secure, refresh=sso.renew if sso else None, table=table
+    )
+    limiter = LoginLimiter(shared=shared)
     return {
         ADMIN_PREFIX: create_admin_app(store, people, sessions, artifacts=open_artifacts()),
-        CONSOLE_PREFIX: create_console_app(store, sessions, oidc=verifier is not None, sso=sso),
+        CONSOLE_PREFIX: create_console_app(
+            store, sessions, limiter=limiter, oidc=verifier is not None, sso=sso
+        ),
     }
 
 
@@ -264,8 +277,8 @@ def serve(
         None,
         envvar="MODELYARD_REDIS_URL",
         show_envvar=True,
-        help="Redis that replicas share requests/min and tokens/min in (redis://host:6379/0); "
-        "default: each replica keeps its own.",
+        help="Redis that replicas share requests/min, tokens/min, budgets' spend and the "
+        "console's sessions in (redis://host:6379/0); default: each replica keeps its own.",
     ),
     on_redis_down: str = typer.Option(
         "open",
@@ -451,7 +464,7 @@ def serve(
 
         embedder = Embedder()
     secure = tls is not None or behind_tls_proxy
-    mounts = control_plane(store, secure=secure) if admin_on else {}
+    mounts = control_plane(store, secure=secure, redis_url=redis_url) if admin_on else {}
     app = create_app(
         store, chosen, limits=limits, refresh_seconds=refresh_seconds, heartbeat_s=heartbeat_s,
         address=advertise_address or f"{host}:{port}", controller=controller,

@@ -8,8 +8,11 @@ whose random id is the only thing the browser keeps (an HttpOnly, SameSite=Stric
 cookie, Secure over TLS); the pages (static HTML, CSS and JavaScript under a
 strict Content-Security-Policy) then call the admin API with that cookie and the
 session's CSRF token. ``LoginLimiter`` answers 429 to an address after too many
-failed logins. docs/console.md.
+failed logins. ``shared_tables(redis_url)`` keeps both in Redis for every replica
+(``serve --redis-url``). docs/console.md.
 """
+
+from functools import partial
 
 from modelyard.console._app import (
     CONSOLE_PREFIX,
@@ -24,7 +27,20 @@ from modelyard.console._sessions import (
     SESSION_COOKIE,
     ConsoleSessions,
     CSRFRejected,
+    TableFactory,
 )
+from modelyard.console._shared import RedisTable, SharedConsole
+from modelyard.console._tables import MemoryTable
+
+
+def shared_tables(redis_url: str | None) -> tuple[TableFactory, SharedConsole | None]:
+    """Where sessions are kept, and the Redis failed logins are counted in: Redis at
+    ``redis_url`` for every replica, else this process's memory (and no Redis)."""
+    if redis_url is None:
+        return MemoryTable, None
+    shared = SharedConsole(redis_url)
+    return partial(RedisTable, shared), shared
+
 
 __all__ = [
     "CONSOLE_PREFIX",
@@ -37,4 +53,5 @@ __all__ = [
     "ConsoleSessions",
     "LoginLimiter",
     "create_console_app",
+    "shared_tables",
 ]

@@ -6,17 +6,25 @@ window; a successful login does not wipe the count (a guesser holding one valid
 token cannot use it to reset its budget). The address is the connection's peer as
 uvicorn reports it: behind a reverse proxy on 127.0.0.1, the client address the
 proxy forwards (uvicorn trusts X-Forwarded-For from 127.0.0.1 only).
+
+With ``shared`` (``serve --redis-url``), the failures are counted in Redis, one
+sorted set of failure times per address, so an address has ``max_failures`` in
+all, not that many at each replica. While Redis cannot be reached, each replica
+counts on its own again (and a login then fails anyway: the sessions are there).
 """
 
 from __future__ import annotations
 
 import math
+import secrets
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from typing import Any
 
-from modelyard.errors import RateLimited
+from modelyard.console._shared import PREFIX, SharedConsole
+from modelyard.errors import RateLimited, SessionsUnavailable
 
 
 class LoginLimiter:
@@ -28,23 +36,29 @@ class LoginLimiter:
         window_s: float = 300.0,
         *,
         max_addresses: int = 100_000,
+        shared: SharedConsole | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.max_failures, self.window_s, self.max_addresses = max_failures, window_s, max_addresses
+        self.shared = shared
         self._clock = clock
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def check(self, address: str) -> None:
         """RateLimited (HTTP 429 with Retry-After) while ``address`` is over the limit."""
-        now = self._clock()
-        with self._lock:
-            times = self._recent(address, now)
-            if len(times) < self.max_failures:
-                return
-            retry_after = max(1, math.ceil(times[0] + self.window_s - now))
+        counted = self._shared_check(address) if self.shared is not None else None
+        if counted is None:
+            now = self._clock()
+            with self._lock:
+                times = self._recent(address, now)
+                counted = len(times), times[0] + self.window_s - now if times else 0.0
+        count, wait = counted
+        if count < self.max_failures:
+            return
+        retry_after = max(1, math.ceil(wait))
         raise RateLimited(
-            f"too many failed console logins from {address}: {len(times)} in the last "
+            f"too many failed console logins from {address}: {count} in the last "
             f"{self.window_s:g} s",
             retry_after=retry_after,
             limit="requests",
@@ -52,6 +66,8 @@ class LoginLimiter:
         )
 
     def failed(self, address: str) -> None:
+        if self.shared is not None and self._shared_failed(address):
+            return
         now = self._clock()
         with self._lock:
             times = self._recent(address, now)
@@ -60,6 +76,42 @@ class LoginLimiter:
             self._failures.move_to_end(address)
             while len(self._failures) > self.max_addresses:
                 self._failures.popitem(last=False)  # the address quiet the longest
+
+    def _shared_check(self, address: str) -> tuple[int, float] | None:
+        """(failures in the window, seconds until the oldest leaves it) from Redis; None
+        while Redis cannot be reached."""
+        where, now = PREFIX + "failures:" + address, time.time()
+
+        def read(client: Any) -> Any:
+            pipe = client.pipeline()
+            pipe.zremrangebyscore(where, "-inf", now - self.window_s)
+            pipe.zrange(where, 0, 0, withscores=True)
+            pipe.zcard(where)
+            return pipe.execute()
+
+        assert self.shared is not None
+        try:
+            _, oldest, count = self.shared.call(read)
+        except SessionsUnavailable:
+            return None
+        return int(count), (oldest[0][1] + self.window_s - now if oldest else 0.0)
+
+    def _shared_failed(self, address: str) -> bool:
+        where, now = PREFIX + "failures:" + address, time.time()
+        window_ms = max(1, int(self.window_s * 1000))
+
+        def add(client: Any) -> None:
+            pipe = client.pipeline()
+            pipe.zadd(where, {f"{now:.6f}:{secrets.token_hex(4)}": now})
+            pipe.pexpire(where, window_ms)
+            pipe.execute()
+
+        assert self.shared is not None
+        try:
+            self.shared.call(add)
+        except SessionsUnavailable:
+            return False
+        return True
 
     def _recent(self, address: str, now: float) -> deque[float]:
         times = self._failures.get(address, deque())

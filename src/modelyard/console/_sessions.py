@@ -2,37 +2,43 @@
 
 A login hands ``ConsoleSessions.start`` the person's token (a personal access
 token or an OpenID Connect token); it is checked like a bearer token
-(``access.PeopleAuthenticator``), then kept **in this process's memory only**,
-next to the session: the browser holds nothing but a random session id (256
-bits) in an HttpOnly cookie, and this table keys sessions by the SHA-256 of that
-id. Every request through the session checks the token again, so revoking the
-token, or its expiry (an OIDC token's ``exp``), ends the session at once, as it
-would end a bearer token's access; the principal must stay the one that logged
-in. A single sign-on session (``console._sso``) also keeps the identity
-provider's refresh token: when its token expires, ``refresh`` trades it for a
-fresh one (once, for all the session's requests at that moment), and the session
+(``access.PeopleAuthenticator``), then kept on the server next to the session,
+in a ``SessionTable`` (``console._tables``): this process's memory, or Redis
+when the server has ``--redis-url`` (``console._shared``), where every replica
+finds it and the tokens are sealed with a key only the browser's cookie yields.
+The browser holds nothing but a random session id (256 bits) in an HttpOnly
+cookie, and tables key sessions by the SHA-256 of that id. Every request through
+the session checks the token again, so revoking the token, or its expiry (an
+OIDC token's ``exp``), ends the session at once, as it would end a bearer
+token's access; the principal must stay the one that logged in. A single
+sign-on session (``console._sso``) also keeps the identity provider's refresh
+token: when its token expires, ``refresh`` trades it for a fresh one (once, for
+all the session's requests at that moment, on every replica), and the session
 ends only when the identity provider refuses.
 
 A session ends at logout, after ``idle_s`` without a request, after ``ttl_s``
 whatever happens, or when its token stops authenticating. Each one has a CSRF
 token (synchronizer pattern): a change through the session (any method but GET,
-HEAD, OPTIONS) must send it in ``X-CSRF-Token``, else 403. The table lives in
-the server's memory: a restart ends every session, and replicas behind a load
-balancer need sticky sessions (docs/console.md).
+HEAD, OPTIONS) must send it in ``X-CSRF-Token``, else 403. In memory, a restart
+ends every session and replicas behind a load balancer need sticky sessions; in
+Redis neither is true (docs/console.md).
 """
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import secrets
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from modelyard.access import PeopleAuthenticator, Principal
+from modelyard.console._tables import (
+    MemoryTable,
+    Session,
+    SessionRules,
+    SessionTable,
+    session_key,
+)
 from modelyard.errors import AuthError, IdentityProviderUnavailable, PermissionDenied
 
 SESSION_COOKIE = "modelyard_session"  # over plain HTTP (127.0.0.1)
@@ -47,29 +53,7 @@ class CSRFRejected(PermissionDenied):
     default_hint = "Reload the console; a script that calls the admin API sends a bearer token."
 
 
-@dataclass
-class Session:
-    """One logged-in browser. ``token`` never leaves the server."""
-
-    key: str  # SHA-256 of the session id: the id itself is not kept
-    token: str
-    actor: str
-    csrf_token: str
-    started: float
-    expires: float  # absolute end (ttl_s after the start)
-    last_seen: float
-    refresh_token: str | None = None  # single sign-on: renews ``token`` when it expires
-    id_token: str | None = None  # single sign-on: the identity provider's logout hint
-    renewing: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    @property
-    def short_id(self) -> str:
-        """A name for the session in logs and audit events that does not reveal it."""
-        return self.key[:12]
-
-
-def _key(session_id: str) -> str:
-    return hashlib.sha256(session_id.encode()).hexdigest()
+TableFactory = Callable[[SessionRules], SessionTable]
 
 
 class ConsoleSessions:
@@ -78,7 +62,8 @@ class ConsoleSessions:
     ``secure``: the server is reached over TLS (``--tls-cert`` or ``--behind-tls-proxy``);
     the cookie is then ``Secure`` and named with the ``__Host-`` prefix. An actor holds at
     most ``max_per_actor`` sessions (its oldest ends at the next login), all actors
-    together ``max_sessions`` (the oldest of all ends).
+    together ``max_sessions`` (the oldest of all ends). ``table`` makes the table they are
+    kept in from these rules (default: ``MemoryTable``, this process's memory).
     """
 
     def __init__(
@@ -91,18 +76,17 @@ class ConsoleSessions:
         max_sessions: int = 10_000,
         max_per_actor: int = 50,
         refresh: Callable[[str], tuple[str, str | None]] | None = None,
-        clock: Callable[[], float] = time.monotonic,
+        table: TableFactory = MemoryTable,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """``refresh(refresh_token)`` → (a fresh token, the refresh token to keep), or
         AuthError: how a single sign-on session renews its token (``OIDCLogin.refresh``)."""
         self.authenticator = authenticator
         self.refresh = refresh
         self.secure = secure
-        self.ttl_s, self.idle_s, self.max_sessions = ttl_s, idle_s, max_sessions
-        self.max_per_actor = max_per_actor
+        self.rules = SessionRules(ttl_s, idle_s, max_sessions, max_per_actor)
+        self.table = table(self.rules)
         self._clock = clock
-        self._sessions: OrderedDict[str, Session] = OrderedDict()  # oldest start first
-        self._lock = threading.Lock()
 
     @property
     def cookie_name(self) -> str:
@@ -117,45 +101,30 @@ class ConsoleSessions:
         session_id = secrets.token_urlsafe(32)
         now = self._clock()
         session = Session(
-            key=_key(session_id),
+            key=session_key(session_id),
             token=token,
             actor=principal.actor,
             csrf_token=secrets.token_urlsafe(32),
             started=now,
-            expires=now + self.ttl_s,
+            expires=now + self.rules.ttl_s,
             last_seen=now,
             refresh_token=refresh_token,
             id_token=id_token,
         )
-        with self._lock:
-            self._sweep(now)
-            # One actor's logins make way for each other, never for someone else's: a
-            # person (or a script) logging in over and over cannot log everyone else out.
-            own = [k for k, v in self._sessions.items() if v.actor == session.actor]
-            for key in own[: max(0, len(own) - self.max_per_actor + 1)]:
-                del self._sessions[key]  # that actor's oldest logins give way
-            while len(self._sessions) >= self.max_sessions:
-                self._sessions.popitem(last=False)  # the oldest login gives way
-            self._sessions[session.key] = session
+        self.table.add(session_id, session, now)
         return session_id, session, principal
 
     def find(self, session_id: str) -> tuple[Session, Principal]:
         """The live session of ``session_id`` and its principal, its token checked again;
         AuthError (401) when there is none (unknown, logged out, expired, token revoked)."""
-        key = _key(session_id)
-        now = self._clock()
-        with self._lock:
-            session = self._sessions.get(key)
-            if session is not None and not self._alive(session, now):
-                del self._sessions[key]
-                session = None
+        session = self.table.get(session_id, self._clock())
         if session is None:
             raise AuthError(
                 "no console session: it ended (logout, expiry, or the server restarted)",
                 hint="Log in again at /console/login.",
             )
         try:
-            principal = self._principal(session)
+            principal = self._principal(session_id, session)
         except IdentityProviderUnavailable:  # it may answer again soon: the session stays
             raise
         except AuthError as exc:  # revoked or expired since the login: the session ends
@@ -173,24 +142,28 @@ class ConsoleSessions:
         if principal.actor != session.actor:  # an IdP that renamed the person: not the same
             self.end(session_id)
             raise AuthError("the console session's actor changed", hint="Log in again.")
-        session.last_seen = now
         return session, principal
 
-    def _principal(self, session: Session) -> Principal:
+    def _principal(self, session_id: str, session: Session) -> Principal:
         """The session's token checked again; an expired single sign-on token is renewed
-        with the refresh token first (one renewal for concurrent requests)."""
+        with the refresh token first: one renewal for concurrent requests, whichever
+        replica they reach (refresh tokens rotate: a second use of one may be refused)."""
         presented = session.token
         try:
             return self.authenticator.authenticate(f"Bearer {presented}")
         except AuthError:
             if session.refresh_token is None or self.refresh is None:
                 raise
-        with session.renewing:
-            if session.token == presented:  # nobody renewed it while this request waited
-                assert session.refresh_token is not None
-                session.token, kept = self.refresh(session.refresh_token)
-                session.refresh_token = kept
-            return self.authenticator.authenticate(f"Bearer {session.token}")
+        with self.table.renewing(session_id):
+            current = self.table.get(session_id, self._clock())  # renewed meanwhile?
+            if current is None:
+                raise AuthError("the session ended while its token was renewed")
+            if current.token == presented:  # nobody renewed it while this request waited
+                assert current.refresh_token is not None
+                current.token, current.refresh_token = self.refresh(current.refresh_token)
+                self.table.save(session_id, current)
+            session.token, session.refresh_token = current.token, current.refresh_token
+        return self.authenticator.authenticate(f"Bearer {session.token}")
 
     def authenticate(self, session_id: str, csrf_token: str | None, *, changing: bool) -> Principal:
         """For the admin API (``admin.BrowserSessions``): the session's principal; a change
@@ -204,20 +177,10 @@ class ConsoleSessions:
 
     def end(self, session_id: str) -> Session | None:
         """Log out: the session is gone for ``/console`` and ``/admin/v1`` alike."""
-        with self._lock:
-            return self._sessions.pop(_key(session_id), None)
+        return self.table.pop(session_id)
 
     def __len__(self) -> int:
-        with self._lock:
-            self._sweep(self._clock())
-            return len(self._sessions)
-
-    def _alive(self, session: Session, now: float) -> bool:
-        return now < session.expires and now - session.last_seen < self.idle_s
-
-    def _sweep(self, now: float) -> None:
-        for key in [k for k, s in self._sessions.items() if not self._alive(s, now)]:
-            del self._sessions[key]
+        return self.table.count(self._clock())
 
 
 def csrf_matches(session: Session, sent: str | None) -> bool:

@@ -3,7 +3,9 @@
 ``GET /oidc/login`` sends the browser to the issuer's authorization endpoint
 (``access.OIDCLogin.begin``: code flow, PKCE S256, state and nonce) and keeps the
 flow's secrets in a cookie of its own (``modelyard_sso``: HttpOnly, 10 minutes,
-signed with a key of this process so the browser cannot alter it,
+signed so the browser cannot alter it, with the key of the sessions' table: this
+process's, or one kept in Redis for every replica, since the identity provider's
+redirect back may reach another replica than the one the sign-in began at;
 ``SameSite=Lax`` because the identity provider's redirect back is a navigation
 from another site, which a Strict cookie would not join).
 
@@ -29,7 +31,6 @@ import hmac
 import json
 import logging
 import re
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -56,8 +57,9 @@ Audit = Callable[[Principal, str, dict[str, Any]], None]
 class FlowCookie:
     """A ``PendingLogin`` in a cookie: JSON, its expiry and an HMAC-SHA256 over both."""
 
-    def __init__(self, key: bytes | None = None, clock: Callable[[], float] = time.time) -> None:
-        self._key = key or secrets.token_bytes(32)  # a restart ends the sign-ins under way
+    def __init__(self, key: Callable[[], bytes], clock: Callable[[], float] = time.time) -> None:
+        """``key()``: the signing key (``SessionTable.flow_key``), asked at each use."""
+        self._key = key
         self._clock = clock
 
     def dump(self, pending: PendingLogin) -> str:
@@ -89,7 +91,7 @@ class FlowCookie:
             return None
 
     def _sign(self, payload: str) -> str:
-        digest = hmac.new(self._key, payload.encode(), hashlib.sha256).digest()
+        digest = hmac.new(self._key(), payload.encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
 
@@ -105,7 +107,7 @@ def add_sso_routes(
     signed_in_page: Path,
 ) -> None:
     """``GET /oidc/login`` and ``GET /oidc/callback`` on the console ``app``."""
-    flows = FlowCookie()
+    flows = FlowCookie(sessions.table.flow_key)
 
     def cookie_of(request: Request) -> str | None:
         return request.cookies.get(f"__Host-{SSO_COOKIE}" if sessions.secure else SSO_COOKIE)

@@ -1,0 +1,317 @@
+"""The console's sessions in Redis, so that every replica serves every session.
+
+``serve --redis-url`` (which also shares the rate limits) keeps the console's
+sessions, the key that signs single sign-on flows and the count of failed logins
+per address in Redis: a load balancer may send a browser's requests, or an
+identity provider's redirect back, to any replica, and a restart logs nobody out.
+
+A session is kept under the SHA-256 of its id, like ``MemoryTable``, and its
+record (the person's token, refresh and ID tokens, CSRF token, actor and times)
+is sealed with AES-256-GCM under a key derived (HKDF-SHA256) from the session id
+itself, which only the browser's cookie holds. Someone who reads Redis, or a
+backup of it, learns which keys exist and when they were used, not a token: to
+open a record one needs the cookie. The record is bound to its Redis key (the
+key is the cipher's associated data), so records cannot be swapped.
+
+Idle time is the key's expiry, pushed back at each request; the absolute end is
+in the record. A login's bookkeeping (an actor's oldest sessions give way, then
+the oldest of all) is one Lua script, atomic in Redis, over keys that share the
+hash tag ``{console}``, so a Redis Cluster keeps them on one node as it must.
+Renewing a single sign-on token takes a lock in Redis, so that two replicas do
+not spend one refresh token twice (rotating identity providers refuse a reused
+one and may end the whole sign-in).
+
+When Redis cannot be reached (a 1 s timeout), requests through a session get a
+503 ``sessions_unavailable`` with ``Retry-After``; Redis is asked again at most
+once a second meanwhile. Nobody is logged out by an outage, and no replica falls
+back to sessions of its own (a session found on one replica only would end at
+random as the load balancer moves the browser).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import secrets
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from redis.exceptions import RedisError
+
+from modelyard.console._tables import KeyedLocks, Session, SessionRules, session_key
+from modelyard.errors import SessionsUnavailable
+from modelyard.redis_client import connect_redis
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+TIMEOUT_S = 1.0
+RETRY_DOWN_S = 1.0
+RENEW_LOCK_S = 30.0
+PREFIX = "modelyard:console:{console}:"  # one hash tag: one Redis Cluster node
+
+# A login: the actor's ended sessions leave its set, its oldest give way down to
+# max_per_actor - 1, then the oldest of all down to max_sessions - 1; the session is kept.
+_ADD = """
+local prefix, now, ttl = ARGV[8], tonumber(ARGV[3]), tonumber(ARGV[4])
+local function sweep(set)
+  for _, m in ipairs(redis.call('ZRANGE', set, 0, -1)) do
+    if redis.call('EXISTS', prefix .. m) == 0 then redis.call('ZREM', set, m) end
+  end
+end
+sweep(KEYS[3])
+local extra = redis.call('ZCARD', KEYS[3]) - tonumber(ARGV[7]) + 1
+if extra > 0 then
+  for _, m in ipairs(redis.call('ZRANGE', KEYS[3], 0, extra - 1)) do
+    redis.call('DEL', prefix .. m)
+    redis.call('ZREM', KEYS[2], m)
+    redis.call('ZREM', KEYS[3], m)
+  end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - ttl)
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[6]) then
+  sweep(KEYS[2])
+  while redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[6]) do
+    local oldest = redis.call('ZPOPMIN', KEYS[2])
+    redis.call('DEL', prefix .. oldest[1])
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', math.max(1, math.min(tonumber(ARGV[5]), ttl)))
+redis.call('ZADD', KEYS[2], now, ARGV[2])
+redis.call('ZADD', KEYS[3], now, ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ttl)
+redis.call('PEXPIRE', KEYS[3], ttl)
+return 1
+"""
+
+# The live sessions: those whose key still exists (idle ones expired by themselves).
+_COUNT = """
+local prefix = ARGV[1]
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', tonumber(ARGV[2]))
+for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  if redis.call('EXISTS', prefix .. m) == 0 then redis.call('ZREM', KEYS[1], m) end
+end
+return redis.call('ZCARD', KEYS[1])
+"""
+
+_UNLOCK = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class SharedConsole:
+    """One Redis for the console's shared state, reached lazily, with the outage rule of
+    the module's docstring (``call``)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._client: Any = None  # a redis.Redis, or a RedisCluster: found on first use
+        self._scripts: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._down_until = 0.0  # monotonic: Redis is not asked again before it
+        self._up = True
+
+    def call(self, action: Callable[[Any], T]) -> T:
+        """``action(client)``; SessionsUnavailable (503) when Redis cannot be reached."""
+        if time.monotonic() < self._down_until:
+            raise self._unavailable()
+        try:
+            result = action(self._connect())
+        except RedisError as exc:
+            self._down_until = time.monotonic() + RETRY_DOWN_S
+            if self._up:
+                self._up = False
+                log.warning("console: Redis (%s) cannot be reached (%s): console sessions get "
+                            "503 until it answers", self.url.split("@")[-1],
+                            type(exc).__name__)  # fmt: skip
+            raise self._unavailable() from None
+        if not self._up:
+            log.warning("console: Redis answers again: console sessions are served again")
+            self._up = True
+        return result
+
+    def script(self, name: str, source: str) -> Any:
+        """A registered Lua script of the client (``call`` it inside an action)."""
+        with self._lock:
+            if name not in self._scripts:
+                self._scripts[name] = self._connect().register_script(source)
+            return self._scripts[name]
+
+    def _connect(self) -> Any:
+        if self._client is not None:
+            return self._client
+        client = connect_redis(
+            self.url, timeout_s=TIMEOUT_S, connect_timeout_s=TIMEOUT_S, retry=None
+        )
+        with self._lock:
+            if self._client is None:
+                self._client = client
+                return client
+        client.close()  # another thread was first
+        return self._client
+
+    @staticmethod
+    def _unavailable() -> SessionsUnavailable:
+        return SessionsUnavailable(
+            "the console's sessions cannot be read: their shared store (Redis) cannot be reached",
+            retry_after=max(1, math.ceil(RETRY_DOWN_S)),
+        )
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+
+def _cipher(session_id: str) -> AESGCM:
+    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+               info=b"modelyard console session record").derive(session_id.encode())  # fmt: skip
+    return AESGCM(key)
+
+
+def seal(session_id: str, where: str, record: dict[str, Any]) -> bytes:
+    """``record`` as JSON, encrypted and authenticated under the session id's key."""
+    nonce = secrets.token_bytes(12)
+    return nonce + _cipher(session_id).encrypt(nonce, json.dumps(record).encode(), where.encode())
+
+
+def unseal(session_id: str, where: str, blob: bytes) -> dict[str, Any] | None:
+    """The record ``seal`` wrote; None when it was not sealed under this id and key."""
+    try:
+        plain = _cipher(session_id).decrypt(blob[:12], blob[12:], where.encode())
+    except (InvalidTag, ValueError):
+        return None
+    record = json.loads(plain)
+    return record if isinstance(record, dict) else None
+
+
+class RedisTable:
+    """The console's sessions in Redis (the module's docstring); a ``SessionTable``."""
+
+    shared = True
+
+    def __init__(self, redis: SharedConsole, rules: SessionRules) -> None:
+        self.redis, self.rules = redis, rules
+        self._renewals = KeyedLocks()
+
+    def add(self, session_id: str, session: Session, now: float) -> None:
+        where = PREFIX + "session:" + session.key
+        blob = seal(session_id, where, _record(session))
+        args = [
+            blob, session.key, int(now * 1000), int(self.rules.ttl_s * 1000),
+            int(self.rules.idle_s * 1000), self.rules.max_sessions, self.rules.max_per_actor,
+            PREFIX + "session:",
+        ]  # fmt: skip
+        keys = [where, PREFIX + "all", PREFIX + "actor:" + session_key(session.actor)]
+        self.redis.call(lambda _: self.redis.script("add", _ADD)(keys=keys, args=args))
+
+    def get(self, session_id: str, now: float) -> Session | None:
+        key = session_key(session_id)
+        where = PREFIX + "session:" + key
+        idle_ms = max(1, int(self.rules.idle_s * 1000))
+
+        def read(client: Any) -> Any:
+            pipe = client.pipeline()
+            pipe.get(where)
+            pipe.pexpire(where, idle_ms)
+            return pipe.execute()[0]
+
+        blob = self.redis.call(read)
+        record = unseal(session_id, where, blob) if blob else None
+        if record is None:
+            return None
+        session = _session(key, record, now)
+        if now >= session.expires:
+            self.pop(session_id)
+            return None
+        return session
+
+    def save(self, session_id: str, session: Session) -> None:
+        where = PREFIX + "session:" + session.key
+        blob = seal(session_id, where, _record(session))
+        self.redis.call(lambda client: client.set(where, blob, xx=True, keepttl=True))
+
+    def pop(self, session_id: str) -> Session | None:
+        key = session_key(session_id)
+        where = PREFIX + "session:" + key
+        blob = self.redis.call(lambda client: client.getdel(where))
+        record = unseal(session_id, where, blob) if blob else None
+        if record is None:
+            return None
+        session = _session(key, record, time.time())
+        actor_set = PREFIX + "actor:" + session_key(session.actor)
+
+        def forget(client: Any) -> None:
+            pipe = client.pipeline()
+            pipe.zrem(PREFIX + "all", key)
+            pipe.zrem(actor_set, key)
+            pipe.execute()
+
+        self.redis.call(forget)
+        return session
+
+    def count(self, now: float) -> int:
+        args = [PREFIX + "session:", int((now - self.rules.ttl_s) * 1000)]
+        keys = [PREFIX + "all"]
+        return int(self.redis.call(lambda _: self.redis.script("count", _COUNT)(keys, args)))
+
+    @contextlib.contextmanager
+    def renewing(self, session_id: str) -> Iterator[None]:
+        """This process's lock for the session, then Redis's (``RENEW_LOCK_S`` at most:
+        a replica that died holding it does not block the session longer)."""
+        key = session_key(session_id)
+        lock, mine = PREFIX + "renew:" + key, secrets.token_hex(16)
+        with self._renewals.hold(key):
+            deadline = time.monotonic() + RENEW_LOCK_S + 5
+            lock_ms = int(RENEW_LOCK_S * 1000)
+            while not self.redis.call(lambda c: c.set(lock, mine, nx=True, px=lock_ms)):
+                if time.monotonic() > deadline:
+                    raise SessionsUnavailable(
+                        "another replica is renewing this console session's token and has "
+                        "not finished", retry_after=5,
+                    )  # fmt: skip
+                time.sleep(0.05)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(SessionsUnavailable):  # it expires by itself
+                    self.redis.call(lambda _: self.redis.script("unlock", _UNLOCK)([lock], [mine]))
+
+    def flow_key(self) -> bytes:
+        """A random key kept in Redis, made by the first replica that needs one."""
+        where = PREFIX + "flow-key"
+
+        def read(client: Any) -> Any:
+            pipe = client.pipeline()
+            pipe.set(where, secrets.token_hex(32), nx=True)
+            pipe.get(where)
+            return pipe.execute()[1]
+
+        return bytes.fromhex(self.redis.call(read).decode())
+
+
+def _record(session: Session) -> dict[str, Any]:
+    return {
+        "token": session.token, "actor": session.actor, "csrf": session.csrf_token,
+        "started": session.started, "expires": session.expires,
+        "refresh_token": session.refresh_token, "id_token": session.id_token,
+    }  # fmt: skip
+
+
+def _session(key: str, record: dict[str, Any], now: float) -> Session:
+    return Session(
+        key=key, token=record["token"], actor=record["actor"], csrf_token=record["csrf"],
+        started=record["started"], expires=record["expires"], last_seen=now,
+        refresh_token=record["refresh_token"], id_token=record["id_token"],
+    )  # fmt: skip
+
+
+__all__ = ["PREFIX", "RedisTable", "SharedConsole", "seal", "unseal"]
