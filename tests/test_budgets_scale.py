@@ -18,6 +18,7 @@ from modelyard.access import create_actor_token, create_api_key, rotate_api_key
 from modelyard.admin import create_admin_app
 from modelyard.audit import AccessPolicy
 from modelyard.cli._plane import LocalPlane
+from modelyard.monitoring import AlertRules, evaluate_rules
 from modelyard.store import Budget, NewInferenceRecord, Store
 from modelyard.store._budgets import period_end, period_start
 from worlds import fake_world
@@ -230,3 +231,23 @@ def test_a_tenants_budgets_show_in_its_page_and_its_own_page(ops: Store) -> None
         (k, p): v for (t, k, p), v in expected.items() if t == "acme"
     }
     assert len(listed) == 5
+
+
+def test_a_budget_alert_rule_costs_the_same_queries_for_5_or_50_tenants(ops: Store) -> None:
+    """``budget_used`` read each budget's spend with a query of its own at every tick (the
+    alerts' own states are still saved one by one: a write per alert)."""
+    rules = AlertRules.parse({"rules": [{"name": "budget-10", "metric": "budget_used",
+                                         "comparison": ">=", "threshold": 0.1}]})  # fmt: skip
+    costs, fired = [], []
+    for first, count in ((100, 5), (105, 45)):  # 5 tenants, then 50
+        _tenants(ops, first, count)
+        with statements(ops) as sent:
+            transitions = evaluate_rules(ops, rules, datetime.now(UTC))
+        costs.append(len([q for q in selects(sent) if "inference_records" in q]))
+        fired += [t.alert for t in transitions if t.alert.state == "firing"]
+    assert costs[0] == costs[1], costs
+    # each tenant's day budget (10) has 1.5 (3.0 on the 1st) spent: 15 % fires; its key's
+    # month budget (20) has 1.5: 7.5 % does not
+    assert {a.labels["period"] for a in fired} == {"day"} and len(fired) == 50
+    day = next(a for a in fired if a.labels["tenant"] == "t120" and a.labels["period"] == "day")
+    assert day.value == pytest.approx((3.0 if FIRST else 1.5) / 10)
