@@ -251,3 +251,27 @@ def test_a_budget_alert_rule_costs_the_same_queries_for_5_or_50_tenants(ops: Sto
     assert {a.labels["period"] for a in fired} == {"day"} and len(fired) == 50
     day = next(a for a in fired if a.labels["tenant"] == "t120" and a.labels["period"] == "day")
     assert day.value == pytest.approx((3.0 if FIRST else 1.5) / 10)
+
+
+def test_a_page_of_tenants_reads_only_its_tenants_keys_and_budgets(
+    ops: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A page of 5 of 50 tenants read all 50 tenants' keys and budgets to show 5."""
+    _tenants(ops, 100, 50)
+    read: dict[str, list[int]] = {"keys": [], "budgets": []}
+    for name, method in (("keys", "list_api_keys"), ("budgets", "list_budgets")):
+        original = getattr(Store, method)
+
+        def spy(self: Store, *args: Any, _o: Any = original, _n: str = name, **kw: Any) -> Any:
+            found = _o(self, *args, **kw)
+            read[_n].append(len(found))
+            return found
+
+        monkeypatch.setattr(Store, method, spy)
+    token = create_actor_token(ops, "ops")[1]
+    client = TestClient(create_admin_app(ops), raise_server_exceptions=False)
+    r = client.get("/tenants?after=t110&limit=5", headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 200, r.text
+    assert [t["name"] for t in r.json()] == [f"t{i}" for i in range(111, 116)]
+    assert all(t["keys"]["total"] == 2 and len(t["budgets"]) == 2 for t in r.json())
+    assert read == {"keys": [10], "budgets": [10]}

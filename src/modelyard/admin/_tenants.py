@@ -135,7 +135,8 @@ def list_tenants(
     tenants = store.list_tenants(limit=limit, after=after)
     if not tenants:
         return []
-    keys, budgets = store.list_api_keys(), store.list_budgets()
+    names = [t.name for t in tenants]  # the page's keys and budgets only
+    keys, budgets = store.list_api_keys(tenants=names), store.list_budgets(tenants=names)
     return _tenants_json(store, tenants, keys, budgets, now)
 
 

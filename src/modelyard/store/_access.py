@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -230,9 +230,15 @@ class AccessStore(StoreCore):
             return None if found is None else to_api_key(found[0], found[1])
 
     def list_api_keys(
-        self, tenant: str | None = None, *, limit: int | None = None, after: str | None = None
+        self,
+        tenant: str | None = None,
+        *,
+        tenants: Collection[str] | None = None,
+        limit: int | None = None,
+        after: str | None = None,
     ) -> list[ApiKey]:
-        """Oldest first; with ``limit`` the first ``limit`` made after the key ``after``."""
+        """Oldest first; with ``limit`` the first ``limit`` made after the key ``after``;
+        ``tenants``: only these tenants' keys (a page of tenants, at most a thousand)."""
         check_page_limit(limit, "key")
         with self._session("list API keys") as s:
             query = (
@@ -243,6 +249,8 @@ class AccessStore(StoreCore):
             )
             if tenant is not None:
                 query = query.where(TenantRow.name == tenant)
+            if tenants is not None:
+                query = query.where(TenantRow.name.in_(list(tenants)))
             if after is not None:
                 query = query.where(after_key(s, after))
             return [to_api_key(r, t) for r, t in s.execute(query).all()]
