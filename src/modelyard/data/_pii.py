@@ -20,12 +20,14 @@ not become a copy of it.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import phonenumbers
+from phonenumbers import PhoneMetadata, phonenumberutil
 
 PII_KINDS: tuple[str, ...] = ("email", "credit_card", "iban", "us_ssn", "ip_address", "phone")
 """The kinds of personal data ``find_pii`` looks for, in the order it looks."""
@@ -123,20 +125,342 @@ def _ip_ok(candidate: str) -> bool:
 def _phones(text: str, regions: Sequence[str]) -> list[tuple[int, int]]:
     """Spans of phone numbers (see the module's docstring for what counts)."""
     spans: list[tuple[int, int]] = []
-    possible = phonenumbers.Leniency.POSSIBLE
-    for match in phonenumbers.PhoneNumberMatcher(text, "US", leniency=possible):
-        raw = match.raw_string
+    runs = [(m.start(), m.end()) for m in _DIGIT_RUN.finditer(text)]
+    for start, end, raw, number in _matches(text, runs, "US", phonenumbers.Leniency.POSSIBLE):
         international = raw.lstrip("(").startswith("+")
-        nanp = _NANP_SHAPE.match(raw) is not None or phonenumbers.is_valid_number(match.number)
-        if international or (nanp and not _glued(text, match.start, match.end)):
-            spans.append((match.start, match.end))
+        nanp = _NANP_SHAPE.match(raw) is not None or phonenumbers.is_valid_number(number)
+        if international or (nanp and not _glued(text, start, end)):
+            spans.append((start, end))
     for region in regions:
         if region == "US":
             continue  # judged above
-        for match in phonenumbers.PhoneNumberMatcher(text, region):  # VALID numbers only
-            if not _glued(text, match.start, match.end):
-                spans.append((match.start, match.end))
+        for start, end, _, _ in _matches(text, runs, region, phonenumbers.Leniency.VALID):
+            if not _glued(text, start, end):
+                spans.append((start, end))
     return spans
+
+
+# Characters no candidate of libphonenumber's matcher holds (its pattern: digits,
+# punctuation, a plus sign, brackets and extensions such as "ext. 12", "x12", "anexo 12"):
+# the text between them is matched on its own, and only where it may hold a number.
+_NOT_IN_NUMBERS = "bcdfghjklmpqruvwyzBCDFGHJKLMPQRUVWYZ\n\r|\"'!?@$%&*<>{}_^`\\"
+_IN_NUMBERS = f"[^{re.escape(_NOT_IN_NUMBERS)}]"
+_DIGIT_RUN = re.compile(f"(?<!{_IN_NUMBERS}){_IN_NUMBERS}*[\\d+\uff0b]{_IN_NUMBERS}*")
+_MAX_TRIES = 65535  # PhoneNumberMatcher's default max_tries: failed tries before it gives up
+# At most, in a stretch where no try succeeds: a failed candidate of m characters costs one
+# try, and the matcher's 6 ways of splitting it at most m + 1 each (<= 13 m), and such
+# candidates do not overlap.
+_TRIES_PER_CHARACTER = 13
+
+_Found = tuple[int, int, str, phonenumbers.PhoneNumber]
+
+
+def _matches(text: str, runs: list[tuple[int, int]], region: str, leniency: int) -> list[_Found]:
+    """What ``PhoneNumberMatcher(text, region, leniency)`` finds: (start, end, raw, number).
+
+    The matcher runs on the stretches of ``runs`` (text between characters no number
+    holds, with a digit) that may hold a number for ``region`` (``_Screen.fewest``), each
+    with the character either side that the matcher looks at; a candidate never crosses
+    such a character, so what it finds there is what it finds in the whole text, unless the
+    whole text would spend its 65,535 failed tries: then it runs on the whole text.
+    """
+    screen = _screen(region, leniency)
+    segments: list[list[int]] = []
+    tries = 0
+    for start, end in runs:
+        run = text[start:end]
+        if "+" in run or "\uff0b" in run or sum(map(str.isalnum, run)) >= screen.fewest:
+            low, high = max(start - 1, 0), min(end + 1, len(text))
+            if segments and low <= segments[-1][1]:
+                segments[-1][1] = high
+            else:
+                segments.append([low, high])
+        else:  # each try here fails: the matcher spends at most this many on it
+            tries += _TRIES_PER_CHARACTER * (end - start)
+    found: list[_Found] = []
+    for low, high in segments:
+        matcher = _Matcher(text[low:high], region, leniency)
+        found += [(low + m.start, low + m.end, m.raw_string, m.number) for m in matcher]
+        left = getattr(matcher, "_max_tries", None)
+        tries += _MAX_TRIES - left if isinstance(left, int) else _MAX_TRIES
+    if tries >= _MAX_TRIES:
+        matcher = _Matcher(text, region, leniency)
+        found = [(m.start, m.end, m.raw_string, m.number) for m in matcher]
+    return found
+
+
+class _Matcher(phonenumbers.PhoneNumberMatcher):
+    """libphonenumber's matcher, which does not parse a candidate that cannot be a match.
+
+    The matcher tries every run of digits in the text, and the parts of each (split at
+    spaces, dots, dashes, slashes), parsing each with the full metadata: about 0.1 ms a
+    try, most of ``find_pii``'s time on rows with many numbers. A try that fails costs
+    one of the matcher's tries whether it was parsed or not, so not parsing a try that
+    cannot succeed (``_Screen.rules_out``) changes no match and no count of tries.
+    """
+
+    def __init__(self, text: str, region: str, leniency: int = phonenumbers.Leniency.VALID):
+        super().__init__(text, region, leniency=leniency)
+        self._screen = _screen(region, leniency)
+
+    def _parse_and_verify(
+        self, candidate: str, offset: int
+    ) -> phonenumbers.PhoneNumberMatch | None:
+        if self._screen.rules_out(candidate):
+            return None
+        return super()._parse_and_verify(candidate, offset)
+
+
+# A candidate of ASCII digits and these separators has no extension, no letters, no plus:
+# libphonenumber parses its digits alone (and those after the plus sign of _PLUS_SIMPLE).
+_SIMPLE = re.compile(r"[0-9 ()./-]+")
+_PLUS_SIMPLE = re.compile(r"\(?\+[0-9 ()./-]*")
+_NOT_DIGITS = re.compile(r"[^0-9]+")
+
+
+_NUMBER_TYPES = (
+    "premium_rate", "toll_free", "shared_cost", "voip", "personal_number", "pager", "uan",
+    "voicemail", "fixed_line", "mobile",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What a national number of one region must look like to pass: one of its lengths and,
+    for VALID, the region's pattern and that of one of its types of number (fixed line,
+    mobile, ...), each with its lengths. ``None``: any."""
+
+    lengths: frozenset[int] | None
+    pattern: re.Pattern[str] | None = None
+    types: tuple[tuple[frozenset[int] | None, re.Pattern[str]], ...] | None = None
+
+    def fits(self, number: str) -> bool:
+        if self.lengths is not None and len(number) not in self.lengths:
+            return False
+        if self.pattern is not None and self.pattern.fullmatch(number) is None:
+            return False
+        return self.types is None or any(
+            (lengths is None or len(number) in lengths) and pattern.fullmatch(number)
+            for lengths, pattern in self.types
+        )
+
+
+@dataclass(frozen=True)
+class _Screen:
+    """The cheap checks that rule a candidate out before libphonenumber parses it, for one
+    region and leniency (see ``_screen``)."""
+
+    fewest: int
+    idd: re.Pattern[str] | None = None
+    country_code: str = ""
+    national_prefix: re.Pattern[str] | None = None
+    plans: tuple[_Plan, ...] = ()
+    formats: tuple[tuple[re.Pattern[str] | None, re.Pattern[str], bool], ...] = ()
+
+    def rules_out(self, candidate: str) -> bool:
+        if "+" in candidate or "\uff0b" in candidate:  # phonenumbers' _PLUS_CHARS
+            return self._no_country(candidate)
+        if len(candidate) < self.fewest:
+            return True
+        if _SIMPLE.fullmatch(candidate) is None:
+            return sum(map(str.isalnum, candidate)) < self.fewest
+        digits = _NOT_DIGITS.sub("", candidate)
+        return len(digits) < self.fewest or (bool(self.plans) and not self._may_match(digits))
+
+    def _no_country(self, candidate: str) -> bool:
+        """Whether ``candidate``, ``+`` and digits, cannot be parsed: no country code starts
+        with 0 (``+0000``, a time zone), and the digits are then read as dialled in the
+        region, which needs its international prefix (``+00 44 ...``) to give a country."""
+        if _PLUS_SIMPLE.fullmatch(candidate) is None:
+            return False
+        digits = _NOT_DIGITS.sub("", candidate)
+        if not digits.startswith("0"):
+            return False
+        dialled = self.idd.match(digits) if self.idd is not None else None
+        return dialled is None or digits[dialled.end() :].startswith("0")
+
+    def _may_match(self, digits: str) -> bool:
+        """Whether some national significant number that parsing ``digits`` can give passes,
+        unless an international prefix starts them (then: parse). The number is ``digits``
+        as they are or without a national prefix; or, where the country code starts them,
+        the rest, with or without a national prefix. VALID wants the national prefix
+        written where the number's format has it (``030 1234567``, not ``30 1234567``)."""
+        if self.idd is not None and self.idd.match(digits):
+            return True
+        prefixed = self.national_prefix is not None and self.national_prefix.match(digits)
+        for number in self._stripped(digits):
+            if self._fits(number) and (prefixed or not self._needs_prefix(number)):
+                return True
+        if digits.startswith(self.country_code):
+            rest = digits[len(self.country_code) :]
+            return any(self._fits(number) for number in self._stripped(rest))
+        return False
+
+    def _stripped(self, number: str) -> set[str]:
+        numbers = {number}
+        for _ in range(2):
+            for each in list(numbers):
+                prefix = self.national_prefix.match(each) if self.national_prefix else None
+                if prefix and prefix.end():
+                    numbers.add(each[prefix.end() :])
+        return numbers
+
+    def _fits(self, number: str) -> bool:
+        return any(plan.fits(number) for plan in self.plans)
+
+    def _needs_prefix(self, number: str) -> bool:
+        """Whether VALID rejects ``number`` written without its national prefix: the first of
+        the region's formats that fits it writes one, and not optionally."""
+        for leading, pattern, needs in self.formats:
+            if (leading is None or leading.match(number)) and pattern.fullmatch(number):
+                return needs
+        return False
+
+
+@functools.cache
+def _screen(region: str, leniency: int) -> _Screen:
+    """The checks for ``region`` at ``leniency`` from libphonenumber's metadata.
+
+    A candidate with no plus sign needs ``_fewest_characters`` digits (or letters, which
+    it may read as digits). One of ASCII digits and separators only is parsed from its
+    digits alone: unless the region's international prefix (``00``, ``011``) starts them,
+    its national significant number is those digits less the country code and the national
+    prefix, and a number of that length (POSSIBLE), matching the national number pattern
+    of a region of that code (VALID), is what passing needs. Regions whose national prefix
+    rule rewrites numbers, or whose numbers are parsed with another region's rules, get the
+    count of digits alone.
+    """
+    fewest = _fewest_characters(region, leniency)
+    metadata = PhoneMetadata.metadata_for_region(region)
+    if metadata is None or not metadata.country_code:
+        return _Screen(fewest)
+    code = metadata.country_code
+    if (
+        phonenumbers.region_code_for_country_code(code) != region
+        or metadata.national_prefix_transform_rule
+    ):
+        return _Screen(fewest)
+    plans: list[_Plan] = []
+    for other in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(code, ()):
+        plan = PhoneMetadata.metadata_for_region_or_calling_code(code, other)
+        if plan is None or plan.general_desc is None:
+            return _Screen(fewest)
+        desc = plan.general_desc
+        lengths = set(desc.possible_length or ())
+        if leniency == phonenumbers.Leniency.POSSIBLE:
+            lengths |= set(desc.possible_length_local_only or ())
+            plans.append(_Plan(frozenset(lengths) if lengths else None))
+            continue
+        types = []
+        for name in _NUMBER_TYPES:
+            kind = getattr(plan, name, None)
+            if kind is not None and kind.national_number_pattern:
+                lengths_of_kind = frozenset(kind.possible_length or ()) or None
+                types.append((lengths_of_kind, re.compile(kind.national_number_pattern)))
+        plans.append(
+            _Plan(
+                frozenset(lengths) if lengths else None,
+                re.compile(desc.national_number_pattern) if desc.national_number_pattern else None,
+                tuple(types),
+            )
+        )
+    formats: list[tuple[re.Pattern[str] | None, re.Pattern[str], bool]] = []
+    first_group_only = getattr(phonenumberutil, "_formatting_rule_has_first_group_only", None)
+    if leniency == phonenumbers.Leniency.VALID and first_group_only is not None:
+        for form in metadata.number_format:
+            rule = form.national_prefix_formatting_rule
+            needs = bool(rule) and not form.national_prefix_optional_when_formatting
+            leading = form.leading_digits_pattern
+            if not form.pattern or (leading and not leading[-1]):
+                return _Screen(fewest)
+            formats.append(
+                (
+                    re.compile(leading[-1]) if leading and leading[-1] else None,
+                    re.compile(form.pattern),
+                    needs and not first_group_only(rule),
+                )
+            )
+    return _Screen(
+        fewest,
+        idd=re.compile(metadata.international_prefix) if metadata.international_prefix else None,
+        country_code=str(code),
+        national_prefix=(
+            re.compile(metadata.national_prefix_for_parsing)
+            if metadata.national_prefix_for_parsing
+            else None
+        ),
+        plans=tuple(plans),
+        formats=tuple(formats),
+    )
+
+
+@functools.cache
+def _fewest_characters(region: str, leniency: int) -> int:
+    """The fewest digits a candidate without a plus sign needs to be a match for ``region``
+    at ``leniency`` (POSSIBLE: a possible length, local-only ones too; VALID: a length of
+    the number plan), from libphonenumber's metadata; 1: parse every candidate.
+
+    Such a candidate is either a national number of ``region``'s country code (the
+    national prefix and the country code stripped, or rewritten by a national prefix
+    rule: San Marino's adds ``0549`` to a 6-digit number), or an international prefix
+    (``00``, ``011``) followed by a country code and a number of that country.
+    """
+    metadata = PhoneMetadata.metadata_for_region(region)
+    if metadata is None or not metadata.country_code:
+        return 1
+    code = metadata.country_code
+    main = phonenumbers.region_code_for_country_code(code)
+    national = _fewest_national(code, leniency, (region, main))
+    prefix = metadata.international_prefix or ""
+    dialled = len(prefix) if prefix.isdigit() else 0
+    international = min(
+        len(str(other))
+        + _fewest_national(other, leniency, (phonenumbers.region_code_for_country_code(other),))
+        for other in phonenumbers.COUNTRY_CODE_TO_REGION_CODE
+    )
+    return max(1, min(national, dialled + international))
+
+
+@functools.cache
+def _fewest_national(country_code: int, leniency: int, parsed_in: tuple[str, ...]) -> int:
+    """The fewest digits of a national number of ``country_code`` that can pass at
+    ``leniency``, parsed with the national prefix rules of the regions ``parsed_in``."""
+    plans = [
+        PhoneMetadata.metadata_for_region_or_calling_code(country_code, region)
+        for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(country_code, ())
+    ]
+    rules = [
+        PhoneMetadata.metadata_for_region_or_calling_code(country_code, region)
+        for region in parsed_in
+    ]
+    lengths: list[int] = []
+    for plan in plans:
+        if plan is None or plan.general_desc is None or not plan.general_desc.possible_length:
+            return 1
+        lengths += plan.general_desc.possible_length
+        if leniency == phonenumbers.Leniency.POSSIBLE:
+            lengths += plan.general_desc.possible_length_local_only or ()
+    added = [_lengthening(rule) if rule is not None else None for rule in rules]
+    if not lengths or None in added:
+        return 1
+    return max(1, min(lengths) - max(a for a in added if a is not None))
+
+
+_GROUP_REFERENCE = re.compile(r"\\(\d)")
+
+
+def _lengthening(plan: PhoneMetadata) -> int | None:
+    """How many digits ``plan``'s national prefix rule can add to a number: the rule
+    replaces what its pattern matched with its groups and digits of its own (``0549\\1``);
+    None where that is not known (a group used twice, a character not a digit)."""
+    rule = plan.national_prefix_transform_rule
+    if not rule:
+        return 0
+    groups = _GROUP_REFERENCE.findall(rule)
+    own = _GROUP_REFERENCE.sub("", rule)
+    if len(set(groups)) != len(groups) or (own and not own.isdigit()):
+        return None
+    return len(own)
 
 
 def _glued(text: str, start: int, end: int) -> bool:
