@@ -381,33 +381,37 @@ def _summary(rule: Rule, labels: Mapping[str, str], value: float | None) -> str:
 
 
 def evaluate_rules(store: Store, rules: AlertRules, now: datetime) -> list[Transition]:
-    """Evaluate every rule for every endpoint; save states, notify the changes that matter."""
+    """Evaluate every rule for every endpoint; save states, notify the changes that matter.
+    The states are saved together before anyone is notified (one transaction however
+    many budgets or endpoints), and the failed deliveries to send again read together."""
     states = {a.id: a for a in store.list_alert_states()}
     endpoints = [e.name for e in store.list_endpoints()]
-    transitions: list[Transition] = []
     cache: dict[tuple[str, timedelta], dict[str, float | None]] = {}
-    seen: set[str] = set()
+    evaluated: dict[str, tuple[Rule, AlertState, str]] = {}  # id: rule, new state, before
     for rule in rules.rules:
         for value, where in _values(store, rule, endpoints, cache, now):
             labels = {**rule.labels, **where, "severity": rule.severity}
             aid = alert_id(rule.name, labels)
-            seen.add(aid)
             old = states.get(aid)
             holds = value is not None and _COMPARISONS[rule.comparison](value, rule.threshold)
             new = _step(old, rule, aid, labels, value, holds, now)
-            before = old.state if old else "inactive"
-            store.save_alert_state(new)
-            hook = rules.notify.webhook
-            if new.state == before and undelivered(store, hook, new, now):
-                notify(store, hook, rule, new, now, log_too=False)  # the webhook was down
-            if new.state != before:
-                transitions.append(Transition(new, before))
-                if new.state in ("firing", "resolved"):
-                    notify(store, hook, rule, new, now)
-                if new.state == "firing" and (rule.retrain or rule.pipeline is not None):
-                    start_retraining(store, rule, new)
+            evaluated[aid] = (rule, new, old.state if old else "inactive")
+    store.save_alert_states([new for _, new, _ in evaluated.values()])
+    hook = rules.notify.webhook
+    unchanged = [new for _, new, before in evaluated.values() if new.state == before]
+    again = undelivered(store, hook, unchanged, now)
+    transitions: list[Transition] = []
+    for rule, new, before in evaluated.values():
+        if new.id in again:
+            notify(store, hook, rule, new, now, log_too=False)  # the webhook was down
+        if new.state != before:
+            transitions.append(Transition(new, before))
+            if new.state in ("firing", "resolved"):
+                notify(store, hook, rule, new, now)
+            if new.state == "firing" and (rule.retrain or rule.pipeline is not None):
+                start_retraining(store, rule, new)
     named = {r.name for r in rules.rules}
-    stale = [a for a in states.values() if a.id not in seen and a.rule not in RAISED_ELSEWHERE]
+    stale = [a for a in states.values() if a.id not in evaluated and a.rule not in RAISED_ELSEWHERE]
     transitions += _orphans(store, rules.notify.webhook, stale, named, now)
     return transitions
 
@@ -441,11 +445,14 @@ def _orphans(
     Nothing would ever evaluate them again, so a firing one is resolved (and notified as
     any resolve is), a pending one goes back to inactive, each with the reason in its
     summary; a resolved one whose webhook delivery failed is sent again as any is."""
+    ended = [a for a in alerts if a.state not in ("firing", "pending")]
+    again = undelivered(store, hook, ended, now)
+    for old in ended:
+        if old.id in again:
+            notify(store, hook, GONE, old, now, log_too=False)
     moved = []
     for old in alerts:
         if old.state not in ("firing", "pending"):
-            if undelivered(store, hook, old, now):
-                notify(store, hook, GONE, old, now, log_too=False)
             continue
         why = (
             f"rule {old.rule} no longer gives these labels (its labels, severity, "
@@ -459,10 +466,11 @@ def _orphans(
         else:
             new = replace(old, state="inactive", active_since=None, last_evaluated=now,
                           summary=f"{why}: no longer pending")  # fmt: skip
-        store.save_alert_state(new)
         moved.append(Transition(new, old.state))
-        if new.state == "resolved":
-            notify(store, hook, GONE, new, now)
+    store.save_alert_states([t.alert for t in moved])
+    for t in moved:
+        if t.alert.state == "resolved":
+            notify(store, hook, GONE, t.alert, now)
     return moved
 
 

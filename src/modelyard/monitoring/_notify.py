@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -94,16 +94,22 @@ def _payload(alert: AlertState, rule: RuleShown, now: datetime) -> dict[str, Any
     }
 
 
-def undelivered(store: Store, hook: Webhook | None, alert: AlertState, now: datetime) -> bool:
-    """Whether the webhook's last delivery of this firing (or, for a day, resolved) alert
-    failed: it is sent again at each evaluation until one gets through."""
-    if hook is None or alert.state not in ("firing", "resolved"):
-        return False
-    if alert.state == "resolved" and (alert.resolved_at or now) < now - timedelta(days=1):
-        return False
-    sent = [n for n in store.list_alert_notifications(alert_id=alert.id, limit=5)
-            if n.target == hook.url[:300]]  # fmt: skip
-    return bool(sent) and sent[0].state == alert.state and not sent[0].ok
+def undelivered(
+    store: Store, hook: Webhook | None, alerts: Sequence[AlertState], now: datetime
+) -> set[str]:
+    """The ids of ``alerts`` whose webhook's last delivery of this firing (or, for a day,
+    resolved) state failed: each is sent again at each evaluation until one gets through.
+    One read for them all (``Store.last_deliveries``)."""
+    if hook is None:
+        return set()
+    due = {
+        a.id: a
+        for a in alerts
+        if a.state == "firing"
+        or (a.state == "resolved" and (a.resolved_at or now) >= now - timedelta(days=1))
+    }
+    last = store.last_deliveries(sorted(due), hook.url)
+    return {i for i, note in last.items() if note.state == due[i].state and not note.ok}
 
 
 def notify(

@@ -1,4 +1,4 @@
-"""Monitoring: profiles, drift results, alerts, the monitor's own state and token prices.
+"""Monitoring: profiles, drift results, the monitor's own state and token prices.
 
 Changing a price is audited; what the monitor computes is not (it is derived
 from the records and can be computed again).
@@ -31,8 +31,6 @@ from modelyard.store._judges import JudgementRow, JudgeRow
 from modelyard.store._monitoring_entities import HourLatency, RecordSummary
 from modelyard.store._rows import epoch_seconds, in_scope, lock_name, tenant_names, version_info
 from modelyard.store._schema import (
-    AlertNotificationRow,
-    AlertStateRow,
     BaseModelRow,
     DriftResultRow,
     FeedbackRow,
@@ -43,8 +41,6 @@ from modelyard.store._schema import (
     utcnow,
 )
 from modelyard.store.entities import (
-    AlertNotification,
-    AlertState,
     DriftResult,
     JudgedQuality,
     Profile,
@@ -423,59 +419,6 @@ class MonitoringStore(StoreCore):
             if value is not None and last[endpoint] == run
         ]
 
-    # -- alerts -----------------------------------------------------------------------------
-
-    def list_alert_states(self, *, state: str | None = None) -> list[AlertState]:
-        a = AlertStateRow
-        query = select(a).order_by(a.rule, a.id)
-        if state is not None:
-            query = query.where(a.state == state)
-        with self._session("list alerts") as s:
-            return [to_alert(r) for r in s.scalars(query)]
-
-    def save_alert_state(self, alert: AlertState) -> None:
-        """Insert or update one alert's state (the evaluator's bookkeeping; not audited)."""
-        with self._write(f"save alert {alert.rule!r}") as s:
-            lock_name(s, "alert_state", alert.id)
-            row = s.get(AlertStateRow, alert.id, populate_existing=True)
-            if row is None:
-                row = AlertStateRow(id=alert.id)
-                s.add(row)
-            row.rule, row.labels, row.severity = alert.rule, dict(alert.labels), alert.severity
-            row.state, row.value, row.summary = alert.state, alert.value, alert.summary
-            row.active_since, row.fired_at = alert.active_since, alert.fired_at
-            row.resolved_at, row.last_evaluated = alert.resolved_at, alert.last_evaluated
-
-    def add_alert_notification(self, note: AlertNotification) -> None:
-        with self._write(f"record a notification of {note.rule!r}") as s:
-            s.add(
-                AlertNotificationRow(
-                    alert_id=note.alert_id,
-                    rule=note.rule,
-                    state=note.state,
-                    target=note.target[:300],
-                    sent_at=note.sent_at,
-                    ok=note.ok,
-                    attempts=note.attempts,
-                    error=note.error,
-                )
-            )
-
-    def list_alert_notifications(
-        self, *, alert_id: str | None = None, limit: int = 100
-    ) -> list[AlertNotification]:
-        n = AlertNotificationRow
-        query = select(n).order_by(n.sent_at.desc(), n.id.desc()).limit(limit)
-        if alert_id is not None:
-            query = query.where(n.alert_id == alert_id)
-        with self._session("list notifications") as s:
-            return [
-                AlertNotification(
-                    r.alert_id, r.rule, r.state, r.target, r.sent_at, r.ok, r.attempts, r.error
-                )
-                for r in s.scalars(query)
-            ]
-
     # -- prices -----------------------------------------------------------------------------
 
     def set_token_price(
@@ -552,20 +495,4 @@ def _last_runs(rows: Sequence[Row[Any]]) -> list[Row[Any]]:
     return sorted(
         (r for r in rows if last[r.endpoint_name] == r.run_id),
         key=lambda r: (r.endpoint_name, r.id),
-    )
-
-
-def to_alert(r: AlertStateRow) -> AlertState:
-    return AlertState(
-        r.id,
-        r.rule,
-        dict(r.labels),
-        r.severity,
-        r.state,
-        r.value,
-        r.summary,
-        r.active_since,
-        r.fired_at,
-        r.resolved_at,
-        r.last_evaluated,
     )

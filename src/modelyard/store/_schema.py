@@ -533,6 +533,7 @@ class AlertNotificationRow(Base):
     """One notification of an alert's change of state to one target."""
 
     __tablename__ = "alert_notifications"
+    __table_args__ = (Index("ix_alert_notifications_alert", "alert_id", "id"),)  # 0020
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     alert_id: Mapped[str] = mapped_column(
         String(64), ForeignKey("alert_states.id", ondelete="CASCADE")

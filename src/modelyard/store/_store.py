@@ -30,6 +30,7 @@ from __future__ import annotations
 from modelyard.audit import AccessPolicy, AuditKeySource
 from modelyard.store import _audit, _engine
 from modelyard.store._access import AccessStore
+from modelyard.store._alerts import AlertStore
 from modelyard.store._budgets import BudgetStore
 from modelyard.store._chain import AuditStore
 from modelyard.store._endpoints import EndpointStore
@@ -60,6 +61,7 @@ class Store(
     RetentionStore,
     SealStore,
     MonitoringStore,
+    AlertStore,
     BudgetStore,
     SeriesStore,
     JudgeStore,

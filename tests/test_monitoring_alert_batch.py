@@ -1,0 +1,91 @@
+"""Alert evaluation at scale: every alert's state saved in one transaction, and the
+webhook deliveries that failed read together and sent again at each evaluation until one
+gets through. On SQLite and PostgreSQL (``store_url``)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import pytest
+
+from modelyard.audit import AccessPolicy
+from modelyard.monitoring import AlertRules, evaluate_rules
+from modelyard.store import Store
+
+
+class Receiver:
+    """A webhook receiver on 127.0.0.1 that answers 500 while ``failing``."""
+
+    def __init__(self) -> None:
+        self.failing = True
+        self.received: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.received.append(json.loads(body))
+                self.send_response(500 if receiver.failing else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/hook"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    yield r
+    r.close()
+
+
+def test_failed_deliveries_are_sent_again_until_one_gets_through(
+    store_url: str, receiver: Receiver
+) -> None:
+    rules = AlertRules.parse({
+        "notify": {"webhook": {"url": receiver.url, "retries": 0}},
+        "rules": [{"name": "any-budget", "metric": "budget_used", "comparison": ">=",
+                   "threshold": 0}],  # nothing spent: 0 >= 0 holds, each budget fires
+    })  # fmt: skip
+    with Store.open(store_url, actor="ops", policy=AccessPolicy(bootstrap_admin="ops")) as s:
+        s.add_actor("ops", "admin")
+        for name in ("acme", "beta", "gamma"):
+            s.create_tenant(name)
+            s.set_budget(name, "day", 10.0)
+
+        def evaluate() -> list[str]:
+            before = len(receiver.received)
+            evaluate_rules(s, rules, datetime.now(UTC))
+            return sorted(r["alert"]["labels"]["tenant"] for r in receiver.received[before:])
+
+        assert evaluate() == ["acme", "beta", "gamma"]  # fired: delivered, refused (500)
+        assert [a.state for a in s.list_alert_states()] == ["firing"] * 3
+        assert evaluate() == ["acme", "beta", "gamma"]  # still firing, sent again
+        receiver.failing = False
+        assert evaluate() == ["acme", "beta", "gamma"]  # sent again, and it got through
+        assert evaluate() == []  # delivered: not sent again
+        last = s.last_deliveries([a.id for a in s.list_alert_states()], receiver.url)
+        assert len(last) == 3 and all(n.ok and n.state == "firing" for n in last.values())
+        s.set_budget("beta", "day", 20.0)  # the same alert: its labels did not change
+        s.remove_budget("gamma", "day")  # its alert has no budget: resolved
+        receiver.failing = True
+        assert evaluate() == ["gamma"]  # the resolve, refused
+        receiver.failing = False
+        assert evaluate() == ["gamma"]  # the resolve sent again (for a day), delivered
+        assert evaluate() == []
+        states = {a.labels["tenant"]: a.state for a in s.list_alert_states()}
+        assert states == {"acme": "firing", "beta": "firing", "gamma": "resolved"}
