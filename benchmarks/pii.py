@@ -193,7 +193,8 @@ def _grouped(digits: str) -> str:
 
 
 def _ipv4(rng: random.Random) -> str:
-    return ".".join(str(n) for n in (rng.randint(1, 223), *rng.choices(range(256), k=2), 7))
+    parts = (rng.randint(1, 223), rng.randint(0, 255), rng.randint(0, 255), rng.randint(1, 254))
+    return ".".join(str(n) for n in parts)
 
 
 def _digits(rng: random.Random, n: int) -> str:

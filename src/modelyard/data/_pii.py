@@ -124,19 +124,17 @@ def _ip_ok(candidate: str) -> bool:
 
 def _phones(text: str, regions: Sequence[str]) -> list[tuple[int, int]]:
     """Spans of phone numbers (see the module's docstring for what counts)."""
+    possible, valid = phonenumbers.Leniency.POSSIBLE, phonenumbers.Leniency.VALID
+    passes = [("US", possible)] + [(region, valid) for region in regions if region != "US"]
+    found = _matches(text, passes)
     spans: list[tuple[int, int]] = []
-    runs = [(m.start(), m.end()) for m in _DIGIT_RUN.finditer(text)]
-    for start, end, raw, number in _matches(text, runs, "US", phonenumbers.Leniency.POSSIBLE):
+    for start, end, raw, number in found[0]:
         international = raw.lstrip("(").startswith("+")
         nanp = _NANP_SHAPE.match(raw) is not None or phonenumbers.is_valid_number(number)
         if international or (nanp and not _glued(text, start, end)):
             spans.append((start, end))
-    for region in regions:
-        if region == "US":
-            continue  # judged above
-        for start, end, _, _ in _matches(text, runs, region, phonenumbers.Leniency.VALID):
-            if not _glued(text, start, end):
-                spans.append((start, end))
+    for matches in found[1:]:  # VALID numbers only
+        spans += [(start, end) for start, end, _, _ in matches if not _glued(text, start, end)]
     return spans
 
 
@@ -155,37 +153,51 @@ _TRIES_PER_CHARACTER = 13
 _Found = tuple[int, int, str, phonenumbers.PhoneNumber]
 
 
-def _matches(text: str, runs: list[tuple[int, int]], region: str, leniency: int) -> list[_Found]:
-    """What ``PhoneNumberMatcher(text, region, leniency)`` finds: (start, end, raw, number).
+def _matches(text: str, passes: list[tuple[str, int]]) -> list[list[_Found]]:
+    """What ``PhoneNumberMatcher(text, region, leniency)`` finds for each of ``passes``
+    (the first with no screen shared): (start, end, raw, number).
 
-    The matcher runs on the stretches of ``runs`` (text between characters no number
-    holds, with a digit) that may hold a number for ``region`` (``_Screen.fewest``), each
-    with the character either side that the matcher looks at; a candidate never crosses
-    such a character, so what it finds there is what it finds in the whole text, unless the
-    whole text would spend its 65,535 failed tries: then it runs on the whole text.
+    The matcher runs on the stretches between characters no candidate holds that may hold
+    a number (``_Screen.may_hold``), each with the character either side that the matcher
+    looks at; a candidate never crosses such a character, so what it finds there is what
+    it finds in the whole text. Where the first pass finds nothing in a stretch, every try
+    it made failed, and a pass whose screen rules all of them out would make the same tries
+    and find nothing: it is not run there. A pass that could spend the matcher's 65,535
+    failed tries on the text runs on the whole text, as before.
     """
-    screen = _screen(region, leniency)
+    screens = [_screen(region, leniency) for region, leniency in passes]
     segments: list[list[int]] = []
-    tries = 0
-    for start, end in runs:
-        run = text[start:end]
-        if "+" in run or "\uff0b" in run or sum(map(str.isalnum, run)) >= screen.fewest:
+    skipped = 0
+    for start, end in (m.span() for m in _DIGIT_RUN.finditer(text)):
+        if any(screen.may_hold(text[start:end]) for screen in screens):
             low, high = max(start - 1, 0), min(end + 1, len(text))
             if segments and low <= segments[-1][1]:
                 segments[-1][1] = high
             else:
                 segments.append([low, high])
         else:  # each try here fails: the matcher spends at most this many on it
-            tries += _TRIES_PER_CHARACTER * (end - start)
-    found: list[_Found] = []
+            skipped += _TRIES_PER_CHARACTER * (end - start)
+    found: list[list[_Found]] = [[] for _ in passes]
+    tries = [skipped] * len(passes)
     for low, high in segments:
-        matcher = _Matcher(text[low:high], region, leniency)
-        found += [(low + m.start, low + m.end, m.raw_string, m.number) for m in matcher]
-        left = getattr(matcher, "_max_tries", None)
-        tries += _MAX_TRIES - left if isinstance(left, int) else _MAX_TRIES
-    if tries >= _MAX_TRIES:
-        matcher = _Matcher(text, region, leniency)
-        found = [(m.start, m.end, m.raw_string, m.number) for m in matcher]
+        stretch = text[low:high]
+        first: _Matcher | None = None
+        failed: _Matcher | None = None  # the tries of a pass in which every try fails
+        for number, ((region, leniency), screen) in enumerate(zip(passes, screens, strict=True)):
+            if first is not None:
+                if failed is None:
+                    failed = first if not first.found else _Matcher(stretch, region, parse=False)
+                if all(map(screen.rules_out, failed.tried)):
+                    tries[number] += failed.spent
+                    continue
+            matcher = _Matcher(stretch, region, leniency)
+            found[number] += [(low + m.start, low + m.end, m.raw_string, m.number) for m in matcher]
+            tries[number] += matcher.spent
+            first = first or matcher
+    for number, (region, leniency) in enumerate(passes):
+        if tries[number] >= _MAX_TRIES:
+            matcher = _Matcher(text, region, leniency)
+            found[number] = [(m.start, m.end, m.raw_string, m.number) for m in matcher]
     return found
 
 
@@ -196,19 +208,42 @@ class _Matcher(phonenumbers.PhoneNumberMatcher):
     spaces, dots, dashes, slashes), parsing each with the full metadata: about 0.1 ms a
     try, most of ``find_pii``'s time on rows with many numbers. A try that fails costs
     one of the matcher's tries whether it was parsed or not, so not parsing a try that
-    cannot succeed (``_Screen.rules_out``) changes no match and no count of tries.
+    cannot succeed (``_Screen.rules_out``) changes no match and no count of tries. It
+    keeps what it tried, and whether it found something.
     """
 
-    def __init__(self, text: str, region: str, leniency: int = phonenumbers.Leniency.VALID):
+    def __init__(
+        self,
+        text: str,
+        region: str,
+        leniency: int = phonenumbers.Leniency.VALID,
+        *,
+        parse: bool = True,
+    ):
         super().__init__(text, region, leniency=leniency)
         self._screen = _screen(region, leniency)
+        self.tried: list[str] = []
+        self.found = False
+        self._parse = parse
+        if not parse:  # every try fails: what is tried, and how many tries are spent
+            for _ in self:
+                pass
 
     def _parse_and_verify(
         self, candidate: str, offset: int
     ) -> phonenumbers.PhoneNumberMatch | None:
-        if self._screen.rules_out(candidate):
+        self.tried.append(candidate)
+        if not self._parse or self._screen.rules_out(candidate):
             return None
-        return super()._parse_and_verify(candidate, offset)
+        match = super()._parse_and_verify(candidate, offset)
+        self.found = self.found or match is not None
+        return match
+
+    @property
+    def spent(self) -> int:
+        """The failed tries spent (all of them where the matcher does not say)."""
+        left = getattr(self, "_max_tries", None)
+        return _MAX_TRIES - left if isinstance(left, int) else _MAX_TRIES
 
 
 # A candidate of ASCII digits and these separators has no extension, no letters, no plus:
@@ -255,9 +290,16 @@ class _Screen:
     country_code: str = ""
     national_prefix: re.Pattern[str] | None = None
     plans: tuple[_Plan, ...] = ()
+    lengths: frozenset[int] | None = None  # those of all plans: a quick no
     formats: tuple[tuple[re.Pattern[str] | None, re.Pattern[str], bool], ...] = ()
 
+    def may_hold(self, run: str) -> bool:
+        """Whether a try in ``run`` (text between characters no candidate holds) may pass:
+        each try is a part of it."""
+        return "+" in run or "\uff0b" in run or sum(map(str.isalnum, run)) >= self.fewest
+
     def rules_out(self, candidate: str) -> bool:
+        """Whether libphonenumber would reject ``candidate`` (see ``_screen``)."""
         if "+" in candidate or "\uff0b" in candidate:  # phonenumbers' _PLUS_CHARS
             return self._no_country(candidate)
         if len(candidate) < self.fewest:
@@ -296,16 +338,20 @@ class _Screen:
             return any(self._fits(number) for number in self._stripped(rest))
         return False
 
-    def _stripped(self, number: str) -> set[str]:
-        numbers = {number}
+    def _stripped(self, number: str) -> list[str]:
+        """``number``, and without its national prefix (once, twice)."""
+        numbers = [number]
         for _ in range(2):
-            for each in list(numbers):
-                prefix = self.national_prefix.match(each) if self.national_prefix else None
-                if prefix and prefix.end():
-                    numbers.add(each[prefix.end() :])
+            prefix = self.national_prefix.match(number) if self.national_prefix else None
+            if not (prefix and prefix.end()):
+                break
+            number = number[prefix.end() :]
+            numbers.append(number)
         return numbers
 
     def _fits(self, number: str) -> bool:
+        if self.lengths is not None and len(number) not in self.lengths:
+            return False
         return any(plan.fits(number) for plan in self.plans)
 
     def _needs_prefix(self, number: str) -> bool:
@@ -350,7 +396,7 @@ def _screen(region: str, leniency: int) -> _Screen:
         if leniency == phonenumbers.Leniency.POSSIBLE:
             lengths |= set(desc.possible_length_local_only or ())
             plans.append(_Plan(frozenset(lengths) if lengths else None))
-            continue
+            continue  # lengths alone: is_possible_number's test
         types = []
         for name in _NUMBER_TYPES:
             kind = getattr(plan, name, None)
@@ -390,6 +436,11 @@ def _screen(region: str, leniency: int) -> _Screen:
             else None
         ),
         plans=tuple(plans),
+        lengths=(
+            None
+            if any(plan.lengths is None for plan in plans)
+            else frozenset().union(*(plan.lengths or () for plan in plans))
+        ),
         formats=tuple(formats),
     )
 
