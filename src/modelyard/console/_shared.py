@@ -44,7 +44,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from modelyard.console._tables import KeyedLocks, Session, SessionRules, session_key
 from modelyard.errors import SessionsUnavailable
@@ -126,7 +126,7 @@ class SharedConsole:
             raise self._unavailable()
         try:
             result = action(self._connect())
-        except RedisError as exc:
+        except (RedisError, RedisClusterException) as exc:  # a cluster with no node answering
             self._down_until = time.monotonic() + RETRY_DOWN_S
             if self._up:
                 self._up = False

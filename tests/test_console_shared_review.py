@@ -1,0 +1,261 @@
+"""A review of the console's sessions in Redis (``serve --redis-url``): what an outage
+of a Redis Cluster answers, every console route while Redis is down, a logout whose
+bookkeeping fails half-way, a renewal racing a logout, the renewal lock under
+failures, the keys failed logins leave, and the memory table's clock.
+
+Real servers (``create_app`` with the admin API and the console mounted as
+``control_plane`` mounts them) over one SQLite store and a real ``redis-server`` or
+Redis Cluster (``redisserver``)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+
+from modelyard.access import (
+    OIDCConfig,
+    OIDCLogin,
+    OIDCVerifier,
+    PeopleAuthenticator,
+    SSOConfig,
+    create_actor_token,
+)
+from modelyard.admin import ADMIN_PREFIX, create_admin_app
+from modelyard.audit import AccessPolicy
+from modelyard.console import (
+    CONSOLE_PREFIX,
+    ConsoleSessions,
+    LoginLimiter,
+    create_console_app,
+    shared_tables,
+)
+from modelyard.console._shared import PREFIX, RedisTable, SharedConsole
+from modelyard.console._tables import SessionRules, session_key
+from modelyard.errors import AuthError, RateLimited
+from modelyard.serving import BackgroundServer, EchoEngine, create_app
+from modelyard.store import Store
+from oidc_idp import AUDIENCE, CLIENT_ID, IdP, running_idp
+from redisserver import RedisServer, redis_cluster, redis_server
+
+KEY = "console-shared-review-key-consol"
+TIMEOUT_S = 30.0
+
+
+@pytest.fixture
+def ops(tmp_path: Path) -> Iterator[Store]:
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    policy = AccessPolicy(bootstrap_admin="ops")
+    with Store.open(url, actor="ops", audit_key=KEY, policy=policy) as store:
+        store.add_actor("ops", "admin")
+        store.add_actor("viv", "viewer")
+        store.add_actor("dev", "developer")
+        yield store
+
+
+@pytest.fixture
+def redis_srv(tmp_path: Path) -> Iterator[RedisServer]:
+    with redis_server(tmp_path) as server:
+        yield server
+
+
+def _replica(
+    ops: Store, redis_url: str, *, idp: IdP | None = None, max_failures: int = 5
+) -> BackgroundServer:
+    """One replica as ``control_plane`` builds it with ``--redis-url``."""
+    verifier = login = None
+    if idp is not None:
+        config = OIDCConfig(issuer=idp.url, audience=AUDIENCE, leeway_s=0)
+        verifier = OIDCVerifier(config)
+    people = PeopleAuthenticator(ops, verifier)
+    if idp is not None:
+        login = OIDCLogin(config, SSOConfig(CLIENT_ID), people.actor_of, verifier=verifier)
+    table, shared = shared_tables(redis_url)
+    sessions = ConsoleSessions(people, refresh=login.renew if login else None, table=table)
+    limiter = LoginLimiter(max_failures=max_failures, window_s=300, shared=shared)
+    mounts = {
+        ADMIN_PREFIX: create_admin_app(ops, people, sessions),
+        CONSOLE_PREFIX: create_console_app(
+            ops, sessions, limiter=limiter, oidc=idp is not None, sso=login
+        ),
+    }
+    return BackgroundServer(create_app(ops, EchoEngine(), mounts=mounts))
+
+
+def _login(client: httpx.Client, url: str, token: str) -> httpx.Response:
+    csrf = client.get(f"{url}{CONSOLE_PREFIX}/api/login").json()["csrf_token"]
+    return client.post(f"{url}{CONSOLE_PREFIX}/api/login", json={"token": token},
+                       headers={"X-CSRF-Token": csrf})  # fmt: skip
+
+
+def _unavailable(answer: httpx.Response) -> None:
+    assert answer.status_code == 503, answer.text
+    assert answer.json()["error"]["code"] == "sessions_unavailable"
+    assert int(answer.headers["retry-after"]) >= 1
+
+
+@contextmanager
+def _stopped(server: RedisServer) -> Iterator[None]:
+    """Redis stops answering (its process paused: a 1 s timeout), then answers again."""
+    assert server.process is not None
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)
+
+
+def test_a_redis_cluster_that_stops_answering_is_a_503_and_logins_are_still_limited(
+    ops: Store, tmp_path: Path
+) -> None:
+    """A Redis Cluster client raises RedisClusterException (not a RedisError) when no
+    node answers: it must be the outage's 503, and the limiter's fallback, not a 500."""
+    token = create_actor_token(ops, "ops")[1]
+    with ExitStack() as stack:
+        cluster = ExitStack()
+        stack.callback(cluster.close)
+        url = cluster.enter_context(redis_cluster(tmp_path))
+        a = stack.enter_context(_replica(ops, url, max_failures=2)).base_url
+        client = stack.enter_context(httpx.Client(timeout=TIMEOUT_S))
+        assert _login(client, a, token).status_code == 200
+        assert client.get(f"{a}{ADMIN_PREFIX}/whoami").json()["actor"] == "ops"
+        cluster.close()  # every node of the cluster stops
+        _unavailable(client.get(f"{a}{ADMIN_PREFIX}/whoami"))
+        _unavailable(client.get(f"{a}{CONSOLE_PREFIX}/api/session"))
+        with httpx.Client(timeout=TIMEOUT_S) as guesser:  # counted by the replica alone
+            for _ in range(2):
+                assert _login(guesser, a, "nonsense").status_code == 401
+            limited = _login(guesser, a, "nonsense")
+            assert limited.status_code == 429, limited.text
+
+
+def test_on_a_redis_cluster_an_actors_oldest_give_way_then_the_oldest_of_all(
+    ops: Store, tmp_path: Path
+) -> None:
+    """The login script's eviction paths and the count touch session keys it does not
+    declare (one hash tag): they work on a real cluster."""
+    people = PeopleAuthenticator(ops)
+    ops_token, viv_token = create_actor_token(ops, "ops")[1], create_actor_token(ops, "viv")[1]
+    with redis_cluster(tmp_path) as url:
+        table, shared = shared_tables(url)
+        assert shared is not None
+        sessions = ConsoleSessions(people, table=table, max_sessions=3, max_per_actor=2)
+        mine = [sessions.start(ops_token)[0] for _ in range(3)]
+        assert len(sessions) == 2
+        with pytest.raises(AuthError):
+            sessions.find(mine[0])  # the actor's oldest gave way
+        theirs = [sessions.start(viv_token)[0] for _ in range(2)]
+        assert len(sessions) == 3
+        with pytest.raises(AuthError):
+            sessions.find(mine[1])  # the oldest of all gave way when the table was full
+        assert sessions.find(mine[2])[1].actor == "ops"
+        assert [sessions.find(i)[1].actor for i in theirs] == ["viv", "viv"]
+        assert sessions.end(theirs[0]) is not None
+        assert len(sessions) == 2
+        shared.close()
+
+
+def test_while_redis_is_down_every_console_route_is_a_503_and_nobody_is_logged_out(
+    ops: Store, redis_srv: RedisServer
+) -> None:
+    token = create_actor_token(ops, "ops")[1]
+    with ExitStack() as stack:
+        idp = stack.enter_context(running_idp("localhost"))
+        a = stack.enter_context(_replica(ops, redis_srv.url, idp=idp)).base_url
+        client = stack.enter_context(httpx.Client(timeout=TIMEOUT_S))
+        assert _login(client, a, token).status_code == 200
+        csrf = client.get(f"{a}{CONSOLE_PREFIX}/api/session").json()["csrf_token"]
+        other = stack.enter_context(httpx.Client(timeout=TIMEOUT_S))  # another browser
+        login_csrf = other.get(f"{a}{CONSOLE_PREFIX}/api/login").json()["csrf_token"]
+        begun = client.get(f"{a}{CONSOLE_PREFIX}/oidc/login")  # a sign-in under way
+        assert begun.status_code == 303
+        back = httpx.get(begun.headers["location"], timeout=TIMEOUT_S).headers["location"]
+        with _stopped(redis_srv):
+            _unavailable(client.get(f"{a}{CONSOLE_PREFIX}/"))  # a page: not a redirect
+            _unavailable(client.get(f"{a}{CONSOLE_PREFIX}/api/session"))
+            _unavailable(client.get(f"{a}{ADMIN_PREFIX}/whoami"))
+            out = client.post(f"{a}{CONSOLE_PREFIX}/api/logout", headers={"X-CSRF-Token": csrf})
+            _unavailable(out)
+            assert "set-cookie" not in out.headers  # the browser keeps its session
+            _unavailable(client.get(f"{a}{CONSOLE_PREFIX}/oidc/login", follow_redirects=False))
+            _unavailable(client.get(back))  # the identity provider's redirect back
+            # a login: a bad token is still a 401 (and counted), a good one a 503
+            refused = other.post(f"{a}{CONSOLE_PREFIX}/api/login", json={"token": "nonsense"},
+                                 headers={"X-CSRF-Token": login_csrf})  # fmt: skip
+            assert refused.status_code == 401, refused.text
+            good = other.post(f"{a}{CONSOLE_PREFIX}/api/login", json={"token": token},
+                              headers={"X-CSRF-Token": login_csrf})  # fmt: skip
+            _unavailable(good)
+        time.sleep(1.1)  # Redis is asked again at most once a second
+        back = client.get(f"{a}{ADMIN_PREFIX}/whoami")
+        assert back.status_code == 200 and back.json()["actor"] == "ops"
+
+
+def test_a_renewal_racing_a_logout_does_not_bring_the_session_back(
+    ops: Store, redis_srv: RedisServer
+) -> None:
+    token = create_actor_token(ops, "ops")[1]
+    people = PeopleAuthenticator(ops)
+    table, _ = shared_tables(redis_srv.url)
+    sessions = ConsoleSessions(people, table=table)
+    session_id, _, _ = sessions.start(token)
+    found = sessions.table.get(session_id, time.time())  # a request about to renew
+    assert found is not None
+    assert sessions.end(session_id) is not None  # the logout, meanwhile
+    found.token = "renewed"
+    sessions.table.save(session_id, found)  # the renewal saves what it got
+    assert sessions.table.get(session_id, time.time()) is None
+    with pytest.raises(AuthError):
+        sessions.find(session_id)
+    assert redis_srv.client().exists(PREFIX + "session:" + session_key(session_id)) == 0
+
+
+def test_the_renewal_lock_is_let_go_when_the_renewal_fails_or_redis_is_down(
+    redis_srv: RedisServer,
+) -> None:
+    shared = SharedConsole(redis_srv.url)
+    table = RedisTable(shared, SessionRules())
+    lock = PREFIX + "renew:" + session_key("some-session")
+    probe = redis_srv.client()
+    with pytest.raises(AuthError), table.renewing("some-session"):
+        assert probe.exists(lock) == 1
+        raise AuthError("the identity provider refused the refresh token")
+    assert probe.exists(lock) == 0 and table._renewals._locks == {}
+    renewing = table.renewing("some-session")  # taken again at once
+    renewing.__enter__()
+    with _stopped(redis_srv):  # Redis stops answering while it renews, which fails
+        refused = AuthError("refused while Redis is down")
+        assert renewing.__exit__(AuthError, refused, None) is False  # that error, no other
+    assert table._renewals._locks == {}  # this process's lock is let go ...
+    assert probe.pttl(lock) <= 30_000  # ... and Redis's ends by itself, if still there
+    time.sleep(1.1)  # Redis is asked again at most once a second
+    probe.delete(lock)  # (as after its 30 s)
+    with table.renewing("some-session"):
+        assert probe.exists(lock) == 1
+    shared.close()
+
+
+def test_failed_logins_leave_keys_that_expire_with_their_window(
+    redis_srv: RedisServer,
+) -> None:
+    """Many addresses failing cannot fill Redis for longer than the window."""
+    shared = SharedConsole(redis_srv.url)
+    limiter = LoginLimiter(max_failures=2, window_s=60, shared=shared)
+    for i in range(50):
+        limiter.failed(f"198.51.100.{i}")
+    probe = redis_srv.client()
+    keys = list(probe.scan_iter(match=PREFIX + "failures:*"))
+    assert len(keys) == 50
+    assert all(0 < probe.pttl(k) <= 60_000 for k in keys)
+    limiter.failed("198.51.100.7")
+    with pytest.raises(RateLimited, match="too many failed console logins") as refused:
+        limiter.check("198.51.100.7")
+    assert 55 <= refused.value.context["retry_after"] <= 60
+    assert limiter._failures == {}  # nothing counted in this process's memory
+    shared.close()
