@@ -365,3 +365,41 @@ def test_redaction_is_unchanged_on_digit_heavy_rows() -> None:
     assert (
         redact_pii(row) == "2026-12-06 14:19:52,123 INFO pid=48213 user [PHONE] bytes=5234212 +0000"
     )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "555-123-4567, 030 12345678, 01 42 68 53 00",  # US, DE and FR in one stretch
+        "+1 415 555 0132 ; 07700 900123",
+    ],
+)
+def test_a_stretch_where_the_us_pass_finds_a_number_is_matched_for_every_region(
+    text: str,
+) -> None:
+    """The other regions are left out of a stretch only on what a pass in which every try
+    failed tried: where the US pass found a number, that is not what it tried."""
+    found = find_pii(text)
+    assert found == old_find_pii(text)
+    assert len(found) == text.count(",") + text.count(";") + 1
+
+
+def test_without_the_matchers_tries_to_share_every_region_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Were libphonenumber to stop asking ``_parse_and_verify`` (what ``_Matcher``
+    overrides), nothing is screened or shared, and the findings stay the same."""
+    monkeypatch.setattr(
+        _pii._Matcher, "_parse_and_verify", phonenumbers.PhoneNumberMatcher._parse_and_verify
+    )
+    _pii._tries_are_seen.cache_clear()
+    try:
+        assert not _pii._tries_are_seen()
+        rng = random.Random(11)
+        for _ in range(60):
+            text = random_text(rng)
+            assert find_pii(text) == old_find_pii(text), text
+        text = "555-123-4567, 030 12345678, 01 42 68 53 00"
+        assert find_pii(text) == old_find_pii(text)
+    finally:
+        _pii._tries_are_seen.cache_clear()

@@ -154,22 +154,25 @@ _Found = tuple[int, int, str, phonenumbers.PhoneNumber]
 
 
 def _matches(text: str, passes: list[tuple[str, int]]) -> list[list[_Found]]:
-    """What ``PhoneNumberMatcher(text, region, leniency)`` finds for each of ``passes``
-    (the first with no screen shared): (start, end, raw, number).
+    """What ``PhoneNumberMatcher(text, region, leniency)`` finds for each of ``passes``:
+    (start, end, raw, number).
 
     The matcher runs on the stretches between characters no candidate holds that may hold
-    a number (``_Screen.may_hold``), each with the character either side that the matcher
-    looks at; a candidate never crosses such a character, so what it finds there is what
-    it finds in the whole text. Where the first pass finds nothing in a stretch, every try
-    it made failed, and a pass whose screen rules all of them out would make the same tries
-    and find nothing: it is not run there. A pass that could spend the matcher's 65,535
-    failed tries on the text runs on the whole text, as before.
+    a number (a plus sign, or as many digits as a screen's ``fewest``), each with the
+    character either side that the matcher looks at; a candidate never crosses such a
+    character, so what it finds there is what it finds in the whole text. The first pass
+    runs on every such stretch. Where it finds nothing, every try it made failed (else a
+    matcher that parses nothing records the tries), and a pass whose screen rules all of
+    them out would make the same tries and find nothing: it is not run there. A pass that
+    could spend the matcher's 65,535 failed tries on the text runs on the whole text.
     """
     screens = [_screen(region, leniency) for region, leniency in passes]
+    fewest = min(screen.fewest for screen in screens)
     segments: list[list[int]] = []
     skipped = 0
     for start, end in (m.span() for m in _DIGIT_RUN.finditer(text)):
-        if any(screen.may_hold(text[start:end]) for screen in screens):
+        run = text[start:end]
+        if "+" in run or "\uff0b" in run or sum(map(str.isalnum, run)) >= fewest:
             low, high = max(start - 1, 0), min(end + 1, len(text))
             if segments and low <= segments[-1][1]:
                 segments[-1][1] = high
@@ -179,19 +182,22 @@ def _matches(text: str, passes: list[tuple[str, int]]) -> list[list[_Found]]:
             skipped += _TRIES_PER_CHARACTER * (end - start)
     found: list[list[_Found]] = [[] for _ in passes]
     tries = [skipped] * len(passes)
+    shared = _tries_are_seen()
     for low, high in segments:
         stretch = text[low:high]
         first: _Matcher | None = None
         failed: _Matcher | None = None  # the tries of a pass in which every try fails
         for number, ((region, leniency), screen) in enumerate(zip(passes, screens, strict=True)):
-            if first is not None:
+            if first is not None and shared:
                 if failed is None:
                     failed = first if not first.found else _Matcher(stretch, region, parse=False)
                 if all(map(screen.rules_out, failed.tried)):
                     tries[number] += failed.spent
                     continue
             matcher = _Matcher(stretch, region, leniency)
-            found[number] += [(low + m.start, low + m.end, m.raw_string, m.number) for m in matcher]
+            hits = [(low + m.start, low + m.end, m.raw_string, m.number) for m in matcher]
+            found[number] += hits
+            matcher.found = bool(hits)
             tries[number] += matcher.spent
             first = first or matcher
     for number, (region, leniency) in enumerate(passes):
@@ -209,7 +215,7 @@ class _Matcher(phonenumbers.PhoneNumberMatcher):
     try, most of ``find_pii``'s time on rows with many numbers. A try that fails costs
     one of the matcher's tries whether it was parsed or not, so not parsing a try that
     cannot succeed (``_Screen.rules_out``) changes no match and no count of tries. It
-    keeps what it tried, and whether it found something.
+    keeps what it tried (``found``: whether ``_matches`` got a match from it).
     """
 
     def __init__(
@@ -235,15 +241,20 @@ class _Matcher(phonenumbers.PhoneNumberMatcher):
         self.tried.append(candidate)
         if not self._parse or self._screen.rules_out(candidate):
             return None
-        match = super()._parse_and_verify(candidate, offset)
-        self.found = self.found or match is not None
-        return match
+        return super()._parse_and_verify(candidate, offset)
 
     @property
     def spent(self) -> int:
         """The failed tries spent (all of them where the matcher does not say)."""
         left = getattr(self, "_max_tries", None)
         return _MAX_TRIES - left if isinstance(left, int) else _MAX_TRIES
+
+
+@functools.cache
+def _tries_are_seen() -> bool:
+    """Whether the matcher asks ``_parse_and_verify`` about each try, as ``_Matcher``
+    expects (phonenumbers 9 does): if not, no pass is left out on what another tried."""
+    return _Matcher("call 555-123-4567", "US", parse=False).tried == ["555-123-4567"]
 
 
 # A candidate of ASCII digits and these separators has no extension, no letters, no plus:
@@ -292,11 +303,6 @@ class _Screen:
     plans: tuple[_Plan, ...] = ()
     lengths: frozenset[int] | None = None  # those of all plans: a quick no
     formats: tuple[tuple[re.Pattern[str] | None, re.Pattern[str], bool], ...] = ()
-
-    def may_hold(self, run: str) -> bool:
-        """Whether a try in ``run`` (text between characters no candidate holds) may pass:
-        each try is a part of it."""
-        return "+" in run or "\uff0b" in run or sum(map(str.isalnum, run)) >= self.fewest
 
     def rules_out(self, candidate: str) -> bool:
         """Whether libphonenumber would reject ``candidate`` (see ``_screen``)."""
