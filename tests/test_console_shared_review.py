@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -195,6 +196,40 @@ def test_while_redis_is_down_every_console_route_is_a_503_and_nobody_is_logged_o
         time.sleep(1.1)  # Redis is asked again at most once a second
         back = client.get(f"{a}{ADMIN_PREFIX}/whoami")
         assert back.status_code == 200 and back.json()["actor"] == "ops"
+
+
+def _flaky(shared: SharedConsole, fail_at: int) -> Callable[[Callable[[Any], Any]], Any]:
+    """``shared.call``, except that its ``fail_at``-th call finds Redis down."""
+    real, calls = shared.call, [0]
+
+    def call(action: Callable[[Any], Any]) -> Any:
+        calls[0] += 1
+        if calls[0] == fail_at:
+            raise SharedConsole._unavailable()
+        return real(action)
+
+    return call
+
+
+def test_a_logout_ends_the_session_even_if_redis_fails_right_after(
+    ops: Store, redis_srv: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A logout takes the session (GETDEL), then removes it from the login bookkeeping;
+    if Redis fails between the two, the session is ended: the logout must say so (and be
+    audited), not answer 503 as if the person were still logged in."""
+    token = create_actor_token(ops, "ops")[1]
+    people = PeopleAuthenticator(ops)
+    shared = SharedConsole(redis_srv.url)
+    sessions = ConsoleSessions(people, table=lambda rules: RedisTable(shared, rules))
+    session_id, session, _ = sessions.start(token)
+    monkeypatch.setattr(shared, "call", _flaky(shared, fail_at=2))
+    ended = sessions.end(session_id)
+    assert ended is not None and ended.key == session.key
+    monkeypatch.undo()
+    with pytest.raises(AuthError):
+        sessions.find(session_id)
+    assert len(sessions) == 0  # the bookkeeping left behind is swept
+    shared.close()
 
 
 def test_a_renewal_racing_a_logout_does_not_bring_the_session_back(

@@ -255,7 +255,10 @@ class RedisTable:
             pipe.zrem(actor_set, key)
             pipe.execute()
 
-        self.redis.call(forget)
+        # The session has ended: if Redis fails now, what its login counts left behind
+        # is swept by the next login and count (their key is gone).
+        with contextlib.suppress(SessionsUnavailable):
+            self.redis.call(forget)
         return session
 
     def count(self, now: float) -> int:
