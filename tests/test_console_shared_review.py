@@ -294,3 +294,30 @@ def test_failed_logins_leave_keys_that_expire_with_their_window(
     assert 55 <= refused.value.context["retry_after"] <= 60
     assert limiter._failures == {}  # nothing counted in this process's memory
     shared.close()
+
+
+def test_sessions_in_memory_are_timed_by_the_monotonic_clock(
+    ops: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without Redis the sessions of one process are timed as before the shared table:
+    by the monotonic clock, so a step of the wall clock (NTP, an operator) neither
+    ends them nor keeps them past their 8 hours."""
+    token = create_actor_token(ops, "ops")[1]
+    monotonic = [1000.0]
+    monkeypatch.setattr(time, "monotonic", lambda: monotonic[0])
+    monkeypatch.setattr(time, "time", lambda: 1_700_000_000.0)  # the wall clock stands still
+    sessions = ConsoleSessions(PeopleAuthenticator(ops), ttl_s=60, idle_s=3600)
+    session_id, _, _ = sessions.start(token)
+    monotonic[0] += 59
+    assert sessions.find(session_id)[1].actor == "ops"
+    monotonic[0] += 2
+    with pytest.raises(AuthError):
+        sessions.find(session_id)
+
+
+def test_sessions_in_redis_are_timed_by_the_wall_clock(ops: Store, redis_srv: RedisServer) -> None:
+    """Shared by replicas, their times are the wall clock's (the same on every host)."""
+    table, _ = shared_tables(redis_srv.url)
+    sessions = ConsoleSessions(PeopleAuthenticator(ops), table=table)
+    _, session, _ = sessions.start(create_actor_token(ops, "ops")[1])
+    assert abs(session.started - time.time()) < 5

@@ -77,16 +77,19 @@ class ConsoleSessions:
         max_per_actor: int = 50,
         refresh: Callable[[str], tuple[str, str | None]] | None = None,
         table: TableFactory = MemoryTable,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         """``refresh(refresh_token)`` → (a fresh token, the refresh token to keep), or
-        AuthError: how a single sign-on session renews its token (``OIDCLogin.refresh``)."""
+        AuthError: how a single sign-on session renews its token (``OIDCLogin.refresh``).
+        ``clock``: by default the wall clock for a shared table (every replica reads the
+        times one of them wrote), else the monotonic clock, which a step of the wall
+        clock (NTP, an operator) cannot move to end sessions or keep them past ttl_s."""
         self.authenticator = authenticator
         self.refresh = refresh
         self.secure = secure
         self.rules = SessionRules(ttl_s, idle_s, max_sessions, max_per_actor)
         self.table = table(self.rules)
-        self._clock = clock
+        self._clock = clock or (time.time if self.table.shared else time.monotonic)
 
     @property
     def cookie_name(self) -> str:

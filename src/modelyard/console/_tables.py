@@ -35,7 +35,7 @@ class Session:
     token: str
     actor: str
     csrf_token: str
-    started: float  # the clock's seconds (wall-clock time by default)
+    started: float  # the clock's seconds (wall clock in Redis, monotonic in memory)
     expires: float  # absolute end (ttl_s after the start)
     last_seen: float
     refresh_token: str | None = None  # single sign-on: renews ``token`` when it expires
