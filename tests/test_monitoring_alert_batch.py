@@ -23,6 +23,7 @@ class Receiver:
 
     def __init__(self) -> None:
         self.failing = True
+        self.status = 500  # what a failing receiver answers
         self.received: list[dict[str, Any]] = []
         receiver = self
 
@@ -30,7 +31,7 @@ class Receiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 receiver.received.append(json.loads(body))
-                self.send_response(500 if receiver.failing else 200)
+                self.send_response(receiver.status if receiver.failing else 200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -72,11 +73,19 @@ def test_failed_deliveries_are_sent_again_until_one_gets_through(
             evaluate_rules(s, rules, datetime.now(UTC))
             return sorted(r["alert"]["labels"]["tenant"] for r in receiver.received[before:])
 
-        assert evaluate() == ["acme", "beta", "gamma"]  # fired: delivered, refused (500)
+        # fired: the first delivery is refused (500, a receiver down); the others of the
+        # evaluation are not tried (a down receiver would cost each its tries and backoff)
+        assert evaluate() == ["acme"]
         assert [a.state for a in s.list_alert_states()] == ["firing"] * 3
-        assert evaluate() == ["acme", "beta", "gamma"]  # still firing, sent again
+        notes = {n.alert_id: n for n in s.list_alert_notifications() if n.target != "log"}
+        assert sorted(n.attempts for n in notes.values()) == [0, 0, 1]
+        assert all(not n.ok for n in notes.values())
+        skipped = [n for n in notes.values() if n.attempts == 0]
+        assert all("failed earlier in this evaluation (HTTP 500)" in (n.error or "")
+                   for n in skipped)  # fmt: skip
+        assert evaluate() == ["acme"]  # still down: one try again, the others wait
         receiver.failing = False
-        assert evaluate() == ["acme", "beta", "gamma"]  # sent again, and it got through
+        assert evaluate() == ["acme", "beta", "gamma"]  # sent again, and they got through
         assert evaluate() == []  # delivered: not sent again
         last = s.last_deliveries([a.id for a in s.list_alert_states()], receiver.url)
         assert len(last) == 3 and all(n.ok and n.state == "firing" for n in last.values())
@@ -89,3 +98,22 @@ def test_failed_deliveries_are_sent_again_until_one_gets_through(
         assert evaluate() == []
         states = {a.labels["tenant"]: a.state for a in s.list_alert_states()}
         assert states == {"acme": "firing", "beta": "firing", "gamma": "resolved"}
+
+
+def test_a_receiver_that_refuses_one_alert_does_not_hold_back_the_others(
+    store_url: str, receiver: Receiver
+) -> None:
+    """A 4xx is about that payload, not a receiver that is down: the rest are tried."""
+    rules = AlertRules.parse({
+        "notify": {"webhook": {"url": receiver.url, "retries": 2, "backoff_s": 0}},
+        "rules": [{"name": "any-budget", "metric": "budget_used", "comparison": ">=",
+                   "threshold": 0}],
+    })  # fmt: skip
+    receiver.status = 422
+    with Store.open(store_url, actor="ops", policy=AccessPolicy(bootstrap_admin="ops")) as s:
+        s.add_actor("ops", "admin")
+        for name in ("acme", "beta"):
+            s.create_tenant(name)
+            s.set_budget(name, "day", 10.0)
+        evaluate_rules(s, rules, datetime.now(UTC))
+    assert len(receiver.received) == 2  # each once: a 4xx is not retried, nor the end

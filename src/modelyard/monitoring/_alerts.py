@@ -43,7 +43,7 @@ from modelyard.metric_names import TRAFFIC_METRICS, canonical, hint, judge_name
 from modelyard.monitoring._drift import parse_reference
 from modelyard.monitoring._features import FEATURE_NAMES
 from modelyard.monitoring._judging import OnlineJudging
-from modelyard.monitoring._notify import notify, undelivered
+from modelyard.monitoring._notify import WebhookRound, notify, undelivered
 from modelyard.store import (
     AlertState,
     Store,
@@ -398,21 +398,27 @@ def evaluate_rules(store: Store, rules: AlertRules, now: datetime) -> list[Trans
             evaluated[aid] = (rule, new, old.state if old else "inactive")
     store.save_alert_states([new for _, new, _ in evaluated.values()])
     hook = rules.notify.webhook
+    webhook = WebhookRound(hook) if hook is not None else None
     unchanged = [new for _, new, before in evaluated.values() if new.state == before]
     again = undelivered(store, hook, unchanged, now)
     transitions: list[Transition] = []
-    for rule, new, before in evaluated.values():
-        if new.id in again:
-            notify(store, hook, rule, new, now, log_too=False)  # the webhook was down
-        if new.state != before:
-            transitions.append(Transition(new, before))
-            if new.state in ("firing", "resolved"):
-                notify(store, hook, rule, new, now)
-            if new.state == "firing" and (rule.retrain or rule.pipeline is not None):
-                start_retraining(store, rule, new)
-    named = {r.name for r in rules.rules}
-    stale = [a for a in states.values() if a.id not in evaluated and a.rule not in RAISED_ELSEWHERE]
-    transitions += _orphans(store, rules.notify.webhook, stale, named, now)
+    try:
+        for rule, new, before in evaluated.values():
+            if new.id in again:
+                notify(store, webhook, rule, new, now, log_too=False)  # the webhook was down
+            if new.state != before:
+                transitions.append(Transition(new, before))
+                if new.state in ("firing", "resolved"):
+                    notify(store, webhook, rule, new, now)
+                if new.state == "firing" and (rule.retrain or rule.pipeline is not None):
+                    start_retraining(store, rule, new)
+        named = {r.name for r in rules.rules}
+        gone = [a for a in states.values() if a.id not in evaluated]
+        stale = [a for a in gone if a.rule not in RAISED_ELSEWHERE]
+        transitions += _orphans(store, webhook, stale, named, now)
+    finally:
+        if webhook is not None:
+            webhook.close()
     return transitions
 
 
@@ -435,7 +441,7 @@ GONE = _Gone()
 
 def _orphans(
     store: Store,
-    hook: WebhookConfig | None,
+    webhook: WebhookRound | None,
     alerts: Sequence[AlertState],
     named: set[str],
     now: datetime,
@@ -446,10 +452,10 @@ def _orphans(
     any resolve is), a pending one goes back to inactive, each with the reason in its
     summary; a resolved one whose webhook delivery failed is sent again as any is."""
     ended = [a for a in alerts if a.state not in ("firing", "pending")]
-    again = undelivered(store, hook, ended, now)
+    again = undelivered(store, webhook.hook if webhook else None, ended, now)
     for old in ended:
         if old.id in again:
-            notify(store, hook, GONE, old, now, log_too=False)
+            notify(store, webhook, GONE, old, now, log_too=False)
     moved = []
     for old in alerts:
         if old.state not in ("firing", "pending"):
@@ -470,7 +476,7 @@ def _orphans(
     store.save_alert_states([t.alert for t in moved])
     for t in moved:
         if t.alert.state == "resolved":
-            notify(store, hook, GONE, t.alert, now)
+            notify(store, webhook, GONE, t.alert, now)
     return moved
 
 

@@ -1,7 +1,10 @@
 """Notifying alerts: the log always, and the webhook (a JSON POST with a timeout, retried
 with backoff on connection errors, timeouts and 5xx answers). Each delivery is kept in the
 store; a firing alert whose last webhook delivery failed is sent again at each evaluation
-(``undelivered``) until one gets through.
+(``undelivered``) until one gets through. Within one evaluation (``WebhookRound``), once a
+delivery failed every try for a reason of the receiver's (no connection, a timeout, a
+5xx), the others are not tried: each is kept as not delivered and goes at the next
+evaluation. The evaluation waits for one delivery's tries, not for every alert's.
 """
 
 from __future__ import annotations
@@ -50,6 +53,34 @@ class Delivery:
     ok: bool
     attempts: int
     error: str | None
+    receiver_down: bool = False  # failed every try: no connection, a timeout or a 5xx
+
+
+class WebhookRound:
+    """One evaluation's deliveries to ``hook`` (the module's docstring): after a delivery
+    that found the receiver down, the others are kept as not sent, without a try."""
+
+    def __init__(self, hook: Webhook) -> None:
+        self.hook = hook
+        self.down: str | None = None  # why the receiver is taken as down
+        self.skipped = 0
+
+    def post(self, payload: Mapping[str, Any]) -> Delivery:
+        if self.down is not None:
+            self.skipped += 1
+            return Delivery(False, 0, f"not tried: the webhook failed earlier in this "
+                            f"evaluation ({self.down}); sent at the next")  # fmt: skip
+        delivery = post_webhook(self.hook, payload)
+        if delivery.receiver_down:
+            self.down = delivery.error
+        return delivery
+
+    def close(self) -> None:
+        """Say (once) how many deliveries were left for the next evaluation."""
+        if self.skipped:
+            log.error("alerts: webhook %s is down (%s): %d more notification(s) of this "
+                      "evaluation were not tried; they are sent at the next", self.hook.url,
+                      self.down, self.skipped)  # fmt: skip
 
 
 def post_webhook(config: Webhook, payload: Mapping[str, Any]) -> Delivery:
@@ -68,10 +99,10 @@ def post_webhook(config: Webhook, payload: Mapping[str, Any]) -> Delivery:
                     return Delivery(True, attempts, None)
                 error = f"HTTP {reply.status_code}"
                 if reply.status_code < 500:
-                    break  # the receiver refused it; sending again changes nothing
+                    return Delivery(False, attempts, error)  # refused: again changes nothing
             if attempt < config.retries:
                 time.sleep(config.backoff_s * (2**attempt))
-    return Delivery(False, attempts, error)
+    return Delivery(False, attempts, error, receiver_down=True)
 
 
 def _payload(alert: AlertState, rule: RuleShown, now: datetime) -> dict[str, Any]:
@@ -114,7 +145,7 @@ def undelivered(
 
 def notify(
     store: Store,
-    hook: Webhook | None,
+    webhook: WebhookRound | None,
     rule: RuleShown,
     alert: AlertState,
     now: datetime,
@@ -132,20 +163,15 @@ def notify(
             AlertNotification(alert.id, alert.rule, alert.state, "log", now, True, 1, None)
         )
         sent = 1
-    if hook is not None:
-        d = post_webhook(hook, payload)
-        if not d.ok:
-            log.error(
-                "alert %s: webhook %s failed after %d tries: %s",
-                alert.rule,
-                hook.url,
-                d.attempts,
-                d.error,
-            )
-        store.add_alert_notification(
-            AlertNotification(
-                alert.id, alert.rule, alert.state, hook.url, now, d.ok, d.attempts, d.error
-            )
+    if webhook is not None:
+        url = webhook.hook.url
+        d = webhook.post(payload)
+        if not d.ok and d.attempts:
+            log.error("alert %s: webhook %s failed after %d tries: %s", alert.rule, url,
+                      d.attempts, d.error)  # fmt: skip
+        note = AlertNotification(
+            alert.id, alert.rule, alert.state, url, now, d.ok, d.attempts, d.error
         )
+        store.add_alert_notification(note)
         sent += 1
     return sent
