@@ -187,11 +187,14 @@ def _matches(text: str, passes: list[tuple[str, int]]) -> list[list[_Found]]:
         stretch = text[low:high]
         first: _Matcher | None = None
         failed: _Matcher | None = None  # the tries of a pass in which every try fails
+        shapes: list[_Shape] = []  # those of its tries that a screen may pass
         for number, ((region, leniency), screen) in enumerate(zip(passes, screens, strict=True)):
             if first is not None and shared:
                 if failed is None:
                     failed = first if not first.found else _Matcher(stretch, region, parse=False)
-                if all(map(screen.rules_out, failed.tried)):
+                    shapes = [_shape(c) for c in dict.fromkeys(failed.tried)]
+                    shapes = [shape for shape in shapes if shape[1] or shape[2] >= fewest]
+                if not any(screen.passes(*shape) for shape in shapes):
                     tries[number] += failed.spent
                     continue
             matcher = _Matcher(stretch, region, leniency)
@@ -250,6 +253,20 @@ class _Matcher(phonenumbers.PhoneNumberMatcher):
         return _MAX_TRIES - left if isinstance(left, int) else _MAX_TRIES
 
 
+_Shape = tuple[str, bool, int, str | None]
+
+
+def _shape(candidate: str) -> _Shape:
+    """``candidate``; whether it holds a plus sign (phonenumbers' _PLUS_CHARS); how many of
+    its characters may be digits of a number (digits, letters); its digits where it is
+    _SIMPLE, else None."""
+    plus = "+" in candidate or "\uff0b" in candidate
+    if plus or _SIMPLE.fullmatch(candidate) is None:
+        return candidate, plus, sum(map(str.isalnum, candidate)), None
+    digits = _NOT_DIGITS.sub("", candidate)
+    return candidate, False, len(digits), digits
+
+
 @functools.cache
 def _tries_are_seen() -> bool:
     """Whether the matcher asks ``_parse_and_verify`` about each try, as ``_Matcher``
@@ -306,14 +323,17 @@ class _Screen:
 
     def rules_out(self, candidate: str) -> bool:
         """Whether libphonenumber would reject ``candidate`` (see ``_screen``)."""
-        if "+" in candidate or "\uff0b" in candidate:  # phonenumbers' _PLUS_CHARS
-            return self._no_country(candidate)
-        if len(candidate) < self.fewest:
+        if len(candidate) < self.fewest and "+" not in candidate and "\uff0b" not in candidate:
             return True
-        if _SIMPLE.fullmatch(candidate) is None:
-            return sum(map(str.isalnum, candidate)) < self.fewest
-        digits = _NOT_DIGITS.sub("", candidate)
-        return len(digits) < self.fewest or (bool(self.plans) and not self._may_match(digits))
+        return not self.passes(*_shape(candidate))
+
+    def passes(self, candidate: str, plus: bool, count: int, digits: str | None) -> bool:
+        """Whether a candidate of this ``_shape`` may pass."""
+        if plus:
+            return not self._no_country(candidate)
+        if count < self.fewest:
+            return False
+        return digits is None or not self.plans or self._may_match(digits)
 
     def _no_country(self, candidate: str) -> bool:
         """Whether ``candidate``, ``+`` and digits, cannot be parsed: no country code starts
