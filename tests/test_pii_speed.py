@@ -403,3 +403,18 @@ def test_without_the_matchers_tries_to_share_every_region_runs(
         assert find_pii(text) == old_find_pii(text)
     finally:
         _pii._tries_are_seen.cache_clear()
+
+
+def test_the_quick_validity_check_is_libphonenumbers() -> None:
+    rng = random.Random(5)
+    checked = 0
+    for _ in range(3000):
+        candidate = random_number(rng)
+        for region in ("US", "GB", "DE"):
+            try:
+                number = phonenumbers.parse(candidate, region)
+            except phonenumbers.NumberParseException:
+                continue
+            checked += 1
+            assert _pii._valid(number) == phonenumbers.is_valid_number(number), candidate
+    assert checked > 3000

@@ -130,12 +130,35 @@ def _phones(text: str, regions: Sequence[str]) -> list[tuple[int, int]]:
     spans: list[tuple[int, int]] = []
     for start, end, raw, number in found[0]:
         international = raw.lstrip("(").startswith("+")
-        nanp = _NANP_SHAPE.match(raw) is not None or phonenumbers.is_valid_number(number)
-        if international or (nanp and not _glued(text, start, end)):
+        if international or (
+            not _glued(text, start, end) and (_NANP_SHAPE.match(raw) is not None or _valid(number))
+        ):
             spans.append((start, end))
     for matches in found[1:]:  # VALID numbers only
         spans += [(start, end) for start, end, _, _ in matches if not _glued(text, start, end)]
     return spans
+
+
+def _valid(number: phonenumbers.PhoneNumber) -> bool:
+    """``phonenumbers.is_valid_number``, which first tries each region of the country code
+    (25 share +1): a number of no length of theirs is not valid."""
+    lengths = _valid_lengths(number.country_code)
+    national = phonenumbers.national_significant_number(number)
+    return (lengths is None or len(national) in lengths) and phonenumbers.is_valid_number(number)
+
+
+@functools.cache
+def _valid_lengths(country_code: int | None) -> frozenset[int] | None:
+    """The lengths of the valid numbers of the regions of ``country_code`` (None: any)."""
+    lengths: set[int] = set()
+    if country_code is None:
+        return None
+    for region in phonenumbers.COUNTRY_CODE_TO_REGION_CODE.get(country_code, ()):
+        plan = PhoneMetadata.metadata_for_region_or_calling_code(country_code, region)
+        if plan is None or plan.general_desc is None or not plan.general_desc.possible_length:
+            return None
+        lengths.update(plan.general_desc.possible_length)
+    return frozenset(lengths) or None
 
 
 # Characters no candidate of libphonenumber's matcher holds (its pattern: digits,
