@@ -39,7 +39,7 @@ from modelyard.console import (
 )
 from modelyard.console._shared import PREFIX, RedisTable, SharedConsole
 from modelyard.console._tables import SessionRules, session_key
-from modelyard.errors import AuthError, RateLimited
+from modelyard.errors import AuthError, ConfigError, RateLimited
 from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.store import Store
 from oidc_idp import AUDIENCE, CLIENT_ID, IdP, running_idp
@@ -159,7 +159,24 @@ def test_on_a_redis_cluster_an_actors_oldest_give_way_then_the_oldest_of_all(
         assert [sessions.find(i)[1].actor for i in theirs] == ["viv", "viv"]
         assert sessions.end(theirs[0]) is not None
         assert len(sessions) == 2
+        # the rest of what the console keeps there: the flow key, the renewal lock, and
+        # the failed logins
+        other = SharedConsole(url)
+        assert RedisTable(shared, SessionRules()).flow_key() == (
+            RedisTable(other, SessionRules()).flow_key()
+        )
+        with RedisTable(shared, SessionRules()).renewing(mine[2]):
+            pass
+        with RedisTable(other, SessionRules()).renewing(mine[2]):  # let go: taken at once
+            pass
+        limiter = LoginLimiter(max_failures=2, shared=shared)
+        LoginLimiter(max_failures=2, shared=other).failed("192.0.2.1")
+        limiter.failed("192.0.2.1")
+        with pytest.raises(RateLimited):
+            limiter.check("192.0.2.1")
+        assert limiter._failures == {}  # counted in the cluster, not here
         shared.close()
+        other.close()
 
 
 def test_while_redis_is_down_every_console_route_is_a_503_and_nobody_is_logged_out(
@@ -321,3 +338,18 @@ def test_sessions_in_redis_are_timed_by_the_wall_clock(ops: Store, redis_srv: Re
     sessions = ConsoleSessions(PeopleAuthenticator(ops), table=table)
     _, session, _ = sessions.start(create_actor_token(ops, "ops")[1])
     assert abs(session.started - time.time()) < 5
+
+
+def test_a_redis_url_redis_cannot_parse_is_refused_at_start_not_a_500_at_each_login(
+    ops: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``serve`` checks only the URL's scheme; a port that is not a number made every
+    login (the limiter) and every request through a session a 500."""
+    from modelyard.cli._serve import control_plane
+
+    monkeypatch.setenv("MODELYARD_HOME", str(tmp_path / "home"))
+    url = "redis://:s3cret@127.0.0.1:63790x/0"
+    with pytest.raises(ConfigError, match=r"redis://127.0.0.1:63790x/0.*[Pp]ort") as refused:
+        control_plane(ops, secure=False, redis_url=url)
+    assert refused.value.context["field"] == "redis_url"
+    assert "s3cret" not in refused.value.one_line()

@@ -34,6 +34,7 @@ import contextlib
 import json
 import logging
 import math
+import re
 import secrets
 import threading
 import time
@@ -44,10 +45,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from redis.connection import parse_url
 from redis.exceptions import RedisClusterException, RedisError
 
 from modelyard.console._tables import KeyedLocks, Session, SessionRules, session_key
-from modelyard.errors import SessionsUnavailable
+from modelyard.errors import ConfigError, SessionsUnavailable
 from modelyard.redis_client import connect_redis
 
 log = logging.getLogger(__name__)
@@ -113,6 +115,16 @@ class SharedConsole:
     the module's docstring (``call``)."""
 
     def __init__(self, url: str) -> None:
+        """ConfigError for a URL the client cannot use (a port that is not a number): at
+        start, not at each request."""
+        try:
+            parse_url(url)
+        except ValueError as exc:
+            raise ConfigError(
+                f"--redis-url {re.sub(r'//[^@/]*@', '//', url)!r} cannot be used: {exc}",
+                hint="Give redis://host:6379/0 (rediss:// for TLS, unix:///path.sock).",
+                field="redis_url",
+            ) from None
         self.url = url
         self._client: Any = None  # a redis.Redis, or a RedisCluster: found on first use
         self._scripts: dict[str, Any] = {}
