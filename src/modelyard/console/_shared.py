@@ -118,7 +118,7 @@ class SharedConsole:
         """ConfigError for a URL the client cannot use (a port that is not a number): at
         start, not at each request."""
         try:
-            parse_url(url)
+            parse_url(url)  # type: ignore[no-untyped-call]
         except ValueError as exc:
             raise ConfigError(
                 f"--redis-url {re.sub(r'//[^@/]*@', '//', url)!r} cannot be used: {exc}",
