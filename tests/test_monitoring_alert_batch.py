@@ -117,3 +117,43 @@ def test_a_receiver_that_refuses_one_alert_does_not_hold_back_the_others(
             s.set_budget(name, "day", 10.0)
         evaluate_rules(s, rules, datetime.now(UTC))
     assert len(receiver.received) == 2  # each once: a 4xx is not retried, nor the end
+
+
+def test_alerts_saved_but_not_notified_when_the_process_stopped_are_notified_next(
+    store_url: str, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The states are saved before anyone is told: a process stopped in between (killed,
+    its host gone) left firing alerts no webhook ever heard of, and nothing sent them."""
+    import modelyard.monitoring._notify as notify_module
+
+    rules = AlertRules.parse({
+        "notify": {"webhook": {"url": receiver.url, "retries": 0}},
+        "rules": [{"name": "any-budget", "metric": "budget_used", "comparison": ">=",
+                   "threshold": 0}],
+    })  # fmt: skip
+    receiver.failing = False
+    real = notify_module.post_webhook
+    calls = [0]
+
+    def dies_after_one(config: Any, payload: Any) -> Any:
+        calls[0] += 1
+        if calls[0] > 1:
+            raise SystemExit("the process was stopped")
+        return real(config, payload)
+
+    with Store.open(store_url, actor="ops", policy=AccessPolicy(bootstrap_admin="ops")) as s:
+        s.add_actor("ops", "admin")
+        for name in ("acme", "beta", "gamma"):
+            s.create_tenant(name)
+            s.set_budget(name, "day", 10.0)
+        monkeypatch.setattr(notify_module, "post_webhook", dies_after_one)
+        with pytest.raises(SystemExit):
+            evaluate_rules(s, rules, datetime.now(UTC))
+        monkeypatch.setattr(notify_module, "post_webhook", real)
+        assert [a.state for a in s.list_alert_states()] == ["firing"] * 3  # saved
+        assert len(receiver.received) == 1  # told of one
+        evaluate_rules(s, rules, datetime.now(UTC))  # the next evaluation, a new process
+        told = sorted(r["alert"]["labels"]["tenant"] for r in receiver.received)
+        assert told == ["acme", "beta", "gamma"]  # each once
+        evaluate_rules(s, rules, datetime.now(UTC))
+        assert len(receiver.received) == 3

@@ -128,9 +128,11 @@ def _payload(alert: AlertState, rule: RuleShown, now: datetime) -> dict[str, Any
 def undelivered(
     store: Store, hook: Webhook | None, alerts: Sequence[AlertState], now: datetime
 ) -> set[str]:
-    """The ids of ``alerts`` whose webhook's last delivery of this firing (or, for a day,
-    resolved) state failed: each is sent again at each evaluation until one gets through.
-    One read for them all (``Store.last_deliveries``)."""
+    """The ids of ``alerts`` whose firing (or, for a day, resolved) state the webhook has
+    not been told of: its last delivery to it failed, is of the other state or of an
+    earlier firing, or, for a firing alert, there was none (the process stopped between
+    saving the state and notifying it, or the webhook is new). Each is sent again at each
+    evaluation until one gets through. One read for them all (``Store.last_deliveries``)."""
     if hook is None:
         return set()
     due = {
@@ -140,7 +142,16 @@ def undelivered(
         or (a.state == "resolved" and (a.resolved_at or now) >= now - timedelta(days=1))
     }
     last = store.last_deliveries(sorted(due), hook.url)
-    return {i for i, note in last.items() if note.state == due[i].state and not note.ok}
+    owed = set()
+    for aid, alert in due.items():
+        note = last.get(aid)
+        began = alert.fired_at if alert.state == "firing" else alert.resolved_at
+        if note is None:
+            if alert.state == "firing":  # a resolve of a firing it never heard of: no
+                owed.add(aid)
+        elif note.state != alert.state or not note.ok or (began and note.sent_at < began):
+            owed.add(aid)
+    return owed
 
 
 def notify(
