@@ -13,7 +13,8 @@ import os
 import signal
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -353,3 +354,37 @@ def test_a_redis_url_redis_cannot_parse_is_refused_at_start_not_a_500_at_each_lo
         control_plane(ops, secure=False, redis_url=url)
     assert refused.value.context["field"] == "redis_url"
     assert "s3cret" not in refused.value.one_line()
+
+
+def test_logins_of_one_actor_at_once_on_two_replicas_keep_it_under_its_cap(
+    ops: Store, redis_srv: RedisServer
+) -> None:
+    people = PeopleAuthenticator(ops)
+    replicas = []
+    for _ in range(2):
+        table, _ = shared_tables(redis_srv.url)
+        replicas.append(ConsoleSessions(people, table=table, max_per_actor=3))
+    tokens = [create_actor_token(ops, "ops")[1] for _ in range(12)]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        ids = list(pool.map(lambda i: replicas[i % 2].start(tokens[i])[0], range(12)))
+    alive = []
+    for session_id in ids:
+        with suppress(AuthError):
+            alive.append(replicas[0].find(session_id)[1].actor)
+    assert alive == ["ops"] * 3 and len(replicas[1]) == 3
+
+
+def test_the_login_bookkeeping_of_an_actor_who_never_comes_back_expires(
+    ops: Store, redis_srv: RedisServer
+) -> None:
+    """Nothing of a session outlives it in Redis for long: its record goes after the idle
+    time, the login counts' sets after ttl_s from the last login."""
+    table, _ = shared_tables(redis_srv.url)
+    sessions = ConsoleSessions(PeopleAuthenticator(ops), table=table, ttl_s=600, idle_s=60)
+    session_id, _, _ = sessions.start(create_actor_token(ops, "viv")[1])
+    sessions.find(session_id)
+    probe = redis_srv.client()
+    record = PREFIX + "session:" + session_key(session_id)
+    assert 0 < probe.pttl(record) <= 60_000
+    for name in ("all", "actor:" + session_key("viv")):
+        assert 0 < probe.pttl(PREFIX + name) <= 600_000, name
