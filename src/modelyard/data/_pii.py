@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import phonenumbers
-from phonenumbers import PhoneMetadata, phonenumberutil
+from phonenumbers import PhoneMetadata, PhoneNumber, PhoneNumberMatch, phonenumberutil
 
 PII_KINDS: tuple[str, ...] = ("email", "credit_card", "iban", "us_ssn", "ip_address", "phone")
 """The kinds of personal data ``find_pii`` looks for, in the order it looks."""
@@ -124,8 +124,7 @@ def _ip_ok(candidate: str) -> bool:
 
 def _phones(text: str, regions: Sequence[str]) -> list[tuple[int, int]]:
     """Spans of phone numbers (see the module's docstring for what counts)."""
-    possible, valid = phonenumbers.Leniency.POSSIBLE, phonenumbers.Leniency.VALID
-    passes = [("US", possible)] + [(region, valid) for region in regions if region != "US"]
+    passes = [("US", _POSSIBLE)] + [(region, _VALID) for region in regions if region != "US"]
     found = _matches(text, passes)
     spans: list[tuple[int, int]] = []
     for start, end, raw, number in found[0]:
@@ -139,7 +138,7 @@ def _phones(text: str, regions: Sequence[str]) -> list[tuple[int, int]]:
     return spans
 
 
-def _valid(number: phonenumbers.PhoneNumber) -> bool:
+def _valid(number: PhoneNumber) -> bool:
     """``phonenumbers.is_valid_number``, which first tries each region of the country code
     (25 share +1): a number of no length of theirs is not valid."""
     lengths = _valid_lengths(number.country_code)
@@ -168,27 +167,24 @@ _NOT_IN_NUMBERS = "bcdfghjklmpqruvwyzBCDFGHJKLMPQRUVWYZ\n\r|\"'!?@$%&*<>{}_^`\\"
 _IN_NUMBERS = f"[^{re.escape(_NOT_IN_NUMBERS)}]"
 _DIGIT_RUN = re.compile(f"(?<!{_IN_NUMBERS}){_IN_NUMBERS}*[\\d+\uff0b]{_IN_NUMBERS}*")
 _MAX_TRIES = 65535  # PhoneNumberMatcher's default max_tries: failed tries before it gives up
-# At most, in a stretch where no try succeeds: a failed candidate of m characters costs one
-# try, and the matcher's 6 ways of splitting it at most m + 1 each (<= 13 m), and such
-# candidates do not overlap.
+# At most, in a stretch where no try succeeds: a failed candidate of m characters costs 1 try
+# and its 6 ways of splitting at most m + 1 each (<= 13 m); such candidates do not overlap.
 _TRIES_PER_CHARACTER = 13
 
-_Found = tuple[int, int, str, phonenumbers.PhoneNumber]
+_Found = tuple[int, int, str, PhoneNumber]
+_POSSIBLE, _VALID = phonenumbers.Leniency.POSSIBLE, phonenumbers.Leniency.VALID
 
 
 def _matches(text: str, passes: list[tuple[str, int]]) -> list[list[_Found]]:
-    """What ``PhoneNumberMatcher(text, region, leniency)`` finds for each of ``passes``:
-    (start, end, raw, number).
+    """What ``PhoneNumberMatcher(text, region, leniency)`` finds for each of ``passes``.
 
     The matcher runs on the stretches between characters no candidate holds that may hold
-    a number (a plus sign, or as many digits as a screen's ``fewest``), each with the
-    character either side that the matcher looks at; a candidate never crosses such a
-    character, so what it finds there is what it finds in the whole text. The first pass
-    runs on every such stretch. Where it finds nothing, every try it made failed (else a
-    matcher that parses nothing records the tries), and a pass whose screen rules all of
-    them out would make the same tries and find nothing: it is not run there. A pass that
-    could spend the matcher's 65,535 failed tries on the text runs on the whole text.
-    """
+    a number (a plus sign, or a screen's ``fewest`` digits), with the character either side
+    that it looks at: no candidate crosses them, so it finds what it finds in the whole
+    text. Where the first pass finds nothing in a stretch, every try it made failed (else
+    a matcher that parses nothing records them); a pass whose screen rules them all out
+    would find nothing, and is not run there. A pass that could spend the matcher's
+    65,535 failed tries runs on the whole text."""
     screens = [_screen(region, leniency) for region, leniency in passes]
     fewest = min(screen.fewest for screen in screens)
     segments: list[list[int]] = []
@@ -236,22 +232,12 @@ def _matches(text: str, passes: list[tuple[str, int]]) -> list[list[_Found]]:
 class _Matcher(phonenumbers.PhoneNumberMatcher):
     """libphonenumber's matcher, which does not parse a candidate that cannot be a match.
 
-    The matcher tries every run of digits in the text, and the parts of each (split at
-    spaces, dots, dashes, slashes), parsing each with the full metadata: about 0.1 ms a
-    try, most of ``find_pii``'s time on rows with many numbers. A try that fails costs
-    one of the matcher's tries whether it was parsed or not, so not parsing a try that
-    cannot succeed (``_Screen.rules_out``) changes no match and no count of tries. It
-    keeps what it tried (``found``: whether ``_matches`` got a match from it).
-    """
+    The matcher tries every run of digits and its parts (split at spaces, dots, dashes,
+    slashes), parsing each with the full metadata: about 0.1 ms a try. A failed try costs
+    one of its tries, parsed or not, so not parsing one that cannot succeed
+    (``_Screen.rules_out``) changes no match and no count. It keeps what it tried."""
 
-    def __init__(
-        self,
-        text: str,
-        region: str,
-        leniency: int = phonenumbers.Leniency.VALID,
-        *,
-        parse: bool = True,
-    ):
+    def __init__(self, text: str, region: str, leniency: int = _VALID, *, parse: bool = True):
         super().__init__(text, region, leniency=leniency)
         self._screen = _screen(region, leniency)
         self.tried: list[str] = []
@@ -261,9 +247,7 @@ class _Matcher(phonenumbers.PhoneNumberMatcher):
             for _ in self:
                 pass
 
-    def _parse_and_verify(
-        self, candidate: str, offset: int
-    ) -> phonenumbers.PhoneNumberMatch | None:
+    def _parse_and_verify(self, candidate: str, offset: int) -> PhoneNumberMatch | None:
         self.tried.append(candidate)
         if not self._parse or self._screen.rules_out(candidate):
             return None
@@ -416,15 +400,12 @@ class _Screen:
 def _screen(region: str, leniency: int) -> _Screen:
     """The checks for ``region`` at ``leniency`` from libphonenumber's metadata.
 
-    A candidate with no plus sign needs ``_fewest_characters`` digits (or letters, which
-    it may read as digits). One of ASCII digits and separators only is parsed from its
-    digits alone: unless the region's international prefix (``00``, ``011``) starts them,
-    its national significant number is those digits less the country code and the national
-    prefix, and a number of that length (POSSIBLE), matching the national number pattern
-    of a region of that code (VALID), is what passing needs. Regions whose national prefix
-    rule rewrites numbers, or whose numbers are parsed with another region's rules, get the
-    count of digits alone.
-    """
+    A candidate with no plus sign needs ``_fewest_characters`` digits (or letters, read as
+    digits). One of ASCII digits and separators is parsed from its digits alone: unless
+    the international prefix (``00``, ``011``) starts them, its national number is those
+    digits less country code and national prefix, and passing needs a possible length
+    (POSSIBLE) or a region's pattern (VALID). A region whose national prefix rule rewrites
+    numbers, or parsed with another region's rules, gets the count of digits alone."""
     fewest = _fewest_characters(region, leniency)
     metadata = PhoneMetadata.metadata_for_region(region)
     if metadata is None or not metadata.country_code:
@@ -442,7 +423,7 @@ def _screen(region: str, leniency: int) -> _Screen:
             return _Screen(fewest)
         desc = plan.general_desc
         lengths = set(desc.possible_length or ())
-        if leniency == phonenumbers.Leniency.POSSIBLE:
+        if leniency == _POSSIBLE:
             lengths |= set(desc.possible_length_local_only or ())
             plans.append(_Plan(frozenset(lengths) if lengths else None))
             continue  # lengths alone: is_possible_number's test
@@ -452,16 +433,11 @@ def _screen(region: str, leniency: int) -> _Screen:
             if kind is not None and kind.national_number_pattern:
                 lengths_of_kind = frozenset(kind.possible_length or ()) or None
                 types.append((lengths_of_kind, re.compile(kind.national_number_pattern)))
-        plans.append(
-            _Plan(
-                frozenset(lengths) if lengths else None,
-                re.compile(desc.national_number_pattern) if desc.national_number_pattern else None,
-                tuple(types),
-            )
-        )
+        pattern = _compiled(desc.national_number_pattern)
+        plans.append(_Plan(frozenset(lengths) if lengths else None, pattern, tuple(types)))
     formats: list[tuple[re.Pattern[str] | None, re.Pattern[str], bool]] = []
     first_group_only = getattr(phonenumberutil, "_formatting_rule_has_first_group_only", None)
-    if leniency == phonenumbers.Leniency.VALID and first_group_only is not None:
+    if leniency == _VALID and first_group_only is not None:
         for form in metadata.number_format:
             rule = form.national_prefix_formatting_rule
             needs = bool(rule) and not form.national_prefix_optional_when_formatting
@@ -475,36 +451,29 @@ def _screen(region: str, leniency: int) -> _Screen:
                     needs and not first_group_only(rule),
                 )
             )
+    every = [plan.lengths for plan in plans]
     return _Screen(
         fewest,
-        idd=re.compile(metadata.international_prefix) if metadata.international_prefix else None,
+        idd=_compiled(metadata.international_prefix),
         country_code=str(code),
-        national_prefix=(
-            re.compile(metadata.national_prefix_for_parsing)
-            if metadata.national_prefix_for_parsing
-            else None
-        ),
+        national_prefix=_compiled(metadata.national_prefix_for_parsing),
         plans=tuple(plans),
-        lengths=(
-            None
-            if any(plan.lengths is None for plan in plans)
-            else frozenset().union(*(plan.lengths or () for plan in plans))
-        ),
+        lengths=frozenset().union(*every) if all(every) else None,  # type: ignore[arg-type]
         formats=tuple(formats),
     )
+
+
+def _compiled(pattern: str | None) -> re.Pattern[str] | None:
+    return re.compile(pattern) if pattern else None
 
 
 @functools.cache
 def _fewest_characters(region: str, leniency: int) -> int:
     """The fewest digits a candidate without a plus sign needs to be a match for ``region``
-    at ``leniency`` (POSSIBLE: a possible length, local-only ones too; VALID: a length of
-    the number plan), from libphonenumber's metadata; 1: parse every candidate.
-
-    Such a candidate is either a national number of ``region``'s country code (the
-    national prefix and the country code stripped, or rewritten by a national prefix
-    rule: San Marino's adds ``0549`` to a 6-digit number), or an international prefix
-    (``00``, ``011``) followed by a country code and a number of that country.
-    """
+    at ``leniency`` (POSSIBLE: a possible length, local-only too; VALID: a plan's length);
+    1: parse every candidate. It is a national number (the national prefix and country code
+    stripped, or rewritten by a national prefix rule: San Marino's adds ``0549`` to 6
+    digits), or an international prefix (``00``, ``011``), a country code and a number."""
     metadata = PhoneMetadata.metadata_for_region(region)
     if metadata is None or not metadata.country_code:
         return 1
@@ -538,7 +507,7 @@ def _fewest_national(country_code: int, leniency: int, parsed_in: tuple[str, ...
         if plan is None or plan.general_desc is None or not plan.general_desc.possible_length:
             return 1
         lengths += plan.general_desc.possible_length
-        if leniency == phonenumbers.Leniency.POSSIBLE:
+        if leniency == _POSSIBLE:
             lengths += plan.general_desc.possible_length_local_only or ()
     added = [_lengthening(rule) if rule is not None else None for rule in rules]
     if not lengths or None in added:
