@@ -40,7 +40,7 @@ from modelyard.console import (
 )
 from modelyard.console._shared import PREFIX, RedisTable, SharedConsole
 from modelyard.console._tables import SessionRules, session_key
-from modelyard.errors import AuthError, ConfigError, RateLimited
+from modelyard.errors import AuthError, ConfigError, RateLimited, SessionsUnavailable
 from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.store import Store
 from oidc_idp import AUDIENCE, CLIENT_ID, IdP, running_idp
@@ -388,3 +388,30 @@ def test_the_login_bookkeeping_of_an_actor_who_never_comes_back_expires(
     assert 0 < probe.pttl(record) <= 60_000
     for name in ("all", "actor:" + session_key("viv")):
         assert 0 < probe.pttl(PREFIX + name) <= 600_000, name
+
+
+def test_while_redis_is_down_one_request_at_a_time_waits_for_it_the_others_are_answered_at_once(
+    ops: Store, redis_srv: RedisServer
+) -> None:
+    """Once Redis is known to be down, it is asked again by one request (after a second),
+    not by every request arriving then: each would hold a server thread for the client's
+    timeout (1 s; several seconds for a Redis Cluster client, which retries)."""
+    table, _ = shared_tables(redis_srv.url)
+    sessions = ConsoleSessions(PeopleAuthenticator(ops), table=table)
+    session_id, _, _ = sessions.start(create_actor_token(ops, "ops")[1])
+
+    def timed(_: int) -> float:
+        began = time.monotonic()
+        with pytest.raises(SessionsUnavailable):
+            sessions.find(session_id)
+        return time.monotonic() - began
+
+    with _stopped(redis_srv):
+        assert timed(0) >= 0.9  # the outage is found: the client's 1 s timeout
+        time.sleep(1.1)  # Redis may be asked again
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            waits = sorted(pool.map(timed, range(8)))
+    assert waits[-1] >= 0.9  # one request asked Redis ...
+    assert waits[-2] < 0.5, waits  # ... the others were answered without waiting for it
+    time.sleep(1.1)
+    assert sessions.find(session_id)[1].actor == "ops"

@@ -23,9 +23,10 @@ one and may end the whole sign-in).
 
 When Redis cannot be reached (a 1 s timeout), requests through a session get a
 503 ``sessions_unavailable`` with ``Retry-After``; Redis is asked again at most
-once a second meanwhile. Nobody is logged out by an outage, and no replica falls
-back to sessions of its own (a session found on one replica only would end at
-random as the load balancer moves the browser).
+once a second meanwhile, by one request at a time (the others get the 503 at
+once). Nobody is logged out by an outage, and no replica falls back to sessions
+of its own (a session found on one replica only would end at random as the load
+balancer moves the browser).
 """
 
 from __future__ import annotations
@@ -129,26 +130,39 @@ class SharedConsole:
         self._client: Any = None  # a redis.Redis, or a RedisCluster: found on first use
         self._scripts: dict[str, Any] = {}
         self._lock = threading.Lock()
+        self._state = threading.Lock()  # for the three below
         self._down_until = 0.0  # monotonic: Redis is not asked again before it
         self._up = True
+        self._probing = False  # a request asks Redis whether it is back
 
     def call(self, action: Callable[[Any], T]) -> T:
-        """``action(client)``; SessionsUnavailable (503) when Redis cannot be reached."""
-        if time.monotonic() < self._down_until:
-            raise self._unavailable()
+        """``action(client)``; SessionsUnavailable (503) when Redis cannot be reached.
+        While it is down, one request at a time asks it again (after ``RETRY_DOWN_S``):
+        the others are answered at once rather than each holding a thread for the
+        client's timeout."""
+        with self._state:
+            if not self._up and (self._probing or time.monotonic() < self._down_until):
+                raise self._unavailable()
+            probing = self._probing = not self._up
         try:
             result = action(self._connect())
         except (RedisError, RedisClusterException) as exc:  # a cluster with no node answering
-            self._down_until = time.monotonic() + RETRY_DOWN_S
-            if self._up:
-                self._up = False
+            with self._state:
+                self._down_until = time.monotonic() + RETRY_DOWN_S
+                was_up, self._up = self._up, False
+            if was_up:
                 log.warning("console: Redis (%s) cannot be reached (%s): console sessions get "
                             "503 until it answers", self.url.split("@")[-1],
                             type(exc).__name__)  # fmt: skip
             raise self._unavailable() from None
+        finally:
+            if probing:
+                self._probing = False
         if not self._up:
-            log.warning("console: Redis answers again: console sessions are served again")
-            self._up = True
+            with self._state:
+                was_up, self._up = self._up, True
+            if not was_up:
+                log.warning("console: Redis answers again: console sessions are served again")
         return result
 
     def script(self, name: str, source: str) -> Any:
