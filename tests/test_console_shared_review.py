@@ -1,7 +1,9 @@
 """A review of the console's sessions in Redis (``serve --redis-url``): what an outage
-of a Redis Cluster answers, every console route while Redis is down, a logout whose
-bookkeeping fails half-way, a renewal racing a logout, the renewal lock under
-failures, the keys failed logins leave, and the memory table's clock.
+of a Redis Cluster answers, every console route while Redis is down, how many requests
+wait for a Redis that is down, a logout whose bookkeeping fails half-way, a renewal
+racing a logout, the renewal lock under failures, logins of one actor at once, the
+keys failed logins and sessions leave, a --redis-url that cannot be parsed, and the
+memory table's clock.
 
 Real servers (``create_app`` with the admin API and the console mounted as
 ``control_plane`` mounts them) over one SQLite store and a real ``redis-server`` or
