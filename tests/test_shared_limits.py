@@ -156,6 +156,31 @@ def test_a_redis_cluster_shares_the_limits_as_one_server_does(store: Store, tmp_
     assert len(slots) == 1  # one key's buckets: one slot, one node
 
 
+def test_a_redis_cluster_that_stops_answering_fails_open_or_closed_not_500(
+    store: Store, tmp_path: Path
+) -> None:
+    """A cluster client raises RedisClusterException (not a RedisError) when no node
+    answers: it went past the outage rules to the request, a 500."""
+    from contextlib import ExitStack
+
+    key, _ = create_api_key(store, "acme", rpm_limit=1000)
+    with ExitStack() as cluster:
+        url = cluster.enter_context(redis_cluster(tmp_path))
+        opened = SharedRateLimiter(url, on_down="open")
+        closed = SharedRateLimiter(url, on_down="closed")
+        try:
+            opened.admit_request(key)
+            closed.admit_request(key)
+            cluster.close()  # every node stops
+            opened.admit_request(key)  # this replica's own buckets meanwhile
+            assert not opened.shared_up
+            with pytest.raises(LimitsUnavailable):
+                closed.admit_request(key)
+        finally:
+            opened.close()
+            closed.close()
+
+
 def test_while_redis_is_down_limits_fail_open_or_closed_as_told(
     store: Store, redis_srv: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -288,3 +313,18 @@ def test_tokens_given_back_reach_a_shared_bucket_in_debt(
         assert refused.value.retry_after <= 4  # 5 tokens at 100 a minute: 3 s
     finally:
         shared.close()
+
+
+def test_a_stream_consumer_names_a_cluster_with_no_node_answering() -> None:
+    """``stream run``'s Redis errors are one ModelyardError naming the server; a cluster
+    client's RedisClusterException (no node answers) went past it as a traceback."""
+    from redis.exceptions import RedisClusterException
+
+    from modelyard.errors import ModelyardError
+    from modelyard.stream._redis import _redis_errors
+
+    with (
+        pytest.raises(ModelyardError, match="cannot reach Redis at redis://n1:7000"),
+        _redis_errors("redis://n1:7000"),
+    ):
+        raise RedisClusterException("Redis Cluster cannot be connected")

@@ -39,7 +39,7 @@ from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 import redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from modelyard.errors import LimitsUnavailable, RateLimited
 from modelyard.redis_client import connect_redis, is_cluster
@@ -246,7 +246,7 @@ class SharedRateLimiter:
             return None
         try:
             result = action(self._connect())
-        except RedisError as exc:
+        except (RedisError, RedisClusterException) as exc:  # a cluster with no node answering
             self._down_until = time.monotonic() + RETRY_DOWN_S
             self._down(exc)
             return None
@@ -255,7 +255,7 @@ class SharedRateLimiter:
             self._up = True
         return result
 
-    def _down(self, exc: RedisError | None) -> None:
+    def _down(self, exc: Exception | None) -> None:
         """Say Redis is down (once per outage); raise when the limits fail closed."""
         if self._up:
             self._up = False

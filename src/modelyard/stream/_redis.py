@@ -85,7 +85,7 @@ def _redis_errors(url: str) -> Iterator[None]:
     """Redis's failures as one ModelyardError naming the server (translated once, here)."""
     try:
         yield
-    except redis.ConnectionError as exc:
+    except (redis.ConnectionError, redis.exceptions.RedisClusterException) as exc:
         raise ModelyardError(
             f"cannot reach Redis at {url}: {exc}",
             hint="Check that it runs and --redis-url (MODELYARD_REDIS_URL); messages not "
