@@ -244,6 +244,11 @@ def test_serve_refuses_a_redis_setting_it_cannot_use(tmp_path: Path) -> None:
     assert r.code == 2 and "on_redis_down is 'maybe'" in r.err and "Traceback" not in r.err
     with pytest.raises(ConfigError, match="is not a Redis URL"):
         ServerLimits(redis_url="http://x:6379")
+    # a port that is not a number: at start, not a 500 at each request of a limited key
+    with pytest.raises(ConfigError, match=r"redis_url 'redis://h:63790x/0' cannot be used"):
+        ServerLimits(redis_url="redis://:secret@h:63790x/0")
+    r = modelyard("serve", "--engine", "echo", "--redis-url", "redis://h:6x/0", home=tmp_path)
+    assert r.code == 2 and "cannot be used" in r.err and "Traceback" not in r.err
 
 
 def test_a_request_admitted_before_redis_goes_down_is_answered_recorded_and_charged(

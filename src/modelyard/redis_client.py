@@ -8,10 +8,30 @@ made for a cluster. Used by the shared rate limits and by Redis Stream consumers
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
+from redis.connection import parse_url
+
+from modelyard.errors import ConfigError
+
+
+def check_redis_url(url: str, field: str = "redis_url") -> str:
+    """``url`` when a Redis client can use it; ConfigError naming ``field`` (the password
+    left out) otherwise: a scheme that is not Redis's, a port that is not a number."""
+    shown = re.sub(r"//[^@/]*@", "//", url)
+    hint = "Give redis://host:6379/0 (rediss:// for TLS, unix:///path.sock)."
+    if not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ConfigError(f"{field} {shown!r} is not a Redis URL", hint=hint, field=field)
+    try:
+        parse_url(url)  # type: ignore[no-untyped-call]
+    except ValueError as exc:
+        raise ConfigError(
+            f"{field} {shown!r} cannot be used: {exc}", hint=hint, field=field
+        ) from None
+    return url
 
 
 def connect_redis(url: str, *, timeout_s: float, connect_timeout_s: float, **kwargs: Any) -> Any:
@@ -41,4 +61,4 @@ def is_cluster(client: Any) -> bool:
     return isinstance(client, RedisCluster)
 
 
-__all__ = ["connect_redis", "is_cluster"]
+__all__ = ["check_redis_url", "connect_redis", "is_cluster"]

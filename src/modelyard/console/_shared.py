@@ -35,7 +35,6 @@ import contextlib
 import json
 import logging
 import math
-import re
 import secrets
 import threading
 import time
@@ -46,12 +45,11 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from redis.connection import parse_url
 from redis.exceptions import RedisClusterException, RedisError
 
 from modelyard.console._tables import KeyedLocks, Session, SessionRules, session_key
-from modelyard.errors import ConfigError, SessionsUnavailable
-from modelyard.redis_client import connect_redis
+from modelyard.errors import SessionsUnavailable
+from modelyard.redis_client import check_redis_url, connect_redis
 
 log = logging.getLogger(__name__)
 
@@ -118,15 +116,7 @@ class SharedConsole:
     def __init__(self, url: str) -> None:
         """ConfigError for a URL the client cannot use (a port that is not a number): at
         start, not at each request."""
-        try:
-            parse_url(url)  # type: ignore[no-untyped-call]
-        except ValueError as exc:
-            raise ConfigError(
-                f"--redis-url {re.sub(r'//[^@/]*@', '//', url)!r} cannot be used: {exc}",
-                hint="Give redis://host:6379/0 (rediss:// for TLS, unix:///path.sock).",
-                field="redis_url",
-            ) from None
-        self.url = url
+        self.url = check_redis_url(url)
         self._client: Any = None  # a redis.Redis, or a RedisCluster: found on first use
         self._scripts: dict[str, Any] = {}
         self._lock = threading.Lock()
@@ -167,9 +157,10 @@ class SharedConsole:
 
     def script(self, name: str, source: str) -> Any:
         """A registered Lua script of the client (``call`` it inside an action)."""
+        client = self._connect()  # before the lock, which _connect takes too
         with self._lock:
             if name not in self._scripts:
-                self._scripts[name] = self._connect().register_script(source)
+                self._scripts[name] = client.register_script(source)
             return self._scripts[name]
 
     def _connect(self) -> Any:

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from modelyard.errors import ConfigError, RateLimited
+from modelyard.redis_client import check_redis_url
 from modelyard.serving._types import SamplingParams
 from modelyard.store import ApiKey, ModelVersion
 
@@ -290,14 +291,8 @@ class ServerLimits:
                 hint="open: each replica limits on its own while Redis is down; closed: 503.",
                 field="on_redis_down",
             )
-        if self.redis_url is not None and not self.redis_url.startswith(
-            ("redis://", "rediss://", "unix://")
-        ):
-            raise ConfigError(
-                f"redis_url {self.redis_url!r} is not a Redis URL",
-                hint="Give redis://host:6379/0 (rediss:// for TLS, unix:///path.sock).",
-                field="redis_url",
-            )
+        if self.redis_url is not None:
+            check_redis_url(self.redis_url)
         if self.refusals_stored_per_minute < 0:
             raise ConfigError(
                 f"refusals_stored_per_minute is {self.refusals_stored_per_minute}; "
