@@ -12,8 +12,6 @@ failed logins. ``shared_tables(redis_url)`` keeps both in Redis for every replic
 (``serve --redis-url``). docs/console.md.
 """
 
-from functools import partial
-
 from modelyard.console._app import (
     CONSOLE_PREFIX,
     CONTENT_SECURITY_POLICY,
@@ -27,20 +25,8 @@ from modelyard.console._sessions import (
     SESSION_COOKIE,
     ConsoleSessions,
     CSRFRejected,
-    TableFactory,
 )
-from modelyard.console._shared import RedisTable, SharedConsole
-from modelyard.console._tables import MemoryTable
-
-
-def shared_tables(redis_url: str | None) -> tuple[TableFactory, SharedConsole | None]:
-    """Where sessions are kept, and the Redis failed logins are counted in: Redis at
-    ``redis_url`` for every replica, else this process's memory (and no Redis)."""
-    if redis_url is None:
-        return MemoryTable, None
-    shared = SharedConsole(redis_url)
-    return partial(RedisTable, shared), shared
-
+from modelyard.console._shared import shared_tables
 
 __all__ = [
     "CONSOLE_PREFIX",

@@ -32,6 +32,7 @@ balancer moves the browser).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -47,7 +48,14 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from redis.exceptions import RedisClusterException, RedisError
 
-from modelyard.console._tables import KeyedLocks, Session, SessionRules, session_key
+from modelyard.console._sessions import TableFactory
+from modelyard.console._tables import (
+    KeyedLocks,
+    MemoryTable,
+    Session,
+    SessionRules,
+    session_key,
+)
 from modelyard.errors import SessionsUnavailable
 from modelyard.redis_client import check_redis_url, connect_redis
 
@@ -318,6 +326,15 @@ class RedisTable:
         return bytes.fromhex(self.redis.call(read).decode())
 
 
+def shared_tables(redis_url: str | None) -> tuple[TableFactory, SharedConsole | None]:
+    """Where sessions are kept, and the Redis failed logins are counted in: Redis at
+    ``redis_url`` for every replica, else this process's memory (and no Redis)."""
+    if redis_url is None:
+        return MemoryTable, None
+    shared = SharedConsole(redis_url)
+    return functools.partial(RedisTable, shared), shared
+
+
 def _record(session: Session) -> dict[str, Any]:
     return {
         "token": session.token, "actor": session.actor, "csrf": session.csrf_token,
@@ -334,4 +351,4 @@ def _session(key: str, record: dict[str, Any], now: float) -> Session:
     )  # fmt: skip
 
 
-__all__ = ["PREFIX", "RedisTable", "SharedConsole", "seal", "unseal"]
+__all__ = ["PREFIX", "RedisTable", "SharedConsole", "seal", "shared_tables", "unseal"]
