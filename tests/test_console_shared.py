@@ -14,48 +14,33 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 import httpx
 import pytest
 
+from consolereplicas import TIMEOUT_S, console_store, login, replicas
 from modelyard.access import (
-    OIDCConfig,
-    OIDCLogin,
-    OIDCVerifier,
     PeopleAuthenticator,
-    SSOConfig,
     create_actor_token,
 )
-from modelyard.admin import ADMIN_PREFIX, create_admin_app
-from modelyard.audit import AccessPolicy
+from modelyard.admin import ADMIN_PREFIX
 from modelyard.console import (
     CONSOLE_PREFIX,
     ConsoleSessions,
-    LoginLimiter,
-    create_console_app,
     shared_tables,
 )
 from modelyard.errors import AuthError
 from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.store import Store
-from oidc_idp import AUDIENCE, CLIENT_ID, IdP, running_idp
+from oidc_idp import running_idp
 from redisserver import RedisServer, redis_cluster, redis_server
-
-KEY = "console-shared-test-key-console-s"
-TIMEOUT_S = 30.0
 
 
 @pytest.fixture
 def ops(tmp_path: Path) -> Iterator[Store]:
-    url = f"sqlite:///{tmp_path / 'store.db'}"
-    policy = AccessPolicy(bootstrap_admin="ops")
-    with Store.open(url, actor="ops", audit_key=KEY, policy=policy) as store:
-        store.add_actor("ops", "admin")
-        store.add_actor("viv", "viewer")
-        store.add_actor("dev", "developer")
+    with console_store(tmp_path) as store:
         yield store
 
 
@@ -63,42 +48,6 @@ def ops(tmp_path: Path) -> Iterator[Store]:
 def redis_srv(tmp_path: Path) -> Iterator[RedisServer]:
     with redis_server(tmp_path) as server:
         yield server
-
-
-def _replica(
-    ops: Store, redis_url: str, *, idp: IdP | None = None, max_failures: int = 5,
-    **rules: Any,
-) -> BackgroundServer:  # fmt: skip
-    """One replica as ``control_plane`` builds it with ``--redis-url``."""
-    verifier = login = None
-    if idp is not None:
-        config = OIDCConfig(issuer=idp.url, audience=AUDIENCE, leeway_s=0)
-        verifier = OIDCVerifier(config)
-    people = PeopleAuthenticator(ops, verifier)
-    if idp is not None:
-        login = OIDCLogin(config, SSOConfig(CLIENT_ID), people.actor_of, verifier=verifier)
-    table, shared = shared_tables(redis_url)
-    sessions = ConsoleSessions(people, refresh=login.renew if login else None, table=table, **rules)
-    limiter = LoginLimiter(max_failures=max_failures, window_s=300, shared=shared)
-    mounts = {
-        ADMIN_PREFIX: create_admin_app(ops, people, sessions),
-        CONSOLE_PREFIX: create_console_app(
-            ops, sessions, limiter=limiter, oidc=idp is not None, sso=login
-        ),
-    }
-    return BackgroundServer(create_app(ops, EchoEngine(), mounts=mounts))
-
-
-@contextmanager
-def _replicas(ops: Store, redis_url: str, n: int = 2, **kw: Any) -> Iterator[list[str]]:
-    with ExitStack() as stack:
-        yield [stack.enter_context(_replica(ops, redis_url, **kw)).base_url for _ in range(n)]
-
-
-def _login(client: httpx.Client, url: str, token: str) -> httpx.Response:
-    csrf = client.get(f"{url}{CONSOLE_PREFIX}/api/login").json()["csrf_token"]
-    return client.post(f"{url}{CONSOLE_PREFIX}/api/login", json={"token": token},
-                       headers={"X-CSRF-Token": csrf})  # fmt: skip
 
 
 def _redis_bytes(server: RedisServer) -> bytes:
@@ -119,8 +68,8 @@ def test_a_session_opened_at_one_replica_is_served_and_ended_by_another(
     ops: Store, redis_srv: RedisServer
 ) -> None:
     token = create_actor_token(ops, "ops")[1]
-    with _replicas(ops, redis_srv.url) as (a, b), httpx.Client(timeout=TIMEOUT_S) as client:
-        assert _login(client, a, token).status_code == 200  # the cookie is for 127.0.0.1
+    with replicas(ops, redis_srv.url) as (a, b), httpx.Client(timeout=TIMEOUT_S) as client:
+        assert login(client, a, token).status_code == 200  # the cookie is for 127.0.0.1
         whoami = client.get(f"{b}{ADMIN_PREFIX}/whoami")
         assert whoami.status_code == 200, whoami.text
         assert whoami.json()["actor"] == "ops" and whoami.json()["via"] == "token"
@@ -143,11 +92,11 @@ def test_a_restarted_replica_keeps_its_sessions_and_redis_holds_no_token(
 ) -> None:
     token = create_actor_token(ops, "ops")[1]
     with httpx.Client(timeout=TIMEOUT_S) as client:
-        with _replicas(ops, redis_srv.url, n=1) as (a,):
-            assert _login(client, a, token).status_code == 200
+        with replicas(ops, redis_srv.url, n=1) as (a,):
+            assert login(client, a, token).status_code == 200
             csrf = client.get(f"{a}{CONSOLE_PREFIX}/api/session").json()["csrf_token"]
         cookie = next(iter(client.cookies.jar)).value
-        with _replicas(ops, redis_srv.url, n=1) as (again,):  # a new process's memory
+        with replicas(ops, redis_srv.url, n=1) as (again,):  # a new process's memory
             whoami = client.get(f"{again}{ADMIN_PREFIX}/whoami")
             assert whoami.status_code == 200 and whoami.json()["actor"] == "ops"
     held = _redis_bytes(redis_srv)
@@ -160,8 +109,8 @@ def test_while_redis_is_down_a_session_is_a_503_and_it_is_there_after(
     ops: Store, redis_srv: RedisServer
 ) -> None:
     token = create_actor_token(ops, "ops")[1]
-    with _replicas(ops, redis_srv.url, n=1) as (a,), httpx.Client(timeout=TIMEOUT_S) as client:
-        assert _login(client, a, token).status_code == 200
+    with replicas(ops, redis_srv.url, n=1) as (a,), httpx.Client(timeout=TIMEOUT_S) as client:
+        assert login(client, a, token).status_code == 200
         assert redis_srv.process is not None
         os.kill(redis_srv.process.pid, signal.SIGSTOP)  # it stops answering (a 1 s timeout)
         try:
@@ -179,13 +128,13 @@ def test_while_redis_is_down_a_session_is_a_503_and_it_is_there_after(
 
 def test_failed_logins_are_counted_across_replicas(ops: Store, redis_srv: RedisServer) -> None:
     with (
-        _replicas(ops, redis_srv.url, max_failures=4) as (a, b),
+        replicas(ops, redis_srv.url, max_failures=4) as (a, b),
         httpx.Client(timeout=TIMEOUT_S) as client,
     ):
         for url in (a, b, a, b):
-            assert _login(client, url, "nonsense").status_code == 401
+            assert login(client, url, "nonsense").status_code == 401
         for url in (a, b):  # 4 in all: each replica alone has seen only 2
-            limited = _login(client, url, create_actor_token(ops, "ops")[1])
+            limited = login(client, url, create_actor_token(ops, "ops")[1])
             assert limited.status_code == 429, limited.text
             assert int(limited.headers["retry-after"]) > 290
 
@@ -244,7 +193,7 @@ def test_single_sign_on_begun_at_one_replica_finishes_at_another_and_renews_once
 ) -> None:
     with (
         running_idp("localhost") as idp,
-        _replicas(ops, redis_srv.url, idp=idp) as (a, b),
+        replicas(ops, redis_srv.url, idp=idp) as (a, b),
         httpx.Client(timeout=TIMEOUT_S) as client,
     ):
         idp.access_ttl_s = 3  # exp is whole seconds: at least 2 s ahead when issued
@@ -276,10 +225,10 @@ def test_sessions_work_on_a_redis_cluster(ops: Store, tmp_path: Path) -> None:
     token = create_actor_token(ops, "ops")[1]
     with (
         redis_cluster(tmp_path) as url,
-        _replicas(ops, url) as (a, b),
+        replicas(ops, url) as (a, b),
         httpx.Client(timeout=TIMEOUT_S) as client,
     ):
-        assert _login(client, a, token).status_code == 200
+        assert login(client, a, token).status_code == 200
         assert client.get(f"{b}{ADMIN_PREFIX}/whoami").json()["actor"] == "ops"
         csrf = client.get(f"{b}{CONSOLE_PREFIX}/api/session").json()["csrf_token"]
         kept = dict(client.cookies)
@@ -305,5 +254,5 @@ def test_serve_with_a_redis_url_shares_the_console_between_its_replicas(
             for url in (redis_srv.url, redis_srv.url)
         )  # fmt: skip
         with httpx.Client(timeout=TIMEOUT_S) as client:
-            assert _login(client, a, token).status_code == 200
+            assert login(client, a, token).status_code == 200
             assert client.get(f"{b}{ADMIN_PREFIX}/whoami").json()["actor"] == "ops"

@@ -23,43 +23,29 @@ from typing import Any
 import httpx
 import pytest
 
+from consolereplicas import TIMEOUT_S, console_store, login, replica
 from modelyard.access import (
-    OIDCConfig,
-    OIDCLogin,
-    OIDCVerifier,
     PeopleAuthenticator,
-    SSOConfig,
     create_actor_token,
 )
-from modelyard.admin import ADMIN_PREFIX, create_admin_app
-from modelyard.audit import AccessPolicy
+from modelyard.admin import ADMIN_PREFIX
 from modelyard.console import (
     CONSOLE_PREFIX,
     ConsoleSessions,
     LoginLimiter,
-    create_console_app,
     shared_tables,
 )
 from modelyard.console._shared import PREFIX, RedisTable, SharedConsole
 from modelyard.console._tables import SessionRules, session_key
 from modelyard.errors import AuthError, ConfigError, RateLimited, SessionsUnavailable
-from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.store import Store
-from oidc_idp import AUDIENCE, CLIENT_ID, IdP, running_idp
+from oidc_idp import running_idp
 from redisserver import RedisServer, redis_cluster, redis_server
-
-KEY = "console-shared-review-key-consol"
-TIMEOUT_S = 30.0
 
 
 @pytest.fixture
 def ops(tmp_path: Path) -> Iterator[Store]:
-    url = f"sqlite:///{tmp_path / 'store.db'}"
-    policy = AccessPolicy(bootstrap_admin="ops")
-    with Store.open(url, actor="ops", audit_key=KEY, policy=policy) as store:
-        store.add_actor("ops", "admin")
-        store.add_actor("viv", "viewer")
-        store.add_actor("dev", "developer")
+    with console_store(tmp_path) as store:
         yield store
 
 
@@ -67,35 +53,6 @@ def ops(tmp_path: Path) -> Iterator[Store]:
 def redis_srv(tmp_path: Path) -> Iterator[RedisServer]:
     with redis_server(tmp_path) as server:
         yield server
-
-
-def _replica(
-    ops: Store, redis_url: str, *, idp: IdP | None = None, max_failures: int = 5
-) -> BackgroundServer:
-    """One replica as ``control_plane`` builds it with ``--redis-url``."""
-    verifier = login = None
-    if idp is not None:
-        config = OIDCConfig(issuer=idp.url, audience=AUDIENCE, leeway_s=0)
-        verifier = OIDCVerifier(config)
-    people = PeopleAuthenticator(ops, verifier)
-    if idp is not None:
-        login = OIDCLogin(config, SSOConfig(CLIENT_ID), people.actor_of, verifier=verifier)
-    table, shared = shared_tables(redis_url)
-    sessions = ConsoleSessions(people, refresh=login.renew if login else None, table=table)
-    limiter = LoginLimiter(max_failures=max_failures, window_s=300, shared=shared)
-    mounts = {
-        ADMIN_PREFIX: create_admin_app(ops, people, sessions),
-        CONSOLE_PREFIX: create_console_app(
-            ops, sessions, limiter=limiter, oidc=idp is not None, sso=login
-        ),
-    }
-    return BackgroundServer(create_app(ops, EchoEngine(), mounts=mounts))
-
-
-def _login(client: httpx.Client, url: str, token: str) -> httpx.Response:
-    csrf = client.get(f"{url}{CONSOLE_PREFIX}/api/login").json()["csrf_token"]
-    return client.post(f"{url}{CONSOLE_PREFIX}/api/login", json={"token": token},
-                       headers={"X-CSRF-Token": csrf})  # fmt: skip
 
 
 def _unavailable(answer: httpx.Response) -> None:
@@ -125,17 +82,17 @@ def test_a_redis_cluster_that_stops_answering_is_a_503_and_logins_are_still_limi
         cluster = ExitStack()
         stack.callback(cluster.close)
         url = cluster.enter_context(redis_cluster(tmp_path))
-        a = stack.enter_context(_replica(ops, url, max_failures=2)).base_url
+        a = stack.enter_context(replica(ops, url, max_failures=2)).base_url
         client = stack.enter_context(httpx.Client(timeout=TIMEOUT_S))
-        assert _login(client, a, token).status_code == 200
+        assert login(client, a, token).status_code == 200
         assert client.get(f"{a}{ADMIN_PREFIX}/whoami").json()["actor"] == "ops"
         cluster.close()  # every node of the cluster stops
         _unavailable(client.get(f"{a}{ADMIN_PREFIX}/whoami"))
         _unavailable(client.get(f"{a}{CONSOLE_PREFIX}/api/session"))
         with httpx.Client(timeout=TIMEOUT_S) as guesser:  # counted by the replica alone
             for _ in range(2):
-                assert _login(guesser, a, "nonsense").status_code == 401
-            limited = _login(guesser, a, "nonsense")
+                assert login(guesser, a, "nonsense").status_code == 401
+            limited = login(guesser, a, "nonsense")
             assert limited.status_code == 429, limited.text
 
 
@@ -188,9 +145,9 @@ def test_while_redis_is_down_every_console_route_is_a_503_and_nobody_is_logged_o
     token = create_actor_token(ops, "ops")[1]
     with ExitStack() as stack:
         idp = stack.enter_context(running_idp("localhost"))
-        a = stack.enter_context(_replica(ops, redis_srv.url, idp=idp)).base_url
+        a = stack.enter_context(replica(ops, redis_srv.url, idp=idp)).base_url
         client = stack.enter_context(httpx.Client(timeout=TIMEOUT_S))
-        assert _login(client, a, token).status_code == 200
+        assert login(client, a, token).status_code == 200
         csrf = client.get(f"{a}{CONSOLE_PREFIX}/api/session").json()["csrf_token"]
         other = stack.enter_context(httpx.Client(timeout=TIMEOUT_S))  # another browser
         login_csrf = other.get(f"{a}{CONSOLE_PREFIX}/api/login").json()["csrf_token"]
