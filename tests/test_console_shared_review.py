@@ -155,14 +155,20 @@ def test_while_redis_is_down_every_console_route_is_a_503_and_nobody_is_logged_o
         assert begun.status_code == 303
         back = httpx.get(begun.headers["location"], timeout=TIMEOUT_S).headers["location"]
         with _stopped(redis_srv):
-            _unavailable(client.get(f"{a}{CONSOLE_PREFIX}/"))  # a page: not a redirect
+            page = client.get(f"{a}{CONSOLE_PREFIX}/")  # a page for a person: no redirect
+            assert page.status_code == 503 and int(page.headers["retry-after"]) >= 1
+            assert "text/html" in page.headers["content-type"]
+            assert "Your session is kept" in page.text
             _unavailable(client.get(f"{a}{CONSOLE_PREFIX}/api/session"))
             _unavailable(client.get(f"{a}{ADMIN_PREFIX}/whoami"))
             out = client.post(f"{a}{CONSOLE_PREFIX}/api/logout", headers={"X-CSRF-Token": csrf})
             _unavailable(out)
             assert "set-cookie" not in out.headers  # the browser keeps its session
-            _unavailable(client.get(f"{a}{CONSOLE_PREFIX}/oidc/login", follow_redirects=False))
-            _unavailable(client.get(back))  # the identity provider's redirect back
+            # a navigation of single sign-on: back to the login page, which says why
+            for started in (client.get(back), client.get(f"{a}{CONSOLE_PREFIX}/oidc/login")):
+                assert started.status_code == 303, started.text
+                where = started.headers["location"]
+                assert where == f"{CONSOLE_PREFIX}/login?error=sso_sessions_unavailable"
             # a login: a bad token is still a 401 (and counted), a good one a 503
             refused = other.post(f"{a}{CONSOLE_PREFIX}/api/login", json={"token": "nonsense"},
                                  headers={"X-CSRF-Token": login_csrf})  # fmt: skip

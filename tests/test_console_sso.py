@@ -287,6 +287,12 @@ def test_single_sign_on_in_the_browser(world: World, browser: Browser) -> None:
     page.click("#sso")
     page.click("#approve")
     expect(page.locator("#error")).to_contain_text("did not sign you in")
+    # the session store (Redis) unreachable at the way back: a sentence, not the code
+    page.goto(f"{world.url}{CONSOLE_PREFIX}/login?error=sso_sessions_unavailable")
+    expect(page.locator("#error")).to_contain_text("cannot reach the store its sessions")
+    page.goto(f"{world.url}{CONSOLE_PREFIX}/login?error=made_up")  # no words from a link
+    expect(page.locator("#sso")).to_be_visible()
+    expect(page.locator("#error")).to_be_hidden()
     assert errors == [], errors
     context.close()
 

@@ -48,7 +48,13 @@ from modelyard.console._sessions import (
     csrf_matches,
 )
 from modelyard.console._sso import add_sso_routes
-from modelyard.errors import AuthError, ConfigError, ModelyardError, status_of
+from modelyard.errors import (
+    AuthError,
+    ConfigError,
+    ModelyardError,
+    SessionsUnavailable,
+    status_of,
+)
 from modelyard.store import Store
 
 log = logging.getLogger(__name__)
@@ -179,6 +185,10 @@ def create_console_app(
             session_of(request)
         except AuthError:
             return RedirectResponse(f"{CONSOLE_PREFIX}/login", status_code=303)
+        except SessionsUnavailable as exc:  # a page for a person, not the API's JSON
+            wait = {"Retry-After": str(exc.context.get("retry_after", 1))}
+            page = STATIC / "unavailable.html"
+            return FileResponse(page, status_code=503, media_type="text/html", headers=wait)
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
     @app.get("/login", include_in_schema=False)

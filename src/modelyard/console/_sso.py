@@ -42,7 +42,12 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from modelyard.access import OIDCLogin, PendingLogin, Principal
 from modelyard.console._limits import LoginLimiter
 from modelyard.console._sessions import SESSION_COOKIE, ConsoleSessions
-from modelyard.errors import AuthError, IdentityProviderUnavailable, RateLimited
+from modelyard.errors import (
+    AuthError,
+    IdentityProviderUnavailable,
+    RateLimited,
+    SessionsUnavailable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,13 +132,22 @@ def add_sso_routes(
             log.warning("console: single sign-on cannot start: %s", exc.message)
             return back_to_login(request, "sso_unavailable")
         response = RedirectResponse(url, status_code=303)
-        set_cookie(
-            request, response, SSO_COOKIE, flows.dump(pending), max_age=FLOW_TTL_S, samesite="lax"
-        )
+        try:
+            flow = flows.dump(pending)
+        except SessionsUnavailable:  # its signing key is in Redis, which cannot be reached
+            return back_to_login(request, "sso_sessions_unavailable")
+        set_cookie(request, response, SSO_COOKIE, flow, max_age=FLOW_TTL_S, samesite="lax")
         return response
 
     @app.get("/oidc/callback", include_in_schema=False)
     def sso_callback(request: Request) -> Response:
+        try:
+            return callback(request)
+        except SessionsUnavailable as exc:  # Redis, where the sessions and flow key live
+            log.warning("console: a sign-in could not finish: %s", exc.message)
+            return back_to_login(request, "sso_sessions_unavailable")
+
+    def callback(request: Request) -> Response:
         params = request.query_params
         address = request.client.host if request.client else "unknown"
         pending = flows.load(cookie_of(request))

@@ -15,6 +15,8 @@ const SSO_ERRORS = {
     + "An administrator finds the reason in the server's log.",
   sso_unavailable: "The identity provider cannot be reached now. Try again shortly.",
   sso_limited: "Too many failed logins from this address. Wait a few minutes.",
+  sso_sessions_unavailable: "The console cannot reach the store its sessions are kept in "
+    + "(Redis) just now. Try again in a moment.",
 };
 
 function showSsoError() {
