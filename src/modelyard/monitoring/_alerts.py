@@ -45,6 +45,7 @@ from modelyard.monitoring._features import FEATURE_NAMES
 from modelyard.monitoring._judging import OnlineJudging
 from modelyard.monitoring._notify import WebhookRound, notify, undelivered
 from modelyard.store import (
+    AlertNotification,
     AlertState,
     Store,
 )
@@ -402,23 +403,25 @@ def evaluate_rules(store: Store, rules: AlertRules, now: datetime) -> list[Trans
     unchanged = [new for _, new, before in evaluated.values() if new.state == before]
     again = undelivered(store, hook, unchanged, now)
     transitions: list[Transition] = []
+    kept: list[AlertNotification] = []  # the deliveries of this evaluation
     try:
         for rule, new, before in evaluated.values():
             if new.id in again:
-                notify(store, webhook, rule, new, now, log_too=False)  # the webhook was down
+                notify(kept, webhook, rule, new, now, log_too=False)  # the webhook was down
             if new.state != before:
                 transitions.append(Transition(new, before))
                 if new.state in ("firing", "resolved"):
-                    notify(store, webhook, rule, new, now)
+                    notify(kept, webhook, rule, new, now)
                 if new.state == "firing" and (rule.retrain or rule.pipeline is not None):
                     start_retraining(store, rule, new)
         named = {r.name for r in rules.rules}
         gone = [a for a in states.values() if a.id not in evaluated]
         stale = [a for a in gone if a.rule not in RAISED_ELSEWHERE]
-        transitions += _orphans(store, webhook, stale, named, now)
+        transitions += _orphans(store, kept, webhook, stale, named, now)
     finally:
         if webhook is not None:
             webhook.close()
+        store.add_alert_notifications(kept)  # what was sent, kept together
     return transitions
 
 
@@ -441,6 +444,7 @@ GONE = _Gone()
 
 def _orphans(
     store: Store,
+    kept: list[AlertNotification],
     webhook: WebhookRound | None,
     alerts: Sequence[AlertState],
     named: set[str],
@@ -455,7 +459,7 @@ def _orphans(
     again = undelivered(store, webhook.hook if webhook else None, ended, now)
     for old in ended:
         if old.id in again:
-            notify(store, webhook, GONE, old, now, log_too=False)
+            notify(kept, webhook, GONE, old, now, log_too=False)
     moved = []
     for old in alerts:
         if old.state not in ("firing", "pending"):
@@ -476,7 +480,7 @@ def _orphans(
     store.save_alert_states([t.alert for t in moved])
     for t in moved:
         if t.alert.state == "resolved":
-            notify(store, webhook, GONE, t.alert, now)
+            notify(kept, webhook, GONE, t.alert, now)
     return moved
 
 

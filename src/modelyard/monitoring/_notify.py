@@ -155,7 +155,7 @@ def undelivered(
 
 
 def notify(
-    store: Store,
+    kept: list[AlertNotification],
     webhook: WebhookRound | None,
     rule: RuleShown,
     alert: AlertState,
@@ -163,16 +163,15 @@ def notify(
     *,
     log_too: bool = True,
 ) -> int:
-    """Tell every target about ``alert``'s new state; each delivery is kept in the store.
+    """Tell every target about ``alert``'s new state; each delivery goes to ``kept``,
+    which the evaluation keeps in the store at its end, in one transaction.
     ``log_too=False``: the webhook only (a failed delivery sent again)."""
     payload = _payload(alert, rule, now)
     sent = 0
     if log_too:
         level = logging.WARNING if alert.state == "firing" else logging.INFO
         log.log(level, "alert %s %s: %s", alert.rule, alert.state, alert.summary)
-        store.add_alert_notification(
-            AlertNotification(alert.id, alert.rule, alert.state, "log", now, True, 1, None)
-        )
+        kept.append(AlertNotification(alert.id, alert.rule, alert.state, "log", now, True, 1, None))
         sent = 1
     if webhook is not None:
         url = webhook.hook.url
@@ -183,6 +182,6 @@ def notify(
         note = AlertNotification(
             alert.id, alert.rule, alert.state, url, now, d.ok, d.attempts, d.error
         )
-        store.add_alert_notification(note)
+        kept.append(note)
         sent += 1
     return sent

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, insert, select, text
 
 from modelyard.store._core import StoreCore
 from modelyard.store._rows import lock_name
@@ -67,19 +67,20 @@ class AlertStore(StoreCore):
                 row.resolved_at, row.last_evaluated = alert.resolved_at, alert.last_evaluated
 
     def add_alert_notification(self, note: AlertNotification) -> None:
-        with self._write(f"record a notification of {note.rule!r}") as s:
-            s.add(
-                AlertNotificationRow(
-                    alert_id=note.alert_id,
-                    rule=note.rule,
-                    state=note.state,
-                    target=note.target[:300],
-                    sent_at=note.sent_at,
-                    ok=note.ok,
-                    attempts=note.attempts,
-                    error=note.error,
-                )
-            )
+        self.add_alert_notifications([note])
+
+    def add_alert_notifications(self, notes: Sequence[AlertNotification]) -> None:
+        """Keep ``notes`` (one evaluation's deliveries) in one transaction."""
+        if not notes:
+            return
+        with self._write(f"record {len(notes)} alert notification(s)") as s:
+            rows = [
+                {"alert_id": n.alert_id, "rule": n.rule, "state": n.state,
+                 "target": n.target[:300], "sent_at": n.sent_at, "ok": n.ok,
+                 "attempts": n.attempts, "error": n.error}
+                for n in notes
+            ]  # fmt: skip
+            s.execute(insert(AlertNotificationRow), rows)  # one executemany
 
     def list_alert_notifications(
         self, *, alert_id: str | None = None, limit: int = 100
