@@ -233,9 +233,6 @@ def _to_budget(row: BudgetRow, tenant: str) -> Budget:
                   row.updated_at, row.updated_by)  # fmt: skip
 
 
-__all__ = ["BudgetStore", "check_period", "period_end", "period_start"]
-
-
 def _spend_per_key(
     s: Session, tenants: list[str] | None, starts: dict[BudgetPeriod, datetime]
 ) -> dict[BudgetPeriod, dict[tuple[str, str | None], float]]:
@@ -301,3 +298,6 @@ def _rotated_from(s: Session, key_id: str) -> list[str]:
             break
         chain.append(before)
     return chain
+
+
+__all__ = ["BudgetStore", "check_period", "period_end", "period_start"]
