@@ -37,7 +37,6 @@ import json
 import logging
 import math
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -46,7 +45,6 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from redis.exceptions import RedisClusterException, RedisError
 
 from modelyard.console._sessions import TableFactory
 from modelyard.console._tables import (
@@ -57,7 +55,7 @@ from modelyard.console._tables import (
     session_key,
 )
 from modelyard.errors import SessionsUnavailable
-from modelyard.redis_client import check_redis_url, connect_redis
+from modelyard.redis_client import RedisDown, RedisLink, check_redis_url, redacted
 
 log = logging.getLogger(__name__)
 
@@ -119,70 +117,24 @@ return 0
 
 class SharedConsole:
     """One Redis for the console's shared state, reached lazily, with the outage rule of
-    the module's docstring (``call``)."""
+    the module's docstring (``call``; ``redis_client.RedisLink``, as the limits')."""
 
     def __init__(self, url: str) -> None:
         """ConfigError for a URL the client cannot use (a port that is not a number): at
         start, not at each request."""
         self.url = check_redis_url(url)
-        self._client: Any = None  # a redis.Redis, or a RedisCluster: found on first use
-        self._scripts: dict[str, Any] = {}
-        self._lock = threading.Lock()
-        self._state = threading.Lock()  # for the three below
-        self._down_until = 0.0  # monotonic: Redis is not asked again before it
-        self._up = True
-        self._probing = False  # a request asks Redis whether it is back
+        self.link = RedisLink(self.url, timeout_s=TIMEOUT_S, retry_s=RETRY_DOWN_S,
+                              on_down=self._said_down, on_back=self._said_back)  # fmt: skip
 
     def call(self, action: Callable[[Any], T]) -> T:
         """``action(client)``; SessionsUnavailable (503) when Redis cannot be reached.
         While it is down, one request at a time asks it again (after ``RETRY_DOWN_S``):
         the others are answered at once rather than each holding a thread for the
         client's timeout."""
-        with self._state:
-            if not self._up and (self._probing or time.monotonic() < self._down_until):
-                raise self._unavailable()
-            probing = self._probing = not self._up
         try:
-            result = action(self._connect())
-        except (RedisError, RedisClusterException) as exc:  # a cluster with no node answering
-            with self._state:
-                self._down_until = time.monotonic() + RETRY_DOWN_S
-                was_up, self._up = self._up, False
-            if was_up:
-                log.warning("console: Redis (%s) cannot be reached (%s): console sessions get "
-                            "503 until it answers", self.url.split("@")[-1],
-                            type(exc).__name__)  # fmt: skip
+            return self.link.call(action)
+        except RedisDown:
             raise self._unavailable() from None
-        finally:
-            if probing:
-                self._probing = False
-        if not self._up:
-            with self._state:
-                was_up, self._up = self._up, True
-            if not was_up:
-                log.warning("console: Redis answers again: console sessions are served again")
-        return result
-
-    def script(self, name: str, source: str) -> Any:
-        """A registered Lua script of the client (``call`` it inside an action)."""
-        client = self._connect()  # before the lock, which _connect takes too
-        with self._lock:
-            if name not in self._scripts:
-                self._scripts[name] = client.register_script(source)
-            return self._scripts[name]
-
-    def _connect(self) -> Any:
-        if self._client is not None:
-            return self._client
-        client = connect_redis(
-            self.url, timeout_s=TIMEOUT_S, connect_timeout_s=TIMEOUT_S, retry=None
-        )
-        with self._lock:
-            if self._client is None:
-                self._client = client
-                return client
-        client.close()  # another thread was first
-        return self._client
 
     @staticmethod
     def _unavailable() -> SessionsUnavailable:
@@ -191,9 +143,20 @@ class SharedConsole:
             retry_after=max(1, math.ceil(RETRY_DOWN_S)),
         )
 
+    def script(self, name: str, source: str) -> Any:
+        """A registered Lua script of the client (``call`` it inside an action)."""
+        return self.link.script(name, source)
+
+    def _said_down(self, exc: Exception) -> None:
+        log.warning("console: Redis (%s) cannot be reached (%s): console sessions get 503 "
+                    "until it answers", redacted(self.url), type(exc).__name__)  # fmt: skip
+
+    @staticmethod
+    def _said_back() -> None:
+        log.warning("console: Redis answers again: console sessions are served again")
+
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
+        self.link.close()
 
 
 def _cipher(session_id: str) -> AESGCM:

@@ -14,9 +14,9 @@ When Redis cannot be reached (a 250 ms timeout), ``on_down`` decides:
 replica then admits up to the full limit, as without Redis) and says so in the
 log and in ``shared_up``; ``"closed"`` refuses requests that have a limit with
 a 503 and ``Retry-After`` (``LimitsUnavailable``). Redis is tried again at most
-once a second while it is down, so an outage costs the request path one
-timeout per second, not one per request. Requests of keys without limits never
-touch Redis.
+once a second while it is down, by one request at a time (``RedisLink``), so
+an outage costs the request path one timeout per second, not one per request.
+Requests of keys without limits never touch Redis.
 
 The early refusal (``over_requests``, on the event loop before a body is read)
 asks no one: it answers from what this replica last heard from Redis (a key
@@ -36,13 +36,12 @@ import math
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from typing import Literal, TypeVar
 
 import redis
-from redis.exceptions import RedisClusterException, RedisError
 
 from modelyard.errors import LimitsUnavailable, RateLimited
-from modelyard.redis_client import connect_redis, is_cluster
+from modelyard.redis_client import RedisDown, RedisLink, redacted
 from modelyard.serving._limits import (
     Admission,
     RateLimiter,
@@ -111,11 +110,9 @@ class SharedRateLimiter:
         self.url, self.on_down, self.prefix = url, on_down, prefix
         self.local = RateLimiter(default_rpm=default_rpm, default_tpm=default_tpm)
         self.default_rpm, self.default_tpm = default_rpm, default_tpm
-        self._client: Any = None  # a redis.Redis, or a RedisCluster: found on first use
-        self._take: Any = None
+        self.redis = RedisLink(url, timeout_s=TIMEOUT_S, retry_s=RETRY_DOWN_S,
+                               on_down=self._said_down, on_back=self._said_back)  # fmt: skip
         self._lock = threading.Lock()
-        self._down_until = 0.0  # monotonic: Redis is not asked again before it
-        self._up = True
         self._refused_until: dict[str, float] = {}  # key id -> monotonic (requests bucket)
 
     # -- the RateLimiter contract -------------------------------------------------------------
@@ -126,7 +123,7 @@ class SharedRateLimiter:
     @property
     def shared_up(self) -> bool:
         """Whether the last word from Redis was an answer (False while it is down)."""
-        return self._up
+        return self.redis.up
 
     def admit(self, key: ApiKey, tokens: int) -> Admission:
         self.admit_request(key)
@@ -155,7 +152,7 @@ class SharedRateLimiter:
         rpm, _ = self.limits_of(key)
         if rpm is None:
             return None
-        if not self._up and self.on_down == "open":
+        if not self.redis.up and self.on_down == "open":
             return self.local.over_requests(key)
         with self._lock:
             until = self._refused_until.get(key.id, 0.0)
@@ -234,67 +231,43 @@ class SharedRateLimiter:
         args: list[int] = []
         for _, cap, need, taken in buckets:
             args += [cap, need, taken]
-        waits = self.call(lambda _: self._take(keys=keys, args=args))
+        waits = self.call(lambda _: self.redis.script("take", _TAKE)(keys=keys, args=args))
         return None if waits is None else [int(w) for w in waits]
 
     def call(self, action: Callable[[redis.Redis], T]) -> T | None:
         """``action`` on the shared Redis, under the outage rules of the module doc: None
         while Redis is down and the limits fail open, ``LimitsUnavailable`` when they fail
         closed (the budget guard keeps its spend here too)."""
-        if time.monotonic() < self._down_until:
-            self._down(None)
-            return None
         try:
-            result = action(self._connect())
-        except (RedisError, RedisClusterException) as exc:  # a cluster with no node answering
-            self._down_until = time.monotonic() + RETRY_DOWN_S
-            self._down(exc)
+            return self.redis.call(action)
+        except RedisDown:
+            if self.on_down == "closed":
+                raise LimitsUnavailable(
+                    "the rate limits cannot be checked: their shared store (Redis) cannot "
+                    "be reached",
+                    hint="Retry shortly; an operator should check Redis (--redis-url).",
+                    retry_after=max(1, math.ceil(RETRY_DOWN_S)),
+                ) from None
             return None
-        if not self._up:
-            log.warning("Redis at %s answers again: limits are shared again", _where(self.url))
-            self._up = True
-        return result
 
-    def _down(self, exc: Exception | None) -> None:
-        """Say Redis is down (once per outage); raise when the limits fail closed."""
-        if self._up:
-            self._up = False
-            log.warning(
-                "Redis at %s cannot be reached (%s): limits %s", _where(self.url),
-                type(exc).__name__ if exc else "down",
-                "are this replica's own until it answers" if self.on_down == "open"
-                else "refuse requests (503) until it answers",
-            )  # fmt: skip
-        if self.on_down == "closed":
-            raise LimitsUnavailable(
-                "the rate limits cannot be checked: their shared store (Redis) cannot be reached",
-                hint="Retry shortly; an operator should check Redis (--redis-url).",
-                retry_after=max(1, math.ceil(RETRY_DOWN_S)),
-            )
+    def _said_down(self, exc: Exception) -> None:
+        log.warning(
+            "Redis at %s cannot be reached (%s): limits %s", redacted(self.url),
+            type(exc).__name__,
+            "are this replica's own until it answers" if self.on_down == "open"
+            else "refuse requests (503) until it answers",
+        )  # fmt: skip
 
-    def _connect(self) -> Any:
-        """The client, made when Redis first answers: a cluster client when it runs Redis
-        Cluster (a plain client would be told MOVED for most keys), else a plain one."""
-        if self._client is not None:  # every request after the first: no lock
-            return self._client
-        client = connect_redis(
-            self.url, timeout_s=TIMEOUT_S, connect_timeout_s=TIMEOUT_S, retry=None
-        )
-        with self._lock:
-            if self._client is None:
-                self._client, self._take = client, client.register_script(_TAKE)
-                return client
-        client.close()  # another thread was first
-        return self._client
+    def _said_back(self) -> None:
+        log.warning("Redis at %s answers again: limits are shared again", redacted(self.url))
 
     @property
     def clustered(self) -> bool:
         """Whether the shared store is a Redis Cluster (False until Redis first answered)."""
-        return is_cluster(self._client)
+        return self.redis.clustered
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
+        self.redis.close()
 
 
 Limiter = RateLimiter | SharedRateLimiter
@@ -307,12 +280,6 @@ def limiter_for(limits: ServerLimits) -> Limiter:
     on_down: OnDown = "closed" if limits.on_redis_down == "closed" else "open"
     return SharedRateLimiter(limits.redis_url, default_rpm=limits.default_rpm,
                              default_tpm=limits.default_tpm, on_down=on_down)  # fmt: skip
-
-
-def _where(url: str) -> str:
-    """The URL without its password (logs)."""
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.rpartition('@')[2]}"
 
 
 __all__ = ["Limiter", "OnDown", "SharedRateLimiter", "limiter_for"]
