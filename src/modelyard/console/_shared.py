@@ -64,6 +64,7 @@ TIMEOUT_S = 1.0
 RETRY_DOWN_S = 1.0
 RENEW_LOCK_S = 30.0
 PREFIX = "modelyard:console:{console}:"  # one hash tag: one Redis Cluster node
+SESSIONS = PREFIX + "session:"  # a session's record: SESSIONS + the SHA-256 of its id
 
 # A login: the actor's ended sessions leave its set, its oldest give way down to
 # max_per_actor - 1, then the oldest of all down to max_sessions - 1; the session is kept.
@@ -191,19 +192,19 @@ class RedisTable:
         self._renewals = KeyedLocks()
 
     def add(self, session_id: str, session: Session, now: float) -> None:
-        where = PREFIX + "session:" + session.key
+        where = SESSIONS + session.key
         blob = seal(session_id, where, _record(session))
         args = [
             blob, session.key, int(now * 1000), int(self.rules.ttl_s * 1000),
             int(self.rules.idle_s * 1000), self.rules.max_sessions, self.rules.max_per_actor,
-            PREFIX + "session:",
+            SESSIONS,
         ]  # fmt: skip
         keys = [where, PREFIX + "all", PREFIX + "actor:" + session_key(session.actor)]
         self.redis.call(lambda _: self.redis.script("add", _ADD)(keys=keys, args=args))
 
     def get(self, session_id: str, now: float) -> Session | None:
         key = session_key(session_id)
-        where = PREFIX + "session:" + key
+        where = SESSIONS + key
         idle_ms = max(1, int(self.rules.idle_s * 1000))
 
         def read(client: Any) -> Any:
@@ -223,13 +224,13 @@ class RedisTable:
         return session
 
     def save(self, session_id: str, session: Session) -> None:
-        where = PREFIX + "session:" + session.key
+        where = SESSIONS + session.key
         blob = seal(session_id, where, _record(session))
         self.redis.call(lambda client: client.set(where, blob, xx=True, keepttl=True))
 
     def pop(self, session_id: str) -> Session | None:
         key = session_key(session_id)
-        where = PREFIX + "session:" + key
+        where = SESSIONS + key
         blob = self.redis.call(lambda client: client.getdel(where))
         record = unseal(session_id, where, blob) if blob else None
         if record is None:
@@ -250,7 +251,7 @@ class RedisTable:
         return session
 
     def count(self, now: float) -> int:
-        args = [PREFIX + "session:", int((now - self.rules.ttl_s) * 1000)]
+        args = [SESSIONS, int((now - self.rules.ttl_s) * 1000)]
         keys = [PREFIX + "all"]
         return int(self.redis.call(lambda _: self.redis.script("count", _COUNT)(keys, args)))
 

@@ -15,7 +15,6 @@ from collections.abc import Sequence
 from sqlalchemy import func, insert, select, text
 
 from modelyard.store._core import StoreCore
-from modelyard.store._rows import lock_name
 from modelyard.store._schema import AlertNotificationRow, AlertStateRow
 from modelyard.store.entities import AlertNotification, AlertState
 
@@ -41,15 +40,12 @@ class AlertStore(StoreCore):
             return
         ids = sorted(a.id for a in alerts)
         with self._write(f"save {len(alerts)} alert state(s)") as s:
-            if s.get_bind().dialect.name == "postgresql":  # in one order: no deadlock
-                if len(ids) == 1:
-                    lock_name(s, "alert_state", ids[0])
-                else:
-                    s.execute(
-                        text("SELECT pg_advisory_xact_lock(hashtext('alert_state'), hashtext(x)) "
-                             "FROM unnest(CAST(:ids AS text[])) AS x ORDER BY x"),
-                        {"ids": ids},
-                    )  # fmt: skip
+            if s.get_bind().dialect.name == "postgresql":  # lock_name's, in one order
+                s.execute(
+                    text("SELECT pg_advisory_xact_lock(hashtext('alert_state'), hashtext(x)) "
+                         "FROM unnest(CAST(:ids AS text[])) AS x ORDER BY x"),
+                    {"ids": ids},
+                )  # fmt: skip
             rows: dict[str, AlertStateRow] = {}
             for i in range(0, len(ids), CHUNK):
                 query = select(AlertStateRow).where(AlertStateRow.id.in_(ids[i : i + CHUNK]))
