@@ -1,7 +1,8 @@
 """A/B analysis of the versions behind one endpoint, from its inference records.
 
 Per version: requests, error rate with a Wilson 95% interval, latency p50 and
-p95 with bootstrap 95% intervals, feedback mean with a t interval. Each other
+p95 with bootstrap 95% intervals (order-statistic ones above ``BOOTSTRAP_MAX`` values,
+so that memory stays bounded), feedback mean with a t interval. Each other
 version is tested against the control (the one with the most requests):
 Fisher's exact test on errors, Mann-Whitney U on latency, Welch's t-test on
 feedback. A difference is called significant at p < ``alpha``; fewer than
@@ -98,11 +99,34 @@ def feedback_interval(scores: np.ndarray) -> tuple[float, float]:
     return (max(low_end, mean - t * sem), min(high_end, mean + t * sem))
 
 
+BOOTSTRAP_MAX = 5_000
+"""Latencies per version up to which the percentile's interval is bootstrapped. Above it,
+500 resamples of every value would hold 500 copies of the sample at once (gigabytes for
+a day of a busy endpoint's records, which `rollout compare` reads whole by default); the
+order-statistic interval is used instead: exact, distribution-free, and as tight."""
+
+
 def _bootstrap(values: np.ndarray, q: float, rng: np.random.Generator) -> tuple[float, float]:
+    if len(values) > BOOTSTRAP_MAX:
+        return _order_interval(values, q)
     idx = rng.integers(0, len(values), size=(500, len(values)))
     stats = np.percentile(values[idx], q, axis=1)
     low, high = np.percentile(stats, [2.5, 97.5])
     return (float(low), float(high))
+
+
+def _order_interval(values: np.ndarray, q: float) -> tuple[float, float]:
+    """95% interval of the ``q``-th percentile from two order statistics: the ranks that
+    hold it with 95% probability under the binomial count of values below it."""
+    from scipy import stats
+
+    n = len(values)
+    # ranks l <= u (1-based) with P(l <= B < u) >= 95% for B ~ Binomial(n, q), the count of
+    # values below the true percentile; as 0-based indexes into the sorted values
+    low_rank = max(0, int(stats.binom.ppf(0.025, n, q / 100)) - 1)
+    high_rank = min(n - 1, int(stats.binom.ppf(0.975, n, q / 100)))
+    ranked = np.partition(values, (low_rank, high_rank))
+    return (float(ranked[low_rank]), float(ranked[high_rank]))
 
 
 def _stats(ref: str, s: VersionSample, rng: np.random.Generator) -> VersionStats:
