@@ -77,14 +77,13 @@ class RayOptions:
 
 
 def import_ray() -> Any:
-    """Ray with Ray Data, imported now; a ConfigError saying how to install them when they
-    are not (Ray is an optional extra)."""
+    """Ray, imported now; a ConfigError saying how to install it when it is not (Ray is an
+    optional extra). The job needs Ray's core alone (actors, ``ray.wait``), not Ray Data."""
     try:
         import ray
-        import ray.data
     except ImportError as exc:
         raise ConfigError(
-            f"--ray needs Ray Data, which is not installed here ({exc.msg})",
+            f"--ray needs Ray, which is not installed here ({exc.msg})",
             hint=f"Install it with: {INSTALL}",
         ) from exc
     return ray
@@ -103,7 +102,6 @@ def ray_cluster(options: RayOptions, *, store_dialect: str) -> Iterator[None]:
         _init(ray, options)
         started = True
     try:
-        _quiet(ray)
         _check_resources(ray, options)
         _check_store(ray, store_dialect)
         yield
@@ -130,15 +128,6 @@ def _init(ray: Any, options: RayOptions) -> None:
             "--address HEAD:6379` on the others), or give its address (RAY_ADDRESS for "
             "auto); --ray local runs one on this machine for this job.",
         ) from exc
-
-
-def _quiet(ray: Any) -> None:
-    """The command shows its own progress: none of Ray Data's bars and start-up lines."""
-    context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = False
-    context.print_on_execution_start = False
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
-    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "disabled"
 
 
 def _check_resources(ray: Any, options: RayOptions) -> None:
@@ -252,6 +241,10 @@ def _got(ray: Any, ref: Any) -> list[RowResult]:
         results: list[RowResult] = ray.get(ref)
     except ModelyardError:
         raise
+    except ray.exceptions.RayActorError as exc:
+        if exc.actor_init_failed:  # its own error (the engine, the store) says why
+            raise _failed(exc) from exc
+        raise _lost(exc) from exc
     except Exception as exc:  # the job stops; the rows not committed are answered again
         raise _failed(exc) from exc
     return results
@@ -350,6 +343,24 @@ def _failed(exc: BaseException) -> ModelyardError:
         f"the job's Ray actors failed: {_last_line(exc)}",
         hint="Ray's logs say more (its dashboard, or /tmp/ray/session_latest/logs on each "
         "node). Fix the cause, then run the same command again to go on from the rows kept.",
+    )
+
+
+def _lost(exc: BaseException) -> ModelyardError:
+    """An actor lost while it held blocks (its process killed, out of memory, its node
+    gone): one line saying so and where, not Ray's page of possible causes."""
+    text = str(exc)
+    pid, ip = (re.search(rf"^\s*{name}: (\S+)", text, re.M) for name in ("pid", "ip"))
+    where = " ".join(f"{label} {m.group(1)}" for label, m in (("pid", pid), ("on", ip)) if m)
+    kind = re.search(r"Worker exit type: (\w+)", text)
+    where = f" ({where})" if where else ""
+    exit_type = f"; exit type {kind.group(1)}" if kind else ""
+    return ModelyardError(
+        f"a Ray actor of the job was lost: its process{where} died (killed, out of memory, "
+        f"or its node gone{exit_type})",
+        hint="The rows answered before are kept: run the same command again to answer the "
+        "others, each keeping one record. Ray's logs on that node say why "
+        "(/tmp/ray/session_latest/logs).",
     )
 
 
