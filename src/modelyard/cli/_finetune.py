@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -216,11 +220,13 @@ def finetune(
     if resume and rank() == 0:
         _check_resumable(prepared, s.ensure_home())
     if rank() != 0:
-        run_finetune(
-            prepared, store=None, artifacts=None, home=s.ensure_home(), ui=reporter, resume=resume
-        )
+        with _sigterm_interrupts():
+            run_finetune(
+                prepared, store=None, artifacts=None, home=s.ensure_home(), ui=reporter,
+                resume=resume,
+            )  # fmt: skip
         return
-    with open_store(s) as store:
+    with open_store(s) as store, _sigterm_interrupts() as stopped:
         try:
             outcome = run_finetune(
                 prepared,
@@ -232,7 +238,7 @@ def finetune(
             )
         except FinetuneInterrupted as exc:
             _say_interrupted(exc, config)
-            raise typer.Exit(130) from None
+            raise typer.Exit(128 + (stopped[0] if stopped else signal.SIGINT)) from None
     assert outcome is not None
     if json_out:
         print_json(outcome)
@@ -274,6 +280,29 @@ def _check_resumable(prepared: Any, home: Path) -> None:
             hint="Resume needs a run of this same config and data started with "
             "training.save_every; or start afresh without --resume.",
         )
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[list[int]]:
+    """SIGTERM stops a fine-tune as Ctrl-C does: a CI job cancelled or a pod evicted gets its
+    run marked ``interrupted`` and its scratch removed, not a run left ``running``. Yields
+    the signals received (SIGTERM: exit 143 rather than 130). A second SIGTERM during that
+    clean-up is ignored; SIGKILL, which cannot be caught, is what `modelyard doctor` is for."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received  # only the main thread may set handlers (an embedding caller's job)
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        received.append(signum)
+        if len(received) == 1:
+            raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield received
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _launched() -> bool:

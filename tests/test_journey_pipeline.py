@@ -1,0 +1,69 @@
+"""Journey 1, the gated deployment pipeline: what a CI job meets when a step fails or is
+stopped (exit codes, one-line errors, nothing left half done)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from modelyard.base import create_tiny_base
+from modelyard.data import DOMAINS, domain_corpus, synthetic_domain
+from modelyard.store import Store
+
+QUICK_BASE = {"steps": 8, "batch_size": 4, "seq_len": 64, "hidden_size": 32, "vocab_size": 512}
+
+
+def _project(tmp_path: Path) -> Path:
+    base = create_tiny_base(domain_corpus(DOMAINS, 300, seed=0), tmp_path / "base", **QUICK_BASE)
+    rows = synthetic_domain("it-support", 40, seed=0)
+    for name, part in (("train.jsonl", rows[:30]), ("eval.jsonl", rows[30:])):
+        (tmp_path / name).write_text("".join(json.dumps(r) + "\n" for r in part), "utf-8")
+    config = {
+        "base_model": str(base.path),
+        "data": {"train": "train.jsonl", "eval": "eval.jsonl", "format": "alpaca"},
+        "method": {"type": "lora", "r": 4, "alpha": 8},
+        "training": {"max_steps": 400, "batch_size": 4, "seed": 0, "save_every": 4},
+        "evaluation": {"metrics": ["exact_match"], "max_new_tokens": 2},
+        "registry": {"model": "helpdesk", "alias_on_pass": "challenger"},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def test_a_cancelled_ci_job_sigterm_marks_the_fine_tune_interrupted(tmp_path: Path) -> None:
+    """CI runners and Kubernetes stop a job with SIGTERM, not Ctrl-C. It used to kill the
+    process outright: the run stayed 'running' (until `modelyard doctor`), its scratch
+    stayed, and the job saw -15 with no word. Now it ends as Ctrl-C does, with exit 143."""
+    config = _project(tmp_path)
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
+    env.update(MODELYARD_HOME=str(home), COLUMNS="200", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "modelyard", "finetune", "-c", str(config)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not list(home.glob("checkpoints/*/checkpoint-*")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "no checkpoint within 300 s"
+        time.sleep(0.1)
+    time.sleep(0.5)  # let the checkpoint's files land
+    proc.send_signal(signal.SIGTERM)  # what a cancelled CI job or an evicted pod gets
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Traceback" not in err
+    assert "fine-tuning interrupted at step" in err and "is marked interrupted" in err
+    assert f"modelyard finetune -c {config} --resume" in err
+    with Store.open(f"sqlite:///{home / 'store.db'}") as store:
+        (run,) = store.list_runs()
+        assert run.status == "interrupted"
+        assert not store.list_registered_models()  # nothing half registered
+    assert not any((home / "runs").glob("*"))  # the run's scratch is gone
