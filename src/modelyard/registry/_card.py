@@ -56,6 +56,32 @@ def _gates(metrics: Mapping[str, Any]) -> str:
     return "\n".join(lines) + f"\n\nOverall: {overall}.\n"
 
 
+def _overrides(metrics: Mapping[str, Any]) -> str:
+    """Who took this version past its gates, when, why and for what: an auditor reading the
+    card of a champion whose gates failed must see that an approver let it through."""
+    found = [o for o in metrics.get("gate_overrides") or () if isinstance(o, Mapping)]
+    if not found:
+        return ""
+    lines = ["| when (UTC) | approver | gates | for | reason |", "|---|---|---|---|---|"]
+    for o in found:
+        gates = str(o.get("gates", "?"))
+        failed = [str(f) for f in o.get("failed") or ()]
+        if failed:
+            gates += ": " + "; ".join(failed)
+        cells = (o.get("at", "?"), o.get("actor", "?"), gates, o.get("for", "?"), o.get("reason"))
+        lines.append("| " + " | ".join(_text(c) for c in cells) + " |")
+    return (
+        "\n### Gate overrides\n\n"
+        f"**The gates were overridden {len(found)} time(s)** by an approver "
+        "(`--override-gates`; audited as `gate.overridden`):\n\n" + "\n".join(lines) + "\n"
+    )
+
+
+def _text(value: Any) -> str:
+    """Free text in a table cell: one line, no column breaks."""
+    return " ".join(str("?" if value is None else value).split()).replace("|", "\\|")
+
+
 def _compute(compute: Any) -> str:
     """Where it trained and what that cost: GPU-hours (and their price) only where a GPU ran."""
     if not isinstance(compute, Mapping):
@@ -145,7 +171,7 @@ def model_card(model: RegisteredModel, version: ModelVersion, run: Run | None) -
         "## Evaluation\n",
         _table([(k, _fmt(v)) for k, v in sorted(scores.items())]),
         "\n### Gates\n",
-        _gates(version.metrics),
+        _gates(version.metrics) + _overrides(version.metrics),
         "## Limitations\n",
         (
             "- Scores are measured on the held-out rows recorded above, drawn from the same "
