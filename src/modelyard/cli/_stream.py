@@ -1,4 +1,5 @@
-"""``modelyard stream run``: answer the messages of a Redis Stream through the data plane."""
+"""``modelyard stream run``: answer the messages of a Redis Stream or a NATS JetStream subject
+through the data plane."""
 
 from __future__ import annotations
 
@@ -16,14 +17,20 @@ if TYPE_CHECKING:
     from modelyard.stream import StreamJobSpec, StreamSummary
 
 app = typer.Typer(
-    help="Streaming inference: the messages of a Redis Stream answered through an endpoint.",
+    help="Streaming inference: the messages of a Redis Stream or a NATS JetStream subject "
+    "answered through an endpoint.",
     no_args_is_help=True,
 )
 
 
 @app.command("run")
 def run(
-    stream: str = typer.Option(..., "--stream", help="The Redis Stream of requests."),
+    ctx: typer.Context,
+    stream: str = typer.Option(
+        ...,
+        "--stream",
+        help="The Redis Stream of requests, or with --nats-url the subject (wildcards allowed).",
+    ),
     output_stream: str = typer.Option(
         ..., "--output-stream", help="The stream answers go to, one per message."
     ),
@@ -43,6 +50,13 @@ def run(
         envvar="MODELYARD_REDIS_URL",
         show_envvar=True,
         help="The Redis holding the streams (redis://host:6379/0).",
+    ),
+    nats_url: str | None = typer.Option(
+        None,
+        envvar="MODELYARD_NATS_URL",
+        show_envvar=True,
+        help="Or a NATS server with JetStream (nats://host:4222): --stream, --output-stream "
+        "and --dead-letter-stream are subjects, --group a durable consumer.",
     ),
     endpoint: str | None = ENDPOINT,
     api_key: str | None = API_KEY,
@@ -118,8 +132,14 @@ def run(
     from modelyard.stream import StreamJobSpec, StreamSettings, default_consumer, run_stream
 
     with bad_input():
-        if not redis_url:
-            raise ConfigError("give the Redis with --redis-url (or MODELYARD_REDIS_URL)")
+        redis_url, nats_url = _broker(ctx, redis_url, nats_url)
+        if nats_url and consumer:
+            raise ConfigError(
+                "--consumer names a consumer of a Redis group; a NATS group's consumers "
+                "share one durable consumer and have no names of their own",
+                hint="Drop --consumer (the group is --group).",
+                field="--consumer",
+            )
         every = parse_duration(progress_every, field="--progress-every", allow_zero=True)
         spec = StreamJobSpec(
             redis_url=redis_url, stream=stream, group=group, output=output_stream,
@@ -133,7 +153,7 @@ def run(
             claim_idle_s=parse_duration(claim_idle, field="--claim-idle").total_seconds(),
             dedup_ttl_s=parse_duration(dedup_ttl, field="--dedup-ttl",
                                        allow_zero=True).total_seconds(),
-            start_id=start_id,
+            start_id=start_id, nats_url=nats_url,
         )  # fmt: skip
     limits = ServerLimits(
         max_tokens=max(max_tokens, 256), request_timeout_s=request_timeout_s or None
@@ -160,9 +180,35 @@ def run(
     if summary.in_flight:
         raise ModelyardError(
             f"stopped at once: {summary.in_flight} messages in flight were not answered",
-            hint="They stay pending in the group: a consumer answers them after --claim-idle "
-            "(at once if it reuses this --consumer name).",
+            hint="They stay pending in the group: a consumer answers them after --claim-idle"
+            + ("." if nats_url else " (at once if it reuses this --consumer name)."),
         )
+
+
+def _broker(
+    ctx: typer.Context, redis_url: str | None, nats_url: str | None
+) -> tuple[str | None, str | None]:
+    """The one broker to read: a URL given on the command line wins over the other's
+    environment variable; two on the command line, or two from the environment, are
+    refused."""
+    if redis_url and nats_url:
+        given = {
+            n: getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"
+            for n in ("redis_url", "nats_url")
+        }  # typer's own click: compared by name
+        if given["redis_url"] != given["nats_url"]:
+            return (redis_url, None) if given["redis_url"] else (None, nats_url)
+        raise ConfigError(
+            "both a Redis (--redis-url or MODELYARD_REDIS_URL) and a NATS (--nats-url or "
+            "MODELYARD_NATS_URL) are given: a consumer reads one broker",
+            hint="Give one of --redis-url and --nats-url on the command line.",
+        )
+    if not redis_url and not nats_url:
+        raise ConfigError(
+            "give the broker: --redis-url (a Redis Stream) or --nats-url (a NATS JetStream "
+            "subject), or MODELYARD_REDIS_URL or MODELYARD_NATS_URL"
+        )
+    return redis_url, nats_url
 
 
 class _Report:

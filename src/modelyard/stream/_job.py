@@ -1,9 +1,10 @@
-"""``modelyard stream run``: a consumer of a Redis Stream on the in-process data plane.
+"""``modelyard stream run``: a consumer of a Redis Stream or a NATS JetStream subject on the
+in-process data plane.
 
 ``run_stream`` checks what it can before it reads a message (the endpoint exists for
-the key and the key has the ``infer`` scope, or the operator's version exists; Redis
-answers; the group exists or is created), then runs a ``StreamConsumer`` until it is
-stopped.
+the key and the key has the ``infer`` scope, or the operator's version exists; the
+broker answers; the group exists or is created), then runs a ``StreamConsumer`` until
+it is stopped.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from modelyard.errors import ConfigError
 from modelyard.serving import Engine, SamplingParams, ServerLimits
 from modelyard.store import Store
 from modelyard.stream._consumer import Progress, StreamConsumer, StreamSettings, StreamSummary
+from modelyard.stream._nats import NatsStreamSource
 from modelyard.stream._redis import RedisStreamSource
 
 RECORD_SOURCE = "stream"  # the records' source
@@ -32,11 +34,12 @@ def default_consumer() -> str:
 @dataclass(frozen=True)
 class StreamJobSpec:
     """One consumer: ``stream`` read by ``group`` as ``consumer`` on the Redis at
-    ``redis_url``, answers to ``output``, dead letters to ``dead_letters``; asked through
-    ``endpoint`` with ``api_key``, or by an operator of the version ``model`` alone
-    (records under ``tenant``, default the model's owner)."""
+    ``redis_url`` (or the subject ``stream`` on the NATS JetStream at ``nats_url``),
+    answers to ``output``, dead letters to ``dead_letters``; asked through ``endpoint``
+    with ``api_key``, or by an operator of the version ``model`` alone (records under
+    ``tenant``, default the model's owner)."""
 
-    redis_url: str
+    redis_url: str | None
     stream: str
     group: str
     output: str
@@ -51,8 +54,13 @@ class StreamJobSpec:
     claim_idle_s: float = 60.0
     dedup_ttl_s: float = 3600.0
     start_id: str = "0"
+    nats_url: str | None = None
 
     def __post_init__(self) -> None:
+        if bool(self.redis_url) == bool(self.nats_url):
+            raise ConfigError(
+                "give the broker: a Redis with --redis-url or a NATS with --nats-url (one)"
+            )
         if (self.endpoint is None) == (self.model is None):
             raise ConfigError(
                 "give either an endpoint (with an API key) or an operator's version (--model)"
@@ -102,12 +110,7 @@ def run_stream(
         store, engine, endpoint=spec.endpoint, api_key=spec.api_key, model=spec.model,
         tenant=spec.tenant, limits=limits,
     ) as asking:  # fmt: skip
-        source = RedisStreamSource.connect(
-            spec.redis_url, stream=spec.stream, group=spec.group,
-            consumer=spec.consumer or default_consumer(), output=spec.output,
-            dead_letters=spec.dead_letters, claim_idle_s=spec.claim_idle_s,
-            dedup_ttl_s=spec.dedup_ttl_s, start_id=spec.start_id,
-        )  # fmt: skip
+        source = _source(spec)
         try:
             job = JobSettings(asking.endpoint, spec.params, spec.settings.concurrency,
                               source=RECORD_SOURCE)  # fmt: skip
@@ -123,6 +126,23 @@ def run_stream(
             return summary
         finally:
             source.close()
+
+
+def _source(spec: StreamJobSpec) -> RedisStreamSource | NatsStreamSource:
+    """The broker's share of ``spec``'s stream, open."""
+    if spec.nats_url:
+        return NatsStreamSource.connect(
+            spec.nats_url, subject=spec.stream, group=spec.group, output=spec.output,
+            dead_letters=spec.dead_letters, claim_idle_s=spec.claim_idle_s,
+            dedup_ttl_s=spec.dedup_ttl_s, start_id=spec.start_id,
+        )  # fmt: skip
+    assert spec.redis_url
+    return RedisStreamSource.connect(
+        spec.redis_url, stream=spec.stream, group=spec.group,
+        consumer=spec.consumer or default_consumer(), output=spec.output,
+        dead_letters=spec.dead_letters, claim_idle_s=spec.claim_idle_s,
+        dedup_ttl_s=spec.dedup_ttl_s, start_id=spec.start_id,
+    )  # fmt: skip
 
 
 __all__ = ["RECORD_SOURCE", "StreamJobSpec", "default_consumer", "run_stream"]

@@ -1,0 +1,323 @@
+"""``modelyard stream run --nats-url`` against a real ``nats-server`` with JetStream:
+answers as JSON, dead letters as sent with their reason in headers, a consumer killed
+with ``kill -9`` and another answering each message once, the group's ack wait kept by
+progress signals, and bad settings refused before any message is read.
+
+The world is ``test_stream``'s: tenant ``acme-insurance``'s endpoint ``claims-router``
+serves ``acme-claims:1``, a version the echo engine answers with the prompt's last words.
+Each test has a NATS of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelyard.access import create_api_key
+from modelyard.cli import main
+from modelyard.errors import ModelyardError
+from modelyard.store import Store
+from modelyard.stream import Settlement
+from modelyard.stream._nats import NatsStreamSource, stream_name, subject_matches
+from natsserver import NatsServer, nats_server
+from worlds import fake_world, home_store
+
+JOB = "claims.in/answerers"
+
+
+@dataclass
+class World:
+    home: Path
+    key: str
+
+    def store(self) -> Store:
+        return home_store(self.home)
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        with self.store() as store:
+            return {r["id"]: r for r in store.query_records(job_id=JOB, limit=None)}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    home = tmp_path_factory.mktemp("stream-nats") / "home"
+    home.mkdir()
+    with home_store(home) as store:
+        fake_world(store, tenant="acme-insurance", model="acme-claims",
+                   endpoint="claims-router", template="text")  # fmt: skip
+        _, key = create_api_key(store, "acme-insurance", scopes=("infer",))
+    return World(home, key)
+
+
+@pytest.fixture
+def server(world: World, tmp_path: Path) -> Iterator[NatsServer]:
+    """A NATS of this test's own; the world's records of earlier tests removed."""
+    with world.store() as store:
+        store.discard_job_records(JOB, list(world.records()))
+    with nats_server(tmp_path) as started:
+        yield started
+
+
+def publish(server: NatsServer, *bodies: Any, headers: dict[str, str] | None = None) -> list[str]:
+    """Publish requests on ``claims.in`` (its stream made first); their stream sequences."""
+
+    async def work(js: Any) -> list[str]:
+        try:
+            await js.find_stream_name_by_subject("claims.in")
+        except Exception:
+            await js.add_stream(name="CLAIMS", subjects=["claims.in"])
+        seqs = []
+        for body in bodies:
+            data = body if isinstance(body, bytes) else json.dumps(body).encode()
+            seqs.append(str((await js.publish("claims.in", data, headers=headers)).seq))
+        return seqs
+
+    return server.js(work)
+
+
+def read(server: NatsServer, subject: str) -> list[Any]:
+    """Every message kept on ``subject``, oldest first: (payload, headers)."""
+
+    async def work(js: Any) -> list[Any]:
+        name = await js.find_stream_name_by_subject(subject)
+        last = (await js.stream_info(name)).state.last_seq
+        out = []
+        for seq in range(1, last + 1):
+            msg = await js.get_msg(name, seq)
+            if msg.subject == subject:
+                out.append((msg.data, dict(msg.headers or {})))
+        return out
+
+    return server.js(work)
+
+
+def answers(server: NatsServer) -> list[dict[str, Any]]:
+    return [json.loads(data) for data, _ in read(server, "claims.answers")]
+
+
+def command(server: NatsServer, *extra: str) -> list[str]:
+    return ["stream", "run", "--stream", "claims.in", "--group", "answerers",
+            "--output-stream", "claims.answers", "--dead-letter-stream", "claims.dead",
+            "--nats-url", server.url, "-e", "claims-router", "--engine", "echo",
+            *extra]  # fmt: skip
+
+
+def consume(world: World, server: NatsServer, capsys: pytest.CaptureFixture[str],
+            *extra: str) -> dict[str, Any]:  # fmt: skip
+    """``stream run ... --until-empty --json`` in this process: its summary."""
+    os.environ["MODELYARD_HOME"] = str(world.home)
+    os.environ["MODELYARD_API_KEY"] = world.key
+    try:
+        capsys.readouterr()
+        code = main(command(server, "--until-empty", "--json", "--claim-idle", "2s", *extra))
+        out, err = capsys.readouterr()
+    finally:
+        del os.environ["MODELYARD_HOME"], os.environ["MODELYARD_API_KEY"]
+    assert code == 0, err
+    summary: dict[str, Any] = json.loads(out)
+    return summary
+
+
+def test_answers_are_json_keyed_by_sequence_and_dead_letters_keep_the_request_as_sent(
+    world: World, server: NatsServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asked = dict(zip(publish(server, {"prompt": "route the roof claim", "id": "q-1"},
+                             {"prompt": "one two three four", "max_tokens": 2, "id": 7}),
+                     ["route the roof claim", "one two"], strict=True))  # fmt: skip
+    (broken,) = publish(server, b"not json", headers={"Trace-Id": "t-9"})
+    (misspelt,) = publish(server, {"prompt": "hi", "max_token": 3})
+
+    summary = consume(world, server, capsys)
+    assert (summary["answered"], summary["dead_lettered"]) == (2, 2)
+    assert summary["job_id"] == JOB and summary["stopped"] == "nothing left to answer"
+    got = {a["message_id"]: a for a in answers(server)}
+    assert sorted(got) == sorted(asked)
+    for seq, text in asked.items():
+        assert got[seq]["answer"] == text and got[seq]["error"] is None
+        assert got[seq]["version"] == "acme-claims:1"
+        assert isinstance(got[seq]["completion_tokens"], int)
+    assert [got[s]["id"] for s in asked] == ["q-1", "7"]
+    dead = {h["message_id"]: (data, h) for data, h in read(server, "claims.dead")}
+    assert sorted(dead) == sorted([broken, misspelt])
+    data, headers = dead[broken]
+    assert data == b"not json"  # as it was sent, to publish again once fixed
+    assert headers["Trace-Id"] == "t-9" and headers["attempts"] == "1"
+    assert "the 'body' field is not JSON" in headers["reason"]
+    assert "unknown key 'max_token'" in dead[misspelt][1]["reason"]
+    records = world.records()
+    assert sorted(records) == sorted(a["record_id"] for a in got.values())
+    assert {r["source"] for r in records.values()} == {"stream"}
+
+    async def state(js: Any) -> Any:
+        info = await js.consumer_info("CLAIMS", "answerers")
+        made = {n: (await js.stream_info(n)).config.duplicate_window
+                for n in ("claims_answers", "claims_dead")}  # fmt: skip
+        return info.num_pending, info.num_ack_pending, info.config.ack_wait, made
+
+    # everything acknowledged; the group's ack wait is --claim-idle; the output and
+    # dead-letter streams were made, remembering message ids for --dedup-ttl
+    assert server.js(state) == (0, 0, 2.0, {"claims_answers": 3600.0, "claims_dead": 3600.0})
+
+
+def test_a_consumer_killed_with_messages_in_flight_then_another_answers_each_once(
+    world: World, server: NatsServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = publish(server, *({"prompt": f"question {i}", "id": i} for i in range(80)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
+    env |= {"MODELYARD_HOME": str(world.home), "MODELYARD_API_KEY": world.key}
+    killed = subprocess.Popen(
+        [sys.executable, "-m", "modelyard", *command(server, "--claim-idle", "2s",
+         "--echo-delay-ms", "30", "--concurrency", "8")],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(answers_or_none(server)) < 10:
+        assert killed.poll() is None, "the consumer ended before it was killed"
+        assert time.monotonic() < deadline, "no answers within 120 s"
+        time.sleep(0.05)
+    killed.send_signal(signal.SIGKILL)
+    assert killed.wait(10) == -signal.SIGKILL
+    answered_before = len(answers(server))
+    assert answered_before < len(good)
+
+    summary = consume(world, server, capsys)
+    assert summary["redelivered"] >= 1  # the killed consumer's, delivered again
+    counts = Counter(a["message_id"] for a in answers(server))
+    assert sorted(counts) == sorted(good)
+    assert set(counts.values()) == {1}  # every message answered exactly once
+    records = world.records()
+    assert len(records) == len(good)  # one record per message: none twice, none missing
+    assert {r["status"] for r in records.values()} == {"ok"}
+
+
+def answers_or_none(server: NatsServer) -> list[Any]:
+    """The answers so far (none before the consumer made their stream)."""
+    try:
+        return answers(server)
+    except Exception:
+        return []
+
+
+def source(server: NatsServer, **kw: Any) -> NatsStreamSource:
+    args: dict[str, Any] = {"subject": "claims.in", "group": "g", "output": "claims.answers",
+                            "dead_letters": "claims.dead", "claim_idle_s": 1.0} | kw  # fmt: skip
+    return NatsStreamSource.connect(server.url, **args)
+
+
+def test_an_answer_published_before_a_crash_is_not_published_again(
+    server: NatsServer,
+) -> None:
+    (message,) = publish(server, {"prompt": "hi"})
+    first = source(server)
+    (delivery,) = first.fetch(10, 0.5)
+    assert (delivery.id, delivery.attempt) == (message, 1)
+
+    async def crash(timeout: float = 1.0) -> None:
+        raise OSError("killed between the answer and the acknowledgment")
+
+    first._in_flight[message].ack_sync = crash  # the process dies right after publishing
+    with pytest.raises(ModelyardError, match="cannot reach NATS"):
+        first.settle([Settlement(delivery, {"message_id": message, "answer": "one"})])
+    first.close()
+
+    second = source(server)
+    again: list[Any] = []
+    deadline = time.monotonic() + 10
+    while not again:  # delivered again once the group's ack wait (1 s) has passed
+        assert time.monotonic() < deadline, "not delivered again within 10 s"
+        again = second.fetch(10, 0.5)
+    assert [(d.id, d.attempt) for d in again] == [(message, 2)]
+    assert second.settle([Settlement(again[0], {"message_id": message, "answer": "two"})]) == [
+        False  # settled already: its answer is out
+    ]
+    assert [a["answer"] for a in answers(server)] == ["one"]
+    assert second.backlog() == 0  # acknowledged all the same
+    assert second.fetch(10, 0.3) == []
+    second.close()
+
+
+def test_a_live_consumers_messages_are_kept_and_a_stopped_ones_delivered_again(
+    server: NatsServer,
+) -> None:
+    ids = publish(server, *({"prompt": f"p{i}"} for i in range(2)))
+    alive, stopped, taker = source(server), source(server), source(server)
+    assert [d.id for d in alive.fetch(1, 0.5)] == ids[:1]
+    assert [d.id for d in stopped.fetch(1, 0.5)] == ids[1:]
+    stopped.close()  # unacknowledged: delivered again after the ack wait
+    for _ in range(6):  # 1.8 s: 'alive' signals progress, the ack wait is 1 s
+        time.sleep(0.3)
+        alive.keep(ids[:1])
+    taken = taker.fetch(10, 0.5)
+    assert [(d.id, d.attempt) for d in taken] == [(ids[1], 2)]
+    assert taker.backlog() == 2  # both delivered, none settled
+    assert taker.settle([Settlement(d, {"answer": "x"}) for d in taken]) == [True]
+    assert taker.backlog() == 1
+    alive.close()
+    taker.close()
+
+
+def test_subjects_and_stream_names() -> None:
+    assert subject_matches("claims.>", "claims.in.dead")
+    assert subject_matches("claims.*", "claims.in")
+    assert not subject_matches("claims.*", "claims.in.dead")
+    assert not subject_matches("claims.in", "claims.in:dead-letters")
+    assert not subject_matches("claims.>", "claims")
+    assert stream_name("claims.in:dead-letters") == "claims_in_dead-letters"
+    assert stream_name("claims.>") == "claims_all"
+
+
+def test_bad_settings_exit_2_before_any_message_is_read(
+    world: World, server: NatsServer, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("MODELYARD_HOME", str(world.home))
+    monkeypatch.setenv("MODELYARD_API_KEY", world.key)
+    publish(server, {"prompt": "hi"})
+    source(server, group="answerers", claim_idle_s=30.0).close()  # the group: 30 s
+    server.js(lambda js: js.add_stream(name="SHORT", subjects=["short.answers"],
+                                       duplicate_window=60))  # fmt: skip
+    cases = {
+        "takes messages back after 30 s, not this consumer's --claim-idle 60 s": [],
+        "remembers message ids for 60 s, less than --dedup-ttl 3600 s": [
+            "--claim-idle", "30s", "--output-stream", "short.answers",
+        ],
+        "--consumer names a consumer of a Redis group": ["--consumer", "pod-0"],
+        "--start-id '17' means nothing to NATS": ["--start-id", "17"],
+        "both a Redis (--redis-url or MODELYARD_REDIS_URL) and a NATS": [
+            "--redis-url", "redis://127.0.0.1:1/0",
+        ],
+    }  # fmt: skip
+    for expected, extra in cases.items():
+        capsys.readouterr()
+        code = main([*command(server), *extra])
+        err = capsys.readouterr().err
+        assert code == 2 and expected in err, err
+        assert "Traceback" not in err
+    wildcard = ["--stream", "claims.>", "--group", "all", "--output-stream", "claims.answers"]
+    code = main([*command(server), *wildcard])
+    err = capsys.readouterr().err
+    assert code == 2 and "consumer would read its own answers" in err, err
+    # a Redis URL from the environment gives way to --nats-url on the command line, and
+    # the other way round: here NATS answers (and the group's ack wait is refused)
+    monkeypatch.setenv("MODELYARD_REDIS_URL", "redis://127.0.0.1:1/0")
+    assert main(command(server)) == 2
+    assert "not this consumer's --claim-idle" in capsys.readouterr().err
+    with nats_server(tmp_path / "plain", jetstream=False) as plain:
+        code = main([*command(plain), "--claim-idle", "30s"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"the NATS at {plain.url} has no JetStream" in err, err
+    code = main([*command(server), "--nats-url", "nats://127.0.0.1:1"])
+    err = capsys.readouterr().err
+    assert code == 1 and "cannot reach NATS at nats://127.0.0.1:1" in err, err
+    assert answers_or_none(server) == []
