@@ -82,17 +82,20 @@ def render_chat(
     with_tools = bool(tools) or any(m["role"] == "tool" or m.get("tool_calls") for m in checked)
     if with_tools:
         return _render_with_tools(version, name, checked, tokenizer, list(tools or []))
-    last_user = str(next(m["content"] for m in reversed(checked) if m["role"] == "user"))
+    at = max(i for i, m in enumerate(checked) if m["role"] == "user")
+    last_user = str(checked[at]["content"])
     if name == "alpaca":
         system = "\n".join(m["content"] for m in checked if m["role"] == "system").strip()
         if system:
             return render_prompt({"instruction": system, "input": last_user})
+        _needs_text(version, name, last_user, at, "the instruction")
         return render_prompt({"instruction": last_user})
     if name == "text":
         return last_user
     try:
         template = template_named(name, tokenizer)
         if name == "classification":
+            _needs_text(version, name, last_user, at, "the text to label")
             # render() wants a whole row; only the prompt is used, so any label will do
             return template.render({"text": last_user, "label": "-"})[0]
         return template.prompt_of_messages(checked)
@@ -101,6 +104,19 @@ def render_chat(
             f"cannot render prompts for {version.ref}: {exc.message}",
             hint="Check the version's lineage.prompt_template and its base tokenizer.",
         ) from exc
+
+
+def _needs_text(version: ModelVersion, template: str, text: str, at: int, role: str) -> None:
+    """Refuse a blank last user message where ``template`` has nothing else to prompt with
+    (the training rows' own check would speak of dataset rows, not of the request)."""
+    if not text.strip():
+        raise ConfigError(
+            f"messages[{at}] (the last user message) is empty: {version.ref} is served with "
+            f"the {template!r} prompt template, where it is {role}",
+            hint="Send the user's text in it"
+            + (", or a system message with the instruction." if template == "alpaca" else "."),
+            param=f"messages.{at}.content",
+        )
 
 
 def _render_with_tools(

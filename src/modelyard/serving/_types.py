@@ -39,10 +39,14 @@ def context_exceeded(prompt_tokens: int, max_tokens: int, context: int, ref: str
 
 def naming_prompt(exc: ConfigError, param: str) -> ConfigError:
     """``exc`` naming the route's prompt parameter (``messages``, ``input``) where it names
-    the prompt (``prompt`` or ``messages``), as the same class; ``exc`` itself otherwise."""
+    the prompt (``prompt`` or ``messages``, or a part of it such as ``messages.0.content``:
+    the Responses API's ``input`` is not those messages one for one), as the same class;
+    ``exc`` itself otherwise."""
     if type(exc) not in (ConfigError, ContextLengthExceeded):
         return exc
-    if exc.context.get("param") not in ("prompt", "messages") or exc.context["param"] == param:
+    named = exc.context.get("param")
+    head = named.split(".")[0] if isinstance(named, str) else None
+    if head not in ("prompt", "messages") or head == param:
         return exc
     return type(exc)(exc.message, hint=exc.hint, param=param)
 

@@ -1,0 +1,70 @@
+"""The application developer's journey (docs: JOURNEYS.md, journey 3): an OpenAI client
+and nothing else, pointed at a tenant's endpoint. Each test is a request such a
+developer really sends, and asserts what the client sees: the status, OpenAI's error
+body and the answer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import openai
+import pytest
+
+from modelyard.access import create_api_key
+from modelyard.serving import BackgroundServer, EchoEngine, create_app
+from modelyard.store import Store
+from worlds import two_tenant_world
+
+
+@dataclass
+class Served:
+    url: str
+    store: Store
+    keys: dict[str, str]
+    clients: ExitStack
+
+    def client(self, tenant: str = "acme") -> openai.OpenAI:
+        client = openai.OpenAI(base_url=self.url + "/v1", api_key=self.keys[tenant], max_retries=0)
+        return self.clients.enter_context(client)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    """acme's and globex's endpoints (alpaca versions, as `modelyard finetune` registers
+    alpaca data) behind the echo engine."""
+    with Store.open(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        two_tenant_world(store, template="alpaca")
+        keys = {t: create_api_key(store, t)[1] for t in ("acme", "globex")}
+        app = create_app(store, EchoEngine(), refresh_seconds=0.2, heartbeat_s=None)
+        with BackgroundServer(app) as server, ExitStack() as clients:
+            yield Served(server.base_url, store, keys, clients)
+
+
+@pytest.mark.parametrize("content", ["", "   "])
+def test_an_empty_user_message_is_a_400_about_the_message_not_about_training_rows(
+    served: Served, content: str
+) -> None:
+    client = served.client()
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(
+            model="acme-support", messages=[{"role": "user", "content": content}], max_tokens=4
+        )
+    error = caught.value.body
+    assert isinstance(error, dict)
+    assert error["param"] == "messages.0.content" and error["type"] == "invalid_request_error"
+    assert "empty" in error["message"] and "alpaca" in error["message"]
+    assert "example" not in error["message"] and "row" not in error["message"]
+    with pytest.raises(openai.BadRequestError) as by_responses:  # the Responses API alike
+        client.responses.create(model="acme-support", input=content, max_output_tokens=4)
+    assert isinstance(by_responses.value.body, dict)
+    assert by_responses.value.body["param"] == "input"
+    # with the instruction in a system message, the empty input is fine
+    done = client.chat.completions.create(
+        model="acme-support",
+        messages=[{"role": "system", "content": "say hi"}, {"role": "user", "content": content}],
+        max_tokens=4,
+    )
+    assert done.choices[0].finish_reason in ("stop", "length")
