@@ -67,3 +67,55 @@ def test_a_cancelled_ci_job_sigterm_marks_the_fine_tune_interrupted(tmp_path: Pa
         assert run.status == "interrupted"
         assert not store.list_registered_models()  # nothing half registered
     assert not any((home / "runs").glob("*"))  # the run's scratch is gone
+
+
+def test_a_hung_on_breach_notifier_holds_no_tick(home: Path) -> None:
+    """A custom ``on_breach`` (a caller's notifier) ran in the tick, so one that hung held
+    every other rollout and the lease. Now it runs on a thread of its own: while it hangs
+    on the first rollback, the next tick still rolls the other endpoint back; ``close``
+    waits for both notices, made in the order the rollbacks happened."""
+    import threading
+    import uuid
+
+    from modelyard.delivery import Controller, start_rollout
+    from modelyard.store import NewInferenceRecord
+    from worlds import fake_world
+
+    home.mkdir(parents=True)
+    store = Store.open(f"sqlite:///{home / 'store.db'}")
+    fake_world(store, versions=3, template=None)
+    store.create_endpoint("helpdesk", model_ref="bot:1", tenant="acme")
+    for name in ("support", "helpdesk"):
+        start_rollout(store, name, "bot:2", steps="100", bake_s=3600, min_requests=5)
+    release = threading.Event()
+    noticed: list[tuple[str, str, bool]] = []
+
+    def hung_notifier(s: Store, r: object, breach: object) -> None:
+        # a pager that does not answer until the test has seen the next ticks go on
+        released = release.wait(20)
+        noticed.append((r.endpoint, r.status, released))  # type: ignore[attr-defined]
+
+    def errors(name: str) -> None:
+        vid = store.get_model_version("bot", 2).id
+        store.add_inference_records(
+            NewInferenceRecord(
+                id=f"cmpl-{uuid.uuid4().hex}", endpoint_name=name, route="completions",
+                latency_ms=5.0, status="error", http_status=503, version_id=vid,
+            )
+            for _ in range(10)
+        )  # fmt: skip
+
+    ctl = Controller(store, on_breach=hung_notifier)
+    ctl.tick()  # both bake
+    errors("support")
+    (first,) = ctl.tick()
+    assert first.endpoint == "support" and first.status == "rolled_back"
+    errors("helpdesk")
+    (second,) = ctl.tick()  # the first notice still hangs: this tick was not held by it
+    assert second.endpoint == "helpdesk" and second.status == "rolled_back"
+    assert not release.is_set()
+    release.set()
+    assert ctl.close(timeout_s=30)
+    # in the tick, the notifier waited its 20 s out with nothing released: the ticks were held
+    assert noticed == [("support", "rolled_back", True), ("helpdesk", "rolled_back", True)]
+    store.close()

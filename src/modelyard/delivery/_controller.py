@@ -146,8 +146,10 @@ class Controller:
 
     A rollback's alert is recorded in the tick and its webhook POSTed by ``alerts``, a
     sender on a thread of its own (``_sender``): a slow or hung receiver never delays a
-    tick, so never costs the lease. ``run`` ends with ``close``, which waits
-    ``close_timeout_s`` at most for the alerts still queued.
+    tick, so never costs the lease. A custom ``on_breach`` (a notifier of the caller's)
+    is called off the tick as well, on a thread of its own, one rollback at a time in the
+    order they happened. ``run`` ends with ``close``, which waits ``close_timeout_s`` at
+    most for the alerts still queued and the ``on_breach`` calls still due.
     """
 
     def __init__(
@@ -177,6 +179,15 @@ class Controller:
             if on_breach is not None
             else functools.partial(rollback_alert, sender=self.alerts)
         )
+        # The built-in notifier only records the alert in the tick (its webhook is queued on
+        # ``alerts``); a caller's may take any time (a chat message, a pager), so it runs on
+        # a thread of its own, in order: it never holds the other rollouts nor the lease.
+        self._notifier = (
+            None
+            if on_breach is None
+            else ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelyard-breach")
+        )
+        self._notices: list[Future[None]] = []
         self.extra_ticks = extra_ticks or []
         self.extra_every_s = extra_every_s
         self._extra_at = 0.0
@@ -271,8 +282,26 @@ class Controller:
                 names = ", ".join(getattr(x, "__name__", str(x)) for x in self.extra_ticks)
                 log.warning("the controller stopped with its task %s still running", names)
         self._extras.shutdown(wait=False, cancel_futures=True)
+        notified = self._close_notifier(deadline)
         sent = self.alerts.close(max(0.0, deadline - time.monotonic()))
-        return ended and sent
+        return ended and notified and sent
+
+    def _close_notifier(self, deadline: float) -> bool:
+        """Wait until ``deadline`` for the ``on_breach`` calls still due; False if some were
+        not made (logged) or still run. The controller may tick again afterwards."""
+        if self._notifier is None:
+            return True
+        for notice in self._notices:
+            with contextlib.suppress(FutureTimeout):
+                notice.result(timeout=max(0.0, deadline - time.monotonic()))
+        left = [n for n in self._notices if not n.done()]
+        if left:
+            log.warning("the controller stopped with %d rollback notice(s) of on_breach not "
+                        "made or not finished", len(left))  # fmt: skip
+        self._notifier.shutdown(wait=False, cancel_futures=True)
+        self._notifier = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelyard-breach")
+        self._notices = []
+        return not left
 
     # -- one rollout ------------------------------------------------------------------------
 
@@ -437,11 +466,18 @@ class Controller:
 
     def _send_alerts(self) -> None:
         alerts, self._alerts = self._alerts, []
+        self._notices = [n for n in self._notices if not n.done()]
         for after, breach in alerts:
-            try:
-                self.on_breach(self.store, after, breach)
-            except Exception:  # a notifier must not stop the controller
-                log.exception("the rollback alert failed")
+            if self._notifier is None:
+                self._notify(after, breach)
+            else:
+                self._notices.append(self._notifier.submit(self._notify, after, breach))
+
+    def _notify(self, after: Rollout, breach: Mapping[str, Any]) -> None:
+        try:
+            self.on_breach(self.store, after, breach)
+        except Exception:  # a notifier must not stop the controller
+            log.exception("the rollback alert failed")
 
 
 def promote_alias(store: Store, r: Rollout) -> dict[str, Any]:
