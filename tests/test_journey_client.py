@@ -68,3 +68,43 @@ def test_an_empty_user_message_is_a_400_about_the_message_not_about_training_row
         max_tokens=4,
     )
     assert done.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize(
+    ("policy", "kept"),
+    [
+        ("redacted", "customer [EMAIL] called back"),
+        ("none", None),
+        ("full", "customer jane.doe@example.com called back"),
+    ],
+)
+def test_feedback_text_is_kept_as_the_tenants_storage_policy_keeps_prompts(
+    tmp_path: Path, policy: str, kept: str | None
+) -> None:
+    """A support agent pastes what the customer wrote into the comment and the corrected
+    answer into the label: a redacted tenant must not keep the e-mail there either."""
+    with Store.open(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        two_tenant_world(store, template="alpaca", policies={"acme": policy})  # type: ignore[dict-item]
+        key = create_api_key(store, "acme")[1]
+        app = create_app(store, EchoEngine(), refresh_seconds=0.2, heartbeat_s=None)
+        with BackgroundServer(app) as server:
+            client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0)
+            done = client.chat.completions.create(
+                model="acme-support",
+                messages=[{"role": "user", "content": "my e-mail is jane.doe@example.com"}],
+                max_tokens=8,
+            )
+            answer = client.post(
+                "/feedback",
+                body={
+                    "request_id": done.id,
+                    "thumbs": "down",
+                    "comment": "customer jane.doe@example.com called back",
+                    "label": "customer jane.doe@example.com called back",
+                },
+                cast_to=dict,
+            )
+            client.close()
+        assert answer["comment"] == kept and answer["label"] == kept  # what was kept
+        [stored] = store.list_feedback(tenant="acme")
+        assert stored.comment == kept and stored.label == kept and stored.score == -1

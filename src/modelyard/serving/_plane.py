@@ -37,6 +37,7 @@ from modelyard.errors import (
 )
 from modelyard.monitoring import (
     RecordWriter,
+    apply_storage_policy,
 )
 from modelyard.serving._auth import KeyCache
 from modelyard.serving._budgets import BudgetGuard
@@ -423,8 +424,13 @@ class DataPlane:
         """Store a verdict on one of the key's tenant's requests (blocking: run it off the loop).
 
         A request answered here moments ago may not be written yet: wait for the
-        record writer once, then ask again.
+        record writer once, then ask again. ``comment`` and ``label`` are kept as the
+        tenant's storage policy keeps its prompts (masked, hashed or not at all): they are
+        where people paste what the customer wrote.
         """
+        policy = self.tenant(key.tenant).storage_policy
+        comment = apply_storage_policy(comment, policy)
+        label = apply_storage_policy(label, policy)
         try:
             return self.store.add_feedback(
                 request_id, tenant=key.tenant, score=score, comment=comment, api_key_id=key.id,
