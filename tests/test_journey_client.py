@@ -16,6 +16,7 @@ import pytest
 from modelyard.access import create_api_key
 from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.store import Store
+from tinymodels import rambler_server
 from worlds import two_tenant_world
 
 
@@ -108,3 +109,41 @@ def test_feedback_text_is_kept_as_the_tenants_storage_policy_keeps_prompts(
         assert answer["comment"] == kept and answer["label"] == kept  # what was kept
         [stored] = store.list_feedback(tenant="acme")
         assert stored.comment == kept and stored.label == kept and stored.score == -1
+
+
+@pytest.fixture(scope="module")
+def rambler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """The transformers engine on a tiny base (256-token context): acme's ``rambler``,
+    whose answers run to the token limit."""
+    with rambler_server(tmp_path_factory.mktemp("journey-tiny")) as (url, _, key):
+        yield url, key
+
+
+def test_a_request_without_max_tokens_is_answered_to_the_end_of_the_context(
+    rambler: tuple[str, str],
+) -> None:
+    """A developer who sends no max_tokens (as most do) gets an answer cut at the context,
+    as OpenAI and vLLM give it, never a 400 asking to lower a max_tokens never sent."""
+    url, key = rambler
+    long = [{"role": "user", "content": "word " * 65}]  # fits, but not with 64 more tokens
+    with openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0) as client:
+        done = client.chat.completions.create(model="rambler", messages=long)  # type: ignore[arg-type]
+        assert done.usage is not None
+        assert done.usage.prompt_tokens + 64 > 256, "the prompt must leave less than 64"
+        assert done.usage.total_tokens == 256 and done.choices[0].finish_reason == "length"
+        answer = client.responses.create(model="rambler", input="word " * 65)
+        assert answer.usage is not None and answer.usage.total_tokens == 256
+        assert answer.status == "incomplete"
+        # a max_tokens the client did send is still refused when it does not fit
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(model="rambler", messages=long, max_tokens=64)  # type: ignore[arg-type]
+        assert (caught.value.code, caught.value.param) == ("context_length_exceeded", "max_tokens")
+        # a prompt that leaves no room at all is refused, naming the prompt
+        with pytest.raises(openai.BadRequestError) as too_long:
+            client.chat.completions.create(
+                model="rambler", messages=[{"role": "user", "content": "word " * 400}]
+            )
+        assert (too_long.value.code, too_long.value.param) == (
+            "context_length_exceeded",
+            "messages",
+        )

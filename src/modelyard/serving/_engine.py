@@ -43,7 +43,7 @@ from modelyard.serving._types import (
     TokenPrompt,
     check_bias_ids,
     check_token_ids,
-    context_exceeded,
+    fit_to_context,
 )
 from modelyard.store import ModelVersion, Store
 
@@ -298,8 +298,7 @@ class TransformersEngine(Engine):
                 ids = [int(i) for i in base.tokenizer(prompt)["input_ids"]]
         if not ids:
             raise ConfigError("the prompt is empty", hint="Send some text to complete.")
-        if base.context_length and len(ids) + params.max_tokens > base.context_length:
-            raise context_exceeded(len(ids), params.max_tokens, base.context_length, version.ref)
+        params = fit_to_context(params, len(ids), base.context_length, version.ref)
         if params.logit_bias:
             check_bias_ids(params.logit_bias, int(base.model.config.vocab_size), version.ref)
         if params.min_tokens and params.guide is not None:  # the grammar may need to end it

@@ -313,7 +313,13 @@ class ResponsesRequest(BaseModel):
             from modelyard.serving._grammar import grammar_of  # xgrammar: only when asked
 
             grammar_of(guide)  # a schema the library cannot compile: 400 naming it
-        return SamplingParams(max_tokens=wanted, temperature=temperature, top_p=top_p, guide=guide)
+        return SamplingParams(
+            max_tokens=wanted,
+            temperature=temperature,
+            top_p=top_p,
+            guide=guide,
+            max_tokens_defaulted=not self.max_output_tokens,
+        )
 
     def guide(self) -> Guide | None:
         """What the answer is constrained to (``text.format``)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 
 from modelyard.errors import ConfigError, ContextLengthExceeded, EngineError
@@ -35,6 +35,22 @@ def context_exceeded(prompt_tokens: int, max_tokens: int, context: int, ref: str
         else "Shorten the prompt.",
         param="max_tokens" if fits > 0 else "prompt",
     )
+
+
+def fit_to_context(
+    params: SamplingParams, prompt_tokens: int, context: int | None, ref: str
+) -> SamplingParams:
+    """``params`` for a prompt of ``prompt_tokens`` in a ``context``-token model (None or 0:
+    unknown): as they are when they fit; with a default ``max_tokens`` lowered to what the
+    context leaves (at least ``min_tokens``, at least 1); else the 400 of
+    ``context_exceeded``. A client that sent no ``max_tokens`` never gets a 400 asking for
+    fewer of them."""
+    if not context or prompt_tokens + params.max_tokens <= context:
+        return params
+    left = context - prompt_tokens
+    if params.max_tokens_defaulted and left >= max(1, params.min_tokens):
+        return replace(params, max_tokens=left)
+    raise context_exceeded(prompt_tokens, params.max_tokens, context, ref)
 
 
 def naming_prompt(exc: ConfigError, param: str) -> ConfigError:
@@ -103,6 +119,9 @@ class SamplingParams:
     min_p: float = 0.0
     repetition_penalty: float = 1.0
     min_tokens: int = 0
+    # max_tokens is the server's default, not the client's: an engine lowers it to what
+    # the model's context leaves after the prompt, as OpenAI and vLLM do without max_tokens
+    max_tokens_defaulted: bool = False
 
     def __post_init__(self) -> None:
         """Settings an engine cannot run are a client's mistake (400), never an engine error:
@@ -352,5 +371,6 @@ __all__ = [
     "TokenPrompt",
     "check_token_ids",
     "context_exceeded",
+    "fit_to_context",
     "naming_prompt",
 ]

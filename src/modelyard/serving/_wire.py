@@ -386,6 +386,7 @@ class CommonRequest(SamplingExtensions):
             **self.shaping(),
             **self.extensions(),
             echo=self.echo is True,
+            max_tokens_defaulted=not (self.max_completion_tokens or self.max_tokens),
         )
 
     def offered_tools(self) -> list[dict[str, Any]]:
