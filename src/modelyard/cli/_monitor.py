@@ -7,6 +7,7 @@ and not stored, and ``--evaluate`` / ``--semantic`` work on the database only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from modelyard.cli._common import (
     console,
@@ -406,16 +408,16 @@ def alerts(
     for a in items:
         since = a.fired_at if a.state == "firing" else a.resolved_at or a.active_since
         colour = {"firing": "bold red", "pending": "yellow", "resolved": "green"}.get(a.state, "")
-        table.add_row(
-            a.rule,
-            ", ".join(f"{k}={v}" for k, v in sorted(a.labels.items())),
-            a.severity,
-            f"[{colour}]{a.state}[/]" if colour else a.state,
-            _fmt(a.value, 3),
+        table.add_row(  # Text: labels and summaries ("... [endpoint=support]") are no markup
+            Text(a.rule),
+            Text(", ".join(f"{k}={v}" for k, v in sorted(a.labels.items()))),
+            Text(a.severity),
+            Text(a.state, style=colour),
+            "-" if a.value is None else f"{a.value:.4g}",  # a p-value of 1e-61 is not 0.000
             f"{since:%Y-%m-%d %H:%M:%S}" if since else "-",
-            a.summary,
+            Text(a.summary),
         )
-    console.print(table)
+    _print_wide(table)
 
 
 @app.command("tick")
@@ -452,27 +454,31 @@ def tick_command(rules: Path | None = RULES, json_out: bool = JSON) -> None:
     if json_out:
         print_json(summary)
         return
-    console.print(
+    lines = [
         f"profiles: {report.profiles.hours} hour(s), {report.profiles.days} day(s), "
-        f"{report.profiles.rows} row(s)"
-    )
-    for tenant, n in report.purged.items():
-        console.print(f"retention: deleted {n} raw record(s) of {tenant}")
-    for d in report.drift:
-        console.print(f"drift {d.endpoint}: {', '.join(d.drifted_features) or 'none'}")
-    for endpoint, error in report.drift_errors.items():
-        console.print(f"drift {endpoint} skipped: {error}")
-    for j in report.judged:
-        console.print(
+        f"{report.profiles.rows} row(s)",
+        *(f"retention: deleted {n} raw record(s) of {t}" for t, n in report.purged.items()),
+        *(f"drift {d.endpoint}: {', '.join(d.drifted_features) or 'none'}" for d in report.drift),
+        *(f"drift {endpoint} skipped: {e}" for endpoint, e in report.drift_errors.items()),
+        *(
             f"judge {j.judge} on {j.endpoint}: judged {j.judged} record(s), {j.scored} scored"
             + (f", {j.backlog} left for the next ticks" if j.backlog else "")
-        )
-    for where, error in report.judging_errors.items():
-        console.print(f"judging {where} skipped: {error}", soft_wrap=True)
-    for t in report.transitions:
-        console.print(
-            f"alert {t.alert.rule} [{t.alert.labels.get('endpoint')}]: {t.before} → {t.alert.state}"
-        )
+            for j in report.judged
+        ),
+        *(f"judging {where} skipped: {e}" for where, e in report.judging_errors.items()),
+        *(f"alert {t.alert.rule} [{_where(t.alert.labels)}]: {t.before} → {t.alert.state}"
+          for t in report.transitions),
+    ]  # fmt: skip
+    for line in lines:  # plain text: a label such as [endpoint=...] is no Rich markup
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _where(labels: Mapping[str, str]) -> str:
+    """Which alert of a rule: its endpoint, or a budget alert's tenant/key/period."""
+    if labels.get("endpoint"):
+        return labels["endpoint"]
+    scope = [labels.get(k, "") for k in ("tenant", "key", "period")]
+    return "/".join(scope) if any(scope) else ", ".join(f"{k}={v}" for k, v in labels.items())
 
 
 @app.command("metrics")
