@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from modelyard.base import create_tiny_base
@@ -119,3 +120,36 @@ def test_a_hung_on_breach_notifier_holds_no_tick(home: Path) -> None:
     # in the tick, the notifier waited its 20 s out with nothing released: the ticks were held
     assert noticed == [("support", "rolled_back", True), ("helpdesk", "rolled_back", True)]
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("guard", "says"),
+    [
+        ("p95_latency_ms <= 1.2 * basline", "'basline' in the threshold is not a word it knows "
+         "(did you mean 'baseline'?)"),
+        ("p95_latency_ms <= baseline * 1.2", "put the factor first: '1.2 * baseline'"),
+        ("error_rate <= 2%", "'2%' is not a number: write a share, 0.02 for 2%"),
+        ("error_rate =< 0.02", "'=<' is not an operator (use <=, <, >= or >)"),
+        ("Error_rate <= 0.02", "'Error_rate' is not a metric name (did you mean 'error_rate'?)"),
+        ("error_rate <=", "the threshold is missing"),
+    ],
+)  # fmt: skip
+def test_a_guard_typo_in_the_pipeline_is_named(
+    home: Path, capsys: pytest.CaptureFixture[str], guard: str, says: str
+) -> None:
+    """The pipeline's `rollout start --guard` with a typo said only the grammar; the CI log
+    now points at the part that is wrong. Exit 2, one line, nothing started."""
+    from modelyard.cli import main
+    from worlds import fake_world
+
+    home.mkdir(parents=True)
+    with Store.open(f"sqlite:///{home / 'store.db'}") as store:
+        fake_world(store, versions=3, template=None)
+    capsys.readouterr()
+    code = main(["rollout", "start", "support", "--to", "bot:2", "--guard", guard])
+    _, err = capsys.readouterr()
+    assert code == 2, err
+    assert err.startswith(f"error: invalid guard {guard!r}: {says}; write METRIC OP THRESHOLD")
+    assert len(err.strip().splitlines()) == 1, err
+    with Store.open(f"sqlite:///{home / 'store.db'}") as store:
+        assert store.list_rollouts(endpoint="support") == []

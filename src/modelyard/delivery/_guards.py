@@ -162,10 +162,11 @@ class GuardResult:
 def parse_guard(text: str) -> Guard:
     match = _GUARD_RE.match(text)
     if match is None:
+        why = _why_invalid(text)
         raise ConfigError(
-            f"invalid guard {text!r}: write METRIC OP THRESHOLD, e.g. 'error_rate <= 0.02', "
-            "'p95_latency_ms <= 1.2 * baseline', 'feedback_score >= baseline - 0.05' or "
-            "'judge.quality >= 3.5'",
+            f"invalid guard {text!r}: {why + '; ' if why else ''}write METRIC OP THRESHOLD, "
+            "e.g. 'error_rate <= 0.02', 'p95_latency_ms <= 1.2 * baseline', "
+            "'feedback_score >= baseline - 0.05' or 'judge.quality >= 3.5'",
             field="guard",
         )
     metric = canonical(match["metric"])  # latency_p95_ms is p95_latency_ms
@@ -183,6 +184,39 @@ def parse_guard(text: str) -> Guard:
         offset = -offset
     factor = float(match["factor"]) if match["factor"] else 1.0
     return Guard(text.strip(), metric, match["op"], None, factor, offset, sample)
+
+
+_PARTS_RE = re.compile(r"^\s*(?P<metric>\S*?)\s*(?P<op>[<>=!]+)\s*(?P<rest>.*?)\s*$")
+_THRESHOLD_RE = re.compile(r"^(?P<head>.*?)\s*(?:\((?P<options>[^()]*)\))?$")
+
+
+def _why_invalid(text: str) -> str:
+    """Which part of a guard that does not parse is wrong (empty when none stands out): a
+    CI log then points at the typo, not only at the grammar."""
+    parts = _PARTS_RE.match(text)
+    if parts is None or not parts["metric"]:
+        return "no METRIC OP part (<=, <, >= or >) in it" if text.strip() else "it is empty"
+    if not re.fullmatch(r"judge\.[a-z0-9][a-z0-9._-]{0,62}|[a-z0-9_]+", parts["metric"]):
+        near = hint(parts["metric"].lower(), METRICS) or " (a judge's is judge.NAME)"
+        return f"{parts['metric']!r} is not a metric name{near}"
+    if parts["op"] not in ("<=", ">=", "<", ">"):
+        return f"{parts['op']!r} is not an operator (use <=, <, >= or >)"
+    bare = _THRESHOLD_RE.match(parts["rest"])  # the threshold without its (sample N)
+    head = bare["head"] if bare else parts["rest"]
+    words = re.findall(r"[A-Za-z_][A-Za-z_0-9]*", head)
+    wrong = [w for w in words if w != "baseline"]
+    if not head:
+        return "the threshold is missing"
+    if percent := re.fullmatch(rf"\s*({_NUM})\s*%\s*", head):
+        n = float(percent[1])
+        return f"{head.strip()!r} is not a number: write a share, {n / 100:g} for {n:g}%"
+    if wrong and "baseline" not in words and hint(wrong[0], ["baseline"]):
+        return f"{wrong[0]!r} in the threshold is not a word it knows{hint(wrong[0], ['baseline'])}"
+    if re.fullmatch(rf"\s*baseline\s*\*\s*{_NUM}\s*", head):
+        return f"put the factor first: '{head.split('*')[1].strip()} * baseline'"
+    return (
+        f"the threshold {head.strip()!r} is neither a number nor [FACTOR *] baseline [+|- OFFSET]"
+    )
 
 
 def _bounds(metric: str) -> tuple[float, float]:
