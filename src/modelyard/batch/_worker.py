@@ -4,9 +4,10 @@
 (``_ray``) each worker builds its own, on its own machine, from values the
 driver sends, never the driver's objects:
 
-- ``EngineSpec``: which engine (transformers, or the echo fake), its device,
-  dtype and sizes; the CLI builds its own engine from the same spec, so both
-  paths load a model the same way;
+- ``EngineSpec``: which engine (transformers, vllm, or the echo fake), its
+  device, dtype and sizes (vllm: the options of the vLLM server it starts); the
+  CLI builds its own engine from the same spec, so both paths load a model the
+  same way;
 - ``WorkerSpec``: the settings the driver resolved (the store's URL, where
   artifacts live, the home, the actor, the access policy) and the server
   limits, so a worker opens the same store and artifacts wherever it runs. The
@@ -19,22 +20,25 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from modelyard.artifacts import ArtifactStore, artifacts_from_settings
 from modelyard.audit import AccessPolicy, AuditKeySource
 from modelyard.errors import ConfigError
-from modelyard.serving import Engine, ServerLimits
+from modelyard.serving import Engine, ServerLimits, VLLMOptions
 from modelyard.settings import Settings
 from modelyard.store import Store
 
-ENGINES: tuple[str, ...] = ("transformers", "echo")
+ENGINES: tuple[str, ...] = ("transformers", "vllm", "echo")
 
 
 @dataclass(frozen=True)
 class EngineSpec:
-    """How to build a job's engine: ``kind`` transformers (embedded) or echo (a fake that
-    answers with the prompt's last line, ``echo_delay_ms`` before each word)."""
+    """How to build a job's engine: ``kind`` transformers (embedded), vllm (a vLLM server
+    it starts with ``vllm``'s options, logging to ``log_dir``, stopped with the engine) or
+    echo (a fake that answers with the prompt's last line, ``echo_delay_ms`` before each
+    word)."""
 
     kind: str = "transformers"
     device: str = "auto"
@@ -43,12 +47,17 @@ class EngineSpec:
     max_adapters: int = 8
     max_queue: int = 256
     echo_delay_ms: float = 0.0
+    vllm: VLLMOptions | None = None
+    log_dir: str = ""
+    request_timeout_s: float = 600.0  # vllm: how long one request to vLLM may take
 
     def __post_init__(self) -> None:
         if self.kind not in ENGINES:
-            raise ConfigError(f"unknown --engine {self.kind!r}: use transformers or echo")
+            raise ConfigError(f"unknown --engine {self.kind!r}: use transformers, vllm or echo")
         if self.echo_delay_ms and self.kind != "echo":
             raise ConfigError("--echo-delay-ms works only with --engine echo")
+        if (self.kind == "vllm") != (self.vllm is not None):
+            raise ConfigError("the vLLM options go with --engine vllm, and only with it")
 
     def build(self, store: Store, open_artifacts: Callable[[], ArtifactStore]) -> Engine:
         """The engine, as ``serve`` builds it: versions of kind ``upstream`` answer from
@@ -63,7 +72,15 @@ class EngineSpec:
         )
 
         local: Engine
-        if self.kind == "transformers":
+        if self.vllm is not None:
+            from modelyard.serving import VLLMEngine
+
+            local = VLLMEngine(
+                open_artifacts(), self.vllm, store=store, max_adapters=self.max_adapters,
+                max_queue=self.max_queue, log_dir=Path(self.log_dir),
+                request_timeout_s=self.request_timeout_s,
+            )  # fmt: skip
+        elif self.kind == "transformers":
             local = TransformersEngine(
                 open_artifacts(), max_adapters=self.max_adapters,
                 max_batch_size=self.max_batch_size, max_queue=self.max_queue, store=store,

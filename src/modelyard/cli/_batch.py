@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator
+import signal
+import time
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,12 +33,14 @@ from modelyard.cli._common import (
     print_json,
     settings,
 )
-from modelyard.errors import ConfigError, ModelyardError
+from modelyard.errors import ConfigError, EngineError, ModelyardError
 
 if TYPE_CHECKING:
-    from modelyard.batch import EngineSpec, JobSummary, RayOptions, RunnerFactory
-    from modelyard.serving import Engine, ServerLimits
-    from modelyard.store import Store
+    from modelyard.batch import EngineSpec, FileJobSpec, JobSummary, RayOptions, RunnerFactory
+    from modelyard.serving import Engine, ServerLimits, VLLMEngine, VLLMOptions
+    from modelyard.store import ModelVersion, Store
+
+OnStart = Callable[["JobSummary", bool], None]
 
 app = typer.Typer(
     help="Batch inference: every row of a file answered through an endpoint.",
@@ -78,8 +82,15 @@ TENANT = typer.Option(
 """Who is asked and as whom: shared by ``batch run`` and ``stream run``."""
 
 
+VLLM_ONLY = ("vllm_python", "vllm_max_loras", "vllm_max_lora_rank", "vllm_max_model_len",
+             "vllm_max_num_seqs", "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size",
+             "vllm_kv_cache_gb", "vllm_start_timeout_s")  # fmt: skip
+NOT_VLLM = ("device", "max_batch_size")  # vLLM places and batches its own
+
+
 @app.command("run")
 def run(
+    ctx: typer.Context,
     input: Path | None = typer.Argument(
         None, help="The rows to answer: a .jsonl, .csv or .parquet file (or --input)."
     ),
@@ -131,7 +142,9 @@ def run(
         False, "--overwrite", help="Start over: remove the output and any stopped job's state."
     ),
     engine: str = typer.Option(
-        "transformers", help="transformers (embedded) or echo (a fake that answers the prompt)."
+        "transformers",
+        help="transformers (embedded), vllm (a vLLM server started for the job; see "
+        "--vllm-python) or echo (a fake that answers the prompt).",
     ),
     device: str = typer.Option("auto", help="transformers engine: auto, cpu, cuda, cuda:N."),
     dtype: str = typer.Option("auto", help="transformers engine: auto, float32, bfloat16..."),
@@ -146,6 +159,34 @@ def run(
         0.0, min=0.0, help="With --engine echo: pause before each word (tests)."
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    vllm_python: str | None = typer.Option(
+        None,
+        envvar="MODELYARD_VLLM_PYTHON",
+        help="--engine vllm: the python of vLLM's own environment (default: "
+        "./.venv-vllm/bin/python, which `make vllm` builds).",
+    ),
+    vllm_max_loras: int = typer.Option(
+        4, "--vllm-max-loras", "--max-loras", min=1, help="--engine vllm: adapters in one batch."
+    ),
+    vllm_max_lora_rank: int = typer.Option(64, help="--engine vllm: largest LoRA rank."),
+    vllm_max_model_len: int | None = typer.Option(
+        None, min=1, help="--engine vllm: context length (default: the model's)."
+    ),
+    vllm_max_num_seqs: int | None = typer.Option(
+        None, min=1, help="--engine vllm: requests vLLM decodes at once (default 256)."
+    ),
+    vllm_gpu_memory_utilization: float | None = typer.Option(
+        None, min=0.05, max=1.0, help="--engine vllm: share of GPU memory vLLM may take."
+    ),
+    vllm_tensor_parallel_size: int | None = typer.Option(
+        None, min=1, help="--engine vllm: GPUs one model is split over."
+    ),
+    vllm_kv_cache_gb: float = typer.Option(
+        2.0, min=0.1, help="--engine vllm on a CPU: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE)."
+    ),
+    vllm_start_timeout_s: float = typer.Option(
+        1200.0, min=1.0, help="--engine vllm: how long vLLM may take to become ready."
+    ),
     ray_address: str | None = typer.Option(
         None,
         "--ray",
@@ -206,8 +247,26 @@ def run(
     limits = ServerLimits(
         max_tokens=max(max_tokens, 256), request_timeout_s=request_timeout_s or None
     )
-    engines = EngineSpec(engine, device, dtype, max_batch_size, max_adapters,
-                         max(256, concurrency), echo_delay_ms)  # fmt: skip
+    _refuse_unread(ctx, engine)
+    vllm = None
+    if engine == "vllm":
+        if ray_address:
+            raise ConfigError(
+                "--engine vllm does not run on --ray: each actor would start a vLLM server",
+                hint="Run the job without --ray (one vLLM server answers it), or with "
+                "--engine transformers on the cluster.",
+            )
+        vllm = _vllm_options(
+            python=vllm_python, dtype=dtype, max_loras=vllm_max_loras,
+            max_lora_rank=vllm_max_lora_rank, max_model_len=vllm_max_model_len,
+            max_num_seqs=vllm_max_num_seqs, gpu_memory_utilization=vllm_gpu_memory_utilization,
+            tensor_parallel_size=vllm_tensor_parallel_size, kv_cache_gb=vllm_kv_cache_gb,
+            start_timeout_s=vllm_start_timeout_s,
+        )  # fmt: skip
+    engines = EngineSpec(engine, device, dtype, max_batch_size,
+                         max(max_adapters, vllm_max_loras) if vllm else max_adapters,
+                         max(256, concurrency), echo_delay_ms, vllm,
+                         str(settings().home / "logs"), request_timeout_s or 600.0)  # fmt: skip
     if not ray_address and (ray_actors, ray_cpus, ray_gpus) != (1, 1.0, 0.0):
         raise ConfigError("--ray-actors, --ray-cpus and --ray-gpus go with --ray ADDRESS")
     cluster = RayOptions(ray_address, ray_actors, ray_cpus, ray_gpus) if ray_address else None
@@ -220,9 +279,12 @@ def run(
         chosen, runner = EchoEngine(), _ray_runner(cluster, engines, limits)
         where = ray_cluster(cluster, store_dialect=store.dialect)
     try:
-        with where, _bar(quiet=json_out) as bar, bad_input():
+        with where, _bar(quiet=json_out) as bar, bad_input(), _sigterm_stops(vllm is not None):
+            started: OnStart = bar.start
+            if engine == "vllm":
+                started = _after_vllm(store, chosen, spec, vllm_start_timeout_s, bar.start)
             summary: JobSummary = run_file_job(
-                store, chosen, spec, limits=limits, progress=bar.update, on_start=bar.start,
+                store, chosen, spec, limits=limits, progress=bar.update, on_start=started,
                 runner=runner,
             )  # fmt: skip
     except KeyboardInterrupt:
@@ -241,6 +303,100 @@ def run(
             hint="Fix the cause, then run the same command again (with a higher "
             "--max-errors) to go on from where it stopped.",
         )
+
+
+def _refuse_unread(ctx: typer.Context, engine: str) -> None:
+    """Options given on the command line that ``engine`` would not read: refused rather
+    than ignored."""
+    for name in (*VLLM_ONLY, *NOT_VLLM):
+        source = ctx.get_parameter_source(name)
+        if (
+            source is None
+            or source.name != "COMMANDLINE"
+            or (name in VLLM_ONLY) == (engine == "vllm")
+        ):
+            continue
+        flag = "--" + name.replace("_", "-")
+        if name in VLLM_ONLY:
+            raise ConfigError(f"{flag} is read only by --engine vllm, not by --engine {engine}")
+        raise ConfigError(
+            f"{flag} is not read by --engine vllm: vLLM places and batches its own rows",
+            hint="Leave it out; --vllm-max-num-seqs bounds vLLM's batches, "
+            "--vllm-tensor-parallel-size its GPUs (CUDA_VISIBLE_DEVICES shows them).",
+        )
+
+
+def _vllm_options(*, python: str | None, **options: object) -> VLLMOptions:
+    """vLLM's options, its interpreter checked (that of `make vllm` here when not given)."""
+    from modelyard.cli._serve import MADE_VLLM_PYTHON
+    from modelyard.serving import VLLMOptions
+
+    if python is None and not MADE_VLLM_PYTHON.is_file():
+        raise ConfigError(
+            f"--engine vllm needs the python of vLLM's environment, and there is no "
+            f"{MADE_VLLM_PYTHON} here",
+            hint="Build it with `make vllm` (in modelyard's checkout, and run the job there), "
+            "or pass --vllm-python PATH (or set MODELYARD_VLLM_PYTHON).",
+        )
+    python = python or str(MADE_VLLM_PYTHON.absolute())  # not resolved: a venv's python is a link
+    return VLLMOptions(python=python, **options)  # type: ignore[arg-type]
+
+
+@contextmanager
+def _sigterm_stops(active: bool) -> Iterator[None]:
+    """While ``active`` (a vLLM server of the job's runs, in a process group of its own): a
+    SIGTERM stops the job as Ctrl+C does, so the server is stopped with it, not left."""
+    if not active:
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _after_vllm(
+    store: Store, engine: Engine, spec: FileJobSpec, timeout_s: float, then: OnStart
+) -> OnStart:
+    """``then``, once the vLLM server of every version the job may ask is ready: a row sent
+    before would fail at once (503). Called when the job's input, key and endpoint are
+    checked, before any row is sent."""
+
+    def start(summary: JobSummary, resumed: bool) -> None:
+        vllm: VLLMEngine = engine.local  # type: ignore[attr-defined]
+        deadline = time.monotonic() + timeout_s
+        for version in _job_versions(store, spec):
+            err_console.print(f"waiting for vLLM to serve {version.ref} (its log: "
+                              f"{vllm.process(version).log_path})")  # fmt: skip
+            if not vllm.warm(version, max(0.0, deadline - time.monotonic())):
+                process = vllm.process(version)
+                raise EngineError(
+                    f"vLLM for {version.ref} was not ready within {timeout_s:g} s "
+                    f"({process.problem}); no row was sent",
+                    hint=f"Its log says why: {process.log_path}. Fix the cause (or give "
+                    "--vllm-start-timeout-s more), then run the same command again.",
+                )
+        then(summary, resumed)
+
+    return start
+
+
+def _job_versions(store: Store, spec: FileJobSpec) -> list[ModelVersion]:
+    """The versions (adapters and full weights) the job's rows may go to: its endpoint's
+    routes and shadow, or the operator's one version."""
+    if spec.model is not None:
+        versions = [store.resolve_model_ref(spec.model)]
+    else:
+        endpoint = store.get_endpoint(str(spec.endpoint))
+        ids = {route.version_id for route in endpoint.routes}
+        ids |= {endpoint.shadow_version_id} if endpoint.shadow_version_id else set()
+        versions = [store.get_model_version_by_id(i) for i in sorted(ids)]
+    return [v for v in versions if v.kind in ("adapter", "full")]
 
 
 def _interrupted(output: Path) -> None:
@@ -273,6 +429,9 @@ def job_engine(
     from their server whatever it is)."""
     from modelyard.batch import EngineSpec
 
+    if kind == "vllm":
+        raise ConfigError("stream run does not take --engine vllm: use transformers or echo",
+                          hint="batch run takes --engine vllm.")  # fmt: skip
     spec = EngineSpec(kind, device, dtype, max_batch_size, max_adapters, max_queue, echo_delay_ms)
     return spec.build(store, open_artifacts)
 
