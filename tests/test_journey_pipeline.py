@@ -153,3 +153,43 @@ def test_a_guard_typo_in_the_pipeline_is_named(
     assert len(err.strip().splitlines()) == 1, err
     with Store.open(f"sqlite:///{home / 'store.db'}") as store:
         assert store.list_rollouts(endpoint="support") == []
+
+
+def test_rollout_wait_rides_out_a_store_that_is_away_for_a_moment(
+    home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`rollout wait --timeout 30m` polls for half an hour; one failed read (the database
+    restarting, a proxy's 502 in front of the admin API) made it exit 1 while the rollout
+    went on, and the pipeline went red for nothing. It now reads again until the timeout;
+    what asking again cannot change (no such endpoint) still fails at once."""
+    from modelyard.cli import main
+    from modelyard.delivery import Controller, start_rollout
+    from modelyard.errors import StoreUnavailable
+    from worlds import fake_world
+
+    home.mkdir(parents=True)
+    with Store.open(f"sqlite:///{home / 'store.db'}") as store:
+        fake_world(store, versions=3, template=None)
+        start_rollout(store, "support", "bot:2", steps="100", bake_s=0, min_requests=0)
+        ctl = Controller(store)
+        for _ in range(3):
+            ctl.tick()
+        ctl.close()
+        assert store.latest_rollout("support").status == "succeeded"
+    real = Store.latest_rollout
+    outages = [StoreUnavailable("the store at sqlite:///x cannot be reached: restarting")] * 2
+
+    def flaky(self: Store, endpoint: str) -> object:
+        if outages:
+            raise outages.pop()
+        return real(self, endpoint)
+
+    monkeypatch.setattr(Store, "latest_rollout", flaky)
+    capsys.readouterr()
+    code = main(["rollout", "wait", "support", "--timeout", "30s", "--poll", "0.05"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "succeeded" in out and not outages
+    code = main(["rollout", "wait", "nope", "--timeout", "30s", "--poll", "0.05"])
+    _, err = capsys.readouterr()
+    assert code == 1 and err.startswith("error: no endpoint named 'nope'"), err

@@ -7,6 +7,7 @@ manual levers, each one audited transition of the store.
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
@@ -15,9 +16,13 @@ from modelyard.delivery._controller import promote_alias
 from modelyard.delivery._guards import check_guard
 from modelyard.delivery._judging import check_judge_guards
 from modelyard.errors import (
+    AuthError,
     ConfigError,
     Conflict,
     ModelVersionNotFound,
+    ModelyardError,
+    NotFound,
+    PermissionDenied,
     RolloutError,
     RolloutFailed,
 )
@@ -29,6 +34,8 @@ from modelyard.store import (
     check_name,
     parse_model_ref,
 )
+
+log = logging.getLogger(__name__)
 
 DEFAULT_POLICY = RolloutPolicy()  # the one set of rollout defaults (typed in the entities)
 DEFAULT_STEPS = DEFAULT_POLICY.steps
@@ -281,12 +288,32 @@ def wait_rollout(
     """Wait for the endpoint's latest rollout to end; (rollout, timed out).
 
     ``on_change`` sees the rollout first and then each time its status, phase or
-    step changes (progress lines).
+    step changes (progress lines). A read that fails for a moment (the store or the
+    server restarting, a proxy's 502) is tried again until the timeout, with a warning
+    in the log: the rollout goes on meanwhile, so a CI job waiting on it must not fail on
+    that. What asking again cannot change (no such endpoint, no rollout, a refused
+    token or role) is raised at once; the last error is raised if the timeout passes.
     """
     deadline = time.monotonic() + timeout_s
     seen: tuple[Any, ...] | None = None
+    failing: str | None = None
     while True:
-        r = store.latest_rollout(endpoint)
+        try:
+            r = store.latest_rollout(endpoint)
+        except (NotFound, Conflict, AuthError, PermissionDenied, ConfigError):
+            raise
+        except ModelyardError as exc:
+            if time.monotonic() >= deadline:
+                raise
+            if exc.one_line() != failing:  # one line per new problem, not one per poll
+                failing = exc.one_line()
+                log.warning("cannot read the rollout of %s (%s); trying again until the "
+                            "timeout", endpoint, failing)  # fmt: skip
+            time.sleep(min(poll_s, max(0.0, deadline - time.monotonic())))
+            continue
+        if failing is not None:
+            failing = None
+            log.warning("the rollout of %s can be read again", endpoint)
         if on_change is not None and (r.status, r.phase, r.step_index) != seen:
             seen = (r.status, r.phase, r.step_index)
             on_change(r)
