@@ -243,6 +243,8 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
             field="since",
         )
     ep = store.get_endpoint(endpoint)
+    asked, since = since, floor_hour(since)  # hours are the report's unit: the hour --since is
+    # in counts whole (--since 30m at 17:52 read no hour at all, and showed 0 requests)
     profiles = store.list_profiles(window="hour", endpoint=endpoint, since=since)
     drift = store.list_drift_results(endpoint=endpoint, latest=True)
     events = _timeline_events(store, endpoint, ep.model, since)
@@ -365,8 +367,9 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>modelyard report: {_esc(endpoint)}</title><style>{_CSS}</style></head><body>"
         f"<h1>Endpoint {_esc(endpoint)}</h1>"
-        f"<p>{since:%Y-%m-%d %H:%M}  to  {datetime.now(UTC):%Y-%m-%d %H:%M} UTC · model "
-        f"{_esc(ep.model)} · tenant {_esc(ep.tenant or 'shared')}</p>"
+        f"<p>{since:%Y-%m-%d %H:%M}  to  {clock:%Y-%m-%d %H:%M} UTC"
+        + ("" if asked == since else f" (the whole hour of {asked:%H:%M}: profiles are hourly)")
+        + f" · model {_esc(ep.model)} · tenant {_esc(ep.tenant or 'shared')}</p>"
         f"<h2>Summary</h2>{summary}<h2>Traffic, errors, latency, tokens and cost</h2>"
         f"{''.join(charts[:5])}<h2>Drift</h2>{drift_html}<h2>Feedback</h2>{charts[5]}"
         f"<h2>Judged quality</h2>{_judged_html(profiles, period)}"
