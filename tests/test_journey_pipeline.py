@@ -193,3 +193,29 @@ def test_rollout_wait_rides_out_a_store_that_is_away_for_a_moment(
     code = main(["rollout", "wait", "nope", "--timeout", "30s", "--poll", "0.05"])
     _, err = capsys.readouterr()
     assert code == 1 and err.startswith("error: no endpoint named 'nope'"), err
+
+
+def test_fail_on_takes_a_comma_separated_list_as_the_other_lists_do(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--metrics a,b` and `--steps 10,50,100` take commas; `--fail-on pii,duplicates` was
+    refused as one unknown rule ("did you mean 'duplicates'?"), misleading a pipeline's
+    author. Both rules now apply; a typo inside the list is still named."""
+    from modelyard.cli import main
+
+    rows = [
+        {"instruction": "Route it.", "input": "VPN down", "output": "network"},
+        {"instruction": "Route it.", "input": "VPN down", "output": "network"},
+        {"instruction": "Route it.", "input": "Mail jane.doe@example.com", "output": "access"},
+    ]
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    capsys.readouterr()
+    code = main(["data", "validate", str(data), "--format", "alpaca", "--fail-on",
+                 "pii, duplicates"])  # fmt: skip
+    _, err = capsys.readouterr()
+    assert code == 1, err
+    assert "validation failed: pii (1), duplicates (1)" in err
+    code = main(["data", "validate", str(data), "--format", "alpaca", "--fail-on", "pii,dupes"])
+    _, err = capsys.readouterr()
+    assert code == 2 and err.startswith("error: unknown --fail-on rule 'dupes'"), err

@@ -88,7 +88,8 @@ def validate(
     fail_on: list[str] = typer.Option(
         [],
         "--fail-on",
-        help=f"Exit 1 if this rule trips (repeatable): {', '.join(RULES)}, or all.",
+        help="Exit 1 if this rule trips (repeatable, or comma-separated): "
+        f"{', '.join(RULES)}, or all.",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
 ) -> None:

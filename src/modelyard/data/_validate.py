@@ -67,10 +67,13 @@ RULES: Mapping[str, str] = {
 def check_rules(rules: Iterable[str]) -> list[str]:
     """The rules named, checked and without repeats (``all`` expands to every rule).
 
-    An unknown name is a ConfigError naming the valid ones and the closest match.
+    A name may also be a comma-separated list (``--fail-on pii,duplicates``), as the
+    CLI's other lists are (``--metrics``, ``--steps``). An unknown name is a ConfigError
+    naming the valid ones and the closest match.
     """
     checked: list[str] = []
-    for rule in rules:
+    named = [part.strip() for rule in rules for part in rule.split(",")]
+    for rule in (part for part in named if part):
         names = list(RULES) if rule == "all" else [rule]
         if rule != "all" and rule not in RULES:
             close = difflib.get_close_matches(rule, [*RULES, "all"], n=1)
