@@ -53,3 +53,46 @@ def test_tick_and_alerts_name_the_endpoint_and_labels(
     assert "endpoint=support, severity=warning, team=[/ops]" in row
     assert "requests over 1h is 3 (> 1) [endpoint=support, severity=warning, team=[/ops]]" in row
     assert "│ 3 " in row  # the value
+
+
+def test_the_resolve_the_webhook_gets_says_the_condition_no_longer_holds(
+    home: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import json
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    received: list[dict[str, object]] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    home.mkdir()
+    with home_store(home) as store:
+        fake_world(store)
+        now = datetime.now(UTC)
+        store.add_inference_records(answered(store, f"r{i}", 1, now) for i in range(3))
+    rules = tmp_path / "alerts.yml"
+    hook = f"notify:\n  webhook:\n    url: http://127.0.0.1:{server.server_port}/hook\n"
+    try:
+        rules.write_text(hook + RULES)
+        assert run(capsys, f"monitor tick --rules {rules}")[0] == 0
+        rules.write_text(hook + RULES.replace("threshold: 1", "threshold: 5"))
+        code, out, err = run(capsys, f"monitor tick --rules {rules}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 0, err
+    assert "alert requests-seen [support]: firing → resolved" in out
+    firing, resolved = (r["alert"] for r in received)
+    assert isinstance(firing, dict) and isinstance(resolved, dict)
+    assert str(firing["summary"]).startswith("requests over 1h is 3 (> 1) [endpoint=support")
+    assert str(resolved["summary"]).startswith("requests over 1h is 3 (not > 5) [endpoint=support")

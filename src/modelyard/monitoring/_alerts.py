@@ -369,7 +369,9 @@ class Transition:
         return self.alert.state in ("firing", "resolved")
 
 
-def _summary(rule: Rule, labels: Mapping[str, str], value: float | None) -> str:
+def _summary(rule: Rule, labels: Mapping[str, str], value: float | None, holds: bool) -> str:
+    """What the alert says; a value that no longer meets the condition says "not", so that a
+    resolved alert's notification does not read "is 0.01 (> 0.05)"."""
     if rule.summary:
         try:
             return rule.summary.format(value=value, threshold=rule.threshold, **labels)
@@ -377,7 +379,7 @@ def _summary(rule: Rule, labels: Mapping[str, str], value: float | None) -> str:
             return rule.summary  # e.g. {value:.2f} with no data: the template as written
     shown = "no data" if value is None else f"{value:.4g}"
     where = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
-    condition = f"{rule.comparison} {rule.threshold:g}"
+    condition = f"{'' if holds or value is None else 'not '}{rule.comparison} {rule.threshold:g}"
     return f"{rule.metric} over {rule.window} is {shown} ({condition}) [{where}]"
 
 
@@ -540,7 +542,7 @@ def _step(
         value=value,
         last_evaluated=now,
         severity=rule.severity,
-        summary=_summary(rule, labels, value),
+        summary=_summary(rule, labels, value, holds),
     )
     state = base.state
     if holds:
