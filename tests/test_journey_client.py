@@ -7,14 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import openai
 import pytest
 
 from modelyard.access import create_api_key
-from modelyard.serving import BackgroundServer, EchoEngine, create_app
+from modelyard.serving import BackgroundServer, EchoEngine, PacedEchoEngine, create_app
 from modelyard.store import Store
 from tinymodels import rambler_server
 from worlds import two_tenant_world
@@ -147,3 +149,52 @@ def test_a_request_without_max_tokens_is_answered_to_the_end_of_the_context(
             "context_length_exceeded",
             "messages",
         )
+
+
+SLOW = "word " * 100  # the paced echo answers it in 100 x 50 ms
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/chat/completions",
+            {"messages": [{"role": "user", "content": SLOW}], "n": 2, "max_tokens": 100},
+        ),
+        ("/completions", {"prompt": SLOW, "max_tokens": 100}),
+        ("/responses", {"input": SLOW, "max_output_tokens": 100}),
+    ],
+)
+def test_a_client_that_gives_up_on_a_whole_answer_stops_its_generation(
+    tmp_path: Path, path: str, body: dict[str, Any]
+) -> None:
+    """An SDK that times out (and retries: max_retries is 2 by default) leaves a whole
+    answer nobody will read: it is stopped and recorded ``cancelled``, as a stream is, not
+    generated to its end, charged and recorded ``ok`` once per retry."""
+    with Store.open(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        two_tenant_world(store, template="text")
+        key = create_api_key(store, "acme")[1]
+        app = create_app(store, PacedEchoEngine(0.05), refresh_seconds=0.2, heartbeat_s=None)
+        with BackgroundServer(app) as server:
+            client = openai.OpenAI(
+                base_url=server.base_url + "/v1", api_key=key, max_retries=0, timeout=0.5
+            )
+            started = time.monotonic()
+            with pytest.raises(openai.APITimeoutError):
+                client.post(
+                    path,
+                    body={"model": "acme-support", **body},
+                    cast_to=dict,
+                )
+            client.close()
+            want = 2 if "n" in body else 1
+            deadline = time.monotonic() + 10
+            while True:
+                records = store.list_inference_records(endpoint="acme-support")
+                if len(records) == want and all(r.status != "running" for r in records):
+                    break
+                assert time.monotonic() < deadline, [r.status for r in records]
+                time.sleep(0.05)
+        assert [r.status for r in records] == ["cancelled"] * want
+        assert all((r.completion_tokens or 0) < 100 for r in records)
+        assert time.monotonic() - started < 5  # stopped, not run to its 5 s end

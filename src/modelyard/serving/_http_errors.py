@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelyard.errors import (
@@ -28,6 +28,7 @@ from modelyard.errors import (
     UpstreamBusy,
     status_of,
 )
+from modelyard.serving._types import ClientGone
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +156,11 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=status,
             headers=headers,
         )
+
+    @app.exception_handler(ClientGone)
+    async def client_gone(_req: Request, _exc: ClientGone) -> Response:
+        # nobody reads it; 499 (nginx's "client closed request") is what the access log shows
+        return Response(status_code=499)
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(req: Request, exc: RequestValidationError) -> JSONResponse:

@@ -18,7 +18,7 @@ import json
 import time
 from typing import Any, Literal
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -26,7 +26,7 @@ from modelyard.errors import ConfigError, ModelyardError
 from modelyard.serving._auth import KeyDep
 from modelyard.serving._http_errors import param_of
 from modelyard.serving._plane import DataPlane, Submitted
-from modelyard.serving._sse import event_stream, wait_whole
+from modelyard.serving._sse import event_stream, wait_all
 from modelyard.serving._types import (
     MIN_TEMPERATURE,
     ContextLengthExceeded,
@@ -488,7 +488,7 @@ def add_response_routes(app: FastAPI, plane: DataPlane) -> None:
 
     @app.post("/v1/responses", response_model=None)
     async def responses(
-        body: ResponsesRequest, key: KeyDep, response: Response
+        body: ResponsesRequest, key: KeyDep, response: Response, request: Request
     ) -> dict[str, Any] | StreamingResponse:
         """A model response (OpenAI's Responses API) for text input: a chat completion,
         whole or streamed as typed events. Tools, ``previous_response_id``, reasoning,
@@ -504,7 +504,7 @@ def add_response_routes(app: FastAPI, plane: DataPlane) -> None:
                                     whole=not body.stream)  # fmt: skip
             if body.stream:
                 return await event_stream(plane, sub, ResponseEvents(sub, body, params))
-            sub, gen = await wait_whole(plane, sub)
+            [(sub, gen)] = await wait_all(plane, [sub], request.receive)
         except ConfigError as exc:
             renamed = _on_input(exc)
             if renamed is exc:

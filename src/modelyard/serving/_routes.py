@@ -8,12 +8,11 @@ answers whole or as server-sent events (``stream``).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
@@ -22,7 +21,7 @@ import modelyard
 from modelyard.errors import ConfigError, EndpointNotFound
 from modelyard.serving._auth import FeedbackKeyDep, KeyDep
 from modelyard.serving._plane import DataPlane, Submitted
-from modelyard.serving._sse import Chunks, ToolChunks, abandon, event_streams, wait_whole
+from modelyard.serving._sse import Chunks, ToolChunks, abandon, event_streams, wait_all
 from modelyard.serving._tools import parse_calls
 from modelyard.serving._types import Generation, SamplingParams, naming_prompt
 from modelyard.serving._wire import (
@@ -42,13 +41,17 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
     """The API and operator routes of ``app``, served by ``plane``."""
 
     async def answer(
-        key: ApiKey, route: str, body: CommonRequest, jobs: list[tuple[Render, SamplingParams]]
+        key: ApiKey,
+        route: str,
+        body: CommonRequest,
+        jobs: list[tuple[Render, SamplingParams]],
+        request: Request,
     ) -> list[Submitted] | list[tuple[Submitted, Generation]]:
         """Every job's submission to stream (``stream``), or every job's answer: one request
         each (limits, records), run together. A prompt refusal names the route's prompt
         (``messages`` on the chat route)."""
         try:
-            return await run(key, route, body, jobs)
+            return await run(key, route, body, jobs, request)
         except ConfigError as exc:
             renamed = naming_prompt(exc, "messages" if route == "chat.completions" else "prompt")
             if renamed is exc:
@@ -56,7 +59,11 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
             raise renamed from exc
 
     async def run(
-        key: ApiKey, route: str, body: CommonRequest, jobs: list[tuple[Render, SamplingParams]]
+        key: ApiKey,
+        route: str,
+        body: CommonRequest,
+        jobs: list[tuple[Render, SamplingParams]],
+        request: Request,
     ) -> list[Submitted] | list[tuple[Submitted, Generation]]:
         whole = not body.stream
         subs: list[Submitted] = []
@@ -73,29 +80,11 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
             raise
         if body.stream:
             return subs
-        return await _wait_all(subs)
-
-    async def _wait_all(subs: list[Submitted]) -> list[tuple[Submitted, Generation]]:
-        """Every choice's whole answer; when one fails (or the client leaves), the others
-        are stopped, not left to run and be charged for answers nobody gets."""
-        tasks = [asyncio.ensure_future(wait_whole(plane, sub)) for sub in subs]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        finally:
-            for task, sub in zip(tasks, subs, strict=True):
-                if not task.done():
-                    task.cancel()
-                    abandon(plane, sub)
-        # every failure read (asyncio logs one never read); the first one is the answer
-        done = [t for t in tasks if t.done() and not t.cancelled()]
-        errors = [e for t in done if (e := t.exception()) is not None]
-        if errors:
-            raise errors[0]
-        return [task.result() for task in tasks]
+        return await wait_all(plane, subs, request.receive)
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat_completions(
-        body: ChatCompletionRequest, key: KeyDep, response: Response
+        body: ChatCompletionRequest, key: KeyDep, response: Response, request: Request
     ) -> dict[str, Any] | StreamingResponse:
         messages = body.rendered_messages()
         tools = body.offered_tools()
@@ -105,7 +94,8 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
             return plane.engine.render_chat(v, messages, tools)
 
         params = body.choice_params(plane.limits.max_tokens)
-        answered = await answer(key, "chat.completions", body, [(render, p) for p in params])
+        jobs: list[tuple[Render, SamplingParams]] = [(render, p) for p in params]
+        answered = await answer(key, "chat.completions", body, jobs, request)
         if body.stream:
             subs = [a for a in answered if isinstance(a, Submitted)]
             chunks: list[Chunks] = [
@@ -137,11 +127,11 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
 
     @app.post("/v1/completions", response_model=None)
     async def completions(
-        body: CompletionRequest, key: KeyDep, response: Response
+        body: CompletionRequest, key: KeyDep, response: Response, request: Request
     ) -> dict[str, Any] | StreamingResponse:
         params = body.choice_params(plane.limits.max_tokens)
         jobs = [(fixed(prompt), p) for prompt in body.prompts for p in params]
-        answered = await answer(key, "completions", body, jobs)
+        answered = await answer(key, "completions", body, jobs, request)
         if body.stream:
             subs = [a for a in answered if isinstance(a, Submitted)]
             chunks = [

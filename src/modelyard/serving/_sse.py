@@ -22,7 +22,7 @@ from modelyard.errors import EngineError, ModelyardError
 from modelyard.serving._http_errors import error_of
 from modelyard.serving._plane import DataPlane, Submitted
 from modelyard.serving._tools import CALL_START, parse_calls
-from modelyard.serving._types import Generation, StreamEvent, TokenLogprob
+from modelyard.serving._types import ClientGone, Generation, StreamEvent, TokenLogprob
 from modelyard.serving._wire_answers import chat_logprobs, completion_logprobs, usage
 
 
@@ -49,6 +49,48 @@ async def wait_whole(plane: DataPlane, sub: Submitted) -> tuple[Submitted, Gener
             plane.finish(sub, None, exc=exc)
             raise
         raise EngineError("the engine ended a stream without a result")  # pragma: no cover
+
+
+async def wait_all(
+    plane: DataPlane, subs: list[Submitted], receive: Receive
+) -> list[tuple[Submitted, Generation]]:
+    """Every choice's whole answer (``wait_whole``). When one fails, the others are stopped
+    and its error is raised; when the client leaves first (``receive`` says
+    ``http.disconnect``: its SDK timed out, say, and may be retrying), every choice is
+    stopped and recorded ``cancelled``, as a stream is, and ``ClientGone`` is raised: no
+    answer nobody reads is generated to its end and charged."""
+    tasks = [asyncio.ensure_future(wait_whole(plane, sub)) for sub in subs]
+    gone = asyncio.ensure_future(_disconnected(receive))
+    try:
+        waiting: set[asyncio.Future[Any]] = set(tasks)
+        while waiting and not gone.done():
+            done, waiting = await asyncio.wait(
+                waiting | {gone}, return_when=asyncio.FIRST_COMPLETED
+            )
+            waiting.discard(gone)
+            if any(t.exception() is not None for t in done if t is not gone):
+                break
+    finally:
+        left = gone.done() and not gone.cancelled()
+        gone.cancel()
+        for task, sub in zip(tasks, subs, strict=True):
+            if not task.done():
+                task.cancel()
+                abandon(plane, sub)
+    # every failure read (asyncio logs one never read); the first one is the answer
+    finished = [t for t in tasks if t.done() and not t.cancelled()]
+    errors = [e for t in finished if (e := t.exception()) is not None]
+    if errors:
+        raise errors[0]
+    if left and len(finished) < len(tasks):
+        raise ClientGone
+    return [task.result() for task in tasks]
+
+
+async def _disconnected(receive: Receive) -> None:
+    """Returns when the client has closed its connection (the body was read before)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
 class Formatter(Protocol):
@@ -290,7 +332,7 @@ async def event_stream(plane: DataPlane, sub: Submitted, chunks: Formatter) -> S
     return _EventStreamResponse(events(), headers)
 
 
-__all__ = ["Chunks", "Formatter", "event_stream", "wait_whole"]
+__all__ = ["Chunks", "Formatter", "event_stream", "wait_all", "wait_whole"]
 
 
 def abandon(plane: DataPlane, sub: Submitted) -> None:

@@ -67,6 +67,11 @@ def naming_prompt(exc: ConfigError, param: str) -> ConfigError:
     return type(exc)(exc.message, hint=exc.hint, param=param)
 
 
+class ClientGone(Exception):
+    """The client closed its connection before its whole answer was ready: the answer's
+    generation was stopped (recorded ``cancelled``) and nothing is sent."""
+
+
 @dataclass(frozen=True)
 class Guide:
     """What a constrained answer must be (structured outputs, required tool calls).
@@ -356,6 +361,7 @@ __all__ = [
     "MIN_TEMPERATURE",
     "SEED_RANGE",
     "AdapterEvent",
+    "ClientGone",
     "ContextLengthExceeded",  # lives in modelyard.errors; named here for the engine modules
     "EngineError",  # lives in modelyard.errors; named here for the engine modules
     "EngineObserver",
