@@ -5,9 +5,9 @@ body and the answer."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
