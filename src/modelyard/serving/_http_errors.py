@@ -159,7 +159,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ClientGone)
     async def client_gone(_req: Request, _exc: ClientGone) -> Response:
-        # nobody reads it; 499 (nginx's "client closed request") is what the access log shows
+        # nobody reads it (the connection is closed); 499 is nginx's "client closed request"
         return Response(status_code=499)
 
     @app.exception_handler(RequestValidationError)
