@@ -219,3 +219,42 @@ def test_fail_on_takes_a_comma_separated_list_as_the_other_lists_do(
     code = main(["data", "validate", str(data), "--format", "alpaca", "--fail-on", "pii,dupes"])
     _, err = capsys.readouterr()
     assert code == 2 and err.startswith("error: unknown --fail-on rule 'dupes'"), err
+
+
+def test_rollout_start_run_again_by_a_retried_ci_job_is_not_a_failure(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A pipeline's `rollout start` run again (a retried job) was refused, exit 1: "a rollout
+    in progress already" for its own rollout, "already sends all its traffic" once it had
+    succeeded. Like `kubectl apply` of an unchanged spec, it now says so and exits 0,
+    starting nothing; a different plan or target is still refused."""
+    from modelyard.cli import main
+    from modelyard.delivery import Controller
+    from worlds import fake_world
+
+    home.mkdir(parents=True)
+    with Store.open(f"sqlite:///{home / 'store.db'}") as store:
+        fake_world(store, versions=3, template=None)
+    line = ["rollout", "start", "support", "--to", "bot:2", "--steps", "100", "--bake", "0s",
+            "--min-requests", "0", "--guard", "error_rate <= 0.02"]  # fmt: skip
+    capsys.readouterr()
+    assert main(line) == 0
+    assert main(line) == 0  # the same step again, while it runs
+    out, _ = capsys.readouterr()
+    assert "with this plan is in progress already" in out and "nothing new started" in out
+    assert main([*line[:-1], "error_rate <= 0.05"]) == 1  # another plan: refused as before
+    _, err = capsys.readouterr()
+    assert "has a rollout in progress already" in err
+    with Store.open(f"sqlite:///{home / 'store.db'}") as store:
+        ctl = Controller(store)
+        for _ in range(3):
+            ctl.tick()
+        ctl.close()
+        assert store.latest_rollout("support").status == "succeeded"
+    assert main(line) == 0  # the pipeline run again after it succeeded
+    out, _ = capsys.readouterr()
+    assert "support already sends all its traffic to bot:2" in out and "nothing to do" in out
+    assert main(["rollout", "wait", "support", "--timeout", "5s"]) == 0
+    assert main([*line[:4], "bot:3", *line[5:]]) == 0  # another target: a new rollout
+    with Store.open(f"sqlite:///{home / 'store.db'}") as store:
+        assert [r.target for r in store.list_rollouts(endpoint="support")] == [3, 2]

@@ -144,14 +144,28 @@ def start(
     The version's gates must have passed (`registry show` says); one whose gates failed
     or never ran needs --override-gates --reason "why"."""
     from modelyard.delivery import resolved_target
+    from modelyard.errors import Conflict
 
     override = gate_override(override_gates, reason)
+    bake_s = seconds(bake, "--bake")
     with open_plane() as plane:
-        r = plane.start_rollout(
-            endpoint, to, steps=steps, bake_s=seconds(bake, "--bake"),
-            min_requests=min_requests, guards=guard, promote_alias=promote_alias,
-            override_gates=override,
-        )  # fmt: skip
+        try:
+            r = plane.start_rollout(
+                endpoint, to, steps=steps, bake_s=bake_s, min_requests=min_requests,
+                guards=guard, promote_alias=promote_alias, override_gates=override,
+            )  # fmt: skip
+        except Conflict:
+            same = _started_already(plane, endpoint, to, steps, bake_s, min_requests, guard,
+                                    promote_alias)  # fmt: skip
+            if same is None:
+                raise
+            r, note = same
+            if json_out:
+                err_console.print(note, soft_wrap=True, highlight=False)
+                print_json(r)
+            else:
+                console.print(note, soft_wrap=True, highlight=False)
+            return
         idle = _no_controller(plane)
     if idle:
         err_console.print(f"[yellow]warning:[/] {NO_CONTROLLER}.")
@@ -168,6 +182,41 @@ def start(
         console.print(
             f"  [yellow]gates overridden[/] for {r.target_ref}: {started['gates_overridden']}"
         )
+
+
+def _started_already(
+    plane: Any, endpoint: str, to: str, steps: str, bake_s: float, min_requests: int,
+    guards: list[str], promote_alias: str | None,
+) -> tuple[Rollout, str] | None:  # fmt: skip
+    """A refused ``rollout start`` that a pipeline's step run again (a retried CI job) made:
+    the same rollout is in progress, or it ended where this one would. Then (that rollout,
+    what to say) and the command succeeds without starting another; else None."""
+    from modelyard.delivery import already_done, same_rollout
+
+    try:
+        r = plane.latest_rollout(endpoint)
+        target = plane.resolve_model_ref(to).version
+        if r.active and same_rollout(r, target, steps=steps, bake_s=bake_s,
+                                     min_requests=min_requests, guards=guards,
+                                     promote_alias=promote_alias):  # fmt: skip
+            return r, (
+                f"rollout {r.id} of {endpoint} to {r.target_ref} with this plan is in progress "
+                f"already (started {r.created_at:%Y-%m-%d %H:%M:%S} UTC): nothing new started; "
+                f"follow it with `modelyard rollout wait {endpoint}`"
+            )
+        routes = {x.version: x.weight for x in plane.get_endpoint(endpoint).routes}
+        aliased = promote_alias is None or (
+            plane.resolve_model_ref(f"{r.model}@{promote_alias}").version == target
+        )
+        if aliased and already_done(r, target, routes):
+            moved = f" and {r.model}@{promote_alias} points at it" if promote_alias else ""
+            return r, (
+                f"{endpoint} already sends all its traffic to {r.target_ref}{moved} (rollout "
+                f"{r.id} succeeded): nothing to do"
+            )
+    except ModelyardError:  # e.g. no rollout yet, an alias not set: the refusal stands
+        return None
+    return None
 
 
 def _status_json(r: Rollout, view: CurrentStep | None) -> dict[str, Any]:

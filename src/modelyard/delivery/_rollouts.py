@@ -148,6 +148,37 @@ def start_rollout(
     )
 
 
+def same_rollout(
+    r: Rollout,
+    target: int,
+    *,
+    steps: str | Sequence[int],
+    bake_s: float,
+    min_requests: int,
+    guards: Sequence[str],
+    promote_alias: str | None,
+) -> bool:
+    """Whether ``start_rollout`` with these arguments asks for the rollout ``r`` is: a
+    pipeline's step run again (a retried CI job) finds its rollout there, not another."""
+    return (
+        r.target == target
+        and r.steps == parse_steps(steps)
+        and r.bake_s == bake_s
+        and r.min_requests == min_requests
+        and tuple(r.guards) == tuple(g.strip() for g in guards)
+        and r.promote_alias == promote_alias
+    )
+
+
+def already_done(r: Rollout, target: int, plan: Mapping[int, int]) -> bool:
+    """Whether the rollout ``r`` already brought its endpoint where a new one to ``target``
+    would: it succeeded to ``target`` (its alias moved, if it had one to move), and
+    ``target`` still has all the endpoint's traffic (``plan``)."""
+    if r.status != "succeeded" or r.target != target or ended_badly(r) is not None:
+        return False
+    return {v: w for v, w in plan.items() if w} == {target: 100}
+
+
 def resolved_target(to: str, r: Rollout) -> dict[str, Any]:
     """How ``--to`` chose the rollout's version: ``by`` is ``version`` (``NAME:N``),
     ``alias`` (``NAME@alias``) or ``latest`` (a bare ``NAME``: its newest version, as
