@@ -232,13 +232,16 @@ class VLLMProcess:
 
     def _supervise(self) -> None:
         failures = 0
+        why: str | None = None  # why the last one was started again: kept while this starts
         while not self._stopping.is_set():
             with self._lock:
                 if self._stopping.is_set():
                     return
                 self._proc = proc = self._spawn()
             log.info("vLLM for %s starting (pid %d, port %d)", self.name, proc.pid, self.port)
-            self.problem = "starting"
+            # a restart keeps saying what happened ("starting" alone hid a crash from the 503s)
+            starting = "starting" if why is None else f"{why}; restarting"
+            self.problem = starting
             ready = self._await_ready(proc)
             if ready:
                 failures = 0
@@ -256,7 +259,7 @@ class VLLMProcess:
             self.restarts += 1
             wait = BACKOFF_S[min(failures, len(BACKOFF_S)) - 1]
             # why it is started again: what kept it from getting ready, else its exit
-            why = self.problem if not ready and self.problem != "starting" else None
+            why = self.problem if not ready and self.problem != starting else None
             why = why or f"it stopped (exit {code})"
             self.problem = f"{why}; restarting"
             log.error("vLLM for %s: %s; restarting in %g s (log: %s)", self.model, why, wait,
