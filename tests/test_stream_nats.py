@@ -28,8 +28,8 @@ from modelyard.access import create_api_key
 from modelyard.cli import main
 from modelyard.errors import ModelyardError
 from modelyard.store import Store
-from modelyard.stream import Settlement
-from modelyard.stream._nats import NatsStreamSource, stream_name, subject_matches
+from modelyard.stream import NatsStreamSource, Settlement
+from modelyard.stream._nats import stream_name, subject_matches
 from natsserver import NatsServer, nats_server
 from worlds import fake_world, home_store
 
@@ -153,7 +153,7 @@ def test_answers_are_json_keyed_by_sequence_and_dead_letters_keep_the_request_as
     data, headers = dead[broken]
     assert data == b"not json"  # as it was sent, to publish again once fixed
     assert headers["Trace-Id"] == "t-9" and headers["attempts"] == "1"
-    assert "the 'body' field is not JSON" in headers["reason"]
+    assert headers["reason"].startswith("the payload is not JSON (")
     assert "unknown key 'max_token'" in dead[misspelt][1]["reason"]
     records = world.records()
     assert sorted(records) == sorted(a["record_id"] for a in got.values())
@@ -227,7 +227,7 @@ def test_an_answer_published_before_a_crash_is_not_published_again(
         raise OSError("killed between the answer and the acknowledgment")
 
     first._in_flight[message].ack_sync = crash  # the process dies right after publishing
-    with pytest.raises(ModelyardError, match="cannot reach NATS"):
+    with pytest.raises(ModelyardError, match=r"cannot reach NATS at .* \(settling messages\)"):
         first.settle([Settlement(delivery, {"message_id": message, "answer": "one"})])
     first.close()
 
@@ -321,3 +321,74 @@ def test_bad_settings_exit_2_before_any_message_is_read(
     err = capsys.readouterr().err
     assert code == 1 and "cannot reach NATS at nats://127.0.0.1:1" in err, err
     assert answers_or_none(server) == []
+
+
+def test_nats_going_away_stops_the_consumer_and_a_restart_answers_the_rest_once(
+    world: World, server: NatsServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = publish(server, *({"prompt": f"question {i}"} for i in range(40)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
+    env |= {"MODELYARD_HOME": str(world.home), "MODELYARD_API_KEY": world.key}
+    consumer = subprocess.Popen(
+        [sys.executable, "-m", "modelyard", *command(server, "--claim-idle", "2s",
+         "--echo-delay-ms", "30", "--concurrency", "4")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 120
+    while len(answers_or_none(server)) < 4:
+        assert consumer.poll() is None, consumer.communicate()
+        assert time.monotonic() < deadline, "no answers within 120 s"
+        time.sleep(0.05)
+    server.stop()  # JetStream keeps its streams on disk: they come back with it
+    stopped = time.monotonic()
+    _, err = consumer.communicate(timeout=60)
+    assert consumer.returncode == 1, err
+    assert time.monotonic() - stopped < 30, "the consumer went on without NATS"
+    assert f"cannot reach NATS at {server.url}" in err and "Traceback" not in err, err
+
+    server.start()
+    consume(world, server, capsys)
+    counts = Counter(a["message_id"] for a in answers(server))
+    assert sorted(counts) == sorted(good) and set(counts.values()) == {1}
+    assert len(world.records()) == len(good)
+
+
+DOC = (Path(__file__).resolve().parents[1] / "docs" / "batch.md").read_text()
+
+
+def test_the_docs_nats_example_runs_and_prints_what_it_shows(
+    world: World, server: NatsServer, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    import ast
+    import re
+    import shlex
+
+    section = re.split(r"\n##+ ", DOC.split("#### Example: the claims over NATS")[1])[0]
+    produce, run, read, shown = re.findall(r"```(?:bash|python|)\n(.*?)```", section, re.S)
+    names: dict[str, Any] = {}
+    exec(produce.replace("nats://127.0.0.1:4222", server.url), names)
+    (line,) = [c for c in run.replace("\\\n", " ").splitlines() if c.startswith("modelyard ")]
+    command = shlex.split(line)[1:]
+    command[command.index("--nats-url") + 1] = server.url
+    monkeypatch.setenv("MODELYARD_HOME", str(world.home))
+    monkeypatch.setenv("MODELYARD_API_KEY", world.key)
+    capsys.readouterr()
+    code = main([*command, "--engine", "echo", "--until-empty", "--json"])
+    assert code == 0, capsys.readouterr().err
+    capsys.readouterr()
+    exec(read.replace("nats://127.0.0.1:4222", server.url), names)
+    printed = capsys.readouterr().out.strip().splitlines()
+    documented = shown.strip().splitlines()
+    assert len(printed) == len(documented)
+    keep = ("id", "version", "error")  # the trained adapter's words differ from echo's
+
+    def answers(lines: list[str]) -> list[dict[str, object]]:
+        found = [{k: ast.literal_eval(line)[k] for k in keep} for line in lines
+                 if line.startswith("{")]  # fmt: skip
+        return sorted(found, key=lambda a: str(a["id"]))
+
+    assert answers(printed) == answers(documented)
+    assert [g for g in printed if not g.startswith("{")] == [
+        w for w in documented if not w.startswith("{")
+    ]

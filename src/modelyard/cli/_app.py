@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import warnings
@@ -175,6 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     # Library deprecation chatter is for developers, not for people running commands.
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # On CPUs with AVX512-BF16, importing bitsandbytes (peft does, when it is installed)
+    # logs that Hugging Face's optional `kernels` package is missing, before any command's
+    # own output; its slower fallback is what runs, and the line speaks to nobody here.
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     command = get_command(app)
     try:
         try:

@@ -1,7 +1,8 @@
 """Streaming inference: ``modelyard stream run`` answers the messages of a stream.
 
 A ``StreamConsumer`` takes messages from a ``MessageSource`` (a consumer group's
-share of a stream: ``RedisStreamSource`` for Redis Streams) as ``Delivery``\\ s, at
+share of a stream: ``RedisStreamSource`` for Redis Streams, ``NatsStreamSource``
+for a NATS JetStream subject) as ``Delivery``\\ s, at
 most ``concurrency`` at a time, asks each through the same data plane as the HTTP
 API (``batch.JobRunner`` over ``serving.InProcessPlane``: traffic plans, tenants'
 limits, storage policy, one record per message marked ``stream`` with the stream
@@ -22,6 +23,7 @@ from modelyard.stream._messages import (
     Request,
     parse_request,
 )
+from modelyard.stream._nats import NatsStreamSource
 from modelyard.stream._redis import RedisStreamSource, stream_job_id
 from modelyard.stream._source import Delivery, MessageSource, Settlement
 
@@ -33,6 +35,7 @@ __all__ = [
     "BadMessage",
     "Delivery",
     "MessageSource",
+    "NatsStreamSource",
     "RedisStreamSource",
     "Request",
     "Settlement",

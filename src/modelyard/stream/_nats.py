@@ -61,21 +61,28 @@ _STREAM_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
 
 @contextlib.contextmanager
-def _nats_errors(url: str) -> Iterator[None]:
-    """NATS's failures as one ModelyardError naming the server (translated once, here)."""
+def _nats_errors(url: str, doing: str) -> Iterator[None]:
+    """NATS's failures while ``doing`` as one ModelyardError naming the server (translated
+    once, here)."""
     try:
         yield
     except (ConfigError, ModelyardError):
         raise
+    except TimeoutError as exc:  # before OSError, which it is; nats-py's and asyncio's too
+        raise ModelyardError(
+            f"NATS at {url} did not answer in time ({doing})",
+            hint="Check the server's load and health; messages not answered yet stay "
+            "unacknowledged and are answered after a restart.",
+        ) from exc
     except (nats.errors.NoServersError, nats.errors.ConnectionClosedError, OSError) as exc:
         raise ModelyardError(
-            f"cannot reach NATS at {url}: {exc or type(exc).__name__}",
+            f"cannot reach NATS at {url} ({doing}): {exc or type(exc).__name__}",
             hint="Check that it runs and --nats-url (MODELYARD_NATS_URL); messages not "
             "answered yet stay unacknowledged and are answered after a restart.",
         ) from exc
-    except (nats.errors.Error, TimeoutError) as exc:
+    except nats.errors.Error as exc:
         raise ModelyardError(
-            f"NATS at {url} refused a JetStream request: {exc or type(exc).__name__}"
+            f"NATS at {url} refused a JetStream request ({doing}): {str(exc) or type(exc).__name__}"
         ) from exc
 
 
@@ -180,12 +187,12 @@ class NatsStreamSource:
     def job_id(self) -> str:
         return stream_job_id(self.subject, self.group)
 
-    def _call(self, coro: Coroutine[Any, Any, _T]) -> _T:
-        with _nats_errors(self.url):
+    def _call(self, coro: Coroutine[Any, Any, _T], doing: str) -> _T:
+        with _nats_errors(self.url, doing):
             return self._loop.run(coro)
 
     def open(self) -> None:
-        self._call(self._open())
+        self._call(self._open(), "connecting")
 
     async def _open(self) -> None:
         self._nc = await nats.connect(
@@ -268,7 +275,7 @@ class NatsStreamSource:
             )
 
     def fetch(self, limit: int, wait_s: float) -> list[Delivery]:
-        msgs = self._call(self._fetch(limit, wait_s))
+        msgs = self._call(self._fetch(limit, wait_s), "fetching messages")
         out = []
         for msg in msgs:
             meta = msg.metadata
@@ -283,18 +290,18 @@ class NatsStreamSource:
         try:
             found: list[Any] = await self._sub.fetch(batch=limit, timeout=max(wait_s, 0.05))
             return found
-        except nats.errors.TimeoutError:
+        except TimeoutError:  # nats-py's, or asyncio's where it does not wrap it: none came
             return []
 
     def keep(self, ids: Collection[str]) -> None:
         msgs = [self._in_flight[i] for i in ids if i in self._in_flight]
         if msgs:
-            self._call(_all(m.in_progress() for m in msgs))
+            self._call(_all(m.in_progress() for m in msgs), "keeping messages in flight")
 
     def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
         if not settlements:
             return []
-        published = self._call(_all(self._settle(s) for s in settlements))
+        published = self._call(_all(self._settle(s) for s in settlements), "settling messages")
         for s in settlements:
             self._in_flight.pop(s.delivery.id, None)
         return published
@@ -312,7 +319,9 @@ class NatsStreamSource:
         return not ack.duplicate
 
     def backlog(self) -> int:
-        info = self._call(self._js.consumer_info(self.requests, self.group))
+        info = self._call(
+            self._js.consumer_info(self.requests, self.group), "reading the group's backlog"
+        )
         return int(info.num_pending or 0) + int(info.num_ack_pending or 0)
 
     def close(self) -> None:
@@ -350,6 +359,8 @@ def _dead_letter(s: Settlement) -> tuple[bytes, dict[str, str]]:
             payload = value if isinstance(value, bytes) else value.encode()
         elif not name.startswith("Nats-"):
             text = value.decode(errors="replace") if isinstance(value, bytes) else value
+            if name == "reason":  # the request's JSON is its payload here, not a field
+                text = text.replace(f"the {BODY!r} field", "the payload")
             headers[name] = " ".join(text.split())  # a header is one line
     return payload, headers
 

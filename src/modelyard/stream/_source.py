@@ -5,10 +5,10 @@ and settles them: ``settle`` publishes a message's answer (or its dead letter)
 and acknowledges the message in one atomic step, once per message, so a
 redelivered message is never answered twice. Everything else (the data plane,
 the records, backpressure, retries, draining) is the consumer's (``_consumer``)
-and does not depend on the broker: Redis Streams here (``_redis``); a Kafka
-source would settle with a transactional producer that commits the consumed
-offset with the answer, a NATS JetStream one with a deduplicating publish
-(``Nats-Msg-Id``) before the ack.
+and does not depend on the broker: Redis Streams (``_redis``: a Lua script
+publishes and acknowledges at once) and NATS JetStream (``_nats``: a publish
+deduplicated by ``Nats-Msg-Id``, then the ack). A Kafka source would settle with a
+transactional producer that commits the consumed offset with the answer.
 """
 
 from __future__ import annotations
