@@ -198,3 +198,27 @@ def test_a_client_that_gives_up_on_a_whole_answer_stops_its_generation(
         assert [r.status for r in records] == ["cancelled"] * want
         assert all((r.completion_tokens or 0) < 100 for r in records)
         assert time.monotonic() - started < 5  # stopped, not run to its 5 s end
+
+
+def test_every_answer_names_its_id_in_x_request_id_as_openai_does(served: Served) -> None:
+    """The SDKs read ``x-request-id`` into ``_request_id`` (what OpenAI asks people to log);
+    here it is the id feedback is sent against, the record's."""
+    client = served.client()
+    messages: Any = [{"role": "user", "content": "vpn is down"}]
+    done = client.chat.completions.create(model="acme-support", messages=messages)
+    assert done._request_id == done.id
+    text = client.completions.create(model="acme-support", prompt="vpn is down")
+    assert text._request_id == text.id
+    answer = client.responses.create(model="acme-support", input="vpn is down")
+    assert answer._request_id == answer.id
+    for n in (1, 2):
+        raw = client.chat.completions.with_raw_response.create(
+            model="acme-support", messages=messages, stream=True, n=n
+        )
+        ids = {chunk.id for chunk in raw.parse()}
+        assert ids == {raw.headers["x-request-id"]}
+    with client.responses.with_streaming_response.create(
+        model="acme-support", input="vpn is down", stream=True
+    ) as streamed:
+        assert streamed.headers["x-request-id"].startswith("cmpl-")
+    client.post("/feedback", body={"request_id": done._request_id, "thumbs": "up"}, cast_to=dict)

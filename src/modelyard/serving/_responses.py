@@ -511,6 +511,7 @@ def add_response_routes(app: FastAPI, plane: DataPlane) -> None:
                 raise
             raise renamed from exc
         response.headers["x-modelyard-version"] = sub.version.ref
+        response.headers["x-request-id"] = sub.record_id  # the SDKs' _request_id
         return ResponseObject(sub, body, params).dump("completed", gen)
 
 

@@ -108,6 +108,7 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
         answered = [a for a in answered if not isinstance(a, Submitted)]
         first = answered[0][0]
         response.headers["x-modelyard-version"] = first.version.ref
+        response.headers["x-request-id"] = first.record_id  # the SDKs' _request_id
         return {
             "id": first.record_id,
             "object": "chat.completion",
@@ -142,6 +143,7 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
         answered = [a for a in answered if not isinstance(a, Submitted)]
         first = answered[0][0]
         response.headers["x-modelyard-version"] = first.version.ref
+        response.headers["x-request-id"] = first.record_id  # the SDKs' _request_id
         return {
             "id": first.record_id,
             "object": "text_completion",

@@ -328,7 +328,11 @@ async def event_stream(plane: DataPlane, sub: Submitted, chunks: Formatter) -> S
                     lambda gen, exc: plane.finish(sub, gen, exc=exc, cancelled=True)
                 )
 
-    headers = {"x-modelyard-version": sub.version.ref, "cache-control": "no-cache"}
+    headers = {
+        "x-modelyard-version": sub.version.ref,
+        "x-request-id": sub.record_id,  # the id of every chunk: the SDKs' _request_id
+        "cache-control": "no-cache",
+    }
     return _EventStreamResponse(events(), headers)
 
 
@@ -417,5 +421,9 @@ async def event_streams(
                 if i not in done:  # the client went away, or another choice failed
                     abandon(plane, sub)
 
-    headers = {"x-modelyard-version": runs[0][0].version.ref, "cache-control": "no-cache"}
+    headers = {
+        "x-modelyard-version": runs[0][0].version.ref,
+        "x-request-id": runs[0][0].record_id,  # the id of every chunk: the SDKs' _request_id
+        "cache-control": "no-cache",
+    }
     return _EventStreamResponse(events(), headers)
