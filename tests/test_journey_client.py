@@ -222,3 +222,22 @@ def test_every_answer_names_its_id_in_x_request_id_as_openai_does(served: Served
     ) as streamed:
         assert streamed.headers["x-request-id"].startswith("cmpl-")
     client.post("/feedback", body={"request_id": done._request_id, "thumbs": "up"}, cast_to=dict)
+
+
+@pytest.mark.parametrize(("field", "size", "bound"), [("label", 501, 500), ("comment", 4001, 4000)])
+def test_a_feedback_text_too_long_says_how_many_characters(
+    served: Served, field: str, size: int, bound: int
+) -> None:
+    client = served.client()
+    done = client.chat.completions.create(
+        model="acme-support", messages=[{"role": "user", "content": "vpn is down"}]
+    )
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.post(
+            "/feedback",
+            body={"request_id": done.id, "thumbs": "up", field: "x" * size},
+            cast_to=dict,
+        )
+    assert caught.value.param == field
+    assert f"at most {bound} characters, not {size}" in caught.value.message
+    assert "items" not in caught.value.message

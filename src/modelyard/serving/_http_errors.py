@@ -128,6 +128,13 @@ def validation_message(errors: Sequence[Any]) -> tuple[str | None, str]:
     msg = str(first.get("msg", "invalid")).removeprefix("Value error, ")
     if first.get("type") in _TYPE_ERRORS and "input" in first:  # what was sent instead
         msg = f"{msg}, not {_json_kind(first['input'])}"
+    if first.get("type") in ("too_long", "too_short") and isinstance(first.get("input"), str):
+        # a text checked after validation (Text) reads as "items" in pydantic's words
+        bound = (first.get("ctx") or {}).get(
+            "max_length" if first["type"] == "too_long" else "min_length"
+        )
+        most = "at most" if first["type"] == "too_long" else "at least"
+        msg = f"should have {most} {bound} characters, not {len(first['input'])}"
     if first.get("type") == "string_unicode":  # a lone surrogate, found by pydantic's core
         msg = "the text holds a lone surrogate, which is not valid Unicode; send UTF-8 text"
     return param, f"invalid request: {param + ': ' if param else ''}{msg}"
