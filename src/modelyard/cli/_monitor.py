@@ -286,6 +286,11 @@ def drift(
             endpoint, version=version, reference=reference, window=window, end=ends,
             method=method, threshold=threshold, min_samples=min_samples, semantic=semantic,
         )  # fmt: skip
+    from modelyard.monitoring import reference_overlap
+
+    overlap = reference_overlap(reference, report.window_start)
+    if overlap is not None:  # on stderr: --json stays parseable; the verdict still shows
+        err_console.print(f"warning: {overlap}", markup=False, highlight=False, soft_wrap=True)
     if not report.stored:
         err_console.print(
             "computed by the server and not stored (the admin API does not store drift runs; "

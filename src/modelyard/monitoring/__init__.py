@@ -22,6 +22,7 @@ from modelyard.monitoring._drift import (
     FeatureRule,
     compare,
     compute_drift,
+    reference_overlap,
 )
 from modelyard.monitoring._export import export_records
 from modelyard.monitoring._features import (
@@ -87,6 +88,7 @@ __all__ = [
     "post_webhook",
     "record_features",
     "redact",
+    "reference_overlap",
     "register_method",
     "rules_from",
     "sampled",

@@ -388,6 +388,21 @@ def parse_reference(
     )
 
 
+def reference_overlap(text: str, window_start: datetime) -> str | None:
+    """What is wrong with a ``baseline:START/END`` reference that ends after the current
+    window starts: it then holds the very requests it is compared with, which hides their
+    drift. None when it does not (or for another reference)."""
+    found = parse_reference(text, window_start) if text.startswith("baseline:") else None
+    if found is None or found[1] <= window_start:
+        return None
+    return (
+        f"the baseline {text!r} ends at {found[1].astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC, "
+        f"after the current window starts ({window_start:%Y-%m-%d %H:%M:%S} UTC): it holds "
+        "requests of the window itself, which hides their drift. End the baseline by the "
+        "window's start, or use previous:DURATION."
+    )
+
+
 def _records(
     store: Store, endpoint: str, version_id: int, since: datetime, until: datetime, semantic: bool
 ) -> list[dict[str, Any]]:
