@@ -21,7 +21,7 @@ from modelyard.store import Store
 QUICK_BASE = {"steps": 8, "batch_size": 4, "seq_len": 64, "hidden_size": 32, "vocab_size": 512}
 
 
-def _project(tmp_path: Path) -> Path:
+def _project(tmp_path: Path, **training: object) -> Path:
     base = create_tiny_base(domain_corpus(DOMAINS, 300, seed=0), tmp_path / "base", **QUICK_BASE)
     rows = synthetic_domain("it-support", 40, seed=0)
     for name, part in (("train.jsonl", rows[:30]), ("eval.jsonl", rows[30:])):
@@ -30,7 +30,7 @@ def _project(tmp_path: Path) -> Path:
         "base_model": str(base.path),
         "data": {"train": "train.jsonl", "eval": "eval.jsonl", "format": "alpaca"},
         "method": {"type": "lora", "r": 4, "alpha": 8},
-        "training": {"max_steps": 400, "batch_size": 4, "seed": 0, "save_every": 4},
+        "training": {"max_steps": 400, "batch_size": 4, "seed": 0, "save_every": 4, **training},
         "evaluation": {"metrics": ["exact_match"], "max_new_tokens": 2},
         "registry": {"model": "helpdesk", "alias_on_pass": "challenger"},
     }
@@ -258,3 +258,38 @@ def test_rollout_start_run_again_by_a_retried_ci_job_is_not_a_failure(
     assert main([*line[:4], "bot:3", *line[5:]]) == 0  # another target: a new rollout
     with Store.open(f"sqlite:///{home / 'store.db'}") as store:
         assert [r.target for r in store.list_rollouts(endpoint="support")] == [3, 2]
+
+
+def test_ctrl_c_while_the_version_is_registered_leaves_no_half_registered_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A Ctrl-C (or a CI's SIGTERM) landing just after the version row was written left a
+    version with no gate verdicts, its alias not moved and its run 'running' beside it. The
+    signal now waits until the version, its verdicts, its run and its alias are written."""
+    from modelyard.cli import main
+
+    config = _project(tmp_path, max_steps=2, save_every=None)
+    edited = yaml.safe_load(config.read_text(encoding="utf-8"))
+    edited["evaluation"]["gates"] = ["exact_match >= 0"]
+    config.write_text(yaml.safe_dump(edited, sort_keys=False), encoding="utf-8")
+    home = tmp_path / "home"
+    monkeypatch.setenv("MODELYARD_HOME", str(home))
+    real = Store.create_model_version
+
+    def then_ctrl_c(self: Store, *args: object, **kwargs: object) -> object:
+        version = real(self, *args, **kwargs)  # type: ignore[arg-type]
+        os.kill(os.getpid(), signal.SIGINT)  # lands now, as a Ctrl-C at this moment would
+        time.sleep(0.2)
+        return version
+
+    monkeypatch.setattr(Store, "create_model_version", then_ctrl_c)
+    code = main(["finetune", "-c", str(config)])
+    _, err = capsys.readouterr()
+    assert code == 130, err
+    with Store.open(f"sqlite:///{home / 'store.db'}") as store:
+        (run,) = store.list_runs()
+        assert run.status == "finished"
+        version = store.get_model_version("helpdesk", 1)
+        assert version.gates.state == "passed"  # its verdicts were recorded
+        assert store.resolve_model_ref("helpdesk@challenger").version == 1
+    assert "interrupted once helpdesk:1 was registered with its gate verdicts" in err

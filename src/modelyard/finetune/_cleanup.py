@@ -9,6 +9,9 @@ cannot do this; ``modelyard doctor`` finds what it left.
 from __future__ import annotations
 
 import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +55,31 @@ def interrupted(
         checkpoint_step=saved[1] if saved else None,
         status=status,
     )
+
+
+@contextlib.contextmanager
+def held_signals() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while the body runs, then deliver the first one held to the
+    handler it would have met (Ctrl-C's KeyboardInterrupt, the CLI's SIGTERM handler, or
+    the default, which ends the process). Python runs signal handlers in the main thread
+    only, so outside it (an embedding caller's thread) nothing is held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: object) -> None:
+        held.append(signum)
+
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, hold) for s in signals}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if held:
+        signal.raise_signal(held[0])
 
 
 @dataclass

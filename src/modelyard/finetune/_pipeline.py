@@ -35,7 +35,7 @@ from modelyard.evaluation import (
     parse_gates,
 )
 from modelyard.finetune._bases import registered_name
-from modelyard.finetune._cleanup import Written, clean_up, interrupted
+from modelyard.finetune._cleanup import Written, clean_up, held_signals, interrupted
 from modelyard.finetune._config import FinetuneConfig
 from modelyard.finetune._cost import gpu_hour_price, priced
 from modelyard.finetune._evaluate import champion_of, evaluate_rows
@@ -395,6 +395,9 @@ def _run_main(
         )  # fmt: skip
     except BaseException as exc:
         status = clean_up(store, artifacts, run_id, state, exc, history, registry.model)
+        if isinstance(exc, KeyboardInterrupt) and status is None and outcome.ref:
+            ui.info(f"interrupted once {outcome.ref} was registered with its gate verdicts: "
+                    "the version stands")  # fmt: skip
         if tracker is not None:
             tracker.finish("failed")
         if isinstance(exc, KeyboardInterrupt) and status is not None:
@@ -469,42 +472,49 @@ def _train_and_register(
         parent=_parent_ref(store, registry.model),
         compute=outcome.training["compute"],
     )
-    state.model_created = ensure_model(
-        store, registry.model, tenant=registry.tenant, description=registry.description
-    )
-    version = store.create_model_version(
-        registry.model,
-        kind=kind,
-        artifact_digest=blob.digest,
-        base_model=base.name,
-        run_id=run_id,
-        lineage=lineage,
-        metrics={**outcome.metrics, **{f"base_{k}": v for k, v in outcome.base_metrics.items()}},
-    )
-    state.registered = True
-    store.finish_run(
-        run_id,
-        status="finished",
-        metrics={**outcome.training, **outcome.metrics, "history": history},
-    )
-    outcome.version, outcome.ref = version.version, version.ref
-    gates = parse_gates(config.evaluation.gates)
-    verdicts = evaluate_gates(
-        gates, outcome.metrics, outcome.champion_metrics, config.evaluation.tolerance
-    )
-    outcome.verdicts = [v.to_dict() for v in verdicts]
-    outcome.passed = gates_passed(verdicts)
-    store.record_gate_verdicts(
-        registry.model, version.version, outcome.verdicts, passed=outcome.passed
-    )
-    if outcome.passed and registry.alias_on_pass:
-        try:
-            store.set_alias(registry.model, registry.alias_on_pass, version.version)
-            outcome.alias = registry.alias_on_pass
-        except PermissionDenied as exc:  # e.g. champion needs an approver: a separate step
-            outcome.alias_refused = exc.message
-            passed = "passed its gates" if verdicts else "has no gates configured, so it"
-            ui.info(f"{version.ref} {passed} was not promoted: {exc.one_line()}")
+    # What follows registers the version, its verdicts and its alias: a Ctrl-C or SIGTERM
+    # meanwhile waits until all of it is written (no version left without its verdicts, no
+    # run left 'running' beside its version), then interrupts as before.
+    with held_signals():
+        state.model_created = ensure_model(
+            store, registry.model, tenant=registry.tenant, description=registry.description
+        )
+        version = store.create_model_version(
+            registry.model,
+            kind=kind,
+            artifact_digest=blob.digest,
+            base_model=base.name,
+            run_id=run_id,
+            lineage=lineage,
+            metrics={
+                **outcome.metrics,
+                **{f"base_{k}": v for k, v in outcome.base_metrics.items()},
+            },
+        )
+        state.registered = True
+        store.finish_run(
+            run_id,
+            status="finished",
+            metrics={**outcome.training, **outcome.metrics, "history": history},
+        )
+        outcome.version, outcome.ref = version.version, version.ref
+        gates = parse_gates(config.evaluation.gates)
+        verdicts = evaluate_gates(
+            gates, outcome.metrics, outcome.champion_metrics, config.evaluation.tolerance
+        )
+        outcome.verdicts = [v.to_dict() for v in verdicts]
+        outcome.passed = gates_passed(verdicts)
+        store.record_gate_verdicts(
+            registry.model, version.version, outcome.verdicts, passed=outcome.passed
+        )
+        if outcome.passed and registry.alias_on_pass:
+            try:
+                store.set_alias(registry.model, registry.alias_on_pass, version.version)
+                outcome.alias = registry.alias_on_pass
+            except PermissionDenied as exc:  # e.g. champion needs an approver: a separate step
+                outcome.alias_refused = exc.message
+                passed = "passed its gates" if verdicts else "has no gates configured, so it"
+                ui.info(f"{version.ref} {passed} was not promoted: {exc.one_line()}")
 
 
 def _parent_ref(store: Store, model: str) -> str | None:
