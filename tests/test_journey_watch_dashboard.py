@@ -28,7 +28,7 @@ def _query(title: str) -> str:
     every = panels(json.loads(DASHBOARD.read_text())["panels"])
     [panel] = [p for p in every if p["title"] == title]
     [target] = panel["targets"]
-    return str(target["expr"]).replace("$endpoint", ".*")
+    return str(target["expr"]).replace("$endpoint", ".*").replace("$tenant", ".*")
 
 
 def _series(metric: str, labels: dict[str, str], value: float) -> list[dict[str, str]]:
@@ -83,4 +83,23 @@ def test_firing_alerts_shows_one_per_alert_across_replicas(promtool: str, tmp_pa
         }
     ]
     tests = [{"expr": _query("Firing alerts"), "eval_time": "2m", "exp_samples": expected}]
+    assert _evaluate(promtool, tmp_path, series, tests) == ""
+
+
+def test_error_rate_is_the_share_alert_rules_fire_on(promtool: str, tmp_path: Path) -> None:
+    """error_rate in `monitor alerts` and rollout guards is errors and timeouts over the
+    answered requests (ok, error, timeout). A client sending 900 requests a minute that its
+    rate limit refuses (429) must not make 10 % of failing answers look like 1 %."""
+    per_minute = {"ok": 90, "error": 8, "timeout": 2, "refused": 900, "cancelled": 10}
+    series = [
+        {
+            "series": f'modelyard_requests_total{{endpoint="acme-support",tenant="acme",'
+            f'version="acme-support:1",status="{status}",instance="{REPLICAS[0]}"}}',
+            "values": f"0+{n}x10",
+        }
+        for status, n in per_minute.items()
+    ]
+    query = _query("Error rate by endpoint")
+    expected = [{"labels": '{endpoint="acme-support"}', "value": 0.1}]
+    tests = [{"expr": query, "eval_time": "10m", "exp_samples": expected}]
     assert _evaluate(promtool, tmp_path, series, tests) == ""
