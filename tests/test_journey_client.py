@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -241,3 +242,23 @@ def test_a_feedback_text_too_long_says_how_many_characters(
     assert caught.value.param == field
     assert f"at most {bound} characters, not {size}" in caught.value.message
     assert "items" not in caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("header", "said"),
+    [
+        ("Basic Zm9vOmJhcg==", "scheme 'Basic'"),
+        ("Token myk_x", "scheme 'Token'"),
+        ("Bearer", "no key after 'Bearer'"),
+    ],
+)
+def test_an_authorization_header_of_another_kind_says_so(
+    served: Served, header: str, said: str
+) -> None:
+    """A client configured with the wrong auth scheme sent a header: "missing API key" sent
+    its developer looking for a header that is there."""
+    reply = httpx.get(served.url + "/v1/models", headers={"Authorization": header})
+    assert reply.status_code == 401
+    error = reply.json()["error"]
+    assert error["type"] == "authentication_error" and said in error["message"]
+    assert "Bearer <key>" in error["message"] and "missing" not in error["message"]

@@ -90,10 +90,16 @@ def _authenticate(request: Request, authorization: str | None) -> ApiKey:
             hint="A key sent in a URL may be logged on the way; rotate it "
             "(`modelyard keys rotate`).",
         )
-    if not authorization or not authorization.lower().startswith("bearer "):
+    if not authorization or not authorization.strip():
         raise AuthError("missing API key: send 'Authorization: Bearer <key>'")
+    scheme, _, raw = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not raw.strip():
+        sent = "no key after 'Bearer'" if scheme.lower() == "bearer" else f"scheme {scheme[:20]!r}"
+        raise AuthError(
+            f"the Authorization header holds {sent}: send 'Authorization: Bearer <key>'"
+        )
     keys: KeyCache = request.app.state.keys
-    return keys.get(authorization[7:].strip())
+    return keys.get(raw.strip())
 
 
 KeyDep = Annotated[ApiKey, Depends(_key_with("infer"))]
