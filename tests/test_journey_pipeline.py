@@ -293,3 +293,21 @@ def test_ctrl_c_while_the_version_is_registered_leaves_no_half_registered_versio
         assert version.gates.state == "passed"  # its verdicts were recorded
         assert store.resolve_model_ref("helpdesk@challenger").version == 1
     assert "interrupted once helpdesk:1 was registered with its gate verdicts" in err
+
+
+def test_fail_on_leakage_without_eval_says_it_checks_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--fail-on leakage` without `--eval` passed in silence: a pipeline that forgot the
+    eval file believed it had a leakage gate. It still exits 0 (as documented) but says so."""
+    from modelyard.cli import main
+
+    data = tmp_path / "train.jsonl"
+    data.write_text(json.dumps({"instruction": "Route it.", "output": "network"}) + "\n", "utf-8")
+    capsys.readouterr()
+    assert main(["data", "validate", str(data), "--format", "alpaca", "--fail-on", "leakage"]) == 0
+    _, err = capsys.readouterr()
+    assert "warning: --fail-on leakage checks nothing without --eval FILE" in err
+    assert main(["data", "validate", str(data), "--format", "alpaca", "--fail-on", "pii"]) == 0
+    _, err = capsys.readouterr()
+    assert "leakage" not in err

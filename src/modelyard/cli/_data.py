@@ -98,6 +98,12 @@ def validate(
     Exits 0 when none of the --fail-on rules trips, 1 when one does, 2 for bad input.
     """
     rules = check_rules(fail_on)
+    named = {part.strip() for rule in fail_on for part in rule.split(",")}
+    if eval_file is None and "leakage" in named:  # a gate asked for that checks nothing
+        err_console.print(
+            "[yellow]warning:[/] --fail-on leakage checks nothing without --eval FILE (the "
+            "held-out set the training rows must not repeat)"
+        )
     rows = _load(file, format)
     eval_rows = None if eval_file is None else _load(eval_file, format)
     tokenizer = None
