@@ -262,3 +262,26 @@ def test_an_authorization_header_of_another_kind_says_so(
     error = reply.json()["error"]
     assert error["type"] == "authentication_error" and said in error["message"]
     assert "Bearer <key>" in error["message"] and "missing" not in error["message"]
+
+
+def test_a_path_the_router_does_not_relay_is_a_404_in_openais_error_body(tmp_path: Path) -> None:
+    """A base_url without /v1 (a usual slip) sent through `modelyard route`: the SDK gets an
+    error it can read, saying what the router serves, not FastAPI's {"detail": ...}."""
+    from modelyard.routing import create_route_app
+
+    with (
+        Store.open(f"sqlite:///{tmp_path / 'store.db'}") as store,
+        BackgroundServer(create_route_app(store)) as router,
+    ):
+        client = openai.OpenAI(base_url=router.base_url, api_key="myk_x", max_retries=0)
+        with pytest.raises(openai.NotFoundError) as caught:
+            client.chat.completions.create(
+                model="acme-support", messages=[{"role": "user", "content": "hi"}]
+            )
+        client.close()
+        admin = httpx.get(router.base_url + "/admin/v1/tenants")
+    assert isinstance(caught.value.body, dict)
+    assert caught.value.body["type"] == "invalid_request_error"
+    assert "Invalid URL (POST /chat/completions)" in caught.value.message
+    assert "/v1/" in caught.value.message
+    assert admin.status_code == 404 and "replica" in admin.json()["error"]["message"]

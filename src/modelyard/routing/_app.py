@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import modelyard
 from modelyard.errors import ModelyardError
@@ -111,6 +112,18 @@ def create_route_app(store: Store, options: RouteOptions | None = None) -> FastA
         if token and not hmac.compare_digest(given.encode(), token.encode()):
             return PlainTextResponse("an operator token is required\n", status_code=401)
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def not_here(req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # OpenAI's error body, as the servers answer: a client's SDK reads it whatever path
+        message = (
+            f"Invalid URL ({req.method} {req.url.path}): the router relays /v1/... only; "
+            "the admin API and the console are served by each replica"
+            if exc.status_code == 404
+            else str(exc.detail)
+        )
+        error = {"message": message, "type": "invalid_request_error", "code": None, "param": None}
+        return JSONResponse({"error": error}, status_code=exc.status_code, headers=exc.headers)
 
     app.mount("/v1", proxy)
     return app
