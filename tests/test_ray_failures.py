@@ -216,3 +216,52 @@ def test_an_actor_lost_mid_job_stops_it_with_one_line_and_the_same_command_resum
     assert len(records) == rows  # one record per row: none twice, none missing
     assert {r["id"] for r in records} == {a["record_id"] for a in answers}
     assert {r["status"] for r in records} == {"ok"}
+
+
+def test_a_job_whose_actors_wait_for_busy_cpus_says_so_then_runs_when_they_free_up(
+    cluster: str, world: World, here: Path
+) -> None:
+    """The cluster has the CPUs, but another job holds them: the actors wait, and before
+    Ray said nothing (the job seemed to hang at its first row). The job says it waits,
+    once, and runs when the CPUs are free."""
+    import threading
+
+    import ray
+
+    class Hog:  # another job's actor (local: Ray sends it by value, not by module name)
+        def ping(self) -> int:
+            return 1
+
+    _free_cpus(ray, 2.0)
+    hog = ray.remote(num_cpus=2)(Hog).remote()
+    ray.get(hog.ping.remote())  # started: the cluster's two CPUs are held
+    write_jsonl(here / "in.jsonl", [{"id": f"q{i}", "prompt": f"question {i}"} for i in range(4)])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
+    env |= {"MODELYARD_HOME": str(world.home), "MODELYARD_API_KEY": world.key}
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "modelyard", "batch", "run", "in.jsonl", "-o", "out.jsonl",
+         "-e", "claims-router", "--engine", "echo", "--json", "--ray", cluster],
+        cwd=here, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines: list[str] = []
+    assert driver.stderr is not None
+    reader = threading.Thread(target=lambda: lines.extend(driver.stderr or ()), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any("waiting for the Ray cluster" in line for line in lines):
+            assert driver.poll() is None, lines
+            assert time.monotonic() < deadline, lines
+            time.sleep(0.1)
+        (said,) = [line for line in lines if "waiting for the Ray cluster" in line]
+        assert "1 actors of 1 CPU each need 1 CPUs and 0 are free now" in said, said
+        assert driver.poll() is None  # it waits, as a job on a shared cluster does
+        ray.kill(hog)
+        stdout, _ = driver.communicate(timeout=120)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+    assert driver.returncode == 0, lines
+    assert json.loads(stdout)["answered"] == 4
+    assert len((here / "out.jsonl").read_text().splitlines()) == 4

@@ -48,6 +48,7 @@ from modelyard.serving import InProcessPlane
 from modelyard.store import ApiKey
 
 INSTALL = 'pip install "modelyard[ray]"'
+log = logging.getLogger(__name__)
 _ADDRESS = re.compile(r"^(auto|local|ray://[^\s/]+|[A-Za-z0-9.\-\[\]:]+:\d+)$")
 
 
@@ -104,6 +105,7 @@ def ray_cluster(options: RayOptions, *, store_dialect: str) -> Iterator[None]:
     try:
         _check_resources(ray, options)
         _check_store(ray, store_dialect)
+        _note_busy(ray, options)
         yield
     finally:
         if started:
@@ -142,6 +144,21 @@ def _check_resources(ray: Any, options: RayOptions) -> None:
                 f"the Ray cluster has {have.get(name, 0.0):g}",
                 hint=f"Ask for fewer: --ray-actors, {flag} (or add nodes first).",
             )
+
+
+def _note_busy(ray: Any, options: RayOptions) -> None:
+    """Actors that fit the cluster but not what other jobs leave free wait, and Ray says
+    nothing: the job would seem to hang at its first row. Say so, once, and wait."""
+    free = ray.available_resources()
+    for name, each in (("CPU", options.cpus), ("GPU", options.gpus)):
+        wanted = options.actors * each
+        if wanted > free.get(name, 0.0) + 1e-9:
+            log.warning(
+                "waiting for the Ray cluster: %d actors of %g %s each need %g %ss and %g are "
+                "free now (other jobs hold the rest); the job starts when they are",
+                options.actors, each, name, wanted, name, free.get(name, 0.0),
+            )  # fmt: skip
+            return
 
 
 def _check_store(ray: Any, dialect: str) -> None:
