@@ -89,8 +89,11 @@ async def wait_all(
 
 async def _disconnected(receive: Receive) -> None:
     """Returns when the client has closed its connection (the body was read before)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
+    try:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+    except Exception:  # a server that cannot say: the answer is awaited as before
+        await asyncio.Future()
 
 
 class Formatter(Protocol):
