@@ -124,7 +124,7 @@ def test_answers_are_keyed_by_message_id_and_bad_messages_are_dead_lettered(
         add(client, {"prompt": "one two three four", "max_tokens": 2, "id": 7}): "one two",
     }
     bad = {
-        add(client, "not json"): "the 'body' field is not JSON",
+        add(client, "not json"): "the body is not JSON",
         _id(client.xadd("requests", {"text": "hi"})): "the message has no 'body' field",
         add(client, {"prompt": "hi", "max_token": 3}): "unknown key 'max_token' (did you mean "
         "'max_tokens'?)",

@@ -153,7 +153,7 @@ def test_answers_are_json_keyed_by_sequence_and_dead_letters_keep_the_request_as
     data, headers = dead[broken]
     assert data == b"not json"  # as it was sent, to publish again once fixed
     assert headers["Trace-Id"] == "t-9" and headers["attempts"] == "1"
-    assert headers["reason"].startswith("the payload is not JSON (")
+    assert headers["reason"].startswith("the body is not JSON (")
     assert "unknown key 'max_token'" in dead[misspelt][1]["reason"]
     records = world.records()
     assert sorted(records) == sorted(a["record_id"] for a in got.values())

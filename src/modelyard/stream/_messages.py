@@ -91,13 +91,13 @@ def _body(fields: Mapping[str, bytes]) -> dict[str, Any]:
     try:
         body = json.loads(raw)
     except UnicodeDecodeError as exc:
-        raise BadMessage(f"the {BODY!r} field is not UTF-8 text") from exc
+        raise BadMessage("the body is not UTF-8 text") from exc
     except json.JSONDecodeError as exc:
         raise BadMessage(
-            f"the {BODY!r} field is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+            f"the body is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
         ) from exc
     if not isinstance(body, dict):
-        raise BadMessage(f"the {BODY!r} field is JSON but not an object")
+        raise BadMessage("the body is JSON but not an object")
     return body
 
 

@@ -359,8 +359,6 @@ def _dead_letter(s: Settlement) -> tuple[bytes, dict[str, str]]:
             payload = value if isinstance(value, bytes) else value.encode()
         elif not name.startswith("Nats-"):
             text = value.decode(errors="replace") if isinstance(value, bytes) else value
-            if name == "reason":  # the request's JSON is its payload here, not a field
-                text = text.replace(f"the {BODY!r} field", "the payload")
             headers[name] = " ".join(text.split())  # a header is one line
     return payload, headers
 
