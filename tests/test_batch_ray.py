@@ -296,7 +296,7 @@ def test_without_ray_installed_ray_is_a_one_line_error_and_nothing_else_imports_
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert done.returncode == 2, done.stderr
-    assert done.stderr.startswith("error: --ray needs Ray Data, which is not installed")
+    assert done.stderr.startswith("error: --ray needs Ray, which is not installed")
     assert 'Install it with: pip install "modelyard[ray]"' in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
