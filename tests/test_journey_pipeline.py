@@ -311,3 +311,32 @@ def test_fail_on_leakage_without_eval_says_it_checks_nothing(
     assert main(["data", "validate", str(data), "--format", "alpaca", "--fail-on", "pii"]) == 0
     _, err = capsys.readouterr()
     assert "leakage" not in err
+
+
+def test_finetune_whose_alias_on_pass_is_refused_stops_the_pipeline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`registry.alias_on_pass: champion` refused (here: no gates to vouch for the version)
+    exited 0, so the pipeline's next step delivered the version champion still pointed at,
+    and a `rollout start` to it now says "nothing to do". It exits 1 now, as `rollout wait`
+    does when its --promote-alias is refused; the version stays registered."""
+    from modelyard.cli import main
+
+    config = _project(tmp_path, max_steps=2, save_every=None)
+    edited = yaml.safe_load(config.read_text(encoding="utf-8"))
+    edited["registry"]["alias_on_pass"] = "champion"  # and no evaluation.gates
+    config.write_text(yaml.safe_dump(edited, sort_keys=False), encoding="utf-8")
+    home = tmp_path / "home"
+    monkeypatch.setenv("MODELYARD_HOME", str(home))
+    capsys.readouterr()
+    code = main(["finetune", "-c", str(config)])
+    out, err = capsys.readouterr()
+    assert code == 1, err
+    assert "registered helpdesk:1" in out
+    (line,) = [x for x in err.splitlines() if x.startswith("error: ")]
+    assert line.startswith("error: helpdesk:1 has no gates configured, but helpdesk@champion "
+                           "was NOT moved to it")  # fmt: skip
+    assert "--override-gates" in line
+    with Store.open(f"sqlite:///{home / 'store.db'}") as store:
+        assert [v.version for v in store.list_model_versions("helpdesk")] == [1]
+        assert "champion" not in store.get_model_version("helpdesk", 1).aliases

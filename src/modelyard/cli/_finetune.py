@@ -264,6 +264,30 @@ def finetune(
     failure = outcome.gate_failure()
     if failure is not None:
         raise failure
+    if outcome.alias_refused is not None:
+        _alias_not_moved(outcome, prepared.config.registry.alias_on_pass)
+
+
+def _alias_not_moved(outcome: Any, alias: str | None) -> None:
+    """The config's ``alias_on_pass`` was refused (a protected alias and a role that may not
+    move it, or no gates to vouch for the version): exit 1, as `rollout wait` does when its
+    --promote-alias is refused. A pipeline that went on would deliver the version the alias
+    still points at, not this one."""
+    from modelyard.errors import PermissionDenied
+
+    vouched = "passed its gates" if outcome.verdicts else "has no gates configured"
+    move = f"modelyard registry alias {outcome.model} {alias} {outcome.version}"
+    hint = (
+        f"The version is registered; someone allowed to can move the alias: `{move}`."
+        if outcome.verdicts
+        else "The version is registered; give the config evaluation.gates, or an approver "
+        f'can move the alias anyway: `{move} --override-gates --reason "why"`.'
+    )
+    raise PermissionDenied(
+        f"{outcome.ref} {vouched}, but {outcome.model}@{alias} was NOT moved to it: "
+        f"{outcome.alias_refused}",
+        hint=hint,
+    )
 
 
 def _check_resumable(prepared: Any, home: Path) -> None:
