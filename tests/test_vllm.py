@@ -256,6 +256,19 @@ def test_a_whole_answer_is_one_vllm_response_with_what_the_stream_gives(world: W
         assert ours.ttft_ms is not None and ours.ttft_ms > 0
 
 
+def test_no_max_tokens_near_the_context_end_answers_up_to_it_not_a_400(world: World) -> None:
+    """A client that sent no max_tokens, with a prompt the default (64) would push past
+    vLLM's context, gets an answer up to the context's end, as from the embedded engine
+    (vLLM 0.32 lowers max_tokens to what the context leaves by itself; a vLLM that refused
+    instead would fail this)."""
+    version = world.versions["chatty"]  # never ends an answer: it stops at the context
+    prompt = world.engine.token_prompt(version, (7,) * (CONTEXT - 20))
+    defaulted = SamplingParams(max_tokens=64, temperature=0, max_tokens_defaulted=True)
+    gen = world.engine.generate(version, prompt, defaulted)
+    assert (gen.prompt_tokens, gen.completion_tokens) == (CONTEXT - 20, 20)
+    assert gen.finish_reason == "length"
+
+
 def test_a_cancelled_whole_answer_stops_vllm_at_once(world: World) -> None:
     """The client left (or the request timed out) while vLLM decodes a long non-streamed
     answer: the connection is cut, vLLM aborts the request, and it ends as cancelled."""
