@@ -336,6 +336,7 @@ def test_a_slow_rollback_alert_does_not_delay_another_rollback(store: Store) -> 
             for _ in range(10)
         )  # fmt: skip
     assert len(ctl.tick()) == 2
+    ctl.close()  # custom notifiers run off the controller's thread: wait for the calls due
     # when the first alert went out, both rollouts were rolled back already
     assert seen[0] == {"support": "rolled_back", "helpdesk": "rolled_back"}
     assert len(seen) == 2
