@@ -407,6 +407,38 @@ def test_serve_engine_vllm_says_what_it_needs(tmp_path: Path) -> None:
     assert r.code == 2 and "one of 1, 8, 16" in r.err, r.err
 
 
+def test_a_busy_port_is_refused_before_any_vllm_starts(tmp_path: Path) -> None:
+    """serve --engine vllm waits for its vLLM servers before it listens; a --port another
+    process holds is refused at once, not after the weights have loaded (minutes, for a
+    large model), and no vLLM is started for nothing."""
+    import socket
+
+    from worlds import fake_world, home_store
+
+    home = tmp_path / "home"
+    assert modelyard("init", home=home).code == 0
+    with home_store(home) as store:
+        fake_world(store)  # an endpoint whose version vLLM would serve
+    started = tmp_path / "started"
+    server = tmp_path / "site" / "vllm" / "entrypoints" / "openai"  # a vLLM that loads slowly
+    server.mkdir(parents=True)
+    for folder in (server, server.parent, server.parent.parent):
+        (folder / "__init__.py").write_text("")
+    (server / "api_server.py").write_text(f"import time\nopen({str(started)!r}, 'w')\n"
+                                          "time.sleep(300)\n")  # fmt: skip
+    python = tmp_path / "python"
+    python.write_text(f'#!/bin/sh\nPYTHONPATH="{tmp_path / "site"}" exec "{sys.executable}" "$@"\n')
+    python.chmod(0o755)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        r = modelyard("serve", "--engine", "vllm", "--vllm-python", str(python),
+                      "--port", str(port), "--vllm-start-timeout-s", "60", home=home)  # fmt: skip
+    assert r.code == 2 and f"cannot listen on 127.0.0.1:{port}" in r.err, r.err
+    assert not started.exists()  # no vLLM was started, and nobody waited for one
+
+
 def test_full_weights_get_a_vllm_server_of_their_own(world: World) -> None:
     """A version with full weights (the base itself, registered as a version) is served by
     its own vLLM server, from its verified files, and answers as the transformers engine."""

@@ -10,7 +10,7 @@ import typer
 
 from modelyard.cli._common import err_console, open_artifacts, open_store, settings
 from modelyard.errors import ConfigError
-from modelyard.sockets import url_host
+from modelyard.sockets import bind_socket, url_host
 from modelyard.store import Store
 
 # Options only some engines read: given on the command line to another engine they would
@@ -409,6 +409,11 @@ def serve(
     tls = (tls_cert, tls_key) if tls_cert and tls_key else None
     admin_on = admin_enabled(host, admin, tls=tls is not None, behind_tls_proxy=behind_tls_proxy)
     placed = placement(device, dtype) if engine == "transformers" else None
+    # a busy --port or --metrics-port is refused now, not after vLLM has loaded its weights
+    # (minutes, for a large model); the server binds them for good once the engine is ready
+    for wanted in (port, metrics_port):
+        if wanted:  # 0 or none: any free port, or no listener of its own
+            bind_socket(host, wanted).close()
     store = open_store()
     chosen: Engine
     if engine == "transformers":
