@@ -329,7 +329,11 @@ def test_a_vllm_process_killed_mid_stream_fails_the_request_and_is_restarted(
     assert whole[0].status_code == 503 and whole[0].headers.get("retry-after") == "5"
     assert whole[0].json()["error"]["message"].startswith(world.versions["chatty"].ref)
     assert not any(line == "data: [DONE]" for line in rest[:-1] if '"error"' in line)
-    # while it restarts: 503 with Retry-After, never a hang
+    # while it restarts: /ready says not ready (a load balancer sends the traffic to other
+    # replicas), and a request that comes anyway gets a 503 with Retry-After, never a hang
+    if not process.ready():
+        ready = httpx.get(world.url + "/ready", timeout=10)
+        assert (ready.status_code, ready.json()) == (503, {"ready": False, "engine": "not ready"})
     client = _client(world, "acme")
     deadline = time.monotonic() + READY_S
     while not (process.ready() and process.restarts > restarts) and time.monotonic() < deadline:
@@ -339,6 +343,7 @@ def test_a_vllm_process_killed_mid_stream_fails_the_request_and_is_restarted(
             assert exc.status_code == 503 and exc.response.headers.get("retry-after") == "5"
         time.sleep(1)
     assert process.ready() and process.restarts == restarts + 1
+    assert httpx.get(world.url + "/ready", timeout=10).json() == {"ready": True}
     answer = client.completions.create(model="acme-rambler", prompt="x", max_tokens=4)
     assert answer.usage and answer.usage.completion_tokens == 4  # adapters load again
     killed = [r for r in _records(world, "acme-rambler", 1) if r["http_status"] != 200]

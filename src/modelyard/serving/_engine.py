@@ -106,6 +106,12 @@ class Engine(abc.ABC):
         """Refs of the versions held in memory (for /ready and heartbeats)."""
         return []
 
+    def problem(self) -> str | None:
+        """Why this engine cannot answer now (a model server it runs is starting again
+        after it died), for ``/ready``: a load balancer then sends the traffic to other
+        replicas; None when it can."""
+        return None
+
     def stats(self) -> EngineStats:
         """Adapter cache, batch and queue counters."""
         return EngineStats()

@@ -216,6 +216,8 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
         # Public: no names and no store details (those are in the server log and /metrics).
         if plane.store_probe.problem() is not None:  # asked at most every 1.5 s
             return JSONResponse({"ready": False, "store": "unreachable"}, status_code=503)
+        if plane.engine.problem() is not None:  # a vLLM server starting again after it died
+            return JSONResponse({"ready": False, "engine": "not ready"}, status_code=503)
         return {"ready": True}
 
     @app.get("/metrics")

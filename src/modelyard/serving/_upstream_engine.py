@@ -179,6 +179,9 @@ class EngineSet(Engine):
     def loaded(self) -> list[str]:
         return self.local.loaded()
 
+    def problem(self) -> str | None:
+        return self.local.problem()  # an upstream's outage is its versions' own 503s
+
     def stats(self) -> EngineStats:
         return self.local.stats()
 

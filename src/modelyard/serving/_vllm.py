@@ -291,10 +291,12 @@ class VLLMProcess:
         return False
 
     def kill(self) -> None:
-        """SIGKILL the server process alone (tests of crashes): the supervisor restarts it."""
+        """SIGKILL the server with its engine processes, as a crash of the machine's vLLM
+        (tests of crashes): the supervisor restarts it. (The server process alone is not
+        enough: vLLM's engine and API processes then finish the requests they hold.)"""
         if self._proc is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self._proc.pid, signal.SIGKILL)
+                os.killpg(self._proc.pid, signal.SIGKILL)
 
     def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM (vLLM finishes its streams as aborted and exits), then SIGKILL the group."""

@@ -189,6 +189,14 @@ class VLLMEngine(Engine):
         with self._lock:
             return len(self._servers)
 
+    def problem(self) -> str | None:
+        """One of its vLLM servers is not ready (still starting, or starting again after it
+        died): its versions' requests get 503 until it is."""
+        with self._lock:
+            processes = [server.process for server in self._servers.values()]
+        down = sum(not p.ready() for p in processes)
+        return f"{down} of {len(processes)} vLLM servers not ready" if down else None
+
     def wait_started(self, timeout_s: float) -> list[VLLMProcess]:
         """Wait up to ``timeout_s`` for every server started so far to be ready; returns
         those that are not (they go on starting under their supervisor)."""
@@ -367,7 +375,8 @@ class VLLMEngine(Engine):
         server = self._server(self._source(version))
         if not server.process.ready():
             raise EngineError(
-                f"{version.ref}: its vLLM server is not ready ({server.process.problem})",
+                f"{version.ref}: its vLLM server is not ready "
+                f"({server.process.problem or 'it stopped; restarting'})",
                 hint="Retry shortly.",
                 retry_after=RETRY_AFTER_S,
             )
