@@ -18,18 +18,16 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from modelyard.access import create_api_key
 from modelyard.cli import main
 from modelyard.errors import EngineError
 from modelyard.serving import EchoEngine, SamplingParams
-from modelyard.store import ModelVersion, Store
+from modelyard.store import ModelVersion
 from modelyard.stream import (
     RedisStreamSource,
     Settlement,
@@ -38,40 +36,20 @@ from modelyard.stream import (
     run_stream,
 )
 from redisserver import RedisServer, redis_cluster, redis_server
-from worlds import fake_world, home_store
+from streamworld import StreamWorld, stream_world
 
 JOB = "requests/answerers"
 
 
-@dataclass
-class World:
-    home: Path
-    key: str
-
-    def store(self) -> Store:
-        return home_store(self.home)
-
-    def records(self) -> dict[str, dict[str, Any]]:
-        with self.store() as store:
-            return {r["id"]: r for r in store.query_records(job_id=JOB, limit=None)}
-
-
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    home = tmp_path_factory.mktemp("stream") / "home"
-    home.mkdir()
-    with home_store(home) as store:
-        fake_world(store, tenant="acme-insurance", model="acme-claims",
-                   endpoint="claims-router", template="text")  # fmt: skip
-        _, key = create_api_key(store, "acme-insurance", scopes=("infer",))
-    return World(home, key)
+def world(tmp_path_factory: pytest.TempPathFactory) -> StreamWorld:
+    return stream_world(tmp_path_factory.mktemp("stream") / "home", JOB)
 
 
 @pytest.fixture
-def server(world: World, tmp_path: Path) -> Iterator[RedisServer]:
+def server(world: StreamWorld, tmp_path: Path) -> Iterator[RedisServer]:
     """A Redis of this test's own; the world's records of earlier tests removed."""
-    with world.store() as store:
-        store.discard_job_records(JOB, list(world.records()))
+    world.forget_records()
     with redis_server(tmp_path) as started:
         yield started
 
@@ -97,7 +75,7 @@ def command(server: RedisServer, *extra: str) -> list[str]:
             "-e", "claims-router", "--engine", "echo", *extra]  # fmt: skip
 
 
-def consume(world: World, server: RedisServer, capsys: pytest.CaptureFixture[str],
+def consume(world: StreamWorld, server: RedisServer, capsys: pytest.CaptureFixture[str],
             *extra: str) -> dict[str, Any]:  # fmt: skip
     """``stream run ... --until-empty --json`` in this process: its summary."""
     os.environ["MODELYARD_HOME"] = str(world.home)
@@ -114,7 +92,7 @@ def consume(world: World, server: RedisServer, capsys: pytest.CaptureFixture[str
 
 
 def test_answers_are_keyed_by_message_id_and_bad_messages_are_dead_lettered(
-    world: World, server: RedisServer, capsys: pytest.CaptureFixture[str]
+    world: StreamWorld, server: RedisServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     client = server.client()
     chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "a chat"}]
@@ -162,7 +140,7 @@ def test_answers_are_keyed_by_message_id_and_bad_messages_are_dead_lettered(
 
 
 def test_a_consumer_killed_with_messages_in_flight_then_another_answers_each_once(
-    world: World, server: RedisServer, capsys: pytest.CaptureFixture[str]
+    world: StreamWorld, server: RedisServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     client = server.client()
     good = [add(client, {"prompt": f"question {i}", "id": i}) for i in range(120)]
@@ -202,7 +180,7 @@ def test_a_consumer_killed_with_messages_in_flight_then_another_answers_each_onc
 
 
 def test_sigterm_drains_the_messages_in_flight_and_exits_0(
-    world: World, server: RedisServer
+    world: StreamWorld, server: RedisServer
 ) -> None:
     client = server.client()
     for i in range(200):
@@ -243,7 +221,7 @@ class _Failing(EchoEngine):
 
 
 def test_a_message_failing_on_the_server_is_retried_then_dead_lettered(
-    world: World, server: RedisServer
+    world: StreamWorld, server: RedisServer
 ) -> None:
     client = server.client()
     fine = add(client, {"prompt": "fine"})
@@ -332,7 +310,7 @@ def test_a_message_delivered_to_its_own_consumer_again_after_a_restart(
     assert restarted.fetch(5, 0.1) == []
 
 
-def test_stop_from_another_thread_drains(world: World, server: RedisServer) -> None:
+def test_stop_from_another_thread_drains(world: StreamWorld, server: RedisServer) -> None:
     client = server.client()
     for i in range(30):
         add(client, {"prompt": f"question {i}"})
@@ -368,7 +346,7 @@ def test_stop_from_another_thread_drains(world: World, server: RedisServer) -> N
 
 
 def test_bad_settings_exit_2_before_any_message_is_read(
-    world: World, server: RedisServer, capsys: pytest.CaptureFixture[str],
+    world: StreamWorld, server: RedisServer, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     monkeypatch.setenv("MODELYARD_HOME", str(world.home))
@@ -398,7 +376,7 @@ def test_bad_settings_exit_2_before_any_message_is_read(
 
 
 def test_a_redis_cluster_is_consumed_as_one_server_is_when_the_streams_share_a_hash_tag(
-    world: World, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    world: StreamWorld, tmp_path: Path, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     monkeypatch.setenv("MODELYARD_HOME", str(world.home))
@@ -438,7 +416,7 @@ DOC = (Path(__file__).resolve().parents[1] / "docs" / "batch.md").read_text()
 
 
 def test_the_docs_stream_example_runs_and_prints_what_it_shows(
-    world: World, server: RedisServer, capsys: pytest.CaptureFixture[str],
+    world: StreamWorld, server: RedisServer, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     import ast

@@ -18,53 +18,30 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from modelyard.access import create_api_key
 from modelyard.cli import main
 from modelyard.errors import ModelyardError
-from modelyard.store import Store
 from modelyard.stream import NatsStreamSource, Settlement
 from modelyard.stream._nats import stream_name, subject_matches
 from natsserver import NatsServer, nats_server
-from worlds import fake_world, home_store
+from streamworld import StreamWorld, stream_world
 
 JOB = "claims.in/answerers"
 
 
-@dataclass
-class World:
-    home: Path
-    key: str
-
-    def store(self) -> Store:
-        return home_store(self.home)
-
-    def records(self) -> dict[str, dict[str, Any]]:
-        with self.store() as store:
-            return {r["id"]: r for r in store.query_records(job_id=JOB, limit=None)}
-
-
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    home = tmp_path_factory.mktemp("stream-nats") / "home"
-    home.mkdir()
-    with home_store(home) as store:
-        fake_world(store, tenant="acme-insurance", model="acme-claims",
-                   endpoint="claims-router", template="text")  # fmt: skip
-        _, key = create_api_key(store, "acme-insurance", scopes=("infer",))
-    return World(home, key)
+def world(tmp_path_factory: pytest.TempPathFactory) -> StreamWorld:
+    return stream_world(tmp_path_factory.mktemp("stream-nats") / "home", JOB)
 
 
 @pytest.fixture
-def server(world: World, tmp_path: Path) -> Iterator[NatsServer]:
+def server(world: StreamWorld, tmp_path: Path) -> Iterator[NatsServer]:
     """A NATS of this test's own; the world's records of earlier tests removed."""
-    with world.store() as store:
-        store.discard_job_records(JOB, list(world.records()))
+    world.forget_records()
     with nats_server(tmp_path) as started:
         yield started
 
@@ -113,7 +90,7 @@ def command(server: NatsServer, *extra: str) -> list[str]:
             *extra]  # fmt: skip
 
 
-def consume(world: World, server: NatsServer, capsys: pytest.CaptureFixture[str],
+def consume(world: StreamWorld, server: NatsServer, capsys: pytest.CaptureFixture[str],
             *extra: str) -> dict[str, Any]:  # fmt: skip
     """``stream run ... --until-empty --json`` in this process: its summary."""
     os.environ["MODELYARD_HOME"] = str(world.home)
@@ -130,7 +107,7 @@ def consume(world: World, server: NatsServer, capsys: pytest.CaptureFixture[str]
 
 
 def test_answers_are_json_keyed_by_sequence_and_dead_letters_keep_the_request_as_sent(
-    world: World, server: NatsServer, capsys: pytest.CaptureFixture[str]
+    world: StreamWorld, server: NatsServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     asked = dict(zip(publish(server, {"prompt": "route the roof claim", "id": "q-1"},
                              {"prompt": "one two three four", "max_tokens": 2, "id": 7}),
@@ -171,7 +148,7 @@ def test_answers_are_json_keyed_by_sequence_and_dead_letters_keep_the_request_as
 
 
 def test_a_consumer_killed_with_messages_in_flight_then_another_answers_each_once(
-    world: World, server: NatsServer, capsys: pytest.CaptureFixture[str]
+    world: StreamWorld, server: NatsServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     good = publish(server, *({"prompt": f"question {i}", "id": i} for i in range(80)))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
@@ -278,7 +255,7 @@ def test_subjects_and_stream_names() -> None:
 
 
 def test_bad_settings_exit_2_before_any_message_is_read(
-    world: World, server: NatsServer, capsys: pytest.CaptureFixture[str],
+    world: StreamWorld, server: NatsServer, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:  # fmt: skip
     monkeypatch.setenv("MODELYARD_HOME", str(world.home))
@@ -324,7 +301,7 @@ def test_bad_settings_exit_2_before_any_message_is_read(
 
 
 def test_nats_going_away_stops_the_consumer_and_a_restart_answers_the_rest_once(
-    world: World, server: NatsServer, capsys: pytest.CaptureFixture[str]
+    world: StreamWorld, server: NatsServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     good = publish(server, *({"prompt": f"question {i}"} for i in range(40)))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
@@ -357,7 +334,7 @@ DOC = (Path(__file__).resolve().parents[1] / "docs" / "batch.md").read_text()
 
 
 def test_the_docs_nats_example_runs_and_prints_what_it_shows(
-    world: World, server: NatsServer, capsys: pytest.CaptureFixture[str],
+    world: StreamWorld, server: NatsServer, capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
     import ast

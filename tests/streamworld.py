@@ -1,0 +1,42 @@
+"""The world of the stream consumer tests (``test_stream``, ``test_stream_nats``), named as
+the quickstart's: tenant ``acme-insurance``'s endpoint ``claims-router`` serves
+``acme-claims:1``, a version the echo engine answers (template ``text``: the answer is
+the prompt's last words), and a key of the tenant with the ``infer`` scope."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from modelyard.access import create_api_key
+from modelyard.store import Store
+from worlds import fake_world, home_store
+
+
+@dataclass
+class StreamWorld:
+    home: Path
+    key: str
+    job: str  # the job id of the consumers' records
+
+    def store(self) -> Store:
+        return home_store(self.home)
+
+    def records(self) -> dict[str, dict[str, Any]]:
+        with self.store() as store:
+            return {r["id"]: r for r in store.query_records(job_id=self.job, limit=None)}
+
+    def forget_records(self) -> None:
+        """Remove the job's records of earlier tests."""
+        with self.store() as store:
+            store.discard_job_records(self.job, list(self.records()))
+
+
+def stream_world(home: Path, job: str) -> StreamWorld:
+    home.mkdir()
+    with home_store(home) as store:
+        fake_world(store, tenant="acme-insurance", model="acme-claims",
+                   endpoint="claims-router", template="text")  # fmt: skip
+        _, key = create_api_key(store, "acme-insurance", scopes=("infer",))
+    return StreamWorld(home, key, job)
