@@ -448,3 +448,14 @@ def test_a_version_number_beyond_the_database_is_not_found_anywhere(
         code, _, err = run(capsys, line)
         assert code == 1 and "Traceback" not in err, (line, err)
         assert f"model 'bot' has no version {huge}" in err, (line, err)
+
+
+def test_a_version_of_another_model_points_at_the_models_own_versions(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The hint names how to find the endpoint's model's versions, not a made-up one (it
+    said 'e.g. --to bot:2', which may be a version whose gates failed)."""
+    code, _, err = run(capsys, "rollout start support --to nobot@champion")
+    assert code == 2 and "nobot@champion is not a version of 'bot'" in err, err
+    assert "--to bot:N or bot@ALIAS (its versions and aliases: modelyard registry list bot)" in err
+    assert "bot:2" not in err

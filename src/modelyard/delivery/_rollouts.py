@@ -132,7 +132,8 @@ def start_rollout(
     if name != ep.model:
         raise ConfigError(
             f"{to} is not a version of {ep.model!r}, the model behind endpoint {endpoint!r}",
-            hint=f"Roll out a version of {ep.model}, e.g. --to {ep.model}:2.",
+            hint=f"Roll out a version of {ep.model}: --to {ep.model}:N or {ep.model}@ALIAS "
+            f"(its versions and aliases: modelyard registry list {ep.model}).",
             field="to",
         )
     target = store.resolve_model_ref(to)
