@@ -459,3 +459,15 @@ def test_a_version_of_another_model_points_at_the_models_own_versions(
     assert code == 2 and "nobot@champion is not a version of 'bot'" in err, err
     assert "--to bot:N or bot@ALIAS (its versions and aliases: modelyard registry list bot)" in err
     assert "bot:2" not in err
+
+
+def test_endpoints_show_says_where_the_traffic_of_a_pinned_endpoint_went(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An endpoint created with bot:1 whose traffic moved (a rollout, set-traffic) says so in
+    its first line, which named only bot:1."""
+    assert run(capsys, "endpoints set-traffic support 1=20 2=80")[0] == 0
+    code, out, _ = run(capsys, "endpoints show support")
+    first = out.splitlines()[0]
+    assert code == 0 and first.startswith("support → bot:1 (0 requests recorded; created with")
+    assert first.endswith("its traffic now: bot:1 20%, bot:2 80%)")

@@ -4,6 +4,7 @@ those the admin API has routes for, through a server: ``open_plane``)."""
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from modelyard.access import parse_duration, parse_scopes
@@ -459,7 +460,15 @@ def endpoints_show(
              "rollout": active[0].id if active else None}
         )  # fmt: skip
         return
-    console.print(f"[bold]{endpoint.name}[/] → {endpoint.model_ref} ({count} requests recorded)")
+    plan = {f"{endpoint.model}:{r.version}": r.weight for r in endpoint.routes}
+    moved = ""  # a pinned ref a rollout or set-traffic has moved away from
+    if "@" not in endpoint.model_ref and plan != {endpoint.model_ref: 100}:
+        now = ", ".join(f"{ref} {weight}%" for ref, weight in plan.items())
+        moved = f"; created with it, its traffic now: {now}"
+    console.print(
+        f"[bold]{escape(endpoint.name)}[/] → {escape(endpoint.model_ref)} "
+        f"({count} requests recorded{escape(moved)})"
+    )
     table = Table("version", "weight %", f"live ({window})", "shadow", "fallback")
     shown = set()
     for r in endpoint.routes:
