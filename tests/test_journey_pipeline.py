@@ -260,9 +260,11 @@ def test_rollout_start_run_again_by_a_retried_ci_job_is_not_a_failure(
         assert [r.target for r in store.list_rollouts(endpoint="support")] == [3, 2]
 
 
+@pytest.mark.parametrize(("signum", "exit_code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_while_the_version_is_registered_leaves_no_half_registered_version(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    signum: int, exit_code: int,
+) -> None:  # fmt: skip
     """A Ctrl-C (or a CI's SIGTERM) landing just after the version row was written left a
     version with no gate verdicts, its alias not moved and its run 'running' beside it. The
     signal now waits until the version, its verdicts, its run and its alias are written."""
@@ -278,14 +280,14 @@ def test_ctrl_c_while_the_version_is_registered_leaves_no_half_registered_versio
 
     def then_ctrl_c(self: Store, *args: object, **kwargs: object) -> object:
         version = real(self, *args, **kwargs)  # type: ignore[arg-type]
-        os.kill(os.getpid(), signal.SIGINT)  # lands now, as a Ctrl-C at this moment would
+        os.kill(os.getpid(), signum)  # lands now, as a Ctrl-C (or SIGTERM) at this moment would
         time.sleep(0.2)
         return version
 
     monkeypatch.setattr(Store, "create_model_version", then_ctrl_c)
     code = main(["finetune", "-c", str(config)])
     _, err = capsys.readouterr()
-    assert code == 130, err
+    assert code == exit_code, err  # 128 + the signal, as when training is interrupted
     with Store.open(f"sqlite:///{home / 'store.db'}") as store:
         (run,) = store.list_runs()
         assert run.status == "finished"

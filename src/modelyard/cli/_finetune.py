@@ -239,6 +239,8 @@ def finetune(
         except FinetuneInterrupted as exc:
             _say_interrupted(exc, config)
             raise typer.Exit(128 + (stopped[0] if stopped else signal.SIGINT)) from None
+        except KeyboardInterrupt:  # once the version was registered: it stands, as said
+            raise typer.Exit(128 + (stopped[0] if stopped else signal.SIGINT)) from None
     assert outcome is not None
     if json_out:
         print_json(outcome)
