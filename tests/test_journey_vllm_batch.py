@@ -112,14 +112,16 @@ def test_a_vllm_batch_job_it_cannot_run_exits_2_with_one_line_and_writes_nothing
     assert sorted(p.name for p in tmp_path.iterdir()) == ["x.parquet"]
 
 
-def _vllm_servers() -> set[int]:
+def _vllm_servers(under: Path) -> set[int]:
+    """The vLLM servers running a model kept under ``under``: this module's, not those of
+    the tests another worker runs at the same time (test_vllm restarts its own)."""
     found = set()
     for entry in Path("/proc").iterdir():
         try:
             command = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"vllm.entrypoints.openai.api_server" in command:
+        if b"vllm.entrypoints.openai.api_server" in command and bytes(under) in command:
             found.add(int(entry.name))
     return found
 
@@ -129,7 +131,7 @@ def test_the_journeys_batch_job_is_answered_by_vllm_and_its_server_stopped(
 ) -> None:
     rows = 6
     _tickets(tmp_path, rows)
-    before = _vllm_servers()
+    before = _vllm_servers(home[0].parent)
     done = _batch(home, tmp_path, "--engine", "vllm", "--vllm-python", vllm_python,
                   "--vllm-kv-cache-gb", "1", "--vllm-max-model-len", "1024",
                   "--vllm-start-timeout-s", str(READY_S), "--id-column", "ticket_id",
@@ -149,4 +151,4 @@ def test_the_journeys_batch_job_is_answered_by_vllm_and_its_server_stopped(
     # vLLM answered: its log has the job's requests; and its server ended with the job
     logs = "".join(p.read_text() for p in (home[0] / "logs").glob("vllm-*.log"))
     assert "/v1/completions" in logs
-    assert _vllm_servers() <= before, "the job's vLLM server is still running"
+    assert _vllm_servers(home[0].parent) <= before, "the job's vLLM server is still running"
