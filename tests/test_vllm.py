@@ -276,12 +276,10 @@ def test_a_cancelled_whole_answer_stops_vllm_at_once(world: World) -> None:
     idle = _running(world, version)
     stream = world.engine.answer(version, world.prompts[0],
                                  SamplingParams(max_tokens=LONG, temperature=0))  # fmt: skip
-    # cancelled as soon as vLLM's gauge shows it decoding: a fixed wait was once longer than
-    # a quiet machine needed for the LONG tokens
-    seen = time.monotonic()
-    while _running(world, version) <= idle and _outcome(stream) is None:
-        assert time.monotonic() - seen < 30, "vLLM never showed the request running"
-        time.sleep(0.01)
+    # cancelled half a second after it was sent. vLLM 0.32 decodes the LONG tokens in 10 s
+    # or more on two cores, but its /metrics answers late while it decodes: waiting for its
+    # gauge to show the request running once saw the request end first (CI, under load)
+    time.sleep(0.5)
     assert _outcome(stream) is None, (
         f"the request ended before it was cancelled: {_outcome(stream)}"
     )
