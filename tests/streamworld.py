@@ -5,11 +5,16 @@ the prompt's last words), and a key of the tenant with the ``infer`` scope."""
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from modelyard.access import create_api_key
+from modelyard.cli import main
 from modelyard.store import Store
 from worlds import fake_world, home_store
 
@@ -26,6 +31,21 @@ class StreamWorld:
     def records(self) -> dict[str, dict[str, Any]]:
         with self.store() as store:
             return {r["id"]: r for r in store.query_records(job_id=self.job, limit=None)}
+
+    def consume(self, capsys: pytest.CaptureFixture[str], command: list[str]) -> dict[str, Any]:
+        """``command`` (a ``stream run``) with ``--until-empty --json`` in this process, as
+        the tenant's key: its summary."""
+        os.environ["MODELYARD_HOME"] = str(self.home)
+        os.environ["MODELYARD_API_KEY"] = self.key
+        try:
+            capsys.readouterr()
+            code = main([*command, "--until-empty", "--json"])
+            out, err = capsys.readouterr()
+        finally:
+            del os.environ["MODELYARD_HOME"], os.environ["MODELYARD_API_KEY"]
+        assert code == 0, err
+        summary: dict[str, Any] = json.loads(out)
+        return summary
 
     def forget_records(self) -> None:
         """Remove the job's records of earlier tests."""

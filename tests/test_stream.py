@@ -78,17 +78,7 @@ def command(server: RedisServer, *extra: str) -> list[str]:
 def consume(world: StreamWorld, server: RedisServer, capsys: pytest.CaptureFixture[str],
             *extra: str) -> dict[str, Any]:  # fmt: skip
     """``stream run ... --until-empty --json`` in this process: its summary."""
-    os.environ["MODELYARD_HOME"] = str(world.home)
-    os.environ["MODELYARD_API_KEY"] = world.key
-    try:
-        capsys.readouterr()
-        code = main(command(server, "--until-empty", "--json", "--claim-idle", "2s", *extra))
-        out, err = capsys.readouterr()
-    finally:
-        del os.environ["MODELYARD_HOME"], os.environ["MODELYARD_API_KEY"]
-    assert code == 0, err
-    summary: dict[str, Any] = json.loads(out)
-    return summary
+    return world.consume(capsys, command(server, "--claim-idle", "2s", *extra))
 
 
 def test_answers_are_keyed_by_message_id_and_bad_messages_are_dead_lettered(

@@ -93,17 +93,7 @@ def command(server: NatsServer, *extra: str) -> list[str]:
 def consume(world: StreamWorld, server: NatsServer, capsys: pytest.CaptureFixture[str],
             *extra: str) -> dict[str, Any]:  # fmt: skip
     """``stream run ... --until-empty --json`` in this process: its summary."""
-    os.environ["MODELYARD_HOME"] = str(world.home)
-    os.environ["MODELYARD_API_KEY"] = world.key
-    try:
-        capsys.readouterr()
-        code = main(command(server, "--until-empty", "--json", "--claim-idle", "2s", *extra))
-        out, err = capsys.readouterr()
-    finally:
-        del os.environ["MODELYARD_HOME"], os.environ["MODELYARD_API_KEY"]
-    assert code == 0, err
-    summary: dict[str, Any] = json.loads(out)
-    return summary
+    return world.consume(capsys, command(server, "--claim-idle", "2s", *extra))
 
 
 def test_answers_are_json_keyed_by_sequence_and_dead_letters_keep_the_request_as_sent(
