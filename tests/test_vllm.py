@@ -6,6 +6,8 @@ when their consumer cancels), and a vLLM process killed mid-stream."""
 from __future__ import annotations
 
 import itertools
+import os
+import signal
 import sys
 import threading
 import time
@@ -304,19 +306,34 @@ def test_a_vllm_process_killed_mid_stream_fails_the_request_and_is_restarted(
     waiting = threading.Thread(target=lambda: whole.append(httpx.post(
         world.url + "/v1/completions", json={**body, "stream": False}, headers=headers,
         timeout=60)))  # fmt: skip
-    with httpx.stream("POST", world.url + "/v1/completions", json=body, headers=headers,
-                      timeout=60) as r:  # fmt: skip
-        assert r.status_code == 200
-        lines = r.iter_lines()
-        first = next(line for line in lines if line.startswith("data:"))
-        assert '"text"' in first
-        waiting.start()
-        # Killed at once, mid-stream: on a quiet machine vLLM decodes the LONG tokens in well
-        # under a second, so waiting until its gauges showed both requests let them finish
-        # first (CI saw the whole one's 200). Whether the whole request has reached vLLM yet
-        # or not, its client gets the same 503 to retry (cut mid-request, or not ready).
-        process.kill()
-        rest = list(lines)
+    # The tiny model decodes the LONG tokens in well under a second, while vLLM's server, on
+    # two busy cores, may send them seconds later: the first chunk can come once the whole
+    # answer is written. So vLLM is frozen (SIGSTOP) at the first chunk; if what it had sent
+    # by then holds the answer's end, the kill would come too late to cut it: it runs again
+    # (SIGCONT) and the next try is taken. Otherwise it is killed, mid-answer.
+    for _ in range(5):
+        rest: list[str] = []
+        with httpx.stream("POST", world.url + "/v1/completions", json=body, headers=headers,
+                          timeout=60) as r:  # fmt: skip
+            assert r.status_code == 200
+            lines = r.iter_lines()
+            first = next(line for line in lines if line.startswith("data:"))
+            assert '"text"' in first
+            pid = process.pid
+            assert pid is not None
+            os.killpg(pid, signal.SIGSTOP)
+            reader = threading.Thread(target=rest.extend, args=(lines,), daemon=True)
+            reader.start()
+            reader.join(1.0)  # what was sent before the freeze
+            if not reader.is_alive():  # the answer had ended: too late to cut it
+                os.killpg(pid, signal.SIGCONT)
+                continue
+            waiting.start()
+            process.kill()
+            reader.join(60)
+        break
+    else:
+        raise AssertionError("vLLM's answer had always ended before its first chunk came")
     waiting.join(60)
     finished = [
         line for line in rest if '"finish_reason": "' in line or '"finish_reason":"' in line
