@@ -17,15 +17,9 @@ from typing import Any, TypeVar
 import nats
 import pytest
 
-from redisserver import IN_CI
+from redisserver import IN_CI, end_process, free_port
 
 _T = TypeVar("_T")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class NatsServer:
@@ -33,7 +27,7 @@ class NatsServer:
 
     def __init__(self, binary: str, workdir: Path, jetstream: bool = True) -> None:
         self.binary, self.workdir, self.jetstream = binary, workdir, jetstream
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"nats://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -56,14 +50,7 @@ class NatsServer:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        end_process(self.process)
         self.process = None
 
     def js(self, work: Callable[[Any], Coroutine[Any, Any, _T]]) -> _T:

@@ -18,7 +18,19 @@ import redis
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-def _free_port() -> int:
+def end_process(process: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM ``process`` (a server a test started), SIGKILL after 10 s; wait for it."""
+    if process is None:
+        return
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -30,7 +42,7 @@ class RedisServer:
 
     def __init__(self, binary: str, workdir: Path) -> None:
         self.binary, self.workdir = binary, workdir
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.process: subprocess.Popen[bytes] | None = None
         self._clients: list[redis.Redis] = []
@@ -69,14 +81,7 @@ class RedisServer:
             client.close()
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        end_process(self.process)
         self.process = None
 
     def client(self) -> redis.Redis:
@@ -128,7 +133,7 @@ def redis_cluster(workdir: Path, nodes: int = 3) -> Iterator[str]:
             node_dir.mkdir()
             server = RedisServer(binary, node_dir)
             servers.append(server)
-            bus = str(_free_port())  # not port + 10000, which may be past 65535
+            bus = str(free_port())  # not port + 10000, which may be past 65535
             server.start("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                          "--cluster-port", bus)  # fmt: skip
         addresses = [f"127.0.0.1:{s.port}" for s in servers]
