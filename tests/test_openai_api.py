@@ -48,7 +48,7 @@ def test_models_retrieve_answers_only_the_keys_own_endpoints(served: Served) -> 
     for name in ("globex-support", "no-such-endpoint"):  # another tenant's reads as missing
         with pytest.raises(openai.NotFoundError) as caught:
             client.models.retrieve(name)
-        assert caught.value.code == "endpoint_not_found" and name in str(caught.value)
+        assert caught.value.code == "model_not_found" and name in str(caught.value)
     r = httpx.get(served.url + "/v1/models/acme-support")
     assert r.status_code == 401  # a key is needed, as for the list
 

@@ -332,7 +332,7 @@ def test_another_tenants_endpoint_is_a_404_and_a_key_is_needed(served: Served) -
     for name in ("globex-support", "no-such-endpoint"):
         with pytest.raises(openai.NotFoundError) as caught:
             client.responses.create(model=name, input="hi")
-        assert caught.value.code == "endpoint_not_found"
+        assert caught.value.code == "model_not_found"
         with pytest.raises(openai.NotFoundError):  # before the stream starts: a plain error
             client.responses.create(model=name, input="hi", stream=True)
     assert served.client("globex").responses.create(model="globex-support", input="ok").output_text

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from modelyard.errors import (
     BudgetExceeded,
+    EndpointNotFound,
     EngineOverloaded,
     ModelyardError,
     RateLimited,
@@ -54,7 +55,9 @@ def error_of(exc: ModelyardError) -> Any:
     """The OpenAI error body of ``exc``. A store error says nothing of the store (its host,
     database, settings) to the caller: that is for the server's log."""
     message = STORE_TROUBLE if isinstance(exc, StoreError) else exc.one_line()
-    return error_body(message, status_of(exc).type, exc.code, param_of(exc))
+    # OpenAI's code for a name the key cannot call; clients and gateways match on it
+    code = "model_not_found" if isinstance(exc, EndpointNotFound) else exc.code
+    return error_body(message, status_of(exc).type, code, param_of(exc))
 
 
 _JSON_HINT = "send one JSON object with 'Content-Type: application/json'"
