@@ -371,3 +371,15 @@ def test_client_mistakes_the_engine_finds_are_refused_never_the_versions_errors(
     assert (canary.requests, canary.errors) == (10, 0)
     results = evaluate_guards(["error_rate <= 0.02"], canary, canary, min_requests=10)
     assert [r.status for r in results] == ["pass"]
+
+
+def test_an_empty_content_list_is_refused_as_openai_refuses_it(served: Served) -> None:
+    body = {**CHAT, "messages": [{"role": "user", "content": []}]}
+    _refused(
+        served.post("/v1/chat/completions", body), "messages.0.content", "content is an empty list"
+    )
+    parts = [{"type": "text", "text": "hello"}]  # a list with a part is a message, as before
+    ok = served.post(
+        "/v1/chat/completions", {**CHAT, "messages": [{"role": "user", "content": parts}]}
+    )
+    assert ok.status_code == 200, ok.text

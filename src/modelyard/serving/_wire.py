@@ -103,6 +103,13 @@ class ChatMessage(BaseModel):
             )
         return value
 
+    @field_validator("content")
+    @classmethod
+    def _parts_or_text(cls, content: str | list[TextPart] | None) -> Any:
+        if isinstance(content, list) and not content:
+            raise ValueError("content is an empty list; send a string, or at least one text part")
+        return content
+
     @model_validator(mode="after")
     def _content_or_calls(self) -> ChatMessage:
         if self.tool_calls and self.role != "assistant":
