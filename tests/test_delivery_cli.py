@@ -186,7 +186,7 @@ def test_wait_reports_each_step_and_ends_with_a_sentence(
 def test_wait_after_a_rollback_says_it_in_words(
     store: Store, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The sentence on stdout and the error line on stderr both read "rolled back"."""
+    """One sentence, on stderr, says it was rolled back, why, and where traffic is now."""
     from modelyard.store import Transition
 
     start = "modelyard rollout start support --to bot:2 --steps 50,100 --bake 0s --min-requests 0"
@@ -201,8 +201,9 @@ def test_wait_after_a_rollback_says_it_in_words(
     code, out, err = run(capsys, "modelyard rollout wait support --timeout 5s")
     assert code == 1
     out, err = " ".join(out.split()), " ".join(err.split())  # unwrapped
-    assert out.startswith(f"The rollout of support to bot:2 ended rolled back ({breach})")
-    assert f"error: the rollout of support to bot:2 ended rolled back ({breach})" in err
+    assert out == ""  # the sentence is the error line: the reason is said once
+    said = f"error: the rollout of support to bot:2 ended rolled back ({breach}): traffic is "
+    assert said + "back to 100% to bot:1" in err and err.count(breach) == 1
     assert "rolled_back" not in out + err
     # the report's "Versions and rollouts" table names the guard, in words, not as a repr
     page_path = store_home(store) / "report.html"

@@ -326,9 +326,10 @@ def wait(
             on_change=None if json_out else moved,
         )  # fmt: skip
         idle = timed_out and _no_controller(plane)
+    failure = None if timed_out else ended_badly(r)
     if json_out:
         print_json({**to_jsonable(r), "timed_out": timed_out})
-    elif not timed_out:
+    elif not timed_out and failure is None:  # a failure's sentence is its error line
         console.print(final(r), soft_wrap=True)
     if timed_out:
         goes_on = (
@@ -342,7 +343,6 @@ def wait(
             hint=goes_on,
             endpoint=endpoint,
         )
-    failure = ended_badly(r)
     if failure is not None:
         raise failure
 

@@ -11,6 +11,7 @@ from typing import Any
 
 from rich.table import Table
 
+from modelyard.delivery import plan_text
 from modelyard.metric_names import judge_name
 from modelyard.store import Rollout
 
@@ -25,14 +26,6 @@ def seconds_text(s: float) -> str:
         if s >= size and s % size == 0:
             return f"{int(s // size)}{unit}"
     return f"{s:g}s"
-
-
-def plan_text(model: str, plan: Mapping[Any, Any] | None) -> str:
-    """``{'1': 90, '3': 10}`` → ``90% to bot:1, 10% to bot:3`` (largest share first)."""
-    if not plan:
-        return "no traffic"
-    shares = sorted(((int(w), str(v)) for v, w in plan.items() if int(w) > 0), reverse=True)
-    return ", ".join(f"{w}% to {model}:{v}" for w, v in shares)
 
 
 def _steps(steps: Sequence[Any]) -> str:
@@ -173,18 +166,10 @@ def progress(r: Rollout) -> str:
 
 
 def final(r: Rollout) -> str:
-    """`rollout wait`'s last line, a sentence on how the rollout ended."""
-    if r.status == "succeeded":
-        alias = r.outcome.get("alias") if isinstance(r.outcome, Mapping) else None
-        moved = _alias_clause(
-            r, alias, ", and {alias} points at it", ", but {alias} was NOT moved: {why}"
-        )
-        return (
-            f"The rollout of {r.endpoint} to {r.target_ref} succeeded: "
-            f"all traffic goes to it{moved}."
-        )
-    why = f" ({r.reason})" if r.reason else ""
+    """`rollout wait`'s last line when the rollout ended as asked (a failure's sentence is
+    its error line, ``delivery.ended_badly``)."""
+    alias = r.outcome.get("alias") if isinstance(r.outcome, Mapping) else None
+    moved = _alias_clause(r, alias, ", and {alias} points at it", "")
     return (
-        f"The rollout of {r.endpoint} to {r.target_ref} ended {r.status.replace('_', ' ')}{why}: "
-        f"traffic is back to {plan_text(r.model, r.baseline)}."
+        f"The rollout of {r.endpoint} to {r.target_ref} succeeded: all traffic goes to it{moved}."
     )

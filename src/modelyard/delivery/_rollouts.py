@@ -368,7 +368,8 @@ def ended_badly(r: Rollout) -> RolloutError | None:
         why = f" ({r.reason})" if r.reason else ""
         return RolloutFailed(
             f"the rollout of {r.endpoint} to {r.target_ref} ended "
-            f"{r.status.replace('_', ' ')}{why}",
+            f"{r.status.replace('_', ' ')}{why}: traffic is back to "
+            + plan_text(r.model, r.baseline),
             hint=hint,
             endpoint=r.endpoint,
         )
@@ -386,5 +387,9 @@ def ended_badly(r: Rollout) -> RolloutError | None:
     return None
 
 
-def plan_text(model: str, plan: Mapping[int, int]) -> str:
-    return ", ".join(f"{model}:{v}={w}" for v, w in sorted(plan.items()) if w > 0)
+def plan_text(model: str, plan: Mapping[Any, Any] | None) -> str:
+    """``{'1': 90, '3': 10}`` → ``90% to bot:1, 10% to bot:3`` (largest share first)."""
+    if not plan:
+        return "no traffic"
+    shares = sorted(((int(w), str(v)) for v, w in plan.items() if int(w) > 0), reverse=True)
+    return ", ".join(f"{w}% to {model}:{v}" for w, v in shares)
