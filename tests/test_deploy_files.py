@@ -606,6 +606,7 @@ def _shell_commands() -> list[list[str]]:
     text = (ROOT / "examples/ci/pipeline.sh").read_text().replace("\\\n", " ")
     commands = []
     for line in text.splitlines():
+        line = re.sub(r"^\w+=\$\((modelyard [^|)]*?)\s*(\|.*)?\)$", r"\1", line)  # REF=$(…)
         if line.startswith("modelyard "):
             line = re.sub(r'"\$(\w+)"', r"\1", line)  # "$VAR" → VAR, a word for the parser
             line = re.sub(r'"\$(\w+)(@\w+)"', r"\1\2", line)
@@ -634,3 +635,13 @@ def test_the_ci_examples_validate_in_the_format_the_config_trains_with(source: A
     validate = next(c for c in source() if c[1:3] == ["data", "validate"])
     fmt = validate[validate.index("--format") + 1]
     assert fmt in ("FORMAT", "$FORMAT")  # read from finetune.yaml's data.format, not alpaca
+
+
+def test_the_shell_pipeline_delivers_the_version_it_trained_not_an_alias() -> None:
+    """`@challenger` may have moved by the time the rollout starts (a second pipeline of the
+    model): the script rolls out the ref its own `finetune --json` printed."""
+    text = (ROOT / "examples/ci/pipeline.sh").read_text()
+    start = next(c for c in _shell_commands() if c[1:3] == ["rollout", "start"])
+    assert start[start.index("--to") + 1] == "REF"
+    assert 'REF=$(modelyard finetune -c "$CONFIG" --json |' in text
+    assert "@challenger" not in text.split("set -euo pipefail")[1]

@@ -6,12 +6,13 @@
 #
 # finetune.yaml registers the version and, when its gates pass, sets the alias
 # `challenger` (registry.alias_on_pass: challenger); the rollout then moves the endpoint
-# to it in steps and, if every guard holds, moves `champion` to it as well.
+# to the version this run registered (its exact ref, not `@challenger`: a second pipeline
+# of the same model may have moved that alias since) in steps and, if every guard holds,
+# moves `champion` to it as well.
 set -euo pipefail
 
 DATA=${DATA:-data/claims-train.jsonl}
 CONFIG=${CONFIG:-finetune.yaml}
-MODEL=${MODEL:-acme-claims}
 ENDPOINT=${ENDPOINT:-acme-support}
 # the data format is the one the config trains with (its data.format), unless FORMAT is set
 FORMAT=${FORMAT:-$(python3 -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["data"]["format"])' "$CONFIG")}
@@ -20,11 +21,12 @@ FORMAT=${FORMAT:-$(python3 -c 'import sys, yaml; print(yaml.safe_load(open(sys.a
 modelyard data validate "$DATA" --format "$FORMAT" \
     --fail-on pii --fail-on duplicates --fail-on empty-fields
 
-# 2. train, evaluate and gate (exit 1 when a gate fails: nothing moves)
-modelyard finetune -c "$CONFIG"
+# 2. train, evaluate and gate (exit 1 when a gate fails: nothing moves); REF is the version
+#    it registered, e.g. acme-claims:7, read from its JSON result
+REF=$(modelyard finetune -c "$CONFIG" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["ref"])')
 
 # 3. deliver: canary 10% → 50% → 100%, rolled back by itself on a breached guard
-modelyard rollout start "$ENDPOINT" --to "$MODEL@challenger" \
+modelyard rollout start "$ENDPOINT" --to "$REF" \
     --steps 10,50,100 --bake 10m --min-requests 200 \
     --guard "error_rate <= 0.02" \
     --guard "p95_latency_ms <= 1.2 * baseline" \
