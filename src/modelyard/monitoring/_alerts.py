@@ -1,11 +1,12 @@
-"""Alert rules (YAML), their evaluation, and notifications (webhook and log).
+"""Alert rules (YAML), their evaluation, and notifications (log, webhook, Alertmanager).
 
 An alert is one rule for one endpoint. Its state moves
 ``inactive → pending → firing → resolved``: the condition must hold for the
 rule's ``for`` before it fires; it resolves when the condition stops holding.
 Only the moves to ``firing`` and to ``resolved`` are notified, once each
 (deduplicated by the state kept in the store), to every target: the log
-always, and the webhook (a JSON POST, retried with backoff, with a timeout).
+always, and the webhook (a JSON POST, retried with backoff, with a timeout); every
+firing alert goes to Alertmanager at every evaluation (``_alertmanager``).
 A firing rule may start a retraining command, or ``modelyard pipeline run`` on a
 pipeline file (``pipeline:``, the alert's id passed on); that start is audited.
 """
@@ -26,7 +27,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-import httpx
 import yaml
 from pydantic import (
     BaseModel,
@@ -40,10 +40,11 @@ from pydantic import (
 from modelyard.durations import parse_duration
 from modelyard.errors import ConfigError
 from modelyard.metric_names import TRAFFIC_METRICS, canonical, hint, judge_name
+from modelyard.monitoring._alertmanager import AlertmanagerConfig, check_label_names, send_alerts
 from modelyard.monitoring._drift import parse_reference
 from modelyard.monitoring._features import FEATURE_NAMES
 from modelyard.monitoring._judging import OnlineJudging
-from modelyard.monitoring._notify import WebhookRound, notify, undelivered
+from modelyard.monitoring._notify import WebhookConfig, WebhookRound, notify, undelivered
 from modelyard.store import (
     AlertNotification,
     AlertState,
@@ -78,27 +79,9 @@ class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
 
 
-class WebhookConfig(_Section):
-    url: str = Field(description="where alerts are POSTed as JSON")
-    # bounded: the tick waits for each delivery, its tries and their backoff (doubling)
-    timeout_s: float = Field(default=5.0, gt=0, le=60, allow_inf_nan=False)
-    retries: int = Field(default=3, ge=0, le=10)
-    backoff_s: float = Field(default=0.5, ge=0, le=10, allow_inf_nan=False)
-
-    @field_validator("url")
-    @classmethod
-    def _http(cls, value: str) -> str:
-        try:  # a URL httpx cannot parse raised out of every tick that notified
-            host = httpx.URL(value).host if value.startswith(("http://", "https://")) else ""
-        except httpx.InvalidURL:
-            host = ""
-        if not host:
-            raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
-        return value
-
-
 class NotifyConfig(_Section):
     webhook: WebhookConfig | None = None
+    alertmanager: AlertmanagerConfig | None = None
 
 
 LONGEST = timedelta(days=366)
@@ -231,6 +214,8 @@ class AlertRules(_Section):
             key = ".".join(str(p) for p in first["loc"]) or "rules"
             msg = first["msg"].removeprefix("Value error, ")
             raise ConfigError(f"{source}: {key}: {msg}", field=key) from None
+        if rules.notify.alertmanager is not None:  # it refuses alerts with such labels
+            check_label_names(rules.rules, source)
         try:
             parse_reference(rules.drift.reference, datetime.now(UTC))
         except ConfigError as exc:  # it speaks of the CLI's --reference: say where it is
@@ -424,6 +409,10 @@ def evaluate_rules(store: Store, rules: AlertRules, now: datetime) -> list[Trans
         if webhook is not None:
             webhook.close()
         store.add_alert_notifications(kept)  # what was sent, kept together
+    if rules.notify.alertmanager is not None:  # every firing alert, at every evaluation
+        final = states | {a.id: a for _, a, _ in evaluated.values()}
+        final |= {t.alert.id: t.alert for t in transitions}
+        send_alerts(rules.notify.alertmanager, final.values(), rules.rules, now)
     return transitions
 
 

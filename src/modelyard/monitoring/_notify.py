@@ -17,14 +17,42 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import httpx
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from modelyard.store import AlertNotification, AlertState, Store
 
 log = logging.getLogger("modelyard.alerts")
 
 
+def http_url(value: str) -> str:
+    """``value`` if it is an http:// or https:// URL with a host, else a ValueError."""
+    try:  # a URL httpx cannot parse raised out of every tick that notified
+        host = httpx.URL(value).host if value.startswith(("http://", "https://")) else ""
+    except httpx.InvalidURL:
+        host = ""
+    if not host:
+        raise ValueError(f"{value!r} is not an http:// or https:// URL with a host")
+    return value
+
+
+class WebhookConfig(BaseModel):
+    """The rules file's ``notify.webhook``."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    url: str = Field(description="where alerts are POSTed as JSON")
+    # bounded: the tick waits for each delivery, its tries and their backoff (doubling)
+    timeout_s: float = Field(default=5.0, gt=0, le=60, allow_inf_nan=False)
+    retries: int = Field(default=3, ge=0, le=10)
+    backoff_s: float = Field(default=0.5, ge=0, le=10, allow_inf_nan=False)
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, value: str) -> str:
+        return http_url(value)
+
+
 class Webhook(Protocol):
-    """Where and how alerts are POSTed (``_alerts.WebhookConfig``)."""
+    """Where and how alerts are POSTed (``WebhookConfig``)."""
 
     @property
     def url(self) -> str: ...
