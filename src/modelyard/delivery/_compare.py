@@ -130,8 +130,7 @@ def _order_interval(values: np.ndarray, q: float) -> tuple[float, float]:
 
 
 def _stats(ref: str, s: VersionSample, rng: np.random.Generator) -> VersionStats:
-    lat = np.asarray(s.latencies_ms, dtype=float)
-    fb = np.asarray(s.feedback, dtype=float)
+    lat, fb = s.latencies_ms, s.feedback  # float64 arrays (``VersionSample``)
     fb_ci = feedback_interval(fb) if len(fb) >= 2 else None
     return VersionStats(
         version=ref,

@@ -23,17 +23,20 @@ from __future__ import annotations
 import math
 import operator
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 from modelyard.errors import ConfigError
 from modelyard.metric_names import canonical, hint, judge_name
 from modelyard.store import RequestSample, VersionSample
 
 GuardStatus = Literal["pass", "breach", "pending", "no_data"]
+FloatArray = npt.NDArray[np.float64]
 
 _OPS: dict[str, Callable[[float, float], bool]] = {
     "<=": operator.le,
@@ -89,7 +92,7 @@ class Guard:
         return None if baseline is None else self.factor * baseline + self.offset
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class TrafficSample(RequestSample):
     """The traffic a guard judges: one side of a step (the canary, or the baseline versions
     together) in a window. The store's ``VersionSample`` is one version's part of it.
@@ -107,13 +110,13 @@ class TrafficSample(RequestSample):
         if metric == "error_rate":
             return self.errors / self.requests if self.requests else None
         if metric == "feedback_score":
-            return float(np.mean(self.feedback)) if self.feedback else None
+            return float(np.mean(self.feedback)) if len(self.feedback) else None
         if metric == "mean_latency_ms":
-            return float(np.mean(self.latencies_ms)) if self.latencies_ms else None
+            return float(np.mean(self.latencies_ms)) if len(self.latencies_ms) else None
         if metric == "p95_ttft_ms":
-            return float(np.percentile(self.ttfts_ms, 95)) if self.ttfts_ms else None
+            return float(np.percentile(self.ttfts_ms, 95)) if len(self.ttfts_ms) else None
         q = {"p50_latency_ms": 50, "p95_latency_ms": 95, "p99_latency_ms": 99}[metric]
-        return float(np.percentile(self.latencies_ms, q)) if self.latencies_ms else None
+        return float(np.percentile(self.latencies_ms, q)) if len(self.latencies_ms) else None
 
     def count(self, metric: str) -> int:
         judge = judge_name(metric)
@@ -123,13 +126,21 @@ class TrafficSample(RequestSample):
 
     @classmethod
     def of(cls, samples: Iterable[VersionSample]) -> TrafficSample:
-        """The traffic of these versions together."""
+        """The traffic of these versions together: their status counts summed, their values
+        one array each (in the versions' order), never boxed into Python objects."""
         parts = list(samples)
+        statuses: Counter[str] = Counter()
+        for x in parts:
+            statuses.update(x.statuses)
+
+        def joined(arrays: list[FloatArray]) -> FloatArray:
+            return np.concatenate(arrays) if arrays else np.empty(0)
+
         return cls(
-            tuple(s for x in parts for s in x.statuses),
-            tuple(v for x in parts for v in x.latencies_ms),
-            tuple(v for x in parts for v in x.ttfts_ms),
-            tuple(v for x in parts for v in x.feedback),
+            statuses,
+            joined([x.latencies_ms for x in parts]),
+            joined([x.ttfts_ms for x in parts]),
+            joined([x.feedback for x in parts]),
         )
 
 

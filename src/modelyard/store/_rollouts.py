@@ -34,9 +34,13 @@ from modelyard.store._rows import (
     version_ref_of,
     version_row,
 )
+from modelyard.store._samples import RequestSample as RequestSample  # re-exported
+from modelyard.store._samples import VersionSample as VersionSample
+from modelyard.store._samples import ended as ended
+from modelyard.store._samples import failed as failed
+from modelyard.store._samples import read_samples
 from modelyard.store._schema import (
     EndpointRow,
-    FeedbackRow,
     InferenceRecordRow,
     ModelVersionRow,
     RegisteredModelRow,
@@ -51,46 +55,6 @@ from modelyard.store.entities import (
     RolloutPolicy,
     RolloutStatus,
 )
-
-
-@dataclass(frozen=True)
-class RequestSample:
-    """Requests in a window: how each ended, and the latencies, times to first token and
-    feedback of those that ended ok. Guards and A/B comparisons judge versions on these."""
-
-    statuses: tuple[str, ...] = ()
-    latencies_ms: tuple[float, ...] = ()
-    ttfts_ms: tuple[float, ...] = ()
-    feedback: tuple[float, ...] = ()
-
-    @property
-    def requests(self) -> int:
-        return ended(self.statuses)
-
-    @property
-    def errors(self) -> int:
-        return failed(self.statuses)
-
-
-@dataclass(frozen=True, kw_only=True)
-class VersionSample(RequestSample):
-    """The live requests one version answered on an endpoint in a window (no shadows)."""
-
-    version: int
-    version_id: int
-    fallbacks: int  # requests routed to this version that another version had to answer
-
-
-def ended(statuses: Sequence[str]) -> int:
-    """Requests that ended (ok, error or timeout); cancelled ones, and those refused for a
-    client's mistake (``refused``, a 4xx), say nothing of a version."""
-    return sum(1 for st in statuses if st in ("ok", "error", "timeout"))
-
-
-def failed(statuses: Sequence[str]) -> int:
-    """Requests that ended in an error or a timeout: the server's failures (5xx, 504), never
-    a client's mistake (``refused``)."""
-    return sum(1 for st in statuses if st in ("error", "timeout"))
 
 
 @dataclass(frozen=True)
@@ -262,48 +226,11 @@ class RolloutStore(StoreCore):
     def rollout_samples(
         self, endpoint: str, since: datetime, version_ids: Sequence[int]
     ) -> dict[int, VersionSample]:
-        """Per version id: the live (not shadow) requests answered since ``since``."""
+        """Per version id: the live (not shadow) requests answered since ``since``, read
+        in chunks and only for these versions (``_samples.read_samples``)."""
         with self._session(f"read the traffic of {endpoint!r}") as s:
             endpoint_row(s, endpoint)
-            ids = list(version_ids)
-            rows = s.execute(
-                select(
-                    InferenceRecordRow.version_id,
-                    InferenceRecordRow.status,
-                    InferenceRecordRow.latency_ms,
-                    InferenceRecordRow.ttft_ms,
-                    InferenceRecordRow.fallback_from_id,
-                    FeedbackRow.score,
-                )
-                .outerjoin(FeedbackRow, FeedbackRow.record_id == InferenceRecordRow.id)
-                .where(
-                    InferenceRecordRow.endpoint_name == endpoint,
-                    InferenceRecordRow.created_at >= since,
-                    InferenceRecordRow.shadow.is_(False),
-                )
-            ).all()
-            query = select(ModelVersionRow.id, ModelVersionRow.version)
-            numbers: dict[int, int] = dict(
-                s.execute(query.where(ModelVersionRow.id.in_(ids))).all()
-            )
-        acc: dict[int, dict[str, Any]] = {
-            vid: {"st": [], "lat": [], "ttft": [], "fb": [], "fallbacks": 0} for vid in ids
-        }
-        for version_id, status, latency, ttft, fallback_from, score in rows:
-            if fallback_from in acc:
-                acc[fallback_from]["fallbacks"] += 1
-                continue  # answered by a baseline version on the target's behalf
-            if version_id not in acc:
-                continue
-            a = acc[version_id]
-            a["st"].append(status)
-            if status == "ok":
-                a["lat"].append(float(latency))
-                if ttft is not None:
-                    a["ttft"].append(float(ttft))
-            if score is not None:
-                a["fb"].append(float(score))
-        return {vid: to_sample(numbers.get(vid, 0), vid, a) for vid, a in acc.items()}
+            return read_samples(s, endpoint, since, version_ids)
 
     def requests_by_version(self, endpoint: str, since: datetime) -> dict[str, dict[str, int]]:
         """``{version ref: {"live": n, "shadow": n, "fallback": n}}`` since ``since``."""
@@ -465,13 +392,6 @@ def end_for_alias(s: Session, row: Any, erow: EndpointRow, reason: str) -> None:
     s.add(RolloutEventRow(rollout_id=row.id, time=now, kind="aborted",
                           step_index=row.step_index, detail={"reason": reason}))  # fmt: skip
     s.flush()
-
-
-def to_sample(number: int, vid: int, a: Mapping[str, Any]) -> VersionSample:
-    return VersionSample(
-        statuses=tuple(a["st"]), latencies_ms=tuple(a["lat"]), ttfts_ms=tuple(a["ttft"]),
-        feedback=tuple(a["fb"]), version=number, version_id=vid, fallbacks=int(a["fallbacks"]),
-    )  # fmt: skip
 
 
 def _event(e: RolloutEventRow) -> RolloutEvent:

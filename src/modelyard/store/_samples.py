@@ -1,0 +1,189 @@
+"""The live samples rollout guards and ``rollout compare`` judge versions on.
+
+A busy endpoint has millions of inference records, so a sample is read as its guards and
+tests need it, never as Python objects per record: only the rows of the versions asked
+for (and of the requests that fell back from them) are read, in chunks of ``CHUNK`` rows,
+and each version keeps its statuses as counts and its latencies, times to first token and
+feedback scores as float64 arrays (8 bytes a value, against about 32 in a tuple).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
+
+from modelyard.store._schema import FeedbackRow, InferenceRecordRow, ModelVersionRow
+
+FloatArray = npt.NDArray[np.float64]
+
+CHUNK = 20_000
+"""Rows fetched at a time (a server-side cursor on PostgreSQL): the Python rows of one chunk
+are all that is ever alive at once."""
+
+ENDED = ("ok", "error", "timeout")
+FAILED = ("error", "timeout")
+
+
+def _floats(values: Any) -> FloatArray:
+    """``values`` as a read-only float64 array (a view: the caller's array stays writable)."""
+    array = np.asarray(values, dtype=np.float64).view()
+    array.flags.writeable = False
+    return array
+
+
+def _counts(statuses: Mapping[str, int] | Iterable[str]) -> Mapping[str, int]:
+    counted = dict(statuses) if isinstance(statuses, Mapping) else dict(Counter(statuses))
+    return MappingProxyType(counted)
+
+
+@dataclass(frozen=True, eq=False)
+class RequestSample:
+    """Requests in a window: how each ended (``statuses``: how many ended so, per status),
+    and the latencies, times to first token and feedback of those that ended ok, in the
+    order they were read. Guards and A/B comparisons judge versions on these.
+
+    ``statuses`` may be given as the statuses themselves (``("ok", "error", "ok")``), and
+    the float fields as any sequence: they are counted and stored as arrays."""
+
+    statuses: Mapping[str, int] = field(default_factory=dict)
+    latencies_ms: FloatArray = field(default_factory=lambda: _floats(()))
+    ttfts_ms: FloatArray = field(default_factory=lambda: _floats(()))
+    feedback: FloatArray = field(default_factory=lambda: _floats(()))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "statuses", _counts(self.statuses))
+        for name in ("latencies_ms", "ttfts_ms", "feedback"):
+            object.__setattr__(self, name, _floats(getattr(self, name)))
+
+    @property
+    def requests(self) -> int:
+        return sum(self.statuses.get(st, 0) for st in ENDED)
+
+    @property
+    def errors(self) -> int:
+        return sum(self.statuses.get(st, 0) for st in FAILED)
+
+
+@dataclass(frozen=True, eq=False, kw_only=True)
+class VersionSample(RequestSample):
+    """The live requests one version answered on an endpoint in a window (no shadows)."""
+
+    version: int
+    version_id: int
+    fallbacks: int  # requests routed to this version that another version had to answer
+
+
+def ended(statuses: Sequence[str]) -> int:
+    """Requests that ended (ok, error or timeout); cancelled ones, and those refused for a
+    client's mistake (``refused``, a 4xx), say nothing of a version."""
+    return sum(1 for st in statuses if st in ENDED)
+
+
+def failed(statuses: Sequence[str]) -> int:
+    """Requests that ended in an error or a timeout: the server's failures (5xx, 504), never
+    a client's mistake (``refused``)."""
+    return sum(1 for st in statuses if st in FAILED)
+
+
+class _Parts:
+    """One version's sample as it is read: counts, and the chunks' arrays."""
+
+    def __init__(self) -> None:
+        self.statuses: Counter[str] = Counter()
+        self.latencies: list[FloatArray] = []
+        self.ttfts: list[FloatArray] = []
+        self.feedback: list[FloatArray] = []
+        self.fallbacks = 0
+
+    def sample(self, number: int, vid: int) -> VersionSample:
+        def joined(parts: list[FloatArray]) -> FloatArray:
+            return np.concatenate(parts) if parts else np.empty(0)
+
+        return VersionSample(
+            self.statuses, joined(self.latencies), joined(self.ttfts), joined(self.feedback),
+            version=number, version_id=vid, fallbacks=self.fallbacks,
+        )  # fmt: skip
+
+
+def read_samples(
+    s: Session, endpoint: str, since: datetime, version_ids: Sequence[int]
+) -> dict[int, VersionSample]:
+    """Per version id: the live (not shadow) requests on ``endpoint`` since ``since`` that
+    the version answered, and how many routed to it fell back to another version (those
+    count as its fallbacks only, not in the answering version's sample)."""
+    ids = list(dict.fromkeys(version_ids))
+    if not ids:
+        return {}
+    numbers: dict[int, int] = dict(
+        s.execute(
+            select(ModelVersionRow.id, ModelVersionRow.version).where(ModelVersionRow.id.in_(ids))
+        ).all()
+    )
+    parts = {vid: _Parts() for vid in ids}
+    query = (
+        select(
+            InferenceRecordRow.version_id,
+            InferenceRecordRow.status,
+            InferenceRecordRow.latency_ms,
+            InferenceRecordRow.ttft_ms,
+            InferenceRecordRow.fallback_from_id,
+            FeedbackRow.score,
+        )
+        .outerjoin(FeedbackRow, FeedbackRow.record_id == InferenceRecordRow.id)
+        .where(
+            InferenceRecordRow.endpoint_name == endpoint,
+            InferenceRecordRow.created_at >= since,
+            InferenceRecordRow.shadow.is_(False),
+            or_(
+                InferenceRecordRow.version_id.in_(ids),
+                InferenceRecordRow.fallback_from_id.in_(ids),
+            ),
+        )
+        .execution_options(yield_per=CHUNK)
+    )
+    for chunk in s.execute(query).partitions():
+        _add_chunk(parts, ids, chunk)
+    return {vid: p.sample(numbers.get(vid, 0), vid) for vid, p in parts.items()}
+
+
+def _ids(values: Sequence[int | None]) -> npt.NDArray[np.int64]:
+    return np.fromiter((-1 if v is None else v for v in values), np.int64, len(values))
+
+
+def _present(values: Sequence[Any]) -> npt.NDArray[np.bool_]:
+    return np.fromiter((v is not None for v in values), np.bool_, len(values))
+
+
+def _add_chunk(parts: Mapping[int, _Parts], ids: list[int], chunk: Sequence[Any]) -> None:
+    """Add a chunk's rows (version, status, latency, ttft, fallen back from, score) to the
+    versions' parts, in row order: a row that fell back from one of ``ids`` counts as that
+    version's fallback only; any other, in the sample of the version that answered it."""
+    version_col, status_col, latency_col, ttft_col, from_col, score_col = zip(*chunk, strict=True)
+    fell_from = _ids(from_col)
+    fell = np.isin(fell_from, ids)
+    answered = _ids(version_col)
+    statuses = np.array(status_col, dtype=object)
+    ok = statuses == "ok"
+    latencies = np.array(latency_col, dtype=np.float64)
+    has_ttft, has_score = _present(ttft_col), _present(score_col)
+    ttfts = np.array([0.0 if t is None else t for t in ttft_col], dtype=np.float64)
+    scores = np.array([0.0 if v is None else v for v in score_col], dtype=np.float64)
+    for vid, p in parts.items():
+        p.fallbacks += int(np.count_nonzero(fell_from == vid))
+        mine = (answered == vid) & ~fell
+        if not mine.any():
+            continue
+        p.statuses.update(Counter(statuses[mine].tolist()))
+        served = mine & ok
+        p.latencies.append(latencies[served])
+        p.ttfts.append(ttfts[served & has_ttft])
+        p.feedback.append(scores[mine & has_score])
