@@ -15,7 +15,9 @@ import pytest
 
 from modelyard.access import create_api_key
 from modelyard.cli import main
-from modelyard.store import Store
+from modelyard.errors import EngineError
+from modelyard.serving import EchoEngine, SamplingParams
+from modelyard.store import ModelVersion, Store
 from worlds import fake_world, home_store
 
 
@@ -60,3 +62,12 @@ def stream_world(home: Path, job: str) -> StreamWorld:
                    endpoint="claims-router", template="text")  # fmt: skip
         _, key = create_api_key(store, "acme-insurance", scopes=("infer",))
     return StreamWorld(home, key, job)
+
+
+class FailingOnBoom(EchoEngine):
+    """The echo engine, failing (a 503 engine error) every prompt that says 'boom'."""
+
+    def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> Any:
+        if "boom" in prompt:
+            raise EngineError("the engine blew up")
+        return super().stream(version, prompt, params)

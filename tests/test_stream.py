@@ -25,9 +25,7 @@ import pytest
 import redis
 
 from modelyard.cli import main
-from modelyard.errors import EngineError
-from modelyard.serving import EchoEngine, SamplingParams
-from modelyard.store import ModelVersion
+from modelyard.serving import SamplingParams
 from modelyard.stream import (
     RedisStreamSource,
     Settlement,
@@ -36,7 +34,7 @@ from modelyard.stream import (
     run_stream,
 )
 from redisserver import RedisServer, redis_cluster, redis_server
-from streamworld import StreamWorld, stream_world
+from streamworld import FailingOnBoom, StreamWorld, stream_world
 
 JOB = "requests/answerers"
 
@@ -201,15 +199,6 @@ def test_sigterm_drains_the_messages_in_flight_and_exits_0(
     assert len(world.records()) == summary["answered"]
 
 
-class _Failing(EchoEngine):
-    """The echo engine, failing (a 503 engine error) every prompt that says 'boom'."""
-
-    def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> Any:
-        if "boom" in prompt:
-            raise EngineError("the engine blew up")
-        return super().stream(version, prompt, params)
-
-
 def test_a_message_failing_on_the_server_is_retried_then_dead_lettered(
     world: StreamWorld, server: RedisServer
 ) -> None:
@@ -223,7 +212,7 @@ def test_a_message_failing_on_the_server_is_retried_then_dead_lettered(
         settings=StreamSettings(max_attempts=2, until_empty=True, poll_s=0.2),
         claim_idle_s=1.0,
     )  # fmt: skip
-    engine = _Failing()
+    engine = FailingOnBoom()
     with world.store() as store:
         summary = run_stream(store, engine, spec)
     assert (summary.answered, summary.retried, summary.dead_lettered) == (1, 1, 1)

@@ -25,10 +25,11 @@ import pytest
 
 from modelyard.cli import main
 from modelyard.errors import ModelyardError
-from modelyard.stream import NatsStreamSource, Settlement
+from modelyard.serving import SamplingParams
+from modelyard.stream import NatsStreamSource, Settlement, StreamJobSpec, StreamSettings, run_stream
 from modelyard.stream._nats import stream_name, subject_matches
 from natsserver import NatsServer, nats_server
-from streamworld import StreamWorld, stream_world
+from streamworld import FailingOnBoom, StreamWorld, stream_world
 
 JOB = "claims.in/answerers"
 
@@ -232,6 +233,49 @@ def test_a_live_consumers_messages_are_kept_and_a_stopped_ones_delivered_again(
     assert taker.backlog() == 1
     alive.close()
     taker.close()
+
+
+def test_a_message_left_for_a_retry_is_let_go_and_delivered_again(server: NatsServer) -> None:
+    """A server failure leaves the message for another attempt: it is negatively
+    acknowledged (delivered again after the ack wait, to whichever consumer asks) and this
+    consumer holds nothing of it, whoever settles it in the end."""
+    (message,) = publish(server, {"prompt": "hi"})
+    first, other = source(server), source(server)
+    (delivery,) = first.fetch(10, 0.5)
+    first.release([delivery.id])
+    assert message not in first._in_flight
+    taken: list[Any] = []
+    deadline = time.monotonic() + 10
+    while not taken:
+        assert time.monotonic() < deadline, "not delivered again within 10 s"
+        taken = other.fetch(10, 0.5)
+    assert [(d.id, d.attempt) for d in taken] == [(message, 2)]
+    assert other.settle([Settlement(taken[0], {"answer": "x"})]) == [True]
+    assert other.backlog() == 0 and first._in_flight == {}
+    first.close()
+    other.close()
+
+
+def test_a_message_failing_on_the_server_is_retried_then_dead_lettered(
+    world: StreamWorld, server: NatsServer
+) -> None:
+    publish(server, {"prompt": "fine"}, {"prompt": "boom"})
+    spec = StreamJobSpec(
+        redis_url=None, nats_url=server.url, stream="claims.in", group="answerers",
+        output="claims.answers", dead_letters="claims.dead",
+        params=SamplingParams(max_tokens=8, temperature=0), consumer=None,
+        endpoint="claims-router", api_key=world.key,
+        settings=StreamSettings(max_attempts=2, until_empty=True, poll_s=0.2), claim_idle_s=1.0,
+    )  # fmt: skip
+    with world.store() as store:
+        summary = run_stream(store, FailingOnBoom(), spec)
+    assert (summary.answered, summary.retried, summary.dead_lettered) == (1, 1, 1)
+    assert summary.redelivered == 1
+    assert [a["answer"] for a in answers(server)] == ["fine"]
+    ((payload, headers),) = read(server, "claims.dead")
+    assert json.loads(payload) == {"prompt": "boom"} and headers["attempts"] == "2"
+    assert "the engine blew up" in headers["reason"]
+    assert sorted(r["status"] for r in world.records().values()) == ["error", "ok"]
 
 
 def test_subjects_and_stream_names() -> None:

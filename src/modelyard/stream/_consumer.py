@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import signal
 import threading
 import time
@@ -43,6 +44,8 @@ from modelyard.batch import JobRunner, RowResult
 from modelyard.errors import ConfigError
 from modelyard.stream._messages import BadMessage, answer_fields, dead_letter_fields, parse_request
 from modelyard.stream._source import Delivery, MessageSource, Settlement
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -235,6 +238,10 @@ class StreamConsumer:
             self._room.set()
         if outcome is None:  # left pending for another attempt
             self._in_flight.pop(delivery.id, None)
+            try:
+                await asyncio.to_thread(self.source.release, [delivery.id])
+            except Exception as exc:  # the broker delivers it again after the idle time anyway
+                log.warning("stream: could not leave message %s for a retry: %s", delivery.id, exc)
             return
         self._staged.append(outcome)
         if len(self._staged) >= self.settings.commit_rows:

@@ -298,6 +298,16 @@ class NatsStreamSource:
         if msgs:
             self._call(_all(m.in_progress() for m in msgs), "keeping messages in flight")
 
+    def release(self, ids: Collection[str]) -> None:
+        # a negative acknowledgment delayed by the ack wait: delivered again when an
+        # unacknowledged message would have been, and no longer held here (another consumer
+        # may be the one that settles it)
+        msgs = [m for m in (self._in_flight.pop(i, None) for i in ids) if m is not None]
+        if msgs:
+            self._call(
+                _all(m.nak(delay=self.claim_idle_s) for m in msgs), "leaving messages for a retry"
+            )
+
     def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
         if not settlements:
             return []

@@ -254,6 +254,10 @@ class RedisStreamSource:
         with _redis_errors(self.url):
             self._keep(keys=[self.stream], args=[self.group, self.consumer, *ids])
 
+    def release(self, ids: Collection[str]) -> None:
+        """Nothing to do: a message stays in the group's pending list, claimed again once
+        idle for --claim-idle, and this consumer keeps nothing of it."""
+
     def marker(self, message_id: str) -> str:
         """The key that says ``message_id`` was settled into this output."""
         return f"{self.output}:settled:{self.stream}:{message_id}"

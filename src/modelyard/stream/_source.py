@@ -55,6 +55,11 @@ class MessageSource(Protocol):
         """Tell the broker this consumer still works on ``ids``, so they are not claimed by
         another consumer as abandoned."""
 
+    def release(self, ids: Collection[str]) -> None:
+        """Leave ``ids`` unsettled for a later attempt (a server failure): they are delivered
+        again, to this consumer or another, after the group's idle time, as if abandoned;
+        this consumer holds nothing of them meanwhile."""
+
     def settle(self, settlements: Sequence[Settlement]) -> list[bool]:
         """Publish each settlement and acknowledge its message, atomically and at most once
         per message; per settlement, whether it was published now (False: the message was
