@@ -242,6 +242,25 @@ def test_failed_logins_from_one_address_are_limited_with_429(world: World) -> No
     assert "modelyard_session" not in client.cookies
 
 
+def test_the_addresses_of_one_ipv6_64_share_their_failed_logins(world: World) -> None:
+    """A host that holds a /64 cannot guess on without limit by changing its address; its
+    neighbours in another /64 (and the IPv4 client) are not limited by it."""
+    client = _client(world)
+    csrf = client.get(f"{CONSOLE_PREFIX}/api/login").json()["csrf_token"]
+
+    def attempt(token: str, address: str) -> httpx.Response:
+        headers = {"X-CSRF-Token": csrf, "X-Forwarded-For": address}  # via a proxy here
+        return client.post(f"{CONSOLE_PREFIX}/api/login", json={"token": token}, headers=headers)
+
+    for i in range(1, 6):
+        assert attempt("nonsense", f"2001:db8:7:1::{i:x}").status_code == 401
+    r = attempt("nonsense", "2001:db8:7:1:ffff:ffff:ffff:fffe")
+    assert r.status_code == 429, r.text
+    assert "from 2001:db8:7:1::/64:" in r.json()["error"]["message"]
+    assert attempt("nonsense", "2001:db8:7:2::1").status_code == 401  # another /64
+    assert attempt("nonsense", "203.0.113.9").status_code == 401
+
+
 def test_logout_ends_the_session_for_the_console_and_the_admin_api(world: World) -> None:
     client = world.login("dev")
     session_id = client.cookies["modelyard_session"]

@@ -5,7 +5,10 @@ address over the limit learns nothing more until its oldest failure leaves the
 window; a successful login does not wipe the count (a guesser holding one valid
 token cannot use it to reset its budget). The address is the connection's peer as
 uvicorn reports it: behind a reverse proxy on 127.0.0.1, the client address the
-proxy forwards (uvicorn trusts X-Forwarded-For from 127.0.0.1 only).
+proxy forwards (uvicorn trusts X-Forwarded-For from 127.0.0.1 only). The
+addresses of one IPv6 /64 count as one (``counted_as``): a single host or network
+usually holds a whole /64, and counting each of its 2^64 addresses apart would
+let it guess without limit and fill the counters (here and in Redis) with keys.
 
 With ``shared`` (``serve --redis-url``), the failures are counted in Redis, one
 sorted set of failure times per address, so an address has ``max_failures`` in
@@ -15,6 +18,7 @@ counts on its own again (and a login then fails anyway: the sessions are there).
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import secrets
 import threading
@@ -25,6 +29,21 @@ from typing import Any
 
 from modelyard.console._shared import PREFIX, SharedConsole
 from modelyard.errors import RateLimited, SessionsUnavailable
+
+
+def counted_as(address: str) -> str:
+    """What an address's failures are counted under: an IPv6 address's /64
+    (``2001:db8:1:2::/64``), an IPv4-mapped one's IPv4 address, any other address (or a
+    name that is not an address) as it is."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
 
 
 class LoginLimiter:
@@ -47,6 +66,7 @@ class LoginLimiter:
 
     def check(self, address: str) -> None:
         """RateLimited (HTTP 429 with Retry-After) while ``address`` is over the limit."""
+        address = counted_as(address)
         counted = self._shared_check(address) if self.shared is not None else None
         if counted is None:
             now = self._clock()
@@ -66,6 +86,7 @@ class LoginLimiter:
         )
 
     def failed(self, address: str) -> None:
+        address = counted_as(address)
         if self.shared is not None and self._shared_failed(address):
             return
         now = self._clock()
