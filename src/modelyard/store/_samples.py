@@ -26,9 +26,12 @@ from modelyard.store._schema import FeedbackRow, InferenceRecordRow, ModelVersio
 
 FloatArray = npt.NDArray[np.float64]
 
-CHUNK = 20_000
-"""Rows fetched at a time (a server-side cursor on PostgreSQL): the Python rows of one chunk
-are all that is ever alive at once."""
+CHUNK = 500
+"""Rows fetched at a time (from a server-side cursor on PostgreSQL): the Python rows of one
+chunk are all that is ever alive at once, and so few that they are freed before the garbage
+collector moves them to its oldest generation (chunks of 20,000 were, and the full
+collections they set off took as long again as reading the rows; see the benchmark
+``benchmarks/rollout_samples.py``)."""
 
 ENDED = ("ok", "error", "timeout")
 FAILED = ("error", "timeout")
