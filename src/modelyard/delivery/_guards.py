@@ -133,7 +133,9 @@ class TrafficSample(RequestSample):
         for x in parts:
             statuses.update(x.statuses)
 
-        def joined(arrays: list[FloatArray]) -> FloatArray:
+        def joined(arrays: list[FloatArray]) -> FloatArray:  # one version's: shared, read-only
+            if len(arrays) == 1:
+                return arrays[0]
             return np.concatenate(arrays) if arrays else np.empty(0)
 
         return cls(
