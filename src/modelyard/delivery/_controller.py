@@ -38,6 +38,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from modelyard.delivery._alerting import load_alerting, resolve_rollback_alert, rollback_alert
+from modelyard.delivery._baseline import BaselineReads
 from modelyard.delivery._guards import (
     GuardResult,
     TrafficSample,
@@ -79,14 +80,17 @@ def _expect(r: Rollout) -> tuple[str, str, int]:
 BASELINE_LOOKBACK_S = 3600.0
 
 
-def step_view(store: Store, r: Rollout, *, alpha: float = 0.05) -> StepView:
+def step_view(
+    store: Store, r: Rollout, *, alpha: float = 0.05, baselines: BaselineReads | None = None
+) -> StepView:
     """The current step's traffic and guard values: the target's requests since the step
     started, against the baseline versions' requests since an hour (or one bake time, if
-    longer) before the rollout started, so a blue-green switch still has a baseline."""
+    longer) before the rollout started, so a blue-green switch still has a baseline (read
+    through the controller's ``baselines``, which keeps a costly read a while)."""
     window = step_window(store, r)
     start, baseline_ids = window.canary_since, list(window.baseline_ids)
     target = store.rollout_samples(r.endpoint, start, [r.target_version_id])[r.target_version_id]
-    base = store.rollout_samples(r.endpoint, window.baseline_since, baseline_ids)
+    base = (baselines or BaselineReads()).read(store, r.id, window)
     canary = TrafficSample.of([target])
     baseline = TrafficSample.of(base[i] for i in baseline_ids)
     judged = judged_windows(store, r.guards, window)
@@ -202,6 +206,8 @@ class Controller:
         # Rollbacks' alerts are recorded once every rollout of the tick was looked at, and
         # their webhooks (a timeout, retries) POSTed by ``self.alerts`` off this thread.
         self._alerts: list[tuple[Rollout, Mapping[str, Any]]] = []
+        # A step's baseline (an hour or more of records) read afresh only when cheap
+        self._baselines = BaselineReads()
 
     @property
     def lease(self) -> tuple[str, str]:
@@ -215,6 +221,7 @@ class Controller:
         active = self.store.list_rollouts(active=True)
         for gone in set(self._judge_jobs) - {r.id for r in active}:
             self._judge_jobs.pop(gone)  # its rollout ended: what it judged stays in the store
+        self._baselines.keep_only([r.id for r in active])
         for rollout in active:
             try:
                 after = self._advance(rollout)
@@ -374,7 +381,7 @@ class Controller:
                 r, {"kind": "load_failure", "servers": failed,
                     "message": f"{r.target_ref} failed to load on {len(failed)} server(s)"},
             )  # fmt: skip
-        view = step_view(self.store, r, alpha=self.alpha)
+        view = step_view(self.store, r, alpha=self.alpha, baselines=self._baselines)
         if view.fallbacks:
             return self._roll_back(
                 r, {"kind": "load_failure", "fallbacks": view.fallbacks,
