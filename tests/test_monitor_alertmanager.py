@@ -101,9 +101,10 @@ def test_a_firing_alert_is_active_in_alertmanager_reaches_its_receiver_and_resol
         )
         assert alert["annotations"]["value"] == "3"
         assert alert["status"]["state"] == "active"
-        # valid for 4 evaluation intervals from the evaluation that sent it
+        # valid for 4 x the longer of the evaluation interval (15 s here) and Prometheus's
+        # resend delay (1 min) from the evaluation that sent it, as Prometheus does
         ends = at(alert["endsAt"])
-        assert (ends - at(alert["startsAt"])).total_seconds() == 60
+        assert (ends - at(alert["startsAt"])).total_seconds() == 240
 
         body = am.receiver.wait_for(lambda b: b["status"] == "firing")
         [got] = body["alerts"]
@@ -278,6 +279,21 @@ def test_a_bad_alertmanager_section_is_refused_naming_the_field(
     assert f"{field}: " in err, err
     assert why in err, err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("interval", "minutes"), [("1s", 4), ("15s", 4), ("1m", 4), ("90s", 6), ("5m", 20)]
+)
+def test_a_firing_alert_stays_valid_for_four_resend_delays_at_least(
+    interval: str, minutes: int
+) -> None:
+    """Prometheus sends with endsAt = 4 x max(resend delay, interval), the resend delay a
+    minute: a 15 s evaluation that a slow drift run or webhook holds up a minute must not
+    let Alertmanager resolve (and page the resolve of) an alert that still fires."""
+    from modelyard.monitoring._alertmanager import AlertmanagerConfig
+
+    config = AlertmanagerConfig(url="http://am:9093", evaluation_interval=interval)
+    assert config.valid_for.total_seconds() == minutes * 60
 
 
 def test_the_documented_alertmanager_rules_and_route_are_valid(tmp_path: Path) -> None:

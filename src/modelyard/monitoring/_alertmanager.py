@@ -2,12 +2,13 @@
 way Prometheus does.
 
 At every evaluation, each firing alert is POSTed to each Alertmanager's v2 API
-(``/api/v2/alerts``, a JSON list) with ``endsAt`` = now + 4 x ``evaluation_interval``:
-Alertmanager keeps it active while modelyard evaluates, and resolves it by itself when
-modelyard stops. An alert that resolved in the last 15 minutes is sent with ``endsAt`` =
-the time it resolved, at every evaluation too (Prometheus's resolved retention), so an
-Alertmanager that was down for a while still hears of it. Nothing is kept in the store:
-what did not get through goes again at the next evaluation.
+(``/api/v2/alerts``, a JSON list) with ``endsAt`` = now + 4 x the longer of
+``evaluation_interval`` and a minute (Prometheus's resend delay): Alertmanager keeps it
+active while modelyard evaluates, even when an evaluation is held up a while, and resolves
+it by itself when modelyard stops. An alert that resolved in the last 15 minutes is sent
+with ``endsAt`` = the time it resolved, at every evaluation too (Prometheus's resolved
+retention), so an Alertmanager that was down for a while still hears of it. Nothing is
+kept in the store: what did not get through goes again at the next evaluation.
 
 Failures never stop the evaluation nor the other channels: an Alertmanager that is down
 (no connection, a timeout, a 5xx after the retries) is one log line per evaluation; an
@@ -38,6 +39,9 @@ log = logging.getLogger("modelyard.alerts")
 LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 """A Prometheus label name; Alertmanager refuses an alert with any other."""
 API_PATH = "/api/v2/alerts"
+RESEND_DELAY = timedelta(minutes=1)
+"""Prometheus's ``--rules.alert.resend-delay`` (default): ``endsAt`` is 4 of it ahead at
+least, however short the evaluation interval."""
 RESOLVED_RETENTION = timedelta(minutes=15)
 """How long a resolved alert is sent again at each evaluation (as Prometheus does)."""
 BATCH = 256
@@ -58,7 +62,7 @@ class AlertmanagerConfig(BaseModel):
     timeout_s: float = Field(default=5.0, gt=0, le=60, allow_inf_nan=False)
     retries: int = Field(default=1, ge=0, le=10)
     backoff_s: float = Field(default=0.5, ge=0, le=10, allow_inf_nan=False)
-    evaluation_interval: str = "1m"  # how often the rules are evaluated: endsAt is 4 of them ahead
+    evaluation_interval: str = "1m"  # how often the rules are evaluated (``valid_for``)
 
     @field_validator("url", mode="before")
     @classmethod
@@ -106,8 +110,11 @@ class AlertmanagerConfig(BaseModel):
 
     @property
     def valid_for(self) -> timedelta:
-        """How far ahead of each evaluation a firing alert's ``endsAt`` is."""
-        return 4 * parse_duration(self.evaluation_interval)
+        """How far ahead of each evaluation a firing alert's ``endsAt`` is: 4 x the longer
+        of the evaluation interval and the resend delay, as Prometheus does (a 15 s
+        evaluation held up by a slow drift run or webhook must not let Alertmanager resolve
+        an alert that still fires)."""
+        return 4 * max(parse_duration(self.evaluation_interval), RESEND_DELAY)
 
 
 class RuleLabels(Protocol):
