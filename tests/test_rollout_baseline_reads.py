@@ -79,3 +79,17 @@ def test_another_window_another_rollout_or_an_ended_one_reads_again() -> None:
     baselines.keep_only(["r2"])  # r1 ended
     baselines.read(cast(Store, store), "r1", window(ids=(1, 3)))
     assert store.calls == 4
+
+
+def test_a_new_step_reads_the_baseline_again() -> None:
+    """A step's promotion is judged against a baseline read in that step, never one kept
+    from the step before (its traffic share changed with the step)."""
+    _, store, baselines = reads(cost=0.5)
+    step_one = window()
+    step_two = StepWindow("support", step_one.canary_since + timedelta(minutes=10), (2,),
+                          step_one.baseline_since, step_one.baseline_ids)  # fmt: skip
+    baselines.read(cast(Store, store), "r1", step_one)
+    assert baselines.read(cast(Store, store), "r1", step_two) == {1: "sample 2 of 1"}
+    assert store.calls == 2
+    baselines.read(cast(Store, store), "r1", step_two)  # within the step: kept
+    assert store.calls == 2

@@ -29,7 +29,7 @@ the controller's time, whatever the endpoint's traffic."""
 
 @dataclass(frozen=True)
 class _Kept:
-    window: tuple[str, object, tuple[int, ...]]
+    window: tuple[str, object, object, tuple[int, ...]]
     until: float
     samples: dict[int, VersionSample]
 
@@ -43,8 +43,9 @@ class BaselineReads:
 
     def read(self, store: Store, rollout_id: str, window: StepWindow) -> dict[int, VersionSample]:
         """The baseline versions' samples of ``window``: the kept ones while they last and
-        are of the same window (a new step or baseline reads again), else read now."""
-        key = (window.endpoint, window.baseline_since, window.baseline_ids)
+        are of the same step and baseline (a new step, whose start is ``canary_since``, or
+        another baseline reads again), else read now."""
+        key = (window.endpoint, window.canary_since, window.baseline_since, window.baseline_ids)
         kept = self._kept.get(rollout_id)
         if kept is not None and kept.window == key and self._clock() < kept.until:
             return kept.samples
