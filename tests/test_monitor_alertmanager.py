@@ -218,6 +218,27 @@ def test_an_alert_alertmanager_refuses_is_logged_with_its_name_and_the_reason(
         assert alert["status"]["state"] == "active"
 
 
+def test_a_wrong_alertmanager_url_is_one_line_not_a_refusal_per_alert(
+    home: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A 404 (a route prefix Alertmanager does not have), like a proxy's 401 or 403, says
+    nothing of the alerts: one line naming the URL and the answer, not each alert said to
+    be refused."""
+    world(home)
+    with alertmanager_server(tmp_path) as am:
+        rules = tmp_path / "alerts.yml"
+        rules.write_text(notify(am.url + "/alertmanager") + RULES + TOKENS)
+        code, out, err = tick(home, rules)
+        assert code == 0, err
+        assert "alert tokens-seen [support]: inactive → firing" in out
+        said = [line for line in err.splitlines() if "alertmanager" in line]
+        assert len(said) == 1, err
+        assert f"alertmanager {am.url}/alertmanager/api/v2/alerts answered HTTP 404" in said[0]
+        assert "2 alert(s) not sent" in said[0] and "notify.alertmanager.url" in said[0]
+        assert "refused it" not in err
+        assert am.alerts() == []
+
+
 @pytest.mark.parametrize(
     ("section", "field", "why"),
     [

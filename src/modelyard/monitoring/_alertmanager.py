@@ -262,30 +262,48 @@ def _named(alert: AlertState) -> str:
     return f"alert {alert.rule} [{where}]"
 
 
+INVALID = (400, 422)
+"""Alertmanager's answers to alerts it refuses (invalid labels, times): about the alerts.
+Any other 4xx (a 404 for a route prefix it does not have, a proxy's 401 or 403) is about
+the request, whatever alerts it holds."""
+
+
 def _send(config: AlertmanagerConfig, url: str, sent: Sequence[tuple[AlertState, Any]]) -> bool:
     """Every alert of ``sent`` to one Alertmanager, in batches; the first that finds it
-    down ends this evaluation's sending there (one log line)."""
+    down, or that it refuses for a reason not of the alerts, ends this evaluation's
+    sending there (one log line)."""
     refused: list[tuple[AlertState, str]] = []
     with httpx.Client(timeout=config.timeout_s) as client:
         for i in range(0, len(sent), BATCH):
             batch = sent[i : i + BATCH]
             answer = _post(client, config, url, [body for _, body in batch])
-            if answer.down:
-                log.error("alerts: alertmanager %s is down (%s): %d alert(s) not sent; the "
-                          "firing ones are sent again at the next evaluation", url,
-                          answer.error, len(sent) - i)  # fmt: skip
-                return False
             if answer.ok:
                 continue
-            if answer.status in (400, 422) and len(batch) > 1:  # which alert? each alone
+            if answer.down or answer.status not in INVALID:
+                if answer.down:
+                    log.error("alerts: alertmanager %s is down (%s): %d alert(s) not sent; "
+                              "the firing ones are sent again at the next evaluation", url,
+                              answer.error, len(sent) - i)  # fmt: skip
+                else:
+                    log.error("alerts: alertmanager %s answered %s: %d alert(s) not sent; "
+                              "check notify.alertmanager.url (the base URL, with its "
+                              "--web.route-prefix) and any proxy in front of it", url,
+                              answer.error, len(sent) - i)  # fmt: skip
+                _say_refused(url, refused)
+                return False
+            if len(batch) > 1:  # which alert? each alone
                 for alert, body in batch:  # (Alertmanager took the valid ones already)
                     alone = _post(client, config, url, [body])
                     if not alone.ok:
                         refused.append((alert, alone.error or ""))
             else:
                 refused += [(alert, answer.error or "") for alert, _ in batch]
+    _say_refused(url, refused)
+    return not refused
+
+
+def _say_refused(url: str, refused: Sequence[tuple[AlertState, str]]) -> None:
     for alert, error in refused[:SHOWN]:
         log.error("%s: alertmanager %s refused it: %s", _named(alert), url, error)
     if len(refused) > SHOWN:
         log.error("alerts: alertmanager %s refused %d more alert(s)", url, len(refused) - SHOWN)
-    return not refused
