@@ -30,11 +30,16 @@ from typing import Any
 from modelyard.console._shared import PREFIX, SharedConsole
 from modelyard.errors import RateLimited, SessionsUnavailable
 
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+"""RFC 6052's well-known prefix: an IPv4 client translated by NAT64 or SIIT, its address in
+the last 32 bits (every such client is in one /64)."""
+
 
 def counted_as(address: str) -> str:
     """What an address's failures are counted under: an IPv6 address's /64
-    (``2001:db8:1:2::/64``), an IPv4-mapped one's IPv4 address, any other address (or a
-    name that is not an address) as it is."""
+    (``2001:db8:1:2::/64``); the IPv4 address an IPv6 one stands for (IPv4-mapped,
+    translated by NAT64 or SIIT, a Teredo client's), since IPv4 clients count one by one;
+    any other address (or a name that is not an address) as it is."""
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -42,6 +47,10 @@ def counted_as(address: str) -> str:
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.ipv4_mapped is not None:
             return str(ip.ipv4_mapped)
+        if ip in NAT64:
+            return str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+        if ip.teredo is not None:  # the /64 is the Teredo server's, shared by its clients
+            return str(ip.teredo[1])
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     return str(ip)
 
