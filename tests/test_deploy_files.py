@@ -606,7 +606,7 @@ def _shell_commands() -> list[list[str]]:
     text = (ROOT / "examples/ci/pipeline.sh").read_text().replace("\\\n", " ")
     commands = []
     for line in text.splitlines():
-        line = re.sub(r"^\w+=\$\((modelyard [^|)]*?)\s*(\|.*)?\)$", r"\1", line)  # REF=$(…)
+        line = re.sub(r"\s*>\s*[\w.-]+$", "", line)  # its output, to a file
         if line.startswith("modelyard "):
             line = re.sub(r'"\$(\w+)"', r"\1", line)  # "$VAR" → VAR, a word for the parser
             line = re.sub(r'"\$(\w+)(@\w+)"', r"\1\2", line)
@@ -643,5 +643,6 @@ def test_the_shell_pipeline_delivers_the_version_it_trained_not_an_alias() -> No
     text = (ROOT / "examples/ci/pipeline.sh").read_text()
     start = next(c for c in _shell_commands() if c[1:3] == ["rollout", "start"])
     assert start[start.index("--to") + 1] == "REF"
-    assert 'REF=$(modelyard finetune -c "$CONFIG" --json |' in text
+    assert 'modelyard finetune -c "$CONFIG" --json > finetune-result.json' in text
+    assert '["ref"])\' finetune-result.json)' in text
     assert "@challenger" not in text.split("set -euo pipefail")[1]

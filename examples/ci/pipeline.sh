@@ -23,7 +23,8 @@ modelyard data validate "$DATA" --format "$FORMAT" \
 
 # 2. train, evaluate and gate (exit 1 when a gate fails: nothing moves); REF is the version
 #    it registered, e.g. acme-claims:7, read from its JSON result
-REF=$(modelyard finetune -c "$CONFIG" --json | python3 -c 'import json, sys; print(json.load(sys.stdin)["ref"])')
+modelyard finetune -c "$CONFIG" --json > finetune-result.json
+REF=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["ref"])' finetune-result.json)
 
 # 3. deliver: canary 10% → 50% → 100%, rolled back by itself on a breached guard
 modelyard rollout start "$ENDPOINT" --to "$REF" \
