@@ -69,3 +69,40 @@ def test_compare_of_a_busy_endpoint_keeps_memory_bounded(tmp_path: Path) -> None
         assert ci[1] - ci[0] < 0.1 * value  # 8,000 values: a tight interval
     [c] = report.comparisons
     assert c.verdict.startswith("significant: latency higher")
+
+
+def test_the_intervals_do_not_depend_on_the_order_the_database_gives_the_rows(
+    tmp_path: Path,
+) -> None:
+    """The same records, written in two orders (a database returns rows in no set order):
+    `rollout compare` shows the same bootstrapped intervals for both."""
+    rng = np.random.default_rng(3)
+    values = rng.lognormal(3.0, 0.5, 300)  # under the bootstrap's limit
+    start = datetime.now(UTC) - timedelta(hours=1)
+    reports = []
+    for name, order in (("forward", values), ("backward", values[::-1])):
+        with Store.open(f"sqlite:///{tmp_path / name}.db") as store:
+            fake_world(store)
+            tenant = store.get_tenant("acme").id
+            version = store.get_model_version("bot", 1).id
+            store.add_inference_records(
+                NewInferenceRecord(
+                    id=f"r-{name}-{i}",
+                    endpoint_name="support",
+                    route="chat.completions",
+                    latency_ms=float(ms),
+                    status="ok",
+                    http_status=200,
+                    tenant_id=tenant,
+                    version_id=version,
+                    prompt="Q?",
+                    response="A.",
+                    created_at=start + timedelta(seconds=i),
+                )
+                for i, ms in enumerate(order)
+            )
+            reports.append(compare_versions(store, "support", start - timedelta(minutes=1)))
+    forward, backward = (next(v for v in r.versions if v.version == "bot:1") for r in reports)
+    assert forward.requests == backward.requests == 300
+    assert forward.p50_latency_ci == backward.p50_latency_ci is not None
+    assert forward.p95_latency_ci == backward.p95_latency_ci is not None

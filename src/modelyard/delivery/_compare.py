@@ -109,6 +109,9 @@ order-statistic interval is used instead: exact, distribution-free, and as tight
 def _bootstrap(values: np.ndarray, q: float, rng: np.random.Generator) -> tuple[float, float]:
     if len(values) > BOOTSTRAP_MAX:
         return _order_interval(values, q)
+    # sorted first: the store gives rows in no set order, and the same draws over the same
+    # values then give the same interval whatever order the database chose
+    values = np.sort(values)
     idx = rng.integers(0, len(values), size=(500, len(values)))
     stats = np.percentile(values[idx], q, axis=1)
     low, high = np.percentile(stats, [2.5, 97.5])
