@@ -27,6 +27,7 @@ rules:
     threshold: 1
     severity: warning
     labels: {team: support}
+    annotations: {runbook_url: "https://runbooks.example/{endpoint}/requests"}
 """
 TOKENS = """
   - name: tokens-seen
@@ -100,6 +101,8 @@ def test_a_firing_alert_is_active_in_alertmanager_reaches_its_receiver_and_resol
             "modelyard rule requests-seen: requests over 1h > 1"
         )
         assert alert["annotations"]["value"] == "3"
+        # the rule's own annotations, filled in as its summary is
+        assert alert["annotations"]["runbook_url"] == "https://runbooks.example/support/requests"
         assert alert["status"]["state"] == "active"
         # valid for 4 x the longer of the evaluation interval (15 s here) and Prometheus's
         # resend delay (1 min) from the evaluation that sent it, as Prometheus does
@@ -153,7 +156,12 @@ def test_alertmanager_down_costs_one_log_line_and_the_next_evaluation_delivers(
             assert sorted(b["alert"]["rule"] for b in hook.bodies) == [
                 "requests-seen",
                 "tokens-seen",
-            ]  # the webhook got both
+            ]  # the webhook got both, each with its rule's annotations
+            runbooks = {b["alert"]["rule"]: b["alert"]["annotations"] for b in hook.bodies}
+            assert runbooks == {
+                "requests-seen": {"runbook_url": "https://runbooks.example/support/requests"},
+                "tokens-seen": {},
+            }
             assert "alert requests-seen firing" in err  # and the log
             down = [line for line in err.splitlines() if "alertmanager" in line]
             assert len(down) == 1, err
@@ -281,6 +289,18 @@ def test_a_wrong_alertmanager_url_is_one_line_not_a_refusal_per_alert(
             "threshold: 1, labels: {alertname: x}}",
             "rules.0.labels",
             "is the rule's name in Alertmanager",
+        ),
+        (
+            "alertmanager: {url: http://am:9093}\nrules:\n  - {name: r, metric: requests, "
+            "threshold: 1, annotations: {summary: x}}",
+            "rules.0.annotations",
+            "'summary' is set for every alert",
+        ),
+        (
+            "webhook: {url: http://hook:8080}\nrules:\n  - {name: r, metric: requests, "
+            "threshold: 1, annotations: {run-book: x}}",
+            "rules.0.annotations",
+            "annotation 'run-book' is not a name Alertmanager takes",
         ),
     ],
 )

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from modelyard.durations import parse_duration
 from modelyard.errors import ConfigError
-from modelyard.monitoring._notify import http_url
+from modelyard.monitoring._notify import fill_annotations, http_url
 from modelyard.store import AlertState
 
 log = logging.getLogger("modelyard.alerts")
@@ -139,6 +139,8 @@ class RuleShown(RuleLabels, Protocol):
     def window(self) -> str: ...
     @property
     def for_(self) -> str: ...
+    @property
+    def annotations(self) -> Mapping[str, str]: ...
 
 
 def check_label_names(rules: Sequence[RuleLabels], source: str) -> None:
@@ -180,7 +182,7 @@ def postable(
     until ``until``; resolved, ended when it resolved."""
     labels = {k: v for k, v in alert.labels.items() if v != ""}  # "" is no label there
     labels = {"severity": alert.severity, **labels, "alertname": alert.rule}
-    annotations = {"summary": alert.summary}
+    annotations = {**fill_annotations(rule, alert.labels, alert.value), "summary": alert.summary}
     if rule is not None:
         annotations["description"] = _describe(rule)
     if alert.value is not None:

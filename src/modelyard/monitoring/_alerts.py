@@ -22,7 +22,7 @@ import shlex
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -44,7 +44,13 @@ from modelyard.monitoring._alertmanager import AlertmanagerConfig, check_label_n
 from modelyard.monitoring._drift import parse_reference
 from modelyard.monitoring._features import FEATURE_NAMES
 from modelyard.monitoring._judging import OnlineJudging
-from modelyard.monitoring._notify import WebhookConfig, WebhookRound, notify, undelivered
+from modelyard.monitoring._notify import (
+    WebhookConfig,
+    WebhookRound,
+    check_annotations,
+    notify,
+    undelivered,
+)
 from modelyard.store import (
     AlertNotification,
     AlertState,
@@ -115,6 +121,7 @@ class Rule(_Section):
     for_: str = Field(default="0s", alias="for")
     severity: Literal["info", "warning", "critical"] = "warning"
     labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)  # runbook_url, dashboard, ...
     endpoint: str | None = None
     summary: str | None = None
     retrain: list[str] | None = None
@@ -146,6 +153,11 @@ class Rule(_Section):
                 f"{self.metric} is evaluated per budget, not per endpoint: remove endpoint"
             )
         return self
+
+    @field_validator("annotations")
+    @classmethod
+    def _annotations(cls, value: dict[str, str]) -> dict[str, str]:
+        return dict(check_annotations(value))
 
     @field_validator("labels")
     @classmethod
@@ -428,6 +440,7 @@ class _Gone:
     metric: str | None = None
     comparison: str | None = None
     threshold: float | None = None
+    annotations: Mapping[str, str] = field(default_factory=dict)
 
 
 GONE = _Gone()

@@ -10,6 +10,7 @@ evaluation. The evaluation waits for one delivery's tries, not for every alert's
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -74,6 +75,45 @@ class RuleShown(Protocol):
     def comparison(self) -> str | None: ...
     @property
     def threshold(self) -> float | None: ...
+    @property
+    def annotations(self) -> Mapping[str, str]: ...
+
+
+ANNOTATION_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+SET_ANNOTATIONS = frozenset({"summary", "description", "value"})
+"""Annotations every notification carries already: the rule's ``summary`` sets the first."""
+
+
+def check_annotations(value: Mapping[str, str]) -> Mapping[str, str]:
+    """A rule's own ``annotations`` (a runbook_url, a dashboard): names Alertmanager takes,
+    none of the ones set for every alert (a ValueError naming it)."""
+    for name in value:
+        if name in SET_ANNOTATIONS:
+            raise ValueError(
+                f"{name!r} is set for every alert ({', '.join(sorted(SET_ANNOTATIONS))}); "
+                "give the rule's summary instead, or another annotation name"
+            )
+        if not ANNOTATION_NAME.fullmatch(name):
+            raise ValueError(
+                f"annotation {name!r} is not a name Alertmanager takes (letters, digits and _, "
+                "not starting with a digit)"
+            )
+    return value
+
+
+def fill_annotations(
+    rule: RuleShown | None, labels: Mapping[str, str], value: float | None
+) -> dict[str, str]:
+    """The rule's annotations with ``{endpoint}``, ``{value}`` (and any label) filled in,
+    as its summary is; a template that cannot be filled is sent as written."""
+    out: dict[str, str] = {}
+    for name, template in (rule.annotations if rule is not None else {}).items():
+        threshold = rule.threshold if rule is not None else None
+        try:
+            out[name] = template.format(value=value, threshold=threshold, **labels)
+        except (KeyError, IndexError, ValueError, TypeError, AttributeError):
+            out[name] = template
+    return out
 
 
 @dataclass(frozen=True)
@@ -146,6 +186,7 @@ def _payload(alert: AlertState, rule: RuleShown, now: datetime) -> dict[str, Any
             "comparison": rule.comparison,
             "threshold": rule.threshold,
             "summary": alert.summary,
+            "annotations": fill_annotations(rule, alert.labels, alert.value),
             "fired_at": alert.fired_at.isoformat() if alert.fired_at else None,
             "resolved_at": alert.resolved_at.isoformat() if alert.resolved_at else None,
         },
