@@ -28,11 +28,13 @@ class Receiver:
     """A webhook receiver on 127.0.0.1: keeps each JSON body Alertmanager POSTs to it."""
 
     def __init__(self) -> None:
-        self.bodies: list[dict[str, Any]] = []
-        bodies = self.bodies
+        self.bodies: list[Any] = []
+        self.headers: list[dict[str, str]] = []  # each POST's, beside its body
+        bodies, headers = self.bodies, self.headers
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
+                headers.append(dict(self.headers.items()))
                 bodies.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
                 self.send_response(200)
                 self.end_headers()

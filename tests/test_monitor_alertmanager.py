@@ -199,6 +199,42 @@ def test_every_alertmanager_of_an_ha_pair_gets_the_alerts(
             assert alert["labels"]["alertname"] == "requests-seen"
 
 
+def test_both_channels_send_their_headers_with_secrets_from_the_environment(
+    home: Path,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An on-call webhook and an Alertmanager behind a proxy that want a token: the rules
+    file names an environment variable, never the secret, and neither log shows it."""
+    from alertmanagerserver import Receiver
+
+    world(home)
+    monkeypatch.setenv("ONCALL_TOKEN", "s3cret-oncall")
+    monkeypatch.setenv("AM_TOKEN", "s3cret-am")
+    hook, proxy = Receiver(), Receiver()  # the proxy stands in front of an Alertmanager
+    try:
+        rules = tmp_path / "alerts.yml"
+        rules.write_text(
+            "notify:\n"
+            f"  webhook:\n    url: {hook.url}\n"
+            "    headers: {Authorization: 'Bearer ${ONCALL_TOKEN}', X-Team: support}\n"
+            f"  alertmanager:\n    url: {proxy.url.removesuffix('/hook')}\n"
+            "    headers: {Authorization: 'Bearer ${AM_TOKEN}'}\n" + RULES
+        )
+        code, out, err = run(capsys, f"monitor tick --rules {rules}")
+        assert code == 0, err
+        [sent] = hook.headers
+        assert sent["Authorization"] == "Bearer s3cret-oncall" and sent["X-Team"] == "support"
+        [pushed] = proxy.headers
+        assert pushed["Authorization"] == "Bearer s3cret-am"
+        assert [a["labels"]["alertname"] for a in proxy.bodies[0]] == ["requests-seen"]
+        assert "s3cret" not in out + err
+    finally:
+        hook.close()
+        proxy.close()
+
+
 def test_an_alert_alertmanager_refuses_is_logged_with_its_name_and_the_reason(
     home: Path, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -267,6 +303,21 @@ def test_a_wrong_alertmanager_url_is_one_line_not_a_refusal_per_alert(
             "alertmanager: {url: http://am:9093, bearer_token: x}",
             "notify.alertmanager.bearer_token",
             "Extra inputs",
+        ),
+        (
+            "webhook: {url: http://hook:8080, headers: {Authorization: 'Bearer ${NO_SUCH_VAR}'}}",
+            "notify.webhook.headers",
+            "names the environment variable NO_SUCH_VAR, which is not set",
+        ),
+        (
+            "alertmanager: {url: http://am:9093, headers: {Content-Type: text/plain}}",
+            "notify.alertmanager.headers",
+            "Content-Type is set by the POST itself",
+        ),
+        (
+            "alertmanager: {url: http://am:9093, headers: {'X Team': a}}",
+            "notify.alertmanager.headers",
+            "'X Team' is not an HTTP header name",
         ),
         (
             "alertmanager: {url: http://am:9093, timeout_s: 0}",

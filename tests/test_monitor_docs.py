@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
 import yaml
 from typer.testing import CliRunner
 
@@ -16,10 +17,13 @@ ROOT = Path(__file__).resolve().parents[1]
 DOC = (ROOT / "docs" / "monitoring.md").read_text()
 
 
-def test_the_documented_rules_file_is_valid() -> None:
+def test_the_documented_rules_file_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     block = re.search(r"## Alerts\n.*?```yaml\n(.*?)```", DOC, re.S)
     assert block is not None
+    monkeypatch.setenv("ONCALL_TOKEN", "t0ken")  # the webhook's header reads it
     rules = AlertRules.parse(yaml.safe_load(block.group(1)))
+    assert rules.notify.webhook is not None
+    assert rules.notify.webhook.headers == {"Authorization": "Bearer t0ken"}
     assert [r.name for r in rules.rules] == [
         "error-rate-high",
         "latency-p95-high",

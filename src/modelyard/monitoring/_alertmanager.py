@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from modelyard.durations import parse_duration
 from modelyard.errors import ConfigError
-from modelyard.monitoring._notify import fill_annotations, http_url
+from modelyard.monitoring._notify import fill_annotations, http_url, request_headers
 from modelyard.store import AlertState
 
 log = logging.getLogger("modelyard.alerts")
@@ -62,6 +62,7 @@ class AlertmanagerConfig(BaseModel):
     timeout_s: float = Field(default=5.0, gt=0, le=60, allow_inf_nan=False)
     retries: int = Field(default=1, ge=0, le=10)
     backoff_s: float = Field(default=0.5, ge=0, le=10, allow_inf_nan=False)
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)  # may hold secrets
     evaluation_interval: str = "1m"  # how often the rules are evaluated (``valid_for``)
 
     @field_validator("url", mode="before")
@@ -72,6 +73,11 @@ class AlertmanagerConfig(BaseModel):
         if not isinstance(value, list):
             raise ValueError("give a URL, e.g. http://alertmanager:9093, or a list of URLs")
         return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        return request_headers(value)
 
     @field_validator("url")
     @classmethod
@@ -275,7 +281,7 @@ def _send(config: AlertmanagerConfig, url: str, sent: Sequence[tuple[AlertState,
     down, or that it refuses for a reason not of the alerts, ends this evaluation's
     sending there (one log line)."""
     refused: list[tuple[AlertState, str]] = []
-    with httpx.Client(timeout=config.timeout_s) as client:
+    with httpx.Client(timeout=config.timeout_s, headers=dict(config.headers)) as client:
         for i in range(0, len(sent), BATCH):
             batch = sent[i : i + BATCH]
             answer = _post(client, config, url, [body for _, body in batch])

@@ -10,6 +10,7 @@ evaluation. The evaluation waits for one delivery's tries, not for every alert's
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
 from collections.abc import Mapping, Sequence
@@ -36,6 +37,34 @@ def http_url(value: str) -> str:
     return value
 
 
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an HTTP header name (RFC 9110)
+_SET_HEADERS = frozenset({"content-type", "content-length", "host", "transfer-encoding"})
+_FROM_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def request_headers(value: Mapping[str, str]) -> dict[str, str]:
+    """A channel's ``headers`` (``Authorization: Bearer ${ONCALL_TOKEN}``): each
+    ``${NAME}`` replaced by that environment variable, so a secret need not be written in
+    the rules file; a ValueError for a name HTTP does not allow, a header the POST sets
+    itself, a line break in a value, or a variable that is not set."""
+    out = {}
+    for name, raw in value.items():
+        if not _TOKEN.fullmatch(name):
+            raise ValueError(f"{name!r} is not an HTTP header name")
+        if name.lower() in _SET_HEADERS:
+            raise ValueError(f"{name} is set by the POST itself; remove it")
+        missing = [m for m in _FROM_ENV.findall(raw) if m not in os.environ]
+        if missing:
+            raise ValueError(
+                f"header {name} names the environment variable {missing[0]}, which is not set"
+            )
+        filled = _FROM_ENV.sub(lambda m: os.environ[m.group(1)], raw)
+        if any(c in filled for c in "\r\n\0"):
+            raise ValueError(f"the value of header {name} holds a line break or a NUL")
+        out[name] = filled
+    return out
+
+
 class WebhookConfig(BaseModel):
     """The rules file's ``notify.webhook``."""
 
@@ -45,11 +74,17 @@ class WebhookConfig(BaseModel):
     timeout_s: float = Field(default=5.0, gt=0, le=60, allow_inf_nan=False)
     retries: int = Field(default=3, ge=0, le=10)
     backoff_s: float = Field(default=0.5, ge=0, le=10, allow_inf_nan=False)
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)  # may hold secrets
 
     @field_validator("url")
     @classmethod
     def _http(cls, value: str) -> str:
         return http_url(value)
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        return request_headers(value)
 
 
 class Webhook(Protocol):
@@ -63,6 +98,8 @@ class Webhook(Protocol):
     def retries(self) -> int: ...
     @property
     def backoff_s(self) -> float: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
 
 
 class RuleShown(Protocol):
@@ -155,7 +192,7 @@ def post_webhook(config: Webhook, payload: Mapping[str, Any]) -> Delivery:
     """POST ``payload``; retry connection errors, timeouts and 5xx answers with backoff."""
     error: str | None = None
     attempts = 0
-    with httpx.Client(timeout=config.timeout_s) as client:
+    with httpx.Client(timeout=config.timeout_s, headers=dict(config.headers)) as client:
         for attempt in range(config.retries + 1):
             attempts = attempt + 1
             try:
