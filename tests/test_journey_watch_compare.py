@@ -10,6 +10,7 @@ from __future__ import annotations
 import tracemalloc
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,32 +21,37 @@ from worlds import fake_world
 RECORDS = 8_000  # per version: above the bootstrap's limit
 
 
+def _answered(store: Store, number: int, latencies: Any, start: datetime, step_s: int) -> None:
+    """Answered requests of bot:NUMBER on `support`, one per latency, ``step_s`` apart."""
+    tenant = store.get_tenant("acme").id
+    version = store.get_model_version("bot", number).id
+    store.add_inference_records(
+        NewInferenceRecord(
+            id=f"r{number}-{i}",
+            endpoint_name="support",
+            route="chat.completions",
+            latency_ms=float(ms),
+            status="ok",
+            http_status=200,
+            tenant_id=tenant,
+            version_id=version,
+            prompt="Q?",
+            response="A.",
+            created_at=start + timedelta(seconds=i * step_s),
+        )
+        for i, ms in enumerate(latencies)
+    )
+
+
 def _busy_day(store: Store) -> list[float]:
     """A day of answered requests of bot:1 and bot:2 on `support`; bot:1's latencies."""
     fake_world(store)
     store.set_traffic("support", {1: 50, 2: 50})
-    tenant = store.get_tenant("acme").id
     rng = np.random.default_rng(7)
     start = datetime.now(UTC) - timedelta(hours=23)
     latencies = {1: rng.lognormal(3.0, 0.5, RECORDS), 2: rng.lognormal(3.1, 0.5, RECORDS)}
     for number, values in latencies.items():
-        version = store.get_model_version("bot", number).id
-        store.add_inference_records(
-            NewInferenceRecord(
-                id=f"r{number}-{i}",
-                endpoint_name="support",
-                route="chat.completions",
-                latency_ms=float(ms),
-                status="ok",
-                http_status=200,
-                tenant_id=tenant,
-                version_id=version,
-                prompt="Q?",
-                response="A.",
-                created_at=start + timedelta(seconds=i * 4),
-            )
-            for i, ms in enumerate(values)
-        )
+        _answered(store, number, values, start, step_s=4)
     return [float(v) for v in latencies[1]]
 
 
@@ -83,24 +89,7 @@ def test_the_intervals_do_not_depend_on_the_order_the_database_gives_the_rows(
     for name, order in (("forward", values), ("backward", values[::-1])):
         with Store.open(f"sqlite:///{tmp_path / name}.db") as store:
             fake_world(store)
-            tenant = store.get_tenant("acme").id
-            version = store.get_model_version("bot", 1).id
-            store.add_inference_records(
-                NewInferenceRecord(
-                    id=f"r-{name}-{i}",
-                    endpoint_name="support",
-                    route="chat.completions",
-                    latency_ms=float(ms),
-                    status="ok",
-                    http_status=200,
-                    tenant_id=tenant,
-                    version_id=version,
-                    prompt="Q?",
-                    response="A.",
-                    created_at=start + timedelta(seconds=i),
-                )
-                for i, ms in enumerate(order)
-            )
+            _answered(store, 1, order, start, step_s=1)
             reports.append(compare_versions(store, "support", start - timedelta(minutes=1)))
     forward, backward = (next(v for v in r.versions if v.version == "bot:1") for r in reports)
     assert forward.requests == backward.requests == 300
