@@ -195,3 +195,23 @@ def test_serve_prints_its_banner_only_once_the_port_is_bound(tmp_path: Path) -> 
                       home=tmp_path, timeout=120)  # fmt: skip
     assert r.code == 2 and f"cannot listen on 127.0.0.1:{port}" in r.err
     assert "serving" not in r.err and "Traceback" not in r.err
+
+
+def test_serve_and_controller_refuse_to_start_on_alert_rules_they_cannot_evaluate(
+    tmp_path: Path,
+) -> None:
+    """As Prometheus does with a bad rules file: exit 2 at start, naming the file and what
+    is wrong, rather than start and log the error at every monitoring tick."""
+    assert modelyard("init", home=tmp_path).code == 0
+    rules = tmp_path / "alerts.yml"
+    rules.write_text(
+        "notify:\n  webhook: {url: https://oncall.example.com/hook,"
+        " headers: {Authorization: 'Bearer ${ONCALL_TOKEN_NOT_SET}'}}\n"
+        "rules:\n  - {name: errors, metric: error_rate, threshold: 0.05}\n"
+    )
+    for command in (("controller", "--once"), ("serve", "--engine", "echo", "--port", "0")):
+        r = modelyard(*command, home=tmp_path, timeout=120)
+        assert r.code == 2, r.err
+        assert f"the alert rules {rules} cannot be evaluated" in " ".join(r.err.split())
+        assert "ONCALL_TOKEN_NOT_SET, which is not set" in r.err
+        assert "serving" not in r.err and "Traceback" not in r.err

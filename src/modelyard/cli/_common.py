@@ -89,6 +89,23 @@ def open_store(s: Settings | None = None, *, migrate: bool = True) -> Store:
     )
 
 
+def check_alert_rules(s: Settings | None = None) -> None:
+    """Load ``<home>/alerts.yml`` if there is one: a file the monitoring tick of ``serve`` or
+    ``controller`` could not evaluate is refused at start (a ConfigError naming the field),
+    not logged every 15 s while no alert is evaluated."""
+    from modelyard.monitoring import default_rules_path, rules_from
+
+    home = (s or settings()).home
+    try:
+        rules_from(None, home)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"the alert rules {default_rules_path(home)} cannot be evaluated: {exc.one_line()}",
+            hint="Fix the file (`modelyard monitor tick` checks it), or move it away to "
+            "run without alert rules.",
+        ) from None
+
+
 def open_artifacts(s: Settings | None = None) -> ArtifactStore:
     """The configured artifact store: a directory, or S3 read through a local cache."""
     refuse_remote()

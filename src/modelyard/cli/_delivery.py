@@ -11,7 +11,14 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from modelyard.cli._common import console, err_console, open_store, print_json, to_jsonable
+from modelyard.cli._common import (
+    check_alert_rules,
+    console,
+    err_console,
+    open_store,
+    print_json,
+    to_jsonable,
+)
 from modelyard.cli._control import CurrentStep
 from modelyard.cli._plane import open_plane
 from modelyard.cli._rollout_text import final, guard_rows, num, progress, summary, timeline
@@ -461,6 +468,7 @@ def controller(
     monitoring tick (profiles, retention, drift and alert rules). Stops on SIGTERM or Ctrl-C."""
     from modelyard.delivery import LEASE, Controller
 
+    check_alert_rules()  # its monitoring tick evaluates them: a broken file stops it here
     with open_store() as store:
         from modelyard.monitoring import tick as monitoring_tick
 

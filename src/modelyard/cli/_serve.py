@@ -8,7 +8,13 @@ from typing import Any
 
 import typer
 
-from modelyard.cli._common import err_console, open_artifacts, open_store, settings
+from modelyard.cli._common import (
+    check_alert_rules,
+    err_console,
+    open_artifacts,
+    open_store,
+    settings,
+)
 from modelyard.errors import ConfigError
 from modelyard.sockets import bind_socket, url_host
 from modelyard.store import Store
@@ -414,6 +420,8 @@ def serve(
     for wanted in (port, metrics_port):
         if wanted:  # 0 or none: any free port, or no listener of its own
             bind_socket(host, wanted).close()
+    if run_controller:  # as Prometheus, refuse to start on a rules file it cannot evaluate
+        check_alert_rules()
     store = open_store()
     chosen: Engine
     if engine == "transformers":
