@@ -10,9 +10,7 @@ from modelyard.monitoring._alerts import (
     AlertRules,
     Rule,
     alert_id,
-    default_rules_path,
     evaluate_rules,
-    rules_from,
 )
 from modelyard.monitoring._drift import (
     API_PARAMS,
@@ -44,6 +42,7 @@ from modelyard.monitoring._notify import post_webhook
 from modelyard.monitoring._policy import apply_storage_policy, redact
 from modelyard.monitoring._profiles import ProfileUpdate, update_profiles
 from modelyard.monitoring._report import write_report
+from modelyard.monitoring._rules_file import default_rules_path, rules_from
 from modelyard.monitoring._semantic import Embedder, mmd_test
 from modelyard.monitoring._stats import METHODS, Method, default_method, register_method
 from modelyard.monitoring._tick import MonitoringCollector, TickReport, apply_retention, tick

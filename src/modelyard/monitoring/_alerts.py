@@ -567,19 +567,6 @@ def _step(
     return base
 
 
-def default_rules_path(home: Path) -> Path:
-    return home / "alerts.yml"
-
-
-def rules_from(source: AlertRules | Path | str | None, home: Path) -> AlertRules | None:
-    if isinstance(source, AlertRules):
-        return source
-    if source is None:
-        path = default_rules_path(home)
-        return AlertRules.load(path) if path.exists() else None
-    return AlertRules.load(Path(source))
-
-
 def endpoints_for_drift(rules: AlertRules, store: Store) -> Sequence[str]:
     named = {r.endpoint for r in rules.rules if r.metric in DRIFT_METRICS}
     if None in named:

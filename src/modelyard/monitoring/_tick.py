@@ -31,7 +31,6 @@ from modelyard.monitoring._alerts import (
     Transition,
     endpoints_for_drift,
     evaluate_rules,
-    rules_from,
 )
 from modelyard.monitoring._drift import DriftReport, compute_drift
 from modelyard.monitoring._judging import JudgingResult, judge_online, missing_judges
@@ -42,6 +41,7 @@ from modelyard.monitoring._profiles import (
     floor_hour,
     update_profiles,
 )
+from modelyard.monitoring._rules_file import rules_from
 from modelyard.store import Store
 
 log = logging.getLogger(__name__)
