@@ -96,6 +96,26 @@ def test_a_redis_cluster_that_stops_answering_is_a_503_and_logins_are_still_limi
             assert limited.status_code == 429, limited.text
 
 
+def test_logins_in_one_millisecond_give_way_in_the_order_they_came(
+    ops: Store, redis_srv: RedisServer
+) -> None:
+    """Logins at the same instant (a fast client, a clock that did not move): the ones
+    that give way are the earliest, not whichever session id sorts first."""
+    people = PeopleAuthenticator(ops)
+    token = create_actor_token(ops, "ops")[1]
+    table, shared = shared_tables(redis_srv.url)
+    assert shared is not None
+    frozen = time.time()
+    sessions = ConsoleSessions(people, table=table, max_sessions=50, max_per_actor=2,
+                               clock=lambda: frozen)  # fmt: skip
+    started = [sessions.start(token)[0] for _ in range(12)]
+    for gone in started[:-2]:
+        with pytest.raises(AuthError):
+            sessions.find(gone)
+    assert [sessions.find(i)[1].actor for i in started[-2:]] == ["ops", "ops"]
+    shared.close()
+
+
 def test_on_a_redis_cluster_an_actors_oldest_give_way_then_the_oldest_of_all(
     ops: Store, tmp_path: Path
 ) -> None:

@@ -93,8 +93,13 @@ if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[6]) then
   end
 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', math.max(1, math.min(tonumber(ARGV[5]), ttl)))
-redis.call('ZADD', KEYS[2], now, ARGV[2])
-redis.call('ZADD', KEYS[3], now, ARGV[2])
+-- a login's place after every earlier one, even in the same millisecond (or from a replica
+-- whose clock is behind): "the oldest" is then the one that logged in first, never a tie
+local newest = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+local at = now
+if newest[2] and tonumber(newest[2]) >= at then at = tonumber(newest[2]) + 1 end
+redis.call('ZADD', KEYS[2], at, ARGV[2])
+redis.call('ZADD', KEYS[3], at, ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ttl)
 redis.call('PEXPIRE', KEYS[3], ttl)
 return 1
