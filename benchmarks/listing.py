@@ -31,29 +31,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import tempfile
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from _timing import median_s
 from sqlalchemy import create_engine, event, select, text
 
 from modelyard.store import Store
 
 SECTIONS = ("store", "remote", "tenants", "budgets")
-
-
-def _median_s(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 @contextmanager
@@ -140,12 +130,12 @@ def bench_store(root: Path, models: int, repeats: int) -> dict[str, Any]:
         assert old_cli() == new_cli(), "the two registry lists differ"
         out = {
             "models": models,
-            "old_s": _median_s(old, repeats),
-            "new_s": _median_s(store.list_registered_models, repeats),
+            "old_s": median_s(old, repeats),
+            "new_s": median_s(store.list_registered_models, repeats),
             "old_queries": _count(store, old),
             "new_queries": _count(store, store.list_registered_models),
-            "cli_old_s": _median_s(old_cli, repeats),
-            "cli_new_s": _median_s(new_cli, repeats),
+            "cli_old_s": median_s(old_cli, repeats),
+            "cli_new_s": median_s(new_cli, repeats),
             "cli_old_queries": _count(store, old_cli),
             "cli_new_queries": _count(store, new_cli),
         }
@@ -217,7 +207,7 @@ def bench_remote(root: Path, models: int, repeats: int) -> dict[str, Any]:
                 sent.clear()
                 new()
                 new_requests = len(sent)
-                old_s, new_s = _median_s(old, repeats), _median_s(new, repeats)
+                old_s, new_s = median_s(old, repeats), median_s(new, repeats)
                 assert isinstance(plane.get_model_version("m00000", 3), ModelVersion)
     return {
         "models": models,
@@ -292,9 +282,9 @@ def bench_tenants(root: Path, tenants: int, repeats: int) -> dict[str, Any]:
         assert old() == new(), "the two tenant lists differ"
         out = {
             "tenants": tenants,
-            "old_s": _median_s(old, repeats),
-            "new_s": _median_s(new, repeats),
-            "first_page_s": _median_s(lambda: page(None), repeats),
+            "old_s": median_s(old, repeats),
+            "new_s": median_s(new, repeats),
+            "first_page_s": median_s(lambda: page(None), repeats),
             "old_queries": _count(store, old),
             "new_queries": _count(store, new),
         }
@@ -403,8 +393,8 @@ def bench_budgets(root: Path, tenants: int, repeats: int) -> dict[str, Any]:
         out = {
             "tenants": tenants,
             "page": len(first),
-            "old_s": _median_s(lambda: old(now), repeats),
-            "new_s": _median_s(lambda: new(now), repeats),
+            "old_s": median_s(lambda: old(now), repeats),
+            "new_s": median_s(lambda: new(now), repeats),
             "old_queries": _count(store, lambda: old(now)),
             "new_queries": _count(store, lambda: new(now)),
         }

@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import random
-import statistics
 import tempfile
 import time
 import tracemalloc
@@ -41,6 +40,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from _timing import median_s
 from sqlalchemy import create_engine, select, text
 from sqlalchemy.engine import make_url
 
@@ -197,15 +197,6 @@ def _database(root: Path, records: int, postgres: str | None) -> Iterator[str]:
         admin.dispose()
 
 
-def _median_s(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
-
-
 def _peak_mib(fn: Callable[[], Any]) -> float:
     tracemalloc.start()
     try:
@@ -225,7 +216,7 @@ def _same(old: OldSample | tuple[tuple[Any, ...], ...], new: Any) -> None:
 
 
 def _side(old: Callable[[], Any], new: Callable[[], Any], repeats: int) -> dict[str, float]:
-    old_s, new_s = _median_s(old, repeats), _median_s(new, repeats)
+    old_s, new_s = median_s(old, repeats), median_s(new, repeats)
     old_mib, new_mib = _peak_mib(old), _peak_mib(new)
     return {
         "old_s": old_s, "new_s": new_s, "time_ratio": old_s / new_s,

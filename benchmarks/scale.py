@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import random
-import statistics
 import string
 import tempfile
 import time
@@ -44,20 +43,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from _timing import median_s
 from sqlalchemy import create_engine, func, select, text
 
 from modelyard.store import Store
 
 SECTIONS = ("versions", "purge", "harvest", "read")
-
-
-def _median_s(fn: Callable[[], Any], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - started)
-    return statistics.median(times)
 
 
 def _seed(url: str, versions: int) -> None:
@@ -141,12 +132,12 @@ def bench_versions(root: Path, versions: int, repeats: int) -> dict[str, Any]:
             return store.list_model_versions("support")
 
         assert old() == new(), "the two lists differ"
-        old_s, new_s = _median_s(old, repeats), _median_s(new, repeats)
-        page_s = _median_s(
+        old_s, new_s = median_s(old, repeats), median_s(new, repeats)
+        page_s = median_s(
             lambda: [version_json(v) for v in store.list_model_versions("support", limit=100)],
             repeats,
         )
-        whole_s = _median_s(lambda: [version_json(v) for v in new()], repeats)
+        whole_s = median_s(lambda: [version_json(v) for v in new()], repeats)
     return {
         "versions": versions,
         "old_s": old_s,
@@ -263,7 +254,7 @@ def bench_harvest(root: Path, records: int, repeats: int) -> dict[str, Any]:
             measured[name] = (selection, elapsed, top / 2**20)
         assert measured["old"][0] == measured["new"][0], "the rows differ"
         assert len(measured["new"][0].rows) == records
-        plain = {"old": _median_s(old, repeats), "new": _median_s(new, repeats)}
+        plain = {"old": median_s(old, repeats), "new": median_s(new, repeats)}
     return {
         "records": records,
         "old_peak_mib": measured["old"][2],
@@ -312,8 +303,8 @@ def bench_read(root: Path, rows: int, repeats: int) -> dict[str, Any]:
     got_new, new_s, new_mib = _peak(lambda: read_rows(path))
     assert len(got_new) == rows and got_new == old(), "the rows differ"
     del got_new
-    plain_old = _median_s(old, repeats)  # times without tracemalloc, which slows each side
-    plain_new = _median_s(lambda: read_rows(path), repeats)
+    plain_old = median_s(old, repeats)  # times without tracemalloc, which slows each side
+    plain_new = median_s(lambda: read_rows(path), repeats)
     digest_old, _, digest_old_mib = _peak(old_digest)
     digest_new, _, digest_new_mib = _peak(new_digest)
     assert digest_old == digest_new
