@@ -40,7 +40,10 @@ def test_the_store_s_delivery_budgets_and_quality_are_scraped_as_gauges(store: S
     def value(name: str, **labels: str) -> float | None:
         return registry.get_sample_value(name, labels)
 
-    weight = "modelyard_traffic_weight"
+    share = "modelyard_traffic_weight_ratio"  # Prometheus's convention: a ratio is 0 to 1
+    assert value(share, endpoint="support", model="bot", version="bot:1") == 0.9
+    assert value(share, endpoint="support", model="bot", version="bot:2") == 0.1
+    weight = "modelyard_traffic_weight"  # deprecated, in percent, for existing dashboards
     assert value(weight, endpoint="support", model="bot", version="bot:1") == 90
     assert value(weight, endpoint="support", model="bot", version="bot:2") == 10
     shadow = value("modelyard_shadow_fraction", endpoint="support", model="bot", version="bot:2")
@@ -57,6 +60,7 @@ def test_the_store_s_delivery_budgets_and_quality_are_scraped_as_gauges(store: S
     active = value("modelyard_rollout_active", endpoint="support", target="bot:2",
                    strategy=rollout.strategy, status="running", phase=rollout.phase)  # fmt: skip
     assert active == 1
+    assert value("modelyard_rollout_step_ratio", endpoint="support", target="bot:2") == 0.1
     assert value("modelyard_rollout_step_percent", endpoint="support", target="bot:2") == 10
 
 

@@ -143,9 +143,11 @@ class MonitoringCollector(Collector):
 
     ``modelyard_drift_value``/``modelyard_drift_detected`` per endpoint, version,
     feature and method (the latest run of each endpoint), ``modelyard_alert_firing``
-    per rule, endpoint and severity; the traffic plans (``modelyard_traffic_weight``,
+    per rule, endpoint and severity; the traffic plans (``modelyard_traffic_weight_ratio``,
     ``modelyard_shadow_fraction``), the active rollouts (``modelyard_rollout_active``,
-    ``modelyard_rollout_step_percent``), the budgets (``modelyard_budget_amount``), and
+    ``modelyard_rollout_step_ratio``; the percent-valued ``modelyard_traffic_weight`` and
+    ``modelyard_rollout_step_percent`` are kept, deprecated, for existing dashboards), the
+    budgets (``modelyard_budget_amount``), and
     today's (UTC) feedback and judge means per endpoint and version from the day
     profiles (``modelyard_feedback_score``, ``modelyard_judge_score``). Register it on a
     server's registry, or print it with ``modelyard monitor metrics``.
@@ -233,17 +235,26 @@ class MonitoringCollector(Collector):
 def _delivery_families(store: Store) -> Iterator[Metric]:
     """Traffic plans, active rollouts and budgets: what ``endpoints list``, ``rollout
     status`` and ``budgets list`` show."""
-    weight = GaugeMetricFamily(
-        "modelyard_traffic_weight", "Percent of the endpoint's traffic a version gets",
-        labels=["endpoint", "model", "version"],
+    route_labels = ["endpoint", "model", "version"]
+    share = GaugeMetricFamily(
+        "modelyard_traffic_weight_ratio", "Share of the endpoint's traffic a version gets (0 to 1)",
+        labels=route_labels,
     )  # fmt: skip
+    weight = GaugeMetricFamily(
+        "modelyard_traffic_weight",
+        "Deprecated, use modelyard_traffic_weight_ratio: percent of the endpoint's traffic a "
+        "version gets",
+        labels=route_labels,
+    )
     shadow = GaugeMetricFamily(
         "modelyard_shadow_fraction", "Share of requests mirrored to the shadow version",
-        labels=["endpoint", "model", "version"],
+        labels=route_labels,
     )  # fmt: skip
     for e in store.list_endpoints():
         for r in e.routes:
-            weight.add_metric([e.name, e.model, f"{e.model}:{r.version}"], float(r.weight))
+            names = [e.name, e.model, f"{e.model}:{r.version}"]
+            share.add_metric(names, r.weight / 100)
+            weight.add_metric(names, float(r.weight))
         if e.shadow_version is not None:
             shadow.add_metric([e.name, e.model, f"{e.model}:{e.shadow_version}"],
                               e.shadow_fraction)  # fmt: skip
@@ -251,15 +262,23 @@ def _delivery_families(store: Store) -> Iterator[Metric]:
     active = GaugeMetricFamily(
         "modelyard_rollout_active", "1 for each rollout in progress", labels=labels
     )
-    step = GaugeMetricFamily(
-        "modelyard_rollout_step_percent", "Percent of traffic the rollout's step gives its target",
+    step_ratio = GaugeMetricFamily(
+        "modelyard_rollout_step_ratio",
+        "Share of traffic the rollout's step gives its target (0 to 1)",
         labels=["endpoint", "target"],
-    )  # fmt: skip
+    )
+    step = GaugeMetricFamily(
+        "modelyard_rollout_step_percent",
+        "Deprecated, use modelyard_rollout_step_ratio: percent of traffic the rollout's step "
+        "gives its target",
+        labels=["endpoint", "target"],
+    )
     for ro in store.list_rollouts(active=True, limit=10_000):
         target = f"{ro.model}:{ro.target}"
         active.add_metric([ro.endpoint, target, ro.strategy, ro.status, ro.phase], 1.0)
         if ro.steps:
             percent = ro.steps[min(ro.step_index, len(ro.steps) - 1)]
+            step_ratio.add_metric([ro.endpoint, target], percent / 100)
             step.add_metric([ro.endpoint, target], float(percent))
     amount = GaugeMetricFamily(
         "modelyard_budget_amount", "A tenant's or key's budget per period (the prices' currency)",
@@ -267,7 +286,7 @@ def _delivery_families(store: Store) -> Iterator[Metric]:
     )  # fmt: skip
     for b in store.list_budgets():
         amount.add_metric([b.tenant, b.key_id or "", b.period], b.amount)
-    yield from (weight, shadow, active, step, amount)
+    yield from (share, weight, shadow, active, step_ratio, step, amount)
 
 
 def _quality_families(store: Store) -> Iterator[Metric]:
