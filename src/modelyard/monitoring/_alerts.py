@@ -297,10 +297,11 @@ def drift_metrics(store: Store, endpoint: str, start: datetime) -> dict[str, flo
         if r.computed_at >= start
     ]
     out: dict[str, float | None] = dict.fromkeys(DRIFT_METRICS)
-    if results:
-        out["drifted_features"] = float(sum(1 for r in results if r.drifted))
-        for r in results:
-            out[f"drift.{r.feature}"] = r.value
+    tested = [r for r in results if r.drifted is not None]  # a test with too few: no news
+    if tested:
+        out["drifted_features"] = float(sum(1 for r in tested if r.drifted))
+    for r in results:
+        out[f"drift.{r.feature}"] = r.value
     return out
 
 
