@@ -4,14 +4,18 @@ Each stage of the flow is one package under ``src/modelyard``; its private
 modules (``_name.py``) are its own, and what others may use is listed in its
 ``__init__.py`` ``__all__``. These tests read the source with ``ast`` (no
 import needed, except for the exported surface) and fail with the offending
-file and line.
+file and line. docs/architecture.md, which describes these walls, is held to
+the code too: every module, path and ``Store`` method it names exists, and its
+layout lists every package.
 """
 
 from __future__ import annotations
 
 import ast
+import functools
 import importlib
 import pkgutil
+import re
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -203,3 +207,114 @@ def test_each_package_exports_what_it_binds_and_nothing_else(name: str) -> None:
         f"{name}: bound but not exported {sorted(public - set(exported))}, "
         f"exported but not bound {sorted(set(exported) - public)}"
     )
+
+
+# -- docs/architecture.md names only what exists -------------------------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+_TICKED = re.compile(r"`([^`\n]+)`")
+_PATH = re.compile(r"[\w.*/-]+")
+_DOTTED = re.compile(r"modelyard(\.\w+)+")
+
+
+def _top_level_names(module: str) -> set[str]:
+    """What a module binds at its top level: defs, classes, assignments and imports."""
+    tree = ast.parse(MODULES[module].read_text())
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names.update(n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+    return names
+
+
+@functools.cache
+def _store_methods() -> frozenset[str]:
+    """Every method of a class in ``modelyard.store``: what ``Store`` may have."""
+    return frozenset(
+        item.name
+        for name, path in MODULES.items()
+        if name.startswith("modelyard.store.")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ClassDef)
+        for item in node.body
+        if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef))
+    )
+
+
+def _unresolved(token: str, files: set[str], store_methods: frozenset[str]) -> str | None:
+    """Why a backticked ``token`` names nothing that exists (None: it does, or it is no name)."""
+    bare = re.sub(r"\(.*\)$", "", token)  # `Store.open(url, migrate=True)`
+    if _DOTTED.fullmatch(bare):
+        parts = bare.split(".")
+        for i in range(len(parts), 1, -1):
+            module = ".".join(parts[:i])
+            if module in MODULES:
+                rest = parts[i:]
+                if rest and rest[0] not in _top_level_names(module):
+                    return f"{module} binds no {rest[0]}"
+                return None
+        return "no such module"
+    if bare.startswith("Store.") and bare.count(".") == 1:
+        method = bare.split(".")[1]
+        return None if method in store_methods else f"no Store method {method}"
+    if not _PATH.fullmatch(token) or token.startswith("/") or re.match(r"[A-Z_]+[./]", token):
+        return None  # not a path (an HTTP path, a placeholder such as OUTPUT.batch/)
+    if "/" in token:
+        path = token.rstrip("/")
+        if any((base / path).exists() for base in (ROOT, SRC, SRC.parent)):
+            return None
+        return "no such file or directory"
+    if token.endswith(".py") and token.startswith("_"):
+        return None if token in files else "no module file of that name"
+    return None
+
+
+def test_architecture_doc_names_only_modules_and_paths_that_exist() -> None:
+    """Every `src/...`-style path, `modelyard.x.y` module (and the name after it), `_x.py`
+    file and `Store.method` that docs/architecture.md names exists in the code."""
+    files = {path.name for path in MODULES.values()}
+    store_methods = _store_methods()
+    wrong = []
+    for number, line in enumerate(ARCHITECTURE.read_text().splitlines(), start=1):
+        for token in _TICKED.findall(line):
+            why = _unresolved(token.strip(), files, store_methods)
+            if why:
+                wrong.append(f"docs/architecture.md:{number}: `{token}`: {why}")
+    assert not wrong, "rename or remove these references:\n" + "\n".join(wrong)
+
+
+def test_the_layout_lists_every_package_and_top_level_module() -> None:
+    """The Layout block has a line for each package and each module of ``src/modelyard``."""
+    text = ARCHITECTURE.read_text()
+    layout = text[text.index("```\nsrc/modelyard/") :]
+    layout = layout[: layout.index("\n```", 4)]
+    named = {
+        line.split()[0]
+        for line in layout.splitlines()[1:]
+        if line.startswith("  ") and line[2] != " "
+    }
+    expected = {p.name + "/" for p in SRC.iterdir() if (p / "__init__.py").exists()} | {
+        p.name for p in SRC.glob("*.py") if p.name != "__init__.py"
+    }
+    missing = sorted(expected - named)
+    assert not missing, f"docs/architecture.md's Layout does not list: {missing}"
+
+
+def test_the_reference_check_finds_a_wrong_name() -> None:
+    """The checks above can fail: a moved module, a missing name and a missing path are found."""
+    files = {path.name for path in MODULES.values()}
+    methods = _store_methods()
+    assert _unresolved("modelyard.store._nowhere", files, methods)
+    assert _unresolved("modelyard.data.no_such_function", files, methods)
+    assert _unresolved("serving/_no_such_module.py", files, methods)
+    assert _unresolved("_no_such_module.py", files, methods)
+    assert _unresolved("Store.no_such_method", files, methods)
+    assert _unresolved("modelyard.data.load_rows", files, methods) is None
+    assert _unresolved("store/_core.py", files, methods) is None
+    assert _unresolved("Store.set_alias", files, methods) is None
