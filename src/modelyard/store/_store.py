@@ -15,10 +15,14 @@ audited write, role checks) and the row lookups and converters (``_rows``,
 ``_endpoints``      endpoints, traffic plans, shadows, rollout policies
 ``_rollouts``       rollouts, their transitions and samples, alias moves
 ``_fleet``          server heartbeats, leases
-``_records``        inference records, features, feedback, retention
+``_records``        inference records and their features
+``_feedback``       feedback on inference records
+``_retention``      retention policies and the purge of raw records
 ``_seals``          sealing inference records: Merkle roots in the audit chain
 ``_seal_check``     verifying records against their seals, inclusion proofs
-``_monitoring``     profiles, drift, alerts, token prices
+``_monitoring``     profiles, drift results, the monitor's state, token prices
+``_alerts``         alert states and the notifications of their changes
+``_budgets``        money budgets per tenant and key, and what was spent
 ``_series``         grouped reads of the records for charts: traffic series, feedback
 ``_judges``         judges (models scoring answers) and their judgements
 ``_pairs``          shadow records and the production records of the same requests
