@@ -17,7 +17,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.exc import OperationalError as SAOperationalError
@@ -220,20 +220,80 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
         before = current_revision(engine)  # another process may have migrated it meanwhile
         if before == head:
             return before, head
-        _migrate(engine)
+        before = _migrate(engine, head)
     return before, head
 
 
-def _migrate(engine: Engine) -> None:
+def _migrate(engine: Engine, head: str) -> str | None:
+    """Migrate to ``head`` in one transaction; the revision it started from."""
     cfg = _alembic_config(engine)
     logging.getLogger("alembic").setLevel(logging.WARNING)
-    with translate_errors(engine, "migrate the store"), engine.begin() as conn:
-        cfg.attributes["connection"] = conn
+    with translate_errors(engine, "migrate the store"), engine.connect() as conn:
+        sqlite = conn.dialect.name == "sqlite"
+        if sqlite:
+            _sqlite_foreign_keys(conn, on=False)
         try:
-            command.upgrade(cfg, "head")
-        except StoreError:
-            raise
-        except Exception as exc:
-            if isinstance(exc, SQLAlchemyError):
-                raise
-            raise StoreMigrationError(f"store migration failed: {exc}") from exc
+            with conn.begin():
+                before = MigrationContext.configure(conn).get_current_revision()
+                if before != head:  # else another process migrated it while this one waited
+                    cfg.attributes["connection"] = conn
+                    _run_upgrade(cfg, before)
+                    if sqlite:
+                        _check_foreign_keys(conn)
+                return before
+        finally:
+            if sqlite:
+                _sqlite_foreign_keys(conn, on=True)
+
+
+def _run_upgrade(cfg: Config, before: str | None) -> None:
+    """``alembic upgrade head``; a failure names the migration that failed."""
+    applied: list[str] = []
+
+    def done(*, step: Any, **_: Any) -> None:
+        applied.append(step.up_revision_id)
+
+    cfg.attributes["on_version_apply"] = done
+    try:
+        command.upgrade(cfg, "head")
+    except Exception as exc:
+        script = ScriptDirectory.from_config(cfg)
+        pending = [r.revision for r in script.iterate_revisions("heads", before or "base")]
+        failed = next((r for r in reversed(pending) if r not in applied), "?")
+        raise StoreMigrationError(
+            f"store migration {failed} failed: {_first_line(exc)}; the store is unchanged, "
+            f"at revision {before or '(empty)'} (the upgrade is one transaction)",
+            hint="Remove the cause and start again: the release you upgraded from still "
+            "runs on this store meanwhile.",
+        ) from exc
+
+
+def _sqlite_foreign_keys(conn: Connection, *, on: bool) -> None:
+    """Foreign keys off while SQLite migrates, on again afterwards (outside a transaction,
+    where SQLite ignores the pragma). A migration that alters a table on SQLite rebuilds it
+    (a copy, ``DROP TABLE``, a rename); with foreign keys on, the ``DROP TABLE`` deleted
+    the rows of every table referring to it with ``ON DELETE CASCADE`` (0006 emptied
+    ``traffic_routes``, ``feedback`` and ``record_features``) or failed on the others
+    (0004, on any store with a version that an alias, a route or a record names), as
+    SQLite's documentation warns."""
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    cursor = dbapi.cursor()
+    try:
+        cursor.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+    finally:
+        cursor.close()
+
+
+def _check_foreign_keys(conn: Connection) -> None:
+    """Before the migration commits: every reference still points at a row (the check the
+    pragma turned off), else the whole migration is rolled back."""
+    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").all()
+    if broken:
+        table, rowid, parent = broken[0][0], broken[0][1], broken[0][2]
+        raise StoreMigrationError(
+            f"store migration failed: {len(broken)} rows refer to rows that are not there "
+            f"(the first: row {rowid} of {table}, in {parent}); nothing was changed",
+            hint="List them with `sqlite3 STORE 'PRAGMA foreign_key_check'`; remove or repair "
+            "them on a copy of the store before upgrading it.",
+        )
