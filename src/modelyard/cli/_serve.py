@@ -233,6 +233,12 @@ def serve(
     max_body_bytes: int = typer.Option(
         1_048_576, min=1, help="Upper bound on request bodies, checked before parsing (413)."
     ),
+    max_file_bytes: int = typer.Option(
+        200 * 1024 * 1024,
+        min=1,
+        help="Upper bound on a file uploaded to /v1/files (a batch's input), checked before "
+        "it is read (413). Files are kept in the artifact store.",
+    ),
     max_prompt_chars: int = typer.Option(
         262_144,
         min=1,
@@ -490,6 +496,8 @@ def serve(
             token=metrics_token,
         ),
         mounts=mounts,
+        artifacts=open_artifacts(),
+        max_file_bytes=max_file_bytes,
     )  # fmt: skip
     where = f", {placed}" if placed is not None else ""
     metrics_server = None

@@ -1,7 +1,7 @@
 """What a failed or killed writer leaves behind, and removing it safely.
 
-A blob is referenced when a model version or a dataset version names its
-digest; a registered model is empty when it has no version. Writers call
+A blob is referenced when a model version, a dataset version or a tenant's file
+(the Files API) names its digest; a registered model is empty when it has no version. Writers call
 ``discard_unreferenced`` / ``drop_if_empty`` when their row was refused, so a
 failure leaves nothing behind; ``modelyard doctor`` finds what a killed
 process could not clean up.
@@ -19,8 +19,10 @@ def _hex(digest: str) -> str:
 
 
 def referenced_digests(store: Store) -> set[str]:
-    """Every artifact digest a model version or a dataset version points to (bare hex)."""
+    """Every artifact digest a model version, a dataset version or a file points to (bare
+    hex)."""
     digests = {_hex(d.artifact_digest) for d in store.list_datasets()}
+    digests.update(_hex(d) for d in store.file_digests())
     for model in store.list_registered_models():
         digests.update(_hex(v.artifact_digest) for v in store.list_model_versions(model.name))
     return digests

@@ -29,6 +29,8 @@ from modelyard.monitoring import (
 )
 from modelyard.serving._agent import ServerAgent
 from modelyard.serving._engine import Engine
+from modelyard.serving._files import DEFAULT_MAX_FILE_BYTES, FileKeeper
+from modelyard.serving._files_api import add_file_routes
 from modelyard.serving._guard import GuardMiddleware, OperatorAccess
 from modelyard.serving._http_errors import install_error_handlers
 from modelyard.serving._limits import ServerLimits
@@ -41,7 +43,10 @@ from modelyard.serving._shutdown import Drain
 from modelyard.store import Store
 
 if TYPE_CHECKING:
+    from modelyard.artifacts import ArtifactStore
     from modelyard.delivery import Controller
+
+FORM_OVERHEAD = 64 * 1024  # an upload's multipart framing and fields, beside the file
 
 
 def create_app(
@@ -60,6 +65,8 @@ def create_app(
     embedder: Any = None,
     access: OperatorAccess | None = None,
     mounts: Mapping[str, ASGIApp] | None = None,
+    artifacts: ArtifactStore | None = None,
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
 ) -> FastAPI:
     """The OpenAI-compatible app. The caller keeps ownership of ``store`` and ``engine``.
 
@@ -72,7 +79,9 @@ def create_app(
     ``embedder`` (``monitoring.Embedder``), the app's record writer embeds prompts.
     ``access`` says who may read ``/metrics`` and the API docs (default: anyone).
     ``mounts`` are apps served under a path prefix, behind the same guard (the admin
-    API at ``/admin/v1``); each does its own authentication.
+    API at ``/admin/v1``); each does its own authentication. With ``artifacts``, the
+    Files API keeps tenants' files there (each at most ``max_file_bytes``); without, it is
+    not served (404).
     """
     router = Router(store, refresh_seconds=refresh_seconds)
     metrics_holder: list[Metrics] = []
@@ -127,6 +136,15 @@ def create_app(
     app.state.keys = plane.keys
     app.state.agent = agent
     app.state.drain = plane.drain
+    files = (
+        None if artifacts is None else FileKeeper(store, artifacts, max_file_bytes=max_file_bytes)
+    )
+    upload_caps = {}
+    if files is not None:
+        upload_caps["/v1/files"] = (
+            max_file_bytes + FORM_OVERHEAD,
+            f"a file of at most {max_file_bytes} bytes and its form, --max-file-bytes",
+        )
     app.add_middleware(
         GuardMiddleware,
         drain=plane.drain,
@@ -134,10 +152,13 @@ def create_app(
         access=access,
         on_refused=lambda exc: plane.count_refusal("", exc),
         early_refusal=plane.early_refusal,
+        upload_caps=upload_caps,
     )
     install_error_handlers(app)
     add_routes(app, plane)
     add_response_routes(app, plane)
+    if files is not None:
+        add_file_routes(app, files)
     for prefix, mounted in (mounts or {}).items():
         app.mount(prefix, mounted)
     return app

@@ -7,7 +7,9 @@ It runs before routing and before any JSON is parsed:
   ``/metrics`` still answer;
 - a body larger than ``max_body_bytes`` is refused with 413
   (``request_too_large``): at once from its ``Content-Length``, or, for a
-  chunked body, as soon as it passes the cap (the body is never parsed);
+  chunked body, as soon as it passes the cap (the body is never parsed); a path
+  with a cap of its own (``upload_caps``: a file upload, ``--max-file-bytes``) has
+  that one instead;
 - ``/metrics`` and the API docs (``/docs``, ``/redoc``, ``/openapi.json``) answer
   as ``OperatorAccess`` says: to anyone (``public``), only with
   ``Authorization: Bearer <operator token>`` (``token``; a tenant's API key never
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import hmac
 import json
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -123,8 +125,10 @@ class GuardMiddleware:
         access: OperatorAccess | None = None,
         on_refused: Callable[[ModelyardError], object] | None = None,
         early_refusal: Callable[[bytes | None, str], RateLimited | None] | None = None,
+        upload_caps: Mapping[str, tuple[int, str]] | None = None,
     ) -> None:
         self.app, self.drain, self.max_body_bytes = app, drain, max_body_bytes
+        self.upload_caps = dict(upload_caps or {})  # path -> (cap, the setting naming it)
         self.access = access or OperatorAccess()
         self.on_refused = on_refused
         self.early_refusal = early_refusal
@@ -181,7 +185,7 @@ class GuardMiddleware:
 
     async def _check_body(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         """The ``receive`` to hand on, or None when a refusal has been sent."""
-        cap = self.max_body_bytes
+        cap, setting = self.upload_caps.get(scope["path"], (self.max_body_bytes, None))
         if cap is None or scope["method"] in ("GET", "HEAD", "OPTIONS"):
             return receive
         headers = dict(scope.get("headers") or [])
@@ -191,7 +195,7 @@ class GuardMiddleware:
                 await self._refuse(send, ConfigError("the Content-Length header is not a number"))
                 return None
             if int(declared) > cap:
-                await self._too_large(send, int(declared), cap)
+                await self._too_large(send, int(declared), cap, setting)
                 return None
             return receive
         # No length given (chunked): read up to the cap, then hand the body on.
@@ -204,21 +208,25 @@ class GuardMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > cap:
-                await self._too_large(send, None, cap)
+                await self._too_large(send, None, cap, setting)
                 return None
             chunks.append(chunk)
             if not message.get("more_body", False):
                 break
         return _replay(chunks, None, receive)
 
-    async def _too_large(self, send: Send, size: int | None, cap: int) -> None:
+    async def _too_large(
+        self, send: Send, size: int | None, cap: int, setting: str | None = None
+    ) -> None:
         what = f"{size} bytes" if size is not None else f"more than {cap} bytes"
         await self._refuse(
             send,
             RequestTooLarge(
                 f"the request body is {what}, over this server's limit of {cap} bytes "
-                "(--max-body-bytes)",
-                hint="Send a shorter prompt.",
+                f"({setting or '--max-body-bytes'})",
+                hint="Split the requests into several files, one batch each."
+                if setting
+                else "Send a shorter prompt.",
             ),
             [("connection", "close")],
         )

@@ -8,6 +8,7 @@ the audit chain in the same transaction and is checked against the actor's role.
 from modelyard.store._budgets import period_end, period_start
 from modelyard.store._core import check_name, parse_model_ref
 from modelyard.store._engine import head_revision, redact_url
+from modelyard.store._files import FILE_PURPOSES, StoredFile
 from modelyard.store._judges import RUBRIC_NAMES, JudgeDef, Judgement
 from modelyard.store._pairs import SHADOW_SUFFIX, PairedRecord, ShadowWindow
 from modelyard.store._rollouts import (
@@ -66,6 +67,7 @@ from modelyard.store.entities import (
 __all__ = [
     "BUDGET_PERIODS",
     "DEFAULT_STORAGE_POLICY",
+    "FILE_PURPOSES",
     "ROLLOUT_ACTIVE",
     "RUBRIC_NAMES",
     "SHADOW_SUFFIX",
@@ -108,6 +110,7 @@ __all__ = [
     "ShadowWindow",
     "StoragePolicy",
     "Store",
+    "StoredFile",
     "Tenant",
     "TokenPrice",
     "TrafficPoint",

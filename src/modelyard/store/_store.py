@@ -26,6 +26,7 @@ audited write, role checks) and the row lookups and converters (``_rows``,
 ``_series``         grouped reads of the records for charts: traffic series, feedback
 ``_judges``         judges (models scoring answers) and their judgements
 ``_pairs``          shadow records and the production records of the same requests
+``_files``          tenants' files (OpenAI's Files API): their rows; the bytes are artifacts
 ==================  ===========================================================
 """
 
@@ -39,6 +40,7 @@ from modelyard.store._budgets import BudgetStore
 from modelyard.store._chain import AuditStore
 from modelyard.store._endpoints import EndpointStore
 from modelyard.store._feedback import FeedbackStore
+from modelyard.store._files import FileStore
 from modelyard.store._fleet import FleetStore
 from modelyard.store._judges import JudgeStore
 from modelyard.store._monitoring import MonitoringStore
@@ -70,6 +72,7 @@ class Store(
     SeriesStore,
     JudgeStore,
     PairStore,
+    FileStore,
 ):
     """Desired state of one modelyard installation, on SQLite or PostgreSQL."""
 

@@ -1,0 +1,90 @@
+"""Tenants' files: their bytes in the artifact store, their rows in the store.
+
+``FileKeeper`` is the one place that writes, reads and deletes a file's bytes:
+each file is a one-file artifact (``content``), so the same bytes uploaded twice
+are stored once; a file's bytes are deleted with the last file that has them.
+The Files API (``_files_api``) and the batch runner (its output and error files)
+both go through it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from modelyard.artifacts import ArtifactStore
+from modelyard.errors import ArtifactNotFound, ModelyardError
+from modelyard.store import Store, StoredFile
+
+DEFAULT_MAX_FILE_BYTES = 200 * 1024 * 1024  # OpenAI's limit on a batch input file
+CONTENT = "content"  # the name of a file's bytes in its artifact
+KIND = "file"  # the artifacts' kind
+
+
+class FileKeeper:
+    """Files of tenants over ``store`` (rows) and ``artifacts`` (bytes); files larger than
+    ``max_file_bytes`` are refused at upload."""
+
+    def __init__(
+        self,
+        store: Store,
+        artifacts: ArtifactStore,
+        *,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    ) -> None:
+        self.store, self.artifacts, self.max_file_bytes = store, artifacts, max_file_bytes
+
+    @contextlib.contextmanager
+    def staged(self) -> Iterator[Path]:
+        """A path to write a new file's bytes to, before ``keep`` stores them."""
+        with self.artifacts.staging("file") as work:
+            yield work / CONTENT
+
+    def keep(self, path: Path) -> tuple[str, int]:
+        """Store the bytes at ``path``; their digest and size."""
+        ref = self.artifacts.put_file(path, kind=KIND)
+        return ref.digest, ref.size
+
+    def save(
+        self, tenant: str, source: IO[bytes], *, filename: str, purpose: str, api_key_id: str | None
+    ) -> StoredFile:
+        """A new file of ``tenant`` holding what ``source`` reads (blocks: a worker thread)."""
+        with self.staged() as path:
+            with path.open("wb") as out:
+                shutil.copyfileobj(source, out, 1024 * 1024)
+            digest, size = self.keep(path)
+        try:
+            return self.store.add_file(
+                tenant, filename=filename, purpose=purpose, size=size, digest=digest,
+                api_key_id=api_key_id,
+            )  # fmt: skip
+        except BaseException:
+            self.discard_unused(digest)
+            raise
+
+    def path(self, file: StoredFile) -> Path:
+        """A local path to ``file``'s bytes, every byte checked against its digest."""
+        return self.artifacts.open_verified(file.digest) / CONTENT
+
+    def delete(self, tenant: str, file_id: str) -> StoredFile:
+        """Delete ``tenant``'s file, and its bytes when no other file has them."""
+        gone, unused = self.store.delete_file(tenant, file_id)
+        if unused:
+            self.discard_unused(gone.digest)
+        return gone
+
+    def discard_unused(self, digest: str) -> None:
+        """Delete the bytes ``digest`` unless a file has them (best effort: ``modelyard
+        doctor`` finds what is left)."""
+        try:
+            if digest in self.store.file_digests():
+                return
+            self.artifacts.delete(digest)
+        except (ArtifactNotFound, ModelyardError, OSError):
+            return
+
+
+__all__ = ["CONTENT", "DEFAULT_MAX_FILE_BYTES", "FileKeeper"]

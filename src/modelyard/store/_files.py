@@ -1,0 +1,182 @@
+"""Tenants' files (OpenAI's Files API): what each one is, whose it is, where its bytes are.
+
+A file's bytes live in the artifact store (a one-file artifact, named by its
+digest); its row here says whose it is (the tenant, the key that uploaded it),
+its name, purpose, size and when it was made. A tenant reads only its own
+files: another tenant's id is not found, exactly as an id that never existed.
+Uploading and deleting a file is the data plane (a tenant's request, like an
+inference record or feedback), so it is not audited.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, func, select
+from sqlalchemy.orm import Mapped, Session, mapped_column
+
+from modelyard.errors import NotFound
+from modelyard.store._core import StoreCore
+from modelyard.store._rows import tenant_row
+from modelyard.store._schema import Base, utcnow
+
+FILE_PURPOSES = ("batch", "batch_output")  # what a file may be for (OpenAI's names)
+
+
+class FileRow(Base):
+    __tablename__ = "files"
+    __table_args__ = (Index("ix_files_tenant_created", "tenant_id", "created_at", "id"),)
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    tenant_id: Mapped[int] = mapped_column(Integer, ForeignKey("tenants.id"))
+    api_key_id: Mapped[str | None] = mapped_column(String(64))
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(BigInteger)
+    digest: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    """A tenant's file: its bytes are the artifact ``digest``."""
+
+    id: str
+    tenant: str
+    api_key_id: str | None
+    filename: str
+    purpose: str
+    bytes: int
+    digest: str
+    created_at: datetime
+
+
+def new_file_id() -> str:
+    return f"file-{secrets.token_hex(12)}"
+
+
+def add_file_row(
+    s: Session,
+    tenant_id: int,
+    *,
+    filename: str,
+    purpose: str,
+    size: int,
+    digest: str,
+    api_key_id: str | None,
+) -> FileRow:
+    """A new file's row in the session ``s`` (a batch's output is made in its transaction)."""
+    row = FileRow(
+        id=new_file_id(), tenant_id=tenant_id, api_key_id=api_key_id, filename=filename,
+        purpose=purpose, bytes=size, digest=digest, created_at=utcnow(),
+    )  # fmt: skip
+    s.add(row)
+    return row
+
+
+class FileStore(StoreCore):
+    """Tenants' files (data plane: not audited)."""
+
+    def add_file(
+        self,
+        tenant: str,
+        *,
+        filename: str,
+        purpose: str,
+        size: int,
+        digest: str,
+        api_key_id: str | None = None,
+    ) -> StoredFile:
+        with self._write(f"add a file for tenant {tenant!r}") as s:
+            row = add_file_row(
+                s, tenant_row(s, tenant).id, filename=filename, purpose=purpose, size=size,
+                digest=digest, api_key_id=api_key_id,
+            )  # fmt: skip
+            s.flush()
+            return _to_file(row, tenant)
+
+    def get_file(self, tenant: str, file_id: str) -> StoredFile:
+        """``tenant``'s file ``file_id``; NotFound for another tenant's, as for none."""
+        with self._session(f"read file {file_id!r}") as s:
+            row = s.get(FileRow, file_id)
+            owner = tenant_row(s, tenant)
+            if row is None or row.tenant_id != owner.id:
+                raise _missing(file_id)
+            return _to_file(row, tenant)
+
+    def list_files(
+        self,
+        tenant: str,
+        *,
+        purpose: str | None = None,
+        limit: int = 10000,
+        after: str | None = None,
+        ascending: bool = False,
+    ) -> tuple[list[StoredFile], bool]:
+        """A page of ``tenant``'s files by creation time (newest first unless
+        ``ascending``), those after the file ``after``; and whether more follow."""
+        with self._session(f"list the files of tenant {tenant!r}") as s:
+            owner = tenant_row(s, tenant)
+            query = select(FileRow).where(FileRow.tenant_id == owner.id)
+            if purpose is not None:
+                query = query.where(FileRow.purpose == purpose)
+            if after is not None:
+                mark = s.get(FileRow, after)
+                if mark is None or mark.tenant_id != owner.id:
+                    raise NotFound(f"no file with id {after!r} to list after", param="after")
+                key = (mark.created_at, mark.id)
+                if ascending:
+                    query = query.where(
+                        (FileRow.created_at > key[0])
+                        | ((FileRow.created_at == key[0]) & (FileRow.id > key[1]))
+                    )
+                else:
+                    query = query.where(
+                        (FileRow.created_at < key[0])
+                        | ((FileRow.created_at == key[0]) & (FileRow.id < key[1]))
+                    )
+            order = (
+                (FileRow.created_at.asc(), FileRow.id.asc())
+                if ascending
+                else (FileRow.created_at.desc(), FileRow.id.desc())
+            )
+            rows = list(s.scalars(query.order_by(*order).limit(limit + 1)))
+            return [_to_file(r, tenant) for r in rows[:limit]], len(rows) > limit
+
+    def delete_file(self, tenant: str, file_id: str) -> tuple[StoredFile, bool]:
+        """Remove ``tenant``'s file ``file_id`` (NotFound as ``get_file``); returns it and
+        whether its bytes are now unused (no other file has the same content)."""
+        with self._write(f"delete file {file_id!r}") as s:
+            row = s.get(FileRow, file_id)
+            owner = tenant_row(s, tenant)
+            if row is None or row.tenant_id != owner.id:
+                raise _missing(file_id)
+            gone = _to_file(row, tenant)
+            s.delete(row)
+            s.flush()
+            others = s.scalar(
+                select(func.count()).select_from(FileRow).where(FileRow.digest == gone.digest)
+            )
+            return gone, not others
+
+    def file_digests(self) -> set[str]:
+        """The digest of every file's bytes (what ``modelyard doctor`` must keep)."""
+        with self._session("list file digests") as s:
+            return set(s.scalars(select(FileRow.digest).distinct()))
+
+
+def _missing(file_id: str) -> NotFound:
+    return NotFound(
+        f"no file with id {file_id!r}", hint="List your files with GET /v1/files.", param="file_id"
+    )
+
+
+def _to_file(row: FileRow, tenant: str) -> StoredFile:
+    return StoredFile(
+        row.id, tenant, row.api_key_id, row.filename, row.purpose, row.bytes, row.digest,
+        row.created_at,
+    )  # fmt: skip
+
+
+__all__ = ["FILE_PURPOSES", "FileRow", "FileStore", "StoredFile", "add_file_row", "new_file_id"]

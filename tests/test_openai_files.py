@@ -1,0 +1,174 @@
+"""The Files API (``/v1/files``) through the official ``openai`` SDK against a real server:
+upload, list, retrieve, content and delete, tenants kept apart, the size cap and the
+purposes accepted."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from modelyard.access import create_api_key
+from modelyard.artifacts import LocalArtifactStore
+from modelyard.registry import discard_unreferenced, referenced_digests
+from modelyard.serving import BackgroundServer, EchoEngine, create_app
+from modelyard.store import Store
+from worlds import two_tenant_world
+
+MAX_FILE = 4096
+
+
+@dataclass
+class Served:
+    store: Store
+    artifacts: LocalArtifactStore
+    url: str
+    acme: openai.OpenAI
+    globex: openai.OpenAI
+    feedback_only: openai.OpenAI
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    with Store.open(f"sqlite:///{tmp_path}/s.db") as store, ExitStack() as stack:
+        two_tenant_world(store, versions=1)
+        artifacts = LocalArtifactStore(tmp_path / "artifacts")
+        app = create_app(
+            store, EchoEngine(), refresh_seconds=0.1, artifacts=artifacts, max_file_bytes=MAX_FILE
+        )
+        server = stack.enter_context(BackgroundServer(app))
+
+        def client(tenant: str, scopes: tuple[str, ...] = ("infer",)) -> openai.OpenAI:
+            key = create_api_key(store, tenant, scopes=scopes)[1]
+            made = openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0)
+            return stack.enter_context(made)
+
+        yield Served(
+            store, artifacts, server.base_url, client("acme"), client("globex"),
+            client("acme", ("feedback",)),
+        )  # fmt: skip
+
+
+LINES = b'{"custom_id": "a", "method": "POST", "url": "/v1/chat/completions", "body": {}}\n'
+
+
+def test_upload_list_retrieve_read_and_delete_a_file(served: Served) -> None:
+    made = served.acme.files.create(file=("requests.jsonl", io.BytesIO(LINES)), purpose="batch")
+    assert made.id.startswith("file-") and made.object == "file"
+    assert (made.bytes, made.filename, made.purpose) == (len(LINES), "requests.jsonl", "batch")
+    assert made.status == "processed" and made.created_at > 0
+
+    assert served.acme.files.retrieve(made.id) == made
+    assert served.acme.files.content(made.id).content == LINES
+    assert [f.id for f in served.acme.files.list()] == [made.id]
+    assert [f.id for f in served.acme.files.list(purpose="batch_output")] == []
+
+    deleted = served.acme.files.delete(made.id)
+    assert (deleted.id, deleted.deleted) == (made.id, True)
+    with pytest.raises(openai.NotFoundError):
+        served.acme.files.retrieve(made.id)
+    assert served.store.file_digests() == set()
+    assert served.artifacts.digests() == []  # the bytes went with the last file that had them
+
+
+def test_the_same_bytes_twice_are_stored_once_and_kept_while_a_file_has_them(
+    served: Served,
+) -> None:
+    first = served.acme.files.create(file=("a.jsonl", io.BytesIO(LINES)), purpose="batch")
+    second = served.acme.files.create(file=("b.jsonl", io.BytesIO(LINES)), purpose="batch")
+    assert first.id != second.id and len(served.artifacts.digests()) == 1
+    served.acme.files.delete(first.id)
+    assert served.acme.files.content(second.id).content == LINES
+    served.acme.files.delete(second.id)
+    assert served.artifacts.digests() == []
+
+
+def test_pages_of_files_newest_first_or_oldest_first(served: Served) -> None:
+    ids = [
+        served.acme.files.create(file=(f"{i}.jsonl", io.BytesIO(LINES)), purpose="batch").id
+        for i in range(5)
+    ]
+    first = served.acme.files.list(limit=2)
+    assert [f.id for f in first.data] == ids[::-1][:2] and first.has_more
+    assert [f.id for f in served.acme.files.list(limit=2)] == ids[::-1]  # the SDK pages on
+    oldest = served.acme.files.list(limit=3, order="asc")
+    assert [f.id for f in oldest.data] == ids[:3] and oldest.has_more
+    rest = served.acme.files.list(limit=3, order="asc", after=ids[2])
+    assert [f.id for f in rest.data] == ids[3:] and not rest.has_more
+    with pytest.raises(openai.BadRequestError) as info:
+        served.acme.files.list(limit=0)
+    assert isinstance(info.value.body, dict) and info.value.body["param"] == "limit"
+
+
+def test_another_tenants_file_is_a_404_exactly_like_a_missing_one(served: Served) -> None:
+    theirs = served.globex.files.create(file=("g.jsonl", io.BytesIO(LINES)), purpose="batch")
+    assert served.acme.files.list().data == []
+    bodies = []
+    for file_id in (theirs.id, "file-000000000000000000000000"):
+        for call in (
+            served.acme.files.retrieve,
+            served.acme.files.content,
+            served.acme.files.delete,
+        ):
+            with pytest.raises(openai.NotFoundError) as info:
+                call(file_id)
+            assert isinstance(info.value.body, dict)
+            body = dict(info.value.body)
+            bodies.append({**body, "message": body["message"].replace(file_id, "X")})
+    assert all(b == bodies[0] for b in bodies[:3])
+    assert bodies[0] == bodies[3]
+    assert bodies[0]["param"] == "file_id"
+    assert served.globex.files.content(theirs.id).content == LINES  # still theirs, intact
+
+
+def test_only_batch_files_are_uploaded_and_the_purpose_is_named(served: Served) -> None:
+    with pytest.raises(openai.BadRequestError) as info:
+        served.acme.files.create(file=("x.jsonl", io.BytesIO(LINES)), purpose="fine-tune")
+    assert isinstance(info.value.body, dict)
+    assert info.value.body["param"] == "purpose" and "only 'batch'" in info.value.body["message"]
+    with pytest.raises(openai.BadRequestError) as info:
+        served.acme.files.create(
+            file=("x.jsonl", io.BytesIO(LINES)),
+            purpose="batch",
+            expires_after={"anchor": "created_at", "seconds": 3600},
+        )
+    assert isinstance(info.value.body, dict)
+    assert info.value.body["param"] == "expires_after[anchor]"
+    assert served.store.file_digests() == set()
+
+
+def test_a_file_over_the_limit_is_a_413_naming_the_limit(served: Served) -> None:
+    big = b"x" * (MAX_FILE + 1)
+    with pytest.raises(openai.APIStatusError) as info:
+        served.acme.files.create(file=("big.jsonl", io.BytesIO(big)), purpose="batch")
+    assert info.value.status_code == 413
+    assert f"limit of {MAX_FILE} bytes" in info.value.message
+    assert "--max-file-bytes" in info.value.message
+    # far over: refused from its Content-Length, before the body is read
+    huge = httpx.post(
+        served.url + "/v1/files",
+        headers={"Authorization": f"Bearer {served.acme.api_key}"},
+        files={"file": ("huge.jsonl", b"x" * (MAX_FILE + 100_000))},
+        data={"purpose": "batch"},
+    )
+    assert huge.status_code == 413 and "--max-file-bytes" in huge.json()["error"]["message"]
+    assert served.store.file_digests() == set() and served.artifacts.digests() == []
+
+
+def test_files_need_the_infer_scope(served: Served) -> None:
+    with pytest.raises(openai.PermissionDeniedError, match="'infer' scope"):
+        served.feedback_only.files.list()
+
+
+def test_doctor_keeps_the_bytes_of_files(served: Served) -> None:
+    made = served.acme.files.create(file=("a.jsonl", io.BytesIO(LINES)), purpose="batch")
+    digest = served.store.get_file("acme", made.id).digest
+    assert digest in referenced_digests(served.store)
+    assert not discard_unreferenced(served.store, served.artifacts, digest)
+    assert served.acme.files.content(made.id).content == LINES
