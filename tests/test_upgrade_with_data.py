@@ -21,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import subprocess
+import sys
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -722,6 +724,39 @@ def test_upgrade_from_0005_keeps_the_chain_feedback_and_monitoring(at_revision: 
     assert [(p["base_model"], p["input_per_1k"]) for p in prices] == [("tiny-base", 0.1)]
     retention = old.json("monitor", "retention", "list")
     assert [(r["tenant"], r["raw_days"]) for r in retention] == [("acme", 30)]
+
+
+# -- replicas starting together -------------------------------------------------------------
+
+
+def test_processes_started_together_upgrade_the_store_once(at_revision: Any) -> None:
+    """Every server applies pending migrations at start, and `helm upgrade` starts a new
+    serve and a new controller pod at once (an install, every replica): one migrates, the
+    others wait for it and find the schema at head, none fails (on PostgreSQL all but one
+    did: `relation ... already exists`)."""
+    old = at_revision("0005")
+    with old.engine.begin() as conn:
+        world_0001(conn, versions={1: {"tags": {}}, 2: {"tags": {}}})
+        put(conn, "inference_records", *(record(f"r{i}", T5) for i in range(3)))
+    # Each process imports modelyard first, then opens the store when told: together.
+    opened = "import sys\nfrom modelyard.store import Store\nsys.stdin.readline()\n"
+    opened += f"with Store.open({old.url!r}) as s:\n    print(s.schema_revision())"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", opened], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]  # fmt: skip
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    results = [(*p.communicate(timeout=120), p.returncode) for p in procs]
+    assert [(code, out.strip()) for out, _, code in results] == [(0, head_revision())] * 4, [
+        err.strip().splitlines()[-1:] for _, err, _ in results
+    ]
+    assert (
+        _count(old.engine, "traffic_routes") == 2 and _count(old.engine, "inference_records") == 3
+    )
 
 
 # -- a failed upgrade --------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, IntegrityError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.exc import OperationalError as SAOperationalError
@@ -200,8 +200,8 @@ def _migration_lock(engine: Engine) -> contextlib.AbstractContextManager[object]
     """Processes that open one new SQLite store at once (torchrun's ranks, parallel CLI
     commands) migrate it one at a time: the others wait, then find it migrated. Without
     it, the second waits on SQLite's write lock only ``busy_timeout`` long, less than a
-    whole migration takes on a busy machine. PostgreSQL migrations run in one transaction
-    whose DDL locks serialize them."""
+    whole migration takes on a busy machine. On PostgreSQL the migration's transaction
+    takes an advisory lock instead (``_migrate``)."""
     database = engine.url.database
     if engine.dialect.name != "sqlite" or not database or database == ":memory:":
         return contextlib.nullcontext()
@@ -224,6 +224,13 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
     return before, head
 
 
+# pg_advisory_xact_lock key held by the transaction that migrates ("mymigrat"): replicas
+# started together (a `helm upgrade` starts a new serve and controller pod at once) wait
+# for the first, then find the schema at head; without it, each ran the same DDL and all
+# but one failed (`relation ... already exists`, `column ... does not exist`).
+MIGRATION_LOCK_ID = 0x6D79_6D69_6772_6174
+
+
 def _migrate(engine: Engine, head: str) -> str | None:
     """Migrate to ``head`` in one transaction; the revision it started from."""
     cfg = _alembic_config(engine)
@@ -234,6 +241,10 @@ def _migrate(engine: Engine, head: str) -> str | None:
             _sqlite_foreign_keys(conn, on=False)
         try:
             with conn.begin():
+                if not sqlite:
+                    conn.execute(
+                        text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID}
+                    )
                 before = MigrationContext.configure(conn).get_current_revision()
                 if before != head:  # else another process migrated it while this one waited
                     cfg.attributes["connection"] = conn
