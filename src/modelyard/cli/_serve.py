@@ -239,6 +239,15 @@ def serve(
         help="Upper bound on a file uploaded to /v1/files (a batch's input), checked before "
         "it is read (413). Files are kept in the artifact store.",
     ),
+    batch_concurrency: int = typer.Option(
+        16, min=1, help="Requests of one OpenAI batch (/v1/batches) asked at once."
+    ),
+    max_running_batches: int = typer.Option(
+        2,
+        min=1,
+        help="OpenAI batches this replica runs at once; the others wait, or run on "
+        "another replica.",
+    ),
     max_prompt_chars: int = typer.Option(
         262_144,
         min=1,
@@ -366,6 +375,7 @@ def serve(
     from modelyard.admin import ADMIN_PREFIX, admin_enabled
     from modelyard.serving import (
         BackgroundServer,
+        BatchSettings,
         EchoEngine,
         Engine,
         EngineSet,
@@ -498,6 +508,7 @@ def serve(
         mounts=mounts,
         artifacts=open_artifacts(),
         max_file_bytes=max_file_bytes,
+        batches=BatchSettings(concurrency=batch_concurrency, max_running=max_running_batches),
     )  # fmt: skip
     where = f", {placed}" if placed is not None else ""
     metrics_server = None

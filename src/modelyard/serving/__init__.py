@@ -19,6 +19,7 @@ plane called in process, without HTTP (``modelyard batch run``): each request an
 """
 
 from modelyard.serving._app import create_app, create_metrics_app
+from modelyard.serving._batch_runner import BatchSettings
 from modelyard.serving._device import Placement, placement
 from modelyard.serving._engine import EchoEngine, Engine, TransformersEngine
 from modelyard.serving._guard import OperatorAccess
@@ -55,6 +56,7 @@ __all__ = [
     "MAX_STOP_CHARS",
     "Answer",
     "BackgroundServer",
+    "BatchSettings",
     "ChatPrompt",
     "Drain",
     "DrainingServer",

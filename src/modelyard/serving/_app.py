@@ -28,6 +28,8 @@ from modelyard.monitoring import (
     new_server_id,
 )
 from modelyard.serving._agent import ServerAgent
+from modelyard.serving._batch_runner import BatchSettings, BatchWorker
+from modelyard.serving._batches_api import add_batch_routes
 from modelyard.serving._engine import Engine
 from modelyard.serving._files import DEFAULT_MAX_FILE_BYTES, FileKeeper
 from modelyard.serving._files_api import add_file_routes
@@ -67,6 +69,7 @@ def create_app(
     mounts: Mapping[str, ASGIApp] | None = None,
     artifacts: ArtifactStore | None = None,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    batches: BatchSettings | None = None,
 ) -> FastAPI:
     """The OpenAI-compatible app. The caller keeps ownership of ``store`` and ``engine``.
 
@@ -80,8 +83,9 @@ def create_app(
     ``access`` says who may read ``/metrics`` and the API docs (default: anyone).
     ``mounts`` are apps served under a path prefix, behind the same guard (the admin
     API at ``/admin/v1``); each does its own authentication. With ``artifacts``, the
-    Files API keeps tenants' files there (each at most ``max_file_bytes``); without, it is
-    not served (404).
+    Files API keeps tenants' files there (each at most ``max_file_bytes``) and the Batch API
+    runs tenants' batches on a worker of this server (``batches``); without, neither is
+    served (404).
     """
     router = Router(store, refresh_seconds=refresh_seconds)
     metrics_holder: list[Metrics] = []
@@ -118,10 +122,14 @@ def create_app(
         plane.ready.set()
         if agent is not None:
             agent.start()
+        if worker is not None:
+            worker.start()
         try:
             yield
         finally:
             plane.ready.clear()
+            if worker is not None:  # what its batches answered is committed first
+                await worker.stop()
             await run_in_threadpool(router.stop)
             if agent is not None:
                 await run_in_threadpool(agent.stop)
@@ -157,8 +165,11 @@ def create_app(
     install_error_handlers(app)
     add_routes(app, plane)
     add_response_routes(app, plane)
+    worker = None
     if files is not None:
         add_file_routes(app, files)
+        worker = BatchWorker(app, plane, files, server_id, batches)
+        add_batch_routes(app, worker)
     for prefix, mounted in (mounts or {}).items():
         app.mount(prefix, mounted)
     return app

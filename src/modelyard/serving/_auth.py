@@ -14,6 +14,7 @@ from fastapi import Depends, Header, Request
 
 from modelyard.access import authenticate
 from modelyard.errors import AuthError, InvalidApiKey, MissingScope
+from modelyard.serving._batch_context import CURRENT
 from modelyard.store import ApiKey, Store
 
 # Query parameters that carry credentials: refused, and redacted from access logs (_server).
@@ -63,8 +64,9 @@ def _key_with(scope: str) -> Callable[..., ApiKey]:
         request: Request, authorization: Annotated[str | None, Header()] = None
     ) -> ApiKey:
         plane = getattr(request.app.state, "plane", None)
+        call = CURRENT.get()  # a batch's line, asked in this process as the batch's key
         try:
-            key = _authenticate(request, authorization)
+            key = call.key if call is not None else _authenticate(request, authorization)
         except AuthError as refused:  # counted, never stored (no tenant to store it under)
             if plane is not None:
                 plane.count_refusal("", refused)

@@ -40,6 +40,7 @@ from modelyard.monitoring import (
     apply_storage_policy,
 )
 from modelyard.serving._auth import KeyCache
+from modelyard.serving._batch_context import batch_origin
 from modelyard.serving._budgets import BudgetGuard
 from modelyard.serving._engine import Engine
 from modelyard.serving._health import LoadHealth, StoreProbe, load_failure_of
@@ -142,7 +143,9 @@ class DataPlane:
         """``submit`` from the event loop, the cheap checks first: the key's requests/min
         (and a tokens bucket that cannot even hold ``max_tokens``) on the loop, then the
         costly part on a worker thread, at most ``tokenize_concurrency`` of a tenant's
-        requests at once (``TenantSlots``). ``origin``: where it comes from (a batch job)."""
+        requests at once (``TenantSlots``). ``origin``: where it comes from (a batch job;
+        by default, the line of an OpenAI batch this task asks, ``_batch_context``)."""
+        origin = origin or batch_origin()
         try:
             if isinstance(self.limiter, SharedRateLimiter):  # a round trip: off the loop
                 await run_in_threadpool(self.limiter.admit_request, key, params.max_tokens)

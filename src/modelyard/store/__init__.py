@@ -5,6 +5,8 @@ applied by ``modelyard init`` and on first use. Every change appends one event t
 the audit chain in the same transaction and is checked against the actor's role.
 """
 
+from modelyard.store._batches import ACTIVE as ACTIVE_BATCH_STATES
+from modelyard.store._batches import LeaseLost, LineOutput, OutputFile, StoredBatch
 from modelyard.store._budgets import period_end, period_start
 from modelyard.store._core import check_name, parse_model_ref
 from modelyard.store._engine import head_revision, redact_url
@@ -65,6 +67,7 @@ from modelyard.store.entities import (
 )
 
 __all__ = [
+    "ACTIVE_BATCH_STATES",
     "BUDGET_PERIODS",
     "DEFAULT_STORAGE_POLICY",
     "FILE_PURPOSES",
@@ -93,8 +96,11 @@ __all__ = [
     "InferenceRecord",
     "JudgeDef",
     "Judgement",
+    "LeaseLost",
+    "LineOutput",
     "ModelVersion",
     "NewInferenceRecord",
+    "OutputFile",
     "PairedRecord",
     "Profile",
     "RecordFeatures",
@@ -110,6 +116,7 @@ __all__ = [
     "ShadowWindow",
     "StoragePolicy",
     "Store",
+    "StoredBatch",
     "StoredFile",
     "Tenant",
     "TokenPrice",

@@ -27,6 +27,7 @@ audited write, role checks) and the row lookups and converters (``_rows``,
 ``_judges``         judges (models scoring answers) and their judgements
 ``_pairs``          shadow records and the production records of the same requests
 ``_files``          tenants' files (OpenAI's Files API): their rows; the bytes are artifacts
+``_batches``        tenants' OpenAI batches and their answered lines, fenced by a lease
 ==================  ===========================================================
 """
 
@@ -36,6 +37,7 @@ from modelyard.audit import AccessPolicy, AuditKeySource
 from modelyard.store import _audit, _engine
 from modelyard.store._access import AccessStore
 from modelyard.store._alerts import AlertStore
+from modelyard.store._batches import BatchStore
 from modelyard.store._budgets import BudgetStore
 from modelyard.store._chain import AuditStore
 from modelyard.store._endpoints import EndpointStore
@@ -73,6 +75,7 @@ class Store(
     JudgeStore,
     PairStore,
     FileStore,
+    BatchStore,
 ):
     """Desired state of one modelyard installation, on SQLite or PostgreSQL."""
 

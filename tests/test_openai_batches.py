@@ -1,0 +1,437 @@
+"""The OpenAI Batch API (``/v1/batches``) through the official ``openai`` SDK against a real
+server: upload, create, poll, download; the same data plane as a live request of the key
+(limits, records marked ``batch`` with the batch's id, tenants kept apart); a bad input
+file fails the batch naming its lines; cancel; a server stopped mid-batch and another that
+finishes it without answering a line twice."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from openai.types import Batch
+from sqlalchemy import text
+
+from modelyard.access import create_api_key
+from modelyard.artifacts import LocalArtifactStore
+from modelyard.serving import (
+    BackgroundServer,
+    BatchSettings,
+    EchoEngine,
+    PacedEchoEngine,
+    SamplingParams,
+    create_app,
+)
+from modelyard.serving._files import FileKeeper
+from modelyard.serving._stream import TokenStream
+from modelyard.store import ModelVersion, Store
+from worlds import two_tenant_world
+
+FAST = BatchSettings(poll_s=0.05, commit_s=0.05, lease_s=3.0, concurrency=4)
+ENDED = ("completed", "failed", "cancelled", "expired")
+
+
+class Counting(PacedEchoEngine):
+    """The echo engine, ``delay_s`` a word, counting the prompts it was asked."""
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        super().__init__(delay_s)
+        self.asked: list[str] = []
+        self._lock = threading.Lock()
+
+    def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
+        with self._lock:
+            self.asked.append(prompt)
+        if self.delay_s == 0:
+            return EchoEngine.stream(self, version, prompt, params)
+        return super().stream(version, prompt, params)
+
+
+@dataclass
+class World:
+    tmp: Path
+    store: Store
+    artifacts: LocalArtifactStore
+    keys: dict[str, str] = field(default_factory=dict)
+
+    def serve(
+        self, stack: ExitStack, engine: Any = None, settings: BatchSettings = FAST
+    ) -> BackgroundServer:
+        app = create_app(
+            self.store, engine or EchoEngine(), refresh_seconds=0.1, heartbeat_s=None,
+            artifacts=self.artifacts, batches=settings,
+        )  # fmt: skip
+        return stack.enter_context(BackgroundServer(app))
+
+    def client(self, stack: ExitStack, server: BackgroundServer, who: str) -> openai.OpenAI:
+        made = openai.OpenAI(
+            base_url=server.base_url + "/v1", api_key=self.keys[who], max_retries=0
+        )
+        return stack.enter_context(made)
+
+
+@pytest.fixture
+def world(tmp_path: Path, store_url: str) -> Iterator[World]:
+    """Two tenants' endpoints and keys, on SQLite and on PostgreSQL."""
+    with Store.open(store_url) as store:
+        two_tenant_world(store, versions=1)
+        w = World(tmp_path, store, LocalArtifactStore(tmp_path / "artifacts"))
+        w.keys["acme"] = create_api_key(store, "acme", scopes=("infer",))[1]
+        w.keys["globex"] = create_api_key(store, "globex", scopes=("infer",))[1]
+        w.keys["acme-limited"] = create_api_key(store, "acme", scopes=("infer",), rpm_limit=2)[1]
+        w.keys["acme-feedback"] = create_api_key(store, "acme", scopes=("feedback",))[1]
+        yield w
+
+
+def chat_line(custom_id: str, text: str, model: str = "acme-support", **extra: Any) -> str:
+    body = {"model": model, "messages": [{"role": "user", "content": text}], "max_tokens": 8}
+    return json.dumps(
+        {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+         "body": body | extra}
+    )  # fmt: skip
+
+
+def completion_line(custom_id: str, prompt: str, model: str = "acme-support") -> str:
+    body = {"model": model, "prompt": prompt, "max_tokens": 8}
+    return json.dumps(
+        {"custom_id": custom_id, "method": "POST", "url": "/v1/completions", "body": body}
+    )
+
+
+def upload(client: openai.OpenAI, lines: list[str]) -> str:
+    data = ("\n".join(lines) + "\n").encode()
+    return client.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch").id
+
+
+def wait(client: openai.OpenAI, batch_id: str, until: tuple[str, ...] = ENDED) -> Batch:
+    deadline = time.monotonic() + 30
+    while True:
+        batch = client.batches.retrieve(batch_id)
+        if batch.status in until:
+            return batch
+        assert time.monotonic() < deadline, f"batch still {batch.status}"
+        time.sleep(0.05)
+
+
+def lines_of(client: openai.OpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    assert file_id is not None
+    return [json.loads(x) for x in client.files.content(file_id).text.splitlines()]
+
+
+def test_a_chat_batch_through_the_sdk_and_its_records(world: World) -> None:
+    with ExitStack() as stack:
+        server = world.serve(stack)
+        client = world.client(stack, server, "acme")
+        file_id = upload(client, [chat_line(f"q{i}", f"question number {i}") for i in range(5)])
+        made = client.batches.create(
+            input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h",
+            metadata={"nightly": "yes"},
+        )  # fmt: skip
+        assert made.status == "validating" and made.metadata == {"nightly": "yes"}
+        batch = wait(client, made.id)
+        assert batch.status == "completed", batch
+        assert batch.request_counts is not None
+        assert batch.request_counts.model_dump() == {"total": 5, "completed": 5, "failed": 0}
+        assert batch.error_file_id is None and batch.output_file_id is not None
+        for step in ("in_progress_at", "finalizing_at", "completed_at"):
+            assert getattr(batch, step) >= batch.created_at
+        output = lines_of(client, batch.output_file_id)
+        assert sorted(x["custom_id"] for x in output) == [f"q{i}" for i in range(5)]
+        for x in output:
+            assert x["error"] is None and x["id"].startswith("batch_req_")
+            assert x["response"]["status_code"] == 200
+            body = x["response"]["body"]
+            assert body["object"] == "chat.completion" and body["model"] == "acme-support"
+            assert body["id"] == x["response"]["request_id"]
+        made_file = client.files.retrieve(batch.output_file_id)
+        assert made_file.purpose == "batch_output"
+        records = world.store.query_records(job_id=made.id, limit=None)
+        assert len(records) == 5
+        assert {r["id"] for r in records} == {x["response"]["request_id"] for x in output}
+        assert {r["source"] for r in records} == {"batch"}
+        assert [b.id for b in client.batches.list()] == [made.id]
+
+
+def test_a_completions_batch_and_a_line_that_names_another_tenants_endpoint(
+    world: World,
+) -> None:
+    with ExitStack() as stack:
+        server = world.serve(stack)
+        client = world.client(stack, server, "acme")
+        lines = [
+            completion_line("mine", "hello batch world"),
+            completion_line("theirs", "hello", model="globex-support"),
+        ]
+        made = client.batches.create(
+            input_file_id=upload(client, lines), endpoint="/v1/completions",
+            completion_window="24h",
+        )  # fmt: skip
+        batch = wait(client, made.id)
+        assert batch.status == "completed"
+        assert batch.request_counts is not None
+        assert (batch.request_counts.completed, batch.request_counts.failed) == (1, 1)
+        [ok] = lines_of(client, batch.output_file_id)
+        assert ok["custom_id"] == "mine"
+        assert ok["response"]["body"]["choices"][0]["text"] == "hello batch world"
+        [failed] = lines_of(client, batch.error_file_id)
+        assert failed["custom_id"] == "theirs" and failed["response"]["status_code"] == 404
+        with pytest.raises(openai.NotFoundError) as live:  # what a live request gets
+            client.completions.create(model="globex-support", prompt="hello", max_tokens=8)
+        assert failed["response"]["body"]["error"]["code"] == "model_not_found"
+        assert isinstance(live.value.body, dict)
+        assert failed["response"]["body"]["error"]["message"] == live.value.body["message"]
+
+
+def test_another_tenants_file_and_batch_are_404s(world: World) -> None:
+    with ExitStack() as stack:
+        server = world.serve(stack)
+        acme = world.client(stack, server, "acme")
+        globex = world.client(stack, server, "globex")
+        theirs_file = upload(globex, [chat_line("a", "hi", model="globex-support")])
+        theirs = globex.batches.create(
+            input_file_id=theirs_file, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        with pytest.raises(openai.NotFoundError) as info:
+            acme.batches.create(
+                input_file_id=theirs_file, endpoint="/v1/chat/completions",
+                completion_window="24h",
+            )  # fmt: skip
+        assert isinstance(info.value.body, dict) and info.value.body["param"] == "input_file_id"
+        for call in (acme.batches.retrieve, acme.batches.cancel):
+            with pytest.raises(openai.NotFoundError):
+                call(theirs.id)
+        assert acme.batches.list().data == []
+        assert wait(globex, theirs.id).status == "completed"
+
+
+def test_a_file_with_bad_lines_fails_the_batch_naming_each_line(world: World) -> None:
+    with ExitStack() as stack:
+        server = world.serve(stack)
+        client = world.client(stack, server, "acme")
+        wrong_url = json.loads(chat_line("c", "hi")) | {"url": "/v1/completions"}
+        wrong_method = json.loads(chat_line("d", "hi")) | {"method": "GET"}
+        lines = [
+            chat_line("a", "fine"),
+            "{not json",
+            chat_line("a", "again"),
+            json.dumps(wrong_url),
+            json.dumps(wrong_method),
+        ]
+        made = client.batches.create(
+            input_file_id=upload(client, lines), endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )  # fmt: skip
+        batch = wait(client, made.id)
+        assert batch.status == "failed" and batch.failed_at is not None
+        assert batch.errors is not None and batch.errors.data is not None
+        found = [(e.line, e.code, e.param) for e in batch.errors.data]
+        assert found == [
+            (2, "invalid_json_line", None),
+            (3, "duplicate_custom_id", "custom_id"),
+            (4, "invalid_url", "url"),
+            (5, "invalid_method", "method"),
+        ]
+        assert world.store.query_records(job_id=made.id, limit=None) == []
+
+
+def test_create_refuses_what_it_cannot_run_naming_the_parameter(world: World) -> None:
+    with ExitStack() as stack:
+        server = world.serve(stack)
+        client = world.client(stack, server, "acme")
+        file_id = upload(client, [chat_line("a", "hi")])
+        cases: list[tuple[dict[str, Any], str]] = [
+            ({"endpoint": "/v1/embeddings"}, "endpoint"),
+            ({"completion_window": "1h"}, "completion_window"),
+            ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata"),
+            ({"input_file_id": "file-000000000000000000000000"}, "input_file_id"),
+        ]
+        for change, param in cases:
+            sent: dict[str, Any] = {
+                "input_file_id": file_id, "endpoint": "/v1/chat/completions",
+                "completion_window": "24h",
+            } | change  # fmt: skip
+            with pytest.raises(openai.APIStatusError) as info:
+                client.batches.create(**sent)
+            assert info.value.status_code in (400, 404)
+            assert isinstance(info.value.body, dict) and info.value.body["param"] == param
+        feedback_only = openai.OpenAI(
+            base_url=server.base_url + "/v1", api_key=world.keys["acme-feedback"], max_retries=0
+        )
+        with pytest.raises(openai.PermissionDeniedError, match="'infer' scope"):
+            feedback_only.batches.list()
+
+
+def test_a_line_a_limit_refuses_has_its_429_in_the_error_file(world: World) -> None:
+    with ExitStack() as stack:
+        server = world.serve(stack)
+        client = world.client(stack, server, "acme-limited")  # 2 requests a minute
+        made = client.batches.create(
+            input_file_id=upload(client, [chat_line(f"q{i}", "hi there") for i in range(4)]),
+            endpoint="/v1/chat/completions", completion_window="24h",
+        )  # fmt: skip
+        batch = wait(client, made.id)
+        assert batch.status == "completed" and batch.request_counts is not None
+        assert (batch.request_counts.completed, batch.request_counts.failed) == (2, 2)
+        refused = lines_of(client, batch.error_file_id)
+        assert {x["response"]["status_code"] for x in refused} == {429}
+        assert {x["response"]["body"]["error"]["code"] for x in refused} == {"rate_limit_exceeded"}
+
+
+def test_cancel_stops_taking_lines_and_keeps_what_finished(world: World) -> None:
+    engine = Counting(delay_s=0.05)
+    settings = BatchSettings(poll_s=0.05, commit_s=0.05, lease_s=3.0, concurrency=2)
+    with ExitStack() as stack:
+        server = world.serve(stack, engine, settings)
+        client = world.client(stack, server, "acme")
+        lines = [chat_line(f"q{i}", "one two three four five six") for i in range(40)]
+        file_id = upload(client, lines)
+        made = client.batches.create(
+            input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+        )
+        running = wait(client, made.id, ("in_progress", *ENDED))
+        while running.request_counts is not None and running.request_counts.completed < 2:
+            running = client.batches.retrieve(made.id)
+        assert running.status == "in_progress"
+        with pytest.raises(openai.ConflictError):  # the input of a batch still running
+            client.files.delete(file_id)
+        cancelling = client.batches.cancel(made.id)
+        assert cancelling.status == "cancelling" and cancelling.cancelling_at is not None
+        batch = wait(client, made.id)
+        assert batch.status == "cancelled" and batch.cancelled_at is not None
+        assert batch.request_counts is not None
+        done = batch.request_counts.completed
+        assert 2 <= done < 40 and batch.request_counts.total == 40
+        assert len(lines_of(client, batch.output_file_id)) == done
+        assert len(engine.asked) == done  # nothing in flight was dropped unanswered
+        with pytest.raises(openai.ConflictError):
+            client.batches.cancel(made.id)
+
+
+def test_a_stopped_server_leaves_the_batch_to_another_that_answers_each_line_once(
+    world: World,
+) -> None:
+    settings = BatchSettings(poll_s=0.05, commit_s=0.05, lease_s=3.0, concurrency=2)
+    lines = [chat_line(f"q{i}", f"w{i} a b c d e") for i in range(30)]
+    first = Counting(delay_s=0.03)
+    with ExitStack() as stack:
+        server = world.serve(stack, first, settings)
+        client = world.client(stack, server, "acme")
+        made = client.batches.create(
+            input_file_id=upload(client, lines), endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )  # fmt: skip
+        running = wait(client, made.id, ("in_progress", *ENDED))
+        while running.request_counts is not None and running.request_counts.completed < 4:
+            running = client.batches.retrieve(made.id)
+        assert running.status == "in_progress"
+    kept = world.store.done_lines(made.id)  # committed by the first server
+    assert 4 <= len(kept) < 30
+    second = Counting()
+    with ExitStack() as stack:
+        server = world.serve(stack, second, settings)
+        client = world.client(stack, server, "acme")
+        batch = wait(client, made.id)
+        assert batch.status == "completed" and batch.request_counts is not None
+        assert batch.request_counts.model_dump() == {"total": 30, "completed": 30, "failed": 0}
+        output = lines_of(client, batch.output_file_id)
+    assert sorted(x["custom_id"] for x in output) == sorted(f"q{i}" for i in range(30))
+    assert len(second.asked) == 30 - len(kept)  # no committed line asked again
+    records = world.store.query_records(job_id=made.id, limit=None)
+    assert len(records) == 30 and len({r["id"] for r in records}) == 30
+
+
+def test_a_batch_a_dead_server_held_is_taken_over_once_its_lease_expires(
+    world: World,
+) -> None:
+    keeper = FileKeeper(world.store, world.artifacts)
+    source = keeper.save(
+        "acme", io.BytesIO((chat_line("a", "hi") + "\n").encode()), filename="in.jsonl",
+        purpose="batch", api_key_id=None,
+    )  # fmt: skip
+    key_id = world.keys["acme"].split("_")[1]
+    made = world.store.create_batch(
+        "acme", api_key_id=key_id, endpoint="/v1/chat/completions", input_file_id=source.id,
+        completion_window="24h", window=timedelta(hours=24), metadata=None,
+    )  # fmt: skip
+    assert world.store.acquire_lease(made.lease, "a-replica-that-died", 1.5)
+    held_until = time.monotonic() + 1.5
+    with ExitStack() as stack:
+        server = world.serve(stack)
+        client = world.client(stack, server, "acme")
+        batch = wait(client, made.id)
+        assert batch.status == "completed"
+        assert time.monotonic() >= held_until  # not before the lease expired
+    assert world.store.lease_holder(made.lease) is None  # given back at the end
+
+
+def test_a_batch_past_its_window_ends_expired_with_what_finished(world: World) -> None:
+    settings = BatchSettings(poll_s=0.05, commit_s=0.05, lease_s=3.0, concurrency=2)
+    with ExitStack() as stack:
+        server = world.serve(stack, Counting(delay_s=0.05), settings)
+        client = world.client(stack, server, "acme")
+        lines = [chat_line(f"q{i}", "one two three four five six") for i in range(40)]
+        made = client.batches.create(
+            input_file_id=upload(client, lines), endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )  # fmt: skip
+        running = wait(client, made.id, ("in_progress", *ENDED))
+        while running.request_counts is not None and running.request_counts.completed < 2:
+            running = client.batches.retrieve(made.id)
+        with world.store._engine.begin() as conn:  # its 24 hours are over
+            conn.execute(
+                text("UPDATE batches SET expires_at = :t WHERE id = :id"),
+                {"t": datetime.now(UTC) - timedelta(seconds=1), "id": made.id},
+            )
+        batch = wait(client, made.id)
+        assert batch.status == "expired" and batch.expired_at is not None
+        assert batch.request_counts is not None
+        done = batch.request_counts.completed
+        assert 2 <= done < 40
+        assert len(lines_of(client, batch.output_file_id)) == done
+
+
+def test_a_responses_batch(world: World) -> None:
+    with ExitStack() as stack:
+        server = world.serve(stack)
+        client = world.client(stack, server, "acme")
+        line = {
+            "custom_id": "r1", "method": "POST", "url": "/v1/responses",
+            "body": {"model": "acme-support", "input": "hello responses", "max_output_tokens": 8},
+        }  # fmt: skip
+        made = client.batches.create(
+            input_file_id=upload(client, [json.dumps(line)]), endpoint="/v1/responses",
+            completion_window="24h",
+        )  # fmt: skip
+        batch = wait(client, made.id)
+        assert batch.status == "completed"
+        [answer] = lines_of(client, batch.output_file_id)
+        assert answer["response"]["body"]["object"] == "response"
+
+
+DOC = (Path(__file__).resolve().parents[1] / "docs" / "batch.md").read_text()
+
+
+def test_the_docs_sdk_example_runs(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    section = DOC.split("### Example: a batch with the `openai` SDK")[1]
+    code = section.split("```python\n")[1].split("```")[0]
+    with ExitStack() as stack:
+        server = world.serve(stack)
+        monkeypatch.setenv("MODELYARD_URL", server.base_url)
+        monkeypatch.setenv("MODELYARD_API_KEY", world.keys["acme"])
+        exec(compile(code, "docs/batch.md", "exec"), {})
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("completed")
+    assert "total=2" in printed[0] and "completed=2" in printed[0] and "failed=0" in printed[0]
+    assert [p.split()[0] for p in printed[1:]] == ["ticket-1", "ticket-2"]
