@@ -6,6 +6,7 @@ finishes it without answering a line twice."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import threading
@@ -32,6 +33,7 @@ from modelyard.serving import (
     SamplingParams,
     create_app,
 )
+from modelyard.serving._batch_runner import BatchRun
 from modelyard.serving._files import FileKeeper
 from modelyard.serving._stream import TokenStream
 from modelyard.store import ModelVersion, Store
@@ -435,3 +437,49 @@ def test_the_docs_sdk_example_runs(
     assert printed[0].startswith("completed")
     assert "total=2" in printed[0] and "completed=2" in printed[0] and "failed=0" in printed[0]
     assert [p.split()[0] for p in printed[1:]] == ["ticket-1", "ticket-2"]
+
+
+def _stored_batch(world: World, lines: list[str]) -> Any:
+    """A batch of acme's key made in the store, as a server's create would."""
+    source = FileKeeper(world.store, world.artifacts).save(
+        "acme", io.BytesIO(("\n".join(lines) + "\n").encode()), filename="in.jsonl",
+        purpose="batch", api_key_id=None,
+    )  # fmt: skip
+    return world.store.create_batch(
+        "acme", api_key_id=world.keys["acme"].split("_")[1], endpoint="/v1/chat/completions",
+        input_file_id=source.id, completion_window="24h", window=timedelta(hours=24),
+        metadata=None,
+    )  # fmt: skip
+
+
+def test_a_revoked_key_s_batch_answers_each_line_401(world: World) -> None:
+    made = _stored_batch(world, [chat_line("a", "hi"), chat_line("b", "ho")])
+    world.store.revoke_api_key(made.api_key_id)
+    with ExitStack() as stack:
+        server = world.serve(stack)
+        world.keys["acme"] = world.keys["acme-limited"]  # the revoked key reads nothing
+        client = world.client(stack, server, "acme")
+        batch = wait(client, made.id)
+        assert batch.status == "completed" and batch.output_file_id is None
+        refused = lines_of(client, batch.error_file_id)
+    assert [x["response"]["status_code"] for x in refused] == [401, 401]
+    assert "revoked" in refused[0]["response"]["body"]["error"]["message"]
+    assert world.store.query_records(job_id=made.id, limit=None) == []
+
+
+def test_a_batch_another_server_finished_is_left_as_it_is(world: World) -> None:
+    made = _stored_batch(world, [chat_line("a", "hi")])
+    assert world.store.acquire_lease(made.lease, "other", 5.0)
+    world.store.start_batch(made.id, "other", total=1, errors=[])
+    done = world.store.finish_batch(made.id, "other", "completed", [])
+    world.store.release_lease(made.lease, "other")
+    with ExitStack() as stack:  # this server listed it still running, then took the lease
+        app = create_app(
+            world.store, EchoEngine(), heartbeat_s=None, artifacts=world.artifacts,
+            batches=FAST,
+        )  # fmt: skip
+        worker = app.state.batch_worker
+        assert world.store.acquire_lease(made.lease, worker.holder, 5.0)
+        stack.callback(world.store.release_lease, made.lease, worker.holder)
+        asyncio.run(BatchRun(worker, made.id).run())
+    assert world.store.batch(made.id) == done

@@ -170,6 +170,7 @@ def create_app(
         add_file_routes(app, files)
         worker = BatchWorker(app, plane, files, server_id, batches)
         add_batch_routes(app, worker)
+    app.state.batch_worker = worker
     for prefix, mounted in (mounts or {}).items():
         app.mount(prefix, mounted)
     return app
