@@ -18,12 +18,13 @@ operator runs (``modelyard init``) and reads it back through the CLI.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import json
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -36,7 +37,7 @@ from sqlalchemy import Connection, create_engine
 
 from clihelp import Result, modelyard
 from modelyard.access import authenticate
-from modelyard.store import Store
+from modelyard.store import NewInferenceRecord, Store
 from modelyard.store._engine import _alembic_config, head_revision
 
 AUDIT_KEY = "5e" * 32
@@ -414,24 +415,39 @@ class Old:
         return result
 
 
-@pytest.fixture
-def at_revision(store_url: str, tmp_path: Path) -> Iterator[Any]:
-    """``at_revision("000N")``: an empty store migrated to 000N, to be filled."""
+@contextlib.contextmanager
+def _stores(url: str, tmp_path: Path) -> Iterator[Callable[[str], Old]]:
     engines: list[sa.Engine] = []
 
     def make(revision: str) -> Old:
-        engine = create_engine(store_url)
+        engine = create_engine(url)
         engines.append(engine)
         cfg = _alembic_config(engine)
         with engine.begin() as conn:
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
         (tmp_path / "home").mkdir()
-        return Old(store_url, tmp_path / "home", engine, revision)
+        return Old(url, tmp_path / "home", engine, revision)
 
-    yield make
-    for engine in engines:
-        engine.dispose()
+    try:
+        yield make
+    finally:
+        for engine in engines:
+            engine.dispose()
+
+
+@pytest.fixture
+def at_revision(store_url: str, tmp_path: Path) -> Iterator[Callable[[str], Old]]:
+    """``at_revision("000N")``: an empty store (SQLite, PostgreSQL) migrated to 000N, to
+    be filled."""
+    with _stores(store_url, tmp_path) as make:
+        yield make
+
+
+@pytest.fixture
+def pg_at_revision(postgres_url: str, tmp_path: Path) -> Iterator[Callable[[str], Old]]:
+    with _stores(postgres_url, tmp_path) as make:
+        yield make
 
 
 def _count(engine: sa.Engine, table: str) -> int:
@@ -726,15 +742,200 @@ def test_upgrade_from_0005_keeps_the_chain_feedback_and_monitoring(at_revision: 
     assert [(r["tenant"], r["raw_days"]) for r in retention] == [("acme", 30)]
 
 
+# -- from 0017 ---------------------------------------------------------------------------------
+
+T17 = datetime(2026, 12, 5, 14, 0, 0, 125000, tzinfo=UTC)
+# Columns of a record added by 0006, 0008, 0010 and 0012, as the writer set them.
+LATER = {
+    "shadow": False,
+    "fallback_from_id": None,
+    "server_id": "node-1",
+    "tool_calls": None,
+    "format_ok": None,
+    "source": "api",
+    "job_id": None,
+}
+
+
+def test_upgrade_from_0017_keeps_sealed_records_verifiable(
+    at_revision: Any, tmp_path: Path
+) -> None:
+    """0018 drops ``inference_records.seal``/``seal_pos`` and ``record_seals.anchor_seq``:
+    records sealed before it still verify, and their proofs still find their anchors."""
+    old = at_revision("0017")
+    chain = Chain()
+    at = [T17 + timedelta(seconds=i, microseconds=i) for i in range(8)]
+    unsealed = record("r-old", T0 + timedelta(days=9), **LATER)  # written before sealing
+    seal_a = [record(f"r-a{i}", at[i], **LATER) for i in range(3)]
+    seal_b = [
+        record("r-b0", at[3], **{**LATER, "source": "batch", "job_id": "job-1"}),
+        record("r-b1", at[4], **{**LATER, "tool_calls": 1, "format_ok": True}),
+    ]
+    seal_c = [
+        {
+            **record("r-c0", at[5], **LATER),
+            "prompt": "café ☕ ?",
+            "status": "error",
+            "http_status": 500,
+            "error": "engine failed",
+            "response": None,
+        }
+    ]
+    running = {
+        **record("r-run", at[6], **LATER),
+        "status": "running",
+        "http_status": 0,
+        "response": None,
+        "latency_ms": 0.0,
+        "ttft_ms": None,
+    }
+    with old.engine.begin() as conn:
+        world_0001(
+            conn,
+            versions={1: {"created_by": "ops", "tags": {}}, 2: {"created_by": "ops", "tags": {}}},
+        )
+        put(conn, "actors", {"name": "ops", "role": "admin", "created_at": T0, "updated_at": T0})
+        _chain_0005(conn, chain)
+        put(conn, "inference_records", unsealed, {**running, "seal": None, "seal_pos": None})
+        seal(conn, chain, [("a" * 32, seal_a), ("b" * 32, seal_b)], at[5])
+        seal(conn, chain, [("c" * 32, seal_c)], at[7])
+        conn.execute(  # the head (0009's row) moved with every append
+            sa.text("UPDATE audit_head SET seq = :seq, hash = :hash WHERE id = 1"),
+            {"seq": chain.seq, "hash": chain.head},
+        )
+        put(
+            conn,
+            "feedback",
+            {
+                "id": "fb-a0",
+                "record_id": "r-a0",
+                "tenant_id": 1,
+                "api_key_id": KEY_ID,
+                "score": -1.0,
+                "comment": "no",
+                "label": "Reset it in Settings.",
+                "created_at": at[7],
+                "updated_at": at[7],
+            },
+        )
+        put(
+            conn,
+            "judges",
+            {
+                "name": "helpful",
+                "revision": 1,
+                "rubric": "correctness",
+                "prompt": None,
+                "base_url": "http://judge:8000/v1",
+                "model": "judge-7b",
+                "api_key_env": None,
+                "max_tokens": 256,
+                "input_per_1k": 0.0,
+                "output_per_1k": 0.0,
+                "created_at": at[7],
+                "created_by": "ops",
+            },
+        )
+        put(
+            conn,
+            "judgements",
+            {
+                "id": 1,
+                "judge": "helpful",
+                "revision": 1,
+                "input_hash": "ab" * 32,
+                "record_id": "r-a0",
+                "score": 4.0,
+                "output": "4",
+                "error": None,
+                "prompt_tokens": 50,
+                "completion_tokens": 2,
+                "cost": 0.0,
+                "latency_ms": 100.0,
+                "created_at": at[7],
+            },
+        )
+        put(
+            conn,
+            "budgets",
+            {
+                "id": 1,
+                "tenant_id": 1,
+                "key_id": "",
+                "period": "month",
+                "amount": 100.0,
+                "updated_at": at[7],
+                "updated_by": "ops",
+            },
+        )
+        put(
+            conn,
+            "actor_tokens",
+            {
+                "id": "Tk3dEf6hIj9k",
+                "actor": "ops",
+                "name": "ci",
+                "token_hash": "cd" * 32,
+                "scopes": ["read", "write"],
+                "created_at": at[7],
+                "created_by": "ops",
+                "expires_at": None,
+                "revoked_at": None,
+            },
+        )
+
+    old.upgrade()
+
+    columns = {c["name"] for c in sa.inspect(old.engine).get_columns("inference_records")}
+    assert not {"seal", "seal_pos"} & columns
+    verified = old.json("audit", "verify", "--records")
+    assert (verified["ok"], verified["events"]) == (True, chain.seq)
+    counts = {k: verified["records"][k] for k in ("seals", "records", "before_sealing", "running")}
+    assert counts == {"seals": 3, "records": 6, "before_sealing": 1, "running": 1}
+    proof = tmp_path / "r-b0.json"  # 0018: a proof finds its seal's anchor with no anchor_seq
+    assert old.cli("audit", "prove", "r-b0", "--out", str(proof)).code == 0
+    checked = old.cli("audit", "check-proof", str(proof))
+    assert checked.code == 0, checked.err
+    shown = {r["id"]: r for r in old.json("monitor", "records")}
+    assert (shown["r-b0"]["source"], shown["r-b0"]["job_id"]) == ("batch", "job-1")
+    assert shown["r-a0"]["feedback_label"] == "Reset it in Settings."
+    assert shown["r-c0"]["prompt"] == "café ☕ ?" and shown["r-b1"]["tool_calls"] == 1
+    assert [(j["name"], j["revision"]) for j in old.json("judges", "list")] == [("helpful", 1)]
+    assert [b["amount"] for b in old.json("budgets", "list")] == [100.0]
+    assert [t["name"] for t in old.json("tokens", "list", "--all")] == ["ci"]
+    # A record written now is sealed and anchored beside them (as a server without its
+    # record writer does it, in one transaction).
+    with Store.open(old.url, migrate=False, actor="serve", audit_key=AUDIT_KEY) as store:
+        store.add_monitored_records([(_new_record("r-new"), None)], seal=True)
+    verified = old.json("audit", "verify", "--records")
+    assert verified["ok"] is True
+    assert (verified["records"]["seals"], verified["records"]["records"]) == (4, 7)
+
+
+def _new_record(rid: str) -> NewInferenceRecord:
+    return NewInferenceRecord(
+        id=rid,
+        endpoint_name="acme-support",
+        route="chat.completions",
+        latency_ms=5.0,
+        status="ok",
+        http_status=200,
+        tenant_id=1,
+        version_id=2,
+        prompt="Q?",
+        response="A.",
+    )
+
+
 # -- replicas starting together -------------------------------------------------------------
 
 
-def test_processes_started_together_upgrade_the_store_once(at_revision: Any) -> None:
+def test_processes_started_together_upgrade_the_store_once(pg_at_revision: Any) -> None:
     """Every server applies pending migrations at start, and `helm upgrade` starts a new
     serve and a new controller pod at once (an install, every replica): one migrates, the
     others wait for it and find the schema at head, none fails (on PostgreSQL all but one
-    did: `relation ... already exists`)."""
-    old = at_revision("0005")
+    did: `relation ... already exists`; on SQLite a file lock did this already)."""
+    old = pg_at_revision("0005")
     with old.engine.begin() as conn:
         world_0001(conn, versions={1: {"tags": {}}, 2: {"tags": {}}})
         put(conn, "inference_records", *(record(f"r{i}", T5) for i in range(3)))
@@ -742,10 +943,15 @@ def test_processes_started_together_upgrade_the_store_once(at_revision: Any) -> 
     opened = "import sys\nfrom modelyard.store import Store\nsys.stdin.readline()\n"
     opened += f"with Store.open({old.url!r}) as s:\n    print(s.schema_revision())"
     procs = [
-        subprocess.Popen([sys.executable, "-c", opened], stdin=subprocess.PIPE,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-c", opened],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(4)
-    ]  # fmt: skip
+    ]
     for p in procs:
         assert p.stdin is not None
         p.stdin.write("go\n")
