@@ -5,6 +5,7 @@ purposes accepted."""
 from __future__ import annotations
 
 import io
+import tracemalloc
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -172,3 +173,55 @@ def test_doctor_keeps_the_bytes_of_files(served: Served) -> None:
     assert digest in referenced_digests(served.store)
     assert not discard_unreferenced(served.store, served.artifacts, digest)
     assert served.acme.files.content(made.id).content == LINES
+
+
+def test_a_chunked_upload_is_streamed_to_disk_not_held_in_memory(tmp_path: Path) -> None:
+    """A body without Content-Length (chunked) is counted as it streams through to the
+    upload, never buffered whole; past the cap it is the same 413 naming the limit."""
+    cap = 24 * 1024 * 1024
+    with Store.open(f"sqlite:///{tmp_path}/s.db") as store, ExitStack() as stack:
+        two_tenant_world(store, versions=1)
+        artifacts = LocalArtifactStore(tmp_path / "artifacts")
+        app = create_app(store, EchoEngine(), artifacts=artifacts, max_file_bytes=cap)
+        server = stack.enter_context(BackgroundServer(app))
+        key = create_api_key(store, "acme", scopes=("infer",))[1]
+        chunk = b'{"custom_id": "x", "method": "POST", "url": "/v1/chat/completions"}\n' * 1024
+
+        def body(size: int) -> Iterator[bytes]:
+            boundary = b"--b0undary\r\n"
+            yield boundary + b'Content-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+            yield (
+                boundary + b'Content-Disposition: form-data; name="file"; filename="big.jsonl"'
+                b"\r\nContent-Type: application/octet-stream\r\n\r\n"
+            )
+            sent = 0
+            while sent < size:
+                yield chunk
+                sent += len(chunk)
+            yield b"\r\n--b0undary--\r\n"
+
+        def post(size: int) -> httpx.Response:
+            return httpx.post(
+                server.base_url + "/v1/files",
+                headers={
+                    "Authorization": f"Bearer {key}",
+                    "Content-Type": "multipart/form-data; boundary=b0undary",
+                },
+                content=body(size),
+                timeout=60,
+            )
+
+        tracemalloc.start()
+        try:
+            ok = post(16 * 1024 * 1024)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert ok.status_code == 200, ok.text
+        assert ok.json()["bytes"] >= 16 * 1024 * 1024
+        assert peak < 8 * 1024 * 1024, f"{peak} bytes held for a 16 MiB upload"
+        over = post(cap + 1024 * 1024)
+        assert over.status_code == 413
+        assert f"limit of {cap + 64 * 1024} bytes" in over.json()["error"]["message"]
+        assert "--max-file-bytes" in over.json()["error"]["message"]
+        assert len(store.list_files("acme")[0]) == 1

@@ -9,7 +9,8 @@ It runs before routing and before any JSON is parsed:
   (``request_too_large``): at once from its ``Content-Length``, or, for a
   chunked body, as soon as it passes the cap (the body is never parsed); a path
   with a cap of its own (``upload_caps``: a file upload, ``--max-file-bytes``) has
-  that one instead;
+  that one instead, and its chunked body streams on to the app, counted, never
+  held here (the app answers the 413 once it passes the cap);
 - ``/metrics`` and the API docs (``/docs``, ``/redoc``, ``/openapi.json``) answer
   as ``OperatorAccess`` says: to anyone (``public``), only with
   ``Authorization: Bearer <operator token>`` (``token``; a tenant's API key never
@@ -198,6 +199,8 @@ class GuardMiddleware:
                 await self._too_large(send, int(declared), cap, setting)
                 return None
             return receive
+        if setting is not None:  # an upload, chunked: counted as it streams, never held
+            return self._counted(receive, cap, setting)
         # No length given (chunked): read up to the cap, then hand the body on.
         chunks: list[bytes] = []
         size = 0
@@ -215,21 +218,41 @@ class GuardMiddleware:
                 break
         return _replay(chunks, None, receive)
 
+    def _counted(self, receive: Receive, cap: int, setting: str) -> Receive:
+        """``receive``, raising RequestTooLarge (the app answers it 413) once the body passes
+        ``cap``: an upload of up to hundreds of MB goes on to the app (which spools it to
+        disk) a chunk at a time instead of being buffered here."""
+        size = 0
+
+        async def counted() -> Message:
+            nonlocal size
+            message = await receive()
+            if message["type"] == "http.request":
+                size += len(message.get("body", b""))
+                if size > cap:
+                    refused = _too_large_error(None, cap, setting)
+                    if self.on_refused is not None:
+                        self.on_refused(refused)
+                    raise refused
+            return message
+
+        return counted
+
     async def _too_large(
         self, send: Send, size: int | None, cap: int, setting: str | None = None
     ) -> None:
-        what = f"{size} bytes" if size is not None else f"more than {cap} bytes"
-        await self._refuse(
-            send,
-            RequestTooLarge(
-                f"the request body is {what}, over this server's limit of {cap} bytes "
-                f"({setting or '--max-body-bytes'})",
-                hint="Split the requests into several files, one batch each."
-                if setting
-                else "Send a shorter prompt.",
-            ),
-            [("connection", "close")],
-        )
+        await self._refuse(send, _too_large_error(size, cap, setting), [("connection", "close")])
+
+
+def _too_large_error(size: int | None, cap: int, setting: str | None) -> RequestTooLarge:
+    what = f"{size} bytes" if size is not None else f"more than {cap} bytes"
+    return RequestTooLarge(
+        f"the request body is {what}, over this server's limit of {cap} bytes "
+        f"({setting or '--max-body-bytes'})",
+        hint="Split the requests into several files, one batch each."
+        if setting
+        else "Send a shorter prompt.",
+    )
 
 
 def _replay(
