@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -244,6 +244,25 @@ def test_a_file_with_bad_lines_fails_the_batch_naming_each_line(world: World) ->
             (5, "invalid_method", "method"),
         ]
         assert world.store.query_records(job_id=made.id, limit=None) == []
+
+
+def test_a_file_over_the_line_limit_is_not_read_past_it(world: World) -> None:
+    """A file of more requests than the server takes (50,000) is failed at the first line
+    past the limit: what follows is not read (a 200 MB file of tiny lines took two minutes
+    of CPU and 190 MB to be told it is too long) nor listed in errors."""
+    with ExitStack() as stack:
+        server = world.serve(stack, settings=replace(FAST, max_lines=3))
+        client = world.client(stack, server, "acme")
+        lines = [chat_line(f"q{i}", "hi") for i in range(4)] + ["{not json"] * 50
+        made = client.batches.create(
+            input_file_id=upload(client, lines), endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )  # fmt: skip
+        batch = wait(client, made.id)
+    assert batch.status == "failed" and batch.errors is not None
+    assert batch.errors.data is not None
+    assert [(e.code, e.line) for e in batch.errors.data] == [("too_many_requests", 4)]
+    assert "more than this server's 3 per batch" in str(batch.errors.data[0].message)
 
 
 def test_create_refuses_what_it_cannot_run_naming_the_parameter(world: World) -> None:

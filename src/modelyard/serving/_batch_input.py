@@ -6,9 +6,11 @@ that route takes it (its ``model`` an endpoint's name; ``stream`` is not
 answered in a batch). Blank lines are skipped; lines are numbered from 1 as in
 the file. ``check_input`` reads the whole file once when the batch starts (as
 OpenAI validates it) and gives every problem with its line (the first
-``MAX_ERRORS``); a file with any is not run. Whether the key may call a line's
-``model`` is the line's own answer when it runs (the 404 a live request gets),
-as endpoints may change meanwhile. ``input_lines`` reads the checked file again.
+``MAX_ERRORS``); a file with any is not run. A file of more than ``max_lines``
+requests is not read past the first one over (its problems beyond are not
+listed). Whether the key may call a line's ``model`` is the line's own answer
+when it runs (the 404 a live request gets), as endpoints may change meanwhile.
+``input_lines`` reads the checked file again.
 """
 
 from __future__ import annotations
@@ -108,6 +110,16 @@ def check_input(path: Path, endpoint: str, max_lines: int) -> tuple[int, list[di
     total = 0
     for number, raw in _raw_lines(path):
         total += 1
+        if total > max_lines:  # what follows is not read: the file cannot run anyway
+            problems.append(
+                _problem(
+                    "too_many_requests",
+                    f"the input file holds more than this server's {max_lines} per batch "
+                    f"(line {number} is request {total}): split it",
+                    number,
+                )
+            )
+            return total, problems
         line, problem = check_line(number, raw, endpoint)
         if problem is None and line is not None:
             if line.custom_id in seen:
@@ -120,15 +132,6 @@ def check_input(path: Path, endpoint: str, max_lines: int) -> tuple[int, list[di
             problems.append(problem)
     if total == 0:
         problems.append(_problem("empty_file", "the input file holds no request", 0))
-    elif total > max_lines:
-        problems.append(
-            _problem(
-                "too_many_requests",
-                f"the input file holds {total} requests, more than "
-                f"this server's {max_lines} per batch: split it",
-                0,
-            )
-        )
     return total, problems
 
 
