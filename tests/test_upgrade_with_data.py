@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -1018,7 +1019,27 @@ def test_sqlite_upgrade_refuses_to_leave_a_dangling_reference(tmp_path: Path) ->
     (tmp_path / "home").mkdir()
     r = modelyard("init", home=tmp_path / "home", env={"MODELYARD_STORE_URL": url})
     assert r.code == 1, r.err
-    assert "1 rows refer to rows that are not there (the first: row 1 of feedback" in r.err
+    assert (
+        "it would leave references to rows that are not there: 1 (the first: row 1 of "
+        "feedback, to inference_records); nothing was changed" in r.err
+    )
     assert "PRAGMA foreign_key_check" in r.err
     with Store.open(url, migrate=False) as store:
         assert store.schema_revision() == "0005"
+
+
+def test_the_failed_upgrade_in_the_docs_prints_what_they_show(tmp_path: Path) -> None:
+    """docs/operations.md, 'If a migration fails': a table made by hand stops 0021."""
+    text = (Path(__file__).parents[1] / "docs" / "operations.md").read_text()
+    shown = re.search(r"\$ modelyard init\n(error: store migration .+)\n\$ echo \$\?\n(\d)", text)
+    assert shown is not None
+    engine = create_engine(f"sqlite:///{tmp_path / 'home' / 'store.db'}")
+    (tmp_path / "home").mkdir()
+    cfg = _alembic_config(engine)
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0017")
+        conn.execute(sa.text("CREATE TABLE files (id INTEGER PRIMARY KEY)"))
+    engine.dispose()
+    r = modelyard("init", home=tmp_path / "home")
+    assert (r.err.strip(), r.code) == (shown.group(1), int(shown.group(2)))

@@ -303,8 +303,9 @@ def _check_foreign_keys(conn: Connection) -> None:
     if broken:
         table, rowid, parent = broken[0][0], broken[0][1], broken[0][2]
         raise StoreMigrationError(
-            f"store migration failed: {len(broken)} rows refer to rows that are not there "
-            f"(the first: row {rowid} of {table}, in {parent}); nothing was changed",
+            f"store migration failed: it would leave references to rows that are not there: "
+            f"{len(broken)} (the first: row {rowid} of {table}, to {parent}); nothing was "
+            "changed",
             hint="List them with `sqlite3 STORE 'PRAGMA foreign_key_check'`; remove or repair "
             "them on a copy of the store before upgrading it.",
         )
