@@ -306,6 +306,6 @@ def _check_foreign_keys(conn: Connection) -> None:
             f"store migration failed: it would leave references to rows that are not there: "
             f"{len(broken)} (the first: row {rowid} of {table}, to {parent}); nothing was "
             "changed",
-            hint="List them with `sqlite3 STORE 'PRAGMA foreign_key_check'`; remove or repair "
-            "them on a copy of the store before upgrading it.",
+            hint="List them with `sqlite3 STORE 'PRAGMA foreign_key_check'`; back up the store, "
+            "remove or repair those rows, and start again.",
         )
