@@ -18,6 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from openai.types import Batch
@@ -292,20 +293,60 @@ def test_create_refuses_what_it_cannot_run_naming_the_parameter(world: World) ->
             feedback_only.batches.list()
 
 
-def test_a_line_a_limit_refuses_has_its_429_in_the_error_file(world: World) -> None:
+def test_a_rate_limited_batch_waits_out_the_limit_instead_of_failing_lines(
+    world: World,
+) -> None:
+    """A key's requests/min is not a line's answer: the batch waits its Retry-After and
+    asks again, as ``modelyard batch run`` does (120 a minute: 120 at once, then 2 a
+    second), so every line is answered."""
+    _, paced = create_api_key(world.store, "acme", scopes=("infer",), rpm_limit=120)
+    world.keys["acme-paced"] = paced
     with ExitStack() as stack:
-        server = world.serve(stack)
-        client = world.client(stack, server, "acme-limited")  # 2 requests a minute
+        server = world.serve(stack, settings=replace(FAST, concurrency=8))
+        client = world.client(stack, server, "acme-paced")
         made = client.batches.create(
-            input_file_id=upload(client, [chat_line(f"q{i}", "hi there") for i in range(4)]),
+            input_file_id=upload(client, [chat_line(f"q{i}", "hi there") for i in range(124)]),
             endpoint="/v1/chat/completions", completion_window="24h",
         )  # fmt: skip
         batch = wait(client, made.id)
         assert batch.status == "completed" and batch.request_counts is not None
-        assert (batch.request_counts.completed, batch.request_counts.failed) == (2, 2)
-        refused = lines_of(client, batch.error_file_id)
-        assert {x["response"]["status_code"] for x in refused} == {429}
-        assert {x["response"]["body"]["error"]["code"] for x in refused} == {"rate_limit_exceeded"}
+        assert (batch.request_counts.completed, batch.request_counts.failed) == (124, 0)
+        assert batch.error_file_id is None
+        assert len(lines_of(client, batch.output_file_id)) == 124
+    records = world.store.query_records(job_id=made.id, limit=None)  # and refusals, sampled
+    answered = sorted(r["id"] for r in records if r["status"] == "ok")
+    assert answered == sorted(f"{made.id}-{n}" for n in range(1, 125))
+
+
+def test_a_line_larger_than_the_key_s_tokens_a_minute_is_its_429_at_once(
+    world: World,
+) -> None:
+    """A request that can never fit the key's tokens/min is not waited for (the 429 says
+    ``x-should-retry: false``): its 429 is in the error file, the others answered."""
+    _, small = create_api_key(world.store, "acme", scopes=("infer",), tpm_limit=100)
+    world.keys["acme-small"] = small
+    with ExitStack() as stack:
+        server = world.serve(stack)
+        client = world.client(stack, server, "acme-small")
+        refused = httpx.post(
+            server.base_url + "/v1/chat/completions",
+            headers={"Authorization": f"Bearer {small}"},
+            json=json.loads(chat_line("x", "hi", max_tokens=200))["body"],
+        )
+        assert refused.status_code == 429 and refused.headers["x-should-retry"] == "false"
+        lines = [chat_line("ok", "hi"), chat_line("huge", "hi", max_tokens=200)]
+        made = client.batches.create(
+            input_file_id=upload(client, lines), endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )  # fmt: skip
+        started = time.monotonic()
+        batch = wait(client, made.id)
+        assert time.monotonic() - started < 10
+        assert batch.status == "completed" and batch.request_counts is not None
+        assert (batch.request_counts.completed, batch.request_counts.failed) == (1, 1)
+        [line] = lines_of(client, batch.error_file_id)
+    assert line["custom_id"] == "huge" and line["response"]["status_code"] == 429
+    assert line["response"]["body"]["error"]["code"] == "rate_limit_exceeded"
 
 
 def test_cancel_stops_taking_lines_and_keeps_what_finished(world: World) -> None:

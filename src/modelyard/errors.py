@@ -376,17 +376,26 @@ class RateLimited(ModelyardError):
     """A key went over its requests/min or tokens/min (HTTP 429 with ``Retry-After``).
 
     ``retry_after`` is whole seconds until the request would fit; ``limit`` is
-    ``"requests"`` or ``"tokens"`` (OpenAI's error ``type`` for rate limits).
+    ``"requests"`` or ``"tokens"`` (OpenAI's error ``type`` for rate limits);
+    ``never_fits``: the request is larger than the limit itself, so no wait helps (HTTP
+    ``x-should-retry: false``).
     """
 
     code = "rate_limit_exceeded"
 
     def __init__(
-        self, message: str, *, retry_after: int, limit: str, hint: str | None = None
+        self,
+        message: str,
+        *,
+        retry_after: int,
+        limit: str,
+        hint: str | None = None,
+        never_fits: bool = False,
     ) -> None:
         super().__init__(message, hint=hint, retry_after=retry_after, limit=limit)
         self.retry_after = retry_after
         self.limit = limit
+        self.never_fits = never_fits
 
 
 class LimitsUnavailable(ModelyardError):

@@ -11,7 +11,11 @@ A batch (``BatchRun``) is checked first (``_batch_input``: a bad file ends it
 the app itself, in process, ``concurrency`` at once, as the key that created the
 batch (``_batch_context``): the same routes, guard, limits, budgets, storage
 policy and records as a live request of that key; their records are marked
-``batch`` with the batch's id. Answers are committed to the store in groups
+``batch`` with the batch's id. A line refused for a while (429
+``rate_limit_exceeded``, 503 ``overloaded``) is not its answer: every line waits
+the ``Retry-After`` and it is asked again, as ``modelyard batch run`` does; a
+request larger than the limit itself (``x-should-retry: false``) is answered at
+once. Answers are committed to the store in groups
 (``commit_lines``: the lines and ``request_counts`` at once, fenced by the lease)
 once their records are written. A cancel stops taking lines, lets those in flight
 finish, and ends ``cancelled`` with what finished; past ``expires_at`` it ends
@@ -32,6 +36,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -53,6 +58,9 @@ from modelyard.store import ApiKey, LeaseLost, LineOutput, OutputFile, Store, St
 log = logging.getLogger(__name__)
 
 COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
+# Refusals a line waits out (Retry-After) rather than answers: the key's requests/min or
+# tokens/min, the engine's queue full. A budget spent (insufficient_quota) is its answer.
+WAITED_OUT = frozenset({"rate_limit_exceeded", "overloaded"})
 DISCARD_PAGE = 1000
 
 
@@ -61,7 +69,9 @@ class BatchSettings:
     """How a server runs batches: ``concurrency`` lines of a batch at once, at most
     ``max_running`` batches at once, leases of ``lease_s``, new batches looked for every
     ``poll_s``, answers committed every ``commit_s`` or ``commit_rows``, at most
-    ``max_lines`` requests in a batch."""
+    ``max_lines`` requests in a batch; a line refused for a while (the key's rate limit, a
+    full engine queue) waits its ``Retry-After`` and is asked again, at most
+    ``retry_limit`` times."""
 
     concurrency: int = 16
     max_running: int = 2
@@ -70,6 +80,7 @@ class BatchSettings:
     commit_s: float = 0.5
     commit_rows: int = 64
     max_lines: int = 50_000
+    retry_limit: int = 20
 
 
 class BatchWorker:
@@ -185,6 +196,7 @@ class BatchRun:
         self.cancelled = False
         self.key: ApiKey | None = None
         self.expires_at: datetime | None = None
+        self._pause_until = 0.0  # after a Retry-After, every line waits until then
 
     async def run(self) -> None:
         batch = await asyncio.to_thread(self.store.batch, self.batch_id)
@@ -291,7 +303,20 @@ class BatchRun:
     ) -> None:
         rid = f"{batch.id}-{line.number}"
         try:
-            status, body, request_id = await self._ask(batch, line, rid)
+            for tries in range(self.settings.retry_limit + 1):
+                wait = self._pause_until - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                    if self._should_stop(batch):
+                        return  # never run: a cancel, the expiry, a drain came meanwhile
+                status, body, request_id, retry_after = await self._ask(batch, line, rid)
+                if (
+                    _code(body) not in WAITED_OUT
+                    or retry_after < 0
+                    or tries == self.settings.retry_limit
+                ):
+                    break
+                self._pause_until = max(self._pause_until, time.monotonic() + retry_after)
         finally:
             slots.release()
         if status == 503 and _code(body) == "shutting_down":
@@ -307,13 +332,16 @@ class BatchRun:
         if len(self.staged) >= self.settings.commit_rows:
             wake.set()
 
-    async def _ask(self, batch: StoredBatch, line: InputLine, rid: str) -> tuple[int, Any, str]:
-        """The line's request through the app as the batch's key: status, body, request id."""
+    async def _ask(
+        self, batch: StoredBatch, line: InputLine, rid: str
+    ) -> tuple[int, Any, str, float]:
+        """The line's request through the app as the batch's key: status, body, request id,
+        and the seconds of its ``Retry-After`` (0 without one)."""
         key = self.key
         refused = _key_problem(key)
         if refused is not None or key is None:
             exc = refused or InvalidApiKey("the API key that created this batch is gone")
-            return 401, error_of(exc), rid
+            return 401, error_of(exc), rid, 0.0
         CURRENT.set(BatchCall(key, batch.id, rid))  # this task's requests only
         assert self.worker.client is not None
         reply = await self.worker.client.post(line.url, json=line.body)
@@ -322,7 +350,13 @@ class BatchRun:
         except ValueError:
             body = {"error": {"message": reply.text[:500], "type": "server_error", "code": None,
                               "param": None}}  # fmt: skip
-        return reply.status_code, body, reply.headers.get("x-request-id", rid)
+        try:
+            retry_after = float(reply.headers.get("retry-after", "0"))
+        except ValueError:
+            retry_after = 1.0
+        if reply.headers.get("x-should-retry") == "false":
+            retry_after = -1.0  # no wait helps (a request larger than the key's limit)
+        return reply.status_code, body, reply.headers.get("x-request-id", rid), retry_after
 
     def _discard(self, batch: StoredBatch, source: Path, done: set[int]) -> None:
         """The records of lines a stopped run asked but never committed go (each line keeps

@@ -155,6 +155,8 @@ def install_error_handlers(app: FastAPI) -> None:
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if isinstance(exc, RateLimited):
             headers = {"Retry-After": str(exc.retry_after)}
+            if exc.never_fits:  # larger than the limit itself: waiting changes nothing
+                headers["x-should-retry"] = "false"
         elif isinstance(exc.context.get("retry_after"), int):  # an upstream's, passed on
             headers = {"Retry-After": str(exc.context["retry_after"])}
             if isinstance(exc, BudgetExceeded):  # the openai SDK honours it: no retry storm

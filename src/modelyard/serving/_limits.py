@@ -100,6 +100,7 @@ def check_fits(
             "for a higher limit (`modelyard keys limits`).",
             retry_after=60,
             limit="tokens",
+            never_fits=True,
         )
 
 
