@@ -26,6 +26,7 @@ from modelyard.store import (
     STORAGE_POLICIES,
     RolloutPolicy,
     StoragePolicy,
+    head_revision,
     redact_url,
 )
 
@@ -64,6 +65,8 @@ def init(json_out: bool = JSON) -> None:
         print_json(result)
         return
     state = "up to date" if before == after else f"migrated {before or 'empty'} → {after}"
+    if after != head_revision():  # a newer release migrated it: nothing was changed
+        state = f"at {after}, newer than this release's {head_revision()}: upgrade modelyard"
     console.print(f"[green]modelyard is ready[/] (schema {state})")
     for key in ("home", "store", "artifacts", "audit_key"):
         console.print(f"  {key.replace('_', ' '):<10} {result[key]}")

@@ -32,6 +32,8 @@ from modelyard.errors import (
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 
+log = logging.getLogger(__name__)
+
 
 def redact_url(url: str) -> str:
     """The URL with its password hidden, for messages and logs."""
@@ -210,18 +212,44 @@ def _migration_lock(engine: Engine) -> contextlib.AbstractContextManager[object]
     return FileLock(database + ".migrate.lock", timeout=600)
 
 
+# The first migration of the add-only rule that still holds for a release older than the
+# store (0018 dropped columns that releases at 0016 and 0017 write): a release at this
+# revision or later runs on a store a newer release migrated (docs/operations.md).
+OLDEST_ON_NEWER = "0018"
+
+
 def upgrade(engine: Engine) -> tuple[str | None, str]:
-    """Apply pending migrations; return (revision before, revision after). Idempotent."""
+    """Apply pending migrations; return (revision before, revision after). Idempotent.
+
+    A store at a revision this release does not know was migrated by a newer release
+    (a `helm rollback`, an older CLI against the shared store): it is used as it is, with
+    a warning, since migrations only add (``OLDEST_ON_NEWER``); nothing is migrated."""
     before = current_revision(engine)
     head = head_revision()
     if before == head:
         return before, head
+    if before is not None and not _known(before):
+        log.warning(
+            "the store's schema is at %s, newer than this release's %s: a newer modelyard "
+            "migrated it; this release runs on it as it is (migrations since %s only add), "
+            "without what the newer schema adds. Upgrade modelyard to use it.",
+            before, head, OLDEST_ON_NEWER,
+        )  # fmt: skip
+        return before, before
     with _migration_lock(engine):
         before = current_revision(engine)  # another process may have migrated it meanwhile
         if before == head:
             return before, head
         before = _migrate(engine, head)
+    if before is not None and not _known(before):  # a newer release migrated it meanwhile
+        return before, before
     return before, head
+
+
+def _known(revision: str) -> bool:
+    """Whether ``revision`` is one of this release's migrations."""
+    script = ScriptDirectory(str(MIGRATIONS_DIR))
+    return any(r.revision == revision for r in script.walk_revisions())
 
 
 # pg_advisory_xact_lock key held by the transaction that migrates ("mymigrat"): replicas
@@ -246,7 +274,8 @@ def _migrate(engine: Engine, head: str) -> str | None:
                         text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK_ID}
                     )
                 before = MigrationContext.configure(conn).get_current_revision()
-                if before != head:  # else another process migrated it while this one waited
+                newer = before is not None and not _known(before)  # a newer release, meanwhile
+                if before != head and not newer:  # else another process migrated it meanwhile
                     cfg.attributes["connection"] = conn
                     _run_upgrade(cfg, before)
                     if sqlite:
