@@ -375,6 +375,11 @@ def test_cancel_stops_taking_lines_and_keeps_what_finished(world: World) -> None
         assert 2 <= done < 40 and batch.request_counts.total == 40
         assert len(lines_of(client, batch.output_file_id)) == done
         assert len(engine.asked) == done  # nothing in flight was dropped unanswered
+        never = lines_of(client, batch.error_file_id)  # as OpenAI writes the lines not run
+        assert len(never) == 40 - done and batch.request_counts.failed == 0
+        assert [x["custom_id"] for x in never] == [f"q{i}" for i in range(done, 40)]
+        assert {x["error"]["code"] for x in never} == {"batch_cancelled"}
+        assert all(x["response"] is None and x["id"].startswith("batch_req_") for x in never)
         with pytest.raises(openai.ConflictError):
             client.batches.cancel(made.id)
 
@@ -460,6 +465,11 @@ def test_a_batch_past_its_window_ends_expired_with_what_finished(world: World) -
         done = batch.request_counts.completed
         assert 2 <= done < 40
         assert len(lines_of(client, batch.output_file_id)) == done
+        never = lines_of(client, batch.error_file_id)
+        assert [x["custom_id"] for x in never] == [f"q{i}" for i in range(done, 40)]
+        assert {x["error"]["code"] for x in never} == {"batch_expired"}
+        assert "completion window expired" in never[0]["error"]["message"]
+        assert {x["response"] is None for x in never} == {True}
 
 
 def test_a_responses_batch(world: World) -> None:

@@ -19,8 +19,10 @@ once. Answers are committed to the store in groups
 (``commit_lines``: the lines and ``request_counts`` at once, fenced by the lease)
 once their records are written. A cancel stops taking lines, lets those in flight
 finish, and ends ``cancelled`` with what finished; past ``expires_at`` it ends
-``expired`` the same way. Output and error files are then written (the tenant's
-``batch_output`` files) and the committed lines deleted.
+``expired`` the same way; the lines never asked are in its error file with
+OpenAI's ``batch_cancelled`` / ``batch_expired``. Output and error files are
+then written (the tenant's ``batch_output`` files) and the committed lines
+deleted.
 
 A server stopped mid-batch commits what finished; the requests still in flight
 are cancelled and asked again by whichever replica resumes the batch (their
@@ -37,7 +39,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -60,6 +62,17 @@ log = logging.getLogger(__name__)
 COMPLETION_WINDOWS = {"24h": timedelta(hours=24)}
 # Refusals a line waits out (Retry-After) rather than answers: the key's requests/min or
 # tokens/min, the engine's queue full. A budget spent (insufficient_quota) is its answer.
+# A line never asked, in the error file of a batch that ended so (OpenAI's codes and words).
+UNASKED = {
+    "cancelled": (
+        "batch_cancelled",
+        "This request was not executed because the batch was cancelled.",
+    ),
+    "expired": (
+        "batch_expired",
+        "This request could not be executed before the completion window expired.",
+    ),
+}
 WAITED_OUT = frozenset({"rate_limit_exceeded", "overloaded"})
 DISCARD_PAGE = 1000
 
@@ -227,7 +240,7 @@ class BatchRun:
             final = "expired"
         if final == "completed" and batch.status != "finalizing":
             batch = await asyncio.to_thread(self.store.mark_batch, batch.id, holder, "finalizing")
-        await asyncio.to_thread(self._finish, batch, final)
+        await asyncio.to_thread(self._finish, batch, final, source)
 
     def _input_path(self, batch: StoredBatch) -> Path:
         return self.worker.files.path(self.store.get_file(batch.tenant, batch.input_file_id))
@@ -322,7 +335,7 @@ class BatchRun:
         if status == 503 and _code(body) == "shutting_down":
             return  # never run: asked again when the batch resumes
         output = {
-            "id": f"batch_req_{hashlib.sha256(rid.encode()).hexdigest()[:32]}",
+            "id": _line_id(rid),
             "custom_id": line.custom_id,
             "response": {"status_code": status, "request_id": request_id, "body": body},
             "error": None,
@@ -374,8 +387,9 @@ class BatchRun:
         if page:
             self.store.discard_job_records(batch.id, page)
 
-    def _finish(self, batch: StoredBatch, final: str) -> None:
-        """Write the output and error files from the committed lines; end ``final``."""
+    def _finish(self, batch: StoredBatch, final: str, source: Path | None = None) -> None:
+        """Write the output and error files from the committed lines (and, for a batch
+        cancelled or expired, the lines never asked: ``_final_lines``); end ``final``."""
         files = self.worker.files
         made: list[OutputFile] = []
         with files.staged() as out_path, files.staged() as err_path:
@@ -384,9 +398,9 @@ class BatchRun:
                 out_path.open("w", encoding="utf-8") as out,
                 err_path.open("w", encoding="utf-8") as err,
             ):
-                for line in self.store.batch_lines(batch.id):
-                    (out if line.ok else err).write(line.output + "\n")
-                    counts[line.ok] += 1
+                for ok, output in self._final_lines(batch, final, source):
+                    (out if ok else err).write(output + "\n")
+                    counts[ok] += 1
             for ok, path, kind in ((True, out_path, "output"), (False, err_path, "error")):
                 if counts[ok]:
                     digest, size = files.keep(path)
@@ -397,6 +411,37 @@ class BatchRun:
             for f in made:
                 files.discard_unused(f.digest)
             raise
+
+    def _final_lines(
+        self, batch: StoredBatch, final: str, source: Path | None
+    ) -> Iterator[tuple[bool, str]]:
+        """Every output line, in the input's order: the committed ones; for a batch that
+        ended ``cancelled`` or ``expired`` after its input was checked, each line never
+        asked is in the error file as OpenAI writes it (``response`` null, ``error``
+        ``batch_cancelled`` / ``batch_expired``)."""
+        committed = self.store.batch_lines(batch.id)
+        if final not in UNASKED or source is None or "in_progress" not in batch.times:
+            yield from ((line.ok, line.output) for line in committed)
+            return
+        code, message = UNASKED[final]
+        pending = next(committed, None)
+        for line in input_lines(source, batch.endpoint):
+            if pending is not None and pending.line == line.number:
+                yield pending.ok, pending.output
+                pending = next(committed, None)
+                continue
+            never = {
+                "id": _line_id(f"{batch.id}-{line.number}"),
+                "custom_id": line.custom_id,
+                "response": None,
+                "error": {"code": code, "message": message},
+            }
+            yield False, json.dumps(never, ensure_ascii=False)
+
+
+def _line_id(rid: str) -> str:
+    """The output line's ``id`` for the line whose record id is ``rid``."""
+    return f"batch_req_{hashlib.sha256(rid.encode()).hexdigest()[:32]}"
 
 
 def _code(body: Any) -> str | None:
