@@ -193,6 +193,15 @@ def test_a_completions_batch_and_a_line_that_names_another_tenants_endpoint(
         assert failed["response"]["body"]["error"]["code"] == "model_not_found"
         assert isinstance(live.value.body, dict)
         assert failed["response"]["body"]["error"]["message"] == live.value.body["message"]
+        scraped = httpx.get(server.base_url + "/metrics").text  # what an operator sees
+    for sample in (
+        'modelyard_openai_batch_lines_total{outcome="completed",tenant="acme"} 1.0',
+        'modelyard_openai_batch_lines_total{outcome="failed",tenant="acme"} 1.0',
+        'modelyard_openai_batches_ended_total{status="completed",tenant="acme"} 1.0',
+        "modelyard_openai_batches_running 0.0",
+        "# TYPE modelyard_openai_batches_unfinished gauge",
+    ):
+        assert sample in scraped.splitlines(), sample
 
 
 def test_another_tenants_file_and_batch_are_404s(world: World) -> None:

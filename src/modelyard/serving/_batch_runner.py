@@ -114,6 +114,8 @@ class BatchWorker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.client: httpx.AsyncClient | None = None
+        self.metrics = plane.metrics
+        self.metrics.batches_running.set_function(lambda: len(self.running))
 
     def start(self) -> None:
         """Start looking for batches (on the running event loop)."""
@@ -151,7 +153,12 @@ class BatchWorker:
                 log.warning("could not look for batches to run: %s", exc.one_line())
 
     async def _claim(self) -> None:
-        for batch in await asyncio.to_thread(self.store.active_batches):
+        active = await asyncio.to_thread(self.store.active_batches)
+        for status in ACTIVE:
+            self.metrics.batches_unfinished.labels(status).set(
+                sum(b.status == status for b in active)
+            )
+        for batch in active:
             if batch.id in self.running or len(self.running) >= self.settings.max_running:
                 continue
             taken = await asyncio.to_thread(
@@ -228,7 +235,9 @@ class BatchRun:
                 self.store.start_batch, batch.id, holder, total=total, errors=problems
             )
             if batch.status == "failed":
+                self._ended(batch)
                 return
+            log.info("batch %s of tenant %s: %d requests to ask", batch.id, batch.tenant, total)
         if batch.status in ("in_progress", "cancelling"):
             if batch.status == "in_progress" and not await self._answer(batch, source):
                 return  # stopped (a shutdown, a drain): resumed later
@@ -309,7 +318,13 @@ class BatchRun:
         if group and not self.worker.plane.writer.flush(60.0):
             raise ModelyardError(f"the records of batch {batch.id}'s lines were not written")
         self.key = self.store.get_api_key(batch.api_key_id)
-        return self.store.commit_lines(batch.id, self.worker.holder, group)
+        found = self.store.commit_lines(batch.id, self.worker.holder, group)
+        ok = sum(line.ok for line in group)
+        if ok:
+            self.worker.metrics.batch_lines.labels(batch.tenant, "completed").inc(ok)
+        if len(group) > ok:
+            self.worker.metrics.batch_lines.labels(batch.tenant, "failed").inc(len(group) - ok)
+        return found
 
     async def _one(
         self, batch: StoredBatch, line: InputLine, slots: asyncio.Semaphore, wake: asyncio.Event
@@ -406,11 +421,20 @@ class BatchRun:
                     digest, size = files.keep(path)
                     made.append(OutputFile(kind, f"{batch.id}_{kind}.jsonl", size, digest))
         try:
-            self.store.finish_batch(batch.id, self.worker.holder, final, made)
+            ended = self.store.finish_batch(batch.id, self.worker.holder, final, made)
         except BaseException:
             for f in made:
                 files.discard_unused(f.digest)
             raise
+        self._ended(ended)
+
+    def _ended(self, batch: StoredBatch) -> None:
+        """Log and count a batch this server ended."""
+        self.worker.metrics.batches_ended.labels(batch.tenant, batch.status).inc()
+        log.info(
+            "batch %s of tenant %s %s: %d of %d requests completed, %d failed",
+            batch.id, batch.tenant, batch.status, batch.completed, batch.total, batch.failed,
+        )  # fmt: skip
 
     def _final_lines(
         self, batch: StoredBatch, final: str, source: Path | None

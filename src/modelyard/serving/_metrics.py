@@ -82,6 +82,33 @@ class Metrics:
             ["endpoint", "version", "answered_by"],
             registry=self.registry,
         )
+        # OpenAI batches (/v1/batches): what this server's batch worker does
+        self.batch_lines = Counter(
+            "modelyard_openai_batch_lines",
+            "Lines of OpenAI batches answered and committed by this server, by tenant and "
+            "outcome (completed: a 2xx answer; failed: any other)",
+            ["tenant", "outcome"],
+            registry=self.registry,
+        )
+        self.batches_ended = Counter(
+            "modelyard_openai_batches_ended",
+            "OpenAI batches this server ended, by tenant and status (completed, failed, "
+            "expired, cancelled)",
+            ["tenant", "status"],
+            registry=self.registry,
+        )
+        self.batches_running = Gauge(
+            "modelyard_openai_batches_running",
+            "OpenAI batches this server runs now (at most --max-running-batches)",
+            registry=self.registry,
+        )
+        self.batches_unfinished = Gauge(
+            "modelyard_openai_batches_unfinished",
+            "OpenAI batches of every tenant not finished yet in the store, by status "
+            "(validating, in_progress, cancelling, finalizing), as this server last looked",
+            ["status"],
+            registry=self.registry,
+        )
         self.adapter = {
             event: Counter(f"modelyard_adapter_{name}", help_, ["version"], registry=self.registry)
             for event, name, help_ in (
