@@ -116,8 +116,10 @@ def upload(client: openai.OpenAI, lines: list[str]) -> str:
     return client.files.create(file=("in.jsonl", io.BytesIO(data)), purpose="batch").id
 
 
-def wait(client: openai.OpenAI, batch_id: str, until: tuple[str, ...] = ENDED) -> Batch:
-    deadline = time.monotonic() + 30
+def wait(
+    client: openai.OpenAI, batch_id: str, until: tuple[str, ...] = ENDED, timeout_s: float = 30
+) -> Batch:
+    deadline = time.monotonic() + timeout_s
     while True:
         batch = client.batches.retrieve(batch_id)
         if batch.status in until:
@@ -544,6 +546,24 @@ def test_a_revoked_key_s_batch_answers_each_line_401(world: World) -> None:
     assert [x["response"]["status_code"] for x in refused] == [401, 401]
     assert "revoked" in refused[0]["response"]["body"]["error"]["message"]
     assert world.store.query_records(job_id=made.id, limit=None) == []
+
+
+def test_a_batch_whose_input_is_gone_fails_naming_it_instead_of_retrying_forever(
+    world: World,
+) -> None:
+    """A batch created while its input file was being deleted (or whose bytes were lost)
+    ends ``failed`` with the reason; it used to stay ``validating``, taken up and dropped
+    again every second, a warning each time."""
+    made = _stored_batch(world, [chat_line("a", "hi")])
+    world.store.delete_file("acme", made.input_file_id)
+    with ExitStack() as stack:
+        server = world.serve(stack)
+        client = world.client(stack, server, "acme")
+        batch = wait(client, made.id, ENDED, timeout_s=5)
+    assert batch.status == "failed" and batch.errors is not None and batch.errors.data
+    [error] = batch.errors.data
+    assert error.code == "invalid_file" and error.param == "input_file_id"
+    assert made.input_file_id in str(error.message)
 
 
 def test_a_batch_another_server_finished_is_left_as_it_is(world: World) -> None:

@@ -48,7 +48,7 @@ from typing import Any
 import httpx
 from starlette.types import ASGIApp
 
-from modelyard.errors import InvalidApiKey, ModelyardError
+from modelyard.errors import ArtifactIntegrityError, InvalidApiKey, ModelyardError, NotFound
 from modelyard.serving._batch_context import CURRENT, BatchCall, record_ids
 from modelyard.serving._batch_input import InputLine, check_input, input_lines
 from modelyard.serving._files import FileKeeper
@@ -226,7 +226,18 @@ class BatchRun:
         if batch.status == "cancelling" and "in_progress" not in batch.times:
             await asyncio.to_thread(self._finish, batch, "cancelled")  # before it started
             return
-        source = await asyncio.to_thread(self._input_path, batch)
+        try:
+            source = await asyncio.to_thread(self._input_path, batch)
+        except (NotFound, ArtifactIntegrityError) as exc:  # no retry brings it back
+            if batch.status != "validating":
+                raise
+            gone = {"code": "invalid_file", "message": f"the input file cannot be read: "
+                    f"{exc.message}", "param": "input_file_id", "line": None}  # fmt: skip
+            batch = await asyncio.to_thread(
+                self.store.start_batch, batch.id, holder, total=0, errors=[gone]
+            )
+            self._ended(batch)
+            return
         if batch.status == "validating":
             total, problems = await asyncio.to_thread(
                 check_input, source, batch.endpoint, self.settings.max_lines
