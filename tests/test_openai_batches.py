@@ -452,6 +452,33 @@ def test_a_batch_a_dead_server_held_is_taken_over_once_its_lease_expires(
     assert world.store.lease_holder(made.lease) is None  # given back at the end
 
 
+def test_tenants_take_turns_a_tenant_s_many_batches_do_not_hold_up_another_s(
+    world: World,
+) -> None:
+    """A free slot goes to the tenant with the fewest batches running: globex's one batch,
+    created after acme's three, runs before acme's third (it used to wait for all of
+    acme's)."""
+    settings = BatchSettings(poll_s=0.05, commit_s=0.05, lease_s=3.0, concurrency=2,
+                             max_running=2)  # fmt: skip
+    with ExitStack() as stack:
+        server = world.serve(stack, Counting(delay_s=0.05), settings)
+        acme, globex = world.client(stack, server, "acme"), world.client(stack, server, "globex")
+        words = "one two three four five six"
+        short, long = (upload(acme, [chat_line(f"q{i}", words) for i in range(n)]) for n in (2, 24))
+        theirs = upload(globex, [chat_line("q", "one two", model="globex-support")])
+        order = ((acme, short), (acme, long), (acme, short), (globex, theirs))
+        made = [
+            client.batches.create(
+                input_file_id=file_id, endpoint="/v1/chat/completions", completion_window="24h"
+            ).id
+            for client, file_id in order
+        ]
+        for batch_id, (client, _) in zip(made, order, strict=True):
+            assert wait(client, batch_id).status == "completed"
+    started = {b: world.store.batch(b).times["in_progress"] for b in made}
+    assert started[made[3]] < started[made[2]], "globex waited for all of acme's batches"
+
+
 def test_a_batch_past_its_window_ends_expired_with_what_finished(world: World) -> None:
     settings = BatchSettings(poll_s=0.05, commit_s=0.05, lease_s=3.0, concurrency=2)
     with ExitStack() as stack:

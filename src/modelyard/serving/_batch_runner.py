@@ -3,8 +3,9 @@
 ``BatchWorker`` runs on the app's event loop (started and stopped by its
 lifespan). Every ``poll_s`` (and at once when a batch is created here) it takes
 the lease ``batch:<id>`` of batches waiting to run, at most ``max_running`` at
-once; a replica that dies stops renewing its leases and another takes its
-batches over after ``lease_s``.
+once, tenants taking turns (``Store.batches_to_claim``: one tenant's thousand
+batches do not hold up another's); a replica that dies stops renewing its
+leases and another takes its batches over after ``lease_s``.
 
 A batch (``BatchRun``) is checked first (``_batch_input``: a bad file ends it
 ``failed`` with every problem and its line), then its lines are asked through
@@ -153,12 +154,13 @@ class BatchWorker:
                 log.warning("could not look for batches to run: %s", exc.one_line())
 
     async def _claim(self) -> None:
-        active = await asyncio.to_thread(self.store.active_batches)
-        for status in ACTIVE:
-            self.metrics.batches_unfinished.labels(status).set(
-                sum(b.status == status for b in active)
-            )
-        for batch in active:
+        counts = await asyncio.to_thread(self.store.unfinished_batches)
+        for status, n in counts.items():
+            self.metrics.batches_unfinished.labels(status).set(n)
+        free = self.settings.max_running - len(self.running)
+        if free <= 0:
+            return
+        for batch in await asyncio.to_thread(self.store.batches_to_claim, free):
             if batch.id in self.running or len(self.running) >= self.settings.max_running:
                 continue
             taken = await asyncio.to_thread(

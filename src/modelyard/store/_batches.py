@@ -23,7 +23,19 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Boolean, ForeignKey, Index, Integer, String, Text, delete, select
+from sqlalchemy import (
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    delete,
+    exists,
+    func,
+    literal,
+    select,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from modelyard.errors import Conflict, NotFound
@@ -31,7 +43,7 @@ from modelyard.store._core import StoreCore
 from modelyard.store._files import add_file_row
 from modelyard.store._fleet import holds_lease
 from modelyard.store._rows import tenant_row
-from modelyard.store._schema import Base, TenantRow, utcnow
+from modelyard.store._schema import Base, LeaseRow, TenantRow, utcnow
 
 ACTIVE = ("validating", "in_progress", "cancelling", "finalizing")  # a worker's to run
 _STEPS = ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
@@ -219,6 +231,55 @@ class BatchStore(StoreCore):
                 .join(TenantRow, TenantRow.id == BatchRow.tenant_id)
                 .where(BatchRow.status.in_(ACTIVE))
                 .order_by(BatchRow.created_at, BatchRow.id)
+            ).all()
+            return [_to_batch(row, name) for row, name in found]
+
+    def unfinished_batches(self) -> dict[str, int]:
+        """How many batches of every tenant are in each status not finished yet."""
+        with self._session("count the batches not finished") as s:
+            found = s.execute(
+                select(BatchRow.status, func.count())
+                .where(BatchRow.status.in_(ACTIVE))
+                .group_by(BatchRow.status)
+            ).all()
+            return dict.fromkeys(ACTIVE, 0) | {str(k): int(n) for k, n in found}
+
+    def batches_to_claim(self, limit: int) -> list[StoredBatch]:
+        """At most ``limit`` batches not finished whose lease no replica holds, fairest
+        first: a tenant's batches take turns with other tenants' (ranked by how many of its
+        batches run now plus how many of its own come before), then oldest first. One query,
+        however many batches wait (the runner's poll)."""
+        now = utcnow()
+        lease_of = literal("batch:").concat(BatchRow.id)
+        held = exists().where(LeaseRow.name == lease_of, LeaseRow.expires_at >= now)
+        running = (
+            select(BatchRow.tenant_id, func.count().label("n"))
+            .where(BatchRow.status.in_(ACTIVE), held)
+            .group_by(BatchRow.tenant_id)
+            .subquery()
+        )
+        waiting = (
+            select(
+                BatchRow.id,
+                func.row_number()
+                .over(
+                    partition_by=BatchRow.tenant_id,
+                    order_by=(BatchRow.created_at, BatchRow.id),
+                )
+                .label("turn"),
+            )
+            .where(BatchRow.status.in_(ACTIVE), ~held)
+            .subquery()
+        )
+        turn = waiting.c.turn + func.coalesce(running.c.n, 0)
+        with self._session("list the batches to run") as s:
+            found = s.execute(
+                select(BatchRow, TenantRow.name)
+                .join(waiting, waiting.c.id == BatchRow.id)
+                .join(TenantRow, TenantRow.id == BatchRow.tenant_id)
+                .outerjoin(running, running.c.tenant_id == BatchRow.tenant_id)
+                .order_by(turn, BatchRow.created_at, BatchRow.id)
+                .limit(limit)
             ).all()
             return [_to_batch(row, name) for row, name in found]
 
