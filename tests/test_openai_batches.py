@@ -593,6 +593,22 @@ def test_a_batch_whose_input_is_gone_fails_naming_it_instead_of_retrying_forever
     assert made.input_file_id in str(error.message)
 
 
+def test_a_batch_whose_input_bytes_are_missing_fails_and_tells_the_operator_why(
+    world: World, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bytes missing from the artifact store (a replica's own disk, not one they share):
+    the batch fails naming the file, and the log says what to fix."""
+    made = _stored_batch(world, [chat_line("a", "hi")])
+    world.artifacts.delete(world.store.get_file("acme", made.input_file_id).digest)
+    with ExitStack() as stack:
+        server = world.serve(stack)
+        client = world.client(stack, server, "acme")
+        batch = wait(client, made.id, ENDED, timeout_s=5)
+    assert batch.status == "failed" and batch.errors is not None and batch.errors.data
+    assert batch.errors.data[0].code == "invalid_file"
+    assert "the artifact store must be one they share" in caplog.text
+
+
 def test_a_batch_another_server_finished_is_left_as_it_is(world: World) -> None:
     made = _stored_batch(world, [chat_line("a", "hi")])
     assert world.store.acquire_lease(made.lease, "other", 5.0)

@@ -49,7 +49,13 @@ from typing import Any
 import httpx
 from starlette.types import ASGIApp
 
-from modelyard.errors import ArtifactIntegrityError, InvalidApiKey, ModelyardError, NotFound
+from modelyard.errors import (
+    ArtifactIntegrityError,
+    ArtifactNotFound,
+    InvalidApiKey,
+    ModelyardError,
+    NotFound,
+)
 from modelyard.serving._batch_context import CURRENT, BatchCall, record_ids
 from modelyard.serving._batch_input import InputLine, check_input, input_lines
 from modelyard.serving._files import FileKeeper
@@ -233,8 +239,12 @@ class BatchRun:
         except (NotFound, ArtifactIntegrityError) as exc:  # no retry brings it back
             if batch.status != "validating":
                 raise
-            gone = {"code": "invalid_file", "message": f"the input file cannot be read: "
-                    f"{exc.message}", "param": "input_file_id", "line": None}  # fmt: skip
+            why = f"the input file cannot be read: {exc.message}"
+            if isinstance(exc, ArtifactNotFound):  # its row is there, its bytes are not
+                log.error("batch %s: %s (with several replicas, the artifact store must be one "
+                          "they share)", batch.id, why)  # fmt: skip
+            gone = {"code": "invalid_file", "message": why, "param": "input_file_id",
+                    "line": None}  # fmt: skip
             batch = await asyncio.to_thread(
                 self.store.start_batch, batch.id, holder, total=0, errors=[gone]
             )
