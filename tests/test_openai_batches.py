@@ -22,10 +22,11 @@ import httpx
 import openai
 import pytest
 from openai.types import Batch
-from sqlalchemy import text
+from sqlalchemy import event, text
 
 from modelyard.access import create_api_key
 from modelyard.artifacts import LocalArtifactStore
+from modelyard.errors import NotFound
 from modelyard.serving import (
     BackgroundServer,
     BatchSettings,
@@ -226,6 +227,45 @@ def test_another_tenants_file_and_batch_are_404s(world: World) -> None:
                 call(theirs.id)
         assert acme.batches.list().data == []
         assert wait(globex, theirs.id).status == "completed"
+
+
+def test_another_tenants_batch_is_the_same_404_as_a_missing_one_and_the_same_work(
+    world: World,
+) -> None:
+    """The same body (but for the id) and the same statements on the store, so neither the
+    answer nor its time tells a batch id of another tenant from one that never existed
+    (another tenant's cost one more query)."""
+    theirs = world.store.create_batch(
+        "globex", api_key_id="k", endpoint="/v1/chat/completions", input_file_id="file-x",
+        completion_window="24h", window=timedelta(hours=24), metadata=None,
+    )  # fmt: skip
+    missing = "batch_" + "0" * 32
+    statements: list[str] = []
+
+    def count(*args: Any) -> None:
+        statements.append(str(args[2]))
+
+    def asked(call: Any, batch_id: str) -> tuple[str, int]:
+        statements.clear()
+        event.listen(world.store._engine, "before_cursor_execute", count)
+        try:
+            with pytest.raises(NotFound) as info:
+                call("acme", batch_id)
+        finally:
+            event.remove(world.store._engine, "before_cursor_execute", count)
+        return info.value.message.replace(batch_id, "ID"), len(statements)
+
+    for call in (world.store.get_batch, world.store.cancel_batch):
+        assert asked(call, theirs.id) == asked(call, missing)
+    with ExitStack() as stack:
+        server = world.serve(stack)
+        acme = world.client(stack, server, "acme")
+        bodies = []
+        for batch_id in (theirs.id, missing):
+            with pytest.raises(openai.NotFoundError) as info:
+                acme.batches.retrieve(batch_id)
+            bodies.append(json.dumps(info.value.body).replace(batch_id, "ID"))
+        assert bodies[0] == bodies[1]
 
 
 def test_a_file_with_bad_lines_fails_the_batch_naming_each_line(world: World) -> None:
