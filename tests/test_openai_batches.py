@@ -26,7 +26,7 @@ from sqlalchemy import event, text
 
 from modelyard.access import create_api_key
 from modelyard.artifacts import LocalArtifactStore
-from modelyard.errors import NotFound
+from modelyard.errors import Conflict, NotFound
 from modelyard.serving import (
     BackgroundServer,
     BatchSettings,
@@ -235,8 +235,11 @@ def test_another_tenants_batch_is_the_same_404_as_a_missing_one_and_the_same_wor
     """The same body (but for the id) and the same statements on the store, so neither the
     answer nor its time tells a batch id of another tenant from one that never existed
     (another tenant's cost one more query)."""
+    source = FileKeeper(world.store, world.artifacts).save(
+        "globex", io.BytesIO(b"{}"), filename="in.jsonl", purpose="batch", api_key_id=None
+    )
     theirs = world.store.create_batch(
-        "globex", api_key_id="k", endpoint="/v1/chat/completions", input_file_id="file-x",
+        "globex", api_key_id="k", endpoint="/v1/chat/completions", input_file_id=source.id,
         completion_window="24h", window=timedelta(hours=24), metadata=None,
     )  # fmt: skip
     missing = "batch_" + "0" * 32
@@ -618,8 +621,8 @@ def test_a_revoked_key_s_batch_answers_each_line_401(world: World) -> None:
 def test_a_batch_whose_input_is_gone_fails_naming_it_instead_of_retrying_forever(
     world: World,
 ) -> None:
-    """A batch created while its input file was being deleted (or whose bytes were lost)
-    ends ``failed`` with the reason; it used to stay ``validating``, taken up and dropped
+    """A batch whose input file is gone (deleted by a tool that skips the Files API) ends
+    ``failed`` with the reason; it used to stay ``validating``, taken up and dropped
     again every second, a warning each time."""
     made = _stored_batch(world, [chat_line("a", "hi")])
     world.store.delete_file("acme", made.input_file_id)
@@ -631,6 +634,32 @@ def test_a_batch_whose_input_is_gone_fails_naming_it_instead_of_retrying_forever
     [error] = batch.errors.data
     assert error.code == "invalid_file" and error.param == "input_file_id"
     assert made.input_file_id in str(error.message)
+
+
+def test_a_file_cannot_be_deleted_from_under_a_batch_being_created(world: World) -> None:
+    """The check that a file is no running batch's input and its delete are one
+    transaction on the file's row, which creating a batch holds: a batch is never made
+    from a deleted file, nor its input deleted by whoever skips the API's check."""
+    keeper = FileKeeper(world.store, world.artifacts)
+    made = _stored_batch(world, [chat_line("a", "hi")])
+    with pytest.raises(Conflict, match=f"input of batch {made.id}"):
+        keeper.delete("acme", made.input_file_id)
+    assert world.store.get_file("acme", made.input_file_id).id == made.input_file_id
+    gone = keeper.save(
+        "acme", io.BytesIO(b"{}"), filename="b.jsonl", purpose="batch", api_key_id=None
+    )
+    keeper.delete("acme", gone.id)
+    with pytest.raises(NotFound, match=gone.id):
+        world.store.create_batch(
+            "acme", api_key_id="k", endpoint="/v1/chat/completions", input_file_id=gone.id,
+            completion_window="24h", window=timedelta(hours=24), metadata=None,
+        )  # fmt: skip
+    with pytest.raises(NotFound):  # nor from another tenant's file
+        world.store.create_batch(
+            "globex", api_key_id="k", endpoint="/v1/chat/completions",
+            input_file_id=made.input_file_id, completion_window="24h",
+            window=timedelta(hours=24), metadata=None,
+        )  # fmt: skip
 
 
 def test_a_batch_whose_input_bytes_are_missing_fails_and_tells_the_operator_why(

@@ -70,8 +70,9 @@ class FileKeeper:
         return self.artifacts.open_verified(file.digest) / CONTENT
 
     def delete(self, tenant: str, file_id: str) -> StoredFile:
-        """Delete ``tenant``'s file, and its bytes when no other file has them."""
-        gone, unused = self.store.delete_file(tenant, file_id)
+        """Delete ``tenant``'s file, and its bytes when no other file has them; not the input
+        of a batch not finished (Conflict)."""
+        gone, unused = self.store.delete_unread_file(tenant, file_id)
         if unused:
             self.discard_unused(gone.digest)
         return gone

@@ -18,7 +18,7 @@ from fastapi.responses import FileResponse
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from modelyard.errors import ConfigError, Conflict, RequestTooLarge
+from modelyard.errors import ConfigError, RequestTooLarge
 from modelyard.serving._auth import KeyDep
 from modelyard.serving._files import FileKeeper
 from modelyard.store import FILE_PURPOSES, StoredFile
@@ -126,13 +126,6 @@ def add_file_routes(app: FastAPI, files: FileKeeper) -> None:
     @app.delete("/v1/files/{file_id}")
     def delete_file(file_id: str, key: KeyDep) -> dict[str, Any]:
         """Delete the file; not the input of a batch still running (409)."""
-        reading = store.batches_reading(key.tenant, file_id)
-        if reading:
-            raise Conflict(
-                f"file {file_id} is the input of batch {reading[0]}, which has not finished",
-                hint="Cancel the batch first (POST /v1/batches/{id}/cancel), or wait for it.",
-                param="file_id",
-            )
         gone = files.delete(key.tenant, file_id)
         return {"id": gone.id, "object": "file", "deleted": True}
 

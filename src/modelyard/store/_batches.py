@@ -40,7 +40,7 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from modelyard.errors import Conflict, NotFound
 from modelyard.store._core import StoreCore
-from modelyard.store._files import add_file_row
+from modelyard.store._files import StoredFile, add_file_row, owned_file_row, remove_file_row
 from modelyard.store._fleet import holds_lease
 from modelyard.store._rows import tenant_row
 from modelyard.store._schema import Base, LeaseRow, TenantRow, utcnow
@@ -155,6 +155,9 @@ class BatchStore(StoreCore):
     ) -> StoredBatch:
         now = utcnow()
         with self._write(f"create a batch for tenant {tenant!r}") as s:
+            # the input is the tenant's, and held against a delete until the batch exists
+            # (``delete_unread_file`` then sees it)
+            owned_file_row(s, tenant, input_file_id, lock="share")
             row = BatchRow(
                 id=f"batch_{secrets.token_hex(16)}", tenant_id=tenant_row(s, tenant).id,
                 api_key_id=api_key_id, endpoint=endpoint, input_file_id=input_file_id,
@@ -207,19 +210,26 @@ class BatchStore(StoreCore):
             s.flush()
             return _to_batch(row, tenant)
 
-    def batches_reading(self, tenant: str, file_id: str) -> list[str]:
-        """The ids of ``tenant``'s batches not finished yet that read the file ``file_id``."""
-        with self._session(f"find the batches reading file {file_id!r}") as s:
-            owner = tenant_row(s, tenant)
-            return list(
-                s.scalars(
-                    select(BatchRow.id).where(
-                        BatchRow.tenant_id == owner.id,
-                        BatchRow.input_file_id == file_id,
-                        BatchRow.status.in_(ACTIVE),
-                    )
+    def delete_unread_file(self, tenant: str, file_id: str) -> tuple[StoredFile, bool]:
+        """``delete_file``, refused (Conflict naming the batch) while a batch not finished
+        reads the file: the check and the delete in one transaction, the file's row locked,
+        so a batch created from it meanwhile is either seen or refused (NotFound)."""
+        with self._write(f"delete file {file_id!r}") as s:
+            row = owned_file_row(s, tenant, file_id, lock="update")
+            reading = s.scalar(
+                select(BatchRow.id).where(
+                    BatchRow.tenant_id == row.tenant_id,
+                    BatchRow.input_file_id == file_id,
+                    BatchRow.status.in_(ACTIVE),
                 )
             )
+            if reading is not None:
+                raise Conflict(
+                    f"file {file_id} is the input of batch {reading}, which has not finished",
+                    hint="Cancel the batch first (POST /v1/batches/{id}/cancel), or wait for it.",
+                    param="file_id",
+                )
+            return remove_file_row(s, row, tenant)
 
     # -- the runner's side: every change fenced by the batch's lease ---------------------------
 

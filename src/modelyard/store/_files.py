@@ -146,24 +146,45 @@ class FileStore(StoreCore):
 
     def delete_file(self, tenant: str, file_id: str) -> tuple[StoredFile, bool]:
         """Remove ``tenant``'s file ``file_id`` (NotFound as ``get_file``); returns it and
-        whether its bytes are now unused (no other file has the same content)."""
+        whether its bytes are now unused (no other file has the same content). The Files API
+        deletes through ``BatchStore.delete_unread_file`` (not a running batch's input)."""
         with self._write(f"delete file {file_id!r}") as s:
-            row = s.get(FileRow, file_id)
-            owner = tenant_row(s, tenant)
-            if row is None or row.tenant_id != owner.id:
-                raise _missing(file_id)
-            gone = _to_file(row, tenant)
-            s.delete(row)
-            s.flush()
-            others = s.scalar(
-                select(func.count()).select_from(FileRow).where(FileRow.digest == gone.digest)
-            )
-            return gone, not others
+            return remove_file_row(s, owned_file_row(s, tenant, file_id, lock="update"), tenant)
 
     def file_digests(self) -> set[str]:
         """The digest of every file's bytes (what ``modelyard doctor`` must keep)."""
         with self._session("list file digests") as s:
             return set(s.scalars(select(FileRow.digest).distinct()))
+
+
+def owned_file_row(s: Session, tenant: str, file_id: str, *, lock: str | None = None) -> FileRow:
+    """``tenant``'s file row (NotFound as ``get_file``), locked (``share``: against its
+    deletion; ``update``: to delete it) until the transaction ends when ``lock``."""
+    row = s.get(FileRow, file_id)
+    owner = tenant_row(s, tenant)
+    if row is None or row.tenant_id != owner.id:
+        raise _missing(file_id)
+    if lock is not None:
+        row = s.scalar(
+            select(FileRow)
+            .where(FileRow.id == file_id)
+            .with_for_update(read=lock == "share")
+            .execution_options(populate_existing=True)
+        )
+        if row is None:  # deleted meanwhile
+            raise _missing(file_id)
+    return row
+
+
+def remove_file_row(s: Session, row: FileRow, tenant: str) -> tuple[StoredFile, bool]:
+    """Delete ``row``; the file it was and whether its bytes are now unused."""
+    gone = _to_file(row, tenant)
+    s.delete(row)
+    s.flush()
+    others = s.scalar(
+        select(func.count()).select_from(FileRow).where(FileRow.digest == gone.digest)
+    )
+    return gone, not others
 
 
 def _missing(file_id: str) -> NotFound:
@@ -179,4 +200,13 @@ def _to_file(row: FileRow, tenant: str) -> StoredFile:
     )  # fmt: skip
 
 
-__all__ = ["FILE_PURPOSES", "FileRow", "FileStore", "StoredFile", "add_file_row", "new_file_id"]
+__all__ = [
+    "FILE_PURPOSES",
+    "FileRow",
+    "FileStore",
+    "StoredFile",
+    "add_file_row",
+    "new_file_id",
+    "owned_file_row",
+    "remove_file_row",
+]
