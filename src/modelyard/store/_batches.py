@@ -233,17 +233,6 @@ class BatchStore(StoreCore):
 
     # -- the runner's side: every change fenced by the batch's lease ---------------------------
 
-    def active_batches(self) -> list[StoredBatch]:
-        """Every batch some replica should be running, oldest first."""
-        with self._session("list the batches to run") as s:
-            found = s.execute(
-                select(BatchRow, TenantRow.name)
-                .join(TenantRow, TenantRow.id == BatchRow.tenant_id)
-                .where(BatchRow.status.in_(ACTIVE))
-                .order_by(BatchRow.created_at, BatchRow.id)
-            ).all()
-            return [_to_batch(row, name) for row, name in found]
-
     def unfinished_batches(self) -> dict[str, int]:
         """How many batches of every tenant are in each status not finished yet."""
         with self._session("count the batches not finished") as s:
