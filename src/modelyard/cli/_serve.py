@@ -236,8 +236,9 @@ def serve(
     max_file_bytes: int = typer.Option(
         200 * 1024 * 1024,
         min=1,
-        help="Upper bound on a file uploaded to /v1/files (a batch's input), checked before "
-        "it is read (413). Files are kept in the artifact store.",
+        help="Upper bound on a file uploaded to /v1/files (a batch's input): 413, from its "
+        "Content-Length before it is read, or as a chunked upload streams to disk. Files are "
+        "kept in the artifact store.",
     ),
     batch_concurrency: int = typer.Option(
         16, min=1, help="Requests of one OpenAI batch (/v1/batches) asked at once."
