@@ -26,7 +26,7 @@ from sqlalchemy import event, text
 
 from modelyard.access import create_api_key
 from modelyard.artifacts import LocalArtifactStore
-from modelyard.errors import Conflict, NotFound
+from modelyard.errors import ConfigError, Conflict, NotFound
 from modelyard.serving import (
     BackgroundServer,
     BatchSettings,
@@ -694,3 +694,95 @@ def test_a_batch_another_server_finished_is_left_as_it_is(world: World) -> None:
         stack.callback(world.store.release_lease, made.lease, worker.holder)
         asyncio.run(BatchRun(worker, made.id).run())
     assert world.store.batch(made.id) == done
+
+
+class Held(EchoEngine):
+    """The echo engine, holding each request until the test lets it go: a live one (its
+    prompt says ``LIVEREQ``) until ``live_go`` is set, a batch's line until ``batch_go``
+    gives it a turn. Counts the batch's lines held at once while a live one is."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live_go, self.batch_go = threading.Event(), threading.Semaphore(0)
+        self.live_now = self.batch_now = self.batch_started = self.batch_peak_beside_live = 0
+        self._lock = threading.Lock()
+
+    def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
+        live = "LIVEREQ" in prompt
+        with self._lock:
+            if live:
+                self.live_now += 1
+            else:
+                self.batch_now += 1
+                self.batch_started += 1
+            if self.live_now:
+                self.batch_peak_beside_live = max(self.batch_peak_beside_live, self.batch_now)
+        try:
+            assert self.live_go.wait(20) if live else self.batch_go.acquire(timeout=20)
+        finally:
+            with self._lock:
+                if live:
+                    self.live_now -= 1
+                else:
+                    self.batch_now -= 1
+        return super().stream(version, prompt, params)
+
+
+def until(check: Any, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "never happened"
+        time.sleep(0.01)
+
+
+def test_a_batch_yields_to_live_requests_and_takes_its_concurrency_back_after(
+    world: World,
+) -> None:
+    """While a client's request is in flight, a batch starts at most --batch-concurrency-busy
+    lines at once; once live traffic stops, --batch-concurrency again."""
+    engine = Held()
+    settings = replace(FAST, concurrency=4, concurrency_busy=1)
+    with ExitStack() as stack:
+        server = world.serve(stack, engine, settings)
+        client = world.client(stack, server, "acme")
+        answers: list[str | None] = []
+
+        def live() -> None:
+            reply = client.chat.completions.create(
+                model="acme-support", messages=[{"role": "user", "content": "LIVEREQ now"}]
+            )
+            answers.append(reply.choices[0].message.content)
+
+        asking = threading.Thread(target=live)
+        asking.start()
+        stack.callback(asking.join, 30)
+        stack.callback(engine.live_go.set)  # never left hanging, whatever fails
+        until(lambda: engine.live_now == 1)
+        lines = [chat_line(f"c{i}", f"line {i}") for i in range(12)]
+        batch = client.batches.create(
+            input_file_id=upload(client, lines), endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )  # fmt: skip
+        until(lambda: engine.batch_started >= 1)
+        time.sleep(0.3)  # what would start beside it has had the time to
+        for turn in range(1, 5):  # one line at a time beside the live request
+            until(lambda n=turn: engine.batch_started >= n)
+            engine.batch_go.release()
+        until(lambda: engine.batch_now == 1)
+        engine.live_go.set()
+        asking.join(20)
+        assert len(answers) == 1  # answered
+        until(lambda: engine.batch_now == 4)  # the replica idle of live traffic: all of it
+        assert engine.batch_peak_beside_live == 1
+        for _ in range(12):
+            engine.batch_go.release()
+        done = wait(client, batch.id)
+    assert done.status == "completed" and done.request_counts is not None
+    assert (done.request_counts.completed, done.request_counts.failed) == (12, 0)
+
+
+def test_the_busy_concurrency_is_1_to_the_concurrency() -> None:
+    for busy in (0, 5):
+        with pytest.raises(ConfigError, match="--batch-concurrency-busy"):
+            BatchSettings(concurrency=4, concurrency_busy=busy)
+    assert BatchSettings(concurrency=4, concurrency_busy=4).concurrency_busy == 4

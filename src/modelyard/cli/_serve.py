@@ -241,7 +241,18 @@ def serve(
         "kept in the artifact store.",
     ),
     batch_concurrency: int = typer.Option(
-        16, min=1, help="Requests of one OpenAI batch (/v1/batches) asked at once."
+        16,
+        min=1,
+        help="Requests of one OpenAI batch (/v1/batches) asked at once while no live request "
+        "is in flight on this replica.",
+    ),
+    batch_concurrency_busy: int = typer.Option(
+        1,
+        min=1,
+        help="Requests of one OpenAI batch started at once while a live request (a client's "
+        "completion, chat completion or response) is in flight on this replica or ended "
+        "within 0.1 s: live traffic comes first; those in flight finish. 1 to "
+        "--batch-concurrency (equal: batches do not yield).",
     ),
     max_running_batches: int = typer.Option(
         2,
@@ -407,6 +418,10 @@ def serve(
         redis_url=redis_url,
         on_redis_down=on_redis_down,
     )
+    batches = BatchSettings(  # checked before anything starts
+        concurrency=batch_concurrency, concurrency_busy=batch_concurrency_busy,
+        max_running=max_running_batches,
+    )  # fmt: skip
     if docs not in ("off", "token", "public"):
         raise ConfigError(f"unknown --docs {docs!r}: use off, token or public")
     if docs == "token" and not metrics_token:
@@ -509,7 +524,7 @@ def serve(
         mounts=mounts,
         artifacts=open_artifacts(),
         max_file_bytes=max_file_bytes,
-        batches=BatchSettings(concurrency=batch_concurrency, max_running=max_running_batches),
+        batches=batches,
     )  # fmt: skip
     where = f", {placed}" if placed is not None else ""
     metrics_server = None

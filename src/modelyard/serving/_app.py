@@ -161,6 +161,7 @@ def create_app(
         on_refused=lambda exc: plane.count_refusal("", exc),
         early_refusal=plane.early_refusal,
         upload_caps=upload_caps,
+        live=plane.live,
     )
     install_error_handlers(app)
     add_routes(app, plane)

@@ -9,8 +9,9 @@ leases and another takes its batches over after ``lease_s``.
 
 A batch (``BatchRun``) is checked first (``_batch_input``: a bad file ends it
 ``failed`` with every problem and its line), then its lines are asked through
-the app itself, in process, ``concurrency`` at once, as the key that created the
-batch (``_batch_context``): the same routes, guard, limits, budgets, storage
+the app itself, in process, ``concurrency`` at once (``concurrency_busy`` while
+live clients' requests are in flight on this replica: ``_live``), as the key that
+created the batch (``_batch_context``): the same routes, guard, limits, budgets, storage
 policy and records as a live request of that key; their records are marked
 ``batch`` with the batch's id. A line refused for a while (429
 ``rate_limit_exceeded``, 503 ``overloaded``) is not its answer: every line waits
@@ -52,6 +53,7 @@ from starlette.types import ASGIApp
 from modelyard.errors import (
     ArtifactIntegrityError,
     ArtifactNotFound,
+    ConfigError,
     InvalidApiKey,
     ModelyardError,
     NotFound,
@@ -60,6 +62,7 @@ from modelyard.serving._batch_context import CURRENT, BatchCall, record_ids
 from modelyard.serving._batch_input import InputLine, check_input, input_lines
 from modelyard.serving._files import FileKeeper
 from modelyard.serving._http_errors import error_of
+from modelyard.serving._live import LineSlots
 from modelyard.serving._plane import DataPlane
 from modelyard.store import ACTIVE_BATCH_STATES as ACTIVE
 from modelyard.store import ApiKey, LeaseLost, LineOutput, OutputFile, Store, StoredBatch
@@ -86,14 +89,17 @@ DISCARD_PAGE = 1000
 
 @dataclass(frozen=True)
 class BatchSettings:
-    """How a server runs batches: ``concurrency`` lines of a batch at once, at most
-    ``max_running`` batches at once, leases of ``lease_s``, new batches looked for every
-    ``poll_s``, answers committed every ``commit_s`` or ``commit_rows``, at most
-    ``max_lines`` requests in a batch; a line refused for a while (the key's rate limit, a
-    full engine queue) waits its ``Retry-After`` and is asked again, at most
-    ``retry_limit`` times."""
+    """How a server runs batches: ``concurrency`` lines of a batch at once, only
+    ``concurrency_busy`` while a live client's request is in flight on the replica (or ended
+    within ``busy_quiet_s``), at most ``max_running`` batches at once, leases of ``lease_s``,
+    new batches looked for every ``poll_s``, answers committed every ``commit_s`` or
+    ``commit_rows``, at most ``max_lines`` requests in a batch; a line refused for a while
+    (the key's rate limit, a full engine queue) waits its ``Retry-After`` and is asked
+    again, at most ``retry_limit`` times."""
 
     concurrency: int = 16
+    concurrency_busy: int = 1
+    busy_quiet_s: float = 0.1
     max_running: int = 2
     lease_s: float = 30.0
     poll_s: float = 1.0
@@ -101,6 +107,16 @@ class BatchSettings:
     commit_rows: int = 64
     max_lines: int = 50_000
     retry_limit: int = 20
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.concurrency_busy <= self.concurrency:
+            raise ConfigError(
+                f"--batch-concurrency-busy {self.concurrency_busy} is not between 1 and "
+                f"--batch-concurrency ({self.concurrency}): it is how many lines of a batch "
+                "start at once while live requests are in flight (0 would stall a batch under "
+                "steady live traffic until it expires)",
+                hint=f"Give --batch-concurrency-busy 1 to {self.concurrency}.",
+            )
 
 
 class BatchWorker:
@@ -283,7 +299,9 @@ class BatchRun:
         done = await asyncio.to_thread(self.store.done_lines, batch.id)
         await asyncio.to_thread(self._discard, batch, source, done)
         self.key = await asyncio.to_thread(self.store.get_api_key, batch.api_key_id)
-        slots = asyncio.Semaphore(self.settings.concurrency)
+        settings = self.settings
+        slots = LineSlots(self.worker.plane.live, settings.concurrency,
+                          settings.concurrency_busy, settings.busy_quiet_s)  # fmt: skip
         tasks: set[asyncio.Task[None]] = set()
         wake, finished = asyncio.Event(), asyncio.Event()
         committer = asyncio.create_task(self._committer(batch, wake, finished))
@@ -350,7 +368,7 @@ class BatchRun:
         return found
 
     async def _one(
-        self, batch: StoredBatch, line: InputLine, slots: asyncio.Semaphore, wake: asyncio.Event
+        self, batch: StoredBatch, line: InputLine, slots: LineSlots, wake: asyncio.Event
     ) -> None:
         rid = f"{batch.id}-{line.number}"
         try:

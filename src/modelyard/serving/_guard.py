@@ -18,7 +18,9 @@ It runs before routing and before any JSON is parsed:
 - a completion whose key (already in the key cache) is over its requests/min is
   refused 429 before its body is read (``early_refusal``: the data plane's);
 - every other request is counted in flight until its response (a whole
-  stream) has been sent, which is what a drain waits for.
+  stream) has been sent, which is what a drain waits for; a model request of a
+  live client (not a batch's line) is counted in ``live`` too, which a running
+  batch yields to (``_live``).
 
 Refusals (413, an operator path without its token) are reported to ``on_refused``.
 """
@@ -43,7 +45,9 @@ from modelyard.errors import (
     ShuttingDown,
     status_of,
 )
+from modelyard.serving._batch_context import CURRENT
 from modelyard.serving._http_errors import error_of
+from modelyard.serving._live import LIVE_PATHS, LiveTraffic
 from modelyard.serving._shutdown import Drain
 
 ALWAYS_OPEN = frozenset({"/health", "/ready", "/metrics"})
@@ -127,8 +131,10 @@ class GuardMiddleware:
         on_refused: Callable[[ModelyardError], object] | None = None,
         early_refusal: Callable[[bytes | None, str], RateLimited | None] | None = None,
         upload_caps: Mapping[str, tuple[int, str]] | None = None,
+        live: LiveTraffic | None = None,
     ) -> None:
         self.app, self.drain, self.max_body_bytes = app, drain, max_body_bytes
+        self.live = live
         self.upload_caps = dict(upload_caps or {})  # path -> (cap, the setting naming it)
         self.access = access or OperatorAccess()
         self.on_refused = on_refused
@@ -176,13 +182,22 @@ class GuardMiddleware:
             if limited is not None:  # a key over its requests/min: its body is never read
                 await send_error(send, limited, [("retry-after", str(limited.retry_after))])
                 return
+        live = (
+            self.live
+            if self.live is not None and scope["path"] in LIVE_PATHS and CURRENT.get() is None
+            else None
+        )
         self.drain.inflight += 1
+        if live is not None:
+            live.begin()
         try:
             checked = await self._check_body(scope, receive, send)
             if checked is not None:
                 await self.app(scope, checked, send)
         finally:
             self.drain.inflight -= 1
+            if live is not None:
+                live.end()
 
     async def _check_body(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         """The ``receive`` to hand on, or None when a refusal has been sent."""

@@ -50,6 +50,7 @@ from modelyard.serving._limits import (
     TenantSlots,
     count_prompt_tokens,
 )
+from modelyard.serving._live import LiveTraffic
 from modelyard.serving._metrics import Metrics
 from modelyard.serving._recording import Recorder
 from modelyard.serving._refusals import RefusalSampler, shorten
@@ -121,6 +122,7 @@ class DataPlane:
         self.store_probe = StoreProbe(store.schema_revision)  # /ready: 503 while it is down
         self.drain = Drain()
         self.drain.on_begin(self.ready.clear)
+        self.live = LiveTraffic()  # live model requests in flight, which batches yield to
         self.recorder = Recorder(writer, self.metrics, self.health, self.tenant)
 
     def tenant(self, name: str) -> Tenant:
