@@ -47,6 +47,7 @@ EXPECTED = {
     "HomeNotFound": (2, 400),
     "AuditKeyMissing": (2, 400),
     "RequestTooLarge": (2, 413),
+    "StorageQuotaExceeded": (2, 400),
     "ContextLengthExceeded": (2, 400),
     "NotFound": (1, 404),
     "BaseModelNotFound": (2, 404),  # a base the user named: bad input (issue 15)

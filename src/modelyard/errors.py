@@ -10,6 +10,7 @@ message saying *what* went wrong and *why*, and a ``hint`` saying what to do.
     │   ├── HomeNotFound                no store where the home was looked for
     │   ├── AuditKeyMissing             no audit key, and the chain has events
     │   ├── RequestTooLarge             a body over --max-body-bytes
+    │   ├── StorageQuotaExceeded        a tenant's files over --max-tenant-file-bytes
     │   └── ContextLengthExceeded       a prompt and max_tokens over the model's context
     ├── NotFound                        (also LookupError)
     │   ├── BaseModelNotFound           exit 2: a base model the user named is missing
@@ -126,6 +127,13 @@ class RequestTooLarge(ConfigError):
     """A request body over the server's ``--max-body-bytes`` (HTTP 413, before parsing)."""
 
     code = "request_too_large"
+
+
+class StorageQuotaExceeded(ConfigError):
+    """A tenant's files would hold more bytes than the server allows a tenant
+    (``--max-tenant-file-bytes``): a 400, which clients do not retry."""
+
+    code = "storage_limit_exceeded"
 
 
 class ContextLengthExceeded(ConfigError):
@@ -544,6 +552,7 @@ __all__ = [
     "RolloutTimedOut",
     "SessionsUnavailable",
     "ShuttingDown",
+    "StorageQuotaExceeded",
     "StoreError",
     "StoreMigrationError",
     "StoreUnavailable",

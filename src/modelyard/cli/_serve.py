@@ -240,6 +240,13 @@ def serve(
         "Content-Length before it is read, or as a chunked upload streams to disk. Files are "
         "kept in the artifact store.",
     ),
+    max_tenant_file_bytes: int = typer.Option(
+        10 * 1024**3,
+        min=1,
+        help="Upper bound on what one tenant's files hold in all (its uploads and its "
+        "batches' outputs): an upload past it is a 400 storage_limit_exceeded; a batch's "
+        "output is kept regardless.",
+    ),
     batch_concurrency: int = typer.Option(
         16,
         min=1,
@@ -524,6 +531,7 @@ def serve(
         mounts=mounts,
         artifacts=open_artifacts(),
         max_file_bytes=max_file_bytes,
+        max_tenant_file_bytes=max_tenant_file_bytes,
         batches=batches,
     )  # fmt: skip
     where = f", {placed}" if placed is not None else ""

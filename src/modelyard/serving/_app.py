@@ -31,7 +31,11 @@ from modelyard.serving._agent import ServerAgent
 from modelyard.serving._batch_runner import BatchSettings, BatchWorker
 from modelyard.serving._batches_api import add_batch_routes
 from modelyard.serving._engine import Engine
-from modelyard.serving._files import DEFAULT_MAX_FILE_BYTES, FileKeeper
+from modelyard.serving._files import (
+    DEFAULT_MAX_FILE_BYTES,
+    DEFAULT_MAX_TENANT_FILE_BYTES,
+    FileKeeper,
+)
 from modelyard.serving._files_api import add_file_routes
 from modelyard.serving._guard import GuardMiddleware, OperatorAccess
 from modelyard.serving._http_errors import install_error_handlers
@@ -69,6 +73,7 @@ def create_app(
     mounts: Mapping[str, ASGIApp] | None = None,
     artifacts: ArtifactStore | None = None,
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+    max_tenant_file_bytes: int = DEFAULT_MAX_TENANT_FILE_BYTES,
     batches: BatchSettings | None = None,
 ) -> FastAPI:
     """The OpenAI-compatible app. The caller keeps ownership of ``store`` and ``engine``.
@@ -83,7 +88,8 @@ def create_app(
     ``access`` says who may read ``/metrics`` and the API docs (default: anyone).
     ``mounts`` are apps served under a path prefix, behind the same guard (the admin
     API at ``/admin/v1``); each does its own authentication. With ``artifacts``, the
-    Files API keeps tenants' files there (each at most ``max_file_bytes``) and the Batch API
+    Files API keeps tenants' files there (each at most ``max_file_bytes``, a tenant's at
+    most ``max_tenant_file_bytes`` in all) and the Batch API
     runs tenants' batches on a worker of this server (``batches``); without, neither is
     served (404).
     """
@@ -144,9 +150,10 @@ def create_app(
     app.state.keys = plane.keys
     app.state.agent = agent
     app.state.drain = plane.drain
-    files = (
-        None if artifacts is None else FileKeeper(store, artifacts, max_file_bytes=max_file_bytes)
-    )
+    files = None
+    if artifacts is not None:
+        files = FileKeeper(store, artifacts, max_file_bytes=max_file_bytes,
+                           max_tenant_bytes=max_tenant_file_bytes)  # fmt: skip
     upload_caps = {}
     if files is not None:
         upload_caps["/v1/files"] = (

@@ -17,16 +17,18 @@ from typing import IO
 
 from modelyard.artifacts import ArtifactStore
 from modelyard.errors import ArtifactNotFound, ModelyardError
-from modelyard.store import Store, StoredFile
+from modelyard.store import Store, StoredFile, check_file_quota
 
 DEFAULT_MAX_FILE_BYTES = 200 * 1024 * 1024  # OpenAI's limit on a batch input file
+DEFAULT_MAX_TENANT_FILE_BYTES = 10 * 1024**3  # what one tenant's files may hold in all
 CONTENT = "content"  # the name of a file's bytes in its artifact
 KIND = "file"  # the artifacts' kind
 
 
 class FileKeeper:
     """Files of tenants over ``store`` (rows) and ``artifacts`` (bytes); files larger than
-    ``max_file_bytes`` are refused at upload."""
+    ``max_file_bytes``, or that would take a tenant's files over ``max_tenant_bytes`` in
+    all, are refused at upload (a batch's output is kept whatever its tenant holds)."""
 
     def __init__(
         self,
@@ -34,8 +36,15 @@ class FileKeeper:
         artifacts: ArtifactStore,
         *,
         max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        max_tenant_bytes: int = DEFAULT_MAX_TENANT_FILE_BYTES,
     ) -> None:
         self.store, self.artifacts, self.max_file_bytes = store, artifacts, max_file_bytes
+        self.max_tenant_bytes = max_tenant_bytes
+
+    def check_room(self, tenant: str, size: int) -> None:
+        """Refuse (``StorageQuotaExceeded``) an upload of ``size`` bytes that would take
+        ``tenant`` over its limit, before its bytes are stored (``save`` checks again)."""
+        check_file_quota(tenant, self.store.file_bytes(tenant), size, self.max_tenant_bytes)
 
     @contextlib.contextmanager
     def staged(self) -> Iterator[Path]:
@@ -55,11 +64,12 @@ class FileKeeper:
         with self.staged() as path:
             with path.open("wb") as out:
                 shutil.copyfileobj(source, out, 1024 * 1024)
+            self.check_room(tenant, path.stat().st_size)  # before the bytes are kept
             digest, size = self.keep(path)
         try:
             return self.store.add_file(
                 tenant, filename=filename, purpose=purpose, size=size, digest=digest,
-                api_key_id=api_key_id,
+                api_key_id=api_key_id, quota=self.max_tenant_bytes,
             )  # fmt: skip
         except BaseException:
             self.discard_unused(digest)
@@ -88,4 +98,4 @@ class FileKeeper:
             return
 
 
-__all__ = ["CONTENT", "DEFAULT_MAX_FILE_BYTES", "FileKeeper"]
+__all__ = ["CONTENT", "DEFAULT_MAX_FILE_BYTES", "DEFAULT_MAX_TENANT_FILE_BYTES", "FileKeeper"]

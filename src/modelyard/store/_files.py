@@ -17,9 +17,9 @@ from datetime import datetime
 from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, func, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from modelyard.errors import NotFound
+from modelyard.errors import NotFound, StorageQuotaExceeded
 from modelyard.store._core import StoreCore
-from modelyard.store._rows import tenant_row
+from modelyard.store._rows import lock_name, tenant_row
 from modelyard.store._schema import Base, utcnow
 
 FILE_PURPOSES = ("batch", "batch_output")  # what a file may be for (OpenAI's names)
@@ -75,6 +75,18 @@ def add_file_row(
     return row
 
 
+def check_file_quota(tenant: str, held: int, size: int, quota: int) -> None:
+    """Refuse a file of ``size`` bytes to a tenant whose files hold ``held`` of ``quota``."""
+    if held + size > quota:
+        raise StorageQuotaExceeded(
+            f"tenant {tenant!r} has {held} bytes of files; this file of {size} bytes would "
+            f"take it over its limit of {quota} bytes (--max-tenant-file-bytes)",
+            hint="Delete files it no longer needs (DELETE /v1/files/{id}: batches' inputs and "
+            "outputs are kept until deleted), or ask an operator to raise the limit.",
+            param="file",
+        )
+
+
 class FileStore(StoreCore):
     """Tenants' files (data plane: not audited)."""
 
@@ -87,14 +99,32 @@ class FileStore(StoreCore):
         size: int,
         digest: str,
         api_key_id: str | None = None,
+        quota: int | None = None,
     ) -> StoredFile:
+        """A new file of ``tenant``; with ``quota``, refused (``StorageQuotaExceeded``) when
+        the tenant's files would hold more than ``quota`` bytes with it (uploads of one
+        tenant at once are serialized, so they cannot pass it together)."""
         with self._write(f"add a file for tenant {tenant!r}") as s:
+            if quota is not None:
+                lock_name(s, "file_quota", tenant)
+                check_file_quota(tenant, self._file_bytes(s, tenant), size, quota)
             row = add_file_row(
                 s, tenant_row(s, tenant).id, filename=filename, purpose=purpose, size=size,
                 digest=digest, api_key_id=api_key_id,
             )  # fmt: skip
             s.flush()
             return _to_file(row, tenant)
+
+    def file_bytes(self, tenant: str) -> int:
+        """How many bytes ``tenant``'s files hold (its uploads and its batches' outputs)."""
+        with self._session(f"count the files of tenant {tenant!r}") as s:
+            return self._file_bytes(s, tenant)
+
+    @staticmethod
+    def _file_bytes(s: Session, tenant: str) -> int:
+        owner = tenant_row(s, tenant).id
+        total = s.scalar(select(func.sum(FileRow.bytes)).where(FileRow.tenant_id == owner))
+        return int(total or 0)
 
     def get_file(self, tenant: str, file_id: str) -> StoredFile:
         """``tenant``'s file ``file_id``; NotFound for another tenant's, as for none."""
