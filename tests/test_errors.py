@@ -89,6 +89,7 @@ EXPECTED = {
     "SessionsUnavailable": (1, 503),
     "BudgetExceeded": (1, 429),
     "RequestTimeout": (1, 504),
+    "TooManyBatches": (1, 429),
     "ShuttingDown": (1, 503),
 }
 

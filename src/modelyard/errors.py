@@ -51,6 +51,7 @@ message saying *what* went wrong and *why*, and a ``hint`` saying what to do.
     ├── LimitsUnavailable               shared limits cannot be checked (Redis down)
     ├── SessionsUnavailable             shared console sessions cannot be read (Redis down)
     ├── BudgetExceeded                  a tenant or key spent its day's or month's budget
+    ├── TooManyBatches                  a tenant's unfinished batches at --max-tenant-batches
     ├── RequestTimeout                  a request past --request-timeout-s
     └── ShuttingDown                    the server is draining
 
@@ -431,6 +432,15 @@ class BudgetExceeded(ModelyardError):
     default_hint = "Ask an operator to raise the budget."
 
 
+class TooManyBatches(ModelyardError):
+    """A tenant has as many unfinished OpenAI batches as the server allows a tenant
+    (``--max-tenant-batches``): HTTP 429 with ``x-should-retry: false`` (a retry within
+    seconds changes nothing; a batch ending or cancelled makes room)."""
+
+    code = "batch_limit_exceeded"
+    default_hint = "Wait for a batch to end, or cancel one (POST /v1/batches/{id}/cancel)."
+
+
 class RequestTimeout(ModelyardError):
     """A request ran past the server's ``--request-timeout-s`` (HTTP 504); it was cancelled."""
 
@@ -489,6 +499,7 @@ STATUSES: Mapping[type[ModelyardError], ErrorStatus] = MappingProxyType(
         LimitsUnavailable: ErrorStatus(1, 503, _SERVER),
         SessionsUnavailable: ErrorStatus(1, 503, _SERVER),
         BudgetExceeded: ErrorStatus(1, 429, "insufficient_quota"),
+        TooManyBatches: ErrorStatus(1, 429, _CLIENT),
         RequestTimeout: ErrorStatus(1, 504, "timeout"),
         ShuttingDown: ErrorStatus(1, 503, _SERVER),
         JudgeError: ErrorStatus(1, 502, _SERVER),
@@ -557,6 +568,7 @@ __all__ = [
     "StoreMigrationError",
     "StoreUnavailable",
     "TenantNotFound",
+    "TooManyBatches",
     "TrainingError",
     "UnsafeArtifact",
     "UpstreamBusy",

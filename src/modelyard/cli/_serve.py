@@ -267,6 +267,12 @@ def serve(
         help="OpenAI batches this replica runs at once; the others wait, or run on "
         "another replica.",
     ),
+    max_tenant_batches: int = typer.Option(
+        100,
+        min=1,
+        help="OpenAI batches a tenant may have not finished (validating, in progress, "
+        "cancelling, finalizing); creating one more is a 429 batch_limit_exceeded.",
+    ),
     max_prompt_chars: int = typer.Option(
         262_144,
         min=1,
@@ -427,7 +433,7 @@ def serve(
     )
     batches = BatchSettings(  # checked before anything starts
         concurrency=batch_concurrency, concurrency_busy=batch_concurrency_busy,
-        max_running=max_running_batches,
+        max_running=max_running_batches, max_per_tenant=max_tenant_batches,
     )  # fmt: skip
     if docs not in ("off", "token", "public"):
         raise ConfigError(f"unknown --docs {docs!r}: use off, token or public")

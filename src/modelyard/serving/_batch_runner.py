@@ -95,7 +95,8 @@ class BatchSettings:
     new batches looked for every ``poll_s``, answers committed every ``commit_s`` or
     ``commit_rows``, at most ``max_lines`` requests in a batch; a line refused for a while
     (the key's rate limit, a full engine queue) waits its ``Retry-After`` and is asked
-    again, at most ``retry_limit`` times."""
+    again, at most ``retry_limit`` times. A tenant may have at most ``max_per_tenant``
+    batches not finished (a new one is refused ``TooManyBatches``)."""
 
     concurrency: int = 16
     concurrency_busy: int = 1
@@ -107,6 +108,7 @@ class BatchSettings:
     commit_rows: int = 64
     max_lines: int = 50_000
     retry_limit: int = 20
+    max_per_tenant: int = 100
 
     def __post_init__(self) -> None:
         if not 1 <= self.concurrency_busy <= self.concurrency:

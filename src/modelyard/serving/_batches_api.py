@@ -118,6 +118,7 @@ def add_batch_routes(app: FastAPI, worker: BatchWorker) -> None:
             key.tenant, api_key_id=key.id, endpoint=body.endpoint,
             input_file_id=source.id, completion_window=body.completion_window,
             window=COMPLETION_WINDOWS[body.completion_window], metadata=body.metadata,
+            max_unfinished=worker.settings.max_per_tenant,
         )  # fmt: skip
 
     @app.get("/v1/batches/{batch_id}")

@@ -26,6 +26,7 @@ from modelyard.errors import (
     RateLimited,
     StoreError,
     StoreUnavailable,
+    TooManyBatches,
     UpstreamBusy,
     status_of,
 )
@@ -163,6 +164,8 @@ def install_error_handlers(app: FastAPI) -> None:
                 headers["x-should-retry"] = "false"
         elif isinstance(exc, EngineOverloaded | StoreUnavailable | UpstreamBusy):
             headers = {"Retry-After": "1"}
+        elif isinstance(exc, TooManyBatches):  # room comes when a batch ends, not in seconds
+            headers = {"x-should-retry": "false"}
         return JSONResponse(
             error_of(exc),
             status_code=status,

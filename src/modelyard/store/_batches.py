@@ -38,11 +38,11 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
-from modelyard.errors import Conflict, NotFound
+from modelyard.errors import Conflict, NotFound, TooManyBatches
 from modelyard.store._core import StoreCore
 from modelyard.store._files import StoredFile, add_file_row, owned_file_row, remove_file_row
 from modelyard.store._fleet import holds_lease
-from modelyard.store._rows import tenant_row
+from modelyard.store._rows import lock_name, tenant_row
 from modelyard.store._schema import Base, LeaseRow, TenantRow, utcnow
 
 ACTIVE = ("validating", "in_progress", "cancelling", "finalizing")  # a worker's to run
@@ -139,6 +139,18 @@ class LeaseLost(Conflict):
     """The replica no longer holds the batch's lease: another runs it now."""
 
 
+def _check_unfinished(s: Session, tenant: str, most: int) -> None:
+    owner = tenant_row(s, tenant).id
+    unfinished = s.scalar(
+        select(func.count()).where(BatchRow.tenant_id == owner, BatchRow.status.in_(ACTIVE))
+    )
+    if (unfinished or 0) >= most:
+        raise TooManyBatches(
+            f"tenant {tenant!r} has {unfinished} batches not finished, the most this server "
+            f"runs for a tenant (--max-tenant-batches {most})"
+        )
+
+
 class BatchStore(StoreCore):
     """Tenants' batches and their answered lines (data plane: not audited)."""
 
@@ -152,12 +164,19 @@ class BatchStore(StoreCore):
         completion_window: str,
         window: timedelta,
         metadata: Mapping[str, str] | None,
+        max_unfinished: int | None = None,
     ) -> StoredBatch:
+        """A new batch of ``tenant``, ``validating``; with ``max_unfinished``, refused
+        (``TooManyBatches``) when the tenant has that many not finished already (one
+        tenant's creations are serialized on the count)."""
         now = utcnow()
         with self._write(f"create a batch for tenant {tenant!r}") as s:
             # the input is the tenant's, and held against a delete until the batch exists
             # (``delete_unread_file`` then sees it)
             owned_file_row(s, tenant, input_file_id, lock="share")
+            if max_unfinished is not None:
+                lock_name(s, "batch_quota", tenant)
+                _check_unfinished(s, tenant, max_unfinished)
             row = BatchRow(
                 id=f"batch_{secrets.token_hex(16)}", tenant_id=tenant_row(s, tenant).id,
                 api_key_id=api_key_id, endpoint=endpoint, input_file_id=input_file_id,
