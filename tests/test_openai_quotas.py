@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -78,7 +79,10 @@ class Held(EchoEngine):
         super().__init__()
         self.go = threading.Event()
 
+        self.asked = 0
+
     def stream(self, version: ModelVersion, prompt: str, params: SamplingParams) -> TokenStream:
+        self.asked += 1
         self.go.wait(60)
         return super().stream(version, prompt, params)
 
@@ -100,9 +104,9 @@ def test_a_tenant_s_unfinished_batches_stop_at_its_limit(tmp_path: Path) -> None
 
             acme, globex = client("acme"), client("globex")
 
-            def batch(who: openai.OpenAI) -> str:
+            def batch(who: openai.OpenAI, tenant: str = "acme") -> str:
                 line = b'{"custom_id": "a", "method": "POST", "url": "/v1/completions", '
-                line += b'"body": {"model": "support", "prompt": "hi"}}\n'
+                line += b'"body": {"model": "%s-support", "prompt": "hi"}}\n' % tenant.encode()
                 made = who.files.create(file=("in.jsonl", io.BytesIO(line)), purpose="batch")
                 return who.batches.create(input_file_id=made.id, endpoint="/v1/completions",
                                           completion_window="24h").id  # fmt: skip
@@ -116,8 +120,9 @@ def test_a_tenant_s_unfinished_batches_stop_at_its_limit(tmp_path: Path) -> None
             assert "--max-tenant-batches 2" in error["message"]
             assert refused.value.response.headers["x-should-retry"] == "false"
             assert len(store.list_batches("acme")[0]) == 2  # the SDK did not retry it in
-            batch(globex)  # another tenant's own count
-            acme.batches.cancel(first)  # cancelling: still not finished
+            batch(globex, "globex")  # another tenant's own count
+            until(lambda: engine.asked >= 2)  # both in progress, held by the engine
+            assert acme.batches.cancel(first).status == "cancelling"  # still not finished
             with pytest.raises(openai.RateLimitError):
                 batch(acme)
 
@@ -128,3 +133,10 @@ def _letting_go(engine: Held) -> Iterator[None]:
         yield
     finally:
         engine.go.set()  # before the server stops: its requests end
+
+
+def until(check: Callable[[], bool], timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, "never happened"
+        time.sleep(0.01)

@@ -120,7 +120,12 @@ class RecordWriter:
         self._unanchored: list[SealEntry] = []  # sealed since the last anchor, in order
         self._next_anchor = time.monotonic() + anchor_s
         self._stop = threading.Event()
-        self._idle = threading.Event()
+        # what ``flush`` waits for: the items queued before it was asked, not an empty queue
+        # (which steady traffic never leaves): items queued and handled, flushes asked and
+        # answered, and how many items the latest asked one waits for
+        self._flow = threading.Condition()
+        self._queued = self._handled = 0
+        self._flush_asked = self._flushed = self._flush_target = 0
         self._thread = threading.Thread(target=self._run, name="record-writer", daemon=True)
         self.written = 0
         self.dropped = 0
@@ -141,8 +146,9 @@ class RecordWriter:
         if record.created_at is None:  # its time: when it ended, not when it is written
             record = _at(record, utcnow())
         try:
-            self._queue.put_nowait((record, features, text))
-            self._idle.clear()
+            with self._flow:  # counted with its place in the queue (what a flush waits for)
+                self._queue.put_nowait((record, features, text))
+                self._queued += 1
         except queue.Full:
             self._dropped(1)
 
@@ -150,18 +156,25 @@ class RecordWriter:
         """Queue the ``running`` record of a request just admitted (written if the request
         still runs ``start_delay`` later; its ``submit`` then updates it) without blocking."""
         try:
-            self._queue.put_nowait(_Started(record, time.monotonic()))
-            self._idle.clear()
+            with self._flow:
+                self._queue.put_nowait(_Started(record, time.monotonic()))
+                self._queued += 1
         except queue.Full:
             pass  # its end record (if there is room then) is inserted instead
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything submitted so far is written (or dropped) and its seals
         anchored (or the anchor refused), the ``running`` records of requests still
-        running included."""
-        self._force_starts = True
-        self._idle.clear()
-        return self._idle.wait(timeout) if self._thread.is_alive() else self._queue.empty()
+        running included; False when ``timeout`` passed first. What is submitted meanwhile
+        is not waited for: under steady traffic the queue is never empty, and a flush that
+        waited for that (as it did) returned only at its timeout."""
+        if not self._thread.is_alive():
+            return self._queue.empty()
+        with self._flow:
+            self._flush_asked += 1
+            ticket, self._flush_target = self._flush_asked, self._queued
+            self._force_starts = True
+            return self._flow.wait_for(lambda: self._flushed >= ticket, timeout)
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is buffered and anchor its seals, then stop the thread."""
@@ -248,13 +261,16 @@ class RecordWriter:
     def _run(self) -> None:
         while True:
             batch: list[_Item] = []
-            for item in self._take_batch():
+            taken = self._take_batch()
+            for item in taken:
                 if isinstance(item, _Started):
                     self._pending[item.record.id] = item
                 else:  # ended: inserted (its start, if still pending, is never written)
                     self._pending.pop(item[0].id, None)
                     batch.append(item)
-            force, self._force_starts = self._force_starts, False
+            with self._flow:
+                force, self._force_starts = self._force_starts, False
+                ticket, target = self._flush_asked, self._flush_target
             started = self._due(force or self._stop.is_set())
             if batch or started:
                 self._write(batch, started)
@@ -265,11 +281,15 @@ class RecordWriter:
                 or time.monotonic() >= self._next_anchor
             ):
                 self._anchor()
+            with self._flow:
+                self._handled += len(taken)
+                if force and self._handled >= target:  # all the flush waits for: written
+                    self._flushed = ticket
+                elif force:  # go on forcing (starts, the anchor) until it is written
+                    self._force_starts = True
+                self._flow.notify_all()
             if not (batch or started) and self._stop.is_set():
-                self._idle.set()
                 return
             if self._sweep is not None and time.monotonic() >= self._next_sweep:
                 self._next_sweep = time.monotonic() + self._sweep_s
                 self._sweep()
-            if self._queue.empty() and not self._force_starts:  # a flush since: go round
-                self._idle.set()
