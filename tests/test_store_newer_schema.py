@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from clihelp import modelyard
+from modelyard.errors import StoreMigrationError
 from modelyard.store import Store, head_revision
 
 
@@ -50,3 +51,19 @@ def test_the_cli_runs_on_it_and_init_says_so(tmp_path: Path) -> None:
     init = modelyard("init", home=home)
     assert init.code == 0, init.err
     assert f"schema at 9999, newer than this release's {head_revision()}" in init.out
+
+
+@pytest.mark.parametrize("revision", ["a1b2c3d4e5f6", "0009a"])
+def test_a_revision_not_modelyards_is_refused_not_taken_for_newer(
+    store_url: str, revision: str
+) -> None:
+    """Another application's alembic_version in the same database (its revisions are hex),
+    or a revision no modelyard release has: not a newer modelyard's schema, so running
+    on it 'as it is' would fail later on tables that are not there."""
+    with Store.open(store_url):
+        pass
+    _as_if_newer(store_url, revision)
+    with pytest.raises(StoreMigrationError) as refused:
+        Store.open(store_url)
+    assert f"at revision {revision!r}" in str(refused.value)
+    assert "not one of modelyard's" in str(refused.value)

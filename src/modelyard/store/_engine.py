@@ -229,6 +229,7 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
     if before == head:
         return before, head
     if before is not None and not _known(before):
+        _check_newer(before, head)
         log.warning(
             "the store's schema is at %s, newer than this release's %s: a newer modelyard "
             "migrated it; this release runs on it as it is (migrations since %s only add), "
@@ -244,6 +245,20 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
     if before is not None and not _known(before):  # a newer release migrated it meanwhile
         return before, before
     return before, head
+
+
+def _check_newer(revision: str, head: str) -> None:
+    """Refuse a revision this release does not know that no newer modelyard wrote either
+    (another application's alembic_version in the same database, a hand-edited one):
+    running on it "as it is" would fail later, on tables that are not there."""
+    if not (revision.isdigit() and len(revision) == len(head) and revision > head):
+        raise StoreMigrationError(
+            f"the store's schema is at revision {revision!r}, not one of modelyard's (this "
+            f"release knows 0001 to {head}, and a newer release's would follow {head}): "
+            "nothing was changed",
+            hint="Check the store URL: it may name another application's database. A "
+            "modelyard store's alembic_version holds a 4-digit revision.",
+        )
 
 
 def _known(revision: str) -> bool:
