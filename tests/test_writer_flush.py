@@ -72,3 +72,48 @@ def test_a_flush_under_steady_traffic_answers_once_what_came_before_is_written(
         stop.set()
         feeder.join(10)
         writer.close()
+
+
+class HeldAnchorStore(SlowStore):
+    """The store, whose anchor waits for ``go`` (``entered`` set meanwhile)."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store)
+        self.entered, self.go = threading.Event(), threading.Event()
+
+    def anchor_record_seals(self, *args: Any, **kwargs: Any) -> Any:
+        self.entered.set()
+        self.go.wait(10)
+        return self._store.anchor_record_seals(*args, **kwargs)
+
+
+def test_a_flush_asked_while_the_writer_stops_is_answered_when_it_stops(store: Store) -> None:
+    """close() writes and anchors what is buffered, then the thread ends; a flush asked
+    while it did (the batch worker committing as the server stops) waited out its whole
+    timeout and answered False, though everything it waited for was written."""
+    two_tenant_world(store, versions=1)
+    held = HeldAnchorStore(store)
+    writer = RecordWriter(cast(Store, held), flush_interval=0.05, anchor_s=3600)
+    writer.submit(_record("before-close", store.get_tenant("acme").id))
+    deadline = time.monotonic() + 5
+    while writer.written < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    closer = threading.Thread(target=writer.close)
+    closer.start()
+    assert held.entered.wait(5)  # the writer stops: its last anchor, under way
+    answer: list[tuple[bool, float]] = []
+
+    def flush() -> None:
+        began = time.monotonic()
+        answer.append((writer.flush(timeout=5.0), time.monotonic() - began))
+
+    flusher = threading.Thread(target=flush)
+    flusher.start()
+    time.sleep(0.2)  # the flush is asked before the anchor ends
+    held.go.set()
+    flusher.join(10)
+    closer.join(10)
+    ((flushed, took),) = answer
+    assert flushed, "everything submitted before the flush was written and anchored"
+    assert took < 2.0, f"the flush waited {took:.1f} s for a writer that had stopped"
+    assert "before-close" in {r.id for r in store.list_inference_records()}

@@ -126,6 +126,7 @@ class RecordWriter:
         self._flow = threading.Condition()
         self._queued = self._handled = 0
         self._flush_asked = self._flushed = self._flush_target = 0
+        self._stopped = False  # the thread has ended: no flush is answered after
         self._thread = threading.Thread(target=self._run, name="record-writer", daemon=True)
         self.written = 0
         self.dropped = 0
@@ -168,13 +169,15 @@ class RecordWriter:
         running included; False when ``timeout`` passed first. What is submitted meanwhile
         is not waited for: under steady traffic the queue is never empty, and a flush that
         waited for that (as it did) returned only at its timeout."""
-        if not self._thread.is_alive():
-            return self._queue.empty()
         with self._flow:
+            if self._stopped or not self._thread.is_alive():
+                return self._queue.empty()
             self._flush_asked += 1
             ticket, self._flush_target = self._flush_asked, self._queued
             self._force_starts = True
-            return self._flow.wait_for(lambda: self._flushed >= ticket, timeout)
+            # a thread that ends (``close``) answers the flushes it wrote everything for
+            self._flow.wait_for(lambda: self._flushed >= ticket or self._stopped, timeout)
+            return self._flushed >= ticket
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is buffered and anchor its seals, then stop the thread."""
@@ -259,6 +262,14 @@ class RecordWriter:
             )  # fmt: skip
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        finally:  # a flush asked meanwhile does not wait for its timeout
+            with self._flow:
+                self._stopped = True
+                self._flow.notify_all()
+
+    def _loop(self) -> None:
         while True:
             batch: list[_Item] = []
             taken = self._take_batch()
@@ -289,6 +300,9 @@ class RecordWriter:
                     self._force_starts = True
                 self._flow.notify_all()
             if not (batch or started) and self._stop.is_set():
+                with self._flow:  # all taken is written and anchored: flushes asked since too
+                    if self._handled >= self._flush_target:
+                        self._flushed = self._flush_asked
                 return
             if self._sweep is not None and time.monotonic() >= self._next_sweep:
                 self._next_sweep = time.monotonic() + self._sweep_s
