@@ -262,10 +262,14 @@ class RecordWriter:
             )  # fmt: skip
 
     def _run(self) -> None:
+        closed = False
         try:
-            self._loop()
+            self._loop()  # returns once closed, with all it took written and anchored
+            closed = True
         finally:  # a flush asked meanwhile does not wait for its timeout
             with self._flow:
+                if closed and self._handled >= self._flush_target:
+                    self._flushed = self._flush_asked
                 self._stopped = True
                 self._flow.notify_all()
 
@@ -300,9 +304,6 @@ class RecordWriter:
                     self._force_starts = True
                 self._flow.notify_all()
             if not (batch or started) and self._stop.is_set():
-                with self._flow:  # all taken is written and anchored: flushes asked since too
-                    if self._handled >= self._flush_target:
-                        self._flushed = self._flush_asked
                 return
             if self._sweep is not None and time.monotonic() >= self._next_sweep:
                 self._next_sweep = time.monotonic() + self._sweep_s
