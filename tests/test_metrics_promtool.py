@@ -6,7 +6,10 @@ Without it the test is skipped locally and fails under CI.
 
 from __future__ import annotations
 
+import io
+import json
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,8 +19,10 @@ import openai
 import pytest
 
 from modelyard.access import create_api_key
+from modelyard.artifacts import LocalArtifactStore
 from modelyard.serving import (
     BackgroundServer,
+    BatchSettings,
     EchoEngine,
     EngineError,
     SamplingParams,
@@ -73,7 +78,10 @@ def metrics_text(tmp_path: Path) -> Iterator[str]:
         )  # fmt: skip
         _, key = create_api_key(store, "acme", scopes=("infer", "feedback"))
         _, limited = create_api_key(store, "acme", rpm_limit=1)
-        app = create_app(store, ObservedEcho(), refresh_seconds=0.1)
+        artifacts = LocalArtifactStore(tmp_path / "artifacts")  # the Files and Batch APIs
+        quick = BatchSettings(poll_s=0.05, commit_s=0.05)
+        app = create_app(store, ObservedEcho(), refresh_seconds=0.1, artifacts=artifacts,
+                         batches=quick)  # fmt: skip
         with (
             BackgroundServer(app) as server,
             openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0) as client,
@@ -100,6 +108,18 @@ def metrics_text(tmp_path: Path) -> Iterator[str]:
                 json={"request_id": answer.id, "thumbs": "up"},
             )
             assert feedback.status_code == 200, feedback.text
+            line = {"custom_id": "c1", "method": "POST", "url": "/v1/completions",
+                    "body": {"model": "support", "prompt": "batched"}}  # fmt: skip
+            uploaded = client.files.create(
+                file=("in.jsonl", io.BytesIO(json.dumps(line).encode() + b"\n")), purpose="batch"
+            )
+            batch = client.batches.create(
+                input_file_id=uploaded.id, endpoint="/v1/completions", completion_window="24h"
+            )
+            deadline = time.monotonic() + 30
+            while client.batches.retrieve(batch.id).status != "completed":
+                assert time.monotonic() < deadline, client.batches.retrieve(batch.id)
+                time.sleep(0.05)
             app.state.plane.budgets.flush()  # the charges, counted on the guard's own thread
             yield httpx.get(server.base_url + "/metrics").text
 

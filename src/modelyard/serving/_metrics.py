@@ -10,7 +10,7 @@ from prometheus_client.registry import Collector
 
 from modelyard.gpu import GpuReading, gpu_readings
 from modelyard.serving._types import AdapterEvent
-from modelyard.store import ApiKey, ModelVersion
+from modelyard.store import ACTIVE_BATCH_STATES, ApiKey, ModelVersion
 
 
 class Metrics:
@@ -109,6 +109,8 @@ class Metrics:
             ["status"],
             registry=self.registry,
         )
+        for status in ACTIVE_BATCH_STATES:  # 0 until a look says otherwise: always a series
+            self.batches_unfinished.labels(status).set(0)
         self.adapter = {
             event: Counter(f"modelyard_adapter_{name}", help_, ["version"], registry=self.registry)
             for event, name, help_ in (
