@@ -98,9 +98,13 @@ class Store(
         """
         engine = _engine.make_engine(url)
         _audit.install_sqlite_hooks(engine)
-        if migrate:
-            _engine.upgrade(engine)
-        return cls(engine, actor=actor, audit_key=audit_key, policy=policy)
+        try:
+            if migrate:
+                _engine.upgrade(engine)
+            return cls(engine, actor=actor, audit_key=audit_key, policy=policy)
+        except BaseException:  # nobody else will close its connections
+            engine.dispose()
+            raise
 
     @property
     def url(self) -> str:
