@@ -24,6 +24,7 @@ from modelyard.monitoring import AlertRules, tick
 from modelyard.serving import BackgroundServer, EchoEngine, ServerLimits, create_app
 from modelyard.store import Store
 from redisserver import RedisServer, redis_server
+from waiting import until
 from worlds import two_tenant_world
 
 PROMPT = "a b c d"  # the echo engine answers it word for word: 4 + 4 tokens, 0.8 at 0.1 each
@@ -62,25 +63,28 @@ def _spent(urls: list[str], tenant: str) -> float:
 
 
 def _wait_spent(urls: list[str], tenant: str, amount: float) -> None:
-    deadline = time.monotonic() + 10
-    while _spent(urls, tenant) < amount - 1e-9:
-        assert time.monotonic() < deadline, f"{tenant} never showed {amount} spent"
-        time.sleep(0.05)
+    until(
+        f"{tenant}'s metrics to show {amount} spent",
+        lambda: _spent(urls, tenant) >= amount - 1e-9,
+        timeout_s=10,
+    )
 
 
 def _records(store: Store, count: int) -> None:
-    deadline = time.monotonic() + 10
-    while len(store.list_inference_records(limit=1000)) < count:
-        assert time.monotonic() < deadline, f"fewer than {count} records"
-        time.sleep(0.05)
+    until(
+        f"{count} records",
+        lambda: len(store.list_inference_records(limit=1000)) >= count,
+        timeout_s=10,
+    )
 
 
 def _wait_recorded_spend(store: Store, amount: float) -> None:
     """Until acme's records of today (written asynchronously) hold ``amount`` spent."""
-    deadline = time.monotonic() + 10
-    while store.spent("acme", datetime.now(UTC).replace(hour=0, minute=0)) < amount - 1e-9:
-        assert time.monotonic() < deadline, f"the records never showed {amount} spent"
-        time.sleep(0.05)
+    until(
+        f"the records to show {amount} spent",
+        lambda: store.spent("acme", datetime.now(UTC).replace(hour=0, minute=0)) >= amount - 1e-9,
+        timeout_s=10,
+    )
 
 
 def test_a_spent_daily_budget_refuses_the_tenant_until_the_day_ends(store: Store) -> None:

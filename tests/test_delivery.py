@@ -35,6 +35,7 @@ from modelyard.serving import (
 )
 from modelyard.store import Store
 from tinymodels import QUICK_BASE, random_adapter, tamper
+from waiting import until
 from worlds import fake_world, gate_metrics
 
 
@@ -114,15 +115,6 @@ class Load:
         return Counter(v for t, v in list(self.answers) if t >= t0)
 
 
-def _wait_for(what: str, check: object, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.fixture(params=["transformers", "vllm"])
 def served(
     yard: Yard, tmp_path: Path, request: pytest.FixtureRequest
@@ -161,23 +153,23 @@ def test_zero_downtime_through_canary_blue_green_abort_and_rollback(
     served: tuple[Store, openai.OpenAI],
 ) -> None:
     store, client = served
-    _wait_for("the server's heartbeat", lambda: store.list_servers(alive=True))
+    until("the server's heartbeat", lambda: store.list_servers(alive=True))
     with Load(client) as load:
-        _wait_for("traffic", lambda: len(load.answers) >= 10)
+        until("traffic", lambda: len(load.answers) >= 10)
         assert set(load.since(0)) == {"bot:1"}
 
         # 1. canary 1 → 2 in two steps
         start_rollout(store, "support", "bot:2", steps="50,100", bake_s=0.5, min_requests=5)
-        _wait_for("the canary", lambda: not store.latest_rollout("support").active)
+        until("the canary", lambda: not store.latest_rollout("support").active)
         canary = store.latest_rollout("support")
         assert canary.status == "succeeded", canary.reason
         t_canary = time.monotonic()
         assert [e.kind for e in canary.events] == ["started", "step", "step", "succeeded"]
 
         # 2. blue-green 2 → 3: loaded and smoke-tested on the server, then one switch
-        _wait_for("version 2 alone", lambda: set(load.since(t_canary + 0.5)) == {"bot:2"})
+        until("version 2 alone", lambda: set(load.since(t_canary + 0.5)) == {"bot:2"})
         start_rollout(store, "support", "bot:3", steps="100", bake_s=0.3, min_requests=5)
-        _wait_for("the switch", lambda: not store.latest_rollout("support").active)
+        until("the switch", lambda: not store.latest_rollout("support").active)
         bg = store.latest_rollout("support")
         assert bg.status == "succeeded" and bg.strategy == "blue_green", bg.reason
         started = bg.events[0].detail
@@ -187,17 +179,17 @@ def test_zero_downtime_through_canary_blue_green_abort_and_rollback(
         t_bg = time.monotonic()
 
         # 3. a canary aborted by an operator: the previous plan comes back
-        _wait_for("version 3 alone", lambda: set(load.since(t_bg + 0.5)) == {"bot:3"})
+        until("version 3 alone", lambda: set(load.since(t_bg + 0.5)) == {"bot:3"})
         start_rollout(store, "support", "bot:1", steps="50,100", bake_s=600, min_requests=5)
         t_abort = time.monotonic()
-        _wait_for("the 50% step", lambda: {"bot:1", "bot:3"} <= set(load.since(t_abort)))
+        until("the 50% step", lambda: {"bot:1", "bot:3"} <= set(load.since(t_abort)))
         abort_rollout(store, "support", "testing the abort")
         t_aborted = time.monotonic()
-        _wait_for("version 3 again", lambda: set(load.since(t_aborted + 0.5)) == {"bot:3"})
+        until("version 3 again", lambda: set(load.since(t_aborted + 0.5)) == {"bot:3"})
 
         # 4. a version that cannot load is rolled back by itself, before any request
         start_rollout(store, "support", "bot:4", steps="10,100", bake_s=1, min_requests=5)
-        _wait_for("the rollback", lambda: not store.latest_rollout("support").active)
+        until("the rollback", lambda: not store.latest_rollout("support").active)
         bad = store.latest_rollout("support")
         assert bad.status == "rolled_back"
         assert bad.outcome["breach"]["kind"] == "load_failure"
@@ -215,7 +207,7 @@ def test_requests_for_a_version_that_cannot_load_fall_back_to_the_plans_others(
     store, client = served
     store.set_traffic("support", {1: 50, 4: 50})  # by hand: no rollout, no preparation
     with Load(client, clients=2) as load:
-        _wait_for("40 answers", lambda: len(load.answers) >= 40)
+        until("40 answers", lambda: len(load.answers) >= 40)
     assert load.failures == []
     assert set(load.since(0)) == {"bot:1"}
     store.set_traffic("support", {1: 100})
@@ -253,7 +245,7 @@ def test_shadow_traffic_is_recorded_but_never_returned(tmp_path: Path) -> None:
             )
             assert raw.headers["x-modelyard-version"] == "bot:1"
             ids.append(raw.parse().id)
-        _wait_for("records", lambda: store.count_inference_records(endpoint="support") >= 10)
+        until("10 records", lambda: store.count_inference_records(endpoint="support") >= 10)
         records = store.list_inference_records(endpoint="support")
     live = [r for r in records if not r.shadow]
     shadow = [r for r in records if r.shadow]
@@ -276,7 +268,7 @@ def test_a_shadow_in_the_plan_too_mirrors_only_what_the_others_answered(tmp_path
         by_one = [i for i, v in answered.items() if v == "bot:1"]
         assert by_one and len(by_one) < 16  # both versions answered some
         want = 16 + len(by_one)
-        _wait_for("records", lambda: store.count_inference_records(endpoint="support") >= want)
+        until(f"{want} records", lambda: store.count_inference_records(endpoint="support") >= want)
         time.sleep(0.3)  # a wrong extra shadow record would land by now
         records = store.list_inference_records(endpoint="support", limit=100)
     shadow = [r for r in records if r.shadow]

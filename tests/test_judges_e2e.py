@@ -24,6 +24,7 @@ import judgeworld as jw
 from modelyard.delivery import Controller, start_rollout
 from modelyard.judges import JudgeInput, run_judge
 from modelyard.store import Rollout, Store
+from waiting import until
 from worlds import gate_metrics
 
 # peft warns that the adapters adapt the tied output head (judgeworld says why they do)
@@ -130,23 +131,13 @@ def _ask(served: Served, n: int) -> None:
             )  # fmt: skip
 
 
-def _until(what: str, check: Callable[[], Any], timeout_s: float = 60.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _baking(store: Store, ctl: Controller) -> Rollout:
     def step() -> Rollout | None:
         ctl.tick()
         r = store.latest_rollout("helpdesk-ep")
         return r if r.phase == "baking" or not r.active else None
 
-    return _until("the first step", step)  # type: ignore[no-any-return]
+    return until("the first step", step)
 
 
 def _until_ended(
@@ -164,7 +155,7 @@ def _until_ended(
         r = store.latest_rollout("helpdesk-ep")
         return None if r.active else r
 
-    return _until("the end of the rollout", ended, timeout_s)  # type: ignore[no-any-return]
+    return until("the end of the rollout", ended, timeout_s)
 
 
 def _canary_requests(store: Store, version: int) -> int:
@@ -177,7 +168,7 @@ def test_a_guard_on_the_judge_rolls_back_a_version_whose_answers_it_scores_lower
     served: Served,
 ) -> None:
     store = served.store
-    _until("a live server", lambda: store.list_servers(alive=True))
+    until("a live server", lambda: store.list_servers(alive=True))
     _ask(served, len(jw.TICKETS))  # the baseline's answers, before the rollout
     start_rollout(
         store, "helpdesk-ep", "helpdesk:2", steps="50,100", bake_s=0.5, min_requests=4,
@@ -186,7 +177,7 @@ def test_a_guard_on_the_judge_rolls_back_a_version_whose_answers_it_scores_lower
     )  # fmt: skip
     ctl = Controller(store)
     assert _baking(store, ctl).active
-    _until("canary traffic", lambda: _ask(served, 4) or _canary_requests(store, 2) >= 4)
+    until("canary traffic", lambda: _ask(served, 4) or _canary_requests(store, 2) >= 4)
     r = _until_ended(store, ctl)
     assert r.status == "rolled_back", r.reason
     breach = r.outcome["breach"]
@@ -213,7 +204,7 @@ def test_a_guard_on_the_judge_passes_a_version_of_the_same_quality_and_shows_fai
         "unreachable", rubric="relevance", base_url=judge.base_url, model="judge-ep",
         api_key_env="JUDGE_KEY_NOT_SET",
     )  # fmt: skip
-    _until("a live server", lambda: store.list_servers(alive=True))
+    until("a live server", lambda: store.list_servers(alive=True))
     _ask(served, len(jw.TICKETS))
     start_rollout(
         store, "helpdesk-ep", same.ref, steps="50,100", bake_s=1.0, min_requests=4,
@@ -221,7 +212,7 @@ def test_a_guard_on_the_judge_passes_a_version_of_the_same_quality_and_shows_fai
     )  # fmt: skip
     ctl = Controller(store)
     assert _baking(store, ctl).active
-    _until("canary traffic", lambda: _ask(served, 4) or _canary_requests(store, same.version) >= 4)
+    until("canary traffic", lambda: _ask(served, 4) or _canary_requests(store, same.version) >= 4)
 
     def verdicts() -> dict[str, Any] | None:  # the judging runs beside the controller's ticks
         ctl.tick()
@@ -231,7 +222,7 @@ def test_a_guard_on_the_judge_passes_a_version_of_the_same_quality_and_shows_fai
         judged = guards["judge.quality >= baseline - 0.5"]["status"] == "pass"
         return guards if judged and guards["judge.unreachable >= 3"]["failed"] > 0 else None
 
-    guards = _until("the judges' verdicts", verdicts)
+    guards = until("the judges' verdicts", verdicts)
     time.sleep(1.0)  # past the step's bake time: only the pending judge guard holds it
     ctl.tick()
     held = store.latest_rollout("helpdesk-ep")

@@ -39,6 +39,7 @@ from modelyard.serving._batch_runner import BatchRun
 from modelyard.serving._files import FileKeeper
 from modelyard.serving._stream import TokenStream
 from modelyard.store import ModelVersion, Store
+from waiting import until
 from worlds import two_tenant_world
 
 FAST = BatchSettings(poll_s=0.05, commit_s=0.05, lease_s=3.0, concurrency=4)
@@ -728,13 +729,6 @@ class Held(EchoEngine):
         return super().stream(version, prompt, params)
 
 
-def until(check: Any, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "never happened"
-        time.sleep(0.01)
-
-
 def test_a_batch_yields_to_live_requests_and_takes_its_concurrency_back_after(
     world: World,
 ) -> None:
@@ -757,22 +751,24 @@ def test_a_batch_yields_to_live_requests_and_takes_its_concurrency_back_after(
         asking.start()
         stack.callback(asking.join, 30)
         stack.callback(engine.live_go.set)  # never left hanging, whatever fails
-        until(lambda: engine.live_now == 1)
+        until("the live request in the engine", lambda: engine.live_now == 1, timeout_s=20)
         lines = [chat_line(f"c{i}", f"line {i}") for i in range(12)]
         batch = client.batches.create(
             input_file_id=upload(client, lines), endpoint="/v1/chat/completions",
             completion_window="24h",
         )  # fmt: skip
-        until(lambda: engine.batch_started >= 1)
+        until("a batch line started", lambda: engine.batch_started >= 1, timeout_s=20)
         time.sleep(0.3)  # what would start beside it has had the time to
         for turn in range(1, 5):  # one line at a time beside the live request
-            until(lambda n=turn: engine.batch_started >= n)
+            # (B023: until calls the lambda before the loop goes on, with this turn)
+            until(f"{turn} lines started", lambda: engine.batch_started >= turn, timeout_s=20)  # noqa: B023
             engine.batch_go.release()
-        until(lambda: engine.batch_now == 1)
+        until("one batch line held", lambda: engine.batch_now == 1, timeout_s=20)
         engine.live_go.set()
         asking.join(20)
         assert len(answers) == 1  # answered
-        until(lambda: engine.batch_now == 4)  # the replica idle of live traffic: all of it
+        # the replica idle of live traffic: all of it
+        until("four batch lines held", lambda: engine.batch_now == 4, timeout_s=20)
         assert engine.batch_peak_beside_live == 1
         for _ in range(12):
             engine.batch_go.release()

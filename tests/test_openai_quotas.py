@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import io
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from modelyard.serving import (
 )
 from modelyard.serving._stream import TokenStream
 from modelyard.store import ModelVersion, Store
+from waiting import until
 from worlds import two_tenant_world
 
 QUOTA = 1000
@@ -121,7 +121,8 @@ def test_a_tenant_s_unfinished_batches_stop_at_its_limit(tmp_path: Path) -> None
             assert refused.value.response.headers["x-should-retry"] == "false"
             assert len(store.list_batches("acme")[0]) == 2  # the SDK did not retry it in
             batch(globex, "globex")  # another tenant's own count
-            until(lambda: engine.asked >= 2)  # both in progress, held by the engine
+            # both in progress, held by the engine
+            until("two batch lines in the engine", lambda: engine.asked >= 2, timeout_s=20)
             assert acme.batches.cancel(first).status == "cancelling"  # still not finished
             with pytest.raises(openai.RateLimitError):
                 batch(acme)
@@ -133,10 +134,3 @@ def _letting_go(engine: Held) -> Iterator[None]:
         yield
     finally:
         engine.go.set()  # before the server stops: its requests end
-
-
-def until(check: Callable[[], bool], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        assert time.monotonic() < deadline, "never happened"
-        time.sleep(0.01)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +31,7 @@ from modelyard.serving import (
 )
 from modelyard.store import InferenceRecord, ModelVersion, Store
 from tinymodels import rambler_server
+from waiting import until
 from worlds import two_tenant_world
 
 BREAK = "break mid-way"  # a prompt the engine fails in the middle of
@@ -78,13 +78,14 @@ class Served:
 
     def record(self, record_id: str, timeout: float = 10) -> InferenceRecord:
         """Records are written asynchronously: wait for this one, finished."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def finished() -> InferenceRecord | None:
             for record in self.store.list_inference_records(limit=500):
                 if record.id == record_id and record.status != "running":
                     return record
-            time.sleep(0.05)
-        raise AssertionError(f"no inference record {record_id}")
+            return None
+
+        return until(f"inference record {record_id}, finished", finished, timeout_s=timeout)
 
 
 @pytest.fixture(scope="module")

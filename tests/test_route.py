@@ -35,6 +35,7 @@ from modelyard.serving import (
     create_app,
 )
 from modelyard.store import ModelVersion, Store, utcnow
+from waiting import until
 from worlds import fake_world
 
 # beats every 0.2 s: seconds of slack on a busy machine (CI once saw a live replica's beat
@@ -118,15 +119,6 @@ class Fleet:
         return total
 
 
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def live(router: BackgroundServer) -> int:
     return int(httpx.get(f"{router.base_url}/ready", timeout=10).json()["replicas"])
 
@@ -145,7 +137,7 @@ def fleet(tmp_path: Path) -> Iterator[Fleet]:
         app = create_route_app(store, options)
         router = BackgroundServer(app).start()
         try:
-            wait_for("both replicas in the router", lambda: live(router) == 2)
+            until("both replicas in the router", lambda: live(router) == 2, timeout_s=15)
             yield Fleet(store, a, b, router, app, key, limited)
         finally:
             router.stop()
@@ -233,10 +225,10 @@ def test_a_dead_replica_is_retried_elsewhere_then_left_out(fleet: Fleet) -> None
     assert fleet.metric("modelyard_route_failures_total", kind="connect") == 1
     assert fleet.metric("modelyard_route_picks_total", reason="retry") == 1
 
-    wait_for(
+    until(
         "the dead replica's heartbeat to go stale",
         lambda: live(fleet.router) == 1,
-        timeout=STALE_S + 15,
+        timeout_s=STALE_S + 15,
     )
     assert all(fleet.post(m).status_code == 200 for m in ("one", "two", "three"))
     assert fleet.metric("modelyard_route_failures_total", kind="connect") == 1
@@ -250,7 +242,7 @@ def test_a_draining_replica_gets_no_request_that_fails(fleet: Fleet) -> None:
     assert {r.status_code for r in answers} == {200}
     assert {r.headers["x-modelyard-replica"] for r in answers} == {fleet.b.id}
     assert fleet.metric("modelyard_route_failures_total", kind="draining") <= 1
-    wait_for("the drain in the heartbeat", lambda: live(fleet.router) == 1)
+    until("the drain in the heartbeat", lambda: live(fleet.router) == 1, timeout_s=15)
 
 
 def test_a_connection_reset_before_any_answer_is_retried(fleet: Fleet) -> None:
@@ -275,7 +267,7 @@ def test_a_connection_reset_before_any_answer_is_retried(fleet: Fleet) -> None:
         state={"loaded": ["bot:4"]},
     )  # fmt: skip
     try:
-        wait_for("the broken replica in the router", lambda: live(fleet.router) == 3)
+        until("the broken replica in the router", lambda: live(fleet.router) == 3, timeout_s=15)
         answers = [fleet.post("four") for _ in range(3)]
         assert {r.status_code for r in answers} == {200}
         # tried once, then left out until a newer heartbeat (none comes)
@@ -328,7 +320,7 @@ def _relay_then_drain(proc: subprocess.Popen[str], fleet: Fleet) -> None:
         match = re.search(r"routing on (http://127\.0\.0\.1:\d+)", banner)
         assert match, banner
         url = match.group(1)
-        wait_for("the router to start", lambda: _ready(url), timeout=30)
+        until("the router to start", lambda: _ready(url), timeout_s=30)
         auth = {"Authorization": f"Bearer {fleet.key}"}
         body = {"model": "two", "prompt": "hi"}
         answer = httpx.post(f"{url}/v1/completions", json=body, headers=auth, timeout=30)
@@ -359,7 +351,7 @@ def test_the_router_listens_on_an_ipv6_address(tmp_path: Path) -> None:
             match = re.search(r"routing on (http://\[::1\]:\d+) ", banner)
             assert match, banner
             health = lambda: httpx.get(f"{match.group(1)}/health", timeout=2)  # noqa: E731
-            wait_for("the router to listen", lambda: _answers(health), timeout=30)
+            until("the router to listen", lambda: _answers(health), timeout_s=30)
             assert health().json()["status"] == "ok"
         finally:
             proc.send_signal(signal.SIGTERM)

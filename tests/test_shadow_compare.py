@@ -9,8 +9,7 @@ import hashlib
 import json
 import re
 import shlex
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,6 +26,7 @@ from modelyard.errors import ConfigError
 from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.serving._engine import Generation, TokenStream
 from modelyard.store import NewInferenceRecord, Store
+from waiting import until
 from worlds import fake_world
 
 JUDGE_PROMPT = "Rate the answer.\n{answer}"
@@ -66,20 +66,13 @@ class Yard:
         for prompt in prompts:
             self.client.completions.create(model="support", prompt=prompt, max_tokens=16)
         want = 2 * len(prompts)
-        _wait_for(lambda: _finished(self.store) >= want)
+        until(f"{want} finished records", lambda: _finished(self.store) >= want, timeout_s=30)
 
 
 def _finished(store: Store) -> int:
     return sum(
         r.status != "running" for r in store.list_inference_records(endpoint="support", limit=1000)
     )
-
-
-def _wait_for(check: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out waiting for the records"
-        time.sleep(0.05)
 
 
 @pytest.fixture

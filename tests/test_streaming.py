@@ -30,6 +30,7 @@ from modelyard.serving import BackgroundServer, TransformersEngine, create_app
 from modelyard.store import InferenceRecord, Store
 from modelyard.training import TrainSettings, train_model
 from tinymodels import chatty_adapter
+from waiting import until
 
 QUICK_BASE = {"steps": 8, "batch_size": 4, "seq_len": 64, "hidden_size": 32, "vocab_size": 512}
 QUICK_TRAIN = TrainSettings(max_steps=12, batch_size=4, learning_rate=0.05)
@@ -141,13 +142,14 @@ def _record(served: Served, record_id: str, timeout: float = 30) -> InferenceRec
     """Records are written asynchronously: wait for this one, finished (a request that
     outlives the journal's start delay is first written as ``running``). 30 s: one CI run
     missed a record after 10 s under its two workers' load (not reproduced here)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+
+    def finished() -> InferenceRecord | None:
         for record in served.store.list_inference_records(limit=500):
             if record.id == record_id and record.status != "running":
                 return record
-        time.sleep(0.05)
-    raise AssertionError(f"no inference record {record_id}")
+        return None
+
+    return until(f"inference record {record_id}, finished", finished, timeout_s=timeout)
 
 
 def _messages(row: dict[str, str]) -> list[dict[str, str]]:

@@ -40,6 +40,7 @@ from modelyard.serving import (
 )
 from modelyard.store import ModelVersion, Store
 from tinymodels import QUICK_BASE, chatty_adapter, random_adapter, register_adapter
+from waiting import until
 
 READY_S = 240  # vLLM starts in 30-50 s on two cores
 CONTEXT = 8192  # the tiny base's positions and vLLM's max_model_len
@@ -131,14 +132,12 @@ def _outcome(stream: TokenStream) -> str | None:
 
 
 def _records(world: World, endpoint: str, count: int) -> list[dict[str, object]]:
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
+    def finished() -> list[dict[str, object]] | None:
         rows = world.store.query_records(endpoint=endpoint, limit=None)
         done = [r for r in rows if r["status"] != "running"]
-        if len(done) >= count:
-            return done
-        time.sleep(0.1)
-    raise AssertionError(f"fewer than {count} finished records of {endpoint}")
+        return done if len(done) >= count else None
+
+    return until(f"{count} finished records of {endpoint}", finished, timeout_s=15, every_s=0.1)
 
 
 def test_two_tenants_adapters_answer_through_the_openai_client(world: World) -> None:

@@ -31,6 +31,7 @@ from modelyard.serving import (
     create_app,
 )
 from modelyard.store import InferenceRecord, ModelVersion, Store
+from waiting import until
 from worlds import two_tenant_world
 
 CHAT = {"model": "acme-support", "messages": [{"role": "user", "content": "vpn is down"}]}
@@ -338,15 +339,13 @@ def test_what_sdks_send_by_default_keeps_working(served: Served) -> None:
 
 
 def _records(served: Served, count: int) -> list[InferenceRecord]:
-    import time
-
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    def finished() -> list[InferenceRecord] | None:
         records = served.store.list_inference_records(limit=500)
         if len(records) >= count and all(r.status != "running" for r in records):
             return records  # finished: a long request is first written as running
-        time.sleep(0.05)
-    raise AssertionError(f"fewer than {count} records")
+        return None
+
+    return until(f"{count} records, finished", finished, timeout_s=10)
 
 
 def test_client_mistakes_the_engine_finds_are_refused_never_the_versions_errors(
