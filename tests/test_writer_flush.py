@@ -13,7 +13,8 @@ import threading
 import time
 from typing import Any, cast
 
-from modelyard.monitoring import RecordWriter
+from modelyard.audit import ANCHOR_ACTION
+from modelyard.monitoring import RecordWriter, started_record
 from modelyard.store import NewInferenceRecord, Store
 from worlds import two_tenant_world
 
@@ -71,6 +72,55 @@ def test_a_flush_under_steady_traffic_answers_once_what_came_before_is_written(
     finally:
         stop.set()
         feeder.join(10)
+        writer.close()
+
+
+def _anchors(store: Store) -> int:
+    return len(store.list_audit_events(action=ANCHOR_ACTION, limit=None))
+
+
+def test_a_flush_under_steady_traffic_anchors_once(store: Store) -> None:
+    """A flush hurries the seals' anchor once, in the round that reaches it. It hurried
+    every round until it was answered: a backlog of a few hundred records under steady
+    traffic wrote one ``records.anchored`` event per small batch instead of one."""
+    two_tenant_world(store, versions=1)
+    tenant = store.get_tenant("acme").id
+    slow = cast(Store, SlowStore(store))
+    writer = RecordWriter(slow, batch_size=4, max_buffer=100_000, flush_interval=0.05,
+                          anchor_s=3600)  # fmt: skip
+    try:
+        for n in range(200):  # a backlog: 50 rounds of 4 at 20 ms each
+            writer.submit(_record(f"live-{n}", tenant))
+        assert writer.flush(timeout=30.0)
+        assert _anchors(store) == 1
+        assert len(store.list_inference_records(limit=10**7)) == 200
+    finally:
+        writer.close()
+
+
+def test_written_hurries_neither_the_running_rows_nor_the_anchor(store: Store) -> None:
+    """What the batch worker and feedback wait for (``wait_written``, every half second while a
+    batch runs) is the records they read back, nothing more: a live request still running
+    keeps its ``start_delay`` (no ``running`` row written early, then updated) and the seals
+    their anchor interval. ``flush`` does both."""
+    two_tenant_world(store, versions=1)
+    tenant = store.get_tenant("acme").id
+    writer = RecordWriter(store, flush_interval=0.05, start_delay=3600, anchor_s=3600)
+    try:
+        live = started_record(
+            "live-long", endpoint="acme-support", route="completions", tenant_id=tenant,
+            api_key_id=None, version_id=None, prompt="p",
+        )  # fmt: skip
+        writer.started(live)
+        for n in range(3):
+            writer.submit(_record(f"line-{n}", tenant))
+            assert writer.wait_written(timeout=5.0)
+        assert {r.id for r in store.list_inference_records()} == {"line-0", "line-1", "line-2"}
+        assert _anchors(store) == 0
+        assert writer.flush(timeout=5.0)
+        assert "live-long" in {r.id for r in store.list_inference_records()}
+        assert _anchors(store) == 1
+    finally:
         writer.close()
 
 

@@ -67,6 +67,21 @@ class _Started:
     at: float  # time.monotonic() of its admission
 
 
+@dataclasses.dataclass(eq=False)
+class _Mark:
+    """A place in the queue that a caller waits for: answered once every item queued before
+    it is written (or dropped); ``everything`` also writes the ``running`` records of the
+    requests still running and anchors the seals, in the same round."""
+
+    everything: bool
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+    ok: bool = False
+
+    def answer(self, ok: bool) -> None:
+        self.ok = ok
+        self.done.set()
+
+
 class _Embedder(Protocol):
     def embed(self, texts: list[str]) -> object: ...
 
@@ -105,12 +120,11 @@ class RecordWriter:
         self._store = store
         self._batch_size = batch_size
         self._flush_interval = flush_interval
-        self._queue: queue.Queue[_Item | _Started] = queue.Queue(maxsize=max_buffer)
+        self._queue: queue.Queue[_Item | _Started | _Mark] = queue.Queue(maxsize=max_buffer)
         self.server_id = server_id  # written on every row: the server running the request
         self._start_delay = start_delay
         self._pending: dict[str, _Started] = {}  # started, not written yet (insertion order)
         self._running: set[str] = set()  # written as running, not ended yet
-        self._force_starts = False
         self._sweep, self._sweep_s = sweep, sweep_s  # close_abandoned, every sweep_s
         self._next_sweep = time.monotonic() + sweep_s
         self._on_drop = on_drop or (lambda n: None)
@@ -120,13 +134,9 @@ class RecordWriter:
         self._unanchored: list[SealEntry] = []  # sealed since the last anchor, in order
         self._next_anchor = time.monotonic() + anchor_s
         self._stop = threading.Event()
-        # what ``flush`` waits for: the items queued before it was asked, not an empty queue
-        # (which steady traffic never leaves): items queued and handled, flushes asked and
-        # answered, and how many items the latest asked one waits for
-        self._flow = threading.Condition()
-        self._queued = self._handled = 0
-        self._flush_asked = self._flushed = self._flush_target = 0
-        self._stopped = False  # the thread has ended: no flush is answered after
+        # a mark is queued only while the thread runs (and answered by it): see ``_run``
+        self._marks = threading.Lock()
+        self._stopped = False
         self._thread = threading.Thread(target=self._run, name="record-writer", daemon=True)
         self.written = 0
         self.dropped = 0
@@ -147,37 +157,43 @@ class RecordWriter:
         if record.created_at is None:  # its time: when it ended, not when it is written
             record = _at(record, utcnow())
         try:
-            with self._flow:  # counted with its place in the queue (what a flush waits for)
-                self._queue.put_nowait((record, features, text))
-                self._queued += 1
+            self._queue.put_nowait((record, features, text))
         except queue.Full:
             self._dropped(1)
 
     def started(self, record: NewInferenceRecord) -> None:
         """Queue the ``running`` record of a request just admitted (written if the request
         still runs ``start_delay`` later; its ``submit`` then updates it) without blocking."""
-        try:
-            with self._flow:
-                self._queue.put_nowait(_Started(record, time.monotonic()))
-                self._queued += 1
+        try:  # noqa: SIM105 (a try costs nothing on the request path; suppress() does)
+            self._queue.put_nowait(_Started(record, time.monotonic()))
         except queue.Full:
             pass  # its end record (if there is room then) is inserted instead
 
+    def wait_written(self, timeout: float = 10.0) -> bool:
+        """Wait until the records submitted so far are written (or dropped): what a caller
+        about to read them back needs (a batch committing its answers, feedback on a request
+        just answered). It hurries nothing else (the ``running`` records, the anchor), so
+        calling it often under traffic costs the writer nothing. False when ``timeout``
+        passed first. What is submitted meanwhile is not waited for: under steady traffic
+        the queue is never empty."""
+        return self._wait(_Mark(everything=False), timeout)
+
     def flush(self, timeout: float = 10.0) -> bool:
-        """Wait until everything submitted so far is written (or dropped) and its seals
-        anchored (or the anchor refused), the ``running`` records of requests still
-        running included; False when ``timeout`` passed first. What is submitted meanwhile
-        is not waited for: under steady traffic the queue is never empty, and a flush that
-        waited for that (as it did) returned only at its timeout."""
-        with self._flow:
-            if self._stopped or not self._thread.is_alive():
+        """``wait_written``, and the ``running`` records of the requests still running written
+        and every seal anchored (or the anchor refused): the store as a reader after a
+        crash would find it (tests, ``close``)."""
+        return self._wait(_Mark(everything=True), timeout)
+
+    def _wait(self, mark: _Mark, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._marks:
+            if self._stopped:
                 return self._queue.empty()
-            self._flush_asked += 1
-            ticket, self._flush_target = self._flush_asked, self._queued
-            self._force_starts = True
-            # a thread that ends (``close``) answers the flushes it wrote everything for
-            self._flow.wait_for(lambda: self._flushed >= ticket or self._stopped, timeout)
-            return self._flushed >= ticket
+            try:  # behind everything submitted before it; waits for room in a full queue
+                self._queue.put(mark, timeout=timeout)
+            except queue.Full:
+                return False
+        return mark.done.wait(max(0.0, deadline - time.monotonic())) and mark.ok
 
     def close(self, timeout: float = 10.0) -> None:
         """Write what is buffered and anchor its seals, then stop the thread."""
@@ -188,8 +204,8 @@ class RecordWriter:
         self.dropped += n
         self._on_drop(n)
 
-    def _take_batch(self) -> list[_Item | _Started]:
-        batch: list[_Item | _Started] = []
+    def _take_batch(self) -> list[_Item | _Started | _Mark]:
+        batch: list[_Item | _Started | _Mark] = []
         timeout = self._flush_interval
         if self._pending:  # wake up when the oldest start is due
             oldest = next(iter(self._pending.values()))
@@ -266,26 +282,34 @@ class RecordWriter:
         try:
             self._loop()  # returns once closed, with all it took written and anchored
             closed = True
-        finally:  # a flush asked meanwhile does not wait for its timeout
-            with self._flow:
-                if closed and self._handled >= self._flush_target:
-                    self._flushed = self._flush_asked
+        finally:  # the marks queued meanwhile are answered, not left to their timeout
+            with self._marks:
                 self._stopped = True
-                self._flow.notify_all()
+                unwritten = False
+                while True:
+                    try:
+                        item = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if isinstance(item, _Mark):  # all before it written: nothing was left
+                        item.answer(closed and not unwritten)
+                    else:
+                        unwritten = True
 
     def _loop(self) -> None:
         while True:
             batch: list[_Item] = []
+            marks: list[_Mark] = []
             taken = self._take_batch()
             for item in taken:
                 if isinstance(item, _Started):
                     self._pending[item.record.id] = item
+                elif isinstance(item, _Mark):
+                    marks.append(item)
                 else:  # ended: inserted (its start, if still pending, is never written)
                     self._pending.pop(item[0].id, None)
                     batch.append(item)
-            with self._flow:
-                force, self._force_starts = self._force_starts, False
-                ticket, target = self._flush_asked, self._flush_target
+            force = any(m.everything for m in marks)
             started = self._due(force or self._stop.is_set())
             if batch or started:
                 self._write(batch, started)
@@ -296,14 +320,9 @@ class RecordWriter:
                 or time.monotonic() >= self._next_anchor
             ):
                 self._anchor()
-            with self._flow:
-                self._handled += len(taken)
-                if force and self._handled >= target:  # all the flush waits for: written
-                    self._flushed = ticket
-                elif force:  # go on forcing (starts, the anchor) until it is written
-                    self._force_starts = True
-                self._flow.notify_all()
-            if not (batch or started) and self._stop.is_set():
+            for mark in marks:
+                mark.answer(True)
+            if not (batch or started or marks) and self._stop.is_set():
                 return
             if self._sweep is not None and time.monotonic() >= self._next_sweep:
                 self._next_sweep = time.monotonic() + self._sweep_s

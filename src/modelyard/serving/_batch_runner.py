@@ -358,7 +358,7 @@ class BatchRun:
     def _commit(self, batch: StoredBatch, group: list[LineOutput]) -> tuple[str, datetime]:
         """Commit ``group`` once its records are written; the batch's status and expiry.
         Also reads the key again, so a revoked key stops answering within a commit."""
-        if group and not self.worker.plane.writer.flush(60.0):
+        if group and not self.worker.plane.writer.wait_written(60.0):
             raise ModelyardError(f"the records of batch {batch.id}'s lines were not written")
         self.key = self.store.get_api_key(batch.api_key_id)
         found = self.store.commit_lines(batch.id, self.worker.holder, group)

@@ -194,7 +194,7 @@ class InProcessPlane:
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Wait until every record handed over so far is written (or dropped)."""
-        return self.writer.flush(timeout)
+        return self.writer.wait_written(timeout)
 
     @property
     def dropped(self) -> int:

@@ -445,7 +445,7 @@ class DataPlane:
             # handed to the writer moments ago: wait for its record instead of a 404
             if key.tenant_id is None or not self.recorder.handed_over(request_id, key.tenant_id):
                 raise
-        self.writer.flush(timeout=5.0)
+        self.writer.wait_written(timeout=5.0)
         return self.store.add_feedback(
             request_id, tenant=key.tenant, score=score, comment=comment, api_key_id=key.id,
             label=label,
