@@ -1,26 +1,25 @@
 """Tests of modelyard.training and modelyard.evaluation.
 
-The quick tests use a structurally complete but untrained base. The slow
-end-to-end test is the quickstart's promise: one tiny base shared by two
-tenants, each with a LoRA adapter that clearly beats the base on held-out rows.
+The tests use a structurally complete but barely trained base. The quickstart's
+promise (one tiny base shared by two tenants, each with a LoRA adapter that clearly
+beats the base on held-out rows) is tests/test_quickstart.py's: the same base, rows,
+settings and thresholds, through ``modelyard quickstart``.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from modelyard.base import TinyBaseInfo, create_tiny_base, load_base, weight_hashes
+from modelyard.base import create_tiny_base, load_base, weight_hashes
 from modelyard.data import DOMAINS, domain_corpus, render_prompt, synthetic_domain
 from modelyard.data._templates import template_for
 from modelyard.errors import ArtifactNotFound, ConfigError, DataError, TrainingError
 from modelyard.evaluation import (
     BASE_ADAPTER,
-    evaluate_exact_match,
     exact_match,
     generate,
     load_adapter,
@@ -32,8 +31,6 @@ from modelyard.training._dataset import PackedCollator, pack_features
 
 QUICK_BASE = {"steps": 8, "batch_size": 4, "seq_len": 64, "hidden_size": 32, "vocab_size": 512}
 QUICK_LORA = TrainSettings(max_steps=3, batch_size=4, dropout=0.1)
-TRAIN_ROWS = 400
-HELD_OUT_ROWS = 90
 
 
 @pytest.fixture(scope="module")
@@ -358,41 +355,3 @@ def test_load_adapter_on_a_missing_dir(tmp_path: Path, quick_base: Path) -> None
     model, _ = load_base(quick_base)
     with pytest.raises(ArtifactNotFound, match=r"adapter_config\.json"):
         load_adapter(model, tmp_path)
-
-
-# --- the quickstart, end to end ---------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def quickstart_base(tmp_path_factory: pytest.TempPathFactory) -> TinyBaseInfo:
-    """The quickstart's base: default settings, a corpus of both domains."""
-    corpus = domain_corpus(DOMAINS, 2000, seed=0)
-    info = create_tiny_base(corpus, tmp_path_factory.mktemp("quickstart") / "base", seed=0)
-    print(f"\nbase: {info.seconds:.1f}s, {info.parameters} params, loss {info.final_loss:.3f}")
-    return info
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("domain", DOMAINS)
-def test_adapter_beats_the_base_on_held_out_rows(
-    tmp_path: Path, quickstart_base: TinyBaseInfo, domain: str
-) -> None:
-    rows = synthetic_domain(domain, TRAIN_ROWS + HELD_OUT_ROWS, seed=0)
-    train, held_out = rows[:TRAIN_ROWS], rows[TRAIN_ROWS:]
-    assert not {r["input"] for r in train} & {r["input"] for r in held_out}
-
-    result = train_model(quickstart_base.path, train, tmp_path / domain, TrainSettings())
-    started = time.perf_counter()
-    model, tokenizer = load_base(quickstart_base.path)
-    base_score = evaluate_exact_match(model, tokenizer, held_out)
-    adapter_score = evaluate_exact_match(
-        load_adapter(model, result.adapter_dir), tokenizer, held_out
-    )
-    print(
-        f"\n{domain}: train {result.seconds:.1f}s ({result.steps} steps, "
-        f"{result.tokens_per_second:.0f} tok/s), eval {time.perf_counter() - started:.1f}s, "
-        f"exact match base {base_score.exact_match:.2f} adapter {adapter_score.exact_match:.2f}"
-    )
-    assert adapter_score.n == HELD_OUT_ROWS
-    assert adapter_score.exact_match >= 0.9
-    assert base_score.exact_match + 0.3 <= adapter_score.exact_match
