@@ -71,6 +71,22 @@ def db(store: Store) -> Store:
     return store
 
 
+def test_a_first_profile_run_over_a_year_of_history_profiles_only_its_hours(db: Store) -> None:
+    """The first run starts at the oldest record: it recomputed every hour since, one query
+    each, empty or not (a year is 8,760; `monitor profiles` took half a minute on a store
+    with two hours of records a year apart). It computes the hours that hold records."""
+    tenant_id = _setup(db)
+    old = T0 - timedelta(days=365)
+    _add(db, tenant_id, [{"at": old + timedelta(minutes=m), "latency": 10.0} for m in (1, 2)]
+         + [{"at": T0 + timedelta(minutes=m), "latency": 20.0} for m in (1, 2, 3)])  # fmt: skip
+    update = update_profiles(db, now=T0 + timedelta(minutes=30))
+    assert (update.hours, update.days) == (2, 2)
+    hours = db.list_profiles(window="hour", endpoint="acme-support")
+    assert [(p.start, p.requests) for p in hours] == [(old, 2), (T0, 3)]
+    days = db.list_profiles(window="day", endpoint="acme-support")
+    assert [p.requests for p in days] == [2, 3]
+
+
 def test_profiles_match_the_records_and_updates_are_incremental(db: Store) -> None:
     tid = _setup(db)
     db.set_token_price("tiny", input_per_1k=0.5, output_per_1k=2.0)
@@ -95,7 +111,8 @@ def test_profiles_match_the_records_and_updates_are_incremental(db: Store) -> No
     db.add_feedback("rec4", tenant="acme", score=-0.5)
     now = T0 + timedelta(hours=3)
     first = update_profiles(db, now=now)
-    assert first.hours == 4 and first.days == 1
+    # the two hours with records (10:00, 11:00); 12:00 and 13:00 have none to profile
+    assert first.hours == 2 and first.days == 1
     hours = db.list_profiles(window="hour", endpoint="acme-support")
     assert {(p.start, p.version) for p in hours} == {
         (T0 + timedelta(hours=h), f"acme-bot:{v}") for h in (0, 1) for v in (1, 2)
@@ -129,8 +146,9 @@ def test_profiles_match_the_records_and_updates_are_incremental(db: Store) -> No
 
     # Running again without changes rewrites only the hours near the watermark: same numbers.
     again = update_profiles(db, now=now)
-    # 12:00 and 13:00 (near the watermark) and 10:00 (its feedback is newer than the watermark)
-    assert again.hours == 3
+    # 10:00 (its feedback is newer than the watermark); 12:00 and 13:00, near the watermark,
+    # have neither records nor profiles
+    assert again.hours == 1
 
     def numbers(ps: list[Any]) -> list[tuple[Any, ...]]:
         return [(p.start, p.version, p.requests, p.errors, p.latency_p95_ms, p.cost) for p in ps]

@@ -198,11 +198,11 @@ def update_profiles(
     else:
         first = floor_hour(min(watermark, now) - lateness)
         feedback_hours = {floor_hour(t) for t in store.feedback_record_times(watermark)}
-    hours = set(feedback_hours)
-    h = first
-    while h <= now:
-        hours.add(h)
-        h += HOUR
+    # the hours that can have changed: those with records, and those with profiles (whose
+    # records may be gone); an hour with neither has no profile before or after
+    end = floor_hour(now) + HOUR
+    hours = set(feedback_hours) | set(store.record_hours(first, end))
+    hours |= {row["start"] for row in store.profile_rows("hour", first, end)}
     prices = store.token_price_table()
     rows = sum(compute_hour(store, hour, prices) for hour in sorted(hours))
     days = sorted({floor_day(hour) for hour in hours})

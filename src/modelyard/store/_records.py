@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Collection, Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, delete, func, insert, or_, select, update
@@ -18,6 +18,7 @@ from modelyard.errors import ConfigError
 from modelyard.store._convert import to_record
 from modelyard.store._core import StoreCore
 from modelyard.store._rows import (
+    epoch_seconds,
     in_scope,
     tenant_names,
     tenant_row,
@@ -432,6 +433,22 @@ class RecordStore(StoreCore):
         if not rows:
             return dict.fromkeys(keys, ())
         return dict(zip(keys, zip(*rows, strict=True), strict=True))
+
+    def record_hours(self, since: datetime, until: datetime) -> list[datetime]:
+        """The starts of the hours in [since, until) that hold at least one record, oldest
+        first: what a first profile run computes, instead of every hour since the oldest
+        record (a year of history was 8,760 queries, most of them for empty hours)."""
+        with self._session("read the hours with records") as s:
+            hour = epoch_seconds(s, InferenceRecordRow.created_at) // 3600
+            found = s.scalars(
+                select(hour)
+                .distinct()
+                .where(
+                    InferenceRecordRow.created_at >= since, InferenceRecordRow.created_at < until
+                )
+                .order_by(hour)
+            )
+            return [datetime.fromtimestamp(int(h) * 3600, UTC) for h in found]
 
     def oldest_record_time(self) -> datetime | None:
         with self._session("read the oldest record") as s:
