@@ -19,7 +19,7 @@ result is the ratio routing / round-robin per workload (target > 1: the issue's
 done-when). A measurement, not a test: it exits 0 whether or not a target is met.
 
     .venv/bin/python benchmarks/routing.py           # about 3 minutes on 2 CPU cores
-    .venv/bin/python benchmarks/routing.py --quick   # smoke test, about a minute
+    .venv/bin/python benchmarks/routing.py --quick   # smoke test, under a minute
     .venv/bin/python benchmarks/routing.py --json    # JSON on stdout, the table on stderr
 """
 
@@ -80,7 +80,8 @@ class Config:
 
 
 FULL = Config(warmup=256, requests=1024, concurrency=4, max_tokens=2, heartbeat_s=0.5)
-QUICK = Config(warmup=64, requests=192, concurrency=4, max_tokens=1, heartbeat_s=0.5)
+# a smoke test: both policies on both workloads, few requests (hit rates, not their precision)
+QUICK = Config(warmup=32, requests=96, concurrency=4, max_tokens=1, heartbeat_s=0.5)
 
 
 @dataclass(frozen=True)

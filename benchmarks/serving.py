@@ -156,9 +156,11 @@ QUICK = Config(
     base_steps=2,
     new_tokens=12,
     single_requests=4,
-    rounds_per_client=8,  # 8 clients x 8: every one of the 64 adapters gets a request
-    records_rounds_per_client=8,
-    records_pairs=2,
+    # a smoke test: every code path once, few repeats of each. 8 clients x 4: 32 of the 64
+    # adapters get a request, four times the cache of 8 (loads and evictions all along)
+    rounds_per_client=4,
+    records_rounds_per_client=4,  # as many as the records rounds' warm-up sends
+    records_pairs=2,  # the fewest: each process on each side once
     repeats=1,
     threads=1,
 )
