@@ -22,6 +22,7 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.table import Column
 from rich.text import Text
 
 from modelyard.artifacts import ArtifactStore, artifacts_from_settings
@@ -140,7 +141,7 @@ class RateColumn(ProgressColumn):
     """Work per second, e.g. ``12.3 steps/s``."""
 
     def __init__(self, unit: str) -> None:
-        super().__init__()
+        super().__init__(table_column=Column(no_wrap=True))  # "6.6 steps/s" on one line
         self.unit = unit
 
     def render(self, task: Task) -> Text:
@@ -151,13 +152,17 @@ class RateColumn(ProgressColumn):
 @contextmanager
 def progress_bar(description: str, total: int, *, unit: str = "steps") -> Iterator[ProgressFn]:
     """A Rich bar with rate; yields ``update(done, total, info)`` for long-running work."""
+    # one line at any width: the bar gives way first, then the info is cut short
     columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
+        TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True)),
+        BarColumn(bar_width=None, table_column=Column(ratio=1)),
+        MofNCompleteColumn(table_column=Column(no_wrap=True)),
         RateColumn(unit),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
+        TextColumn(
+            "{task.fields[info]}",
+            table_column=Column(no_wrap=True, overflow="ellipsis", ratio=2),
+        ),
+        TimeElapsedColumn(table_column=Column(no_wrap=True)),
     )
     with Progress(*columns, console=err_console) as bar:
         task = bar.add_task(description, total=total, info="")

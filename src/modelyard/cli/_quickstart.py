@@ -51,7 +51,7 @@ def quickstart(
     directory under MODELYARD_HOME). Fails (exit 1) unless every adapter beats its
     base on held-out rows and every request is recorded.
     """
-    from modelyard.quickstart import run_quickstart
+    from modelyard.quickstart import PLANS, run_quickstart
 
     result = run_quickstart(settings(), RichReporter(), requests_per_tenant=requests)
     if json_out:
@@ -63,8 +63,11 @@ def quickstart(
                 mark = "[green]✓[/]" if got.strip().lower() == expected.lower() else "[red]✗[/]"
                 console.print(f"  {mark} {text[:70]!r} → {got!r}")
         console.print(_summary(result))
+        probe = f"{PLANS[0].tenant}'s key on {PLANS[1].endpoint}"
         console.print(
-            f"tenant isolation: {'enforced' if result.isolation_enforced else '[red]BROKEN[/]'}"
+            f"tenant isolation: enforced ({probe}: 404, its refusal recorded there)"
+            if result.isolation_enforced
+            else f"tenant isolation: [red]BROKEN[/] ({probe} was answered)"
         )
     failures = [
         f"{t.tenant}: adapter {t.adapter_exact_match:.2f} "
