@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import math
 import os
 import platform
+import sys
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -38,3 +40,12 @@ def finite(value: Any) -> Any:
     if isinstance(value, list):
         return [finite(v) for v in value]
     return value
+
+
+def leave(code: int | None) -> NoReturn:
+    """``sys.exit(code)`` without the collections the interpreter runs over every object left
+    as it tears its modules down: with torch, transformers and peft imported (some 600,000
+    objects) they took 2 s of CPU in every benchmark process, after its results were out.
+    ``gc.freeze`` puts every object where no collection looks; atexit handlers still run."""
+    gc.freeze()
+    sys.exit(code)

@@ -183,4 +183,6 @@ def _say(answer: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(_serve(ServerSettings(**json.loads(sys.argv[1]))))
+    code = _serve(ServerSettings(**json.loads(sys.argv[1])))
+    gc.freeze()  # no 2 s of collections at the exit: see _machine.leave
+    sys.exit(code)

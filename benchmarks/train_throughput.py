@@ -57,7 +57,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # no fork warnings fro
 
 import peft
 import transformers
-from _machine import finite
+from _machine import finite, leave
 from _machine import machine as measured_on
 from peft import LoraConfig, get_peft_model
 from rich.console import Console
@@ -651,4 +651,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    leave(main())  # sys.exit(main()), without 2 s of collections at the exit
