@@ -193,8 +193,11 @@ class InProcessPlane:
         return Answer(sub.record_id, sub.version, gen)
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until every record handed over so far is written (or dropped)."""
-        return self.writer.wait_written(timeout)
+        """Wait until every record handed over so far is written (or dropped), the
+        ``running`` rows of the requests still in flight included: a job (``batch run``,
+        ``stream run``) discards the records of a row it asks again by their ids, which
+        finds only what is written."""
+        return self.writer.flush(timeout)
 
     @property
     def dropped(self) -> int:
