@@ -262,10 +262,11 @@ class StreamConsumer:
         except BadMessage as exc:
             return self._dead(d, exc.message)
         if d.attempt > 1:  # what an earlier delivery recorded goes: one record per message
-            # once written: an earlier delivery here may have handed its record to the writer
-            # moments ago (a NATS message comes back after --claim-idle-s), and a record
-            # written after the discard made this one's a duplicate, dropped
-            await asyncio.to_thread(self.runner.plane.flush)
+            # once written: an earlier delivery here handed its record to the writer as it
+            # ended (a NATS message may come back within --claim-idle-s), and a record written
+            # after the discard made this one's a duplicate, dropped. Only that is waited
+            # for (wait_written): a full flush anchored the seals once per redelivered message
+            await asyncio.to_thread(self.runner.plane.writer.wait_written)
             ids = self.runner.record_ids(d.id)
             await asyncio.to_thread(self.runner.plane.store.discard_job_records,
                                     self.runner.job_id, ids)  # fmt: skip
