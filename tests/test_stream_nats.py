@@ -11,6 +11,7 @@ Each test has a NATS of its own.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -22,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from nats.aio.client import ServerVersion
 
 from modelyard.cli import main
 from modelyard.errors import ModelyardError
 from modelyard.serving import SamplingParams
 from modelyard.stream import NatsStreamSource, Settlement, StreamJobSpec, StreamSettings, run_stream
-from modelyard.stream._nats import stream_name, subject_matches
+from modelyard.stream._nats import redelivery_count_warning, stream_name, subject_matches
 from natsserver import NatsServer, nats_server
 from streamworld import FailingOnBoom, StreamWorld, stream_world
 
@@ -286,6 +288,26 @@ def test_subjects_and_stream_names() -> None:
     assert not subject_matches("claims.>", "claims")
     assert stream_name("claims.in:dead-letters") == "claims_in_dead-letters"
     assert stream_name("claims.>") == "claims_all"
+
+
+def test_a_nats_that_may_miscount_deliveries_is_named_when_connecting(
+    server: NatsServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Servers before the 2.10 series' fixes can count a message delivered again as
+    delivered once, so --max-attempts may be passed: connecting says so, naming the fix."""
+    with caplog.at_level(logging.WARNING, logger="modelyard.stream._nats"):
+        source(server).close()  # the pinned nats-server 2.15
+    assert caplog.records == []
+    for version, warned in [("2.9.10", True), ("2.10.13", True), ("2.10.16", False),
+                            ("2.15.1", False), ("0.0.0-unknown", False)]:  # fmt: skip
+        warning = redelivery_count_warning("nats://n:4222", ServerVersion(version))
+        assert (warning is not None) is warned, version
+    assert redelivery_count_warning("nats://n:4222", ServerVersion("2.9.10")) == (
+        "the NATS at nats://n:4222 is nats-server 2.9.10, which sometimes hands out a message "
+        "delivered again with a delivery count of 1 (nats-io/nats-server#5305 and #5338, fixed "
+        "in April 2024): a message may be tried more often than --max-attempts. Upgrade "
+        "nats-server to 2.10.16 or later."
+    )
 
 
 def test_bad_settings_exit_2_before_any_message_is_read(

@@ -26,6 +26,11 @@ answer as a duplicate of the first (it remembers message ids for its duplicate
 window, which must be at least ``--dedup-ttl``); the publish acknowledgment says
 so, and the settlement counts as settled already.
 
+Servers older than the 2.10 series' fixes of April 2024 (nats-io/nats-server#5305, #5338;
+2.10.16 has both) sometimes hand out a message delivered again after a delivery that failed
+(a pull that had gone) with a delivery count of 1: ``--max-attempts`` can then be passed.
+Connecting to one logs a warning saying so.
+
 Messages. A request's payload is the JSON body the Redis source reads from its
 ``body`` field; its headers are further fields. An answer's payload is a JSON
 object of ``ANSWER_FIELDS`` (token counts as numbers, null for no value). A dead
@@ -39,6 +44,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
 import re
 import threading
 from collections.abc import Collection, Coroutine, Iterator, Sequence
@@ -55,6 +61,7 @@ from modelyard.stream._redis import stream_job_id
 from modelyard.stream._source import Delivery, Settlement
 
 _T = TypeVar("_T")
+log = logging.getLogger(__name__)
 _CALL_S = 30.0  # the longest a call to NATS may take
 _NUMBERS = ("prompt_tokens", "completion_tokens")
 _STREAM_NAME = re.compile(r"[^A-Za-z0-9_-]")
@@ -200,6 +207,9 @@ class NatsStreamSource:
             allow_reconnect=True, error_cb=_quiet, name=f"modelyard {self.job_id}",
         )  # fmt: skip
         self._js = self._nc.jetstream(timeout=10)
+        warning = redelivery_count_warning(self.url, self._nc.connected_server_version)
+        if warning:
+            log.warning("%s", warning)
         try:
             await self._js.account_info()
         except (nats.js.errors.Error, nats.errors.NoRespondersError, TimeoutError) as exc:
@@ -341,6 +351,24 @@ class NatsStreamSource:
             with contextlib.suppress(Exception):
                 self._loop.run(self._nc.close(), timeout_s=10)
         self._loop.close()
+
+
+def redelivery_count_warning(url: str, version: Any) -> str | None:
+    """What to tell an operator whose NATS (a nats-py ``ServerVersion``) may count a message
+    delivered again as delivered once; None when it counts right (2.10.16 and later) or
+    says no version."""
+    try:
+        seen = (version.major, version.minor, version.patch)
+    except ValueError:  # not a semantic version: nothing to say
+        return None
+    if seen >= (2, 10, 16) or seen == (0, 0, 0):
+        return None
+    return (
+        f"the NATS at {url} is nats-server {'.'.join(map(str, seen))}, which sometimes hands "
+        "out a message delivered again with a delivery count of 1 (nats-io/nats-server#5305 "
+        "and #5338, fixed in April 2024): a message may be tried more often than "
+        "--max-attempts. Upgrade nats-server to 2.10.16 or later."
+    )
 
 
 async def _all(coros: Iterator[Coroutine[Any, Any, _T]]) -> list[_T]:
