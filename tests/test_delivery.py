@@ -83,7 +83,9 @@ class Load:
     client: openai.OpenAI
     clients: int = 3
     max_seconds: float = 120.0
-    answers: list[tuple[float, str]] = field(default_factory=list)  # (time, version header)
+    # (when the request was sent, its answer's version header): a request sent before the
+    # plan changed may be answered well after it on a loaded machine, by the old plan
+    answers: list[tuple[float, str]] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _threads: list[threading.Thread] = field(default_factory=list)
@@ -91,12 +93,13 @@ class Load:
     def _run(self) -> None:
         deadline = time.monotonic() + self.max_seconds
         while not self._stop.is_set() and time.monotonic() < deadline:
+            sent = time.monotonic()
             try:
                 raw = self.client.completions.with_raw_response.create(
                     model="support", prompt="### Instruction:\nroute this\n\n### Response:\n",
                     max_tokens=2, temperature=0,
                 )  # fmt: skip
-                self.answers.append((time.monotonic(), raw.headers["x-modelyard-version"]))
+                self.answers.append((sent, raw.headers["x-modelyard-version"]))
             except openai.APIError as exc:
                 self.failures.append(f"{type(exc).__name__}: {exc}")
 
@@ -112,7 +115,30 @@ class Load:
             t.join(60)
 
     def since(self, t0: float) -> Counter[str]:
+        """The versions that answered the requests sent at ``t0`` or later."""
         return Counter(v for t, v in list(self.answers) if t >= t0)
+
+    def only(self, version: str, t0: float) -> bool | NotYet:
+        """True once every answer since ``t0`` came from ``version`` (and one did); else
+        what was seen, for the failure's message."""
+        seen = self.since(t0)
+        if set(seen) == {version}:
+            return True
+        alive = sum(t.is_alive() for t in self._threads)
+        return NotYet(seen, self.failures[-3:], alive, len(self.answers))
+
+
+@dataclass
+class NotYet:
+    """A falsy answer to ``until`` that says what the load saw instead."""
+
+    seen: Counter[str]
+    last_failures: list[str]
+    clients_alive: int
+    answers_in_all: int
+
+    def __bool__(self) -> bool:
+        return False
 
 
 @pytest.fixture(params=["transformers", "vllm"])
@@ -167,7 +193,7 @@ def test_zero_downtime_through_canary_blue_green_abort_and_rollback(
         assert [e.kind for e in canary.events] == ["started", "step", "step", "succeeded"]
 
         # 2. blue-green 2 → 3: loaded and smoke-tested on the server, then one switch
-        until("version 2 alone", lambda: set(load.since(t_canary + 0.5)) == {"bot:2"})
+        until("version 2 alone", lambda: load.only("bot:2", t_canary + 0.5))
         start_rollout(store, "support", "bot:3", steps="100", bake_s=0.3, min_requests=5)
         until("the switch", lambda: not store.latest_rollout("support").active)
         bg = store.latest_rollout("support")
@@ -179,13 +205,13 @@ def test_zero_downtime_through_canary_blue_green_abort_and_rollback(
         t_bg = time.monotonic()
 
         # 3. a canary aborted by an operator: the previous plan comes back
-        until("version 3 alone", lambda: set(load.since(t_bg + 0.5)) == {"bot:3"})
+        until("version 3 alone", lambda: load.only("bot:3", t_bg + 0.5))
         start_rollout(store, "support", "bot:1", steps="50,100", bake_s=600, min_requests=5)
         t_abort = time.monotonic()
         until("the 50% step", lambda: {"bot:1", "bot:3"} <= set(load.since(t_abort)))
         abort_rollout(store, "support", "testing the abort")
         t_aborted = time.monotonic()
-        until("version 3 again", lambda: set(load.since(t_aborted + 0.5)) == {"bot:3"})
+        until("version 3 again", lambda: load.only("bot:3", t_aborted + 0.5))
 
         # 4. a version that cannot load is rolled back by itself, before any request
         start_rollout(store, "support", "bot:4", steps="10,100", bake_s=1, min_requests=5)
