@@ -24,7 +24,7 @@ import pytest
 from openai.types import Batch
 from sqlalchemy import event, text
 
-from modelyard.access import create_api_key
+from modelyard.access import create_api_key, rotate_api_key
 from modelyard.artifacts import LocalArtifactStore
 from modelyard.errors import ConfigError, Conflict, NotFound
 from modelyard.serving import (
@@ -617,6 +617,40 @@ def test_a_revoked_key_s_batch_answers_each_line_401(world: World) -> None:
     assert [x["response"]["status_code"] for x in refused] == [401, 401]
     assert "revoked" in refused[0]["response"]["body"]["error"]["message"]
     assert world.store.query_records(job_id=made.id, limit=None) == []
+
+
+def test_a_rotated_key_s_batch_goes_on_as_its_successor_unless_that_is_revoked(
+    world: World,
+) -> None:
+    """A rotation replaces a key by one of the same tenant, scopes and limits: the batch the
+    old key made is answered as the newest key of the chain once the old one's grace is
+    over (the records say which), and stops when the successor is revoked."""
+    first = world.keys["acme"]
+    made = _stored_batch(world, [chat_line("a", "hi"), chat_line("b", "ho")])
+    second, _ = rotate_api_key(world.store, made.api_key_id, grace=timedelta(0))
+    third, full = rotate_api_key(world.store, second.id, grace=timedelta(0))
+    world.keys["acme"] = full  # the old keys read nothing: they have expired
+    with ExitStack() as stack:
+        client = world.client(stack, world.serve(stack), "acme")
+        batch = wait(client, made.id)
+        assert batch.status == "completed" and batch.error_file_id is None, batch
+        answered = lines_of(client, batch.output_file_id)
+    assert [x["response"]["status_code"] for x in answered] == [200, 200]
+    records = world.store.query_records(job_id=made.id, limit=None)
+    assert [r["api_key_id"] for r in records] == [third.id, third.id]
+
+    world.keys["acme"] = first
+    again = _stored_batch(world, [chat_line("c", "hey")])  # made by the first key too
+    world.store.revoke_api_key(third.id)
+    world.keys["acme"] = world.keys["acme-limited"]
+    with ExitStack() as stack:
+        client = world.client(stack, world.serve(stack), "acme")
+        batch = wait(client, again.id)
+        refused = lines_of(client, batch.error_file_id)
+    assert [x["response"]["status_code"] for x in refused] == [401]
+    assert refused[0]["response"]["body"]["error"]["message"].startswith(
+        f"the API key {third.id} that replaced the one that created this batch was revoked."
+    )
 
 
 def test_a_batch_whose_input_is_gone_fails_naming_it_instead_of_retrying_forever(

@@ -300,7 +300,7 @@ class BatchRun:
         a cancel, its expiry), not stopped by this server."""
         done = await asyncio.to_thread(self.store.done_lines, batch.id)
         await asyncio.to_thread(self._discard, batch, source, done)
-        self.key = await asyncio.to_thread(self.store.get_api_key, batch.api_key_id)
+        self.key = await asyncio.to_thread(batch_key, self.store, batch.api_key_id)
         settings = self.settings
         slots = LineSlots(self.worker.plane.live, settings.concurrency,
                           settings.concurrency_busy, settings.busy_quiet_s)  # fmt: skip
@@ -357,10 +357,11 @@ class BatchRun:
 
     def _commit(self, batch: StoredBatch, group: list[LineOutput]) -> tuple[str, datetime]:
         """Commit ``group`` once its records are written; the batch's status and expiry.
-        Also reads the key again, so a revoked key stops answering within a commit."""
+        Also reads the key again, so a revoked key stops answering within a commit, and a
+        rotated one is followed to its successor."""
         if group and not self.worker.plane.writer.wait_written(60.0):
             raise ModelyardError(f"the records of batch {batch.id}'s lines were not written")
-        self.key = self.store.get_api_key(batch.api_key_id)
+        self.key = batch_key(self.store, batch.api_key_id)
         found = self.store.commit_lines(batch.id, self.worker.holder, group)
         ok = sum(line.ok for line in group)
         if ok:
@@ -409,7 +410,7 @@ class BatchRun:
         """The line's request through the app as the batch's key: status, body, request id,
         and the seconds of its ``Retry-After`` (0 without one)."""
         key = self.key
-        refused = _key_problem(key)
+        refused = _key_problem(key, batch.api_key_id)
         if refused is not None or key is None:
             exc = refused or InvalidApiKey("the API key that created this batch is gone")
             return 401, error_of(exc), rid, 0.0
@@ -516,13 +517,32 @@ def _code(body: Any) -> str | None:
     return error.get("code") if isinstance(error, dict) else None
 
 
-def _key_problem(key: ApiKey | None) -> InvalidApiKey | None:
+def batch_key(store: Store, key_id: str) -> ApiKey | None:
+    """The key a batch's lines are asked as: the key that created it or, once that key has
+    been rotated, its successor (the last of the chain). A rotation replaces a key by one of
+    the same tenant, scopes, limits and budgets, so what the old key started goes on when
+    its grace period ends. A key revoked along the chain is where it stops: revoking is how
+    a leaked key is cut off, with what it started."""
+    key = store.get_api_key(key_id)
+    seen = {key_id}
+    while key is not None and key.revoked_at is None and key.rotated_to not in (None, *seen):
+        seen.add(key.rotated_to)
+        key = store.get_api_key(key.rotated_to)
+    return key
+
+
+def _key_problem(key: ApiKey | None, created_by: str) -> InvalidApiKey | None:
+    which = (
+        "the API key that created this batch"
+        if key is None or key.id == created_by
+        else f"the API key {key.id} that replaced the one that created this batch"
+    )
     if key is None:
-        return InvalidApiKey("the API key that created this batch was deleted")
+        return InvalidApiKey(f"{which} was deleted")
     if key.revoked_at is not None:
-        return InvalidApiKey("the API key that created this batch was revoked")
+        return InvalidApiKey(f"{which} was revoked")
     if key.expires_at is not None and key.expires_at <= datetime.now(UTC):
-        return InvalidApiKey("the API key that created this batch has expired")
+        return InvalidApiKey(f"{which} has expired")
     return None
 
 
