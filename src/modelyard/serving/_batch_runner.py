@@ -525,9 +525,12 @@ def batch_key(store: Store, key_id: str) -> ApiKey | None:
     a leaked key is cut off, with what it started."""
     key = store.get_api_key(key_id)
     seen = {key_id}
-    while key is not None and key.revoked_at is None and key.rotated_to not in (None, *seen):
-        seen.add(key.rotated_to)
-        key = store.get_api_key(key.rotated_to)
+    while key is not None and key.revoked_at is None:
+        successor = key.rotated_to
+        if successor is None or successor in seen:
+            break
+        seen.add(successor)
+        key = store.get_api_key(successor)
     return key
 
 
