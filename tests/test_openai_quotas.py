@@ -10,6 +10,7 @@ artifact store with uploads of 200 MiB each, and queue batches, without end."""
 from __future__ import annotations
 
 import io
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,6 +70,55 @@ def test_a_tenant_s_uploads_stop_at_its_quota_and_deleting_makes_room(tmp_path: 
             acme.files.delete(first)
             upload(acme, 500, "b.jsonl")  # room again
             assert store.file_bytes("acme") == 500
+
+
+def test_an_upload_that_cannot_fit_is_refused_before_its_body_is_sent(tmp_path: Path) -> None:
+    """A body declared larger than the tenant's room (framing aside) is refused from its
+    headers: the client need not send, nor the server read, bytes it would throw away."""
+    with Store.open(f"sqlite:///{tmp_path}/s.db") as store:
+        two_tenant_world(store, versions=1)
+        app = create_app(store, EchoEngine(), refresh_seconds=0.1,
+                         artifacts=LocalArtifactStore(tmp_path / "artifacts"),
+                         max_file_bytes=100_000, max_tenant_file_bytes=QUOTA)  # fmt: skip
+        key = create_api_key(store, "acme")[1]
+        with BackgroundServer(app) as server:
+            host, port = server.base_url.removeprefix("http://").split(":")
+            with socket.create_connection((host, int(port)), timeout=10) as sock:
+                sock.sendall(
+                    b"POST /v1/files HTTP/1.1\r\nHost: x\r\n"
+                    + f"Authorization: Bearer {key}\r\n".encode()
+                    + b"Content-Type: multipart/form-data; boundary=b\r\n"
+                    + b"Content-Length: 50000\r\n\r\n--b\r\n"  # and nothing more
+                )
+                answer = sock.recv(65536).decode()
+    assert answer.startswith("HTTP/1.1 400 "), answer
+    assert '"code":"storage_limit_exceeded"' in answer.replace(" ", "")
+    assert store.file_bytes("acme") == 0
+
+
+def test_uploads_and_batches_made_take_the_key_s_requests_per_minute(tmp_path: Path) -> None:
+    """Uploading a file and making a batch ask no model but cost the server: each takes one
+    of the key's requests/min, and past it the 429 says when to come back."""
+    with Store.open(f"sqlite:///{tmp_path}/s.db") as store:
+        two_tenant_world(store, versions=1)
+        app = create_app(store, EchoEngine(), refresh_seconds=0.1,
+                         artifacts=LocalArtifactStore(tmp_path / "artifacts"))  # fmt: skip
+        key = create_api_key(store, "acme", rpm_limit=2)[1]
+        with (
+            BackgroundServer(app) as server,
+            openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0) as acme,
+        ):
+            line = b'{"custom_id": "a", "method": "POST", "url": "/v1/completions", '
+            line += b'"body": {"model": "acme-support", "prompt": "hi"}}\n'
+            made = acme.files.create(file=("in.jsonl", io.BytesIO(line)), purpose="batch")
+            acme.batches.create(input_file_id=made.id, endpoint="/v1/completions",
+                                completion_window="24h")  # fmt: skip
+            with pytest.raises(openai.RateLimitError) as refused:
+                acme.files.create(file=("more.jsonl", io.BytesIO(line)), purpose="batch")
+            assert isinstance(refused.value.body, dict)
+            assert refused.value.body["code"] == "rate_limit_exceeded"
+            assert int(refused.value.response.headers["retry-after"]) > 0
+            assert [f.filename for f in acme.files.list()] == ["in.jsonl"]
 
 
 class Held(EchoEngine):

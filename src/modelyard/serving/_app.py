@@ -175,7 +175,7 @@ def create_app(
     add_response_routes(app, plane)
     worker = None
     if files is not None:
-        add_file_routes(app, files)
+        add_file_routes(app, files, plane)
         worker = BatchWorker(app, plane, files, server_id, batches)
         add_batch_routes(app, worker)
     app.state.batch_worker = worker

@@ -86,7 +86,9 @@ def add_batch_routes(app: FastAPI, worker: BatchWorker) -> None:
 
     @app.post("/v1/batches")
     async def create_batch(body: CreateBatch, key: KeyDep) -> dict[str, Any]:
-        """A batch of the input file's requests, ``validating`` until a worker checks it."""
+        """A batch of the input file's requests, ``validating`` until a worker checks it;
+        making it takes one of the key's requests/min (each line takes its own)."""
+        await worker.plane.admit_call(key)
         made = await run_in_threadpool(create, body, key)
         worker.wake()
         return batch_object(made)

@@ -21,10 +21,14 @@ from starlette.datastructures import UploadFile
 from modelyard.errors import ConfigError, RequestTooLarge
 from modelyard.serving._auth import KeyDep
 from modelyard.serving._files import FileKeeper
+from modelyard.serving._plane import DataPlane
 from modelyard.store import FILE_PURPOSES, StoredFile
 
 UPLOADED_PURPOSES = ("batch",)  # what a client may upload (OpenAI has more)
 MAX_LIST = 10000  # OpenAI's largest page of files
+# the most an upload's body may hold besides the file: the multipart boundaries and part
+# headers (a file name of up to 255 characters), and the purpose field
+MULTIPART_FRAMING = 4096
 
 
 def file_object(f: StoredFile) -> dict[str, Any]:
@@ -42,13 +46,20 @@ def file_object(f: StoredFile) -> dict[str, Any]:
     }
 
 
-def add_file_routes(app: FastAPI, files: FileKeeper) -> None:
-    """The Files API of ``app`` over ``files``."""
+def add_file_routes(app: FastAPI, files: FileKeeper, plane: DataPlane) -> None:
+    """The Files API of ``app`` over ``files``; an upload takes one of its key's
+    requests/min from ``plane``."""
     store = files.store
 
     @app.post("/v1/files")
     async def upload(request: Request, key: KeyDep) -> dict[str, Any]:
-        """Upload a file (multipart: ``file`` and ``purpose``)."""
+        """Upload a file (multipart: ``file`` and ``purpose``). Before its body is read: one
+        of the key's requests/min, and a body that could not fit the tenant's room even
+        without its multipart framing is refused."""
+        await plane.admit_call(key)
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > MULTIPART_FRAMING:
+            await run_in_threadpool(files.check_room, key.tenant, int(declared) - MULTIPART_FRAMING)
         form = await request.form(max_files=1, max_fields=8)
         try:
             extra = sorted(set(form.keys()) - {"file", "purpose"})

@@ -149,10 +149,7 @@ class DataPlane:
         by default, the line of an OpenAI batch this task asks, ``_batch_context``)."""
         origin = origin or batch_origin()
         try:
-            if isinstance(self.limiter, SharedRateLimiter):  # a round trip: off the loop
-                await run_in_threadpool(self.limiter.admit_request, key, params.max_tokens)
-            else:
-                self.limiter.admit_request(key, params.max_tokens)
+            await self._take_request(key, params.max_tokens)
         except RateLimited as limited:
             if self._limited(key, limited):
                 await run_in_threadpool(self._record_refusal, key, route, endpoint, limited,
@@ -162,6 +159,25 @@ class DataPlane:
             return await run_in_threadpool(self.submit, key, route, endpoint, user, params,
                                            render, request_taken=True, whole=whole,
                                            origin=origin)  # fmt: skip
+
+    async def _take_request(self, key: ApiKey, min_tokens: int = 0) -> None:
+        """One of ``key``'s requests/min (RateLimited when none is left)."""
+        if isinstance(self.limiter, SharedRateLimiter):  # a round trip: off the loop
+            await run_in_threadpool(self.limiter.admit_request, key, min_tokens)
+        else:
+            self.limiter.admit_request(key, min_tokens)
+
+    async def admit_call(self, key: ApiKey) -> None:
+        """Take one of ``key``'s requests/min for a call that asks no model but costs the
+        server (a file uploaded, a batch made): over the limit, the same 429 with its
+        ``Retry-After`` as a model request, counted in the metrics; no record is kept (there
+        is no model request to record)."""
+        try:
+            await self._take_request(key)
+        except RateLimited as limited:
+            self.metrics.rate_limited.labels(key.tenant, limited.limit).inc()
+            self.count_refusal(key.tenant, limited)
+            raise
 
     def early_refusal(self, authorization: bytes | None, route: str) -> RateLimited | None:
         """Before a completion's body is read (``GuardMiddleware``): the 429 for a cached key
