@@ -811,6 +811,46 @@ def test_a_batch_yields_to_live_requests_and_takes_its_concurrency_back_after(
     assert (done.request_counts.completed, done.request_counts.failed) == (12, 0)
 
 
+def test_requests_refused_without_a_key_do_not_hold_a_batch_back(world: World) -> None:
+    """A request answered 401 asked no model: a flood of them, one after another, leaves
+    the batch its whole --batch-concurrency (each used to count as live traffic for
+    --quiet time after it, holding the batch at --batch-concurrency-busy)."""
+    engine = Held()
+    settings = replace(FAST, concurrency=4, concurrency_busy=1)
+    with ExitStack() as stack:
+        server = world.serve(stack, engine, settings)
+        client = world.client(stack, server, "acme")
+        stack.callback(lambda: [engine.batch_go.release() for _ in range(8)])
+        stop = threading.Event()
+        refused: list[int] = []
+
+        def flood() -> None:
+            with httpx.Client(base_url=server.base_url) as anyone:
+                while not stop.is_set():
+                    answer = anyone.post("/v1/chat/completions", json={"model": "x"},
+                                         headers={"Authorization": "Bearer nope"})  # fmt: skip
+                    refused.append(answer.status_code)
+
+        flooding = threading.Thread(target=flood)
+        flooding.start()
+        stack.callback(flooding.join, 30)
+        stack.callback(stop.set)
+        until("the flood going", lambda: len(refused) >= 5, timeout_s=20)
+        lines = [chat_line(f"c{i}", f"line {i}") for i in range(8)]
+        batch = client.batches.create(
+            input_file_id=upload(client, lines), endpoint="/v1/chat/completions",
+            completion_window="24h",
+        )  # fmt: skip
+        until("four batch lines held beside the flood", lambda: engine.batch_now == 4,
+              timeout_s=20)  # fmt: skip
+        stop.set()
+        assert set(refused) == {401}
+        for _ in range(8):
+            engine.batch_go.release()
+        done = wait(client, batch.id)
+    assert done.status == "completed"
+
+
 def test_the_busy_concurrency_is_1_to_the_concurrency() -> None:
     for busy in (0, 5):
         with pytest.raises(ConfigError, match="--batch-concurrency-busy"):

@@ -188,8 +188,10 @@ class GuardMiddleware:
             else None
         )
         self.drain.inflight += 1
+        status = [0]
         if live is not None:
             live.begin()
+            send = _noting_status(send, status)
         try:
             checked = await self._check_body(scope, receive, send)
             if checked is not None:
@@ -197,7 +199,9 @@ class GuardMiddleware:
         finally:
             self.drain.inflight -= 1
             if live is not None:
-                live.end()
+                # a request refused (4xx: no key, over its limits, a bad body) asked no
+                # model: no quiet time after it, or a flood of them would hold batches back
+                live.end(quiet=not 400 <= status[0] < 500)
 
     async def _check_body(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         """The ``receive`` to hand on, or None when a refusal has been sent."""
@@ -286,6 +290,17 @@ def _replay(
         return await receive()
 
     return replayed
+
+
+def _noting_status(send: Send, status: list[int]) -> Send:
+    """``send``, keeping the response's status code in ``status[0]``."""
+
+    async def noting(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            status[0] = message["status"]
+        await send(message)
+
+    return noting
 
 
 __all__ = [

@@ -7,7 +7,9 @@ a line of an OpenAI batch (``_batch_context``). ``LineSlots`` is how many of one
 batch's lines may be in flight: ``concurrency`` while the replica is idle of
 live traffic, ``busy`` while a live request is in flight or ended less than
 ``quiet_s`` ago (so a client sending request after request does not flap the
-batch between the two). The limit applies to starting lines: those in flight
+batch between the two; a request answered 4xx asked no model and leaves no
+quiet time, so a flood of requests without a key cannot hold batches at
+``busy``). The limit applies to starting lines: those in flight
 finish. Waiting wakes on a line's end or on live traffic ending, never polls.
 
 Everything runs on the app's event loop (the guard and the batch worker), so no
@@ -36,10 +38,13 @@ class LiveTraffic:
     def begin(self) -> None:
         self.inflight += 1
 
-    def end(self) -> None:
+    def end(self, quiet: bool = True) -> None:
+        """One ended; ``quiet``: whether batches wait ``quiet_s`` after it (not after a
+        request refused before it asked a model)."""
         self.inflight -= 1
         if self.inflight <= 0:
-            self.ended_at = time.monotonic()
+            if quiet:
+                self.ended_at = time.monotonic()
             for event in self._idle:
                 event.set()
 
