@@ -19,6 +19,7 @@ from modelyard.access import create_api_key
 from modelyard.artifacts import LocalArtifactStore
 from modelyard.registry import discard_unreferenced, referenced_digests
 from modelyard.serving import BackgroundServer, EchoEngine, create_app
+from modelyard.serving._files import FileKeeper
 from modelyard.store import Store
 from worlds import two_tenant_world
 
@@ -225,3 +226,30 @@ def test_a_chunked_upload_is_streamed_to_disk_not_held_in_memory(tmp_path: Path)
         assert f"limit of {cap + 64 * 1024} bytes" in over.json()["error"]["message"]
         assert "--max-file-bytes" in over.json()["error"]["message"]
         assert len(store.list_files("acme")[0]) == 1
+
+
+def test_bytes_another_tenant_deletes_while_they_are_uploaded_again_are_kept(
+    tmp_path: Path,
+) -> None:
+    """Two tenants' files with the same bytes share them. Globex deleting its file, the last
+    with those bytes, between acme's upload storing the same bytes (found there already)
+    and acme's file row, used to delete them from under acme's new file."""
+    with Store.open(f"sqlite:///{tmp_path}/s.db") as store:
+        two_tenant_world(store, versions=1)
+        files = FileKeeper(store, LocalArtifactStore(tmp_path / "artifacts"))
+        body = b'{"custom_id": "a"}\n'
+        theirs = files.save("globex", io.BytesIO(body), filename="g.jsonl", purpose="batch",
+                            api_key_id=None)  # fmt: skip
+        keep = files.keep
+
+        def keep_then_globex_deletes(path: Path) -> tuple[str, int]:
+            kept = keep(path)
+            if store.list_files("globex")[0]:  # once: globex's delete happens here
+                files.delete("globex", theirs.id)
+            return kept
+
+        files.keep = keep_then_globex_deletes  # type: ignore[method-assign]
+        ours = files.save("acme", io.BytesIO(body), filename="a.jsonl", purpose="batch",
+                          api_key_id=None)  # fmt: skip
+        assert ours.digest == theirs.digest
+        assert files.path(ours).read_bytes() == body

@@ -66,14 +66,21 @@ class FileKeeper:
                 shutil.copyfileobj(source, out, 1024 * 1024)
             self.check_room(tenant, path.stat().st_size)  # before the bytes are kept
             digest, size = self.keep(path)
-        try:
-            return self.store.add_file(
-                tenant, filename=filename, purpose=purpose, size=size, digest=digest,
-                api_key_id=api_key_id, quota=self.max_tenant_bytes,
-            )  # fmt: skip
-        except BaseException:
-            self.discard_unused(digest)
-            raise
+
+            def ensure_bytes() -> None:
+                # the same bytes, another tenant's, deleted between ``keep`` and this row
+                if not self.artifacts.exists(digest):
+                    self.keep(path)
+
+            try:
+                return self.store.add_file(
+                    tenant, filename=filename, purpose=purpose, size=size, digest=digest,
+                    api_key_id=api_key_id, quota=self.max_tenant_bytes,
+                    ensure_bytes=ensure_bytes,
+                )  # fmt: skip
+            except BaseException:
+                self.discard_unused(digest)
+                raise
 
     def path(self, file: StoredFile) -> Path:
         """A local path to ``file``'s bytes, every byte checked against its digest."""
@@ -91,9 +98,7 @@ class FileKeeper:
         """Delete the bytes ``digest`` unless a file has them (best effort: ``modelyard
         doctor`` finds what is left)."""
         try:
-            if digest in self.store.file_digests():
-                return
-            self.artifacts.delete(digest)
+            self.store.discard_bytes(digest, self.artifacts.delete)
         except (ArtifactNotFound, ModelyardError, OSError):
             return
 

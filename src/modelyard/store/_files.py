@@ -11,6 +11,7 @@ inference record or feedback), so it is not audited.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -100,20 +101,39 @@ class FileStore(StoreCore):
         digest: str,
         api_key_id: str | None = None,
         quota: int | None = None,
+        ensure_bytes: Callable[[], None] | None = None,
     ) -> StoredFile:
         """A new file of ``tenant``; with ``quota``, refused (``StorageQuotaExceeded``) when
         the tenant's files would hold more than ``quota`` bytes with it (uploads of one
-        tenant at once are serialized, so they cannot pass it together)."""
+        tenant at once are serialized, so they cannot pass it together).
+
+        ``ensure_bytes`` runs once the row is added, under the digest's lock that
+        ``discard_bytes`` takes too: a discard of the same bytes (another file's, deleted
+        meanwhile) has then either seen this row, or finished deleting them, and
+        ``ensure_bytes`` puts them back."""
         with self._write(f"add a file for tenant {tenant!r}") as s:
             if quota is not None:
                 lock_name(s, "file_quota", tenant)
                 check_file_quota(tenant, self._file_bytes(s, tenant), size, quota)
+            lock_name(s, "file_bytes", digest)
             row = add_file_row(
                 s, tenant_row(s, tenant).id, filename=filename, purpose=purpose, size=size,
                 digest=digest, api_key_id=api_key_id,
             )  # fmt: skip
             s.flush()
+            if ensure_bytes is not None:
+                ensure_bytes()
             return _to_file(row, tenant)
+
+    def discard_bytes(self, digest: str, delete: Callable[[str], None]) -> bool:
+        """``delete(digest)`` unless a file has those bytes, under the digest's lock (see
+        ``add_file``); whether it was called."""
+        with self._write(f"discard the bytes {digest[:12]}") as s:
+            lock_name(s, "file_bytes", digest)
+            if s.scalar(select(FileRow.id).where(FileRow.digest == digest).limit(1)):
+                return False
+            delete(digest)
+            return True
 
     def file_bytes(self, tenant: str) -> int:
         """How many bytes ``tenant``'s files hold (its uploads and its batches' outputs)."""
