@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from fastapi import FastAPI
 
 from modelyard.access import create_api_key
+from modelyard.artifacts import LocalArtifactStore
 from modelyard.routing import AdapterAffinity, Plan, Replica, RouteOptions, create_route_app
 from modelyard.serving import (
     BackgroundServer,
@@ -363,3 +365,55 @@ def _answers(call: Callable[[], httpx.Response]) -> bool:
         return call().status_code == 200
     except httpx.TransportError:
         return False
+
+
+def test_an_upload_larger_than_the_routers_body_cap_is_relayed_to_a_replica(
+    tmp_path: Path,
+) -> None:
+    """A batch input of a few MiB goes through the router (whose cap on held bodies is
+    1 MiB) as it arrives, to a replica; one over the router's --max-file-bytes (set as the
+    replicas') is a 413 from its Content-Length, before its bytes are sent."""
+    with Store.open(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        fake_world(store, versions=1)
+        _, key = create_api_key(store, "acme")
+        artifacts = LocalArtifactStore(tmp_path / "artifacts")  # the replicas' shared one
+        replicas = []
+        for _ in range(2):
+            app = create_app(store, Holding([]), refresh_seconds=0.2, heartbeat_s=0.2,
+                             artifacts=artifacts, max_file_bytes=8 << 20)  # fmt: skip
+            server = BackgroundServer(app)
+            app.state.agent.address = f"127.0.0.1:{server.port}"
+            replicas.append(server.start())
+        router = BackgroundServer(create_route_app(store, RouteOptions(
+            refresh_s=0.1, stale_after_s=STALE_S, max_body_bytes=1 << 20,
+            max_file_bytes=8 << 20))).start()  # fmt: skip
+        try:
+            until("both replicas in the router", lambda: live(router) == 2, timeout_s=15)
+            body = b"".join(b'{"custom_id": "r%07d"}\n' % i for i in range(200_000))  # 4.6 MB
+            with openai.OpenAI(base_url=router.base_url + "/v1", api_key=key,
+                               max_retries=0) as client:  # fmt: skip
+                made = client.files.create(file=("big.jsonl", body), purpose="batch")
+                assert made.bytes == len(body)
+                assert client.files.content(made.id).content == body
+                with pytest.raises(openai.APIStatusError) as refused:
+                    client.files.create(file=("huge.jsonl", body * 2), purpose="batch")
+            assert refused.value.status_code == 413
+            assert "limit of 8388608 bytes (--max-file-bytes)" in refused.value.message
+
+            def chunked() -> Iterator[bytes]:  # no Content-Length: counted as it comes
+                yield b'--b\r\nContent-Disposition: form-data; name="purpose"\r\n\r\nbatch\r\n'
+                yield b'--b\r\nContent-Disposition: form-data; name="file"; filename="c"\r\n\r\n'
+                for _ in range(3):
+                    yield body
+
+            sent = {"Authorization": f"Bearer {key}",
+                    "Content-Type": "multipart/form-data; boundary=b"}  # fmt: skip
+            answer = httpx.post(
+                router.base_url + "/v1/files", content=chunked(), headers=sent, timeout=30
+            )
+            assert answer.status_code == 413, answer.text
+            assert answer.json()["error"]["code"] == "request_too_large"
+        finally:
+            router.stop()
+            for r in replicas:
+                r.stop()

@@ -37,6 +37,12 @@ def route(
     max_body_bytes: int = typer.Option(
         1_048_576, min=1, help="Upper bound on request bodies (413), as the servers' own."
     ),
+    max_file_bytes: int = typer.Option(
+        200 * 1024 * 1024,
+        min=1,
+        help="Upper bound on a file uploaded to /v1/files (413), as the servers' own: uploads "
+        "are relayed as they arrive, never held, so set it as the replicas' --max-file-bytes.",
+    ),
     connect_timeout_s: float = typer.Option(
         2.0, min=0.01, help="How long to wait for a replica to accept a connection."
     ),
@@ -75,6 +81,7 @@ def route(
         stale_after_s=stale_after_s,
         max_imbalance=max_imbalance,
         max_body_bytes=max_body_bytes,
+        max_file_bytes=max_file_bytes,
         connect_timeout_s=connect_timeout_s,
         read_timeout_s=read_timeout_s,
         max_connections=max_connections,

@@ -38,7 +38,7 @@ class RouteMetrics:
             "modelyard_route_failures",
             "Requests a replica failed: connect (refused or reset before an answer, tried "
             "elsewhere), timeout, upstream (broke mid-answer), draining (tried elsewhere), "
-            "no_replica (503: none live)",
+            "upload (lost once an upload's bytes were sent: 502), no_replica (503: none live)",
             ["kind"],
             registry=self.registry,
         )

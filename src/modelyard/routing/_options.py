@@ -28,6 +28,7 @@ class RouteOptions:
     stale_after_s: float = 10.0
     max_imbalance: int = 8
     max_body_bytes: int = 1_048_576
+    max_file_bytes: int = 200 * 1024 * 1024
     connect_timeout_s: float = 2.0
     read_timeout_s: float = 300.0
     max_connections: int = 1000
@@ -44,7 +45,8 @@ class RouteOptions:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} is {getattr(self, name)}; it must be above 0",
                                   field=name)  # fmt: skip
-        for name in ("max_imbalance", "max_body_bytes", "max_connections", "max_attempts"):
+        for name in ("max_imbalance", "max_body_bytes", "max_file_bytes", "max_connections",
+                     "max_attempts"):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} is {getattr(self, name)}; it must be at least 1",
                                   field=name)  # fmt: skip

@@ -1,7 +1,8 @@
 """Relaying one API request to a replica (pure ASGI, no parsing beyond ``model``).
 
 The body is read once, up to ``max_body_bytes`` (413 past it, as a server
-answers); ``model`` is read from it to find the endpoint's plan; the policy
+answers), but a file upload's (``POST /v1/files``), which is relayed as it arrives
+to one replica; ``model`` is read from it to find the endpoint's plan; the policy
 orders the replicas; the request goes to the first one with its headers as sent
 (the key included: the router authenticates nothing, the server does). The
 answer comes back as it arrives, status, headers (``Retry-After`` …) and body
@@ -22,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Protocol
 
 import httpx
@@ -42,6 +43,8 @@ HOP_BY_HOP = frozenset(
 )  # fmt: skip
 REQUEST_DROP = HOP_BY_HOP | {"host", "content-length"}  # httpx sets both
 RESPONSE_DROP = HOP_BY_HOP | {"date", "server"}  # uvicorn sets both
+# uploads: relayed as they arrive (a batch's input may be 200 MiB), not read whole first
+STREAMED_PATHS = frozenset({"/v1/files"})
 PEEK_BYTES = 65_536  # of a 503, to tell a draining replica (retried) from other refusals
 # Nothing came back: the request may go to another replica.
 NO_ANSWER = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError,
@@ -110,6 +113,9 @@ class Proxy:
             self.drain.inflight -= 1
 
     async def _relay(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["method"] == "POST" and scope["path"] in STREAMED_PATHS:
+            await self._relay_upload(scope, receive, send)
+            return
         try:
             body = await read_body(scope, receive, self.options.max_body_bytes)
         except TooLarge:
@@ -137,20 +143,75 @@ class Proxy:
         except (asyncio.CancelledError, Exception) as exc:  # nobody is left to tell
             log.debug("a request whose client left ended with %r", exc)
 
+    async def _relay_upload(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A file upload: its body relayed as it arrives, never held here, to the first
+        replica that takes the connection (no model to route by), up to ``max_file_bytes``
+        (413 from its ``Content-Length``, or once a chunked body passes it: a replica that
+        refused it mid-body could not be heard). Once its first bytes are sent it cannot
+        go to another replica: a replica lost then is a 502."""
+        limit = self.options.max_file_bytes
+        started, size = [False], [0]
+
+        async def body() -> AsyncIterator[bytes]:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+                started[0] = True
+                chunk = message.get("body", b"")
+                size[0] += len(chunk)
+                if size[0] > limit:
+                    raise TooLarge
+                if chunk:
+                    yield chunk
+                if not message.get("more_body", False):
+                    return
+
+        order, reason = self.policy.order(None, self.view.replicas.usable())
+        try:
+            if too_large(scope, limit):
+                raise TooLarge
+            await self._forward(scope, body(), order, reason, send, sent=lambda: started[0])
+        except TooLarge:
+            await error(send, 413, f"the file is larger than this router's limit of {limit} "
+                        "bytes (--max-file-bytes)", "request_too_large",
+                        {"connection": "close"})  # fmt: skip
+        except ClientGone:
+            return
+
     async def _forward(
-        self, scope: Scope, body: bytes, order: Sequence[Replica], reason: Reason, send: Send
+        self,
+        scope: Scope,
+        body: bytes | AsyncIterator[bytes],
+        order: Sequence[Replica],
+        reason: Reason,
+        send: Send,
+        sent: Callable[[], bool] | None = None,
     ) -> None:
+        """``body`` to the first replica of ``order`` that answers; ``sent``: whether a
+        streamed body has begun (it cannot be sent again)."""
         tries = order[: self.options.max_attempts]
         for attempt, replica in enumerate(tries):
             self.metrics.picks.labels("retry" if attempt else reason).inc()
             if await self._try(scope, body, replica, send, last=attempt + 1 == len(tries)):
+                return
+            if sent is not None and sent():
+                self.metrics.failures.labels("upload").inc()
+                await error(send, 502, f"replica {replica.id} broke off while the upload "
+                            "was sent: send it again", "upstream_error")  # fmt: skip
                 return
         self.metrics.failures.labels("no_replica").inc()
         await error(send, 503, "no serving replica could take the request", "no_replica",
                     {"retry-after": "1"})  # fmt: skip
 
     async def _try(
-        self, scope: Scope, body: bytes, replica: Replica, send: Send, *, last: bool
+        self,
+        scope: Scope,
+        body: bytes | AsyncIterator[bytes],
+        replica: Replica,
+        send: Send,
+        *,
+        last: bool,
     ) -> bool:
         """Relay the request to ``replica``; False when another replica may take it."""
         assert self.client is not None, "the proxy is not open"
@@ -217,21 +278,32 @@ class Proxy:
 
 
 def upstream_request(
-    client: httpx.AsyncClient, scope: Scope, body: bytes, replica: Replica
+    client: httpx.AsyncClient, scope: Scope, body: bytes | AsyncIterator[bytes], replica: Replica
 ) -> httpx.Request:
+    """``scope``'s request to ``replica``. A streamed body keeps the client's
+    ``Content-Length`` (httpx sends it chunked otherwise), so the replica can refuse one too
+    large before reading it."""
     path = scope.get("raw_path") or scope["path"].encode()
     query = scope.get("query_string", b"")
     url = replica.url + path.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
+    drop = REQUEST_DROP if isinstance(body, bytes) else REQUEST_DROP - {"content-length"}
     headers = [(k, v) for k, v in scope["headers"]
-               if k.decode("latin-1").lower() not in REQUEST_DROP]  # fmt: skip
+               if k.decode("latin-1").lower() not in drop]  # fmt: skip
     return client.build_request(scope["method"], url, headers=headers, content=body)
+
+
+def too_large(scope: Scope, limit: int) -> bool:
+    """Whether the request says its body is larger than ``limit`` (``Content-Length``)."""
+    return any(
+        name.lower() == b"content-length" and value.isdigit() and int(value) > limit
+        for name, value in scope["headers"]
+    )
 
 
 async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The whole body; ``TooLarge`` as soon as it passes ``limit`` (or says it will)."""
-    for name, value in scope["headers"]:
-        if name.lower() == b"content-length" and value.isdigit() and int(value) > limit:
-            raise TooLarge
+    if too_large(scope, limit):
+        raise TooLarge
     parts, size = [], 0
     while True:
         message = await receive()
