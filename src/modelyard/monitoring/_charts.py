@@ -4,13 +4,15 @@
 a version that served only the last hour of a week shows as the last hour of
 the week, not as a week of its own. Its y axis has round steps (1, 2, 2.5 or 5
 times a power of ten), counts are never split below 1, and its time axis is
-marked at whole hours or days of UTC, each label once. ``histogram_chart``
-puts a drift feature's reference and current shares side by side.
+marked at whole hours or days of UTC, each label once, the marks far enough apart
+for their labels never to touch. ``histogram_chart`` puts a drift feature's
+reference and current shares side by side.
 """
 
 from __future__ import annotations
 
 import html
+import itertools
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
@@ -27,6 +29,11 @@ _TIME_STEPS = (
     30 * _DAY, 91 * _DAY, 365 * _DAY,
 )  # fmt: skip
 _MAX_X_TICKS = 8
+# The width of a time label's character (11 px text: DejaVu Sans's digits, the widest of
+# the usual sans fonts, are 0.64 em) and the least room between two labels: adjacent marks
+# are at least a label's width and this gap apart, so no two labels touch
+_CHAR_PX, _LABEL_GAP_PX = 7.0, 10.0
+_PATTERNS = ("%m-%d %H:%M", "%m-%d")  # steps under a day, and of whole days
 
 
 def _esc(text: object) -> str:
@@ -55,15 +62,26 @@ def nice_ticks(lo: float, hi: float, *, count: int = 5, whole: bool = False) -> 
     return [i * step for i in range(first, last + 1)]
 
 
-def time_ticks(x0: float, x1: float) -> tuple[list[float], str]:
-    """Marks at whole hours or days (UTC) within ``x0``..``x1``, and their label format."""
+def time_ticks(x0: float, x1: float, *, width: float = _W - 2 * _PAD) -> tuple[list[float], str]:
+    """Marks at whole hours or days (UTC) within ``x0``..``x1``, and their label format:
+    the shortest step whose marks, drawn over ``width`` pixels, are at most
+    ``_MAX_X_TICKS`` and each a label's width and a gap apart (a day's 3-hour marks are
+    67 px apart: their 11-character labels, ``12-06 09:00``, ran into each other)."""
     span = max(x1 - x0, 1.0)
-    step = next((s for s in _TIME_STEPS if span / s <= _MAX_X_TICKS), _TIME_STEPS[-1])
+
+    def fits(step: int) -> bool:
+        label = datetime.fromtimestamp(0, UTC).strftime(_PATTERNS[step >= _DAY])
+        room = _CHAR_PX * len(label) + _LABEL_GAP_PX
+        return span / step <= _MAX_X_TICKS and (step / span * width >= room or step >= span)
+
+    longest = _TIME_STEPS[-1]  # past it: its whole multiples
+    steps = itertools.chain(_TIME_STEPS, (k * longest for k in itertools.count(2)))
+    step = next(s for s in steps if fits(s))
     first = math.ceil(x0 / step) * step
     ticks = [float(t) for t in range(int(first), int(x1) + 1, step)]
     if not ticks:  # a span shorter than an hour: its two ends
         ticks = [x0, x1]
-    return ticks, "%m-%d %H:%M" if step < _DAY else "%m-%d"
+    return ticks, _PATTERNS[step >= _DAY]
 
 
 def _empty(title: str, why: str = "no data") -> str:

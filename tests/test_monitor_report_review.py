@@ -1,0 +1,60 @@
+"""Journey 4 (the SRE) review of ``monitor report``'s page, as a browser shows it.
+
+The time axis's labels never overlap: at ``--since 1d`` and ``2d`` the 11-character
+labels (``12-06 09:00``) were drawn 67 px apart and ran into each other. And a request
+refused before routing (no version: the quickstart's cross-tenant probe) is counted as
+a refusal, not drawn as a version named "none" in the per-version charts."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from modelyard.monitoring import update_profiles
+from modelyard.monitoring._report import render_report
+from modelyard.store import Store
+from worlds import answered, fake_world
+
+AVERAGE_EM = 0.6  # a sans font's average character width, in em
+
+
+def _figures(page: str) -> dict[str, str]:
+    """Each chart's SVG, by its caption."""
+    return dict(re.findall(r"<figure><figcaption>([^<]+)</figcaption>(<svg.*?</svg>)", page))
+
+
+def _x_labels(svg: str) -> list[tuple[float, str]]:
+    """The time axis's labels and where their centres are."""
+    return [
+        (float(x), text)
+        for x, text in re.findall(
+            r'<text x="([\d.]+)" y="[\d.]+" text-anchor="middle">([^<]+)<', svg
+        )
+    ]
+
+
+@pytest.mark.parametrize("hours", [1, 6, 12, 24, 48, 72, 7 * 24, 30 * 24])
+def test_the_time_axis_labels_never_overlap(store: Store, hours: int) -> None:
+    fake_world(store)
+    now = datetime.now(UTC)
+    store.add_inference_records(
+        [answered(store, "old", 1, now - timedelta(hours=hours)), answered(store, "new", 1, now)]
+    )
+    update_profiles(store)
+    page = render_report(store, "support", since=now - timedelta(hours=hours))
+    (font_px,) = re.findall(r"svg text\{font-size:(\d+)px", page)
+    char_px = int(font_px) * AVERAGE_EM
+    (width,) = {int(w) for w in re.findall(r'<svg viewBox="0 0 \d+ \d+" width="(\d+)"', page)}
+    figures = _figures(page)
+    assert "Requests per hour, per version" in figures
+    for title, svg in figures.items():
+        labels = _x_labels(svg)
+        assert len(labels) >= 2, (title, labels)
+        for (xa, a), (xb, b) in itertools.pairwise(labels):
+            room = (len(a) + len(b)) / 2 * char_px  # each is centred on its mark
+            assert xb - xa >= room, f"--since {hours}h, {title}: {a!r} at {xa}, {b!r} at {xb}"
+        (x0, first), (x1, last) = labels[0], labels[-1]
+        assert x0 - len(first) / 2 * char_px >= 0 and x1 + len(last) / 2 * char_px <= width
