@@ -14,8 +14,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from modelyard.monitoring import update_profiles
+from modelyard.monitoring._profiles import floor_hour
 from modelyard.monitoring._report import render_report
-from modelyard.store import Store
+from modelyard.store import NewInferenceRecord, Store
 from worlds import answered, fake_world
 
 AVERAGE_EM = 0.6  # a sans font's average character width, in em
@@ -58,3 +59,31 @@ def test_the_time_axis_labels_never_overlap(store: Store, hours: int) -> None:
             assert xb - xa >= room, f"--since {hours}h, {title}: {a!r} at {xa}, {b!r} at {xb}"
         (x0, first), (x1, last) = labels[0], labels[-1]
         assert x0 - len(first) / 2 * char_px >= 0 and x1 + len(last) / 2 * char_px <= width
+
+
+def _legend(svg: str) -> set[str]:
+    return set(re.findall(r'<text x="\d+" y="15">([^<]+)</text>', svg))
+
+
+def test_a_request_refused_before_routing_is_a_refusal_not_a_version(store: Store) -> None:
+    fake_world(store)
+    hour = floor_hour(datetime.now(UTC)) - timedelta(hours=2)
+    records = [answered(store, f"a{i}", 1 + i % 2, hour + timedelta(minutes=i)) for i in range(4)]
+    probe = NewInferenceRecord(
+        id="probe", endpoint_name="support", route="chat.completions", latency_ms=1.0,
+        status="refused", http_status=404, tenant_id=store.get_tenant("acme").id,
+        version_id=None, created_at=hour + timedelta(minutes=30),
+    )  # fmt: skip
+    store.add_inference_records([*records, probe])
+    update_profiles(store)
+    page = render_report(store, "support", since=hour)
+    figures = _figures(page)
+    for title in ("Requests per hour, per version", "Error rate per version"):
+        assert _legend(figures[title]) == {"bot:1", "bot:2"}, title
+        assert "none at" not in figures[title]  # no tooltip of a version "none"
+    summary = page.split("<h2>Summary</h2>", 1)[1].split("</table>", 1)[0]
+    head = re.findall(r"<th>([^<]+)</th>", summary)
+    cells = dict(zip(head, re.findall(r"<td>([^<]*)</td>", summary), strict=True))
+    assert cells["requests"] == "5" and cells["refused before routing"] == "1"
+    assert cells["error rate"] == "0.0%"
+    assert "Requests that ended before routing, with no version: 1 refused" in page

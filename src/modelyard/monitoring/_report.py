@@ -40,13 +40,17 @@ def _by_version(
     zero: bool = False,
 ) -> dict[str, list[tuple[float, float]]]:
     """One series per version; with ``zero`` (counts), an hour without its records is 0
-    rather than left out (the line would join the hours either side over it)."""
+    rather than left out (the line would join the hours either side over it). A profile
+    without a version (requests that ended before routing, see ``_unrouted``) is no
+    version's: it was drawn as a version named "none"."""
     groups: dict[tuple[str, float], list[Profile]] = defaultdict(list)
     for p in profiles:
-        groups[(p.version or "none", p.start.timestamp())].append(p)
+        if p.version is not None:
+            groups[(p.version, p.start.timestamp())].append(p)
     if zero:
+        hours = _hours(profiles)
         for version in {v for v, _ in groups}:
-            for t in _hours(profiles):
+            for t in hours:
                 groups.setdefault((version, t), [])
     out: dict[str, list[tuple[float, float]]] = defaultdict(list)
     for (version, t), items in sorted(groups.items()):
@@ -148,8 +152,8 @@ def _judged_html(profiles: Sequence[Profile], period: tuple[float, float]) -> st
     for metric in metrics:
         versions: dict[str, list[Profile]] = defaultdict(list)
         for p in profiles:
-            if metric in p.judges:
-                versions[p.version or "none"].append(p)
+            if metric in p.judges and p.version is not None:
+                versions[p.version].append(p)
         for version, items in sorted(versions.items()):
             n = sum(p.judges[metric].scored for p in items)
             rows.append((metric, version, n, f"{_judged_mean(metric)(items):.2f}"))
@@ -162,6 +166,35 @@ def _judged_html(profiles: Sequence[Profile], period: tuple[float, float]) -> st
         for metric in metrics
     )
     return _table(("judge", "version", "records scored", "mean score"), rows) + charts
+
+
+def _unrouted(profiles: Sequence[Profile]) -> tuple[int, int]:
+    """Requests that ended before routing, with no version, as (refused, failed): refused
+    (a 4xx: another tenant's key, a bad request) or failed (a 5xx)."""
+    before = [p for p in profiles if p.version is None]
+    failed = sum(p.errors for p in before)
+    return sum(p.requests for p in before) - failed, failed
+
+
+def _unrouted_note(refused: int, failed: int) -> str:
+    """What the per-version charts leave out, said under them."""
+    if not refused and not failed:
+        return ""
+    parts = [
+        f"{refused} refused (a 4xx: another tenant's key, a bad request)" if refused else "",
+        f"{failed} failed" if failed else "",
+    ]
+    sampled = (
+        " The store keeps at most --refusals-stored-per-minute of a key's refusals a "
+        "minute: modelyard_refused_total counts them all."
+        if refused
+        else ""
+    )
+    return (
+        '<p class="empty">Requests that ended before routing, with no version: '
+        f"{_esc(', '.join(p for p in parts if p))}. They are in the summary, not in the "
+        f"per-version charts.{sampled}</p>"
+    )
 
 
 def _table(head: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -257,12 +290,23 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
     fb_n = sum(p.feedback_count for p in profiles)
     fb_sum = sum(p.feedback_sum for p in profiles)
     plan = ", ".join(f"{ep.model}:{r.version} {r.weight}%" for r in ep.routes) or "none"
+    refused, failed_before = _unrouted(profiles)
     summary = _table(
-        ("requests", "error rate", "tokens in", "tokens out", "cost", "feedback", "traffic plan"),
+        (
+            "requests",
+            "error rate",
+            "refused before routing",
+            "tokens in",
+            "tokens out",
+            "cost",
+            "feedback",
+            "traffic plan",
+        ),
         [
             (
                 requests,
                 f"{errors / requests:.1%}" if requests else "-",
+                refused,
                 sum(p.tokens_in for p in profiles),
                 sum(p.tokens_out for p in profiles),
                 f"{sum(costs):.4f}" if costs else "-",
@@ -285,7 +329,8 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
             ),
             percent=True,
             x_range=period,
-        ),
+        )
+        + _unrouted_note(refused, failed_before),
         line_chart(
             "Latency percentiles per hour, all versions (ms)", latency, x_range=period, unit="ms"
         )
