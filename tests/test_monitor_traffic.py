@@ -321,3 +321,46 @@ def test_tick_fires_a_drift_alert_and_metrics_and_report_show_it(
     assert "Requests per hour, per version" in page and "acme-bot:1" in page
     assert '<figure class="drifted"><figcaption>prompt_chars: ks' in page
     assert "endpoint.created" in page  # the version/rollout timeline from the audit chain
+
+
+def test_a_drift_run_made_by_hand_does_not_replace_the_ticks_for_alerts_and_gauges(
+    traffic: Traffic,
+) -> None:
+    """An SRE's own `monitor drift` (another reference, to look around) is stored, but the
+    alerts, the gauges and the tick's schedule keep reading the tick's last run: it used to
+    resolve a firing drift alert and make the tick skip its own next run."""
+    ref, _, end = _window(traffic)
+    now = datetime.fromisoformat(end) + timedelta(seconds=0.6)
+    window = f"{(now - traffic.mid).total_seconds():.3f}s"
+
+    def rules(every: str) -> AlertRules:
+        return AlertRules.parse(
+            {
+                "drift": {"reference": ref, "window": window, "every": every},
+                "rules": [{"name": "drifted-by-hand", "metric": "drifted_features",
+                           "window": "1h", "comparison": ">=", "threshold": 2}],
+            }
+        )  # fmt: skip
+
+    with Store.open(f"sqlite:///{traffic.home / 'store.db'}") as store:
+        fired = tick(store, rules=rules("0.1s"), now=now, home=traffic.home)
+        assert ("drifted-by-hand", "firing") in [
+            (t.alert.rule, t.alert.state) for t in fired.transitions
+        ]
+        ticks_run = store.list_drift_results(endpoint="acme-support", latest=True)[0].run_id
+        # by hand: the German phase against itself, no drift, stored a moment later
+        same = f"baseline:{traffic.mid.isoformat()}/{now.isoformat()}"
+        by_hand = ["--reference", same, "--window", window, "--end", now.isoformat()]
+        r = _cli("monitor", "drift", "--endpoint", "acme-support", *by_hand, "--json",
+                 home=traffic.home)  # fmt: skip
+        assert r.code == 0, r.out
+        assert json.loads(r.out)["drifted_features"] == []
+        later = tick(store, rules=rules("1h"), now=now + timedelta(seconds=1), home=traffic.home)
+        assert later.drift == () and later.transitions == ()  # nothing ran, nothing resolved
+        latest = store.list_drift_results(endpoint="acme-support", latest=True)
+        assert {r.run_id for r in latest} == {ticks_run}
+        assert any(r.drifted for r in latest)
+        shown = {(e, f): d for e, _, f, _, _, d in store.latest_drift_values()}
+        assert shown[("acme-support", "prompt_chars")] is True
+        kinds = {r.run_id: r.scheduled for r in store.list_drift_results(endpoint="acme-support")}
+        assert sorted(kinds.values()).count(False) >= 1  # the run by hand is kept, unmarked

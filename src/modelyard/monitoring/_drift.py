@@ -495,12 +495,14 @@ def compute_drift(
     config: DriftConfig | None = None,
     artifacts: ArtifactStore | None = None,
     save: bool = True,
+    scheduled: bool = False,
     semantic: bool = False,
     embedder: Embedder | None = None,
     flag: Naming = CLI_FLAGS,
 ) -> DriftReport:
     """Test every feature of ``endpoint``'s last ``window`` against the reference; store it.
 
+    ``scheduled``: the monitoring tick's run (what alerts read), not one made by hand.
     ``semantic`` adds ``prompt_embedding``: MiniLM embeddings of the prompts (stored
     ones, else the kept text) compared with an MMD test. ``flag`` names the parameters in
     errors (the CLI's flags, or the admin API's, ``API_PARAMS``).
@@ -571,6 +573,7 @@ def compute_drift(
             window_end=now,
             feature=name,
             **out,
+            scheduled=scheduled,
         )
         for name, out in outcomes
     ]

@@ -80,8 +80,8 @@ def _due_drift(
     reports, errors = [], {}
     for endpoint in endpoints_for_drift(rules, store):
         last = store.list_drift_results(endpoint=endpoint, latest=True, limit=50)
-        if last and now - last[0].computed_at < every:
-            continue
+        if last and last[0].scheduled and now - last[0].computed_at < every:
+            continue  # (a run made by hand since is not the tick's: it does not count)
         try:
             reports.append(
                 compute_drift(
@@ -91,6 +91,7 @@ def _due_drift(
                     window=window,
                     now=now,
                     artifacts=artifacts,
+                    scheduled=True,
                     semantic=rules.drift.semantic,
                 )
             )

@@ -17,6 +17,7 @@ from sqlalchemy import (
     and_,
     case,
     delete,
+    false,
     func,
     insert,
     literal,
@@ -345,6 +346,7 @@ class MonitoringStore(StoreCore):
                         "n_reference": d.n_reference,
                         "n_current": d.n_current,
                         "details": dict(d.details),
+                        "scheduled": d.scheduled,
                     }
                     for d in results
                 ],
@@ -360,16 +362,17 @@ class MonitoringStore(StoreCore):
         limit: int | None = 1000,
     ) -> list[DriftResult]:
         """Drift results, newest first (at most ``limit``; None: all); ``latest`` keeps each
-        endpoint's last run only (by endpoint, features in their order): the newest
-        ``limit`` rows of those runs, read from each endpoint's last time on the index,
-        however many rows other runs have."""
+        endpoint's last run only (by endpoint, features in their order; the tick's last run
+        where the endpoint has one, see ``DriftResult.scheduled``): the newest ``limit``
+        rows of those runs, found from each endpoint's last times on the index, however
+        many rows other runs have."""
         d = DriftResultRow
         query = select(*d.__table__.columns).order_by(d.computed_at.desc(), d.id.desc())
         where = [] if endpoint is None else [d.endpoint_name == endpoint]
         where += [] if run_id is None else [d.run_id == run_id]
-        if latest:
-            query = query.join(*_last_times(where))
         with self._session("list drift results") as s:
+            if latest:
+                where.append(_last_runs_at(s, where))
             rows = list(s.execute(query.where(*where).limit(limit)))
             refs = version_info(s, {r.version_id for r in rows})
             tenants = tenant_names(s)
@@ -394,6 +397,7 @@ class MonitoringStore(StoreCore):
                 r.n_reference,
                 r.n_current,
                 dict(r.details),
+                r.scheduled,
             )
             for r in rows
         ]
@@ -404,13 +408,11 @@ class MonitoringStore(StoreCore):
         features in their order. ``list_drift_results(latest=True, limit=None)`` without
         what the gauges do not show (each replica's ``/metrics`` reads it at every scrape)."""
         d = DriftResultRow
-        query = (
-            select(d.run_id, d.endpoint_name, d.version_id, d.feature, d.method, d.value, d.drifted)
-            .join(*_last_times([]))
-            .order_by(d.endpoint_name, d.id)
-        )
+        query = select(
+            d.run_id, d.endpoint_name, d.version_id, d.feature, d.method, d.value, d.drifted
+        ).order_by(d.endpoint_name, d.id)
         with self._session("read the latest drift values") as s:
-            rows = s.execute(query).all()
+            rows = s.execute(query.where(_last_runs_at(s, []))).all()
             last = {r.endpoint_name: r.run_id for r in rows}  # two runs at one time: the later
             refs = version_info(s, {r.version_id for r in rows})
         return [
@@ -473,17 +475,28 @@ def check_window(window: str) -> None:
         raise ConfigError(f"unknown profile window {window!r}: use hour or day", field="window")
 
 
-def _last_times(where: Sequence[Any]) -> tuple[Any, Any]:
-    """What to join drift results to for the rows (``where``) at each endpoint's last
-    time, and on what: read on the index (endpoint, time), however many rows came before."""
+def _last_runs_at(s: Session, where: Sequence[Any]) -> Any:
+    """A condition on drift results (``where``): at each endpoint's last time, of the
+    tick's runs where it has any (a run made by hand later does not replace them), else of
+    any run. The last times are read on the index (endpoint, scheduled, time)."""
     d = DriftResultRow
-    last = (
-        select(d.endpoint_name, func.max(d.computed_at).label("at"))
+    found = s.execute(
+        select(d.endpoint_name, d.scheduled, func.max(d.computed_at))
         .where(*where)
-        .group_by(d.endpoint_name)
-        .subquery()
+        .group_by(d.endpoint_name, d.scheduled)
+    ).all()
+    chosen: dict[str, tuple[bool, datetime]] = {}
+    for endpoint, scheduled, at in found:
+        if endpoint not in chosen or scheduled:
+            chosen[endpoint] = (bool(scheduled), at)
+    if not chosen:
+        return false()
+    return or_(
+        *(
+            and_(d.endpoint_name == endpoint, d.computed_at == at, d.scheduled == scheduled)
+            for endpoint, (scheduled, at) in chosen.items()
+        )
     )
-    return last, and_(d.endpoint_name == last.c.endpoint_name, d.computed_at == last.c.at)
 
 
 def _last_runs(rows: Sequence[Row[Any]]) -> list[Row[Any]]:

@@ -118,7 +118,9 @@ class DriftResult:
     """One feature's drift test in one run.
 
     ``status`` is ok, drift, not_enough_data or no_reference; ``threshold`` is None where
-    no method applied (``method`` is ``-``).
+    no method applied (``method`` is ``-``). ``scheduled``: the monitoring tick made the
+    run; where an endpoint has such runs, its latest one is what alerts, gauges and the
+    report read, not a later run made by hand.
     """
 
     run_id: str
@@ -138,6 +140,7 @@ class DriftResult:
     n_reference: int
     n_current: int
     details: Mapping[str, Any] = field(default_factory=dict)
+    scheduled: bool = False  # made by the monitoring tick (the rules file's drift:)
 
 
 @dataclass(frozen=True)

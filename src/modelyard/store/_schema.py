@@ -491,7 +491,10 @@ class DriftResultRow(Base):
     """One feature's drift test in one drift run."""
 
     __tablename__ = "drift_results"
-    __table_args__ = (Index("ix_drift_results_endpoint_computed", "endpoint_name", "computed_at"),)
+    __table_args__ = (
+        Index("ix_drift_results_endpoint_computed", "endpoint_name", "computed_at"),
+        Index("ix_drift_results_endpoint_scheduled", "endpoint_name", "scheduled", "computed_at"),
+    )
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     run_id: Mapped[str] = mapped_column(String(36))
     computed_at: Mapped[datetime]
@@ -510,6 +513,8 @@ class DriftResultRow(Base):
     n_reference: Mapped[int] = mapped_column(Integer)
     n_current: Mapped[int] = mapped_column(Integer)
     details: Mapped[dict[str, Any]]
+    # made by the monitoring tick (the rules file's drift: section), not by hand
+    scheduled: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
 
 
 class AlertStateRow(Base):
