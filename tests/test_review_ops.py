@@ -371,7 +371,7 @@ def test_a_viewer_cannot_stop_every_audited_change_with_a_made_up_verify_head(ap
     r = api.call("viv", "GET", "/audit/verify", params={"head": made_up})
     assert r.status_code == 200, r.text
     assert r.json()["ok"] is False and r.json()["first_bad_seq"] == 1
-    assert "differs from the recorded head" in r.json()["reason"]  # the viewer is told
+    assert "differs from the head given with --head" in r.json()["reason"]  # the viewer is told
     assert api.store.open_audit_breaks() == []  # and nothing is recorded
     r = api.call("dev", "PUT", "/models/bot/aliases/staging", json={"version": 2})
     assert r.status_code == 200, r.text

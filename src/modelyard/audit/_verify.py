@@ -42,6 +42,19 @@ WRONG_KEY = " (or the audit key is not the one that wrote the chain: it verifies
 
 BreakFound = Literal["verify", "write"]
 
+GIVEN_HEAD = "the head given with --head"
+"""How a break that only a head kept outside the store shows names that head: it came from
+whoever ran ``verify`` (``--head``, or the admin API's ``head``), not from the store."""
+
+GIVEN_HEAD_HINT = (
+    "Compare that head with the copy kept outside the store (`modelyard audit head` prints "
+    "where the chain ends now). If events were removed or rewritten, restore the audit "
+    "tables from a backup. If the head was mistyped and an admin gave it, the break is on "
+    "record and audited changes are refused until an admin acknowledges it: `modelyard audit "
+    'acknowledge --reason "the head given with --head was mistyped"` (audited; the break '
+    "stays on record); given by anyone else, nothing was recorded: verify with the right head."
+)
+
 
 def missing_reason(first: int, next_seq: int) -> str:
     """Events ``first`` .. ``next_seq - 1`` are not stored."""
@@ -59,6 +72,23 @@ def link_reason(seq: int) -> str:
     return (
         f"its prev_hash does not match the hash of event {seq - 1}; "
         "events were reordered, inserted or deleted"
+    )
+
+
+def given_head_reason(end: AuditHead, given: AuditHead) -> str:
+    """The chain ends at ``end``, before the ``given`` head's seq."""
+    stored = f"ends at event {end.seq}" if end.seq else "is empty"
+    return (
+        f"the chain {stored} but {GIVEN_HEAD} is {given.seq}: events {end.seq + 1}.."
+        f"{given.seq} were removed, or the head was mistyped"
+    )
+
+
+def given_hash_reason(given: AuditHead) -> str:
+    """The event at the ``given`` head's seq carries another hash."""
+    return (
+        f"its hash differs from {GIVEN_HEAD}, {given}: the chain was rewritten from this "
+        "event on, or the head was mistyped"
     )
 
 
@@ -221,8 +251,7 @@ def scan_chain(
         ):
             add(
                 event.seq,
-                f"its hash differs from the recorded head {expected_head}; the chain "
-                "was rewritten from this event on",
+                given_hash_reason(expected_head),
                 "head",
                 expected_head,
                 *state,
@@ -242,9 +271,7 @@ def scan_chain(
     if expected_head is not None and expected_head.seq > scan.head.seq and not scan.truncated:
         add(
             scan.head.seq + 1,
-            f"the chain ends at event {scan.head.seq} but the recorded head is "
-            f"{expected_head.seq}; events {scan.head.seq + 1}..{expected_head.seq} were "
-            "removed (tail truncated)",
+            given_head_reason(scan.head, expected_head),
             "tail",
             expected_head,
             scan.head,
@@ -273,8 +300,10 @@ class ChainReport:
         if not self.ok:
             more = len(self.breaks) - 1
             after = f" ({more} more break{'s' if more > 1 else ''} after it)" if more > 0 else ""
+            given = GIVEN_HEAD in (self.reason or "")  # only a kept head shows it
             raise AuditChainBroken(
                 f"audit chain broken at seq {self.first_bad_seq}: {self.reason}{after}",
+                hint=GIVEN_HEAD_HINT if given else None,
                 first_bad_seq=self.first_bad_seq,
             )
 
