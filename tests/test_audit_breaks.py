@@ -330,3 +330,76 @@ def test_cli_a_broken_chain_refuses_writes_until_an_admin_acknowledges(
     assert code == 1 and "nothing to acknowledge" in _one_error_line(err)
     with _open(store_url, key=(home / "audit.key").read_text()) as s:
         assert "initech" in _tenants(s)
+
+
+def test_cli_a_head_given_past_the_end_is_named_as_the_given_head_and_can_be_acknowledged(
+    tmp_path: Path,
+) -> None:
+    """An admin's `verify --head 99:…` on a chain that ends at 3 said "the recorded head is
+    99": the head came from --head, not from the store. The break is recorded (an
+    external head is how a cut tail is caught), named as the given head, and stays named
+    so after the acknowledgment."""
+    home = tmp_path / "home"
+    assert modelyard("init", home=home).code == 0
+    for name in ("acme", "globex"):
+        assert modelyard("tenants", "create", name, home=home).code == 0  # events 2 and 3
+    given = "99:" + "ab" * 32
+    named = (
+        "the chain ends at event 3 but the head given with --head is 99: events 4..99 were "
+        "removed, or the head was mistyped"
+    )
+
+    cut = modelyard("audit", "verify", "--head", given, home=home)
+    assert cut.code == 1 and cut.out == ""
+    line = _one_error_line(cut.err)
+    assert line.startswith(f"error: audit chain broken at seq 4: {named}. "), line
+    assert "recorded head" not in line
+    assert '`modelyard audit acknowledge --reason "the head given with --head was mistyped"`' in (
+        line
+    )
+    refused = modelyard("tenants", "create", "initech", home=home)  # recorded: by design
+    assert refused.code == 1 and named in _one_error_line(refused.err)
+
+    why = "the head given with --head was mistyped"
+    acked = modelyard("audit", "acknowledge", "--reason", why, home=home)
+    assert acked.code == 0 and f"seq 4: {named} (found by `audit verify`" in acked.out
+    verify = modelyard("audit", "verify", home=home)
+    assert verify.code == 0, verify.err
+    assert f"acknowledged break at seq 4: {named} (found by `audit verify`" in verify.out
+    assert why in verify.out and "recorded head" not in verify.out
+    report = json.loads(modelyard("audit", "verify", "--json", home=home).out)
+    (done,) = report["acknowledged_breaks"]
+    assert done["reason"].startswith(named) and done["acknowledgment_reason"] == why
+    assert modelyard("tenants", "create", "initech", home=home).code == 0
+
+
+def test_cli_export_warns_on_stderr_while_a_break_is_open_as_log_does(tmp_path: Path) -> None:
+    """`audit export` of a chain with an edited event exited 0 with no word of the break
+    that `audit log` warns about: an auditor who only exports learned nothing."""
+    home = tmp_path / "home"
+    assert modelyard("init", home=home).code == 0
+    for name in ("acme", "globex"):
+        assert modelyard("tenants", "create", name, home=home).code == 0
+    _sql(f"sqlite:///{home / 'store.db'}", EDIT_3)
+    assert modelyard("audit", "verify", home=home).code == 1  # the break is on record
+    warning = "warning: the audit chain is broken at seq 3: its hash does not match"
+
+    log = modelyard("audit", "log", "--json", home=home)
+    assert log.code == 0 and warning in log.err
+    jsonl = modelyard("audit", "export", home=home)
+    assert jsonl.code == 0 and warning in jsonl.err
+    assert "modelyard audit acknowledge --reason" in jsonl.err
+    lines = jsonl.out.splitlines()
+    assert [json.loads(line)["seq"] for line in lines] == [1, 2, 3]  # stdout: the export only
+    assert json.loads(lines[2])["payload"] == {"storage_policy": "none"}  # as stored
+    out = tmp_path / "audit.csv"
+    csv_out = modelyard("audit", "export", "--format", "csv", "--out", str(out), home=home)
+    assert csv_out.code == 0 and warning in csv_out.err
+    assert csv_out.out.startswith("exported 3 events to ") and warning not in csv_out.out
+    assert out.read_text(encoding="utf-8").splitlines()[0].startswith("seq,")
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 4
+
+    why = "globex's row edited by hand in INC-7"
+    assert modelyard("audit", "acknowledge", "--reason", why, home=home).code == 0
+    after = modelyard("audit", "export", "--format", "csv", home=home)
+    assert after.code == 0 and after.err == ""  # acknowledged: nothing to warn about

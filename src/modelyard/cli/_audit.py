@@ -17,6 +17,7 @@ from rich.table import Table
 from modelyard.audit import (
     ROLES,
     AuditHead,
+    RecordedBreak,
     RecordsReport,
     check_format,
     check_proof,
@@ -87,17 +88,25 @@ def audit_log(
             since=start, action=action, subject=subject, actor=by, limit=limit
         )
         breaks = plane.open_audit_breaks()  # None through a server: it does not say
-    if breaks:  # on stderr: the JSON on stdout stays a plain list
-        first = breaks[0]
-        err_console.print(
-            f"[red]warning:[/] the audit chain is broken at seq {first.seq}: "
-            f"{escape(first.reason)} ({escape(first.describe())}). Audited changes are refused "
-            "until an admin acknowledges it (`modelyard audit acknowledge --reason ...`).",
-        )
+    _warn_open_breaks(breaks)
     if json_out:
         print_json([e.to_json() for e in events])
         return
     console.print(render_events(events, console.width), highlight=False)  # cells are Text
+
+
+def _warn_open_breaks(breaks: list[RecordedBreak] | None) -> None:
+    """Name the first break on record and not acknowledged, on stderr (what is on stdout, a
+    JSON list or an export, stays as it is); the command still exits 0."""
+    if breaks:
+        first = breaks[0]
+        err_console.print(
+            f"[red]warning:[/] the audit chain is broken at seq {first.seq}: "
+            f"{_shown(first.reason)} ({_shown(first.describe())}). Audited changes are refused "
+            "until an admin acknowledges it (`modelyard audit acknowledge --reason ...`).",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @app.command("verify")
@@ -263,14 +272,21 @@ def audit_export(
     since: str | None = SINCE,
     out: Path | None = typer.Option(None, "--out", help="Write to FILE instead of stdout."),
 ) -> None:
-    """Export events with their hashes for auditors (verifiable offline with the key)."""
+    """Export events with their hashes for auditors (verifiable offline with the key).
+
+    While a break of the chain is on record and not acknowledged, a warning on stderr
+    names it, as `audit log` does; the export is written all the same (exit 0).
+    `audit verify` recomputes the chain: export does not.
+    """
     chosen = check_format(fmt)
     start = None if since is None else parse_since(since)  # '' is an error, not all
     target = None if out is None else out_file(out)
     with open_store() as store:
+        breaks = store.open_audit_breaks()
         events = store.iter_audit_events(since=start)
         if target is None:
             write_events(events, chosen, sys.stdout)
+            _warn_open_breaks(breaks)
             return
         try:
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
@@ -287,6 +303,7 @@ def audit_export(
             Path(tmp).unlink(missing_ok=True)
             raise
     console.print(f"[green]exported[/] {count} events to {target}")
+    _warn_open_breaks(breaks)
 
 
 def _cannot_write(out: Path, exc: OSError) -> ConfigError:
