@@ -28,6 +28,7 @@ from modelyard.monitoring import (
     tick,
     update_profiles,
 )
+from modelyard.monitoring._alerts import record_metrics
 from modelyard.monitoring._stats import METHODS, Pair, SortedValues
 from modelyard.store import NewInferenceRecord, Store
 from worlds import fake_world
@@ -163,6 +164,22 @@ def test_profiles_match_the_records_and_updates_are_incremental(db: Store) -> No
         if p.start == T0 + timedelta(hours=1) and p.version == "acme-bot:2"
     )
     assert (h1.feedback_count, h1.feedback_sum) == (1, 1.0)
+
+
+def test_a_profiles_error_rate_is_the_alerts_refused_and_cancelled_left_out(db: Store) -> None:
+    """Refused requests (a client's mistake) and cancelled ones say nothing of a version:
+    the profiles, the report and `monitor profiles` divide by the requests that ended, as
+    alert rules and rollout guards do (the profiles counted every request: 3/13, not 3/9)."""
+    tid = _setup(db)
+    statuses = ["ok"] * 6 + ["error"] * 2 + ["timeout", "cancelled"] + ["refused"] * 3
+    _add(db, tid, [{"at": T0 + timedelta(seconds=i), "latency": 10.0, "status": st}
+                   for i, st in enumerate(statuses)])  # fmt: skip
+    update_profiles(db, now=T0 + timedelta(hours=3))
+    (hour,) = db.list_profiles(window="hour", endpoint="acme-support")
+    (day,) = db.list_profiles(window="day", endpoint="acme-support")
+    alerting = record_metrics(db, "acme-support", T0, T0 + timedelta(hours=1))
+    assert (hour.requests, hour.answered, hour.errors) == (13, 9, 3)
+    assert hour.error_rate == day.error_rate == alerting["error_rate"] == 3 / 9
 
 
 def test_retention_deletes_old_raw_records_after_profiling_and_keeps_the_audit_chain(

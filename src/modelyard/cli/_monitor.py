@@ -198,8 +198,9 @@ def profiles(
     table = Table(
         "start UTC", "endpoint", "version", "tenant", "req", "err", "p50/p95/p99 ms", "ttft",
         "tokens in/out", "cost", "cache", "feedback", "judged",
-        caption="err: errors and timeouts / requests; ttft: time to first token p50 (ms); "
-        "judged: each judge's mean score (1-5) of the records it scored (n)",
+        caption="err: errors and timeouts / requests that ended (not refused or cancelled); "
+        "ttft: time to first token p50 (ms); judged: each judge's mean score (1-5) of the "
+        "records it scored (n)",
     )  # fmt: skip
     for p in rows:
         table.add_row(

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from modelyard.store import Store, failed
+from modelyard.store import Store, ended, failed
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -103,6 +103,7 @@ def profile_of(
     checked = [r["format_ok"] for r in records if r.get("format_ok") is not None]
     return {
         "requests": len(records),
+        "ended": ended([r["status"] for r in records]),
         "errors": failed([r["status"] for r in records]),
         "latency_p50_ms": _pct(latency, 50),
         "latency_p95_ms": _pct(latency, 95),
@@ -172,6 +173,10 @@ def compute_day(store: Store, start: datetime) -> int:
             "ttft_p50_ms": hist_quantile(ttft, 0.50),
             "ttft_p95_ms": hist_quantile(ttft, 0.95),
             "cost": sum(costs) if costs else None,
+            # unknown when an hour of the day was profiled before requests that ended were
+            "ended": None
+            if any(h["ended"] is None for h in hours)
+            else sum(h["ended"] for h in hours),
             "latency_hist": lat,
             "ttft_hist": ttft,
         }

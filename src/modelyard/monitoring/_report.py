@@ -285,6 +285,7 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
     # the x axis of every chart: the hours of the period asked, not only those with data
     period = (floor_hour(since).timestamp(), floor_hour(clock).timestamp())
     requests = sum(p.requests for p in profiles)
+    answered = sum(p.answered for p in profiles)
     errors = sum(p.errors for p in profiles)
     costs = [p.cost for p in profiles if p.cost is not None]
     fb_n = sum(p.feedback_count for p in profiles)
@@ -305,7 +306,7 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
         [
             (
                 requests,
-                f"{errors / requests:.1%}" if requests else "-",
+                f"{errors / answered:.1%}" if answered else "-",
                 refused,
                 sum(p.tokens_in for p in profiles),
                 sum(p.tokens_out for p in profiles),
@@ -325,7 +326,7 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
         line_chart(
             "Error rate per version",
             _by_version(
-                profiles, lambda ps: sum(p.errors for p in ps) / max(1, sum(p.requests for p in ps))
+                profiles, lambda ps: sum(p.errors for p in ps) / max(1, sum(p.answered for p in ps))
             ),
             percent=True,
             x_range=period,

@@ -232,6 +232,7 @@ class MonitoringStore(StoreCore):
                     tool_calls=r.tool_calls,
                     format_checked=r.format_checked,
                     format_failures=r.format_failures,
+                    ended=r.ended,
                     judges=judged.get((r.start, r.endpoint_name, r.version_id, r.tenant_id), {}),
                 )
                 for r in rows

@@ -68,10 +68,19 @@ class Profile:
     format_checked: int = 0  # answers that had to be JSON or a call
     format_failures: int = 0  # of those, the ones that were not (cut short, say)
     judges: Mapping[str, JudgedQuality] = field(default_factory=dict)  # judge.NAME -> quality
+    ended: int | None = None  # ok, error or timeout; None in profiles made before 0024
+
+    @property
+    def answered(self) -> int:
+        """The requests that ended (ok, error or timeout): refused ones (a client's mistake)
+        and cancelled ones say nothing of the version. Every request, in profiles computed
+        before they were counted."""
+        return self.requests if self.ended is None else self.ended
 
     @property
     def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
+        """Errors and timeouts over the requests that ended, as alerts and guards count."""
+        return self.errors / self.answered if self.answered else 0.0
 
     @property
     def cache_hit_rate(self) -> float | None:

@@ -472,6 +472,9 @@ class ProfileRow(Base):
     # answers' tool calls, constrained answers checked and those that failed (migration 0010)
     tool_calls: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     format_checked: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # requests that ended (ok, error, timeout): the error rate's denominator (migration 0024;
+    # NULL in profiles computed before it)
+    ended: Mapped[int | None] = mapped_column(Integer)
     format_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     latency_hist: Mapped[list[Any]]
     ttft_hist: Mapped[list[Any]]
