@@ -357,7 +357,11 @@ def wait(
 @rollout_app.command("compare")
 def compare(
     endpoint: str = typer.Argument(..., help="The endpoint's name."),
-    since: str | None = typer.Option(None, help="Only records newer than this (1h, or a date)."),
+    since: str | None = typer.Option(
+        None,
+        help="Only records newer than this (1h, or a date). Default: every record kept, "
+        "earlier traffic plans' included.",
+    ),
     shadow: bool = typer.Option(
         False,
         "--shadow",
