@@ -542,7 +542,7 @@ def test_cli_bad_inputs_are_usage_errors(tmp_path: Path) -> None:
     assert bad_since.code == 2 and "--since" in _one_error_line(bad_since.err)
     zero_since = modelyard("audit", "log", "--since", "0d", home=tmp_path)
     assert zero_since.code == 2
-    assert "invalid duration '0d' for --since" in _one_error_line(zero_since.err)
+    assert "duration '0d' for --since is zero" in _one_error_line(zero_since.err)
     bad_format = modelyard("audit", "export", "--format", "xml", home=tmp_path)
     assert bad_format.code == 2 and "xml" in _one_error_line(bad_format.err)
     nowhere = tmp_path / "missing" / "audit.csv"

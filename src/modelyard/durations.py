@@ -49,8 +49,14 @@ def parse_duration(text: str, *, field: str | None = None, allow_zero: bool = Fa
     if allow_zero and _ZERO_RE.match(value):
         return timedelta(0)
     match = _DURATION_RE.match(value)
-    if match is None or float(match.group(1)) <= 0:
+    if match is None:
         raise _invalid(text, field, allow_zero)
+    if float(match.group(1)) <= 0:  # the right shape, the wrong value: say so
+        where = f" for {field}" if field else ""
+        raise ConfigError(
+            f"duration {text!r}{where} is zero: give a length above zero, e.g. {EXAMPLES}",
+            field=field or "duration",
+        )
     try:
         return timedelta(seconds=float(match.group(1)) * UNITS[match.group(2)])
     except OverflowError:
