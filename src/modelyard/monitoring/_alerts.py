@@ -375,10 +375,11 @@ def _summary(rule: Rule, labels: Mapping[str, str], value: float | None, holds: 
             return rule.summary.format(value=value, threshold=rule.threshold, **labels)
         except (KeyError, IndexError, ValueError, TypeError, AttributeError):
             return rule.summary  # e.g. {value:.2f} with no data: the template as written
-    shown = "no data" if value is None else f"{value:.4g}"
     where = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
     condition = f"{'' if holds or value is None else 'not '}{rule.comparison} {rule.threshold:g}"
-    return f"{rule.metric} over {rule.window} is {shown} ({condition}) [{where}]"
+    if value is None:  # a firing alert stays firing on no data (traffic stopped, say)
+        return f"{rule.metric} over {rule.window} has no data (the rule: {condition}) [{where}]"
+    return f"{rule.metric} over {rule.window} is {value:.4g} ({condition}) [{where}]"
 
 
 def evaluate_rules(store: Store, rules: AlertRules, now: datetime) -> list[Transition]:
