@@ -252,6 +252,9 @@ def test_bad_reference_is_one_clear_error(traffic: Traffic) -> None:
     r = modelyard("monitor", "drift", "--endpoint", "acme-support", home=traffic.home)
     assert r.code == 2
     assert "records no evaluation dataset" in r.err
+    r = modelyard("monitor", "drift", "--endpoint", "acme-support", "--min-samples", "0",
+                  home=traffic.home)  # fmt: skip
+    assert r.code == 2 and "Invalid value for '--min-samples'" in r.err  # was "min_samples"
 
 
 def test_tick_fires_a_drift_alert_and_metrics_and_report_show_it(

@@ -255,7 +255,7 @@ def drift(
         [], "--threshold", help="FEATURE=NUMBER; repeatable. Default: the method's."
     ),
     min_samples: int = typer.Option(
-        30, "--min-samples", help="Fewer samples on a side give 'not enough data'."
+        30, "--min-samples", min=2, help="Fewer samples on a side give 'not enough data'."
     ),
     semantic: bool = typer.Option(
         False,
