@@ -255,6 +255,9 @@ def test_bad_reference_is_one_clear_error(traffic: Traffic) -> None:
     r = modelyard("monitor", "drift", "--endpoint", "acme-support", "--min-samples", "0",
                   home=traffic.home)  # fmt: skip
     assert r.code == 2 and "Invalid value for '--min-samples'" in r.err  # was "min_samples"
+    r = modelyard("monitor", "drift", "--endpoint", "acme-support", "--reference", "previous:24",
+                  home=traffic.home)  # fmt: skip
+    assert r.code == 2 and "invalid duration '24' for --reference:" in r.err  # "for reference"
 
 
 def test_tick_fires_a_drift_alert_and_metrics_and_report_show_it(

@@ -355,7 +355,7 @@ def parse_reference(
         return None
     kind, _, arg = text.partition(":")
     if kind == "previous" and arg:
-        length = parse_duration(arg, field="reference")
+        length = parse_duration(arg, field=flag("reference"))
         start = back_from(window_start, length, f"reference {text}", "reference", flag)
         return start, window_start
     if kind == "baseline" and "/" in arg:
