@@ -113,6 +113,7 @@ class DriftRun:
     window_end: datetime
     features: tuple[DriftFeature, ...]
     stored: bool
+    run_id: str | None = None  # the stored run's id (the report names it); None: not stored
 
     @property
     def drifted_features(self) -> list[str]:

@@ -300,6 +300,7 @@ def drift(
     if json_out:
         print_json(
             {
+                "run_id": report.run_id,
                 "endpoint": report.endpoint,
                 "version": report.version,
                 "reference": report.reference,

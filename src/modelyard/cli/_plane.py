@@ -269,7 +269,8 @@ class LocalPlane:
             for r in report.results
         )  # fmt: skip
         return DriftRun(report.endpoint, report.version, report.reference, report.window_start,
-                        report.window_end, features, stored=True)  # fmt: skip
+                        report.window_end, features, stored=True,
+                        run_id=report.results[0].run_id if report.results else None)  # fmt: skip
 
     def list_alert_states(self, state: str | None = None) -> list[AlertState]:
         return self.store.list_alert_states(state=state)
