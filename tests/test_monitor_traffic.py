@@ -176,6 +176,9 @@ def test_shifted_prompts_drift_on_the_right_features_only(traffic: Traffic) -> N
     table = _cli(*_drift_args(traffic, "--threshold", "prompt_chars=0.0"), home=traffic.home)
     assert table.code == 0, table.err
     assert "prompt_non_ascii" in table.out and "drifted:" in table.out
+    # which way each value drifts: a p-value below its threshold, a distance above it
+    rows = {line.split("│")[1].strip(): line for line in table.out.splitlines() if "│" in line}
+    assert "< 0.05" in rows["prompt_tokens"] and "< 0 " in rows["prompt_chars"]
 
 
 def test_fail_on_drift_gates_ci_and_cron(traffic: Traffic) -> None:

@@ -287,7 +287,7 @@ def drift(
             endpoint, version=version, reference=reference, window=window, end=ends,
             method=method, threshold=threshold, min_samples=min_samples, semantic=semantic,
         )  # fmt: skip
-    from modelyard.monitoring import reference_overlap
+    from modelyard.monitoring import drift_condition, reference_overlap
 
     overlap = reference_overlap(reference, report.window_start)
     if overlap is not None:  # on stderr: --json stays parseable; the verdict still shows
@@ -316,7 +316,7 @@ def drift(
         "feature",
         "method",
         "value",
-        "threshold",
+        "drift if",
         "drifted",
         "reference n",
         "current n",
@@ -335,7 +335,9 @@ def drift(
             r.feature,
             r.method,
             "-" if r.value is None else f"{r.value:.4g}",
-            "-" if r.threshold is None or r.status == "no_reference" else f"{r.threshold:g}",
+            "-"
+            if r.threshold is None or r.status == "no_reference"
+            else drift_condition(r.method, r.threshold),
             verdict,
             str(r.n_reference),
             str(r.n_current),

@@ -44,7 +44,13 @@ from modelyard.monitoring._profiles import ProfileUpdate, update_profiles
 from modelyard.monitoring._report import write_report
 from modelyard.monitoring._rules_file import default_rules_path, rules_from
 from modelyard.monitoring._semantic import Embedder, mmd_test
-from modelyard.monitoring._stats import METHODS, Method, default_method, register_method
+from modelyard.monitoring._stats import (
+    METHODS,
+    Method,
+    default_method,
+    drift_condition,
+    register_method,
+)
 from modelyard.monitoring._tick import MonitoringCollector, TickReport, apply_retention, tick
 from modelyard.monitoring._writer import RecordWriter
 
@@ -78,6 +84,7 @@ __all__ = [
     "compute_drift",
     "default_method",
     "default_rules_path",
+    "drift_condition",
     "evaluate_rules",
     "export_records",
     "gone_servers",

@@ -167,6 +167,17 @@ class Method:
     def drifted(self, value: float, threshold: float) -> bool:
         return value > threshold if self.direction == "above" else value < threshold
 
+    def condition(self, threshold: float) -> str:
+        """What a value drifts on: ``< 0.05`` for a p-value, ``> 0.1`` for a distance."""
+        return f"{'>' if self.direction == 'above' else '<'} {threshold:g}"
+
+
+def drift_condition(method: str, threshold: float) -> str:
+    """``Method.condition`` of the method named ``method``; the bare threshold for one this
+    process does not know."""
+    found = METHODS.get(method)
+    return found.condition(threshold) if found else f"{threshold:g}"
+
 
 METHODS: dict[str, Method] = {
     m.name: m
