@@ -173,12 +173,16 @@ def test_shifted_prompts_drift_on_the_right_features_only(traffic: Traffic) -> N
     assert by["unknown_token_rate"]["status"] == "not_enough_data"
     assert by["unknown_token_rate"]["drifted"] is None
 
-    table = _cli(*_drift_args(traffic, "--threshold", "prompt_chars=0.0"), home=traffic.home)
+    table = modelyard(*_drift_args(traffic, "--threshold", "prompt_chars=0.0"),
+                      home=traffic.home, env={"COLUMNS": "80"})  # a usual terminal  # fmt: skip
     assert table.code == 0, table.err
-    assert "prompt_non_ascii" in table.out and "drifted:" in table.out
-    # which way each value drifts: a p-value below its threshold, a distance above it
+    assert "drifted: prompt_tokens, prompt_non_ascii" in table.out
+    # every feature's name and value whole at 80 columns, and which way each value drifts:
+    # a p-value below its threshold, a distance above it
     rows = {line.split("│")[1].strip(): line for line in table.out.splitlines() if "│" in line}
+    assert {"prompt_tokens", "prompt_non_ascii", "unknown_token_rate"} <= set(rows), table.out
     assert "< 0.05" in rows["prompt_tokens"] and "< 0 " in rows["prompt_chars"]
+    assert "…" not in table.out and "60/60" in rows["prompt_tokens"]
 
 
 def test_fail_on_drift_gates_ci_and_cron(traffic: Traffic) -> None:

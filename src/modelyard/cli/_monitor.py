@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
 from modelyard.cli._common import (
@@ -313,13 +313,10 @@ def drift(
         _fail_on(report.drifted_features, fail_on_drift)
         return
     table = Table(
-        "feature",
-        "method",
-        "value",
-        "drift if",
+        # names and numbers never cut short, at 80 columns too: the verdict wraps instead
+        *(Column(name, no_wrap=True) for name in ("feature", "method", "value", "drift if")),
         "drifted",
-        "reference n",
-        "current n",
+        Column("n ref/cur", no_wrap=True),
         title=f"drift of {report.endpoint} ({report.version}) vs "
         f"{report.reference}, {report.window_start:%Y-%m-%d %H:%M} to "
         f"{report.window_end:%H:%M} UTC",
@@ -339,8 +336,7 @@ def drift(
             if r.threshold is None or r.status == "no_reference"
             else drift_condition(r.method, r.threshold),
             verdict,
-            str(r.n_reference),
-            str(r.n_current),
+            f"{r.n_reference}/{r.n_current}",
         )
     console.print(table)
     drifted = report.drifted_features
