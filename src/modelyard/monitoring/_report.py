@@ -231,11 +231,26 @@ def _details(payload: Mapping[str, Any]) -> str:
     if isinstance(breach, Mapping) and isinstance(breach.get("message"), str):
         lead.append(f"breach: {breach['message']}")
         del rest["breach"]
-    parts = lead + [
-        f"{k}: {json.dumps(v, sort_keys=True, ensure_ascii=False)}" for k, v in sorted(rest.items())
-    ]
+    parts = lead + [f"{k}: {_shown(v)}" for k, v in sorted(rest.items())]
     text = ", ".join(parts)
     return text if len(text) <= _DETAILS_MAX else text[: _DETAILS_MAX - 1] + "…"
+
+
+_NESTED_MAX = 60  # characters of JSON a nested value is shown whole within
+
+
+def _shown(value: Any) -> str:
+    """A detail's value, short: a digest as its first 12 characters, a nested object or
+    list as how many fields or items it has when its JSON is long (a version's lineage;
+    ``modelyard audit log`` shows it whole)."""
+    if isinstance(value, str):
+        bare = value.removeprefix("sha256:")
+        if len(bare) >= 40 and all(c in "0123456789abcdef" for c in bare):
+            return json.dumps(value[: len(value) - len(bare) + 12] + "…", ensure_ascii=False)
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    if len(text) <= _NESTED_MAX or not isinstance(value, Mapping | list):
+        return text
+    return f"{{{len(value)} fields}}" if isinstance(value, Mapping) else f"[{len(value)} items]"
 
 
 _CSS = """
