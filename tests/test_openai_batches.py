@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -37,6 +38,7 @@ from modelyard.serving import (
 )
 from modelyard.serving._batch_runner import BatchRun
 from modelyard.serving._files import FileKeeper
+from modelyard.serving._live import LiveTraffic
 from modelyard.serving._stream import TokenStream
 from modelyard.store import ModelVersion, Store
 from waiting import until
@@ -812,9 +814,12 @@ def test_a_batch_yields_to_live_requests_and_takes_its_concurrency_back_after(
 
 
 def test_requests_refused_without_a_key_do_not_hold_a_batch_back(world: World) -> None:
-    """A request answered 401 asked no model: a flood of them, one after another, leaves
-    the batch its whole --batch-concurrency (each used to count as live traffic for
-    --quiet time after it, holding the batch at --batch-concurrency-busy)."""
+    """A request answered 401 asked no model: a flood of them, three clients at once,
+    leaves the batch its whole --batch-concurrency (each used to count as live traffic
+    while in flight and for the quiet time after it, holding the batch at
+    --batch-concurrency-busy). Nor does one without a key whose body is still coming (a
+    slow client, or one that never sends it). A request counts as live from its admission
+    on."""
     engine = Held()
     settings = replace(FAST, concurrency=4, concurrency_busy=1)
     with ExitStack() as stack:
@@ -831,11 +836,16 @@ def test_requests_refused_without_a_key_do_not_hold_a_batch_back(world: World) -
                                          headers={"Authorization": "Bearer nope"})  # fmt: skip
                     refused.append(answer.status_code)
 
-        flooding = threading.Thread(target=flood)
-        flooding.start()
-        stack.callback(flooding.join, 30)
+        flooding = [threading.Thread(target=flood) for _ in range(3)]
+        for thread in flooding:
+            thread.start()
+            stack.callback(thread.join, 30)
         stack.callback(stop.set)
         until("the flood going", lambda: len(refused) >= 5, timeout_s=20)
+        host, port = server.base_url.removeprefix("http://").split(":")
+        slow = stack.enter_context(socket.create_connection((host, int(port)), timeout=10))
+        slow.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 100"
+                     b"\r\nContent-Type: application/json\r\n\r\n{")  # and no more  # fmt: skip
         lines = [chat_line(f"c{i}", f"line {i}") for i in range(8)]
         batch = client.batches.create(
             input_file_id=upload(client, lines), endpoint="/v1/chat/completions",
@@ -856,3 +866,14 @@ def test_the_busy_concurrency_is_1_to_the_concurrency() -> None:
         with pytest.raises(ConfigError, match="--batch-concurrency-busy"):
             BatchSettings(concurrency=4, concurrency_busy=busy)
     assert BatchSettings(concurrency=4, concurrency_busy=4).concurrency_busy == 4
+
+
+def test_the_quiet_time_runs_from_the_last_answer_whichever_request_ends_last() -> None:
+    """A live answer's quiet time is kept when a request refused after its admission ends
+    after it (it used to be set only by whichever request ended last)."""
+    live = LiveTraffic()
+    live.begin()
+    live.begin()
+    live.end(quiet=True)  # a client's answer
+    live.end(quiet=False)  # a bad body, refused after its admission
+    assert 0 < live.busy_for(2.0) <= 2.0

@@ -47,7 +47,7 @@ from modelyard.errors import (
 )
 from modelyard.serving._batch_context import CURRENT
 from modelyard.serving._http_errors import error_of
-from modelyard.serving._live import LIVE_PATHS, LiveTraffic
+from modelyard.serving._live import LIVE_PATHS, SLOT, LiveSlot, LiveTraffic
 from modelyard.serving._shutdown import Drain
 
 ALWAYS_OPEN = frozenset({"/health", "/ready", "/metrics"})
@@ -189,8 +189,10 @@ class GuardMiddleware:
         )
         self.drain.inflight += 1
         status = [0]
-        if live is not None:
-            live.begin()
+        slot = token = None
+        if live is not None:  # counted as live once the data plane admits it (_live)
+            slot = LiveSlot(live)
+            token = SLOT.set(slot)
             send = _noting_status(send, status)
         try:
             checked = await self._check_body(scope, receive, send)
@@ -198,10 +200,10 @@ class GuardMiddleware:
                 await self.app(scope, checked, send)
         finally:
             self.drain.inflight -= 1
-            if live is not None:
-                # a request refused (4xx: no key, over its limits, a bad body) asked no
-                # model: no quiet time after it, or a flood of them would hold batches back
-                live.end(quiet=not 400 <= status[0] < 500)
+            if slot is not None and token is not None:
+                SLOT.reset(token)
+                # answered 4xx after its admission (a bad body): no model asked, no quiet time
+                slot.end(quiet=not 400 <= status[0] < 500)
 
     async def _check_body(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
         """The ``receive`` to hand on, or None when a refusal has been sent."""

@@ -1,15 +1,17 @@
 """Live traffic comes first: a batch's lines yield to the requests of live clients.
 
 ``LiveTraffic`` counts this replica's *live* model requests in flight: a POST to
-``/v1/chat/completions``, ``/v1/completions`` or ``/v1/responses`` from a client
-(the guard counts it until its whole response, a stream included, is sent), not
-a line of an OpenAI batch (``_batch_context``). ``LineSlots`` is how many of one
+``/v1/chat/completions``, ``/v1/completions`` or ``/v1/responses`` from a client,
+not a line of an OpenAI batch (``_batch_context``). It counts from the moment the
+data plane admits the request (its key authenticated, within its requests/min:
+``DataPlane.enter`` begins the guard's ``LiveSlot``) until its whole response, a
+stream included, is sent (the guard ends it), so requests refused before that (no
+key, over a limit) never count, however many come at once. ``LineSlots`` is how many of one
 batch's lines may be in flight: ``concurrency`` while the replica is idle of
 live traffic, ``busy`` while a live request is in flight or ended less than
 ``quiet_s`` ago (so a client sending request after request does not flap the
-batch between the two; a request answered 4xx asked no model and leaves no
-quiet time, so a flood of requests without a key cannot hold batches at
-``busy``). The limit applies to starting lines: those in flight
+batch between the two; a request answered 4xx after its admission, a bad body
+say, leaves no quiet time). The limit applies to starting lines: those in flight
 finish. Waiting wakes on a line's end or on live traffic ending, never polls.
 
 Everything runs on the app's event loop (the guard and the batch worker), so no
@@ -23,6 +25,8 @@ import contextlib
 import math
 import time
 from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 LIVE_PATHS = frozenset({"/v1/chat/completions", "/v1/completions", "/v1/responses"})
 
@@ -39,12 +43,13 @@ class LiveTraffic:
         self.inflight += 1
 
     def end(self, quiet: bool = True) -> None:
-        """One ended; ``quiet``: whether batches wait ``quiet_s`` after it (not after a
-        request refused before it asked a model)."""
+        """One ended; ``quiet``: whether batches wait ``quiet_s`` after it (not after one
+        refused before it asked a model). The quiet time runs from the last quiet end,
+        whichever request ends last."""
         self.inflight -= 1
+        if quiet:
+            self.ended_at = time.monotonic()
         if self.inflight <= 0:
-            if quiet:
-                self.ended_at = time.monotonic()
             for event in self._idle:
                 event.set()
 
@@ -64,6 +69,36 @@ class LiveTraffic:
             yield
         finally:
             self._idle.discard(event)
+
+
+@dataclass
+class LiveSlot:
+    """One request the guard may count as live: begun once the data plane admits it."""
+
+    live: LiveTraffic
+    begun: bool = False
+
+    def begin(self) -> None:
+        if not self.begun:
+            self.begun = True
+            self.live.begin()
+
+    def end(self, quiet: bool) -> None:
+        if self.begun:
+            self.begun = False
+            self.live.end(quiet)
+
+
+SLOT: ContextVar[LiveSlot | None] = ContextVar("modelyard_live_slot", default=None)
+"""The guard's slot for the request this task serves (a context variable: local to it)."""
+
+
+def admitted() -> None:
+    """The request this task serves was admitted: count it as live (if it is a client's
+    model request; on the event loop)."""
+    slot = SLOT.get()
+    if slot is not None:
+        slot.begin()
 
 
 class LineSlots:

@@ -50,7 +50,7 @@ from modelyard.serving._limits import (
     TenantSlots,
     count_prompt_tokens,
 )
-from modelyard.serving._live import LiveTraffic
+from modelyard.serving._live import LiveTraffic, admitted
 from modelyard.serving._metrics import Metrics
 from modelyard.serving._recording import Recorder
 from modelyard.serving._refusals import RefusalSampler, shorten
@@ -155,6 +155,7 @@ class DataPlane:
                 await run_in_threadpool(self._record_refusal, key, route, endpoint, limited,
                                         origin)  # fmt: skip
             raise
+        admitted()  # a client's model request: batches yield to it from now (_live)
         async with self.slots.hold(key.tenant):
             return await run_in_threadpool(self.submit, key, route, endpoint, user, params,
                                            render, request_taken=True, whole=whole,
