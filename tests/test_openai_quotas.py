@@ -79,7 +79,7 @@ def test_an_upload_that_cannot_fit_is_refused_before_its_body_is_sent(tmp_path: 
         two_tenant_world(store, versions=1)
         app = create_app(store, EchoEngine(), refresh_seconds=0.1,
                          artifacts=LocalArtifactStore(tmp_path / "artifacts"),
-                         max_file_bytes=100_000, max_tenant_file_bytes=QUOTA)  # fmt: skip
+                         max_file_bytes=1_000_000, max_tenant_file_bytes=QUOTA)  # fmt: skip
         key = create_api_key(store, "acme")[1]
         with BackgroundServer(app) as server:
             host, port = server.base_url.removeprefix("http://").split(":")
@@ -88,7 +88,7 @@ def test_an_upload_that_cannot_fit_is_refused_before_its_body_is_sent(tmp_path: 
                     b"POST /v1/files HTTP/1.1\r\nHost: x\r\n"
                     + f"Authorization: Bearer {key}\r\n".encode()
                     + b"Content-Type: multipart/form-data; boundary=b\r\n"
-                    + b"Content-Length: 50000\r\n\r\n--b\r\n"  # and nothing more
+                    + b"Content-Length: 500000\r\n\r\n--b\r\n"  # and nothing more
                 )
                 answer = sock.recv(65536).decode()
     assert answer.startswith("HTTP/1.1 400 "), answer

@@ -395,6 +395,10 @@ def test_an_upload_larger_than_the_routers_body_cap_is_relayed_to_a_replica(
                 made = client.files.create(file=("big.jsonl", body), purpose="batch")
                 assert made.bytes == len(body)
                 assert client.files.content(made.id).content == body
+                whole = b"x" * (8 << 20)  # the cap itself: its multipart framing is allowed
+                assert client.files.create(file=("cap.jsonl", whole), purpose="batch").bytes == (
+                    8 << 20
+                )
                 with pytest.raises(openai.APIStatusError) as refused:
                     client.files.create(file=("huge.jsonl", body * 2), purpose="batch")
             assert refused.value.status_code == 413

@@ -34,6 +34,7 @@ from modelyard.routing._options import RouteOptions
 from modelyard.routing._policy import Plan, Policy, Reason
 from modelyard.routing._replicas import Replica, Replicas
 from modelyard.routing._server import Drain
+from modelyard.uploads import FORM_OVERHEAD
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ class Proxy:
         (413 from its ``Content-Length``, or once a chunked body passes it: a replica that
         refused it mid-body could not be heard). Once its first bytes are sent it cannot
         go to another replica: a replica lost then is a 502."""
-        limit = self.options.max_file_bytes
+        limit = self.options.max_file_bytes + FORM_OVERHEAD  # the file, as the replicas allow
         started, size = [False], [0]
 
         async def body() -> AsyncIterator[bytes]:
@@ -173,9 +174,9 @@ class Proxy:
                 raise TooLarge
             await self._forward(scope, body(), order, reason, send, sent=lambda: started[0])
         except TooLarge:
-            await error(send, 413, f"the file is larger than this router's limit of {limit} "
-                        "bytes (--max-file-bytes)", "request_too_large",
-                        {"connection": "close"})  # fmt: skip
+            await error(send, 413, "the file is larger than this router's limit of "
+                        f"{self.options.max_file_bytes} bytes (--max-file-bytes)",
+                        "request_too_large", {"connection": "close"})  # fmt: skip
         except ClientGone:
             return
 

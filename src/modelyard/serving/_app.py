@@ -47,12 +47,11 @@ from modelyard.serving._router import Router
 from modelyard.serving._routes import add_routes
 from modelyard.serving._shutdown import Drain
 from modelyard.store import Store
+from modelyard.uploads import FORM_OVERHEAD
 
 if TYPE_CHECKING:
     from modelyard.artifacts import ArtifactStore
     from modelyard.delivery import Controller
-
-FORM_OVERHEAD = 64 * 1024  # an upload's multipart framing and fields, beside the file
 
 
 def create_app(

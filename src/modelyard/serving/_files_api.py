@@ -23,12 +23,10 @@ from modelyard.serving._auth import KeyDep
 from modelyard.serving._files import FileKeeper
 from modelyard.serving._plane import DataPlane
 from modelyard.store import FILE_PURPOSES, StoredFile
+from modelyard.uploads import FORM_OVERHEAD
 
 UPLOADED_PURPOSES = ("batch",)  # what a client may upload (OpenAI has more)
 MAX_LIST = 10000  # OpenAI's largest page of files
-# the most an upload's body may hold besides the file: the multipart boundaries and part
-# headers (a file name of up to 255 characters), and the purpose field
-MULTIPART_FRAMING = 4096
 
 
 def file_object(f: StoredFile) -> dict[str, Any]:
@@ -58,8 +56,8 @@ def add_file_routes(app: FastAPI, files: FileKeeper, plane: DataPlane) -> None:
         without its multipart framing is refused."""
         await plane.admit_call(key)
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > MULTIPART_FRAMING:
-            await run_in_threadpool(files.check_room, key.tenant, int(declared) - MULTIPART_FRAMING)
+        if declared.isdigit() and int(declared) > FORM_OVERHEAD:
+            await run_in_threadpool(files.check_room, key.tenant, int(declared) - FORM_OVERHEAD)
         form = await request.form(max_files=1, max_fields=8)
         try:
             extra = sorted(set(form.keys()) - {"file", "purpose"})
