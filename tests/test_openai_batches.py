@@ -626,7 +626,8 @@ def test_a_rotated_key_s_batch_goes_on_as_its_successor_unless_that_is_revoked(
 ) -> None:
     """A rotation replaces a key by one of the same tenant, scopes and limits: the batch the
     old key made is answered as the newest key of the chain once the old one's grace is
-    over (the records say which), and stops when the successor is revoked."""
+    over (the records say which), and stops when the successor is revoked. One the old key
+    made after it was rotated (in its grace: a leaked key being rotated out) ends with it."""
     first = world.keys["acme"]
     made = _stored_batch(world, [chat_line("a", "hi"), chat_line("b", "ho")])
     second, _ = rotate_api_key(world.store, made.api_key_id, grace=timedelta(0))
@@ -641,9 +642,22 @@ def test_a_rotated_key_s_batch_goes_on_as_its_successor_unless_that_is_revoked(
     records = world.store.query_records(job_id=made.id, limit=None)
     assert [r["api_key_id"] for r in records] == [third.id, third.id]
 
+    # made by the first key after it was rotated (in its grace, say): it ends with that key
     world.keys["acme"] = first
-    again = _stored_batch(world, [chat_line("c", "hey")])  # made by the first key too
-    world.store.revoke_api_key(third.id)
+    late = _stored_batch(world, [chat_line("l", "late")])
+    world.keys["acme"] = full
+    with ExitStack() as stack:
+        client = world.client(stack, world.serve(stack), "acme")
+        batch = wait(client, late.id)
+        refused = lines_of(client, batch.error_file_id)
+    assert [x["response"]["status_code"] for x in refused] == [401]
+    assert "the API key that created this batch has expired" in str(refused[0])
+
+    other = create_api_key(world.store, "acme", scopes=("infer",))[1]  # a chain of its own
+    world.keys["acme"] = other
+    again = _stored_batch(world, [chat_line("c", "hey")])
+    successor, _ = rotate_api_key(world.store, again.api_key_id, grace=timedelta(0))
+    world.store.revoke_api_key(successor.id)
     world.keys["acme"] = world.keys["acme-limited"]
     with ExitStack() as stack:
         client = world.client(stack, world.serve(stack), "acme")
@@ -651,7 +665,7 @@ def test_a_rotated_key_s_batch_goes_on_as_its_successor_unless_that_is_revoked(
         refused = lines_of(client, batch.error_file_id)
     assert [x["response"]["status_code"] for x in refused] == [401]
     assert refused[0]["response"]["body"]["error"]["message"].startswith(
-        f"the API key {third.id} that replaced the one that created this batch was revoked."
+        f"the API key {successor.id} that replaced the one that created this batch was revoked."
     )
 
 

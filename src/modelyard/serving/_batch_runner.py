@@ -300,7 +300,7 @@ class BatchRun:
         a cancel, its expiry), not stopped by this server."""
         done = await asyncio.to_thread(self.store.done_lines, batch.id)
         await asyncio.to_thread(self._discard, batch, source, done)
-        self.key = await asyncio.to_thread(batch_key, self.store, batch.api_key_id)
+        self.key = await asyncio.to_thread(batch_key, self.store, batch)
         settings = self.settings
         slots = LineSlots(self.worker.plane.live, settings.concurrency,
                           settings.concurrency_busy, settings.busy_quiet_s)  # fmt: skip
@@ -361,7 +361,7 @@ class BatchRun:
         rotated one is followed to its successor."""
         if group and not self.worker.plane.writer.wait_written(60.0):
             raise ModelyardError(f"the records of batch {batch.id}'s lines were not written")
-        self.key = batch_key(self.store, batch.api_key_id)
+        self.key = batch_key(self.store, batch)
         found = self.store.commit_lines(batch.id, self.worker.holder, group)
         ok = sum(line.ok for line in group)
         if ok:
@@ -517,20 +517,25 @@ def _code(body: Any) -> str | None:
     return error.get("code") if isinstance(error, dict) else None
 
 
-def batch_key(store: Store, key_id: str) -> ApiKey | None:
+def batch_key(store: Store, batch: StoredBatch) -> ApiKey | None:
     """The key a batch's lines are asked as: the key that created it or, once that key has
-    been rotated, its successor (the last of the chain). A rotation replaces a key by one of
-    the same tenant, scopes, limits and budgets, so what the old key started goes on when
-    its grace period ends. A key revoked along the chain is where it stops: revoking is how
-    a leaked key is cut off, with what it started."""
-    key = store.get_api_key(key_id)
-    seen = {key_id}
+    been rotated since, its successor (the last of the chain made after the batch). A
+    rotation replaces a key by one of the same tenant, scopes, limits and budgets, so what
+    the old key started goes on when its grace period ends; a batch the old key made during
+    its grace (a leaked key being rotated out, say) ends with it. A key revoked along the
+    chain is where it stops: revoking is how a leaked key is cut off, with what it
+    started."""
+    key = store.get_api_key(batch.api_key_id)
+    seen = {batch.api_key_id}
     while key is not None and key.revoked_at is None:
         successor = key.rotated_to
         if successor is None or successor in seen:
             break
         seen.add(successor)
-        key = store.get_api_key(successor)
+        newer = store.get_api_key(successor)
+        if newer is not None and newer.created_at <= batch.created_at:
+            break  # rotated before the batch was made: it ends with the key that made it
+        key = newer
     return key
 
 
