@@ -145,7 +145,11 @@ def drift(
 def drift_runs(
     caller: Acting,
     endpoint: str | None = Query(None, max_length=200),
-    latest: bool = Query(False, description="Only each endpoint's last run."),
+    latest: bool = Query(
+        False,
+        description="Only each endpoint's last run: the monitoring loop's last where the "
+        "endpoint has one (what alerts read), else its last of any kind.",
+    ),
     limit: int = Query(200, ge=1, le=5000, description="At most this many feature results."),
 ) -> list[dict[str, Any]]:
     found = caller.store.list_drift_results(endpoint=endpoint, latest=latest, limit=limit)
