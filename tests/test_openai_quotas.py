@@ -184,3 +184,22 @@ def _letting_go(engine: Held) -> Iterator[None]:
         yield
     finally:
         engine.go.set()  # before the server stops: its requests end
+
+
+def test_an_upload_is_not_refused_for_tokens_it_does_not_ask(tmp_path: Path) -> None:
+    """A key whose tokens bucket is in debt (answers longer than their admission counted)
+    may still upload: an upload takes a request, no tokens."""
+    with Store.open(f"sqlite:///{tmp_path}/s.db") as store:
+        two_tenant_world(store, versions=1)
+        app = create_app(store, EchoEngine(), refresh_seconds=0.1,
+                         artifacts=LocalArtifactStore(tmp_path / "artifacts"))  # fmt: skip
+        made, key = create_api_key(store, "acme", tpm_limit=100)
+        limiter = app.state.plane.limiter
+        limiter.settle(limiter.admit(made, 100), used_tokens=400)  # 300 tokens of debt
+        with (
+            BackgroundServer(app) as server,
+            openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0) as acme,
+        ):
+            line = b'{"custom_id": "a", "method": "POST", "url": "/v1/completions", '
+            line += b'"body": {"model": "acme-support", "prompt": "hi"}}\n'
+            assert acme.files.create(file=("in.jsonl", io.BytesIO(line)), purpose="batch").id

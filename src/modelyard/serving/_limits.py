@@ -173,7 +173,8 @@ class RateLimiter:
             waits = []
             if requests is not None and requests.wait_for(1) > 0:
                 waits.append(("requests", rpm, requests.wait_for(1)))
-            if budget is not None and budget.wait_for(min_tokens) > 0:
+            # no tokens asked (an upload, a batch made): a tokens bucket in debt is no matter
+            if budget is not None and min_tokens > 0 and budget.wait_for(min_tokens) > 0:
                 waits.append(("tokens", tpm, budget.wait_for(min_tokens)))
             if not waits:
                 if requests is not None:

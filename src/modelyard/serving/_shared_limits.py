@@ -139,8 +139,10 @@ class SharedRateLimiter:
         buckets = []
         if rpm is not None:
             buckets.append(("requests", rpm, 1, 1))
-        if tpm is not None:
+        if tpm is not None and min_tokens > 0:  # none asked: a bucket in debt is no matter
             buckets.append(("tokens", tpm, min_tokens, 0))
+        if not buckets:
+            return
         waits = self._run(key.id, buckets)
         if waits is None:  # Redis is down and the limits fail open: this replica's own
             self.local.admit_request(key, min_tokens)
