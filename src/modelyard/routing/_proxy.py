@@ -151,22 +151,12 @@ class Proxy:
         refused it mid-body could not be heard). Once its first bytes are sent it cannot
         go to another replica: a replica lost then is a 502."""
         limit = self.options.max_file_bytes + FORM_OVERHEAD  # the file, as the replicas allow
-        started, size = [False], [0]
+        started = [False]
 
         async def body() -> AsyncIterator[bytes]:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    raise ClientGone
-                started[0] = True
-                chunk = message.get("body", b"")
-                size[0] += len(chunk)
-                if size[0] > limit:
-                    raise TooLarge
-                if chunk:
-                    yield chunk
-                if not message.get("more_body", False):
-                    return
+            started[0] = True  # being read: it cannot be read again for another replica
+            async for chunk in body_chunks(receive, limit):
+                yield chunk
 
         order, reason = self.policy.order(None, self.view.replicas.usable())
         try:
@@ -305,7 +295,13 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
     """The whole body; ``TooLarge`` as soon as it passes ``limit`` (or says it will)."""
     if too_large(scope, limit):
         raise TooLarge
-    parts, size = [], 0
+    return b"".join([chunk async for chunk in body_chunks(receive, limit)])
+
+
+async def body_chunks(receive: Receive, limit: int) -> AsyncIterator[bytes]:
+    """The body's chunks as they arrive; ``TooLarge`` as soon as they pass ``limit``,
+    ``ClientGone`` when the client leaves first."""
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -314,9 +310,10 @@ async def read_body(scope: Scope, receive: Receive, limit: int) -> bytes:
         size += len(chunk)
         if size > limit:
             raise TooLarge
-        parts.append(chunk)
+        if chunk:
+            yield chunk
         if not message.get("more_body", False):
-            return b"".join(parts)
+            return
 
 
 def model_of(body: bytes) -> str | None:
