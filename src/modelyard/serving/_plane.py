@@ -28,6 +28,7 @@ from starlette.concurrency import run_in_threadpool
 
 from modelyard.errors import (
     ConfigError,
+    EndpointNotFound,
     EngineError,
     ModelyardError,
     NotFound,
@@ -204,8 +205,33 @@ class DataPlane:
     def _record_refusal(
         self, key: ApiKey, route: str, endpoint: str, exc: RateLimited, origin: Origin | None = None
     ) -> None:
+        endpoint = self._own_name(key, endpoint)
         self.recorder.record(f"cmpl-{uuid.uuid4().hex}", key, route, endpoint, None, None,
                              None, time.perf_counter(), exc=exc, origin=origin)  # fmt: skip
+
+    def _filed_under(
+        self, key: ApiKey, endpoint: str, version: ModelVersion | None, exc: ModelyardError
+    ) -> str:
+        """The endpoint a failed request is recorded under: its own once routed, "" for a
+        name the key may not use (missing or another tenant's: the error names it), and
+        for a refusal decided before routing, the name only when the key may call it."""
+        if version is not None:
+            return endpoint
+        if isinstance(exc, EndpointNotFound):
+            return ""
+        return self._own_name(key, endpoint)
+
+    def _own_name(self, key: ApiKey, endpoint: str) -> str:
+        """``endpoint`` when ``key`` may call it, else "": a name of another tenant's
+        endpoint never files a refusal there, where its records, feedback, profiles and
+        alerts would count another tenant's requests."""
+        if not endpoint:  # e.g. ``early_refusal``'s, on the event loop: no lookup at all
+            return ""
+        try:
+            visible = self.router.visible_endpoints(key)
+        except ModelyardError:  # the store is down and the snapshot stale: file it nowhere
+            return ""
+        return endpoint if any(e.name == endpoint for e in visible) else ""
 
     def count_refusal(self, tenant: str, exc: ModelyardError, key_id: str | None = None) -> bool:
         """Count a request refused before the engine (``modelyard_refused_total``); whether
@@ -290,13 +316,15 @@ class DataPlane:
                 self.limiter.settle(admission, 0)
             again = isinstance(exc, RateLimited)  # sent again later: under an id of its own
             if status_of(exc).http_status >= 500:
-                self.recorder.record(record_id, key, route, endpoint, version, prompt, None,
+                filed = self._filed_under(key, endpoint, version, exc)
+                self.recorder.record(record_id, key, route, filed, version, prompt, None,
                                      started, exc=exc, origin=origin)  # fmt: skip
             elif self.count_refusal(key.tenant, exc, key.id) or (
                 origin is not None and origin.record_id is not None and not again
             ):
                 refusal_id = f"cmpl-{uuid.uuid4().hex}" if again else record_id
-                self.recorder.record(refusal_id, key, route, endpoint, version,
+                filed = self._filed_under(key, endpoint, version, exc)
+                self.recorder.record(refusal_id, key, route, filed, version,
                                      shorten(prompt), None, started, exc=exc,
                                      origin=origin)  # fmt: skip
             raise
