@@ -5,7 +5,8 @@ Around every request: the guard (``_guard``: draining, body cap), the key
 plane (``_plane``): route, render, the prompt-token cap, the key's rate limits
 (``_limits``), the engine; its outcome is recorded. A request past
 ``request_timeout_s`` is cancelled and answered 504 (``_sse``). Errors leave in
-OpenAI's error body (``_http_errors``); ``/metrics`` exports ``_metrics``.
+OpenAI's error body (``_http_errors``), every answer with an ``x-request-id``
+(``_request_id``); ``/metrics`` exports ``_metrics``.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from modelyard.serving._http_errors import install_error_handlers
 from modelyard.serving._limits import ServerLimits
 from modelyard.serving._metrics import Metrics
 from modelyard.serving._plane import DataPlane
+from modelyard.serving._request_id import RequestIdMiddleware
 from modelyard.serving._responses import add_response_routes
 from modelyard.serving._router import Router
 from modelyard.serving._routes import add_routes
@@ -169,6 +171,7 @@ def create_app(
         upload_caps=upload_caps,
         live=plane.live,
     )
+    app.add_middleware(RequestIdMiddleware)  # outermost: the guard's refusals carry one too
     install_error_handlers(app)
     add_routes(app, plane)
     add_response_routes(app, plane)

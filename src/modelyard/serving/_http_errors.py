@@ -30,6 +30,7 @@ from modelyard.errors import (
     UpstreamBusy,
     status_of,
 )
+from modelyard.serving._request_id import request_id_of
 from modelyard.serving._types import ClientGone
 
 log = logging.getLogger(__name__)
@@ -114,16 +115,26 @@ def _json_kind(value: Any) -> str:
     return f"{kind} ({shown})" if shown and len(shown) <= 40 else kind
 
 
+def _field_path(error: Any) -> list[str]:
+    """Where in the body an error is, without pydantic's names of a union's alternatives
+    (``str``, ``list[TextPart]``): ``["messages", "0", "content", "0", "text"]``."""
+    return (
+        [str(p) for p in error.get("loc", ()) if p != "body" and not re.search(r"[\[(]", str(p))]
+        if isinstance(error.get("loc"), tuple | list)
+        else []
+    )
+
+
 def validation_message(errors: Sequence[Any]) -> tuple[str | None, str]:
     """The parameter (a dotted path, e.g. ``messages.0.content``) and the message of a
     request body that failed validation: our own checks' messages first (a field with
     several accepted types fails once per type; the check that says why is the one)."""
     if not errors:
         return None, "invalid request"
-    first = next((e for e in errors if e.get("type") == "value_error"), errors[0])
-    # pydantic names the alternatives of a union in the path ("list[str]"): not a field
-    loc = [str(p) for p in first.get("loc", ()) if p != "body" and not re.search(r"[\[(]", str(p))]
-    param = ".".join(loc) or None
+    first = next((e for e in errors if e.get("type") == "value_error"), None)
+    if first is None:  # a field of several types: the alternative that got furthest says why
+        first = max(errors, key=lambda e: len(_field_path(e)))
+    param = ".".join(_field_path(first)) or None
     if first.get("type") == "extra_forbidden":
         return param, (
             f"invalid request: {param} is not a parameter this server accepts; remove it "
@@ -148,11 +159,11 @@ def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves in the OpenAI error body; client mistakes are 4xx, never 500."""
 
     @app.exception_handler(ModelyardError)
-    async def modelyard_error(_req: Request, exc: ModelyardError) -> JSONResponse:
+    async def modelyard_error(req: Request, exc: ModelyardError) -> JSONResponse:
         found = status_of(exc)
         status = found.http_status
         if status >= 500:
-            log.error("request failed: %s", exc.one_line())
+            log.error("request %s failed: %s", request_id_of(req), exc.one_line())
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if isinstance(exc, RateLimited):
             headers = {"Retry-After": str(exc.retry_after)}
@@ -170,6 +181,23 @@ def install_error_handlers(app: FastAPI) -> None:
             error_of(exc),
             status_code=status,
             headers=headers,
+        )
+
+    @app.exception_handler(Exception)
+    async def unexpected(req: Request, exc: Exception) -> JSONResponse:
+        # a bug: OpenAI's 500 body (the SDKs read its type), never Starlette's plain text;
+        # the traceback is logged by the server (Starlette raises the exception on)
+        rid = request_id_of(req)
+        log.error("request %s failed: %s: %s", rid, type(exc).__name__, exc)
+        return JSONResponse(
+            error_body(
+                f"the server failed on this request ({rid}); the operator finds the details "
+                "in the server's log",
+                "server_error",
+                "server_error",
+            ),
+            status_code=500,
+            headers={"x-request-id": rid},  # answered outside RequestIdMiddleware
         )
 
     @app.exception_handler(ClientGone)
@@ -207,8 +235,8 @@ def http_message(req: Request, exc: StarletteHTTPException) -> str:
     if exc.status_code == 404 and exc.detail == "Not Found":
         return (
             f"Invalid URL ({where}): this server has no such route. It serves "
-            f"{', '.join(ROUTES)}; embeddings, images, audio, files and other routes are not "
-            "served (docs/serving.md, compatibility with the OpenAI API)"
+            f"{', '.join(served_routes(req.app))}; embeddings, images, audio, fine-tuning and "
+            "other routes are not served (docs/serving.md, compatibility with the OpenAI API)"
         )
     if exc.status_code == 405:
         allowed = (exc.headers or {}).get("Allow") or (exc.headers or {}).get("allow")
@@ -231,13 +259,18 @@ def _unparsable(cause: BaseException | None) -> str:
     return "it must be UTF-8 JSON"
 
 
-ROUTES = (
-    "POST /v1/chat/completions",
-    "POST /v1/completions",
-    "POST /v1/responses",
-    "GET /v1/models",
-    "POST /v1/feedback",
-)
+def served_routes(app: Any) -> list[str]:
+    """The API's resources this app serves (``/v1/files`` and ``/v1/batches`` only where it
+    keeps files), in the order they were added: each route's path up to its first parameter."""
+    found: list[str] = []
+    for route in getattr(app, "routes", ()):
+        path = getattr(route, "path", "")
+        if not path.startswith("/v1/"):
+            continue
+        resource = path.split("/{", 1)[0]
+        if resource not in found:
+            found.append(resource)
+    return found
 
 
 __all__ = [
@@ -247,5 +280,6 @@ __all__ = [
     "http_message",
     "install_error_handlers",
     "param_of",
+    "served_routes",
     "validation_message",
 ]

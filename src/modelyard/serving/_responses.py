@@ -36,7 +36,7 @@ from modelyard.serving._types import (
     TokenLogprob,
     naming_prompt,
 )
-from modelyard.serving._wire import Text
+from modelyard.serving._wire_fields import Metadata, ServiceTier, Text
 from modelyard.store import ModelVersion
 
 ROUTE = "responses"  # the inference records' route
@@ -229,9 +229,9 @@ class ResponsesRequest(BaseModel):
     user: Text | None = None
     text: TextOptions | None = None
     # harmless: they do not change the answer (``store``: nothing is kept; see the module)
-    metadata: dict[str, Text] | None = None
+    metadata: Metadata | None = None
     store: bool | None = None
-    service_tier: Text | None = None
+    service_tier: ServiceTier | None = None
     parallel_tool_calls: bool | None = None
     prompt_cache_key: Text | None = None
     prompt_cache_retention: Text | None = None

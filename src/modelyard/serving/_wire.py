@@ -5,10 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
-    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -30,27 +29,13 @@ from modelyard.serving._types import (
     Guide,
     SamplingParams,
 )
+from modelyard.serving._wire_fields import Metadata, ServiceTier, Text
 
 MAX_STOP = 4  # stop strings, as OpenAI allows
 MAX_PROMPTS = 16  # prompts in one legacy completion request
 MAX_N = 8  # choices of one prompt
 MAX_STOP_CHARS = 256  # per stop string: each is searched in the answer at every token
 MAX_TOOLS = 128  # functions offered in one request, as OpenAI allows
-
-
-def _utf8(text: str) -> str:
-    """``text`` if it can be encoded as UTF-8 (JSON may carry lone surrogates, ``\\ud800``)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        raise ValueError(
-            f"the text holds a lone surrogate (U+{ord(text[exc.start]):04X} at character "
-            f"{exc.start}), which is not valid Unicode; send UTF-8 text"
-        ) from None
-    return text
-
-
-Text = Annotated[str, AfterValidator(_utf8)]
 
 
 class TextPart(BaseModel):
@@ -63,7 +48,9 @@ class TextPart(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _text_only(cls, value: Any) -> Any:
-        kind = value.get("type") if isinstance(value, dict) else None
+        if not isinstance(value, dict):
+            raise ValueError('a content part is an object: {"type": "text", "text": "..."}')
+        kind = value.get("type")
         if isinstance(kind, str) and kind != "text":
             raise ValueError(
                 f"content parts of type {kind!r} are not supported by this server: it reads "
@@ -222,9 +209,9 @@ class CommonRequest(SamplingExtensions):
     stream: bool = Field(default=False, strict=True)
     stream_options: StreamOptions | None = None
     # harmless: they do not change the answer
-    metadata: dict[str, Text] | None = None
+    metadata: Metadata | None = None
     store: bool | None = None
-    service_tier: Text | None = None
+    service_tier: ServiceTier | None = None
     # structured outputs (constrained decoding, ``_grammar``)
     response_format: ResponseFormat | None = None
     parallel_tool_calls: bool | None = None
@@ -579,7 +566,9 @@ __all__ = [
     "CompletionRequest",
     "FeedbackRequest",
     "JsonSchemaFormat",
+    "Metadata",
     "ResponseFormat",
+    "ServiceTier",
     "StreamOptions",
     "include_usage",
 ]

@@ -1,0 +1,184 @@
+"""Journey 3 (an application developer with only an OpenAI client): what the client sees
+when a request goes wrong. Every answer, an error included, carries ``x-request-id`` (the
+SDK's ``exc.request_id``, what a developer quotes to the operator); a bug in the server
+is OpenAI's 500 body, not plain text; the 404 for an unknown route lists what this
+server serves; and parameters OpenAI bounds are refused here as OpenAI refuses them."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from modelyard.access import create_api_key
+from modelyard.artifacts import LocalArtifactStore
+from modelyard.serving import BackgroundServer, EchoEngine, ServerLimits, create_app
+from modelyard.store import Store
+from worlds import two_tenant_world
+
+MESSAGES: list[Any] = [{"role": "user", "content": "vpn is down"}]
+
+
+@dataclass
+class Served:
+    url: str
+    key: str
+    clients: ExitStack
+
+    def client(self, key: str | None = None) -> openai.OpenAI:
+        client = openai.OpenAI(base_url=self.url + "/v1", api_key=key or self.key, max_retries=0)
+        return self.clients.enter_context(client)
+
+
+class BuggyEngine(EchoEngine):
+    """An engine with a bug: rendering a chat prompt raises an unexpected error."""
+
+    def render_chat(self, *args: Any, **kwargs: Any) -> str:
+        raise RuntimeError("a bug in the engine")
+
+
+def _serve(tmp_path: Path, engine: EchoEngine) -> Iterator[Served]:
+    with Store.open(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        two_tenant_world(store, template="alpaca")
+        key = create_api_key(store, "acme")[1]
+        app = create_app(
+            store,
+            engine,
+            refresh_seconds=0.2,
+            heartbeat_s=None,
+            limits=ServerLimits(max_body_bytes=16_384),
+            artifacts=LocalArtifactStore(tmp_path / "artifacts"),
+        )
+        with BackgroundServer(app) as server, ExitStack() as clients:
+            yield Served(server.base_url, key, clients)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    yield from _serve(tmp_path, EchoEngine())
+
+
+@pytest.fixture
+def buggy(tmp_path: Path) -> Iterator[Served]:
+    yield from _serve(tmp_path, BuggyEngine())
+
+
+def _refused(call: Any) -> openai.APIStatusError:
+    with pytest.raises(openai.APIStatusError) as caught:
+        call()
+    return caught.value
+
+
+def test_every_refusal_carries_an_x_request_id_as_openai_sends_it(served: Served) -> None:
+    client = served.client()
+    chat = client.chat.completions.create
+    refusals = {
+        404: lambda: chat(model="no-such-model", messages=MESSAGES),
+        400: lambda: chat(model="acme-support", messages=[]),
+        401: lambda: served.client("myk_bad").models.list(),
+        413: lambda: chat(
+            model="acme-support", messages=[{"role": "user", "content": "x" * 20_000}]
+        ),
+    }
+    seen = set()
+    for status, call in refusals.items():
+        exc = _refused(call)
+        assert exc.status_code == status
+        assert exc.request_id is not None and exc.request_id.startswith("req_"), status
+        seen.add(exc.request_id)
+    assert len(seen) == len(refusals)  # one id per request
+    missing = _refused(lambda: client.files.retrieve("file-nope"))
+    assert missing.status_code == 404 and missing.request_id is not None
+    answered = chat(model="acme-support", messages=MESSAGES, max_tokens=4)
+    assert answered._request_id == answered.id  # an answer still names its record
+
+
+def test_a_bug_in_the_server_is_openais_500_body_with_an_id_in_the_log(
+    buggy: Served, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="modelyard.serving._http_errors"):
+        exc = _refused(
+            lambda: buggy.client().chat.completions.create(
+                model="acme-support", messages=MESSAGES, max_tokens=4
+            )
+        )
+    assert isinstance(exc, openai.InternalServerError)
+    assert isinstance(exc.body, dict)
+    assert exc.body["type"] == "server_error" and exc.body["code"] == "server_error"
+    assert exc.request_id is not None and exc.request_id in exc.body["message"]
+    assert "a bug in the engine" not in exc.body["message"]  # details are for the log
+    assert any(exc.request_id in r.getMessage() for r in caplog.records)
+
+
+def test_an_unknown_route_lists_the_routes_this_server_serves(served: Served) -> None:
+    reply = httpx.post(
+        served.url + "/v1/embeddings",
+        json={"model": "acme-support", "input": "x"},
+        headers={"Authorization": f"Bearer {served.key}"},
+    )
+    assert reply.status_code == 404
+    error = reply.json()["error"]
+    assert error["type"] == "invalid_request_error" and error["code"] is None
+    message = error["message"]
+    assert message.startswith("Invalid URL (POST /v1/embeddings)")
+    for route in ("/v1/chat/completions", "/v1/responses", "/v1/files", "/v1/batches"):
+        assert route in message
+    assert "files" not in message.split(";", 1)[1]  # never "files ... are not served"
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "words"),
+    [
+        ({"metadata": {f"k{i}": "v" for i in range(17)}}, "metadata", "at most 16"),
+        ({"metadata": {"k": "v" * 513}}, "metadata", "at most 512"),
+        ({"metadata": {"k" * 65: "v"}}, "metadata", "at most 64"),
+        ({"service_tier": "platinum"}, "service_tier", "'auto'"),
+    ],
+)
+def test_parameters_openai_bounds_are_refused_as_openai_refuses_them(
+    served: Served, extra: dict[str, Any], param: str, words: str
+) -> None:
+    client = served.client()
+    for call in (
+        lambda: client.chat.completions.create(
+            model="acme-support", messages=MESSAGES, max_tokens=4, extra_body=extra
+        ),
+        lambda: client.responses.create(model="acme-support", input="hi", extra_body=extra),
+    ):
+        exc = _refused(call)
+        assert exc.status_code == 400
+        assert isinstance(exc.body, dict)
+        assert exc.body["param"] == param and words in exc.body["message"], exc.body
+    fine = {"metadata": {f"k{i}": "v" * 512 for i in range(16)}, "service_tier": "auto"}
+    client.chat.completions.create(
+        model="acme-support", messages=MESSAGES, max_tokens=4, extra_body=fine
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "param"),
+    [
+        ([{"type": "text"}], "messages.0.content.0.text"),
+        ([{"text": "hi"}], "messages.0.content.0.type"),
+        (["hi"], "messages.0.content.0"),  # a text, not a part
+    ],
+)
+def test_a_malformed_content_part_names_the_part_and_what_it_lacks(
+    served: Served, content: Any, param: str
+) -> None:
+    exc = _refused(
+        lambda: served.client().chat.completions.create(
+            model="acme-support", messages=[{"role": "user", "content": content}]
+        )
+    )
+    assert exc.status_code == 400 and isinstance(exc.body, dict)
+    assert exc.body["param"] == param, exc.body
+    assert "not an array" not in exc.body["message"]
+    assert "TextPart" not in exc.body["message"]  # no name of the server's own code
