@@ -67,6 +67,7 @@ class StepView:
     guards: list[GuardResult]
     elapsed_s: float
     judge_backlog: int = 0  # target records left to judge for a judge guard still pending
+    latency_window: str = "lookback"  # the baseline's latencies: "step" or "lookback"
 
 
 def default_holder() -> str:
@@ -78,6 +79,9 @@ def _expect(r: Rollout) -> tuple[str, str, int]:
 
 
 BASELINE_LOOKBACK_S = 3600.0
+LATENCY_BASELINE_MIN = 30
+"""Requests the baseline must have answered in the step's own window (and at least the
+rollout's ``min_requests``) for latency guards to compare with those (``_latency_now``)."""
 
 
 def step_view(
@@ -86,13 +90,20 @@ def step_view(
     """The current step's traffic and guard values: the target's requests since the step
     started, against the baseline versions' requests since an hour (or one bake time, if
     longer) before the rollout started, so a blue-green switch still has a baseline (read
-    through the controller's ``baselines``, which keeps a costly read a while)."""
+    through the controller's ``baselines``, which keeps a costly read a while); latencies
+    against the baseline's in the step's own window when it has enough there
+    (``_latency_now``)."""
     window = step_window(store, r)
     start, baseline_ids = window.canary_since, list(window.baseline_ids)
-    target = store.rollout_samples(r.endpoint, start, [r.target_version_id])[r.target_version_id]
+    now = store.rollout_samples(r.endpoint, start, [r.target_version_id, *baseline_ids])
+    target = now[r.target_version_id]
     base = (baselines or BaselineReads()).read(store, r.id, window)
     canary = TrafficSample.of([target])
-    baseline = TrafficSample.of(base[i] for i in baseline_ids)
+    baseline, latency_window = _latency_now(
+        TrafficSample.of(base[i] for i in baseline_ids),
+        TrafficSample.of(now[i] for i in baseline_ids),
+        max(r.min_requests, LATENCY_BASELINE_MIN),
+    )
     judged = judged_windows(store, r.guards, window)
     if judged:  # what the judges named by guards scored of each side so far
         canary = replace(
@@ -107,7 +118,26 @@ def step_view(
     elapsed = (utcnow() - start).total_seconds()
     pending = {judge_name(g.metric) for g in guards if g.status == "pending"}
     backlog = sum(w.canary.unjudged for name, w in judged.items() if name in pending)
-    return StepView(canary, baseline, target.fallbacks, guards, elapsed, backlog)
+    return StepView(canary, baseline, target.fallbacks, guards, elapsed, backlog, latency_window)
+
+
+def _latency_now(
+    lookback: TrafficSample, now: TrafficSample, enough: int
+) -> tuple[TrafficSample, str]:
+    """The baseline a step's guards compare with, and where its latencies come from.
+
+    Latency depends on the moment: a machine busier now (a traffic peak, a neighbour's
+    job) slows every version at once, and a canary judged against the past hour's quiet
+    latencies was rolled back for it. So when the baseline versions answered ``enough``
+    requests since the step started, their latencies (and times to first token) are
+    those of the same window as the canary's (``"step"``); else (a blue-green switch, the
+    last step at 100 %, a quiet endpoint) those since an hour before the rollout
+    (``"lookback"``). Error rates and feedback keep the longer window: they do not move
+    with the load, and more requests make their tests firmer."""
+    if len(now.latencies_ms) < enough:
+        return lookback, "lookback"
+    ttfts = now.ttfts_ms if len(now.ttfts_ms) >= enough else lookback.ttfts_ms
+    return replace(lookback, latencies_ms=now.latencies_ms, ttfts_ms=ttfts), "step"
 
 
 def step_window(store: Store, r: Rollout) -> StepWindow:
@@ -391,7 +421,8 @@ class Controller:
         breaches = [g for g in view.guards if g.status == "breach"]
         window = {"since": (r.step_started_at or r.created_at).isoformat(),
                   "requests": view.canary.requests,
-                  "baseline_requests": view.baseline.requests}  # fmt: skip
+                  "baseline_requests": view.baseline.requests,
+                  "baseline_latency": view.latency_window}  # fmt: skip
         if breaches:
             return self._roll_back(
                 r, {"kind": "guard", "guards": [_guard_json(g) for g in view.guards],
