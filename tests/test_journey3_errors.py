@@ -182,3 +182,22 @@ def test_a_malformed_content_part_names_the_part_and_what_it_lacks(
     assert exc.body["param"] == param, exc.body
     assert "not an array" not in exc.body["message"]
     assert "TextPart" not in exc.body["message"]  # no name of the server's own code
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        {"json": {"purpose": "batch", "file": "{}"}},
+        {"data": {"purpose": "batch"}},  # a form without its file part
+    ],
+)
+def test_an_upload_not_sent_as_multipart_says_how_to_send_it(
+    served: Served, sent: dict[str, Any]
+) -> None:
+    reply = httpx.post(
+        served.url + "/v1/files", headers={"Authorization": f"Bearer {served.key}"}, **sent
+    )
+    assert reply.status_code == 400
+    error = reply.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert "multipart/form-data" in error["message"], error  # not "purpose is missing"

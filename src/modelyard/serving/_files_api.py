@@ -54,6 +54,13 @@ def add_file_routes(app: FastAPI, files: FileKeeper, plane: DataPlane) -> None:
         """Upload a file (multipart: ``file`` and ``purpose``). Before its body is read: one
         of the key's requests/min, and a body that could not fit the tenant's room even
         without its multipart framing is refused."""
+        sent_as = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if sent_as != "multipart/form-data":  # a JSON body has no file: say how to send one
+            raise ConfigError(
+                f"the upload was sent as {sent_as or 'no content type'!r}; send the file as "
+                "multipart/form-data with the parts 'file' and 'purpose' (batch), as "
+                "client.files.create does"
+            )
         await plane.admit_call(key)
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > FORM_OVERHEAD:
