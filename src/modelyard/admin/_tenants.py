@@ -164,6 +164,8 @@ def list_keys(
     after: str | None = page_after("keys (oldest first)", "key id"),
 ) -> list[dict[str, Any]]:
     """The first ``limit`` keys, oldest first (made after the key ``after``)."""
+    if tenant is not None:
+        caller.store.get_tenant(tenant)  # a misspelt tenant is a 404, not "no keys"
     now = datetime.now(UTC)
     return [key_json(k, now) for k in caller.store.list_api_keys(tenant, limit=limit, after=after)]
 
@@ -231,6 +233,8 @@ def set_limits(body: LimitsBody, caller: Acting, key_id: str = KeyId) -> dict[st
 def list_budgets(
     caller: Acting, tenant: str | None = Query(None, max_length=100)
 ) -> list[dict[str, Any]]:
+    if tenant is not None:
+        caller.store.get_tenant(tenant)  # a misspelt tenant is a 404, not "no budgets"
     return caller.store.budget_statuses(caller.store.list_budgets(tenant), datetime.now(UTC))
 
 

@@ -20,7 +20,7 @@ from modelyard.cli._common import (
 from modelyard.cli._control import ControlPlane, needs_database
 from modelyard.cli._plane import open_plane
 from modelyard.cli._registry import GATE_KEYS, gate_json, gate_lines
-from modelyard.errors import ArtifactError, ConfigError
+from modelyard.errors import ArtifactError, ConfigError, TenantNotFound
 from modelyard.store import (
     DEFAULT_STORAGE_POLICY,
     STORAGE_POLICIES,
@@ -166,6 +166,8 @@ def keys_list(
     """List keys (never their secrets)."""
     with open_plane() as plane:
         keys = plane.list_api_keys(tenant)  # KeyInfo: no hash
+        if tenant is not None and not keys and tenant not in {t.name for t in plane.list_tenants()}:
+            raise TenantNotFound(f"no tenant named {tenant!r}")  # not an empty list: a typo
     if json_out:
         print_json(keys)
         return
