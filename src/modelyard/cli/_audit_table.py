@@ -55,6 +55,44 @@ def details_text(payload: Mapping[str, Any] | Any) -> str:
     return text
 
 
+def anchor_text(payload: Mapping[str, Any]) -> str | None:
+    """A ``records.anchored`` event in one short line: how many records in how many seals,
+    their time span and the root, instead of every seal's id, root and index hash (a
+    server under traffic writes one every five seconds, and their hashes buried the
+    rest of the log; `audit log --json` and `audit export` keep every field)."""
+    records, seals = payload.get("records"), payload.get("seals")
+    if not isinstance(records, list) or not isinstance(seals, list):
+        return None
+    try:
+        count = sum(int(n) for n in records)
+    except (TypeError, ValueError):
+        return None
+    span = f"{_clock(payload.get('first'))} to {_clock(payload.get('last'))}"
+    root = str(payload.get("root", ""))[:16]
+    plural = "" if count == 1 else "s"
+    return f"{count} inference record{plural} sealed in {len(seals)} seal(s), {span}, root {root}…"
+
+
+def _clock(value: object) -> str:
+    """``HH:MM:SS`` of an ISO time (the event's own column has the date)."""
+    text = str(value) if value is not None else "?"
+    return text[11:19] if len(text) >= 19 and text[10] == "T" else text
+
+
+def _details(e: AuditEvent) -> str:
+    payload = e.payload
+    if e.action == "records.anchored" and isinstance(payload, Mapping):
+        short = anchor_text(payload)
+        if short is not None:
+            return _printable(short)
+    breach = payload.get("breach") if isinstance(payload, Mapping) else None
+    if isinstance(breach, Mapping) and isinstance(breach.get("message"), str):
+        # a rollback: why first (the guards' numbers would cut it off)
+        rest = details_text({k: v for k, v in payload.items() if k != "breach"})
+        return details_text({"why": breach["message"]}) + (", " + rest if rest else "")
+    return details_text(payload)
+
+
 def _key_cells(e: AuditEvent) -> tuple[str, ...]:
     cells = (str(e.seq), f"{e.time:%Y-%m-%d %H:%M:%S}", e.actor, e.action, e.subject)
     return tuple(_printable(c) for c in cells)
@@ -62,7 +100,7 @@ def _key_cells(e: AuditEvent) -> tuple[str, ...]:
 
 def render_events(events: Sequence[AuditEvent], width: int) -> RenderableType:
     """A table whose details column wraps, or stacked lines when it would be too narrow."""
-    rows = [(_key_cells(e), details_text(e.payload)) for e in events]
+    rows = [(_key_cells(e), _details(e)) for e in events]
     widths = [max([len(h)] + [len(cells[i]) for cells, _ in rows]) for i, h in enumerate(KEYS)]
     if sum(widths) + _TABLE_OVERHEAD + DETAILS_MIN <= width:
         return _table(rows, widths)
