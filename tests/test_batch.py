@@ -149,7 +149,7 @@ def test_failed_rows_keep_their_error_and_max_errors_stops_the_job(
 
     # resuming with other settings would answer rows two ways: refused, nothing sent
     code, _, err = batch(capsys, *args, "--max-tokens", "5")
-    assert code == 2 and "was started with params" in err
+    assert code == 2 and "was started with --max-tokens 4, not 5" in err
 
     code, out, err = batch(capsys, *args, "--max-errors", "5")
     assert code == 0, err

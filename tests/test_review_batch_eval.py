@@ -43,7 +43,7 @@ def test_a_finished_output_is_not_taken_for_an_edited_input_or_other_settings(
     # other sampling settings: refused, naming the setting, rather than the old answers
     code, _, err = batch(capsys, "in.jsonl", "-o", "out.jsonl", *ECHO, "--max-tokens", "3")
     assert code == 2, err
-    assert "the output out.jsonl was written with params" in err and "--overwrite" in err
+    assert "the output out.jsonl was written with --max-tokens " in err and "--overwrite" in err
     assert len(err.strip().splitlines()) == 1
 
     # tuesday's rows, as many as monday's: refused, not answered with monday's answers
@@ -385,7 +385,7 @@ def test_answers_of_the_echo_engine_are_not_taken_for_the_models(
     fake = (here / "out.jsonl").read_text()
     code, _, err = batch(capsys, "in.jsonl", "-o", "out.jsonl", "-e", "claims-router", "--json")
     assert code == 2, err
-    assert 'the output out.jsonl was written with engine "echo", not "transformers"' in err
+    assert 'the output out.jsonl was written with --engine "echo", not "transformers"' in err
     assert (here / "out.jsonl").read_text() == fake
 
 

@@ -93,6 +93,13 @@ class FileJobSpec:
                 hint="Write the answers to another file (-o): the input is read again when a "
                 "stopped job resumes.",
             )
+        if self.output.is_dir():
+            raise ConfigError(
+                f"the output {self.output} is a directory",
+                hint="Give -o a file to write (.jsonl, .csv or .parquet), e.g. "
+                f"{self.output / 'answers.jsonl'}.",
+                field="--output",
+            )
         self._check_stops()
         if self.tenant is not None and self.model is None:
             raise ConfigError("--tenant goes with --model (an endpoint's key says the tenant)")

@@ -42,7 +42,7 @@ from typing import Any, BinaryIO, TextIO
 from modelyard.batch._input import InputFile
 from modelyard.batch._rows import RESULT_COLUMNS, JobSummary, RowResult
 from modelyard.batch._tables import fsync_dir, json_lines, write_atomic, write_table
-from modelyard.errors import ConfigError, Conflict, DataError
+from modelyard.errors import ConfigError, Conflict, DataError, ModelyardError
 
 ROW_COLUMN = "row"  # the input's 1-based row number, first in every output row
 
@@ -221,14 +221,22 @@ class FileJob:
         """The job writing ``output``: resumed from its state when there is one (with the
         same ``settings`` only), else a new one; ``overwrite`` starts over."""
         state = state_dir(output)
-        if overwrite:
-            shutil.rmtree(state, ignore_errors=True)
-            output.unlink(missing_ok=True)
-            done_file(output).unlink(missing_ok=True)
-        resumed = state.is_dir()
-        if not resumed:
-            resumed = not _create(state, settings)  # False: another run created it first
-        lock = _lock(state, output)
+        try:
+            if overwrite:
+                shutil.rmtree(state, ignore_errors=True)
+                output.unlink(missing_ok=True)
+                done_file(output).unlink(missing_ok=True)
+            resumed = state.is_dir()
+            if not resumed:
+                resumed = not _create(state, settings)  # False: another run created it first
+            lock = _lock(state, output)
+        except OSError as exc:  # before any row is sent: the output's place is bad input
+            raise ConfigError(
+                f"cannot write the output {output}: {_why(exc)}",
+                hint="Give -o a path in a directory you can write to (the job keeps its "
+                f"state beside the output, in {state.name}/).",
+                field="--output",
+            ) from None
         try:
             job = _read_job(state)
             _same_settings(job["settings"], settings, f"the job in {state} was started")
@@ -243,11 +251,19 @@ class FileJob:
         a row at a time from the parts and the input."""
         columns = [ROW_COLUMN, *given.id_columns, *RESULT_COLUMNS]
         try:
-            write_table(self.output, lambda: self._rows(given), columns)
-        except _Unsorted:
-            self.sink.sort_parts()
-            write_table(self.output, lambda: self._rows(given), columns)
-        write_atomic(done_file(self.output), (self.state / "job.json").read_bytes())
+            try:
+                write_table(self.output, lambda: self._rows(given), columns)
+            except _Unsorted:
+                self.sink.sort_parts()
+                write_table(self.output, lambda: self._rows(given), columns)
+            write_atomic(done_file(self.output), (self.state / "job.json").read_bytes())
+        except OSError as exc:  # a full disk, a directory made read-only meanwhile
+            raise ModelyardError(
+                f"every row is answered, but the output {self.output} could not be written: "
+                f"{_why(exc)}",
+                hint=f"The answers are kept in {self.state}: fix the cause, then run the same "
+                "command again to write the output (nothing is asked again).",
+            ) from None
         shutil.rmtree(self.state, ignore_errors=True)
         fsync_dir(self.output.parent)
 
@@ -273,6 +289,12 @@ class FileJob:
 
     def close(self) -> None:
         self._lock.close()
+
+
+def _why(exc: OSError) -> str:
+    """An OSError in words, naming the path it is about."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{exc.strerror or exc}{where}"
 
 
 def _create(state: Path, settings: Mapping[str, Any]) -> bool:
@@ -344,11 +366,41 @@ def _same_settings(
                 else "Run the job's own command again to resume it, or pass --overwrite to "
                 "start over."
             )
+            name, old, new = _difference(name, before.get(name), now.get(name))
+            label = _FLAGS.get(name, name)
             raise ConfigError(
-                f"{what} with {name} {_shown(before.get(name))}, not {_shown(now.get(name))}",
+                f"{what} with {label} {_shown(old)}, not {_shown(new)}",
                 hint=hint,
                 setting=name,
             )
+
+
+_FLAGS = {
+    "endpoint": "--endpoint (or --model)",
+    "tenant": "--tenant",
+    "engine": "--engine",
+    "id_columns": "--id-column",
+    "mapping.prompt": "--prompt-column",
+    "mapping.messages": "--messages-column",
+    "mapping.fields": "--field",
+    "mapping.system": "--system",
+    "params.max_tokens": "--max-tokens",
+    "params.temperature": "--temperature",
+    "params.top_p": "--top-p",
+    "params.stop": "--stop",
+    "params.seed": "--seed",
+}
+"""The option of ``batch run`` that sets each setting: an error names what to change."""
+
+
+def _difference(name: str, old: Any, new: Any) -> tuple[str, Any, Any]:
+    """The first setting under ``name`` that differs (``params.max_tokens``, not the whole
+    of ``params``), with its two values."""
+    if isinstance(old, Mapping) and isinstance(new, Mapping):
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                return _difference(f"{name}.{key}", old.get(key), new.get(key))
+    return name, old, new
 
 
 def _shown(value: Any) -> str:

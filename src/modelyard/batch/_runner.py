@@ -165,9 +165,13 @@ class JobRunner:
 
     def _too_many_errors(self, summary: JobSummary) -> bool:
         limit = self.settings.max_errors
-        if limit is None or summary.failed <= limit or summary.stopped:
+        why = f"rows failed, more than --max-errors {limit}"
+        if summary.stopped and not summary.stopped.endswith(why):
+            return True  # stopped for another reason
+        if limit is None or summary.failed <= limit:
             return summary.stopped is not None
-        summary.stopped = f"{summary.failed} rows failed, more than --max-errors {limit}"
+        # counted again as the rows in flight end: the line says what the summary counts
+        summary.stopped = f"{summary.failed} {why}"
         return True
 
     async def _run(

@@ -1,0 +1,109 @@
+"""Journey 5's batch job at its edges, as an infrastructure owner meets them.
+
+- an output that cannot be written (its directory cannot be made) exits 2 with one
+  line naming the output, before any row is sent; it was a traceback (exit 1);
+- an output path that is a directory exits 2 saying so (it was blamed on a "dataset
+  file");
+- a run with another setting than the output's names the option that differs
+  (``--max-tokens 4, not 5``), not the whole of the sampling parameters as JSON;
+- a job whose stderr is a log (not a terminal) prints its progress as plain lines
+  as it goes (a bar is drawn there only when it ends: nothing for hours);
+- ``--max-errors``: the line the job stops with counts the failed rows the summary
+  counts (the rows in flight when it stopped included).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from batchworld import World, batch, build_world, enter, write_jsonl
+
+ECHO = ["-e", "claims-router", "--engine", "echo"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return build_world(tmp_path_factory.mktemp("journey5-batch"))
+
+
+@pytest.fixture
+def here(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return enter(world, tmp_path, monkeypatch)
+
+
+def _rows(here: Path, n: int = 5) -> None:
+    write_jsonl(here / "in.jsonl", [{"prompt": f"ticket {i}: my laptop is slow"} for i in range(n)])
+
+
+def test_an_output_that_cannot_be_written_exits_2_with_one_line_and_sends_nothing(
+    world: World, here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _rows(here)
+    (here / "blocked").write_text("a file, where the output's directory would be\n")
+    code, _, err = batch(capsys, "in.jsonl", "-o", "blocked/answers.jsonl", *ECHO)
+    assert code == 2, err
+    assert err.startswith("error: cannot write the output blocked/answers.jsonl: ")
+    assert "--output" in err or "-o " in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert (here / "blocked").is_file()
+
+    (here / "answers.jsonl").mkdir()
+    code, _, err = batch(capsys, "in.jsonl", "-o", "answers.jsonl", *ECHO, "--overwrite")
+    assert code == 2, err
+    assert err.startswith("error: the output answers.jsonl is a directory")
+    assert len(err.strip().splitlines()) == 1
+    assert (here / "answers.jsonl").is_dir() and not any((here / "answers.jsonl").iterdir())
+
+
+def test_a_run_with_another_setting_names_the_option_that_differs(
+    here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _rows(here)
+    args = ["in.jsonl", "-o", "out.jsonl", *ECHO, "--max-tokens", "4", "--system", "Be brief."]
+    code, _, err = batch(capsys, *args)
+    assert code == 0, err
+    before = (here / "out.jsonl").read_text()
+
+    code, _, err = batch(capsys, *args, "--max-tokens", "5")
+    assert code == 2
+    assert err.startswith("error: the output out.jsonl was written with --max-tokens 4, not 5.")
+    assert "temperature" not in err and len(err.strip().splitlines()) == 1
+
+    code, _, err = batch(capsys, *args, "--system", "Be kind.")
+    assert code == 2
+    assert 'with --system "Be brief.", not "Be kind."' in err
+    assert (here / "out.jsonl").read_text() == before
+
+
+def test_progress_goes_to_a_log_as_lines_while_the_job_runs(
+    here: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("modelyard.cli._batch.LOG_EVERY_S", 0.0, raising=False)  # a line a row
+    _rows(here, 6)
+    code, _, err = batch(capsys, "in.jsonl", "-o", "out.jsonl", *ECHO, "--concurrency", "1")
+    assert code == 0, err
+    lines = [line for line in err.splitlines() if re.match(r"job batch-\w+: \d+/6 rows", line)]
+    done = [int(line.split(": ")[1].split("/")[0]) for line in lines]
+    assert done[0] == 0 and done[-1] == 6 and len(done) >= 3, err
+    assert done == sorted(done)
+    assert "rows/s" in lines[-1]
+    assert "━" not in err and "\x1b[" not in err  # no bar drawn into the log
+
+
+def test_the_line_a_job_stops_with_counts_every_failed_row(
+    here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    long = " ".join(f"word{i}" for i in range(400))  # past the tiny base's 256 positions
+    write_jsonl(here / "in.jsonl", [{"prompt": long}] * 4 + [{"prompt": "short"}] * 4)
+    args = ["in.jsonl", "-o", "out.jsonl", "-e", "claims-router", "--max-tokens", "2",
+            "--concurrency", "4", "--max-errors", "0", "--json"]  # fmt: skip
+    code, out, err = batch(capsys, *args)
+    assert code == 1, err
+    summary = json.loads(out)
+    assert summary["failed"] == 4  # the four in flight at once all fail
+    assert err.startswith("error: the job stopped: 4 rows failed, more than --max-errors 0")
+    assert json.loads(out)["stopped"].startswith("4 rows failed")
