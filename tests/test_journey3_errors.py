@@ -7,6 +7,7 @@ server serves; and parameters OpenAI bounds are refused here as OpenAI refuses t
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -19,7 +20,13 @@ import pytest
 
 from modelyard.access import create_api_key
 from modelyard.artifacts import LocalArtifactStore
-from modelyard.serving import BackgroundServer, EchoEngine, ServerLimits, create_app
+from modelyard.serving import (
+    BackgroundServer,
+    EchoEngine,
+    PacedEchoEngine,
+    ServerLimits,
+    create_app,
+)
 from modelyard.store import Store
 from worlds import two_tenant_world
 
@@ -201,3 +208,38 @@ def test_an_upload_not_sent_as_multipart_says_how_to_send_it(
     error = reply.json()["error"]
     assert error["type"] == "invalid_request_error"
     assert "multipart/form-data" in error["message"], error  # not "purpose is missing"
+
+
+@pytest.mark.parametrize("route", ["completions", "responses"])
+def test_a_whole_answer_that_times_out_names_its_record(tmp_path: Path, route: str) -> None:
+    """A request admitted and then past --request-timeout-s is a 504 whose x-request-id is
+    the inference record the store keeps (status timeout), for the operator to find."""
+    with Store.open(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        two_tenant_world(store, template="text")
+        key = create_api_key(store, "acme")[1]
+        limits = ServerLimits(request_timeout_s=0.3)
+        app = create_app(
+            store, PacedEchoEngine(0.1), limits=limits, refresh_seconds=0.2, heartbeat_s=None
+        )
+        with BackgroundServer(app) as server:
+            client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0)
+            slow = " ".join(["word"] * 40)
+            call = {
+                "completions": lambda: client.completions.create(
+                    model="acme-support", prompt=slow, max_tokens=60
+                ),
+                "responses": lambda: client.responses.create(
+                    model="acme-support", input=slow, max_output_tokens=60
+                ),
+            }[route]
+            exc = _refused(call)
+            client.close()
+            assert exc.status_code == 504 and exc.request_id is not None
+            deadline = time.monotonic() + 10
+            while True:
+                records = store.list_inference_records(endpoint="acme-support")
+                if records and records[0].status != "running":
+                    break
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        assert [(r.id, r.status) for r in records] == [(exc.request_id, "timeout")]

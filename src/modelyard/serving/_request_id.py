@@ -1,8 +1,9 @@
 """``x-request-id`` on every answer, as OpenAI sends it (errors included).
 
 An answer of a model already names its inference record (``cmpl-...``) in the
-header; every other answer (a 4xx refusal, a 5xx, a Files or Batches call, a
-refusal of the guard) gets ``req_<hex>``, which the openai SDK exposes as
+header, and so does its error once it was admitted (a 504: ``name_request``);
+every other answer (a 4xx refusal, a Files or Batches call, a refusal of the
+guard) gets ``req_<hex>``, which the openai SDK exposes as
 ``exc.request_id`` and the server's log names beside a 5xx, so that a developer
 can quote it to the operator.
 """
@@ -19,6 +20,12 @@ HEADER = b"x-request-id"
 
 def new_request_id() -> str:
     return f"req_{uuid.uuid4().hex}"
+
+
+def name_request(request: Request, record_id: str) -> None:
+    """Have this request's answer, an error included, carry ``record_id``: the inference
+    record it was admitted as (a 504 after admission names the record the store keeps)."""
+    request.scope.setdefault("state", {})["request_id"] = record_id
 
 
 def request_id_of(request: Request) -> str:
@@ -38,17 +45,18 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        rid = new_request_id()
-        scope.setdefault("state", {})["request_id"] = rid
+        state = scope.setdefault("state", {})
+        state["request_id"] = new_request_id()  # a route may name its record (name_request)
 
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
                 if not any(name.lower() == HEADER for name, _ in headers):
-                    message = {**message, "headers": [*headers, (HEADER, rid.encode())]}
+                    rid = str(state["request_id"]).encode()
+                    message = {**message, "headers": [*headers, (HEADER, rid)]}
             await send(message)
 
         await self.app(scope, receive, sending)
 
 
-__all__ = ["RequestIdMiddleware", "new_request_id", "request_id_of"]
+__all__ = ["RequestIdMiddleware", "name_request", "new_request_id", "request_id_of"]

@@ -26,6 +26,7 @@ from modelyard.errors import ConfigError, ModelyardError
 from modelyard.serving._auth import KeyDep
 from modelyard.serving._http_errors import param_of
 from modelyard.serving._plane import DataPlane, Submitted
+from modelyard.serving._request_id import name_request
 from modelyard.serving._sse import event_stream, wait_all
 from modelyard.serving._types import (
     MIN_TEMPERATURE,
@@ -504,6 +505,7 @@ def add_response_routes(app: FastAPI, plane: DataPlane) -> None:
                                     whole=not body.stream)  # fmt: skip
             if body.stream:
                 return await event_stream(plane, sub, ResponseEvents(sub, body, params))
+            name_request(request, sub.record_id)  # a failure from here names its record
             [(sub, gen)] = await wait_all(plane, [sub], request.receive)
         except ConfigError as exc:
             renamed = _on_input(exc)

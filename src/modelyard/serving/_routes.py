@@ -21,6 +21,7 @@ import modelyard
 from modelyard.errors import ConfigError, EndpointNotFound
 from modelyard.serving._auth import FeedbackKeyDep, KeyDep
 from modelyard.serving._plane import DataPlane, Submitted
+from modelyard.serving._request_id import name_request
 from modelyard.serving._sse import Chunks, ToolChunks, abandon, event_streams, wait_all
 from modelyard.serving._tools import parse_calls
 from modelyard.serving._types import Generation, SamplingParams, naming_prompt
@@ -80,6 +81,7 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
             raise
         if body.stream:
             return subs
+        name_request(request, subs[0].record_id)  # a failure from here names its record
         return await wait_all(plane, subs, request.receive)
 
     @app.post("/v1/chat/completions", response_model=None)
