@@ -87,3 +87,42 @@ def test_too_few_baseline_requests_in_the_step_fall_back_to_the_hour_before(
     view = step_view(store, store.latest_rollout("support"))
     [guard] = view.guards
     assert view.latency_window == "lookback" and guard.status == "breach"
+
+
+def test_the_last_step_compares_with_the_baseline_of_the_steps_before(store: Store) -> None:
+    """At 100 % the baseline serves no more: its latencies beside the canary in the
+    earlier steps are still of a busier machine than the hour before's."""
+    ids = _world(store)
+    _traffic(store, ids[1], 200, latency_ms=10.0, ago_s=1800)  # a quiet half hour ago
+    start_rollout(store, "support", "bot:2", steps="50,100", bake_s=0, min_requests=10,
+                  guards=[GUARD])  # fmt: skip
+    ctl = Controller(store)
+    ctl.tick()  # prepared: the step at 50 % starts
+    _traffic(store, ids[1], 40, latency_ms=200.0)  # busier now, both versions alike
+    _traffic(store, ids[2], 40, latency_ms=200.0)
+    ctl.tick()
+    r = store.latest_rollout("support")
+    assert (r.status, r.step_index) == ("running", 1)  # on to 100 %
+    _traffic(store, ids[2], 20, latency_ms=210.0)
+    view = step_view(store, r)
+    [guard] = view.guards
+    assert (guard.status, guard.baseline, view.latency_window) == ("pass", 200.0, "steps")
+    ctl.tick()
+    assert store.latest_rollout("support").status == "succeeded"
+
+
+def test_the_last_step_of_a_slower_canary_is_still_rolled_back(store: Store) -> None:
+    ids = _world(store)
+    _traffic(store, ids[1], 200, latency_ms=10.0, ago_s=1800)
+    start_rollout(store, "support", "bot:2", steps="50,100", bake_s=0, min_requests=10,
+                  guards=[GUARD])  # fmt: skip
+    ctl = Controller(store)
+    ctl.tick()
+    _traffic(store, ids[1], 40, latency_ms=200.0)
+    _traffic(store, ids[2], 40, latency_ms=220.0)
+    ctl.tick()
+    _traffic(store, ids[2], 20, latency_ms=400.0)  # at 100 %: twice as slow as beside it
+    ctl.tick()
+    r = store.latest_rollout("support")
+    assert r.status == "rolled_back" and GUARD in (r.reason or "")
+    assert r.outcome["breach"]["window"]["baseline_latency"] == "steps"

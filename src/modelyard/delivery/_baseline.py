@@ -44,7 +44,8 @@ class BaselineReads:
     def read(self, store: Store, rollout_id: str, window: StepWindow) -> dict[int, VersionSample]:
         """The baseline versions' samples of ``window``: the kept ones while they last and
         are of the same step and baseline (a new step, whose start is ``canary_since``, or
-        another baseline reads again), else read now."""
+        another baseline reads again), else read now. ``rollout_id`` names what is kept: a
+        rollout's id, or its id, ``/`` and a name for another window of the same rollout."""
         key = (window.endpoint, window.canary_since, window.baseline_since, window.baseline_ids)
         kept = self._kept.get(rollout_id)
         if kept is not None and kept.window == key and self._clock() < kept.until:
@@ -61,8 +62,10 @@ class BaselineReads:
         return samples
 
     def keep_only(self, rollout_ids: Collection[str]) -> None:
-        """Forget the reads of rollouts that are no longer active."""
-        for gone in set(self._kept) - set(rollout_ids):
+        """Forget the reads of rollouts that are no longer active (a rollout's reads are
+        kept under its id, or its id and ``/`` and a name of the window)."""
+        active = set(rollout_ids)
+        for gone in [k for k in self._kept if k.split("/", 1)[0] not in active]:
             del self._kept[gone]
 
 

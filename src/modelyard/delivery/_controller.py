@@ -67,7 +67,7 @@ class StepView:
     guards: list[GuardResult]
     elapsed_s: float
     judge_backlog: int = 0  # target records left to judge for a judge guard still pending
-    latency_window: str = "lookback"  # the baseline's latencies: "step" or "lookback"
+    latency_window: str = "lookback"  # the baseline's latencies: step, steps, lookback
 
 
 def default_holder() -> str:
@@ -97,12 +97,17 @@ def step_view(
     start, baseline_ids = window.canary_since, list(window.baseline_ids)
     now = store.rollout_samples(r.endpoint, start, [r.target_version_id, *baseline_ids])
     target = now[r.target_version_id]
-    base = (baselines or BaselineReads()).read(store, r.id, window)
+    reads = baselines or BaselineReads()
+    base = reads.read(store, r.id, window)
     canary = TrafficSample.of([target])
+    enough = max(r.min_requests, LATENCY_BASELINE_MIN)
+    side_by_side = [("step", TrafficSample.of(now[i] for i in baseline_ids))]
+    if len(side_by_side[0][1].latencies_ms) < enough and r.step_index > 0:
+        # the last step at 100 %: the baseline served beside the canary in the steps before
+        earlier = reads.read(store, f"{r.id}/steps", replace(window, baseline_since=r.created_at))
+        side_by_side.append(("steps", TrafficSample.of(earlier[i] for i in baseline_ids)))
     baseline, latency_window = _latency_now(
-        TrafficSample.of(base[i] for i in baseline_ids),
-        TrafficSample.of(now[i] for i in baseline_ids),
-        max(r.min_requests, LATENCY_BASELINE_MIN),
+        TrafficSample.of(base[i] for i in baseline_ids), side_by_side, enough
     )
     judged = judged_windows(store, r.guards, window)
     if judged:  # what the judges named by guards scored of each side so far
@@ -122,22 +127,24 @@ def step_view(
 
 
 def _latency_now(
-    lookback: TrafficSample, now: TrafficSample, enough: int
+    lookback: TrafficSample, side_by_side: list[tuple[str, TrafficSample]], enough: int
 ) -> tuple[TrafficSample, str]:
     """The baseline a step's guards compare with, and where its latencies come from.
 
     Latency depends on the moment: a machine busier now (a traffic peak, a neighbour's
     job) slows every version at once, and a canary judged against the past hour's quiet
-    latencies was rolled back for it. So when the baseline versions answered ``enough``
-    requests since the step started, their latencies (and times to first token) are
-    those of the same window as the canary's (``"step"``); else (a blue-green switch, the
-    last step at 100 %, a quiet endpoint) those since an hour before the rollout
-    (``"lookback"``). Error rates and feedback keep the longer window: they do not move
-    with the load, and more requests make their tests firmer."""
-    if len(now.latencies_ms) < enough:
-        return lookback, "lookback"
-    ttfts = now.ttfts_ms if len(now.ttfts_ms) >= enough else lookback.ttfts_ms
-    return replace(lookback, latencies_ms=now.latencies_ms, ttfts_ms=ttfts), "step"
+    latencies was rolled back for it. So latencies (and times to first token) are the
+    baseline's of the first window of ``side_by_side`` in which it answered ``enough``
+    requests beside the canary: the step's own (``"step"``), else, at the last step
+    (100 %, where the baseline serves no more), the rollout's steps so far
+    (``"steps"``); else (a blue-green switch, a quiet endpoint) those since an hour
+    before the rollout (``"lookback"``). Error rates and feedback keep the longer
+    window: they do not move with the load, and more requests make their tests firmer."""
+    for name, sample in side_by_side:
+        if len(sample.latencies_ms) >= enough:
+            ttfts = sample.ttfts_ms if len(sample.ttfts_ms) >= enough else lookback.ttfts_ms
+            return replace(lookback, latencies_ms=sample.latencies_ms, ttfts_ms=ttfts), name
+    return lookback, "lookback"
 
 
 def step_window(store: Store, r: Rollout) -> StepWindow:
