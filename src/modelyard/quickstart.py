@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.artifacts import ArtifactStore, artifacts_from_settings
+from modelyard.audit import PROTECTED_ALIAS_ROLE, at_least
+from modelyard.errors import PermissionDenied
 from modelyard.finetune import FinetuneOutcome, Reporter, parse_config, prepare, run_finetune
 from modelyard.settings import Settings
 from modelyard.store import ModelVersion, Store
@@ -42,6 +44,8 @@ PLANS = (
     TenantPlan("globex-it", "it-support", "globex-helpdesk", "helpdesk-router", "redacted"),
 )
 BASE_NAME = "quickstart-tiny"
+ALIAS = "champion"
+"""The alias each tenant's passing version gets, and its endpoint serves."""
 GATES = ("exact_match >= 0.8", "not_worse_than: champion")
 """The quality gates each tenant's new version must pass to become its ``champion``."""
 
@@ -124,6 +128,40 @@ def _ensure_base(work: Path, ui: QuickstartUI) -> Path:
     return base_dir
 
 
+def _check_actor(store: Store) -> None:
+    """``PermissionDenied`` before anything is built when the acting actor could not make
+    each tenant's new version its ``champion``: every later step (the endpoints serve
+    ``MODEL@champion``) needs that alias, and a refusal found after the first tenant's
+    training would leave the second tenant unbuilt."""
+    if ALIAS not in store.policy.protected_aliases:
+        return
+    hint = (
+        "Run it as the OS user on a fresh install (the bootstrap admin), or as an actor "
+        f"with role {PROTECTED_ALIAS_ROLE} or admin (--actor NAME or MODELYARD_ACTOR); "
+        f"an admin grants one with `modelyard actors add NAME --role {PROTECTED_ALIAS_ROLE}`."
+    )
+    role = store.role_of()
+    if not at_least(role, PROTECTED_ALIAS_ROLE):
+        raise PermissionDenied(
+            f"actor {store.actor!r} (role {role}) may not run the quickstart: it moves the "
+            f"protected alias {ALIAS} of each tenant's model, which needs role "
+            f"{PROTECTED_ALIAS_ROLE}",
+            hint=hint,
+            actor=store.actor,
+            role=role,
+            required_role=PROTECTED_ALIAS_ROLE,
+        )
+    if store.policy.segregation_of_duties:
+        raise PermissionDenied(
+            f"actor {store.actor!r} may not run the quickstart under segregation of duties: "
+            f"it would move {ALIAS} to versions it trained itself",
+            hint="Unset MODELYARD_SEGREGATION_OF_DUTIES for the quickstart, or train with "
+            "`modelyard finetune` and have another approver move the alias.",
+            actor=store.actor,
+            role=role,
+        )
+
+
 def _ensure_tenant(store: Store, plan: TenantPlan) -> None:
     if plan.tenant not in {t.name for t in store.list_tenants()}:
         store.create_tenant(plan.tenant, storage_policy=plan.storage_policy)  # type: ignore[arg-type]
@@ -145,7 +183,7 @@ def _config(plan: TenantPlan, base_dir: Path, data_dir: Path) -> dict[str, Any]:
         "registry": {
             "model": plan.model,
             "tenant": plan.tenant,
-            "alias_on_pass": "champion",
+            "alias_on_pass": ALIAS,
             "description": f"Routes {plan.domain.replace('-', ' ')} to the right team.",
         },
     }
@@ -173,6 +211,12 @@ def _finetune(
     failure = outcome.gate_failure()
     if failure is not None:  # no champion: nothing for the endpoint to serve
         raise failure
+    if outcome.alias_refused:  # the same: stop at the refusal, not at the missing alias
+        raise PermissionDenied(
+            outcome.alias_refused,
+            hint=f"{outcome.ref} is registered; an actor with role {PROTECTED_ALIAS_ROLE} "
+            f"can move {ALIAS} to it with `modelyard registry alias`.",
+        )
     version = store.resolve_model_ref(outcome.ref)
     ui.info(
         f"{plan.tenant}: registered {version.ref} — exact match "
@@ -187,7 +231,7 @@ def _ensure_endpoint(store: Store, plan: TenantPlan, version: ModelVersion) -> N
     if plan.endpoint in {e.name for e in store.list_endpoints()}:
         store.set_traffic(plan.endpoint, {version.version: 100})
     else:
-        store.create_endpoint(plan.endpoint, model_ref=f"{plan.model}@champion", tenant=plan.tenant)
+        store.create_endpoint(plan.endpoint, model_ref=f"{plan.model}@{ALIAS}", tenant=plan.tenant)
 
 
 def _ask(
@@ -225,9 +269,14 @@ def _isolation_enforced(base_url: str, key: str, foreign_endpoint: str) -> bool:
 
 
 def run_quickstart(
-    settings: Settings, ui: QuickstartUI, *, requests_per_tenant: int = 6
+    settings: Settings,
+    ui: QuickstartUI,
+    *,
+    requests_per_tenant: int = 6,
+    actor: str | None = None,
 ) -> QuickstartResult:
-    """Run the whole flow; returns what the summary table shows."""
+    """Run the whole flow as ``actor`` (default: MODELYARD_ACTOR, else the OS user); returns
+    what the summary table shows. An actor who may not move ``champion`` is refused first."""
     from modelyard.access import create_api_key
     from modelyard.evaluation import normalize
     from modelyard.serving import BackgroundServer, TransformersEngine, create_app
@@ -236,7 +285,8 @@ def run_quickstart(
     home = settings.ensure_home()
     work = home / "quickstart"
     artifacts = artifacts_from_settings(settings)
-    with Store.open(settings.resolved_store_url) as store:
+    with Store.open(settings.resolved_store_url, actor=actor) as store:
+        _check_actor(store)
         ui.info(f"store {store.url}, artifacts {artifacts.location}")
         base_dir = _ensure_base(work, ui)
         trained: dict[str, _Trained] = {}

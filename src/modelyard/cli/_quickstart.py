@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Column, Table
 
-from modelyard.cli._common import RichReporter, console, print_json, settings
+from modelyard.cli._common import RichReporter, acting_as, console, print_json, settings
 from modelyard.errors import TrainingError
 
 if TYPE_CHECKING:  # the quickstart pulls in torch: loaded when the command runs, not at startup
@@ -47,11 +47,14 @@ def quickstart(
 
     Everything runs locally on the embedded default (SQLite and a local artifact
     directory under MODELYARD_HOME). Fails (exit 1) unless every adapter beats its
-    base on held-out rows and every request is recorded.
+    base on held-out rows and every request is recorded. It acts as --actor /
+    MODELYARD_ACTOR / the OS user, who must be allowed to move champion (role approver;
+    the OS user is admin on a fresh install): anyone else is refused before it starts.
     """
     from modelyard.quickstart import PLANS, run_quickstart
 
-    result = run_quickstart(settings(), RichReporter(), requests_per_tenant=requests)
+    s = settings()
+    result = run_quickstart(s, RichReporter(), requests_per_tenant=requests, actor=acting_as(s))
     if json_out:
         print_json(result)
     else:
