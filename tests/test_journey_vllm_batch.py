@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -148,6 +149,15 @@ def test_the_journeys_batch_job_is_answered_by_vllm_and_its_server_stopped(
         records = store.query_records(job_id=summary["job_id"], limit=None)
     assert sorted(r["id"] for r in records) == sorted(r["record_id"] for r in table)
     assert {r["status"] for r in records} == {"ok"}
+    # the laptop's answers, character for character: vLLM's first word came with its
+    # leading space (" auto" where the transformers engine said "auto")
+    laptop = tmp_path / "laptop"
+    laptop.mkdir()
+    shutil.copy(tmp_path / "x.parquet", laptop / "x.parquet")
+    local = _batch(home, laptop, "--id-column", "ticket_id", "--max-tokens", "6", "--json")
+    assert local.returncode == 0, local.stderr
+    theirs = pq.read_table(laptop / "y.parquet").to_pylist()
+    assert [r["answer"] for r in table] == [r["answer"].rstrip("\ufffd") for r in theirs]
     # vLLM answered: its log has the job's requests; and its server ended with the job
     logs = "".join(p.read_text() for p in (home[0] / "logs").glob("vllm-*.log"))
     assert "/v1/completions" in logs

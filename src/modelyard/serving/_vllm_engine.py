@@ -12,9 +12,11 @@ sees the same tokens the transformers engine would. Requests go through an
 stream (``answer``), as one non-streamed vLLM request, so that neither vLLM's API
 server nor modelyard handles an event per token; either is cut short when its
 consumer cancels (``InterruptibleTransport``: vLLM sees the connection close and
-aborts the request). While a server is starting or restarting its requests get
-503 with ``Retry-After``, and a server that dies mid-request fails that request
-(the supervisor restarts it; the adapters are loaded again on next use).
+aborts the request). An answer's text is stripped as the transformers engine strips it
+(``_TrimmedStream``: vLLM detokenizes the first word with its leading space), so the same
+version answers the same text on either engine. While a server is starting or restarting
+its requests get 503 with ``Retry-After``, and a server that dies mid-request fails that
+request (the supervisor restarts it; the adapters are loaded again on next use).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, get_args
 
@@ -46,6 +49,7 @@ from modelyard.serving._types import (
     EngineStats,
     Generation,
     SamplingParams,
+    TokenLogprob,
     TokenPrompt,
     check_token_ids,
 )
@@ -59,6 +63,34 @@ RETRY_AFTER_S = 5
 DEATH_S = 1.0  # how long a request cut off waits to see whether its server is dying
 FAILURE_TTL_S = 10.0  # an adapter that failed to load fails its requests at once this long
 SEQS = 256  # vLLM's own default --max-num-seqs: requests it decodes at once
+
+
+class _TrimmedStream(TokenStream):
+    """A stream whose text is stripped as the transformers engine strips an answer
+    (``visible_text``): no leading whitespace (vLLM detokenizes the first word as " auto"),
+    none at the end; whitespace between words is held back until a word follows it. The
+    final ``Generation``'s text is stripped alike. Its producer is one thread."""
+
+    def __init__(self, *, whole: bool = False) -> None:
+        super().__init__(whole=whole)
+        self._begun = False  # text other than whitespace was pushed
+        self._held = ""  # whitespace pushed last, shown once a word follows it
+
+    def push(self, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> None:
+        if not self._begun:
+            text = text.lstrip()
+            self._begun = bool(text)
+        body = text.rstrip()
+        shown = self._held + body if body else ""
+        self._held = text[len(body) :] if body else self._held + text
+        super().push(shown, logprobs)
+
+    def finish(
+        self, generation: Generation, text: str = "", logprobs: tuple[TokenLogprob, ...] = ()
+    ) -> None:
+        if text:  # pushed first, so that its whitespace is trimmed like the rest
+            self.push(text)
+        super().finish(replace(generation, text=generation.text.strip()), "", logprobs)
 
 
 class _Server:
@@ -387,7 +419,7 @@ class VLLMEngine(Engine):
                     f"vLLM ({self.workers} at once; --max-queue {self.max_queue})"
                 )
             self._pending += 1
-        out = TokenStream(whole=whole)
+        out = _TrimmedStream(whole=whole)
 
         def run() -> None:
             try:
