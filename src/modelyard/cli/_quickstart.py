@@ -22,7 +22,7 @@ def _summary(result: QuickstartResult) -> Table:
         Column("version", no_wrap=True),
         title=f"modelyard quickstart — {result.seconds:.0f} s",
         caption="base, tuned: exact match of the base and of the adapter on the held-out "
-        "rows; API: answers right through the API; records: stored for the tenant",
+        "rows; API: answers right through the API; records: stored under its endpoint",
     )
     for column in ("base", "tuned", "rows", "API", "records"):
         table.add_column(column, no_wrap=True)
@@ -39,6 +39,21 @@ def _summary(result: QuickstartResult) -> Table:
     return table
 
 
+def isolation_line(enforced: bool) -> str:
+    """What the cross-tenant probe showed. Its refusal is the caller's record, filed under no
+    endpoint (never under the other tenant's, where its operator's records would count it)."""
+    from modelyard.quickstart import PLANS
+
+    caller, foreign = PLANS[0].tenant, PLANS[1].endpoint
+    probe = f"{caller}'s key on {foreign}"
+    if not enforced:
+        return f"tenant isolation: [red]BROKEN[/] ({probe} was answered)"
+    return (
+        f"tenant isolation: enforced ({probe}: 404; the refusal is recorded as "
+        f"{caller}'s, under no endpoint, not in {foreign}'s records)"
+    )
+
+
 def quickstart(
     requests: int = typer.Option(6, min=1, max=40, help="Chat requests sent per tenant."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
@@ -51,7 +66,7 @@ def quickstart(
     MODELYARD_ACTOR / the OS user, who must be allowed to move champion (role approver;
     the OS user is admin on a fresh install): anyone else is refused before it starts.
     """
-    from modelyard.quickstart import PLANS, run_quickstart
+    from modelyard.quickstart import run_quickstart
 
     s = settings()
     result = run_quickstart(s, RichReporter(), requests_per_tenant=requests, actor=acting_as(s))
@@ -64,12 +79,7 @@ def quickstart(
                 mark = "[green]✓[/]" if got.strip().lower() == expected.lower() else "[red]✗[/]"
                 console.print(f"  {mark} {text[:52]!r} → {got!r}")  # one line at 80 columns
         console.print(_summary(result))
-        probe = f"{PLANS[0].tenant}'s key on {PLANS[1].endpoint}"
-        console.print(
-            f"tenant isolation: enforced ({probe}: 404, its refusal recorded there)"
-            if result.isolation_enforced
-            else f"tenant isolation: [red]BROKEN[/] ({probe} was answered)"
-        )
+        console.print(isolation_line(result.isolation_enforced))
     failures = [
         f"{t.tenant}: adapter {t.adapter_exact_match:.2f} "
         f"does not beat base {t.base_exact_match:.2f}"
