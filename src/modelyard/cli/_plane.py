@@ -233,6 +233,8 @@ class LocalPlane:
         return KeyInfo.of(changed)
 
     def list_budget_rows(self, tenant: str | None = None) -> list[dict[str, object]]:
+        if tenant is not None:
+            self.store.get_tenant(tenant)  # a misspelt tenant: "no tenant named", not "no budgets"
         return self.store.budget_statuses(self.store.list_budgets(tenant), datetime.now(UTC))
 
     # -- monitoring --------------------------------------------------------------------
