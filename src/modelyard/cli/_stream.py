@@ -208,6 +208,10 @@ def _broker(
             "give the broker: --redis-url (a Redis Stream) or --nats-url (a NATS JetStream "
             "subject), or MODELYARD_REDIS_URL or MODELYARD_NATS_URL"
         )
+    if redis_url:
+        from modelyard.redis_client import check_redis_url
+
+        check_redis_url(redis_url, "--redis-url")
     return redis_url, nats_url
 
 

@@ -56,6 +56,7 @@ import nats.js.errors
 from nats.js import api
 
 from modelyard.errors import ConfigError, ModelyardError
+from modelyard.redis_client import redacted
 from modelyard.stream._messages import BODY
 from modelyard.stream._redis import stream_job_id
 from modelyard.stream._source import Delivery, Settlement
@@ -70,7 +71,8 @@ _STREAM_NAME = re.compile(r"[^A-Za-z0-9_-]")
 @contextlib.contextmanager
 def _nats_errors(url: str, doing: str) -> Iterator[None]:
     """NATS's failures while ``doing`` as one ModelyardError naming the server (translated
-    once, here)."""
+    once, here), its password left out: the line goes to a consumer's log."""
+    url = redacted(url)
     try:
         yield
     except (ConfigError, ModelyardError):
@@ -214,7 +216,7 @@ class NatsStreamSource:
             await self._js.account_info()
         except (nats.js.errors.Error, nats.errors.NoRespondersError, TimeoutError) as exc:
             raise ConfigError(
-                f"the NATS at {self.url} has no JetStream ({exc or type(exc).__name__})",
+                f"the NATS at {redacted(self.url)} has no JetStream ({exc or type(exc).__name__})",
                 hint="Start nats-server with JetStream (-js, or jetstream {} in its "
                 "configuration).",
             ) from exc
@@ -364,10 +366,10 @@ def redelivery_count_warning(url: str, version: Any) -> str | None:
     if seen >= (2, 10, 16) or seen == (0, 0, 0):
         return None
     return (
-        f"the NATS at {url} is nats-server {'.'.join(map(str, seen))}, which sometimes hands "
-        "out a message delivered again with a delivery count of 1 (nats-io/nats-server#5305 "
-        "and #5338, fixed in April 2024): a message may be tried more often than "
-        "--max-attempts. Upgrade nats-server to 2.10.16 or later."
+        f"the NATS at {redacted(url)} is nats-server {'.'.join(map(str, seen))}, which "
+        "sometimes hands out a message delivered again with a delivery count of 1 "
+        "(nats-io/nats-server#5305 and #5338, fixed in April 2024): a message may be tried "
+        "more often than --max-attempts. Upgrade nats-server to 2.10.16 or later."
     )
 
 

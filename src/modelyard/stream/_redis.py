@@ -40,7 +40,7 @@ import redis
 from redis.crc import key_slot
 
 from modelyard.errors import ConfigError, ModelyardError
-from modelyard.redis_client import connect_redis, is_cluster
+from modelyard.redis_client import connect_redis, is_cluster, redacted
 from modelyard.stream._source import Delivery, Settlement
 
 _SETTLE = """
@@ -82,7 +82,9 @@ def stream_job_id(stream: str, group: str) -> str:
 
 @contextlib.contextmanager
 def _redis_errors(url: str) -> Iterator[None]:
-    """Redis's failures as one ModelyardError naming the server (translated once, here)."""
+    """Redis's failures as one ModelyardError naming the server (translated once, here),
+    its password left out: the line goes to a consumer's log."""
+    url = redacted(url)
     try:
         yield
     except (redis.ConnectionError, redis.exceptions.RedisClusterException) as exc:

@@ -1,0 +1,72 @@
+"""Journey 5's stream consumer at its edges: what its log says when the broker is wrong.
+
+A consumer runs under a supervisor (systemd, a Deployment) whose logs many people
+read, with the broker's URL, password included, in MODELYARD_REDIS_URL. Before:
+
+- a Redis or NATS it could not reach was named with its password
+  (``cannot reach Redis at redis://:hunter2@...``);
+- a ``--redis-url`` that is not a Redis URL (``http://...``) was a traceback (exit 1).
+
+Now the URL is named without its password, and a URL of the wrong kind exits 2 with
+one line naming ``--redis-url``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from batchworld import World, build_world, enter
+from modelyard.cli import main
+
+CONSUMER = ["stream", "run", "--stream", "claims", "--output-stream", "claims:routed",
+            "--endpoint", "claims-router", "--engine", "echo", "--until-empty"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
+    return build_world(tmp_path_factory.mktemp("journey5-stream"))
+
+
+@pytest.fixture
+def here(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.delenv("MODELYARD_REDIS_URL", raising=False)
+    monkeypatch.delenv("MODELYARD_NATS_URL", raising=False)
+    return enter(world, tmp_path, monkeypatch)
+
+
+def _consume(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    capsys.readouterr()
+    code = main([*CONSUMER, *args])
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "url", "named"),
+    [
+        (
+            "--redis-url",
+            "redis://:hunter2@127.0.0.1:1/0",
+            "cannot reach Redis at redis://127.0.0.1:1/0",
+        ),
+        ("--nats-url", "nats://bob:hunter2@127.0.0.1:1", "cannot reach NATS at nats://127.0.0.1:1"),
+    ],
+)
+def test_a_broker_it_cannot_reach_is_named_without_its_password(
+    here: Path, capsys: pytest.CaptureFixture[str], flag: str, url: str, named: str
+) -> None:
+    code, err = _consume(capsys, flag, url)
+    assert code == 1, err
+    assert err.startswith(f"error: {named}"), err
+    assert "hunter2" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_redis_url_of_another_kind_exits_2_with_one_line(
+    here: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, err = _consume(capsys, "--redis-url", "http://redis.internal:6379")
+    assert code == 2, err
+    assert err.startswith("error: --redis-url 'http://redis.internal:6379' is not a Redis URL")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
