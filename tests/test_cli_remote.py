@@ -545,10 +545,8 @@ ACCESS_READS = [
     "keys list",
     "keys list --json",
     "keys list --tenant acme",
-    "keys list --tenant nobody",
     "budgets list",
     "budgets list --json",
-    "budgets list --tenant nobody",
     "monitor profiles --no-update",
     "monitor profiles --no-update --json",
     "monitor profiles --no-update --window day --endpoint support",
@@ -653,9 +651,16 @@ def test_tenants_and_keys_change_through_the_server_as_the_token_s_person(
     assert authenticate(world.store, shown["key"]).id == shown["id"]
     # changes printed as on the database (run again there: the same answer)
     for line in (f"keys limits {key_id} --tpm 1000", f"keys limits {key_id} --rpm default "
-                 "--json", f"keys revoke {shown['id']}"):  # fmt: skip
+                 "--json"):  # fmt: skip
         there, here = both(line)
         assert there.code == 0 and (there.out, there.err) == (here.out, here.err), line
+    # a revocation, then the same again: it says the key was revoked before, here and there
+    there, here = both(f"keys revoke {shown['id']}")
+    assert there.code == here.code == 0, (there, here)
+    assert there.out == f"revoked key {shown['id']} of tenant globex\n"
+    assert here.out.startswith(f"key {shown['id']} of tenant globex was already revoked on ")
+    again = remote(world, monkeypatch, capsys, f"keys revoke {shown['id']}", who="dev")
+    assert (again.code, again.out, again.err) == (here.code, here.out, here.err)
     assert world.store.get_api_key(key_id).tpm_limit == 1000
     rotated = remote(world, monkeypatch, capsys, f"keys rotate {key_id} --grace 1h --json",
                      who="dev")  # fmt: skip
@@ -675,7 +680,8 @@ def test_tenants_and_keys_change_through_the_server_as_the_token_s_person(
     for line in ("tenants create globex", "tenants create Bad_Name", "tenants create x "
                  "--storage-policy all", "keys create --tenant nobody", "keys create --tenant "
                  "acme --scopes admin", "keys create --tenant acme --expires soon",
-                 "keys revoke nope", "keys rotate nope", f"keys rotate {key_id} --grace x",
+                 "keys revoke nope", "keys rotate nope", "keys list --tenant nobody",
+                 "budgets list --tenant nobody", f"keys rotate {key_id} --grace x",
                  "keys limits nope --rpm 5", f"keys limits {key_id} --rpm 0",
                  f"keys limits {key_id}"):  # fmt: skip
         there, here = both(line)

@@ -186,9 +186,16 @@ def create_key(body: KeyBody, caller: Acting, tenant: str = TenantName) -> dict[
     return {**key_json(key), "key": secret}
 
 
-@router.post("/keys/{key_id}/revoke", summary="Revoke an API key (audited)")
+@router.post(
+    "/keys/{key_id}/revoke",
+    summary="Revoke an API key (audited); a key revoked before is left as it is, and "
+    "already_revoked says so",
+)
 def revoke_key(caller: Acting, key_id: str = KeyId) -> dict[str, Any]:
-    return key_json(caller.store.revoke_api_key(key_id))
+    before = caller.store.get_api_key(key_id)
+    key = caller.store.revoke_api_key(key_id)  # a no-op (not audited) when revoked before
+    already = before is not None and before.revoked_at is not None
+    return {**key_json(key), "already_revoked": already}
 
 
 @router.post(

@@ -190,10 +190,19 @@ def keys_list(
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: str = typer.Argument(..., help="The key id (see `keys list`).")) -> None:
-    """Revoke a key; servers refuse it within their key-cache time (seconds)."""
+    """Revoke a key; servers refuse it within their key-cache time (seconds). A key revoked
+    before is left as it is (and nothing is audited): the command says when it was."""
     with open_plane() as plane:
-        key = plane.revoke_api_key(key_id)
-    console.print(f"[green]revoked key[/] {key.id} of tenant {key.tenant}")
+        key, already = plane.revoke_api_key(key_id)
+    who = f"{escape(key.id)} of tenant {escape(key.tenant)}"
+    if already and key.revoked_at is not None:
+        console.print(
+            f"key {who} was already revoked on {key.revoked_at:%Y-%m-%d %H:%M} UTC; "
+            "nothing changed",
+            highlight=False,
+        )
+        return
+    console.print(f"[green]revoked key[/] {who}")
 
 
 @keys_app.command("rotate")

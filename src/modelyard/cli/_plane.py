@@ -207,8 +207,10 @@ class LocalPlane:
         )  # fmt: skip
         return NewKey(KeyInfo.of(key), secret)
 
-    def revoke_api_key(self, key_id: str) -> KeyInfo:
-        return KeyInfo.of(self.store.revoke_api_key(key_id))
+    def revoke_api_key(self, key_id: str) -> tuple[KeyInfo, bool]:
+        before = self.store.get_api_key(key_id)
+        key = self.store.revoke_api_key(key_id)  # a no-op (not audited) when revoked before
+        return KeyInfo.of(key), before is not None and before.revoked_at is not None
 
     def rotate_api_key(self, key_id: str, *, grace: str, expires: str | None) -> NewKey:
         from modelyard.access import rotate_api_key

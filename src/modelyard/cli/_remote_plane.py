@@ -280,8 +280,9 @@ class RemotePlane:
         found = self.client.send("POST", f"/tenants/{segment(tenant)}/keys", body=body)
         return NewKey(decode(KeyInfo, found), str(found["key"]))
 
-    def revoke_api_key(self, key_id: str) -> KeyInfo:
-        return decode(KeyInfo, self.client.send("POST", f"/keys/{segment(key_id)}/revoke"))
+    def revoke_api_key(self, key_id: str) -> tuple[KeyInfo, bool]:
+        found = self.client.send("POST", f"/keys/{segment(key_id)}/revoke")
+        return decode(KeyInfo, found), found.get("already_revoked") is True
 
     def rotate_api_key(self, key_id: str, *, grace: str, expires: str | None) -> NewKey:
         body = {"grace": grace, "expires_in": expires}
