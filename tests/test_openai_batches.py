@@ -90,6 +90,11 @@ class World:
 @pytest.fixture
 def world(tmp_path: Path, store_url: str) -> Iterator[World]:
     """Two tenants' endpoints and keys, on SQLite and on PostgreSQL."""
+    yield from batch_world(tmp_path, store_url)
+
+
+def batch_world(tmp_path: Path, store_url: str) -> Iterator[World]:
+    """``world``'s making, for other modules' fixtures."""
     with Store.open(store_url) as store:
         two_tenant_world(store, versions=1)
         w = World(tmp_path, store, LocalArtifactStore(tmp_path / "artifacts"))

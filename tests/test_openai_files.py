@@ -138,10 +138,10 @@ def test_only_batch_files_are_uploaded_and_the_purpose_is_named(served: Served) 
         served.acme.files.create(
             file=("x.jsonl", io.BytesIO(LINES)),
             purpose="batch",
-            expires_after={"anchor": "created_at", "seconds": 3600},
+            extra_body={"chunking_strategy": "auto"},
         )
     assert isinstance(info.value.body, dict)
-    assert info.value.body["param"] == "expires_after[anchor]"
+    assert info.value.body["param"] == "chunking_strategy"
     assert served.store.file_digests() == set()
 
 
@@ -228,28 +228,45 @@ def test_a_chunked_upload_is_streamed_to_disk_not_held_in_memory(tmp_path: Path)
         assert len(store.list_files("acme")[0]) == 1
 
 
-def test_bytes_another_tenant_deletes_while_they_are_uploaded_again_are_kept(
-    tmp_path: Path,
-) -> None:
-    """Two tenants' files with the same bytes share them. Globex deleting its file, the last
-    with those bytes, between acme's upload storing the same bytes (found there already)
-    and acme's file row, used to delete them from under acme's new file."""
+def test_bytes_deleted_while_they_are_uploaded_again_are_kept(tmp_path: Path) -> None:
+    """A tenant's two files with the same bytes share them. Deleting the first, the last
+    with those bytes, between the second upload storing the same bytes (found there
+    already) and its file row, used to delete them from under the new file."""
     with Store.open(f"sqlite:///{tmp_path}/s.db") as store:
         two_tenant_world(store, versions=1)
         files = FileKeeper(store, LocalArtifactStore(tmp_path / "artifacts"))
         body = b'{"custom_id": "a"}\n'
-        theirs = files.save("globex", io.BytesIO(body), filename="g.jsonl", purpose="batch",
-                            api_key_id=None)  # fmt: skip
+        first = files.save("acme", io.BytesIO(body), filename="1.jsonl", purpose="batch",
+                           api_key_id=None)  # fmt: skip
         keep = files.keep
 
-        def keep_then_globex_deletes(path: Path) -> tuple[str, int]:
-            kept = keep(path)
-            if store.list_files("globex")[0]:  # once: globex's delete happens here
-                files.delete("globex", theirs.id)
+        def keep_then_the_first_is_deleted(path: Path, tenant: str) -> tuple[str, int]:
+            kept = keep(path, tenant)
+            if any(f.id == first.id for f in store.list_files("acme")[0]):  # once, here
+                files.delete("acme", first.id)
             return kept
 
-        files.keep = keep_then_globex_deletes  # type: ignore[method-assign]
+        files.keep = keep_then_the_first_is_deleted  # type: ignore[method-assign]
+        second = files.save("acme", io.BytesIO(body), filename="2.jsonl", purpose="batch",
+                            api_key_id=None)  # fmt: skip
+        assert second.digest == first.digest
+        assert files.path(second).read_bytes() == body
+
+
+def test_two_tenants_never_share_bytes(tmp_path: Path) -> None:
+    """The same bytes uploaded by two tenants are two artifacts: an upload of bytes another
+    tenant holds is not quicker (nor skipped on S3), so it tells nothing of theirs, and
+    deleting one tenant's file deletes its bytes."""
+    with Store.open(f"sqlite:///{tmp_path}/s.db") as store:
+        two_tenant_world(store, versions=1)
+        artifacts = LocalArtifactStore(tmp_path / "artifacts")
+        files = FileKeeper(store, artifacts)
+        body = b'{"custom_id": "a"}\n'
+        theirs = files.save("globex", io.BytesIO(body), filename="g.jsonl", purpose="batch",
+                            api_key_id=None)  # fmt: skip
         ours = files.save("acme", io.BytesIO(body), filename="a.jsonl", purpose="batch",
                           api_key_id=None)  # fmt: skip
-        assert ours.digest == theirs.digest
+        assert ours.digest != theirs.digest and len(artifacts.digests()) == 2
+        files.delete("globex", theirs.id)
+        assert artifacts.digests() == [ours.digest.removeprefix("sha256:")]
         assert files.path(ours).read_bytes() == body

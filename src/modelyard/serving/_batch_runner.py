@@ -23,8 +23,10 @@ once their records are written. A cancel stops taking lines, lets those in fligh
 finish, and ends ``cancelled`` with what finished; past ``expires_at`` it ends
 ``expired`` the same way; the lines never asked are in its error file with
 OpenAI's ``batch_cancelled`` / ``batch_expired``. Output and error files are
-then written (the tenant's ``batch_output`` files) and the committed lines
-deleted.
+then written (the tenant's ``batch_output`` files, expiring as the batch's
+``output_expires_after`` says) and the committed lines deleted. Every
+``PURGE_EVERY_S`` the worker also deletes the files whose time is up
+(``FileKeeper.purge_expired``).
 
 A server stopped mid-batch commits what finished; the requests still in flight
 are cancelled and asked again by whichever replica resumes the batch (their
@@ -85,6 +87,7 @@ UNASKED = {
 }
 WAITED_OUT = frozenset({"rate_limit_exceeded", "overloaded"})
 DISCARD_PAGE = 1000
+PURGE_EVERY_S = 60.0  # how often a server deletes the files whose time is up
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,7 @@ class BatchWorker:
         self.store: Store = files.store
         self.settings = settings or BatchSettings()
         self.running: dict[str, asyncio.Task[None]] = {}
+        self._purge_at = 0.0  # when to delete the expired files next
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.client: httpx.AsyncClient | None = None
@@ -174,6 +178,9 @@ class BatchWorker:
                 continue
             try:
                 await self._claim()
+                if time.monotonic() >= self._purge_at:  # files whose time is up
+                    self._purge_at = time.monotonic() + PURGE_EVERY_S
+                    await asyncio.to_thread(self.files.purge_expired)
             except ModelyardError as exc:
                 log.warning("could not look for batches to run: %s", exc.one_line())
 
@@ -462,7 +469,7 @@ class BatchRun:
                     counts[ok] += 1
             for ok, path, kind in ((True, out_path, "output"), (False, err_path, "error")):
                 if counts[ok]:
-                    digest, size = files.keep(path)
+                    digest, size = files.keep(path, batch.tenant)
                     made.append(OutputFile(kind, f"{batch.id}_{kind}.jsonl", size, digest))
         try:
             ended = self.store.finish_batch(batch.id, self.worker.holder, final, made)

@@ -20,6 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from modelyard.errors import ConfigError, NotFound
 from modelyard.serving._auth import KeyDep
 from modelyard.serving._batch_runner import COMPLETION_WINDOWS, BatchWorker
+from modelyard.serving._file_expiry import expiry_seconds
 from modelyard.serving._files_api import page
 from modelyard.store import ApiKey, StoredBatch
 
@@ -37,6 +38,7 @@ class CreateBatch(BaseModel):
     endpoint: str
     completion_window: str
     metadata: dict[str, str] | None = None
+    output_expires_after: dict[str, Any] | None = None
 
 
 def _stamp(when: datetime | None) -> int | None:
@@ -106,6 +108,7 @@ def add_batch_routes(app: FastAPI, worker: BatchWorker) -> None:
                 param="completion_window",
             )
         check_metadata(body.metadata)
+        lifetime = expiry_seconds(body.output_expires_after, "output_expires_after")
         try:
             source = store.get_file(key.tenant, body.input_file_id)
         except NotFound as exc:
@@ -120,7 +123,7 @@ def add_batch_routes(app: FastAPI, worker: BatchWorker) -> None:
             key.tenant, api_key_id=key.id, endpoint=body.endpoint,
             input_file_id=source.id, completion_window=body.completion_window,
             window=COMPLETION_WINDOWS[body.completion_window], metadata=body.metadata,
-            max_unfinished=worker.settings.max_per_tenant,
+            max_unfinished=worker.settings.max_per_tenant, output_expires_s=lifetime,
         )  # fmt: skip
 
     @app.get("/v1/batches/{batch_id}")

@@ -1,17 +1,22 @@
 """Tenants' files: their bytes in the artifact store, their rows in the store.
 
 ``FileKeeper`` is the one place that writes, reads and deletes a file's bytes:
-each file is a one-file artifact (``content``), so the same bytes uploaded twice
-are stored once; a file's bytes are deleted with the last file that has them.
-The Files API (``_files_api``) and the batch runner (its output and error files)
-both go through it.
+each file is a one-file artifact (``content``) of its tenant's kind (``file:<tenant>``),
+so the same bytes uploaded twice by one tenant are stored once, and never shared with
+another tenant's (whose upload would otherwise be quicker, or free on S3, when the bytes
+were there: a tenant could tell that another holds a given file). A file's bytes are
+deleted with the last file that has them, and files whose time is up
+(``_file_expiry``) are deleted by ``purge_expired``. The Files API (``_files_api``) and
+the batch runner (its output and error files) both go through it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import shutil
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
@@ -21,8 +26,17 @@ from modelyard.store import Store, StoredFile, check_file_quota
 
 DEFAULT_MAX_FILE_BYTES = 200 * 1024 * 1024  # OpenAI's limit on a batch input file
 DEFAULT_MAX_TENANT_FILE_BYTES = 10 * 1024**3  # what one tenant's files may hold in all
+PURGE_PAGE = 100  # expired files deleted in one transaction
 CONTENT = "content"  # the name of a file's bytes in its artifact
-KIND = "file"  # the artifacts' kind
+KIND = "file"  # the artifacts' kind, and its tenant's name after a colon (``kind``)
+
+log = logging.getLogger(__name__)
+
+
+def kind(tenant: str) -> str:
+    """The artifact kind of ``tenant``'s files: the same bytes of two tenants are two
+    artifacts (files kept before are of the kind ``file``, and still read)."""
+    return f"{KIND}:{tenant}"
 
 
 class FileKeeper:
@@ -52,31 +66,40 @@ class FileKeeper:
         with self.artifacts.staging("file") as work:
             yield work / CONTENT
 
-    def keep(self, path: Path) -> tuple[str, int]:
-        """Store the bytes at ``path``; their digest and size."""
-        ref = self.artifacts.put_file(path, kind=KIND)
+    def keep(self, path: Path, tenant: str) -> tuple[str, int]:
+        """Store the bytes at ``path`` as ``tenant``'s; their digest and size."""
+        ref = self.artifacts.put_file(path, kind=kind(tenant))
         return ref.digest, ref.size
 
     def save(
-        self, tenant: str, source: IO[bytes], *, filename: str, purpose: str, api_key_id: str | None
+        self,
+        tenant: str,
+        source: IO[bytes],
+        *,
+        filename: str,
+        purpose: str,
+        api_key_id: str | None,
+        expires_s: int | None = None,
     ) -> StoredFile:
-        """A new file of ``tenant`` holding what ``source`` reads (blocks: a worker thread)."""
+        """A new file of ``tenant`` holding what ``source`` reads, gone ``expires_s`` after
+        (None: kept until deleted); blocks: call it on a worker thread."""
+        until = None if expires_s is None else datetime.now(UTC) + timedelta(seconds=expires_s)
         with self.staged() as path:
             with path.open("wb") as out:
                 shutil.copyfileobj(source, out, 1024 * 1024)
             self.check_room(tenant, path.stat().st_size)  # before the bytes are kept
-            digest, size = self.keep(path)
+            digest, size = self.keep(path, tenant)
 
             def ensure_bytes() -> None:
-                # the same bytes, another tenant's, deleted between ``keep`` and this row
+                # the same bytes, another file's, deleted between ``keep`` and this row
                 if not self.artifacts.exists(digest):
-                    self.keep(path)
+                    self.keep(path, tenant)
 
             try:
                 return self.store.add_file(
                     tenant, filename=filename, purpose=purpose, size=size, digest=digest,
                     api_key_id=api_key_id, quota=self.max_tenant_bytes,
-                    ensure_bytes=ensure_bytes,
+                    ensure_bytes=ensure_bytes, expires_at=until,
                 )  # fmt: skip
             except BaseException:
                 self.discard_unused(digest)
@@ -93,6 +116,21 @@ class FileKeeper:
         if unused:
             self.discard_unused(gone.digest)
         return gone
+
+    def purge_expired(self) -> int:
+        """Delete the files whose time is up (not a running batch's input), a page at a
+        time, and their bytes when no other file has them; how many went."""
+        gone = 0
+        while True:
+            page = self.store.purge_expired_files(PURGE_PAGE)
+            for file, unused in page:
+                if unused:
+                    self.discard_unused(file.digest)
+            gone += len(page)
+            if len(page) < PURGE_PAGE:
+                if gone:
+                    log.info("deleted %d expired file(s)", gone)
+                return gone
 
     def discard_unused(self, digest: str) -> None:
         """Delete the bytes ``digest`` unless a file has them (best effort: ``modelyard

@@ -4,7 +4,8 @@ A file belongs to the tenant of the key that uploaded it; every route needs the
 ``infer`` scope, and another tenant's file id is the same 404 as an id that never
 existed. Only ``purpose=batch`` is uploaded here (a batch's input); a batch's
 output and error files are ``batch_output`` files of its tenant. An input file is
-checked when a batch is created from it, not at upload, as OpenAI does. The upload's
+checked when a batch is created from it, not at upload, as OpenAI does. Files expire
+(``_file_expiry``): after 30 days unless the upload's ``expires_after`` says sooner. The upload's
 size cap (``--max-file-bytes``) is enforced by the guard before the body is read,
 and again on the file itself.
 """
@@ -20,6 +21,7 @@ from starlette.datastructures import UploadFile
 
 from modelyard.errors import ConfigError, RequestTooLarge
 from modelyard.serving._auth import KeyDep
+from modelyard.serving._file_expiry import FORM_FIELDS, form_expiry
 from modelyard.serving._files import FileKeeper
 from modelyard.serving._plane import DataPlane
 from modelyard.store import FILE_PURPOSES, StoredFile
@@ -39,7 +41,7 @@ def file_object(f: StoredFile) -> dict[str, Any]:
         "filename": f.filename,
         "purpose": f.purpose,
         "status": "processed",
-        "expires_at": None,
+        "expires_at": None if f.expires_at is None else int(f.expires_at.timestamp()),
         "status_details": None,
     }
 
@@ -67,13 +69,14 @@ def add_file_routes(app: FastAPI, files: FileKeeper, plane: DataPlane) -> None:
             await run_in_threadpool(files.check_room, key.tenant, int(declared) - FORM_OVERHEAD)
         form = await request.form(max_files=1, max_fields=8)
         try:
-            extra = sorted(set(form.keys()) - {"file", "purpose"})
+            extra = sorted(set(form.keys()) - {"file", "purpose", *FORM_FIELDS})
             if extra:
                 raise ConfigError(
-                    f"{extra[0]} is not a parameter this server accepts; send only 'file' and "
-                    "'purpose' (files are kept until deleted)",
-                    param=extra[0],
+                    f"{extra[0][:60]} is not a parameter this server accepts; send 'file', "
+                    "'purpose' and, if you wish, 'expires_after'",
+                    param=extra[0][:60],
                 )
+            lifetime = form_expiry(form)
             purpose = form.get("purpose")
             if not isinstance(purpose, str) or not purpose:
                 raise ConfigError("purpose is missing: send purpose=batch", param="purpose")
@@ -98,7 +101,7 @@ def add_file_routes(app: FastAPI, files: FileKeeper, plane: DataPlane) -> None:
             name = (upload.filename or "upload.jsonl")[:255]
             saved = await run_in_threadpool(
                 files.save, key.tenant, upload.file, filename=name, purpose=purpose,
-                api_key_id=key.id,
+                api_key_id=key.id, expires_s=lifetime,
             )  # fmt: skip
         finally:
             await form.close()

@@ -40,7 +40,13 @@ from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from modelyard.errors import Conflict, NotFound, TooManyBatches
 from modelyard.store._core import StoreCore
-from modelyard.store._files import StoredFile, add_file_row, owned_file_row, remove_file_row
+from modelyard.store._files import (
+    FileRow,
+    StoredFile,
+    add_file_row,
+    owned_file_row,
+    remove_file_row,
+)
 from modelyard.store._fleet import holds_lease
 from modelyard.store._rows import lock_name, tenant_row
 from modelyard.store._schema import Base, LeaseRow, TenantRow, utcnow
@@ -75,6 +81,7 @@ class BatchRow(Base):
     expired_at: Mapped[datetime | None]
     cancelling_at: Mapped[datetime | None]
     cancelled_at: Mapped[datetime | None]
+    output_expires_s: Mapped[int | None]  # its files' lifetime; None: kept until deleted
 
 
 class BatchLineRow(Base):
@@ -165,6 +172,7 @@ class BatchStore(StoreCore):
         window: timedelta,
         metadata: Mapping[str, str] | None,
         max_unfinished: int | None = None,
+        output_expires_s: int | None = None,
     ) -> StoredBatch:
         """A new batch of ``tenant``, ``validating``; with ``max_unfinished``, refused
         (``TooManyBatches``) when the tenant has that many not finished already (one
@@ -183,6 +191,7 @@ class BatchStore(StoreCore):
                 completion_window=completion_window, status="validating", errors=None,
                 meta=dict(metadata) if metadata is not None else None, total=0, completed=0,
                 failed=0, created_at=now, expires_at=now + window,
+                output_expires_s=output_expires_s,
             )  # fmt: skip
             s.add(row)
             s.flush()
@@ -249,6 +258,22 @@ class BatchStore(StoreCore):
                     param="file_id",
                 )
             return remove_file_row(s, row, tenant)
+
+    def purge_expired_files(self, limit: int = 100) -> list[tuple[StoredFile, bool]]:
+        """Delete up to ``limit`` files whose time is up, but not the input of a batch not
+        finished (it goes once the batch ends); each file and whether its bytes are now
+        unused (then the caller deletes them)."""
+        now = utcnow()
+        with self._write("delete the expired files") as s:
+            read = select(BatchRow.input_file_id).where(BatchRow.status.in_(ACTIVE))
+            rows = s.scalars(
+                select(FileRow)
+                .where(FileRow.expires_at <= now, FileRow.id.not_in(read))
+                .order_by(FileRow.expires_at)
+                .limit(limit)
+                .with_for_update()
+            ).all()
+            return [remove_file_row(s, row, _tenant_name(s, row.tenant_id)) for row in rows]
 
     # -- the runner's side: every change fenced by the batch's lease ---------------------------
 
@@ -387,12 +412,15 @@ class BatchStore(StoreCore):
         self, batch_id: str, holder: str, status: str, files: Sequence[OutputFile]
     ) -> StoredBatch:
         """End the batch ``status`` (completed, cancelled, expired) with its output and
-        error ``files`` made files of its tenant (purpose ``batch_output``); its lines go."""
+        error ``files`` made files of its tenant (purpose ``batch_output``), expiring
+        ``output_expires_s`` after (as the batch was created); its lines go."""
         with self._fenced(batch_id, holder, "finish") as (s, row):
+            life = row.output_expires_s
+            until = utcnow() + timedelta(seconds=life) if life is not None else None
             for f in files:
                 made = add_file_row(
                     s, row.tenant_id, filename=f.filename, purpose="batch_output", size=f.size,
-                    digest=f.digest, api_key_id=row.api_key_id,
+                    digest=f.digest, api_key_id=row.api_key_id, expires_at=until,
                 )  # fmt: skip
                 if f.kind == "output":
                     row.output_file_id = made.id

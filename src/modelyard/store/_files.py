@@ -15,7 +15,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import BigInteger, ForeignKey, Index, Integer, String, func, select
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    func,
+    or_,
+    select,
+)
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
 from modelyard.errors import NotFound, StorageQuotaExceeded
@@ -37,6 +47,7 @@ class FileRow(Base):
     bytes: Mapped[int] = mapped_column(BigInteger)
     digest: Mapped[str] = mapped_column(String(64), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(index=True)  # None: until deleted
 
 
 @dataclass(frozen=True)
@@ -51,6 +62,7 @@ class StoredFile:
     bytes: int
     digest: str
     created_at: datetime
+    expires_at: datetime | None = None  # then it is gone as if deleted; None: kept until deleted
 
 
 def new_file_id() -> str:
@@ -66,11 +78,12 @@ def add_file_row(
     size: int,
     digest: str,
     api_key_id: str | None,
+    expires_at: datetime | None = None,
 ) -> FileRow:
     """A new file's row in the session ``s`` (a batch's output is made in its transaction)."""
     row = FileRow(
         id=new_file_id(), tenant_id=tenant_id, api_key_id=api_key_id, filename=filename,
-        purpose=purpose, bytes=size, digest=digest, created_at=utcnow(),
+        purpose=purpose, bytes=size, digest=digest, created_at=utcnow(), expires_at=expires_at,
     )  # fmt: skip
     s.add(row)
     return row
@@ -83,7 +96,7 @@ def check_file_quota(tenant: str, held: int, size: int, quota: int) -> None:
             f"tenant {tenant!r} has {held} bytes of files; this file of {size} bytes would "
             f"take it over its limit of {quota} bytes (--max-tenant-file-bytes)",
             hint="Delete files it no longer needs (DELETE /v1/files/{id}: batches' inputs and "
-            "outputs are kept until deleted), or ask an operator to raise the limit.",
+            "outputs are kept until they expire), or ask an operator to raise the limit.",
             param="file",
         )
 
@@ -102,6 +115,7 @@ class FileStore(StoreCore):
         api_key_id: str | None = None,
         quota: int | None = None,
         ensure_bytes: Callable[[], None] | None = None,
+        expires_at: datetime | None = None,
     ) -> StoredFile:
         """A new file of ``tenant``; with ``quota``, refused (``StorageQuotaExceeded``) when
         the tenant's files would hold more than ``quota`` bytes with it (uploads of one
@@ -118,7 +132,7 @@ class FileStore(StoreCore):
             lock_name(s, "file_bytes", digest)
             row = add_file_row(
                 s, tenant_row(s, tenant).id, filename=filename, purpose=purpose, size=size,
-                digest=digest, api_key_id=api_key_id,
+                digest=digest, api_key_id=api_key_id, expires_at=expires_at,
             )  # fmt: skip
             s.flush()
             if ensure_bytes is not None:
@@ -151,7 +165,7 @@ class FileStore(StoreCore):
         with self._session(f"read file {file_id!r}") as s:
             row = s.get(FileRow, file_id)
             owner = tenant_row(s, tenant)
-            if row is None or row.tenant_id != owner.id:
+            if row is None or row.tenant_id != owner.id or _expired(row):
                 raise _missing(file_id)
             return _to_file(row, tenant)
 
@@ -168,12 +182,12 @@ class FileStore(StoreCore):
         ``ascending``), those after the file ``after``; and whether more follow."""
         with self._session(f"list the files of tenant {tenant!r}") as s:
             owner = tenant_row(s, tenant)
-            query = select(FileRow).where(FileRow.tenant_id == owner.id)
+            query = select(FileRow).where(FileRow.tenant_id == owner.id, _kept(utcnow()))
             if purpose is not None:
                 query = query.where(FileRow.purpose == purpose)
             if after is not None:
                 mark = s.get(FileRow, after)
-                if mark is None or mark.tenant_id != owner.id:
+                if mark is None or mark.tenant_id != owner.id or _expired(mark):
                     raise NotFound(f"no file with id {after!r} to list after", param="after")
                 key = (mark.created_at, mark.id)
                 if ascending:
@@ -208,11 +222,12 @@ class FileStore(StoreCore):
 
 
 def owned_file_row(s: Session, tenant: str, file_id: str, *, lock: str | None = None) -> FileRow:
-    """``tenant``'s file row (NotFound as ``get_file``), locked (``share``: against its
-    deletion; ``update``: to delete it) until the transaction ends when ``lock``."""
+    """``tenant``'s file row (NotFound as ``get_file``, for an expired file too), locked
+    (``share``: against its deletion; ``update``: to delete it) until the transaction ends
+    when ``lock``."""
     row = s.get(FileRow, file_id)
     owner = tenant_row(s, tenant)
-    if row is None or row.tenant_id != owner.id:
+    if row is None or row.tenant_id != owner.id or _expired(row):
         raise _missing(file_id)
     if lock is not None:
         row = s.scalar(
@@ -237,6 +252,16 @@ def remove_file_row(s: Session, row: FileRow, tenant: str) -> tuple[StoredFile, 
     return gone, not others
 
 
+def _expired(row: FileRow) -> bool:
+    """Whether the file's time is up (it is purged soon, and meanwhile not found)."""
+    return row.expires_at is not None and row.expires_at <= utcnow()
+
+
+def _kept(now: datetime) -> ColumnElement[bool]:
+    """Files whose time is not up at ``now``."""
+    return or_(FileRow.expires_at.is_(None), FileRow.expires_at > now)
+
+
 def _missing(file_id: str) -> NotFound:
     return NotFound(
         f"no file with id {file_id!r}", hint="List your files with GET /v1/files.", param="file_id"
@@ -246,7 +271,7 @@ def _missing(file_id: str) -> NotFound:
 def _to_file(row: FileRow, tenant: str) -> StoredFile:
     return StoredFile(
         row.id, tenant, row.api_key_id, row.filename, row.purpose, row.bytes, row.digest,
-        row.created_at,
+        row.created_at, row.expires_at,
     )  # fmt: skip
 
 
