@@ -9,18 +9,26 @@
 - a job whose stderr is a log (not a terminal) prints its progress as plain lines
   as it goes (a bar is drawn there only when it ends: nothing for hours);
 - ``--max-errors``: the line the job stops with counts the failed rows the summary
-  counts (the rows in flight when it stopped included).
+  counts (the rows in flight when it stopped included);
+- SIGTERM (systemd stopping it, a Kubernetes Job's pod deleted) stops the job as
+  Ctrl+C does, saying how many answered rows are kept (exit 143); it died silently.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from batchworld import World, batch, build_world, enter, write_jsonl
+from clihelp import modelyard
 
 ECHO = ["-e", "claims-router", "--engine", "echo"]
 
@@ -107,3 +115,41 @@ def test_the_line_a_job_stops_with_counts_every_failed_row(
     assert summary["failed"] == 4  # the four in flight at once all fail
     assert err.startswith("error: the job stopped: 4 rows failed, more than --max-errors 0")
     assert json.loads(out)["stopped"].startswith("4 rows failed")
+
+
+def test_sigterm_stops_the_job_saying_what_is_kept_and_the_same_command_goes_on(
+    world: World, tmp_path: Path
+) -> None:
+    rows = 200
+    write_jsonl(tmp_path / "in.jsonl", [{"prompt": f"question {i}"} for i in range(rows)])
+    out = tmp_path / "out.jsonl"
+    command = ["batch", "run", str(tmp_path / "in.jsonl"), "-o", str(out), *ECHO,
+               "--echo-delay-ms", "25", "--concurrency", "4", "--json"]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
+    env |= {"MODELYARD_HOME": str(world.home), "MODELYARD_API_KEY": world.key}
+    job = subprocess.Popen(
+        [sys.executable, "-m", "modelyard", *command],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    first_part = out.with_name("out.jsonl.batch") / "part-00000001.jsonl"
+    deadline = time.monotonic() + 120
+    while not first_part.exists():
+        assert job.poll() is None, "the job ended before it was stopped"
+        assert time.monotonic() < deadline, "no part committed within 120 s"
+        time.sleep(0.02)
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=60)
+    assert job.returncode == 143, err
+    kept = sum(len(p.read_text().splitlines()) for p in first_part.parent.glob("part-*"))
+    assert 0 < kept < rows
+    assert f"stopped (SIGTERM): {kept} answered rows are kept in {first_part.parent}" in err
+    assert "Traceback" not in err and not out.exists()
+
+    again = modelyard(*command, home=world.home, env={"MODELYARD_API_KEY": world.key})
+    assert again.code == 0, again.err
+    summary = json.loads(again.out)
+    assert (summary["skipped"], summary["answered"]) == (kept, rows - kept)
+    assert [json.loads(line)["row"] for line in out.read_text().splitlines()] == list(
+        range(1, rows + 1)
+    )
+    assert len(world.records(summary["job_id"])) == rows

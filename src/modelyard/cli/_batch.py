@@ -279,7 +279,7 @@ def run(
         chosen, runner = EchoEngine(), _ray_runner(cluster, engines, limits)
         where = ray_cluster(cluster, store_dialect=store.dialect)
     try:
-        with where, _bar(quiet=json_out) as bar, bad_input(), _sigterm_stops(vllm is not None):
+        with where, _bar(quiet=json_out) as bar, bad_input(), _sigterm_stops():
             started: OnStart = bar.start
             if engine == "vllm":
                 started = _after_vllm(store, chosen, spec, vllm_start_timeout_s, bar.start)
@@ -287,9 +287,10 @@ def run(
                 store, chosen, spec, limits=limits, progress=bar.update, on_start=started,
                 runner=runner,
             )  # fmt: skip
-    except KeyboardInterrupt:
-        _interrupted(output)
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as stop:
+        terminated = isinstance(stop, _Terminated)
+        _interrupted(output, "SIGTERM" if terminated else "Ctrl+C")
+        raise typer.Exit(143 if terminated else 130) from None
     finally:
         chosen.close()
         store.close()
@@ -342,18 +343,20 @@ def _vllm_options(*, python: str | None, **options: object) -> VLLMOptions:
     return VLLMOptions(python=python, **options)  # type: ignore[arg-type]
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (a supervisor stopping the job): it stops as Ctrl+C does."""
+
+
 @contextmanager
-def _sigterm_stops(active: bool) -> Iterator[None]:
-    """While ``active`` (a vLLM server of the job's runs, in a process group of its own): a
-    SIGTERM stops the job as Ctrl+C does, so the server is stopped with it, not left."""
-    if not active:
-        yield
-        return
+def _sigterm_stops() -> Iterator[None]:
+    """While the job runs, a SIGTERM (systemd, a Kubernetes Job's pod deleted) stops it as
+    Ctrl+C does: a vLLM server of the job's (in a process group of its own) is stopped with
+    it, not left, and the log says how many answered rows are kept for the next run."""
 
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
+    def terminate(signum: int, frame: object) -> None:
+        raise _Terminated
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         yield
     finally:
@@ -399,20 +402,24 @@ def _job_versions(store: Store, spec: FileJobSpec) -> list[ModelVersion]:
     return [v for v in versions if v.kind in ("adapter", "full")]
 
 
-def _interrupted(output: Path) -> None:
-    """Ctrl+C: say where the job stands (its kept answers stay for the next run)."""
+def _interrupted(output: Path, by: str) -> None:
+    """Ctrl+C or SIGTERM (``by``): say where the job stands (its kept answers stay for the
+    next run)."""
     from modelyard.batch import state_dir
 
     state = state_dir(output)
     if state.is_dir():
-        kept = sum(1 for part in state.glob("part-*.jsonl") for _ in part.open("rb"))
+        kept = 0
+        for part in state.glob("part-*.jsonl"):
+            with part.open("rb") as lines:
+                kept += sum(1 for _ in lines)
         err_console.print(
-            f"stopped (Ctrl+C): {kept} answered rows are kept in {state}; run the same "
+            f"stopped ({by}): {kept} answered rows are kept in {state}; run the same "
             "command again to answer the rest",
             markup=False,
         )
     else:
-        err_console.print("stopped (Ctrl+C) before the job started: nothing was written")
+        err_console.print(f"stopped ({by}) before the job started: nothing was written")
 
 
 def job_engine(
