@@ -49,6 +49,7 @@ from modelyard.store._schema import (
     utcnow,
 )
 from modelyard.store.entities import (
+    ENDED_PHASE,
     ROLLOUT_ACTIVE,
     Rollout,
     RolloutEvent,
@@ -197,6 +198,8 @@ class RolloutStore(StoreCore):
                     row.finished_at = now
             if change.phase is not None:
                 row.phase = change.phase
+            if row.status not in ROLLOUT_ACTIVE:
+                row.phase = ENDED_PHASE  # an ended rollout is no longer preparing or baking
             if change.step_index is not None:
                 row.step_index = change.step_index
             if change.start_step:
@@ -417,8 +420,9 @@ def to_rollout(
             )
         )
     status = cast(RolloutStatus, r.status)  # written only through transitions
+    phase = r.phase if status in ROLLOUT_ACTIVE else ENDED_PHASE  # also one ended before 'done'
     return Rollout(
-        r.id, erow.name, mrow.name, vrow.version, vrow.id, status, r.phase,
+        r.id, erow.name, mrow.name, vrow.version, vrow.id, status, phase,
         r.strategy, {int(k): int(v) for k, v in r.baseline.items()}, tuple(r.steps),
         r.step_index, r.step_started_at, r.bake_s, r.min_requests, tuple(r.guards),
         r.promote_alias, r.reason, dict(r.outcome), r.created_by, r.created_at, r.updated_at,

@@ -210,6 +210,8 @@ class Endpoint:
 
 RolloutStatus = Literal["running", "paused", "succeeded", "rolled_back", "aborted"]
 ROLLOUT_ACTIVE: tuple[str, ...] = ("running", "paused")
+ENDED_PHASE = "done"
+"""The phase of a rollout that ended (succeeded, rolled back, aborted): not baking any more."""
 
 
 @dataclass(frozen=True)
@@ -280,7 +282,7 @@ class Rollout:
     target: int
     target_version_id: int
     status: RolloutStatus
-    phase: str  # preparing | baking
+    phase: str  # preparing | baking while active; ENDED_PHASE ("done") once it ended
     strategy: str  # canary | blue_green
     baseline: Mapping[int, int]
     steps: tuple[int, ...]
