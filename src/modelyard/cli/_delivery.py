@@ -104,7 +104,7 @@ MIN_REQUESTS = typer.Option(
     min=0,
     help="Requests the new version must answer in a step before it advances.",
 )
-GUARDS = typer.Option(list(_POLICY.guards), "--guard", help=GUARD_HELP)
+GUARDS = typer.Option(list(_POLICY.guards), "--guard", metavar='"METRIC OP VALUE"', help=GUARD_HELP)
 
 
 NO_CONTROLLER = (
