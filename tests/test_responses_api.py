@@ -218,6 +218,8 @@ def test_max_output_tokens_reached_is_incomplete(served: Served) -> None:
     assert cut.incomplete_details is not None
     assert cut.incomplete_details.reason == "max_output_tokens"
     assert cut.output[0].status == "incomplete" and cut.max_output_tokens == 3
+    unset = client.responses.create(model="acme-support", input="hi")
+    assert unset.max_output_tokens is None  # echoed as sent, as OpenAI does
     events = list(
         client.responses.create(model="acme-support", input=words, max_output_tokens=3, stream=True)
     )
@@ -245,6 +247,8 @@ def test_max_output_tokens_reached_is_incomplete(served: Served) -> None:
         ({"top_k": 3}, "top_k", "not a parameter this server accepts"),
         ({"max_output_tokens": 33}, "max_output_tokens", "above this server's limit of 32"),
         ({"temperature": 0.001}, "temperature", "too small"),
+        ({"stream": True, "stream_options": {"include_usage": True}},
+         "stream_options.include_usage", "is not a parameter this server accepts"),
     ],
 )  # fmt: skip
 def test_parameters_that_do_not_map_are_400_naming_them(

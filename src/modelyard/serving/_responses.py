@@ -183,8 +183,8 @@ class TextOptions(BaseModel):
 
 
 class ResponseStreamOptions(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # include_obfuscation: harmless here
-    include_obfuscation: bool | None = None
+    model_config = ConfigDict(extra="forbid")  # a misspelt option is a 400, as on chat
+    include_obfuscation: bool | None = None  # obfuscation padding: none is sent, harmless
 
 
 # Responses parameters that change the answer and that this server does not implement:
@@ -391,7 +391,7 @@ class ResponseObject:
             "error": error,
             "incomplete_details": {"reason": "max_output_tokens"} if incomplete else None,
             "instructions": body.instructions,
-            "max_output_tokens": self.params.max_tokens,
+            "max_output_tokens": body.max_output_tokens,  # as sent (OpenAI's echo)
             "model": body.model,
             "output": output or [],
             "parallel_tool_calls": False,
