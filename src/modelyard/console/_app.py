@@ -33,6 +33,7 @@ from typing import Any, Literal
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import modelyard
@@ -123,6 +124,22 @@ def _error(exc: ModelyardError) -> JSONResponse:
     return JSONResponse(body, status_code=found.http_status, headers=headers)
 
 
+def _route_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    """A path the console has no route for (404), or not for this method (405), in the
+    error body of every other refusal, not FastAPI's ``{"detail": "Not Found"}``."""
+    where = f"{request.method} {request.url.path}"
+    if exc.status_code == 404:
+        kind = "console API route" if "/api/" in request.url.path else "console page"
+        message, code = f"no {kind} {where}", "not_found"
+    elif exc.status_code == 405:
+        message, code = f"{request.url.path} does not take {request.method}", "method_not_allowed"
+    else:
+        message, code = f"{exc.detail} ({where})", None
+    body = {"error": {"message": message, "type": "invalid_request_error", "code": code,
+                      "param": None}}  # fmt: skip
+    return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
+
+
 def _client(request: Request) -> str:
     return request.client.host if request.client else "unknown"
 
@@ -149,6 +166,10 @@ def create_console_app(
     @app.exception_handler(ModelyardError)
     async def modelyard_error(_req: Request, exc: ModelyardError) -> JSONResponse:
         return _error(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _route_error(request, exc)
 
     def set_cookie(
         request: Request, response: Response, name: str, value: str, *,
