@@ -51,7 +51,12 @@ class EndpointStore(RegistryStore):
         with self._write(f"create endpoint {name!r}") as s:
             lock_name(s, "endpoint", name)
             if s.scalar(select(EndpointRow.id).where(EndpointRow.name == name)) is not None:
-                raise Conflict(f"endpoint {name!r} exists already")
+                raise Conflict(
+                    f"endpoint {name!r} exists already",
+                    hint=f"See what it serves with `modelyard endpoints show {name}`; move its "
+                    f"traffic with `modelyard endpoints set-traffic {name} VERSION=PERCENT` or "
+                    f"`modelyard rollout start {name} --to REF`, or pick another name.",
+                )
             tenant_id = tenant_row(s, tenant).id if tenant else None
             self._require(s, "endpoint.created", name, f"create endpoint {name!r}")
             vrow = s.get(ModelVersionRow, version.id)
