@@ -11,7 +11,10 @@
 - ``--max-errors``: the line the job stops with counts the failed rows the summary
   counts (the rows in flight when it stopped included);
 - SIGTERM (systemd stopping it, a Kubernetes Job's pod deleted) stops the job as
-  Ctrl+C does, saying how many answered rows are kept (exit 143); it died silently.
+  Ctrl+C does, saying how many answered rows are kept (exit 143); it died silently;
+- an endpoint whose version answers from an upstream (a provider's API) whose key
+  is not in the job's environment exits 2 before any row is sent; every row
+  failed, and the output, written whole with an error in each row, was final.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import pytest
 
 from batchworld import World, batch, build_world, enter, write_jsonl
 from clihelp import modelyard
+from modelyard.cli import main
 
 ECHO = ["-e", "claims-router", "--engine", "echo"]
 
@@ -153,3 +157,39 @@ def test_sigterm_stops_the_job_saying_what_is_kept_and_the_same_command_goes_on(
         range(1, rows + 1)
     )
     assert len(world.records(summary["job_id"])) == rows
+
+
+def test_an_upstream_version_without_its_key_here_exits_2_before_any_row_is_sent(
+    world: World, here: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("J5_PROVIDER_KEY", raising=False)
+    with world.store() as store:
+        store.create_registered_model("acme-external", tenant="acme-insurance")
+    assert (
+        main(
+            [
+                "registry",
+                "upstream",
+                "acme-external",
+                "--base-url",
+                "http://127.0.0.1:9/v1",
+                "--upstream-model",
+                "gpt-x",
+                "--api-key-env",
+                "J5_PROVIDER_KEY",
+            ]
+        )
+        == 0
+    )
+    assert main(["endpoints", "create", "claims-external", "--tenant", "acme-insurance",
+                 "--model", "acme-external:1"]) == 0  # fmt: skip
+    _rows(here)
+    code, _, err = batch(capsys, "in.jsonl", "-o", "out.jsonl", "-e", "claims-external")
+    assert code == 2, err
+    assert err.startswith(
+        "error: acme-external:1 answers from the upstream at 127.0.0.1:9, and its key is not here"
+    ), err
+    assert "J5_PROVIDER_KEY" in err and len(err.strip().splitlines()) == 1
+    assert not (here / "out.jsonl").exists()
+    job = json.loads((here / "out.jsonl.batch" / "job.json").read_text())
+    assert world.records(job["id"]) == []  # nothing was asked

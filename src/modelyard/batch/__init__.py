@@ -16,7 +16,7 @@ then), each actor building its engine and store from an ``EngineSpec`` and a
 ``WorkerSpec``. ``job_plane`` is what every job asks through, checked first.
 """
 
-from modelyard.batch._asking import JobPlane, job_plane
+from modelyard.batch._asking import JobPlane, check_upstream_keys, job_plane, job_versions
 from modelyard.batch._files import FileJobSpec, RunnerFactory, read_input, run_file_job
 from modelyard.batch._mapping import ROLES, ColumnMapping
 from modelyard.batch._parts import FileJob, PartsSink, state_dir
@@ -55,8 +55,10 @@ __all__ = [
     "RowSource",
     "RunnerFactory",
     "WorkerSpec",
+    "check_upstream_keys",
     "import_ray",
     "job_plane",
+    "job_versions",
     "ray_cluster",
     "read_input",
     "run_file_job",

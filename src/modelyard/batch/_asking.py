@@ -5,7 +5,9 @@ endpoint with a tenant's API key, or, as an operator, one version alone
 (``pinned``: records under a tenant, default the model's owner). Both are
 checked before any row or message is read: an unknown endpoint, a key that
 cannot reach it or lacks ``infer``, a version that does not exist, is bad
-input (a ``ConfigError``, exit 2), not a failed row.
+input (a ``ConfigError``, exit 2), not a failed row. So is a version of the job
+(``job_versions``) answered by an upstream whose key this process lacks
+(``check_upstream_keys``): the job's process asks the upstream, as ``serve`` would.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from modelyard.errors import AuthError, ConfigError, EndpointNotFound
+from modelyard.artifacts import ArtifactStore
+from modelyard.errors import AuthError, ConfigError, EndpointNotFound, ModelyardError
+from modelyard.registry import UpstreamSpec, verified_files
 from modelyard.serving import Engine, InProcessPlane, ServerLimits
 from modelyard.store import ApiKey, ModelVersion, Store, Tenant
 
@@ -79,4 +83,43 @@ def checked_key(plane: InProcessPlane, api_key: str | None, endpoint: str) -> Ap
     return key
 
 
-__all__ = ["JobPlane", "checked_key", "job_plane", "operator_version"]
+def job_versions(store: Store, *, endpoint: str | None, model: str | None) -> list[ModelVersion]:
+    """The versions a job's rows may go to: its endpoint's routes and shadow, or the
+    operator's one version (``model``)."""
+    if model is not None:
+        return [store.resolve_model_ref(model)]
+    found = store.get_endpoint(str(endpoint))
+    ids = {route.version_id for route in found.routes}
+    ids |= {found.shadow_version_id} if found.shadow_version_id else set()
+    return [store.get_model_version_by_id(i) for i in sorted(ids)]
+
+
+def check_upstream_keys(
+    store: Store, artifacts: ArtifactStore, versions: list[ModelVersion]
+) -> None:
+    """A ConfigError, before any row is sent, when a version answered by an upstream has
+    no key here: every row sent to it would fail, and the job's output would be final."""
+    for version in versions:
+        if version.kind != "upstream":
+            continue
+        spec = UpstreamSpec.read(verified_files(store, artifacts, version, by="batch"))
+        try:
+            spec.api_key()
+        except ModelyardError as exc:
+            raise ConfigError(
+                f"{version.ref} answers from the upstream at {spec.host}, and its key is not "
+                f"here: {exc.message}; no row was sent",
+                hint=f"This job's own process asks the upstream, as `serve` does: give it "
+                f"{spec.credential} here, then run the same command again.",
+                version=version.ref,
+            ) from None
+
+
+__all__ = [
+    "JobPlane",
+    "check_upstream_keys",
+    "checked_key",
+    "job_plane",
+    "job_versions",
+    "operator_version",
+]

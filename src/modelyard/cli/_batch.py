@@ -283,6 +283,8 @@ def run(
             started: OnStart = bar.start
             if engine == "vllm":
                 started = _after_vllm(store, chosen, spec, vllm_start_timeout_s, bar.start)
+            if cluster is None:  # an actor reads the key from its own node's environment
+                started = _keys_first(store, spec, started)
             summary: JobSummary = run_file_job(
                 store, chosen, spec, limits=limits, progress=bar.update, on_start=started,
                 runner=runner,
@@ -390,16 +392,23 @@ def _after_vllm(
 
 
 def _job_versions(store: Store, spec: FileJobSpec) -> list[ModelVersion]:
-    """The versions (adapters and full weights) the job's rows may go to: its endpoint's
-    routes and shadow, or the operator's one version."""
-    if spec.model is not None:
-        versions = [store.resolve_model_ref(spec.model)]
-    else:
-        endpoint = store.get_endpoint(str(spec.endpoint))
-        ids = {route.version_id for route in endpoint.routes}
-        ids |= {endpoint.shadow_version_id} if endpoint.shadow_version_id else set()
-        versions = [store.get_model_version_by_id(i) for i in sorted(ids)]
+    """The versions with weights (adapters and full) the job's rows may go to."""
+    from modelyard.batch import job_versions
+
+    versions = job_versions(store, endpoint=spec.endpoint, model=spec.model)
     return [v for v in versions if v.kind in ("adapter", "full")]
+
+
+def _keys_first(store: Store, spec: FileJobSpec, then: OnStart) -> OnStart:
+    """``then``, once every upstream version the job may ask has its key here."""
+    from modelyard.batch import check_upstream_keys, job_versions
+
+    def start(summary: JobSummary, resumed: bool) -> None:
+        versions = job_versions(store, endpoint=spec.endpoint, model=spec.model)
+        check_upstream_keys(store, open_artifacts(), versions)
+        then(summary, resumed)
+
+    return start
 
 
 def _interrupted(output: Path, by: str) -> None:
