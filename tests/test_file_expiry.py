@@ -6,6 +6,7 @@ a batch not finished."""
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
@@ -16,8 +17,10 @@ import openai
 import pytest
 from sqlalchemy import update
 
+from modelyard.serving import _batch_runner
 from modelyard.serving._files import FileKeeper
 from modelyard.store import Store
+from modelyard.store._batches import BatchRow
 from modelyard.store._files import FileRow
 from test_openai_batches import World, batch_world, chat_line, upload, wait
 
@@ -75,7 +78,10 @@ def test_an_expiry_outside_openai_s_bounds_is_a_400_naming_it(
         assert world.store.list_files("acme")[0] == []
 
 
-def test_an_expired_file_is_not_found_and_is_deleted_with_its_bytes(world: World) -> None:
+def test_an_expired_file_is_not_found_and_servers_delete_it_with_its_bytes(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(_batch_runner, "PURGE_EVERY_S", 0.1)
     with ExitStack() as stack:
         client = world.client(stack, world.serve(stack), "acme")
         gone = client.files.create(file=("a.jsonl", io.BytesIO(b"1\n")), purpose="batch")
@@ -89,23 +95,32 @@ def test_an_expired_file_is_not_found_and_is_deleted_with_its_bytes(world: World
             client.batches.create(
                 input_file_id=gone.id, endpoint="/v1/chat/completions", completion_window="24h"
             )
-        assert FileKeeper(world.store, world.artifacts).purge_expired() == 1
-        assert {f.id for f in world.store.list_files("acme")[0]} == {kept.id}
-        assert len(world.artifacts.digests()) == 1  # the expired file's bytes went too
+        deadline = time.monotonic() + 20
+        while len(world.artifacts.digests()) > 1:  # the server deletes it, bytes and all
+            assert time.monotonic() < deadline, "the expired file's bytes are still there"
+            time.sleep(0.05)
+        assert world.store.file_digests() == {world.store.get_file("acme", kept.id).digest}
+        assert client.files.content(kept.id).content == b"2\n"
 
 
-def test_a_running_batch_s_input_is_not_deleted_when_it_expires(world: World) -> None:
-    with ExitStack() as stack:
-        client = world.client(stack, world.serve(stack), "acme")
-        file_id = upload(client, [chat_line("a", "hi")])
-        # made in the store, not run: no server takes it up while this test looks
-        world.store.create_batch(
-            "acme", api_key_id="k", endpoint="/v1/chat/completions", input_file_id=file_id,
-            completion_window="24h", window=timedelta(hours=24), metadata=None,
-        )  # fmt: skip
-        _expire(world.store, file_id)
-        assert FileKeeper(world.store, world.artifacts).purge_expired() == 0
-        assert len(world.artifacts.digests()) == 1
+def test_a_batch_s_input_is_deleted_only_once_the_batch_ends(world: World) -> None:
+    files = FileKeeper(world.store, world.artifacts)
+    source = files.save("acme", io.BytesIO(chat_line("a", "hi").encode()), filename="in.jsonl",
+                        purpose="batch", api_key_id=None, expires_s=3600)  # fmt: skip
+    other = files.save("acme", io.BytesIO(b"x\n"), filename="x.jsonl", purpose="batch",
+                       api_key_id=None, expires_s=3600)  # fmt: skip
+    batch = world.store.create_batch(
+        "acme", api_key_id="k", endpoint="/v1/chat/completions", input_file_id=source.id,
+        completion_window="24h", window=timedelta(hours=24), metadata=None,
+    )  # fmt: skip
+    _expire(world.store, source.id)
+    _expire(world.store, other.id)
+    assert files.purge_expired() == 1  # the other one: the batch still reads its input
+    assert world.store.file_digests() == {source.digest}
+    with world.store._engine.begin() as conn:  # the batch ends (as its runner ends it)
+        conn.execute(update(BatchRow).where(BatchRow.id == batch.id).values(status="completed"))
+    assert files.purge_expired() == 1
+    assert world.store.file_digests() == set() and world.artifacts.digests() == []
 
 
 def test_a_batch_s_output_expires_as_the_batch_says(world: World) -> None:

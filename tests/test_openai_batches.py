@@ -174,6 +174,10 @@ def test_a_chat_batch_through_the_sdk_and_its_records(world: World) -> None:
         assert {r["id"] for r in records} == {x["response"]["request_id"] for x in output}
         assert {r["source"] for r in records} == {"batch"}
         assert [b.id for b in client.batches.list()] == [made.id]
+        assert made.usage is None and batch.usage is not None  # its requests' tokens, once ended
+        assert batch.usage.input_tokens == sum(r["prompt_tokens"] for r in records) > 0
+        assert batch.usage.output_tokens == sum(r["completion_tokens"] for r in records) > 0
+        assert batch.usage.total_tokens == batch.usage.input_tokens + batch.usage.output_tokens
 
 
 def test_a_completions_batch_and_a_line_that_names_another_tenants_endpoint(

@@ -45,6 +45,17 @@ def _stamp(when: datetime | None) -> int | None:
     return None if when is None else int(when.timestamp())
 
 
+def usage(input_tokens: int, output_tokens: int) -> dict[str, Any]:
+    """OpenAI's batch ``usage``: the tokens of the batch's requests."""
+    return {
+        "input_tokens": input_tokens,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": output_tokens,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": input_tokens + output_tokens,
+    }
+
+
 def batch_object(b: StoredBatch) -> dict[str, Any]:
     """OpenAI's ``batch`` object."""
     shown: dict[str, Any] = {
@@ -60,6 +71,7 @@ def batch_object(b: StoredBatch) -> dict[str, Any]:
         "created_at": _stamp(b.created_at),
         "expires_at": _stamp(b.expires_at),
         "request_counts": {"total": b.total, "completed": b.completed, "failed": b.failed},
+        "usage": None if b.usage is None else usage(*b.usage),
         "metadata": None if b.metadata is None else dict(b.metadata),
     }
     for step in _TIMES:

@@ -16,7 +16,6 @@ import contextlib
 import logging
 import shutil
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO
 
@@ -83,7 +82,6 @@ class FileKeeper:
     ) -> StoredFile:
         """A new file of ``tenant`` holding what ``source`` reads, gone ``expires_s`` after
         (None: kept until deleted); blocks: call it on a worker thread."""
-        until = None if expires_s is None else datetime.now(UTC) + timedelta(seconds=expires_s)
         with self.staged() as path:
             with path.open("wb") as out:
                 shutil.copyfileobj(source, out, 1024 * 1024)
@@ -99,7 +97,7 @@ class FileKeeper:
                 return self.store.add_file(
                     tenant, filename=filename, purpose=purpose, size=size, digest=digest,
                     api_key_id=api_key_id, quota=self.max_tenant_bytes,
-                    ensure_bytes=ensure_bytes, expires_at=until,
+                    ensure_bytes=ensure_bytes, expires_s=expires_s,
                 )  # fmt: skip
             except BaseException:
                 self.discard_unused(digest)

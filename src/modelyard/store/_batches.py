@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     ForeignKey,
     Index,
@@ -49,7 +50,7 @@ from modelyard.store._files import (
 )
 from modelyard.store._fleet import holds_lease
 from modelyard.store._rows import lock_name, tenant_row
-from modelyard.store._schema import Base, LeaseRow, TenantRow, utcnow
+from modelyard.store._schema import Base, InferenceRecordRow, LeaseRow, TenantRow, utcnow
 
 ACTIVE = ("validating", "in_progress", "cancelling", "finalizing")  # a worker's to run
 _STEPS = ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
@@ -82,6 +83,8 @@ class BatchRow(Base):
     cancelling_at: Mapped[datetime | None]
     cancelled_at: Mapped[datetime | None]
     output_expires_s: Mapped[int | None]  # its files' lifetime; None: kept until deleted
+    input_tokens: Mapped[int | None] = mapped_column(BigInteger)  # its records', once ended
+    output_tokens: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class BatchLineRow(Base):
@@ -116,6 +119,7 @@ class StoredBatch:
     created_at: datetime
     expires_at: datetime
     times: Mapping[str, datetime]
+    usage: tuple[int, int] | None = None  # its records' input and output tokens, once ended
 
     @property
     def lease(self) -> str:
@@ -415,12 +419,10 @@ class BatchStore(StoreCore):
         error ``files`` made files of its tenant (purpose ``batch_output``), expiring
         ``output_expires_s`` after (as the batch was created); its lines go."""
         with self._fenced(batch_id, holder, "finish") as (s, row):
-            life = row.output_expires_s
-            until = utcnow() + timedelta(seconds=life) if life is not None else None
             for f in files:
                 made = add_file_row(
                     s, row.tenant_id, filename=f.filename, purpose="batch_output", size=f.size,
-                    digest=f.digest, api_key_id=row.api_key_id, expires_at=until,
+                    digest=f.digest, api_key_id=row.api_key_id, expires_s=row.output_expires_s,
                 )  # fmt: skip
                 if f.kind == "output":
                     row.output_file_id = made.id
@@ -428,6 +430,7 @@ class BatchStore(StoreCore):
                     row.error_file_id = made.id
             row.status = status
             setattr(row, f"{status}_at", utcnow())
+            row.input_tokens, row.output_tokens = _job_tokens(s, batch_id)
             s.execute(delete(BatchLineRow).where(BatchLineRow.batch_id == batch_id))
             return _to_batch(row, _tenant_name(s, row.tenant_id))
 
@@ -489,7 +492,17 @@ def _to_batch(row: BatchRow, tenant: str) -> StoredBatch:
         row.status, tuple(row.errors) if row.errors is not None else None,
         dict(row.meta) if row.meta is not None else None, row.output_file_id, row.error_file_id,
         row.total, row.completed, row.failed, row.created_at, row.expires_at, times,
+        None if row.input_tokens is None else (row.input_tokens, row.output_tokens or 0),
     )  # fmt: skip
+
+
+def _job_tokens(s: Session, batch_id: str) -> tuple[int, int]:
+    """The input and output tokens of the batch's records (its lines' requests)."""
+    r = InferenceRecordRow
+    found = s.execute(
+        select(func.sum(r.prompt_tokens), func.sum(r.completion_tokens)).where(r.job_id == batch_id)
+    ).one()
+    return int(found[0] or 0), int(found[1] or 0)
 
 
 __all__ = [

@@ -13,7 +13,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import (
     BigInteger,
@@ -78,12 +78,15 @@ def add_file_row(
     size: int,
     digest: str,
     api_key_id: str | None,
-    expires_at: datetime | None = None,
+    expires_s: int | None = None,
 ) -> FileRow:
-    """A new file's row in the session ``s`` (a batch's output is made in its transaction)."""
+    """A new file's row in the session ``s`` (a batch's output is made in its transaction),
+    expiring ``expires_s`` after it is made (None: kept until deleted)."""
+    now = utcnow()
+    until = None if expires_s is None else now + timedelta(seconds=expires_s)
     row = FileRow(
         id=new_file_id(), tenant_id=tenant_id, api_key_id=api_key_id, filename=filename,
-        purpose=purpose, bytes=size, digest=digest, created_at=utcnow(), expires_at=expires_at,
+        purpose=purpose, bytes=size, digest=digest, created_at=now, expires_at=until,
     )  # fmt: skip
     s.add(row)
     return row
@@ -115,7 +118,7 @@ class FileStore(StoreCore):
         api_key_id: str | None = None,
         quota: int | None = None,
         ensure_bytes: Callable[[], None] | None = None,
-        expires_at: datetime | None = None,
+        expires_s: int | None = None,
     ) -> StoredFile:
         """A new file of ``tenant``; with ``quota``, refused (``StorageQuotaExceeded``) when
         the tenant's files would hold more than ``quota`` bytes with it (uploads of one
@@ -132,7 +135,7 @@ class FileStore(StoreCore):
             lock_name(s, "file_bytes", digest)
             row = add_file_row(
                 s, tenant_row(s, tenant).id, filename=filename, purpose=purpose, size=size,
-                digest=digest, api_key_id=api_key_id, expires_at=expires_at,
+                digest=digest, api_key_id=api_key_id, expires_s=expires_s,
             )  # fmt: skip
             s.flush()
             if ensure_bytes is not None:

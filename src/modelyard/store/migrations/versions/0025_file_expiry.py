@@ -1,9 +1,11 @@
-"""files expire: ``files.expires_at``, and a batch's ``output_expires_s``
+"""files expire: ``files.expires_at``, a batch's ``output_expires_s``; a batch's usage
 
 OpenAI's Files API lets an upload say when it expires (``expires_after``: an hour to
 30 days after it was made; files for batches expire after 30 days unless told), and a
 batch say when its output and error files do (``output_expires_after``). Files kept
-before this revision have no time (NULL): they stay until deleted, as before.
+before this revision have no time (NULL): they stay until deleted, as before. A batch
+that ends keeps its records' input and output tokens (OpenAI's ``usage``); those ended
+before have none.
 
 Revision ID: 0025
 Revises: 0024
@@ -27,10 +29,14 @@ def upgrade() -> None:
         batch_op.create_index("ix_files_expires_at", ["expires_at"], unique=False)
     with op.batch_alter_table("batches", schema=None) as batch_op:
         batch_op.add_column(sa.Column("output_expires_s", sa.Integer(), nullable=True))
+        batch_op.add_column(sa.Column("input_tokens", sa.BigInteger(), nullable=True))
+        batch_op.add_column(sa.Column("output_tokens", sa.BigInteger(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("batches", schema=None) as batch_op:
+        batch_op.drop_column("output_tokens")
+        batch_op.drop_column("input_tokens")
         batch_op.drop_column("output_expires_s")
     with op.batch_alter_table("files", schema=None) as batch_op:
         batch_op.drop_index("ix_files_expires_at")
