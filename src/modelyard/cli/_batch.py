@@ -118,6 +118,7 @@ def run(
     field: list[str] = typer.Option(
         [],
         "--field",
+        metavar="NAME=COLUMN",
         help="A template field from a column, NAME=COLUMN: instruction (and input), or "
         "text. Without a mapping, a messages, prompt, instruction or text column is used.",
     ),
@@ -125,12 +126,15 @@ def run(
         None, help="A system message before each prompt (the instruction a version trained on)."
     ),
     id_column: list[str] = typer.Option(
-        [], "--id-column", help="An input column copied to the output to join on (repeatable)."
+        [],
+        "--id-column",
+        metavar="COLUMN",
+        help="An input column copied to the output to join on (repeatable).",
     ),
     max_tokens: int = typer.Option(64, min=1, help="Most tokens of each answer."),
     temperature: float = typer.Option(0.0, min=0.0, max=2.0, help="0 is greedy."),
     top_p: float = typer.Option(1.0, help="Nucleus sampling (above 0, at most 1)."),
-    stop: list[str] = typer.Option([], "--stop", help="A stop string (up to 4)."),
+    stop: list[str] = typer.Option([], "--stop", metavar="TEXT", help="A stop string (up to 4)."),
     seed: int | None = typer.Option(None, help="A seed for sampled answers."),
     concurrency: int = typer.Option(
         16, min=1, help="Rows in flight at once (the engine batches them together)."

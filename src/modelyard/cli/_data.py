@@ -88,6 +88,7 @@ def validate(
     fail_on: list[str] = typer.Option(
         [],
         "--fail-on",
+        metavar="RULE",
         help="Exit 1 if this rule trips (repeatable, or comma-separated): "
         f"{', '.join(RULES)}, or all.",
     ),

@@ -360,7 +360,9 @@ def evaluate(
         None, "--format", help="Data format (default: the format the version trained on)."
     ),
     metrics: str = typer.Option("exact_match", "--metrics", help="Comma-separated metric names."),
-    gate: list[str] = typer.Option([], "--gate", help='A gate such as "exact_match >= 0.9".'),
+    gate: list[str] = typer.Option(
+        [], "--gate", metavar='"METRIC OP VALUE"', help='A gate such as "exact_match >= 0.9".'
+    ),
     max_new_tokens: int = typer.Option(32, min=1, help="Longest generated answer."),
     predictions: Path | None = typer.Option(
         None,

@@ -92,7 +92,10 @@ def from_records(
         None, "--min-score", help="Only records with a feedback score at least this (-1 to 1)."
     ),
     labels: list[str] = typer.Option(
-        [], "--label", help="Only records whose feedback label is this (repeatable)."
+        [],
+        "--label",
+        metavar="LABEL",
+        help="Only records whose feedback label is this (repeatable).",
     ),
     format: str | None = typer.Option(
         None,
@@ -105,11 +108,15 @@ def from_records(
         None, "--name", help="Register as this dataset (default: ENDPOINT-records)."
     ),
     exclude: list[Path] = typer.Option(
-        [], "--exclude", help="Also leave out the rows of this dataset file (repeatable)."
+        [],
+        "--exclude",
+        metavar="FILE",
+        help="Also leave out the rows of this dataset file (repeatable).",
     ),
     fail_on: list[str] = typer.Option(
         [],
         "--fail-on",
+        metavar="RULE",
         help=f"Exit 1, writing nothing, if this rule trips (repeatable): {', '.join(RULES)}.",
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),

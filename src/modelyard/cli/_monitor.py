@@ -248,11 +248,15 @@ def drift(
     method: list[str] = typer.Option(
         [],
         "--method",
+        metavar="FEATURE=METHOD",
         help="FEATURE=METHOD (psi, ks, chisquare, jensenshannon, wasserstein); "
         "repeatable. Default: chosen by sample size.",
     ),
     threshold: list[str] = typer.Option(
-        [], "--threshold", help="FEATURE=NUMBER; repeatable. Default: the method's."
+        [],
+        "--threshold",
+        metavar="FEATURE=NUMBER",
+        help="FEATURE=NUMBER; repeatable. Default: the method's.",
     ),
     min_samples: int = typer.Option(
         30, "--min-samples", min=2, help="Fewer samples on a side give 'not enough data'."

@@ -337,7 +337,9 @@ def unalias(
 def tag(
     ref: str = REF,
     tags: list[str] = typer.Argument(None, help="KEY=VALUE pairs to set."),
-    remove: list[str] = typer.Option([], "--remove", help="A tag key to delete (repeatable)."),
+    remove: list[str] = typer.Option(
+        [], "--remove", metavar="KEY", help="A tag key to delete (repeatable)."
+    ),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Set or remove tags on a version (the only mutable part of a version; audited)."""
