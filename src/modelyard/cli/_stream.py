@@ -3,17 +3,19 @@ through the data plane."""
 
 from __future__ import annotations
 
+import functools
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from modelyard.cli._batch import API_KEY, ENDPOINT, MODEL, TENANT, job_engine
-from modelyard.cli._common import bad_input, err_console, open_store, print_json
+from modelyard.cli._common import bad_input, err_console, open_artifacts, open_store, print_json
 from modelyard.durations import parse_duration
 from modelyard.errors import ConfigError, ModelyardError
 
 if TYPE_CHECKING:
+    from modelyard.store import Store
     from modelyard.stream import StreamJobSpec, StreamSummary
 
 app = typer.Typer(
@@ -168,7 +170,7 @@ def run(
                 store, chosen, spec, limits=limits,
                 progress=None if json_out or not every else report.line,
                 progress_s=every.total_seconds() or 10.0,
-                on_start=None if json_out else lambda c: report.started(c.summary.job_id, spec),
+                on_start=functools.partial(_started, store, spec, None if json_out else report),
             )  # fmt: skip
     finally:
         chosen.close()
@@ -183,6 +185,17 @@ def run(
             hint="They stay pending in the group: a consumer answers them after --claim-idle"
             + ("." if nats_url else " (at once if it reuses this --consumer name)."),
         )
+
+
+def _started(store: Store, spec: StreamJobSpec, report: _Report | None, consumer: Any) -> None:
+    """Before the first message is read: every upstream version the consumer may ask has
+    its key here (else every message would fail, and be dead-lettered); then its line."""
+    from modelyard.batch import check_upstream_keys, job_versions
+
+    versions = job_versions(store, endpoint=spec.endpoint, model=spec.model)
+    check_upstream_keys(store, open_artifacts(), versions)
+    if report is not None:
+        report.started(consumer.summary.job_id, spec)
 
 
 def _broker(
