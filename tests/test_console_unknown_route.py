@@ -1,4 +1,4 @@
-"""A console API path that does not exist answers the console API's error body
+"""A console or admin API path that does not exist answers the error body
 (``{"error": {"message", "type", "code", "param"}}``) as every other refusal there, not
 FastAPI's ``{"detail": "Not Found"}``."""
 
@@ -48,3 +48,15 @@ def test_a_method_the_route_does_not_take_is_a_405_in_the_error_shape(url: str) 
     error = r.json()["error"]
     assert error["code"] == "method_not_allowed" and "DELETE" in error["message"]
     assert "detail" not in r.json()
+
+
+def test_an_unknown_admin_api_path_names_the_route_and_where_they_are_listed(url: str) -> None:
+    r = httpx.get(f"{url}{ADMIN_PREFIX}/nosuch", timeout=30)
+    assert r.status_code == 404
+    error = r.json()["error"]
+    assert error["code"] == "not_found"
+    assert error["message"] == (
+        f"no admin API route GET {ADMIN_PREFIX}/nosuch ({ADMIN_PREFIX}/openapi.json lists them)"
+    )
+    r = httpx.delete(f"{url}{ADMIN_PREFIX}/openapi.json", timeout=30)
+    assert r.status_code == 405 and r.json()["error"]["code"] == "method_not_allowed"

@@ -99,10 +99,20 @@ def install_error_handlers(app: FastAPI) -> None:
         )
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_req: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(req: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # a path with no route, or not for this method: say which, as the console does
+        where = f"{req.method} {req.url.path}"
+        if exc.status_code == 404:
+            message = f"no admin API route {where} (/admin/v1/openapi.json lists them)"
+            code = "not_found"
+        elif exc.status_code == 405:
+            message, code = f"{req.url.path} does not take {req.method}", "method_not_allowed"
+        else:
+            message, code = f"{exc.detail} ({where})", None
         return JSONResponse(
-            error_body(str(exc.detail), "invalid_request_error", None),
+            error_body(message, "invalid_request_error", code),
             status_code=exc.status_code,
+            headers=exc.headers,
         )
 
 
