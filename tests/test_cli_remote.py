@@ -156,6 +156,7 @@ READS = [
     "audit log --limit 20",
     "audit log --json --action alias.*",
     "audit log --by ops --subject bot* --limit 3",
+    "audit log --json --exclude-action alias.* --exclude-action actor.add",
     "audit verify",
     "audit verify --json",
 ]
@@ -169,6 +170,24 @@ def test_reads_print_what_the_database_prints(
     there = remote(world, monkeypatch, capsys, line, who="viv")
     assert here.code == 0, here
     assert (there.code, there.out, there.err) == (here.code, here.out, here.err)
+
+
+def test_audit_log_leaves_out_the_actions_it_is_told_to(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--exclude-action`` (e.g. a server's records.anchored every few seconds) leaves
+    those events out, here and through a server alike."""
+    line = "audit log --json --limit 1000"
+    every = {e["action"] for e in json.loads(local(world, monkeypatch, capsys, line).out)}
+    assert "alias.set" in every and len(every) > 2
+    line += " --exclude-action alias.* --exclude-action model.version.create"
+    for ran in (local(world, monkeypatch, capsys, line),
+                remote(world, monkeypatch, capsys, line, who="viv")):  # fmt: skip
+        assert ran.code == 0, ran
+        left = {e["action"] for e in json.loads(ran.out)}
+        assert left == {a for a in every if not a.startswith("alias.")} - {
+            "model.version.create"
+        }
 
 
 def test_changes_go_through_the_server_as_the_token_s_person(

@@ -47,6 +47,9 @@ def audit_events(
     action: str | None = Query(None, max_length=200, description="e.g. alias.set or 'alias.*'."),
     subject: str | None = Query(None, max_length=300, description="A trailing * is a prefix."),
     actor: str | None = Query(None, max_length=200, description="Only this actor's events."),
+    exclude_action: list[str] = Query(
+        [], max_length=20, description="Leave out this action, or 'records.*' for a prefix."
+    ),
     limit: int = Query(50, ge=1, le=1000),
     before: int | None = Query(
         None,
@@ -58,7 +61,7 @@ def audit_events(
 ) -> list[dict[str, Any]]:
     events = caller.store.list_audit_events(
         since=utc(since, "since"), action=action, subject=subject, actor=actor, limit=limit,
-        before_seq=before,
+        before_seq=before, exclude_actions=exclude_action,
     )  # fmt: skip
     return [jsonable(e) for e in events]
 

@@ -65,6 +65,13 @@ def audit_log(
         None, "--subject", help="Only this subject, e.g. support@champion; 'support*' for a prefix."
     ),
     by: str | None = typer.Option(None, "--by", help="Only events of this actor."),
+    exclude: list[str] = typer.Option(
+        [],
+        "--exclude-action",
+        metavar="ACTION",
+        help="Leave out this action (repeatable), e.g. records.anchored, a server's seal of "
+        "its inference records every few seconds; 'records.*' for a prefix.",
+    ),
     limit: int = typer.Option(
         50, "--limit", min=1, max=MAX_SEQ, help="At most N events, newest first."
     ),
@@ -76,7 +83,8 @@ def audit_log(
     wrap (under each event on a narrow terminal). `--json` has every field.
     """
     start = None if since is None else parse_since(since)  # '' is an error, not all
-    for option, value in (("--action", action), ("--subject", subject), ("--by", by)):
+    given = [("--action", action), ("--subject", subject), ("--by", by)]
+    for option, value in given + [("--exclude-action", x) for x in exclude]:
         if value is not None and not value.strip():
             raise ConfigError(
                 f"empty {option}: it would match no event",
@@ -85,8 +93,9 @@ def audit_log(
             )
     with open_plane() as plane:
         events = plane.list_audit_events(
-            since=start, action=action, subject=subject, actor=by, limit=limit
-        )
+            since=start, action=action, subject=subject, actor=by, limit=limit,
+            exclude_actions=exclude,
+        )  # fmt: skip
         breaks = plane.open_audit_breaks()  # None through a server: it does not say
     _warn_open_breaks(breaks)
     if json_out:

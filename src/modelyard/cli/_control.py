@@ -172,6 +172,7 @@ class ControlPlane(Protocol):
     def list_audit_events(
         self, *, since: datetime | None = None, action: str | None = None,
         subject: str | None = None, actor: str | None = None, limit: int | None = 100,
+        exclude_actions: Sequence[str] = (),
     ) -> list[AuditEvent]: ...  # fmt: skip
     def open_audit_breaks(self) -> list[RecordedBreak] | None: ...
     def verify_audit_chain(self, head: AuditHead | None = None) -> ChainReport: ...

@@ -173,10 +173,12 @@ class LocalPlane:
     def list_audit_events(
         self, *, since: datetime | None = None, action: str | None = None,
         subject: str | None = None, actor: str | None = None, limit: int | None = 100,
+        exclude_actions: Sequence[str] = (),
     ) -> list[AuditEvent]:  # fmt: skip
         return self.store.list_audit_events(
-            since=since, action=action, subject=subject, actor=actor, limit=limit
-        )
+            since=since, action=action, subject=subject, actor=actor, limit=limit,
+            exclude_actions=exclude_actions,
+        )  # fmt: skip
 
     def open_audit_breaks(self) -> list[RecordedBreak]:
         return self.store.open_audit_breaks()

@@ -242,10 +242,11 @@ class RemotePlane:
     def list_audit_events(
         self, *, since: datetime | None = None, action: str | None = None,
         subject: str | None = None, actor: str | None = None, limit: int | None = 100,
+        exclude_actions: Sequence[str] = (),
     ) -> list[AuditEvent]:  # fmt: skip
         found = self.client.get(
             "/audit/events", since=since, action=action, subject=subject, actor=actor,
-            limit=limit,
+            limit=limit, exclude_action=list(exclude_actions) or None,
         )  # fmt: skip
         return [decode(AuditEvent, e) for e in found]
 

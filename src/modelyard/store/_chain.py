@@ -15,7 +15,7 @@ covers, and fails again on any other change anywhere in the chain.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -68,10 +68,12 @@ class AuditStore(StoreCore):
         limit: int | None = 100,
         newest_first: bool = True,
         before_seq: int | None = None,
+        exclude_actions: Sequence[str] = (),
     ) -> list[AuditEvent]:
         """Events matching the filters; ``action``/``subject`` ending in ``*`` match a prefix.
-        ``before_seq`` keeps the events older than that seq: the next page, newest first,
-        is the one before the last seq of this one."""
+        ``exclude_actions`` (each one an action, or a prefix ending in ``*``) leaves those
+        out. ``before_seq`` keeps the events older than that seq: the next page, newest
+        first, is the one before the last seq of this one."""
         query = select(AuditEventRow)
         if before_seq is not None:
             query = query.where(AuditEventRow.seq < before_seq)
@@ -85,6 +87,12 @@ class AuditStore(StoreCore):
                     query = query.where(column == wanted)
         if actor is not None:
             query = query.where(AuditEventRow.actor == actor)
+        for unwanted in exclude_actions:
+            column = AuditEventRow.action
+            if unwanted.endswith("*"):
+                query = query.where(~column.startswith(unwanted.rstrip("*"), autoescape=True))
+            else:
+                query = query.where(column != unwanted)
         order = AuditEventRow.seq.desc() if newest_first else AuditEventRow.seq
         query = query.order_by(order)
         if limit is not None:
