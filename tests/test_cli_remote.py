@@ -185,9 +185,7 @@ def test_audit_log_leaves_out_the_actions_it_is_told_to(
                 remote(world, monkeypatch, capsys, line, who="viv")):  # fmt: skip
         assert ran.code == 0, ran
         left = {e["action"] for e in json.loads(ran.out)}
-        assert left == {a for a in every if not a.startswith("alias.")} - {
-            "model.version.create"
-        }
+        assert left == {a for a in every if not a.startswith("alias.")} - {"model.version.create"}
 
 
 def test_changes_go_through_the_server_as_the_token_s_person(
