@@ -10,10 +10,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import typer
-from rich.console import Console
 from rich.table import Column, Table
 from rich.text import Text
 
@@ -26,6 +25,7 @@ from modelyard.cli._common import (
     settings,
 )
 from modelyard.cli._control import needs_database
+from modelyard.cli._monitor_records import JSON, SINCE, TENANT, add_record_commands, fmt, print_wide
 from modelyard.cli._plane import open_plane
 from modelyard.durations import parse_duration, parse_since
 from modelyard.errors import ConfigError
@@ -33,14 +33,6 @@ from modelyard.errors import ConfigError
 if TYPE_CHECKING:  # the monitoring stack (scipy) loads when a monitor command runs
     from modelyard.monitoring import AlertRules
 
-JSON = typer.Option(False, "--json", help="Print the result as JSON.")
-SINCE = typer.Option(
-    None,
-    "--since",
-    help="Only from DATE (2026-01-31, 2026-01-31T12:00Z) or a duration back "
-    "from now such as 1h or 7d.",
-)
-TENANT = typer.Option(None, "--tenant", help="Only this tenant's records.")
 RULES = typer.Option(
     None, "--rules", help="Alert rules YAML (default: <home>/alerts.yml when it exists)."
 )
@@ -50,106 +42,7 @@ retention_app = typer.Typer(help="How long each tenant's raw records are kept.")
 price_app = typer.Typer(help="Prices per 1,000 tokens of base models, for costs in profiles.")
 app.add_typer(retention_app, name="retention")
 app.add_typer(price_app, name="price")
-
-
-def _print_wide(table: Table) -> None:
-    """Print a wide table at its natural width when output is not a terminal (no truncation)."""
-    if console.is_terminal:
-        console.print(table)
-        return
-    wide = Console(width=1000)
-    width = wide.measure(table).maximum
-    Console(width=max(width, console.width)).print(table)
-
-
-def _fmt(value: float | None, digits: int = 1) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-@app.command("records")
-def records(
-    endpoint: str | None = typer.Option(None, "--endpoint", help="Only this endpoint."),
-    tenant: str | None = TENANT,
-    since: str | None = SINCE,
-    status: str | None = typer.Option(
-        None,
-        "--status",
-        help="Only records with this status: ok, error, cancelled, timeout, refused "
-        "(a client's mistake, 4xx), running.",
-    ),
-    limit: int = typer.Option(50, "--limit", min=1, help="At most N records, newest first."),
-    json_out: bool = JSON,
-) -> None:
-    """List inference records with their features, newest first."""
-    with open_store() as store:
-        rows = store.query_records(
-            endpoint=endpoint,
-            tenant=tenant,
-            status=status,
-            limit=limit,
-            since=parse_since(since) if since else None,
-        )
-        if endpoint and not rows and not store.query_records(endpoint=endpoint, limit=1):
-            store.get_endpoint(endpoint)  # a misspelt name is NotFound, not "0 record(s)"
-    if json_out:
-        print_json([_record_json(r) for r in rows])
-        return
-    table = Table(
-        "time (UTC)",
-        "id",
-        "endpoint",
-        "version",
-        "tenant",
-        "status",
-        "latency ms",
-        "tokens in/out",
-        "prompt chars",
-        "feedback",
-    )
-    for r in rows:
-        table.add_row(
-            f"{r['created_at']:%Y-%m-%d %H:%M:%S}",
-            r["id"],
-            r["endpoint_name"],
-            r["version"] or "-",
-            r["tenant"] or "-",
-            r["status"],
-            f"{r['latency_ms']:.1f}",
-            f"{r['prompt_tokens']}/{r['completion_tokens']}",
-            str(r["prompt_chars"]) if r["prompt_chars"] is not None else "-",
-            _fmt(r["feedback_score"], 2),
-        )
-    _print_wide(table)
-    console.print(f"{len(rows)} record(s)")
-
-
-def _record_json(r: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in r.items() if k not in ("tenant_id", "version_id", "embedding")}
-    out["created_at"] = r["created_at"].isoformat()
-    return out
-
-
-@app.command("export")
-def export(
-    out: Path = typer.Option(..., "--out", help="The file to write."),
-    format: str = typer.Option("jsonl", "--format", help="jsonl or parquet."),
-    endpoint: str | None = typer.Option(None, "--endpoint", help="Only this endpoint."),
-    tenant: str | None = TENANT,
-    since: str | None = SINCE,
-) -> None:
-    """Export inference records (with features and feedback) to JSONL or Parquet."""
-    from modelyard.monitoring import export_records
-
-    with open_store() as store:
-        n = export_records(
-            store,
-            out,
-            format=format,
-            endpoint=endpoint,
-            tenant=tenant,
-            since=parse_since(since) if since else None,
-        )
-    console.print(f"wrote {n} record(s) to {out} ({format})")
+add_record_commands(app)
 
 
 @app.command("profiles")
@@ -210,10 +103,10 @@ def profiles(
             p.tenant or "-",
             str(p.requests),
             f"{p.error_rate:.1%}",
-            "/".join(_fmt(v) for v in (p.latency_p50_ms, p.latency_p95_ms, p.latency_p99_ms)),
-            _fmt(p.ttft_p50_ms),
+            "/".join(fmt(v) for v in (p.latency_p50_ms, p.latency_p95_ms, p.latency_p99_ms)),
+            fmt(p.ttft_p50_ms),
             f"{p.tokens_in}/{p.tokens_out}",
-            _fmt(p.cost, 4),
+            fmt(p.cost, 4),
             "-" if p.cache_hit_rate is None else f"{p.cache_hit_rate:.0%}",
             "-" if p.feedback_mean is None else f"{p.feedback_mean:+.2f} (n={p.feedback_count})",
             "\n".join(
@@ -222,7 +115,7 @@ def profiles(
             )
             or "-",
         )
-    _print_wide(table)
+    print_wide(table)
 
 
 @app.command("drift")
@@ -426,7 +319,7 @@ def alerts(
             f"{since:%Y-%m-%d %H:%M:%S}" if since else "-",
             Text(a.summary),
         )
-    _print_wide(table)
+    print_wide(table)
 
 
 @app.command("tick")

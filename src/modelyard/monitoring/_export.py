@@ -32,8 +32,10 @@ def export_records(
     endpoint: str | None = None,
     tenant: str | None = None,
     since: datetime | None = None,
+    job_id: str | None = None,
 ) -> int:
-    """Write the matching records, oldest first; returns how many."""
+    """Write the matching records (``job_id``: of one batch job, a ``batch run``'s or an
+    OpenAI batch's), oldest first; returns how many."""
     if format not in FORMATS:
         raise ConfigError(f"unknown export format {format!r}: use jsonl or parquet", field="format")
     if out.is_dir():
@@ -47,7 +49,7 @@ def export_records(
     tmp = out.with_name(out.name + ".tmp")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        pages = _pages(store, endpoint=endpoint, tenant=tenant, since=since)
+        pages = _pages(store, endpoint=endpoint, tenant=tenant, since=since, job_id=job_id)
         count = 0
         if format == "jsonl":
             with tmp.open("w", encoding="utf-8") as handle:
@@ -82,7 +84,12 @@ PAGE = 5000
 
 
 def _pages(
-    store: Store, *, endpoint: str | None, tenant: str | None, since: datetime | None
+    store: Store,
+    *,
+    endpoint: str | None,
+    tenant: str | None,
+    since: datetime | None,
+    job_id: str | None = None,
 ) -> Iterator[list[dict[str, Any]]]:
     """The matching records, oldest first, a page at a time. Each page starts at the time
     the last one ended; the records of that time already written are left out by id (not
@@ -92,14 +99,15 @@ def _pages(
     tick = timedelta(microseconds=1)
     while True:
         page = store.query_records(
-            endpoint=endpoint, tenant=tenant, since=cursor, limit=PAGE, newest_first=False
-        )
+            endpoint=endpoint, tenant=tenant, since=cursor, limit=PAGE, newest_first=False,
+            job_id=job_id,
+        )  # fmt: skip
         full = len(page) == PAGE
         page = [r for r in page if r["id"] not in seen or r["created_at"] != cursor]
         if not page and full and cursor is not None:  # a whole page made at one time
             rest = store.query_records(
                 endpoint=endpoint, tenant=tenant, since=cursor, until=cursor + tick,
-                limit=None, newest_first=False,
+                limit=None, newest_first=False, job_id=job_id,
             )  # fmt: skip
             if left := [r for r in rest if r["id"] not in seen]:
                 yield left
