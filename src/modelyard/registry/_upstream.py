@@ -112,9 +112,10 @@ class UpstreamSpec:
             value = os.environ.get(self.api_key_env, "").strip()
             if not value:
                 raise UpstreamError(
-                    f"the upstream key {self.api_key_env} is not set in this server's "
-                    "environment", hint=f"Set {self.api_key_env} where `modelyard serve` runs.",
-                )  # fmt: skip
+                    f"the upstream key {self.api_key_env} is not set in this process's environment",
+                    hint=f"Set {self.api_key_env} in the environment of the process that asks "
+                    "the upstream (`modelyard serve`, `batch run` or `stream run`).",
+                )
             return value
         if self.api_key_file:
             try:
