@@ -119,3 +119,16 @@ def test_an_upstream_version_without_its_key_here_stops_the_consumer_before_it_r
         assert "J5_STREAM_PROVIDER_KEY" in err and "Traceback" not in err
         assert client.xlen("claims:dead-letters") == 0 and client.xlen("claims:routed") == 0
         assert client.xpending("claims", "modelyard")["pending"] == 0  # not even read
+
+
+def test_a_stream_name_that_is_another_kind_of_key_exits_2_naming_it(
+    here: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A --stream naming a list (a queue of the old kind, say) was Redis's WRONGTYPE
+    error as a failure, exit 1; it is the user's mistake, named."""
+    with redis_server(tmp_path) as server:
+        redis.Redis.from_url(server.url).rpush("claims", "a hailstorm dented my car")
+        code, err = _consume(capsys, "--redis-url", server.url)
+    assert code == 2, err
+    assert "the Redis key 'claims' is not a stream" in err and "--stream" in err
+    assert "Traceback" not in err

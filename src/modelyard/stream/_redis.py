@@ -181,6 +181,13 @@ class RedisStreamSource:
             try:
                 self.client.xgroup_create(self.stream, self.group, self._start_id, mkstream=True)
             except redis.ResponseError as exc:
+                if "WRONGTYPE" in str(exc):  # a list, a hash, a string by that name
+                    raise ConfigError(
+                        f"the Redis key {self.stream!r} is not a stream (Redis: {exc})",
+                        hint="Give --stream the name of a Redis stream (XADD makes one), or a "
+                        "name no key has yet.",
+                        field="--stream",
+                    ) from None
                 if "BUSYGROUP" not in str(exc):
                     raise
 
