@@ -36,7 +36,7 @@ def test_an_unknown_console_api_path_is_a_404_in_the_error_shape(url: str) -> No
         "error": {
             "message": f"no console API route GET {CONSOLE_PREFIX}/api/nosuch",
             "type": "invalid_request_error",
-            "code": "not_found",
+            "code": "unknown_route",
             "param": None,
         }
     }
@@ -54,7 +54,7 @@ def test_an_unknown_admin_api_path_names_the_route_and_where_they_are_listed(url
     r = httpx.get(f"{url}{ADMIN_PREFIX}/nosuch", timeout=30)
     assert r.status_code == 404
     error = r.json()["error"]
-    assert error["code"] == "not_found"
+    assert error["code"] == "unknown_route"
     assert error["message"] == (
         f"no admin API route GET {ADMIN_PREFIX}/nosuch ({ADMIN_PREFIX}/openapi.json lists them)"
     )

@@ -104,7 +104,7 @@ def install_error_handlers(app: FastAPI) -> None:
         where = f"{req.method} {req.url.path}"
         if exc.status_code == 404:
             message = f"no admin API route {where} (/admin/v1/openapi.json lists them)"
-            code = "not_found"
+            code = "unknown_route"  # not NotFound's not_found: no route, not no object
         elif exc.status_code == 405:
             message, code = f"{req.url.path} does not take {req.method}", "method_not_allowed"
         else:

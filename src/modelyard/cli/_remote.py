@@ -262,7 +262,7 @@ def error_of(response: httpx.Response, remote: Remote, request: str) -> Modelyar
             hint=f"Check that {URL_ENV} is a modelyard server's base URL.",
         )
     status = response.status_code
-    if status == 404 and code is None:  # no such route: not our server, or no admin API
+    if status == 404 and code in (None, "unknown_route"):  # no route: not ours, no admin API
         return ConfigError(
             f"the server at {remote.url} has no admin API route for {request} ({message})",
             hint="Is it `modelyard serve` of this version, with the admin API on "

@@ -130,7 +130,7 @@ def _route_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     where = f"{request.method} {request.url.path}"
     if exc.status_code == 404:
         kind = "console API route" if "/api/" in request.url.path else "console page"
-        message, code = f"no {kind} {where}", "not_found"
+        message, code = f"no {kind} {where}", "unknown_route"
     elif exc.status_code == 405:
         message, code = f"{request.url.path} does not take {request.method}", "method_not_allowed"
     else:
