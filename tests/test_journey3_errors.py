@@ -243,3 +243,10 @@ def test_a_whole_answer_that_times_out_names_its_record(tmp_path: Path, route: s
                 assert time.monotonic() < deadline
                 time.sleep(0.05)
         assert [(r.id, r.status) for r in records] == [(exc.request_id, "timeout")]
+
+
+def test_a_key_refusal_tells_a_developer_whom_to_ask(served: Served) -> None:
+    """An application developer holds no CLI: a 401 or 403 says to ask the operator, the
+    command they would run given in passing (it said only 'Create a key with ...')."""
+    bad = _refused(lambda: served.client("myk_bad").models.list())
+    assert bad.status_code == 401 and "Ask the platform's operator for an API key" in bad.message

@@ -189,14 +189,20 @@ class AuthError(ModelyardError):
 
 class InvalidApiKey(AuthError):
     code = "invalid_api_key"
-    default_hint = "Create a key with `modelyard keys create --tenant T`."
+    default_hint = (
+        "Ask the platform's operator for an API key (they make one with `modelyard keys "
+        "create --tenant T`)."
+    )
 
 
 class MissingScope(AuthError):
     """A valid key without the scope a route needs (HTTP 403)."""
 
     code = "missing_scope"
-    default_hint = "Create a key with that scope: `modelyard keys create --tenant T --scopes ...`."
+    default_hint = (
+        "Ask the platform's operator for a key with that scope (`modelyard keys create "
+        "--tenant T --scopes ...`)."
+    )
 
 
 class IdentityProviderUnavailable(AuthError):
