@@ -29,10 +29,17 @@ def name_request(request: Request, record_id: str) -> None:
 
 
 def request_id_of(request: Request) -> str:
-    """The id this request's answer carries when it names no record (``RequestIdMiddleware``
-    sets it; a fresh one outside it)."""
-    found = request.scope.get("state", {}).get("request_id")
-    return found if isinstance(found, str) else new_request_id()
+    """The id this request's answer carries when it names no record: made when first asked
+    for (the log beside a 5xx, or ``RequestIdMiddleware`` at the answer's start), kept in the
+    request's scope so that both name the same one."""
+    return _id_in(request.scope.setdefault("state", {}))
+
+
+def _id_in(state: dict[str, object]) -> str:
+    found = state.get("request_id")
+    if not isinstance(found, str):  # a model's answer names its record: no id made for it
+        found = state["request_id"] = new_request_id()
+    return found
 
 
 class RequestIdMiddleware:
@@ -45,14 +52,13 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        state = scope.setdefault("state", {})
-        state["request_id"] = new_request_id()  # a route may name its record (name_request)
+        state = scope.setdefault("state", {})  # a route may name its record (name_request)
 
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 headers = list(message.get("headers", ()))
                 if not any(name.lower() == HEADER for name, _ in headers):
-                    rid = str(state["request_id"]).encode()
+                    rid = _id_in(state).encode()
                     message = {**message, "headers": [*headers, (HEADER, rid)]}
             await send(message)
 
