@@ -217,6 +217,37 @@ def test_an_answer_published_before_a_crash_is_not_published_again(
     second.close()
 
 
+class _Unavailable:
+    """A pull subscription whose JetStream answers 503 ``times`` times before it answers
+    (as one does while it starts, stops or elects a leader)."""
+
+    def __init__(self, sub: Any, times: int) -> None:
+        self.sub, self.times, self.asked = sub, times, 0
+
+    async def fetch(self, **kw: Any) -> Any:
+        import nats.js.errors
+
+        self.asked += 1
+        if self.asked <= self.times:
+            raise nats.js.errors.ServiceUnavailableError(code=503, description="unavailable")
+        return await self.sub.fetch(**kw)
+
+
+def test_a_jetstream_answering_503_a_while_is_asked_again_then_named(
+    server: NatsServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (message,) = publish(server, {"prompt": "hi"})
+    reader = source(server)
+    reader._sub = _Unavailable(reader._sub, times=3)
+    assert [d.id for d in reader.fetch(10, 0.5)] == [message]
+    assert reader._sub.asked == 4
+    monkeypatch.setattr("modelyard.stream._nats._UNAVAILABLE_S", 0.5)
+    reader._sub = _Unavailable(reader._sub.sub, times=10**6)
+    with pytest.raises(ModelyardError, match=r"JetStream at .* was unavailable for 0.5 s"):
+        reader.fetch(10, 0.5)
+    reader.close()
+
+
 def test_a_live_consumers_messages_are_kept_and_a_stopped_ones_delivered_again(
     server: NatsServer,
 ) -> None:

@@ -47,6 +47,7 @@ import json
 import logging
 import re
 import threading
+import time
 from collections.abc import Collection, Coroutine, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -64,6 +65,7 @@ from modelyard.stream._source import Delivery, Settlement
 _T = TypeVar("_T")
 log = logging.getLogger(__name__)
 _CALL_S = 30.0  # the longest a call to NATS may take
+_UNAVAILABLE_S = 15.0  # how long a JetStream answering 503 is asked again
 _NUMBERS = ("prompt_tokens", "completion_tokens")
 _STREAM_NAME = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -299,11 +301,29 @@ class NatsStreamSource:
         return out
 
     async def _fetch(self, limit: int, wait_s: float) -> list[Any]:
-        try:
-            found: list[Any] = await self._sub.fetch(batch=limit, timeout=max(wait_s, 0.05))
-            return found
-        except TimeoutError:  # nats-py's, or asyncio's where it does not wrap it: none came
-            return []
+        """Up to ``limit`` messages. JetStream answers 503 while it starts, stops or
+        elects a leader: asked again for up to ``_UNAVAILABLE_S`` (a server going away
+        then shows as the lost connection it is), then the 503 is the error."""
+        deadline = time.monotonic() + _UNAVAILABLE_S
+        pause = 0.1
+        while True:
+            try:
+                found: list[Any] = await self._sub.fetch(batch=limit, timeout=max(wait_s, 0.05))
+                return found
+            except TimeoutError:  # nats-py's, or asyncio's where it does not wrap it
+                return []
+            except nats.js.errors.ServiceUnavailableError as exc:
+                if time.monotonic() + pause > deadline:
+                    raise ModelyardError(
+                        f"JetStream at {redacted(self.url)} was unavailable for "
+                        f"{_UNAVAILABLE_S:g} s (fetching messages): {exc}",
+                        hint="Check the server's health (nats-server's log, its JetStream "
+                        "storage); messages not answered yet stay unacknowledged and are "
+                        "answered after a restart.",
+                    ) from exc
+                log.info("JetStream at %s unavailable (503); asking again", redacted(self.url))
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, 2.0)
 
     def keep(self, ids: Collection[str]) -> None:
         msgs = [self._in_flight[i] for i in ids if i in self._in_flight]
