@@ -192,10 +192,9 @@ def create_key(body: KeyBody, caller: Acting, tenant: str = TenantName) -> dict[
     "already_revoked says so",
 )
 def revoke_key(caller: Acting, key_id: str = KeyId) -> dict[str, Any]:
-    before = caller.store.get_api_key(key_id)
-    key = caller.store.revoke_api_key(key_id)  # a no-op (not audited) when revoked before
-    already = before is not None and before.revoked_at is not None
-    return {**key_json(key), "already_revoked": already}
+    # a no-op (not audited) when revoked before, or by a revocation at the same time
+    key, revoked = caller.store.revoke_api_key_once(key_id)
+    return {**key_json(key), "already_revoked": not revoked}
 
 
 @router.post(

@@ -210,9 +210,9 @@ class LocalPlane:
         return NewKey(KeyInfo.of(key), secret)
 
     def revoke_api_key(self, key_id: str) -> tuple[KeyInfo, bool]:
-        before = self.store.get_api_key(key_id)
-        key = self.store.revoke_api_key(key_id)  # a no-op (not audited) when revoked before
-        return KeyInfo.of(key), before is not None and before.revoked_at is not None
+        # a no-op (not audited) when revoked before, or by a revocation at the same time
+        key, revoked = self.store.revoke_api_key_once(key_id)
+        return KeyInfo.of(key), not revoked
 
     def rotate_api_key(self, key_id: str, *, grace: str, expires: str | None) -> NewKey:
         from modelyard.access import rotate_api_key

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import ColumnElement, and_, func, or_, select
+from sqlalchemy import ColumnElement, CursorResult, and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from modelyard.audit import (
@@ -256,17 +256,37 @@ class AccessStore(StoreCore):
             return [to_api_key(r, t) for r, t in s.execute(query).all()]
 
     def revoke_api_key(self, key_id: str) -> ApiKey:
+        """``revoke_api_key_once``'s key: the key revoked, now or before."""
+        return self.revoke_api_key_once(key_id)[0]
+
+    def revoke_api_key_once(self, key_id: str) -> tuple[ApiKey, bool]:
+        """Revoke ``key_id`` (audited ``api_key.revoked``); returns the key and whether this
+        call revoked it. A key revoked before is left as it is, not audited again (False).
+
+        The revocation is one conditional update (``revoked_at`` set where it is still
+        NULL): of two revocations at once exactly one changes the row and writes the
+        event; the other finds it revoked, as one made after it would.
+        """
         with self._write(f"revoke API key {key_id}") as s:
-            row = get_locked(s, ApiKeyRow, key_id)
+            row = s.get(ApiKeyRow, key_id, populate_existing=True)
             if row is None:
                 raise NotFound(f"no API key with id {key_id!r}", hint="See `modelyard keys list`.")
             tenant = s.get(TenantRow, row.tenant_id)
             tenant_name = tenant.name if tenant else "?"
+            revoked = False
             if row.revoked_at is None:
                 self._require(s, "api_key.revoked", key_id, f"revoke API key {key_id}")
-                row.revoked_at = utcnow()
-                self._audit(s, "api_key.revoked", key_id, {"tenant": tenant_name})
-            return to_api_key(row, tenant_name)
+                changed = s.execute(
+                    update(ApiKeyRow)
+                    .where(ApiKeyRow.id == key_id, ApiKeyRow.revoked_at.is_(None))
+                    .values(revoked_at=utcnow())
+                    .execution_options(synchronize_session=False)
+                )
+                revoked = cast(CursorResult[Any], changed).rowcount == 1
+                s.refresh(row)  # this call's time, or the one that revoked it first
+                if revoked:
+                    self._audit(s, "api_key.revoked", key_id, {"tenant": tenant_name})
+            return to_api_key(row, tenant_name), revoked
 
     # -- actors and roles ------------------------------------------------------------------
 
