@@ -7,11 +7,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import subprocess
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from modelyard.access import create_api_key
 from modelyard.cli import main
@@ -49,6 +55,15 @@ class StreamWorld:
         summary: dict[str, Any] = json.loads(out)
         return summary
 
+    def start(self, command: list[str]) -> subprocess.Popen[str]:
+        """``command`` (a ``stream run``) in a process of its own, as the tenant's key."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}
+        env |= {"MODELYARD_HOME": str(self.home), "MODELYARD_API_KEY": self.key}
+        return subprocess.Popen(
+            [sys.executable, "-m", "modelyard", *command],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+
     def forget_records(self) -> None:
         """Remove the job's records of earlier tests."""
         with self.store() as store:
@@ -71,3 +86,57 @@ class FailingOnBoom(EchoEngine):
         if "boom" in prompt:
             raise EngineError("the engine blew up")
         return super().stream(version, prompt, params)
+
+
+def scrape(port: int) -> str:
+    """The text of ``http://127.0.0.1:PORT/metrics``; empty while nothing answers there."""
+    try:
+        answer = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
+    except httpx.TransportError:
+        return ""
+    assert answer.status_code == 200, answer.text
+    return answer.text
+
+
+def samples(text: str) -> dict[str, float]:
+    """The samples of a scrape: ``name{label="value",...}`` (labels sorted) -> value."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            found[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return found
+
+
+def outcomes(metrics: dict[str, float]) -> dict[str, float]:
+    """``modelyard_stream_messages_total`` by outcome."""
+    prefix = 'modelyard_stream_messages_total{outcome="'
+    return {k[len(prefix) : -2]: v for k, v in metrics.items() if k.startswith(prefix)}
+
+
+def metrics_when(
+    consumer: subprocess.Popen[str], port: int, settled: dict[str, float]
+) -> tuple[str, dict[str, float]]:
+    """The first scrape of ``consumer``'s metrics whose outcomes include ``settled`` (and
+    nothing in flight): its text and samples."""
+    deadline = time.monotonic() + 120
+    while True:
+        text = scrape(port)
+        found = samples(text)
+        counts = outcomes(found)
+        if found.get("modelyard_stream_in_flight") == 0 and all(
+            counts.get(k) == v for k, v in settled.items()
+        ):
+            return text, found
+        assert consumer.poll() is None, consumer.communicate()
+        assert time.monotonic() < deadline, f"not {settled} within 120 s: {counts}"
+        time.sleep(0.1)
+
+
+def promtool_accepts(text: str) -> None:
+    """``promtool check metrics`` finds nothing wrong in ``text`` (when it is installed)."""
+    promtool = shutil.which("promtool")
+    if promtool:
+        check = subprocess.run([promtool, "check", "metrics"], input=text, text=True,
+                               capture_output=True, check=False)  # fmt: skip
+        assert check.returncode == 0, check.stdout + check.stderr

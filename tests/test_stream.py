@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -33,8 +34,15 @@ from modelyard.stream import (
     StreamSettings,
     run_stream,
 )
-from redisserver import RedisServer, redis_cluster, redis_server
-from streamworld import FailingOnBoom, StreamWorld, stream_world
+from redisserver import RedisServer, free_port, redis_cluster, redis_server
+from streamworld import (
+    FailingOnBoom,
+    StreamWorld,
+    metrics_when,
+    outcomes,
+    promtool_accepts,
+    stream_world,
+)
 
 JOB = "requests/answerers"
 
@@ -197,6 +205,79 @@ def test_sigterm_drains_the_messages_in_flight_and_exits_0(
     assert len(answers) == summary["answered"] == summary["received"]
     assert set(answers.values()) == {1}
     assert len(world.records()) == summary["answered"]
+
+
+def test_a_running_consumers_metrics_count_what_it_answered_and_dead_lettered(
+    world: StreamWorld, server: RedisServer
+) -> None:
+    client = server.client()
+    client.xgroup_create("requests", "answerers", id="0", mkstream=True)
+    add(client, {"prompt": "taken by a consumer that is gone"})
+    client.xreadgroup("answerers", "gone", {"requests": ">"}, count=1)  # pending for 60 s
+    for i in range(5):
+        add(client, {"prompt": f"question {i}"})
+    add(client, "not json")
+    add(client, {"id": "q-9"})
+    add(client, {"prompt": "x" * 270_000})  # refused by the data plane: a 400
+    port = free_port()
+    consumer = world.start(command(server, "--metrics-port", str(port), "--consumer", "pod-0",
+                                   "--json"))  # fmt: skip
+    try:
+        text, metrics = metrics_when(consumer, port, {"answered": 5, "dead_lettered": 2})
+    finally:
+        consumer.send_signal(signal.SIGTERM)
+        out, err = consumer.communicate(timeout=60)
+    assert consumer.returncode == 0, err
+    # what it published, what its summary says and what Prometheus read agree
+    assert len(entries(client, "answers")) == 6 and len(entries(client, "dead")) == 2
+    assert outcomes(metrics) == {
+        "answered": 5, "refused": 1, "dead_lettered": 2, "retried": 0, "duplicate": 0,
+    }  # fmt: skip
+    summary = json.loads(out)
+    assert (summary["answered"], summary["refused"], summary["dead_lettered"]) == (5, 1, 2)
+    labels = 'broker="redis",consumer="pod-0",group="answerers",stream="requests"'
+    assert metrics[f"modelyard_stream_up{{{labels}}}"] == 1
+    assert metrics["modelyard_stream_received_total"] == summary["received"] == 8
+    assert metrics["modelyard_stream_answer_latency_seconds_count"] == 5
+    assert metrics['modelyard_stream_tokens_total{kind="prompt"}'] == summary["prompt_tokens"]
+    completion = metrics['modelyard_stream_tokens_total{kind="completion"}']
+    assert completion == summary["completion_tokens"] > 0
+    # the backlog is the broker's: the message the gone consumer holds, until it is claimed
+    assert metrics["modelyard_stream_backlog"] == 1
+    assert metrics["modelyard_stream_in_flight"] == 0
+    promtool_accepts(text)
+
+
+def test_a_metrics_port_in_use_or_out_of_range_exits_2_before_any_message_is_read(
+    world: StreamWorld, server: RedisServer, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    monkeypatch.setenv("MODELYARD_HOME", str(world.home))
+    monkeypatch.setenv("MODELYARD_API_KEY", world.key)
+    client = server.client()
+    add(client, {"prompt": "hi"})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        cases = {
+            f"--metrics-port {port} on 127.0.0.1 cannot be listened on: in use": str(port),
+            "--metrics-port 70000 is not a port: give one from 1 to 65535": "70000",
+            "--metrics-port 0 is not a port": "0",
+        }
+        for expected, given in cases.items():
+            capsys.readouterr()
+            code = main([*command(server), "--metrics-port", given])
+            err = capsys.readouterr().err
+            assert code == 2 and expected in err and len(err.strip().splitlines()) == 1, err
+    assert client.xinfo_groups("requests") == []  # no group made, nothing read
+    # a consumer that ends lets its port go
+    free = free_port()
+    code = main([*command(server), "--metrics-port", str(free), "--until-empty", "--json"])
+    assert code == 0, capsys.readouterr().err
+    assert client.xlen("answers") == 1
+    with socket.socket() as again:
+        again.bind(("127.0.0.1", free))
 
 
 def test_a_message_failing_on_the_server_is_retried_then_dead_lettered(

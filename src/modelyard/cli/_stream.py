@@ -3,6 +3,7 @@ through the data plane."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from typing import TYPE_CHECKING, Any
@@ -16,7 +17,7 @@ from modelyard.errors import ConfigError, ModelyardError
 
 if TYPE_CHECKING:
     from modelyard.store import Store
-    from modelyard.stream import StreamJobSpec, StreamSummary
+    from modelyard.stream import StreamJobSpec, StreamMetrics, StreamSummary
 
 app = typer.Typer(
     help="Streaming inference: the messages of a Redis Stream or a NATS JetStream subject "
@@ -117,6 +118,14 @@ def run(
         0.0, min=0.0, help="With --engine echo: pause before each word (tests)."
     ),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON at the end."),
+    metrics_port: int | None = typer.Option(
+        None,
+        help="Serve Prometheus metrics at http://HOST:PORT/metrics while it runs (messages "
+        "by outcome, in flight, the backlog, answer latency, tokens).",
+    ),
+    metrics_host: str = typer.Option(
+        "127.0.0.1", help="The address --metrics-port listens on (0.0.0.0: every interface)."
+    ),
 ) -> None:
     """Consume STREAM as a member of GROUP and answer each message through an endpoint
     (or, as an operator, one version), writing the answer to OUTPUT-STREAM.
@@ -129,10 +138,14 @@ def run(
     --max-attempts times, goes to the dead-letter stream with its reason. One inference
     record per message (source stream, job STREAM/GROUP). SIGTERM or Ctrl+C drains:
     nothing more is read, the messages in flight are answered, then it exits 0.
+    --metrics-port serves the consumer's Prometheus metrics until it exits.
     """
     from modelyard.serving import SamplingParams, ServerLimits
     from modelyard.stream import StreamJobSpec, StreamSettings, default_consumer, run_stream
 
+    limits = ServerLimits(
+        max_tokens=max(max_tokens, 256), request_timeout_s=request_timeout_s or None
+    )
     with bad_input():
         redis_url, nats_url = _broker(ctx, redis_url, nats_url)
         if nats_url and consumer:
@@ -157,24 +170,25 @@ def run(
                                        allow_zero=True).total_seconds(),
             start_id=start_id, nats_url=nats_url,
         )  # fmt: skip
-    limits = ServerLimits(
-        max_tokens=max(max_tokens, 256), request_timeout_s=request_timeout_s or None
-    )
-    store = open_store()
-    chosen = job_engine(engine, store, device, dtype, max_batch_size, max_adapters,
-                        max(256, concurrency), echo_delay_ms)  # fmt: skip
-    report = _Report()
-    try:
-        with bad_input():
-            summary = run_stream(
-                store, chosen, spec, limits=limits,
-                progress=None if json_out or not every else report.line,
-                progress_s=every.total_seconds() or 10.0,
-                on_start=functools.partial(_started, store, spec, None if json_out else report),
-            )  # fmt: skip
-    finally:
-        chosen.close()
-        store.close()
+        metrics = _metrics(spec, metrics_host, metrics_port)  # listening before anything else
+    with metrics or contextlib.nullcontext():
+        store = open_store()
+        chosen = job_engine(engine, store, device, dtype, max_batch_size, max_adapters,
+                            max(256, concurrency), echo_delay_ms)  # fmt: skip
+        report = _Report()
+        try:
+            with bad_input():
+                summary = run_stream(
+                    store, chosen, spec, limits=limits,
+                    progress=None if json_out or not every else report.line,
+                    progress_s=every.total_seconds() or 10.0,
+                    on_start=functools.partial(_started, store, spec,
+                                               None if json_out else report),
+                    metrics=metrics,
+                )  # fmt: skip
+        finally:
+            chosen.close()
+            store.close()
     if json_out:
         print_json(summary.to_json())
     else:
@@ -196,6 +210,19 @@ def _started(store: Store, spec: StreamJobSpec, report: _Report | None, consumer
     check_upstream_keys(store, open_artifacts(), versions)
     if report is not None:
         report.started(consumer.summary.job_id, spec)
+
+
+def _metrics(spec: StreamJobSpec, host: str, port: int | None) -> StreamMetrics | None:
+    """The consumer's metrics, served at ``host:port`` (None without --metrics-port); a
+    ConfigError naming --metrics-port when the port cannot be listened on."""
+    if port is None:
+        return None
+    from modelyard.stream import StreamMetrics
+
+    metrics = StreamMetrics(broker="nats" if spec.nats_url else "redis", stream=spec.stream,
+                            group=spec.group, consumer=spec.consumer)  # fmt: skip
+    metrics.serve(host, port)
+    return metrics
 
 
 def _broker(

@@ -10,7 +10,8 @@ and group as its job), and ends each with one ``Settlement``: its answer in the
 output stream, or its reason in the dead-letter stream, published and
 acknowledged at once so a message delivered again is never answered twice.
 ``run_stream`` runs a ``StreamJobSpec``; the message format is in ``_messages``
-(``parse_request``, ``ANSWER_FIELDS``, ``DEAD_LETTER_FIELDS``).
+(``parse_request``, ``ANSWER_FIELDS``, ``DEAD_LETTER_FIELDS``); ``StreamMetrics`` are a
+consumer's Prometheus metrics (``stream run --metrics-port``).
 """
 
 from modelyard.stream._consumer import StreamConsumer, StreamSettings, StreamSummary
@@ -23,6 +24,7 @@ from modelyard.stream._messages import (
     Request,
     parse_request,
 )
+from modelyard.stream._metrics import StreamMetrics
 from modelyard.stream._nats import NatsStreamSource
 from modelyard.stream._redis import RedisStreamSource, stream_job_id
 from modelyard.stream._source import Delivery, MessageSource, Settlement
@@ -41,6 +43,7 @@ __all__ = [
     "Settlement",
     "StreamConsumer",
     "StreamJobSpec",
+    "StreamMetrics",
     "StreamSettings",
     "StreamSummary",
     "default_consumer",

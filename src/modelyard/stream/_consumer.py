@@ -121,16 +121,26 @@ class StreamSummary:
 class _Outcome:
     settlement: Settlement
     result: RowResult | None  # what the data plane said (None: never asked)
+    latency_s: float | None = None  # how long the data plane took to say it
 
 
 Progress = Callable[[StreamSummary], None]
+OnAnswer = Callable[[float], None]  # an answer published: its latency (s)
 
 
 class StreamConsumer:
-    """Answers ``source``'s messages through ``runner``; see the module's docstring."""
+    """Answers ``source``'s messages through ``runner``; see the module's docstring.
+    ``on_answer`` is told the latency of each answer published (a metric's histogram)."""
 
-    def __init__(self, runner: JobRunner, source: MessageSource, settings: StreamSettings):
+    def __init__(
+        self,
+        runner: JobRunner,
+        source: MessageSource,
+        settings: StreamSettings,
+        on_answer: OnAnswer | None = None,
+    ):
         self.runner, self.source, self.settings = runner, source, settings
+        self._on_answer = on_answer
         self.summary = StreamSummary(source.job_id)
         self._in_flight: dict[str, Delivery] = {}  # delivered, not settled yet
         self._asking = 0  # of them, being asked (the others wait to be settled)
@@ -142,6 +152,11 @@ class StreamConsumer:
         self._wake = asyncio.Event()
         self._failure: list[BaseException] = []
         self._lock = threading.Lock()
+
+    @property
+    def in_flight(self) -> int:
+        """Messages taken and not settled yet (read from any thread)."""
+        return len(self._in_flight)
 
     def stop(self, why: str = "stopped") -> None:
         """Drain and return (from any thread); a second call stops at once."""
@@ -270,7 +285,9 @@ class StreamConsumer:
             ids = self.runner.record_ids(d.id)
             await asyncio.to_thread(self.runner.plane.store.discard_job_records,
                                     self.runner.job_id, ids)  # fmt: skip
+        began = time.perf_counter()
         result = await self.runner.answer(request.row)
+        latency_s = time.perf_counter() - began
         if result.status is not None and (result.status >= 500 or result.status == 429):
             self.summary.first_error = self.summary.first_error or result.error
             if d.attempt >= limit:
@@ -278,7 +295,8 @@ class StreamConsumer:
                                      f"the last: {result.error}", result)  # fmt: skip
             self.summary.retried += 1
             return None
-        return _Outcome(Settlement(d, answer_fields(d, request.client_id, result)), result)
+        settlement = Settlement(d, answer_fields(d, request.client_id, result))
+        return _Outcome(settlement, result, latency_s)
 
     def _dead(self, d: Delivery, reason: str, result: RowResult | None = None) -> _Outcome:
         self.summary.first_error = self.summary.first_error or reason
@@ -328,6 +346,8 @@ class StreamConsumer:
             self.summary.first_error = self.summary.first_error or outcome.result.error
         else:
             self.summary.answered += 1
+            if self._on_answer is not None and outcome.latency_s is not None:
+                self._on_answer(outcome.latency_s)
         if published and outcome.result is not None:
             self.summary.add(outcome.result)
 
@@ -375,4 +395,4 @@ async def _first(*events: asyncio.Event) -> None:
             w.cancel()
 
 
-__all__ = ["Progress", "StreamConsumer", "StreamSettings", "StreamSummary"]
+__all__ = ["OnAnswer", "Progress", "StreamConsumer", "StreamSettings", "StreamSummary"]

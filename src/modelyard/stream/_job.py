@@ -20,6 +20,7 @@ from modelyard.errors import ConfigError
 from modelyard.serving import Engine, SamplingParams, ServerLimits
 from modelyard.store import Store
 from modelyard.stream._consumer import Progress, StreamConsumer, StreamSettings, StreamSummary
+from modelyard.stream._metrics import StreamMetrics
 from modelyard.stream._nats import NatsStreamSource
 from modelyard.stream._redis import RedisStreamSource
 
@@ -102,10 +103,12 @@ def run_stream(
     progress: Progress | None = None,
     progress_s: float = 10.0,
     on_start: Callable[[StreamConsumer], None] | None = None,
+    metrics: StreamMetrics | None = None,
 ) -> StreamSummary:
     """Consume ``spec``'s stream until stopped (SIGTERM, SIGINT, ``StreamConsumer.stop``,
     or nothing left with ``until_empty``); the summary. Bad settings (the endpoint, the
-    key, the version, the streams) raise a ConfigError before any message is read."""
+    key, the version, the streams) raise a ConfigError before any message is read.
+    ``metrics`` (served by the caller) watch the consumer while it runs."""
     with job_plane(
         store, engine, endpoint=spec.endpoint, api_key=spec.api_key, model=spec.model,
         tenant=spec.tenant, limits=limits,
@@ -118,13 +121,18 @@ def run_stream(
             if settings.keep_s > spec.claim_idle_s / 4:  # renewed well before it can be claimed
                 settings = dataclasses.replace(settings, keep_s=spec.claim_idle_s / 4)
             runner = JobRunner(asking.plane, asking.key, source.job_id, job, asking.prices)
-            consumer = StreamConsumer(runner, source, settings)
+            consumer = StreamConsumer(runner, source, settings,
+                                      on_answer=metrics.answered if metrics else None)  # fmt: skip
             if on_start is not None:
                 on_start(consumer)
+            if metrics is not None:
+                metrics.watch(consumer)
             summary = consumer.run(progress, progress_s)
             summary.lost = source.lost
             return summary
         finally:
+            if metrics is not None:  # before the source closes: no scrape asks it then
+                metrics.unwatch()
             source.close()
 
 
