@@ -94,7 +94,7 @@ def test_a_run_with_another_setting_names_the_option_that_differs(
 def test_progress_goes_to_a_log_as_lines_while_the_job_runs(
     here: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("modelyard.cli._batch.LOG_EVERY_S", 0.0, raising=False)  # a line a row
+    monkeypatch.setattr("modelyard.cli._progress.LOG_EVERY_S", 0.0)  # a line a row
     _rows(here, 6)
     code, _, err = batch(capsys, "in.jsonl", "-o", "out.jsonl", *ECHO, "--concurrency", "1")
     assert code == 0, err

@@ -33,6 +33,7 @@ from modelyard.cli._common import (
     print_json,
     settings,
 )
+from modelyard.cli._progress import ProgressLines, live
 from modelyard.errors import ConfigError, EngineError, ModelyardError
 
 if TYPE_CHECKING:
@@ -474,29 +475,26 @@ class _RowsPerSecond(ProgressColumn):
         return Text(f"{done / elapsed:.1f} rows/s" if elapsed > 0 else "", style="dim")
 
 
-LOG_EVERY_S = 10.0
-"""How often a job whose stderr is not a terminal (a log file, a pipe) prints its progress."""
-
-
 class _Bar:
     """The job's progress: rows done of the job's rows, rows/s, time left. Shown from the
     job's start (nothing for input refused before it), on stderr: a live bar on a terminal,
     else (a log, a pipe, where a bar is drawn only when it ends) a line every
-    ``LOG_EVERY_S``."""
+    ``LOG_EVERY_S`` (``cli._progress``)."""
 
     def __init__(self, quiet: bool) -> None:
         self._quiet = quiet
         self._progress: Progress | None = None
         self._task: TaskID | None = None
         self._first = True
-        self._lines: _Lines | None = None
+        self._lines: ProgressLines | None = None
 
     def start(self, summary: JobSummary, resumed: bool) -> None:
         if self._quiet:
             return
         word = "resuming" if resumed else "job"
-        if not err_console.is_terminal:
-            self._lines = _Lines(f"{word} {summary.job_id}", summary.rows)
+        if not live(err_console):
+            name = f"{word} {summary.job_id}"
+            self._lines = ProgressLines(err_console, name, "rows", summary.rows)
             return
         self._progress = Progress(
             TextColumn("[bold]{task.description}"),
@@ -521,39 +519,10 @@ class _Bar:
             self._progress.update(self._task, completed=done, total=total)
 
     def stop(self) -> None:
+        if self._lines is not None:
+            self._lines.finish()
         if self._progress is not None:
             self._progress.stop()
-
-
-class _Lines:
-    """Progress as plain lines: ``job ID: 1200/3000 rows, 57.3 rows/s, eta 0:00:31``, the
-    first when the job's rows are known, then one every ``LOG_EVERY_S`` and the last."""
-
-    def __init__(self, name: str, total: int | None) -> None:
-        self._name, self._total = name, total
-        self._base: int | None = None  # rows answered by an earlier run
-        self._started = self._printed = time.monotonic()
-
-    def update(self, done: int, total: int | None) -> None:
-        now = time.monotonic()
-        first = self._base is None
-        if self._base is None:
-            self._base = done
-        self._total = total if total is not None else self._total
-        last = self._total is not None and done >= self._total
-        if not (first or last or now - self._printed >= LOG_EVERY_S):
-            return
-        self._printed = now
-        of = f"/{self._total}" if self._total is not None else ""
-        line = f"{self._name}: {done}{of} rows"
-        elapsed = now - self._started
-        if done > self._base and elapsed > 0:
-            rate = (done - self._base) / elapsed
-            line += f", {rate:.1f} rows/s"
-            if self._total is not None and not last:
-                eta = int((self._total - done) / rate)
-                line += f", eta {eta // 3600}:{eta // 60 % 60:02d}:{eta % 60:02d}"
-        err_console.print(line, markup=False, highlight=False)
 
 
 @contextmanager

@@ -6,28 +6,19 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from datetime import datetime
 from pathlib import Path, PurePath
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-)
-from rich.table import Column
-from rich.text import Text
 
 from modelyard.artifacts import ArtifactStore, artifacts_from_settings
 from modelyard.audit import AccessPolicy, AuditKeySource
+from modelyard.cli import _progress
 from modelyard.cli._home import check_home, refuse_remote
+from modelyard.cli._progress import ProgressFn as ProgressFn
 from modelyard.errors import ConfigError, DataError, NotFound
 from modelyard.settings import Settings, load_settings
 from modelyard.store import Store
@@ -137,43 +128,11 @@ def print_json(value: Any) -> None:
     print(json.dumps(to_jsonable(value), indent=2, sort_keys=True))
 
 
-class RateColumn(ProgressColumn):
-    """Work per second, e.g. ``12.3 steps/s``."""
-
-    def __init__(self, unit: str) -> None:
-        super().__init__(table_column=Column(no_wrap=True))  # "6.6 steps/s" on one line
-        self.unit = unit
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("" if speed is None else f"{speed:.1f} {self.unit}/s", style="dim")
-
-
 @contextmanager
 def progress_bar(description: str, total: int, *, unit: str = "steps") -> Iterator[ProgressFn]:
-    """A Rich bar with rate; yields ``update(done, total, info)`` for long-running work."""
-    # one line at any width: the bar gives way first, then the info is cut short
-    columns = (
-        TextColumn("[bold]{task.description}", table_column=Column(no_wrap=True)),
-        BarColumn(bar_width=None, table_column=Column(ratio=1)),
-        MofNCompleteColumn(table_column=Column(no_wrap=True)),
-        RateColumn(unit),
-        TextColumn(
-            "{task.fields[info]}",
-            table_column=Column(no_wrap=True, overflow="ellipsis", ratio=2),
-        ),
-        TimeElapsedColumn(table_column=Column(no_wrap=True)),
-    )
-    with Progress(*columns, console=err_console) as bar:
-        task = bar.add_task(description, total=total, info="")
-
-        def update(done: int, total: int, info: str = "") -> None:
-            bar.update(task, completed=done, total=total, info=info)
-
+    """Progress of long work on stderr: a live bar on a terminal, lines in a log."""
+    with _progress.progress_bar(err_console, description, total, unit=unit) as update:
         yield update
-
-
-ProgressFn = Callable[[int, int, str], None]
 
 
 class RichReporter:

@@ -11,7 +11,8 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from modelyard.cli._common import ProgressFn, console, open_store, print_json, progress_bar
+from modelyard.cli._common import console, open_store, print_json, progress_bar
+from modelyard.cli._progress import ProgressFn
 
 EXCERPT = 48
 OUT_COLUMNS = (
