@@ -3,7 +3,7 @@
 Rich draws a bar only when it ends where stderr is not a terminal (a log file, a pipe, a
 supervisor's journal), so an hour of fine-tuning showed nothing until its last step.
 There, progress is a line when the work starts, one every ``LOG_EVERY_S``, and the last:
-``fine-tuning (lora): 120/300 steps, 4.1 steps/s, eta 0:00:43, loss 2.31``.
+``fine-tuning (lora): 120/300 steps, 4.1 steps/s, eta 0:00:43, loss 2.310``.
 """
 
 from __future__ import annotations
