@@ -31,7 +31,15 @@ from modelyard.serving import SamplingParams
 from modelyard.stream import NatsStreamSource, Settlement, StreamJobSpec, StreamSettings, run_stream
 from modelyard.stream._nats import redelivery_count_warning, stream_name, subject_matches
 from natsserver import NatsServer, nats_server
-from streamworld import FailingOnBoom, StreamWorld, stream_world
+from redisserver import free_port
+from streamworld import (
+    FailingOnBoom,
+    StreamWorld,
+    metrics_when,
+    outcomes,
+    promtool_accepts,
+    stream_world,
+)
 
 JOB = "claims.in/answerers"
 
@@ -309,6 +317,36 @@ def test_a_message_failing_on_the_server_is_retried_then_dead_lettered(
     assert json.loads(payload) == {"prompt": "boom"} and headers["attempts"] == "2"
     assert "the engine blew up" in headers["reason"]
     assert sorted(r["status"] for r in world.records().values()) == ["error", "ok"]
+
+
+def test_a_running_consumers_metrics_count_what_it_answered_and_dead_lettered(
+    world: StreamWorld, server: NatsServer
+) -> None:
+    publish(server, *({"prompt": f"question {i}"} for i in range(4)))
+    publish(server, b"not json", {"id": "q-9"})
+    port = free_port()
+    consumer = world.start(command(server, "--metrics-port", str(port), "--json"))
+    try:
+        text, metrics = metrics_when(consumer, port, {"answered": 4, "dead_lettered": 2})
+    finally:
+        consumer.send_signal(signal.SIGTERM)
+        out, err = consumer.communicate(timeout=60)
+    assert consumer.returncode == 0, err
+    assert len(answers(server)) == 4 and len(read(server, "claims.dead")) == 2
+    assert outcomes(metrics) == {
+        "answered": 4, "refused": 0, "dead_lettered": 2, "retried": 0, "duplicate": 0,
+    }  # fmt: skip
+    summary = json.loads(out)
+    assert (summary["answered"], summary["dead_lettered"], summary["received"]) == (4, 2, 6)
+    (up,) = [k for k in metrics if k.startswith("modelyard_stream_up{")]
+    assert 'broker="nats",' in up and 'group="answerers",stream="claims.in"' in up
+    assert metrics[up] == 1
+    assert metrics["modelyard_stream_received_total"] == 6
+    assert metrics["modelyard_stream_answer_latency_seconds_count"] == 4
+    completion = metrics['modelyard_stream_tokens_total{kind="completion"}']
+    assert completion == summary["completion_tokens"] > 0
+    assert metrics["modelyard_stream_backlog"] == 0  # JetStream's: nothing pending, none new
+    promtool_accepts(text)
 
 
 def test_subjects_and_stream_names() -> None:
