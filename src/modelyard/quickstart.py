@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.artifacts import ArtifactStore, artifacts_from_settings
-from modelyard.audit import PROTECTED_ALIAS_ROLE, at_least
+from modelyard.audit import PROTECTED_ALIAS_ROLE
 from modelyard.errors import PermissionDenied
 from modelyard.finetune import FinetuneOutcome, Reporter, parse_config, prepare, run_finetune
 from modelyard.settings import Settings
@@ -130,36 +130,23 @@ def _ensure_base(work: Path, ui: QuickstartUI) -> Path:
 
 def _check_actor(store: Store) -> None:
     """``PermissionDenied`` before anything is built when the acting actor could not make
-    each tenant's new version its ``champion``: every later step (the endpoints serve
-    ``MODEL@champion``) needs that alias, and a refusal found after the first tenant's
-    training would leave the second tenant unbuilt."""
-    if ALIAS not in store.policy.protected_aliases:
-        return
-    hint = (
-        "Run it as the OS user on a fresh install (the bootstrap admin), or as an actor "
-        f"with role {PROTECTED_ALIAS_ROLE} or admin (--actor NAME or MODELYARD_ACTOR); "
-        f"an admin grants one with `modelyard actors add NAME --role {PROTECTED_ALIAS_ROLE}`."
-    )
-    role = store.role_of()
-    if not at_least(role, PROTECTED_ALIAS_ROLE):
-        raise PermissionDenied(
-            f"actor {store.actor!r} (role {role}) may not run the quickstart: it moves the "
-            f"protected alias {ALIAS} of each tenant's model, which needs role "
-            f"{PROTECTED_ALIAS_ROLE}",
-            hint=hint,
-            actor=store.actor,
-            role=role,
-            required_role=PROTECTED_ALIAS_ROLE,
-        )
-    if store.policy.segregation_of_duties:
-        raise PermissionDenied(
-            f"actor {store.actor!r} may not run the quickstart under segregation of duties: "
-            f"it would move {ALIAS} to versions it trained itself",
-            hint="Unset MODELYARD_SEGREGATION_OF_DUTIES for the quickstart, or train with "
-            "`modelyard finetune` and have another approver move the alias.",
-            actor=store.actor,
-            role=role,
-        )
+    each tenant's new version its ``champion``, by the store's own rule (audited as any
+    refusal): every later step (the endpoints serve ``MODEL@champion``) needs that alias,
+    and a refusal found after the first tenant's training would leave the second tenant
+    unbuilt."""
+    for plan in PLANS:
+        try:
+            store.check_alias_move(plan.model, ALIAS, created_by=store.actor)
+        except PermissionDenied as denied:
+            raise PermissionDenied(
+                f"the quickstart stops before building anything: {denied.message}",
+                hint="Run it as the OS user on a fresh install (the bootstrap admin), or as "
+                f"an actor with role {PROTECTED_ALIAS_ROLE} or admin (--actor NAME or "
+                "MODELYARD_ACTOR); an admin grants one with `modelyard actors add NAME "
+                f"--role {PROTECTED_ALIAS_ROLE}`. Under segregation of duties, train with "
+                "`modelyard finetune` and have another approver move the alias.",
+                **denied.context,
+            ) from denied
 
 
 def _ensure_tenant(store: Store, plan: TenantPlan) -> None:

@@ -190,9 +190,31 @@ class StoreCore:
             )
         return role
 
+    def check_alias_move(self, model: str, alias: str, *, created_by: str | None) -> None:
+        """``PermissionDenied`` (audited) where this actor could not point ``model@alias``
+        at a version that ``created_by`` trains (its role; segregation of duties), as
+        ``set_alias`` would refuse it; nothing else is checked, moved or recorded. For work
+        that moves an alias at its end, to be refused before it starts (the quickstart)."""
+        subject = f"{model}@{alias}"
+        with self._write(f"check who may move {subject}") as s:
+            self._check_alias_rule(s, "alias.set", subject, alias, (None, created_by))
+
     def _check_alias_change(
         self, s: Session, action: str, subject: str, alias: str, target: ModelVersionRow | None
     ) -> None:
+        made = None if target is None else (target.version, target.created_by)
+        self._check_alias_rule(s, action, subject, alias, made)
+
+    def _check_alias_rule(
+        self,
+        s: Session,
+        action: str,
+        subject: str,
+        alias: str,
+        target: tuple[int | None, str | None] | None,
+    ) -> None:
+        """The one rule for changing an alias: ``target`` is the (version, who created it)
+        it moves to (version None: one not trained yet), None where it is deleted."""
         if alias not in self.policy.protected_aliases:
             self._require(s, action, subject, f"change alias {subject}")
             return
@@ -200,20 +222,24 @@ class StoreCore:
         self._require(
             s, action, subject, f"{verb} the protected alias {subject}", PROTECTED_ALIAS_ROLE
         )
-        sod = target is not None and self.policy.segregation_of_duties
-        if sod and target is not None and target.created_by == self.actor:
-            model = subject.split("@", 1)[0]
-            raise PermissionDenied(
-                f"actor {self.actor!r} trained {model}:{target.version} and may not approve "
-                f"it (segregation of duties): moving {subject} needs another approver",
-                hint=f"Ask a different approver to run `modelyard registry alias "
-                f"{model} {alias} {target.version}`.",
-                actor=self.actor,
-                role=_audit.effective_role(s, self.policy, self.actor),
-                required_role=f"{PROTECTED_ALIAS_ROLE} other than {self.actor}",
-                action=action,
-                subject=subject,
-            )
+        if target is None or not self.policy.segregation_of_duties:
+            return
+        version, created_by = target
+        if created_by != self.actor:
+            return
+        model = subject.split("@", 1)[0]
+        which = f"trained {model}:{version}" if version is not None else "would train the version"
+        raise PermissionDenied(
+            f"actor {self.actor!r} {which} and may not approve it (segregation of duties): "
+            f"moving {subject} needs another approver",
+            hint=f"Ask a different approver to run `modelyard registry alias {model} {alias} "
+            f"{version if version is not None else 'VERSION'}`.",
+            actor=self.actor,
+            role=_audit.effective_role(s, self.policy, self.actor),
+            required_role=f"{PROTECTED_ALIAS_ROLE} other than {self.actor}",
+            action=action,
+            subject=subject,
+        )
 
     def as_actor(self, actor: str) -> Any:
         """This store acting as ``actor`` (same connections; do not close the copy).
