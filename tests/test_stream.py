@@ -245,6 +245,7 @@ def test_a_running_consumers_metrics_count_what_it_answered_and_dead_lettered(
     # the backlog is the broker's: the message the gone consumer holds, until it is claimed
     assert metrics["modelyard_stream_backlog"] == 1
     assert metrics["modelyard_stream_in_flight"] == 0
+    assert metrics["process_resident_memory_bytes"] > 0  # the process's own, for a supervisor
     promtool_accepts(text)
 
 

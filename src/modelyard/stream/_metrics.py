@@ -18,7 +18,10 @@ Families (Prometheus adds ``_total`` to a counter's samples):
   those of messages delivered before;
 - ``modelyard_stream_in_flight``, ``modelyard_stream_backlog``: gauges;
 - ``modelyard_stream_answer_latency_seconds``: a histogram of the answers' latencies;
-- ``modelyard_stream_tokens{kind}``: prompt and completion tokens of what was published.
+- ``modelyard_stream_tokens{kind}``: prompt and completion tokens of what was published;
+
+and the process's own ``process_*`` (memory, CPU, open files, start time), as a
+supervisor's consumer is a process of its own.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Self
 
-from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import start_http_server
 from prometheus_client.registry import Collector
@@ -58,6 +61,7 @@ class StreamMetrics:
 
     def __init__(self, *, broker: str, stream: str, group: str, consumer: str) -> None:
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
         self.latency = Histogram(
             "modelyard_stream_answer_latency_seconds",
             "Time the data plane took to answer a message, of the answers published "
