@@ -1,7 +1,9 @@
 """Feedback on inference records: a tenant's verdict (and correct answer) per request.
 
 Data-plane traffic (``POST /v1/feedback``): not audited. A record of another tenant is
-NotFound exactly like a missing one.
+NotFound exactly like a missing one. A verdict on a request that got no answer (refused,
+failed) is a Conflict, there being nothing to rate, unless it brings the ``label`` the
+request should have had: a correction, which ``data from-records`` trains on.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from datetime import datetime
 
 from sqlalchemy import select
 
-from modelyard.errors import ConfigError, NotFound
+from modelyard.errors import ConfigError, Conflict, NotFound
 from modelyard.store._convert import to_feedback
 from modelyard.store._core import StoreCore
 from modelyard.store._rows import get_locked, tenant_row
@@ -21,6 +23,11 @@ from modelyard.store.entities import Feedback
 
 FEEDBACK_LABEL_MAX = 500
 """The longest feedback label (characters): a correct answer or class, not a document."""
+
+UNANSWERED = ("refused", "error")
+"""The records of requests that got no answer (refused, failed): feedback on one without a
+``label`` is refused (Conflict), since its score alone would move the endpoint's
+``feedback_score`` for nothing."""
 
 
 class FeedbackStore(StoreCore):
@@ -40,7 +47,8 @@ class FeedbackStore(StoreCore):
 
         ``score`` is in [-1, 1]; ``label`` is a person's correct answer or class for the
         request (at most 500 characters). A record of another tenant is NotFound exactly
-        like a missing one.
+        like a missing one; a record whose request got no answer (``UNANSWERED``) is a
+        Conflict, checked after the tenant's, unless ``label`` corrects it.
         """
         if math.isnan(score) or not -1.0 <= score <= 1.0:
             raise ConfigError(
@@ -59,6 +67,15 @@ class FeedbackStore(StoreCore):
                 raise NotFound(
                     f"no request with id {record_id!r}",
                     hint="Send the `id` of a completion answered for a key of this tenant.",
+                    param="request_id",
+                )
+            # after the tenant's check: another tenant's record stays the 404 of a missing one
+            if record.status in UNANSWERED and label is None:
+                raise Conflict(
+                    f"request {record_id!r} got no answer (its record says {record.status}, HTTP "
+                    f"{record.http_status}): there is nothing to rate",
+                    hint="Rate a request that was answered, or send this one's `label` (the "
+                    "answer it should have had) to correct it.",
                     param="request_id",
                 )
             row = s.scalar(select(FeedbackRow).where(FeedbackRow.record_id == record_id))
@@ -121,4 +138,4 @@ class FeedbackStore(StoreCore):
             )
 
 
-__all__ = ["FEEDBACK_LABEL_MAX", "FeedbackStore"]
+__all__ = ["FEEDBACK_LABEL_MAX", "UNANSWERED", "FeedbackStore"]
