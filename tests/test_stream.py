@@ -213,7 +213,7 @@ def test_a_running_consumers_metrics_count_what_it_answered_and_dead_lettered(
     client = server.client()
     client.xgroup_create("requests", "answerers", id="0", mkstream=True)
     add(client, {"prompt": "taken by a consumer that is gone"})
-    client.xreadgroup("answerers", "gone", {"requests": ">"}, count=1)  # pending for 60 s
+    client.xreadgroup("answerers", "gone", {"requests": ">"}, count=1)  # pending: --claim-idle
     for i in range(5):
         add(client, {"prompt": f"question {i}"})
     add(client, "not json")
@@ -221,7 +221,7 @@ def test_a_running_consumers_metrics_count_what_it_answered_and_dead_lettered(
     add(client, {"prompt": "x" * 270_000})  # refused by the data plane: a 400
     port = free_port()
     consumer = world.start(command(server, "--metrics-port", str(port), "--consumer", "pod-0",
-                                   "--json"))  # fmt: skip
+                                   "--claim-idle", "10m", "--json"))  # fmt: skip
     try:
         text, metrics = metrics_when(consumer, port, {"answered": 5, "dead_lettered": 2})
     finally:
