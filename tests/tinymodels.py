@@ -104,6 +104,27 @@ def chatty_adapter(base: Path, out: Path, scale: float = 100.0) -> Path:
     return out
 
 
+def ending_adapter(base: Path, out: Path) -> Path:
+    """A ``chatty_adapter`` whose end of sequence is boosted too, by the first half of the
+    hidden dimensions less the second half: on the tiny base its answers are one token of
+    text and then the end of sequence, whatever the prompt (tests that use it check that
+    the answer has text and ``finish_reason`` stop). Its end of sequence is sampled, as a
+    model's that ends its answers is: a test of how it is counted."""
+    from safetensors.torch import load_file, save_file
+    from transformers import AutoTokenizer
+
+    chatty_adapter(base, out)
+    tensors = load_file(out / WEIGHTS)
+    b_key = next(k for k in tensors if k.endswith("lm_head.lora_B.weight"))
+    b = tensors[b_key].clone()
+    half = b.shape[1] // 2
+    b[AutoTokenizer.from_pretrained(base).eos_token_id] = torch.cat(
+        [torch.ones(half), -torch.ones(b.shape[1] - half)]
+    )
+    save_file({**tensors, b_key: b.contiguous()}, out / WEIGHTS)
+    return out
+
+
 @contextmanager
 def rambler_server(tmp: Path) -> Iterator[tuple[str, Store, str]]:
     """The transformers engine on a tiny base (a 256-token context) behind a real server:

@@ -20,6 +20,10 @@ own adapter slot (``MultiLora.route``):
 - ``RowStopper`` (a stopping criterion) ends each row on its own: at its own
   ``max_tokens``, at end of sequence, at a stop string, or when its consumer has
   cancelled. Generation ends when every row has.
+
+A row's ``completion_tokens`` are the tokens it generated, as vLLM and OpenAI count
+them: an end-of-sequence token it sampled counts (it is not text), and so does the
+token that completed a stop string (the text is cut before the stop string).
 """
 
 from __future__ import annotations
@@ -209,7 +213,8 @@ class Row:
         self.params = request.params
         self._decode_ids = decode
         self._eos_ids = eos_ids
-        self.ids: list[int] = []
+        self.ids: list[int] = []  # the answer's tokens (an end of sequence is not text)
+        self.ended_on_eos = False  # its last token was an end of sequence: counted, not shown
         self.emitted = ""
         self.finished: FinishReason | None = None
         self.first_token_at: float | None = None
@@ -238,6 +243,7 @@ class Row:
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
         if token in self._eos_ids:
+            self.ended_on_eos = True
             self.close("stop")
             return
         self.ids.append(token)
@@ -274,7 +280,8 @@ class Row:
         generation = Generation(
             text=text,
             prompt_tokens=len(self.request.prompt_ids),
-            completion_tokens=len(self.ids),
+            # the end of sequence was computed like any token: vLLM and OpenAI count it
+            completion_tokens=len(self.ids) + self.ended_on_eos,
             finish_reason=reason,
             ttft_ms=ttft,
             extra=self.request.extra(),
