@@ -127,12 +127,20 @@ class RecordStore(StoreCore):
             return [to_record(s, r) for r in s.scalars(query)]
 
     def count_inference_records(
-        self, *, endpoint: str | None = None, job_id: str | None = None
+        self,
+        *,
+        endpoint: str | None = None,
+        job_id: str | None = None,
+        since: datetime | None = None,
     ) -> int:
+        """How many records there are (of ``endpoint``, of job ``job_id``, of requests
+        made at ``since`` or later)."""
         with self._session("count inference records") as s:
             query = select(func.count()).select_from(InferenceRecordRow)
             if endpoint is not None:
                 query = query.where(InferenceRecordRow.endpoint_name == endpoint)
+            if since is not None:
+                query = query.where(InferenceRecordRow.created_at >= since)
             if job_id is not None:
                 query = query.where(InferenceRecordRow.job_id == job_id)
             return int(s.scalar(query) or 0)
