@@ -293,12 +293,13 @@ def test_the_traffic_series_buckets_requests_errors_and_latency_per_version(
     v1 = series[("support:1", False)]
     assert (v1["requests"], v1["errors"]) == (22, 3)
     first, second, third = v1["points"]
-    assert first == {
+    assert first == {  # the latency of the 18 answered ok: 3..20 ms
         "start": T0.isoformat(), "requests": 20, "errors": 2,
-        "latency_p50_ms": 10.0, "latency_p95_ms": 19.0, "latency_p99_ms": 20.0,
+        "latency_p50_ms": 11.0, "latency_p95_ms": 20.0, "latency_p99_ms": 20.0,
     }  # fmt: skip
     assert second["requests"] == 0 and second["latency_p50_ms"] is None  # a dense series
-    assert (third["requests"], third["errors"], third["latency_p99_ms"]) == (2, 1, 900.0)
+    # a timeout and a refusal: none answered ok, no latency (900 ms and 1 ms were)
+    assert (third["requests"], third["errors"], third["latency_p99_ms"]) == (2, 1, None)
     assert [p["requests"] for p in series[("support:2", False)]["points"]] == [1, 0, 0]
     assert [p["requests"] for p in series[("support:2", True)]["points"]] == [0, 1, 0]
     # a smaller bucket: the first minute in 30 s halves, the window not aligned
@@ -465,8 +466,8 @@ def test_the_series_and_feedback_queries_agree_on_sqlite_and_postgresql(store: S
     assert [(p.start, p.requests, p.errors) for p in points] == [
         (T0, 30, 1), (T0 + timedelta(minutes=1), 60, 0), (T0 + timedelta(minutes=2), 10, 0),
     ]  # fmt: skip
-    first = points[0]  # latencies 71..100
-    assert (first.latency_p50_ms, first.latency_p95_ms, first.latency_p99_ms) == (85, 99, 100)
+    first = points[0]  # answered ok in 71..99 ms (the timeout's 100 ms is no latency)
+    assert (first.latency_p50_ms, first.latency_p95_ms, first.latency_p99_ms) == (85, 98, 99)
     assert first.version == "support:1" and not first.shadow
     for i, score in enumerate((1.0, -0.5, 0.0)):
         store.add_feedback(f"rec-{i}", tenant="acme", score=score)

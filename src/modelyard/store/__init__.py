@@ -21,6 +21,7 @@ from modelyard.store._rollouts import (
     failed,
     step_plan,
 )
+from modelyard.store._samples import answered_ok
 from modelyard.store._schema import utcnow
 from modelyard.store._series import FeedbackSummary, TrafficPoint
 from modelyard.store._store import Store
@@ -125,6 +126,7 @@ __all__ = [
     "Transition",
     "VersionKind",
     "VersionSample",
+    "answered_ok",
     "check_file_quota",
     "check_name",
     "check_token_name",

@@ -31,6 +31,7 @@ from modelyard.store._core import StoreCore
 from modelyard.store._judges import JudgementRow, JudgeRow
 from modelyard.store._monitoring_entities import HourLatency, RecordSummary
 from modelyard.store._rows import epoch_seconds, in_scope, lock_name, tenant_names, version_info
+from modelyard.store._samples import ENDED, FAILED, answered_ok
 from modelyard.store._schema import (
     BaseModelRow,
     DriftResultRow,
@@ -49,8 +50,6 @@ from modelyard.store.entities import (
 )
 
 PROFILE_WINDOWS = ("hour", "day")
-ENDED = ("ok", "error", "timeout")  # as ``ended`` counts them
-FAILED = ("error", "timeout")  # as ``failed`` counts them
 _SPANS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
 _ProfileKey = tuple[datetime, str, int | None, int | None]  # start, endpoint, version, tenant
 
@@ -250,14 +249,16 @@ class MonitoringStore(StoreCore):
         ttft: Sequence[int] = (95,),
     ) -> RecordSummary:
         """``endpoint``'s records created in [since, until), aggregated in the database
-        (counts, sums, mean, exact percentiles): no row object per record."""
+        (counts, sums, mean, exact percentiles): no row object per record. The latency and
+        time to first token are those of the requests answered ok (``answered_ok``)."""
         r, fb = InferenceRecordRow, FeedbackRow
         where = (r.endpoint_name == endpoint, r.created_at >= since, r.created_at < until)
+        timed = (*where, answered_ok(r.status))
         totals = select(
             func.count(r.id),
             func.sum(case((r.status.in_(ENDED), 1), else_=0)),
             func.sum(case((r.status.in_(FAILED), 1), else_=0)),
-            func.avg(r.latency_ms),
+            func.avg(case((answered_ok(r.status), r.latency_ms))),
             func.sum(r.prompt_tokens),
             func.sum(r.completion_tokens),
             func.count(fb.score),
@@ -265,8 +266,8 @@ class MonitoringStore(StoreCore):
         ).select_from(r).outerjoin(fb, fb.record_id == r.id).where(*where)  # fmt: skip
         with self._session(f"summarize the records of {endpoint!r}") as s:
             n, done, bad, mean, t_in, t_out, fb_n, fb_sum = s.execute(totals).one()
-            lat = _percentiles(s, r.latency_ms, where, latency).get(0, (0, {}))[1]
-            first = _percentiles(s, r.ttft_ms, where, ttft).get(0, (0, {}))[1]
+            lat = _percentiles(s, r.latency_ms, timed, latency).get(0, (0, {}))[1]
+            first = _percentiles(s, r.ttft_ms, timed, ttft).get(0, (0, {}))[1]
         return RecordSummary(
             records=int(n),
             ended=int(done or 0),
@@ -290,17 +291,25 @@ class MonitoringStore(StoreCore):
         ttft: Sequence[int] = (50,),
     ) -> list[HourLatency]:
         """Per hour with records in [since, until), every version and tenant of
-        ``endpoint`` together: the records and their exact latency and time-to-first-token
-        percentiles (as an hour profile computes them for one version and tenant)."""
+        ``endpoint`` together: the records and the exact latency and time-to-first-token
+        percentiles of those answered ok (as an hour profile computes them for one version
+        and tenant)."""
         r = InferenceRecordRow
         where = (r.endpoint_name == endpoint, r.created_at >= since, r.created_at < until)
+        timed = (*where, answered_ok(r.status))
         with self._session(f"read the hourly latency of {endpoint!r}") as s:
             hour = epoch_seconds(s, r.created_at) // 3600  # hours since 1970
-            lat = _percentiles(s, r.latency_ms, where, latency, hour)
-            first = _percentiles(s, r.ttft_ms, where, ttft, hour)
+            counts = s.execute(select(hour, func.count()).where(*where).group_by(hour)).all()
+            lat = _percentiles(s, r.latency_ms, timed, latency, hour)
+            first = _percentiles(s, r.ttft_ms, timed, ttft, hour)
         return [
-            HourLatency(datetime.fromtimestamp(h * 3600, UTC), n, values, first.get(h, (0, {}))[1])
-            for h, (n, values) in sorted(lat.items())
+            HourLatency(
+                datetime.fromtimestamp(int(h) * 3600, UTC),
+                int(n),
+                lat.get(int(h), (0, {}))[1],
+                first.get(int(h), (0, {}))[1],
+            )
+            for h, n in sorted(counts)
         ]
 
     # -- small state of the monitoring loop -------------------------------------------------

@@ -95,8 +95,10 @@ class Profile:
 class RecordSummary:
     """An endpoint's records created in a window, aggregated in the database: what alert
     rules read. ``latency_ms`` and ``ttft_ms`` map a percentile to its value (numpy's
-    ``percentile``, linear interpolation) over every record, and every record with a time
-    to first token; a percentile is missing when there is no such record."""
+    ``percentile``, linear interpolation) over the records answered ok (``answered_ok``:
+    never a refusal, a cancelled request or a failure), and those of them with a time to
+    first token; ``latency_mean_ms`` is theirs too. A percentile is missing when there is
+    no such record."""
 
     records: int  # every record, whatever its status
     ended: int  # ok, error or timeout
@@ -113,8 +115,8 @@ class RecordSummary:
 @dataclass(frozen=True)
 class HourLatency:
     """One hour of an endpoint's records (every version and tenant together): how many
-    there are and the exact percentiles (numpy's linear) of their latency and time to
-    first token."""
+    there are (whatever their status) and the exact percentiles (numpy's linear) of the
+    latency and time to first token of those answered ok (``answered_ok``)."""
 
     start: datetime
     records: int

@@ -15,11 +15,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, SQLColumnExpression, or_, select
 from sqlalchemy.orm import Session
 
 from modelyard.store._schema import FeedbackRow, InferenceRecordRow, ModelVersionRow
@@ -33,8 +33,27 @@ collector moves them to its oldest generation (chunks of 20,000 were, and the fu
 collections they set off took as long again as reading the rows; see the benchmark
 ``benchmarks/rollout_samples.py``)."""
 
-ENDED = ("ok", "error", "timeout")
+OK = "ok"
+ENDED = (OK, "error", "timeout")
 FAILED = ("error", "timeout")
+
+
+@overload
+def answered_ok(status: str) -> bool: ...
+@overload
+def answered_ok(status: SQLColumnExpression[str]) -> ColumnElement[bool]: ...
+def answered_ok(status: str | SQLColumnExpression[str]) -> bool | ColumnElement[bool]:
+    """Whether a request that ended with ``status`` was answered ok: what latency means
+    everywhere modelyard reads or exports one (rollout guards, ``rollout compare``, alert
+    rules, profiles, the report, the traffic series and the Prometheus histograms). Errors
+    and timeouts count in the error rate instead; a refusal (401, 429, 400: ``refused``)
+    is fast and a cancelled request short, and either would pull the percentiles down (an
+    endpoint drowning in 429s would look fast). The latency of successful requests,
+    failures counted apart: the four golden signals of Google's SRE book.
+
+    The same test on a status (``answered_ok("ok")``) and on a status column, as a SQL
+    condition (``answered_ok(InferenceRecordRow.status)``)."""
+    return status == OK
 
 
 def _floats(values: Any) -> FloatArray:
@@ -176,7 +195,7 @@ def _add_rows(parts: Mapping[int | None, _Parts], rows: Sequence[Any]) -> None:
         if p is None:
             continue
         p.statuses[status] += 1
-        if status == "ok":
+        if answered_ok(status):
             p.latencies.append(latency)
             if ttft is not None:
                 p.ttfts.append(ttft)

@@ -3,9 +3,10 @@ and feedback per version.
 
 Each is one query grouped in the database, never a row object per record: a busy
 endpoint has millions of records, and a chart needs a few numbers per minute.
-Latency percentiles are the nearest rank (the smallest latency with at least p % of
-the bucket's requests at or under it), computed with window functions that SQLite
-(3.25+) and PostgreSQL both have. Reads only: nothing here is audited.
+Latency percentiles are those of the requests answered ok (``answered_ok``, as rollout
+guards and alert rules read latency), the nearest rank (the smallest latency with at
+least p % of them at or under it), computed with window functions that SQLite (3.25+)
+and PostgreSQL both have. Reads only: nothing here is audited.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ from sqlalchemy import case, func, select
 from modelyard.errors import ConfigError
 from modelyard.store._core import StoreCore
 from modelyard.store._rows import epoch_seconds, tenant_id_of, version_info
+from modelyard.store._samples import FAILED, answered_ok
 from modelyard.store._schema import FeedbackRow, InferenceRecordRow
 
 PERCENTILES = (50, 95, 99)
-FAILED = ("error", "timeout")  # the server's failures, as ``failed`` counts them
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class TrafficPoint:
     shadow: bool  # mirrored copies (answers recorded, never returned)
     requests: int  # finished requests: every status but ``running``
     errors: int  # of them, errors and timeouts (never a client's mistake, ``refused``)
+    # the latency of those answered ok; None where none was
     latency_p50_ms: float | None
     latency_p95_ms: float | None
     latency_p99_ms: float | None
@@ -59,24 +61,27 @@ class SeriesStore(StoreCore):
         self, endpoint: str, *, since: datetime, until: datetime, bucket_s: int
     ) -> list[TrafficPoint]:
         """Per bucket of ``bucket_s`` seconds (aligned on multiples of it since 1970) and per
-        version (shadow copies apart): requests, errors and latency p50/p95/p99 of
-        ``endpoint``'s records created in [since, until); buckets without requests are
-        left out. Oldest first."""
+        version (shadow copies apart): requests, errors and latency p50/p95/p99 (of those
+        answered ok) of ``endpoint``'s records created in [since, until); buckets without
+        requests are left out. Oldest first."""
         if bucket_s < 1:
             raise ConfigError(f"bucket of {bucket_s} s: use 1 or more seconds", field="bucket")
         r = InferenceRecordRow
         with self._session(f"read the traffic of {endpoint!r}") as s:
             bucket = epoch_seconds(s, r.created_at) // bucket_s
-            group = (bucket, r.version_id, r.shadow)
+            ok = answered_ok(r.status)
+            # ranked among the group's requests answered ok (and apart, the others: unread)
+            timed = (bucket, r.version_id, r.shadow, ok)
             ranked = (
                 select(
                     bucket.label("bucket"),
                     r.version_id,
                     r.shadow,
                     r.status,
+                    ok.label("ok"),
                     r.latency_ms,
-                    func.row_number().over(partition_by=group, order_by=r.latency_ms).label("rn"),
-                    func.count().over(partition_by=group).label("n"),
+                    func.row_number().over(partition_by=timed, order_by=r.latency_ms).label("rn"),
+                    func.count().over(partition_by=timed).label("n"),
                 )
                 .where(
                     r.endpoint_name == endpoint,  # ix_inference_records_endpoint_created
@@ -88,7 +93,7 @@ class SeriesStore(StoreCore):
             )
             c = ranked.c
             percentiles = [
-                func.min(case((c.rn * 100 >= p * c.n, c.latency_ms))) for p in PERCENTILES
+                func.min(case((c.ok & (c.rn * 100 >= p * c.n), c.latency_ms))) for p in PERCENTILES
             ]
             query = (
                 select(
