@@ -2,7 +2,9 @@
 
 An hour's profile is computed from its raw records (exact percentiles); a
 day's from its hours (sums are exact; percentiles come from the merged
-log-spaced latency histograms, within half a bin, about 2.5 %). Each run
+log-spaced latency histograms, within half a bin, about 2.5 %). Latency is that of
+the requests answered ok (``answered_ok``): refusals, cancelled requests and failures
+count in the requests (failures in the errors too), never in the percentiles. Each run
 recomputes only the hours that can have changed since the last one: those
 from the watermark (less ``lateness``, for records still in a writer's buffer)
 to now, and those holding records whose feedback changed. The watermark lives
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from modelyard.store import Store, ended, failed
+from modelyard.store import Store, answered_ok, ended, failed
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -90,9 +92,12 @@ def _pct(values: np.ndarray, q: float) -> float | None:
 def profile_of(
     records: Sequence[Mapping[str, Any]], prices: Mapping[str, tuple[float, float]]
 ) -> dict[str, Any]:
-    """Aggregates of one group of records (one endpoint, version and tenant in a window)."""
-    latency = np.array([r["latency_ms"] for r in records], dtype=float)
-    ttft = np.array([r["ttft_ms"] for r in records if r["ttft_ms"] is not None], dtype=float)
+    """Aggregates of one group of records (one endpoint, version and tenant in a window).
+    The latency and time to first token (percentiles and histograms) are those of the
+    records answered ok (``answered_ok``), as guards and alert rules read them."""
+    timed = [r for r in records if answered_ok(r["status"])]
+    latency = np.array([r["latency_ms"] for r in timed], dtype=float)
+    ttft = np.array([r["ttft_ms"] for r in timed if r["ttft_ms"] is not None], dtype=float)
     tokens_in = sum(int(r["prompt_tokens"]) for r in records)
     tokens_out = sum(int(r["completion_tokens"]) for r in records)
     base = records[0].get("base_model")

@@ -88,9 +88,10 @@ def latency_series(
     store: Store, endpoint: str, profiles: Sequence[Profile], since: datetime, until: datetime
 ) -> tuple[dict[str, list[tuple[float, float]]], int]:
     """Per hour, the endpoint's latency and ttft percentiles over every version and tenant
-    together: exact (numpy's, from the hour's raw records) where its records are still
-    kept; else, where retention deleted some, the hour's one profile (exact), or the
-    merged histograms of its profiles (within about 2.5 %). With how many hours are
+    together, of the requests answered ok (``answered_ok``, as profiles, alert rules and
+    guards read latency): exact (numpy's, from the hour's raw records) where its records
+    are still kept; else, where retention deleted some, the hour's one profile (exact), or
+    the merged histograms of its profiles (within about 2.5 %). With how many hours are
     approximations."""
     raw = {h.start.timestamp(): h for h in store.hourly_latency(
         endpoint, floor_hour(since), until, latency=(50, 95, 99), ttft=(50,)
@@ -348,7 +349,10 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
         )
         + _unrouted_note(refused, failed_before),
         line_chart(
-            "Latency percentiles per hour, all versions (ms)", latency, x_range=period, unit="ms"
+            "Latency percentiles per hour of the requests answered ok, all versions (ms)",
+            latency,
+            x_range=period,
+            unit="ms",
         )
         + (
             f'<p class="empty">{approximate} hour(s) whose raw records retention deleted: '
