@@ -25,7 +25,11 @@ class Metrics:
             "modelyard_requests", "Inference requests", [*labels, "status"], registry=self.registry
         )
         self.latency = Histogram(
-            "modelyard_request_latency_seconds", "Request latency", labels, registry=self.registry
+            "modelyard_request_latency_seconds",
+            "Latency of the requests answered ok (refused, cancelled and failed ones: in "
+            "modelyard_requests_total by status)",
+            labels,
+            registry=self.registry,
         )
         self.tokens = Counter(
             "modelyard_tokens", "Tokens processed", [*labels, "kind"], registry=self.registry
@@ -35,7 +39,7 @@ class Metrics:
         )
         self.ttft = Histogram(
             "modelyard_time_to_first_token_seconds",
-            "Time from submission to the first generated token",
+            "Time from submission to the first generated token, of the requests answered ok",
             labels,
             registry=self.registry,
         )

@@ -28,7 +28,7 @@ from modelyard.serving._health import LoadHealth, load_failure_of
 from modelyard.serving._metrics import Metrics
 from modelyard.serving._tools import answer_checks
 from modelyard.serving._types import Generation, Origin, SamplingParams
-from modelyard.store import ApiKey, ModelVersion, NewInferenceRecord, Tenant
+from modelyard.store import ApiKey, ModelVersion, NewInferenceRecord, Tenant, answered_ok
 
 T = TypeVar("T")
 _RECENT_RECORDS = 10_000
@@ -129,11 +129,13 @@ class Recorder:
             self.metrics.requests.labels(*labels, outcome).inc()
         if fallback_from is not None:
             self.metrics.fallbacks.labels(endpoint, fallback_from.ref, version_ref).inc()
-        self.metrics.latency.labels(*labels).observe(latency_ms / 1000)
+        if answered_ok(outcome):  # latency is that of the requests answered ok, as the
+            # store's percentiles: a burst of fast refusals would pull the p95 down
+            self.metrics.latency.labels(*labels).observe(latency_ms / 1000)
         if gen is not None:
             self.metrics.tokens.labels(*labels, "prompt").inc(gen.prompt_tokens)
             self.metrics.tokens.labels(*labels, "completion").inc(gen.completion_tokens)
-            if gen.ttft_ms is not None:
+            if gen.ttft_ms is not None and answered_ok(outcome):
                 self.metrics.ttft.labels(*labels).observe(gen.ttft_ms / 1000)
         self.writer.submit(
             NewInferenceRecord(
