@@ -30,7 +30,7 @@ from modelyard.monitoring._features import FEATURE_NAMES, TEXT_FEATURES, text_fe
 from modelyard.monitoring._semantic import DIMENSIONS, Embedder, from_bytes, minilm_dir, mmd_test
 from modelyard.monitoring._stats import METHODS, Pair, SortedValues, default_method
 from modelyard.registry import template_name
-from modelyard.store import DriftResult, ModelVersion, Store
+from modelyard.store import DriftResult, ModelVersion, Store, answered_ok
 
 MIN_SAMPLES = 30
 
@@ -213,7 +213,7 @@ def _histograms(pair: Pair) -> dict[str, Any]:
 
 def features_of(records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
     """Feature columns of answered records (NaN where a record has no value)."""
-    ok = [r for r in records if r["status"] == "ok"]
+    ok = [r for r in records if answered_ok(r["status"])]
     out: dict[str, np.ndarray] = {}
     for name in FEATURE_NAMES:
         out[name] = np.array(
