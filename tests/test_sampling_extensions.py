@@ -238,12 +238,14 @@ def test_min_tokens_keeps_an_answer_going_past_the_end_of_sequence(
     rambler: Rambler,
 ) -> None:
     """A bias makes the end of sequence win every step (the answer is empty); min_tokens 5
-    rules it out for five tokens, so the answer has exactly five and then ends."""
+    rules it out for five tokens, so the answer has exactly five and then ends. The end of
+    sequence counts among the completion tokens (vLLM's and OpenAI's count): 1, then 6."""
     client, tokenizer, _ = rambler
     bias = _only(tokenizer, tokenizer.eos_token_id)
     ended = client.chat.completions.create(**ASK, max_tokens=8, logit_bias=bias)
     assert ended.choices[0].finish_reason == "stop"
-    assert ended.usage is not None and ended.usage.completion_tokens == 0
+    assert ended.choices[0].message.content == ""
+    assert ended.usage is not None and ended.usage.completion_tokens == 1
     for stream in (False, True):
         kept = client.chat.completions.create(
             **ASK, max_tokens=8, logit_bias=bias, extra_body={"min_tokens": 5},
@@ -253,10 +255,10 @@ def test_min_tokens_keeps_an_answer_going_past_the_end_of_sequence(
             chunks = list(kept)
             reasons = [c.choices[0].finish_reason for c in chunks if c.choices]
             assert reasons[-1] == "stop"
-            assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+            assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 6
         else:
             assert kept.choices[0].finish_reason == "stop"
-            assert kept.usage is not None and kept.usage.completion_tokens == 5
+            assert kept.usage is not None and kept.usage.completion_tokens == 6
 
 
 def test_min_tokens_lets_a_stop_string_end_the_answer_only_past_them(
