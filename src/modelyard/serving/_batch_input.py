@@ -11,6 +11,11 @@ requests is not read past the first one over (its problems beyond are not
 listed). Whether the key may call a line's ``model`` is the line's own answer
 when it runs (the 404 a live request gets), as endpoints may change meanwhile.
 ``input_lines`` reads the checked file again.
+
+The batch's ``model`` (OpenAI's Batch object names the model that processes it) is the
+one model its lines name. On OpenAI a file holds requests to a single model; here each
+line asks the endpoint it names, as a live request would (a batch may ask several), and
+such a batch's ``model`` is null: no one model processed it.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 MAX_ERRORS = 100  # problems listed in a failed batch's errors
+MODEL_MAX = 256  # the longest model name a batch shows (a longer one names no endpoint)
 
 
 @dataclass(frozen=True)
@@ -103,10 +109,20 @@ def check_line(
     return InputLine(number, custom_id, url, body), None
 
 
-def check_input(path: Path, endpoint: str, max_lines: int) -> tuple[int, list[dict[str, Any]]]:
-    """How many requests the file holds, and its problems (none: it can run)."""
+class Checked(NamedTuple):
+    """What ``check_input`` found: how many requests the file holds, its problems (none: it
+    can run), and the one model its lines name (None: several, or none usable)."""
+
+    total: int
+    problems: list[dict[str, Any]]
+    model: str | None
+
+
+def check_input(path: Path, endpoint: str, max_lines: int) -> Checked:
+    """How many requests the file holds, its problems, and the model its lines name."""
     problems: list[dict[str, Any]] = []
     seen: set[str] = set()
+    models: set[str] = set()
     total = 0
     for number, raw in _raw_lines(path):
         total += 1
@@ -119,7 +135,7 @@ def check_input(path: Path, endpoint: str, max_lines: int) -> tuple[int, list[di
                     number,
                 )
             )
-            return total, problems
+            return Checked(total, problems, None)
         line, problem = check_line(number, raw, endpoint)
         if problem is None and line is not None:
             if line.custom_id in seen:
@@ -128,11 +144,14 @@ def check_input(path: Path, endpoint: str, max_lines: int) -> tuple[int, list[di
                     "is on an earlier line too; each request needs its own", number, "custom_id",
                 )  # fmt: skip
             seen.add(line.custom_id)
+            if len(models) < 2:  # one model, or several: the rest need not be kept
+                models.add(line.body["model"])
         if problem is not None and len(problems) < MAX_ERRORS:
             problems.append(problem)
     if total == 0:
         problems.append(_problem("empty_file", "the input file holds no request", 0))
-    return total, problems
+    model = next(iter(models)) if len(models) == 1 else None
+    return Checked(total, problems, model if model and len(model) <= MODEL_MAX else None)
 
 
 def input_lines(path: Path, endpoint: str) -> Iterator[InputLine]:
@@ -143,4 +162,4 @@ def input_lines(path: Path, endpoint: str) -> Iterator[InputLine]:
             yield line
 
 
-__all__ = ["MAX_ERRORS", "InputLine", "check_input", "input_lines"]
+__all__ = ["MAX_ERRORS", "MODEL_MAX", "Checked", "InputLine", "check_input", "input_lines"]

@@ -276,12 +276,13 @@ class BatchRun:
             self._ended(batch)
             return
         if batch.status == "validating":
-            total, problems = await asyncio.to_thread(
+            total, problems, model = await asyncio.to_thread(
                 check_input, source, batch.endpoint, self.settings.max_lines
             )
             batch = await asyncio.to_thread(
-                self.store.start_batch, batch.id, holder, total=total, errors=problems
-            )
+                self.store.start_batch, batch.id, holder, total=total, errors=problems,
+                model=model,
+            )  # fmt: skip
             if batch.status == "failed":
                 self._ended(batch)
                 return

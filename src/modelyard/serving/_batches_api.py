@@ -5,7 +5,8 @@ A batch belongs to the tenant of the key that created it and runs as that key
 batch id is the same 404 as an id that never existed. A batch is created
 ``validating``; its input file is checked when a server's worker takes it up, as
 OpenAI does, and a file with problems ends the batch ``failed`` with each
-problem and its line in ``errors``.
+problem and its line in ``errors``. Its ``model`` is the model its lines name, once they
+are checked (``_batch_input``: null while ``validating``, and when they name several).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ def batch_object(b: StoredBatch) -> dict[str, Any]:
         "id": b.id,
         "object": "batch",
         "endpoint": b.endpoint,
+        "model": b.model,
         "errors": None if b.errors is None else {"object": "list", "data": list(b.errors)},
         "input_file_id": b.input_file_id,
         "completion_window": b.completion_window,

@@ -85,6 +85,9 @@ class BatchRow(Base):
     output_expires_s: Mapped[int | None]  # its files' lifetime; None: kept until deleted
     input_tokens: Mapped[int | None] = mapped_column(BigInteger)  # its records', once ended
     output_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    # the one model its lines name, once its input is checked (migration 0026); None: not
+    # checked yet, or its lines name several
+    model: Mapped[str | None] = mapped_column(String(256))
 
 
 class BatchLineRow(Base):
@@ -120,6 +123,7 @@ class StoredBatch:
     expires_at: datetime
     times: Mapping[str, datetime]
     usage: tuple[int, int] | None = None  # its records' input and output tokens, once ended
+    model: str | None = None  # the one model its lines name, once its input is checked
 
     @property
     def lease(self) -> str:
@@ -339,12 +343,20 @@ class BatchStore(StoreCore):
             return _to_batch(row, _tenant_name(s, row.tenant_id))
 
     def start_batch(
-        self, batch_id: str, holder: str, *, total: int, errors: Sequence[Mapping[str, Any]]
+        self,
+        batch_id: str,
+        holder: str,
+        *,
+        total: int,
+        errors: Sequence[Mapping[str, Any]],
+        model: str | None = None,
     ) -> StoredBatch:
-        """Its input checked: ``in_progress`` with ``total`` lines, or (``errors``) ``failed``.
-        A batch cancelled while it was validated stays ``cancelling``, with its total."""
+        """Its input checked: ``in_progress`` with ``total`` lines, or (``errors``) ``failed``;
+        either way ``model`` is the one model its lines name (None: several, or none). A
+        batch cancelled while it was validated stays ``cancelling``, with its total."""
         with self._fenced(batch_id, holder, "start") as (s, row):
             now = utcnow()
+            row.model = model
             if errors:
                 row.status, row.failed_at, row.errors = "failed", now, [dict(e) for e in errors]
             else:
@@ -493,6 +505,7 @@ def _to_batch(row: BatchRow, tenant: str) -> StoredBatch:
         dict(row.meta) if row.meta is not None else None, row.output_file_id, row.error_file_id,
         row.total, row.completed, row.failed, row.created_at, row.expires_at, times,
         None if row.input_tokens is None else (row.input_tokens, row.output_tokens or 0),
+        row.model,
     )  # fmt: skip
 
 
