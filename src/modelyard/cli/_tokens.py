@@ -115,12 +115,11 @@ def tokens_revoke(
 ) -> None:
     """Revoke a token: the next request with it is refused (401)."""
     with open_store() as store:
-        before = {t.id: t for t in store.list_actor_tokens(None)}.get(token_id)
-        token = store.revoke_actor_token(token_id)
+        token, revoked = store.revoke_actor_token_once(token_id)
     who = f"{escape(token.id)} of actor {escape(token.actor)}"
-    if before is not None and before.revoked_at is not None:  # a no-op: say so
+    if not revoked and token.revoked_at is not None:  # a no-op (or another one won): say so
         console.print(
-            f"token {who} was already revoked on {before.revoked_at:%Y-%m-%d %H:%M} UTC; "
+            f"token {who} was already revoked on {token.revoked_at:%Y-%m-%d %H:%M} UTC; "
             "nothing changed",
             highlight=False,
         )

@@ -143,16 +143,22 @@ class TokenStore(StoreCore):
 
     def revoke_actor_token(self, token_id: str) -> ActorToken:
         """Revoke a token (the next request with it is refused); revoking twice is a no-op."""
+        return self.revoke_actor_token_once(token_id)[0]
+
+    def revoke_actor_token_once(self, token_id: str) -> tuple[ActorToken, bool]:
+        """Revoke a token; returns it and whether this call revoked it. The row is locked:
+        of two revocations at once, the second finds it revoked (False, not audited)."""
         with self._write(f"revoke access token {token_id}") as s:
             row = get_locked(s, ActorTokenRow, token_id)
             if row is None:
                 raise _not_found(token_id)
-            if row.revoked_at is None:
-                needed: Role = "viewer" if row.actor == self.actor else "admin"
-                self._require(
-                    s, "actor_token.revoked", token_id,
-                    f"revoke access tokens of actor {row.actor!r}", needed,
-                )  # fmt: skip
-                row.revoked_at = utcnow()
-                self._audit(s, "actor_token.revoked", token_id, {"actor": row.actor})
-            return _to_token(row)
+            if row.revoked_at is not None:
+                return _to_token(row), False
+            needed: Role = "viewer" if row.actor == self.actor else "admin"
+            self._require(
+                s, "actor_token.revoked", token_id,
+                f"revoke access tokens of actor {row.actor!r}", needed,
+            )  # fmt: skip
+            row.revoked_at = utcnow()
+            self._audit(s, "actor_token.revoked", token_id, {"actor": row.actor})
+            return _to_token(row), True
