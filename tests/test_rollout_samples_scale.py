@@ -117,6 +117,8 @@ def mixed(store_url: str) -> Iterator[tuple[Store, list[int]]]:
                 ))  # fmt: skip
         store.add_inference_records(records)
         for r in records[::5]:
+            if r.status in ("refused", "error"):  # no answer: nothing to rate (a 409)
+                continue
             store.add_feedback(r.id, tenant="acme", score=rng.choice([-1.0, 1.0, 0.5]))
         yield store, ids
 
