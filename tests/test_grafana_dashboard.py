@@ -44,6 +44,7 @@ ROWS = (
     "Delivery",
     "Engine and adapters",
     "Router",
+    "Stream consumers",
 )
 METRIC = re.compile(r"\b(modelyard_[a-z0-9_]+)")
 # families still exported, under their old names, for dashboards of earlier releases; the
@@ -132,6 +133,9 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     metrics.watch_shared_limits(lambda: True)
     optional = generate_latest(metrics.registry).decode()
     families = _families(served) | _families(routed) | _families(optional)
+    # a consumer's own: its process_* are the client library's standard families
+    consumer = _families(_consumer_scrape())
+    families |= {name: kind for name, kind in consumer.items() if name.startswith("modelyard_")}
     # the collection works: families of each source are there
     assert {
         "modelyard_requests",
@@ -148,8 +152,26 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         "modelyard_budget_amount",
         "modelyard_feedback_score",
         "modelyard_judge_score",
+        "modelyard_stream_messages",
+        "modelyard_stream_backlog",
     } <= set(families), sorted(families)
     return families
+
+
+def _consumer_scrape() -> str:
+    """A stream consumer's ``/metrics`` (``stream run --metrics-port``) while it reads:
+    its backlog is asked of its broker at each scrape."""
+    from types import SimpleNamespace
+
+    from modelyard.stream import StreamMetrics, StreamSummary
+
+    metrics = StreamMetrics(broker="redis", stream="claims", group="g", consumer="c1")
+    source = SimpleNamespace(backlog=lambda: 3)
+    summary = StreamSummary("claims/g", answered=5, dead_lettered=1)
+    consumer = SimpleNamespace(summary=summary, in_flight=1, source=source)
+    metrics.watch(consumer)  # type: ignore[arg-type]
+    metrics.answered(0.2)
+    return generate_latest(metrics.registry).decode()
 
 
 def _series(name: str, kind: str) -> set[str]:
