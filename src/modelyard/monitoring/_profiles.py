@@ -4,12 +4,15 @@ An hour's profile is computed from its raw records (exact percentiles); a
 day's from its hours (sums are exact; percentiles come from the merged
 log-spaced latency histograms, within half a bin, about 2.5 %). Latency is that of
 the requests answered ok (``answered_ok``): refusals, cancelled requests and failures
-count in the requests (failures in the errors too), never in the percentiles. Each run
-recomputes only the hours that can have changed since the last one: those
-from the watermark (less ``lateness``, for records still in a writer's buffer)
-to now, and those holding records whose feedback changed. The watermark lives
-in the store (``monitor_state``), so any process may run it and running it
-twice changes nothing.
+count in the requests (failures in the errors too), never in the percentiles. A profile
+counts the requests users sent (``user_facing``): shadow copies are left out (no user saw
+their answers, and no tenant pays for them), so a slow or failing shadow version moves
+none of its endpoint's profiles; its own numbers are in the traffic series (``shadow``
+true) and ``rollout compare --shadow``. Each run recomputes only the hours that can have
+changed since the last one: those from the watermark (less ``lateness``, for records
+still in a writer's buffer) to now, and those holding records whose feedback changed.
+The watermark lives in the store (``monitor_state``), so any process may run it and
+running it twice changes nothing.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from modelyard.store import Store, answered_ok, ended, failed
+from modelyard.store import Store, answered_ok, ended, failed, user_facing
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -137,7 +140,8 @@ def compute_hour(store: Store, start: datetime, prices: Mapping[str, tuple[float
     )
     groups: dict[tuple[str, int | None, int | None], list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        groups[(r["endpoint_name"], r["version_id"], r["tenant_id"])].append(r)
+        if user_facing(r["shadow"]):  # a shadow copy is no user's: see the module's doc
+            groups[(r["endpoint_name"], r["version_id"], r["tenant_id"])].append(r)
     rows = [
         {"start": start, "endpoint_name": e, "version_id": v, "tenant_id": t}
         | profile_of(group, prices)

@@ -21,7 +21,7 @@ from modelyard.store._rollouts import (
     failed,
     step_plan,
 )
-from modelyard.store._samples import answered_ok
+from modelyard.store._samples import answered_ok, user_facing
 from modelyard.store._schema import utcnow
 from modelyard.store._series import FeedbackSummary, TrafficPoint
 from modelyard.store._store import Store
@@ -138,5 +138,6 @@ __all__ = [
     "period_start",
     "redact_url",
     "step_plan",
+    "user_facing",
     "utcnow",
 ]

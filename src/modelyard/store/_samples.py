@@ -56,6 +56,28 @@ def answered_ok(status: str | SQLColumnExpression[str]) -> bool | ColumnElement[
     return status == OK
 
 
+@overload
+def user_facing(shadow: bool) -> bool: ...
+@overload
+def user_facing(shadow: SQLColumnExpression[bool]) -> ColumnElement[bool]: ...
+def user_facing(shadow: bool | SQLColumnExpression[bool]) -> bool | ColumnElement[bool]:
+    """Whether a record is of a request a user sent and was answered: not a shadow copy
+    (mirrored to the endpoint's shadow version, its answer recorded, never returned).
+    What an endpoint's numbers count everywhere modelyard reads or exports them (alert
+    rules, profiles and their cost, the report, budgets, rollout guards, judges, the
+    Prometheus requests, latency and tokens families): a slow or failing shadow affects
+    no user, so it fires none of the endpoint's alerts and moves none of its numbers. A
+    shadow's own numbers are kept apart, per version: the traffic series (``shadow``
+    true), ``modelyard_shadow_*`` and ``rollout compare --shadow``. A fallback is user
+    facing: its answer was returned.
+
+    The same test on a record's ``shadow`` (``user_facing(False)``) and on the column, as
+    a SQL condition (``user_facing(InferenceRecordRow.shadow)``)."""
+    if isinstance(shadow, bool):
+        return not shadow
+    return shadow.is_(False)
+
+
 def _floats(values: Any) -> FloatArray:
     """``values`` as a read-only float64 array (a view: the caller's array stays writable)."""
     array = np.asarray(values, dtype=np.float64).view()
@@ -166,7 +188,7 @@ def read_samples(
         .where(
             InferenceRecordRow.endpoint_name == endpoint,
             InferenceRecordRow.created_at >= since,
-            InferenceRecordRow.shadow.is_(False),
+            user_facing(InferenceRecordRow.shadow),
             or_(
                 InferenceRecordRow.version_id.in_(ids),
                 InferenceRecordRow.fallback_from_id.in_(ids),
