@@ -171,7 +171,7 @@ def _summaries(
     index (endpoint, time); endpoints without records left out."""
     r, fb = InferenceRecordRow, FeedbackRow
     named = r.endpoint_name == names[0] if len(names) == 1 else r.endpoint_name.in_(names)
-    where = (named, r.created_at >= since, r.created_at < until)
+    where = (named, r.created_at >= since, r.created_at < until, user_facing(r.shadow))
     timed = (*where, answered_ok(r.status))
     totals = select(
         r.endpoint_name,
@@ -302,12 +302,11 @@ class MonitoringStore(StoreCore):
         latency: Sequence[int] = (50, 95, 99),
         ttft: Sequence[int] = (95,),
     ) -> RecordSummary:
-        """``endpoint``'s records created in [since, until), aggregated in the database
-        (counts, sums, mean, exact percentiles): no row object per record. The latency and
-        time to first token are those of the requests answered ok (``answered_ok``)."""
-        return self.record_summaries([endpoint], since, until, latency=latency, ttft=ttft)[
-            endpoint
-        ]
+        """``endpoint``'s records created in [since, until) of its users' requests
+        (``user_facing``: no shadow copy), aggregated in the database (counts, sums, mean,
+        exact percentiles): no row object per record. The latency and time to first token
+        are those of the requests answered ok (``answered_ok``)."""
+        return self.record_summaries([endpoint], since, until, latency=latency, ttft=ttft)[endpoint]
 
     def record_summaries(
         self,
