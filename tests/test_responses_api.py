@@ -127,7 +127,8 @@ def test_a_response_answers_whole_and_is_recorded(served: Served) -> None:
     assert (done.usage.input_tokens, done.usage.output_tokens, done.usage.total_tokens) == (4, 4, 8)
     assert done.usage.input_tokens_details.cached_tokens == 0
     assert done.usage.output_tokens_details.reasoning_tokens == 0
-    assert done.tools == [] and done.parallel_tool_calls is False and done.user == "u-1"
+    assert done.tools == [] and done.tool_choice == "auto" and done.user == "u-1"
+    assert done.parallel_tool_calls is True  # OpenAI's default, echoed
     record = served.record(done.id)
     assert (record.route, record.endpoint_name, record.version) == (
         "responses",
@@ -232,13 +233,15 @@ def test_max_output_tokens_reached_is_incomplete(served: Served) -> None:
 @pytest.mark.parametrize(
     ("extra", "param", "said"),
     [
+        ({"tools": [{"type": "web_search"}]}, "tools.0.type",
+         "tools of type 'web_search' are not supported"),
         ({"tools": [{"type": "function", "name": "f", "parameters": {}}]}, "tools",
-         "tools is not supported by this server yet"),
+         "prompt template 'text' has no place for tools"),
         ({"previous_response_id": "resp_123"}, "previous_response_id", "keeps no conversation"),
         ({"conversation": "conv_1"}, "conversation", "keeps no conversation"),
         ({"reasoning": {"effort": "high"}}, "reasoning", "not supported"),
         ({"include": ["message.output_text.logprobs"]}, "include", "not supported"),
-        ({"tool_choice": "required"}, "tool_choice", "not supported"),
+        ({"tool_choice": "required"}, "tool_choice", "no tools are offered"),
         ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}},
          "text.format", "text.format is not supported on the echo engine"),
         ({"text": {"format": {"type": "json_schema", "name": "x"}}},
@@ -267,8 +270,8 @@ def test_parameters_that_do_not_map_are_400_naming_them(
          "input.0.content.0", "image inputs (input_image) are not supported"),
         ([{"role": "user", "content": [{"type": "input_file", "file_id": "file-1"}]}],
          "input.0.content.0", "file inputs"),
-        ([{"type": "function_call_output", "call_id": "c", "output": "42"}],
-         "input.0", "input items of type 'function_call_output' are not supported"),
+        ([{"type": "reasoning", "summary": []}],
+         "input.0", "input items of type 'reasoning' are not supported"),
         ([{"role": "user", "content": "hi"}, {"role": "tool", "content": "42"}],
          "input.1", "role 'tool' is not supported"),
         ([{"role": "user", "content": "hi", "name": "bob"}], "input.0",

@@ -1,13 +1,16 @@
 """OpenAI's Responses API (``POST /v1/responses``), for the subset that is a chat completion.
 
-A request's ``instructions`` and ``input`` (a text, or message items whose content
-is text) become chat messages, rendered with the version's template as the chat
-route renders them, and go through the same data plane (``DataPlane.enter``: key,
-limits, routing, records under the route ``responses``). The answer is a Responses
-object, whole or as the Responses API's typed server-sent events
-(``ResponseEvents``, written by ``_sse.event_stream``). Whatever does not map to
-a chat completion (tools, ``previous_response_id``, reasoning, structured
-``text.format``, image and file inputs, ...) is refused with a 400 naming it.
+A request's ``instructions`` and ``input`` (a text, or items: messages whose content
+is text, function calls and their outputs, ``_responses_input``) become chat
+messages, rendered with the version's template as the chat route renders them, and
+go through the same data plane (``DataPlane.enter``: key, limits, routing, records
+under the route ``responses``). Function ``tools`` and ``tool_choice`` are the chat
+route's (``_responses_tools``): the answer's calls are ``function_call`` output
+items. The answer is a Responses object, whole or as the Responses API's typed
+server-sent events (``ResponseEvents``, written by ``_sse.event_stream``).
+Whatever does not map to a chat completion (built-in tools,
+``previous_response_id``, reasoning, image and file inputs, ...) is refused with
+a 400 naming it.
 This server keeps no conversation state: ``store`` is accepted, nothing can be
 retrieved later, and the answer says ``store: false``.
 """
@@ -20,14 +23,34 @@ from typing import Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from modelyard.errors import ConfigError, ModelyardError
 from modelyard.serving._auth import KeyDep
 from modelyard.serving._http_errors import param_of
 from modelyard.serving._plane import DataPlane, Submitted
 from modelyard.serving._request_id import name_request
+from modelyard.serving._responses_input import InputItem, conversation
+from modelyard.serving._responses_tools import (
+    MAX_TOOLS,
+    FunctionChoice,
+    FunctionTool,
+    ToolChoice,
+    answer_items,
+    checked_choice,
+    checked_tools,
+    echoed_choice,
+    streamable,
+)
 from modelyard.serving._sse import event_stream, wait_all
+from modelyard.serving._tools import call_guide
 from modelyard.serving._types import (
     MIN_TEMPERATURE,
     ContextLengthExceeded,
@@ -41,99 +64,6 @@ from modelyard.serving._wire_fields import Metadata, ServiceTier, Text
 from modelyard.store import ModelVersion
 
 ROUTE = "responses"  # the inference records' route
-_ROLES = ("user", "system", "developer", "assistant")
-_PART_FIELDS = {"type", "text", "annotations", "logprobs"}
-_ITEM_FIELDS = {"type", "role", "content", "id", "status", "phase"}
-_MEDIA = {
-    "input_image": "image inputs",
-    "input_file": "file inputs",
-    "input_audio": "audio inputs",
-}
-
-
-def _field_error(where: str, name: str) -> ValueError:
-    return ValueError(
-        f"{name} is not a field of {where} this server accepts; remove it "
-        "(docs/serving.md lists what is accepted)"
-    )
-
-
-class InputPart(BaseModel):
-    """A piece of a message's content: text (``output_text``: an earlier answer, sent back)."""
-
-    model_config = ConfigDict(extra="ignore")  # checked below, with a message naming it
-    type: Literal["input_text", "output_text"]
-    text: Text
-    annotations: list[Any] | None = None
-    logprobs: list[Any] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _text_only(cls, value: Any) -> Any:
-        if not isinstance(value, dict):
-            raise ValueError('a content part is an object: {"type": "input_text", "text": ...}')
-        kind = value.get("type")
-        if kind in _MEDIA:
-            raise ValueError(
-                f"{_MEDIA[kind]} ({kind}) are not supported by this server: send text (input_text)"
-            )
-        if kind not in ("input_text", "output_text"):
-            raise ValueError(
-                f"content parts of type {kind!r} are not supported by this server: send "
-                "input_text (or output_text for an earlier answer)"
-            )
-        unknown = sorted(set(value) - _PART_FIELDS)
-        if unknown:
-            raise _field_error(f"an {kind} part", unknown[0])
-        return value
-
-
-class InputMessage(BaseModel):
-    """A message item of ``input`` (with or without ``"type": "message"``); the ``id`` and
-    ``status`` of an earlier answer's output item, sent back, are accepted."""
-
-    model_config = ConfigDict(extra="ignore")  # checked below, with a message naming it
-    type: Literal["message"] = "message"
-    role: Literal["user", "system", "developer", "assistant"]
-    content: Text | list[InputPart]
-    id: Text | None = None
-    status: Text | None = None
-    phase: Text | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _message_only(cls, value: Any) -> Any:
-        if not isinstance(value, dict):
-            raise ValueError(
-                'an input item is a message: {"role": "user", "content": "..."}; send a text '
-                "or a list of messages"
-            )
-        kind = value.get("type", "message")
-        if kind != "message":
-            raise ValueError(
-                f"input items of type {kind!r} are not supported by this server (it answers "
-                "messages whose content is text: no tool calls, tool outputs, reasoning or "
-                "item references)"
-            )
-        if value.get("role") not in _ROLES:
-            raise ValueError(
-                f"role {value.get('role')!r} is not supported: use one of {', '.join(_ROLES)}"
-            )
-        unknown = sorted(set(value) - _ITEM_FIELDS)
-        if unknown:
-            raise _field_error("a message item", unknown[0])
-        content = value.get("content")
-        if not isinstance(content, str | list):
-            raise ValueError("content is a text, or a list of input_text parts")
-        if isinstance(content, list) and not content:
-            raise ValueError("content is an empty list; send at least one input_text part")
-        return value
-
-    @property
-    def text(self) -> str:
-        if isinstance(self.content, str):
-            return self.content
-        return "\n".join(part.text for part in self.content)
 
 
 class TextFormat(BaseModel):
@@ -190,8 +120,6 @@ class ResponseStreamOptions(BaseModel):
 # Responses parameters that change the answer and that this server does not implement:
 # refused unless sent at their no-op value
 _NOT_SUPPORTED = (
-    "tools",
-    "tool_choice",
     "previous_response_id",
     "conversation",
     "reasoning",
@@ -204,7 +132,6 @@ _NOT_SUPPORTED = (
     "context_management",
 )
 _NO_OP: dict[str, tuple[Any, ...]] = {
-    "tool_choice": (None, "none", "auto"),
     "truncation": (None, "disabled"),
     "background": (None, False),
     "top_logprobs": (None, 0),
@@ -217,7 +144,7 @@ class ResponsesRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     model: Text = Field(min_length=1, max_length=256)
-    input: Text | list[InputMessage]
+    input: Text | list[InputItem]
     instructions: Text | None = None
     # strict: "5" or true for a number (or "yes" for a bool) is a 400, as OpenAI answers
     max_output_tokens: int | None = Field(default=None, ge=1, strict=True)
@@ -233,13 +160,14 @@ class ResponsesRequest(BaseModel):
     metadata: Metadata | None = None
     store: bool | None = None
     service_tier: ServiceTier | None = None
-    parallel_tool_calls: bool | None = None
     prompt_cache_key: Text | None = None
     prompt_cache_retention: Text | None = None
     safety_identifier: Text | None = None
+    # function tools (``_responses_tools``); parallel_tool_calls false: at most one call
+    tools: list[FunctionTool] | None = Field(default=None, max_length=MAX_TOOLS)
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     # not supported (see _NOT_SUPPORTED)
-    tools: Any = None
-    tool_choice: Any = None
     previous_response_id: Any = None
     conversation: Any = None
     reasoning: Any = None
@@ -265,6 +193,24 @@ class ResponsesRequest(BaseModel):
             )
         raise ValueError(f"{name} is not supported by this server yet; remove it from the request")
 
+    @field_validator("tools")
+    @classmethod
+    def _distinct_names(cls, value: list[FunctionTool] | None) -> list[FunctionTool] | None:
+        checked_tools(value, None)
+        return value
+
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _known_choice(cls, value: Any) -> Any:
+        return checked_choice(value)
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_among_tools(cls, value: ToolChoice | None, info: ValidationInfo) -> Any:
+        if "tools" in info.data:  # else the tools' own error says why
+            checked_tools(info.data["tools"], value)
+        return value
+
     @field_validator("temperature")
     @classmethod
     def _temperature(cls, value: float | None) -> float | None:
@@ -286,17 +232,20 @@ class ResponsesRequest(BaseModel):
 
     @field_validator("input")
     @classmethod
-    def _a_user_message(cls, value: str | list[InputMessage]) -> str | list[InputMessage]:
+    def _a_user_message(cls, value: str | list[InputItem]) -> str | list[InputItem]:
         if isinstance(value, list) and not any(m.role == "user" for m in value):
             raise ValueError("input must contain at least one message with role 'user'")
         return value
 
-    def messages(self) -> list[dict[str, str]]:
+    def messages(self) -> list[dict[str, Any]]:
         """The chat messages: ``instructions`` as a system message first, then ``input``."""
-        system = [{"role": "system", "content": self.instructions}] if self.instructions else []
-        if isinstance(self.input, str):
-            return [*system, {"role": "user", "content": self.input}]
-        return [*system, *({"role": m.role, "content": m.text} for m in self.input)]
+        return conversation(self.instructions, self.input)
+
+    def offered_tools(self) -> list[dict[str, Any]]:
+        """The functions offered to the model (none with ``tool_choice: none``)."""
+        if self.tool_choice == "none":
+            return []
+        return [t.offered() for t in self.tools or []]
 
     def sampling(self, cap: int) -> SamplingParams:
         wanted = self.max_output_tokens or min(64, cap)
@@ -319,11 +268,18 @@ class ResponsesRequest(BaseModel):
             temperature=temperature,
             top_p=top_p,
             guide=guide,
+            tool_names=tuple(t["name"] for t in self.offered_tools()),
             max_tokens_defaulted=not self.max_output_tokens,
         )
 
     def guide(self) -> Guide | None:
-        """What the answer is constrained to (``text.format``)."""
+        """What the answer is constrained to: a required call (``tool_choice`` ``required``
+        or a named function), else ``text.format``."""
+        choice = self.tool_choice
+        if choice == "required":
+            return call_guide(self.offered_tools())
+        if isinstance(choice, FunctionChoice):
+            return call_guide(self.offered_tools(), only=choice.name)
         if self.text is None or self.text.format is None:
             return None
         return self.text.format.guide()
@@ -348,6 +304,16 @@ class ResponseObject:
         self.item_id = "msg_" + sub.record_id.removeprefix("cmpl-")
         self.created_at = int(time.time())
         self.body, self.params = body, params
+        self.tools = body.offered_tools()
+        self.answered: tuple[str | None, list[dict[str, Any]]] | None = None
+
+    def answer(self, gen: Generation) -> tuple[str | None, list[dict[str, Any]]]:
+        """The answer's text (None: only calls) and its ``function_call`` items, read once
+        (the calls' ids are made then)."""
+        if self.answered is None:
+            single = self.body.parallel_tool_calls is False  # at most one call, as OpenAI's
+            self.answered = answer_items(gen.text, self.tools, single)
+        return self.answered
 
     def format(self) -> dict[str, Any]:
         """The request's ``text.format``, echoed as the API does."""
@@ -376,11 +342,15 @@ class ResponseObject:
         error: dict[str, Any] | None = None,
         output: list[dict[str, Any]] | None = None,
     ) -> dict[str, Any]:
-        """The object with ``status``; with ``gen``, its answer and usage."""
+        """The object with ``status``; with ``gen``, its answer (a message item with the
+        text, when there is text or no call, then a ``function_call`` item per call) and
+        its usage."""
         incomplete = gen is not None and gen.finish_reason == "length"
         if gen is not None:
             status = "incomplete" if incomplete else "completed"
-            output = [self.message(gen.text, status)]
+            text, calls = self.answer(gen)
+            output = [self.message(text or "", status)] if text is not None or not calls else []
+            output += calls
         body = self.body
         return {
             "id": self.id,
@@ -394,14 +364,14 @@ class ResponseObject:
             "max_output_tokens": body.max_output_tokens,  # as sent (OpenAI's echo)
             "model": body.model,
             "output": output or [],
-            "parallel_tool_calls": False,
+            "parallel_tool_calls": body.parallel_tool_calls is not False,
             "previous_response_id": None,
             "reasoning": None,
             "store": False,  # nothing is kept: it cannot be retrieved or continued
             "temperature": self.params.temperature,
             "text": {"format": self.format()},
-            "tool_choice": "none",
-            "tools": [],
+            "tool_choice": echoed_choice(body.tool_choice),
+            "tools": [t.echoed() for t in body.tools or []],
             "top_p": self.params.top_p,
             "truncation": "disabled",
             "usage": response_usage(gen) if gen is not None else None,
@@ -412,15 +382,22 @@ class ResponseObject:
 
 class ResponseEvents:
     """The Responses API's server-sent events for one request (an ``_sse.Formatter``):
-    ``response.created``, ``response.in_progress``, the output item and its text part
+    ``response.created``, ``response.in_progress``, the message item and its text part
     opening, ``response.output_text.delta`` per piece, their closing events, then
     ``response.completed`` (``response.incomplete`` when ``max_output_tokens`` cut it).
-    A failure mid-stream is an ``error`` event, then ``response.failed``."""
+    With tools offered, the message opens with its first text, text streams until a call
+    may begin (as on the chat route), and each call the answer makes is a
+    ``function_call`` item at the end: ``response.output_item.added``, its arguments
+    (``response.function_call_arguments.delta``, whole, and ``.done``) and
+    ``response.output_item.done``. A failure mid-stream is an ``error`` event, then
+    ``response.failed``."""
 
     def __init__(self, sub: Submitted, body: ResponsesRequest, params: SamplingParams) -> None:
         self.response = ResponseObject(sub, body, params)
         self.sequence = 0
-        self.sent: list[str] = []
+        self.sent: list[str] = []  # the text sent, piece by piece
+        self.written = ""  # the answer so far (with tools, some of it held back)
+        self.opened = False  # the message item is open (output_index 0)
 
     def rebound(self, sub: Submitted) -> ResponseEvents:
         return self  # the same record id: nothing in the events names the version
@@ -438,6 +415,14 @@ class ResponseEvents:
         return [
             self._event("response.created", response=r.dump("in_progress")),
             self._event("response.in_progress", response=r.dump("in_progress")),
+            *([] if r.tools else self._open()),
+        ]
+
+    def _open(self) -> list[str]:
+        """The message item and its text part, opening."""
+        self.opened = True
+        r = self.response
+        return [
             self._event(
                 "response.output_item.added", output_index=0, item=r.message(None, "in_progress")
             ),
@@ -445,19 +430,65 @@ class ResponseEvents:
         ]
 
     def text(self, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> str:
+        if self.response.tools:  # held back from where a call may begin
+            self.written += text
+            sent = sum(map(len, self.sent))
+            text = self.written[sent : streamable(self.written)]
+            if not text:
+                return ""
+        opening = "" if self.opened else "".join(self._open())
         self.sent.append(text)
-        return self._event("response.output_text.delta", **self._at(), delta=text, logprobs=[])
+        return opening + self._event(
+            "response.output_text.delta", **self._at(), delta=text, logprobs=[]
+        )
 
     def closing(self, gen: Generation) -> list[str]:
         r = self.response
+        content, calls = r.answer(gen)
+        events = []
+        if r.tools:  # the text after what was sent (the deltas make the message's text)
+            sent = "".join(self.sent)
+            rest = (content or "")[len(sent) :] if (content or "").startswith(sent) else ""
+            if not self.opened and (rest or not calls):  # a message: text, or no call
+                events += self._open()
+            if rest:
+                self.sent.append(rest)
+                events.append(
+                    self._event("response.output_text.delta", **self._at(), delta=rest, logprobs=[])
+                )
+            content = sent + rest if self.opened else None
+            r.answered = (content, calls)
         done = r.dump("completed", gen)
-        item = done["output"][0]
+        if self.opened:
+            text = content or ""
+            events += [
+                self._event("response.output_text.done", **self._at(), text=text, logprobs=[]),
+                self._event("response.content_part.done", **self._at(), part=r.part(text)),
+                self._event("response.output_item.done", output_index=0, item=done["output"][0]),
+            ]
+        first = 1 if self.opened else 0  # the calls' output_index: after the message
+        for i, item in enumerate(done["output"][first:], first):
+            events += self._call(i, item)
         ending = "response.incomplete" if done["status"] == "incomplete" else "response.completed"
+        return [*events, self._event(ending, response=done)]
+
+    def _call(self, i: int, item: dict[str, Any]) -> list[str]:
+        """The events of one ``function_call`` item, ``output_index`` ``i``."""
+        at = {"item_id": item["id"], "output_index": i}
         return [
-            self._event("response.output_text.done", **self._at(), text=gen.text, logprobs=[]),
-            self._event("response.content_part.done", **self._at(), part=r.part(gen.text)),
-            self._event("response.output_item.done", output_index=0, item=item),
-            self._event(ending, response=done),
+            self._event(
+                "response.output_item.added",
+                output_index=i,
+                item={**item, "arguments": "", "status": "in_progress"},
+            ),
+            self._event("response.function_call_arguments.delta", **at, delta=item["arguments"]),
+            self._event(
+                "response.function_call_arguments.done",
+                **at,
+                name=item["name"],
+                arguments=item["arguments"],
+            ),
+            self._event("response.output_item.done", output_index=i, item=item),
         ]
 
     def error(self, exc: ModelyardError) -> str:
@@ -466,7 +497,7 @@ class ResponseEvents:
         message = exc.one_line()
         failed = {"code": "server_error", "message": message}  # ResponseError's codes
         partial = "".join(self.sent)
-        output = [self.response.message(partial, "incomplete")]
+        output = [self.response.message(partial, "incomplete")] if self.opened else []
         return self._event(
             "error", code=exc.code, message=message, param=param_of(exc)
         ) + self._event(
@@ -492,13 +523,15 @@ def add_response_routes(app: FastAPI, plane: DataPlane) -> None:
         body: ResponsesRequest, key: KeyDep, response: Response, request: Request
     ) -> dict[str, Any] | StreamingResponse:
         """A model response (OpenAI's Responses API) for text input: a chat completion,
-        whole or streamed as typed events. Tools, ``previous_response_id``, reasoning,
-        structured ``text.format`` and image or file inputs are refused (400)."""
+        whole or streamed as typed events, with function tools (``function_call`` items
+        out, ``function_call_output`` items back in). Built-in tools,
+        ``previous_response_id``, reasoning and image or file inputs are refused (400)."""
         messages = body.messages()
+        tools = body.offered_tools()
         params = body.sampling(plane.limits.max_tokens)
 
         def render(v: ModelVersion) -> str:
-            return plane.engine.render_chat(v, messages)
+            return plane.engine.render_chat(v, messages, tools)
 
         try:
             sub = await plane.enter(key, ROUTE, body.model, body.user, params, render,
