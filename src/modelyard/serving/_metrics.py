@@ -21,25 +21,33 @@ class Metrics:
         if gpus():  # GPU series only on a server that has GPUs (read at each scrape)
             self.registry.register(_Gpus(gpus))
         labels = ["endpoint", "version", "tenant"]
+        # requests, latency, time to first token and tokens: the users' requests (shadow
+        # copies, never returned to anyone, have their own modelyard_shadow_* families)
         self.requests = Counter(
-            "modelyard_requests", "Inference requests", [*labels, "status"], registry=self.registry
+            "modelyard_requests",
+            "Inference requests of users (shadow copies: modelyard_shadow_requests_total)",
+            [*labels, "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
             "modelyard_request_latency_seconds",
-            "Latency of the requests answered ok (refused, cancelled and failed ones: in "
-            "modelyard_requests_total by status)",
+            "Latency of the users' requests answered ok (refused, cancelled and failed ones: "
+            "in modelyard_requests_total by status)",
             labels,
             registry=self.registry,
         )
         self.tokens = Counter(
-            "modelyard_tokens", "Tokens processed", [*labels, "kind"], registry=self.registry
+            "modelyard_tokens",
+            "Tokens processed for users' requests (not for shadow copies)",
+            [*labels, "kind"],
+            registry=self.registry,
         )
         self.dropped = Counter(
             "modelyard_records_dropped", "Inference records dropped", registry=self.registry
         )
         self.ttft = Histogram(
             "modelyard_time_to_first_token_seconds",
-            "Time from submission to the first generated token, of the requests answered ok",
+            "Time from submission to the first generated token, of the users' requests answered ok",
             labels,
             registry=self.registry,
         )
@@ -78,6 +86,13 @@ class Metrics:
             "modelyard_shadow_requests",
             "Requests mirrored to a shadow version (answers recorded, never returned)",
             [*labels, "status"],
+            registry=self.registry,
+        )
+        self.shadow_latency = Histogram(
+            "modelyard_shadow_request_latency_seconds",
+            "Latency of the requests mirrored to a shadow version that it answered ok (users' "
+            "requests: modelyard_request_latency_seconds)",
+            labels,
             registry=self.registry,
         )
         self.fallbacks = Counter(

@@ -28,7 +28,14 @@ from modelyard.serving._health import LoadHealth, load_failure_of
 from modelyard.serving._metrics import Metrics
 from modelyard.serving._tools import answer_checks
 from modelyard.serving._types import Generation, Origin, SamplingParams
-from modelyard.store import ApiKey, ModelVersion, NewInferenceRecord, Tenant, answered_ok
+from modelyard.store import (
+    ApiKey,
+    ModelVersion,
+    NewInferenceRecord,
+    Tenant,
+    answered_ok,
+    user_facing,
+)
 
 T = TypeVar("T")
 _RECENT_RECORDS = 10_000
@@ -123,16 +130,17 @@ class Recorder:
         labels = (endpoint if version else "", version_ref, key.tenant)
         if exc is not None and version is not None and load_failure_of(exc, version):
             self.health.failed(version.ref, exc.message)
-        if shadow:
-            self.metrics.shadow.labels(*labels, outcome).inc()
-        else:
-            self.metrics.requests.labels(*labels, outcome).inc()
+        # a shadow copy is no user's: its own families, so it moves none of the endpoint's
+        # (alert rules and dashboards read those per endpoint), as the store's numbers
+        users = user_facing(shadow)
+        (self.metrics.requests if users else self.metrics.shadow).labels(*labels, outcome).inc()
         if fallback_from is not None:
             self.metrics.fallbacks.labels(endpoint, fallback_from.ref, version_ref).inc()
         if answered_ok(outcome):  # latency is that of the requests answered ok, as the
             # store's percentiles: a burst of fast refusals would pull the p95 down
-            self.metrics.latency.labels(*labels).observe(latency_ms / 1000)
-        if gen is not None:
+            timed = self.metrics.latency if users else self.metrics.shadow_latency
+            timed.labels(*labels).observe(latency_ms / 1000)
+        if gen is not None and users:
             self.metrics.tokens.labels(*labels, "prompt").inc(gen.prompt_tokens)
             self.metrics.tokens.labels(*labels, "completion").inc(gen.completion_tokens)
             if gen.ttft_ms is not None and answered_ok(outcome):
