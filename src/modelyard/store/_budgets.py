@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from modelyard.errors import ConfigError, NotFound
 from modelyard.store._core import StoreCore
 from modelyard.store._rows import lock_name, tenant_row
+from modelyard.store._samples import user_facing
 from modelyard.store._schema import (
     ApiKeyRow,
     BaseModelRow,
@@ -151,7 +152,8 @@ class BudgetStore(StoreCore):
         until: datetime | None = None,
     ) -> float:
         """What ``tenant`` (or its key) spent from ``since``: its records' tokens at their
-        base model's prices (versions without a price cost nothing; shadows not counted).
+        base model's prices (versions without a price cost nothing; shadow copies, no user's,
+        not counted: ``user_facing``).
         A key's spend counts the keys it was rotated from: rotating must not reset it."""
         with self._session(f"read the spend of {tenant}") as s:
             query = (
@@ -164,7 +166,7 @@ class BudgetStore(StoreCore):
                 .where(
                     TenantRow.name == tenant,
                     InferenceRecordRow.created_at >= since,
-                    InferenceRecordRow.shadow.is_(False),
+                    user_facing(InferenceRecordRow.shadow),
                 )
             )
             if key_id is not None:
@@ -252,7 +254,7 @@ def _spend_per_key(
         .join(TokenPriceRow, TokenPriceRow.base_model == BaseModelRow.name)
         .where(
             InferenceRecordRow.created_at >= min(starts.values()),
-            InferenceRecordRow.shadow.is_(False),
+            user_facing(InferenceRecordRow.shadow),
         )
         .group_by(TenantRow.name, InferenceRecordRow.api_key_id)
     )

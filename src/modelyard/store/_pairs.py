@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 
 from modelyard.store._core import StoreCore
 from modelyard.store._rows import in_scope, version_info
+from modelyard.store._samples import user_facing
 from modelyard.store._schema import InferenceRecordRow, TenantRow
 
 SHADOW_SUFFIX = "-shadow"
@@ -132,7 +133,7 @@ class PairStore(StoreCore):
                 keys = {x.api_key_id for x in shadows if x.api_key_id is not None}
                 first = min(x.created_at for x in shadows) - timedelta(seconds=margin_s)
                 last = max(x.created_at for x in shadows) + timedelta(seconds=margin_s)
-                base = select(*_columns()).where(r.endpoint_name == endpoint, r.shadow.is_(False))
+                base = select(*_columns()).where(r.endpoint_name == endpoint, user_facing(r.shadow))
                 for chunk in _chunks(ids):
                     for row in s.execute(base.where(r.id.in_(chunk))).all():
                         productions[row.id] = row
