@@ -51,9 +51,12 @@ from modelyard.monitoring._notify import (
     notify,
     undelivered,
 )
+from modelyard.monitoring._rule_reads import drift_of, traffic_of
+from modelyard.monitoring._rule_reads import record_metrics as record_metrics
 from modelyard.store import (
     AlertNotification,
     AlertState,
+    DriftResult,
     Store,
 )
 
@@ -268,34 +271,9 @@ def alert_id(rule: str, labels: Mapping[str, str]) -> str:
 # -- metrics -----------------------------------------------------------------------------------
 
 
-def record_metrics(
-    store: Store, endpoint: str, start: datetime, end: datetime
-) -> dict[str, float | None]:
-    """The traffic metrics of ``endpoint``'s records created in [start, end), aggregated in
-    the database (one summary, never a row per record); the percentiles are numpy's."""
-    t = store.record_summary(endpoint, start, end, latency=(50, 95, 99), ttft=(95,))
-    return {
-        "requests": float(t.ended),
-        "errors": float(t.failed),
-        "error_rate": t.failed / t.ended if t.ended else None,
-        "p50_latency_ms": t.latency_ms.get(50),
-        "p95_latency_ms": t.latency_ms.get(95),
-        "p99_latency_ms": t.latency_ms.get(99),
-        "mean_latency_ms": t.latency_mean_ms,
-        "p95_ttft_ms": t.ttft_ms.get(95),
-        "tokens_in": float(t.tokens_in),
-        "tokens_out": float(t.tokens_out),
-        "feedback_score": t.feedback_sum / t.feedback_count if t.feedback_count else None,
-        "feedback_count": float(t.feedback_count),
-    }
-
-
-def drift_metrics(store: Store, endpoint: str, start: datetime) -> dict[str, float | None]:
-    results = [
-        r
-        for r in store.list_drift_results(endpoint=endpoint, latest=True)
-        if r.computed_at >= start
-    ]
+def drift_values(latest: Sequence[DriftResult], start: datetime) -> dict[str, float | None]:
+    """The drift metrics of an endpoint's latest drift run (``latest``) made since ``start``."""
+    results = [r for r in latest if r.computed_at >= start]
     out: dict[str, float | None] = dict.fromkeys(DRIFT_METRICS)
     tested = [r for r in results if r.drifted is not None]  # a test with too few: no news
     if tested:
@@ -389,9 +367,10 @@ def evaluate_rules(store: Store, rules: AlertRules, now: datetime) -> list[Trans
     states = {a.id: a for a in store.list_alert_states()}
     endpoints = [e.name for e in store.list_endpoints()]
     cache: dict[tuple[str, timedelta], dict[str, float | None]] = {}
+    cache_drift: list[dict[str, list[DriftResult]] | None] = [None]  # every endpoint's, once
     evaluated: dict[str, tuple[Rule, AlertState, str]] = {}  # id: rule, new state, before
     for rule in rules.rules:
-        for value, where in _values(store, rule, endpoints, cache, now):
+        for value, where in _values(store, rule, endpoints, (cache, cache_drift), now):
             labels = {**rule.labels, **where, "severity": rule.severity}
             aid = alert_id(rule.name, labels)
             old = states.get(aid)
@@ -494,11 +473,15 @@ def _values(
     store: Store,
     rule: Rule,
     endpoints: Sequence[str],
-    cache: dict[tuple[str, timedelta], dict[str, float | None]],
+    caches: tuple[
+        dict[tuple[str, timedelta], dict[str, float | None]],
+        list[dict[str, list[DriftResult]] | None],
+    ],
     now: datetime,
 ) -> Iterator[tuple[float | None, dict[str, str]]]:
     """The rule's metric where it applies, with the labels that say where: per endpoint,
-    or per budget (``budget_used``: what was spent of it in its current period)."""
+    or per budget (``budget_used``: what was spent of it in its current period). Every
+    endpoint's is read together (``_rule_reads``), each window once per evaluation."""
     if rule.metric in BUDGET_METRICS:
         budgets = store.list_budgets()  # their spend read together: a few queries in all
         for budget, status in zip(budgets, store.budget_statuses(budgets, now), strict=True):
@@ -513,20 +496,22 @@ def _values(
             "(endpoints: %s)", rule.name, rule.endpoint, ", ".join(endpoints) or "none",
         )  # fmt: skip
         return
-    for endpoint in [rule.endpoint] if rule.endpoint else endpoints:
-        if judge is not None:
-            yield (
-                store.judge_mean(judge, endpoint, now - rule.window_td, now)[0],
-                {"endpoint": endpoint},
-            )
-            continue
-        key = (endpoint, rule.window_td)
-        if key not in cache:
-            start = now - rule.window_td
-            cache[key] = record_metrics(store, endpoint, start, now) | drift_metrics(
-                store, endpoint, start
-            )
-        yield cache[key][rule.metric], {"endpoint": endpoint}
+    targets = [rule.endpoint] if rule.endpoint else list(endpoints)
+    start = now - rule.window_td
+    if judge is not None:
+        means = store.judge_means(judge, targets, start, now)
+        for endpoint in targets:
+            yield means[endpoint][0], {"endpoint": endpoint}
+        return
+    cache, kept = caches
+    missing = [e for e in targets if (e, rule.window_td) not in cache]
+    if missing:
+        traffic = traffic_of(store, missing, start, now)
+        drift, kept[0] = drift_of(store, missing, kept[0])
+        for e in missing:
+            cache[(e, rule.window_td)] = traffic[e] | drift_values(drift[e], start)
+    for endpoint in targets:
+        yield cache[(endpoint, rule.window_td)][rule.metric], {"endpoint": endpoint}
 
 
 def _step(

@@ -78,9 +78,10 @@ def _due_drift(
     every = parse_duration(rules.drift.every, field="drift.every")
     window = parse_duration(rules.drift.window, field="drift.window")
     reports, errors = [], {}
+    last_runs = store.last_drift_runs()  # every endpoint's in one read
     for endpoint in endpoints_for_drift(rules, store):
-        last = store.list_drift_results(endpoint=endpoint, latest=True, limit=50)
-        if last and last[0].scheduled and now - last[0].computed_at < every:
+        at, scheduled = last_runs.get(endpoint, (None, False))
+        if at is not None and scheduled and now - at < every:
             continue  # (a run made by hand since is not the tick's: it does not count)
         try:
             reports.append(

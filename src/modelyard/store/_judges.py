@@ -493,20 +493,37 @@ class JudgeStore(StoreCore):
     ) -> tuple[float | None, int]:
         """(the mean score ``judge``'s current revision gave ``endpoint``'s live records made
         in [since, until), how many records that is; each record counted once)."""
+        return self.judge_means(judge, [endpoint], since, until)[endpoint]
+
+    def judge_means(
+        self, judge: str, endpoints: Sequence[str], since: datetime, until: datetime
+    ) -> dict[str, tuple[float | None, int]]:
+        """``judge_mean`` of each of ``endpoints``, read together (an alert rule on a judge
+        reads every endpoint's at each evaluation): a query for every 500 endpoints."""
         rec = InferenceRecordRow
+        names = sorted(set(endpoints))
+        found: dict[str, tuple[float | None, int]] = {}
         with self._session(f"read the mean score of judge {judge!r}") as s:
-            mean, n = s.execute(
-                select(func.avg(JudgementRow.score), func.count(JudgementRow.score))
-                .join(rec, rec.id == JudgementRow.record_id)
-                .where(
-                    JudgementRow.id.in_(_latest_scores(judge, since)),
-                    rec.endpoint_name == endpoint,
-                    rec.created_at >= since,
-                    rec.created_at < until,
-                    rec.shadow.is_(False),
+            for k in range(0, len(names), 500):
+                part = names[k : k + 500]
+                named = (
+                    rec.endpoint_name == part[0] if len(part) == 1 else rec.endpoint_name.in_(part)
                 )
-            ).one()
-        return (None if mean is None else float(mean)), int(n)
+                rows = s.execute(
+                    select(rec.endpoint_name, func.avg(JudgementRow.score),
+                           func.count(JudgementRow.score))
+                    .join(rec, rec.id == JudgementRow.record_id)
+                    .where(
+                        JudgementRow.id.in_(_latest_scores(judge, since)),
+                        named,
+                        rec.created_at >= since,
+                        rec.created_at < until,
+                        rec.shadow.is_(False),
+                    )
+                    .group_by(rec.endpoint_name)
+                ).all()  # fmt: skip
+                found |= {e: (None if m is None else float(m), int(n)) for e, m, n in rows}
+        return {name: found.get(name, (None, 0)) for name in names}
 
     def judge_summary(
         self, judge: str, endpoint: str, since: datetime

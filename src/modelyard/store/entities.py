@@ -15,6 +15,7 @@ from modelyard.store._monitoring_entities import (
     JudgedQuality,
     Profile,
     RecordFeatures,
+    RecordSummary,
     RetentionPolicy,
 )
 
@@ -463,6 +464,7 @@ __all__ = [
     "NewInferenceRecord",
     "Profile",
     "RecordFeatures",
+    "RecordSummary",
     "RegisteredModel",
     "RetentionPolicy",
     "Role",
