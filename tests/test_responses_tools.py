@@ -490,3 +490,33 @@ def test_langchain_binds_tools_on_the_responses_api(tiny: Served) -> None:
         assert isinstance(answer, AIMessage) and not answer.tool_calls and answer.text
     prompt = tiny.row(answer.response_metadata["id"])["prompt"]
     assert f'"name": "{tool_call["name"]}"' in prompt and "<|tool|>\n-3 C\n" in prompt
+
+
+def test_chat_and_responses_stream_the_same_text_before_a_call(scripted: Served) -> None:
+    """Both routes hold text back where a call may begin, by one rule (``streamable``):
+    the streamed text is the whole answer's text, without the whitespace before the call
+    (a chat stream sent ``"Let me check.\\n"`` and the whole answer said ``"Let me
+    check."``)."""
+    written = f"Let me check.\n{call('get_weather', OSLO)}"
+    client = scripted.client()
+    chat = [{"role": "user", "content": written}]
+    whole = client.chat.completions.create(model="agent", messages=chat, tools=CHAT_TOOLS)
+    assert whole.choices[0].message.content == "Let me check."
+    pieces = client.chat.completions.create(
+        model="agent", messages=chat, tools=CHAT_TOOLS, stream=True
+    )
+    streamed, calls = "", []
+    for chunk in pieces:
+        for choice in chunk.choices:
+            streamed += choice.delta.content or ""
+            calls += choice.delta.tool_calls or []
+    assert streamed == "Let me check." and [c.function.name for c in calls] == ["get_weather"]
+    with client.responses.stream(model="agent", input=written, tools=TOOLS) as events:
+        text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == "Let me check."
+
+
+CHAT_TOOLS: list[Any] = [
+    {"type": "function", "function": {k: v for k, v in tool.items() if k != "type"}}
+    for tool in TOOLS
+]

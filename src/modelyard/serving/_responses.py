@@ -47,10 +47,9 @@ from modelyard.serving._responses_tools import (
     checked_choice,
     checked_tools,
     echoed_choice,
-    streamable,
 )
 from modelyard.serving._sse import event_stream, wait_all
-from modelyard.serving._tools import call_guide
+from modelyard.serving._tools import call_guide, streamable
 from modelyard.serving._types import (
     MIN_TEMPERATURE,
     ContextLengthExceeded,

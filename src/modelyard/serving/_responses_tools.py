@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from modelyard.serving._tools import CALL_START, FunctionDef, parse_calls
+from modelyard.serving._tools import FunctionDef, parse_calls
 
 MAX_TOOLS = 128  # functions offered in one request, as OpenAI allows (and the chat route)
 _SCHEMA_TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
@@ -166,18 +166,6 @@ def answer_items(
     return content, items
 
 
-def streamable(text: str) -> int:
-    """How much of an answer's ``text`` so far can be streamed as text while tools are
-    offered: up to where a call begins (or may begin: a tail that starts ``<tool_call>``),
-    without the whitespace before it (``parse_calls`` strips the text around calls)."""
-    end = text.find(CALL_START)
-    if end < 0:
-        end = len(text) - max(
-            (k for k in range(1, len(CALL_START)) if text.endswith(CALL_START[:k])), default=0
-        )
-    return len(text[:end].rstrip())
-
-
 __all__ = [
     "MAX_TOOLS",
     "FunctionChoice",
@@ -187,5 +175,4 @@ __all__ = [
     "checked_choice",
     "checked_tools",
     "echoed_choice",
-    "streamable",
 ]

@@ -21,7 +21,7 @@ from starlette.types import Receive, Scope, Send
 from modelyard.errors import EngineError, ModelyardError
 from modelyard.serving._http_errors import error_of
 from modelyard.serving._plane import DataPlane, Submitted
-from modelyard.serving._tools import CALL_START, parse_calls
+from modelyard.serving._tools import parse_calls, streamable
 from modelyard.serving._types import ClientGone, Generation, StreamEvent, TokenLogprob
 from modelyard.serving._wire_answers import chat_logprobs, completion_logprobs, usage
 
@@ -224,12 +224,7 @@ class ToolChunks(Chunks):
 
     def text(self, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> str:
         self._text += text
-        safe = self._text.find(CALL_START)
-        if safe < 0:  # hold back a tail that may be the start of a call
-            safe = len(self._text) - max(
-                (k for k in range(1, len(CALL_START)) if self._text.endswith(CALL_START[:k])),
-                default=0,
-            )
+        safe = streamable(self._text)  # up to where a call may begin
         if safe <= self._sent:
             return ""
         piece, self._sent = self._text[self._sent : safe], safe

@@ -216,6 +216,18 @@ def template_takes_tools(tokenizer: Any) -> bool:
     return isinstance(template, str) and re.search(r"\btools\b", template) is not None
 
 
+def streamable(text: str) -> int:
+    """How much of an answer's ``text`` so far can be streamed as text while tools are
+    offered: up to where a call begins (or may begin: a tail that starts ``<tool_call>``),
+    without the whitespace before it (``parse_calls`` strips the text around calls)."""
+    end = text.find(CALL_START)
+    if end < 0:
+        end = len(text) - max(
+            (k for k in range(1, len(CALL_START)) if text.endswith(CALL_START[:k])), default=0
+        )
+    return len(text[:end].rstrip())
+
+
 __all__ = [
     "CALL_START",
     "CalledFunction",
@@ -229,6 +241,7 @@ __all__ = [
     "call_guide",
     "parse_calls",
     "render_call",
+    "streamable",
     "template_takes_tools",
     "tools_section",
 ]
