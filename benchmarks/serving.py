@@ -306,7 +306,8 @@ def in_process(world: World, config: Config, jobs: Sequence[Job]) -> tuple[int, 
                 pad_token_id=tokenizer.pad_token_id,
             )
             new = out[0, inputs["input_ids"].shape[1] :].tolist()
-            count = next((i for i, t in enumerate(new) if t in eos), len(new))
+            # up to the end of sequence, which counts, as the server counts it
+            count = next((i + 1 for i, t in enumerate(new) if t in eos), len(new))
             tokens += count
             short += count < config.new_tokens
     return tokens, short, time.perf_counter() - started
