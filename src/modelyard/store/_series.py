@@ -144,7 +144,9 @@ class SeriesStore(StoreCore):
                 func.sum(case((fb.score < 0, 1), else_=0)),
                 func.max(fb.updated_at),
             )
-            .join(r, r.id == fb.record_id)
+            # an outer join: SQLite then reads the feedback and finds each one's record, where
+            # an inner join had it read every record of the store to find those with feedback
+            .outerjoin(r, r.id == fb.record_id)
             .group_by(r.endpoint_name, r.version_id)
         )
         with self._session("summarize feedback") as s:
@@ -167,6 +169,7 @@ class SeriesStore(StoreCore):
                 last_at=_aware(last),
             )
             for name, vid, n, mean, pos, neg, last in rows
+            if name is not None  # (feedback whose record is gone: none, as the inner join)
         ]
         return sorted(found, key=lambda f: (f.endpoint, f.version or ""))
 
