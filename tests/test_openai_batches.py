@@ -749,6 +749,7 @@ def test_a_batch_another_server_finished_is_left_as_it_is(world: World) -> None:
             world.store, EchoEngine(), heartbeat_s=None, artifacts=world.artifacts,
             batches=FAST,
         )  # fmt: skip
+        stack.callback(app.state.plane.writer.close)  # the app is never served: no lifespan
         worker = app.state.batch_worker
         assert world.store.acquire_lease(made.lease, worker.holder, 5.0)
         stack.callback(world.store.release_lease, made.lease, worker.holder)
