@@ -83,4 +83,5 @@ def test_the_feedback_summary_reads_the_feedback_not_every_record(acme: Store) -
     assert after[0].mean_score == pytest.approx(0.5 / 3)
     # the filters still apply
     assert [f.endpoint for f in acme.feedback_summary(endpoint="other")] == ["other"]
-    assert acme.feedback_summary(since=NOW + timedelta(minutes=1)) == []
+    # ``since`` is of the feedback's time: given just now, not at the module's NOW
+    assert acme.feedback_summary(since=datetime.now(UTC) + timedelta(minutes=1)) == []
