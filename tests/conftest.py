@@ -240,16 +240,23 @@ def s3_url(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return f"s3://{bucket}/artifacts"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """A browser check waits as long as an action does (15 s), not Playwright's 5 s for
+    ``expect``: on a loaded CI machine a page took over 5 s to show who logged in."""
+    try:
+        from playwright.sync_api import expect
+    except ImportError:  # no browser tests without it
+        return
+    expect.set_options(timeout=15_000)
+
+
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     """Debian's chromium driven by Playwright (``playwright install`` cannot download
     here; .ci/run installs the ``chromium`` package). Skipped without it, except under
     CI=true, where that fails."""
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import sync_playwright
 
-    # a check waits as long as an action does (15 s), not Playwright's 5 s for ``expect``:
-    # on a loaded CI machine a page took over 5 s to show who logged in (still bounded)
-    expect.set_options(timeout=15_000)
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     if not Path(chromium).exists():
         reason = "no chromium (apt-get install chromium; .ci/run installs it)"
