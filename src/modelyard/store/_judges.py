@@ -23,6 +23,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
+    ColumnElement,
     Float,
     ForeignKey,
     Index,
@@ -41,6 +42,7 @@ from sqlalchemy.orm import Mapped, mapped_column
 from modelyard.errors import ConfigError, NotFound
 from modelyard.store._core import StoreCore, check_name
 from modelyard.store._rows import get_locked, lock_name, version_info
+from modelyard.store._samples import answered_ok, user_facing
 from modelyard.store._schema import Base, InferenceRecordRow, utcnow
 
 
@@ -173,18 +175,28 @@ def _latest_scores(judge: str, since: datetime) -> Any:
     )  # fmt: skip
 
 
+def _live_answer() -> ColumnElement[bool]:
+    """A record of a live answer: a request a user sent (``user_facing``: no shadow copy)
+    that was answered ok (``answered_ok``). The one condition on a record for judges: what
+    they are given to read (``_judgeable``) and whose scores count in an endpoint's means
+    (``judge_means``, alert rules) and its per-version summary (``judge_summary``); a
+    shadow's scores are ``rollout compare --shadow``'s."""
+    rec = InferenceRecordRow
+    return and_(user_facing(rec.shadow), answered_ok(rec.status))
+
+
 def _judgeable(endpoint: str, since: datetime, version_ids: list[int] | None) -> list[Any]:
-    """The conditions on a live record a judge can read (answered ok, not a shadow nor a
-    fallback, prompt and response kept as text: a tenant that keeps hashes or nothing leaves
-    none) of ``endpoint`` since ``since``, of ``version_ids`` (of any version when None)."""
+    """The conditions on a live record a judge can read (``_live_answer``: answered ok, not
+    a shadow; nor a fallback, prompt and response kept as text: a tenant that keeps hashes
+    or nothing leaves none) of ``endpoint`` since ``since``, of ``version_ids`` (of any
+    version when None)."""
     rec = InferenceRecordRow
     return [
         rec.endpoint_name == endpoint,
         rec.created_at >= since,
         rec.version_id.is_not(None) if version_ids is None else rec.version_id.in_(version_ids),
-        rec.shadow.is_(False),
+        _live_answer(),
         rec.fallback_from_id.is_(None),
-        rec.status == "ok",
         rec.prompt.is_not(None),
         rec.response.is_not(None),
         ~(rec.prompt.like("sha256:%") & (func.length(rec.prompt) == _HASHED_CHARS)),
@@ -518,7 +530,7 @@ class JudgeStore(StoreCore):
                         named,
                         rec.created_at >= since,
                         rec.created_at < until,
-                        rec.shadow.is_(False),
+                        _live_answer(),
                     )
                     .group_by(rec.endpoint_name)
                 ).all()  # fmt: skip
@@ -545,7 +557,7 @@ class JudgeStore(StoreCore):
                     JudgementRow.id.in_(_latest_scores(judge, since)),
                     rec.endpoint_name == endpoint,
                     rec.created_at >= since,
-                    rec.shadow.is_(False),
+                    _live_answer(),
                 )
                 .group_by(rec.version_id)
             ).all()
