@@ -158,3 +158,61 @@ def test_a_stop_string_counts_the_token_that_completed_it(world: World) -> None:
     # the first n tokens' text holds the stop string; the first n - 1 tokens' does not
     assert stop in client.completions.create(**ask, max_tokens=n).choices[0].text
     assert stop not in client.completions.create(**ask, max_tokens=n - 1).choices[0].text
+
+
+def _entries(client: openai.OpenAI, chat: bool, stream: bool, **ask: Any) -> tuple[Any, ...]:
+    """(text, logprob entries, usage) of one answer through the SDK, streamed or not; an
+    entry is (token, logprob, bytes (chat), text_offset (completions), alternatives)."""
+    streaming: dict[str, Any] = {"stream": True, "stream_options": {"include_usage": True}}
+    more = streaming if stream else {}
+    if chat:
+        messages = [{"role": "user", "content": PROMPT}]
+        got = client.chat.completions.create(
+            **ask, messages=messages, logprobs=True, top_logprobs=2, **more
+        )
+        pieces = list(got) if stream else [got]
+        text = "".join(
+            (p.choices[0].delta.content if stream else p.choices[0].message.content) or ""
+            for p in pieces if p.choices
+        )  # fmt: skip
+        entries = [
+            (t.token, t.logprob, t.bytes, None, [a.token for a in t.top_logprobs])
+            for p in pieces if p.choices and p.choices[0].logprobs
+            for t in p.choices[0].logprobs.content or ()
+        ]  # fmt: skip
+        return text, entries, pieces[-1].usage
+    got = client.completions.create(**ask, prompt=PROMPT, logprobs=2, **more)
+    pieces = list(got) if stream else [got]
+    entries = []
+    for p in pieces:
+        lp = p.choices[0].logprobs if p.choices else None
+        if lp is not None:
+            parallel = (lp.tokens, lp.token_logprobs, lp.text_offset, lp.top_logprobs)
+            rows = zip(*(x or [] for x in parallel), strict=True)
+            entries += [(t, v, None, at, sorted(top or {})) for t, v, at, top in rows]
+    return "".join(p.choices[0].text for p in pieces if p.choices), entries, pieces[-1].usage
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["completions", "chat"])
+def test_the_end_of_sequence_has_its_log_probability(world: World, chat: bool) -> None:
+    """As vLLM gives it: every token counted in completion_tokens has its logprobs entry,
+    the end of sequence too (its token as written, ``</s>``, and its bytes; its
+    ``text_offset`` the end of the text), though the text never shows it; streamed or not."""
+    client = world.client
+    for endpoint, bias, texts in (("ender", {}, 1), ("plain", {"logit_bias": {str(EOS): 100}}, 0)):
+        ask = {"model": endpoint, "max_tokens": 8, "temperature": 0, **bias}
+        seen = []
+        for stream in (False, True):
+            text, entries, usage = _entries(client, chat, stream, **ask)
+            assert usage and len(entries) == usage.completion_tokens, (endpoint, stream, entries)
+            *words, (token, logprob, spelt, offset, top) = entries
+            assert token == "</s>" and "</s>" not in (text or "")
+            assert logprob is not None and logprob <= 0 and 1 <= len(top) <= 2
+            if chat:  # bytes: those of the token as written, as vLLM's
+                assert spelt == list(b"</s>")
+            else:  # where the text ends: after the characters of the tokens before it
+                assert offset == sum(len(w[0]) for w in words) == len(text or "")
+            assert bool(text) == bool(texts) and len(words) >= texts
+            seen.append((text, entries))
+        assert seen[0][0] == seen[1][0]
+        assert [e[:4] for e in seen[0][1]] == [e[:4] for e in seen[1][1]]  # streamed: the same

@@ -240,6 +240,29 @@ def test_usage_is_the_same_on_both_engines(world: World) -> None:
         assert told == [(2, "stop"), (12, "length"), (told[2][0], "stop"), (1, "stop"),
                         (4, "stop")], told  # fmt: skip
         assert seen[0].text and not seen[12].text  # the end of sequence is never text
+        # with logprobs, every token counted has its entry, the end of sequence too, spelt
+        # as vLLM spells it; the streamed entries are the whole answer's
+        for (name, params), ended in zip(cases, (True, False, False, True, True), strict=True):
+            scored = replace(params, logprobs=2)
+            version = world.versions[name]
+            answers = []
+            for engine in (world.engine, local):
+                whole = engine.generate(version, prompt, scored)
+                events = list(engine.stream(version, prompt, scored))
+                streamed = events[-1].generation
+                assert whole.logprobs is not None and streamed is not None, name
+                assert streamed.logprobs == tuple(t for e in events for t in e.logprobs), name
+                assert len(whole.logprobs) == whole.completion_tokens, (name, engine.name, whole)
+                answers += [whole, streamed]
+            counts = {(g.completion_tokens, len(g.logprobs or ())) for g in answers}
+            assert len(counts) == 1, (name, params, answers)
+            values = [[t.logprob for t in g.logprobs or ()] for g in answers]
+            assert values[2] == pytest.approx(values[0], rel=1e-3, abs=1e-3), (name, answers)
+            last = {g.logprobs[-1].token for g in answers if g.logprobs}
+            if ended:  # the same entry on both engines
+                assert last == {"</s>"}, (name, answers)
+            else:
+                assert "</s>" not in last, (name, answers)
     finally:
         local.close()
 

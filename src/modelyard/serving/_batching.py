@@ -23,7 +23,9 @@ own adapter slot (``MultiLora.route``):
 
 A row's ``completion_tokens`` are the tokens it generated, as vLLM and OpenAI count
 them: an end-of-sequence token it sampled counts (it is not text), and so does the
-token that completed a stop string (the text is cut before the stop string).
+token that completed a stop string (the text is cut before the stop string). Each of
+them has its log probabilities when they were asked for, as vLLM gives them: an end of
+sequence's entry is its token as written (``</s>``), though the text never shows it.
 """
 
 from __future__ import annotations
@@ -206,12 +208,19 @@ class Row:
     """One request inside a running batch: its tokens, its text, how it ended."""
 
     def __init__(
-        self, request: PendingRequest, decode: Callable[[list[int]], str], eos_ids: frozenset[int]
+        self,
+        request: PendingRequest,
+        decode: Callable[[list[int]], str],
+        eos_ids: frozenset[int],
+        spell: Callable[[int], str] | None = None,
     ) -> None:
+        """``decode``: token ids to the text a client sees (special tokens skipped);
+        ``spell``: one token as written, special tokens included (a logprob's token)."""
         self.request = request
         self.stream = request.stream
         self.params = request.params
         self._decode_ids = decode
+        self._spell = spell or (lambda token: decode([token]))
         self._eos_ids = eos_ids
         self.ids: list[int] = []  # the answer's tokens (an end of sequence is not text)
         self.ended_on_eos = False  # its last token was an end of sequence: counted, not shown
@@ -242,13 +251,13 @@ class Row:
             return
         if self.first_token_at is None:
             self.first_token_at = time.perf_counter()
+        if self.step_logprobs is not None:  # an end of sequence's too, as vLLM scores it
+            self.logprobs.append(self._logprob(token, self.step_logprobs))
         if token in self._eos_ids:
             self.ended_on_eos = True
             self.close("stop")
             return
         self.ids.append(token)
-        if self.step_logprobs is not None:
-            self.logprobs.append(self._logprob(token, self.step_logprobs))
         text, stopped = visible_text(
             self._decode(), self.params.stop, final=False, after=self._stop_offset()
         )
@@ -313,8 +322,8 @@ class Row:
         return tuple(self.logprobs[sent:])
 
     def _logprob(self, token: int, logprobs: torch.Tensor) -> TokenLogprob:
-        """``token`` (just appended) and the alternatives at its step."""
-        anchor = self.ids[-2] if len(self.ids) > 1 else self.request.prompt_ids[-1]
+        """``token`` (the next, not appended yet) and the alternatives at its step."""
+        anchor = self.ids[-1] if self.ids else self.request.prompt_ids[-1]
         return self._token_logprob(anchor, token, logprobs)
 
     def score_prompt(self, logprobs: Callable[[int], torch.Tensor]) -> None:
@@ -329,12 +338,15 @@ class Row:
     def _token_logprob(self, anchor: int, token: int, logprobs: torch.Tensor) -> TokenLogprob:
         """``token`` and the alternatives at its step, as text in context: each decoded
         after ``anchor``, the token before it (decoding a token alone can drop its leading
-        space, as tokenizers do at the start of a text)."""
+        space, as tokenizers do at the start of a text). A token that shows no text there,
+        a special token (the end of sequence), is spelt as written (``</s>``), as vLLM
+        shows it whether or not the request skips special tokens."""
         before = self._decode_ids([anchor])
 
         def text(t: int) -> str:
             both = self._decode_ids([anchor, t])
-            return both[len(before) :] if both.startswith(before) else self._decode_ids([t])
+            shown = both[len(before) :] if both.startswith(before) else self._decode_ids([t])
+            return shown or self._spell(t)
 
         top: tuple[tuple[str, float], ...] = ()
         if self.params.logprobs:
@@ -469,6 +481,16 @@ def _decoder(tokenizer: Any, tokenizer_lock: threading.Lock) -> Callable[[list[i
     return decode
 
 
+def _speller(tokenizer: Any, tokenizer_lock: threading.Lock) -> Callable[[int], str]:
+    """One token as written, special tokens included: vLLM's text of a logprob's token."""
+
+    def spell(token: int) -> str:
+        with tokenizer_lock:
+            return str(tokenizer.decode([token], skip_special_tokens=False))
+
+    return spell
+
+
 def run_batch(
     model: Any,
     tokenizer: Any,
@@ -484,8 +506,8 @@ def run_batch(
     Row ``i`` runs with the adapter in ``slots[i]`` of ``lora``. ``tokenizer_lock``
     guards the tokenizer, which request threads share.
     """
-    decode = _decoder(tokenizer, tokenizer_lock)
-    rows = [Row(r, decode, eos_ids) for r in requests]
+    decode, spell = _decoder(tokenizer, tokenizer_lock), _speller(tokenizer, tokenizer_lock)
+    rows = [Row(r, decode, eos_ids, spell) for r in requests]
     width = max(len(r.prompt_ids) for r in requests)
     input_ids = torch.tensor(
         [[pad_token_id] * (width - len(r.prompt_ids)) + r.prompt_ids for r in requests]
