@@ -23,6 +23,7 @@ REQUIRED_ROLES: dict[str, Role] = {
     ACK_ACTION: "admin",  # acknowledging a break of the audit chain
     "budget.set": "approver",  # money: not the developer who spends it
     "budget.removed": "approver",
+    "usage.recounted": "approver",  # changes what budgets count as spent
 }
 """Actions needing more than ``developer`` (protected aliases are decided per alias)."""
 

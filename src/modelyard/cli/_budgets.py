@@ -11,6 +11,7 @@ from rich.table import Table
 from modelyard.cli._admin import JSON
 from modelyard.cli._common import console, open_store, print_json
 from modelyard.cli._plane import open_plane
+from modelyard.durations import parse_since
 from modelyard.store import Budget
 
 app = typer.Typer(
@@ -65,7 +66,8 @@ def budgets_list(
     tenant: str | None = typer.Option(None, "--tenant", help="Only this tenant's."),
     json_out: bool = JSON,
 ) -> None:
-    """Budgets with what was spent in their current period (from the inference records)."""
+    """Budgets with what was spent in their current period (the tokens of the period's
+    requests, at today's prices)."""
     with open_plane() as plane:
         rows = plane.list_budget_rows(tenant)
     if json_out:
@@ -82,6 +84,41 @@ def budgets_list(
             str(row["renews_at"])[:16],
         )  # fmt: skip
     console.print(table)
+
+
+@app.command("recount")
+def budgets_recount(
+    tenant: str = typer.Argument(..., help="The tenant."),
+    since: str = typer.Option(
+        ...,
+        "--since",
+        help="The first UTC day to count again: a date (2026-12-01) or a "
+        "duration back from now (3d).",
+    ),
+    json_out: bool = JSON,
+) -> None:
+    """Count a tenant's token usage, which budgets' spend is summed from, again from its
+    inference records, from --since's day to today; audited, needs the approver role.
+    For records written without their usage: by the replicas of a release before the
+    usage was kept, during a rolling upgrade (docs/operations.md). Refused for days whose
+    records a retention purge deleted (their usage is kept; counting again would lose
+    it)."""
+    start = parse_since(since, field="--since")
+    with open_store() as store:
+        done = store.recount_usage(tenant, start)
+        statuses = store.budget_statuses(store.list_budgets(tenant), datetime.now(UTC))
+    if json_out:
+        print_json(done | {"budgets": statuses})
+        return
+    console.print(
+        f"recounted the usage of {tenant} from {done['since'][:10]}: {done['days']} days, "
+        f"{done['records']:,} records"
+    )
+    for row in statuses:
+        console.print(
+            f"  {row['key_id'] or '(all keys)'} per {row['period']}: {row['spent']:.4g} "
+            f"spent of {row['amount']:g} ({row['used_percent']:.0f} %)"
+        )
 
 
 def _who(budget: Budget) -> str:

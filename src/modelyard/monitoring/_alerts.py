@@ -487,7 +487,8 @@ def _values(
         for budget, status in zip(budgets, store.budget_statuses(budgets, now), strict=True):
             where = {"tenant": budget.tenant, "key": budget.key_id or "*",
                      "period": budget.period}  # fmt: skip
-            yield status["spent"] / budget.amount, where
+            # to 12 places: 2.4 spent of 3 is the 0.8 a person reads, not 0.7999999999999999
+            yield round(status["spent"] / budget.amount, 12), where
         return
     judge = judge_name(rule.metric)
     if rule.endpoint and rule.endpoint not in endpoints:  # a typo would never page anyone

@@ -2,10 +2,11 @@
 
 A budget caps what a tenant (or one of its keys) may spend in the current UTC
 day or month, in the currency of the token prices (``set_token_price``).
-Setting and removing one is audited. What was spent is derived from the
-inference records (their tokens at their base model's price, shadow copies not
-counted), so it survives restarts and can always be computed again; servers
-keep running totals of it (``serving``'s budget guard) and seed them from here.
+Setting and removing one is audited. What was spent is the tokens of the users'
+requests (``_usage``: kept per tenant, key, version and day on every record path;
+shadow copies not counted) at their base model's price today, so it survives
+restarts and retention purges; servers keep running totals of it (``serving``'s
+budget guard) and seed them from here.
 """
 
 from __future__ import annotations
@@ -16,23 +17,22 @@ from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy import ColumnElement, Select, case, func, select
 from sqlalchemy.orm import Session
 
 from modelyard.errors import ConfigError, NotFound
 from modelyard.store._core import StoreCore
 from modelyard.store._rows import lock_name, tenant_row
-from modelyard.store._samples import user_facing
 from modelyard.store._schema import (
     ApiKeyRow,
     BaseModelRow,
     BudgetRow,
-    InferenceRecordRow,
     ModelVersionRow,
     TenantRow,
     TokenPriceRow,
     utcnow,
 )
+from modelyard.store._usage import UsageDayRow, day_of
 from modelyard.store.entities import BUDGET_PERIODS, Budget, BudgetPeriod
 
 
@@ -56,10 +56,10 @@ NAMED_TENANTS = 1000
 """``budget_statuses`` names at most this many tenants in its queries (a page of
 ``GET /tenants`` at most); past that it reads the spend of every tenant in the window."""
 
-# What a record cost: its tokens at its base model's price per 1,000.
+# What a day's usage cost: its tokens at its base model's price per 1,000.
 _PRICE = (
-    InferenceRecordRow.prompt_tokens * TokenPriceRow.input_per_1k
-    + InferenceRecordRow.completion_tokens * TokenPriceRow.output_per_1k
+    UsageDayRow.prompt_tokens * TokenPriceRow.input_per_1k
+    + UsageDayRow.completion_tokens * TokenPriceRow.output_per_1k
 ) / 1000.0
 
 
@@ -143,36 +143,20 @@ class BudgetStore(StoreCore):
                 query = query.where(TenantRow.name.in_(list(tenants)))
             return [_to_budget(row, name) for row, name in s.execute(query)]
 
-    def spent(
-        self,
-        tenant: str,
-        since: datetime,
-        *,
-        key_id: str | None = None,
-        until: datetime | None = None,
-    ) -> float:
-        """What ``tenant`` (or its key) spent from ``since``: its records' tokens at their
-        base model's prices (versions without a price cost nothing; shadow copies, no user's,
-        not counted: ``user_facing``).
+    def spent(self, tenant: str, since: datetime, *, key_id: str | None = None) -> float:
+        """What ``tenant`` (or its key) spent from the start of ``since``'s UTC day (usage
+        is kept by the day; periods start at midnight): its requests' tokens at their
+        base model's prices (versions without a price cost nothing; shadow copies, no
+        user's, not counted; requests still running not yet).
         A key's spend counts the keys it was rotated from: rotating must not reset it."""
         with self._session(f"read the spend of {tenant}") as s:
             query = (
-                select(func.coalesce(func.sum(_PRICE), 0.0))
-                .select_from(InferenceRecordRow)
-                .join(TenantRow, TenantRow.id == InferenceRecordRow.tenant_id)
-                .join(ModelVersionRow, ModelVersionRow.id == InferenceRecordRow.version_id)
-                .join(BaseModelRow, BaseModelRow.id == ModelVersionRow.base_model_id)
-                .join(TokenPriceRow, TokenPriceRow.base_model == BaseModelRow.name)
-                .where(
-                    TenantRow.name == tenant,
-                    InferenceRecordRow.created_at >= since,
-                    user_facing(InferenceRecordRow.shadow),
-                )
+                _priced(select(func.coalesce(func.sum(_PRICE), 0.0)))
+                .join(TenantRow, TenantRow.id == UsageDayRow.tenant_id)
+                .where(TenantRow.name == tenant, UsageDayRow.day >= day_of(since))
             )
             if key_id is not None:
-                query = query.where(InferenceRecordRow.api_key_id.in_(_rotated_from(s, key_id)))
-            if until is not None:
-                query = query.where(InferenceRecordRow.created_at < until)
+                query = query.where(UsageDayRow.key_id.in_(_rotated_from(s, key_id)))
             return float(s.scalar(query) or 0.0)
 
     def budget_status(self, budget: Budget, now: datetime) -> dict[str, Any]:
@@ -242,29 +226,33 @@ def _spend_per_key(
     (records without a key under None), as ``spent`` counts it; keys without spend left
     out."""
     columns: list[ColumnElement[Any]] = [
-        func.sum(case((InferenceRecordRow.created_at >= start, _PRICE), else_=0.0))
+        func.sum(case((UsageDayRow.day >= day_of(start), _PRICE), else_=0.0))
         for start in starts.values()
     ]
     query = (
-        select(TenantRow.name, InferenceRecordRow.api_key_id, *columns)
-        .select_from(InferenceRecordRow)
-        .join(TenantRow, TenantRow.id == InferenceRecordRow.tenant_id)
-        .join(ModelVersionRow, ModelVersionRow.id == InferenceRecordRow.version_id)
-        .join(BaseModelRow, BaseModelRow.id == ModelVersionRow.base_model_id)
-        .join(TokenPriceRow, TokenPriceRow.base_model == BaseModelRow.name)
-        .where(
-            InferenceRecordRow.created_at >= min(starts.values()),
-            user_facing(InferenceRecordRow.shadow),
-        )
-        .group_by(TenantRow.name, InferenceRecordRow.api_key_id)
+        _priced(select(TenantRow.name, UsageDayRow.key_id, *columns))
+        .join(TenantRow, TenantRow.id == UsageDayRow.tenant_id)
+        .where(UsageDayRow.day >= day_of(min(starts.values())))
+        .group_by(TenantRow.name, UsageDayRow.key_id)
     )
     if tenants is not None:
         query = query.where(TenantRow.name.in_(tenants))
     out: dict[BudgetPeriod, dict[tuple[str, str | None], float]] = {p: {} for p in starts}
     for tenant, key, *sums in s.execute(query):
         for period, total in zip(starts, sums, strict=True):
-            out[period][(tenant, key)] = float(total or 0.0)
+            out[period][(tenant, key or None)] = float(total or 0.0)
     return out
+
+
+def _priced(query: Select[Any]) -> Select[Any]:
+    """``query`` over the usage, each day's row beside its version's base-model price
+    (versions without one left out: they cost nothing)."""
+    return (
+        query.select_from(UsageDayRow)
+        .join(ModelVersionRow, ModelVersionRow.id == UsageDayRow.version_id)
+        .join(BaseModelRow, BaseModelRow.id == ModelVersionRow.base_model_id)
+        .join(TokenPriceRow, TokenPriceRow.base_model == BaseModelRow.name)
+    )
 
 
 def _rotation_chains(s: Session, tenants: list[str] | None) -> dict[str, dict[str, str]]:

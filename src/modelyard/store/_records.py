@@ -31,6 +31,7 @@ from modelyard.store._schema import (
     utcnow,
 )
 from modelyard.store._seals import append_anchor, prepare_seal, write_seal
+from modelyard.store._usage import USAGE_COLUMNS, add_usage
 from modelyard.store.entities import (
     InferenceRecord,
     NewInferenceRecord,
@@ -105,6 +106,7 @@ class RecordStore(StoreCore):
             return 0
         with self._write(f"write {len(rows)} inference records") as s:  # data plane: not audited
             s.add_all(rows)
+            add_usage(s, [{name: getattr(row, name) for name in USAGE_COLUMNS} for row in rows])
         return len(rows)
 
     def list_inference_records(
@@ -169,11 +171,13 @@ class RecordStore(StoreCore):
                 if s.scalar(select(func.count()).select_from(r).where(*mine)) == 0:
                     continue  # nothing of this page: no write transaction
             with self._write(f"discard unwritten records of batch job {job_id!r}") as s:
-                found = s.execute(select(r.id, r.status).where(*mine)).all()
-                chunk = [i for i, _ in found]
+                columns = (r.id, *(getattr(r, name) for name in USAGE_COLUMNS))
+                found = s.execute(select(*columns).where(*mine)).mappings().all()
+                chunk = [m["id"] for m in found]
                 # final records are sealed (those written before sealing began are listed
                 # too: the event only explains seals that miss them)
-                sealed = sorted(i for i, status in found if status in FINAL_STATUSES)
+                sealed = sorted(m["id"] for m in found if m["status"] in FINAL_STATUSES)
+                add_usage(s, found, sign=-1)  # their tokens were counted: no longer
                 s.execute(delete(RecordFeaturesRow).where(RecordFeaturesRow.record_id.in_(chunk)))
                 s.execute(delete(FeedbackRow).where(FeedbackRow.record_id.in_(chunk)))
                 s.execute(delete(r).where(r.id.in_(chunk)))
@@ -237,6 +241,7 @@ class RecordStore(StoreCore):
                 s.execute(_INSERT_RECORDS, records)  # Core: every column given, no ORM pass
             if updates:  # bulk UPDATE by primary key
                 s.execute(update(InferenceRecordRow), updates)
+            add_usage(s, records + updates)  # those still running count when they end
             if features:
                 s.execute(insert(RecordFeaturesRow), features)
             if pending is not None:
@@ -270,6 +275,9 @@ class RecordStore(StoreCore):
         running = (r.status == "running", r.server_id.in_(list(server_ids)))
         with self._write(f"close the running requests of {len(server_ids)} stopped servers") as s:
             if not seal:
+                columns = [getattr(r, name) for name in USAGE_COLUMNS]
+                closed = s.execute(select(*columns).where(*running).with_for_update())
+                add_usage(s, [dict(m) | {"status": "error"} for m in closed.mappings()])
                 result = s.execute(
                     update(r).where(*running)
                     .values(status="error", http_status=500, error=error)
@@ -286,6 +294,7 @@ class RecordStore(StoreCore):
             if pending is None:
                 return 0
             s.execute(update(r), rows)  # bulk UPDATE by primary key
+            add_usage(s, rows)
             entry = write_seal(s, pending)
             append_anchor(s, self.audit_key_source, self.actor, [entry], closed=error)
             return len(rows)

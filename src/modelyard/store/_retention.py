@@ -1,20 +1,25 @@
 """Retention of raw inference records: a policy per tenant, and the purge (both audited).
 
 Purging deletes records with their features and feedback; the hourly and daily profiles
-stay, and the audit chain keeps one event per purge naming how many records went.
+and the usage budgets count (``_usage``) stay, and the audit chain keeps one event per
+purge naming how many records went (and before when), which is what tells
+``recount_usage`` the days it may count again.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
 
 from modelyard.audit import PURGE_ACTION
 from modelyard.errors import ConfigError
 from modelyard.store._core import StoreCore
 from modelyard.store._rows import lock_name, tenant_id_of
 from modelyard.store._schema import (
+    AuditEventRow,
     FeedbackRow,
     InferenceRecordRow,
     RecordFeaturesRow,
@@ -22,6 +27,7 @@ from modelyard.store._schema import (
     TenantRow,
     utcnow,
 )
+from modelyard.store._usage import day_of, recount_usage
 from modelyard.store.entities import RetentionPolicy
 
 
@@ -62,6 +68,34 @@ class RetentionStore(StoreCore):
                 ).all()
             ]
 
+    def recount_usage(self, tenant: str, since: datetime) -> dict[str, Any]:
+        """Count ``tenant``'s usage (``_usage``: what budgets' spend is summed from) again
+        from its records, from the start of ``since``'s UTC day to the end of today;
+        audited (``usage.recounted``). Refused (naming the first day it can start) where
+        a purge deleted records of those days: their usage was kept and the records that
+        would count it again are gone."""
+        now = utcnow()
+        start = day_of(since)
+        if start > now:
+            raise ConfigError(f"--since {start:%Y-%m-%d} is in the future", field="since")
+        with self._write(f"recount the usage of tenant {tenant!r}") as s:
+            self._require(s, USAGE_RECOUNTED, tenant, f"recount the usage of {tenant!r}")
+            tid = tenant_id_of(s, tenant)
+            purged = _purged_before(s, tid)
+            if purged is not None and start < purged:
+                first = day_of(purged) + timedelta(days=1 if purged > day_of(purged) else 0)
+                raise ConfigError(
+                    f"the records of {tenant!r} before {purged:%Y-%m-%d %H:%M} UTC were "
+                    f"purged (retention), so the usage of those days cannot be counted "
+                    f"again: recount from {first:%Y-%m-%d} on",
+                    field="since",
+                )
+            days = (day_of(now) - start) // timedelta(days=1) + 1
+            counted = recount_usage(s, tid, start, day_of(now) + timedelta(days=1))
+            details = {"since": start.isoformat(), "days": days, "records": counted}
+            self._audit(s, USAGE_RECOUNTED, tenant, details)
+            return {"tenant": tenant} | details
+
     def purge_records(self, tenant: str, before: datetime) -> int:
         """Delete ``tenant``'s raw records (features, feedback) created before ``before``.
 
@@ -86,6 +120,22 @@ class RetentionStore(StoreCore):
                 {"records": n, "before": before.isoformat(), "tenant_id": tid},
             )  # fmt: skip
             return n
+
+
+USAGE_RECOUNTED = "usage.recounted"
+
+
+def _purged_before(s: Session, tenant_id: int) -> datetime | None:
+    """The latest ``before`` of the purges of tenant ``tenant_id`` (records created
+    before it may be gone), from the audit chain; None: never purged."""
+    query = select(AuditEventRow.payload).where(AuditEventRow.action == PURGE_ACTION)
+    latest = None
+    for payload in s.scalars(query):
+        if payload.get("tenant_id") != tenant_id or not payload.get("before"):
+            continue
+        before = datetime.fromisoformat(payload["before"])
+        latest = before if latest is None else max(latest, before)
+    return latest
 
 
 __all__ = ["RetentionStore"]
