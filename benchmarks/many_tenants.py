@@ -72,9 +72,11 @@ RULES = {
 }  # fmt: skip
 
 
-def _records(url: str, endpoints: list[tuple[str, int, list[int]]], n: int, now: datetime) -> None:
-    """``n`` records over ``endpoints`` (name, tenant id, version ids) and 7 days before
-    ``now``, a twentieth with feedback, in bulk."""
+def _records(
+    url: str, endpoints: list[tuple[str, int, list[int], str]], n: int, now: datetime
+) -> None:
+    """``n`` records over ``endpoints`` (name, tenant id, version ids, API key id) and 7 days
+    before ``now``, a twentieth with feedback, in bulk (their usage counted after)."""
     from sqlalchemy import create_engine, text
 
     rng = random.Random(5)
@@ -82,10 +84,10 @@ def _records(url: str, endpoints: list[tuple[str, int, list[int]]], n: int, now:
     start = (now - timedelta(days=7)).replace(tzinfo=None)
     span = 7 * 86400 - 120
     insert = text(
-        "insert into inference_records (id, created_at, tenant_id, endpoint_name, version_id, "
-        "route, prompt_tokens, completion_tokens, latency_ms, ttft_ms, status, http_status, "
-        "shadow, source) values (:id, :c, :t, :e, :v, 'chat.completions', :pt, :ct, :l, :f, "
-        ":s, :h, :sh, 'api')"
+        "insert into inference_records (id, created_at, tenant_id, api_key_id, endpoint_name, "
+        "version_id, route, prompt_tokens, completion_tokens, latency_ms, ttft_ms, status, "
+        "http_status, shadow, source) values (:id, :c, :t, :k, :e, :v, 'chat.completions', "
+        ":pt, :ct, :l, :f, :s, :h, :sh, 'api')"
     )
     feedback = text(
         "insert into feedback (id, record_id, tenant_id, score, created_at, updated_at) "
@@ -95,11 +97,11 @@ def _records(url: str, endpoints: list[tuple[str, int, list[int]]], n: int, now:
         for k in range(0, n, 50_000):
             rows, rated = [], []
             for j in range(k, min(n, k + 50_000)):
-                name, tid, vids = endpoints[j % len(endpoints)]
+                name, tid, vids, key_id = endpoints[j % len(endpoints)]
                 at = start + timedelta(seconds=rng.random() * span)
                 ok = rng.random() > 0.02
                 rows.append({
-                    "id": f"r{j:09d}", "c": at, "t": tid, "e": name,
+                    "id": f"r{j:09d}", "c": at, "t": tid, "k": key_id, "e": name,
                     "v": vids[0] if rng.random() < 0.8 else rng.choice(vids),
                     "pt": 40, "ct": 20, "l": rng.lognormvariate(5, 0.4), "f": 20.0,
                     "s": "ok" if ok else "error", "h": 200 if ok else 500, "sh": False,
@@ -146,7 +148,7 @@ def fill(url: str, tenants: int, versions: int, records: int, rollouts: int) -> 
             keys[tenant] = made[0][1]
             store.set_budget(tenant, "day", 10.0 + i)
             store.set_budget(tenant, "month", 100.0, key_id=made[1][0].id)
-            endpoints.append((name, store.get_tenant(tenant).id, vids))
+            endpoints.append((name, store.get_tenant(tenant).id, vids, made[0][0].id))
             at = now - timedelta(minutes=20)
             store.add_drift_results(
                 [DriftResult(f"{i:08d}-0000-0000-0000-000000000000", at, name, f"{name}:1",
@@ -155,8 +157,11 @@ def fill(url: str, tenants: int, versions: int, records: int, rollouts: int) -> 
                  for f in range(6)],
                 vids[0],
             )  # fmt: skip
+        store.set_token_price("base", input_per_1k=0.5, output_per_1k=1.5)
         _records(url, endpoints, records, now)
-        for name, _, _ in endpoints[:rollouts]:
+        for name, *_ in endpoints:  # bulk inserted: their usage (budgets' spend) counted
+            store.recount_usage(name, now - timedelta(days=8))
+        for name, *_ in endpoints[:rollouts]:
             start_rollout(store, name, f"{name}:{versions}", steps="10,50,100", bake_s=3600,
                           override_gates="benchmark fill")  # fmt: skip
         profiled = time.perf_counter()
