@@ -15,6 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from clihelp import modelyard
+from conftest import statements
 from modelyard.access import create_api_key
 from modelyard.audit import AccessPolicy
 from modelyard.store import NewInferenceRecord, Store
@@ -195,3 +196,19 @@ def test_migration_0027_counts_the_records_a_store_had(at_revision: Any) -> None
             ("2026-11-26", "Ab3dEf6hIj9k", 1, 7, 3),
         ]  # fmt: skip
         assert store.spent("acme", day) == pytest.approx(3 * 13 / 1000)
+
+
+def test_reading_spend_reads_the_usage_not_the_records(ops: Store) -> None:
+    """A month's spend is read from at most a row per day, key and version: neither
+    ``spent`` (a server's seed) nor ``budget_statuses`` (``/budgets``, the alert rule)
+    reads a record."""
+    ops.set_budget("acme", "month", 10.0)
+    ops.add_inference_records(
+        [_record(ops, f"r{i}", EARLY + timedelta(hours=i)) for i in range(30)]
+    )
+    with statements(ops) as sent:
+        assert ops.spent("acme", period_start("month", NOW)) == pytest.approx(60.0)
+        [status] = ops.budget_statuses(ops.list_budgets("acme"), NOW)
+    assert status["spent"] == pytest.approx(60.0)
+    read = " ".join(s for s, _ in sent)
+    assert "usage_days" in read and "inference_records" not in read
