@@ -543,6 +543,14 @@ def _monitored(world: World) -> str:
                            completion_tokens=2, created_at=start + timedelta(minutes=4 * i))
         for i in range(40)
     )  # fmt: skip
+    v2 = ops.get_model_version("bot", 2).id  # a shadow's copies: profiles of their own
+    ops.add_inference_records(
+        NewInferenceRecord(id=f"cmpl-m{i}-shadow", endpoint_name="support", route="completions",
+                           latency_ms=30.0 + i, status="ok", http_status=200, version_id=v2,
+                           tenant_id=tid, shadow=True, prompt_tokens=3, completion_tokens=4,
+                           created_at=start + timedelta(minutes=4 * i))
+        for i in range(0, 40, 4)
+    )  # fmt: skip
     from modelyard.monitoring import update_profiles
 
     update_profiles(ops, now=datetime.fromisoformat(END) + timedelta(hours=2))
@@ -568,6 +576,8 @@ ACCESS_READS = [
     "monitor profiles --no-update --json",
     "monitor profiles --no-update --window day --endpoint support",
     "monitor profiles --no-update --tenant acme --since 2025-12-31",
+    "monitor profiles --no-update --traffic live --json",
+    "monitor profiles --no-update --traffic shadow",
     "monitor alerts",
     "monitor alerts --json",
     "monitor alerts --state firing",

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime, timedelta
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request
 
@@ -77,9 +77,16 @@ def list_profiles(
     endpoint: str | None = Query(None, max_length=200),
     tenant: str | None = Query(None, max_length=100),
     since: datetime | None = Since,
+    shadow: Annotated[
+        bool | None,
+        Query(
+            description="false: the profiles of users' requests; true: those of the copies "
+            "mirrored to shadow versions; unset: both (each row says which: shadow)."
+        ),
+    ] = None,
 ) -> list[dict[str, Any]]:
     rows = caller.store.list_profiles(
-        window=window, endpoint=endpoint, tenant=tenant, since=_since(since)
+        window=window, endpoint=endpoint, tenant=tenant, since=_since(since), shadow=shadow
     )
     if endpoint is not None and not rows:
         caller.store.get_endpoint(endpoint)  # 404 for an unknown endpoint, not []

@@ -193,8 +193,9 @@ class ControlPlane(Protocol):
     # monitoring
     def update_profiles(self) -> bool: ...
     def list_profiles(
-        self, *, window: str, endpoint: str | None, tenant: str | None, since: datetime | None
-    ) -> list[Profile]: ...
+        self, *, window: str, endpoint: str | None, tenant: str | None, since: datetime | None,
+        shadow: bool | None,
+    ) -> list[Profile]: ...  # fmt: skip
     def compute_drift(
         self, endpoint: str, *, version: str | None, reference: str, window: str,
         end: datetime | None, method: Sequence[str], threshold: Sequence[str],

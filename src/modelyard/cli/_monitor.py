@@ -37,6 +37,9 @@ RULES = typer.Option(
     None, "--rules", help="Alert rules YAML (default: <home>/alerts.yml when it exists)."
 )
 
+TRAFFIC: dict[str, bool | None] = {"all": None, "live": False, "shadow": True}
+"""``monitor profiles --traffic``: the profiles' ``shadow`` each asks for (None: both)."""
+
 app = typer.Typer(help="Watch served models: records, profiles, drift, alerts and reports.")
 retention_app = typer.Typer(help="How long each tenant's raw records are kept.")
 price_app = typer.Typer(help="Prices per 1,000 tokens of base models, for costs in profiles.")
@@ -51,6 +54,12 @@ def profiles(
     window: str = typer.Option("hour", "--window", help="hour or day."),
     tenant: str | None = TENANT,
     since: str | None = SINCE,
+    traffic: str = typer.Option(
+        "all",
+        "--traffic",
+        help="live: users' requests; shadow: the copies mirrored to shadow versions, "
+        "profiled apart (marked '(shadow)'); all: both.",
+    ),
     update: bool = typer.Option(
         True, "--update/--no-update", help="Bring profiles up to date first (incremental)."
     ),
@@ -58,7 +67,13 @@ def profiles(
 ) -> None:
     """Show profiles: requests, errors, latency percentiles, tokens, cost, cache, feedback.
 
-    Through a server (MODELYARD_URL), the profiles its monitoring loop last computed."""
+    A shadow version's profiles (the copies mirrored to it: in none of the endpoint's
+    numbers) are shown apart, marked '(shadow)'. Through a server (MODELYARD_URL), the
+    profiles its monitoring loop last computed."""
+    if traffic not in TRAFFIC:
+        raise ConfigError(
+            f"invalid --traffic {traffic!r}: use live, shadow or all", field="traffic"
+        )
     start = parse_since(since) if since else None
     with open_plane() as plane:
         if update and not plane.update_profiles():
@@ -66,7 +81,8 @@ def profiles(
                 "profiles as the server's monitoring loop last computed them (--update works "
                 "on the database only)"
             )
-        rows = plane.list_profiles(window=window, endpoint=endpoint, tenant=tenant, since=start)
+        rows = plane.list_profiles(window=window, endpoint=endpoint, tenant=tenant, since=start,
+                                   shadow=TRAFFIC[traffic])  # fmt: skip
         if endpoint and not rows:
             plane.get_endpoint(endpoint)  # a misspelt name is NotFound, not an empty table
     if json_out:
@@ -93,13 +109,14 @@ def profiles(
         "tokens in/out", "cost", "cache", "feedback", "judged",
         caption="err: errors and timeouts / requests that ended (not refused or cancelled); "
         "ttft: time to first token p50 (ms); judged: each judge's mean score (1-5) of the "
-        "records it scored (n)",
+        "records it scored (n); (shadow): the copies mirrored to a shadow version, in none "
+        "of the endpoint's numbers",
     )  # fmt: skip
     for p in rows:
         table.add_row(
             f"{p.start:%m-%d %H:%M}",
             p.endpoint_name,
-            p.version or "-",
+            f"{p.version or '-'} (shadow)" if p.shadow else p.version or "-",
             p.tenant or "-",
             str(p.requests),
             f"{p.error_rate:.1%}",

@@ -250,10 +250,11 @@ class LocalPlane:
         return True
 
     def list_profiles(
-        self, *, window: str, endpoint: str | None, tenant: str | None, since: datetime | None
-    ) -> list[Profile]:
+        self, *, window: str, endpoint: str | None, tenant: str | None, since: datetime | None,
+        shadow: bool | None,
+    ) -> list[Profile]:  # fmt: skip
         return self.store.list_profiles(window=window, endpoint=endpoint, tenant=tenant,
-                                        since=since)  # fmt: skip
+                                        since=since, shadow=shadow)  # fmt: skip
 
     def compute_drift(
         self, endpoint: str, *, version: str | None, reference: str, window: str,

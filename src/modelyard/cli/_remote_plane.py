@@ -310,14 +310,16 @@ class RemotePlane:
         return False
 
     def list_profiles(
-        self, *, window: str, endpoint: str | None, tenant: str | None, since: datetime | None
-    ) -> list[Profile]:
+        self, *, window: str, endpoint: str | None, tenant: str | None, since: datetime | None,
+        shadow: bool | None,
+    ) -> list[Profile]:  # fmt: skip
         if window not in ("hour", "day"):  # the store's check_window
             raise ConfigError(f"unknown profile window {window!r}: use hour or day",
                               field="window")  # fmt: skip
         found = self.client.get(
-            "/profiles", window=window, endpoint=endpoint, tenant=tenant, since=since
-        )
+            "/profiles", window=window, endpoint=endpoint, tenant=tenant, since=since,
+            shadow=shadow,
+        )  # fmt: skip
         return [decode(Profile, p) for p in found]
 
     def compute_drift(

@@ -1,14 +1,22 @@
-"""Profiles: per endpoint, version and tenant, per hour and per day, computed incrementally.
+"""Profiles: per endpoint, version, tenant and kind of traffic, per hour and per day,
+computed incrementally.
 
 An hour's profile is computed from its raw records (exact percentiles); a
 day's from its hours (sums are exact; percentiles come from the merged
 log-spaced latency histograms, within half a bin, about 2.5 %). Latency is that of
 the requests answered ok (``answered_ok``): refusals, cancelled requests and failures
-count in the requests (failures in the errors too), never in the percentiles. A profile
-counts the requests users sent (``user_facing``): shadow copies are left out (no user saw
-their answers, and no tenant pays for them), so a slow or failing shadow version moves
-none of its endpoint's profiles; its own numbers are in the traffic series (``shadow``
-true) and ``rollout compare --shadow``. Each run recomputes only the hours that can have
+count in the requests (failures in the errors too), never in the percentiles.
+
+Each kind of traffic has profiles of its own (``shadow``). A profile of users' requests
+(``user_facing``, ``shadow`` false: every profile the endpoint's numbers are read from,
+the report, the gauges) leaves shadow copies out (no user saw their answers, and no
+tenant pays for them), so a slow or failing shadow version moves none of its endpoint's
+profiles. The copies mirrored to a shadow version are profiled apart (``shadow`` true):
+the candidate's own requests, errors, latency and tokens, shown labelled beside the
+users' profiles (``monitor profiles``, the admin API's ``/profiles``), so a version that
+only ever ran as a shadow has profiles to compare before it is promoted.
+
+Each run recomputes only the hours that can have
 changed since the last one: those from the watermark (less ``lateness``, for records
 still in a writer's buffer) to now, and those holding records whose feedback changed.
 The watermark lives in the store (``monitor_state``), so any process may run it and
@@ -33,6 +41,7 @@ LATENESS = timedelta(minutes=5)
 # Log-spaced latency bins from 0.1 ms to 10 min, about 5 % wide.
 _EDGES = np.geomspace(0.1, 600_000.0, 321)
 _STATE_KEY = "profiles"
+_Group = tuple[str, int | None, int | None, bool]  # endpoint, version, tenant, shadow
 
 
 @dataclass(frozen=True)
@@ -95,9 +104,9 @@ def _pct(values: np.ndarray, q: float) -> float | None:
 def profile_of(
     records: Sequence[Mapping[str, Any]], prices: Mapping[str, tuple[float, float]]
 ) -> dict[str, Any]:
-    """Aggregates of one group of records (one endpoint, version and tenant in a window).
-    The latency and time to first token (percentiles and histograms) are those of the
-    records answered ok (``answered_ok``), as guards and alert rules read them."""
+    """Aggregates of one group of records (one endpoint, version, tenant and kind of traffic
+    in a window). The latency and time to first token (percentiles and histograms) are those
+    of the records answered ok (``answered_ok``), as guards and alert rules read them."""
     timed = [r for r in records if answered_ok(r["status"])]
     latency = np.array([r["latency_ms"] for r in timed], dtype=float)
     ttft = np.array([r["ttft_ms"] for r in timed if r["ttft_ms"] is not None], dtype=float)
@@ -138,29 +147,32 @@ def compute_hour(store: Store, start: datetime, prices: Mapping[str, tuple[float
     records = store.query_records(
         since=start, until=start + HOUR, limit=None, newest_first=False, text=False
     )
-    groups: dict[tuple[str, int | None, int | None], list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[_Group, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
-        if user_facing(r["shadow"]):  # a shadow copy is no user's: see the module's doc
-            groups[(r["endpoint_name"], r["version_id"], r["tenant_id"])].append(r)
+        # a shadow copy is no user's: a profile of its own (see the module's doc)
+        shadow = not user_facing(r["shadow"])
+        groups[(r["endpoint_name"], r["version_id"], r["tenant_id"], shadow)].append(r)
     rows = [
-        {"start": start, "endpoint_name": e, "version_id": v, "tenant_id": t}
+        {"start": start, "endpoint_name": e, "version_id": v, "tenant_id": t, "shadow": sh}
         | profile_of(group, prices)
-        for (e, v, t), group in sorted(groups.items(), key=lambda kv: str(kv[0]))
+        for (e, v, t, sh), group in sorted(groups.items(), key=lambda kv: str(kv[0]))
     ]
     return store.replace_profiles("hour", start, start + HOUR, rows)
 
 
 def compute_day(store: Store, start: datetime) -> int:
     """Recompute the day profiles of [start, start + 1 day) from its hour profiles."""
-    groups: dict[tuple[str, int | None, int | None], list[dict[str, Any]]] = defaultdict(list)
+    groups: dict[_Group, list[dict[str, Any]]] = defaultdict(list)
     for h in store.profile_rows("hour", start, start + DAY):
-        groups[(h["endpoint_name"], h["version_id"], h["tenant_id"])].append(h)
+        groups[(h["endpoint_name"], h["version_id"], h["tenant_id"], h["shadow"])].append(h)
     rows = []
-    for (e, v, t), hours in sorted(groups.items(), key=lambda kv: str(kv[0])):
+    for (e, v, t, sh), hours in sorted(groups.items(), key=lambda kv: str(kv[0])):
         lat = merge_hists(h["latency_hist"] for h in hours)
         ttft = merge_hists(h["ttft_hist"] for h in hours)
         costs = [h["cost"] for h in hours if h["cost"] is not None]
-        row: dict[str, Any] = {"start": start, "endpoint_name": e, "version_id": v, "tenant_id": t}
+        row: dict[str, Any] = {
+            "start": start, "endpoint_name": e, "version_id": v, "tenant_id": t, "shadow": sh,
+        }  # fmt: skip
         for name in (
             "requests",
             "errors",

@@ -18,7 +18,7 @@ from typing import Any
 from modelyard.errors import ConfigError
 from modelyard.monitoring._charts import histogram_chart, line_chart
 from modelyard.monitoring._profiles import HOUR, floor_hour, hist_quantile, merge_hists
-from modelyard.store import AuditEvent, Profile, Store
+from modelyard.store import AuditEvent, Profile, Store, user_facing
 
 
 def _esc(text: object) -> str:
@@ -116,7 +116,8 @@ def latency_series(
             if hists is None:  # read once, the first time an hour needs them
                 hists = defaultdict(list)
                 for row in store.profile_rows("hour", floor_hour(since), until + HOUR):
-                    if row["endpoint_name"] == endpoint:
+                    # the users' profiles, as ``profiles`` (a shadow's are its own)
+                    if row["endpoint_name"] == endpoint and user_facing(row["shadow"]):
                         hists[row["start"].timestamp()].append(row)
             lat = merge_hists(r["latency_hist"] for r in hists[t])
             ttft = merge_hists(r["ttft_hist"] for r in hists[t])

@@ -51,7 +51,8 @@ from modelyard.store.entities import (
 
 PROFILE_WINDOWS = ("hour", "day")
 _SPANS = {"hour": timedelta(hours=1), "day": timedelta(days=1)}
-_ProfileKey = tuple[datetime, str, int | None, int | None]  # start, endpoint, version, tenant
+# start, endpoint, version, tenant, shadow
+_ProfileKey = tuple[datetime, str, int | None, int | None, bool]
 
 
 def _window_start(window: str, t: datetime) -> datetime:
@@ -65,7 +66,8 @@ JUDGE_CLOCK_SKEW = timedelta(hours=1)
 def _judged_quality(
     s: Session, window: str, rows: Sequence[ProfileRow], scope: Mapping[str, Any]
 ) -> dict[_ProfileKey, dict[str, JudgedQuality]]:
-    """Per profile of ``rows``: what each judge's current revision made of its records.
+    """Per profile of ``rows``: what each judge's current revision made of its records
+    (a shadow profile's: the shadow answers ``rollout compare --shadow --judge`` scored).
 
     Read from the judgements at read time, not stored with the profile: a judge's scores
     arrive after the hour's profile was computed (online judging, rollout guards), and a
@@ -84,15 +86,16 @@ def _judged_quality(
     newest = newest.where(j.score.is_not(None), j.created_at >= since - JUDGE_CLOCK_SKEW)
     newest = newest.group_by(j.judge, j.record_id)
     found = s.execute(
-        select(rec.created_at, rec.endpoint_name, rec.version_id, rec.tenant_id, j.judge, j.score)
+        select(rec.created_at, rec.endpoint_name, rec.version_id, rec.tenant_id, rec.shadow,
+               j.judge, j.score)
         .join(rec, rec.id == j.record_id)
         .where(j.id.in_(newest))
-    ).all()
+    ).all()  # fmt: skip
     sums: dict[_ProfileKey, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for created, endpoint, version_id, tenant_id, judge, score in found:
+    for created, endpoint, version_id, tenant_id, copy, judge, score in found:
         if score is None:  # never: only scored judgements are read
             continue
-        key = (_window_start(window, created), endpoint, version_id, tenant_id)
+        key = (_window_start(window, created), endpoint, version_id, tenant_id, bool(copy))
         sums[key][f"judge.{judge}"].append(float(score))
     return {
         key: {
@@ -246,12 +249,17 @@ class MonitoringStore(StoreCore):
         version_id: int | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        shadow: bool | None = False,
     ) -> list[Profile]:
         """Profiles, oldest window first, each with what the judges made of its records
-        (``Profile.judges``: each judge's current revision, read from its judgements)."""
+        (``Profile.judges``: each judge's current revision, read from its judgements).
+        ``shadow``: False (default) the profiles of users' requests, an endpoint's numbers;
+        True those of the copies mirrored to shadow versions; None both (``Profile.shadow``)."""
         check_window(window)
         p = ProfileRow
         query = select(p).where(p.window == window).order_by(p.start, p.endpoint_name, p.id)
+        if shadow is not None:
+            query = query.where(p.shadow.is_(shadow))
         with self._session("list profiles") as s:
             query = in_scope(query, s, p, p.start, tenant=tenant, endpoint=endpoint,
                              version_id=version_id, since=since, until=until)  # fmt: skip
@@ -286,7 +294,10 @@ class MonitoringStore(StoreCore):
                     format_checked=r.format_checked,
                     format_failures=r.format_failures,
                     ended=r.ended,
-                    judges=judged.get((r.start, r.endpoint_name, r.version_id, r.tenant_id), {}),
+                    judges=judged.get(
+                        (r.start, r.endpoint_name, r.version_id, r.tenant_id, r.shadow), {}
+                    ),
+                    shadow=r.shadow,
                 )
                 for r in rows
             ]

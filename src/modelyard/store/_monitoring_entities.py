@@ -41,7 +41,9 @@ class JudgedQuality:
 @dataclass(frozen=True)
 class Profile:
     """Aggregates of one window (``hour`` or ``day`` from ``start``) of an endpoint's
-    records for one version and tenant. ``judges`` (``judge.NAME`` -> its quality) is read
+    records for one version and tenant: its users' requests, or with ``shadow`` the copies
+    mirrored to the version as the endpoint's shadow (answered, never returned: its own
+    numbers, in none of the endpoint's). ``judges`` (``judge.NAME`` -> its quality) is read
     from the judgements when the profiles are listed, not stored with them."""
 
     window: str
@@ -69,6 +71,7 @@ class Profile:
     format_failures: int = 0  # of those, the ones that were not (cut short, say)
     judges: Mapping[str, JudgedQuality] = field(default_factory=dict)  # judge.NAME -> quality
     ended: int | None = None  # ok, error or timeout; None in profiles made before 0024
+    shadow: bool = False  # a shadow version's profile of the copies mirrored to it
 
     @property
     def answered(self) -> int:

@@ -442,7 +442,7 @@ class RecordFeaturesRow(Base):
 
 
 class ProfileRow(Base):
-    """Aggregates of one (window, start, endpoint, version, tenant) bucket of records."""
+    """Aggregates of one (window, start, endpoint, version, tenant, shadow) bucket of records."""
 
     __tablename__ = "monitor_profiles"
     __table_args__ = (
@@ -476,6 +476,8 @@ class ProfileRow(Base):
     # NULL in profiles computed before it)
     ended: Mapped[int | None] = mapped_column(Integer)
     format_failures: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # the copies mirrored to a shadow version (migration 0028); false: the requests users sent
+    shadow: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     latency_hist: Mapped[list[Any]]
     ttft_hist: Mapped[list[Any]]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
