@@ -11,7 +11,7 @@ from typing import Any, cast
 
 from modelyard.delivery._baseline import BaselineReads
 from modelyard.delivery._judging import StepWindow
-from modelyard.store import Store
+from modelyard.store import Store, VersionSample
 
 HOUR_AGO = datetime(2026, 12, 6, 9, tzinfo=UTC)
 
@@ -34,6 +34,12 @@ class SlowStore:
         self.calls += 1
         self.clock.now += self.cost
         return {i: f"sample {self.calls} of {i}" for i in ids}
+
+    def rollout_samples_many(self, windows: list[tuple[str, datetime, list[int]]]) -> Any:
+        """One read of every window, taking ``cost`` seconds in all."""
+        self.calls += 1
+        self.clock.now += self.cost
+        return [{i: f"sample {self.calls} of {i}" for i in ids} for _, _, ids in windows]
 
 
 def window(since: datetime = HOUR_AGO, ids: tuple[int, ...] = (1,)) -> StepWindow:
@@ -93,3 +99,31 @@ def test_a_new_step_reads_the_baseline_again() -> None:
     assert store.calls == 2
     baselines.read(cast(Store, store), "r1", step_two)  # within the step: kept
     assert store.calls == 2
+
+
+def test_in_one_read_of_many_a_busy_baseline_is_kept_and_a_small_one_read_afresh() -> None:
+    """The tick reads every rollout's baseline together; each is kept for its share of
+    the time (by its rows), as if read alone: a busy endpoint's hour of records is kept,
+    a quiet one's beside it read again at the next tick."""
+    clock = Clock()
+
+    class Rows:  # a read of 0.5 s, of 9,998 records on ``busy`` and 0 on ``quiet``
+        def __init__(self) -> None:
+            self.calls: list[list[str]] = []
+
+        def rollout_samples_many(self, windows: list[tuple[str, datetime, list[int]]]) -> Any:
+            self.calls.append([endpoint for endpoint, _, _ in windows])
+            clock.now += 0.5
+            n = {"busy": 9998, "quiet": 0}
+            return [{i: VersionSample({"ok": n[e]}, version=1, version_id=i, fallbacks=0)
+                     for i in ids} for e, _, ids in windows]  # fmt: skip
+
+    store, baselines = Rows(), BaselineReads(clock)
+    busy = StepWindow("busy", HOUR_AGO + timedelta(hours=1), (2,), HOUR_AGO, (1,))
+    quiet = StepWindow("quiet", HOUR_AGO + timedelta(hours=1), (4,), HOUR_AGO, (3,))
+    first = baselines.read_many(cast(Store, store), {"r1": busy, "r2": quiet})
+    assert first["r1"][1].requests == 9998 and first["r2"][3].requests == 0
+    clock.now += 1.0
+    again = baselines.read_many(cast(Store, store), {"r1": busy, "r2": quiet})
+    assert again["r1"] is first["r1"] and again["r2"] is not first["r2"]
+    assert store.calls == [["busy", "quiet"], ["quiet"]]

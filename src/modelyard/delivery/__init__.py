@@ -9,7 +9,7 @@ breach. ``compare_versions`` is the A/B view of an endpoint's versions;
 """
 
 from modelyard.delivery._compare import ABReport, Comparison, VersionStats, compare_versions
-from modelyard.delivery._controller import LEASE, Controller, StepView, promote_alias, step_view
+from modelyard.delivery._controller import LEASE, Controller, promote_alias
 from modelyard.delivery._guards import (
     METRICS,
     Guard,
@@ -43,6 +43,7 @@ from modelyard.delivery._rollouts import (
 )
 from modelyard.delivery._shadow import VERDICTS as SHADOW_VERDICTS
 from modelyard.delivery._shadow import ShadowReport, ShadowRow, ShadowScores, compare_shadow
+from modelyard.delivery._views import StepView, step_view
 
 __all__ = [
     "DEFAULT_GUARDS",

@@ -14,7 +14,7 @@ read afresh: a breach must be seen at the next tick.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
 from modelyard.delivery._judging import StepWindow
@@ -27,9 +27,21 @@ KEEP_FACTOR = 10.0
 the controller's time, whatever the endpoint's traffic."""
 
 
+_Window = tuple[str, object, object, tuple[int, ...]]
+
+
+def _window_key(window: StepWindow) -> _Window:
+    return (window.endpoint, window.canary_since, window.baseline_since, window.baseline_ids)
+
+
+def _rows(samples: Mapping[int, VersionSample]) -> int:
+    """The records a read of these samples went through (every status, and fallbacks)."""
+    return sum(sum(s.statuses.values()) + s.fallbacks for s in samples.values())
+
+
 @dataclass(frozen=True)
 class _Kept:
-    window: tuple[str, object, object, tuple[int, ...]]
+    window: _Window
     until: float
     samples: dict[int, VersionSample]
 
@@ -46,20 +58,42 @@ class BaselineReads:
         are of the same step and baseline (a new step, whose start is ``canary_since``, or
         another baseline reads again), else read now. ``rollout_id`` names what is kept: a
         rollout's id, or its id, ``/`` and a name for another window of the same rollout."""
-        key = (window.endpoint, window.canary_since, window.baseline_since, window.baseline_ids)
-        kept = self._kept.get(rollout_id)
-        if kept is not None and kept.window == key and self._clock() < kept.until:
-            return kept.samples
+        return self.read_many(store, {rollout_id: window})[rollout_id]
+
+    def read_many(
+        self, store: Store, windows: Mapping[str, StepWindow]
+    ) -> dict[str, dict[int, VersionSample]]:
+        """``read`` of each window (by the name it is kept under), those not kept read
+        together (``Store.rollout_samples_many``: the statements of one read, however many
+        rollouts). Each is kept as if it had been read alone: for its share of the time the
+        read took, in proportion to its rows (and one), so a small endpoint's baseline read
+        beside a busy one's is still read afresh at every tick."""
+        out: dict[str, dict[int, VersionSample]] = {}
+        due: dict[str, tuple[_Window, StepWindow]] = {}
+        for name, window in windows.items():
+            key = _window_key(window)
+            kept = self._kept.get(name)
+            if kept is not None and kept.window == key and self._clock() < kept.until:
+                out[name] = kept.samples
+            else:
+                due[name] = (key, window)
+        if not due:
+            return out
         started = self._clock()
-        samples = store.rollout_samples(
-            window.endpoint, window.baseline_since, list(window.baseline_ids)
+        read = store.rollout_samples_many(
+            [(w.endpoint, w.baseline_since, list(w.baseline_ids)) for _, w in due.values()]
         )
         took = self._clock() - started
-        if took >= KEEP_AFTER_S:
-            self._kept[rollout_id] = _Kept(key, self._clock() + KEEP_FACTOR * took, samples)
-        else:
-            self._kept.pop(rollout_id, None)
-        return samples
+        rows = [_rows(samples) for samples in read] if len(read) > 1 else [0]  # all of it
+        total = sum(rows) + len(rows)
+        for (name, (key, _)), samples, n in zip(due.items(), read, rows, strict=True):
+            share = took * (n + 1) / total
+            if share >= KEEP_AFTER_S:
+                self._kept[name] = _Kept(key, self._clock() + KEEP_FACTOR * share, samples)
+            else:
+                self._kept.pop(name, None)
+            out[name] = samples
+        return out
 
     def keep_only(self, rollout_ids: Collection[str]) -> None:
         """Forget the reads of rollouts that are no longer active (a rollout's reads are

@@ -30,44 +30,32 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import dataclass
 from typing import Any
 
 from modelyard.delivery._alerting import load_alerting, resolve_rollback_alert, rollback_alert
 from modelyard.delivery._baseline import BaselineReads
-from modelyard.delivery._guards import (
-    GuardResult,
-    TrafficSample,
-    evaluate_guards,
-    load_statistics,
-)
-from modelyard.delivery._judging import StepWindow, judge_guards, judge_window, judged_windows
+from modelyard.delivery._guards import GuardResult, load_statistics
+from modelyard.delivery._judging import judge_guards, judge_window
 from modelyard.delivery._sender import AlertSender
-from modelyard.errors import ModelyardError, PermissionDenied
+from modelyard.delivery._views import (
+    StepView,
+    Versions,
+    read_versions,
+    step_view,
+    step_views,
+    window_of,
+)
+from modelyard.errors import ModelVersionNotFound, ModelyardError, PermissionDenied
 from modelyard.metric_names import judge_name
-from modelyard.store import Rollout, Store, Transition, step_plan, utcnow
+from modelyard.store import Rollout, Server, Store, Transition, step_plan, utcnow
 
 log = logging.getLogger(__name__)
 
 LEASE = "controller"
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-@dataclass(frozen=True)
-class StepView:
-    """What the controller sees of a rollout's current step (for ``rollout status``)."""
-
-    canary: TrafficSample
-    baseline: TrafficSample
-    fallbacks: int
-    guards: list[GuardResult]
-    elapsed_s: float
-    judge_backlog: int = 0  # target records left to judge for a judge guard still pending
-    latency_window: str = "lookback"  # the baseline's latencies: step, steps, lookback
 
 
 def default_holder() -> str:
@@ -78,103 +66,14 @@ def _expect(r: Rollout) -> tuple[str, str, int]:
     return (r.status, r.phase, r.step_index)
 
 
-BASELINE_LOOKBACK_S = 3600.0
-LATENCY_BASELINE_MIN = 30
-"""Requests the baseline must have answered in the step's own window (and at least the
-rollout's ``min_requests``) for latency guards to compare with those (``_latency_now``)."""
+@dataclass(frozen=True)
+class _Seen:
+    """What one tick read for every active rollout at once: the live servers, the
+    rollouts' versions and the step views of those baking."""
 
-
-def step_view(
-    store: Store, r: Rollout, *, alpha: float = 0.05, baselines: BaselineReads | None = None
-) -> StepView:
-    """The current step's traffic and guard values: the target's requests since the step
-    started, against the baseline versions' requests since an hour (or one bake time, if
-    longer) before the rollout started, so a blue-green switch still has a baseline (read
-    through the controller's ``baselines``, which keeps a costly read a while); latencies
-    against the baseline's in the step's own window when it has enough there
-    (``_latency_now``)."""
-    window = step_window(store, r)
-    start, baseline_ids = window.canary_since, list(window.baseline_ids)
-    now = store.rollout_samples(r.endpoint, start, [r.target_version_id, *baseline_ids])
-    target = now[r.target_version_id]
-    reads = baselines or BaselineReads()
-    base = reads.read(store, r.id, window)
-    canary = TrafficSample.of([target])
-    enough = max(r.min_requests, LATENCY_BASELINE_MIN)
-    side_by_side = [("step", TrafficSample.of(now[i] for i in baseline_ids))]
-    if len(side_by_side[0][1].latencies_ms) < enough and r.step_index > 0:
-        # the last step at 100 %: the baseline served beside the canary in the steps before
-        earlier = reads.read(store, f"{r.id}/steps", replace(window, baseline_since=r.created_at))
-        side_by_side.append(("steps", TrafficSample.of(earlier[i] for i in baseline_ids)))
-    baseline, latency_window = _latency_now(
-        TrafficSample.of(base[i] for i in baseline_ids), side_by_side, enough
-    )
-    judged = judged_windows(store, r.guards, window)
-    if judged:  # what the judges named by guards scored of each side so far
-        canary = replace(
-            canary, judged={n: w.canary.scores for n, w in judged.items()},
-            judge_failed={n: w.canary.failed for n, w in judged.items()},
-        )  # fmt: skip
-        baseline = replace(
-            baseline, judged={n: w.baseline.scores for n, w in judged.items()},
-            judge_failed={n: w.baseline.failed for n, w in judged.items()},
-        )  # fmt: skip
-    guards = evaluate_guards(r.guards, canary, baseline, min_requests=r.min_requests, alpha=alpha)
-    elapsed = (utcnow() - start).total_seconds()
-    pending = {judge_name(g.metric) for g in guards if g.status == "pending"}
-    backlog = sum(w.canary.unjudged for name, w in judged.items() if name in pending)
-    return StepView(canary, baseline, target.fallbacks, guards, elapsed, backlog, latency_window)
-
-
-def _latency_now(
-    lookback: TrafficSample, side_by_side: list[tuple[str, TrafficSample]], enough: int
-) -> tuple[TrafficSample, str]:
-    """The baseline a step's guards compare with, and where its latencies come from.
-
-    Latency depends on the moment: a machine busier now (a traffic peak, a neighbour's
-    job) slows every version at once, and a canary judged against the past hour's quiet
-    latencies was rolled back for it. So latencies (and times to first token) are the
-    baseline's of the first window of ``side_by_side`` in which it answered ``enough``
-    requests beside the canary: the step's own (``"step"``), else, at the last step
-    (100 %, where the baseline serves no more), the rollout's steps so far
-    (``"steps"``); else (a blue-green switch, a quiet endpoint) those since an hour
-    before the rollout (``"lookback"``). Error rates and feedback keep the longer
-    window: they do not move with the load, and more requests make their tests firmer."""
-    for name, sample in side_by_side:
-        if len(sample.latencies_ms) >= enough:
-            ttfts = sample.ttfts_ms if len(sample.ttfts_ms) >= enough else lookback.ttfts_ms
-            return replace(lookback, latencies_ms=sample.latencies_ms, ttfts_ms=ttfts), name
-    return lookback, "lookback"
-
-
-def step_window(store: Store, r: Rollout) -> StepWindow:
-    """The records a step's guards read: the target's since the step started, the baseline
-    versions' since an hour (or one bake time) before the rollout started."""
-    try:
-        before = r.created_at - timedelta(seconds=max(r.bake_s, BASELINE_LOOKBACK_S))
-    except OverflowError:  # a bake of millennia (stored before bakes were bounded): all of it
-        before = EPOCH
-    return StepWindow(
-        r.endpoint, r.step_started_at or r.created_at, (r.target_version_id,),
-        before, tuple(_baseline_ids(store, r)),
-    )  # fmt: skip
-
-
-def judge_step(store: Store, r: Rollout) -> int:
-    """Have the judges that ``r``'s guards name score up to their guard's sample of new
-    records per side of the step's window (the controller's work, off the request path);
-    returns how many records were sent."""
-    if not judge_guards(r.guards):
-        return 0
-    return judge_window(store, r.guards, step_window(store, r))
-
-
-def _baseline_ids(store: Store, r: Rollout) -> list[int]:
-    ids = []
-    for number in r.baseline:
-        if number != r.target:
-            ids.append(store.get_model_version(r.model, number).id)
-    return ids
+    servers: list[Server]
+    versions: Versions
+    views: dict[str, StepView | Exception]
 
 
 class Controller:
@@ -245,6 +144,7 @@ class Controller:
         self._alerts: list[tuple[Rollout, Mapping[str, Any]]] = []
         # A step's baseline (an hour or more of records) read afresh only when cheap
         self._baselines = BaselineReads()
+        self._seen: _Seen | None = None  # what the running tick read for all its rollouts
 
     @property
     def lease(self) -> tuple[str, str]:
@@ -259,6 +159,11 @@ class Controller:
         for gone in set(self._judge_jobs) - {r.id for r in active}:
             self._judge_jobs.pop(gone)  # its rollout ended: what it judged stays in the store
         self._baselines.keep_only([r.id for r in active])
+        try:
+            self._seen = self._read(active)
+        except ModelyardError as exc:  # e.g. the store is down for a moment: the next tick
+            log.warning("the controller could not read the rollouts: %s", exc.one_line())
+            active = []
         for rollout in active:
             try:
                 after = self._advance(rollout)
@@ -270,6 +175,7 @@ class Controller:
                 continue
             if after is not None:
                 changed.append(after)
+        self._seen = None
         self._send_alerts()
         due = time.monotonic() - self._extra_at >= self.extra_every_s
         if self.extra_ticks and due and (self._extra_job is None or self._extra_job.done()):
@@ -349,17 +255,42 @@ class Controller:
 
     # -- one rollout ------------------------------------------------------------------------
 
+    def _read(self, active: Sequence[Rollout]) -> _Seen:
+        """What the tick's decisions read, for every rollout at once (the statements of one
+        rollout, however many are active): the servers, the rollouts' target and baseline
+        versions, and the step views of those that bake on (``step_views``)."""
+        moving = [r for r in active if r.status != "paused"]
+        if not moving:
+            return _Seen([], {}, {})
+        servers = self.store.list_servers(stale_after_s=self.stale_after_s)
+        versions = read_versions(self.store, moving)
+        alive = [s for s in servers if s.alive]
+        baking = [
+            r for r in moving
+            if r.phase != "preparing"
+            and versions.get((r.model, r.target), (0, ""))[1] not in ("", "archived")
+            and not any(r.target_ref in s.failures for s in alive)
+        ]  # fmt: skip
+        views = step_views(
+            self.store, baking, alpha=self.alpha, baselines=self._baselines, versions=versions
+        )
+        return _Seen(servers, versions, views)
+
     def _advance(self, r: Rollout) -> Rollout | None:
         if r.status == "paused":
             return None
-        if self.store.get_model_version(r.model, r.target).status == "archived":
+        seen = self._seen or self._read([r])
+        target = seen.versions.get((r.model, r.target))
+        if target is None:
+            raise ModelVersionNotFound(f"model {r.model!r} has no version {r.target}")
+        if target[1] == "archived":
             return self._roll_back(  # it can take no traffic: else stuck, failing each tick
                 r, {"kind": "target_archived",
                     "message": f"{r.target_ref} was archived while the rollout ran"},
             )  # fmt: skip
         if r.phase == "preparing":
-            return self._prepare(r)
-        return self._bake(r)
+            return self._prepare(r, seen.servers)
+        return self._bake(r, seen)
 
     def _apply(self, r: Rollout, change: Transition) -> Rollout | None:
         after = self.store.transition_rollout(r.id, _expect(r), change, lease=self.lease)
@@ -367,9 +298,8 @@ class Controller:
             log.info("rollout %s on %s: %s", r.id, r.endpoint, change.event)
         return after
 
-    def _prepare(self, r: Rollout) -> Rollout | None:
-        servers = [s for s in self.store.list_servers(stale_after_s=self.stale_after_s)
-                   if s.alive and not s.draining]  # fmt: skip
+    def _prepare(self, r: Rollout, listed: Sequence[Server]) -> Rollout | None:
+        servers = [s for s in listed if s.alive and not s.draining]
         failed = {}
         waiting = []
         for server in servers:
@@ -410,15 +340,20 @@ class Controller:
             ),
         )
 
-    def _bake(self, r: Rollout) -> Rollout | None:
-        servers = self.store.list_servers(stale_after_s=self.stale_after_s, alive=True)
-        failed = {s.id: s.failures[r.target_ref] for s in servers if r.target_ref in s.failures}
+    def _bake(self, r: Rollout, seen: _Seen) -> Rollout | None:
+        failed = {s.id: s.failures[r.target_ref]
+                  for s in seen.servers if s.alive and r.target_ref in s.failures}  # fmt: skip
         if failed:
             return self._roll_back(
                 r, {"kind": "load_failure", "servers": failed,
                     "message": f"{r.target_ref} failed to load on {len(failed)} server(s)"},
             )  # fmt: skip
-        view = step_view(self.store, r, alpha=self.alpha, baselines=self._baselines)
+        got = seen.views.get(r.id)
+        if got is None:  # not read with the others (a tick's reads are of them all)
+            got = step_view(self.store, r, alpha=self.alpha, baselines=self._baselines)
+        if isinstance(got, Exception):
+            raise got  # this rollout's own failure: logged by the tick, the others go on
+        view = got
         if view.fallbacks:
             return self._roll_back(
                 r, {"kind": "load_failure", "fallbacks": view.fallbacks,
@@ -436,7 +371,7 @@ class Controller:
                     "window": window,
                     "message": "; ".join(g.describe() for g in breaches)},
             )  # fmt: skip
-        self._judge(r)  # in the background: what it scores, the next ticks read
+        self._judge(r, seen.versions)  # in the background: what it scores, the next ticks read
         if view.elapsed_s < r.bake_s or view.canary.requests < r.min_requests:
             return None
         if any(g.status == "pending" and judge_name(g.metric) for g in view.guards):
@@ -457,7 +392,7 @@ class Controller:
             )
         return self._finish(r, values)
 
-    def _judge(self, r: Rollout) -> None:
+    def _judge(self, r: Rollout, versions: Versions) -> None:
         """Start judging ``r``'s step window for its judge guards, unless a job is running."""
         job = self._judge_jobs.get(r.id)
         if job is not None and not job.done():
@@ -467,7 +402,10 @@ class Controller:
             why = exc.one_line() if isinstance(exc, ModelyardError) else repr(exc)
             log.warning("rollout %s: judging failed: %s", r.id, why)
         if judge_guards(r.guards):
-            self._judge_jobs[r.id] = self._judging.submit(judge_step, self.store, r)
+            window = window_of(r, versions)
+            self._judge_jobs[r.id] = self._judging.submit(
+                judge_window, self.store, r.guards, window
+            )
 
     def _finish(self, r: Rollout, values: Mapping[str, Any]) -> Rollout | None:
         detail: dict[str, Any] = {"final": values}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
@@ -26,6 +26,7 @@ from modelyard.store._core import StoreCore
 from modelyard.store._fleet import holds_lease
 from modelyard.store._gates import require_gates
 from modelyard.store._rows import (
+    MAX_VERSION,
     active_rollout_row,
     current_plan,
     endpoint_row,
@@ -35,10 +36,10 @@ from modelyard.store._rows import (
     version_row,
 )
 from modelyard.store._samples import RequestSample as RequestSample  # re-exported
+from modelyard.store._samples import SampleWindow, read_samples, read_samples_many
 from modelyard.store._samples import VersionSample as VersionSample
 from modelyard.store._samples import ended as ended
 from modelyard.store._samples import failed as failed
-from modelyard.store._samples import read_samples
 from modelyard.store._schema import (
     EndpointRow,
     InferenceRecordRow,
@@ -234,6 +235,49 @@ class RolloutStore(StoreCore):
         with self._session(f"read the traffic of {endpoint!r}") as s:
             endpoint_row(s, endpoint)
             return read_samples(s, endpoint, since, version_ids)
+
+    def rollout_samples_many(
+        self, windows: Sequence[tuple[str, datetime, Sequence[int]]]
+    ) -> list[dict[int, VersionSample]]:
+        """``rollout_samples`` of each (endpoint, since, version ids), in order, read in one
+        session with a few statements however many windows there are (the controller's tick
+        reads every active rollout's with it); an endpoint that does not exist has no
+        records."""
+        if not windows:
+            return []
+        with self._session(f"read the traffic of {len(windows)} rollout window(s)") as s:
+            return read_samples_many(
+                s, [SampleWindow(e, since, tuple(ids)) for e, since, ids in windows]
+            )
+
+    def rollout_versions(
+        self, refs: Iterable[tuple[str, int]]
+    ) -> dict[tuple[str, int], tuple[int, str]]:
+        """``{(model, version number): (version id, status)}`` of these versions, read in one
+        query (those that do not exist are left out): the controller's tick reads every
+        active rollout's target and baseline versions with it."""
+        wanted = {(m, int(n)) for m, n in refs}
+        if not wanted:
+            return {}
+        models = sorted({m for m, _ in wanted})
+        numbers = sorted({n for _, n in wanted if 0 < n <= MAX_VERSION})
+        if not numbers:
+            return {}
+        with self._session(f"read the versions of {len(models)} model(s)") as s:
+            rows = s.execute(
+                select(
+                    RegisteredModelRow.name,
+                    ModelVersionRow.version,
+                    ModelVersionRow.id,
+                    ModelVersionRow.status,
+                )
+                .join(
+                    RegisteredModelRow, RegisteredModelRow.id == ModelVersionRow.registered_model_id
+                )
+                .where(RegisteredModelRow.name.in_(models), ModelVersionRow.version.in_(numbers))
+            ).all()
+        found = {(m, int(n)): (int(i), str(st)) for m, n, i, st in rows}
+        return {ref: found[ref] for ref in wanted if ref in found}
 
     def requests_by_version(self, endpoint: str, since: datetime) -> dict[str, dict[str, int]]:
         """``{version ref: {"live": n, "shadow": n, "fallback": n}}`` since ``since``."""

@@ -19,7 +19,15 @@ from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
-from sqlalchemy import ColumnElement, SQLColumnExpression, or_, select
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    SQLColumnExpression,
+    literal_column,
+    or_,
+    select,
+    union_all,
+)
 from sqlalchemy.orm import Session
 
 from modelyard.store._schema import FeedbackRow, InferenceRecordRow, ModelVersionRow
@@ -160,23 +168,74 @@ class _Parts:
         )  # fmt: skip
 
 
+@dataclass(frozen=True)
+class SampleWindow:
+    """What one sample read asks for: ``endpoint``'s live requests since ``since`` of the
+    versions ``version_ids`` (and those that fell back from them)."""
+
+    endpoint: str
+    since: datetime
+    version_ids: tuple[int, ...]
+
+
+WINDOWS_PER_QUERY = 100
+"""Windows read by one statement (a ``UNION ALL`` of a select each: SQLite takes 500 at
+most); the controller's tick reads every active rollout's windows with one or two."""
+
+
 def read_samples(
     s: Session, endpoint: str, since: datetime, version_ids: Sequence[int]
 ) -> dict[int, VersionSample]:
     """Per version id: the live (not shadow) requests on ``endpoint`` since ``since`` that
     the version answered, and how many routed to it fell back to another version (those
     count as its fallbacks only, not in the answering version's sample)."""
-    ids = list(dict.fromkeys(version_ids))
-    if not ids:
-        return {}
+    return read_samples_many(s, [SampleWindow(endpoint, since, tuple(version_ids))])[0]
+
+
+def read_samples_many(
+    s: Session, windows: Sequence[SampleWindow]
+) -> list[dict[int, VersionSample]]:
+    """``read_samples`` of each window, in order, read together: the version numbers in
+    one query, the records of up to ``WINDOWS_PER_QUERY`` windows in another (a select per
+    window, each as ``read_samples`` reads it alone, tagged with the window's place and
+    joined by ``UNION ALL``), so many rollouts cost the statements of one."""
+    wanted = [list(dict.fromkeys(w.version_ids)) for w in windows]
+    every = sorted({vid for ids in wanted for vid in ids})
+    if not every:
+        return [{} for _ in windows]
     numbers: dict[int, int] = dict(
         s.execute(
-            select(ModelVersionRow.id, ModelVersionRow.version).where(ModelVersionRow.id.in_(ids))
+            select(ModelVersionRow.id, ModelVersionRow.version).where(ModelVersionRow.id.in_(every))
         ).all()
     )
-    parts: dict[int | None, _Parts] = {vid: _Parts() for vid in ids}
-    query = (
+    parts: list[dict[int | None, _Parts]] = [{vid: _Parts() for vid in ids} for ids in wanted]
+    places = [i for i, ids in enumerate(wanted) if ids]
+    for start in range(0, len(places), WINDOWS_PER_QUERY):
+        selects = [_window_query(i, windows[i], wanted[i])
+                   for i in places[start : start + WINDOWS_PER_QUERY]]  # fmt: skip
+        query = selects[0] if len(selects) == 1 else union_all(*selects)
+        # Core rows on the session's connection (the ORM's loading costs a second a million
+        # rows); stream_results: a server-side cursor on PostgreSQL (SQLite's steps as read)
+        rows = s.connection().execution_options(stream_results=True).execute(query)
+        while chunk := rows.fetchmany(CHUNK):
+            by_window: dict[int, list[Any]] = {}
+            for row in chunk:
+                by_window.setdefault(row[0], []).append(row[1:])
+            for i, got in by_window.items():
+                _add_rows(parts[i], got)
+    return [
+        {vid: p[vid].sample(numbers.get(vid, 0), vid) for vid in ids}
+        for p, ids in zip(parts, wanted, strict=True)
+    ]
+
+
+def _window_query(place: int, window: SampleWindow, ids: list[int]) -> Select[*tuple[Any, ...]]:
+    """The records of ``window``'s versions, each row led by ``place`` (an integer written
+    into the statement: a bound parameter in a select list of a union has no type on
+    PostgreSQL)."""
+    return (
         select(
+            literal_column(str(int(place))).label("window"),
             InferenceRecordRow.version_id,
             InferenceRecordRow.status,
             InferenceRecordRow.latency_ms,
@@ -186,8 +245,8 @@ def read_samples(
         )
         .outerjoin(FeedbackRow, FeedbackRow.record_id == InferenceRecordRow.id)
         .where(
-            InferenceRecordRow.endpoint_name == endpoint,
-            InferenceRecordRow.created_at >= since,
+            InferenceRecordRow.endpoint_name == window.endpoint,
+            InferenceRecordRow.created_at >= window.since,
             user_facing(InferenceRecordRow.shadow),
             or_(
                 InferenceRecordRow.version_id.in_(ids),
@@ -195,12 +254,6 @@ def read_samples(
             ),
         )
     )
-    # Core rows on the session's connection (the ORM's loading costs a second a million rows);
-    # stream_results: a server-side cursor on PostgreSQL (SQLite's cursor steps as it is read)
-    rows = s.connection().execution_options(stream_results=True).execute(query)
-    while chunk := rows.fetchmany(CHUNK):
-        _add_rows(parts, chunk)
-    return {vid: parts[vid].sample(numbers.get(vid, 0), vid) for vid in ids}
 
 
 def _add_rows(parts: Mapping[int | None, _Parts], rows: Sequence[Any]) -> None:
