@@ -168,3 +168,27 @@ def test_the_drift_tick_costs_the_same_queries_for_5_or_50_endpoints(
     ran.clear()
     tick_module._due_drift(acme, RULES, NOW + timedelta(hours=2), None)
     assert ran == names  # an hour past every run
+
+
+@pytest.mark.parametrize(
+    ("kept", "unread"),
+    [({"drifting", "lat"}, "inference_records"), ({"errors", "slow", "one"}, "drift_results")],
+    ids=["drift rules read no records", "traffic rules read no drift runs"],
+)
+def test_rules_read_only_what_their_metrics_need(acme: Store, kept: set[str], unread: str) -> None:
+    """An evaluation read every window's record summaries and the drift runs for any rule
+    on an endpoint's records or drift: a drift rule's a window of every endpoint's
+    traffic, which it never uses (a few queries over a busy store's records), and a
+    traffic rule's the drift runs."""
+    _endpoints(acme, 0, 8)
+    rules = RULES.model_copy(update={"rules": [r for r in RULES.rules if r.name in kept]})
+    with statements(acme) as sent:
+        evaluate_rules(acme, rules, NOW)
+    read = selects(sent)
+    assert not [s for s in read if unread in s], [s[:120] for s in read if unread in s]
+    states = {(a.rule, a.labels.get("endpoint")): a for a in acme.list_alert_states()}
+    by_name = {r.name: r for r in rules.rules}
+    assert {rule for rule, _ in states} == kept
+    for (rule, endpoint), alert in states.items():
+        assert alert.value == _one_at_a_time(acme, endpoint, by_name[rule]), (rule, endpoint)
+    assert any(a.value is not None for a in states.values())

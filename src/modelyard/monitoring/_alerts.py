@@ -366,7 +366,7 @@ def evaluate_rules(store: Store, rules: AlertRules, now: datetime) -> list[Trans
     many budgets or endpoints), and the failed deliveries to send again read together."""
     states = {a.id: a for a in store.list_alert_states()}
     endpoints = [e.name for e in store.list_endpoints()]
-    cache: dict[tuple[str, timedelta], dict[str, float | None]] = {}
+    cache: dict[tuple[str, str, timedelta], dict[str, float | None]] = {}  # kind, endpoint
     cache_drift: list[dict[str, list[DriftResult]] | None] = [None]  # every endpoint's, once
     evaluated: dict[str, tuple[Rule, AlertState, str]] = {}  # id: rule, new state, before
     for rule in rules.rules:
@@ -474,14 +474,15 @@ def _values(
     rule: Rule,
     endpoints: Sequence[str],
     caches: tuple[
-        dict[tuple[str, timedelta], dict[str, float | None]],
+        dict[tuple[str, str, timedelta], dict[str, float | None]],
         list[dict[str, list[DriftResult]] | None],
     ],
     now: datetime,
 ) -> Iterator[tuple[float | None, dict[str, str]]]:
     """The rule's metric where it applies, with the labels that say where: per endpoint,
     or per budget (``budget_used``: what was spent of it in its current period). Every
-    endpoint's is read together (``_rule_reads``), each window once per evaluation."""
+    endpoint's is read together (``_rule_reads``), each window once per evaluation, and only
+    what the metric needs: a drift rule's the drift runs, a traffic rule's the records'."""
     if rule.metric in BUDGET_METRICS:
         budgets = store.list_budgets()  # their spend read together: a few queries in all
         for budget, status in zip(budgets, store.budget_statuses(budgets, now), strict=True):
@@ -504,15 +505,17 @@ def _values(
         for endpoint in targets:
             yield means[endpoint][0], {"endpoint": endpoint}
         return
-    cache, kept = caches
-    missing = [e for e in targets if (e, rule.window_td) not in cache]
-    if missing:
-        traffic = traffic_of(store, missing, start, now)
+    cache, kept = caches  # a drift rule reads no traffic, a traffic rule no drift runs
+    kind = "drift" if rule.metric in DRIFT_METRICS else "traffic"
+    missing = [e for e in targets if (kind, e, rule.window_td) not in cache]
+    if missing and kind == "drift":
         drift, kept[0] = drift_of(store, missing, kept[0])
-        for e in missing:
-            cache[(e, rule.window_td)] = traffic[e] | drift_values(drift[e], start)
+        cache |= {(kind, e, rule.window_td): drift_values(drift[e], start) for e in missing}
+    elif missing:
+        traffic = traffic_of(store, missing, start, now)
+        cache |= {(kind, e, rule.window_td): traffic[e] for e in missing}
     for endpoint in targets:
-        yield cache[(endpoint, rule.window_td)][rule.metric], {"endpoint": endpoint}
+        yield cache[(kind, endpoint, rule.window_td)][rule.metric], {"endpoint": endpoint}
 
 
 def _step(

@@ -3,7 +3,8 @@
 A rule without an endpoint reads every endpoint (journey 5: a base shared by 200
 tenants, an endpoint each): their records' summaries of a window are read grouped by
 endpoint, their latest drift runs in one read, so an evaluation costs a few queries per
-window, not a few per endpoint.
+window, not a few per endpoint. Each is read only for a rule that needs it: the records'
+summaries for a rule on traffic, the drift runs for a rule on drift.
 """
 
 from __future__ import annotations
