@@ -5,9 +5,12 @@ the text features exist there; token and latency features say
 ``no_reference``), or a window of the endpoint's own traffic:
 ``previous:24h`` (the 24 h before the current window) or
 ``baseline:START/END`` (ISO times). The current sample is the sliding window
-ending now (default the last hour). Only answered (``ok``) records count. Too
-few samples on either side (``min_samples``, default 30) give
-``not_enough_data``, never a verdict.
+ending now (default the last hour). Only answered (``ok``) records count, and
+only those of users' requests (``user_facing``): drift compares what an endpoint's
+users send and get from a version, and the copies mirrored to a version as the
+endpoint's shadow (other versions' requests, answered beside the live traffic,
+never returned) are in neither window. Too few samples on either side
+(``min_samples``, default 30) give ``not_enough_data``, never a verdict.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from modelyard.monitoring._features import FEATURE_NAMES, TEXT_FEATURES, text_fe
 from modelyard.monitoring._semantic import DIMENSIONS, Embedder, from_bytes, minilm_dir, mmd_test
 from modelyard.monitoring._stats import METHODS, Pair, SortedValues, default_method
 from modelyard.registry import template_name
-from modelyard.store import DriftResult, ModelVersion, Store, answered_ok
+from modelyard.store import DriftResult, ModelVersion, Store, user_facing
 
 MIN_SAMPLES = 30
 
@@ -209,17 +212,6 @@ def _histograms(pair: Pair) -> dict[str, Any]:
         "reference_mean": float(np.mean(pair.ref.values)),
         "current_mean": float(np.mean(pair.cur.values)),
     }
-
-
-def features_of(records: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    """Feature columns of answered records (NaN where a record has no value)."""
-    ok = [r for r in records if answered_ok(r["status"])]
-    out: dict[str, np.ndarray] = {}
-    for name in FEATURE_NAMES:
-        out[name] = np.array(
-            [np.nan if r.get(name) is None else float(r[name]) for r in ok], dtype=float
-        )
-    return out
 
 
 @dataclass(frozen=True)
@@ -406,7 +398,8 @@ def reference_overlap(text: str, window_start: datetime) -> str | None:
 def _records(
     store: Store, endpoint: str, version_id: int, since: datetime, until: datetime, semantic: bool
 ) -> list[dict[str, Any]]:
-    return store.query_records(
+    """The answered records of users' requests in [since, until), as ``_columns`` reads them."""
+    found = store.query_records(
         endpoint=endpoint,
         version_id=version_id,
         since=since,
@@ -416,12 +409,14 @@ def _records(
         status="ok",
         embeddings=semantic,
     )
+    return [r for r in found if user_facing(r["shadow"])]
 
 
 def _columns(
     store: Store, endpoint: str, version_id: int, since: datetime, until: datetime
 ) -> dict[str, np.ndarray]:
-    """Feature arrays of the answered records in [since, until) (NaN where missing)."""
+    """Feature arrays of the answered records of users' requests in [since, until) (NaN
+    where missing; ``Store.feature_columns``)."""
     cols = store.feature_columns(endpoint=endpoint, version_id=version_id, since=since, until=until)
     return {name: np.array(cols[name], dtype=float) for name in FEATURE_NAMES}
 

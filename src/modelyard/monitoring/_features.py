@@ -3,7 +3,9 @@
 A tenant may keep prompts redacted, hashed or not at all; drift still needs to
 know how long prompts were and what they were made of, so these numbers are
 taken from the raw text at record time and stored beside the record
-(``record_features``). Nothing here keeps any of the text itself.
+(``record_features``). Nothing here keeps any of the text itself. A shadow copy's
+features are stored too, marked with its record's ``shadow``: drift reads the users'
+requests only (``Store.feature_columns``).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from modelyard.store._rows import (
     tenant_row,
     version_info,
 )
+from modelyard.store._samples import user_facing
 from modelyard.store._schema import (
     FeedbackRow,
     InferenceRecordRow,
@@ -77,6 +78,7 @@ _COPIED_COLUMNS = (
     "endpoint_name",
     "version_id",
     "status",
+    "shadow",  # migration 0029: drift reads users' requests, never a shadow copy
     "created_at",
     "prompt_tokens",
     "completion_tokens",
@@ -427,7 +429,8 @@ class RecordStore(StoreCore):
         until: datetime,
         status: str = "ok",
     ) -> dict[str, tuple[Any, ...]]:
-        """Drift feature columns (None where a record has no value) of the matching records.
+        """Drift feature columns (None where a record has no value) of the matching records
+        of users' requests (``user_facing``: a shadow copy's are in no drift).
 
         Columns, not rows: drift reads up to millions of records, and a row object per
         record would cost more than the statistics.
@@ -440,6 +443,7 @@ class RecordStore(StoreCore):
             f.endpoint_name == endpoint,
             f.version_id == version_id if version_id is not None else f.version_id.is_(None),
             f.status == status,
+            user_facing(f.shadow),
             f.created_at >= since,
             f.created_at < until,
         )

@@ -410,11 +410,12 @@ class RecordFeaturesRow(Base):
     """Drift features of one inference record, computed before the storage policy applies."""
 
     __tablename__ = "record_features"
-    # One covering index: a drift window is one index range scan (migration 0007).
+    # One covering index: a drift window is one index range scan (migrations 0007, 0029).
     __table_args__ = (
         Index(
-            "ix_record_features_window", "endpoint_name", "version_id", "status", "created_at",
-            "prompt_tokens", "completion_tokens", "latency_ms", "prompt_chars", "response_chars",
+            "ix_record_features_window", "endpoint_name", "version_id", "status", "shadow",
+            "created_at", "prompt_tokens", "completion_tokens", "latency_ms", "prompt_chars",
+            "response_chars",
             "prompt_non_ascii", "prompt_digits", "response_non_ascii", "response_digits",
             "unknown_token_rate",
         ),
@@ -426,6 +427,8 @@ class RecordFeaturesRow(Base):
     endpoint_name: Mapped[str | None] = mapped_column(String(100))
     version_id: Mapped[int | None] = mapped_column(Integer)
     status: Mapped[str | None] = mapped_column(String(16))
+    # a shadow copy's features (migration 0029): drift reads users' requests only
+    shadow: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
     created_at: Mapped[datetime | None]
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
