@@ -26,7 +26,7 @@ from modelyard.artifacts._adapter_check import (
 from modelyard.artifacts._base import ArtifactStore
 from modelyard.artifacts._factory import artifacts_from_settings, open_artifact_store
 from modelyard.artifacts._local import LocalArtifactStore
-from modelyard.artifacts._manifest import ArtifactRef, FileEntry
+from modelyard.artifacts._manifest import ArtifactRef, FileEntry, one_file_digest
 from modelyard.artifacts._pickle_scan import ALLOWED_PICKLE_GLOBALS, scan_pickle
 from modelyard.artifacts._safetensors_check import (
     SafetensorsHeader,
@@ -86,6 +86,7 @@ __all__ = [
     "artifacts_from_settings",
     "classify",
     "inspect_artifact",
+    "one_file_digest",
     "open_artifact_store",
     "pid_alive",
     "read_safetensors_header",

@@ -99,6 +99,12 @@ def digest_of(manifest: bytes) -> str:
     return hashlib.sha256(manifest).hexdigest()
 
 
+def one_file_digest(name: str, entry: FileEntry, *, kind: str) -> str:
+    """The digest ``put_file`` gives a file ``name`` of ``entry``'s hash and size stored as
+    ``kind``, known before it is stored."""
+    return digest_of(canonical_bytes(kind, {name: entry}))
+
+
 def parse_manifest(raw: bytes, digest: str) -> ArtifactRef:
     """Check ``raw`` hashes to ``digest`` and has the expected shape; build the ref."""
     actual = digest_of(raw)

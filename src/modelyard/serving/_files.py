@@ -8,26 +8,34 @@ were there: a tenant could tell that another holds a given file). A file's bytes
 deleted with the last file that has them, and files whose time is up
 (``_file_expiry``) are deleted by ``purge_expired``. The Files API (``_files_api``) and
 the batch runner (its output and error files) both go through it.
+
+No store transaction is open while the artifact store works (``store._files``): an
+upload holds its bytes first (``begin_upload``), waits for a discard of the same bytes
+under way to end, stores them, then makes its file (``finish_upload``); a discard
+claims the bytes, deletes them, then ends its claim.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
-import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
-from modelyard.artifacts import ArtifactStore
-from modelyard.errors import ArtifactNotFound, ModelyardError
-from modelyard.store import Store, StoredFile, check_file_quota
+from modelyard.artifacts import ArtifactStore, FileEntry, one_file_digest
+from modelyard.errors import ArtifactError, ArtifactNotFound, Conflict, ModelyardError
+from modelyard.store import Store, StoredFile, Upload, check_file_quota
 
 DEFAULT_MAX_FILE_BYTES = 200 * 1024 * 1024  # OpenAI's limit on a batch input file
 DEFAULT_MAX_TENANT_FILE_BYTES = 10 * 1024**3  # what one tenant's files may hold in all
 PURGE_PAGE = 100  # expired files deleted in one transaction
 CONTENT = "content"  # the name of a file's bytes in its artifact
 KIND = "file"  # the artifacts' kind, and its tenant's name after a colon (``kind``)
+DISCARD_WAIT_S = 30.0  # the longest an upload waits for a discard of the same bytes to end
+CHUNK = 1024 * 1024
 
 log = logging.getLogger(__name__)
 
@@ -81,27 +89,53 @@ class FileKeeper:
         expires_s: int | None = None,
     ) -> StoredFile:
         """A new file of ``tenant`` holding what ``source`` reads, gone ``expires_s`` after
-        (None: kept until deleted); blocks: call it on a worker thread."""
+        (None: kept until deleted); blocks: call it on a worker thread. Its bytes are held
+        (``begin_upload``: the quota is checked there) before they are stored, and no store
+        transaction is open while they are."""
         with self.staged() as path:
-            with path.open("wb") as out:
-                shutil.copyfileobj(source, out, 1024 * 1024)
-            self.check_room(tenant, path.stat().st_size)  # before the bytes are kept
-            digest, size = self.keep(path, tenant)
-
-            def ensure_bytes() -> None:
-                # the same bytes, another file's, deleted between ``keep`` and this row
-                if not self.artifacts.exists(digest):
-                    self.keep(path, tenant)
-
+            digest, size = _copy_hashed(source, path, kind(tenant))
+            self.check_room(tenant, size)  # before anything is held
+            upload = self.store.begin_upload(
+                tenant, size=size, digest=digest, quota=self.max_tenant_bytes
+            )
             try:
-                return self.store.add_file(
-                    tenant, filename=filename, purpose=purpose, size=size, digest=digest,
-                    api_key_id=api_key_id, quota=self.max_tenant_bytes,
-                    ensure_bytes=ensure_bytes, expires_s=expires_s,
+                if upload.discarding:
+                    self._wait_for_discard(upload)
+                kept, _ = self.keep(path, tenant)
+                if kept != digest:  # pragma: no cover - one manifest rule on both sides
+                    raise ArtifactError(f"stored as {kept}, not as {digest} as computed")
+                return self.store.finish_upload(
+                    upload, filename=filename, purpose=purpose, api_key_id=api_key_id,
+                    expires_s=expires_s,
                 )  # fmt: skip
             except BaseException:
-                self.discard_unused(digest)
+                self._abandon(upload)
                 raise
+
+    def _wait_for_discard(self, upload: Upload) -> None:
+        """Until the discard of ``upload``'s bytes under way when it began has ended (its
+        delete would otherwise take the bytes stored now); a Conflict (409, which the
+        OpenAI SDKs retry) past ``DISCARD_WAIT_S``."""
+        deadline, pause = time.monotonic() + DISCARD_WAIT_S, 0.01
+        while self.store.discarding(upload.digest):
+            if time.monotonic() >= deadline:
+                raise Conflict(
+                    f"the same bytes, a deleted file's of tenant {upload.tenant!r}, have been "
+                    f"being deleted for more than {DISCARD_WAIT_S:g} s",
+                    hint="Upload the file again shortly.",
+                    param="file",
+                )
+            time.sleep(pause)
+            pause = min(pause * 2, 0.25)
+
+    def _abandon(self, upload: Upload) -> None:
+        """End a failed upload's hold, then delete its bytes unless a file has them (best
+        effort: what is left, the sweep or ``modelyard doctor`` removes)."""
+        try:
+            self.store.abandon_upload(upload.id)
+        except ModelyardError:
+            return  # its hold stays until the sweep ends it, and discards its bytes
+        self.discard_unused(upload.digest)
 
     def path(self, file: StoredFile) -> Path:
         """A local path to ``file``'s bytes, every byte checked against its digest."""
@@ -117,7 +151,14 @@ class FileKeeper:
 
     def purge_expired(self) -> int:
         """Delete the files whose time is up (not a running batch's input), a page at a
-        time, and their bytes when no other file has them; how many went."""
+        time, and their bytes when no other file has them; how many went. First, the holds
+        of uploads and discards that died half way (``Store.sweep_file_holds``) end."""
+        while True:
+            dead = self.store.sweep_file_holds(PURGE_PAGE)
+            for digest in dead:
+                self.discard_unused(digest)
+            if len(dead) < PURGE_PAGE:
+                break
         gone = 0
         while True:
             page = self.store.purge_expired_files(PURGE_PAGE)
@@ -131,12 +172,25 @@ class FileKeeper:
                 return gone
 
     def discard_unused(self, digest: str) -> None:
-        """Delete the bytes ``digest`` unless a file has them (best effort: ``modelyard
-        doctor`` finds what is left)."""
+        """Delete the bytes ``digest`` unless a file has them or an upload holds them (best
+        effort: ``modelyard doctor`` finds what is left); no store transaction is open
+        while they are deleted (``Store.discard_bytes``)."""
         try:
             self.store.discard_bytes(digest, self.artifacts.delete)
         except (ArtifactNotFound, ModelyardError, OSError):
             return
+
+
+def _copy_hashed(source: IO[bytes], path: Path, kind: str) -> tuple[str, int]:
+    """Copy ``source`` to ``path``, hashing it on the way; the digest ``put_file`` gives it
+    as ``kind``, and its size."""
+    sha, size = hashlib.sha256(), 0
+    with path.open("wb") as out:
+        while chunk := source.read(CHUNK):
+            sha.update(chunk)
+            out.write(chunk)
+            size += len(chunk)
+    return one_file_digest(path.name, FileEntry(sha.hexdigest(), size), kind=kind), size
 
 
 __all__ = ["CONTENT", "DEFAULT_MAX_FILE_BYTES", "DEFAULT_MAX_TENANT_FILE_BYTES", "FileKeeper"]

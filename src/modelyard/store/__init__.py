@@ -10,7 +10,7 @@ from modelyard.store._batches import LeaseLost, LineOutput, OutputFile, StoredBa
 from modelyard.store._budgets import period_end, period_start
 from modelyard.store._core import check_name, parse_model_ref
 from modelyard.store._engine import head_revision, redact_url
-from modelyard.store._files import FILE_PURPOSES, StoredFile, check_file_quota
+from modelyard.store._files import FILE_PURPOSES, StoredFile, Upload, check_file_quota
 from modelyard.store._judges import RUBRIC_NAMES, JudgeDef, Judgement
 from modelyard.store._pairs import SHADOW_SUFFIX, PairedRecord, ShadowWindow
 from modelyard.store._rollouts import (
@@ -124,6 +124,7 @@ __all__ = [
     "TrafficPoint",
     "TrafficRoute",
     "Transition",
+    "Upload",
     "VersionKind",
     "VersionSample",
     "answered_ok",
