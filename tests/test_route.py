@@ -421,3 +421,45 @@ def test_an_upload_larger_than_the_routers_body_cap_is_relayed_to_a_replica(
             router.stop()
             for r in replicas:
                 r.stop()
+
+
+def test_an_upload_to_a_replica_that_began_draining_gets_its_503(tmp_path: Path) -> None:
+    """Both replicas began draining since their last heartbeat: the first one tried
+    answers an upload whose bytes went out with 503 shutting_down. It cannot go to
+    another replica (the bytes were read), so the client gets that 503, with its
+    Retry-After, which the SDKs retry: not a 502 saying the replica broke off. (A body
+    larger than the sockets' buffers meets a replica that closed the connection before
+    reading it: no answer comes back to relay, and that is the 502.)"""
+    with Store.open(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        fake_world(store, versions=1)
+        _, key = create_api_key(store, "acme")
+        artifacts = LocalArtifactStore(tmp_path / "artifacts")
+        apps, replicas = [], []
+        for _ in range(2):  # beats every 30 s: the drain is not in a heartbeat meanwhile
+            app = create_app(store, Holding([]), refresh_seconds=0.2, heartbeat_s=30,
+                             artifacts=artifacts, max_file_bytes=8 << 20)  # fmt: skip
+            server = BackgroundServer(app)
+            app.state.agent.address = f"127.0.0.1:{server.port}"
+            apps.append(app)
+            replicas.append(server.start())
+        router = BackgroundServer(create_route_app(store, RouteOptions(
+            refresh_s=0.1, stale_after_s=60, max_body_bytes=1 << 20,
+            max_file_bytes=8 << 20))).start()  # fmt: skip
+        try:
+            until("both replicas in the router", lambda: live(router) == 2, timeout_s=15)
+            for app in apps:
+                app.state.drain.begin(30)
+            body = b"".join(b'{"custom_id": "r%07d"}\n' % i for i in range(100))
+            with (
+                openai.OpenAI(base_url=router.base_url + "/v1", api_key=key,
+                              max_retries=0) as client,
+                pytest.raises(openai.APIStatusError) as refused,
+            ):  # fmt: skip
+                client.files.create(file=("small.jsonl", body), purpose="batch")
+            assert refused.value.status_code == 503, refused.value.message
+            assert refused.value.code == "shutting_down"
+            assert refused.value.response.headers.get("retry-after")
+        finally:
+            router.stop()
+            for r in replicas:
+                r.stop()
