@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from modelyard.access import create_api_key, rotate_api_key
 from modelyard.admin._auth import Acting
 from modelyard.admin._encode import jsonable
-from modelyard.admin._params import duration, page_after, page_limit
+from modelyard.admin._params import duration, page_after, page_limit, utc
 from modelyard.errors import NotFound
 from modelyard.store import (
     DEFAULT_STORAGE_POLICY,
@@ -242,6 +242,26 @@ def list_budgets(
     if tenant is not None:
         caller.store.get_tenant(tenant)  # a misspelt tenant is a 404, not "no budgets"
     return caller.store.budget_statuses(caller.store.list_budgets(tenant), datetime.now(UTC))
+
+
+@router.get("/usage", summary="Token usage and what it cost, by day, tenant, key or version")
+def read_usage(
+    caller: Acting,
+    since: datetime | None = Query(
+        None, description="From this UTC day (default: the month's first)."
+    ),
+    until: datetime | None = Query(None, description="Before this UTC day (default: up to now)."),
+    tenant: str | None = Query(None, max_length=100),
+    by: str = Query(
+        "day", max_length=100, description="Comma-separated: day, tenant, key, version."
+    ),
+) -> list[dict[str, Any]]:
+    """The users' requests and tokens (shadow copies, no user's, and requests still running
+    not counted), and their cost at today's token prices: what budgets count as spent,
+    read from the usage kept per day."""
+    start = utc(since, "since") or datetime.now(UTC).replace(day=1)
+    groups = [b.strip() for b in by.split(",") if b.strip()]
+    return caller.store.usage(since=start, until=utc(until, "until"), tenant=tenant, by=groups)
 
 
 __all__ = ["key_json", "router"]

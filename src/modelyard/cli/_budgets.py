@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -119,6 +122,70 @@ def budgets_recount(
             f"  {row['key_id'] or '(all keys)'} per {row['period']}: {row['spent']:.4g} "
             f"spent of {row['amount']:g} ({row['used_percent']:.0f} %)"
         )
+
+
+@app.command("usage")
+def budgets_usage(
+    tenant: str | None = typer.Option(None, "--tenant", help="Only this tenant's."),
+    since: str | None = typer.Option(
+        None,
+        "--since",
+        help="From this UTC day: a date (2026-12-01) or a duration back "
+        "(30d). Default: the month's first.",
+    ),
+    until: str | None = typer.Option(None, "--until", help="Before this UTC day (a date)."),
+    by: str = typer.Option(
+        "day",
+        "--by",
+        help="Sum by some of day, tenant, key, version (comma-separated); '' for one total.",
+    ),
+    json_out: bool = JSON,
+) -> None:
+    """Token usage and what it cost, for chargeback: the users' requests and tokens (shadow
+    copies and requests still running not counted) at today's token prices, what budgets
+    count as spent. Read from the usage kept per day: a purge does not lower it."""
+    now = datetime.now(UTC)
+    start = parse_since(since, field="--since", now=now) if since else now.replace(day=1)
+    end = parse_since(until, field="--until", now=now, allow_future=True) if until else None
+    groups = [b.strip() for b in by.split(",") if b.strip()]
+    with open_plane() as plane:
+        rows: list[dict[str, Any]] = plane.usage_rows(
+            since=start, until=end, tenant=tenant, by=groups
+        )
+    if json_out:
+        print_json(rows)
+        return
+    if not rows:
+        console.print(f"no usage since {start:%Y-%m-%d}" + (f" for {tenant}" if tenant else ""))
+        return
+    names = [g for g in ("day", "tenant", "key", "version") if g in groups]
+    table = Table(*names, "requests", "prompt tokens", "completion tokens", "cost",
+                  title=f"usage from {start:%Y-%m-%d}"
+                  + (f" until {end:%Y-%m-%d}" if end else "") + " (UTC days)")  # fmt: skip
+    for row in rows:
+        table.add_row(
+            *(str(row[n] or "(no key)") for n in names), f"{row['requests']:,}",
+            f"{row['prompt_tokens']:,}", f"{row['completion_tokens']:,}", _money(row),
+        )  # fmt: skip
+    if len(rows) > 1:
+        total: dict[str, Any] = {
+            k: sum(r[k] for r in rows)
+            for k in ("requests", "prompt_tokens", "completion_tokens", "unpriced_tokens")
+        }
+        total["cost"] = math.fsum(r["cost"] for r in rows)
+        table.add_row(
+            *(["total"] + [""] * (len(names) - 1) if names else []), f"{total['requests']:,}",
+            f"{total['prompt_tokens']:,}", f"{total['completion_tokens']:,}", _money(total),
+            style="bold",
+        )  # fmt: skip
+    console.print(table)
+
+
+def _money(row: Mapping[str, Any]) -> str:
+    """The cost, and the tokens of versions without a price, which it does not count."""
+    cost = f"{row['cost']:.4g}"
+    unpriced = int(row["unpriced_tokens"])
+    return f"{cost} (+{unpriced:,} unpriced tokens)" if unpriced else cost
 
 
 def _who(budget: Budget) -> str:

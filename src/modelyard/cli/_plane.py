@@ -241,6 +241,11 @@ class LocalPlane:
             self.store.get_tenant(tenant)  # a misspelt tenant: "no tenant named", not "no budgets"
         return self.store.budget_statuses(self.store.list_budgets(tenant), datetime.now(UTC))
 
+    def usage_rows(
+        self, *, since: datetime, until: datetime | None, tenant: str | None, by: list[str]
+    ) -> list[dict[str, object]]:
+        return self.store.usage(since=since, until=until, tenant=tenant, by=by)
+
     # -- monitoring --------------------------------------------------------------------
 
     def update_profiles(self) -> bool:

@@ -302,6 +302,13 @@ class RemotePlane:
     def list_budget_rows(self, tenant: str | None = None) -> list[dict[str, object]]:
         return [dict(row) for row in self.client.get("/budgets", tenant=tenant)]
 
+    def usage_rows(
+        self, *, since: datetime, until: datetime | None, tenant: str | None, by: list[str]
+    ) -> list[dict[str, object]]:
+        rows = self.client.get("/usage", since=since, until=until, tenant=tenant,
+                               by=",".join(by))  # fmt: skip
+        return [dict(row) for row in rows]
+
     # -- monitoring --------------------------------------------------------------------
 
     def update_profiles(self) -> bool:

@@ -54,6 +54,7 @@ from modelyard.store._seal_check import SealStore
 from modelyard.store._series import SeriesStore
 from modelyard.store._tokens import TokenStore
 from modelyard.store._tracking import TrackingStore
+from modelyard.store._usage import UsageStore
 
 
 class Store(
@@ -71,6 +72,7 @@ class Store(
     MonitoringStore,
     AlertStore,
     BudgetStore,
+    UsageStore,
     SeriesStore,
     JudgeStore,
     PairStore,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, cast
 
@@ -30,6 +30,7 @@ from sqlalchemy import (
     Integer,
     String,
     Table,
+    case,
     delete,
     func,
     select,
@@ -37,8 +38,18 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from modelyard.errors import ConfigError
+from modelyard.store._core import StoreCore
+from modelyard.store._rows import tenant_row, version_info
 from modelyard.store._samples import user_facing
-from modelyard.store._schema import Base, InferenceRecordRow
+from modelyard.store._schema import (
+    Base,
+    BaseModelRow,
+    InferenceRecordRow,
+    ModelVersionRow,
+    TenantRow,
+    TokenPriceRow,
+)
 
 # the record columns ``add_usage`` reads, from a row's dict or a selected mapping
 USAGE_COLUMNS = (
@@ -157,4 +168,95 @@ def recount_usage(s: Session, tenant_id: int, since: datetime, until: datetime) 
     return counted
 
 
-__all__ = ["USAGE_COLUMNS", "UsageDayRow", "add_usage", "day_of", "recount_usage", "usage_of"]
+USAGE_GROUPS = ("day", "tenant", "key", "version")
+"""What ``usage`` may sum by."""
+
+
+class UsageStore(StoreCore):
+    """The token usage per day, tenant, key and version, and what it cost: chargeback."""
+
+    def usage(
+        self,
+        *,
+        since: datetime,
+        until: datetime | None = None,
+        tenant: str | None = None,
+        by: Sequence[str] = ("day",),
+    ) -> list[dict[str, Any]]:
+        """The users' requests and their tokens from ``since``'s UTC day to before
+        ``until``'s (None: to now), of ``tenant`` (None: every tenant), summed by ``by``
+        (some of ``USAGE_GROUPS``; none: one total), with their ``cost`` at today's prices
+        (versions without one cost nothing: ``unpriced_tokens`` counts their tokens), as
+        budgets count them. Sorted by day, tenant, key and version."""
+        unknown = [b for b in by if b not in USAGE_GROUPS]
+        if unknown:
+            raise ConfigError(
+                f"cannot sum usage by {', '.join(map(repr, unknown))}: by any of "
+                f"{', '.join(USAGE_GROUPS)}",
+                field="by",
+            )
+        u, price = UsageDayRow, TokenPriceRow
+        columns = {
+            "day": u.day, "tenant": TenantRow.name, "key": u.key_id, "version": u.version_id,
+        }  # fmt: skip
+        names = [b for b in USAGE_GROUPS if b in by]
+        groups = [columns[b] for b in names]
+        cost = u.prompt_tokens * price.input_per_1k + u.completion_tokens * price.output_per_1k
+        unpriced = case(
+            (price.base_model.is_(None), u.prompt_tokens + u.completion_tokens), else_=0
+        )
+        query = (
+            select(
+                *groups,
+                func.sum(u.requests),
+                func.sum(u.prompt_tokens),
+                func.sum(u.completion_tokens),
+                func.coalesce(func.sum(cost), 0.0) / 1000.0,
+                func.sum(unpriced),
+            )
+            .select_from(u)
+            .join(TenantRow, TenantRow.id == u.tenant_id)
+            .join(ModelVersionRow, ModelVersionRow.id == u.version_id)
+            .join(BaseModelRow, BaseModelRow.id == ModelVersionRow.base_model_id)
+            .outerjoin(price, price.base_model == BaseModelRow.name)
+            .where(u.day >= day_of(since))
+            .group_by(*groups)
+            .order_by(*groups)
+        )
+        if until is not None:
+            query = query.where(u.day < day_of(until))
+        with self._session("read the token usage") as s:
+            if tenant is not None:
+                query = query.where(u.tenant_id == tenant_row(s, tenant).id)
+            rows = s.execute(query).all()
+            at = names.index("version") if "version" in names else None
+            refs = version_info(s, [cast(int, r[at]) for r in rows]) if at is not None else {}
+        out = []
+        for row in rows:
+            named: dict[str, Any] = dict(zip(names, row, strict=False))
+            if "day" in named:
+                named["day"] = named["day"].date().isoformat()
+            if "key" in named:
+                named["key"] = named["key"] or None
+            if "version" in named:
+                named["version"] = refs.get(named["version"], ("?", "?"))[0]
+            sums: tuple[Any, ...] = tuple(row[len(groups) :])
+            requests, prompt, completion, money, unpriced_tokens = sums
+            out.append(named | {
+                "requests": int(requests or 0), "prompt_tokens": int(prompt or 0),
+                "completion_tokens": int(completion or 0), "cost": float(money or 0.0),
+                "unpriced_tokens": int(unpriced_tokens or 0),
+            })  # fmt: skip
+        return out
+
+
+__all__ = [
+    "USAGE_COLUMNS",
+    "USAGE_GROUPS",
+    "UsageDayRow",
+    "UsageStore",
+    "add_usage",
+    "day_of",
+    "recount_usage",
+    "usage_of",
+]
