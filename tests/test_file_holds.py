@@ -25,6 +25,7 @@ import openai
 import pytest
 from sqlalchemy import func, insert, select, text, update
 
+from modelyard import doctor
 from modelyard.access import create_api_key
 from modelyard.artifacts import ArtifactStore, LocalArtifactStore, open_artifact_store
 from modelyard.artifacts._manifest import FileEntry, canonical_bytes, digest_of
@@ -32,7 +33,7 @@ from modelyard.errors import Conflict
 from modelyard.serving import BackgroundServer, EchoEngine, create_app
 from modelyard.serving import _files as files_module
 from modelyard.serving._files import FileKeeper
-from modelyard.store import Store
+from modelyard.store import Store, Upload
 from modelyard.store._files import DISCARD_STALE_S, FileDiscardRow, FileRow, FileUploadRow
 from worlds import two_tenant_world
 
@@ -305,3 +306,32 @@ def _age_discards(store: Store) -> None:
     old = datetime.now(UTC) - timedelta(seconds=DISCARD_STALE_S + 1)
     with store._engine.begin() as conn:
         conn.execute(update(FileDiscardRow).values(started_at=old))
+
+
+def test_doctor_leaves_unreferenced_bytes_an_upload_holds_meanwhile(
+    store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``modelyard doctor --fix`` deletes bytes no file has (a delete that died before
+    deleting them); an upload of the same bytes that holds them between the doctor's
+    check and its delete keeps them, and its file reads them."""
+    artifacts = LocalArtifactStore(tmp_path / "artifacts")
+    files = FileKeeper(store, artifacts)
+    first = files.save("acme", io.BytesIO(LINES), filename="1.jsonl", purpose="batch",
+                       api_key_id=None)  # fmt: skip
+    store.delete_unread_file("acme", first.id)  # its bytes left behind, as after a kill
+    checked = doctor.referenced_digests
+    uploads: list[Upload] = []
+
+    def then_an_upload_holds_them(at: Store) -> set[str]:
+        found = checked(at)
+        if not uploads:  # the doctor's first look: an upload begins right after it
+            uploads.append(at.begin_upload("acme", size=len(LINES), digest=first.digest))
+        return found
+
+    monkeypatch.setattr(doctor, "referenced_digests", then_an_upload_holds_them)
+    report = doctor.diagnose(store, artifacts, stale=timedelta(0), fix=True)
+    blobs = [f for f in report.findings if f.kind == "blob"]
+    assert [(f.fixed, f.error) for f in blobs] == [(False, "changed meanwhile; left in place")]
+    assert artifacts.exists(first.digest)
+    second = store.finish_upload(uploads[0], filename="2.jsonl", purpose="batch")
+    assert files.path(second).read_bytes() == LINES

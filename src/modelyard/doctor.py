@@ -195,8 +195,9 @@ def _blobs(store: Store, artifacts: ArtifactStore, stale: timedelta, fix: bool) 
         def delete(digest: str = digest) -> bool:
             if digest in referenced_digests(store):  # registered meanwhile
                 return False
-            artifacts.delete(digest)
-            return True
+            # as a file's bytes are discarded: an upload of the same bytes that holds them
+            # now keeps them, and one that holds them after waits for the delete to end
+            return store.discard_bytes(digest, artifacts.delete)
 
         found.append(_attempt(finding, fix, delete))
     return found
