@@ -60,7 +60,8 @@ export function yTicks(maxv, { whole = false } = {}) {
 }
 
 const MINUTE = 60000;
-const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440].map((m) => m * MINUTE);
+const TIME_STEPS = [1, 2, 5, 10, 15, 30, 60, 120, 180, 360, 720, 1440, 2880, 7 * 1440,
+  14 * 1440].map((m) => m * MINUTE);
 
 /** Time marks at whole minutes, hours or days (UTC) within t0..t1 (ms): at most six. */
 export function timeTicks(t0, t1) {
@@ -73,6 +74,11 @@ export function timeTicks(t0, t1) {
 
 function clock(ms) {
   return new Date(ms).toISOString().slice(11, 16);
+}
+
+/** A time mark's label: the UTC time of day, or the date (MM-DD) on a window of days. */
+function mark(ms, span) {
+  return span >= 2 * 1440 * MINUTE ? new Date(ms).toISOString().slice(5, 10) : clock(ms);
 }
 
 /**
@@ -108,7 +114,7 @@ export function lineChart(series, { title = "", unit = "", width = 640, height =
     const x = X(t);
     const anchor = x < m.l + 20 ? "start" : x > m.l + iw - 20 ? "end" : "middle";
     svg.append(s("text", { x, y: height - 8, "text-anchor": anchor, class: "axis" },
-      clock(t)));
+      mark(t, t1 - t0)));
   }
   if (threshold !== null) {
     svg.append(s("line", { x1: m.l, x2: m.l + iw, y1: Y(threshold), y2: Y(threshold),

@@ -8,6 +8,7 @@ import { endpointPage, endpointsPage } from "./pages/endpoints.js";
 import { rolloutPage, rolloutsPage } from "./pages/rollouts.js";
 import { monitoringPage } from "./pages/monitoring.js";
 import { auditPage } from "./pages/audit.js";
+import { usagePage } from "./pages/usage.js";
 
 const view = document.getElementById("view");
 const flashBox = document.getElementById("flash");
@@ -39,6 +40,7 @@ const ROUTES = [
   [/^rollouts\/([^/]+)\/([^/]+)$/, (m, ctx) => rolloutPage(m[1], m[2], ctx)],
   [/^monitoring$/, () => monitoringPage()],
   [/^audit$/, (m, ctx, params) => auditPage(params, ctx)],
+  [/^usage$/, (m, ctx, params) => usagePage(params)],
 ];
 
 /** A path segment of the address, decoded; null when it is not valid percent-encoding. */
