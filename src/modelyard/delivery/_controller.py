@@ -68,8 +68,8 @@ def _expect(r: Rollout) -> tuple[str, str, int]:
 
 @dataclass(frozen=True)
 class _Seen:
-    """What one tick read for every active rollout at once: the live servers, the
-    rollouts' versions and the step views of those baking."""
+    """What one tick read for every active rollout at once: the servers (``alive`` says
+    whose heartbeat is recent), the rollouts' versions and the step views of those baking."""
 
     servers: list[Server]
     versions: Versions
