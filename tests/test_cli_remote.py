@@ -572,6 +572,8 @@ ACCESS_READS = [
     "keys list --tenant acme",
     "budgets list",
     "budgets list --json",
+    "budgets usage --since 2025-12-01 --by tenant,version",
+    "budgets usage --since 2025-12-01 --by day,key --json",
     "monitor profiles --no-update",
     "monitor profiles --no-update --json",
     "monitor profiles --no-update --window day --endpoint support",
