@@ -11,7 +11,20 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, delete, func, insert, or_, select, update
+from sqlalchemy import (
+    String,
+    Table,
+    any_,
+    bindparam,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.dialects import postgresql
+from sqlalchemy.orm import Session
 
 from modelyard.audit import DISCARD_ACTION, FINAL_STATUSES, SealEntry
 from modelyard.errors import ConfigError
@@ -174,7 +187,10 @@ class RecordStore(StoreCore):
                     continue  # nothing of this page: no write transaction
             with self._write(f"discard unwritten records of batch job {job_id!r}") as s:
                 columns = (r.id, *(getattr(r, name) for name in USAGE_COLUMNS))
-                found = s.execute(select(*columns).where(*mine)).mappings().all()
+                # locked (as a close and an end lock them): one ending meanwhile is waited
+                # for, and its usage then taken back
+                query = select(*columns).where(*mine).order_by(r.created_at, r.id)
+                found = s.execute(query.with_for_update()).mappings().all()
                 chunk = [m["id"] for m in found]
                 # final records are sealed (those written before sealing began are listed
                 # too: the event only explains seals that miss them)
@@ -239,6 +255,10 @@ class RecordStore(StoreCore):
             records.append(row | {"status": "running"})
         pending = prepare_seal(records + updates) if seal else None
         with self._write(f"write {len(items) + len(started)} inference records") as s:
+            if updates and (gone := _update_running(s, updates)):
+                updates = [u for u in updates if u["id"] not in gone]
+                features = [f for f in features if f["record_id"] not in gone]
+                pending = prepare_seal(records + updates) if seal else None
             if records:
                 s.execute(_INSERT_RECORDS, records)  # Core: every column given, no ORM pass
             if updates:  # bulk UPDATE by primary key
@@ -276,16 +296,16 @@ class RecordStore(StoreCore):
         r = InferenceRecordRow
         running = (r.status == "running", r.server_id.in_(list(server_ids)))
         with self._write(f"close the running requests of {len(server_ids)} stopped servers") as s:
-            if not seal:
+            if not seal:  # the rows it closes, as it closes them: one that started since counts
                 columns = [getattr(r, name) for name in USAGE_COLUMNS]
-                closed = s.execute(select(*columns).where(*running).with_for_update())
-                add_usage(s, [dict(m) | {"status": "error"} for m in closed.mappings()])
-                result = s.execute(
+                closed = s.execute(
                     update(r).where(*running)
                     .values(status="error", http_status=500, error=error)
+                    .returning(*columns)
                     .execution_options(synchronize_session=False)
-                )  # fmt: skip
-                return int(getattr(result, "rowcount", 0) or 0)
+                ).mappings().all()  # fmt: skip
+                add_usage(s, closed)
+                return len(closed)
             columns = [getattr(r, name) for name in (*_RECORD_COLUMNS, "server_id")]
             query = select(*columns).where(*running).order_by(r.created_at, r.id)
             rows = [
@@ -478,3 +498,23 @@ class RecordStore(StoreCore):
                 .order_by(InferenceRecordRow.created_at)
                 .limit(1)
             )
+
+
+def _update_running(s: Session, updates: Sequence[dict[str, Any]]) -> set[str]:
+    """Before the ends ``updates`` are written over their ``running`` rows: take back the
+    usage of those rows a close already ended and counted (their server was taken for
+    dead, yet ran on: the end is written over the close, and counts once), and return the
+    ids of the rows gone (a resumed batch job discarded them): their ends update nothing
+    and count nothing. The rows are locked (in the order the sweep's sealing close locks
+    them): a close or a discard under way is waited for, and then seen."""
+    r = InferenceRecordRow
+    ids = [u["id"] for u in updates]
+    columns = (r.id, *(getattr(r, name) for name in USAGE_COLUMNS))
+    if s.get_bind().dialect.name == "postgresql":  # one array: an IN of 256 ids plans slowly
+        mine = r.id == any_(bindparam("ids", ids, type_=postgresql.ARRAY(String)))
+    else:
+        mine = r.id.in_(ids)
+    query = select(*columns).where(mine).order_by(r.created_at, r.id)
+    found = {m["id"]: m for m in s.execute(query.with_for_update()).mappings()}
+    add_usage(s, [m for m in found.values() if m["status"] != "running"], sign=-1)
+    return set(ids) - set(found)
