@@ -355,7 +355,58 @@ def test_a_close_counts_every_row_it_closes(ops: Store, store_url: str) -> None:
     assert _usage(ops) == _expected_usage(ops)
 
 
-# -- writers sharing usage rows ----------------------------------------------------------------
+# -- a recount racing the record writer or a purge ---------------------------------------------
+
+
+def _recount_select(sql: str) -> bool:
+    return "count(*)" in sql and "FROM inference_records" in sql and "GROUP BY" in sql
+
+
+def test_a_recount_racing_a_write_counts_it_once(ops: Store, store_url: str) -> None:
+    """PostgreSQL READ COMMITTED: a request through a key not yet used today is written
+    (record and usage committed) after the recount deleted today's usage and before it
+    reads today's records: the recount reads it and adds it to the row the write made."""
+    _pg(store_url)
+    key = create_api_key(ops, "acme")[0].id
+    now = datetime.now(UTC)
+    ops.add_inference_records([_rec(ops, "before", now)])
+    with _open(store_url) as other:
+        new = [_rec(ops, "during", now, api_key_id=key)]
+        threads: list[threading.Thread] = []
+        remove = _on_statement(
+            ops, _recount_select,
+            lambda: threads.append(_in_thread(lambda: other.add_inference_records(new), 1.5)),
+        )  # fmt: skip
+        try:
+            ops.recount_usage("acme", now)
+        finally:
+            remove()
+        _join(threads[0])
+    assert _usage(ops) == _expected_usage(ops)
+    assert sorted(v[0] for v in _usage(ops).values()) == [1, 1]
+
+
+def test_a_recount_racing_a_purge_loses_no_usage(ops: Store, store_url: str) -> None:
+    """PostgreSQL: a purge of today's records commits after the recount checked for purges
+    and before it reads the records: the recount then counted nothing for today, and the
+    usage the purge was to keep was lost."""
+    _pg(store_url)
+    now = datetime.now(UTC)
+    ops.add_inference_records([_rec(ops, f"r{i}", now) for i in range(3)])
+    ops.set_retention("acme", 1)
+    kept = _usage(ops)
+    assert list(kept.values()) == [(3, 3000, 1500)]
+    with _open(store_url) as other:
+        purge = lambda: other.purge_records("acme", datetime.now(UTC) + timedelta(seconds=5))  # noqa: E731
+        threads: list[threading.Thread] = []
+        remove = _on_statement(ops, _recount_select, lambda: threads.append(_in_thread(purge, 1.5)))
+        try:
+            ops.recount_usage("acme", now)
+        finally:
+            remove()
+        _join(threads[0])
+    assert ops.count_inference_records() == 0
+    assert _usage(ops) == kept
 
 
 def test_two_writers_sharing_usage_rows_never_deadlock(ops: Store, store_url: str) -> None:

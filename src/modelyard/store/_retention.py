@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
 from modelyard.audit import PURGE_ACTION
@@ -80,6 +80,7 @@ class RetentionStore(StoreCore):
             raise ConfigError(f"--since {start:%Y-%m-%d} is in the future", field="since")
         with self._write(f"recount the usage of tenant {tenant!r}") as s:
             self._require(s, USAGE_RECOUNTED, tenant, f"recount the usage of {tenant!r}")
+            _lock_usage(s, "SHARE ROW EXCLUSIVE")  # before the purges are read
             tid = tenant_id_of(s, tenant)
             purged = _purged_before(s, tid)
             if purged is not None and start < purged:
@@ -104,6 +105,7 @@ class RetentionStore(StoreCore):
         """
         r = InferenceRecordRow
         with self._write(f"purge records of tenant {tenant!r}") as s:
+            _lock_usage(s, "ROW EXCLUSIVE")  # a recount under way counts the records first
             tid = tenant_id_of(s, tenant)
             ids = select(r.id).where(r.tenant_id == tid, r.created_at < before)
             # counted in the database: a purge of a million records reads no million ids
@@ -123,6 +125,17 @@ class RetentionStore(StoreCore):
 
 
 USAGE_RECOUNTED = "usage.recounted"
+
+
+def _lock_usage(s: Session, mode: str) -> None:
+    """PostgreSQL: a recount (``SHARE ROW EXCLUSIVE``) waits for the transactions writing
+    usage or purging records (``ROW EXCLUSIVE``, which record paths take by their upsert)
+    to end, and they for it: under READ COMMITTED a write committed between the recount's
+    delete of a day and its read of the day's records was counted twice (its row made
+    anew, then the recount's sums added to it), and a purge committed there lost the
+    usage of the records it deleted. SQLite's write transactions are one at a time."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text(f"LOCK TABLE usage_days IN {mode} MODE"))
 
 
 def _purged_before(s: Session, tenant_id: int) -> datetime | None:
