@@ -13,7 +13,7 @@ import pytest
 from modelyard.monitoring import AlertRules, evaluate_rules
 from modelyard.monitoring._alerts import record_metrics
 from modelyard.store import NewInferenceRecord, Store
-from modelyard.store._monitoring import linear_percentile
+from modelyard.store._aggregates import linear_percentile
 from worlds import fake_world
 
 STATUSES = ("ok", "ok", "ok", "error", "timeout", "cancelled", "refused", "running")
