@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from modelyard.store import Store, answered_ok, ended, failed, user_facing
+from modelyard.store import Store, answered, answered_ok, ended, failed, user_facing
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -106,7 +106,8 @@ def profile_of(
 ) -> dict[str, Any]:
     """Aggregates of one group of records (one endpoint, version, tenant and kind of traffic
     in a window). The latency and time to first token (percentiles and histograms) are those
-    of the records answered ok (``answered_ok``), as guards and alert rules read them."""
+    of the records answered ok (``answered_ok``), the feedback that on the records answered
+    (``answered``), as guards and alert rules read them."""
     timed = [r for r in records if answered_ok(r["status"])]
     latency = np.array([r["latency_ms"] for r in timed], dtype=float)
     ttft = np.array([r["ttft_ms"] for r in timed if r["ttft_ms"] is not None], dtype=float)
@@ -116,7 +117,12 @@ def profile_of(
     price = prices.get(base) if base else None
     cost = (tokens_in * price[0] + tokens_out * price[1]) / 1000 if price else None
     known = [r["cache_hit"] for r in records if r.get("cache_hit") is not None]
-    scores = [float(r["feedback_score"]) for r in records if r.get("feedback_score") is not None]
+    # the feedback on requests answered: a correction of one that got none rates no answer
+    scores = [
+        float(r["feedback_score"])
+        for r in records
+        if r.get("feedback_score") is not None and answered(r["status"])
+    ]
     checked = [r["format_ok"] for r in records if r.get("format_ok") is not None]
     return {
         "requests": len(records),

@@ -171,7 +171,10 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
         """A verdict on one request: ``score`` from -1 to 1, or ``thumbs`` up (1) / down (-1),
         and optionally the ``label``: the answer (or class) the request should have had.
 
-        Sent again for the same request, the latest verdict replaces the earlier one.
+        Sent again for the same request, the latest verdict replaces the earlier one. The
+        reply's ``counted`` says whether the score counts in the endpoint's feedback means:
+        false for a correction of a request that got no answer (a 409 without its label),
+        whose label is kept for training and whose score rates no answer.
         """
         saved = await run_in_threadpool(
             plane.add_feedback, key, body.request_id, body.value, body.comment, body.label
@@ -184,6 +187,7 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
             "score": saved.score,
             "comment": saved.comment,
             "label": saved.label,
+            "counted": saved.counted,
             "created": int(saved.created_at.timestamp()),
             "updated": int(saved.updated_at.timestamp()),
         }

@@ -21,7 +21,7 @@ from modelyard.store._rollouts import (
     failed,
     step_plan,
 )
-from modelyard.store._samples import answered_ok, user_facing
+from modelyard.store._samples import answered, answered_ok, user_facing
 from modelyard.store._schema import utcnow
 from modelyard.store._series import FeedbackSummary, TrafficPoint
 from modelyard.store._store import Store
@@ -127,6 +127,7 @@ __all__ = [
     "Upload",
     "VersionKind",
     "VersionSample",
+    "answered",
     "answered_ok",
     "check_file_quota",
     "check_name",

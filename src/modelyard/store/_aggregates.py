@@ -3,9 +3,10 @@ summaries alert rules read (counts, sums, mean latency, feedback, exact percenti
 the hourly latency of the report. No row object per record: a busy endpoint has millions.
 
 Each counts the records of users' requests (``user_facing``: no shadow copy); latency and
-time to first token are those of the requests answered ok (``answered_ok``). Percentiles
-are numpy's, to the last bit (``linear_percentile``), from the few values around each rank
-the database sends back.
+time to first token are those of the requests answered ok (``answered_ok``), feedback that
+on the requests answered (``answered``: a correction of a request that got no answer is
+training data, its score rates no answer). Percentiles are numpy's, to the last bit
+(``linear_percentile``), from the few values around each rank the database sends back.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session
 from modelyard.store._core import StoreCore
 from modelyard.store._monitoring_entities import HourLatency, RecordSummary
 from modelyard.store._rows import epoch_seconds
-from modelyard.store._samples import ENDED, FAILED, answered_ok, user_facing
+from modelyard.store._samples import ENDED, FAILED, answered, answered_ok, user_facing
 from modelyard.store._schema import FeedbackRow, InferenceRecordRow
 
 
@@ -105,7 +106,9 @@ def _summaries(
         func.sum(r.completion_tokens),
         func.count(fb.score),
         func.sum(fb.score),
-    ).select_from(r).outerjoin(fb, fb.record_id == r.id).where(*where)  # fmt: skip
+    ).select_from(r).where(*where)  # fmt: skip
+    # feedback on the requests answered only: a correction's score rates no answer
+    totals = totals.outerjoin(fb, and_(fb.record_id == r.id, answered(r.status)))
     rows = s.execute(totals.group_by(r.endpoint_name)).all()
     lat = _percentiles(s, r.latency_ms, timed, latency, r.endpoint_name, key=str)
     first = _percentiles(s, r.ttft_ms, timed, ttft, r.endpoint_name, key=str)

@@ -10,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from modelyard.audit import check_role
 from modelyard.store._rows import version_ref_of
+from modelyard.store._samples import answered
 from modelyard.store._schema import (
     ActorRow,
     ApiKeyRow,
@@ -81,6 +82,7 @@ def to_feedback(s: Session, f: FeedbackRow, record: InferenceRecordRow, tenant: 
     return Feedback(
         f.id, f.record_id, tenant, record.endpoint_name, version_ref_of(s, record.version_id),
         f.score, f.comment, f.api_key_id, f.created_at, f.updated_at, f.label,
+        answered(record.status),
     )  # fmt: skip
 
 

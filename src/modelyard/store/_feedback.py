@@ -2,8 +2,10 @@
 
 Data-plane traffic (``POST /v1/feedback``): not audited. A record of another tenant is
 NotFound exactly like a missing one. A verdict on a request that got no answer (refused,
-failed) is a Conflict, there being nothing to rate, unless it brings the ``label`` the
-request should have had: a correction, which ``data from-records`` trains on.
+failed: not ``answered``) is a Conflict, there being nothing to rate, unless it brings the
+``label`` the request should have had: a correction, which ``data from-records`` trains
+on. Its score (the API requires one) is kept but counts in no mean feedback score
+(``answered``): the feedback says so (``Feedback.counted``).
 """
 
 from __future__ import annotations
@@ -18,16 +20,12 @@ from modelyard.errors import ConfigError, Conflict, NotFound
 from modelyard.store._convert import to_feedback
 from modelyard.store._core import StoreCore
 from modelyard.store._rows import get_locked, tenant_row
+from modelyard.store._samples import answered
 from modelyard.store._schema import FeedbackRow, InferenceRecordRow, TenantRow, utcnow
 from modelyard.store.entities import Feedback
 
 FEEDBACK_LABEL_MAX = 500
 """The longest feedback label (characters): a correct answer or class, not a document."""
-
-UNANSWERED = ("refused", "error")
-"""The records of requests that got no answer (refused, failed): feedback on one without a
-``label`` is refused (Conflict), since its score alone would move the endpoint's
-``feedback_score`` for nothing."""
 
 
 class FeedbackStore(StoreCore):
@@ -47,8 +45,9 @@ class FeedbackStore(StoreCore):
 
         ``score`` is in [-1, 1]; ``label`` is a person's correct answer or class for the
         request (at most 500 characters). A record of another tenant is NotFound exactly
-        like a missing one; a record whose request got no answer (``UNANSWERED``) is a
-        Conflict, checked after the tenant's, unless ``label`` corrects it.
+        like a missing one; a record whose request got no answer (not ``answered``) is a
+        Conflict, checked after the tenant's, unless ``label`` corrects it (its score is
+        kept and counts in no mean: ``Feedback.counted`` false).
         """
         if math.isnan(score) or not -1.0 <= score <= 1.0:
             raise ConfigError(
@@ -70,7 +69,7 @@ class FeedbackStore(StoreCore):
                     param="request_id",
                 )
             # after the tenant's check: another tenant's record stays the 404 of a missing one
-            if record.status in UNANSWERED and label is None:
+            if not answered(record.status) and label is None:
                 raise Conflict(
                     f"request {record_id!r} got no answer (its record says {record.status}, HTTP "
                     f"{record.http_status}): there is nothing to rate",
@@ -138,4 +137,4 @@ class FeedbackStore(StoreCore):
             )
 
 
-__all__ = ["FEEDBACK_LABEL_MAX", "UNANSWERED", "FeedbackStore"]
+__all__ = ["FEEDBACK_LABEL_MAX", "FeedbackStore"]

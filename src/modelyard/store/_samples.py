@@ -44,6 +44,8 @@ collections they set off took as long again as reading the rows; see the benchma
 OK = "ok"
 ENDED = (OK, "error", "timeout")
 FAILED = ("error", "timeout")
+UNANSWERED = ("refused", "error")
+"""The statuses of records whose request got no answer: refused (a 4xx) or failed."""
 
 
 @overload
@@ -86,6 +88,29 @@ def user_facing(shadow: bool | SQLColumnExpression[bool]) -> bool | ColumnElemen
     return shadow.is_(False)
 
 
+@overload
+def answered(status: str) -> bool: ...
+@overload
+def answered(status: SQLColumnExpression[str]) -> ColumnElement[bool]: ...
+def answered(status: str | SQLColumnExpression[str]) -> bool | ColumnElement[bool]:
+    """Whether a record's request got an answer, all or part of it: every status but
+    ``UNANSWERED`` (``refused``, ``error``). Feedback rates an answer, so only feedback on
+    these records counts in a mean feedback score, everywhere modelyard reads or exports
+    one (profiles and ``modelyard_feedback_score``, alert rules, rollout guards, ``rollout
+    compare``, the feedback summary). Feedback on a request that got no answer is taken
+    only with its ``label`` (a correction, training data: ``data from-records`` trains on
+    it), and its score, which rates no answer, moves none of them. A timeout or a
+    cancelled request counts: a streamed answer may have partly reached its user, who
+    rated what they read; a running one counts while it runs (read at read time, a
+    verdict on one that then fails stops counting).
+
+    The same test on a status (``answered("timeout")``) and on a status column, as a SQL
+    condition (``answered(InferenceRecordRow.status)``)."""
+    if isinstance(status, str):
+        return status not in UNANSWERED
+    return status.not_in(UNANSWERED)
+
+
 def _floats(values: Any) -> FloatArray:
     """``values`` as a read-only float64 array (a view: the caller's array stays writable)."""
     array = np.asarray(values, dtype=np.float64).view()
@@ -101,8 +126,9 @@ def _counts(statuses: Mapping[str, int] | Iterable[str]) -> Mapping[str, int]:
 @dataclass(frozen=True, eq=False)
 class RequestSample:
     """Requests in a window: how each ended (``statuses``: how many ended so, per status),
-    and the latencies, times to first token and feedback of those that ended ok, in the
-    order they were read. Guards and A/B comparisons judge versions on these.
+    the latencies and times to first token of those that ended ok, and the feedback scores
+    of those answered (``answered``), in the order they were read. Guards and A/B
+    comparisons judge versions on these.
 
     ``statuses`` may be given as the statuses themselves (``("ok", "error", "ok")``), and
     the float fields as any sequence: they are counted and stored as arrays."""
@@ -274,5 +300,5 @@ def _add_rows(parts: Mapping[int | None, _Parts], rows: Sequence[Any]) -> None:
             p.latencies.append(latency)
             if ttft is not None:
                 p.ttfts.append(ttft)
-        if score is not None:
+        if score is not None and answered(status):  # a correction's score rates no answer
             p.feedback.append(score)

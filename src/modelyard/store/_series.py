@@ -20,7 +20,7 @@ from sqlalchemy import case, func, select
 from modelyard.errors import ConfigError
 from modelyard.store._core import StoreCore
 from modelyard.store._rows import epoch_seconds, tenant_id_of, version_info
-from modelyard.store._samples import FAILED, answered_ok
+from modelyard.store._samples import FAILED, answered, answered_ok
 from modelyard.store._schema import FeedbackRow, InferenceRecordRow
 
 PERCENTILES = (50, 95, 99)
@@ -43,7 +43,8 @@ class TrafficPoint:
 
 @dataclass(frozen=True)
 class FeedbackSummary:
-    """The feedback on one endpoint version's answers."""
+    """The feedback on one endpoint version's answers (``answered``: no correction of a
+    request that got no answer)."""
 
     endpoint: str
     version: str | None
@@ -132,7 +133,9 @@ class SeriesStore(StoreCore):
     ) -> list[FeedbackSummary]:
         """Feedback per endpoint and version: count, mean score, how many were positive and
         negative, and when the last was given; ``since`` keeps what was given or changed at
-        or after it. By endpoint, then version."""
+        or after it. By endpoint, then version. Only the feedback on requests answered
+        (``answered``): a correction of one that got no answer rates no answer (it is kept,
+        training data, and listed by ``list_feedback``)."""
         fb, r = FeedbackRow, InferenceRecordRow
         query = (
             select(
@@ -147,6 +150,7 @@ class SeriesStore(StoreCore):
             # an outer join: SQLite then reads the feedback and finds each one's record, where
             # an inner join had it read every record of the store to find those with feedback
             .outerjoin(r, r.id == fb.record_id)
+            .where(answered(r.status))
             .group_by(r.endpoint_name, r.version_id)
         )
         with self._session("summarize feedback") as s:

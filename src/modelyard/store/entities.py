@@ -388,7 +388,9 @@ class Feedback:
     """A client's verdict on one inference record: ``score`` in [-1, 1] (thumbs: 1 / -1).
 
     One per record: feedback sent again for the same record replaces it
-    (``updated_at`` moves, ``created_at`` stays).
+    (``updated_at`` moves, ``created_at`` stays). ``counted`` is false for a correction of
+    a request that got no answer (its record refused or error; ``answered``): the label is
+    kept for training, the score, rating no answer, counts in no mean feedback score.
     """
 
     id: str
@@ -402,6 +404,7 @@ class Feedback:
     created_at: datetime
     updated_at: datetime
     label: str | None = None  # a person's correct answer or class for the request
+    counted: bool = True  # whether the score counts in the means (its request was answered)
 
 
 @dataclass(frozen=True)

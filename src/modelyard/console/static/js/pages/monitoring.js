@@ -71,8 +71,11 @@ function feedbackCard(summary, recent) {
       { "data-testid": "feedback" }),
     h("h3", {}, "Latest"),
     table(["time", "endpoint", "version", "score", "comment"], recent.map((f) => [
-      fmtTime(f.updated_at), f.endpoint_name, f.version || "–", pill(num(f.score),
-        f.score > 0 ? "ok" : f.score < 0 ? "bad" : "neutral"), f.comment || "",
+      fmtTime(f.updated_at), f.endpoint_name, f.version || "–",
+      // a correction of a request that got no answer: its score rates none, in no mean
+      f.counted === false ? pill(`${num(f.score)} (not counted)`, "neutral")
+        : pill(num(f.score), f.score > 0 ? "ok" : f.score < 0 ? "bad" : "neutral"),
+      f.comment || "",
     ]), { "data-testid": "feedback-recent" }));
 }
 
