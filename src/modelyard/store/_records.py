@@ -255,7 +255,8 @@ class RecordStore(StoreCore):
             records.append(row | {"status": "running"})
         pending = prepare_seal(records + updates) if seal else None
         with self._write(f"write {len(items) + len(started)} inference records") as s:
-            if updates and (gone := _update_running(s, updates)):
+            gone, taken_back = _update_running(s, updates) if updates else (set(), [])
+            if gone:
                 updates = [u for u in updates if u["id"] not in gone]
                 features = [f for f in features if f["record_id"] not in gone]
                 pending = prepare_seal(records + updates) if seal else None
@@ -263,7 +264,8 @@ class RecordStore(StoreCore):
                 s.execute(_INSERT_RECORDS, records)  # Core: every column given, no ORM pass
             if updates:  # bulk UPDATE by primary key
                 s.execute(update(InferenceRecordRow), updates)
-            add_usage(s, records + updates)  # those still running count when they end
+            # those still running count when they end; one upsert: its rows locked in order
+            add_usage(s, [*taken_back, *records, *updates])
             if features:
                 s.execute(insert(RecordFeaturesRow), features)
             if pending is not None:
@@ -500,13 +502,16 @@ class RecordStore(StoreCore):
             )
 
 
-def _update_running(s: Session, updates: Sequence[dict[str, Any]]) -> set[str]:
-    """Before the ends ``updates`` are written over their ``running`` rows: take back the
-    usage of those rows a close already ended and counted (their server was taken for
-    dead, yet ran on: the end is written over the close, and counts once), and return the
-    ids of the rows gone (a resumed batch job discarded them): their ends update nothing
-    and count nothing. The rows are locked (in the order the sweep's sealing close locks
-    them): a close or a discard under way is waited for, and then seen."""
+def _update_running(
+    s: Session, updates: Sequence[dict[str, Any]]
+) -> tuple[set[str], list[dict[str, Any]]]:
+    """Before the ends ``updates`` are written over their ``running`` rows: the ids of the
+    rows gone (a resumed batch job discarded them: their ends update nothing and count
+    nothing), and the usage to take back (``add_usage``'s rows, negated) of the rows a
+    close already ended and counted (their server was taken for dead, yet ran on: the end
+    is written over the close, and counts once). The rows are locked (in the order the
+    sweep's sealing close locks them): a close or a discard under way is waited for, and
+    then seen."""
     r = InferenceRecordRow
     ids = [u["id"] for u in updates]
     columns = (r.id, *(getattr(r, name) for name in USAGE_COLUMNS))
@@ -516,5 +521,9 @@ def _update_running(s: Session, updates: Sequence[dict[str, Any]]) -> set[str]:
         mine = r.id.in_(ids)
     query = select(*columns).where(mine).order_by(r.created_at, r.id)
     found = {m["id"]: m for m in s.execute(query.with_for_update()).mappings()}
-    add_usage(s, [m for m in found.values() if m["status"] != "running"], sign=-1)
-    return set(ids) - set(found)
+    taken_back = [
+        dict(m) | {"requests": -1, "prompt_tokens": -(m["prompt_tokens"] or 0),
+                   "completion_tokens": -(m["completion_tokens"] or 0)}
+        for m in found.values() if m["status"] != "running"
+    ]  # fmt: skip
+    return set(ids) - set(found), taken_back
