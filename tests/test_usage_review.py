@@ -272,12 +272,16 @@ def test_a_request_closed_while_its_server_lived_counts_once(ops: Store, seal: b
 
 def test_the_end_of_a_request_discarded_meanwhile_counts_nothing(ops: Store) -> None:
     """A resumed batch job discards the running record of an answer its earlier run (still
-    alive) then ends: the end updates no record, so it counts nothing."""
+    alive) then ends: the end updates no record, so it counts nothing, and the records
+    written with it are written (the write failed whole: StaleDataError, and the record
+    writer drops a failed write's records)."""
     ops.add_monitored_records([], started=[_rec(ops, "j1", job_id="job")], server_id="srv-a")
     assert ops.discard_job_records("job", ["j1"]) == 1
-    ops.add_monitored_records([(_rec(ops, "j1", job_id="job"), None)], running={"j1"},
-                              server_id="srv-a")  # fmt: skip
-    assert _records(ops) == [] and _usage(ops) == {}
+    ends = [(_rec(ops, "j1", job_id="job"), None), (_rec(ops, "other"), None)]
+    ops.add_monitored_records(ends, running={"j1"}, server_id="srv-a")
+    assert [r["id"] for r in _records(ops)] == ["other"]
+    assert _usage(ops) == _expected_usage(ops)
+    assert list(_usage(ops).values()) == [(1, 1000, 500)]
 
 
 def _pg(store_url: str) -> None:
