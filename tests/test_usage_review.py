@@ -251,6 +251,32 @@ def test_budget_spend_equals_the_spend_the_records_give(ops: Store, seed: int) -
     assert _usage(ops) == before
 
 
+def test_a_store_whose_sessions_are_in_new_york_counts_utc_days(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL sessions in New York's time zone (``PGTZ``): records at the edges of UTC
+    days are counted, spent and recounted by their UTC day."""
+    _pg(store_url)
+    monkeypatch.setenv("PGTZ", "America/New_York")
+    monkeypatch.setenv("MODELYARD_AUDIT_KEY", AUDIT_KEY)
+    with _open(store_url) as ops:
+        with ops._engine.connect() as conn:
+            assert conn.execute(sa.text("SHOW TimeZone")).scalar() == "America/New_York"
+        ops.add_actor("ops", "admin")
+        fake_world(ops, tenant="acme", model="bot", endpoint=None, versions=1)
+        ops.set_token_price("tiny", input_per_1k=1.0, output_per_1k=0.0)
+        at = [*EDGES, datetime(2026, 11, 20, 3, 0, tzinfo=UTC)]  # the 19th in New York
+        ops.add_inference_records([_rec(ops, f"r{i}", t) for i, t in enumerate(at)])
+        days = sorted(k[0].isoformat() for k in _usage(ops))
+        assert days == ["2026-10-31", "2026-11-01", "2026-11-19", "2026-11-20", "2026-11-21"]
+        assert _usage(ops) == _expected_usage(ops)
+        budget = ops.set_budget("acme", "day", 10.0)
+        assert ops.budget_statuses([budget], NOW)[0]["spent"] == 4.0  # 20th x3, 21st
+        assert ops.spent("acme", period_start("month", NOW)) == 6.0
+        ops.recount_usage("acme", datetime(2026, 10, 31, tzinfo=UTC))
+        assert _usage(ops) == _expected_usage(ops)
+
+
 # -- the request journal's end racing the close of its "dead" server ---------------------------
 
 
