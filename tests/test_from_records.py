@@ -252,6 +252,27 @@ def test_policies_filters_and_reasons_are_counted(records_home: Path, tmp_path: 
         assert good.report["lineage"]["source"] == "inference_records"
 
 
+def test_a_thumbs_down_with_the_right_answer_passes_min_score(records_home: Path) -> None:
+    """A person who rates an answer down and gives the right one (a correction) makes the
+    best row there is: its answer is the label, which the score does not rate. So
+    ``--min-score`` keeps it; a bad answer without a correction stays out."""
+    with Store.open(f"sqlite:///{records_home / 'store.db'}") as store:
+        good = _add(store, "acme", _alpaca("Route it.", "VPN down"), "network")
+        corrected = _add(store, "acme", _alpaca("Badge?", "badge broken"), "network")
+        bad = _add(store, "acme", _alpaca("Printer?", "paper jam"), "network")
+        store.add_feedback(good, tenant="acme", score=1.0)
+        store.add_feedback(corrected, tenant="acme", score=-1.0, label="access")
+        store.add_feedback(bad, tenant="acme", score=-1.0)
+    code, result, err = _collect(records_home, "--min-score", "0.5")
+    assert code == 0, err
+    assert result["lineage"]["record_ids"] == [good, corrected]
+    assert result["filtered"]["min_score"] == 1
+    rows = [
+        json.loads(x) for x in (records_home.parent / "collected.jsonl").read_text().splitlines()
+    ]
+    assert rows[1]["output"] == "access"
+
+
 def test_rows_of_exclude_files_are_left_out(records_home: Path, tmp_path: Path) -> None:
     with Store.open(f"sqlite:///{records_home / 'store.db'}") as store:
         _add(store, "acme", _alpaca("Route it.", "VPN down"), "network")

@@ -103,7 +103,12 @@ def _filtered(record: Mapping[str, Any], filters: RecordFilters) -> str | None:
     if record.get("shadow"):
         return "shadow"
     score = record.get("feedback_score")
-    if filters.min_score is not None and (score is None or score < filters.min_score):
+    corrected = bool((record.get("feedback_label") or "").strip())  # its row is the label
+    if (
+        filters.min_score is not None
+        and not corrected
+        and (score is None or score < filters.min_score)
+    ):
         return "min_score"
     if filters.labels and record.get("feedback_label") not in filters.labels:
         return "label"
