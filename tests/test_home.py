@@ -5,7 +5,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 from clihelp import Result, modelyard
+from modelyard.cli._app import main
+from modelyard.cli._home import check_home, current_command
+from modelyard.settings import load_settings
 
 
 def _run(*args: str, cwd: Path, home: Path | None = None) -> Result:
@@ -56,3 +61,17 @@ def test_a_named_home_without_a_store_is_read_by_nobody_but_written_by_writers(
     assert _run("audit", "log", cwd=tmp_path, home=home).code == 0
     info = json.loads(_run("info", "--json", cwd=tmp_path / "..", home=home).out)
     assert info["home"] == str(home) and info["home_origin"] == "env"
+
+
+def test_a_command_run_in_this_process_leaves_no_command_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """After ``main`` returns, the process is in no command: code that runs next (a server
+    made in a test or a notebook) opened its artifacts as if it were the last command run
+    (a read-only one, in CI: 'no modelyard store' for a home a server would create)."""
+    monkeypatch.setenv("MODELYARD_HOME", str(tmp_path / "home"))
+    assert main(["monitor", "alerts"]) != 0  # a reader, in a home without a store
+    capsys.readouterr()
+    assert current_command() is None
+    with_a_server = load_settings()
+    check_home(with_a_server)  # no command: a server creates its store; no HomeNotFound

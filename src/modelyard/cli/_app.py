@@ -187,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
             command.main(args=argv, prog_name="modelyard", standalone_mode=True)
         finally:
             sys.stdout.flush()  # a closed pipe shows here, not as noise at interpreter exit
+            # ended: code that runs next in this process (a test, a notebook, the next
+            # main()) is in no command, and must not be judged as the one that ran here
+            set_current_command(None)
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_BROKEN_PIPE
