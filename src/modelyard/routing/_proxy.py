@@ -184,8 +184,7 @@ class Proxy:
         tries = order[: self.options.max_attempts]
         for attempt, replica in enumerate(tries):
             self.metrics.picks.labels("retry" if attempt else reason).inc()
-            if await self._try(scope, body, replica, send, last=attempt + 1 == len(tries),
-                               sent=sent):  # fmt: skip
+            if await self._try(scope, body, replica, send, last=attempt + 1 == len(tries)):
                 return
             if sent is not None and sent():
                 self.metrics.failures.labels("upload").inc()
@@ -204,12 +203,8 @@ class Proxy:
         send: Send,
         *,
         last: bool,
-        sent: Callable[[], bool] | None = None,
     ) -> bool:
-        """Relay the request to ``replica``; False when another replica may take it: not
-        the ``last`` to try, and its body not begun (``sent``). A draining replica's 503 to
-        an upload whose bytes went out is relayed: the client may send it again, as
-        ``Retry-After`` says (a 502 would say the replica broke off)."""
+        """Relay the request to ``replica``; False when another replica may take it."""
         assert self.client is not None, "the proxy is not open"
         replica.inflight += 1
         try:
@@ -230,8 +225,7 @@ class Proxy:
                 head = b""
                 if upstream.status_code == 503:
                     head = await peek(raw, PEEK_BYTES)
-                    again = not last and not (sent is not None and sent())
-                    if b'"shutting_down"' in head and again:
+                    if b'"shutting_down"' in head and not last:
                         self.view.replicas.failed(replica)
                         self.metrics.failures.labels("draining").inc()
                         return False
