@@ -2,7 +2,9 @@
 
 Traffic and error rate per version over time, latency percentiles, tokens and
 cost, drift per feature with reference and current histograms, feedback, and
-the version/rollout timeline from the audit chain.
+the version/rollout timeline from the audit chain. Every number but the shadow section's is
+the users' requests; that section puts each shadow version beside production
+(``_report_shadow``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 from modelyard.errors import ConfigError
 from modelyard.monitoring._charts import histogram_chart, line_chart
 from modelyard.monitoring._profiles import HOUR, floor_hour, hist_quantile, merge_hists
+from modelyard.monitoring._report_shadow import shadow_comparisons, shadow_html
 from modelyard.store import AuditEvent, Profile, Store, user_facing
 
 
@@ -299,6 +302,7 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
     drift = store.list_drift_results(endpoint=endpoint, latest=True)
     events = _timeline_events(store, endpoint, ep.model, since)
     latency, approximate = latency_series(store, endpoint, profiles, since, clock)
+    shadows = shadow_comparisons(store, endpoint, profiles, since=since, until=clock)
     # the x axis of every chart: the hours of the period asked, not only those with data
     period = (floor_hour(since).timestamp(), floor_hour(clock).timestamp())
     requests = sum(p.requests for p in profiles)
@@ -439,6 +443,7 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
         f"<h2>Summary</h2>{summary}<h2>Traffic, errors, latency, tokens and cost</h2>"
         f"{''.join(charts[:5])}<h2>Drift</h2>{drift_html}<h2>Feedback</h2>{charts[5]}"
         f"<h2>Judged quality</h2>{_judged_html(profiles, period)}"
+        f"<h2>Shadow versions</h2>{shadow_html(ep, shadows, period)}"
         f"<h2>Versions and rollouts</h2>{_timeline(events)}</body></html>"
     )
 
