@@ -25,6 +25,7 @@ from modelyard.cli._common import (
     settings,
 )
 from modelyard.cli._control import needs_database
+from modelyard.cli._monitor_recompute import recompute
 from modelyard.cli._monitor_records import JSON, SINCE, TENANT, add_record_commands, fmt, print_wide
 from modelyard.cli._plane import open_plane
 from modelyard.durations import parse_duration, parse_since
@@ -46,6 +47,7 @@ price_app = typer.Typer(help="Prices per 1,000 tokens of base models, for costs 
 app.add_typer(retention_app, name="retention")
 app.add_typer(price_app, name="price")
 add_record_commands(app)
+app.command("recompute")(recompute)
 
 
 @app.command("profiles")

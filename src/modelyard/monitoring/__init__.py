@@ -40,7 +40,12 @@ from modelyard.monitoring._journal import (
 from modelyard.monitoring._judging import JudgingResult, OnlineJudging, judge_online, sampled
 from modelyard.monitoring._notify import post_webhook
 from modelyard.monitoring._policy import apply_storage_policy, redact
-from modelyard.monitoring._profiles import ProfileUpdate, update_profiles
+from modelyard.monitoring._profiles import (
+    ProfileRecompute,
+    ProfileUpdate,
+    recompute_profiles,
+    update_profiles,
+)
 from modelyard.monitoring._report import write_report
 from modelyard.monitoring._rules_file import default_rules_path, rules_from
 from modelyard.monitoring._semantic import Embedder, mmd_test
@@ -72,6 +77,7 @@ __all__ = [
     "Method",
     "MonitoringCollector",
     "OnlineJudging",
+    "ProfileRecompute",
     "ProfileUpdate",
     "RecordWriter",
     "Rule",
@@ -92,6 +98,7 @@ __all__ = [
     "mmd_test",
     "new_server_id",
     "post_webhook",
+    "recompute_profiles",
     "record_features",
     "redact",
     "reference_overlap",

@@ -26,13 +26,14 @@ running it twice changes nothing.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 
+from modelyard.errors import ConfigError
 from modelyard.store import Store, answered, answered_ok, ended, failed, user_facing
 
 HOUR = timedelta(hours=1)
@@ -42,6 +43,18 @@ LATENESS = timedelta(minutes=5)
 _EDGES = np.geomspace(0.1, 600_000.0, 321)
 _STATE_KEY = "profiles"
 _Group = tuple[str, int | None, int | None, bool]  # endpoint, version, tenant, shadow
+
+
+@dataclass(frozen=True)
+class ProfileRecompute:
+    """What one ``recompute_profiles`` run did."""
+
+    since: datetime  # the first hour recomputed
+    until: datetime  # the end of the last
+    hours: int
+    days: int
+    rows: int
+    kept: dict[int, datetime]  # tenants (by id) whose hours before then were left as they were
 
 
 @dataclass(frozen=True)
@@ -148,13 +161,22 @@ def profile_of(
     }
 
 
-def compute_hour(store: Store, start: datetime, prices: Mapping[str, tuple[float, float]]) -> int:
-    """Recompute the hour profiles of [start, start + 1 h) from the raw records."""
+def compute_hour(
+    store: Store,
+    start: datetime,
+    prices: Mapping[str, tuple[float, float]],
+    *,
+    keep_tenants: Collection[int] = (),
+) -> int:
+    """Recompute the hour profiles of [start, start + 1 h) from the raw records; those of
+    ``keep_tenants`` (whose records of the hour a purge may have deleted) stay."""
     records = store.query_records(
         since=start, until=start + HOUR, limit=None, newest_first=False, text=False
     )
     groups: dict[_Group, list[dict[str, Any]]] = defaultdict(list)
     for r in records:
+        if r["tenant_id"] in keep_tenants:
+            continue
         # a shadow copy is no user's: a profile of its own (see the module's doc)
         shadow = not user_facing(r["shadow"])
         groups[(r["endpoint_name"], r["version_id"], r["tenant_id"], shadow)].append(r)
@@ -163,7 +185,7 @@ def compute_hour(store: Store, start: datetime, prices: Mapping[str, tuple[float
         | profile_of(group, prices)
         for (e, v, t, sh), group in sorted(groups.items(), key=lambda kv: str(kv[0]))
     ]
-    return store.replace_profiles("hour", start, start + HOUR, rows)
+    return store.replace_profiles("hour", start, start + HOUR, rows, keep_tenants=keep_tenants)
 
 
 def compute_day(store: Store, start: datetime) -> int:
@@ -241,3 +263,40 @@ def update_profiles(
     rows += sum(compute_day(store, day) for day in days)
     store.set_monitor_state(_STATE_KEY, {"watermark": now.isoformat()})
     return ProfileUpdate(len(hours), len(days), rows, now)
+
+
+def recompute_profiles(
+    store: Store,
+    since: datetime,
+    until: datetime | None = None,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> ProfileRecompute:
+    """Compute the hour and day profiles of [since's hour, until's hour) again from their
+    records, at today's token prices: after an upgrade that changed what profiles count,
+    or a price set late. A tenant's hours that a retention purge reached keep their
+    profiles (their records may be gone; computing them again would lose them), and the
+    result names those tenants. The watermark is left as it is (``update_profiles``)."""
+    now = datetime.now(UTC)
+    first = floor_hour(since.astimezone(UTC))
+    end = min(floor_hour((until or now).astimezone(UTC)) + HOUR, floor_hour(now) + HOUR)
+    if first >= end:
+        raise ConfigError(
+            f"nothing to recompute: since {first:%Y-%m-%d %H:%M} is not before until "
+            f"{end:%Y-%m-%d %H:%M} (UTC)",
+            field="since",
+        )
+    purged = store.purge_boundaries()
+    hours = set(store.record_hours(first, end))
+    hours |= {row["start"] for row in store.profile_rows("hour", first, end)}
+    prices = store.token_price_table()
+    rows, kept = 0, dict[int, datetime]()
+    for done, hour in enumerate(sorted(hours)):
+        keep = {tid for tid, before in purged.items() if hour < before}
+        kept |= {tid: purged[tid] for tid in keep}
+        rows += compute_hour(store, hour, prices, keep_tenants=keep)
+        if progress is not None:
+            progress(done + 1, len(hours))
+    days = sorted({floor_day(hour) for hour in hours})
+    rows += sum(compute_day(store, day) for day in days)
+    return ProfileRecompute(first, end, len(hours), len(days), rows, kept)

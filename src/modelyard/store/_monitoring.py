@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -109,17 +109,26 @@ class MonitoringStore(RecordAggregateStore):
     # -- profiles ---------------------------------------------------------------------------
 
     def replace_profiles(
-        self, window: str, start: datetime, end: datetime, rows: Iterable[Mapping[str, Any]]
+        self,
+        window: str,
+        start: datetime,
+        end: datetime,
+        rows: Iterable[Mapping[str, Any]],
+        *,
+        keep_tenants: Collection[int] = (),
     ) -> int:
-        """Replace the ``window`` profile rows that start in [start, end) by ``rows``."""
+        """Replace the ``window`` profile rows that start in [start, end) by ``rows``; the
+        rows of ``keep_tenants`` (by id) stay as they are (``rows`` has none of theirs)."""
         check_window(window)
         values = [{**row, "window": window, "updated_at": utcnow()} for row in rows]
+        kept = sorted(keep_tenants)
+        if any(v.get("tenant_id") in kept for v in values):
+            raise ValueError("replace_profiles: rows of a tenant whose rows are kept")
         with self._write(f"write {window} profiles") as s:
-            s.execute(
-                delete(ProfileRow).where(
-                    ProfileRow.window == window, ProfileRow.start >= start, ProfileRow.start < end
-                )
-            )
+            gone = [ProfileRow.window == window, ProfileRow.start >= start, ProfileRow.start < end]
+            if kept:
+                gone.append(or_(ProfileRow.tenant_id.is_(None), ProfileRow.tenant_id.not_in(kept)))
+            s.execute(delete(ProfileRow).where(*gone))
             if values:
                 s.execute(insert(ProfileRow), values)
         return len(values)

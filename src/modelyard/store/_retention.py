@@ -97,6 +97,13 @@ class RetentionStore(StoreCore):
             self._audit(s, USAGE_RECOUNTED, tenant, details)
             return {"tenant": tenant} | details
 
+    def purge_boundaries(self) -> dict[int, datetime]:
+        """Each tenant a retention purge has deleted records of (by id), and the time its
+        records before which may be gone: what derived numbers (usage, profiles) must not
+        be computed again from before."""
+        with self._session("read the purges") as s:
+            return _purge_boundaries(s)
+
     def purge_records(self, tenant: str, before: datetime) -> int:
         """Delete ``tenant``'s raw records (features, feedback) created before ``before``.
 
@@ -141,13 +148,26 @@ def _lock_usage(s: Session, mode: str) -> None:
 def _purged_before(s: Session, tenant_id: int) -> datetime | None:
     """The latest ``before`` of the purges of tenant ``tenant_id`` (records created
     before it may be gone), from the audit chain; None: never purged."""
-    query = select(AuditEventRow.payload).where(AuditEventRow.action == PURGE_ACTION)
-    latest = None
-    for payload in s.scalars(query):
-        if payload.get("tenant_id") != tenant_id or not payload.get("before"):
+    return _purge_boundaries(s).get(tenant_id)
+
+
+def _purge_boundaries(s: Session) -> dict[int, datetime]:
+    """Each purged tenant's id and the latest ``before`` of its purges, from the chain."""
+    query = select(AuditEventRow.subject, AuditEventRow.payload).where(
+        AuditEventRow.action == PURGE_ACTION
+    )
+    ids: dict[str, int] | None = None
+    latest: dict[int, datetime] = {}
+    for subject, payload in s.execute(query):
+        tid, before = payload.get("tenant_id"), payload.get("before")
+        if tid is None:  # a purge by a release before the records' seals named its tenant
+            if ids is None:
+                ids = {name: id_ for id_, name in s.execute(select(TenantRow.id, TenantRow.name))}
+            tid = ids.get(subject)
+        if tid is None or not before:
             continue
-        before = datetime.fromisoformat(payload["before"])
-        latest = before if latest is None else max(latest, before)
+        when = datetime.fromisoformat(before)
+        latest[tid] = max(latest.get(tid, when), when)
     return latest
 
 
