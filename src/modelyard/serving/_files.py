@@ -13,6 +13,9 @@ No store transaction is open while the artifact store works (``store._files``): 
 upload holds its bytes first (``begin_upload``), waits for a discard of the same bytes
 under way to end, stores them, then makes its file (``finish_upload``); a discard
 claims the bytes, deletes them, then ends its claim.
+
+An error of the artifact store reaches a tenant without its details (``_unnamed``): they
+name the server's paths or the store's location, which are for the operator's log.
 """
 
 from __future__ import annotations
@@ -26,7 +29,13 @@ from pathlib import Path
 from typing import IO
 
 from modelyard.artifacts import ArtifactStore, FileEntry, one_file_digest
-from modelyard.errors import ArtifactError, ArtifactNotFound, Conflict, ModelyardError
+from modelyard.errors import (
+    ArtifactError,
+    ArtifactIntegrityError,
+    ArtifactNotFound,
+    Conflict,
+    ModelyardError,
+)
 from modelyard.store import Store, StoredFile, Upload, check_file_quota
 
 DEFAULT_MAX_FILE_BYTES = 200 * 1024 * 1024  # OpenAI's limit on a batch input file
@@ -36,6 +45,7 @@ CONTENT = "content"  # the name of a file's bytes in its artifact
 KIND = "file"  # the artifacts' kind, and its tenant's name after a colon (``kind``)
 DISCARD_WAIT_S = 30.0  # the longest an upload waits for a discard of the same bytes to end
 CHUNK = 1024 * 1024
+IN_THE_LOG = "The operator finds the details in the server's log."
 
 log = logging.getLogger(__name__)
 
@@ -70,12 +80,15 @@ class FileKeeper:
     @contextlib.contextmanager
     def staged(self) -> Iterator[Path]:
         """A path to write a new file's bytes to, before ``keep`` stores them."""
-        with self.artifacts.staging("file") as work:
+        with contextlib.ExitStack() as stack:
+            with _unnamed("make room for a file's bytes"):
+                work = stack.enter_context(self.artifacts.staging("file"))
             yield work / CONTENT
 
     def keep(self, path: Path, tenant: str) -> tuple[str, int]:
         """Store the bytes at ``path`` as ``tenant``'s; their digest and size."""
-        ref = self.artifacts.put_file(path, kind=kind(tenant))
+        with _unnamed(f"store a file's bytes for tenant {tenant!r}"):
+            ref = self.artifacts.put_file(path, kind=kind(tenant))
         return ref.digest, ref.size
 
     def save(
@@ -139,7 +152,8 @@ class FileKeeper:
 
     def path(self, file: StoredFile) -> Path:
         """A local path to ``file``'s bytes, every byte checked against its digest."""
-        return self.artifacts.open_verified(file.digest) / CONTENT
+        with _unnamed(f"read the bytes of file {file.id}"):
+            return self.artifacts.open_verified(file.digest) / CONTENT
 
     def delete(self, tenant: str, file_id: str) -> StoredFile:
         """Delete ``tenant``'s file, and its bytes when no other file has them; not the input
@@ -179,6 +193,26 @@ class FileKeeper:
             self.store.discard_bytes(digest, self.artifacts.delete)
         except (ArtifactNotFound, ModelyardError, OSError):
             return
+
+
+@contextlib.contextmanager
+def _unnamed(what: str) -> Iterator[None]:
+    """An artifact store's error, logged whole, raised again without its message (the
+    server's paths, the store's location) for a tenant to see: bytes not found stay an
+    ``ArtifactNotFound`` (a 404; a batch from them fails naming its file), any other
+    failure an ``ArtifactError``; a failed verification, which names neither, as it is."""
+    try:
+        yield
+    except ArtifactIntegrityError:
+        raise
+    except ArtifactNotFound as exc:
+        log.error("cannot %s: %s", what, exc.one_line())
+        raise ArtifactNotFound(
+            f"cannot {what}: they are not in this server's artifact store", hint=IN_THE_LOG
+        ) from exc
+    except ArtifactError as exc:
+        log.error("cannot %s: %s", what, exc.one_line())
+        raise ArtifactError(f"cannot {what} right now", hint=IN_THE_LOG) from exc
 
 
 def _copy_hashed(source: IO[bytes], path: Path, kind: str) -> tuple[str, int]:
