@@ -293,6 +293,19 @@ class CommonRequest(SamplingExtensions):
             ),
         }
 
+    @field_validator("max_completion_tokens")
+    @classmethod
+    def _one_token_cap(cls, value: int | None, info: ValidationInfo) -> int | None:
+        """Both caps at once: the same number is one cap; two numbers, a 400 naming both
+        (OpenAI refuses both together; vLLM silently takes ``max_completion_tokens``)."""
+        other = info.data.get("max_tokens")
+        if value is not None and other is not None and value != other:
+            raise ValueError(
+                f"max_tokens ({other}) and max_completion_tokens ({value}) disagree; send one "
+                "of them (max_completion_tokens is OpenAI's current name for max_tokens)"
+            )
+        return value
+
     @field_validator("temperature")
     @classmethod
     def _temperature(cls, value: float | None) -> float | None:
