@@ -135,12 +135,15 @@ def add_file_routes(app: FastAPI, files: FileKeeper, plane: DataPlane) -> None:
         return file_object(store.get_file(key.tenant, file_id))
 
     @app.get("/v1/files/{file_id}/content")
-    def file_content(file_id: str, key: KeyDep) -> FileResponse:
-        """The file's bytes, each checked against its digest first."""
-        found = store.get_file(key.tenant, file_id)
-        return FileResponse(
-            files.path(found), media_type="application/octet-stream", filename=found.filename
-        )
+    async def file_content(file_id: str, key: KeyDep) -> FileResponse:
+        """The file's bytes, each checked against its digest first: up to ``--max-file-bytes``
+        read and hashed on the server's worker threads, which every tenant's requests share,
+        so a read takes one of the key's requests/min, as an upload does (before anything
+        is looked up: another tenant's id costs what a missing one does)."""
+        await plane.admit_call(key)
+        found = await run_in_threadpool(store.get_file, key.tenant, file_id)
+        path = await run_in_threadpool(files.path, found)
+        return FileResponse(path, media_type="application/octet-stream", filename=found.filename)
 
     @app.delete("/v1/files/{file_id}")
     def delete_file(file_id: str, key: KeyDep) -> dict[str, Any]:
