@@ -25,9 +25,11 @@ import httpx
 import openai
 import pytest
 from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
 
 from modelyard.access import create_api_key
 from modelyard.artifacts import LocalArtifactStore
+from modelyard.errors import ShuttingDown
 from modelyard.routing import AdapterAffinity, Plan, Replica, RouteOptions, create_route_app
 from modelyard.serving import (
     BackgroundServer,
@@ -36,6 +38,8 @@ from modelyard.serving import (
     TokenStream,
     create_app,
 )
+from modelyard.serving._guard import send_error
+from modelyard.serving._http_errors import error_of
 from modelyard.store import ModelVersion, Store, utcnow
 from waiting import until
 from worlds import fake_world
@@ -421,3 +425,73 @@ def test_an_upload_larger_than_the_routers_body_cap_is_relayed_to_a_replica(
             router.stop()
             for r in replicas:
                 r.stop()
+
+
+REFUSAL = ShuttingDown("this server is shutting down and takes no new requests")
+
+
+class DrainingReplica:
+    """A replica that began draining after its heartbeat (pure ASGI): it reads the whole
+    body, then answers as a draining server does (its guard's 503 ``shutting_down``, with
+    ``Retry-After``); ``bodies`` is the size of each body it read."""
+
+    def __init__(self) -> None:
+        self.bodies: list[int] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        size, more = 0, True
+        while more:
+            message = await receive()
+            size += len(message.get("body", b""))
+            more = message.get("more_body", False)
+        self.bodies.append(size)
+        await send_error(send, REFUSAL, [("connection", "close"), ("retry-after", "1")])
+
+
+def test_an_upload_to_a_replica_that_began_draining_gets_its_503(tmp_path: Path) -> None:
+    """Both replicas began draining since their heartbeat: the one tried reads the whole
+    upload, then answers 503 shutting_down. The upload cannot go to another replica (its
+    bytes were read from the client), so the client gets that 503 with its Retry-After,
+    which the SDKs retry, not a 502 saying the replica broke off; the replica is left
+    out of the retries, as one that drains is. (A replica that closes the connection
+    before reading the body leaves no answer to relay: that is the 502.)"""
+    with Store.open(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        fakes, servers = [DrainingReplica(), DrainingReplica()], []
+        for i, fake in enumerate(fakes):
+            app = FastAPI()
+            app.mount("/", fake)
+            servers.append(BackgroundServer(app).start())
+            store.heartbeat_server(
+                f"draining-{i}", address=f"127.0.0.1:{servers[-1].port}", hostname="localhost",
+                pid=os.getpid(), engine="echo", modelyard_version="0", started_at=utcnow(),
+                ready=True, draining=False, state={"loaded": []},
+            )  # fmt: skip
+        router = BackgroundServer(create_route_app(store, RouteOptions(
+            refresh_s=0.1, stale_after_s=60))).start()  # fmt: skip
+        try:
+            until("both replicas in the router", lambda: live(router) == 2, timeout_s=15)
+            # larger than the sockets' buffers: the replica reads it all before it answers
+            body = b"".join(b'{"custom_id": "r%07d"}\n' % i for i in range(100_000))
+            with openai.OpenAI(base_url=router.base_url + "/v1", api_key="myk_any",
+                               max_retries=0) as client:  # fmt: skip
+                for attempt in (1, 2):
+                    with pytest.raises(openai.APIStatusError) as refused:
+                        client.files.create(file=("input.jsonl", body), purpose="batch")
+                    error = refused.value
+                    assert error.status_code == 503, (attempt, error.message)
+                    assert error.code == "shutting_down"
+                    assert error.response.json() == error_of(REFUSAL)  # as the replica said
+                    assert error.response.headers.get("retry-after") == "1"
+                    sent = int(error.response.request.headers["content-length"])
+                    # one replica read the whole upload; the retry went to the other one
+                    assert sorted(len(f.bodies) for f in fakes) == [attempt - 1, 1]
+                    assert {b for f in fakes for b in f.bodies} == {sent}
+                # both are left out until a newer heartbeat: no replica to send it to
+                with pytest.raises(openai.APIStatusError) as refused:
+                    client.files.create(file=("input.jsonl", body), purpose="batch")
+            assert (refused.value.status_code, refused.value.code) == (503, "no_replica")
+            assert [len(f.bodies) for f in fakes] == [1, 1]
+        finally:
+            router.stop()
+            for server in servers:
+                server.stop()

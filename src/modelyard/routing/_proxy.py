@@ -16,6 +16,13 @@ the request: its record there is closed as failed by the request journal), or a
 replica is then left out until a heartbeat newer than the failure. Once an
 answer's status is relayed, a replica that breaks off ends the client's
 connection. A client that goes away cancels the request to the replica.
+
+An upload whose first bytes went out cannot go to another replica (they were read
+from the client, not held). A draining replica that read it and answered 503
+``shutting_down`` has its answer relayed as it came, ``Retry-After`` included (the
+SDKs send it again, and the replica is left out of the retry); one that closed the
+connection without an answer (before reading the whole body) leaves nothing to
+relay: that is the router's 502 ``upstream_error``.
 """
 
 from __future__ import annotations
@@ -149,7 +156,8 @@ class Proxy:
         replica that takes the connection (no model to route by), up to ``max_file_bytes``
         (413 from its ``Content-Length``, or once a chunked body passes it: a replica that
         refused it mid-body could not be heard). Once its first bytes are sent it cannot
-        go to another replica: a replica lost then is a 502."""
+        go to another replica: a replica's answer then is relayed (a draining one's 503
+        too), and a replica lost without one is a 502."""
         limit = self.options.max_file_bytes + FORM_OVERHEAD  # the file, as the replicas allow
         started = [False]
 
@@ -184,7 +192,8 @@ class Proxy:
         tries = order[: self.options.max_attempts]
         for attempt, replica in enumerate(tries):
             self.metrics.picks.labels("retry" if attempt else reason).inc()
-            if await self._try(scope, body, replica, send, last=attempt + 1 == len(tries)):
+            last = attempt + 1 == len(tries)
+            if await self._try(scope, body, replica, send, last=last, sent=sent):
                 return
             if sent is not None and sent():
                 self.metrics.failures.labels("upload").inc()
@@ -203,8 +212,13 @@ class Proxy:
         send: Send,
         *,
         last: bool,
+        sent: Callable[[], bool] | None = None,
     ) -> bool:
-        """Relay the request to ``replica``; False when another replica may take it."""
+        """Relay the request to ``replica``; False when another replica may take it: after
+        no answer, or a draining replica's 503 when this is not the ``last`` to try and no
+        byte of a streamed body has gone (``sent``). A 503 ``shutting_down`` to an upload
+        whose bytes went out is relayed (they cannot be sent again); the replica is left
+        out all the same."""
         assert self.client is not None, "the proxy is not open"
         replica.inflight += 1
         try:
@@ -225,10 +239,11 @@ class Proxy:
                 head = b""
                 if upstream.status_code == 503:
                     head = await peek(raw, PEEK_BYTES)
-                    if b'"shutting_down"' in head and not last:
+                    if b'"shutting_down"' in head:
                         self.view.replicas.failed(replica)
                         self.metrics.failures.labels("draining").inc()
-                        return False
+                        if not last and not (sent is not None and sent()):
+                            return False
                 await self._answer(upstream, raw, head, replica, send)
             finally:
                 await upstream.aclose()
