@@ -326,3 +326,33 @@ def test_the_docs_parquet_example_runs(
     table = pq.read_table(here / "routed.parquet")
     assert table.schema.field("claim_id").type == pa.int64()
     assert table.column("version").to_pylist() == ["acme-claims:1"] * 2
+
+
+@pytest.mark.parametrize(("extra", "in_flight"), [((), 3), (("--concurrency", "5"), 5)])
+def test_rows_in_flight_default_to_what_the_engine_decodes_at_once(
+    world: World,
+    here: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    extra: tuple[str, ...],
+    in_flight: int,
+) -> None:
+    """Without --concurrency a job sends as many rows at once as its engine decodes
+    together (--max-batch-size; --vllm-max-num-seqs on vLLM, whose journey test checks
+    it): a fixed 16 left a vLLM server decoding 16 of the 256 rows it could."""
+    import modelyard.batch
+
+    sent: list[int] = []
+    real = modelyard.batch.run_file_job
+
+    def run_file_job(store: Any, engine: Any, spec: Any, **kw: Any) -> Any:
+        sent.append(spec.concurrency)
+        return real(store, engine, spec, **kw)
+
+    monkeypatch.setattr(modelyard.batch, "run_file_job", run_file_job)
+    write_jsonl(here / "in.jsonl", [{"prompt": f"row {i}"} for i in range(4)])
+    args = ["in.jsonl", "-o", "out.jsonl", "-e", "claims-router", "--engine", "echo"]
+    code, out, err = batch(capsys, *args, "--max-batch-size", "3", *extra, "--json")
+    assert code == 0, err
+    assert json.loads(out)["answered"] == 4
+    assert sent == [in_flight]

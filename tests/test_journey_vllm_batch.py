@@ -139,6 +139,7 @@ def test_the_journeys_batch_job_is_answered_by_vllm_and_its_server_stopped(
                   "--max-tokens", "6", "--json")  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "waiting for vLLM to serve acme-bot:1" in done.stderr
+    assert "then rows go 256 at a time" in done.stderr  # as many as vLLM decodes at once
     summary = json.loads(done.stdout)
     assert (summary["answered"], summary["failed"]) == (rows, 0)
     table = pq.read_table(tmp_path / "y.parquet").to_pylist()

@@ -137,8 +137,11 @@ def run(
     top_p: float = typer.Option(1.0, help="Nucleus sampling (above 0, at most 1)."),
     stop: list[str] = typer.Option([], "--stop", metavar="TEXT", help="A stop string (up to 4)."),
     seed: int | None = typer.Option(None, help="A seed for sampled answers."),
-    concurrency: int = typer.Option(
-        16, min=1, help="Rows in flight at once (the engine batches them together)."
+    concurrency: int | None = typer.Option(
+        None,
+        min=1,
+        help="Rows in flight at once (the engine batches them together); default: as many "
+        "as it decodes at once, --max-batch-size, or --vllm-max-num-seqs (256) on vLLM.",
     ),
     max_errors: int | None = typer.Option(
         None, min=0, help="Stop once more rows than this have failed (default: never)."
@@ -238,6 +241,12 @@ def run(
             hint="e.g. modelyard batch run tickets.parquet -o answered.parquet -e ENDPOINT",
             field="--input",
         )
+    if concurrency is None:  # as many as the engine decodes at once: more would only queue
+        concurrency = max_batch_size
+        if engine == "vllm":
+            from modelyard.serving import VLLM_MAX_NUM_SEQS
+
+            concurrency = vllm_max_num_seqs or VLLM_MAX_NUM_SEQS
     with bad_input():
         spec = FileJobSpec(
             input=rows, output=output,
@@ -382,7 +391,8 @@ def _after_vllm(
         deadline = time.monotonic() + timeout_s
         for version in _job_versions(store, spec):
             err_console.print(f"waiting for vLLM to serve {version.ref} (its log: "
-                              f"{vllm.process(version).log_path})")  # fmt: skip
+                              f"{vllm.process(version).log_path}); then rows go "
+                              f"{spec.concurrency} at a time")  # fmt: skip
             if not vllm.warm(version, max(0.0, deadline - time.monotonic())):
                 process = vllm.process(version)
                 raise EngineError(

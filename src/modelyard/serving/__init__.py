@@ -48,12 +48,14 @@ from modelyard.serving._types import (
 from modelyard.serving._upstream import ChatPrompt, UpstreamClient
 from modelyard.serving._upstream_engine import EngineSet, UpstreamEngine
 from modelyard.serving._vllm import VLLMOptions, VLLMProcess
+from modelyard.serving._vllm_engine import SEQS as VLLM_MAX_NUM_SEQS
 from modelyard.serving._vllm_engine import VLLMEngine
 from modelyard.serving._wire import MAX_STOP, MAX_STOP_CHARS
 
 __all__ = [
     "MAX_STOP",
     "MAX_STOP_CHARS",
+    "VLLM_MAX_NUM_SEQS",
     "Answer",
     "BackgroundServer",
     "BatchSettings",
