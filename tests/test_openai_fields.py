@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -68,3 +70,79 @@ def test_two_different_token_caps_are_a_400_naming_both(client: openai.OpenAI) -
     also = text(model="acme-support", prompt=prompt, max_tokens=3,
                 extra_body={"max_completion_tokens": 3})  # fmt: skip
     assert also.usage is not None and also.usage.completion_tokens == 3
+
+
+# -- texts that are not valid Unicode, deep in tools, calls and schemas ----------------------
+
+SURROGATE = "\ud800"  # json.dumps writes the escape \ud800, as a JavaScript client may send
+CALLED = {
+    "role": "assistant",
+    "content": None,
+    "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+    ],
+}
+ANSWERED = {"role": "tool", "content": "found", "tool_call_id": "call_1"}
+
+
+def _call(**function: str) -> list[dict[str, Any]]:
+    """HELLO, a call of ``lookup`` (its function's fields replaced) and its result."""
+    called = {**CALLED, "tool_calls": [{**CALLED["tool_calls"][0],
+                                        "function": {"name": "lookup", "arguments": "{}",
+                                                     **function}}]}  # fmt: skip
+    return [*HELLO, called, ANSWERED, {"role": "user", "content": "and now?"}]
+
+
+def _tool(**fields: Any) -> dict[str, Any]:
+    return {"type": "function", "function": {"name": "lookup", **fields}}
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "param", "where"),
+    [
+        ("chat/completions", {"tools": [_tool(description="find " + SURROGATE)]},
+         "tools.0.function.description", "at character 5"),
+        ("chat/completions", {"tools": [_tool(parameters={"type": "object", "properties": {
+            "city": {"type": "string", "description": SURROGATE}}})]},
+         "tools.0.function.parameters", "properties.city.description: "),
+        ("chat/completions", {"messages": _call(name="look" + SURROGATE)},
+         "messages.1.tool_calls.0.function.name", "at character 4"),
+        ("chat/completions", {"messages": _call(arguments='{"city": "\\ud800"}')},
+         "messages.1.tool_calls.0", "arguments.city: "),
+        ("chat/completions", {"response_format": {"type": "json_schema", "json_schema": {
+            "name": "t", "schema": {"type": "object", "title": SURROGATE}}}},
+         "response_format.json_schema.schema", "title: "),
+        ("responses", {"tools": [{"type": "function", "name": "lookup",
+                                  "description": SURROGATE}]},
+         "tools.0.description", "at character 0"),
+        ("responses", {"metadata": {SURROGATE: "x"}}, "metadata", "a key: "),
+        ("responses", {"input": [
+            {"type": "function_call", "call_id": "c1", "name": "lookup",
+             "arguments": '{"city": "\\ud800"}'},
+            {"type": "function_call_output", "call_id": "c1", "output": "found"},
+            {"role": "user", "content": "and now?"}]},
+         "input.0.arguments", "arguments.city: "),
+    ],
+)  # fmt: skip
+def test_a_lone_surrogate_in_a_tool_a_call_or_a_schema_is_a_400_naming_it(
+    client: openai.OpenAI, path: str, body: dict[str, Any], param: str, where: str
+) -> None:
+    """Before: accepted, and the prompt held the lone surrogate: a tokenizer fails on it, so
+    a version whose tokenizer's chat template renders tools (``chat``) answered a 500; the
+    Responses API failed writing back the ``metadata`` it echoes (a 500 on every engine).
+    Checked at the border like every other text: a 400 naming the field and the place."""
+    common = (
+        {"model": "acme-tools", "messages": HELLO, "max_tokens": 4}
+        if path.startswith("chat")
+        else {"model": "acme-tools", "input": "hi", "max_output_tokens": 4}
+    )
+    r = httpx.post(
+        f"{client.base_url}{path}",
+        content=json.dumps({**common, **body}),  # ensure_ascii: the \ud800 escape
+        headers={"Authorization": f"Bearer {client.api_key}", "Content-Type": "application/json"},
+        timeout=30,
+    )
+    assert r.status_code == 400, r.text
+    error = r.json()["error"]
+    assert error["param"] == param, error
+    assert where in error["message"] and "lone surrogate" in error["message"], error

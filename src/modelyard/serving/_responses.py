@@ -59,7 +59,7 @@ from modelyard.serving._types import (
     TokenLogprob,
     naming_prompt,
 )
-from modelyard.serving._wire_fields import Metadata, ServiceTier, Text
+from modelyard.serving._wire_fields import JsonObject, Metadata, ServiceTier, Text
 from modelyard.store import ModelVersion
 
 ROUTE = "responses"  # the inference records' route
@@ -72,7 +72,7 @@ class TextFormat(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     type: Literal["text", "json_object", "json_schema"]
     name: Text | None = Field(default=None, pattern=r"^[A-Za-z0-9_-]{1,64}$")
-    schema_: dict[str, Any] | None = Field(default=None, alias="schema")
+    schema_: JsonObject | None = Field(default=None, alias="schema")
     strict: bool | None = None
     description: Text | None = None
 

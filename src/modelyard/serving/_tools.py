@@ -32,6 +32,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from modelyard.serving._types import Guide, SamplingParams
+from modelyard.serving._wire_fields import JsonObject, Text, utf8_json
 
 CALL_START = "<tool_call>"
 _CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
@@ -48,8 +49,8 @@ class FunctionDef(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = Field(pattern=_NAME)
-    description: str | None = None
-    parameters: dict[str, Any] | None = None  # a JSON schema of its arguments
+    description: Text | None = None
+    parameters: JsonObject | None = None  # a JSON schema of its arguments
     strict: bool | None = None  # a required call always follows the schema here
 
     def offered(self) -> dict[str, Any]:
@@ -68,7 +69,7 @@ class ToolDef(BaseModel):
 
 class ChosenFunction(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str
+    name: Text
 
 
 class NamedToolChoice(BaseModel):
@@ -85,15 +86,15 @@ Tools = Sequence[Mapping[str, Any]] | None  # functions offered (``FunctionDef.o
 
 class CalledFunction(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    name: str
-    arguments: str  # JSON text, as the API returns it
+    name: Text
+    arguments: Text  # JSON text, as the API returns it
 
 
 class ToolCall(BaseModel):
     """A call in an earlier assistant turn (``messages[].tool_calls``)."""
 
     model_config = ConfigDict(extra="ignore")
-    id: str
+    id: Text
     type: Literal["function"] = "function"
     function: CalledFunction
 
@@ -105,6 +106,7 @@ class ToolCall(BaseModel):
             arguments = None
         if not isinstance(arguments, dict):
             raise ValueError(f"{where}: arguments must be a JSON object as text")
+        utf8_json(arguments, f"{where}: arguments")  # "\\ud800" in the text decodes to one
         return {"id": self.id, "name": self.function.name, "arguments": arguments}
 
 

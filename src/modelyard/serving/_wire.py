@@ -29,7 +29,7 @@ from modelyard.serving._types import (
     Guide,
     SamplingParams,
 )
-from modelyard.serving._wire_fields import Metadata, ServiceTier, Text
+from modelyard.serving._wire_fields import JsonObject, Metadata, ServiceTier, Text
 
 MAX_STOP = 4  # stop strings, as OpenAI allows
 MAX_PROMPTS = 16  # prompts in one legacy completion request
@@ -139,7 +139,7 @@ class JsonSchemaFormat(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     name: Text = Field(pattern=_SCHEMA_NAME)
     description: Text | None = None
-    schema_: dict[str, Any] = Field(default_factory=dict, alias="schema")
+    schema_: JsonObject = Field(default_factory=dict, alias="schema")
     strict: bool | None = None  # always strict here: constrained decoding follows the schema
 
 
