@@ -1,7 +1,9 @@
 """Feedback on inference records: a tenant's verdict (and correct answer) per request.
 
 Data-plane traffic (``POST /v1/feedback``): not audited. A record of another tenant is
-NotFound exactly like a missing one. A verdict on a request that got no answer (refused,
+NotFound exactly like a missing one, and so is a shadow copy's (not ``user_facing``: its
+answer was never returned, so no user can rate it, and a verdict on it would move the
+shadow version's feedback mean blind). A verdict on a request that got no answer (refused,
 failed: not ``answered``) is a Conflict, there being nothing to rate, unless it brings the
 ``label`` the request should have had: a correction, which ``data from-records`` trains
 on. Its score (the API requires one) is kept but counts in no mean feedback score
@@ -20,7 +22,7 @@ from modelyard.errors import ConfigError, Conflict, NotFound
 from modelyard.store._convert import to_feedback
 from modelyard.store._core import StoreCore
 from modelyard.store._rows import get_locked, tenant_row
-from modelyard.store._samples import answered
+from modelyard.store._samples import answered, user_facing
 from modelyard.store._schema import FeedbackRow, InferenceRecordRow, TenantRow, utcnow
 from modelyard.store.entities import Feedback
 
@@ -44,10 +46,11 @@ class FeedbackStore(StoreCore):
         """Record ``tenant``'s verdict on one of its inference records; the latest one wins.
 
         ``score`` is in [-1, 1]; ``label`` is a person's correct answer or class for the
-        request (at most 500 characters). A record of another tenant is NotFound exactly
-        like a missing one; a record whose request got no answer (not ``answered``) is a
-        Conflict, checked after the tenant's, unless ``label`` corrects it (its score is
-        kept and counts in no mean: ``Feedback.counted`` false).
+        request (at most 500 characters). A record of another tenant, or a shadow copy's
+        (an answer no user saw), is NotFound exactly like a missing one; a record whose
+        request got no answer (not ``answered``) is a Conflict, checked after the tenant's,
+        unless ``label`` corrects it (its score is kept and counts in no mean:
+        ``Feedback.counted`` false).
         """
         if math.isnan(score) or not -1.0 <= score <= 1.0:
             raise ConfigError(
@@ -62,7 +65,7 @@ class FeedbackStore(StoreCore):
             trow = tenant_row(s, tenant)
             # the record's lock: concurrent verdicts on one record update one feedback row
             record = get_locked(s, InferenceRecordRow, record_id)
-            if record is None or record.tenant_id != trow.id:
+            if record is None or record.tenant_id != trow.id or not user_facing(record.shadow):
                 raise NotFound(
                     f"no request with id {record_id!r}",
                     hint="Send the `id` of a completion answered for a key of this tenant.",
