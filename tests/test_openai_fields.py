@@ -146,3 +146,33 @@ def test_a_lone_surrogate_in_a_tool_a_call_or_a_schema_is_a_400_naming_it(
     error = r.json()["error"]
     assert error["param"] == param, error
     assert where in error["message"] and "lone surrogate" in error["message"], error
+
+
+# -- prompt_cache_retention ------------------------------------------------------------------
+
+
+def test_prompt_cache_retention_is_one_of_openais_and_accepted_on_both_routes(
+    client: openai.OpenAI,
+) -> None:
+    """Before: the Responses API took any text (``"24hr"``, a typo, accepted without a word)
+    and chat completions refused the SDK's own parameter as unknown. OpenAI's two lifetimes
+    are accepted on both (a request's prompt cache changes no answer here); another is a
+    400 naming it."""
+    chat = client.chat.completions.create(
+        model="acme-support", messages=HELLO, max_tokens=2, prompt_cache_retention="24h"
+    )
+    assert chat.choices[0].message.content == "reset my"
+    reply = client.responses.create(
+        model="acme-support", input="reset my password", max_output_tokens=2,
+        prompt_cache_retention="in_memory",
+    )  # fmt: skip
+    assert reply.output_text == "reset my"
+    for call in (
+        lambda: client.responses.create(model="acme-support", input="hi",
+                                        prompt_cache_retention="24hr"),  # type: ignore[arg-type]
+        lambda: client.chat.completions.create(model="acme-support", messages=HELLO,
+                                               prompt_cache_retention="1h"),  # type: ignore[arg-type]
+    ):  # fmt: skip
+        error = _refused(call)
+        assert error.param == "prompt_cache_retention", error.body
+        assert "'in_memory' or '24h'" in error.message, error.message

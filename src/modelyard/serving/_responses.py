@@ -59,7 +59,13 @@ from modelyard.serving._types import (
     TokenLogprob,
     naming_prompt,
 )
-from modelyard.serving._wire_fields import JsonObject, Metadata, ServiceTier, Text
+from modelyard.serving._wire_fields import (
+    JsonObject,
+    Metadata,
+    PromptCacheRetention,
+    ServiceTier,
+    Text,
+)
 from modelyard.store import ModelVersion
 
 ROUTE = "responses"  # the inference records' route
@@ -160,7 +166,7 @@ class ResponsesRequest(BaseModel):
     store: bool | None = None
     service_tier: ServiceTier | None = None
     prompt_cache_key: Text | None = None
-    prompt_cache_retention: Text | None = None
+    prompt_cache_retention: PromptCacheRetention | None = None
     safety_identifier: Text | None = None
     # function tools (``_responses_tools``); parallel_tool_calls false: at most one call
     tools: list[FunctionTool] | None = Field(default=None, max_length=MAX_TOOLS)

@@ -29,7 +29,13 @@ from modelyard.serving._types import (
     Guide,
     SamplingParams,
 )
-from modelyard.serving._wire_fields import JsonObject, Metadata, ServiceTier, Text
+from modelyard.serving._wire_fields import (
+    JsonObject,
+    Metadata,
+    PromptCacheRetention,
+    ServiceTier,
+    Text,
+)
 
 MAX_STOP = 4  # stop strings, as OpenAI allows
 MAX_PROMPTS = 16  # prompts in one legacy completion request
@@ -216,6 +222,7 @@ class CommonRequest(SamplingExtensions):
     response_format: ResponseFormat | None = None
     parallel_tool_calls: bool | None = None
     prompt_cache_key: Text | None = None
+    prompt_cache_retention: PromptCacheRetention | None = None
     safety_identifier: Text | None = None
     # logit shaping: OpenAI's penalties on the answer's tokens, and a bias per token id
     presence_penalty: float | None = Field(

@@ -1,7 +1,7 @@
 """Field types of the OpenAI wire shared by its request bodies (chat and text
 completions, Responses): a text that must be valid Unicode (and a JSON object whose
-texts, keys included, must be: a tool's schema), OpenAI's bounded ``metadata`` and its
-``service_tier`` names."""
+texts, keys included, must be: a tool's schema), OpenAI's bounded ``metadata``, and its
+``service_tier`` and ``prompt_cache_retention`` names."""
 
 from __future__ import annotations
 
@@ -71,6 +71,16 @@ def _metadata(value: dict[str, str]) -> dict[str, str]:
 Metadata = Annotated[dict[str, Text], AfterValidator(_metadata)]
 # OpenAI's processing tiers: accepted (every request is served alike here), others refused
 ServiceTier = Literal["auto", "default", "flex", "scale", "priority"]
+# OpenAI's prompt cache lifetimes: accepted (no effect here), others refused
+PromptCacheRetention = Literal["in_memory", "24h"]
 
 
-__all__ = ["MAX_METADATA", "JsonObject", "Metadata", "ServiceTier", "Text", "utf8_json"]
+__all__ = [
+    "MAX_METADATA",
+    "JsonObject",
+    "Metadata",
+    "PromptCacheRetention",
+    "ServiceTier",
+    "Text",
+    "utf8_json",
+]
