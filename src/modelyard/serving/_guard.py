@@ -3,8 +3,11 @@
 It runs before routing and before any JSON is parsed:
 
 - while the server drains (``Drain``), API requests are refused with 503
-  (``shutting_down``, ``Connection: close``); ``/health``, ``/ready`` and
-  ``/metrics`` still answer;
+  (``shutting_down``, ``Connection: close``), once their body is read (up to
+  ``DRAIN_DISCARD_BYTES``, for up to ``DRAIN_DISCARD_S``; dropped): a connection
+  closed with an upload's bytes still coming is reset, and the reset threw the
+  503 away before the client (or the router relaying it) read it; ``/health``,
+  ``/ready`` and ``/metrics`` still answer;
 - a body larger than ``max_body_bytes`` is refused with 413
   (``request_too_large``): at once from its ``Content-Length``, or, for a
   chunked body, as soon as it passes the cap (the body is never parsed); a path
@@ -27,6 +30,7 @@ Refusals (413, an operator path without its token) are reported to ``on_refused`
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -51,6 +55,10 @@ from modelyard.serving._live import LIVE_PATHS, SLOT, LiveSlot, LiveTraffic
 from modelyard.serving._shutdown import Drain
 
 ALWAYS_OPEN = frozenset({"/health", "/ready", "/metrics"})
+DRAIN_DISCARD_BYTES = 64 << 20
+"""Most of a body a draining server reads (and drops) before it refuses the request."""
+DRAIN_DISCARD_S = 10.0
+"""Longest a draining server waits for a body before it refuses the request anyway."""
 RATE_LIMITED = {
     "/v1/completions": "completions",
     "/v1/chat/completions": "chat.completions",
@@ -152,6 +160,7 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         if self.drain.draining and scope["path"] not in ALWAYS_OPEN:
+            await _drop_body(receive)
             await send_error(
                 send,
                 ShuttingDown("this server is shutting down and takes no new requests"),
@@ -263,6 +272,22 @@ class GuardMiddleware:
         self, send: Send, size: int | None, cap: int, setting: str | None = None
     ) -> None:
         await self._refuse(send, _too_large_error(size, cap, setting), [("connection", "close")])
+
+
+async def _drop_body(receive: Receive) -> None:
+    """Read the request's body and drop it, up to ``DRAIN_DISCARD_BYTES`` and
+    ``DRAIN_DISCARD_S``: past either the refusal goes out, and the client may meet the
+    closed connection instead."""
+    size = 0
+    try:
+        async with asyncio.timeout(DRAIN_DISCARD_S):
+            while size <= DRAIN_DISCARD_BYTES:
+                message = await receive()
+                if message["type"] != "http.request" or not message.get("more_body", False):
+                    return
+                size += len(message.get("body", b""))
+    except TimeoutError:
+        return
 
 
 def _too_large_error(size: int | None, cap: int, setting: str | None) -> RequestTooLarge:
