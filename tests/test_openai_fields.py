@@ -176,3 +176,25 @@ def test_prompt_cache_retention_is_one_of_openais_and_accepted_on_both_routes(
         error = _refused(call)
         assert error.param == "prompt_cache_retention", error.body
         assert "'in_memory' or '24h'" in error.message, error.message
+
+
+# -- stop ------------------------------------------------------------------------------------
+
+
+def test_an_empty_stop_string_is_a_400_naming_stop(client: openai.OpenAI) -> None:
+    """Before: accepted and skipped by every engine here (the answer ran on as if no stop
+    had been sent), while vLLM refuses it ("stop cannot contain an empty string"): an empty
+    string would end every answer before its first token. An empty list is no stop."""
+    for stop in ("", ["", "\n"], ["done", ""]):
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(
+                model="acme-support", messages=HELLO, max_tokens=4, stop=stop
+            )
+        error = caught.value
+        assert error.param == "stop" and "a stop string is empty" in error.message, error.body
+    error = _refused(lambda: client.completions.create(model="acme-support", prompt="hi", stop=""))
+    assert error.param == "stop"
+    reply = client.chat.completions.create(
+        model="acme-support", messages=HELLO, max_tokens=4, stop=[]
+    )
+    assert reply.choices[0].message.content == "reset my password please"

@@ -362,6 +362,11 @@ class CommonRequest(SamplingExtensions):
         if len(stops) > MAX_STOP:
             raise ValueError(f"{len(stops)} stop strings; send at most {MAX_STOP}")
         for stop in stops:
+            if not stop:  # it would end every answer before its first token, or do nothing
+                raise ValueError(
+                    "a stop string is empty; send stop strings of at least one character (or "
+                    "no stop), as vLLM takes them"
+                )
             if len(stop) > MAX_STOP_CHARS:
                 raise ValueError(
                     f"a stop string of {len(stop)} characters; each may have at most "
