@@ -198,3 +198,28 @@ def test_an_empty_stop_string_is_a_400_naming_stop(client: openai.OpenAI) -> Non
         model="acme-support", messages=HELLO, max_tokens=4, stop=[]
     )
     assert reply.choices[0].message.content == "reset my password please"
+
+
+# -- tool results ----------------------------------------------------------------------------
+
+
+def test_a_tool_result_answering_no_earlier_call_is_a_400_naming_it(
+    client: openai.OpenAI,
+) -> None:
+    """Before: accepted, and rendered as the result of a call the model never made (a
+    mistyped id, or a history trimmed of the assistant's call); OpenAI refuses it, and so
+    does this server's Responses API (``input.N.call_id``)."""
+    orphan = [*HELLO, {"role": "tool", "content": "found", "tool_call_id": "call_9"}]
+    mistyped = [*HELLO, CALLED, {**ANSWERED, "tool_call_id": "call_2"}]
+    for messages, at in ((orphan, 1), (mistyped, 2)):
+        error = _refused(
+            lambda m=messages: client.chat.completions.create(
+                model="acme-tools", messages=m, max_tokens=4
+            )
+        )
+        assert error.param == f"messages.{at}.tool_call_id", error.body
+        assert "answers no call of an earlier assistant message" in error.message
+    answered = client.chat.completions.create(
+        model="acme-tools", messages=_call(), max_tokens=4
+    )  # the call, then its result
+    assert answered.choices[0].finish_reason in ("stop", "length")

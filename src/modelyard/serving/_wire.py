@@ -463,6 +463,20 @@ class ChatCompletionRequest(CommonRequest):
         return [t.function.offered() for t in self.tools or []]
 
     def rendered_messages(self) -> list[dict[str, Any]]:
+        """The messages as templates take them; a tool result answering no call an earlier
+        assistant message made is a 400 naming its ``tool_call_id``, as OpenAI (and this
+        server's Responses API) refuse it."""
+        called: set[str] = set()
+        for i, m in enumerate(self.messages):
+            called.update(c.id for c in m.tool_calls or [])
+            if m.role == "tool" and m.tool_call_id not in called:
+                raise ConfigError(
+                    f"messages.{i}: the tool message's tool_call_id {m.tool_call_id!r} answers "
+                    "no call of an earlier assistant message",
+                    hint="Send the assistant message with its tool_calls (as the answer gave "
+                    "them) before the tool messages that answer them.",
+                    param=f"messages.{i}.tool_call_id",
+                )
         try:
             return [m.rendered(i) for i, m in enumerate(self.messages)]
         except ValueError as exc:
