@@ -223,3 +223,23 @@ def test_a_tool_result_answering_no_earlier_call_is_a_400_naming_it(
         model="acme-tools", messages=_call(), max_tokens=4
     )  # the call, then its result
     assert answered.choices[0].finish_reason in ("stop", "length")
+
+
+# -- web search ------------------------------------------------------------------------------
+
+
+def test_web_search_options_as_an_empty_object_is_refused(client: openai.OpenAI) -> None:
+    """Before: ``{}`` was taken for a no-op value and the answer came back without a search;
+    for OpenAI an empty ``web_search_options`` asks for a web search with the default
+    options. Only null is the no-op."""
+    error = _refused(
+        lambda: client.chat.completions.create(
+            model="acme-support", messages=HELLO, max_tokens=4, web_search_options={}
+        )
+    )
+    assert error.param == "web_search_options", error.body
+    assert "web_search_options is not supported by this server yet" in error.message
+    reply = client.chat.completions.create(
+        model="acme-support", messages=HELLO, max_tokens=4, extra_body={"web_search_options": None}
+    )
+    assert reply.choices[0].message.content == "reset my password please"

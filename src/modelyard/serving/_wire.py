@@ -254,6 +254,8 @@ class CommonRequest(SamplingExtensions):
             neutral = value is None or value == ["text"]
         elif name == "best_of":
             neutral = value is None or value == 1
+        elif name == "web_search_options":
+            neutral = value is None  # {}: search the web with the default options
         if not neutral:
             raise ValueError(
                 f"{name} is not supported by this server yet; remove it from the request"
