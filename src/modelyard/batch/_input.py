@@ -44,10 +44,11 @@ class InputFile:
     @classmethod
     def check(cls, path: Path, mapping: ColumnMapping, id_columns: Sequence[str]) -> InputFile:
         """The input at ``path``, every row checked (DataError naming a row or column)."""
+        given = _read(path)  # a missing file or a directory is a DatasetNotFound here
         stamp = _stamp(path)
         columns: dict[str, None] = {}
         total = 0
-        for values in _read(path):
+        for values in given:
             total += 1
             columns.update(dict.fromkeys(values))
         names = list(columns)
