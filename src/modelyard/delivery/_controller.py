@@ -39,7 +39,7 @@ from typing import Any
 from modelyard.delivery._alerting import load_alerting, resolve_rollback_alert, rollback_alert
 from modelyard.delivery._baseline import BaselineReads
 from modelyard.delivery._guards import GuardResult, load_statistics
-from modelyard.delivery._judging import judge_guards, judge_window
+from modelyard.delivery._judging import StepWindow, judge_guards, judge_windows
 from modelyard.delivery._sender import AlertSender
 from modelyard.delivery._views import (
     StepView,
@@ -132,9 +132,12 @@ class Controller:
         self.extra_every_s = extra_every_s
         self._extra_at = 0.0
         # Judge calls run in a thread of their own: a slow or hung judge never delays a
-        # breach's rollback, nor the lease this loop must renew (one job at a time).
+        # breach's rollback, nor the lease this loop must renew (one job at a time). A tick
+        # starts one job for the rollouts it found to judge (``_to_judge``); each of them
+        # waits for that job before it has another.
         self._judging = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelyard-judge")
-        self._judge_jobs: dict[str, Future[int]] = {}
+        self._judge_jobs: dict[str, Future[dict[str, int | Exception]]] = {}
+        self._to_judge: dict[str, tuple[Sequence[str], StepWindow]] = {}
         # The extra ticks (the monitoring tick: drift, judges, alert webhooks) run in a thread
         # of their own too, one run at a time: however slow, they never delay the rollouts.
         self._extras = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelyard-extra")
@@ -176,6 +179,7 @@ class Controller:
             if after is not None:
                 changed.append(after)
         self._seen = None
+        self._start_judging()
         self._send_alerts()
         due = time.monotonic() - self._extra_at >= self.extra_every_s
         if self.extra_ticks and due and (self._extra_job is None or self._extra_job.done()):
@@ -393,19 +397,36 @@ class Controller:
         return self._finish(r, values)
 
     def _judge(self, r: Rollout, versions: Versions) -> None:
-        """Start judging ``r``'s step window for its judge guards, unless a job is running."""
+        """Judge ``r``'s step window for its judge guards in the tick's judging job
+        (``_start_judging``), unless the job of an earlier tick still judges it."""
         job = self._judge_jobs.get(r.id)
         if job is not None and not job.done():
             return
-        if job is not None and job.exception() is not None:
+        if job is not None:
             exc = job.exception()
-            why = exc.one_line() if isinstance(exc, ModelyardError) else repr(exc)
-            log.warning("rollout %s: judging failed: %s", r.id, why)
+            if exc is None:  # the job ran: this rollout's own part may have failed
+                got = job.result().get(r.id)
+                exc = got if isinstance(got, BaseException) else None
+            if exc is not None:
+                why = exc.one_line() if isinstance(exc, ModelyardError) else repr(exc)
+                log.warning("rollout %s: judging failed: %s", r.id, why)
         if judge_guards(r.guards):
-            window = window_of(r, versions)
-            self._judge_jobs[r.id] = self._judging.submit(
-                judge_window, self.store, r.guards, window
-            )
+            self._to_judge[r.id] = (r.guards, window_of(r, versions))
+
+    def _start_judging(self) -> None:
+        """One job in the judging thread for the rollouts this tick found to judge: their
+        records picked together, then judged rollout by rollout (``judge_windows``); each
+        rollout's failure there is its own."""
+        asks, self._to_judge = self._to_judge, {}
+        if not asks:
+            return
+        try:
+            job = self._judging.submit(judge_windows, self.store, asks)
+        except RuntimeError as exc:  # closed (``close``): the rollouts still moved
+            log.warning("the controller could not start judging: %s", exc)
+            return
+        for rollout_id in asks:
+            self._judge_jobs[rollout_id] = job
 
     def _finish(self, r: Rollout, values: Mapping[str, Any]) -> Rollout | None:
         detail: dict[str, Any] = {"final": values}

@@ -6,8 +6,10 @@ started, and the judges' scores of both sides. ``step_views`` reads them for man
 with the statements of one: their versions in one query (``Store.rollout_versions``), the
 step windows of all of them in one read, the baselines due in another
 (``BaselineReads.read_many``), and, at a last step at 100 % where the baseline no longer
-serves, the baselines of the steps so far in a third. A rollout whose own part fails (a
-version gone, a guard a bug meets) gets its error in place of its view, and the others
+serves, the baselines of the steps so far in a third; what the judges its guards name
+made of both sides, for every rollout with such guards, in two more
+(``_judging.judged_windows_many``). A rollout whose own part fails (a version gone, a guard
+that does not parse, one a bug meets) gets its error in place of its view, and the others
 theirs. ``step_view`` is the same for one rollout (``rollout status``).
 """
 
@@ -19,7 +21,7 @@ from datetime import UTC, datetime, timedelta
 
 from modelyard.delivery._baseline import BaselineReads
 from modelyard.delivery._guards import GuardResult, TrafficSample, evaluate_guards
-from modelyard.delivery._judging import StepWindow, judged_windows
+from modelyard.delivery._judging import JudgedWindow, StepWindow, judged_windows_many
 from modelyard.errors import ModelVersionNotFound
 from modelyard.metric_names import judge_name
 from modelyard.store import Rollout, Store, VersionSample, utcnow
@@ -99,8 +101,9 @@ def step_views(
     versions' requests since an hour (or one bake time, if longer) before the rollout
     started, so a blue-green switch still has a baseline (read through ``baselines``, the
     controller's, which keeps a costly read a while); latencies against the baseline's in
-    the step's own window when it has enough there (``_latency_now``). The records of all
-    of them are read together (a few statements however many rollouts); ``versions``: the
+    the step's own window when it has enough there (``_latency_now``); and the scores the
+    judges its guards name gave both sides. The records and the judges' scores of all of
+    them are read together (a few statements however many rollouts); ``versions``: the
     caller's ``read_versions`` of them, if it has it."""
     out: dict[str, StepView | Exception] = {}
     if versions is None:
@@ -123,11 +126,14 @@ def step_views(
         })  # fmt: skip
     except Exception as exc:  # the read of them all: each rollout meets it
         return out | {r.id: exc for r in live}
+    judged = judged_windows_many(store, {r.id: (r.guards, windows[r.id]) for r in live})
     for r, sampled in zip(live, now, strict=True):
         try:
-            out[r.id] = _view(
-                store, r, windows[r.id], sampled, base[r.id], steps.get(f"{r.id}/steps"), alpha
-            )
+            scored = judged[r.id]
+            if isinstance(scored, Exception):
+                raise scored
+            earlier = steps.get(f"{r.id}/steps")
+            out[r.id] = _view(r, windows[r.id], sampled, base[r.id], earlier, scored, alpha)
         except Exception as exc:  # a bug in one rollout's guards: the others' views stand
             out[r.id] = exc
     return out
@@ -151,12 +157,12 @@ def _enough_beside(r: Rollout, window: StepWindow, now: Mapping[int, VersionSamp
 
 
 def _view(
-    store: Store,
     r: Rollout,
     window: StepWindow,
     now: Mapping[int, VersionSample],
     base: Mapping[int, VersionSample],
     earlier: Mapping[int, VersionSample] | None,
+    judged: Mapping[str, JudgedWindow],
     alpha: float,
 ) -> StepView:
     target = now[r.target_version_id]
@@ -169,7 +175,6 @@ def _view(
     baseline, latency_window = _latency_now(
         TrafficSample.of(base[i] for i in baseline_ids), side_by_side, _enough(r)
     )
-    judged = judged_windows(store, r.guards, window)
     if judged:  # what the judges named by guards scored of each side so far
         canary = replace(
             canary, judged={n: w.canary.scores for n, w in judged.items()},

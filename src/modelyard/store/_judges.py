@@ -31,7 +31,6 @@ from sqlalchemy import (
     String,
     Text,
     and_,
-    case,
     delete,
     func,
     or_,
@@ -368,29 +367,7 @@ class JudgeStore(StoreCore):
             "completion_tokens": int(completion), "cost": float(cost),
         }  # fmt: skip
 
-    # -- judging live traffic (rollout guards on judges) -------------------------------------
-
-    def unjudged_records(
-        self, judge: str, endpoint: str, since: datetime, version_ids: Sequence[int], limit: int
-    ) -> list[str]:
-        """Up to ``limit`` ids of the records a judge can read (``_judgeable``) of
-        ``version_ids`` that ``judge``'s current revision was never asked about, drawn at
-        random from the whole window (not the oldest first). The database does the work: an
-        anti-join on the judgements by record (their index), a random order and a LIMIT, so a
-        busy endpoint's window is never read out."""
-        ids = list(version_ids)
-        if not ids or limit <= 0:
-            return []
-        rec = InferenceRecordRow
-        with self._session(f"read the records judge {judge!r} has not judged") as s:
-            return list(
-                s.scalars(
-                    select(rec.id)
-                    .where(*_judgeable(endpoint, since, ids), ~_asked(judge))
-                    .order_by(func.random())
-                    .limit(limit)
-                )
-            )
+    # -- judging live traffic (a rollout guard's window: ``_judge_windows``) ----------------
 
     def unjudged_after(
         self,
@@ -423,36 +400,6 @@ class JudgeStore(StoreCore):
         with self._session(f"count the records judge {judge!r} has not judged") as s:
             where = [*_judgeable(endpoint, since, None), ~_asked(judge), *_past(after)]
             return int(s.scalar(select(func.count(rec.id)).where(*where)) or 0)
-
-    def judged_counts(
-        self, judge: str, endpoint: str, since: datetime, version_ids: Sequence[int]
-    ) -> tuple[tuple[float, ...], int, int]:
-        """What ``judge``'s current revision made of the records a judge can read
-        (``_judgeable``) of ``version_ids``: (the newest score of each record it scored, in
-        the order given; how many it was asked about and gave no score; how many it was never asked
-        about). The two numbers are counted by the database; only scores are read."""
-        ids = list(version_ids)
-        if not ids:
-            return (), 0, 0
-        rec = InferenceRecordRow
-        window = _judgeable(endpoint, since, ids)
-        with self._session(f"read the judgements of {judge!r} in a window") as s:
-            judgeable, asked = s.execute(
-                select(func.count(rec.id), func.count(case((_asked(judge), 1)))).where(*window)
-            ).one()
-            newest = (
-                select(func.max(JudgementRow.id))
-                .join(rec, rec.id == JudgementRow.record_id)
-                .where(_current(judge), JudgementRow.score.is_not(None), *window)
-                .group_by(JudgementRow.record_id)
-            )
-            scores = s.scalars(
-                select(JudgementRow.score)
-                .where(JudgementRow.id.in_(newest))
-                .order_by(JudgementRow.id)
-            ).all()
-        found = tuple(float(x) for x in scores if x is not None)
-        return found, int(asked) - len(found), int(judgeable) - int(asked)
 
     def record_texts(self, record_ids: Iterable[str]) -> dict[str, tuple[int | None, str, str]]:
         """``{record id: (version id, prompt, response)}`` of the records that kept both."""

@@ -25,6 +25,7 @@ audited write, role checks) and the row lookups and converters (``_rows``,
 ``_budgets``        money budgets per tenant and key, and what was spent
 ``_series``         grouped reads of the records for charts: traffic series, feedback
 ``_judges``         judges (models scoring answers) and their judgements
+``_judge_windows``  what judges made of rollout step windows, many read together
 ``_pairs``          shadow records and the production records of the same requests
 ``_files``          tenants' files (OpenAI's Files API): their rows; the bytes are artifacts
 ``_batches``        tenants' OpenAI batches and their answered lines, fenced by a lease
@@ -44,6 +45,7 @@ from modelyard.store._endpoints import EndpointStore
 from modelyard.store._feedback import FeedbackStore
 from modelyard.store._files import FileStore
 from modelyard.store._fleet import FleetStore
+from modelyard.store._judge_windows import JudgeWindowStore
 from modelyard.store._judges import JudgeStore
 from modelyard.store._monitoring import MonitoringStore
 from modelyard.store._pairs import PairStore
@@ -75,6 +77,7 @@ class Store(
     UsageStore,
     SeriesStore,
     JudgeStore,
+    JudgeWindowStore,
     PairStore,
     FileStore,
     BatchStore,
