@@ -27,3 +27,29 @@ def test_batch_run_on_an_input_that_is_not_there_says_so(
     line = _error(capsys)
     assert str(missing) in line and "does not exist" in line
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["keys", "create", "--tenant", "acme", "--rpm", "99999999999999999999"], "--rpm"),
+        (["keys", "create", "--tenant", "acme", "--tpm", "99999999999999999999"], "--tpm"),
+        (["keys", "limits", "KEY", "--tpm", "99999999999999999999"], "--tpm"),
+    ],
+)
+def test_a_key_rate_limit_past_what_the_store_holds_names_the_option(
+    acme_home: Path, capsys: pytest.CaptureFixture[str], argv: list[str], option: str
+) -> None:
+    from modelyard.access import create_api_key
+    from worlds import home_store
+
+    with home_store(acme_home) as store:
+        key = create_api_key(store, "acme", tpm_limit=1000)[0]
+        before = store.list_api_keys("acme")
+    assert main([key.id if a == "KEY" else a for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and option in err
+    with home_store(acme_home) as store:
+        assert [(k.id, k.tpm_limit) for k in store.list_api_keys("acme")] == [
+            (k.id, k.tpm_limit) for k in before
+        ]

@@ -122,6 +122,7 @@ def tenants_list(json_out: bool = JSON) -> None:
 # -- keys ----------------------------------------------------------------------------------
 
 keys_app = typer.Typer(help="API keys of tenants (shown once, stored as hashes).")
+MAX_RATE_LIMIT = 10**9  # requests or tokens per minute: the admin API's bound too
 
 
 @keys_app.command("create")
@@ -130,12 +131,17 @@ def keys_create(
     scopes: str = typer.Option("infer,feedback", help="Comma-separated: infer, feedback."),
     expires: str | None = typer.Option(None, help="Lifetime such as 90d, 12h (default: none)."),
     rpm: int | None = typer.Option(
-        None, "--rpm", min=1, help="Requests per minute (default: the server's --default-rpm)."
+        None,
+        "--rpm",
+        min=1,
+        max=MAX_RATE_LIMIT,
+        help="Requests per minute (default: the server's --default-rpm).",
     ),
     tpm: int | None = typer.Option(
         None,
         "--tpm",
         min=1,
+        max=MAX_RATE_LIMIT,
         help="Tokens per minute, prompt + max_tokens (default: the server's --default-tpm).",
     ),
     json_out: bool = typer.Option(
@@ -283,8 +289,8 @@ def keys_limits(
 def _limit(option: str, text: str) -> int | None:
     if text == "default":
         return None
-    if not text.isdigit() or int(text) < 1:
-        raise ConfigError(f"invalid {option} {text!r}: use a positive whole number or 'default'")
+    if not text.isdigit() or not 1 <= int(text) <= MAX_RATE_LIMIT:
+        raise ConfigError(f"invalid {option} {text!r}: use 1 to 1,000,000,000 or 'default'")
     return int(text)
 
 
