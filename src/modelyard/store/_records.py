@@ -2,20 +2,20 @@
 
 Writing records and their features is data-plane traffic and is not audited;
 discarding a job's records is.
+
+The order in which its transactions lock rows: ``_record_locks``.
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any, cast
 
 from sqlalchemy import (
-    String,
     Table,
-    any_,
-    bindparam,
     delete,
     func,
     insert,
@@ -23,13 +23,12 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.dialects import postgresql
-from sqlalchemy.orm import Session
 
 from modelyard.audit import DISCARD_ACTION, FINAL_STATUSES, SealEntry
-from modelyard.errors import ConfigError
+from modelyard.errors import ConfigError, Conflict
 from modelyard.store._convert import to_record
 from modelyard.store._core import StoreCore
+from modelyard.store._record_locks import close_unsealed, rolled_back, update_running
 from modelyard.store._rows import (
     epoch_seconds,
     in_scope,
@@ -44,7 +43,7 @@ from modelyard.store._schema import (
     RecordFeaturesRow,
     utcnow,
 )
-from modelyard.store._seals import append_anchor, prepare_seal, write_seal
+from modelyard.store._seals import PendingSeal, append_anchor, prepare_seal, write_seal
 from modelyard.store._usage import USAGE_COLUMNS, add_usage
 from modelyard.store.entities import (
     InferenceRecord,
@@ -101,6 +100,9 @@ _INSERT_RECORDS = insert(cast(Table, InferenceRecordRow.__table__))
 RECORD_STATUSES = ("ok", "error", "cancelled", "timeout", "running", "refused")
 RECORDS_PAGE = 5000  # records iter_records reads at a time
 DISCARD_PAGE = 500  # record ids discard_job_records looks up (and deletes) at a time
+WRITE_TRIES = 3  # add_monitored_records' tries of a write that PostgreSQL rolled back
+
+log = logging.getLogger(__name__)
 
 
 class RecordStore(StoreCore):
@@ -187,9 +189,9 @@ class RecordStore(StoreCore):
                     continue  # nothing of this page: no write transaction
             with self._write(f"discard unwritten records of batch job {job_id!r}") as s:
                 columns = (r.id, *(getattr(r, name) for name in USAGE_COLUMNS))
-                # locked (as a close and an end lock them): one ending meanwhile is waited
-                # for, and its usage then taken back
-                query = select(*columns).where(*mine).order_by(r.created_at, r.id)
+                # locked (by id, as a close and an end lock them): one ending meanwhile is
+                # waited for, and its usage then taken back
+                query = select(*columns).where(*mine).order_by(r.id)
                 found = s.execute(query.with_for_update()).mappings().all()
                 chunk = [m["id"] for m in found]
                 # final records are sealed (those written before sealing began are listed
@@ -253,13 +255,37 @@ class RecordStore(StoreCore):
             row = {name: getattr(record, name) for name in _RECORD_COLUMNS}
             row |= {"created_at": record.created_at or now, "server_id": server_id}
             records.append(row | {"status": "running"})
-        pending = prepare_seal(records + updates) if seal else None
-        with self._write(f"write {len(items) + len(started)} inference records") as s:
-            gone, taken_back = _update_running(s, updates) if updates else (set(), [])
+        what = f"write {len(items) + len(started)} inference records"
+        pending = prepare_seal(records + updates) if seal else None  # hashed before the write
+        for attempt in range(1, WRITE_TRIES + 1):
+            try:
+                entry = self._write_monitored(what, records, updates, features, pending, sealed)
+                break
+            except Conflict as exc:  # a deadlock's victim: nothing was written, write it again
+                if attempt == WRITE_TRIES or not rolled_back(exc):
+                    raise
+                log.warning("%s (try %d of %d), writing it again", exc.one_line(), attempt,
+                            WRITE_TRIES)  # fmt: skip
+        if entry is not None and sealed is not None:  # once committed: for the caller to anchor
+            sealed.append(entry)
+        return len(items)
+
+    def _write_monitored(
+        self,
+        what: str,
+        records: list[dict[str, Any]],
+        updates: list[dict[str, Any]],
+        features: list[dict[str, Any]],
+        pending: PendingSeal | None,
+        sealed: list[SealEntry] | None,
+    ) -> SealEntry | None:
+        """``add_monitored_records``' transaction; the seal it wrote (None: none)."""
+        with self._write(what) as s:
+            gone, taken_back = update_running(s, updates) if updates else (set(), [])
             if gone:
                 updates = [u for u in updates if u["id"] not in gone]
                 features = [f for f in features if f["record_id"] not in gone]
-                pending = prepare_seal(records + updates) if seal else None
+                pending = prepare_seal(records + updates) if pending is not None else None
             if records:
                 s.execute(_INSERT_RECORDS, records)  # Core: every column given, no ORM pass
             if updates:  # bulk UPDATE by primary key
@@ -268,13 +294,12 @@ class RecordStore(StoreCore):
             add_usage(s, [*taken_back, *records, *updates])
             if features:
                 s.execute(insert(RecordFeaturesRow), features)
-            if pending is not None:
-                entry = write_seal(s, pending)
-                if sealed is None:
-                    append_anchor(s, self.audit_key_source, self.actor, [entry])
-                else:
-                    sealed.append(entry)
-        return len(items)
+            if pending is None:
+                return None
+            entry = write_seal(s, pending)
+            if sealed is None:
+                append_anchor(s, self.audit_key_source, self.actor, [entry])
+            return entry
 
     def running_record_servers(self, *, started_before: datetime | None = None) -> list[str]:
         """The servers that have requests recorded as ``running`` (partial index); with
@@ -299,17 +324,13 @@ class RecordStore(StoreCore):
         running = (r.status == "running", r.server_id.in_(list(server_ids)))
         with self._write(f"close the running requests of {len(server_ids)} stopped servers") as s:
             if not seal:  # the rows it closes, as it closes them: one that started since counts
-                columns = [getattr(r, name) for name in USAGE_COLUMNS]
-                closed = s.execute(
-                    update(r).where(*running)
-                    .values(status="error", http_status=500, error=error)
-                    .returning(*columns)
-                    .execution_options(synchronize_session=False)
-                ).mappings().all()  # fmt: skip
+                close = close_unsealed(s.get_bind().dialect.name)
+                params = {"server_ids": list(server_ids), "close_error": error}
+                closed = s.execute(close, params).mappings().all()
                 add_usage(s, closed)
                 return len(closed)
             columns = [getattr(r, name) for name in (*_RECORD_COLUMNS, "server_id")]
-            query = select(*columns).where(*running).order_by(r.created_at, r.id)
+            query = select(*columns).where(*running).order_by(r.id)  # locked by id, as all
             rows = [
                 dict(m) | {"status": "error", "http_status": 500, "error": error}
                 for m in s.execute(query.with_for_update()).mappings()
@@ -500,30 +521,3 @@ class RecordStore(StoreCore):
                 .order_by(InferenceRecordRow.created_at)
                 .limit(1)
             )
-
-
-def _update_running(
-    s: Session, updates: Sequence[dict[str, Any]]
-) -> tuple[set[str], list[dict[str, Any]]]:
-    """Before the ends ``updates`` are written over their ``running`` rows: the ids of the
-    rows gone (a resumed batch job discarded them: their ends update nothing and count
-    nothing), and the usage to take back (``add_usage``'s rows, negated) of the rows a
-    close already ended and counted (their server was taken for dead, yet ran on: the end
-    is written over the close, and counts once). The rows are locked (in the order the
-    sweep's sealing close locks them): a close or a discard under way is waited for, and
-    then seen."""
-    r = InferenceRecordRow
-    ids = [u["id"] for u in updates]
-    columns = (r.id, *(getattr(r, name) for name in USAGE_COLUMNS))
-    if s.get_bind().dialect.name == "postgresql":  # one array: an IN of 256 ids plans slowly
-        mine = r.id == any_(bindparam("ids", ids, type_=postgresql.ARRAY(String)))
-    else:
-        mine = r.id.in_(ids)
-    query = select(*columns).where(mine).order_by(r.created_at, r.id)
-    found = {m["id"]: m for m in s.execute(query.with_for_update()).mappings()}
-    taken_back = [
-        dict(m) | {"requests": -1, "prompt_tokens": -(m["prompt_tokens"] or 0),
-                   "completion_tokens": -(m["completion_tokens"] or 0)}
-        for m in found.values() if m["status"] != "running"
-    ]  # fmt: skip
-    return set(ids) - set(found), taken_back
