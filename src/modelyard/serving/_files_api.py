@@ -138,11 +138,11 @@ def add_file_routes(app: FastAPI, files: FileKeeper, plane: DataPlane) -> None:
     async def file_content(file_id: str, key: KeyDep) -> FileResponse:
         """The file's bytes, each checked against its digest first: up to ``--max-file-bytes``
         read and hashed on the server's worker threads, which every tenant's requests share,
-        so a read takes one of the key's requests/min, as an upload does (before anything
-        is looked up: another tenant's id costs what a missing one does)."""
-        await plane.admit_call(key)
-        found = await run_in_threadpool(store.get_file, key.tenant, file_id)
-        path = await run_in_threadpool(files.path, found)
+        so in one of the tenant's slots (``TenantSlots``, as its prompts are tokenized): its
+        other reads wait on the event loop, and cannot hold every thread."""
+        async with plane.slots.hold(key.tenant):
+            found = await run_in_threadpool(store.get_file, key.tenant, file_id)
+            path = await run_in_threadpool(files.path, found)
         return FileResponse(path, media_type="application/octet-stream", filename=found.filename)
 
     @app.delete("/v1/files/{file_id}")
