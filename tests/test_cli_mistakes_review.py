@@ -53,3 +53,26 @@ def test_a_key_rate_limit_past_what_the_store_holds_names_the_option(
         assert [(k.id, k.tpm_limit) for k in store.list_api_keys("acme")] == [
             (k.id, k.tpm_limit) for k in before
         ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "option"),
+    [
+        (["keys", "create", "--tenant", "acme", "--expires", "999999999d"], "--expires"),
+        (["keys", "rotate", "KEY", "--grace", "999999999d"], "--grace"),
+        (["keys", "rotate", "KEY", "--expires", "3000000d"], "--expires"),
+    ],
+)
+def test_a_key_lifetime_past_the_year_9999_names_the_option(
+    acme_home: Path, capsys: pytest.CaptureFixture[str], argv: list[str], option: str
+) -> None:
+    from modelyard.access import create_api_key
+    from worlds import home_store
+
+    with home_store(acme_home) as store:
+        key = create_api_key(store, "acme")[0]
+    assert main([key.id if a == "KEY" else a for a in argv]) == 2
+    line = _error(capsys)
+    assert option in line and "year 9999" in line
+    with home_store(acme_home) as store:  # no key made, none rotated
+        assert [(k.id, k.rotated_to) for k in store.list_api_keys("acme")] == [(key.id, None)]

@@ -58,13 +58,15 @@ def parse_duration(text: str, *, field: str | None = None, allow_zero: bool = Fa
             field=field or "duration",
         )
     try:
-        return timedelta(seconds=float(match.group(1)) * UNITS[match.group(2)])
+        length = timedelta(seconds=float(match.group(1)) * UNITS[match.group(2)])
+        datetime.now(UTC) + length  # an expiry, a deadline: a date this long from now
     except OverflowError:
         raise ConfigError(
             f"duration {text!r}{f' for {field}' if field else ''} is longer than a date can "
-            "reach (2.7 million years)",
+            "reach (from now to the year 9999)",
             field=field or "duration",
         ) from None
+    return length
 
 
 def parse_since(
