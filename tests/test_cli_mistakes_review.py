@@ -76,3 +76,17 @@ def test_a_key_lifetime_past_the_year_9999_names_the_option(
     assert option in line and "year 9999" in line
     with home_store(acme_home) as store:  # no key made, none rotated
         assert [(k.id, k.rotated_to) for k in store.list_api_keys("acme")] == [(key.id, None)]
+
+
+@pytest.mark.parametrize("mistake", ["missing", "not PEM"])
+def test_serve_with_a_tls_pair_that_does_not_load_names_it_before_serving(
+    acme_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], mistake: str
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    if mistake == "not PEM":
+        cert.write_text("not a certificate\n")
+        key.write_text("not a key\n")
+    argv = ["serve", "--engine", "echo", "--port", "0", "--host", "127.0.0.1"]
+    assert main([*argv, "--tls-cert", str(cert), "--tls-key", str(key)]) == 2
+    line = _error(capsys)
+    assert "--tls-cert" in line and str(cert) in line

@@ -458,6 +458,8 @@ def serve(
     if (tls_cert is None) != (tls_key is None):
         raise ConfigError("--tls-cert and --tls-key go together; give both or neither")
     tls = (tls_cert, tls_key) if tls_cert and tls_key else None
+    if tls is not None:
+        _check_tls(*tls)
     admin_on = admin_enabled(host, admin, tls=tls is not None, behind_tls_proxy=behind_tls_proxy)
     placed = placement(device, dtype) if engine == "transformers" else None
     # a busy --port or --metrics-port is refused now, not after vLLM has loaded its weights
@@ -574,3 +576,22 @@ def serve(
         if controller is not None:
             controller.store.close()
     err_console.print("stopped")
+
+
+def _check_tls(cert: str, key: str) -> None:
+    """The certificate and key load as a pair now, not once the engine has loaded (minutes
+    for vLLM): a missing file or one that is not PEM is one line naming the options."""
+    import ssl
+
+    for path, option in ((cert, "--tls-cert"), (key, "--tls-key")):
+        if not Path(path).is_file():
+            raise ConfigError(f"{option} {path} is not a file", field=option)
+    try:
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"--tls-cert {cert} and --tls-key {key} do not load as a certificate and its "
+            f"private key: {getattr(exc, 'reason', None) or exc}",
+            hint="Give PEM files: the server's certificate (its chain after it) and its key.",
+            field="--tls-cert",
+        ) from None
