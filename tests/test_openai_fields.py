@@ -243,3 +243,30 @@ def test_web_search_options_as_an_empty_object_is_refused(client: openai.OpenAI)
         model="acme-support", messages=HELLO, max_tokens=4, extra_body={"web_search_options": None}
     )
     assert reply.choices[0].message.content == "reset my password please"
+
+
+# -- a tool's parameters ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("parameters", "says"),
+    [
+        ({"type": "string"}, "a schema of type 'object', not 'string'"),
+        ({"type": "object", "properties": ["city"]}, "properties is an object mapping"),
+        ({"type": "object", "required": "city"}, "required is a list of argument names"),
+    ],
+)
+def test_a_chat_tool_whose_parameters_are_no_object_schema_is_a_400(
+    client: openai.OpenAI, parameters: dict[str, Any], says: str
+) -> None:
+    """Before: the Responses API refused such a tool (``tools.N.parameters``) and chat
+    completions offered it to the model as it came (a call's arguments are a JSON object
+    whatever the schema says); OpenAI refuses it on both."""
+    error = _refused(
+        lambda: client.chat.completions.create(
+            model="acme-tools", messages=HELLO, max_tokens=4,
+            tools=[{"type": "function", "function": {"name": "lookup", "parameters": parameters}}],
+        )
+    )  # fmt: skip
+    assert error.param == "tools.0.function.parameters", error.body
+    assert says in error.message

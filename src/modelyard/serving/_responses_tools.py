@@ -20,7 +20,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from modelyard.serving._tools import FunctionDef, parse_calls
 
 MAX_TOOLS = 128  # functions offered in one request, as OpenAI allows (and the chat route)
-_SCHEMA_TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 
 
 class FunctionTool(FunctionDef):
@@ -48,31 +47,6 @@ class FunctionTool(FunctionDef):
                 "(web_search, file_search, computer_use, mcp, code_interpreter, ...) run on "
                 "OpenAI's servers"
             )
-        return value
-
-    @field_validator("parameters")
-    @classmethod
-    def _an_object_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        """The arguments are a JSON object: its schema's ``type`` is ``object`` (when given),
-        ``properties`` maps names to schemas and ``required`` lists names."""
-        if value is None or value == {}:
-            return value
-        kind = value.get("type")
-        if kind not in (None, "object"):
-            raise ValueError(
-                f"the arguments are a JSON object: a schema of type 'object', not {kind!r}"
-                if kind in _SCHEMA_TYPES
-                else f"{kind!r} is not a JSON schema type; the arguments are a JSON object: "
-                'send {"type": "object", "properties": {...}}'
-            )
-        properties = value.get("properties", {})
-        if not isinstance(properties, dict) or not all(
-            isinstance(p, dict | bool) for p in properties.values()
-        ):
-            raise ValueError("properties is an object mapping each argument to its JSON schema")
-        required = value.get("required", [])
-        if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
-            raise ValueError("required is a list of argument names")
         return value
 
     def echoed(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from modelyard.serving._types import Guide, SamplingParams
 from modelyard.serving._wire_fields import JsonObject, Text, utf8_json
@@ -37,6 +37,7 @@ from modelyard.serving._wire_fields import JsonObject, Text, utf8_json
 CALL_START = "<tool_call>"
 _CALL = re.compile(r"<tool_call>\s*(.*?)\s*</tool_call>", re.DOTALL)
 ANY_OBJECT: dict[str, Any] = {"type": "object"}
+_SCHEMA_TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
 
 
 # -- the wire format -----------------------------------------------------------------------
@@ -52,6 +53,31 @@ class FunctionDef(BaseModel):
     description: Text | None = None
     parameters: JsonObject | None = None  # a JSON schema of its arguments
     strict: bool | None = None  # a required call always follows the schema here
+
+    @field_validator("parameters")
+    @classmethod
+    def _an_object_schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The arguments are a JSON object: its schema's ``type`` is ``object`` (when given),
+        ``properties`` maps names to schemas and ``required`` lists names."""
+        if value is None or value == {}:
+            return value
+        kind = value.get("type")
+        if kind not in (None, "object"):
+            raise ValueError(
+                f"the arguments are a JSON object: a schema of type 'object', not {kind!r}"
+                if kind in _SCHEMA_TYPES
+                else f"{kind!r} is not a JSON schema type; the arguments are a JSON object: "
+                'send {"type": "object", "properties": {...}}'
+            )
+        properties = value.get("properties", {})
+        if not isinstance(properties, dict) or not all(
+            isinstance(p, dict | bool) for p in properties.values()
+        ):
+            raise ValueError("properties is an object mapping each argument to its JSON schema")
+        required = value.get("required", [])
+        if not isinstance(required, list) or not all(isinstance(r, str) for r in required):
+            raise ValueError("required is a list of argument names")
+        return value
 
     def offered(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name}
