@@ -25,7 +25,7 @@ from sqlalchemy import Executable, case, func, literal_column, select, union_all
 from sqlalchemy.orm import Session
 
 from modelyard.store._core import StoreCore
-from modelyard.store._judges import JudgementRow, _asked, _current, _judgeable
+from modelyard.store._judges import JudgementRow, _asked, _current, _judgeable, _readable
 from modelyard.store._schema import InferenceRecordRow
 
 JUDGE_WINDOWS_PER_QUERY = 100
@@ -58,27 +58,50 @@ def _tag(place: int) -> Any:
     return literal_column(str(int(place))).label("window")
 
 
-def _window(w: JudgeWindow) -> list[Any]:
+class _Judges:
+    """The conditions on judges' judgements and on the records a judge can read, built once
+    per read however many windows name them (built per window, they took a tick over 20
+    rollouts more time in Python than the database took to answer)."""
+
+    def __init__(self) -> None:
+        self._asked: dict[str, Any] = {}
+        self._current: dict[str, Any] = {}
+        self.readable = _readable()  # and those on the records, the same for every window
+
+    def asked(self, judge: str) -> Any:
+        """``_asked``: whether its current revision was asked about the record."""
+        if judge not in self._asked:
+            self._asked[judge] = _asked(judge)
+        return self._asked[judge]
+
+    def current(self, judge: str) -> Any:
+        """``_current``: a judgement of its current revision."""
+        if judge not in self._current:
+            self._current[judge] = _current(judge)
+        return self._current[judge]
+
+
+def _window(w: JudgeWindow, judges: _Judges) -> list[Any]:
     """The conditions on the records of the window a judge can read."""
-    return _judgeable(w.endpoint, w.since, list(w.version_ids))
+    return _judgeable(w.endpoint, w.since, list(w.version_ids), judges.readable)
 
 
-def _counts_query(place: int, w: JudgeWindow, window: list[Any]) -> Any:
+def _counts_query(place: int, w: JudgeWindow, window: list[Any], judges: _Judges) -> Any:
     """How many records of the window a judge can read, and how many the judge was asked
     about (two counts in one scan)."""
     rec = InferenceRecordRow
-    asked = func.count(case((_asked(w.judge), 1)))
+    asked = func.count(case((judges.asked(w.judge), 1)))
     return select(_tag(place), func.count(rec.id), asked).where(*window)
 
 
-def _scores_query(place: int, w: JudgeWindow, window: list[Any]) -> Any:
+def _scores_query(place: int, w: JudgeWindow, window: list[Any], judges: _Judges) -> Any:
     """The newest score of each record of the window the judge scored, by judgement id."""
     rec = InferenceRecordRow
     newest = (
         select(func.max(JudgementRow.id))
         .join(rec, rec.id == JudgementRow.record_id)
         .where(
-            _current(w.judge),
+            judges.current(w.judge),
             JudgementRow.score.is_not(None),
             *window,
         )
@@ -89,14 +112,14 @@ def _scores_query(place: int, w: JudgeWindow, window: list[Any]) -> Any:
     )
 
 
-def _pick_query(place: int, w: JudgeWindow, limit: int, alone: bool) -> Any:
+def _pick_query(place: int, w: JudgeWindow, limit: int, alone: bool, judges: _Judges) -> Any:
     """Up to ``limit`` records of the window the judge was never asked about, at random;
     one of several is a subquery (a member of a compound select takes no ORDER BY nor LIMIT
     on SQLite)."""
     rec = InferenceRecordRow
     picked = (
         select(_tag(place), rec.id)
-        .where(*_window(w), ~_asked(w.judge))
+        .where(*_window(w, judges), ~judges.asked(w.judge))
         .order_by(func.random())
         .limit(limit)
     )
@@ -139,9 +162,14 @@ class JudgeWindowStore(StoreCore):
         if not places:
             return [((), 0, 0) for _ in windows]
         with self._session(f"read the judgements of {len(places)} window(s)") as s:
-            where = {i: _window(windows[i]) for i in places}
-            counts = _read_tagged(s, [_counts_query(i, windows[i], where[i]) for i in places])
-            scores = _read_tagged(s, [_scores_query(i, windows[i], where[i]) for i in places])
+            judges = _Judges()
+            where = {i: _window(windows[i], judges) for i in places}
+            counts = _read_tagged(
+                s, [_counts_query(i, windows[i], where[i], judges) for i in places]
+            )
+            scores = _read_tagged(
+                s, [_scores_query(i, windows[i], where[i], judges) for i in places]
+            )
         found: dict[int, list[tuple[int, float]]] = {}
         for place, judgement_id, score in scores:
             if score is not None:
@@ -175,8 +203,8 @@ class JudgeWindowStore(StoreCore):
         with self._session(
             f"read the records judges have not judged in {len(places)} window(s)"
         ) as s:
-            alone = len(places) == 1
-            rows = _read_tagged(s, [_pick_query(i, *picks[i], alone) for i in places])
+            alone, judges = len(places) == 1, _Judges()
+            rows = _read_tagged(s, [_pick_query(i, *picks[i], alone, judges) for i in places])
         out: list[list[str]] = [[] for _ in picks]
         for place, record_id in rows:
             out[int(place)].append(str(record_id))

@@ -184,16 +184,27 @@ def _live_answer() -> ColumnElement[bool]:
     return and_(user_facing(rec.shadow), answered_ok(rec.status))
 
 
-def _judgeable(endpoint: str, since: datetime, version_ids: list[int] | None) -> list[Any]:
-    """The conditions on a live record a judge can read (``_live_answer``: answered ok, not
-    a shadow; nor a fallback, prompt and response kept as text: a tenant that keeps hashes
-    or nothing leaves none) of ``endpoint`` since ``since``, of ``version_ids`` (of any
-    version when None)."""
+def _judgeable(
+    endpoint: str, since: datetime, version_ids: list[int] | None, readable: list[Any] | None = None
+) -> list[Any]:
+    """The conditions on a live record a judge can read (``_readable``) of ``endpoint`` since
+    ``since``, of ``version_ids`` (of any version when None); ``readable``: ``_readable()``,
+    built once for many windows."""
     rec = InferenceRecordRow
     return [
         rec.endpoint_name == endpoint,
         rec.created_at >= since,
         rec.version_id.is_not(None) if version_ids is None else rec.version_id.in_(version_ids),
+        *(_readable() if readable is None else readable),
+    ]
+
+
+def _readable() -> list[Any]:
+    """The conditions on a record a judge can read: a live answer (``_live_answer``:
+    answered ok, not a shadow), not a fallback, its prompt and response kept as text (a
+    tenant that keeps hashes or nothing leaves none)."""
+    rec = InferenceRecordRow
+    return [
         _live_answer(),
         rec.fallback_from_id.is_(None),
         rec.prompt.is_not(None),
