@@ -339,7 +339,9 @@ class ModelSources:
 
 def served_files(store: Store | None, artifacts: ArtifactStore, version: ModelVersion) -> Any:
     """The version's verified files for an engine to load, or an ``EngineError`` naming the
-    version (a load failure: the plan falls back, a rollout rolls back)."""
+    version (a load failure: the plan falls back, a rollout rolls back). Its message is the
+    answer of the tenant's request: an artifact store's error (the server's paths, the
+    store's location) goes to the server's log, not into it."""
     try:
         return verified_files(store, artifacts, version, by="serve")
     except ArtifactIntegrityError as exc:
@@ -350,9 +352,10 @@ def served_files(store: Store | None, artifacts: ArtifactStore, version: ModelVe
             version=version.ref,
         ) from exc
     except ArtifactError as exc:
+        log.error("cannot read the files of %s: %s", version.ref, exc.one_line())
         raise EngineError(
-            f"cannot read the files of {version.ref}: {exc.message}",
-            hint=exc.hint or "Check the artifact store this server uses.",
+            f"cannot read the files of {version.ref} from this server's artifact store",
+            hint="The operator finds the details in the server's log.",
             version=version.ref,
         ) from exc
 
