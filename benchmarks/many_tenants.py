@@ -6,14 +6,18 @@ The script fills a store (``--tenants`` tenants, one endpoint each on a model of
 keys per tenant, a day budget per tenant and a month budget on one key; a drift run per
 endpoint; ``--rollouts`` rollouts in progress; ``--records`` inference records spread over
 the endpoints and the last 7 days, bulk inserted, a twentieth with feedback; the profiles
-of them), then measures, in a child process of its own, each periodic or per-request job
-whose work grows with the number of endpoints: the SQL statements one run sends and its
-median wall time over ``--repeats`` runs.
+of them; ``--judge-rollouts`` more rollouts with a guard on judge ``quality``, whose
+endpoints' records keep their prompt and response, every other one of the last two hours
+scored by the judge), then measures, in a child process of its own, each periodic or
+per-request job whose work grows with the number of endpoints: the SQL statements one run
+sends and its median wall time over ``--repeats`` runs.
 
 - ``startup``: a serving app's start (``create_app`` and its lifespan: abandoned requests
   closed, the endpoints read); ``refresh``: the router's reload every ``refresh_seconds``;
   ``/v1/models``: a key's model list (the key authenticated once, then cached);
-- ``controller tick``: the rollout controller's pass over the active rollouts;
+- ``controller tick``: the rollout controller's pass over the active rollouts, and the
+  judging job it starts for those with a guard on a judge (the judge's calls left out:
+  ``judge_records`` answers nothing, so the job's reads are measured and the store stays);
 - ``alert rules``: ``evaluate_rules`` of a rules file with per-endpoint traffic rules
   (error rate, p95 latency), a drift rule, a judge rule and a budget rule;
 - ``drift tick``: the monitoring tick's drift part in its steady state (every endpoint's
@@ -73,10 +77,16 @@ RULES = {
 
 
 def _records(
-    url: str, endpoints: list[tuple[str, int, list[int], str]], n: int, now: datetime
+    url: str,
+    endpoints: list[tuple[str, int, list[int], str]],
+    n: int,
+    now: datetime,
+    judged: set[str],
 ) -> None:
     """``n`` records over ``endpoints`` (name, tenant id, version ids, API key id) and 7 days
-    before ``now``, a twentieth with feedback, in bulk (their usage counted after)."""
+    before ``now``, a twentieth with feedback, in bulk (their usage counted after); those of
+    the endpoints ``judged`` keep their text, and every other one of the last two hours has a
+    score of judge ``quality``."""
     from sqlalchemy import create_engine, text
 
     rng = random.Random(5)
@@ -86,16 +96,22 @@ def _records(
     insert = text(
         "insert into inference_records (id, created_at, tenant_id, api_key_id, endpoint_name, "
         "version_id, route, prompt_tokens, completion_tokens, latency_ms, ttft_ms, status, "
-        "http_status, shadow, source) values (:id, :c, :t, :k, :e, :v, 'chat.completions', "
-        ":pt, :ct, :l, :f, :s, :h, :sh, 'api')"
+        "http_status, shadow, source, prompt, response) values (:id, :c, :t, :k, :e, :v, "
+        "'chat.completions', :pt, :ct, :l, :f, :s, :h, :sh, 'api', :p, :r)"
     )
+    scored = text(
+        "insert into judgements (judge, revision, input_hash, record_id, score, "
+        "prompt_tokens, completion_tokens, cost, latency_ms, created_at) values "
+        "('quality', 1, :i, :r, :s, 1, 1, 0.0, 1.0, :c)"
+    )
+    recent = (now - timedelta(hours=2)).replace(tzinfo=None)
     feedback = text(
         "insert into feedback (id, record_id, tenant_id, score, created_at, updated_at) "
         "values (:i, :r, :t, :s, :c, :c)"
     )
     with engine.begin() as c:
         for k in range(0, n, 50_000):
-            rows, rated = [], []
+            rows, rated, judgements = [], [], []
             for j in range(k, min(n, k + 50_000)):
                 name, tid, vids, key_id = endpoints[j % len(endpoints)]
                 at = start + timedelta(seconds=rng.random() * span)
@@ -105,18 +121,27 @@ def _records(
                     "v": vids[0] if rng.random() < 0.8 else rng.choice(vids),
                     "pt": 40, "ct": 20, "l": rng.lognormvariate(5, 0.4), "f": 20.0,
                     "s": "ok" if ok else "error", "h": 200 if ok else 500, "sh": False,
+                    "p": "### Instruction:\nhi\n\n### Response:\n" if name in judged else None,
+                    "r": "hello" if name in judged else None,
                 })  # fmt: skip
+                if name in judged and at >= recent and j % 2 == 0:
+                    judgements.append({"i": f"h{j:09d}", "r": f"r{j:09d}", "c": at,
+                                       "s": float(1 + j % 5)})  # fmt: skip
                 if rng.random() < 0.05 and ok:
                     rated.append({"i": f"fb{j:09d}", "r": f"r{j:09d}", "t": tid, "s": 1.0, "c": at})
             c.execute(insert, rows)
             c.execute(feedback, rated)
+            if judgements:
+                c.execute(scored, judgements)
     engine.dispose()
 
 
-def fill(url: str, tenants: int, versions: int, records: int, rollouts: int) -> dict[str, Any]:
+def fill(
+    url: str, tenants: int, versions: int, records: int, rollouts: int, judge_rollouts: int
+) -> dict[str, Any]:
     """The store at ``url`` filled as the module's text says; what went in, and how long."""
     from modelyard.access import create_api_key
-    from modelyard.delivery import start_rollout
+    from modelyard.delivery import DEFAULT_POLICY, start_rollout
     from modelyard.monitoring import update_profiles
     from modelyard.store import Store
     from modelyard.store.entities import DriftResult
@@ -158,12 +183,18 @@ def fill(url: str, tenants: int, versions: int, records: int, rollouts: int) -> 
                 vids[0],
             )  # fmt: skip
         store.set_token_price("base", input_per_1k=0.5, output_per_1k=1.5)
-        _records(url, endpoints, records, now)
+        judged = [name for name, *_ in endpoints[rollouts : rollouts + judge_rollouts]]
+        _records(url, endpoints, records, now, set(judged))
         for name, *_ in endpoints:  # bulk inserted: their usage (budgets' spend) counted
             store.recount_usage(name, now - timedelta(days=8))
         for name, *_ in endpoints[:rollouts]:
             start_rollout(store, name, f"{name}:{versions}", steps="10,50,100", bake_s=3600,
                           override_gates="benchmark fill")  # fmt: skip
+        for name in judged:
+            start_rollout(store, name, f"{name}:{versions}", steps="10,50,100", bake_s=3600,
+                          override_gates="benchmark fill",
+                          guards=(*DEFAULT_POLICY.guards,
+                                  "judge.quality >= baseline - 0.5 (sample 20)"))  # fmt: skip
         profiled = time.perf_counter()
         update_profiles(store, now=now)
         profiles_s = time.perf_counter() - profiled
@@ -176,12 +207,15 @@ def fill(url: str, tenants: int, versions: int, records: int, rollouts: int) -> 
         "budgets": 2 * tenants,
         "records": records,
         "rollouts": min(rollouts, tenants),
+        "judge_rollouts": len(judged),
         "key": keys["t001"],
     }
 
 
 def measure(url: str, repeats: int, key: str) -> dict[str, Any]:
     """In this process (whichever ``modelyard`` it imports): each operation's SQL and time."""
+    from types import SimpleNamespace
+
     from fastapi.testclient import TestClient
     from sqlalchemy import event
 
@@ -189,7 +223,7 @@ def measure(url: str, repeats: int, key: str) -> dict[str, Any]:
     from modelyard.access import create_actor_token
     from modelyard.admin import create_admin_app
     from modelyard.audit import AccessPolicy
-    from modelyard.delivery import Controller
+    from modelyard.delivery import Controller, _judging
     from modelyard.monitoring import AlertRules, evaluate_rules, update_profiles
     from modelyard.monitoring._report import render_report
     from modelyard.monitoring._tick import _due_drift
@@ -197,6 +231,11 @@ def measure(url: str, repeats: int, key: str) -> dict[str, Any]:
     from modelyard.serving._engine import EchoEngine
     from modelyard.store import Store
 
+    def no_judge(store: Any, judge: Any, ids: Any) -> Any:
+        return SimpleNamespace(judgements=[])
+
+    judging: Any = _judging  # its judge answers nothing: the job's reads, no call, no write
+    judging.judge_records = no_judge
     rules = AlertRules.parse(RULES)
     sent: list[str] = []
 
@@ -213,6 +252,10 @@ def measure(url: str, repeats: int, key: str) -> dict[str, Any]:
         router = app.state.plane.router
         controller = Controller(store, holder="bench")
         clock = [datetime.now(UTC)]
+
+        def tick() -> None:  # and the judging job it started (one at a time: wait for it)
+            controller.tick()
+            controller._judging.submit(lambda: None).result()
 
         def startup() -> None:
             with TestClient(create_app(store, EchoEngine(), heartbeat_s=None)):
@@ -236,7 +279,7 @@ def measure(url: str, repeats: int, key: str) -> dict[str, Any]:
             "startup": startup,
             "refresh": router.refresh,
             "/v1/models": None,
-            "controller tick": controller.tick,
+            "controller tick": tick,
             "alert rules": lambda: evaluate_rules(store, rules, datetime.now(UTC)),
             "drift tick": lambda: _due_drift(store, rules, datetime.now(UTC), None),
             "profiles": profiles,
@@ -323,6 +366,7 @@ def main() -> int:
     p.add_argument("--versions", type=int, default=3)
     p.add_argument("--records", type=int, default=1_500_000)
     p.add_argument("--rollouts", type=int, default=4)
+    p.add_argument("--judge-rollouts", type=int, default=4, help="Rollouts with a judge guard.")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--small", action="store_true", help="Also a store of a tenth the tenants.")
     p.add_argument("--url", help="A throwaway PostgreSQL database (dropped, created again).")
@@ -348,7 +392,7 @@ def main() -> int:
             if args.url:
                 url = args.url if size == "large" else f"{args.url}_small"
                 _fresh_postgres(url)
-            filled = fill(url, tenants, args.versions, records, args.rollouts)
+            filled = fill(url, tenants, args.versions, records, args.rollouts, args.judge_rollouts)
             key = filled.pop("key")
             report[f"filled_{size}"] = filled
             sides[f"new {size}"] = _child(url, args.repeats, key, HERE.parent / "src")
