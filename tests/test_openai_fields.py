@@ -270,3 +270,33 @@ def test_a_chat_tool_whose_parameters_are_no_object_schema_is_a_400(
     )  # fmt: skip
     assert error.param == "tools.0.function.parameters", error.body
     assert says in error.message
+
+
+# -- tool_choice -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("choice", "says"),
+    [
+        ("any", "'any' is not a tool_choice: send none, auto, required or"),
+        (5, "tool_choice is none, auto, required or"),
+        ({"type": "function"}, 'a named function is {"type": "function", "function": {"name"'),
+        ({"type": "function", "name": "lookup"}, "not the Responses API's flat shape"),
+        ({"type": "allowed_tools", "allowed_tools": {}}, "allowed_tools is not supported"),
+        ({"type": "custom", "custom": {"name": "x"}}, "of type 'custom' is not supported"),
+    ],
+)
+def test_a_malformed_chat_tool_choice_is_a_400_saying_what_is_taken(
+    client: openai.OpenAI, choice: Any, says: str
+) -> None:
+    """Before: ``param`` was pydantic's union branch (``tool_choice.NamedToolChoice``, a
+    path no request has) and the message "Input should be a valid dictionary", which said
+    neither what was wrong nor what is taken. The Responses API already said it."""
+    error = _refused(
+        lambda: client.chat.completions.create(
+            model="acme-tools", messages=HELLO, max_tokens=4, tool_choice=choice,
+            tools=[{"type": "function", "function": {"name": "lookup"}}],
+        )
+    )  # fmt: skip
+    assert error.param == "tool_choice", error.body
+    assert says in error.message, error.message

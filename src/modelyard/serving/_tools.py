@@ -107,6 +107,41 @@ class NamedToolChoice(BaseModel):
 
 
 ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
+_NAMED = '{"type": "function", "function": {"name": ...}}'
+
+
+def checked_choice(value: Any) -> Any:
+    """Chat's ``tool_choice`` as sent, or a 400 saying what this server takes instead (not
+    the union's branch names, ``tool_choice.NamedToolChoice``, for a mistake)."""
+    if value is None or isinstance(value, str):
+        if value not in (None, "none", "auto", "required"):
+            raise ValueError(
+                f"{value!r} is not a tool_choice: send none, auto, required or {_NAMED}"
+            )
+        return value
+    if not isinstance(value, dict):
+        raise ValueError(f"tool_choice is none, auto, required or {_NAMED}")
+    kind = value.get("type")
+    if kind == "allowed_tools":
+        raise ValueError(
+            "tool_choice allowed_tools is not supported by this server yet: offer only the "
+            "allowed functions in tools, with tool_choice auto or required"
+        )
+    if kind != "function":
+        raise ValueError(
+            f"tool_choice of type {kind!r} is not supported by this server: it calls function "
+            f"tools only (none, auto, required or {_NAMED})"
+        )
+    function = value.get("function")
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+        flat = "name" in value and function is None  # the Responses API's shape
+        raise ValueError(
+            f"a named function is {_NAMED} in chat completions"
+            + (", not the Responses API's flat shape" if flat else "")
+        )
+    return value
+
+
 Tools = Sequence[Mapping[str, Any]] | None  # functions offered (``FunctionDef.offered``)
 
 

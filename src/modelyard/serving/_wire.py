@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from typing import Any, Literal
 
@@ -18,7 +17,14 @@ from pydantic import (
 
 from modelyard.errors import ConfigError
 from modelyard.serving._sampling_wire import SamplingExtensions
-from modelyard.serving._tools import NamedToolChoice, ToolCall, ToolChoice, ToolDef, call_guide
+from modelyard.serving._tools import (
+    NamedToolChoice,
+    ToolCall,
+    ToolChoice,
+    ToolDef,
+    call_guide,
+    checked_choice,
+)
 from modelyard.serving._types import (
     BIAS_RANGE,
     MAX_LOGIT_BIAS,
@@ -30,12 +36,12 @@ from modelyard.serving._types import (
     SamplingParams,
 )
 from modelyard.serving._wire_fields import (
-    JsonObject,
     Metadata,
     PromptCacheRetention,
     ServiceTier,
     Text,
 )
+from modelyard.serving._wire_format import JsonSchemaFormat, ResponseFormat
 
 MAX_STOP = 4  # stop strings, as OpenAI allows
 MAX_PROMPTS = 16  # prompts in one legacy completion request
@@ -134,44 +140,6 @@ class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt include_usage is a 400
     include_usage: bool = Field(default=False, strict=True)
     include_obfuscation: bool | None = None  # obfuscation padding: none is sent, harmless
-
-
-_SCHEMA_NAME = r"^[A-Za-z0-9_-]{1,64}$"
-
-
-class JsonSchemaFormat(BaseModel):
-    """``response_format.json_schema``: the schema the answer must be valid under."""
-
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    name: Text = Field(pattern=_SCHEMA_NAME)
-    description: Text | None = None
-    schema_: JsonObject = Field(default_factory=dict, alias="schema")
-    strict: bool | None = None  # always strict here: constrained decoding follows the schema
-
-
-class ResponseFormat(BaseModel):
-    """``response_format``: ``text`` (the default), ``json_object`` or ``json_schema``."""
-
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["text", "json_object", "json_schema"]
-    json_schema: JsonSchemaFormat | None = None
-
-    @model_validator(mode="after")
-    def _schema_with_its_type(self) -> ResponseFormat:
-        if (self.type == "json_schema") != (self.json_schema is not None):
-            raise ValueError(
-                "send json_schema with type json_schema (and only then): "
-                '{"type": "json_schema", "json_schema": {"name": ..., "schema": {...}}}'
-            )
-        return self
-
-    def guide(self) -> Guide | None:
-        if self.type == "json_object":
-            return Guide("json_object", param="response_format")
-        if self.json_schema is not None:
-            schema = json.dumps(self.json_schema.schema_, separators=(",", ":"))
-            return Guide("json_schema", schema, param="response_format.json_schema.schema")
-        return None
 
 
 def _neutral(value: Any) -> bool:
@@ -444,6 +412,11 @@ class ChatCompletionRequest(CommonRequest):
         if len(set(names)) != len(names):
             raise ValueError("two functions have the same name")
         return value
+
+    @field_validator("tool_choice", mode="before")
+    @classmethod
+    def _known_choice(cls, value: Any) -> Any:
+        return checked_choice(value)
 
     @field_validator("tool_choice")
     @classmethod
