@@ -90,3 +90,35 @@ def test_serve_with_a_tls_pair_that_does_not_load_names_it_before_serving(
     assert main([*argv, "--tls-cert", str(cert), "--tls-key", str(key)]) == 2
     line = _error(capsys)
     assert "--tls-cert" in line and str(cert) in line
+
+
+def _finetune_config(tmp_path: Path, **training: object) -> Path:
+    """A finetune config whose ``training:`` section is ``training`` (the rest valid)."""
+    import json
+
+    import yaml
+
+    rows = [{"instruction": f"route {i}", "output": "auto"} for i in range(4)]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = {
+        "base_model": "./base",
+        "data": {"train": "train.jsonl", "format": "alpaca"},
+        "training": {"max_steps": 1, **training},
+        "registry": {"model": "claims"},
+    }
+    path = tmp_path / "finetune.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.mark.parametrize("seed", [-1, 2**64])
+def test_a_training_seed_numpy_cannot_take_is_refused_at_the_check(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], seed: int
+) -> None:
+    # -1 trained until seeding raised numpy's ValueError; 2**64 overflowed the store's
+    # integer: both tracebacks, after `finetune --check` had said the config was fine
+    assert main(["init"]) == 0
+    config = _finetune_config(tmp_path, seed=seed)
+    capsys.readouterr()
+    assert main(["finetune", "-c", str(config), "--check"]) == 2
+    assert "'training.seed'" in _error(capsys)

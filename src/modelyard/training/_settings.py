@@ -50,7 +50,9 @@ class TrainingOptions(BaseModel):
         "constant_with_warmup",
         "inverse_sqrt",
     ] = Field(default="linear", description="learning-rate schedule after warmup")
-    seed: int = Field(default=0, description="seeds LoRA init, dropout and data order")
+    seed: int = Field(
+        default=0, ge=0, le=2**32 - 1, description="seeds LoRA init, dropout and data order"
+    )
     packing: bool = Field(
         default=False,
         description="padding-free batches: rows concatenated, attention kept within each row",
