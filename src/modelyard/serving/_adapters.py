@@ -122,10 +122,11 @@ class AdapterCache:
 
         try:
             model, tokenizer = load_base(source)
-        except ModelyardError as exc:
+        except ModelyardError as exc:  # its place on this server is for the log, not the answer
+            log.error("cannot load the base model %s: %s", source, exc.one_line())
             raise EngineError(
-                f"cannot load the base model {source}: {exc.message}",
-                hint="Check that the base model's files are on this server.",
+                "cannot load the base model on this server",
+                hint="The operator finds the details in the server's log.",
             ) from exc
         if placement is not None:
             model = model.to(device=placement.device, dtype=placement.dtype)
