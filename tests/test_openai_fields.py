@@ -300,3 +300,18 @@ def test_a_malformed_chat_tool_choice_is_a_400_saying_what_is_taken(
     )  # fmt: skip
     assert error.param == "tool_choice", error.body
     assert says in error.message, error.message
+
+
+def test_a_responses_named_choice_without_its_name_is_a_400_naming_tool_choice(
+    client: openai.OpenAI,
+) -> None:
+    """Before: ``param`` was ``tool_choice.FunctionChoice.name`` (pydantic's union branch)."""
+    error = _refused(
+        lambda: client.responses.create(
+            model="acme-tools", input="hi", max_output_tokens=4,
+            tools=[{"type": "function", "name": "lookup", "parameters": None, "strict": None}],
+            tool_choice={"type": "function"},  # type: ignore[typeddict-item]
+        )
+    )  # fmt: skip
+    assert error.param == "tool_choice", error.body
+    assert 'a named function is {"type": "function", "name": ...}' in error.message

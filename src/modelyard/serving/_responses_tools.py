@@ -95,6 +95,8 @@ def checked_choice(value: Any) -> Any:
             f"tool_choice of type {kind!r} is not supported by this server: it calls function "
             'tools only (none, auto, required or {"type": "function", "name": ...})'
         )
+    if not isinstance(value.get("name"), str):
+        raise ValueError('a named function is {"type": "function", "name": ...}: send its name')
     return value
 
 
