@@ -122,3 +122,15 @@ def test_a_training_seed_numpy_cannot_take_is_refused_at_the_check(
     capsys.readouterr()
     assert main(["finetune", "-c", str(config), "--check"]) == 2
     assert "'training.seed'" in _error(capsys)
+
+
+@pytest.mark.parametrize("field", ["learning_rate", "epochs"])
+def test_an_infinite_learning_rate_or_epochs_is_refused_at_the_check(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], field: str
+) -> None:
+    # `.inf` passed --check (it is above 0): a run of NaN losses, or one that never ends
+    assert main(["init"]) == 0
+    config = _finetune_config(tmp_path, **{field: float("inf"), "max_steps": None})
+    capsys.readouterr()
+    assert main(["finetune", "-c", str(config), "--check"]) == 2
+    assert f"'training.{field}'" in _error(capsys)

@@ -31,11 +31,15 @@ class TrainingOptions(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    epochs: float = Field(default=5.0, gt=0, description="passes over the training rows")
+    epochs: float = Field(
+        default=5.0, gt=0, allow_inf_nan=False, description="passes over the training rows"
+    )
     max_steps: int | None = Field(
         default=None, ge=1, description="optimizer steps; overrides epochs"
     )
-    learning_rate: float = Field(default=3e-3, gt=0, description="peak learning rate")
+    learning_rate: float = Field(
+        default=3e-3, gt=0, allow_inf_nan=False, description="peak learning rate"
+    )
     batch_size: int = Field(default=16, ge=1, description="rows per device per micro-batch")
     grad_accum: int = Field(default=1, ge=1, description="micro-batches per optimizer step")
     warmup_ratio: float = Field(
