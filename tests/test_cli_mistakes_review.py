@@ -134,3 +134,13 @@ def test_an_infinite_learning_rate_or_epochs_is_refused_at_the_check(
     capsys.readouterr()
     assert main(["finetune", "-c", str(config), "--check"]) == 2
     assert f"'training.{field}'" in _error(capsys)
+
+
+def test_monitor_alerts_with_rules_but_no_evaluate_does_not_ignore_them(
+    acme_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the file was never read: a missing or broken one listed the alerts, exit 0
+    missing = tmp_path / "alerts.yml"
+    assert main(["monitor", "alerts", "--rules", str(missing)]) == 2
+    line = _error(capsys)
+    assert "--rules" in line and "--evaluate" in line

@@ -310,6 +310,13 @@ def alerts(
             hint="Leave --state out to list every alert.",
             field="--state",
         )
+    if rules is not None and not evaluate:  # listing reads no rules: say so, not ignore them
+        raise ConfigError(
+            "--rules: only with --evaluate (listing shows the alerts the store holds)",
+            hint=f"Evaluate the rules now with `modelyard monitor alerts --rules {rules} "
+            "--evaluate`, or leave --rules out to list the alerts.",
+            field="--rules",
+        )
     if evaluate:
         needs_database("--evaluate (evaluating alert rules)")
         with open_store() as store:
