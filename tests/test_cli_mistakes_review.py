@@ -144,3 +144,14 @@ def test_monitor_alerts_with_rules_but_no_evaluate_does_not_ignore_them(
     assert main(["monitor", "alerts", "--rules", str(missing)]) == 2
     line = _error(capsys)
     assert "--rules" in line and "--evaluate" in line
+
+
+@pytest.mark.parametrize("json_out", [[], ["--json"]])
+def test_budgets_usage_with_until_before_since_is_an_empty_window_not_no_usage(
+    acme_home: Path, capsys: pytest.CaptureFixture[str], json_out: list[str]
+) -> None:
+    # it said "no usage since 2026-02-01" (or printed []), exit 0: as if nothing was spent
+    argv = ["budgets", "usage", "--since", "2026-02-01", "--until", "2026-01-01", *json_out]
+    assert main(argv) == 2
+    line = _error(capsys)
+    assert "--until" in line and "--since" in line and "empty" in line

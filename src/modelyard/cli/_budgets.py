@@ -15,6 +15,7 @@ from modelyard.cli._admin import JSON
 from modelyard.cli._common import console, open_store, print_json
 from modelyard.cli._plane import open_plane
 from modelyard.durations import parse_since
+from modelyard.errors import ConfigError
 from modelyard.store import Budget
 
 app = typer.Typer(
@@ -147,6 +148,14 @@ def budgets_usage(
     now = datetime.now(UTC)
     start = parse_since(since, field="--since", now=now) if since else now.replace(day=1)
     end = parse_since(until, field="--until", now=now, allow_future=True) if until else None
+    if end is not None and end <= start:  # no day is in it: not "no usage"
+        after = "--since" if since else "the month's first day (the default --since)"
+        raise ConfigError(
+            f"the window is empty: --until {end:%Y-%m-%d %H:%M} is not after {after} "
+            f"{start:%Y-%m-%d %H:%M} (UTC)",
+            hint="Give an --until after --since, e.g. --since 2026-11-01 --until 2026-12-01.",
+            field="--until",
+        )
     groups = [b.strip() for b in by.split(",") if b.strip()]
     with open_plane() as plane:
         rows: list[dict[str, Any]] = plane.usage_rows(
