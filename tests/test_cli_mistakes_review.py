@@ -155,3 +155,16 @@ def test_budgets_usage_with_until_before_since_is_an_empty_window_not_no_usage(
     assert main(argv) == 2
     line = _error(capsys)
     assert "--until" in line and "--since" in line and "empty" in line
+
+
+def test_base_create_tiny_on_a_directory_says_it_is_one(
+    home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # it said the corpus "does not exist", of a directory the operator can see
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    argv = ["base", "create-tiny", "--corpus", str(corpus), "--out", str(tmp_path / "base")]
+    assert main(argv) == 2
+    line = _error(capsys)
+    assert f"corpus file {corpus} is a directory, not a file" in line
+    assert not (tmp_path / "base").exists()

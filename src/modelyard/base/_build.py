@@ -75,8 +75,9 @@ def read_corpus(corpus: Sequence[str] | Path) -> list[str]:
     """The corpus as a list of non-blank documents (a Path is read one document per line)."""
     if isinstance(corpus, Path):
         if not corpus.is_file():
+            what = "is a directory, not a file" if corpus.is_dir() else "does not exist"
             raise DatasetNotFound(
-                f"corpus file {corpus} does not exist",
+                f"corpus file {corpus} {what}",
                 hint="Pass a UTF-8 text file with one document per line.",
                 path=str(corpus),
             )
