@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from modelyard.serving._tools import FunctionDef, parse_calls
+from modelyard.serving._tools import FunctionDef, check_choice_kind, parse_calls
 
 MAX_TOOLS = 128  # functions offered in one request, as OpenAI allows (and the chat route)
 
@@ -85,16 +85,7 @@ def checked_choice(value: Any) -> Any:
             'a named function is {"type": "function", "name": ...} in the Responses API, not '
             "the chat completions shape with a nested function"
         )
-    if kind == "allowed_tools":
-        raise ValueError(
-            "tool_choice allowed_tools is not supported by this server yet: offer only the "
-            "allowed functions in tools, with tool_choice auto or required"
-        )
-    if kind != "function":
-        raise ValueError(
-            f"tool_choice of type {kind!r} is not supported by this server: it calls function "
-            'tools only (none, auto, required or {"type": "function", "name": ...})'
-        )
+    check_choice_kind(kind, '{"type": "function", "name": ...}')
     if not isinstance(value.get("name"), str):
         raise ValueError('a named function is {"type": "function", "name": ...}: send its name')
     return value

@@ -110,6 +110,21 @@ ToolChoice = Literal["none", "auto", "required"] | NamedToolChoice
 _NAMED = '{"type": "function", "function": {"name": ...}}'
 
 
+def check_choice_kind(kind: object, named: str) -> None:
+    """ValueError unless a named ``tool_choice``'s ``type`` is function (``named``: how the
+    route spells a named function, for the message)."""
+    if kind == "allowed_tools":
+        raise ValueError(
+            "tool_choice allowed_tools is not supported by this server yet: offer only the "
+            "allowed functions in tools, with tool_choice auto or required"
+        )
+    if kind != "function":
+        raise ValueError(
+            f"tool_choice of type {kind!r} is not supported by this server: it calls function "
+            f"tools only (none, auto, required or {named})"
+        )
+
+
 def checked_choice(value: Any) -> Any:
     """Chat's ``tool_choice`` as sent, or a 400 saying what this server takes instead (not
     the union's branch names, ``tool_choice.NamedToolChoice``, for a mistake)."""
@@ -121,17 +136,7 @@ def checked_choice(value: Any) -> Any:
         return value
     if not isinstance(value, dict):
         raise ValueError(f"tool_choice is none, auto, required or {_NAMED}")
-    kind = value.get("type")
-    if kind == "allowed_tools":
-        raise ValueError(
-            "tool_choice allowed_tools is not supported by this server yet: offer only the "
-            "allowed functions in tools, with tool_choice auto or required"
-        )
-    if kind != "function":
-        raise ValueError(
-            f"tool_choice of type {kind!r} is not supported by this server: it calls function "
-            f"tools only (none, auto, required or {_NAMED})"
-        )
+    check_choice_kind(value.get("type"), _NAMED)
     function = value.get("function")
     if not isinstance(function, dict) or not isinstance(function.get("name"), str):
         flat = "name" in value and function is None  # the Responses API's shape
