@@ -19,9 +19,10 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
-from conftest import statements
+from conftest import selects, statements
 from modelyard.delivery import Controller, _judging
-from modelyard.delivery._views import step_view
+from modelyard.delivery._views import read_versions, step_view, window_of
+from modelyard.errors import ConfigError, NotFound
 from modelyard.store import Judgement, NewInferenceRecord, Store, utcnow
 from worlds import fake_world
 
@@ -49,7 +50,7 @@ def judged(store: Store, monkeypatch: pytest.MonkeyPatch) -> Iterator[list[list[
 
     def judge_records(store: Store, judge: Any, ids: Sequence[str]) -> Any:
         calls.append([judge.name, *ids])
-        return SimpleNamespace(judgements=[])
+        return SimpleNamespace(judgements=list(ids))
 
     monkeypatch.setattr(_judging, "judge_records", judge_records)
     yield calls
@@ -205,3 +206,31 @@ def test_each_rollout_is_decided_on_its_own_judges_and_a_bad_one_stops_no_other(
         assert not [x for x in asked if x.startswith(("c5-", "b5-"))]
     finally:
         ctl.close()
+
+
+def test_the_judging_job_picks_every_rollouts_records_at_once_and_fails_each_alone(
+    store: Store, judged: list[list[str]]
+) -> None:
+    ctl = Controller(store, holder="one")
+    try:
+        _start(store, ctl, {0: "few", 1: "few"})
+    finally:
+        ctl.close()
+    rollouts = [_rollout(store, i) for i in (0, 1)]
+    versions = read_versions(store, rollouts)
+    windows = [window_of(r, versions) for r in rollouts]
+    asks = {
+        "ok": (GUARDS["few"], windows[0]),
+        "gone": (("judge.gone >= 3",), windows[1]),  # a judge removed since it started
+        "bad": (("judge.q >= most",), windows[1]),  # a guard that no longer parses
+        "also": (GUARDS["few"], windows[1]),
+    }
+    judged.clear()
+    with statements(store) as sent:
+        got = _judging.judge_windows(store, asks)
+    assert (got["ok"], got["also"]) == (10, 10)  # 5 records a side
+    assert isinstance(got["gone"], NotFound) and "gone" in got["gone"].message
+    assert isinstance(got["bad"], ConfigError)
+    assert len(selects(sent)) == 2, sent  # the judges, the picks of every window
+    assert [call[0] for call in judged] == ["q", "q"]
+    assert {x.split("-")[0] for x in judged[0][1:]} == {"c0", "b0"}

@@ -171,7 +171,7 @@ def judge_windows(store: Store, asks: Asks) -> dict[str, int | Exception]:
             samples[key] = judge_samples(guards)
         except Exception as exc:  # this key's: the others are still judged
             out[key] = exc
-    judges = {j.name: j for j in store.list_judges()} if samples else {}
+    judges = {j.name: j for j in store.list_judges()} if any(samples.values()) else {}
     picks: list[tuple[str, str, tuple[str, str, datetime, tuple[int, ...], int]]] = []
     for key, wanted in samples.items():
         out[key] = 0
