@@ -168,3 +168,14 @@ def test_base_create_tiny_on_a_directory_says_it_is_one(
     line = _error(capsys)
     assert f"corpus file {corpus} is a directory, not a file" in line
     assert not (tmp_path / "base").exists()
+
+
+def test_endpoints_policy_clear_with_settings_is_a_contradiction_not_a_silent_drop(
+    acme_home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # --clear won: the endpoint went back to the default steps 10,50,100, exit 0, while
+    # the operator had asked for --steps 100 (blue-green)
+    argv = ["endpoints", "policy", "acme-support", "--clear", "--steps", "100", "--bake", "0"]
+    assert main(argv) == 2
+    line = _error(capsys)
+    assert "--clear" in line and "--steps, --bake" in line

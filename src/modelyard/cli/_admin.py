@@ -567,6 +567,7 @@ def endpoints_set_traffic(
 
 @endpoints_app.command("policy")
 def endpoints_policy(
+    ctx: typer.Context,
     name: str = typer.Argument(..., help="Endpoint name (one that follows an alias)."),
     steps: str = _delivery.STEPS,
     bake: str = _delivery.BAKE,
@@ -580,20 +581,16 @@ def endpoints_policy(
     these settings (--steps 100: one step, blue-green), or (--clear) the defaults."""
     from modelyard.delivery import check_policy
 
-    policy = (
-        None
-        if clear
-        else check_policy(steps, _delivery.seconds(bake, "--bake"), min_requests, guard)
-    )
+    given = [f"--{n.replace('_', '-')}" for n in ("steps", "bake", "min_requests", "guard")
+             if getattr(ctx.get_parameter_source(n), "name", "") == "COMMANDLINE"]  # fmt: skip
+    if clear and given:  # the settings would be dropped without a word
+        raise ConfigError(f"--clear drops the policy: not with {', '.join(given)}", field="--clear")
+    bake_s = _delivery.seconds(bake, "--bake")
+    policy = None if clear else check_policy(steps, bake_s, min_requests, guard)
     with open_store() as store:
         endpoint = store.set_rollout_policy(name, policy)
-    if policy is None:
-        console.print(
-            f"[green]{name}[/]: a move of {endpoint.model_ref} starts a rollout with the "
-            f"defaults, {_delivery.policy_text(RolloutPolicy())}"
-        )
-    else:
-        console.print(
-            f"[green]{name}[/]: a move of {endpoint.model_ref} starts a rollout "
-            f"{_delivery.policy_text(policy)}"
-        )
+    console.print(
+        f"[green]{name}[/]: a move of {endpoint.model_ref} starts a rollout "
+        + ("with the defaults, " if policy is None else "")
+        + _delivery.policy_text(policy or RolloutPolicy())
+    )
