@@ -226,6 +226,10 @@ class Faults:
             return JSONResponse({"error": error}, 429)
         if what == "500":
             return JSONResponse({"error": {"message": "boom"}}, 500)
+        if what == "400":  # the client's own request: too long for the provider's model
+            error = {"message": "This model's maximum context length is 8 tokens",
+                     "code": "context_length_exceeded", "param": "messages"}  # fmt: skip
+            return JSONResponse({"error": error}, 400)
         if what == "401":
             return JSONResponse({"error": {"message": "bad key"}}, 401)
         if what == "404":  # vLLM's answer for an adapter it does not hold
@@ -382,34 +386,172 @@ def test_an_upstream_that_does_not_stream_is_read_whole(faulty: tuple[Gateway, F
 
 
 @pytest.mark.parametrize(
-    ("faulty", "status", "code", "said"),
+    ("faulty", "status", "code", "said", "logged"),
     [
-        (["429"], 503, "upstream_busy", "rate limiting"),
-        (["500"], 502, "upstream_error", "failed with 500"),
-        (["slow"], 504, "upstream_timeout", "did not answer within 1 s"),
-        (["401"], 502, "upstream_error", "refused modelyard's credential"),
+        (["429"], 503, "upstream_busy", "its provider is rate limiting requests (429)",
+         "is rate limiting modelyard (429): slow down"),
+        (["500"], 502, "upstream_error", "its provider failed (5xx)", "failed with 500: boom"),
+        (["slow"], 504, "upstream_timeout", "its provider did not answer within 1 s",
+         "did not answer within 1 s"),
+        (["401"], 502, "upstream_error", "its provider refused the request (4xx)",
+         "refused modelyard's credential (401): bad key"),
         # before: retried, then 503 upstream_busy with Retry-After, which clients retry
-        (["quota"], 502, "upstream_error", "account has no quota left"),
+        (["quota"], 502, "upstream_error", "its provider refused the request (4xx)",
+         "modelyard's account has no quota left (429 insufficient_quota)"),
         # before: the half answer, 200, finish_reason stop
-        (["cut"], 502, "upstream_error", "broke off"),
+        (["cut"], 502, "upstream_error", "its provider could not be reached or broke off",
+         "could not be reached or broke off: RemoteProtocolError"),
     ],
     indirect=["faulty"],
-)
+)  # fmt: skip
 def test_upstream_faults_are_clear_errors_after_bounded_retries(
-    faulty: tuple[Gateway, Faults], status: int, code: str, said: str
-) -> None:
+    faulty: tuple[Gateway, Faults], status: int, code: str, said: str, logged: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:  # fmt: skip
+    """The tenant is told what happened in its terms; the upstream's host, where the key
+    comes from and whose account it is are the operator's: in the server's log (once per
+    failure, at warning) and the inference record, never in the body (before: "the upstream
+    at 127.0.0.1:PORT refused modelyard's credential ... Check the key in the environment
+    variable ...")."""
     gw, faults = faulty
+    caplog.set_level(logging.INFO)
+    where = gw.store.get_model_version("bot", 2).base_model.split("@", 1)[1]  # the host
     r = _ask(gw)
     assert r.status_code == status, r.text
     error = r.json()["error"]
-    assert error["code"] == code and said in error["message"], error
+    assert error["code"] == code and error["message"].startswith(f"bot:2: {said}"), error
     # no retry for a refused key or quota, nor once text came
-    never = "credential" in said or "quota" in said or "broke" in said
+    never = code == "upstream_error" and faults.plan[0] in ("401", "quota", "cut")
     assert faults.calls == (1 if never else 3)  # else 2 retries
     if status == 503:
-        assert r.headers["retry-after"] == "1"
+        assert r.headers["retry-after"] == "1" and "Retry-After" in error["message"]
+    # the official client sees the same body, with nothing of the operator's in it
+    client = _client(gw)
+    with pytest.raises(openai.APIStatusError) as raised:
+        client.chat.completions.create(
+            model="acme-support", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert raised.value.status_code == status
+    # a streamed response: an error event once text was sent ("cut"), else the error body
+    streamed = httpx.post(
+        gw.url + "/v1/responses", timeout=30, headers={"Authorization": f"Bearer {gw.key}"},
+        json={"model": "acme-support", "input": "hi", "stream": True},
+    )  # fmt: skip
+    assert said in streamed.text and (streamed.status_code == 200) == (faults.plan[0] == "cut")
+    body = json.dumps(raised.value.body) + r.text + streamed.text
+    assert said in str(raised.value.body)
+    for secret in (where, "127.0.0.1", UPSTREAM_KEY_ENV, "environment variable",
+                   "modelyard's", "Check the key", "upstream at"):  # fmt: skip
+        assert secret not in body, (secret, body)
+    # the operator's: one warning per failed request, with the host and the upstream's words
+    warned = [
+        rec.getMessage()
+        for rec in caplog.records
+        if rec.levelno == logging.WARNING and "upstream request of bot:2" in rec.getMessage()
+    ]
+    assert len(warned) == 3, warned  # one per failed request (httpx, the SDK, streamed)
+    assert all(f"the upstream at {where}" in line and logged in line for line in warned), warned
+    assert not [rec for rec in caplog.records if rec.levelno >= logging.ERROR and where in
+                rec.getMessage()]  # fmt: skip
     records = _records(gw)
     assert records and records[0]["status"] == "error" and records[0]["version"] == "bot:2"
+    assert all(f"the upstream at {where}" in (rec["error"] or "") and logged in rec["error"]
+               for rec in records), records  # fmt: skip
+
+
+def test_a_refused_key_names_its_variable_to_the_operator_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upstream whose key is in an environment variable (as OpenAI's) refuses it: the
+    variable's name is in the server's log line and the record, on no /v1 route, streamed
+    or not (before: "Check the key in the environment variable MODELYARD_TEST_VENDOR_KEY"
+    in the body); the key's value is in none of them."""
+    secret = "sk-test-not-a-real-key"
+    monkeypatch.setenv(UPSTREAM_KEY_ENV, secret)
+    caplog.set_level(logging.INFO)
+    faults = Faults(["401"])
+    with BackgroundServer(faults.app) as server:
+        spec = UpstreamSpec(base_url=server.base_url + "/v1", model="m",
+                            api_key_env=UPSTREAM_KEY_ENV)  # fmt: skip
+        for gw in _gateway(tmp_path, spec, None):
+            client = _client(gw)
+            bodies = []
+            for route in ("chat", "completions", "responses"):
+                with pytest.raises(openai.APIStatusError) as raised:
+                    if route == "chat":
+                        client.chat.completions.create(
+                            model="acme-support", messages=[{"role": "user", "content": "hi"}]
+                        )
+                    elif route == "completions":
+                        client.completions.create(model="acme-support", prompt="hi")
+                    else:
+                        client.responses.create(model="acme-support", input="hi")
+                assert raised.value.status_code == 502, route
+                bodies.append(json.dumps(raised.value.body))
+            chat = {"model": "acme-support", "messages": [{"role": "user", "content": "hi"}]}
+            for path, body in [("chat/completions", {**chat, "stream": True}),
+                               ("responses", {"model": "acme-support", "input": "hi",
+                                              "stream": True})]:  # fmt: skip
+                streamed = httpx.post(f"{gw.url}/v1/{path}", json=body, timeout=30,
+                                      headers={"Authorization": f"Bearer {gw.key}"})  # fmt: skip
+                bodies.append(streamed.text)
+            records = _records(gw)
+    where = server.base_url.removeprefix("http://")
+    for body in bodies:
+        assert "bot:2: its provider refused the request (4xx)" in body, body
+        for operators in (where, UPSTREAM_KEY_ENV, "credential", "modelyard's", secret):
+            assert operators not in body, (operators, body)
+    warned = [rec.getMessage() for rec in caplog.records if rec.levelno == logging.WARNING
+              and "upstream request of bot:2" in rec.getMessage()]  # fmt: skip
+    assert len(warned) == faults.calls == 5, warned  # one line per failed request
+    for line in warned:
+        assert f"the upstream at {where} refused modelyard's credential (401): bad key" in line
+        assert f"Check the key in the environment variable {UPSTREAM_KEY_ENV}" in line
+    assert len(records) == 5 and all(
+        f"{where} refused modelyard's credential" in r["error"] and UPSTREAM_KEY_ENV in r["error"]
+        for r in records
+    ), records
+    assert secret not in caplog.text and secret not in json.dumps(records, default=str)
+
+
+def test_a_key_not_set_is_named_to_the_operator_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A server started without the upstream's key in its environment (before: the body said
+    "the upstream key MODELYARD_TEST_VENDOR_KEY is not set ... Set MODELYARD_TEST_VENDOR_KEY
+    in the environment of the process ...")."""
+    monkeypatch.delenv(UPSTREAM_KEY_ENV, raising=False)
+    caplog.set_level(logging.INFO)
+    faults = Faults(["ok"])
+    with BackgroundServer(faults.app) as server:
+        spec = UpstreamSpec(base_url=server.base_url + "/v1", model="m",
+                            api_key_env=UPSTREAM_KEY_ENV)  # fmt: skip
+        for gw in _gateway(tmp_path, spec, None):
+            with pytest.raises(openai.APIStatusError) as raised:
+                _client(gw).completions.create(model="acme-support", prompt="hi")
+            records = _records(gw)
+    body = json.dumps(raised.value.body)
+    assert raised.value.status_code == 502 and "bot:2: its provider failed;" in body, body
+    assert UPSTREAM_KEY_ENV not in body and "127.0.0.1" not in body, body
+    assert faults.calls == 0 and UPSTREAM_KEY_ENV in records[0]["error"]
+    assert f"{UPSTREAM_KEY_ENV} is not set" in caplog.text
+
+
+@pytest.mark.parametrize("faulty", [["400"]], indirect=True)
+def test_a_refusal_of_the_clients_own_request_passes_the_providers_words(
+    faulty: tuple[Gateway, Faults],
+) -> None:
+    """A 4xx about the request itself is the tenant's to mend: the provider's reason and
+    param reach it (a 400, never retried), and still not the upstream's host."""
+    gw, faults = faulty
+    with pytest.raises(openai.BadRequestError) as raised:
+        _client(gw).chat.completions.create(
+            model="acme-support", messages=[{"role": "user", "content": "hi"}]
+        )
+    error = raised.value.body
+    assert isinstance(error, dict) and error["param"] == "messages", error
+    assert "maximum context length is 8 tokens" in error["message"], error
+    assert "127.0.0.1" not in json.dumps(error) and faults.calls == 1
 
 
 def test_registry_upstream_cli_never_takes_the_key(tmp_path: Path) -> None:

@@ -362,7 +362,8 @@ class EngineError(ModelyardError):
 
 class UpstreamError(EngineError):
     """An upstream OpenAI-compatible server failed or refused modelyard (HTTP 502): it could
-    not be reached, answered 5xx after the retries, or refused the credential."""
+    not be reached, answered 5xx after the retries, or refused the credential. The message
+    is the operator's (the host, the key's source); ``context["public"]`` is the tenant's."""
 
     code = "upstream_error"
 

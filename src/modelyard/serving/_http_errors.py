@@ -28,6 +28,7 @@ from modelyard.errors import (
     StoreUnavailable,
     TooManyBatches,
     UpstreamBusy,
+    UpstreamError,
     status_of,
 )
 from modelyard.serving._request_id import request_id_of
@@ -53,10 +54,20 @@ STORE_TROUBLE = (
 )
 
 
+def public_message(exc: ModelyardError) -> str:
+    """What a client of the API is told of ``exc``: its ``public`` text where it has one
+    (an upstream's failure: its message names the upstream's host and where the key comes
+    from, which are the operator's), else its message and hint. A store error says nothing
+    of the store (its host, database, settings). The rest is for the server's log."""
+    if isinstance(exc, StoreError):
+        return STORE_TROUBLE
+    public = exc.context.get("public")
+    return public if isinstance(public, str) else exc.one_line()
+
+
 def error_of(exc: ModelyardError) -> Any:
-    """The OpenAI error body of ``exc``. A store error says nothing of the store (its host,
-    database, settings) to the caller: that is for the server's log."""
-    message = STORE_TROUBLE if isinstance(exc, StoreError) else exc.one_line()
+    """The OpenAI error body of ``exc``, with its ``public_message``."""
+    message = public_message(exc)
     # OpenAI's code for a name the key cannot call; clients and gateways match on it
     code = "model_not_found" if isinstance(exc, EndpointNotFound) else exc.code
     return error_body(message, status_of(exc).type, code, param_of(exc))
@@ -162,7 +173,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def modelyard_error(req: Request, exc: ModelyardError) -> JSONResponse:
         found = status_of(exc)
         status = found.http_status
-        if status >= 500:
+        if status >= 500 and not isinstance(exc, UpstreamError):  # the client logged those
             log.error("request %s failed: %s", request_id_of(req), exc.one_line())
         headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
         if isinstance(exc, RateLimited):
@@ -280,6 +291,7 @@ __all__ = [
     "http_message",
     "install_error_handlers",
     "param_of",
+    "public_message",
     "served_routes",
     "validation_message",
 ]

@@ -34,7 +34,7 @@ from pydantic import (
 
 from modelyard.errors import ConfigError, ModelyardError
 from modelyard.serving._auth import KeyDep
-from modelyard.serving._http_errors import param_of
+from modelyard.serving._http_errors import param_of, public_message
 from modelyard.serving._plane import DataPlane, Submitted
 from modelyard.serving._request_id import name_request
 from modelyard.serving._responses_input import InputItem, conversation
@@ -499,7 +499,7 @@ class ResponseEvents:
     def error(self, exc: ModelyardError) -> str:
         """An ``error`` event with this server's error code (``timeout``, ``engine_error``,
         ...), then ``response.failed`` holding what was generated until then."""
-        message = exc.one_line()
+        message = public_message(exc)
         failed = {"code": "server_error", "message": message}  # ResponseError's codes
         partial = "".join(self.sent)
         output = [self.response.message(partial, "incomplete")] if self.opened else []

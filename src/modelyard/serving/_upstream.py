@@ -12,11 +12,20 @@ the stream with it; on an ``InterruptibleTransport`` a consumer that cancels
 cuts either kind short. Upstream answers become modelyard errors a client can
 read: its 4xx for the request (400), a refused credential or an unknown model
 (502), 429 after the retries (503 with ``Retry-After``), a timeout (504).
+
+Each ``UpstreamError`` has two texts. Its message is the operator's: the upstream's
+host, its status and words, where the key comes from; it is logged once per failed
+request (at warning) and is what the CLI prints and the inference record keeps. Its
+``public`` context is the tenant's (``_http_errors.public_message``): the version, that
+its provider failed, refused, was rate limiting or timed out, the status class; never
+the host, the key's source or whose account it is. A 4xx that is about the request
+itself (context length, a parameter) passes the provider's words and ``param`` on.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import time
@@ -54,8 +63,11 @@ from modelyard.serving._types import (
     TokenPrompt,
 )
 
+log = logging.getLogger(__name__)
+
 RETRYABLE = frozenset({408, 409, 429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 30.0
+DETAILS = "the operator finds the details in the server's log"
 
 
 class ChatPrompt(str):
@@ -156,6 +168,7 @@ class UpstreamClient:
     ):
         self.spec = spec
         self.vllm = vllm  # a vLLM server: guides and logprobs in its dialect (request_body)
+        self.who = "its vLLM server" if vllm else "its provider"  # in a tenant's words
         self._translate = translate or (lambda error: error)
         timeout = httpx.Timeout(spec.timeout_s, connect=spec.connect_timeout_s)
         self._http = httpx.Client(
@@ -193,19 +206,41 @@ class UpstreamClient:
             except _Retry as retry:
                 attempt += 1
                 if out.cancelled or retry.sent or attempt > self.spec.max_retries:
-                    out.fail(self._translate(retry.error))
+                    out.fail(self._failed(retry.error, what))
                     return
                 wait = retry.wait_s if retry.wait_s is not None else _backoff(attempt)
                 if wait > MAX_BACKOFF_S:
-                    out.fail(self._translate(retry.error))
+                    out.fail(self._failed(retry.error, what))
                     return
                 time.sleep(wait)
                 continue
             except ModelyardError as exc:
-                out.fail(self._translate(exc))
+                out.fail(self._failed(exc, what))
                 return
             out.finish(generation)
             return
+
+    def _failed(self, error: ModelyardError, what: str) -> ModelyardError:
+        """The error a request fails with, logged once with the operator's details (the
+        tenant's own 4xx at info); an ``UpstreamError`` raised without a tenant's text
+        (a key that is not set, an error event mid-answer) gets a general one."""
+        if isinstance(error, UpstreamError):
+            if not isinstance(error.context.get("public"), str):
+                message = f"{what}: the upstream at {self.spec.host}: {error.message}"
+                context = {**error.context, "version": what}
+                context["public"] = f"{what}: {self.who} failed; {DETAILS}"
+                error = type(error)(message, hint=error.hint, **context)
+            key = self.spec.credential
+            log.warning("upstream request of %s failed: %s (%s)", what, error.one_line(),
+                        key if key == "no key" else f"key from {key}")  # fmt: skip
+        else:
+            log.info("upstream request of %s refused: %s", what, error.one_line())
+        return self._translate(error)
+
+    def _public(self, what: str, happened: str, status: int | None = None) -> str:
+        """A tenant's text: the version, what its provider did and the status class."""
+        shown = f" ({status // 100}xx)" if status else ""
+        return f"{what}: {self.who} {happened}{shown}; {DETAILS}"
 
     def _headers(self, accept: str) -> dict[str, str]:
         headers = {**self.spec.headers, "Accept": accept}
@@ -304,13 +339,15 @@ class UpstreamClient:
             data = r.json()
         except ValueError:
             raise UpstreamError(f"{what}: the upstream at {self.spec.host} answered with "
-                                f"something that is not JSON: {r.text[:80]!r}",
-                                version=what) from None  # fmt: skip
+                                f"something that is not JSON: {r.text[:80]!r}", version=what,
+                                public=self._public(what, "sent an answer that is not JSON"),
+                                ) from None  # fmt: skip
         if not isinstance(data, Mapping) or "error" in data:
             error = data.get("error") if isinstance(data, Mapping) else data
             message = error.get("message") if isinstance(error, Mapping) else error
-            raise UpstreamError(f"{what}: the upstream failed: {str(message)[:300]}",
-                                version=what)  # fmt: skip
+            raise UpstreamError(f"{what}: the upstream at {self.spec.host} failed: "
+                                f"{str(message)[:300]}", version=what,
+                                public=self._public(what, "failed"))  # fmt: skip
         choices = data.get("choices") or [{}]
         choice = choices[0] if isinstance(choices[0], Mapping) else {}
         text = _text_of(choice, chat, stream=False)
@@ -331,21 +368,25 @@ class UpstreamClient:
                                             int(body["prompt_logprobs"]))  # fmt: skip
             except (ValueError, KeyError, TypeError) as exc:
                 raise UpstreamError(f"{what}: the upstream at {self.spec.host} sent no usable "
-                                    f"prompt_logprobs ({exc})", version=what) from None  # fmt: skip
+                                    f"prompt_logprobs ({exc})", version=what,
+                                    public=self._public(what, "sent no usable prompt_logprobs"),
+                                    ) from None  # fmt: skip
             generation = replace(generation, prompt_logprobs=scored)
         return generation
 
     def _broke(self, exc: httpx.HTTPError, what: str, sent: bool) -> _Retry:
         """The retry (or the error, when it is too late to retry) of a broken request."""
         if isinstance(exc, httpx.TimeoutException):
+            within = f"did not answer within {self.spec.timeout_s:g} s"
             error: UpstreamError = UpstreamTimeout(
-                f"{what}: the upstream at {self.spec.host} did not answer within "
-                f"{self.spec.timeout_s:g} s",
-                version=what,
-            )
+                f"{what}: the upstream at {self.spec.host} {within}",
+                version=what, public=self._public(what, within),
+            )  # fmt: skip
         else:
             error = UpstreamError(f"{what}: the upstream at {self.spec.host} could not be reached "
-                                  f"or broke off: {type(exc).__name__}", version=what)  # fmt: skip
+                                  f"or broke off: {type(exc).__name__}", version=what,
+                                  public=self._public(what, "could not be reached or broke off"),
+                                  )  # fmt: skip
         return _Retry(error, None, sent)
 
     def _generation(
@@ -360,7 +401,8 @@ class UpstreamClient:
         """The answer from what the upstream sent (an aborted one is an error)."""
         if finish == "abort":  # vLLM's word for a request it dropped (it was stopping)
             raise UpstreamError(f"{what}: the upstream at {self.spec.host} aborted the request",
-                                version=what)  # fmt: skip
+                                version=what, public=self._public(what, "aborted the request"),
+                                )  # fmt: skip
         prompt_tokens, completion_tokens, estimated = _usage(usage, body, text)
         extra = {"upstream": self.spec.host, "upstream_model": self.spec.model}
         if estimated:
@@ -378,33 +420,40 @@ class UpstreamClient:
                 f"insufficient_quota): {said}",
                 hint=f"Check the plan and billing of the account whose key is in "
                 f"{self.spec.credential}.", version=what,
+                public=self._public(what, "refused the request", status),
             )  # fmt: skip
         if status == 429:
             wait = retry_after_s(r.headers.get("retry-after"))
             error: ModelyardError = UpstreamBusy(
                 f"{what}: {where} is rate limiting modelyard (429): {said}", version=what,
                 retry_after=max(1, math.ceil(wait or 1)),
+                public=f"{what}: {self.who} is rate limiting requests (429). "
+                f"{UpstreamBusy.default_hint}",
             )  # fmt: skip
             return _Retry(error, wait, False)
         if status in RETRYABLE:
-            error = UpstreamError(f"{what}: {where} failed with {status}: {said}", version=what)
+            error = UpstreamError(f"{what}: {where} failed with {status}: {said}", version=what,
+                                  public=self._public(what, "failed", status))  # fmt: skip
             return _Retry(error, retry_after_s(r.headers.get("retry-after")), False)
         if status in (401, 403):
             return UpstreamError(
                 f"{what}: {where} refused modelyard's credential ({status}): {said}",
                 hint=f"Check the key in {self.spec.credential}.", version=what,
+                public=self._public(what, "refused the request", status),
             )  # fmt: skip
         if status == 404:
             return UpstreamError(
                 f"{what}: {where} has no {'/'.join(r.url.path.split('/')[-2:])} for model "
                 f"{_model_sent(r, self.spec.model)!r} (404): {said}", version=what,
+                public=self._public(what, "does not serve the model it is asked for", status),
             )  # fmt: skip
         if 400 <= status < 500:  # the request itself: the client's to change
             message = f"the upstream refused the request ({status}): {said}"
             if code == "context_length_exceeded" or "maximum context length" in said:
                 return ContextLengthExceeded(message, param=param or "prompt")
             return ConfigError(message, param=param)
-        return UpstreamError(f"{what}: {where} answered {status}: {said}", version=what)
+        return UpstreamError(f"{what}: {where} answered {status}: {said}", version=what,
+                             public=self._public(what, "failed", status))  # fmt: skip
 
 
 def _model_sent(r: httpx.Response, default: str) -> str:

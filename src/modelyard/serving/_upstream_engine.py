@@ -36,7 +36,7 @@ from modelyard.serving._types import (
     SamplingParams,
     TokenPrompt,
 )
-from modelyard.serving._upstream import ChatPrompt, UpstreamClient
+from modelyard.serving._upstream import DETAILS, ChatPrompt, UpstreamClient
 from modelyard.store import ModelVersion, Store
 
 log = logging.getLogger(__name__)
@@ -116,7 +116,9 @@ class UpstreamEngine(Engine):
                 upstream.client.run(prompt, params, out, what=version.ref)
             except Exception as exc:  # the stream must end, whatever happened
                 log.exception("upstream request of %s failed", version.ref)
-                out.fail(EngineError(f"{version.ref}: the upstream request failed: {exc}"))
+                out.fail(EngineError(f"{version.ref}: the upstream request failed: {exc}",
+                                     public=f"{version.ref}: the upstream request failed; "
+                                     f"{DETAILS}"))  # fmt: skip
             finally:
                 with upstream.lock:
                     upstream.pending -= 1
