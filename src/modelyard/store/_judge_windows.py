@@ -2,7 +2,7 @@
 
 A guard on a judge (``judge.quality >= 3.5``) reads, for each side of a step (the canary's
 records since the step started, the baseline versions' since before the rollout), how many
-records a judge can read (``_judges._judgeable``) the judge's current revision was asked
+records a judge can read (``_judges.judgeable_conditions``) the judge's current revision was asked
 about, and the newest score it gave each; its judging job picks, at random from the whole
 window, records the judge was never asked about. The database does the counting and the
 picking, so a busy endpoint's window is never read out.
@@ -25,7 +25,13 @@ from sqlalchemy import Executable, case, func, literal_column, select, union_all
 from sqlalchemy.orm import Session
 
 from modelyard.store._core import StoreCore
-from modelyard.store._judges import JudgementRow, _asked, _current, _judgeable, _readable
+from modelyard.store._judges import (
+    JudgementRow,
+    asked_exists,
+    current_revision,
+    judgeable_conditions,
+    readable_conditions,
+)
 from modelyard.store._schema import InferenceRecordRow
 
 JUDGE_WINDOWS_PER_QUERY = 100
@@ -66,24 +72,24 @@ class _Judges:
     def __init__(self) -> None:
         self._asked: dict[str, Any] = {}
         self._current: dict[str, Any] = {}
-        self.readable = _readable()  # and those on the records, the same for every window
+        self.readable = readable_conditions()  # and those on the records, the same for every window
 
     def asked(self, judge: str) -> Any:
-        """``_asked``: whether its current revision was asked about the record."""
+        """``asked_exists``: whether its current revision was asked about the record."""
         if judge not in self._asked:
-            self._asked[judge] = _asked(judge)
+            self._asked[judge] = asked_exists(judge)
         return self._asked[judge]
 
     def current(self, judge: str) -> Any:
-        """``_current``: a judgement of its current revision."""
+        """``current_revision``: a judgement of its current revision."""
         if judge not in self._current:
-            self._current[judge] = _current(judge)
+            self._current[judge] = current_revision(judge)
         return self._current[judge]
 
 
 def _window(w: JudgeWindow, judges: _Judges) -> list[Any]:
     """The conditions on the records of the window a judge can read."""
-    return _judgeable(w.endpoint, w.since, list(w.version_ids), judges.readable)
+    return judgeable_conditions(w.endpoint, w.since, list(w.version_ids), judges.readable)
 
 
 def _counts_query(place: int, w: JudgeWindow, window: list[Any], judges: _Judges) -> Any:
@@ -147,9 +153,10 @@ class JudgeWindowStore(StoreCore):
         self, judge: str, endpoint: str, since: datetime, version_ids: Sequence[int]
     ) -> JudgedCounts:
         """What ``judge``'s current revision made of the records a judge can read
-        (``_judgeable``) of ``version_ids``: (the newest score of each record it scored, in
-        the order given; how many it was asked about and gave no score; how many it was never
-        asked about). The two numbers are counted by the database; only scores are read."""
+        (``judgeable_conditions``) of ``version_ids``: (the newest score of each record it
+        scored, in the order given; how many it was asked about and gave no score; how many it
+        was never asked about). The two numbers are counted by the database; only scores are
+        read."""
         return self.judged_counts_many([(judge, endpoint, since, version_ids)])[0]
 
     def judged_counts_many(self, wanted: Sequence[Window]) -> list[JudgedCounts]:
@@ -185,7 +192,7 @@ class JudgeWindowStore(StoreCore):
     def unjudged_records(
         self, judge: str, endpoint: str, since: datetime, version_ids: Sequence[int], limit: int
     ) -> list[str]:
-        """Up to ``limit`` ids of the records a judge can read (``_judgeable``) of
+        """Up to ``limit`` ids of the records a judge can read (``judgeable_conditions``) of
         ``version_ids`` that ``judge``'s current revision was never asked about, drawn at
         random from the whole window (not the oldest first). The database does the work: an
         anti-join on the judgements by record (their index), a random order and a LIMIT, so a

@@ -155,7 +155,7 @@ def _check_price(field: str, value: float) -> None:
         raise ConfigError(f"{field} is {value}: a price is a number of at least 0", field=field)
 
 
-def _current(judge: str) -> Any:
+def current_revision(judge: str) -> Any:
     """Judgements of ``judge``'s current revision (what an earlier one said is not its)."""
     revision = select(JudgeRow.revision).where(JudgeRow.name == judge).scalar_subquery()
     return (JudgementRow.judge == judge) & (JudgementRow.revision == revision)
@@ -167,7 +167,7 @@ def _latest_scores(judge: str, since: datetime) -> Any:
     return (
         select(func.max(JudgementRow.id))
         .where(
-            _current(judge), JudgementRow.score.is_not(None),
+            current_revision(judge), JudgementRow.score.is_not(None),
             JudgementRow.record_id.is_not(None), JudgementRow.created_at >= since,
         )
         .group_by(JudgementRow.record_id)
@@ -177,29 +177,29 @@ def _latest_scores(judge: str, since: datetime) -> Any:
 def _live_answer() -> ColumnElement[bool]:
     """A record of a live answer: a request a user sent (``user_facing``: no shadow copy)
     that was answered ok (``answered_ok``). The one condition on a record for judges: what
-    they are given to read (``_judgeable``) and whose scores count in an endpoint's means
+    they are given to read (``judgeable_conditions``) and whose scores count in an endpoint's means
     (``judge_means``, alert rules) and its per-version summary (``judge_summary``); a
     shadow's scores are ``rollout compare --shadow``'s."""
     rec = InferenceRecordRow
     return and_(user_facing(rec.shadow), answered_ok(rec.status))
 
 
-def _judgeable(
+def judgeable_conditions(
     endpoint: str, since: datetime, version_ids: list[int] | None, readable: list[Any] | None = None
 ) -> list[Any]:
-    """The conditions on a live record a judge can read (``_readable``) of ``endpoint`` since
-    ``since``, of ``version_ids`` (of any version when None); ``readable``: ``_readable()``,
-    built once for many windows."""
+    """The conditions on a live record a judge can read (``readable_conditions``) of
+    ``endpoint`` since ``since``, of ``version_ids`` (of any version when None);
+    ``readable``: ``readable_conditions()``, built once for many windows."""
     rec = InferenceRecordRow
     return [
         rec.endpoint_name == endpoint,
         rec.created_at >= since,
         rec.version_id.is_not(None) if version_ids is None else rec.version_id.in_(version_ids),
-        *(_readable() if readable is None else readable),
+        *(readable_conditions() if readable is None else readable),
     ]
 
 
-def _readable() -> list[Any]:
+def readable_conditions() -> list[Any]:
     """The conditions on a record a judge can read: a live answer (``_live_answer``:
     answered ok, not a shadow), not a fallback, its prompt and response kept as text (a
     tenant that keeps hashes or nothing leaves none)."""
@@ -213,12 +213,12 @@ def _readable() -> list[Any]:
     ]
 
 
-def _asked(judge: str) -> Any:
+def asked_exists(judge: str) -> Any:
     """Whether ``judge``'s current revision was asked about the record (a score or none):
     an EXISTS on the judgements by record id (``ix_judgements_record``)."""
     return (
         select(JudgementRow.id)
-        .where(JudgementRow.record_id == InferenceRecordRow.id, _current(judge))
+        .where(JudgementRow.record_id == InferenceRecordRow.id, current_revision(judge))
         .exists()
     )
 
@@ -389,15 +389,20 @@ class JudgeStore(StoreCore):
         limit: int | None,
     ) -> list[tuple[str, datetime]]:
         """Up to ``limit`` (id, time) of ``endpoint``'s records (of any version) since
-        ``since`` that a judge can read (``_judgeable``) and ``judge``'s current revision was
-        never asked about, after the position ``after`` (time, id) when given, in that order:
-        the database excludes what was judged (NOT EXISTS on the judgements by record id) and
-        bounds the read, so online judging reads on from where its last tick stopped."""
+        ``since`` that a judge can read (``judgeable_conditions``) and ``judge``'s current
+        revision was never asked about, after the position ``after`` (time, id) when given, in
+        that order: the database excludes what was judged (NOT EXISTS on the judgements by
+        record id) and bounds the read, so online judging reads on from where its last tick
+        stopped."""
         rec = InferenceRecordRow
         with self._session(f"read the records judge {judge!r} has not judged") as s:
             rows = s.execute(
                 select(rec.id, rec.created_at)
-                .where(*_judgeable(endpoint, since, None), ~_asked(judge), *_past(after))
+                .where(
+                    *judgeable_conditions(endpoint, since, None),
+                    ~asked_exists(judge),
+                    *_past(after),
+                )
                 .order_by(rec.created_at, rec.id)
                 .limit(limit)
             ).all()
@@ -409,7 +414,11 @@ class JudgeStore(StoreCore):
         """How many records ``unjudged_after`` would list with no limit (counted, not read)."""
         rec = InferenceRecordRow
         with self._session(f"count the records judge {judge!r} has not judged") as s:
-            where = [*_judgeable(endpoint, since, None), ~_asked(judge), *_past(after)]
+            where = [
+                *judgeable_conditions(endpoint, since, None),
+                ~asked_exists(judge),
+                *_past(after),
+            ]
             return int(s.scalar(select(func.count(rec.id)).where(*where)) or 0)
 
     def record_texts(self, record_ids: Iterable[str]) -> dict[str, tuple[int | None, str, str]]:
@@ -442,7 +451,7 @@ class JudgeStore(StoreCore):
                 rows = s.execute(
                     select(JudgementRow.record_id, JudgementRow.score)
                     .where(
-                        _current(judge),
+                        current_revision(judge),
                         JudgementRow.record_id.in_(wanted[start : start + 500]),
                     )
                     .order_by(JudgementRow.id)
