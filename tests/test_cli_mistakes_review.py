@@ -179,3 +179,22 @@ def test_endpoints_policy_clear_with_settings_is_a_contradiction_not_a_silent_dr
     assert main(argv) == 2
     line = _error(capsys)
     assert "--clear" in line and "--steps, --bake" in line
+
+
+def test_judges_score_checks_out_before_the_judge_is_asked(
+    acme_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # an --out in a directory that is not there was a FileNotFoundError traceback after
+    # every answer had been scored (and paid for); the judge here is never reached
+    import json
+
+    url = "http://127.0.0.1:1/v1"
+    judge = ["judges", "add", "j1", "--rubric", "relevance", "--url", url, "--model", "m"]
+    assert main(judge) == 0
+    data = tmp_path / "answers.jsonl"
+    data.write_text(json.dumps({"question": "q", "answer": "a"}) + "\n")
+    out = tmp_path / "missing" / "scored.jsonl"
+    capsys.readouterr()
+    assert main(["judges", "score", "j1", "--data", str(data), "--out", str(out)]) == 2
+    line = _error(capsys)
+    assert f"directory {out.parent} does not exist" in line

@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from modelyard.cli._admin import JSON
-from modelyard.cli._common import console, open_store, print_json, progress_bar
+from modelyard.cli._common import console, open_store, out_file, print_json, progress_bar
 
 app = typer.Typer(
     help="Judges: an endpoint or upstream model that scores answers from 1 to 5 on a rubric "
@@ -170,8 +170,8 @@ def judges_score(
     from modelyard.errors import ConfigError
     from modelyard.judges import FIELDS, render, run_judge
 
-    if out is not None:
-        table_kind(out, "--out")
+    if out is not None:  # before the judge is paid for its scores, not after
+        table_kind(out_file(out), "--out")
     rows = read_rows(data, "Add rows with an 'answer' column.")
     items = [_input(row, i, FIELDS) for i, row in enumerate(rows, start=1)]
     with open_store() as store:
