@@ -198,3 +198,12 @@ def test_judges_score_checks_out_before_the_judge_is_asked(
     assert main(["judges", "score", "j1", "--data", str(data), "--out", str(out)]) == 2
     line = _error(capsys)
     assert f"directory {out.parent} does not exist" in line
+
+
+def test_rollout_compare_checks_out_before_comparing(
+    acme_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # as judges score: the pairs were judged first, then the write met the missing directory
+    out = tmp_path / "missing" / "pairs.jsonl"
+    assert main(["rollout", "compare", "acme-support", "--shadow", "--out", str(out)]) == 2
+    assert f"directory {out.parent} does not exist" in _error(capsys)

@@ -11,7 +11,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from modelyard.cli._common import console, open_store, print_json, progress_bar
+from modelyard.cli._common import console, open_store, out_file, print_json, progress_bar
 from modelyard.cli._progress import ProgressFn
 
 EXCERPT = 48
@@ -98,8 +98,8 @@ def compare_shadow_command(
     from modelyard.batch import table_kind, write_table
     from modelyard.delivery import compare_shadow
 
-    if out is not None:
-        table_kind(out, "--out")
+    if out is not None:  # before the judge is paid for the pairs, not after
+        table_kind(out_file(out), "--out")
     with open_store() as store, ExitStack() as stack:
         bar: ProgressFn | None = None
 
