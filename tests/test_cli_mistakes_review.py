@@ -207,3 +207,16 @@ def test_rollout_compare_checks_out_before_comparing(
     out = tmp_path / "missing" / "pairs.jsonl"
     assert main(["rollout", "compare", "acme-support", "--shadow", "--out", str(out)]) == 2
     assert f"directory {out.parent} does not exist" in _error(capsys)
+
+
+def test_evaluate_checks_predictions_before_the_evaluation_runs(
+    acme_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # the evaluation ran whole, then writing the predictions met the missing directory
+    data = tmp_path / "eval.jsonl"
+    data.write_text('{"instruction": "route this", "output": "auto"}\n')
+    out = tmp_path / "missing" / "predictions.jsonl"
+    argv = ["evaluate", "--model", "acme-bot:1", "--data", str(data), "--predictions", str(out)]
+    assert main(argv) == 2
+    line = _error(capsys)
+    assert f"directory {out.parent} does not exist" in line

@@ -19,6 +19,7 @@ from modelyard.cli._common import (
     err_console,
     open_artifacts,
     open_store,
+    out_file,
     print_json,
     settings,
 )
@@ -388,7 +389,7 @@ def evaluate(
     names = metrics.split(",")
     check_evaluation(names, gate, data_format)  # before the store opens: a typo writes nothing
     if predictions is not None:
-        table_kind(predictions, "--predictions")
+        table_kind(out_file(predictions, "--predictions"), "--predictions")  # before the run
         if predictions.resolve() == data.resolve():
             raise ConfigError(
                 f"--predictions {predictions} is the --data file: writing the answers would "
