@@ -461,6 +461,16 @@ def test_a_version_of_another_model_points_at_the_models_own_versions(
     assert "bot:2" not in err
 
 
+def test_a_bare_version_number_is_shown_as_the_model_s_version(
+    store: Store, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--to 1`` was read as a model named 1: "1 is not a version of 'bot'", where bot:1
+    is one. The message says how a version is written, with the one meant."""
+    code, _, err = run(capsys, "rollout start support --to 1")
+    assert code == 2 and "--to 1 names no model: a version is MODEL:N, here bot:1" in err, err
+    assert "is not a version of" not in err
+
+
 def test_endpoints_show_says_where_the_traffic_of_a_pinned_endpoint_went(
     store: Store, capsys: pytest.CaptureFixture[str]
 ) -> None:

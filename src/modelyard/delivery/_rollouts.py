@@ -129,6 +129,12 @@ def start_rollout(
         raise ConfigError(f"--to: {exc.message}", hint=exc.hint, field="to") from None
     if number is not None and number > MAX_VERSION:  # beyond the database's integers
         raise ModelVersionNotFound(f"model {name!r} has no version {number}")
+    if name != ep.model and number is None and name.isdigit():  # a bare number: a version?
+        raise ConfigError(
+            f"--to {to} names no model: a version is MODEL:N, here {ep.model}:{to}",
+            hint=f"Roll out a version of {ep.model}: --to {ep.model}:N or {ep.model}@ALIAS.",
+            field="to",
+        )
     if name != ep.model:
         raise ConfigError(
             f"{to} is not a version of {ep.model!r}, the model behind endpoint {endpoint!r}",
