@@ -119,6 +119,8 @@ def mixed(store_url: str) -> Iterator[tuple[Store, list[int]]]:
         for r in records[::5]:
             if r.status in ("refused", "error"):  # no answer: nothing to rate (a 409)
                 continue
+            if r.shadow:  # a copy no user saw: no tenant can rate it (a 404)
+                continue
             store.add_feedback(r.id, tenant="acme", score=rng.choice([-1.0, 1.0, 0.5]))
         yield store, ids
 
