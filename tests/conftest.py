@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -241,8 +242,15 @@ def s3_url(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """A browser check waits as long as an action does (15 s), not Playwright's 5 s for
+    """Ctrl+C is a KeyboardInterrupt in every test process (the workers too): a suite
+    started in the background by a non-interactive shell (``.ci/run &``) inherits SIGINT
+    ignored, Python then installs no handler, and the tests that press Ctrl+C, in process
+    or on a command they start (which inherits it), saw nothing happen.
+
+    A browser check waits as long as an action does (15 s), not Playwright's 5 s for
     ``expect``: on a loaded CI machine a page took over 5 s to show who logged in."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         from playwright.sync_api import expect
     except ImportError:  # no browser tests without it
