@@ -20,6 +20,12 @@ from modelyard.delivery import Controller, start_rollout
 from modelyard.store import AlertState, NewInferenceRecord, Store, utcnow
 from worlds import fake_world
 
+LEASE_S = 6.0
+"""The controllers' lease in the slow-receiver tests. Not shorter: a loaded CI machine once
+stalled a tick past a 3 s lease, with no alert in it."""
+TRY_S = 7.0
+"""One webhook try's timeout there: an alert of two tries takes more than twice the lease."""
+
 
 class Receiver:
     """A webhook receiver that waits ``delay_s`` before it answers 204 (only for alerts in
@@ -104,12 +110,12 @@ def _wait(
 def test_a_receiver_slower_than_the_lease_neither_costs_the_lease_nor_delays_a_rollout(
     store: Store, receiver: Receiver
 ) -> None:
-    receiver.delay_s = 8.0  # two tries of 3.5 s each: the alert takes 7 s, twice the lease
-    receiver.rules(timeout_s=3.5, retries=1)
+    receiver.delay_s = TRY_S + 2  # two tries time out: the alert takes 2 * TRY_S
+    receiver.rules(timeout_s=TRY_S, retries=1)
     vid = _world(store)
     for name in ("support", "helpdesk"):
         start_rollout(store, name, "bot:2", steps="100", bake_s=0, min_requests=5)
-    lease = 3.0
+    lease = LEASE_S
     leader = Controller(store, holder="leader", lease_ttl_s=lease)
     standby = Controller(store, holder="standby", lease_ttl_s=lease)
     stop = threading.Event()
@@ -134,14 +140,14 @@ def test_a_receiver_slower_than_the_lease_neither_costs_the_lease_nor_delays_a_r
         _wait(lambda: store.latest_rollout("support").status == "rolled_back", 10, look)
         _records(store, "helpdesk", vid, 10, errors=0)  # while the alert is being sent
         took = _wait(lambda: store.latest_rollout("helpdesk").status == "succeeded", 10, look)
-        _wait(webhook_answered, 15, look)  # all the while the alert was being sent
+        _wait(webhook_answered, 2 * TRY_S + 10, look)  # all the while the alert was being sent
     finally:
         stop.set()
         for t in threads:
             if t.ident is not None:
                 t.join(15)
     assert holders == {"leader"}, f"the lease moved while the alert was sent: {holders}"
-    assert took < 3.5, f"the next rollout waited {took:.1f} s for the 7 s alert"
+    assert took < TRY_S, f"the next rollout waited {took:.1f} s for the {2 * TRY_S} s alert"
     [alert] = store.list_alert_states(state="firing")
     assert dict(alert.labels) == {"endpoint": "support", "version": "bot:2"}
     [note] = [n for n in store.list_alert_notifications() if n.target == receiver.url]
@@ -273,12 +279,12 @@ def test_a_monitoring_alert_to_a_slow_receiver_neither_costs_the_lease_nor_delay
     receiver slower than the lease must not hold up the rollouts either."""
     from modelyard.monitoring import tick as monitoring_tick
 
-    receiver.delay_s = 8.0  # two tries of 3.5 s each: the alert takes 7 s, twice the lease
+    receiver.delay_s = TRY_S + 2  # two tries time out: the alert takes 2 * TRY_S
     rule = '[{name: errors, metric: error_rate, window: 1h, comparison: ">", threshold: 0.1}]'
-    receiver.rules(timeout_s=3.5, retries=1, rules=rule)
+    receiver.rules(timeout_s=TRY_S, retries=1, rules=rule)
     vid = _world(store)
     start_rollout(store, "helpdesk", "bot:2", steps="100", bake_s=0, min_requests=5)
-    lease = 3.0
+    lease = LEASE_S
     controllers = [Controller(store, holder=h, lease_ttl_s=lease, extra_ticks=[monitoring_tick],
                               extra_every_s=0.5) for h in ("leader", "standby")]  # fmt: skip
     stop = threading.Event()
@@ -304,13 +310,13 @@ def test_a_monitoring_alert_to_a_slow_receiver_neither_costs_the_lease_nor_delay
             c.extra_every_s = 3600.0  # no evaluation after this one (it would send it again)
         _records(store, "helpdesk", vid, 10, errors=0)
         took = _wait(lambda: store.latest_rollout("helpdesk").status == "succeeded", 10, look)
-        _wait(webhook_answered, 15, look)
+        _wait(webhook_answered, 2 * TRY_S + 10, look)
     finally:
         stop.set()
         for t in threads:
             if t.ident is not None:
                 t.join(15)
     assert holders == {"leader"}, f"the lease moved while the alert was sent: {holders}"
-    assert took < 3.5, f"the rollout waited {took:.1f} s for the 7 s alert"
+    assert took < TRY_S, f"the rollout waited {took:.1f} s for the {2 * TRY_S} s alert"
     [alert] = store.list_alert_states(state="firing")
     assert alert.rule == "errors" and alert.labels["endpoint"] == "support"
