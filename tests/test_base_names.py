@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -78,3 +79,35 @@ def test_missing_bases_and_corpora_are_bad_input_named_at_once(tmp_path: Path) -
     )  # fmt: skip
     assert (corpus.code, validate.code) == (2, 2), (corpus.err, validate.err)
     assert "nope.txt" in corpus.err and "nope.jsonl" in validate.err
+
+
+def test_a_registered_base_keeps_its_name_and_its_weights(tmp_path: Path) -> None:
+    """A name registered for weights elsewhere is refused before pretraining, and
+    ``--overwrite`` of a registered base's directory with other weights leaves it as it was
+    (the versions trained on it name those bytes); the same weights built again are fine."""
+    home = tmp_path / "home"
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(domain_corpus(DOMAINS, 200, seed=0)) + "\n", encoding="utf-8")
+    out = tmp_path / "models" / "tiny"
+
+    def build(where: Path, *args: str) -> Any:
+        return modelyard("base", "create-tiny", "--corpus", str(corpus), "--out", str(where),
+                         "--steps", "2", *args, home=home)  # fmt: skip
+
+    assert build(out, "--name", "bank-tiny").code == 0
+    weights = (out / "model.safetensors").read_bytes()
+    taken = build(tmp_path / "other", "--name", "bank-tiny")
+    assert taken.code == 1, taken.err
+    assert f"base model 'bank-tiny' is registered already, for the weights in {out}" in taken.err
+    assert "pretraining" not in taken.err and not (tmp_path / "other").exists()
+    replaced = build(out, "--overwrite", "--seed", "5")
+    assert replaced.code == 1, replaced.err
+    assert "holds the weights of registered base 'bank-tiny', and the new ones differ" in (
+        replaced.err
+    )
+    assert (out / "model.safetensors").read_bytes() == weights
+    assert sorted(p.name for p in out.parent.iterdir()) == ["tiny"]  # nothing left beside it
+    again = build(out, "--overwrite", "--name", "bank-tiny", "--json")
+    assert again.code == 0, again.err
+    assert json.loads(again.out)["path"] == str(out)
+    assert (out / "model.safetensors").read_bytes() == weights

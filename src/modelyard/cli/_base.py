@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
+import tempfile
 from pathlib import Path
 
 import typer
@@ -14,7 +17,10 @@ from modelyard.cli._common import (
     progress_bar,
     settings,
 )
-from modelyard.cli._home import check_home
+from modelyard.cli._home import check_home, store_exists
+from modelyard.cli._remote import remote_url
+from modelyard.errors import Conflict, NotFound
+from modelyard.store import BaseModel
 
 app = typer.Typer(
     help="Base models: build a tiny one locally and register it by name. Any Hugging Face "
@@ -42,6 +48,9 @@ def create_tiny(
     Seconds on a CPU. The result loads with the ordinary
     `AutoModelForCausalLM.from_pretrained(OUT)` like any Hugging Face model.
     A missing or empty corpus is bad input (exit 2), as for `data validate`.
+    A --name registered for other weights is refused before pretraining (exit 1), and
+    --overwrite leaves a registered base's directory as it was when the new weights
+    differ (exit 1): the versions trained on it name those bytes.
     """
     from modelyard.base import create_tiny_base, read_corpus, weight_hashes
 
@@ -49,15 +58,32 @@ def create_tiny(
         documents = read_corpus(corpus)
     if name:
         check_home(settings())  # no store to register in: say so before pretraining
-    with progress_bar("pretraining", steps) as update:
-        info = create_tiny_base(
-            documents,
-            out,
-            steps=steps,
-            seed=seed,
-            overwrite=overwrite,
-            progress=lambda step, total, loss: update(step, total, f"loss {loss:.3f}"),
-        )
+    known = _registered_weights(name, out, overwrite)  # the base --overwrite would replace
+    # Weights a registered base names are not overwritten by others: build beside them
+    # and compare, so lineage and the versions trained on them keep meaning those bytes.
+    target = out if known is None else Path(tempfile.mkdtemp(prefix=f".{out.name}.",
+                                                               dir=out.parent))  # fmt: skip
+    try:
+        with progress_bar("pretraining", steps) as update:
+            info = create_tiny_base(
+                documents,
+                target,
+                steps=steps,
+                seed=seed,
+                overwrite=overwrite or target != out,
+                progress=lambda step, total, loss: update(step, total, f"loss {loss:.3f}"),
+            )
+        if known is not None and weight_hashes(target) != dict(known.weight_hashes):
+            raise Conflict(
+                f"{out} holds the weights of registered base {known.name!r}, and the new "
+                "ones differ; the directory is left as it was",
+                hint="Write the new base to another --out (a registered base's directory "
+                "keeps its weights: the versions trained on it name them).",
+            )
+    finally:
+        if target != out:  # the same weights as those registered: the directory stays
+            shutil.rmtree(target, ignore_errors=True)
+    info = dataclasses.replace(info, path=out)
     if name:
         with open_store() as store:
             store.register_base_model(name, str(out.resolve()), weight_hashes(out))
@@ -74,3 +100,29 @@ def create_tiny(
             f"registered as base {name!r}: a finetune config can say `base_model: {name}`",
             highlight=False,
         )
+
+
+def _registered_weights(name: str | None, out: Path, overwrite: bool) -> BaseModel | None:
+    """The base registered for the weights ``--overwrite`` would replace in ``out`` (None:
+    none, or no store here), once ``--name`` is checked free: a name registered for
+    weights elsewhere is refused before pretraining (its registration failed after
+    minutes of it, leaving ``--out`` written and unregistered)."""
+    replaces = overwrite and out.is_dir()
+    if not (name or replaces) or remote_url() is not None or not store_exists(settings()):
+        return None
+    source = str(out.resolve())
+    with open_store() as store:
+        if name:
+            try:
+                taken = store.get_base_model(name)
+            except NotFound:
+                pass
+            else:
+                if taken.source != source:
+                    raise Conflict(
+                        f"base model {name!r} is registered already, for the weights in "
+                        f"{taken.source}",
+                        hint="Choose another --name (a base's name always means the same weights).",
+                    )
+        here = [b for b in store.list_base_models() if b.source == source]
+    return here[0] if here and replaces else None
