@@ -97,6 +97,9 @@ def _edit(project: Path, **sections: dict[str, Any]) -> Path:
         ({"evaluation": {"metrics": ["bleu"]}}, "bleu"),
         ({"method": {"type": "qlora"}}, "qlora.*(CUDA|bitsandbytes)"),
         ({"data": {"train": "train.jsonl", "max_seq_len": 100000}}, "max_seq_len 100000"),
+        ({"method": {"r": True}}, "'method.r': must be a number, not true"),
+        ({"training": {"max_steps": True}}, "'training.max_steps': must be a number, not true"),
+        ({"method": {"r": 100000}}, "method.r 100000 is above the base model's hidden size"),
         ({"base_model": "./no-such-base"}, "no-such-base"),
     ],
 )

@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from modelyard.errors import ConfigError
 from modelyard.store import check_name
-from modelyard.training import LLAMA_PROJECTIONS, TrainingOptions, TrainSettings
+from modelyard.training import LLAMA_PROJECTIONS, ConfigSection, TrainingOptions, TrainSettings
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+class _Section(ConfigSection):
+    """A section of the config (unknown keys and ``true`` for a number refused)."""
 
 
 class DataConfig(_Section):

@@ -116,12 +116,29 @@ def rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
-def _max_positions(base_dir: Path) -> int | None:
+def _check_shape(config: FinetuneConfig, base_dir: Path) -> None:
+    """Rows no longer than the base's positions, and a LoRA rank not above its hidden size
+    (a rank past it adds nothing to a projection, and costs memory: ``r: 100000`` passed
+    ``--check`` and then filled the machine), from the base's config alone."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(str(base_dir), local_files_only=True)
-    value = getattr(config, "max_position_embeddings", None)
-    return int(value) if isinstance(value, int) else None
+    base = AutoConfig.from_pretrained(str(base_dir), local_files_only=True)
+    limit = getattr(base, "max_position_embeddings", None)
+    if isinstance(limit, int) and config.data.max_seq_len > limit:
+        raise ConfigError(
+            f"data.max_seq_len {config.data.max_seq_len} is larger than the base model "
+            f"supports ({limit} positions)",
+            hint=f"Set data.max_seq_len to at most {limit}.",
+            field="data.max_seq_len",
+        )
+    hidden, r = getattr(base, "hidden_size", None), config.method.r
+    if config.method.type != "full" and isinstance(hidden, int) and r > hidden:
+        raise ConfigError(
+            f"method.r {r} is above the base model's hidden size ({hidden}): a LoRA rank "
+            "past it adds nothing and costs memory",
+            hint=f"Set method.r to at most {hidden} (8 to 64 is usual).",
+            field="method.r",
+        )
 
 
 def _check_method(config: FinetuneConfig) -> None:
@@ -172,14 +189,7 @@ def prepare(config: FinetuneConfig) -> Prepared:
             )
     base_dir = model_dir(config.base_model)
     tokenizer = load_tokenizer(config.base_model)
-    limit = _max_positions(base_dir)
-    if limit is not None and config.data.max_seq_len > limit:
-        raise ConfigError(
-            f"data.max_seq_len {config.data.max_seq_len} is larger than the base model "
-            f"supports ({limit} positions)",
-            hint=f"Set data.max_seq_len to at most {limit}.",
-            field="data.max_seq_len",
-        )
+    _check_shape(config, base_dir)
     template = template_for(config.data.format, tokenizer)
     # Rows are checked, and named, by their number in the file a person can open.
     rows = _checked_rows(load_rows(config.data.train, config.data.format), template, "data.train")

@@ -12,6 +12,7 @@ from modelyard.training._dataset import IGNORE_INDEX, SupervisedDataset, encode_
 from modelyard.training._plan import Device, TrainPlan, plan_training, this_device
 from modelyard.training._settings import (
     LLAMA_PROJECTIONS,
+    ConfigSection,
     TrainingOptions,
     TrainResult,
     TrainSettings,
@@ -21,6 +22,7 @@ from modelyard.training._train import LogFn, ProgressFn, last_checkpoint, train_
 __all__ = [
     "IGNORE_INDEX",
     "LLAMA_PROJECTIONS",
+    "ConfigSection",
     "Device",
     "LogFn",
     "ProgressFn",

@@ -5,9 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from modelyard.errors import ConfigError
 
@@ -23,13 +23,29 @@ LLAMA_PROJECTIONS: tuple[str, ...] = (
 """Every linear projection of a Llama-style block: the usual full-coverage LoRA target."""
 
 
-class TrainingOptions(BaseModel):
+class ConfigSection(BaseModel):
+    """A section of a YAML config: frozen, unknown keys refused, and YAML's ``true`` and
+    ``false`` refused where a number is meant (pydantic takes ``true`` for 1, so
+    ``r: true`` trained a rank-1 adapter without a word)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_number(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name in cls.model_fields:
+            kinds = get_args(cls.model_fields[info.field_name].annotation)
+            kinds = kinds or (cls.model_fields[info.field_name].annotation,)
+            if bool not in kinds and (int in kinds or float in kinds):
+                raise ValueError(f"must be a number, not {str(value).lower()}")
+        return value
+
+
+class TrainingOptions(ConfigSection):
     """How a run trains, whatever it trains: length, optimizer, schedule, batches, seed,
     checkpoints and early stopping. Declared once: ``TrainSettings`` extends it with
     what to train, and the ``training:`` section of a finetune config is exactly it.
     """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     epochs: float = Field(
         default=5.0, gt=0, allow_inf_nan=False, description="passes over the training rows"
