@@ -56,6 +56,15 @@ GIVEN_HEAD_HINT = (
 )
 
 
+RECORDED_ONLY_HINT = (
+    "The events themselves verify now: the chain no longer shows this break, which is on "
+    "record from when it was found (the audit tables were restored from a backup since, or "
+    "the event was put back). Audited changes stay refused until an admin acknowledges it: "
+    '`modelyard audit acknowledge --reason "restored the audit tables from the backup of ..."` '
+    "(audited; the break stays on record)."
+)
+
+
 def missing_reason(first: int, next_seq: int) -> str:
     """Events ``first`` .. ``next_seq - 1`` are not stored."""
     if next_seq == first + 1:
@@ -301,9 +310,12 @@ class ChainReport:
             more = len(self.breaks) - 1
             after = f" ({more} more break{'s' if more > 1 else ''} after it)" if more > 0 else ""
             given = GIVEN_HEAD in (self.reason or "")  # only a kept head shows it
+            # Every break only on record (no fingerprint): the events verify now, e.g. the
+            # audit tables were restored; "restore from a backup" again would change nothing.
+            on_record = bool(self.breaks) and all(b.fingerprint is None for b in self.breaks)
             raise AuditChainBroken(
                 f"audit chain broken at seq {self.first_bad_seq}: {self.reason}{after}",
-                hint=GIVEN_HEAD_HINT if given else None,
+                hint=GIVEN_HEAD_HINT if given else RECORDED_ONLY_HINT if on_record else None,
                 first_bad_seq=self.first_bad_seq,
             )
 
