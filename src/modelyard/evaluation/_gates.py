@@ -325,9 +325,8 @@ def _check_champion(
             reason = f"the champion has no {name} to compare with"
             verdicts.append(GateVerdict(gate.text, name, observed, None, True, None, reason))
         else:
-            verdicts.append(
-                _compare_with_champion(gate.text, METRICS[name], observed, theirs, allowed)
-            )
+            spec = metric_spec(name, where=f"gate {gate.text!r}")  # judge.NAME is no METRICS key
+            verdicts.append(_compare_with_champion(gate.text, spec, observed, theirs, allowed))
     if not verdicts:
         reason = "no metric in common with the champion"
         verdicts.append(GateVerdict(gate.text, None, None, None, True, None, reason))
