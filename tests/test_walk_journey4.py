@@ -6,6 +6,7 @@ docs/operations.md, pinned at what the user relies on: exit codes and the line p
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -51,3 +52,28 @@ def test_verify_after_the_audit_tables_were_restored_says_to_acknowledge_not_res
     assert ack.code == 0, ack.err
     assert modelyard("audit", "verify", home=home).code == 0
     assert modelyard("tenants", "create", "initech", home=home).code == 0
+
+
+def test_a_budget_alert_says_it_reads_the_budgets_day_not_the_rules_window(
+    tmp_path: Path,
+) -> None:
+    """docs/monitoring.md: `budget_used` is what was spent in the budget's current day or
+    month; such a rule's window plays no part. Its alert said "budget_used over 5m is
+    1.213 (>= 0.8)", which the on-call reads as 121 % of a day's budget spent in five
+    minutes. The summary (webhook, `monitor alerts`) says the budget's period instead."""
+    home = tmp_path / "home"
+    assert modelyard("init", home=home).code == 0
+    assert modelyard("tenants", "create", "acme", home=home).code == 0
+    assert modelyard("budgets", "set", "acme", "--amount", "5", home=home).code == 0
+    rules = tmp_path / "alerts.yml"
+    rules.write_text(
+        "rules:\n  - name: budget-any\n    metric: budget_used\n"
+        '    comparison: ">="\n    threshold: 0\n    severity: warning\n'
+    )
+    r = modelyard("monitor", "alerts", "--evaluate", "--rules", str(rules), home=home)
+    assert r.code == 0, r.err
+    listed = modelyard("monitor", "alerts", "--state", "firing", "--json", home=home)
+    assert listed.code == 0, listed.err
+    [alert] = json.loads(listed.out)
+    assert alert["summary"].startswith("budget_used in the budget's current day (UTC) is 0 ")
+    assert "over 5m" not in alert["summary"]

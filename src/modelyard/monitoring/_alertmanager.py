@@ -31,7 +31,12 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from modelyard.durations import parse_duration
 from modelyard.errors import ConfigError
-from modelyard.monitoring._notify import fill_annotations, http_url, request_headers
+from modelyard.monitoring._notify import (
+    fill_annotations,
+    http_url,
+    metric_span,
+    request_headers,
+)
 from modelyard.store import AlertState
 
 log = logging.getLogger("modelyard.alerts")
@@ -177,7 +182,8 @@ def _rfc3339(moment: datetime) -> str:
 
 def _describe(rule: RuleShown) -> str:
     held = f" for {rule.for_}" if rule.for_ not in ("0", "0s") else ""
-    return (f"modelyard rule {rule.name}: {rule.metric} over {rule.window} "
+    span = metric_span(rule.metric, rule.window)
+    return (f"modelyard rule {rule.name}: {rule.metric} {span} "
             f"{rule.comparison} {rule.threshold:g}{held}")  # fmt: skip
 
 

@@ -48,6 +48,7 @@ from modelyard.monitoring._notify import (
     WebhookConfig,
     WebhookRound,
     check_annotations,
+    metric_span,
     notify,
     undelivered,
 )
@@ -355,9 +356,10 @@ def _summary(rule: Rule, labels: Mapping[str, str], value: float | None, holds: 
             return rule.summary  # e.g. {value:.2f} with no data: the template as written
     where = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
     condition = f"{'' if holds or value is None else 'not '}{rule.comparison} {rule.threshold:g}"
+    span = metric_span(rule.metric, rule.window, labels.get("period"))
     if value is None:  # a firing alert stays firing on no data (traffic stopped, say)
-        return f"{rule.metric} over {rule.window} has no data (the rule: {condition}) [{where}]"
-    return f"{rule.metric} over {rule.window} is {value:.4g} ({condition}) [{where}]"
+        return f"{rule.metric} {span} has no data (the rule: {condition}) [{where}]"
+    return f"{rule.metric} {span} is {value:.4g} ({condition}) [{where}]"
 
 
 def evaluate_rules(store: Store, rules: AlertRules, now: datetime) -> list[Transition]:

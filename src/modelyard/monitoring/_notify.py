@@ -291,3 +291,14 @@ def notify(
         kept.append(note)
         sent += 1
     return sent
+
+
+def metric_span(metric: str, window: str, period: str | None = None) -> str:
+    """What a rule's value is measured over: its window, or for ``budget_used`` the budget's
+    current day or month (the rule's window plays no part there: "over 5m is 1.2" would read
+    as 120 % of a day's budget spent in five minutes)."""
+    if metric != "budget_used":
+        return f"over {window}"
+    if period in ("day", "month"):
+        return f"in the budget's current {period} (UTC)"
+    return "in each budget's current day or month (UTC)"
