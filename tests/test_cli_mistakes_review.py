@@ -220,3 +220,24 @@ def test_evaluate_checks_predictions_before_the_evaluation_runs(
     assert main(argv) == 2
     line = _error(capsys)
     assert f"directory {out.parent} does not exist" in line
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "said"),
+    [
+        ("--price-input", "-1", "--price-input is -1.0; use 0 or more (a finite number)"),
+        ("--price-output", "inf", "--price-output is inf; use 0 or more (a finite number)"),
+        ("--max-concurrency", "0", "--max-concurrency is 0; use from 1 to 1024"),
+    ],
+)
+def test_registry_upstream_names_the_option_typed_not_the_specs_field(
+    acme_home: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, said: str
+) -> None:
+    """``--price-input -1`` said ``upstream input_per_1k is -1.0``, a name the user never
+    typed (the admin API's field); an infinite price was taken."""
+    argv = ["registry", "upstream", "gw", "--base-url", "http://127.0.0.1:9/v1",
+            "--upstream-model", "m", flag, value]  # fmt: skip
+    assert main(argv) == 2
+    assert _error(capsys) == f"error: {said}"
+    assert main(["registry", "list"]) == 0
+    assert "gw" not in capsys.readouterr().out

@@ -568,7 +568,7 @@ def test_registry_upstream_cli_never_takes_the_key(tmp_path: Path) -> None:
     assert shown["version"]["kind"] == "upstream"
     r = modelyard("registry", "upstream", "gpt", "--base-url", "ftp://x", "--upstream-model",
                   "m", home=home)  # fmt: skip
-    assert r.code == 2 and "base_url" in r.err and "Traceback" not in r.err
+    assert r.code == 2 and "--base-url is 'ftp://x'" in r.err and "Traceback" not in r.err
     r = modelyard("registry", "export", "gpt:1", "--out", str(tmp_path / "out"), home=home)
     assert r.code == 2 and "upstream" in r.err and "no weights" in r.err
 

@@ -26,6 +26,7 @@ from modelyard.cli._common import (
     settings,
 )
 from modelyard.cli._plane import open_plane
+from modelyard.errors import ConfigError
 from modelyard.registry import (
     LineageNode,
     UpstreamSpec,
@@ -293,12 +294,19 @@ def upstream(
     --api-key-file). Put the version behind an endpoint like any other; traffic plans
     may mix it with local versions (A/B, canary, shadow, fallback).
     """
-    spec = UpstreamSpec(
-        base_url=base_url, model=upstream_model, api_key_env=api_key_env,
-        api_key_file=api_key_file, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s,
-        max_retries=max_retries, max_concurrency=max_concurrency, input_per_1k=price_input,
-        output_per_1k=price_output, max_tokens_field=max_tokens_field,
-    )  # fmt: skip
+    try:
+        spec = UpstreamSpec(
+            base_url=base_url, model=upstream_model, api_key_env=api_key_env,
+            api_key_file=api_key_file, timeout_s=timeout_s, connect_timeout_s=connect_timeout_s,
+            max_retries=max_retries, max_concurrency=max_concurrency, input_per_1k=price_input,
+            output_per_1k=price_output, max_tokens_field=max_tokens_field,
+        )  # fmt: skip
+    except ConfigError as exc:  # the spec's field names are the API's: name the option typed
+        option = _UPSTREAM_OPTIONS.get(str(exc.context.get("field")))
+        if option is None or "allowed" not in exc.context:
+            raise
+        value, allowed = exc.context.get("value"), exc.context["allowed"]
+        raise ConfigError(f"{option} is {value!r}; use {allowed}", field=option) from None
     s = settings()
     with open_store(s) as store:
         version = register_upstream(
@@ -312,6 +320,21 @@ def upstream(
         f"[green]registered[/] {version.ref}: answers from {spec.model} at {spec.url} "
         f"(key from {spec.credential})"
     )
+
+
+_UPSTREAM_OPTIONS = {
+    "base_url": "--base-url",
+    "model": "--upstream-model",
+    "api_key_env": "--api-key-env",
+    "timeout_s": "--timeout-s",
+    "connect_timeout_s": "--connect-timeout-s",
+    "max_retries": "--max-retries",
+    "max_concurrency": "--max-concurrency",
+    "input_per_1k": "--price-input",
+    "output_per_1k": "--price-output",
+    "max_tokens_field": "--max-tokens-field",
+}
+"""The ``registry upstream`` option of each ``UpstreamSpec`` field, for its errors."""
 
 
 def archive(

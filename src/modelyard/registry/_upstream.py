@@ -40,6 +40,10 @@ UPSTREAM_TEMPLATE = "upstream"  # the prompt template of an upstream: its own ch
 MAX_TOKENS_FIELDS = ("max_tokens", "max_completion_tokens")
 
 
+def _price_ok(price: float | None) -> bool:
+    return price is None or (math.isfinite(price) and price >= 0)
+
+
 @dataclass(frozen=True)
 class UpstreamSpec:
     """Where an upstream version's tokens come from, and how to ask (see the module doc)."""
@@ -72,14 +76,16 @@ class UpstreamSpec:
              and self.connect_timeout_s > 0, "above 0"),
             ("max_retries", 0 <= self.max_retries <= 10, "from 0 to 10"),
             ("max_concurrency", 1 <= self.max_concurrency <= 1024, "from 1 to 1024"),
-            ("input_per_1k", self.input_per_1k is None or self.input_per_1k >= 0, "0 or more"),
-            ("output_per_1k", self.output_per_1k is None or self.output_per_1k >= 0, "0 or more"),
+            ("input_per_1k", _price_ok(self.input_per_1k), "0 or more (a finite number)"),
+            ("output_per_1k", _price_ok(self.output_per_1k), "0 or more (a finite number)"),
             ("max_tokens_field", self.max_tokens_field in MAX_TOKENS_FIELDS,
              " or ".join(MAX_TOKENS_FIELDS)),
         )  # fmt: skip
         for name, ok, allowed in checks:
             if not ok:
-                raise ConfigError(f"upstream {name} is {getattr(self, name)!r}; use {allowed}")
+                value = getattr(self, name)  # field and allowed: the CLI names its option
+                raise ConfigError(f"upstream {name} is {value!r}; use {allowed}", field=name,
+                                  value=value, allowed=allowed)  # fmt: skip
         if self.api_key_env and self.api_key_file:
             raise ConfigError("an upstream takes its key from an environment variable or a file, "
                               "not both")  # fmt: skip
