@@ -356,6 +356,23 @@ def test_the_upstream_gets_the_penalties_and_the_logit_bias_as_sent(tmp_path: Pa
     assert not {"presence_penalty", "frequency_penalty", "logit_bias"} & set(plain)
 
 
+def test_the_upstream_gets_each_messages_name(tmp_path: Path) -> None:
+    """OpenAI tells participants apart by a message's ``name``; it was dropped on the way."""
+    faults = Faults(["ok"])
+    with BackgroundServer(faults.app) as server:
+        spec = UpstreamSpec(base_url=server.base_url + "/v1", model="gpt-4o-mini")
+        for gw in _gateway(tmp_path, spec, None):
+            _client(gw).chat.completions.create(
+                model="acme-support", messages=[
+                    {"role": "system", "content": "Moderate.", "name": "rules"},
+                    {"role": "user", "content": "hi", "name": "alice"},
+                    {"role": "user", "content": "hello"},
+                ],
+            )  # fmt: skip
+    [body] = faults.bodies
+    assert [m.get("name") for m in body["messages"]] == ["rules", "alice", None]
+
+
 @pytest.mark.parametrize("faulty", [["429", "500", "ok"]], indirect=True)
 def test_retries_mend_passing_faults(faulty: tuple[Gateway, Faults]) -> None:
     gw, faults = faulty

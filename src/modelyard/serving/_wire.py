@@ -125,8 +125,11 @@ class ChatMessage(BaseModel):
         return self.content or ""
 
     def rendered(self, i: int) -> dict[str, Any]:
-        """The message as prompt templates take it."""
+        """The message as prompt templates take it (``name`` as vLLM passes it: a template
+        that knows participants' names renders it; an upstream is sent it)."""
         out: dict[str, Any] = {"role": self.role, "content": self.text()}
+        if self.name:
+            out["name"] = self.name
         if self.tool_calls:
             out["tool_calls"] = [
                 c.rendered(f"messages.{i}.tool_calls.{j}") for j, c in enumerate(self.tool_calls)
