@@ -77,3 +77,38 @@ def test_a_budget_alert_says_it_reads_the_budgets_day_not_the_rules_window(
     [alert] = json.loads(listed.out)
     assert alert["summary"].startswith("budget_used in the budget's current day (UTC) is 0 ")
     assert "over 5m" not in alert["summary"]
+
+
+def test_doctor_fix_seals_the_requests_it_closes(tmp_path: Path) -> None:
+    """docs/operations.md: `doctor --fix` closes a gone server's running requests "as a
+    server's own sweep does", and docs/audit.md: the rows closed so are sealed. After a
+    kill -9 of `serve`, `doctor --stale 0 --fix` closed them unsealed, and the next
+    `audit verify --records` failed (exit 1) calling each "inserted: it is in a final
+    state and no seal holds it": the auditor saw forged rows where the SRE had repaired."""
+    from modelyard.monitoring import started_record
+    from modelyard.store import NewInferenceRecord, Store
+
+    home = tmp_path / "home"
+    assert modelyard("init", home=home).code == 0
+    assert modelyard("tenants", "create", "acme", home=home).code == 0
+    key = (home / "audit.key").read_text().strip()
+    with Store.open(f"sqlite:///{home / 'store.db'}", audit_key=key) as s:
+        done = NewInferenceRecord(
+            id="cmpl-done", endpoint_name="support", route="completions", latency_ms=5.0,
+            status="ok", http_status=200, prompt="hi", response="hello",
+        )  # fmt: skip
+        s.add_monitored_records([(done, None)], seal=True)  # sealing has begun
+        running = started_record(
+            "cmpl-cut", endpoint="support", route="completions", tenant_id=None,
+            api_key_id=None, version_id=None, prompt="hi",
+        )  # fmt: skip
+        # a server on another machine that never sent a heartbeat: only the doctor closes it
+        s.add_monitored_records([], started=[running], server_id="elsewhere-9-555555")
+    assert modelyard("audit", "verify", "--records", home=home).code == 0
+
+    fixed = modelyard("doctor", "--stale", "0", "--fix", home=home)
+    assert fixed.code == 0, fixed.out + fixed.err
+    assert "requests" in fixed.out
+    verified = modelyard("audit", "verify", "--records", home=home)
+    assert verified.code == 0, verified.err
+    assert "inserted" not in verified.out + verified.err

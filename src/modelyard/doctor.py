@@ -40,7 +40,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from modelyard.artifacts import ArtifactStore, pid_alive, this_host
-from modelyard.errors import ArtifactError, ModelyardError
+from modelyard.errors import ArtifactError, AuditError, AuditKeyMissing, ModelyardError
 from modelyard.monitoring import ABANDONED, gone_servers
 from modelyard.registry import drop_if_empty, referenced_digests
 from modelyard.store import Run, Store
@@ -243,12 +243,18 @@ def _requests(store: Store, stale: timedelta, now: datetime, fix: bool) -> list[
             "that is gone",
             "close them as failed",
         )
-        found.append(
-            _attempt(
-                finding, fix, lambda sid=sid: store.close_running_records([sid], ABANDONED) > 0
-            )
-        )
+        found.append(_attempt(finding, fix, lambda sid=sid: _close_requests(store, sid)))
     return found
+
+
+def _close_requests(store: Store, server_id: str) -> bool:
+    """Close a gone server's ``running`` records sealed, as its own sweep does
+    (``monitoring.close_abandoned``): unsealed, ``audit verify --records`` would call them
+    inserted. When the audit chain refuses the anchor they are closed unsealed, as there."""
+    try:
+        return store.close_running_records([server_id], ABANDONED, seal=True) > 0
+    except (AuditError, AuditKeyMissing):
+        return store.close_running_records([server_id], ABANDONED) > 0
 
 
 def _holders(store: Store) -> dict[str, list[str]]:
