@@ -115,6 +115,25 @@ def test_a_purged_tenant_s_hours_keep_their_profiles(
     assert list(kept) == ["acme"] and kept["acme"].startswith(f"{hour + HOUR:%Y-%m-%dT%H:%M}")
 
 
+def test_until_on_the_hour_ends_there(
+    acme_home: Path, hour: datetime, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--until 14:00`` recomputed the hour from 14:00 to 15:00 too."""
+    with home_store(acme_home) as store:
+        _records(store, "acme", "acme-bot", "acme-support", hour)  # in the hour from `hour`
+    half = hour + timedelta(minutes=30)
+    for until, hours, end in (
+        (hour, 0, hour),
+        (half, 1, hour + HOUR),
+        (hour + HOUR, 1, hour + HOUR),
+    ):
+        argv = ["monitor", "recompute", "--since", (hour - HOUR).isoformat(), "--until",
+                until.isoformat(), "--json"]  # fmt: skip
+        assert main(argv) == 0
+        done = json.loads(capsys.readouterr().out)
+        assert (done["hours"], done["until"]) == (hours, end.isoformat()), until
+
+
 def test_recompute_refuses_what_it_cannot_do(
     acme_home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -272,14 +272,22 @@ def recompute_profiles(
     *,
     progress: Callable[[int, int], None] | None = None,
 ) -> ProfileRecompute:
-    """Compute the hour and day profiles of [since's hour, until's hour) again from their
+    """Compute the hour and day profiles of [since's hour, until) again from their
     records, at today's token prices: after an upgrade that changed what profiles count,
     or a price set late. A tenant's hours that a retention purge reached keep their
     profiles (their records may be gone; computing them again would lose them), and the
-    result names those tenants. The watermark is left as it is (``update_profiles``)."""
+    result names those tenants. The watermark is left as it is (``update_profiles``).
+    ``until`` inside an hour takes that hour in; on the hour (a date: midnight) it ends
+    there; left out, the hour under way is the last."""
     now = datetime.now(UTC)
     first = floor_hour(since.astimezone(UTC))
-    end = min(floor_hour((until or now).astimezone(UTC)) + HOUR, floor_hour(now) + HOUR)
+    last = (until or now).astimezone(UTC)
+    cut = (
+        floor_hour(last)
+        if until is not None and floor_hour(last) == last
+        else floor_hour(last) + HOUR
+    )
+    end = min(cut, floor_hour(now) + HOUR)
     if first >= end:
         raise ConfigError(
             f"nothing to recompute: since {first:%Y-%m-%d %H:%M} is not before until "
