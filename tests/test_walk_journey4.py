@@ -112,3 +112,30 @@ def test_doctor_fix_seals_the_requests_it_closes(tmp_path: Path) -> None:
     verified = modelyard("audit", "verify", "--records", home=home)
     assert verified.code == 0, verified.err
     assert "inserted" not in verified.out + verified.err
+
+
+def test_a_webhook_that_is_down_is_logged_in_a_whole_sentence(tmp_path: Path) -> None:
+    """docs/monitoring.md: the deliveries not tried after the webhook failed are "sent at
+    the next evaluation, and the log says once how many waited". The line on stderr of
+    `monitor tick` ended mid-sentence: "...were not tried; they are sent at the next"."""
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    home = tmp_path / "home"
+    assert modelyard("init", home=home).code == 0
+    for tenant in ("acme", "beta"):
+        assert modelyard("tenants", "create", tenant, home=home).code == 0
+        assert modelyard("budgets", "set", tenant, "--amount", "5", home=home).code == 0
+    rules = tmp_path / "alerts.yml"
+    rules.write_text(
+        f"notify:\n  webhook:\n    url: http://127.0.0.1:{port}/hook\n"
+        "    timeout_s: 1\n    retries: 0\n"
+        "rules:\n  - name: budget-any\n    metric: budget_used\n"
+        '    comparison: ">="\n    threshold: 0\n'
+    )
+    r = modelyard("monitor", "tick", "--rules", str(rules), home=home)
+    assert r.code == 0, r.err
+    [line] = [x for x in r.err.splitlines() if "were not tried" in x]
+    assert line.endswith("they are sent at the next evaluation"), line

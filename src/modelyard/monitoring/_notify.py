@@ -174,7 +174,7 @@ class WebhookRound:
         if self.down is not None:
             self.skipped += 1
             return Delivery(False, 0, f"not tried: the webhook failed earlier in this "
-                            f"evaluation ({self.down}); sent at the next")  # fmt: skip
+                            f"evaluation ({self.down}); sent at the next evaluation")  # fmt: skip
         delivery = post_webhook(self.hook, payload)
         if delivery.receiver_down:
             self.down = delivery.error
@@ -184,8 +184,8 @@ class WebhookRound:
         """Say (once) how many deliveries were left for the next evaluation."""
         if self.skipped:
             log.error("alerts: webhook %s is down (%s): %d more notification(s) of this "
-                      "evaluation were not tried; they are sent at the next", self.hook.url,
-                      self.down, self.skipped)  # fmt: skip
+                      "evaluation were not tried; they are sent at the next evaluation",
+                      self.hook.url, self.down, self.skipped)  # fmt: skip
 
 
 def post_webhook(config: Webhook, payload: Mapping[str, Any]) -> Delivery:
