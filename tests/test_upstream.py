@@ -356,6 +356,28 @@ def test_the_upstream_gets_the_penalties_and_the_logit_bias_as_sent(tmp_path: Pa
     assert not {"presence_penalty", "frequency_penalty", "logit_bias"} & set(plain)
 
 
+def test_the_upstream_gets_a_tools_strict(tmp_path: Path) -> None:
+    """OpenAI constrains a ``strict`` tool's arguments under ``auto`` too (the OpenAI Agents
+    SDK sends ``strict: true`` by default): an upstream was sent the tool without it."""
+    faults = Faults(["ok"])
+    params = {"type": "object", "properties": {"q": {"type": "string"}}, "required": ["q"],
+              "additionalProperties": False}  # fmt: skip
+    with BackgroundServer(faults.app) as server:
+        spec = UpstreamSpec(base_url=server.base_url + "/v1", model="gpt-4o-mini")
+        for gw in _gateway(tmp_path, spec, None):
+            _client(gw).chat.completions.create(
+                model="acme-support", messages=[{"role": "user", "content": "hi"}], tools=[
+                    {"type": "function", "function": {"name": "find", "parameters": params,
+                                                      "strict": True}},
+                    {"type": "function", "function": {"name": "free", "strict": False}},
+                ],
+            )  # fmt: skip
+    [body] = faults.bodies
+    sent = {t["function"]["name"]: t["function"] for t in body["tools"]}
+    assert sent["find"] == {"name": "find", "parameters": params, "strict": True}
+    assert "strict" not in sent["free"]
+
+
 def test_the_upstream_gets_each_messages_name(tmp_path: Path) -> None:
     """OpenAI tells participants apart by a message's ``name``; it was dropped on the way."""
     faults = Faults(["ok"])

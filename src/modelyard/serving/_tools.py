@@ -52,7 +52,7 @@ class FunctionDef(BaseModel):
     name: str = Field(pattern=_NAME)
     description: Text | None = None
     parameters: JsonObject | None = None  # a JSON schema of its arguments
-    strict: bool | None = None  # a required call always follows the schema here
+    strict: bool | None = None  # a required call always follows the schema; passed on
 
     @field_validator("parameters")
     @classmethod
@@ -84,6 +84,8 @@ class FunctionDef(BaseModel):
         if self.description is not None:
             out["description"] = self.description
         out["parameters"] = self.parameters or ANY_OBJECT
+        if self.strict:  # as vLLM passes a tool on: to the chat template, and to an upstream
+            out["strict"] = True
         return out
 
 
