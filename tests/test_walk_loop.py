@@ -3,7 +3,17 @@ found by walking the docs: each test failed before its fix."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from clihelp import modelyard
+from modelyard.errors import ConfigError
 from modelyard.evaluation import evaluate_gates, gates_passed, parse_gates
+from modelyard.pipeline import check_against_store, load_pipeline
+from worlds import home_store
 
 
 def test_a_champion_gate_on_a_judge_compares_the_judges_means() -> None:
@@ -18,3 +28,74 @@ def test_a_champion_gate_on_a_judge_compares_the_judges_means() -> None:
     dropped = evaluate_gates(gates, {"judge.quality": 3.5}, {"judge.quality": 4.0})
     assert not gates_passed(dropped)
     assert dropped[0].margin is not None and dropped[0].margin < 0
+
+
+def test_a_pipelines_judge_that_cannot_score_its_held_out_rows_is_refused_before_any_stage(
+    acme_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A faithfulness judge on held-out rows without a `context`: `pipeline run --dry-run`
+    said the file was valid, and the run collected and registered a dataset before the
+    fine-tune refused the rows ("Everything is checked before the first stage runs")."""
+    monkeypatch.setenv("JUDGE_KEY", "sk-test")
+    r = modelyard(
+        "judges", "add", "grounded", "--rubric", "faithfulness", "--url",
+        "http://127.0.0.1:9/v1", "--model", "judge-ep", "--api-key-env", "JUDGE_KEY",
+        home=acme_home,
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    project = tmp_path / "project"
+    (project / "tiny-base").mkdir(parents=True)
+    rows = [{"instruction": "Which queue?", "input": f"ticket {n}", "output": "x"} for n in (1, 2)]
+    (project / "eval.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    finetune = {
+        "base_model": "./tiny-base",
+        "data": {"train": "train.jsonl", "eval": "eval.jsonl", "format": "alpaca"},
+        "evaluation": {"metrics": ["judge.grounded"], "gates": ["judge.grounded >= 4"]},
+        "registry": {"model": "acme-bot", "tenant": "acme"},
+    }
+    (project / "finetune.yaml").write_text(yaml.safe_dump(finetune))
+    loop = {
+        "name": "helpdesk-loop",
+        "from_records": {"endpoint": "acme-support", "since": "7d", "out": "rows.jsonl"},
+        "finetune": {"config": "finetune.yaml"},
+    }
+    (project / "loop.yaml").write_text(yaml.safe_dump(loop))
+    for args in (("--dry-run",), ()):
+        r = modelyard("pipeline", "run", str(project / "loop.yaml"), *args, home=acme_home)
+        assert r.code == 2, (r.out, r.err)
+        assert r.err.strip().splitlines() == [
+            "error: pipeline loop.yaml: finetune.evaluation: data.eval row 1: judge.grounded "
+            "(faithfulness rubric) needs a context, and the row has none (2 of 2 rows have "
+            "none). A row's context is its 'context' field (text). Give every row its "
+            "context, or use a judge whose rubric does not need it."
+        ], r.err
+    assert not (project / "rows.jsonl").exists()
+    with home_store(acme_home) as store:
+        assert store.list_audit_events(action="pipeline.*") == []
+
+
+def test_a_pipelines_missing_held_out_file_is_refused_before_any_stage(
+    acme_home: Path, tmp_path: Path
+) -> None:
+    """data.eval that is not there passed `--dry-run` ("valid"); the run then collected and
+    registered a dataset before the fine-tune found the file missing."""
+    (tmp_path / "tiny-base").mkdir()
+    finetune = {
+        "base_model": "./tiny-base",
+        "data": {"train": "train.jsonl", "eval": "held-out.jsonl", "format": "alpaca"},
+        "evaluation": {"gates": ["not_worse_than: champion"]},
+        "registry": {"model": "acme-bot", "tenant": "acme"},
+    }
+    (tmp_path / "finetune.yaml").write_text(yaml.safe_dump(finetune))
+    loop = {
+        "from_records": {"endpoint": "acme-support", "since": "7d", "out": "rows.jsonl"},
+        "finetune": {"config": "finetune.yaml"},
+    }
+    (tmp_path / "loop.yaml").write_text(yaml.safe_dump(loop))
+    with home_store(acme_home) as store, pytest.raises(ConfigError) as info:
+        check_against_store(store, load_pipeline(tmp_path / "loop.yaml"))
+    assert info.value.one_line().startswith(
+        f"pipeline loop.yaml: finetune.data.eval: dataset file {tmp_path / 'held-out.jsonl'} "
+        "does not exist"
+    ), info.value.one_line()
+    assert info.value.context["field"] == "finetune.data.eval"

@@ -21,7 +21,7 @@ from typing import Any
 
 from modelyard.artifacts import ArtifactStore
 from modelyard.audit import AuditEvent
-from modelyard.errors import ConfigError, ModelyardError, NotFound
+from modelyard.errors import ConfigError, DataError, ModelyardError, NotFound
 from modelyard.finetune import Reporter, check_registry
 from modelyard.pipeline._schema import Pipeline
 from modelyard.pipeline._stages import StageOutput, collect, roll_out, train
@@ -135,16 +135,32 @@ def check_against_store(store: Store, pipeline: Pipeline) -> None:
 
 def _check_judges(store: Store, pipeline: Pipeline) -> None:
     """The judges the fine-tune's metrics and gates and the rollout's guards name exist and
-    can do what is asked of them, before any stage runs (not after hours of training)."""
+    can do what is asked of them (the held-out rows give each what its rubric needs), before
+    any stage runs (not after hours of training); so is data.eval, which must parse."""
+    from modelyard.data import load_rows
     from modelyard.delivery import check_judge_guards
     from modelyard.evaluation import gated_metrics, parse_gates
     from modelyard.judges import judge_source
 
     evaluation = pipeline.finetune.evaluation
     metrics = [*evaluation.metrics, *gated_metrics(parse_gates(evaluation.gates))]
-    checks: list[tuple[str, Any]] = [
-        ("finetune.evaluation", lambda: judge_source(store, metrics, where="finetune")),
-    ]
+
+    data = pipeline.finetune.data
+    try:  # data.eval is there already (data.train is what a stage makes)
+        held_out = None if data.eval is None else load_rows(data.eval, data.format)
+    except (DataError, NotFound) as exc:
+        raise ConfigError(
+            f"pipeline {pipeline.path.name}: finetune.data.eval: {exc.message}",
+            hint=exc.hint,
+            field="finetune.data.eval",
+        ) from exc
+
+    def held_out_rows() -> None:
+        judges = judge_source(store, metrics, where="finetune")
+        if judges is not None and held_out is not None:
+            judges.check_rows(held_out, data.format, where="data.eval row")
+
+    checks: list[tuple[str, Any]] = [("finetune.evaluation", held_out_rows)]
     if pipeline.rollout is not None:
         guards = pipeline.rollout.policy.guards
         checks.append(("rollout.guards", lambda: check_judge_guards(store, guards)))
