@@ -241,3 +241,13 @@ def test_registry_upstream_names_the_option_typed_not_the_specs_field(
     assert _error(capsys) == f"error: {said}"
     assert main(["registry", "list"]) == 0
     assert "gw" not in capsys.readouterr().out
+
+
+def test_an_out_file_under_a_file_says_that_is_a_file(
+    acme_home: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--out notes.txt/audit.jsonl`` said directory notes.txt "does not exist"."""
+    (tmp_path / "notes.txt").write_text("mine\n")
+    assert main(["audit", "export", "--out", str(tmp_path / "notes.txt" / "audit.jsonl")]) == 2
+    assert f"{tmp_path / 'notes.txt'} is a file, not a directory" in _error(capsys)
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"

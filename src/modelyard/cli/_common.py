@@ -155,6 +155,13 @@ def out_file(out: Path, option: str = "--out") -> Path:
             f"{option} {out} is a directory", hint=f"Give a file name for {option}.", field=option
         )
     if not target.parent.is_dir():
+        above = next((p for p in target.parents if p.exists()), None)
+        if above is not None and not above.is_dir():  # e.g. --out notes.txt/x.jsonl
+            raise ConfigError(
+                f"cannot write {out}: {above} is a file, not a directory",
+                hint=f"Choose another {option}.",
+                field=option,
+            )
         raise ConfigError(
             f"cannot write {out}: directory {target.parent} does not exist",
             hint=f"Create it or choose another {option}.",
