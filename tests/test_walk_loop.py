@@ -99,3 +99,13 @@ def test_a_pipelines_missing_held_out_file_is_refused_before_any_stage(
         "does not exist"
     ), info.value.one_line()
     assert info.value.context["field"] == "finetune.data.eval"
+
+
+def test_judges_add_help_says_what_a_custom_template_must_hold(home: Path) -> None:
+    """The help said a template "must ask for 'Score: N'"; the system message asks for it,
+    and a template without {answer} is what is refused (docs/judges.md)."""
+    r = modelyard("judges", "add", "--help", home=home)
+    assert r.code == 0, r.err
+    text = " ".join(r.out.split())
+    assert "must ask for" not in text
+    assert "({answer} is required); the system message asks for 'Score: N' (1-5)" in text, text

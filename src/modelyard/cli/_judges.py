@@ -53,8 +53,9 @@ def judges_add(
     prompt_file: Path | None = typer.Option(
         None,
         "--prompt-file",
-        help="The custom rubric's template: {question}, {context}, "
-        "{reference} and {answer} are filled in; it must ask for 'Score: N' (1-5).",
+        help="The custom rubric's template, sent as the user message: {question}, {context}, "
+        "{reference} and {answer} are filled in ({answer} is required); the system message "
+        "asks for 'Score: N' (1-5).",
     ),
     max_tokens: int = typer.Option(16, "--max-tokens", help="Longest answer asked of the judge."),
     input_per_1k: float = typer.Option(
