@@ -166,7 +166,10 @@ class DatasetNotFound(NotFound):
 
 class ModelVersionNotFound(NotFound):
     code = "model_version_not_found"
-    default_hint = "List versions with `modelyard registry list`."
+    default_hint = (
+        "List the registered models with `modelyard registry list`, and a model's versions "
+        "and aliases with `modelyard registry list NAME`."
+    )
 
 
 class TenantNotFound(NotFound):

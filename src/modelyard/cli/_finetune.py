@@ -154,6 +154,7 @@ def finetune(
     from modelyard.finetune import (
         FinetuneInterrupted,
         SlurmOptions,
+        check_alias_on_pass,
         check_gpus,
         check_judges,
         check_registry,
@@ -198,6 +199,8 @@ def finetune(
             loaded = resolve_base(loaded, store)
     elif not check:  # the store is made at registration: it cannot hold the tenant yet
         check_registry(loaded, None)
+    if check:  # a run that cannot move its alias ends in exit 1: --check says so now
+        check_alias_on_pass(loaded, s.protected_alias_set)
     prepared = prepare(loaded)
     if check and store_exists(s):  # the judges it names, and what the held-out rows give them
         with open_store(s) as store:

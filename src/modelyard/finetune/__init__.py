@@ -12,7 +12,7 @@ from modelyard.finetune._cleanup import FinetuneInterrupted
 from modelyard.finetune._config import FinetuneConfig, load_config, parse_config
 from modelyard.finetune._evaluate import check_evaluation, evaluate_rows, evaluate_version
 from modelyard.finetune._launch import check_gpus, launch, launch_command, visible_gpus
-from modelyard.finetune._owner import check_registry
+from modelyard.finetune._owner import check_alias_on_pass, check_registry
 from modelyard.finetune._pipeline import (
     FinetuneOutcome,
     Prepared,
@@ -32,6 +32,7 @@ __all__ = [
     "Prepared",
     "Reporter",
     "SlurmOptions",
+    "check_alias_on_pass",
     "check_evaluation",
     "check_gpus",
     "check_judges",

@@ -4,6 +4,10 @@ The store would refuse a tenant that does not exist only at registration, after 
 training and the evaluation; and a model that exists already keeps its owner, so a
 ``registry.tenant`` that differs from it must be refused, not ignored. ``modelyard
 finetune`` and a pipeline's finetune stage both check before any training.
+
+A protected ``registry.alias_on_pass`` with no ``evaluation.gates`` can never move (a
+version no gate judged takes a protected alias only with an approver's override), so
+``modelyard finetune --check`` refuses it rather than say the config is OK.
 """
 
 from __future__ import annotations
@@ -45,3 +49,21 @@ def check_registry(config: FinetuneConfig, store: Store | None) -> None:
             "registry.model name.",
             field="registry.tenant",
         )
+
+
+def check_alias_on_pass(config: FinetuneConfig, protected: frozenset[str]) -> None:
+    """``ConfigError`` when ``registry.alias_on_pass`` is one of the ``protected`` aliases
+    and the config has no gates: the run would train and register a version that cannot
+    take the alias, then exit 1."""
+    alias = config.registry.alias_on_pass
+    if alias is None or alias not in protected or config.evaluation.gates:
+        return
+    raise ConfigError(
+        f"registry.alias_on_pass {alias!r} is a protected alias, and the config has no "
+        "evaluation.gates: a version no gate judged never takes it, so the run would train, "
+        f"register the version and exit 1 without moving {config.registry.model}@{alias}",
+        hint='Add evaluation.gates (e.g. "exact_match >= 0.8") for a passing version to take '
+        "it, or leave registry.alias_on_pass out and have an approver move the alias with "
+        '`modelyard registry alias ... --override-gates --reason "why"`.',
+        field="registry.alias_on_pass",
+    )

@@ -288,7 +288,13 @@ class RegistryStore(StoreCore):
             mrow = model_row(s, model, lock=True)
             arow = s.get(ModelAliasRow, (mrow.id, alias))
             if arow is None:
-                raise ModelVersionNotFound(f"model {model!r} has no alias {alias!r}")
+                held = sorted(s.scalars(select(ModelAliasRow.alias).where(
+                    ModelAliasRow.registered_model_id == mrow.id
+                )))  # fmt: skip
+                raise ModelVersionNotFound(
+                    f"model {model!r} has no alias {alias!r}",
+                    hint=f"Its aliases: {', '.join(held)}." if held else "It has no aliases.",
+                )
             vrow = s.get(ModelVersionRow, arow.version_id)
             assert vrow is not None  # guaranteed by the foreign key
             s.delete(arow)

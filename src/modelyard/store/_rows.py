@@ -97,14 +97,15 @@ MAX_VERSION = 2**63 - 1
 def version_row(
     s: Session, mrow: RegisteredModelRow, version: int, *, lock: bool = False
 ) -> ModelVersionRow:
+    hint = f"List its versions with `modelyard registry list {mrow.name}`."
     if not 0 < version <= MAX_VERSION:  # never stored, and past what the database can compare
-        raise ModelVersionNotFound(f"model {mrow.name!r} has no version {version}")
+        raise ModelVersionNotFound(f"model {mrow.name!r} has no version {version}", hint=hint)
     query = select(ModelVersionRow).where(
         ModelVersionRow.registered_model_id == mrow.id, ModelVersionRow.version == version
     )
     row = s.scalar(for_update(query, lock))
     if row is None:
-        raise ModelVersionNotFound(f"model {mrow.name!r} has no version {version}")
+        raise ModelVersionNotFound(f"model {mrow.name!r} has no version {version}", hint=hint)
     return row
 
 

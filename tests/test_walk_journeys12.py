@@ -1,0 +1,92 @@
+"""What the newcomer of journeys 1 and 2 met following docs/finetune.md and docs/registry.md.
+
+`modelyard finetune --check` said "config OK" for a config whose protected
+``alias_on_pass`` no gate could ever earn, and the run then trained, registered and
+exited 1; and a missing version or alias pointed at `modelyard registry list`, which
+lists models, not a model's versions or aliases.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from modelyard.base import create_tiny_base
+from modelyard.cli import main
+from modelyard.data import DOMAINS, domain_corpus, synthetic_domain
+from modelyard.store import Store
+from tinymodels import QUICK_BASE
+from worlds import fake_world
+
+
+def run(capsys: pytest.CaptureFixture[str], line: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(shlex.split(line))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _config(tmp_path: Path, **evaluation: object) -> Path:
+    base = create_tiny_base(domain_corpus(DOMAINS, 60, seed=0), tmp_path / "base", **QUICK_BASE)
+    rows = synthetic_domain(DOMAINS[0], 12, seed=0)
+    (tmp_path / "train.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8"
+    )
+    config = {
+        "base_model": str(base.path),
+        "data": {"train": "train.jsonl", "format": "alpaca"},
+        "training": {"max_steps": 1},
+        "evaluation": {"metrics": ["exact_match"], **evaluation},
+        "registry": {"model": "helpdesk", "alias_on_pass": "champion"},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def test_check_refuses_a_protected_alias_on_pass_that_no_gate_can_earn(
+    tmp_path: Path, home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = _config(tmp_path)  # alias_on_pass: champion, and no evaluation.gates
+    code, out, err = run(capsys, f"finetune -c {config} --check")
+    assert code == 2 and "config OK" not in out
+    (line,) = [x for x in err.splitlines() if x.strip()]
+    assert line.startswith(
+        "error: registry.alias_on_pass 'champion' is a protected alias, and the config has "
+        "no evaluation.gates"
+    )
+    assert "evaluation.gates" in line.split(". ", 1)[1]  # what to do
+    # with a gate, or an alias that is not protected, the same config is OK
+    gated = _config(tmp_path / "gated", gates=["exact_match >= 0.5"])
+    assert run(capsys, f"finetune -c {gated} --check")[0] == 0
+    edited = yaml.safe_load(config.read_text(encoding="utf-8"))
+    edited["registry"]["alias_on_pass"] = "staging"
+    config.write_text(yaml.safe_dump(edited), encoding="utf-8")
+    assert run(capsys, f"finetune -c {config} --check")[0] == 0
+
+
+def test_a_missing_version_or_alias_says_how_to_list_that_models_own(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home.mkdir(parents=True)
+    with Store.open(f"sqlite:///{home / 'store.db'}") as store:
+        fake_world(store, versions=2, endpoint=None)
+        store.set_alias("bot", "staging", 1)
+        store.set_alias("bot", "canary", 2)
+    code, _, err = run(capsys, "registry show bot:9")
+    assert code == 1
+    assert err.strip() == (
+        "error: model 'bot' has no version 9. List its versions with `modelyard registry list bot`."
+    )
+    code, _, err = run(capsys, "registry unalias bot challenger")
+    assert code == 1
+    assert (
+        err.strip() == "error: model 'bot' has no alias 'challenger'. Its aliases: canary, staging."
+    )
+    code, _, err = run(capsys, "registry lineage nope")
+    assert code == 1
+    assert "`modelyard registry list NAME`" in err  # not "List versions with `registry list`"
