@@ -13,6 +13,7 @@ from clihelp import modelyard
 from modelyard.errors import ConfigError
 from modelyard.evaluation import evaluate_gates, gates_passed, parse_gates
 from modelyard.pipeline import check_against_store, load_pipeline
+from modelyard.store import Judgement
 from worlds import home_store
 
 
@@ -109,3 +110,24 @@ def test_judges_add_help_says_what_a_custom_template_must_hold(home: Path) -> No
     text = " ".join(r.out.split())
     assert "must ask for" not in text
     assert "({answer} is required); the system message asks for 'Score: N' (1-5)" in text, text
+
+
+def test_judges_show_prints_the_cost_as_judges_list_does(home: Path) -> None:
+    """`judges show` printed the summed cost as a raw float (0.00030000000000000003)."""
+    r = modelyard(
+        "judges", "add", "quality", "--rubric", "relevance", "--url", "http://127.0.0.1:9/v1",
+        "--model", "judge-ep", home=home,
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    calls = [
+        Judgement("quality", 1, f"h{n}", None, 5.0, "Score: 5", None, 40, 4, cost, 3.0)
+        for n, cost in enumerate((0.0001, 0.0002))
+    ]
+    with home_store(home) as store:
+        store.save_judgements(calls)
+        assert store.judge_usage("quality")["cost"] != 0.0003  # the float sum, as stored
+    r = modelyard("judges", "show", "quality", home=home)
+    assert r.code == 0, r.err
+    assert (
+        "usage: calls 2, failed 0, prompt_tokens 80, completion_tokens 8, cost 0.000300\n"
+    ) in r.out, r.out

@@ -136,7 +136,8 @@ def judges_show(
     for key, value in data.items():
         if key not in ("usage", "prompt"):
             console.print(f"{key}: {value}", soft_wrap=True)
-    console.print("usage: " + ", ".join(f"{k} {v}" for k, v in data["usage"].items()))
+    usage = {**data["usage"], "cost": f"{data['usage']['cost']:.6f}"}  # as `judges list` shows it
+    console.print("usage: " + ", ".join(f"{k} {v}" for k, v in usage.items()))
     if data["prompt"]:
         console.print("prompt:\n" + data["prompt"], soft_wrap=True, markup=False)
 
