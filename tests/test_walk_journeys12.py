@@ -90,3 +90,30 @@ def test_a_missing_version_or_alias_says_how_to_list_that_models_own(
     code, _, err = run(capsys, "registry lineage nope")
     assert code == 1
     assert "`modelyard registry list NAME`" in err  # not "List versions with `registry list`"
+
+
+def test_a_base_model_name_one_typo_from_a_registered_base_says_which(
+    tmp_path: Path, home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`base_model: tinyy` went to the hub and came back as "cannot find base model 'tinyy'
+    locally or on the hub": nothing said that `tiny` is registered, and no command lists
+    the registered bases."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the old code asked the hub
+    home.mkdir(parents=True)
+    with Store.open(f"sqlite:///{home / 'store.db'}") as store:
+        fake_world(store, versions=1, endpoint=None)  # registers base 'tiny'
+        store.register_base_model("qwen-small", "/models/qwen-small", {})
+    (tmp_path / "train.jsonl").write_text(
+        json.dumps({"instruction": "Route it.", "output": "auto"}) + "\n", encoding="utf-8"
+    )
+    config = tmp_path / "config.yaml"
+    config.write_text(
+        "base_model: tinyy\ndata: {train: train.jsonl}\nregistry: {model: helpdesk}\n",
+        encoding="utf-8",
+    )
+    code, _, err = run(capsys, f"finetune -c {config} --check")
+    assert code == 2
+    assert err.strip() == (
+        "error: base_model 'tinyy' is not a registered base. Did you mean 'tiny'? Registered "
+        "bases: qwen-small, tiny; or give a local model directory or a hub model id."
+    )
