@@ -43,6 +43,11 @@ def test_a_registered_base_name_resolves_and_is_not_registered_twice(tmp_path: P
     assert "registered as base 'bank-tiny': a finetune config can say `base_model: bank-tiny`" in (
         built.out
     )
+    listed = modelyard("base", "list", "--json", home=home)
+    assert listed.code == 0, listed.err
+    assert [(b["name"], b["source"]) for b in json.loads(listed.out)] == [
+        ("bank-tiny", str(out.resolve()))
+    ]
     config = _config(tmp_path, "bank-tiny")
     checked = modelyard("finetune", "-c", str(config), "--check", "--json", home=home)
     assert checked.code == 0, checked.err

@@ -8,6 +8,8 @@ import tempfile
 from pathlib import Path
 
 import typer
+from rich.markup import escape
+from rich.table import Table
 
 from modelyard.cli._common import (
     bad_input,
@@ -100,6 +102,27 @@ def create_tiny(
             f"registered as base {name!r}: a finetune config can say `base_model: {name}`",
             highlight=False,
         )
+
+
+@app.command("list")
+def base_list(
+    json_out: bool = typer.Option(False, "--json", help="Print the bases as JSON."),
+) -> None:
+    """List the registered bases: the names a finetune config's base_model can give."""
+    with open_store() as store:
+        bases = store.list_base_models()
+    if json_out:
+        print_json([{"name": b.name, "source": b.source, "created_at": b.created_at,
+                     "weight_files": len(b.weight_hashes)} for b in bases])  # fmt: skip
+        return
+    if not bases:
+        console.print("no registered bases: `modelyard base create-tiny --name NAME` registers "
+                      "one, and a run registers the base it trains on")  # fmt: skip
+        return
+    table = Table("name", "source", "registered")
+    for b in bases:  # names and paths are text: never read as markup
+        table.add_row(escape(b.name), escape(b.source), f"{b.created_at:%Y-%m-%d %H:%M}")
+    console.print(table)
 
 
 def _registered_weights(name: str | None, out: Path, overwrite: bool) -> BaseModel | None:

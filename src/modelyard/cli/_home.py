@@ -25,6 +25,7 @@ READ_ONLY = frozenset(
     {
         "info",
         "doctor",
+        "base list",
         "evaluate",
         "tenants list",
         "keys list",
