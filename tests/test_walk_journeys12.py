@@ -89,7 +89,10 @@ def test_a_missing_version_or_alias_says_how_to_list_that_models_own(
     )
     code, _, err = run(capsys, "registry lineage nope")
     assert code == 1
-    assert "`modelyard registry list NAME`" in err  # not "List versions with `registry list`"
+    assert err.strip() == (  # not "List versions with `registry list`", which lists models
+        "error: no registered model named 'nope'. List the registered models with "
+        "`modelyard registry list`."
+    )
 
 
 def test_a_base_model_name_one_typo_from_a_registered_base_says_which(

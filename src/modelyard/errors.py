@@ -166,10 +166,7 @@ class DatasetNotFound(NotFound):
 
 class ModelVersionNotFound(NotFound):
     code = "model_version_not_found"
-    default_hint = (
-        "List the registered models with `modelyard registry list`, and a model's versions "
-        "and aliases with `modelyard registry list NAME`."
-    )
+    default_hint = "List the registered models with `modelyard registry list`."
 
 
 class TenantNotFound(NotFound):
