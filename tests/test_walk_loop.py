@@ -131,3 +131,22 @@ def test_judges_show_prints_the_cost_as_judges_list_does(home: Path) -> None:
     assert (
         "usage: calls 2, failed 0, prompt_tokens 80, completion_tokens 8, cost 0.000300\n"
     ) in r.out, r.out
+
+
+def test_a_judge_that_scored_nothing_is_named_in_what_to_do(home: Path) -> None:
+    """The hint said `modelyard judges score NAME` (and, from `judges score` itself, to run
+    the command that had just failed) rather than naming the judge."""
+    r = modelyard(
+        "judges", "add", "dead", "--rubric", "relevance", "--url", "http://127.0.0.1:9/v1",
+        "--model", "m", home=home,
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    answers = home.parent / "answers.jsonl"
+    answers.write_text('{"question": "Which queue?", "answer": "network"}\n')
+    r = modelyard("judges", "score", "dead", "--data", str(answers), home=home)
+    assert r.code == 1, (r.out, r.err)
+    assert r.err.strip().splitlines()[-1] == (
+        "error: judge 'dead' scored none of 1 answers: APIConnectionError: Connection error. "
+        "Check its URL, model and key with `modelyard judges show dead`, then try it on a few "
+        "answers with `modelyard judges score dead --data FILE`."
+    ), r.err

@@ -12,7 +12,7 @@ from typing import Any
 
 from modelyard.errors import ConfigError, JudgeError
 from modelyard.judges._rubrics import JudgeInput, required_fields
-from modelyard.judges._run import JudgementCache, JudgeRun, api_key, run_judge
+from modelyard.judges._run import JudgementCache, JudgeRun, api_key, failed_hint, run_judge
 from modelyard.metric_names import judge_name
 from modelyard.store import JudgeDef
 
@@ -167,6 +167,7 @@ class JudgeSource:
                 raise JudgeError(
                     f"judge {run.judge.name!r} scored only {run.scored} of {len(items)} answers "
                     f"(an evaluation needs {MIN_SCORED_SHARE:.0%}): {first}",
+                    hint=failed_hint(run.judge.name),
                     judge=run.judge.name,
                 )
         return runs

@@ -150,6 +150,14 @@ class JudgeRun:
         }  # fmt: skip
 
 
+def failed_hint(name: str) -> str:
+    """What to do when judge ``name`` gave too few scores, naming it."""
+    return (
+        f"Check its URL, model and key with `modelyard judges show {name}`, then try it on a "
+        f"few answers with `modelyard judges score {name} --data FILE`."
+    )
+
+
 def run_judge(
     judge: JudgeDef,
     items: Sequence[JudgeInput],
@@ -218,6 +226,7 @@ def run_judge(
         first = next((j.error for j in judgements if j.error), "no answer")
         raise JudgeError(
             f"judge {judge.name!r} scored none of {len(items)} answers: {first}",
+            hint=failed_hint(judge.name),
             judge=judge.name,
         )
     return run
