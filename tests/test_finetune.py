@@ -193,6 +193,15 @@ def test_slurm_writes_a_torchrun_sbatch_script(project: Path, tmp_path: Path) ->
     assert "MODELYARD_STORE_URL=" in script
     checked = subprocess.run(["bash", "-n", str(out)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stderr
+    # four nodes and the home's SQLite file: a node elsewhere would not see it
+    said = " ".join(r.err.split())
+    assert "warning: the job registers into the SQLite file sqlite:///" in said
+    assert "filesystem every node shares (else set MODELYARD_STORE_URL to PostgreSQL)" in said
+    one = modelyard(
+        "finetune", "-c", str(project / "config.yaml"), "--slurm", "--out", str(out),
+        home=tmp_path / "h",
+    )  # fmt: skip
+    assert one.code == 0 and "warning" not in one.err, one.err
 
 
 def test_evaluate_will_not_write_its_predictions_over_its_data(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from modelyard.cli._common import (
@@ -181,6 +182,13 @@ def finetune(
         )
         _write_script(out, sbatch_script(config, options, env))
         err_console.print(f"wrote {out}; submit it with: sbatch {out}")
+        if nodes > 1 and env["MODELYARD_STORE_URL"].startswith("sqlite"):
+            err_console.print(
+                f"[yellow]warning:[/] the job registers into the SQLite file "
+                f"{escape(env['MODELYARD_STORE_URL'])}: a node sees it only where it is on a "
+                "filesystem every node shares (else set MODELYARD_STORE_URL to PostgreSQL)",
+                soft_wrap=True,
+            )
         return
     if gpus is not None and not _launched():
         check_gpus(gpus, visible_gpus())
