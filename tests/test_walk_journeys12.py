@@ -120,3 +120,21 @@ def test_a_base_model_name_one_typo_from_a_registered_base_says_which(
         "error: base_model 'tinyy' is not a registered base. Did you mean 'tiny'? Registered "
         "bases: qwen-small, tiny; or give a local model directory or a hub model id."
     )
+
+
+def test_an_endpoints_name_given_for_a_model_names_the_model_it_serves(
+    home: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``registry show support`` said only that no model is named so; ``registry card``
+    alone named the model the endpoint serves."""
+    home.mkdir(parents=True)
+    with Store.open(f"sqlite:///{home / 'store.db'}") as store:
+        fake_world(store, versions=2)  # endpoint 'support' serving bot:1
+    said = (
+        "error: no registered model named 'support': 'support' is an endpoint, serving bot:1. "
+        "Give its model's name, 'bot'."
+    )
+    for command in ("registry show support", "registry lineage support:1",
+                    "registry alias support prod 1"):  # fmt: skip
+        code, _, err = run(capsys, command)
+        assert (code, err.strip()) == (1, said), command

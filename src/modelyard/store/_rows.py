@@ -85,7 +85,17 @@ def model_row(s: Session, name: str, *, lock: bool = False) -> RegisteredModelRo
     """The registered model ``name``; ``lock``: the lock for its versions and aliases."""
     query = select(RegisteredModelRow).where(RegisteredModelRow.name == name)
     row = s.scalar(for_update(query, lock))
-    if row is None:
+    if row is None:  # an endpoint's name given for its model's: say which model it serves
+        served = s.execute(
+            select(EndpointRow.model_ref, RegisteredModelRow.name)
+            .join(RegisteredModelRow, RegisteredModelRow.id == EndpointRow.registered_model_id)
+            .where(EndpointRow.name == name)
+        ).first()
+        if served is not None:
+            raise ModelVersionNotFound(
+                f"no registered model named {name!r}: {name!r} is an endpoint, serving {served[0]}",
+                hint=f"Give its model's name, {served[1]!r}.",
+            )
         raise ModelVersionNotFound(f"no registered model named {name!r}")
     return row
 
