@@ -150,3 +150,23 @@ def test_a_judge_that_scored_nothing_is_named_in_what_to_do(home: Path) -> None:
         "Check its URL, model and key with `modelyard judges show dead`, then try it on a few "
         "answers with `modelyard judges score dead --data FILE`."
     ), r.err
+
+
+def test_an_answer_that_is_no_text_says_how_to_give_it(home: Path) -> None:
+    """``"answer": 42`` said only "answer is int, not text"; a .json file works though the
+    help did not list it."""
+    r = modelyard(
+        "judges", "add", "quality", "--rubric", "relevance", "--url", "http://127.0.0.1:9/v1",
+        "--model", "m", home=home,
+    )  # fmt: skip
+    assert r.code == 0, r.err
+    answers = home.parent / "answers.json"
+    answers.write_text('[{"question": "How many?", "answer": 42}]\n')
+    r = modelyard("judges", "score", "quality", "--data", str(answers), home=home)
+    assert r.code == 2, (r.out, r.err)
+    assert r.err.strip().splitlines()[-1] == (
+        "error: --data row 1: answer is int, not text. Give answer as a string (in JSON, "
+        'quoted: "answer": "42").'
+    ), r.err
+    help_text = " ".join(modelyard("judges", "score", "--help", home=home).out.split())
+    assert "(.jsonl, .json, .csv or .parquet)" in help_text

@@ -157,7 +157,7 @@ def judges_score(
         ...,
         "--data",
         "-d",
-        help="Answers to score (.jsonl, .csv or .parquet): an 'answer' "
+        help="Answers to score (.jsonl, .json, .csv or .parquet): an 'answer' "
         "column, and what the rubric needs of 'question', 'reference' and 'context'.",
     ),
     out: Path | None = typer.Option(
@@ -221,7 +221,9 @@ def _input(row: dict[str, Any], number: int, fields: tuple[str, ...]) -> Any:
         value = row.get(field)
         if value is not None and not isinstance(value, str):
             raise DataError(
-                f"--data row {number}: {field} is {type(value).__name__}, not text", row=number
+                f"--data row {number}: {field} is {type(value).__name__}, not text",
+                hint=f'Give {field} as a string (in JSON, quoted: "{field}": "42").',
+                row=number,
             )
         if field != "answer" and value is not None and not value.strip():
             value = None  # an empty CSV cell: no question, reference or context, not an empty one
