@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -133,17 +134,23 @@ def test_judges_show_prints_the_cost_as_judges_list_does(home: Path) -> None:
     ) in r.out, r.out
 
 
-def test_a_judge_that_scored_nothing_is_named_in_what_to_do(home: Path) -> None:
-    """The hint said `modelyard judges score NAME` (and, from `judges score` itself, to run
-    the command that had just failed) rather than naming the judge."""
+def _score(home: Path, judge: str, answers: Path, rows: str) -> Any:
+    """``judges score`` of ``rows`` (the text of ``answers``) by a new relevance ``judge``
+    at a URL nothing answers."""
     r = modelyard(
-        "judges", "add", "dead", "--rubric", "relevance", "--url", "http://127.0.0.1:9/v1",
+        "judges", "add", judge, "--rubric", "relevance", "--url", "http://127.0.0.1:9/v1",
         "--model", "m", home=home,
     )  # fmt: skip
     assert r.code == 0, r.err
-    answers = home.parent / "answers.jsonl"
-    answers.write_text('{"question": "Which queue?", "answer": "network"}\n')
-    r = modelyard("judges", "score", "dead", "--data", str(answers), home=home)
+    answers.write_text(rows)
+    return modelyard("judges", "score", judge, "--data", str(answers), home=home)
+
+
+def test_a_judge_that_scored_nothing_is_named_in_what_to_do(home: Path) -> None:
+    """The hint said `modelyard judges score NAME` (and, from `judges score` itself, to run
+    the command that had just failed) rather than naming the judge."""
+    rows = '{"question": "Which queue?", "answer": "network"}\n'
+    r = _score(home, "dead", home.parent / "answers.jsonl", rows)
     assert r.code == 1, (r.out, r.err)
     assert r.err.strip().splitlines()[-1] == (
         "error: judge 'dead' scored none of 1 answers: APIConnectionError: Connection error. "
@@ -155,14 +162,8 @@ def test_a_judge_that_scored_nothing_is_named_in_what_to_do(home: Path) -> None:
 def test_an_answer_that_is_no_text_says_how_to_give_it(home: Path) -> None:
     """``"answer": 42`` said only "answer is int, not text"; a .json file works though the
     help did not list it."""
-    r = modelyard(
-        "judges", "add", "quality", "--rubric", "relevance", "--url", "http://127.0.0.1:9/v1",
-        "--model", "m", home=home,
-    )  # fmt: skip
-    assert r.code == 0, r.err
-    answers = home.parent / "answers.json"
-    answers.write_text('[{"question": "How many?", "answer": 42}]\n')
-    r = modelyard("judges", "score", "quality", "--data", str(answers), home=home)
+    rows = '[{"question": "How many?", "answer": 42}]\n'
+    r = _score(home, "quality", home.parent / "answers.json", rows)
     assert r.code == 2, (r.out, r.err)
     assert r.err.strip().splitlines()[-1] == (
         "error: --data row 1: answer is int, not text. Give answer as a string (in JSON, "
