@@ -148,12 +148,16 @@ def test_create_tiny_builds_a_loadable_model_and_registers_it(tmp_path: Path) ->
     assert config.hidden_size // config.num_attention_heads == 32
     with Store.open(f"sqlite:///{tmp_path / 'store.db'}") as store:
         assert "model.safetensors" in store.get_base_model("tiny").weight_hashes
+    other = tmp_path / "other"  # no registered base's: --overwrite replaces what is there
+    other.mkdir()
+    (other / "notes.txt").write_text("old\n")
     again = modelyard(
-        "base", "create-tiny", "--corpus", str(corpus), "--out", str(out), "--steps", "2",
+        "base", "create-tiny", "--corpus", str(corpus), "--out", str(other), "--steps", "2",
         "--overwrite", "--json", home=tmp_path,
     )  # fmt: skip
     assert again.code == 0, again.err
-    assert json.loads(again.out)["path"] == str(out)
+    assert json.loads(again.out)["path"] == str(other)
+    assert (other / "model.safetensors").is_file()
 
 
 def test_version_help_at_80_columns_and_a_closed_pipe(tmp_path: Path) -> None:
