@@ -58,8 +58,9 @@ def _as_an_old_release_did(store: Store, hour: datetime) -> None:
 
 
 def _profiles(capsys: pytest.CaptureFixture[str], *args: str) -> list[tuple[Any, ...]]:
+    # 2d: the day profile of an hour 5 hours ago starts before 1d ago between 00:00 and 05:00
     assert main(["monitor", "profiles", "--no-update", "--json", "--traffic", "all",
-                 "--since", "1d", *args]) == 0  # fmt: skip
+                 "--since", "2d", *args]) == 0  # fmt: skip
     found = json.loads(capsys.readouterr().out)
     return sorted((p["tenant"], p["version"], p["shadow"], p["requests"], p["cost"]) for p in found)
 
