@@ -265,9 +265,15 @@ def seal_entry(
     return SealEntry(seal, len(ids), root.hex(), index, min(times), max(times))
 
 
-def anchor_payload(seals: Sequence[SealEntry], *, closed: str | None = None) -> dict[str, Any]:
+def anchor_payload(
+    seals: Sequence[SealEntry],
+    *,
+    closed: str | None = None,
+    late: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
     """The ``records.anchored`` event's payload: the seals in a fixed order and the root
-    over their leaves."""
+    over their leaves; ``late``: an admin's late anchor (its reason, the servers that
+    wrote the seals), vouching for seals their writer never anchored."""
     payload: dict[str, Any] = {
         "v": RECORD_FORMAT,
         "root": merkle_root([e.leaf() for e in seals]).hex(),
@@ -280,7 +286,17 @@ def anchor_payload(seals: Sequence[SealEntry], *, closed: str | None = None) -> 
     }
     if closed is not None:
         payload["closed"] = closed  # why these records ended here (a stopped server)
+    if late is not None:
+        payload["late"] = dict(late)
     return payload
+
+
+def late_reason(payload: Mapping[str, Any]) -> str | None:
+    """The admin's reason when an anchor is a late one (``anchor_payload(late=...)``)."""
+    late = payload.get("late")
+    if not isinstance(late, Mapping):
+        return None
+    return str(late.get("reason") or "")
 
 
 def anchored_seals(payload: Mapping[str, Any]) -> list[SealEntry] | None:
@@ -353,6 +369,8 @@ class RecordsReport:
     before_sealing: int  # final records older than the first seal: not covered
     pending: int = 0  # sealed records whose seal is not anchored yet (written just now)
     pending_seals: int = 0
+    late: int = 0  # among ``records``: vouched for by an admin's late anchor
+    late_anchors: list[dict[str, Any]] = field(default_factory=list)  # seq, actor, time, reason
     problems: list[RecordProblem] = field(default_factory=list)
 
     @property
@@ -370,6 +388,8 @@ class RecordsReport:
             "before_sealing": self.before_sealing,
             "pending": self.pending,
             "pending_seals": self.pending_seals,
+            "late": self.late,
+            "late_anchors": self.late_anchors,
             "first_problem": self.problems[0].to_json() if self.problems else None,
             "problems": [p.to_json() for p in self.problems],
         }
@@ -447,12 +467,14 @@ class ProofCheck:
     anchor_root: str
     seq: int
     event_hash: str
+    late: str | None = None  # an admin's late anchor: who, and the reason
 
     def sentence(self) -> str:
+        late = f"; anchored late by {self.late}" if self.late is not None else ""
         return (
             f"record {self.record_id} is leaf {self.position} of {self.size} under seal root "
             f"{self.root[:16]}..., under anchor root {self.anchor_root[:16]}... held by audit "
-            f"event seq {self.seq} (hash {self.event_hash})"
+            f"event seq {self.seq} (hash {self.event_hash}){late}"
         )
 
 
@@ -533,7 +555,9 @@ def check_proof(proof: Mapping[str, Any]) -> ProofCheck:
     seal = seal_leaf(str(seals[at]), size, root.hex(), str(indexes[at]))
     if root_from_path(seal, at, width, up) != top:
         raise bad(f"the anchor path does not lead from the seal to the root of event {seq}")
-    return ProofCheck(record_id, position, size, root.hex(), top.hex(), seq, event_hash)
+    reason = late_reason(payload) if isinstance(payload, Mapping) else None
+    late = None if reason is None else f"admin {event.get('actor')}: {reason}"
+    return ProofCheck(record_id, position, size, root.hex(), top.hex(), seq, event_hash, late)
 
 
 __all__ = [
@@ -558,6 +582,7 @@ __all__ = [
     "in_order",
     "index_bytes",
     "index_digest",
+    "late_reason",
     "record_bytes",
     "record_leaf",
     "seal_entry",

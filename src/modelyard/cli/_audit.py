@@ -1,4 +1,4 @@
-"""``modelyard audit log|verify|acknowledge|head|export|prove|check-proof`` and ``modelyard
+"""``modelyard audit log|verify|acknowledge|anchor|head|export|prove|check-proof`` and ``modelyard
 actors add|list``."""
 
 from __future__ import annotations
@@ -214,6 +214,8 @@ def _print_records(report: RecordsReport) -> None:
     notes = [*removed, f"{report.running} running (sealed when they end)"]
     if report.before_sealing:
         notes.append(f"{report.before_sealing} written before sealing began (not covered)")
+    if report.late:
+        notes.append(f"{report.late:,} anchored late by an admin (below)")
     if report.pending:
         notes.append(
             f"{report.pending:,} sealed in the last minutes and not anchored yet "
@@ -225,6 +227,12 @@ def _print_records(report: RecordsReport) -> None:
         highlight=False,
         soft_wrap=True,
     )
+    for late in report.late_anchors:
+        line = (
+            f"  anchored late at audit event {late['seq']} by {late['actor']}, "
+            f"{_clock(late['time'])} UTC: {late['reason']}"
+        )
+        console.print(_shown(line), highlight=False, soft_wrap=True)
     for problem in report.problems[:20]:
         console.print(f"  {escape(problem.sentence())}", highlight=False, soft_wrap=True)
     if len(report.problems) > 20:
@@ -262,6 +270,105 @@ def audit_acknowledge(
     for item in listed:
         line = f"  seq {item['seq']}: {item['reason']}"
         console.print(_shown(line), highlight=False, soft_wrap=True)
+
+
+@app.command("anchor")
+def audit_anchor(
+    reason: str | None = typer.Option(
+        None,
+        "--reason",
+        help="What was checked and how (kept in the chain, shown by `audit verify "
+        "--records` and `audit log`); needed unless --dry-run.",
+    ),
+    seals: list[str] | None = typer.Option(
+        None,
+        "--seal",
+        help="Anchor only this seal (repeatable); default: every seal left unanchored past "
+        "the grace period. --dry-run lists them.",
+    ),
+    abandoned: bool = typer.Option(
+        False,
+        "--abandoned",
+        help="Also seal the requests closed as abandoned (their server stopped) that no seal "
+        "holds: closed by a sweep while the audit chain refused anchors, or by an older "
+        "`doctor --fix`. `audit verify --records` reports them as inserted.",
+    ),
+    dry_run: bool = typer.Option(
+        False, "--dry-run", help="List the seals and what their check found; write nothing."
+    ),
+    json_out: bool = JSON,
+) -> None:
+    """Vouch late for the seals of inference records that their server never anchored
+    (needs role admin; audited).
+
+    A server killed between sealing records and anchoring them (every few seconds)
+    leaves seals that no records.anchored event lists: `audit verify --records` then
+    fails, calling their records unanchored. Check them elsewhere first (a backup, the
+    server's log, the callers), then anchor them with a reason. Each seal is checked
+    again first: older than the grace period, its server not running, every record
+    there and as sealed; when one fails, nothing is anchored (exit 1). The event is a
+    records.anchored event marked late: verification counts these records apart and
+    names the anchor.
+    """
+    if remote_url() is not None:
+        raise ConfigError(
+            f"`audit anchor` reads the records table: it runs on the database, and {URL_ENV} "
+            "is set",
+            hint=f"Unset {URL_ENV} and run it where the database is (MODELYARD_HOME or "
+            "MODELYARD_STORE_URL), with the audit key.",
+        )
+    from modelyard.monitoring import ABANDONED  # the text a stopped server's requests close with
+
+    with open_store() as store:
+        done = store.anchor_late(
+            reason,
+            seals=seals or (),
+            closed_error=ABANDONED if abandoned else None,
+            dry_run=dry_run,
+        )
+    if json_out:
+        print_json(done.to_json())
+        return
+    for seal in done.seals:
+        what = "records closed as abandoned, sealed now" if seal.closed else f"seal {seal.seal}"
+        first, last = _clock(seal.first), _clock(seal.last)
+        span = f"{first} to {last[11:] if last[:10] == first[:10] else last}"
+        plural = "s" if len(seal.servers) > 1 else ""
+        servers = f"server{plural} {', '.join(seal.servers)}" if seal.servers else "no server"
+        check = f"[red]cannot be vouched for[/]: {_shown(seal.problem)}" if seal.problem else "OK"
+        console.print(
+            f"  {what}: {seal.records:,} record{'s' if seal.records != 1 else ''}, {span}, "
+            f"{_shown(servers)}: {check}",
+            highlight=False,
+            soft_wrap=True,
+        )
+    count = f"{done.records:,} records in {len(done.seals):,} seals"
+    if done.event is None and not done.seals:
+        console.print("dry run: no seal is left unanchored past the grace period; nothing to "
+                      "anchor.", highlight=False, soft_wrap=True)  # fmt: skip
+        return
+    if done.event is None:
+        refused = len(done.refused)
+        verdict = (
+            f"{refused} cannot be vouched for: a late anchor of all of them is refused"
+            if refused
+            else "all can be anchored late"
+        )
+        console.print(
+            f"dry run: {count}; {verdict}. Nothing was written.", highlight=False, soft_wrap=True
+        )
+        return
+    console.print(
+        f"[green]anchored late[/] {count} as audit event {done.event.seq}; "
+        "`modelyard audit verify --records` counts them apart",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+def _clock(text: str | None) -> str:
+    """A record time of a seal's index as ``YYYY-MM-DD HH:MM:SS``."""
+    return "?" if not text else text[:19].replace("T", " ")
 
 
 @app.command("head")
@@ -383,7 +490,7 @@ def audit_check_proof(
     if json_out:
         print_json({"ok": True, **vars(check)})
         return
-    line = f"[green]proof OK[/]: {escape(check.sentence())}"
+    line = f"[green]proof OK[/]: {_shown(check.sentence())}"
     console.print(line, highlight=False, soft_wrap=True)
 
 

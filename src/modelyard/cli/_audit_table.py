@@ -21,7 +21,7 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from modelyard.audit import AuditEvent
+from modelyard.audit import AuditEvent, late_reason
 
 KEYS = ("seq", "time (UTC)", "actor", "action", "subject")
 DETAILS_MIN = 30
@@ -70,7 +70,9 @@ def anchor_text(payload: Mapping[str, Any]) -> str | None:
     span = f"{_clock(payload.get('first'))} to {_clock(payload.get('last'))}"
     root = str(payload.get("root", ""))[:16]
     plural = "" if count == 1 else "s"
-    return f"{count} inference record{plural} sealed in {len(seals)} seal(s), {span}, root {root}…"
+    line = f"{count} inference record{plural} sealed in {len(seals)} seal(s), {span}, root {root}…"
+    reason = late_reason(payload)
+    return line if reason is None else f"anchored late: {reason}; {line}"
 
 
 def _clock(value: object) -> str:

@@ -56,6 +56,7 @@ from modelyard.audit import (
     format_time,
     in_order,
     index_digest,
+    late_reason,
     merkle_root,
     record_leaf,
     split_leaves,
@@ -69,7 +70,9 @@ from modelyard.store._seals import UNANCHORED_GRACE, RecordSealRow, append_ancho
 _UNANCHORED = (
     "its seal {seal} (index row written {at}) is listed by no records.anchored event: "
     "nothing vouches for it. Its server stopped before anchoring it (a crash, a kill -9, "
-    "an audit chain that refused the anchor), or the seal row was forged"
+    "an audit chain that refused the anchor), or the seal row was forged. Once its records "
+    "are checked (a backup, the server's log), an admin may vouch for them: "
+    "`modelyard audit anchor --reason ...`"
 )
 _EDITED = "its content is not what was sealed"
 _DELETED = (
@@ -82,7 +85,7 @@ _R = InferenceRecordRow
 _FIELDS = [getattr(_R, name) for name in RECORD_FIELDS]
 
 
-def _seal_map(s: Any) -> Table:
+def seal_map(s: Any) -> Table:
     """A temporary table in ``s``'s connection: each sealed record id, the seal holding it
     and its position there, from the seals' index rows, the latest seal first (a record
     closed as abandoned and then ended by its server was sealed twice: the later counts).
@@ -136,6 +139,9 @@ class _Tally:
     problems: list[RecordProblem] = field(default_factory=list)
     missing: list[RecordProblem] = field(default_factory=list)  # resealed later, maybe
     pending_seals: set[str] = field(default_factory=set)
+    late_seals: set[str] = field(default_factory=set)  # listed by an admin's late anchor
+    late_anchors: list[dict[str, Any]] = field(default_factory=list)
+    late: int = 0  # records among ``records`` that a late anchor vouches for
     records: int = 0
     pending: int = 0
     purged: int = 0
@@ -157,6 +163,10 @@ class _Tally:
                     continue
                 for entry in entries:
                     tally.seals[entry.seal] = (e, entry)
+                if (reason := late_reason(e.payload)) is not None:
+                    tally.late_seals.update(entry.seal for entry in entries)
+                    seen = {"seq": e.seq, "actor": e.actor, "time": format_time(e.time)}
+                    tally.late_anchors.append(seen | {"reason": reason})
             elif e.action == PURGE_ACTION and (before := _time(e.payload.get("before"))):
                 tenant = e.payload.get("tenant_id")
                 tally.purges.setdefault(tenant, []).append((e.seq, before))
@@ -215,6 +225,7 @@ class _Tally:
                 self.pending += 1
             else:
                 self.records += 1
+                self.late += seal in self.late_seals
         for pos in range(n):
             record_id, at = index.ids[pos], _time(index.times[pos])
             if pos in at_pos or self.explained(seq or 0, record_id, index.tenants[pos], at):
@@ -231,6 +242,7 @@ class _Tally:
         if whole and merkle_root([record_leaf(m) for m in ordered]).hex() == root:
             detail = "its index row (record_seals) was edited or removed; its records match"
             self.records += n
+            self.late += n if seal in self.late_seals else 0
         else:
             ids = ", ".join(m["id"] for m in ordered[:5]) + (" ..." if len(ordered) > 5 else "")
             detail = (
@@ -275,7 +287,7 @@ class SealStore(StoreCore):
         running = before_sealing = 0
         seen: set[str] = set()
         with self._session("verify the seals of inference records") as s:
-            sealed = _seal_map(s)
+            sealed = seal_map(s)
             try:
                 at = sealed.c
                 query = (
@@ -316,6 +328,8 @@ class SealStore(StoreCore):
             before_sealing=before_sealing,
             pending=tally.pending,
             pending_seals=len(tally.pending_seals),
+            late=tally.late,
+            late_anchors=tally.late_anchors,
             problems=in_order(problems),
         )
 

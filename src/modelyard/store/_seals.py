@@ -58,7 +58,7 @@ from __future__ import annotations
 import json
 import os
 import random
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -190,10 +190,11 @@ def append_anchor(
     seals: Sequence[SealEntry],
     *,
     closed: str | None = None,
+    late: Mapping[str, Any] | None = None,
 ) -> AuditEvent:
     """Append the ``records.anchored`` event vouching for ``seals`` in ``s``'s
-    transaction."""
-    payload = anchor_payload(seals, closed=closed)
+    transaction (``late``: an admin's, ``_late_anchor``)."""
+    payload = anchor_payload(seals, closed=closed, late=late)
     subject = f"seals:{seals[0].seal}" + (f"+{len(seals) - 1}" if len(seals) > 1 else "")
     return _audit.append_event(
         s, source, actor=actor, action=ANCHOR_ACTION, subject=subject, payload=payload

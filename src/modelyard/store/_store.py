@@ -20,6 +20,7 @@ audited write, role checks) and the row lookups and converters (``_rows``,
 ``_retention``      retention policies and the purge of raw records
 ``_seals``          sealing inference records: Merkle roots in the audit chain
 ``_seal_check``     verifying records against their seals, inclusion proofs
+``_late_anchor``   an admin's late anchor of seals their writer never anchored
 ``_monitoring``     profiles, drift results, the monitor's state, token prices
 ``_alerts``         alert states and the notifications of their changes
 ``_budgets``        money budgets per tenant and key, and what was spent
@@ -47,6 +48,7 @@ from modelyard.store._files import FileStore
 from modelyard.store._fleet import FleetStore
 from modelyard.store._judge_windows import JudgeWindowStore
 from modelyard.store._judges import JudgeStore
+from modelyard.store._late_anchor import LateAnchorStore
 from modelyard.store._monitoring import MonitoringStore
 from modelyard.store._pairs import PairStore
 from modelyard.store._records import RecordStore
@@ -71,6 +73,7 @@ class Store(
     FeedbackStore,
     RetentionStore,
     SealStore,
+    LateAnchorStore,
     MonitoringStore,
     AlertStore,
     BudgetStore,
