@@ -20,11 +20,13 @@ import pytest
 
 from modelyard.access import create_api_key
 from modelyard.artifacts import LocalArtifactStore
+from modelyard.errors import EngineError
 from modelyard.serving import (
     BackgroundServer,
     EchoEngine,
     PacedEchoEngine,
     ServerLimits,
+    TokenStream,
     create_app,
 )
 from modelyard.store import Store
@@ -250,3 +252,59 @@ def test_a_key_refusal_tells_a_developer_whom_to_ask(served: Served) -> None:
     command they would run given in passing (it said only 'Create a key with ...')."""
     bad = _refused(lambda: served.client("myk_bad").models.list())
     assert bad.status_code == 401 and "Ask the platform's operator for an API key" in bad.message
+
+
+class FailingEngine(EchoEngine):
+    """An engine whose adapter cannot load: each request's stream fails before a token."""
+
+    def stream(self, version: Any, prompt: str, params: Any) -> TokenStream:
+        self.refuse_unsupported(params)
+        failing = TokenStream()
+        failing.fail(EngineError(f"refusing to serve {version.ref}: its adapter failed"))
+        return failing
+
+
+def _records(store: Store) -> list[Any]:
+    deadline = time.monotonic() + 10
+    while True:
+        records = store.list_inference_records(endpoint="acme-support")
+        if records and all(r.status != "running" for r in records):
+            return records
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("route", ["chat", "completions", "responses"])
+@pytest.mark.parametrize("failure", ["timeout", "engine"])
+def test_a_stream_that_fails_before_its_first_token_names_its_record(
+    tmp_path: Path, route: str, failure: str
+) -> None:
+    """A streamed request admitted and failing before its first token (past
+    --request-timeout-s, an adapter that cannot load) is an ordinary 504 or 503 whose
+    x-request-id is the inference record the store keeps, as a whole answer's is: the id
+    the developer quotes is the one the operator finds (it was a fresh req_ id)."""
+    engine = PacedEchoEngine(0.5) if failure == "timeout" else FailingEngine()
+    with Store.open(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        two_tenant_world(store, template="text")
+        key = create_api_key(store, "acme")[1]
+        limits = ServerLimits(request_timeout_s=0.2)
+        app = create_app(store, engine, limits=limits, refresh_seconds=0.2, heartbeat_s=None)
+        with BackgroundServer(app) as server:
+            client = openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0)
+            call = {
+                "chat": lambda: client.chat.completions.create(
+                    model="acme-support", messages=MESSAGES, max_tokens=8, stream=True
+                ),
+                "completions": lambda: client.completions.create(
+                    model="acme-support", prompt="vpn is down", max_tokens=8, stream=True
+                ),
+                "responses": lambda: client.responses.create(
+                    model="acme-support", input="vpn is down", max_output_tokens=8, stream=True
+                ),
+            }[route]
+            exc = _refused(call)
+            client.close()
+            assert exc.status_code == (504 if failure == "timeout" else 503), exc.body
+            records = _records(store)
+        status = "timeout" if failure == "timeout" else "error"
+        assert [(r.id, r.status) for r in records] == [(exc.request_id, status)]

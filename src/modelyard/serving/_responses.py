@@ -541,9 +541,9 @@ def add_response_routes(app: FastAPI, plane: DataPlane) -> None:
         try:
             sub = await plane.enter(key, ROUTE, body.model, body.user, params, render,
                                     whole=not body.stream)  # fmt: skip
+            name_request(request, sub.record_id)  # a failure from here names its record
             if body.stream:
                 return await event_stream(plane, sub, ResponseEvents(sub, body, params))
-            name_request(request, sub.record_id)  # a failure from here names its record
             [(sub, gen)] = await wait_all(plane, [sub], request.receive)
         except ConfigError as exc:
             renamed = _on_input(exc)

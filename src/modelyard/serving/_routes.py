@@ -79,9 +79,9 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
             for sub in subs:  # a later choice refused (a limit, say): none is answered
                 abandon(plane, sub)
             raise
-        if body.stream:
-            return subs
         name_request(request, subs[0].record_id)  # a failure from here names its record
+        if body.stream:  # an error before the first token is an ordinary response too
+            return subs
         return await wait_all(plane, subs, request.receive)
 
     @app.post("/v1/chat/completions", response_model=None)
