@@ -152,6 +152,42 @@ def test_a_request_without_max_tokens_is_answered_to_the_end_of_the_context(
         )
 
 
+def test_a_context_refusal_names_the_parameters_the_client_sent(
+    rambler: tuple[str, str],
+) -> None:
+    """A 400 for the context names what the client sent: ``max_completion_tokens`` (the
+    SDK's current name) when it sent that, not a ``max_tokens`` it never sent; and for a
+    prompt that alone fills the context with no cap sent, no cap at all (it read "max_tokens
+    is 64", a default the client did not choose and that was not why it was refused)."""
+    url, key = rambler
+    hello = [{"role": "user", "content": "hello there"}]
+    with openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0) as client:
+        with pytest.raises(openai.BadRequestError) as caught:
+            client.chat.completions.create(
+                model="rambler",
+                messages=hello,  # type: ignore[arg-type]
+                max_completion_tokens=256,
+            )
+        error = caught.value
+        assert (error.code, error.param) == ("context_length_exceeded", "max_completion_tokens")
+        assert "max_completion_tokens is 256" in error.message, error.message
+        assert "Ask for at most" in error.message and "max_tokens" not in error.message
+        long = "word " * 400
+        for param, call in (
+            ("messages", lambda: client.chat.completions.create(
+                model="rambler", messages=[{"role": "user", "content": long}])),
+            ("prompt", lambda: client.completions.create(model="rambler", prompt=long)),
+            ("input", lambda: client.responses.create(model="rambler", input=long)),
+        ):  # fmt: skip
+            with pytest.raises(openai.BadRequestError) as caught:
+                call()
+            error = caught.value
+            assert (error.code, error.param) == ("context_length_exceeded", param)
+            assert "This model's maximum context length is 256 tokens:" in error.message
+            assert "max_tokens" not in error.message and "max_output_tokens" not in error.message
+            assert "Shorten the prompt" in error.message
+
+
 SLOW = "word " * 100  # the paced echo answers it in 100 x 50 ms
 
 

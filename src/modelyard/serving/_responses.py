@@ -52,11 +52,11 @@ from modelyard.serving._sse import event_stream, wait_all
 from modelyard.serving._tools import call_guide, streamable
 from modelyard.serving._types import (
     MIN_TEMPERATURE,
-    ContextLengthExceeded,
     Generation,
     Guide,
     SamplingParams,
     TokenLogprob,
+    naming_cap,
     naming_prompt,
 )
 from modelyard.serving._wire_fields import (
@@ -513,11 +513,8 @@ class ResponseEvents:
 def _on_input(exc: ConfigError) -> ConfigError:
     """A prompt refusal of the data plane, naming this route's parameters (``input``,
     ``max_output_tokens``)."""
-    if isinstance(exc, ContextLengthExceeded) and param_of(exc) == "max_tokens":
-        message = exc.message.replace("max_tokens", "max_output_tokens")
-        hint = exc.hint.replace("max_tokens", "max_output_tokens")
-        return ContextLengthExceeded(message, hint=hint, param="max_output_tokens")
-    return naming_prompt(exc, "input")
+    renamed = naming_cap(exc, "max_output_tokens")
+    return renamed if renamed is not exc else naming_prompt(exc, "input")
 
 
 def add_response_routes(app: FastAPI, plane: DataPlane) -> None:

@@ -24,7 +24,7 @@ from modelyard.serving._plane import DataPlane, Submitted
 from modelyard.serving._request_id import name_request
 from modelyard.serving._sse import Chunks, ToolChunks, abandon, event_streams, wait_all
 from modelyard.serving._tools import parse_calls
-from modelyard.serving._types import Generation, SamplingParams, naming_prompt
+from modelyard.serving._types import Generation, SamplingParams, naming_cap, naming_prompt
 from modelyard.serving._wire import (
     ChatCompletionRequest,
     CommonRequest,
@@ -55,6 +55,8 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
             return await run(key, route, body, jobs, request)
         except ConfigError as exc:
             renamed = naming_prompt(exc, "messages" if route == "chat.completions" else "prompt")
+            if getattr(body, "max_completion_tokens", None):  # the cap by the name it was sent
+                renamed = naming_cap(renamed, "max_completion_tokens")
             if renamed is exc:
                 raise
             raise renamed from exc

@@ -22,10 +22,21 @@ MAX_REPETITION_PENALTY = 2.0  # above 0, at most this (1: none)
 GuideKind = Literal["json_object", "json_schema", "tool_call"]
 
 
-def context_exceeded(prompt_tokens: int, max_tokens: int, context: int, ref: str) -> ConfigError:
+def context_exceeded(
+    prompt_tokens: int, max_tokens: int, context: int, ref: str, *, sent: bool = True
+) -> ConfigError:
     """The 400 for a prompt of ``prompt_tokens`` and ``max_tokens`` over ``context``, worded as
-    OpenAI and vLLM word it ("This model's maximum context length is N tokens")."""
+    OpenAI and vLLM word it ("This model's maximum context length is N tokens"). ``sent``:
+    the client sent ``max_tokens``; a default it did not choose is never named."""
     fits = context - prompt_tokens  # the most max_tokens could be
+    if not sent and fits < 1:  # the prompt alone leaves no room for an answer
+        return ContextLengthExceeded(
+            f"This model's maximum context length is {context} tokens: the prompt has "
+            f"{prompt_tokens} tokens, which leaves no room for an answer in the "
+            f"{context}-token context of {ref}",
+            hint="Shorten the prompt.",
+            param="prompt",
+        )
     return ContextLengthExceeded(
         f"This model's maximum context length is {context} tokens: the prompt has "
         f"{prompt_tokens} tokens and max_tokens is {max_tokens}, {prompt_tokens + max_tokens} "
@@ -50,7 +61,19 @@ def fit_to_context(
     left = context - prompt_tokens
     if params.max_tokens_defaulted and left >= max(1, params.min_tokens):
         return replace(params, max_tokens=left)
-    raise context_exceeded(prompt_tokens, params.max_tokens, context, ref)
+    raise context_exceeded(
+        prompt_tokens, params.max_tokens, context, ref, sent=not params.max_tokens_defaulted
+    )
+
+
+def naming_cap(exc: ConfigError, param: str) -> ConfigError:
+    """``exc``, a context refusal naming ``max_tokens``, naming the route's or the client's
+    own name for the cap instead (``max_completion_tokens``, ``max_output_tokens``);
+    ``exc`` itself otherwise."""
+    if not isinstance(exc, ContextLengthExceeded) or exc.context.get("param") != "max_tokens":
+        return exc
+    message = exc.message.replace("max_tokens", param)
+    return ContextLengthExceeded(message, hint=exc.hint.replace("max_tokens", param), param=param)
 
 
 def naming_prompt(exc: ConfigError, param: str) -> ConfigError:
@@ -378,5 +401,6 @@ __all__ = [
     "check_token_ids",
     "context_exceeded",
     "fit_to_context",
+    "naming_cap",
     "naming_prompt",
 ]
