@@ -15,6 +15,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from langchain_core.exceptions import ContextOverflowError
+from langchain_openai import ChatOpenAI
+from pydantic import SecretStr
 
 from modelyard.access import create_api_key
 from modelyard.serving import BackgroundServer, EchoEngine, PacedEchoEngine, create_app
@@ -183,9 +186,15 @@ def test_a_context_refusal_names_the_parameters_the_client_sent(
                 call()
             error = caught.value
             assert (error.code, error.param) == ("context_length_exceeded", param)
-            assert "This model's maximum context length is 256 tokens:" in error.message
+            assert "This model's maximum context length is 256 tokens" in error.message
             assert "max_tokens" not in error.message and "max_output_tokens" not in error.message
             assert "Shorten the prompt" in error.message
+    # LangChain raises its ContextOverflowError (which its summarizing middleware catches)
+    # where the message says the prompt is too long: the openai SDK's exception text holds
+    # the message only, not the code
+    chat = ChatOpenAI(base_url=url + "/v1", api_key=SecretStr(key), model="rambler", max_retries=0)
+    with pytest.raises(ContextOverflowError):
+        chat.invoke(long)
 
 
 SLOW = "word " * 100  # the paced echo answers it in 100 x 50 ms

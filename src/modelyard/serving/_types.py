@@ -22,17 +22,17 @@ MAX_REPETITION_PENALTY = 2.0  # above 0, at most this (1: none)
 GuideKind = Literal["json_object", "json_schema", "tool_call"]
 
 
-def context_exceeded(
-    prompt_tokens: int, max_tokens: int, context: int, ref: str, *, sent: bool = True
-) -> ConfigError:
+def context_exceeded(prompt_tokens: int, max_tokens: int, context: int, ref: str) -> ConfigError:
     """The 400 for a prompt of ``prompt_tokens`` and ``max_tokens`` over ``context``, worded as
-    OpenAI and vLLM word it ("This model's maximum context length is N tokens"). ``sent``:
-    the client sent ``max_tokens``; a default it did not choose is never named."""
+    OpenAI and vLLM word it ("This model's maximum context length is N tokens"). A prompt
+    that alone leaves no room for an answer is named alone ("the prompt is too long", which
+    LangChain reads as its ``ContextOverflowError``), not a ``max_tokens`` the client may
+    never have sent."""
     fits = context - prompt_tokens  # the most max_tokens could be
-    if not sent and fits < 1:  # the prompt alone leaves no room for an answer
+    if fits < 1:
         return ContextLengthExceeded(
-            f"This model's maximum context length is {context} tokens: the prompt has "
-            f"{prompt_tokens} tokens, which leaves no room for an answer in the "
+            f"This model's maximum context length is {context} tokens and the prompt is too "
+            f"long: its {prompt_tokens} tokens leave no room for an answer in the "
             f"{context}-token context of {ref}",
             hint="Shorten the prompt.",
             param="prompt",
@@ -41,10 +41,8 @@ def context_exceeded(
         f"This model's maximum context length is {context} tokens: the prompt has "
         f"{prompt_tokens} tokens and max_tokens is {max_tokens}, {prompt_tokens + max_tokens} "
         f"in all, more than the {context}-token context of {ref}",
-        hint=f"Ask for at most {fits} max_tokens, or shorten the prompt."
-        if fits > 0
-        else "Shorten the prompt.",
-        param="max_tokens" if fits > 0 else "prompt",
+        hint=f"Ask for at most {fits} max_tokens, or shorten the prompt.",
+        param="max_tokens",
     )
 
 
@@ -61,9 +59,7 @@ def fit_to_context(
     left = context - prompt_tokens
     if params.max_tokens_defaulted and left >= max(1, params.min_tokens):
         return replace(params, max_tokens=left)
-    raise context_exceeded(
-        prompt_tokens, params.max_tokens, context, ref, sent=not params.max_tokens_defaulted
-    )
+    raise context_exceeded(prompt_tokens, params.max_tokens, context, ref)
 
 
 def naming_cap(exc: ConfigError, param: str) -> ConfigError:
