@@ -68,6 +68,10 @@ def test_an_empty_user_message_is_a_400_about_the_message_not_about_training_row
         client.responses.create(model="acme-support", input=content, max_output_tokens=4)
     assert isinstance(by_responses.value.body, dict)
     assert by_responses.value.body["param"] == "input"
+    # in the Responses API's own terms: it has no messages[0] (it said "messages[0] (the last
+    # user message) is empty", where the instructions would have made it messages[1])
+    assert "messages" not in by_responses.value.body["message"]
+    assert "the last user message is empty" in by_responses.value.body["message"]
     # with the instruction in a system message, the empty input is fine
     done = client.chat.completions.create(
         model="acme-support",

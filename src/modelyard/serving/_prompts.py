@@ -111,8 +111,8 @@ def _needs_text(version: ModelVersion, template: str, text: str, at: int, role: 
     (the training rows' own check would speak of dataset rows, not of the request)."""
     if not text.strip():
         raise ConfigError(
-            f"messages[{at}] (the last user message) is empty: {version.ref} is served with "
-            f"the {template!r} prompt template, where it is {role}",
+            f"the last user message is empty: {version.ref} is served with the {template!r} "
+            f"prompt template, where it is {role}",  # param names it, the route's way
             hint="Send the user's text in it"
             + (", or a system message with the instruction." if template == "alpaca" else "."),
             param=f"messages.{at}.content",
