@@ -100,7 +100,8 @@ def test_every_refusal_carries_an_x_request_id_as_openai_sends_it(served: Served
     for status, call in refusals.items():
         exc = _refused(call)
         assert exc.status_code == status
-        assert exc.request_id is not None and exc.request_id.startswith("req_"), status
+        # a refusal kept as a record (a sample of them) names it; the others get an id
+        assert exc.request_id is not None and exc.request_id.startswith(("req_", "cmpl-"))
         seen.add(exc.request_id)
     assert len(seen) == len(refusals)  # one id per request
     missing = _refused(lambda: client.files.retrieve("file-nope"))
@@ -308,3 +309,62 @@ def test_a_stream_that_fails_before_its_first_token_names_its_record(
             records = _records(store)
         status = "timeout" if failure == "timeout" else "error"
         assert [(r.id, r.status) for r in records] == [(exc.request_id, status)]
+
+
+class RefusingEngine(EchoEngine):
+    """An engine that refuses every request at submission (a full queue, say): a 503
+    before any token, recorded as a failure."""
+
+    def stream(self, version: Any, prompt: str, params: Any) -> TokenStream:
+        raise EngineError("the engine's queue is full", retry_after=1)
+
+    def answer(self, version: Any, prompt: str, params: Any) -> TokenStream:
+        return self.stream(version, prompt, params)
+
+
+def test_a_refusal_kept_as_a_record_names_it_and_one_not_kept_gets_an_id(tmp_path: Path) -> None:
+    """A request refused before the engine starts (an engine refusing at submission: a
+    503; a 400 the server keeps a sample of) is stored under an inference record's id, and
+    its x-request-id is that id, as an answer's is: the id a developer quotes is the one the
+    operator finds (it was a fresh req_ id the store did not know). A refusal past the
+    sample (refusals_stored_per_minute) is not stored and gets a req_ id."""
+    with Store.open(f"sqlite:///{tmp_path / 'store.db'}") as store:
+        two_tenant_world(store, template="text")
+        key = create_api_key(store, "acme")[1]
+        limits = ServerLimits(refusals_stored_per_minute=2, max_prompt_chars=50)
+        app = create_app(store, RefusingEngine(), limits=limits, refresh_seconds=0.2,
+                         heartbeat_s=None)  # fmt: skip
+        with (
+            BackgroundServer(app) as server,
+            openai.OpenAI(base_url=server.base_url + "/v1", api_key=key, max_retries=0) as client,
+        ):
+            full = [
+                _refused(lambda s=stream: client.chat.completions.create(
+                    model="acme-support", messages=MESSAGES, max_tokens=8, stream=s)
+                ) for stream in (False, True)
+            ] + [_refused(lambda: client.responses.create(
+                model="acme-support", input="vpn is down", max_output_tokens=8))]  # fmt: skip
+            long = [
+                _refused(lambda: client.completions.create(
+                    model="acme-support", prompt="x" * 60, max_tokens=8))
+                for _ in range(3)
+            ]  # fmt: skip
+        assert [e.status_code for e in full] == [503, 503, 503]
+        assert [e.status_code for e in long] == [400, 400, 400]
+        stored = {r.id: r for r in _all_records(store, len(full) + 2)}
+        for exc in full:
+            assert exc.request_id in stored and stored[exc.request_id].http_status == 503
+        kept, past = long[:2], long[2]  # two refusals a minute are kept
+        for exc in kept:
+            assert exc.request_id in stored and stored[exc.request_id].http_status == 400
+        assert past.request_id is not None and past.request_id.startswith("req_")
+
+
+def _all_records(store: Store, count: int) -> list[Any]:
+    deadline = time.monotonic() + 10
+    while True:
+        records = store.list_inference_records(limit=1000)
+        if len(records) >= count:
+            return records
+        assert time.monotonic() < deadline, records
+        time.sleep(0.05)

@@ -142,25 +142,31 @@ class DataPlane:
         *,
         whole: bool = False,
         origin: Origin | None = None,
+        named: Callable[[str], None] | None = None,
     ) -> Submitted:
         """``submit`` from the event loop, the cheap checks first: the key's requests/min
         (and a tokens bucket that cannot even hold ``max_tokens``) on the loop, then the
         costly part on a worker thread, at most ``tokenize_concurrency`` of a tenant's
         requests at once (``TenantSlots``). ``origin``: where it comes from (a batch job;
-        by default, the line of an OpenAI batch this task asks, ``_batch_context``)."""
+        by default, the line of an OpenAI batch this task asks, ``_batch_context``).
+        ``named``: told the id of the record a refusal or failure is kept under, when one
+        is (the request's ``x-request-id`` then names it, as an answer names its own)."""
         origin = origin or batch_origin()
         try:
             await self._take_request(key, params.max_tokens)
         except RateLimited as limited:
             if self._limited(key, limited):
-                await run_in_threadpool(self._record_refusal, key, route, endpoint, limited,
-                                        origin)  # fmt: skip
+                record_id = await run_in_threadpool(
+                    self._record_refusal, key, route, endpoint, limited, origin
+                )
+                if named is not None:
+                    named(record_id)
             raise
         admitted()  # a client's model request: batches yield to it from now (_live)
         async with self.slots.hold(key.tenant):
             return await run_in_threadpool(self.submit, key, route, endpoint, user, params,
                                            render, request_taken=True, whole=whole,
-                                           origin=origin)  # fmt: skip
+                                           origin=origin, named=named)  # fmt: skip
 
     async def _take_request(self, key: ApiKey, min_tokens: int = 0) -> None:
         """One of ``key``'s requests/min (RateLimited when none is left)."""
@@ -204,10 +210,12 @@ class DataPlane:
 
     def _record_refusal(
         self, key: ApiKey, route: str, endpoint: str, exc: RateLimited, origin: Origin | None = None
-    ) -> None:
-        endpoint = self._own_name(key, endpoint)
-        self.recorder.record(f"cmpl-{uuid.uuid4().hex}", key, route, endpoint, None, None,
+    ) -> str:
+        """Record a 429 of ``enter``'s; the record's id."""
+        endpoint, record_id = self._own_name(key, endpoint), f"cmpl-{uuid.uuid4().hex}"
+        self.recorder.record(record_id, key, route, endpoint, None, None,
                              None, time.perf_counter(), exc=exc, origin=origin)  # fmt: skip
+        return record_id
 
     def _filed_under(
         self, key: ApiKey, endpoint: str, version: ModelVersion | None, exc: ModelyardError
@@ -251,6 +259,7 @@ class DataPlane:
         request_taken: bool = False,
         whole: bool = False,
         origin: Origin | None = None,
+        named: Callable[[str], None] | None = None,
     ) -> Submitted:
         """Route, render and hand one request to the engine (blocking: run it off the loop).
 
@@ -259,6 +268,7 @@ class DataPlane:
         A failure here is recorded (a refusal, 4xx, as a sample: ``count_refusal``) and
         raised; after it, ``finish`` records the outcome. An ``origin`` with a record id
         has every refusal recorded under it, except a 429, which its caller sends again.
+        ``named`` is told the id a refusal or failure is recorded under (``enter``).
         """
         record_id = origin.record_id if origin and origin.record_id else f"cmpl-{uuid.uuid4().hex}"
         started = time.perf_counter()
@@ -319,6 +329,8 @@ class DataPlane:
                 filed = self._filed_under(key, endpoint, version, exc)
                 self.recorder.record(record_id, key, route, filed, version, prompt, None,
                                      started, exc=exc, origin=origin)  # fmt: skip
+                if named is not None:
+                    named(record_id)
             elif self.count_refusal(key.tenant, exc, key.id) or (
                 origin is not None and origin.record_id is not None and not again
             ):
@@ -327,6 +339,8 @@ class DataPlane:
                 self.recorder.record(refusal_id, key, route, filed, version,
                                      shorten(prompt), None, started, exc=exc,
                                      origin=origin)  # fmt: skip
+                if named is not None:
+                    named(refusal_id)
             raise
         # the request journal
         self.recorder.started(record_id, key, route, endpoint, version, prompt, origin)

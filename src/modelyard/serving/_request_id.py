@@ -1,9 +1,10 @@
 """``x-request-id`` on every answer, as OpenAI sends it (errors included).
 
 An answer of a model already names its inference record (``cmpl-...``) in the
-header, and so does its error once it was admitted (a 504: ``name_request``);
-every other answer (a 4xx refusal, a Files or Batches call, a refusal of the
-guard) gets ``req_<hex>``, which the openai SDK exposes as
+header, and so does its error once it was admitted (a 504: ``name_request``), or
+once its refusal or failure was kept as a record (``DataPlane.enter(named=...)``);
+every other answer (a 4xx refusal past the stored sample, a Files or Batches call,
+a refusal of the guard) gets ``req_<hex>``, which the openai SDK exposes as
 ``exc.request_id`` and the server's log names beside a 5xx, so that a developer
 can quote it to the operator.
 """

@@ -17,6 +17,7 @@ retrieved later, and the answer says ``store: false``.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from typing import Any, Literal
@@ -537,7 +538,8 @@ def add_response_routes(app: FastAPI, plane: DataPlane) -> None:
 
         try:
             sub = await plane.enter(key, ROUTE, body.model, body.user, params, render,
-                                    whole=not body.stream)  # fmt: skip
+                                    whole=not body.stream,
+                                    named=functools.partial(name_request, request))  # fmt: skip
             name_request(request, sub.record_id)  # a failure from here names its record
             if body.stream:
                 return await event_stream(plane, sub, ResponseEvents(sub, body, params))

@@ -8,6 +8,7 @@ answers whole or as server-sent events (``stream``).
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -74,7 +75,14 @@ def add_routes(app: FastAPI, plane: DataPlane) -> None:
             for render, params in jobs:
                 subs.append(
                     await plane.enter(
-                        key, route, body.model, body.user, params, render, whole=whole
+                        key,
+                        route,
+                        body.model,
+                        body.user,
+                        params,
+                        render,
+                        whole=whole,
+                        named=functools.partial(name_request, request),
                     )
                 )
         except BaseException:
