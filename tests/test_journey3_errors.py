@@ -368,3 +368,18 @@ def _all_records(store: Store, count: int) -> list[Any]:
             return records
         assert time.monotonic() < deadline, records
         time.sleep(0.05)
+
+
+def test_a_base_url_without_v1_is_told_so(served: Served) -> None:
+    """The most common slip with an OpenAI client: a base_url without /v1. The 404 says
+    the route is served under /v1 and how the base_url should end (it listed every route)."""
+    client = openai.OpenAI(base_url=served.url, api_key=served.key, max_retries=0)
+    with client:
+        missing = _refused(lambda: client.chat.completions.create(model="acme-support",
+                                                                  messages=MESSAGES))  # fmt: skip
+        models = _refused(lambda: client.models.list())
+    assert missing.status_code == 404 and models.status_code == 404
+    assert "this server serves it as /v1/chat/completions" in missing.message
+    assert "base_url ends in /v1" in missing.message and "/v1/models" in models.message
+    elsewhere = _refused(lambda: served.client().post("/nothing/here", cast_to=object))
+    assert "this server has no such route" in elsewhere.message

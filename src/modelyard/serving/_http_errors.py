@@ -244,9 +244,16 @@ def http_message(req: Request, exc: StarletteHTTPException) -> str:
     is not UTF-8."""
     where = f"{req.method} {req.url.path}"
     if exc.status_code == 404 and exc.detail == "Not Found":
+        path = req.url.path.rstrip("/")
+        served = served_routes(req.app)
+        if not path.startswith("/v1/") and any(r.startswith("/v1" + path) for r in served):
+            return (  # an OpenAI client whose base_url lacks /v1: say so, first
+                f"Invalid URL ({where}): this server serves it as /v1{path}. An OpenAI "
+                "client's base_url ends in /v1, e.g. http://HOST:PORT/v1"
+            )
         return (
             f"Invalid URL ({where}): this server has no such route. It serves "
-            f"{', '.join(served_routes(req.app))}; embeddings, images, audio, fine-tuning and "
+            f"{', '.join(served)}; embeddings, images, audio, fine-tuning and "
             "other routes are not served (docs/serving.md, compatibility with the OpenAI API)"
         )
     if exc.status_code == 405:
