@@ -115,8 +115,13 @@ class RetentionStore(StoreCore):
             _lock_usage(s, "ROW EXCLUSIVE")  # a recount under way counts the records first
             tid = tenant_id_of(s, tenant)
             ids = select(r.id).where(r.tenant_id == tid, r.created_at < before)
-            # counted in the database: a purge of a million records reads no million ids
-            n = int(s.scalar(select(func.count()).select_from(ids.subquery())) or 0)
+            # counted in the database (a purge of a million records reads no million ids),
+            # and on PostgreSQL locked as counted, by id: the order of every record path
+            # (``_record_locks``), before their feedback and features. Deleting those first
+            # locked them before the records: a verdict (the record's lock, then its
+            # feedback row's) or an end in the meantime deadlocked with the purge.
+            locked = ids.order_by(r.id).with_for_update() if _postgres(s) else ids
+            n = int(s.scalar(select(func.count()).select_from(locked.subquery())) or 0)
             if n == 0:
                 return 0
             self._require(s, "records.purged", tenant, f"purge the records of {tenant!r}")
@@ -141,8 +146,12 @@ def _lock_usage(s: Session, mode: str) -> None:
     delete of a day and its read of the day's records was counted twice (its row made
     anew, then the recount's sums added to it), and a purge committed there lost the
     usage of the records it deleted. SQLite's write transactions are one at a time."""
-    if s.get_bind().dialect.name == "postgresql":
+    if _postgres(s):
         s.execute(text(f"LOCK TABLE usage_days IN {mode} MODE"))
+
+
+def _postgres(s: Session) -> bool:
+    return s.get_bind().dialect.name == "postgresql"
 
 
 def _purged_before(s: Session, tenant_id: int) -> datetime | None:
