@@ -99,7 +99,7 @@ def _drift_runs(home: Path) -> int:
         return len(store.list_drift_results(endpoint="support", limit=10_000))
 
 
-def test_the_report_refuses_a_directory_a_file_as_parent_and_a_future_start(
+def test_the_report_refuses_a_directory_a_file_as_parent_a_missing_one_and_a_future_start(
     ops_home: Path, tmp_path: Path
 ) -> None:
     folder = tmp_path / "reports"
@@ -113,6 +113,11 @@ def test_the_report_refuses_a_directory_a_file_as_parent_and_a_future_start(
                        "--out", str(a_file / "r.html"), home=ops_home)  # fmt: skip
     _one_line_error(result, "is not a directory", "--out")
     assert a_file.read_text() == "keep me"
+    missing = tmp_path / "no-such-dir" / "r.html"  # refused as every other --out refuses it
+    result = modelyard("monitor", "report", "--endpoint", "support", "--out", str(missing),
+                       home=ops_home)  # fmt: skip
+    _one_line_error(result, "does not exist", "--out")
+    assert not missing.parent.exists()
     out = tmp_path / "r.html"
     result = modelyard("monitor", "report", "--endpoint", "support", "--out", str(out),
                        "--since", "2099-01-01", home=ops_home)  # fmt: skip

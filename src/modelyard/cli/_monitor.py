@@ -21,6 +21,7 @@ from modelyard.cli._common import (
     err_console,
     open_artifacts,
     open_store,
+    out_file,
     print_json,
     settings,
 )
@@ -431,6 +432,8 @@ def report(
     """Write one self-contained HTML page with charts for an endpoint."""
     from modelyard.monitoring import update_profiles, write_report
 
+    if not out.parent.exists():  # refused as every other --out refuses it (not created)
+        out_file(out)
     with open_store() as store:
         update_profiles(store)
         path = write_report(store, endpoint, out, since=parse_since(since))

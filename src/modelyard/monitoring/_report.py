@@ -449,9 +449,9 @@ def render_report(store: Store, endpoint: str, *, since: datetime) -> str:
 
 
 def write_report(store: Store, endpoint: str, out: Path, *, since: datetime) -> Path:
-    """Write the report to ``out`` (its directory made if missing); a ConfigError naming
-    ``--out`` when it cannot be written there (a directory, a parent that is a file, no
-    permission), before anything is written."""
+    """Write the report to ``out``, in a directory that exists; a ConfigError naming
+    ``--out`` when it cannot be written there (a directory, a missing directory, a parent
+    that is a file, no permission), before anything is written."""
     if out.is_dir():
         raise ConfigError(
             f"cannot write the report to {out}: it is a directory; give a file name, "
@@ -460,12 +460,11 @@ def write_report(store: Store, endpoint: str, out: Path, *, since: datetime) -> 
         )
     text = render_report(store, endpoint, since=since)
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(text, encoding="utf-8")
     except OSError as exc:
         why = (
             f"{out.parent} is not a directory"
-            if isinstance(exc, (FileExistsError, NotADirectoryError))
+            if isinstance(exc, NotADirectoryError)
             else exc.strerror or str(exc)
         )
         raise ConfigError(
