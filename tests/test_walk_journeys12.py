@@ -122,6 +122,29 @@ def test_a_base_model_name_one_typo_from_a_registered_base_says_which(
     )
 
 
+def test_registry_import_with_a_base_one_typo_from_a_registered_one_says_which(
+    tmp_path: Path, home: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`registry import --base-model tinyy` went to the hub and came back as a vague "cannot
+    find base model" while finetune's `base_model: tinyy` named `tiny`."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the old code asked the hub
+    home.mkdir(parents=True)
+    with Store.open(f"sqlite:///{home / 'store.db'}") as store:
+        fake_world(store, versions=1, endpoint=None)  # registers base 'tiny'
+        store.register_base_model("qwen-small", "/models/qwen-small", {})
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{}", encoding="utf-8")
+    code, _, err = run(
+        capsys, f"registry import {adapter} --name helpdesk --base-model tinyy --tenant acme"
+    )
+    assert code == 2
+    assert " ".join(err.split()) == (
+        "error: --base-model 'tinyy' is not a registered base. Did you mean 'tiny'? Registered "
+        "bases: qwen-small, tiny; or give a local model directory or a hub model id."
+    )
+
+
 def test_an_endpoints_name_given_for_a_model_names_the_model_it_serves(
     home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -32,7 +32,13 @@ from modelyard.registry._datasets import (
     store_dataset,
 )
 from modelyard.registry._history import MAX_DEPTH, LineageNode, lineage_chain
-from modelyard.registry._lineage import ensure_base_model, environment, git_commit, lineage_record
+from modelyard.registry._lineage import (
+    ensure_base_model,
+    environment,
+    git_commit,
+    lineage_record,
+    refuse_a_near_base_name,
+)
 from modelyard.registry._orphans import (
     check_model_owner,
     discard_unreferenced,
@@ -95,6 +101,7 @@ __all__ = [
     "parse_tags",
     "records_origin",
     "referenced_digests",
+    "refuse_a_near_base_name",
     "register_upstream",
     "rows_digest",
     "set_tags",

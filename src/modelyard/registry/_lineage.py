@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import platform
@@ -17,7 +18,7 @@ from typing import Any
 
 import modelyard
 from modelyard.base import is_local, model_dir, weight_hashes
-from modelyard.errors import Conflict, NotFound
+from modelyard.errors import BaseModelNotFound, Conflict, NotFound
 from modelyard.store import BaseModel, Store
 
 _PACKAGES = (
@@ -60,6 +61,30 @@ def environment() -> dict[str, Any]:
         "threads": torch.get_num_threads(),
         "device": "cuda" if torch.cuda.is_available() else "cpu",
     }
+
+
+def refuse_a_near_base_name(store: Store, ref: str, *, field: str) -> None:
+    """``BaseModelNotFound`` (naming ``field``) for a name one typo from a registered base
+    (``tinyy`` for ``tiny``) that is no hub id in the local cache: the hub would say only
+    that it has no such model, and no command lists the registered names. A local path, a
+    hub id with an owner (``org/name``) or one already downloaded goes on as before."""
+    if is_local(ref) or "/" in ref:
+        return
+    names = sorted(b.name for b in store.list_base_models())
+    close = difflib.get_close_matches(ref, names, n=1, cutoff=0.8)
+    if not close or ref in names:
+        return
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(ref, "config.json"), str):
+        return
+    raise BaseModelNotFound(
+        f"{field} {ref!r} is not a registered base",
+        hint=f"Did you mean {close[0]!r}? Registered bases: {', '.join(names)}; or give a "
+        "local model directory or a hub model id.",
+        field=field,
+        ref=ref,
+    )
 
 
 def ensure_base_model(store: Store, ref: str, *, name: str | None = None) -> BaseModel:

@@ -27,7 +27,7 @@ from modelyard.artifacts import (
 from modelyard.base import model_dir
 from modelyard.errors import ConfigError, NotFound, UnsafeArtifact
 from modelyard.registry._card import model_card
-from modelyard.registry._lineage import ensure_base_model, lineage_record
+from modelyard.registry._lineage import ensure_base_model, lineage_record, refuse_a_near_base_name
 from modelyard.registry._orphans import (
     check_model_owner,
     discard_unreferenced,
@@ -229,4 +229,5 @@ def _base(store: Store, ref: str) -> BaseModel:
     try:
         return store.get_base_model(ref)
     except NotFound:
+        refuse_a_near_base_name(store, ref, field="--base-model")
         return ensure_base_model(store, ref)
