@@ -343,11 +343,11 @@ def audit_anchor(
             soft_wrap=True,
         )
     count = f"{done.records:,} records in {len(done.seals):,} seals"
-    if done.event is None and not done.seals:
+    if not done.events and not done.seals:
         console.print("dry run: no seal is left unanchored past the grace period; nothing to "
                       "anchor.", highlight=False, soft_wrap=True)  # fmt: skip
         return
-    if done.event is None:
+    if not done.events:
         refused = len(done.refused)
         verdict = (
             f"{refused} cannot be vouched for: a late anchor of all of them is refused"
@@ -358,8 +358,10 @@ def audit_anchor(
             f"dry run: {count}; {verdict}. Nothing was written.", highlight=False, soft_wrap=True
         )
         return
+    seqs = [e.seq for e in done.events]
+    which = f"event {seqs[0]}" if len(seqs) == 1 else f"events {seqs[0]} to {seqs[-1]}"
     console.print(
-        f"[green]anchored late[/] {count} as audit event {done.event.seq}; "
+        f"[green]anchored late[/] {count} as audit {which}; "
         "`modelyard audit verify --records` counts them apart",
         highlight=False,
         soft_wrap=True,

@@ -18,14 +18,23 @@ with the records locked, that
   it names is there, final and as sealed: its leaf is the sealed leaf, its tenant and
   time those the index lists.
 
+Every record is locked at once, in id order (as every record path locks them), and
+the chain's lock is taken after them (as ``close_running_records`` takes it); the
+anchors written meanwhile are read again under it, so that a seal its writer (or
+another admin) anchored in between is not anchored twice. Seals go into events of at
+most ``ANCHOR_SEALS``, as a writer's anchors.
+
 When a seal fails a check, nothing is anchored: the admin names the seals to anchor.
-Verification counts late-anchored records apart and names their anchors (seq, actor,
+A seal naming one record twice is refused (verification would call the other
+position deleted). Verification counts late-anchored records apart and names their anchors (seq, actor,
 reason); their inclusion proofs verify as any other and carry the ``late`` marker.
 
 With ``closed_error`` (the text a stopped server's requests are closed with), the
-records closed so and held by no seal (closed by a sweep while the chain refused
-anchors, or by ``doctor --fix`` before it sealed them; verification reports them
-``inserted``) are sealed in the same transaction, as one new seal in the same anchor.
+records closed so, held by no seal and written since sealing began (the first seal
+an anchor lists or this one vouches for: verification does not cover older ones)
+are sealed in the same transaction, as one new seal, once checked again under their
+locks: closed by a sweep while the chain refused anchors, or by ``doctor --fix``
+before it sealed them, verification reports them ``inserted``.
 """
 
 from __future__ import annotations
@@ -51,6 +60,7 @@ from modelyard.audit import (
     split_leaves,
 )
 from modelyard.errors import AuditError, ConfigError, Conflict, NotFound
+from modelyard.store import _audit
 from modelyard.store._core import StoreCore
 from modelyard.store._schema import AuditEventRow, InferenceRecordRow, ServerRow, utcnow
 from modelyard.store._seal_check import seal_map
@@ -60,6 +70,7 @@ from modelyard.store._seals import write_seal as _write_seal
 _R = InferenceRecordRow
 _FIELDS = [getattr(_R, name) for name in RECORD_FIELDS]
 NEW_SEAL = "(new)"  # the seal of records closed without one, before it is written
+ANCHOR_SEALS = 512  # seals an event lists at most (a record writer's ``anchor_seals``)
 
 
 @dataclass(frozen=True)
@@ -74,6 +85,7 @@ class LateSeal:
     servers: tuple[str, ...]
     problem: str | None = None  # why it cannot be vouched for
     closed: bool = False  # records closed without a seal, sealed by this anchor
+    ids: tuple[str, ...] = ()  # its records, in leaf order
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -85,15 +97,17 @@ class LateSeal:
             "servers": list(self.servers),
             "problem": self.problem,
             "closed": self.closed,
+            "ids": list(self.ids),
         }
 
 
 @dataclass(frozen=True)
 class LateAnchor:
-    """What ``anchor_late`` found, and the event it appended (None on a dry run)."""
+    """What ``anchor_late`` found, and the events it appended (none on a dry run: one per
+    ``ANCHOR_SEALS`` seals otherwise)."""
 
     seals: list[LateSeal]
-    event: AuditEvent | None
+    events: list[AuditEvent]
 
     @property
     def records(self) -> int:
@@ -105,10 +119,10 @@ class LateAnchor:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "anchored": self.event is not None,
+            "anchored": bool(self.events),
             "records": self.records,
             "seals": [x.to_json() for x in self.seals],
-            "event": None if self.event is None else self.event.to_json(),
+            "events": [e.to_json() for e in self.events],
         }
 
 
@@ -116,15 +130,18 @@ def _utc(at: datetime) -> datetime:
     return at.replace(tzinfo=UTC) if at.tzinfo is None else at
 
 
-def _anchors(s: Session) -> tuple[dict[str, int], datetime | None]:
-    """Each seal an anchor lists, with the seq of the first that lists it; and the first
-    sealed record's time (sealing began there: older records are not covered)."""
+def _anchors(s: Session, *, after: int = 0) -> tuple[dict[str, int], datetime | None, int]:
+    """Each seal an anchor after seq ``after`` lists, with the seq of the first that lists
+    it; the first sealed record's time (sealing began there: older records are not
+    covered); and the last anchor's seq."""
     query = select(AuditEventRow.seq, AuditEventRow.payload).where(
-        AuditEventRow.action == ANCHOR_ACTION
+        AuditEventRow.action == ANCHOR_ACTION, AuditEventRow.seq > after
     )
     listed: dict[str, int] = {}
     first: datetime | None = None
+    last = after
     for seq, payload in s.execute(query.order_by(AuditEventRow.seq)):
+        last = seq
         payload = payload if isinstance(payload, Mapping) else {}
         for seal in payload.get("seals") or ():
             listed.setdefault(str(seal), seq)
@@ -133,7 +150,7 @@ def _anchors(s: Session) -> tuple[dict[str, int], datetime | None]:
         except ValueError:
             continue
         first = at if first is None or at < first else first
-    return listed, first
+    return listed, first, last
 
 
 def _records(s: Session, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
@@ -146,11 +163,14 @@ def _records(s: Session, ids: Sequence[str]) -> dict[str, dict[str, Any]]:
     return found
 
 
-def _check(s: Session, index: RecordSealRow, alive: set[str]) -> tuple[LateSeal, SealEntry]:
-    """What a late anchor would list of the seal ``index``, and why it cannot (if so)."""
+def _check(
+    index: RecordSealRow, records: Mapping[str, Mapping[str, Any]], alive: set[str]
+) -> tuple[LateSeal, SealEntry]:
+    """What a late anchor would list of the seal ``index``, and why it cannot (if so);
+    ``records``: its records (and others), locked."""
     ids, tenants, times = list(index.ids or ()), list(index.tenants or ()), list(index.times or ())
     leaves = split_leaves(index.leaves)
-    records = _records(s, [str(i) for i in ids])
+    records = {str(i): records[str(i)] for i in ids if str(i) in records}
     servers = tuple(sorted({str(m["server_id"]) for m in records.values() if m["server_id"]}))
     problem = None
     if not (len(ids) == len(tenants) == len(times) == len(leaves)) or not ids:
@@ -158,6 +178,9 @@ def _check(s: Session, index: RecordSealRow, alive: set[str]) -> tuple[LateSeal,
             f"its index row is not whole ({len(ids)} ids, {len(tenants)} tenants, "
             f"{len(times)} times, {len(leaves)} leaves)"
         )
+    elif len(set(map(str, ids))) != len(ids):
+        twice = next(i for n, i in enumerate(ids) if str(i) in map(str, ids[:n]))
+        problem = f"its index row names record {twice} twice"
     else:
         problem = _records_problem(ids, tenants, times, leaves, records)
     if problem is None and (live := sorted(alive.intersection(servers))):
@@ -168,7 +191,7 @@ def _check(s: Session, index: RecordSealRow, alive: set[str]) -> tuple[LateSeal,
     entry = seal_entry(index.id, merkle_root(leaves), ids, tenants, times) if ids else None
     late = LateSeal(
         index.id, _utc(index.created_at), len(ids), min(times, default=None),
-        max(times, default=None), servers, problem,
+        max(times, default=None), servers, problem, ids=tuple(map(str, ids)),
     )  # fmt: skip
     return late, entry if entry is not None else SealEntry(index.id, 0, "", "", "", "")
 
@@ -199,25 +222,43 @@ def _records_problem(
     return None
 
 
-def _closed_unsealed(s: Session, error: str, since: datetime | None) -> list[dict[str, Any]]:
-    """The records closed with ``error`` that no seal holds, written since sealing began
-    (what verification reports ``inserted``), oldest first, locked until commit."""
+def _closed_unsealed(s: Session, error: str, since: datetime | None) -> list[str]:
+    """The ids of the records closed with ``error`` that no seal holds, written since
+    sealing began (what verification reports ``inserted``), oldest first; none when
+    sealing has not begun (verification counts them as written before it). Not locked:
+    ``_still_closed`` checks them again once they are."""
+    if since is None:
+        return []
     sealed = seal_map(s)
     try:
         query = (
-            select(*_FIELDS)
+            select(_R.id)
             .outerjoin(sealed, sealed.c.id == _R.id)
             .where(sealed.c.id.is_(None), _R.status == "error", _R.error == error)
+            .where(_R.created_at >= since)
             .order_by(_R.created_at, _R.id)
         )
-        rows = [dict(m) for m in s.execute(query).mappings()]
+        return [str(i) for i in s.scalars(query)]
     finally:
         sealed.drop(s.connection())
-    rows = [m for m in rows if since is None or _utc(m["created_at"]) >= since]
-    if rows:  # locked now, and read again as locked
-        found = _records(s, [m["id"] for m in rows])
-        rows = [found[m["id"]] for m in rows if m["id"] in found]
-    return rows
+
+
+def _still_closed(
+    s: Session, ids: Sequence[str], error: str, records: Mapping[str, dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The records of ``ids`` (locked now) still closed with ``error`` and still held by no
+    seal: one its server ended meanwhile is final in a seal of its own."""
+    rows = [records[i] for i in ids if i in records]
+    rows = [m for m in rows if m["status"] == "error" and m["error"] == error]
+    if not rows:
+        return []
+    sealed = seal_map(s)
+    try:
+        query = select(sealed.c.id).where(sealed.c.id.in_([m["id"] for m in rows]))
+        held = {str(i) for i in s.scalars(query)}
+    finally:
+        sealed.drop(s.connection())
+    return [m for m in rows if m["id"] not in held]
 
 
 class LateAnchorStore(StoreCore):
@@ -251,16 +292,23 @@ class LateAnchorStore(StoreCore):
         doing = "anchor seals of inference records late"
         with self._write(doing) as s:
             self._require(s, ANCHOR_ACTION, "seals", doing, needed="admin")
-            listed, first = _anchors(s)
+            listed, first, seen = _anchors(s)
             now = utcnow()
-            chosen = _chosen(s, seals, listed, now - grace)
+            chosen = [s.get_one(RecordSealRow, x) for x in _chosen(s, seals, listed, now - grace)]
             heartbeat = now - timedelta(seconds=stale_after_s)
             alive = {
                 str(i)
                 for i in s.scalars(select(ServerRow.id).where(ServerRow.heartbeat_at >= heartbeat))
             }
-            found = [_check(s, s.get_one(RecordSealRow, seal), alive) for seal in chosen]
-            closed = _closed_unsealed(s, closed_error, first) if closed_error else []
+            candidates = []
+            if closed_error:  # since sealing began: the first anchored or chosen seal
+                since = min([first] + [_first_time(index) for index in chosen], key=_or_later)
+                candidates = _closed_unsealed(s, closed_error, since)
+            # every record at once, locked in id order (as every record path locks them)
+            ids = {str(i) for index in chosen for i in index.ids or ()}
+            records = _records(s, sorted(ids.union(candidates)))
+            found = [_check(index, records, alive) for index in chosen]
+            closed = _still_closed(s, candidates, closed_error or "", records)
             if closed:
                 found.append(_closed_seal(closed, alive, now))
             late = [x for x, _ in found]
@@ -272,33 +320,59 @@ class LateAnchorStore(StoreCore):
                     hint="`modelyard audit verify --records` says so too.",
                 )
             if dry_run:
-                return LateAnchor(late, None)
-            refused = [x for x in late if x.problem]
-            if refused:
-                first_bad = refused[0]
-                name = (
-                    "the records closed without a seal"
-                    if first_bad.closed
-                    else f"seal {first_bad.seal}"
-                )
-                raise AuditError(
-                    f"refusing to anchor late: {len(refused)} of {len(late)} seals cannot be "
-                    f"vouched for; {name}: {first_bad.problem}. Nothing was anchored",
-                    hint="`modelyard audit anchor --dry-run` lists each seal and what was found; "
-                    "name the ones to anchor with --seal ID. A record that changed after its "
-                    "seal is what `audit verify --records` reports: compare with a backup.",
+                return LateAnchor(late, [])
+            _refuse(late)
+            _audit.lock_chain(s)  # the chain after the records, as close_running_records
+            meanwhile, _, _ = _anchors(s, after=seen)  # a writer's, or another admin's
+            if again := [x.seal for x in late if x.seal in meanwhile]:
+                raise Conflict(
+                    f"seal {again[0]} was anchored meanwhile, by audit event "
+                    f"{meanwhile[again[0]]}: nothing was anchored",
+                    hint="Run it again: `modelyard audit anchor --dry-run` lists what is left.",
                 )
             entries = [entry for x, entry in found if not x.closed]
             if closed:
                 entries.append(_write_seal(s, _sealed(closed)))
-            servers = sorted({server for x in late for server in x.servers})
-            event = append_anchor(
-                s, self.audit_key_source, self.actor, entries,
-                late={"reason": why, "servers": servers},
-            )  # fmt: skip
-            if closed:
                 late[-1] = _named(late[-1], entries[-1].seal)
-            return LateAnchor(late, event)
+            servers = sorted({server for x in late for server in x.servers})
+            mark = {"reason": why, "servers": servers}
+            events = [
+                append_anchor(s, self.audit_key_source, self.actor, part, late=mark)
+                for part in _parts(entries)
+            ]
+            return LateAnchor(late, events)
+
+
+def _refuse(late: Sequence[LateSeal]) -> None:
+    """``AuditError`` naming the first seal that cannot be vouched for, if one cannot."""
+    refused = [x for x in late if x.problem]
+    if refused:
+        bad = refused[0]
+        name = "the records closed without a seal" if bad.closed else f"seal {bad.seal}"
+        raise AuditError(
+            f"refusing to anchor late: {len(refused)} of {len(late)} seals cannot be "
+            f"vouched for; {name}: {bad.problem}. Nothing was anchored",
+            hint="`modelyard audit anchor --dry-run` lists each seal and what was found; "
+            "name the ones to anchor with --seal ID. A record that changed after its "
+            "seal is what `audit verify --records` reports: compare with a backup.",
+        )
+
+
+def _parts(entries: Sequence[SealEntry]) -> list[Sequence[SealEntry]]:
+    """The entries in events of at most ``ANCHOR_SEALS`` seals, as a writer anchors."""
+    return [entries[i : i + ANCHOR_SEALS] for i in range(0, len(entries), ANCHOR_SEALS)]
+
+
+def _first_time(index: RecordSealRow) -> datetime | None:
+    try:
+        return min(_utc(datetime.fromisoformat(str(at))) for at in index.times or ())
+    except ValueError:
+        return None
+
+
+def _or_later(at: datetime | None) -> datetime:
+    """Sort key: a missing time after every other."""
+    return at if at is not None else datetime.max.replace(tzinfo=UTC)
 
 
 def _chosen(
@@ -347,7 +421,8 @@ def _closed_seal(
             "writer may still end them"
         )
     times = [format_time(m["created_at"]) for m in rows]
-    late = LateSeal(NEW_SEAL, now, len(rows), min(times), max(times), servers, problem, closed=True)
+    ids = tuple(str(m["id"]) for m in rows)
+    late = LateSeal(NEW_SEAL, now, len(rows), min(times), max(times), servers, problem, True, ids)
     return late, SealEntry(NEW_SEAL, len(rows), "", "", "", "")
 
 
@@ -360,7 +435,7 @@ def _sealed(rows: list[dict[str, Any]]) -> Any:
 def _named(late: LateSeal, seal: str) -> LateSeal:
     return LateSeal(
         seal, late.written, late.records, late.first, late.last, late.servers, late.problem,
-        closed=True,
+        True, late.ids,
     )  # fmt: skip
 
 
