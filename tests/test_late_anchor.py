@@ -270,3 +270,10 @@ def test_requests_closed_as_abandoned_without_a_seal_are_sealed_late(world: Worl
     assert report.ok and report.late == 1 and report.records == 2
     proof = world.store.record_proof("r-run")
     assert proof["event"]["payload"]["late"]["reason"] == REASON
+
+
+def test_anchor_runs_on_the_database_only(world: World) -> None:
+    r = modelyard("audit", "anchor", "--dry-run", home=world.home,
+                  env={"MODELYARD_URL": "http://127.0.0.1:9"})  # fmt: skip
+    assert r.code == 2 and "`audit anchor` reads the records table" in r.err
+    assert "Unset MODELYARD_URL" in r.err and "Traceback" not in r.err

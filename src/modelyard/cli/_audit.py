@@ -145,13 +145,8 @@ def audit_verify(
     records.anchored event lists after a grace period; seals written in the last
     minutes and not anchored yet are counted as pending, not failed).
     """
-    if records and remote_url() is not None:
-        raise ConfigError(
-            f"`audit verify --records` reads the records table: it runs on the database, "
-            f"and {URL_ENV} is set (the admin API checks the chain only)",
-            hint=f"Unset {URL_ENV} and run it where the database is (MODELYARD_HOME or "
-            "MODELYARD_STORE_URL), with the audit key.",
-        )
+    if records:
+        _on_the_database("audit verify --records", " (the admin API checks the chain only)")
     expected = None if head is None else _parse_head(head)  # "" too: never skipped quietly
     if expected is not None and remote_url() is None:
         with open_store() as store:
@@ -186,6 +181,17 @@ def audit_verify(
             _print_records(sealed)
     if sealed is not None:
         sealed.raise_if_broken()
+
+
+def _on_the_database(command: str, why: str = "") -> None:
+    """Refuse a command that reads the records table when it would go through a server."""
+    if remote_url() is not None:
+        raise ConfigError(
+            f"`{command}` reads the records table: it runs on the database, and {URL_ENV} "
+            f"is set{why}",
+            hint=f"Unset {URL_ENV} and run it where the database is (MODELYARD_HOME or "
+            "MODELYARD_STORE_URL), with the audit key.",
+        )
 
 
 def _parse_head(text: str) -> AuditHead:
@@ -310,13 +316,7 @@ def audit_anchor(
     records.anchored event marked late: verification counts these records apart and
     names the anchor.
     """
-    if remote_url() is not None:
-        raise ConfigError(
-            f"`audit anchor` reads the records table: it runs on the database, and {URL_ENV} "
-            "is set",
-            hint=f"Unset {URL_ENV} and run it where the database is (MODELYARD_HOME or "
-            "MODELYARD_STORE_URL), with the audit key.",
-        )
+    _on_the_database("audit anchor")
     from modelyard.monitoring import ABANDONED  # the text a stopped server's requests close with
 
     with open_store() as store:
