@@ -289,6 +289,7 @@ def audit_anchor(
     seals: list[str] | None = typer.Option(
         None,
         "--seal",
+        metavar="ID",
         help="Anchor only this seal (repeatable); default: every seal left unanchored past "
         "the grace period. --dry-run lists them.",
     ),
