@@ -26,8 +26,9 @@ most ``ANCHOR_SEALS``, as a writer's anchors.
 
 When a seal fails a check, nothing is anchored: the admin names the seals to anchor.
 A seal naming one record twice is refused (verification would call the other
-position deleted). Verification counts late-anchored records apart and names their anchors (seq, actor,
-reason); their inclusion proofs verify as any other and carry the ``late`` marker.
+position deleted). Verification counts late-anchored records apart and names their
+anchors (seq, actor, reason); their inclusion proofs verify as any other and carry
+the ``late`` marker.
 
 With ``closed_error`` (the text a stopped server's requests are closed with), the
 records closed so, held by no seal and written since sealing began (the first seal
