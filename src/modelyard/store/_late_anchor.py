@@ -41,7 +41,7 @@ before it sealed them, verification reports them ``inserted``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -65,8 +65,14 @@ from modelyard.store import _audit
 from modelyard.store._core import StoreCore
 from modelyard.store._schema import AuditEventRow, InferenceRecordRow, ServerRow, utcnow
 from modelyard.store._seal_check import seal_map
-from modelyard.store._seals import UNANCHORED_GRACE, RecordSealRow, append_anchor, prepare_seal
-from modelyard.store._seals import write_seal as _write_seal
+from modelyard.store._seals import (
+    UNANCHORED_GRACE,
+    PendingSeal,
+    RecordSealRow,
+    append_anchor,
+    prepare_seal,
+    write_seal,
+)
 
 _R = InferenceRecordRow
 _FIELDS = [getattr(_R, name) for name in RECORD_FIELDS]
@@ -333,8 +339,8 @@ class LateAnchorStore(StoreCore):
                 )
             entries = [entry for x, entry in found if not x.closed]
             if closed:
-                entries.append(_write_seal(s, _sealed(closed)))
-                late[-1] = _named(late[-1], entries[-1].seal)
+                entries.append(write_seal(s, _sealed(closed)))
+                late[-1] = replace(late[-1], seal=entries[-1].seal)
             servers = sorted({server for x in late for server in x.servers})
             mark = {"reason": why, "servers": servers}
             events = [
@@ -427,17 +433,10 @@ def _closed_seal(
     return late, SealEntry(NEW_SEAL, len(rows), "", "", "", "")
 
 
-def _sealed(rows: list[dict[str, Any]]) -> Any:
+def _sealed(rows: list[dict[str, Any]]) -> PendingSeal:
     pending = prepare_seal(rows)
     assert pending is not None  # every row is final (status "error")
     return pending
-
-
-def _named(late: LateSeal, seal: str) -> LateSeal:
-    return LateSeal(
-        seal, late.written, late.records, late.first, late.last, late.servers, late.problem,
-        True, late.ids,
-    )  # fmt: skip
 
 
 __all__ = ["NEW_SEAL", "LateAnchor", "LateAnchorStore", "LateSeal"]
